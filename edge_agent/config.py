@@ -1,0 +1,349 @@
+"""The daemon's configuration: one TOML file validated by pydantic models.
+
+Every key has a default that suits a board provisioned by ``provisioning/provision.py``, so a config file
+only names what differs. Unknown keys are errors (``extra="forbid"``): a typo must not silently fall back
+to a default. ``load_config`` collects every problem with its key path and, where it can, the line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # JetPack 6 ships Python 3.10
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
+CONFIG_ENV = "EDGE_AGENT_CONFIG"
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe inside MQTT topics and file names
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSettings(Section):
+    """Who this board is; the ids become the MQTT topic prefix edge/{tenant}/{site}/{device_id}."""
+
+    tenant: str = Field("demo-district", pattern=_ID)
+    site: str = Field("demo-school", pattern=_ID)
+    class_id: str = Field("class-1", pattern=_ID, description="The classroom this board hangs in.")
+    device_id: str = Field("board-0001", pattern=_ID)
+    pseudonym_secret_file: Path = Field(
+        Path("/etc/edge-agent/secrets/pseudonym.key"),
+        description="Secret (32+ random bytes, mode 0600) keying HMAC-SHA256 of student ids.",
+    )
+
+
+class PathSettings(Section):
+    state_dir: Path = Path("/var/lib/edge-agent")
+    cache_dir: Path = Field(Path("/var/cache/edge-agent"), description="Fetched models and built engines.")
+    model_mirror: Path | None = Field(
+        None, description="Local directory mirroring model files; tried before the official URLs."
+    )
+
+
+class InferenceSettings(Section):
+    backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
+    workspace_mib: int = Field(512, ge=16, le=16384, description="TensorRT builder workspace limit.")
+    face_precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    pose_precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    kt_precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    intra_op_threads: int = Field(1, ge=1, le=16, description="ONNX Runtime threads per engine.")
+
+
+class KTSettings(Section):
+    enabled: bool = True
+    package_dir: Path | None = Field(
+        None, description="Knowledge-tracing model package; empty means the one shipped in engines/."
+    )
+    microbatch_max: int = Field(64, ge=1, le=1024)
+    microbatch_wait_ms: float = Field(2.0, ge=0.0, le=100.0)
+    max_answers_per_request: int = Field(200, ge=1, le=10000)
+    max_future_skew_s: float = Field(300.0, ge=0.0, description="Answers timestamped further ahead are refused.")
+    target_success: float = Field(0.7, gt=0.0, lt=1.0, description="Recommend items with this predicted success.")
+    recommendations: int = Field(3, ge=0, le=50)
+    weak_skills: int = Field(3, ge=1, le=50)
+    min_group_size: int = Field(5, ge=1, description="Class aggregates over fewer students are suppressed.")
+    mastery_threshold: float = Field(0.6, gt=0.0, lt=1.0)
+    lesson_window_s: float = Field(300.0, ge=10.0)
+    per_student_api: bool = Field(False, description="Allow GET of one pseudonymous student's mastery.")
+
+
+class CameraSettings(Section):
+    enabled: bool = True
+    source: str = Field("0", description="V4L2 index or /dev/videoN, GStreamer pipeline, rtsp:// URL, file, or folder.")
+    analysis_fps: float = Field(5.0, gt=0.0, le=60.0)
+    width: int = Field(640, ge=64, le=4096)
+    height: int = Field(480, ge=64, le=4096)
+    reconnect_min_s: float = Field(1.0, gt=0.0)
+    reconnect_max_s: float = Field(60.0, gt=0.0)
+    stall_timeout_s: float = Field(10.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> CameraSettings:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class AttentionSettings(Section):
+    pose_method: Literal["fsanet", "landmarks"] = "fsanet"
+    score_threshold: float = Field(0.6, gt=0.0, lt=1.0)
+    nms_threshold: float = Field(0.3, gt=0.0, lt=1.0)
+    yaw_limit_deg: float = Field(30.0, gt=0.0, le=90.0)
+    pitch_limit_deg: float = Field(25.0, gt=0.0, le=90.0)
+    calibration_yaw_deg: float = Field(0.0, ge=-90.0, le=90.0, description="Yaw of a face looking at the board.")
+    calibration_pitch_deg: float = Field(0.0, ge=-90.0, le=90.0)
+    smoothing_frames: int = Field(5, ge=1, le=100)
+    window_s: float = Field(60.0, ge=5.0)
+    low_attention_share: float = Field(0.5, ge=0.0, le=1.0)
+    low_attention_windows: int = Field(3, ge=1)
+    min_faces: int = Field(3, ge=1, description="Windows with fewer faces on average are suppressed.")
+
+
+class StoreSettings(Section):
+    max_rows: int = Field(500_000, ge=100)
+    max_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024)
+    max_age_days: float = Field(60.0, gt=0.0)
+    busy_timeout_ms: int = Field(5000, ge=100)
+
+
+class MqttSettings(Section):
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = Field(8883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    tls: bool = True
+    ca_file: Path = Path("/etc/edge-agent/certs/ca.pem")
+    cert_file: Path = Path("/etc/edge-agent/certs/device.pem")
+    key_file: Path = Path("/etc/edge-agent/secrets/device.key")
+    keepalive_s: int = Field(60, ge=5, le=3600)
+    inflight_max: int = Field(20, ge=1, le=20)
+    batch_max: int = Field(100, ge=1, le=1000, description="Aggregates per message while draining a backlog.")
+    heartbeat_s: float = Field(60.0, ge=5.0)
+    connect_timeout_s: float = Field(10.0, gt=0.0)
+    backoff_min_s: float = Field(1.0, gt=0.0)
+    backoff_max_s: float = Field(300.0, gt=0.0)
+    message_expiry_days: float = Field(30.0, gt=0.0)
+
+
+class WebSettings(Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=1, le=65535)
+    token_file: Path | None = Field(
+        Path("/etc/edge-agent/secrets/web.token"),
+        description="Token required from any address but loopback; empty means only loopback may look.",
+    )
+    default_language: Literal["zh-CN", "en"] = "zh-CN"
+
+
+class MetricsSettings(Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(9108, ge=1, le=65535)
+    telemetry_interval_s: float = Field(5.0, ge=0.5)
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "kv"] = "json"
+
+
+class Config(Section):
+    device: DeviceSettings = DeviceSettings()
+    paths: PathSettings = PathSettings()
+    inference: InferenceSettings = InferenceSettings()
+    kt: KTSettings = KTSettings()
+    camera: CameraSettings = CameraSettings()
+    attention: AttentionSettings = AttentionSettings()
+    store: StoreSettings = StoreSettings()
+    mqtt: MqttSettings = MqttSettings()
+    web: WebSettings = WebSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute_paths(cls, value: PathSettings) -> PathSettings:
+        for name in ("state_dir", "cache_dir"):
+            if not getattr(value, name).is_absolute():
+                raise ValueError(f"{name} must be an absolute path")
+        return value
+
+    @property
+    def database_path(self) -> Path:
+        return self.paths.state_dir / "edge-agent.db"
+
+    def secret_files(self) -> list[tuple[str, Path]]:
+        """The secret files this config needs, as (key path, file)."""
+        secrets = [("device.pseudonym_secret_file", self.device.pseudonym_secret_file)]
+        if self.mqtt.enabled and self.mqtt.tls:
+            secrets.append(("mqtt.key_file", self.mqtt.key_file))
+        if self.web.enabled and self.web.token_file is not None:
+            secrets.append(("web.token_file", self.web.token_file))
+        return secrets
+
+    def required_files(self) -> list[tuple[str, Path]]:
+        """Non-secret files this config needs to exist."""
+        files: list[tuple[str, Path]] = []
+        if self.mqtt.enabled and self.mqtt.tls:
+            files += [("mqtt.ca_file", self.mqtt.ca_file), ("mqtt.cert_file", self.mqtt.cert_file)]
+        return files
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """--config, then $EDGE_AGENT_CONFIG, then /etc/edge-agent/config.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH
+
+
+def _line_of(text: str, path: tuple[str | int, ...]) -> int | None:
+    """Best-effort line number of a key path in TOML text (tables and dotted keys, not inline tables)."""
+    keys = [str(p) for p in path if isinstance(p, str)]
+    if not keys:
+        return None
+    lines = text.splitlines()
+    table: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        header = re.match(r"^\[\s*([A-Za-z0-9_.\- \"]+?)\s*\]$", line)
+        if header:
+            table = [part.strip().strip('"') for part in header.group(1).split(".")]
+            if table == keys:
+                return number
+            continue
+        assignment = re.match(r"^([A-Za-z0-9_.\-\"]+)\s*=", line)
+        if assignment:
+            key = table + [part.strip('"') for part in assignment.group(1).split(".")]
+            if key == keys[: len(key)] and len(key) >= min(len(keys), len(table) + 1):
+                return number
+    return None
+
+
+def _format_location(loc: Iterable[str | int]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Validate TOML text; raise ConfigError listing every problem with key path and line."""
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(f"{source} (TOML syntax)", str(exc))]) from exc
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = "unknown key (check spelling; see README 'Config reference')"
+            line = _line_of(text, loc)
+            where = f" (line {line})" if line else ""
+            problems.append((_format_location(loc) + where, message))
+        raise ConfigError(problems) from exc
+
+
+def check_secret_file(key: str, path: Path) -> str | None:
+    """Why a secret file is unusable, or None: it must exist, be a readable file, and be private."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return f"secret file {path} does not exist (provisioning creates it)"
+    except PermissionError:
+        return f"secret file {path} cannot be read by this user"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file"
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (
+            f"secret file {path} is readable by group or others (mode {stat.S_IMODE(info.st_mode):o}); "
+            f"run: chmod 600 {path}"
+        )
+    if not os.access(path, os.R_OK):
+        return f"secret file {path} cannot be read by this user"
+    return None
+
+
+def check_files(config: Config) -> list[tuple[str, str]]:
+    """Problems with the files a config refers to (secrets private, certificates present)."""
+    problems = []
+    for key, path in config.secret_files():
+        reason = check_secret_file(key, path)
+        if reason:
+            problems.append((key, reason))
+    for key, path in config.required_files():
+        if not path.is_file():
+            problems.append((key, f"file {path} does not exist"))
+    return problems
+
+
+def load_config(path: Path, *, check_files_exist: bool = True) -> Config:
+    """Read, validate and (by default) check the files of the config at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError([(str(path), "config file not found (use --config or $EDGE_AGENT_CONFIG)")]) from exc
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError([(str(path), f"cannot read config file: {exc}")]) from exc
+    config = parse_config(text, source=str(path))
+    if check_files_exist:
+        problems = check_files(config)
+        if problems:
+            raise ConfigError(problems)
+    return config
+
+
+_SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)
+
+
+def masked_dump(config: Config) -> dict[str, Any]:
+    """The effective config as plain data, secret file paths shown but marked, secret values never read."""
+    data = config.model_dump(mode="json")
+    for section in data.values():
+        if isinstance(section, dict):
+            for key, value in section.items():
+                if _SECRET_KEYS.search(key) and value is not None:
+                    section[key] = f"{value} (secret, contents not shown)"
+    return data
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Render a two-level dict (sections of scalars) as TOML, for `config show` and provisioning."""
+    out: list[str] = []
+    for section, values in data.items():
+        out.append(f"[{section}]")
+        for key, value in values.items():
+            if value is None:
+                out.append(f"# {key} is unset")
+                continue
+            out.append(f"{key} = {_toml_value(value)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

@@ -1,0 +1,81 @@
+"""ONNX Runtime backend: CPU everywhere, CUDA/TensorRT execution providers where installed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_agent.errors import EngineInputError, EngineLoadError
+from edge_agent.inference.engine import TensorSpec
+
+_ORT_TYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    shape = tuple(dim if isinstance(dim, int) else -1 for dim in arg.shape)
+    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, np.dtype(np.float32)), shape)
+
+
+class OnnxRuntimeEngine:
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        model_name: str | None = None,
+        precision: str = "fp32",
+        intra_op_threads: int = 1,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> None:
+        self.model_name = model_name or model_path.stem
+        self.precision = precision
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(model_path), options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise EngineLoadError(f"ONNX Runtime could not load {model_path}: {exc}", "onnx_invalid") from exc
+        self._inputs = [_spec(a) for a in self._session.get_inputs()]
+        self._outputs = [_spec(a) for a in self._session.get_outputs()]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prepared = {}
+        for spec in self._inputs:
+            if spec.name not in feeds:
+                raise EngineInputError(f"{self.model_name}: missing input {spec.name!r}")
+            array = np.ascontiguousarray(feeds[spec.name], dtype=spec.dtype)
+            if array.ndim != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, array.shape)
+            ):
+                raise EngineInputError(
+                    f"{self.model_name}: input {spec.name!r} has shape {array.shape}, expected {spec.shape}"
+                )
+            prepared[spec.name] = array
+        results = self._session.run(None, prepared)
+        return {spec.name: value for spec, value in zip(self._outputs, results)}
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]

@@ -1,0 +1,67 @@
+"""The live picture the teacher view shows: latest values per section, pushed to subscribers.
+
+Producers (KT service, attention pipeline, sync, daemon health) call :meth:`LiveBoard.publish` from any
+thread; the web view reads :meth:`snapshot` for the first paint and :meth:`subscribe` for live updates
+(server-sent events). Only class-level aggregates go in here: never a student id or an image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import time
+from typing import Any
+
+SECTIONS = ("attention", "learning", "health", "sync", "device")
+
+
+class LiveBoard:
+    def __init__(self, queue_size: int = 64) -> None:
+        self._state: dict[str, Any] = {name: None for name in SECTIONS}
+        self._updated: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue_size = queue_size
+        self.dropped_updates = 0  # updates a slow subscriber did not take (it gets the next one)
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def publish(self, section: str, data: Any) -> None:
+        if section not in self._state:
+            raise ValueError(f"unknown live section {section!r}")
+        with self._lock:
+            self._state[section] = data
+            self._updated[section] = time.time()
+        event = {"section": section, "data": data, "at": self._updated[section]}
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._fan_out, event)
+            except RuntimeError:  # loop closed between the check and the call: shutting down
+                pass
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"sections": copy.deepcopy(self._state), "updated": dict(self._updated)}
+
+    def get(self, section: str) -> Any:
+        with self._lock:
+            return copy.deepcopy(self._state.get(section))
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._queue_size)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(queue)
+
+    def _fan_out(self, event: dict[str, Any]) -> None:
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self.dropped_updates += 1
