@@ -80,6 +80,8 @@ class KTSettings(Section):
     mastery_threshold: float = Field(0.6, gt=0.0, lt=1.0)
     lesson_window_s: float = Field(300.0, ge=10.0)
     per_student_api: bool = Field(False, description="Allow GET of one pseudonymous student's mastery.")
+    queue_max: int = Field(2048, ge=1, le=100_000, description="Answers waiting for inference; more get HTTP 503.")
+    feedback_timeout_s: float = Field(10.0, gt=0.0, description="An answer not done by then gets HTTP 503.")
 
 
 class CameraSettings(Section):
@@ -108,6 +110,9 @@ class AttentionSettings(Section):
     calibration_yaw_deg: float = Field(0.0, ge=-90.0, le=90.0, description="Yaw of a face looking at the board.")
     calibration_pitch_deg: float = Field(0.0, ge=-90.0, le=90.0)
     smoothing_frames: int = Field(5, ge=1, le=100)
+    pose_refresh_frames: int = Field(
+        3, ge=1, le=30, description="Re-estimate a tracked face's head pose every this many analysed frames."
+    )
     window_s: float = Field(60.0, ge=5.0)
     low_attention_share: float = Field(0.5, ge=0.0, le=1.0)
     low_attention_windows: int = Field(3, ge=1)
@@ -149,6 +154,11 @@ class WebSettings(Section):
         description="Token required from any address but loopback; empty means only loopback may look.",
     )
     default_language: Literal["zh-CN", "en"] = "zh-CN"
+
+    @field_validator("token_file", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class MetricsSettings(Section):

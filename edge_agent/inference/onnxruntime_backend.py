@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_agent.errors import EngineInputError, EngineLoadError
+from edge_agent.errors import EngineError, EngineInputError, EngineLoadError
 from edge_agent.inference.engine import TensorSpec
 
-_ORT_TYPES = {
+_ORT_TYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
     "tensor(double)": np.dtype(np.float64),
@@ -21,6 +21,31 @@ _ORT_TYPES = {
     "tensor(uint8)": np.dtype(np.uint8),
     "tensor(bool)": np.dtype(np.bool_),
 }
+
+
+# GPU providers first. TensorRT's EP only when ONNX Runtime was chosen outright: as a fallback it would
+# usually hit the same TensorRT problem that caused the fallback.
+_PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def ort_providers(available: Sequence[str] | None = None, *, allow_tensorrt: bool = False) -> list[str]:
+    """Execution providers to use, best first, from those this onnxruntime build has."""
+    have = set(ort.get_available_providers() if available is None else available)
+    preferred = (("TensorrtExecutionProvider",) if allow_tensorrt else ()) + _PREFERRED
+    chosen = [p for p in preferred if p in have]
+    return chosen or ["CPUExecutionProvider"]
+
+
+def onnx_input_shapes(model_path: Path) -> dict[str, tuple[int, ...]]:
+    """Input names and shapes (-1 where dynamic) of an ONNX file, read without running it."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise EngineLoadError(f"ONNX Runtime could not read {model_path}: {exc}", "onnx_invalid") from exc
+    return {a.name: _spec(a).shape for a in session.get_inputs()}
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
@@ -68,14 +93,17 @@ class OnnxRuntimeEngine:
                 raise EngineInputError(f"{self.model_name}: missing input {spec.name!r}")
             array = np.ascontiguousarray(feeds[spec.name], dtype=spec.dtype)
             if array.ndim != len(spec.shape) or any(
-                want not in (-1, got) for want, got in zip(spec.shape, array.shape)
+                want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=False)
             ):
                 raise EngineInputError(
                     f"{self.model_name}: input {spec.name!r} has shape {array.shape}, expected {spec.shape}"
                 )
             prepared[spec.name] = array
-        results = self._session.run(None, prepared)
-        return {spec.name: value for spec, value in zip(self._outputs, results)}
+        try:
+            results = self._session.run(None, prepared)
+        except Exception as exc:  # translate at the boundary
+            raise EngineError(f"{self.model_name}: ONNX Runtime failed to run: {exc}") from exc
+        return {spec.name: value for spec, value in zip(self._outputs, results, strict=False)}
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]

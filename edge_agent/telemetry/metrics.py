@@ -76,7 +76,9 @@ CAMERA_FRAMES_DROPPED = Counter(
 )
 CAMERA_FPS = Gauge("edge_camera_analysis_fps", "Frames analysed per second (recent).", registry=REGISTRY)
 CAMERA_RECONNECTS = Counter("edge_camera_reconnects", "Camera reopen attempts.", registry=REGISTRY)
-CAMERA_STALLS = Counter("edge_camera_stalls", "Times the camera delivered nothing for too long.", registry=REGISTRY)
+CAMERA_STALLS = Counter(
+    "edge_camera_stalls", "Times the camera delivered nothing for too long.", registry=REGISTRY
+)
 
 GPU_UTILISATION = Gauge("edge_gpu_utilisation_ratio", "GPU load, 0 to 1.", registry=REGISTRY)
 GPU_MEMORY_USED = Gauge("edge_gpu_memory_used_bytes", "GPU memory in use.", registry=REGISTRY)

@@ -1,0 +1,204 @@
+"""Wiring: which components the daemon runs, in which order, and what each one is given.
+
+Order is dependency order (the daemon stops in reverse): store → engines → knowledge tracing →
+attention → sync → telemetry → web view → metrics. Components that need an object another one makes
+at start-up (an engine, the store) are built when their turn comes, by :class:`Deferred`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.config import Config
+from edge_agent.daemon import Daemon
+from edge_agent.errors import ConfigError
+from edge_agent.inference.engine_set import EngineSet
+from edge_agent.inference.manifest import load_manifests
+from edge_agent.kt.component import KTComponent
+from edge_agent.kt.service import KTService
+from edge_agent.lifecycle import Component, Health, HeartbeatRegistry
+from edge_agent.live import LiveBoard
+from edge_agent.store.component import StoreComponent
+from edge_agent.sync.commands import CommandDispatcher
+from edge_agent.sync.component import SyncComponent
+from edge_agent.systemd import Notifier
+from edge_agent.telemetry import metrics
+from edge_agent.telemetry.component import TelemetryComponent
+from edge_agent.telemetry.exporter import MetricsServer
+from edge_agent.vision.component import AttentionComponent
+from edge_agent.vision.engines import FACE_MODEL, POSE_MODELS
+from edge_agent.web.access import read_token_file
+from edge_agent.web.answers import answer_routes
+from edge_agent.web.health import health_routes
+from edge_agent.web.server import WebComponent
+
+log = logging.getLogger(__name__)
+
+KT_MODEL = "kt-step"
+
+
+class Deferred:
+    """A component built at its start, from objects earlier components made."""
+
+    def __init__(self, name: str, factory: Callable[[], Component], essential: bool = False) -> None:
+        self.name = name
+        self.essential = essential
+        self._factory = factory
+        self.inner: Component | None = None
+
+    async def start(self) -> None:
+        self.inner = self._factory()
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        if self.inner is not None:
+            await self.inner.stop()
+
+    def health(self) -> Health:
+        return self.inner.health() if self.inner is not None else Health(False, "not started")
+
+
+class Disabled:
+    """A component switched off in the config: shown as such, never degrading the daemon."""
+
+    essential = False
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name = name
+        self._why = why
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def health(self) -> Health:
+        return Health(True, f"off ({self._why})")
+
+
+@dataclass
+class Assembly:
+    """The daemon and the parts tests and the demo want to reach."""
+
+    daemon: Daemon
+    config: Config
+    live: LiveBoard
+    store: StoreComponent
+    engines: EngineSet
+    kt: Deferred | None = None
+    web: WebComponent | None = None
+    metrics_server: MetricsServer | None = None
+    sync: SyncComponent | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _engine_names(config: Config) -> list[str]:
+    names = []
+    if config.kt.enabled:
+        names.append(KT_MODEL)
+    if config.camera.enabled:
+        names.append(FACE_MODEL)
+        if config.attention.pose_method == "fsanet":
+            names += list(POSE_MODELS)
+    return names
+
+
+def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
+    """Everything the daemon runs for ``config``; nothing starts until ``daemon.run()``."""
+    live = LiveBoard()
+    heartbeats = HeartbeatRegistry()
+    token = read_token_file(config.web.token_file) if config.web.enabled else None
+
+    store = StoreComponent(config, heartbeats=heartbeats, live=live)
+    manifests = load_manifests()
+    engines = EngineSet([manifests[n] for n in _engine_names(config)], config.inference, config.paths)
+    components: list[Component] = [store, engines]
+
+    kt: Deferred | None = None
+    if config.kt.enabled:
+        kt = Deferred(
+            "kt",
+            lambda: KTComponent(
+                config.kt, config.device, engines.get(KT_MODEL), store.db, store.outbox, live, heartbeats
+            ),
+        )
+        components.append(kt)
+    else:
+        components.append(Disabled("kt", "kt.enabled = false"))
+
+    if config.camera.enabled:
+        components.append(
+            Deferred(
+                "attention",
+                lambda: AttentionComponent(
+                    config.camera,
+                    config.attention,
+                    engines.get(FACE_MODEL),
+                    [engines.get(n) for n in POSE_MODELS] if config.attention.pose_method == "fsanet" else [],
+                    outbox=store.outbox,
+                    heartbeats=heartbeats,
+                    live=live,
+                ),
+            )
+        )
+    else:
+        components.append(Disabled("attention", "camera.enabled = false"))
+
+    sync: SyncComponent | None = None
+    if config.mqtt.enabled:
+        commands = CommandDispatcher(config.device)
+        sync = SyncComponent(
+            store.outbox, config.device, config.mqtt, live=live, commands=commands,
+            heartbeats=heartbeats, health_summary=lambda: _health_summary(daemon),
+        )
+        components.append(sync)
+    else:
+        components.append(Disabled("sync", "mqtt.enabled = false"))
+        live.publish("sync", {"connected": False, "backlog": 0, "oldest_age_s": None, "last_success": None,
+                              "drops": {}, "detail": "MQTT sync is switched off in the config"})
+
+    components.append(TelemetryComponent(config.metrics.telemetry_interval_s, live, heartbeats))
+
+    web: WebComponent | None = None
+    if config.web.enabled:
+        routes = [health_routes(lambda: daemon.readiness())]
+        if kt is not None:
+            routes.append(answer_routes(lambda: _kt_service(kt), config.kt))
+        web = WebComponent(config.web, live, token, routes, status=lambda: _health_summary(daemon))
+        components.append(web)
+
+    metrics_server: MetricsServer | None = None
+    if config.metrics.enabled:
+        metrics_server = MetricsServer(config.metrics.host, config.metrics.port)
+        components.append(metrics_server)
+
+    daemon = Daemon(
+        components, live=live, heartbeats=heartbeats, notifier=notifier, ready_after=store.name,
+        engine_status=engines.status,
+    )
+    return Assembly(daemon, config, live, store, engines, kt, web, metrics_server, sync)
+
+
+def _kt_service(kt: Deferred) -> KTService | None:
+    return kt.inner.get_service() if isinstance(kt.inner, KTComponent) else None
+
+
+def _health_summary(daemon: Daemon) -> dict[str, Any]:
+    ready, reasons = daemon.readiness()
+    return {"state": daemon.state, "ready": ready, "reasons": reasons, "at": time.time()}
+
+
+async def run_daemon(config: Config, *, on_started: Callable[[Assembly], Awaitable[None]] | None = None) -> int:
+    try:
+        assembly = build(config)
+    except ConfigError as exc:
+        for where, message in exc.problems:
+            log.error("config problem: %s: %s", where, message)
+        return 1
+    metrics.ALERTS.labels("start").inc(0)
+    return await assembly.daemon.run()

@@ -1,0 +1,188 @@
+"""The daemon: starts components in dependency order, watches them, stops them in reverse.
+
+One asyncio loop owns signals, the watchdog and the health summary. Components run their own worker
+threads; those threads prove they are alive through heartbeats, and the systemd watchdog is fed only
+while the loop turns and every heartbeat is fresh, so a hung worker gets the service restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from edge_agent.errors import EdgeAgentError
+from edge_agent.lifecycle import Component, Health, HeartbeatRegistry
+from edge_agent.live import LiveBoard
+from edge_agent.systemd import Notifier
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0  # engine builds happen in the one-shot unit, so a start is normally seconds
+STOP_BUDGET_S = 9.0  # systemd's default is 90 s, but we promise a clean stop inside 10 s
+HEALTH_PERIOD_S = 1.0
+
+
+class EssentialComponentFailed(EdgeAgentError):
+    pass
+
+
+@dataclass
+class ComponentState:
+    component: Component
+    started: bool = False
+    failure: str | None = None
+
+    def health(self) -> Health:
+        if self.failure:
+            return Health(False, self.failure)
+        if not self.started:
+            return Health(False, "not started")
+        try:
+            return self.component.health()
+        except Exception as exc:  # a broken health() must not break the daemon
+            return Health(False, f"health check failed: {exc}")
+
+
+class Daemon:
+    def __init__(
+        self,
+        components: Sequence[Component],
+        *,
+        live: LiveBoard,
+        heartbeats: HeartbeatRegistry,
+        notifier: Notifier | None = None,
+        ready_after: str | None = None,
+        engine_status: Callable[[], list[dict[str, object]]] | None = None,
+    ) -> None:
+        """``ready_after`` names the component after whose start READY=1 is sent (the store)."""
+        self._states = [ComponentState(c) for c in components]
+        self.live = live
+        self.heartbeats = heartbeats
+        self.notifier = notifier or Notifier()
+        self._ready_after = ready_after
+        self._stop = asyncio.Event()
+        self._last_status = ""
+        self.state = "starting"
+        self._engine_status = engine_status or (lambda: [])
+
+    # -- public -----------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        """(ready, reasons): ready when running and nothing is degraded; reasons name what is not."""
+        reasons = [f"{s.component.name}: {h.detail}" for s in self._states if not (h := s.health()).ok]
+        reasons += [f"worker {name} not responding" for name in self.heartbeats.stale()]
+        if self.state != "running":
+            reasons.insert(0, f"daemon is {self.state}")
+        return (not reasons, reasons)
+
+    def status_line(self) -> str:
+        ready, reasons = self.readiness()
+        if self.state == "running" and ready:
+            return "running: all components healthy"
+        return f"{self.state}: " + "; ".join(reasons) if reasons else self.state
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.live.bind_loop(loop)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+                pass
+        try:
+            await self._start_all()
+        except EssentialComponentFailed as exc:
+            log.error("essential component failed, not starting: %s", exc)
+            self.notifier.status(f"failed: {exc}")
+            await self._stop_all()
+            return 1
+        self.state = "running"
+        self._publish_health()
+        if self._ready_after is None:
+            self.notifier.ready(self.status_line())
+        log.info("daemon running: %s", self.status_line())
+        watchdog = asyncio.create_task(self._supervise())
+        await self._stop.wait()
+        watchdog.cancel()
+        self.state = "stopping"
+        self.notifier.stopping("stopping: flushing pending writes")
+        log.info("stopping")
+        await self._stop_all()
+        self.notifier.close()
+        return 0
+
+    # -- internals --------------------------------------------------------------------------------
+    async def _start_all(self) -> None:
+        for state in self._states:
+            if self._stop.is_set():
+                return
+            component = state.component
+            began = time.monotonic()
+            try:
+                await asyncio.wait_for(component.start(), START_TIMEOUT_S)
+            except Exception as exc:
+                state.failure = f"failed to start: {exc}"
+                metrics.COMPONENT_UP.labels(component.name).set(0)
+                if component.essential:
+                    raise EssentialComponentFailed(f"{component.name}: {exc}") from exc
+                log.warning("component %s failed to start, continuing degraded: %s", component.name, exc)
+                self.notifier.status(f"degraded: {component.name} failed to start: {exc}")
+                continue
+            state.started = True
+            metrics.COMPONENT_UP.labels(component.name).set(1)
+            log.info("component %s started in %.2fs", component.name, time.monotonic() - began)
+            if component.name == self._ready_after:
+                self.notifier.ready(f"starting: {component.name} ready, starting the rest")
+
+    async def _stop_all(self) -> None:
+        deadline = time.monotonic() + STOP_BUDGET_S
+        for state in reversed(self._states):
+            if not state.started:
+                continue
+            remaining = max(0.5, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(state.component.stop(), remaining)
+                log.info("component %s stopped", state.component.name)
+            except Exception as exc:  # keep stopping the rest: the store must still flush
+                log.error("component %s did not stop cleanly: %s", state.component.name, exc)
+            state.started = False
+            metrics.COMPONENT_UP.labels(state.component.name).set(0)
+
+    async def _supervise(self) -> None:
+        interval = self.notifier.watchdog_interval_s
+        next_ping = time.monotonic()
+        while True:
+            self._publish_health()
+            status = self.status_line()
+            if status != self._last_status:
+                self.notifier.status(status)
+                self._last_status = status
+            stale = self.heartbeats.stale()
+            if interval is not None and time.monotonic() >= next_ping:
+                if stale:
+                    # Withholding the ping is the point: systemd restarts a daemon whose worker hung.
+                    log.error("watchdog ping withheld: workers not responding: %s", ", ".join(stale))
+                else:
+                    self.notifier.watchdog()
+                next_ping = time.monotonic() + interval
+            sleep = HEALTH_PERIOD_S if interval is None else min(HEALTH_PERIOD_S, interval)
+            await asyncio.sleep(sleep)
+
+    def _publish_health(self) -> None:
+        components = []
+        for state in self._states:
+            health = state.health()
+            components.append({"name": state.component.name, "ok": health.ok, "detail": health.detail})
+            metrics.COMPONENT_UP.labels(state.component.name).set(1 if health.ok else 0)
+        ready, _ = self.readiness()
+        shown = self.state if self.state != "running" else ("ok" if ready else "degraded")
+        self.live.publish(
+            "health", {"state": shown, "components": components, "engines": self._engine_status()}
+        )

@@ -1,0 +1,354 @@
+"""``edge-agent doctor``: check everything a board needs and say how to fix what is wrong.
+
+Each check is a small function returning a :class:`CheckResult`; none raises and each network or device
+wait has a timeout, so the doctor finishes on a broken board too. Exit code 0 when every check passes
+(warnings allowed), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import socket
+import sqlite3
+import ssl
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import Config, InferenceSettings, PathSettings, find_config_path, load_config
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.inference.manifest import Manifest
+
+MIN_FREE_BYTES = 1 << 30  # engines and the outbox need room; below 1 GiB the store starts refusing
+CERT_WARN_DAYS = 30
+PLAUSIBLE_YEARS = (2025, 2100)  # a board whose RTC battery died boots in 1970 or 2000
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    warning: bool = False  # passes, but needs attention soon (e.g. a certificate about to expire)
+
+
+def check_config(path: Path) -> tuple[CheckResult, Config | None]:
+    """The config, also when only the files it names are missing, so the other checks still run."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        problems = "; ".join(f"{key}: {msg}" for key, msg in exc.problems)
+        try:
+            usable: Config | None = load_config(path, check_files_exist=False)
+        except ConfigError:
+            usable = None
+        fix = f"edit {path}, then run: edge-agent config check"
+        return CheckResult("config", False, problems, fix), usable
+    return CheckResult("config", True, f"{path} is valid"), config
+
+
+def check_disk(label: str, path: Path, min_free: int = MIN_FREE_BYTES) -> CheckResult:
+    name = f"disk {label}"
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the folder may not exist yet; its filesystem does
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError as exc:
+        return CheckResult(name, False, f"cannot stat {path}: {exc}", f"check that {path} is mounted")
+    free_gib = usage.free / 2**30
+    detail = f"{path}: {free_gib:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
+    if usage.free < min_free:
+        return CheckResult(name, False, detail, f"free space on the filesystem of {path} (old logs, journal)")
+    return CheckResult(name, True, detail)
+
+
+def check_database(path: Path) -> CheckResult:
+    """PRAGMA quick_check on a read-only connection: never changes or creates the file."""
+    if not path.exists():
+        return CheckResult("database", True, f"{path} not created yet (the daemon creates it on start)")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        rows = [str(exc)]
+    if rows == ["ok"]:
+        return CheckResult("database", True, f"{path} passed quick_check")
+    return CheckResult(
+        "database", False, f"{path} is damaged: {'; '.join(rows[:3])}",
+        "stop edge-agent; it moves a corrupt database aside on start, unsent aggregates in it are lost",
+    )
+
+
+def _camera_source(source: str) -> int | str:
+    return int(source) if source.isdigit() else source
+
+
+def check_camera(source: str, timeout_s: float = 10.0) -> CheckResult:
+    """Open the source with OpenCV and read one frame, in a thread so a hung driver cannot hang us."""
+    if Path(source).is_dir():
+        images = [p for p in Path(source).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}]
+        if images:
+            return CheckResult("camera", True, f"folder {source} holds {len(images)} images")
+        return CheckResult("camera", False, f"folder {source} holds no images", "put .jpg/.png files there")
+    outcome: dict[str, Any] = {}
+
+    def probe() -> None:
+        import cv2
+
+        gstreamer = "!" in source  # a GStreamer pipeline, e.g. nvarguscamerasrc ! ... ! appsink
+        target = _camera_source(source)
+        capture = cv2.VideoCapture(target, cv2.CAP_GSTREAMER) if gstreamer else cv2.VideoCapture(target)
+        try:
+            outcome["opened"] = capture.isOpened()
+            ok, frame = capture.read() if outcome["opened"] else (False, None)
+            outcome["shape"] = frame.shape if ok and frame is not None else None
+        finally:
+            capture.release()
+
+    worker = threading.Thread(target=probe, name="doctor-camera", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    fix = f"check the cable and that {source!r} is right in [camera] source (ls /dev/video*)"
+    if worker.is_alive():
+        return CheckResult("camera", False, f"opening {source!r} took more than {timeout_s:.0f} s", fix)
+    if not outcome.get("opened"):
+        return CheckResult("camera", False, f"{source!r} cannot be opened", fix)
+    if outcome.get("shape") is None:
+        return CheckResult("camera", False, f"{source!r} opened but delivered no frame", fix)
+    height, width = outcome["shape"][:2]
+    return CheckResult("camera", True, f"{source!r} delivered a {width}x{height} frame")
+
+
+def check_models(config: Config, manifests_dir: Path | None = None) -> tuple[CheckResult, list[Manifest]]:
+    """Every manifest's ONNX present in the cache (or the mirror) with the pinned sha256."""
+    from edge_agent.inference import fetch, manifest
+
+    try:
+        manifests = manifest.load_manifests(manifests_dir or manifest.ENGINES_DIR)
+    except EdgeAgentError as exc:
+        return CheckResult("models", False, str(exc), "reinstall edge-agent (engines/ is damaged)"), []
+    found: list[Manifest] = []
+    problems: list[str] = []
+    mirror = fetch.mirror_dir(config.paths)
+    for name, entry in sorted(manifests.items()):
+        want = entry.source.sha256
+        candidates = [entry.source.repo_path] if entry.source.repo_path else [
+            fetch.cached_model_path(entry, config.paths),
+            *([mirror / entry.source.mirror_path] if mirror else []),
+        ]
+        if any(p and p.is_file() and (want is None or fetch.sha256_file(p) == want) for p in candidates):
+            found.append(entry)
+        else:
+            where = ", ".join(map(str, candidates))
+            problems.append(f"{name}: no file with sha256 {(want or '?')[:12]}… in {where}")
+    if problems:
+        return CheckResult(
+            "models", False, "; ".join(problems),
+            f"copy the models into a mirror folder and set ${fetch.MIRROR_ENV} or paths.model_mirror, "
+            "or connect the board to the internet and restart edge-agent",
+        ), found
+    return CheckResult("models", True, f"{len(found)} model files present, sha256 verified"), found
+
+
+EngineLoader = Callable[[Manifest, InferenceSettings, PathSettings], Any]  # -> select.LoadedEngine
+
+
+def _select_loader(entry: Manifest, settings: InferenceSettings, paths: PathSettings) -> Any:
+    from edge_agent.inference.select import load_engine
+
+    return load_engine(entry, settings, paths)
+
+
+def check_engine(entry: Manifest, config: Config, loader: EngineLoader = _select_loader) -> CheckResult:
+    """Build or load the engine exactly as the daemon would, and report the backend it ended up on."""
+    name = f"engine {entry.name}"
+    try:
+        loaded = loader(entry, config.inference, config.paths)
+    except EdgeAgentError as exc:
+        fix = 'see the build log in the cache folder, or set inference.backend = "onnxruntime"'
+        return CheckResult(name, False, str(exc), fix)
+    try:
+        detail = f"{loaded.backend} {loaded.precision}"
+        fallback = loaded.fallback or ""
+    finally:
+        loaded.engine.close()
+    if fallback.startswith("TensorRT") and "unavailable" not in fallback:
+        # TensorRT exists here but failed: the board runs, slower; worth a look, not a failure
+        fix = "run: edge-agent engines build, and read its log"
+        return CheckResult(name, True, f"{detail} ({fallback})", fix, warning=True)
+    return CheckResult(name, True, f"{detail} ({fallback})" if fallback else detail)
+
+
+def check_reachable(host: str, port: int, timeout_s: float = 5.0) -> CheckResult:
+    name = "broker reachable"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        return CheckResult(
+            name, False, f"{host}:{port}: {exc.strerror or exc}",
+            "check [mqtt] host/port, the network cable or Wi-Fi, and that the school firewall lets it out",
+        )
+    return CheckResult(name, True, f"{host}:{port} accepts connections")
+
+
+def _days_left(not_after: dt.datetime, now: dt.datetime) -> float:
+    return (not_after - now).total_seconds() / 86400.0
+
+
+def check_certificate_file(path: Path, now: dt.datetime | None = None) -> CheckResult:
+    """Days until this device's own certificate expires (the broker refuses it afterwards)."""
+    from cryptography import x509
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return CheckResult("device certificate", False, f"{path}: {exc}", "re-run provisioning")
+    days = _days_left(cert.not_valid_after_utc, now)
+    return _expiry_result("device certificate", str(path), days, "re-run provisioning to renew it")
+
+
+def _expiry_result(name: str, what: str, days: float, fix: str) -> CheckResult:
+    if days < 0:
+        return CheckResult(name, False, f"{what} expired {-days:.0f} days ago", fix)
+    if days < CERT_WARN_DAYS:
+        return CheckResult(name, True, f"{what} expires in {days:.0f} days", fix, warning=True)
+    return CheckResult(name, True, f"{what} valid for {days:.0f} more days")
+
+
+def check_tls(
+    host: str, port: int, ca: Path, cert: Path, key: Path, *, timeout_s: float = 5.0,
+    now: dt.datetime | None = None,
+) -> CheckResult:
+    """Full TLS handshake with the board's client certificate; reports the broker certificate's expiry."""
+    name = "broker TLS"
+    fix = "check mqtt.ca_file/cert_file/key_file match the fleet CA, and the board clock (doctor: clock)"
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        return CheckResult(name, False, f"cannot load certificates: {exc}", fix)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as raw, context.wrap_socket(
+            raw, server_hostname=host
+        ) as tls:
+            peer = tls.getpeercert() or {}
+            version = tls.version()
+    except ssl.SSLCertVerificationError as exc:
+        return CheckResult(name, False, f"broker certificate rejected: {exc.verify_message}", fix)
+    except (OSError, ssl.SSLError) as exc:
+        return CheckResult(name, False, f"handshake with {host}:{port} failed: {exc}", fix)
+    not_after = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(str(peer["notAfter"])), dt.timezone.utc)
+    days = _days_left(not_after, now or dt.datetime.now(dt.timezone.utc))
+    what = f"{version} handshake ok; broker certificate"
+    return _expiry_result(name, what, days, "renew the broker certificate")
+
+
+def clock_sync_status(root: Path = Path("/"), timeout_s: float = 3.0) -> tuple[bool | None, str]:
+    """(synchronised?, how we know); None when nothing can tell."""
+    if (root / "run/systemd/timesync/synchronized").exists():
+        return True, "systemd-timesyncd synchronized"
+    for command, parse in (
+        (["timedatectl", "show", "-p", "NTPSynchronized", "--value"], lambda out: out.strip() == "yes"),
+        (["chronyc", "-n", "tracking"], lambda out: "Leap status     : Normal" in out),
+    ):
+        if shutil.which(command[0]) is None:
+            continue
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0:
+            return bool(parse(done.stdout)), command[0]
+    return None, "no timedatectl, chronyc or timesyncd flag"
+
+
+def check_clock(now: dt.datetime, synced: bool | None, how: str) -> CheckResult:
+    fix = "enable NTP: timedatectl set-ntp true (and allow UDP 123 outbound); TLS fails with a wrong clock"
+    if not PLAUSIBLE_YEARS[0] <= now.year <= PLAUSIBLE_YEARS[1]:
+        return CheckResult("clock", False, f"system time {now:%Y-%m-%d} is implausible", fix)
+    if synced is False:
+        return CheckResult("clock", False, f"clock not synchronised ({how})", fix)
+    if synced is None:
+        detail = f"{now:%Y-%m-%d %H:%M} UTC; sync unknown ({how})"
+        return CheckResult("clock", True, detail, fix, warning=True)
+    return CheckResult("clock", True, f"synchronised ({how})")
+
+
+def run_checks(
+    config_path: Path,
+    *,
+    engine_loader: EngineLoader = _select_loader,
+    root: Path = Path("/"),
+    manifests_dir: Path | None = None,
+) -> list[CheckResult]:
+    """Every check in a fixed order; later checks are skipped when the config cannot be read."""
+    result, config = check_config(config_path)
+    results = [result]
+    synced, how = clock_sync_status(root)
+    results.append(check_clock(dt.datetime.now(dt.timezone.utc), synced, how))
+    if config is None:
+        return results
+    results += [check_disk("state", config.paths.state_dir), check_disk("cache", config.paths.cache_dir)]
+    results.append(check_database(config.database_path))
+    if config.camera.enabled:
+        results.append(check_camera(config.camera.source))
+    models, verified = check_models(config, manifests_dir)
+    results.append(models)
+    results += [check_engine(entry, config, engine_loader) for entry in verified]
+    mqtt = config.mqtt
+    if mqtt.enabled:
+        reach = check_reachable(mqtt.host, mqtt.port, mqtt.connect_timeout_s)
+        results.append(reach)
+        if mqtt.tls:
+            results.append(check_certificate_file(mqtt.cert_file))
+            if reach.ok:
+                results.append(check_tls(mqtt.host, mqtt.port, mqtt.ca_file, mqtt.cert_file, mqtt.key_file,
+                                         timeout_s=mqtt.connect_timeout_s))
+    return results
+
+
+def render_table(results: list[CheckResult]) -> str:
+    width = max(len(r.name) for r in results)
+    lines = []
+    for r in results:
+        status = "FAIL" if not r.ok else "WARN" if r.warning else "ok"
+        lines.append(f"{status:<4}  {r.name:<{width}}  {r.detail}")
+        if r.fix and (not r.ok or r.warning):
+            lines.append(f"{'':<4}  {'':<{width}}  fix: {r.fix}")
+    failed = sum(not r.ok for r in results)
+    lines.append(f"\n{len(results) - failed} passed, {failed} failed")
+    return "\n".join(lines)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    results = run_checks(find_config_path(args.config))
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], ensure_ascii=False, indent=2))
+    else:
+        print(render_table(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def add_doctor_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "doctor", help="check config, disk, database, camera, models, engines, broker, TLS and clock"
+    )
+    parser.add_argument(
+        "--config", help="config file (default: $EDGE_AGENT_CONFIG, then /etc/edge-agent/config.toml)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.set_defaults(func=cmd_doctor)
+    return parser

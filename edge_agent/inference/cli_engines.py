@@ -1,0 +1,310 @@
+"""``edge-agent engines fetch | build | list | verify | quantize | bench``: model files and engines by hand.
+
+Each handler returns an exit code: 0 done, 1 something failed (the message says what), 2 usage, 3 TensorRT
+is needed but not available on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_agent.config import Config, InferenceSettings, PathSettings
+from edge_agent.errors import EdgeAgentError
+from edge_agent.inference import bench
+from edge_agent.inference.bench import BenchRow
+from edge_agent.inference.engine import Engine
+from edge_agent.inference.manifest import (
+    ENGINES_DIR,
+    InputProfile,
+    Manifest,
+    load_manifests,
+    resolve_profiles,
+)
+
+NO_TENSORRT = 3
+
+
+def _config(args: argparse.Namespace) -> tuple[InferenceSettings, PathSettings]:
+    from edge_agent.config import find_config_path, load_config
+
+    path = find_config_path(getattr(args, "config", None))
+    config = load_config(path, check_files_exist=False) if path.is_file() else Config()
+    paths = config.paths
+    updates: dict[str, object] = {}
+    if getattr(args, "cache_dir", None):
+        updates["cache_dir"] = Path(args.cache_dir).resolve()
+    if getattr(args, "mirror", None):
+        updates["model_mirror"] = Path(args.mirror).resolve()
+    return config.inference, paths.model_copy(update=updates)
+
+
+def _selected(args: argparse.Namespace) -> list[Manifest]:
+    manifests = load_manifests(Path(args.manifests))
+    names = getattr(args, "names", None) or list(manifests)
+    unknown = [n for n in names if n not in manifests]
+    if unknown:
+        raise EdgeAgentError(f"unknown model(s) {unknown}; known: {', '.join(sorted(manifests))}")
+    return [manifests[n] for n in names]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from edge_agent.inference.fetch import cached_model_path
+
+    _, paths = _config(args)
+    for m in _selected(args):
+        origin = m.source.url or str(m.source.repo_path)
+        local = m.source.repo_path if m.source.repo_path else cached_model_path(m, paths)
+        state = "present" if local and local.is_file() else "not fetched"
+        print(
+            f"{m.name:15} {m.role:5} {m.default_precision:5} [{', '.join(m.precisions)}] {state:11} {origin}"
+        )
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from edge_agent.inference.fetch import fetch_model
+
+    _, paths = _config(args)
+    failed = 0
+    for m in _selected(args):
+        try:
+            print(f"{m.name}: {fetch_model(m, paths, timeout_s=args.timeout)}")
+        except EdgeAgentError as exc:
+            print(f"{m.name}: FAILED: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Hash check of every local model, then one inference at the opt shape on ONNX Runtime."""
+    import numpy as np
+
+    from edge_agent.inference.fetch import cached_model_path, fetch_model, sha256_file
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
+
+    _, paths = _config(args)
+    failed = 0
+    for m in _selected(args):
+        path = m.source.repo_path or cached_model_path(m, paths)
+        try:
+            if m.source.sha256 and path.is_file() and sha256_file(path) != m.source.sha256:
+                raise EdgeAgentError(
+                    f"{path} does not match the pinned sha256; run `edge-agent engines fetch`"
+                )
+            path = fetch_model(m, paths) if args.fetch else path
+            if not path.is_file():
+                raise EdgeAgentError(f"{path} is missing; run `edge-agent engines fetch {m.name}`")
+            profiles = resolve_profiles(m, onnx_input_shapes(path))
+            engine = OnnxRuntimeEngine(path, model_name=m.name)
+            dtypes = {s.name: s.dtype for s in engine.inputs}
+            engine.infer({p.name: np.zeros(p.opt, dtypes[p.name]) for p in profiles})
+            print(f"{m.name}: OK ({path})")
+        except EdgeAgentError as exc:
+            print(f"{m.name}: FAILED: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from edge_agent.inference.select import load_engine
+    from edge_agent.inference.tensorrt_backend import open_tensorrt
+
+    inference, paths = _config(args)
+    try:
+        open_tensorrt()
+    except EdgeAgentError as exc:
+        print(f"no engine built: TensorRT cannot run on this machine ({exc})", file=sys.stderr)
+        return NO_TENSORRT
+    failed = 0
+    for m in _selected(args):
+        try:
+            loaded = load_engine(
+                m, inference.model_copy(update={"backend": "tensorrt"}), paths, precision=args.precision
+            )
+        except EdgeAgentError as exc:
+            print(f"{m.name}: FAILED: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(loaded.describe())
+        failed += loaded.backend != "tensorrt"
+    return 1 if failed else 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from edge_agent.inference.fetch import fetch_model
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
+    from edge_agent.inference.quantize import calibration_inputs, compare_outputs, quantize_qdq
+    from edge_agent.inference.select import qdq_model_path
+
+    _, paths = _config(args)
+    (manifest,) = _selected(args)
+    source = fetch_model(manifest, paths)
+    profiles = resolve_profiles(manifest, onnx_input_shapes(source))
+    samples = calibration_inputs(manifest, profiles, Path(args.data), args.samples + args.held_out)
+    if len(samples) <= args.held_out:
+        print(
+            f"only {len(samples)} samples in {args.data}; need more than --held-out {args.held_out}",
+            file=sys.stderr,
+        )
+        return 1
+    calibration, held_out = samples[: -args.held_out], samples[-args.held_out :]
+    dest = Path(args.out) if args.out else qdq_model_path(manifest, paths)
+    quantize_qdq(source, dest, calibration, activation_symmetric=not args.asymmetric)
+    fp32 = OnnxRuntimeEngine(source, model_name=manifest.name)
+    int8 = OnnxRuntimeEngine(dest, model_name=manifest.name, precision="int8")
+    report = compare_outputs(
+        [fp32.infer(f) for f in held_out], [int8.infer(f) for f in held_out], detector=manifest.role == "face"
+    )
+    print(f"{manifest.name}: Q/DQ INT8 model written to {dest} ({len(calibration)} calibration samples)")
+    for line in report.lines():
+        print(f"  {line}")
+    if args.asymmetric:
+        print("  note: asymmetric activations run on ONNX Runtime only; TensorRT needs symmetric INT8")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    inference, paths = _config(args)
+    rows: list[BenchRow] = []
+    for m in _selected(args):
+        try:
+            rows += _bench_model(m, inference, paths, args)
+        except EdgeAgentError as exc:
+            rows.append(bench.BenchRow(m.name, "-", "-", 1, note=f"skipped: {exc}"))
+    print(bench.table(rows))
+    if args.json:
+        bench.to_json(rows, Path(args.json))
+    return 0
+
+
+def _bench_model(
+    m: Manifest, inference: InferenceSettings, paths: PathSettings, args: argparse.Namespace
+) -> list[BenchRow]:
+    from edge_agent.inference.fetch import fetch_model
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
+    from edge_agent.inference.select import load_engine, qdq_model_path
+
+    source = fetch_model(m, paths)
+    profiles = resolve_profiles(m, onnx_input_shapes(source))
+    engines: list[tuple[str, str, Engine]] = [
+        (
+            "onnxruntime",
+            "fp32",
+            OnnxRuntimeEngine(source, model_name=m.name, intra_op_threads=inference.intra_op_threads),
+        )
+    ]
+    rows: list[BenchRow] = []
+    qdq = qdq_model_path(m, paths)
+    if qdq.is_file():
+        engines.append(
+            (
+                "onnxruntime",
+                "int8",
+                OnnxRuntimeEngine(
+                    qdq, model_name=m.name, precision="int8", intra_op_threads=inference.intra_op_threads
+                ),
+            )
+        )
+    elif "int8" in m.precisions:
+        rows.append(
+            bench.BenchRow(
+                m.name,
+                "onnxruntime",
+                "int8",
+                1,
+                note=f"no Q/DQ model: run `edge-agent engines quantize {m.name} --data DIR`",
+            )
+        )
+    loaded = load_engine(m, inference.model_copy(update={"backend": "tensorrt"}), paths)
+    if loaded.backend == "tensorrt":
+        engines.append(("tensorrt", loaded.precision, loaded.engine))
+    else:
+        rows.append(
+            bench.BenchRow(m.name, "tensorrt", loaded.requested_precision, 1, note=loaded.fallback or "")
+        )
+    for backend, precision, engine in engines:
+        specs = engine.inputs
+        for batch in (1, args.batch):
+            feeds = bench.synthetic_feeds(profiles, specs, batch)
+            rows.append(
+                bench.bench_row(
+                    m, backend, precision, batch, engine.infer, feeds=feeds, iterations=args.iterations
+                )
+            )
+    if m.torch_source:
+        rows += _bench_torch(m, profiles, engines[0][2], args)
+    return rows
+
+
+def _bench_torch(
+    m: Manifest, profiles: Sequence[InputProfile], reference: Engine, args: argparse.Namespace
+) -> list[BenchRow]:
+    try:
+        run = bench.torch_kt_step(m)
+    except (ImportError, FileNotFoundError, KeyError) as exc:
+        return [
+            bench.BenchRow(m.name, "pytorch", "fp32", 1, note=f"skipped: PyTorch model unavailable ({exc})")
+        ]
+    rows: list[BenchRow] = []
+    for batch in (1, args.batch):
+        feeds = bench.synthetic_feeds(profiles, reference.inputs, batch)
+        row = bench.bench_row(m, "pytorch-eager", "fp32", batch, run, feeds=feeds, iterations=args.iterations)
+        rows.append(bench.BenchRow(**{**row.__dict__, "note": "same architecture, weights not loaded"}))
+    return rows
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="config file")
+    parser.add_argument("--manifests", default=str(ENGINES_DIR), help="folder of *.toml model manifests")
+    parser.add_argument("--cache-dir", help="override paths.cache_dir (models and engines)")
+    parser.add_argument("--mirror", help="override paths.model_mirror (also: $EDGE_AGENT_MODEL_MIRROR)")
+
+
+def add_engines_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    engines = subparsers.add_parser("engines", help="fetch models, build and check inference engines")
+    sub = engines.add_subparsers(dest="engines_command", required=True)
+
+    def command(name: str, func: object, help_text: str, names: str | int = "*") -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help_text)
+        _common(parser)
+        parser.add_argument("names", nargs=names, help="model names (default: all manifests)")
+        parser.set_defaults(func=_guarded(func))
+        return parser
+
+    command("list", cmd_list, "list model manifests and what is present locally")
+    fetch = command(
+        "fetch", cmd_fetch, "fetch models (mirror first, then the official URL) and verify sha256"
+    )
+    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per network wait")
+    verify = command("verify", cmd_verify, "check hashes and run each model once on ONNX Runtime")
+    verify.add_argument("--fetch", action="store_true", help="fetch missing models first")
+    build = command("build", cmd_build, "build TensorRT engines into the cache (needs TensorRT and a GPU)")
+    build.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: from the config")
+    quantize = command("quantize", cmd_quantize, "write an INT8 Q/DQ model and report its accuracy change", 1)
+    quantize.add_argument("--data", required=True, help="folder of photos (frames or faces) for calibration")
+    quantize.add_argument("--samples", type=int, default=64, help="calibration samples")
+    quantize.add_argument("--held-out", type=int, default=8, help="samples kept out to measure accuracy")
+    quantize.add_argument(
+        "--asymmetric", action="store_true", help="asymmetric activations (ONNX Runtime only)"
+    )
+    quantize.add_argument("--out", help="output file (default: the cache, where the loader looks)")
+    bench_parser = command("bench", cmd_bench, "latency and throughput per model, backend and precision")
+    bench_parser.add_argument("--iterations", type=int, default=200)
+    bench_parser.add_argument(
+        "--batch", type=int, default=16, help="the larger batch (where the profile allows)"
+    )
+    bench_parser.add_argument("--json", help="also write the rows to this JSON file")
+
+
+def _guarded(func: object) -> object:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args))  # type: ignore[operator]
+        except EdgeAgentError as exc:
+            print(f"edge-agent engines {args.engines_command}: {exc}", file=sys.stderr)
+            return 1
+
+    return run

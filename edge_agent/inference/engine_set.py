@@ -1,0 +1,91 @@
+"""The daemon component that loads the engines it needs and reports how each one runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from edge_agent.config import InferenceSettings, PathSettings
+from edge_agent.errors import EdgeAgentError, EngineError
+from edge_agent.inference.guarded import GuardedEngine
+from edge_agent.inference.manifest import Manifest
+from edge_agent.inference.select import LoadedEngine, TensorRTPort, _open_real_tensorrt, load_engine
+from edge_agent.lifecycle import Health
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+
+class EngineSet:
+    """Loads ``manifests`` on start (in a worker thread: a TensorRT build can take minutes).
+
+    A model that cannot be loaded at all leaves the set degraded with the reason; the others still load.
+    """
+
+    name = "engines"
+    essential = False
+
+    def __init__(
+        self,
+        manifests: Sequence[Manifest],
+        settings: InferenceSettings,
+        paths: PathSettings,
+        *,
+        tensorrt: Callable[[], TensorRTPort] = _open_real_tensorrt,
+    ) -> None:
+        self._manifests = list(manifests)
+        self._settings = settings
+        self._paths = paths
+        self._tensorrt = tensorrt
+        self._loaded: dict[str, LoadedEngine] = {}
+        self._failed: dict[str, str] = {}
+        self._started = False
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.load_all)
+
+    def load_all(self) -> None:
+        for manifest in self._manifests:
+            try:
+                self._loaded[manifest.name] = load_engine(
+                    manifest, self._settings, self._paths, tensorrt=self._tensorrt
+                )
+            except EdgeAgentError as exc:
+                self._failed[manifest.name] = str(exc)
+                log.error("model %s cannot run on any backend: %s", manifest.name, exc)
+            else:
+                log.info("engine loaded: %s", self._loaded[manifest.name].describe())
+        self._started = True
+
+    async def stop(self) -> None:
+        for loaded in self._loaded.values():
+            loaded.engine.close()
+            metrics.ENGINES_UP.labels(loaded.manifest.name, loaded.backend, loaded.precision).set(0)
+        self._loaded.clear()
+
+    def get(self, name: str) -> GuardedEngine:
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            reason = self._failed.get(name, "not loaded (is it listed in the engines the daemon needs?)")
+            raise EngineError(f"engine {name}: {reason}")
+        return loaded.engine
+
+    def loaded(self) -> list[LoadedEngine]:
+        return list(self._loaded.values())
+
+    def status(self) -> list[dict[str, object]]:
+        """LiveBoard ``health.engines`` entries; failed models appear with backend "none"."""
+        rows = [loaded.status() for loaded in self._loaded.values()]
+        rows += [
+            {"name": n, "backend": "none", "precision": "-", "fallback": why}
+            for n, why in self._failed.items()
+        ]
+        return rows
+
+    def health(self) -> Health:
+        if not self._started:
+            return Health(False, "engines are still loading")
+        parts = [loaded.describe() for loaded in self._loaded.values()]
+        parts += [f"{name}: FAILED ({why})" for name, why in self._failed.items()]
+        return Health(not self._failed, "; ".join(parts) or "no engines configured")

@@ -1,0 +1,50 @@
+"""A stand-in for the TensorRT hardware port, for tests and demos on machines without a GPU.
+
+It exercises the real selection, cache and fallback code: "plans" are small byte strings naming the ONNX
+file, and "engines" are ONNX Runtime sessions reporting backend ``fake-tensorrt`` so no result can be
+mistaken for a TensorRT measurement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_agent.errors import EngineLoadError
+from edge_agent.inference.engine import Engine
+from edge_agent.inference.engine_cache import BuildTarget
+from edge_agent.inference.manifest import InputProfile
+from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+
+_MAGIC = b"FAKEPLAN:"
+
+
+class FakeTensorRT:
+    def __init__(self, *, fail_build: str | None = None, target: BuildTarget | None = None) -> None:
+        self.target = target or BuildTarget("10.3.0-fake", "fake GPU", (8, 7))
+        self.fail_build = fail_build
+        self.builds: list[tuple[str, str]] = []
+        self.loads = 0
+
+    def __call__(self) -> FakeTensorRT:
+        return self
+
+    def build_plan(
+        self, onnx_path: Path, profiles: Sequence[InputProfile], precision: str, settings: object
+    ) -> bytes:
+        self.builds.append((onnx_path.name, precision))
+        if self.fail_build:
+            raise EngineLoadError(f"fake build failure: {self.fail_build}", "build_failed")
+        return _MAGIC + str(onnx_path).encode()
+
+    def load_plan(
+        self, plan: bytes, model_name: str, precision: str, profiles: Sequence[InputProfile]
+    ) -> Engine:
+        self.loads += 1
+        if not plan.startswith(_MAGIC):
+            raise EngineLoadError(f"the {model_name} plan is not a plan this runtime can read", "deserialize")
+        engine = OnnxRuntimeEngine(
+            Path(plan[len(_MAGIC) :].decode()), model_name=model_name, precision=precision
+        )
+        engine.backend = "fake-tensorrt"  # type: ignore[misc]
+        return engine

@@ -1,0 +1,142 @@
+"""Obtain a manifest's ONNX file: the verified cache, then the local mirror, then the official URL.
+
+Every candidate is checked against the manifest's sha256 before it replaces anything, and written
+atomically (temporary file in the same folder, fsync, ``os.replace``), so a wrong or half-downloaded file
+never displaces the previous good one. Files live in ``cache_dir/models/<mirror_path>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from edge_agent.config import PathSettings
+from edge_agent.errors import ModelError
+from edge_agent.inference.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+MIRROR_ENV = "EDGE_AGENT_MODEL_MIRROR"
+MAX_MODEL_BYTES = 512 * 1024 * 1024
+_CHUNK = 1 << 16
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def mirror_dir(paths: PathSettings) -> Path | None:
+    """$EDGE_AGENT_MODEL_MIRROR wins over ``paths.model_mirror`` so a technician can point at a USB stick."""
+    env = os.environ.get(MIRROR_ENV)
+    if env:
+        return Path(env)
+    return paths.model_mirror
+
+
+def cached_model_path(manifest: Manifest, paths: PathSettings) -> Path:
+    return paths.cache_dir / "models" / manifest.source.mirror_path
+
+
+@contextmanager
+def atomic_writer(dest: Path) -> Iterator[BinaryIO]:
+    """A file handle whose content replaces ``dest`` only if the block finishes without an exception."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _verified_copy(stream: BinaryIO, dest: Path, want_sha: str, origin: str) -> None:
+    digest = hashlib.sha256()
+    size = 0
+    with atomic_writer(dest) as out:
+        for chunk in iter(lambda: stream.read(_CHUNK), b""):
+            size += len(chunk)
+            if size > MAX_MODEL_BYTES:
+                raise ModelError(f"{origin} is larger than {MAX_MODEL_BYTES} bytes; refused")
+            digest.update(chunk)
+            out.write(chunk)
+        got = digest.hexdigest()
+        if got != want_sha:
+            raise ModelError(
+                f"{origin} has sha256 {got}, the manifest pins {want_sha}; refused, previous file kept"
+            )
+
+
+def _from_mirror(manifest: Manifest, mirror: Path, dest: Path, sha: str) -> None:
+    candidate = mirror / manifest.source.mirror_path
+    if not candidate.is_file():
+        raise ModelError(f"mirror has no {candidate}")
+    with candidate.open("rb") as stream:
+        _verified_copy(stream, dest, sha, f"mirror file {candidate}")
+
+
+def _from_url(url: str, dest: Path, sha: str, timeout_s: float) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "edge-agent model fetch"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            _verified_copy(response, dest, sha, url)
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise ModelError(f"download of {url} failed: {exc}") from exc
+
+
+def fetch_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 30.0) -> Path:
+    """The verified local ONNX file of ``manifest``, fetching it if needed; :class:`ModelError` otherwise."""
+    source = manifest.source
+    if source.repo_path is not None:
+        return _repo_file(manifest)
+    assert source.sha256 is not None and source.url is not None  # guaranteed by the manifest parser
+    dest = cached_model_path(manifest, paths)
+    if dest.is_file() and sha256_file(dest) == source.sha256:
+        return dest
+    problems: list[str] = []
+    mirror = mirror_dir(paths)
+    attempts = (
+        [("mirror", lambda: _from_mirror(manifest, mirror, dest, source.sha256 or ""))] if mirror else []
+    )
+    attempts.append(("url", lambda: _from_url(source.url or "", dest, source.sha256 or "", timeout_s)))
+    for origin, attempt in attempts:
+        try:
+            attempt()
+        except ModelError as exc:
+            log.warning("model %s not taken from %s: %s", manifest.name, origin, exc)
+            problems.append(str(exc))
+            continue
+        log.info("model %s fetched from %s into %s", manifest.name, origin, dest)
+        return dest
+    kept = " (the previous file in the cache was kept)" if dest.exists() else ""
+    raise ModelError(
+        f"model {manifest.name} could not be obtained{kept}: {'; '.join(problems)}. "
+        f"Copy {source.mirror_path} into a mirror folder and set ${MIRROR_ENV} or paths.model_mirror."
+    )
+
+
+def _repo_file(manifest: Manifest) -> Path:
+    path = manifest.source.repo_path
+    assert path is not None
+    if not path.is_file():
+        raise ModelError(
+            f"model {manifest.name}: {path} is missing; reinstall edge-agent or its model package"
+        )
+    if manifest.source.sha256 and sha256_file(path) != manifest.source.sha256:
+        raise ModelError(f"model {manifest.name}: {path} does not match the sha256 in {manifest.path}")
+    return path

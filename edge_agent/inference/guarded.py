@@ -1,0 +1,91 @@
+"""The wrapper every loaded engine is handed out in, whichever backend runs it.
+
+It enforces the manifest's optimization profile on both backends (ONNX Runtime has no profile, TensorRT
+would fail deep inside ``set_input_shape``), so an input outside the profile is the same clear
+:class:`EngineInputError` everywhere; counts every call in ``INFERENCE_REQUESTS`` and observes
+``INFERENCE_LATENCY{stage="infer"}``.
+
+Concurrency: one lock per wrapper serialises ``infer``. A TensorRT execution context must not be used
+from two threads at once, and ONNX Runtime gains little from it on a 6-core board; a worker that wants
+parallelism loads one engine per thread instead of sharing one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from edge_agent.errors import EngineInputError
+from edge_agent.inference.engine import Engine, TensorSpec
+from edge_agent.inference.manifest import InputProfile
+from edge_agent.telemetry import metrics
+
+
+def check_inputs(model: str, profiles: Sequence[InputProfile], feeds: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`EngineInputError` naming the first input that is missing, unknown or out of profile."""
+    names = {p.name for p in profiles}
+    extra = sorted(set(feeds) - names)
+    if extra:
+        raise EngineInputError(f"{model}: unknown input(s) {extra}; the model takes {sorted(names)}")
+    for profile in profiles:
+        if profile.name not in feeds:
+            raise EngineInputError(f"{model}: missing input {profile.name!r}")
+        shape = tuple(np.shape(feeds[profile.name]))
+        if not profile.contains(shape):
+            raise EngineInputError(
+                f"{model}: input {profile.name!r} has shape {shape}, outside the engine profile "
+                f"{profile.min}..{profile.max}"
+            )
+
+
+class GuardedEngine:
+    """An :class:`Engine` that checks the profile, serialises calls and reports metrics."""
+
+    def __init__(self, inner: Engine, profiles: Sequence[InputProfile]) -> None:
+        self._inner = inner
+        self._profiles = tuple(profiles)
+        self._lock = threading.Lock()
+        self.model_name = inner.model_name
+        self.backend = inner.backend
+        self.precision = inner.precision
+        self._requests = {
+            outcome: metrics.INFERENCE_REQUESTS.labels(self.model_name, self.backend, outcome)
+            for outcome in ("ok", "error", "rejected")
+        }
+        self._latency = metrics.INFERENCE_LATENCY.labels(self.model_name, "infer")
+
+    @property
+    def profiles(self) -> tuple[InputProfile, ...]:
+        return self._profiles
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inner.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._inner.outputs
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            check_inputs(self.model_name, self._profiles, feeds)
+        except EngineInputError:
+            self._requests["rejected"].inc()
+            raise
+        with self._lock:
+            start = time.perf_counter()
+            try:
+                result = self._inner.infer(feeds)
+            except Exception:
+                self._requests["error"].inc()
+                raise
+            self._latency.observe(time.perf_counter() - start)
+        self._requests["ok"].inc()
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._inner.close()

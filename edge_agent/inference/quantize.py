@@ -1,0 +1,263 @@
+"""INT8 Q/DQ models: static quantization with ONNX Runtime, calibrated on real images.
+
+The output is an ONNX with QuantizeLinear/DequantizeLinear pairs (``QuantFormat.QDQ``): ONNX Runtime runs it
+on the CPU, and TensorRT builds an INT8 engine from it as a strongly typed network (the INT8 path TensorRT
+11 keeps). Weights per channel, weights and activations symmetric signed INT8 (what TensorRT expects),
+biases left in float. The accuracy change against FP32 is measured on held-out inputs, never on the
+calibration set.
+
+Calibration data comes from a folder of photos: whole frames for the face detector, face crops for head
+pose (boxes from dlib "imglab" XML files where the folder has them, else centre crops).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge_agent.errors import ModelError
+from edge_agent.inference.manifest import InputProfile, Manifest
+
+log = logging.getLogger(__name__)
+
+QDQ_MIN_OPSET = 13
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    samples: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    per_output: dict[str, tuple[float, float]]  # output -> (max, mean) abs diff
+    score_agreement: float | None  # detectors: share of cells on the same side of the 0.6 score threshold
+
+    def lines(self) -> list[str]:
+        out = [
+            f"held-out samples: {self.samples}",
+            f"max |int8 - fp32|: {self.max_abs_diff:.4g}, mean: {self.mean_abs_diff:.4g}",
+        ]
+        if self.score_agreement is not None:
+            out.append(f"detection score agreement at 0.6: {self.score_agreement:.4%}")
+        return out
+
+
+def _images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ModelError(f"calibration folder {folder} does not exist")
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise ModelError(f"calibration folder {folder} holds no .jpg/.png images")
+    return found
+
+
+def _read(path: Path) -> np.ndarray | None:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        log.warning("calibration image %s cannot be decoded; skipped", path.name)
+    return image
+
+
+def letterbox_frame(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """BGR 0-255 NCHW float32 of ``height`` x ``width``: scaled to fit, padded bottom/right (YuNet input)."""
+    scale = min(height / image.shape[0], width / image.shape[1])
+    resized = cv2.resize(
+        image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    )
+    canvas = np.zeros((height, width, 3), np.float32)
+    canvas[: resized.shape[0], : resized.shape[1]] = resized
+    return canvas.transpose(2, 0, 1)[None]
+
+
+def fsanet_crop(face: np.ndarray, size: int = 64) -> np.ndarray:
+    """FSA-Net input: BGR crop resized to ``size``, CHW, (x - 127.5) / 128."""
+    resized = cv2.resize(face, (size, size)).astype(np.float32)
+    return ((resized - 127.5) / 128.0).transpose(2, 0, 1)[None]
+
+
+def _imglab_boxes(folder: Path) -> dict[str, list[tuple[int, int, int, int]]]:
+    """Face boxes (top, left, width, height) by image file name, from dlib imglab XML files."""
+    boxes: dict[str, list[tuple[int, int, int, int]]] = {}
+    for xml in sorted(folder.rglob("*.xml")):
+        try:
+            root = ET.parse(xml).getroot()
+        except ET.ParseError as exc:
+            log.warning("%s is not valid XML (%s); ignored", xml.name, exc)
+            continue
+        for image in root.iter("image"):
+            for box in image.iter("box"):
+                try:
+                    entry = tuple(int(box.attrib[k]) for k in ("top", "left", "width", "height"))
+                except (KeyError, ValueError):
+                    continue
+                boxes.setdefault(Path(image.attrib.get("file", "")).name, []).append(entry)  # type: ignore[arg-type]
+    return boxes
+
+
+def _face_crops(folder: Path) -> Iterator[np.ndarray]:
+    boxes = _imglab_boxes(folder)
+    for path in _images(folder):
+        image = _read(path)
+        if image is None:
+            continue
+        rows = boxes.get(path.name)
+        if not rows:  # no labels: one centre square, roughly a portrait's face
+            side = min(image.shape[:2]) // 2
+            rows = [((image.shape[0] - side) // 2, (image.shape[1] - side) // 2, side, side)]
+        for top, left, width, height in rows:
+            pad = int(0.2 * max(width, height))  # FSA-Net was trained on loosely cropped faces
+            y0, x0 = max(0, top - pad), max(0, left - pad)
+            crop = image[y0 : top + height + pad, x0 : left + width + pad]
+            if crop.size:
+                yield fsanet_crop(crop)
+
+
+def calibration_inputs(
+    manifest: Manifest, profiles: Sequence[InputProfile], folder: Path, limit: int
+) -> list[Feeds]:
+    """Up to ``limit`` input dicts for ``manifest`` built from the photos in ``folder``."""
+    if manifest.calibration is None:
+        raise ModelError(f"{manifest.name}: the manifest names no INT8 calibration data ([int8] table)")
+    if len(profiles) != 1:
+        raise ModelError(f"{manifest.name}: calibration from photos needs a model with one image input")
+    profile = profiles[0]
+    kind = manifest.calibration.kind
+    arrays: Iterator[np.ndarray]
+    if kind == "frames":
+        height, width = profile.opt[2], profile.opt[3]
+        arrays = (
+            letterbox_frame(img, height, width) for p in _images(folder) if (img := _read(p)) is not None
+        )
+    elif kind == "face_crops":
+        arrays = _face_crops(folder)
+    else:
+        raise ModelError(f"{manifest.name}: calibration kind {kind!r} cannot be built from a photo folder")
+    feeds = [{profile.name: a} for _, a in zip(range(limit), arrays, strict=False)]
+    if not feeds:
+        raise ModelError(f"no usable calibration samples for {manifest.name} in {folder}")
+    return feeds
+
+
+def _reader(feeds: Sequence[Feeds]) -> object:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter(feeds)
+
+        def get_next(self) -> Feeds | None:
+            return next(self._items, None)
+
+        def rewind(self) -> None:
+            self._items = iter(feeds)
+
+    return _Reader()
+
+
+def quantize_qdq(
+    source: Path, dest: Path, calibration: Sequence[Feeds], *, activation_symmetric: bool = True
+) -> None:
+    """Write a Q/DQ INT8 model of ``source`` to ``dest`` (atomically), MinMax-calibrated on ``calibration``.
+
+    ``activation_symmetric=False`` gives activations a zero point: far more accurate for FSA-Net on ONNX
+    Runtime, but TensorRT accepts only zero-point-0 INT8, so such a model is for ONNX Runtime only.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part.onnx", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    prepared = tmp.with_suffix(".prep.onnx")
+    try:
+        _prepare(source, prepared)
+        quantize_static(
+            str(prepared),
+            str(tmp),
+            _reader(calibration),  # type: ignore[arg-type]
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            # Names checked against onnxruntime 1.32's quantize.py: symmetric ranges (zero point 0) are what
+            # TensorRT's explicit quantization needs; biases stay float so TensorRT fuses them itself.
+            extra_options={
+                "ActivationSymmetric": activation_symmetric,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+            },
+        )
+        os.replace(tmp, dest)
+    except ModelError:
+        raise
+    except Exception as exc:  # onnxruntime.quantization raises untyped errors
+        raise ModelError(f"quantization of {source.name} failed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+        prepared.unlink(missing_ok=True)
+
+
+def _prepare(source: Path, dest: Path) -> None:
+    """Opset 13 or newer (per-channel DequantizeLinear needs its ``axis``), then ORT's pre-processing
+    (shape inference, BatchNorm folded into Conv so its weights quantize per channel)."""
+    import onnx
+    from onnx import version_converter
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = onnx.load(str(source))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < QDQ_MIN_OPSET:
+        model = version_converter.convert_version(model, QDQ_MIN_OPSET)
+    upgraded = dest.with_suffix(".opset.onnx")
+    try:
+        onnx.save(model, str(upgraded))
+        quant_pre_process(str(upgraded), str(dest), skip_symbolic_shape=True)
+    finally:
+        upgraded.unlink(missing_ok=True)
+
+
+def compare_outputs(fp32: Sequence[Feeds], int8: Sequence[Feeds], detector: bool) -> AccuracyReport:
+    """Accuracy change of ``int8`` outputs against ``fp32`` outputs of the same held-out inputs."""
+    per: dict[str, list[np.ndarray]] = {}
+    agree: list[float] = []
+    for ref, got in zip(fp32, int8, strict=True):
+        for name, value in ref.items():
+            per.setdefault(name, []).append(np.abs(got[name].astype(np.float64) - value).ravel())
+        if detector:
+            agree.append(_score_agreement(ref, got))
+    if not per:
+        raise ModelError("no held-out samples to compare")
+    per_output = {
+        k: (float(np.max(np.concatenate(v))), float(np.mean(np.concatenate(v)))) for k, v in per.items()
+    }
+    every = np.concatenate([np.concatenate(v) for v in per.values()])
+    return AccuracyReport(
+        len(fp32),
+        float(every.max()),
+        float(every.mean()),
+        per_output,
+        float(np.mean(agree)) if agree else None,
+    )
+
+
+def _score_agreement(ref: Feeds, got: Feeds, threshold: float = 0.6) -> float:
+    same, total = 0, 0
+    for name in ref:
+        if not name.startswith("cls_"):
+            continue
+        obj = name.replace("cls_", "obj_")
+        a = np.sqrt(np.clip(ref[name] * ref[obj], 0, 1)) >= threshold
+        b = np.sqrt(np.clip(got[name] * got[obj], 0, 1)) >= threshold
+        same += int(np.sum(a == b))
+        total += a.size
+    return same / total if total else 1.0

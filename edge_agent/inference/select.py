@@ -1,0 +1,209 @@
+"""Backend choice and fallback: TensorRT where it works, ONNX Runtime otherwise, never an exception upward.
+
+``backend = "auto"`` tries TensorRT when it imports and a GPU is present; ``"tensorrt"`` insists on it
+(a failure is counted as a load failure); ``"onnxruntime"`` skips it. Any TensorRT failure (not
+importable, no GPU, build or deserialize error, INT8 without a Q/DQ model) falls back to ONNX Runtime and
+the reason travels with the engine in :class:`LoadedEngine` for the health page. Only a model that ONNX
+Runtime cannot run either raises (:class:`ModelError` or :class:`EngineLoadError`).
+
+TensorRT is reached through :class:`TensorRTPort`, the hardware port; ``tensorrt_backend.open_tensorrt``
+is the real one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from edge_agent.config import InferenceSettings, PathSettings
+from edge_agent.errors import EngineLoadError
+from edge_agent.inference.engine import Engine
+from edge_agent.inference.engine_cache import BuildTarget, PlanCache, engine_cache_key
+from edge_agent.inference.fetch import fetch_model, sha256_file
+from edge_agent.inference.guarded import GuardedEngine
+from edge_agent.inference.manifest import InputProfile, Manifest, resolve_profiles
+from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes, ort_providers
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "tensorrt_unavailable"
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    workspace_mib: int
+    timing_cache: Path
+    log_path: Path
+
+    def key_fields(self) -> dict[str, object]:
+        # Paths do not change the plan; the workspace limit can change tactic choice.
+        return {"workspace_mib": self.workspace_mib, "strongly_typed_int8": True}
+
+
+class TensorRTPort(Protocol):
+    """What the loader needs from TensorRT; the real adapter lives in ``tensorrt_backend``."""
+
+    target: BuildTarget
+
+    def build_plan(
+        self, onnx_path: Path, profiles: Sequence[InputProfile], precision: str, settings: BuildSettings
+    ) -> bytes: ...
+
+    def load_plan(
+        self, plan: bytes, model_name: str, precision: str, profiles: Sequence[InputProfile]
+    ) -> Engine: ...
+
+
+def _open_real_tensorrt() -> TensorRTPort:
+    from edge_agent.inference.tensorrt_backend import open_tensorrt
+
+    return open_tensorrt()
+
+
+@dataclass(frozen=True)
+class LoadedEngine:
+    manifest: Manifest
+    engine: GuardedEngine
+    requested_precision: str
+    fallback: str | None  # why the engine is not TensorRT at the requested precision, or None
+
+    @property
+    def backend(self) -> str:
+        return self.engine.backend
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    def describe(self) -> str:
+        text = f"{self.manifest.role} {self.manifest.name}: {self.backend} {self.precision}"
+        return f"{text} ({self.fallback})" if self.fallback else text
+
+    def status(self) -> dict[str, object]:
+        """The LiveBoard ``health.engines`` entry."""
+        return {
+            "name": self.manifest.name,
+            "backend": self.backend,
+            "precision": self.precision,
+            "fallback": self.fallback,
+        }
+
+
+def precision_for(manifest: Manifest, settings: InferenceSettings) -> str:
+    wanted = {"face": settings.face_precision, "pose": settings.pose_precision, "kt": settings.kt_precision}
+    choice = wanted.get(manifest.role, manifest.default_precision)
+    return choice if choice in manifest.precisions else manifest.default_precision
+
+
+def qdq_model_path(manifest: Manifest, paths: PathSettings) -> Path:
+    """Where ``edge-agent engines quantize`` puts the INT8 Q/DQ model of ``manifest``."""
+    return paths.cache_dir / "models" / "int8" / f"{manifest.name}-int8-qdq.onnx"
+
+
+def load_engine(
+    manifest: Manifest,
+    settings: InferenceSettings,
+    paths: PathSettings,
+    *,
+    precision: str | None = None,
+    tensorrt: Callable[[], TensorRTPort] = _open_real_tensorrt,
+) -> LoadedEngine:
+    """Fetch, build or load, and wrap one model; see the module docstring for the fallback rules."""
+    onnx_path = fetch_model(manifest, paths)
+    profiles = resolve_profiles(manifest, onnx_input_shapes(onnx_path))
+    want = precision or precision_for(manifest, settings)
+    fallback: str | None = None
+    if settings.backend != "onnxruntime":
+        try:
+            inner = _load_tensorrt(
+                manifest, onnx_path, profiles, want, settings=settings, paths=paths, tensorrt=tensorrt
+            )
+            _mark_up(inner)
+            return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, None)
+        except EngineLoadError as exc:
+            expected = settings.backend == "tensorrt" or exc.reason != UNAVAILABLE
+            if expected:
+                metrics.ENGINE_LOAD_FAILURES.labels(manifest.name, "tensorrt", exc.reason).inc()
+            log.log(
+                logging.WARNING if expected else logging.INFO,
+                "model %s: TensorRT not used (%s: %s); running on ONNX Runtime",
+                manifest.name,
+                exc.reason,
+                exc,
+            )
+            fallback = f"TensorRT {exc.reason.removeprefix('tensorrt_').replace('_', ' ')}: {exc}"
+    inner, note = _load_onnxruntime(manifest, onnx_path, want, settings, paths)
+    _mark_up(inner)
+    reasons = [r for r in (fallback, note) if r]
+    return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, "; ".join(reasons) or None)
+
+
+def _mark_up(engine: Engine) -> None:
+    metrics.ENGINES_UP.labels(engine.model_name, engine.backend, engine.precision).set(1)
+
+
+def _load_tensorrt(
+    manifest: Manifest,
+    onnx_path: Path,
+    profiles: Sequence[InputProfile],
+    precision: str,
+    *,
+    settings: InferenceSettings,
+    paths: PathSettings,
+    tensorrt: Callable[[], TensorRTPort],
+) -> Engine:
+    port = tensorrt()
+    source = onnx_path
+    if precision == "int8":
+        source = qdq_model_path(manifest, paths)
+        if not source.is_file():
+            raise EngineLoadError(
+                f"INT8 needs a Q/DQ model at {source}; run `edge-agent engines quantize {manifest.name}`",
+                "int8_uncalibrated",
+            )
+    engines_dir = paths.cache_dir / "engines"
+    cache = PlanCache(engines_dir)
+    build = BuildSettings(
+        settings.workspace_mib,
+        engines_dir / f"timing-{port.target.trt_version}.cache",
+        engines_dir / f"{manifest.name}-{precision}.build.log",
+    )
+    key = engine_cache_key(port.target, sha256_file(source), precision, profiles, build.key_fields())
+    plan = cache.load(manifest.name, precision, key)
+    if plan is not None:
+        try:
+            return port.load_plan(plan, manifest.name, precision, profiles)
+        except EngineLoadError as exc:
+            metrics.ENGINE_LOAD_FAILURES.labels(manifest.name, "tensorrt", "deserialize").inc()
+            log.warning("model %s: cached plan failed to load (%s); rebuilding", manifest.name, exc)
+            cache.discard(manifest.name, precision, key, "corrupt")
+    log.info("model %s: building a TensorRT %s engine; this can take minutes", manifest.name, precision)
+    plan = port.build_plan(source, profiles, precision, build)
+    cache.store(manifest.name, precision, key, plan)
+    return port.load_plan(plan, manifest.name, precision, profiles)
+
+
+def _load_onnxruntime(
+    manifest: Manifest, onnx_path: Path, precision: str, settings: InferenceSettings, paths: PathSettings
+) -> tuple[Engine, str | None]:
+    path, run_as, note = onnx_path, "fp32", None
+    if precision == "int8":
+        qdq = qdq_model_path(manifest, paths)
+        if qdq.is_file():
+            path, run_as = qdq, "int8"
+        else:
+            note = f"INT8 asked but no Q/DQ model at {qdq}; running fp32"
+    elif precision == "fp16":
+        note = "ONNX Runtime runs the fp32 model"
+    engine = OnnxRuntimeEngine(
+        path,
+        model_name=manifest.name,
+        precision=run_as,
+        intra_op_threads=settings.intra_op_threads,
+        providers=ort_providers(allow_tensorrt=settings.backend == "onnxruntime"),
+    )
+    return engine, note

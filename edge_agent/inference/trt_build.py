@@ -1,0 +1,187 @@
+"""Build a TensorRT plan from an ONNX model (TensorRT 10.3 as in JetPack 6.1/6.2; ready for 11).
+
+One of the two modules importing tensorrt (with ``tensorrt_backend``). Precision rules:
+
+* fp32 and int8 build a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``): the
+  ONNX carries the precision, INT8 comes from its Q/DQ nodes (``edge-agent engines quantize``). This is
+  the only path TensorRT 11 keeps.
+* fp16 on TensorRT 10 sets ``BuilderFlag.FP16`` on a weakly typed network. Where that flag no longer
+  exists (TensorRT 11) an fp16 build needs an fp16 ONNX and is refused with a clear reason.
+
+The timing cache is loaded before and saved after each build (it turns a 10-minute Orin build into about
+one minute); the plan is returned as bytes and stored by the caller; the TensorRT log goes to a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.errors import EngineLoadError
+from edge_agent.inference.fetch import atomic_writer
+from edge_agent.inference.manifest import InputProfile
+
+_IMPORT_ERROR = ""
+if TYPE_CHECKING:
+    import tensorrt as trt
+else:
+    try:
+        import tensorrt as trt
+
+        if not hasattr(trt, "Builder"):  # tensorrt-stubs alone leaves an empty namespace package
+            raise ImportError("only the tensorrt-stubs type stubs are installed, not TensorRT")
+    except ImportError as exc:  # guarded: the package imports on machines without TensorRT
+        trt = None
+        _IMPORT_ERROR = str(exc)
+
+log = logging.getLogger(__name__)
+
+
+def _require_trt() -> Any:
+    if trt is None:
+        raise EngineLoadError(
+            f"the tensorrt Python package does not import ({_IMPORT_ERROR})", "tensorrt_unavailable"
+        )
+    return trt
+
+
+_LoggerBase: Any = trt.ILogger if trt is not None else object
+_ProgressBase: Any = trt.IProgressMonitor if trt is not None else object
+
+
+class FileLogger(_LoggerBase):
+    """TensorRT's log: warnings and errors to our log, everything from INFO up to the build log file."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        trt.ILogger.__init__(self)
+        self._file = path.open("a", encoding="utf-8") if path is not None else None
+        self.errors: list[str] = []
+
+    def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+        level = int(severity)  # INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4
+        if level <= int(trt.ILogger.Severity.ERROR):
+            self.errors.append(msg)
+            log.error("TensorRT: %s", msg)
+        elif level <= int(trt.ILogger.Severity.WARNING):
+            log.warning("TensorRT: %s", msg)
+        if self._file is not None and level <= int(trt.ILogger.Severity.INFO):
+            self._file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {severity} {msg}\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class ProgressLogger(_ProgressBase):
+    """Log lines for each top-level build phase so a long Orin build is visibly alive."""
+
+    def __init__(self, model: str) -> None:
+        trt.IProgressMonitor.__init__(self)
+        self._model = model
+        self._steps: dict[str, int] = {}
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        self._steps[phase_name] = num_steps
+        if parent_phase is None:
+            log.info("building %s: %s (%d steps)", self._model, phase_name, num_steps)
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        return True  # never cancel; the daemon stops by ending the process
+
+    def phase_finish(self, phase_name: str) -> None:
+        if phase_name in self._steps:
+            del self._steps[phase_name]
+
+
+def _has_fp16_flag() -> bool:
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+def _parse(network: trt.INetworkDefinition, logger: FileLogger, onnx_path: Path) -> trt.OnnxParser:
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        problems = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineLoadError(f"TensorRT cannot parse {onnx_path.name}: {'; '.join(problems)}", "onnx_parse")
+    return parser
+
+
+def _config(
+    builder: trt.Builder,
+    profiles: Sequence[InputProfile],
+    precision: str,
+    workspace_mib: int,
+    weakly_typed_fp16: bool,
+) -> trt.IBuilderConfig:
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    if weakly_typed_fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for p in profiles:
+        profile.set_shape(p.name, trt.Dims(list(p.min)), trt.Dims(list(p.opt)), trt.Dims(list(p.max)))
+    config.add_optimization_profile(profile)
+    return config
+
+
+def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if not config.set_timing_cache(cache, False):
+        log.warning("TensorRT timing cache %s does not match this TensorRT; starting a new one", path)
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+
+
+def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    cache = config.get_timing_cache()
+    if cache is not None:
+        with atomic_writer(path) as out:
+            out.write(bytes(cache.serialize()))
+
+
+def build_plan(
+    onnx_path: Path,
+    profiles: Sequence[InputProfile],
+    precision: str,
+    *,
+    workspace_mib: int,
+    timing_cache: Path,
+    log_path: Path,
+    model_name: str = "",
+) -> bytes:
+    """Serialized plan bytes for ``onnx_path``; :class:`EngineLoadError` with a reason otherwise."""
+    _require_trt()
+    weakly_typed_fp16 = precision == "fp16" and _has_fp16_flag()
+    if precision == "fp16" and not weakly_typed_fp16:
+        raise EngineLoadError(
+            "this TensorRT has no FP16 builder flag; fp16 needs an fp16 ONNX model", "fp16_unsupported"
+        )
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    logger = FileLogger(log_path)
+    try:
+        builder = trt.Builder(logger)
+        flags = 0 if weakly_typed_fp16 else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flags)  # explicit batch is the only mode since TensorRT 10
+        _parser = _parse(network, logger, onnx_path)  # the parser must outlive the build
+        config = _config(builder, profiles, precision, workspace_mib, weakly_typed_fp16)
+        _load_timing_cache(config, timing_cache)
+        config.progress_monitor = ProgressLogger(model_name or onnx_path.stem)
+        started = time.monotonic()
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            detail = "; ".join(logger.errors[-3:]) or f"see {log_path}"
+            raise EngineLoadError(f"TensorRT could not build {onnx_path.name}: {detail}", "build_failed")
+        _save_timing_cache(config, timing_cache)
+        log.info(
+            "built %s %s engine in %.0f s (log: %s)",
+            model_name,
+            precision,
+            time.monotonic() - started,
+            log_path,
+        )
+        return bytes(serialized)
+    finally:
+        logger.close()

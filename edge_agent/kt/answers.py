@@ -1,0 +1,138 @@
+"""Validating answers from outside (pure): JSON objects in, :class:`Answer` values out, or InputRejected.
+
+A whole batch is validated before anything is applied, so a bad answer anywhere rejects the request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.config import KTSettings
+from edge_agent.errors import InputRejected
+from edge_agent.kt.package import KTPackage
+
+MAX_TEXT = 128
+OLDEST_ACCEPTED = 946684800.0  # 2000-01-01: anything earlier is a client clock or unit bug
+
+
+@dataclass(frozen=True)
+class Answer:
+    student: str  # pseudonym, never the raw id
+    event_key: str  # pseudonymised (student, client_event_id): the idempotency key
+    client_event_id: str
+    item_id: str
+    skills: tuple[int, ...]
+    correct: int
+    answered_at: float
+
+
+def _text(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and key != "item_id":
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InputRejected(f"{where}: '{key}' is required and must be a non-empty string", field=key)
+    if len(value) > MAX_TEXT:
+        raise InputRejected(f"{where}: '{key}' is longer than {MAX_TEXT} characters", field=key)
+    return value
+
+
+def parse_timestamp(value: Any, where: str) -> float:
+    """ISO 8601 (with or without zone; without means UTC) or epoch seconds."""
+    if isinstance(value, bool) or value is None:
+        raise InputRejected(f"{where}: 'answered_at' must be ISO 8601 text or epoch seconds", "answered_at")
+    if isinstance(value, (int, float)):
+        stamp = float(value)
+    elif isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise InputRejected(
+                f"{where}: 'answered_at' {value[:40]!r} is not ISO 8601", "answered_at"
+            ) from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        stamp = parsed.timestamp()
+    else:
+        raise InputRejected(f"{where}: 'answered_at' must be ISO 8601 text or epoch seconds", "answered_at")
+    if not math.isfinite(stamp) or stamp < OLDEST_ACCEPTED:
+        raise InputRejected(f"{where}: 'answered_at' is not a plausible time", "answered_at")
+    return stamp
+
+
+def _correct(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    raise InputRejected(f"{where}: 'correct' must be true/false or 0/1", field="correct")
+
+
+def _skills(obj: dict[str, Any], item_skill: str, index: dict[str, int], where: str) -> tuple[int, ...]:
+    raw = obj.get("skill_ids", obj.get("skill_id"))
+    if raw is None:
+        return (index[item_skill],)
+    ids = raw if isinstance(raw, list) else [raw]
+    if not ids or len(ids) > 8 or not all(isinstance(s, str) for s in ids):
+        raise InputRejected(f"{where}: 'skill_ids' must be 1-8 skill id strings", field="skill_ids")
+    unknown = [s for s in ids if s not in index]
+    if unknown:
+        raise InputRejected(f"{where}: unknown skill {unknown[0][:MAX_TEXT]!r}", field="skill_ids")
+    return tuple(dict.fromkeys(index[s] for s in ids))
+
+
+def parse_answer(
+    obj: Any,
+    where: str,
+    package: KTPackage,
+    *,
+    settings: KTSettings,
+    pseudonym: Callable[[str], str],
+    now: float,
+) -> Answer:
+    if not isinstance(obj, dict):
+        raise InputRejected(f"{where}: an answer must be a JSON object")
+    student = _text(obj, "student_id", where)
+    event_id = _text(obj, "client_event_id", where)
+    item_id = _text(obj, "item_id", where)
+    item = package.item_index.get(item_id)
+    if item is None:
+        raise InputRejected(
+            f"{where}: unknown item {item_id!r} (not in the model package's item bank)", field="item_id"
+        )
+    skills = _skills(obj, item.skill_id, package.skill_index, where)
+    correct = _correct(obj.get("correct"), where)
+    answered_at = parse_timestamp(obj.get("answered_at"), where)
+    if answered_at > now + settings.max_future_skew_s:
+        raise InputRejected(
+            f"{where}: 'answered_at' is {answered_at - now:.0f} s in the future; check the device clock",
+            field="answered_at",
+        )
+    pseudo = pseudonym(student)
+    return Answer(
+        pseudo, pseudonym(f"event\0{student}\0{event_id}"), event_id, item_id, skills, correct, answered_at
+    )
+
+
+def parse_batch(
+    body: Any, package: KTPackage, settings: KTSettings, pseudonym: Callable[[str], str], now: float
+) -> list[Answer]:
+    """One answer object, or {"answers": [...]}; raises InputRejected for the first problem found."""
+    if isinstance(body, dict) and "answers" in body:
+        items = body["answers"]
+        if not isinstance(items, list) or not items:
+            raise InputRejected("'answers' must be a non-empty list", field="answers")
+        if len(items) > settings.max_answers_per_request:
+            raise InputRejected(
+                f"{len(items)} answers in one request; the limit is {settings.max_answers_per_request}",
+                field="answers",
+            )
+        return [
+            parse_answer(a, f"answers[{n}]", package, settings=settings, pseudonym=pseudonym, now=now)
+            for n, a in enumerate(items)
+        ]
+    return [parse_answer(body, "answer", package, settings=settings, pseudonym=pseudonym, now=now)]

@@ -1,0 +1,109 @@
+"""Class aggregates over one lesson window (pure): answer counts, mastery by skill, class recommendations.
+
+A window opens at the first answer and closes ``lesson_window_s`` later. Only class-level numbers leave
+this module; a class with fewer than ``min_group_size`` students has its skill data suppressed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.config import KTSettings
+from edge_agent.kt.package import ItemInfo, KTPackage
+from edge_agent.kt.recommend import recommend, weakest_skills
+
+HISTOGRAM_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0000001)
+
+
+@dataclass
+class LessonWindow:
+    started: float
+    answers: int = 0
+    probs: dict[str, np.ndarray] = field(default_factory=dict)  # pseudonym -> latest per-skill success
+    practised: dict[int, set[str]] = field(default_factory=dict)  # skill -> pseudonyms who answered on it
+    activity: dict[int, int] = field(default_factory=dict)  # minute start (epoch) -> answers
+
+    def record(self, student: str, skills: list[int], probs: np.ndarray, now: float) -> None:
+        self.answers += 1
+        self.probs[student] = probs
+        for k in skills:
+            self.practised.setdefault(k, set()).add(student)
+        minute = int(now // 60 * 60)
+        self.activity[minute] = self.activity.get(minute, 0) + 1
+
+    def due(self, now: float, window_s: float) -> bool:
+        return now >= self.started + window_s
+
+
+def items_by_skill(package: KTPackage) -> dict[int, list[ItemInfo]]:
+    index = package.skill_index
+    grouped: dict[int, list[ItemInfo]] = {}
+    for item in package.items:
+        grouped.setdefault(index[item.skill_id], []).append(item)
+    return grouped
+
+
+def summarize(
+    window: LessonWindow | None, package: KTPackage, settings: KTSettings, now: float
+) -> dict[str, Any]:
+    """The LiveBoard "learning" section (also the "kt_class" outbox payload)."""
+    if window is None:
+        return {
+            "lesson_started": None,
+            "answers": 0,
+            "students": 0,
+            "suppressed": False,
+            "skills": [],
+            "weakest": [],
+            "recommended": [],
+            "activity": [],
+        }
+    students = len(window.probs)
+    summary: dict[str, Any] = {
+        "lesson_started": window.started,
+        "window_end": min(now, window.started + settings.lesson_window_s),
+        "answers": window.answers,
+        "students": students,
+        "suppressed": students < settings.min_group_size,
+        "activity": [{"minute": m, "answers": n} for m, n in sorted(window.activity.items())],
+        "skills": [],
+        "weakest": [],
+        "recommended": [],
+    }
+    if summary["suppressed"] or students == 0:
+        return summary
+    matrix = np.stack(list(window.probs.values()))  # [students, skills]
+    mean = matrix.mean(axis=0)
+    for k, skill in enumerate(package.skills):
+        column = matrix[:, k]
+        summary["skills"].append(
+            {
+                "id": skill.id,
+                "name_zh": skill.name_zh,
+                "name_en": skill.name_en,
+                "mastery_mean": round(float(mean[k]), 4),
+                "students": len(window.practised.get(k, ())),
+                "below_threshold": int((column < settings.mastery_threshold).sum()),
+                "histogram": np.histogram(column, bins=HISTOGRAM_BINS)[0].tolist(),
+            }
+        )
+    practised = [k for k, who in window.practised.items() if who]
+    weak = weakest_skills(mean, settings.weak_skills, practised or None)
+    summary["weakest"] = [package.skills[k].id for k in weak]
+    recs = recommend(
+        mean, items_by_skill(package), weak, target=settings.target_success, count=settings.recommendations
+    )
+    summary["recommended"] = [
+        {
+            "item_id": r.item.id,
+            "skill_id": r.item.skill_id,
+            "title_zh": r.item.title_zh,
+            "title_en": r.item.title_en,
+            "predicted_success": round(r.predicted_success, 4),
+        }
+        for r in recs
+    ]
+    return summary

@@ -1,0 +1,164 @@
+"""The knowledge-tracing daemon component: loads the package and saved states, runs the service,
+publishes the class picture to the LiveBoard and closed lesson windows to the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from edge_agent.config import DeviceSettings, KTSettings
+from edge_agent.errors import ModelError
+from edge_agent.inference.engine import Engine
+from edge_agent.kt.package import KTPackage, load_package
+from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
+from edge_agent.kt.pseudonym import Pseudonymizer
+from edge_agent.kt.service import KTService
+from edge_agent.lifecycle import Health, HeartbeatRegistry
+from edge_agent.live import LiveBoard
+from edge_agent.store.db import Database
+from edge_agent.store.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+STREAM = "kt_class"
+HEARTBEAT = "kt-inference"
+PUBLISH_INTERVAL_S = 1.0
+STOP_TIMEOUT_S = 10.0
+
+
+def open_default_engine(package: KTPackage, intra_op_threads: int = 1) -> Engine:
+    """ONNX Runtime on the package's step model (the inference loader may supply TensorRT instead)."""
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(package.step_model, model_name="kt_step", intra_op_threads=intra_op_threads)
+
+
+def check_engine(engine: Engine, package: KTPackage) -> None:
+    specs = {s.name: s for s in engine.inputs}
+    outs = {s.name for s in engine.outputs}
+    if not {"skill", "correct", "h", "c"} <= set(specs) or not {"probs", "h_out", "c_out"} <= outs:
+        raise ModelError(f"engine {engine.model_name} is not a KT step model (inputs {sorted(specs)})")
+    if specs["h"].shape[-1] not in (-1, package.hidden):
+        raise ModelError(
+            f"engine {engine.model_name} has hidden size {specs['h'].shape[-1]}, "
+            f"the package says {package.hidden}: engine and package do not match"
+        )
+
+
+class KTComponent:
+    name = "kt"
+    essential = False
+
+    def __init__(  # noqa: PLR0917  (the daemon's component signature, fixed by the lead)
+        self,
+        settings: KTSettings,
+        device: DeviceSettings,
+        engine: Engine | None,
+        db: Database | None,
+        outbox: Outbox | None,
+        live: LiveBoard | None,
+        heartbeats: HeartbeatRegistry,
+    ) -> None:
+        """``engine`` None: open ONNX Runtime on the package's kt_step.onnx at start."""
+        self.settings = settings
+        self.device = device
+        self._engine = engine
+        self._own_engine = engine is None
+        self._db = db
+        self._outbox = outbox
+        self._live = live
+        self._heartbeats = heartbeats
+        self.service: KTService | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._problem: str | None = "not started"
+
+    def get_service(self) -> KTService | None:
+        return self.service
+
+    async def start(self) -> None:
+        self.service = await asyncio.to_thread(self._build)
+        self.service.start()
+        self._problem = None
+        self._task = asyncio.create_task(self._publish_loop(), name="kt-publish")
+        log.info(
+            "knowledge tracing started: %s skills, %s students restored",
+            len(self.service.package.skills),
+            self.service.student_count(),
+        )
+
+    def _build(self) -> KTService:
+        package = load_package(self.settings.package_dir)
+        pseudonymize = Pseudonymizer.from_file(self.device.pseudonym_secret_file)
+        if self._engine is None:
+            self._engine = open_default_engine(package)
+        check_engine(self._engine, package)
+        persistence = StatePersistence(self._db) if self._db is not None else None
+        service = KTService(
+            package,
+            self._engine,
+            self.settings,
+            pseudonymize,
+            persistence=persistence,
+            heartbeat=self._heartbeats.register(HEARTBEAT, max_gap_s=10.0),
+        )
+        if persistence is not None:
+            since = time.time() - EVENT_KEEP_S
+            service.load(
+                persistence.load_states(package.hidden, len(package.skills)),
+                persistence.load_event_keys(since),
+            )
+            persistence.prune_events(since)
+        return service
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        service = self.service
+        if service is not None:
+            drained = await asyncio.to_thread(service.stop, STOP_TIMEOUT_S)
+            if not drained:
+                log.warning("knowledge tracing did not finish its queued answers within %s s", STOP_TIMEOUT_S)
+            summary = service.class_summary()
+            if summary["answers"]:
+                await self._send(summary | {"partial": True})
+            self._publish(service)
+        self._heartbeats.unregister(HEARTBEAT)
+        if self._own_engine and self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        self._problem = "stopped"
+
+    def health(self) -> Health:
+        if self.service is None or not self.service.running:
+            return Health(False, f"knowledge tracing is {self._problem or 'not running'}")
+        if self.service.last_error:
+            return Health(False, self.service.last_error)
+        return Health(True, f"{self.service.student_count()} students")
+
+    async def _publish_loop(self) -> None:
+        assert self.service is not None
+        while True:
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+            closed = self.service.close_lesson_if_due()
+            if closed is not None and closed["answers"]:
+                await self._send(closed)
+            self._publish(self.service)
+
+    def _publish(self, service: KTService) -> None:
+        if self._live is not None:
+            self._live.publish("learning", service.class_summary())
+
+    async def _send(self, summary: dict[str, Any]) -> None:
+        if self._outbox is None:
+            return
+        payload = summary | {"class_id": self.device.class_id}
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self._outbox.enqueue(STREAM, payload)), 10.0)
+        except Exception as exc:  # the store reports its own errors; a lost aggregate must not stop KT
+            log.error("could not queue the lesson summary for sync: %s", exc)

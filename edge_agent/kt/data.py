@@ -1,0 +1,118 @@
+"""Reading answer logs for training: the 3-lines-per-student CSV and pyKT-style CSV (pure, no torch).
+
+Both readers return :class:`Sequences`: per student, skill ids (strings, as the file spells them) and 0/1
+answers. A malformed file raises :class:`InputRejected` naming the line and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.errors import InputRejected
+
+
+@dataclass
+class Sequences:
+    skills: list[list[str]] = field(default_factory=list)
+    correct: list[list[int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.skills)
+
+    def vocabulary(self) -> list[str]:
+        ids = {s for seq in self.skills for s in seq}
+        return sorted(ids, key=lambda s: (0, int(s), s) if s.lstrip("-").isdigit() else (1, 0, s))
+
+    def encode(self, vocab: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Skill ids mapped to indices of ``vocab``; answers on skills outside it are dropped."""
+        index = {s: i for i, s in enumerate(vocab)}
+        out_s, out_c = [], []
+        for sk, co in zip(self.skills, self.correct, strict=False):
+            keep = [(index[s], c) for s, c in zip(sk, co, strict=False) if s in index]
+            if len(keep) >= 2:
+                out_s.append(np.asarray([k for k, _ in keep], dtype=np.int64))
+                out_c.append(np.asarray([c for _, c in keep], dtype=np.int64))
+        return out_s, out_c
+
+
+def _answers(values: list[str], where: str) -> list[int]:
+    try:
+        answers = [int(float(v)) for v in values]
+    except ValueError as exc:
+        raise InputRejected(f"{where}: answers must be 0 or 1 ({exc})") from exc
+    if any(a not in (0, 1) for a in answers):
+        raise InputRejected(f"{where}: answers must be 0 or 1")
+    return answers
+
+
+def parse_dkt_csv(text: str, source: str = "<csv>") -> Sequences:
+    """Count line, skill-id line, answer line per student; blank lines ignored."""
+    lines = [(n, line.strip().rstrip(",")) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) % 3:
+        raise InputRejected(f"{source}: {len(lines)} non-blank lines; the format needs 3 per student")
+    seqs = Sequences()
+    for i in range(0, len(lines), 3):
+        (n1, count), (n2, skills), (n3, answers) = lines[i : i + 3]
+        try:
+            expected = int(count)
+        except ValueError as exc:
+            raise InputRejected(f"{source} line {n1}: expected an answer count, got {count[:40]!r}") from exc
+        skill_ids = [s.strip() for s in skills.split(",")]
+        values = _answers([a.strip() for a in answers.split(",")], f"{source} line {n3}")
+        if not (len(skill_ids) == len(values) == expected):
+            raise InputRejected(
+                f"{source} lines {n1}-{n3}: count {expected} but "
+                f"{len(skill_ids)} skills and {len(values)} answers"
+            )
+        if any(not s for s in skill_ids):
+            raise InputRejected(f"{source} line {n2}: empty skill id")
+        seqs.skills.append(skill_ids)
+        seqs.correct.append(values)
+    return seqs
+
+
+def parse_pykt_csv(text: str, source: str = "<csv>") -> Sequences:
+    """pyKT's sequence CSV: columns ``concepts`` and ``responses`` hold comma-separated lists, -1 pads."""
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not {"concepts", "responses"} <= set(reader.fieldnames):
+        raise InputRejected(f"{source}: a pyKT CSV needs a header with 'concepts' and 'responses' columns")
+    seqs = Sequences()
+    for row in reader:
+        where = f"{source} line {reader.line_num}"
+        concepts = [c.strip() for c in (row["concepts"] or "").split(",")]
+        responses = [r.strip() for r in (row["responses"] or "").split(",")]
+        if len(concepts) != len(responses):
+            raise InputRejected(f"{where}: {len(concepts)} concepts but {len(responses)} responses")
+        pairs = [
+            (c.split("_")[0], r)
+            for c, r in zip(concepts, responses, strict=False)
+            if r != "-1" and c not in ("", "-1")
+        ]
+        if pairs:
+            seqs.skills.append([c for c, _ in pairs])
+            seqs.correct.append(_answers([r for _, r in pairs], where))
+    return seqs
+
+
+def read_sequences(path: Path, fmt: str) -> Sequences:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputRejected(f"cannot read training file {path}: {exc}") from exc
+    if fmt == "dkt-csv":
+        return parse_dkt_csv(text, str(path))
+    if fmt == "pykt-csv":
+        return parse_pykt_csv(text, str(path))
+    raise InputRejected(f"unknown training data format {fmt!r} (use dkt-csv or pykt-csv)")
+
+
+def split_students(n: int, test_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of training and held-out students: the split is by student, never by answer."""
+    order = np.random.default_rng(seed).permutation(n)
+    cut = max(1, round(n * test_share))
+    return order[cut:], order[:cut]

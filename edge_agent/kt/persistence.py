@@ -1,0 +1,78 @@
+"""Per-student states and applied event keys in SQLite, through the store's single writer.
+
+Tables (store/schema.py): ``kt_student_state(student, state, answers, updated_at)`` keyed by pseudonym,
+and ``kt_applied_events(event_key, applied_at)`` for idempotency across restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable
+from concurrent.futures import Future
+
+from edge_agent.kt.state import StudentState
+from edge_agent.store.db import Database
+
+log = logging.getLogger(__name__)
+
+EVENT_KEEP_S = 7 * 86400.0  # a client retries within minutes; a week covers a board that was off
+
+
+class StatePersistence:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def load_states(self, hidden: int, skills: int) -> dict[str, StudentState]:
+        """Every stored state that fits the model; damaged or foreign-shaped ones are skipped and counted."""
+        rows = self.db.read(
+            lambda conn: conn.execute("SELECT student, state, answers FROM kt_student_state").fetchall()
+        )
+        states: dict[str, StudentState] = {}
+        skipped = 0
+        for student, blob, answers in rows:
+            try:
+                states[student] = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills)
+            except (ValueError, TypeError):
+                skipped += 1
+        if skipped:
+            log.warning(
+                "ignored %s stored student states that do not fit the current KT model "
+                "(model package changed?); those students start fresh",
+                skipped,
+            )
+        return states
+
+    def load_event_keys(self, since: float) -> set[str]:
+        rows = self.db.read(
+            lambda conn: conn.execute(
+                "SELECT event_key FROM kt_applied_events WHERE applied_at >= ?", (since,)
+            ).fetchall()
+        )
+        return {r[0] for r in rows}
+
+    def save(
+        self, states: Iterable[tuple[str, StudentState]], events: Iterable[tuple[str, float]], now: float
+    ) -> Future[None]:
+        state_rows = [(s, st.to_bytes(), st.answers, now) for s, st in states]
+        event_rows = list(events)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO kt_student_state(student, state, answers, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(student) DO UPDATE SET state=excluded.state, answers=excluded.answers, "
+                "updated_at=excluded.updated_at",
+                state_rows,
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO kt_applied_events(event_key, applied_at) VALUES (?, ?)", event_rows
+            )
+
+        return self.db.write(run)
+
+    def prune_events(self, before: float) -> Future[int]:
+        return self.db.write(
+            lambda conn: (
+                conn.execute("DELETE FROM kt_applied_events WHERE applied_at < ?", (before,)).rowcount
+            )
+        )

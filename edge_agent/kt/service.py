@@ -1,0 +1,385 @@
+"""The knowledge-tracing service: answers in, feedback out, through one inference thread.
+
+Callers (the HTTP handlers on the event loop) hand validated :class:`Answer` batches to :meth:`submit`,
+which never blocks: a full intake (``queue_max`` answers waiting) raises :class:`ServiceBusy` (HTTP 503)
+and is counted. The ``kt-inference`` thread gathers jobs into a micro-batch (up to ``microbatch_max``
+answers or ``microbatch_wait_ms``, the wait only under load), runs the step engine once per round
+(one step per student per round, so a student's answers stay in order), updates the in-memory states,
+and hands the changed states to the store. A job's future resolves after the store committed, so
+acknowledged answers survive a restart. A repeated client event id is not applied again; it gets the
+current feedback, marked ``duplicate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.config import KTSettings
+from edge_agent.errors import EdgeAgentError, EngineError
+from edge_agent.inference.engine import Engine
+from edge_agent.kt.answers import Answer
+from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
+from edge_agent.kt.package import KTPackage
+from edge_agent.kt.persistence import StatePersistence
+from edge_agent.kt.recommend import item_success, recommend, weakest_skills
+from edge_agent.kt.state import StudentState
+from edge_agent.lifecycle import Heartbeat
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+ENGINE_LABEL = "kt_step"
+Feedback = dict[str, Any]
+
+
+class ServiceBusy(EdgeAgentError):
+    """The intake is full or the service is not running; the client should retry shortly (HTTP 503)."""
+
+
+@dataclass
+class _Job:
+    answers: Sequence[Answer]
+    future: Future[list[Feedback]]
+    arrived: float  # perf_counter
+
+
+_STOP = object()
+
+
+class KTService:
+    def __init__(
+        self,
+        package: KTPackage,
+        engine: Engine,
+        settings: KTSettings,
+        pseudonymize: Callable[[str], str],
+        *,
+        persistence: StatePersistence | None = None,
+        heartbeat: Heartbeat | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.package = package
+        self.engine = engine
+        self.settings = settings
+        self.pseudonymize = pseudonymize  # handlers map raw student ids through this before anything else
+        self._persistence = persistence
+        self._heartbeat = heartbeat
+        self._clock = clock
+        self._prior = np.asarray(package.prior_success, dtype=np.float32)
+        self._items_by_skill = items_by_skill(package)
+        self._states: dict[str, StudentState] = {}
+        self._applied: set[str] = set()
+        self._lock = threading.Lock()  # guards _states, _lesson, _pending
+        self._lesson: LessonWindow | None = None
+        self._pending = 0
+        self._queue: queue.Queue[_Job | object] = queue.Queue()  # bounded by _pending (answers), see submit
+        self._thread: threading.Thread | None = None
+        self._accepting = False
+        self.last_error: str | None = None
+
+    # -- lifecycle (called by the component) ---------------------------------------------------------
+
+    def load(self, states: dict[str, StudentState], applied_keys: set[str]) -> None:
+        with self._lock:
+            self._states.update(states)
+            self._applied |= applied_keys
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kt-inference", daemon=True)
+        self._accepting = True
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Refuse new answers, finish the queued ones, and wait for their commits; True if all done."""
+        self._accepting = False
+        if self._thread is None:
+            return True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        done = not self._thread.is_alive()
+        self._thread = None
+        return done
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- intake (any thread; never blocks) -----------------------------------------------------------
+
+    def submit(self, answers: Sequence[Answer]) -> Future[list[Feedback]]:
+        future: Future[list[Feedback]] = Future()
+        if not self._accepting:
+            metrics.ANSWERS.labels(outcome="unavailable").inc(len(answers))
+            raise ServiceBusy("knowledge tracing is not running (starting or stopping); retry shortly")
+        with self._lock:
+            if self._pending + len(answers) > self.settings.queue_max:
+                metrics.ANSWERS.labels(outcome="overloaded").inc(len(answers))
+                raise ServiceBusy(
+                    f"{self._pending} answers are waiting (limit {self.settings.queue_max}); "
+                    "retry in a moment"
+                )
+            self._pending += len(answers)
+            metrics.PENDING_REQUESTS.labels(engine=ENGINE_LABEL).set(self._pending)
+        self._queue.put(_Job(answers, future, time.perf_counter()))
+        return future
+
+    async def submit_async(self, answers: Sequence[Answer]) -> list[Feedback]:
+        future = asyncio.wrap_future(self.submit(answers))
+        try:
+            return await asyncio.wait_for(future, self.settings.feedback_timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise ServiceBusy(f"no feedback within {self.settings.feedback_timeout_s} s; retry") from exc
+
+    # -- the inference thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            if self._heartbeat is not None:
+                self._heartbeat.beat()
+            try:
+                first = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if first is _STOP:
+                break
+            jobs, stopping = self._gather(first)  # type: ignore[arg-type]
+            self._process(jobs)
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+        """A micro-batch: up to ``microbatch_max`` answers, waiting up to ``microbatch_wait_ms`` for more.
+
+        The wait applies only under load (a second job was already queued): a lone answer in a quiet
+        classroom goes straight to the engine instead of paying the wait as pure latency.
+        """
+        jobs, count = [first], len(first.answers)
+        deadline = time.perf_counter() + self.settings.microbatch_wait_ms / 1000.0
+        while count < self.settings.microbatch_max:
+            remaining = deadline - time.perf_counter()
+            try:
+                if remaining > 0 and len(jobs) > 1:
+                    job = self._queue.get(timeout=remaining)
+                else:
+                    job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:
+                return jobs, True
+            assert isinstance(job, _Job)
+            jobs.append(job)
+            count += len(job.answers)
+        return jobs, False
+
+    def _process(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        for job in jobs:
+            metrics.INFERENCE_LATENCY.labels(engine=ENGINE_LABEL, stage="queue").observe(
+                started - job.arrived
+            )
+        try:
+            outcomes, changed = self._apply([a for job in jobs for a in job.answers])
+        except Exception as exc:  # engine failures must not kill the thread; the callers get a 503
+            self.last_error = f"KT inference failed: {exc}"
+            log.error("knowledge-tracing inference failed: %s", exc)
+            metrics.INFERENCE_REQUESTS.labels(
+                engine=ENGINE_LABEL, backend=self.engine.backend, outcome="error"
+            ).inc()
+            self._finish(jobs, error=ServiceBusy(f"inference failed: {exc}"))
+            return
+        self.last_error = None
+        results, n = [], 0
+        for job in jobs:
+            results.append(outcomes[n : n + len(job.answers)])
+            n += len(job.answers)
+        if self._persistence is None or not changed:
+            self._finish(jobs, results)
+            return
+        now = self._clock()
+        keys = [
+            (a.event_key, now)
+            for job, res in zip(jobs, results, strict=False)
+            for a, f in zip(job.answers, res, strict=False)
+            if f["status"] == "applied"
+        ]
+        saved = self._persistence.save(changed.items(), keys, now)
+        saved.add_done_callback(lambda f: self._finish(jobs, results, f.exception()))
+
+    def _finish(
+        self,
+        jobs: list[_Job],
+        results: list[list[Feedback]] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            self._pending -= sum(len(job.answers) for job in jobs)
+            metrics.PENDING_REQUESTS.labels(engine=ENGINE_LABEL).set(self._pending)
+        for n, job in enumerate(jobs):
+            if error is not None or results is None:
+                if error is not None and not isinstance(error, EdgeAgentError):
+                    error = ServiceBusy(f"answers could not be stored: {error}")
+                job.future.set_exception(error or ServiceBusy("no result"))
+                continue
+            for feedback in results[n]:
+                metrics.ANSWERS.labels(outcome=feedback["status"]).inc()
+            metrics.ANSWER_FEEDBACK_LATENCY.observe(now - job.arrived)
+            job.future.set_result(results[n])
+
+    def _apply(self, answers: list[Answer]) -> tuple[list[Feedback], dict[str, StudentState]]:
+        """Run the steps, then commit states and lesson records; returns feedback and changed states."""
+        steps: OrderedDict[str, deque[tuple[int, int]]] = OrderedDict()
+        applied: list[bool] = []
+        seen: set[str] = set()
+        for a in answers:
+            fresh = a.event_key not in self._applied and a.event_key not in seen
+            applied.append(fresh)
+            if fresh:
+                seen.add(a.event_key)
+                steps.setdefault(a.student, deque()).extend((k, a.correct) for k in a.skills)
+        with self._lock:
+            start = {
+                s: self._states.get(s) or StudentState.initial(self.package.hidden, self._prior)
+                for s in steps
+            }
+        work = self._run_rounds(steps, start)
+        now = self._clock()
+        with self._lock:
+            for a, fresh in zip(answers, applied, strict=False):
+                if fresh:
+                    state = work[a.student]
+                    state.answers += 1
+                    state.last_item = a.item_id
+                    self._record_lesson(a, state, now)
+            self._states.update(work)
+            self._applied |= seen
+            feedback = [
+                self._feedback(a, "applied" if fresh else "duplicate")
+                for a, fresh in zip(answers, applied, strict=False)
+            ]
+        return feedback, work
+
+    def _run_rounds(
+        self, steps: OrderedDict[str, deque[tuple[int, int]]], start: dict[str, StudentState]
+    ) -> dict[str, StudentState]:
+        # copies: the live states change only after every round succeeded
+        out = {s: StudentState(st.h, st.c, st.probs, st.answers, st.last_item) for s, st in start.items()}
+        while True:
+            round_ = [(s, q.popleft()) for s, q in steps.items() if q]
+            if not round_:
+                return out
+            students = [s for s, _ in round_]
+            feeds = {
+                "skill": np.array([k for _, (k, _) in round_], dtype=np.int64),
+                "correct": np.array([c for _, (_, c) in round_], dtype=np.int64),
+                "h": np.stack([out[s].h for s in students]),
+                "c": np.stack([out[s].c for s in students]),
+            }
+            t0 = time.perf_counter()
+            result = self.engine.infer(feeds)
+            metrics.INFERENCE_LATENCY.labels(engine=ENGINE_LABEL, stage="infer").observe(
+                time.perf_counter() - t0
+            )
+            metrics.INFERENCE_REQUESTS.labels(
+                engine=ENGINE_LABEL, backend=self.engine.backend, outcome="ok"
+            ).inc()
+            probs, h, c = result["probs"], result["h_out"], result["c_out"]
+            if not np.all(np.isfinite(probs)):
+                raise EngineError("the KT engine returned non-finite probabilities")
+            for i, s in enumerate(students):
+                st = out[s]
+                out[s] = StudentState(
+                    h[i].copy(), c[i].copy(), probs[i].astype(np.float32), st.answers, st.last_item
+                )
+
+    def _record_lesson(self, answer: Answer, state: StudentState, now: float) -> None:
+        if self._lesson is None:
+            self._lesson = LessonWindow(started=now)
+        self._lesson.record(answer.student, list(answer.skills), state.probs, now)
+
+    # -- feedback and queries ------------------------------------------------------------------------
+
+    def _skill_entry(self, k: int, probs: np.ndarray) -> dict[str, Any]:
+        skill = self.package.skills[k]
+        return {
+            "skill_id": skill.id,
+            "name_zh": skill.name_zh,
+            "name_en": skill.name_en,
+            "mastery": round(float(probs[k]), 4),
+        }
+
+    def _feedback(self, answer: Answer, status: str) -> Feedback:
+        state = self._states.get(answer.student) or StudentState.initial(self.package.hidden, self._prior)
+        probs = state.probs
+        weak = weakest_skills(probs, self.settings.weak_skills)
+        recs = recommend(
+            probs,
+            self._items_by_skill,
+            weak,
+            target=self.settings.target_success,
+            count=self.settings.recommendations,
+            exclude=[answer.item_id],
+        )
+        item = self.package.item_index[answer.item_id]
+        return {
+            "client_event_id": answer.client_event_id,
+            "status": status,
+            "student": answer.student,
+            "item_id": answer.item_id,
+            "p_next_correct": round(item_success(float(probs[answer.skills[0]]), 0.0), 4),
+            "p_same_item": round(item_success(float(probs[answer.skills[0]]), item.difficulty), 4),
+            "mastery": [self._skill_entry(k, probs) for k in answer.skills],
+            "weakest": [self._skill_entry(k, probs) for k in weak],
+            "recommended": [
+                {
+                    "item_id": r.item.id,
+                    "skill_id": r.item.skill_id,
+                    "title_zh": r.item.title_zh,
+                    "title_en": r.item.title_en,
+                    "predicted_success": round(r.predicted_success, 4),
+                }
+                for r in recs
+            ],
+        }
+
+    def student_mastery(self, pseudonym: str) -> dict[str, Any] | None:
+        with self._lock:
+            state = self._states.get(pseudonym)
+        if state is None:
+            return None
+        return {
+            "student": pseudonym,
+            "answers": state.answers,
+            "skills": [self._skill_entry(k, state.probs) for k in range(len(self.package.skills))],
+        }
+
+    def class_summary(self) -> dict[str, Any]:
+        with self._lock:
+            return summarize(self._lesson, self.package, self.settings, self._clock())
+
+    def close_lesson_if_due(self) -> dict[str, Any] | None:
+        """The finished window's summary once it has ended; the next answer opens a new window."""
+        now = self._clock()
+        with self._lock:
+            if self._lesson is None or not self._lesson.due(now, self.settings.lesson_window_s):
+                return None
+            summary = summarize(self._lesson, self.package, self.settings, now)
+            self._lesson = None
+        return summary
+
+    def now(self) -> float:
+        return self._clock()
+
+    def student_count(self) -> int:
+        with self._lock:
+            return len(self._states)

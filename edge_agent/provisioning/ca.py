@@ -1,0 +1,384 @@
+"""A small fleet certificate authority for labs and small districts.
+
+One directory holds the CA: ``ca.key`` (EC P-256, mode 0600), ``ca.pem``, ``index.json`` (every issued
+certificate: serial, common name, expiry, revoked) and ``crl.pem`` (rebuilt on every revocation, given to
+Mosquitto as ``crlfile``). Device certificates carry CN = device id, which Mosquitto uses as the MQTT
+username (``use_identity_as_username``), so the ACL's ``%u`` is the device id.
+
+Districts with a real PKI sign the board's CSR there instead; this tool is the lab-sized equivalent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edge_agent.errors import ProvisioningError
+from edge_agent.provisioning.files import write_private, write_public
+
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+CA_DAYS = 3650
+DEVICE_DAYS = 825
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def new_ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ProvisioningError(f"cannot read private key {path}: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ProvisioningError(f"{path} is not an EC private key (expected P-256)")
+    return key
+
+
+def load_cert(data: bytes, source: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise ProvisioningError(f"{source} is not a PEM certificate: {exc}") from exc
+
+
+def common_name(name: x509.Name) -> str:
+    values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else ""
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str, tenant: str, site: str) -> bytes:
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, tenant),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, site),
+            x509.NameAttribute(NameOID.COMMON_NAME, device_id),
+        ]
+    )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def same_public_key(
+    a: x509.Certificate | x509.CertificateSigningRequest, key: ec.EllipticCurvePrivateKey
+) -> bool:
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return a.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)
+
+
+def check_device_cert(
+    cert_pem: bytes,
+    ca_pem: bytes,
+    key: ec.EllipticCurvePrivateKey,
+    device_id: str,
+    now: dt.datetime | None = None,
+) -> None:
+    """Raise ProvisioningError unless ``cert_pem`` is a valid, current certificate for this key and device."""
+    cert = load_cert(cert_pem, "device certificate")
+    ca = load_cert(ca_pem, "CA certificate")
+    now = now or utcnow()
+    if cert.issuer != ca.subject:
+        raise ProvisioningError(
+            f"the device certificate was issued by '{cert.issuer.rfc4514_string()}', not by the fleet CA "
+            f"'{ca.subject.rfc4514_string()}': use the CA certificate that signed it (wrong CA?)"
+        )
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ProvisioningError(
+            "the device certificate's signature does not verify with the fleet CA"
+        ) from exc
+    if not same_public_key(cert, key):
+        raise ProvisioningError(
+            "the certificate does not match this board's private key (was it signed for another board's CSR?)"
+        )
+    if common_name(cert.subject) != device_id:
+        raise ProvisioningError(
+            f"the certificate is for '{common_name(cert.subject)}', not for '{device_id}'"
+        )
+    if cert.not_valid_after_utc <= now:
+        raise ProvisioningError(
+            f"the device certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}; "
+            "ask the fleet CA for a new one"
+        )
+    if cert.not_valid_before_utc > now + dt.timedelta(minutes=5):
+        raise ProvisioningError("the device certificate is not valid yet: check the board's clock")
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    serial: int
+    common_name: str
+    not_after: str
+    revoked: bool = False
+
+
+class FleetCA:
+    """The CA directory; every method re-reads it, so two commands never work from stale state."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.key_path = directory / "ca.key"
+        self.cert_path = directory / "ca.pem"
+        self.index_path = directory / "index.json"
+        self.crl_path = directory / "crl.pem"
+
+    @classmethod
+    def create(cls, directory: Path, name: str, days: int = CA_DAYS) -> FleetCA:
+        ca = cls(directory)
+        if ca.key_path.exists():
+            raise ProvisioningError(f"a CA already exists in {directory}; refusing to overwrite its key")
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        key = new_ec_key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = utcnow()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        write_private(ca.key_path, key_to_pem(key))
+        write_public(ca.cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        ca._save_index([])
+        ca.write_crl()
+        return ca
+
+    def _key_and_cert(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        if not self.key_path.is_file():
+            raise ProvisioningError(f"no CA in {self.dir}: create one with `edge-agent-ca init {self.dir}`")
+        return load_private_key(self.key_path), load_cert(self.cert_path.read_bytes(), str(self.cert_path))
+
+    def ca_pem(self) -> bytes:
+        return self.cert_path.read_bytes()
+
+    def index(self) -> list[IssuedCert]:
+        try:
+            return [IssuedCert(**row) for row in json.loads(self.index_path.read_text(encoding="utf-8"))]
+        except FileNotFoundError:
+            return []
+        except (ValueError, TypeError) as exc:
+            raise ProvisioningError(f"CA index {self.index_path} is damaged: {exc}") from exc
+
+    def _save_index(self, rows: list[IssuedCert]) -> None:
+        data = json.dumps([row.__dict__ for row in rows], indent=1).encode()
+        write_private(self.index_path, data)
+
+    def sign_csr(
+        self,
+        csr_pem: bytes,
+        days: int = DEVICE_DAYS,
+        *,
+        replace: bool = False,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> bytes:
+        """Sign a device CSR (client certificate, CN = device id). A CN that already has a live certificate
+        is refused unless ``replace``, which revokes the old one: two boards must never share an identity."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError as exc:
+            raise ProvisioningError(f"not a PEM certificate signing request: {exc}") from exc
+        if not csr.is_signature_valid:
+            raise ProvisioningError(
+                "the CSR's signature does not match its public key (corrupted or forged CSR)"
+            )
+        cn = common_name(csr.subject)
+        if not DEVICE_ID.match(cn):
+            raise ProvisioningError(f"CSR common name {cn!r} is not a valid device id (letters, digits, _.-)")
+        live = [row for row in self.index() if row.common_name == cn and not row.revoked]
+        if live and not replace:
+            raise ProvisioningError(
+                f"device id {cn!r} already has a live certificate (serial {live[0].serial}); "
+                "use --replace to revoke it and issue a new one"
+            )
+        for row in live:
+            self.revoke(row.serial)
+        cert = self._build(
+            csr.subject,
+            csr.public_key(),
+            days=days,
+            eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+            not_before=not_before,
+            not_after=not_after,
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue_server(self, host: str, days: int = DEVICE_DAYS) -> tuple[bytes, bytes]:
+        """A key and certificate for the broker, valid for ``host`` (DNS name or IP address)."""
+        server_key = new_ec_key()
+        try:
+            alt: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(host))]
+        except ValueError:
+            alt = [x509.DNSName(host)]
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+        cert = self._build(
+            subject, server_key.public_key(), days=days, eku=[ExtendedKeyUsageOID.SERVER_AUTH], alt=alt
+        )
+        return key_to_pem(server_key), cert.public_bytes(serialization.Encoding.PEM)
+
+    def _build(
+        self,
+        subject: x509.Name,
+        public_key: object,
+        *,
+        days: int,
+        eku: list[x509.ObjectIdentifier],
+        alt: list[x509.GeneralName] | None = None,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        key, ca_cert = self._key_and_cert()
+        now = utcnow()
+        start = not_before or now - dt.timedelta(minutes=5)
+        end = not_after or now + dt.timedelta(days=days)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_cert.subject)
+            .public_key(public_key)  # type: ignore[arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+            )
+        )
+        if alt:
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        cert = builder.sign(key, hashes.SHA256())
+        rows = self.index()
+        rows.append(IssuedCert(cert.serial_number, common_name(subject), end.isoformat()))
+        self._save_index(rows)
+        return cert
+
+    def revoke(self, serial_or_cn: int | str) -> list[int]:
+        """Revoke by serial number or by device id (all its live certificates); rebuild the CRL."""
+        rows = self.index()
+        which = str(serial_or_cn)
+        hits = [r for r in rows if not r.revoked and which in (str(r.serial), r.common_name)]
+        if not hits:
+            raise ProvisioningError(f"no live certificate with serial or device id {serial_or_cn!r}")
+        serials = {r.serial for r in hits}
+        self._save_index(
+            [IssuedCert(r.serial, r.common_name, r.not_after, r.revoked or r.serial in serials) for r in rows]
+        )
+        self.write_crl()
+        return sorted(serials)
+
+    def write_crl(self, days: int = 30) -> None:
+        """Mosquitto refuses every client if the CRL expires: re-run `edge-agent-ca crl` from cron monthly."""
+        key, ca_cert = self._key_and_cert()
+        now = utcnow()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=days))
+        )
+        for row in self.index():
+            if row.revoked:
+                builder = builder.add_revoked_certificate(
+                    x509.RevokedCertificateBuilder().serial_number(row.serial).revocation_date(now).build()
+                )
+        crl = builder.sign(key, hashes.SHA256())
+        write_public(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent-ca", description=__doc__.splitlines()[0] if __doc__ else ""
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="create a CA directory")
+    init.add_argument("ca_dir", type=Path)
+    init.add_argument("--name", default="edge-agent fleet CA")
+    init.add_argument("--days", type=int, default=CA_DAYS)
+    sign = sub.add_parser("sign", help="sign a device CSR (CN = device id)")
+    sign.add_argument("ca_dir", type=Path)
+    sign.add_argument("csr", type=Path)
+    sign.add_argument("--out", type=Path, required=True)
+    sign.add_argument("--days", type=int, default=DEVICE_DAYS)
+    sign.add_argument("--replace", action="store_true", help="revoke the device id's live certificate first")
+    server = sub.add_parser("server", help="issue the broker's key and certificate")
+    server.add_argument("ca_dir", type=Path)
+    server.add_argument("host")
+    server.add_argument("--out-dir", type=Path, required=True)
+    revoke = sub.add_parser("revoke", help="revoke by serial or device id and rebuild crl.pem")
+    revoke.add_argument("ca_dir", type=Path)
+    revoke.add_argument("which")
+    crl = sub.add_parser("crl", help="rebuild crl.pem (run monthly: the CRL expires after 30 days)")
+    crl.add_argument("ca_dir", type=Path)
+    listing = sub.add_parser("list", help="list issued certificates")
+    listing.add_argument("ca_dir", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            FleetCA.create(args.ca_dir, args.name, args.days)
+            print(f"CA created in {args.ca_dir}; give {args.ca_dir / 'ca.pem'} to boards and the broker")
+        elif args.command == "sign":
+            cert = FleetCA(args.ca_dir).sign_csr(args.csr.read_bytes(), args.days, replace=args.replace)
+            write_public(args.out, cert)
+            print(f"signed: {args.out}")
+        elif args.command == "server":
+            key, cert = FleetCA(args.ca_dir).issue_server(args.host)
+            write_private(args.out_dir / "server.key", key)
+            write_public(args.out_dir / "server.pem", cert)
+            print(f"broker key and certificate written to {args.out_dir}")
+        elif args.command == "revoke":
+            print("revoked serials:", FleetCA(args.ca_dir).revoke(args.which))
+        elif args.command == "crl":
+            FleetCA(args.ca_dir).write_crl()
+        else:
+            for row in FleetCA(args.ca_dir).index():
+                print(
+                    f"{row.serial}\t{row.common_name}\t{row.not_after}\t"
+                    + ("revoked" if row.revoked else "live")
+                )
+    except (ProvisioningError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""Command lines: ``edge-agent-provision`` (also ``edge-agent provision`` once mounted) and
+``edge-agent model sign|verify|keygen``. Thin: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from edge_agent.errors import ConfigError, ProvisioningError
+from edge_agent.provisioning import system
+from edge_agent.provisioning.enroll import check_enrollment
+from edge_agent.provisioning.inventory import load_inventory
+from edge_agent.provisioning.model_package import (
+    generate_signing_key,
+    load_public_key,
+    sign_package,
+    verify_package,
+)
+from edge_agent.provisioning.provision import (
+    Options,
+    Result,
+    check_root,
+    provision_board,
+    provision_inventory,
+)
+
+EXIT_AWAITING_CERT = 3
+
+
+def add_provision_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "provision", help="provision this board or target roots from the fleet inventory"
+    )
+    _provision_arguments(p)
+    p.set_defaults(func=cmd_provision)
+    return p
+
+
+def _provision_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inventory", type=Path, required=True, help="fleet inventory CSV")
+    p.add_argument("--template", type=Path, required=True, help="fleet config template (TOML)")
+    p.add_argument("--device-id", help="provision only this board of the inventory (required with --root /)")
+    p.add_argument("--root", type=Path, default=Path("/"), help="target root (default: this board)")
+    p.add_argument("--roots", type=Path, help="bulk: one target root per board, ROOTS/<device_id>")
+    p.add_argument("--ca-dir", type=Path, help="lab CA directory: sign the board's CSR at once")
+    p.add_argument("--cert", type=Path, help="the board's certificate, signed by the fleet CA")
+    p.add_argument("--ca-cert", type=Path, help="the fleet CA certificate (with --cert)")
+    p.add_argument("--units-dir", type=Path, help="where edge-agent.service and friends are")
+    p.add_argument("--agent-bin", default=system.DEFAULT_BIN, help="the installed edge-agent executable")
+    p.add_argument(
+        "--model-signing-key", type=Path, help="ed25519 public key model packages must be signed with"
+    )
+    p.add_argument("--enroll", metavar="HOST:PORT", help="after provisioning, publish a hello to this broker")
+    p.add_argument("--no-activate", action="store_true", help="on /: do not enable units or start the build")
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    try:
+        opts = Options(
+            template_text=Path(args.template).read_text(encoding="utf-8"),
+            ca_dir=args.ca_dir,
+            cert_file=args.cert,
+            ca_file=args.ca_cert,
+            units_dir=args.units_dir,
+            agent_bin=args.agent_bin,
+            signing_pubkey=args.model_signing_key,
+            activate=not args.no_activate,
+        )
+        if args.roots is not None:
+            results = provision_inventory(args.inventory, args.roots, opts)
+        else:
+            boards = [b for b in load_inventory(args.inventory) if b.device_id == args.device_id]
+            if not boards:
+                raise ProvisioningError(
+                    f"device id {args.device_id!r} is not in {args.inventory} (use --device-id)"
+                )
+            results = [provision_board(boards[0], args.root, opts)]
+        for result in results:
+            _report(result)
+            if result.state == "provisioned":
+                check_root(result.root)
+        if args.enroll:
+            host, _, port = args.enroll.rpartition(":")
+            for result, board in zip(results, _boards_of(results, args.inventory), strict=True):
+                etc = result.root / "etc/edge-agent"
+                check_enrollment(
+                    host,
+                    int(port),
+                    etc / "certs/ca.pem",
+                    etc / "certs/device.pem",
+                    etc / "secrets/device.key",
+                    tenant=board.tenant,
+                    site=board.site,
+                    device_id=board.device_id,
+                )
+                print(f"{board.device_id}: enrolled (hello accepted by {args.enroll})")
+    except (ProvisioningError, ConfigError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return EXIT_AWAITING_CERT if any(r.state != "provisioned" for r in results) else 0
+
+
+def _boards_of(results: list[Result], inventory: Path) -> list:  # type: ignore[type-arg]
+    by_id = {b.device_id: b for b in load_inventory(inventory)}
+    return [by_id[r.device_id] for r in results]
+
+
+def _report(result: Result) -> None:
+    changes = ", ".join(result.changes) if result.changes else "nothing to change"
+    print(f"{result.device_id} [{result.root}]: {result.state}; {changes}")
+    if result.state == "awaiting-certificate":
+        print(
+            f"  send {result.root / 'etc/edge-agent/certs/device.csr'} to the fleet CA, then re-run with "
+            "--cert FILE --ca-cert FILE"
+        )
+
+
+def add_model_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = subparsers.add_parser("model", help="sign and verify model packages")
+    sub = p.add_subparsers(dest="model_command", required=True)
+    keygen = sub.add_parser("keygen", help="create the fleet's ed25519 model signing key pair")
+    keygen.add_argument("private", type=Path)
+    keygen.add_argument("public", type=Path)
+    sign = sub.add_parser("sign", help="write manifest.json and manifest.sig into a package directory")
+    sign.add_argument("package", type=Path)
+    sign.add_argument("--key", type=Path, required=True)
+    sign.add_argument("--name", required=True)
+    sign.add_argument("--version", required=True)
+    verify = sub.add_parser("verify", help="check a package directory's signature and file hashes")
+    verify.add_argument("package", type=Path)
+    verify.add_argument("--pubkey", type=Path, action="append", required=True)
+    p.set_defaults(func=cmd_model)
+    return p
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    try:
+        if args.model_command == "keygen":
+            generate_signing_key(args.private, args.public)
+            print(f"keep {args.private} offline; install {args.public} on boards (--model-signing-key)")
+        elif args.model_command == "sign":
+            manifest = sign_package(args.package, args.key, args.name, args.version)
+            print(f"signed {manifest.name} {manifest.version}: {len(manifest.files)} files")
+        else:
+            manifest = verify_package(args.package, [load_public_key(p) for p in args.pubkey])
+            print(f"ok: {manifest.name} {manifest.version}, {len(manifest.files)} files verified")
+    except ProvisioningError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="edge-agent-provision", description=__doc__)
+    _provision_arguments(parser)
+    return cmd_provision(parser.parse_args(argv))
+
+
+def model_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-agent-model")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_model_parser(sub)
+    args = parser.parse_args(["model", *(argv if argv is not None else sys.argv[1:])])
+    return cmd_model(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

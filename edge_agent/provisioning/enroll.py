@@ -1,0 +1,104 @@
+"""Enrollment check: connect to the broker with the board's new certificate and publish a hello.
+
+MQTT 5 is used because Mosquitto then answers an ACL-refused publish with reason code 135 ("not
+authorized") in the PUBACK; with 3.1.1 the broker acknowledges and silently drops it, and a board with a
+wrong identity would look enrolled.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.errors import ProvisioningError
+
+
+def tls_client(client_id: str, ca_file: Path, cert_file: Path, key_file: Path) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    context.load_cert_chain(str(cert_file), str(key_file))
+    client.tls_set_context(context)
+    return client
+
+
+def hello_topic(tenant: str, site: str, device_id: str) -> str:
+    return f"edge/{tenant}/{site}/{device_id}/hello"
+
+
+def check_enrollment(
+    host: str,
+    port: int,
+    ca_file: Path,
+    cert_file: Path,
+    key_file: Path,
+    *,
+    tenant: str,
+    site: str,
+    device_id: str,
+    timeout_s: float = 10.0,
+) -> None:
+    """Raise ProvisioningError with the cause unless the broker accepts the connection and the hello."""
+    client = tls_client(f"{device_id}-enroll", ca_file, cert_file, key_file)
+    done = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def on_connect(_c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None) -> None:
+        outcome["connect"] = rc
+        if rc.is_failure:
+            done.set()
+            return
+        payload = json.dumps({"device_id": device_id, "ts": time.time(), "kind": "enrollment"})
+        outcome["mid"] = client.publish(hello_topic(tenant, site, device_id), payload, qos=1).mid
+
+    def on_publish(_c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties) -> None:
+        outcome["puback"] = rc
+        done.set()
+
+    def on_disconnect(_c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: Properties | None) -> None:
+        outcome.setdefault("disconnect", rc)
+        done.set()
+
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    client.on_disconnect = on_disconnect
+    try:
+        client.connect(host, port, keepalive=30)
+    except ssl.SSLError as exc:
+        raise ProvisioningError(
+            f"TLS handshake with {host}:{port} failed ({exc.reason}): the broker refused "
+            "the certificate (revoked, expired or from another CA) or uses another CA"
+        ) from exc
+    except OSError as exc:
+        raise ProvisioningError(f"cannot reach the broker at {host}:{port}: {exc}") from exc
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            raise ProvisioningError(
+                f"no answer from the broker at {host}:{port} within {timeout_s:.0f} s "
+                "(a refused certificate often looks like this: check the broker log)"
+            )
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    connect = outcome.get("connect")
+    if isinstance(connect, ReasonCode) and connect.is_failure:
+        raise ProvisioningError(f"the broker refused the connection: {connect}")
+    if "puback" not in outcome:
+        raise ProvisioningError(
+            f"the broker at {host}:{port} closed the connection before accepting the hello "
+            "(TLS refused: certificate revoked, expired or from another CA?)"
+        )
+    puback = outcome.get("puback")
+    if isinstance(puback, ReasonCode) and puback.is_failure:
+        raise ProvisioningError(
+            f"the broker refused the hello on {hello_topic(tenant, site, device_id)}: "
+            f"{puback} (check the ACL and that the certificate CN is the device id)"
+        )

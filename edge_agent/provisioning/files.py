@@ -1,0 +1,53 @@
+"""Writing files the safe way: atomically (temp file + rename), with the mode set before the data lands,
+and only when the content changes, so re-running provisioning leaves an identical tree."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> bool:
+    """Write ``data`` to ``path`` with ``mode``; return False (and touch nothing) if it is already so."""
+    try:
+        if path.read_bytes() == data:
+            if (path.stat().st_mode & 0o7777) != mode:
+                os.chmod(path, mode)
+                return True
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def write_private(path: Path, data: bytes) -> bool:
+    return write_atomic(path, data, 0o600)
+
+
+def write_public(path: Path, data: bytes) -> bool:
+    return write_atomic(path, data, 0o644)
+
+
+def ensure_dir(path: Path, mode: int) -> bool:
+    """Create ``path`` (and parents) and set its mode; True if anything changed."""
+    changed = False
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        changed = True
+    if (path.stat().st_mode & 0o7777) != mode:
+        os.chmod(path, mode)
+        changed = True
+    return changed

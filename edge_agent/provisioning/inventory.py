@@ -1,0 +1,135 @@
+"""The fleet inventory (one CSV row per board) and the config each board gets from the fleet template.
+
+Required columns: tenant, site, class_id, device_id. Any other column named ``section.key`` (for example
+``camera.source`` or ``mqtt.host``) overrides that key of the template for this board only. The whole file
+is checked before any board is touched, and every problem is reported with its line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import Config, ConfigError, parse_config, to_toml, tomllib
+from edge_agent.errors import ProvisioningError
+
+REQUIRED = ("tenant", "site", "class_id", "device_id")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_OVERRIDE = re.compile(r"^[a-z_]+\.[a-z_]+$")
+
+
+@dataclass(frozen=True)
+class Board:
+    tenant: str
+    site: str
+    class_id: str
+    device_id: str
+    overrides: dict[str, str] = field(default_factory=dict)
+    line: int = 0
+
+
+def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
+    """Every board of the CSV; raise ProvisioningError listing all bad rows and duplicate device ids."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise ProvisioningError(
+            f"{source}: header lacks column(s) {', '.join(missing)} (needs {', '.join(REQUIRED)})"
+        )
+    bad_columns = [c for c in header if c not in REQUIRED and not _OVERRIDE.match(c)]
+    if bad_columns:
+        raise ProvisioningError(
+            f"{source}: unknown column(s) {', '.join(bad_columns)}; extra columns must be "
+            "config keys like camera.source"
+        )
+    boards: list[Board] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if None in row or any(v is None for v in row.values()):
+            problems.append(f"line {line}: wrong number of fields")
+            continue
+        values = {k: (v or "").strip() for k, v in row.items()}
+        bad = [c for c in REQUIRED if not _ID.match(values[c])]
+        if bad:
+            problems.append(
+                f"line {line}: invalid {', '.join(bad)} (letters, digits, _ . - only, 1-64 chars)"
+            )
+            continue
+        device = values["device_id"]
+        if device in seen:
+            problems.append(f"line {line}: device id {device!r} already used on line {seen[device]}")
+            continue
+        seen[device] = line
+        overrides = {k: v for k, v in values.items() if k not in REQUIRED and v != ""}
+        boards.append(Board(values["tenant"], values["site"], values["class_id"], device, overrides, line))
+    if problems:
+        raise ProvisioningError(f"{source}: " + "; ".join(problems))
+    if not boards:
+        raise ProvisioningError(f"{source}: no boards listed")
+    return boards
+
+
+def load_inventory(path: Path) -> list[Board]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProvisioningError(f"cannot read inventory {path}: {exc}") from exc
+    return parse_inventory(text, str(path))
+
+
+def _coerce(section: str, name: str, text: str) -> Any:
+    """A CSV cell as the value the config key expects: kept as text for string keys (camera.source "0"),
+    else read as the TOML value it spells (number, boolean)."""
+    model = Config.model_fields.get(section)
+    field_info = model.annotation.model_fields.get(name) if model and model.annotation else None  # type: ignore[union-attr]
+    if field_info is not None and field_info.annotation is str:
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def render_config(template_text: str, board: Board, prefix: Path = Path("/")) -> tuple[str, Config]:
+    """The board's config.toml text, validated. ``prefix`` re-roots every path (for checks on a target
+    root); the files written to a board always use ``/``."""
+    try:
+        data: dict[str, Any] = tomllib.loads(template_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProvisioningError(f"fleet template is not valid TOML: {exc}") from exc
+    device = data.setdefault("device", {})
+    device.update(tenant=board.tenant, site=board.site, class_id=board.class_id, device_id=board.device_id)
+    for key, value in board.overrides.items():
+        section, name = key.split(".", 1)
+        data.setdefault(section, {})[name] = _coerce(section, name, value)
+    root = "/" + str(prefix).strip("/") if str(prefix) != "/" else ""
+    paths = data.setdefault("paths", {})
+    paths.setdefault("state_dir", "/var/lib/edge-agent")
+    paths.setdefault("cache_dir", "/var/cache/edge-agent")
+    data.setdefault("mqtt", {})
+    defaults = {
+        ("device", "pseudonym_secret_file"): "/etc/edge-agent/secrets/pseudonym.key",
+        ("mqtt", "ca_file"): "/etc/edge-agent/certs/ca.pem",
+        ("mqtt", "cert_file"): "/etc/edge-agent/certs/device.pem",
+        ("mqtt", "key_file"): "/etc/edge-agent/secrets/device.key",
+        ("web", "token_file"): "/etc/edge-agent/secrets/web.token",
+    }
+    for (section, name), value in defaults.items():
+        data.setdefault(section, {}).setdefault(name, value)
+    if root:
+        for section, name in [*defaults, ("paths", "state_dir"), ("paths", "cache_dir")]:
+            data[section][name] = root + str(data[section][name])
+    text = "# Rendered by edge-agent-provision from the fleet template; edit the template, not this file.\n"
+    text += to_toml(data)
+    try:
+        config = parse_config(text, source=f"config for {board.device_id}")
+    except ConfigError as exc:
+        raise ProvisioningError(f"board {board.device_id} (inventory line {board.line}): {exc}") from exc
+    return text, config

@@ -1,0 +1,185 @@
+"""Signed model packages: a directory (or a tar of one) with ``manifest.json``, ``manifest.sig`` and files.
+
+The manifest names the model, its version and the sha256 and size of every file; ``manifest.sig`` is an
+ed25519 signature over the exact bytes of ``manifest.json`` made with the fleet signing key. A package is
+accepted only if the signature verifies with a trusted public key, every listed file matches, and nothing
+unlisted, linked or outside the package is present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge_agent.errors import ProvisioningError
+from edge_agent.provisioning.files import write_private, write_public
+
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_FILE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+MAX_TAR_BYTES = 2 * 1024**3
+
+
+class PackageRejected(ProvisioningError):
+    """The package is unsigned, tampered with, or malformed; nothing was installed."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    files: dict[str, str]  # relative path -> sha256 hex
+
+
+def generate_signing_key(private_path: Path, public_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    write_private(
+        private_path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+    write_public(
+        public_path,
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ProvisioningError(f"cannot read model signing public key {path}: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ProvisioningError(f"{path} is not an ed25519 public key")
+    return key
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _payload_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.name not in (MANIFEST, SIGNATURE) and not p.is_dir())
+
+
+def sign_package(directory: Path, private_key_path: Path, name: str, version: str) -> Manifest:
+    """Write manifest.json (every file's sha256) and manifest.sig for the package in ``directory``."""
+    if not (_NAME.match(name) and _NAME.match(version)):
+        raise ProvisioningError("model name and version must be letters, digits, _ . - (1-64 chars)")
+    try:
+        key = serialization.load_pem_private_key(private_key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ProvisioningError(f"cannot read signing key {private_key_path}: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ProvisioningError(f"{private_key_path} is not an ed25519 private key")
+    files = {p.relative_to(directory).as_posix(): _sha256(p) for p in _payload_files(directory)}
+    if not files:
+        raise ProvisioningError(f"{directory} holds no model files to sign")
+    body = {
+        "format": 1,
+        "name": name,
+        "version": version,
+        "created": int(time.time()),
+        "files": {k: {"sha256": v} for k, v in files.items()},
+    }
+    data = json.dumps(body, indent=1, sort_keys=True).encode()
+    (directory / MANIFEST).write_bytes(data)
+    (directory / SIGNATURE).write_bytes(key.sign(data))
+    return Manifest(name, version, files)
+
+
+def _parse_manifest(data: bytes) -> Manifest:
+    try:
+        body = json.loads(data)
+        name, version, files = body["name"], body["version"], body["files"]
+        hashes = {str(k): str(v["sha256"]) for k, v in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PackageRejected(f"manifest.json is malformed: {exc}") from exc
+    if not (
+        isinstance(name, str) and _NAME.match(name) and isinstance(version, str) and _NAME.match(version)
+    ):
+        raise PackageRejected("manifest name or version is not a safe identifier")
+    bad = [k for k in hashes if not _FILE.match(k) or ".." in k.split("/")]
+    if bad or not hashes:
+        raise PackageRejected(f"manifest lists unsafe or no file names: {bad[:3]}")
+    return Manifest(name, version, hashes)
+
+
+def verify_package(directory: Path, trusted: list[Ed25519PublicKey]) -> Manifest:
+    """The manifest, if the package is intact and signed by a trusted key; else PackageRejected."""
+    try:
+        data = (directory / MANIFEST).read_bytes()
+        signature = (directory / SIGNATURE).read_bytes()
+    except FileNotFoundError as exc:
+        raise PackageRejected(f"package {directory.name} is unsigned (no {Path(exc.filename).name})") from exc
+    if not trusted:
+        raise PackageRejected("no trusted model signing key is installed (model-signing.pub)")
+    for key in trusted:
+        try:
+            key.verify(signature, data)
+            break
+        except InvalidSignature:
+            continue
+    else:
+        raise PackageRejected(f"package {directory.name}: the signature does not verify with any trusted key")
+    manifest = _parse_manifest(data)
+    present = {p.relative_to(directory).as_posix() for p in _payload_files(directory)}
+    links = [p for p in directory.rglob("*") if p.is_symlink()]
+    if links:
+        raise PackageRejected(f"package contains links: {links[0].name}")
+    if present != set(manifest.files):
+        extra, missing = present - set(manifest.files), set(manifest.files) - present
+        raise PackageRejected(
+            f"package files differ from the manifest (extra {sorted(extra)[:3]}, "
+            f"missing {sorted(missing)[:3]})"
+        )
+    for rel, expected in manifest.files.items():
+        if _sha256(directory / rel) != expected:
+            raise PackageRejected(f"{rel}: sha256 does not match the signed manifest (tampered or corrupted)")
+    return manifest
+
+
+def extract_tar(archive: Path, destination: Path) -> None:
+    """Unpack a package tar, refusing links, devices, absolute or escaping names and oversized content."""
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            total = 0
+            for member in members:
+                name = member.name.lstrip("./") if member.name.startswith("./") else member.name
+                if not (member.isfile() or member.isdir()) or name.startswith("/") or ".." in name.split("/"):
+                    raise PackageRejected(f"{archive.name}: unsafe entry {member.name!r}")
+                total += member.size
+            if total > MAX_TAR_BYTES:
+                raise PackageRejected(f"{archive.name}: unpacks to more than {MAX_TAR_BYTES} bytes")
+            destination.mkdir(parents=True, exist_ok=True)
+            for member in members:
+                if member.isdir():
+                    (destination / member.name).mkdir(parents=True, exist_ok=True)
+                    continue
+                source = tar.extractfile(member)
+                if source is None:
+                    raise PackageRejected(f"{archive.name}: cannot read {member.name!r}")
+                target = destination / member.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with source, target.open("wb") as out:
+                    out.write(source.read())
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise PackageRejected(f"{archive.name} is not a readable tar archive: {exc}") from exc

@@ -1,0 +1,272 @@
+"""Installing signed model packages on the board: verify, stage, flip ``current``, roll back on failure.
+
+Layout under the models root (e.g. /var/lib/edge-agent/models)::
+
+    <name>/versions/<version>/...   verified package contents (read-only once installed)
+    <name>/current -> versions/<version>
+    <name>/trial                     previous version, present only while a new one is being tried
+
+The flip is one ``rename`` of a symlink, so a power cut leaves either the old or the new version current.
+If the daemon dies while trying a new version (a TensorRT crash, say), ``trial`` is still there at the next
+start and :meth:`ModelStore.recover` puts the previous version back.
+
+Thread affinity: :class:`ModelUpdater` runs installs on its own worker thread fed by a bounded queue; the
+``loader``, ``sanity`` and ``on_activated`` callables the daemon passes are called on that thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_agent.errors import ProvisioningError
+from edge_agent.lifecycle import Health
+from edge_agent.provisioning.model_package import Manifest, PackageRejected, extract_tar, verify_package
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[Path], Any]
+Sanity = Callable[[Any], bool]
+KEEP_VERSIONS = 2
+
+
+class ModelUpdateFailed(ProvisioningError):
+    """The new version was installed but failed to load or its sanity check; the previous one runs again."""
+
+
+class ModelStore:
+    def __init__(self, root: Path, trusted: list[Ed25519PublicKey]) -> None:
+        self.root = root
+        self.trusted = trusted
+
+    def current_version(self, name: str) -> str | None:
+        link = self.root / name / "current"
+        return Path(os.readlink(link)).name if link.is_symlink() else None
+
+    def current_path(self, name: str) -> Path | None:
+        link = self.root / name / "current"
+        return link.resolve() if link.is_symlink() else None
+
+    def stage(self, package: Path) -> tuple[Manifest, Path]:
+        """Copy or unpack ``package`` into a private staging folder and verify it there (not at the source,
+        which a sender could still change)."""
+        staging = self.root / ".staging" / uuid.uuid4().hex
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if package.is_dir():
+                shutil.copytree(package, staging, symlinks=True)
+            elif package.is_file():
+                extract_tar(package, staging)
+            else:
+                raise PackageRejected(f"model package {package} does not exist")
+            return verify_package(staging, self.trusted), staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def _flip(self, name: str, version: str | None) -> None:
+        link = self.root / name / "current"
+        if version is None:
+            link.unlink(missing_ok=True)
+            return
+        tmp = link.with_name(f".current-{uuid.uuid4().hex}")
+        tmp.symlink_to(Path("versions") / version)
+        os.replace(tmp, link)
+
+    def install(self, package: Path, loader: Loader, sanity: Sanity) -> tuple[Manifest, Any]:
+        """Verify, flip, load and check; on any failure after the flip, flip back.
+
+        Returns (manifest, engine)."""
+        manifest, staging = self.stage(package)
+        name = manifest.name
+        versions = self.root / name / "versions"
+        target = versions / manifest.version
+        previous = self.current_version(name)
+        if previous == manifest.version:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise PackageRejected(f"{name} {manifest.version} is already running")
+        versions.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        trial = self.root / name / "trial"
+        trial.write_text(previous or "", encoding="utf-8")
+        self._flip(name, manifest.version)
+        try:
+            engine = loader(target)
+            if sanity(engine) is False:
+                raise ModelUpdateFailed(f"{name} {manifest.version} failed its sanity check")
+        except Exception as exc:
+            self._flip(name, previous)
+            trial.unlink(missing_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            if isinstance(exc, ModelUpdateFailed):
+                raise
+            raise ModelUpdateFailed(
+                f"{name} {manifest.version} failed to load ({exc}); kept {previous or 'no model'}"
+            ) from exc
+        trial.unlink(missing_ok=True)
+        self._prune(name)
+        return manifest, engine
+
+    def recover(self) -> list[str]:
+        """Roll back any version whose trial never finished (the daemon died while loading it)."""
+        rolled = []
+        for trial in self.root.glob("*/trial"):
+            name = trial.parent.name
+            previous = trial.read_text(encoding="utf-8").strip() or None
+            failed = self.current_version(name)
+            self._flip(name, previous)
+            if failed and failed != previous:
+                shutil.rmtree(trial.parent / "versions" / failed, ignore_errors=True)
+            trial.unlink()
+            rolled.append(name)
+            log.warning(
+                "model %s: version %s never finished loading; rolled back to %s", name, failed, previous
+            )
+        shutil.rmtree(self.root / ".staging", ignore_errors=True)
+        return rolled
+
+    def _prune(self, name: str) -> None:
+        current = self.current_version(name)
+        versions = sorted(
+            (p for p in (self.root / name / "versions").iterdir() if p.name != current),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        for old in versions[KEEP_VERSIONS - 1 :]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+_STOP = object()
+
+
+class ModelUpdater:
+    """Daemon component: installs packages submitted by the command handler or dropped into ``inbox``."""
+
+    essential = False
+
+    def __init__(
+        self,
+        store: ModelStore,
+        loader: Loader,
+        sanity: Sanity,
+        on_activated: Callable[[Manifest, Any], None],
+        *,
+        name: str = "model-updater",
+        queue_max: int = 4,
+        stop_timeout_s: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.store = store
+        self._loader, self._sanity, self._on_activated = loader, sanity, on_activated
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_max)
+        self._thread: threading.Thread | None = None
+        self._stop_timeout_s = stop_timeout_s
+        self.dropped = 0
+        self.last_result = "idle"
+        self.last_ok = True
+
+    async def start(self) -> None:
+        for name in self.store.recover():
+            metrics.ALERTS.labels(kind="model_rollback").inc()
+            self.last_result = f"{name}: rolled back after an interrupted update"
+        self._publish_versions()
+        self._thread = threading.Thread(target=self._run, name="model-updater", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        if self._thread is None:
+            return
+        while True:
+            try:
+                self._queue.put_nowait(_STOP)
+                break
+            except queue.Full:  # drop pending work: an update is re-sent, not needed at shutdown
+                self._queue.get_nowait()
+        self._thread.join(self._stop_timeout_s)
+        self._thread = None
+
+    def health(self) -> Health:
+        return Health(self.last_ok, self.last_result)
+
+    def submit(self, package: Path) -> bool:
+        """Queue a package (tar file or directory); False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(package)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            log.warning("model update queue full; dropped a package (%d dropped so far)", self.dropped)
+            return False
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """For tests and the CLI: True once every submitted package has been handled."""
+        done = threading.Event()
+
+        def waiter() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=waiter, name="model-updater-wait", daemon=True).start()
+        return done.wait(timeout_s)
+
+    def versions(self) -> dict[str, str | None]:
+        root = self.store.root
+        names = (
+            sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if root.is_dir()
+            else []
+        )
+        return {name: self.store.current_version(name) for name in names}
+
+    def status(self) -> dict[str, object]:
+        """For the health page and the MQTT status message."""
+        return {
+            "versions": self.versions(),
+            "last_result": self.last_result,
+            "ok": self.last_ok,
+            "dropped": self.dropped,
+        }
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                assert isinstance(item, Path)
+                self._install(item)
+            finally:
+                self._queue.task_done()
+
+    def _install(self, package: Path) -> None:
+        try:
+            manifest, engine = self.store.install(package, self._loader, self._sanity)
+        except ProvisioningError as exc:
+            self.last_ok, self.last_result = False, str(exc)
+            metrics.ALERTS.labels(kind="model_update_refused").inc()
+            log.warning("model update refused: %s", exc)
+            return
+        self._on_activated(manifest, engine)
+        self.last_ok, self.last_result = True, f"{manifest.name} {manifest.version} running"
+        log.info("model %s now runs version %s", manifest.name, manifest.version)
+        self._publish_versions()
+
+    def _publish_versions(self) -> None:
+        samples = [s for family in metrics.MODEL_VERSION.collect() for s in family.samples]
+        for name, version in self.versions().items():
+            for sample in samples:
+                if sample.labels.get("model") == name and sample.labels.get("version") != version:
+                    metrics.MODEL_VERSION.remove(name, sample.labels["version"])
+            if version:
+                metrics.MODEL_VERSION.labels(model=name, version=version).set(1)

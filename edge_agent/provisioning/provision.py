@@ -1,0 +1,232 @@
+"""Provision one board, or many into many target roots, from the fleet template and the inventory.
+
+Order matters for "nothing half-installed": every input (inventory row, template, given certificate) is
+checked before the first file is written; secrets are created once and never overwritten; every file is
+written atomically and only when its content changes, so a second run changes nothing and a run that
+stopped half-way finishes on the next try.
+
+Certificates: the board makes its key and CSR itself (the key never leaves it). With ``ca_dir`` (a lab CA on
+the same machine, or an image build) the CSR is signed at once; otherwise ``cert_file``/``ca_file`` install
+a certificate the fleet CA signed, and without either the run ends in state "awaiting-certificate".
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_agent.errors import ProvisioningError
+from edge_agent.provisioning import system
+from edge_agent.provisioning.ca import (
+    FleetCA,
+    check_device_cert,
+    key_to_pem,
+    load_private_key,
+    make_csr,
+    new_ec_key,
+    same_public_key,
+)
+from edge_agent.provisioning.files import ensure_dir, write_atomic, write_private, write_public
+from edge_agent.provisioning.inventory import Board, load_inventory, render_config
+
+log = logging.getLogger(__name__)
+
+ETC = Path("etc/edge-agent")
+
+
+@dataclass
+class Options:
+    template_text: str
+    ca_dir: Path | None = None  # sign locally with this CA
+    cert_file: Path | None = None  # or install this signed certificate
+    ca_file: Path | None = None  # fleet CA certificate to install with cert_file
+    units_dir: Path | None = None
+    agent_bin: str = system.DEFAULT_BIN
+    signing_pubkey: Path | None = None  # ed25519 key that model packages must be signed with
+    activate: bool = True  # on "/": enable units and start the engine build
+
+
+@dataclass
+class Result:
+    device_id: str
+    root: Path
+    state: str = "provisioned"  # or "awaiting-certificate"
+    changes: list[str] = field(default_factory=list)
+
+
+def _layout(root: Path) -> dict[str, Path]:
+    etc = root / ETC
+    return {
+        "etc": etc,
+        "certs": etc / "certs",
+        "secrets": etc / "secrets",
+        "config": etc / "config.toml",
+        "key": etc / "secrets/device.key",
+        "pseudonym": etc / "secrets/pseudonym.key",
+        "token": etc / "secrets/web.token",
+        "csr": etc / "certs/device.csr",
+        "cert": etc / "certs/device.pem",
+        "ca": etc / "certs/ca.pem",
+        "signing": etc / "model-signing.pub",
+        "state": root / "var/lib/edge-agent",
+        "cache": root / "var/cache/edge-agent",
+        "logs": root / "var/log/edge-agent",
+    }
+
+
+def _preflight(board: Board, opts: Options) -> tuple[str, bytes | None]:
+    """Everything that can be checked before writing: the config renders, given files are readable."""
+    text, _ = render_config(opts.template_text, board)
+    ca_pem = None
+    if opts.ca_dir is None and (opts.cert_file is None) != (opts.ca_file is None):
+        raise ProvisioningError("--cert and --ca-cert go together (the signed certificate and its CA)")
+    if opts.ca_file is not None:
+        ca_pem = _read(opts.ca_file, "fleet CA certificate")
+    if opts.ca_dir is not None:
+        ca_pem = FleetCA(opts.ca_dir).ca_pem()
+    return text, ca_pem
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ProvisioningError(f"cannot read the {what} {path}: {exc}") from exc
+
+
+def provision_board(board: Board, root: Path, opts: Options) -> Result:
+    config_text, ca_pem = _preflight(board, opts)
+    result = Result(board.device_id, root)
+    on_host = root.resolve() == Path("/")
+    units_src = opts.units_dir or system.units_dir()
+    paths = _layout(root)
+    if on_host:
+        uid, gid, changed = system.ensure_user_on_host(units_src / "edge-agent.sysusers.conf")
+    else:
+        uid, gid, changed = system.ensure_user_in_root(root)
+    _note(result, changed, f"system user {system.USER}")
+    _make_dirs(paths, uid, gid, result)
+    _make_secrets(paths, uid, gid, result)
+    _make_csr(paths, board, result)
+    if not _install_cert(paths, board, opts, ca_pem, result):
+        result.state = "awaiting-certificate"
+    _note(result, write_atomic(paths["config"], config_text.encode(), 0o640), "config.toml")
+    if opts.signing_pubkey is not None:
+        _note(
+            result,
+            write_public(paths["signing"], _read(opts.signing_pubkey, "model signing key")),
+            "model signing key",
+        )
+    for path in (paths["config"], paths["certs"], paths["etc"]):
+        system.chown_if_root(path, 0, gid)
+    result.changes += system.install_units(root, units_src, opts.agent_bin)
+    if on_host and opts.activate and result.state == "provisioned":
+        system.activate_on_host()
+    return result
+
+
+def _note(result: Result, changed: bool, what: str) -> None:
+    if changed:
+        result.changes.append(what)
+
+
+def _make_dirs(paths: dict[str, Path], uid: int, gid: int, result: Result) -> None:
+    for key, mode in (
+        ("etc", 0o750),
+        ("certs", 0o750),
+        ("secrets", 0o700),
+        ("state", 0o700),
+        ("cache", 0o700),
+        ("logs", 0o700),
+    ):
+        _note(result, ensure_dir(paths[key], mode), f"directory {paths[key]}")
+        owner = (0, gid) if key in ("etc", "certs") else (uid, gid)
+        system.chown_if_root(paths[key], *owner)
+
+
+def _make_secrets(paths: dict[str, Path], uid: int, gid: int, result: Result) -> None:
+    """Created on the board, never overwritten: a new pseudonym key would orphan every student's history."""
+    makers = {
+        "key": lambda: key_to_pem(new_ec_key()),
+        "pseudonym": lambda: secrets.token_hex(32).encode() + b"\n",
+        "token": lambda: secrets.token_urlsafe(32).encode() + b"\n",
+    }
+    for name, make in makers.items():
+        path = paths[name]
+        if not path.exists():
+            write_private(path, make())
+            result.changes.append(f"secret {path.name}")
+        elif path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+            result.changes.append(f"mode of {path.name}")
+        system.chown_if_root(path, uid, gid)
+
+
+def _make_csr(paths: dict[str, Path], board: Board, result: Result) -> None:
+    from cryptography import x509
+
+    key = load_private_key(paths["key"])
+    if paths["csr"].exists():
+        try:
+            csr = x509.load_pem_x509_csr(paths["csr"].read_bytes())
+            if same_public_key(csr, key) and csr.subject.rfc4514_string().find(f"CN={board.device_id}") >= 0:
+                return
+        except ValueError:
+            pass
+    write_public(paths["csr"], make_csr(key, board.device_id, board.tenant, board.site))
+    result.changes.append("device.csr")
+
+
+def _install_cert(
+    paths: dict[str, Path], board: Board, opts: Options, ca_pem: bytes | None, result: Result
+) -> bool:
+    key = load_private_key(paths["key"])
+    current = paths["cert"].read_bytes() if paths["cert"].exists() else None
+    installed_ca = paths["ca"].read_bytes() if paths["ca"].exists() else None
+    if current is not None and installed_ca is not None and (ca_pem is None or ca_pem == installed_ca):
+        try:
+            check_device_cert(current, installed_ca, key, board.device_id)
+            return True
+        except ProvisioningError as exc:
+            log.warning("installed certificate unusable, replacing it: %s", exc)
+    if opts.ca_dir is not None:
+        cert = FleetCA(opts.ca_dir).sign_csr(paths["csr"].read_bytes(), replace=True)
+    elif opts.cert_file is not None:
+        cert = _read(opts.cert_file, "device certificate")
+    else:
+        log.info(
+            "CSR ready at %s: have the fleet CA sign it, then re-run with --cert and --ca-cert", paths["csr"]
+        )
+        return False
+    assert ca_pem is not None
+    check_device_cert(cert, ca_pem, key, board.device_id)  # refuse before installing anything
+    _note(result, write_public(paths["ca"], ca_pem), "ca.pem")
+    _note(result, write_public(paths["cert"], cert), "device.pem")
+    return True
+
+
+def provision_inventory(inventory: Path, roots: Path, opts: Options) -> list[Result]:
+    """Bulk: each board of the inventory into ``roots/<device_id>`` (image builds, labs, tests)."""
+    boards = load_inventory(inventory)
+    for board in boards:  # every config must render before the first board is touched
+        _preflight(board, opts)
+    return [provision_board(board, roots / board.device_id, opts) for board in boards]
+
+
+def check_root(root: Path) -> None:
+    """Validate the installed config with edge_agent.config.load_config, its paths re-rooted at ``root``
+    (so secret modes and certificate files inside the target root are checked too)."""
+    import tempfile
+
+    from edge_agent.config import load_config, parse_config
+
+    installed = _read(_layout(root)["config"], "installed config").decode()
+    device = parse_config(installed).device
+    board = Board(device.tenant, device.site, device.class_id, device.device_id)
+    text, _ = render_config(installed, board, prefix=root)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.toml"
+        path.write_text(text, encoding="utf-8")
+        load_config(path)

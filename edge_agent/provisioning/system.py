@@ -1,0 +1,153 @@
+"""The operating-system side of provisioning: the system user, file ownership, systemd units.
+
+On the running board (root ``/``) it uses the system's own tools (``systemd-sysusers``, ``systemctl``).
+On a target root (an image being built, or a test) it edits ``ROOT/etc/passwd`` and ``ROOT/etc/group``
+itself and enables units with the same symlinks ``systemctl enable`` makes; the sysusers.d and tmpfiles.d
+snippets it installs make the image's first boot create the user and fix ownership again, which is what
+makes an unprivileged image build correct.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+from edge_agent.errors import ProvisioningError
+from edge_agent.provisioning.files import write_atomic
+
+log = logging.getLogger(__name__)
+
+USER = "edge-agent"
+UNITS = ("edge-agent.service", "edge-agent-engines.service")
+DEFAULT_BIN = "/opt/edge-agent/venv/bin/edge-agent"
+SYSTEM_UID_RANGE = range(999, 100, -1)
+COMMAND_TIMEOUT_S = 60
+
+
+def units_dir() -> Path:
+    """Where the shipped unit files live: the source tree, or the installed share directory."""
+    for candidate in (Path(__file__).resolve().parents[2] / "systemd", Path("/opt/edge-agent/share/systemd")):
+        if (candidate / UNITS[0]).is_file():
+            return candidate
+    raise ProvisioningError("cannot find the systemd unit files; pass --units-dir")
+
+
+def _read_db(path: Path) -> list[list[str]]:
+    try:
+        return [line.split(":") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def _write_db(path: Path, rows: list[list[str]]) -> bool:
+    return write_atomic(path, ("\n".join(":".join(r) for r in rows) + "\n").encode(), 0o644)
+
+
+def ensure_user_in_root(root: Path) -> tuple[int, int, bool]:
+    """Add the edge-agent group and user to ROOT/etc/{group,passwd} and to video/render where those
+    groups exist; returns (uid, gid, changed)."""
+    passwd_path, group_path = root / "etc/passwd", root / "etc/group"
+    users, groups = _read_db(passwd_path), _read_db(group_path)
+    if any(len(r) < 4 for r in users) or any(len(r) < 4 for r in groups):
+        raise ProvisioningError(f"{passwd_path} or {group_path} has malformed lines; fix them first")
+    changed = False
+    user = next((r for r in users if r[0] == USER), None)
+    if user is not None:
+        uid, gid = int(user[2]), int(user[3])
+    else:
+        taken = {int(r[2]) for r in users if r[2].isdigit()} | {int(r[2]) for r in groups if r[2].isdigit()}
+        uid = gid = next(i for i in SYSTEM_UID_RANGE if i not in taken)
+        if not any(r[0] == USER for r in groups):
+            groups.append([USER, "x", str(gid), ""])
+        else:
+            gid = int(next(r for r in groups if r[0] == USER)[2])
+        users.append(
+            [
+                USER,
+                "x",
+                str(uid),
+                str(gid),
+                "edge-agent classroom daemon",
+                "/var/lib/edge-agent",
+                "/usr/sbin/nologin",
+            ]
+        )
+        changed = True
+    for row in groups:
+        members = [m for m in row[3].split(",") if m]
+        if row[0] in ("video", "render") and USER not in members:
+            row[3] = ",".join([*members, USER])
+            changed = True
+    if changed:
+        _write_db(group_path, groups)
+        _write_db(passwd_path, users)
+    return uid, gid, changed
+
+
+def ensure_user_on_host(sysusers_conf: Path) -> tuple[int, int, bool]:
+    try:
+        entry = pwd.getpwnam(USER)
+        return entry.pw_uid, entry.pw_gid, False
+    except KeyError:
+        pass
+    run(["systemd-sysusers", str(sysusers_conf)])
+    entry = pwd.getpwnam(USER)
+    return entry.pw_uid, entry.pw_gid, True
+
+
+def chown_if_root(path: Path, uid: int, gid: int) -> bool:
+    """Ownership can only be set by root; otherwise tmpfiles.d fixes it on the first boot."""
+    if os.geteuid() != 0:
+        return False
+    info = path.stat()
+    if (info.st_uid, info.st_gid) == (uid, gid):
+        return False
+    os.chown(path, uid, gid)
+    return True
+
+
+def install_units(root: Path, source: Path, agent_bin: str) -> list[str]:
+    """Copy units, sysusers.d and tmpfiles.d snippets into ROOT/etc and enable both units."""
+    changed = []
+    system = root / "etc/systemd/system"
+    for unit in UNITS:
+        text = (source / unit).read_text(encoding="utf-8").replace(DEFAULT_BIN, agent_bin)
+        if write_atomic(system / unit, text.encode(), 0o644):
+            changed.append(f"unit {unit}")
+        link = system / "multi-user.target.wants" / unit
+        target = f"/etc/systemd/system/{unit}"
+        if not link.is_symlink() or os.readlink(link) != target:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
+            changed.append(f"enabled {unit}")
+    for name, folder in (
+        ("edge-agent.sysusers.conf", "sysusers.d"),
+        ("edge-agent.tmpfiles.conf", "tmpfiles.d"),
+    ):
+        if write_atomic(root / "etc" / folder / "edge-agent.conf", (source / name).read_bytes(), 0o644):
+            changed.append(f"{folder}/edge-agent.conf")
+    return changed
+
+
+def run(argv: list[str]) -> None:
+    try:
+        subprocess.run(argv, check=True, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except FileNotFoundError as exc:
+        raise ProvisioningError(f"{argv[0]} is not installed on this board") from exc
+    except subprocess.CalledProcessError as exc:
+        raise ProvisioningError(f"`{' '.join(argv)}` failed: {exc.stderr.strip()}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ProvisioningError(f"`{' '.join(argv)}` did not finish in {COMMAND_TIMEOUT_S} s") from exc
+
+
+def activate_on_host() -> None:
+    """On the board itself: reload units, apply tmpfiles, enable, and start the engine build (no wait)."""
+    run(["systemctl", "daemon-reload"])
+    run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/edge-agent.conf"])
+    run(["systemctl", "enable", *UNITS])
+    run(["systemctl", "start", "--no-block", UNITS[1]])
+    log.info("engine build started in the background: journalctl -u %s", UNITS[1])

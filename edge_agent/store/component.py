@@ -1,0 +1,62 @@
+"""The store as a daemon component: the one SQLite database and its outbox, opened first, closed last."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from edge_agent.config import Config
+from edge_agent.lifecycle import Health, HeartbeatRegistry
+from edge_agent.live import LiveBoard
+from edge_agent.store.db import Database
+from edge_agent.store.outbox import Outbox
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 5.0
+
+
+class StoreComponent:
+    """Essential: without a writable database nothing the board measures could be kept."""
+
+    name = "store"
+    essential = True
+
+    def __init__(self, config: Config, *, heartbeats: HeartbeatRegistry, live: LiveBoard | None = None) -> None:
+        self.db = Database(config.database_path, config.store, heartbeats)
+        self.outbox = Outbox(self.db, config.device, config.store, config.mqtt)
+        self._live = live
+        self.alert: str | None = None
+        self._open = False
+
+    async def start(self) -> None:
+        report = await asyncio.to_thread(self.db.open)
+        self._open = True
+        if report.alert:
+            # The daemon keeps running on a fresh database; the alert stays visible until restart.
+            self.alert = report.alert
+            metrics.ALERTS.labels("database_quarantined").inc()
+            log.error("store alert: %s", report.alert)
+        recovered = await asyncio.to_thread(self.outbox.open)
+        log.info("store open: %s (%s messages to resend after the last stop)", report.path, recovered)
+
+    async def stop(self) -> None:
+        if not self._open:
+            return
+        flushed = await asyncio.to_thread(self.db.close, CLOSE_TIMEOUT_S)
+        self._open = False
+        if not flushed:
+            log.error("store: pending writes did not finish within %s s", CLOSE_TIMEOUT_S)
+
+    def health(self) -> Health:
+        if not self._open or not self.db.is_open:
+            return Health(False, "database is not open")
+        if self.alert:
+            return Health(False, self.alert)
+        status = self.outbox.status()
+        drops = sum(status["drops"].values())
+        detail = f"{status['backlog']} messages waiting"
+        if drops:
+            detail += f"; {drops} dropped by limits ({', '.join(f'{k}={v}' for k, v in status['drops'].items())})"
+        return Health(True, detail)

@@ -1,0 +1,333 @@
+"""The durable SQLite store: one writer thread, read connections per thread, corruption quarantine.
+
+Every write is a small function ``fn(conn)`` handed to :meth:`Database.write`; the writer thread runs
+queued tasks back to back, each inside its own SAVEPOINT of one shared transaction, and commits once
+(``synchronous=FULL``, WAL). A task's future resolves only after that commit, so "done" means "on disk".
+A task that raises rolls back only its own savepoint. Reads run on the caller's thread with a private
+read connection (WAL lets them proceed while the writer commits).
+
+Failures are handled by category (as Home Assistant's recorder does): a full disk becomes
+:class:`StoreFullError` for the affected tasks (SQLite rolls back, the file stays consistent); a file that
+fails its integrity check at :meth:`open` is moved aside with a timestamp and a fresh one is created,
+reported as an :class:`OpenReport` alert instead of an exception so the daemon keeps running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edge_agent.config import StoreSettings
+from edge_agent.errors import StoreCorruptError, StoreError, StoreFullError
+from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry
+from edge_agent.store.schema import migrate
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WriteFn = Callable[[sqlite3.Connection], Any]
+
+QUEUE_SIZE = 10_000
+BATCH_TASKS = 256  # tasks per commit: bounds the latency of the first task in a batch
+HEARTBEAT_NAME = "store-writer"
+_STOP = object()
+
+
+class StoreQueueFull(StoreError):
+    """The writer's bounded queue is full: the write was refused at once, nothing was stored."""
+
+
+@dataclass(frozen=True)
+class OpenReport:
+    """What :meth:`Database.open` found; ``alert`` is a sentence for the health page, or None."""
+
+    path: Path
+    created: bool
+    migrations_applied: int
+    quarantined: Path | None = None
+    alert: str | None = None
+
+
+@dataclass
+class _Task:
+    fn: WriteFn
+    future: Future[Any]
+
+
+def translate(exc: sqlite3.Error, path: Path) -> StoreError:
+    """A sqlite3 error as the project's error type, with a message an IT person can act on."""
+    text = str(exc).lower()
+    if "full" in text:
+        return StoreFullError(
+            f"the database {path} cannot grow: the disk (or its size limit) is full; free space on "
+            f"{path.parent} (old logs, cached models) and the agent resumes writing"
+        )
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return StoreCorruptError(
+            f"the database {path} is damaged ({exc}); restart the agent to quarantine it"
+        )
+    if "locked" in text or "busy" in text:
+        return StoreError(
+            f"the database {path} is locked by another process ({exc}); is a second agent running?"
+        )
+    return StoreError(f"database {path} error: {exc}")
+
+
+class Database:
+    def __init__(
+        self,
+        path: Path,
+        settings: StoreSettings,
+        heartbeats: HeartbeatRegistry | None = None,
+        *,
+        queue_size: int = QUEUE_SIZE,
+        max_page_count: int | None = None,
+    ) -> None:
+        """``max_page_count`` caps the file size (pages of 4 KiB); tests use it to simulate a full disk."""
+        self.path = Path(path)
+        self.settings = settings
+        self._heartbeats = heartbeats
+        self._beat: Heartbeat | None = None
+        self._queue: queue.Queue[_Task | object] = queue.Queue(queue_size)
+        self._max_page_count = max_page_count
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = threading.Event()
+        self.report: OpenReport | None = None
+
+    # -- opening -------------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False,
+            timeout=self.settings.busy_timeout_ms / 1000,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
+        conn.execute("PRAGMA synchronous = FULL")  # an acknowledged enqueue must survive power loss
+        conn.execute("PRAGMA foreign_keys = ON")
+        if self._max_page_count is not None:
+            conn.execute(f"PRAGMA max_page_count = {int(self._max_page_count)}")
+        return conn
+
+    def _check(self) -> str | None:
+        """None when the file is a healthy database (or absent), else what is wrong with it."""
+        if not self.path.exists():
+            return None
+        try:
+            conn = sqlite3.connect(str(self.path), isolation_level=None)
+            try:
+                rows = conn.execute("PRAGMA quick_check").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        if rows != [("ok",)]:
+            return "; ".join(str(r[0]) for r in rows[:3])
+        return None
+
+    def _quarantine(self, problem: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            n += 1
+        self.path.rename(target)
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                side.rename(target.with_name(target.name + suffix))
+        log.error(
+            "database %s failed its integrity check (%s); moved aside to %s", self.path, problem, target
+        )
+        metrics.ALERTS.labels(kind="store_corrupt").inc()
+        return target
+
+    def open(self) -> OpenReport:
+        """Check, quarantine if damaged, migrate, and start the writer thread."""
+        if self._thread is not None:
+            raise StoreError("database already open")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        problem = self._check()
+        quarantined = self._quarantine(problem) if problem else None
+        created = not self.path.exists()
+        try:
+            conn = self._connect()
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("database %s runs in journal mode %s, not WAL", self.path, mode)
+            applied = migrate(conn)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+        alert = None
+        if quarantined is not None:
+            alert = (
+                f"the database was damaged and has been moved to {quarantined}; a new empty one was "
+                "created (unsent data and local history in the old file are not used)"
+            )
+        self.report = OpenReport(self.path, created, applied, quarantined, alert)
+        if self._heartbeats is not None:
+            self._beat = self._heartbeats.register(HEARTBEAT_NAME, max_gap_s=30.0)
+        self._thread = threading.Thread(target=self._run, args=(conn,), name="store-writer", daemon=True)
+        self._thread.start()
+        return self.report
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        """Queue ``fn(conn)`` for the writer thread; its future resolves after the commit."""
+        future: Future[T] = Future()
+        if self._thread is None or self._closed.is_set():
+            future.set_exception(StoreError("the database is not open (the agent is starting or stopping)"))
+            return future
+        try:
+            self._queue.put_nowait(_Task(fn, future))
+        except queue.Full:
+            message = f"the database write queue is full ({self._queue.maxsize} tasks): the disk is too slow"
+            message += " or the writer stalled"
+            future.set_exception(StoreQueueFull(message))
+        return future
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                if self._beat is not None:
+                    self._beat.beat()
+                try:
+                    first = self._queue.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                batch, stop = self._collect(first)
+                if batch:
+                    self._commit_batch(conn, batch)
+                if stop:
+                    break
+        finally:
+            try:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+            except sqlite3.Error:
+                log.exception("final commit of %s failed", self.path)
+            conn.close()
+
+    def _collect(self, first: _Task | object) -> tuple[list[_Task], bool]:
+        batch: list[_Task] = []
+        item = first
+        while True:
+            if item is _STOP:
+                return batch, True
+            assert isinstance(item, _Task)
+            batch.append(item)
+            if len(batch) >= BATCH_TASKS:
+                return batch, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, False
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Task]) -> None:
+        results: list[tuple[_Task, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for task in batch:
+                results.append((task, *self._run_task(conn, task)))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = translate(exc, self.path) if isinstance(exc, sqlite3.Error) else StoreError(
+                f"a database task failed after SQLite rolled back its batch: {exc}"
+            )
+            log.error("database commit failed: %s", failure)
+            for task in batch:
+                if task.future.set_running_or_notify_cancel():
+                    task.future.set_exception(failure)
+            return
+        for task, value, error in results:
+            if not task.future.set_running_or_notify_cancel():
+                continue
+            if error is not None:
+                task.future.set_exception(error)
+            else:
+                task.future.set_result(value)
+
+    def _run_task(self, conn: sqlite3.Connection, task: _Task) -> tuple[Any, BaseException | None]:
+        conn.execute("SAVEPOINT task")
+        try:
+            value = task.fn(conn)
+        except Exception as exc:
+            if not conn.in_transaction:  # SQLite rolled back everything (e.g. disk full): fail the batch
+                raise
+            conn.execute("ROLLBACK TO task")
+            conn.execute("RELEASE task")
+            if isinstance(exc, sqlite3.Error):
+                return None, translate(exc, self.path)
+            return None, exc
+        conn.execute("RELEASE task")
+        return value, None
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on this thread with its own read connection."""
+        if self._closed.is_set():
+            raise StoreError("the database is closed")
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only = ON")
+            except sqlite3.Error as exc:
+                raise translate(exc, self.path) from exc
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        try:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+
+    # -- closing -------------------------------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush queued writes and make the final commit; False when the writer did not finish in time."""
+        thread = self._thread
+        if thread is None or self._closed.is_set():
+            return True
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.error("database write queue stayed full for %.0f s at shutdown", timeout)
+        thread.join(timeout)
+        finished = not thread.is_alive()
+        self._closed.set()
+        with self._readers_lock:
+            for conn in self._readers:
+                with contextlib.suppress(sqlite3.Error):  # the process is ending anyway
+                    conn.close()
+            self._readers.clear()
+        if self._heartbeats is not None:
+            self._heartbeats.unregister(HEARTBEAT_NAME)
+        if not finished:
+            log.error("database writer did not finish within %.0f s; unflushed writes may be lost", timeout)
+        return finished
+
+    @property
+    def is_open(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._closed.is_set()

@@ -1,0 +1,366 @@
+"""The durable outbox: messages waiting for the broker's acknowledgement, with limits and drop counting.
+
+All changes run on the database's writer thread (:meth:`Database.write`), so the in-memory totals below
+are only touched there. Each message gets a per-device sequence number allocated in the same transaction
+as its row: a committed row always has a seq, an uncommitted one never consumed one, so the receiver can
+treat any hole in the sequence as a real loss (a drop, counted here) and never as a crash artefact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
+from edge_agent.errors import InputRejected, StoreError
+from edge_agent.store import outbox_state as rules
+from edge_agent.store.db import Database, StoreQueueFull
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+STREAM_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+RESERVED_STREAMS = frozenset({"cmd", "status", "heartbeat"})
+MAX_PAYLOAD_BYTES = 128 * 1024
+EXPIRE_INTERVAL_S = 60.0
+_COLUMNS = "id, seq, message_id, stream, topic, payload, created_at, expires_at, attempts, bytes"
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    seq: int
+    message_id: str
+    stream: str
+    topic: str
+    payload: str
+    created_at: float
+    expires_at: float | None
+    attempts: int
+    bytes: int
+
+
+def topic_prefix(device: DeviceSettings) -> str:
+    return f"edge/{device.tenant}/{device.site}/{device.device_id}"
+
+
+def chain(inner: Future[T], transform: Callable[[T], U]) -> Future[U]:
+    """A future resolved with ``transform(inner.result())`` (run on the thread that resolves ``inner``)."""
+    outer: Future[U] = Future()
+
+    def done(f: Future[T]) -> None:
+        try:
+            outer.set_result(transform(f.result()))
+        except BaseException as exc:
+            outer.set_exception(exc)
+
+    inner.add_done_callback(done)
+    return outer
+
+
+class Outbox:
+    def __init__(
+        self,
+        db: Database,
+        device: DeviceSettings,
+        settings: StoreSettings,
+        mqtt: MqttSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        priority_streams: frozenset[str] = rules.PRIORITY_STREAMS,
+    ) -> None:
+        self.db = db
+        self.device = device
+        self.settings = settings
+        self.mqtt = mqtt
+        self._clock = clock
+        self._priority = priority_streams
+        self._prefix = topic_prefix(device)
+        self._rows = 0  # totals kept by the writer thread only
+        self._bytes = 0
+        self._last_expire = 0.0
+        self.new_rows = threading.Event()  # set on enqueue and release: the publisher has work
+
+    # -- start-up ------------------------------------------------------------------------------------
+
+    def open(self, timeout: float = 30.0) -> int:
+        """Return rows left in flight by a crash to pending and load totals; returns how many came back."""
+
+        def recover(conn: sqlite3.Connection) -> int:
+            cur = conn.execute("UPDATE outbox SET state = ? WHERE state = ?", (rules.PENDING, rules.INFLIGHT))
+            self._recount(conn)
+            return cur.rowcount
+
+        recovered = self.db.write(recover).result(timeout)
+        if recovered:
+            log.info("outbox: %s messages were in flight at the last stop and will be sent again", recovered)
+        self.new_rows.set()
+        self.refresh_metrics()
+        return recovered
+
+    def _recount(self, conn: sqlite3.Connection) -> None:
+        rows, total = conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM outbox").fetchone()
+        self._rows, self._bytes = int(rows), int(total)
+
+    def topic(self, stream: str) -> str:
+        return f"{self._prefix}/{stream}"
+
+    # -- enqueue -------------------------------------------------------------------------------------
+
+    def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> Future[int]:
+        """Queue ``payload`` durably for ``stream``; the future gives its seq once committed.
+
+        Raises InputRejected at once for a bad stream name, a payload that is not JSON, or one too large.
+        """
+        if not STREAM_RE.match(stream) or stream in RESERVED_STREAMS:
+            raise InputRejected(f"outbox stream name {stream!r} is not allowed", field="stream")
+        try:
+            text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            message = f"outbox payload for {stream!r} is not plain JSON: {exc}"
+            raise InputRejected(message, field="payload") from exc
+        size = len(text.encode("utf-8"))
+        if size > MAX_PAYLOAD_BYTES:
+            message = f"outbox payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}"
+            raise InputRejected(message, field="payload")
+        now = self._clock()
+        if expires_at is None:
+            expires_at = now + self.mqtt.message_expiry_days * 86400.0
+
+        def insert(conn: sqlite3.Connection) -> tuple[int, dict[str, int]]:
+            seq = _next_seq(conn)
+            conn.execute(
+                "INSERT INTO outbox (message_id, seq, stream, topic, payload, created_at, expires_at, "
+                "attempts, state, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                (uuid.uuid4().hex, seq, stream, self.topic(stream), text, now, expires_at,
+                 rules.PENDING, size),
+            )
+            self._rows += 1
+            self._bytes += size
+            drops = self._enforce_limits(conn)
+            if now - self._last_expire > EXPIRE_INTERVAL_S:
+                self._last_expire = now
+                for reason, n in self._expire(conn, now).items():
+                    drops[reason] = drops.get(reason, 0) + n
+            return seq, drops
+
+        future = chain(self.db.write(insert), self._after_write)
+        future.add_done_callback(self._on_enqueued)
+        return future
+
+    def _on_enqueued(self, future: Future[int]) -> None:
+        error = future.exception()
+        if error is None:
+            self.new_rows.set()
+        elif isinstance(error, StoreQueueFull):  # refused before touching anything: a counted drop
+            metrics.OUTBOX_DROPS.labels(reason="queue_full").inc()
+        else:  # the batch rolled back after our totals moved: count again from the file
+            self.db.write(self._recount)
+
+    def _after_write(self, result: tuple[T, dict[str, int]]) -> T:
+        value, drops = result
+        for reason, n in drops.items():
+            if n:
+                metrics.OUTBOX_DROPS.labels(reason=reason).inc(n)
+                log.warning("outbox: dropped %s messages (%s)", n, reason)
+        self.refresh_metrics()
+        return value
+
+    def _enforce_limits(self, conn: sqlite3.Connection) -> dict[str, int]:
+        max_rows, max_bytes = self.settings.max_rows, self.settings.max_bytes
+        if self._rows <= max_rows and self._bytes <= max_bytes:
+            return {}
+        drops: dict[str, int] = {}
+        for keep_last in (False, True):  # aggregates first, then the streams kept longest
+            over = max(self._rows - max_rows, 1)
+            plan = rules.plan_drops(self._rows, self._bytes, max_rows, max_bytes,
+                                    self._candidates(conn, keep_last, over + 64))
+            self._delete_dropped(conn, plan, drops)
+            if self._rows <= max_rows and self._bytes <= max_bytes:
+                break
+        return drops
+
+    def _candidates(self, conn: sqlite3.Connection, priority: bool, limit: int) -> list[rules.DropCandidate]:
+        marks = ",".join("?" * len(self._priority)) or "''"
+        negate = "" if priority else "NOT"
+        rows = conn.execute(
+            f"SELECT id, bytes, stream FROM outbox WHERE state = ? AND stream {negate} IN ({marks}) "
+            "ORDER BY id LIMIT ?",
+            (rules.PENDING, *sorted(self._priority), limit),
+        ).fetchall()
+        return [rules.DropCandidate(int(i), int(b), str(s)) for i, b, s in rows]
+
+    def _delete_dropped(
+        self, conn: sqlite3.Connection, plan: list[tuple[int, str]], drops: dict[str, int]
+    ) -> None:
+        if not plan:
+            return
+        ids = [row_id for row_id, _ in plan]
+        self._delete(conn, ids)
+        for _, reason in plan:
+            drops[reason] = drops.get(reason, 0) + 1
+        for reason in {r for _, r in plan}:
+            _count_drop(conn, reason, sum(1 for _, r in plan if r == reason))
+
+    def _delete(self, conn: sqlite3.Connection, ids: list[int]) -> int:
+        deleted = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            n, size = conn.execute(
+                f"SELECT count(*), coalesce(sum(bytes), 0) FROM outbox WHERE id IN ({marks})", chunk
+            ).fetchone()
+            conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+            self._rows -= int(n)
+            self._bytes -= int(size)
+            deleted += int(n)
+        return deleted
+
+    # -- expiry --------------------------------------------------------------------------------------
+
+    def expire(self) -> Future[int]:
+        """Delete pending rows past their expiry or older than max_age_days; gives how many went."""
+        now = self._clock()
+
+        def run(conn: sqlite3.Connection) -> tuple[int, dict[str, int]]:
+            self._last_expire = now
+            drops = self._expire(conn, now)
+            return sum(drops.values()), drops
+
+        return chain(self.db.write(run), self._after_write)
+
+    def _expire(self, conn: sqlite3.Connection, now: float) -> dict[str, int]:
+        max_age_s = self.settings.max_age_days * 86400.0
+        drops: dict[str, int] = {}
+        for reason, where, arg in (
+            ("expired", "expires_at IS NOT NULL AND expires_at <= ?", now),
+            ("max_age", "created_at < ?", now - max_age_s),
+        ):
+            ids = [r[0] for r in conn.execute(
+                f"SELECT id FROM outbox WHERE state = ? AND {where}", (rules.PENDING, arg)
+            )]
+            if ids:
+                self._delete(conn, ids)
+                _count_drop(conn, reason, len(ids))
+                drops[reason] = len(ids)
+        return drops
+
+    # -- publishing ----------------------------------------------------------------------------------
+
+    def claim(self, limit: int) -> Future[list[OutboxRow]]:
+        """Mark up to ``limit`` of the oldest pending rows in flight and return them."""
+
+        def run(conn: sqlite3.Connection) -> list[OutboxRow]:
+            rows = [
+                OutboxRow(*r)
+                for r in conn.execute(
+                    f"SELECT {_COLUMNS} FROM outbox WHERE state = ? ORDER BY id LIMIT ?",
+                    (rules.PENDING, limit),
+                )
+            ]
+            for start in range(0, len(rows), 500):
+                chunk = [r.id for r in rows[start : start + 500]]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(
+                    f"UPDATE outbox SET state = ?, attempts = attempts + 1 WHERE id IN ({marks})",
+                    (rules.INFLIGHT, *chunk),
+                )
+            return rows
+
+        return self.db.write(run)
+
+    def ack(self, ids: list[int]) -> Future[int]:
+        """The broker acknowledged these rows: delete them (the outbox is the MQTT session)."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            return self._delete(conn, ids)
+
+        future = self.db.write(run)
+        future.add_done_callback(lambda _f: self.refresh_metrics())
+        return future
+
+    def release(self, ids: list[int] | None = None) -> Future[int]:
+        """Return in-flight rows (all when ``ids`` is None) to pending, e.g. after a lost connection."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            if ids is None:
+                return conn.execute(
+                    "UPDATE outbox SET state = ? WHERE state = ?", (rules.PENDING, rules.INFLIGHT)
+                ).rowcount
+            total = 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                total += conn.execute(
+                    f"UPDATE outbox SET state = ? WHERE state = ? AND id IN ({marks})",
+                    (rules.PENDING, rules.INFLIGHT, *chunk),
+                ).rowcount
+            return total
+
+        future = self.db.write(run)
+        future.add_done_callback(lambda _f: self.new_rows.set())
+        return future
+
+    # -- status --------------------------------------------------------------------------------------
+
+    def oldest_created_at(self) -> float | None:
+        row = self.db.read(lambda c: c.execute("SELECT min(created_at) FROM outbox").fetchone())
+        return None if row is None or row[0] is None else float(row[0])
+
+    def drop_counts(self) -> dict[str, int]:
+        rows = self.db.read(lambda c: c.execute("SELECT reason, count FROM drop_counters").fetchall())
+        return {str(reason): int(count) for reason, count in rows}
+
+    def refresh_metrics(self) -> None:
+        metrics.OUTBOX_BACKLOG.set(self._rows)
+        metrics.OUTBOX_BYTES.set(self._bytes)
+
+    def status(self) -> dict[str, Any]:
+        """Backlog, bytes, age of the oldest row and drops by reason (persisted across restarts)."""
+        try:
+            oldest = self.oldest_created_at()
+            drops = self.drop_counts()
+        except StoreError as exc:
+            return {"backlog": self._rows, "bytes": self._bytes, "oldest_age_s": None, "drops": {},
+                    "detail": str(exc)}
+        age = None if oldest is None else max(0.0, self._clock() - oldest)
+        metrics.OUTBOX_OLDEST_AGE.set(age or 0.0)
+        self.refresh_metrics()
+        return {
+            "backlog": self._rows, "bytes": self._bytes, "oldest_age_s": age, "drops": drops, "detail": "",
+        }
+
+    @property
+    def backlog(self) -> int:
+        return self._rows
+
+
+def _next_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+    seq = int(row[0]) if row else 1
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (str(seq + 1),),
+    )
+    return seq
+
+
+def _count_drop(conn: sqlite3.Connection, reason: str, n: int) -> None:
+    conn.execute(
+        "INSERT INTO drop_counters (reason, count) VALUES (?, ?) "
+        "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
+        (reason, n),
+    )

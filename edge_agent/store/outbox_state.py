@@ -1,0 +1,117 @@
+"""The outbox rules as pure functions: row states, transitions, drop choice, expiry and batching.
+
+A row lives ``pending`` → ``inflight`` (handed to MQTT) → deleted (its PUBACK arrived). A lost connection
+or a crash returns ``inflight`` rows to ``pending``; they are sent again and the receiver deduplicates
+by (device, seq). Only ``pending`` rows may be dropped (limits, age, expiry): an ``inflight`` row may
+already be at the broker, and dropping it would only hide that from the counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+PENDING = "pending"
+INFLIGHT = "inflight"
+DELETED = "deleted"
+State = Literal["pending", "inflight", "deleted"]
+Event = Literal["send", "ack", "release", "crash", "expire", "drop"]
+
+# Streams kept longest when the outbox is full; everything else is an aggregate that can be recomputed
+# or is superseded by a newer one, so the oldest aggregates are dropped first.
+PRIORITY_STREAMS = frozenset({"alert", "event", "audit"})
+
+DROP_REASONS = ("max_rows", "max_bytes", "max_age", "expired")
+
+_TRANSITIONS: dict[tuple[str, str], str] = {
+    (PENDING, "send"): INFLIGHT,
+    (PENDING, "expire"): DELETED,
+    (PENDING, "drop"): DELETED,
+    (PENDING, "crash"): PENDING,
+    (PENDING, "release"): PENDING,
+    (INFLIGHT, "ack"): DELETED,
+    (INFLIGHT, "release"): PENDING,
+    (INFLIGHT, "crash"): PENDING,
+    # A PUBACK may arrive for a row already returned to pending (it raced a disconnect): the broker
+    # has the message, so the row goes.
+    (PENDING, "ack"): DELETED,
+}
+
+
+class InvalidTransition(ValueError):
+    pass
+
+
+def transition(state: str, event: str) -> str:
+    """The state after ``event``; InvalidTransition when the rules forbid it (e.g. dropping in flight)."""
+    try:
+        return _TRANSITIONS[(state, event)]
+    except KeyError:
+        raise InvalidTransition(f"outbox row in state {state!r} cannot take event {event!r}") from None
+
+
+@dataclass(frozen=True)
+class DropCandidate:
+    id: int
+    bytes: int
+    stream: str
+
+
+def priority(stream: str, priority_streams: frozenset[str] = PRIORITY_STREAMS) -> int:
+    """0 for streams dropped first (aggregates), 1 for streams kept longest."""
+    return 1 if stream in priority_streams else 0
+
+
+def plan_drops(
+    rows: int, total_bytes: int, max_rows: int, max_bytes: int, candidates: Iterable[DropCandidate]
+) -> list[tuple[int, str]]:
+    """Which candidates (already in drop order) to delete, with the limit each one is dropped for."""
+    drops: list[tuple[int, str]] = []
+    for candidate in candidates:
+        if rows > max_rows:
+            reason = "max_rows"
+        elif total_bytes > max_bytes:
+            reason = "max_bytes"
+        else:
+            break
+        drops.append((candidate.id, reason))
+        rows -= 1
+        total_bytes -= candidate.bytes
+    return drops
+
+
+def expiry_reason(created_at: float, expires_at: float | None, now: float, max_age_s: float) -> str | None:
+    """Why a pending row must go now ("expired" or "max_age"), or None when it may still be sent."""
+    if expires_at is not None and expires_at <= now:
+        return "expired"
+    if now - created_at > max_age_s:
+        return "max_age"
+    return None
+
+
+@dataclass(frozen=True)
+class Sized:
+    """What batching needs to know of a row."""
+
+    id: int
+    stream: str
+    bytes: int
+
+
+def group_batches(rows: Sequence[Sized], batch_max: int, max_message_bytes: int) -> list[list[int]]:
+    """Row ids grouped into messages: same stream, in order, ≤ batch_max items and ≤ max_message_bytes.
+
+    Rows of one stream keep their order; a row larger than the byte limit still goes, alone.
+    """
+    open_batches: dict[str, tuple[list[int], int]] = {}
+    batches: list[list[int]] = []
+    for row in rows:
+        ids, size = open_batches.get(row.stream, ([], 0))
+        if ids and (len(ids) >= batch_max or size + row.bytes > max_message_bytes):
+            batches.append(ids)
+            ids, size = [], 0
+        ids.append(row.id)
+        open_batches[row.stream] = (ids, size + row.bytes)
+    batches.extend(ids for ids, _ in open_batches.values() if ids)
+    return batches

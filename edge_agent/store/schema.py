@@ -1,0 +1,91 @@
+"""The database layout and its migrations, versioned by ``PRAGMA user_version``.
+
+Each migration runs once, in order, inside the transaction that bumps ``user_version``, so a crash
+mid-migration leaves the previous version intact. Migrations only ever add: a board that is rolled back
+to an older release refuses a newer database (clear error) instead of guessing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+import sqlite_utils
+
+from edge_agent.errors import StoreError
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.table("outbox").create(
+        {
+            "id": int,
+            "message_id": str,
+            "seq": int,
+            "stream": str,
+            "topic": str,
+            "payload": str,
+            "created_at": float,
+            "expires_at": float,
+            "attempts": int,
+            "state": str,
+            "bytes": int,
+        },
+        pk="id",
+        not_null={
+            "message_id", "seq", "stream", "topic", "payload", "created_at", "attempts", "state", "bytes",
+        },
+        defaults={"attempts": 0, "state": "pending"},
+    )
+    db.table("outbox").create_index(["seq"], unique=True)
+    db.table("outbox").create_index(["message_id"], unique=True)
+    db.table("outbox").create_index(["state", "id"])
+    db.table("outbox").create_index(["created_at"])
+    db.table("outbox").create_index(["expires_at"])
+    db.table("aggregates").create(
+        {"id": int, "stream": str, "created_at": float, "payload": str},
+        pk="id",
+        not_null={"stream", "created_at", "payload"},
+    )
+    db.table("aggregates").create_index(["stream", "created_at"])
+    db.table("kt_student_state").create(
+        {"student": str, "state": bytes, "answers": int, "updated_at": float},
+        pk="student",
+        not_null={"state", "answers", "updated_at"},
+    )
+    db.table("kt_applied_events").create({"event_key": str, "applied_at": float}, pk="event_key")
+    db.table("kt_applied_events").create_index(["applied_at"])
+    db.table("drop_counters").create({"reason": str, "count": int}, pk="reason", not_null={"count"})
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+
+
+MIGRATIONS: list[Migration] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to :data:`SCHEMA_VERSION`; returns the number of migrations applied."""
+    version = current_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version} but this edge-agent knows only {SCHEMA_VERSION}; "
+            "it was written by a newer release: upgrade edge-agent or restore the matching database"
+        )
+    db = sqlite_utils.Database(conn)
+    applied = 0
+    for number in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[number](db)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied += 1
+    return applied

@@ -1,0 +1,102 @@
+"""Commands sent to a board on ``edge/{tenant}/{site}/{device}/cmd``: validated first, then dispatched.
+
+Nothing acts on a message until it has passed every check: topic, size, JSON, and the pydantic model of
+its ``type`` (``extra="forbid"``, strict types). A rejected message is logged with the reason (never its
+contents) and counted in ``edge_mqtt_rejected{reason}``. Handlers are registered by the daemon; they
+run on the publisher's thread, so they must only hand work off (e.g. ``call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from edge_agent.config import DeviceSettings
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 16 * 1024
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    request_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class ConfigReload(_Command):
+    type: Literal["config_reload"]
+
+
+class ModelUpdate(_Command):
+    type: Literal["model_update"]
+    model: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+-]+$")
+    url: str = Field(max_length=2048, pattern=r"^https://[^\s]+$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signature: str = Field(min_length=16, max_length=1024, pattern=r"^[A-Za-z0-9+/=_-]+$")
+
+
+Command = Annotated[ConfigReload | ModelUpdate, Field(discriminator="type")]
+_ADAPTER: TypeAdapter[ConfigReload | ModelUpdate] = TypeAdapter(Command)
+Handler = Callable[[Any], None]
+
+
+class CommandDispatcher:
+    def __init__(self, device: DeviceSettings) -> None:
+        self.topic = f"edge/{device.tenant}/{device.site}/{device.device_id}/cmd"
+        self._handlers: dict[str, Handler] = {}
+
+    def register(self, command_type: str, handler: Handler) -> None:
+        """``command_type`` is "config_reload" or "model_update"; the handler gets the validated model."""
+        if command_type not in ("config_reload", "model_update"):
+            raise ValueError(f"unknown command type {command_type!r}")
+        self._handlers[command_type] = handler
+
+    def _reject(self, reason: str, detail: str) -> None:
+        metrics.MQTT_REJECTED.labels(reason=reason).inc()
+        log.warning("rejected a command message: %s (%s)", reason, detail)
+
+    def parse(self, topic: str, payload: bytes) -> ConfigReload | ModelUpdate | None:
+        """The validated command, or None (rejected, logged and counted)."""
+        if topic != self.topic:
+            self._reject("unknown_topic", f"topic {topic!r}")
+            return None
+        if len(payload) > MAX_COMMAND_BYTES:
+            self._reject("oversized", f"{len(payload)} bytes > {MAX_COMMAND_BYTES}")
+            return None
+        try:
+            doc = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as exc:
+            self._reject("malformed", f"not JSON: {exc.__class__.__name__}")
+            return None
+        try:
+            return _ADAPTER.validate_python(doc)
+        except ValidationError as exc:
+            errors = exc.errors()[:5]
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) + ": " + e["type"] for e in errors)
+            self._reject("invalid", fields or "schema")
+            return None
+
+    def handle(self, topic: str, payload: bytes) -> bool:
+        """Validate and dispatch; True when a handler took the command."""
+        command = self.parse(topic, payload)
+        if command is None:
+            return False
+        handler = self._handlers.get(command.type)
+        if handler is None:
+            self._reject("no_handler", f"no handler for {command.type}")
+            return False
+        log.info("command %s (request %s) accepted", command.type, command.request_id)
+        try:
+            handler(command)
+        except Exception:
+            log.exception("the %s handler failed", command.type)
+            metrics.MQTT_REJECTED.labels(reason="handler_error").inc()
+            return False
+        return True

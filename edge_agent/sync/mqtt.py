@@ -1,0 +1,269 @@
+"""The paho-mqtt adapter: the only module that imports paho.
+
+One :class:`MqttConnection` is one network session; after a loss it is thrown away and the publisher
+makes a new one, so paho's own retry queue never holds anything: the outbox is the session. The
+connection is driven by :meth:`MqttConnection.loop` from the caller's thread (no paho thread), which keeps
+callbacks on that thread and every wait bounded by an explicit timeout.
+
+Errors are translated here into :class:`SyncError` subclasses whose messages say what to fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from cryptography import x509
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.config import MqttSettings
+from edge_agent.errors import SyncError
+
+log = logging.getLogger(__name__)
+
+AckCallback = Callable[[int, bool, str], None]  # mid, accepted, reason
+MessageCallback = Callable[[str, bytes], None]  # topic, payload
+
+
+class SyncConnectError(SyncError):
+    """The broker cannot be reached or refused the connection."""
+
+
+class SyncTlsError(SyncConnectError):
+    """TLS failed: certificate expired, signed by the wrong CA, missing, or the key does not match."""
+
+
+class SyncAuthError(SyncConnectError):
+    """The broker accepted TLS but refused this device (not authorised)."""
+
+
+class SyncPublishError(SyncError):
+    """A publish could not be handed to the connection."""
+
+
+def check_certificate_dates(cert_file: Path, now: dt.datetime | None = None) -> None:
+    """Refuse an expired or not-yet-valid device certificate before the broker does, with its dates."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise SyncTlsError(f"device certificate {cert_file} cannot be read: {exc}") from exc
+    moment = now or dt.datetime.now(dt.timezone.utc)
+    if cert.not_valid_after_utc < moment:
+        raise SyncTlsError(
+            f"device certificate {cert_file} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+            "re-provision this board (edge-agent provision) to get a new certificate"
+        )
+    if cert.not_valid_before_utc > moment:
+        raise SyncTlsError(
+            f"device certificate {cert_file} is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+            "UTC; check the board's clock (timedatectl)"
+        )
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    check_certificate_dates(settings.cert_file)
+    try:
+        context = ssl.create_default_context(cafile=str(settings.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise SyncTlsError(f"CA file {settings.ca_file} cannot be loaded: {exc}") from exc
+    try:
+        context.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise SyncTlsError(
+            f"device certificate {settings.cert_file} and key {settings.key_file} cannot be used together: "
+            f"{exc}"
+        ) from exc
+    return context
+
+
+def _explain_tls(text: str, settings: MqttSettings) -> str:
+    lowered = text.lower()
+    if "certificate has expired" in lowered:
+        return f"the broker's certificate has expired ({text}); the broker's administrator must renew it"
+    if "certificate verify failed" in lowered:
+        return (f"the broker's certificate is not signed by the CA in {settings.ca_file} or does not name "
+                f"{settings.host} ({text})")
+    if "expired" in lowered:
+        return f"the broker rejected this board's certificate as expired ({text}); re-provision the board"
+    if "eof occurred" in lowered or "connection reset" in lowered:
+        return (f"the broker closed the TLS connection during set-up ({text}); it most likely rejected this "
+                f"board's certificate {settings.cert_file} (not signed by the fleet CA it trusts, or revoked)")
+    if "unknown ca" in lowered or "bad certificate" in lowered or "certificate required" in lowered:
+        return (f"the broker rejected this board's certificate {settings.cert_file} ({text}); it is not "
+                "signed by the fleet CA the broker trusts: re-provision the board")
+    return f"TLS with {settings.host}:{settings.port} failed: {text}"
+
+
+class MqttConnection:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        status_topic: str,
+        on_ack: AckCallback,
+        on_message: MessageCallback | None = None,
+        *,
+        persistent_session: bool = False,
+        will: bool = True,
+    ) -> None:
+        """``persistent_session`` keeps subscriptions and queued QoS 1 messages at the broker across
+        reconnects (receivers); the board's publisher keeps its session in the outbox instead."""
+        self.settings = settings
+        self._persistent = persistent_session
+        self.status_topic = status_topic
+        self._on_ack = on_ack
+        self._on_message = on_message
+        self._v5 = settings.protocol == "5"
+        self._connack: tuple[bool, str] | None = None
+        self._lost: str | None = None
+        self._last_error = ""
+        version = MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311
+        kwargs: dict[str, Any] = {} if self._v5 else {"clean_session": not persistent_session}
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version, **kwargs
+        )
+        self._client.connect_timeout = settings.connect_timeout_s
+        self._client.max_inflight_messages_set(settings.inflight_max)
+        self._client.max_queued_messages_set(0)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_publish = self._handle_publish
+        self._client.on_message = self._handle_message
+        self._client.on_log = self._handle_log
+        if will:
+            self._client.will_set(status_topic, b"offline", qos=1, retain=True)
+        self._will = will
+        if settings.tls:
+            self._client.tls_set_context(tls_context(settings))
+
+    # -- paho callbacks (run inside loop(), on the caller's thread) ------------------------------------
+
+    def _handle_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._connack = (not reason.is_failure, str(reason))
+
+    def _handle_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._lost = str(reason)
+
+    def _handle_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _props: Any) -> None:
+        self._on_ack(mid, not reason.is_failure, str(reason))
+
+    def _handle_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
+        if self._on_message is not None:
+            self._on_message(message.topic, bytes(message.payload))
+
+    def _handle_log(self, _c: Any, _u: Any, level: int, text: str) -> None:
+        # Keep the first error: paho follows a TLS alert with generic "not connected" lines.
+        if level == paho.MQTT_LOG_ERR and not self._last_error:
+            self._last_error = text
+
+    # -- operations ----------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the session and wait for CONNACK (at most connect_timeout_s); announce ``online``."""
+        s = self.settings
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0xFFFFFFFF if self._persistent else 0
+        clean: Any = not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
+        try:
+            self._client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=clean, properties=props)
+        except ssl.SSLError as exc:
+            raise SyncTlsError(_explain_tls(str(exc), s)) from exc
+        except (OSError, ValueError) as exc:
+            raise SyncConnectError(
+                f"cannot reach the MQTT broker {s.host}:{s.port}: {exc}; check the network and mqtt.host"
+            ) from exc
+        deadline = time.monotonic() + s.connect_timeout_s
+        while self._connack is None:
+            if time.monotonic() > deadline:
+                self.close()
+                raise SyncConnectError(
+                    f"the broker {s.host}:{s.port} did not answer within {s.connect_timeout_s} s"
+                )
+            rc = self._client.loop(0.05)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._connack is None:
+                self.close()
+                raise self._connect_failure()
+        accepted, reason = self._connack
+        self._last_error = ""
+        if not accepted:
+            self.close()
+            if "authori" in reason.lower() or "password" in reason.lower():
+                raise SyncAuthError(
+                    f"the broker {s.host} refused this device: {reason}; check its certificate and the ACL"
+                )
+            raise SyncConnectError(f"the broker {s.host} refused the connection: {reason}")
+        if self._will:
+            self.publish(self.status_topic, b"online", retain=True)
+
+    def _connect_failure(self) -> SyncConnectError:
+        text = self._last_error or self._lost or "connection closed"
+        markers = ("ssl", "tls", "certificate", "alert", "eof occurred", "connection reset")
+        if self.settings.tls and any(w in text.lower() for w in markers):
+            return SyncTlsError(_explain_tls(text, self.settings))
+        return SyncConnectError(
+            f"the broker {self.settings.host}:{self.settings.port} closed the connection before accepting "
+            f"it ({text})"
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._connack is not None and self._connack[0] and self._lost is None
+
+    def loop(self, timeout: float) -> None:
+        """Exchange network traffic for up to ``timeout`` s; SyncConnectError when the session is lost."""
+        if self._lost is None:
+            rc = self._client.loop(timeout)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._lost is None:
+                self._lost = paho.error_string(rc)
+        if self._lost is not None:
+            raise SyncConnectError(f"lost the connection to the broker: {self._last_error or self._lost}")
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None
+    ) -> int:
+        """Hand one message to the session; returns its mid (its PUBACK arrives through on_ack)."""
+        props = None
+        if self._v5 and expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = max(1, int(expiry_s))
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise SyncPublishError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        return int(info.mid)
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        rc, _mid = self._client.subscribe(topic, qos=qos)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise SyncConnectError(f"subscribe to {topic} failed: {paho.error_string(rc)}")
+
+    def disconnect(self, timeout: float = 2.0) -> None:
+        """Say ``offline`` (retained) and close cleanly; bounded by ``timeout``."""
+        if self.connected:
+            try:
+                if self._will:
+                    self.publish(self.status_topic, b"offline", retain=True)
+                self._client.disconnect()
+                deadline = time.monotonic() + timeout
+                while self._lost is None and time.monotonic() < deadline:
+                    self._client.loop(0.05)
+            except SyncError as exc:
+                log.info("clean MQTT disconnect did not complete: %s", exc)
+        self.close()
+
+    def close(self) -> None:
+        self._lost = self._lost or "closed"
+        try:
+            self._client.disconnect()
+        except Exception:  # paho raises assorted errors on a half-open socket; we are discarding it
+            log.debug("closing the MQTT socket raised", exc_info=True)
+        self._client.loop(0)  # releases the socket

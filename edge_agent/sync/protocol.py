@@ -1,0 +1,120 @@
+"""The wire format of outbox messages and the reconnect backoff, as pure functions.
+
+A message carries one or more items of one stream (several while draining a backlog)::
+
+    {"v": 1, "tenant": ..., "site": ..., "device": ..., "stream": ..., "sent_at": epoch,
+     "items": [{"seq": int, "id": message_id, "at": epoch, "data": {...}}, ...]}
+
+``seq`` is per device, gap-free as allocated, so a receiver deduplicates by (device, seq) and any hole
+is a real loss (a counted drop on the board).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.errors import InputRejected
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Item:
+    seq: int
+    message_id: str
+    created_at: float
+    payload_json: str  # the stored JSON text, inserted verbatim (no re-encoding per send)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    tenant: str
+    site: str
+    device: str
+    stream: str
+
+
+def encode_message(envelope: Envelope, items: Sequence[Item], sent_at: float) -> bytes:
+    head = json.dumps(
+        {"v": SCHEMA_VERSION, "tenant": envelope.tenant, "site": envelope.site, "device": envelope.device,
+         "stream": envelope.stream, "sent_at": round(sent_at, 3)},
+        separators=(",", ":"),
+    )
+    parts = [
+        f'{{"seq":{item.seq},"id":{json.dumps(item.message_id)},"at":{round(item.created_at, 3)!r},'
+        f'"data":{item.payload_json}}}'
+        for item in items
+    ]
+    return (head[:-1] + ',"items":[' + ",".join(parts) + "]}").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class DecodedItem:
+    seq: int
+    message_id: str
+    created_at: float
+    data: Any
+
+
+@dataclass(frozen=True)
+class DecodedMessage:
+    device: str
+    stream: str
+    sent_at: float
+    items: list[DecodedItem]
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise InputRejected(message)
+
+
+def decode_message(payload: bytes) -> DecodedMessage:
+    """Parse and check a message; InputRejected says what is wrong with a malformed one."""
+    _require(len(payload) <= MAX_MESSAGE_BYTES * 4, "message too large")
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputRejected(f"message is not JSON: {exc}") from exc
+    _require(isinstance(doc, dict), "message is not a JSON object")
+    _require(doc.get("v") == SCHEMA_VERSION, f"unsupported schema version {doc.get('v')!r}")
+    device, stream, items = doc.get("device"), doc.get("stream"), doc.get("items")
+    _require(isinstance(device, str) and bool(device), "device missing")
+    _require(isinstance(stream, str) and bool(stream), "stream missing")
+    _require(isinstance(items, list) and bool(items), "items missing")
+    sent_at = doc.get("sent_at")
+    _require(isinstance(sent_at, (int, float)), "sent_at missing")
+    decoded = []
+    for item in items:
+        _require(isinstance(item, dict), "item is not an object")
+        seq, mid, at = item.get("seq"), item.get("id"), item.get("at")
+        _require(isinstance(seq, int) and not isinstance(seq, bool) and seq > 0, "item seq invalid")
+        _require(isinstance(mid, str), "item id invalid")
+        _require(isinstance(at, (int, float)), "item time invalid")
+        decoded.append(DecodedItem(seq, mid, float(at), item.get("data")))
+    return DecodedMessage(device, stream, float(sent_at), decoded)
+
+
+def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: in [base/2, base], base = min(maximum, minimum * 2**attempt).
+
+    The jitter keeps a school's boards from reconnecting in lockstep after a shared outage.
+    """
+    base = min(maximum, minimum * (2.0 ** min(attempt, 30)))
+    return rng.uniform(base / 2.0, base)
+
+
+def missing_ranges(seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """Holes in a sorted sequence of distinct seqs starting at 1, as inclusive (first, last) ranges."""
+    gaps: list[tuple[int, int]] = []
+    expected = 1
+    for seq in seqs:
+        if seq > expected:
+            gaps.append((expected, seq - 1))
+        expected = max(expected, seq + 1)
+    return gaps

@@ -1,0 +1,277 @@
+"""Drains the outbox to the broker: the outbox is the MQTT session.
+
+One thread owns everything here: it connects (with exponential backoff and jitter), claims pending rows,
+publishes them QoS 1 with at most ``inflight_max`` messages unacknowledged, and deletes a row only when
+its PUBACK arrives. When the connection drops, rows in flight return to pending and are sent again on the
+next connection; the receiver deduplicates by (device, seq). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.config import DeviceSettings, MqttSettings
+from edge_agent.errors import StoreError, SyncError
+from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry
+from edge_agent.store import outbox_state as rules
+from edge_agent.store.outbox import Outbox, OutboxRow, topic_prefix
+from edge_agent.sync.commands import CommandDispatcher
+from edge_agent.sync.mqtt import MqttConnection
+from edge_agent.sync.protocol import MAX_MESSAGE_BYTES, Envelope, Item, backoff_delay, encode_message
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+STORE_TIMEOUT_S = 10.0
+DRAIN_ON_STOP_S = 2.0
+EXPIRE_EVERY_S = 60.0
+HEARTBEAT_NAME = "mqtt-publisher"
+
+ConnectionFactory = Callable[..., MqttConnection]
+
+
+@dataclass
+class _Message:
+    stream: str
+    row_ids: list[int]
+
+
+class Publisher:
+    def __init__(
+        self,
+        outbox: Outbox,
+        device: DeviceSettings,
+        settings: MqttSettings,
+        *,
+        commands: CommandDispatcher | None = None,
+        health_summary: Callable[[], dict[str, Any]] | None = None,
+        heartbeats: HeartbeatRegistry | None = None,
+        connection_factory: ConnectionFactory = MqttConnection,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.device = device
+        self.settings = settings
+        self._commands = commands
+        self._health_summary = health_summary
+        self._heartbeats = heartbeats
+        self._beat: Heartbeat | None = None
+        self._factory = connection_factory
+        self._rng = rng or random.Random()
+        self._prefix = topic_prefix(device)
+        self._inflight: dict[int, _Message] = {}
+        self._unsent: collections.deque[tuple[str, list[OutboxRow]]] = collections.deque()
+        self._acked: list[int] = []
+        self._ack_failures: list[str] = []
+        self._more_pending = True
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {"connected": False, "last_success": None, "detail": "not started"}
+        self._next_heartbeat = 0.0
+        self._next_expire = 0.0
+
+    # -- thread management ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise SyncError("the publisher is already running")
+        if self._heartbeats is not None:
+            # A connect attempt may take connect_timeout_s; allow for it before the watchdog worries.
+            self._beat = self._heartbeats.register(HEARTBEAT_NAME, self.settings.connect_timeout_s + 30.0)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="mqtt-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask the loop to finish (drain in-flight acks briefly, say offline); False if it did not in time."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+        if self._heartbeats is not None:
+            self._heartbeats.unregister(HEARTBEAT_NAME)
+        return thread is None or not thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._state)
+
+    def _set(self, **values: Any) -> None:
+        with self._lock:
+            self._state.update(values)
+
+    def _beat_now(self) -> None:
+        if self._beat is not None:
+            self._beat.beat()
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            self._beat_now()
+            try:
+                conn = self._connect()
+            except (SyncError, StoreError, FutureTimeout) as exc:
+                s = self.settings
+                delay = backoff_delay(attempt, s.backoff_min_s, s.backoff_max_s, self._rng)
+                if attempt == 0:
+                    log.warning("MQTT broker unreachable: %s; retrying with backoff", exc)
+                self._set(connected=False, detail=str(exc))
+                attempt += 1
+                metrics.MQTT_RECONNECTS.inc()
+                self._stop.wait(delay)
+                continue
+            attempt = 0
+            log.info("connected to MQTT broker %s:%s", self.settings.host, self.settings.port)
+            metrics.MQTT_CONNECTED.set(1)
+            self._set(connected=True, detail="connected")
+            try:
+                self._session(conn)
+                self._drain(conn)
+                conn.disconnect()
+            except (SyncError, StoreError, FutureTimeout) as exc:
+                log.warning("MQTT session ended: %s", exc)
+                self._set(detail=str(exc))
+                conn.close()
+            finally:
+                metrics.MQTT_CONNECTED.set(0)
+                self._set(connected=False)
+                self._release_all()
+
+    def _connect(self) -> MqttConnection:
+        conn = self._factory(
+            self.settings, f"edge-{self.device.device_id}", f"{self._prefix}/status", self._on_ack,
+            self._on_message,
+        )
+        conn.connect()
+        if self._commands is not None:
+            conn.subscribe(self._commands.topic)
+        self._more_pending = True
+        self._next_heartbeat = 0.0
+        return conn
+
+    def _session(self, conn: MqttConnection) -> None:
+        while not self._stop.is_set():
+            self._beat_now()
+            self._fill_window(conn)
+            conn.loop(0.01 if self._inflight else 0.05)
+            self._flush_acks()
+            now = time.time()
+            if now >= self._next_heartbeat:
+                self._next_heartbeat = now + self.settings.heartbeat_s
+                self._send_heartbeat(conn, now)
+            if now >= self._next_expire:
+                self._next_expire = now + EXPIRE_EVERY_S
+                self.outbox.expire()
+
+    def _drain(self, conn: MqttConnection) -> None:
+        """On a clean stop, wait briefly for outstanding PUBACKs so those rows need not be resent."""
+        deadline = time.monotonic() + DRAIN_ON_STOP_S
+        while self._inflight and time.monotonic() < deadline:
+            conn.loop(0.02)
+            self._flush_acks()
+
+    # -- sending -------------------------------------------------------------------------------------
+
+    def _fill_window(self, conn: MqttConnection) -> None:
+        space = self.settings.inflight_max - len(self._inflight)
+        if space <= 0:
+            return
+        if not self._unsent and (self._more_pending or self.outbox.new_rows.is_set()):
+            self.outbox.new_rows.clear()
+            limit = space * self.settings.batch_max
+            rows = self.outbox.claim(limit).result(STORE_TIMEOUT_S)
+            self._more_pending = len(rows) == limit
+            self._queue_batches(rows)
+        while self._unsent and len(self._inflight) < self.settings.inflight_max:
+            stream, rows = self._unsent.popleft()
+            self._publish(conn, stream, rows)
+
+    def _queue_batches(self, rows: list[OutboxRow]) -> None:
+        by_id = {r.id: r for r in rows}
+        sized = [rules.Sized(r.id, r.stream, r.bytes + 96) for r in rows]
+        for ids in rules.group_batches(sized, self.settings.batch_max, MAX_MESSAGE_BYTES):
+            batch = [by_id[i] for i in ids]
+            self._unsent.append((batch[0].stream, batch))
+
+    def _publish(self, conn: MqttConnection, stream: str, rows: list[OutboxRow]) -> None:
+        now = time.time()
+        envelope = Envelope(self.device.tenant, self.device.site, self.device.device_id, stream)
+        payload = encode_message(
+            envelope, [Item(r.seq, r.message_id, r.created_at, r.payload) for r in rows], now
+        )
+        expiries = [r.expires_at for r in rows if r.expires_at is not None]
+        expiry_s = max(1.0, min(expiries) - now) if expiries else None
+        try:
+            mid = conn.publish(rows[0].topic, payload, expiry_s=expiry_s)
+        except SyncError:
+            self._unsent.appendleft((stream, rows))
+            raise
+        self._inflight[mid] = _Message(stream, [r.id for r in rows])
+
+    def _send_heartbeat(self, conn: MqttConnection, now: float) -> None:
+        status = self.outbox.status()
+        doc = {
+            "v": 1, "device": self.device.device_id, "at": round(now, 3), "backlog": status["backlog"],
+            "oldest_age_s": status["oldest_age_s"], "drops": status["drops"],
+            "health": self._health_summary() if self._health_summary else {},
+        }
+        conn.publish(f"{self._prefix}/heartbeat", json.dumps(doc, separators=(",", ":")).encode(), qos=0)
+
+    # -- acknowledgements ----------------------------------------------------------------------------
+
+    def _on_ack(self, mid: int, accepted: bool, reason: str) -> None:
+        message = self._inflight.pop(mid, None)
+        if message is None:
+            return  # status, heartbeat or a message of an earlier session
+        if not accepted:
+            self._ack_failures.append(reason)
+            self.outbox.release(message.row_ids)
+            return
+        metrics.MQTT_PUBLISHED.labels(stream=message.stream).inc()
+        self._acked.extend(message.row_ids)
+
+    def _flush_acks(self) -> None:
+        if self._acked:
+            ids, self._acked = self._acked, []
+            self.outbox.ack(ids)
+            self._set(last_success=time.time())
+        if self._ack_failures:
+            reasons, self._ack_failures = self._ack_failures, []
+            raise SyncError(
+                f"the broker refused {len(reasons)} messages ({reasons[0]}); check the device's ACL"
+            )
+
+    def _release_all(self) -> None:
+        ids = [i for m in self._inflight.values() for i in m.row_ids]
+        ids += [r.id for _, rows in self._unsent for r in rows]
+        self._inflight.clear()
+        self._unsent.clear()
+        self._acked.clear()
+        self._ack_failures.clear()
+        if ids:
+            try:
+                self.outbox.release(ids).result(STORE_TIMEOUT_S)
+            except (StoreError, FutureTimeout) as exc:  # they return to pending at the next start anyway
+                log.error("could not return %s in-flight messages to pending: %s", len(ids), exc)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if self._commands is not None:
+            self._commands.handle(topic, payload)
+        else:
+            metrics.MQTT_REJECTED.labels(reason="unknown_topic").inc()

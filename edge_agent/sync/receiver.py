@@ -1,0 +1,235 @@
+"""The reference cloud receiver: subscribes ``edge/#``, deduplicates by (device, seq), stores, finds gaps.
+
+Run it next to a broker to see what boards deliver::
+
+    python -m edge_agent.sync.receiver --host broker.example --port 8883 --db received.db \\
+        --ca ca.pem --cert receiver.pem --key receiver.key
+
+It keeps a persistent MQTT session (QoS 1 messages published while it is away wait at the broker) and
+commits each message before its PUBACK goes out, so nothing acknowledged is lost. The test-suite uses it
+to prove exactly-once delivery after deduplication.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import MqttSettings
+from edge_agent.errors import InputRejected, SyncError
+from edge_agent.sync.mqtt import MqttConnection
+from edge_agent.sync.protocol import backoff_delay, decode_message, missing_ranges
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    device TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, message_id TEXT NOT NULL,
+    created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL, PRIMARY KEY (device, seq));
+CREATE TABLE IF NOT EXISTS devices (
+    device TEXT PRIMARY KEY, status TEXT, status_at REAL, heartbeat TEXT, heartbeat_at REAL,
+    duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
+"""
+
+
+class Receiver:
+    def __init__(self, db_path: Path, settings: MqttSettings, *, client_id: str = "edge-receiver",
+                 topic: str = "edge/#") -> None:
+        self.db_path = Path(db_path)
+        self.settings = settings
+        self.client_id = client_id
+        self.topic = topic
+        self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.messages = 0
+        self.rejected = 0
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def start(self, wait_connected_s: float | None = 10.0) -> Receiver:
+        self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
+        self._thread.start()
+        if wait_connected_s is not None and not self._connected.wait(wait_connected_s):
+            raise SyncError(f"receiver could not connect to {self.settings.host}:{self.settings.port}")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            self._conn.close()
+
+    def _run(self) -> None:
+        attempt = 0
+        rng = random.Random()
+        while not self._stop.is_set():
+            conn = MqttConnection(self.settings, self.client_id, "", self._ack_ignored, self._on_message,
+                                  persistent_session=True, will=False)
+            try:
+                conn.connect()
+                conn.subscribe(self.topic, qos=1)
+                attempt = 0
+                self._connected.set()
+                while not self._stop.is_set():
+                    conn.loop(0.05)
+                conn.disconnect()
+            except SyncError as exc:
+                self._connected.clear()
+                conn.close()
+                log.info("receiver: %s", exc)
+                self._stop.wait(backoff_delay(attempt, 0.1, 2.0, rng))
+                attempt += 1
+
+    @staticmethod
+    def _ack_ignored(_mid: int, _ok: bool, _reason: str) -> None:
+        return None
+
+    # -- messages ------------------------------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        if len(parts) != 5 or parts[0] != "edge":
+            self._reject(None, f"unexpected topic {topic!r}")
+            return
+        device, stream = parts[3], parts[4]
+        now = time.time()
+        with self._lock:
+            self._conn.execute("INSERT OR IGNORE INTO devices (device) VALUES (?)", (device,))
+            if stream == "status":
+                self._conn.execute("UPDATE devices SET status = ?, status_at = ? WHERE device = ?",
+                                   (payload.decode("utf-8", "replace")[:32], now, device))
+                return
+            if stream == "heartbeat":
+                self._conn.execute("UPDATE devices SET heartbeat = ?, heartbeat_at = ? WHERE device = ?",
+                                   (payload.decode("utf-8", "replace")[:65536], now, device))
+                return
+            if stream == "cmd":
+                return  # commands flow to boards; nothing to store
+        try:
+            message = decode_message(payload)
+        except InputRejected as exc:
+            self._reject(device, str(exc))
+            return
+        if message.device != device or message.stream != stream:
+            self._reject(device, "topic and payload disagree on device or stream")
+            return
+        self._store(message.device, message.stream, message.items, now)
+
+    def _store(self, device: str, stream: str, items: list[Any], now: float) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN")
+            added = 0
+            for item in items:
+                cur = self._conn.execute(
+                    "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (device, item.seq, stream, item.message_id, item.created_at, now,
+                     json.dumps(item.data, separators=(",", ":"))),
+                )
+                added += cur.rowcount
+            if added < len(items):
+                self._conn.execute("UPDATE devices SET duplicates = duplicates + ? WHERE device = ?",
+                                   (len(items) - added, device))
+            self._conn.execute("COMMIT")
+            self.messages += 1
+
+    def _reject(self, device: str | None, why: str) -> None:
+        self.rejected += 1
+        log.warning("receiver rejected a message: %s", why)
+        if device is not None:
+            with self._lock:
+                self._conn.execute("UPDATE devices SET rejected = rejected + 1 WHERE device = ?", (device,))
+
+    # -- queries -------------------------------------------------------------------------------------
+
+    def seqs(self, device: str) -> list[int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT seq FROM items WHERE device = ? ORDER BY seq", (device,))
+            return [int(r[0]) for r in rows]
+
+    def count(self, device: str) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT count(*) FROM items WHERE device = ?", (device,)).fetchone()
+            return int(row[0])
+
+    def items(self, device: str) -> list[tuple[int, str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, stream, data FROM items WHERE device = ? ORDER BY seq", (device,)
+            ).fetchall()
+        return [(int(seq), str(stream), json.loads(data)) for seq, stream, data in rows]
+
+    def report(self, device: str) -> dict[str, Any]:
+        seqs = self.seqs(device)
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT status, duplicates, rejected, heartbeat FROM devices WHERE device = ?", (device,)
+            ).fetchone()
+        status, duplicates, rejected, heartbeat = row if row else (None, 0, 0, None)
+        return {
+            "device": device, "unique": len(seqs), "max_seq": seqs[-1] if seqs else 0,
+            "gaps": missing_ranges(seqs), "duplicates": int(duplicates), "rejected": int(rejected),
+            "status": status, "heartbeat": json.loads(heartbeat) if heartbeat else None,
+        }
+
+    def devices(self) -> list[str]:
+        with self._lock:
+            return [str(r[0]) for r in self._conn.execute("SELECT device FROM devices ORDER BY device")]
+
+    def wait_for_count(self, device: str, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.count(device) >= count:
+                return True
+            time.sleep(0.05)
+        return self.count(device) >= count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m edge_agent.sync.receiver", description="The reference edge-agent cloud receiver."
+    )
+    parser.add_argument("--host", default="localhost")
+    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    parser.add_argument("--ca", type=Path, help="CA file; with --cert and --key enables TLS")
+    parser.add_argument("--cert", type=Path)
+    parser.add_argument("--key", type=Path)
+    parser.add_argument("--client-id", default="edge-receiver")
+    parser.add_argument("--report-every", type=float, default=10.0, help="seconds between gap reports")
+    args = parser.parse_args(argv)
+    tls = args.ca is not None
+    if tls and (args.cert is None or args.key is None):
+        parser.error("--ca needs --cert and --key (the broker requires client certificates)")
+    settings = MqttSettings(
+        host=args.host, port=args.port, protocol=args.protocol, tls=tls,
+        **({"ca_file": args.ca, "cert_file": args.cert, "key_file": args.key} if tls else {}),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    receiver = Receiver(args.db, settings, client_id=args.client_id)
+    try:
+        receiver.start(wait_connected_s=None)
+        while True:
+            time.sleep(args.report_every)
+            for device in receiver.devices():
+                log.info("receiver: %s", json.dumps(receiver.report(device)))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        receiver.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The telemetry worker: picks a source (sysfs, then jtop, then NVML, else none) and polls it in a thread.
+
+Choosing the source happens inside the thread, so a slow jtop socket or NVML init never delays the
+daemon's start-up; until the first reading the metric says ``source="none"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_agent.lifecycle import Health, Heartbeat, HeartbeatRegistry
+from edge_agent.live import LiveBoard
+from edge_agent.telemetry import metrics
+from edge_agent.telemetry.jetson import NoSource, SysfsSource, Telemetry, TelemetrySource, is_jetson
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("sysfs", "jtop", "nvml", "none")
+
+
+def choose_source(root: Path = Path("/"), jtop_socket: Path | None = None) -> TelemetrySource:
+    """The first source that gives data here; a :class:`NoSource` carrying every reason otherwise."""
+    reasons: list[str] = []
+    sysfs = SysfsSource(root)
+    if is_jetson(root) and sysfs.read().has_data():
+        return sysfs
+    reasons.append("no Jetson sysfs")
+    from edge_agent.telemetry import jtop_source
+
+    ok, why = jtop_source.jtop_available(jtop_socket or root / "run/jtop.sock")
+    if ok:
+        try:
+            return jtop_source.JtopSource()
+        except Exception as exc:  # jtop's exceptions are untyped; any failure means "not usable"
+            why = f"jtop service refused: {exc}"
+    reasons.append(why)
+    from edge_agent.telemetry import nvml_source
+
+    ok, why = nvml_source.nvml_available()
+    if ok:
+        return nvml_source.NvmlSource()
+    reasons.append(why)
+    return NoSource("; ".join(reasons))
+
+
+def record(reading: Telemetry, live: LiveBoard | None) -> None:
+    """Set the Prometheus gauges from one reading and publish the LiveBoard "device" section."""
+    for name in SOURCES:
+        metrics.TELEMETRY_SOURCE.labels(source=name).set(1.0 if name == reading.source else 0.0)
+    if reading.gpu_load is not None:
+        metrics.GPU_UTILISATION.set(reading.gpu_load)
+    if reading.gpu_memory_bytes is not None:
+        metrics.GPU_MEMORY_USED.set(reading.gpu_memory_bytes)
+    for zone, celsius in reading.temperatures.items():
+        metrics.SOC_TEMPERATURE.labels(zone=zone).set(celsius)
+    for rail, watts in reading.power_w.items():
+        metrics.POWER.labels(rail=rail).set(watts)
+    if live is not None:
+        live.publish("device", reading.to_live())
+
+
+class TelemetryComponent:
+    name = "telemetry"
+    essential = False
+
+    def __init__(
+        self,
+        interval_s: float,
+        live: LiveBoard | None,
+        heartbeats: HeartbeatRegistry,
+        *,
+        root: Path = Path("/"),
+        source_factory: Callable[[], TelemetrySource] | None = None,
+    ) -> None:
+        self.interval_s = interval_s
+        self._live = live
+        self._heartbeats = heartbeats
+        self._factory = source_factory or (lambda: choose_source(root))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: Telemetry | None = None
+
+    async def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 5.0)
+        self._heartbeats.unregister(self.name)
+        self._thread = None
+
+    def health(self) -> Health:
+        if self._thread is not None and not self._thread.is_alive():
+            return Health(False, "telemetry thread ended unexpectedly; see the log")
+        if self._last is None:
+            return Health(True, "telemetry starting")
+        return Health(True, f"source {self._last.source}: {self._last.detail()}")
+
+    @property
+    def last(self) -> Telemetry | None:
+        return self._last
+
+    def _run(self) -> None:
+        record(Telemetry("none", problems=["choosing a telemetry source"]), None)
+        try:
+            source = self._factory()
+        except Exception as exc:  # a vendor library failing must not end the daemon
+            log.warning("no telemetry source: %s", exc)
+            source = NoSource(f"telemetry source failed: {exc}")
+        log.info("telemetry source: %s", source.name)
+        if self._stop.is_set():
+            source.close()
+            return
+        # Registered only once the source is chosen: a slow jtop connect must not starve the watchdog.
+        beat = self._heartbeats.register(self.name, max_gap_s=max(30.0, 3 * self.interval_s))
+        try:
+            self._loop(source, beat)
+        finally:
+            self._heartbeats.unregister(self.name)
+            source.close()
+
+    def _loop(self, source: TelemetrySource, beat: Heartbeat) -> None:
+        while not self._stop.is_set():
+            beat.beat()
+            self._poll_once(source)
+            self._stop.wait(self.interval_s)
+
+    def _poll_once(self, source: TelemetrySource) -> None:
+        try:
+            reading = source.read()
+        except Exception as exc:  # keep polling: a glitch on one read must not stop telemetry
+            reading = Telemetry(source.name, problems=[f"read failed: {exc}"])
+        self._last = reading
+        record(reading, self._live)

@@ -1,0 +1,198 @@
+"""Serving ``/metrics`` and reading histograms back (mean, P99) for the status page and tests.
+
+The exposition is served from its own aiohttp site (``MetricsSettings.host:port``) so a Prometheus
+scraper never shares a port with the teacher view. Quantiles are read from bucket counts the way
+PromQL's ``histogram_quantile`` does (linear interpolation inside the bucket), so the number on the
+status page matches the Grafana panel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import ClientSession, ClientTimeout, web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge_agent.lifecycle import Health
+from edge_agent.telemetry.metrics import REGISTRY
+
+log = logging.getLogger(__name__)
+
+Bucket = tuple[float, float]  # (upper bound "le", cumulative count)
+
+
+@dataclass(frozen=True)
+class HistogramStats:
+    count: float
+    total: float
+    mean: float | None
+    p50: float | None
+    p99: float | None
+
+
+def metrics_routes(registry: CollectorRegistry = REGISTRY) -> web.RouteTableDef:
+    """Route table with GET /metrics serving ``registry`` in the Prometheus text format."""
+    routes = web.RouteTableDef()
+
+    @routes.get("/metrics")
+    async def metrics(_request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return routes
+
+
+def metrics_app(registry: CollectorRegistry = REGISTRY) -> web.Application:
+    app = web.Application()
+    app.add_routes(metrics_routes(registry))
+    return app
+
+
+class MetricsServer:
+    """The ``/metrics`` site as a daemon component (not essential: a board without it still teaches)."""
+
+    name = "metrics"
+    essential = False
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry = REGISTRY) -> None:
+        self.host = host
+        self.port = port
+        self._registry = registry
+        self._runner: web.AppRunner | None = None
+        self._error = ""
+
+    async def start(self) -> None:
+        runner = web.AppRunner(metrics_app(self._registry), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            self._error = f"cannot listen on {self.host}:{self.port} ({exc.strerror}); change [metrics] port"
+            raise
+        self._runner = runner
+        if self.port == 0:  # tests ask for any free port; report the one the OS gave
+            self.port = runner.addresses[0][1]
+        log.info("metrics served on %s:%s", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def health(self) -> Health:
+        if self._runner is None:
+            return Health(False, self._error or "metrics site not started")
+        return Health(True, f"serving /metrics on port {self.port}")
+
+
+# --- reading histograms -------------------------------------------------------------------------
+
+
+def bucket_quantile(q: float, buckets: Iterable[Bucket]) -> float | None:
+    """The q-quantile from cumulative buckets, as PromQL ``histogram_quantile`` computes it.
+
+    Observations above the largest finite bound yield that bound (Prometheus does the same), so a
+    latency beyond the buckets is reported as "at least the top bucket", never as infinity.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be within 0..1, got {q}")
+    ordered = sorted(buckets)
+    if not ordered or not math.isinf(ordered[-1][0]):
+        return None
+    total = ordered[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in ordered:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def stats_from_buckets(buckets: list[Bucket], total: float) -> HistogramStats:
+    count = max((c for _, c in buckets), default=0.0)
+    return HistogramStats(
+        count=count,
+        total=total,
+        mean=total / count if count else None,
+        p50=bucket_quantile(0.5, buckets),
+        p99=bucket_quantile(0.99, buckets),
+    )
+
+
+def _matches(sample_labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    return all(sample_labels.get(key) == value for key, value in wanted.items())
+
+
+def _collect(
+    samples: Iterable[tuple[str, Mapping[str, str], float]], name: str, labels: Mapping[str, str]
+) -> HistogramStats:
+    """Sum buckets over every series that matches ``labels`` (a subset), like ``sum by (le)``."""
+    by_bound: dict[float, float] = {}
+    total = 0.0
+    for sample_name, sample_labels, value in samples:
+        if not _matches(sample_labels, labels):
+            continue
+        if sample_name == f"{name}_bucket":
+            bound = float(sample_labels["le"])
+            by_bound[bound] = by_bound.get(bound, 0.0) + value
+        elif sample_name == f"{name}_sum":
+            total += value
+    return stats_from_buckets(sorted(by_bound.items()), total)
+
+
+def histogram_stats(
+    name: str, labels: Mapping[str, str] | None = None, registry: CollectorRegistry = REGISTRY
+) -> HistogramStats:
+    """Mean and quantiles of a histogram in this process, e.g. ``edge_inference_latency_seconds``."""
+    samples = (
+        (s.name, s.labels, s.value) for family in registry.collect() for s in family.samples
+    )
+    return _collect(samples, name, labels or {})
+
+
+def histogram_stats_from_text(
+    text: str, name: str, labels: Mapping[str, str] | None = None
+) -> HistogramStats:
+    """The same, from a scraped exposition (what a test or the fleet sees over HTTP)."""
+    samples = (
+        (s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples
+    )
+    return _collect(samples, name, labels or {})
+
+
+def sample_from_text(text: str, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+    """Sum of the samples called ``name`` whose labels include ``labels``; None when there is none."""
+    values = [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and _matches(s.labels, labels or {})
+    ]
+    return sum(values) if values else None
+
+
+async def scrape(url: str, timeout_s: float = 5.0) -> str:
+    """GET a /metrics URL and return its text; raises on a non-200 answer or after ``timeout_s``."""
+    async with ClientSession(timeout=ClientTimeout(total=timeout_s)) as session, session.get(url) as response:
+        response.raise_for_status()
+        return await response.text()
+
+
+def scrape_blocking(url: str, timeout_s: float = 5.0) -> str:
+    """:func:`scrape` for synchronous callers (the doctor, scripts); not for use inside a running loop."""
+    return asyncio.run(scrape(url, timeout_s))

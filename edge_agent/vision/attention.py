@@ -1,0 +1,225 @@
+"""Class attention rules (pure): attentive faces, short in-memory tracks, and per-window aggregates.
+
+Nothing here identifies anyone: track ids are small integers that live only in this process's memory and
+never appear in an aggregate. A window reports counts and shares for the whole class; a window with too
+few faces on average is suppressed (its shares are withheld), because a share over one or two faces
+would describe individuals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.vision.pose import Pose
+from edge_agent.vision.yunet import iou
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class AttentionRules:
+    yaw_limit_deg: float = 30.0
+    pitch_limit_deg: float = 25.0
+    calibration_yaw_deg: float = 0.0  # the pose of a face looking at the board, as the camera sees it
+    calibration_pitch_deg: float = 0.0
+
+
+def is_attentive(pose: Pose, rules: AttentionRules) -> bool:
+    """Yaw and pitch both within the limits around the calibrated board direction (unknown pose: no)."""
+    if not (math.isfinite(pose.yaw) and math.isfinite(pose.pitch)):
+        return False
+    return (
+        abs(pose.yaw - rules.calibration_yaw_deg) <= rules.yaw_limit_deg
+        and abs(pose.pitch - rules.calibration_pitch_deg) <= rules.pitch_limit_deg
+    )
+
+
+@dataclass
+class Track:
+    """One face followed across analysed frames; lives only in memory and carries no identity."""
+
+    box: Box
+    history: deque[bool]
+    missed: int = 0
+    pose: Pose | None = None
+    pose_age: int = 0  # analysed frames since ``pose`` was estimated
+
+    def needs_pose(self, refresh_frames: int) -> bool:
+        return self.pose is None or self.pose_age + 1 >= refresh_frames
+
+    def set_pose(self, pose: Pose | None) -> None:
+        if pose is None:
+            self.pose_age += 1
+        else:
+            self.pose, self.pose_age = pose, 0
+
+
+class FaceTracker:
+    """Greedy IoU matching of faces between analysed frames; smooths each face's attentive flag.
+
+    A face's smoothed flag is the majority of its last ``smoothing_frames`` raw flags (ties count as
+    attentive), so one bad pose estimate does not flip the class share. Tracks also keep their last pose
+    so the pipeline may refresh poses every few frames instead of every frame.
+    """
+
+    def __init__(self, smoothing_frames: int = 5, min_iou: float = 0.3, max_missed: int = 2) -> None:
+        self.smoothing_frames = smoothing_frames
+        self.min_iou = min_iou
+        self.max_missed = max_missed
+        self._tracks: list[Track] = []
+
+    def __len__(self) -> int:
+        return len(self._tracks)
+
+    def assign(self, boxes: Sequence[Box]) -> list[Track]:
+        """The track of each box (new tracks for unmatched boxes); unmatched tracks age and expire."""
+        pairs = sorted(
+            ((iou(t.box, b), ti, bi) for ti, t in enumerate(self._tracks) for bi, b in enumerate(boxes)),
+            reverse=True,
+        )
+        matched: dict[int, int] = {}
+        used_tracks: set[int] = set()
+        for overlap, ti, bi in pairs:
+            if overlap < self.min_iou:
+                break
+            if ti in used_tracks or bi in matched:
+                continue
+            matched[bi] = ti
+            used_tracks.add(ti)
+        for ti, track in enumerate(self._tracks):
+            if ti not in used_tracks:
+                track.missed += 1
+        assigned = []
+        for bi, box in enumerate(boxes):
+            if bi in matched:
+                track = self._tracks[matched[bi]]
+                track.box, track.missed = box, 0
+            else:
+                track = Track(box, deque(maxlen=self.smoothing_frames))
+            assigned.append(track)
+        kept = [t for t in self._tracks if t.missed <= self.max_missed]
+        self._tracks = kept + [t for bi, t in enumerate(assigned) if bi not in matched]
+        return assigned
+
+    @staticmethod
+    def record(tracks: Sequence[Track], attentive: Sequence[bool]) -> list[bool]:
+        """Add this frame's raw flags; returns the smoothed flag of each track."""
+        smoothed = []
+        for track, flag in zip(tracks, attentive, strict=True):
+            track.history.append(bool(flag))
+            smoothed.append(2 * sum(track.history) >= len(track.history))
+        return smoothed
+
+    def update(self, boxes: Sequence[Box], attentive: Sequence[bool]) -> list[bool]:
+        return self.record(self.assign(boxes), attentive)
+
+    def clear(self) -> None:
+        self._tracks = []
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]; values must be non-empty."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+@dataclass
+class _Window:
+    start: float
+    faces: list[int] = field(default_factory=list)
+    shares: list[float] = field(default_factory=list)
+
+
+class WindowAggregator:
+    """Collects per-frame (faces, attentive faces) into fixed windows aligned to multiples of ``window_s``.
+
+    :meth:`add` returns the summaries of windows that the new frame closed. Weak windows (attentive mean
+    below ``low_share``) in a row raise the low-attention signal after ``low_windows`` of them; a
+    suppressed window neither counts as weak nor breaks the run.
+    """
+
+    def __init__(
+        self, window_s: float = 60.0, min_faces: int = 3, low_share: float = 0.5, low_windows: int = 3
+    ) -> None:
+        self.window_s = window_s
+        self.min_faces = min_faces
+        self.low_share = low_share
+        self.low_windows = low_windows
+        self._current: _Window | None = None
+        self._weak_run = 0
+
+    @property
+    def low_attention(self) -> bool:
+        return self._weak_run >= self.low_windows
+
+    def _window_start(self, t: float) -> float:
+        return math.floor(t / self.window_s) * self.window_s
+
+    def add(self, t: float, faces: int, attentive: int) -> list[dict[str, Any]]:
+        closed = []
+        start = self._window_start(t)
+        if self._current is not None and start > self._current.start:
+            closed.append(self._close())
+        if self._current is None:
+            self._current = _Window(start)
+        self._current.faces.append(faces)
+        if faces > 0:
+            self._current.shares.append(attentive / faces)
+        return closed
+
+    def expire(self, t: float) -> list[dict[str, Any]]:
+        """Close the open window once ``t`` is past its end, even when no frame came (camera down)."""
+        if self._current is not None and self._window_start(t) > self._current.start:
+            return [self._close()]
+        return []
+
+    def flush(self) -> dict[str, Any] | None:
+        """Close the open window early (shutdown); returns its summary or None when none is open."""
+        return self._close() if self._current is not None else None
+
+    def _close(self) -> dict[str, Any]:
+        window = self._current
+        assert window is not None
+        self._current = None
+        summary = summarise(window.start, window.start + self.window_s, window.faces, window.shares,
+                            self.min_faces)
+        if not summary["suppressed"] and summary["attentive_mean"] is not None:
+            weak = summary["attentive_mean"] < self.low_share
+            self._weak_run = self._weak_run + 1 if weak else 0
+        summary["low"] = self.low_attention
+        return summary
+
+    def current_partial(self) -> dict[str, Any] | None:
+        """The open window so far (for the live view), without touching the low-attention run."""
+        if self._current is None:
+            return None
+        w = self._current
+        return summarise(w.start, w.start + self.window_s, w.faces, w.shares, self.min_faces)
+
+
+def summarise(
+    start: float, end: float, faces: Sequence[int], shares: Sequence[float], min_faces: int
+) -> dict[str, Any]:
+    frames = len(faces)
+    faces_mean = sum(faces) / frames if frames else 0.0
+    suppressed = faces_mean < min_faces
+    keep = bool(shares) and not suppressed
+    return {
+        "start": start,
+        "end": end,
+        "frames": frames,
+        "faces_mean": round(faces_mean, 3),
+        "faces_max": max(faces, default=0),
+        "attentive_mean": round(sum(shares) / len(shares), 4) if keep else None,
+        "attentive_p10": round(percentile(shares, 10), 4) if keep else None,
+        "attentive_median": round(percentile(shares, 50), 4) if keep else None,
+        "suppressed": suppressed,
+        "low": False,
+    }

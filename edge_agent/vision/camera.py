@@ -1,0 +1,184 @@
+"""The camera thread: keeps only the newest frame, reconnects with backoff, notices stalls.
+
+The grabber thread reads as fast as the source delivers and overwrites a one-frame slot, so analysis always
+sees the latest picture and never a backlog (superseded frames are counted as dropped, reason "busy").
+A source that cannot be opened or ends is reopened with exponential backoff; a source that delivers no
+usable frame for ``stall_timeout_s`` is counted as a stall and reopened.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_agent.errors import CameraError
+from edge_agent.telemetry import metrics
+from edge_agent.vision.sources import FrameSource, open_source
+
+log = logging.getLogger(__name__)
+
+MIN_FRAME_SIDE = 32  # smaller frames cannot hold a detectable face: treated as corrupt
+
+Opener = Callable[[threading.Event], FrameSource]
+
+
+@dataclass(frozen=True)
+class Frame:
+    seq: int
+    captured_at: float  # time.time() when grabbed
+    image: np.ndarray
+
+
+def frame_problem(image: np.ndarray | None) -> str | None:
+    """Why a grabbed frame is unusable ("empty", "tiny", "format"), or None when it is fine."""
+    if image is None or not isinstance(image, np.ndarray) or image.size == 0:
+        return "empty"
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        return "format"
+    if min(image.shape[:2]) < MIN_FRAME_SIDE:
+        return "tiny"
+    return None
+
+
+def next_backoff(current: float, minimum: float, maximum: float) -> float:
+    return min(maximum, max(minimum, current * 2.0))
+
+
+class Camera:
+    """Owns one source and its grabber thread. ``latest()`` is safe to call from any thread."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        width: int = 640,
+        height: int = 480,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 60.0,
+        stall_timeout_s: float = 10.0,
+        opener: Opener | None = None,
+    ) -> None:
+        self.source = source
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = reconnect_max_s
+        self.stall_timeout_s = stall_timeout_s
+        self._opener: Opener = opener or (lambda stop: open_source(source, width, height, stop))
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self._taken_seq = 0
+        self._seq = 0
+        self._state = "starting"
+        self._detail = ""
+        self._last_good = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self.on_beat: Callable[[], None] = lambda: None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="camera-grabber", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("camera thread did not stop within %.1f s (a blocking read)", timeout)
+
+    def state(self) -> tuple[str, str]:
+        """(state, detail): starting, running, reconnecting, stalled or error."""
+        with self._lock:
+            return self._state, self._detail
+
+    def latest(self, after_seq: int = 0) -> Frame | None:
+        """The newest frame if it is newer than ``after_seq``."""
+        with self._lock:
+            frame = self._frame
+            if frame is None or frame.seq <= after_seq:
+                return None
+            self._taken_seq = frame.seq
+            return frame
+
+    def _set_state(self, state: str, detail: str) -> None:
+        with self._lock:
+            changed = state != self._state
+            self._state, self._detail = state, detail
+        if changed:
+            log.info("camera %s: %s", state, detail)
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            self.on_beat()
+            try:
+                source = self._opener(self._stop)
+            except CameraError as exc:
+                backoff = next_backoff(backoff, self.reconnect_min_s, self.reconnect_max_s)
+                self._set_state("error", f"{exc} (retrying in {backoff:.0f} s)")
+                metrics.CAMERA_RECONNECTS.inc()
+                self._stop.wait(backoff)
+                continue
+            self._set_state("running", source.description)
+            try:
+                ended = self._grab_until_lost(source)
+            finally:
+                source.release()
+            if self._stop.is_set():
+                break
+            metrics.CAMERA_RECONNECTS.inc()
+            backoff = self.reconnect_min_s if ended == "ended" else next_backoff(
+                backoff, self.reconnect_min_s, self.reconnect_max_s)
+            self._set_state("reconnecting", f"{source.description} {ended}; reopening in {backoff:.1f} s")
+            self._stop.wait(backoff)
+        self._set_state("stopped", "")
+
+    def _grab_until_lost(self, source: FrameSource) -> str:
+        """Read until the source ends ("ended") or stalls ("stalled"), or stop is requested."""
+        self._last_good = time.monotonic()
+        while not self._stop.is_set():
+            self.on_beat()
+            image = source.read()
+            if image is None:
+                return "ended"
+            problem = frame_problem(image)
+            if problem is not None:
+                metrics.CAMERA_FRAMES_DROPPED.labels(problem).inc()
+                if time.monotonic() - self._last_good > self.stall_timeout_s:
+                    metrics.CAMERA_STALLS.inc()
+                    return "stalled"
+                continue
+            metrics.CAMERA_FRAMES.inc()
+            self._last_good = time.monotonic()
+            self._publish(image)
+        return "stopped"
+
+    def _publish(self, image: np.ndarray) -> None:
+        with self._lock:
+            if self._frame is not None and self._frame.seq > self._taken_seq:
+                metrics.CAMERA_FRAMES_DROPPED.labels("busy").inc()
+            self._seq += 1
+            self._frame = Frame(self._seq, time.time(), image)
+            recovered = self._state == "stalled"
+        if recovered:
+            self._set_state("running", "frames arriving again")
+
+    def check_stall(self) -> bool:
+        """Called by the analysis loop: a source whose read blocks for too long is marked stalled.
+
+        The grabber may be stuck inside a blocking read (a dead RTSP peer); the capture's own read
+        timeout then ends it and the grabber reconnects.
+        """
+        with self._lock:
+            running = self._state == "running"
+        if running and time.monotonic() - self._last_good > self.stall_timeout_s:
+            metrics.CAMERA_STALLS.inc()
+            self._last_good = time.monotonic()  # count each stall once per timeout
+            self._set_state("stalled", f"no frame for {self.stall_timeout_s:.0f} s")
+            return True
+        return False

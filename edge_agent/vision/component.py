@@ -1,0 +1,143 @@
+"""The attention daemon component: camera thread + analysis thread, windows to the outbox and live view.
+
+Non-essential: a missing camera or a failing engine degrades health and the analysis keeps retrying; the
+daemon keeps serving answers. Only the analysis thread registers a heartbeat, because it never blocks on
+the camera (the grabber may sit in a blocking read of a dead stream; that shows as camera state instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from edge_agent.config import AttentionSettings, CameraSettings
+from edge_agent.inference.engine import Engine
+from edge_agent.lifecycle import Health, HeartbeatRegistry
+from edge_agent.live import LiveBoard
+from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
+from edge_agent.vision.camera import Camera, Opener
+from edge_agent.vision.pipeline import AttentionLoop, FrameAnalyser
+from edge_agent.vision.pose import FsaNetPose, LandmarkPose, PoseEstimator
+from edge_agent.vision.yunet import YuNetDetector
+
+log = logging.getLogger(__name__)
+
+STREAM = "attention"
+PAYLOAD_VERSION = 1
+
+
+class OutboxLike(Protocol):
+    def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> Any: ...
+
+
+def rules_from(settings: AttentionSettings) -> AttentionRules:
+    return AttentionRules(
+        settings.yaw_limit_deg, settings.pitch_limit_deg,
+        settings.calibration_yaw_deg, settings.calibration_pitch_deg,
+    )
+
+
+def make_pose(settings: AttentionSettings, pose_engines: Sequence[Engine]) -> PoseEstimator:
+    if settings.pose_method == "fsanet":
+        return FsaNetPose(pose_engines)
+    return LandmarkPose()
+
+
+def window_payload(window: dict[str, Any], pose_method: str) -> dict[str, Any]:
+    """The outbox row for one window: class-level numbers only."""
+    keys = ("start", "end", "frames", "faces_mean", "faces_max", "attentive_mean", "attentive_p10",
+            "attentive_median", "suppressed", "low")
+    payload = {key: window[key] for key in keys}
+    payload.update({"kind": "attention_window", "v": PAYLOAD_VERSION, "pose_method": pose_method})
+    return payload
+
+
+class AttentionComponent:
+    name = "attention"
+    essential = False
+
+    def __init__(
+        self,
+        camera_settings: CameraSettings,
+        attention_settings: AttentionSettings,
+        face_engine: Engine,
+        pose_engines: Sequence[Engine],
+        *,
+        outbox: OutboxLike,
+        heartbeats: HeartbeatRegistry,
+        live: LiveBoard | None = None,
+        opener: Opener | None = None,
+    ) -> None:
+        self.camera_settings = camera_settings
+        self.settings = attention_settings
+        self.outbox = outbox
+        self.heartbeats = heartbeats
+        self.live = live
+        detector = YuNetDetector(
+            face_engine,
+            score_threshold=attention_settings.score_threshold,
+            nms_threshold=attention_settings.nms_threshold,
+        )
+        self.analyser = FrameAnalyser(detector, make_pose(attention_settings, pose_engines),
+                                      rules_from(attention_settings))
+        self.camera = Camera(
+            camera_settings.source,
+            width=camera_settings.width,
+            height=camera_settings.height,
+            reconnect_min_s=camera_settings.reconnect_min_s,
+            reconnect_max_s=camera_settings.reconnect_max_s,
+            stall_timeout_s=camera_settings.stall_timeout_s,
+            opener=opener,
+        )
+        self.loop: AttentionLoop | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        gap = max(10.0, 5.0 / self.camera_settings.analysis_fps)
+        beat = self.heartbeats.register("attention", max_gap_s=gap)
+        self.loop = AttentionLoop(
+            self.camera,
+            self.analyser,
+            FaceTracker(settings.smoothing_frames),
+            WindowAggregator(settings.window_s, settings.min_faces, settings.low_attention_share,
+                             settings.low_attention_windows),
+            analysis_fps=self.camera_settings.analysis_fps,
+            on_window=self._store_window,
+            on_live=self._publish_live if self.live is not None else None,
+            beat=beat.beat,
+            pose_refresh_frames=settings.pose_refresh_frames,
+        )
+        self.camera.start()
+        self.loop.start()
+        log.info("attention analysis started at %.1f frames/s (pose: %s)",
+                 self.camera_settings.analysis_fps, settings.pose_method)
+
+    async def stop(self) -> None:
+        # Joining threads blocks: keep the event loop free while they wind down.
+        if self.loop is not None:
+            await asyncio.to_thread(self.loop.stop)
+        await asyncio.to_thread(self.camera.stop)
+        self.heartbeats.unregister("attention")
+        if self.live is not None and self.loop is not None:
+            section = self.loop.live_section()
+            section["camera"] = {"state": "disabled", "fps": 0.0, "detail": "attention stopped"}
+            self.live.publish("attention", section)
+
+    def health(self) -> Health:
+        if self.loop is None:
+            return Health(False, "attention not started")
+        if self.loop.error is not None:
+            return Health(False, self.loop.error)
+        state, detail = self.camera.state()
+        if state != "running":
+            return Health(False, f"camera {state}: {detail}")
+        return Health(True, f"camera running, {self.loop.fps():.1f} frames/s analysed")
+
+    def _store_window(self, window: dict[str, Any]) -> None:
+        self.outbox.enqueue(STREAM, window_payload(window, self.analyser.pose.method))
+
+    def _publish_live(self, section: dict[str, Any]) -> None:
+        assert self.live is not None
+        self.live.publish("attention", section)

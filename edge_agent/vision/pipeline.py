@@ -1,0 +1,229 @@
+"""The analysis side: detect -> pose -> attentive flags per frame, and the loop that paces it.
+
+:class:`FrameAnalyser` is synchronous and thread-agnostic (the CLI uses it directly). :class:`AttentionLoop`
+is the analysis thread: it takes the camera's newest frame at ``analysis_fps``, analyses it, feeds the
+tracker and window aggregator, and hands closed windows to a sink (the outbox). Frames and crops never
+leave this thread's stack: only counts and shares go anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.errors import EdgeAgentError, EngineError
+from edge_agent.inference.guarded import GuardedEngine
+from edge_agent.telemetry import metrics
+from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator, is_attentive
+from edge_agent.vision.camera import Camera
+from edge_agent.vision.pose import Pose, PoseEstimator
+from edge_agent.vision.yunet import Face, YuNetDetector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    face: Face
+    pose: Pose
+    attentive: bool
+
+
+class FrameAnalyser:
+    """One frame -> faces with pose and attentive flag; records stage latencies."""
+
+    def __init__(self, detector: YuNetDetector, pose: PoseEstimator, rules: AttentionRules) -> None:
+        self.detector = detector
+        self.pose = pose
+        self.rules = rules
+        self._face_name = detector.engine.model_name
+        # Engines from edge_agent.inference come wrapped in GuardedEngine, which observes its own "infer"
+        # latency; observing it here too would count each call twice.
+        self._face_guarded = isinstance(detector.engine, GuardedEngine)
+        engines = getattr(pose, "engines", [])
+        self._pose_guarded = bool(engines) and all(isinstance(e, GuardedEngine) for e in engines)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        t0 = time.perf_counter()
+        blob, w, h, sx, sy = self.detector.prepare(image)
+        t1 = time.perf_counter()
+        outputs = self.detector.run(blob)
+        t2 = time.perf_counter()
+        faces = self.detector.postprocess(outputs, w, h, sx, sy)
+        latency = metrics.INFERENCE_LATENCY
+        latency.labels(self._face_name, "pre").observe(t1 - t0)
+        latency.labels(self._face_name, "post").observe(time.perf_counter() - t2)
+        if not self._face_guarded:
+            latency.labels(self._face_name, "infer").observe(t2 - t1)
+        return faces
+
+    def estimate(self, image: np.ndarray, faces: list[Face]) -> list[Pose]:
+        if not faces:
+            return []
+        t0 = time.perf_counter()
+        poses = self.pose.estimate(image, faces)
+        if not self._pose_guarded:
+            elapsed = time.perf_counter() - t0
+            metrics.INFERENCE_LATENCY.labels(f"pose-{self.pose.method}", "infer").observe(elapsed)
+        return poses
+
+    def analyse(self, image: np.ndarray) -> list[FaceResult]:
+        """Every face with a fresh pose (the CLI, tests)."""
+        faces = self.detect(image)
+        poses = self.estimate(image, faces)
+        return [FaceResult(f, p, is_attentive(p, self.rules)) for f, p in zip(faces, poses, strict=True)]
+
+    def analyse_tracked(self, image: np.ndarray, tracker: FaceTracker, refresh_frames: int = 1) -> list[bool]:
+        """Smoothed attentive flags; a tracked face's pose is re-estimated every ``refresh_frames`` frames.
+
+        Head pose changes slowly against a 60 s window, and pose is the costly stage on a full room
+        (one network call per face), so refreshing each face every few frames cuts it proportionally.
+        """
+        faces = self.detect(image)
+        tracks = tracker.assign([f.box for f in faces])
+        stale = [i for i, t in enumerate(tracks) if t.needs_pose(refresh_frames)]
+        fresh = dict(zip(stale, self.estimate(image, [faces[i] for i in stale]), strict=True))
+        for i, track in enumerate(tracks):
+            track.set_pose(fresh.get(i))
+        flags = [t.pose is not None and is_attentive(t.pose, self.rules) for t in tracks]
+        return tracker.record(tracks, flags)
+
+
+Sink = Callable[[dict[str, Any]], None]
+
+
+class AttentionLoop:
+    """The analysis thread. ``on_window`` gets each closed window; ``on_live`` the live section."""
+
+    def __init__(
+        self,
+        camera: Camera,
+        analyser: FrameAnalyser,
+        tracker: FaceTracker,
+        windows: WindowAggregator,
+        *,
+        analysis_fps: float = 5.0,
+        on_window: Sink,
+        on_live: Sink | None = None,
+        beat: Callable[[], None] = lambda: None,
+        live_every_s: float = 1.0,
+        timeline_max: int = 120,
+        pose_refresh_frames: int = 1,
+    ) -> None:
+        self.camera = camera
+        self.analyser = analyser
+        self.tracker = tracker
+        self.windows = windows
+        self.period = 1.0 / analysis_fps
+        self.on_window = on_window
+        self.on_live = on_live
+        self.beat = beat
+        self.live_every_s = live_every_s
+        self.pose_refresh_frames = pose_refresh_frames
+        self.timeline: deque[dict[str, Any]] = deque(maxlen=timeline_max)
+        self.error: str | None = None
+        self.current: dict[str, Any] = {"share": None, "faces": 0}
+        self._analysed_at: deque[float] = deque(maxlen=20)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_seq = 0
+        self._last_live = 0.0
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="attention-analysis", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        closed = self.windows.flush()
+        if closed is not None:
+            self._emit(closed)
+
+    def fps(self) -> float:
+        times = list(self._analysed_at)
+        if len(times) < 2 or times[-1] <= times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def _run(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            self.beat()
+            self.camera.check_stall()
+            frame = self.camera.latest(self._last_seq)
+            if frame is not None:
+                self._last_seq = frame.seq
+                self.step(frame.image, frame.captured_at)
+            else:
+                for closed in self.windows.expire(time.time()):
+                    self._emit(closed)
+            self._maybe_live()
+            next_tick = max(next_tick + self.period, time.monotonic())
+            self._stop.wait(max(0.0, next_tick - time.monotonic()))
+
+    def step(self, image: np.ndarray, now: float) -> None:
+        """Analyse one frame and update tracks and windows; an engine failure degrades, never raises."""
+        try:
+            smoothed = self.analyser.analyse_tracked(image, self.tracker, self.pose_refresh_frames)
+        except (EngineError, EdgeAgentError, ValueError) as exc:
+            if self.error is None:
+                log.error("attention analysis failed, frames are skipped until it works again: %s", exc)
+            self.error = f"analysis failed: {exc}"
+            metrics.CAMERA_FRAMES_DROPPED.labels("analysis_error").inc()
+            return
+        if self.error is not None:
+            log.info("attention analysis works again")
+            self.error = None
+        faces, attentive = len(smoothed), sum(smoothed)
+        self.current = {"share": attentive / faces if faces else None, "faces": faces}
+        metrics.CAMERA_FRAMES_ANALYSED.inc()
+        self._analysed_at.append(time.monotonic())
+        metrics.CAMERA_FPS.set(self.fps())
+        for closed in self.windows.add(now, faces, attentive):
+            self._emit(closed)
+
+    def _emit(self, window: dict[str, Any]) -> None:
+        self.timeline.append(window)
+        try:
+            self.on_window(window)
+        except EdgeAgentError as exc:  # a full or broken store must not stop the analysis
+            log.error("could not store an attention window: %s", exc)
+        self._maybe_live(force=True)
+
+    def live_section(self) -> dict[str, Any]:
+        state, detail = self.camera.state()
+        if self.error is not None:
+            state, detail = "error", self.error
+        partial = self.windows.current_partial()
+        share, faces = self.current["share"], self.current["faces"]
+        if partial is not None and partial["suppressed"]:
+            share = None  # too few faces: a live share would describe individuals
+        if state != "running":
+            share, faces = None, 0  # the last numbers are stale while the camera is away
+        return {
+            "current_share": None if share is None else round(share, 3),
+            "faces": faces,
+            "window_s": self.windows.window_s,
+            "low_attention": self.windows.low_attention,
+            "timeline": list(self.timeline),
+            "camera": {"state": state, "fps": round(self.fps(), 2), "detail": detail},
+            "pose_method": self.analyser.pose.method,
+        }
+
+    def _maybe_live(self, force: bool = False) -> None:
+        if self.on_live is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_live >= self.live_every_s:
+            self._last_live = now
+            self.on_live(self.live_section())

@@ -1,0 +1,168 @@
+"""Frame sources behind one small protocol: the only module that opens OpenCV captures.
+
+``open_source`` understands a V4L2 index or /dev/videoN, a GStreamer pipeline (contains ``!``, e.g. a CSI
+camera through nvarguscamerasrc), an rtsp:// or http(s):// URL, a video file, and a folder of images
+(tests and demos). ``read`` returns a frame, an empty array for a frame that could not be decoded, or None
+when the source has ended or dropped (the camera thread then reconnects).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge_agent.errors import CameraError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class FrameSource(Protocol):
+    description: str
+
+    def read(self) -> np.ndarray | None: ...
+
+    def release(self) -> None: ...
+
+
+def classify(source: str) -> str:
+    """'v4l2', 'gstreamer', 'url', 'folder' or 'file'."""
+    text = source.strip()
+    if re.fullmatch(r"\d+|/dev/video\d+", text):
+        return "v4l2"
+    if "!" in text:
+        return "gstreamer"
+    if re.match(r"^(rtsp|rtsps|http|https)://", text, re.IGNORECASE):
+        return "url"
+    if Path(text).is_dir():
+        return "folder"
+    return "file"
+
+
+class _Pacer:
+    """Releases frames no faster than ``fps`` so files and folders behave like a live camera."""
+
+    def __init__(self, fps: float, stop: threading.Event | None) -> None:
+        self.period = 1.0 / fps if fps > 0 else 0.0
+        self.next = time.monotonic()
+        self.stop = stop or threading.Event()
+
+    def wait(self) -> None:
+        delay = self.next - time.monotonic()
+        if delay > 0:
+            self.stop.wait(delay)
+        self.next = max(self.next + self.period, time.monotonic())
+
+
+class ImageFolderSource:
+    """Loops over the images of a folder (and subfolders) in path order; a deleted folder ends it."""
+
+    def __init__(self, folder: Path, fps: float = 30.0, stop: threading.Event | None = None) -> None:
+        self.folder = folder
+        self.description = f"image folder {folder}"
+        self._pacer = _Pacer(fps, stop)
+        self._index = 0
+        if not self._files():
+            raise CameraError(f"image folder {folder} holds no .jpg/.png images; check camera.source")
+
+    def _files(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError:
+            return []
+
+    def read(self) -> np.ndarray | None:
+        self._pacer.wait()
+        files = self._files()
+        if not files:
+            return None
+        path = files[self._index % len(files)]
+        self._index += 1
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        return image if image is not None else np.zeros((0, 0, 3), np.uint8)
+
+    def release(self) -> None:
+        self._index = 0
+
+
+class OpenCvSource:
+    """cv2.VideoCapture for devices, pipelines, URLs and files (files paced to their frame rate)."""
+
+    def __init__(
+        self, source: str, kind: str, *, width: int, height: int, stop: threading.Event | None = None,
+        open_timeout_s: float = 10.0,
+    ) -> None:
+        self.description = _describe(source, kind)
+        self._capture = _open_capture(source, kind, width, height, open_timeout_s)
+        self._pacer: _Pacer | None = None
+        if kind == "file":
+            fps = self._capture.get(cv2.CAP_PROP_FPS)
+            self._pacer = _Pacer(fps if 0 < fps <= 240 else 30.0, stop)
+
+    def read(self) -> np.ndarray | None:
+        if self._pacer is not None:
+            self._pacer.wait()
+        try:
+            ok, frame = self._capture.read()
+        except cv2.error:
+            return np.zeros((0, 0, 3), np.uint8)
+        if not ok:
+            return None
+        return frame  # type: ignore[no-any-return]
+
+    def release(self) -> None:
+        self._capture.release()
+
+
+def _describe(source: str, kind: str) -> str:
+    if kind == "url":  # never echo credentials embedded in an RTSP URL
+        return "stream " + re.sub(r"//[^/@]*@", "//***@", source)
+    if kind == "gstreamer":
+        return "GStreamer pipeline"
+    return f"{kind} {source}"
+
+
+def _open_capture(source: str, kind: str, width: int, height: int, timeout_s: float) -> cv2.VideoCapture:
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout_s * 1000), cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+              int(timeout_s * 1000)]
+    if kind == "v4l2":
+        index = int(source) if source.isdigit() else int(source.removeprefix("/dev/video"))
+        capture = cv2.VideoCapture(index, cv2.CAP_V4L2)
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        hint = (f"check that {source} exists, the service user is in group 'video', "
+                "and no other program uses it")
+    elif kind == "gstreamer":
+        capture = cv2.VideoCapture(source, cv2.CAP_GSTREAMER)
+        hint = ("check the pipeline with gst-launch-1.0 and that OpenCV was built with GStreamer "
+                "(JetPack's is)")
+    elif kind == "url":
+        capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+        hint = "check the camera's address, credentials and that it is on the network"
+    else:
+        if not Path(source).is_file():
+            raise CameraError(
+                f"camera source {source!r} is neither a device, URL, folder nor an existing file")
+        capture = cv2.VideoCapture(source)
+        hint = "check that the file is a readable video"
+    if not capture.isOpened():
+        capture.release()
+        raise CameraError(f"cannot open {_describe(source, kind)}: {hint}")
+    return capture
+
+
+def open_source(
+    source: str, width: int = 640, height: int = 480, stop: threading.Event | None = None,
+    folder_fps: float = 30.0,
+) -> FrameSource:
+    """Open a source by its config string; raises CameraError with a fix when it cannot be opened."""
+    kind = classify(source)
+    if kind == "folder":
+        return ImageFolderSource(Path(source), folder_fps, stop)
+    return OpenCvSource(source, kind, width=width, height=height, stop=stop)

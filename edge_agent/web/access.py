@@ -1,0 +1,236 @@
+"""Who may look at the teacher view: loopback freely, any other address only with the board's token.
+
+The rule is a pure function (:func:`decide`) so it can be tested with a table; the aiohttp middleware
+only gathers the inputs. The remote address is the TCP peer: ``X-Forwarded-For`` and friends are
+ignored, because anyone on the classroom network can send them.
+
+A token may arrive as ``Authorization: Bearer <token>``, as a session cookie, as ``?token=<token>``
+(once: the answer sets the cookie and redirects to the same page without the token in the address bar),
+or through the small login form at ``/login``. The cookie holds an HMAC of the token, not the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import hmac
+import html
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from pathlib import Path
+from urllib.parse import urlencode
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from edge_agent.config import check_secret_file
+from edge_agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+COOKIE_NAME = "edge_agent_session"
+LOGIN_PATH = "/login"
+MAX_TOKEN_CHARS = 512  # a longer "token" is garbage; refuse it before hashing
+PUBLIC_PATHS: frozenset[str] = frozenset({"/healthz"})
+FAILED_LOGIN_DELAY_S = 0.5  # slows guessing through the form; tokens are long random strings anyway
+COOKIE_MAX_AGE_S = 12 * 3600  # one school day; the teacher logs in again tomorrow
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Decision(enum.Enum):
+    ALLOW = "allow"
+    NEED_TOKEN = "need_token"  # remote, token configured, none presented
+    BAD_TOKEN = "bad_token"  # remote, token configured, a wrong one presented
+    REMOTE_DISABLED = "remote_disabled"  # remote, no token configured: only loopback may look
+
+
+def is_loopback(remote_ip: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything unparsable or missing."""
+    if not remote_ip:
+        return False
+    try:
+        address = ipaddress.ip_address(remote_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def tokens_match(presented: str | None, token: str) -> bool:
+    """Constant-time comparison; a missing or oversized presented token never matches."""
+    if presented is None or len(presented) > MAX_TOKEN_CHARS:
+        return False
+    return hmac.compare_digest(presented.encode("utf-8"), token.encode("utf-8"))
+
+
+def decide(remote_ip: str | None, presented_token: str | None, token: str | None) -> Decision:
+    if is_loopback(remote_ip):
+        return Decision.ALLOW
+    if token is None:
+        return Decision.REMOTE_DISABLED
+    if presented_token is None or presented_token == "":
+        return Decision.NEED_TOKEN
+    return Decision.ALLOW if tokens_match(presented_token, token) else Decision.BAD_TOKEN
+
+
+def is_allowed(remote_ip: str | None, presented_token: str | None, token: str | None) -> bool:
+    return decide(remote_ip, presented_token, token) is Decision.ALLOW
+
+
+def read_token_file(path: Path | None) -> str | None:
+    """The token in ``web.token_file``; None when unset (loopback only); ConfigError saying what is wrong."""
+    if path is None:
+        return None
+    problem = check_secret_file("web.token_file", path)
+    if problem is not None:
+        raise ConfigError([("web.token_file", problem)])
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([("web.token_file", f"cannot read {path}: {exc}")]) from exc
+    if len(token) < 16 or len(token) > MAX_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise ConfigError([("web.token_file", f"{path} must hold one token of 16 to {MAX_TOKEN_CHARS} "
+                                              "characters without spaces (e.g. from: openssl rand -hex 24)")])
+    return token
+
+
+def session_value(token: str) -> str:
+    """What the cookie holds: stable for a token, useless as the token itself."""
+    return hmac.new(token.encode("utf-8"), b"edge-agent teacher view session", hashlib.sha256).hexdigest()
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _presented(request: web.Request, token: str | None) -> str | None:
+    """The token the request carries, with a valid session cookie counting as the token."""
+    bearer = _bearer(request)
+    if bearer is not None:
+        return bearer
+    cookie = request.cookies.get(COOKIE_NAME)
+    if cookie is not None and token is not None and len(cookie) <= MAX_TOKEN_CHARS:
+        if hmac.compare_digest(cookie.encode("utf-8"), session_value(token).encode("utf-8")):
+            return token
+        return cookie  # a stale cookie (token rotated) is a wrong token, not a missing one
+    return request.query.get("token")
+
+
+def _set_session(response: web.StreamResponse, token: str) -> None:
+    response.set_cookie(
+        COOKIE_NAME, session_value(token), max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="Strict",
+        path="/",
+    )
+
+
+def _without_token(request: web.Request) -> str:
+    query = [(k, v) for k, v in request.query.items() if k != "token"]
+    return request.path + (f"?{urlencode(query)}" if query else "")
+
+
+_REFUSALS = {
+    Decision.REMOTE_DISABLED: (
+        403,
+        "This teacher view only answers on the board itself. To allow other computers, put a token in "
+        "a file (mode 600), set web.token_file to that file in /etc/edge-agent/config.toml, and restart "
+        "edge-agent.",
+    ),
+    Decision.NEED_TOKEN: (401, "Sign in with the board's web token (ask your school IT)."),
+    Decision.BAD_TOKEN: (401, "That token is not right. Ask your school IT for the board's web token."),
+}
+
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>edge-agent · sign in / 登录</title>
+<style>body{{font-family:system-ui,"Noto Sans CJK SC","Microsoft YaHei","PingFang SC",sans-serif;
+max-width:34rem;margin:10vh auto;padding:0 1rem;font-size:1.2rem}}input,button{{font-size:1.2rem;
+padding:.4rem}}p.msg{{color:#a33}}</style></head>
+<body><h1>教师视图 · Teacher view</h1><p class="msg">{message}</p>
+<form method="post" action="{login}"><label>令牌 / Token
+<input type="password" name="token" autocomplete="current-password" maxlength="{maxlen}" required>
+</label><input type="hidden" name="next" value="{next}"> <button type="submit">登录 / Sign in</button>
+</form></body></html>"""
+
+
+def _wants_html(request: web.Request) -> bool:
+    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+
+
+def _refusal(
+    request: web.Request, decision: Decision, form: bool = False, target: str | None = None
+) -> web.Response:
+    status, message = _REFUSALS[decision]
+    if decision is not Decision.REMOTE_DISABLED and (form or _wants_html(request)):
+        page = _LOGIN_PAGE.format(
+            message=html.escape(message), login=LOGIN_PATH, maxlen=MAX_TOKEN_CHARS,
+            next=html.escape(target or _without_token(request)),
+        )
+        return web.Response(status=status, text=page, content_type="text/html", headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+            "frame-ancestors 'none'", "Cache-Control": "no-store"})
+    return web.json_response({"error": decision.value, "detail": message}, status=status)
+
+
+def _safe_next(value: str) -> str:
+    # Only same-site paths: never let the form redirect to another host ("//evil", "http://...").
+    if value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/"
+
+
+async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
+    if request.method != "POST":
+        return _refusal(request, Decision.NEED_TOKEN if token else Decision.REMOTE_DISABLED)
+    try:
+        form = await request.post()
+    except ValueError:
+        return web.json_response({"error": "bad_form", "detail": "the login form could not be read"},
+                                 status=400)
+    presented = form.get("token")
+    presented_text = presented if isinstance(presented, str) else None
+    next_raw = form.get("next")
+    target = _safe_next(next_raw if isinstance(next_raw, str) else "/")
+    decision = decide(request.remote, presented_text or None, token)
+    if decision is not Decision.ALLOW or token is None:
+        if decision is Decision.ALLOW:  # loopback with no token configured: nothing to sign in to
+            raise web.HTTPSeeOther(target)
+        log.warning("teacher view sign-in refused from a remote address (%s)", decision.value)
+        await asyncio.sleep(FAILED_LOGIN_DELAY_S)
+        return _refusal(request, decision, form=True, target=target)
+    response = web.HTTPSeeOther(target)
+    _set_session(response, token)
+    raise response
+
+
+def access_middleware(token: str | None, public_paths: Collection[str] = PUBLIC_PATHS) -> Middleware:
+    """The aiohttp middleware enforcing :func:`decide` on every path except ``public_paths``."""
+    if token is not None and not token.strip():
+        raise ValueError("the web token is empty; write a token into web.token_file or unset it")
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in public_paths:
+            return await handler(request)
+        if request.path == LOGIN_PATH:
+            return await _login(request, token)
+        presented = _presented(request, token)
+        decision = decide(request.remote, presented, token)
+        if decision is not Decision.ALLOW:
+            return _refusal(request, decision)
+        if token is not None and "token" in request.query and request.method == "GET":
+            # Move the token from the address bar (history, screenshots) into an HttpOnly cookie.
+            response = web.HTTPSeeOther(_without_token(request))
+            if tokens_match(request.query.get("token"), token):
+                _set_session(response, token)
+            raise response
+        return await handler(request)
+
+    return middleware

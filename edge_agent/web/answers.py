@@ -1,0 +1,88 @@
+"""The answer API: clickers and tablets post answers and get feedback; teachers read class mastery.
+
+``POST /api/v1/answers`` takes one answer object or ``{"answers": [...]}``. The whole batch is validated
+before any of it is applied; problems come back as 4xx JSON ``{"error": ..., "field": ...}``. A full
+intake returns 503 with ``Retry-After``. Access control is the server's middleware, not this module's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from edge_agent.config import KTSettings
+from edge_agent.errors import InputRejected
+from edge_agent.kt.answers import parse_batch
+from edge_agent.kt.service import KTService, ServiceBusy
+from edge_agent.telemetry import metrics
+
+ServiceSource = KTService | Callable[[], KTService | None]
+_PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if field:
+        body["field"] = field
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+def answer_routes(service: ServiceSource, settings: KTSettings) -> web.RouteTableDef:
+    """Routes over ``service`` (or a callable returning it, None while knowledge tracing starts)."""
+    routes = web.RouteTableDef()
+
+    def current() -> KTService | None:
+        return service if isinstance(service, KTService) else service()
+
+    @routes.post("/api/v1/answers")
+    async def post_answers(request: web.Request) -> web.Response:
+        svc = current()
+        if svc is None or not svc.running:
+            return _error(503, "knowledge tracing is not running yet; retry shortly")
+        try:
+            body = await request.json(loads=json.loads)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            metrics.ANSWERS.labels(outcome="rejected").inc()
+            return _error(400, "the request body is not valid JSON")
+        try:
+            answers = parse_batch(body, svc.package, settings, svc.pseudonymize, svc.now())
+        except InputRejected as exc:
+            metrics.ANSWERS.labels(outcome="rejected").inc()
+            status = 413 if exc.field == "answers" and "limit" in str(exc) else 400
+            return _error(status, str(exc), exc.field)
+        try:
+            results = await svc.submit_async(answers)
+        except ServiceBusy as exc:
+            return _error(503, str(exc))
+        if isinstance(body, dict) and "answers" in body:
+            return web.json_response({"results": results})
+        return web.json_response(results[0])
+
+    @routes.get("/api/v1/students/{pseudonym}/mastery")
+    async def student_mastery(request: web.Request) -> web.Response:
+        if not settings.per_student_api:
+            return _error(404, "the per-student API is switched off (kt.per_student_api = false)")
+        svc = current()
+        if svc is None:
+            return _error(503, "knowledge tracing is not running yet; retry shortly")
+        pseudonym = request.match_info["pseudonym"]
+        if not _PSEUDONYM.match(pseudonym):
+            return _error(400, "a student pseudonym is 32 lowercase hex characters", "pseudonym")
+        mastery = svc.student_mastery(pseudonym)
+        if mastery is None:
+            return _error(404, "no answers from this student yet")
+        return web.json_response(mastery)
+
+    @routes.get("/api/v1/class/mastery")
+    async def class_mastery(_request: web.Request) -> web.Response:
+        svc = current()
+        if svc is None:
+            return _error(503, "knowledge tracing is not running yet; retry shortly")
+        return web.json_response(svc.class_summary())
+
+    return routes

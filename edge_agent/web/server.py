@@ -1,0 +1,150 @@
+"""The board's web server: one aiohttp app with the access rule, the teacher view and mounted routes.
+
+:func:`build_app` assembles the app (tests and the daemon share it); :class:`WebComponent` runs it as a
+daemon component. It never installs signal handlers: the daemon owns SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from edge_agent.config import WebSettings
+from edge_agent.errors import ConfigError
+from edge_agent.lifecycle import Health
+from edge_agent.live import LiveBoard
+from edge_agent.web.access import PUBLIC_PATHS, access_middleware
+from edge_agent.web.view import StatusFn, TeacherView
+
+log = logging.getLogger(__name__)
+
+VIEW_KEY = web.AppKey("teacher_view", TeacherView)
+SHUTDOWN_TIMEOUT_S = 3.0
+MAX_BODY_BYTES = 1024 * 1024  # answer batches are small; anything bigger is a mistake or an attack
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # The page loads only its own files; nothing may frame it or sniff types.
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+
+async def _close_streams(app: web.Application) -> None:
+    app[VIEW_KEY].close()
+
+
+def build_app(
+    live: LiveBoard,
+    settings: WebSettings,
+    token: str | None,
+    route_tables: Sequence[web.RouteTableDef] = (),
+    status: StatusFn | None = None,
+    *,
+    public_paths: Collection[str] = PUBLIC_PATHS,
+    keepalive_s: float = 15.0,
+) -> web.Application:
+    """The web app: access middleware, teacher view, and every table in ``route_tables``."""
+    app = web.Application(
+        middlewares=[access_middleware(token, public_paths)], client_max_size=MAX_BODY_BYTES
+    )
+    view = TeacherView(live, settings.default_language, status=status, keepalive_s=keepalive_s)
+    app[VIEW_KEY] = view
+    app.add_routes(view.routes())
+    for table in route_tables:
+        app.add_routes(table)
+    app.on_response_prepare.append(_security_headers)
+    app.on_shutdown.append(_close_streams)
+    return app
+
+
+class WebComponent:
+    """Serves :func:`build_app` on ``settings.host:settings.port``; ``port`` is the bound one (for port 0)."""
+
+    name = "web"
+    essential = False  # the board keeps collecting and syncing without its teacher view
+
+    def __init__(
+        self,
+        settings: WebSettings,
+        live: LiveBoard,
+        token: str | None,
+        route_tables: Sequence[web.RouteTableDef] = (),
+        status: StatusFn | None = None,
+        *,
+        port: int | None = None,
+        keepalive_s: float = 15.0,
+    ) -> None:
+        self._settings = settings
+        self._live = live
+        self._token = token
+        self._route_tables = tuple(route_tables)
+        self._status = status
+        self._port_override = port  # tests pass 0; WebSettings forbids it
+        self._keepalive_s = keepalive_s
+        self._runner: web.AppRunner | None = None
+        self._error: str | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        self._live.bind_loop(asyncio.get_running_loop())
+        app = build_app(self._live, self._settings, self._token, self._route_tables, self._status,
+                        keepalive_s=self._keepalive_s)
+        runner = web.AppRunner(
+            app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None
+        )
+        await runner.setup()
+        port = self._settings.port if self._port_override is None else self._port_override
+        site = web.TCPSite(runner, self._settings.host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            self._error = f"cannot listen on {self._settings.host}:{port}: {exc.strerror or exc}"
+            hint = " (does another program use it? change web.port)"
+            raise ConfigError([("web.port", self._error + hint)]) from exc
+        self._runner = runner
+        self.port = _bound_port(runner.addresses)
+        self._error = None
+        remote = "token required" if self._token else "loopback only"
+        log.info("teacher view listening on %s:%s (%s)", self._settings.host, self.port, remote)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        try:
+            await asyncio.wait_for(runner.cleanup(), timeout=SHUTDOWN_TIMEOUT_S + 2.0)
+        except asyncio.TimeoutError:
+            log.warning("web server did not stop within %.0f s; leaving it", SHUTDOWN_TIMEOUT_S + 2.0)
+        log.info("teacher view stopped")
+
+    @property
+    def local_url(self) -> str:
+        """The address a browser on the board itself would open."""
+        host = self._settings.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def health(self) -> Health:
+        if self._runner is not None:
+            return Health(True, f"serving on port {self.port}")
+        return Health(False, self._error or "not started")
+
+
+def _bound_port(addresses: list[Any]) -> int | None:
+    for address in addresses:
+        if isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int):
+            return address[1]
+    return None

@@ -1,0 +1,267 @@
+// Teacher view: renders the LiveBoard sections and keeps them live over server-sent events.
+// Plain DOM and textContent only: nothing from the board is ever parsed as HTML.
+"use strict";
+(function () {
+  const SVG = "http://www.w3.org/2000/svg";
+  const LANG_KEY = "edge-agent.lang";
+  const HOT_C = 85;
+  const boot = JSON.parse(document.getElementById("boot").textContent);
+  const messages = boot.messages;
+  const state = { sections: boot.snapshot.sections || {}, updated: boot.snapshot.updated || {} };
+  const clockSkew = (boot.snapshot.server_time || Date.now() / 1000) - Date.now() / 1000;
+  let lang = boot.default_language;
+
+  const $ = (id) => document.getElementById(id);
+  const now = () => Date.now() / 1000 + clockSkew;
+  const isNum = (v) => typeof v === "number" && isFinite(v);
+
+  function t(key, vars) {
+    const table = messages[lang] || messages[boot.default_language] || {};
+    let text = key in table ? table[key] : key;
+    for (const name in vars || {}) text = text.split("{" + name + "}").join(String(vars[name]));
+    return text;
+  }
+  // A state the translations do not know yet is shown as sent rather than as a raw key.
+  const tState = (prefix, value) => ((messages[lang] || {})[prefix + value] !== undefined ? t(prefix + value) : String(value));
+  const pct = (v) => (isNum(v) ? new Intl.NumberFormat(lang, { style: "percent", maximumFractionDigits: 0 }).format(v) : "—");
+  const num = (v, digits) => (isNum(v) ? new Intl.NumberFormat(lang, { maximumFractionDigits: digits || 0 }).format(v) : "—");
+  const clockTime = (epoch) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" }) : "—");
+  function duration(seconds, prefix) {
+    if (!isNum(seconds)) return "—";
+    const s = Math.max(0, seconds);
+    if (s < 90) return t(prefix + "_s", { n: Math.round(s) });
+    if (s < 5400) return t(prefix + "_m", { n: Math.round(s / 60) });
+    return t(prefix + "_h", { n: num(s / 3600, 1) });
+  }
+  const ago = (epoch) => (isNum(epoch) ? duration(now() - epoch, "ago") : "—");
+
+  function el(tag, props, children) {
+    const node = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (k === "text") node.textContent = v;
+      else if (k === "class") node.setAttribute("class", v);
+      else node.setAttribute(k, v);
+    }
+    for (const child of children || []) node.appendChild(child);
+    return node;
+  }
+  const setText = (id, text) => { $(id).textContent = text; };
+  const replace = (id, nodes) => { $(id).replaceChildren(...nodes); };
+
+  function renderStatic() {
+    document.documentElement.lang = lang;
+    document.title = t("page_title");
+    for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+    $("lang").textContent = t("switch_language");
+    $("lang").title = t("switch_language_title");
+  }
+
+  function renderAttention() {
+    const a = state.sections.attention;
+    const card = $("attention");
+    if (!a) {
+      setText("att-share", "—"); setText("att-faces", t("no_data"));
+      $("att-signal").dataset.low = "none"; setText("att-signal", t("no_data"));
+      card.dataset.low = "false"; replace("att-timeline", []);
+      return;
+    }
+    const low = a.low_attention === true;
+    card.dataset.low = String(low);
+    setText("att-share", pct(a.current_share));
+    setText("att-faces", t("attention_faces", { n: num(a.faces) }));
+    const signal = $("att-signal");
+    signal.dataset.low = a.current_share === null || a.current_share === undefined ? (low ? "true" : "none") : String(low);
+    signal.textContent = low ? t("attention_low") : a.current_share === null ? t("attention_suppressed") : t("attention_ok");
+    setText("att-window", isNum(a.window_s) ? t("attention_window", { s: num(a.window_s) }) : "");
+    const cam = a.camera || {};
+    setText("att-camera", cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : "");
+    setText("att-pose", a.pose_method ? t("pose_method", { m: a.pose_method }) : "");
+    setText("att-updated", t("updated_ago", { t: ago(state.updated.attention) }));
+    renderTimeline(Array.isArray(a.timeline) ? a.timeline : []);
+  }
+
+  function renderTimeline(windows) {
+    const W = 600, H = 160, n = Math.max(windows.length, 12);
+    const slot = W / n, gap = Math.min(4, slot * 0.2);
+    const nodes = [];
+    for (const level of [0.25, 0.5, 0.75]) {
+      nodes.push(el("svg:line", { class: "grid", x1: 0, x2: W, y1: H * (1 - level), y2: H * (1 - level) }));
+    }
+    windows.forEach((w, i) => {
+      const suppressed = w.suppressed === true || !isNum(w.attentive_mean);
+      const value = suppressed ? 0.04 : Math.max(0.02, Math.min(1, w.attentive_mean));
+      const cls = suppressed ? "bar-suppressed" : w.low ? "bar-low" : "bar-normal";
+      const bar = el("svg:rect", { class: cls, x: (i * slot + gap / 2).toFixed(1), y: (H * (1 - value)).toFixed(1),
+        width: Math.max(1, slot - gap).toFixed(1), height: (H * value).toFixed(1) });
+      bar.dataset.mean = suppressed ? "" : String(w.attentive_mean);
+      bar.appendChild(el("svg:title", { text: clockTime(w.start) + "–" + clockTime(w.end) + "  " + (suppressed ? t("legend_suppressed") : pct(w.attentive_mean)) }));
+      nodes.push(bar);
+    });
+    replace("att-timeline", nodes);
+    setText("att-tl-start", windows.length ? clockTime(windows[0].start) : "");
+    setText("att-tl-end", windows.length ? clockTime(windows[windows.length - 1].end) : "");
+  }
+
+  function skillName(skill) { return (lang === "en" ? skill.name_en : skill.name_zh) || skill.name_en || skill.name_zh || skill.id; }
+  function itemTitle(item) { return (lang === "en" ? item.title_en : item.title_zh) || item.title_en || item.title_zh || item.item_id; }
+
+  function renderLearning() {
+    const l = state.sections.learning;
+    if (!l) {
+      setText("learn-answers", "—"); setText("learn-students", "—"); setText("learn-started", t("no_data"));
+      ["learn-skills", "learn-weakest", "learn-recommended", "learn-activity"].forEach((id) => replace(id, []));
+      return;
+    }
+    setText("learn-answers", num(l.answers));
+    setText("learn-students", num(l.students));
+    setText("learn-started", isNum(l.lesson_started) ? t("lesson_started", { t: clockTime(l.lesson_started) }) : "");
+    $("learn-suppressed").hidden = l.suppressed !== true;
+    const skills = l.suppressed ? [] : Array.isArray(l.skills) ? l.skills : [];
+    const byId = Object.fromEntries(skills.map((s) => [s.id, s]));
+    const weakest = l.suppressed ? [] : Array.isArray(l.weakest) ? l.weakest : [];
+    replace("learn-skills", skills.map((s) => {
+      const weak = weakest.includes(s.id);
+      const name = el("span", { class: "skill-name", text: skillName(s), title: skillName(s) });
+      if (weak) name.appendChild(el("span", { class: "badge", text: t("weakest_badge") }));
+      const fill = el("span");
+      fill.style.width = (isNum(s.mastery_mean) ? Math.max(0, Math.min(1, s.mastery_mean)) * 100 : 0) + "%";
+      const meta = t("skill_students", { n: num(s.students) }) + " · " + t("skill_below", { n: num(s.below_threshold) });
+      const row = el("li", { class: weak ? "skill weak" : "skill" }, [name, el("span", { class: "skill-pct", text: pct(s.mastery_mean) }),
+        el("span", { class: "skill-meter" }, [fill]), el("span", { class: "skill-meta", text: meta })]);
+      row.dataset.skill = s.id;
+      return row;
+    }));
+    replace("learn-weakest", weakest.map((id) => el("li", { text: byId[id] ? skillName(byId[id]) : id })));
+    const recs = l.suppressed ? [] : Array.isArray(l.recommended) ? l.recommended : [];
+    replace("learn-recommended", recs.map((r) => el("li", {}, [document.createTextNode(itemTitle(r)),
+      el("span", { class: "meta", text: (byId[r.skill_id] ? skillName(byId[r.skill_id]) + " · " : "") + t("predicted_success", { p: pct(r.predicted_success) }) })])));
+    renderActivity(Array.isArray(l.activity) ? l.activity : []);
+  }
+
+  function renderActivity(minutes) {
+    const W = 300, H = 60, n = Math.max(minutes.length, 10), slot = W / n;
+    const peak = Math.max(1, ...minutes.map((m) => (isNum(m.answers) ? m.answers : 0)));
+    replace("learn-activity", minutes.map((m, i) => {
+      const h = ((isNum(m.answers) ? m.answers : 0) / peak) * (H - 2);
+      const bar = el("svg:rect", { x: (i * slot + 1).toFixed(1), y: (H - h).toFixed(1), width: Math.max(1, slot - 2).toFixed(1), height: h.toFixed(1) });
+      bar.appendChild(el("svg:title", { text: clockTime(m.minute) + "  " + num(m.answers) }));
+      return bar;
+    }));
+  }
+
+  function issues() {
+    const out = [];
+    const h = state.sections.health || {};
+    for (const c of h.components || []) if (c && c.ok === false) out.push(t("issue_component", { name: c.name, detail: c.detail || "—" }));
+    for (const e of h.engines || []) if (e && e.fallback) out.push(t("issue_fallback", { name: e.name, backend: e.backend, why: e.fallback }));
+    const cam = (state.sections.attention || {}).camera;
+    if (cam && cam.state && cam.state !== "running" && cam.state !== "disabled") out.push(t("issue_camera", { state: tState("camera_state_", cam.state), detail: cam.detail || "—" }));
+    const s = state.sections.sync;
+    if (s && s.connected === false) out.push(t("issue_sync", { detail: s.detail || "—" }));
+    const temps = (state.sections.device || {}).temperatures || {};
+    for (const [zone, c] of Object.entries(temps)) if (isNum(c) && c >= HOT_C) out.push(t("issue_hot", { zone, c: num(c, 0) }));
+    return out;
+  }
+
+  function renderHealth() {
+    const h = state.sections.health;
+    const pill = $("health-state");
+    pill.dataset.state = h && h.state ? h.state : "";
+    pill.textContent = h && h.state ? tState("health_state_", h.state) : t("no_data");
+    const problems = issues();
+    replace("health-issues", problems.length ? problems.map((p) => el("li", { class: "problem", text: p })) : [el("li", { class: "none", text: t("issues_none") })]);
+    replace("health-engines", ((h && h.engines) || []).map((e) => el("tr", {}, [el("td", { text: e.name }), el("td", { text: e.backend }),
+      el("td", { text: e.precision }), el("td", { class: e.fallback ? "fallback" : "", text: e.fallback || "—" })])));
+    const cam = (state.sections.attention || {}).camera;
+    const camNode = $("health-camera");
+    camNode.dataset.ok = String(!cam || cam.state === "running" || cam.state === "disabled");
+    camNode.textContent = cam && cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) && cam.state === "running" ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : t("no_data");
+    renderSync();
+    renderDevice();
+  }
+
+  function renderSync() {
+    const s = state.sections.sync;
+    const node = $("health-sync");
+    if (!s) { node.dataset.connected = ""; node.textContent = t("no_data"); setText("health-sync-detail", ""); return; }
+    node.dataset.connected = String(s.connected === true);
+    const parts = [s.connected ? t("sync_connected") : t("sync_disconnected"), t("sync_backlog", { n: num(s.backlog) })];
+    if (isNum(s.oldest_age_s) && s.backlog > 0) parts.push(t("sync_oldest", { d: duration(s.oldest_age_s, "duration") }));
+    node.textContent = parts.join(" · ");
+    const detail = [isNum(s.last_success) ? t("sync_last", { t: ago(s.last_success) }) : t("sync_never")];
+    for (const [reason, n] of Object.entries(s.drops || {})) if (isNum(n) && n > 0) detail.push(t("sync_drops", { n: num(n), r: reason }));
+    if (s.detail) detail.push(s.detail);
+    setText("health-sync-detail", detail.join(" · "));
+  }
+
+  function renderDevice() {
+    const d = state.sections.device;
+    if (!d) { replace("health-device", [el("dd", { text: t("no_data") })]); return; }
+    const rows = [[t("gpu_load"), pct(d.gpu_load)],
+      [t("gpu_memory"), isNum(d.gpu_memory_bytes) ? num(d.gpu_memory_bytes / 1048576) + " MiB" : "—"]];
+    const temps = Object.entries(d.temperatures || {}).map(([z, c]) => z + "\u00a0" + num(c, 0) + "\u00a0°C");
+    const power = Object.entries(d.power_w || {}).map(([r, w]) => r + "\u00a0" + num(w, 1) + "\u00a0W");
+    rows.push([t("temperatures"), temps.join(", ") || "—"], [t("power"), power.join(", ") || "—"]);
+    replace("health-device", rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+  }
+
+  const renderers = { attention: [renderAttention, renderHealth], learning: [renderLearning], health: [renderHealth],
+    sync: [renderHealth], device: [renderHealth] };
+  function renderAll() { renderStatic(); renderAttention(); renderLearning(); renderHealth(); renderClock(); }
+  function renderClock() { setText("clock", new Date().toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" })); }
+
+  function setConnection(live) {
+    const conn = $("conn");
+    conn.dataset.state = live ? "live" : "reconnecting";
+    conn.textContent = live ? t("conn_live") : t("conn_reconnecting");
+  }
+
+  function connect() {
+    const source = new EventSource("/api/v1/events");
+    source.addEventListener("open", () => setConnection(true));
+    source.addEventListener("error", () => setConnection(false));
+    source.addEventListener("snapshot", (ev) => {
+      const snap = JSON.parse(ev.data);
+      state.sections = snap.sections || {};
+      state.updated = snap.updated || {};
+      renderAttention(); renderLearning(); renderHealth();
+    });
+    source.addEventListener("update", (ev) => {
+      const update = JSON.parse(ev.data);
+      if (!(update.section in renderers)) return;
+      state.sections[update.section] = update.data;
+      state.updated[update.section] = update.at;
+      for (const render of renderers[update.section]) render();
+    });
+  }
+
+  async function useLanguage(next) {
+    if (!boot.languages.includes(next)) next = boot.default_language;
+    if (!messages[next]) {
+      try {
+        const response = await fetch("/i18n/" + encodeURIComponent(next) + ".json", { credentials: "same-origin" });
+        if (!response.ok) throw new Error(String(response.status));
+        messages[next] = await response.json();
+      } catch (err) {
+        return; // keep the current language; the button stays usable
+      }
+    }
+    lang = next;
+    renderAll();
+    setConnection($("conn").dataset.state === "live");
+  }
+
+  $("lang").addEventListener("click", () => {
+    const next = lang === "en" ? "zh-CN" : "en";
+    try { localStorage.setItem(LANG_KEY, next); } catch (err) { /* private mode: not remembered */ }
+    useLanguage(next);
+  });
+
+  renderAll();
+  setConnection(false);
+  let saved = null;
+  try { saved = localStorage.getItem(LANG_KEY); } catch (err) { saved = null; }
+  if (saved && saved !== lang) useLanguage(saved);
+  setInterval(() => { renderClock(); if (state.sections.attention) setText("att-updated", t("updated_ago", { t: ago(state.updated.attention) })); }, 5000);
+  connect();
+})();

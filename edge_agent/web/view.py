@@ -1,0 +1,204 @@
+"""The teacher view: the page, its bundled assets and translations, and the live data behind it.
+
+``/`` is the page with the current board state and the default language's strings inlined, so the first
+paint needs no further request; ``/api/v1/events`` then streams every LiveBoard update as a server-sent
+event. Everything the page loads comes from this board: no CDN, no outside fonts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import numbers
+import re
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from edge_agent.live import LiveBoard
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(str(resources.files("edge_agent.web")))
+STATIC_DIR = WEB_DIR / "static"
+I18N_DIR = WEB_DIR / "i18n"
+LANGUAGES = ("zh-CN", "en")
+_LANG_RE = re.compile(r"^[A-Za-z]{2}(-[A-Za-z]{2})?$")
+SSE_RETRY_MS = 3000
+
+StatusFn = Callable[[], dict[str, Any]]
+
+
+def sse_event(data: Any, event: str | None = None, event_id: int | None = None) -> bytes:
+    """One server-sent event; JSON never contains a raw newline, so one ``data:`` line suffices."""
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if event is not None:
+        lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+def script_json(data: Any) -> str:
+    """JSON safe to inline in <script type="application/json">: no '</script>' or '<!--' can break out."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def load_messages(lang: str) -> dict[str, str]:
+    if lang not in LANGUAGES:
+        raise ValueError(f"unsupported language {lang!r}; choose one of {', '.join(LANGUAGES)}")
+    data = json.loads((I18N_DIR / f"{lang}.json").read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"i18n file {lang}.json must hold one JSON object")
+    return data
+
+
+def _json_safe(data: Any) -> Any:
+    """A copy with NaN/inf as None and odd types as str, so one bad producer value cannot break the page."""
+    if data is None or isinstance(data, (str, bool)):
+        return data
+    if isinstance(data, numbers.Integral):
+        return int(data)
+    if isinstance(data, numbers.Real):
+        value = float(data)
+        return value if math.isfinite(value) else None
+    if isinstance(data, dict):
+        return {str(key): _json_safe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_json_safe(value) for value in data]
+    return str(data)
+
+
+class TeacherView:
+    """Request handlers for the view; one per app. ``close()`` ends every open event stream."""
+
+    def __init__(
+        self,
+        live: LiveBoard,
+        default_language: str,
+        status: StatusFn | None = None,
+        keepalive_s: float = 15.0,
+        max_streams: int = 32,
+    ) -> None:
+        if default_language not in LANGUAGES:
+            raise ValueError(f"web.default_language must be one of {', '.join(LANGUAGES)}")
+        self._live = live
+        self._default_language = default_language
+        self._status = status
+        self._keepalive_s = keepalive_s
+        self._max_streams = max_streams
+        self._closing = asyncio.Event()
+        self.open_streams = 0
+        self.refused_streams = 0  # streams over max_streams, answered 503
+        self._template = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+        self._messages = {lang: load_messages(lang) for lang in LANGUAGES}
+
+    def routes(self) -> web.RouteTableDef:
+        routes = web.RouteTableDef()
+        routes.get("/")(self.index)
+        routes.get("/i18n/{lang}.json")(self.i18n)
+        routes.get("/api/v1/live")(self.snapshot)
+        routes.get("/api/v1/events")(self.events)
+        routes.get("/api/v1/status")(self.status)
+        routes.static("/static", STATIC_DIR, append_version=False)
+        return routes
+
+    def close(self) -> None:
+        self._closing.set()
+
+    def _snapshot(self) -> dict[str, Any]:
+        snap = self._live.snapshot()
+        snap["server_time"] = time.time()
+        return _json_safe(snap)
+
+    async def index(self, request: web.Request) -> web.Response:
+        boot = {
+            "default_language": self._default_language,
+            "languages": list(LANGUAGES),
+            "messages": {self._default_language: self._messages[self._default_language]},
+            "snapshot": self._snapshot(),
+        }
+        page = self._template.replace("{{LANG}}", self._default_language).replace(
+            "{{BOOT_JSON}}", script_json(boot)
+        )
+        return web.Response(
+            text=page, content_type="text/html", headers={"Cache-Control": "no-store"}, charset="utf-8"
+        )
+
+    async def i18n(self, request: web.Request) -> web.Response:
+        lang = request.match_info["lang"]
+        if not _LANG_RE.match(lang) or lang not in self._messages:
+            raise web.HTTPNotFound(text=f"no translation {lang!r}; available: {', '.join(LANGUAGES)}")
+        return web.json_response(self._messages[lang])
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        return web.json_response(self._snapshot(), headers={"Cache-Control": "no-store"})
+
+    async def status(self, request: web.Request) -> web.Response:
+        data: dict[str, Any] = {
+            "sse_clients": self.open_streams,
+            "sse_refused": self.refused_streams,
+            "live_dropped_updates": self._live.dropped_updates,
+        }
+        if self._status is not None:
+            data.update(self._status())
+        return web.json_response(_json_safe(data))
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        if self.open_streams >= self._max_streams:
+            self.refused_streams += 1
+            raise web.HTTPServiceUnavailable(
+                text="too many open teacher views on this board; close a browser tab and retry",
+                headers={"Retry-After": "10"},
+            )
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        queue = self._live.subscribe()
+        self.open_streams += 1
+        try:
+            await response.prepare(request)
+            # A reconnecting browser may have missed updates: start every stream with the whole board.
+            first = f"retry: {SSE_RETRY_MS}\n\n".encode() + sse_event(self._snapshot(), "snapshot")
+            await response.write(first)
+            await self._pump(response, queue)
+        except ConnectionResetError:
+            pass  # the browser went away; the finally below forgets it
+        finally:
+            self._live.unsubscribe(queue)
+            self.open_streams -= 1
+        return response
+
+    async def _pump(self, response: web.StreamResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        event_id = 0
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            while not self._closing.is_set():
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, closing}, timeout=self._keepalive_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+                    if closing in done:
+                        return
+                    await response.write(b": keepalive\n\n")  # keeps proxies and NAT from dropping us
+                    continue
+                event_id += 1
+                await response.write(sse_event(_json_safe(getter.result()), "update", event_id))
+        finally:
+            closing.cancel()

@@ -1,0 +1,61 @@
+"""Print the README's config reference from the pydantic models (`--check README.md` verifies it)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from edge_agent.config import Config
+
+BEGIN = "<!-- config-reference:begin -->"
+END = "<!-- config-reference:end -->"
+
+
+def _default(value: object) -> str:
+    if isinstance(value, BaseModel):
+        return ""
+    if value is None:
+        return "(unset)"
+    return f"`{value}`"
+
+
+def reference() -> str:
+    lines = [BEGIN, "", "| key | default | meaning |", "|---|---|---|"]
+    for section_name, section_field in Config.model_fields.items():
+        section_type = section_field.annotation
+        assert isinstance(section_type, type) and issubclass(section_type, BaseModel)
+        for key, field in section_type.model_fields.items():
+            meaning = (field.description or "").replace("|", "\\|")
+            symbols = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+            limits = [f"{symbols[name]} {getattr(m, name)}" for m in field.metadata for name in symbols
+                      if hasattr(m, name)]
+            if limits:
+                meaning = (meaning + " " if meaning else "") + "(" + ", ".join(limits) + ")"
+            lines.append(f"| `{section_name}.{key}` | {_default(field.default)} | {meaning} |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    text = reference()
+    if len(sys.argv) == 3 and sys.argv[1] == "--check":
+        readme = Path(sys.argv[2]).read_text(encoding="utf-8")
+        start, end = readme.find(BEGIN), readme.find(END)
+        if start < 0 or readme[start : end + len(END)] != text:
+            print("README config reference is out of date: python scripts/gen_config_reference.py --write README.md")
+            return 1
+        return 0
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        path = Path(sys.argv[2])
+        readme = path.read_text(encoding="utf-8")
+        start, end = readme.find(BEGIN), readme.find(END)
+        path.write_text(readme[:start] + text + readme[end + len(END) :], encoding="utf-8")
+        return 0
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

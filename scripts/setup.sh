@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create .venv and install edge-agent with its test and training extras. Idempotent and quick when
+# nothing changed (a stamp keyed by pyproject.toml's hash).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pick_python() {
+  # 3.11 first: the CPU build of torch that the training tests use is published for it.
+  for candidate in python3.11 python3.12 python3.10 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)'; then
+      echo "$candidate"; return 0
+    fi
+  done
+  echo "edge-agent needs Python 3.10, 3.11 or 3.12 (JetPack 6 ships 3.10)" >&2
+  return 1
+}
+
+stamp=.venv/.edge-agent-installed
+want="$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+python=$(pick_python)
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
+# Training tests need torch; take the CPU build (a plain `torch` would pull a multi-GB CUDA build).
+if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+  "${pip[@]}" "torch==2.13.0" || "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu torch
+fi
+"${pip[@]}" -e ".[dev,train,quantize]"
+# Type stubs for the static TensorRT check; --no-deps because tensorrt itself cannot install here.
+"${pip[@]}" --no-deps "tensorrt-stubs==10.13.*" 2>/dev/null || "${pip[@]}" --no-deps tensorrt-stubs
+echo "$want" > "$stamp"

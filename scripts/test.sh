@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: set up if needed, then lint, type-check, check the TensorRT adapter against the
+# JetPack 6 API, and run the whole suite (real Mosquitto, real Chromium, real models from ../shared).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/system-deps.sh
+export EDGE_AGENT_MODEL_MIRROR="${EDGE_AGENT_MODEL_MIRROR:-$(cd .. && pwd)/shared/models}"
+echo "== ruff"
+.venv/bin/ruff check edge_agent tests benchmarks provisioning scripts
+echo "== mypy"
+.venv/bin/mypy
+echo "== TensorRT adapter against tensorrt-stubs and the TensorRT 10.3 API names"
+.venv/bin/python scripts/check_tensorrt_api.py
+echo "== pytest"
+mkdir -p artifacts
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,149 @@
+"""`edge-agent config check` names the exact key path (and line) of every problem."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent.cli import main
+from edge_agent.config import Config, ConfigError, find_config_path, load_config, masked_dump, parse_config
+
+
+def _write_secret(path: Path, mode: int = 0o600) -> Path:
+    path.write_bytes(os.urandom(32))
+    path.chmod(mode)
+    return path
+
+
+def _valid_config_text(tmp_path: Path) -> str:
+    secret = _write_secret(tmp_path / "pseudonym.key")
+    return f"""
+[device]
+tenant = "district-9"
+site = "school-3"
+class_id = "grade7-2"
+device_id = "board-0042"
+pseudonym_secret_file = "{secret}"
+
+[paths]
+state_dir = "{tmp_path / 'state'}"
+cache_dir = "{tmp_path / 'cache'}"
+
+[mqtt]
+enabled = false
+
+[web]
+token_file = ""
+"""
+
+
+def test_a_valid_config_passes_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = _valid_config_text(tmp_path).replace('token_file = ""\n', "")
+    token = _write_secret(tmp_path / "web.token")
+    text += f'token_file = "{token}"\n'
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert main(["config", "check", str(path)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+BROKEN = [
+    # (what is wrong, replacement applied to the valid text, expected key path, expected line or None)
+    ("unknown key", ('class_id = "grade7-2"', 'class_id = "grade7-2"\nclassroom = "x"'), "device.classroom", 6),
+    ("unknown section", ("[mqtt]", "[mqqt]\nhost = 'x'\n[mqtt]"), "mqqt", 13),
+    ("wrong type", ("enabled = false", 'enabled = false\nport = "eighty"'), "mqtt.port", 15),
+    ("out of range port", ("enabled = false", "enabled = false\nport = 70000"), "mqtt.port", 15),
+    ("bad enum", ("[mqtt]", '[inference]\nbackend = "cuda"\n[mqtt]'), "inference.backend", 14),
+    ("relative state dir", (str(Path("/")), "/"), None, None),  # placeholder, replaced below
+    ("id with a slash", ('device_id = "board-0042"', 'device_id = "board/42"'), "device.device_id", 6),
+    ("negative fps", ("[mqtt]", "[camera]\nanalysis_fps = -5\n[mqtt]"), "camera.analysis_fps", 14),
+    ("backoff order", ("[mqtt]", "[camera]\nreconnect_min_s = 30.0\nreconnect_max_s = 5.0\n[mqtt]"), "camera", 13),
+    ("share above one", ("[mqtt]", "[attention]\nlow_attention_share = 1.5\n[mqtt]"), "attention.low_attention_share", 14),
+]
+
+
+@pytest.mark.parametrize(("what", "change", "key", "line"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_a_broken_config_names_the_key_path_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str, change: tuple[str, str], key: str | None, line: int | None
+) -> None:
+    text = _valid_config_text(tmp_path)
+    if what == "relative state dir":
+        text = text.replace(f'state_dir = "{tmp_path / "state"}"', 'state_dir = "var/state"')
+        key, line = "paths", 9
+    else:
+        assert change[0] in text
+        text = text.replace(change[0], change[1], 1)
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert main(["config", "check", "--no-files", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"  {key} (line {line}):" in err, err
+
+
+def test_malformed_toml_reports_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[device]\ntenant = "a"\nsite = \n')
+    assert main(["config", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "TOML syntax" in err and "line 3" in err
+
+
+def test_a_world_readable_secret_is_refused_with_the_chmod_fix(tmp_path: Path) -> None:
+    text = _valid_config_text(tmp_path)
+    (tmp_path / "pseudonym.key").chmod(0o644)
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (where, message), = info.value.problems
+    assert where == "device.pseudonym_secret_file"
+    assert "chmod 600" in message
+
+
+def test_a_missing_secret_file_is_named(tmp_path: Path) -> None:
+    text = _valid_config_text(tmp_path)
+    (tmp_path / "pseudonym.key").unlink()
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0][0] == "device.pseudonym_secret_file"
+    assert "does not exist" in info.value.problems[0][1]
+
+
+def test_every_problem_is_listed_not_only_the_first(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config('[mqtt]\nport = 0\nhost = 5\n[web]\nlanguage = "fr"\n')
+    paths = {p for p, _ in info.value.problems}
+    assert paths == {"mqtt.port (line 2)", "mqtt.host (line 3)", "web.language (line 5)"}
+
+
+def test_config_path_order_is_flag_then_environment_then_etc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", "/env/config.toml")
+    assert find_config_path("/flag.toml") == Path("/flag.toml")
+    assert find_config_path(None) == Path("/env/config.toml")
+    monkeypatch.delenv("EDGE_AGENT_CONFIG")
+    assert find_config_path(None) == Path("/etc/edge-agent/config.toml")
+
+
+def test_every_key_has_a_default() -> None:
+    config = Config()
+    assert config.mqtt.inflight_max == 20
+    assert config.kt.min_group_size == 5
+
+
+def test_config_show_masks_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(_valid_config_text(tmp_path))
+    shown = masked_dump(load_config(path, check_files_exist=False))
+    assert "secret, contents not shown" in shown["device"]["pseudonym_secret_file"]
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "config", "show", "--config", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert 'device_id = "board-0042"' in out
+    assert (tmp_path / "pseudonym.key").read_bytes().hex() not in out

@@ -1,0 +1,175 @@
+"""The daemon speaks sd_notify on a real AF_UNIX datagram socket, and the watchdog follows worker health."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.daemon import Daemon
+from edge_agent.lifecycle import Health, HeartbeatRegistry
+from edge_agent.live import LiveBoard
+from edge_agent.systemd import Notifier
+
+
+class NotifySocket:
+    """What systemd does: a datagram socket that collects every notification."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.path = path
+        self.messages: list[tuple[float, list[str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            self.messages.append((time.monotonic(), data.decode().split("\n")))
+
+    def fields(self, key: str) -> list[tuple[float, str]]:
+        return [(t, f.split("=", 1)[1]) for t, fs in self.messages for f in fs if f.startswith(key + "=")]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture()
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+class WorkerComponent:
+    """A component with a worker thread that beats its heartbeat until told to hang."""
+
+    essential = False
+
+    def __init__(self, name: str, heartbeats: HeartbeatRegistry) -> None:
+        self.name = name
+        self._heartbeats = heartbeats
+        self.hang = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        beat = self._heartbeats.register(self.name, max_gap_s=0.3)
+
+        def work() -> None:
+            while not self._stop.is_set():
+                if not self.hang.is_set():
+                    beat.beat()
+                time.sleep(0.02)
+
+        self._thread = threading.Thread(target=work, daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(2)
+        self._heartbeats.unregister(self.name)
+
+    def health(self) -> Health:
+        return Health(True)
+
+
+class BrokenComponent:
+    name = "camera"
+    essential = False
+
+    async def start(self) -> None:
+        raise RuntimeError("/dev/video0 cannot be opened")
+
+    async def stop(self) -> None:  # pragma: no cover - never started
+        pass
+
+    def health(self) -> Health:
+        return Health(True)
+
+
+def test_notifier_is_silent_outside_systemd() -> None:
+    notifier = Notifier(environ={})
+    assert not notifier.enabled
+    assert notifier.ready("x") is False
+    assert notifier.watchdog_interval_s is None
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec_and_respects_pid() -> None:
+    assert Notifier({"WATCHDOG_USEC": "4000000"}).watchdog_interval_s == 2.0
+    assert Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid() + 1)}).watchdog_interval_s is None
+    assert Notifier({"WATCHDOG_USEC": "garbage"}).watchdog_interval_s is None
+
+
+def test_abstract_socket_names_are_supported() -> None:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"edge-agent-test-{os.getpid()}"
+    server.bind("\0" + name)
+    server.settimeout(2)
+    try:
+        assert Notifier({"NOTIFY_SOCKET": "@" + name}).status("hello")
+        assert server.recv(100) == b"STATUS=hello"
+    finally:
+        server.close()
+
+
+def test_daemon_sends_ready_status_watchdog_and_stopping_and_withholds_pings_when_a_worker_hangs(
+    notify_socket: NotifySocket,
+) -> None:
+    heartbeats = HeartbeatRegistry()
+    worker = WorkerComponent("inference", heartbeats)
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "200000"})
+    daemon = Daemon([worker, BrokenComponent()], live=LiveBoard(), heartbeats=heartbeats, notifier=notifier)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(daemon.run())
+        await asyncio.sleep(1.0)
+        pings_before_hang = len(notify_socket.fields("WATCHDOG"))
+        worker.hang.set()
+        await asyncio.sleep(0.6)  # the heartbeat goes stale after 0.3 s
+        hang_started = time.monotonic()
+        await asyncio.sleep(1.0)
+        pings_while_hung = [t for t, _ in notify_socket.fields("WATCHDOG") if t > hang_started]
+        assert pings_before_hang >= 5, pings_before_hang
+        assert pings_while_hung == []
+        worker.hang.clear()
+        await asyncio.sleep(0.5)
+        daemon.request_stop()
+        return await asyncio.wait_for(task, 10)
+
+    assert asyncio.run(scenario()) == 0
+    assert notify_socket.fields("READY") and notify_socket.fields("STOPPING")
+    statuses = [s for _, s in notify_socket.fields("STATUS")]
+    assert any("camera" in s and "/dev/video0 cannot be opened" in s for s in statuses), statuses
+    assert any("worker inference not responding" in s for s in statuses), statuses
+    ready_at = notify_socket.fields("READY")[0][0]
+    stopping_at = notify_socket.fields("STOPPING")[0][0]
+    assert ready_at < stopping_at
+    # Pings resumed once the worker recovered.
+    assert notify_socket.fields("WATCHDOG")[-1][0] > ready_at + 2.0
+
+
+def test_an_essential_component_failure_stops_start_up_without_ready(notify_socket: NotifySocket) -> None:
+    broken = BrokenComponent()
+    broken.essential = True  # type: ignore[misc]
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path)})
+    daemon = Daemon([broken], live=LiveBoard(), heartbeats=HeartbeatRegistry(), notifier=notifier)
+    assert asyncio.run(daemon.run()) == 1
+    time.sleep(0.2)
+    assert notify_socket.fields("READY") == []
+    assert any("failed" in s for _, s in notify_socket.fields("STATUS"))

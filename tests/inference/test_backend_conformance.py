@@ -1,0 +1,151 @@
+"""Every backend present gives the ONNX reference's outputs over the whole profile, refuses inputs outside
+it with EngineInputError, and is safe to share between threads.
+
+Concurrency contract under test: one GuardedEngine may be shared by threads; its lock serialises calls
+(a TensorRT execution context is single-threaded). Workers wanting parallel inference load one engine each.
+
+ONNX Runtime runs here; TensorRT runs wherever ``open_tensorrt()`` succeeds (the test is skipped with the
+reason otherwise). The reference is ONNX Runtime with all graph optimisations off.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edge_agent.errors import EdgeAgentError, EngineInputError
+from edge_agent.inference.fetch import fetch_model
+from edge_agent.inference.manifest import InputProfile
+from edge_agent.inference.select import LoadedEngine, load_engine
+
+from .helpers import MANIFESTS, paths_for, settings
+
+# (atol, rtol) per backend at fp32: TensorRT picks different kernels, so it gets a looser bound.
+TOLERANCE = {"onnxruntime": (1e-4, 1e-4), "tensorrt": (2e-3, 2e-3)}
+MODELS = ["fsanet-1x1", "yunet", "kt-step"]
+
+
+def _tensorrt_reason() -> str | None:
+    try:
+        from edge_agent.inference.tensorrt_backend import open_tensorrt
+
+        open_tensorrt()
+    except EdgeAgentError as exc:
+        return f"TensorRT backend skipped: {exc}"
+    return None
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "tensorrt"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "tensorrt":
+        reason = _tensorrt_reason()
+        if reason:
+            pytest.skip(reason)
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("conformance")
+
+
+def _load(name: str, backend: str, cache: Path, mirror: Path) -> tuple[LoadedEngine, Path]:
+    manifest = MANIFESTS[name]
+    if manifest.source.repo_path is not None and not manifest.source.repo_path.is_file():
+        pytest.skip(f"{manifest.source.repo_path} not committed yet (the KT helper writes it)")
+    paths = paths_for(cache, mirror)
+    loaded = load_engine(manifest, settings(backend), paths, precision="fp32")
+    assert loaded.backend == backend, loaded.fallback
+    return loaded, fetch_model(manifest, paths)
+
+
+def _inputs(name: str, profile: InputProfile, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if name == "kt-step" and profile.name in ("skill", "correct"):
+        high = 2 if profile.name == "correct" else 30
+        return rng.integers(0, high, size=shape, dtype=np.int64)
+    if name == "yunet":
+        return rng.uniform(0, 255, size=shape).astype(np.float32)
+    return rng.standard_normal(size=shape).astype(np.float32)
+
+
+def _feeds(name: str, profiles: tuple[InputProfile, ...], which: str, rng: np.random.Generator) -> dict:
+    return {p.name: _inputs(name, p, getattr(p, which), rng) for p in profiles}
+
+
+def _reference(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_outputs_match_the_onnx_reference_at_min_opt_and_max(name, backend, cache, model_mirror):
+    loaded, path = _load(name, backend, cache, model_mirror)
+    reference = _reference(path)
+    atol, rtol = TOLERANCE[backend]
+    rng = np.random.default_rng(7)
+    for which in ("min", "opt", "max"):
+        feeds = _feeds(name, loaded.engine.profiles, which, rng)
+        got = loaded.engine.infer(feeds)
+        want = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, feeds), strict=True))
+        assert set(got) == set(want)
+        for key, value in want.items():
+            assert got[key].shape == value.shape, (which, key)
+            np.testing.assert_allclose(got[key], value, atol=atol, rtol=rtol, err_msg=f"{name} {which} {key}")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_input_outside_the_profile_is_a_clear_engine_input_error(name, backend, cache, model_mirror):
+    loaded, _ = _load(name, backend, cache, model_mirror)
+    rng = np.random.default_rng(1)
+    profiles = loaded.engine.profiles
+    for profile in profiles:
+        too_big = tuple(d + 1 if i == len(profile.max) - 1 else d for i, d in enumerate(profile.max))
+        for shape in (too_big, profile.max[:-1]):
+            feeds = _feeds(name, profiles, "opt", rng)
+            feeds[profile.name] = _inputs(name, profile, shape, rng)
+            with pytest.raises(EngineInputError, match=profile.name):
+                loaded.engine.infer(feeds)
+    with pytest.raises(EngineInputError, match="missing input"):
+        loaded.engine.infer({})
+
+
+def test_yunet_accepts_every_frame_size_of_the_dynamic_range(backend, cache, model_mirror):
+    loaded, _ = _load("yunet", backend, cache, model_mirror)
+    for height, width in ((96, 96), (480, 640), (736, 1280), (1088, 1920), (96, 1920)):
+        out = loaded.engine.infer({"input": np.zeros((1, 3, height, width), np.float32)})
+        assert out["cls_8"].shape == (1, (height // 8) * (width // 8), 1)
+    with pytest.raises(EngineInputError, match="outside the engine profile"):
+        loaded.engine.infer({"input": np.zeros((1, 3, 64, 640), np.float32)})
+
+
+@pytest.mark.parametrize("name", ["fsanet-1x1", "kt-step"])
+def test_one_engine_shared_by_threads_gives_the_sequential_results(name, backend, cache, model_mirror):
+    loaded, _ = _load(name, backend, cache, model_mirror)
+    rng = np.random.default_rng(3)
+    inputs = [_feeds(name, loaded.engine.profiles, "opt", rng) for _ in range(24)]
+    expected = [loaded.engine.infer(f) for f in inputs]
+    results: dict[int, dict] = {}
+    errors: list[BaseException] = []
+
+    def worker(indices: range) -> None:
+        try:
+            for i in indices:
+                results[i] = loaded.engine.infer(inputs[i])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(range(k, 24, 4),)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    for i, want in enumerate(expected):
+        for key, value in want.items():
+            np.testing.assert_array_equal(results[i][key], value)

@@ -1,0 +1,102 @@
+"""The `edge-agent engines ...` commands, run through the real argument parser."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from edge_agent.inference.cli_engines import NO_TENSORRT, add_engines_parser
+from edge_agent.inference.tensorrt_backend import trt
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edge-agent")
+    add_engines_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+@pytest.fixture()
+def common(tmp_path, model_mirror, monkeypatch):
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(tmp_path / "absent.toml"))  # defaults, not /etc
+    return ["--cache-dir", str(tmp_path / "cache"), "--mirror", str(model_mirror)]
+
+
+def test_fetch_list_and_verify(common, capsys):
+    assert _run(["engines", "fetch", "fsanet-1x1", "yunet", *common]) == 0
+    assert _run(["engines", "list", *common]) == 0
+    out = capsys.readouterr().out
+    assert "fsanet-1x1" in out and "present" in out and "not fetched" in out  # fsanet-var was not fetched
+    assert _run(["engines", "verify", "fsanet-1x1", "yunet", *common]) == 0
+    assert "yunet: OK" in capsys.readouterr().out
+
+
+def test_verify_reports_a_tampered_cache_file(common, tmp_path, capsys):
+    assert _run(["engines", "fetch", "fsanet-var", *common]) == 0
+    cached = next((tmp_path / "cache" / "models").rglob("fsanet-var*.onnx"))
+    cached.write_bytes(cached.read_bytes()[:-1] + b"\0")
+    assert _run(["engines", "verify", "fsanet-var", *common]) == 1
+    assert "does not match the pinned sha256" in capsys.readouterr().err
+
+
+def test_unknown_model_is_an_error_not_a_traceback(common, capsys):
+    assert _run(["engines", "fetch", "no-such-model", *common]) == 1
+    assert "unknown model" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(trt is not None, reason="TensorRT imports here")
+def test_build_without_tensorrt_builds_nothing_and_says_so(common, tmp_path, capsys):
+    assert _run(["engines", "build", "fsanet-1x1", *common]) == NO_TENSORRT
+    assert "no engine built" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "engines").exists()
+
+
+def test_quantize_then_bench_shows_fp32_and_int8_side_by_side(common, faces_dir, tmp_path, capsys):
+    data = str(faces_dir / "voc_dlib")
+    assert (
+        _run(
+            [
+                "engines",
+                "quantize",
+                "fsanet-var",
+                "--data",
+                data,
+                "--samples",
+                "16",
+                "--held-out",
+                "4",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert "max |int8 - fp32|" in capsys.readouterr().out
+    report = tmp_path / "bench.json"
+    assert (
+        _run(
+            [
+                "engines",
+                "bench",
+                "fsanet-var",
+                "kt-step",
+                "--iterations",
+                "20",
+                "--json",
+                str(report),
+                *common,
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(report.read_text())
+    measured = {(r["model"], r["backend"], r["precision"], r["batch"]) for r in rows if r["median_ms"]}
+    assert ("fsanet-var", "onnxruntime", "fp32", 1) in measured
+    assert ("fsanet-var", "onnxruntime", "int8", 1) in measured
+    assert ("kt-step", "onnxruntime", "fp32", 16) in measured
+    notes = " ".join(r["note"] for r in rows)
+    assert "batch outside the engine profile" in notes  # fsanet is fixed at batch 1
+    assert "TensorRT" in notes
+    torch_rows = [r for r in rows if r["backend"].startswith("pytorch")]
+    assert torch_rows  # measured, or a row saying why it was skipped

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+
+from edge_agent.inference.engine_cache import BuildTarget, PlanCache, engine_cache_key
+from edge_agent.inference.manifest import InputProfile
+from edge_agent.telemetry.metrics import sample
+
+TARGET = BuildTarget("10.3.0", "Orin", (8, 7))
+PROFILE = (InputProfile("input", (1, 3, 96, 96), (1, 3, 480, 640), (1, 3, 1088, 1920)),)
+BASE = {
+    "target": TARGET,
+    "onnx_sha256": "a" * 64,
+    "precision": "fp16",
+    "profiles": PROFILE,
+    "builder_settings": {"workspace_mib": 512},
+}
+
+
+def _key(**changes):
+    args = {**BASE, **changes}
+    return engine_cache_key(
+        args["target"], args["onnx_sha256"], args["precision"], args["profiles"], args["builder_settings"]
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"target": BuildTarget("10.7.0", "Orin", (8, 7))},
+        {"target": BuildTarget("10.3.0", "Orin Nano", (8, 7))},
+        {"target": BuildTarget("10.3.0", "Orin", (8, 6))},
+        {"onnx_sha256": "b" * 64},
+        {"precision": "int8"},
+        {"profiles": (InputProfile("input", (1, 3, 96, 96), (1, 3, 480, 640), (1, 3, 736, 1280)),)},
+        {"profiles": (InputProfile("images", (1, 3, 96, 96), (1, 3, 480, 640), (1, 3, 1088, 1920)),)},
+        {"builder_settings": {"workspace_mib": 1024}},
+        {"builder_settings": {"workspace_mib": 512, "strongly_typed_int8": True}},
+    ],
+)
+def test_cache_key_changes_with_each_input(change):
+    assert _key(**change) != _key()
+
+
+def test_cache_key_is_stable_and_ignores_dict_order():
+    assert _key() == _key(builder_settings={"workspace_mib": 512})
+    a = _key(builder_settings={"x": 1, "y": 2})
+    assert a == _key(builder_settings={"y": 2, "x": 1})
+    assert len(_key()) == 64
+
+
+def test_stored_plan_round_trips(tmp_path):
+    cache = PlanCache(tmp_path)
+    cache.store("m", "fp16", _key(), b"plan-bytes")
+    assert cache.load("m", "fp16", _key()) == b"plan-bytes"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "foreign", "empty"])
+def test_damaged_plan_is_a_counted_miss_and_moved_aside(tmp_path, damage):
+    cache = PlanCache(tmp_path)
+    key = _key()
+    path = cache.store("dmg", "fp16", key, b"x" * 1000)
+    blob = path.read_bytes()
+    damaged = {
+        "truncate": blob[:-10],
+        "flip": blob[:-1] + b"y",
+        "empty": b"",
+        "foreign": blob.replace(key.encode(), _key(precision="int8").encode()),
+    }[damage]
+    path.write_bytes(damaged)
+    before = sample("edge_engine_cache_misses_total", {"engine": "dmg", "reason": "corrupt"})
+    assert cache.load("dmg", "fp16", key) is None
+    assert sample("edge_engine_cache_misses_total", {"engine": "dmg", "reason": "corrupt"}) == before + 1
+    assert not path.exists() and path.with_suffix(".plan.bad").exists()
+
+
+def test_absent_plan_is_a_counted_miss(tmp_path):
+    before = sample("edge_engine_cache_misses_total", {"engine": "new", "reason": "absent"})
+    assert PlanCache(tmp_path).load("new", "fp32", _key()) is None
+    assert sample("edge_engine_cache_misses_total", {"engine": "new", "reason": "absent"}) == before + 1

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import ModelError
+from edge_agent.inference.fetch import MIRROR_ENV, cached_model_path, fetch_model, sha256_file
+from edge_agent.inference.manifest import Manifest
+
+from .helpers import MANIFESTS, paths_for
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    payload: bytes = b""
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = self.server.payload  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def server() -> Iterator[_Server]:
+    srv = _Server(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _served(manifest: Manifest, srv: _Server, sha: str | None = None) -> Manifest:
+    # Manifests insist on https; the loopback test server speaks plain http.
+    source = dataclasses.replace(
+        manifest.source,
+        url=f"http://127.0.0.1:{srv.server_address[1]}/model.onnx",
+        sha256=sha or manifest.source.sha256,
+    )
+    return dataclasses.replace(manifest, source=source)
+
+
+def test_mirror_file_is_verified_and_copied_into_the_cache(tmp_path, model_mirror, monkeypatch):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    paths = paths_for(tmp_path, model_mirror)
+    path = fetch_model(MANIFESTS["fsanet-1x1"], paths)
+    assert path == cached_model_path(MANIFESTS["fsanet-1x1"], paths)
+    assert sha256_file(path) == MANIFESTS["fsanet-1x1"].source.sha256
+    assert not list(path.parent.glob("*.part"))
+
+
+def test_environment_mirror_wins_over_the_configured_one(tmp_path, model_mirror, monkeypatch):
+    monkeypatch.setenv(MIRROR_ENV, str(model_mirror))
+    path = fetch_model(MANIFESTS["yunet"], paths_for(tmp_path, tmp_path / "no-such-mirror"))
+    assert sha256_file(path) == MANIFESTS["yunet"].source.sha256
+
+
+def test_tampered_mirror_and_download_are_refused_and_previous_file_kept(
+    tmp_path, model_mirror, server, monkeypatch
+):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    real = (model_mirror / "headpose/fsanet-1x1-iter-688590.onnx").read_bytes()
+    updated = real + b"new release"
+    # The manifest was updated to a new release; the cache still holds the old good file.
+    manifest = _served(MANIFESTS["fsanet-1x1"], server, hashlib.sha256(updated).hexdigest())
+    paths = paths_for(tmp_path / "cache", tmp_path / "mirror")
+    dest = cached_model_path(manifest, paths)
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(real)
+    (tmp_path / "mirror/headpose").mkdir(parents=True)
+    (tmp_path / "mirror" / manifest.source.mirror_path).write_bytes(updated[:-1] + b"X")
+    server.payload = b"<html>captive portal</html>"
+    with pytest.raises(ModelError, match="previous file in the cache was kept") as info:
+        fetch_model(manifest, paths, timeout_s=5)
+    assert "mirror file" in str(info.value) and "sha256" in str(info.value)
+    assert dest.read_bytes() == real
+    assert not list(dest.parent.glob("*.part"))
+    server.payload = updated
+    assert fetch_model(manifest, paths, timeout_s=5).read_bytes() == updated
+
+
+def test_unreachable_url_without_mirror_says_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    source = dataclasses.replace(MANIFESTS["fsanet-var"].source, url="http://127.0.0.1:9/model.onnx")
+    manifest = dataclasses.replace(MANIFESTS["fsanet-var"], source=source)
+    with pytest.raises(ModelError, match="EDGE_AGENT_MODEL_MIRROR"):
+        fetch_model(manifest, paths_for(tmp_path, None), timeout_s=2)
+
+
+def test_repository_model_is_used_in_place_and_checked(tmp_path):
+    kt = MANIFESTS["kt-step"]
+    assert kt.source.repo_path is not None
+    if not kt.source.repo_path.is_file():
+        pytest.skip("engines/kt-default/kt_step.onnx not committed yet (the KT helper writes it)")
+    assert fetch_model(kt, paths_for(tmp_path, None)) == kt.source.repo_path
+    wrong = dataclasses.replace(kt, source=dataclasses.replace(kt.source, sha256="0" * 64))
+    with pytest.raises(ModelError, match="does not match"):
+        fetch_model(wrong, paths_for(tmp_path, None))
+    missing = dataclasses.replace(
+        kt, source=dataclasses.replace(kt.source, repo_path=Path(tmp_path / "none.onnx"))
+    )
+    with pytest.raises(ModelError, match="missing"):
+        fetch_model(missing, paths_for(tmp_path, None))

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+
+from edge_agent.errors import EngineError, EngineInputError, ModelError
+from edge_agent.inference.engine_set import EngineSet
+from edge_agent.inference.fake_tensorrt import FakeTensorRT
+from edge_agent.inference.select import load_engine, precision_for, qdq_model_path
+from edge_agent.inference.tensorrt_backend import trt as real_trt
+from edge_agent.telemetry.metrics import sample
+
+from .helpers import MANIFESTS, paths_for, settings
+
+FSANET = MANIFESTS["fsanet-1x1"]
+CROP = np.zeros((1, 3, 64, 64), np.float32)
+
+
+def _failures(engine: str, reason: str) -> float:
+    return sample(
+        "edge_engine_load_failures_total", {"engine": engine, "backend": "tensorrt", "reason": reason}
+    )
+
+
+@pytest.mark.skipif(
+    real_trt is not None, reason="TensorRT imports here; this test covers machines without it"
+)
+def test_tensorrt_not_importable_falls_back_to_onnxruntime_and_counts(tmp_path, model_mirror):
+    before = _failures(FSANET.name, "tensorrt_unavailable")
+    loaded = load_engine(FSANET, settings("tensorrt"), paths_for(tmp_path, model_mirror))
+    assert loaded.backend == "onnxruntime" and loaded.precision == "fp32"
+    assert loaded.fallback is not None and "TensorRT unavailable" in loaded.fallback
+    assert _failures(FSANET.name, "tensorrt_unavailable") == before + 1
+    assert loaded.engine.infer({"input": CROP})["output"].shape == (1, 3)
+
+
+@pytest.mark.skipif(real_trt is not None, reason="TensorRT imports here")
+def test_auto_without_tensorrt_is_not_counted_as_a_failure(tmp_path, model_mirror):
+    before = _failures(FSANET.name, "tensorrt_unavailable")
+    loaded = load_engine(FSANET, settings("auto"), paths_for(tmp_path, model_mirror))
+    assert loaded.backend == "onnxruntime"
+    assert "pose fsanet-1x1: onnxruntime fp32 (TensorRT unavailable" in loaded.describe()
+    assert _failures(FSANET.name, "tensorrt_unavailable") == before
+
+
+def test_onnxruntime_backend_never_tries_tensorrt(tmp_path, model_mirror):
+    port = FakeTensorRT()
+    loaded = load_engine(
+        FSANET,
+        settings("onnxruntime", pose_precision="fp32"),
+        paths_for(tmp_path, model_mirror),
+        tensorrt=port,
+    )
+    assert loaded.backend == "onnxruntime" and loaded.fallback is None and not port.builds
+
+
+def test_plan_is_built_once_then_loaded_from_the_cache(tmp_path, model_mirror):
+    port = FakeTensorRT()
+    paths = paths_for(tmp_path, model_mirror)
+    first = load_engine(FSANET, settings("tensorrt"), paths, tensorrt=port)
+    second = load_engine(FSANET, settings("tensorrt"), paths, tensorrt=port)
+    assert first.backend == second.backend == "fake-tensorrt" and first.fallback is None
+    assert len(port.builds) == 1 and port.loads == 2
+
+
+def test_plan_that_fails_to_deserialize_is_a_counted_miss_and_rebuilt(tmp_path, model_mirror):
+    port = FakeTensorRT()
+    paths = paths_for(tmp_path, model_mirror)
+    load_engine(FSANET, settings("tensorrt"), paths, tensorrt=port)
+    plan_file = next((tmp_path / "engines").glob("fsanet-1x1-fp16-*.plan"))
+    # Intact header, payload TensorRT cannot read: only deserialization finds out.
+    header = plan_file.read_bytes()[: 8 + 64]
+    payload = b"garbage from an older TensorRT"
+    plan_file.write_bytes(header + hashlib.sha256(payload).hexdigest().encode() + payload)
+    misses = sample("edge_engine_cache_misses_total", {"engine": FSANET.name, "reason": "corrupt"})
+    failures = _failures(FSANET.name, "deserialize")
+    loaded = load_engine(FSANET, settings("tensorrt"), paths, tensorrt=port)
+    assert loaded.backend == "fake-tensorrt" and len(port.builds) == 2
+    assert (
+        sample("edge_engine_cache_misses_total", {"engine": FSANET.name, "reason": "corrupt"}) == misses + 1
+    )
+    assert _failures(FSANET.name, "deserialize") == failures + 1
+
+
+def test_corrupt_plan_and_failed_rebuild_fall_back_to_onnxruntime(tmp_path, model_mirror):
+    paths = paths_for(tmp_path, model_mirror)
+    load_engine(FSANET, settings("tensorrt"), paths, tensorrt=FakeTensorRT())
+    plan_file = next((tmp_path / "engines").glob("*.plan"))
+    plan_file.write_bytes(plan_file.read_bytes()[:20])  # truncated by a power cut
+    misses = sample("edge_engine_cache_misses_total", {"engine": FSANET.name, "reason": "corrupt"})
+    failures = _failures(FSANET.name, "build_failed")
+    loaded = load_engine(
+        FSANET, settings("tensorrt"), paths, tensorrt=FakeTensorRT(fail_build="out of memory")
+    )
+    assert loaded.backend == "onnxruntime"
+    assert loaded.fallback is not None and "out of memory" in loaded.fallback
+    assert (
+        sample("edge_engine_cache_misses_total", {"engine": FSANET.name, "reason": "corrupt"}) == misses + 1
+    )
+    assert _failures(FSANET.name, "build_failed") == failures + 1
+    assert loaded.engine.infer({"input": CROP})["output"].shape == (1, 3)
+
+
+def test_int8_without_a_qdq_model_falls_back_with_instructions(tmp_path, model_mirror):
+    paths = paths_for(tmp_path, model_mirror)
+    loaded = load_engine(FSANET, settings("tensorrt", pose_precision="int8"), paths, tensorrt=FakeTensorRT())
+    assert loaded.backend == "onnxruntime" and loaded.precision == "fp32"
+    assert loaded.fallback is not None and "engines quantize fsanet-1x1" in loaded.fallback
+    assert str(qdq_model_path(FSANET, paths)) in loaded.fallback
+
+
+def test_precision_comes_from_the_role_and_the_manifest():
+    assert precision_for(FSANET, settings(pose_precision="int8")) == "int8"
+    assert precision_for(MANIFESTS["yunet"], settings(face_precision="fp32")) == "fp32"
+    assert (
+        precision_for(MANIFESTS["kt-step"], settings(kt_precision="int8")) == "fp32"
+    )  # not offered: default
+
+
+def test_guarded_engine_counts_requests_and_rejects_out_of_profile(tmp_path, model_mirror):
+    loaded = load_engine(FSANET, settings("onnxruntime"), paths_for(tmp_path, model_mirror))
+    labels = {"engine": FSANET.name, "backend": "onnxruntime"}
+    ok = sample("edge_inference_requests_total", {**labels, "outcome": "ok"})
+    rejected = sample("edge_inference_requests_total", {**labels, "outcome": "rejected"})
+    count = sample("edge_inference_latency_seconds_count", {"engine": FSANET.name, "stage": "infer"})
+    loaded.engine.infer({"input": CROP})
+    with pytest.raises(EngineInputError, match="outside the engine profile"):
+        loaded.engine.infer({"input": np.zeros((1, 3, 32, 32), np.float32)})
+    with pytest.raises(EngineInputError, match="unknown input"):
+        loaded.engine.infer({"input": CROP, "extra": CROP})
+    assert sample("edge_inference_requests_total", {**labels, "outcome": "ok"}) == ok + 1
+    assert sample("edge_inference_requests_total", {**labels, "outcome": "rejected"}) == rejected + 2
+    assert (
+        sample("edge_inference_latency_seconds_count", {"engine": FSANET.name, "stage": "infer"}) == count + 1
+    )
+
+
+def test_engine_set_reports_each_engine_and_survives_a_missing_model(tmp_path, model_mirror, monkeypatch):
+    monkeypatch.delenv("EDGE_AGENT_MODEL_MIRROR", raising=False)
+    broken = MANIFESTS["yunet"]
+    broken = dataclasses.replace(
+        broken,
+        source=dataclasses.replace(
+            broken.source, mirror_path="yunet/absent.onnx", url="https://127.0.0.1:9/absent.onnx"
+        ),
+    )
+    engines = EngineSet([FSANET, broken], settings("onnxruntime"), paths_for(tmp_path, model_mirror))
+    assert not engines.health().ok
+    asyncio.run(engines.start())
+    health = engines.health()
+    assert (
+        not health.ok and "pose fsanet-1x1: onnxruntime" in health.detail and "yunet: FAILED" in health.detail
+    )
+    assert engines.get(FSANET.name).infer({"input": CROP})["output"].shape == (1, 3)
+    with pytest.raises(EngineError, match="could not be obtained"):
+        engines.get("yunet")
+    assert {row["name"] for row in engines.status()} == {"fsanet-1x1", "yunet"}
+    asyncio.run(engines.stop())
+
+
+def test_model_missing_everywhere_raises_model_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGE_AGENT_MODEL_MIRROR", raising=False)
+    manifest = dataclasses.replace(
+        FSANET, source=dataclasses.replace(FSANET.source, url="https://127.0.0.1:9/x.onnx")
+    )
+    with pytest.raises(ModelError):
+        load_engine(manifest, settings(), paths_for(tmp_path, None))
+
+
+def test_onnxruntime_providers_prefer_the_gpu_and_never_lose_the_cpu():
+    from edge_agent.inference.onnxruntime_backend import ort_providers
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ort_providers(gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ort_providers(gpu, allow_tensorrt=True) == gpu
+    assert ort_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert ort_providers([]) == ["CPUExecutionProvider"]

@@ -1,0 +1,229 @@
+"""The answer API over real HTTP on loopback, with the real service, engine and store."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_agent.config import KTSettings
+from edge_agent.kt.package import KTPackage, load_package
+from edge_agent.kt.pseudonym import Pseudonymizer
+from edge_agent.kt.service import KTService
+from edge_agent.web.answers import answer_routes
+
+
+class Server:
+    """An aiohttp app on its own loop in a thread, reached with plain http.client calls."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(app)
+        self.port = 0
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.runner.setup())
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            self.loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        payload = resp.read()
+        conn.close()
+        return resp.status, json.loads(payload) if payload else None
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _app(svc: KTService, settings: KTSettings) -> web.Application:
+    app = web.Application()
+    app.add_routes(answer_routes(svc, settings))
+    return app
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[tuple[Server, KTService]]:
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+
+    package = load_package()
+    settings = KTSettings(per_student_api=True, max_answers_per_request=20, min_group_size=2)
+    engine = OnnxRuntimeEngine(package.step_model)
+    svc = KTService(package, engine, settings, Pseudonymizer(b"k" * 32))
+    svc.start()
+    server = Server(_app(svc, settings))
+    yield server, svc
+    server.close()
+    svc.stop()
+
+
+def _good(package: KTPackage, student: str = "stu-1", event: str = "e-1", **extra: Any) -> dict[str, Any]:
+    return {
+        "student_id": student,
+        "item_id": package.items[0].id,
+        "correct": True,
+        "answered_at": "2026-11-25T08:00:00+08:00",
+        "client_event_id": event,
+        **extra,
+    }
+
+
+def test_single_answer_gets_feedback(api) -> None:
+    server, svc = api
+    status, body = server.request("POST", "/api/v1/answers", _good(svc.package, event="single"))
+    assert status == 200 and body["status"] == "applied" and body["recommended"]
+    status, again = server.request("POST", "/api/v1/answers", _good(svc.package, event="single"))
+    assert status == 200 and again["status"] == "duplicate"
+
+
+def test_batch_and_mastery_endpoints(api) -> None:
+    server, svc = api
+    skill = svc.package.items[5].skill_id
+    batch = {
+        "answers": [
+            _good(
+                svc.package,
+                f"b{n}",
+                f"b{n}",
+                item_id=svc.package.items[5].id,
+                skill_ids=[skill],
+                answered_at=time.time(),
+            )
+            for n in range(3)
+        ]
+    }
+    status, body = server.request("POST", "/api/v1/answers", batch)
+    assert status == 200 and len(body["results"]) == 3
+    pseudonym = body["results"][0]["student"]
+    status, mastery = server.request("GET", f"/api/v1/students/{pseudonym}/mastery")
+    assert status == 200 and mastery["answers"] == 1 and len(mastery["skills"]) == len(svc.package.skills)
+    assert server.request("GET", f"/api/v1/students/{'0' * 32}/mastery")[0] == 404
+    assert server.request("GET", "/api/v1/students/not-hex/mastery")[0] == 400
+    status, summary = server.request("GET", "/api/v1/class/mastery")
+    assert status == 200 and summary["answers"] >= 3
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"item_id": "no-such-item"}, "item_id"),
+        ({"skill_ids": ["no-such-skill"]}, "skill_ids"),
+        ({"student_id": None}, "student_id"),
+        ({"correct": "yes"}, "correct"),
+        ({"answered_at": "yesterday"}, "answered_at"),
+        ({"answered_at": 4_000_000_000}, "answered_at"),
+        ({"client_event_id": ""}, "client_event_id"),
+    ],
+)
+def test_bad_answer_rejects_whole_batch(api, change: dict[str, Any], field: str) -> None:
+    server, svc = api
+    students = svc.student_count()
+    batch = {"answers": [_good(svc.package, "fresh-1", "x1"), _good(svc.package, "fresh-2", "x2", **change)]}
+    status, body = server.request("POST", "/api/v1/answers", batch)
+    assert status == 400 and body["field"] == field and "answers[1]" in body["error"]
+    assert svc.student_count() == students  # the good first answer was not applied either
+
+
+def test_oversized_batch_and_bad_json(api) -> None:
+    server, svc = api
+    status, body = server.request(
+        "POST", "/api/v1/answers", {"answers": [_good(svc.package, event=f"o{n}") for n in range(21)]}
+    )
+    assert status == 413 and "limit is 20" in body["error"]
+    assert server.request("POST", "/api/v1/answers", raw=b"{nope")[0] == 400
+    assert server.request("POST", "/api/v1/answers", raw=b"\xff\xfe")[0] == 400
+
+
+def test_per_student_api_can_be_switched_off(package: KTPackage) -> None:
+    async def run() -> int:
+        from aiohttp.test_utils import TestClient, TestServer
+
+        svc = KTService(package, None, KTSettings(), Pseudonymizer(b"k" * 32))  # type: ignore[arg-type]
+        async with TestClient(TestServer(_app(svc, KTSettings()))) as client:
+            resp = await client.get(f"/api/v1/students/{'a' * 32}/mastery")
+            return resp.status
+
+    assert asyncio.run(run()) == 404
+
+
+def test_answers_get_503_while_not_running(package: KTPackage) -> None:
+    async def run() -> tuple[int, str | None, dict[str, Any]]:
+        from aiohttp.test_utils import TestClient, TestServer
+
+        app = web.Application()
+        app.add_routes(answer_routes(lambda: None, KTSettings()))
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.post("/api/v1/answers", json=_good(package))
+            return resp.status, resp.headers.get("Retry-After"), await resp.json()
+
+    status, retry, body = asyncio.run(run())
+    assert status == 503 and retry == "1" and "not running" in body["error"]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+_field_values = st.one_of(_json, st.sampled_from(["m7-angles-1", "m7-angles", "2026-11-25T08:00:00Z", "1"]))
+_answer_like = st.fixed_dictionaries(
+    {},
+    optional={
+        k: _field_values
+        for k in (
+            "student_id",
+            "item_id",
+            "skill_ids",
+            "skill_id",
+            "correct",
+            "answered_at",
+            "client_event_id",
+        )
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        _json, _answer_like, st.fixed_dictionaries({"answers": st.lists(_answer_like, max_size=5)})
+    )
+)
+def test_random_json_never_breaks_the_service(api, body: Any) -> None:
+    server, svc = api
+    status, reply = server.request("POST", "/api/v1/answers", body)
+    assert status in (200, 400, 413), reply
+    if status != 200:
+        assert isinstance(reply["error"], str) and reply["error"]
+    assert svc.running
+    for pseudonym in list(svc._states)[:50]:
+        mastery = svc.student_mastery(pseudonym)
+        assert mastery is not None
+        values = np.array([s["mastery"] for s in mastery["skills"]])
+        assert np.all((values >= 0) & (values <= 1))

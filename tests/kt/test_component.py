@@ -1,0 +1,60 @@
+"""The KT component: start with the real store and package, publish, flush on stop, restore on restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from edge_agent.config import KTSettings
+from edge_agent.kt.component import KTComponent
+from edge_agent.kt.package import KTPackage
+from edge_agent.lifecycle import HeartbeatRegistry
+from edge_agent.live import LiveBoard
+from edge_agent.store.db import Database
+from edge_agent.store.outbox import Outbox
+from tests.kt.test_service import _answer
+
+
+def test_component_runs_flushes_and_restores(
+    package: KTPackage, device, db: Database, outbox: Outbox, pseudonymize
+) -> None:
+    settings = KTSettings(min_group_size=2)
+    live, beats = LiveBoard(), HeartbeatRegistry()
+
+    async def run() -> None:
+        comp = KTComponent(settings, device, None, db, outbox, live, beats)
+        assert not comp.health().ok
+        await comp.start()
+        assert comp.health().ok and beats.stale() == []
+        svc = comp.get_service()
+        assert svc is not None
+        await svc.submit_async([_answer(package, pseudonymize, f"s{n}", f"e{n}", n) for n in range(3)])
+        await asyncio.sleep(1.2)  # one publish turn
+        assert live.get("learning")["answers"] == 3
+        await comp.stop()
+        assert not comp.health().ok
+
+        again = KTComponent(settings, device, None, db, outbox, live, beats)
+        await again.start()
+        restored = again.get_service()
+        assert restored is not None and restored.student_count() == 3
+        await again.stop()
+
+    asyncio.run(run())
+    rows = db.read(lambda c: c.execute("SELECT stream, payload FROM outbox").fetchall())
+    kt_rows = [json.loads(p) for s, p in rows if s == "kt_class"]
+    assert len(kt_rows) == 1 and kt_rows[0]["answers"] == 3 and kt_rows[0]["partial"]
+    assert kt_rows[0]["class_id"] == device.class_id
+    assert "s0" not in rows[0][1] and pseudonymize("s0") not in rows[0][1]
+
+
+def test_component_reports_missing_package(tmp_path, device) -> None:
+    import pytest
+
+    from edge_agent.errors import ModelError
+
+    comp = KTComponent(
+        KTSettings(package_dir=tmp_path / "none"), device, None, None, None, None, HeartbeatRegistry()
+    )
+    with pytest.raises(ModelError, match="does not exist"):
+        asyncio.run(comp.start())

@@ -1,0 +1,72 @@
+"""The committed default package and the loader's errors for broken packages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import ModelError
+from edge_agent.kt.package import DEFAULT_PACKAGE_DIR, KTPackage, load_package
+
+
+def test_default_package_is_a_realistic_curriculum(package: KTPackage) -> None:
+    assert 20 <= len(package.skills) <= 40
+    assert any(s.name_zh == "二次函数图像变换" for s in package.skills)
+    assert {i.skill_id for i in package.items} == {s.id for s in package.skills}
+    meta = package.metadata
+    assert len(meta["training_data_sha256"]) == 64 and meta["version"] and meta["created"]
+    # the trained model is within 0.02 AUC of the oracle on held-out simulated students
+    assert meta["oracle_auc"] - meta["auc"] <= 0.02
+    size = sum(p.stat().st_size for p in DEFAULT_PACKAGE_DIR.iterdir())
+    assert size < 1_000_000
+
+
+def _copy(tmp_path: Path) -> Path:
+    target = tmp_path / "pkg"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, target)
+    return target
+
+
+def _edit(path: Path, fn: object) -> None:
+    data = json.loads(path.read_text())
+    fn(data)  # type: ignore[operator]
+    path.write_text(json.dumps(data))
+
+
+def test_missing_directory_and_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        load_package(tmp_path / "nope")
+    pkg = _copy(tmp_path)
+    (pkg / "kt_step.onnx").unlink()
+    with pytest.raises(ModelError, match=r"kt_step\.onnx"):
+        load_package(pkg)
+
+
+@pytest.mark.parametrize(
+    "file, change, words",
+    [
+        ("metadata.json", lambda d: d.update(format=99), "format"),
+        ("metadata.json", lambda d: d.update(hidden="64"), "hidden"),
+        ("metadata.json", lambda d: d.update(prior_success=[0.5]), "prior_success"),
+        ("skills.json", lambda d: d["skills"][0].pop("name_zh"), "name_zh"),
+        ("skills.json", lambda d: d["skills"].append(d["skills"][0]), "unique"),
+        ("items.json", lambda d: d["items"][0].update(skill_id="nope"), "not in skills"),
+        ("items.json", lambda d: d["items"][0].update(difficulty="hard"), "difficulty"),
+        ("items.json", lambda d: d.update(items={}), "items"),
+    ],
+)
+def test_malformed_package_files_are_rejected(tmp_path: Path, file: str, change: object, words: str) -> None:
+    pkg = _copy(tmp_path)
+    _edit(pkg / file, change)
+    with pytest.raises(ModelError, match=words):
+        load_package(pkg)
+
+
+def test_invalid_json_is_reported(tmp_path: Path) -> None:
+    pkg = _copy(tmp_path)
+    (pkg / "skills.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_package(pkg)

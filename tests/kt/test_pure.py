@@ -1,0 +1,140 @@
+"""Pure parts: data readers, simulator, state bytes, recommendations, pseudonyms, class summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.config import ConfigError, KTSettings
+from edge_agent.errors import InputRejected
+from edge_agent.kt.classroom import LessonWindow, summarize
+from edge_agent.kt.data import parse_dkt_csv, parse_pykt_csv, split_students
+from edge_agent.kt.metrics import auc
+from edge_agent.kt.package import ItemInfo, KTPackage
+from edge_agent.kt.pseudonym import Pseudonymizer
+from edge_agent.kt.recommend import item_success, recommend, weakest_skills
+from edge_agent.kt.simulator import make_curriculum, simulate
+from edge_agent.kt.state import StudentState
+
+
+def test_dkt_csv_reads_three_lines_per_student() -> None:
+    seqs = parse_dkt_csv("3\n1,2,1\n1,0,1\n\n2\n7,7,\n0,0\n")
+    assert seqs.skills == [["1", "2", "1"], ["7", "7"]]
+    assert seqs.correct == [[1, 0, 1], [0, 0]]
+    assert seqs.vocabulary() == ["1", "2", "7"]
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("3\n1,2\n1,0\n", "count 3"),
+        ("x\n1\n1\n", "answer count"),
+        ("2\n1,2\n1,2\n", "0 or 1"),
+        ("2\n1,2\n1,0\n5\n", "3 per student"),
+        ("2\n1,\n1,0\n", "count 2"),
+    ],
+)
+def test_dkt_csv_malformed_lines_are_named(text: str, words: str) -> None:
+    with pytest.raises(InputRejected, match=words):
+        parse_dkt_csv(text, "f.csv")
+
+
+def test_pykt_csv_skips_padding_and_checks_lengths() -> None:
+    text = 'fold,uid,questions,concepts,responses\n0,7,"1,2,-1","10,11_12,-1","1,0,-1"\n'
+    seqs = parse_pykt_csv(text)
+    assert seqs.skills == [["10", "11"]] and seqs.correct == [[1, 0]]
+    with pytest.raises(InputRejected, match="concepts"):
+        parse_pykt_csv('uid,concepts,responses\n1,"1,2","1"\n')
+    with pytest.raises(InputRejected, match="header"):
+        parse_pykt_csv("uid,skills\n1,2\n")
+
+
+def test_split_is_by_student_and_deterministic() -> None:
+    train, test = split_students(100, 0.2, seed=3)
+    assert len(test) == 20 and not set(train) & set(test)
+    assert np.array_equal(test, split_students(100, 0.2, seed=3)[1])
+
+
+def test_auc_matches_pair_counting() -> None:
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.4, 0.2])
+    pairs = [(p > n) + 0.5 * (p == n) for p in scores[labels == 1] for n in scores[labels == 0]]
+    assert auc(labels, scores) == pytest.approx(np.mean(pairs))
+
+
+def test_simulator_is_deterministic_and_oracle_beats_chance() -> None:
+    cur = make_curriculum(np.zeros(5), 3, seed=1)
+    a, b = simulate(cur, 200, 30, seed=2), simulate(cur, 200, 30, seed=2)
+    assert a.digest() == b.digest()
+    assert 0.65 < a.oracle_auc() < 0.9
+    assert simulate(cur, 200, 30, seed=3).digest() != a.digest()
+
+
+def test_state_round_trips_and_rejects_damage() -> None:
+    st = StudentState(
+        np.arange(4, dtype=np.float32), -np.ones(4, np.float32), np.full(3, 0.5, np.float32), 7, "二次函数-1"
+    )
+    back = StudentState.from_bytes(st.to_bytes(), 7, hidden=4, skills=3)
+    assert np.array_equal(back.h, st.h) and np.array_equal(back.c, st.c) and back.last_item == "二次函数-1"
+    for bad in (b"", b"junk" * 3, st.to_bytes()[:-3], st.to_bytes()[:20]):
+        with pytest.raises(ValueError):
+            StudentState.from_bytes(bad, 0, 4, 3)
+    with pytest.raises(ValueError, match="hidden"):
+        StudentState.from_bytes(st.to_bytes(), 0, hidden=8, skills=3)
+
+
+def _items() -> dict[int, list[ItemInfo]]:
+    return {k: [ItemInfo(f"i{k}{d}", f"s{k}", float(d), "题", "item") for d in (-1, 0, 1)] for k in range(4)}
+
+
+def test_weakest_skills_and_recommendations_near_target() -> None:
+    probs = np.array([0.9, 0.3, 0.5, 0.3])
+    assert weakest_skills(probs, 2) == [1, 3]
+    assert weakest_skills(probs, 5, among=[0, 2]) == [2, 0]
+    recs = recommend(probs, _items(), [1, 3], target=0.3, count=2)
+    assert [r.item.id for r in recs] == ["i10", "i30"]
+    assert recs[0].predicted_success == pytest.approx(0.3)
+    assert item_success(0.5, 1.0) < 0.5 < item_success(0.5, -1.0)
+
+
+def test_recommendation_never_repeats_the_item_just_answered() -> None:
+    recs = recommend(np.full(4, 0.7), _items(), [0], target=0.7, count=3, exclude=["i00"])
+    assert "i00" not in [r.item.id for r in recs] and len(recs) == 2
+
+
+def test_pseudonym_is_keyed_and_stable(tmp_path: Path) -> None:
+    a, b = Pseudonymizer(b"a" * 32), Pseudonymizer(b"b" * 32)
+    assert a("s-001") == a("s-001") != b("s-001")
+    assert len(a("s-001")) == 32 and "s-001" not in a("s-001")
+    with pytest.raises(ConfigError, match="32"):
+        Pseudonymizer(b"short")
+    loose = tmp_path / "k"
+    loose.write_bytes(b"x" * 40)
+    loose.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        Pseudonymizer.from_file(loose)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Pseudonymizer.from_file(tmp_path / "missing")
+
+
+def test_class_summary_suppresses_small_groups(package: KTPackage) -> None:
+    settings = KTSettings(min_group_size=3)
+    window = LessonWindow(started=1000.0)
+    probs = np.asarray(package.prior_success, dtype=np.float32)
+    for n in range(2):
+        window.record(f"p{n}", [0], probs, 1000.0 + n)
+    small = summarize(window, package, settings, 1010.0)
+    assert small["suppressed"] and small["skills"] == [] and small["answers"] == 2
+    window.record("p2", [1], probs * 0.5, 1070.0)
+    full = summarize(window, package, settings, 1080.0)
+    assert not full["suppressed"] and full["students"] == 3
+    assert len(full["skills"]) == len(package.skills) and full["skills"][0]["students"] == 2
+    assert set(full["weakest"]) <= {package.skills[0].id, package.skills[1].id}
+    assert full["recommended"] and full["activity"] == [
+        {"minute": 960, "answers": 2},
+        {"minute": 1020, "answers": 1},
+    ]
+    assert sum(full["skills"][0]["histogram"]) == 3
+    assert summarize(None, package, settings, 0.0)["answers"] == 0

@@ -1,0 +1,184 @@
+"""The KT service with the real ONNX step engine and a real SQLite store."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import numpy as np
+import pytest
+
+from edge_agent.config import KTSettings
+from edge_agent.kt.answers import Answer
+from edge_agent.kt.package import KTPackage
+from edge_agent.kt.persistence import StatePersistence
+from edge_agent.kt.pseudonym import Pseudonymizer
+from edge_agent.kt.service import KTService, ServiceBusy
+from edge_agent.store.db import Database
+from edge_agent.telemetry import metrics
+
+
+def _answer(
+    package: KTPackage, pseudo: Pseudonymizer, student: str, event: str, item: int = 0, correct: int = 1
+) -> Answer:
+    it = package.items[item]
+    return Answer(
+        pseudo(student),
+        pseudo(f"event\0{student}\0{event}"),
+        event,
+        it.id,
+        (package.skill_index[it.skill_id],),
+        correct,
+        time.time(),
+    )
+
+
+def _service(package, engine, settings, pseudo, db=None) -> KTService:
+    svc = KTService(package, engine, settings, pseudo, persistence=StatePersistence(db) if db else None)
+    svc.start()
+    return svc
+
+
+def test_step_by_step_service_matches_sequence_model(package, engine, kt_settings, pseudonymize) -> None:
+    import onnxruntime as ort
+
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, len(package.items), size=12)
+    correct = rng.integers(0, 2, size=12)
+    for n, (i, c) in enumerate(zip(items, correct, strict=True)):
+        svc.submit([_answer(package, pseudonymize, "s1", f"e{n}", int(i), int(c))]).result(5)
+    svc.stop()
+    seq = ort.InferenceSession(str(package.sequence_model))
+    skills = np.array([[package.skill_index[package.items[i].skill_id] for i in items]], dtype=np.int64)
+    (whole,) = seq.run(None, {"skill": skills, "correct": correct[None].astype(np.int64)})
+    got = svc.student_mastery(pseudonymize("s1"))
+    assert got is not None and got["answers"] == 12
+    mastery = np.array([s["mastery"] for s in got["skills"]])
+    assert np.max(np.abs(mastery - whole[0, -1])) < 1e-4  # rounded to 4 places in the API
+
+
+def test_feedback_has_mastery_weakest_and_fresh_recommendations(
+    package, engine, kt_settings, pseudonymize
+) -> None:
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    (fb,) = svc.submit([_answer(package, pseudonymize, "s1", "e1", item=3, correct=0)]).result(5)
+    svc.stop()
+    assert fb["status"] == "applied" and 0 < fb["p_next_correct"] < 1
+    assert fb["mastery"][0]["skill_id"] == package.items[3].skill_id
+    assert len(fb["weakest"]) == kt_settings.weak_skills
+    assert fb["recommended"] and package.items[3].id not in [r["item_id"] for r in fb["recommended"]]
+    assert "s1" not in str(fb)
+
+
+def test_repeated_event_id_is_applied_once(package, engine, kt_settings, pseudonymize) -> None:
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    a = _answer(package, pseudonymize, "s1", "same")
+    first = svc.submit([a]).result(5)
+    again = svc.submit([a, a]).result(5)
+    svc.stop()
+    assert first[0]["status"] == "applied" and [f["status"] for f in again] == ["duplicate", "duplicate"]
+    assert again[0]["mastery"] == first[0]["mastery"]
+    assert svc.student_mastery(pseudonymize("s1"))["answers"] == 1  # type: ignore[index]
+
+
+def test_concurrent_answers_are_micro_batched_in_order(package, engine, pseudonymize) -> None:
+    settings = KTSettings(microbatch_wait_ms=20.0, microbatch_max=64)
+    svc = _service(package, engine, settings, pseudonymize)
+    futures = [svc.submit([_answer(package, pseudonymize, f"s{n % 5}", f"e{n}", n % 9)]) for n in range(40)]
+    concurrent.futures.wait(futures, 10)
+    svc.stop()
+    assert all(f.result()[0]["status"] == "applied" for f in futures)
+    assert sum(svc.student_mastery(pseudonymize(f"s{n}"))["answers"] for n in range(5)) == 40  # type: ignore[index]
+
+
+def test_full_intake_is_refused_without_blocking(package, engine, pseudonymize) -> None:
+    settings = KTSettings(queue_max=3)
+    svc = KTService(package, engine, settings, pseudonymize)  # not started: nothing drains
+    svc._accepting = True  # accept into the queue without a worker, to fill it
+    before = metrics.ANSWERS.labels(outcome="overloaded")._value.get()
+    svc.submit([_answer(package, pseudonymize, "s1", "a"), _answer(package, pseudonymize, "s1", "b")])
+    t0 = time.perf_counter()
+    with pytest.raises(ServiceBusy, match="limit 3"):
+        svc.submit([_answer(package, pseudonymize, "s1", "c"), _answer(package, pseudonymize, "s1", "d")])
+    assert time.perf_counter() - t0 < 0.05
+    assert metrics.ANSWERS.labels(outcome="overloaded")._value.get() == before + 2
+
+
+def test_stopped_service_refuses(package, engine, kt_settings, pseudonymize) -> None:
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    svc.stop()
+    with pytest.raises(ServiceBusy, match="not running"):
+        svc.submit([_answer(package, pseudonymize, "s1", "x")])
+
+
+def test_restart_restores_states_and_idempotency(
+    package, engine, kt_settings, pseudonymize, db: Database
+) -> None:
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    answers = [_answer(package, pseudonymize, "s1", f"e{n}", n) for n in range(5)]
+    svc.submit(answers).result(5)
+    before = svc.student_mastery(pseudonymize("s1"))
+    svc.stop()
+    store = StatePersistence(db)
+    restarted = KTService(package, engine, kt_settings, pseudonymize, persistence=store)
+    restarted.load(store.load_states(package.hidden, len(package.skills)), store.load_event_keys(0.0))
+    restarted.start()
+    assert restarted.student_mastery(pseudonymize("s1")) == before
+    again = restarted.submit([answers[2]]).result(5)
+    restarted.stop()
+    assert again[0]["status"] == "duplicate"
+
+
+def test_damaged_stored_state_is_skipped(package, engine, db: Database) -> None:
+    db.write(lambda c: c.execute("INSERT INTO kt_student_state VALUES ('x', X'00', 1, 0)")).result(5)
+    assert StatePersistence(db).load_states(package.hidden, len(package.skills)) == {}
+
+
+def test_class_summary_and_lesson_close(package, engine, pseudonymize) -> None:
+    now = [1_800_000_000.0]
+    settings = KTSettings(min_group_size=3, lesson_window_s=60.0, microbatch_wait_ms=0.0)
+    svc = KTService(package, engine, settings, pseudonymize, clock=lambda: now[0])
+    svc.start()
+    for n in range(6):
+        svc.submit([_answer(package, pseudonymize, f"s{n % 3}", f"e{n}", n, n % 2)]).result(5)
+    summary = svc.class_summary()
+    assert summary["answers"] == 6 and summary["students"] == 3 and not summary["suppressed"]
+    assert summary["weakest"] and summary["recommended"]
+    assert svc.close_lesson_if_due() is None
+    now[0] += 61
+    closed = svc.close_lesson_if_due()
+    svc.stop()
+    assert closed is not None and closed["answers"] == 6
+    assert svc.class_summary()["answers"] == 0
+
+
+def test_engine_failure_answers_503_and_thread_survives(package, kt_settings, pseudonymize) -> None:
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+
+    wrong = OnnxRuntimeEngine(package.sequence_model)  # a real model that rejects step-shaped inputs
+    svc = _service(package, wrong, kt_settings, pseudonymize)
+    with pytest.raises(ServiceBusy, match="inference failed"):
+        svc.submit([_answer(package, pseudonymize, "s1", "e1")]).result(5)
+    assert svc.running and svc.last_error and svc.student_count() == 0
+    svc.stop()
+
+
+def test_metrics_follow_the_answers(package, engine, kt_settings, pseudonymize) -> None:
+    def value(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (
+        value("edge_answers_total", outcome="applied"),
+        value("edge_answer_feedback_seconds_count"),
+        value("edge_inference_latency_seconds_count", engine="kt_step", stage="infer"),
+    )
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    svc.submit(
+        [_answer(package, pseudonymize, "m1", "e1"), _answer(package, pseudonymize, "m2", "e2")]
+    ).result(5)
+    svc.stop()
+    assert value("edge_answers_total", outcome="applied") == before[0] + 2
+    assert value("edge_answer_feedback_seconds_count") == before[1] + 1
+    assert value("edge_inference_latency_seconds_count", engine="kt_step", stage="infer") >= before[2] + 1
+    assert value("edge_pending_requests", engine="kt_step") == 0

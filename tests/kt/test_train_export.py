@@ -1,0 +1,176 @@
+"""Trainer on the shared DKT synthetic data, and the two ONNX exports agreeing with each other."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_agent.kt.data import parse_dkt_csv  # noqa: E402
+from edge_agent.kt.package import load_package  # noqa: E402
+from edge_agent.kt.train import TrainOptions, evaluate, export_onnx, train_model  # noqa: E402
+
+
+def _synthetic5_as_dkt_csv(shared: Path, students: int) -> str:
+    """Rows of 50 exercises -> 3-line format, skill id = the exercise's concept from info/."""
+    base = shared / "data" / "kt" / "synthetic5"
+    info = np.loadtxt(base / "info" / "naive_c5_q50_s4000_v0_info.txt")
+    concepts = info[:, 2].astype(int)
+    rows = np.loadtxt(base / "naive_c5_q50_s4000_v0.csv", delimiter=",", dtype=int, max_rows=students)
+    lines = []
+    for row in rows:
+        lines += [str(row.size), ",".join(map(str, concepts)), ",".join(map(str, row))]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def trained(shared_dir: Path) -> tuple:
+    torch.set_num_threads(1)
+    seqs = parse_dkt_csv(_synthetic5_as_dkt_csv(shared_dir, 1200))
+    vocab = seqs.vocabulary()
+    skills, correct = seqs.encode(vocab)
+    model = train_model(
+        skills[:1000], correct[:1000], len(vocab), TrainOptions(hidden=32, embed=16, epochs=6)
+    )
+    return model, skills[1000:], correct[1000:]
+
+
+def test_trainer_learns_synthetic5_on_held_out_students(trained: tuple) -> None:
+    model, skills, correct = trained
+    scores = evaluate(model, skills, correct)
+    # a full-size DKT reaches ~0.82 (oracle ~0.831); a 6-epoch model on 1000 students is well above chance
+    assert scores["auc"] > 0.75
+    assert 0.6 < scores["accuracy"] < 0.9
+
+
+def _sessions(model: object, tmp_path: Path) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+    seq, step = export_onnx(model, tmp_path)  # type: ignore[arg-type]
+    return ort.InferenceSession(str(seq)), ort.InferenceSession(str(step))
+
+
+@pytest.mark.parametrize("length", [7, 23])
+def test_step_model_reproduces_sequence_model(trained: tuple, tmp_path: Path, length: int) -> None:
+    model, _, _ = trained
+    seq_sess, step_sess = _sessions(model, tmp_path)
+    rng = np.random.default_rng(length)
+    batch = 3
+    skill = rng.integers(0, model.n_skills, size=(batch, length)).astype(np.int64)
+    correct = rng.integers(0, 2, size=(batch, length)).astype(np.int64)
+    (whole,) = seq_sess.run(None, {"skill": skill, "correct": correct})
+    assert whole.shape == (batch, length, model.n_skills)  # the time axis stayed dynamic
+    h = np.zeros((batch, model.hidden), np.float32)
+    c = np.zeros_like(h)
+    for t in range(length):
+        probs, h, c = step_sess.run(None, {"skill": skill[:, t], "correct": correct[:, t], "h": h, "c": c})
+        assert np.max(np.abs(probs - whole[:, t])) <= 1e-5
+    with torch.no_grad():
+        eager = model(torch.from_numpy(skill), torch.from_numpy(correct)).numpy()
+    assert np.max(np.abs(eager - whole)) <= 1e-5
+
+
+def test_cli_trains_a_loadable_package(shared_dir: Path, tmp_path: Path) -> None:
+    import argparse
+    import contextlib
+    import io
+
+    from edge_agent.kt.cli_kt import add_kt_parser
+
+    data = tmp_path / "train.csv"
+    data.write_text(_synthetic5_as_dkt_csv(shared_dir, 300))
+    parser = argparse.ArgumentParser()
+    add_kt_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(
+        [
+            "kt",
+            "train",
+            "--format",
+            "dkt-csv",
+            "--train",
+            str(data),
+            "--out",
+            str(tmp_path / "pkg"),
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+        ]
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert args.func(args) == 0
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert 0.5 < result["auc"] <= 1.0 and result["students_test"] == 60
+    package = load_package(tmp_path / "pkg")
+    assert [s.id for s in package.skills] == ["0", "1", "2", "3", "4"]
+    assert package.hidden == 16
+
+
+def test_cli_reads_pykt_csv(shared_dir: Path, tmp_path: Path) -> None:
+    import argparse
+    import contextlib
+    import io
+
+    from edge_agent.kt.cli_kt import add_kt_parser
+
+    rows = _synthetic5_as_dkt_csv(shared_dir, 120).splitlines()
+    lines = ["fold,uid,questions,concepts,responses"]
+    for n in range(0, len(rows), 3):
+        lines.append(f'0,{n},"{rows[n + 1]},-1","{rows[n + 1]},-1","{rows[n + 2]},-1"')  # -1 pads
+    data = tmp_path / "pykt.csv"
+    data.write_text("\n".join(lines) + "\n")
+    parser = argparse.ArgumentParser()
+    add_kt_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(
+        [
+            "kt",
+            "train",
+            "--format",
+            "pykt-csv",
+            "--train",
+            str(data),
+            "--out",
+            str(tmp_path / "pkg"),
+            "--epochs",
+            "1",
+            "--hidden",
+            "8",
+        ]
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert args.func(args) == 0
+    assert json.loads(out.getvalue().strip().splitlines()[-1])["students_train"] == 96
+
+
+def test_cli_reports_a_malformed_training_file(tmp_path: Path) -> None:
+    import argparse
+    import contextlib
+    import io
+
+    from edge_agent.kt.cli_kt import add_kt_parser
+
+    data = tmp_path / "bad.csv"
+    data.write_text("3\n1,2\n1,0\n")
+    parser = argparse.ArgumentParser()
+    add_kt_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["kt", "train", "--train", str(data), "--out", str(tmp_path / "pkg")])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert args.func(args) == 1
+    assert "count 3" in out.getvalue()
+
+
+def test_daemon_modules_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edge_agent.kt.component, edge_agent.kt.cli_kt, edge_agent.web.answers; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -1,0 +1,222 @@
+"""The broker side of fleet identity, proven against a real Mosquitto running the shipped config and ACL:
+each board writes only under its own topic, reads only its own commands, and foreign, revoked or expired
+certificates are refused."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import queue
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import ProvisioningError
+from edge_agent.provisioning.ca import FleetCA, key_to_pem, make_csr, new_ec_key
+from edge_agent.provisioning.cli import main as provision_main
+from edge_agent.provisioning.enroll import check_enrollment
+from edge_agent.provisioning.files import write_private, write_public
+from tests.provisioning.fleet_helpers import (
+    TEMPLATE,
+    Broker,
+    Client,
+    Fleet,
+    board_client,
+    controller_client,
+    make_fleet,
+    start_broker,
+    stop_broker,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
+
+NOT_AUTHORIZED = 135
+
+
+def drain_until(client: Client, marker_topic: str, timeout: float = 5.0) -> list[str]:
+    """Topics received up to and including ``marker_topic``. Mosquitto keeps per-publisher order, so a
+    forbidden message sent before the marker would have arrived before it."""
+    topics = []
+    while True:
+        topic, _ = client.messages.get(timeout=timeout)
+        topics.append(topic)
+        if topic == marker_topic:
+            return topics
+
+
+def test_each_board_data_arrives_under_its_own_topic(fleet: Fleet, broker: Broker, tmp_path: Path) -> None:
+    controller = controller_client(fleet, broker)
+    a, c = board_client(fleet, broker, "board-a"), board_client(fleet, broker, "board-c")
+    try:
+        assert controller.connect() == 0 and a.connect() == 0 and c.connect() == 0
+        assert controller.subscribe("edge/#") == [1]
+        assert a.publish("edge/district-a/school-1/board-a/aggregates", b"{}") == 0
+        assert c.publish("edge/district-b/school-9/board-c/aggregates", b"{}") == 0
+        got = {controller.messages.get(timeout=5)[0] for _ in range(2)}
+        assert got == {
+            "edge/district-a/school-1/board-a/aggregates",
+            "edge/district-b/school-9/board-c/aggregates",
+        }
+    finally:
+        for client in (controller, a, c):
+            client.close()
+
+
+def test_board_cannot_publish_under_another_boards_topic(
+    fleet: Fleet, broker: Broker, tmp_path: Path
+) -> None:
+    controller = controller_client(fleet, broker)
+    a = board_client(fleet, broker, "board-a")
+    try:
+        assert controller.connect() == 0 and a.connect() == 0
+        controller.subscribe("edge/#")
+        assert a.publish("edge/district-a/school-1/board-b/aggregates", b"forged") == NOT_AUTHORIZED
+        assert a.publish("edge/district-a/school-1/board-b/cmd", b"forged") == NOT_AUTHORIZED
+        assert a.publish("edge/other", b"x") == NOT_AUTHORIZED
+        marker = "edge/district-a/school-1/board-a/marker"
+        assert a.publish(marker, b"m") == 0
+        assert drain_until(controller, marker) == [marker]
+    finally:
+        controller.close()
+        a.close()
+
+
+def test_board_reads_only_its_own_commands(fleet: Fleet, broker: Broker, tmp_path: Path) -> None:
+    controller = controller_client(fleet, broker)
+    a, b = board_client(fleet, broker, "board-a"), board_client(fleet, broker, "board-b")
+    try:
+        assert controller.connect() == 0 and a.connect() == 0 and b.connect() == 0
+        a.subscribe("edge/district-a/school-1/board-b/cmd")  # B's commands: must never reach A
+        a.subscribe("edge/#")
+        a.subscribe("edge/district-a/school-1/board-a/cmd")
+        b.subscribe("edge/district-a/school-1/board-b/cmd")
+        assert controller.publish("edge/district-a/school-1/board-b/cmd", b"for-b") == 0
+        assert controller.publish("edge/district-a/school-1/board-a/cmd", b"for-a") == 0
+        assert b.messages.get(timeout=5) == ("edge/district-a/school-1/board-b/cmd", b"for-b")
+        received = [a.messages.get(timeout=5)]
+        with contextlib.suppress(queue.Empty):
+            while True:  # overlapping subscriptions may deliver A's own command twice
+                received.append(a.messages.get(timeout=0.3))
+        assert set(received) == {("edge/district-a/school-1/board-a/cmd", b"for-a")}
+    finally:
+        for client in (controller, a, b):
+            client.close()
+
+
+def test_enrollment_hello_is_accepted_with_the_provisioned_certificate(fleet: Fleet, broker: Broker) -> None:
+    etc = fleet.etc("board-b")
+    check_enrollment(
+        "127.0.0.1",
+        broker.port,
+        etc / "certs/ca.pem",
+        etc / "certs/device.pem",
+        etc / "secrets/device.key",
+        tenant="district-a",
+        site="school-1",
+        device_id="board-b",
+        timeout_s=5,
+    )
+
+
+def tls_refusals(broker: Broker) -> int:
+    return broker.log().count("certificate verify failed")
+
+
+def test_certificate_from_an_unknown_ca_is_refused(fleet: Fleet, broker: Broker, tmp_path: Path) -> None:
+    before = tls_refusals(broker)
+    rogue = FleetCA.create(tmp_path / "rogue", "rogue CA")
+    key = new_ec_key()
+    write_private(tmp_path / "k.pem", key_to_pem(key))
+    write_public(tmp_path / "c.pem", rogue.sign_csr(make_csr(key, "board-a", "district-a", "school-1")))
+    client = Client(broker.port, fleet.ca.cert_path, tmp_path / "c.pem", tmp_path / "k.pem", "rogue-board-a")
+    try:
+        assert client.connect(timeout=3) != 0
+    finally:
+        client.close()
+    with pytest.raises(ProvisioningError, match="TLS refused"):
+        check_enrollment(
+            "127.0.0.1",
+            broker.port,
+            fleet.ca.cert_path,
+            tmp_path / "c.pem",
+            tmp_path / "k.pem",
+            tenant="district-a",
+            site="school-1",
+            device_id="board-a",
+            timeout_s=3,
+        )
+    assert tls_refusals(broker) >= before + 2
+
+
+def test_expired_certificate_is_refused(fleet: Fleet, broker: Broker, tmp_path: Path) -> None:
+    before = tls_refusals(broker)
+    key = new_ec_key()
+    write_private(tmp_path / "k.pem", key_to_pem(key))
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = fleet.ca.sign_csr(
+        make_csr(key, "board-expired", "district-a", "school-1"),
+        not_before=now - dt.timedelta(days=30),
+        not_after=now - dt.timedelta(days=1),
+    )
+    write_public(tmp_path / "c.pem", cert)
+    client = Client(broker.port, fleet.ca.cert_path, tmp_path / "c.pem", tmp_path / "k.pem", "board-expired")
+    try:
+        assert client.connect(timeout=3) != 0
+    finally:
+        client.close()
+    assert tls_refusals(broker) > before
+
+
+def test_revoked_certificate_is_refused_after_the_crl_is_reloaded(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path / "f")
+    broker = start_broker(fleet, tmp_path / "broker")
+    try:
+        before = board_client(fleet, broker, "board-c", "-before")
+        assert before.connect() == 0
+        before.close()
+        fleet.ca.revoke("board-c")
+        shutil.copy(fleet.ca.crl_path, broker.dir / "crl.pem")
+        broker.process.send_signal(signal.SIGHUP)  # what `systemctl reload mosquitto` does
+        deadline = time.monotonic() + 5
+        while tls_refusals(broker) == 0 and time.monotonic() < deadline:
+            c = board_client(fleet, broker, "board-c")
+            rc = c.connect(timeout=3)
+            c.close()
+            if rc == 0:
+                time.sleep(0.1)  # the reload is asynchronous
+        assert tls_refusals(broker) >= 1
+        a = board_client(fleet, broker, "board-a")
+        try:
+            assert a.connect() == 0
+        finally:
+            a.close()
+        etc = fleet.etc("board-c")
+        with pytest.raises(ProvisioningError, match="TLS refused"):
+            check_enrollment(
+                "127.0.0.1",
+                broker.port,
+                etc / "certs/ca.pem",
+                etc / "certs/device.pem",
+                etc / "secrets/device.key",
+                tenant="district-b",
+                site="school-9",
+                device_id="board-c",
+                timeout_s=3,
+            )
+    finally:
+        stop_broker(broker)
+
+
+def test_cli_provisions_a_new_board_and_checks_enrollment(
+    fleet: Fleet, broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text("tenant,site,class_id,device_id\ndistrict-a,school-2,class-1,board-d\n")
+    args = ["--inventory", str(inventory), "--template", str(TEMPLATE), "--roots", str(tmp_path / "roots")]
+    args += ["--ca-dir", str(fleet.ca.dir), "--enroll", f"127.0.0.1:{broker.port}"]
+    assert provision_main(args) == 0, capsys.readouterr().err
+    assert "board-d: enrolled" in capsys.readouterr().out
+    assert "u'board-d'" in broker.log()  # the broker saw the certificate CN as the username

@@ -1,0 +1,196 @@
+"""Signed model updates with real ONNX models (FSA-Net head pose from the shared mirror): verified,
+flipped atomically, rolled back when the new engine fails to load or its sanity check."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+from edge_agent.provisioning.cli import model_main
+from edge_agent.provisioning.model_package import (
+    PackageRejected,
+    generate_signing_key,
+    load_public_key,
+    sign_package,
+    verify_package,
+)
+from edge_agent.provisioning.model_update import ModelStore, ModelUpdateFailed, ModelUpdater
+from edge_agent.telemetry import metrics
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    generate_signing_key(tmp_path / "signing.key", tmp_path / "signing.pub")
+    return tmp_path / "signing.key", tmp_path / "signing.pub"
+
+
+def make_package(base: Path, source: Path, key: Path, version: str, name: str = "headpose") -> Path:
+    package = base / f"pkg-{version}"
+    package.mkdir()
+    shutil.copy(source, package / "model.onnx")
+    (package / "labels.txt").write_text("yaw pitch roll\n")
+    sign_package(package, key, name, version)
+    return package
+
+
+def load(path: Path) -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(path / "model.onnx")
+
+
+def sane(engine: OnnxRuntimeEngine) -> bool:
+    out = engine.infer({"input": np.zeros((1, 3, 64, 64), np.float32)})
+    values = next(iter(out.values()))
+    return values.shape == (1, 3) and bool(np.isfinite(values).all())
+
+
+@pytest.fixture()
+def headpose(model_mirror: Path) -> tuple[Path, Path]:
+    folder = model_mirror / "headpose"
+    return folder / "fsanet-1x1-iter-688590.onnx", folder / "fsanet-var-iter-688590.onnx"
+
+
+def store_with_v1(tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]) -> ModelStore:
+    store = ModelStore(tmp_path / "models", [load_public_key(keys[1])])
+    store.install(make_package(tmp_path, headpose[0], keys[0], "1.0"), load, sane)
+    return store
+
+
+def test_signed_package_installs_and_flips_current(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    store = store_with_v1(tmp_path, keys, headpose)
+    manifest, engine = store.install(make_package(tmp_path, headpose[1], keys[0], "2.0"), load, sane)
+    assert manifest.version == "2.0" and store.current_version("headpose") == "2.0"
+    assert sane(engine)
+    assert (store.current_path("headpose") / "model.onnx").read_bytes() == headpose[1].read_bytes()
+    assert not (store.root / "headpose/trial").exists()
+
+
+@pytest.mark.parametrize("damage", ["tamper", "unsigned", "extra_file", "wrong_key", "bad_manifest"])
+def test_damaged_package_is_refused_and_the_running_model_kept(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path], damage: str
+) -> None:
+    store = store_with_v1(tmp_path, keys, headpose)
+    package = make_package(tmp_path, headpose[1], keys[0], "2.0")
+    if damage == "tamper":
+        data = bytearray((package / "model.onnx").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (package / "model.onnx").write_bytes(bytes(data))
+    elif damage == "unsigned":
+        (package / "manifest.sig").unlink()
+    elif damage == "extra_file":
+        (package / "payload.sh").write_text("#!/bin/sh\n")
+    elif damage == "wrong_key":
+        generate_signing_key(tmp_path / "rogue.key", tmp_path / "rogue.pub")
+        sign_package(package, tmp_path / "rogue.key", "headpose", "2.0")
+    else:
+        (package / "manifest.json").write_text("{not json")
+    with pytest.raises(PackageRejected):
+        store.install(package, load, sane)
+    assert store.current_version("headpose") == "1.0"
+    assert sorted(p.name for p in (store.root / "headpose/versions").iterdir()) == ["1.0"]
+    assert not any((store.root / ".staging").iterdir())
+
+
+def test_engine_that_fails_to_load_is_rolled_back(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    store = store_with_v1(tmp_path, keys, headpose)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")  # validly signed, but not loadable
+    with pytest.raises(ModelUpdateFailed, match="failed to load"):
+        store.install(make_package(tmp_path, broken, keys[0], "2.0"), load, sane)
+    assert store.current_version("headpose") == "1.0"
+    assert sane(load(store.current_path("headpose")))
+
+
+def test_engine_that_fails_its_sanity_check_is_rolled_back(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    store = store_with_v1(tmp_path, keys, headpose)
+    with pytest.raises(ModelUpdateFailed, match="sanity"):
+        store.install(make_package(tmp_path, headpose[1], keys[0], "2.0"), load, lambda engine: False)
+    assert store.current_version("headpose") == "1.0"
+
+
+def test_update_interrupted_by_a_crash_is_rolled_back_at_the_next_start(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    store = store_with_v1(tmp_path, keys, headpose)
+
+    class Crash(BaseException):  # stands in for the process dying inside a TensorRT load
+        pass
+
+    def crashing_loader(path: Path) -> Any:
+        raise Crash
+
+    with pytest.raises(Crash):
+        store.install(make_package(tmp_path, headpose[1], keys[0], "2.0"), crashing_loader, sane)
+    assert store.current_version("headpose") == "2.0"  # as the dead process left it
+    assert ModelStore(store.root, store.trusted).recover() == ["headpose"]
+    assert store.current_version("headpose") == "1.0"
+
+
+def tar_of(package: Path, extra: tuple[str, bytes] | None = None) -> Path:
+    archive = package.with_suffix(".tar.gz")
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(package.iterdir()):
+            tar.add(path, arcname=path.name)
+        if extra:
+            info = tarfile.TarInfo(extra[0])
+            info.size = len(extra[1])
+            tar.addfile(info, io.BytesIO(extra[1]))
+    return archive
+
+
+def test_updater_component_installs_a_tar_in_the_background_and_sets_the_metric(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    store = store_with_v1(tmp_path, keys, headpose)
+    activated: list[str] = []
+    updater = ModelUpdater(store, load, sane, lambda manifest, engine: activated.append(manifest.version))
+    asyncio.run(updater.start())
+    try:
+        assert updater.submit(tar_of(make_package(tmp_path, headpose[1], keys[0], "2.0")))
+        assert updater.wait_idle(30)
+        assert activated == ["2.0"] and updater.health().ok
+        evil = tar_of(make_package(tmp_path, headpose[0], keys[0], "3.0"), ("../escape.txt", b"x"))
+        assert updater.submit(evil)
+        assert updater.wait_idle(30)
+        assert not updater.health().ok and "unsafe entry" in updater.health().detail
+        assert not (tmp_path / "models" / "escape.txt").exists()
+    finally:
+        asyncio.run(updater.stop())
+    assert updater.status()["versions"] == {"headpose": "2.0"}
+    assert (
+        metrics.REGISTRY.get_sample_value("edge_model_version_info", {"model": "headpose", "version": "2.0"})
+        == 1
+    )
+    assert (
+        metrics.REGISTRY.get_sample_value("edge_model_version_info", {"model": "headpose", "version": "1.0"})
+        is None
+    )
+
+
+def test_cli_signs_and_verifies(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    shutil.copy(headpose[0], package / "model.onnx")
+    assert (
+        model_main(["sign", str(package), "--key", str(keys[0]), "--name", "headpose", "--version", "7"]) == 0
+    )
+    assert model_main(["verify", str(package), "--pubkey", str(keys[1])]) == 0
+    (package / "model.onnx").write_bytes(b"x")
+    assert model_main(["verify", str(package), "--pubkey", str(keys[1])]) == 2
+    assert "sha256 does not match" in capsys.readouterr().err
+    assert verify_package  # the same function the board uses

@@ -1,0 +1,235 @@
+"""Provisioning boards into target roots: the tree it builds, idempotency, and refusals that leave
+nothing half-installed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import load_config
+from edge_agent.errors import ProvisioningError
+from edge_agent.provisioning.ca import FleetCA, key_to_pem, make_csr, new_ec_key
+from edge_agent.provisioning.cli import main as provision_main
+from edge_agent.provisioning.inventory import Board, parse_inventory, render_config
+from edge_agent.provisioning.provision import Options, check_root, provision_board, provision_inventory
+from tests.provisioning.fleet_helpers import INVENTORY, TEMPLATE, Fleet, make_fleet
+
+BOARD = Board("district-a", "school-1", "class-1", "board-x")
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every path under root with its mode and content hash (or link target)."""
+    tree = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        if path.is_symlink():
+            body = "->" + os.readlink(path)
+        elif path.is_file():
+            body = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            body = "dir"
+        tree[str(path.relative_to(root))] = (stat.S_IMODE(info.st_mode), body, info.st_mtime_ns)
+    return tree
+
+
+def template() -> str:
+    return TEMPLATE.read_text(encoding="utf-8")
+
+
+def test_bulk_provisioning_builds_one_complete_root_per_board(fleet: Fleet) -> None:
+    for device in ("board-a", "board-b", "board-c"):
+        root = fleet.roots / device
+        etc = root / "etc/edge-agent"
+        for secret in ("device.key", "pseudonym.key", "web.token"):
+            assert stat.S_IMODE((etc / "secrets" / secret).stat().st_mode) == 0o600
+        assert stat.S_IMODE((etc / "secrets").stat().st_mode) == 0o700
+        assert (root / "etc/systemd/system/multi-user.target.wants/edge-agent.service").is_symlink()
+        assert (
+            os.readlink(root / "etc/systemd/system/multi-user.target.wants/edge-agent-engines.service")
+            == "/etc/systemd/system/edge-agent-engines.service"
+        )
+        assert "edge-agent:x:" in (root / "etc/passwd").read_text()
+        assert "edge-agent" in (root / "etc/sysusers.d/edge-agent.conf").read_text()
+        check_root(root)  # the installed config, re-rooted, passes edge_agent.config.load_config
+
+
+def test_secrets_differ_between_boards_and_the_csr_is_signed_with_cn_device_id(fleet: Fleet) -> None:
+    from cryptography import x509
+
+    keys = {(fleet.etc(d) / "secrets/pseudonym.key").read_bytes() for d in ("board-a", "board-b", "board-c")}
+    assert len(keys) == 3
+    cert = x509.load_pem_x509_certificate((fleet.etc("board-b") / "certs/device.pem").read_bytes())
+    assert cert.subject.rfc4514_string().startswith("CN=board-b")
+
+
+def test_rendered_config_with_root_paths_passes_load_config(fleet: Fleet, tmp_path: Path) -> None:
+    board = parse_inventory(INVENTORY)[1]
+    text, _ = render_config(template(), board, prefix=fleet.roots / "board-b")
+    (tmp_path / "config.toml").write_text(text)
+    config = load_config(tmp_path / "config.toml")
+    assert config.device.device_id == "board-b" and config.camera.source == "/dev/video1"
+    assert str(config.mqtt.key_file).startswith(str(fleet.roots / "board-b"))
+
+
+def test_rerunning_provisioning_changes_nothing(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path)
+    before = {d: snapshot(fleet.roots / d) for d in ("board-a", "board-b", "board-c")}
+    results = provision_inventory(fleet.inventory, fleet.roots, fleet.options)
+    assert [r.changes for r in results] == [[], [], []]
+    assert {d: snapshot(fleet.roots / d) for d in before} == before
+
+
+def test_interrupted_run_finishes_on_the_next_one(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path)
+    etc = fleet.etc("board-a")
+    (etc / "certs/device.pem").unlink()
+    (etc / "config.toml").unlink()
+    key_before = (etc / "secrets/device.key").read_bytes()
+    result = provision_inventory(fleet.inventory, fleet.roots, fleet.options)[0]
+    assert set(result.changes) == {"device.pem", "config.toml"}
+    assert (etc / "secrets/device.key").read_bytes() == key_before  # secrets are never regenerated
+    check_root(fleet.roots / "board-a")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tenant,site,device_id\nt,s,d\n", "lacks column"),
+        ("tenant,site,class_id,device_id\nt,s,c\n", "wrong number of fields"),
+        ("tenant,site,class_id,device_id\nt,s,c,bad/id\n", "invalid device_id"),
+        ("tenant,site,class_id,device_id\nt,s,c,d1\nt,s,c,d1\n", "already used on line 2"),
+        ("tenant,site,class_id,device_id,colour\nt,s,c,d\n", "unknown column"),
+        ("tenant,site,class_id,device_id\n", "no boards"),
+    ],
+)
+def test_malformed_inventory_is_refused_with_the_line(text: str, message: str) -> None:
+    with pytest.raises(ProvisioningError, match=message):
+        parse_inventory(text)
+
+
+def test_bad_row_anywhere_means_no_board_is_touched(tmp_path: Path) -> None:
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text(INVENTORY + "district-a,school-1,class-1,board-a,0\n")
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    with pytest.raises(ProvisioningError, match="already used"):
+        provision_inventory(inventory, tmp_path / "roots", Options(template(), ca_dir=ca.dir))
+    assert not (tmp_path / "roots").exists()
+
+
+def test_override_with_an_invalid_value_is_refused_before_writing(tmp_path: Path) -> None:
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text(
+        "tenant,site,class_id,device_id,mqtt.port\nt,s,c,ok-board,8883\nt,s,c,bad-board,99999\n"
+    )
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    with pytest.raises(ProvisioningError, match=r"bad-board.*mqtt.port"):
+        provision_inventory(inventory, tmp_path / "roots", Options(template(), ca_dir=ca.dir))
+    assert not (tmp_path / "roots").exists()
+
+
+def test_board_without_ca_waits_for_its_certificate_then_installs_it(tmp_path: Path) -> None:
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    root = tmp_path / "root"
+    first = provision_board(BOARD, root, Options(template()))
+    assert first.state == "awaiting-certificate"
+    csr = root / "etc/edge-agent/certs/device.csr"
+    cert = tmp_path / "signed.pem"
+    cert.write_bytes(ca.sign_csr(csr.read_bytes()))  # what the district's CA operator does
+    second = provision_board(BOARD, root, Options(template(), cert_file=cert, ca_file=ca.cert_path))
+    assert second.state == "provisioned" and set(second.changes) == {"ca.pem", "device.pem"}
+    check_root(root)
+
+
+def signed_for_other_key(ca: FleetCA, device_id: str, **kwargs: dt.datetime) -> bytes:
+    return ca.sign_csr(make_csr(new_ec_key(), device_id, "t", "s"), **kwargs)
+
+
+def test_certificate_for_another_key_is_refused_and_nothing_installed(tmp_path: Path) -> None:
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    root = tmp_path / "root"
+    provision_board(BOARD, root, Options(template()))
+    wrong = tmp_path / "wrong.pem"
+    wrong.write_bytes(signed_for_other_key(ca, "board-x"))
+    with pytest.raises(ProvisioningError, match="does not match this board's private key"):
+        provision_board(BOARD, root, Options(template(), cert_file=wrong, ca_file=ca.cert_path))
+    assert not (root / "etc/edge-agent/certs/device.pem").exists()
+    assert not (root / "etc/edge-agent/certs/ca.pem").exists()
+
+
+def test_expired_certificate_is_refused(tmp_path: Path) -> None:
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    root = tmp_path / "root"
+    provision_board(BOARD, root, Options(template()))
+    now = dt.datetime.now(dt.timezone.utc)
+    csr = (root / "etc/edge-agent/certs/device.csr").read_bytes()
+    expired = tmp_path / "expired.pem"
+    expired.write_bytes(
+        ca.sign_csr(csr, not_before=now - dt.timedelta(days=9), not_after=now - dt.timedelta(days=1))
+    )
+    with pytest.raises(ProvisioningError, match="expired"):
+        provision_board(BOARD, root, Options(template(), cert_file=expired, ca_file=ca.cert_path))
+    assert not (root / "etc/edge-agent/certs/device.pem").exists()
+
+
+def test_certificate_with_the_wrong_ca_is_refused(tmp_path: Path) -> None:
+    ca, other = FleetCA.create(tmp_path / "ca", "fleet"), FleetCA.create(tmp_path / "other", "other")
+    root = tmp_path / "root"
+    provision_board(BOARD, root, Options(template()))
+    cert = tmp_path / "c.pem"
+    cert.write_bytes(ca.sign_csr((root / "etc/edge-agent/certs/device.csr").read_bytes()))
+    with pytest.raises(ProvisioningError, match="wrong CA"):
+        provision_board(BOARD, root, Options(template(), cert_file=cert, ca_file=other.cert_path))
+    assert not (root / "etc/edge-agent/certs/device.pem").exists()
+
+
+def test_ca_refuses_a_csr_whose_signature_does_not_match_its_key(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    good = x509.load_pem_x509_csr(make_csr(new_ec_key(), "board-y", "t", "s"))
+    der = bytearray(good.public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0x01  # flip a bit inside the signature
+    forged = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(ProvisioningError, match="signature does not match"):
+        ca.sign_csr(forged)
+    with pytest.raises(ProvisioningError, match="not a PEM"):
+        ca.sign_csr(b"-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n-----END CERTIFICATE REQUEST-----\n")
+    assert hashes.SHA256  # the CSR module is real cryptography, not a stub
+
+
+def test_ca_refuses_a_second_live_certificate_for_one_device(tmp_path: Path) -> None:
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    signed_for_other_key(ca, "board-z")
+    with pytest.raises(ProvisioningError, match="already has a live certificate"):
+        signed_for_other_key(ca, "board-z")
+    ca.sign_csr(make_csr(new_ec_key(), "board-z", "t", "s"), replace=True)
+    assert [row.revoked for row in ca.index()] == [True, False]
+
+
+def test_cli_provisions_one_board_and_reports_awaiting_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text(INVENTORY)
+    args = [
+        "--inventory",
+        str(inventory),
+        "--template",
+        str(TEMPLATE),
+        "--device-id",
+        "board-b",
+        "--root",
+        str(tmp_path / "root"),
+    ]
+    assert provision_main(args) == 3
+    assert "awaiting-certificate" in capsys.readouterr().out
+    assert provision_main([*args[:-4], "--device-id", "nope", "--root", str(tmp_path / "r2")]) == 2
+    assert "not in" in capsys.readouterr().err
+    secret = tmp_path / "root/etc/edge-agent/secrets/device.key"
+    assert secret.exists() and key_to_pem  # the key was made on the board and stays there

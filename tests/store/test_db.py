@@ -1,0 +1,171 @@
+"""The SQLite store on real files: migrations, the single writer, quarantine and a full disk."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
+from edge_agent.errors import StoreError, StoreFullError
+from edge_agent.lifecycle import HeartbeatRegistry
+from edge_agent.store.db import Database
+from edge_agent.store.outbox import Outbox
+from edge_agent.store.schema import SCHEMA_VERSION
+from edge_agent.telemetry import metrics
+
+
+def test_a_new_database_gets_every_table_and_the_schema_version(state_dir: Path) -> None:
+    db = Database(state_dir / "a.db", StoreSettings())
+    report = db.open()
+    try:
+        assert report.created and report.migrations_applied == SCHEMA_VERSION and report.alert is None
+        tables = db.read(
+            lambda c: {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        )
+        assert {
+            "outbox",
+            "aggregates",
+            "kt_student_state",
+            "kt_applied_events",
+            "drop_counters",
+            "meta",
+        } <= tables
+        assert db.read(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+        assert db.read(lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION
+    finally:
+        db.close()
+    again = Database(state_dir / "a.db", StoreSettings())
+    assert again.open().migrations_applied == 0
+    again.close()
+
+
+def test_a_database_from_a_newer_release_is_refused_with_advice(state_dir: Path) -> None:
+    path = state_dir / "new.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer release"):
+        Database(path, StoreSettings()).open()
+
+
+def test_writes_commit_in_order_and_a_failing_task_rolls_back_only_itself(db: Database) -> None:
+    futures = [
+        db.write(lambda c, i=i: c.execute("INSERT INTO meta VALUES (?, ?)", (f"k{i}", str(i))).rowcount)
+        for i in range(50)
+    ]
+
+    def boom(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta VALUES ('bad', 'x')")
+        raise ValueError("task failed")
+
+    bad = db.write(boom)
+    after = db.write(lambda c: c.execute("INSERT INTO meta VALUES ('after', '1')").rowcount)
+    assert [f.result(5) for f in futures] == [1] * 50
+    with pytest.raises(ValueError, match="task failed"):
+        bad.result(5)
+    assert after.result(5) == 1
+    keys = db.read(lambda c: {r[0] for r in c.execute("SELECT key FROM meta")})
+    assert "bad" not in keys and {"after", "k0", "k49"} <= keys
+
+
+def test_reads_run_on_the_callers_thread_with_their_own_connection(db: Database) -> None:
+    db.write(lambda c: c.execute("INSERT INTO meta VALUES ('x', '1')")).result(5)
+    seen: list[str] = []
+
+    def reader() -> None:
+        seen.append(db.read(lambda c: c.execute("SELECT value FROM meta WHERE key='x'").fetchone()[0]))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert seen == ["1"] * 4
+
+
+def test_close_flushes_queued_writes(state_dir: Path) -> None:
+    db = Database(state_dir / "flush.db", StoreSettings())
+    db.open()
+    for i in range(500):
+        db.write(lambda c, i=i: c.execute("INSERT INTO meta VALUES (?, '')", (f"k{i}",)))
+    assert db.close(10)
+    conn = sqlite3.connect(state_dir / "flush.db")
+    assert conn.execute("SELECT count(*) FROM meta").fetchone()[0] == 500
+    conn.close()
+    late = db.write(lambda c: None)
+    with pytest.raises(StoreError, match="not open"):
+        late.result(1)
+
+
+def test_the_writer_registers_a_heartbeat_and_unregisters_on_close(state_dir: Path) -> None:
+    registry = HeartbeatRegistry()
+    db = Database(state_dir / "hb.db", StoreSettings(), registry)
+    db.open()
+    assert registry.stale() == []
+    assert "store-writer" in registry._beats
+    db.close()
+    assert "store-writer" not in registry._beats
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated_page"])
+def test_a_corrupt_database_is_quarantined_and_replaced(state_dir: Path, damage: str) -> None:
+    path = state_dir / "edge-agent.db"
+    db = Database(path, StoreSettings())
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box.open()
+    for i in range(300):
+        box.enqueue("attention", {"i": i, "pad": "x" * 200})
+    db.close()
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":
+        data[:100] = b"\x00" * 100  # the header: "file is not a database"
+    else:
+        data[4096 * 2 : 4096 * 4] = b"\xff" * 8192  # b-tree pages: integrity check fails
+    path.write_bytes(bytes(data))
+    before = metrics.sample("edge_alerts_total", {"kind": "store_corrupt"})
+
+    again = Database(path, StoreSettings())
+    report = again.open()
+    try:
+        assert report.quarantined is not None and report.quarantined.exists()
+        assert report.alert is not None and "moved" in report.alert
+        assert ".corrupt-" in report.quarantined.name
+        assert metrics.sample("edge_alerts_total", {"kind": "store_corrupt"}) == before + 1
+        fresh = Outbox(again, DeviceSettings(), StoreSettings(), MqttSettings())
+        fresh.open()
+        assert fresh.enqueue("attention", {"ok": True}).result(5) == 1
+    finally:
+        again.close()
+
+
+def test_a_full_disk_gives_a_clear_error_and_no_corruption(state_dir: Path) -> None:
+    path = state_dir / "full.db"
+    db = Database(path, StoreSettings(), max_page_count=64)  # 256 KiB file limit
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box.open()
+    committed = 0
+    error: StoreFullError | None = None
+    for i in range(2000):
+        try:
+            box.enqueue("attention", {"i": i, "pad": "x" * 500}).result(5)
+            committed += 1
+        except StoreFullError as exc:
+            error = exc
+            break
+    assert error is not None, "the size limit was never reached"
+    assert "full" in str(error) and "free space" in str(error)
+    assert box.backlog == committed  # totals recounted after the failed batch
+    # still usable: acknowledged rows can be deleted, freeing room
+    rows = box.claim(20).result(5)
+    assert box.ack([r.id for r in rows]).result(5) == 20
+    db.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    seqs = [r[0] for r in conn.execute("SELECT seq FROM outbox ORDER BY seq")]
+    conn.close()
+    assert seqs == list(range(21, committed + 1))

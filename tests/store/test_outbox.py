@@ -1,0 +1,235 @@
+"""The outbox on a real SQLite file: seqs, limits and drop counting, expiry, and crash recovery."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
+from edge_agent.errors import InputRejected
+from edge_agent.store.db import Database
+from edge_agent.store.history import History
+from edge_agent.store.outbox import Outbox
+from edge_agent.telemetry import metrics
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_enqueue_returns_consecutive_seqs_and_topics_follow_the_device(outbox: Outbox) -> None:
+    seqs = [outbox.enqueue("attention", {"i": i}).result(5) for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    rows = outbox.claim(10).result(5)
+    assert [r.seq for r in rows] == seqs
+    assert rows[0].topic == "edge/demo-district/demo-school/board-0001/attention"
+    assert rows[0].payload == '{"i":0}' and rows[0].bytes == 7
+    assert len({r.message_id for r in rows}) == 5
+
+
+@pytest.mark.parametrize(
+    ("stream", "payload", "field"),
+    [
+        ("Bad/Topic", {"a": 1}, "stream"),
+        ("cmd", {"a": 1}, "stream"),
+        ("attention", {"a": math.nan}, "payload"),
+        ("attention", {"a": object()}, "payload"),
+        ("attention", {"a": "x" * 200_000}, "payload"),
+    ],
+)
+def test_malformed_enqueues_are_rejected_before_anything_is_written(
+    outbox: Outbox, stream: str, payload: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InputRejected) as info:
+        outbox.enqueue(stream, payload)
+    assert info.value.field == field
+    assert outbox.backlog == 0
+
+
+def test_seqs_survive_restart_and_are_never_reused(state_dir: Path) -> None:
+    for expected in ([1, 2, 3], [4, 5, 6]):
+        db = Database(state_dir / "s.db", StoreSettings())
+        db.open()
+        box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+        box.open()
+        assert [box.enqueue("learning", {}).result(5) for _ in range(3)] == expected
+        rows = box.claim(10).result(5)
+        box.ack([r.id for r in rows]).result(5)
+        db.close()
+
+
+def test_over_max_rows_the_oldest_aggregates_go_first_and_are_counted(db: Database) -> None:
+    settings = StoreSettings(max_rows=100)
+    box = Outbox(db, DeviceSettings(), settings, MqttSettings())
+    box.open()
+    before = metrics.sample("edge_outbox_drops_total", {"reason": "max_rows"})
+    for i in range(5):
+        box.enqueue("alert", {"i": i})
+    for i in range(120):
+        box.enqueue("attention", {"i": i})
+    box.enqueue("attention", {"last": True}).result(5)
+    assert box.backlog == 100
+    left = db.read(lambda c: c.execute("SELECT stream, payload FROM outbox ORDER BY seq").fetchall())
+    assert sum(1 for s, _ in left if s == "alert") == 5  # priority stream kept
+    assert left[5] == ("attention", '{"i":26}')  # the 26 oldest aggregates went
+    assert box.status()["drops"] == {"max_rows": 26}
+    assert metrics.sample("edge_outbox_drops_total", {"reason": "max_rows"}) == before + 26
+    assert metrics.sample("edge_outbox_backlog") == 100
+
+
+def test_over_max_bytes_rows_are_dropped_for_bytes(db: Database) -> None:
+    settings = StoreSettings(max_bytes=1024 * 1024)
+    box = Outbox(db, DeviceSettings(), settings, MqttSettings())
+    box.open()
+    for i in range(30):
+        box.enqueue("attention", {"i": i, "pad": "y" * 50_000})
+    box.enqueue("attention", {}).result(5)
+    status = box.status()
+    assert status["bytes"] <= 1024 * 1024
+    assert status["drops"]["max_bytes"] >= 10
+
+
+def test_inflight_rows_are_never_dropped_for_limits(db: Database) -> None:
+    box = Outbox(db, DeviceSettings(), StoreSettings(max_rows=100), MqttSettings())
+    box.open()
+    for i in range(100):
+        box.enqueue("attention", {"i": i})
+    inflight = box.claim(100).result(5)
+    for i in range(10):
+        box.enqueue("attention", {"j": i}).result(5)
+    ids = db.read(lambda c: {r[0] for r in c.execute("SELECT id FROM outbox WHERE state='inflight'")})
+    assert ids == {r.id for r in inflight}
+    assert box.backlog == 100  # the new pending rows were dropped instead
+
+
+def test_expired_and_too_old_rows_are_removed_and_counted(db: Database) -> None:
+    clock = Clock()
+    box = Outbox(db, DeviceSettings(), StoreSettings(max_age_days=1.0), MqttSettings(), clock=clock)
+    box.open()
+    box.enqueue("attention", {"short": 1}, expires_at=clock.now + 60).result(5)
+    box.enqueue("attention", {"long": 1}).result(5)
+    clock.now += 120
+    assert box.expire().result(5) == 1
+    clock.now += 2 * 86400
+    assert box.expire().result(5) == 1
+    assert box.backlog == 0
+    assert box.status()["drops"] == {"expired": 1, "max_age": 1}
+
+
+def test_status_reports_backlog_bytes_and_age(db: Database) -> None:
+    clock = Clock()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(), clock=clock)
+    box.open()
+    box.enqueue("attention", {"a": 1}).result(5)
+    clock.now += 30
+    status = box.status()
+    assert status["backlog"] == 1 and status["bytes"] == 7
+    assert status["oldest_age_s"] == pytest.approx(30.0)
+    assert metrics.sample("edge_outbox_oldest_age_seconds") == pytest.approx(30.0)
+
+
+def test_history_keeps_aggregates_for_the_teacher_view(db: Database) -> None:
+    history = History(db, keep_days=1.0)
+    history.record("attention", {"share": 0.5}, at=1000.0).result(5)
+    history.record("attention", {"share": 0.7}, at=2000.0).result(5)
+    assert [r["data"]["share"] for r in history.recent("attention", since=0)] == [0.5, 0.7]
+    assert history.prune(now=1000.0 + 86400 + 1).result(5) == 1
+    with pytest.raises(InputRejected):
+        history.record("attention", {"x": math.inf})
+
+
+class OutboxMachine(RuleBasedStateMachine):
+    """Random enqueue / send / ack / release / crash sequences against the real outbox.
+
+    Model: seqs are allocated in order; a row is claimed only while pending and, once acked, never again;
+    a crash returns every unacked in-flight row to pending; nothing is lost.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="outbox-sm-"))
+        self.next_seq = 1
+        self.pending: set[int] = set()
+        self.inflight: dict[int, int] = {}  # seq -> row id
+        self.acked: set[int] = set()
+        self._open()
+
+    def _open(self) -> None:
+        self.db = Database(self.dir / "sm.db", StoreSettings())
+        self.db.open()
+        self.box = Outbox(self.db, DeviceSettings(), StoreSettings(), MqttSettings())
+        self.box.open()
+
+    @rule(n=st.integers(1, 5))
+    def enqueue(self, n: int) -> None:
+        for _ in range(n):
+            assert self.box.enqueue("attention", {"n": self.next_seq}).result(5) == self.next_seq
+            self.pending.add(self.next_seq)
+            self.next_seq += 1
+
+    @rule(limit=st.integers(1, 8))
+    def send(self, limit: int) -> None:
+        rows = self.box.claim(limit).result(5)
+        assert [r.seq for r in rows] == sorted(self.pending)[:limit]
+        for r in rows:
+            assert r.seq not in self.acked
+            self.pending.discard(r.seq)
+            self.inflight[r.seq] = r.id
+
+    @precondition(lambda self: bool(self.inflight))
+    @rule(data=st.data())
+    def ack(self, data: st.DataObject) -> None:
+        seqs = data.draw(st.lists(st.sampled_from(sorted(self.inflight)), min_size=1, unique=True))
+        assert self.box.ack([self.inflight.pop(s) for s in seqs]).result(5) == len(seqs)
+        self.acked.update(seqs)
+
+    @precondition(lambda self: bool(self.inflight))
+    @rule()
+    def lose_connection(self) -> None:
+        self.box.release([self.inflight[s] for s in self.inflight]).result(5)
+        self.pending.update(self.inflight)
+        self.inflight.clear()
+
+    @rule()
+    def crash(self) -> None:
+        self.db.close()  # queued writes are flushed, in-memory state is gone
+        self._open()
+        self.pending.update(self.inflight)
+        self.inflight.clear()
+
+    @invariant()
+    def backlog_matches_model(self) -> None:
+        assert self.box.backlog == len(self.pending) + len(self.inflight)
+
+    def teardown(self) -> None:
+        self.db.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+OutboxMachine.TestCase.settings = hsettings(max_examples=25, stateful_step_count=25, deadline=None)
+test_outbox_state_machine = OutboxMachine.TestCase
+
+
+def test_a_full_write_queue_refuses_at_once_and_counts_the_drop(state_dir: Path) -> None:
+    db = Database(state_dir / "q.db", StoreSettings(), queue_size=5)
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box.open()
+    before = metrics.sample("edge_outbox_drops_total", {"reason": "queue_full"})
+    futures = [box.enqueue("attention", {"i": i}) for i in range(2000)]
+    failed = [f for f in futures if f.exception(10) is not None]
+    db.close()
+    assert failed, "the producer outran a 5-task queue, so some writes must have been refused"
+    assert metrics.sample("edge_outbox_drops_total", {"reason": "queue_full"}) == before + len(failed)
+    assert box.backlog == len(futures) - len(failed)

@@ -1,0 +1,293 @@
+"""Outbox → publisher → real Mosquitto → reference receiver: exactly once after dedup, no gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.config import DeviceSettings, MqttSettings
+from edge_agent.live import LiveBoard
+from edge_agent.store.outbox import Outbox
+from edge_agent.sync.commands import CommandDispatcher
+from edge_agent.sync.component import SyncComponent
+from edge_agent.sync.mqtt import MqttConnection, SyncTlsError
+from edge_agent.sync.publisher import Publisher
+from edge_agent.sync.receiver import Receiver
+from edge_agent.telemetry import metrics
+from tests.brokers import Broker, Pki
+from tests.sync.conftest import plain_settings, tls_settings
+
+pytestmark = pytest.mark.broker
+DEVICE = "board-0001"
+
+
+def wait_until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
+def assert_exactly_once(receiver: Receiver, total: int) -> dict[str, Any]:
+    assert receiver.wait_for_count(DEVICE, total, 30), receiver.report(DEVICE)
+    report = receiver.report(DEVICE)
+    assert report["unique"] == total and report["max_seq"] == total and report["gaps"] == []
+    return report
+
+
+class CountingConnection(MqttConnection):
+    """A real connection that records how many publishes await their PUBACK (for the window check)."""
+
+    outstanding = 0
+    peak = 0
+
+    def publish(self, topic: str, payload: bytes, **kwargs: Any) -> int:
+        mid = super().publish(topic, payload, **kwargs)
+        if kwargs.get("qos", 1) == 1 and not kwargs.get("retain"):
+            CountingConnection.outstanding += 1
+            CountingConnection.peak = max(CountingConnection.peak, CountingConnection.outstanding)
+        return mid
+
+    def _handle_publish(self, *args: Any) -> None:
+        CountingConnection.outstanding = max(0, CountingConnection.outstanding - 1)
+        super()._handle_publish(*args)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_every_message_arrives_once_in_batches_within_the_window(
+    broker: Broker, outbox: Outbox, tmp_path: Path, protocol: str
+) -> None:
+    settings = plain_settings(broker, protocol=protocol, batch_max=25, inflight_max=5)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    for i in range(600):
+        outbox.enqueue("attention", {"i": i})
+    outbox.enqueue("learning", {"done": True}).result(5)
+    CountingConnection.peak = CountingConnection.outstanding = 0
+    publisher = Publisher(outbox, DeviceSettings(), settings, connection_factory=CountingConnection)
+    publisher.start()
+    try:
+        report = assert_exactly_once(receiver, 601)
+        assert report["duplicates"] == 0 and report["status"] == "online"
+        assert receiver.messages <= 601 // 25 + 3  # the backlog went out batched
+        assert 1 <= CountingConnection.peak <= 5
+        assert wait_until(lambda: outbox.backlog == 0, 5)
+        assert publisher.status()["connected"] and publisher.status()["last_success"] is not None
+        assert receiver.report(DEVICE)["heartbeat"]["backlog"] >= 0
+        data = receiver.items(DEVICE)
+        assert data[0] == (1, "attention", {"i": 0}) and data[-1] == (601, "learning", {"done": True})
+    finally:
+        publisher.stop()
+        receiver.stop()
+    assert wait_until(lambda: metrics.sample("edge_mqtt_connected") == 0, 2)
+
+
+def test_broker_down_when_the_publisher_starts(tmp_path: Path, outbox: Outbox) -> None:
+    broker = Broker(tmp_path / "broker")
+    settings = plain_settings(broker)
+    # The receiver's persistent session must exist at the broker before the board publishes.
+    broker.start()
+    Receiver(tmp_path / "recv.db", settings).start().stop()
+    broker.stop()
+    reconnects = metrics.sample("edge_mqtt_reconnects_total")
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    receiver = Receiver(tmp_path / "recv.db", settings)
+    try:
+        for i in range(300):
+            outbox.enqueue("attention", {"i": i})
+        assert wait_until(lambda: metrics.sample("edge_mqtt_reconnects_total") >= reconnects + 2, 5)
+        assert not publisher.status()["connected"]
+        assert "cannot reach" in publisher.status()["detail"]
+        assert outbox.backlog == 300
+        broker.start()
+        receiver.start()
+        assert_exactly_once(receiver, 300)
+    finally:
+        publisher.stop()
+        receiver.stop()
+        broker.stop()
+
+
+def test_broker_restarted_mid_stream_loses_nothing(tmp_path: Path, outbox: Outbox) -> None:
+    broker = Broker(tmp_path / "broker").start()
+    settings = plain_settings(broker, batch_max=5)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    total = 1500
+    done = threading.Event()
+
+    def produce() -> None:
+        for i in range(total):
+            future = outbox.enqueue("attention", {"i": i})
+            if i % 20 == 0:
+                future.result(5)
+                time.sleep(0.01)
+        done.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        assert receiver.wait_for_count(DEVICE, 200, 20)
+        broker.stop()  # graceful: mosquitto saves the receiver's queued session
+        time.sleep(0.5)
+        assert not publisher.status()["connected"]
+        broker.start()
+        assert done.wait(30)
+        assert_exactly_once(receiver, total)
+    finally:
+        producer.join(30)
+        publisher.stop()
+        receiver.stop()
+        broker.stop()
+
+
+def test_commands_arrive_through_the_broker_and_bad_ones_are_refused(
+    broker: Broker, outbox: Outbox, tmp_path: Path
+) -> None:
+    settings = plain_settings(broker)
+    seen: list[object] = []
+    commands = CommandDispatcher(DeviceSettings())
+    commands.register("config_reload", seen.append)
+    publisher = Publisher(outbox, DeviceSettings(), settings, commands=commands)
+    publisher.start()
+    sender = MqttConnection(settings, "cloud-admin", "", lambda *_: None, will=False)
+    before = metrics.sample("edge_mqtt_rejected_total", {"reason": "invalid"})
+    try:
+        assert wait_until(lambda: publisher.status()["connected"], 5)
+        time.sleep(0.2)  # the subscription follows the connection
+        sender.connect()
+        sender.publish(commands.topic, b'{"type":"config_reload","request_id":"r1","rm":"-rf"}')
+        sender.publish(commands.topic, b'{"type":"config_reload","request_id":"r2"}')
+        assert wait_until(lambda: len(seen) == 1, 5)
+        sender.loop(0.1)
+        assert metrics.sample("edge_mqtt_rejected_total", {"reason": "invalid"}) == before + 1
+    finally:
+        sender.disconnect()
+        publisher.stop()
+
+
+def test_sync_component_reports_to_the_live_board(broker: Broker, outbox: Outbox) -> None:
+    live = LiveBoard()
+    component = SyncComponent(
+        outbox, DeviceSettings(), plain_settings(broker), live=live, status_interval_s=0.1
+    )
+
+    async def scenario() -> None:
+        await component.start()
+        outbox.enqueue("attention", {"a": 1})
+        for _ in range(100):
+            section = live.get("sync")
+            if section and section["connected"] and section["backlog"] == 0 and section["last_success"]:
+                break
+            await asyncio.sleep(0.05)
+        assert component.health().ok
+        await component.stop()
+
+    asyncio.run(scenario())
+    section = live.get("sync")
+    assert section["connected"] and section["backlog"] == 0 and section["drops"] == {}
+    assert set(section) >= {"connected", "backlog", "oldest_age_s", "last_success", "drops", "detail"}
+    assert not component.health().ok  # stopped
+
+
+def test_sync_component_with_mqtt_disabled_keeps_data_and_stays_healthy(outbox: Outbox) -> None:
+    component = SyncComponent(outbox, DeviceSettings(), MqttSettings(enabled=False))
+
+    async def scenario() -> None:
+        await component.start()
+        outbox.enqueue("attention", {"a": 1}).result(5)
+        assert component.health().ok and not component.publisher.alive
+        assert component.status()["backlog"] == 1
+        await component.stop()
+
+    asyncio.run(scenario())
+
+
+# -- TLS ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def tls_broker(tmp_path: Path, pki: Pki) -> Any:
+    b = Broker(tmp_path / "tls-broker", pki).start()
+    yield b
+    b.stop()
+
+
+def test_tls_with_a_client_certificate_delivers_exactly_once(
+    tls_broker: Broker, pki: Pki, outbox: Outbox, tmp_path: Path
+) -> None:
+    settings = tls_settings(tls_broker, pki)
+    receiver = Receiver(tmp_path / "recv.db", settings, client_id="receiver-tls").start()
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        for i in range(200):
+            outbox.enqueue("attention", {"i": i})
+        assert_exactly_once(receiver, 200)
+    finally:
+        publisher.stop()
+        receiver.stop()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"ca_file": "rogue_ca"}, "not signed by the CA"),
+        ({"cert_file": "expired_client_cert", "key_file": "expired_client_key"}, "expired on"),
+        (
+            {"cert_file": "rogue_client_cert", "key_file": "rogue_client_key"},
+            "rejected this board's certificate",
+        ),  # noqa: E501
+        ({"key_file": "rogue_client_key"}, "cannot be used together"),
+    ],
+)
+def test_wrong_or_expired_certificates_are_refused_with_a_clear_error(
+    tls_broker: Broker, pki: Pki, overrides: dict[str, str], expected: str
+) -> None:
+    settings = tls_settings(tls_broker, pki, **{k: getattr(pki, v) for k, v in overrides.items()})
+    with pytest.raises(SyncTlsError, match=expected):
+        conn = MqttConnection(settings, "edge-board-0001", "edge/x/y/z/status", lambda *_: None)
+        conn.connect()
+
+
+def test_an_expired_broker_certificate_is_refused(tmp_path: Path, pki: Pki) -> None:
+    broker = Broker(tmp_path / "expired", pki, expired_server=True).start()
+    try:
+        conn = MqttConnection(
+            tls_settings(broker, pki), "edge-board-0001", "edge/x/y/z/status", lambda *_: None
+        )
+        with pytest.raises(SyncTlsError, match="broker's certificate has expired"):
+            conn.connect()
+    finally:
+        broker.stop()
+
+
+def test_a_plain_client_cannot_talk_to_the_tls_listener(tls_broker: Broker) -> None:
+    from edge_agent.sync.mqtt import SyncConnectError
+
+    conn = MqttConnection(
+        plain_settings(tls_broker, connect_timeout_s=1.0), "c", "", lambda *_: None, will=False
+    )
+    with pytest.raises(SyncConnectError):
+        conn.connect()
+
+
+def test_the_receiver_cli_stores_messages(broker: Broker, tmp_path: Path) -> None:
+    from edge_agent.sync.receiver import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert (
+        json.loads(json.dumps(Receiver(tmp_path / "r.db", plain_settings(broker)).report(DEVICE)))["unique"]
+        == 0
+    )

@@ -1,0 +1,93 @@
+"""Command messages: validated before anything acts; every rejection counted by reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge_agent.config import DeviceSettings
+from edge_agent.sync.commands import MAX_COMMAND_BYTES, CommandDispatcher, ConfigReload, ModelUpdate
+from edge_agent.telemetry import metrics
+
+TOPIC = "edge/demo-district/demo-school/board-0001/cmd"
+UPDATE = {
+    "type": "model_update",
+    "request_id": "r-1",
+    "model": "kt",
+    "version": "1.2.0",
+    "url": "https://models.example/kt-1.2.0.tar",
+    "sha256": "a" * 64,
+    "signature": "c2lnbmF0dXJlLWJ5dGVz",
+}
+
+
+@pytest.fixture()
+def dispatcher() -> tuple[CommandDispatcher, list[object]]:
+    seen: list[object] = []
+    d = CommandDispatcher(DeviceSettings())
+    d.register("config_reload", seen.append)
+    d.register("model_update", seen.append)
+    return d, seen
+
+
+def test_valid_commands_reach_their_handlers(dispatcher: tuple[CommandDispatcher, list[object]]) -> None:
+    d, seen = dispatcher
+    assert d.topic == TOPIC
+    assert d.handle(TOPIC, json.dumps({"type": "config_reload", "request_id": "r-0"}).encode())
+    assert d.handle(TOPIC, json.dumps(UPDATE).encode())
+    assert isinstance(seen[0], ConfigReload)
+    assert isinstance(seen[1], ModelUpdate) and seen[1].sha256 == "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        (
+            "edge/demo-district/demo-school/other-board/cmd",
+            b'{"type":"config_reload","request_id":"x"}',
+            "unknown_topic",
+        ),
+        (TOPIC, b"{" + b" " * MAX_COMMAND_BYTES + b"}", "oversized"),
+        (TOPIC, b"not json", "malformed"),
+        (TOPIC, b"\xff\xfe", "malformed"),
+        (TOPIC, b'{"type":"reboot","request_id":"x"}', "invalid"),
+        (TOPIC, b'{"type":"config_reload"}', "invalid"),
+        (TOPIC, b'{"type":"config_reload","request_id":"x","extra":1}', "invalid"),
+        (TOPIC, json.dumps({**UPDATE, "sha256": "xyz"}).encode(), "invalid"),
+        (TOPIC, json.dumps({**UPDATE, "url": "http://insecure.example/x"}).encode(), "invalid"),
+        (TOPIC, json.dumps({**UPDATE, "version": 3}).encode(), "invalid"),
+        (TOPIC, json.dumps({**UPDATE, "request_id": "a b"}).encode(), "invalid"),
+        (TOPIC, b"[1, 2]", "invalid"),
+    ],
+)
+def test_bad_commands_are_rejected_counted_and_never_dispatched(
+    dispatcher: tuple[CommandDispatcher, list[object]], topic: str, payload: bytes, reason: str
+) -> None:
+    d, seen = dispatcher
+    before = metrics.sample("edge_mqtt_rejected_total", {"reason": reason})
+    assert not d.handle(topic, payload)
+    assert seen == []
+    assert metrics.sample("edge_mqtt_rejected_total", {"reason": reason}) == before + 1
+
+
+def test_a_command_without_a_handler_is_rejected() -> None:
+    d = CommandDispatcher(DeviceSettings())
+    before = metrics.sample("edge_mqtt_rejected_total", {"reason": "no_handler"})
+    assert not d.handle(TOPIC, b'{"type":"config_reload","request_id":"x"}')
+    assert metrics.sample("edge_mqtt_rejected_total", {"reason": "no_handler"}) == before + 1
+
+
+def test_a_failing_handler_is_contained() -> None:
+    d = CommandDispatcher(DeviceSettings())
+
+    def broken(_cmd: object) -> None:
+        raise RuntimeError("boom")
+
+    d.register("config_reload", broken)
+    assert not d.handle(TOPIC, b'{"type":"config_reload","request_id":"x"}')
+
+
+def test_registering_an_unknown_type_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="unknown command"):
+        CommandDispatcher(DeviceSettings()).register("reboot", print)

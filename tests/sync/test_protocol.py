@@ -1,0 +1,75 @@
+"""The wire format and backoff rules (pure)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge_agent.errors import InputRejected
+from edge_agent.sync.protocol import (
+    Envelope,
+    Item,
+    backoff_delay,
+    decode_message,
+    encode_message,
+    missing_ranges,
+)
+
+ENV = Envelope("t", "s", "board-1", "attention")
+
+
+def test_a_batch_round_trips_with_seq_id_and_data() -> None:
+    items = [Item(7, "abc", 1.5, '{"x":1}'), Item(8, "def", 2.25, '{"y":[1,2]}')]
+    raw = encode_message(ENV, items, sent_at=3.0)
+    doc = json.loads(raw)
+    assert doc["v"] == 1 and doc["device"] == "board-1" and doc["stream"] == "attention"
+    decoded = decode_message(raw)
+    assert [(i.seq, i.message_id, i.created_at, i.data) for i in decoded.items] == [
+        (7, "abc", 1.5, {"x": 1}),
+        (8, "def", 2.25, {"y": [1, 2]}),
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"v":2}',
+        b"\xff\xfe",
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[]}',
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":0,"id":"a","at":1}]}',
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":true,"id":"a","at":1}]}',
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":2,"at":1}]}',
+        b'{"v":1,"device":"","stream":"s","sent_at":1,"items":[{"seq":1,"id":"a","at":1}]}',
+        b'{"v":1,"device":"d","stream":"s","items":[{"seq":1,"id":"a","at":1}]}',
+    ],
+)
+def test_malformed_messages_are_rejected(raw: bytes) -> None:
+    with pytest.raises(InputRejected):
+        decode_message(raw)
+
+
+@given(attempt=st.integers(0, 100), seed=st.integers(0, 1000))
+def test_backoff_grows_and_stays_within_bounds(attempt: int, seed: int) -> None:
+    delay = backoff_delay(attempt, 1.0, 300.0, random.Random(seed))
+    base = min(300.0, 2.0**attempt)
+    assert base / 2 <= delay <= base <= 300.0
+
+
+def test_backoff_jitter_spreads_boards_apart() -> None:
+    rng = random.Random(1)
+    assert len({round(backoff_delay(5, 1.0, 300.0, rng), 3) for _ in range(20)}) > 10
+
+
+@pytest.mark.parametrize(
+    ("seqs", "gaps"),
+    [([], []), ([1, 2, 3], []), ([2, 3], [(1, 1)]), ([1, 4, 5, 9], [(2, 3), (6, 8)])],
+)
+def test_missing_ranges(seqs: list[int], gaps: list[tuple[int, int]]) -> None:
+    assert missing_ranges(seqs) == gaps

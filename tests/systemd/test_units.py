@@ -1,0 +1,142 @@
+"""The shipped systemd units: `systemd-analyze verify` accepts them and the daemon's sandbox rates an
+exposure of at most 3.0 in `systemd-analyze security --offline=true`.
+
+verify needs ExecStart's binary to exist, so the units are checked inside a throw-away root that holds
+them, a copy of the host's own unit library (sysinit.target and friends) and an executable at the
+path the units name; that checks the unit syntax and the path, not the daemon itself.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS = REPO / "systemd"
+AGENT_BIN = "/opt/edge-agent/venv/bin/edge-agent"
+HOST_UNITS = next(
+    (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()), None
+)
+
+ANALYZE = shutil.which("systemd-analyze")
+pytestmark = pytest.mark.skipif(
+    ANALYZE is None, reason="systemd-analyze is not installed (apt install systemd)"
+)
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    assert ANALYZE is not None
+    return subprocess.run([ANALYZE, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def unit_root(tmp_path: Path) -> Path:
+    if HOST_UNITS is None:
+        pytest.skip("no systemd unit library on this machine to verify against")
+    root = tmp_path / "root"
+    shutil.copytree(HOST_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    system = root / "etc/systemd/system"
+    system.mkdir(parents=True)
+    for unit in ("edge-agent.service", "edge-agent-engines.service"):
+        shutil.copy(UNITS / unit, system / unit)
+    binary = root / AGENT_BIN.lstrip("/")
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    (root / "bin").mkdir()
+    shutil.copy("/bin/sh", root / "bin/sh")
+    return root
+
+
+def test_units_pass_systemd_analyze_verify_without_warnings(tmp_path: Path) -> None:
+    root = unit_root(tmp_path)
+    result = analyze(
+        "verify",
+        f"--root={root}",
+        "/etc/systemd/system/edge-agent.service",
+        "/etc/systemd/system/edge-agent-engines.service",
+    )
+    # Unknown keys or bad values are only warnings to verify (exit 0), so any output fails the test.
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr
+
+
+def test_verify_catches_a_missing_executable(tmp_path: Path) -> None:
+    root = unit_root(tmp_path)
+    (root / AGENT_BIN.lstrip("/")).unlink()
+    result = analyze("verify", f"--root={root}", "/etc/systemd/system/edge-agent.service")
+    assert result.returncode != 0 and "is not executable" in result.stderr
+
+
+def exposure(unit: Path) -> float:
+    result = analyze("security", "--offline=true", str(unit))
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout[-2000:] + result.stderr
+    return float(match.group(1))
+
+
+def test_daemon_unit_exposure_is_at_most_3() -> None:
+    assert exposure(UNITS / "edge-agent.service") <= 3.0
+
+
+def test_engine_build_unit_is_sandboxed_too() -> None:
+    assert exposure(UNITS / "edge-agent-engines.service") <= 3.0
+
+
+def read_unit(name: str) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(strict=False, delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(UNITS / name)
+    return parser
+
+
+def test_daemon_unit_settings_the_daemon_relies_on() -> None:
+    unit = read_unit("edge-agent.service")
+    service = unit["Service"]
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    assert service["User"] == "edge-agent" and "video" in service["SupplementaryGroups"]
+    assert int(service["WatchdogSec"]) > 0 and int(service["RestartSec"]) >= 5
+    assert "PrivateDevices" not in service  # it would hide the GPU and the camera
+    assert "MemoryDenyWriteExecute" not in service  # CUDA/TensorRT JIT need W+X pages
+    assert service["DevicePolicy"] == "closed"
+    assert unit["Unit"]["StartLimitBurst"] and "edge-agent-engines.service" in unit["Unit"]["After"]
+    engines = read_unit("edge-agent-engines.service")
+    assert engines["Service"]["Type"] == "oneshot" and engines["Unit"]["Before"] == "edge-agent.service"
+    assert "engines-built.stamp" in engines["Service"]["ExecCondition"]
+
+
+def test_engine_build_runs_on_first_boot_and_after_an_upgrade_only(tmp_path: Path) -> None:
+    import shlex
+
+    service = read_unit("edge-agent-engines.service")["Service"]
+    version, stamp = tmp_path / "VERSION", tmp_path / "engines-built.stamp"
+
+    def condition() -> int:
+        argv = shlex.split(service["ExecCondition"])
+        argv = [
+            a.replace("/opt/edge-agent/VERSION", str(version)).replace(
+                "/var/cache/edge-agent/engines-built.stamp", str(stamp)
+            )
+            for a in argv
+        ]
+        return subprocess.run(argv, timeout=10, check=False).returncode
+
+    def post() -> None:
+        argv = [
+            a.replace("/opt/edge-agent/VERSION", str(version)).replace(
+                "/var/cache/edge-agent/engines-built.stamp", str(stamp)
+            )
+            for a in shlex.split(service["ExecStartPost"])
+        ]
+        subprocess.run(argv, timeout=10, check=True)
+
+    version.write_text("0.1.0\n")
+    assert condition() == 0  # first boot: build
+    post()
+    assert condition() == 1  # same version: systemd skips the unit
+    version.write_text("0.2.0\n")
+    assert condition() == 0  # upgraded: build again

@@ -1,0 +1,121 @@
+"""The fleet's Grafana dashboard and Prometheus config only use metrics the daemon really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.metrics_core import Metric
+
+from edge_agent.telemetry.metrics import REGISTRY
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "provisioning/grafana/edge-agent-dashboard.json"
+PROMETHEUS = REPO / "provisioning/prometheus/prometheus.yml"
+
+PROMQL_WORDS = {
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "rate",
+    "irate",
+    "increase",
+    "histogram_quantile",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "label_values",
+    "clamp_min",
+    "clamp_max",
+    "abs",
+    "topk",
+    "bottomk",
+    "delta",
+    "deriv",
+    "time",
+}
+
+
+def exported_names() -> set[str]:
+    """Series names as Prometheus stores them (counters get _total, histograms _bucket/_sum/_count)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    families: list[Metric] = list(REGISTRY.collect())
+    return {f.name + s for f in families for s in suffixes.get(f.type, ("",))}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Identifiers in a PromQL expression that are not functions, keywords or label names."""
+    stripped = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)  # strings
+    stripped = re.sub(r"label_values\(([^,]+),[^)]*\)", r"\1", stripped)  # Grafana: (metric, label)
+    stripped = re.sub(r"\{[^}]*\}", "", stripped)  # label matchers
+    stripped = re.sub(r"\[[^\]]*\]", "", stripped)  # range selectors
+    stripped = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", stripped)  # grouping labels
+    tokens = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", stripped))
+    return {t for t in tokens if t not in PROMQL_WORDS}
+
+
+def dashboard_expressions() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    found = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            found.append((variable["name"], variable["definition"]))
+    return found
+
+
+def test_every_dashboard_query_uses_only_exported_metrics() -> None:
+    known = exported_names()
+    expressions = dashboard_expressions()
+    assert len(expressions) >= 8
+    for title, expr in expressions:
+        names = metric_names(expr)
+        assert names, f"{title}: no metric in {expr!r}"
+        assert names <= known, f"{title}: unknown metric(s) {sorted(names - known)} in {expr!r}"
+
+
+def test_dashboard_covers_qps_latency_failures_backlog_and_gpu() -> None:
+    exprs = " ".join(expr for _, expr in dashboard_expressions())
+    assert "histogram_quantile(0.99" in exprs and "edge_inference_latency_seconds_bucket" in exprs
+    for needed in (
+        "edge_inference_requests_total",
+        "edge_inference_latency_seconds_sum",
+        "edge_engine_load_failures_total",
+        "edge_outbox_backlog",
+        "edge_gpu_utilisation_ratio",
+    ):
+        assert needed in exprs
+    assert all('instance=~"$instance"' in e for t, e in dashboard_expressions() if t != "instance")
+
+
+@pytest.mark.parametrize(
+    "expr", ["rate(edge_inference_requests[5m])", "edge_outbox_backlog_total", "nope_metric"]
+)
+def test_name_check_catches_metrics_that_do_not_exist(expr: str) -> None:
+    assert not metric_names(expr) <= exported_names()
+
+
+def test_prometheus_config_scrapes_file_sd_targets() -> None:
+    config = yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "edge-agent")
+    assert job["metrics_path"] == "/metrics"
+    assert "targets/*.json" in job["file_sd_configs"][0]["files"]
+    assert config["global"]["scrape_timeout"] <= config["global"]["scrape_interval"]
+    example = json.loads((PROMETHEUS.parent / "targets/example-school.json").read_text(encoding="utf-8"))
+    for group in example:
+        assert all(re.fullmatch(r"[\w.-]+:\d+", t) for t in group["targets"])
+        assert set(group["labels"]) == {"tenant", "site", "device_id"}
+    provider = yaml.safe_load((DASHBOARD.parent / "dashboards.yml").read_text(encoding="utf-8"))
+    assert provider["apiVersion"] == 1 and provider["providers"][0]["type"] == "file"

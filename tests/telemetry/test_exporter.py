@@ -1,0 +1,131 @@
+"""/metrics over real HTTP, moved by a real ONNX Runtime engine, and quantiles read back from buckets."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+
+from edge_agent.errors import EngineInputError
+from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+from edge_agent.telemetry.exporter import (
+    MetricsServer,
+    bucket_quantile,
+    histogram_stats,
+    histogram_stats_from_text,
+    sample_from_text,
+    scrape,
+)
+from edge_agent.telemetry.instrument import infer_timed
+from edge_agent.telemetry.metrics import LATENCY_BUCKETS
+
+INF = math.inf
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        (0.5, [(1.0, 0), (2.0, 10), (INF, 10)], 1.5),  # linear inside the bucket
+        (0.99, [(1.0, 50), (2.0, 100), (INF, 100)], 1.98),
+        (0.5, [(1.0, 10), (2.0, 10), (INF, 10)], 0.5),  # first bucket starts at zero
+        (0.99, [(1.0, 0), (2.0, 0), (INF, 5)], 2.0),  # above every bound: the top finite bound
+        (0.5, [(1.0, 0), (INF, 0)], None),  # nothing observed
+        (0.5, [(1.0, 3)], None),  # no +Inf bucket: not a histogram
+        (0.5, [], None),
+    ],
+)
+def test_bucket_quantile_matches_promql_histogram_quantile(q, buckets, expected) -> None:
+    got = bucket_quantile(q, buckets)
+    assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_bucket_quantile_rejects_a_quantile_outside_0_1() -> None:
+    with pytest.raises(ValueError, match=r"within 0\.\.1"):
+        bucket_quantile(1.5, [(INF, 1)])
+
+
+def test_histogram_stats_reads_mean_and_p99_from_a_registry() -> None:
+    registry = CollectorRegistry()
+    hist = Histogram("demo_seconds", "demo", ["stage"], buckets=(0.1, 0.2, 0.4), registry=registry)
+    for value in [0.05] * 90 + [0.3] * 10:
+        hist.labels(stage="infer").observe(value)
+    stats = histogram_stats("demo_seconds", {"stage": "infer"}, registry)
+    assert stats.count == 100 and stats.mean == pytest.approx(0.075)
+    assert stats.p50 == pytest.approx(0.1 * 50 / 90)
+    assert stats.p99 == pytest.approx(0.2 + 0.2 * 9 / 10)
+    assert histogram_stats("demo_seconds", {"stage": "other"}, registry).mean is None
+
+
+def test_malformed_exposition_text_raises_value_error() -> None:
+    with pytest.raises(ValueError):
+        histogram_stats_from_text("edge_x{le=oops 1\n", "edge_x")
+
+
+def _bucket_around(value: float) -> tuple[float, float]:
+    lower = 0.0
+    for bound in LATENCY_BUCKETS:
+        if value <= bound:
+            return lower, bound
+        lower = bound
+    return lower, INF
+
+
+def test_scraped_metrics_move_with_real_inference_and_p99_agrees(model_mirror: Path) -> None:
+    engine = OnnxRuntimeEngine(
+        model_mirror / "headpose/fsanet-1x1-iter-688590.onnx", model_name="fsanet-scrape"
+    )
+    rng = np.random.default_rng(7)
+    crops = rng.uniform(-1.0, 1.0, size=(300, 1, 3, 64, 64)).astype(np.float32)
+    labels = {"engine": "fsanet-scrape", "backend": "onnxruntime"}
+    server = MetricsServer("127.0.0.1", 0)
+
+    async def scenario() -> tuple[str, str, list[float]]:
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        try:
+            before = await scrape(url)
+            measured = [infer_timed(engine, {"input": crop})[1] for crop in crops]
+            with pytest.raises(EngineInputError):
+                infer_timed(engine, {"input": crops[0][:, :1]})
+            after = await scrape(url)
+        finally:
+            await server.stop()
+        return before, after, measured
+
+    before, after, measured = asyncio.run(scenario())
+    engine.close()
+    ok_before = sample_from_text(before, "edge_inference_requests_total", {**labels, "outcome": "ok"}) or 0.0
+    assert (
+        sample_from_text(after, "edge_inference_requests_total", {**labels, "outcome": "ok"})
+        == ok_before + 300
+    )
+    assert sample_from_text(after, "edge_inference_requests_total", {**labels, "outcome": "error"}) == 1
+
+    stats = histogram_stats_from_text(after, "edge_inference_latency_seconds", {"engine": "fsanet-scrape"})
+    assert stats.count == 300
+    assert stats.mean == pytest.approx(float(np.mean(measured)), rel=1e-6)
+    true_p99 = float(np.quantile(measured, 0.99))
+    lower, upper = _bucket_around(true_p99)
+    assert stats.p99 is not None and abs(stats.p99 - true_p99) <= upper - lower, (stats.p99, true_p99)
+    # the in-process reader (status page) sees the same numbers as the scraper
+    assert histogram_stats("edge_inference_latency_seconds", {"engine": "fsanet-scrape"}) == stats
+
+
+def test_metrics_server_reports_a_taken_port() -> None:
+    async def scenario() -> str:
+        first = MetricsServer("127.0.0.1", 0)
+        await first.start()
+        second = MetricsServer("127.0.0.1", first.port)
+        try:
+            with pytest.raises(OSError):
+                await second.start()
+            return second.health().detail
+        finally:
+            await first.stop()
+
+    detail = asyncio.run(scenario())
+    assert "cannot listen" in detail and "[metrics] port" in detail

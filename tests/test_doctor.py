@@ -1,0 +1,477 @@
+"""`edge-agent doctor`: a passing and a failing case for every check, with real files, sockets and TLS."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import socket
+import sqlite3
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edge_agent import doctor
+from edge_agent.config import Config, parse_config
+from edge_agent.inference.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+# --- config, disk, database -------------------------------------------------------------------
+
+
+def secret(path: Path) -> Path:
+    path.write_bytes(b"x" * 32)
+    path.chmod(0o600)
+    return path
+
+
+def write_config(tmp_path: Path, extra: str = "", mirror: Path | None = None) -> Path:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    mirror_line = f'model_mirror = "{mirror}"' if mirror else ""
+    text = f"""
+[device]
+pseudonym_secret_file = "{secret(tmp_path / "pseudonym.key")}"
+[paths]
+state_dir = "{state}"
+cache_dir = "{tmp_path / "cache"}"
+{mirror_line}
+[web]
+token_file = "{secret(tmp_path / "web.token")}"
+[camera]
+enabled = false
+[mqtt]
+enabled = false
+{extra}
+"""
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_config_passes(tmp_path: Path) -> None:
+    result, config = doctor.check_config(write_config(tmp_path))
+    assert result.ok and config is not None
+
+
+def test_config_with_unknown_key_fails_with_its_location_and_a_fix(tmp_path: Path) -> None:
+    result, config = doctor.check_config(write_config(tmp_path, "[metrics]\nprot = 9108\n"))
+    assert not result.ok and config is None
+    assert "metrics.prot" in result.detail and "unknown key" in result.detail
+    assert "edge-agent config check" in result.fix
+
+
+def test_config_naming_missing_files_fails_but_still_yields_the_settings(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("[mqtt]\nenabled = false", "[mqtt]\nhost = \"broker.example\""))
+    result, config = doctor.check_config(path)
+    assert not result.ok and "mqtt.ca_file" in result.detail
+    assert config is not None and config.mqtt.host == "broker.example"
+
+
+def test_disk_with_room_passes_and_a_full_one_fails(tmp_path: Path) -> None:
+    assert doctor.check_disk("state", tmp_path / "not-yet-created", min_free=1).ok
+    full = doctor.check_disk("state", tmp_path, min_free=1 << 62)
+    assert not full.ok and "GiB free" in full.detail and "free space" in full.fix
+
+
+def make_db(path: Path, rows: int = 2000) -> Path:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, topic TEXT, payload BLOB)")
+    conn.execute("CREATE INDEX outbox_topic ON outbox (topic)")
+    conn.executemany(
+        "INSERT INTO outbox (topic, payload) VALUES (?, ?)",
+        [(f"edge/t/s/d/{i % 7}", bytes(100)) for i in range(rows)],
+    )
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_healthy_database_passes_and_is_not_modified(tmp_path: Path) -> None:
+    path = make_db(tmp_path / "edge-agent.db")
+    before = path.read_bytes()
+    assert doctor.check_database(path).ok
+    assert path.read_bytes() == before
+    assert doctor.check_database(tmp_path / "absent.db").ok  # first start: nothing to check yet
+
+
+def test_corrupt_database_fails(tmp_path: Path) -> None:
+    path = make_db(tmp_path / "edge-agent.db")
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(1)
+    page = 4096
+    data[page * 2 : page * 6] = rng.integers(0, 256, page * 4, dtype=np.uint8).tobytes()  # clobber pages 3-6
+    path.write_bytes(bytes(data))
+    result = doctor.check_database(path)
+    assert not result.ok and "damaged" in result.detail and "moves a corrupt database aside" in result.fix
+
+
+def test_garbage_file_as_database_fails(tmp_path: Path) -> None:
+    path = tmp_path / "edge-agent.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    assert not doctor.check_database(path).ok
+
+
+# --- camera ----------------------------------------------------------------------------------
+
+
+def test_video_file_camera_passes(tmp_path: Path) -> None:
+    path = tmp_path / "class.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 5.0, (160, 120))
+    for i in range(5):
+        writer.write(np.full((120, 160, 3), i * 40, dtype=np.uint8))
+    writer.release()
+    result = doctor.check_camera(str(path), timeout_s=10)
+    assert result.ok, result.detail
+    assert "160x120" in result.detail
+
+
+def test_missing_camera_fails_with_a_fix(tmp_path: Path) -> None:
+    result = doctor.check_camera(str(tmp_path / "no-such-camera.avi"), timeout_s=10)
+    assert not result.ok and "cannot be opened" in result.detail and "/dev/video" in result.fix
+
+
+def test_image_folder_camera_passes_and_an_empty_one_fails(tmp_path: Path, faces_dir: Path) -> None:
+    assert doctor.check_camera(str(faces_dir / "pexels")).ok
+    assert not doctor.check_camera(str(tmp_path)).ok
+
+
+# --- models and engines ----------------------------------------------------------------------
+
+
+@pytest.fixture()
+def one_manifest(tmp_path: Path) -> Path:
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    (folder / "fsanet-1x1.toml").write_text((REPO / "engines/fsanet-1x1.toml").read_text())
+    return folder
+
+
+def config_for(tmp_path: Path, mirror: Path | None) -> Config:
+    mirror_line = f'model_mirror = "{mirror}"' if mirror else ""
+    return parse_config(
+        f'[paths]\nstate_dir = "{tmp_path}"\ncache_dir = "{tmp_path / "cache"}"\n{mirror_line}\n'
+    )
+
+
+def test_models_in_the_mirror_with_the_pinned_hash_pass(
+    tmp_path: Path, model_mirror: Path, one_manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGE_AGENT_MODEL_MIRROR", raising=False)
+    result, found = doctor.check_models(config_for(tmp_path, model_mirror), one_manifest)
+    assert result.ok, result.detail
+    assert [m.name for m in found] == ["fsanet-1x1"]
+
+
+def test_missing_or_tampered_models_fail(
+    tmp_path: Path, one_manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGE_AGENT_MODEL_MIRROR", raising=False)
+    mirror = tmp_path / "mirror"
+    (mirror / "headpose").mkdir(parents=True)
+    (mirror / "headpose/fsanet-1x1-iter-688590.onnx").write_bytes(b"tampered")
+    result, found = doctor.check_models(config_for(tmp_path, mirror), one_manifest)
+    assert not result.ok and found == []
+    assert "fsanet-1x1" in result.detail and "EDGE_AGENT_MODEL_MIRROR" in result.fix
+
+
+def test_broken_manifest_fails(tmp_path: Path, one_manifest: Path) -> None:
+    (one_manifest / "broken.toml").write_text("[model\nname=")
+    result, _ = doctor.check_models(config_for(tmp_path, None), one_manifest)
+    assert not result.ok and "not valid TOML" in result.detail
+
+
+def test_engine_loads_through_the_selection_code_and_reports_its_backend(
+    tmp_path: Path, model_mirror: Path, one_manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EDGE_AGENT_MODEL_MIRROR", raising=False)
+    config = config_for(tmp_path, model_mirror)
+    entry = load_manifest(one_manifest / "fsanet-1x1.toml")
+    result = doctor.check_engine(entry, config)
+    assert result.ok, result.detail
+    assert result.detail.split()[0] in {"onnxruntime", "tensorrt"}
+
+
+def test_engine_that_cannot_load_fails(tmp_path: Path, one_manifest: Path) -> None:
+    (one_manifest / "bad.onnx").write_bytes(b"\x08\x07garbage")
+    manifest = one_manifest / "bad.toml"
+    manifest.write_text(
+        '[model]\nname = "bad"\nrole = "other"\n[source]\nrepo_path = "bad.onnx"\nmirror_path = "bad.onnx"\n'
+        '[profile.dynamic]\nmin = 1\nopt = 1\nmax = 1\n'
+        '[build]\nprecisions = ["fp32"]\ndefault_precision = "fp32"\n'
+    )
+    result = doctor.check_engine(load_manifest(manifest), config_for(tmp_path, None))
+    assert not result.ok and "bad" in result.detail and "onnxruntime" in result.fix
+
+
+# --- broker reachability and TLS --------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_listening_broker_is_reachable_and_a_closed_port_is_not() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert doctor.check_reachable("127.0.0.1", server.getsockname()[1], timeout_s=2).ok
+    result = doctor.check_reachable("127.0.0.1", closed_port(), timeout_s=2)
+    assert not result.ok and "refused" in result.detail.lower() and "firewall" in result.fix
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[str, ec.EllipticCurvePrivateKey] | None,
+    days: float,
+    *,
+    ca: bool = False,
+    not_before_days: float = -1,
+) -> x509.Certificate:
+    issuer_name, issuer_key = issuer or (subject, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW + dt.timedelta(days=not_before_days))
+        .not_valid_after(NOW + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> Path:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if key is not None:
+        key_path = path.with_suffix(".key")
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        key_path.chmod(0o600)
+    return path
+
+
+class Pki:
+    """A fleet CA, a board certificate, and broker certificates of several kinds, in a folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.ca_key = _key()
+        self.ca = _write(folder / "ca.pem", _cert("fleet CA", self.ca_key, None, 3650, ca=True))
+        device_key = _key()
+        self.device = _write(
+            folder / "device.pem", _cert("board-0001", device_key, ("fleet CA", self.ca_key), 400), device_key
+        )
+        self.device_key = folder / "device.key"
+
+    def broker(self, name: str, days: float, *, foreign_ca: bool = False) -> tuple[Path, Path]:
+        key = _key()
+        issuer_key = _key() if foreign_ca else self.ca_key
+        path = _write(
+            self.folder / f"{name}.pem", _cert("localhost", key, ("fleet CA", issuer_key), days), key
+        )
+        return path, path.with_suffix(".key")
+
+
+@pytest.fixture()
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path)
+
+
+@pytest.fixture()
+def tls_broker(pki: Pki) -> Iterator[callable]:
+    """Start a TLS server on loopback that demands a client certificate from the fleet CA."""
+    servers: list[tuple[socket.socket, threading.Thread]] = []
+
+    def start(cert: Path, key: Path) -> int:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+        context.load_verify_locations(str(pki.ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(10)
+
+        def serve() -> None:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (OSError, ssl.SSLError):
+                pass  # the failing cases end the handshake on purpose
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        servers.append((listener, thread))
+        return int(listener.getsockname()[1])
+
+    yield start
+    for listener, thread in servers:
+        listener.close()
+        thread.join(5)
+
+
+def test_tls_handshake_with_a_valid_broker_passes(pki: Pki, tls_broker) -> None:
+    port = tls_broker(*pki.broker("broker", 365))
+    result = doctor.check_tls("127.0.0.1", port, pki.ca, pki.device, pki.device_key, timeout_s=5)
+    assert result.ok and not result.warning, result.detail
+    assert "handshake ok" in result.detail and "valid for" in result.detail
+
+
+def test_tls_broker_certificate_expiring_soon_warns(pki: Pki, tls_broker) -> None:
+    port = tls_broker(*pki.broker("broker-soon", 10))
+    result = doctor.check_tls("127.0.0.1", port, pki.ca, pki.device, pki.device_key, timeout_s=5)
+    assert result.ok and result.warning and "expires in" in result.detail
+
+
+def test_tls_broker_from_another_ca_fails(pki: Pki, tls_broker) -> None:
+    port = tls_broker(*pki.broker("impostor", 365, foreign_ca=True))
+    result = doctor.check_tls("127.0.0.1", port, pki.ca, pki.device, pki.device_key, timeout_s=5)
+    assert not result.ok and "rejected" in result.detail and "ca_file" in result.fix
+
+
+def test_tls_with_unreadable_client_key_fails(pki: Pki, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    result = doctor.check_tls("127.0.0.1", closed_port(), pki.ca, pki.device, garbage, timeout_s=2)
+    assert not result.ok and "cannot load certificates" in result.detail
+
+
+def test_device_certificate_expiry(pki: Pki, tmp_path: Path) -> None:
+    assert doctor.check_certificate_file(pki.device).ok
+    soon = doctor.check_certificate_file(pki.device, now=NOW + dt.timedelta(days=390))
+    assert soon.ok and soon.warning
+    expired = doctor.check_certificate_file(pki.device, now=NOW + dt.timedelta(days=500))
+    assert not expired.ok and "expired" in expired.detail and "provisioning" in expired.fix
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    assert not doctor.check_certificate_file(tmp_path / "junk.pem").ok
+
+
+# --- clock -----------------------------------------------------------------------------------
+
+
+def test_synchronised_plausible_clock_passes() -> None:
+    assert doctor.check_clock(dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc), True, "timedatectl").ok
+
+
+@pytest.mark.parametrize(
+    ("now", "synced"),
+    [
+        (dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc), None),
+        (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc), True),
+        (dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc), False),
+    ],
+)
+def test_implausible_or_unsynchronised_clock_fails(now: dt.datetime, synced: bool | None) -> None:
+    result = doctor.check_clock(now, synced, "timedatectl")
+    assert not result.ok and "set-ntp" in result.fix
+
+
+def test_timesyncd_flag_file_means_synchronised(tmp_path: Path) -> None:
+    flag = tmp_path / "run/systemd/timesync/synchronized"
+    flag.parent.mkdir(parents=True)
+    flag.touch()
+    assert doctor.clock_sync_status(tmp_path) == (True, "systemd-timesyncd synchronized")
+
+
+# --- the whole command -----------------------------------------------------------------------
+
+
+def synced_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "run/systemd/timesync").mkdir(parents=True)
+    (root / "run/systemd/timesync/synchronized").touch()
+    return root
+
+
+def test_doctor_on_a_healthy_board_exits_0(
+    tmp_path: Path,
+    model_mirror: Path,
+    one_manifest: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("EDGE_AGENT_MODEL_MIRROR", raising=False)
+    config = write_config(tmp_path, mirror=model_mirror)
+    results = doctor.run_checks(config, root=synced_root(tmp_path), manifests_dir=one_manifest)
+    assert all(r.ok for r in results), doctor.render_table(results)
+    names = [r.name for r in results]
+    assert names == ["config", "clock", "disk state", "disk cache", "database", "models", "engine fsanet-1x1"]
+
+
+def test_doctor_cli_prints_json_and_exits_1_when_the_config_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    doctor.add_doctor_parser(parser.add_subparsers())
+    args = parser.parse_args(["doctor", "--config", str(tmp_path / "absent.toml"), "--json"])
+    assert args.func(args) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report[0]["name"] == "config" and not report[0]["ok"] and "not found" in report[0]["detail"]
+
+
+def test_table_shows_fixes_only_for_failures_and_warnings() -> None:
+    table = doctor.render_table(
+        [
+            doctor.CheckResult("clock", True, "synchronised", "enable NTP"),
+            doctor.CheckResult("broker reachable", False, "refused", "open the firewall"),
+            doctor.CheckResult("device certificate", True, "expires in 9 days", "renew", warning=True),
+        ]
+    )
+    assert "enable NTP" not in table and "fix: open the firewall" in table and "fix: renew" in table
+    assert table.splitlines()[0].startswith("ok") and table.splitlines()[1].startswith("FAIL")
+    assert table.endswith("2 passed, 1 failed")

@@ -1,0 +1,107 @@
+"""Attention rules as tables: attentive flags, track smoothing, windows, suppression, low signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent.vision.attention import (
+    AttentionRules,
+    FaceTracker,
+    WindowAggregator,
+    is_attentive,
+    percentile,
+)
+from edge_agent.vision.pose import Pose
+
+
+@pytest.mark.parametrize(
+    ("yaw", "pitch", "expected"),
+    [(0, 0, True), (29.9, 0, True), (30.1, 0, False), (-31, 0, False), (0, 24, True), (0, -26, False)],
+)
+def test_attentive_within_yaw_and_pitch_limits(yaw, pitch, expected):
+    assert is_attentive(Pose(yaw, pitch), AttentionRules(30.0, 25.0)) is expected
+
+
+def test_one_bad_frame_does_not_flip_a_smoothed_face():
+    tracker = FaceTracker(smoothing_frames=5)
+    box = (100.0, 100.0, 50.0, 50.0)
+    for _ in range(4):
+        assert tracker.update([box], [True]) == [True]
+    assert tracker.update([(102.0, 101.0, 50.0, 50.0)], [False]) == [True]
+    assert len(tracker) == 1
+
+
+def test_faces_far_apart_get_separate_tracks_and_lost_tracks_expire():
+    tracker = FaceTracker(smoothing_frames=3, max_missed=1)
+    tracker.update([(0.0, 0.0, 10.0, 10.0), (100.0, 0.0, 10.0, 10.0)], [True, False])
+    assert len(tracker) == 2
+    tracker.update([(0.0, 0.0, 10.0, 10.0)], [True])
+    tracker.update([(0.0, 0.0, 10.0, 10.0)], [True])
+    assert len(tracker) == 1
+
+
+def test_window_aggregates_share_statistics_and_closes_on_boundary():
+    agg = WindowAggregator(window_s=60.0, min_faces=2, low_share=0.5, low_windows=2)
+    shares = [(4, 4), (4, 2), (4, 3), (4, 1)]
+    for i, (faces, attentive) in enumerate(shares):
+        assert agg.add(600.0 + i, faces, attentive) == []
+    (closed,) = agg.add(661.0, 4, 4)
+    values = [a / f for f, a in shares]
+    assert closed["start"] == 600.0 and closed["end"] == 660.0
+    assert closed["frames"] == 4 and closed["faces_max"] == 4 and closed["faces_mean"] == 4.0
+    assert closed["attentive_mean"] == pytest.approx(np.mean(values), abs=1e-4)
+    assert closed["attentive_p10"] == pytest.approx(np.percentile(values, 10), abs=1e-4)
+    assert closed["attentive_median"] == pytest.approx(np.median(values), abs=1e-4)
+    assert not closed["suppressed"] and not closed["low"]
+
+
+def test_window_with_too_few_faces_is_suppressed_and_withholds_shares():
+    agg = WindowAggregator(window_s=10.0, min_faces=3)
+    agg.add(0.0, 1, 1)
+    agg.add(1.0, 2, 0)
+    closed = agg.flush()
+    assert closed is not None and closed["suppressed"]
+    assert closed["attentive_mean"] is None and closed["attentive_median"] is None
+    assert closed["faces_max"] == 2
+
+
+def test_low_attention_after_n_weak_windows_in_a_row_and_clears_on_a_good_one():
+    agg = WindowAggregator(window_s=10.0, min_faces=1, low_share=0.5, low_windows=2)
+    lows = []
+    for start, attentive in [(0, 1), (10, 1), (20, 1), (30, 4), (40, 0)]:
+        lows += [w["low"] for w in agg.add(float(start), 4, attentive)]
+    assert lows == [False, True, True, False]
+
+
+def test_suppressed_window_neither_counts_as_weak_nor_breaks_the_run():
+    agg = WindowAggregator(window_s=10.0, min_faces=3, low_share=0.5, low_windows=2)
+    agg.add(0.0, 4, 0)
+    agg.add(10.0, 1, 0)  # closes window 0 (weak)
+    agg.add(20.0, 4, 0)  # closes window 10 (suppressed)
+    (closed,) = agg.add(30.0, 4, 4)  # closes window 20 (weak): second in a row
+    assert closed["low"]
+
+
+def test_frames_without_faces_count_as_frames_but_not_as_shares():
+    agg = WindowAggregator(window_s=10.0, min_faces=0)
+    agg.add(0.0, 0, 0)
+    agg.add(1.0, 2, 1)
+    closed = agg.flush()
+    assert closed is not None and closed["frames"] == 2 and closed["attentive_mean"] == 0.5
+    assert agg.flush() is None
+
+
+@pytest.mark.parametrize("q", [0, 10, 50, 90, 100])
+def test_percentile_matches_numpy(q):
+    values = [0.1, 0.9, 0.4, 0.5, 0.3]
+    assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+def test_window_closes_on_time_even_without_frames():
+    agg = WindowAggregator(window_s=10.0, min_faces=1)
+    agg.add(3.0, 4, 4)
+    assert agg.expire(9.9) == []
+    (closed,) = agg.expire(12.0)
+    assert closed["start"] == 0.0 and closed["frames"] == 1
+    assert agg.expire(30.0) == []

@@ -1,0 +1,194 @@
+"""The camera thread on real files: latest frame only, bad frames skipped, reconnects, stalls."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.errors import CameraError
+from edge_agent.telemetry import metrics
+from edge_agent.vision.camera import Camera, frame_problem, next_backoff
+from edge_agent.vision.sources import classify, open_source
+
+
+def _value(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def _camera(source: str, fps: float = 100.0, **kwargs) -> Camera:
+    kwargs.setdefault("reconnect_min_s", 0.05)
+    kwargs.setdefault("reconnect_max_s", 0.2)
+    return Camera(source, opener=lambda stop: open_source(source, stop=stop, folder_fps=fps), **kwargs)
+
+
+@pytest.fixture()
+def folder(tmp_path: Path, faces_dir: Path) -> Path:
+    path = tmp_path / "frames"
+    path.mkdir()
+    shutil.copy(faces_dir / "pexels" / "Test3.jpg", path / "a.jpg")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [("0", "v4l2"), ("/dev/video2", "v4l2"), ("rtsp://cam/stream", "url"),
+     ("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! appsink", "gstreamer"), ("/nonexistent.mp4", "file")],
+)
+def test_source_strings_are_classified(source, kind):
+    assert classify(source) == kind
+
+
+def test_frame_checks_and_backoff_are_pure():
+    assert frame_problem(np.zeros((0, 0, 3), np.uint8)) == "empty"
+    assert frame_problem(np.zeros((10, 10, 3), np.uint8)) == "tiny"
+    assert frame_problem(np.zeros((100, 100), np.uint8)) == "format"
+    assert frame_problem(np.zeros((100, 100, 3), np.uint8)) is None
+    assert next_backoff(0.0, 1.0, 8.0) == 1.0
+    assert next_backoff(4.0, 1.0, 8.0) == 8.0
+    assert next_backoff(8.0, 1.0, 8.0) == 8.0
+
+
+def test_corrupt_empty_and_tiny_images_are_skipped_and_counted(folder: Path):
+    (folder / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "c.jpg").write_bytes(b"")
+    cv2.imwrite(str(folder / "d.png"), np.zeros((8, 8, 3), np.uint8))
+    empty0, tiny0, frames0 = (_value("edge_camera_frames_dropped_total", reason="empty"),
+                              _value("edge_camera_frames_dropped_total", reason="tiny"),
+                              _value("edge_camera_frames_total"))
+    camera = _camera(str(folder))
+    camera.start()
+    try:
+        assert _wait(lambda: _value("edge_camera_frames_dropped_total", reason="tiny") > tiny0 + 1)
+        frame = camera.latest()
+        assert frame is not None and frame.image.shape == (1024, 1024, 3)
+    finally:
+        camera.stop()
+    assert _value("edge_camera_frames_dropped_total", reason="empty") >= empty0 + 2
+    assert _value("edge_camera_frames_total") > frames0
+
+
+def test_only_the_newest_frame_is_kept_and_superseded_frames_are_counted(folder: Path):
+    busy0 = _value("edge_camera_frames_dropped_total", reason="busy")
+    camera = _camera(str(folder), fps=200.0)
+    camera.start()
+    try:
+        assert _wait(lambda: camera.latest(0) is not None)
+        time.sleep(0.2)
+        first = camera.latest(0)
+        assert first is not None and first.seq > 5
+        assert camera.latest(first.seq) is None or camera.latest(first.seq).seq > first.seq
+    finally:
+        camera.stop()
+    assert _value("edge_camera_frames_dropped_total", reason="busy") > busy0
+
+
+def test_folder_deleted_mid_run_reconnects_and_recovers(folder: Path, faces_dir: Path):
+    reconnects0 = _value("edge_camera_reconnects_total")
+    camera = _camera(str(folder))
+    camera.start()
+    try:
+        assert _wait(lambda: camera.state()[0] == "running")
+        shutil.rmtree(folder)
+        assert _wait(lambda: camera.state()[0] in ("reconnecting", "error"))
+        assert _wait(lambda: _value("edge_camera_reconnects_total") >= reconnects0 + 2)
+        folder.mkdir()
+        shutil.copy(faces_dir / "pexels" / "Test1.jpg", folder / "a.jpg")
+        assert _wait(lambda: camera.state()[0] == "running")
+        seq = camera.latest().seq if camera.latest() else 0
+        assert _wait(lambda: camera.latest(seq) is not None)
+    finally:
+        camera.stop()
+    assert camera.state()[0] == "stopped"
+
+
+def test_video_file_that_ends_is_reopened_and_counted(tmp_path: Path, faces_dir: Path):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 50.0, (320, 240))
+    assert writer.isOpened(), "OpenCV cannot write MJPG here"
+    image = cv2.resize(cv2.imread(str(faces_dir / "pexels" / "Test3.jpg")), (320, 240))
+    for _ in range(5):
+        writer.write(image)
+    writer.release()
+    reconnects0 = _value("edge_camera_reconnects_total")
+    camera = Camera(str(video), reconnect_min_s=0.05, reconnect_max_s=0.2)
+    camera.start()
+    try:
+        assert _wait(lambda: _value("edge_camera_reconnects_total") >= reconnects0 + 2)
+        frame = camera.latest()
+        assert frame is not None and frame.image.shape == (240, 320, 3)
+    finally:
+        camera.stop()
+
+
+def test_source_that_cannot_be_opened_reports_a_fix_and_is_retried(tmp_path: Path):
+    missing = str(tmp_path / "no-such-camera.mp4")
+    with pytest.raises(CameraError, match="neither a device"):
+        open_source(missing)
+    reconnects0 = _value("edge_camera_reconnects_total")
+    camera = Camera(missing, reconnect_min_s=0.02, reconnect_max_s=0.05)
+    camera.start()
+    try:
+        assert _wait(lambda: _value("edge_camera_reconnects_total") >= reconnects0 + 3)
+        state, detail = camera.state()
+        assert state == "error" and "retrying" in detail
+    finally:
+        camera.stop()
+
+
+def test_empty_image_folder_is_refused_with_a_message(tmp_path: Path):
+    with pytest.raises(CameraError, match=r"no \.jpg/\.png"):
+        open_source(str(tmp_path))
+
+
+class _BlockingPort:
+    """Hardware port fake: a camera whose read hangs, as a dead RTSP peer does."""
+
+    description = "blocking test camera"
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release_event = release
+        self.first = True
+
+    def read(self) -> np.ndarray | None:
+        if self.first:
+            self.first = False
+            return np.zeros((48, 64, 3), np.uint8)
+        self.release_event.wait(5.0)
+        return None
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_source_that_stops_delivering_is_counted_as_a_stall():
+    unblock = threading.Event()
+    camera = Camera("test", stall_timeout_s=0.2, reconnect_min_s=0.05,
+                    opener=lambda stop: _BlockingPort(unblock))
+    stalls0 = _value("edge_camera_stalls_total")
+    camera.start()
+    try:
+        assert _wait(lambda: camera.latest() is not None)
+        assert not camera.check_stall()
+        time.sleep(0.3)
+        assert camera.check_stall()
+        assert camera.state()[0] == "stalled"
+        assert _value("edge_camera_stalls_total") == stalls0 + 1
+    finally:
+        unblock.set()
+        camera.stop()

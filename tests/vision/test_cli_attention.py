@@ -1,0 +1,127 @@
+"""`edge-agent attention analyze` on real photos, and model files obtained through the pinned fetcher."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edge_agent.config import InferenceSettings, PathSettings
+from edge_agent.errors import ModelError
+from edge_agent.inference.fetch import MIRROR_ENV
+from edge_agent.inference.manifest import load_manifests
+from edge_agent.inference.select import load_engine
+from edge_agent.vision.cli_attention import add_attention_parser
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_attention_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["attention", "analyze", *argv])
+    return int(args.func(args))
+
+
+@pytest.fixture()
+def cli_args(tmp_path: Path, model_mirror: Path) -> list[str]:
+    config = tmp_path / "config.toml"
+    config.write_text('[inference]\nbackend = "onnxruntime"\n')
+    return ["--config", str(config), "--model-mirror", str(model_mirror),
+            "--cache-dir", str(tmp_path / "cache")]
+
+
+def test_analyze_prints_faces_with_pose_and_attentive_flag_as_json(faces_dir, cli_args, capsys, tmp_path):
+    images = [str(faces_dir / "pexels" / "Test1.jpg"), str(faces_dir / "pexels" / "Test3.jpg")]
+    assert _run([*images, "--json", *cli_args]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pose_method"] == "fsanet"
+    test1, test3 = report["images"]
+    assert [f["attentive"] for f in test1["faces"]] == [False]
+    assert [f["attentive"] for f in test3["faces"]] == [True, True, True]
+    face = test3["faces"][0]
+    assert set(face) == {"box", "score", "yaw", "pitch", "attentive"} and len(face["box"]) == 4
+    assert not list(tmp_path.glob("*.png")), "no picture unless --annotate asks"
+
+
+def test_annotate_writes_a_png_only_when_asked(faces_dir, cli_args, tmp_path, capsys):
+    out = tmp_path / "out" / "annotated.png"
+    assert _run([str(faces_dir / "pexels" / "Test7.jpg"), "--annotate", str(out), *cli_args]) == 0
+    picture = cv2.imread(str(out))
+    assert picture is not None and picture.shape == (1024, 1024, 3)
+    assert "7 faces" in capsys.readouterr().out
+
+
+def test_unreadable_inputs_are_reported_and_the_rest_still_analysed(faces_dir, cli_args, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff garbage")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    code = _run([str(broken), str(text), str(tmp_path / "missing.png"),
+                 str(faces_dir / "pexels" / "Test3.jpg"), *cli_args])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.jpg: not a readable image" in captured.err
+    assert "notes.txt: neither an image nor a video" in captured.err
+    assert "missing.png: no such file" in captured.err
+    assert "3 faces, 3 attentive" in captured.out
+
+
+def test_video_frames_are_sampled(faces_dir, cli_args, tmp_path, capsys):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 640))
+    image = cv2.resize(cv2.imread(str(faces_dir / "pexels" / "Test3.jpg")), (640, 640))
+    for _ in range(25):
+        writer.write(image)
+    writer.release()
+    assert _run([str(video), "--json", "--every-s", "1.0", *cli_args]) == 0
+    frames = json.loads(capsys.readouterr().out)["images"]
+    assert [f["input"].rsplit("#", 1)[1] for f in frames] == ["frame0", "frame10", "frame20"]
+    assert all(len(f["faces"]) == 3 for f in frames)
+
+
+def test_missing_models_give_an_actionable_error(tmp_path, monkeypatch):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    empty_mirror = tmp_path / "empty-mirror"
+    empty_mirror.mkdir()
+    manifest = load_manifests()["yunet"]
+    offline = dataclasses.replace(manifest, source=dataclasses.replace(manifest.source, url="http://127.0.0.1:9/x"))
+    with pytest.raises(ModelError, match=r"could not be obtained.*mirror"):
+        load_engine(offline, InferenceSettings(backend="onnxruntime"),
+                    PathSettings(cache_dir=tmp_path / "cache", model_mirror=empty_mirror))
+
+
+def test_model_file_with_the_wrong_hash_is_refused(model_mirror, tmp_path, monkeypatch):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    mirror = tmp_path / "mirror"
+    (mirror / "yunet").mkdir(parents=True)
+    tampered = mirror / "yunet" / "yunet_s_dynamic.onnx"
+    shutil.copy(model_mirror / "yunet" / "yunet_s_dynamic.onnx", tampered)
+    with tampered.open("ab") as handle:
+        handle.write(b"\0")
+    manifest = load_manifests()["yunet"]
+    offline = dataclasses.replace(manifest, source=dataclasses.replace(manifest.source, url="http://127.0.0.1:9/x"))
+    paths = PathSettings(cache_dir=tmp_path / "cache", model_mirror=mirror)
+    with pytest.raises(ModelError, match="sha256"):
+        load_engine(offline, InferenceSettings(backend="onnxruntime"), paths)
+    assert not (tmp_path / "cache" / "models" / "yunet" / "yunet_s_dynamic.onnx").exists()
+
+
+def test_landmark_pose_loads_only_the_face_model(tmp_path, model_mirror, monkeypatch):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    from edge_agent.config import parse_config
+    from edge_agent.vision.engines import load_vision_engines
+
+    config = parse_config(
+        f'[inference]\nbackend = "onnxruntime"\n[attention]\npose_method = "landmarks"\n'
+        f'[paths]\ncache_dir = "{tmp_path}"\nmodel_mirror = "{model_mirror}"\n'
+    )
+    engines = load_vision_engines(config)
+    try:
+        assert engines.pose == [] and [e.manifest.name for e in engines.loaded] == ["yunet"]
+        assert engines.face.backend == "onnxruntime"
+    finally:
+        engines.close()

@@ -1,0 +1,189 @@
+"""The attention component end to end on real photos, a real outbox, and the privacy proof."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.config import AttentionSettings, CameraSettings, DeviceSettings, MqttSettings, StoreSettings
+from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+from edge_agent.lifecycle import HeartbeatRegistry
+from edge_agent.live import LiveBoard
+from edge_agent.store.db import Database
+from edge_agent.store.outbox import Outbox
+from edge_agent.telemetry import metrics
+from edge_agent.vision.component import AttentionComponent
+from edge_agent.vision.sources import open_source
+
+WINDOW_KEYS = {"start", "end", "frames", "faces_mean", "faces_max", "attentive_mean", "attentive_p10",
+               "attentive_median", "suppressed", "low", "kind", "v", "pose_method"}
+IMAGE_SIGNATURES = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"]
+BASE64_SIGNATURES = [base64.b64encode(b"\xff\xd8\xff")[:4], base64.b64encode(b"\x89PNG\r\n\x1a\n")[:8]]
+
+
+def _value(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _folder_opener(folder: Path):
+    return lambda stop: open_source(str(folder), stop=stop, folder_fps=20.0)
+
+
+def _numbers_in(value: Any) -> list[int]:
+    """Lengths of every list in a JSON value (pixel arrays would be long lists of numbers)."""
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers_in(v)]
+    if isinstance(value, list):
+        return [len(value)] + [n for v in value for n in _numbers_in(v)]
+    return []
+
+
+def _strings_in(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return list(value) + [s for v in value.values() for s in _strings_in(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings_in(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def _assert_no_image_data(blob: bytes, where: str) -> None:
+    for signature in IMAGE_SIGNATURES + BASE64_SIGNATURES:
+        assert signature not in blob, f"image signature {signature!r} found in {where}"
+
+
+@pytest.fixture()
+def photo_folder(tmp_path: Path, faces_dir: Path) -> Path:
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    for path in [*sorted((faces_dir / "pexels").glob("*.jpg")), faces_dir / "crowd" / "crowd_spectators.jpg"]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_pipeline_on_real_photos_stores_only_class_numbers(
+    photo_folder, state_dir, face_engine, pose_engines, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    db = Database(state_dir / "edge-agent.db", StoreSettings())
+    db.open()
+    outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    outbox.open()
+    live = LiveBoard()
+    beats = HeartbeatRegistry()
+    analysed0 = _value("edge_camera_frames_analysed_total")
+    pre0 = _value("edge_inference_latency_seconds_count", engine="yunet", stage="pre")
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0),
+        AttentionSettings(window_s=5.0, min_faces=1),
+        face_engine, pose_engines, outbox=outbox, heartbeats=beats, live=live,
+        opener=_folder_opener(photo_folder),
+    )
+
+    async def run() -> None:
+        await component.start()
+        deadline = time.monotonic() + 10
+        while _value("edge_camera_frames_analysed_total") < analysed0 + 8 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert component.health().ok, component.health().detail
+        assert "attention" in beats._beats and beats.stale() == []
+        await component.stop()
+
+    asyncio.run(run())
+    assert "attention" not in beats._beats
+    assert _value("edge_inference_latency_seconds_count", engine="yunet", stage="pre") >= pre0 + 8
+    assert _value("edge_camera_analysis_fps") > 0
+    rows = db.read(lambda conn: conn.execute("SELECT stream, payload FROM outbox").fetchall())
+    db.close()
+    assert rows, "stopping flushes the open window into the outbox"
+    for stream, text in rows:
+        assert stream == "attention"
+        payload = json.loads(text)
+        assert set(payload) == WINDOW_KEYS
+        assert payload["frames"] >= 1 and payload["faces_max"] >= 1
+        assert payload["attentive_mean"] is None or 0.0 <= payload["attentive_mean"] <= 1.0
+        assert _numbers_in(payload) == []
+        assert max(len(s) for s in _strings_in(payload)) < 40
+        _assert_no_image_data(text.encode(), "an outbox payload")
+
+    section = live.get("attention")
+    assert section["camera"]["state"] == "disabled" and section["pose_method"] == "fsanet"
+    assert max(_numbers_in(section), default=0) <= 120  # the timeline list, nothing pixel-sized
+    assert all(set(w) <= WINDOW_KEYS for w in section["timeline"])
+    _assert_no_image_data(json.dumps(section).encode(), "the live board")
+
+    total = 0
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            total += len(data)
+            _assert_no_image_data(data, str(path))
+    assert total < 1024 * 1024, "the state directory grew like it holds pictures"
+    logs = "\n".join(record.getMessage() for record in caplog.records)
+    _assert_no_image_data(logs.encode(), "the logs")
+    assert "[[" not in logs and "array(" not in logs
+
+
+def test_missing_camera_degrades_health_and_keeps_retrying(tmp_path, face_engine, pose_engines):
+    missing = str(tmp_path / "absent.mp4")
+    stored: list[dict[str, Any]] = []
+
+    class ListOutbox:
+        def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
+            stored.append(payload)
+
+    component = AttentionComponent(
+        CameraSettings(source=missing, reconnect_min_s=0.05, reconnect_max_s=0.1),
+        AttentionSettings(), face_engine, pose_engines, outbox=ListOutbox(), heartbeats=HeartbeatRegistry(),
+    )
+
+    async def run() -> None:
+        await component.start()
+        await asyncio.sleep(0.3)
+        health = component.health()
+        assert not health.ok and "camera error" in health.detail and "absent.mp4" in health.detail
+        await component.stop()
+
+    asyncio.run(run())
+    assert stored == []  # no frames, no window
+
+
+def test_engine_failure_degrades_health_without_crashing(photo_folder, model_mirror, pose_engines):
+    # The fixed 640x640 export refuses the 640x416 padded crowd frame: a real engine error, no mock.
+    fixed = OnnxRuntimeEngine(model_mirror / "yunet" / "face_detection_yunet_2023mar.onnx",
+                              model_name="yunet-fixed")
+    errors0 = _value("edge_camera_frames_dropped_total", reason="analysis_error")
+    (photo_folder / "crowd_spectators.jpg").rename(photo_folder / "only.jpg")
+    for path in photo_folder.glob("Test*.jpg"):
+        path.unlink()
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=20.0), AttentionSettings(),
+        fixed, pose_engines, outbox=_NullOutbox(), heartbeats=HeartbeatRegistry(),
+        opener=_folder_opener(photo_folder),
+    )
+
+    async def run() -> None:
+        await component.start()
+        deadline = time.monotonic() + 5
+        while component.health().ok or component.loop is None or component.loop.error is None:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        health = component.health()
+        assert not health.ok and "analysis failed" in health.detail
+        await component.stop()
+
+    asyncio.run(run())
+    assert _value("edge_camera_frames_dropped_total", reason="analysis_error") > errors0
+
+
+class _NullOutbox:
+    def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
+        pass

@@ -1,0 +1,207 @@
+"""Who may see the teacher view: the pure rule as a table, then the same rule over real HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.errors import ConfigError
+from edge_agent.live import LiveBoard
+from edge_agent.web.access import (
+    COOKIE_NAME,
+    Decision,
+    access_middleware,
+    decide,
+    is_allowed,
+    is_loopback,
+    read_token_file,
+)
+from tests.web.conftest import WEB_TOKEN
+from tests.web.harness import ServerThread, non_loopback_ipv4
+from tests.web.sample import fill_board
+
+TOKEN = "s3cret-token"
+
+
+@pytest.mark.parametrize(
+    ("remote", "presented", "token", "expected"),
+    [
+        ("127.0.0.1", None, TOKEN, Decision.ALLOW),
+        ("127.8.9.10", None, None, Decision.ALLOW),
+        ("::1", None, None, Decision.ALLOW),
+        ("::ffff:127.0.0.1", None, None, Decision.ALLOW),
+        ("192.168.1.20", TOKEN, TOKEN, Decision.ALLOW),
+        ("192.168.1.20", None, TOKEN, Decision.NEED_TOKEN),
+        ("192.168.1.20", "", TOKEN, Decision.NEED_TOKEN),
+        ("192.168.1.20", "s3cret-tokeN", TOKEN, Decision.BAD_TOKEN),
+        ("192.168.1.20", TOKEN + "x", TOKEN, Decision.BAD_TOKEN),
+        ("192.168.1.20", "x" * 100_000, TOKEN, Decision.BAD_TOKEN),
+        ("192.168.1.20", TOKEN, None, Decision.REMOTE_DISABLED),
+        ("fe80::1%eth0", TOKEN, TOKEN, Decision.ALLOW),
+        ("::ffff:10.0.0.5", None, TOKEN, Decision.NEED_TOKEN),
+        (None, None, TOKEN, Decision.NEED_TOKEN),
+        ("not-an-ip", None, None, Decision.REMOTE_DISABLED),
+        ("", TOKEN, TOKEN, Decision.ALLOW),
+    ],
+)
+def test_access_rule_table(remote: str | None, presented: str | None, token: str | None,
+                           expected: Decision) -> None:
+    assert decide(remote, presented, token) is expected
+    assert is_allowed(remote, presented, token) == (expected is Decision.ALLOW)
+
+
+def test_only_real_loopback_counts_as_loopback() -> None:
+    assert is_loopback("127.0.0.2") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.127.0.1") and not is_loopback("::")
+
+
+def test_an_empty_token_is_a_config_mistake() -> None:
+    with pytest.raises(ValueError, match="token_file"):
+        access_middleware("   ")
+
+
+def _request(host: str, port: int, path: str, headers: dict[str, str] | None = None,
+             method: str = "GET", body: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture()
+def remote_ip() -> str:
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    return address
+
+
+@pytest.fixture()
+def lan_server() -> Iterator[ServerThread]:
+    board = LiveBoard()
+    fill_board(board, time.time())
+    server = ServerThread(board, token=WEB_TOKEN, host="0.0.0.0").start()
+    yield server
+    server.stop()
+
+
+def test_remote_request_without_token_is_refused_and_loopback_is_not(lan_server: ServerThread,
+                                                                     remote_ip: str) -> None:
+    status, _, body = _request(remote_ip, lan_server.port, "/api/v1/live")
+    assert status == 401
+    assert json.loads(body)["error"] == "need_token"
+    status, _, body = _request("127.0.0.1", lan_server.port, "/api/v1/live")
+    assert status == 200 and json.loads(body)["sections"]["attention"]["faces"] == 27
+
+
+def test_forwarded_for_header_does_not_make_a_remote_local(lan_server: ServerThread, remote_ip: str) -> None:
+    headers = {"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1", "Forwarded": "for=127.0.0.1"}
+    status, _, _ = _request(remote_ip, lan_server.port, "/api/v1/live", headers)
+    assert status == 401
+
+
+def test_bearer_token_opens_the_api_and_a_wrong_one_does_not(lan_server: ServerThread,
+                                                              remote_ip: str) -> None:
+    def auth(value: str) -> tuple[int, dict[str, str], bytes]:
+        return _request(remote_ip, lan_server.port, "/api/v1/live", {"Authorization": value})
+
+    assert auth(f"Bearer {WEB_TOKEN}")[0] == 200
+    status, _, body = auth("Bearer nope")
+    assert status == 401 and json.loads(body)["error"] == "bad_token"
+    status, _, _ = auth(f"Basic {WEB_TOKEN}")
+    assert status == 401
+
+
+def test_query_token_becomes_an_httponly_strict_cookie(lan_server: ServerThread, remote_ip: str) -> None:
+    status, headers, _ = _request(remote_ip, lan_server.port, f"/?lang=en&token={WEB_TOKEN}")
+    assert status == 303
+    assert headers["location"] == "/?lang=en"  # the token leaves the address bar
+    cookie = headers["set-cookie"]
+    assert cookie.startswith(COOKIE_NAME + "=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert WEB_TOKEN not in cookie
+    session = cookie.split(";", 1)[0]
+    status, _, _ = _request(remote_ip, lan_server.port, "/api/v1/live", {"Cookie": session})
+    assert status == 200
+    status, _, _ = _request(remote_ip, lan_server.port, "/api/v1/live", {"Cookie": f"{COOKIE_NAME}=forged"})
+    assert status == 401
+
+
+def test_wrong_query_token_sets_no_cookie(lan_server: ServerThread, remote_ip: str) -> None:
+    status, headers, _ = _request(remote_ip, lan_server.port, "/?token=wrong")
+    assert status == 401 and "set-cookie" not in headers
+
+
+def test_login_form_sets_the_cookie_and_refuses_foreign_redirects(lan_server: ServerThread,
+                                                                  remote_ip: str) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, headers, _ = _request(remote_ip, lan_server.port, "/login", form, "POST",
+                                  f"token={WEB_TOKEN}&next=//evil.example/")
+    assert status == 303 and headers["location"] == "/" and "set-cookie" in headers
+    status, headers, body = _request(remote_ip, lan_server.port, "/login", form, "POST", "token=wrong&next=/")
+    assert status == 401 and "set-cookie" not in headers and b"<form" in body
+    status, _, _ = _request(remote_ip, lan_server.port, "/login", form, "POST", "%%%garbage")
+    assert status == 401
+
+
+def test_html_request_without_token_gets_the_login_form(lan_server: ServerThread, remote_ip: str) -> None:
+    status, _, body = _request(remote_ip, lan_server.port, "/", {"Accept": "text/html"})
+    assert status == 401 and b'name="token"' in body
+    assert b"78%" not in body and b"boot" not in body
+
+
+def test_without_a_token_remote_is_refused_with_how_to_fix(remote_ip: str) -> None:
+    board = LiveBoard()
+    server = ServerThread(board, token=None, host="0.0.0.0").start()
+    try:
+        status, _, body = _request(remote_ip, server.port, "/", {"Accept": "text/html"})
+        assert status == 403 and b"web.token_file" in body
+        status, _, _ = _request(remote_ip, server.port, "/", {"Authorization": "Bearer anything"})
+        assert status == 403
+        status, _, _ = _request("127.0.0.1", server.port, "/")
+        assert status == 200
+    finally:
+        server.stop()
+
+
+def test_healthz_is_reachable_without_token(remote_ip: str) -> None:
+    from aiohttp import web
+
+    routes = web.RouteTableDef()
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    server = ServerThread(LiveBoard(), token=WEB_TOKEN, host="0.0.0.0", route_tables=[routes]).start()
+    try:
+        status, _, body = _request(remote_ip, server.port, "/healthz")
+        assert status == 200 and json.loads(body) == {"ok": True}
+    finally:
+        server.stop()
+
+
+def test_token_file_is_read_and_bad_ones_are_explained(tmp_path: Path) -> None:
+    good = tmp_path / "web.token"
+    good.write_text("a" * 32 + "\n")
+    good.chmod(0o600)
+    assert read_token_file(good) == "a" * 32
+    assert read_token_file(None) is None
+    cases = [("short", "abc", 0o600, "16 to"), ("spaces", "a b" * 10, 0o600, "16 to"),
+             ("open", "b" * 32, 0o644, "chmod 600"), ("binary", b"\xff\xfe" * 20, 0o600, "cannot read")]
+    for name, content, mode, reason in cases:
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        path.chmod(mode)
+        with pytest.raises(ConfigError, match=r"web\.token_file") as info:
+            read_token_file(path)
+        assert reason in str(info.value), name
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_token_file(tmp_path / "missing")

@@ -1,0 +1,169 @@
+"""The teacher view in real headless Chromium against a real server and LiveBoard."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge_agent.live import LiveBoard
+from tests.web.conftest import WEB_TOKEN
+from tests.web.harness import ServerThread, TeacherViewPage, non_loopback_ipv4
+from tests.web.sample import attention_section
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+PageFactory = Callable[..., TeacherViewPage]
+
+
+def _pct(value: float) -> str:
+    return f"{round(value * 100)}%"
+
+
+def test_page_shows_the_numbers_on_the_board(teacher_server: ServerThread, live_board: LiveBoard,
+                                              teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    attention = live_board.get("attention")
+    learning = live_board.get("learning")
+    assert view.text("#att-share") == _pct(attention["current_share"])
+    assert str(attention["faces"]) in view.text("#att-faces")
+    assert view.page.locator("#att-timeline rect").count() == len(attention["timeline"])
+    assert view.text("#learn-answers") == f"{learning['answers']:,}"
+    assert view.text("#learn-students") == str(learning["students"])
+    rows = view.page.locator("#learn-skills li")
+    assert rows.count() == len(learning["skills"])
+    for i, skill in enumerate(learning["skills"]):
+        assert skill["name_zh"] in rows.nth(i).text_content()
+        assert _pct(skill["mastery_mean"]) in rows.nth(i).text_content()
+    assert view.page.locator("#learn-weakest li").count() == len(learning["weakest"])
+    assert view.page.locator("#learn-recommended li").count() == len(learning["recommended"])
+    assert view.page.locator("#health-engines tr").count() == 3
+    assert "onnxruntime" in view.text("#health-engines")
+    assert "142" in view.text("#health-sync")
+    issues = view.text("#health-issues")
+    assert "certificate expired" in issues and "out of workspace" in issues
+    assert view.console_errors == []
+
+
+def test_published_update_reaches_the_page_within_one_second(teacher_server: ServerThread,
+                                                             live_board: LiveBoard,
+                                                             teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    started = time.monotonic()
+    live_board.publish("attention", attention_section(current=0.41, faces=25, low=True))
+    shows_41 = "() => document.getElementById('att-share').textContent === '41%'"
+    view.page.wait_for_function(shows_41, timeout=1000)
+    elapsed = time.monotonic() - started
+    print(f"publish-to-DOM: {elapsed * 1000:.0f} ms")
+    assert elapsed < 1.0
+    assert view.page.get_attribute("#att-signal", "data-low") == "true"
+    assert view.page.get_attribute("#attention", "data-low") == "true"
+    assert "25" in view.text("#att-faces")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    view.page.screenshot(path=str(SCREENSHOTS / "teacher-view-zh-low-attention-1920x1080.png"))
+
+
+def test_language_switches_to_english_and_is_remembered(teacher_server: ServerThread, live_board: LiveBoard,
+                                                        teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    assert view.text("#attention-h") == "全班专注度"
+    view.switch_language()
+    assert view.text("#attention-h") == "Class attention"
+    assert view.page.evaluate("document.documentElement.lang") == "en"
+    first_skill = live_board.get("learning")["skills"][0]
+    assert first_skill["name_en"] in view.text("#learn-skills li")
+    view.open()  # a reload keeps the teacher's choice
+    view.page.wait_for_function("() => document.documentElement.lang === 'en'", timeout=3000)
+    assert view.text("#learning-h") == "Class mastery"
+    view.switch_language()
+    assert view.text("#learning-h") == "全班掌握情况"
+
+
+def test_first_contentful_paint_under_one_second(teacher_server: ServerThread,
+                                                 teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    entry = "performance.getEntriesByName('first-contentful-paint')[0]"
+    view.page.wait_for_function(f"() => !!{entry}", timeout=5000)
+    fcp = view.page.evaluate(f"() => {entry}.startTime")
+    print(f"first-contentful-paint: {fcp:.0f} ms")
+    assert fcp < 1000
+
+
+@pytest.mark.parametrize(("width", "height"), [(1920, 1080), (1366, 768)])
+def test_layout_fits_and_screenshots(teacher_server: ServerThread, teacher_page: PageFactory,
+                                     width: int, height: int) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    view = teacher_page(teacher_server.url, width, height)
+    view.open()
+    view.wait_live()
+    for lang in ("zh", "en"):
+        overflow = view.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"page scrolls sideways by {overflow}px at {width}x{height} ({lang})"
+        share_box = view.page.locator("#att-share").bounding_box()
+        assert share_box is not None and share_box["y"] + share_box["height"] <= height
+        if width >= 1920:  # on the classroom board everything fits on one screen
+            assert view.page.evaluate("document.documentElement.scrollHeight") <= height
+            assert share_box["height"] >= 100, "the attentive share must be readable across the room"
+        shot = SCREENSHOTS / f"teacher-view-{lang}-{width}x{height}.png"
+        view.page.screenshot(path=str(shot), full_page=True)
+        if lang == "zh":
+            view.switch_language()
+
+
+def test_remote_browser_needs_the_token(live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    server = ServerThread(live_board, token=WEB_TOKEN, host="0.0.0.0").start()
+    try:
+        view = teacher_page(f"http://{address}:{server.port}")
+        response = view.open()
+        assert response.status == 401
+        assert view.page.locator("#att-share").count() == 0
+        view.page.fill("input[name=token]", "wrong-token")
+        view.page.click("button[type=submit]")
+        assert view.page.locator("#att-share").count() == 0
+        view.page.fill("input[name=token]", WEB_TOKEN)
+        view.page.click("button[type=submit]")
+        view.wait_live()
+        assert view.text("#att-share") == "78%"
+        cookies = view.context.cookies()
+        assert [c["httpOnly"] for c in cookies] == [True] and cookies[0]["sameSite"] == "Strict"
+        assert WEB_TOKEN not in cookies[0]["value"]
+    finally:
+        server.stop()
+
+
+def test_empty_and_malformed_sections_render_placeholders_without_errors(teacher_page: PageFactory) -> None:
+    board = LiveBoard()
+    server = ServerThread(board).start()
+    try:
+        view = teacher_page(server.url, 1366, 768)
+        view.open()
+        view.wait_live()
+        assert view.text("#att-share") == "—"
+        assert view.text("#learn-started") == "暂无数据"
+        board.publish("learning", {"lesson_started": 1.7e9, "answers": 9, "students": 2, "suppressed": True,
+                                   "skills": [], "weakest": [], "recommended": [], "activity": []})
+        view.page.wait_for_function("() => !document.getElementById('learn-suppressed').hidden", timeout=1000)
+        board.publish("attention", {"current_share": "bad", "faces": None, "timeline": "nope",
+                                    "camera": {"state": "teleporting", "fps": "x", "detail": "odd"}})
+        board.publish("health", ["not", "a", "dict"])
+        board.publish("sync", {"connected": False, "backlog": None, "drops": None, "detail": "no route"})
+        board.publish("device", "garbage")
+        issues_say = "() => document.getElementById('health-issues').textContent.includes('no route')"
+        view.page.wait_for_function(issues_say, timeout=1000)
+        assert view.text("#att-share") == "—"
+        assert "teleporting" in view.text("#health-issues")
+        assert view.console_errors == []
+    finally:
+        server.stop()

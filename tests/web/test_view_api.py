@@ -1,0 +1,227 @@
+"""The teacher view's HTTP side: snapshot, server-sent events, translations, assets and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from edge_agent.config import WebSettings
+from edge_agent.errors import ConfigError
+from edge_agent.live import LiveBoard
+from edge_agent.web.server import WebComponent
+from edge_agent.web.view import I18N_DIR, LANGUAGES, STATIC_DIR, script_json, sse_event
+from tests.web.harness import ServerThread, run_async
+from tests.web.sample import attention_section
+
+
+def _get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+async def _read_events(url: str, count: int, timeout: float = 5.0) -> list[tuple[str, Any, float]]:
+    """(event name or 'comment'/'retry', data, monotonic arrival) for the first ``count`` SSE blocks."""
+    out: list[tuple[str, Any, float]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
+            session.get(url) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        buffer = ""
+        async for chunk in response.content.iter_any():
+            buffer += chunk.decode()
+            while "\n\n" in buffer and len(out) < count:
+                block, buffer = buffer.split("\n\n", 1)
+                fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
+                if block.startswith(":"):
+                    out.append(("comment", block, time.monotonic()))
+                elif "retry" in fields and "data" not in fields:
+                    out.append(("retry", int(fields["retry"]), time.monotonic()))
+                else:
+                    out.append((fields.get("event", "message"), json.loads(fields["data"]), time.monotonic()))
+            if len(out) >= count:
+                break
+    return out
+
+
+def test_snapshot_api_returns_the_board_with_nan_as_null() -> None:
+    board = LiveBoard()
+    board.publish("device", {"source": "none", "gpu_load": float("nan"), "gpu_memory_bytes": None,
+                             "temperatures": {}, "power_w": {}, "detail": "no telemetry source"})
+    server = ServerThread(board).start()
+    try:
+        status, headers, body = _get(server.url + "/api/v1/live")
+        assert status == 200 and headers["Cache-Control"] == "no-store"
+        data = json.loads(body)
+        assert data["sections"]["device"]["gpu_load"] is None
+        assert data["sections"]["attention"] is None
+        assert "device" in data["updated"]
+    finally:
+        server.stop()
+
+
+def test_event_stream_starts_with_snapshot_and_delivers_updates_fast() -> None:
+    board = LiveBoard()
+    board.publish("attention", attention_section(current=0.7))
+    server = ServerThread(board).start()
+    try:
+        async def scenario() -> tuple[list[tuple[str, Any, float]], float]:
+            reader = asyncio.ensure_future(_read_events(server.url + "/api/v1/events", 3))
+            await asyncio.sleep(0.5)  # the stream is open and subscribed
+            sent = time.monotonic()
+            board.publish("attention", attention_section(current=0.33, low=True))
+            return await reader, sent
+
+        events, sent = run_async(scenario())
+        assert events[0][0] == "retry" and events[0][1] > 0
+        assert events[1][0] == "snapshot" and events[1][1]["sections"]["attention"]["current_share"] == 0.7
+        name, update, arrived = events[2]
+        assert name == "update" and update["section"] == "attention"
+        assert update["data"]["current_share"] == 0.33 and update["data"]["low_attention"] is True
+        assert arrived - sent < 1.0
+    finally:
+        server.stop()
+
+
+def test_idle_event_stream_sends_keepalive_comments() -> None:
+    server = ServerThread(LiveBoard(), keepalive_s=0.2).start()
+    try:
+        events = run_async(_read_events(server.url + "/api/v1/events", 4))
+        assert [e[0] for e in events] == ["retry", "snapshot", "comment", "comment"]
+    finally:
+        server.stop()
+
+
+def test_stop_ends_open_event_streams_within_seconds() -> None:
+    server = ServerThread(LiveBoard()).start()
+
+    async def hold_stream() -> float:
+        async with aiohttp.ClientSession() as session, session.get(server.url + "/api/v1/events") as response:
+            await response.content.readuntil(b"\n\n")
+            server.loop.call_soon_threadsafe(
+                lambda: asyncio.ensure_future(server.component.stop()))
+            started = time.monotonic()
+            with contextlib.suppress(aiohttp.ClientError):  # a reset instead of a clean end is fine too
+                while await response.content.readany():
+                    pass
+            return time.monotonic() - started
+
+    took = run_async(asyncio.wait_for(hold_stream(), timeout=10))
+    assert took < 5.0
+    server.stop()  # already stopped: only ends the thread
+
+
+def test_translations_cover_every_key_the_page_uses() -> None:
+    tables = {lang: json.loads((I18N_DIR / f"{lang}.json").read_text(encoding="utf-8")) for lang in LANGUAGES}
+    assert set(tables["zh-CN"]) == set(tables["en"])
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    script = (STATIC_DIR / "app.js").read_text(encoding="utf-8")
+    used = set(re.findall(r'data-i18n="([a-z_]+)"', page))
+    used |= set(re.findall(r'\bt\("([a-z_]+)"\s*[,)]', script))
+    for prefix, values in (("camera_state_", ("running", "reconnecting", "stalled", "disabled", "error")),
+                           ("health_state_", ("starting", "ok", "degraded", "stopping")),
+                           ("ago", ("_s", "_m", "_h")), ("duration", ("_s", "_m", "_h"))):
+        used |= {prefix + v for v in values}
+    assert used - set(tables["en"]) == set()
+    for text in tables["zh-CN"].values():
+        assert text.strip()
+
+
+def test_translation_endpoint_refuses_unknown_and_malformed_names() -> None:
+    server = ServerThread(LiveBoard(), default_language="en").start()
+    try:
+        status, _, body = _get(server.url + "/i18n/en.json")
+        assert status == 200 and json.loads(body)["title"] == "Class live view"
+        for bad in ("/i18n/fr.json", "/i18n/..%2Fserver.json", "/i18n/en.json.bak", "/static/../server.py",
+                    "/static/%2e%2e/server.py", "/static/nothing.js"):
+            assert _get(server.url + bad)[0] == 404, bad
+        status, _, body = _get(server.url + "/")
+        assert b'<html lang="en">' in body
+    finally:
+        server.stop()
+
+
+def test_page_and_assets_load_nothing_from_outside() -> None:
+    for path in STATIC_DIR.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', text), path.name
+        assert not re.search(r"url\(\s*['\"]?(https?:)?//", text), path.name
+        assert "@import" not in text and "fetch(\"http" not in text, path.name
+
+
+def test_hostile_text_from_a_producer_cannot_break_out_of_the_page() -> None:
+    board = LiveBoard()
+    evil = "</script><script>alert(1)</script><!--"
+    board.publish("health", {"state": "ok", "components": [{"name": evil, "ok": False, "detail": evil}],
+                             "engines": []})
+    server = ServerThread(board).start()
+    try:
+        status, headers, body = _get(server.url + "/")
+        assert status == 200
+        assert evil.encode() not in body and body.count(b"</script>") == 2
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert headers["X-Content-Type-Options"] == "nosniff"
+    finally:
+        server.stop()
+    assert "<" not in script_json({"x": evil})
+
+
+def test_sse_event_encoding_is_one_data_line() -> None:
+    encoded = sse_event({"text": "line1\nline2", "zh": "专注"}, "update", 7).decode()
+    assert encoded.endswith("\n\n") and encoded.count("\n") == 4
+    assert encoded.startswith("id: 7\nevent: update\ndata: ")
+
+
+def test_status_api_merges_the_daemon_status() -> None:
+    server_board = LiveBoard()
+    settings = WebSettings(host="127.0.0.1", token_file=None)
+    component = WebComponent(settings, server_board, None, status=lambda: {"state": "ok", "uptime_s": 12.5},
+                             port=0)
+
+    async def scenario() -> dict[str, Any]:
+        await component.start()
+        try:
+            assert component.health().ok
+            async with aiohttp.ClientSession() as session, \
+                    session.get(component.local_url + "/api/v1/status") as response:
+                return dict(await response.json())
+        finally:
+            await component.stop()
+
+    data = run_async(scenario())
+    assert data["state"] == "ok" and data["uptime_s"] == 12.5 and data["sse_clients"] == 0
+    assert not component.health().ok
+
+
+def test_port_in_use_is_a_config_error_naming_web_port() -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        port = blocker.getsockname()[1]
+        component = WebComponent(WebSettings(host="127.0.0.1", port=port, token_file=None), LiveBoard(), None)
+        with pytest.raises(ConfigError, match=r"web\.port"):
+            run_async(component.start())
+        assert "cannot listen" in component.health().detail
+
+
+def test_unknown_default_language_is_refused() -> None:
+    from edge_agent.web.view import TeacherView
+
+    with pytest.raises(ValueError, match="default_language"):
+        TeacherView(LiveBoard(), "fr")
+
+
+def test_static_dir_is_inside_the_package() -> None:
+    assert (Path(STATIC_DIR) / "index.html").is_file() and (Path(I18N_DIR) / "zh-CN.json").is_file()
