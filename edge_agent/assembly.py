@@ -153,20 +153,35 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
     if config.mqtt.enabled:
         commands = CommandDispatcher(config.device)
         sync = SyncComponent(
-            store.outbox, config.device, config.mqtt, live=live, commands=commands,
-            heartbeats=heartbeats, health_summary=lambda: _health_summary(daemon),
+            store.outbox,
+            config.device,
+            config.mqtt,
+            live=live,
+            commands=commands,
+            heartbeats=heartbeats,
+            health_summary=lambda: _health_summary(daemon),
         )
         components.append(sync)
     else:
         components.append(Disabled("sync", "mqtt.enabled = false"))
-        live.publish("sync", {"connected": False, "backlog": 0, "oldest_age_s": None, "last_success": None,
-                              "drops": {}, "detail": "MQTT sync is switched off in the config"})
+        live.publish(
+            "sync",
+            {
+                "connected": False,
+                "backlog": 0,
+                "oldest_age_s": None,
+                "last_success": None,
+                "drops": {},
+                "detail": "MQTT sync is switched off in the config",
+            },
+        )
 
     components.append(TelemetryComponent(config.metrics.telemetry_interval_s, live, heartbeats))
 
     web: WebComponent | None = None
     if config.web.enabled:
-        routes = [health_routes(lambda: daemon.readiness())]
+        # The lambdas bind `daemon` late: it is made below, from these components.
+        routes = [health_routes(lambda: daemon.readiness())]  # noqa: PLW0108
         if kt is not None:
             routes.append(answer_routes(lambda: _kt_service(kt), config.kt))
         web = WebComponent(config.web, live, token, routes, status=lambda: _health_summary(daemon))
@@ -178,7 +193,11 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         components.append(metrics_server)
 
     daemon = Daemon(
-        components, live=live, heartbeats=heartbeats, notifier=notifier, ready_after=store.name,
+        components,
+        live=live,
+        heartbeats=heartbeats,
+        notifier=notifier,
+        ready_after=store.name,
         engine_status=engines.status,
     )
     return Assembly(daemon, config, live, store, engines, kt, web, metrics_server, sync)
@@ -193,7 +212,9 @@ def _health_summary(daemon: Daemon) -> dict[str, Any]:
     return {"state": daemon.state, "ready": ready, "reasons": reasons, "at": time.time()}
 
 
-async def run_daemon(config: Config, *, on_started: Callable[[Assembly], Awaitable[None]] | None = None) -> int:
+async def run_daemon(
+    config: Config, *, on_started: Callable[[Assembly], Awaitable[None]] | None = None
+) -> int:
     try:
         assembly = build(config)
     except ConfigError as exc:

@@ -63,9 +63,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-agent", description="Classroom edge runtime for class boards.")
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", description="Classroom edge runtime for class boards."
+    )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    parser.add_argument("--config", help="config file (default: $EDGE_AGENT_CONFIG, then /etc/edge-agent/config.toml)")
+    parser.add_argument(
+        "--config", help="config file (default: $EDGE_AGENT_CONFIG, then /etc/edge-agent/config.toml)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     # --config is accepted before or after the subcommand (`edge-agent run --config X` in the unit file).
     with_config = argparse.ArgumentParser(add_help=False)
@@ -75,11 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="run the full daemon on embedded defaults with a simulated classroom")
-    demo.add_argument("--state-dir", default="demo-state", help="where the demo keeps its state (default ./demo-state)")
+    demo.add_argument(
+        "--state-dir", default="demo-state", help="where the demo keeps its state (default ./demo-state)"
+    )
     demo.add_argument("--port", type=int, default=8080, help="teacher view port on localhost")
     demo.add_argument("--metrics-port", type=int, default=9108)
     demo.add_argument("--camera", help="camera source; default: ../shared/data/faces if present")
-    demo.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)")
+    demo.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)"
+    )
     demo.add_argument("--students", type=int, default=30, help="simulated students in the class")
     demo.set_defaults(func=_cmd_demo)
 
@@ -91,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", nargs="?", help="config file (default: the one `run` would use)")
     check.add_argument("--no-files", action="store_true", help="skip checks of secret and certificate files")
     check.set_defaults(func=_cmd_config_check)
-    show = config_sub.add_parser("show", help="print the effective config, secrets masked", parents=[with_config])
+    show = config_sub.add_parser(
+        "show", help="print the effective config, secrets masked", parents=[with_config]
+    )
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_cmd_config_show)
 
@@ -106,8 +116,14 @@ def _mount_feature_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
     from edge_agent.provisioning.cli import add_model_parser, add_provision_parser
     from edge_agent.vision.cli_attention import add_attention_parser
 
-    for add in (add_engines_parser, add_kt_parser, add_attention_parser, add_doctor_parser,
-                add_provision_parser, add_model_parser):
+    for add in (
+        add_engines_parser,
+        add_kt_parser,
+        add_attention_parser,
+        add_doctor_parser,
+        add_provision_parser,
+        add_model_parser,
+    ):
         add(sub)
 
 

@@ -72,21 +72,29 @@ class KTSettings(Section):
     microbatch_max: int = Field(64, ge=1, le=1024)
     microbatch_wait_ms: float = Field(2.0, ge=0.0, le=100.0)
     max_answers_per_request: int = Field(200, ge=1, le=10000)
-    max_future_skew_s: float = Field(300.0, ge=0.0, description="Answers timestamped further ahead are refused.")
-    target_success: float = Field(0.7, gt=0.0, lt=1.0, description="Recommend items with this predicted success.")
+    max_future_skew_s: float = Field(
+        300.0, ge=0.0, description="Answers timestamped further ahead are refused."
+    )
+    target_success: float = Field(
+        0.7, gt=0.0, lt=1.0, description="Recommend items with this predicted success."
+    )
     recommendations: int = Field(3, ge=0, le=50)
     weak_skills: int = Field(3, ge=1, le=50)
     min_group_size: int = Field(5, ge=1, description="Class aggregates over fewer students are suppressed.")
     mastery_threshold: float = Field(0.6, gt=0.0, lt=1.0)
     lesson_window_s: float = Field(300.0, ge=10.0)
     per_student_api: bool = Field(False, description="Allow GET of one pseudonymous student's mastery.")
-    queue_max: int = Field(2048, ge=1, le=100_000, description="Answers waiting for inference; more get HTTP 503.")
+    queue_max: int = Field(
+        2048, ge=1, le=100_000, description="Answers waiting for inference; more get HTTP 503."
+    )
     feedback_timeout_s: float = Field(10.0, gt=0.0, description="An answer not done by then gets HTTP 503.")
 
 
 class CameraSettings(Section):
     enabled: bool = True
-    source: str = Field("0", description="V4L2 index or /dev/videoN, GStreamer pipeline, rtsp:// URL, file, or folder.")
+    source: str = Field(
+        "0", description="V4L2 index or /dev/videoN, GStreamer pipeline, rtsp:// URL, file, or folder."
+    )
     analysis_fps: float = Field(5.0, gt=0.0, le=60.0)
     width: int = Field(640, ge=64, le=4096)
     height: int = Field(480, ge=64, le=4096)
@@ -107,7 +115,9 @@ class AttentionSettings(Section):
     nms_threshold: float = Field(0.3, gt=0.0, lt=1.0)
     yaw_limit_deg: float = Field(30.0, gt=0.0, le=90.0)
     pitch_limit_deg: float = Field(25.0, gt=0.0, le=90.0)
-    calibration_yaw_deg: float = Field(0.0, ge=-90.0, le=90.0, description="Yaw of a face looking at the board.")
+    calibration_yaw_deg: float = Field(
+        0.0, ge=-90.0, le=90.0, description="Yaw of a face looking at the board."
+    )
     calibration_pitch_deg: float = Field(0.0, ge=-90.0, le=90.0)
     smoothing_frames: int = Field(5, ge=1, le=100)
     pose_refresh_frames: int = Field(
@@ -311,7 +321,9 @@ def load_config(path: Path, *, check_files_exist: bool = True) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise ConfigError([(str(path), "config file not found (use --config or $EDGE_AGENT_CONFIG)")]) from exc
+        raise ConfigError(
+            [(str(path), "config file not found (use --config or $EDGE_AGENT_CONFIG)")]
+        ) from exc
     except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
         raise ConfigError([(str(path), f"cannot read config file: {exc}")]) from exc
     config = parse_config(text, source=str(path))

@@ -8,6 +8,7 @@ while the loop turns and every heartbeat is fresh, so a hung worker gets the ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -92,10 +93,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.live.bind_loop(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
                 loop.add_signal_handler(sig, self.request_stop)
-            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
-                pass
         try:
             await self._start_all()
         except EssentialComponentFailed as exc:
@@ -151,7 +150,10 @@ class Daemon:
                 await asyncio.wait_for(state.component.stop(), remaining)
                 log.info("component %s stopped", state.component.name)
             except Exception as exc:  # keep stopping the rest: the store must still flush
-                log.error("component %s did not stop cleanly: %s", state.component.name, exc)
+                # A timeout's message is empty: say what happened instead of "did not stop cleanly: ".
+                timed_out = isinstance(exc, asyncio.TimeoutError)
+                why = f"still busy after {remaining:.1f} s" if timed_out else str(exc)
+                log.error("component %s did not stop cleanly: %s", state.component.name, why or repr(exc))
             state.started = False
             metrics.COMPONENT_UP.labels(state.component.name).set(0)
 

@@ -51,20 +51,34 @@ def _secret_file(path: Path, content: bytes) -> Path:
     return path
 
 
-def demo_config(state_dir: Path, *, port: int, metrics_port: int, camera: str | None, broker_port: int | None) -> Config:
+def demo_config(
+    state_dir: Path, *, port: int, metrics_port: int, camera: str | None, broker_port: int | None
+) -> Config:
     """The embedded defaults, pointed at a local state directory."""
-    mirror = os.environ.get("EDGE_AGENT_MODEL_MIRROR") or (str(SHARED / "models") if (SHARED / "models").is_dir() else None)
+    mirror = os.environ.get("EDGE_AGENT_MODEL_MIRROR") or (
+        str(SHARED / "models") if (SHARED / "models").is_dir() else None
+    )
     secret = _secret_file(state_dir / "secrets" / "pseudonym.key", secrets.token_bytes(32))
     data: dict[str, Any] = {
-        "device": {"tenant": "demo-district", "site": "demo-school", "class_id": "grade7-2",
-                   "device_id": "demo-board", "pseudonym_secret_file": str(secret)},
+        "device": {
+            "tenant": "demo-district",
+            "site": "demo-school",
+            "class_id": "grade7-2",
+            "device_id": "demo-board",
+            "pseudonym_secret_file": str(secret),
+        },
         "paths": {"state_dir": str(state_dir), "cache_dir": str(state_dir / "cache"), "model_mirror": mirror},
         "inference": {"backend": "auto"},
         "camera": {"enabled": camera is not None, "source": camera or "0", "analysis_fps": 5.0},
         "attention": {"window_s": 15.0},
         "kt": {"lesson_window_s": 60.0, "min_group_size": 5},
-        "mqtt": {"enabled": broker_port is not None, "host": "127.0.0.1", "port": broker_port or 1883,
-                 "tls": False, "heartbeat_s": 10.0},
+        "mqtt": {
+            "enabled": broker_port is not None,
+            "host": "127.0.0.1",
+            "port": broker_port or 1883,
+            "tls": False,
+            "heartbeat_s": 10.0,
+        },
         "web": {"host": "127.0.0.1", "port": port, "token_file": None},
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "logging": {"level": "INFO", "format": "kv"},
@@ -79,7 +93,9 @@ class SimulatedClassroom:
     seconds, correct with an IRT probability that grows with practice (so mastery visibly moves).
     """
 
-    def __init__(self, url: str, package: KTPackage, students: int, seed: int = 7, question_every_s: float = 8.0) -> None:
+    def __init__(
+        self, url: str, package: KTPackage, students: int, seed: int = 7, question_every_s: float = 8.0
+    ) -> None:
         self.url = url
         self.package = package
         self.rng = np.random.default_rng(seed)
@@ -109,15 +125,22 @@ class SimulatedClassroom:
             k = self.package.skill_index[skill_id]
             answers = []
             for s in self.rng.permutation(len(self.ability)):
-                item = self._items_by_skill[skill_id][int(self.rng.integers(len(self._items_by_skill[skill_id])))]
+                item = self._items_by_skill[skill_id][
+                    int(self.rng.integers(len(self._items_by_skill[skill_id])))
+                ]
                 logit = self.ability[s] + 0.35 * min(self.practice[s, k], 8) - item.difficulty
                 correct = bool(self.rng.random() < 1 / (1 + np.exp(-logit)))
                 self.practice[s, k] += 1
-                answers.append({
-                    "student_id": f"demo-student-{s + 1:02d}", "item_id": item.id, "skill_id": skill_id,
-                    "correct": correct, "answered_at": time.time(),
-                    "client_event_id": f"demo-{question}-{s}",
-                })
+                answers.append(
+                    {
+                        "student_id": f"demo-student-{s + 1:02d}",
+                        "item_id": item.id,
+                        "skill_id": skill_id,
+                        "correct": correct,
+                        "answered_at": time.time(),
+                        "client_event_id": f"demo-{question}-{s}",
+                    }
+                )
             # Students answer within ~3 s of the question, in a few small bursts.
             for chunk in np.array_split(np.arange(len(answers)), 4):
                 if self._stop.wait(0.75):
@@ -129,7 +152,10 @@ class SimulatedClassroom:
 
     def _post(self, body: dict[str, Any]) -> None:
         request = urllib.request.Request(
-            self.url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+            self.url,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
@@ -185,8 +211,13 @@ def run_demo(args: argparse.Namespace) -> int:
     if camera is None and (SHARED / "data" / "faces").is_dir():
         camera = str(SHARED / "data" / "faces")
     broker = LocalBroker(state_dir) if _mosquitto_available() else None
-    config = demo_config(state_dir, port=args.port, metrics_port=args.metrics_port, camera=camera,
-                         broker_port=broker.port if broker else None)
+    config = demo_config(
+        state_dir,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        camera=camera,
+        broker_port=broker.port if broker else None,
+    )
     configure_logging(config.logging.level, config.logging.format)
     receiver = None
     if broker is not None:
@@ -207,6 +238,11 @@ def run_demo(args: argparse.Namespace) -> int:
         if task.done():
             return task.result()
         classroom.start()
+        sync_line = (
+            f"local Mosquitto on 127.0.0.1:{broker.port} -> reference receiver"
+            if broker
+            else "off (mosquitto not installed)"
+        )
         print(
             "\nedge-agent demo is running\n"
             f"  teacher view:  http://127.0.0.1:{args.port}/   (中文; English via the button)\n"
@@ -214,7 +250,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"  health:        http://127.0.0.1:{args.port}/readyz\n"
             f"  state:         {state_dir}\n"
             f"  camera:        {camera or 'off (no image folder found; pass --camera)'}\n"
-            f"  sync:          {'local Mosquitto on 127.0.0.1:%d -> reference receiver' % broker.port if broker else 'off (mosquitto not installed)'}\n"
+            f"  sync:          {sync_line}\n"
             f"  classroom:     {args.students} simulated students answering every ~8 s\n"
             "Stop with Ctrl-C.\n",
             flush=True,
@@ -236,4 +272,3 @@ def run_demo(args: argparse.Namespace) -> int:
             broker.stop()
     print("demo stopped:", json.dumps(summary, ensure_ascii=False), flush=True)
     return code
-

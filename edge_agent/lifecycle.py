@@ -33,7 +33,7 @@ class Component(Protocol):
 
 @dataclass
 class Heartbeat:
-    """A worker's proof of life. The worker calls :meth:`beat` each loop turn, at least every ``max_gap_s``."""
+    """A worker's proof of life: the worker calls :meth:`beat` each loop turn, within ``max_gap_s``."""
 
     name: str
     max_gap_s: float = 10.0

@@ -8,6 +8,7 @@ thread; the web view reads :meth:`snapshot` for the first paint and :meth:`subsc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import threading
 import time
@@ -38,10 +39,9 @@ class LiveBoard:
         event = {"section": section, "data": data, "at": self._updated[section]}
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            try:
+            # The loop may close between the check and the call while shutting down.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._fan_out, event)
-            except RuntimeError:  # loop closed between the check and the call: shutting down
-                pass
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -33,7 +33,7 @@ class Notifier:
 
     @staticmethod
     def _watchdog_interval(env: dict[str, str] | os._Environ[str]) -> float | None:
-        """Half of WATCHDOG_USEC, as systemd recommends; None when the watchdog is off or meant for another PID."""
+        """Half of WATCHDOG_USEC, as systemd advises; None when the watchdog is off or for another PID."""
         usec = env.get("WATCHDOG_USEC")
         if not usec:
             return None

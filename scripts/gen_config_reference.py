@@ -29,8 +29,12 @@ def reference() -> str:
         for key, field in section_type.model_fields.items():
             meaning = (field.description or "").replace("|", "\\|")
             symbols = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
-            limits = [f"{symbols[name]} {getattr(m, name)}" for m in field.metadata for name in symbols
-                      if hasattr(m, name)]
+            limits = [
+                f"{symbols[name]} {getattr(m, name)}"
+                for m in field.metadata
+                for name in symbols
+                if hasattr(m, name)
+            ]
             if limits:
                 meaning = (meaning + " " if meaning else "") + "(" + ", ".join(limits) + ")"
             lines.append(f"| `{section_name}.{key}` | {_default(field.default)} | {meaning} |")
@@ -44,7 +48,7 @@ def main() -> int:
         readme = Path(sys.argv[2]).read_text(encoding="utf-8")
         start, end = readme.find(BEGIN), readme.find(END)
         if start < 0 or readme[start : end + len(END)] != text:
-            print("README config reference is out of date: python scripts/gen_config_reference.py --write README.md")
+            print("README config reference is out of date: scripts/gen_config_reference.py --write README.md")
             return 1
         return 0
     if len(sys.argv) == 3 and sys.argv[1] == "--write":

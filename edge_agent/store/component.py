@@ -10,7 +10,6 @@ from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
 from edge_agent.store.outbox import Outbox
-from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +22,9 @@ class StoreComponent:
     name = "store"
     essential = True
 
-    def __init__(self, config: Config, *, heartbeats: HeartbeatRegistry, live: LiveBoard | None = None) -> None:
+    def __init__(
+        self, config: Config, *, heartbeats: HeartbeatRegistry, live: LiveBoard | None = None
+    ) -> None:
         self.db = Database(config.database_path, config.store, heartbeats)
         self.outbox = Outbox(self.db, config.device, config.store, config.mqtt)
         self._live = live
@@ -35,9 +36,8 @@ class StoreComponent:
         self._open = True
         if report.alert:
             # The daemon keeps running on a fresh database; the alert stays visible until restart.
+            # db.open already counted it as ALERTS{kind="store_corrupt"}.
             self.alert = report.alert
-            metrics.ALERTS.labels("database_quarantined").inc()
-            log.error("store alert: %s", report.alert)
         recovered = await asyncio.to_thread(self.outbox.open)
         log.info("store open: %s (%s messages to resend after the last stop)", report.path, recovered)
 
@@ -58,5 +58,7 @@ class StoreComponent:
         drops = sum(status["drops"].values())
         detail = f"{status['backlog']} messages waiting"
         if drops:
-            detail += f"; {drops} dropped by limits ({', '.join(f'{k}={v}' for k, v in status['drops'].items())})"
+            detail += (
+                f"; {drops} dropped by limits ({', '.join(f'{k}={v}' for k, v in status['drops'].items())})"
+            )
         return Health(True, detail)

@@ -83,6 +83,33 @@ def translate(exc: sqlite3.Error, path: Path) -> StoreError:
     return StoreError(f"database {path} error: {exc}")
 
 
+def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> None:
+    """Start the fresh database's message seq above every seq the damaged one may have sent.
+
+    The cloud deduplicates by (device, seq): restarting at 1 would make it drop new aggregates as
+    repeats. The old counter is salvaged when the damaged file still reads; otherwise the wall clock in
+    milliseconds is a floor no earlier counter reaches. The receiver then reports one honest gap for what
+    was lost with the damaged file.
+    """
+    salvaged = 0
+    try:
+        old = sqlite3.connect(f"file:{quarantined}?mode=ro", uri=True)
+        try:
+            row = old.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+            salvaged = int(row[0]) if row else 0
+        finally:
+            old.close()
+    except (sqlite3.Error, ValueError):
+        salvaged = 0
+    floor = salvaged if salvaged > 1 else int(time.time() * 1000)
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (str(floor),),
+    )
+    log.warning("message sequence continues at %s after the damaged database", floor)
+
+
 class Database:
     def __init__(
         self,
@@ -169,6 +196,8 @@ class Database:
             if str(mode).lower() != "wal":
                 log.warning("database %s runs in journal mode %s, not WAL", self.path, mode)
             applied = migrate(conn)
+            if quarantined is not None:
+                _continue_sequence(conn, quarantined)
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
         alert = None

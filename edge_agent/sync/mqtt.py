@@ -56,16 +56,26 @@ def check_certificate_dates(cert_file: Path, now: dt.datetime | None = None) -> 
     except (OSError, ValueError) as exc:
         raise SyncTlsError(f"device certificate {cert_file} cannot be read: {exc}") from exc
     moment = now or dt.datetime.now(dt.timezone.utc)
-    if cert.not_valid_after_utc < moment:
+    not_after, not_before = _utc(cert, "not_valid_after"), _utc(cert, "not_valid_before")
+    if not_after < moment:
         raise SyncTlsError(
-            f"device certificate {cert_file} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+            f"device certificate {cert_file} expired on {not_after:%Y-%m-%d %H:%M} UTC; "
             "re-provision this board (edge-agent provision) to get a new certificate"
         )
-    if cert.not_valid_before_utc > moment:
+    if not_before > moment:
         raise SyncTlsError(
-            f"device certificate {cert_file} is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+            f"device certificate {cert_file} is valid only from {not_before:%Y-%m-%d %H:%M} "
             "UTC; check the board's clock (timedatectl)"
         )
+
+
+def _utc(cert: x509.Certificate, name: str) -> dt.datetime:
+    """A validity date as an aware datetime (``*_utc`` needs cryptography 42; JetPack may have 41)."""
+    value = getattr(cert, f"{name}_utc", None)
+    if isinstance(value, dt.datetime):
+        return value
+    naive: dt.datetime = getattr(cert, name)
+    return naive.replace(tzinfo=dt.timezone.utc)
 
 
 def tls_context(settings: MqttSettings) -> ssl.SSLContext:
@@ -94,11 +104,12 @@ def _explain_tls(text: str, settings: MqttSettings) -> str:
     if "expired" in lowered:
         return f"the broker rejected this board's certificate as expired ({text}); re-provision the board"
     if "eof occurred" in lowered or "connection reset" in lowered:
-        return (f"the broker closed the TLS connection during set-up ({text}); it most likely rejected this "
-                f"board's certificate {settings.cert_file} (not signed by the fleet CA it trusts, or revoked)")
+        return (f"the broker closed the TLS connection during set-up ({text}); it most likely rejected "
+                f"this board's certificate {settings.cert_file} (not signed by the fleet CA it trusts, or "
+                "revoked)")
     if "unknown ca" in lowered or "bad certificate" in lowered or "certificate required" in lowered:
-        return (f"the broker rejected this board's certificate {settings.cert_file} ({text}); it is not "
-                "signed by the fleet CA the broker trusts: re-provision the board")
+        return (f"the broker rejected this board's certificate {settings.cert_file} ({text}); it is "
+                "not signed by the fleet CA the broker trusts: re-provision the board")
     return f"TLS with {settings.host}:{settings.port} failed: {text}"
 
 

@@ -122,8 +122,12 @@ class Publisher:
 
     def run(self) -> None:
         attempt = 0
+        first = True
         while not self._stop.is_set():
             self._beat_now()
+            if not first:
+                metrics.MQTT_RECONNECTS.inc()
+            first = False
             try:
                 conn = self._connect()
             except (SyncError, StoreError, FutureTimeout) as exc:
@@ -133,8 +137,7 @@ class Publisher:
                     log.warning("MQTT broker unreachable: %s; retrying with backoff", exc)
                 self._set(connected=False, detail=str(exc))
                 attempt += 1
-                metrics.MQTT_RECONNECTS.inc()
-                self._stop.wait(delay)
+                self._sleep(delay)
                 continue
             attempt = 0
             log.info("connected to MQTT broker %s:%s", self.settings.host, self.settings.port)
@@ -146,12 +149,27 @@ class Publisher:
                 conn.disconnect()
             except (SyncError, StoreError, FutureTimeout) as exc:
                 log.warning("MQTT session ended: %s", exc)
-                self._set(detail=str(exc))
+                self._set(detail=str(exc) or exc.__class__.__name__)
                 conn.close()
+            except Exception as exc:  # a bug must not silently end syncing: log it, reconnect
+                log.exception("MQTT publisher failed unexpectedly")
+                self._set(detail=f"internal error: {exc!r}")
+                conn.close()
+                self._sleep(self.settings.backoff_min_s)
             finally:
                 metrics.MQTT_CONNECTED.set(0)
                 self._set(connected=False)
                 self._release_all()
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off without starving the watchdog: a long wait still beats every few seconds."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            self._beat_now()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop.wait(min(left, 5.0))
 
     def _connect(self) -> MqttConnection:
         conn = self._factory(
@@ -262,7 +280,9 @@ class Publisher:
         ids += [r.id for _, rows in self._unsent for r in rows]
         self._inflight.clear()
         self._unsent.clear()
-        self._acked.clear()
+        if self._acked:  # PUBACKs that arrived in the same loop turn as the loss: still delete those rows
+            self.outbox.ack(self._acked)
+            self._acked = []
         self._ack_failures.clear()
         if ids:
             try:

@@ -47,6 +47,7 @@ class Receiver:
         self.client_id = client_id
         self.topic = topic
         self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode = WAL")  # one fsync per message, before its PUBACK
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -13,39 +13,79 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 # Buckets from 50 µs to 2.5 s: the knowledge-tracing step runs in ~0.1 ms, a face frame in ~5-20 ms.
 LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
-    0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
 )
 
 INFERENCE_REQUESTS = Counter(
-    "edge_inference_requests", "Inference requests by engine, backend and outcome (ok or error).",
-    ["engine", "backend", "outcome"], registry=REGISTRY,
+    "edge_inference_requests",
+    "Inference requests by engine, backend and outcome (ok or error).",
+    ["engine", "backend", "outcome"],
+    registry=REGISTRY,
 )
 INFERENCE_LATENCY = Histogram(
-    "edge_inference_latency_seconds", "Latency by engine and stage (queue, pre, infer, post).",
-    ["engine", "stage"], buckets=LATENCY_BUCKETS, registry=REGISTRY,
+    "edge_inference_latency_seconds",
+    "Latency by engine and stage (queue, pre, infer, post).",
+    ["engine", "stage"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 ENGINE_LOAD_FAILURES = Counter(
-    "edge_engine_load_failures", "Engine build or load failures by engine, backend and reason.",
-    ["engine", "backend", "reason"], registry=REGISTRY,
+    "edge_engine_load_failures",
+    "Engine build or load failures by engine, backend and reason.",
+    ["engine", "backend", "reason"],
+    registry=REGISTRY,
 )
 ENGINE_CACHE_MISSES = Counter(
-    "edge_engine_cache_misses", "Engine cache misses by reason (absent, corrupt, stale).",
-    ["engine", "reason"], registry=REGISTRY,
+    "edge_engine_cache_misses",
+    "Engine cache misses by reason (absent, corrupt, stale).",
+    ["engine", "reason"],
+    registry=REGISTRY,
 )
 ENGINES_UP = Gauge(
-    "edge_engines_up", "1 for each engine loaded, by engine, backend and precision.",
-    ["engine", "backend", "precision"], registry=REGISTRY,
+    "edge_engines_up",
+    "1 for each engine loaded, by engine, backend and precision.",
+    ["engine", "backend", "precision"],
+    registry=REGISTRY,
 )
 PENDING_REQUESTS = Gauge(
-    "edge_pending_requests", "Requests waiting for inference, by engine.", ["engine"], registry=REGISTRY,
+    "edge_pending_requests",
+    "Requests waiting for inference, by engine.",
+    ["engine"],
+    registry=REGISTRY,
 )
 ANSWER_FEEDBACK_LATENCY = Histogram(
-    "edge_answer_feedback_seconds", "From an answer's arrival to its feedback being ready.",
-    buckets=LATENCY_BUCKETS, registry=REGISTRY,
+    "edge_answer_feedback_seconds",
+    "From an answer's arrival to its feedback being ready.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 ANSWERS = Counter(
-    "edge_answers", "Answers by outcome (applied, duplicate, rejected).", ["outcome"], registry=REGISTRY,
+    "edge_answers",
+    "Answers by outcome (applied, duplicate, rejected).",
+    ["outcome"],
+    registry=REGISTRY,
 )
 
 OUTBOX_BACKLOG = Gauge("edge_outbox_backlog", "Outbox rows waiting to be sent.", registry=REGISTRY)
@@ -54,8 +94,10 @@ OUTBOX_OLDEST_AGE = Gauge(
 )
 OUTBOX_BYTES = Gauge("edge_outbox_bytes", "Payload bytes held in the outbox.", registry=REGISTRY)
 OUTBOX_DROPS = Counter(
-    "edge_outbox_drops", "Outbox rows dropped, by reason (max_rows, max_bytes, max_age, expired).",
-    ["reason"], registry=REGISTRY,
+    "edge_outbox_drops",
+    "Outbox rows dropped, by reason (max_rows, max_bytes, max_age, expired).",
+    ["reason"],
+    registry=REGISTRY,
 )
 MQTT_CONNECTED = Gauge("edge_mqtt_connected", "1 while connected to the broker.", registry=REGISTRY)
 MQTT_RECONNECTS = Counter("edge_mqtt_reconnects", "Connection attempts after a loss.", registry=REGISTRY)
@@ -71,7 +113,9 @@ CAMERA_FRAMES_ANALYSED = Counter(
     "edge_camera_frames_analysed", "Frames run through detection and pose.", registry=REGISTRY
 )
 CAMERA_FRAMES_DROPPED = Counter(
-    "edge_camera_frames_dropped", "Frames skipped because analysis was busy, or corrupt.", ["reason"],
+    "edge_camera_frames_dropped",
+    "Frames skipped because analysis was busy, or corrupt.",
+    ["reason"],
     registry=REGISTRY,
 )
 CAMERA_FPS = Gauge("edge_camera_analysis_fps", "Frames analysed per second (recent).", registry=REGISTRY)
@@ -87,16 +131,22 @@ SOC_TEMPERATURE = Gauge(
 )
 POWER = Gauge("edge_power_watts", "Power by rail, where the board reports it.", ["rail"], registry=REGISTRY)
 TELEMETRY_SOURCE = Gauge(
-    "edge_telemetry_source", "1 for the telemetry source in use (sysfs, jtop, nvml, none).", ["source"],
+    "edge_telemetry_source",
+    "1 for the telemetry source in use (sysfs, jtop, nvml, none).",
+    ["source"],
     registry=REGISTRY,
 )
 
 COMPONENT_UP = Gauge(
-    "edge_component_up", "1 when a daemon component runs, 0 when degraded or stopped.", ["component"],
+    "edge_component_up",
+    "1 when a daemon component runs, 0 when degraded or stopped.",
+    ["component"],
     registry=REGISTRY,
 )
 MODEL_VERSION = Gauge(
-    "edge_model_version_info", "1 for the model package version running, by model.", ["model", "version"],
+    "edge_model_version_info",
+    "1 for the model package version running, by model.",
+    ["model", "version"],
     registry=REGISTRY,
 )
 ALERTS = Counter("edge_alerts", "Alerts raised, by kind.", ["kind"], registry=REGISTRY)

@@ -30,8 +30,8 @@ device_id = "board-0042"
 pseudonym_secret_file = "{secret}"
 
 [paths]
-state_dir = "{tmp_path / 'state'}"
-cache_dir = "{tmp_path / 'cache'}"
+state_dir = "{tmp_path / "state"}"
+cache_dir = "{tmp_path / "cache"}"
 
 [mqtt]
 enabled = false
@@ -53,7 +53,12 @@ def test_a_valid_config_passes_check(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 BROKEN = [
     # (what is wrong, replacement applied to the valid text, expected key path, expected line or None)
-    ("unknown key", ('class_id = "grade7-2"', 'class_id = "grade7-2"\nclassroom = "x"'), "device.classroom", 6),
+    (
+        "unknown key",
+        ('class_id = "grade7-2"', 'class_id = "grade7-2"\nclassroom = "x"'),
+        "device.classroom",
+        6,
+    ),
     ("unknown section", ("[mqtt]", "[mqqt]\nhost = 'x'\n[mqtt]"), "mqqt", 13),
     ("wrong type", ("enabled = false", 'enabled = false\nport = "eighty"'), "mqtt.port", 15),
     ("out of range port", ("enabled = false", "enabled = false\nport = 70000"), "mqtt.port", 15),
@@ -61,14 +66,29 @@ BROKEN = [
     ("relative state dir", (str(Path("/")), "/"), None, None),  # placeholder, replaced below
     ("id with a slash", ('device_id = "board-0042"', 'device_id = "board/42"'), "device.device_id", 6),
     ("negative fps", ("[mqtt]", "[camera]\nanalysis_fps = -5\n[mqtt]"), "camera.analysis_fps", 14),
-    ("backoff order", ("[mqtt]", "[camera]\nreconnect_min_s = 30.0\nreconnect_max_s = 5.0\n[mqtt]"), "camera", 13),
-    ("share above one", ("[mqtt]", "[attention]\nlow_attention_share = 1.5\n[mqtt]"), "attention.low_attention_share", 14),
+    (
+        "backoff order",
+        ("[mqtt]", "[camera]\nreconnect_min_s = 30.0\nreconnect_max_s = 5.0\n[mqtt]"),
+        "camera",
+        13,
+    ),
+    (
+        "share above one",
+        ("[mqtt]", "[attention]\nlow_attention_share = 1.5\n[mqtt]"),
+        "attention.low_attention_share",
+        14,
+    ),
 ]
 
 
 @pytest.mark.parametrize(("what", "change", "key", "line"), BROKEN, ids=[b[0] for b in BROKEN])
 def test_a_broken_config_names_the_key_path_and_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str, change: tuple[str, str], key: str | None, line: int | None
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    what: str,
+    change: tuple[str, str],
+    key: str | None,
+    line: int | None,
 ) -> None:
     text = _valid_config_text(tmp_path)
     if what == "relative state dir":
@@ -99,7 +119,7 @@ def test_a_world_readable_secret_is_refused_with_the_chmod_fix(tmp_path: Path) -
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    (where, message), = info.value.problems
+    ((where, message),) = info.value.problems
     assert where == "device.pseudonym_secret_file"
     assert "chmod 600" in message
 
@@ -143,7 +163,9 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     assert "secret, contents not shown" in shown["device"]["pseudonym_secret_file"]
     out = subprocess.run(
         [sys.executable, "-m", "edge_agent", "config", "show", "--config", str(path)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert 'device_id = "board-0042"' in out
     assert (tmp_path / "pseudonym.key").read_bytes().hex() not in out

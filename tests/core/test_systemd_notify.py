@@ -35,7 +35,7 @@ class NotifySocket:
         while not self._stop.is_set():
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             self.messages.append((time.monotonic(), data.decode().split("\n")))
 
@@ -112,7 +112,10 @@ def test_notifier_is_silent_outside_systemd() -> None:
 
 def test_watchdog_interval_is_half_of_watchdog_usec_and_respects_pid() -> None:
     assert Notifier({"WATCHDOG_USEC": "4000000"}).watchdog_interval_s == 2.0
-    assert Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid() + 1)}).watchdog_interval_s is None
+    assert (
+        Notifier({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid() + 1)}).watchdog_interval_s
+        is None
+    )
     assert Notifier({"WATCHDOG_USEC": "garbage"}).watchdog_interval_s is None
 
 

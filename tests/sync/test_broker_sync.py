@@ -116,9 +116,17 @@ def test_broker_down_when_the_publisher_starts(tmp_path: Path, outbox: Outbox) -
         broker.stop()
 
 
-def test_broker_restarted_mid_stream_loses_nothing(tmp_path: Path, outbox: Outbox) -> None:
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_broker_restarted_mid_stream(tmp_path: Path, outbox: Outbox, how: str) -> None:
+    """SIGTERM: nothing lost. SIGKILL: Mosquitto persists only on autosave and shutdown, so messages it
+    had already PUBACKed but not yet forwarded can vanish with it; the board cannot know, but the
+    receiver must report exactly those as gaps, and everything else must arrive once."""
     broker = Broker(tmp_path / "broker").start()
     settings = plain_settings(broker, batch_max=5)
+    # Make the receiver's persistent session durable at the broker first (a graceful stop saves it).
+    Receiver(tmp_path / "recv.db", settings).start().stop()
+    broker.stop()
+    broker.start()
     receiver = Receiver(tmp_path / "recv.db", settings).start()
     publisher = Publisher(outbox, DeviceSettings(), settings)
     publisher.start()
@@ -137,12 +145,26 @@ def test_broker_restarted_mid_stream_loses_nothing(tmp_path: Path, outbox: Outbo
     producer.start()
     try:
         assert receiver.wait_for_count(DEVICE, 200, 20)
-        broker.stop()  # graceful: mosquitto saves the receiver's queued session
+        if how == "sigterm":
+            broker.stop()  # graceful: mosquitto saves the receiver's queued session
+        else:
+            broker.kill()
         time.sleep(0.5)
         assert not publisher.status()["connected"]
         broker.start()
         assert done.wait(30)
-        assert_exactly_once(receiver, total)
+        if how == "sigterm":
+            assert_exactly_once(receiver, total)
+        else:
+            arrived = wait_until(lambda: outbox.backlog == 0 and receiver.seqs(DEVICE)[-1:] == [total], 30)
+            assert arrived, (outbox.backlog, publisher.status(), receiver.report(DEVICE))
+            time.sleep(0.5)
+            report = receiver.report(DEVICE)
+            lost = sum(last - first + 1 for first, last in report["gaps"])
+            assert report["unique"] + lost == total and report["max_seq"] == total
+            print(
+                f"broker SIGKILL: {lost} acknowledged items lost by the broker, reported as {report['gaps']}"
+            )
     finally:
         producer.join(30)
         publisher.stop()
@@ -246,7 +268,7 @@ def test_tls_with_a_client_certificate_delivers_exactly_once(
         (
             {"cert_file": "rogue_client_cert", "key_file": "rogue_client_key"},
             "rejected this board's certificate",
-        ),  # noqa: E501
+        ),
         ({"key_file": "rogue_client_key"}, "cannot be used together"),
     ],
 )
@@ -291,3 +313,50 @@ def test_the_receiver_cli_stores_messages(broker: Broker, tmp_path: Path) -> Non
         json.loads(json.dumps(Receiver(tmp_path / "r.db", plain_settings(broker)).report(DEVICE)))["unique"]
         == 0
     )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"garbage", b'{"v":1}', b'{"v":1,"device":"someone-else","stream":"attention","sent_at":1,"items":[]}'],
+)
+def test_the_receiver_rejects_malformed_messages_and_stores_nothing(
+    broker: Broker, tmp_path: Path, payload: bytes
+) -> None:
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    sender = MqttConnection(settings, "intruder", "", lambda *_: None, will=False)
+    try:
+        sender.connect()
+        sender.publish(f"edge/demo-district/demo-school/{DEVICE}/attention", payload)
+        sender.publish("edge/not/a/valid/topic/at/all", b"{}")
+        assert wait_until(lambda: receiver.rejected >= 2, 5)
+        assert receiver.count(DEVICE) == 0
+        assert receiver.report(DEVICE)["rejected"] == 1
+    finally:
+        sender.disconnect()
+        receiver.stop()
+
+
+def test_a_long_backoff_keeps_the_watchdog_fed_and_stops_promptly(tmp_path: Path, outbox: Outbox) -> None:
+    from edge_agent.lifecycle import HeartbeatRegistry
+    from tests.brokers import free_port
+
+    registry = HeartbeatRegistry()
+    settings = MqttSettings(
+        host="127.0.0.1",
+        port=free_port(),
+        tls=False,
+        backoff_min_s=200.0,
+        backoff_max_s=300.0,
+        connect_timeout_s=1.0,
+    )
+    publisher = Publisher(outbox, DeviceSettings(), settings, heartbeats=registry)
+    publisher.start()
+    try:
+        assert wait_until(lambda: "cannot reach" in publisher.status()["detail"], 5)
+        assert registry.stale() == [] and "mqtt-publisher" in registry._beats
+    finally:
+        started = time.monotonic()
+        assert publisher.stop(5.0)
+        assert time.monotonic() - started < 2.0
+    assert "mqtt-publisher" not in registry._beats

@@ -106,8 +106,12 @@ class TeacherViewPage:
         self.context = browser.new_context(viewport={"width": width, "height": height}, locale="zh-CN")
         self.page = self.context.new_page()
         self.console_errors: list[str] = []
-        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
+        self.page.on("console", self._on_console)
         self.page.on("pageerror", lambda e: self.console_errors.append(str(e)))
+
+    def _on_console(self, message: Any) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
 
     def open(self, path: str = "/") -> Any:
         response = self.page.goto(self.base_url + path, wait_until="load")

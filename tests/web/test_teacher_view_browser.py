@@ -37,16 +37,25 @@ def test_page_shows_the_numbers_on_the_board(teacher_server: ServerThread, live_
     assert view.text("#learn-students") == str(learning["students"])
     rows = view.page.locator("#learn-skills li")
     assert rows.count() == len(learning["skills"])
-    for i, skill in enumerate(learning["skills"]):
-        assert skill["name_zh"] in rows.nth(i).text_content()
-        assert _pct(skill["mastery_mean"]) in rows.nth(i).text_content()
+    shown = [rows.nth(i).get_attribute("data-skill") for i in range(rows.count())]
+    assert shown[: len(learning["weakest"])] == learning["weakest"]  # the weakest skills lead the list
+    for skill in learning["skills"]:
+        row = rows.nth(shown.index(skill["id"])).text_content() or ""
+        assert skill["name_zh"] in row and _pct(skill["mastery_mean"]) in row
+        assert f"本节课 {skill['students']} 人练习" in row
+        assert f"{learning['students']} 人中 {skill['below_threshold']} 人未掌握" in row
     assert view.page.locator("#learn-weakest li").count() == len(learning["weakest"])
     assert view.page.locator("#learn-recommended li").count() == len(learning["recommended"])
     assert view.page.locator("#health-engines tr").count() == 3
     assert "onnxruntime" in view.text("#health-engines")
     assert "142" in view.text("#health-sync")
     issues = view.text("#health-issues")
-    assert "certificate expired" in issues and "out of workspace" in issues
+    assert "certificate expired" in issues and "kt-step" in issues
+    # The board names the fallback in a short phrase; the reason for IT is in the tooltip.
+    fallback_titles = view.page.locator("#health-issues li").evaluate_all("lis => lis.map(li => li.title)")
+    assert any("out of workspace" in title for title in fallback_titles)
+    assert view.page.get_attribute("#health-engines td.fallback", "title") == \
+        "TensorRT engine build failed: out of workspace"
     assert view.console_errors == []
 
 
@@ -78,8 +87,10 @@ def test_language_switches_to_english_and_is_remembered(teacher_server: ServerTh
     view.switch_language()
     assert view.text("#attention-h") == "Class attention"
     assert view.page.evaluate("document.documentElement.lang") == "en"
-    first_skill = live_board.get("learning")["skills"][0]
-    assert first_skill["name_en"] in view.text("#learn-skills li")
+    first_skill = live_board.get("learning")["weakest"][0]
+    names = {s["id"]: s["name_en"] for s in live_board.get("learning")["skills"]}
+    assert names[first_skill] in view.text("#learn-skills li")
+    assert "practised this lesson" in view.text("#learn-skills li")
     view.open()  # a reload keeps the teacher's choice
     view.page.wait_for_function("() => document.documentElement.lang === 'en'", timeout=3000)
     assert view.text("#learning-h") == "Class mastery"
@@ -164,6 +175,19 @@ def test_empty_and_malformed_sections_render_placeholders_without_errors(teacher
         view.page.wait_for_function(issues_say, timeout=1000)
         assert view.text("#att-share") == "—"
         assert "teleporting" in view.text("#health-issues")
+        skills = [None, "x", {"id": "a", "students": "many", "mastery_mean": "high"}] + [
+            {"id": f"s{i}", "name_zh": f"知识点{i}", "students": i % 2, "mastery_mean": i / 20,
+             "below_threshold": 1} for i in range(12)]
+        board.publish("learning", {"answers": 5, "students": 7, "suppressed": False, "skills": skills,
+                                   "weakest": "s1", "recommended": None, "activity": None})
+        board.publish("health", {"state": "ok",
+                                 "components": [{"name": "kt", "ok": False, "detail": "x" * 500}],
+                                 "engines": [None, {"name": "e", "backend": "onnxruntime", "fallback": 42}]})
+        view.page.wait_for_function("() => document.querySelectorAll('#learn-skills-more li').length > 0",
+                                    timeout=1000)
+        assert view.page.locator("#learn-skills li").count() == 8
+        assert len(view.text("#health-issues")) < 400  # a long detail is cut; the tooltip has it all
+        assert view.console_errors == []
         assert view.console_errors == []
     finally:
         server.stop()

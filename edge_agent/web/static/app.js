@@ -5,6 +5,8 @@
   const SVG = "http://www.w3.org/2000/svg";
   const LANG_KEY = "edge-agent.lang";
   const HOT_C = 85;
+  const MAX_SKILL_ROWS = 8; // more rows push the board status below the fold on a 1080p board
+  const MAX_DETAIL_CHARS = 90; // longer diagnostics go into the tooltip; IT reads them in full there
   const boot = JSON.parse(document.getElementById("boot").textContent);
   const messages = boot.messages;
   const state = { sections: boot.snapshot.sections || {}, updated: boot.snapshot.updated || {} };
@@ -62,7 +64,7 @@
     if (!a) {
       setText("att-share", "—"); setText("att-faces", t("no_data"));
       $("att-signal").dataset.low = "none"; setText("att-signal", t("no_data"));
-      card.dataset.low = "false"; replace("att-timeline", []);
+      card.dataset.low = "false"; renderTimeline([]);
       return;
     }
     const low = a.low_attention === true;
@@ -98,6 +100,9 @@
       nodes.push(bar);
     });
     replace("att-timeline", nodes);
+    const a = state.sections.attention || {};
+    $("att-tl-empty").hidden = windows.length > 0;
+    setText("att-tl-empty", isNum(a.window_s) ? t("timeline_empty", { s: num(a.window_s) }) : t("no_data"));
     setText("att-tl-start", windows.length ? clockTime(windows[0].start) : "");
     setText("att-tl-end", windows.length ? clockTime(windows[windows.length - 1].end) : "");
   }
@@ -105,32 +110,60 @@
   function skillName(skill) { return (lang === "en" ? skill.name_en : skill.name_zh) || skill.name_en || skill.name_zh || skill.id; }
   function itemTitle(item) { return (lang === "en" ? item.title_en : item.title_zh) || item.title_en || item.title_zh || item.item_id; }
 
+  // The board shows what this lesson is about first: the weakest skills, then the other skills practised
+  // this lesson (lowest mastery first), then the rest of the curriculum in its own order.
+  function orderSkills(skills, weakest) {
+    const practised = (s) => isNum(s.students) && s.students > 0;
+    const group = (s) => (weakest.includes(s.id) ? 0 : practised(s) ? 1 : 2);
+    const mastery = (s) => (isNum(s.mastery_mean) ? s.mastery_mean : 2);
+    return skills.map((s, i) => ({ s, i })).sort((a, b) => {
+      const ga = group(a.s), gb = group(b.s);
+      if (ga !== gb) return ga - gb;
+      if (ga === 0) return weakest.indexOf(a.s.id) - weakest.indexOf(b.s.id);
+      if (ga === 1) return mastery(a.s) - mastery(b.s) || a.i - b.i;
+      return a.i - b.i;
+    }).map((x) => x.s);
+  }
+
+  function skillRow(s, weak, classSize) {
+    // The badge sits outside the name so a long name's ellipsis never hides it.
+    const name = el("span", { class: "skill-label" }, [el("span", { class: "skill-name", text: skillName(s), title: skillName(s) })]);
+    if (weak) name.appendChild(el("span", { class: "badge", text: t("weakest_badge") }));
+    const fill = el("span");
+    fill.style.width = (isNum(s.mastery_mean) ? Math.max(0, Math.min(1, s.mastery_mean)) * 100 : 0) + "%";
+    const practisedBy = isNum(s.students) && s.students > 0 ? t("skill_practised", { n: num(s.students) }) : t("skill_not_practised");
+    const below = isNum(classSize) ? t("skill_below_of", { n: num(s.below_threshold), total: num(classSize) }) : t("skill_below", { n: num(s.below_threshold) });
+    const meta = el("span", { class: "skill-meta", text: practisedBy + " · " + below });
+    const row = el("li", { class: weak ? "skill weak" : "skill" }, [name, el("span", { class: "skill-meter" }, [fill]),
+      el("span", { class: "skill-pct", text: pct(s.mastery_mean) }), meta]);
+    row.dataset.skill = s.id;
+    row.dataset.practised = String(isNum(s.students) && s.students > 0);
+    return row;
+  }
+
   function renderLearning() {
     const l = state.sections.learning;
     if (!l) {
       setText("learn-answers", "—"); setText("learn-students", "—"); setText("learn-started", t("no_data"));
-      ["learn-skills", "learn-weakest", "learn-recommended", "learn-activity"].forEach((id) => replace(id, []));
+      ["learn-skills", "learn-skills-more", "learn-weakest", "learn-recommended", "learn-activity"].forEach((id) => replace(id, []));
+      $("learn-more").hidden = true; $("learn-empty").hidden = false;
       return;
     }
     setText("learn-answers", num(l.answers));
     setText("learn-students", num(l.students));
     setText("learn-started", isNum(l.lesson_started) ? t("lesson_started", { t: clockTime(l.lesson_started) }) : "");
     $("learn-suppressed").hidden = l.suppressed !== true;
-    const skills = l.suppressed ? [] : Array.isArray(l.skills) ? l.skills : [];
+    const skills = l.suppressed ? [] : Array.isArray(l.skills) ? l.skills.filter((s) => s && typeof s === "object") : [];
     const byId = Object.fromEntries(skills.map((s) => [s.id, s]));
     const weakest = l.suppressed ? [] : Array.isArray(l.weakest) ? l.weakest : [];
-    replace("learn-skills", skills.map((s) => {
-      const weak = weakest.includes(s.id);
-      const name = el("span", { class: "skill-name", text: skillName(s), title: skillName(s) });
-      if (weak) name.appendChild(el("span", { class: "badge", text: t("weakest_badge") }));
-      const fill = el("span");
-      fill.style.width = (isNum(s.mastery_mean) ? Math.max(0, Math.min(1, s.mastery_mean)) * 100 : 0) + "%";
-      const meta = t("skill_students", { n: num(s.students) }) + " · " + t("skill_below", { n: num(s.below_threshold) });
-      const row = el("li", { class: weak ? "skill weak" : "skill" }, [name, el("span", { class: "skill-pct", text: pct(s.mastery_mean) }),
-        el("span", { class: "skill-meter" }, [fill]), el("span", { class: "skill-meta", text: meta })]);
-      row.dataset.skill = s.id;
-      return row;
-    }));
+    const ordered = orderSkills(skills, weakest);
+    const rows = ordered.map((s) => skillRow(s, weakest.includes(s.id), l.students));
+    replace("learn-skills", rows.slice(0, MAX_SKILL_ROWS));
+    replace("learn-skills-more", rows.slice(MAX_SKILL_ROWS));
+    const rest = rows.length - Math.min(rows.length, MAX_SKILL_ROWS);
+    $("learn-more").hidden = rest === 0;
+    setText("learn-more-summary", t("skills_more", { n: num(rest) }));
+    $("learn-empty").hidden = skills.length > 0 || l.suppressed === true;
     replace("learn-weakest", weakest.map((id) => el("li", { text: byId[id] ? skillName(byId[id]) : id })));
     const recs = l.suppressed ? [] : Array.isArray(l.recommended) ? l.recommended : [];
     replace("learn-recommended", recs.map((r) => el("li", {}, [document.createTextNode(itemTitle(r)),
@@ -149,17 +182,47 @@
     }));
   }
 
+  const shorten = (text) => { const s = String(text || ""); return s.length > MAX_DETAIL_CHARS ? s.slice(0, MAX_DETAIL_CHARS - 1).trimEnd() + "…" : s; };
+
+  // Fallback reasons are written for IT ("TensorRT unavailable: the tensorrt Python package does not
+  // import ..."); the board shows a short phrase and keeps the whole reason in the tooltip.
+  function fallbackPhrase(reason) {
+    const m = /^TensorRT ([a-z ]+?):/.exec(String(reason || ""));
+    const table = messages[lang] || {};
+    if (m) {
+      const key = "fallback_" + m[1].trim().replace(/ +/g, "_");
+      return key in table ? t(key) : t("fallback_trt_other");
+    }
+    return t("fallback_other");
+  }
+
   function issues() {
     const out = [];
+    const issue = (text, title) => out.push({ text, title: title || "" });
     const h = state.sections.health || {};
-    for (const c of h.components || []) if (c && c.ok === false) out.push(t("issue_component", { name: c.name, detail: c.detail || "—" }));
-    for (const e of h.engines || []) if (e && e.fallback) out.push(t("issue_fallback", { name: e.name, backend: e.backend, why: e.fallback }));
+    for (const c of h.components || []) {
+      if (c && c.ok === false) issue(t("issue_component", { name: c.name, detail: shorten(c.detail) || "—" }), c.detail);
+    }
+    const fallbacks = new Map(); // one line per (phrase, backend), naming every engine it affects
+    for (const e of h.engines || []) {
+      if (!e || !e.fallback) continue;
+      if (e.backend === "none") { issue(t("issue_engine_failed", { name: e.name, why: shorten(e.fallback) }), e.fallback); continue; }
+      const key = fallbackPhrase(e.fallback) + "\u0000" + e.backend;
+      if (!fallbacks.has(key)) fallbacks.set(key, { why: fallbackPhrase(e.fallback), backend: e.backend, names: [], reasons: [] });
+      fallbacks.get(key).names.push(e.name);
+      fallbacks.get(key).reasons.push(e.name + ": " + e.fallback);
+    }
+    for (const f of fallbacks.values()) {
+      issue(t("issue_fallback", { names: f.names.join(t("list_sep")), backend: f.backend, why: f.why, n: f.names.length }), f.reasons.join("\n"));
+    }
     const cam = (state.sections.attention || {}).camera;
-    if (cam && cam.state && cam.state !== "running" && cam.state !== "disabled") out.push(t("issue_camera", { state: tState("camera_state_", cam.state), detail: cam.detail || "—" }));
+    if (cam && cam.state && cam.state !== "running" && cam.state !== "disabled") {
+      issue(t("issue_camera", { state: tState("camera_state_", cam.state), detail: shorten(cam.detail) || "—" }), cam.detail);
+    }
     const s = state.sections.sync;
-    if (s && s.connected === false) out.push(t("issue_sync", { detail: s.detail || "—" }));
+    if (s && s.connected === false) issue(t("issue_sync", { detail: shorten(s.detail) || "—" }), s.detail);
     const temps = (state.sections.device || {}).temperatures || {};
-    for (const [zone, c] of Object.entries(temps)) if (isNum(c) && c >= HOT_C) out.push(t("issue_hot", { zone, c: num(c, 0) }));
+    for (const [zone, c] of Object.entries(temps)) if (isNum(c) && c >= HOT_C) issue(t("issue_hot", { zone, c: num(c, 0) }));
     return out;
   }
 
@@ -169,13 +232,17 @@
     pill.dataset.state = h && h.state ? h.state : "";
     pill.textContent = h && h.state ? tState("health_state_", h.state) : t("no_data");
     const problems = issues();
-    replace("health-issues", problems.length ? problems.map((p) => el("li", { class: "problem", text: p })) : [el("li", { class: "none", text: t("issues_none") })]);
-    replace("health-engines", ((h && h.engines) || []).map((e) => el("tr", {}, [el("td", { text: e.name }), el("td", { text: e.backend }),
-      el("td", { text: e.precision }), el("td", { class: e.fallback ? "fallback" : "", text: e.fallback || "—" })])));
+    replace("health-issues", problems.length ? problems.map((p) => el("li", { class: "problem", text: p.text, title: p.title }))
+      : [el("li", { class: "none", text: t("issues_none") })]);
+    const engines = ((h && h.engines) || []).filter((e) => e && typeof e === "object");
+    replace("health-engines", engines.length ? engines.map((e) => el("tr", {}, [el("td", { text: e.name }), el("td", { text: e.backend }),
+      el("td", { text: e.precision }), e.fallback ? el("td", { class: "fallback", text: fallbackPhrase(e.fallback), title: e.fallback }) : el("td", { text: "—" })]))
+      : [el("tr", {}, [el("td", { colspan: 4, class: "muted", text: t("engines_none") })])]);
     const cam = (state.sections.attention || {}).camera;
     const camNode = $("health-camera");
     camNode.dataset.ok = String(!cam || cam.state === "running" || cam.state === "disabled");
     camNode.textContent = cam && cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) && cam.state === "running" ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : t("no_data");
+    camNode.title = (cam && cam.detail) || "";
     renderSync();
     renderDevice();
   }
@@ -188,19 +255,28 @@
     const parts = [s.connected ? t("sync_connected") : t("sync_disconnected"), t("sync_backlog", { n: num(s.backlog) })];
     if (isNum(s.oldest_age_s) && s.backlog > 0) parts.push(t("sync_oldest", { d: duration(s.oldest_age_s, "duration") }));
     node.textContent = parts.join(" · ");
-    const detail = [isNum(s.last_success) ? t("sync_last", { t: ago(s.last_success) }) : t("sync_never")];
+    const nothingYet = s.connected === true && !(s.backlog > 0);
+    const detail = [isNum(s.last_success) ? t("sync_last", { t: ago(s.last_success) }) : nothingYet ? t("sync_nothing_yet") : t("sync_never")];
     for (const [reason, n] of Object.entries(s.drops || {})) if (isNum(n) && n > 0) detail.push(t("sync_drops", { n: num(n), r: reason }));
-    if (s.detail) detail.push(s.detail);
-    setText("health-sync-detail", detail.join(" · "));
+    // While connected the detail only repeats "connected"; when not, the issue list already says why.
+    const detailNode = $("health-sync-detail");
+    detailNode.textContent = detail.join(" · ");
+    detailNode.title = s.detail || "";
   }
 
   function renderDevice() {
     const d = state.sections.device;
+    const node = $("health-device");
+    node.title = (d && d.detail) || "";
     if (!d) { replace("health-device", [el("dd", { text: t("no_data") })]); return; }
+    const temps = Object.entries(d.temperatures || {}).filter(([, c]) => isNum(c)).map(([z, c]) => z + "\u00a0" + num(c, 0) + "\u00a0°C");
+    const power = Object.entries(d.power_w || {}).filter(([, w]) => isNum(w)).map(([r, w]) => r + "\u00a0" + num(w, 1) + "\u00a0W");
+    if (d.source === "none" || (!isNum(d.gpu_load) && !isNum(d.gpu_memory_bytes) && !temps.length && !power.length)) {
+      replace("health-device", [el("dd", { class: "muted", text: t("device_no_sensors") })]);
+      return;
+    }
     const rows = [[t("gpu_load"), pct(d.gpu_load)],
       [t("gpu_memory"), isNum(d.gpu_memory_bytes) ? num(d.gpu_memory_bytes / 1048576) + " MiB" : "—"]];
-    const temps = Object.entries(d.temperatures || {}).map(([z, c]) => z + "\u00a0" + num(c, 0) + "\u00a0°C");
-    const power = Object.entries(d.power_w || {}).map(([r, w]) => r + "\u00a0" + num(w, 1) + "\u00a0W");
     rows.push([t("temperatures"), temps.join(", ") || "—"], [t("power"), power.join(", ") || "—"]);
     replace("health-device", rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   }
@@ -250,6 +326,11 @@
     renderAll();
     setConnection($("conn").dataset.state === "live");
   }
+
+  // Opening the other skills scrolls the learning card (never the page) to show them.
+  $("learn-more").addEventListener("toggle", () => {
+    if ($("learn-more").open) $("learn-more-summary").scrollIntoView({ block: "start" });
+  });
 
   $("lang").addEventListener("click", () => {
     const next = lang === "en" ? "zh-CN" : "en";

@@ -1,4 +1,4 @@
-"""A stand-in for the TensorRT hardware port, for tests and demos on machines without a GPU.
+"""A test double for the TensorRT hardware port (tests only: it never ships in the package).
 
 It exercises the real selection, cache and fallback code: "plans" are small byte strings naming the ONNX
 file, and "engines" are ONNX Runtime sessions reporting backend ``fake-tensorrt`` so no result can be

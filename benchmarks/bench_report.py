@@ -1,0 +1,434 @@
+"""Turning benchmark results into the printed table, PASS/MISS per target, the machine line and PNG plots.
+
+``results`` is the dict ``run_all`` writes as results.json: sections ``kt``, ``vision``, ``engines``,
+``lesson``, ``soak`` (each may be absent when skipped) and ``machine``. Everything here is pure apart from
+``plots``, which writes files.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MB_IN_MIB = 1e6 / 2**20  # 300 MB = 286.1 MiB
+RSS_TARGET_MIB = 300 * MB_IN_MIB
+OURS, INT8, BASELINE = "tab:blue", "tab:green", "grey"
+_VERDICT: dict[bool | None, str] = {True: "PASS", False: "MISS", None: "NOT MEASURED"}
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, Python, onnxruntime version and the load average right now."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import onnxruntime
+
+        ort = str(onnxruntime.__version__)
+    except ImportError:
+        ort = "not installed"
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort,
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def soak_verdict(soak: dict[str, Any]) -> tuple[bool, str]:
+    """Growth counts only beyond noise: the fitted rise over the soak must stay under 2 MiB or 1 % of RSS."""
+    slope = soak.get("rss_slope_mib_per_hour")
+    if slope is None:
+        return False, "too few samples for a slope"
+    rise = slope * soak["minutes"] / 60
+    allowance = max(2.0, 0.01 * (soak.get("rss_first_mib") or 0.0))
+    moved = soak.get("errors_moved") or {}
+    ok = rise <= allowance and not moved
+    why = f"fitted rise {rise:+.2f} MiB over {soak['minutes']:.0f} min (allowance {allowance:.1f})"
+    return ok, why + (f"; error counters moved: {moved}" if moved else "; no error counter moved")
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, detail, passed) rows; passed is None when the figure was not measured."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    lesson, kt, soak = results.get("lesson") or {}, results.get("kt") or {}, results.get("soak")
+    p99 = lesson.get("feedback_p99_ms")
+    rows.append(
+        (
+            "answer-to-feedback p99 <= 10 ms (lesson)",
+            _fmt(p99, "ms"),
+            f"{lesson.get('answers_ok', 0)} answers, client-measured",
+            None if p99 is None else p99 <= 10,
+        )
+    )
+    for key, label in (
+        ("model_throughput_ratio", "model: ORT batch-64 step vs eager window-10"),
+        ("service_vs_torch_model_only_ratio", "service incl. SQLite vs eager model only"),
+        ("http_throughput_ratio", "over HTTP, same web stack"),
+    ):
+        ratio = kt.get(key)
+        rows.append(
+            (
+                f"KT throughput >= 10x PyTorch ({label})",
+                _fmt(ratio, "x"),
+                key,
+                None if ratio is None else ratio >= 10,
+            )
+        )
+    rss = lesson.get("rss_max_mib")
+    rows.append(
+        (
+            "daemon RSS <= 300 MB, every model loaded",
+            _fmt(rss, "MiB"),
+            "max over the lesson",
+            None if rss is None else rss <= RSS_TARGET_MIB,
+        )
+    )
+    if soak:
+        ok, why = soak_verdict(soak)
+        rows.append(
+            ("no growth in the soak beyond noise", _fmt(soak.get("rss_slope_mib_per_hour"), "MiB/h"), why, ok)
+        )
+    else:
+        rows.append(("no growth in the soak beyond noise", "-", "no soak in this run (--soak-minutes)", None))
+    return rows
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g} {unit}" if abs(value) < 100 else f"{value:.0f} {unit}"
+
+
+def comparison_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(what, ours, baseline, ratio) side by side."""
+    rows = []
+    kt, vision = results.get("kt") or {}, results.get("vision") or {}
+    if kt:
+        rows.append(
+            (
+                "KT answers/s, model (ORT b64 vs torch window-10)",
+                _fmt(kt.get("step_b64_answers_per_s"), "/s"),
+                _fmt(kt.get("torch_answers_per_s"), "/s"),
+                _fmt(kt.get("model_throughput_ratio"), "x"),
+            )
+        )
+        rows.append(
+            (
+                "KT answers/s, service vs torch model-only",
+                _fmt(kt.get("service_answers_per_s"), "/s"),
+                _fmt(kt.get("torch_answers_per_s"), "/s"),
+                _fmt(kt.get("service_vs_torch_model_only_ratio"), "x"),
+            )
+        )
+        rows.append(
+            (
+                "KT answers/s over HTTP (32 clients)",
+                _fmt(kt.get("ours_http_sustained_answers_per_s"), "/s"),
+                _fmt(kt.get("torch_http_sustained_answers_per_s"), "/s"),
+                _fmt(kt.get("http_throughput_ratio"), "x"),
+            )
+        )
+        rows.append(
+            (
+                "KT HTTP p50 / p99 at 200 answers/s",
+                f"{_fmt(kt.get('ours_http200_p50_ms'), 'ms')} / {_fmt(kt.get('ours_http200_p99_ms'), 'ms')}",
+                _pair(kt.get("torch_http200_p50_ms"), kt.get("torch_http200_p99_ms"), "ms"),
+                _ratio(kt.get("torch_http200_p99_ms"), kt.get("ours_http200_p99_ms")),
+            )
+        )
+    for key, label in (
+        ("detect", "face detection p50 / p99 (13 photos)"),
+        ("whole", "whole frame, crowd, FSA-Net pose p50 / p99"),
+    ):
+        ours, cv = vision.get(f"{key}_ort_ms"), vision.get(f"{key}_cv2_ms")
+        if ours and cv:
+            rows.append(
+                (
+                    label,
+                    f"{_fmt(ours[0], 'ms')} / {_fmt(ours[1], 'ms')}",
+                    f"{_fmt(cv[0], 'ms')} / {_fmt(cv[1], 'ms')}",
+                    _ratio(cv[0], ours[0]),
+                )
+            )
+    by_key = {(r["model"], r["backend"], r["precision"], r["batch"]): r for r in results.get("engines") or []}
+    for (model, backend, precision, batch), row in sorted(by_key.items()):
+        if backend == "pytorch-eager" and row.get("median_ms"):
+            ort = by_key.get((model, "onnxruntime", "fp32", batch), {})
+            rows.append(
+                (
+                    f"{model} b{batch} ORT vs PyTorch eager median / p99",
+                    f"{_fmt(ort.get('median_ms'), 'ms')} / {_fmt(ort.get('p99_ms'), 'ms')}",
+                    f"{_fmt(row['median_ms'], 'ms')} / {_fmt(row['p99_ms'], 'ms')}",
+                    _ratio(row["median_ms"], ort.get("median_ms")),
+                )
+            )
+        if backend == "onnxruntime" and precision == "int8" and row.get("median_ms"):
+            fp32 = by_key.get((model, backend, "fp32", batch), {})
+            rows.append(
+                (
+                    f"{model} b{batch} INT8 (ours) vs FP32 (baseline) p50 / p99",
+                    f"{_fmt(row['median_ms'], 'ms')} / {_fmt(row['p99_ms'], 'ms')}",
+                    f"{_fmt(fp32.get('median_ms'), 'ms')} / {_fmt(fp32.get('p99_ms'), 'ms')}",
+                    _ratio(fp32.get("median_ms"), row["median_ms"]),
+                )
+            )
+    return rows
+
+
+def _pair(a: float | None, b: float | None, unit: str) -> str:
+    return f"{_fmt(a, unit)} / {_fmt(b, unit)}"
+
+
+def _ratio(baseline: float | None, ours: float | None) -> str:
+    return f"{baseline / ours:.2f}x" if baseline and ours else "-"
+
+
+def lesson_rows(lesson: dict[str, Any]) -> list[tuple[str, str]]:
+    lag50, lag99 = lesson.get("sync_lag_p50_ms"), lesson.get("sync_lag_p99_ms")
+    return [
+        ("answers ok / sent", f"{lesson.get('answers_ok')} / {lesson.get('answers_sent')}"),
+        (
+            "answer-to-feedback p50 / p99 / max",
+            f"{_fmt(lesson.get('feedback_p50_ms'), 'ms')} / {_fmt(lesson.get('feedback_p99_ms'), 'ms')} / "
+            f"{_fmt(lesson.get('feedback_max_ms'), 'ms')}",
+        ),
+        (
+            "daemon-side feedback p50 / p99 (histogram bucket bound)",
+            _pair(lesson.get("daemon_feedback_p50_le_ms"), lesson.get("daemon_feedback_p99_le_ms"), "ms"),
+        ),
+        ("daemon mean ms per stage", _stages(lesson.get("daemon_stage_mean_ms") or {})),
+        ("frames analysed per second", _fmt(lesson.get("frames_per_s"), "/s")),
+        (
+            "sync messages / gaps / duplicates",
+            f"{lesson.get('sync_messages')} / {len(lesson.get('sync_gaps') or [])} / "
+            f"{lesson.get('sync_duplicates')}",
+        ),
+        ("sync lag p50 / p99", f"{_fmt(lag50, 'ms')} / {_fmt(lag99, 'ms')}"),
+        ("daemon CPU", _fmt(lesson.get("cpu_cores"), "cores")),
+        (
+            "daemon RSS max / last",
+            f"{_fmt(lesson.get('rss_max_mib'), 'MiB')} / {_fmt(lesson.get('rss_last_mib'), 'MiB')}",
+        ),
+        ("error counters moved", str(lesson.get("errors_moved") or "none")),
+    ]
+
+
+def _stages(means: dict[str, float]) -> str:
+    keep = ("answer-to-feedback", "kt_step/queue", "kt-step/infer", "yunet/infer", "fsanet-1x1/infer")
+    return ", ".join(f"{k} {means[k]:.2f}" for k in keep if k in means) or "-"
+
+
+def render(results: dict[str, Any]) -> str:
+    """The printed report: comparisons, lesson figures, soak, targets and the machine."""
+    out = []
+    comp = comparison_rows(results)
+    if comp:
+        out.append(_table(["side by side", "ours", "baseline", "ratio"], comp))
+    if results.get("lesson"):
+        out.append(
+            _table(
+                [
+                    f"lesson ({results['lesson']['seconds']:.0f} s, "
+                    f"{results['lesson']['students']} students)",
+                    "value",
+                ],
+                lesson_rows(results["lesson"]),
+            )
+        )
+    soak = results.get("soak")
+    if soak:
+        out.append(_table([f"soak ({soak['minutes']:.0f} min)", "value"], soak_rows(soak)))
+    rows = [(name, measured, _VERDICT[ok], detail) for name, measured, detail, ok in targets(results)]
+    out.append(_table(["target", "measured", "verdict", "detail"], rows))
+    m = results.get("machine") or {}
+    out.append(
+        f"machine: {m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, onnxruntime "
+        f"{m.get('onnxruntime')}, load average at the end {m.get('load_avg_1_5_15')}"
+    )
+    return "\n\n".join(out)
+
+
+def _table(header: list[str], rows: Sequence[Sequence[str]]) -> str:
+    body = [header, *[list(r) for r in rows]]
+    widths = [max(len(str(line[i])) for line in body) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in body]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def soak_rows(soak: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("RSS slope (least squares, after minute 1)", _fmt(soak.get("rss_slope_mib_per_hour"), "MiB/h")),
+        ("RSS first / last", _pair(soak.get("rss_first_mib"), soak.get("rss_last_mib"), "MiB")),
+        (
+            "p99 first third / last third",
+            f"{_pair(soak.get('p99_first_third_ms'), soak.get('p99_last_third_ms'), 'ms')} "
+            f"(drift {_fmt(soak.get('p99_drift_ratio'), 'x')})",
+        ),
+        ("error counters moved", str(soak.get("errors_moved") or "none")),
+    ]
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    """The README section: figures, machine and load, how to reproduce."""
+    m, before = results.get("machine") or {}, results.get("machine_before") or {}
+    lines = [
+        f"Measured with `{command}` ({results.get('started', '?')} to {results.get('finished', '?')}) on "
+        f"{m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, onnxruntime "
+        f"{m.get('onnxruntime')}, CPU only (no TensorRT). Load average (1/5/15 min) at the start "
+        f"{before.get('load_avg_1_5_15')}, at the end {m.get('load_avg_1_5_15')}.",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
+    for name, measured, detail, ok in targets(results):
+        lines.append(f"| {name} | {measured} ({detail}) | {_VERDICT[ok]} |")
+    sections: list[tuple[str, Sequence[Sequence[str]]]] = []
+    if results.get("lesson"):
+        lesson = results["lesson"]
+        sections.append((f"lesson scenario, {lesson['seconds']:.0f} s | value", lesson_rows(lesson)))
+    if results.get("soak"):
+        sections.append((f"soak, {results['soak']['minutes']:.0f} min | value", soak_rows(results["soak"])))
+    comp = comparison_rows(results)
+    if comp:
+        sections.append(("side by side | ours | baseline | ratio", comp))
+    for header, rows in sections:
+        lines += ["", f"| {header} |", "|" + "---|" * (header.count("|") + 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], raw: dict[str, Any], out: Path) -> list[Path]:
+    """Latency distributions, throughput bars and (with a soak) RSS and p99 per minute, as PNGs."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    panels = [
+        ("answer-to-feedback, lesson (client)", {"ours": raw.get("feedback_ms", [])}, 10.0),
+        ("sync lag, lesson (receiver)", {"ours": raw.get("sync_lag_ms", [])}, None),
+        (
+            "face detection per photo",
+            {"ORT": raw.get("detect_ort_ms", []), "cv2.FaceDetectorYN": raw.get("detect_cv2_ms", [])},
+            5.0,
+        ),
+        (
+            "whole frame, crowd, FSA-Net pose",
+            {"ORT": raw.get("whole_ort_ms", []), "cv2-based": raw.get("whole_cv2_ms", [])},
+            20.0,
+        ),
+    ]
+    for ax, (title, series, target) in zip(axes.flat, panels, strict=True):
+        for label, values in series.items():
+            if len(values):
+                # An empirical CDF reads the same for 3 sync messages as for 10,000 answers.
+                xs = np.sort(np.asarray(values, dtype=np.float64))
+                ax.step(
+                    xs,
+                    np.arange(1, xs.size + 1) / xs.size,
+                    where="post",
+                    label=(
+                        f"{label}: n {xs.size}, p50 {np.median(xs):.2f}, p99 {np.percentile(xs, 99):.2f} ms"
+                    ),
+                )
+        ax.axhline(0.99, color="grey", linewidth=0.5)
+        if target:
+            ax.axvline(target, color="red", linestyle="--", label=f"target {target:g} ms")
+        ax.set_xscale("log")
+        ax.set_xlabel("ms (log)")
+        ax.set_ylabel("share of calls at or below")
+        ax.set_title(title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(_save(fig, out / "latency.png", plt))
+    bars = _throughput_bars(results)
+    if bars:
+        fig, ax = plt.subplots(figsize=(12, 5))
+        ax.barh([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+        ax.set_xscale("log")
+        ax.set_xlabel("items per second (log)")
+        ax.set_title("throughput: ours (blue, ORT FP32), INT8 Q/DQ (green), baselines (grey)")
+        fig.tight_layout()
+        written.append(_save(fig, out / "throughput.png", plt))
+    soak = results.get("soak")
+    if soak and soak.get("per_minute"):
+        written.append(_soak_plot(soak, plt, out / "soak.png"))
+    return written
+
+
+def _throughput_bars(results: dict[str, Any]) -> list[tuple[str, float, str]]:
+    kt = results.get("kt") or {}
+    bars = [
+        (label, kt[key], color)
+        for key, label, color in (
+            ("step_b64_answers_per_s", "KT model, ORT batch 64", OURS),
+            ("service_answers_per_s", "KT service (micro-batch + SQLite)", OURS),
+            ("torch_answers_per_s", "KT PyTorch eager, window 10", BASELINE),
+            ("ours_http_sustained_answers_per_s", "KT over HTTP, ours", OURS),
+            ("torch_http_sustained_answers_per_s", "KT over HTTP, PyTorch", BASELINE),
+        )
+        if kt.get(key)
+    ]
+    vision = results.get("vision") or {}
+    for key, label, color in (
+        ("detect_ort_ms", "face detection, ORT", OURS),
+        ("detect_cv2_ms", "face detection, cv2", BASELINE),
+        ("whole_ort_ms", "whole frame, ORT", OURS),
+        ("whole_cv2_ms", "whole frame, cv2-based", BASELINE),
+    ):
+        if vision.get(key):
+            bars.append((f"{label} (1/p50)", 1000.0 / vision[key][0], color))
+    for row in results.get("engines") or []:
+        if row.get("throughput") and row["batch"] == 1 and row["backend"] != "tensorrt":
+            color = {"pytorch-eager": BASELINE}.get(
+                row["backend"], INT8 if row["precision"] == "int8" else OURS
+            )
+            bars.append((f"{row['model']} {row['backend']} {row['precision']} b1", row["throughput"], color))
+    return bars
+
+
+def _soak_plot(soak: dict[str, Any], plt: Any, path: Path) -> Path:
+    rows = soak["per_minute"]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot([r["minute"] for r in rows], [r["rss_mib"] for r in rows], "o-", label="daemon RSS (MiB)")
+    ax.set_xlabel("minute")
+    ax.set_ylabel("RSS MiB")
+    ax2 = ax.twinx()
+    ax2.plot(
+        [r["minute"] for r in rows],
+        [r["p99_ms"] for r in rows],
+        "s--",
+        color="tab:orange",
+        label="answer-to-feedback p99 (ms)",
+    )
+    ax2.set_ylabel("p99 ms")
+    ax.set_title(
+        f"soak {soak['minutes']:.0f} min: RSS slope {soak.get('rss_slope_mib_per_hour') or 0:+.2f} MiB/h"
+    )
+    fig.legend(loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,253 @@
+"""The lesson scenario's figures, from raw series (pure: no processes, no network, no files).
+
+``parse_metrics`` reads the daemon's /metrics text; ``summarize`` gives the lesson's figures and
+``soak_summary`` the soak's (per-minute RSS, p99 and error counters, memory slope, p99 drift).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Counters that must not move in a healthy run (label filters select the error outcomes only).
+ERROR_COUNTERS: dict[str, dict[str, str]] = {
+    "edge_inference_requests_total": {"outcome": "error"},
+    "edge_engine_load_failures_total": {},
+    "edge_outbox_drops_total": {},
+    "edge_mqtt_reconnects_total": {},
+    "edge_mqtt_rejected_total": {},
+    "edge_camera_reconnects_total": {},
+    "edge_camera_stalls_total": {},
+    "edge_camera_frames_dropped_total": {"reason": "corrupt"},
+    "edge_answers_total": {"outcome": "rejected"},
+}
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+# -- pure helpers -------------------------------------------------------------------------------------
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Samples of a Prometheus text exposition; lines that do not parse are skipped, never fatal."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            continue
+        out.append((match.group(1), dict(_LABEL.findall(match.group(2) or "")), value))
+    return out
+
+
+def metric_sum(samples: list[tuple[str, dict[str, str], float]], name: str, where: dict[str, str]) -> float:
+    return sum(
+        v for n, labels, v in samples if n == name and all(labels.get(k) == x for k, x in where.items())
+    )
+
+
+def histogram(samples: list[tuple[str, dict[str, str], float]], name: str) -> dict[float, float]:
+    """Cumulative bucket counts of one histogram, by upper bound (``+Inf`` as math.inf)."""
+    return {float(labels["le"]): v for n, labels, v in samples if n == f"{name}_bucket" and "le" in labels}
+
+
+def histogram_quantile(start: dict[float, float], end: dict[float, float], q: float) -> float | None:
+    """Upper bound of the bucket holding quantile ``q`` of the observations made between two scrapes."""
+    bounds = sorted(end)
+    deltas = [end[b] - start.get(b, 0.0) for b in bounds]
+    if not deltas or deltas[-1] <= 0:
+        return None
+    for bound, cumulative in zip(bounds, deltas, strict=True):
+        if cumulative >= q * deltas[-1]:
+            return bound
+    return bounds[-1]
+
+
+def stage_totals(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, list[float]]:
+    """[seconds, count] per inference ``engine/stage`` and for the whole answer-to-feedback path."""
+    out: dict[str, list[float]] = {}
+    for name, labels, value in samples:
+        for family, key in (
+            ("edge_inference_latency_seconds", f"{labels.get('engine')}/{labels.get('stage')}"),
+            ("edge_answer_feedback_seconds", "answer-to-feedback"),
+        ):
+            if name in (f"{family}_sum", f"{family}_count") and (
+                family != "edge_inference_latency_seconds" or "engine" in labels
+            ):
+                out.setdefault(key, [0.0, 0.0])[name.endswith("_count")] = value
+    return out
+
+
+def stage_means_ms(start: dict[str, list[float]], end: dict[str, list[float]]) -> dict[str, float]:
+    """Mean milliseconds per call of each stage, over the calls made between two scrapes."""
+    means = {}
+    for key, (total, count) in end.items():
+        before = start.get(key, [0.0, 0.0])
+        if count > before[1]:
+            means[key] = round((total - before[0]) / (count - before[1]) * 1e3, 3)
+    return means
+
+
+def error_counts(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, float]:
+    return {name: metric_sum(samples, name, where) for name, where in ERROR_COUNTERS.items()}
+
+
+def pct(values: list[float] | np.ndarray, q: float) -> float | None:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(np.percentile(arr, q)) if arr.size else None
+
+
+def slope_per_hour(times_s: list[float], values: list[float]) -> float | None:
+    """Least-squares slope of ``values`` against time, per hour; None with fewer than 3 points."""
+    if len(times_s) < 3 or np.ptp(np.asarray(times_s)) <= 0:
+        return None
+    return (
+        float(np.polyfit(np.asarray(times_s, dtype=np.float64), np.asarray(values, dtype=np.float64), 1)[0])
+        * 3600
+    )
+
+
+def cpu_seconds(stat_line: str, ticks: int) -> float:
+    """utime + stime of a /proc/PID/stat line (the command may contain spaces and parentheses)."""
+    fields = stat_line.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def rss_mib(status_text: str) -> float | None:
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+# -- raw series ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LessonRun:
+    seconds: float
+    students: int
+    # (epoch sent, latency s, HTTP status, feedback status) per answer, from the load generator
+    answers: list[tuple[float, float, int, str]] = field(default_factory=list)
+    # (epoch, daemon cpu seconds, rss MiB, frames analysed, answers applied, error counters)
+    samples: list[tuple[float, float, float, float, float, dict[str, float]]] = field(default_factory=list)
+    sync_lags_s: list[float] = field(default_factory=list)
+    receiver: dict[str, Any] = field(default_factory=dict)
+    window: tuple[float, float] = (0.0, 0.0)  # load start and end (epoch)
+    daemon_exit: int | None = None
+    load_avg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    startup_s: float = 0.0
+    # the daemon's own answer-to-feedback histogram (arrival to feedback ready) at load start and end
+    feedback_buckets: tuple[dict[float, float], dict[float, float]] = ({}, {})
+    stages: tuple[dict[str, list[float]], dict[str, list[float]]] = ({}, {})
+
+
+def run_from_json(data: dict[str, Any]) -> LessonRun:
+    """A LessonRun back from its JSON dump (tuples and float bucket keys restored)."""
+    buckets: tuple[dict[str, float], ...] = tuple(data.get("feedback_buckets") or ({}, {}))
+    return LessonRun(
+        **{
+            **data,
+            "window": tuple(data["window"]),
+            "load_avg": tuple(data["load_avg"]),
+            "answers": [tuple(a) for a in data["answers"]],
+            "samples": [tuple(x) for x in data["samples"]],
+            "feedback_buckets": tuple({float(k): v for k, v in b.items()} for b in buckets),
+            "stages": tuple(data.get("stages") or ({}, {})),
+        }
+    )
+
+
+def summarize(run: LessonRun) -> dict[str, Any]:
+    """The lesson figures: answer-to-feedback, frames/s, sync lag, daemon CPU and RSS, errors."""
+    ok = [lat for _, lat, code, status in run.answers if code == 200 and status in ("applied", "duplicate")]
+    start, end = run.window
+    inside = [s for s in run.samples if start <= s[0] <= end] or run.samples
+    first, last = (inside[0], inside[-1]) if inside else (None, None)
+    span = (last[0] - first[0]) if first and last else 0.0
+    rss = [s[2] for s in run.samples]
+    errors_moved = {}
+    if run.samples:
+        a, b = run.samples[0][5], run.samples[-1][5]
+        errors_moved = {k: b.get(k, 0.0) - a.get(k, 0.0) for k in b if b.get(k, 0.0) != a.get(k, 0.0)}
+    lags_ms = [x * 1e3 for x in run.sync_lags_s]
+    return {
+        "seconds": run.seconds,
+        "students": run.students,
+        "startup_s": round(run.startup_s, 2),
+        "answers_sent": len(run.answers),
+        "answers_ok": len(ok),
+        "answers_failed": len(run.answers) - len(ok),
+        "feedback_p50_ms": _ms(pct(ok, 50)),
+        "feedback_p99_ms": _ms(pct(ok, 99)),
+        "feedback_max_ms": _ms(max(ok) if ok else None),
+        "daemon_feedback_p50_le_ms": _ms(histogram_quantile(*run.feedback_buckets, 0.5)),
+        "daemon_feedback_p99_le_ms": _ms(histogram_quantile(*run.feedback_buckets, 0.99)),
+        "daemon_stage_mean_ms": stage_means_ms(*run.stages),
+        "frames_per_s": (last[3] - first[3]) / span if span and first and last else None,
+        "answers_applied_daemon": last[4] if last else None,
+        "sync_messages": run.receiver.get("unique", 0),
+        "sync_gaps": run.receiver.get("gaps", []),
+        "sync_duplicates": run.receiver.get("duplicates", 0),
+        "sync_lag_p50_ms": pct(lags_ms, 50),
+        "sync_lag_p99_ms": pct(lags_ms, 99),
+        "cpu_cores": (last[1] - first[1]) / span if span and first and last else None,
+        "rss_max_mib": max(rss) if rss else None,
+        "rss_last_mib": rss[-1] if rss else None,
+        "errors_moved": errors_moved,
+        "daemon_exit": run.daemon_exit,
+        "load_avg_1_5_15": list(run.load_avg),
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+def soak_summary(run: LessonRun, warmup_s: float = 60.0) -> dict[str, Any]:
+    """Per-minute RSS, p99 and error counters; memory slope (least squares, after warm-up); p99 drift."""
+    start = run.window[0]
+    minutes: dict[int, dict[str, Any]] = {}
+    for t, lat, code, _ in run.answers:
+        if code == 200:
+            minutes.setdefault(int((t - start) // 60), {"lat": []})["lat"].append(lat)
+    for t, _, rss, _, _, errors in run.samples:
+        row = minutes.setdefault(int((t - start) // 60), {"lat": []})
+        row["rss"], row["errors"] = rss, sum(errors.values())
+    per_minute = [
+        {
+            "minute": m,
+            "answers": len(r["lat"]),
+            "p99_ms": _ms(pct(r["lat"], 99)),
+            "rss_mib": r.get("rss"),
+            "errors": r.get("errors"),
+        }
+        for m, r in sorted(minutes.items())
+        if m >= 0
+    ]
+    steady = [(t - start, s[2]) for s in run.samples if (t := s[0]) - start >= warmup_s]
+    ok = sorted((t, lat) for t, lat, code, _ in run.answers if code == 200)
+    third = len(ok) // 3
+    first_p99 = _ms(pct([lat for _, lat in ok[:third]], 99)) if third else None
+    last_p99 = _ms(pct([lat for _, lat in ok[-third:]], 99)) if third else None
+    summary = summarize(run)
+    return {
+        "minutes": run.seconds / 60,
+        "per_minute": per_minute,
+        "rss_slope_mib_per_hour": slope_per_hour([x for x, _ in steady], [y for _, y in steady]),
+        "rss_first_mib": steady[0][1] if steady else None,
+        "rss_last_mib": steady[-1][1] if steady else None,
+        "errors_moved": summary["errors_moved"],
+        "p99_first_third_ms": first_p99,
+        "p99_last_third_ms": last_p99,
+        "p99_drift_ratio": (last_p99 / first_p99) if first_p99 and last_p99 else None,
+        "lesson": summary,
+    }

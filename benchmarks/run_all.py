@@ -1,0 +1,238 @@
+"""Every benchmark in one go: knowledge tracing, vision, engines FP32/INT8, the lesson scenario, a soak.
+
+    edge-agent bench [--quick] [--soak-minutes N] [--out DIR]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--soak-minutes N] [--out DIR]
+
+Reuses the per-capability benchmarks (bench_kt.py, bench_vision.py, ``edge-agent engines quantize|bench``)
+and lesson.py; prints the side-by-side table and PASS/MISS per target; writes results.json (figures),
+raw.json (distributions) and PNG plots into --out (default artifacts/bench/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+for entry in (str(HERE.parent), str(HERE)):
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+import bench_report as report  # noqa: E402
+
+from edge_agent.demo import SHARED  # noqa: E402
+
+ENGINE_MODELS = ("yunet", "fsanet-1x1", "fsanet-var", "kt-step")
+QUANTIZED = ("yunet", "fsanet-1x1", "fsanet-var")  # the KT step offers fp16, not int8
+
+
+def section_kt(quick: bool, tmp: Path) -> dict[str, float]:
+    """bench_kt's parts, as its main() runs them (PyTorch baselines included when torch is installed)."""
+    import bench_kt
+
+    from edge_agent.kt.package import load_package
+
+    scale = 0.2 if quick else 1.0
+    package = load_package()
+    results: dict[str, float] = {}
+    results |= bench_kt.bench_step(package, int(5000 * scale))
+    results |= bench_kt.bench_sustained(package, tmp, int(20000 * scale))
+    results |= bench_kt.bench_http(package, tmp, 10.0 * scale)
+    results |= bench_kt.bench_torch(package, int(2000 * scale))
+    if "torch_answers_per_s" in results:
+        results |= bench_kt.bench_http_torch(package, tmp, 10.0 * scale)
+        results["model_throughput_ratio"] = results["step_b64_answers_per_s"] / results["torch_answers_per_s"]
+        results["http_throughput_ratio"] = (
+            results["ours_http_sustained_answers_per_s"] / results["torch_http_sustained_answers_per_s"]
+        )
+        results["service_vs_torch_model_only_ratio"] = (
+            results["service_answers_per_s"] / results["torch_answers_per_s"]
+        )
+    return results
+
+
+def _photo(path: Path) -> np.ndarray:
+    import cv2
+
+    image = cv2.imread(str(path))
+    if image is None:
+        raise FileNotFoundError(f"cannot read the test photo {path}")
+    return cv2.resize(image, (640, 480))
+
+
+def section_vision(quick: bool, raw: dict[str, Any]) -> dict[str, Any]:
+    """bench_vision's comparison with raw per-call times: ORT YuNet pipeline vs cv2.FaceDetectorYN."""
+    import cv2
+    from bench_vision import CvYuNet
+
+    from edge_agent.inference.bench import time_calls
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+    from edge_agent.vision.attention import AttentionRules
+    from edge_agent.vision.pipeline import FrameAnalyser
+    from edge_agent.vision.pose import FsaNetPose
+    from edge_agent.vision.yunet import YuNetDetector
+
+    cv2.setNumThreads(1)
+    models, faces = SHARED / "models", SHARED / "data" / "faces"
+    ours = YuNetDetector(
+        OnnxRuntimeEngine(models / "yunet" / "yunet_s_dynamic.onnx", model_name="yunet", intra_op_threads=1)
+    )
+    theirs = CvYuNet(models / "yunet" / "face_detection_yunet_2023mar.onnx")
+    pose = FsaNetPose(
+        [
+            OnnxRuntimeEngine(
+                models / "headpose" / f"fsanet-{v}-iter-688590.onnx",
+                model_name=f"fsanet-{v}",
+                intra_op_threads=1,
+            )
+            for v in ("1x1", "var")
+        ]
+    )
+    frames = [_photo(p) for p in sorted(faces.glob("*/*.jpg"))]
+    crowd = _photo(faces / "crowd" / "crowd_spectators.jpg")
+    reps, whole_reps = (3, 20) if quick else (15, 100)
+    det_ort: list[float] = []
+    det_cv: list[float] = []
+    for frame in frames:
+        det_ort += time_calls(partial(ours.detect, frame), reps, warmup=2)
+        det_cv += time_calls(partial(theirs.detect, frame), reps, warmup=2)
+    analyser = FrameAnalyser(ours, pose, AttentionRules())
+    whole_ort = time_calls(lambda: analyser.analyse(crowd), whole_reps)
+    whole_cv = time_calls(lambda: pose.estimate(crowd, theirs.detect(crowd)), whole_reps)
+    out: dict[str, Any] = {
+        "photos": len(frames),
+        "crowd_faces_ort": len(ours.detect(crowd)),
+        "crowd_faces_cv2": len(theirs.detect(crowd)),
+    }
+    for key, times in (
+        ("detect_ort", det_ort),
+        ("detect_cv2", det_cv),
+        ("whole_ort", whole_ort),
+        ("whole_cv2", whole_cv),
+    ):
+        ms = [t * 1e3 for t in times]
+        raw[f"{key}_ms"] = ms
+        out[f"{key}_ms"] = [float(np.percentile(ms, 50)), float(np.percentile(ms, 99))]
+    return out
+
+
+def section_engines(quick: bool, tmp: Path) -> list[dict[str, Any]]:
+    """``edge-agent engines quantize`` (into a private cache) then ``engines bench``: FP32 against INT8."""
+    from edge_agent.inference.cli_engines import cmd_bench, cmd_quantize
+    from edge_agent.inference.manifest import ENGINES_DIR
+
+    base = {"manifests": str(ENGINES_DIR), "cache_dir": str(tmp / "cache"), "mirror": str(SHARED / "models")}
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        for name in QUANTIZED:
+            cmd_quantize(
+                argparse.Namespace(
+                    **base,
+                    names=[name],
+                    data=str(SHARED / "data" / "faces"),
+                    samples=64,
+                    held_out=4,
+                    asymmetric=False,
+                    out=None,
+                )
+            )
+        path = tmp / "engines.json"
+        cmd_bench(
+            argparse.Namespace(
+                **base, names=list(ENGINE_MODELS), iterations=40 if quick else 200, batch=16, json=str(path)
+            )
+        )
+    rows: list[dict[str, Any]] = json.loads(path.read_text())
+    return rows
+
+
+def section_lesson(seconds: float, out: Path, raw: dict[str, Any], *, soak: bool) -> dict[str, Any]:
+    import lesson
+
+    run = lesson.run_lesson(seconds, out / ("soak-work" if soak else "lesson-work"))
+    (out / ("soak-raw.json" if soak else "lesson-raw.json")).write_text(json.dumps(asdict(run)))
+    if soak:
+        return lesson.soak_summary(run)
+    raw["feedback_ms"] = [a[1] * 1e3 for a in run.answers if a[2] == 200]
+    raw["sync_lag_ms"] = [x * 1e3 for x in run.sync_lags_s]
+    return lesson.summarize(run)
+
+
+def load_soak(path: Path) -> dict[str, Any]:
+    """The soak summary of an earlier ``lesson.py run --soak`` (its soak-raw.json)."""
+    import lesson
+
+    data = json.loads(path.read_text())
+    run = lesson.run_from_json(data)
+    return lesson.soak_summary(run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "quick": args.quick,
+        "machine_before": report.machine(),
+    }
+    raw: dict[str, Any] = {}
+    lesson_s = args.lesson_seconds or (45.0 if args.quick else 180.0)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        steps: list[tuple[str, Any]] = [
+            ("kt", lambda: section_kt(args.quick, tmp)),
+            ("vision", lambda: section_vision(args.quick, raw)),
+            ("engines", lambda: section_engines(args.quick, tmp)),
+            ("lesson", lambda: section_lesson(lesson_s, out, raw, soak=False)),
+        ]
+        if args.soak_minutes:
+            steps.append(("soak", lambda: section_lesson(args.soak_minutes * 60, out, raw, soak=True)))
+        elif args.soak_raw:
+            steps.append(("soak", lambda: load_soak(Path(args.soak_raw))))
+        for name, step in steps:
+            if args.only and name not in args.only:
+                continue
+            t0 = time.monotonic()
+            print(f"bench: {name} ...", flush=True)
+            try:
+                results[name] = step()
+            except Exception as exc:  # one part failing must not hide the others' figures
+                results[name] = None
+                results.setdefault("failures", {})[name] = f"{type(exc).__name__}: {exc}"
+                print(f"bench: {name} FAILED: {type(exc).__name__}: {exc}", flush=True)
+            print(f"bench: {name} done in {time.monotonic() - t0:.0f} s", flush=True)
+    results["machine"] = report.machine()
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "raw.json").write_text(json.dumps(raw))
+    (out / "results.md").write_text(
+        report.markdown(results, "edge-agent bench" + (" --quick" if args.quick else ""))
+    )
+    print()
+    print(report.render(results))
+    pngs = report.plots(results, raw, out)
+    print(f"\nwritten: {out / 'results.json'}, raw.json, results.md" + "".join(f", {p.name}" for p in pngs))
+    return 1 if results.get("failures") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from edge_agent.cli_bench import add_bench_parser
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    return run(parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""The benchmark's arithmetic and parsing: metrics text, /proc lines, slopes, soak verdicts, the report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+
+import bench_report
+import lesson_figures as lesson
+import pytest
+
+from edge_agent.cli_bench import add_bench_parser
+
+METRICS = """# HELP edge_answers_total Answers by outcome.
+# TYPE edge_answers_total counter
+edge_answers_total{outcome="applied"} 120.0
+edge_answers_total{outcome="rejected"} 2.0
+edge_camera_frames_analysed_total 300.0
+edge_inference_requests_total{backend="onnxruntime",engine="yunet",outcome="error"} 1.0
+edge_inference_requests_total{backend="onnxruntime",engine="yunet",outcome="ok"} 299.0
+"""
+
+
+def test_metrics_text_is_parsed_and_error_counters_select_error_outcomes_only() -> None:
+    samples = lesson.parse_metrics(METRICS)
+    assert lesson.metric_sum(samples, "edge_answers_total", {"outcome": "applied"}) == 120.0
+    errors = lesson.error_counts(samples)
+    assert errors["edge_inference_requests_total"] == 1.0
+    assert errors["edge_answers_total"] == 2.0
+    assert errors["edge_outbox_drops_total"] == 0.0
+
+
+@pytest.mark.parametrize("text", ["", "garbage line\n{}\n", 'edge_x{a="1"} not-a-number\n', "\x00\xff" * 50])
+def test_malformed_metrics_text_yields_no_samples_instead_of_failing(text: str) -> None:
+    assert lesson.parse_metrics(text) == []
+
+
+def test_histogram_quantile_uses_the_observations_between_two_scrapes() -> None:
+    text = 'h_bucket{le="0.005"} %s\nh_bucket{le="0.01"} %s\nh_bucket{le="+Inf"} %s\n'
+    start = lesson.histogram(lesson.parse_metrics(text % (100, 100, 100)), "h")
+    end = lesson.histogram(lesson.parse_metrics(text % (190, 199, 200)), "h")
+    assert lesson.histogram_quantile(start, end, 0.5) == 0.005
+    assert lesson.histogram_quantile(start, end, 0.99) == 0.01
+    assert lesson.histogram_quantile(end, end, 0.99) is None
+    assert lesson.histogram_quantile({}, {}, 0.5) is None
+
+
+def test_stage_means_come_from_sum_and_count_deltas() -> None:
+    text = (
+        'edge_inference_latency_seconds_sum{engine="kt-step",stage="infer"} %s\n'
+        'edge_inference_latency_seconds_count{engine="kt-step",stage="infer"} %s\n'
+        "edge_answer_feedback_seconds_sum %s\nedge_answer_feedback_seconds_count %s\n"
+    )
+    start = lesson.stage_totals(lesson.parse_metrics(text % (1.0, 100, 2.0, 100)))
+    end = lesson.stage_totals(lesson.parse_metrics(text % (1.5, 200, 2.8, 200)))
+    assert lesson.stage_means_ms(start, end) == {"kt-step/infer": 5.0, "answer-to-feedback": 8.0}
+    assert lesson.stage_means_ms(end, end) == {}
+
+
+def test_a_lesson_run_survives_its_json_dump() -> None:
+    run = _run(2, 0.0)
+    run.feedback_buckets = ({0.005: 1.0, math.inf: 1.0}, {0.005: 9.0, math.inf: 10.0})
+    run.stages = ({"kt-step/infer": [1.0, 2.0]}, {"kt-step/infer": [2.0, 4.0]})
+    back = lesson.run_from_json(json.loads(json.dumps(dataclasses.asdict(run))))
+    assert back == run
+
+
+def test_cpu_seconds_reads_utime_and_stime_even_when_the_command_has_spaces_and_parens() -> None:
+    fields = ["S"] + ["0"] * 10 + ["250", "50"] + ["0"] * 30
+    line = "1234 (python3 (bench) x) " + " ".join(fields)
+    assert lesson.cpu_seconds(line, 100) == pytest.approx(3.0)
+
+
+def test_rss_is_read_from_proc_status_and_missing_rss_gives_none() -> None:
+    assert lesson.rss_mib("Name:\tx\nVmRSS:\t  204800 kB\n") == 200.0
+    assert lesson.rss_mib("Name:\tkernel-thread\n") is None
+
+
+def test_least_squares_slope_is_per_hour_and_needs_three_points() -> None:
+    assert lesson.slope_per_hour([0, 60, 120, 180], [100, 101, 102, 103]) == pytest.approx(60.0)
+    assert lesson.slope_per_hour([0, 60], [1, 2]) is None
+    assert lesson.slope_per_hour([5, 5, 5], [1, 2, 3]) is None
+
+
+def _run(minutes: int, rss_step: float, error_at_end: float = 0.0) -> lesson.LessonRun:
+    start = 1_800_000_000.0
+    run = lesson.LessonRun(seconds=minutes * 60, students=50, window=(start, start + minutes * 60))
+    for k in range(minutes * 12):
+        t = start + 5 * k
+        run.answers.append((t, 0.004 if k < minutes * 6 else 0.006, 200, "applied"))
+        errors = {"edge_outbox_drops_total": error_at_end if k == minutes * 12 - 1 else 0.0}
+        run.samples.append((t, 0.1 * k, 150.0 + rss_step * k, 25.0 * k, 5.0 * k, errors))
+    run.sync_lags_s = [0.02, 0.03]
+    run.receiver = {"unique": 2, "gaps": [], "duplicates": 0}
+    return run
+
+
+def test_flat_memory_and_quiet_counters_pass_the_soak_and_growth_or_errors_miss_it() -> None:
+    flat = lesson.soak_summary(_run(10, 0.0))
+    assert flat["rss_slope_mib_per_hour"] == pytest.approx(0.0, abs=1e-6)
+    assert flat["p99_drift_ratio"] == pytest.approx(1.5)
+    assert [m["minute"] for m in flat["per_minute"]] == list(range(10))
+    assert bench_report.soak_verdict(flat)[0]
+    leaking = lesson.soak_summary(_run(10, 0.1))  # 1.2 MiB/min
+    assert leaking["rss_slope_mib_per_hour"] == pytest.approx(72.0)
+    assert not bench_report.soak_verdict(leaking)[0]
+    erring = lesson.soak_summary(_run(10, 0.0, error_at_end=3.0))
+    assert erring["errors_moved"] == {"edge_outbox_drops_total": 3.0}
+    assert not bench_report.soak_verdict(erring)[0]
+
+
+def test_lesson_summary_counts_failed_answers_and_measures_rates_inside_the_load_window() -> None:
+    run = _run(2, 0.0)
+    run.answers.append((run.window[0], 5.0, 503, ""))
+    figures = lesson.summarize(run)
+    assert figures["answers_failed"] == 1
+    assert figures["frames_per_s"] == pytest.approx(5.0)
+    assert figures["cpu_cores"] == pytest.approx(0.02)
+    assert figures["sync_lag_p50_ms"] == pytest.approx(25.0)
+
+
+def test_targets_report_miss_and_not_measured_instead_of_hiding_them() -> None:
+    results = {
+        "lesson": lesson.summarize(_run(2, 0.0)),
+        "kt": {"model_throughput_ratio": 50.0, "service_vs_torch_model_only_ratio": 2.0},
+    }
+    results["lesson"]["rss_max_mib"] = 400.0
+    verdicts = {name: ok for name, _, _, ok in bench_report.targets(results)}
+    assert verdicts["answer-to-feedback p99 <= 10 ms (lesson)"] is True
+    assert verdicts["daemon RSS <= 300 MB, every model loaded"] is False
+    assert verdicts["KT throughput >= 10x PyTorch (over HTTP, same web stack)"] is None
+    text = bench_report.render(results)
+    assert "MISS" in text and "NOT MEASURED" in text and "PASS" in text
+    assert "| daemon RSS <= 300 MB" in bench_report.markdown(results, "edge-agent bench")
+
+
+def test_report_renders_when_every_part_failed() -> None:
+    assert "NOT MEASURED" in bench_report.render(
+        {"kt": None, "lesson": None, "machine": bench_report.machine()}
+    )
+
+
+def test_bench_subcommand_accepts_the_documented_options() -> None:
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--quick", "--soak-minutes", "30", "--out", "x"])
+    assert args.quick and args.soak_minutes == 30 and args.out == "x" and callable(args.func)
+    assert not math.isnan(args.soak_minutes)

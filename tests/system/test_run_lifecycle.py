@@ -1,0 +1,203 @@
+"""`edge-agent run` as systemd runs it: sd_notify, watchdog, signals, restart without losing anything."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.kt.package import KTPackage
+from tests.system.harness import (
+    DaemonProcess,
+    NotifySocket,
+    answer,
+    http,
+    local_config,
+    post_answers,
+    write_config,
+)
+
+WATCHDOG_USEC = 2_000_000
+STUDENTS = [f"stu-{n:02d}" for n in range(6)]
+
+
+def outbox_rows(state_dir: Path) -> dict[str, tuple[int, str, str]]:
+    """message_id -> (seq, stream, state), read straight from the daemon's database (read-only)."""
+    conn = sqlite3.connect(f"file:{state_dir / 'edge-agent.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = conn.execute("SELECT message_id, seq, stream, state FROM outbox").fetchall()
+    finally:
+        conn.close()
+    return {str(m): (int(seq), str(stream), str(state)) for m, seq, stream, state in rows}
+
+
+def wait_for_stream(state_dir: Path, stream: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(s == stream for _, s, _ in outbox_rows(state_dir).values()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {stream} row reached the outbox within {timeout} s")
+
+
+def stop_with(daemon: DaemonProcess, notify: NotifySocket, sig: signal.Signals) -> float:
+    began = time.monotonic()
+    daemon.signal(sig)
+    code = daemon.wait(10)
+    took = time.monotonic() - began
+    assert code == 0, f"exit {code} after {sig.name}:\n{daemon.output()[-3000:]}"
+    stopping = notify.with_key("STOPPING")
+    assert stopping and stopping[-1]["STOPPING"] == "1", notify.snapshot()
+    return took
+
+
+def class_answers(package: KTPackage, round_: int) -> list[dict[str, Any]]:
+    items = package.items[:4]
+    return [
+        answer(student, items[(n + round_) % 4].id, items[(n + round_) % 4].skill_id, (n + round_) % 3 != 0,
+               f"r{round_}-{n}")
+        for n, student in enumerate(STUDENTS)
+    ]
+
+
+def test_run_notifies_systemd_survives_sigterm_and_restarts_with_state(
+    tmp_path: Path, faces_dir: Path, model_mirror: Path, notify: NotifySocket,
+    daemons: Callable[..., DaemonProcess], package: KTPackage,
+) -> None:
+    cfg = local_config(tmp_path, faces=faces_dir, model_mirror=model_mirror)
+    config = write_config(tmp_path / "config.toml", cfg)
+    state_dir = Path(cfg["paths"]["state_dir"])
+    base = f"http://127.0.0.1:{cfg['web']['port']}"
+
+    first = daemons(config, notify, tmp_path / "run1.log", watchdog_usec=WATCHDOG_USEC).start()
+    running = first.wait_running()
+    ready = notify.with_key("READY")
+    assert len(ready) == 1 and ready[0]["READY"] == "1"
+    assert ready[0]["MAINPID"] == str(first.pid)
+    assert ready[0]["STATUS"].startswith("starting")
+    assert running["STATUS"] == "running: all components healthy"
+    assert http("GET", f"{base}/readyz") == (200, {"status": "ready", "reasons": []})
+
+    results = post_answers(base, class_answers(package, 0)) + post_answers(base, class_answers(package, 1))
+    assert all(r["status"] == "applied" for r in results)
+    student = results[0]["student"]
+    status, before = http("GET", f"{base}/api/v1/students/{student}/mastery")
+    assert status == 200 and before["answers"] == 2
+
+    # Pings every WATCHDOG_USEC/2: systemd kills the service when a gap reaches WATCHDOG_USEC.
+    time.sleep(2.6)
+    pings = [t for t, m in notify.messages if "WATCHDOG" in m]
+    assert len(pings) >= 2
+    assert max(b - a for a, b in itertools.pairwise(pings)) < WATCHDOG_USEC / 1e6
+
+    wait_for_stream(state_dir, "attention", 15)  # a camera window from the image folder
+    took = stop_with(first, notify, signal.SIGTERM)
+    assert took < 10
+    rows_after_first = outbox_rows(state_dir)
+    streams = {stream for _, stream, _ in rows_after_first.values()}
+    assert "kt_class" in streams, rows_after_first  # the unfinished lesson is queued on the way out
+    assert "attention" in streams, rows_after_first
+
+    notify.clear()
+    second = daemons(config, notify, tmp_path / "run2.log", watchdog_usec=WATCHDOG_USEC).start()
+    second.wait_running()
+    status, after = http("GET", f"{base}/api/v1/students/{student}/mastery")
+    assert status == 200
+    assert after == before
+    # The same answer sent again (a clicker retrying across the restart) is recognised, not counted twice.
+    again = post_answers(base, class_answers(package, 1)[:1])
+    assert again[0]["status"] == "duplicate"
+    assert http("GET", f"{base}/api/v1/students/{student}/mastery")[1]["answers"] == 2
+    post_answers(base, class_answers(package, 2))
+
+    stop_with(second, notify, signal.SIGINT)
+    rows_after_second = outbox_rows(state_dir)
+    # Nothing queued before the restart was lost or renumbered (MQTT is off: rows wait for sync).
+    for message_id, row in rows_after_first.items():
+        assert rows_after_second.get(message_id) == row
+    assert len(rows_after_second) > len(rows_after_first)
+    seqs = sorted(seq for seq, _, _ in rows_after_second.values())
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda c: c["web"].update(prot=8080), "web.prot"),
+        (lambda c: c["kt"].update(microbatch_max="lots"), "kt.microbatch_max"),
+        (lambda c: c["device"].update(device_id="bad id/with slash"), "device.device_id"),
+    ],
+    ids=["unknown-key", "wrong-type", "bad-device-id"],
+)
+def test_broken_config_exits_1_naming_the_key_and_never_reports_ready(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess],
+    edit: Callable[[dict[str, Any]], None], key: str,
+) -> None:
+    cfg = local_config(tmp_path, faces=None)
+    edit(cfg)
+    daemon = daemons(write_config(tmp_path / "config.toml", cfg), notify, tmp_path / "run.log").start()
+    assert daemon.wait(20) == 1
+    assert key in daemon.stderr()
+    assert notify.snapshot() == []  # not even a STATUS: nothing started
+    assert not (tmp_path / "state" / "edge-agent.db").exists()
+
+
+def test_world_readable_secret_refuses_to_start(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
+) -> None:
+    cfg = local_config(tmp_path, faces=None)
+    Path(cfg["device"]["pseudonym_secret_file"]).chmod(0o644)
+    daemon = daemons(write_config(tmp_path / "config.toml", cfg), notify, tmp_path / "run.log").start()
+    assert daemon.wait(20) == 1
+    stderr = daemon.stderr()
+    assert "device.pseudonym_secret_file" in stderr and "chmod 600" in stderr
+    assert notify.snapshot() == []
+
+
+
+def test_store_that_cannot_open_fails_the_start_without_ready(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
+) -> None:
+    cfg = local_config(tmp_path, faces=None)
+    state = Path(cfg["paths"]["state_dir"])
+    state.rmdir()
+    state.write_text("not a directory\n")  # e.g. a botched image build: nothing can be stored
+    daemon = daemons(write_config(tmp_path / "config.toml", cfg), notify, tmp_path / "run.log").start()
+    assert daemon.wait(20) == 1
+    assert notify.with_key("READY") == []
+    statuses = [m["STATUS"] for m in notify.with_key("STATUS")]
+    assert statuses and statuses[-1].startswith("failed: store"), statuses
+    assert "essential component failed" in daemon.output()
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug in edge_agent/sync/mqtt.py: MqttConnection.connect waits for CONNACK for up to "
+    "mqtt.connect_timeout_s without looking at the publisher's stop event, so SIGTERM during that wait "
+    "delays the exit by up to connect_timeout_s (and the store closes while the publisher thread still "
+    "runs); remove this mark when connect() gives up on stop"))
+def test_sigterm_exits_within_10_s_while_the_broker_hangs_in_connect(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
+) -> None:
+    # A broker that accepts TCP but never answers (overloaded broker, firewall or TLS middlebox).
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        cfg = local_config(tmp_path, faces=None, mqtt_port=silent.getsockname()[1])
+        cfg["mqtt"]["connect_timeout_s"] = 30.0  # a slow-uplink setting; makes the wait deterministic
+        daemon = daemons(write_config(tmp_path / "config.toml", cfg), notify, tmp_path / "run.log").start()
+        daemon.wait_running()
+        time.sleep(0.5)
+        daemon.signal(signal.SIGTERM)
+        try:
+            code = daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()  # fail now, not after the 30 s connect wait
+            raise AssertionError("still running 10 s after SIGTERM (systemd stop promise broken)") from None
+    assert code == 0
