@@ -46,11 +46,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def soak_verdict(soak: dict[str, Any]) -> tuple[bool, str]:
+def soak_verdict(soak: dict[str, Any]) -> tuple[bool | None, str]:
     """Growth counts only beyond noise: the fitted rise over the soak must stay under 2 MiB or 1 % of RSS."""
     slope = soak.get("rss_slope_mib_per_hour")
     if slope is None:
-        return False, "too few samples for a slope"
+        return None, "too few samples after the first minute for a slope"
     rise = slope * soak["minutes"] / 60
     allowance = max(2.0, 0.01 * (soak.get("rss_first_mib") or 0.0))
     moved = soak.get("errors_moved") or {}
@@ -407,23 +407,29 @@ def _throughput_bars(results: dict[str, Any]) -> list[tuple[str, float, str]]:
 
 def _soak_plot(soak: dict[str, Any], plt: Any, path: Path) -> Path:
     rows = soak["per_minute"]
+    series = soak.get("rss_series") or [(r["minute"] * 60, r["rss_mib"]) for r in rows]
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot([r["minute"] for r in rows], [r["rss_mib"] for r in rows], "o-", label="daemon RSS (MiB)")
+    ax.plot([t / 60 for t, _ in series], [v for _, v in series], ".-", label="daemon RSS (MiB), every sample")
+    slope = soak.get("rss_slope_mib_per_hour")
+    if slope is not None and soak.get("rss_mean_point"):
+        t_mean, rss_mean = soak["rss_mean_point"]
+        xs = np.array([1.0, soak["minutes"]])
+        fit = rss_mean + slope * (xs - t_mean / 60) / 60
+        ax.plot(xs, fit, "k:", label="least-squares fit (after min 1)")
     ax.set_xlabel("minute")
     ax.set_ylabel("RSS MiB")
     ax2 = ax.twinx()
     ax2.plot(
-        [r["minute"] for r in rows],
+        [r["minute"] + 0.5 for r in rows],
         [r["p99_ms"] for r in rows],
         "s--",
         color="tab:orange",
-        label="answer-to-feedback p99 (ms)",
+        label="answer-to-feedback p99 per minute (ms)",
     )
     ax2.set_ylabel("p99 ms")
-    ax.set_title(
-        f"soak {soak['minutes']:.0f} min: RSS slope {soak.get('rss_slope_mib_per_hour') or 0:+.2f} MiB/h"
-    )
-    fig.legend(loc="lower right")
+    ax2.set_ylim(bottom=0)
+    ax.set_title(f"soak {soak['minutes']:.0f} min: RSS slope {slope or 0:+.2f} MiB/h")
+    fig.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return _save(fig, path, plt)
 

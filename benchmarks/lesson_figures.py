@@ -242,6 +242,11 @@ def soak_summary(run: LessonRun, warmup_s: float = 60.0) -> dict[str, Any]:
     return {
         "minutes": run.seconds / 60,
         "per_minute": per_minute,
+        # the least-squares line passes through the mean point: the plot draws it from there
+        "rss_mean_point": [float(np.mean([x for x, _ in steady])), float(np.mean([y for _, y in steady]))]
+        if steady
+        else None,
+        "rss_series": [(round(t - start, 1), s[2]) for s in run.samples if (t := s[0]) >= start],
         "rss_slope_mib_per_hour": slope_per_hour([x for x, _ in steady], [y for _, y in steady]),
         "rss_first_mib": steady[0][1] if steady else None,
         "rss_last_mib": steady[-1][1] if steady else None,

@@ -20,6 +20,8 @@ from edge_agent.inference.engine_set import EngineSet
 from edge_agent.inference.manifest import load_manifests
 from edge_agent.kt.component import KTComponent
 from edge_agent.kt.service import KTService
+from edge_agent.kt.updates import MODEL_NAME as KT_PACKAGE_NAME
+from edge_agent.kt.updates import KTModelActivator, step_manifest_for
 from edge_agent.lifecycle import Component, Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.store.component import StoreComponent
@@ -29,6 +31,7 @@ from edge_agent.systemd import Notifier
 from edge_agent.telemetry import metrics
 from edge_agent.telemetry.component import TelemetryComponent
 from edge_agent.telemetry.exporter import MetricsServer
+from edge_agent.updates import ModelUpdates, startup_package, updates_enabled
 from edge_agent.vision.component import AttentionComponent
 from edge_agent.vision.engines import FACE_MODEL, POSE_MODELS
 from edge_agent.web.access import read_token_file
@@ -94,6 +97,7 @@ class Assembly:
     web: WebComponent | None = None
     metrics_server: MetricsServer | None = None
     sync: SyncComponent | None = None
+    updates: ModelUpdates | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,6 +120,14 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
 
     store = StoreComponent(config, heartbeats=heartbeats, live=live)
     manifests = load_manifests()
+    kt_settings = config.kt
+    installed = (
+        startup_package(config.updates, config.paths.state_dir, KT_PACKAGE_NAME) if config.kt.enabled else None
+    )
+    if installed is not None:  # a signed update activated earlier outlives restarts
+        log.info("knowledge tracing runs the installed update %s", installed.name)
+        kt_settings = config.kt.model_copy(update={"package_dir": installed})
+        manifests[KT_MODEL] = step_manifest_for(manifests[KT_MODEL], installed)
     engines = EngineSet([manifests[n] for n in _engine_names(config)], config.inference, config.paths)
     components: list[Component] = [store, engines]
 
@@ -124,12 +136,21 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         kt = Deferred(
             "kt",
             lambda: KTComponent(
-                config.kt, config.device, engines.get(KT_MODEL), store.db, store.outbox, live, heartbeats
+                kt_settings, config.device, engines.get(KT_MODEL), store.db, store.outbox, live, heartbeats
             ),
         )
         components.append(kt)
     else:
         components.append(Disabled("kt", "kt.enabled = false"))
+
+    updates: ModelUpdates | None = None
+    activator: KTModelActivator | None = None
+    if kt is not None and updates_enabled(config.updates):
+        activator = KTModelActivator(
+            manifests[KT_MODEL], config.inference, config.paths, lambda: _kt_component(kt)
+        )
+        updates = ModelUpdates(config.updates, config.paths.state_dir, activator.load, activator.sanity)  # type: ignore[arg-type]
+        components.append(updates)
 
     if config.camera.enabled:
         components.append(
@@ -152,6 +173,8 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
     sync: SyncComponent | None = None
     if config.mqtt.enabled:
         commands = CommandDispatcher(config.device)
+        if updates is not None:
+            commands.register("model_update", updates.handle_command)
         sync = SyncComponent(
             store.outbox,
             config.device,
@@ -159,7 +182,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
             live=live,
             commands=commands,
             heartbeats=heartbeats,
-            health_summary=lambda: _health_summary(daemon),
+            health_summary=lambda: _health_summary(daemon, updates),
         )
         components.append(sync)
     else:
@@ -184,7 +207,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         routes = [health_routes(lambda: daemon.readiness())]  # noqa: PLW0108
         if kt is not None:
             routes.append(answer_routes(lambda: _kt_service(kt), config.kt))
-        web = WebComponent(config.web, live, token, routes, status=lambda: _health_summary(daemon))
+        web = WebComponent(config.web, live, token, routes, status=lambda: _health_summary(daemon, updates))
         components.append(web)
 
     metrics_server: MetricsServer | None = None
@@ -198,18 +221,33 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         heartbeats=heartbeats,
         notifier=notifier,
         ready_after=store.name,
-        engine_status=engines.status,
+        engine_status=lambda: _engine_rows(engines, activator),
     )
-    return Assembly(daemon, config, live, store, engines, kt, web, metrics_server, sync)
+    return Assembly(daemon, config, live, store, engines, kt, web, metrics_server, sync, updates)
 
 
 def _kt_service(kt: Deferred) -> KTService | None:
     return kt.inner.get_service() if isinstance(kt.inner, KTComponent) else None
 
 
-def _health_summary(daemon: Daemon) -> dict[str, Any]:
+def _kt_component(kt: Deferred) -> KTComponent | None:
+    return kt.inner if isinstance(kt.inner, KTComponent) else None
+
+
+def _engine_rows(engines: EngineSet, activator: KTModelActivator | None) -> list[dict[str, object]]:
+    """EngineSet's rows, with the KT row replaced by the updated model's once one was swapped in."""
+    rows = engines.status()
+    if activator is None or activator.engine_row is None:
+        return rows
+    return [activator.engine_row if r.get("name") == KT_MODEL else r for r in rows]
+
+
+def _health_summary(daemon: Daemon, updates: ModelUpdates | None = None) -> dict[str, Any]:
     ready, reasons = daemon.readiness()
-    return {"state": daemon.state, "ready": ready, "reasons": reasons, "at": time.time()}
+    summary = {"state": daemon.state, "ready": ready, "reasons": reasons, "at": time.time()}
+    if updates is not None:
+        summary["models"] = updates.versions()
+    return summary
 
 
 async def run_daemon(

@@ -90,6 +90,25 @@ class KTSettings(Section):
     feedback_timeout_s: float = Field(10.0, gt=0.0, description="An answer not done by then gets HTTP 503.")
 
 
+class UpdateSettings(Section):
+    """Signed model updates (knowledge tracing): a package tar dropped into the inbox or sent by command."""
+
+    enabled: bool | None = Field(
+        None, description="Empty means on when public_key_file exists; false switches updates off."
+    )
+    public_key_file: Path = Field(
+        Path("/etc/edge-agent/model-signing.pub"), description="Trusted ed25519 key of the fleet's signer."
+    )
+    models_dir: Path | None = Field(None, description="Installed versions; empty means state_dir/models.")
+    inbox_dir: Path | None = Field(None, description="Drop package tars here; empty means state_dir/inbox.")
+    poll_interval_s: float = Field(5.0, ge=0.1, le=3600.0)
+    download_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
+    max_download_bytes: int = Field(512 * 1024 * 1024, ge=1024, le=4 * 1024**3)
+    download_ca_file: Path | None = Field(
+        None, description="Extra CA for the update server (private PKI); the system store is always used."
+    )
+
+
 class CameraSettings(Section):
     enabled: bool = True
     source: str = Field(
@@ -188,6 +207,7 @@ class Config(Section):
     paths: PathSettings = PathSettings()
     inference: InferenceSettings = InferenceSettings()
     kt: KTSettings = KTSettings()
+    updates: UpdateSettings = UpdateSettings()
     camera: CameraSettings = CameraSettings()
     attention: AttentionSettings = AttentionSettings()
     store: StoreSettings = StoreSettings()

@@ -58,7 +58,7 @@ def demo_config(
     mirror = os.environ.get("EDGE_AGENT_MODEL_MIRROR") or (
         str(SHARED / "models") if (SHARED / "models").is_dir() else None
     )
-    secret = _secret_file(state_dir / "secrets" / "pseudonym.key", secrets.token_bytes(32))
+    secret = _secret_file(state_dir / "secrets" / "pseudonym.key", secrets.token_hex(32).encode())
     data: dict[str, Any] = {
         "device": {
             "tenant": "demo-district",

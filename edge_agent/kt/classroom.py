@@ -92,7 +92,8 @@ def summarize(
         )
     practised = [k for k, who in window.practised.items() if who]
     weak = weakest_skills(mean, settings.weak_skills, practised or None)
-    summary["weakest"] = [package.skills[k].id for k in weak]
+    # Only skills the class has not mastered are called weak; practice is still recommended on the lowest.
+    summary["weakest"] = [package.skills[k].id for k in weak if mean[k] < settings.mastery_threshold]
     recs = recommend(
         mean, items_by_skill(package), weak, target=settings.target_success, count=settings.recommendations
     )

@@ -4,6 +4,7 @@ publishes the class picture to the LiveBoard and closed lesson windows to the ou
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -15,7 +16,7 @@ from edge_agent.inference.engine import Engine
 from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
-from edge_agent.kt.service import KTService
+from edge_agent.kt.service import KTService, ServiceBusy
 from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
@@ -33,7 +34,7 @@ def open_default_engine(package: KTPackage, intra_op_threads: int = 1) -> Engine
     """ONNX Runtime on the package's step model (the inference loader may supply TensorRT instead)."""
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine(package.step_model, model_name="kt_step", intra_op_threads=intra_op_threads)
+    return OnnxRuntimeEngine(package.step_model, model_name="kt-step", intra_op_threads=intra_op_threads)
 
 
 def check_engine(engine: Engine, package: KTPackage) -> None:
@@ -77,6 +78,22 @@ class KTComponent:
 
     def get_service(self) -> KTService | None:
         return self.service
+
+    def swap_model(self, package: KTPackage, engine: Engine, timeout_s: float = 30.0) -> None:
+        """Hand a loaded, checked model to the running service (any thread but the event loop's).
+
+        The component owns the new engine from then on; an engine it opened itself is closed once out
+        of service. Raises ModelError/ServiceBusy when the service refused or did not take it in time."""
+        service = self.service
+        if service is None:
+            raise ServiceBusy("knowledge tracing is not running; the new model is used at the next start")
+        try:
+            old = service.swap(package, engine).result(timeout_s)
+        except concurrent.futures.TimeoutError as exc:
+            raise ServiceBusy(f"knowledge tracing did not take the new model within {timeout_s} s") from exc
+        if self._own_engine:
+            old.close()
+        self._engine, self._own_engine = engine, True
 
     async def start(self) -> None:
         self.service = await asyncio.to_thread(self._build)

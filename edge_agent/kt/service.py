@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import KTSettings
-from edge_agent.errors import EdgeAgentError, EngineError
+from edge_agent.errors import EdgeAgentError, EngineError, ModelError
 from edge_agent.inference.engine import Engine
 from edge_agent.kt.answers import Answer
 from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
@@ -39,7 +39,6 @@ from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-ENGINE_LABEL = "kt_step"
 Feedback = dict[str, Any]
 
 
@@ -54,7 +53,25 @@ class _Job:
     arrived: float  # perf_counter
 
 
+@dataclass
+class _Swap:
+    package: KTPackage
+    engine: Engine
+    future: Future[Engine]  # resolves to the engine taken out of service
+
+
 _STOP = object()
+
+
+def check_compatible(current: KTPackage, new: KTPackage) -> None:
+    """Saved student states carry over only to a model with the same hidden size and skills."""
+    if new.hidden != current.hidden:
+        raise ModelError(
+            f"the new KT model has hidden size {new.hidden}, the running one {current.hidden}: "
+            "student states cannot carry over; retrain with the same hidden size"
+        )
+    if [s.id for s in new.skills] != [s.id for s in current.skills]:
+        raise ModelError("the new KT model's skills differ from the running one's (ids or order)")
 
 
 class KTService:
@@ -130,7 +147,7 @@ class KTService:
                     "retry in a moment"
                 )
             self._pending += len(answers)
-            metrics.PENDING_REQUESTS.labels(engine=ENGINE_LABEL).set(self._pending)
+            metrics.PENDING_REQUESTS.labels(engine=self.engine.model_name).set(self._pending)
         self._queue.put(_Job(answers, future, time.perf_counter()))
         return future
 
@@ -140,6 +157,22 @@ class KTService:
             return await asyncio.wait_for(future, self.settings.feedback_timeout_s)
         except asyncio.TimeoutError as exc:
             raise ServiceBusy(f"no feedback within {self.settings.feedback_timeout_s} s; retry") from exc
+
+    def swap(self, package: KTPackage, engine: Engine) -> Future[Engine]:
+        """Run ``package``/``engine`` from the next micro-batch on; per-student states are kept.
+
+        The future holds the replaced engine (the caller closes it) or ModelError when the package is not
+        compatible or the service is not running."""
+        future: Future[Engine] = Future()
+        try:
+            check_compatible(self.package, package)
+            if not self.running:
+                raise ServiceBusy("knowledge tracing is not running; the new model is used at the next start")
+        except EdgeAgentError as exc:
+            future.set_exception(exc)
+            return future
+        self._queue.put(_Swap(package, engine, future))
+        return future
 
     # -- the inference thread ------------------------------------------------------------------------
 
@@ -154,10 +187,31 @@ class KTService:
                 continue
             if first is _STOP:
                 break
-            jobs, stopping = self._gather(first)  # type: ignore[arg-type]
+            if isinstance(first, _Swap):
+                self._swap(first)
+                continue
+            jobs, control = self._gather(first)  # type: ignore[arg-type]
             self._process(jobs)
+            stopping = control is _STOP
+            if isinstance(control, _Swap):
+                self._swap(control)
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+    def _swap(self, swap: _Swap) -> None:
+        """Between micro-batches, on this thread: nothing else uses the engine or package now."""
+        try:
+            check_compatible(self.package, swap.package)
+        except ModelError as exc:
+            swap.future.set_exception(exc)
+            return
+        old = self.engine
+        with self._lock:
+            self.package, self.engine = swap.package, swap.engine
+            self._prior = np.asarray(swap.package.prior_success, dtype=np.float32)
+            self._items_by_skill = items_by_skill(swap.package)
+        log.info("knowledge tracing now runs model version %s", swap.package.metadata.get("version", "?"))
+        swap.future.set_result(old)
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], object]:
         """A micro-batch: up to ``microbatch_max`` answers, waiting up to ``microbatch_wait_ms`` for more.
 
         The wait applies only under load (a second job was already queued): a lone answer in a quiet
@@ -174,17 +228,17 @@ class KTService:
                     job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is _STOP:
-                return jobs, True
+            if job is _STOP or isinstance(job, _Swap):
+                return jobs, job
             assert isinstance(job, _Job)
             jobs.append(job)
             count += len(job.answers)
-        return jobs, False
+        return jobs, None
 
     def _process(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
         for job in jobs:
-            metrics.INFERENCE_LATENCY.labels(engine=ENGINE_LABEL, stage="queue").observe(
+            metrics.INFERENCE_LATENCY.labels(engine=self.engine.model_name, stage="queue").observe(
                 started - job.arrived
             )
         try:
@@ -192,9 +246,6 @@ class KTService:
         except Exception as exc:  # engine failures must not kill the thread; the callers get a 503
             self.last_error = f"KT inference failed: {exc}"
             log.error("knowledge-tracing inference failed: %s", exc)
-            metrics.INFERENCE_REQUESTS.labels(
-                engine=ENGINE_LABEL, backend=self.engine.backend, outcome="error"
-            ).inc()
             self._finish(jobs, error=ServiceBusy(f"inference failed: {exc}"))
             return
         self.last_error = None
@@ -224,7 +275,7 @@ class KTService:
         now = time.perf_counter()
         with self._lock:
             self._pending -= sum(len(job.answers) for job in jobs)
-            metrics.PENDING_REQUESTS.labels(engine=ENGINE_LABEL).set(self._pending)
+            metrics.PENDING_REQUESTS.labels(engine=self.engine.model_name).set(self._pending)
         for n, job in enumerate(jobs):
             if error is not None or results is None:
                 if error is not None and not isinstance(error, EdgeAgentError):
@@ -285,14 +336,8 @@ class KTService:
                 "h": np.stack([out[s].h for s in students]),
                 "c": np.stack([out[s].c for s in students]),
             }
-            t0 = time.perf_counter()
+            # The engine counts its own calls and infer latency (GuardedEngine, one place for all models).
             result = self.engine.infer(feeds)
-            metrics.INFERENCE_LATENCY.labels(engine=ENGINE_LABEL, stage="infer").observe(
-                time.perf_counter() - t0
-            )
-            metrics.INFERENCE_REQUESTS.labels(
-                engine=ENGINE_LABEL, backend=self.engine.backend, outcome="ok"
-            ).inc()
             probs, h, c = result["probs"], result["h_out"], result["c_out"]
             if not np.all(np.isfinite(probs)):
                 raise EngineError("the KT engine returned non-finite probabilities")

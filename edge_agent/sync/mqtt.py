@@ -177,8 +177,11 @@ class MqttConnection:
 
     # -- operations ----------------------------------------------------------------------------------
 
-    def connect(self) -> None:
-        """Open the session and wait for CONNACK (at most connect_timeout_s); announce ``online``."""
+    def connect(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Open the session and wait for CONNACK (at most connect_timeout_s, or until ``should_stop``).
+
+        A broker that accepts TCP but never answers must not hold up a SIGTERM for the whole timeout.
+        """
         s = self.settings
         props = None
         if self._v5:
@@ -195,6 +198,9 @@ class MqttConnection:
             ) from exc
         deadline = time.monotonic() + s.connect_timeout_s
         while self._connack is None:
+            if should_stop():
+                self.close()
+                raise SyncConnectError("stopped while waiting for the broker to accept the connection")
             if time.monotonic() > deadline:
                 self.close()
                 raise SyncConnectError(

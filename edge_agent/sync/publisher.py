@@ -176,7 +176,7 @@ class Publisher:
             self.settings, f"edge-{self.device.device_id}", f"{self._prefix}/status", self._on_ack,
             self._on_message,
         )
-        conn.connect()
+        conn.connect(self._stop.is_set)
         if self._commands is not None:
             conn.subscribe(self._commands.topic)
         self._more_pending = True

@@ -206,7 +206,7 @@ class AttentionLoop:
             state, detail = "error", self.error
         partial = self.windows.current_partial()
         share, faces = self.current["share"], self.current["faces"]
-        if partial is not None and partial["suppressed"]:
+        if (partial is not None and partial["suppressed"]) or faces < self.windows.min_faces:
             share = None  # too few faces: a live share would describe individuals
         if state != "running":
             share, faces = None, 0  # the last numbers are stale while the camera is away

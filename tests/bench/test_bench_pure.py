@@ -8,7 +8,7 @@ import json
 import math
 
 import bench_report
-import lesson_figures as lesson
+import lesson_figures as figures
 import pytest
 
 from edge_agent.cli_bench import add_bench_parser
@@ -24,9 +24,9 @@ edge_inference_requests_total{backend="onnxruntime",engine="yunet",outcome="ok"}
 
 
 def test_metrics_text_is_parsed_and_error_counters_select_error_outcomes_only() -> None:
-    samples = lesson.parse_metrics(METRICS)
-    assert lesson.metric_sum(samples, "edge_answers_total", {"outcome": "applied"}) == 120.0
-    errors = lesson.error_counts(samples)
+    samples = figures.parse_metrics(METRICS)
+    assert figures.metric_sum(samples, "edge_answers_total", {"outcome": "applied"}) == 120.0
+    errors = figures.error_counts(samples)
     assert errors["edge_inference_requests_total"] == 1.0
     assert errors["edge_answers_total"] == 2.0
     assert errors["edge_outbox_drops_total"] == 0.0
@@ -34,17 +34,17 @@ def test_metrics_text_is_parsed_and_error_counters_select_error_outcomes_only() 
 
 @pytest.mark.parametrize("text", ["", "garbage line\n{}\n", 'edge_x{a="1"} not-a-number\n', "\x00\xff" * 50])
 def test_malformed_metrics_text_yields_no_samples_instead_of_failing(text: str) -> None:
-    assert lesson.parse_metrics(text) == []
+    assert figures.parse_metrics(text) == []
 
 
 def test_histogram_quantile_uses_the_observations_between_two_scrapes() -> None:
     text = 'h_bucket{le="0.005"} %s\nh_bucket{le="0.01"} %s\nh_bucket{le="+Inf"} %s\n'
-    start = lesson.histogram(lesson.parse_metrics(text % (100, 100, 100)), "h")
-    end = lesson.histogram(lesson.parse_metrics(text % (190, 199, 200)), "h")
-    assert lesson.histogram_quantile(start, end, 0.5) == 0.005
-    assert lesson.histogram_quantile(start, end, 0.99) == 0.01
-    assert lesson.histogram_quantile(end, end, 0.99) is None
-    assert lesson.histogram_quantile({}, {}, 0.5) is None
+    start = figures.histogram(figures.parse_metrics(text % (100, 100, 100)), "h")
+    end = figures.histogram(figures.parse_metrics(text % (190, 199, 200)), "h")
+    assert figures.histogram_quantile(start, end, 0.5) == 0.005
+    assert figures.histogram_quantile(start, end, 0.99) == 0.01
+    assert figures.histogram_quantile(end, end, 0.99) is None
+    assert figures.histogram_quantile({}, {}, 0.5) is None
 
 
 def test_stage_means_come_from_sum_and_count_deltas() -> None:
@@ -53,40 +53,40 @@ def test_stage_means_come_from_sum_and_count_deltas() -> None:
         'edge_inference_latency_seconds_count{engine="kt-step",stage="infer"} %s\n'
         "edge_answer_feedback_seconds_sum %s\nedge_answer_feedback_seconds_count %s\n"
     )
-    start = lesson.stage_totals(lesson.parse_metrics(text % (1.0, 100, 2.0, 100)))
-    end = lesson.stage_totals(lesson.parse_metrics(text % (1.5, 200, 2.8, 200)))
-    assert lesson.stage_means_ms(start, end) == {"kt-step/infer": 5.0, "answer-to-feedback": 8.0}
-    assert lesson.stage_means_ms(end, end) == {}
+    start = figures.stage_totals(figures.parse_metrics(text % (1.0, 100, 2.0, 100)))
+    end = figures.stage_totals(figures.parse_metrics(text % (1.5, 200, 2.8, 200)))
+    assert figures.stage_means_ms(start, end) == {"kt-step/infer": 5.0, "answer-to-feedback": 8.0}
+    assert figures.stage_means_ms(end, end) == {}
 
 
 def test_a_lesson_run_survives_its_json_dump() -> None:
     run = _run(2, 0.0)
     run.feedback_buckets = ({0.005: 1.0, math.inf: 1.0}, {0.005: 9.0, math.inf: 10.0})
     run.stages = ({"kt-step/infer": [1.0, 2.0]}, {"kt-step/infer": [2.0, 4.0]})
-    back = lesson.run_from_json(json.loads(json.dumps(dataclasses.asdict(run))))
+    back = figures.run_from_json(json.loads(json.dumps(dataclasses.asdict(run))))
     assert back == run
 
 
 def test_cpu_seconds_reads_utime_and_stime_even_when_the_command_has_spaces_and_parens() -> None:
     fields = ["S"] + ["0"] * 10 + ["250", "50"] + ["0"] * 30
     line = "1234 (python3 (bench) x) " + " ".join(fields)
-    assert lesson.cpu_seconds(line, 100) == pytest.approx(3.0)
+    assert figures.cpu_seconds(line, 100) == pytest.approx(3.0)
 
 
 def test_rss_is_read_from_proc_status_and_missing_rss_gives_none() -> None:
-    assert lesson.rss_mib("Name:\tx\nVmRSS:\t  204800 kB\n") == 200.0
-    assert lesson.rss_mib("Name:\tkernel-thread\n") is None
+    assert figures.rss_mib("Name:\tx\nVmRSS:\t  204800 kB\n") == 200.0
+    assert figures.rss_mib("Name:\tkernel-thread\n") is None
 
 
 def test_least_squares_slope_is_per_hour_and_needs_three_points() -> None:
-    assert lesson.slope_per_hour([0, 60, 120, 180], [100, 101, 102, 103]) == pytest.approx(60.0)
-    assert lesson.slope_per_hour([0, 60], [1, 2]) is None
-    assert lesson.slope_per_hour([5, 5, 5], [1, 2, 3]) is None
+    assert figures.slope_per_hour([0, 60, 120, 180], [100, 101, 102, 103]) == pytest.approx(60.0)
+    assert figures.slope_per_hour([0, 60], [1, 2]) is None
+    assert figures.slope_per_hour([5, 5, 5], [1, 2, 3]) is None
 
 
-def _run(minutes: int, rss_step: float, error_at_end: float = 0.0) -> lesson.LessonRun:
+def _run(minutes: int, rss_step: float, error_at_end: float = 0.0) -> figures.LessonRun:
     start = 1_800_000_000.0
-    run = lesson.LessonRun(seconds=minutes * 60, students=50, window=(start, start + minutes * 60))
+    run = figures.LessonRun(seconds=minutes * 60, students=50, window=(start, start + minutes * 60))
     for k in range(minutes * 12):
         t = start + 5 * k
         run.answers.append((t, 0.004 if k < minutes * 6 else 0.006, 200, "applied"))
@@ -98,15 +98,15 @@ def _run(minutes: int, rss_step: float, error_at_end: float = 0.0) -> lesson.Les
 
 
 def test_flat_memory_and_quiet_counters_pass_the_soak_and_growth_or_errors_miss_it() -> None:
-    flat = lesson.soak_summary(_run(10, 0.0))
+    flat = figures.soak_summary(_run(10, 0.0))
     assert flat["rss_slope_mib_per_hour"] == pytest.approx(0.0, abs=1e-6)
     assert flat["p99_drift_ratio"] == pytest.approx(1.5)
     assert [m["minute"] for m in flat["per_minute"]] == list(range(10))
     assert bench_report.soak_verdict(flat)[0]
-    leaking = lesson.soak_summary(_run(10, 0.1))  # 1.2 MiB/min
+    leaking = figures.soak_summary(_run(10, 0.1))  # 1.2 MiB/min
     assert leaking["rss_slope_mib_per_hour"] == pytest.approx(72.0)
     assert not bench_report.soak_verdict(leaking)[0]
-    erring = lesson.soak_summary(_run(10, 0.0, error_at_end=3.0))
+    erring = figures.soak_summary(_run(10, 0.0, error_at_end=3.0))
     assert erring["errors_moved"] == {"edge_outbox_drops_total": 3.0}
     assert not bench_report.soak_verdict(erring)[0]
 
@@ -114,16 +114,16 @@ def test_flat_memory_and_quiet_counters_pass_the_soak_and_growth_or_errors_miss_
 def test_lesson_summary_counts_failed_answers_and_measures_rates_inside_the_load_window() -> None:
     run = _run(2, 0.0)
     run.answers.append((run.window[0], 5.0, 503, ""))
-    figures = lesson.summarize(run)
-    assert figures["answers_failed"] == 1
-    assert figures["frames_per_s"] == pytest.approx(5.0)
-    assert figures["cpu_cores"] == pytest.approx(0.02)
-    assert figures["sync_lag_p50_ms"] == pytest.approx(25.0)
+    summary = figures.summarize(run)
+    assert summary["answers_failed"] == 1
+    assert summary["frames_per_s"] == pytest.approx(5.0)
+    assert summary["cpu_cores"] == pytest.approx(0.02)
+    assert summary["sync_lag_p50_ms"] == pytest.approx(25.0)
 
 
 def test_targets_report_miss_and_not_measured_instead_of_hiding_them() -> None:
     results = {
-        "lesson": lesson.summarize(_run(2, 0.0)),
+        "lesson": figures.summarize(_run(2, 0.0)),
         "kt": {"model_throughput_ratio": 50.0, "service_vs_torch_model_only_ratio": 2.0},
     }
     results["lesson"]["rss_max_mib"] = 400.0

@@ -122,9 +122,6 @@ def test_inference_requests_counted_by_engine_backend_and_outcome(traffic: Traff
     assert infer.count == ok_after and infer.p99 is not None and infer.p99 > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: KTService counts its engine calls itself (engine label 'kt_step') on top of the GuardedEngine "
-    "the daemon gives it ('kt-step'), so every KT inference is counted twice; remove this mark when fixed"))
 def test_each_kt_inference_is_counted_once(traffic: Traffic) -> None:
     ok_warm = sample_from_text(traffic.warm, "edge_inference_requests_total", {"outcome": "ok"}) or 0.0
     ok_after = sample_from_text(traffic.after, "edge_inference_requests_total", {"outcome": "ok"}) or 0.0

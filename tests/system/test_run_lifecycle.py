@@ -78,7 +78,8 @@ def test_run_notifies_systemd_survives_sigterm_and_restarts_with_state(
     base = f"http://127.0.0.1:{cfg['web']['port']}"
 
     first = daemons(config, notify, tmp_path / "run1.log", watchdog_usec=WATCHDOG_USEC).start()
-    running = first.wait_running()
+    # The camera may report "starting" for a moment after every component started: wait for healthy.
+    running = first.wait_running(healthy=True)
     ready = notify.with_key("READY")
     assert len(ready) == 1 and ready[0]["READY"] == "1"
     assert ready[0]["MAINPID"] == str(first.pid)
@@ -177,11 +178,6 @@ def test_store_that_cannot_open_fails_the_start_without_ready(
     assert statuses and statuses[-1].startswith("failed: store"), statuses
     assert "essential component failed" in daemon.output()
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in edge_agent/sync/mqtt.py: MqttConnection.connect waits for CONNACK for up to "
-    "mqtt.connect_timeout_s without looking at the publisher's stop event, so SIGTERM during that wait "
-    "delays the exit by up to connect_timeout_s (and the store closes while the publisher thread still "
-    "runs); remove this mark when connect() gives up on stop"))
 def test_sigterm_exits_within_10_s_while_the_broker_hangs_in_connect(
     tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
 ) -> None:

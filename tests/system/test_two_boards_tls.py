@@ -109,8 +109,9 @@ def fleet_world(tmp_path: Path, faces_dir: Path, model_mirror: Path) -> Iterator
         receiver = cloud_receiver(fleet, broker, tmp_path / "cloud")
         for device_id in BOARDS:
             config, data = rooted_config(fleet, device_id, broker, model_mirror)
-            boards.append(RunningBoard(device_id, fleet.roots / device_id, config, Path(data["paths"]["state_dir"]),
-                                 data["web"]["port"], NotifySocket(tmp_path)))
+            state_dir = Path(data["paths"]["state_dir"])
+            boards.append(RunningBoard(device_id, fleet.roots / device_id, config, state_dir,
+                                       data["web"]["port"], NotifySocket(tmp_path)))
         yield fleet, broker, receiver, boards
     finally:
         for board in boards:
@@ -194,8 +195,8 @@ def test_two_boards_deliver_their_own_data_exactly_once_over_tls(
     assert sorted(receiver.devices()) == sorted(BOARDS)
     for board in boards:
         report = receiver.report(board.device_id)
-        print(board.device_id, {k: report[k] for k in ("unique", "max_seq", "gaps", "duplicates", "rejected")},
-              "left in outbox:", unsent_seqs(board))
+        shown = {k: report[k] for k in ("unique", "max_seq", "gaps", "duplicates", "rejected")}
+        print(board.device_id, shown, "left in outbox:", unsent_seqs(board))
         class_id = BOARDS[board.device_id][2]
         assert report["gaps"] == [] and report["rejected"] == 0, report
         assert report["unique"] == report["max_seq"] > 0, report

@@ -1,0 +1,271 @@
+"""Signed model updates in the daemon: the inbox folder, the ``model_update`` command, and status.
+
+Delivery is one path: a package tar lands in the inbox (copied there by an IT person, or downloaded there
+by the command handler after checking the sha256 the command names), the ``model-inbox`` thread hands it
+to :class:`~edge_agent.provisioning.model_update.ModelUpdater`, and after the attempt the file is moved
+aside: ``inbox/done/`` when the version runs, ``<name>.rejected`` plus ``<name>.rejected.reason`` when it
+was refused or rolled back. Files are taken only once their size and mtime held still for one poll, so a
+slow copy is not read half-written; downloads are written under a hidden name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import ssl
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edge_agent.config import UpdateSettings
+from edge_agent.errors import ProvisioningError
+from edge_agent.lifecycle import Health
+from edge_agent.provisioning.model_package import load_public_key
+from edge_agent.provisioning.model_update import Loader, ModelStore, ModelUpdater, Sanity
+from edge_agent.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+PACKAGE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+KEEP_DONE = 2
+DOWNLOAD_QUEUE_MAX = 4
+_CHUNK = 1 << 16
+
+
+class DownloadFailed(ProvisioningError):
+    """The package named by a model_update command could not be fetched or did not match its sha256."""
+
+
+def updates_enabled(settings: UpdateSettings) -> bool:
+    """On when asked for, or by default when the signing key is installed."""
+    return settings.public_key_file.is_file() if settings.enabled is None else settings.enabled
+
+
+def update_dirs(settings: UpdateSettings, state_dir: Path) -> tuple[Path, Path]:
+    """(models root, inbox)."""
+    return settings.models_dir or state_dir / "models", settings.inbox_dir or state_dir / "inbox"
+
+
+def startup_package(settings: UpdateSettings, state_dir: Path, name: str) -> Path | None:
+    """The installed version of ``name`` to run at start, after rolling back an interrupted update."""
+    models, _ = update_dirs(settings, state_dir)
+    if not updates_enabled(settings) or not models.is_dir():
+        return None
+    store = ModelStore(models, [])  # reading and rolling back need no key
+    for rolled in store.recover():
+        metrics.ALERTS.labels(kind="model_rollback").inc()
+        log.warning("model %s: an update was interrupted; the previous version runs", rolled)
+    return store.current_path(name)
+
+
+def is_package(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name.endswith(PACKAGE_SUFFIXES)
+
+
+def download(
+    url: str,
+    dest: Path,
+    sha256: str,
+    *,
+    timeout_s: float,
+    max_bytes: int,
+    context: ssl.SSLContext | None = None,
+) -> Path:
+    """Fetch ``url`` (https or file only) into ``dest`` if its sha256 matches; a hidden .part until then."""
+    scheme = urlsplit(url).scheme
+    if scheme not in ("https", "file"):
+        raise DownloadFailed(f"model download refused: only https:// or file:// URLs, not {scheme or 'none'}")
+    part = dest.with_name(f".{dest.name}.part")
+    digest, size = hashlib.sha256(), 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response, part.open("wb") as out:
+            if urlsplit(response.geturl()).scheme != scheme:
+                raise DownloadFailed("model download refused: the server redirected away from https")
+            while chunk := response.read(_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise DownloadFailed(f"model download larger than updates.max_download_bytes ({max_bytes})")
+                if time.monotonic() > deadline:
+                    raise DownloadFailed(f"model download took longer than {timeout_s} s")
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise DownloadFailed("downloaded model package does not match the sha256 in the command")
+        os.replace(part, dest)
+    except (OSError, ValueError) as exc:  # URLError, timeouts, TLS failures, disk full
+        raise DownloadFailed(f"model download failed: {exc}") from exc
+    finally:
+        part.unlink(missing_ok=True)
+    return dest
+
+
+class _InboxUpdater(ModelUpdater):
+    """ModelUpdater that files each inbox package away after its attempt, on the updater thread."""
+
+    def _install(self, package: Path) -> None:
+        try:
+            super()._install(package)
+        except Exception as exc:  # disk errors and the like must not end the updater thread
+            self.last_ok, self.last_result = False, f"model update failed: {exc}"
+            log.error("model update of %s failed: %s", package.name, exc)
+        _file_away(package, self.last_ok, self.last_result)
+
+
+def _file_away(package: Path, ok: bool, result: str) -> None:
+    try:
+        if ok:
+            done = package.parent / "done"
+            done.mkdir(exist_ok=True)
+            os.replace(package, done / package.name)
+            old = sorted(done.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_DONE:]
+            for path in old:
+                path.unlink(missing_ok=True)
+        else:
+            rejected = package.with_name(package.name + ".rejected")
+            rejected.with_name(rejected.name + ".reason").write_text(result + "\n", encoding="utf-8")
+            os.replace(package, rejected)
+    except OSError as exc:
+        log.error("could not move %s out of the model inbox: %s", package.name, exc)
+
+
+class ModelUpdates:
+    """Daemon component: the model store, its updater thread, and the inbox/download thread."""
+
+    essential = False
+
+    def __init__(
+        self,
+        settings: UpdateSettings,
+        state_dir: Path,
+        loader: Loader,
+        sanity: Sanity,
+        *,
+        name: str = "model-updates",
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.models_dir, self.inbox = update_dirs(settings, state_dir)
+        self._loader, self._sanity = loader, sanity
+        self.updater: ModelUpdater | None = None
+        self._downloads: queue.Queue[Any] = queue.Queue(maxsize=DOWNLOAD_QUEUE_MAX)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen: dict[Path, tuple[int, float]] = {}
+        self._taken: set[Path] = set()
+        self.download_drops = 0
+        self.last_download: str | None = None
+        self._problem: str | None = "not started"
+
+    async def start(self) -> None:
+        if not updates_enabled(self.settings):
+            self._problem = None
+            return
+        try:
+            key = load_public_key(self.settings.public_key_file)
+            self.inbox.mkdir(parents=True, exist_ok=True)
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+        except (ProvisioningError, OSError) as exc:
+            self._problem = f"model updates off: {exc}"
+            log.error("%s", self._problem)
+            return
+        self.updater = _InboxUpdater(
+            ModelStore(self.models_dir, [key]), self._loader, self._sanity, lambda m, e: None
+        )
+        await self.updater.start()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="model-inbox", daemon=True)
+        self._thread.start()
+        self._problem = None
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.settings.download_timeout_s + 5)
+            self._thread = None
+        if self.updater is not None:
+            await self.updater.stop()
+
+    def health(self) -> Health:
+        if self._problem:
+            return Health(False, self._problem)
+        if self.updater is None:
+            return Health(True, "off (no model signing key installed)")
+        versions = ", ".join(f"{n} {v}" for n, v in self.versions().items() if v) or "shipped models"
+        return Health(self.updater.last_ok, f"running {versions}; last update: {self.updater.last_result}")
+
+    def versions(self) -> dict[str, str | None]:
+        return self.updater.versions() if self.updater is not None else {}
+
+    def status(self) -> dict[str, object]:
+        base = self.updater.status() if self.updater is not None else {"versions": {}}
+        return base | {"download_drops": self.download_drops, "last_download": self.last_download}
+
+    # -- the model_update command (publisher thread: only queue it) --------------------------------------
+
+    def handle_command(self, command: Any) -> None:
+        """Handler for CommandDispatcher.register("model_update", ...); takes a validated ModelUpdate."""
+        if self.updater is None:
+            raise ProvisioningError("model updates are off on this board (no signing key installed)")
+        try:
+            self._downloads.put_nowait(command)
+        except queue.Full:
+            self.download_drops += 1
+            metrics.ALERTS.labels(kind="model_update_dropped").inc()
+            log.warning("model download queue full; dropped request %s", command.request_id)
+
+    # -- the model-inbox thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                command = self._downloads.get(timeout=self.settings.poll_interval_s)
+            except queue.Empty:
+                command = None
+            if command is not None:
+                self._download(command)
+            self._scan()
+
+    def _download(self, command: Any) -> None:
+        dest = self.inbox / f"{command.model}-{command.version}.tar"
+        try:
+            context = None
+            if self.settings.download_ca_file is not None:
+                context = ssl.create_default_context()
+                context.load_verify_locations(cafile=str(self.settings.download_ca_file))
+            download(
+                command.url,
+                dest,
+                command.sha256,
+                timeout_s=self.settings.download_timeout_s,
+                max_bytes=self.settings.max_download_bytes,
+                context=context,
+            )
+        except (DownloadFailed, OSError) as exc:
+            self.last_download = f"request {command.request_id}: {exc}"
+            metrics.ALERTS.labels(kind="model_update_refused").inc()
+            log.warning("model update %s not downloaded: %s", command.request_id, exc)
+            return
+        self.last_download = f"request {command.request_id}: downloaded {dest.name}"
+        log.info("model update %s downloaded into the inbox as %s", command.request_id, dest.name)
+
+    def _scan(self) -> None:
+        """Submit packages whose size and mtime held still since the previous scan."""
+        assert self.updater is not None
+        try:
+            found = {p: (s.st_size, s.st_mtime) for p in self.inbox.iterdir() if is_package(p) for s in [p.stat()]}
+        except OSError as exc:
+            log.error("cannot read the model inbox %s: %s", self.inbox, exc)
+            return
+        self._taken &= set(found)  # filed away by the updater, or removed by hand
+        for path, signature in found.items():
+            if path in self._taken or self._seen.get(path) != signature:
+                continue
+            if self.updater.submit(path):
+                self._taken.add(path)
+        self._seen = found
