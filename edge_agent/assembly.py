@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.config import Config
+from edge_agent.config import Config, KTSettings
 from edge_agent.daemon import Daemon
 from edge_agent.errors import ConfigError
 from edge_agent.inference.engine_set import EngineSet
+from edge_agent.inference.manifest import Manifest as EngineManifest
 from edge_agent.inference.manifest import load_manifests
 from edge_agent.kt.component import KTComponent
 from edge_agent.kt.service import KTService
@@ -120,14 +121,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
 
     store = StoreComponent(config, heartbeats=heartbeats, live=live)
     manifests = load_manifests()
-    kt_settings = config.kt
-    installed = (
-        startup_package(config.updates, config.paths.state_dir, KT_PACKAGE_NAME) if config.kt.enabled else None
-    )
-    if installed is not None:  # a signed update activated earlier outlives restarts
-        log.info("knowledge tracing runs the installed update %s", installed.name)
-        kt_settings = config.kt.model_copy(update={"package_dir": installed})
-        manifests[KT_MODEL] = step_manifest_for(manifests[KT_MODEL], installed)
+    kt_settings = _installed_kt(config, manifests)
     engines = EngineSet([manifests[n] for n in _engine_names(config)], config.inference, config.paths)
     components: list[Component] = [store, engines]
 
@@ -143,13 +137,8 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
     else:
         components.append(Disabled("kt", "kt.enabled = false"))
 
-    updates: ModelUpdates | None = None
-    activator: KTModelActivator | None = None
-    if kt is not None and updates_enabled(config.updates):
-        activator = KTModelActivator(
-            manifests[KT_MODEL], config.inference, config.paths, lambda: _kt_component(kt)
-        )
-        updates = ModelUpdates(config.updates, config.paths.state_dir, activator.load, activator.sanity)  # type: ignore[arg-type]
+    updates, activator = _model_updates(config, kt, manifests[KT_MODEL])
+    if updates is not None:
         components.append(updates)
 
     if config.camera.enabled:
@@ -221,7 +210,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         heartbeats=heartbeats,
         notifier=notifier,
         ready_after=store.name,
-        engine_status=lambda: _engine_rows(engines, activator),
+        engine_status=lambda: _engine_rows(engines, activator, updates),
     )
     return Assembly(daemon, config, live, store, engines, kt, web, metrics_server, sync, updates)
 
@@ -234,12 +223,43 @@ def _kt_component(kt: Deferred) -> KTComponent | None:
     return kt.inner if isinstance(kt.inner, KTComponent) else None
 
 
-def _engine_rows(engines: EngineSet, activator: KTModelActivator | None) -> list[dict[str, object]]:
-    """EngineSet's rows, with the KT row replaced by the updated model's once one was swapped in."""
+def _installed_kt(config: Config, manifests: dict[str, EngineManifest]) -> KTSettings:
+    """KT settings (and the kt-step manifest, in place) for the signed update installed last, if any."""
+    if not config.kt.enabled:
+        return config.kt
+    installed = startup_package(config.updates, config.paths.state_dir, KT_PACKAGE_NAME)
+    if installed is None:
+        return config.kt
+    log.info("knowledge tracing runs the installed update %s", installed.name)
+    manifests[KT_MODEL] = step_manifest_for(manifests[KT_MODEL], installed)
+    return config.kt.model_copy(update={"package_dir": installed})
+
+
+def _model_updates(
+    config: Config, kt: Deferred | None, step_manifest: EngineManifest
+) -> tuple[ModelUpdates | None, KTModelActivator | None]:
+    if kt is None or not updates_enabled(config.updates):
+        return None, None
+    activator = KTModelActivator(step_manifest, config.inference, config.paths, lambda: _kt_component(kt))
+    updates = ModelUpdates(
+        config.updates,
+        config.paths.state_dir,
+        activator.load,
+        activator.sanity,
+    )
+    return updates, activator
+
+
+def _engine_rows(
+    engines: EngineSet, activator: KTModelActivator | None, updates: ModelUpdates | None
+) -> list[dict[str, object]]:
+    """EngineSet's rows; the KT row shows the model version (and the updated engine after a swap)."""
     rows = engines.status()
-    if activator is None or activator.engine_row is None:
+    if activator is None or updates is None:
         return rows
-    return [activator.engine_row if r.get("name") == KT_MODEL else r for r in rows]
+    version = updates.versions().get(KT_PACKAGE_NAME) or "shipped"
+    kt_row = activator.engine_row
+    return [({**(kt_row or r), "version": version} if r.get("name") == KT_MODEL else r) for r in rows]
 
 
 def _health_summary(daemon: Daemon, updates: ModelUpdates | None = None) -> dict[str, Any]:

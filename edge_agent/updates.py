@@ -6,6 +6,11 @@ to :class:`~edge_agent.provisioning.model_update.ModelUpdater`, and after the at
 aside: ``inbox/done/`` when the version runs, ``<name>.rejected`` plus ``<name>.rejected.reason`` when it
 was refused or rolled back. Files are taken only once their size and mtime held still for one poll, so a
 slow copy is not read half-written; downloads are written under a hidden name and renamed when complete.
+
+The command's ``signature`` field is not relied on: every package carries its own ``manifest.sig``, which
+the store verifies against the installed key whatever the delivery path. A refused package is reported in
+this component's health detail and counted in ``edge_alerts{kind="model_update_refused"}``, but does not
+make the board unready: the previous version keeps answering.
 """
 
 from __future__ import annotations
@@ -84,13 +89,14 @@ def download(
     digest, size = hashlib.sha256(), 0
     deadline = time.monotonic() + timeout_s
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response, part.open("wb") as out:
+        opened = urllib.request.urlopen(url, timeout=timeout_s, context=context)
+        with opened as response, part.open("wb") as out:
             if urlsplit(response.geturl()).scheme != scheme:
                 raise DownloadFailed("model download refused: the server redirected away from https")
             while chunk := response.read(_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise DownloadFailed(f"model download larger than updates.max_download_bytes ({max_bytes})")
+                    raise DownloadFailed(f"package larger than updates.max_download_bytes ({max_bytes})")
                 if time.monotonic() > deadline:
                     raise DownloadFailed(f"model download took longer than {timeout_s} s")
                 digest.update(chunk)
@@ -146,9 +152,11 @@ class ModelUpdates:
         loader: Loader,
         sanity: Sanity,
         *,
+        accepted: frozenset[str] = frozenset({"kt"}),
         name: str = "model-updates",
     ) -> None:
         self.name = name
+        self.accepted = accepted
         self.settings = settings
         self.models_dir, self.inbox = update_dirs(settings, state_dir)
         self._loader, self._sanity = loader, sanity
@@ -186,7 +194,7 @@ class ModelUpdates:
     async def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self.settings.download_timeout_s + 5)
+            self._thread.join(5.0)  # a daemon thread: a download still running dies with the process
             self._thread = None
         if self.updater is not None:
             await self.updater.stop()
@@ -197,7 +205,8 @@ class ModelUpdates:
         if self.updater is None:
             return Health(True, "off (no model signing key installed)")
         versions = ", ".join(f"{n} {v}" for n, v in self.versions().items() if v) or "shipped models"
-        return Health(self.updater.last_ok, f"running {versions}; last update: {self.updater.last_result}")
+        last = self.updater.last_result if self.updater.last_ok else f"REFUSED: {self.updater.last_result}"
+        return Health(True, f"running {versions}; last update: {last}")
 
     def versions(self) -> dict[str, str | None]:
         return self.updater.versions() if self.updater is not None else {}
@@ -212,6 +221,11 @@ class ModelUpdates:
         """Handler for CommandDispatcher.register("model_update", ...); takes a validated ModelUpdate."""
         if self.updater is None:
             raise ProvisioningError("model updates are off on this board (no signing key installed)")
+        if command.model not in self.accepted:
+            metrics.ALERTS.labels(kind="model_update_refused").inc()
+            self.last_download = f"request {command.request_id}: this board does not update {command.model!r}"
+            log.warning("model update %s refused: unknown model", command.request_id)
+            return
         try:
             self._downloads.put_nowait(command)
         except queue.Full:
@@ -258,7 +272,7 @@ class ModelUpdates:
         """Submit packages whose size and mtime held still since the previous scan."""
         assert self.updater is not None
         try:
-            found = {p: (s.st_size, s.st_mtime) for p in self.inbox.iterdir() if is_package(p) for s in [p.stat()]}
+            found = {p: (p.stat().st_size, p.stat().st_mtime) for p in self.inbox.iterdir() if is_package(p)}
         except OSError as exc:
             log.error("cannot read the model inbox %s: %s", self.inbox, exc)
             return

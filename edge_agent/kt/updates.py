@@ -42,7 +42,8 @@ class LoadedKT:
 def step_manifest_for(manifest: EngineManifest, package_dir: Path) -> EngineManifest:
     """The kt-step engine manifest pointed at ``package_dir``'s step model (TensorRT plans are keyed by
     the file's sha256, so a new model gets its own plan)."""
-    source = dataclasses.replace(manifest.source, url=None, repo_path=package_dir / "kt_step.onnx", sha256=None)
+    step = package_dir / "kt_step.onnx"
+    source = dataclasses.replace(manifest.source, url=None, repo_path=step, sha256=None)
     return dataclasses.replace(manifest, source=source)
 
 
@@ -56,8 +57,8 @@ def package_name(package_dir: Path) -> str:
 
 
 def trial_inference(engine: Engine, package: KTPackage) -> None:
-    """One step from the empty state must give a finite probability per skill and a state of the right size."""
-    feeds = {
+    """One step from the empty state must give a probability per skill and a state of the right size."""
+    feeds: dict[str, np.ndarray] = {
         "skill": np.zeros(1, np.int64),
         "correct": np.ones(1, np.int64),
         "h": np.zeros((1, package.hidden), np.float32),
@@ -119,5 +120,5 @@ class KTModelActivator:
             log.warning("KT model %s refused: %s", loaded.version, exc)
             loaded.engine.close()
             raise ModelError(f"kt {loaded.version} refused: {exc}") from exc
-        self.engine_row = self._last_row | {"version": loaded.version}
+        self.engine_row = self._last_row
         return True

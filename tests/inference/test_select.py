@@ -9,10 +9,10 @@ import pytest
 
 from edge_agent.errors import EngineError, EngineInputError, ModelError
 from edge_agent.inference.engine_set import EngineSet
-from tests.inference.fake_tensorrt import FakeTensorRT
 from edge_agent.inference.select import load_engine, precision_for, qdq_model_path
 from edge_agent.inference.tensorrt_backend import trt as real_trt
 from edge_agent.telemetry.metrics import sample
+from tests.inference.fake_tensorrt import FakeTensorRT
 
 from .helpers import MANIFESTS, paths_for, settings
 

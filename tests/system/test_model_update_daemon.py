@@ -1,0 +1,479 @@
+"""Signed KT model updates in the real daemon (``build(config)`` in-process, real files and models).
+
+Packages are the shipped default KT package, copied, changed where a test needs it, and signed with a
+test key; the daemon trusts only that key. Delivery is the inbox folder and the model_update command's
+download (https on loopback with a test CA, and file URLs for the downloader alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import json
+import shutil
+import ssl
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.assembly import Assembly, build
+from edge_agent.config import Config
+from edge_agent.kt.component import KTComponent
+from edge_agent.kt.package import DEFAULT_PACKAGE_DIR, KTPackage, load_package
+from edge_agent.kt.service import KTService
+from edge_agent.provisioning.ca import FleetCA
+from edge_agent.provisioning.model_package import extract_tar, generate_signing_key, sign_package
+from edge_agent.sync.commands import CommandDispatcher
+from edge_agent.telemetry import metrics
+from edge_agent.updates import DownloadFailed, download
+from tests.system.harness import answer, local_config, post_answers
+from tests.system.harness import http as http_request
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- packages ----------------------------------------------------------------------------------------
+
+
+def make_package(
+    base: Path, key: Path, version: str, change: Callable[[Path], None] | None = None, *, sign: bool = True
+) -> Path:
+    """The default KT package as a signed tar (signed after ``change``, so only the content differs)."""
+    folder = base / f"build-{version}"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, folder)
+    meta = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps(meta | {"version": version}))
+    if change is not None:
+        change(folder)
+    if sign:
+        sign_package(folder, key, "kt", version)
+    archive = base / f"kt-{version}.tar"
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
+    return archive
+
+
+def drop(archive: Path, inbox: Path) -> Path:
+    """As an IT person would: copy under a hidden name, then rename into place."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    hidden = inbox / f".{archive.name}.copying"
+    shutil.copy(archive, hidden)
+    return hidden.rename(inbox / archive.name)
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def tamper_after_signing(archive: Path) -> None:
+    """Change one byte of kt_step.onnx inside the signed tar."""
+    work = archive.with_suffix(".x")
+    extract_tar(archive, work)
+    flip_byte(work / "kt_step.onnx")
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(work.iterdir()):
+            tar.add(path, arcname=path.name)
+
+
+def set_hidden(size: int) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        meta = json.loads((folder / "metadata.json").read_text())
+        (folder / "metadata.json").write_text(json.dumps(meta | {"hidden": size}))
+
+    return change
+
+
+def rename_first_skill(folder: Path) -> None:
+    skills = json.loads((folder / "skills.json").read_text())
+    old = skills["skills"][0]["id"]
+    for name in ("skills.json", "items.json"):
+        text = (folder / name).read_text().replace(f'"{old}"', '"renamed-skill"')
+        (folder / name).write_text(text)
+
+
+def corrupt_onnx(folder: Path) -> None:
+    (folder / "kt_step.onnx").write_bytes(b"not an onnx model, but validly signed")
+
+
+# -- the daemon ----------------------------------------------------------------------------------------
+
+
+class Board:
+    """One daemon run on its own event loop thread; ``restart`` runs a new one on the same state."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.assembly: Assembly | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Board:
+        self.assembly = assembly = build(self.config)
+
+        async def run() -> int:
+            self._loop = asyncio.get_running_loop()
+            return await assembly.daemon.run()
+
+        self._thread = threading.Thread(target=lambda: asyncio.run(run()), name="test-daemon", daemon=True)
+        self._thread.start()
+        wait_for(lambda: assembly.daemon.state == "running" and self.service() is not None, 30, "start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self.assembly is not None:
+            self._loop.call_soon_threadsafe(self.assembly.daemon.request_stop)
+        if self._thread is not None:
+            self._thread.join(30)
+            assert not self._thread.is_alive(), "the daemon did not stop"
+        self._loop = self._thread = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config.web.port}"
+
+    @property
+    def inbox(self) -> Path:
+        return self.config.paths.state_dir / "inbox"
+
+    def service(self) -> KTService | None:
+        inner = self.assembly.kt.inner if self.assembly and self.assembly.kt else None
+        return inner.get_service() if isinstance(inner, KTComponent) else None
+
+    def running_version(self) -> str | None:
+        assert self.assembly is not None and self.assembly.updates is not None
+        return self.assembly.updates.versions().get("kt")
+
+    def package(self) -> KTPackage:
+        service = self.service()
+        assert service is not None
+        return service.package
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("keys")
+    generate_signing_key(base / "signing.key", base / "signing.pub")
+    return base / "signing.key", base / "signing.pub"
+
+
+def board_config(base: Path, public_key: Path, **updates: Any) -> Config:
+    data = local_config(base, faces=None)
+    data["updates"] = {"public_key_file": str(public_key), "poll_interval_s": 0.2, **updates}
+    return Config.model_validate(data)
+
+
+class AnswerStream:
+    """Posts one answer every 20 ms from another thread; every one must be applied."""
+
+    def __init__(self, url: str, package: KTPackage, student: str) -> None:
+        self.url, self.package, self.student = url, package, student
+        self.sent = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="answer-stream", daemon=True)
+
+    def _run(self) -> None:
+        items = self.package.items
+        while not self._stop.is_set():
+            item = items[self.sent % len(items)]
+            try:
+                [result] = post_answers(
+                    self.url, [answer(self.student, item.id, item.skill_id, True, f"stream-{self.sent}")]
+                )
+                if result["status"] != "applied":
+                    self.errors.append(str(result["status"]))
+            except AssertionError as exc:
+                self.errors.append(str(exc))
+            self.sent += 1
+            time.sleep(0.02)
+
+    def __enter__(self) -> AnswerStream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(20)
+
+
+def simulate_crash_while_trying(model_dir: Path, running: str, tried: str) -> None:
+    """What a process killed inside the new model's load leaves: ``current`` on it, ``trial`` present."""
+    shutil.copytree(model_dir / "versions" / running, model_dir / "versions" / tried)
+    (model_dir / "trial").write_text(running)
+    (model_dir / "current").unlink()
+    (model_dir / "current").symlink_to(Path("versions") / tried)
+
+
+def answers_for(package: KTPackage, student: str, prefix: str, n: int) -> list[dict[str, Any]]:
+    items = package.items[:n]
+    return [answer(student, i.id, i.skill_id, k % 2 == 0, f"{prefix}-{k}") for k, i in enumerate(items)]
+
+
+def mastery(service: KTService, student: str) -> list[float]:
+    found = service.student_mastery(service.pseudonymize(student))
+    assert found is not None
+    return [s["mastery"] for s in found["skills"]]
+
+
+# -- tests -------------------------------------------------------------------------------------------------
+
+
+def test_signed_update_runs_keeps_student_states_and_survives_a_restart(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    board = Board(board_config(tmp_path, keys[1])).start()
+    try:
+        package = board.package()
+        assert package.path == DEFAULT_PACKAGE_DIR.resolve() and board.running_version() is None
+        post_answers(board.url, answers_for(package, "student-a", "before", 4))
+        before = mastery(board.service(), "student-a")  # type: ignore[arg-type]
+
+        archive = make_package(tmp_path, keys[0], "2.0")
+        with AnswerStream(board.url, package, "student-d") as stream:  # the class keeps answering
+            drop(archive, board.inbox)
+            wait_for(
+                lambda: board.running_version() == "2.0" and board.package().path.name == "2.0",
+                20,
+                "version 2.0 to run",
+            )
+            time.sleep(0.3)
+        assert stream.errors == [] and stream.sent >= 5
+        assert (board.inbox / "done" / "kt-2.0.tar").is_file() and not (board.inbox / "kt-2.0.tar").exists()
+        service = board.service()
+        assert service is not None and service.package.metadata["version"] == "2.0"
+        assert mastery(service, "student-a") == before  # the state carried over untouched
+
+        results = post_answers(board.url, answers_for(package, "student-a", "after", 3))
+        assert [r["status"] for r in results] == ["applied"] * 3
+        found = service.student_mastery(service.pseudonymize("student-a"))
+        assert found is not None and found["answers"] == 7
+
+        assert metrics.sample("edge_model_version_info", {"model": "kt", "version": "2.0"}) == 1
+        live = board.assembly.live  # type: ignore[union-attr]
+        wait_for(
+            lambda: {r["name"]: r for r in live.get("health")["engines"]}["kt-step"].get("version") == "2.0",
+            10,
+            "the health section to show version 2.0",
+        )
+        health = live.get("health")
+        updates = next(c for c in health["components"] if c["name"] == "model-updates")
+        assert updates["ok"] and "kt 2.0" in updates["detail"]
+        status, body = http_request("GET", f"{board.url}/api/v1/status")
+        assert status == 200 and body["models"] == {"kt": "2.0"}
+    finally:
+        board.stop()
+
+    simulate_crash_while_trying(board.config.paths.state_dir / "models" / "kt", "2.0", "2.1")
+    rollbacks = metrics.sample("edge_alerts_total", {"kind": "model_rollback"})
+    again = Board(board.config).start()
+    try:
+        assert metrics.sample("edge_alerts_total", {"kind": "model_rollback"}) == rollbacks + 1
+        assert not (board.config.paths.state_dir / "models" / "kt" / "versions" / "2.1").exists()
+        assert again.running_version() == "2.0"
+        assert again.package().path.name == "2.0" and again.package().metadata["version"] == "2.0"
+        service = again.service()
+        assert service is not None
+        found = service.student_mastery(service.pseudonymize("student-a"))
+        assert found is not None and found["answers"] == 7
+        results = post_answers(again.url, answers_for(again.package(), "student-b", "restart", 2))
+        assert [r["status"] for r in results] == ["applied"] * 2
+    finally:
+        again.stop()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, Path]) -> Iterator[Board]:
+    base = tmp_path_factory.mktemp("board")
+    ca = FleetCA.create(base / "ca", "test update server CA")
+    (base / "ca.pem").write_bytes(ca.ca_pem())
+    board = Board(board_config(base, keys[1], download_ca_file=str(base / "ca.pem"))).start()
+    board.ca = ca  # type: ignore[attr-defined]
+    drop(make_package(base, keys[0], "1.1"), board.inbox)
+    wait_for(lambda: board.running_version() == "1.1", 20, "version 1.1 to run")
+    try:
+        yield board
+    finally:
+        board.stop()
+
+
+def _tampered(base: Path, key: Path) -> Path:
+    archive = make_package(base, key, "9.1")
+    tamper_after_signing(archive)
+    return archive
+
+
+BAD_PACKAGES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
+    "tampered": (_tampered, "sha256 does not match"),
+    "unsigned": (lambda base, key: make_package(base, key, "9.2", sign=False), "unsigned"),
+    "wrong-hidden": (lambda base, key: make_package(base, key, "9.3", set_hidden(32)), "hidden size"),
+    "other-skills": (lambda base, key: make_package(base, key, "9.4", rename_first_skill), "skills differ"),
+    "corrupt-onnx": (lambda base, key: make_package(base, key, "9.5", corrupt_onnx), "failed to load"),
+}
+
+
+def test_refused_and_failing_packages_leave_the_running_version(
+    running: Board, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    version = running.running_version()
+    service = running.service()
+    assert service is not None and version is not None
+    post_answers(running.url, answers_for(service.package, "student-c", "pre", 3))
+    before = mastery(service, "student-c")
+    archives = {case: make(tmp_path, keys[0]) for case, (make, _) in BAD_PACKAGES.items()}
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"\x00garbage, not a tar archive")
+    for archive in [*archives.values(), junk]:
+        drop(archive, running.inbox)
+    names = [a.name for a in archives.values()] + [junk.name]
+    wait_for(
+        lambda: all((running.inbox / f"{n}.rejected").is_file() for n in names),
+        40,
+        "every bad package to be refused",
+    )
+
+    for case, (_, reason) in BAD_PACKAGES.items():
+        text = (running.inbox / f"{archives[case].name}.rejected.reason").read_text()
+        assert reason in text, (case, text)
+    assert "not a readable tar" in (running.inbox / "junk.tar.rejected.reason").read_text()
+    versions_dir = running.config.paths.state_dir / "models" / "kt" / "versions"
+    assert not any(p.name.startswith("9.") for p in versions_dir.iterdir())  # rolled back and removed
+    assert running.running_version() == version and running.package().path.name == version
+    assert mastery(service, "student-c") == before
+    results = post_answers(running.url, answers_for(service.package, "student-c", "post", 2))
+    assert [r["status"] for r in results] == ["applied"] * 2
+    assert metrics.sample("edge_alerts_total", {"kind": "model_update_refused"}) >= len(names)
+    updates = running.assembly.updates  # type: ignore[union-attr]
+    assert updates is not None
+    health = updates.health()  # refused updates are reported, but the board stays ready
+    assert health.ok and f"kt {version}" in health.detail and "REFUSED" in health.detail
+
+
+class _Server:
+    """An https file server on loopback with a certificate from the test CA."""
+
+    def __init__(self, root: Path, ca: FleetCA) -> None:
+        key, cert = ca.issue_server("127.0.0.1")
+        (root / "server.key").write_bytes(key)
+        (root / "server.pem").write_bytes(cert)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(root / "server.pem", root / "server.key")
+        handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(root))  # noqa: E731
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="test-https", daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"https://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def command(board: Board, url: str, sha256: str, version: str, model: str = "kt") -> Any:
+    dispatcher = CommandDispatcher(board.config.device)
+    body = {
+        "type": "model_update",
+        "request_id": f"req-{version}",
+        "model": model,
+        "version": version,
+        "url": url,
+        "sha256": sha256,
+        "signature": "c2lnbmVkLWluLXRoZS1wYWNrYWdl",
+    }
+    parsed = dispatcher.parse(dispatcher.topic, json.dumps(body).encode())
+    assert parsed is not None
+    return parsed
+
+
+def test_model_update_command_downloads_checks_sha256_and_activates(
+    running: Board, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = make_package(served, keys[0], "3.0")
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    server = _Server(served, running.ca)  # type: ignore[attr-defined]
+    updates = running.assembly.updates  # type: ignore[union-attr]
+    assert updates is not None
+    try:
+        updates.handle_command(command(running, server.url(archive.name), sha, "3.0", model="headpose"))
+        assert "does not update 'headpose'" in (updates.last_download or "")
+        updates.handle_command(command(running, server.url(archive.name), "0" * 64, "3.0"))
+        wait_for(lambda: "sha256" in (updates.last_download or ""), 20, "the sha256 mismatch")
+        assert not any(running.inbox.glob("kt-3.0*")) and running.running_version() != "3.0"
+
+        updates.handle_command(command(running, server.url(archive.name), sha, "3.0"))
+        wait_for(
+            lambda: running.running_version() == "3.0" and running.package().path.name == "3.0",
+            20,
+            "version 3.0 from the command to run",
+        )
+        assert (running.inbox / "done" / "kt-3.0.tar").is_file()
+    finally:
+        server.close()
+
+
+# -- the downloader alone ------------------------------------------------------------------------------
+
+
+def test_download_takes_file_urls_and_refuses_plain_http_wrong_sha_and_oversize(tmp_path: Path) -> None:
+    source = tmp_path / "pkg.tar"
+    source.write_bytes(b"x" * 5000)
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    dest = tmp_path / "inbox" / "kt-1.tar"
+    dest.parent.mkdir()
+    assert download(source.as_uri(), dest, sha, timeout_s=5, max_bytes=10_000).read_bytes() == b"x" * 5000
+    dest.unlink()
+    with pytest.raises(DownloadFailed, match="only https"):
+        download("http://127.0.0.1:9/pkg.tar", dest, sha, timeout_s=5, max_bytes=10_000)
+    with pytest.raises(DownloadFailed, match="sha256"):
+        download(source.as_uri(), dest, "0" * 64, timeout_s=5, max_bytes=10_000)
+    with pytest.raises(DownloadFailed, match="max_download_bytes"):
+        download(source.as_uri(), dest, sha, timeout_s=5, max_bytes=4096)
+    with pytest.raises(DownloadFailed, match="failed"):
+        download((tmp_path / "missing.tar").as_uri(), dest, sha, timeout_s=5, max_bytes=10_000)
+    assert list(dest.parent.iterdir()) == []  # no partial files left behind
+
+
+def test_service_refuses_a_swap_to_an_incompatible_package(tmp_path: Path) -> None:
+    from edge_agent.errors import ModelError
+    from edge_agent.kt.service import check_compatible
+
+    current = load_package()
+    folder = tmp_path / "pkg"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, folder)
+    set_hidden(32)(folder)
+    with pytest.raises(ModelError, match="hidden size"):
+        check_compatible(current, load_package(folder))
+
+
+def test_updates_are_off_without_a_signing_key_and_say_why_when_forced_on(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-key.pub"
+    assert build(board_config(tmp_path, missing)).updates is None  # default: on only with a key
+    forced = build(board_config(tmp_path, missing, enabled=True)).updates
+    assert forced is not None
+    asyncio.run(forced.start())
+    health = forced.health()
+    assert not health.ok and str(missing) in health.detail
+    asyncio.run(forced.stop())
