@@ -180,6 +180,11 @@ def quantize_qdq(
     prepared = tmp.with_suffix(".prep.onnx")
     try:
         _prepare(source, prepared)
+        import onnx
+
+        # MatMul stays float: ONNX Runtime 1.23 (the last release for Python 3.10, i.e. JetPack 6's
+        # fallback) cannot run per-channel MatMul weights once it fuses them to QLinearMatMul.
+        op_types = sorted({n.op_type for n in onnx.load(str(prepared)).graph.node} - {"MatMul"})
         quantize_static(
             str(prepared),
             str(tmp),
@@ -189,6 +194,7 @@ def quantize_qdq(
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=op_types,
             # Names checked against onnxruntime 1.32's quantize.py: symmetric ranges (zero point 0) are what
             # TensorRT's explicit quantization needs; biases stay float so TensorRT fuses them itself.
             extra_options={
