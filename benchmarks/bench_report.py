@@ -226,7 +226,14 @@ def lesson_rows(lesson: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _stages(means: dict[str, float]) -> str:
-    keep = ("answer-to-feedback", "kt_step/queue", "kt-step/infer", "yunet/infer", "fsanet-1x1/infer")
+    keep = (
+        "answer-to-feedback",
+        "kt-step/queue",
+        "kt_step/queue",
+        "kt-step/infer",
+        "yunet/infer",
+        "fsanet-1x1/infer",
+    )
     return ", ".join(f"{k} {means[k]:.2f}" for k in keep if k in means) or "-"
 
 
@@ -429,7 +436,7 @@ def _soak_plot(soak: dict[str, Any], plt: Any, path: Path) -> Path:
     ax2.set_ylabel("p99 ms")
     ax2.set_ylim(bottom=0)
     ax.set_title(f"soak {soak['minutes']:.0f} min: RSS slope {slope or 0:+.2f} MiB/h")
-    fig.legend(loc="upper right", fontsize=8)
+    fig.legend(loc="lower right", bbox_to_anchor=(0.9, 0.2), fontsize=8)
     fig.tight_layout()
     return _save(fig, path, plt)
 

@@ -71,8 +71,10 @@ class CvYuNet:
         _, rows = self.net.detect(image)
         if rows is None:
             return []
-        return [Face(tuple(r[:4]), float(r[14]), tuple((r[4 + 2 * k], r[5 + 2 * k]) for k in range(5)))
-                for r in rows.astype(float)]
+        return [
+            Face(tuple(r[:4]), float(r[14]), tuple((r[4 + 2 * k], r[5 + 2 * k]) for k in range(5)))
+            for r in rows.astype(float)
+        ]
 
 
 class MemoryCamera:
@@ -95,8 +97,15 @@ def cpu_share(
     analyser: FrameAnalyser, image: np.ndarray, fps: float, seconds: float, refresh: int
 ) -> tuple[float, float]:
     camera = Camera("memory", opener=lambda stop: MemoryCamera(image, stop))
-    loop = AttentionLoop(camera, analyser, FaceTracker(), WindowAggregator(), analysis_fps=fps,
-                         on_window=lambda w: None, pose_refresh_frames=refresh)
+    loop = AttentionLoop(
+        camera,
+        analyser,
+        FaceTracker(),
+        WindowAggregator(),
+        analysis_fps=fps,
+        on_window=lambda w: None,
+        pose_refresh_frames=refresh,
+    )
     camera.start()
     time.sleep(0.5)
     loop.start()
@@ -113,18 +122,32 @@ def cpu_share(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per engine")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime intra-op threads per pose engine"
+    )
+    parser.add_argument(
+        "--face-threads",
+        type=int,
+        default=2,
+        help="threads for the face detector, ORT and cv2 alike (the daemon's inference.face_threads)",
+    )
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--cpu-s", type=float, default=10.0)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-vision-"))
-    cv2.setNumThreads(args.threads)
+    cv2.setNumThreads(args.face_threads)  # same thread budget for both detectors
     models, faces_dir = args.shared / "models", args.shared / "data" / "faces"
-    engine = OnnxRuntimeEngine(models / "yunet" / "yunet_s_dynamic.onnx", model_name="yunet",
-                               intra_op_threads=args.threads)
-    pose_engines = [OnnxRuntimeEngine(models / "headpose" / f"fsanet-{v}-iter-688590.onnx",
-                                      model_name=f"fsanet-{v}", intra_op_threads=args.threads)
-                    for v in ("1x1", "var")]
+    engine = OnnxRuntimeEngine(
+        models / "yunet" / "yunet_s_dynamic.onnx", model_name="yunet", intra_op_threads=args.face_threads
+    )
+    pose_engines = [
+        OnnxRuntimeEngine(
+            models / "headpose" / f"fsanet-{v}-iter-688590.onnx",
+            model_name=f"fsanet-{v}",
+            intra_op_threads=args.threads,
+        )
+        for v in ("1x1", "var")
+    ]
     ours = YuNetDetector(engine)
     theirs = CvYuNet(models / "yunet" / "face_detection_yunet_2023mar.onnx")
     frames = [cv2.resize(cv2.imread(str(p)), (640, 480)) for p in sorted(faces_dir.glob("*/*.jpg"))]
@@ -135,19 +158,30 @@ def main() -> None:
     det_ours_min = median_ms(lambda: ours.detect(crowd), args.repeat) and LAST_MIN[0]
     det_cv = statistics.median(median_ms(lambda f=f: theirs.detect(f), per) for f in frames)
     det_cv_min = median_ms(lambda: theirs.detect(crowd), args.repeat) and LAST_MIN[0]
-    print(f"frames: {len(frames)} photos at 640x480; ORT intra-op threads {args.threads}; "
-          f"crowd faces: ours {len(ours.detect(crowd))}, cv2 {len(theirs.detect(crowd))}")
-    print(f"detection+decode median   ORT {det_ours:6.2f} ms | cv2.FaceDetectorYN {det_cv:6.2f} ms | "
-          f"ratio cv2/ORT {det_cv / det_ours:4.2f}  (target <= 5 ms; fastest run on crowd: "
-          f"ORT {det_ours_min:.2f}, cv2 {det_cv_min:.2f})")
+    print(
+        f"frames: {len(frames)} photos at 640x480; face threads {args.face_threads}, pose threads {args.threads}; "
+        f"crowd faces: ours {len(ours.detect(crowd))}, cv2 {len(theirs.detect(crowd))}"
+    )
+    print(
+        f"detection+decode median   ORT {det_ours:6.2f} ms | cv2.FaceDetectorYN {det_cv:6.2f} ms | "
+        f"ratio cv2/ORT {det_cv / det_ours:4.2f}  (target <= 5 ms; fastest run on crowd: "
+        f"ORT {det_ours_min:.2f}, cv2 {det_cv_min:.2f})"
+    )
 
     rules = AttentionRules()
-    batched = [OnnxRuntimeEngine(batch_dynamic(models / "headpose" / f"fsanet-{v}-iter-688590.onnx", tmp),
-                                 model_name=f"fsanet-{v}", intra_op_threads=args.threads)
-               for v in ("1x1", "var")]
+    batched = [
+        OnnxRuntimeEngine(
+            batch_dynamic(models / "headpose" / f"fsanet-{v}-iter-688590.onnx", tmp),
+            model_name=f"fsanet-{v}",
+            intra_op_threads=args.threads,
+        )
+        for v in ("1x1", "var")
+    ]
     poses: dict[str, PoseEstimator] = {
-        "fsanet x2": FsaNetPose(pose_engines), "fsanet 1x1": FsaNetPose(pose_engines[:1]),
-        "fsanet x2 batched": FsaNetPose(batched), "landmarks": LandmarkPose(),
+        "fsanet x2": FsaNetPose(pose_engines),
+        "fsanet 1x1": FsaNetPose(pose_engines[:1]),
+        "fsanet x2 batched": FsaNetPose(batched),
+        "landmarks": LandmarkPose(),
     }
     for name, pose in poses.items():
         analyser = FrameAnalyser(ours, pose, rules)
@@ -155,21 +189,27 @@ def main() -> None:
         whole_min = LAST_MIN[0]
         faces = theirs.detect(crowd)
         cv_whole = median_ms(lambda p=pose: p.estimate(crowd, theirs.detect(crowd)), args.repeat)
-        print(f"whole frame, crowd, pose {name:17s} ORT {whole:6.2f} ms | cv2-based {cv_whole:6.2f} ms | "
-              f"ratio {cv_whole / whole:4.2f}  ({len(faces)} faces; target <= 20 ms; "
-              f"fastest ORT {whole_min:.2f}, cv2 {LAST_MIN[0]:.2f})")
+        print(
+            f"whole frame, crowd, pose {name:17s} ORT {whole:6.2f} ms | cv2-based {cv_whole:6.2f} ms | "
+            f"ratio {cv_whole / whole:4.2f}  ({len(faces)} faces; target <= 20 ms; "
+            f"fastest ORT {whole_min:.2f}, cv2 {LAST_MIN[0]:.2f})"
+        )
 
     refresh = AttentionSettings().pose_refresh_frames
     for name in ("fsanet x2", "landmarks"):
         analyser = FrameAnalyser(ours, poses[name], rules)
         tracker = FaceTracker()
         steady = median_ms(lambda a=analyser, t=tracker: a.analyse_tracked(crowd, t, refresh), args.repeat)
-        print(f"whole frame, crowd, pose {name:17s} with pose_refresh_frames={refresh} (default): "
-              f"median {steady:6.2f} ms, mean {LAST_MEAN[0]:6.2f} ms (fastest {LAST_MIN[0]:.2f})")
+        print(
+            f"whole frame, crowd, pose {name:17s} with pose_refresh_frames={refresh} (default): "
+            f"median {steady:6.2f} ms, mean {LAST_MEAN[0]:6.2f} ms (fastest {LAST_MIN[0]:.2f})"
+        )
     for name, every in (("fsanet x2", 1), ("fsanet x2", refresh), ("landmarks", 1)):
         share, achieved = cpu_share(FrameAnalyser(ours, poses[name], rules), crowd, 5.0, args.cpu_s, every)
-        print(f"CPU at 5 frames/s, crowd, pose {name:10s} refresh {every}: {share:5.3f} cores "
-              f"(achieved {achieved:.2f} frames/s over {args.cpu_s:.0f} s; target < 0.5)")
+        print(
+            f"CPU at 5 frames/s, crowd, pose {name:10s} refresh {every}: {share:5.3f} cores "
+            f"(achieved {achieved:.2f} frames/s over {args.cpu_s:.0f} s; target < 0.5)"
+        )
 
 
 if __name__ == "__main__":

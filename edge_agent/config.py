@@ -62,6 +62,12 @@ class InferenceSettings(Section):
     pose_precision: Literal["fp32", "fp16", "int8"] = "fp16"
     kt_precision: Literal["fp32", "fp16", "int8"] = "fp32"
     intra_op_threads: int = Field(1, ge=1, le=16, description="ONNX Runtime threads per engine.")
+    face_threads: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="ONNX Runtime threads for the face detector (2 halve its latency on 2 cores).",
+    )
 
 
 class KTSettings(Section):

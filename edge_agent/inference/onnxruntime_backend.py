@@ -71,6 +71,8 @@ class OnnxRuntimeEngine:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle worker threads would otherwise spin between frames, burning the core the KT answers need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(model_path), options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own untyped errors
