@@ -159,7 +159,8 @@ def main() -> None:
     det_cv = statistics.median(median_ms(lambda f=f: theirs.detect(f), per) for f in frames)
     det_cv_min = median_ms(lambda: theirs.detect(crowd), args.repeat) and LAST_MIN[0]
     print(
-        f"frames: {len(frames)} photos at 640x480; face threads {args.face_threads}, pose threads {args.threads}; "
+        f"frames: {len(frames)} photos at 640x480; "
+        f"face threads {args.face_threads}, pose threads {args.threads}; "
         f"crowd faces: ours {len(ours.detect(crowd))}, cv2 {len(theirs.detect(crowd))}"
     )
     print(

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/system-deps.sh
+echo "== README config reference"
+.venv/bin/python scripts/gen_config_reference.py --check README.md
 export EDGE_AGENT_MODEL_MIRROR="${EDGE_AGENT_MODEL_MIRROR:-$(cd .. && pwd)/shared/models}"
 echo "== ruff"
 .venv/bin/ruff check edge_agent tests benchmarks provisioning scripts
