@@ -76,6 +76,7 @@ def section_vision(quick: bool, raw: dict[str, Any]) -> dict[str, Any]:
     import cv2
     from bench_vision import CvYuNet
 
+    from edge_agent.config import InferenceSettings
     from edge_agent.inference.bench import time_calls
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
     from edge_agent.vision.attention import AttentionRules
@@ -83,10 +84,14 @@ def section_vision(quick: bool, raw: dict[str, Any]) -> dict[str, Any]:
     from edge_agent.vision.pose import FsaNetPose
     from edge_agent.vision.yunet import YuNetDetector
 
-    cv2.setNumThreads(1)
+    # The daemon's thread budget: face_threads for the detector (cv2 gets the same), 1 per pose engine.
+    face_threads = InferenceSettings().face_threads
+    cv2.setNumThreads(face_threads)
     models, faces = SHARED / "models", SHARED / "data" / "faces"
     ours = YuNetDetector(
-        OnnxRuntimeEngine(models / "yunet" / "yunet_s_dynamic.onnx", model_name="yunet", intra_op_threads=1)
+        OnnxRuntimeEngine(
+            models / "yunet" / "yunet_s_dynamic.onnx", model_name="yunet", intra_op_threads=face_threads
+        )
     )
     theirs = CvYuNet(models / "yunet" / "face_detection_yunet_2023mar.onnx")
     pose = FsaNetPose(
@@ -111,6 +116,7 @@ def section_vision(quick: bool, raw: dict[str, Any]) -> dict[str, Any]:
     whole_ort = time_calls(lambda: analyser.analyse(crowd), whole_reps)
     whole_cv = time_calls(lambda: pose.estimate(crowd, theirs.detect(crowd)), whole_reps)
     out: dict[str, Any] = {
+        "face_threads": face_threads,
         "photos": len(frames),
         "crowd_faces_ort": len(ours.detect(crowd)),
         "crowd_faces_cv2": len(theirs.detect(crowd)),

@@ -97,14 +97,5 @@ def summarize(
     recs = recommend(
         mean, items_by_skill(package), weak, target=settings.target_success, count=settings.recommendations
     )
-    summary["recommended"] = [
-        {
-            "item_id": r.item.id,
-            "skill_id": r.item.skill_id,
-            "title_zh": r.item.title_zh,
-            "title_en": r.item.title_en,
-            "predicted_success": round(r.predicted_success, 4),
-        }
-        for r in recs
-    ]
+    summary["recommended"] = [r.as_dict() for r in recs]
     return summary

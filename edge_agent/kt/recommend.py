@@ -16,6 +16,16 @@ class Recommendation:
     item: ItemInfo
     predicted_success: float
 
+    def as_dict(self) -> dict[str, object]:
+        """The JSON shape used in answer feedback and the class view."""
+        return {
+            "item_id": self.item.id,
+            "skill_id": self.item.skill_id,
+            "title_zh": self.item.title_zh,
+            "title_en": self.item.title_en,
+            "predicted_success": round(self.predicted_success, 4),
+        }
+
 
 def _logit(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)

@@ -385,16 +385,7 @@ class KTService:
             "p_same_item": round(item_success(float(probs[answer.skills[0]]), item.difficulty), 4),
             "mastery": [self._skill_entry(k, probs) for k in answer.skills],
             "weakest": [self._skill_entry(k, probs) for k in weak],
-            "recommended": [
-                {
-                    "item_id": r.item.id,
-                    "skill_id": r.item.skill_id,
-                    "title_zh": r.item.title_zh,
-                    "title_en": r.item.title_en,
-                    "predicted_success": round(r.predicted_success, 4),
-                }
-                for r in recs
-            ],
+            "recommended": [r.as_dict() for r in recs],
         }
 
     def student_mastery(self, pseudonym: str) -> dict[str, Any] | None:
