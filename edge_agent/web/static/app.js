@@ -164,7 +164,10 @@
     $("learn-more").hidden = rest === 0;
     setText("learn-more-summary", t("skills_more", { n: num(rest) }));
     $("learn-empty").hidden = skills.length > 0 || l.suppressed === true;
-    replace("learn-weakest", weakest.map((id) => el("li", { text: byId[id] ? skillName(byId[id]) : id })));
+    const weakItems = weakest.map((id) => el("li", { text: byId[id] ? skillName(byId[id]) : id }));
+    // No skill under the mastery threshold is good news, and says so rather than leaving a blank list.
+    if (!weakItems.length && skills.length && !l.suppressed) weakItems.push(el("li", { class: "meta", text: t("weakest_none") }));
+    replace("learn-weakest", weakItems);
     const recs = l.suppressed ? [] : Array.isArray(l.recommended) ? l.recommended : [];
     replace("learn-recommended", recs.map((r) => el("li", {}, [document.createTextNode(itemTitle(r)),
       el("span", { class: "meta", text: (byId[r.skill_id] ? skillName(byId[r.skill_id]) + " · " : "") + t("predicted_success", { p: pct(r.predicted_success) }) })])));
