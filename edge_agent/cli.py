@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _mount_feature_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from edge_agent.cli_bench import add_bench_parser
     from edge_agent.doctor import add_doctor_parser
     from edge_agent.inference.cli_engines import add_engines_parser
     from edge_agent.kt.cli_kt import add_kt_parser
@@ -123,6 +124,7 @@ def _mount_feature_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
         add_doctor_parser,
         add_provision_parser,
         add_model_parser,
+        add_bench_parser,
     ):
         add(sub)
 
