@@ -267,6 +267,7 @@ def _health_summary(daemon: Daemon, updates: ModelUpdates | None = None) -> dict
     summary = {"state": daemon.state, "ready": ready, "reasons": reasons, "at": time.time()}
     if updates is not None:
         summary["models"] = updates.versions()
+        summary["model_update"] = updates.last_outcome()
     return summary
 
 

@@ -8,9 +8,12 @@ was refused or rolled back. Files are taken only once their size and mtime held 
 slow copy is not read half-written; downloads are written under a hidden name and renamed when complete.
 
 The command's ``signature`` field is not relied on: every package carries its own ``manifest.sig``, which
-the store verifies against the installed key whatever the delivery path. A refused package is reported in
-this component's health detail and counted in ``edge_alerts{kind="model_update_refused"}``, but does not
-make the board unready: the previous version keeps answering.
+the store verifies against the installed key whatever the delivery path. The outcome of the latest attempt,
+whichever step ended it (a command for another model, a failed download or sha256 mismatch, a refused or
+rolled-back package), is this component's health detail and the ``model_update`` entry of the status
+summary (``/api/v1/status`` and the MQTT heartbeat). A refusal is counted in
+``edge_alerts{kind="model_update_refused"}`` but does not make the board unready: the previous version keeps
+answering.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import ssl
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -112,7 +116,14 @@ def download(
 
 
 class _InboxUpdater(ModelUpdater):
-    """ModelUpdater that files each inbox package away after its attempt, on the updater thread."""
+    """ModelUpdater that files each inbox package away after its attempt, on the updater thread, and
+    reports the outcome through ``on_result``."""
+
+    def __init__(
+        self, store: ModelStore, loader: Loader, sanity: Sanity, on_result: Callable[[bool, str], None]
+    ) -> None:
+        super().__init__(store, loader, sanity, lambda manifest, engine: None)
+        self.on_result = on_result
 
     def _install(self, package: Path) -> None:
         try:
@@ -121,6 +132,8 @@ class _InboxUpdater(ModelUpdater):
             self.last_ok, self.last_result = False, f"model update failed: {exc}"
             log.error("model update of %s failed: %s", package.name, exc)
         _file_away(package, self.last_ok, self.last_result)
+        ok, result = self.last_ok, self.last_result
+        self.on_result(ok, result if ok else f"{package.name}: {result}")
 
 
 def _file_away(package: Path, ok: bool, result: str) -> None:
@@ -168,6 +181,7 @@ class ModelUpdates:
         self._taken: set[Path] = set()
         self.download_drops = 0
         self.last_download: str | None = None
+        self._last: tuple[bool, str] = (True, "idle")  # the latest attempt's outcome, from either thread
         self._problem: str | None = "not started"
 
     async def start(self) -> None:
@@ -182,10 +196,10 @@ class ModelUpdates:
             self._problem = f"model updates off: {exc}"
             log.error("%s", self._problem)
             return
-        self.updater = _InboxUpdater(
-            ModelStore(self.models_dir, [key]), self._loader, self._sanity, lambda m, e: None
-        )
+        store = ModelStore(self.models_dir, [key])
+        self.updater = _InboxUpdater(store, self._loader, self._sanity, self._note)
         await self.updater.start()
+        self._note(self.updater.last_ok, self.updater.last_result)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="model-inbox", daemon=True)
         self._thread.start()
@@ -205,15 +219,27 @@ class ModelUpdates:
         if self.updater is None:
             return Health(True, "off (no model signing key installed)")
         versions = ", ".join(f"{n} {v}" for n, v in self.versions().items() if v) or "shipped models"
-        last = self.updater.last_result if self.updater.last_ok else f"REFUSED: {self.updater.last_result}"
-        return Health(True, f"running {versions}; last update: {last}")
+        ok, result = self._last
+        return Health(True, f"running {versions}; last update: {result if ok else 'REFUSED: ' + result}")
+
+    def last_outcome(self) -> dict[str, object]:
+        """The latest update attempt, for the status summary: ``{"ok": bool, "result": str}``."""
+        ok, result = self._last
+        return {"ok": ok, "result": result}
 
     def versions(self) -> dict[str, str | None]:
         return self.updater.versions() if self.updater is not None else {}
 
     def status(self) -> dict[str, object]:
         base = self.updater.status() if self.updater is not None else {"versions": {}}
-        return base | {"download_drops": self.download_drops, "last_download": self.last_download}
+        return base | {
+            "download_drops": self.download_drops,
+            "last_download": self.last_download,
+            "last": self.last_outcome(),
+        }
+
+    def _note(self, ok: bool, result: str) -> None:
+        self._last = (ok, result)
 
     # -- the model_update command (publisher thread: only queue it) --------------------------------------
 
@@ -224,12 +250,14 @@ class ModelUpdates:
         if command.model not in self.accepted:
             metrics.ALERTS.labels(kind="model_update_refused").inc()
             self.last_download = f"request {command.request_id}: this board does not update {command.model!r}"
+            self._note(False, self.last_download)
             log.warning("model update %s refused: unknown model", command.request_id)
             return
         try:
             self._downloads.put_nowait(command)
         except queue.Full:
             self.download_drops += 1
+            self._note(False, f"request {command.request_id}: dropped, the download queue is full")
             metrics.ALERTS.labels(kind="model_update_dropped").inc()
             log.warning("model download queue full; dropped request %s", command.request_id)
 
@@ -262,6 +290,7 @@ class ModelUpdates:
             )
         except (DownloadFailed, OSError) as exc:
             self.last_download = f"request {command.request_id}: {exc}"
+            self._note(False, self.last_download)
             metrics.ALERTS.labels(kind="model_update_refused").inc()
             log.warning("model update %s not downloaded: %s", command.request_id, exc)
             return

@@ -20,6 +20,11 @@ from edge_agent.errors import ProvisioningError
 REQUIRED = ("tenant", "site", "class_id", "device_id")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _OVERRIDE = re.compile(r"^[a-z_]+\.[a-z_]+$")
+_OPTIONAL_PATHS = (
+    ("updates", "models_dir"),
+    ("updates", "inbox_dir"),
+    ("updates", "download_ca_file"),
+)
 
 
 @dataclass(frozen=True)
@@ -120,12 +125,16 @@ def render_config(template_text: str, board: Board, prefix: Path = Path("/")) ->
         ("mqtt", "cert_file"): "/etc/edge-agent/certs/device.pem",
         ("mqtt", "key_file"): "/etc/edge-agent/secrets/device.key",
         ("web", "token_file"): "/etc/edge-agent/secrets/web.token",
+        ("updates", "public_key_file"): "/etc/edge-agent/model-signing.pub",
     }
     for (section, name), value in defaults.items():
         data.setdefault(section, {}).setdefault(name, value)
     if root:
         for section, name in [*defaults, ("paths", "state_dir"), ("paths", "cache_dir")]:
             data[section][name] = root + str(data[section][name])
+        for section, name in _OPTIONAL_PATHS:  # re-rooted only where the template sets them
+            if data.get(section, {}).get(name):
+                data[section][name] = root + str(data[section][name])
     text = "# Rendered by edge-agent-provision from the fleet template; edit the template, not this file.\n"
     text += to_toml(data)
     try:

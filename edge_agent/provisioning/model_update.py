@@ -53,6 +53,15 @@ class ModelStore:
         link = self.root / name / "current"
         return Path(os.readlink(link)).name if link.is_symlink() else None
 
+    def running_version(self, name: str) -> str | None:
+        """The version that answers: ``current``, except while a new version is on trial (loading and
+        its sanity check), when the previous one still runs and ``current`` already names the new one."""
+        trial = self.root / name / "trial"
+        try:
+            return trial.read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return self.current_version(name)
+
     def current_path(self, name: str) -> Path | None:
         link = self.root / name / "current"
         return link.resolve() if link.is_symlink() else None
@@ -221,13 +230,14 @@ class ModelUpdater:
         return done.wait(timeout_s)
 
     def versions(self) -> dict[str, str | None]:
+        """The running version of each model (the status and ``edge_model_version_info`` report these)."""
         root = self.store.root
         names = (
             sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
             if root.is_dir()
             else []
         )
-        return {name: self.store.current_version(name) for name in names}
+        return {name: self.store.running_version(name) for name in names}
 
     def status(self) -> dict[str, object]:
         """For the health page and the MQTT status message."""

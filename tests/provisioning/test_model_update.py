@@ -121,6 +121,28 @@ def test_engine_that_fails_its_sanity_check_is_rolled_back(
     assert store.current_version("headpose") == "1.0"
 
 
+def test_reported_version_is_the_previous_one_until_the_new_one_passed_its_check(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    store = store_with_v1(tmp_path, keys, headpose)
+    updater = ModelUpdater(store, load, sane, lambda manifest, engine: None)
+    reported: list[str | None] = []  # what status and metric said while the new version was on trial
+
+    def loading(path: Path) -> OnnxRuntimeEngine:
+        reported.append(updater.versions()["headpose"])
+        return load(path)
+
+    def checking(engine: OnnxRuntimeEngine) -> bool:
+        reported.append(updater.versions()["headpose"])
+        return sane(engine)
+
+    store.install(make_package(tmp_path, headpose[1], keys[0], "2.0"), loading, checking)
+    assert reported == ["1.0", "1.0"] and updater.versions() == {"headpose": "2.0"}
+    with pytest.raises(ModelUpdateFailed, match="sanity"):
+        store.install(make_package(tmp_path, headpose[0], keys[0], "3.0"), loading, lambda engine: False)
+    assert reported[-1] == "2.0" and updater.versions() == {"headpose": "2.0"}
+
+
 def test_update_interrupted_by_a_crash_is_rolled_back_at_the_next_start(
     tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
 ) -> None:

@@ -76,6 +76,18 @@ def test_rendered_config_with_root_paths_passes_load_config(fleet: Fleet, tmp_pa
     assert str(config.mqtt.key_file).startswith(str(fleet.roots / "board-b"))
 
 
+def test_rendered_config_with_root_reroots_the_signing_key_and_the_update_paths(fleet: Fleet) -> None:
+    board = parse_inventory(INVENTORY)[0]
+    root = fleet.roots / "board-a"
+    _, plain = render_config(template(), board)
+    assert plain.updates.public_key_file == Path("/etc/edge-agent/model-signing.pub")
+    extra = '\n[updates]\ndownload_ca_file = "/etc/edge-agent/certs/ca.pem"\ninbox_dir = "/srv/inbox"\n'
+    _, rooted = render_config(template() + extra, board, prefix=root)
+    assert rooted.updates.public_key_file == root / "etc/edge-agent/model-signing.pub"
+    assert rooted.updates.download_ca_file == root / "etc/edge-agent/certs/ca.pem"
+    assert rooted.updates.inbox_dir == root / "srv/inbox" and rooted.updates.models_dir is None
+
+
 def test_rerunning_provisioning_changes_nothing(tmp_path: Path) -> None:
     fleet = make_fleet(tmp_path)
     before = {d: snapshot(fleet.roots / d) for d in ("board-a", "board-b", "board-c")}

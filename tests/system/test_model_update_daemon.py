@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
 import json
 import shutil
-import ssl
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,60 +25,18 @@ from edge_agent.kt.component import KTComponent
 from edge_agent.kt.package import DEFAULT_PACKAGE_DIR, KTPackage, load_package
 from edge_agent.kt.service import KTService
 from edge_agent.provisioning.ca import FleetCA
-from edge_agent.provisioning.model_package import extract_tar, generate_signing_key, sign_package
+from edge_agent.provisioning.model_package import generate_signing_key
 from edge_agent.sync.commands import CommandDispatcher
 from edge_agent.telemetry import metrics
 from edge_agent.updates import DownloadFailed, download
 from tests.system.harness import answer, local_config, post_answers
 from tests.system.harness import http as http_request
+from tests.system.model_packages import HttpsFileServer, drop, make_package, tamper_after_signing
 
 pytestmark = pytest.mark.timeout(120)
 
 
 # -- packages ----------------------------------------------------------------------------------------
-
-
-def make_package(
-    base: Path, key: Path, version: str, change: Callable[[Path], None] | None = None, *, sign: bool = True
-) -> Path:
-    """The default KT package as a signed tar (signed after ``change``, so only the content differs)."""
-    folder = base / f"build-{version}"
-    shutil.copytree(DEFAULT_PACKAGE_DIR, folder)
-    meta = json.loads((folder / "metadata.json").read_text())
-    (folder / "metadata.json").write_text(json.dumps(meta | {"version": version}))
-    if change is not None:
-        change(folder)
-    if sign:
-        sign_package(folder, key, "kt", version)
-    archive = base / f"kt-{version}.tar"
-    with tarfile.open(archive, "w") as tar:
-        for path in sorted(folder.iterdir()):
-            tar.add(path, arcname=path.name)
-    return archive
-
-
-def drop(archive: Path, inbox: Path) -> Path:
-    """As an IT person would: copy under a hidden name, then rename into place."""
-    inbox.mkdir(parents=True, exist_ok=True)
-    hidden = inbox / f".{archive.name}.copying"
-    shutil.copy(archive, hidden)
-    return hidden.rename(inbox / archive.name)
-
-
-def flip_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def tamper_after_signing(archive: Path) -> None:
-    """Change one byte of kt_step.onnx inside the signed tar."""
-    work = archive.with_suffix(".x")
-    extract_tar(archive, work)
-    flip_byte(work / "kt_step.onnx")
-    with tarfile.open(archive, "w") as tar:
-        for path in sorted(work.iterdir()):
-            tar.add(path, arcname=path.name)
 
 
 def set_hidden(size: int) -> Callable[[Path], None]:
@@ -366,30 +321,6 @@ def test_refused_and_failing_packages_leave_the_running_version(
     assert health.ok and f"kt {version}" in health.detail and "REFUSED" in health.detail
 
 
-class _Server:
-    """An https file server on loopback with a certificate from the test CA."""
-
-    def __init__(self, root: Path, ca: FleetCA) -> None:
-        key, cert = ca.issue_server("127.0.0.1")
-        (root / "server.key").write_bytes(key)
-        (root / "server.pem").write_bytes(cert)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(root / "server.pem", root / "server.key")
-        handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(root))  # noqa: E731
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="test-https", daemon=True)
-        self.thread.start()
-
-    def url(self, name: str) -> str:
-        return f"https://127.0.0.1:{self.httpd.server_address[1]}/{name}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
 def command(board: Board, url: str, sha256: str, version: str, model: str = "kt") -> Any:
     dispatcher = CommandDispatcher(board.config.device)
     body = {
@@ -413,7 +344,7 @@ def test_model_update_command_downloads_checks_sha256_and_activates(
     served.mkdir()
     archive = make_package(served, keys[0], "3.0")
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
-    server = _Server(served, running.ca)  # type: ignore[attr-defined]
+    server = HttpsFileServer(served, running.ca)  # type: ignore[attr-defined]
     updates = running.assembly.updates  # type: ignore[union-attr]
     assert updates is not None
     try:
@@ -422,6 +353,8 @@ def test_model_update_command_downloads_checks_sha256_and_activates(
         updates.handle_command(command(running, server.url(archive.name), "0" * 64, "3.0"))
         wait_for(lambda: "sha256" in (updates.last_download or ""), 20, "the sha256 mismatch")
         assert not any(running.inbox.glob("kt-3.0*")) and running.running_version() != "3.0"
+        assert updates.last_outcome()["ok"] is False and "req-3.0" in str(updates.last_outcome()["result"])
+        assert "REFUSED: request req-3.0" in updates.health().detail  # a failed download is visible too
 
         updates.handle_command(command(running, server.url(archive.name), sha, "3.0"))
         wait_for(
@@ -430,6 +363,7 @@ def test_model_update_command_downloads_checks_sha256_and_activates(
             "version 3.0 from the command to run",
         )
         assert (running.inbox / "done" / "kt-3.0.tar").is_file()
+        wait_for(lambda: updates.last_outcome() == {"ok": True, "result": "kt 3.0 running"}, 5, "the outcome")
     finally:
         server.close()
 
