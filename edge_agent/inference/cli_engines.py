@@ -82,7 +82,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Hash check of every local model, then one inference at the opt shape on ONNX Runtime."""
     import numpy as np
 
-    from edge_agent.inference.fetch import cached_model_path, fetch_model, sha256_file
+    from edge_agent.inference.fetch import cached_model_path, engine_model, fetch_model, sha256_file
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
 
     _, paths = _config(args)
@@ -97,6 +97,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             path = fetch_model(m, paths) if args.fetch else path
             if not path.is_file():
                 raise EdgeAgentError(f"{path} is missing; run `edge-agent engines fetch {m.name}`")
+            path = engine_model(m, paths)  # the file present and verified: no download
             profiles = resolve_profiles(m, onnx_input_shapes(path))
             engine = OnnxRuntimeEngine(path, model_name=m.name)
             dtypes = {s.name: s.dtype for s in engine.inputs}
@@ -134,14 +135,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edge_agent.inference.fetch import fetch_model
+    from edge_agent.inference.fetch import engine_model
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
     from edge_agent.inference.quantize import calibration_inputs, compare_outputs, quantize_qdq
     from edge_agent.inference.select import qdq_model_path
 
     _, paths = _config(args)
     (manifest,) = _selected(args)
-    source = fetch_model(manifest, paths)
+    source = engine_model(manifest, paths)
     profiles = resolve_profiles(manifest, onnx_input_shapes(source))
     samples = calibration_inputs(manifest, profiles, Path(args.data), args.samples + args.held_out)
     if len(samples) <= args.held_out:
@@ -183,11 +184,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench_model(
     m: Manifest, inference: InferenceSettings, paths: PathSettings, args: argparse.Namespace
 ) -> list[BenchRow]:
-    from edge_agent.inference.fetch import fetch_model
+    from edge_agent.inference.fetch import engine_model
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
     from edge_agent.inference.select import load_engine, qdq_model_path
 
-    source = fetch_model(m, paths)
+    source = engine_model(m, paths)
     profiles = resolve_profiles(m, onnx_input_shapes(source))
     engines: list[tuple[str, str, Engine]] = [
         (

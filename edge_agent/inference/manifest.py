@@ -1,9 +1,11 @@
 """Model manifests (``engines/*.toml``): where a model comes from and how to build an engine for it.
 
 A manifest names the ONNX source (an official URL pinned by sha256, or a file in the repository), the
-path the model has inside a local mirror, the optimization profile of every input (min/opt/max shapes),
-the precisions it may run at, and for INT8 the calibration data it needs. Parsing is pure; every problem
-is reported with the manifest's file name and the key, so a typo is fixed without reading code.
+path the model has inside a local mirror, whether engines run a derived copy with a symbolic batch
+dimension (``dynamic_batch``, for exports that fix it at 1), the optimization profile of every input
+(min/opt/max shapes), the precisions it may run at, and for INT8 the calibration data it needs. Parsing
+is pure; every problem is reported with the manifest's file name and the key, so a typo is fixed without
+reading code.
 
 Inputs whose names are only known from the ONNX (the knowledge-tracing step model, replaced by schools)
 may instead give ``[profile.dynamic]``: one min/opt/max range applied to every dynamic dimension.
@@ -61,6 +63,8 @@ class Source:
     repo_path: Path | None  # absolute, resolved against the manifest's folder
     sha256: str | None
     mirror_path: str
+    # Engines run a derived copy whose batch dimension is symbolic (inference/batch_dim.py).
+    dynamic_batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,9 @@ def _dynamic(raw: Mapping[str, Any], where: str) -> DynamicRange:
 
 
 def _source(raw: Mapping[str, Any], where: str, base: Path) -> Source:
-    _reject_unknown(raw, {"url", "repo_path", "sha256", "mirror_path", "licence"}, where, "source")
+    _reject_unknown(
+        raw, {"url", "repo_path", "sha256", "mirror_path", "licence", "dynamic_batch"}, where, "source"
+    )
     url = _str(raw, "url", where, required=False)
     repo = _str(raw, "repo_path", where, required=False)
     sha = _str(raw, "sha256", where, required=False)
@@ -169,7 +175,10 @@ def _source(raw: Mapping[str, Any], where: str, base: Path) -> Source:
         raise _problem(where, "source.sha256", "must be 64 lowercase hex digits")
     if mirror.startswith("/") or ".." in Path(mirror).parts:
         raise _problem(where, "source.mirror_path", "must be a relative path inside the mirror")
-    return Source(url, (base / repo).resolve() if repo else None, sha, mirror)
+    dynamic_batch = raw.get("dynamic_batch", False)
+    if not isinstance(dynamic_batch, bool):
+        raise _problem(where, "source.dynamic_batch", "must be true or false")
+    return Source(url, (base / repo).resolve() if repo else None, sha, mirror, dynamic_batch)
 
 
 def _calibration(raw: Mapping[str, Any], where: str) -> Calibration:

@@ -22,7 +22,7 @@ from edge_agent.config import InferenceSettings, PathSettings
 from edge_agent.errors import EngineLoadError
 from edge_agent.inference.engine import Engine
 from edge_agent.inference.engine_cache import BuildTarget, PlanCache, engine_cache_key
-from edge_agent.inference.fetch import fetch_model, sha256_file
+from edge_agent.inference.fetch import engine_model, sha256_file
 from edge_agent.inference.guarded import GuardedEngine
 from edge_agent.inference.manifest import InputProfile, Manifest, resolve_profiles
 from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes, ort_providers
@@ -113,7 +113,7 @@ def load_engine(
     tensorrt: Callable[[], TensorRTPort] = _open_real_tensorrt,
 ) -> LoadedEngine:
     """Fetch, build or load, and wrap one model; see the module docstring for the fallback rules."""
-    onnx_path = fetch_model(manifest, paths)
+    onnx_path = engine_model(manifest, paths)
     profiles = resolve_profiles(manifest, onnx_input_shapes(onnx_path))
     want = precision or precision_for(manifest, settings)
     fallback: str | None = None

@@ -34,8 +34,10 @@ class OutboxLike(Protocol):
 
 def rules_from(settings: AttentionSettings) -> AttentionRules:
     return AttentionRules(
-        settings.yaw_limit_deg, settings.pitch_limit_deg,
-        settings.calibration_yaw_deg, settings.calibration_pitch_deg,
+        settings.yaw_limit_deg,
+        settings.pitch_limit_deg,
+        settings.calibration_yaw_deg,
+        settings.calibration_pitch_deg,
     )
 
 
@@ -47,8 +49,18 @@ def make_pose(settings: AttentionSettings, pose_engines: Sequence[Engine]) -> Po
 
 def window_payload(window: dict[str, Any], pose_method: str) -> dict[str, Any]:
     """The outbox row for one window: class-level numbers only."""
-    keys = ("start", "end", "frames", "faces_mean", "faces_max", "attentive_mean", "attentive_p10",
-            "attentive_median", "suppressed", "low")
+    keys = (
+        "start",
+        "end",
+        "frames",
+        "faces_mean",
+        "faces_max",
+        "attentive_mean",
+        "attentive_p10",
+        "attentive_median",
+        "suppressed",
+        "low",
+    )
     payload = {key: window[key] for key in keys}
     payload.update({"kind": "attention_window", "v": PAYLOAD_VERSION, "pose_method": pose_method})
     return payload
@@ -80,8 +92,9 @@ class AttentionComponent:
             score_threshold=attention_settings.score_threshold,
             nms_threshold=attention_settings.nms_threshold,
         )
-        self.analyser = FrameAnalyser(detector, make_pose(attention_settings, pose_engines),
-                                      rules_from(attention_settings))
+        self.analyser = FrameAnalyser(
+            detector, make_pose(attention_settings, pose_engines), rules_from(attention_settings)
+        )
         self.camera = Camera(
             camera_settings.source,
             width=camera_settings.width,
@@ -101,8 +114,12 @@ class AttentionComponent:
             self.camera,
             self.analyser,
             FaceTracker(settings.smoothing_frames),
-            WindowAggregator(settings.window_s, settings.min_faces, settings.low_attention_share,
-                             settings.low_attention_windows),
+            WindowAggregator(
+                settings.window_s,
+                settings.min_faces,
+                settings.low_attention_share,
+                settings.low_attention_windows,
+            ),
             analysis_fps=self.camera_settings.analysis_fps,
             on_window=self._store_window,
             on_live=self._publish_live if self.live is not None else None,
@@ -111,14 +128,18 @@ class AttentionComponent:
         )
         self.camera.start()
         self.loop.start()
-        log.info("attention analysis started at %.1f frames/s (pose: %s)",
-                 self.camera_settings.analysis_fps, settings.pose_method)
+        log.info(
+            "attention analysis started at %.1f frames/s (pose: %s)",
+            self.camera_settings.analysis_fps,
+            settings.pose_method,
+        )
 
     async def stop(self) -> None:
         # Joining threads blocks: keep the event loop free while they wind down.
         if self.loop is not None:
             await asyncio.to_thread(self.loop.stop)
         await asyncio.to_thread(self.camera.stop)
+        await asyncio.to_thread(self.analyser.pose.close)
         self.heartbeats.unregister("attention")
         if self.live is not None and self.loop is not None:
             section = self.loop.live_section()

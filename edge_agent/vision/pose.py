@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 
 from edge_agent.inference.engine import Engine
+from edge_agent.inference.guarded import GuardedEngine
 from edge_agent.vision.yunet import Face
 
 FSANET_SIZE = 64
@@ -34,6 +36,8 @@ class PoseEstimator(Protocol):
 
     def estimate(self, image: np.ndarray, faces: Sequence[Face]) -> list[Pose]: ...
 
+    def close(self) -> None: ...
+
 
 def crop_box(
     face: Face, width: int, height: int, margin: float = FSANET_MARGIN
@@ -51,31 +55,54 @@ def crop_box(
 
 def fsanet_input(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """BGR crop -> float32 1x3x64x64, (x - 127.5) / 128, as the model was trained."""
-    x1, y1, x2, y2 = box
-    crop = cv2.resize(image[y1:y2, x1:x2], (FSANET_SIZE, FSANET_SIZE))
-    return ((crop.transpose(2, 0, 1)[None].astype(np.float32)) - 127.5) / 128.0
+    return fsanet_batch(image, [box])
+
+
+def fsanet_batch(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
+    """BGR crops -> one float32 Nx3x64x64 array, (x - 127.5) / 128: resized into one uint8 array, then
+    converted and normalised in a single pass instead of once per face."""
+    crops = np.empty((len(boxes), FSANET_SIZE, FSANET_SIZE, 3), dtype=np.uint8)
+    for crop, (x1, y1, x2, y2) in zip(crops, boxes, strict=True):
+        cv2.resize(image[y1:y2, x1:x2], (FSANET_SIZE, FSANET_SIZE), dst=crop)
+    blob = crops.transpose(0, 3, 1, 2).astype(np.float32, order="C")
+    blob -= 127.5
+    blob /= 128.0
+    return blob
 
 
 MAX_BATCH = 32
 
 
+def faces_per_call(engine: Engine) -> int:
+    """1 for a fixed-batch export; else the engine profile's largest batch (``MAX_BATCH`` without one)."""
+    if engine.inputs[0].shape[:1] != (-1,):
+        return 1
+    if isinstance(engine, GuardedEngine):
+        return engine.profiles[0].max[0]
+    return MAX_BATCH
+
+
 class FsaNetPose:
     """Averages the outputs of the FSA-Net engines given (the authors average the 1x1 and var models).
 
-    The published exports fix the batch at one, so faces then run one call each; an engine whose input
-    batch is dynamic (-1) gets all faces of a frame in one call (chunks of ``MAX_BATCH``). On one CPU
-    thread that saves little (benchmarks/bench_vision.py); it pays off where per-call overhead dominates
-    (TensorRT on the GPU) or with several ONNX Runtime threads.
+    Each engine gets all faces of a frame in one call when its batch is dynamic (the product manifests
+    derive such a copy, ``source.dynamic_batch``), else one call per face. The engines run side by side,
+    each further one on its own worker thread: ONNX Runtime and TensorRT release the GIL while they run,
+    and the two networks cost the same, so on two cores the pose stage takes about half the time
+    (benchmarks/bench_vision.py). ``parallel=False`` runs them one after the other.
     """
 
     method = "fsanet"
 
-    def __init__(self, engines: Sequence[Engine]) -> None:
+    def __init__(self, engines: Sequence[Engine], *, parallel: bool = True) -> None:
         if not engines:
             raise ValueError("FsaNetPose needs at least one engine")
         self.engines = list(engines)
         self._inputs = [e.inputs[0].name for e in self.engines]
-        self._batched = [e.inputs[0].shape[:1] == (-1,) for e in self.engines]
+        self._steps = [faces_per_call(e) for e in self.engines]
+        self._pool: ThreadPoolExecutor | None = None
+        if parallel and len(self.engines) > 1:
+            self._pool = ThreadPoolExecutor(len(self.engines) - 1, thread_name_prefix="fsanet")
 
     def estimate(self, image: np.ndarray, faces: Sequence[Face]) -> list[Pose]:
         height, width = image.shape[:2]
@@ -84,17 +111,39 @@ class FsaNetPose:
         poses = [Pose(math.nan, math.nan)] * len(faces)
         if not valid:
             return poses
-        blob = np.concatenate([fsanet_input(image, boxes[i]) for i in valid])  # type: ignore[arg-type]
+        blob = fsanet_batch(image, [box for box in boxes if box is not None])
         total = np.zeros((len(valid), 3), dtype=np.float64)
-        for engine, name, batched in zip(self.engines, self._inputs, self._batched, strict=True):
-            step = MAX_BATCH if batched else 1
-            for start in range(0, len(valid), step):
-                out = next(iter(engine.infer({name: blob[start:start + step]}).values()))
-                total[start:start + step] += np.asarray(out, dtype=np.float64).reshape(-1, 3)
+        for out in self._run_all(blob):  # summed in engine order: the same result however they ran
+            total += out
         mean = total / len(self.engines)
         for row, index in enumerate(valid):
             poses[index] = Pose(float(mean[row, 0]), float(mean[row, 1]))
         return poses
+
+    def _run_all(self, blob: np.ndarray) -> list[np.ndarray]:
+        pool = self._pool
+        if pool is None:
+            return [self._run(k, blob) for k in range(len(self.engines))]
+        others = [pool.submit(self._run, k, blob) for k in range(1, len(self.engines))]
+        try:
+            first = self._run(0, blob)
+        finally:
+            wait(others)  # never leave an engine running into the next frame
+        return [first, *(future.result() for future in others)]
+
+    def _run(self, index: int, blob: np.ndarray) -> np.ndarray:
+        engine, name, step = self.engines[index], self._inputs[index], self._steps[index]
+        outputs = [
+            next(iter(engine.infer({name: blob[start : start + step]}).values()))
+            for start in range(0, len(blob), step)
+        ]
+        return np.concatenate(outputs).astype(np.float64).reshape(-1, 3)
+
+    def close(self) -> None:
+        """Stop the worker threads; later calls run the engines one after the other."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 # A generic adult face (mm) in YuNet's landmark order, posed frontal in camera axes (x right, y down,
@@ -119,6 +168,9 @@ class LandmarkPose:
     """
 
     method = "landmarks"
+
+    def close(self) -> None:
+        pass
 
     def estimate(self, image: np.ndarray, faces: Sequence[Face]) -> list[Pose]:
         height, width = image.shape[:2]

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from edge_agent.errors import EdgeAgentError, EngineInputError
-from edge_agent.inference.fetch import fetch_model
+from edge_agent.inference.fetch import engine_model
 from edge_agent.inference.manifest import InputProfile
 from edge_agent.inference.select import LoadedEngine, load_engine
 
@@ -60,7 +60,7 @@ def _load(name: str, backend: str, cache: Path, mirror: Path) -> tuple[LoadedEng
     paths = paths_for(cache, mirror)
     loaded = load_engine(manifest, settings(backend), paths, precision="fp32")
     assert loaded.backend == backend, loaded.fallback
-    return loaded, fetch_model(manifest, paths)
+    return loaded, engine_model(manifest, paths)  # what the engine was built from
 
 
 def _inputs(name: str, profile: InputProfile, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

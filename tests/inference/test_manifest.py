@@ -61,6 +61,7 @@ def test_good_manifest_parses():
         (("source", "url"), "http://example.org/m.onnx", "https://"),
         (("source", "repo_path"), "m.onnx", "exactly one of"),
         (("source", "mirror_path"), "../../etc/passwd", "inside the mirror"),
+        (("source", "dynamic_batch"), "yes", "true or false"),
         (("inputs",), {"name": "x"}, "array of tables"),
         (("inputs", "0", "min"), [1, 3, 128, 64], "min <= opt <= max"),
         (("inputs", "0", "max"), [1, 3, 64], "same number of dimensions"),
@@ -90,6 +91,16 @@ def test_invalid_toml_and_duplicate_names_are_reported(tmp_path):
         load_manifests(tmp_path)
 
 
+def test_fsanet_engines_run_a_dynamic_batch_copy_of_the_fixed_batch_export():
+    for name in ("fsanet-1x1", "fsanet-var"):
+        fsanet = MANIFESTS[name]
+        assert fsanet.source.dynamic_batch
+        assert resolve_profiles(fsanet, {"input": (-1, 3, 64, 64)})[0].max == (32, 3, 64, 64)
+        with pytest.raises(ModelError, match="dimension 0 is fixed at 1"):
+            resolve_profiles(fsanet, {"input": (1, 3, 64, 64)})  # the export itself does not fit
+    assert not MANIFESTS["yunet"].source.dynamic_batch
+
+
 def test_dynamic_range_fills_every_dynamic_dimension():
     profiles = resolve_profiles(MANIFESTS["kt-step"], {"skill": (-1,), "h": (-1, 64)})
     assert profiles[0].min == (1,) and profiles[0].max == (1024,)
@@ -99,8 +110,8 @@ def test_dynamic_range_fills_every_dynamic_dimension():
 def test_profile_must_agree_with_the_onnx_model():
     fsanet = MANIFESTS["fsanet-1x1"]
     with pytest.raises(ModelError, match="fixed at 32"):
-        resolve_profiles(fsanet, {"input": (1, 3, 32, 32)})
+        resolve_profiles(fsanet, {"input": (-1, 3, 32, 32)})
     with pytest.raises(ModelError, match="no \\[\\[inputs\\]\\] entry"):
-        resolve_profiles(fsanet, {"input": (1, 3, 64, 64), "extra": (1,)})
+        resolve_profiles(fsanet, {"input": (-1, 3, 64, 64), "extra": (1,)})
     with pytest.raises(ModelError, match="not inputs of the ONNX"):
         resolve_profiles(fsanet, {})

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from edge_agent.vision.attention import AttentionRules, is_attentive
-from edge_agent.vision.pose import FsaNetPose, LandmarkPose, crop_box, fsanet_input
+from edge_agent.vision.pose import (
+    FsaNetPose,
+    LandmarkPose,
+    crop_box,
+    faces_per_call,
+    fsanet_batch,
+    fsanet_input,
+)
 from edge_agent.vision.yunet import Face
 
 DEFAULT = AttentionRules(yaw_limit_deg=30.0, pitch_limit_deg=25.0)
@@ -75,26 +82,93 @@ def test_fsanet_needs_an_engine():
         FsaNetPose([])
 
 
-def test_batch_dynamic_engines_give_the_same_poses_as_one_face_at_a_time(
-    faces_dir, detector, fsanet, tmp_path, model_mirror
-):
-    onnx = pytest.importorskip("onnx")
-    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+@pytest.fixture(scope="module")
+def product_engines(tmp_path_factory, model_mirror):
+    """FSA-Net x2 as the daemon loads them: manifests, dynamic-batch copies, guarded engines."""
+    from edge_agent.config import InferenceSettings, PathSettings
+    from edge_agent.inference.manifest import load_manifests
+    from edge_agent.inference.select import load_engine
+    from edge_agent.vision.engines import POSE_MODELS
 
-    engines = []
-    for variant in ("1x1", "var"):
-        model = onnx.load(str(model_mirror / "headpose" / f"fsanet-{variant}-iter-688590.onnx"))
-        for tensor in (model.graph.input[0], model.graph.output[0]):
-            tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
-        path = tmp_path / f"{variant}.onnx"
-        onnx.save(model, str(path))
-        engines.append(OnnxRuntimeEngine(path))
-    image, faces = _faces_and_image(faces_dir, detector, "Test7.jpg")
-    batched = FsaNetPose(engines).estimate(image, faces)
-    looped = fsanet.estimate(image, faces)
-    assert len(batched) == len(looped) == 7
-    for a, b in zip(batched, looped, strict=True):
+    cache = tmp_path_factory.mktemp("pose-engines")
+    paths = PathSettings(state_dir=cache / "state", cache_dir=cache, model_mirror=model_mirror)
+    manifests = load_manifests()
+    settings = InferenceSettings(backend="onnxruntime")
+    loaded = [load_engine(manifests[name], settings, paths) for name in POSE_MODELS]
+    yield [item.engine for item in loaded]
+    for item in loaded:
+        item.engine.close()
+
+
+def _photos(faces_dir):
+    crowd = cv2.resize(cv2.imread(str(faces_dir / "crowd" / "crowd_spectators.jpg")), (640, 480))
+    yield "crowd 640x480", crowd
+    for path in sorted(faces_dir.glob("*/*.jpg")):
+        yield path.name, cv2.imread(str(path))
+
+
+def _assert_same_poses(got, want):
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
         assert a.yaw == pytest.approx(b.yaw, abs=1e-3) and a.pitch == pytest.approx(b.pitch, abs=1e-3)
+
+
+def test_product_pose_runs_all_faces_in_one_call_per_engine(product_engines, pose_engines):
+    assert [faces_per_call(e) for e in product_engines] == [32, 32]
+    assert [faces_per_call(e) for e in pose_engines] == [1, 1]  # the published exports
+
+
+def test_batched_concurrent_poses_equal_the_one_face_at_a_time_poses_on_real_photos(
+    faces_dir, detector, product_engines, pose_engines
+):
+    product = FsaNetPose(product_engines)
+    one_at_a_time = FsaNetPose(pose_engines, parallel=False)
+    try:
+        counts = {}
+        for name, image in _photos(faces_dir):
+            faces = detector.detect(image)
+            counts[name] = len(faces)
+            _assert_same_poses(product.estimate(image, faces), one_at_a_time.estimate(image, faces))
+        assert counts["crowd 640x480"] >= 20 and counts["Test7.jpg"] == 7
+    finally:
+        product.close()
+
+
+def test_more_faces_than_the_largest_batch_run_in_chunks(faces_dir, detector, product_engines, pose_engines):
+    crowd = cv2.resize(cv2.imread(str(faces_dir / "crowd" / "crowd_spectators.jpg")), (640, 480))
+    faces = detector.detect(crowd)
+    many = (faces * 3)[:70]  # 32 + 32 + 6
+    product = FsaNetPose(product_engines)
+    try:
+        _assert_same_poses(
+            product.estimate(crowd, many), FsaNetPose(pose_engines, parallel=False).estimate(crowd, many)
+        )
+    finally:
+        product.close()
+
+
+def test_concurrent_and_sequential_engines_give_identical_poses(faces_dir, detector, product_engines):
+    image = cv2.imread(str(faces_dir / "pexels" / "Test7.jpg"))
+    faces = detector.detect(image)
+    outside = Face((5000, 5000, 20, 20), 0.9, ((0, 0),) * 5)
+    parallel = FsaNetPose(product_engines)
+    got = parallel.estimate(image, [outside, *faces])
+    assert math.isnan(got[0].yaw)
+    assert got[1:] == FsaNetPose(product_engines, parallel=False).estimate(image, faces)
+    parallel.close()  # later calls still work, one engine after the other
+    assert parallel.estimate(image, faces) == got[1:]
+
+
+def test_fsanet_batch_equals_the_single_crop_input_bit_for_bit(faces_dir):
+    image = cv2.imread(str(faces_dir / "pexels" / "Test3.jpg"))
+    boxes = [(10, 20, 90, 130), (0, 0, 5, 7), (300, 200, 501, 350)]
+    batch = fsanet_batch(image, boxes)
+    assert batch.flags.c_contiguous
+    for row, box in zip(batch, boxes, strict=True):
+        x1, y1, x2, y2 = box
+        crop = cv2.resize(image[y1:y2, x1:x2], (64, 64))
+        want = ((crop.transpose(2, 0, 1).astype(np.float32)) - 127.5) / 128.0
+        assert np.array_equal(row, want)
 
 
 def test_tracked_faces_refresh_their_pose_every_n_frames_with_the_same_verdict(faces_dir, detector, fsanet):
