@@ -37,6 +37,26 @@ class LessonWindow:
     def due(self, now: float, window_s: float) -> bool:
         return now >= self.started + window_s
 
+    def copy(self) -> LessonWindow:
+        """A snapshot to summarise outside the caller's lock (the probability arrays are never mutated)."""
+        return LessonWindow(
+            self.started,
+            self.answers,
+            dict(self.probs),
+            {k: set(who) for k, who in self.practised.items()},
+            dict(self.activity),
+        )
+
+
+def skill_histograms(matrix: np.ndarray) -> np.ndarray:
+    """Per skill (column of [students, skills]), the students in each HISTOGRAM_BINS bin: [skills, bins].
+
+    The counts ``np.histogram`` gives column by column for probabilities, in one pass for all skills.
+    """
+    edges = np.asarray(HISTOGRAM_BINS)
+    bin_of = np.searchsorted(edges, matrix, side="right") - 1  # -1 or len(edges) - 1: outside every bin
+    return np.stack([(bin_of == b).sum(axis=0) for b in range(edges.size - 1)], axis=1)
+
 
 def items_by_skill(package: KTPackage) -> dict[int, list[ItemInfo]]:
     index = package.skill_index
@@ -77,8 +97,9 @@ def summarize(
         return summary
     matrix = np.stack(list(window.probs.values()))  # [students, skills]
     mean = matrix.mean(axis=0)
+    below = (matrix < settings.mastery_threshold).sum(axis=0).tolist()
+    histograms = skill_histograms(matrix).tolist()
     for k, skill in enumerate(package.skills):
-        column = matrix[:, k]
         summary["skills"].append(
             {
                 "id": skill.id,
@@ -86,8 +107,8 @@ def summarize(
                 "name_en": skill.name_en,
                 "mastery_mean": round(float(mean[k]), 4),
                 "students": len(window.practised.get(k, ())),
-                "below_threshold": int((column < settings.mastery_threshold).sum()),
-                "histogram": np.histogram(column, bins=HISTOGRAM_BINS)[0].tolist(),
+                "below_threshold": below[k],
+                "histogram": histograms[k],
             }
         )
     practised = [k for k, who in window.practised.items() if who]

@@ -5,23 +5,28 @@ which never blocks: a full intake (``queue_max`` answers waiting) raises :class:
 and is counted. The ``kt-inference`` thread gathers jobs into a micro-batch (up to ``microbatch_max``
 answers or ``microbatch_wait_ms``, the wait only under load), runs the step engine once per round
 (one step per student per round, so a student's answers stay in order), updates the in-memory states,
-and hands the changed states to the store. A job's future resolves after the store committed, so
-acknowledged answers survive a restart. A repeated client event id is not applied again; it gets the
-current feedback, marked ``duplicate``.
+builds the batch's feedback outside the lock, and hands the changed states to the store. A job's
+future resolves after the store committed, so acknowledged answers survive a restart. A repeated client
+event id is not applied again; it gets the current feedback, marked ``duplicate``.
+
+:meth:`submit_async` (the HTTP handlers) waits on a future of the caller's event loop; the futures of
+one batch are settled with a single ``call_soon_threadsafe``, so a burst wakes the loop once, not once
+per answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -32,7 +37,7 @@ from edge_agent.kt.answers import Answer
 from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import StatePersistence
-from edge_agent.kt.recommend import item_success, recommend, weakest_skills
+from edge_agent.kt.recommend import ItemBank, item_success, weakest_skills
 from edge_agent.kt.state import StudentState
 from edge_agent.lifecycle import Heartbeat
 from edge_agent.telemetry import metrics
@@ -46,11 +51,16 @@ class ServiceBusy(EdgeAgentError):
     """The intake is full or the service is not running; the client should retry shortly (HTTP 503)."""
 
 
+# A thread-side future (submit) or one of the caller's event loop (submit_async).
+_AnyFuture = Union[Future[list[Feedback]], "asyncio.Future[list[Feedback]]"]
+
+
 @dataclass
 class _Job:
     answers: Sequence[Answer]
-    future: Future[list[Feedback]]
+    future: _AnyFuture
     arrived: float  # perf_counter
+    loop: asyncio.AbstractEventLoop | None = None  # set when ``future`` belongs to this loop
 
 
 @dataclass
@@ -61,6 +71,23 @@ class _Swap:
 
 
 _STOP = object()
+_Outcome = tuple[_AnyFuture, "list[Feedback] | None", "BaseException | None"]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the event loop: resolve its futures; one that timed out or was cancelled is left alone."""
+    for future, result, error in outcomes:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+
+def _expire(future: asyncio.Future[list[Feedback]], seconds: float) -> None:
+    if not future.done():
+        future.set_exception(ServiceBusy(f"no feedback within {seconds} s; retry"))
 
 
 def check_compatible(current: KTPackage, new: KTPackage) -> None:
@@ -94,13 +121,15 @@ class KTService:
         self._heartbeat = heartbeat
         self._clock = clock
         self._prior = np.asarray(package.prior_success, dtype=np.float32)
-        self._items_by_skill = items_by_skill(package)
+        self._bank = ItemBank(items_by_skill(package))
+        self._skill_text = _skill_text(package)
         self._states: dict[str, StudentState] = {}
         self._applied: set[str] = set()
         self._lock = threading.Lock()  # guards _states, _lesson, _pending
         self._lesson: LessonWindow | None = None
         self._pending = 0
-        self._queue: queue.Queue[_Job | object] = queue.Queue()  # bounded by _pending (answers), see submit
+        # bounded by _pending (answers), see _admit; SimpleQueue: put is one C call, no Python lock dance
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._accepting = False
         self.last_error: str | None = None
@@ -136,6 +165,24 @@ class KTService:
 
     def submit(self, answers: Sequence[Answer]) -> Future[list[Feedback]]:
         future: Future[list[Feedback]] = Future()
+        self._admit(answers)
+        self._queue.put(_Job(answers, future, time.perf_counter()))
+        return future
+
+    async def submit_async(self, answers: Sequence[Answer]) -> list[Feedback]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Feedback]] = loop.create_future()
+        self._admit(answers)
+        self._queue.put(_Job(answers, future, time.perf_counter(), loop))
+        timeout = self.settings.feedback_timeout_s
+        timer = loop.call_later(timeout, _expire, future, timeout)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _admit(self, answers: Sequence[Answer]) -> None:
+        """Count ``answers`` as pending, or raise ServiceBusy (never blocks)."""
         if not self._accepting:
             metrics.ANSWERS.labels(outcome="unavailable").inc(len(answers))
             raise ServiceBusy("knowledge tracing is not running (starting or stopping); retry shortly")
@@ -148,15 +195,6 @@ class KTService:
                 )
             self._pending += len(answers)
             metrics.PENDING_REQUESTS.labels(engine=self.engine.model_name).set(self._pending)
-        self._queue.put(_Job(answers, future, time.perf_counter()))
-        return future
-
-    async def submit_async(self, answers: Sequence[Answer]) -> list[Feedback]:
-        future = asyncio.wrap_future(self.submit(answers))
-        try:
-            return await asyncio.wait_for(future, self.settings.feedback_timeout_s)
-        except asyncio.TimeoutError as exc:
-            raise ServiceBusy(f"no feedback within {self.settings.feedback_timeout_s} s; retry") from exc
 
     def swap(self, package: KTPackage, engine: Engine) -> Future[Engine]:
         """Run ``package``/``engine`` from the next micro-batch on; per-student states are kept.
@@ -207,7 +245,8 @@ class KTService:
         with self._lock:
             self.package, self.engine = swap.package, swap.engine
             self._prior = np.asarray(swap.package.prior_success, dtype=np.float32)
-            self._items_by_skill = items_by_skill(swap.package)
+            self._bank = ItemBank(items_by_skill(swap.package))
+            self._skill_text = _skill_text(swap.package)
         log.info("knowledge tracing now runs model version %s", swap.package.metadata.get("version", "?"))
         swap.future.set_result(old)
 
@@ -237,10 +276,9 @@ class KTService:
 
     def _process(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
+        queued = metrics.INFERENCE_LATENCY.labels(engine=self.engine.model_name, stage="queue")
         for job in jobs:
-            metrics.INFERENCE_LATENCY.labels(engine=self.engine.model_name, stage="queue").observe(
-                started - job.arrived
-            )
+            queued.observe(started - job.arrived)
         try:
             outcomes, changed = self._apply([a for job in jobs for a in job.answers])
         except Exception as exc:  # engine failures must not kill the thread; the callers get a 503
@@ -263,8 +301,14 @@ class KTService:
             for a, f in zip(job.answers, res, strict=False)
             if f["status"] == "applied"
         ]
-        saved = self._persistence.save(changed.items(), keys, now)
-        saved.add_done_callback(lambda f: self._finish(jobs, results, f.exception()))
+        stored = metrics.INFERENCE_LATENCY.labels(engine=self.engine.model_name, stage="store")
+        handed = time.perf_counter()
+
+        def committed(f: Future[None]) -> None:
+            stored.observe(time.perf_counter() - handed)
+            self._finish(jobs, results, f.exception())
+
+        self._persistence.save(changed.items(), keys, now).add_done_callback(committed)
 
     def _finish(
         self,
@@ -276,16 +320,27 @@ class KTService:
         with self._lock:
             self._pending -= sum(len(job.answers) for job in jobs)
             metrics.PENDING_REQUESTS.labels(engine=self.engine.model_name).set(self._pending)
+        if error is not None or results is None:
+            if error is None:
+                error = ServiceBusy("no result")
+            elif not isinstance(error, EdgeAgentError):
+                error = ServiceBusy(f"answers could not be stored: {error}")
+        outcomes: Counter[str] = Counter()
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         for n, job in enumerate(jobs):
-            if error is not None or results is None:
-                if error is not None and not isinstance(error, EdgeAgentError):
-                    error = ServiceBusy(f"answers could not be stored: {error}")
-                job.future.set_exception(error or ServiceBusy("no result"))
-                continue
-            for feedback in results[n]:
-                metrics.ANSWERS.labels(outcome=feedback["status"]).inc()
-            metrics.ANSWER_FEEDBACK_LATENCY.observe(now - job.arrived)
-            job.future.set_result(results[n])
+            result = None if error is not None or results is None else results[n]
+            if result is not None:
+                outcomes.update(feedback["status"] for feedback in result)
+                metrics.ANSWER_FEEDBACK_LATENCY.observe(now - job.arrived)
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append((job.future, result, error))
+            else:
+                _settle([(job.future, result, error)])
+        for outcome, count in outcomes.items():
+            metrics.ANSWERS.labels(outcome=outcome).inc(count)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed while shutting down: nobody waits
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _apply(self, answers: list[Answer]) -> tuple[list[Feedback], dict[str, StudentState]]:
         """Run the steps, then commit states and lesson records; returns feedback and changed states."""
@@ -314,11 +369,14 @@ class KTService:
                     self._record_lesson(a, state, now)
             self._states.update(work)
             self._applied |= seen
-            feedback = [
-                self._feedback(a, "applied" if fresh else "duplicate")
-                for a, fresh in zip(answers, applied, strict=False)
-            ]
-        return feedback, work
+            # probs arrays are replaced, never written in place: the rows stay valid outside the lock
+            rows = [self._current_probs(a.student) for a in answers]
+        statuses = ["applied" if fresh else "duplicate" for fresh in applied]
+        return self._feedback(answers, statuses, np.stack(rows)), work
+
+    def _current_probs(self, student: str) -> np.ndarray:
+        state = self._states.get(student)
+        return self._prior if state is None else state.probs
 
     def _run_rounds(
         self, steps: OrderedDict[str, deque[tuple[int, int]]], start: dict[str, StudentState]
@@ -354,54 +412,60 @@ class KTService:
 
     # -- feedback and queries ------------------------------------------------------------------------
 
-    def _skill_entry(self, k: int, probs: np.ndarray) -> dict[str, Any]:
-        skill = self.package.skills[k]
-        return {
-            "skill_id": skill.id,
-            "name_zh": skill.name_zh,
-            "name_en": skill.name_en,
-            "mastery": round(float(probs[k]), 4),
-        }
+    def _skill_entry(self, k: int, probs: Sequence[float]) -> dict[str, Any]:
+        skill_id, name_zh, name_en = self._skill_text[k]
+        return {"skill_id": skill_id, "name_zh": name_zh, "name_en": name_en, "mastery": round(probs[k], 4)}
 
-    def _feedback(self, answer: Answer, status: str) -> Feedback:
-        state = self._states.get(answer.student) or StudentState.initial(self.package.hidden, self._prior)
-        probs = state.probs
-        weak = weakest_skills(probs, self.settings.weak_skills)
-        recs = recommend(
-            probs,
-            self._items_by_skill,
-            weak,
-            target=self.settings.target_success,
-            count=self.settings.recommendations,
-            exclude=[answer.item_id],
-        )
-        item = self.package.item_index[answer.item_id]
-        return {
-            "client_event_id": answer.client_event_id,
-            "status": status,
-            "student": answer.student,
-            "item_id": answer.item_id,
-            "p_next_correct": round(item_success(float(probs[answer.skills[0]]), 0.0), 4),
-            "p_same_item": round(item_success(float(probs[answer.skills[0]]), item.difficulty), 4),
-            "mastery": [self._skill_entry(k, probs) for k in answer.skills],
-            "weakest": [self._skill_entry(k, probs) for k in weak],
-            "recommended": [r.as_dict() for r in recs],
-        }
+    def _feedback(
+        self, answers: Sequence[Answer], statuses: Sequence[str], probs: np.ndarray
+    ) -> list[Feedback]:
+        """Feedback for each answer from its student's current per-skill success (rows of ``probs``)."""
+        items = self.package.item_index
+        settings = self.settings
+        out = []
+        for a, status, row in zip(answers, statuses, probs.tolist(), strict=True):
+            weak = weakest_skills(row, settings.weak_skills)
+            recs = self._bank.recommend(
+                row,
+                weak,
+                target=settings.target_success,
+                count=settings.recommendations,
+                exclude=(a.item_id,),
+            )
+            p = row[a.skills[0]]
+            out.append(
+                {
+                    "client_event_id": a.client_event_id,
+                    "status": status,
+                    "student": a.student,
+                    "item_id": a.item_id,
+                    "p_next_correct": round(item_success(p, 0.0), 4),
+                    "p_same_item": round(item_success(p, items[a.item_id].difficulty), 4),
+                    "mastery": [self._skill_entry(k, row) for k in a.skills],
+                    "weakest": [self._skill_entry(k, row) for k in weak],
+                    "recommended": [r.as_dict() for r in recs],
+                }
+            )
+        return out
 
     def student_mastery(self, pseudonym: str) -> dict[str, Any] | None:
         with self._lock:
             state = self._states.get(pseudonym)
         if state is None:
             return None
+        probs = state.probs.tolist()
         return {
             "student": pseudonym,
             "answers": state.answers,
-            "skills": [self._skill_entry(k, state.probs) for k in range(len(self.package.skills))],
+            "skills": [self._skill_entry(k, probs) for k in range(len(self.package.skills))],
         }
 
     def class_summary(self) -> dict[str, Any]:
+        # Summarised outside the lock: the inference thread must not wait on the class view.
         with self._lock:
-            return summarize(self._lesson, self.package, self.settings, self._clock())
+            window = None if self._lesson is None else self._lesson.copy()
+            package = self.package
+        return summarize(window, package, self.settings, self._clock())
 
     def close_lesson_if_due(self) -> dict[str, Any] | None:
         """The finished window's summary once it has ended; the next answer opens a new window."""
@@ -409,9 +473,9 @@ class KTService:
         with self._lock:
             if self._lesson is None or not self._lesson.due(now, self.settings.lesson_window_s):
                 return None
-            summary = summarize(self._lesson, self.package, self.settings, now)
-            self._lesson = None
-        return summary
+            window, self._lesson = self._lesson, None
+            package = self.package
+        return summarize(window, package, self.settings, now)
 
     def now(self) -> float:
         return self._clock()
@@ -419,3 +483,7 @@ class KTService:
     def student_count(self) -> int:
         with self._lock:
             return len(self._states)
+
+
+def _skill_text(package: KTPackage) -> list[tuple[str, str, str]]:
+    return [(skill.id, skill.name_zh, skill.name_en) for skill in package.skills]

@@ -9,12 +9,12 @@ import pytest
 
 from edge_agent.config import ConfigError, KTSettings
 from edge_agent.errors import InputRejected
-from edge_agent.kt.classroom import LessonWindow, summarize
+from edge_agent.kt.classroom import HISTOGRAM_BINS, LessonWindow, skill_histograms, summarize
 from edge_agent.kt.data import parse_dkt_csv, parse_pykt_csv, split_students
 from edge_agent.kt.metrics import auc
 from edge_agent.kt.package import ItemInfo, KTPackage
 from edge_agent.kt.pseudonym import Pseudonymizer
-from edge_agent.kt.recommend import item_success, recommend, weakest_skills
+from edge_agent.kt.recommend import ItemBank, item_success, recommend, weakest_skills
 from edge_agent.kt.simulator import make_curriculum, simulate
 from edge_agent.kt.state import StudentState
 
@@ -102,6 +102,47 @@ def test_weakest_skills_and_recommendations_near_target() -> None:
 def test_recommendation_never_repeats_the_item_just_answered() -> None:
     recs = recommend(np.full(4, 0.7), _items(), [0], target=0.7, count=3, exclude=["i00"])
     assert "i00" not in [r.item.id for r in recs] and len(recs) == 2
+
+
+def _reference_ranking(probs, items, weak, target, count, exclude):
+    """The rule written out plainly: nearest ``target``, then the weaker skill, then the item id."""
+    scored = []
+    for rank, k in enumerate(weak):
+        for item in items.get(k, ()):
+            if item.id not in exclude:
+                p = item_success(float(probs[k]), item.difficulty)
+                scored.append((abs(p - target), rank, item.id))
+    return [item_id for *_, item_id in sorted(scored)[:count]]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_item_bank_ranks_as_the_rule_says_and_accepts_lists(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    probs = rng.random(4).astype(np.float32)
+    items = {
+        k: [ItemInfo(f"i{k}{d}", f"s{k}", float(rng.normal()), "题", "item") for d in range(5)]
+        for k in range(4)
+    }
+    weak = weakest_skills(probs, 2)
+    assert weak == weakest_skills(probs.tolist(), 2)  # numpy row or plain list, same answer
+    exclude = (f"i{weak[0]}2",)
+    got = ItemBank(items).recommend(probs.tolist(), weak, target=0.7, count=3, exclude=exclude)
+    assert [r.item.id for r in got] == _reference_ranking(probs, items, weak, 0.7, 3, exclude)
+
+
+def test_weakest_skills_breaks_ties_by_index() -> None:
+    assert weakest_skills([0.5, 0.2, 0.2, 0.5], 3) == [1, 2, 0]
+    assert weakest_skills([0.5, 0.2, 0.2, 0.5], 2, among=[3, 0, 2]) == [2, 0]
+    assert weakest_skills([0.1, 0.2], 2, among=[]) == []
+
+
+def test_skill_histograms_match_numpy_histogram_per_column() -> None:
+    rng = np.random.default_rng(3)
+    matrix = np.concatenate([rng.random((40, 6)), np.array([[0.0, 0.2, 0.4, 0.8, 1.0, 0.999999]])]).astype(
+        np.float32
+    )
+    want = [np.histogram(matrix[:, k], bins=HISTOGRAM_BINS)[0].tolist() for k in range(6)]
+    assert skill_histograms(matrix).tolist() == want
 
 
 def test_pseudonym_is_keyed_and_stable(tmp_path: Path) -> None:

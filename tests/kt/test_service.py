@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
 
@@ -190,3 +191,35 @@ def test_metrics_follow_the_answers(package, engine, kt_settings, pseudonymize) 
         >= before[2] + 1
     )
     assert value("edge_pending_requests", engine=engine.model_name) == 0
+
+
+def test_async_callers_on_one_loop_each_get_their_own_feedback(package, engine, pseudonymize) -> None:
+    settings = KTSettings(microbatch_wait_ms=5.0)
+    svc = _service(package, engine, settings, pseudonymize)
+
+    async def burst() -> list[list[dict]]:
+        answers = [[_answer(package, pseudonymize, f"s{n % 7}", f"e{n}", n % 9)] for n in range(30)]
+        return await asyncio.gather(*(svc.submit_async(a) for a in answers))
+
+    results = asyncio.run(burst())
+    svc.stop()
+    assert [r[0]["client_event_id"] for r in results] == [f"e{n}" for n in range(30)]
+    assert all(r[0]["status"] == "applied" for r in results)
+
+
+def test_async_caller_that_waits_too_long_gets_busy_and_the_service_goes_on(
+    package, engine, pseudonymize
+) -> None:
+    settings = KTSettings(feedback_timeout_s=0.05)
+    svc = KTService(package, engine, settings, pseudonymize)  # not started: nothing answers in time
+    svc._accepting = True
+
+    async def late() -> None:
+        with pytest.raises(ServiceBusy, match="no feedback within"):
+            await svc.submit_async([_answer(package, pseudonymize, "s1", "late")])
+
+    asyncio.run(late())
+    svc.start()  # the expired job is still processed; settling it on the closed loop must not fail
+    fb = svc.submit([_answer(package, pseudonymize, "s1", "next")]).result(5)
+    svc.stop()
+    assert fb[0]["status"] == "applied" and svc.student_mastery(pseudonymize("s1"))["answers"] == 2  # type: ignore[index]
