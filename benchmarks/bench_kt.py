@@ -4,7 +4,11 @@
 2. answer-to-feedback over HTTP on loopback at a paced 200 answers/s (p50/p99);
 3. sustained answers/s through the service (micro-batching, real SQLite persistence);
 4. the usual deployment side by side: PyTorch eager re-running each student's last 10 answers per new
-   answer (one thread), its per-answer latency and answers/s.
+   answer (one thread), its per-answer latency and answers/s;
+5. the same service (validation, pseudonyms, micro-batching, SQLite persistence, recommendations) with that
+   eager model in place of the step engine (:class:`EagerWindowEngine`), in-process and over HTTP, so the
+   ratio isolates the model choice; with each side's per-answer time inside and outside the model, which
+   bounds the end-to-end ratio any model could give (Amdahl).
 
 Usage: .venv/bin/python benchmarks/bench_kt.py [--quick]   (needs the train extra for part 4)
 """
@@ -26,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_agent.config import KTSettings, StoreSettings
+from edge_agent.inference.engine import Engine, TensorSpec
 from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 from edge_agent.kt.answers import Answer
 from edge_agent.kt.package import KTPackage, load_package
@@ -89,13 +94,98 @@ def _answers(package: KTPackage, pseudo: Pseudonymizer, count: int, students: in
     return out
 
 
-def bench_sustained(package: KTPackage, db_dir: Path, count: int) -> dict[str, float]:
+class EagerWindowEngine:
+    """The usual deployment as an Engine: PyTorch eager re-running the student's last ``window`` answers.
+
+    KTService keeps an opaque per-student state (h, c) and passes it back with the student's next answer.
+    This engine keeps the last answers in h (skills, then correct flags, then their count) instead of an
+    LSTM state, so the very same service runs on it: only the model differs. One eager forward per
+    answer, as that deployment does (its windows differ in length per student).
+    """
+
+    backend = "pytorch-eager"
+    precision = "fp32"
+    model_name = "kt-eager-window10"
+
+    def __init__(self, package: KTPackage, window: int = 10) -> None:
+        import torch
+
+        from edge_agent.kt.model import DKT
+
+        if package.hidden < 2 * window + 1:
+            raise ValueError(f"hidden size {package.hidden} cannot hold a window of {window} answers")
+        torch.set_num_threads(1)
+        self._torch = torch
+        self._model = DKT(len(package.skills), package.hidden, 32).eval()  # same shapes as bench_torch
+        self._window = window
+        self._skills = len(package.skills)
+        state = TensorSpec("h", np.dtype(np.float32), (-1, package.hidden))
+        self.inputs = [
+            TensorSpec("skill", np.dtype(np.int64), (-1,)),
+            TensorSpec("correct", np.dtype(np.int64), (-1,)),
+            state,
+            TensorSpec("c", state.dtype, state.shape),
+        ]
+        self.outputs = [
+            TensorSpec("probs", np.dtype(np.float32), (-1, self._skills)),
+            TensorSpec("h_out", state.dtype, state.shape),
+            TensorSpec("c_out", state.dtype, state.shape),
+        ]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch, n = self._torch, self._window
+        h = feeds["h"]
+        probs = np.empty((len(feeds["skill"]), self._skills), np.float32)
+        h_out = np.zeros_like(h)
+        with torch.inference_mode():
+            for i, (skill, correct) in enumerate(zip(feeds["skill"], feeds["correct"], strict=True)):
+                count = int(h[i, 2 * n])
+                skills = np.append(h[i, :count].astype(np.int64), skill)
+                flags = np.append(h[i, n : n + count].astype(np.int64), correct)
+                out = self._model(torch.from_numpy(skills[None]), torch.from_numpy(flags[None]))
+                probs[i] = out[0, -1].numpy()
+                keep = min(n, skills.size)
+                h_out[i, :keep], h_out[i, n : n + keep] = skills[-keep:], flags[-keep:]
+                h_out[i, 2 * n] = keep
+        return {"probs": probs, "h_out": h_out, "c_out": feeds["c"]}
+
+    def close(self) -> None:
+        pass
+
+
+class _TimedEngine:
+    """Any engine, counting the time spent inside it (the service's only model call)."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.model_name, self.backend, self.precision = inner.model_name, inner.backend, inner.precision
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+        self.seconds = 0.0
+        self.rows = 0
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.infer(feeds)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.rows += len(feeds["skill"])
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def bench_sustained(
+    package: KTPackage, db_dir: Path, count: int, engine: Engine | None = None, prefix: str = "service"
+) -> dict[str, float]:
+    """Answers/s through the service, and per answer the microseconds inside and outside the model."""
     pseudo = Pseudonymizer(os.urandom(32))
-    db = Database(db_dir / "bench.db", StoreSettings())
+    db = Database(db_dir / f"{prefix}.db", StoreSettings())
     db.open()
+    timed = _TimedEngine(engine or OnnxRuntimeEngine(package.step_model))
     svc = KTService(
         package,
-        OnnxRuntimeEngine(package.step_model),
+        timed,
         KTSettings(queue_max=4096, microbatch_wait_ms=WAIT_MS[0]),
         pseudo,
         persistence=StatePersistence(db),
@@ -115,7 +205,13 @@ def bench_sustained(package: KTPackage, db_dir: Path, count: int) -> dict[str, f
     elapsed = time.perf_counter() - t0
     svc.stop()
     db.close()
-    return {"service_answers_per_s": count / elapsed}
+    model_us = timed.seconds / max(timed.rows, 1) * 1e6
+    return {
+        f"{prefix}_answers_per_s": count / elapsed,
+        f"{prefix}_us_per_answer": elapsed / count * 1e6,
+        f"{prefix}_model_us_per_answer": model_us,
+        f"{prefix}_outside_model_us_per_answer": elapsed / count * 1e6 - model_us,
+    }
 
 
 def _client(port: int, rate: float, concurrency: int, seconds: float, items: list[str]) -> list[float]:
@@ -214,23 +310,30 @@ def _measure_http(app: object, items: list[str], seconds: float, prefix: str) ->
     }
 
 
-def bench_http(package: KTPackage, db_dir: Path, seconds: float) -> dict[str, float]:
+def bench_http(
+    package: KTPackage, db_dir: Path, seconds: float, engine: Engine | None = None, prefix: str = "ours"
+) -> dict[str, float]:
+    """The daemon's answer API over loopback: our service, on the step engine unless ``engine`` is given."""
     from aiohttp import web
 
     from edge_agent.web.answers import answer_routes
 
     pseudo = Pseudonymizer(os.urandom(32))
-    db = Database(db_dir / "http.db", StoreSettings())
+    db = Database(db_dir / f"http-{prefix}.db", StoreSettings())
     db.open()
     settings = KTSettings(microbatch_wait_ms=WAIT_MS[0])
     svc = KTService(
-        package, OnnxRuntimeEngine(package.step_model), settings, pseudo, persistence=StatePersistence(db)
+        package,
+        engine or OnnxRuntimeEngine(package.step_model),
+        settings,
+        pseudo,
+        persistence=StatePersistence(db),
     )
     svc.start()
     app = web.Application()
     app.add_routes(answer_routes(svc, settings))
     try:
-        return _measure_http(app, [i.id for i in package.items], seconds, "ours")
+        return _measure_http(app, [i.id for i in package.items], seconds, prefix)
     finally:
         svc.stop()
         db.close()
@@ -328,6 +431,36 @@ def bench_torch(package: KTPackage, n: int) -> dict[str, float]:
     }
 
 
+def run_parts(package: KTPackage, tmp: Path, scale: float) -> dict[str, float]:
+    """Every part, in one process, side by side (PyTorch baselines only when torch is installed)."""
+    results = bench_step(package, int(5000 * scale))
+    results |= bench_sustained(package, tmp, int(20000 * scale))
+    results |= bench_http(package, tmp, 10.0 * scale)
+    results |= bench_torch(package, int(2000 * scale))
+    if "torch_answers_per_s" not in results:
+        return results
+    results |= bench_http_torch(package, tmp, 10.0 * scale)
+    results |= bench_sustained(package, tmp, int(20000 * scale), EagerWindowEngine(package), "service_eager")
+    results |= bench_http(package, tmp, 10.0 * scale, EagerWindowEngine(package), "eager_svc")
+    return results | ratios(results)
+
+
+def ratios(r: dict[str, float]) -> dict[str, float]:
+    """Ours over the baseline; ``service_amdahl_bound`` is the most any model could gain end to end: the
+    eager service's time per answer over its time outside the model."""
+    return {
+        "model_throughput_ratio": r["step_b64_answers_per_s"] / r["torch_answers_per_s"],
+        "http_throughput_ratio": r["ours_http_sustained_answers_per_s"]
+        / r["torch_http_sustained_answers_per_s"],
+        "service_vs_torch_model_only_ratio": r["service_answers_per_s"] / r["torch_answers_per_s"],
+        "service_model_choice_ratio": r["service_answers_per_s"] / r["service_eager_answers_per_s"],
+        "service_amdahl_bound": r["service_eager_us_per_answer"]
+        / r["service_eager_outside_model_us_per_answer"],
+        "http_model_choice_ratio": r["ours_http_sustained_answers_per_s"]
+        / r["eager_svc_http_sustained_answers_per_s"],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller counts (CI smoke run)")
@@ -338,21 +471,7 @@ def main() -> int:
     package = load_package()
     results: dict[str, float] = {"cpus": float(os.cpu_count() or 0)}
     with tempfile.TemporaryDirectory() as tmp:
-        results |= bench_step(package, int(5000 * scale))
-        results |= bench_sustained(package, Path(tmp), int(20000 * scale))
-        results |= bench_http(package, Path(tmp), 10.0 * scale)
-        results |= bench_torch(package, int(2000 * scale))
-        if "torch_answers_per_s" in results:
-            results |= bench_http_torch(package, Path(tmp), 10.0 * scale)
-            results["model_throughput_ratio"] = (
-                results["step_b64_answers_per_s"] / results["torch_answers_per_s"]
-            )
-            results["http_throughput_ratio"] = (
-                results["ours_http_sustained_answers_per_s"] / results["torch_http_sustained_answers_per_s"]
-            )
-            results["service_vs_torch_model_only_ratio"] = (
-                results["service_answers_per_s"] / results["torch_answers_per_s"]
-            )
+        results |= run_parts(package, Path(tmp), scale)
     for key, value in results.items():
         print(f"{key:40s} {value:10.4f}")
     print(json.dumps({k: round(v, 4) for k, v in results.items()}))

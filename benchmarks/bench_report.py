@@ -75,7 +75,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     for key, label in (
         ("model_throughput_ratio", "model: ORT batch-64 step vs eager window-10"),
         ("service_vs_torch_model_only_ratio", "service incl. SQLite vs eager model only"),
+        ("service_model_choice_ratio", "same service, step engine vs eager window-10"),
         ("http_throughput_ratio", "over HTTP, same web stack"),
+        ("http_model_choice_ratio", "over HTTP, same service, step engine vs eager window-10"),
     ):
         ratio = kt.get(key)
         rows.append(
@@ -130,6 +132,36 @@ def comparison_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _fmt(kt.get("service_answers_per_s"), "/s"),
                 _fmt(kt.get("torch_answers_per_s"), "/s"),
                 _fmt(kt.get("service_vs_torch_model_only_ratio"), "x"),
+            )
+        )
+        rows.append(
+            (
+                "KT answers/s, same service: step engine vs eager window-10",
+                _fmt(kt.get("service_answers_per_s"), "/s"),
+                _fmt(kt.get("service_eager_answers_per_s"), "/s"),
+                _fmt(kt.get("service_model_choice_ratio"), "x"),
+            )
+        )
+        rows.append(
+            (
+                "KT µs per answer in the model / outside it (same service)",
+                _pair(
+                    kt.get("service_model_us_per_answer"), kt.get("service_outside_model_us_per_answer"), "µs"
+                ),
+                _pair(
+                    kt.get("service_eager_model_us_per_answer"),
+                    kt.get("service_eager_outside_model_us_per_answer"),
+                    "µs",
+                ),
+                f"bound {_fmt(kt.get('service_amdahl_bound'), 'x')}",
+            )
+        )
+        rows.append(
+            (
+                "KT answers/s over HTTP, same service: step engine vs eager window-10",
+                _fmt(kt.get("ours_http_sustained_answers_per_s"), "/s"),
+                _fmt(kt.get("eager_svc_http_sustained_answers_per_s"), "/s"),
+                _fmt(kt.get("http_model_choice_ratio"), "x"),
             )
         )
         rows.append(

@@ -43,23 +43,7 @@ def section_kt(quick: bool, tmp: Path) -> dict[str, float]:
 
     from edge_agent.kt.package import load_package
 
-    scale = 0.2 if quick else 1.0
-    package = load_package()
-    results: dict[str, float] = {}
-    results |= bench_kt.bench_step(package, int(5000 * scale))
-    results |= bench_kt.bench_sustained(package, tmp, int(20000 * scale))
-    results |= bench_kt.bench_http(package, tmp, 10.0 * scale)
-    results |= bench_kt.bench_torch(package, int(2000 * scale))
-    if "torch_answers_per_s" in results:
-        results |= bench_kt.bench_http_torch(package, tmp, 10.0 * scale)
-        results["model_throughput_ratio"] = results["step_b64_answers_per_s"] / results["torch_answers_per_s"]
-        results["http_throughput_ratio"] = (
-            results["ours_http_sustained_answers_per_s"] / results["torch_http_sustained_answers_per_s"]
-        )
-        results["service_vs_torch_model_only_ratio"] = (
-            results["service_answers_per_s"] / results["torch_answers_per_s"]
-        )
-    return results
+    return bench_kt.run_parts(load_package(), tmp, 0.2 if quick else 1.0)
 
 
 def _photo(path: Path) -> np.ndarray:

@@ -148,3 +148,26 @@ def test_bench_subcommand_accepts_the_documented_options() -> None:
     args = parser.parse_args(["bench", "--quick", "--soak-minutes", "30", "--out", "x"])
     assert args.quick and args.soak_minutes == 30 and args.out == "x" and callable(args.func)
     assert not math.isnan(args.soak_minutes)
+
+
+def test_eager_window_engine_reruns_the_last_ten_answers_through_the_service_state() -> None:
+    torch = pytest.importorskip("torch")
+    import bench_kt
+    import numpy as np
+
+    from edge_agent.kt.package import load_package
+
+    package = load_package()
+    engine = bench_kt.EagerWindowEngine(package)
+    h = np.zeros((1, package.hidden), np.float32)
+    history = [(n % 7, n % 2) for n in range(13)]
+    for skill, correct in history:
+        out = engine.infer(
+            {"skill": np.array([skill]), "correct": np.array([correct]), "h": h, "c": np.zeros_like(h)}
+        )
+        h = out["h_out"]
+    assert h[0, 20] == 10 and h[0, :10].tolist() == [s for s, _ in history[-10:]]
+    window = history[-11:]  # the ten kept before the last answer, plus the last answer
+    with torch.inference_mode():
+        want = engine._model(torch.tensor([[s for s, _ in window]]), torch.tensor([[c for _, c in window]]))
+    assert np.allclose(out["probs"][0], want[0, -1].numpy(), atol=1e-6)
