@@ -28,6 +28,7 @@ STREAM = "kt_class"
 HEARTBEAT = "kt-inference"
 PUBLISH_INTERVAL_S = 1.0
 STOP_TIMEOUT_S = 10.0
+PRUNE_EVERY_S = 3600.0  # expired idempotency keys leave SQLite hourly (and at start)
 
 
 def open_default_engine(package: KTPackage, intra_op_threads: int = 1) -> Engine:
@@ -125,7 +126,7 @@ class KTComponent:
             since = time.time() - EVENT_KEEP_S
             service.load(
                 persistence.load_states(package.hidden, len(package.skills)),
-                persistence.load_event_keys(since),
+                persistence.load_events(since),
             )
             persistence.prune_events(since)
         return service
@@ -160,12 +161,17 @@ class KTComponent:
 
     async def _publish_loop(self) -> None:
         assert self.service is not None
+        next_prune = time.monotonic() + PRUNE_EVERY_S
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
             closed = self.service.close_lesson_if_due()
             if closed is not None and closed["answers"]:
                 await self._send(closed)
             self._publish(self.service)
+            if self._db is not None and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY_S
+                # the service forgets expired keys as it goes; the table is trimmed to match
+                StatePersistence(self._db).prune_events(time.time() - EVENT_KEEP_S)
 
     def _publish(self, service: KTService) -> None:
         if self._live is not None:

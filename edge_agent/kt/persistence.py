@@ -43,13 +43,14 @@ class StatePersistence:
             )
         return states
 
-    def load_event_keys(self, since: float) -> set[str]:
+    def load_events(self, since: float) -> list[tuple[str, float]]:
+        """(event key, applied_at) of the events applied since ``since``."""
         rows = self.db.read(
             lambda conn: conn.execute(
-                "SELECT event_key FROM kt_applied_events WHERE applied_at >= ?", (since,)
+                "SELECT event_key, applied_at FROM kt_applied_events WHERE applied_at >= ?", (since,)
             ).fetchall()
         )
-        return {r[0] for r in rows}
+        return [(str(key), float(at)) for key, at in rows]
 
     def save(
         self, states: Iterable[tuple[str, StudentState]], events: Iterable[tuple[str, float]], now: float

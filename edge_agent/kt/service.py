@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Union
@@ -34,9 +34,10 @@ from edge_agent.config import KTSettings
 from edge_agent.errors import EdgeAgentError, EngineError, ModelError
 from edge_agent.inference.engine import Engine
 from edge_agent.kt.answers import Answer
+from edge_agent.kt.applied_events import AppliedEvents
 from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
 from edge_agent.kt.package import KTPackage
-from edge_agent.kt.persistence import StatePersistence
+from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.recommend import ItemBank, item_success, weakest_skills
 from edge_agent.kt.state import StudentState
 from edge_agent.lifecycle import Heartbeat
@@ -124,7 +125,7 @@ class KTService:
         self._bank = ItemBank(items_by_skill(package))
         self._skill_text = _skill_text(package)
         self._states: dict[str, StudentState] = {}
-        self._applied: set[str] = set()
+        self._applied = AppliedEvents(EVENT_KEEP_S)
         self._lock = threading.Lock()  # guards _states, _lesson, _pending
         self._lesson: LessonWindow | None = None
         self._pending = 0
@@ -136,10 +137,11 @@ class KTService:
 
     # -- lifecycle (called by the component) ---------------------------------------------------------
 
-    def load(self, states: dict[str, StudentState], applied_keys: set[str]) -> None:
+    def load(self, states: dict[str, StudentState], applied_events: Iterable[tuple[str, float]]) -> None:
+        """Stored states and recently applied (event key, applied_at), before ``start``."""
         with self._lock:
             self._states.update(states)
-            self._applied |= applied_keys
+            self._applied.load(applied_events)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="kt-inference", daemon=True)
@@ -368,7 +370,9 @@ class KTService:
                     state.last_item = a.item_id
                     self._record_lesson(a, state, now)
             self._states.update(work)
-            self._applied |= seen
+            for key in seen:
+                self._applied.add(key, now)
+            self._applied.expire(now)
             # probs arrays are replaced, never written in place: the rows stay valid outside the lock
             rows = [self._current_probs(a.student) for a in answers]
         statuses = ["applied" if fresh else "duplicate" for fresh in applied]

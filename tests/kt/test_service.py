@@ -12,7 +12,7 @@ import pytest
 from edge_agent.config import KTSettings
 from edge_agent.kt.answers import Answer
 from edge_agent.kt.package import KTPackage
-from edge_agent.kt.persistence import StatePersistence
+from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.service import KTService, ServiceBusy
 from edge_agent.store.db import Database
@@ -83,6 +83,22 @@ def test_repeated_event_id_is_applied_once(package, engine, kt_settings, pseudon
     assert svc.student_mastery(pseudonymize("s1"))["answers"] == 1  # type: ignore[index]
 
 
+def test_event_ids_are_forgotten_after_the_retention_window(
+    package, engine, kt_settings, pseudonymize
+) -> None:
+    now = [1_000_000.0]
+    svc = KTService(package, engine, kt_settings, pseudonymize, clock=lambda: now[0])
+    svc.start()
+    a = _answer(package, pseudonymize, "s1", "old")
+    assert svc.submit([a]).result(5)[0]["status"] == "applied"
+    now[0] += EVENT_KEEP_S - 1
+    assert svc.submit([a]).result(5)[0]["status"] == "duplicate"  # a late retry inside the window
+    now[0] += 2
+    svc.submit([_answer(package, pseudonymize, "s2", "new")]).result(5)  # expiry runs as answers arrive
+    assert svc.submit([a]).result(5)[0]["status"] == "applied"  # the old key was let go
+    svc.stop()
+
+
 def test_concurrent_answers_are_micro_batched_in_order(package, engine, pseudonymize) -> None:
     settings = KTSettings(microbatch_wait_ms=20.0, microbatch_max=64)
     svc = _service(package, engine, settings, pseudonymize)
@@ -123,7 +139,7 @@ def test_restart_restores_states_and_idempotency(
     svc.stop()
     store = StatePersistence(db)
     restarted = KTService(package, engine, kt_settings, pseudonymize, persistence=store)
-    restarted.load(store.load_states(package.hidden, len(package.skills)), store.load_event_keys(0.0))
+    restarted.load(store.load_states(package.hidden, len(package.skills)), store.load_events(0.0))
     restarted.start()
     assert restarted.student_mastery(pseudonymize("s1")) == before
     again = restarted.submit([answers[2]]).result(5)
