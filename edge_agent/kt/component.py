@@ -123,12 +123,8 @@ class KTComponent:
             heartbeat=self._heartbeats.register(HEARTBEAT, max_gap_s=10.0),
         )
         if persistence is not None:
-            since = time.time() - EVENT_KEEP_S
-            service.load(
-                persistence.load_states(package.hidden, len(package.skills)),
-                persistence.load_events(since),
-            )
-            persistence.prune_events(since)
+            service.load(persistence.load_states(package.hidden, len(package.skills)))
+            persistence.prune_events(time.time() - EVENT_KEEP_S)
         return service
 
     async def stop(self) -> None:

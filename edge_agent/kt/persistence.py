@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 
 from edge_agent.kt.state import StudentState
@@ -17,6 +17,7 @@ from edge_agent.store.db import Database
 log = logging.getLogger(__name__)
 
 EVENT_KEEP_S = 7 * 86400.0  # a client retries within minutes; a week covers a board that was off
+_KEYS_PER_QUERY = 500  # under SQLite's bound-parameter limit on every version JetPack ships
 
 
 class StatePersistence:
@@ -43,14 +44,19 @@ class StatePersistence:
             )
         return states
 
-    def load_events(self, since: float) -> list[tuple[str, float]]:
-        """(event key, applied_at) of the events applied since ``since``."""
-        rows = self.db.read(
-            lambda conn: conn.execute(
-                "SELECT event_key, applied_at FROM kt_applied_events WHERE applied_at >= ?", (since,)
-            ).fetchall()
-        )
-        return [(str(key), float(at)) for key, at in rows]
+    def applied_among(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` already applied (within the retention window, pruned hourly)."""
+
+        def query(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(keys), _KEYS_PER_QUERY):
+                chunk = list(keys[i : i + _KEYS_PER_QUERY])
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT event_key FROM kt_applied_events WHERE event_key IN ({marks})"
+                found.update(row[0] for row in conn.execute(sql, chunk))
+            return found
+
+        return self.db.read(query)
 
     def save(
         self, states: Iterable[tuple[str, StudentState]], events: Iterable[tuple[str, float]], now: float

@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Union
@@ -71,6 +71,7 @@ class _Swap:
     future: Future[Engine]  # resolves to the engine taken out of service
 
 
+RECENT_KEEP_S = 600.0  # in memory: a client retry comes within seconds; older ones are found in SQLite
 _STOP = object()
 _Outcome = tuple[_AnyFuture, "list[Feedback] | None", "BaseException | None"]
 
@@ -125,7 +126,9 @@ class KTService:
         self._bank = ItemBank(items_by_skill(package))
         self._skill_text = _skill_text(package)
         self._states: dict[str, StudentState] = {}
-        self._applied = AppliedEvents(EVENT_KEEP_S)
+        # with a store, memory covers the recent keys (and those not committed yet), SQLite the week;
+        # memory then stays flat however many answers a board takes between restarts
+        self._applied = AppliedEvents(RECENT_KEEP_S if persistence is not None else EVENT_KEEP_S)
         self._lock = threading.Lock()  # guards _states, _lesson, _pending
         self._lesson: LessonWindow | None = None
         self._pending = 0
@@ -137,11 +140,10 @@ class KTService:
 
     # -- lifecycle (called by the component) ---------------------------------------------------------
 
-    def load(self, states: dict[str, StudentState], applied_events: Iterable[tuple[str, float]]) -> None:
-        """Stored states and recently applied (event key, applied_at), before ``start``."""
+    def load(self, states: dict[str, StudentState]) -> None:
+        """Stored states, before ``start``."""
         with self._lock:
             self._states.update(states)
-            self._applied.load(applied_events)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="kt-inference", daemon=True)
@@ -349,8 +351,10 @@ class KTService:
         steps: OrderedDict[str, deque[tuple[int, int]]] = OrderedDict()
         applied: list[bool] = []
         seen: set[str] = set()
+        unseen = [a.event_key for a in answers if a.event_key not in self._applied]
+        stored = self._persistence.applied_among(unseen) if self._persistence and unseen else set()
         for a in answers:
-            fresh = a.event_key not in self._applied and a.event_key not in seen
+            fresh = a.event_key not in self._applied and a.event_key not in stored and a.event_key not in seen
             applied.append(fresh)
             if fresh:
                 seen.add(a.event_key)

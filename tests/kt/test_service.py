@@ -14,7 +14,7 @@ from edge_agent.kt.answers import Answer
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
-from edge_agent.kt.service import KTService, ServiceBusy
+from edge_agent.kt.service import RECENT_KEEP_S, KTService, ServiceBusy
 from edge_agent.store.db import Database
 from edge_agent.telemetry import metrics
 
@@ -139,12 +139,29 @@ def test_restart_restores_states_and_idempotency(
     svc.stop()
     store = StatePersistence(db)
     restarted = KTService(package, engine, kt_settings, pseudonymize, persistence=store)
-    restarted.load(store.load_states(package.hidden, len(package.skills)), store.load_events(0.0))
+    restarted.load(store.load_states(package.hidden, len(package.skills)))
     restarted.start()
     assert restarted.student_mastery(pseudonymize("s1")) == before
     again = restarted.submit([answers[2]]).result(5)
     restarted.stop()
     assert again[0]["status"] == "duplicate"
+
+
+def test_a_retry_after_the_memory_window_is_still_a_duplicate_from_sqlite(
+    package, engine, kt_settings, pseudonymize, db: Database
+) -> None:
+    now = [1_000_000.0]
+    store = StatePersistence(db)
+    svc = KTService(package, engine, kt_settings, pseudonymize, persistence=store, clock=lambda: now[0])
+    svc.start()
+    a = _answer(package, pseudonymize, "s1", "kept")
+    svc.submit([a]).result(5)
+    now[0] += RECENT_KEEP_S + 1
+    svc.submit([_answer(package, pseudonymize, "s2", "other")]).result(5)  # memory lets "kept" go
+    again = svc.submit([a]).result(5)
+    svc.stop()
+    assert again[0]["status"] == "duplicate"
+    assert svc.student_mastery(pseudonymize("s1"))["answers"] == 1  # type: ignore[index]
 
 
 def test_damaged_stored_state_is_skipped(package, engine, db: Database) -> None:
