@@ -58,36 +58,24 @@ def _photo(path: Path) -> np.ndarray:
 def section_vision(quick: bool, raw: dict[str, Any]) -> dict[str, Any]:
     """bench_vision's comparison with raw per-call times: ORT YuNet pipeline vs cv2.FaceDetectorYN."""
     import cv2
-    from bench_vision import CvYuNet
+    from bench_vision import CvYuNet, product_engines
 
     from edge_agent.config import InferenceSettings
     from edge_agent.inference.bench import time_calls
-    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
     from edge_agent.vision.attention import AttentionRules
     from edge_agent.vision.pipeline import FrameAnalyser
     from edge_agent.vision.pose import FsaNetPose
     from edge_agent.vision.yunet import YuNetDetector
 
-    # The daemon's thread budget: face_threads for the detector (cv2 gets the same), 1 per pose engine.
+    # The engines as the daemon loads them (manifests, mirror, the batch-dynamic FSA-Net copies, its
+    # thread budget: face_threads for the detector and cv2 alike, 1 per pose engine, run side by side).
     face_threads = InferenceSettings().face_threads
     cv2.setNumThreads(face_threads)
     models, faces = SHARED / "models", SHARED / "data" / "faces"
-    ours = YuNetDetector(
-        OnnxRuntimeEngine(
-            models / "yunet" / "yunet_s_dynamic.onnx", model_name="yunet", intra_op_threads=face_threads
-        )
-    )
+    engines = product_engines(SHARED, Path(tempfile.mkdtemp(prefix="bench-vision-")), face_threads, 1)
+    ours = YuNetDetector(engines.face)
     theirs = CvYuNet(models / "yunet" / "face_detection_yunet_2023mar.onnx")
-    pose = FsaNetPose(
-        [
-            OnnxRuntimeEngine(
-                models / "headpose" / f"fsanet-{v}-iter-688590.onnx",
-                model_name=f"fsanet-{v}",
-                intra_op_threads=1,
-            )
-            for v in ("1x1", "var")
-        ]
-    )
+    pose = FsaNetPose(engines.pose)
     frames = [_photo(p) for p in sorted(faces.glob("*/*.jpg"))]
     crowd = _photo(faces / "crowd" / "crowd_spectators.jpg")
     reps, whole_reps = (3, 20) if quick else (15, 100)
@@ -114,6 +102,8 @@ def section_vision(quick: bool, raw: dict[str, Any]) -> dict[str, Any]:
         ms = [t * 1e3 for t in times]
         raw[f"{key}_ms"] = ms
         out[f"{key}_ms"] = [float(np.percentile(ms, 50)), float(np.percentile(ms, 99))]
+    pose.close()
+    engines.close()
     return out
 
 

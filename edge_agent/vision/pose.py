@@ -85,11 +85,11 @@ def faces_per_call(engine: Engine) -> int:
 class FsaNetPose:
     """Averages the outputs of the FSA-Net engines given (the authors average the 1x1 and var models).
 
-    Each engine gets all faces of a frame in one call when its batch is dynamic (the product manifests
-    derive such a copy, ``source.dynamic_batch``), else one call per face. The engines run side by side,
-    each further one on its own worker thread: ONNX Runtime and TensorRT release the GIL while they run,
-    and the two networks cost the same, so on two cores the pose stage takes about half the time
-    (benchmarks/bench_vision.py). ``parallel=False`` runs them one after the other.
+    Each engine gets the faces of a frame in chunks of its profile's largest batch when its batch is
+    dynamic (the product manifests derive such a copy, ``source.dynamic_batch``), else one per call.
+    The engines run side by side, each further one on its own worker thread: ONNX Runtime and TensorRT
+    release the GIL while they run, and the two networks cost the same, so on two cores the pose stage
+    takes about half the time (benchmarks/bench_vision.py). ``parallel=False`` runs them one after the other.
     """
 
     method = "fsanet"

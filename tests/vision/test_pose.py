@@ -113,8 +113,8 @@ def _assert_same_poses(got, want):
         assert a.yaw == pytest.approx(b.yaw, abs=1e-3) and a.pitch == pytest.approx(b.pitch, abs=1e-3)
 
 
-def test_product_pose_runs_all_faces_in_one_call_per_engine(product_engines, pose_engines):
-    assert [faces_per_call(e) for e in product_engines] == [32, 32]
+def test_product_pose_runs_faces_in_chunks_of_the_profile_maximum(product_engines, pose_engines):
+    assert [faces_per_call(e) for e in product_engines] == [8, 8]
     assert [faces_per_call(e) for e in pose_engines] == [1, 1]  # the published exports
 
 
@@ -137,7 +137,7 @@ def test_batched_concurrent_poses_equal_the_one_face_at_a_time_poses_on_real_pho
 def test_more_faces_than_the_largest_batch_run_in_chunks(faces_dir, detector, product_engines, pose_engines):
     crowd = cv2.resize(cv2.imread(str(faces_dir / "crowd" / "crowd_spectators.jpg")), (640, 480))
     faces = detector.detect(crowd)
-    many = (faces * 3)[:70]  # 32 + 32 + 6
+    many = (faces * 3)[:70]  # 8 chunks of 8 and one of 6
     product = FsaNetPose(product_engines)
     try:
         _assert_same_poses(
