@@ -145,16 +145,18 @@ def test_feedback_p99_from_the_histogram_matches_the_client(traffic: Traffic, pa
         client_bucket, server_bucket = bucket_index(client_p99), bucket_index(measured)
         print(f"round {attempt}: client p99 {client_p99 * 1000:.2f} ms (bucket {client_bucket}), "
               f"histogram p99 {measured * 1000:.2f} ms (bucket {server_bucket})")
-        # Within one bucket: an interpolated histogram quantile is only known to its bucket, and the client
-        # also pays for HTTP and its own scheduling. On a shared 2-core machine one stalled request can push
-        # the client's tail further, so a disagreeing round is measured again (a wrong unit or observation
-        # point would disagree every time); the last of 3 rounds must agree.
-        if abs(client_bucket - server_bucket) <= 1 or attempt == 2:
+        # An interpolated histogram quantile is only known to its bucket, and the client also pays for HTTP
+        # and its own scheduling: 0.8-1.5 ms on a slow 2-core VM, which spans two of the fine buckets
+        # (1.5, 2, 3 ms). So: within one bucket, or the client at most 2.5x the server (a wrong unit is
+        # 1000x, the wrong observation point, e.g. the model step alone, 10x). One stalled request can
+        # push the client's tail further, so a disagreeing round is measured again; the last must agree.
+        agree = abs(client_bucket - server_bucket) <= 1 or measured <= client_p99 <= 2.5 * measured
+        if agree or attempt == 2:
             break
         before = after
         latencies = timed_answers(traffic.web_port, package, ANSWERS, f"retry{attempt}-")
         after = scrape(traffic.metrics_port)
-    assert abs(client_bucket - server_bucket) <= 1
+    assert agree, (client_p99, measured)
 
 
 def _delta_buckets(before: str, after: str) -> list[tuple[float, float]]:
