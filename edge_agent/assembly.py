@@ -122,7 +122,12 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
     store = StoreComponent(config, heartbeats=heartbeats, live=live)
     manifests = load_manifests()
     kt_settings = _installed_kt(config, manifests)
-    engines = EngineSet([manifests[n] for n in _engine_names(config)], config.inference, config.paths)
+    engines = EngineSet(
+        [manifests[n] for n in _engine_names(config)],
+        config.inference,
+        config.paths,
+        nice_by_role={"face": config.attention.nice, "pose": config.attention.nice},
+    )
     components: list[Component] = [store, engines]
 
     kt: Deferred | None = None

@@ -152,6 +152,13 @@ class AttentionSettings(Section):
     low_attention_share: float = Field(0.5, ge=0.0, le=1.0)
     low_attention_windows: int = Field(3, ge=1)
     min_faces: int = Field(3, ge=1, description="Windows with fewer faces on average are suppressed.")
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU priority (nice) of the camera threads and the face and pose models' threads; "
+        "10 lets answers take a core first on a busy board, 0 runs them like the answer path.",
+    )
 
 
 class StoreSettings(Section):

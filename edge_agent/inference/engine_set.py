@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 from edge_agent.config import InferenceSettings, PathSettings
 from edge_agent.errors import EdgeAgentError, EngineError
@@ -13,6 +14,7 @@ from edge_agent.inference.manifest import Manifest
 from edge_agent.inference.select import LoadedEngine, TensorRTPort, _open_real_tensorrt, load_engine
 from edge_agent.lifecycle import Health
 from edge_agent.telemetry import metrics
+from edge_agent.thread_priority import call_at_lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,10 @@ class EngineSet:
         paths: PathSettings,
         *,
         tensorrt: Callable[[], TensorRTPort] = _open_real_tensorrt,
+        nice_by_role: Mapping[str, int] | None = None,
     ) -> None:
         self._manifests = list(manifests)
+        self._nice_by_role = dict(nice_by_role or {})
         self._settings = settings
         self._paths = paths
         self._tensorrt = tensorrt
@@ -48,8 +52,9 @@ class EngineSet:
     def load_all(self) -> None:
         for manifest in self._manifests:
             try:
-                self._loaded[manifest.name] = load_engine(
-                    manifest, self._settings, self._paths, tensorrt=self._tensorrt
+                # created at the role's priority: ONNX Runtime's worker threads inherit it
+                self._loaded[manifest.name] = call_at_lower_priority(
+                    self._nice_by_role.get(manifest.role, 0), partial(self._load, manifest)
                 )
             except EdgeAgentError as exc:
                 self._failed[manifest.name] = str(exc)
@@ -57,6 +62,9 @@ class EngineSet:
             else:
                 log.info("engine loaded: %s", self._loaded[manifest.name].describe())
         self._started = True
+
+    def _load(self, manifest: Manifest) -> LoadedEngine:
+        return load_engine(manifest, self._settings, self._paths, tensorrt=self._tensorrt)
 
     async def stop(self) -> None:
         for loaded in self._loaded.values():

@@ -16,6 +16,7 @@ from edge_agent.config import AttentionSettings, CameraSettings
 from edge_agent.inference.engine import Engine
 from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
+from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
 from edge_agent.vision.camera import Camera, Opener
 from edge_agent.vision.pipeline import AttentionLoop, FrameAnalyser
@@ -126,13 +127,19 @@ class AttentionComponent:
             beat=beat.beat,
             pose_refresh_frames=settings.pose_refresh_frames,
         )
-        self.camera.start()
-        self.loop.start()
+        # Threads inherit the nice value of the thread that starts them (the pose pool and the capture
+        # backend's threads are started later by these two).
+        call_at_lower_priority(settings.nice, self._start_threads)
         log.info(
             "attention analysis started at %.1f frames/s (pose: %s)",
             self.camera_settings.analysis_fps,
             settings.pose_method,
         )
+
+    def _start_threads(self) -> None:
+        assert self.loop is not None
+        self.camera.start()
+        self.loop.start()
 
     async def stop(self) -> None:
         # Joining threads blocks: keep the event loop free while they wind down.

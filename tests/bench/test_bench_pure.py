@@ -171,3 +171,31 @@ def test_eager_window_engine_reruns_the_last_ten_answers_through_the_service_sta
     with torch.inference_mode():
         want = engine._model(torch.tensor([[s for s, _ in window]]), torch.tensor([[c for _, c in window]]))
     assert np.allclose(out["probs"][0], want[0, -1].numpy(), atol=1e-6)
+
+
+def test_real_data_rows_turn_back_into_the_three_line_format_the_trainer_reads():
+    from kt_real_data import rows_to_dkt
+
+    from edge_agent.kt.data import parse_dkt_csv
+
+    rows = "user_id,skill_name,correct\n1,7,1\n3,82,0\n3,82,1\n3,5,1\n"
+    text = rows_to_dkt(rows)
+    assert text == "1\n7,\n1,\n3\n82,82,5,\n0,1,1,\n"
+    seqs = parse_dkt_csv(text)
+    assert seqs.skills == [["7"], ["82", "82", "5"]] and seqs.correct == [[1], [0, 1, 1]]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("h\n3,82,0\n3,82,1\n", "rows 2-4: not 3 rows of one student"),  # cut short
+        ("h\n2,82,0\n3,82,1\n", "rows 2-3: not 2 rows of one student"),  # count changes mid-student
+        ("h\nx,82,0\n", "row 2: the first column must be the answer count"),
+        ("h\n0,82,0\n", "not 0 rows"),
+    ],
+)
+def test_real_data_rows_that_do_not_split_into_students_are_refused(rows, message):
+    from kt_real_data import DataMismatch, rows_to_dkt
+
+    with pytest.raises(DataMismatch, match=message):
+        rows_to_dkt(rows)
