@@ -241,6 +241,11 @@ def lesson_rows(lesson: dict[str, Any]) -> list[tuple[str, str]]:
             _pair(lesson.get("daemon_feedback_p50_le_ms"), lesson.get("daemon_feedback_p99_le_ms"), "ms"),
         ),
         ("daemon mean ms per stage", _stages(lesson.get("daemon_stage_mean_ms") or {})),
+        (
+            "garbage-collector passes by generation",
+            ", ".join(f"{k[3:]}: {v}" for k, v in sorted((lesson.get("daemon_gc_passes") or {}).items()))
+            or "-",
+        ),
         ("frames analysed per second", _fmt(lesson.get("frames_per_s"), "/s")),
         (
             "sync messages / gaps / duplicates",

@@ -78,12 +78,17 @@ def stage_totals(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, 
         for family, key in (
             ("edge_inference_latency_seconds", f"{labels.get('engine')}/{labels.get('stage')}"),
             ("edge_answer_feedback_seconds", "answer-to-feedback"),
+            ("edge_gc_pause_seconds", f"gc/gen{labels.get('generation')}"),
         ):
             if name in (f"{family}_sum", f"{family}_count") and (
-                family != "edge_inference_latency_seconds" or "engine" in labels
+                family == "edge_answer_feedback_seconds" or {"engine", "generation"} & set(labels)
             ):
                 out.setdefault(key, [0.0, 0.0])[name.endswith("_count")] = value
     return out
+
+
+def _passes(start: dict[str, list[float]], end: dict[str, list[float]], prefix: str) -> dict[str, int]:
+    return {k: int(v[1] - start.get(k, [0.0, 0.0])[1]) for k, v in end.items() if k.startswith(prefix)}
 
 
 def stage_means_ms(start: dict[str, list[float]], end: dict[str, list[float]]) -> dict[str, float]:
@@ -192,6 +197,7 @@ def summarize(run: LessonRun) -> dict[str, Any]:
         "daemon_feedback_p50_le_ms": _ms(histogram_quantile(*run.feedback_buckets, 0.5)),
         "daemon_feedback_p99_le_ms": _ms(histogram_quantile(*run.feedback_buckets, 0.99)),
         "daemon_stage_mean_ms": stage_means_ms(*run.stages),
+        "daemon_gc_passes": _passes(*run.stages, prefix="gc/"),
         "frames_per_s": (last[3] - first[3]) / span if span and first and last else None,
         "answers_applied_daemon": last[4] if last else None,
         "sync_messages": run.receiver.get("unique", 0),

@@ -166,6 +166,13 @@ class StoreSettings(Section):
     max_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024)
     max_age_days: float = Field(60.0, gt=0.0)
     busy_timeout_ms: int = Field(5000, ge=100)
+    cache_kib: int = Field(
+        256,
+        ge=16,
+        le=65536,
+        description="SQLite page cache per connection, bounded so the daemon's memory stays flat while the "
+        "database grows (SQLite's own default is 2 MiB per connection).",
+    )
 
 
 class MqttSettings(Section):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edge_agent.errors import EdgeAgentError
+from edge_agent.heap import freeze_startup_objects, time_collections
 from edge_agent.lifecycle import Component, Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.systemd import Notifier
@@ -90,6 +91,7 @@ class Daemon:
         return f"{self.state}: " + "; ".join(reasons) if reasons else self.state
 
     async def run(self) -> int:
+        time_collections()
         loop = asyncio.get_running_loop()
         self.live.bind_loop(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,6 +105,7 @@ class Daemon:
             await self._stop_all()
             return 1
         self.state = "running"
+        freeze_startup_objects()
         self._publish_health()
         if self._ready_after is None:
             self.notifier.ready(self.status_line())

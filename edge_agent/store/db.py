@@ -144,6 +144,7 @@ class Database:
         conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
         conn.execute("PRAGMA synchronous = FULL")  # an acknowledged enqueue must survive power loss
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA cache_size = -{int(self.settings.cache_kib)}")  # negative: KiB, not pages
         if self._max_page_count is not None:
             conn.execute(f"PRAGMA max_page_count = {int(self._max_page_count)}")
         return conn

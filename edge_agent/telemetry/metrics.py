@@ -81,6 +81,13 @@ ANSWER_FEEDBACK_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+GC_PAUSE = Histogram(
+    "edge_gc_pause_seconds",
+    "Python garbage-collector passes by generation; every thread waits while one runs.",
+    ["generation"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 ANSWERS = Counter(
     "edge_answers",
     "Answers by outcome (applied, duplicate, rejected).",

@@ -86,6 +86,17 @@ def test_reads_run_on_the_callers_thread_with_their_own_connection(db: Database)
     assert seen == ["1"] * 4
 
 
+def test_every_connection_keeps_its_page_cache_to_the_configured_size(state_dir: Path) -> None:
+    db = Database(state_dir / "cache.db", StoreSettings(cache_kib=128))
+    db.open()
+    try:
+        size = "PRAGMA cache_size"
+        assert db.write(lambda c: c.execute(size).fetchone()[0]).result(5) == -128  # negative = KiB
+        assert db.read(lambda c: c.execute(size).fetchone()[0]) == -128
+    finally:
+        db.close()
+
+
 def test_close_flushes_queued_writes(state_dir: Path) -> None:
     db = Database(state_dir / "flush.db", StoreSettings())
     db.open()
