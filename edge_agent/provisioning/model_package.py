@@ -8,7 +8,6 @@ unlisted, linked or outside the package is present.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tarfile
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_agent.errors import ProvisioningError
+from edge_agent.inference.fetch import sha256_file
 from edge_agent.provisioning.files import write_private, write_public
 
 MANIFEST = "manifest.json"
@@ -67,14 +67,6 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _payload_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.name not in (MANIFEST, SIGNATURE) and not p.is_dir())
 
@@ -89,7 +81,7 @@ def sign_package(directory: Path, private_key_path: Path, name: str, version: st
         raise ProvisioningError(f"cannot read signing key {private_key_path}: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ProvisioningError(f"{private_key_path} is not an ed25519 private key")
-    files = {p.relative_to(directory).as_posix(): _sha256(p) for p in _payload_files(directory)}
+    files = {p.relative_to(directory).as_posix(): sha256_file(p) for p in _payload_files(directory)}
     if not files:
         raise ProvisioningError(f"{directory} holds no model files to sign")
     body = {
@@ -151,7 +143,7 @@ def verify_package(directory: Path, trusted: list[Ed25519PublicKey]) -> Manifest
             f"missing {sorted(missing)[:3]})"
         )
     for rel, expected in manifest.files.items():
-        if _sha256(directory / rel) != expected:
+        if sha256_file(directory / rel) != expected:
             raise PackageRejected(f"{rel}: sha256 does not match the signed manifest (tampered or corrupted)")
     return manifest
 
