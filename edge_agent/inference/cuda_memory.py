@@ -9,6 +9,8 @@ The only module importing CUDA bindings. It prefers NVIDIA's cuda-python (``cuda
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +93,11 @@ class _CudaPython:
 
 
 class _PyCuda:
+    """pycuda's driver API. A driver context is current only on the thread that pushed it, and an engine is
+    loaded on one thread and run on another (the KT or the attention thread), so every call pushes GPU 0's
+    primary context (the one TensorRT's runtime API uses too) and pops it again, on whichever thread it
+    runs: nothing is left on a thread's context stack."""
+
     def __init__(self) -> None:
         import pycuda.driver as cuda
 
@@ -100,52 +107,70 @@ class _PyCuda:
             raise EngineLoadError("no CUDA GPU is visible", UNAVAILABLE)
         self._dev = cuda.Device(0)
         self._ctx = self._dev.retain_primary_context()
+
+    @contextmanager
+    def _current(self) -> Iterator[None]:
         self._ctx.push()
+        try:
+            yield
+        finally:
+            self.cuda.Context.pop()
 
     def device(self) -> tuple[str, tuple[int, int]]:
         major, minor = self._dev.compute_capability()
         return str(self._dev.name()), (int(major), int(minor))
 
     def malloc(self, nbytes: int) -> DeviceBuffer:
-        alloc = self.cuda.mem_alloc(nbytes)
+        with self._current():
+            alloc = self.cuda.mem_alloc(nbytes)
         return DeviceBuffer(int(alloc), nbytes, alloc)
 
     def free(self, buf: DeviceBuffer) -> None:
-        buf.handle.free()
+        with self._current():
+            buf.handle.free()
 
     def pinned(self, nbytes: int) -> tuple[np.ndarray, Any]:
-        array = self.cuda.pagelocked_empty(nbytes, np.uint8)
+        with self._current():
+            array = self.cuda.pagelocked_empty(nbytes, np.uint8)
         return array, array
 
     def free_pinned(self, handle: Any) -> None:
-        handle.base.free() if hasattr(handle, "base") and hasattr(handle.base, "free") else None
+        if hasattr(handle, "base") and hasattr(handle.base, "free"):
+            with self._current():
+                handle.base.free()
 
     def stream(self) -> Any:
-        return self.cuda.Stream()
+        with self._current():
+            return self.cuda.Stream()
 
     def stream_handle(self, stream: Any) -> int:
         return int(stream.handle)
 
     def copy(self, dst: int, src: int, nbytes: int, to_device: bool, stream: Any) -> None:
-        if to_device:
-            self.cuda.memcpy_htod_async(dst, _host_view(src, nbytes), stream)
-        else:
-            self.cuda.memcpy_dtoh_async(_host_view(dst, nbytes), src, stream)
+        with self._current():
+            if to_device:
+                self.cuda.memcpy_htod_async(dst, _host_view(src, nbytes), stream)
+            else:
+                self.cuda.memcpy_dtoh_async(_host_view(dst, nbytes), src, stream)
 
     def sync(self, stream: Any) -> None:
-        stream.synchronize()
+        with self._current():
+            stream.synchronize()
 
     def destroy_stream(self, stream: Any) -> None:
-        del stream
+        pass  # pycuda destroys a stream with its last reference, in the stream's own context
 
 
 def _host_view(ptr: int, nbytes: int) -> np.ndarray:
     return np.frombuffer(memoryview((ctypes.c_uint8 * nbytes).from_address(ptr)), dtype=np.uint8)
 
 
-def _open_backend() -> _CudaPython | _PyCuda:
+BINDINGS: dict[str, type[_CudaPython] | type[_PyCuda]] = {"cuda-python": _CudaPython, "pycuda": _PyCuda}
+
+
+def _open_backend(binding: str | None = None) -> _CudaPython | _PyCuda:
     problems = []
-    for factory in (_CudaPython, _PyCuda):
+    for factory in [BINDINGS[binding]] if binding else BINDINGS.values():
         try:
             return factory()
         except ImportError as exc:
@@ -159,10 +184,11 @@ def _open_backend() -> _CudaPython | _PyCuda:
 
 
 class CudaMemory:
-    """Buffers and copies on GPU 0 for one inference thread; ``close`` frees everything it allocated."""
+    """Buffers and copies on GPU 0 for one engine, usable from any thread; ``close`` frees everything it
+    allocated. ``binding`` picks "cuda-python" or "pycuda" (default: the first that imports)."""
 
-    def __init__(self) -> None:
-        self._cuda = _open_backend()
+    def __init__(self, binding: str | None = None) -> None:
+        self._cuda = _open_backend(binding)
         self._device: list[DeviceBuffer] = []
         self._pinned: list[Any] = []
         self._streams: list[Any] = []

@@ -1,10 +1,14 @@
 """CudaMemory on a real GPU: pinned and device buffers, async copies both ways, stream sync.
 
-Runs standalone: ``pip install cuda-python numpy pytest`` then ``pytest tests/inference/test_cuda_memory.py``.
-Skipped (with the reason) where there are no CUDA bindings or no GPU.
+Runs standalone: ``pip install cuda-python numpy pytest`` (and/or pycuda) then
+``pytest tests/inference/test_cuda_memory.py``. Every test runs once per binding; a binding that is not
+installed, or no GPU, skips with the reason.
 """
 
 from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -14,14 +18,14 @@ from edge_agent.errors import EngineError, EngineLoadError
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture()
-def memory():
+@pytest.fixture(params=["cuda-python", "pycuda"])
+def memory(request):
     from edge_agent.inference.cuda_memory import CudaMemory
 
     try:
-        mem = CudaMemory()
+        mem = CudaMemory(request.param)
     except EngineLoadError as exc:
-        pytest.skip(f"no CUDA here: {exc}")
+        pytest.skip(f"no CUDA here through {request.param}: {exc}")
     yield mem
     mem.close()
 
@@ -71,3 +75,46 @@ def test_copy_larger_than_the_buffer_is_refused(memory):
 
 def test_stream_handle_is_an_integer_for_tensorrt(memory):
     assert isinstance(memory.stream_handle(memory.stream()), int)
+
+
+def test_buffers_made_on_one_thread_work_on_another(memory):
+    # The daemon loads engines on one thread and runs them on the KT or attention thread.
+    stream = memory.stream()
+    data = np.arange(4096, dtype=np.float32)
+    device = memory.device_buffer(data.nbytes)
+    pinned = memory.pinned_buffer(data.nbytes).view(np.float32)
+
+    def round_trip() -> np.ndarray:
+        memory.to_device(device, data, stream)
+        memory.to_host(pinned, device, stream)
+        memory.synchronize(stream)
+        return pinned.copy()
+
+    with ThreadPoolExecutor(1) as worker:
+        np.testing.assert_array_equal(worker.submit(round_trip).result(30), data)
+    np.testing.assert_array_equal(round_trip(), data)  # and still on the thread that made them
+
+
+def test_two_engines_memories_on_two_threads_at_once(memory):
+    from edge_agent.inference.cuda_memory import CudaMemory
+
+    start = threading.Barrier(2)
+
+    def engine(seed: int) -> bool:
+        mem = CudaMemory(memory.binding)
+        try:
+            stream = mem.stream()
+            data = np.random.default_rng(seed).standard_normal(1 << 16).astype(np.float32)
+            out = np.empty_like(data)
+            device = mem.device_buffer(data.nbytes)
+            start.wait(10)
+            for _ in range(50):
+                mem.to_device(device, data, stream)
+                mem.to_host(out, device, stream)
+                mem.synchronize(stream)
+            return bool(np.array_equal(out, data))
+        finally:
+            mem.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        assert [f.result(60) for f in [pool.submit(engine, 1), pool.submit(engine, 2)]] == [True, True]
