@@ -242,6 +242,11 @@ def lesson_rows(lesson: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("daemon mean ms per stage", _stages(lesson.get("daemon_stage_mean_ms") or {})),
         (
+            "daemon p99 per answer stage (bucket bound)",
+            ", ".join(f"{k} {_fmt(v, 'ms')}" for k, v in (lesson.get("daemon_stage_p99_le_ms") or {}).items())
+            or "-",
+        ),
+        (
             "garbage-collector passes by generation",
             ", ".join(f"{k[3:]}: {v}" for k, v in sorted((lesson.get("daemon_gc_passes") or {}).items()))
             or "-",

@@ -41,6 +41,7 @@ for _entry in (str(REPO), str(REPO / "benchmarks")):
 
 from lesson_figures import (  # noqa: E402
     LessonRun,
+    answer_stage_buckets,
     cpu_seconds,
     error_counts,
     histogram,
@@ -141,6 +142,7 @@ def _drive(
     last = _scrape(metrics_url)
     run.feedback_buckets = (_buckets(first), _buckets(last))
     run.stages = (stage_totals(first), stage_totals(last))
+    run.stage_buckets = (answer_stage_buckets(first), answer_stage_buckets(last))
     run.load_avg = os.getloadavg()
 
 

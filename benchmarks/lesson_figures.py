@@ -54,9 +54,30 @@ def metric_sum(samples: list[tuple[str, dict[str, str], float]], name: str, wher
     )
 
 
-def histogram(samples: list[tuple[str, dict[str, str], float]], name: str) -> dict[float, float]:
-    """Cumulative bucket counts of one histogram, by upper bound (``+Inf`` as math.inf)."""
-    return {float(labels["le"]): v for n, labels, v in samples if n == f"{name}_bucket" and "le" in labels}
+def histogram(
+    samples: list[tuple[str, dict[str, str], float]], name: str, **where: str
+) -> dict[float, float]:
+    """Cumulative bucket counts of one histogram (of the series with labels ``where``), by upper bound
+    (``+Inf`` as math.inf)."""
+    return {
+        float(labels["le"]): v
+        for n, labels, v in samples
+        if n == f"{name}_bucket" and "le" in labels and all(labels.get(k) == x for k, x in where.items())
+    }
+
+
+# The answer path's stages whose tails the lesson reports (engine "kt-step"): where a slow answer waited.
+ANSWER_STAGES = ("queue", "infer", "store")
+
+
+def answer_stage_buckets(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, dict[float, float]]:
+    """The bucket counts of each answer-path stage, keyed ``kt-step/<stage>``."""
+    return {
+        f"kt-step/{stage}": histogram(
+            samples, "edge_inference_latency_seconds", engine="kt-step", stage=stage
+        )
+        for stage in ANSWER_STAGES
+    }
 
 
 def histogram_quantile(start: dict[float, float], end: dict[float, float], q: float) -> float | None:
@@ -153,6 +174,8 @@ class LessonRun:
     # the daemon's own answer-to-feedback histogram (arrival to feedback ready) at load start and end
     feedback_buckets: tuple[dict[float, float], dict[float, float]] = ({}, {})
     stages: tuple[dict[str, list[float]], dict[str, list[float]]] = ({}, {})
+    # the answer path's stage histograms (answer_stage_buckets) at load start and end
+    stage_buckets: tuple[dict[str, dict[float, float]], dict[str, dict[float, float]]] = ({}, {})
 
 
 def run_from_json(data: dict[str, Any]) -> LessonRun:
@@ -167,6 +190,10 @@ def run_from_json(data: dict[str, Any]) -> LessonRun:
             "samples": [tuple(x) for x in data["samples"]],
             "feedback_buckets": tuple({float(k): v for k, v in b.items()} for b in buckets),
             "stages": tuple(data.get("stages") or ({}, {})),
+            "stage_buckets": tuple(
+                {k: {float(b): v for b, v in h.items()} for k, h in side.items()}
+                for side in data.get("stage_buckets") or ({}, {})
+            ),
         }
     )
 
@@ -197,6 +224,10 @@ def summarize(run: LessonRun) -> dict[str, Any]:
         "daemon_feedback_p50_le_ms": _ms(histogram_quantile(*run.feedback_buckets, 0.5)),
         "daemon_feedback_p99_le_ms": _ms(histogram_quantile(*run.feedback_buckets, 0.99)),
         "daemon_stage_mean_ms": stage_means_ms(*run.stages),
+        "daemon_stage_p99_le_ms": {
+            key: _ms(histogram_quantile(run.stage_buckets[0].get(key, {}), end, 0.99))
+            for key, end in run.stage_buckets[1].items()
+        },
         "daemon_gc_passes": _passes(*run.stages, prefix="gc/"),
         "frames_per_s": (last[3] - first[3]) / span if span and first and last else None,
         "answers_applied_daemon": last[4] if last else None,

@@ -47,6 +47,32 @@ def test_histogram_quantile_uses_the_observations_between_two_scrapes() -> None:
     assert figures.histogram_quantile({}, {}, 0.5) is None
 
 
+def _buckets(engine: str, stage: str, counts: tuple[float, float, float]) -> list:
+    return [
+        ("edge_inference_latency_seconds_bucket", {"engine": engine, "le": le, "stage": stage}, n)
+        for le, n in zip(("0.002", "0.02", "+Inf"), counts, strict=True)
+    ]
+
+
+def test_each_answer_stage_gets_its_own_p99_and_survives_the_json_round_trip() -> None:
+    start = figures.answer_stage_buckets(
+        _buckets("kt-step", "store", (0, 0, 0)) + _buckets("kt-step", "queue", (0, 0, 0))
+    )
+    end = figures.answer_stage_buckets(
+        _buckets("kt-step", "store", (100, 103, 103))  # 3 of 103 commits took 2-20 ms
+        + _buckets("kt-step", "queue", (103, 103, 103))
+        + _buckets("yunet", "infer", (0, 0, 50))  # not on the answer path: not reported
+    )
+    run = figures.LessonRun(seconds=1.0, students=1, stage_buckets=(start, end))
+    again = figures.run_from_json(json.loads(json.dumps(dataclasses.asdict(run))))
+    for r in (run, again):
+        assert figures.summarize(r)["daemon_stage_p99_le_ms"] == {
+            "kt-step/queue": 2.0,
+            "kt-step/infer": None,
+            "kt-step/store": 20.0,
+        }
+
+
 def test_stage_means_come_from_sum_and_count_deltas() -> None:
     text = (
         'edge_inference_latency_seconds_sum{engine="kt-step",stage="infer"} %s\n'
