@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Static TensorRT API conformance for the two modules that import tensorrt.
+"""Static TensorRT API conformance of the adapter (trt_build imports tensorrt; tensorrt_backend uses it).
 
 No CI machine can run TensorRT, so this proves what it can without it:
 

@@ -1,9 +1,9 @@
 """Inference engines: one interface (:class:`Engine`) for TensorRT and ONNX Runtime.
 
-Only ``tensorrt_backend.py`` and ``trt_build.py`` import tensorrt; only ``cuda_memory.py`` imports the CUDA
-bindings; ``onnxruntime_backend.py`` and ``quantize.py`` import onnxruntime. The daemon uses
-:class:`EngineSet` (a Component) or :func:`load_engine`; both fall back to ONNX Runtime on any TensorRT
-problem and say why in :class:`LoadedEngine`.
+Only ``trt_build.py`` imports tensorrt (``tensorrt_backend.py`` takes it from there); only
+``cuda_memory.py`` imports the CUDA bindings; ``onnxruntime_backend.py`` and ``quantize.py`` import
+onnxruntime. The daemon uses :class:`EngineSet` (a Component) or :func:`load_engine`; both fall back to
+ONNX Runtime on any TensorRT problem and say why in :class:`LoadedEngine`.
 """
 
 from edge_agent.inference.engine import Engine, TensorSpec

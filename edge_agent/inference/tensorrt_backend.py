@@ -1,7 +1,7 @@
 """TensorRT backend: deserialize a plan and run it (TensorRT 10.3 name-based I/O API).
 
-One of the two modules importing tensorrt (with ``trt_build``); import is guarded so the package loads on
-machines without it. :func:`open_tensorrt` is the real :class:`~edge_agent.inference.select.TensorRTPort`.
+It takes the guarded ``trt`` module from ``trt_build``, the one module importing tensorrt.
+:func:`open_tensorrt` is the real :class:`~edge_agent.inference.select.TensorRTPort`.
 
 Each :class:`TensorRTEngine` owns one execution context, one CUDA stream and its buffers: device and
 pinned host buffers sized for the profile maximum once, reused by every call (no allocation per frame).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,19 +22,7 @@ from edge_agent.inference.cuda_memory import CudaMemory, DeviceBuffer
 from edge_agent.inference.engine import TensorSpec
 from edge_agent.inference.engine_cache import BuildTarget
 from edge_agent.inference.manifest import InputProfile
-
-_IMPORT_ERROR = ""
-if TYPE_CHECKING:
-    import tensorrt as trt
-else:
-    try:
-        import tensorrt as trt
-
-        if not hasattr(trt, "Builder"):  # tensorrt-stubs alone leaves an empty namespace package
-            raise ImportError("only the tensorrt-stubs type stubs are installed, not TensorRT")
-    except ImportError as exc:  # guarded: the package imports on machines without TensorRT
-        trt = None
-        _IMPORT_ERROR = str(exc)
+from edge_agent.inference.trt_build import build_plan, require_tensorrt, trt
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +165,6 @@ class TensorRTAdapter:
     def build_plan(
         self, onnx_path: Path, profiles: Sequence[InputProfile], precision: str, settings: Any
     ) -> bytes:
-        from edge_agent.inference.trt_build import build_plan
-
         return build_plan(
             onnx_path,
             profiles,
@@ -207,12 +193,7 @@ class TensorRTAdapter:
 
 
 def open_tensorrt() -> TensorRTAdapter:
-    if trt is None:
-        raise EngineLoadError(
-            f"the tensorrt Python package does not import ({_IMPORT_ERROR}); on a Jetson install "
-            "JetPack's python3-libnvinfer",
-            UNAVAILABLE,
-        )
+    require_tensorrt()
     try:
         return TensorRTAdapter()
     except EngineLoadError:

@@ -1,6 +1,7 @@
 """Build a TensorRT plan from an ONNX model (TensorRT 10.3 as in JetPack 6.1/6.2; ready for 11).
 
-One of the two modules importing tensorrt (with ``tensorrt_backend``). Precision rules:
+The one module importing tensorrt (guarded, so the package loads on machines without it);
+``tensorrt_backend`` takes ``trt`` from here. Precision rules:
 
 * fp32 and int8 build a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``): the
   ONNX carries the precision, INT8 comes from its Q/DQ nodes (``edge-agent engines quantize``). This is
@@ -40,10 +41,13 @@ else:
 log = logging.getLogger(__name__)
 
 
-def _require_trt() -> Any:
+def require_tensorrt() -> Any:
+    """The tensorrt module, or EngineLoadError (reason tensorrt_unavailable) saying why it does not import."""
     if trt is None:
         raise EngineLoadError(
-            f"the tensorrt Python package does not import ({_IMPORT_ERROR})", "tensorrt_unavailable"
+            f"the tensorrt Python package does not import ({_IMPORT_ERROR}); on a Jetson install "
+            "JetPack's python3-libnvinfer",
+            "tensorrt_unavailable",
         )
     return trt
 
@@ -153,7 +157,7 @@ def build_plan(
     model_name: str = "",
 ) -> bytes:
     """Serialized plan bytes for ``onnx_path``; :class:`EngineLoadError` with a reason otherwise."""
-    _require_trt()
+    require_tensorrt()
     weakly_typed_fp16 = precision == "fp16" and _has_fp16_flag()
     if precision == "fp16" and not weakly_typed_fp16:
         raise EngineLoadError(
