@@ -21,14 +21,13 @@ import subprocess
 import sys
 import tarfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from edge_agent.inference.fetch import sha256_file  # noqa: E402
+from edge_agent.inference.fetch import download_verified, sha256_file  # noqa: E402
 
 ARCHIVE_URL = (
     "https://files.pythonhosted.org/packages/b9/87/4aca9e46814a2e00b31f045930e8bf0bcd598e58edff5976b1b990f66d72/"
@@ -80,14 +79,9 @@ def fetch(cache: Path) -> dict[str, Path]:
     if all(p.is_file() and sha256_file(p) == SPLITS[s][1] for s, p in files.items()):
         return files
     archive = cache / "pyBKT-1.4.1.tar.gz"
-    got = sha256_file(archive) if archive.is_file() else None
-    if got != ARCHIVE_SHA256:
+    if not (archive.is_file() and sha256_file(archive) == ARCHIVE_SHA256):
         print(f"downloading {ARCHIVE_URL}", flush=True)
-        with urllib.request.urlopen(ARCHIVE_URL, timeout=120) as response:
-            archive.write_bytes(response.read())
-        got = sha256_file(archive)
-    if got != ARCHIVE_SHA256:
-        raise DataMismatch(f"{archive}: sha256 {got}, expected {ARCHIVE_SHA256}")
+        download_verified(ARCHIVE_URL, archive, ARCHIVE_SHA256, timeout_s=120)
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(GIT_DIR + "/")]
         members = [m for m in members if m.isfile() or m.isdir()]  # regular files of one folder only

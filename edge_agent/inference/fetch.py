@@ -95,7 +95,8 @@ def _from_mirror(manifest: Manifest, mirror: Path, dest: Path, sha: str) -> None
         _verified_copy(stream, dest, sha, f"mirror file {candidate}")
 
 
-def _from_url(url: str, dest: Path, sha: str, timeout_s: float) -> None:
+def download_verified(url: str, dest: Path, sha: str, timeout_s: float) -> None:
+    """Stream ``url`` into ``dest`` atomically, only if its sha256 is ``sha``; ModelError otherwise."""
     request = urllib.request.Request(url, headers={"User-Agent": "edge-agent model fetch"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -118,7 +119,9 @@ def fetch_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 3
     attempts = (
         [("mirror", lambda: _from_mirror(manifest, mirror, dest, source.sha256 or ""))] if mirror else []
     )
-    attempts.append(("url", lambda: _from_url(source.url or "", dest, source.sha256 or "", timeout_s)))
+    attempts.append(
+        ("url", lambda: download_verified(source.url or "", dest, source.sha256 or "", timeout_s))
+    )
     for origin, attempt in attempts:
         try:
             attempt()
