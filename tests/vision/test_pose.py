@@ -137,14 +137,24 @@ def test_batched_concurrent_poses_equal_the_one_face_at_a_time_poses_on_real_pho
 def test_more_faces_than_the_largest_batch_run_in_chunks(faces_dir, detector, product_engines, pose_engines):
     crowd = cv2.resize(cv2.imread(str(faces_dir / "crowd" / "crowd_spectators.jpg")), (640, 480))
     faces = detector.detect(crowd)
-    many = (faces * 3)[:70]  # 8 chunks of 8 and one of 6
+    many = (faces * 3)[:70]
     product = FsaNetPose(product_engines)
+    sizes: list[int] = []
+    infer = product_engines[0].infer
+
+    def recording(feeds):
+        sizes.append(len(feeds["input"]))
+        return infer(feeds)
+
+    product_engines[0].infer = recording  # on this instance only, removed again below (module fixture)
     try:
         _assert_same_poses(
             product.estimate(crowd, many), FsaNetPose(pose_engines, parallel=False).estimate(crowd, many)
         )
     finally:
         product.close()
+        del product_engines[0].infer
+    assert sizes == [8] * 7 + [7] * 2  # equal chunks of at most 8, not 8 x 8 and a lone 6
 
 
 def test_concurrent_and_sequential_engines_give_identical_poses(faces_dir, detector, product_engines):
