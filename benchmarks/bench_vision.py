@@ -4,7 +4,7 @@ side by side with a cv2.FaceDetectorYN-based pipeline, and CPU use at 5 analysed
     .venv/bin/python benchmarks/bench_vision.py [--shared ../shared] [--threads 1] [--repeat 50] [--cpu-s 10]
 
 "product" is the daemon's configuration: the engines loaded from engines/*.toml as the daemon loads them
-(FSA-Net through its dynamic-batch copy, all faces in one call per engine, the two engines side by side)
+(FSA-Net through its derived copy, faces in chunks of up to 8 per call, the two engines side by side)
 and the daemon's thread budget. The other pose rows take that apart: the same batched engines one after
 the other (with 1 thread each, and with 2: the best benchmark-only setting before), and the published
 batch-1 exports one face per call (the daemon's configuration before).

@@ -67,7 +67,7 @@ def section_vision(quick: bool, raw: dict[str, Any]) -> dict[str, Any]:
     from edge_agent.vision.pose import FsaNetPose
     from edge_agent.vision.yunet import YuNetDetector
 
-    # The engines as the daemon loads them (manifests, mirror, the batch-dynamic FSA-Net copies, its
+    # The engines as the daemon loads them (manifests, mirror, the derived FSA-Net copies, its
     # thread budget: face_threads for the detector and cv2 alike, 1 per pose engine, run side by side).
     face_threads = InferenceSettings().face_threads
     cv2.setNumThreads(face_threads)

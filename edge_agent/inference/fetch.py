@@ -5,8 +5,8 @@ atomically (temporary file in the same folder, fsync, ``os.replace``), so a wron
 never displaces the previous good one. Files live in ``cache_dir/models/<mirror_path>``.
 
 Engines are made from :func:`engine_model`: the verified file itself, or, where the manifest sets
-``source.dynamic_batch``, a copy with a symbolic batch dimension derived from exactly the pinned bytes
-and kept beside it (``<stem>.batch-dynamic.onnx``).
+``source.dynamic_batch`` or ``source.fold_input_depthwise``, a copy derived from exactly the pinned bytes
+and kept beside it (``<stem>.derived.onnx``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import BinaryIO
 from edge_agent.config import PathSettings
 from edge_agent.errors import ModelError
 from edge_agent.inference.batch_dim import make_batch_dynamic
+from edge_agent.inference.conv_fold import fold_input_depthwise_convs
 from edge_agent.inference.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -152,25 +153,29 @@ def _repo_file(manifest: Manifest) -> Path:
 
 def derived_model_path(manifest: Manifest, paths: PathSettings) -> Path:
     cached = cached_model_path(manifest, paths)
-    return cached.with_name(f"{cached.stem}.batch-dynamic.onnx")
+    return cached.with_name(f"{cached.stem}.derived.onnx")
 
 
 def engine_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 30.0) -> Path:
-    """The ONNX file engines are built from: :func:`fetch_model`'s file, or its dynamic-batch copy.
+    """The ONNX file engines are built from: :func:`fetch_model`'s file, or its derived copy.
 
     The copy is derived on every call from the bytes just checked against the pin (a few milliseconds)
     and rewritten only when it differs, so a stale or damaged copy never outlives a restart.
     """
     source = fetch_model(manifest, paths, timeout_s=timeout_s)
-    if not manifest.source.dynamic_batch:
+    if not manifest.source.derived:
         return source
-    data = source.read_bytes()
-    if manifest.source.sha256 and hashlib.sha256(data).hexdigest() != manifest.source.sha256:
+    derived = source.read_bytes()
+    if manifest.source.sha256 and hashlib.sha256(derived).hexdigest() != manifest.source.sha256:
         raise ModelError(f"model {manifest.name}: {source} changed while it was read; try again")
-    derived = make_batch_dynamic(data, where=f"model {manifest.name} ({source.name})")
+    where = f"model {manifest.name} ({source.name})"
+    if manifest.source.dynamic_batch:
+        derived = make_batch_dynamic(derived, where=where)
+    if manifest.source.fold_input_depthwise:
+        derived = fold_input_depthwise_convs(derived, where=where)
     dest = derived_model_path(manifest, paths)
     if not (dest.is_file() and dest.read_bytes() == derived):
         with atomic_writer(dest) as out:
             out.write(derived)
-        log.info("model %s: dynamic-batch copy written to %s", manifest.name, dest)
+        log.info("model %s: derived copy written to %s", manifest.name, dest)
     return dest

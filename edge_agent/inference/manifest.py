@@ -2,7 +2,8 @@
 
 A manifest names the ONNX source (an official URL pinned by sha256, or a file in the repository), the
 path the model has inside a local mirror, whether engines run a derived copy with a symbolic batch
-dimension (``dynamic_batch``, for exports that fix it at 1), the optimization profile of every input
+dimension (``dynamic_batch``, for exports that fix it at 1) and with a depthwise convolution on the input
+folded into the next one (``fold_input_depthwise``), the optimization profile of every input
 (min/opt/max shapes), the precisions it may run at, and for INT8 the calibration data it needs. Parsing
 is pure; every problem is reported with the manifest's file name and the key, so a typo is fixed without
 reading code.
@@ -63,8 +64,14 @@ class Source:
     repo_path: Path | None  # absolute, resolved against the manifest's folder
     sha256: str | None
     mirror_path: str
-    # Engines run a derived copy whose batch dimension is symbolic (inference/batch_dim.py).
+    # Engines run a derived copy whose batch dimension is symbolic (inference/batch_dim.py) and/or whose
+    # depthwise convolutions on the input are folded into the 1x1 ones after them (inference/conv_fold.py).
     dynamic_batch: bool = False
+    fold_input_depthwise: bool = False
+
+    @property
+    def derived(self) -> bool:
+        return self.dynamic_batch or self.fold_input_depthwise
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,10 @@ def _dynamic(raw: Mapping[str, Any], where: str) -> DynamicRange:
 
 def _source(raw: Mapping[str, Any], where: str, base: Path) -> Source:
     _reject_unknown(
-        raw, {"url", "repo_path", "sha256", "mirror_path", "licence", "dynamic_batch"}, where, "source"
+        raw,
+        {"url", "repo_path", "sha256", "mirror_path", "licence", "dynamic_batch", "fold_input_depthwise"},
+        where,
+        "source",
     )
     url = _str(raw, "url", where, required=False)
     repo = _str(raw, "repo_path", where, required=False)
@@ -175,10 +185,11 @@ def _source(raw: Mapping[str, Any], where: str, base: Path) -> Source:
         raise _problem(where, "source.sha256", "must be 64 lowercase hex digits")
     if mirror.startswith("/") or ".." in Path(mirror).parts:
         raise _problem(where, "source.mirror_path", "must be a relative path inside the mirror")
-    dynamic_batch = raw.get("dynamic_batch", False)
-    if not isinstance(dynamic_batch, bool):
-        raise _problem(where, "source.dynamic_batch", "must be true or false")
-    return Source(url, (base / repo).resolve() if repo else None, sha, mirror, dynamic_batch)
+    flags = {key: raw.get(key, False) for key in ("dynamic_batch", "fold_input_depthwise")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise _problem(where, f"source.{key}", "must be true or false")
+    return Source(url, (base / repo).resolve() if repo else None, sha, mirror, **flags)
 
 
 def _calibration(raw: Mapping[str, Any], where: str) -> Calibration:

@@ -9,8 +9,10 @@ import onnx
 import pytest
 
 from edge_agent.errors import ModelError
-from edge_agent.inference.batch_dim import encode_fields, make_batch_dynamic, parse_fields
+from edge_agent.inference.batch_dim import make_batch_dynamic
+from edge_agent.inference.conv_fold import fold_input_depthwise_convs
 from edge_agent.inference.fetch import MIRROR_ENV, derived_model_path, engine_model, fetch_model
+from edge_agent.inference.onnx_wire import encode_fields, parse_fields
 from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 
 from .helpers import MANIFESTS, paths_for
@@ -79,12 +81,16 @@ def test_engines_get_the_derived_copy_and_a_damaged_copy_is_rewritten(tmp_path, 
     monkeypatch.delenv(MIRROR_ENV, raising=False)
     paths = paths_for(tmp_path, model_mirror)
     path = engine_model(FSANET, paths)
-    assert path == derived_model_path(FSANET, paths) and path.name.endswith(".batch-dynamic.onnx")
-    assert path.read_bytes() == make_batch_dynamic(fetch_model(FSANET, paths).read_bytes())
+
+    def derived() -> bytes:
+        return fold_input_depthwise_convs(make_batch_dynamic(fetch_model(FSANET, paths).read_bytes()))
+
+    assert path == derived_model_path(FSANET, paths) and path.name.endswith(".derived.onnx")
+    assert path.read_bytes() == derived()
     assert OnnxRuntimeEngine(path).inputs[0].shape == (-1, 3, 64, 64)
     path.write_bytes(b"damaged")
-    assert engine_model(FSANET, paths).read_bytes() == make_batch_dynamic(
-        fetch_model(FSANET, paths).read_bytes()
+    assert engine_model(FSANET, paths).read_bytes() == derived()
+    plain = dataclasses.replace(
+        FSANET.source, dynamic_batch=False, fold_input_depthwise=False
     )
-    fixed = dataclasses.replace(FSANET, source=dataclasses.replace(FSANET.source, dynamic_batch=False))
-    assert engine_model(fixed, paths) == fetch_model(FSANET, paths)
+    assert engine_model(dataclasses.replace(FSANET, source=plain), paths) == fetch_model(FSANET, paths)

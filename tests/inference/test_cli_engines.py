@@ -98,7 +98,7 @@ def test_quantize_then_bench_shows_fp32_and_int8_side_by_side(common, faces_dir,
     assert ("fsanet-var", "onnxruntime", "int8", 1) in measured
     assert ("kt-step", "onnxruntime", "fp32", 8) in measured
     notes = " ".join(r["note"] for r in rows)
-    # The engines run the dynamic-batch copy of the fsanet export, and so does its Q/DQ model.
+    # The engines run the derived copy (dynamic batch, folded) of the fsanet export, and so does its Q/DQ.
     assert {("fsanet-var", "onnxruntime", p, 8) for p in ("fp32", "int8")} <= measured
     assert "TensorRT" in notes
     torch_rows = [r for r in rows if r["backend"].startswith("pytorch")]

@@ -62,6 +62,7 @@ def test_good_manifest_parses():
         (("source", "repo_path"), "m.onnx", "exactly one of"),
         (("source", "mirror_path"), "../../etc/passwd", "inside the mirror"),
         (("source", "dynamic_batch"), "yes", "true or false"),
+        (("source", "fold_input_depthwise"), 1, "true or false"),
         (("inputs",), {"name": "x"}, "array of tables"),
         (("inputs", "0", "min"), [1, 3, 128, 64], "min <= opt <= max"),
         (("inputs", "0", "max"), [1, 3, 64], "same number of dimensions"),
@@ -94,11 +95,11 @@ def test_invalid_toml_and_duplicate_names_are_reported(tmp_path):
 def test_fsanet_engines_run_a_dynamic_batch_copy_of_the_fixed_batch_export():
     for name in ("fsanet-1x1", "fsanet-var"):
         fsanet = MANIFESTS[name]
-        assert fsanet.source.dynamic_batch
+        assert fsanet.source.dynamic_batch and fsanet.source.fold_input_depthwise
         assert resolve_profiles(fsanet, {"input": (-1, 3, 64, 64)})[0].max == (8, 3, 64, 64)
         with pytest.raises(ModelError, match="dimension 0 is fixed at 1"):
             resolve_profiles(fsanet, {"input": (1, 3, 64, 64)})  # the export itself does not fit
-    assert not MANIFESTS["yunet"].source.dynamic_batch
+    assert not MANIFESTS["yunet"].source.derived
 
 
 def test_dynamic_range_fills_every_dynamic_dimension():
