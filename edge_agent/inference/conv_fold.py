@@ -31,6 +31,7 @@ from edge_agent.inference.onnx_wire import (
     LENGTH,
     MODEL_GRAPH,
     NODE_ATTRIBUTE,
+    NODE_DOMAIN,
     NODE_INPUT,
     NODE_OP_TYPE,
     NODE_OUTPUT,
@@ -61,7 +62,7 @@ class _Node:
     fields: list[Field]
     inputs: list[str]
     outputs: list[str]
-    op_type: str
+    op_type: str  # "Conv" only when it is the standard ONNX operator (default domain)
     attributes: dict[str, list[Field]]
 
     @classmethod
@@ -77,13 +78,13 @@ class _Node:
             fields,
             strings(fields, NODE_INPUT),
             strings(fields, NODE_OUTPUT),
-            string(fields, NODE_OP_TYPE),
+            string(fields, NODE_OP_TYPE) if string(fields, NODE_DOMAIN) in ("", "ai.onnx") else "",
             attributes,
         )
 
     def int_attribute(self, name: str, default: int) -> int:
         found = self.attributes.get(name)
-        return default if found is None else ints(found, ATTRIBUTE_INT)[-1]
+        return default if found is None else (ints(found, ATTRIBUTE_INT) or [default])[-1]
 
     def ints_attribute(self, name: str) -> list[int] | None:
         found = self.attributes.get(name)
