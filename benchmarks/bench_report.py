@@ -51,6 +51,12 @@ def soak_verdict(soak: dict[str, Any]) -> tuple[bool | None, str]:
     slope = soak.get("rss_slope_mib_per_hour")
     if slope is None:
         return None, "too few samples after the first minute for a slope"
+    lesson = soak.get("lesson") or {}
+    if lesson.get("answers_applied", 0) != lesson.get("answers_sent", 0):
+        return None, (
+            f"not a valid run: only {lesson.get('answers_applied', 0)} of {lesson.get('answers_sent', 0)} "
+            "answers were applied (the rest duplicates)"
+        )
     rise = slope * soak["minutes"] / 60
     allowance = max(2.0, 0.01 * (soak.get("rss_first_mib") or 0.0))
     moved = soak.get("errors_moved") or {}
@@ -64,12 +70,15 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     rows: list[tuple[str, str, str, bool | None]] = []
     lesson, kt, soak = results.get("lesson") or {}, results.get("kt") or {}, results.get("soak")
     p99 = lesson.get("feedback_p99_ms")
+    sent, applied = lesson.get("answers_sent", 0), lesson.get("answers_applied", 0)
     rows.append(
         (
             "answer-to-feedback p99 <= 10 ms (lesson)",
             _fmt(p99, "ms"),
-            f"{lesson.get('answers_ok', 0)} answers, client-measured",
-            None if p99 is None else p99 <= 10,
+            f"{applied} answers, client-measured"
+            if applied == sent
+            else f"not a valid run: only {applied} of {sent} answers were applied (the rest duplicates)",
+            None if p99 is None or applied != sent else p99 <= 10,
         )
     )
     for key, label in (
@@ -230,7 +239,10 @@ def _ratio(baseline: float | None, ours: float | None) -> str:
 def lesson_rows(lesson: dict[str, Any]) -> list[tuple[str, str]]:
     lag50, lag99 = lesson.get("sync_lag_p50_ms"), lesson.get("sync_lag_p99_ms")
     return [
-        ("answers ok / sent", f"{lesson.get('answers_ok')} / {lesson.get('answers_sent')}"),
+        (
+            "answers applied / ok / sent",
+            f"{lesson.get('answers_applied')} / {lesson.get('answers_ok')} / {lesson.get('answers_sent')}",
+        ),
         (
             "answer-to-feedback p50 / p99 / max",
             f"{_fmt(lesson.get('feedback_p50_ms'), 'ms')} / {_fmt(lesson.get('feedback_p99_ms'), 'ms')} / "

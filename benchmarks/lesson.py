@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -158,6 +159,25 @@ def _stop(daemon: subprocess.Popen[bytes], load: subprocess.Popen[bytes] | None)
         return daemon.wait(5)
 
 
+def fresh_work_dir(work: Path) -> None:
+    """Empty ``work`` but for the model cache, so every run starts as a newly provisioned board.
+
+    A reused state dir would hold the last run's device secret and applied-event keys: the students'
+    client event ids repeat from run to run, so every answer would come back as a duplicate, never
+    reaching the model step or SQLite, and the run would time the wrong path.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    for path in work.iterdir():
+        if path.name == "state" and path.is_dir():
+            for inner in path.iterdir():
+                if inner.name != "cache":
+                    shutil.rmtree(inner) if inner.is_dir() else inner.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def run_lesson(
     seconds: float,
     work: Path | None = None,
@@ -173,7 +193,7 @@ def run_lesson(
     from edge_agent.sync.receiver import Receiver
 
     work = Path(work or tempfile.mkdtemp(prefix="lesson-"))
-    work.mkdir(parents=True, exist_ok=True)
+    fresh_work_dir(work)
     port, metrics_port = _free_port(), _free_port()
     base, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
     broker = LocalBroker(work)

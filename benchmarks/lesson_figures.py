@@ -217,6 +217,8 @@ def summarize(run: LessonRun) -> dict[str, Any]:
         "startup_s": round(run.startup_s, 2),
         "answers_sent": len(run.answers),
         "answers_ok": len(ok),
+        # each answer of a lesson has its own client event id: all must be applied, none duplicates
+        "answers_applied": sum(1 for _, _, code, st in run.answers if code == 200 and st == "applied"),
         "answers_failed": len(run.answers) - len(ok),
         "feedback_p50_ms": _ms(pct(ok, 50)),
         "feedback_p99_ms": _ms(pct(ok, 99)),

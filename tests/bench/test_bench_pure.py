@@ -162,6 +162,34 @@ def test_targets_report_miss_and_not_measured_instead_of_hiding_them() -> None:
     assert "| daemon RSS <= 300 MB" in bench_report.markdown(results, "edge-agent bench")
 
 
+def test_a_run_whose_answers_came_back_as_duplicates_gets_no_verdict() -> None:
+    run = _run(2, 0.0)
+    run.answers = [(t, lat, code, "duplicate") for t, lat, code, _ in run.answers]
+    results = {"lesson": figures.summarize(run), "soak": figures.soak_summary(run) | {"minutes": 2.0}}
+    rows = {name: (detail, ok) for name, _, detail, ok in bench_report.targets(results)}
+    detail, ok = rows["answer-to-feedback p99 <= 10 ms (lesson)"]
+    assert ok is None and "only 0 of 24 answers were applied" in detail
+    assert rows["no growth in the soak beyond noise"][1] is None
+
+
+def test_every_lesson_starts_from_an_empty_state_dir_but_keeps_the_model_cache(tmp_path) -> None:
+    import lesson
+
+    work = tmp_path / "lesson-work"
+    (work / "state" / "cache" / "models").mkdir(parents=True)
+    (work / "state" / "cache" / "models" / "yunet.onnx").write_bytes(b"model")
+    (work / "state" / "secrets").mkdir()
+    (work / "state" / "edge-agent.db").write_bytes(b"last run's applied-event keys")
+    (work / "cloud-receiver.db").write_bytes(b"last run's messages")
+    lesson.fresh_work_dir(work)
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*")) == [
+        "state",
+        "state/cache",
+        "state/cache/models",
+        "state/cache/models/yunet.onnx",
+    ]
+
+
 def test_report_renders_when_every_part_failed() -> None:
     assert "NOT MEASURED" in bench_report.render(
         {"kt": None, "lesson": None, "machine": bench_report.machine()}
