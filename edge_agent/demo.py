@@ -102,7 +102,11 @@ class SimulatedClassroom:
         self.ability = self.rng.normal(0.0, 1.0, students)
         self.practice = np.zeros((students, len(package.skills)))
         self.question_every_s = question_every_s
+        # Event ids unique to this run, as a clicker's are: a demo run again on the same state dir would
+        # otherwise repeat the last run's ids and every answer would come back as a duplicate.
+        self._run_id = secrets.token_hex(4)
         self.sent = 0
+        self.applied = 0  # the daemon's verdict per answer; a duplicate is not applied again
         self.failed = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-classroom", daemon=True)
@@ -138,7 +142,7 @@ class SimulatedClassroom:
                         "skill_id": skill_id,
                         "correct": correct,
                         "answered_at": time.time(),
-                        "client_event_id": f"demo-{question}-{s}",
+                        "client_event_id": f"demo-{self._run_id}-{question}-{s}",
                     }
                 )
             # Students answer within ~3 s of the question, in a few small bursts.
@@ -159,9 +163,11 @@ class SimulatedClassroom:
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
-                response.read()
+                reply = json.loads(response.read())
             self.sent += len(body["answers"])
-        except (urllib.error.URLError, OSError):
+            results = reply.get("results", []) if isinstance(reply, dict) else []
+            self.applied += sum(1 for r in results if isinstance(r, dict) and r.get("status") == "applied")
+        except (urllib.error.URLError, OSError, ValueError):
             self.failed += 1  # the daemon may still be starting; the next question tries again
 
 
@@ -265,6 +271,7 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         classroom.stop()
         summary["answers_sent"] = classroom.sent
+        summary["answers_applied"] = classroom.applied
         if receiver is not None:
             summary["cloud_receiver"] = receiver.report(config.device.device_id)
             receiver.stop()

@@ -264,6 +264,19 @@ def test_answer_reaches_the_page_within_a_second_of_the_board(daemon: RunningDae
     assert max(delays.values()) < 1.0
 
 
+def test_the_demo_classroom_run_again_on_the_same_state_is_applied_not_taken_for_duplicates(
+        daemon: RunningDaemon) -> None:
+    # Same seed, so the same students answer the same first question as the classroom already running.
+    again = SimulatedClassroom(daemon.classroom.url, daemon.classroom.package, students=5,
+                               question_every_s=60.0)
+    again.start()
+    try:
+        _wait_for(lambda: again.sent >= 5, 15, "the second classroom's first question")
+    finally:
+        again.stop()
+    assert again.applied == again.sent >= 5
+
+
 def test_language_switch_renders_the_daemon_data_in_english(daemon: RunningDaemon,
                                                             teacher_page: PageFactory) -> None:
     view = teacher_page(daemon.url)
