@@ -54,6 +54,11 @@ class EngineError(EdgeAgentError):
     pass
 
 
+# EngineLoadError.reason when TensorRT or CUDA is not there at all: the expected case on machines without
+# a GPU, where falling back to ONNX Runtime is no failure (inference/select.py).
+TENSORRT_UNAVAILABLE = "tensorrt_unavailable"
+
+
 class EngineLoadError(EngineError):
     """Building or loading an engine failed; ``reason`` is a short label used as a metric label."""
 

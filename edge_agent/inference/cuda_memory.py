@@ -16,9 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import EngineError, EngineLoadError
-
-UNAVAILABLE = "tensorrt_unavailable"
+from edge_agent.errors import TENSORRT_UNAVAILABLE, EngineError, EngineLoadError
 
 
 def _import_cudart() -> Any:
@@ -46,7 +44,7 @@ class _CudaPython:
         self.rt = _import_cudart()
         count = self._ok(self.rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
         if count < 1:
-            raise EngineLoadError("no CUDA GPU is visible", UNAVAILABLE)
+            raise EngineLoadError("no CUDA GPU is visible", TENSORRT_UNAVAILABLE)
         self._ok(self.rt.cudaSetDevice(0), "cudaSetDevice")
 
     def _ok(self, result: Any, what: str) -> Any:
@@ -104,7 +102,7 @@ class _PyCuda:
         self.cuda = cuda
         cuda.init()
         if cuda.Device.count() < 1:
-            raise EngineLoadError("no CUDA GPU is visible", UNAVAILABLE)
+            raise EngineLoadError("no CUDA GPU is visible", TENSORRT_UNAVAILABLE)
         self._dev = cuda.Device(0)
         self._ctx = self._dev.retain_primary_context()
 
@@ -176,10 +174,10 @@ def _open_backend(binding: str | None = None) -> _CudaPython | _PyCuda:
         except ImportError as exc:
             problems.append(str(exc))
         except EngineError as exc:
-            raise EngineLoadError(f"CUDA is installed but unusable: {exc}", UNAVAILABLE) from exc
+            raise EngineLoadError(f"CUDA is installed but unusable: {exc}", TENSORRT_UNAVAILABLE) from exc
     raise EngineLoadError(
         "no CUDA Python bindings (pip install cuda-python, or JetPack's pycuda): " + "; ".join(problems),
-        UNAVAILABLE,
+        TENSORRT_UNAVAILABLE,
     )
 
 

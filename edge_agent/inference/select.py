@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edge_agent.config import InferenceSettings, PathSettings
-from edge_agent.errors import EngineLoadError
+from edge_agent.errors import TENSORRT_UNAVAILABLE, EngineLoadError
 from edge_agent.inference.engine import Engine
 from edge_agent.inference.engine_cache import BuildTarget, PlanCache, engine_cache_key
 from edge_agent.inference.fetch import engine_model, sha256_file
@@ -29,8 +29,6 @@ from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_inp
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
-
-UNAVAILABLE = "tensorrt_unavailable"
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ def load_engine(
             _mark_up(inner)
             return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, None)
         except EngineLoadError as exc:
-            expected = settings.backend == "tensorrt" or exc.reason != UNAVAILABLE
+            expected = settings.backend == "tensorrt" or exc.reason != TENSORRT_UNAVAILABLE
             if expected:
                 metrics.ENGINE_LOAD_FAILURES.labels(manifest.name, "tensorrt", exc.reason).inc()
             log.log(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import EngineError, EngineInputError, EngineLoadError
+from edge_agent.errors import TENSORRT_UNAVAILABLE, EngineError, EngineInputError, EngineLoadError
 from edge_agent.inference.cuda_memory import CudaMemory, DeviceBuffer
 from edge_agent.inference.engine import TensorSpec
 from edge_agent.inference.engine_cache import BuildTarget
@@ -25,8 +25,6 @@ from edge_agent.inference.manifest import InputProfile
 from edge_agent.inference.trt_build import build_plan, require_tensorrt, trt
 
 log = logging.getLogger(__name__)
-
-UNAVAILABLE = "tensorrt_unavailable"
 
 
 def _shape(dims: trt.Dims) -> tuple[int, ...]:
@@ -199,4 +197,4 @@ def open_tensorrt() -> TensorRTAdapter:
     except EngineLoadError:
         raise
     except Exception as exc:  # CUDA/TensorRT raise their own untyped errors at start-up
-        raise EngineLoadError(f"TensorRT could not start: {exc}", UNAVAILABLE) from exc
+        raise EngineLoadError(f"TensorRT could not start: {exc}", TENSORRT_UNAVAILABLE) from exc

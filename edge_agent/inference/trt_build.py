@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.errors import EngineLoadError
+from edge_agent.errors import TENSORRT_UNAVAILABLE, EngineLoadError
 from edge_agent.inference.fetch import atomic_writer
 from edge_agent.inference.manifest import InputProfile
 
@@ -47,7 +47,7 @@ def require_tensorrt() -> Any:
         raise EngineLoadError(
             f"the tensorrt Python package does not import ({_IMPORT_ERROR}); on a Jetson install "
             "JetPack's python3-libnvinfer",
-            "tensorrt_unavailable",
+            TENSORRT_UNAVAILABLE,
         )
     return trt
 
