@@ -102,7 +102,7 @@ def _parse_manifest(data: bytes) -> Manifest:
         body = json.loads(data)
         name, version, files = body["name"], body["version"], body["files"]
         hashes = {str(k): str(v["sha256"]) for k, v in files.items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise PackageRejected(f"manifest.json is malformed: {exc}") from exc
     if not (
         isinstance(name, str) and _NAME.match(name) and isinstance(version, str) and _NAME.match(version)

@@ -72,7 +72,7 @@ class CommandDispatcher:
             return None
         try:
             doc = json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python parses
             self._reject("malformed", f"not JSON: {exc.__class__.__name__}")
             return None
         try:

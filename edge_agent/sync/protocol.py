@@ -79,7 +79,7 @@ def decode_message(payload: bytes) -> DecodedMessage:
     _require(len(payload) <= MAX_MESSAGE_BYTES * 4, "message too large")
     try:
         doc = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python parses
         raise InputRejected(f"message is not JSON: {exc}") from exc
     _require(isinstance(doc, dict), "message is not a JSON object")
     _require(doc.get("v") == SCHEMA_VERSION, f"unsupported schema version {doc.get('v')!r}")

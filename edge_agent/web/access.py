@@ -191,7 +191,7 @@ async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
         return _refusal(request, Decision.NEED_TOKEN if token else Decision.REMOTE_DISABLED)
     try:
         form = await request.post()
-    except ValueError:
+    except (ValueError, LookupError):  # LookupError: an unknown charset in Content-Type
         return web.json_response({"error": "bad_form", "detail": "the login form could not be read"},
                                  status=400)
     presented = form.get("token")

@@ -46,7 +46,14 @@ def answer_routes(service: ServiceSource, settings: KTSettings) -> web.RouteTabl
             return _error(503, "knowledge tracing is not running yet; retry shortly")
         try:
             body = await request.json(loads=json.loads)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except web.HTTPRequestEntityTooLarge:
+            metrics.ANSWERS.labels(outcome="rejected").inc()
+            limit = request.client_max_size
+            return _error(413, f"the request body is over {limit} bytes; send smaller batches")
+        except LookupError:  # an unknown charset in Content-Type
+            metrics.ANSWERS.labels(outcome="rejected").inc()
+            return _error(400, f"unknown charset {request.charset!r}; send UTF-8 JSON")
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than Python parses
             metrics.ANSWERS.labels(outcome="rejected").inc()
             return _error(400, "the request body is not valid JSON")
         try:

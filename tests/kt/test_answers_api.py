@@ -45,10 +45,17 @@ class Server:
         self.thread.start()
         ready.wait(10)
 
-    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        conn.request(method, path, body=data, headers={"Content-Type": content_type})
         resp = conn.getresponse()
         payload = resp.read()
         conn.close()
@@ -156,6 +163,25 @@ def test_oversized_batch_and_bad_json(api) -> None:
     assert status == 413 and "limit is 20" in body["error"]
     assert server.request("POST", "/api/v1/answers", raw=b"{nope")[0] == 400
     assert server.request("POST", "/api/v1/answers", raw=b"\xff\xfe")[0] == 400
+
+
+def test_bodies_python_cannot_read_get_a_json_error_and_apply_nothing(api) -> None:
+    server, svc = api
+    students = svc.student_count()
+    nested = b"[" * 100_000 + b"]" * 100_000  # valid JSON, deeper than Python's parser recurses
+    status, body = server.request("POST", "/api/v1/answers", raw=nested)
+    assert status == 400 and "not valid JSON" in body["error"]
+    huge = b'{"answers": [' + b" " * (1024 * 1024) + b"]}"
+    status, body = server.request("POST", "/api/v1/answers", raw=huge)
+    assert status == 413 and "send smaller batches" in body["error"]
+    answer = _good(svc.package, student="charset-student", event="charset-1")
+    good = json.dumps(answer).encode()
+    status, body = server.request(
+        "POST", "/api/v1/answers", raw=good, content_type="application/json; charset=klingon"
+    )
+    assert status == 400 and "unknown charset 'klingon'" in body["error"]
+    assert svc.student_count() == students
+    assert server.request("POST", "/api/v1/answers", answer)[0] == 200
 
 
 def test_per_student_api_can_be_switched_off(package: KTPackage) -> None:

@@ -51,6 +51,7 @@ def test_valid_commands_reach_their_handlers(dispatcher: tuple[CommandDispatcher
         (TOPIC, b"{" + b" " * MAX_COMMAND_BYTES + b"}", "oversized"),
         (TOPIC, b"not json", "malformed"),
         (TOPIC, b"\xff\xfe", "malformed"),
+        (TOPIC, b"[" * 5000 + b"]" * 5000, "malformed"),  # fits the size limit, deeper than json parses
         (TOPIC, b'{"type":"reboot","request_id":"x"}', "invalid"),
         (TOPIC, b'{"type":"config_reload"}', "invalid"),
         (TOPIC, b'{"type":"config_reload","request_id":"x","extra":1}', "invalid"),

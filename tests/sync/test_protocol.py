@@ -42,6 +42,7 @@ def test_a_batch_round_trips_with_seq_id_and_data() -> None:
         b"[]",
         b'{"v":2}',
         b"\xff\xfe",
+        b"[" * 5000 + b"]" * 5000,  # deeper than json parses
         b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[]}',
         b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":0,"id":"a","at":1}]}',
         b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":true,"id":"a","at":1}]}',

@@ -149,6 +149,9 @@ def test_login_form_sets_the_cookie_and_refuses_foreign_redirects(lan_server: Se
     assert status == 401 and "set-cookie" not in headers and b"<form" in body
     status, _, _ = _request(remote_ip, lan_server.port, "/login", form, "POST", "%%%garbage")
     assert status == 401
+    klingon = {"Content-Type": "application/x-www-form-urlencoded; charset=klingon"}
+    status, headers, body = _request(remote_ip, lan_server.port, "/login", klingon, "POST", "token=x")
+    assert status == 400 and json.loads(body)["error"] == "bad_form" and "set-cookie" not in headers
 
 
 def test_html_request_without_token_gets_the_login_form(lan_server: ServerThread, remote_ip: str) -> None:
