@@ -15,10 +15,10 @@ from typing import Any
 
 from edge_agent.config import Config, KTSettings
 from edge_agent.daemon import Daemon
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, EdgeAgentError, ModelError
 from edge_agent.inference.engine_set import EngineSet
+from edge_agent.inference.manifest import ENGINES_DIR, load_manifests
 from edge_agent.inference.manifest import Manifest as EngineManifest
-from edge_agent.inference.manifest import load_manifests
 from edge_agent.kt.component import KTComponent
 from edge_agent.kt.service import KTService
 from edge_agent.kt.updates import MODEL_NAME as KT_PACKAGE_NAME
@@ -121,6 +121,9 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
 
     store = StoreComponent(config, heartbeats=heartbeats, live=live)
     manifests = load_manifests()
+    missing = [name for name in _engine_names(config) if name not in manifests]
+    if missing:
+        raise ModelError(f"no engine manifest for {missing} in {ENGINES_DIR}; reinstall edge-agent")
     kt_settings = _installed_kt(config, manifests)
     engines = EngineSet(
         [manifests[n] for n in _engine_names(config)],
@@ -284,6 +287,9 @@ async def run_daemon(
     except ConfigError as exc:
         for where, message in exc.problems:
             log.error("config problem: %s: %s", where, message)
+        return 1
+    except EdgeAgentError as exc:  # e.g. a damaged or missing engine manifest in the installed package
+        log.error("cannot start: %s", exc)
         return 1
     metrics.ALERTS.labels("start").inc(0)
     return await assembly.daemon.run()

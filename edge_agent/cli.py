@@ -62,6 +62,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent", description="Classroom edge runtime for class boards."
@@ -82,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--state-dir", default="demo-state", help="where the demo keeps its state (default ./demo-state)"
     )
-    demo.add_argument("--port", type=int, default=8080, help="teacher view port on localhost")
-    demo.add_argument("--metrics-port", type=int, default=9108)
+    demo.add_argument("--port", type=_port, default=8080, help="teacher view port on localhost")
+    demo.add_argument("--metrics-port", type=_port, default=9108)
     demo.add_argument("--camera", help="camera source; default: ../shared/data/faces if present")
     demo.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)"

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from edge_agent.config import StoreSettings
 from edge_agent.errors import StoreCorruptError, StoreError, StoreFullError
 from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry
-from edge_agent.store.schema import migrate
+from edge_agent.store.schema import migrate, schema_problem
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -157,13 +157,13 @@ class Database:
             conn = sqlite3.connect(str(self.path), isolation_level=None)
             try:
                 rows = conn.execute("PRAGMA quick_check").fetchall()
+                if rows != [("ok",)]:
+                    return "; ".join(str(r[0]) for r in rows[:3])
+                return schema_problem(conn)
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
             return str(exc)
-        if rows != [("ok",)]:
-            return "; ".join(str(r[0]) for r in rows[:3])
-        return None
 
     def _quarantine(self, problem: str) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())

@@ -7,6 +7,7 @@ to an older release refuses a newer database (clear error) instead of guessing.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable
 
@@ -89,3 +90,39 @@ def migrate(conn: sqlite3.Connection) -> int:
             raise
         applied += 1
     return applied
+
+
+def _tables(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {n: {r[1] for r in conn.execute(f'PRAGMA table_info("{n}")')} for n in names}
+
+
+@functools.cache
+def _tables_at(version: int) -> dict[str, set[str]]:
+    """The tables and columns the first ``version`` migrations make."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for migration in MIGRATIONS[:version]:
+            migration(sqlite_utils.Database(conn))
+        return _tables(conn)
+    finally:
+        conn.close()
+
+
+def schema_problem(conn: sqlite3.Connection) -> str | None:
+    """None when the file holds what its ``user_version`` promises (extra tables are left alone), else
+    what is wrong: another program's database, or one whose tables were dropped or altered."""
+    version = current_version(conn)
+    if version > SCHEMA_VERSION:
+        return None  # migrate() refuses it: a newer release's database is not damaged
+    actual = _tables(conn)
+    if version == 0:
+        return f"it has tables {sorted(actual)[:5]} but no edge-agent schema version" if actual else None
+    missing = {
+        table: sorted(columns - actual.get(table, set()))
+        for table, columns in _tables_at(version).items()
+        if not columns <= actual.get(table, set())
+    }
+    if missing:
+        return f"schema version {version} but tables or columns are missing: {missing}"
+    return None

@@ -112,6 +112,27 @@ def test_malformed_toml_reports_the_line(tmp_path: Path, capsys: pytest.CaptureF
     assert "TOML syntax" in err and "line 3" in err
 
 
+def test_a_config_that_is_not_text_or_not_a_file_is_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = tmp_path / "config.toml"
+    binary.write_bytes(b"[device]\ntenant = \"\xff\xfe\"\n")
+    folder = tmp_path / "config.d"
+    folder.mkdir()
+    for path in (binary, folder):
+        assert main(["config", "check", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert str(path) in err and "cannot read config file" in err
+
+
+def test_demo_refuses_a_port_outside_the_tcp_range(capsys: pytest.CaptureFixture[str]) -> None:
+    for port in ("70000", "0", "x"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["demo", "--port", port])
+        assert exit_info.value.code == 2
+        assert f"'{port}' is not a TCP port (1-65535)" in capsys.readouterr().err
+
+
 def test_a_world_readable_secret_is_refused_with_the_chmod_fix(tmp_path: Path) -> None:
     text = _valid_config_text(tmp_path)
     (tmp_path / "pseudonym.key").chmod(0o644)

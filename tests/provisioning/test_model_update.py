@@ -17,6 +17,7 @@ from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 from edge_agent.provisioning.cli import model_main
 from edge_agent.provisioning.model_package import (
     PackageRejected,
+    extract_tar,
     generate_signing_key,
     load_public_key,
     sign_package,
@@ -171,6 +172,28 @@ def tar_of(package: Path, extra: tuple[str, bytes] | None = None) -> Path:
             info.size = len(extra[1])
             tar.addfile(info, io.BytesIO(extra[1]))
     return archive
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "absolute", "fifo"])
+def test_a_tar_with_a_link_device_or_absolute_entry_is_refused_before_anything_is_unpacked(
+    tmp_path: Path, kind: str
+) -> None:
+    archive = tmp_path / "package.tar"
+    with tarfile.open(archive, "w") as tar:
+        model = tarfile.TarInfo("model.onnx")
+        model.size = 4
+        tar.addfile(model, io.BytesIO(b"onnx"))
+        entry = tarfile.TarInfo("/etc/cron.d/evil" if kind == "absolute" else "evil")
+        entry.type = {"symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE, "fifo": tarfile.FIFOTYPE}.get(
+            kind, tarfile.REGTYPE
+        )
+        entry.linkname = {"symlink": "/etc/passwd", "hardlink": "model.onnx"}.get(kind, "")
+        entry.size = 4 if kind == "absolute" else 0
+        tar.addfile(entry, io.BytesIO(b"evil") if kind == "absolute" else None)
+    destination = tmp_path / "unpacked"
+    with pytest.raises(PackageRejected, match="unsafe entry"):
+        extract_tar(archive, destination)
+    assert not destination.exists()
 
 
 def test_updater_component_installs_a_tar_in_the_background_and_sets_the_metric(

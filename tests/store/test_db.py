@@ -154,6 +154,34 @@ def test_a_corrupt_database_is_quarantined_and_replaced(state_dir: Path, damage:
         again.close()
 
 
+@pytest.mark.parametrize(
+    ("setup", "problem"),
+    [
+        ("CREATE TABLE outbox (x); INSERT INTO outbox VALUES (1)", "no edge-agent schema version"),
+        ("CREATE TABLE meta (key, value); PRAGMA user_version = 1", "tables or columns are missing"),
+    ],
+    ids=["another-programs-database", "tables-dropped"],
+)
+def test_a_database_without_our_tables_is_moved_aside_not_used(
+    state_dir: Path, caplog: pytest.LogCaptureFixture, setup: str, problem: str
+) -> None:
+    path = state_dir / "edge-agent.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(setup)
+    conn.close()
+    original = path.read_bytes()
+    db = Database(path, StoreSettings())
+    report = db.open()
+    try:
+        assert report.quarantined is not None and report.quarantined.read_bytes() == original
+        assert problem in caplog.text
+        box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+        box.open()
+        assert box.enqueue("attention", {"ok": True}).result(5) >= 1
+    finally:
+        db.close()
+
+
 def test_a_full_disk_gives_a_clear_error_and_no_corruption(state_dir: Path) -> None:
     path = state_dir / "full.db"
     db = Database(path, StoreSettings(), max_page_count=64)  # 256 KiB file limit

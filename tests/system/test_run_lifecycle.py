@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import socket
@@ -148,6 +149,35 @@ def test_broken_config_exits_1_naming_the_key_and_never_reports_ready(
     assert daemon.wait(20) == 1
     assert key in daemon.stderr()
     assert notify.snapshot() == []  # not even a STATUS: nothing started
+    assert not (tmp_path / "state" / "edge-agent.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "yunet.toml").write_text("[model\nname = "), "yunet.toml is not valid TOML"),
+        (lambda d: (d / "kt-step.toml").unlink(), "no engine manifest for ['kt-step']"),
+    ],
+    ids=["broken-toml", "missing"],
+)
+def test_a_damaged_engine_manifest_stops_the_start_with_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    damage: Callable[[Path], object], message: str,
+) -> None:
+    from edge_agent import assembly
+    from edge_agent.config import load_config
+    from edge_agent.inference.manifest import ENGINES_DIR, load_manifests
+
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    for path in ENGINES_DIR.glob("*.toml"):
+        (engines / path.name).write_bytes(path.read_bytes())
+    damage(engines)
+    monkeypatch.setattr(assembly, "load_manifests", lambda: load_manifests(engines))
+    config = load_config(write_config(tmp_path / "config.toml", local_config(tmp_path, faces=None)))
+    assert asyncio.run(assembly.run_daemon(config)) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("cannot start: ") and message in errors[0]
     assert not (tmp_path / "state" / "edge-agent.db").exists()
 
 
