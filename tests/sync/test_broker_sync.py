@@ -183,15 +183,20 @@ def test_commands_arrive_through_the_broker_and_bad_ones_are_refused(
     publisher.start()
     sender = MqttConnection(settings, "cloud-admin", "", lambda *_: None, will=False)
     before = metrics.sample("edge_mqtt_rejected_total", {"reason": "invalid"})
+    malformed = metrics.sample("edge_mqtt_rejected_total", {"reason": "malformed"})
     try:
         assert wait_until(lambda: publisher.status()["connected"], 5)
         time.sleep(0.2)  # the subscription follows the connection
+        reconnects = metrics.sample("edge_mqtt_reconnects_total")
         sender.connect()
+        sender.publish(commands.topic, b"[" * 5000 + b"]" * 5000)  # deeper than json parses
         sender.publish(commands.topic, b'{"type":"config_reload","request_id":"r1","rm":"-rf"}')
         sender.publish(commands.topic, b'{"type":"config_reload","request_id":"r2"}')
         assert wait_until(lambda: len(seen) == 1, 5)
         sender.loop(0.1)
         assert metrics.sample("edge_mqtt_rejected_total", {"reason": "invalid"}) == before + 1
+        assert metrics.sample("edge_mqtt_rejected_total", {"reason": "malformed"}) == malformed + 1
+        assert metrics.sample("edge_mqtt_reconnects_total") == reconnects  # the connection stayed up
     finally:
         sender.disconnect()
         publisher.stop()
