@@ -27,9 +27,16 @@ from edge_agent.provisioning.model_package import extract_tar, sign_package
 
 
 def make_package(
-    base: Path, key: Path, version: str, change: Callable[[Path], None] | None = None, *, sign: bool = True
+    base: Path,
+    key: Path,
+    version: str,
+    change: Callable[[Path], None] | None = None,
+    *,
+    sign: bool = True,
+    model: str = "kt",
 ) -> Path:
-    """The default KT package as a signed tar (signed after ``change``, so only the content differs)."""
+    """The default KT package as a signed tar (signed after ``change``, so only the content differs),
+    named ``model`` in its signed manifest."""
     folder = base / f"build-{version}"
     shutil.copytree(DEFAULT_PACKAGE_DIR, folder)
     meta = json.loads((folder / "metadata.json").read_text())
@@ -37,7 +44,7 @@ def make_package(
     if change is not None:
         change(folder)
     if sign:
-        sign_package(folder, key, "kt", version)
+        sign_package(folder, key, model, version)
     archive = base / f"kt-{version}.tar"
     with tarfile.open(archive, "w") as tar:
         for path in sorted(folder.iterdir()):

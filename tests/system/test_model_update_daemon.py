@@ -281,6 +281,7 @@ BAD_PACKAGES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "wrong-hidden": (lambda base, key: make_package(base, key, "9.3", set_hidden(32)), "hidden size"),
     "other-skills": (lambda base, key: make_package(base, key, "9.4", rename_first_skill), "skills differ"),
     "corrupt-onnx": (lambda base, key: make_package(base, key, "9.5", corrupt_onnx), "failed to load"),
+    "other-model": (lambda base, key: make_package(base, key, "9.6", model="headpose"), "only the 'kt'"),
 }
 
 
