@@ -112,13 +112,13 @@ def first_step_mastery(package_dir: Path, skill_id: str, correct: bool = True) -
 class HttpsFileServer:
     """An https file server on loopback with a certificate from ``ca`` (the update server)."""
 
-    def __init__(self, root: Path, ca: FleetCA) -> None:
+    def __init__(self, root: Path, ca: FleetCA, handler_class: type[QuietHandler] | None = None) -> None:
         key, cert = ca.issue_server("127.0.0.1")
         (root / "server.key").write_bytes(key)
         (root / "server.pem").write_bytes(cert)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(root / "server.pem", root / "server.key")
-        handler = lambda *a: _QuietHandler(*a, directory=str(root))  # noqa: E731
+        handler = lambda *a: (handler_class or QuietHandler)(*a, directory=str(root))  # noqa: E731
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="test-https", daemon=True)
@@ -133,6 +133,6 @@ class HttpsFileServer:
         self.thread.join(5)
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass

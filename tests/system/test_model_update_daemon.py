@@ -31,7 +31,13 @@ from edge_agent.telemetry import metrics
 from edge_agent.updates import DownloadFailed, download
 from tests.system.harness import answer, local_config, post_answers
 from tests.system.harness import http as http_request
-from tests.system.model_packages import HttpsFileServer, drop, make_package, tamper_after_signing
+from tests.system.model_packages import (
+    HttpsFileServer,
+    QuietHandler,
+    drop,
+    make_package,
+    tamper_after_signing,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -388,6 +394,59 @@ def test_download_takes_file_urls_and_refuses_plain_http_wrong_sha_and_oversize(
         download(source.as_uri(), dest, sha, timeout_s=5, max_bytes=4096)
     with pytest.raises(DownloadFailed, match="failed"):
         download((tmp_path / "missing.tar").as_uri(), dest, sha, timeout_s=5, max_bytes=10_000)
+    assert list(dest.parent.iterdir()) == []  # no partial files left behind
+
+
+class _RedirectToPlainHttp(QuietHandler):
+    target = ""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.target)
+        self.end_headers()
+
+
+class _Stall(QuietHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "10000")
+        self.end_headers()
+        self.wfile.write(b"x" * 100)
+        self.wfile.flush()
+        time.sleep(1.5)
+
+
+def test_download_refuses_a_redirect_to_plain_http_and_gives_up_on_a_stalled_server(tmp_path: Path) -> None:
+    import http.server
+    import ssl
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "pkg.tar").write_bytes(b"x" * 5000)
+    sha = hashlib.sha256(b"x" * 5000).hexdigest()
+    ca = FleetCA.create(tmp_path / "ca", "test fleet")
+    trust = ssl.create_default_context(cadata=ca.ca_pem().decode())
+    plain = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a: QuietHandler(*a, directory=str(served))
+    )
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    _RedirectToPlainHttp.target = f"http://127.0.0.1:{plain.server_address[1]}/pkg.tar"
+    redirecting = HttpsFileServer(served, ca, _RedirectToPlainHttp)
+    stalling = HttpsFileServer(served, ca, _Stall)
+    dest = tmp_path / "inbox" / "kt-1.tar"
+    dest.parent.mkdir()
+    try:
+        with pytest.raises(DownloadFailed, match="redirected away from https"):
+            download(redirecting.url("pkg.tar"), dest, sha, timeout_s=5, max_bytes=10_000, context=trust)
+        started = time.monotonic()
+        with pytest.raises(DownloadFailed, match="timed out"):
+            download(stalling.url("pkg.tar"), dest, sha, timeout_s=0.5, max_bytes=10_000, context=trust)
+        assert time.monotonic() - started < 1.4  # gave up, did not wait for the server
+    finally:
+        redirecting.close()
+        stalling.close()
+        plain.shutdown()
+        plain.server_close()
     assert list(dest.parent.iterdir()) == []  # no partial files left behind
 
 
