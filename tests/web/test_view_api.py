@@ -123,6 +123,33 @@ def test_stop_ends_open_event_streams_within_seconds() -> None:
     server.stop()  # already stopped: only ends the thread
 
 
+def test_a_33rd_teacher_view_is_told_to_retry_and_a_closed_one_frees_its_place() -> None:
+    server = ServerThread(LiveBoard(), keepalive_s=0.2).start()
+
+    async def scenario() -> tuple[int, str | None, str, int]:
+        async with aiohttp.ClientSession() as session:
+            streams = [await session.get(server.url + "/api/v1/events") for _ in range(32)]
+            for stream in streams:
+                await stream.content.readuntil(b"\n\n")
+            async with session.get(server.url + "/api/v1/events") as refused:
+                status, retry, text = refused.status, refused.headers.get("Retry-After"), await refused.text()
+            streams.pop().close()
+            await asyncio.sleep(1.0)  # the server notices a closed stream at its next write (keepalive)
+            async with session.get(server.url + "/api/v1/events") as again:
+                reopened = again.status
+            for stream in streams:
+                stream.close()
+            return status, retry, text, reopened
+
+    try:
+        status, retry, text, reopened = run_async(asyncio.wait_for(scenario(), timeout=20))
+        assert status == 503 and retry == "10" and "close a browser tab" in text
+        assert reopened == 200
+        assert json.loads(_get(server.url + "/api/v1/status")[2])["sse_refused"] == 1
+    finally:
+        server.stop()
+
+
 def test_translations_cover_every_key_the_page_uses() -> None:
     tables = {lang: json.loads((I18N_DIR / f"{lang}.json").read_text(encoding="utf-8")) for lang in LANGUAGES}
     assert set(tables["zh-CN"]) == set(tables["en"])
