@@ -38,6 +38,14 @@ def add_provision_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     return p
 
 
+def _broker_address(text: str) -> tuple[str, int]:
+    """HOST:PORT, checked before any board is written."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. mqtt.district.example:8883)")
+    return host, int(port)
+
+
 def _provision_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inventory", type=Path, required=True, help="fleet inventory CSV")
     p.add_argument("--template", type=Path, required=True, help="fleet config template (TOML)")
@@ -52,7 +60,12 @@ def _provision_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model-signing-key", type=Path, help="ed25519 public key model packages must be signed with"
     )
-    p.add_argument("--enroll", metavar="HOST:PORT", help="after provisioning, publish a hello to this broker")
+    p.add_argument(
+        "--enroll",
+        metavar="HOST:PORT",
+        type=_broker_address,
+        help="after provisioning, publish a hello to this broker",
+    )
     p.add_argument("--no-activate", action="store_true", help="on /: do not enable units or start the build")
 
 
@@ -82,12 +95,12 @@ def cmd_provision(args: argparse.Namespace) -> int:
             if result.state == "provisioned":
                 check_root(result.root)
         if args.enroll:
-            host, _, port = args.enroll.rpartition(":")
+            host, port = args.enroll
             for result, board in zip(results, _boards_of(results, args.inventory), strict=True):
                 etc = result.root / "etc/edge-agent"
                 check_enrollment(
                     host,
-                    int(port),
+                    port,
                     etc / "certs/ca.pem",
                     etc / "certs/device.pem",
                     etc / "secrets/device.key",
@@ -95,7 +108,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
                     site=board.site,
                     device_id=board.device_id,
                 )
-                print(f"{board.device_id}: enrolled (hello accepted by {args.enroll})")
+                print(f"{board.device_id}: enrolled (hello accepted by {host}:{port})")
     except (ProvisioningError, ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -117,6 +117,15 @@ def test_watchdog_interval_is_half_of_watchdog_usec_and_respects_pid() -> None:
         is None
     )
     assert Notifier({"WATCHDOG_USEC": "garbage"}).watchdog_interval_s is None
+    assert Notifier({"WATCHDOG_USEC": "0"}).watchdog_interval_s is None
+    assert Notifier({"WATCHDOG_USEC": "-5000000"}).watchdog_interval_s is None
+
+
+def test_a_notify_socket_that_is_gone_is_counted_not_fatal(tmp_path: Path) -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    assert notifier.enabled
+    assert not notifier.ready("started") and not notifier.watchdog()
+    assert notifier.failures == 2 and notifier.sent == 0
 
 
 def test_abstract_socket_names_are_supported() -> None:

@@ -220,3 +220,16 @@ def test_cli_provisions_a_new_board_and_checks_enrollment(
     assert provision_main(args) == 0, capsys.readouterr().err
     assert "board-d: enrolled" in capsys.readouterr().out
     assert "u'board-d'" in broker.log()  # the broker saw the certificate CN as the username
+
+
+@pytest.mark.parametrize("enroll", ["mqtt.example", "mqtt.example:http", ":8883", "h:70000"])
+def test_cli_refuses_an_enroll_address_without_a_port_before_touching_any_board(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], enroll: str
+) -> None:
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text("tenant,site,class_id,device_id\ndistrict-a,school-2,class-1,board-e\n")
+    args = ["--inventory", str(inventory), "--template", str(TEMPLATE), "--roots", str(tmp_path / "roots")]
+    with pytest.raises(SystemExit) as exit_info:
+        provision_main([*args, "--ca-dir", str(fleet.ca.dir), "--enroll", enroll])
+    assert exit_info.value.code == 2 and "is not HOST:PORT" in capsys.readouterr().err
+    assert not (tmp_path / "roots").exists()

@@ -108,6 +108,11 @@ def test_interrupted_run_finishes_on_the_next_one(tmp_path: Path) -> None:
     check_root(fleet.roots / "board-a")
 
 
+def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None:
+    with pytest.raises(ProvisioningError, match="fleet template is not valid TOML"):
+        render_config('[mqtt\nhost = "broker"\n', BOARD)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

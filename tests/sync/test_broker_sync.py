@@ -286,6 +286,24 @@ def test_wrong_or_expired_certificates_are_refused_with_a_clear_error(
         conn.connect()
 
 
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("ca_file", "CA file .*garbage.pem cannot be loaded"),
+        ("cert_file", "device certificate .*garbage.pem cannot be read"),
+        ("key_file", "cannot be used together"),
+    ],
+)
+def test_a_garbage_tls_file_is_refused_naming_the_file(
+    tls_broker: Broker, pki: Pki, tmp_path: Path, field: str, expected: str
+) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n\xff")
+    settings = tls_settings(tls_broker, pki, **{field: garbage})
+    with pytest.raises(SyncTlsError, match=expected):
+        MqttConnection(settings, "edge-board-0001", "edge/x/y/z/status", lambda *_: None).connect()
+
+
 def test_an_expired_broker_certificate_is_refused(tmp_path: Path, pki: Pki) -> None:
     broker = Broker(tmp_path / "expired", pki, expired_server=True).start()
     try:

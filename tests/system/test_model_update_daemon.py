@@ -471,3 +471,24 @@ def test_updates_are_off_without_a_signing_key_and_say_why_when_forced_on(tmp_pa
     health = forced.health()
     assert not health.ok and str(missing) in health.detail
     asyncio.run(forced.stop())
+
+
+def test_a_signing_key_file_that_is_not_an_ed25519_key_turns_updates_off_naming_it(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    garbage = tmp_path / "garbage.pub"
+    garbage.write_bytes(b"-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n")
+    other = tmp_path / "ec.pub"
+    other.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    for key, expected in ((garbage, "cannot read model signing public key"), (other, "not an ed25519")):
+        updates = build(board_config(tmp_path, key)).updates
+        assert updates is not None
+        asyncio.run(updates.start())
+        health = updates.health()
+        assert not health.ok and str(key) in health.detail and expected in health.detail
+        asyncio.run(updates.stop())
