@@ -18,6 +18,7 @@ answering.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -208,7 +209,8 @@ class ModelUpdates:
     async def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5.0)  # a daemon thread: a download still running dies with the process
+            # off the event loop; a daemon thread: a download still running dies with the process
+            await asyncio.to_thread(self._thread.join, 5.0)
             self._thread = None
         if self.updater is not None:
             await self.updater.stop()

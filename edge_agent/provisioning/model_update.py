@@ -16,6 +16,7 @@ Thread affinity: :class:`ModelUpdater` runs installs on its own worker thread fe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import queue
@@ -202,7 +203,9 @@ class ModelUpdater:
                 break
             except queue.Full:  # drop pending work: an update is re-sent, not needed at shutdown
                 self._queue.get_nowait()
-        self._thread.join(self._stop_timeout_s)
+        # joined off the event loop: an install in progress must not freeze the loop (and with it the
+        # daemon's stop budget for every other component); the daemon's wait_for bounds this await
+        await asyncio.to_thread(self._thread.join, self._stop_timeout_s)
         self._thread = None
 
     def health(self) -> Health:

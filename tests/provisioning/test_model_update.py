@@ -7,6 +7,7 @@ import asyncio
 import io
 import shutil
 import tarfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,42 @@ def test_a_tar_with_a_link_device_or_absolute_entry_is_refused_before_anything_i
     with pytest.raises(PackageRejected, match="unsafe entry"):
         extract_tar(archive, destination)
     assert not destination.exists()
+
+
+def test_stopping_during_an_install_keeps_the_event_loop_running(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    store = store_with_v1(tmp_path, keys, headpose)
+    installing, release = threading.Event(), threading.Event()
+
+    def slow_load(path: Path) -> OnnxRuntimeEngine:
+        installing.set()
+        release.wait(10)
+        return load(path)
+
+    updater = ModelUpdater(store, slow_load, sane, lambda manifest, engine: None, stop_timeout_s=1.0)
+
+    async def scenario() -> int:
+        await updater.start()
+        assert updater.submit(tar_of(make_package(tmp_path, headpose[1], keys[0], "2.0")))
+        assert await asyncio.to_thread(installing.wait, 10)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.05)
+
+        task = asyncio.create_task(ticker())
+        await updater.stop()  # the install holds the thread: this waits its full second
+        task.cancel()
+        return ticks
+
+    try:
+        assert asyncio.run(scenario()) >= 10  # about 20 ticks of 50 ms while stop() waited
+    finally:
+        release.set()
 
 
 def test_updater_component_installs_a_tar_in_the_background_and_sets_the_metric(
