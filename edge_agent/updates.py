@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import logging
 import os
 import queue
@@ -98,7 +99,8 @@ def download(
         with opened as response, part.open("wb") as out:
             if urlsplit(response.geturl()).scheme != scheme:
                 raise DownloadFailed("model download refused: the server redirected away from https")
-            while chunk := response.read(_CHUNK):
+            # read1: what one recv gives, so a server trickling bytes meets the deadline below
+            while chunk := response.read1(_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
                     raise DownloadFailed(f"package larger than updates.max_download_bytes ({max_bytes})")
@@ -109,7 +111,8 @@ def download(
         if digest.hexdigest() != sha256:
             raise DownloadFailed("downloaded model package does not match the sha256 in the command")
         os.replace(part, dest)
-    except (OSError, ValueError) as exc:  # URLError, timeouts, TLS failures, disk full
+    # OSError: URLError, timeouts, TLS failures, disk full; HTTPException: a garbled or cut-short reply
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         raise DownloadFailed(f"model download failed: {exc}") from exc
     finally:
         part.unlink(missing_ok=True)

@@ -12,10 +12,10 @@ and kept beside it (``<stem>.derived.onnx``).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import tempfile
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,7 +102,7 @@ def download_verified(url: str, dest: Path, sha: str, timeout_s: float) -> None:
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             _verified_copy(response, dest, sha, url)
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts; a garbled or cut-short reply
         raise ModelError(f"download of {url} failed: {exc}") from exc
 
 

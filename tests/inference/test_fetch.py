@@ -18,10 +18,15 @@ from .helpers import MANIFESTS, paths_for
 
 class _Server(http.server.ThreadingHTTPServer):
     payload: bytes = b""
+    raw: bytes | None = None  # a whole reply, status line included, written as it is
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        if self.server.raw is not None:  # type: ignore[attr-defined]
+            self.wfile.write(self.server.raw)  # type: ignore[attr-defined]
+            self.close_connection = True
+            return
         body = self.server.payload  # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -89,6 +94,29 @@ def test_tampered_mirror_and_download_are_refused_and_previous_file_kept(
     assert not list(dest.parent.glob("*.part"))
     server.payload = updated
     assert fetch_model(manifest, paths, timeout_s=5).read_bytes() == updated
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        (b"HTTP/1.1 2OO OK\r\n\r\n", "2OO"),  # a garbled status line (BadStatusLine)
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\ncut short", "has sha256"),
+    ],
+    ids=["garbled", "cut-short"],
+)
+def test_a_garbled_or_cut_short_reply_is_a_model_error_and_the_cache_is_kept(
+    tmp_path, server, monkeypatch, reply: bytes, problem: str
+):
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    manifest = _served(MANIFESTS["fsanet-var"], server, hashlib.sha256(b"new").hexdigest())
+    paths = paths_for(tmp_path, None)
+    dest = cached_model_path(manifest, paths)
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"old good file")
+    server.raw = reply
+    with pytest.raises(ModelError, match=f"previous file in the cache was kept.*{problem}"):
+        fetch_model(manifest, paths, timeout_s=5)
+    assert dest.read_bytes() == b"old good file" and not list(dest.parent.glob("*.part"))
 
 
 def test_unreachable_url_without_mirror_says_how_to_fix(tmp_path, monkeypatch):

@@ -416,7 +416,26 @@ class _Stall(QuietHandler):
         time.sleep(1.5)
 
 
-def test_download_refuses_a_redirect_to_plain_http_and_gives_up_on_a_stalled_server(tmp_path: Path) -> None:
+class _Trickle(QuietHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "5000")
+        self.end_headers()
+        for _ in range(50):  # one byte every 0.1 s: every socket read succeeds, the whole takes 5 s
+            self.wfile.write(b"x")
+            self.wfile.flush()
+            time.sleep(0.1)
+
+
+class _Garbled(QuietHandler):
+    def do_GET(self) -> None:
+        self.wfile.write(b"HTTP/1.1 2OO OK\r\n\r\n")
+        self.close_connection = True
+
+
+def test_download_refuses_a_redirect_to_plain_http_a_garbled_reply_and_slow_servers(
+    tmp_path: Path,
+) -> None:
     import http.server
     import ssl
 
@@ -433,18 +452,28 @@ def test_download_refuses_a_redirect_to_plain_http_and_gives_up_on_a_stalled_ser
     _RedirectToPlainHttp.target = f"http://127.0.0.1:{plain.server_address[1]}/pkg.tar"
     redirecting = HttpsFileServer(served, ca, _RedirectToPlainHttp)
     stalling = HttpsFileServer(served, ca, _Stall)
+    garbled = HttpsFileServer(served, ca, _Garbled)
+    trickling = HttpsFileServer(served, ca, _Trickle)
     dest = tmp_path / "inbox" / "kt-1.tar"
     dest.parent.mkdir()
     try:
         with pytest.raises(DownloadFailed, match="redirected away from https"):
             download(redirecting.url("pkg.tar"), dest, sha, timeout_s=5, max_bytes=10_000, context=trust)
+        with pytest.raises(DownloadFailed, match=r"model download failed: .*2OO"):
+            download(garbled.url("pkg.tar"), dest, sha, timeout_s=5, max_bytes=10_000, context=trust)
         started = time.monotonic()
         with pytest.raises(DownloadFailed, match="timed out"):
             download(stalling.url("pkg.tar"), dest, sha, timeout_s=0.5, max_bytes=10_000, context=trust)
         assert time.monotonic() - started < 1.4  # gave up, did not wait for the server
+        started = time.monotonic()
+        with pytest.raises(DownloadFailed, match=r"took longer than 1\.0 s"):
+            download(trickling.url("pkg.tar"), dest, sha, timeout_s=1.0, max_bytes=10_000, context=trust)
+        assert time.monotonic() - started < 2.5  # the deadline held although no single read timed out
     finally:
         redirecting.close()
         stalling.close()
+        garbled.close()
+        trickling.close()
         plain.shutdown()
         plain.server_close()
     assert list(dest.parent.iterdir()) == []  # no partial files left behind
