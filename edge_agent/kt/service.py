@@ -327,7 +327,7 @@ class KTService:
         if error is not None or results is None:
             if error is None:
                 error = ServiceBusy("no result")
-            elif not isinstance(error, EdgeAgentError):
+            elif not isinstance(error, ServiceBusy):  # e.g. StoreFullError: the API answers 503 with it
                 error = ServiceBusy(f"answers could not be stored: {error}")
         outcomes: Counter[str] = Counter()
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
@@ -340,6 +340,8 @@ class KTService:
                 by_loop.setdefault(job.loop, []).append((job.future, result, error))
             else:
                 _settle([(job.future, result, error)])
+        if error is not None:  # inference or the store failed: the callers get a 503 and retry
+            outcomes["failed"] += sum(len(job.answers) for job in jobs)
         for outcome, count in outcomes.items():
             metrics.ANSWERS.labels(outcome=outcome).inc(count)
         for loop, settled in by_loop.items():

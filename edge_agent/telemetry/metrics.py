@@ -90,7 +90,7 @@ GC_PAUSE = Histogram(
 )
 ANSWERS = Counter(
     "edge_answers",
-    "Answers by outcome (applied, duplicate, rejected).",
+    "Answers by outcome (applied, duplicate, rejected, overloaded, unavailable, failed).",
     ["outcome"],
     registry=REGISTRY,
 )

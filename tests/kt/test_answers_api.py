@@ -210,6 +210,42 @@ def test_answers_get_503_while_not_running(package: KTPackage) -> None:
     assert status == 503 and retry == "1" and "not running" in body["error"]
 
 
+def test_a_full_disk_gives_503_saying_so(package: KTPackage, tmp_path) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from edge_agent.config import StoreSettings
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+    from edge_agent.kt.persistence import StatePersistence
+    from edge_agent.store.db import Database
+
+    db = Database(tmp_path / "full.db", StoreSettings(), max_page_count=40)  # a 160-KiB "disk"
+    db.open()
+    svc = KTService(
+        package,
+        OnnxRuntimeEngine(package.step_model),
+        KTSettings(),
+        Pseudonymizer(b"k" * 32),
+        persistence=StatePersistence(db),
+    )
+    svc.start()
+
+    async def run() -> list[tuple[int, dict[str, Any]]]:
+        replies = []
+        async with TestClient(TestServer(_app(svc, KTSettings()))) as client:
+            for n in range(400):  # a new student per answer: each adds a state row
+                resp = await client.post("/api/v1/answers", json=_good(package, f"disk-{n}", f"d{n}"))
+                replies.append((resp.status, await resp.json()))
+        return replies
+
+    try:
+        replies = asyncio.run(run())
+    finally:
+        svc.stop()
+        db.close()
+    assert replies[0][0] == 200 and replies[-1][0] == 503
+    assert "could not be stored" in replies[-1][1]["error"] and "full" in replies[-1][1]["error"]
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: (

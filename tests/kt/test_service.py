@@ -129,6 +129,33 @@ def test_stopped_service_refuses(package, engine, kt_settings, pseudonymize) -> 
         svc.submit([_answer(package, pseudonymize, "s1", "x")])
 
 
+def test_a_full_disk_fails_the_answers_with_503_counts_them_and_the_service_keeps_running(
+    package, engine, kt_settings, pseudonymize, tmp_path
+) -> None:
+    from edge_agent.config import StoreSettings
+
+    db = Database(tmp_path / "full.db", StoreSettings(), max_page_count=40)  # a 160-KiB "disk"
+    db.open()
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    failed = metrics.sample("edge_answers_total", {"outcome": "failed"})
+    outcomes = []
+    try:
+        for n in range(400):  # each new student adds a state row (~1 KiB): the file fills up
+            try:
+                svc.submit([_answer(package, pseudonymize, f"s{n}", "e")]).result(5)
+                outcomes.append("applied")
+            except ServiceBusy as exc:
+                assert "could not be stored" in str(exc) and "full" in str(exc)
+                outcomes.append("failed")
+        assert outcomes[0] == "applied" and outcomes[-1] == "failed"
+        counted = metrics.sample("edge_answers_total", {"outcome": "failed"}) - failed
+        assert counted == outcomes.count("failed")
+        assert svc.running
+    finally:
+        svc.stop()
+        db.close()
+
+
 def test_restart_restores_states_and_idempotency(
     package, engine, kt_settings, pseudonymize, db: Database
 ) -> None:
