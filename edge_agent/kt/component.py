@@ -88,10 +88,14 @@ class KTComponent:
         service = self.service
         if service is None:
             raise ServiceBusy("knowledge tracing is not running; the new model is used at the next start")
+        future = service.swap(package, engine)
         try:
-            old = service.swap(package, engine).result(timeout_s)
+            old = future.result(timeout_s)
         except concurrent.futures.TimeoutError as exc:
-            raise ServiceBusy(f"knowledge tracing did not take the new model within {timeout_s} s") from exc
+            if future.cancel():  # still queued: withdrawn, so the caller may close ``engine``
+                message = f"knowledge tracing did not take the new model within {timeout_s} s"
+                raise ServiceBusy(message) from exc
+            old = future.result()  # the KT thread is swapping it in right now: a moment
         if self._own_engine:
             old.close()
         self._engine, self._own_engine = engine, True

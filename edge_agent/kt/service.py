@@ -240,6 +240,8 @@ class KTService:
 
     def _swap(self, swap: _Swap) -> None:
         """Between micro-batches, on this thread: nothing else uses the engine or package now."""
+        if not swap.future.set_running_or_notify_cancel():
+            return  # the caller gave up waiting and withdrew it (and closes that engine)
         try:
             check_compatible(self.package, swap.package)
         except ModelError as exc:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+
+import pytest
 
 from edge_agent.config import KTSettings
 from edge_agent.kt.component import KTComponent
 from edge_agent.kt.package import KTPackage
+from edge_agent.kt.service import ServiceBusy
 from edge_agent.lifecycle import HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
@@ -58,3 +62,41 @@ def test_component_reports_missing_package(tmp_path, device) -> None:
     )
     with pytest.raises(ModelError, match="does not exist"):
         asyncio.run(comp.start())
+
+
+class _SlowEngine:
+    """A real engine whose calls take a second (a busy KT thread)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.model_name, self.backend, self.precision = inner.model_name, inner.backend, inner.precision
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+
+    def infer(self, feeds):
+        time.sleep(1.0)
+        return self.inner.infer(feeds)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_swap_that_times_out_is_withdrawn_and_the_running_engine_stays(
+    package: KTPackage, device, db: Database, outbox: Outbox, pseudonymize, engine
+) -> None:
+    async def run() -> None:
+        comp = KTComponent(KTSettings(), device, None, db, outbox, LiveBoard(), HeartbeatRegistry())
+        await comp.start()
+        svc = comp.get_service()
+        assert svc is not None
+        slow = _SlowEngine(svc.engine)
+        svc.engine = slow  # type: ignore[assignment]
+        busy = svc.submit([_answer(package, pseudonymize, "s1", "e1")])
+        await asyncio.sleep(0.2)  # the KT thread is inside the slow call
+        with pytest.raises(ServiceBusy, match="did not take the new model"):
+            await asyncio.to_thread(comp.swap_model, package, engine, 0.2)
+        busy.result(5)
+        await svc.submit_async([_answer(package, pseudonymize, "s1", "e2")])
+        assert svc.engine is slow  # the withdrawn swap was not applied after the busy call
+        await comp.stop()
+
+    asyncio.run(run())
