@@ -3,7 +3,9 @@
 The grabber thread reads as fast as the source delivers and overwrites a one-frame slot, so analysis always
 sees the latest picture and never a backlog (superseded frames are counted as dropped, reason "busy").
 A source that cannot be opened or ends is reopened with exponential backoff; a source that delivers no
-usable frame for ``stall_timeout_s`` is counted as a stall and reopened.
+usable frame for ``stall_timeout_s`` is counted as a stall and reopened. A read that blocks for that long
+(a hung GStreamer pipeline or V4L2 driver: OpenCV has read timeouts only for network streams) is left to
+finish on its own thread while a new grabber thread reopens the source; one such thread at a time.
 """
 
 from __future__ import annotations
@@ -77,11 +79,19 @@ class Camera:
         self._detail = ""
         self._last_good = time.monotonic()
         self._thread: threading.Thread | None = None
+        self._generation = 0  # a grabber thread whose generation is behind has been replaced
+        self._reading_since: float | None = None  # monotonic start of the read in progress
+        self._abandoned: threading.Thread | None = None  # a replaced grabber still inside its read
         self.on_beat: Callable[[], None] = lambda: None
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="camera-grabber", daemon=True)
+        self._start_grabber()
+
+    def _start_grabber(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, args=(self._generation,), name="camera-grabber", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -112,9 +122,12 @@ class Camera:
         if changed:
             log.info("camera %s: %s", state, detail)
 
-    def _run(self) -> None:
+    def _current(self, generation: int) -> bool:
+        return generation == self._generation and not self._stop.is_set()
+
+    def _run(self, generation: int) -> None:
         backoff = 0.0
-        while not self._stop.is_set():
+        while self._current(generation):
             self.on_beat()
             try:
                 source = self._opener(self._stop)
@@ -124,26 +137,35 @@ class Camera:
                 metrics.CAMERA_RECONNECTS.inc()
                 self._stop.wait(backoff)
                 continue
+            if not self._current(generation):  # stopping, or replaced while opening
+                source.release()
+                break
             self._set_state("running", source.description)
             try:
-                ended = self._grab_until_lost(source)
+                ended = self._grab_until_lost(source, generation)
             finally:
                 source.release()
-            if self._stop.is_set():
-                break
+            if not self._current(generation):
+                break  # stopping, or replaced after a blocked read: the new grabber owns the state
             metrics.CAMERA_RECONNECTS.inc()
             backoff = self.reconnect_min_s if ended == "ended" else next_backoff(
                 backoff, self.reconnect_min_s, self.reconnect_max_s)
             self._set_state("reconnecting", f"{source.description} {ended}; reopening in {backoff:.1f} s")
             self._stop.wait(backoff)
-        self._set_state("stopped", "")
+        if generation == self._generation:  # a replaced grabber leaves the state to the new one
+            self._set_state("stopped", "")
 
-    def _grab_until_lost(self, source: FrameSource) -> str:
-        """Read until the source ends ("ended") or stalls ("stalled"), or stop is requested."""
+    def _grab_until_lost(self, source: FrameSource, generation: int) -> str:
+        """Read until the source ends ("ended") or stalls ("stalled"), stop is requested, or this grabber
+        is replaced."""
         self._last_good = time.monotonic()
-        while not self._stop.is_set():
+        while self._current(generation):
             self.on_beat()
+            self._reading_since = time.monotonic()
             image = source.read()
+            if not self._current(generation):
+                break  # replaced: the read markers belong to the new grabber now
+            self._reading_since = None
             if image is None:
                 return "ended"
             problem = frame_problem(image)
@@ -169,16 +191,31 @@ class Camera:
             self._set_state("running", "frames arriving again")
 
     def check_stall(self) -> bool:
-        """Called by the analysis loop: a source whose read blocks for too long is marked stalled.
-
-        The grabber may be stuck inside a blocking read (a dead RTSP peer); the capture's own read
-        timeout then ends it and the grabber reconnects.
-        """
+        """Called by the analysis loop: a source with no frame for too long is marked stalled (True), and
+        a grabber stuck inside one read for that long is replaced by a new one that reopens the source."""
+        now = time.monotonic()
+        stalled = False
         with self._lock:
             running = self._state == "running"
-        if running and time.monotonic() - self._last_good > self.stall_timeout_s:
+        if running and now - self._last_good > self.stall_timeout_s:
             metrics.CAMERA_STALLS.inc()
-            self._last_good = time.monotonic()  # count each stall once per timeout
+            self._last_good = now  # count each stall once per timeout
             self._set_state("stalled", f"no frame for {self.stall_timeout_s:.0f} s")
-            return True
-        return False
+            stalled = True
+        reading_since = self._reading_since
+        if (
+            reading_since is not None
+            and now - reading_since > self.stall_timeout_s
+            and not self._stop.is_set()
+            and (self._abandoned is None or not self._abandoned.is_alive())
+        ):
+            log.warning(
+                "camera read blocked for %.0f s; reopening %s on a new reader (the blocked one ends "
+                "when its read returns)", now - reading_since, self.source
+            )
+            metrics.CAMERA_RECONNECTS.inc()
+            self._abandoned = self._thread
+            self._generation += 1
+            self._reading_since = None
+            self._start_grabber()
+        return stalled

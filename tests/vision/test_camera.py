@@ -157,38 +157,52 @@ def test_empty_image_folder_is_refused_with_a_message(tmp_path: Path):
 
 
 class _BlockingPort:
-    """Hardware port fake: a camera whose read hangs, as a dead RTSP peer does."""
+    """Hardware port fake: a camera whose second read hangs, as a hung GStreamer pipeline or a dead RTSP
+    peer does."""
 
     description = "blocking test camera"
 
     def __init__(self, release: threading.Event) -> None:
         self.release_event = release
         self.first = True
+        self.released = False
 
     def read(self) -> np.ndarray | None:
         if self.first:
             self.first = False
             return np.zeros((48, 64, 3), np.uint8)
-        self.release_event.wait(5.0)
+        self.release_event.wait(10.0)
         return None
 
     def release(self) -> None:
-        pass
+        self.released = True
 
 
-def test_a_source_that_stops_delivering_is_counted_as_a_stall():
+def test_a_read_that_hangs_is_a_stall_and_a_new_reader_reopens_the_source():
     unblock = threading.Event()
-    camera = Camera("test", stall_timeout_s=0.2, reconnect_min_s=0.05,
-                    opener=lambda stop: _BlockingPort(unblock))
+    ports: list[_BlockingPort] = []
+
+    def opener(stop: threading.Event) -> _BlockingPort:
+        ports.append(_BlockingPort(unblock))
+        return ports[-1]
+
+    camera = Camera("test", stall_timeout_s=0.2, reconnect_min_s=0.05, opener=opener)
     stalls0 = _value("edge_camera_stalls_total")
     camera.start()
     try:
         assert _wait(lambda: camera.latest() is not None)
         assert not camera.check_stall()
-        time.sleep(0.3)
+        time.sleep(0.3)  # the second read hangs
         assert camera.check_stall()
-        assert camera.state()[0] == "stalled"
         assert _value("edge_camera_stalls_total") == stalls0 + 1
+        # a new reader opened the source again and frames arrive, while the first read still hangs
+        assert _wait(lambda: camera.latest(after_seq=1) is not None)
+        assert len(ports) == 2 and camera.state()[0] == "running"
+        time.sleep(0.3)  # the new reader's second read hangs too: no third reader beside a hung one
+        camera.check_stall()
+        assert len(ports) == 2
+        unblock.set()  # the hung reads return: the replaced reader releases its source and ends
+        assert _wait(lambda: ports[0].released)
     finally:
         unblock.set()
         camera.stop()
