@@ -57,7 +57,11 @@ class Notifier:
         message = "\n".join(fields).encode()
         try:
             if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # non-blocking: this runs on the event loop, and a busy systemd must not stall it (a
+                # ping lost then is counted below; the next one follows within the interval)
+                self._socket = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                )
             self._socket.sendto(message, self._address)
         except OSError as exc:
             # systemd gone (shutdown) or socket not permitted: never fatal, but visible.

@@ -143,6 +143,8 @@ class MqttConnection:
         )
         self._client.connect_timeout = settings.connect_timeout_s
         self._client.max_inflight_messages_set(settings.inflight_max)
+        # 0 leaves paho's own queue unbounded; the publisher never has more than inflight_max messages
+        # unacknowledged, so nothing waits there (the outbox in SQLite is the bounded queue)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
