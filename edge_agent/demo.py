@@ -191,7 +191,8 @@ class LocalBroker:
                 if sock.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
             time.sleep(0.05)
-        raise RuntimeError("the demo's local Mosquitto did not start; see mosquitto-demo.log")
+        self.stop()  # not listening: do not leave the process behind
+        raise RuntimeError(f"the demo's local Mosquitto did not start; see {self.workdir}/mosquitto-demo.log")
 
     def stop(self) -> None:
         if self.process is not None:
