@@ -129,9 +129,13 @@ class KTService:
         # with a store, memory covers the recent keys (and those not committed yet), SQLite the week;
         # memory then stays flat however many answers a board takes between restarts
         self._applied = AppliedEvents(RECENT_KEEP_S if persistence is not None else EVENT_KEEP_S)
-        self._lock = threading.Lock()  # guards _states, _lesson, _pending
+        self._lock = threading.Lock()  # guards _states, _lesson, _pending, _unsaved_*
         self._lesson: LessonWindow | None = None
         self._pending = 0
+        # Applied in memory, but their commit failed (a full disk): saved again with the next batch, so
+        # the retry the client makes after its 503 (a "duplicate") is answered only once it is on disk.
+        self._unsaved_students: set[str] = set()
+        self._unsaved_keys: list[tuple[str, float]] = []
         # bounded by _pending (answers), see _admit; SimpleQueue: put is one C call, no Python lock dance
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -237,6 +241,20 @@ class KTService:
             stopping = control is _STOP
             if isinstance(control, _Swap):
                 self._swap(control)
+        self._save_unsaved()
+
+    def _save_unsaved(self, timeout_s: float = 5.0) -> None:
+        """On stop: one more try for answers whose commit failed (no batch follows to carry them)."""
+        with self._lock:
+            states = {s: self._states[s] for s in self._unsaved_students if s in self._states}
+            keys = list(self._unsaved_keys)
+        if self._persistence is None or not (states or keys):
+            return
+        try:
+            self._persistence.save(states.items(), keys, self._clock()).result(timeout_s)
+        except Exception as exc:  # the store is failing or stopped: say what is lost with the restart
+            log.error("%s answers are applied in memory but not stored, and are lost with this stop: %s",
+                      len(keys), exc)
 
     def _swap(self, swap: _Swap) -> None:
         """Between micro-batches, on this thread: nothing else uses the engine or package now."""
@@ -297,7 +315,7 @@ class KTService:
         for job in jobs:
             results.append(outcomes[n : n + len(job.answers)])
             n += len(job.answers)
-        if self._persistence is None or not changed:
+        if self._persistence is None:
             self._finish(jobs, results)
             return
         now = self._clock()
@@ -307,14 +325,25 @@ class KTService:
             for a, f in zip(job.answers, res, strict=False)
             if f["status"] == "applied"
         ]
+        with self._lock:
+            retry, self._unsaved_students = self._unsaved_students, set()
+            keys, self._unsaved_keys = self._unsaved_keys + keys, []
+            states = {**{s: self._states[s] for s in retry if s in self._states}, **changed}
+        if not states and not keys:
+            self._finish(jobs, results)
+            return
         stored = metrics.INFERENCE_LATENCY.labels(engine=self.engine.model_name, stage="store")
         handed = time.perf_counter()
 
         def committed(f: Future[None]) -> None:
             stored.observe(time.perf_counter() - handed)
+            if f.exception() is not None:
+                with self._lock:
+                    self._unsaved_students.update(states)
+                    self._unsaved_keys.extend(keys)
             self._finish(jobs, results, f.exception())
 
-        self._persistence.save(changed.items(), keys, now).add_done_callback(committed)
+        self._persistence.save(states.items(), keys, now).add_done_callback(committed)
 
     def _finish(
         self,

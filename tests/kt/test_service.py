@@ -156,6 +156,35 @@ def test_a_full_disk_fails_the_answers_with_503_counts_them_and_the_service_keep
         db.close()
 
 
+def test_an_answer_whose_commit_failed_is_stored_with_the_retry_and_survives_a_restart(
+    package, engine, kt_settings, pseudonymize, tmp_path
+) -> None:
+    from edge_agent.config import StoreSettings
+
+    db = Database(tmp_path / "full.db", StoreSettings(), max_page_count=40)  # a 160-KiB "disk"
+    db.open()
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    n, failed = 0, None
+    while failed is None and n < 400:  # a new student per answer until the disk is full
+        answer = _answer(package, pseudonymize, f"s{n}", "e")
+        try:
+            svc.submit([answer]).result(5)
+        except ServiceBusy:
+            failed = answer
+        n += 1
+    assert failed is not None
+    db.write(lambda c: c.execute("PRAGMA max_page_count = 100000")).result(5)  # space freed
+    retry = svc.submit([failed]).result(5)  # the client's retry after its 503
+    assert retry[0]["status"] == "duplicate"  # applied in memory the first time ...
+    svc.stop()
+    store = StatePersistence(db)  # ... and on disk before the retry was answered
+    assert store.applied_among([failed.event_key]) == {failed.event_key}
+    restarted = KTService(package, engine, kt_settings, pseudonymize, persistence=store)
+    restarted.load(store.load_states(package.hidden, len(package.skills)))
+    assert restarted.student_mastery(failed.student)["answers"] == 1  # type: ignore[index]
+    db.close()
+
+
 def test_restart_restores_states_and_idempotency(
     package, engine, kt_settings, pseudonymize, db: Database
 ) -> None:
