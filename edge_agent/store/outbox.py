@@ -157,17 +157,20 @@ class Outbox:
             return seq, drops
 
         future = chain(self.db.write(insert), self._after_write)
-        future.add_done_callback(self._on_enqueued)
+        future.add_done_callback(lambda done: self._on_enqueued(done, stream))
         return future
 
-    def _on_enqueued(self, future: Future[int]) -> None:
+    def _on_enqueued(self, future: Future[int], stream: str) -> None:
         error = future.exception()
         if error is None:
             self.new_rows.set()
-        elif isinstance(error, StoreQueueFull):  # refused before touching anything: a counted drop
+            return
+        if isinstance(error, StoreQueueFull):  # refused before touching anything
             metrics.OUTBOX_DROPS.labels(reason="queue_full").inc()
-        else:  # the batch rolled back after our totals moved: count again from the file
+        else:  # the batch rolled back (e.g. a full disk) after our totals moved: count again from the file
+            metrics.OUTBOX_DROPS.labels(reason="store_error").inc()
             self.db.write(self._recount)
+        log.warning("outbox: a %s message was not stored: %s", stream, error)
 
     def _after_write(self, result: tuple[T, dict[str, int]]) -> T:
         value, drops = result

@@ -190,6 +190,7 @@ def test_a_full_disk_gives_a_clear_error_and_no_corruption(state_dir: Path) -> N
     box.open()
     committed = 0
     error: StoreFullError | None = None
+    dropped = metrics.sample("edge_outbox_drops_total", {"reason": "store_error"})
     for i in range(2000):
         try:
             box.enqueue("attention", {"i": i, "pad": "x" * 500}).result(5)
@@ -200,6 +201,7 @@ def test_a_full_disk_gives_a_clear_error_and_no_corruption(state_dir: Path) -> N
     assert error is not None, "the size limit was never reached"
     assert "full" in str(error) and "free space" in str(error)
     assert box.backlog == committed  # totals recounted after the failed batch
+    assert metrics.sample("edge_outbox_drops_total", {"reason": "store_error"}) == dropped + 1
     # still usable: acknowledged rows can be deleted, freeing room
     rows = box.claim(20).result(5)
     assert box.ack([r.id for r in rows]).result(5) == 20
