@@ -274,9 +274,13 @@ class ModelUpdates:
                 command = self._downloads.get(timeout=self.settings.poll_interval_s)
             except queue.Empty:
                 command = None
-            if command is not None:
-                self._download(command)
-            self._scan()
+            try:
+                if command is not None:
+                    self._download(command)
+                self._scan()
+            except Exception as exc:  # a bug must not end model updates silently: say it, keep polling
+                log.exception("model update inbox failed")
+                self._note(False, f"model update inbox failed: {exc}")
 
     def _download(self, command: Any) -> None:
         dest = self.inbox / f"{command.model}-{command.version}.tar"
