@@ -337,6 +337,12 @@ def soak_rows(soak: dict[str, Any]) -> list[tuple[str, str]]:
         ("RSS slope (least squares, after minute 1)", _fmt(soak.get("rss_slope_mib_per_hour"), "MiB/h")),
         ("RSS first / last", _pair(soak.get("rss_first_mib"), soak.get("rss_last_mib"), "MiB")),
         (
+            "RSS low point by 10-minute block (between answer bursts)",
+            " / ".join(f"{v:.1f}" for v in soak.get("rss_low_by_10_min_mib") or []) + " MiB"
+            if soak.get("rss_low_by_10_min_mib")
+            else "-",
+        ),
+        (
             "p99 first third / last third",
             f"{_pair(soak.get('p99_first_third_ms'), soak.get('p99_last_third_ms'), 'ms')} "
             f"(drift {_fmt(soak.get('p99_drift_ratio'), 'x')})",

@@ -251,6 +251,17 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e3
 
 
+def rss_lows(series: list[tuple[float, float]], block_s: float = 600.0) -> list[float]:
+    """The lowest RSS of each whole ``block_s`` block of (seconds, MiB): the level between answer bursts,
+    which a leak would raise, while the bursts' saw-tooth (about 12 MiB) moves a fitted slope."""
+    whole = int(series[-1][0] // block_s) if series else 0  # the last, partial block is left out
+    lows: dict[int, float] = {}
+    for t, rss in series:
+        if (block := int(t // block_s)) < whole:
+            lows[block] = min(rss, lows.get(block, rss))
+    return [round(v, 1) for _, v in sorted(lows.items())]
+
+
 def soak_summary(run: LessonRun, warmup_s: float = 60.0) -> dict[str, Any]:
     """Per-minute RSS, p99 and error counters; memory slope (least squares, after warm-up); p99 drift."""
     start = run.window[0]
@@ -289,6 +300,7 @@ def soak_summary(run: LessonRun, warmup_s: float = 60.0) -> dict[str, Any]:
         "rss_slope_mib_per_hour": slope_per_hour([x for x, _ in steady], [y for _, y in steady]),
         "rss_first_mib": steady[0][1] if steady else None,
         "rss_last_mib": steady[-1][1] if steady else None,
+        "rss_low_by_10_min_mib": rss_lows(steady),
         "errors_moved": summary["errors_moved"],
         "p99_first_third_ms": first_p99,
         "p99_last_third_ms": last_p99,

@@ -110,6 +110,14 @@ def test_least_squares_slope_is_per_hour_and_needs_three_points() -> None:
     assert figures.slope_per_hour([5, 5, 5], [1, 2, 3]) is None
 
 
+def test_rss_low_points_are_taken_per_whole_ten_minute_block() -> None:
+    # a 12-MiB burst every 8 s on a flat 204-MiB level, sampled every 5 s, for 25 minutes
+    series = [(t, 204.0 + (12.0 if t % 8 < 3 else 0.0)) for t in range(0, 1500, 5)]
+    assert figures.rss_lows(series) == [204.0, 204.0]  # minutes 20-25 are not a whole block
+    assert figures.rss_lows([(0.0, 1.0), (500.0, 2.0)]) == []
+    assert figures.rss_lows([]) == []
+
+
 def _run(minutes: int, rss_step: float, error_at_end: float = 0.0) -> figures.LessonRun:
     start = 1_800_000_000.0
     run = figures.LessonRun(seconds=minutes * 60, students=50, window=(start, start + minutes * 60))
