@@ -217,7 +217,8 @@ def test_signed_update_runs_keeps_student_states_and_survives_a_restart(
             )
             time.sleep(0.3)
         assert stream.errors == [] and stream.sent >= 5
-        assert (board.inbox / "done" / "kt-2.0.tar").is_file() and not (board.inbox / "kt-2.0.tar").exists()
+        wait_for((board.inbox / "done" / "kt-2.0.tar").is_file, 5, "kt-2.0.tar filed under done/")
+        assert not (board.inbox / "kt-2.0.tar").exists()
         service = board.service()
         assert service is not None and service.package.metadata["version"] == "2.0"
         assert mastery(service, "student-a") == before  # the state carried over untouched
@@ -369,7 +370,8 @@ def test_model_update_command_downloads_checks_sha256_and_activates(
             20,
             "version 3.0 from the command to run",
         )
-        assert (running.inbox / "done" / "kt-3.0.tar").is_file()
+        # filed after the activation, on the updater thread: a moment after the version flips
+        wait_for((running.inbox / "done" / "kt-3.0.tar").is_file, 5, "kt-3.0.tar filed under done/")
         wait_for(lambda: updates.last_outcome() == {"ok": True, "result": "kt 3.0 running"}, 5, "the outcome")
     finally:
         server.close()
