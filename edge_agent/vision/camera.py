@@ -4,7 +4,7 @@ The grabber thread reads as fast as the source delivers and overwrites a one-fra
 sees the latest picture and never a backlog (superseded frames are counted as dropped, reason "busy").
 A source that cannot be opened or ends is reopened with exponential backoff; a source that delivers no
 usable frame for ``stall_timeout_s`` is counted as a stall and reopened. A read that blocks for that long
-(a hung GStreamer pipeline or V4L2 driver: OpenCV has read timeouts only for network streams) is left to
+(a hung GStreamer pipeline or V4L2 driver; read timeouts are set only for network streams) is left to
 finish on its own thread while a new grabber thread reopens the source; one such thread at a time.
 """
 
@@ -209,9 +209,9 @@ class Camera:
             and not self._stop.is_set()
             and (self._abandoned is None or not self._abandoned.is_alive())
         ):
-            log.warning(
-                "camera read blocked for %.0f s; reopening %s on a new reader (the blocked one ends "
-                "when its read returns)", now - reading_since, self.source
+            log.warning(  # not the source string: an RTSP URL may hold a password
+                "camera read blocked for %.0f s; reopening the camera on a new reader (the blocked one "
+                "ends when its read returns)", now - reading_since
             )
             metrics.CAMERA_RECONNECTS.inc()
             self._abandoned = self._thread
