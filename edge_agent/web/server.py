@@ -38,6 +38,20 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("Referrer-Policy", "no-referrer")
 
 
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A bug in a handler answers JSON 500 that says where to look, not aiohttp's plain-text page."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("the web server failed on %s %s", request.method, request.path)
+        body = {"error": "internal error on the board; its log has the details (journalctl -u edge-agent)"}
+        return web.json_response(body, status=500)
+
+
 async def _close_streams(app: web.Application) -> None:
     app[VIEW_KEY].close()
 
@@ -54,7 +68,7 @@ def build_app(
 ) -> web.Application:
     """The web app: access middleware, teacher view, and every table in ``route_tables``."""
     app = web.Application(
-        middlewares=[access_middleware(token, public_paths)], client_max_size=MAX_BODY_BYTES
+        middlewares=[_json_errors, access_middleware(token, public_paths)], client_max_size=MAX_BODY_BYTES
     )
     view = TeacherView(live, settings.default_language, status=status, keepalive_s=keepalive_s)
     app[VIEW_KEY] = view

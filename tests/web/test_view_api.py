@@ -150,6 +150,26 @@ def test_a_33rd_teacher_view_is_told_to_retry_and_a_closed_one_frees_its_place()
         server.stop()
 
 
+def test_a_failing_handler_answers_json_500_and_the_server_keeps_serving() -> None:
+    from aiohttp import web
+
+    broken = web.RouteTableDef()
+
+    @broken.get("/api/v1/broken")
+    async def fail(_request: web.Request) -> web.Response:
+        raise RuntimeError("a bug")
+
+    server = ServerThread(LiveBoard(), route_tables=[broken]).start()
+    try:
+        status, headers, body = _get(server.url + "/api/v1/broken")
+        assert status == 500 and headers["Content-Type"].startswith("application/json")
+        assert "journalctl -u edge-agent" in json.loads(body)["error"] and b"a bug" not in body
+        assert _get(server.url + "/api/v1/live")[0] == 200
+        assert _get(server.url + "/i18n/xx.json")[0] == 404  # HTTP errors pass through unchanged
+    finally:
+        server.stop()
+
+
 def test_translations_cover_every_key_the_page_uses() -> None:
     tables = {lang: json.loads((I18N_DIR / f"{lang}.json").read_text(encoding="utf-8")) for lang in LANGUAGES}
     assert set(tables["zh-CN"]) == set(tables["en"])
