@@ -47,6 +47,8 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     except web.HTTPException:
         raise
     except Exception:
+        if request.writer.output_size:  # a stream already under way: nothing else can be sent on it
+            raise
         log.exception("the web server failed on %s %s", request.method, request.path)
         body = {"error": "internal error on the board; its log has the details (journalctl -u edge-agent)"}
         return web.json_response(body, status=500)

@@ -159,8 +159,25 @@ def test_a_failing_handler_answers_json_500_and_the_server_keeps_serving() -> No
     async def fail(_request: web.Request) -> web.Response:
         raise RuntimeError("a bug")
 
+    @broken.get("/api/v1/broken-stream")
+    async def fail_mid_stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"data: 1\n\n")
+        raise RuntimeError("a bug mid-stream")
+
+    async def read_stream(url: str) -> bytes:
+        data = b""
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                async for chunk in response.content.iter_any():
+                    data += chunk
+        return data
+
     server = ServerThread(LiveBoard(), route_tables=[broken]).start()
     try:
+        # a stream already under way is cut, not followed by a second response
+        assert run_async(read_stream(server.url + "/api/v1/broken-stream")) == b"data: 1\n\n"
         status, headers, body = _get(server.url + "/api/v1/broken")
         assert status == 500 and headers["Content-Type"].startswith("application/json")
         assert "journalctl -u edge-agent" in json.loads(body)["error"] and b"a bug" not in body
