@@ -151,6 +151,13 @@ def test_source_that_cannot_be_opened_reports_a_fix_and_is_retried(tmp_path: Pat
         camera.stop()
 
 
+def test_a_file_that_is_not_a_video_is_refused_with_a_fix(tmp_path: Path):
+    notes = tmp_path / "camera.mp4"
+    notes.write_text("not a video, just text with a video's name\n")
+    with pytest.raises(CameraError, match="check that the file is a readable video"):
+        open_source(str(notes))
+
+
 def test_empty_image_folder_is_refused_with_a_message(tmp_path: Path):
     with pytest.raises(CameraError, match=r"no \.jpg/\.png"):
         open_source(str(tmp_path))
