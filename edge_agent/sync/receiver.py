@@ -100,6 +100,18 @@ class Receiver:
     # -- messages ------------------------------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            self._take(topic, payload)
+        except sqlite3.Error as exc:
+            # Not acknowledged: raised out of paho's callback before its PUBACK, it ends this connection;
+            # the broker redelivers the message after the reconnect (a persistent session, QoS 1).
+            with self._lock:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            message = f"receiver database {self.db_path}: {exc}; the message will be redelivered"
+            raise SyncError(message) from exc
+
+    def _take(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
         if len(parts) != 5 or parts[0] != "edge":
             self._reject(None, f"unexpected topic {topic!r}")

@@ -338,6 +338,29 @@ def test_the_receiver_cli_stores_messages(broker: Broker, tmp_path: Path) -> Non
     )
 
 
+def test_a_locked_receiver_database_gets_the_message_redelivered_and_stored_once(
+    broker: Broker, outbox: Outbox, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    other = sqlite3.connect(tmp_path / "recv.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the cloud database: writes time out (5 s)
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        outbox.enqueue("attention", {"i": 1}).result(5)
+        time.sleep(6.0)  # delivered once, refused by the locked database, not acknowledged
+        assert receiver.count(DEVICE) == 0
+        other.execute("ROLLBACK")
+        assert_exactly_once(receiver, 1)  # redelivered after the receiver's reconnect
+    finally:
+        other.close()
+        publisher.stop()
+        receiver.stop()
+
+
 @pytest.mark.parametrize(
     "payload",
     [b"garbage", b'{"v":1}', b'{"v":1,"device":"someone-else","stream":"attention","sent_at":1,"items":[]}'],
