@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge_agent import json_input
 from edge_agent.errors import ProvisioningError
 from edge_agent.inference.fetch import sha256_file
 from edge_agent.provisioning.files import write_private, write_public
@@ -99,10 +100,10 @@ def sign_package(directory: Path, private_key_path: Path, name: str, version: st
 
 def _parse_manifest(data: bytes) -> Manifest:
     try:
-        body = json.loads(data)
+        body = json_input.loads(data)
         name, version, files = body["name"], body["version"], body["files"]
         hashes = {str(k): str(v["sha256"]) for k, v in files.items()}
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PackageRejected(f"manifest.json is malformed: {exc}") from exc
     if not (
         isinstance(name, str) and _NAME.match(name) and isinstance(version, str) and _NAME.match(version)

@@ -8,13 +8,13 @@ run on the publisher's thread, so they must only hand work off (e.g. ``call_soon
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from edge_agent import json_input
 from edge_agent.config import DeviceSettings
 from edge_agent.telemetry import metrics
 
@@ -71,8 +71,8 @@ class CommandDispatcher:
             self._reject("oversized", f"{len(payload)} bytes > {MAX_COMMAND_BYTES}")
             return None
         try:
-            doc = json.loads(payload)
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python parses
+            doc = json_input.loads(payload)
+        except (UnicodeDecodeError, ValueError) as exc:
             self._reject("malformed", f"not JSON: {exc.__class__.__name__}")
             return None
         try:

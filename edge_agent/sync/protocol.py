@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent import json_input
 from edge_agent.errors import InputRejected
 
 SCHEMA_VERSION = 1
@@ -78,8 +79,8 @@ def decode_message(payload: bytes) -> DecodedMessage:
     """Parse and check a message; InputRejected says what is wrong with a malformed one."""
     _require(len(payload) <= MAX_MESSAGE_BYTES * 4, "message too large")
     try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than Python parses
+        doc = json_input.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise InputRejected(f"message is not JSON: {exc}") from exc
     _require(isinstance(doc, dict), "message is not a JSON object")
     _require(doc.get("v") == SCHEMA_VERSION, f"unsupported schema version {doc.get('v')!r}")

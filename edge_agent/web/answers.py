@@ -7,13 +7,13 @@ intake returns 503 with ``Retry-After``. Access control is the server's middlewa
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from edge_agent import json_input
 from edge_agent.config import KTSettings
 from edge_agent.errors import InputRejected
 from edge_agent.kt.answers import parse_batch
@@ -45,7 +45,7 @@ def answer_routes(service: ServiceSource, settings: KTSettings) -> web.RouteTabl
         if svc is None or not svc.running:
             return _error(503, "knowledge tracing is not running yet; retry shortly")
         try:
-            body = await request.json(loads=json.loads)
+            body = await request.json(loads=json_input.loads)
         except web.HTTPRequestEntityTooLarge:
             metrics.ANSWERS.labels(outcome="rejected").inc()
             limit = request.client_max_size
@@ -53,7 +53,7 @@ def answer_routes(service: ServiceSource, settings: KTSettings) -> web.RouteTabl
         except LookupError:  # an unknown charset in Content-Type
             metrics.ANSWERS.labels(outcome="rejected").inc()
             return _error(400, f"unknown charset {request.charset!r}; send UTF-8 JSON")
-        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than Python parses
+        except ValueError:  # not JSON, not UTF-8, or nested deeper than the board parses
             metrics.ANSWERS.labels(outcome="rejected").inc()
             return _error(400, "the request body is not valid JSON")
         try:
