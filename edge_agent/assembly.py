@@ -121,12 +121,13 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
 
     store = StoreComponent(config, heartbeats=heartbeats, live=live)
     manifests = load_manifests()
-    missing = [name for name in _engine_names(config) if name not in manifests]
+    names = _engine_names(config)
+    missing = [name for name in names if name not in manifests]
     if missing:
         raise ModelError(f"no engine manifest for {missing} in {ENGINES_DIR}; reinstall edge-agent")
     kt_settings = _installed_kt(config, manifests)
     engines = EngineSet(
-        [manifests[n] for n in _engine_names(config)],
+        [manifests[n] for n in names],
         config.inference,
         config.paths,
         nice_by_role={"face": config.attention.nice, "pose": config.attention.nice},

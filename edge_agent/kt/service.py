@@ -243,11 +243,17 @@ class KTService:
                 self._swap(control)
         self._save_unsaved()
 
+    def _take_unsaved(self) -> tuple[dict[str, StudentState], list[tuple[str, float]]]:
+        """The current states of students, and the event keys, whose commit failed; forgotten here, as
+        the caller saves them again (and puts them back if that fails too)."""
+        with self._lock:
+            students, self._unsaved_students = self._unsaved_students, set()
+            keys, self._unsaved_keys = self._unsaved_keys, []
+            return {s: self._states[s] for s in students if s in self._states}, keys
+
     def _save_unsaved(self, timeout_s: float = 5.0) -> None:
         """On stop: one more try for answers whose commit failed (no batch follows to carry them)."""
-        with self._lock:
-            states = {s: self._states[s] for s in self._unsaved_students if s in self._states}
-            keys = list(self._unsaved_keys)
+        states, keys = self._take_unsaved()
         if self._persistence is None or not (states or keys):
             return
         try:
@@ -325,10 +331,8 @@ class KTService:
             for a, f in zip(job.answers, res, strict=False)
             if f["status"] == "applied"
         ]
-        with self._lock:
-            retry, self._unsaved_students = self._unsaved_students, set()
-            keys, self._unsaved_keys = self._unsaved_keys + keys, []
-            states = {**{s: self._states[s] for s in retry if s in self._states}, **changed}
+        unsaved, retry_keys = self._take_unsaved()
+        states, keys = {**unsaved, **changed}, retry_keys + keys
         if not states and not keys:
             self._finish(jobs, results)
             return

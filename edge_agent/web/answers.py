@@ -32,6 +32,12 @@ def _error(status: int, message: str, field: str | None = None) -> web.Response:
     return web.json_response(body, status=status, headers=headers)
 
 
+def _rejected(status: int, message: str, field: str | None = None) -> web.Response:
+    """A 4xx for bad input, counted: nothing of the request was applied."""
+    metrics.ANSWERS.labels(outcome="rejected").inc()
+    return _error(status, message, field)
+
+
 def answer_routes(service: ServiceSource, settings: KTSettings) -> web.RouteTableDef:
     """Routes over ``service`` (or a callable returning it, None while knowledge tracing starts)."""
     routes = web.RouteTableDef()
@@ -47,21 +53,17 @@ def answer_routes(service: ServiceSource, settings: KTSettings) -> web.RouteTabl
         try:
             body = await request.json(loads=json_input.loads)
         except web.HTTPRequestEntityTooLarge:
-            metrics.ANSWERS.labels(outcome="rejected").inc()
             limit = request.client_max_size
-            return _error(413, f"the request body is over {limit} bytes; send smaller batches")
+            return _rejected(413, f"the request body is over {limit} bytes; send smaller batches")
         except LookupError:  # an unknown charset in Content-Type
-            metrics.ANSWERS.labels(outcome="rejected").inc()
-            return _error(400, f"unknown charset {request.charset!r}; send UTF-8 JSON")
+            return _rejected(400, f"unknown charset {request.charset!r}; send UTF-8 JSON")
         except ValueError:  # not JSON, not UTF-8, or nested deeper than the board parses
-            metrics.ANSWERS.labels(outcome="rejected").inc()
-            return _error(400, "the request body is not valid JSON")
+            return _rejected(400, "the request body is not valid JSON")
         try:
             answers = parse_batch(body, svc.package, settings, svc.pseudonymize, svc.now())
         except InputRejected as exc:
-            metrics.ANSWERS.labels(outcome="rejected").inc()
             status = 413 if exc.field == "answers" and "limit" in str(exc) else 400
-            return _error(status, str(exc), exc.field)
+            return _rejected(status, str(exc), exc.field)
         try:
             results = await svc.submit_async(answers)
         except ServiceBusy as exc:
