@@ -60,6 +60,15 @@ def db(state_dir: Path) -> Iterator[Database]:
 
 
 @pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Database]:
+    """A real SQLite store capped at 40 pages (160 KiB): a disk that fills after a few hundred students."""
+    database = Database(tmp_path / "full.db", StoreSettings(), max_page_count=40)
+    database.open()
+    yield database
+    database.close()
+
+
+@pytest.fixture()
 def outbox(db: Database, device: DeviceSettings) -> Outbox:
     box = Outbox(db, device, StoreSettings(), MqttSettings())
     box.open()

@@ -210,22 +210,18 @@ def test_answers_get_503_while_not_running(package: KTPackage) -> None:
     assert status == 503 and retry == "1" and "not running" in body["error"]
 
 
-def test_a_full_disk_gives_503_saying_so(package: KTPackage, tmp_path) -> None:
+def test_a_full_disk_gives_503_saying_so(package: KTPackage, small_disk) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from edge_agent.config import StoreSettings
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
     from edge_agent.kt.persistence import StatePersistence
-    from edge_agent.store.db import Database
 
-    db = Database(tmp_path / "full.db", StoreSettings(), max_page_count=40)  # a 160-KiB "disk"
-    db.open()
     svc = KTService(
         package,
         OnnxRuntimeEngine(package.step_model),
         KTSettings(),
         Pseudonymizer(b"k" * 32),
-        persistence=StatePersistence(db),
+        persistence=StatePersistence(small_disk),
     )
     svc.start()
 
@@ -241,7 +237,6 @@ def test_a_full_disk_gives_503_saying_so(package: KTPackage, tmp_path) -> None:
         replies = asyncio.run(run())
     finally:
         svc.stop()
-        db.close()
     assert replies[0][0] == 200 and replies[-1][0] == 503
     assert "could not be stored" in replies[-1][1]["error"] and "full" in replies[-1][1]["error"]
 

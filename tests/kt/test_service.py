@@ -130,13 +130,9 @@ def test_stopped_service_refuses(package, engine, kt_settings, pseudonymize) -> 
 
 
 def test_a_full_disk_fails_the_answers_with_503_counts_them_and_the_service_keeps_running(
-    package, engine, kt_settings, pseudonymize, tmp_path
+    package, engine, kt_settings, pseudonymize, small_disk: Database
 ) -> None:
-    from edge_agent.config import StoreSettings
-
-    db = Database(tmp_path / "full.db", StoreSettings(), max_page_count=40)  # a 160-KiB "disk"
-    db.open()
-    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    svc = _service(package, engine, kt_settings, pseudonymize, small_disk)
     failed = metrics.sample("edge_answers_total", {"outcome": "failed"})
     outcomes = []
     try:
@@ -153,16 +149,12 @@ def test_a_full_disk_fails_the_answers_with_503_counts_them_and_the_service_keep
         assert svc.running
     finally:
         svc.stop()
-        db.close()
 
 
 def test_an_answer_whose_commit_failed_is_stored_with_the_retry_and_survives_a_restart(
-    package, engine, kt_settings, pseudonymize, tmp_path
+    package, engine, kt_settings, pseudonymize, small_disk: Database
 ) -> None:
-    from edge_agent.config import StoreSettings
-
-    db = Database(tmp_path / "full.db", StoreSettings(), max_page_count=40)  # a 160-KiB "disk"
-    db.open()
+    db = small_disk
     svc = _service(package, engine, kt_settings, pseudonymize, db)
     n, failed = 0, None
     while failed is None and n < 400:  # a new student per answer until the disk is full
@@ -182,7 +174,6 @@ def test_an_answer_whose_commit_failed_is_stored_with_the_retry_and_survives_a_r
     restarted = KTService(package, engine, kt_settings, pseudonymize, persistence=store)
     restarted.load(store.load_states(package.hidden, len(package.skills)))
     assert restarted.student_mastery(failed.student)["answers"] == 1  # type: ignore[index]
-    db.close()
 
 
 def test_restart_restores_states_and_idempotency(
