@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+from edge_agent.telemetry import metrics
+
 SECTIONS = ("attention", "learning", "health", "sync", "device")
 
 
@@ -65,3 +67,4 @@ class LiveBoard:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
                 self.dropped_updates += 1
+                metrics.TEACHER_VIEW_DROPS.labels(reason="slow_subscriber").inc()

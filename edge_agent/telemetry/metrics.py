@@ -95,6 +95,17 @@ ANSWERS = Counter(
     registry=REGISTRY,
 )
 
+TEACHER_VIEW_STREAMS = Gauge(
+    "edge_teacher_view_streams", "Open teacher-view event streams (browsers watching).", registry=REGISTRY
+)
+TEACHER_VIEW_DROPS = Counter(
+    "edge_teacher_view_drops",
+    "Teacher-view losses by reason: slow_subscriber (an update a busy browser did not take; it gets the "
+    "next), stream_refused (over the limit of open views), stream_stalled (a browser that took no data).",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 OUTBOX_BACKLOG = Gauge("edge_outbox_backlog", "Outbox rows waiting to be sent.", registry=REGISTRY)
 OUTBOX_OLDEST_AGE = Gauge(
     "edge_outbox_oldest_age_seconds", "Age of the oldest unsent outbox row.", registry=REGISTRY

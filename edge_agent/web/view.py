@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from edge_agent.live import LiveBoard
+from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ I18N_DIR = WEB_DIR / "i18n"
 LANGUAGES = ("zh-CN", "en")
 _LANG_RE = re.compile(r"^[A-Za-z]{2}(-[A-Za-z]{2})?$")
 SSE_RETRY_MS = 3000
+STALL_KEEPALIVES = 2  # a browser that takes no data for this many keepalive periods is gone or frozen
 
 StatusFn = Callable[[], dict[str, Any]]
 
@@ -95,10 +97,12 @@ class TeacherView:
         self._default_language = default_language
         self._status = status
         self._keepalive_s = keepalive_s
+        self._stall_s = STALL_KEEPALIVES * keepalive_s
         self._max_streams = max_streams
         self._closing = asyncio.Event()
         self.open_streams = 0
         self.refused_streams = 0  # streams over max_streams, answered 503
+        self.stalled_streams = 0  # streams ended because the browser stopped taking data
         self._template = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
         self._messages = {lang: load_messages(lang) for lang in LANGUAGES}
 
@@ -147,6 +151,7 @@ class TeacherView:
         data: dict[str, Any] = {
             "sse_clients": self.open_streams,
             "sse_refused": self.refused_streams,
+            "sse_stalled": self.stalled_streams,
             "live_dropped_updates": self._live.dropped_updates,
         }
         if self._status is not None:
@@ -156,6 +161,7 @@ class TeacherView:
     async def events(self, request: web.Request) -> web.StreamResponse:
         if self.open_streams >= self._max_streams:
             self.refused_streams += 1
+            metrics.TEACHER_VIEW_DROPS.labels(reason="stream_refused").inc()
             raise web.HTTPServiceUnavailable(
                 text="too many open teacher views on this board; close a browser tab and retry",
                 headers={"Retry-After": "10"},
@@ -169,18 +175,31 @@ class TeacherView:
         )
         queue = self._live.subscribe()
         self.open_streams += 1
+        metrics.TEACHER_VIEW_STREAMS.inc()
         try:
             await response.prepare(request)
             # A reconnecting browser may have missed updates: start every stream with the whole board.
             first = f"retry: {SSE_RETRY_MS}\n\n".encode() + sse_event(self._snapshot(), "snapshot")
-            await response.write(first)
+            await self._send(response, first)
             await self._pump(response, queue)
-        except ConnectionResetError:
-            pass  # the browser went away; the finally below forgets it
+        except ConnectionError:
+            pass  # the browser went away (a reset, or lost while we waited to send); the finally forgets it
+        except asyncio.TimeoutError:
+            # Its socket buffers are full: the write would wait until TCP gives up, which a client that
+            # keeps the connection open but never reads can put off for ever, holding one of the places.
+            self.stalled_streams += 1
+            metrics.TEACHER_VIEW_DROPS.labels(reason="stream_stalled").inc()
+            log.info("ended a teacher-view stream that took no data for %g s", self._stall_s)
+            if request.transport is not None:
+                request.transport.abort()  # drop what is buffered; closing would wait to send it
         finally:
             self._live.unsubscribe(queue)
             self.open_streams -= 1
+            metrics.TEACHER_VIEW_STREAMS.dec()
         return response
+
+    async def _send(self, response: web.StreamResponse, data: bytes) -> None:
+        await asyncio.wait_for(response.write(data), self._stall_s)
 
     async def _pump(self, response: web.StreamResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
         event_id = 0
@@ -196,9 +215,9 @@ class TeacherView:
                         await getter
                     if closing in done:
                         return
-                    await response.write(b": keepalive\n\n")  # keeps proxies and NAT from dropping us
+                    await self._send(response, b": keepalive\n\n")  # keeps proxies and NAT from dropping us
                     continue
                 event_id += 1
-                await response.write(sse_event(_json_safe(getter.result()), "update", event_id))
+                await self._send(response, sse_event(_json_safe(getter.result()), "update", event_id))
         finally:
             closing.cancel()

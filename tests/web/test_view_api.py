@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import socket
 import time
@@ -19,6 +20,7 @@ import pytest
 from edge_agent.config import WebSettings
 from edge_agent.errors import ConfigError
 from edge_agent.live import LiveBoard
+from edge_agent.telemetry import metrics
 from edge_agent.web.server import WebComponent
 from edge_agent.web.view import I18N_DIR, LANGUAGES, STATIC_DIR, script_json, sse_event
 from tests.web.harness import ServerThread, run_async
@@ -31,6 +33,10 @@ def _get(url: str) -> tuple[int, dict[str, str], bytes]:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
+
+
+def _drops(reason: str) -> float:
+    return metrics.REGISTRY.get_sample_value("edge_teacher_view_drops_total", {"reason": reason}) or 0.0
 
 
 async def _read_events(url: str, count: int, timeout: float = 5.0) -> list[tuple[str, Any, float]]:
@@ -149,6 +155,63 @@ def test_a_33rd_teacher_view_is_told_to_retry_and_a_closed_one_frees_its_place()
     finally:
         server.stop()
 
+
+def test_a_browser_that_stops_reading_loses_its_stream_and_frees_its_place() -> None:
+    # A frozen tab or a half-dead Wi-Fi client keeps its TCP connection open but takes no data; without
+    # a deadline on each write its stream (one of 32) would be held until the connection dies.
+    live = LiveBoard()
+    server = ServerThread(live, keepalive_s=0.2).start()
+    stalled_before = _drops("stream_stalled")
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        stuck.connect(("127.0.0.1", server.port))
+        stuck.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: board\r\n\r\n")
+        big = {"note": "x" * 100_000}
+        status: dict[str, Any] = {}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            live.publish("health", big)  # about 100 KB per event: the socket buffers fill within seconds
+            time.sleep(0.02)
+            status = json.loads(_get(server.url + "/api/v1/status")[2])
+            if status["sse_stalled"]:
+                break
+        assert status["sse_stalled"] == 1
+        assert status["sse_clients"] == 0
+        assert _drops("stream_stalled") == stalled_before + 1  # on /metrics for the school's monitoring
+    finally:
+        stuck.close()
+        server.stop()
+
+
+
+def test_a_browser_gone_while_the_board_waits_to_send_is_forgotten_without_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    live = LiveBoard()
+    server = ServerThread(live).start()  # 15-s keepalive: the stall deadline (30 s) does not come first
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", server.port))
+    stuck.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: board\r\n\r\n")
+    try:
+        for _ in range(150):  # about 15 MB: more than the socket buffers hold, so the board waits to send
+            live.publish("health", {"note": "x" * 100_000})
+            time.sleep(0.01)
+        # Closing with unread data sends a reset: the board's pending write fails with "Connection lost".
+        stuck.close()
+        deadline = time.monotonic() + 10
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = json.loads(_get(server.url + "/api/v1/status")[2])
+            if status["sse_clients"] == 0:
+                break
+            time.sleep(0.1)
+        assert status["sse_clients"] == 0 and status["sse_stalled"] == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        stuck.close()
+        server.stop()
 
 def test_a_failing_handler_answers_json_500_and_the_server_keeps_serving() -> None:
     from aiohttp import web
