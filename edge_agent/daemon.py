@@ -97,9 +97,13 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
                 loop.add_signal_handler(sig, self.request_stop)
+        # Supervise (and ping the watchdog) from the start: READY goes out once the store is open, and
+        # systemd's watchdog counts from READY, while the engines may still take minutes to load.
+        watchdog = asyncio.create_task(self._supervise())
         try:
             await self._start_all()
         except EssentialComponentFailed as exc:
+            watchdog.cancel()
             log.error("essential component failed, not starting: %s", exc)
             self.notifier.status(f"failed: {exc}")
             await self._stop_all()
@@ -110,7 +114,6 @@ class Daemon:
         if self._ready_after is None:
             self.notifier.ready(self.status_line())
         log.info("daemon running: %s", self.status_line())
-        watchdog = asyncio.create_task(self._supervise())
         await self._stop.wait()
         watchdog.cancel()
         self.state = "stopping"

@@ -185,3 +185,46 @@ def test_an_essential_component_failure_stops_start_up_without_ready(notify_sock
     time.sleep(0.2)
     assert notify_socket.fields("READY") == []
     assert any("failed" in s for _, s in notify_socket.fields("STATUS"))
+
+
+class SlowStartComponent:
+    """Starts like a cold engine load or an in-daemon TensorRT build: long, but the event loop runs."""
+
+    essential = False
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name = name
+        self._seconds = seconds
+
+    async def start(self) -> None:
+        await asyncio.to_thread(time.sleep, self._seconds)
+
+    async def stop(self) -> None:
+        pass
+
+    def health(self) -> Health:
+        return Health(True)
+
+
+def test_watchdog_pings_start_with_ready_even_while_later_components_still_start(
+    notify_socket: NotifySocket,
+) -> None:
+    # READY goes out once the store is open; systemd's watchdog counts from then. A component that then
+    # takes longer than WatchdogSec to start must not get the daemon killed for missing pings.
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
+    components = [SlowStartComponent("store", 0.0), SlowStartComponent("engines", 2.5)]
+    daemon = Daemon(components, live=LiveBoard(), heartbeats=HeartbeatRegistry(), notifier=notifier,
+                    ready_after="store")
+
+    async def scenario() -> int:
+        task = asyncio.create_task(daemon.run())
+        await asyncio.sleep(3.0)
+        daemon.request_stop()
+        return await asyncio.wait_for(task, 10)
+
+    assert asyncio.run(scenario()) == 0
+    ready_at = notify_socket.fields("READY")[0][0]
+    pings = [t for t, _ in notify_socket.fields("WATCHDOG") if t >= ready_at]
+    gaps = [b - a for a, b in zip([ready_at, *pings[:-1]], pings, strict=True)]
+    assert len(pings) >= 5, pings  # one every 0.5 s for 3 s, 2.5 of them while "engines" started
+    assert max(gaps) < 1.0, max(gaps)  # systemd kills after WATCHDOG_USEC (1 s) without a ping
