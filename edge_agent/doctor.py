@@ -26,7 +26,7 @@ from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.inference.manifest import Manifest
 
 MIN_FREE_BYTES = 1 << 30  # engines and the outbox need room; below 1 GiB the store starts refusing
-CERT_WARN_DAYS = 30
+CERT_WARN_DAYS = 30  # = provisioning.ca.RENEW_WITHIN_DAYS: once this warns, re-running provisioning renews
 PLAUSIBLE_YEARS = (2025, 2100)  # a board whose RTC battery died boots in 1970 or 2000
 
 

@@ -11,7 +11,9 @@ Districts with a real PKI sign the board's CSR there instead; this tool is the l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import os
@@ -32,6 +34,7 @@ from edge_agent.provisioning.files import write_private, write_public
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CA_DAYS = 3650
 DEVICE_DAYS = 825
+RENEW_WITHIN_DAYS = 30  # re-running provisioning renews from here on; doctor.CERT_WARN_DAYS warns from here
 
 
 def utcnow() -> dt.datetime:
@@ -80,6 +83,14 @@ def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str, tenant: str, site:
     )
     csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def key_sha256(public_key: object) -> str:
+    """The fingerprint the CA index keeps per certificate: it tells one board's key from another's."""
+    der = public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
 
 
 def same_public_key(
@@ -134,6 +145,8 @@ class IssuedCert:
     common_name: str
     not_after: str
     revoked: bool = False
+    key_sha256: str = ""  # of the certified public key; empty in indexes written before it was kept
+    revoked_at: str = ""
 
 
 class FleetCA:
@@ -206,8 +219,9 @@ class FleetCA:
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
     ) -> bytes:
-        """Sign a device CSR (client certificate, CN = device id). A CN that already has a live certificate
-        is refused unless ``replace``, which revokes the old one: two boards must never share an identity."""
+        """Sign a device CSR (client certificate, CN = device id). The device id's live certificates for the
+        same key (a renewal, or a board re-provisioned) are revoked; one for another key belongs to another
+        board and is refused unless ``replace``, which revokes it: two boards must never share an identity."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as exc:
@@ -220,10 +234,12 @@ class FleetCA:
         if not DEVICE_ID.match(cn):
             raise ProvisioningError(f"CSR common name {cn!r} is not a valid device id (letters, digits, _.-)")
         live = [row for row in self.index() if row.common_name == cn and not row.revoked]
-        if live and not replace:
+        others = [row for row in live if row.key_sha256 != key_sha256(csr.public_key())]
+        if others and not replace:
             raise ProvisioningError(
-                f"device id {cn!r} already has a live certificate (serial {live[0].serial}); "
-                "use --replace to revoke it and issue a new one"
+                f"device id {cn!r} already has a live certificate for another board's key (serial "
+                f"{others[0].serial}, valid until {others[0].not_after[:10]}): two boards with one id? "
+                "If this board replaces that one, re-run with --replace to revoke its certificate"
             )
         for row in live:
             self.revoke(row.serial)
@@ -283,7 +299,11 @@ class FleetCA:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
         cert = builder.sign(key, hashes.SHA256())
         rows = self.index()
-        rows.append(IssuedCert(cert.serial_number, common_name(subject), end.isoformat()))
+        rows.append(
+            IssuedCert(
+                cert.serial_number, common_name(subject), end.isoformat(), key_sha256=key_sha256(public_key)
+            )
+        )
         self._save_index(rows)
         return cert
 
@@ -295,8 +315,9 @@ class FleetCA:
         if not hits:
             raise ProvisioningError(f"no live certificate with serial or device id {serial_or_cn!r}")
         serials = {r.serial for r in hits}
+        now = utcnow().isoformat()
         self._save_index(
-            [IssuedCert(r.serial, r.common_name, r.not_after, r.revoked or r.serial in serials) for r in rows]
+            [dataclasses.replace(r, revoked=True, revoked_at=now) if r.serial in serials else r for r in rows]
         )
         self.write_crl()
         return sorted(serials)
@@ -313,8 +334,9 @@ class FleetCA:
         )
         for row in self.index():
             if row.revoked:
+                when = dt.datetime.fromisoformat(row.revoked_at) if row.revoked_at else now
                 builder = builder.add_revoked_certificate(
-                    x509.RevokedCertificateBuilder().serial_number(row.serial).revocation_date(now).build()
+                    x509.RevokedCertificateBuilder().serial_number(row.serial).revocation_date(when).build()
                 )
         crl = builder.sign(key, hashes.SHA256())
         write_public(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))

@@ -53,6 +53,10 @@ def _provision_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, default=Path("/"), help="target root (default: this board)")
     p.add_argument("--roots", type=Path, help="bulk: one target root per board, ROOTS/<device_id>")
     p.add_argument("--ca-dir", type=Path, help="lab CA directory: sign the board's CSR at once")
+    p.add_argument(
+        "--replace", action="store_true",
+        help="with --ca-dir: this board replaces another with its device id; revoke that board's certificate",
+    )
     p.add_argument("--cert", type=Path, help="the board's certificate, signed by the fleet CA")
     p.add_argument("--ca-cert", type=Path, help="the fleet CA certificate (with --cert)")
     p.add_argument("--units-dir", type=Path, help="where edge-agent.service and friends are")
@@ -80,6 +84,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             agent_bin=args.agent_bin,
             signing_pubkey=args.model_signing_key,
             activate=not args.no_activate,
+            replace=args.replace,
         )
         if args.roots is not None:
             results = provision_inventory(args.inventory, args.roots, opts)

@@ -20,13 +20,17 @@ from pathlib import Path
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning import system
 from edge_agent.provisioning.ca import (
+    RENEW_WITHIN_DAYS,
     FleetCA,
     check_device_cert,
+    common_name,
     key_to_pem,
+    load_cert,
     load_private_key,
     make_csr,
     new_ec_key,
     same_public_key,
+    utcnow,
 )
 from edge_agent.provisioning.files import ensure_dir, write_atomic, write_private, write_public
 from edge_agent.provisioning.inventory import Board, load_inventory, render_config
@@ -46,6 +50,7 @@ class Options:
     agent_bin: str = system.DEFAULT_BIN
     signing_pubkey: Path | None = None  # ed25519 key that model packages must be signed with
     activate: bool = True  # on "/": enable units and start the engine build
+    replace: bool = False  # with ca_dir: this board replaces another with its id; revoke that one's cert
 
 
 @dataclass
@@ -98,6 +103,7 @@ def _read(path: Path, what: str) -> bytes:
 
 def provision_board(board: Board, root: Path, opts: Options) -> Result:
     config_text, ca_pem = _preflight(board, opts)
+    root = root.absolute()  # a relative root would be re-rooted at "/" by the config check
     result = Result(board.device_id, root)
     on_host = root.resolve() == Path("/")
     units_src = opts.units_dir or system.units_dir()
@@ -171,7 +177,7 @@ def _make_csr(paths: dict[str, Path], board: Board, result: Result) -> None:
     if paths["csr"].exists():
         try:
             csr = x509.load_pem_x509_csr(paths["csr"].read_bytes())
-            if same_public_key(csr, key) and csr.subject.rfc4514_string().find(f"CN={board.device_id}") >= 0:
+            if same_public_key(csr, key) and common_name(csr.subject) == board.device_id:
                 return
         except ValueError:
             pass
@@ -185,16 +191,27 @@ def _install_cert(
     key = load_private_key(paths["key"])
     current = paths["cert"].read_bytes() if paths["cert"].exists() else None
     installed_ca = paths["ca"].read_bytes() if paths["ca"].exists() else None
+    supplied = _read(opts.cert_file, "device certificate") if opts.cert_file is not None else None
     if current is not None and installed_ca is not None and (ca_pem is None or ca_pem == installed_ca):
         try:
             check_device_cert(current, installed_ca, key, board.device_id)
-            return True
+            days = (load_cert(current, "device certificate").not_valid_after_utc - utcnow()).days
+            if supplied in (None, current):
+                if days > RENEW_WITHIN_DAYS:
+                    return True
+                if opts.ca_dir is None:
+                    log.warning(
+                        "the device certificate expires in %d days: have the fleet CA sign %s again, then "
+                        "re-run with --cert and --ca-cert", days, paths["csr"],
+                    )
+                    return True
+                log.info("the device certificate expires in %d days: renewing it", days)
         except ProvisioningError as exc:
             log.warning("installed certificate unusable, replacing it: %s", exc)
     if opts.ca_dir is not None:
-        cert = FleetCA(opts.ca_dir).sign_csr(paths["csr"].read_bytes(), replace=True)
-    elif opts.cert_file is not None:
-        cert = _read(opts.cert_file, "device certificate")
+        cert = FleetCA(opts.ca_dir).sign_csr(paths["csr"].read_bytes(), replace=opts.replace)
+    elif supplied is not None:
+        cert = supplied
     else:
         log.info(
             "CSR ready at %s: have the fleet CA sign it, then re-run with --cert and --ca-cert", paths["csr"]

@@ -250,3 +250,90 @@ def test_cli_provisions_one_board_and_reports_awaiting_certificate(
     assert "not in" in capsys.readouterr().err
     secret = tmp_path / "root/etc/edge-agent/secrets/device.key"
     assert secret.exists() and key_to_pem  # the key was made on the board and stays there
+
+
+def _cli(fleet: Fleet, *args: str) -> list[str]:
+    return ["--inventory", str(fleet.inventory), "--template", str(TEMPLATE), "--ca-dir", str(fleet.ca.dir),
+            "--no-activate", *args]
+
+
+def _live(ca: FleetCA, device_id: str) -> list[int]:
+    return [row.serial for row in ca.index() if row.common_name == device_id and not row.revoked]
+
+
+def test_a_second_board_with_a_live_device_id_is_refused_unless_it_replaces_the_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two boards with one id would share an MQTT identity; taking the id silently revoked the first one.
+    fleet = make_fleet(tmp_path)
+    first = _live(fleet.ca, "board-a")
+    args = _cli(fleet, "--device-id", "board-a", "--root", str(tmp_path / "new-board"))
+    assert provision_main(args) == 2
+    assert "already has a live certificate for another board's key" in capsys.readouterr().err
+    assert _live(fleet.ca, "board-a") == first
+    assert not (tmp_path / "new-board/etc/edge-agent/certs/device.pem").exists()
+    assert provision_main([*args, "--replace"]) == 0  # the new hardware takes over the id
+    assert _live(fleet.ca, "board-a") not in ([], first)
+    assert [r.revoked for r in fleet.ca.index() if r.serial in first] == [True]
+
+
+def test_rerunning_provisioning_renews_a_certificate_within_30_days_of_expiry(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    fleet = make_fleet(tmp_path)
+    certs = fleet.etc("board-a") / "certs"
+    now = dt.datetime.now(dt.timezone.utc)
+    write_soon = fleet.ca.sign_csr((certs / "device.csr").read_bytes(), not_after=now + dt.timedelta(days=5))
+    (certs / "device.pem").write_bytes(write_soon)
+    result = provision_inventory(fleet.inventory, fleet.roots, fleet.options)[0]
+    assert result.changes == ["device.pem"]
+    renewed = x509.load_pem_x509_certificate((certs / "device.pem").read_bytes())
+    assert renewed.not_valid_after_utc > now + dt.timedelta(days=800)
+    assert _live(fleet.ca, "board-a") == [renewed.serial_number]  # the short one is revoked
+    check_root(fleet.roots / "board-a")
+    # Outside the renewal window nothing changes.
+    assert provision_inventory(fleet.inventory, fleet.roots, fleet.options)[0].changes == []
+
+
+def test_a_newer_certificate_from_the_fleet_ca_replaces_the_installed_one(tmp_path: Path) -> None:
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    root = tmp_path / "root"
+    provision_board(BOARD, root, Options(template()))
+    csr = (root / "etc/edge-agent/certs/device.csr").read_bytes()
+    first, second = tmp_path / "first.pem", tmp_path / "second.pem"
+    first.write_bytes(ca.sign_csr(csr))
+    provision_board(BOARD, root, Options(template(), cert_file=first, ca_file=ca.cert_path))
+    second.write_bytes(ca.sign_csr(csr))  # the district's renewal of the same board
+    result = provision_board(BOARD, root, Options(template(), cert_file=second, ca_file=ca.cert_path))
+    assert result.changes == ["device.pem"]
+    assert (root / "etc/edge-agent/certs/device.pem").read_bytes() == second.read_bytes()
+
+
+def test_a_device_id_that_begins_another_gets_a_request_for_itself(tmp_path: Path) -> None:
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    root = tmp_path / "root"
+    opts = Options(template(), ca_dir=ca.dir)
+    provision_board(Board("t", "s", "c", "b-10"), root, opts)
+    result = provision_board(Board("t", "s", "c", "b-1"), root, opts)  # the board is relabelled
+    assert result.state == "provisioned" and "device.csr" in result.changes
+    assert _live(ca, "b-1") and _live(ca, "b-10")  # b-10's certificate is not revoked behind its back
+    check_root(root)
+
+
+def test_bulk_provisioning_into_a_relative_folder_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    (tmp_path / "inventory.csv").write_text(INVENTORY, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    args = ["--inventory", "inventory.csv", "--template", str(TEMPLATE), "--ca-dir", "ca", "--roots", "roots"]
+    assert provision_main(args) == 0, capsys.readouterr().err
+    assert ca.index()
+    assert sorted(p.name for p in (tmp_path / "roots").iterdir()) == ["board-a", "board-b", "board-c"]
+
+
+def test_the_doctor_warns_exactly_when_provisioning_renews() -> None:
+    from edge_agent.doctor import CERT_WARN_DAYS
+    from edge_agent.provisioning.ca import RENEW_WITHIN_DAYS
+
+    assert CERT_WARN_DAYS == RENEW_WITHIN_DAYS
