@@ -88,7 +88,12 @@ class KTSettings(Section):
     weak_skills: int = Field(3, ge=1, le=50)
     min_group_size: int = Field(5, ge=1, description="Class aggregates over fewer students are suppressed.")
     mastery_threshold: float = Field(0.6, gt=0.0, lt=1.0)
-    lesson_window_s: float = Field(300.0, ge=10.0)
+    lesson_window_s: float = Field(
+        300.0, ge=10.0, description="Class aggregates are synced in windows this long."
+    )
+    lesson_gap_s: float = Field(
+        600.0, ge=10.0, description="The teacher view's lesson ends this long after its last answer."
+    )
     per_student_api: bool = Field(False, description="Allow GET of one pseudonymous student's mastery.")
     queue_max: int = Field(
         2048, ge=1, le=100_000, description="Answers waiting for inference; more get HTTP 503."

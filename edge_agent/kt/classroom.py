@@ -1,7 +1,9 @@
 """Class aggregates over one lesson window (pure): answer counts, mastery by skill, class recommendations.
 
-A window opens at the first answer and closes ``lesson_window_s`` later. Only class-level numbers leave
-this module; a class with fewer than ``min_group_size`` students has its skill data suppressed.
+A window opens at the first answer. The one synced closes ``lesson_window_s`` later; the one the teacher
+sees is the lesson, which ends after ``lesson_gap_s`` without an answer (the break between lessons). Only
+class-level numbers leave this module; a class with fewer than ``min_group_size`` students has its skill
+data suppressed.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ class LessonWindow:
     probs: dict[str, np.ndarray] = field(default_factory=dict)  # pseudonym -> latest per-skill success
     practised: dict[int, set[str]] = field(default_factory=dict)  # skill -> pseudonyms who answered on it
     activity: dict[int, int] = field(default_factory=dict)  # minute start (epoch) -> answers
+    last: float = 0.0  # when the latest answer came
 
     def record(self, student: str, skills: list[int], probs: np.ndarray, now: float) -> None:
         self.answers += 1
+        self.last = now
         self.probs[student] = probs
         for k in skills:
             self.practised.setdefault(k, set()).add(student)
@@ -37,6 +41,9 @@ class LessonWindow:
     def due(self, now: float, window_s: float) -> bool:
         return now >= self.started + window_s
 
+    def idle(self, now: float, gap_s: float) -> bool:
+        return now >= self.last + gap_s
+
     def copy(self) -> LessonWindow:
         """A snapshot to summarise outside the caller's lock (the probability arrays are never mutated)."""
         return LessonWindow(
@@ -45,6 +52,7 @@ class LessonWindow:
             dict(self.probs),
             {k: set(who) for k, who in self.practised.items()},
             dict(self.activity),
+            self.last,
         )
 
 
@@ -67,9 +75,15 @@ def items_by_skill(package: KTPackage) -> dict[int, list[ItemInfo]]:
 
 
 def summarize(
-    window: LessonWindow | None, package: KTPackage, settings: KTSettings, now: float
+    window: LessonWindow | None,
+    package: KTPackage,
+    settings: KTSettings,
+    now: float,
+    window_s: float | None = None,
 ) -> dict[str, Any]:
-    """The LiveBoard "learning" section (also the "kt_class" outbox payload)."""
+    """The "kt_class" outbox payload of a ``window_s`` window (default ``lesson_window_s``); with
+    ``window_s`` infinite, the LiveBoard "learning" section of the lesson so far."""
+    length = settings.lesson_window_s if window_s is None else window_s
     if window is None:
         return {
             "lesson_started": None,
@@ -84,7 +98,7 @@ def summarize(
     students = len(window.probs)
     summary: dict[str, Any] = {
         "lesson_started": window.started,
-        "window_end": min(now, window.started + settings.lesson_window_s),
+        "window_end": min(now, window.started + length),
         "answers": window.answers,
         "students": students,
         "suppressed": students < settings.min_group_size,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -130,7 +131,8 @@ class KTService:
         # memory then stays flat however many answers a board takes between restarts
         self._applied = AppliedEvents(RECENT_KEEP_S if persistence is not None else EVENT_KEEP_S)
         self._lock = threading.Lock()  # guards _states, _lesson, _pending, _unsaved_*
-        self._lesson: LessonWindow | None = None
+        self._lesson: LessonWindow | None = None  # the synced window: lesson_window_s from its first answer
+        self._view: LessonWindow | None = None  # the teacher's lesson: until lesson_gap_s without an answer
         self._pending = 0
         # Applied in memory, but their commit failed (a full disk): saved again with the next batch, so
         # the retry the client makes after its 503 (a "duplicate") is answered only once it is on disk.
@@ -453,7 +455,11 @@ class KTService:
     def _record_lesson(self, answer: Answer, state: StudentState, now: float) -> None:
         if self._lesson is None:
             self._lesson = LessonWindow(started=now)
-        self._lesson.record(answer.student, list(answer.skills), state.probs, now)
+        if self._view is None or self._view.idle(now, self.settings.lesson_gap_s):
+            self._view = LessonWindow(started=now)
+        skills = list(answer.skills)
+        self._lesson.record(answer.student, skills, state.probs, now)
+        self._view.record(answer.student, skills, state.probs, now)
 
     # -- feedback and queries ------------------------------------------------------------------------
 
@@ -506,11 +512,15 @@ class KTService:
         }
 
     def class_summary(self) -> dict[str, Any]:
+        """The lesson so far, as the teacher sees it: it is not cut by the synced windows."""
+        now = self._clock()
         # Summarised outside the lock: the inference thread must not wait on the class view.
         with self._lock:
-            window = None if self._lesson is None else self._lesson.copy()
+            if self._view is not None and self._view.idle(now, self.settings.lesson_gap_s):
+                self._view = None  # the lesson is over: the board waits for the next one's first answer
+            window = None if self._view is None else self._view.copy()
             package = self.package
-        return summarize(window, package, self.settings, self._clock())
+        return summarize(window, package, self.settings, now, window_s=math.inf)
 
     def close_lesson_if_due(self) -> dict[str, Any] | None:
         """The finished window's summary once it has ended; the next answer opens a new window."""

@@ -236,7 +236,33 @@ def test_class_summary_and_lesson_close(package, engine, pseudonymize) -> None:
     closed = svc.close_lesson_if_due()
     svc.stop()
     assert closed is not None and closed["answers"] == 6
-    assert svc.class_summary()["answers"] == 0
+
+
+def test_the_teachers_lesson_runs_on_across_synced_windows_and_ends_after_a_break(
+    package, engine, pseudonymize
+) -> None:
+    # The board used to show "no answers yet" each time a 5-minute sync window closed mid-lesson.
+    now = [1_800_000_000.0]
+    settings = KTSettings(min_group_size=3, lesson_window_s=60.0, lesson_gap_s=600.0, microbatch_wait_ms=0.0)
+    svc = KTService(package, engine, settings, pseudonymize, clock=lambda: now[0])
+    svc.start()
+    try:
+        for n in range(6):
+            svc.submit([_answer(package, pseudonymize, f"s{n % 3}", f"a{n}", n, n % 2)]).result(5)
+        now[0] += 61
+        assert svc.close_lesson_if_due()["answers"] == 6  # type: ignore[index]
+        lesson = svc.class_summary()
+        assert lesson["answers"] == 6 and lesson["lesson_started"] == 1_800_000_000.0 and lesson["skills"]
+        svc.submit([_answer(package, pseudonymize, "s0", "b0", 1, 1)]).result(5)
+        assert svc.class_summary()["answers"] == 7  # one lesson adding up
+        now[0] += 61
+        assert svc.close_lesson_if_due()["answers"] == 1  # type: ignore[index]  # the synced windows stay 60 s
+        now[0] += 600  # the break: ten minutes without an answer
+        assert svc.class_summary()["answers"] == 0
+        svc.submit([_answer(package, pseudonymize, "s1", "c0", 2, 1)]).result(5)
+        assert svc.class_summary()["lesson_started"] == now[0]  # the next lesson starts with its first answer
+    finally:
+        svc.stop()
 
 
 def test_engine_failure_answers_503_and_thread_survives(package, kt_settings, pseudonymize) -> None:

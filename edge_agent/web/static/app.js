@@ -27,7 +27,8 @@
   const tState = (prefix, value) => ((messages[lang] || {})[prefix + value] !== undefined ? t(prefix + value) : String(value));
   const pct = (v) => (isNum(v) ? new Intl.NumberFormat(lang, { style: "percent", maximumFractionDigits: 0 }).format(v) : "—");
   const num = (v, digits) => (isNum(v) ? new Intl.NumberFormat(lang, { maximumFractionDigits: digits || 0 }).format(v) : "—");
-  const clockTime = (epoch) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" }) : "—");
+  const clockTime = (epoch, seconds) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleTimeString(lang,
+    seconds ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" }) : "—");
   function duration(seconds, prefix) {
     if (!isNum(seconds)) return "—";
     const s = Math.max(0, seconds);
@@ -67,17 +68,21 @@
       card.dataset.low = "false"; renderTimeline([]);
       return;
     }
-    const low = a.low_attention === true;
-    card.dataset.low = String(low);
-    setText("att-share", pct(a.current_share));
-    setText("att-faces", t("attention_faces", { n: num(a.faces) }));
-    const signal = $("att-signal");
-    signal.dataset.low = a.current_share === null || a.current_share === undefined ? (low ? "true" : "none") : String(low);
-    signal.textContent = low ? t("attention_low") : a.current_share === null ? t("attention_suppressed") : t("attention_ok");
-    setText("att-window", isNum(a.window_s) ? t("attention_window", { s: num(a.window_s) }) : "");
     const cam = a.camera || {};
+    // Without pictures there is nothing to measure: say so instead of showing an empty classroom.
+    const blind = !!cam.state && cam.state !== "running";
+    const low = !blind && a.low_attention === true;
+    card.dataset.low = String(low);
+    card.dataset.camera = blind ? "down" : "ok";
+    setText("att-share", blind ? "—" : pct(a.current_share));
+    setText("att-faces", blind ? tState("camera_state_", cam.state) : t("attention_faces", { n: num(a.faces) }));
+    const signal = $("att-signal");
+    signal.dataset.low = blind ? "none" : a.current_share === null || a.current_share === undefined ? (low ? "true" : "none") : String(low);
+    signal.textContent = blind ? t(cam.state === "disabled" ? "attention_camera_off" : "attention_camera_down")
+      : low ? t("attention_low") : a.current_share === null ? t("attention_suppressed") : t("attention_ok");
+    setText("att-window", isNum(a.window_s) ? t("attention_window", { s: num(a.window_s) }) : "");
     setText("att-camera", cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : "");
-    setText("att-pose", a.pose_method ? t("pose_method", { m: a.pose_method }) : "");
+    setText("att-pose", a.pose_method ? t("pose_method", { m: tState("pose_method_", a.pose_method) }) : "");
     setText("att-updated", t("updated_ago", { t: ago(state.updated.attention) }));
     renderTimeline(Array.isArray(a.timeline) ? a.timeline : []);
   }
@@ -96,13 +101,16 @@
       const bar = el("svg:rect", { class: cls, x: (i * slot + gap / 2).toFixed(1), y: (H * (1 - value)).toFixed(1),
         width: Math.max(1, slot - gap).toFixed(1), height: (H * value).toFixed(1) });
       bar.dataset.mean = suppressed ? "" : String(w.attentive_mean);
-      bar.appendChild(el("svg:title", { text: clockTime(w.start) + "–" + clockTime(w.end) + "  " + (suppressed ? t("legend_suppressed") : pct(w.attentive_mean)) }));
+      bar.appendChild(el("svg:title", { text: clockTime(w.start, true) + "–" + clockTime(w.end, true) + "  " + (suppressed ? t("legend_suppressed") : pct(w.attentive_mean)) }));
       nodes.push(bar);
     });
     replace("att-timeline", nodes);
     const a = state.sections.attention || {};
     $("att-tl-empty").hidden = windows.length > 0;
-    setText("att-tl-empty", isNum(a.window_s) ? t("timeline_empty", { s: num(a.window_s) }) : t("no_data"));
+    const blind = !!(a.camera && a.camera.state && a.camera.state !== "running");
+    setText("att-tl-empty", blind ? t("timeline_no_camera") : isNum(a.window_s) ? t("timeline_empty", { s: num(a.window_s) }) : t("no_data"));
+    $("att-timeline").setAttribute("aria-label", windows.length ? t("timeline_label", { n: windows.length,
+      from: clockTime(windows[0].start), to: clockTime(windows[windows.length - 1].end) }) : t("attention_timeline"));
     setText("att-tl-start", windows.length ? clockTime(windows[0].start) : "");
     setText("att-tl-end", windows.length ? clockTime(windows[windows.length - 1].end) : "");
   }
@@ -164,10 +172,9 @@
     $("learn-more").hidden = rest === 0;
     setText("learn-more-summary", t("skills_more", { n: num(rest) }));
     $("learn-empty").hidden = skills.length > 0 || l.suppressed === true;
-    const weakItems = weakest.map((id) => el("li", { text: byId[id] ? skillName(byId[id]) : id }));
+    replace("learn-weakest", weakest.map((id) => el("li", { text: byId[id] ? skillName(byId[id]) : id })));
     // No skill under the mastery threshold is good news, and says so rather than leaving a blank list.
-    if (!weakItems.length && skills.length && !l.suppressed) weakItems.push(el("li", { class: "meta", text: t("weakest_none") }));
-    replace("learn-weakest", weakItems);
+    $("learn-weakest-none").hidden = !(weakest.length === 0 && skills.length > 0 && !l.suppressed);
     const recs = l.suppressed ? [] : Array.isArray(l.recommended) ? l.recommended : [];
     replace("learn-recommended", recs.map((r) => el("li", {}, [document.createTextNode(itemTitle(r)),
       el("span", { class: "meta", text: (byId[r.skill_id] ? skillName(byId[r.skill_id]) + " · " : "") + t("predicted_success", { p: pct(r.predicted_success) }) })])));
@@ -177,6 +184,9 @@
   function renderActivity(minutes) {
     const W = 300, H = 60, n = Math.max(minutes.length, 10), slot = W / n;
     const peak = Math.max(1, ...minutes.map((m) => (isNum(m.answers) ? m.answers : 0)));
+    const summary = minutes.length ? t("activity_peak", { n: num(peak), minutes: num(minutes.length) }) : "";
+    setText("learn-activity-peak", summary);
+    $("learn-activity").setAttribute("aria-label", summary || t("activity_title"));
     replace("learn-activity", minutes.map((m, i) => {
       const h = ((isNum(m.answers) ? m.answers : 0) / peak) * (H - 2);
       const bar = el("svg:rect", { x: (i * slot + 1).toFixed(1), y: (H - h).toFixed(1), width: Math.max(1, slot - 2).toFixed(1), height: h.toFixed(1) });
@@ -201,29 +211,32 @@
 
   function issues() {
     const out = [];
-    const issue = (text, title) => out.push({ text, title: title || "" });
+    const issue = (text, detail) => out.push({ text, detail: detail || "" });
     const h = state.sections.health || {};
+    const cam = (state.sections.attention || {}).camera;
+    const camDown = !!(cam && cam.state && cam.state !== "running" && cam.state !== "disabled");
+    const s = state.sections.sync;
+    const syncDown = !!(s && s.connected === false);
     for (const c of h.components || []) {
-      if (c && c.ok === false) issue(t("issue_component", { name: c.name, detail: shorten(c.detail) || "—" }), c.detail);
+      if (!c || c.ok !== false) continue;
+      // The camera and sync lines below say the same with more detail.
+      if ((c.name === "attention" && camDown) || (c.name === "sync" && syncDown)) continue;
+      issue(t("issue_component", { name: tState("component_", c.name) }), c.detail);
     }
     const fallbacks = new Map(); // one line per (phrase, backend), naming every engine it affects
     for (const e of h.engines || []) {
       if (!e || !e.fallback) continue;
-      if (e.backend === "none") { issue(t("issue_engine_failed", { name: e.name, why: shorten(e.fallback) }), e.fallback); continue; }
+      if (e.backend === "none") { issue(t("issue_engine_failed", { name: e.name }), e.fallback); continue; }
       const key = fallbackPhrase(e.fallback) + "\u0000" + e.backend;
       if (!fallbacks.has(key)) fallbacks.set(key, { why: fallbackPhrase(e.fallback), backend: e.backend, names: [], reasons: [] });
       fallbacks.get(key).names.push(e.name);
       fallbacks.get(key).reasons.push(e.name + ": " + e.fallback);
     }
     for (const f of fallbacks.values()) {
-      issue(t("issue_fallback", { names: f.names.join(t("list_sep")), backend: f.backend, why: f.why, n: f.names.length }), f.reasons.join("\n"));
+      issue(t("issue_fallback", { names: f.names.join(t("list_sep")), backend: f.backend, why: f.why, n: f.names.length }), f.reasons.join("; "));
     }
-    const cam = (state.sections.attention || {}).camera;
-    if (cam && cam.state && cam.state !== "running" && cam.state !== "disabled") {
-      issue(t("issue_camera", { state: tState("camera_state_", cam.state), detail: shorten(cam.detail) || "—" }), cam.detail);
-    }
-    const s = state.sections.sync;
-    if (s && s.connected === false) issue(t("issue_sync", { detail: shorten(s.detail) || "—" }), s.detail);
+    if (camDown) issue(t("issue_camera", { state: tState("camera_state_", cam.state) }), cam.detail);
+    if (syncDown) issue(t("issue_sync"), s.detail);
     const temps = (state.sections.device || {}).temperatures || {};
     for (const [zone, c] of Object.entries(temps)) if (isNum(c) && c >= HOT_C) issue(t("issue_hot", { zone, c: num(c, 0) }));
     return out;
@@ -235,8 +248,14 @@
     pill.dataset.state = h && h.state ? h.state : "";
     pill.textContent = h && h.state ? tState("health_state_", h.state) : t("no_data");
     const problems = issues();
-    replace("health-issues", problems.length ? problems.map((p) => el("li", { class: "problem", text: p.text, title: p.title }))
+    replace("health-issues", problems.length ? problems.map((p) => el("li", { class: "problem", title: p.detail },
+      [document.createTextNode(p.text)].concat(p.detail ? [el("span", { class: "detail", text: t("issue_detail", { d: shorten(p.detail) }) })] : [])))
       : [el("li", { class: "none", text: t("issues_none") })]);
+    // "Everything works" next to a list of problems contradicts itself: running, with problems to check.
+    if (h && h.state === "ok" && problems.length) {
+      pill.dataset.state = "attention";
+      pill.textContent = t("health_state_attention");
+    }
     const engines = ((h && h.engines) || []).filter((e) => e && typeof e === "object");
     replace("health-engines", engines.length ? engines.map((e) => el("tr", {}, [el("td", { text: e.name }), el("td", { text: e.backend }),
       el("td", { text: e.precision }), e.fallback ? el("td", { class: "fallback", text: fallbackPhrase(e.fallback), title: e.fallback }) : el("td", { text: "—" })]))
@@ -293,6 +312,8 @@
     const conn = $("conn");
     conn.dataset.state = live ? "live" : "reconnecting";
     conn.textContent = live ? t("conn_live") : t("conn_reconnecting");
+    document.body.dataset.conn = live ? "live" : "lost"; // greys the cards: their numbers are not current
+    $("conn-lost").hidden = live;
   }
 
   function connect() {
