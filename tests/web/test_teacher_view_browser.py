@@ -11,7 +11,7 @@ import pytest
 from edge_agent.live import LiveBoard
 from tests.web.conftest import WEB_TOKEN
 from tests.web.harness import ServerThread, TeacherViewPage, non_loopback_ipv4
-from tests.web.sample import attention_section
+from tests.web.sample import attention_section, fill_board, learning_section
 
 pytestmark = pytest.mark.browser
 
@@ -191,3 +191,92 @@ def test_empty_and_malformed_sections_render_placeholders_without_errors(teacher
         assert view.console_errors == []
     finally:
         server.stop()
+
+
+def test_a_camera_without_pictures_is_not_shown_as_an_empty_class(teacher_server: ServerThread,
+                                                                   live_board: LiveBoard,
+                                                                   teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    down = attention_section(current=None, faces=0) | {"timeline": [], "camera": {
+        "state": "error", "fps": 0.0, "detail": "camera source '/dev/video9' cannot be opened"}}
+    live_board.publish("attention", down)
+    view.page.wait_for_function("() => document.getElementById('attention').dataset.camera === 'down'",
+                                timeout=2000)
+    assert view.text("#att-share") == "—"
+    assert view.text("#att-faces") == "摄像头故障"
+    assert view.text("#att-signal") == "摄像头没有画面，无法判断专注度"
+    assert view.text("#att-tl-empty") == "摄像头恢复后在这里显示"
+    issues = [view.page.locator("#health-issues li").nth(i).evaluate("li => li.firstChild.textContent")
+              for i in range(view.page.locator("#health-issues li").count())]
+    assert "摄像头故障" in issues  # said once, in Chinese; the cause for IT is on the line below it
+    assert "/dev/video9" in view.text("#health-issues")
+
+
+def test_issues_read_in_the_teachers_language_and_each_once(teacher_server: ServerThread,
+                                                            live_board: LiveBoard,
+                                                            teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    live_board.publish("health", {"state": "ok", "engines": [],
+                                  "components": [{"name": "sync", "ok": False, "detail": "not connected"},
+                                                 {"name": "store", "ok": False, "detail": "disk full"}]})
+    view.page.wait_for_function("() => document.getElementById('health-state').dataset.state === 'attention'",
+                                timeout=2000)
+    assert view.text("#health-state") == "运行中，有问题需处理"  # not "everything works" beside problems
+    first_lines = "lis => lis.map(li => li.firstChild.textContent)"
+    lines = view.page.locator("#health-issues li").evaluate_all(first_lines)
+    assert lines == ["本地存储未正常工作", "设备无法连接数据同步服务器，数据暂存在设备上"]
+    assert all(not any("a" <= c <= "z" for c in line) for line in lines)
+    details = view.page.locator("#health-issues .detail").evaluate_all("ds => ds.map(d => d.textContent)")
+    assert details == ["技术信息：disk full", "技术信息：TLS handshake failed: certificate expired"]
+
+
+def test_a_lost_connection_greys_the_figures_and_says_they_are_old(teacher_page: PageFactory) -> None:
+    board = LiveBoard()
+    fill_board(board, time.time())
+    server = ServerThread(board).start()
+    view = teacher_page(server.url)
+    try:
+        view.open()
+        view.wait_live()
+        assert view.page.locator("#conn-lost").is_hidden()
+    finally:
+        server.stop()
+    view.page.wait_for_selector("#conn-lost", state="visible", timeout=5000)
+    assert "断开前的数据" in view.text("#conn-lost")
+    assert view.page.evaluate("getComputedStyle(document.querySelector('main')).filter") == "grayscale(1)"
+
+
+def test_no_weak_skill_is_a_sentence_not_item_one(teacher_server: ServerThread, live_board: LiveBoard,
+                                                  teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    live_board.publish("learning", learning_section() | {"weakest": []})
+    view.page.wait_for_selector("#learn-weakest-none", state="visible", timeout=2000)
+    assert view.page.locator("#learn-weakest li").count() == 0
+    assert view.text("#learn-weakest-none") == "本节课练习的知识点都已达到掌握线"
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_phone_shows_whole_skill_names_without_sideways_scrolling(
+    teacher_server: ServerThread, teacher_page: PageFactory, lang: str
+) -> None:
+    view = teacher_page(teacher_server.url, 390, 844)
+    view.open()
+    view.wait_live()
+    if lang == "en":
+        view.switch_language()
+    assert view.page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    title = view.page.locator("h1").bounding_box()
+    size = view.page.evaluate("parseFloat(getComputedStyle(document.querySelector('h1')).fontSize)")
+    assert title is not None and title["height"] < size * 2, "the title breaks over two lines"
+    clipped = "ns => ns.filter(n => n.scrollWidth > n.clientWidth).length"
+    cut = view.page.locator(".skill-name").evaluate_all(clipped)
+    assert cut == 0
+    assert "at most" in view.text("#learn-activity-peak") or "最多" in view.text("#learn-activity-peak")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    view.page.screenshot(path=str(SCREENSHOTS / f"teacher-view-{lang}-390x844.png"), full_page=True)
