@@ -140,3 +140,20 @@ def test_engine_build_runs_on_first_boot_and_after_an_upgrade_only(tmp_path: Pat
     assert condition() == 1  # same version: systemd skips the unit
     version.write_text("0.2.0\n")
     assert condition() == 0  # upgraded: build again
+
+
+def _values(name: str, key: str) -> list[str]:
+    text = (UNITS / name).read_text(encoding="utf-8")
+    return re.findall(rf"^{key}=(.*)$", text, flags=re.MULTILINE)
+
+
+def test_engine_build_reaches_the_same_gpu_nodes_as_the_daemon_and_can_fetch_models() -> None:
+    # It builds on the same GPU: a node the daemon needs and the build lacks fails the build (exit 3)
+    # on every boot. And on a first boot no model is in the cache yet, so it must be able to fetch them.
+    daemon = set(_values("edge-agent.service", "DeviceAllow")) - {"char-video4linux rw"}
+    build = set(_values("edge-agent-engines.service", "DeviceAllow"))
+    assert daemon <= build, sorted(daemon - build)
+    assert "/dev/host1x-fence rw" in build
+    families = _values("edge-agent-engines.service", "RestrictAddressFamilies")[0].split()
+    assert {"AF_INET", "AF_INET6"} <= set(families)
+    assert not _values("edge-agent-engines.service", "PrivateNetwork")
