@@ -46,6 +46,9 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
         raise ProvisioningError(
             f"{source}: header lacks column(s) {', '.join(missing)} (needs {', '.join(REQUIRED)})"
         )
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:  # csv keeps the last one silently: which value did the author mean?
+        raise ProvisioningError(f"{source}: column(s) {', '.join(repeated)} appear twice in the header")
     bad_columns = [c for c in header if c not in REQUIRED and not _OVERRIDE.match(c)]
     if bad_columns:
         raise ProvisioningError(
@@ -61,6 +64,8 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
             problems.append(f"line {line}: wrong number of fields")
             continue
         values = {k: (v or "").strip() for k, v in row.items()}
+        if not any(values.values()):
+            continue  # ",,," : a spreadsheet's empty row
         bad = [c for c in REQUIRED if not _ID.match(values[c])]
         if bad:
             problems.append(

@@ -122,6 +122,7 @@ def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None
         ("tenant,site,class_id,device_id\nt,s,c,d1\nt,s,c,d1\n", "already used on line 2"),
         ("tenant,site,class_id,device_id,colour\nt,s,c,d\n", "unknown column"),
         ("tenant,site,class_id,device_id\n", "no boards"),
+        ("tenant,site,class_id,device_id,camera.source,camera.source\nt,s,c,d,0,1\n", "appear twice"),
     ],
 )
 def test_malformed_inventory_is_refused_with_the_line(text: str, message: str) -> None:
@@ -337,3 +338,8 @@ def test_the_doctor_warns_exactly_when_provisioning_renews() -> None:
     from edge_agent.provisioning.ca import RENEW_WITHIN_DAYS
 
     assert CERT_WARN_DAYS == RENEW_WITHIN_DAYS
+
+
+def test_empty_spreadsheet_rows_are_skipped() -> None:
+    text = "tenant,site,class_id,device_id,camera.source\r\nt,s,c,d1,0\r\n,,,,\r\nt,s,c,d2,\r\n,,,,\r\n"
+    assert [b.device_id for b in parse_inventory(text)] == ["d1", "d2"]
