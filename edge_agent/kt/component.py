@@ -142,8 +142,9 @@ class KTComponent:
             drained = await asyncio.to_thread(service.stop, STOP_TIMEOUT_S)
             if not drained:
                 log.warning("knowledge tracing did not finish its queued answers within %s s", STOP_TIMEOUT_S)
-            summary = service.class_summary()
-            if summary["answers"]:
+            # The window not yet synced, not the teacher's whole lesson: earlier windows went out already.
+            summary = service.close_lesson_if_due(now_anyway=True)
+            if summary is not None and summary["answers"]:
                 await self._send(summary | {"partial": True})
             self._publish(service)
         self._heartbeats.unregister(HEARTBEAT)

@@ -522,13 +522,15 @@ class KTService:
             package = self.package
         return summarize(window, package, self.settings, now, window_s=math.inf)
 
-    def close_lesson_if_due(self) -> dict[str, Any] | None:
-        """The finished window's summary once it has ended; the next answer opens a new window."""
+    def close_lesson_if_due(self, *, now_anyway: bool = False) -> dict[str, Any] | None:
+        """The synced window's summary once it has ended (or at once with ``now_anyway``: at stop); the
+        next answer opens a new window."""
         now = self._clock()
         with self._lock:
-            if self._lesson is None or not self._lesson.due(now, self.settings.lesson_window_s):
+            window = self._lesson
+            if window is None or not (now_anyway or window.due(now, self.settings.lesson_window_s)):
                 return None
-            window, self._lesson = self._lesson, None
+            self._lesson = None
             package = self.package
         return summarize(window, package, self.settings, now)
 

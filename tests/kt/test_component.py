@@ -32,9 +32,12 @@ def test_component_runs_flushes_and_restores(
         assert comp.health().ok and beats.stale() == []
         svc = comp.get_service()
         assert svc is not None
-        await svc.submit_async([_answer(package, pseudonymize, f"s{n}", f"e{n}", n) for n in range(3)])
+        await svc.submit_async([_answer(package, pseudonymize, f"s{n}", f"e{n}", n) for n in range(2)])
+        synced = svc.close_lesson_if_due(now_anyway=True)  # as if a window had ended: it went out then
+        assert synced is not None and synced["answers"] == 2
+        await svc.submit_async([_answer(package, pseudonymize, f"s{n}", f"f{n}", n) for n in range(3)])
         await asyncio.sleep(1.2)  # one publish turn
-        assert live.get("learning")["answers"] == 3
+        assert live.get("learning")["answers"] == 5  # the teacher's lesson
         await comp.stop()
         assert not comp.health().ok
 
@@ -47,6 +50,7 @@ def test_component_runs_flushes_and_restores(
     asyncio.run(run())
     rows = db.read(lambda c: c.execute("SELECT stream, payload FROM outbox").fetchall())
     kt_rows = [json.loads(p) for s, p in rows if s == "kt_class"]
+    # Stop sends the window not yet synced (3 answers), not the lesson (5): the cloud must not count twice.
     assert len(kt_rows) == 1 and kt_rows[0]["answers"] == 3 and kt_rows[0]["partial"]
     assert kt_rows[0]["class_id"] == device.class_id
     assert "s0" not in rows[0][1] and pseudonymize("s0") not in rows[0][1]
