@@ -12,6 +12,7 @@ is a real loss (a counted drop on the board).
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ class DecodedItem:
 
 @dataclass(frozen=True)
 class DecodedMessage:
+    tenant: str
+    site: str
     device: str
     stream: str
     sent_at: float
@@ -85,20 +88,28 @@ def decode_message(payload: bytes) -> DecodedMessage:
     _require(isinstance(doc, dict), "message is not a JSON object")
     _require(doc.get("v") == SCHEMA_VERSION, f"unsupported schema version {doc.get('v')!r}")
     device, stream, items = doc.get("device"), doc.get("stream"), doc.get("items")
+    tenant, site = doc.get("tenant"), doc.get("site")
+    _require(isinstance(tenant, str) and isinstance(site, str), "tenant or site missing")
     _require(isinstance(device, str) and bool(device), "device missing")
     _require(isinstance(stream, str) and bool(stream), "stream missing")
     _require(isinstance(items, list) and bool(items), "items missing")
     sent_at = doc.get("sent_at")
-    _require(isinstance(sent_at, (int, float)), "sent_at missing")
+    _require(_is_time(sent_at), "sent_at missing or not a finite number")
     decoded = []
     for item in items:
         _require(isinstance(item, dict), "item is not an object")
         seq, mid, at = item.get("seq"), item.get("id"), item.get("at")
-        _require(isinstance(seq, int) and not isinstance(seq, bool) and seq > 0, "item seq invalid")
-        _require(isinstance(mid, str), "item id invalid")
-        _require(isinstance(at, (int, float)), "item time invalid")
-        decoded.append(DecodedItem(seq, mid, float(at), item.get("data")))
-    return DecodedMessage(device, stream, float(sent_at), decoded)
+        # SQLite stores a signed 64-bit seq; a larger one would end a receiver's thread.
+        _require(isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**63, "item seq invalid")
+        _require(isinstance(mid, str) and bool(mid), "item id invalid")
+        _require(_is_time(at), "item time invalid")
+        _require("data" in item, "item data missing")
+        decoded.append(DecodedItem(seq, mid, float(at), item["data"]))
+    return DecodedMessage(tenant, site, device, stream, float(sent_at), decoded)
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Random) -> float:

@@ -128,15 +128,15 @@ class Receiver:
                 self._conn.execute("UPDATE devices SET heartbeat = ?, heartbeat_at = ? WHERE device = ?",
                                    (payload.decode("utf-8", "replace")[:65536], now, device))
                 return
-            if stream == "cmd":
-                return  # commands flow to boards; nothing to store
+            if stream in ("cmd", "hello"):
+                return  # commands flow to boards, and a hello only proves enrollment: nothing to store
         try:
             message = decode_message(payload)
         except InputRejected as exc:
             self._reject(device, str(exc))
             return
-        if message.device != device or message.stream != stream:
-            self._reject(device, "topic and payload disagree on device or stream")
+        if (message.tenant, message.site, message.device, message.stream) != tuple(parts[1:]):
+            self._reject(device, "topic and payload disagree on tenant, site, device or stream")
             return
         self._store(message.device, message.stream, message.items, now)
 

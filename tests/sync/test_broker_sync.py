@@ -363,7 +363,17 @@ def test_a_locked_receiver_database_gets_the_message_redelivered_and_stored_once
 
 @pytest.mark.parametrize(
     "payload",
-    [b"garbage", b'{"v":1}', b'{"v":1,"device":"someone-else","stream":"attention","sent_at":1,"items":[]}'],
+    [
+        b"garbage",
+        b'{"v":1}',
+        b'{"v":1,"device":"someone-else","stream":"attention","sent_at":1,"items":[]}',
+        # another school's data published on this board's topic
+        b'{"v":1,"tenant":"other","site":"demo-school","device":"%s","stream":"attention","sent_at":1,'
+        b'"items":[{"seq":1,"id":"a","at":1,"data":{}}]}' % DEVICE.encode(),
+        # a seq SQLite cannot hold: it ended the receiver's thread
+        b'{"v":1,"tenant":"demo-district","site":"demo-school","device":"%s","stream":"attention",'
+        b'"sent_at":1,"items":[{"seq":9223372036854775808,"id":"a","at":1,"data":{}}]}' % DEVICE.encode(),
+    ],
 )
 def test_the_receiver_rejects_malformed_messages_and_stores_nothing(
     broker: Broker, tmp_path: Path, payload: bytes
@@ -378,6 +388,7 @@ def test_the_receiver_rejects_malformed_messages_and_stores_nothing(
         assert wait_until(lambda: receiver.rejected >= 2, 5)
         assert receiver.count(DEVICE) == 0
         assert receiver.report(DEVICE)["rejected"] == 1
+        assert receiver._thread is not None and receiver._thread.is_alive()
     finally:
         sender.disconnect()
         receiver.stop()

@@ -49,6 +49,14 @@ def test_a_batch_round_trips_with_seq_id_and_data() -> None:
         b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":2,"at":1}]}',
         b'{"v":1,"device":"","stream":"s","sent_at":1,"items":[{"seq":1,"id":"a","at":1}]}',
         b'{"v":1,"device":"d","stream":"s","items":[{"seq":1,"id":"a","at":1}]}',
+        # Found by the sync audit: each was accepted, or ended the reference receiver's thread.
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":9223372036854775808,"id":"a","at":1,"data":{}}]}',
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":"a","at":NaN,"data":{}}]}',
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":"a","at":Infinity,"data":{}}]}',
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":"a","at":true,"data":{}}]}',
+        b'{"v":1,"device":"d","stream":"s","sent_at":true,"items":[{"seq":1,"id":"a","at":1,"data":{}}]}',
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":"","at":1,"data":{}}]}',
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":"a","at":1}]}',
     ],
 )
 def test_malformed_messages_are_rejected(raw: bytes) -> None:
