@@ -56,6 +56,16 @@ class LessonWindow:
         )
 
 
+def leaving_the_board(summary: dict[str, Any]) -> dict[str, Any]:
+    """What of a window's summary may be synced. A suppressed window (fewer than ``min_group_size``
+    students) keeps only its times and the flag: even its answer counts and minute-by-minute activity
+    would describe one or two students. The teacher in the room still sees them on the board."""
+    if not summary.get("suppressed"):
+        return summary
+    kept = ("lesson_started", "window_end", "suppressed", "partial")
+    return {key: summary[key] for key in kept if key in summary}
+
+
 def skill_histograms(matrix: np.ndarray) -> np.ndarray:
     """Per skill (column of [students, skills]), the students in each HISTOGRAM_BINS bin: [skills, bins].
 

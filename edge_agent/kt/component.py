@@ -13,6 +13,7 @@ from typing import Any
 from edge_agent.config import DeviceSettings, KTSettings
 from edge_agent.errors import ModelError
 from edge_agent.inference.engine import Engine
+from edge_agent.kt.classroom import leaving_the_board
 from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
@@ -181,7 +182,7 @@ class KTComponent:
     async def _send(self, summary: dict[str, Any]) -> None:
         if self._outbox is None:
             return
-        payload = summary | {"class_id": self.device.class_id}
+        payload = leaving_the_board(summary) | {"class_id": self.device.class_id}
         try:
             await asyncio.wait_for(asyncio.wrap_future(self._outbox.enqueue(STREAM, payload)), 10.0)
         except Exception as exc:  # the store reports its own errors; a lost aggregate must not stop KT

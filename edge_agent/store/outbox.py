@@ -125,16 +125,14 @@ class Outbox:
         Raises InputRejected at once for a bad stream name, a payload that is not JSON, or one too large.
         """
         if not STREAM_RE.match(stream) or stream in RESERVED_STREAMS:
-            raise InputRejected(f"outbox stream name {stream!r} is not allowed", field="stream")
+            raise self._refused(f"outbox stream name {stream!r} is not allowed", "stream")
         try:
             text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
-            message = f"outbox payload for {stream!r} is not plain JSON: {exc}"
-            raise InputRejected(message, field="payload") from exc
+            raise self._refused(f"outbox payload for {stream!r} is not plain JSON: {exc}", "payload") from exc
         size = len(text.encode("utf-8"))
         if size > MAX_PAYLOAD_BYTES:
-            message = f"outbox payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}"
-            raise InputRejected(message, field="payload")
+            raise self._refused(f"outbox payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}", "payload")
         now = self._clock()
         if expires_at is None:
             expires_at = now + self.mqtt.message_expiry_days * 86400.0
@@ -159,6 +157,13 @@ class Outbox:
         future = chain(self.db.write(insert), self._after_write)
         future.add_done_callback(lambda done: self._on_enqueued(done, stream))
         return future
+
+    def _refused(self, message: str, field: str) -> InputRejected:
+        """Counted like every other loss (no seq is used, so the cloud sees no gap for it)."""
+        metrics.OUTBOX_DROPS.labels(reason="rejected").inc()
+        self.db.write(lambda conn: _count_drop(conn, "rejected", 1))
+        log.warning("outbox: refused a message: %s", message)
+        return InputRejected(message, field=field)
 
     def _on_enqueued(self, future: Future[int], stream: str) -> None:
         error = future.exception()

@@ -113,7 +113,8 @@ OUTBOX_OLDEST_AGE = Gauge(
 OUTBOX_BYTES = Gauge("edge_outbox_bytes", "Payload bytes held in the outbox.", registry=REGISTRY)
 OUTBOX_DROPS = Counter(
     "edge_outbox_drops",
-    "Outbox rows dropped, by reason (max_rows, max_bytes, max_age, expired).",
+    "Outbox rows dropped, by reason (max_rows, max_bytes, max_age, expired, queue_full, store_error, "
+    "rejected: not JSON or too large, never stored).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -170,7 +170,9 @@ class WindowAggregator:
         if self._current is None:
             self._current = _Window(start)
         self._current.faces.append(faces)
-        if faces > 0:
+        # A frame with fewer than min_faces faces describes one or two people: it counts as a frame, but
+        # its share stays out of the statistics (the window's mean face count alone would let it in).
+        if faces > 0 and faces >= self.min_faces:
             self._current.shares.append(attentive / faces)
         return closed
 

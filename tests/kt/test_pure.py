@@ -9,7 +9,13 @@ import pytest
 
 from edge_agent.config import ConfigError, KTSettings
 from edge_agent.errors import InputRejected
-from edge_agent.kt.classroom import HISTOGRAM_BINS, LessonWindow, skill_histograms, summarize
+from edge_agent.kt.classroom import (
+    HISTOGRAM_BINS,
+    LessonWindow,
+    leaving_the_board,
+    skill_histograms,
+    summarize,
+)
 from edge_agent.kt.data import parse_dkt_csv, parse_pykt_csv, split_students
 from edge_agent.kt.metrics import auc
 from edge_agent.kt.package import ItemInfo, KTPackage
@@ -168,6 +174,9 @@ def test_class_summary_suppresses_small_groups(package: KTPackage) -> None:
         window.record(f"p{n}", [0], probs, 1000.0 + n)
     small = summarize(window, package, settings, 1010.0)
     assert small["suppressed"] and small["skills"] == [] and small["answers"] == 2
+    # What is synced of it: the window and the flag, not the two students' answer counts or minutes.
+    assert leaving_the_board(small | {"partial": True}) == {
+        "lesson_started": 1000.0, "window_end": 1010.0, "suppressed": True, "partial": True}
     window.record("p2", [1], probs * 0.5, 1070.0)
     full = summarize(window, package, settings, 1080.0)
     assert not full["suppressed"] and full["students"] == 3
@@ -178,4 +187,5 @@ def test_class_summary_suppresses_small_groups(package: KTPackage) -> None:
         {"minute": 1020, "answers": 1},
     ]
     assert sum(full["skills"][0]["histogram"]) == 3
+    assert leaving_the_board(full) is full
     assert summarize(None, package, settings, 0.0)["answers"] == 0

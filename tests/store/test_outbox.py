@@ -55,6 +55,9 @@ def test_malformed_enqueues_are_rejected_before_anything_is_written(
         outbox.enqueue(stream, payload)
     assert info.value.field == field
     assert outbox.backlog == 0
+    # Not lost without trace: counted (persisted) like every other drop, and no seq spent on it.
+    assert outbox.enqueue("attention", {"ok": 1}).result(5) == 1  # after the count: one writer, in order
+    assert outbox.drop_counts().get("rejected") == 1
 
 
 def test_seqs_survive_restart_and_are_never_reused(state_dir: Path) -> None:

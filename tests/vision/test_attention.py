@@ -66,6 +66,18 @@ def test_window_with_too_few_faces_is_suppressed_and_withholds_shares():
     assert closed["faces_max"] == 2
 
 
+def test_frames_with_too_few_faces_stay_out_of_the_shares_of_a_window_that_is_shown():
+    # The sync audit: one frame of 30 faces and nine of one person gave a mean of 3.9 faces, so the
+    # window was shown, and its median share (0.0) described that one person.
+    agg = WindowAggregator(window_s=10.0, min_faces=3)
+    agg.add(0.0, 30, 27)
+    for i in range(9):
+        agg.add(1.0 + i * 0.1, 1, 0)
+    closed = agg.flush()
+    assert closed is not None and not closed["suppressed"] and closed["frames"] == 10
+    assert closed["attentive_mean"] == closed["attentive_median"] == 0.9
+
+
 def test_low_attention_after_n_weak_windows_in_a_row_and_clears_on_a_good_one():
     agg = WindowAggregator(window_s=10.0, min_faces=1, low_share=0.5, low_windows=2)
     lows = []
