@@ -162,8 +162,10 @@ def make_pki(directory: Path) -> Pki:
 
 
 class Broker:
-    def __init__(self, directory: Path, pki: Pki | None = None, *, expired_server: bool = False) -> None:
+    def __init__(self, directory: Path, pki: Pki | None = None, *, expired_server: bool = False,
+                 extra: tuple[str, ...] = ()) -> None:
         self.dir = directory
+        self.extra = extra  # more mosquitto.conf lines, e.g. "max_packet_size 131072"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pki = pki
         self.expired_server = expired_server
@@ -185,6 +187,7 @@ class Broker:
             "log_type notice",
             f"log_dest file {self.log}",
         ]
+        lines += self.extra
         if os.geteuid() == 0:
             lines.append("user root")
         if self.pki is not None:

@@ -299,6 +299,16 @@ class Outbox:
         future.add_done_callback(lambda _f: self.refresh_metrics())
         return future
 
+    def discard(self, ids: list[int], reason: str) -> Future[int]:
+        """Drop rows that can never be delivered (larger than the broker takes), counted under ``reason``."""
+
+        def run(conn: sqlite3.Connection) -> tuple[int, dict[str, int]]:
+            drops: dict[str, int] = {}
+            self._delete_dropped(conn, [(i, reason) for i in ids], drops)
+            return len(ids), drops
+
+        return chain(self.db.write(run), self._after_write)
+
     def release(self, ids: list[int] | None = None) -> Future[int]:
         """Return in-flight rows (all when ``ids`` is None) to pending, e.g. after a lost connection."""
 

@@ -134,6 +134,7 @@ class MqttConnection:
         self._on_message = on_message
         self._v5 = settings.protocol == "5"
         self._connack: tuple[bool, str] | None = None
+        self.max_packet_size: int | None = None  # the broker's limit from CONNACK (MQTT 5), if it set one
         self._lost: str | None = None
         self._last_error = ""
         version = MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311
@@ -159,8 +160,10 @@ class MqttConnection:
 
     # -- paho callbacks (run inside loop(), on the caller's thread) ------------------------------------
 
-    def _handle_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _handle_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, props: Any) -> None:
         self._connack = (not reason.is_failure, str(reason))
+        limit = getattr(props, "MaximumPacketSize", None)
+        self.max_packet_size = int(limit) if isinstance(limit, int) and limit > 0 else None
 
     def _handle_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self._lost = str(reason)

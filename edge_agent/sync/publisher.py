@@ -35,6 +35,8 @@ STORE_TIMEOUT_S = 10.0
 DRAIN_ON_STOP_S = 2.0
 EXPIRE_EVERY_S = 60.0
 HEARTBEAT_NAME = "mqtt-publisher"
+STABLE_SESSION_S = 30.0  # a session that ended sooner counts as a failed connection for the backoff
+PACKET_OVERHEAD = 1024  # topic, properties and headers around the JSON message, with room to spare
 
 ConnectionFactory = Callable[..., MqttConnection]
 
@@ -139,7 +141,7 @@ class Publisher:
                 attempt += 1
                 self._sleep(delay)
                 continue
-            attempt = 0
+            connected_at = time.monotonic()
             log.info("connected to MQTT broker %s:%s", self.settings.host, self.settings.port)
             metrics.MQTT_CONNECTED.set(1)
             self._set(connected=True, detail="connected")
@@ -160,6 +162,14 @@ class Publisher:
                 metrics.MQTT_CONNECTED.set(0)
                 self._set(connected=False)
                 self._release_all()
+            # A broker that accepts and then cuts the session at once (a packet it will not take, an
+            # overloaded broker) gets the same backoff as one that refuses: no reconnect storm.
+            if time.monotonic() - connected_at >= STABLE_SESSION_S:
+                attempt = 0
+            else:
+                s = self.settings
+                self._sleep(backoff_delay(attempt, s.backoff_min_s, s.backoff_max_s, self._rng))
+                attempt += 1
 
     def _sleep(self, seconds: float) -> None:
         """Back off without starving the watchdog: a long wait still beats every few seconds."""
@@ -215,15 +225,15 @@ class Publisher:
             limit = space * self.settings.batch_max
             rows = self.outbox.claim(limit).result(STORE_TIMEOUT_S)
             self._more_pending = len(rows) == limit
-            self._queue_batches(rows)
+            self._queue_batches(rows, _message_limit(conn))
         while self._unsent and len(self._inflight) < self.settings.inflight_max:
             stream, rows = self._unsent.popleft()
             self._publish(conn, stream, rows)
 
-    def _queue_batches(self, rows: list[OutboxRow]) -> None:
+    def _queue_batches(self, rows: list[OutboxRow], max_bytes: int) -> None:
         by_id = {r.id: r for r in rows}
         sized = [rules.Sized(r.id, r.stream, r.bytes + 96) for r in rows]
-        for ids in rules.group_batches(sized, self.settings.batch_max, MAX_MESSAGE_BYTES):
+        for ids in rules.group_batches(sized, self.settings.batch_max, max_bytes):
             batch = [by_id[i] for i in ids]
             self._unsent.append((batch[0].stream, batch))
 
@@ -233,6 +243,17 @@ class Publisher:
         payload = encode_message(
             envelope, [Item(r.seq, r.message_id, r.created_at, r.payload) for r in rows], now
         )
+        if len(payload) > _message_limit(conn):
+            if len(rows) > 1:  # the estimate was short: send it as two
+                half = len(rows) // 2
+                self._unsent.appendleft((stream, rows[half:]))
+                self._unsent.appendleft((stream, rows[:half]))
+                return
+            # One aggregate larger than the broker takes would cut every session; it cannot ever go.
+            log.error("dropping a %s message of %s bytes: the broker takes at most %s a packet",
+                      stream, len(payload), conn.max_packet_size)
+            self.outbox.discard([rows[0].id], "too_large_for_broker")
+            return
         expiries = [r.expires_at for r in rows if r.expires_at is not None]
         expiry_s = max(1.0, min(expiries) - now) if expiries else None
         try:
@@ -295,3 +316,10 @@ class Publisher:
             self._commands.handle(topic, payload)
         else:
             metrics.MQTT_REJECTED.labels(reason="unknown_topic").inc()
+
+
+def _message_limit(conn: MqttConnection) -> int:
+    """The largest message to publish: ours, or the broker's CONNACK limit less the packet's overhead."""
+    if conn.max_packet_size is None:
+        return MAX_MESSAGE_BYTES
+    return max(1, min(MAX_MESSAGE_BYTES, conn.max_packet_size - PACKET_OVERHEAD))

@@ -89,6 +89,72 @@ def test_every_message_arrives_once_in_batches_within_the_window(
     assert wait_until(lambda: metrics.sample("edge_mqtt_connected") == 0, 2)
 
 
+def test_a_broker_packet_limit_sizes_the_batches_instead_of_a_reconnect_storm(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    # AWS IoT and many hosted brokers take at most 128 KB a packet. The board batched up to 256 KiB: the
+    # broker cut the connection at once, and the board reconnected without pause, thousands of times.
+    broker = Broker(tmp_path / "broker", extra=("max_packet_size 131072",)).start()
+    settings = plain_settings(broker, batch_max=100)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    for i in range(60):
+        outbox.enqueue("kt_class", {"i": i, "skills": "x" * 6000})
+    outbox.enqueue("kt_class", {"done": True}).result(5)
+    reconnects = metrics.sample("edge_mqtt_reconnects_total")
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        assert_exactly_once(receiver, 61)
+        assert metrics.sample("edge_mqtt_reconnects_total") - reconnects <= 1
+        assert receiver.messages >= 3  # 61 x 6 KB (366 KB) in packets of at most 128 KB
+    finally:
+        publisher.stop()
+        receiver.stop()
+        broker.stop()
+
+
+def test_an_aggregate_larger_than_the_broker_takes_is_dropped_and_counted_not_retried(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    broker = Broker(tmp_path / "broker", extra=("max_packet_size 65536",)).start()
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    outbox.enqueue("kt_class", {"i": 1})
+    outbox.enqueue("kt_class", {"i": 2, "big": "x" * 100_000})  # under the outbox's own 128 KiB limit
+    outbox.enqueue("kt_class", {"i": 3}).result(5)
+    reconnects = metrics.sample("edge_mqtt_reconnects_total")
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        assert receiver.wait_for_count(DEVICE, 2, 10)
+        assert receiver.report(DEVICE)["gaps"] == [(2, 2)]  # a real loss, and the board says why:
+        assert wait_until(lambda: outbox.drop_counts().get("too_large_for_broker") == 1, 5)
+        assert metrics.sample("edge_mqtt_reconnects_total") == reconnects
+        assert outbox.backlog == 0
+    finally:
+        publisher.stop()
+        receiver.stop()
+        broker.stop()
+
+
+def test_a_broker_that_cuts_every_session_gets_backoff_not_a_storm(tmp_path: Path, outbox: Outbox) -> None:
+    # MQTT 3.1.1 has no way to announce a packet limit: the broker just disconnects.
+    broker = Broker(tmp_path / "broker", extra=("max_packet_size 65536",)).start()
+    settings = plain_settings(broker, protocol="3.1.1", backoff_min_s=0.2, backoff_max_s=2.0)
+    outbox.enqueue("kt_class", {"big": "x" * 100_000}).result(5)
+    reconnects = metrics.sample("edge_mqtt_reconnects_total")
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        time.sleep(4.0)
+        made = metrics.sample("edge_mqtt_reconnects_total") - reconnects
+        assert 1 <= made <= 8, made  # 0.2, 0.4, 0.8, 1.6 s apart; it was hundreds a second
+        assert outbox.backlog == 1  # kept: a later broker may take it
+    finally:
+        publisher.stop()
+        broker.stop()
+
+
 def test_broker_down_when_the_publisher_starts(tmp_path: Path, outbox: Outbox) -> None:
     broker = Broker(tmp_path / "broker")
     settings = plain_settings(broker)
