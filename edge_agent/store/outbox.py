@@ -134,7 +134,7 @@ class Outbox:
         if size > MAX_PAYLOAD_BYTES:
             raise self._refused(f"outbox payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}", "payload")
         now = self._clock()
-        if expires_at is None:
+        if expires_at is None and rules.clock_is_set(now):  # before NTP there is no "now" to expire from
             expires_at = now + self.mqtt.message_expiry_days * 86400.0
 
         def insert(conn: sqlite3.Connection) -> tuple[int, dict[str, int]]:
@@ -256,8 +256,10 @@ class Outbox:
             ("expired", "expires_at IS NOT NULL AND expires_at <= ?", now),
             ("max_age", "created_at < ?", now - max_age_s),
         ):
+            # Rows stamped before the clock was set keep going until sent (or pushed out by the limits).
             ids = [r[0] for r in conn.execute(
-                f"SELECT id FROM outbox WHERE state = ? AND {where}", (rules.PENDING, arg)
+                f"SELECT id FROM outbox WHERE state = ? AND {where} AND created_at >= ?",
+                (rules.PENDING, arg, rules.CLOCK_FLOOR),
             )]
             if ids:
                 self._delete(conn, ids)

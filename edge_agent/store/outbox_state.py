@@ -81,6 +81,15 @@ def plan_drops(
     return drops
 
 
+# 2026-01-01 UTC: no board ran this release before it. A board without a battery-backed clock boots in
+# 1970 until NTP answers; rows made meanwhile have no true age and must not be aged out once it does.
+CLOCK_FLOOR = 1_767_225_600.0
+
+
+def clock_is_set(now: float) -> bool:
+    return now >= CLOCK_FLOOR
+
+
 def expiry_reason(created_at: float, expires_at: float | None, now: float, max_age_s: float) -> str | None:
     """Why a pending row must go now ("expired" or "max_age"), or None when it may still be sent."""
     if expires_at is not None and expires_at <= now:

@@ -257,7 +257,7 @@ class MqttConnection:
         props = None
         if self._v5 and expiry_s is not None:
             props = Properties(PacketTypes.PUBLISH)
-            props.MessageExpiryInterval = max(1, int(expiry_s))
+            props.MessageExpiryInterval = min(max(1, int(expiry_s)), 0xFFFFFFFF)  # a 32-bit field
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise SyncPublishError(f"publish to {topic} failed: {paho.error_string(info.rc)}")

@@ -199,10 +199,12 @@ class Publisher:
             self._fill_window(conn)
             conn.loop(0.01 if self._inflight else 0.05)
             self._flush_acks()
-            now = time.time()
+            # Intervals on the monotonic clock: a wall clock stepped back (NTP after a boot in the
+            # future) must not stop heartbeats and expiry until it catches up.
+            now = time.monotonic()
             if now >= self._next_heartbeat:
                 self._next_heartbeat = now + self.settings.heartbeat_s
-                self._send_heartbeat(conn, now)
+                self._send_heartbeat(conn, time.time())
             if now >= self._next_expire:
                 self._next_expire = now + EXPIRE_EVERY_S
                 self.outbox.expire()

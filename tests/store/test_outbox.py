@@ -130,6 +130,22 @@ def test_expired_and_too_old_rows_are_removed_and_counted(db: Database) -> None:
     assert box.status()["drops"] == {"expired": 1, "max_age": 1}
 
 
+def test_rows_made_before_the_clock_was_set_are_not_aged_out_when_ntp_sets_it(db: Database) -> None:
+    # A board without a clock battery boots in 1970; NTP then jumps 56 years: the audit saw every row
+    # buffered meanwhile deleted as "expired".
+    clock = Clock(now=100.0)
+    box = Outbox(db, DeviceSettings(), StoreSettings(max_age_days=1.0), MqttSettings(), clock=clock)
+    box.open()
+    box.enqueue("attention", {"before_ntp": 1}).result(5)
+    clock.now = 1_800_000_000.0
+    box.enqueue("attention", {"after_ntp": 1}).result(5)
+    assert box.expire().result(5) == 0 and box.backlog == 2
+    clock.now += 2 * 86400
+    assert box.expire().result(5) == 1  # the row with a true age goes; the other waits to be sent
+    (row,) = box.claim(10).result(5)
+    assert row.payload == '{"before_ntp":1}' and row.expires_at is None
+
+
 def test_status_reports_backlog_bytes_and_age(db: Database) -> None:
     clock = Clock()
     box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(), clock=clock)
