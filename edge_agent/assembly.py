@@ -161,6 +161,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
                     [engines.get(n) for n in POSE_MODELS] if config.attention.pose_method == "fsanet" else [],
                     outbox=store.outbox,
                     heartbeats=heartbeats,
+                    class_id=config.device.class_id,
                     live=live,
                 ),
             )

@@ -26,6 +26,7 @@ from edge_agent.store.outbox import Outbox
 log = logging.getLogger(__name__)
 
 STREAM = "kt_class"
+PAYLOAD_VERSION = 1  # of the kt_class_window payload (docs/sync-protocol.md)
 HEARTBEAT = "kt-inference"
 PUBLISH_INTERVAL_S = 1.0
 STOP_TIMEOUT_S = 10.0
@@ -182,7 +183,10 @@ class KTComponent:
     async def _send(self, summary: dict[str, Any]) -> None:
         if self._outbox is None:
             return
-        payload = leaving_the_board(summary) | {"class_id": self.device.class_id}
+        model = self.service.package.metadata.get("version") if self.service is not None else None
+        payload = leaving_the_board(summary) | {
+            "kind": "kt_class_window", "v": PAYLOAD_VERSION, "class_id": self.device.class_id, "model": model,
+        }
         try:
             await asyncio.wait_for(asyncio.wrap_future(self._outbox.enqueue(STREAM, payload)), 10.0)
         except Exception as exc:  # the store reports its own errors; a lost aggregate must not stop KT

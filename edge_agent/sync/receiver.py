@@ -33,6 +33,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     device TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, message_id TEXT NOT NULL,
     created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL, PRIMARY KEY (device, seq));
+CREATE TABLE IF NOT EXISTS conflicts (
+    device TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, message_id TEXT NOT NULL,
+    created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (device, seq, message_id));
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY, status TEXT, status_at REAL, heartbeat TEXT, heartbeat_at REAL,
     duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
@@ -143,17 +147,26 @@ class Receiver:
     def _store(self, device: str, stream: str, items: list[Any], now: float) -> None:
         with self._lock:
             self._conn.execute("BEGIN")
-            added = 0
+            repeats = 0
             for item in items:
-                cur = self._conn.execute(
-                    "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (device, item.seq, stream, item.message_id, item.created_at, now,
-                     json.dumps(item.data, separators=(",", ":"))),
-                )
-                added += cur.rowcount
-            if added < len(items):
+                row = (device, item.seq, stream, item.message_id, item.created_at, now,
+                       json.dumps(item.data, separators=(",", ":")))
+                added = self._conn.execute("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+                if added.rowcount:
+                    continue
+                held = self._conn.execute(
+                    "SELECT message_id FROM items WHERE device = ? AND seq = ?", (device, item.seq)
+                ).fetchone()
+                if held is not None and held[0] == item.message_id:
+                    repeats += 1  # QoS 1 redelivery
+                else:
+                    # The same seq with another id is new data from a board whose sequence started
+                    # again (re-imaged, or replaced under its id): kept apart, never taken for a repeat.
+                    self._conn.execute("INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+                    log.warning("receiver: %s seq %s arrived again with another id", device, item.seq)
+            if repeats:
                 self._conn.execute("UPDATE devices SET duplicates = duplicates + ? WHERE device = ?",
-                                   (len(items) - added, device))
+                                   (repeats, device))
             self._conn.execute("COMMIT")
             self.messages += 1
 
@@ -189,10 +202,14 @@ class Receiver:
             row = self._conn.execute(
                 "SELECT status, duplicates, rejected, heartbeat FROM devices WHERE device = ?", (device,)
             ).fetchone()
+            conflicts = self._conn.execute(
+                "SELECT count(*) FROM conflicts WHERE device = ?", (device,)
+            ).fetchone()[0]
         status, duplicates, rejected, heartbeat = row if row else (None, 0, 0, None)
         return {
             "device": device, "unique": len(seqs), "max_seq": seqs[-1] if seqs else 0,
             "gaps": missing_ranges(seqs), "duplicates": int(duplicates), "rejected": int(rejected),
+            "conflicts": int(conflicts),
             "status": status, "heartbeat": json.loads(heartbeat) if heartbeat else None,
         }
 

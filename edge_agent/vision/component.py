@@ -48,7 +48,7 @@ def make_pose(settings: AttentionSettings, pose_engines: Sequence[Engine]) -> Po
     return LandmarkPose()
 
 
-def window_payload(window: dict[str, Any], pose_method: str) -> dict[str, Any]:
+def window_payload(window: dict[str, Any], pose_method: str, class_id: str = "") -> dict[str, Any]:
     """The outbox row for one window: class-level numbers only."""
     keys = (
         "start",
@@ -63,7 +63,9 @@ def window_payload(window: dict[str, Any], pose_method: str) -> dict[str, Any]:
         "low",
     )
     payload = {key: window[key] for key in keys}
-    payload.update({"kind": "attention_window", "v": PAYLOAD_VERSION, "pose_method": pose_method})
+    payload.update(
+        {"kind": "attention_window", "v": PAYLOAD_VERSION, "pose_method": pose_method, "class_id": class_id}
+    )
     return payload
 
 
@@ -82,8 +84,10 @@ class AttentionComponent:
         heartbeats: HeartbeatRegistry,
         live: LiveBoard | None = None,
         opener: Opener | None = None,
+        class_id: str = "",
     ) -> None:
         self.camera_settings = camera_settings
+        self.class_id = class_id
         self.settings = attention_settings
         self.outbox = outbox
         self.heartbeats = heartbeats
@@ -164,7 +168,7 @@ class AttentionComponent:
         return Health(True, f"camera running, {self.loop.fps():.1f} frames/s analysed")
 
     def _store_window(self, window: dict[str, Any]) -> None:
-        self.outbox.enqueue(STREAM, window_payload(window, self.analyser.pose.method))
+        self.outbox.enqueue(STREAM, window_payload(window, self.analyser.pose.method, self.class_id))
 
     def _publish_live(self, section: dict[str, Any]) -> None:
         assert self.live is not None

@@ -53,6 +53,8 @@ def test_component_runs_flushes_and_restores(
     # Stop sends the window not yet synced (3 answers), not the lesson (5): the cloud must not count twice.
     assert len(kt_rows) == 1 and kt_rows[0]["answers"] == 3 and kt_rows[0]["partial"]
     assert kt_rows[0]["class_id"] == device.class_id
+    assert kt_rows[0]["kind"] == "kt_class_window" and kt_rows[0]["v"] == 1
+    assert kt_rows[0]["model"] == package.metadata["version"]  # models change mid-term by remote update
     assert "s0" not in rows[0][1] and pseudonymize("s0") not in rows[0][1]
 
 

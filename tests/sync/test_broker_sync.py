@@ -404,6 +404,34 @@ def test_the_receiver_cli_stores_messages(broker: Broker, tmp_path: Path) -> Non
     )
 
 
+def test_a_seq_that_comes_again_with_another_id_is_kept_apart_not_taken_for_a_repeat(
+    broker: Broker, tmp_path: Path
+) -> None:
+    # A board re-imaged under its device id starts its sequence at 1 again: its data must not vanish.
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    sender = MqttConnection(settings, "board", "", lambda *_: None, will=False)
+    topic = f"edge/demo-district/demo-school/{DEVICE}/kt_class"
+
+    def message(message_id: str, answers: int) -> bytes:
+        return json.dumps({"v": 1, "tenant": "demo-district", "site": "demo-school", "device": DEVICE,
+                           "stream": "kt_class", "sent_at": 1.0,
+                           "items": [{"seq": 1, "id": message_id, "at": 1.0, "data": {"answers": answers}}]}
+                          ).encode()
+
+    try:
+        sender.connect()
+        for payload in (message("aaa", 180), message("aaa", 180), message("bbb", 999)):
+            sender.publish(topic, payload)
+        assert wait_until(lambda: receiver.report(DEVICE)["conflicts"] == 1, 5)
+        report = receiver.report(DEVICE)
+        assert report["duplicates"] == 1 and report["unique"] == 1
+        assert receiver.items(DEVICE) == [(1, "kt_class", {"answers": 180})]
+    finally:
+        sender.disconnect()
+        receiver.stop()
+
+
 def test_a_locked_receiver_database_gets_the_message_redelivered_and_stored_once(
     broker: Broker, outbox: Outbox, tmp_path: Path
 ) -> None:
