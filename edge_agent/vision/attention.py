@@ -183,8 +183,14 @@ class WindowAggregator:
         return []
 
     def flush(self) -> dict[str, Any] | None:
-        """Close the open window early (shutdown); returns its summary or None when none is open."""
-        return self._close() if self._current is not None else None
+        """Close the open window early (shutdown); returns its summary, marked ``partial``, or None when
+        none is open. Its ``end`` stays the nominal one, so a restart in the same window gives a second
+        record with the same ``start``: a consumer adds their frames."""
+        if self._current is None:
+            return None
+        summary = self._close()
+        summary["partial"] = True
+        return summary
 
     def _close(self) -> dict[str, Any]:
         window = self._current

@@ -63,6 +63,8 @@ def window_payload(window: dict[str, Any], pose_method: str, class_id: str = "")
         "low",
     )
     payload = {key: window[key] for key in keys}
+    if window.get("partial"):
+        payload["partial"] = True  # cut short by a stop: fewer frames than the window's length holds
     payload.update(
         {"kind": "attention_window", "v": PAYLOAD_VERSION, "pose_method": pose_method, "class_id": class_id}
     )
