@@ -130,7 +130,7 @@ def test_pipeline_on_real_photos_stores_only_class_numbers(
     section = live.get("attention")
     assert section["camera"]["state"] == "disabled" and section["pose_method"] == "fsanet"
     assert max(_numbers_in(section), default=0) <= 120  # the timeline list, nothing pixel-sized
-    assert all(set(w) <= WINDOW_KEYS for w in section["timeline"])
+    assert all(set(w) <= WINDOW_KEYS | {"partial"} for w in section["timeline"])
     _assert_no_image_data(json.dumps(section).encode(), "the live board")
 
     total = 0
