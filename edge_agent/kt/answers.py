@@ -46,7 +46,10 @@ def parse_timestamp(value: Any, where: str) -> float:
     if isinstance(value, bool) or value is None:
         raise InputRejected(f"{where}: 'answered_at' must be ISO 8601 text or epoch seconds", "answered_at")
     if isinstance(value, (int, float)):
-        stamp = float(value)
+        try:
+            stamp = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise InputRejected(f"{where}: 'answered_at' is not a plausible time", "answered_at") from None
     elif isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -62,6 +65,15 @@ def parse_timestamp(value: Any, where: str) -> float:
     if not math.isfinite(stamp) or stamp < OLDEST_ACCEPTED:
         raise InputRejected(f"{where}: 'answered_at' is not a plausible time", "answered_at")
     return stamp
+
+
+def _without_zone(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00")).tzinfo is None
+    except ValueError:
+        return False
 
 
 def _correct(value: Any, where: str) -> int:
@@ -108,10 +120,11 @@ def parse_answer(
     correct = _correct(obj.get("correct"), where)
     answered_at = parse_timestamp(obj.get("answered_at"), where)
     if answered_at > now + settings.max_future_skew_s:
-        raise InputRejected(
-            f"{where}: 'answered_at' is {answered_at - now:.0f} s in the future; check the device clock",
-            field="answered_at",
-        )
+        ahead = answered_at - now
+        # Local time sent without a zone (Beijing: 28,800 s ahead) is the usual cause, not a bad clock.
+        hint = (" ('answered_at' has no time zone, so it was read as UTC: send it with Z or +08:00)"
+                if _without_zone(obj.get("answered_at")) else "; check the device clock")
+        raise InputRejected(f"{where}: 'answered_at' is {ahead:.0f} s in the future{hint}", "answered_at")
     pseudo = pseudonym(student)
     return Answer(
         pseudo, pseudonym(f"event\0{student}\0{event_id}"), event_id, item_id, skills, correct, answered_at

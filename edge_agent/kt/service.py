@@ -50,7 +50,12 @@ Feedback = dict[str, Any]
 
 
 class ServiceBusy(EdgeAgentError):
-    """The intake is full or the service is not running; the client should retry shortly (HTTP 503)."""
+    """The intake is full or the service is not running; the client should retry (HTTP 503) after
+    ``retry_after_s``: a second for a full queue, a minute for a store that cannot write (a full disk)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 # A thread-side future (submit) or one of the caller's event loop (submit_async).
@@ -365,7 +370,7 @@ class KTService:
             if error is None:
                 error = ServiceBusy("no result")
             elif not isinstance(error, ServiceBusy):  # e.g. StoreFullError: the API answers 503 with it
-                error = ServiceBusy(f"answers could not be stored: {error}")
+                error = ServiceBusy(f"answers could not be stored: {error}", retry_after_s=60)
         outcomes: Counter[str] = Counter()
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         for n, job in enumerate(jobs):

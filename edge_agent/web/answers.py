@@ -24,11 +24,11 @@ ServiceSource = KTService | Callable[[], KTService | None]
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _error(status: int, message: str, field: str | None = None) -> web.Response:
+def _error(status: int, message: str, field: str | None = None, retry_after_s: int = 1) -> web.Response:
     body: dict[str, Any] = {"error": message}
     if field:
         body["field"] = field
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -50,6 +50,11 @@ def answer_routes(service: ServiceSource, settings: KTSettings) -> web.RouteTabl
         svc = current()
         if svc is None or not svc.running:
             return _error(503, "knowledge tracing is not running yet; retry shortly")
+        # JSON only: a web page in a browser on the board could otherwise post answers to loopback (which
+        # needs no token) as a "simple" cross-site request (text/plain or a form) without asking first.
+        if request.content_type != "application/json":
+            return _rejected(415, f"send the answers as JSON with Content-Type: application/json "
+                                  f"(got {request.content_type!r})")
         try:
             body = await request.json(loads=json_input.loads)
         except web.HTTPRequestEntityTooLarge:
@@ -67,7 +72,7 @@ def answer_routes(service: ServiceSource, settings: KTSettings) -> web.RouteTabl
         try:
             results = await svc.submit_async(answers)
         except ServiceBusy as exc:
-            return _error(503, str(exc))
+            return _error(503, str(exc), retry_after_s=exc.retry_after_s)
         if isinstance(body, dict) and "answers" in body:
             return web.json_response({"results": results})
         return web.json_response(results[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import http.client
 import json
 import threading
@@ -184,6 +185,24 @@ def test_bodies_python_cannot_read_get_a_json_error_and_apply_nothing(api) -> No
     assert server.request("POST", "/api/v1/answers", answer)[0] == 200
 
 
+def test_vendor_mistakes_get_a_4xx_that_says_what_to_fix(api) -> None:
+    # Found by writing the vendor's API guide against a running board.
+    server, svc = api
+    students = svc.student_count()
+    answer = _good(svc.package, student="vendor-student", event="vendor-1")
+    # Not JSON by its Content-Type: also what a cross-site page could send to loopback without asking.
+    status, body = server.request("POST", "/api/v1/answers", raw=json.dumps(answer).encode(),
+                                  content_type="text/plain")
+    assert status == 415 and "Content-Type: application/json" in body["error"]
+    status, body = server.request("POST", "/api/v1/answers", answer | {"answered_at": 10**400})
+    assert status == 400 and body["field"] == "answered_at"  # was a 500 (float overflow)
+    local = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=8)).replace(tzinfo=None).isoformat()
+    status, body = server.request("POST", "/api/v1/answers", answer | {"answered_at": local})
+    assert status == 400 and "no time zone" in body["error"] and "+08:00" in body["error"]
+    assert svc.student_count() == students
+    assert server.request("POST", "/api/v1/answers", answer)[0] == 200
+
+
 def test_per_student_api_can_be_switched_off(package: KTPackage) -> None:
     async def run() -> int:
         from aiohttp.test_utils import TestClient, TestServer
@@ -230,7 +249,7 @@ def test_a_full_disk_gives_503_saying_so(package: KTPackage, small_disk) -> None
         async with TestClient(TestServer(_app(svc, KTSettings()))) as client:
             for n in range(400):  # a new student per answer: each adds a state row
                 resp = await client.post("/api/v1/answers", json=_good(package, f"disk-{n}", f"d{n}"))
-                replies.append((resp.status, await resp.json()))
+                replies.append((resp.status, await resp.json() | {"retry": resp.headers.get("Retry-After")}))
         return replies
 
     try:
@@ -239,6 +258,7 @@ def test_a_full_disk_gives_503_saying_so(package: KTPackage, small_disk) -> None
         svc.stop()
     assert replies[0][0] == 200 and replies[-1][0] == 503
     assert "could not be stored" in replies[-1][1]["error"] and "full" in replies[-1][1]["error"]
+    assert replies[-1][1]["retry"] == "60"  # a full disk is not over in a second
 
 
 _json = st.recursive(
