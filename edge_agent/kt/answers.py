@@ -52,7 +52,7 @@ def parse_timestamp(value: Any, where: str) -> float:
             raise InputRejected(f"{where}: 'answered_at' is not a plausible time", "answered_at") from None
     elif isinstance(value, str):
         try:
-            parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            parsed = _iso(value)
         except ValueError as exc:
             raise InputRejected(
                 f"{where}: 'answered_at' {value[:40]!r} is not ISO 8601", "answered_at"
@@ -67,11 +67,16 @@ def parse_timestamp(value: Any, where: str) -> float:
     return stamp
 
 
+def _iso(text: str) -> dt.datetime:
+    """ISO 8601 text as sent ("Z" for UTC too); ValueError when it is not."""
+    return dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+
+
 def _without_zone(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     try:
-        return dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00")).tzinfo is None
+        return _iso(value).tzinfo is None
     except ValueError:
         return False
 

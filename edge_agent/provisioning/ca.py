@@ -96,8 +96,7 @@ def key_sha256(public_key: object) -> str:
 def same_public_key(
     a: x509.Certificate | x509.CertificateSigningRequest, key: ec.EllipticCurvePrivateKey
 ) -> bool:
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return a.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)
+    return key_sha256(a.public_key()) == key_sha256(key.public_key())
 
 
 def check_device_cert(
@@ -234,7 +233,8 @@ class FleetCA:
         if not DEVICE_ID.match(cn):
             raise ProvisioningError(f"CSR common name {cn!r} is not a valid device id (letters, digits, _.-)")
         live = [row for row in self.index() if row.common_name == cn and not row.revoked]
-        others = [row for row in live if row.key_sha256 != key_sha256(csr.public_key())]
+        this_key = key_sha256(csr.public_key())
+        others = [row for row in live if row.key_sha256 != this_key]
         if others and not replace:
             raise ProvisioningError(
                 f"device id {cn!r} already has a live certificate for another board's key (serial "
