@@ -183,9 +183,11 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
             heartbeats=heartbeats,
             health_summary=lambda: _health_summary(daemon, updates),
         )
-        components.append(sync)
+        # Started right after the store and so stopped just before it: the backlog goes out while the
+        # engines load, and the last, partial windows KT and attention write as they stop still go out.
+        components.insert(components.index(store) + 1, sync)
     else:
-        components.append(Disabled("sync", "mqtt.enabled = false"))
+        components.insert(components.index(store) + 1, Disabled("sync", "mqtt.enabled = false"))
         live.publish(
             "sync",
             {

@@ -210,9 +210,17 @@ class Publisher:
                 self.outbox.expire()
 
     def _drain(self, conn: MqttConnection) -> None:
-        """On a clean stop, wait briefly for outstanding PUBACKs so those rows need not be resent."""
+        """On a clean stop, send what waits and take the PUBACKs, for at most ``DRAIN_ON_STOP_S``.
+
+        The daemon stops sync after KT and attention, so their last, partial windows are in the outbox
+        by now; without this they would wait for the next start (after a weekend, a holiday). Rows
+        still unacknowledged at the deadline go back to pending and out at the next start.
+        """
         deadline = time.monotonic() + DRAIN_ON_STOP_S
-        while self._inflight and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            self._fill_window(conn)
+            if not self._inflight and not self._unsent:
+                return
             conn.loop(0.02)
             self._flush_acks()
 

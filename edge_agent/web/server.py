@@ -40,11 +40,14 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 @web.middleware
 async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A bug in a handler answers JSON 500 that says where to look, not aiohttp's plain-text page."""
+    """A bug in a handler answers JSON 500 that says where to look, not aiohttp's plain-text page; under
+    /api/ a wrong path or method answers JSON too, naming what exists (a vendor's client parses JSON)."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
-    except web.HTTPException:
+    except web.HTTPException as exc:
+        if request.path.startswith("/api/") and exc.status in (404, 405) and exc.content_type == "text/plain":
+            return _api_route_error(request, exc)
         raise
     except Exception:
         if request.writer.output_size:  # a stream already under way: nothing else can be sent on it
@@ -52,6 +55,16 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         log.exception("the web server failed on %s %s", request.method, request.path)
         body = {"error": "internal error on the board; its log has the details (journalctl -u edge-agent)"}
         return web.json_response(body, status=500)
+
+
+def _api_route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        body = {"error": f"{request.path} does not take {request.method}; use {allowed or 'another method'}"}
+        return web.json_response(body, status=405, headers={"Allow": allowed})
+    body = {"error": f"no endpoint {request.method} {request.path} on this board; the answer API is "
+                     "POST /api/v1/answers (see docs/answer-api.md)"}
+    return web.json_response(body, status=404)
 
 
 async def _close_streams(app: web.Application) -> None:

@@ -250,6 +250,25 @@ def test_a_failing_handler_answers_json_500_and_the_server_keeps_serving() -> No
         server.stop()
 
 
+def test_a_wrong_api_path_or_method_answers_json_that_names_what_exists() -> None:
+    server = ServerThread(LiveBoard()).start()
+    try:
+        status, headers, body = _get(server.url + "/api/v1/answer")  # a vendor's typo
+        assert status == 404 and headers["Content-Type"].startswith("application/json")
+        assert "POST /api/v1/answers" in json.loads(body)["error"]
+        request = urllib.request.Request(server.url + "/api/v1/live", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=5)
+            raise AssertionError("POST /api/v1/live was accepted")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 405 and exc.headers["Allow"] == "GET,HEAD"
+            assert json.loads(exc.read()) == {"error": "/api/v1/live does not take POST; use GET,HEAD"}
+        assert _get(server.url + "/no-such-page")[0] == 404  # outside /api/ the framework's page stays
+    finally:
+        server.stop()
+
+
 def test_translations_cover_every_key_the_page_uses() -> None:
     tables = {lang: json.loads((I18N_DIR / f"{lang}.json").read_text(encoding="utf-8")) for lang in LANGUAGES}
     assert set(tables["zh-CN"]) == set(tables["en"])
