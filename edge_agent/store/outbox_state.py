@@ -1,9 +1,11 @@
-"""The outbox rules as pure functions: row states, transitions, drop choice, expiry and batching.
+"""The outbox rules as pure functions: row states, transitions, drop choice and batching.
 
 A row lives ``pending`` → ``inflight`` (handed to MQTT) → deleted (its PUBACK arrived). A lost connection
 or a crash returns ``inflight`` rows to ``pending``; they are sent again and the receiver deduplicates
 by (device, seq). Only ``pending`` rows may be dropped (limits, age, expiry): an ``inflight`` row may
 already be at the broker, and dropping it would only hide that from the counters.
+Expiry (a row past its MQTT expiry or ``store.max_age_days``, never one stamped before ``CLOCK_FLOOR``) is
+done in SQL by ``Outbox._expire`` and tested there on a real database.
 """
 
 from __future__ import annotations
@@ -88,15 +90,6 @@ CLOCK_FLOOR = 1_767_225_600.0
 
 def clock_is_set(now: float) -> bool:
     return now >= CLOCK_FLOOR
-
-
-def expiry_reason(created_at: float, expires_at: float | None, now: float, max_age_s: float) -> str | None:
-    """Why a pending row must go now ("expired" or "max_age"), or None when it may still be sent."""
-    if expires_at is not None and expires_at <= now:
-        return "expired"
-    if now - created_at > max_age_s:
-        return "max_age"
-    return None
 
 
 @dataclass(frozen=True)

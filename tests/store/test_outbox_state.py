@@ -51,19 +51,6 @@ def test_plan_drops_stops_as_soon_as_both_limits_hold() -> None:
     assert rules.plan_drops(3, 30, 5, 45, candidates) == []
 
 
-@pytest.mark.parametrize(
-    ("created", "expires", "now", "reason"),
-    [
-        (0.0, None, 10.0, None),
-        (0.0, 5.0, 10.0, "expired"),
-        (0.0, None, 101.0, "max_age"),
-        (0.0, 50.0, 20.0, None),
-    ],
-)
-def test_expiry_reason(created: float, expires: float | None, now: float, reason: str | None) -> None:
-    assert rules.expiry_reason(created, expires, now, max_age_s=100.0) == reason
-
-
 @given(
     rows=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(1, 500)), max_size=200),
     batch_max=st.integers(1, 20),
