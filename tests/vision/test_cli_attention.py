@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge_agent.config import InferenceSettings, PathSettings
+from edge_agent.config import InferenceSettings, PathSettings, parse_config, to_toml, tomllib
 from edge_agent.errors import ModelError
 from edge_agent.inference.fetch import MIRROR_ENV
 from edge_agent.inference.manifest import load_manifests
@@ -125,3 +125,52 @@ def test_landmark_pose_loads_only_the_face_model(tmp_path, model_mirror, monkeyp
         assert engines.face.backend == "onnxruntime"
     finally:
         engines.close()
+
+
+def _calibrate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    add_attention_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["attention", "calibrate", *argv])
+    return int(args.func(args))
+
+
+def test_calibrate_prints_config_lines_that_mirror_with_the_photo(faces_dir, cli_args, capsys, tmp_path):
+    photo = faces_dir / "pexels" / "Test7.jpg"
+    mirrored = tmp_path / "mirrored.png"
+    cv2.imwrite(str(mirrored), cv2.flip(cv2.imread(str(photo)), 1))
+    assert _calibrate([str(photo), *cli_args]) in (0, 1)  # 1 only if the faces disagree
+    text = capsys.readouterr().out
+    lines = text[text.index("[attention]"):]
+    section = tomllib.loads(lines)["attention"]
+    config = parse_config(to_toml({"attention": section}))  # the printed lines are a valid config
+    assert _calibrate([str(mirrored), "--json", *cli_args]) in (0, 1)
+    flipped = json.loads(capsys.readouterr().out)
+    assert flipped["faces"] == 7
+    # A camera mounted to the other side of the board: the same heads, turned the other way.
+    assert flipped["calibration_yaw_deg"] == pytest.approx(-config.attention.calibration_yaw_deg, abs=3.0)
+    assert flipped["calibration_pitch_deg"] == pytest.approx(config.attention.calibration_pitch_deg, abs=3.0)
+    # calibrate prints; the installer edits the config
+    assert (tmp_path / "config.toml").read_text() == '[inference]\nbackend = "onnxruntime"\n'
+
+
+
+def test_calibrate_refuses_photos_with_too_few_faces(faces_dir, cli_args, capsys):
+    assert _calibrate([str(faces_dir / "pexels" / "Test1.jpg"), *cli_args]) == 2
+    err = capsys.readouterr().err
+    assert "1 faces with a head pose" in err and "at least 3" in err
+
+
+def test_calibrate_can_look_through_the_configured_camera(faces_dir, tmp_path, model_mirror, capsys):
+    config = tmp_path / "camera.toml"
+    config.write_text(f'[inference]\nbackend = "onnxruntime"\n[camera]\nsource = "{faces_dir / "pexels"}"\n')
+    base = ["--config", str(config), "--model-mirror", str(model_mirror), "--cache-dir", str(tmp_path / "c")]
+    assert _calibrate(["--camera", "--seconds", "2.5", "--json", *base]) in (0, 1)
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] >= 2 and report["faces"] >= 3
+    files = {p.name for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".png", ".jpg")}
+    assert files == set(), "camera frames stay in memory"
+
+    config.write_text('[inference]\nbackend = "onnxruntime"\n[camera]\nsource = "/dev/video97"\n')
+    assert _calibrate(["--camera", "--seconds", "1", *base]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open" in err and "nothing to calibrate from" in err
