@@ -120,7 +120,7 @@ class Camera:
             changed = state != self._state
             self._state, self._detail = state, detail
         if changed:
-            log.info("camera %s: %s", state, detail)
+            log.info("camera %s%s", state, f": {detail}" if detail else "")
 
     def _current(self, generation: int) -> bool:
         return generation == self._generation and not self._stop.is_set()
