@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import edge_agent  # noqa: F401  (before any test module imports onnxruntime: its telemetry stays off)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGE_AGENT_SHARED", REPO.parent / "shared"))
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -174,3 +177,30 @@ def test_calibrate_can_look_through_the_configured_camera(faces_dir, tmp_path, m
     assert _calibrate(["--camera", "--seconds", "1", *base]) == 2
     err = capsys.readouterr().err
     assert "cannot open" in err and "nothing to calibrate from" in err
+
+
+def _telemetry_files(home: Path) -> list[Path]:
+    return [p for p in (home / ".cache" / "Microsoft").rglob("*") if p.is_file()]
+
+
+def test_onnx_runtime_usage_telemetry_stays_off(tmp_path, faces_dir, model_mirror):
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    # What this onnxruntime does by itself: records usage events for Microsoft's collector under HOME.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    model = model_mirror / "yunet" / "yunet_s_dynamic.onnx"
+    code = f"import onnxruntime as o; o.InferenceSession({str(model)!r}, providers=['CPUExecutionProvider'])"
+    subprocess.run([sys.executable, "-c", code], env={**env, "HOME": str(plain)}, check=True, timeout=120)
+    if not _telemetry_files(plain):
+        pytest.skip("this onnxruntime build records no telemetry")
+    # The product's own command, in a fresh HOME: nothing recorded.
+    board = tmp_path / "board"
+    board.mkdir()
+    photo = faces_dir / "pexels" / "Test3.jpg"
+    cli = [sys.executable, "-m", "edge_agent", "attention", "analyze", str(photo),
+           "--model-mirror", str(model_mirror), "--cache-dir", str(tmp_path / "cache")]
+    done = subprocess.run(cli, check=False, env={**env, "HOME": str(board)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "3 faces" in done.stdout
+    assert _telemetry_files(board) == []
