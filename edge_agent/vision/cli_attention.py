@@ -10,9 +10,9 @@ after. Neither writes the config.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -27,10 +27,10 @@ from edge_agent.config import Config, find_config_path, load_config
 from edge_agent.errors import CameraError, EdgeAgentError
 from edge_agent.vision.attention import is_attentive
 from edge_agent.vision.calibration import CalibrationError, fit_calibration
-from edge_agent.vision.camera import frame_problem
+from edge_agent.vision.camera import Camera
 from edge_agent.vision.component import make_pose, rules_from
 from edge_agent.vision.pipeline import FaceResult, FrameAnalyser
-from edge_agent.vision.sources import IMAGE_SUFFIXES, open_source
+from edge_agent.vision.sources import IMAGE_SUFFIXES
 from edge_agent.vision.yunet import YuNetDetector
 
 log = logging.getLogger(__name__)
@@ -46,21 +46,23 @@ def add_attention_parser(subparsers: Any) -> argparse.ArgumentParser:
         "calibrate",
         help="the calibration lines for this camera, from photos of the class looking at the board",
         description="Take a few photos (or a short video) from the board's camera while the class looks "
-                    "at the board, and pass them here. Prints the [attention] lines to put in the config. "
-                    "Exit 0: done; 1: done, but the faces pointed in different directions or an input "
-                    "was unreadable (check the photos); 2: too few faces, or the models did not load.")
-    analyze.add_argument("inputs", nargs="+", metavar="IMAGE_OR_VIDEO")
-    calibrate.add_argument("inputs", nargs="*", metavar="IMAGE_OR_VIDEO")
+                    "at the board, and pass them here, or use --camera. Prints the [attention] lines to "
+                    "put in the config. Exit 0: done; 1: done, but the faces pointed in different "
+                    "directions or an input was unreadable (check the photos); 2: nothing to calibrate "
+                    "from (no photo with 3 faces, no readable input, a camera that gives no frame) or "
+                    "the models did not load.")
+    analyze.add_argument("inputs", nargs="+", metavar="IMAGE_OR_VIDEO_OR_FOLDER")
+    calibrate.add_argument("inputs", nargs="*", metavar="IMAGE_OR_VIDEO_OR_FOLDER")
     calibrate.add_argument(
         "--camera", action="store_true",
         help="also analyse frames from the configured camera (camera.source), one a second, kept in memory "
              "only; stop the agent first if it holds the camera (systemctl stop edge-agent)")
-    calibrate.add_argument("--seconds", type=float, default=5.0, help="--camera: how long to look")
+    calibrate.add_argument("--seconds", type=_positive, default=5.0, help="--camera: how long to look")
     for sub in (analyze, calibrate):
         sub.add_argument("--json", action="store_true", help="one JSON document on stdout")
-        sub.add_argument("--every-s", type=float, default=1.0,
+        sub.add_argument("--every-s", type=_positive, default=1.0,
                          help="video: analyse one frame per this many seconds")
-        sub.add_argument("--max-frames", type=int, default=120,
+        sub.add_argument("--max-frames", type=_at_least_one, default=120,
                          help="video: stop after this many analysed frames")
         sub.add_argument("--model-mirror", type=Path,
                          help="folder mirroring the model files (overrides the config)")
@@ -73,6 +75,20 @@ def add_attention_parser(subparsers: Any) -> argparse.ArgumentParser:
     analyze.set_defaults(func=cmd_attention_analyze)
     calibrate.set_defaults(func=cmd_attention_calibrate, annotate=None)
     return parser
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least 1")
+    return value
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -90,7 +106,15 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _frames(path: Path, every_s: float, max_frames: int) -> Iterator[tuple[str, np.ndarray]]:
-    """(label, BGR image) for an image, or sampled frames of a video; raises EdgeAgentError if unreadable."""
+    """(label, BGR image) for an image, each image of a folder, or sampled frames of a video; raises
+    EdgeAgentError if unreadable."""
+    if path.is_dir():
+        photos = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not photos:
+            raise EdgeAgentError(f"{path}: a folder with no {'/'.join(sorted(IMAGE_SUFFIXES))} image in it")
+        for photo in photos:
+            yield from _frames(photo, every_s, max_frames)
+        return
     if not path.is_file():
         raise EdgeAgentError(f"{path}: no such file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -139,9 +163,14 @@ def annotate(image: np.ndarray, results: list[FaceResult], out: Path) -> None:
         cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, 2)
         label = f"{r.pose.yaw:+.0f}/{r.pose.pitch:+.0f}"
         cv2.putText(canvas, label, (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), canvas):
-        raise EdgeAgentError(f"could not write {out} (check the folder and that the name ends in .png)")
+    cant = f"could not write {out} (check the folder and that the name ends in .png)"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        written = cv2.imwrite(str(out), canvas)
+    except (OSError, cv2.error) as exc:  # OpenCV raises for a name without a known image extension
+        raise EdgeAgentError(cant) from exc
+    if not written:
+        raise EdgeAgentError(cant)
 
 
 def _annotate_path(base: Path, number: int, total: int) -> Path:
@@ -184,24 +213,30 @@ def _analyse_inputs(
 
 
 def _camera_frames(config: Config, seconds: float) -> Iterator[tuple[str, np.ndarray]]:
-    """One frame a second from the configured camera, for ``seconds``; never written anywhere."""
-    camera = config.camera
-    source = open_source(camera.source, camera.width, camera.height, folder_fps=1.0)
+    """The configured camera's newest frame once a second for ``seconds``, taken as the daemon takes them
+    (its grabber keeps only the latest frame, a video file plays in real time); never written anywhere."""
+    settings = config.camera
+    camera = Camera(settings.source, width=settings.width, height=settings.height,
+                    reconnect_min_s=settings.reconnect_min_s, reconnect_max_s=settings.reconnect_max_s,
+                    stall_timeout_s=settings.stall_timeout_s)
+    camera.start()
     try:
         deadline = time.monotonic() + seconds
-        taken = 0
+        next_take = time.monotonic()
+        seq = 0
         while time.monotonic() < deadline:
-            image = source.read()
-            if image is None or frame_problem(image) is not None:
-                time.sleep(0.05)  # a dropped or broken frame: try again until the deadline
+            time.sleep(0.05)
+            frame = camera.latest(seq) if time.monotonic() >= next_take else None
+            if frame is None:
                 continue
-            taken += 1
-            yield f"camera {source.description} #{taken}", image
-            time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
-        if taken == 0:
-            raise CameraError(f"{source.description} gave no usable frame in {seconds:.0f} s")
+            seq, next_take = frame.seq, time.monotonic() + 1.0
+            yield f"camera frame {frame.seq}", frame.image
+        if seq == 0:
+            state, detail = camera.state()
+            raise CameraError(f"the camera gave no frame in {seconds:g} s ({state}: {detail}); if edge-agent "
+                              "is running it may hold the camera: systemctl stop edge-agent, then try again")
     finally:
-        source.release()
+        camera.stop()
 
 
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)  # frames are kept only while --annotate needs them
@@ -214,9 +249,14 @@ def cmd_attention_analyze(args: argparse.Namespace) -> int:
     config, analysed, failed = outcome
     report = [{"input": label, "faces": [face_record(r) for r in results]} for label, _, results in analysed]
     if args.annotate:
+        inputs = {Path(p).resolve() for p in args.inputs}
         try:
-            for number, (_, image, results) in enumerate(analysed, start=1):
-                annotate(image, results, _annotate_path(args.annotate, number, len(analysed)))
+            for number, (entry, (_, image, results)) in enumerate(zip(report, analysed, strict=True), 1):
+                out = _annotate_path(args.annotate, number, len(analysed))
+                if out.resolve() in inputs:
+                    raise EdgeAgentError(f"{out} is one of the inputs: give --annotate another name")
+                annotate(image, results, out)
+                entry["annotated"] = str(out)
         except EdgeAgentError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -229,23 +269,18 @@ def cmd_attention_calibrate(args: argparse.Namespace) -> int:
     if outcome is None:
         return 2
     config, analysed, failed = outcome
-    if not analysed:
-        print("error: nothing to calibrate from: give photos or a video, or --camera", file=sys.stderr)
-        return 2
     settings = config.attention
-    poses = [r.pose for _, _, results in analysed for r in results]
+    now = rules_from(settings)
+    photos = [[r.pose for r in results] for _, _, results in analysed]
     try:
-        calibration = fit_calibration(poses)
+        if not analysed:
+            raise CalibrationError("nothing to calibrate from: no photo or frame could be read")
+        calibration = fit_calibration(photos, now, settings.pose_method)
     except CalibrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    now = rules_from(settings)
-    after = dataclasses.replace(
-        now, calibration_yaw_deg=calibration.yaw_deg, calibration_pitch_deg=calibration.pitch_deg
-    )
-    attentive_now = sum(is_attentive(p, now) for p in poses)
-    attentive_after = sum(is_attentive(p, after) for p in poses)
-    problem = calibration.spread_problem(settings.yaw_limit_deg, settings.pitch_limit_deg)
+    attentive_now = sum(is_attentive(p, now) for poses in photos for p in poses)
+    problem = calibration.problem()
     if args.json:
         print(json.dumps({
             "pose_method": settings.pose_method, "images": len(analysed), "faces": calibration.faces,
@@ -253,22 +288,27 @@ def cmd_attention_calibrate(args: argparse.Namespace) -> int:
             "calibration_pitch_deg": round(calibration.pitch_deg, 1),
             "yaw_quartiles": [round(v, 1) for v in calibration.yaw_quartiles],
             "pitch_quartiles": [round(v, 1) for v in calibration.pitch_quartiles],
-            "attentive_now": attentive_now, "attentive_after": attentive_after, "problem": problem,
+            "attentive_now": attentive_now, "attentive_after": calibration.agreeing, "problem": problem,
         }, indent=2))
     else:
         yaw_lo, yaw_hi = calibration.yaw_quartiles
         pitch_lo, pitch_hi = calibration.pitch_quartiles
-        print(f"{len(analysed)} images, {calibration.faces} faces with a head pose "
+        print(f"{len(analysed)} photos or frames, {calibration.faces} faces with a head pose "
               f"(pose: {settings.pose_method})")
         print(f"a face looking at the board, as this camera sees it: yaw {calibration.yaw_deg:+.1f}, "
               f"pitch {calibration.pitch_deg:+.1f} degrees (the middle half of the faces: yaw "
               f"{yaw_lo:+.0f} to {yaw_hi:+.0f}, pitch {pitch_lo:+.0f} to {pitch_hi:+.0f})")
         print(f"attentive in these photos: {attentive_now} of {calibration.faces} faces with the current "
               f"calibration (yaw {now.calibration_yaw_deg:+.1f}, pitch {now.calibration_pitch_deg:+.1f}), "
-              f"{attentive_after} with the new one")
-        print("\nPut these lines in the board's config (/etc/edge-agent/config.toml; or, for provisioning, "
-              "the columns attention.calibration_yaw_deg and attention.calibration_pitch_deg of its "
-              "inventory row), then restart edge-agent:\n")
+              f"{calibration.agreeing} with the new one")
+        if problem:
+            print("\nThese photos do not look like a class looking at the board (see the warning); take them "
+                  "again before using these values:\n")
+        else:
+            print("\nSet these two keys in the [attention] section of the board's config "
+                  "(/etc/edge-agent/config.toml; add the section if it has none) and restart edge-agent. "
+                  "On a provisioned board put them in its inventory row instead (columns "
+                  "attention.calibration_yaw_deg and attention.calibration_pitch_deg) and provision again:\n")
         print(calibration.config_lines(), end="")
     if problem:
         print(f"warning: {problem}", file=sys.stderr)

@@ -143,7 +143,7 @@ def test_calibrate_prints_config_lines_that_mirror_with_the_photo(faces_dir, cli
     cv2.imwrite(str(mirrored), cv2.flip(cv2.imread(str(photo)), 1))
     assert _calibrate([str(photo), *cli_args]) in (0, 1)  # 1 only if the faces disagree
     text = capsys.readouterr().out
-    lines = text[text.index("[attention]"):]
+    lines = text[text.index("\n[attention]\n") + 1 :]
     section = tomllib.loads(lines)["attention"]
     config = parse_config(to_toml({"attention": section}))  # the printed lines are a valid config
     assert _calibrate([str(mirrored), "--json", *cli_args]) in (0, 1)
@@ -157,10 +157,12 @@ def test_calibrate_prints_config_lines_that_mirror_with_the_photo(faces_dir, cli
 
 
 
-def test_calibrate_refuses_photos_with_too_few_faces(faces_dir, cli_args, capsys):
-    assert _calibrate([str(faces_dir / "pexels" / "Test1.jpg"), *cli_args]) == 2
-    err = capsys.readouterr().err
-    assert "1 faces with a head pose" in err and "at least 3" in err
+def test_calibrate_refuses_one_student_however_often_photographed(faces_dir, cli_args, capsys):
+    one_man = str(faces_dir / "pexels" / "Test1.jpg")
+    assert _calibrate([one_man, one_man, one_man, *cli_args]) == 2
+    captured = capsys.readouterr()
+    assert "no photo shows at least 3 faces with a head pose (the most in one: 1)" in captured.err
+    assert captured.out == ""
 
 
 def test_calibrate_can_look_through_the_configured_camera(faces_dir, tmp_path, model_mirror, capsys):
@@ -176,7 +178,54 @@ def test_calibrate_can_look_through_the_configured_camera(faces_dir, tmp_path, m
     config.write_text('[inference]\nbackend = "onnxruntime"\n[camera]\nsource = "/dev/video97"\n')
     assert _calibrate(["--camera", "--seconds", "1", *base]) == 2
     err = capsys.readouterr().err
-    assert "cannot open" in err and "nothing to calibrate from" in err
+    assert "the camera gave no frame in 1 s" in err and "cannot open" in err
+    assert "systemctl stop edge-agent" in err and "nothing to calibrate from" in err
+
+
+def test_calibrate_camera_samples_a_video_as_it_plays(faces_dir, tmp_path, model_mirror, capsys):
+    video = tmp_path / "class.avi"  # 2 s of the 3-person photo, then 2 s of the 7-person one, at 10 fps
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    for name in ("Test3.jpg", "Test7.jpg"):
+        image = cv2.resize(cv2.imread(str(faces_dir / "pexels" / name)), (640, 480))
+        for _ in range(20):
+            writer.write(image)
+    writer.release()
+    config = tmp_path / "camera.toml"
+    config.write_text(f'[inference]\nbackend = "onnxruntime"\n[camera]\nsource = "{video}"\n')
+    base = ["--config", str(config), "--model-mirror", str(model_mirror), "--cache-dir", str(tmp_path / "c")]
+    assert _calibrate(["--camera", "--seconds", "3.6", "--json", *base]) in (0, 1)
+    report = json.loads(capsys.readouterr().out)
+    # One frame a second of a video playing in real time: frames of both photos, not 4 frames of the first.
+    assert report["images"] in (3, 4) and report["faces"] > 3 * report["images"], report
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--every-s", "nan"], "not a positive number"), (["--every-s", "0"], "not a positive number"),
+     (["--max-frames", "0"], "at least 1"), (["--seconds", "-5", "--camera"], "not a positive number")],
+)
+def test_calibrate_refuses_nonsense_numbers(faces_dir, cli_args, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        _calibrate([str(faces_dir / "pexels" / "Test3.jpg"), *argv, *cli_args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_annotate_never_overwrites_an_input_and_names_what_it_wrote(faces_dir, cli_args, tmp_path, capsys):
+    photo = tmp_path / "photo.jpg"
+    shutil.copy(faces_dir / "pexels" / "Test3.jpg", photo)
+    before = photo.read_bytes()
+    assert _run([str(photo), "--annotate", str(photo), *cli_args]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err and photo.read_bytes() == before
+    assert _run([str(photo), "--annotate", str(tmp_path / "noext"), *cli_args]) == 2
+    assert "could not write" in capsys.readouterr().err
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photo, folder / "a.jpg")
+    shutil.copy(faces_dir / "pexels" / "Test7.jpg", folder / "b.jpg")
+    assert _run([str(folder), "--json", "--annotate", str(tmp_path / "out.png"), *cli_args]) == 0
+    report = json.loads(capsys.readouterr().out)["images"]
+    assert [(Path(e["input"]).name, len(e["faces"]), Path(e["annotated"]).name) for e in report] == [
+        ("a.jpg", 3, "out-1.png"), ("b.jpg", 7, "out-2.png")]
 
 
 def _telemetry_files(home: Path) -> list[Path]:
