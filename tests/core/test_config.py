@@ -190,3 +190,16 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     ).stdout
     assert 'device_id = "board-0042"' in out
     assert (tmp_path / "pseudonym.key").read_bytes().hex() not in out
+
+
+def test_output_piped_into_a_reader_that_quits_ends_quietly(tmp_path: Path) -> None:
+    """`edge-agent config show | head -1`: the reader closes the pipe; no traceback, 141 as for SIGPIPE."""
+    config = tmp_path / "config.toml"
+    config.write_text('[device]\ndevice_id = "b-1"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "config", "show", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141, err
+    assert "Traceback" not in err
