@@ -322,7 +322,8 @@ def _print(report: list[dict[str, Any]], pose_method: str, as_json: bool) -> Non
     for entry in report:
         faces = entry["faces"]
         attentive = sum(f["attentive"] for f in faces)
-        print(f"{entry['input']}: {len(faces)} faces, {attentive} attentive (pose: {pose_method})")
+        noun = "face" if len(faces) == 1 else "faces"
+        print(f"{entry['input']}: {len(faces)} {noun}, {attentive} attentive (pose: {pose_method})")
         for f in faces:
             x, y, w, h = f["box"]
             print(f"  box {x:.0f},{y:.0f} {w:.0f}x{h:.0f}  score {f['score']:.2f}  "
