@@ -214,7 +214,9 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
     metrics_server: MetricsServer | None = None
     if config.metrics.enabled:
         metrics_server = MetricsServer(config.metrics.host, config.metrics.port)
-        components.append(metrics_server)
+        # Right after the store: a board whose engines take minutes to build shows which component is
+        # still starting instead of a scrape target that is simply down.
+        components.insert(components.index(store) + 1, metrics_server)
 
     daemon = Daemon(
         components,

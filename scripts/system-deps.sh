@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # System packages the tests need: Mosquitto (real broker), Chromium (teacher view in a real browser),
-# systemd-analyze (unit checks). Installs only what is missing; needs root (CI runs as root).
+# systemd-analyze (unit checks), promtool (the shipped alert rules and their unit tests). Installs only
+# what is missing; needs root (CI runs as root).
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # Without a CJK font the zh-CN teacher view renders as empty boxes in screenshots.
 [ -d /usr/share/fonts/opentype/noto ] || missing+=(fonts-noto-cjk)
 if [ ${#missing[@]} -eq 0 ]; then
@@ -23,3 +25,6 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The Debian package starts a system-wide broker on 1883; tests run their own on free ports.
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
 pkill -x mosquitto 2>/dev/null || true
+# The same for the Prometheus server that comes with promtool: the tests only need promtool.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+pkill -x prometheus 2>/dev/null || true

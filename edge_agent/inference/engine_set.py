@@ -58,6 +58,9 @@ class EngineSet:
                 )
             except EdgeAgentError as exc:
                 self._failed[manifest.name] = str(exc)
+                # backend "any": no backend could run it (TensorRT's own failures are counted as they happen)
+                reason = getattr(exc, "reason", None) or exc.__class__.__name__
+                metrics.ENGINE_LOAD_FAILURES.labels(manifest.name, "any", reason).inc()
                 log.error("model %s cannot run on any backend: %s", manifest.name, exc)
             else:
                 log.info("engine loaded: %s", self._loaded[manifest.name].describe())

@@ -42,7 +42,8 @@ def metrics_routes(registry: CollectorRegistry = REGISTRY) -> web.RouteTableDef:
 
     @routes.get("/metrics")
     async def metrics(_request: web.Request) -> web.Response:
-        body = generate_latest(registry)
+        # ~6 ms of Python for ~390 samples: off the event loop that answers students.
+        body = await asyncio.to_thread(generate_latest, registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return routes

@@ -7,9 +7,16 @@ lets tests read values through :func:`sample`.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+from edge_agent import __version__
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The daemon's own RSS, CPU seconds and open files (process_*), for the RSS <= 300 MB target and leaks.
+ProcessCollector(registry=REGISTRY)
+BUILD_INFO = Gauge("edge_build_info", "1, labelled with the edge-agent version running.", ["version"],
+                   registry=REGISTRY)
+BUILD_INFO.labels(__version__).set(1)
 
 # Buckets from 50 µs to 2.5 s: the knowledge-tracing step runs in ~0.1 ms, a face frame in ~5-20 ms.
 LATENCY_BUCKETS = (
@@ -40,20 +47,20 @@ LATENCY_BUCKETS = (
 
 INFERENCE_REQUESTS = Counter(
     "edge_inference_requests",
-    "Inference requests by engine, backend and outcome (ok or error).",
+    "Inference requests by engine, backend and outcome (ok, error, or rejected: bad input).",
     ["engine", "backend", "outcome"],
     registry=REGISTRY,
 )
 INFERENCE_LATENCY = Histogram(
     "edge_inference_latency_seconds",
-    "Latency by engine and stage (queue, pre, infer, post).",
+    "Latency by engine and stage (queue, pre, infer, post; store: the KT batch's SQLite commit).",
     ["engine", "stage"],
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 ENGINE_LOAD_FAILURES = Counter(
     "edge_engine_load_failures",
-    "Engine build or load failures by engine, backend and reason.",
+    "Engine build or load failures by engine, backend and reason; backend=\"any\": no backend could run it.",
     ["engine", "backend", "reason"],
     registry=REGISTRY,
 )
@@ -90,7 +97,8 @@ GC_PAUSE = Histogram(
 )
 ANSWERS = Counter(
     "edge_answers",
-    "Answers by outcome (applied, duplicate, rejected, overloaded, unavailable, failed).",
+    "Answers by outcome (applied, duplicate, rejected, overloaded, unavailable, failed); a rejected request "
+    "counts once, however many answers it held (nothing in it is applied).",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -114,7 +122,7 @@ OUTBOX_BYTES = Gauge("edge_outbox_bytes", "Payload bytes held in the outbox.", r
 OUTBOX_DROPS = Counter(
     "edge_outbox_drops",
     "Outbox rows dropped, by reason (max_rows, max_bytes, max_age, expired, queue_full, store_error, "
-    "rejected: not JSON or too large, never stored).",
+    "rejected: not JSON or too large, never stored; too_large_for_broker: over the broker's packet limit).",
     ["reason"],
     registry=REGISTRY,
 )
@@ -175,3 +183,16 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     """Current value of one sample (0.0 when it was never set); for status pages and tests."""
     value = REGISTRY.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+# Labelled counters exist at 0 from the start: Prometheus's increase() and rate() cannot see a series
+# whose first sample is already 1, so an alert on the first rejected answer or dropped row would never fire.
+for _outcome in ("applied", "duplicate", "rejected", "overloaded", "unavailable", "failed"):
+    ANSWERS.labels(_outcome)
+for _reason in ("max_rows", "max_bytes", "max_age", "expired", "queue_full", "store_error", "rejected",
+                "too_large_for_broker"):
+    OUTBOX_DROPS.labels(_reason)
+for _reason in ("slow_subscriber", "stream_refused", "stream_stalled"):
+    TEACHER_VIEW_DROPS.labels(_reason)
+for _kind in ("start", "store_corrupt", "model_rollback", "model_update_refused", "model_update_dropped"):
+    ALERTS.labels(_kind)

@@ -11,6 +11,7 @@ from edge_agent.errors import EngineError, EngineInputError, ModelError
 from edge_agent.inference.engine_set import EngineSet
 from edge_agent.inference.select import load_engine, precision_for, qdq_model_path
 from edge_agent.inference.tensorrt_backend import trt as real_trt
+from edge_agent.telemetry import metrics
 from edge_agent.telemetry.metrics import sample
 from tests.inference.fake_tensorrt import FakeTensorRT
 
@@ -150,7 +151,11 @@ def test_engine_set_reports_each_engine_and_survives_a_missing_model(tmp_path, m
     )
     engines = EngineSet([FSANET, broken], settings("onnxruntime"), paths_for(tmp_path, model_mirror))
     assert not engines.health().ok
+    failures = {"engine": "yunet", "backend": "any", "reason": "ModelError"}
+    before = metrics.sample("edge_engine_load_failures_total", failures)
     asyncio.run(engines.start())
+    # counted for Prometheus, not only in the health text (only TensorRT's own failures were counted)
+    assert metrics.sample("edge_engine_load_failures_total", failures) == before + 1
     health = engines.health()
     assert (
         not health.ok and "pose fsanet-1x1: onnxruntime" in health.detail and "yunet: FAILED" in health.detail

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from edge_agent.telemetry.metrics import REGISTRY
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "provisioning/grafana/edge-agent-dashboard.json"
 PROMETHEUS = REPO / "provisioning/prometheus/prometheus.yml"
+ALERTS = REPO / "provisioning/prometheus/edge-agent-alerts.yml"
+PROMTOOL = shutil.which("promtool")
 
 PROMQL_WORDS = {
     "sum",
@@ -46,6 +50,8 @@ PROMQL_WORDS = {
     "delta",
     "deriv",
     "time",
+    "job",
+    "up",
 }
 
 
@@ -95,6 +101,9 @@ def test_dashboard_covers_qps_latency_failures_backlog_and_gpu() -> None:
         "edge_engine_load_failures_total",
         "edge_outbox_backlog",
         "edge_gpu_utilisation_ratio",
+        "edge_answers_total",
+        "edge_answer_feedback_seconds_bucket",
+        "process_resident_memory_bytes",
     ):
         assert needed in exprs
     assert all('instance=~"$instance"' in e for t, e in dashboard_expressions() if t != "instance")
@@ -119,3 +128,44 @@ def test_prometheus_config_scrapes_file_sd_targets() -> None:
         assert set(group["labels"]) == {"tenant", "site", "device_id"}
     provider = yaml.safe_load((DASHBOARD.parent / "dashboards.yml").read_text(encoding="utf-8"))
     assert provider["apiVersion"] == 1 and provider["providers"][0]["type"] == "file"
+
+
+def alert_rules() -> list[dict[str, object]]:
+    groups = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_every_alert_rule_uses_only_exported_metrics_and_says_what_to_do() -> None:
+    known = exported_names()
+    rules = alert_rules()
+    assert len(rules) >= 10
+    for rule in rules:
+        names = metric_names(str(rule["expr"]))
+        assert names <= known, f"{rule['alert']}: unknown metric(s) {sorted(names - known)}"
+        annotations = rule["annotations"]
+        assert isinstance(annotations, dict) and annotations["summary"] and annotations["description"]
+    needed = " ".join(str(r["expr"]) for r in rules)
+    for metric in ("edge_engine_load_failures_total", "edge_answer_feedback_seconds_bucket",
+                   "edge_outbox_drops_total", "edge_outbox_oldest_age_seconds",
+                   "process_resident_memory_bytes"):
+        assert metric in needed
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (apt install prometheus)")
+def test_alert_rules_and_config_pass_promtool_and_their_unit_tests() -> None:
+    assert PROMTOOL is not None
+    for args in (["check", "config", str(PROMETHEUS)],
+                 ["test", "rules", str(ALERTS.with_name("edge-agent-alerts.test.yml"))]):
+        done = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_labelled_counters_the_alerts_watch_exist_before_their_first_event() -> None:
+    """increase() cannot see a series whose first sample is already 1: they must start at 0."""
+    present = {(s.name, tuple(sorted(s.labels.items()))) for f in REGISTRY.collect() for s in f.samples}
+    for name, label, value in (("edge_outbox_drops_total", "reason", "max_rows"),
+                               ("edge_outbox_drops_total", "reason", "too_large_for_broker"),
+                               ("edge_answers_total", "outcome", "failed"),
+                               ("edge_alerts_total", "kind", "store_corrupt"),
+                               ("edge_alerts_total", "kind", "model_rollback")):
+        assert (name, ((label, value),)) in present, (name, value)
