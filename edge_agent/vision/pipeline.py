@@ -29,6 +29,9 @@ from edge_agent.vision.yunet import Face, YuNetDetector
 log = logging.getLogger(__name__)
 
 
+FPS_WINDOW_S = 10.0  # the recent past the analysis rate is measured over
+
+
 @dataclass(frozen=True)
 class FaceResult:
     face: Face
@@ -150,7 +153,10 @@ class AttentionLoop:
             self._emit(closed)
 
     def fps(self) -> float:
-        times = list(self._analysed_at)
+        """Frames analysed per second over the last ``FPS_WINDOW_S``: 0 once frames stop coming (the
+        gauge froze at the last rate while a camera was gone)."""
+        now = time.monotonic()
+        times = [t for t in self._analysed_at if now - t <= FPS_WINDOW_S]
         if len(times) < 2 or times[-1] <= times[0]:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
@@ -167,6 +173,7 @@ class AttentionLoop:
             else:
                 for closed in self.windows.expire(time.time()):
                     self._emit(closed)
+                metrics.CAMERA_FPS.set(self.fps())
             self._maybe_live()
             next_tick = max(next_tick + self.period, time.monotonic())
             self._stop.wait(max(0.0, next_tick - time.monotonic()))

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 
 from edge_agent.config import AttentionSettings, CameraSettings, DeviceSettings, MqttSettings, StoreSettings
@@ -23,6 +24,7 @@ from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
 from edge_agent.store.outbox import Outbox
 from edge_agent.telemetry import metrics
+from edge_agent.vision import pipeline
 from edge_agent.vision.component import AttentionComponent
 from edge_agent.vision.sources import open_source
 
@@ -201,3 +203,35 @@ def test_engine_failure_degrades_health_without_crashing(photo_folder, model_mir
 class _NullOutbox:
     def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
         pass
+
+
+def test_analysis_rate_gauge_falls_to_zero_when_the_camera_stops_delivering(
+    tmp_path, faces_dir, face_engine, pose_engines, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "FPS_WINDOW_S", 1.0)
+    video = tmp_path / "short.avi"  # 1.5 s of a class, then the source ends and stays away
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    image = cv2.resize(cv2.imread(str(faces_dir / "pexels" / "Test3.jpg")), (640, 480))
+    for _ in range(15):
+        writer.write(image)
+    writer.release()
+    component = AttentionComponent(
+        CameraSettings(source=str(video), analysis_fps=5.0, reconnect_min_s=60.0, reconnect_max_s=60.0),
+        AttentionSettings(), face_engine, pose_engines, outbox=_NullOutbox(), heartbeats=HeartbeatRegistry(),
+    )
+
+    async def run() -> tuple[float, float]:
+        await component.start()
+        deadline = time.monotonic() + 10
+        while _value("edge_camera_analysis_fps") == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        running = _value("edge_camera_analysis_fps")
+        deadline = time.monotonic() + 10
+        while _value("edge_camera_analysis_fps") > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        gone = _value("edge_camera_analysis_fps")
+        await component.stop()
+        return running, gone
+
+    running, gone = asyncio.run(run())
+    assert running > 0 and gone == 0.0  # was frozen at the last rate while the camera was away
