@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from prometheus_client import Gauge
 
 from edge_agent.lifecycle import Health, Heartbeat, HeartbeatRegistry
 from edge_agent.live import LiveBoard
@@ -51,16 +54,26 @@ def record(reading: Telemetry, live: LiveBoard | None) -> None:
     """Set the Prometheus gauges from one reading and publish the LiveBoard "device" section."""
     for name in SOURCES:
         metrics.TELEMETRY_SOURCE.labels(source=name).set(1.0 if name == reading.source else 0.0)
-    if reading.gpu_load is not None:
-        metrics.GPU_UTILISATION.set(reading.gpu_load)
-    if reading.gpu_memory_bytes is not None:
-        metrics.GPU_MEMORY_USED.set(reading.gpu_memory_bytes)
-    for zone, celsius in reading.temperatures.items():
-        metrics.SOC_TEMPERATURE.labels(zone=zone).set(celsius)
-    for rail, watts in reading.power_w.items():
-        metrics.POWER.labels(rail=rail).set(watts)
+    # A value this reading lacks is NaN or gone, never the last one read: a frozen GPU load or a thermal
+    # zone stuck at its last temperature would look healthy on the dashboard.
+    metrics.GPU_UTILISATION.set(math.nan if reading.gpu_load is None else reading.gpu_load)
+    metrics.GPU_MEMORY_USED.set(math.nan if reading.gpu_memory_bytes is None else reading.gpu_memory_bytes)
+    _set_labelled(metrics.SOC_TEMPERATURE, reading.temperatures)
+    _set_labelled(metrics.POWER, reading.power_w)
     if live is not None:
         live.publish("device", reading.to_live())
+
+
+def _set_labelled(gauge: Gauge, values: dict[str, float]) -> None:
+    """One series per key of ``values``; series of keys no longer read are removed."""
+    for (key,) in [labels for labels in _label_sets(gauge) if labels[0] not in values]:
+        gauge.remove(key)
+    for key, value in values.items():
+        gauge.labels(key).set(value)
+
+
+def _label_sets(gauge: Gauge) -> list[tuple[str, ...]]:
+    return [tuple(s.labels.values()) for f in gauge.collect() for s in f.samples]
 
 
 class TelemetryComponent:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 
@@ -183,6 +184,19 @@ def test_record_sets_gauges_and_the_device_section(tmp_path: Path) -> None:
     device = live.get("device")
     assert device["source"] == "sysfs" and device["gpu_load"] == 0.25
     assert set(device) >= {"gpu_memory_bytes", "temperatures", "power_w", "detail"}
+
+
+def test_a_value_missing_from_a_reading_is_not_left_at_its_last_value(tmp_path: Path) -> None:
+    record(read_sysfs(make_orin(tmp_path, load="730")), None)
+    assert metrics.sample("edge_gpu_utilisation_ratio") == 0.73
+    assert metrics.sample("edge_soc_temperature_celsius", {"zone": "tj-thermal"}) == 49.0
+    record(Telemetry("sysfs", temperatures={"cpu-thermal": 50.0}, problems=["GPU load unreadable"]), None)
+    assert math.isnan(metrics.sample("edge_gpu_utilisation_ratio"))  # not 0.73, which looked healthy
+    assert math.isnan(metrics.sample("edge_gpu_memory_used_bytes"))
+    assert metrics.REGISTRY.get_sample_value("edge_soc_temperature_celsius", {"zone": "tj-thermal"}) is None
+    assert metrics.sample("edge_soc_temperature_celsius", {"zone": "cpu-thermal"}) == 50.0
+    record(Telemetry("none"), None)  # a machine with no telemetry: nothing, rather than 0 % GPU
+    assert math.isnan(metrics.sample("edge_gpu_utilisation_ratio"))
 
 
 def test_component_polls_in_a_thread_beats_and_stops(tmp_path: Path) -> None:
