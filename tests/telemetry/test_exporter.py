@@ -129,3 +129,29 @@ def test_metrics_server_reports_a_taken_port() -> None:
 
     detail = asyncio.run(scenario())
     assert "cannot listen" in detail and "[metrics] port" in detail
+
+
+def test_scrapes_are_gzipped_for_a_scraper_that_accepts_it_and_plain_otherwise() -> None:
+    import gzip
+    import urllib.request
+
+    server = MetricsServer("127.0.0.1", 0)
+
+    async def scenario() -> tuple[tuple[str | None, bytes], tuple[str | None, bytes]]:
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}/metrics"
+
+        def get(headers: dict[str, str]) -> tuple[str | None, bytes]:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+                return resp.headers.get("Content-Encoding"), resp.read()
+
+        try:
+            return (await asyncio.to_thread(get, {"Accept-Encoding": "gzip"}),
+                    await asyncio.to_thread(get, {"Accept-Encoding": "identity"}))
+        finally:
+            await server.stop()
+
+    (encoding, packed), (plain_encoding, plain) = asyncio.run(scenario())
+    assert encoding == "gzip" and plain_encoding is None
+    assert b"edge_answers_total" in gzip.decompress(packed) and b"edge_answers_total" in plain
+    assert len(packed) * 4 < len(plain), (len(packed), len(plain))
