@@ -213,7 +213,8 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
 
     metrics_server: MetricsServer | None = None
     if config.metrics.enabled:
-        metrics_server = MetricsServer(config.metrics.host, config.metrics.port)
+        metrics_token = read_token_file(config.metrics.token_file, "metrics.token_file")
+        metrics_server = MetricsServer(config.metrics.host, config.metrics.port, token=metrics_token)
         # Right after the store: a board whose engines take minutes to build shows which component is
         # still starting instead of a scrape target that is simply down.
         components.insert(components.index(store) + 1, metrics_server)

@@ -219,7 +219,15 @@ class MetricsSettings(Section):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(9108, ge=1, le=65535)
+    token_file: Path | None = Field(
+        None, description="When set, /metrics needs 'Authorization: Bearer <token>' from the scraper."
+    )
     telemetry_interval_s: float = Field(5.0, ge=0.5)
+
+    @field_validator("token_file", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class LoggingSettings(Section):
@@ -260,6 +268,8 @@ class Config(Section):
             secrets.append(("mqtt.key_file", self.mqtt.key_file))
         if self.web.enabled and self.web.token_file is not None:
             secrets.append(("web.token_file", self.web.token_file))
+        if self.metrics.enabled and self.metrics.token_file is not None:
+            secrets.append(("metrics.token_file", self.metrics.token_file))
         return secrets
 
     def required_files(self) -> list[tuple[str, Path]]:

@@ -9,10 +9,12 @@ status page matches the Grafana panel.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 from prometheus_client import CollectorRegistry
@@ -51,10 +53,28 @@ def metrics_routes(registry: CollectorRegistry = REGISTRY) -> web.RouteTableDef:
     return routes
 
 
-def metrics_app(registry: CollectorRegistry = REGISTRY) -> web.Application:
-    app = web.Application()
+def metrics_app(registry: CollectorRegistry = REGISTRY, token: str | None = None) -> web.Application:
+    """The /metrics site; with ``token`` every request needs ``Authorization: Bearer <token>``."""
+    middlewares = [] if token is None else [_bearer_only(token)]
+    app = web.Application(middlewares=middlewares)
     app.add_routes(metrics_routes(registry))
     return app
+
+
+def _bearer_only(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            why = "metrics.token_file is set: send Authorization: Bearer <token>"
+            return web.Response(status=401, text=why,
+                                headers={"WWW-Authenticate": 'Bearer realm="edge-agent metrics"'})
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return check
 
 
 class MetricsServer:
@@ -63,15 +83,18 @@ class MetricsServer:
     name = "metrics"
     essential = False
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry = REGISTRY, *, token: str | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self._registry = registry
+        self._token = token
         self._runner: web.AppRunner | None = None
         self._error = ""
 
     async def start(self) -> None:
-        runner = web.AppRunner(metrics_app(self._registry), access_log=None)
+        runner = web.AppRunner(metrics_app(self._registry, self._token), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:

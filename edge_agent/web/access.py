@@ -81,20 +81,20 @@ def is_allowed(remote_ip: str | None, presented_token: str | None, token: str | 
     return decide(remote_ip, presented_token, token) is Decision.ALLOW
 
 
-def read_token_file(path: Path | None) -> str | None:
-    """The token in ``web.token_file``; None when unset (loopback only); ConfigError saying what is wrong."""
+def read_token_file(path: Path | None, key: str = "web.token_file") -> str | None:
+    """The token in the file of config key ``key``; None when unset; ConfigError saying what is wrong."""
     if path is None:
         return None
-    problem = check_secret_file("web.token_file", path)
+    problem = check_secret_file(key, path)
     if problem is not None:
-        raise ConfigError([("web.token_file", problem)])
+        raise ConfigError([(key, problem)])
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([("web.token_file", f"cannot read {path}: {exc}")]) from exc
+        raise ConfigError([(key, f"cannot read {path}: {exc}")]) from exc
     if len(token) < 16 or len(token) > MAX_TOKEN_CHARS or any(c.isspace() for c in token):
-        raise ConfigError([("web.token_file", f"{path} must hold one token of 16 to {MAX_TOKEN_CHARS} "
-                                              "characters without spaces (e.g. from: openssl rand -hex 24)")])
+        raise ConfigError([(key, f"{path} must hold one token of 16 to {MAX_TOKEN_CHARS} "
+                                 "characters without spaces (e.g. from: openssl rand -hex 24)")])
     return token
 
 

@@ -155,3 +155,30 @@ def test_scrapes_are_gzipped_for_a_scraper_that_accepts_it_and_plain_otherwise()
     assert encoding == "gzip" and plain_encoding is None
     assert b"edge_answers_total" in gzip.decompress(packed) and b"edge_answers_total" in plain
     assert len(packed) * 4 < len(plain), (len(packed), len(plain))
+
+
+def test_a_metrics_token_keeps_scrapers_without_it_out(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    token = "m" * 24
+    server = MetricsServer("127.0.0.1", 0, token=token)
+
+    async def scenario() -> list[int]:
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}/metrics"
+
+        def status(headers: dict[str, str]) -> int:
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        try:
+            return [await asyncio.to_thread(status, h) for h in (
+                {}, {"Authorization": "Bearer " + "x" * 24}, {"Authorization": f"Bearer {token}"})]
+        finally:
+            await server.stop()
+
+    assert asyncio.run(scenario()) == [401, 401, 200]
