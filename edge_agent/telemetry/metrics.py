@@ -1,8 +1,8 @@
 """Every Prometheus metric the daemon exports, defined in one place.
 
 Components import the metric they update from here; ``/metrics`` serves :data:`REGISTRY`. A dedicated
-registry (not prometheus_client's global one) keeps the process collector's names out of the way and
-lets tests read values through :func:`sample`.
+registry (not prometheus_client's global one) holds exactly these plus the process collector, and lets
+tests read values through :func:`sample`.
 """
 
 from __future__ import annotations
