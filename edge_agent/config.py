@@ -13,9 +13,17 @@ import stat
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.errors import ConfigError
 
@@ -199,35 +207,33 @@ class MqttSettings(Section):
     message_expiry_days: float = Field(30.0, gt=0.0)
 
 
+def _empty_means_none(value: object) -> object:
+    return None if value == "" else value
+
+
+# A file a key may leave unset: in TOML (which has no null) an empty string unsets it.
+OptionalFile = Annotated[Path | None, BeforeValidator(_empty_means_none)]
+
+
 class WebSettings(Section):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=1, le=65535)
-    token_file: Path | None = Field(
+    token_file: OptionalFile = Field(
         Path("/etc/edge-agent/secrets/web.token"),
         description="Token required from any address but loopback; empty means only loopback may look.",
     )
     default_language: Literal["zh-CN", "en"] = "zh-CN"
-
-    @field_validator("token_file", mode="before")
-    @classmethod
-    def _empty_means_none(cls, value: object) -> object:
-        return None if value == "" else value
 
 
 class MetricsSettings(Section):
     enabled: bool = True
     host: str = "0.0.0.0"
     port: int = Field(9108, ge=1, le=65535)
-    token_file: Path | None = Field(
+    token_file: OptionalFile = Field(
         None, description="When set, /metrics needs 'Authorization: Bearer <token>' from the scraper."
     )
     telemetry_interval_s: float = Field(5.0, ge=0.5)
-
-    @field_validator("token_file", mode="before")
-    @classmethod
-    def _empty_means_none(cls, value: object) -> object:
-        return None if value == "" else value
 
 
 class LoggingSettings(Section):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_agent.config import CameraSettings
 from edge_agent.errors import CameraError
 from edge_agent.telemetry import metrics
 from edge_agent.vision.sources import FrameSource, open_source
@@ -83,6 +84,19 @@ class Camera:
         self._reading_since: float | None = None  # monotonic start of the read in progress
         self._abandoned: threading.Thread | None = None  # a replaced grabber still inside its read
         self.on_beat: Callable[[], None] = lambda: None
+
+    @classmethod
+    def from_settings(cls, settings: CameraSettings, opener: Opener | None = None) -> Camera:
+        """The camera the ``[camera]`` section describes (the daemon's, and the calibration tool's)."""
+        return cls(
+            settings.source,
+            width=settings.width,
+            height=settings.height,
+            reconnect_min_s=settings.reconnect_min_s,
+            reconnect_max_s=settings.reconnect_max_s,
+            stall_timeout_s=settings.stall_timeout_s,
+            opener=opener,
+        )
 
     def start(self) -> None:
         self._stop.clear()

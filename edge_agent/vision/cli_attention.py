@@ -215,10 +215,7 @@ def _analyse_inputs(
 def _camera_frames(config: Config, seconds: float) -> Iterator[tuple[str, np.ndarray]]:
     """The configured camera's newest frame once a second for ``seconds``, taken as the daemon takes them
     (its grabber keeps only the latest frame, a video file plays in real time); never written anywhere."""
-    settings = config.camera
-    camera = Camera(settings.source, width=settings.width, height=settings.height,
-                    reconnect_min_s=settings.reconnect_min_s, reconnect_max_s=settings.reconnect_max_s,
-                    stall_timeout_s=settings.stall_timeout_s)
+    camera = Camera.from_settings(config.camera)
     camera.start()
     try:
         deadline = time.monotonic() + seconds

@@ -102,15 +102,7 @@ class AttentionComponent:
         self.analyser = FrameAnalyser(
             detector, make_pose(attention_settings, pose_engines), rules_from(attention_settings)
         )
-        self.camera = Camera(
-            camera_settings.source,
-            width=camera_settings.width,
-            height=camera_settings.height,
-            reconnect_min_s=camera_settings.reconnect_min_s,
-            reconnect_max_s=camera_settings.reconnect_max_s,
-            stall_timeout_s=camera_settings.stall_timeout_s,
-            opener=opener,
-        )
+        self.camera = Camera.from_settings(camera_settings, opener)
         self.loop: AttentionLoop | None = None
 
     async def start(self) -> None:
