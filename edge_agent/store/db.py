@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -84,30 +86,56 @@ def translate(exc: sqlite3.Error, path: Path) -> StoreError:
 
 
 def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> None:
-    """Start the fresh database's message seq above every seq the damaged one may have sent.
+    """Carry the damaged database's message sequence and store id over to the fresh one, if they read.
 
-    The cloud deduplicates by (device, seq): restarting at 1 would make it drop new aggregates as
-    repeats. The old counter is salvaged when the damaged file still reads; otherwise the wall clock in
-    milliseconds is a floor no earlier counter reaches. The receiver then reports one honest gap for what
-    was lost with the damaged file.
+    The cloud deduplicates by (device, store, seq): restarting at seq 1 under the old store id would make
+    it drop new aggregates as repeats. When the damaged file does not read, the fresh one gets a store id
+    of its own (_store_id) and starts at seq 1: a new sequence, which the receiver keeps apart.
     """
-    salvaged = 0
     try:
         old = sqlite3.connect(f"file:{quarantined}?mode=ro", uri=True)
         try:
-            row = old.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
-            salvaged = int(row[0]) if row else 0
+            meta = dict(old.execute("SELECT key, value FROM meta WHERE key IN ('next_seq', 'store_id')"))
         finally:
             old.close()
+        salvaged = int(meta.get("next_seq", 0))
     except (sqlite3.Error, ValueError):
-        salvaged = 0
-    floor = salvaged if salvaged > 1 else int(time.time() * 1000)
+        log.warning("the damaged database's message sequence does not read: a new sequence starts")
+        return
+    if salvaged > 1:
+        _set_meta(conn, "next_seq", str(salvaged))
+        store = meta.get("store_id")
+        if isinstance(store, str) and STORE_ID_RE.fullmatch(store):
+            _set_meta(conn, "store_id", store)
+        log.warning("message sequence continues at %s after the damaged database", salvaged)
+
+
+STORE_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def _store_id(conn: sqlite3.Connection) -> str:
+    """This database's id, made once when it is created: the scope of its message sequence.
+
+    A board re-imaged or replaced under the same device id starts a new database, and with it seq 1; the
+    store id tells the cloud that this is a new sequence, not a repeat of the old one's first items.
+    A database that numbered messages before store ids existed keeps "" (no id): its sequence goes on
+    where the cloud has it.
+    """
+    row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+    if row is not None and STORE_ID_RE.fullmatch(str(row[0])):
+        return str(row[0])
+    if conn.execute("SELECT 1 FROM meta WHERE key = 'next_seq'").fetchone() is not None:
+        return ""
+    store = uuid.uuid4().hex
+    _set_meta(conn, "store_id", store)
+    return store
+
+
+def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
     conn.execute(
-        "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
-        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (str(floor),),
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
     )
-    log.warning("message sequence continues at %s after the damaged database", floor)
 
 
 class Database:
@@ -132,6 +160,7 @@ class Database:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = threading.Event()
+        self.store_id = ""  # set by open(): see _store_id
         self.report: OpenReport | None = None
 
     # -- opening -------------------------------------------------------------------------------------
@@ -199,6 +228,7 @@ class Database:
             applied = migrate(conn)
             if quarantined is not None:
                 _continue_sequence(conn, quarantined)
+            self.store_id = _store_id(conn)
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
         alert = None

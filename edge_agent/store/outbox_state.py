@@ -2,7 +2,7 @@
 
 A row lives ``pending`` → ``inflight`` (handed to MQTT) → deleted (its PUBACK arrived). A lost connection
 or a crash returns ``inflight`` rows to ``pending``; they are sent again and the receiver deduplicates
-by (device, seq). Only ``pending`` rows may be dropped (limits, age, expiry): an ``inflight`` row may
+by (device, store, seq). Only ``pending`` rows may be dropped (limits, age, expiry): an ``inflight`` row may
 already be at the broker, and dropping it would only hide that from the counters.
 Expiry (a row past its MQTT expiry or ``store.max_age_days``, never one stamped before ``CLOCK_FLOOR``) is
 done in SQL by ``Outbox._expire`` and tested there on a real database.

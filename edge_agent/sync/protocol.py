@@ -2,11 +2,12 @@
 
 A message carries one or more items of one stream (several while draining a backlog)::
 
-    {"v": 1, "tenant": ..., "site": ..., "device": ..., "stream": ..., "sent_at": epoch,
+    {"v": 1, "tenant": ..., "site": ..., "device": ..., "stream": ..., "store": hex, "sent_at": epoch,
      "items": [{"seq": int, "id": message_id, "at": epoch, "data": {...}}, ...]}
 
-``seq`` is per device, gap-free as allocated, so a receiver deduplicates by (device, seq) and any hole
-is a real loss (a counted drop on the board).
+``seq`` is per board database (``store``), gap-free as allocated, so a receiver deduplicates by
+(device, store, seq) and any hole is a real loss (a counted drop on the board). Boards of releases before
+the store id send none; it reads as "".
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,7 @@ from edge_agent.errors import InputRejected
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
+STORE_RE = re.compile(r"[A-Za-z0-9_.-]{0,64}")  # "" for boards that predate it
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,13 @@ class Envelope:
     site: str
     device: str
     stream: str
+    store: str = ""  # the board database's id (Database.store_id): the scope of its seq
 
 
 def encode_message(envelope: Envelope, items: Sequence[Item], sent_at: float) -> bytes:
     head = json.dumps(
         {"v": SCHEMA_VERSION, "tenant": envelope.tenant, "site": envelope.site, "device": envelope.device,
-         "stream": envelope.stream, "sent_at": round(sent_at, 3)},
+         "stream": envelope.stream, "store": envelope.store, "sent_at": round(sent_at, 3)},
         separators=(",", ":"),
     )
     parts = [
@@ -71,6 +75,7 @@ class DecodedMessage:
     stream: str
     sent_at: float
     items: list[DecodedItem]
+    store: str = ""
 
 
 def _require(cond: bool, message: str) -> None:
@@ -95,6 +100,9 @@ def decode_message(payload: bytes) -> DecodedMessage:
     _require(isinstance(items, list) and bool(items), "items missing")
     sent_at = doc.get("sent_at")
     _require(_is_time(sent_at), "sent_at missing or not a finite number")
+    store = doc.get("store", "")
+    _require(isinstance(store, str) and STORE_RE.fullmatch(store) is not None,
+             "store is not an id of up to 64 letters, digits, '.', '_' or '-'")
     decoded = []
     for item in items:
         _require(isinstance(item, dict), "item is not an object")
@@ -105,7 +113,7 @@ def decode_message(payload: bytes) -> DecodedMessage:
         _require(_is_time(at), "item time invalid")
         _require("data" in item, "item data missing")
         decoded.append(DecodedItem(seq, mid, float(at), item["data"]))
-    return DecodedMessage(tenant, site, device, stream, float(sent_at), decoded)
+    return DecodedMessage(tenant, site, device, stream, float(sent_at), decoded, store)
 
 
 def _is_time(value: object) -> bool:

@@ -3,7 +3,7 @@
 One thread owns everything here: it connects (with exponential backoff and jitter), claims pending rows,
 publishes them QoS 1 with at most ``inflight_max`` messages unacknowledged, and deletes a row only when
 its PUBACK arrives. When the connection drops, rows in flight return to pending and are sent again on the
-next connection; the receiver deduplicates by (device, seq). Every wait is bounded.
+next connection; the receiver deduplicates by (device, store, seq). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -249,7 +249,9 @@ class Publisher:
 
     def _publish(self, conn: MqttConnection, stream: str, rows: list[OutboxRow]) -> None:
         now = time.time()
-        envelope = Envelope(self.device.tenant, self.device.site, self.device.device_id, stream)
+        envelope = Envelope(
+            self.device.tenant, self.device.site, self.device.device_id, stream, self.outbox.db.store_id
+        )
         payload = encode_message(
             envelope, [Item(r.seq, r.message_id, r.created_at, r.payload) for r in rows], now
         )
@@ -276,7 +278,8 @@ class Publisher:
     def _send_heartbeat(self, conn: MqttConnection, now: float) -> None:
         status = self.outbox.status()
         doc = {
-            "v": 1, "device": self.device.device_id, "at": round(now, 3), "backlog": status["backlog"],
+            "v": 1, "device": self.device.device_id, "store": self.outbox.db.store_id, "at": round(now, 3),
+            "backlog": status["backlog"],
             "oldest_age_s": status["oldest_age_s"], "drops": status["drops"],
             "health": self._health_summary() if self._health_summary else {},
         }

@@ -1,4 +1,5 @@
-"""The reference cloud receiver: subscribes ``edge/#``, deduplicates by (device, seq), stores, finds gaps.
+"""The reference cloud receiver: subscribes ``edge/#``, deduplicates by (device, store, seq), stores, finds
+gaps.
 
 Run it next to a broker to see what boards deliver::
 
@@ -29,14 +30,16 @@ from edge_agent.sync.protocol import backoff_delay, decode_message, missing_rang
 
 log = logging.getLogger(__name__)
 
+# store: the board database's id (protocol.py); "" for boards that predate it
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
-    device TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, message_id TEXT NOT NULL,
-    created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL, PRIMARY KEY (device, seq));
+    device TEXT NOT NULL, store TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
+    message_id TEXT NOT NULL, created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (device, store, seq));
 CREATE TABLE IF NOT EXISTS conflicts (
-    device TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, message_id TEXT NOT NULL,
-    created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (device, seq, message_id));
+    device TEXT NOT NULL, store TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
+    message_id TEXT NOT NULL, created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (device, store, seq, message_id));
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY, status TEXT, status_at REAL, heartbeat TEXT, heartbeat_at REAL,
     duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
@@ -52,6 +55,7 @@ class Receiver:
         self.topic = topic
         self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode = WAL")  # one fsync per message, before its PUBACK
+        _add_store_column(self._conn)
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -142,27 +146,31 @@ class Receiver:
         if (message.tenant, message.site, message.device, message.stream) != tuple(parts[1:]):
             self._reject(device, "topic and payload disagree on tenant, site, device or stream")
             return
-        self._store(message.device, message.stream, message.items, now)
+        self._store(message.device, message.store, message.stream, message.items, now)
 
-    def _store(self, device: str, stream: str, items: list[Any], now: float) -> None:
+    def _store(self, device: str, store: str, stream: str, items: list[Any], now: float) -> None:
         with self._lock:
             self._conn.execute("BEGIN")
             repeats = 0
             for item in items:
-                row = (device, item.seq, stream, item.message_id, item.created_at, now,
+                row = (device, store, item.seq, stream, item.message_id, item.created_at, now,
                        json.dumps(item.data, separators=(",", ":")))
-                added = self._conn.execute("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+                added = self._conn.execute("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
                 if added.rowcount:
                     continue
                 held = self._conn.execute(
-                    "SELECT message_id FROM items WHERE device = ? AND seq = ?", (device, item.seq)
+                    "SELECT message_id FROM items WHERE device = ? AND store = ? AND seq = ?",
+                    (device, store, item.seq),
                 ).fetchone()
                 if held is not None and held[0] == item.message_id:
                     repeats += 1  # QoS 1 redelivery
                 else:
                     # The same seq with another id is new data from a board whose sequence started
-                    # again (re-imaged, or replaced under its id): kept apart, never taken for a repeat.
-                    self._conn.execute("INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+                    # again without a new store id (a release before store ids, re-imaged or replaced
+                    # under its device id): kept apart, never taken for a repeat.
+                    self._conn.execute(
+                        "INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row
+                    )
                     log.warning("receiver: %s seq %s arrived again with another id", device, item.seq)
             if repeats:
                 self._conn.execute("UPDATE devices SET duplicates = duplicates + ? WHERE device = ?",
@@ -179,10 +187,23 @@ class Receiver:
 
     # -- queries -------------------------------------------------------------------------------------
 
-    def seqs(self, device: str) -> list[int]:
+    def seqs(self, device: str, store: str | None = None) -> list[int]:
+        """The device's seqs, of one store or (by default) of its current one: the store of the item
+        received last."""
         with self._lock:
-            rows = self._conn.execute("SELECT seq FROM items WHERE device = ? ORDER BY seq", (device,))
+            if store is None:
+                store = self._current_store(device)
+            rows = self._conn.execute(
+                "SELECT seq FROM items WHERE device = ? AND store = ? ORDER BY seq", (device, store)
+            )
             return [int(r[0]) for r in rows]
+
+    def _current_store(self, device: str) -> str:
+        row = self._conn.execute(
+            "SELECT store FROM items WHERE device = ? ORDER BY received_at DESC, rowid DESC LIMIT 1",
+            (device,),
+        ).fetchone()
+        return "" if row is None else str(row[0])
 
     def count(self, device: str) -> int:
         with self._lock:
@@ -190,14 +211,19 @@ class Receiver:
             return int(row[0])
 
     def items(self, device: str) -> list[tuple[int, str, Any]]:
+        """Every store's items, oldest store first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT seq, stream, data FROM items WHERE device = ? ORDER BY seq", (device,)
+                "SELECT seq, stream, data FROM items WHERE device = ? "
+                "ORDER BY (SELECT min(received_at) FROM items AS i WHERE i.device = items.device "
+                "AND i.store = items.store), store, seq",
+                (device,),
             ).fetchall()
         return [(int(seq), str(stream), json.loads(data)) for seq, stream, data in rows]
 
     def report(self, device: str) -> dict[str, Any]:
-        seqs = self.seqs(device)
+        """Delivery per device. ``unique``, ``gaps`` and ``max_seq`` are those of its current store (the
+        database it sends from now); ``stores`` lists each one it has used, oldest first."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT status, duplicates, rejected, heartbeat FROM devices WHERE device = ?", (device,)
@@ -205,11 +231,22 @@ class Receiver:
             conflicts = self._conn.execute(
                 "SELECT count(*) FROM conflicts WHERE device = ?", (device,)
             ).fetchone()[0]
+            stores = [str(r[0]) for r in self._conn.execute(
+                "SELECT store FROM items WHERE device = ? GROUP BY store ORDER BY min(received_at)", (device,)
+            )]
+            current = self._current_store(device)
+        per_store = []
+        for store in stores:
+            seqs = self.seqs(device, store)
+            per_store.append({"store": store, "unique": len(seqs), "max_seq": seqs[-1],
+                              "gaps": missing_ranges(seqs)})
+        latest = next((s for s in per_store if s["store"] == current),
+                      {"store": current, "unique": 0, "max_seq": 0, "gaps": []})
         status, duplicates, rejected, heartbeat = row if row else (None, 0, 0, None)
         return {
-            "device": device, "unique": len(seqs), "max_seq": seqs[-1] if seqs else 0,
-            "gaps": missing_ranges(seqs), "duplicates": int(duplicates), "rejected": int(rejected),
-            "conflicts": int(conflicts),
+            "device": device, "store": current, "unique": latest["unique"], "max_seq": latest["max_seq"],
+            "gaps": latest["gaps"], "stores": per_store, "duplicates": int(duplicates),
+            "rejected": int(rejected), "conflicts": int(conflicts),
             "status": status, "heartbeat": json.loads(heartbeat) if heartbeat else None,
         }
 
@@ -218,12 +255,34 @@ class Receiver:
             return [str(r[0]) for r in self._conn.execute("SELECT device FROM devices ORDER BY device")]
 
     def wait_for_count(self, device: str, count: int, timeout: float) -> bool:
+        """Until the device has ``count`` items in all its stores together."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.count(device) >= count:
                 return True
             time.sleep(0.05)
         return self.count(device) >= count
+
+
+def _add_store_column(conn: sqlite3.Connection) -> None:
+    """A receiver database from before store ids: rebuild its two tables with the column, as "" (the
+    primary key changes, which ALTER TABLE cannot do)."""
+    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(items)")}
+    if not columns or "store" in columns:
+        return
+    conn.execute("BEGIN")
+    for table in ("items", "conflicts"):
+        conn.execute(f"ALTER TABLE {table} RENAME TO {table}_before_store")
+    for statement in _SCHEMA.split(";"):  # not executescript: it would commit the open transaction
+        conn.execute(statement)
+    for table in ("items", "conflicts"):
+        conn.execute(
+            f"INSERT INTO {table} SELECT device, '', seq, stream, message_id, created_at, received_at, data "
+            f"FROM {table}_before_store"
+        )
+        conn.execute(f"DROP TABLE {table}_before_store")
+    conn.execute("COMMIT")
+    log.info("receiver database: added the store column to items and conflicts")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,38 @@ def test_every_connection_keeps_its_page_cache_to_the_configured_size(state_dir:
         db.close()
 
 
+def test_a_database_keeps_its_store_id_across_restarts_and_a_new_one_gets_another(state_dir: Path) -> None:
+    ids = []
+    for path in ("a.db", "a.db", "b.db"):
+        db = Database(state_dir / path, StoreSettings())
+        db.open()
+        ids.append(db.store_id)
+        db.close()
+    assert ids[0] == ids[1] != ids[2] and all(len(i) == 32 for i in ids)
+
+
+def test_a_database_that_numbered_messages_before_store_ids_keeps_its_sequence_without_one(
+    state_dir: Path,
+) -> None:
+    # The demo found it: an upgraded board got an id at seq 26, and the cloud saw seqs 1-25 missing.
+    path = state_dir / "edge-agent.db"
+    db = Database(path, StoreSettings())
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    for i in range(3):
+        box.enqueue("attention", {"i": i}).result(5)
+    db.write(lambda c: c.execute("DELETE FROM meta WHERE key = 'store_id'")).result(5)  # the old release
+    db.close()
+    again = Database(path, StoreSettings())
+    again.open()
+    try:
+        assert again.store_id == ""
+        box = Outbox(again, DeviceSettings(), StoreSettings(), MqttSettings())
+        assert box.enqueue("attention", {"i": 3}).result(5) == 4
+    finally:
+        again.close()
+
+
 def test_close_flushes_queued_writes(state_dir: Path) -> None:
     db = Database(state_dir / "flush.db", StoreSettings())
     db.open()
@@ -104,7 +136,7 @@ def test_close_flushes_queued_writes(state_dir: Path) -> None:
         db.write(lambda c, i=i: c.execute("INSERT INTO meta VALUES (?, '')", (f"k{i}",)))
     assert db.close(10)
     conn = sqlite3.connect(state_dir / "flush.db")
-    assert conn.execute("SELECT count(*) FROM meta").fetchone()[0] == 500
+    assert conn.execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone()[0] == 500
     conn.close()
     late = db.write(lambda c: None)
     with pytest.raises(StoreError, match="not open"):
@@ -131,6 +163,7 @@ def test_a_corrupt_database_is_quarantined_and_replaced(state_dir: Path, damage:
     for i in range(300):
         box.enqueue("attention", {"i": i, "pad": "x" * 200})
     db.close()
+    old_store = db.store_id
     data = bytearray(path.read_bytes())
     if damage == "garbage":
         data[:100] = b"\x00" * 100  # the header: "file is not a database"
@@ -148,8 +181,11 @@ def test_a_corrupt_database_is_quarantined_and_replaced(state_dir: Path, damage:
         assert metrics.sample("edge_alerts_total", {"kind": "store_corrupt"}) == before + 1
         fresh = Outbox(again, DeviceSettings(), StoreSettings(), MqttSettings())
         fresh.open()
-        # The cloud deduplicates by (device, seq): the fresh file must not reuse the old seqs 1..300.
-        assert fresh.enqueue("attention", {"ok": True}).result(5) > 300
+        # The cloud deduplicates by (device, store, seq): the fresh file must not reuse the old seqs
+        # 1..300 under the old store id. Salvaged, both continue; otherwise a new store starts at 1.
+        seq = fresh.enqueue("attention", {"ok": True}).result(5)
+        assert (again.store_id, seq) == (old_store, 301) or (len(again.store_id), seq) == (32, 1)
+        assert again.store_id != old_store or damage == "truncated_page"
     finally:
         again.close()
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import DeviceSettings, MqttSettings
+from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
 from edge_agent.live import LiveBoard
+from edge_agent.store.db import Database
 from edge_agent.store.outbox import Outbox
 from edge_agent.sync.commands import CommandDispatcher
 from edge_agent.sync.component import SyncComponent
@@ -80,7 +81,8 @@ def test_every_message_arrives_once_in_batches_within_the_window(
         assert 1 <= CountingConnection.peak <= 5
         assert wait_until(lambda: outbox.backlog == 0, 5)
         assert publisher.status()["connected"] and publisher.status()["last_success"] is not None
-        assert receiver.report(DEVICE)["heartbeat"]["backlog"] >= 0
+        heartbeat = receiver.report(DEVICE)["heartbeat"]
+        assert heartbeat["backlog"] >= 0 and heartbeat["store"] == outbox.db.store_id
         data = receiver.items(DEVICE)
         assert data[0] == (1, "attention", {"i": 0}) and data[-1] == (601, "learning", {"done": True})
     finally:
@@ -404,10 +406,45 @@ def test_the_receiver_cli_stores_messages(broker: Broker, tmp_path: Path) -> Non
     )
 
 
+def test_a_board_re_imaged_under_its_device_id_sends_a_new_sequence_that_arrives_whole(
+    broker: Broker, outbox: Outbox, tmp_path: Path
+) -> None:
+    # The old image's database and the new one's both start at seq 1; only the store id tells them apart.
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    reimaged = Database(tmp_path / "reimaged" / "edge-agent.db", StoreSettings())
+    reimaged.open()
+    fresh = Outbox(reimaged, DeviceSettings(), StoreSettings(), MqttSettings())
+    fresh.open()
+    assert outbox.db.store_id != reimaged.store_id
+    try:
+        for box, lesson in ((outbox, "before"), (fresh, "after")):
+            for i in range(3):
+                box.enqueue("kt_class", {"lesson": lesson, "i": i}).result(5)
+            publisher = Publisher(box, DeviceSettings(), settings)
+            publisher.start()
+            try:
+                assert wait_until(lambda box=box: box.backlog == 0, 10)
+            finally:
+                publisher.stop()
+        assert receiver.wait_for_count(DEVICE, 6, 10), receiver.report(DEVICE)
+        report = receiver.report(DEVICE)
+        assert report["conflicts"] == 0 and report["duplicates"] == 0
+        assert report["store"] == reimaged.store_id and report["max_seq"] == 3 and report["gaps"] == []
+        assert [(s["store"], s["unique"], s["gaps"]) for s in report["stores"]] == [
+            (outbox.db.store_id, 3, []), (reimaged.store_id, 3, [])
+        ]
+        assert [data["lesson"] for _, _, data in receiver.items(DEVICE)] == ["before"] * 3 + ["after"] * 3
+    finally:
+        reimaged.close()
+        receiver.stop()
+
+
 def test_a_seq_that_comes_again_with_another_id_is_kept_apart_not_taken_for_a_repeat(
     broker: Broker, tmp_path: Path
 ) -> None:
-    # A board re-imaged under its device id starts its sequence at 1 again: its data must not vanish.
+    # A board of a release before store ids, re-imaged under its device id, starts its sequence at 1
+    # again under the same (empty) store: its data must not vanish.
     settings = plain_settings(broker)
     receiver = Receiver(tmp_path / "recv.db", settings).start()
     sender = MqttConnection(settings, "board", "", lambda *_: None, will=False)

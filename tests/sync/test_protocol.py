@@ -34,6 +34,23 @@ def test_a_batch_round_trips_with_seq_id_and_data() -> None:
     ]
 
 
+def test_the_store_id_round_trips_and_a_message_without_one_reads_as_the_empty_store() -> None:
+    envelope = Envelope("t", "s", "board-1", "attention", "ab" * 16)
+    raw = encode_message(envelope, [Item(1, "a", 1.0, "{}")], 2.0)
+    assert decode_message(raw).store == "ab" * 16
+    doc = json.loads(raw)
+    del doc["store"]  # a board of a release before store ids
+    assert decode_message(json.dumps(doc).encode()).store == ""
+
+
+@pytest.mark.parametrize("store", [7, None, ["a"], "x" * 65, "a/b", "a b", "仓"])
+def test_a_malformed_store_id_is_rejected_naming_the_field(store: object) -> None:
+    doc = json.loads(encode_message(ENV, [Item(1, "a", 1.0, "{}")], 2.0))
+    doc["store"] = store
+    with pytest.raises(InputRejected, match="store"):
+        decode_message(json.dumps(doc).encode())
+
+
 @pytest.mark.parametrize(
     "raw",
     [

@@ -1,0 +1,56 @@
+"""The reference receiver's database, without a broker: stores and the upgrade of an older file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from edge_agent.config import MqttSettings
+from edge_agent.sync.protocol import Envelope, Item, encode_message
+from edge_agent.sync.receiver import Receiver
+
+OLD_SCHEMA = """
+CREATE TABLE items (
+    device TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, message_id TEXT NOT NULL,
+    created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL, PRIMARY KEY (device, seq));
+CREATE TABLE conflicts (
+    device TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, message_id TEXT NOT NULL,
+    created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (device, seq, message_id));
+CREATE TABLE devices (
+    device TEXT PRIMARY KEY, status TEXT, status_at REAL, heartbeat TEXT, heartbeat_at REAL,
+    duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
+INSERT INTO devices (device) VALUES ('b1');
+INSERT INTO items VALUES ('b1', 1, 'kt_class', 'aaa', 1.0, 1.0, '{"n":1}');
+INSERT INTO items VALUES ('b1', 2, 'kt_class', 'bbb', 2.0, 2.0, '{"n":2}');
+INSERT INTO conflicts VALUES ('b1', 1, 'kt_class', 'ccc', 3.0, 3.0, '{"n":3}');
+"""
+
+
+def _message(store: str, seq: int, message_id: str, n: int) -> bytes:
+    envelope = Envelope("t", "s", "b1", "kt_class", store)
+    return encode_message(envelope, [Item(seq, message_id, 5.0, f'{{"n":{n}}}')], 5.0)
+
+
+def test_a_receiver_database_from_before_store_ids_is_upgraded_keeping_every_item(tmp_path: Path) -> None:
+    path = tmp_path / "received.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+    receiver = Receiver(path, MqttSettings())
+    try:
+        report = receiver.report("b1")
+        assert (report["store"], report["unique"], report["gaps"], report["conflicts"]) == ("", 2, [], 1)
+        # The board, upgraded, now sends from its store: seq 1 there is new data, not a repeat.
+        receiver._take("edge/t/s/b1/kt_class", _message("f" * 32, 1, "ddd", 4))
+        receiver._take("edge/t/s/b1/kt_class", _message("f" * 32, 1, "ddd", 4))  # QoS 1 redelivery
+        report = receiver.report("b1")
+        assert (report["store"], report["unique"], report["duplicates"], report["conflicts"]) == (
+            "f" * 32, 1, 1, 1
+        )
+        assert [s["store"] for s in report["stores"]] == ["", "f" * 32]
+        assert [data["n"] for _, _, data in receiver.items("b1")] == [1, 2, 4]
+    finally:
+        receiver.stop()
+    Receiver(path, MqttSettings()).stop()  # opening an upgraded file again changes nothing
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 3
