@@ -39,10 +39,12 @@ class LessonWindow:
         self.activity[minute] = self.activity.get(minute, 0) + 1
 
     def due(self, now: float, window_s: float) -> bool:
-        return now >= self.started + window_s
+        # A clock stepped back by more than a window (an RTC that ran ahead, then NTP) would otherwise
+        # keep this window open, unsent, until the clock caught up with it: hours or days.
+        return now >= self.started + window_s or now < self.started - window_s
 
     def idle(self, now: float, gap_s: float) -> bool:
-        return now >= self.last + gap_s
+        return now >= self.last + gap_s or now < self.last - gap_s
 
     def copy(self) -> LessonWindow:
         """A snapshot to summarise outside the caller's lock (the probability arrays are never mutated)."""

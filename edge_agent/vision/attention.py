@@ -162,10 +162,16 @@ class WindowAggregator:
     def _window_start(self, t: float) -> float:
         return math.floor(t / self.window_s) * self.window_s
 
+    def _ended(self, start: float) -> bool:
+        """Whether a frame of the window at ``start`` ends the open one: a later window, or the clock
+        stepped back by more than a window (else the open one would stay open until it caught up)."""
+        assert self._current is not None
+        return start > self._current.start or start < self._current.start - self.window_s
+
     def add(self, t: float, faces: int, attentive: int) -> list[dict[str, Any]]:
         closed = []
         start = self._window_start(t)
-        if self._current is not None and start > self._current.start:
+        if self._current is not None and self._ended(start):
             closed.append(self._close())
         if self._current is None:
             self._current = _Window(start)
@@ -178,7 +184,7 @@ class WindowAggregator:
 
     def expire(self, t: float) -> list[dict[str, Any]]:
         """Close the open window once ``t`` is past its end, even when no frame came (camera down)."""
-        if self._current is not None and self._window_start(t) > self._current.start:
+        if self._current is not None and self._ended(self._window_start(t)):
             return [self._close()]
         return []
 

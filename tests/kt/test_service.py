@@ -265,6 +265,28 @@ def test_the_teachers_lesson_runs_on_across_synced_windows_and_ends_after_a_brea
         svc.stop()
 
 
+def test_a_clock_stepped_far_back_closes_the_open_window_instead_of_holding_it_until_it_catches_up(
+    package, engine, pseudonymize
+) -> None:
+    now = [1_800_000_000.0]
+    settings = KTSettings(min_group_size=3, lesson_window_s=60.0, microbatch_wait_ms=0.0)
+    svc = KTService(package, engine, settings, pseudonymize, clock=lambda: now[0])
+    svc.start()
+    try:
+        for n in range(6):
+            svc.submit([_answer(package, pseudonymize, f"s{n % 3}", f"a{n}", n, n % 2)]).result(5)
+        now[0] -= 30  # NTP corrects a small offset: the window stays open
+        assert svc.close_lesson_if_due() is None
+        now[0] -= 3600  # an RTC that ran an hour ahead: before, this window waited an hour to be sent
+        closed = svc.close_lesson_if_due()
+        assert closed is not None and closed["answers"] == 6
+        assert closed["lesson_started"] == 1_800_000_000.0
+        svc.submit([_answer(package, pseudonymize, "s0", "b0", 1, 1)]).result(5)
+        assert svc.class_summary()["lesson_started"] == now[0]  # a new lesson on the corrected clock
+    finally:
+        svc.stop()
+
+
 def test_engine_failure_answers_503_and_thread_survives(package, kt_settings, pseudonymize) -> None:
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 

@@ -118,3 +118,14 @@ def test_window_closes_on_time_even_without_frames():
     (closed,) = agg.expire(12.0)
     assert closed["start"] == 0.0 and closed["frames"] == 1
     assert agg.expire(30.0) == []
+
+
+def test_a_clock_stepped_far_back_closes_the_open_window_and_a_small_step_does_not():
+    agg = WindowAggregator(window_s=60.0, min_faces=1)
+    agg.add(1_800_000_010.0, 4, 4)
+    assert agg.add(1_800_000_005.0, 4, 2) == []  # NTP slews a few seconds back: same window
+    assert agg.expire(1_799_999_990.0) == []  # stepped back less than a window: still open
+    (closed,) = agg.expire(1_799_996_400.0)  # an hour back: sent now, not in an hour
+    assert closed["start"] == 1_800_000_000.0 and closed["frames"] == 2
+    assert agg.add(1_799_996_401.0, 3, 3) == []  # the next window is on the corrected clock
+    assert agg.current_partial()["start"] == 1_799_996_400.0  # type: ignore[index]
