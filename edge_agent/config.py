@@ -107,6 +107,11 @@ class KTSettings(Section):
         2048, ge=1, le=100_000, description="Answers waiting for inference; more get HTTP 503."
     )
     feedback_timeout_s: float = Field(10.0, gt=0.0, description="An answer not done by then gets HTTP 503.")
+    max_students: int = Field(
+        10_000, ge=100, le=1_000_000,
+        description="Student states kept (about 1.3 KB of memory each); beyond it the one not seen "
+        "longest is forgotten and starts again from the model's prior.",
+    )
 
 
 class UpdateSettings(Section):

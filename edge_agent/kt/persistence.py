@@ -26,8 +26,10 @@ class StatePersistence:
 
     def load_states(self, hidden: int, skills: int) -> dict[str, StudentState]:
         """Every stored state that fits the model; damaged or foreign-shaped ones are skipped and counted."""
-        rows = self.db.read(
-            lambda conn: conn.execute("SELECT student, state, answers FROM kt_student_state").fetchall()
+        rows = self.db.read(  # oldest first: the service forgets from the front when over its limit
+            lambda conn: conn.execute(
+                "SELECT student, state, answers FROM kt_student_state ORDER BY updated_at"
+            ).fetchall()
         )
         states: dict[str, StudentState] = {}
         skipped = 0
@@ -59,10 +61,17 @@ class StatePersistence:
         return self.db.read(query)
 
     def save(
-        self, states: Iterable[tuple[str, StudentState]], events: Iterable[tuple[str, float]], now: float
+        self,
+        states: Iterable[tuple[str, StudentState]],
+        events: Iterable[tuple[str, float]],
+        now: float,
+        forget: Sequence[str] = (),
     ) -> Future[None]:
+        """Upsert ``states``, record ``events`` and delete the states of the students in ``forget``, in one
+        transaction."""
         state_rows = [(s, st.to_bytes(), st.answers, now) for s, st in states]
         event_rows = list(events)
+        forget_rows = [(s,) for s in forget]
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -74,6 +83,7 @@ class StatePersistence:
             conn.executemany(
                 "INSERT OR IGNORE INTO kt_applied_events(event_key, applied_at) VALUES (?, ?)", event_rows
             )
+            conn.executemany("DELETE FROM kt_student_state WHERE student = ?", forget_rows)  # after: wins
 
         return self.db.write(run)
 

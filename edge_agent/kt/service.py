@@ -131,7 +131,9 @@ class KTService:
         self._prior = np.asarray(package.prior_success, dtype=np.float32)
         self._bank = ItemBank(items_by_skill(package))
         self._skill_text = _skill_text(package)
-        self._states: dict[str, StudentState] = {}
+        # least recently answered first: over settings.max_students the front is forgotten (_forget_oldest)
+        self._states: OrderedDict[str, StudentState] = OrderedDict()
+        self._forget_logged = 0.0  # monotonic time of the last "forgot students" warning
         # with a store, memory covers the recent keys (and those not committed yet), SQLite the week;
         # memory then stays flat however many answers a board takes between restarts
         self._applied = AppliedEvents(RECENT_KEEP_S if persistence is not None else EVENT_KEEP_S)
@@ -152,9 +154,13 @@ class KTService:
     # -- lifecycle (called by the component) ---------------------------------------------------------
 
     def load(self, states: dict[str, StudentState]) -> None:
-        """Stored states, before ``start``."""
+        """Stored states, oldest first, before ``start``; beyond ``max_students`` the oldest are forgotten
+        here and in the store."""
         with self._lock:
             self._states.update(states)
+            forgotten = self._forget_oldest()
+        if forgotten and self._persistence is not None:
+            self._persistence.save((), (), self._clock(), forgotten).result(30)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="kt-inference", daemon=True)
@@ -317,7 +323,7 @@ class KTService:
         for job in jobs:
             queued.observe(started - job.arrived)
         try:
-            outcomes, changed = self._apply([a for job in jobs for a in job.answers])
+            outcomes, changed, forgotten = self._apply([a for job in jobs for a in job.answers])
         except Exception as exc:  # engine failures must not kill the thread; the callers get a 503
             self.last_error = f"KT inference failed: {exc}"
             log.error("knowledge-tracing inference failed: %s", exc)
@@ -354,7 +360,7 @@ class KTService:
                     self._unsaved_keys.extend(keys)
             self._finish(jobs, results, f.exception())
 
-        self._persistence.save(states.items(), keys, now).add_done_callback(committed)
+        self._persistence.save(states.items(), keys, now, forgotten).add_done_callback(committed)
 
     def _finish(
         self,
@@ -390,8 +396,11 @@ class KTService:
             with contextlib.suppress(RuntimeError):  # the loop closed while shutting down: nobody waits
                 loop.call_soon_threadsafe(_settle, settled)
 
-    def _apply(self, answers: list[Answer]) -> tuple[list[Feedback], dict[str, StudentState]]:
-        """Run the steps, then commit states and lesson records; returns feedback and changed states."""
+    def _apply(
+        self, answers: list[Answer]
+    ) -> tuple[list[Feedback], dict[str, StudentState], list[str]]:
+        """Run the steps, then commit states and lesson records; returns feedback, changed states and
+        the students forgotten to stay within ``max_students``."""
         steps: OrderedDict[str, deque[tuple[int, int]]] = OrderedDict()
         applied: list[bool] = []
         seen: set[str] = set()
@@ -417,14 +426,37 @@ class KTService:
                     state.answers += 1
                     state.last_item = a.item_id
                     self._record_lesson(a, state, now)
-            self._states.update(work)
+            for student, state in work.items():
+                self._states[student] = state
+                self._states.move_to_end(student)
+            forgotten = self._forget_oldest()
             for key in seen:
                 self._applied.add(key, now)
             self._applied.expire(now)
             # probs arrays are replaced, never written in place: the rows stay valid outside the lock
             rows = [self._current_probs(a.student) for a in answers]
         statuses = ["applied" if fresh else "duplicate" for fresh in applied]
-        return self._feedback(answers, statuses, np.stack(rows)), work
+        return self._feedback(answers, statuses, np.stack(rows)), work, forgotten
+
+    def _forget_oldest(self) -> list[str]:
+        """Under the lock: drop the states of the students not seen longest, beyond ``max_students``.
+
+        A pseudonym per session from a client, or a flood of invented ids, would otherwise grow memory and
+        the database without bound (about 1.3 KB and 0.7 KB a student). A forgotten student who answers
+        again starts from the model's prior."""
+        excess = len(self._states) - self.settings.max_students
+        if excess <= 0:
+            return []
+        forgotten = [self._states.popitem(last=False)[0] for _ in range(excess)]
+        metrics.KT_STUDENTS_FORGOTTEN.inc(excess)
+        if time.monotonic() - self._forget_logged >= 60.0:
+            self._forget_logged = time.monotonic()
+            log.warning(
+                "kt.max_students (%s) reached: forgot the state of %s students not seen the longest; "
+                "raise kt.max_students if this board really teaches that many students",
+                self.settings.max_students, excess,
+            )
+        return forgotten
 
     def _current_probs(self, student: str) -> np.ndarray:
         state = self._states.get(student)

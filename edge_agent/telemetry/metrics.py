@@ -106,6 +106,11 @@ ANSWERS = Counter(
 TEACHER_VIEW_STREAMS = Gauge(
     "edge_teacher_view_streams", "Open teacher-view event streams (browsers watching).", registry=REGISTRY
 )
+KT_STUDENTS_FORGOTTEN = Counter(
+    "edge_kt_students_forgotten",
+    "Student states forgotten because kt.max_students were kept (the one not seen longest goes).",
+    registry=REGISTRY,
+)
 TEACHER_VIEW_DROPS = Counter(
     "edge_teacher_view_drops",
     "Teacher-view losses by reason: slow_subscriber (an update a busy browser did not take; it gets the "

@@ -211,6 +211,49 @@ def test_a_retry_after_the_memory_window_is_still_a_duplicate_from_sqlite(
     assert svc.student_mastery(pseudonymize("s1"))["answers"] == 1  # type: ignore[index]
 
 
+def test_beyond_max_students_the_one_not_seen_longest_is_forgotten_in_memory_and_on_disk(
+    package, engine, pseudonymize, db: Database
+) -> None:
+    # Before, every pseudonym ever seen stayed: a client inventing an id per session grew memory by
+    # about 1.3 KB and the database by 0.7 KB per id, without bound.
+    settings = KTSettings(max_students=100, microbatch_wait_ms=0.0)
+    store = StatePersistence(db)
+    before = metrics.REGISTRY.get_sample_value("edge_kt_students_forgotten_total") or 0.0
+    svc = _service(package, engine, settings, pseudonymize, db)
+    svc.submit([_answer(package, pseudonymize, f"s{n}", "first") for n in range(100)]).result(5)
+    svc.submit([_answer(package, pseudonymize, "s0", "again")]).result(5)  # s0 is now the most recent
+    svc.submit([_answer(package, pseudonymize, f"new{n}", "first") for n in range(30)]).result(5)
+    svc.stop()
+    assert svc.student_count() == 100
+    assert svc.student_mastery(pseudonymize("s0")) is not None  # seen recently: kept
+    assert svc.student_mastery(pseudonymize("s1")) is None
+    assert svc.student_mastery(pseudonymize("s30")) is None
+    assert svc.student_mastery(pseudonymize("s31")) is not None
+    assert metrics.REGISTRY.get_sample_value("edge_kt_students_forgotten_total") == before + 30
+    stored = store.load_states(package.hidden, len(package.skills))
+    assert set(stored) == set(svc._states)
+
+
+def test_a_board_restarted_with_a_lower_max_students_keeps_the_students_seen_last(
+    package, engine, pseudonymize, db: Database
+) -> None:
+    now = [1_800_000_000.0]
+    store = StatePersistence(db)
+    settings = KTSettings(max_students=500, microbatch_wait_ms=0.0)
+    svc = KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0])
+    svc.start()
+    svc.submit([_answer(package, pseudonymize, f"old{n}", "a") for n in range(30)]).result(5)
+    now[0] += 60
+    svc.submit([_answer(package, pseudonymize, f"new{n}", "a") for n in range(100)]).result(5)
+    svc.stop()
+    restarted = KTService(package, engine, KTSettings(max_students=100), pseudonymize, persistence=store)
+    restarted.load(store.load_states(package.hidden, len(package.skills)))
+    assert restarted.student_count() == 100
+    assert restarted.student_mastery(pseudonymize("old0")) is None
+    assert restarted.student_mastery(pseudonymize("new0")) is not None
+    assert len(store.load_states(package.hidden, len(package.skills))) == 100
+
+
 def test_damaged_stored_state_is_skipped(package, engine, db: Database) -> None:
     db.write(lambda c: c.execute("INSERT INTO kt_student_state VALUES ('x', X'00', 1, 0)")).result(5)
     assert StatePersistence(db).load_states(package.hidden, len(package.skills)) == {}
