@@ -269,7 +269,10 @@ class Publisher:
         expiries = [r.expires_at for r in rows if r.expires_at is not None]
         expiry_s = max(1.0, min(expiries) - now) if expiries else None
         try:
-            mid = conn.publish(rows[0].topic, payload, expiry_s=expiry_s)
+            # The topic of the board as it is now, like the envelope: a row queued before the board was
+            # re-provisioned under another id, site or tenant would otherwise go where the payload says
+            # it does not belong (the receiver, or the broker's ACL, refuses it).
+            mid = conn.publish(f"{self._prefix}/{stream}", payload, expiry_s=expiry_s)
         except SyncError:
             self._unsent.appendleft((stream, rows))
             raise

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS conflicts (
     device TEXT NOT NULL, store TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
     message_id TEXT NOT NULL, created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (device, store, seq, message_id));
+CREATE INDEX IF NOT EXISTS items_by_message ON items (device, message_id);
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY, status TEXT, status_at REAL, heartbeat TEXT, heartbeat_at REAL,
     duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
@@ -153,25 +154,24 @@ class Receiver:
             self._conn.execute("BEGIN")
             repeats = 0
             for item in items:
-                row = (device, store, item.seq, stream, item.message_id, item.created_at, now,
+                # The item's id first: a rolled-back board (a release before store ids) re-sends an item
+                # whose PUBACK it lost under store "" although it is stored under the database's id.
+                if self._conn.execute(
+                    "SELECT 1 FROM items WHERE device = ? AND message_id = ?", (device, item.message_id)
+                ).fetchone():
+                    repeats += 1
+                    continue
+                where = self._continued_store(device, item.seq) if store == "" else store
+                row = (device, where, item.seq, stream, item.message_id, item.created_at, now,
                        json.dumps(item.data, separators=(",", ":")))
                 added = self._conn.execute("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
                 if added.rowcount:
                     continue
-                held = self._conn.execute(
-                    "SELECT message_id FROM items WHERE device = ? AND store = ? AND seq = ?",
-                    (device, store, item.seq),
-                ).fetchone()
-                if held is not None and held[0] == item.message_id:
-                    repeats += 1  # QoS 1 redelivery
-                else:
-                    # The same seq with another id is new data from a board whose sequence started
-                    # again without a new store id (a release before store ids, re-imaged or replaced
-                    # under its device id): kept apart, never taken for a repeat.
-                    self._conn.execute(
-                        "INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row
-                    )
-                    log.warning("receiver: %s seq %s arrived again with another id", device, item.seq)
+                # The same seq with another id is new data from a board whose sequence started again
+                # without a new store id (a release before store ids, re-imaged or replaced under its
+                # device id): kept apart, never taken for a repeat.
+                self._conn.execute("INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                log.warning("receiver: %s seq %s arrived again with another id", device, item.seq)
             if repeats:
                 self._conn.execute("UPDATE devices SET duplicates = duplicates + ? WHERE device = ?",
                                    (repeats, device))
@@ -184,6 +184,17 @@ class Receiver:
         if device is not None:
             with self._lock:
                 self._conn.execute("UPDATE devices SET rejected = rejected + 1 WHERE device = ?", (device,))
+
+    def _continued_store(self, device: str, seq: int) -> str:
+        """Where an item without a store id belongs: a board whose database has an id, rolled back to a
+        release before store ids, goes on with that database's sequence (a seq above the last one stored
+        there); anything else is a board of such a release, under "" as before."""
+        row = self._conn.execute(
+            "SELECT store, max(seq) FROM items WHERE device = ? AND store != '' GROUP BY store "
+            "ORDER BY max(received_at) DESC LIMIT 1",
+            (device,),
+        ).fetchone()
+        return str(row[0]) if row is not None and seq > int(row[1]) else ""
 
     # -- queries -------------------------------------------------------------------------------------
 

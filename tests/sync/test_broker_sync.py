@@ -440,6 +440,32 @@ def test_a_board_re_imaged_under_its_device_id_sends_a_new_sequence_that_arrives
         receiver.stop()
 
 
+def test_a_backlog_queued_before_the_board_was_re_provisioned_goes_out_under_its_new_id(
+    broker: Broker, state_dir: Path, tmp_path: Path
+) -> None:
+    # Found by the upgrade audit: the rows kept their old topic while the envelope named the new device,
+    # and the receiver refused all 7 items ("topic and payload disagree").
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    db = Database(state_dir / "renamed.db", StoreSettings())
+    db.open()
+    before = Outbox(db, DeviceSettings(device_id="old-name"), StoreSettings(), MqttSettings())
+    before.open()
+    for i in range(3):
+        before.enqueue("attention", {"i": i}).result(5)
+    after = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())  # re-provisioned as board-0001
+    after.open()
+    publisher = Publisher(after, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        assert_exactly_once(receiver, 3)
+        assert receiver.report(DEVICE)["rejected"] == 0 and receiver.devices() == [DEVICE]
+    finally:
+        publisher.stop()
+        receiver.stop()
+        db.close()
+
+
 def test_a_seq_that_comes_again_with_another_id_is_kept_apart_not_taken_for_a_repeat(
     broker: Broker, tmp_path: Path
 ) -> None:

@@ -54,3 +54,26 @@ def test_a_receiver_database_from_before_store_ids_is_upgraded_keeping_every_ite
     Receiver(path, MqttSettings()).stop()  # opening an upgraded file again changes nothing
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 3
+
+
+def test_a_board_rolled_back_to_a_release_before_store_ids_continues_its_sequence_without_repeats(
+    tmp_path: Path,
+) -> None:
+    # Found by the upgrade audit: a board born on a release with store ids, rolled back, re-sent 4 items
+    # whose PUBACK it had lost under store "" (kept twice, 0 duplicates), and its next items showed as a
+    # new store with gaps [1,3] and [4,6] although nothing was lost.
+    receiver = Receiver(tmp_path / "received.db", MqttSettings())
+    store = "b3" * 16
+    try:
+        for seq in (1, 2, 3, 4):
+            receiver._take("edge/t/s/b1/kt_class", _message(store, seq, f"id{seq}", seq))
+        for seq in (1, 2, 3, 4, 5, 6):  # the rolled-back release: no store; 1-4 are its lost PUBACKs
+            receiver._take("edge/t/s/b1/kt_class", _message("", seq, f"id{seq}", seq))
+        for seq in (7, 8):  # upgraded again
+            receiver._take("edge/t/s/b1/kt_class", _message(store, seq, f"id{seq}", seq))
+        report = receiver.report("b1")
+        assert (report["store"], report["unique"], report["gaps"], report["duplicates"]) == (store, 8, [], 4)
+        assert [s["store"] for s in report["stores"]] == [store] and report["conflicts"] == 0
+        assert [data["n"] for _, _, data in receiver.items("b1")] == [1, 2, 3, 4, 5, 6, 7, 8]
+    finally:
+        receiver.stop()
