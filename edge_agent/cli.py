@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent import __version__
-from edge_agent.config import ConfigError, find_config_path, load_config, masked_dump, to_toml
+from edge_agent.config import (
+    ConfigError,
+    find_config_path,
+    load_config,
+    load_config_ignoring_unknown,
+    masked_dump,
+    to_toml,
+)
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -46,7 +54,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     path = find_config_path(args.config)
     try:
-        config = load_config(path)
+        config, ignored = load_config_ignoring_unknown(path)
     except ConfigError as exc:
         # Print every problem before systemd sees the failure: the journal shows this as the reason.
         print(f"edge-agent: cannot start, {path} is invalid:", file=sys.stderr)
@@ -54,6 +62,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  {where}: {message}", file=sys.stderr)
         return 1
     configure_logging(config.logging.level, config.logging.format)
+    for key in ignored:
+        logging.getLogger("edge_agent.config").warning(
+            "config %s: %s is not a key edge-agent %s knows; ignored. A typo (see README 'Config "
+            "reference'), or a newer release's key after a rollback", path, key, __version__,
+        )
     return asyncio.run(run_daemon(config))
 
 

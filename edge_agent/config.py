@@ -2,7 +2,9 @@
 
 Every key has a default that suits a board provisioned by ``provisioning/provision.py``, so a config file
 only names what differs. Unknown keys are errors (``extra="forbid"``): a typo must not silently fall back
-to a default. ``load_config`` collects every problem with its key path and, where it can, the line.
+to a default. Only the daemon itself starts with them left out and named in its log and in ``doctor``
+(load_config_ignoring_unknown): after a rollback, a newer release's key must not keep a board down.
+``load_config`` collects every problem with its key path and, where it can, the line.
 """
 
 from __future__ import annotations
@@ -330,12 +332,31 @@ def _format_location(loc: Iterable[str | int]) -> str:
 
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Validate TOML text; raise ConfigError listing every problem with key path and line."""
+    return read_config(text, source)[0]
+
+
+def read_config(
+    text: str, source: str = "<config>", *, ignore_unknown: bool = False
+) -> tuple[Config, list[str]]:
+    """Validate TOML text: the config, and the unknown keys left out when ``ignore_unknown`` (each with
+    its line). Any other problem, or an unknown key when not ignoring them, raises ConfigError."""
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(f"{source} (TOML syntax)", str(exc))]) from exc
+    ignored: list[str] = []
+    if ignore_unknown:
+        try:
+            return Config.model_validate(data), []
+        except ValidationError as exc:
+            for error in exc.errors():
+                if error["type"] == "extra_forbidden":
+                    loc = tuple(error["loc"])
+                    line = _line_of(text, loc)
+                    ignored.append(_format_location(loc) + (f" (line {line})" if line else ""))
+                    _remove(data, loc)
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data), ignored
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -347,6 +368,12 @@ def parse_config(text: str, source: str = "<config>") -> Config:
             where = f" (line {line})" if line else ""
             problems.append((_format_location(loc) + where, message))
         raise ConfigError(problems) from exc
+
+
+def _remove(data: dict[str, Any], loc: tuple[str | int, ...]) -> None:
+    for part in loc[:-1]:
+        data = data[str(part)]
+    data.pop(str(loc[-1]), None)
 
 
 def check_secret_file(key: str, path: Path) -> str | None:
@@ -384,6 +411,17 @@ def check_files(config: Config) -> list[tuple[str, str]]:
 
 def load_config(path: Path, *, check_files_exist: bool = True) -> Config:
     """Read, validate and (by default) check the files of the config at ``path``."""
+    return load_config_ignoring_unknown(path, check_files_exist=check_files_exist, ignore_unknown=False)[0]
+
+
+def load_config_ignoring_unknown(
+    path: Path, *, check_files_exist: bool = True, ignore_unknown: bool = True
+) -> tuple[Config, list[str]]:
+    """As :func:`load_config`, leaving out (and naming) keys this release does not know.
+
+    For the daemon: after a rollback the config may hold a key that only the newer release knows, and
+    refusing to start would leave the board down until someone edits it. ``config check`` and
+    provisioning stay strict, so a typo is still caught where the config is written."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -392,12 +430,12 @@ def load_config(path: Path, *, check_files_exist: bool = True) -> Config:
         ) from exc
     except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
         raise ConfigError([(str(path), f"cannot read config file: {exc}")]) from exc
-    config = parse_config(text, source=str(path))
+    config, ignored = read_config(text, source=str(path), ignore_unknown=ignore_unknown)
     if check_files_exist:
         problems = check_files(config)
         if problems:
             raise ConfigError(problems)
-    return config
+    return config, ignored
 
 
 _SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)

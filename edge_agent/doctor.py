@@ -21,7 +21,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.config import Config, InferenceSettings, PathSettings, find_config_path, load_config
+from edge_agent.config import (
+    Config,
+    InferenceSettings,
+    PathSettings,
+    find_config_path,
+    load_config_ignoring_unknown,
+)
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.inference.manifest import Manifest
 
@@ -42,15 +48,19 @@ class CheckResult:
 def check_config(path: Path) -> tuple[CheckResult, Config | None]:
     """The config, also when only the files it names are missing, so the other checks still run."""
     try:
-        config = load_config(path)
+        config, ignored = load_config_ignoring_unknown(path)
     except ConfigError as exc:
         problems = "; ".join(f"{key}: {msg}" for key, msg in exc.problems)
         try:
-            usable: Config | None = load_config(path, check_files_exist=False)
+            usable: Config | None = load_config_ignoring_unknown(path, check_files_exist=False)[0]
         except ConfigError:
             usable = None
         fix = f"edit {path}, then run: edge-agent config check"
         return CheckResult("config", False, problems, fix), usable
+    if ignored:  # the daemon runs without them (a typo, or a newer release's keys after a rollback)
+        detail = f"{path}: this release ignores {', '.join(ignored)}"
+        fix = f"correct a typo, or remove keys of a newer release from {path}"
+        return CheckResult("config", True, detail, fix, warning=True), config
     return CheckResult("config", True, f"{path} is valid"), config
 
 
