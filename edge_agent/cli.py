@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_agent import __version__
+from edge_agent import __build__, __version__
 from edge_agent.config import (
     ConfigError,
     find_config_path,
@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent", description="Classroom edge runtime for class boards."
     )
-    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"edge-agent {__version__} (build {__build__})"
+    )
     parser.add_argument(
         "--config", help="config file (default: $EDGE_AGENT_CONFIG, then /etc/edge-agent/config.toml)"
     )

@@ -1,15 +1,21 @@
 #!/bin/sh
-# Install or upgrade edge-agent on a board, as root, from an unpacked release or a git checkout:
+# Install, upgrade or roll back edge-agent on a board, as root, from an unpacked release or a git checkout:
 #
-#     sudo sh provisioning/install.sh
+#     sudo sh provisioning/install.sh              # install or upgrade to this release
+#     sudo sh provisioning/install.sh --rollback   # back to the release that ran before
 #
 # What it makes (the paths the systemd units and edge-agent-provision expect):
-#   /opt/edge-agent/app       the code, with engines/ (model manifests, default KT package) and systemd/
-#   /opt/edge-agent/venv      a virtual environment that also sees JetPack's own Python packages
-#                             (tensorrt and OpenCV with GStreamer come from apt there, not from PyPI)
-#   /opt/edge-agent/VERSION   package version + a hash of the code and manifests: when it changes,
-#                             edge-agent-engines.service rebuilds the engines on the next start
-# An upgrade replaces app/ only once the new version installed; the previous code stays in app.old/.
+#   /opt/edge-agent/releases/<id>/app   the code, with engines/ (model manifests, default KT package),
+#                                       systemd/ and provisioning/; <id> is a hash of code and manifests
+#   /opt/edge-agent/releases/<id>/venv  its own virtual environment, which also sees JetPack's Python
+#                                       packages (tensorrt and OpenCV with GStreamer come from apt there)
+#   /opt/edge-agent/current             -> releases/<id>, switched in one rename once the release works
+#   /opt/edge-agent/previous            -> the release that ran before (for --rollback)
+#   /opt/edge-agent/{app,venv,VERSION}  -> current/...; VERSION is "package version + <id>": when it
+#                                       changes, edge-agent-engines.service rebuilds the engines
+# Nothing that runs is touched until the new release installed and imports: a failed pip, a missing
+# wheel or a power cut leaves the running release as it was (an unfinished release is rebuilt next time).
+# The last two releases are kept. A running edge-agent is restarted on the new release (real /opt only).
 # Offline boards: PIP_NO_INDEX=1 PIP_FIND_LINKS=/media/usb/wheels sudo -E sh provisioning/install.sh
 # Then provision the board (provisioning/README.md): identity, certificates, config, units.
 set -eu
@@ -18,41 +24,101 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 PREFIX=${EDGE_AGENT_PREFIX:-/opt/edge-agent}
 EXTRAS=${EDGE_AGENT_EXTRAS-jetson}  # set empty off a Jetson (no jtop, no CUDA bindings)
 PYTHON=${PYTHON:-python3}
+# auto: restart edge-agent when it runs from /opt/edge-agent under systemd; no: leave it to the caller
+RESTART=${EDGE_AGENT_RESTART:-auto}
+
+say() { echo "install.sh: $*" >&2; }
+
+switch_to() {  # $1: releases/<id>; the one running now becomes "previous"
+    old=$(readlink "$PREFIX/current" 2>/dev/null || true)
+    ln -sfn "$1" "$PREFIX/current.new"
+    mv -T "$PREFIX/current.new" "$PREFIX/current"  # rename(2): the switch is one atomic step
+    if [ -n "$old" ] && [ "$old" != "$1" ]; then
+        ln -sfn "$old" "$PREFIX/previous.new" && mv -T "$PREFIX/previous.new" "$PREFIX/previous"
+    fi
+    for link in app venv VERSION; do
+        [ -L "$PREFIX/$link" ] || ln -s "current/$link" "$PREFIX/$link"
+    done
+}
+
+restart_daemon() {
+    if [ "$RESTART" = auto ] && [ "$PREFIX" = /opt/edge-agent ] && command -v systemctl >/dev/null \
+            && systemctl is-active --quiet edge-agent 2>/dev/null; then
+        systemctl try-restart edge-agent-engines edge-agent && say "edge-agent restarted on $(cat "$PREFIX/VERSION")"
+    else
+        say "restart edge-agent to run it (systemctl restart edge-agent); the running process keeps the old code"
+    fi
+}
+
+if [ "${1:-}" = --rollback ]; then
+    target=$(readlink "$PREFIX/previous" 2>/dev/null || true)
+    if [ -z "$target" ] || [ ! -e "$PREFIX/$target/.complete" ]; then
+        say "no previous release to roll back to in $PREFIX"
+        exit 2
+    fi
+    switch_to "$target"
+    echo "edge-agent rolled back in $PREFIX (VERSION: $(cat "$PREFIX/VERSION"))"
+    restart_daemon
+    exit 0
+fi
+[ $# -eq 0 ] || { say "usage: install.sh [--rollback]"; exit 2; }
 
 "$PYTHON" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)' || {
-    echo "install.sh: edge-agent needs Python 3.10 to 3.12 (JetPack 6 ships 3.10); $PYTHON is not" >&2
+    say "edge-agent needs Python 3.10 to 3.12 (JetPack 6 ships 3.10); $PYTHON is not"
     exit 2
 }
 for part in pyproject.toml edge_agent engines systemd; do
-    [ -e "$SRC/$part" ] || { echo "install.sh: $SRC/$part is missing: run this from a whole release" >&2; exit 2; }
+    [ -e "$SRC/$part" ] || { say "$SRC/$part is missing: run this from a whole release"; exit 2; }
 done
-
-mkdir -p "$PREFIX"
-rm -rf "$PREFIX/app.new"
-mkdir "$PREFIX/app.new"
-# Only what the board runs: no tests, benchmarks or virtual environments.
-(cd "$SRC" && tar cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md edge_agent engines \
-    systemd provisioning) | (cd "$PREFIX/app.new" && tar xf -)
-
-[ -x "$PREFIX/venv/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$PREFIX/venv"
-"$PREFIX/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-
-swap_in() {  # app.new becomes app; the running version (if any) is kept as app.old
-    rm -rf "$PREFIX/app.old"
-    if [ -d "$PREFIX/app" ]; then mv "$PREFIX/app" "$PREFIX/app.old"; fi
-    mv "$PREFIX/app.new" "$PREFIX/app"
-}
-swap_in
-# Editable: the daemon finds engines/ and systemd/ beside its code, in app/.
-if ! "$PREFIX/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        --editable "$PREFIX/app${EXTRAS:+[$EXTRAS]}"; then
-    echo "install.sh: pip failed; the previous version is back in place" >&2
-    if [ -d "$PREFIX/app.old" ]; then rm -rf "$PREFIX/app"; mv "$PREFIX/app.old" "$PREFIX/app"; fi
-    exit 1
+if [ -d "$PREFIX/app" ] && [ ! -L "$PREFIX/app" ]; then
+    say "$PREFIX holds the layout of an earlier install.sh (app/, venv/): move it aside first, e.g."
+    say "  systemctl stop edge-agent; mkdir $PREFIX.before; mv $PREFIX/* $PREFIX.before/"
+    exit 2
 fi
 
-version=$("$PREFIX/venv/bin/edge-agent" --version | sed 's/^edge-agent //')
-tree=$(cd "$PREFIX/app" && find edge_agent engines -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
-printf '%s %s\n' "$version" "$tree" >"$PREFIX/VERSION.new"
-mv "$PREFIX/VERSION.new" "$PREFIX/VERSION"
-echo "edge-agent $version installed in $PREFIX (VERSION: $(cat "$PREFIX/VERSION"))"
+id=$(cd "$SRC" && find edge_agent engines -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | LC_ALL=C sort \
+    | xargs sha256sum | sha256sum | cut -c1-16)
+release="releases/$id"
+dir="$PREFIX/$release"
+mkdir -p "$PREFIX/releases"
+
+if [ -e "$dir/.complete" ]; then
+    say "release $id is already installed; switching to it"
+else
+    rm -rf "$dir"  # an earlier attempt that did not finish
+    mkdir "$dir" "$dir/app"
+    # Only what the board runs: no tests, benchmarks or virtual environments.
+    (cd "$SRC" && tar cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md edge_agent engines \
+        systemd provisioning) | (cd "$dir/app" && tar xf -)
+    "$PYTHON" -m venv --system-site-packages "$dir/venv"
+    # Editable: the daemon finds engines/ and systemd/ beside its code, in app/.
+    if ! { "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip \
+            && "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+                --editable "$dir/app${EXTRAS:+[$EXTRAS]}"; }; then
+        rm -rf "$dir"
+        say "pip failed; nothing was switched: the running release stays ($(cat "$PREFIX/VERSION" 2>/dev/null || echo none))"
+        exit 1
+    fi
+    # The daemon's own imports, from outside the source tree, before anything switches to it.
+    if ! (cd / && "$dir/venv/bin/python" -c 'import edge_agent.assembly, edge_agent.cli') >/dev/null; then
+        rm -rf "$dir"
+        say "the new release does not import; nothing was switched"
+        exit 1
+    fi
+    echo "$id" >"$dir/app/edge_agent/BUILD"  # edge-agent --version, edge_build_info and the heartbeat show it
+    version=$("$dir/venv/bin/edge-agent" --version | cut -d' ' -f2)
+    printf '%s %s\n' "$version" "$id" >"$dir/VERSION"
+    sync
+    touch "$dir/.complete"
+fi
+
+switch_to "$release"
+keep_old=$(readlink "$PREFIX/previous" 2>/dev/null || echo none)
+for other in "$PREFIX"/releases/*; do
+    case "releases/${other##*/}" in
+        "$release" | "$keep_old") ;;
+        *) rm -rf "$other" ;;
+    esac
+done
+echo "edge-agent $(cut -d' ' -f1 "$PREFIX/VERSION") installed in $PREFIX (VERSION: $(cat "$PREFIX/VERSION"))"
+restart_daemon

@@ -19,6 +19,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent import __build__, __version__
 from edge_agent.config import DeviceSettings, MqttSettings
 from edge_agent.errors import StoreError, SyncError
 from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry
@@ -282,7 +283,7 @@ class Publisher:
         status = self.outbox.status()
         doc = {
             "v": 1, "device": self.device.device_id, "store": self.outbox.db.store_id, "at": round(now, 3),
-            "backlog": status["backlog"],
+            "version": __version__, "build": __build__, "backlog": status["backlog"],
             "oldest_age_s": status["oldest_age_s"], "drops": status["drops"],
             "health": self._health_summary() if self._health_summary else {},
         }

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from edge_agent import __version__
+from edge_agent import __build__, __version__
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # The daemon's own RSS, CPU seconds and open files (process_*), for the RSS <= 300 MB target and leaks.
 ProcessCollector(registry=REGISTRY)
-BUILD_INFO = Gauge("edge_build_info", "1, labelled with the edge-agent version running.", ["version"],
-                   registry=REGISTRY)
-BUILD_INFO.labels(__version__).set(1)
+BUILD_INFO = Gauge(
+    "edge_build_info",
+    "1, labelled with the edge-agent version running and its build (install.sh's release id; dev: a "
+    "source checkout).",
+    ["version", "build"],
+    registry=REGISTRY,
+)
+BUILD_INFO.labels(__version__, __build__).set(1)
 
 # Buckets from 50 µs to 2.5 s: the knowledge-tracing step runs in ~0.1 ms, a face frame in ~5-20 ms.
 LATENCY_BUCKETS = (

@@ -1,4 +1,4 @@
-"""provisioning/install.sh for real: a virtual environment from PyPI (or pip's cache) in a temp prefix."""
+"""provisioning/install.sh for real: virtual environments from PyPI (or pip's cache) in a temp prefix."""
 
 from __future__ import annotations
 
@@ -10,34 +10,44 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / "provisioning" / "install.sh"
 
 pytestmark = pytest.mark.slow
 
 
-def _install(source: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"EDGE_AGENT_PREFIX": str(prefix), "EDGE_AGENT_EXTRAS": "", "PYTHON": sys.executable}
-    return subprocess.run(["sh", str(source / "provisioning/install.sh")], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+def _install(source: Path, prefix: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"EDGE_AGENT_PREFIX": str(prefix), "EDGE_AGENT_EXTRAS": "", "PYTHON": sys.executable,
+                        **env}
+    script = str(source / "provisioning/install.sh")
+    return subprocess.run(["sh", script, *args], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
 
 
-def _release(tmp_path: Path, name: str) -> Path:
-    """A copy of the release as install.sh reads it (the work tree's files)."""
+def _release(tmp_path: Path, name: str, note: str) -> Path:
+    """A copy of the release as install.sh reads it (the work tree's files), with one file changed."""
     target = tmp_path / name
     target.mkdir()
     parts = ["pyproject.toml", "README.md", "edge_agent", "engines", "systemd", "provisioning"]
-    pack = subprocess.run(["tar", "cf", "-", "--exclude=__pycache__", *parts], cwd=REPO, capture_output=True,
-                          check=True)
+    pack = subprocess.run(["tar", "cf", "-", "--exclude=__pycache__", "--exclude=BUILD", *parts], cwd=REPO,
+                          capture_output=True, check=True)
     subprocess.run(["tar", "xf", "-"], cwd=target, input=pack.stdout, check=True)
+    (target / "engines/NOTE").write_text(note)
     return target
 
 
-def test_install_makes_the_layout_the_units_expect_and_an_upgrade_changes_version(tmp_path: Path) -> None:
+def _running(prefix: Path) -> str:
+    """What the units would run: /opt/edge-agent/venv/bin/edge-agent, through the links."""
+    out = subprocess.run([str(prefix / "venv/bin/edge-agent"), "--version"], capture_output=True, text=True,
+                         check=True).stdout
+    return out.strip()
+
+
+def test_install_upgrade_and_rollback_switch_whole_releases(tmp_path: Path) -> None:
     prefix = tmp_path / "opt"
-    first = _install(REPO, prefix)
+    first = _install(_release(tmp_path, "r1", "one\n"), prefix)
     assert first.returncode == 0, first.stderr
     version = (prefix / "VERSION").read_text()
-    assert version.startswith("0.1.0 ")
+    release_id = version.split()[1]
+    assert version.startswith("0.1.0 ") and _running(prefix) == f"edge-agent 0.1.0 (build {release_id})"
     probe = subprocess.run(
         [str(prefix / "venv/bin/python"), "-c",
          "from edge_agent.inference.manifest import ENGINES_DIR, load_manifests;"
@@ -45,38 +55,66 @@ def test_install_makes_the_layout_the_units_expect_and_an_upgrade_changes_versio
          "print(ENGINES_DIR); print(units_dir()); print(sorted(load_manifests()))"],
         capture_output=True, text=True, check=True, cwd=tmp_path,
     ).stdout.split("\n")
-    assert probe[0] == str(prefix / "app/engines") and probe[1] == str(prefix / "app/systemd")
+    engines = prefix / f"releases/{release_id}/app/engines"
+    assert Path(probe[0]) == (prefix / "app/engines").resolve() == engines
+    assert Path(probe[1]) == (prefix / "app/systemd").resolve()
     assert "kt-step" in probe[2] and "yunet" in probe[2]
     assert (prefix / "venv/pyvenv.cfg").read_text().count("include-system-site-packages = true") == 1
+    assert "restart edge-agent" in first.stderr  # not under systemd here: it says so
 
-    # An upgrade with changed code: a new VERSION (the engines unit rebuilds), the old code kept.
-    release = _release(tmp_path, "release-2")
-    (release / "engines/NOTE").write_text("a changed manifest folder\n")
-    second = _install(release, prefix)
+    # An upgrade with changed code: a new release and VERSION (the engines unit rebuilds), the old one kept.
+    second = _install(_release(tmp_path, "r2", "two\n"), prefix)
     assert second.returncode == 0, second.stderr
-    assert (prefix / "VERSION").read_text() != version
-    assert (prefix / "app/engines/NOTE").exists() and not (prefix / "app.old/engines/NOTE").exists()
+    new_version = (prefix / "VERSION").read_text()
+    assert new_version != version and (prefix / "app/engines/NOTE").read_text() == "two\n"
+    assert (prefix / "previous/app/engines/NOTE").read_text() == "one\n"
+
+    back = _install(REPO, prefix, "--rollback")
+    assert back.returncode == 0, back.stderr
+    assert (prefix / "VERSION").read_text() == version and _running(prefix).endswith(f"(build {release_id})")
+    assert (prefix / "previous/VERSION").read_text() == new_version  # and forward again the same way
+
+    # A third release: the two before it are the ones kept.
+    third = _install(_release(tmp_path, "r3", "three\n"), prefix)
+    assert third.returncode == 0, third.stderr
+    assert len(list((prefix / "releases").iterdir())) == 2
+    assert (prefix / "previous/VERSION").read_text() == version
 
 
-def test_a_failed_upgrade_leaves_the_running_version_in_place(tmp_path: Path) -> None:
+def test_a_failed_or_interrupted_upgrade_never_touches_the_running_release(tmp_path: Path) -> None:
+    # Found by the upgrade audit: install.sh moved the running code aside and deleted app.old before pip
+    # ran; a failed pip left nothing to roll back to, and a power cut during pip left unfinished code in
+    # app/ with a VERSION naming another release.
     prefix = tmp_path / "opt"
-    assert _install(REPO, prefix).returncode == 0
+    assert _install(_release(tmp_path, "r1", "one\n"), prefix).returncode == 0
     version = (prefix / "VERSION").read_text()
-    broken = _release(tmp_path, "broken")
+    broken = _release(tmp_path, "broken", "broken\n")
     pyproject = broken / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace('"numpy>=1.24,<3",', '"numpy>=999",', 1))
     result = _install(broken, prefix)
-    assert result.returncode == 1 and "previous version is back in place" in result.stderr
-    assert (prefix / "VERSION").read_text() == version
-    assert "numpy>=1.24" in (prefix / "app/pyproject.toml").read_text()
-    ok = subprocess.run([str(prefix / "venv/bin/edge-agent"), "--version"], capture_output=True, text=True,
-                        check=False)
-    assert ok.returncode == 0 and ok.stdout.startswith("edge-agent 0.1.0")
+    assert result.returncode == 1 and "nothing was switched" in result.stderr
+    assert (prefix / "VERSION").read_text() == version and _running(prefix).startswith("edge-agent 0.1.0")
+    assert len(list((prefix / "releases").iterdir())) == 1  # the failed one is gone
+
+    # A release whose install was cut off (no .complete) is rebuilt, not used, on the next run.
+    release = _release(tmp_path, "r2", "two\n")
+    ok = _install(release, prefix)
+    new_id = (prefix / "VERSION").read_text().split()[1]
+    (prefix / f"releases/{new_id}/.complete").unlink()
+    (prefix / f"releases/{new_id}/venv/bin/python").unlink()  # what a power cut mid-pip may leave
+    again = _install(release, prefix)
+    assert ok.returncode == 0 and again.returncode == 0, again.stderr
+    assert _running(prefix).endswith(f"(build {new_id})")
 
 
-def test_install_refuses_a_partial_release(tmp_path: Path) -> None:
-    release = _release(tmp_path, "partial")
+def test_install_refuses_a_partial_release_or_an_earlier_layout(tmp_path: Path) -> None:
+    release = _release(tmp_path, "partial", "p\n")
     subprocess.run(["rm", "-rf", str(release / "engines")], check=True)
     result = _install(release, tmp_path / "opt")
     assert result.returncode == 2 and "engines is missing" in result.stderr
     assert not (tmp_path / "opt").exists()
+    old = tmp_path / "old-layout"
+    (old / "app").mkdir(parents=True)
+    result = _install(REPO, old)
+    assert result.returncode == 2 and "earlier install.sh" in result.stderr
+    assert _install(REPO, tmp_path / "empty", "--rollback").returncode == 2
