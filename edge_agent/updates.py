@@ -63,14 +63,24 @@ def update_dirs(settings: UpdateSettings, state_dir: Path) -> tuple[Path, Path]:
 
 
 def startup_package(settings: UpdateSettings, state_dir: Path, name: str) -> Path | None:
-    """The installed version of ``name`` to run at start, after rolling back an interrupted update."""
+    """The installed version of ``name`` to run at start, after rolling back an interrupted update and
+    checking its files against its signed manifest again (they live in the writable state directory)."""
     models, _ = update_dirs(settings, state_dir)
     if not updates_enabled(settings) or not models.is_dir():
         return None
-    store = ModelStore(models, [])  # reading and rolling back need no key
+    try:
+        key = load_public_key(settings.public_key_file)
+    except ProvisioningError as exc:
+        log.error("installed model updates are not used: %s", exc)
+        return None
+    store = ModelStore(models, [key])
     for rolled in store.recover():
         metrics.ALERTS.labels(kind="model_rollback").inc()
         log.warning("model %s: an update was interrupted; the previous version runs", rolled)
+    problem = store.verify_current(name)
+    if problem is not None:
+        metrics.ALERTS.labels(kind="model_rollback").inc()
+        log.error("model update: %s; reinstall the signed package", problem)
     return store.current_path(name)
 
 

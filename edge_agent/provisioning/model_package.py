@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tarfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -28,7 +29,8 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FILE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-MAX_TAR_BYTES = 2 * 1024**3
+MAX_TAR_BYTES = 512 * 1024**2  # as updates.max_download_bytes: a KT package is a few MB
+MAX_TAR_MEMBERS = 256
 
 
 class PackageRejected(ProvisioningError):
@@ -150,29 +152,36 @@ def verify_package(directory: Path, trusted: list[Ed25519PublicKey]) -> Manifest
 
 
 def extract_tar(archive: Path, destination: Path) -> None:
-    """Unpack a package tar, refusing links, devices, absolute or escaping names and oversized content."""
+    """Unpack a package tar, refusing links, devices, absolute or escaping names and oversized content.
+
+    Runs before the signature is checked (the signed manifest is inside), so every name is judged by its
+    normalised parts: "./../x" once passed as "x" and was written outside ``destination``."""
     try:
         with tarfile.open(archive) as tar:
-            members = tar.getmembers()
+            members: list[tuple[tarfile.TarInfo, Path]] = []
             total = 0
-            for member in members:
-                name = member.name.lstrip("./") if member.name.startswith("./") else member.name
-                if not (member.isfile() or member.isdir()) or name.startswith("/") or ".." in name.split("/"):
+            for member in tar:
+                parts = PurePosixPath(member.name).parts
+                if len(members) >= MAX_TAR_MEMBERS:
+                    raise PackageRejected(f"{archive.name}: more than {MAX_TAR_MEMBERS} entries")
+                if (not (member.isfile() or member.isdir()) or not parts or parts[0] == "/"
+                        or ".." in parts or "\\" in member.name):
                     raise PackageRejected(f"{archive.name}: unsafe entry {member.name!r}")
                 total += member.size
-            if total > MAX_TAR_BYTES:
-                raise PackageRejected(f"{archive.name}: unpacks to more than {MAX_TAR_BYTES} bytes")
+                if total > MAX_TAR_BYTES:
+                    raise PackageRejected(f"{archive.name}: unpacks to more than {MAX_TAR_BYTES} bytes")
+                members.append((member, Path(*parts)))
             destination.mkdir(parents=True, exist_ok=True)
-            for member in members:
+            for member, relative in members:
+                target = destination / relative
                 if member.isdir():
-                    (destination / member.name).mkdir(parents=True, exist_ok=True)
+                    target.mkdir(parents=True, exist_ok=True)
                     continue
                 source = tar.extractfile(member)
                 if source is None:
                     raise PackageRejected(f"{archive.name}: cannot read {member.name!r}")
-                target = destination / member.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with source, target.open("wb") as out:
-                    out.write(source.read())
+                    shutil.copyfileobj(source, out, 1 << 20)  # not source.read(): a member may be huge
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise PackageRejected(f"{archive.name} is not a readable tar archive: {exc}") from exc

@@ -146,6 +146,32 @@ class ModelStore:
         shutil.rmtree(self.root / ".staging", ignore_errors=True)
         return rolled
 
+    def verify_current(self, name: str) -> str | None:
+        """At start: check the installed version's files against its signed manifest again. One that fails
+        (changed on disk since it was installed) is dropped for the newest version that passes, or for
+        none (the built-in model then runs); returns what happened, or None when it passed."""
+        current = self.current_version(name)
+        if current is None:
+            return None
+        try:
+            verify_package(self.root / name / "versions" / current, self.trusted)
+            return None
+        except PackageRejected as exc:
+            problem = f"{name} {current} no longer matches its signed manifest ({exc})"
+        others = sorted(
+            (p for p in (self.root / name / "versions").iterdir() if p.name != current),
+            key=lambda p: p.stat().st_mtime, reverse=True,
+        )
+        for other in others:
+            try:
+                verify_package(other, self.trusted)
+            except PackageRejected:
+                continue
+            self._flip(name, other.name)
+            return f"{problem}; runs {other.name} instead"
+        self._flip(name, None)
+        return f"{problem}; runs the built-in model instead"
+
     def _prune(self, name: str) -> None:
         current = self.current_version(name)
         versions = sorted(

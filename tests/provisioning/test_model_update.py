@@ -197,6 +197,48 @@ def test_a_tar_with_a_link_device_or_absolute_entry_is_refused_before_anything_i
     assert not destination.exists()
 
 
+@pytest.mark.parametrize("name", ["./../evil.txt", "./../../evil.txt", ".//../evil.txt", "a/../../evil.txt"])
+def test_a_tar_entry_that_climbs_out_after_a_dot_prefix_is_refused_and_nothing_is_written(
+    tmp_path: Path, name: str
+) -> None:
+    # Found by the security audit: "./../x" was checked as "x" and written outside the staging folder,
+    # before the signature check; an unsigned tar sent by command rewrote the installed, signed model.
+    archive = tmp_path / "package.tar"
+    with tarfile.open(archive, "w") as tar:
+        entry = tarfile.TarInfo(name)
+        entry.size = 4
+        tar.addfile(entry, io.BytesIO(b"evil"))
+    staging = tmp_path / "models" / ".staging" / "x"
+    with pytest.raises(PackageRejected, match="unsafe entry"):
+        extract_tar(archive, staging)
+    assert [p for p in tmp_path.rglob("*") if p.name == "evil.txt"] == []
+
+
+def test_a_tar_with_too_many_entries_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "many.tar"
+    with tarfile.open(archive, "w") as tar:
+        for n in range(300):
+            tar.addfile(tarfile.TarInfo(f"f{n}"), io.BytesIO(b""))
+    with pytest.raises(PackageRejected, match="more than 256 entries"):
+        extract_tar(archive, tmp_path / "unpacked")
+    assert not (tmp_path / "unpacked").exists()
+
+
+def test_an_installed_version_changed_on_disk_is_dropped_at_start_for_one_that_verifies(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    store = store_with_v1(tmp_path, keys, headpose)
+    store.install(make_package(tmp_path, headpose[1], keys[0], "2.0"), load, sane)
+    assert ModelStore(store.root, store.trusted).verify_current("headpose") is None
+    (store.root / "headpose/versions/2.0/labels.txt").write_text("tampered\n")
+    problem = ModelStore(store.root, store.trusted).verify_current("headpose")
+    assert problem is not None and "2.0 no longer matches" in problem and "runs 1.0 instead" in problem
+    assert store.current_version("headpose") == "1.0"
+    (store.root / "headpose/versions/1.0/model.onnx").write_bytes(b"x")
+    problem = ModelStore(store.root, store.trusted).verify_current("headpose")
+    assert problem is not None and "built-in model" in problem and store.current_version("headpose") is None
+
+
 def test_stopping_during_an_install_keeps_the_event_loop_running(
     tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
 ) -> None:
