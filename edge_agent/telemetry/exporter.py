@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.lifecycle import Health
 from edge_agent.telemetry.metrics import REGISTRY
+from edge_agent.web.connections import ConnectionLimits, GuardedTCPSite
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class MetricsServer:
     async def start(self) -> None:
         runner = web.AppRunner(metrics_app(self._registry, self._token), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = GuardedTCPSite(runner, self.host, self.port, ConnectionLimits("metrics"))
         try:
             await site.start()
         except OSError as exc:

@@ -116,6 +116,13 @@ KT_STUDENTS_FORGOTTEN = Counter(
     "Student states forgotten because kt.max_students were kept (the one not seen longest goes).",
     registry=REGISTRY,
 )
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "edge_http_connections_refused",
+    "Connections closed on the web or metrics port (port) by reason: per_peer (over the limit from one "
+    "address), total (over the limit in all), head_timeout (no complete request head in time).",
+    ["port", "reason"],
+    registry=REGISTRY,
+)
 TEACHER_VIEW_DROPS = Counter(
     "edge_teacher_view_drops",
     "Teacher-view losses by reason: slow_subscriber (an update a busy browser did not take; it gets the "
@@ -204,5 +211,8 @@ for _reason in ("max_rows", "max_bytes", "max_age", "expired", "queue_full", "st
     OUTBOX_DROPS.labels(_reason)
 for _reason in ("slow_subscriber", "stream_refused", "stream_stalled"):
     TEACHER_VIEW_DROPS.labels(_reason)
+for _port in ("web", "metrics"):
+    for _reason in ("per_peer", "total", "head_timeout"):
+        HTTP_CONNECTIONS_REFUSED.labels(_port, _reason)
 for _kind in ("start", "store_corrupt", "model_rollback", "model_update_refused", "model_update_dropped"):
     ALERTS.labels(_kind)

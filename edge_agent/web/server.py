@@ -18,6 +18,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
 from edge_agent.live import LiveBoard
 from edge_agent.web.access import PUBLIC_PATHS, access_middleware
+from edge_agent.web.connections import ConnectionLimits, GuardedTCPSite
 from edge_agent.web.view import StatusFn, TeacherView
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class WebComponent:
         )
         await runner.setup()
         port = self._settings.port if self._port_override is None else self._port_override
-        site = web.TCPSite(runner, self._settings.host, port)
+        site = GuardedTCPSite(runner, self._settings.host, port, ConnectionLimits("web"))
         try:
             await site.start()
         except OSError as exc:

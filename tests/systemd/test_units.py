@@ -103,6 +103,7 @@ def test_daemon_unit_settings_the_daemon_relies_on() -> None:
     assert "PrivateDevices" not in service  # it would hide the GPU and the camera
     assert "MemoryDenyWriteExecute" not in service  # CUDA/TensorRT JIT need W+X pages
     assert service["DevicePolicy"] == "closed"
+    assert int(service["LimitNOFILE"]) >= 4 * 1024  # above the connection caps of both HTTP ports
     assert unit["Unit"]["StartLimitBurst"] and "edge-agent-engines.service" in unit["Unit"]["After"]
     engines = read_unit("edge-agent-engines.service")
     assert engines["Service"]["Type"] == "oneshot" and engines["Unit"]["Before"] == "edge-agent.service"

@@ -1,0 +1,127 @@
+"""Connection limits for the board's HTTP ports (teacher view and answer API, metrics).
+
+aiohttp holds a connection that never finishes its request head for as long as the client likes, and
+checks the token only once the head is complete. One phone on the classroom Wi-Fi held 2,000 such
+sockets with no token (security audit); at the systemd default of 1,024 files that stopped every request,
+the MQTT reconnect and the model inbox. :class:`GuardedTCPSite` therefore closes a connection whose first
+request head is not complete within ``head_timeout_s``, allows ``per_peer`` open connections per remote
+address (loopback, the board itself, is not limited) and ``total`` in all, and counts what it refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from aiohttp import web
+
+from edge_agent.telemetry import metrics
+
+HEAD_TIMEOUT_S = 10.0
+PER_PEER = 32  # a browser opens about 6; a clicker base station a few
+TOTAL = 1024  # the units allow 16,384 open files
+_HEAD_END = b"\r\n\r\n"
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+class ConnectionLimits:
+    def __init__(self, port_name: str, per_peer: int = PER_PEER, total: int = TOTAL,
+                 head_timeout_s: float = HEAD_TIMEOUT_S, *, limit_loopback: bool = False) -> None:
+        self.port_name = port_name
+        self.per_peer = per_peer
+        self.limit_loopback = limit_loopback
+        self.total = total
+        self.head_timeout_s = head_timeout_s
+        self.open: collections.Counter[str] = collections.Counter()
+
+    def admit(self, peer: str) -> str | None:
+        """Count a new connection from ``peer``; the reason it is refused, or None."""
+        if sum(self.open.values()) >= self.total:
+            return "total"
+        limited = self.limit_loopback or not peer.startswith(_LOOPBACK)
+        if limited and self.open[peer] >= self.per_peer:
+            return "per_peer"
+        self.open[peer] += 1
+        return None
+
+    def release(self, peer: str) -> None:
+        self.open[peer] -= 1
+        if self.open[peer] <= 0:
+            del self.open[peer]
+
+
+class _Guard(asyncio.Protocol):
+    """Stands between the event loop and aiohttp's protocol for one connection."""
+
+    def __init__(self, inner: Any, limits: ConnectionLimits) -> None:
+        self._inner = inner
+        self._limits = limits
+        self._peer: str | None = None
+        self._head = b""  # the last bytes of the first request head, until its end is seen
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        address = transport.get_extra_info("peername")
+        peer = str(address[0]) if isinstance(address, tuple) and address else "unknown"
+        refused = self._limits.admit(peer)
+        if refused is not None:
+            metrics.HTTP_CONNECTIONS_REFUSED.labels(port=self._limits.port_name, reason=refused).inc()
+            transport.abort()  # before aiohttp sees it: connection_lost below then has nothing to tell it
+            return
+        self._peer = peer
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self._limits.head_timeout_s, self._too_slow)
+        self._inner.connection_made(transport)
+
+    def _too_slow(self) -> None:
+        if self._transport is not None and self._timer is not None:
+            metrics.HTTP_CONNECTIONS_REFUSED.labels(port=self._limits.port_name, reason="head_timeout").inc()
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            window = self._head + data
+            if _HEAD_END in window:
+                self._timer.cancel()
+                self._timer, self._head = None, b""
+            else:
+                self._head = window[-(len(_HEAD_END) - 1):]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._peer is None:
+            return  # refused in connection_made: aiohttp never saw this connection
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._limits.release(self._peer)
+        self._peer = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class GuardedTCPSite(web.TCPSite):
+    """``web.TCPSite`` whose connections go through :class:`ConnectionLimits`."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: ConnectionLimits) -> None:
+        super().__init__(runner, host, port)
+        self.limits = limits
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner, as TCPSite.start does
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Guard(server(), self.limits), self._host, self._port, reuse_address=self._reuse_address,
+        )
