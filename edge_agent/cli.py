@@ -62,6 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  {where}: {message}", file=sys.stderr)
         return 1
     configure_logging(config.logging.level, config.logging.format)
+    os.umask(0o077)  # the database, models and logs are the daemon's alone (the unit's UMask= does the same)
     for key in ignored:
         logging.getLogger("edge_agent.config").warning(
             "config %s: %s is not a key edge-agent %s knows; ignored. A typo (see README 'Config "

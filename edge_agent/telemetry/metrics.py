@@ -116,6 +116,10 @@ KT_STUDENTS_FORGOTTEN = Counter(
     "Student states forgotten because kt.max_students were kept (the one not seen longest goes).",
     registry=REGISTRY,
 )
+WEB_AUTH_FAILURES = Counter(
+    "edge_web_auth_failures", "Wrong web tokens presented (header, cookie, query or sign-in form).",
+    registry=REGISTRY,
+)
 HTTP_CONNECTIONS_REFUSED = Counter(
     "edge_http_connections_refused",
     "Connections closed on the web or metrics port (port) by reason: per_peer (over the limit from one "

@@ -37,6 +37,9 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     )
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path.startswith("/api/"):  # class and student data: never kept by a browser or proxy
+        response.headers.setdefault("Cache-Control", "no-store")
+    response.headers["Server"] = "edge-agent"  # not the Python and aiohttp versions
 
 
 @web.middleware

@@ -177,8 +177,43 @@ def test_a_metrics_token_keeps_scrapers_without_it_out(tmp_path: Path) -> None:
 
         try:
             return [await asyncio.to_thread(status, h) for h in (
-                {}, {"Authorization": "Bearer " + "x" * 24}, {"Authorization": f"Bearer {token}"})]
+                {}, {"Authorization": "Bearer " + "x" * 24}, {"Authorization": f"Bearer {token}"},
+                {"Authorization": f"bearer {token}"}, {"Authorization": token})]
         finally:
             await server.stop()
 
-    assert asyncio.run(scenario()) == [401, 401, 200]
+    assert asyncio.run(scenario()) == [401, 401, 200, 200, 401]  # the scheme is case-insensitive
+
+
+def test_another_host_scraping_many_times_a_second_gets_one_exposition_a_second() -> None:
+    # Security audit: a LAN client at 129 scrapes/s took answer p99 from 13.6 to 248 ms.
+    import urllib.request
+
+    from edge_agent.telemetry import metrics
+    from tests.web.harness import non_loopback_ipv4
+
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    server = MetricsServer("0.0.0.0", 0)
+
+    def value(host: str) -> float:
+        with urllib.request.urlopen(f"http://{host}:{server.port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("edge_kt_students_forgotten_total ")))
+
+    async def scenario() -> tuple[float, float, float, float]:
+        await server.start()
+        try:
+            first = await asyncio.to_thread(value, address)
+            metrics.KT_STUDENTS_FORGOTTEN.inc()
+            cached = await asyncio.to_thread(value, address)
+            local = await asyncio.to_thread(value, "127.0.0.1")  # the board itself: always fresh
+            await asyncio.sleep(1.1)
+            return first, cached, local, await asyncio.to_thread(value, address)
+        finally:
+            await server.stop()
+
+    first, cached, local, later = asyncio.run(scenario())
+    assert cached == first and local == later == first + 1

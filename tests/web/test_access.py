@@ -55,6 +55,26 @@ def test_access_rule_table(remote: str | None, presented: str | None, token: str
     assert is_allowed(remote, presented, token) == (expected is Decision.ALLOW)
 
 
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        (None, Decision.ALLOW),
+        ("localhost:8080", Decision.ALLOW),
+        ("127.0.0.1:8080", Decision.ALLOW),
+        ("[::1]:8080", Decision.ALLOW),
+        ("LOCALHOST", Decision.ALLOW),
+        ("rebind.attacker.example:8080", Decision.NEED_TOKEN),
+        ("192.168.1.20:8080", Decision.NEED_TOKEN),
+    ],
+)
+def test_loopback_is_exempt_only_when_the_host_names_the_board_itself(
+    host: str | None, expected: Decision
+) -> None:
+    # Found by the security audit: a page on a DNS name that rebinds to 127.0.0.1, opened in the board's
+    # own browser, posted answers and read the status with no token.
+    assert decide("127.0.0.1", None, TOKEN, host) is expected
+
+
 def test_only_real_loopback_counts_as_loopback() -> None:
     assert is_loopback("127.0.0.2") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.127.0.1") and not is_loopback("::")
@@ -152,6 +172,26 @@ def test_login_form_sets_the_cookie_and_refuses_foreign_redirects(lan_server: Se
     klingon = {"Content-Type": "application/x-www-form-urlencoded; charset=klingon"}
     status, headers, body = _request(remote_ip, lan_server.port, "/login", klingon, "POST", "token=x")
     assert status == 400 and json.loads(body)["error"] == "bad_form" and "set-cookie" not in headers
+
+
+def test_sign_in_refuses_a_big_form_a_tab_redirect_and_counts_wrong_tokens(
+    lan_server: ServerThread, remote_ip: str
+) -> None:
+    # Security audit: 1,200 one-MiB sign-in posts took the daemon to 1.1 GiB; "/<TAB>/evil.example" as
+    # the next page redirected to //evil.example; 20,000 wrong tokens left no trace.
+    from edge_agent.telemetry import metrics
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _, body = _request(remote_ip, lan_server.port, "/login", form, "POST", "token=" + "A" * 10_000)
+    assert status == 413 and json.loads(body)["error"] == "bad_form"
+    status, headers, _ = _request(remote_ip, lan_server.port, "/login", form, "POST",
+                                  f"token={WEB_TOKEN}&next=/%09/evil.example/x")
+    assert status == 303 and headers["location"] == "/"
+    before = metrics.sample("edge_web_auth_failures_total")
+    assert _request(remote_ip, lan_server.port, "/api/v1/live", {"Authorization": "Bearer nope"})[0] == 401
+    assert _request(remote_ip, lan_server.port, "/login", form, "POST", "token=wrong&next=/")[0] == 401
+    assert _request(remote_ip, lan_server.port, "/api/v1/live")[0] == 401  # no token: not a guess
+    assert metrics.sample("edge_web_auth_failures_total") == before + 2
 
 
 def test_html_request_without_token_gets_the_login_form(lan_server: ServerThread, remote_ip: str) -> None:

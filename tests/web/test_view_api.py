@@ -166,7 +166,7 @@ def test_a_browser_that_stops_reading_loses_its_stream_and_frees_its_place() -> 
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
         stuck.connect(("127.0.0.1", server.port))
-        stuck.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: board\r\n\r\n")
+        stuck.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         big = {"note": "x" * 100_000}
         status: dict[str, Any] = {}
         deadline = time.monotonic() + 15
@@ -193,7 +193,7 @@ def test_a_browser_gone_while_the_board_waits_to_send_is_forgotten_without_an_er
     stuck = socket.socket()
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.connect(("127.0.0.1", server.port))
-    stuck.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: board\r\n\r\n")
+    stuck.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
     try:
         for _ in range(150):  # about 15 MB: more than the socket buffers hold, so the board waits to send
             live.publish("health", {"note": "x" * 100_000})
