@@ -429,6 +429,23 @@ class _Trickle(QuietHandler):
             time.sleep(0.1)
 
 
+class _TrickleHeaders(QuietHandler):
+    def do_GET(self) -> None:
+        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for n in range(50):  # one header line every 0.1 s: the reply never gets past its head in time
+            self.wfile.write(f"X-Wait-{n}: 1\r\n".encode())
+            self.wfile.flush()
+            time.sleep(0.1)
+
+
+class _CountingPlain(QuietHandler):
+    hits = 0
+
+    def do_GET(self) -> None:
+        _CountingPlain.hits += 1
+        super().do_GET()
+
+
 class _Garbled(QuietHandler):
     def do_GET(self) -> None:
         self.wfile.write(b"HTTP/1.1 2OO OK\r\n\r\n")
@@ -448,7 +465,7 @@ def test_download_refuses_a_redirect_to_plain_http_a_garbled_reply_and_slow_serv
     ca = FleetCA.create(tmp_path / "ca", "test fleet")
     trust = ssl.create_default_context(cadata=ca.ca_pem().decode())
     plain = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *a: QuietHandler(*a, directory=str(served))
+        ("127.0.0.1", 0), lambda *a: _CountingPlain(*a, directory=str(served))
     )
     threading.Thread(target=plain.serve_forever, daemon=True).start()
     _RedirectToPlainHttp.target = f"http://127.0.0.1:{plain.server_address[1]}/pkg.tar"
@@ -456,22 +473,29 @@ def test_download_refuses_a_redirect_to_plain_http_a_garbled_reply_and_slow_serv
     stalling = HttpsFileServer(served, ca, _Stall)
     garbled = HttpsFileServer(served, ca, _Garbled)
     trickling = HttpsFileServer(served, ca, _Trickle)
+    trickling_head = HttpsFileServer(served, ca, _TrickleHeaders)
     dest = tmp_path / "inbox" / "kt-1.tar"
     dest.parent.mkdir()
     try:
         with pytest.raises(DownloadFailed, match="redirected away from https"):
             download(redirecting.url("pkg.tar"), dest, sha, timeout_s=5, max_bytes=10_000, context=trust)
+        assert _CountingPlain.hits == 0  # refused before the plain-http request went out (it used to go)
         with pytest.raises(DownloadFailed, match=r"model download failed: .*2OO"):
             download(garbled.url("pkg.tar"), dest, sha, timeout_s=5, max_bytes=10_000, context=trust)
         started = time.monotonic()
-        with pytest.raises(DownloadFailed, match="timed out"):
+        with pytest.raises(DownloadFailed, match=r"timed out|took longer than 0\.5 s"):
             download(stalling.url("pkg.tar"), dest, sha, timeout_s=0.5, max_bytes=10_000, context=trust)
         assert time.monotonic() - started < 1.4  # gave up, did not wait for the server
         started = time.monotonic()
         with pytest.raises(DownloadFailed, match=r"took longer than 1\.0 s"):
             download(trickling.url("pkg.tar"), dest, sha, timeout_s=1.0, max_bytes=10_000, context=trust)
         assert time.monotonic() - started < 2.5  # the deadline held although no single read timed out
+        started = time.monotonic()
+        with pytest.raises(DownloadFailed, match=r"took longer than 1\.0 s"):
+            download(trickling_head.url("pkg.tar"), dest, sha, timeout_s=1.0, max_bytes=10_000, context=trust)
+        assert time.monotonic() - started < 2.5  # also while the head trickles in (it held 300 s)
     finally:
+        trickling_head.close()
         redirecting.close()
         stalling.close()
         garbled.close()
