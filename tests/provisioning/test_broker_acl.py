@@ -53,12 +53,12 @@ def test_each_board_data_arrives_under_its_own_topic(fleet: Fleet, broker: Broke
     try:
         assert controller.connect() == 0 and a.connect() == 0 and c.connect() == 0
         assert controller.subscribe("edge/#") == [1]
-        assert a.publish("edge/district-a/school-1/board-a/aggregates", b"{}") == 0
-        assert c.publish("edge/district-b/school-9/board-c/aggregates", b"{}") == 0
+        assert a.publish("edge/district-a/school-1/board-a/attention", b"{}") == 0
+        assert c.publish("edge/district-b/school-9/board-c/attention", b"{}") == 0
         got = {controller.messages.get(timeout=5)[0] for _ in range(2)}
         assert got == {
-            "edge/district-a/school-1/board-a/aggregates",
-            "edge/district-b/school-9/board-c/aggregates",
+            "edge/district-a/school-1/board-a/attention",
+            "edge/district-b/school-9/board-c/attention",
         }
     finally:
         for client in (controller, a, c):
@@ -73,10 +73,12 @@ def test_board_cannot_publish_under_another_boards_topic(
     try:
         assert controller.connect() == 0 and a.connect() == 0
         controller.subscribe("edge/#")
-        assert a.publish("edge/district-a/school-1/board-b/aggregates", b"forged") == NOT_AUTHORIZED
+        assert a.publish("edge/district-a/school-1/board-b/attention", b"forged") == NOT_AUTHORIZED
         assert a.publish("edge/district-a/school-1/board-b/cmd", b"forged") == NOT_AUTHORIZED
+        # Not even to itself (security audit): a key taken off a board could send it a model_update.
+        assert a.publish("edge/district-a/school-1/board-a/cmd", b"forged") == NOT_AUTHORIZED
         assert a.publish("edge/other", b"x") == NOT_AUTHORIZED
-        marker = "edge/district-a/school-1/board-a/marker"
+        marker = "edge/district-a/school-1/board-a/heartbeat"
         assert a.publish(marker, b"m") == 0
         assert drain_until(controller, marker) == [marker]
     finally:
