@@ -8,6 +8,7 @@ event. Everything the page loads comes from this board: no CDN, no outside fonts
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
+from edge_agent.web.access import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ I18N_DIR = WEB_DIR / "i18n"
 LANGUAGES = ("zh-CN", "en")
 _LANG_RE = re.compile(r"^[A-Za-z]{2}(-[A-Za-z]{2})?$")
 SSE_RETRY_MS = 3000
+MAX_STREAMS_PER_PEER = 4  # a teacher's laptop, a phone, and a tab or two
 STALL_KEEPALIVES = 2  # a browser that takes no data for this many keepalive periods is gone or frozen
 
 StatusFn = Callable[[], dict[str, Any]]
@@ -101,6 +104,7 @@ class TeacherView:
         self._max_streams = max_streams
         self._closing = asyncio.Event()
         self.open_streams = 0
+        self._streams_of: collections.Counter[str] = collections.Counter()  # open streams per address
         self.refused_streams = 0  # streams over max_streams, answered 503
         self.stalled_streams = 0  # streams ended because the browser stopped taking data
         self._template = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
@@ -159,13 +163,19 @@ class TeacherView:
         return web.json_response(_json_safe(data))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        if self.open_streams >= self._max_streams:
+        peer = request.remote or "unknown"
+        # One computer may not hold every place: a token holder opened all 32 and the teacher got 503
+        # (security audit). The board's own screen (loopback) is not limited.
+        crowded = not is_loopback(peer) and self._streams_of[peer] >= MAX_STREAMS_PER_PEER
+        if self.open_streams >= self._max_streams or crowded:
             self.refused_streams += 1
             metrics.TEACHER_VIEW_DROPS.labels(reason="stream_refused").inc()
+            where = f"this computer has {MAX_STREAMS_PER_PEER}" if crowded else "there are too many"
             raise web.HTTPServiceUnavailable(
-                text="too many open teacher views on this board; close a browser tab and retry",
+                text=f"{where} open teacher views on this board; close a browser tab and retry",
                 headers={"Retry-After": "10"},
             )
+        self._streams_of[peer] += 1
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -195,6 +205,9 @@ class TeacherView:
         finally:
             self._live.unsubscribe(queue)
             self.open_streams -= 1
+            self._streams_of[peer] -= 1
+            if self._streams_of[peer] <= 0:
+                del self._streams_of[peer]
             metrics.TEACHER_VIEW_STREAMS.dec()
         return response
 

@@ -156,6 +156,35 @@ def test_a_33rd_teacher_view_is_told_to_retry_and_a_closed_one_frees_its_place()
         server.stop()
 
 
+def test_one_computer_on_the_lan_holds_at_most_four_teacher_views() -> None:
+    from tests.web.conftest import WEB_TOKEN
+    from tests.web.harness import non_loopback_ipv4
+
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    server = ServerThread(LiveBoard(), token=WEB_TOKEN, host="0.0.0.0", keepalive_s=0.2).start()
+    url = f"http://{address}:{server.port}/api/v1/events"
+
+    async def scenario() -> tuple[int, str, int]:
+        headers = {"Authorization": f"Bearer {WEB_TOKEN}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            streams = [await session.get(url) for _ in range(4)]
+            async with session.get(url) as refused:
+                status, text = refused.status, await refused.text()
+            async with session.get(server.url + "/api/v1/events") as local:  # the board's own screen
+                local_status = local.status
+            for stream in streams:
+                stream.close()
+            return status, text, local_status
+
+    try:
+        status, text, local_status = run_async(asyncio.wait_for(scenario(), timeout=20))
+        assert status == 503 and "this computer has 4 open teacher views" in text and local_status == 200
+    finally:
+        server.stop()
+
+
 def test_a_browser_that_stops_reading_loses_its_stream_and_frees_its_place() -> None:
     # A frozen tab or a half-dead Wi-Fi client keeps its TCP connection open but takes no data; without
     # a deadline on each write its stream (one of 32) would be held until the connection dies.
