@@ -163,6 +163,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
                     heartbeats=heartbeats,
                     class_id=config.device.class_id,
                     live=live,
+                    history=store.history,
                 ),
             )
         )

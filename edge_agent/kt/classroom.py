@@ -46,6 +46,28 @@ class LessonWindow:
     def idle(self, now: float, gap_s: float) -> bool:
         return now >= self.last + gap_s or now < self.last - gap_s
 
+    def to_json(self) -> dict[str, Any]:
+        """Who answered, on what and when, without their probabilities (kept per student in the store)."""
+        return {
+            "started": self.started, "answers": self.answers, "last": self.last,
+            "students": sorted(self.probs),
+            "practised": {str(k): sorted(who) for k, who in self.practised.items()},
+            "activity": {str(m): n for m, n in self.activity.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], probs: dict[str, np.ndarray]) -> LessonWindow:
+        """Rebuilt with each student's current probabilities; raises KeyError, TypeError or ValueError on
+        a damaged record."""
+        return cls(
+            float(data["started"]),
+            int(data["answers"]),
+            {s: probs[s] for s in data["students"] if s in probs},
+            {int(k): set(who) for k, who in data["practised"].items()},
+            {int(m): int(n) for m, n in data["activity"].items()},
+            float(data["last"]),
+        )
+
     def copy(self) -> LessonWindow:
         """A snapshot to summarise outside the caller's lock (the probability arrays are never mutated)."""
         return LessonWindow(

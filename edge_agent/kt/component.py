@@ -131,6 +131,9 @@ class KTComponent:
         if persistence is not None:
             service.load(persistence.load_states(package.hidden, len(package.skills)))
             persistence.prune_events(time.time() - EVENT_KEEP_S)
+            view = persistence.load_lesson_view()
+            if view is not None and service.restore_lesson_view(view):
+                log.info("the teacher's lesson goes on (%s answers so far)", view.get("answers"))
         return service
 
     async def stop(self) -> None:
@@ -148,6 +151,12 @@ class KTComponent:
             summary = service.close_lesson_if_due(now_anyway=True)
             if summary is not None and summary["answers"]:
                 await self._send(summary | {"partial": True})
+            if self._db is not None:  # a restart mid-lesson (an update) must not empty the teacher's view
+                saving = StatePersistence(self._db).save_lesson_view(service.lesson_view())
+                try:
+                    await asyncio.wrap_future(saving)
+                except Exception as exc:
+                    log.error("could not keep the teacher's lesson for the next start: %s", exc)
             self._publish(service)
         self._heartbeats.unregister(HEARTBEAT)
         if self._own_engine and self._engine is not None:

@@ -6,10 +6,12 @@ and ``kt_applied_events(event_key, applied_at)`` for idempotency across restarts
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 from edge_agent.kt.state import StudentState
 from edge_agent.store.db import Database
@@ -86,6 +88,29 @@ class StatePersistence:
             conn.executemany("DELETE FROM kt_student_state WHERE student = ?", forget_rows)  # after: wins
 
         return self.db.write(run)
+
+    def save_lesson_view(self, view: dict[str, Any] | None) -> Future[None]:
+        """The teacher's lesson at stop (meta ``kt_lesson_view``), so a restart mid-lesson keeps it."""
+        text = "" if view is None else json.dumps(view, separators=(",", ":"))
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('kt_lesson_view', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (text,),
+            )
+
+        return self.db.write(run)
+
+    def load_lesson_view(self) -> dict[str, Any] | None:
+        row = self.db.read(
+            lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'kt_lesson_view'").fetchone()
+        )
+        try:
+            view = json.loads(row[0]) if row and row[0] else None
+        except ValueError:
+            return None
+        return view if isinstance(view, dict) else None
 
     def prune_events(self, before: float) -> Future[int]:
         return self.db.write(

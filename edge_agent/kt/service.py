@@ -559,6 +559,26 @@ class KTService:
             package = self.package
         return summarize(window, package, self.settings, now, window_s=math.inf)
 
+    def lesson_view(self) -> dict[str, Any] | None:
+        """The teacher's lesson, to keep across a restart (None when there is none)."""
+        with self._lock:
+            return None if self._view is None else self._view.to_json()
+
+    def restore_lesson_view(self, data: dict[str, Any]) -> bool:
+        """Before ``start``: take back the lesson a stop saved, unless it has ended since (lesson_gap_s
+        without an answer) or the record is damaged."""
+        with self._lock:
+            probs = {s: st.probs for s, st in self._states.items()}
+            try:
+                view = LessonWindow.from_json(data, probs)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.warning("the saved teacher's lesson could not be read; the view starts empty")
+                return False
+            if view.idle(self._clock(), self.settings.lesson_gap_s):
+                return False
+            self._view = view
+            return True
+
     def close_lesson_if_due(self, *, now_anyway: bool = False) -> dict[str, Any] | None:
         """The synced window's summary once it has ended (or at once with ``now_anyway``: at stop); the
         next answer opens a new window."""

@@ -9,6 +9,7 @@ from edge_agent.config import Config
 from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
+from edge_agent.store.history import History
 from edge_agent.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class StoreComponent:
     ) -> None:
         self.db = Database(config.database_path, config.store, heartbeats)
         self.outbox = Outbox(self.db, config.device, config.store, config.mqtt)
+        self.history = History(self.db)  # the teacher view's recent windows, kept across restarts
         self._live = live
         self.alert: str | None = None
         self._open = False
@@ -39,6 +41,7 @@ class StoreComponent:
             # db.open already counted it as ALERTS{kind="store_corrupt"}.
             self.alert = report.alert
         recovered = await asyncio.to_thread(self.outbox.open)
+        self.history.prune()
         log.info("store open: %s (%s messages to resend after the last stop)", report.path, recovered)
 
     async def stop(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from edge_agent.config import AttentionSettings, CameraSettings
 from edge_agent.inference.engine import Engine
 from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
+from edge_agent.store.history import History
 from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
 from edge_agent.vision.camera import Camera, Opener
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 STREAM = "attention"
 PAYLOAD_VERSION = 1
+PRUNE_EVERY_S = 3600.0  # history keeps 14 days; a board may run for weeks between restarts
 
 
 class OutboxLike(Protocol):
@@ -87,8 +90,11 @@ class AttentionComponent:
         live: LiveBoard | None = None,
         opener: Opener | None = None,
         class_id: str = "",
+        history: History | None = None,
     ) -> None:
         self.camera_settings = camera_settings
+        self.history = history  # so the teacher's timeline survives a restart (an update mid-lesson)
+        self._pruned = time.monotonic()
         self.class_id = class_id
         self.settings = attention_settings
         self.outbox = outbox
@@ -125,6 +131,10 @@ class AttentionComponent:
             beat=beat.beat,
             pose_refresh_frames=settings.pose_refresh_frames,
         )
+        if self.history is not None:
+            since = time.time() - self.loop.timeline.maxlen * settings.window_s  # type: ignore[operator]
+            earlier = await asyncio.to_thread(self.history.recent, STREAM, since)
+            self.loop.timeline.extend(row["data"] for row in earlier)
         # Threads inherit the nice value of the thread that starts them (the pose pool and the capture
         # backend's threads are started later by these two).
         call_at_lower_priority(settings.nice, self._start_threads)
@@ -163,6 +173,11 @@ class AttentionComponent:
 
     def _store_window(self, window: dict[str, Any]) -> None:
         self.outbox.enqueue(STREAM, window_payload(window, self.analyser.pose.method, self.class_id))
+        if self.history is not None:
+            self.history.record(STREAM, window)
+            if time.monotonic() - self._pruned >= PRUNE_EVERY_S:
+                self._pruned = time.monotonic()
+                self.history.prune()
 
     def _publish_live(self, section: dict[str, Any]) -> None:
         assert self.live is not None

@@ -45,6 +45,9 @@ def test_component_runs_flushes_and_restores(
         await again.start()
         restored = again.get_service()
         assert restored is not None and restored.student_count() == 3
+        # The teacher's lesson goes on after a restart (an update mid-lesson emptied it: 160 answers -> 0).
+        lesson = restored.class_summary()
+        assert lesson["answers"] == 5 and lesson["students"] == 3 and lesson["skills"]
         await again.stop()
 
     asyncio.run(run())
@@ -106,3 +109,24 @@ def test_a_swap_that_times_out_is_withdrawn_and_the_running_engine_stays(
         await comp.stop()
 
     asyncio.run(run())
+
+
+def test_a_saved_lesson_that_has_ended_or_is_damaged_is_not_taken_back(
+    package: KTPackage, engine, pseudonymize
+) -> None:
+    from edge_agent.kt.service import KTService
+
+    settings = KTSettings(lesson_gap_s=600.0, microbatch_wait_ms=0.0)
+    now = [1_800_000_000.0]
+    svc = KTService(package, engine, settings, pseudonymize, clock=lambda: now[0])
+    svc.start()
+    svc.submit([_answer(package, pseudonymize, "s0", "e0")]).result(5)
+    svc.stop()
+    view = svc.lesson_view()
+    assert view is not None and view["answers"] == 1
+    later = KTService(package, engine, settings, pseudonymize, clock=lambda: now[0])
+    now[0] += 601
+    assert not later.restore_lesson_view(view)  # the break came: the next lesson starts empty
+    now[0] -= 601
+    assert not later.restore_lesson_view({"started": "x"})
+    assert later.restore_lesson_view(view) and later.class_summary()["answers"] == 1

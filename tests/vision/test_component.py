@@ -22,6 +22,7 @@ from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 from edge_agent.lifecycle import HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
+from edge_agent.store.history import History
 from edge_agent.store.outbox import Outbox
 from edge_agent.telemetry import metrics
 from edge_agent.vision import pipeline
@@ -145,6 +146,44 @@ def test_pipeline_on_real_photos_stores_only_class_numbers(
     logs = "\n".join(record.getMessage() for record in caplog.records)
     _assert_no_image_data(logs.encode(), "the logs")
     assert "[[" not in logs and "array(" not in logs
+
+
+def test_the_teachers_timeline_survives_a_restart(photo_folder, state_dir, face_engine, pose_engines):
+    # Found by the upgrade audit: every restart (an update during the school day) emptied the attention
+    # timeline (3 windows -> 1); the history table the code had for it was never written.
+    db = Database(state_dir / "edge-agent.db", StoreSettings())
+    db.open()
+    outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    outbox.open()
+    history = History(db)
+
+    def component() -> AttentionComponent:
+        return AttentionComponent(
+            CameraSettings(source=str(photo_folder), analysis_fps=10.0),
+            AttentionSettings(min_faces=1).model_copy(update={"window_s": 1.0}),  # short, for the test
+            face_engine, pose_engines, outbox=outbox, heartbeats=HeartbeatRegistry(),
+            opener=_folder_opener(photo_folder), history=history,
+        )
+
+    async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        first = component()
+        await first.start()
+        await asyncio.sleep(3.5)
+        await first.stop()
+        assert first.loop is not None
+        before = first.loop.live_section()["timeline"]
+        second = component()
+        await second.start()
+        assert second.loop is not None
+        after = second.loop.live_section()["timeline"]
+        await second.stop()
+        return before, after
+
+    try:
+        before, after = asyncio.run(run())
+    finally:
+        db.close()
+    assert len(before) >= 3 and after[: len(before)] == before
 
 
 def test_missing_camera_degrades_health_and_keeps_retrying(tmp_path, face_engine, pose_engines):
