@@ -135,10 +135,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edge_agent.inference.fetch import engine_model
+    from edge_agent.inference.fetch import engine_model, sha256_file
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
     from edge_agent.inference.quantize import calibration_inputs, compare_outputs, quantize_qdq
-    from edge_agent.inference.select import qdq_model_path
+    from edge_agent.inference.select import qdq_model_path, qdq_source_record
 
     _, paths = _config(args)
     (manifest,) = _selected(args)
@@ -154,6 +154,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     calibration, held_out = samples[: -args.held_out], samples[-args.held_out :]
     dest = Path(args.out) if args.out else qdq_model_path(manifest, paths)
     quantize_qdq(source, dest, calibration, activation_symmetric=not args.asymmetric)
+    qdq_source_record(dest).write_text(sha256_file(source) + "\n", encoding="utf-8")
     fp32 = OnnxRuntimeEngine(source, model_name=manifest.name)
     int8 = OnnxRuntimeEngine(dest, model_name=manifest.name, precision="int8")
     report = compare_outputs(

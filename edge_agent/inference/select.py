@@ -31,6 +31,11 @@ from edge_agent.telemetry import metrics
 log = logging.getLogger(__name__)
 
 
+# Part of every plan's cache key: bump it with any change to trt_build.py's builder configuration, so
+# an upgraded board builds its plans again instead of loading the previous release's.
+BUILDER_REVISION = 1
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     workspace_mib: int
@@ -39,7 +44,9 @@ class BuildSettings:
 
     def key_fields(self) -> dict[str, object]:
         # Paths do not change the plan; the workspace limit can change tactic choice.
-        return {"workspace_mib": self.workspace_mib, "strongly_typed_int8": True}
+        return {
+            "workspace_mib": self.workspace_mib, "strongly_typed_int8": True, "builder": BUILDER_REVISION,
+        }
 
 
 class TensorRTPort(Protocol):
@@ -100,6 +107,19 @@ def precision_for(manifest: Manifest, settings: InferenceSettings) -> str:
 def qdq_model_path(manifest: Manifest, paths: PathSettings) -> Path:
     """Where ``edge-agent engines quantize`` puts the INT8 Q/DQ model of ``manifest``."""
     return paths.cache_dir / "models" / "int8" / f"{manifest.name}-int8-qdq.onnx"
+
+
+def qdq_source_record(qdq: Path) -> Path:
+    """The file beside a Q/DQ model naming (sha256) the model it was quantized from: an upgrade that
+    changes a model's pin or its derivation must not go on running INT8 weights of the old one."""
+    return qdq.with_name(qdq.name + ".source-sha256")
+
+
+def qdq_is_current(qdq: Path, source: Path) -> bool:
+    try:
+        return qdq_source_record(qdq).read_text(encoding="utf-8").strip() == sha256_file(source)
+    except OSError:
+        return False
 
 
 def load_engine(
@@ -163,6 +183,12 @@ def _load_tensorrt(
                 f"INT8 needs a Q/DQ model at {source}; run `edge-agent engines quantize {manifest.name}`",
                 "int8_uncalibrated",
             )
+        if not qdq_is_current(source, onnx_path):
+            raise EngineLoadError(
+                f"the Q/DQ model at {source} was made from another version of {manifest.name}; run "
+                f"`edge-agent engines quantize {manifest.name}` again",
+                "int8_stale",
+            )
     engines_dir = paths.cache_dir / "engines"
     cache = PlanCache(engines_dir)
     build = BuildSettings(
@@ -191,8 +217,10 @@ def _load_onnxruntime(
     path, run_as, note = onnx_path, "fp32", None
     if precision == "int8":
         qdq = qdq_model_path(manifest, paths)
-        if qdq.is_file():
+        if qdq.is_file() and qdq_is_current(qdq, onnx_path):
             path, run_as = qdq, "int8"
+        elif qdq.is_file():
+            note = f"the Q/DQ model at {qdq} was made from another version of the model; running fp32"
         else:
             note = f"INT8 asked but no Q/DQ model at {qdq}; running fp32"
     elif precision == "fp16":

@@ -114,6 +114,30 @@ def test_int8_without_a_qdq_model_falls_back_with_instructions(tmp_path, model_m
     assert str(qdq_model_path(FSANET, paths)) in loaded.fallback
 
 
+def test_an_int8_model_quantized_from_another_version_of_the_model_is_not_used(tmp_path, model_mirror):
+    # Upgrade audit F10: the Q/DQ file had no record of its source, so a release that changed a model's
+    # pin or derivation would go on running INT8 weights of the previous model, on both backends.
+    from edge_agent.inference.fetch import engine_model, sha256_file
+    from edge_agent.inference.quantize import quantize_qdq
+    from edge_agent.inference.select import qdq_source_record
+
+    paths = paths_for(tmp_path, model_mirror)
+    source = engine_model(FSANET, paths)
+    qdq = qdq_model_path(FSANET, paths)
+    rng = np.random.default_rng(0)
+    quantize_qdq(source, qdq, [{"input": rng.random((1, 3, 64, 64), np.float32)} for _ in range(4)])
+    qdq_source_record(qdq).write_text(sha256_file(source) + "\n")
+    int8 = settings("onnxruntime", pose_precision="int8")
+    current = load_engine(FSANET, int8, paths)
+    assert current.precision == "int8" and current.fallback is None
+    qdq_source_record(qdq).write_text("0" * 64 + "\n")  # made from the model an earlier release pinned
+    stale = load_engine(FSANET, int8, paths)
+    assert stale.precision == "fp32" and stale.fallback is not None and "another version" in stale.fallback
+    before = _failures(FSANET.name, "int8_stale")
+    trt = load_engine(FSANET, settings("tensorrt", pose_precision="int8"), paths, tensorrt=FakeTensorRT())
+    assert trt.backend == "onnxruntime" and _failures(FSANET.name, "int8_stale") == before + 1
+
+
 def test_precision_comes_from_the_role_and_the_manifest():
     assert precision_for(FSANET, settings(pose_precision="int8")) == "int8"
     assert precision_for(MANIFESTS["yunet"], settings(face_precision="fp32")) == "fp32"
