@@ -29,6 +29,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +52,14 @@ _CHUNK = 1 << 16
 
 
 class DownloadFailed(ProvisioningError):
-    """The package named by a model_update command could not be fetched or did not match its sha256."""
+    """The package named by a model_update command could not be fetched or did not match its sha256.
+
+    ``str()`` is what the status and the MQTT heartbeat publish; ``detail`` (the network error itself)
+    goes only to the board's log: published, it told a command sender which internal ports answered."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message
 
 
 def updates_enabled(settings: UpdateSettings) -> bool:
@@ -174,7 +182,12 @@ def download(
     except (OSError, ValueError, http.client.HTTPException) as exc:
         if time.monotonic() > deadline:
             raise DownloadFailed(f"model download took longer than {timeout_s} s") from exc
-        raise DownloadFailed(f"model download failed: {exc}") from exc
+        status = f" (HTTP {exc.code})" if isinstance(exc, urllib.error.HTTPError) else ""
+        raise DownloadFailed(
+            f"model download failed{status}: the update server could not be reached or did not answer "
+            "properly; the board's log has the details",
+            f"model download failed: {exc}",
+        ) from exc
     finally:
         part.unlink(missing_ok=True)
     return dest
@@ -362,7 +375,7 @@ class ModelUpdates:
             self.last_download = f"request {command.request_id}: {exc}"
             self._note(False, self.last_download)
             metrics.ALERTS.labels(kind="model_update_refused").inc()
-            log.warning("model update %s not downloaded: %s", command.request_id, exc)
+            log.warning("model update %s not downloaded: %s", command.request_id, getattr(exc, "detail", exc))
             return
         self.last_download = f"request {command.request_id}: downloaded {dest.name}"
         log.info("model update %s downloaded into the inbox as %s", command.request_id, dest.name)
