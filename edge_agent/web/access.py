@@ -140,7 +140,9 @@ def _presented(request: web.Request, token: str | None) -> str | None:
         if hmac.compare_digest(cookie.encode("utf-8"), session_value(token).encode("utf-8")):
             return token
         return cookie  # a stale cookie (token rotated) is a wrong token, not a missing one
-    return request.query.get("token")
+    # Only a page opened from a link takes ?token= (and moves it to the cookie at once); an API call
+    # with it would leave the token in proxy and server logs.
+    return request.query.get("token") if request.method == "GET" else None
 
 
 def _set_session(response: web.StreamResponse, token: str) -> None:

@@ -159,6 +159,14 @@ def test_wrong_query_token_sets_no_cookie(lan_server: ServerThread, remote_ip: s
     assert status == 401 and "set-cookie" not in headers
 
 
+def test_a_query_token_opens_pages_but_not_api_posts(lan_server: ServerThread, remote_ip: str) -> None:
+    # Security audit: ?token= was accepted on POST, leaving the token in proxy and server logs.
+    json_body = {"Content-Type": "application/json"}
+    status, _, body = _request(remote_ip, lan_server.port, f"/api/v1/answers?token={WEB_TOKEN}", json_body,
+                               "POST", "{}")
+    assert status == 401 and json.loads(body)["error"] == "need_token"
+
+
 def test_login_form_sets_the_cookie_and_refuses_foreign_redirects(lan_server: ServerThread,
                                                                   remote_ip: str) -> None:
     form = {"Content-Type": "application/x-www-form-urlencoded"}
