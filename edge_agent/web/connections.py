@@ -123,5 +123,8 @@ class GuardedTCPSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Guard(server(), self.limits), self._host, self._port, reuse_address=self._reuse_address,
+            lambda: _Guard(server(), self.limits), self._host, self._port, backlog=self._backlog,
+            reuse_address=self._reuse_address,
         )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
