@@ -246,7 +246,7 @@ async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
     presented_text = presented if isinstance(presented, str) else None
     next_raw = form.get("next")
     target = _safe_next(next_raw if isinstance(next_raw, str) else "/")
-    decision = decide(request.remote, presented_text or None, token, request.host)
+    decision = decide(request.remote, presented_text or None, token, request.headers.get("Host"))
     del form, presented, presented_text
     if decision is not Decision.ALLOW or token is None:
         if decision is Decision.ALLOW:  # loopback with no token configured: nothing to sign in to
@@ -271,7 +271,8 @@ def access_middleware(token: str | None, public_paths: Collection[str] = PUBLIC_
         if request.path == LOGIN_PATH:
             return await _login(request, token)
         presented = _presented(request, token)
-        decision = decide(request.remote, presented, token, request.host)
+        # The header itself: request.host falls back to socket.getfqdn(), a DNS lookup on the event loop
+        decision = decide(request.remote, presented, token, request.headers.get("Host"))
         if decision is not Decision.ALLOW:
             _failed.note(request.remote, decision)
             return _refusal(request, decision)
