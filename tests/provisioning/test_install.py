@@ -41,7 +41,11 @@ def _running(prefix: Path) -> str:
     return out.strip()
 
 
-def test_install_upgrade_and_rollback_switch_whole_releases(tmp_path: Path) -> None:
+def test_releases_switch_whole_and_a_failed_or_interrupted_install_never_touches_the_running_one(
+    tmp_path: Path,
+) -> None:
+    # One prefix through install, upgrade, rollback, a failed pip, a third release and an interrupted
+    # install (each full install builds a venv: about 25 s with pip's cache).
     prefix = tmp_path / "opt"
     first = _install(_release(tmp_path, "r1", "one\n"), prefix)
     assert first.returncode == 0, first.stderr
@@ -74,37 +78,30 @@ def test_install_upgrade_and_rollback_switch_whole_releases(tmp_path: Path) -> N
     assert (prefix / "VERSION").read_text() == version and _running(prefix).endswith(f"(build {release_id})")
     assert (prefix / "previous/VERSION").read_text() == new_version  # and forward again the same way
 
-    # A third release: the two before it are the ones kept.
-    third = _install(_release(tmp_path, "r3", "three\n"), prefix)
-    assert third.returncode == 0, third.stderr
-    assert len(list((prefix / "releases").iterdir())) == 2
-    assert (prefix / "previous/VERSION").read_text() == version
-
-
-def test_a_failed_or_interrupted_upgrade_never_touches_the_running_release(tmp_path: Path) -> None:
     # Found by the upgrade audit: install.sh moved the running code aside and deleted app.old before pip
     # ran; a failed pip left nothing to roll back to, and a power cut during pip left unfinished code in
     # app/ with a VERSION naming another release.
-    prefix = tmp_path / "opt"
-    assert _install(_release(tmp_path, "r1", "one\n"), prefix).returncode == 0
-    version = (prefix / "VERSION").read_text()
     broken = _release(tmp_path, "broken", "broken\n")
     pyproject = broken / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace('"numpy>=1.24,<3",', '"numpy>=999",', 1))
-    result = _install(broken, prefix)
-    assert result.returncode == 1 and "nothing was switched" in result.stderr
-    assert (prefix / "VERSION").read_text() == version and _running(prefix).startswith("edge-agent 0.1.0")
-    assert len(list((prefix / "releases").iterdir())) == 1  # the failed one is gone
+    failed = _install(broken, prefix)
+    assert failed.returncode == 1 and "nothing was switched" in failed.stderr
+    assert (prefix / "VERSION").read_text() == version and _running(prefix).endswith(f"(build {release_id})")
+    assert len(list((prefix / "releases").iterdir())) == 2  # the failed one is gone
 
-    # A release whose install was cut off (no .complete) is rebuilt, not used, on the next run.
-    release = _release(tmp_path, "r2", "two\n")
-    ok = _install(release, prefix)
-    new_id = (prefix / "VERSION").read_text().split()[1]
-    (prefix / f"releases/{new_id}/.complete").unlink()
-    (prefix / f"releases/{new_id}/venv/bin/python").unlink()  # what a power cut mid-pip may leave
-    again = _install(release, prefix)
-    assert ok.returncode == 0 and again.returncode == 0, again.stderr
-    assert _running(prefix).endswith(f"(build {new_id})")
+    # A third release: the two before it are the ones kept... until the switch; then current and previous.
+    third_source = _release(tmp_path, "r3", "three\n")
+    third = _install(third_source, prefix)
+    assert third.returncode == 0, third.stderr
+    assert len(list((prefix / "releases").iterdir())) == 2
+    assert (prefix / "previous/VERSION").read_text() == version
+    # Its install cut off (no .complete, no python): the next run rebuilds it rather than using it.
+    third_id = (prefix / "VERSION").read_text().split()[1]
+    (prefix / f"releases/{third_id}/.complete").unlink()
+    (prefix / f"releases/{third_id}/venv/bin/python").unlink()
+    again = _install(third_source, prefix)
+    assert again.returncode == 0, again.stderr
+    assert _running(prefix).endswith(f"(build {third_id})")
 
 
 def test_install_refuses_a_partial_release_or_an_earlier_layout(tmp_path: Path) -> None:
