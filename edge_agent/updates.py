@@ -121,7 +121,8 @@ class _DeadlineConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         super().connect()
-        self._timer.start()
+        if self._timer.ident is None:  # http.client may connect again on the same object
+            self._timer.start()
 
     def _expire(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
