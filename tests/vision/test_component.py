@@ -170,6 +170,7 @@ def test_the_teachers_timeline_survives_a_restart(photo_folder, state_dir, face_
         await first.start()
         await asyncio.sleep(3.5)
         await first.stop()
+        db.write(lambda _conn: None).result(5)  # the writer is FIFO: the stop's window is committed now
         assert first.loop is not None
         before = first.loop.live_section()["timeline"]
         second = component()
