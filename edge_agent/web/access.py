@@ -6,7 +6,8 @@ ignored, because anyone on the classroom network can send them.
 
 A token may arrive as ``Authorization: Bearer <token>``, as a session cookie, as ``?token=<token>``
 (once: the answer sets the cookie and redirects to the same page without the token in the address bar),
-or through the small login form at ``/login``. The cookie holds an HMAC of the token, not the token.
+or through the small login form at ``/login``. The cookie holds its issue time and an HMAC of it under the
+token, not the token, and ends after COOKIE_MAX_AGE_S on the board's clock.
 """
 
 from __future__ import annotations
@@ -117,9 +118,23 @@ def read_token_file(path: Path | None, key: str = "web.token_file") -> str | Non
     return token
 
 
-def session_value(token: str) -> str:
-    """What the cookie holds: stable for a token, useless as the token itself."""
-    return hmac.new(token.encode("utf-8"), b"edge-agent teacher view session", hashlib.sha256).hexdigest()
+def session_value(token: str, issued: int) -> str:
+    """What the cookie holds: when it was issued and an HMAC of that under the token. Useless as the
+    token itself, and over when the board says so: the audit replayed a captured cookie (it had been a
+    fixed function of the token) with nothing on the board to end it."""
+    message = f"edge-agent teacher view session {issued}".encode()
+    mac = hmac.new(token.encode("utf-8"), message, hashlib.sha256)
+    return f"{issued}.{mac.hexdigest()}"
+
+
+def session_valid(cookie: str, token: str, now: float) -> bool:
+    issued_text, _, _ = cookie.partition(".")
+    if not issued_text.isdigit() or len(issued_text) > 12:
+        return False
+    issued = int(issued_text)
+    if not 0 <= now - issued <= COOKIE_MAX_AGE_S:
+        return False
+    return hmac.compare_digest(cookie.encode("utf-8"), session_value(token, issued).encode("utf-8"))
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -137,7 +152,7 @@ def _presented(request: web.Request, token: str | None) -> str | None:
         return bearer
     cookie = request.cookies.get(COOKIE_NAME)
     if cookie is not None and token is not None and len(cookie) <= MAX_TOKEN_CHARS:
-        if hmac.compare_digest(cookie.encode("utf-8"), session_value(token).encode("utf-8")):
+        if session_valid(cookie, token, time.time()):
             return token
         return cookie  # a stale cookie (token rotated) is a wrong token, not a missing one
     # Only a page opened from a link takes ?token= (and moves it to the cookie at once); an API call
@@ -147,7 +162,8 @@ def _presented(request: web.Request, token: str | None) -> str | None:
 
 def _set_session(response: web.StreamResponse, token: str) -> None:
     response.set_cookie(
-        COOKIE_NAME, session_value(token), max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="Strict",
+        COOKIE_NAME, session_value(token, int(time.time())), max_age=COOKIE_MAX_AGE_S, httponly=True,
+        samesite="Strict",
         path="/",
     )
 

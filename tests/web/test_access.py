@@ -75,6 +75,19 @@ def test_loopback_is_exempt_only_when_the_host_names_the_board_itself(
     assert decide("127.0.0.1", None, TOKEN, host) is expected
 
 
+def test_a_session_cookie_holds_no_token_and_ends_after_a_school_day() -> None:
+    from edge_agent.web.access import COOKIE_MAX_AGE_S, session_valid, session_value
+
+    now = 1_800_000_000
+    cookie = session_value(TOKEN, now)
+    assert TOKEN not in cookie and session_valid(cookie, TOKEN, now + 60)
+    assert not session_valid(cookie, TOKEN, now + COOKIE_MAX_AGE_S + 1)  # replayed the next day
+    assert not session_valid(cookie, "another-token-xyz", now)  # the token was rotated
+    assert not session_valid(f"{now + 3600}.{cookie.split('.')[1]}", TOKEN, now + 3600)  # time edited
+    assert not session_valid("garbage", TOKEN, now) and not session_valid("9" * 40 + ".x", TOKEN, now)
+    assert session_value(TOKEN, now) != session_value(TOKEN, now + 1)  # a new one at each sign-in
+
+
 def test_only_real_loopback_counts_as_loopback() -> None:
     assert is_loopback("127.0.0.2") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.127.0.1") and not is_loopback("::")
