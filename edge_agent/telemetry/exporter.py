@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge_agent.lifecycle import Health
 from edge_agent.telemetry.metrics import REGISTRY
 from edge_agent.web.access import is_loopback
-from edge_agent.web.connections import ConnectionLimits, GuardedTCPSite
+from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ class MetricsServer:
         self._error = ""
 
     async def start(self) -> None:
-        runner = web.AppRunner(metrics_app(self._registry, self._token), access_log=None)
+        runner = web.AppRunner(
+            metrics_app(self._registry, self._token), access_log=None, keepalive_timeout=KEEPALIVE_S
+        )
         await runner.setup()
         site = GuardedTCPSite(runner, self.host, self.port, ConnectionLimits("metrics"))
         try:

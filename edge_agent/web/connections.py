@@ -5,7 +5,8 @@ checks the token only once the head is complete. One phone on the classroom Wi-F
 sockets with no token (security audit); at the systemd default of 1,024 files that stopped every request,
 the MQTT reconnect and the model inbox. :class:`GuardedTCPSite` therefore closes a connection whose first
 request head is not complete within ``head_timeout_s``, allows ``per_peer`` open connections per remote
-address (loopback, the board itself, is not limited) and ``total`` in all, and counts what it refuses.
+address and ``total`` from other hosts in all (loopback, the board itself, is not limited), and counts
+what it refuses. Idle keep-alive connections close after ``KEEPALIVE_S``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiohttp import web
 from edge_agent.telemetry import metrics
 
 HEAD_TIMEOUT_S = 10.0
+KEEPALIVE_S = 75.0  # an idle keep-alive connection closes after this (aiohttp's default is an hour)
 PER_PEER = 32  # a browser opens about 6; a clicker base station a few
 TOTAL = 1024  # the units allow 16,384 open files
 _HEAD_END = b"\r\n\r\n"
@@ -34,21 +36,28 @@ class ConnectionLimits:
         self.total = total
         self.head_timeout_s = head_timeout_s
         self.open: collections.Counter[str] = collections.Counter()
+        self._others = 0  # open connections that count towards ``total``
 
     def admit(self, peer: str) -> str | None:
-        """Count a new connection from ``peer``; the reason it is refused, or None."""
-        if sum(self.open.values()) >= self.total:
+        """Count a new connection from ``peer``; the reason it is refused, or None. The board's own
+        loopback is refused by neither limit: its screen and tools stay in when the network is noisy."""
+        limited = self._limited(peer)
+        if limited and self._others >= self.total:
             return "total"
-        limited = self.limit_loopback or not peer.startswith(_LOOPBACK)
         if limited and self.open[peer] >= self.per_peer:
             return "per_peer"
         self.open[peer] += 1
+        self._others += limited
         return None
 
     def release(self, peer: str) -> None:
         self.open[peer] -= 1
+        self._others -= self._limited(peer)
         if self.open[peer] <= 0:
             del self.open[peer]
+
+    def _limited(self, peer: str) -> bool:
+        return self.limit_loopback or not peer.startswith(_LOOPBACK)
 
 
 class _Guard(asyncio.Protocol):

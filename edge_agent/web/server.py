@@ -18,7 +18,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
 from edge_agent.live import LiveBoard
 from edge_agent.web.access import PUBLIC_PATHS, access_middleware
-from edge_agent.web.connections import ConnectionLimits, GuardedTCPSite
+from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite
 from edge_agent.web.view import StatusFn, TeacherView
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ class WebComponent:
         app = build_app(self._live, self._settings, self._token, self._route_tables, self._status,
                         keepalive_s=self._keepalive_s)
         runner = web.AppRunner(
-            app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None
+            app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None,
+            keepalive_timeout=KEEPALIVE_S,
         )
         await runner.setup()
         port = self._settings.port if self._port_override is None else self._port_override

@@ -79,3 +79,12 @@ def test_one_address_gets_at_most_per_peer_connections_and_its_closed_ones_come_
             await runner.cleanup()
 
     asyncio.run(run())
+
+
+def test_the_limits_leave_the_boards_own_loopback_in_and_count_other_hosts() -> None:
+    limits = ConnectionLimits("web", per_peer=2, total=3)
+    assert [limits.admit("10.0.0.5") for _ in range(3)] == [None, None, "per_peer"]
+    assert [limits.admit("10.0.0.6"), limits.admit("10.0.0.7")] == [None, "total"]
+    assert [limits.admit("127.0.0.1") for _ in range(5)] == [None] * 5  # the board's screen still gets in
+    limits.release("10.0.0.5")
+    assert limits.admit("10.0.0.7") is None
