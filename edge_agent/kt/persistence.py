@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from edge_agent.kt.state import StudentState
-from edge_agent.store.db import Database
+from edge_agent.store.db import Database, set_meta
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +92,7 @@ class StatePersistence:
     def save_lesson_view(self, view: dict[str, Any] | None) -> Future[None]:
         """The teacher's lesson at stop (meta ``kt_lesson_view``), so a restart mid-lesson keeps it."""
         text = "" if view is None else json.dumps(view, separators=(",", ":"))
-
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('kt_lesson_view', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (text,),
-            )
-
-        return self.db.write(run)
+        return self.db.write(lambda conn: set_meta(conn, "kt_lesson_view", text))
 
     def load_lesson_view(self) -> dict[str, Any] | None:
         row = self.db.read(

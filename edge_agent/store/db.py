@@ -103,10 +103,10 @@ def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> None:
         log.warning("the damaged database's message sequence does not read: a new sequence starts")
         return
     if salvaged > 1:
-        _set_meta(conn, "next_seq", str(salvaged))
+        set_meta(conn, "next_seq", str(salvaged))
         store = meta.get("store_id")
         if isinstance(store, str) and STORE_ID_RE.fullmatch(store):
-            _set_meta(conn, "store_id", store)
+            set_meta(conn, "store_id", store)
         log.warning("message sequence continues at %s after the damaged database", salvaged)
 
 
@@ -127,11 +127,12 @@ def _store_id(conn: sqlite3.Connection) -> str:
     if conn.execute("SELECT 1 FROM meta WHERE key = 'next_seq'").fetchone() is not None:
         return ""
     store = uuid.uuid4().hex
-    _set_meta(conn, "store_id", store)
+    set_meta(conn, "store_id", store)
     return store
 
 
-def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    """Set one key of the ``meta`` table (on the writer's connection, inside its transaction)."""
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (key, value),

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
 from edge_agent.errors import InputRejected, StoreError
 from edge_agent.store import outbox_state as rules
-from edge_agent.store.db import Database, StoreQueueFull
+from edge_agent.store.db import Database, StoreQueueFull, set_meta
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -370,11 +370,7 @@ class Outbox:
 def _next_seq(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
     seq = int(row[0]) if row else 1
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
-        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (str(seq + 1),),
-    )
+    set_meta(conn, "next_seq", str(seq + 1))
     return seq
 
 

@@ -18,13 +18,13 @@ from typing import Any
 from aiohttp import web
 
 from edge_agent.telemetry import metrics
+from edge_agent.web.access import is_loopback
 
 HEAD_TIMEOUT_S = 10.0
 KEEPALIVE_S = 75.0  # an idle keep-alive connection closes after this (aiohttp's default is an hour)
 PER_PEER = 32  # a browser opens about 6; a clicker base station a few
 TOTAL = 1024  # the units allow 16,384 open files
 _HEAD_END = b"\r\n\r\n"
-_LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 
 class ConnectionLimits:
@@ -57,7 +57,7 @@ class ConnectionLimits:
             del self.open[peer]
 
     def _limited(self, peer: str) -> bool:
-        return self.limit_loopback or not peer.startswith(_LOOPBACK)
+        return self.limit_loopback or not is_loopback(peer)
 
 
 class _Guard(asyncio.Protocol):
