@@ -158,11 +158,7 @@ class ModelStore:
             return None
         except PackageRejected as exc:
             problem = f"{name} {current} no longer matches its signed manifest ({exc})"
-        others = sorted(
-            (p for p in (self.root / name / "versions").iterdir() if p.name != current),
-            key=lambda p: p.stat().st_mtime, reverse=True,
-        )
-        for other in others:
+        for other in self._others_newest_first(name):
             try:
                 verify_package(other, self.trusted)
             except PackageRejected:
@@ -173,14 +169,17 @@ class ModelStore:
         return f"{problem}; runs the built-in model instead"
 
     def _prune(self, name: str) -> None:
+        for old in self._others_newest_first(name)[KEEP_VERSIONS - 1 :]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _others_newest_first(self, name: str) -> list[Path]:
+        """The installed versions of ``name`` other than ``current``, the latest installed first."""
         current = self.current_version(name)
-        versions = sorted(
+        return sorted(
             (p for p in (self.root / name / "versions").iterdir() if p.name != current),
             key=lambda p: p.stat().st_mtime,
             reverse=True,
         )
-        for old in versions[KEEP_VERSIONS - 1 :]:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 _STOP = object()
