@@ -9,6 +9,7 @@ to a default. Only the daemon itself starts with them left out and named in its 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -38,6 +39,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
 CONFIG_ENV = "EDGE_AGENT_CONFIG"
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe inside MQTT topics and file names
+HOST_NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*$")
 
 
 class Section(BaseModel):
@@ -133,6 +135,24 @@ class UpdateSettings(Section):
     download_ca_file: Path | None = Field(
         None, description="Extra CA for the update server (private PKI); the system store is always used."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Update servers a model_update command may name (host names or addresses, redirects "
+        "included); empty means any https host.",
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for host in value:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                if not HOST_NAME.match(host):
+                    raise ValueError(
+                        f"{host!r} is not a host name (no scheme, port or path: updates.district.example)"
+                    ) from None
+        return [host.lower() for host in value]
 
 
 class CameraSettings(Section):
@@ -231,6 +251,18 @@ class WebSettings(Section):
         description="Token required from any address but loopback; empty means only loopback may look.",
     )
     default_language: Literal["zh-CN", "en"] = "zh-CN"
+    tls_cert_file: OptionalFile = Field(
+        None,
+        description="PEM certificate (with its chain) to serve HTTPS on web.port; empty means plain HTTP. "
+        "The device certificate provisioning installs serves (names: device id, <device id>.local).",
+    )
+    tls_key_file: OptionalFile = Field(None, description="Its private key (mode 0600).")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both for HTTPS, or neither")
+        return self
 
 
 class MetricsSettings(Section):
@@ -281,6 +313,8 @@ class Config(Section):
             secrets.append(("mqtt.key_file", self.mqtt.key_file))
         if self.web.enabled and self.web.token_file is not None:
             secrets.append(("web.token_file", self.web.token_file))
+        if self.web.enabled and self.web.tls_key_file is not None:
+            secrets.append(("web.tls_key_file", self.web.tls_key_file))
         if self.metrics.enabled and self.metrics.token_file is not None:
             secrets.append(("metrics.token_file", self.metrics.token_file))
         return secrets
@@ -290,6 +324,8 @@ class Config(Section):
         files: list[tuple[str, Path]] = []
         if self.mqtt.enabled and self.mqtt.tls:
             files += [("mqtt.ca_file", self.mqtt.ca_file), ("mqtt.cert_file", self.mqtt.cert_file)]
+        if self.web.enabled and self.web.tls_cert_file is not None:
+            files.append(("web.tls_cert_file", self.web.tls_cert_file))
         return files
 
 
@@ -453,7 +489,8 @@ def masked_dump(config: Config) -> dict[str, Any]:
 
 
 def to_toml(data: dict[str, Any]) -> str:
-    """Render a two-level dict (sections of scalars) as TOML, for `config show` and provisioning."""
+    """Render a two-level dict (sections of scalars and lists of them) as TOML, for `config show` and
+    provisioning."""
     out: list[str] = []
     for section, values in data.items():
         out.append(f"[{section}]")
@@ -471,5 +508,7 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'

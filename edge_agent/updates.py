@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -98,15 +98,28 @@ def is_package(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.endswith(PACKAGE_SUFFIXES)
 
 
+def check_host(url: str, allowed_hosts: Collection[str]) -> None:
+    """DownloadFailed unless ``url``'s host is one of ``allowed_hosts`` (empty: any host)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if allowed_hosts and host not in allowed_hosts:
+        raise DownloadFailed(f"model download refused: {host or 'no host'} is not in updates.allowed_hosts")
+
+
 class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
     """Refuses a redirect away from https before it is followed: urllib's default sent the plain-http
-    request first, and only then did the scheme check see it (security audit: an internal server hit)."""
+    request first, and only then did the scheme check see it (security audit: an internal server hit).
+    Refuses a redirect to a host outside ``allowed_hosts`` the same way."""
+
+    def __init__(self, allowed_hosts: Collection[str]) -> None:
+        super().__init__()
+        self.allowed_hosts = allowed_hosts
 
     def redirect_request(  # noqa: PLR0917 (urllib's signature)
         self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
     ) -> Any:
         if urlsplit(newurl).scheme != "https":
             raise DownloadFailed("model download refused: the server redirected away from https")
+        check_host(newurl, self.allowed_hosts)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -151,16 +164,22 @@ def download(
     timeout_s: float,
     max_bytes: int,
     context: ssl.SSLContext | None = None,
+    allowed_hosts: Collection[str] = (),
 ) -> Path:
-    """Fetch ``url`` (https or file only) into ``dest`` if its sha256 matches; a hidden .part until then."""
+    """Fetch ``url`` (https or file only) into ``dest`` if its sha256 matches; a hidden .part until then.
+    With ``allowed_hosts``, an https URL, and every redirect, must name one of them."""
     scheme = urlsplit(url).scheme
     if scheme not in ("https", "file"):
         raise DownloadFailed(f"model download refused: only https:// or file:// URLs, not {scheme or 'none'}")
+    if scheme == "https":
+        check_host(url, allowed_hosts)
     part = dest.with_name(f".{dest.name}.part")
     digest, size = hashlib.sha256(), 0
     deadline = time.monotonic() + timeout_s
     try:
-        opener = urllib.request.build_opener(_HttpsOnlyRedirects(), _DeadlineHttpsHandler(context, deadline))
+        opener = urllib.request.build_opener(
+            _HttpsOnlyRedirects(allowed_hosts), _DeadlineHttpsHandler(context, deadline)
+        )
         opened = opener.open(url, timeout=timeout_s)
         with opened as response, part.open("wb") as out:
             if urlsplit(response.geturl()).scheme != scheme:
@@ -371,6 +390,7 @@ class ModelUpdates:
                 timeout_s=self.settings.download_timeout_s,
                 max_bytes=self.settings.max_download_bytes,
                 context=context,
+                allowed_hosts=self.settings.allowed_hosts,
             )
         except (DownloadFailed, OSError) as exc:
             self.last_download = f"request {command.request_id}: {exc}"

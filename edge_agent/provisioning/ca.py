@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edge_agent.config import HOST_NAME
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning.files import write_private, write_public
 
@@ -138,6 +140,45 @@ def check_device_cert(
         raise ProvisioningError("the device certificate is not valid yet: check the board's clock")
 
 
+def board_names(device_id: str, extra: Sequence[str] = ()) -> list[str]:
+    """The names a board's certificate serves HTTPS under: its id, its mDNS name, and loopback (the
+    board's own screen opens the teacher view at 127.0.0.1), then ``extra`` (e.g. its name in the
+    school's DNS)."""
+    own = [n for n in (device_id, f"{device_id}.local") if HOST_NAME.match(n)]  # an id like "a..b" is not one
+    return list(dict.fromkeys([*own, "localhost", "127.0.0.1", *extra]))
+
+
+def general_names(names: Sequence[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            if not HOST_NAME.match(name):
+                raise ProvisioningError(
+                    f"{name!r} is neither an IP address nor a DNS name (letters, digits, '-', '_', dots)"
+                ) from None
+            out.append(x509.DNSName(name))
+    return out
+
+
+def reissue_reason(cert_pem: bytes, names: Sequence[str]) -> str | None:
+    """Why a device certificate cannot serve HTTPS under ``names`` (certificates from before HTTPS were
+    for the broker only), or None when it can."""
+    cert = load_cert(cert_pem, "device certificate")
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "it is for the broker only, not for HTTPS on the web port"
+    if ExtendedKeyUsageOID.SERVER_AUTH not in usages:
+        return "it is for the broker only, not for HTTPS on the web port"
+    have = {str(v) for v in alt.get_values_for_type(x509.IPAddress)}
+    have |= set(alt.get_values_for_type(x509.DNSName))
+    missing = [n for n in names if n not in have]
+    return f"it does not name {', '.join(missing)}" if missing else None
+
+
 @dataclass(frozen=True)
 class IssuedCert:
     serial: int
@@ -215,10 +256,12 @@ class FleetCA:
         days: int = DEVICE_DAYS,
         *,
         replace: bool = False,
+        names: Sequence[str] = (),
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
     ) -> bytes:
-        """Sign a device CSR (client certificate, CN = device id). The device id's live certificates for the
+        """Sign a device CSR (CN = device id), for the broker and for HTTPS on the board's web port under
+        :func:`board_names` plus ``names``. The device id's live certificates for the
         same key (a renewal, or a board re-provisioned) are revoked; one for another key belongs to another
         board and is refused unless ``replace``, which revokes it: two boards must never share an identity."""
         try:
@@ -247,7 +290,9 @@ class FleetCA:
             csr.subject,
             csr.public_key(),
             days=days,
-            eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+            # client: the broker; server: HTTPS on the board's web port (web.tls_cert_file)
+            eku=[ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+            alt=general_names(board_names(cn, names)),
             not_before=not_before,
             not_after=not_after,
         )
@@ -256,10 +301,7 @@ class FleetCA:
     def issue_server(self, host: str, days: int = DEVICE_DAYS) -> tuple[bytes, bytes]:
         """A key and certificate for the broker, valid for ``host`` (DNS name or IP address)."""
         server_key = new_ec_key()
-        try:
-            alt: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(host))]
-        except ValueError:
-            alt = [x509.DNSName(host)]
+        alt = general_names([host])
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
         cert = self._build(
             subject, server_key.public_key(), days=days, eku=[ExtendedKeyUsageOID.SERVER_AUTH], alt=alt
@@ -357,6 +399,8 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--out", type=Path, required=True)
     sign.add_argument("--days", type=int, default=DEVICE_DAYS)
     sign.add_argument("--replace", action="store_true", help="revoke the device id's live certificate first")
+    sign.add_argument("--name", action="append", default=[], dest="names",
+                      help="another DNS name or IP address for HTTPS on the board (repeatable)")
     server = sub.add_parser("server", help="issue the broker's key and certificate")
     server.add_argument("ca_dir", type=Path)
     server.add_argument("host")
@@ -378,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
             FleetCA.create(args.ca_dir, args.name, args.days)
             print(f"CA created in {args.ca_dir}; give {args.ca_dir / 'ca.pem'} to boards and the broker")
         elif args.command == "sign":
-            cert = FleetCA(args.ca_dir).sign_csr(args.csr.read_bytes(), args.days, replace=args.replace)
+            cert = FleetCA(args.ca_dir).sign_csr(
+                args.csr.read_bytes(), args.days, replace=args.replace, names=args.names
+            )
             write_public(args.out, cert)
             print(f"signed: {args.out}")
         elif args.command == "server":

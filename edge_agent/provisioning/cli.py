@@ -71,6 +71,10 @@ def _provision_arguments(p: argparse.ArgumentParser) -> None:
         help="after provisioning, publish a hello to this broker",
     )
     p.add_argument("--no-activate", action="store_true", help="on /: do not enable units or start the build")
+    p.add_argument(
+        "--web-domain", metavar="DOMAIN",
+        help="the school's DNS domain: the certificate also serves HTTPS as <device id>.DOMAIN",
+    )
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
@@ -85,6 +89,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             signing_pubkey=args.model_signing_key,
             activate=not args.no_activate,
             replace=args.replace,
+            web_domain=args.web_domain,
         )
         if args.roots is not None:
             results = provision_inventory(args.inventory, args.roots, opts)

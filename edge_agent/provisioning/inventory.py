@@ -24,6 +24,8 @@ _OPTIONAL_PATHS = (
     ("updates", "models_dir"),
     ("updates", "inbox_dir"),
     ("updates", "download_ca_file"),
+    ("web", "tls_cert_file"),
+    ("web", "tls_key_file"),
 )
 
 

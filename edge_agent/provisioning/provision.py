@@ -22,13 +22,16 @@ from edge_agent.provisioning import system
 from edge_agent.provisioning.ca import (
     RENEW_WITHIN_DAYS,
     FleetCA,
+    board_names,
     check_device_cert,
     common_name,
+    general_names,
     key_to_pem,
     load_cert,
     load_private_key,
     make_csr,
     new_ec_key,
+    reissue_reason,
     same_public_key,
     utcnow,
 )
@@ -51,6 +54,11 @@ class Options:
     signing_pubkey: Path | None = None  # ed25519 key that model packages must be signed with
     activate: bool = True  # on "/": enable units and start the engine build
     replace: bool = False  # with ca_dir: this board replaces another with its id; revoke that one's cert
+    web_domain: str | None = None  # the certificate also names <device id>.<web_domain> (HTTPS)
+
+    def web_names(self, device_id: str) -> list[str]:
+        """Names the certificate must serve HTTPS under, beyond :func:`board_names`' own."""
+        return [] if not self.web_domain else [f"{device_id}.{self.web_domain}"]
 
 
 @dataclass
@@ -84,6 +92,7 @@ def _layout(root: Path) -> dict[str, Path]:
 def _preflight(board: Board, opts: Options) -> tuple[str, bytes | None]:
     """Everything that can be checked before writing: the config renders, given files are readable."""
     text, _ = render_config(opts.template_text, board)
+    general_names(opts.web_names(board.device_id))  # a bad --web-domain stops here
     ca_pem = None
     if opts.ca_dir is None and (opts.cert_file is None) != (opts.ca_file is None):
         raise ProvisioningError("--cert and --ca-cert go together (the signed certificate and its CA)")
@@ -196,20 +205,24 @@ def _install_cert(
         try:
             check_device_cert(current, installed_ca, key, board.device_id)
             days = (load_cert(current, "device certificate").not_valid_after_utc - utcnow()).days
+            why = reissue_reason(current, board_names(board.device_id, opts.web_names(board.device_id)))
             if supplied in (None, current):
-                if days > RENEW_WITHIN_DAYS:
+                if days > RENEW_WITHIN_DAYS and why is None:
                     return True
+                why = why or f"it expires in {days} days"
                 if opts.ca_dir is None:
                     log.warning(
-                        "the device certificate expires in %d days: have the fleet CA sign %s again, then "
-                        "re-run with --cert and --ca-cert", days, paths["csr"],
+                        "the device certificate needs signing again (%s): have the fleet CA sign %s "
+                        "again, then re-run with --cert and --ca-cert", why, paths["csr"],
                     )
                     return True
-                log.info("the device certificate expires in %d days: renewing it", days)
+                log.info("renewing the device certificate: %s", why)
         except ProvisioningError as exc:
             log.warning("installed certificate unusable, replacing it: %s", exc)
     if opts.ca_dir is not None:
-        cert = FleetCA(opts.ca_dir).sign_csr(paths["csr"].read_bytes(), replace=opts.replace)
+        cert = FleetCA(opts.ca_dir).sign_csr(
+            paths["csr"].read_bytes(), replace=opts.replace, names=opts.web_names(board.device_id)
+        )
     elif supplied is not None:
         cert = supplied
     else:

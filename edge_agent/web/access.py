@@ -160,11 +160,12 @@ def _presented(request: web.Request, token: str | None) -> str | None:
     return request.query.get("token") if request.method == "GET" else None
 
 
-def _set_session(response: web.StreamResponse, token: str) -> None:
+def _set_session(request: web.Request, response: web.StreamResponse, token: str) -> None:
     response.set_cookie(
         COOKIE_NAME, session_value(token, int(time.time())), max_age=COOKIE_MAX_AGE_S, httponly=True,
         samesite="Strict",
         path="/",
+        secure=request.secure,  # over HTTPS the browser never sends it back in clear
     )
 
 
@@ -271,7 +272,7 @@ async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
         await asyncio.sleep(FAILED_LOGIN_DELAY_S)
         return _refusal(request, decision, form=True, target=target)
     response = web.HTTPSeeOther(target)
-    _set_session(response, token)
+    _set_session(request, response, token)
     raise response
 
 
@@ -296,7 +297,7 @@ def access_middleware(token: str | None, public_paths: Collection[str] = PUBLIC_
             # Move the token from the address bar (history, screenshots) into an HttpOnly cookie.
             response = web.HTTPSeeOther(_without_token(request))
             if tokens_match(request.query.get("token"), token):
-                _set_session(response, token)
+                _set_session(request, response, token)
             raise response
         return await handler(request)
 

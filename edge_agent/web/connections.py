@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -123,8 +124,9 @@ class _Guard(asyncio.Protocol):
 class GuardedTCPSite(web.TCPSite):
     """``web.TCPSite`` whose connections go through :class:`ConnectionLimits`."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: ConnectionLimits) -> None:
-        super().__init__(runner, host, port)
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: ConnectionLimits,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
         self.limits = limits
 
     async def start(self) -> None:
@@ -133,7 +135,10 @@ class GuardedTCPSite(web.TCPSite):
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _Guard(server(), self.limits), self._host, self._port, backlog=self._backlog,
-            reuse_address=self._reuse_address,
+            reuse_address=self._reuse_address, ssl=self._ssl_context,
+            # With HTTPS the guard sees a connection only once its handshake is done: one that never
+            # finishes it is closed by the loop after the same time a request head gets.
+            ssl_handshake_timeout=self.limits.head_timeout_s if self._ssl_context is not None else None,
         )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -99,6 +100,25 @@ def build_app(
     return app
 
 
+def server_tls_context(settings: WebSettings) -> ssl.SSLContext | None:
+    """The TLS context for HTTPS on the web port, or None for plain HTTP; ConfigError names a file that
+    cannot serve (unreadable, not PEM, a key that does not belong to the certificate)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([(
+            "web.tls_cert_file",
+            f"cannot serve HTTPS with {settings.tls_cert_file} and {settings.tls_key_file}: "
+            f"{getattr(exc, 'strerror', None) or exc} (both PEM, the key belonging to the certificate; "
+            "re-run provisioning, or empty both keys for plain HTTP)",
+        )]) from exc
+    return context
+
+
 class WebComponent:
     """Serves :func:`build_app` on ``settings.host:settings.port``; ``port`` is the bound one (for port 0)."""
 
@@ -125,6 +145,7 @@ class WebComponent:
         self._keepalive_s = keepalive_s
         self._runner: web.AppRunner | None = None
         self._error: str | None = None
+        self._scheme = "http"
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -137,7 +158,14 @@ class WebComponent:
         )
         await runner.setup()
         port = self._settings.port if self._port_override is None else self._port_override
-        site = GuardedTCPSite(runner, self._settings.host, port, ConnectionLimits("web"))
+        try:
+            tls = server_tls_context(self._settings)
+        except ConfigError as exc:
+            await runner.cleanup()
+            self._error = exc.problems[0][1]
+            raise
+        self._scheme = "http" if tls is None else "https"
+        site = GuardedTCPSite(runner, self._settings.host, port, ConnectionLimits("web"), tls)
         try:
             await site.start()
         except OSError as exc:
@@ -149,7 +177,8 @@ class WebComponent:
         self.port = _bound_port(runner.addresses)
         self._error = None
         remote = "token required" if self._token else "loopback only"
-        log.info("teacher view listening on %s:%s (%s)", self._settings.host, self.port, remote)
+        log.info("teacher view listening on %s://%s:%s (%s)", self._scheme, self._settings.host, self.port,
+                 remote)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -169,7 +198,7 @@ class WebComponent:
             host = "127.0.0.1"
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{self._scheme}://{host}:{self.port}"
 
     def health(self) -> Health:
         if self._runner is not None:

@@ -203,3 +203,14 @@ def test_output_piped_into_a_reader_that_quits_ends_quietly(tmp_path: Path) -> N
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141, err
     assert "Traceback" not in err
+
+
+def test_update_hosts_are_bare_host_names_or_addresses() -> None:
+    from edge_agent.config import UpdateSettings
+
+    assert UpdateSettings(allowed_hosts=["Updates.District.example", "10.0.0.5", "::1"]).allowed_hosts == [
+        "updates.district.example", "10.0.0.5", "::1"
+    ]
+    for bad in ("https://updates.district.example", "updates.district.example:443", "a/b", ""):
+        with pytest.raises(ValueError, match="is not a host name"):
+            UpdateSettings(allowed_hosts=[bad])

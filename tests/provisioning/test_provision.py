@@ -3,6 +3,7 @@ nothing half-installed."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -10,6 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from edge_agent.config import load_config
 from edge_agent.errors import ProvisioningError
@@ -343,3 +345,57 @@ def test_the_doctor_warns_exactly_when_provisioning_renews() -> None:
 def test_empty_spreadsheet_rows_are_skipped() -> None:
     text = "tenant,site,class_id,device_id,camera.source\r\nt,s,c,d1,0\r\n,,,,\r\nt,s,c,d2,\r\n,,,,\r\n"
     assert [b.device_id for b in parse_inventory(text)] == ["d1", "d2"]
+
+
+def test_a_broker_only_certificate_is_signed_again_to_serve_https_under_the_school_domain(
+    tmp_path: Path,
+) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    fleet = make_fleet(tmp_path)
+    certs = fleet.etc("board-a") / "certs"
+    csr = x509.load_pem_x509_csr((certs / "device.csr").read_bytes())
+    # what releases before HTTPS on the web port signed: for the broker only, no names
+    old = fleet.ca._build(csr.subject, csr.public_key(), days=400, eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    (certs / "device.pem").write_bytes(old.public_bytes(serialization.Encoding.PEM))
+    options = dataclasses.replace(fleet.options, web_domain="school-1.district.example")
+    result = provision_inventory(fleet.inventory, fleet.roots, options)[0]
+    assert result.changes == ["device.pem"]
+    new = x509.load_pem_x509_certificate((certs / "device.pem").read_bytes())
+    names = new.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [
+        "board-a", "board-a.local", "localhost", "board-a.school-1.district.example"
+    ]
+    usages = new.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usages and ExtendedKeyUsageOID.CLIENT_AUTH in usages
+    assert _live(fleet.ca, "board-a") == [new.serial_number]
+    assert provision_inventory(fleet.inventory, fleet.roots, options)[0].changes == []
+
+
+def test_a_school_domain_that_is_not_a_dns_name_stops_provisioning_before_any_file(tmp_path: Path) -> None:
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    opts = Options(template_text=template(), ca_dir=ca.dir, web_domain="school one")
+    with pytest.raises(ProvisioningError, match="neither an IP address nor a DNS name"):
+        provision_board(BOARD, tmp_path / "root", opts)
+    assert not (tmp_path / "root").exists()
+
+
+def test_https_and_update_hosts_set_per_board_render_and_pass_the_installed_config_check(
+    tmp_path: Path,
+) -> None:
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    inventory = tmp_path / "inventory.csv"
+    inventory.write_text(
+        "tenant,site,class_id,device_id,web.tls_cert_file,web.tls_key_file,updates.allowed_hosts\n"
+        'district-a,school-1,class-1,board-a,/etc/edge-agent/certs/device.pem,'
+        '/etc/edge-agent/secrets/device.key,"[""updates.district.example""]"\n',
+        encoding="utf-8",
+    )
+    opts = Options(template_text=template(), ca_dir=ca.dir)
+    [result] = provision_inventory(inventory, tmp_path / "roots", opts)
+    assert result.state == "provisioned"
+    check_root(result.root)  # the re-rooted certificate and key exist, the key is private
+    config = load_config(result.root / "etc/edge-agent/config.toml", check_files_exist=False)
+    assert config.web.tls_cert_file == Path("/etc/edge-agent/certs/device.pem")
+    assert config.updates.allowed_hosts == ["updates.district.example"]

@@ -12,6 +12,7 @@ import queue
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -214,12 +215,14 @@ class DaemonProcess:
         self._log_file = self._err_file = None
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+def http(
+    method: str, url: str, body: Any = None, timeout: float = 10.0, tls: ssl.SSLContext | None = None
+) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json"} if data else {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=tls) as response:
             raw = response.read()
             status = response.status
     except urllib.error.HTTPError as exc:
@@ -252,11 +255,13 @@ def answer(student: str, item_id: str, skill_id: str, correct: bool, event: str)
             "answered_at": time.time(), "client_event_id": event}
 
 
-def post_answers(base_url: str, answers: list[dict[str, Any]], timeout: float = 15.0) -> list[dict[str, Any]]:
+def post_answers(
+    base_url: str, answers: list[dict[str, Any]], timeout: float = 15.0, tls: ssl.SSLContext | None = None
+) -> list[dict[str, Any]]:
     """POST one batch; retried while knowledge tracing is still starting (503)."""
     deadline = time.monotonic() + timeout
     while True:
-        status, body = http("POST", f"{base_url}/api/v1/answers", {"answers": answers})
+        status, body = http("POST", f"{base_url}/api/v1/answers", {"answers": answers}, tls=tls)
         if status == 200:
             return list(body["results"])
         if status != 503 or time.monotonic() > deadline:

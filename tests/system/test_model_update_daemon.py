@@ -506,6 +506,46 @@ def test_download_refuses_a_redirect_to_plain_http_a_garbled_reply_and_slow_serv
     assert list(dest.parent.iterdir()) == []  # no partial files left behind
 
 
+class _CountingHttps(QuietHandler):
+    hits = 0
+
+    def do_GET(self) -> None:
+        _CountingHttps.hits += 1
+        super().do_GET()
+
+
+def test_download_goes_only_to_the_allowed_update_hosts_redirects_included(tmp_path: Path) -> None:
+    import ssl
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "pkg.tar").write_bytes(b"x" * 5000)
+    sha = hashlib.sha256(b"x" * 5000).hexdigest()
+    ca = FleetCA.create(tmp_path / "ca", "test fleet")
+    trust = ssl.create_default_context(cadata=ca.ca_pem().decode())
+    server = HttpsFileServer(served, ca, _CountingHttps)
+    redirecting = HttpsFileServer(served, ca, _RedirectToPlainHttp)
+    # the same server under a name that is not allowed ("localhost" reaches it, the list says 127.0.0.1)
+    _RedirectToPlainHttp.target = server.url("pkg.tar").replace("127.0.0.1", "localhost")
+    dest = tmp_path / "inbox" / "kt-1.tar"
+    dest.parent.mkdir()
+    _CountingHttps.hits = 0
+    try:
+        with pytest.raises(DownloadFailed, match=r"127\.0\.0\.1 is not in updates\.allowed_hosts"):
+            download(server.url("pkg.tar"), dest, sha, timeout_s=5, max_bytes=10_000, context=trust,
+                     allowed_hosts=["updates.district.example"])
+        with pytest.raises(DownloadFailed, match=r"localhost is not in updates\.allowed_hosts"):
+            download(redirecting.url("pkg.tar"), dest, sha, timeout_s=5, max_bytes=10_000, context=trust,
+                     allowed_hosts=["127.0.0.1"])
+        assert _CountingHttps.hits == 0  # neither request went out
+        download(server.url("pkg.tar"), dest, sha, timeout_s=5, max_bytes=10_000, context=trust,
+                 allowed_hosts=["updates.district.example", "127.0.0.1"])
+        assert dest.read_bytes() == b"x" * 5000 and _CountingHttps.hits == 1
+    finally:
+        server.close()
+        redirecting.close()
+
+
 def test_service_refuses_a_swap_to_an_incompatible_package(tmp_path: Path) -> None:
     from edge_agent.errors import ModelError
     from edge_agent.kt.service import check_compatible

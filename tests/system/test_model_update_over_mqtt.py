@@ -59,7 +59,10 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 BOARDS = {"board-north": "class-1", "board-south": "class-2"}  # both in district-a / school-1
 TARGET, BYSTANDER = "board-north", "board-south"
 # The fleet's template plus the update server's CA: the fleet CA, already installed on every board.
-UPDATES_SECTION = '\n[updates]\ndownload_ca_file = "/etc/edge-agent/certs/ca.pem"\npoll_interval_s = 0.2\n'
+UPDATES_SECTION = (  # the update server (HttpsFileServer) is the only host commands may name
+    '\n[updates]\ndownload_ca_file = "/etc/edge-agent/certs/ca.pem"\npoll_interval_s = 0.2\n'
+    'allowed_hosts = ["127.0.0.1"]\n'
+)
 SENT = re.compile(r"Sending PUBLISH to (\S+) \([^']*'([^']+)'")
 
 

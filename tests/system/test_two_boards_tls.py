@@ -1,6 +1,8 @@
 """Issue 9: two boards provisioned from one inventory, each daemon syncing over mutual TLS through the
 shipped broker config and ACL; the reference receiver (as the fleet back end) gets every board's data
-under its own topic, exactly once, without gaps, across a restart of both boards.
+under its own topic, exactly once, without gaps, across a restart of both boards. board-east also serves
+its answer API over HTTPS with the same device certificate (web.tls_cert_file), verified against the
+fleet CA under its mDNS name.
 
 How the installed configs are run from a target root: each board's ``etc/edge-agent/config.toml`` is
 re-rendered with ``render_config(installed, board, prefix=root)``, the function ``check_root`` uses, so
@@ -15,6 +17,7 @@ from __future__ import annotations
 import re
 import signal
 import sqlite3
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ BOARDS = {
     "board-east": ("district-a", "school-1", "class-3a"),
     "board-west": ("district-b", "school-7", "class-5c"),
 }
+HTTPS_BOARD = "board-east"
 PUBLISH = re.compile(r"Received PUBLISH from (\S+) \([^']*'([^']+)'")
 World = tuple[Fleet, Broker, Receiver, list["RunningBoard"]]
 
@@ -49,10 +53,13 @@ class RunningBoard:
     state_dir: Path
     web_port: int
     notify: NotifySocket
+    tls: ssl.SSLContext | None = None  # the answer API over HTTPS, trusting the fleet CA
     daemon: DaemonProcess | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:  # a name the certificate holds, resolving to loopback
+            return f"https://localhost:{self.web_port}"
         return f"http://127.0.0.1:{self.web_port}"
 
 
@@ -77,6 +84,8 @@ def rooted_config(fleet: Fleet, device_id: str, broker: Broker, mirror: Path) ->
     data = tomllib.loads(text)
     data["mqtt"].update(host="127.0.0.1", port=broker.port, backoff_min_s=0.2, backoff_max_s=1.0)
     data["web"].update(host="127.0.0.1", port=free_port())
+    if device_id == HTTPS_BOARD:
+        data["web"].update(tls_cert_file=data["mqtt"]["cert_file"], tls_key_file=data["mqtt"]["key_file"])
     data["metrics"] = {"host": "127.0.0.1", "port": free_port()}
     data["paths"]["model_mirror"] = str(mirror)
     data["camera"]["analysis_fps"] = 1.0
@@ -110,8 +119,11 @@ def fleet_world(tmp_path: Path, faces_dir: Path, model_mirror: Path) -> Iterator
         for device_id in BOARDS:
             config, data = rooted_config(fleet, device_id, broker, model_mirror)
             state_dir = Path(data["paths"]["state_dir"])
+            tls = None
+            if device_id == HTTPS_BOARD:
+                tls = ssl.create_default_context(cafile=str(fleet.ca.cert_path))
             boards.append(RunningBoard(device_id, fleet.roots / device_id, config, state_dir,
-                                       data["web"]["port"], NotifySocket(tmp_path)))
+                                       data["web"]["port"], NotifySocket(tmp_path), tls))
         yield fleet, broker, receiver, boards
     finally:
         for board in boards:
@@ -171,7 +183,7 @@ def test_two_boards_deliver_their_own_data_exactly_once_over_tls(
             picks = [items[(s + round_) % 5] for s in range(6)]
             batch = [answer(f"{board.device_id}-s{s}", item.id, item.skill_id, (s + round_ + n) % 2 == 0,
                             f"{round_}-{s}") for s, item in enumerate(picks)]
-            assert all(r["status"] == "applied" for r in post_answers(board.url, batch))
+            assert all(r["status"] == "applied" for r in post_answers(board.url, batch, tls=board.tls))
 
     # Attention windows (every 5 s) flow while the boards run.
     wait_until(lambda: all("attention" in streams(receiver, b.device_id) for b in boards), 20,
