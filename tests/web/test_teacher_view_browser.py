@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -280,3 +281,52 @@ def test_phone_shows_whole_skill_names_without_sideways_scrolling(
     assert "at most" in view.text("#learn-activity-peak") or "最多" in view.text("#learn-activity-peak")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     view.page.screenshot(path=str(SCREENSHOTS / f"teacher-view-{lang}-390x844.png"), full_page=True)
+
+
+def test_remote_browser_signs_in_over_https_and_its_cookie_is_secure(
+    live_board: LiveBoard, chromium: Any, tmp_path: Path
+) -> None:
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from edge_agent.provisioning.ca import FleetCA, key_to_pem, make_csr, new_ec_key
+    from edge_agent.provisioning.files import write_private, write_public
+    from tests.web.harness import CHROMIUM, CHROMIUM_ARGS
+
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    key = new_ec_key()
+    cert = ca.sign_csr(make_csr(key, "board-7", "district-a", "school-1"), names=[address])
+    write_private(tmp_path / "device.key", key_to_pem(key))
+    write_public(tmp_path / "device.pem", cert)
+    # The browser trusts exactly this board's key, as a teacher's laptop that trusts the fleet CA would
+    # trust its certificate (Chromium's own pin; an NSS database would be needed for the CA itself).
+    spki = x509.load_pem_x509_certificate(cert).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    browser = chromium.browser_type.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"],
+    )
+    server = ServerThread(live_board, token=WEB_TOKEN, host="0.0.0.0",
+                          tls=(tmp_path / "device.pem", tmp_path / "device.key")).start()
+    try:
+        view = TeacherViewPage(browser, f"https://{address}:{server.port}")
+        assert view.open().status == 401
+        view.page.fill("input[name=token]", WEB_TOKEN)
+        view.page.click("button[type=submit]")
+        view.wait_live()  # the live stream (SSE) runs over TLS too
+        assert view.text("#att-share") == "78%"
+        [cookie] = view.context.cookies()
+        assert cookie["secure"] and cookie["httpOnly"] and WEB_TOKEN not in cookie["value"]
+        assert all("401" in error for error in view.console_errors)  # only the sign-in page's own status
+        view.close()
+    finally:
+        server.stop()
+        browser.close()
