@@ -20,6 +20,7 @@ from edge_agent.inference.engine_set import EngineSet
 from edge_agent.inference.manifest import ENGINES_DIR, load_manifests
 from edge_agent.inference.manifest import Manifest as EngineManifest
 from edge_agent.kt.component import KTComponent
+from edge_agent.kt.roster import Roster
 from edge_agent.kt.service import KTService
 from edge_agent.kt.updates import MODEL_NAME as KT_PACKAGE_NAME
 from edge_agent.kt.updates import KTModelActivator, step_manifest_for
@@ -208,7 +209,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         # The lambdas bind `daemon` late: it is made below, from these components.
         routes = [health_routes(lambda: daemon.readiness())]  # noqa: PLW0108
         if kt is not None:
-            routes.append(answer_routes(lambda: _kt_service(kt), config.kt))
+            routes.append(answer_routes(lambda: _kt_service(kt), config.kt, _roster(config)))
         web = WebComponent(config.web, live, token, routes, status=lambda: _health_summary(daemon, updates))
         components.append(web)
 
@@ -229,6 +230,10 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         engine_status=lambda: _engine_rows(engines, activator, updates),
     )
     return Assembly(daemon, config, live, store, engines, kt, web, metrics_server, sync, updates)
+
+
+def _roster(config: Config) -> Roster | None:
+    return None if config.kt.roster_file is None else Roster(config.kt.roster_file)
 
 
 def _kt_service(kt: Deferred) -> KTService | None:

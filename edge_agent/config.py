@@ -116,6 +116,11 @@ class KTSettings(Section):
         description="Student states kept (about 1.3 KB of memory each); beyond it the one not seen "
         "longest is forgotten and starts again from the model's prior.",
     )
+    roster_file: OptionalFile = Field(
+        None,
+        description="The class roster (student pseudonyms, made by `edge-agent kt roster`): answers for "
+        "anyone else are refused. Empty means any student id is taken.",
+    )
 
 
 class UpdateSettings(Section):

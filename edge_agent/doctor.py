@@ -254,6 +254,22 @@ def check_web_certificate(
     return _expiry_result(name, str(cert_file), days, fix)
 
 
+def check_roster(path: Path) -> CheckResult:
+    """The class roster the answer API admits students by: readable, and how many it lists."""
+    from edge_agent.errors import ConfigError
+    from edge_agent.kt.roster import Roster
+
+    try:
+        students = Roster(path).current()
+    except ConfigError as exc:
+        return CheckResult("class roster", False, exc.problems[0][1],
+                           "make it with `edge-agent kt roster set LIST` (answers are refused meanwhile)")
+    if not students:
+        return CheckResult("class roster", True, f"{path} lists no students: every answer is refused",
+                           "add the class with `edge-agent kt roster add LIST`", warning=True)
+    return CheckResult("class roster", True, f"{len(students)} students ({path})")
+
+
 def _expiry_result(name: str, what: str, days: float, fix: str) -> CheckResult:
     if days < 0:
         return CheckResult(name, False, f"{what} expired {-days:.0f} days ago", fix)
@@ -339,6 +355,8 @@ def run_checks(
     results.append(check_database(config.database_path))
     if config.camera.enabled:
         results.append(check_camera(config.camera.source))
+    if config.kt.enabled and config.kt.roster_file is not None:
+        results.append(check_roster(config.kt.roster_file))
     models, verified = check_models(config, manifests_dir)
     results.append(models)
     results += [check_engine(entry, config, engine_loader) for entry in verified]

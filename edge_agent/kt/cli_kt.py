@@ -28,6 +28,16 @@ def add_kt_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     default.add_argument("--students", type=int, default=8000)
     _train_options(default, epochs=15, hidden=64)
     default.set_defaults(func=cmd_kt_build_default)
+    roster = sub.add_parser(
+        "roster", help="the class roster: the students whose answers this board takes (kt.roster_file)"
+    )
+    roster.add_argument("action", choices=("set", "add", "remove", "count"),
+                        help="set: the list replaces the roster; add/remove: change it; count: how many")
+    roster.add_argument("list", nargs="?", type=Path,
+                        help="student ids, one per line, or a CSV with --column; '-' reads standard input")
+    roster.add_argument("--column", help="in a CSV with a header row: the column holding the student ids")
+    roster.add_argument("--config", default=argparse.SUPPRESS, help="config file")
+    roster.set_defaults(func=cmd_kt_roster)
     return kt
 
 
@@ -71,4 +81,31 @@ def cmd_kt_build_default(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = build_default(args.out, students=args.students, opts=_options(args, 32))  # type: ignore[arg-type]
     print(json.dumps(result))
+    return 0
+
+
+def cmd_kt_roster(args: argparse.Namespace) -> int:
+    """Turn the school's student ids into pseudonyms with this board's secret and update the roster file;
+    the ids themselves are not written anywhere."""
+    from edge_agent.config import find_config_path, load_config
+    from edge_agent.kt.pseudonym import Pseudonymizer
+    from edge_agent.kt.roster import read_student_ids, update_roster
+
+    try:
+        config = load_config(find_config_path(getattr(args, "config", None)), check_files_exist=False)
+        if config.kt.roster_file is None:
+            print("error: kt.roster_file is not set in the config; set it (e.g. "
+                  '"/var/lib/edge-agent/roster.txt") and run this again')
+            return 2
+        if (args.action == "count") != (args.list is None):
+            print("error: give the list of student ids (or '-') to set, add or remove; none to count")
+            return 2
+        ids = [] if args.list is None else read_student_ids(args.list, args.column)
+        secret_file = config.device.pseudonym_secret_file
+        pseudonyms = {Pseudonymizer.from_file(secret_file)(i) for i in ids}
+        before, after = update_roster(config.kt.roster_file, args.action, pseudonyms, owner_of=secret_file)
+    except (EdgeAgentError, OSError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 1
+    print(f"{config.kt.roster_file}: {after} students (was {before}); the daemon reads it within seconds")
     return 0

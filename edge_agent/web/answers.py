@@ -15,8 +15,9 @@ from aiohttp import web
 
 from edge_agent import json_input
 from edge_agent.config import KTSettings
-from edge_agent.errors import InputRejected
+from edge_agent.errors import ConfigError, InputRejected
 from edge_agent.kt.answers import parse_batch
+from edge_agent.kt.roster import Roster
 from edge_agent.kt.service import KTService, ServiceBusy
 from edge_agent.telemetry import metrics
 
@@ -38,8 +39,11 @@ def _rejected(status: int, message: str, field: str | None = None) -> web.Respon
     return _error(status, message, field)
 
 
-def answer_routes(service: ServiceSource, settings: KTSettings) -> web.RouteTableDef:
-    """Routes over ``service`` (or a callable returning it, None while knowledge tracing starts)."""
+def answer_routes(
+    service: ServiceSource, settings: KTSettings, roster: Roster | None = None
+) -> web.RouteTableDef:
+    """Routes over ``service`` (or a callable returning it, None while knowledge tracing starts); with
+    ``roster``, answers only for the students on it."""
     routes = web.RouteTableDef()
 
     def current() -> KTService | None:
@@ -69,6 +73,18 @@ def answer_routes(service: ServiceSource, settings: KTSettings) -> web.RouteTabl
         except InputRejected as exc:
             status = 413 if exc.field == "answers" and "limit" in str(exc) else 400
             return _rejected(status, str(exc), exc.field)
+        if roster is not None:
+            try:
+                students = roster.current()
+            except ConfigError as exc:
+                return _error(503, f"answers are refused until the class roster can be read: {exc}",
+                              retry_after_s=60)
+            unknown = [n for n, a in enumerate(answers) if a.student not in students]
+            if unknown:
+                where = f"answers[{unknown[0]}]" if isinstance(body, dict) and "answers" in body else "answer"
+                return _rejected(400, f"{where}: this student is not on the board's class roster "
+                                      "(kt.roster_file); nothing was applied. The school's IT adds students "
+                                      "with `edge-agent kt roster add`", "student_id")
         try:
             results = await svc.submit_async(answers)
         except ServiceBusy as exc:

@@ -247,3 +247,28 @@ def test_sigterm_exits_within_10_s_while_the_broker_hangs_in_connect(
             daemon.kill()  # fail now, not after the 30 s connect wait
             raise AssertionError("still running 10 s after SIGTERM (systemd stop promise broken)") from None
     assert code == 0
+
+
+def test_a_board_with_a_class_roster_takes_its_students_and_refuses_invented_ids(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage,
+) -> None:
+    # Security audit finding 6: a holder of the web token could push every real student out of
+    # kt.max_students with invented ids. The roster is made by the CLI from the school's list.
+    cfg = local_config(tmp_path, faces=None)
+    cfg["kt"]["roster_file"] = str(tmp_path / "roster.txt")
+    config = write_config(tmp_path / "config.toml", cfg)
+    (tmp_path / "class.txt").write_text("\n".join(STUDENTS) + "\n")
+    made = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "kt", "roster", "set", str(tmp_path / "class.txt"),
+         "--config", str(config)], capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert made.returncode == 0 and f"{len(STUDENTS)} students" in made.stdout, made.stdout + made.stderr
+    base = f"http://127.0.0.1:{cfg['web']['port']}"
+    daemon = daemons(config, notify, tmp_path / "run.log").start()
+    daemon.wait_running()
+    assert all(r["status"] == "applied" for r in post_answers(base, class_answers(package, 0)))
+    invented = answer("stu-99", package.items[0].id, package.items[0].skill_id, True, "x-1")
+    status, body = http("POST", f"{base}/api/v1/answers", invented)
+    assert status == 400 and body["field"] == "student_id" and "class roster" in body["error"]
+    assert f"class roster: {len(STUDENTS)} students" in daemon.output()
+    assert "stu-0" not in (tmp_path / "roster.txt").read_text()

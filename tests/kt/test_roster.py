@@ -1,0 +1,194 @@
+"""The class roster: its file, its reloads, the answer API refusing students not on it, and the
+`edge-agent kt roster` command that makes it from the school's list without writing the raw ids."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from edge_agent.cli import main as cli_main
+from edge_agent.config import KTSettings
+from edge_agent.errors import ConfigError
+from edge_agent.kt.package import KTPackage, load_package
+from edge_agent.kt.pseudonym import Pseudonymizer
+from edge_agent.kt.roster import Roster, format_roster, parse_roster
+from edge_agent.kt.service import KTService
+from edge_agent.web.answers import answer_routes
+from tests.kt.test_answers_api import Server, _good
+
+SECRET = b"s" * 32
+PSEUDO = Pseudonymizer(SECRET)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_roster_line_that_is_not_a_pseudonym_is_named_with_its_line() -> None:
+    good = PSEUDO("stu-1")
+    assert parse_roster(format_roster([good, PSEUDO("stu-2")]), "r") == {good, PSEUDO("stu-2")}
+    assert parse_roster(f"# class 3A\n\n{good}  # Li Wei\n", "r") == {good}
+    with pytest.raises(ConfigError, match="r line 3 is not a student pseudonym"):
+        parse_roster(f"{good}\n\nstu-2\n", "r")  # a raw id: the file was written by hand
+
+
+def test_the_roster_is_read_again_when_it_changes_and_a_damaged_file_keeps_the_last(tmp_path: Path) -> None:
+    path = tmp_path / "roster.txt"
+    path.write_text(format_roster([PSEUDO("a")]))
+    clock = Clock()
+    roster = Roster(path, recheck_s=2.0, clock=clock)
+    assert roster.current() == {PSEUDO("a")}
+    path.write_text(format_roster([PSEUDO("a"), PSEUDO("b")]))
+    assert roster.current() == {PSEUDO("a")}  # not looked at again within recheck_s
+    clock.now = 2.0
+    assert roster.current() == {PSEUDO("a"), PSEUDO("b")}
+    path.write_text("garbage\n")
+    clock.now = 4.0
+    assert roster.current() == {PSEUDO("a"), PSEUDO("b")} and "line 1" in (roster.problem or "")
+    path.unlink()
+    clock.now = 6.0
+    assert roster.current() == {PSEUDO("a"), PSEUDO("b")} and "cannot read" in (roster.problem or "")
+    with pytest.raises(ConfigError, match="cannot read"):
+        Roster(tmp_path / "missing.txt").current()
+
+
+@pytest.fixture(scope="module")
+def roster_api(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+
+    package = load_package()
+    path = tmp_path_factory.mktemp("roster") / "roster.txt"
+    path.write_text(format_roster([PSEUDO("stu-1"), PSEUDO("stu-2")]))
+    settings = KTSettings()
+    svc = KTService(package, OnnxRuntimeEngine(package.step_model), settings, PSEUDO)
+    svc.start()
+    app = web.Application()
+    app.add_routes(answer_routes(svc, settings, Roster(path, recheck_s=0.0)))
+    server = Server(app)
+    yield server, svc, path
+    server.close()
+    svc.stop()
+
+
+def test_answers_for_a_student_not_on_the_roster_are_refused_and_nothing_of_the_batch_applied(
+    roster_api: tuple[Server, KTService, Path],
+) -> None:
+    server, svc, _ = roster_api
+    package: KTPackage = svc.package
+    status, body = server.request("POST", "/api/v1/answers", _good(package, "stu-1", "r-1"))
+    assert status == 200 and body["status"] == "applied"
+    students = svc.student_count()
+    batch = {"answers": [_good(package, "stu-2", "r-2"), _good(package, "invented-9999", "r-3")]}
+    status, body = server.request("POST", "/api/v1/answers", batch)
+    assert status == 400 and body["field"] == "student_id"
+    assert body["error"].startswith("answers[1]: this student is not on the board's class roster")
+    assert "invented-9999" not in body["error"]
+    assert svc.student_count() == students  # stu-2's answer in the same batch was not applied
+
+
+def test_a_student_added_to_the_roster_is_taken_and_an_unreadable_roster_refuses_with_503(
+    roster_api: tuple[Server, KTService, Path],
+) -> None:
+    server, svc, path = roster_api
+    before = path.read_text()
+    try:
+        assert server.request("POST", "/api/v1/answers", _good(svc.package, "stu-3", "n-1"))[0] == 400
+        path.write_text(before + PSEUDO("stu-3") + "\n")
+        assert server.request("POST", "/api/v1/answers", _good(svc.package, "stu-3", "n-1"))[0] == 200
+        path.write_bytes(b"\xff\xfe not text")
+        # the last roster read stays in use: the board keeps taking its class's answers
+        assert server.request("POST", "/api/v1/answers", _good(svc.package, "stu-3", "n-2"))[0] == 200
+    finally:
+        path.write_text(before)
+    fresh = Server(_routes_with(svc, Roster(path.with_name("absent.txt"))))
+    try:
+        status, body = fresh.request("POST", "/api/v1/answers", _good(svc.package, "stu-1", "n-3"))
+        assert status == 503 and "until the class roster can be read" in body["error"]
+    finally:
+        fresh.close()
+
+
+def _routes_with(svc: KTService, roster: Roster) -> web.Application:
+    app = web.Application()
+    app.add_routes(answer_routes(svc, KTSettings(), roster))
+    return app
+
+
+def _board_config(tmp_path: Path, roster: bool = True) -> Path:
+    secret = tmp_path / "pseudonym.key"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+    config = tmp_path / "config.toml"
+    lines = ["[device]", f'pseudonym_secret_file = "{secret}"', "[kt]"]
+    if roster:
+        lines.append(f'roster_file = "{tmp_path / "roster.txt"}"')
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def test_the_roster_command_writes_pseudonyms_only_and_adds_removes_and_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _board_config(tmp_path)
+    ids = tmp_path / "class-3a.txt"
+    ids.write_text("S2026-001\nS2026-002\n# left in October\n\nS2026-003\n")
+    assert cli_main(["kt", "roster", "set", str(ids), "--config", str(config)]) == 0
+    roster = tmp_path / "roster.txt"
+    text = roster.read_text()
+    assert "S2026" not in text and parse_roster(text, "r") == {PSEUDO(f"S2026-00{n}") for n in (1, 2, 3)}
+    assert os.stat(roster).st_mode & 0o777 == 0o600
+    export = tmp_path / "sis-export.csv"
+    export.write_text("\ufeffname,student_no\nLi Wei,S2026-004\nZhang Min,S2026-001\n")
+    column = ["--column", "student_no", "--config", str(config)]
+    assert cli_main(["kt", "roster", "add", str(export), *column]) == 0
+    assert "4 students (was 3)" in capsys.readouterr().out
+    leaving = tmp_path / "leaving.txt"
+    leaving.write_text("S2026-002\n")
+    assert cli_main(["kt", "roster", "remove", str(leaving), "--config", str(config)]) == 0
+    assert cli_main(["kt", "roster", "count", "--config", str(config)]) == 0
+    assert "3 students (was 3)" in capsys.readouterr().out.splitlines()[-1]
+    assert parse_roster(roster.read_text(), "r") == {PSEUDO(f"S2026-00{n}") for n in (1, 3, 4)}
+
+
+def test_the_roster_command_says_what_is_wrong_and_leaves_the_roster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unset = tmp_path / "unset"
+    unset.mkdir()
+    assert cli_main(["kt", "roster", "count", "--config", str(_board_config(unset, roster=False))]) == 2
+    assert "kt.roster_file is not set" in capsys.readouterr().out
+    config = _board_config(tmp_path)
+    export = tmp_path / "export.csv"
+    export.write_text("name,id\nLi Wei,S1\n")
+    column = ["--column", "student_no", "--config", str(config)]
+    assert cli_main(["kt", "roster", "set", str(export), *column]) == 1
+    assert "has no column 'student_no' (its columns: name, id)" in capsys.readouterr().out
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nobody\n")
+    assert cli_main(["kt", "roster", "set", str(empty), "--config", str(config)]) == 1
+    assert "holds no student ids" in capsys.readouterr().out
+    assert cli_main(["kt", "roster", "add", "--config", str(config)]) == 2
+    assert not (tmp_path / "roster.txt").exists()
+
+
+def test_doctor_reports_the_roster_count_or_why_it_cannot_be_read(tmp_path: Path) -> None:
+    from edge_agent.doctor import check_roster
+
+    path = tmp_path / "roster.txt"
+    assert not check_roster(path).ok
+    path.write_text("# empty for now\n")
+    empty = check_roster(path)
+    assert empty.ok and empty.warning and "every answer is refused" in empty.detail
+    path.write_text(format_roster([PSEUDO("a"), PSEUDO("b")]))
+    assert check_roster(path).detail.startswith("2 students")
+    path.write_text("stu-1\n")
+    broken = check_roster(path)
+    assert not broken.ok and "line 1" in broken.detail
