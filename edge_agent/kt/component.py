@@ -129,7 +129,15 @@ class KTComponent:
             heartbeat=self._heartbeats.register(HEARTBEAT, max_gap_s=10.0),
         )
         if persistence is not None:
-            service.load(persistence.load_states(package.hidden, len(package.skills)))
+            limit = self.settings.max_students
+            service.load(persistence.load_states(package.hidden, len(package.skills), limit))
+            stored = persistence.stored_count()
+            if stored > limit:
+                log.warning(
+                    "kt.max_students (%s) is below the %s student states stored: the %s not seen the longest "
+                    "stay on disk, out of memory, and go on when their student answers again",
+                    limit, stored, stored - limit,
+                )
             persistence.prune_events(time.time() - EVENT_KEEP_S)
             view = persistence.load_lesson_view()
             if view is not None and service.restore_lesson_view(view):

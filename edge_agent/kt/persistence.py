@@ -6,6 +6,7 @@ and ``kt_applied_events(event_key, applied_at)`` for idempotency across restarts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -26,26 +27,51 @@ class StatePersistence:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def load_states(self, hidden: int, skills: int) -> dict[str, StudentState]:
-        """Every stored state that fits the model; damaged or foreign-shaped ones are skipped and counted."""
-        rows = self.db.read(  # oldest first: the service forgets from the front when over its limit
+    def load_states(self, hidden: int, skills: int, limit: int | None = None) -> dict[str, StudentState]:
+        """The stored states that fit the model, oldest first (the service forgets from the front); with
+        ``limit``, only the newest ``limit`` (the rest stay on disk: :meth:`states_of` finds them).
+        Damaged or foreign-shaped states are skipped and counted."""
+        rows = self.db.read(
             lambda conn: conn.execute(
-                "SELECT student, state, answers FROM kt_student_state ORDER BY updated_at"
+                "SELECT student, state, answers FROM kt_student_state ORDER BY updated_at DESC LIMIT ?",
+                (-1 if limit is None else limit,),
             ).fetchall()
         )
-        states: dict[str, StudentState] = {}
-        skipped = 0
-        for student, blob, answers in rows:
-            try:
-                states[student] = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills)
-            except (ValueError, TypeError):
-                skipped += 1
+        states = self._decode(reversed(rows), hidden, skills)
+        skipped = len(rows) - len(states)
         if skipped:
             log.warning(
                 "ignored %s stored student states that do not fit the current KT model "
                 "(model package changed?); those students start fresh",
                 skipped,
             )
+        return states
+
+    def states_of(self, students: Sequence[str], hidden: int, skills: int) -> dict[str, StudentState]:
+        """The stored states of ``students`` (those the service does not hold: left on disk by a lower
+        ``kt.max_students`` at start)."""
+
+        def query(conn: sqlite3.Connection) -> list[tuple[str, bytes, int]]:
+            rows: list[tuple[str, bytes, int]] = []
+            for i in range(0, len(students), _KEYS_PER_QUERY):
+                chunk = list(students[i : i + _KEYS_PER_QUERY])
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT student, state, answers FROM kt_student_state WHERE student IN ({marks})"
+                rows.extend(conn.execute(sql, chunk))
+            return rows
+
+        return self._decode(self.db.read(query), hidden, skills)
+
+    def stored_count(self) -> int:
+        row = self.db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM kt_student_state").fetchone())
+        return int(row[0])
+
+    @staticmethod
+    def _decode(rows: Iterable[Any], hidden: int, skills: int) -> dict[str, StudentState]:
+        states: dict[str, StudentState] = {}
+        for student, blob, answers in rows:
+            with contextlib.suppress(ValueError, TypeError):  # counted by the caller where it matters
+                states[student] = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills)
         return states
 
     def applied_among(self, keys: Sequence[str]) -> set[str]:

@@ -154,13 +154,13 @@ class KTService:
     # -- lifecycle (called by the component) ---------------------------------------------------------
 
     def load(self, states: dict[str, StudentState]) -> None:
-        """Stored states, oldest first, before ``start``; beyond ``max_students`` the oldest are forgotten
-        here and in the store."""
+        """Stored states, oldest first, before ``start``; beyond ``max_students`` the oldest are left out
+        of memory, not deleted: stored, they come back when their student answers (see _apply)."""
         with self._lock:
             self._states.update(states)
-            forgotten = self._forget_oldest()
-        if forgotten and self._persistence is not None:
-            self._persistence.save((), (), self._clock(), forgotten).result(30)
+            excess = len(self._states) - self.settings.max_students
+            for _ in range(max(excess, 0)):
+                self._states.popitem(last=False)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="kt-inference", daemon=True)
@@ -413,10 +413,15 @@ class KTService:
                 seen.add(a.event_key)
                 steps.setdefault(a.student, deque()).extend((k, a.correct) for k in a.skills)
         with self._lock:
-            start = {
-                s: self._states.get(s) or StudentState.initial(self.package.hidden, self._prior)
-                for s in steps
-            }
+            start = {s: self._states[s] for s in steps if s in self._states}
+        missing = [s for s in steps if s not in start]
+        if missing and self._persistence is not None:
+            # Not in memory: new, or left on disk by a lower kt.max_students at start (answered since
+            # then, the stored state goes on instead of starting again from the prior).
+            start |= self._persistence.states_of(missing, self.package.hidden, len(self.package.skills))
+        for s in missing:
+            if s not in start:
+                start[s] = StudentState.initial(self.package.hidden, self._prior)
         work = self._run_rounds(steps, start)
         now = self._clock()
         with self._lock:

@@ -246,12 +246,25 @@ def test_a_board_restarted_with_a_lower_max_students_keeps_the_students_seen_las
     now[0] += 60
     svc.submit([_answer(package, pseudonymize, f"new{n}", "a") for n in range(100)]).result(5)
     svc.stop()
-    restarted = KTService(package, engine, KTSettings(max_students=100), pseudonymize, persistence=store)
-    restarted.load(store.load_states(package.hidden, len(package.skills)))
+    lower = KTSettings(max_students=100, microbatch_wait_ms=0.0)
+    restarted = KTService(package, engine, lower, pseudonymize, persistence=store)
+    restarted.load(store.load_states(package.hidden, len(package.skills), 100))
     assert restarted.student_count() == 100
     assert restarted.student_mastery(pseudonymize("old0")) is None
     assert restarted.student_mastery(pseudonymize("new0")) is not None
-    assert len(store.load_states(package.hidden, len(package.skills))) == 100
+    # Not deleted (the upgrade audit's F8: a mistyped lower limit destroyed them for good): the 30 not
+    # loaded stay on disk, and a student among them who answers goes on from the stored state.
+    assert store.stored_count() == 130
+    restarted.start()
+    [feedback] = restarted.submit([_answer(package, pseudonymize, "old0", "b")]).result(5)
+    restarted.stop()
+    assert feedback["status"] == "applied"
+    assert restarted.student_mastery(pseudonymize("old0"))["answers"] == 2  # type: ignore[index]
+    assert restarted.student_count() == 100  # the one not seen longest in memory went instead...
+    assert store.stored_count() == 130 - 1  # ...and it alone left the disk
+    restored = KTService(package, engine, KTSettings(max_students=500), pseudonymize, persistence=store)
+    restored.load(store.load_states(package.hidden, len(package.skills), 500))
+    assert restored.student_count() == 129  # the limit raised again: all back
 
 
 def test_damaged_stored_state_is_skipped(package, engine, db: Database) -> None:
