@@ -72,6 +72,10 @@ def _provision_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-activate", action="store_true", help="on /: do not enable units or start the build")
     p.add_argument(
+        "--metrics-token-file", type=Path, metavar="FILE",
+        help="the fleet's Prometheus token, installed as secrets/metrics.token (metrics.token_file names it)",
+    )
+    p.add_argument(
         "--web-domain", metavar="DOMAIN",
         help="the school's DNS domain: the certificate also serves HTTPS as <device id>.DOMAIN",
     )
@@ -90,6 +94,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             activate=not args.no_activate,
             replace=args.replace,
             web_domain=args.web_domain,
+            metrics_token_file=args.metrics_token_file,
         )
         if args.roots is not None:
             results = provision_inventory(args.inventory, args.roots, opts)

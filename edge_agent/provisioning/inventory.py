@@ -26,6 +26,8 @@ _OPTIONAL_PATHS = (
     ("updates", "download_ca_file"),
     ("web", "tls_cert_file"),
     ("web", "tls_key_file"),
+    ("metrics", "token_file"),
+    ("kt", "roster_file"),
 )
 
 

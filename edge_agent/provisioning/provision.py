@@ -41,6 +41,7 @@ from edge_agent.provisioning.inventory import Board, load_inventory, render_conf
 log = logging.getLogger(__name__)
 
 ETC = Path("etc/edge-agent")
+METRICS_TOKEN = ETC / "secrets/metrics.token"
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Options:
     activate: bool = True  # on "/": enable units and start the engine build
     replace: bool = False  # with ca_dir: this board replaces another with its id; revoke that one's cert
     web_domain: str | None = None  # the certificate also names <device id>.<web_domain> (HTTPS)
+    metrics_token_file: Path | None = None  # the fleet's Prometheus token, installed on every board
 
     def web_names(self, device_id: str) -> list[str]:
         """Names the certificate must serve HTTPS under, beyond :func:`board_names`' own."""
@@ -83,16 +85,34 @@ def _layout(root: Path) -> dict[str, Path]:
         "cert": etc / "certs/device.pem",
         "ca": etc / "certs/ca.pem",
         "signing": etc / "model-signing.pub",
+        "metrics_token": etc / "secrets/metrics.token",
         "state": root / "var/lib/edge-agent",
         "cache": root / "var/cache/edge-agent",
         "logs": root / "var/log/edge-agent",
     }
 
 
-def _preflight(board: Board, opts: Options) -> tuple[str, bytes | None]:
+def _preflight(board: Board, opts: Options, root: Path) -> tuple[str, bytes | None]:
     """Everything that can be checked before writing: the config renders, given files are readable."""
-    text, _ = render_config(opts.template_text, board)
+    text, config = render_config(opts.template_text, board)
     general_names(opts.web_names(board.device_id))  # a bad --web-domain stops here
+    wanted = config.metrics.token_file
+    if opts.metrics_token_file is not None:
+        token = _read(opts.metrics_token_file, "metrics token").strip()
+        if len(token) < 16 or len(token.split()) != 1:
+            raise ProvisioningError(
+                f"{opts.metrics_token_file} must hold one token of 16+ characters (openssl rand -hex 24)"
+            )
+        if wanted != Path("/") / METRICS_TOKEN:
+            raise ProvisioningError(
+                f"--metrics-token-file installs /{METRICS_TOKEN}: set metrics.token_file to that in the "
+                "template"
+            )
+    elif wanted is not None and not (root / str(wanted).lstrip("/")).exists():
+        raise ProvisioningError(
+            f"the config sets metrics.token_file = {wanted}: give --metrics-token-file FILE with the fleet's "
+            "Prometheus token (the one prometheus.yml sends) to install it"
+        )
     ca_pem = None
     if opts.ca_dir is None and (opts.cert_file is None) != (opts.ca_file is None):
         raise ProvisioningError("--cert and --ca-cert go together (the signed certificate and its CA)")
@@ -111,7 +131,7 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def provision_board(board: Board, root: Path, opts: Options) -> Result:
-    config_text, ca_pem = _preflight(board, opts)
+    config_text, ca_pem = _preflight(board, opts, root)
     root = root.absolute()  # a relative root would be re-rooted at "/" by the config check
     result = Result(board.device_id, root)
     on_host = root.resolve() == Path("/")
@@ -134,6 +154,10 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
             write_public(paths["signing"], _read(opts.signing_pubkey, "model signing key")),
             "model signing key",
         )
+    if opts.metrics_token_file is not None:
+        token = _read(opts.metrics_token_file, "metrics token").strip() + b"\n"
+        _note(result, write_private(paths["metrics_token"], token), "metrics token")
+        system.chown_if_root(paths["metrics_token"], uid, gid)
     for path in (paths["config"], paths["certs"], paths["etc"]):
         system.chown_if_root(path, 0, gid)
     result.changes += system.install_units(root, units_src, opts.agent_bin)
@@ -241,7 +265,7 @@ def provision_inventory(inventory: Path, roots: Path, opts: Options) -> list[Res
     """Bulk: each board of the inventory into ``roots/<device_id>`` (image builds, labs, tests)."""
     boards = load_inventory(inventory)
     for board in boards:  # every config must render before the first board is touched
-        _preflight(board, opts)
+        _preflight(board, opts, roots / board.device_id)
     return [provision_board(board, roots / board.device_id, opts) for board in boards]
 
 

@@ -399,3 +399,31 @@ def test_https_and_update_hosts_set_per_board_render_and_pass_the_installed_conf
     config = load_config(result.root / "etc/edge-agent/config.toml", check_files_exist=False)
     assert config.web.tls_cert_file == Path("/etc/edge-agent/certs/device.pem")
     assert config.updates.allowed_hosts == ["updates.district.example"]
+
+
+def test_the_fleets_metrics_token_is_installed_private_and_its_absence_stops_before_any_file(
+    tmp_path: Path,
+) -> None:
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    text = template() + '\n[metrics]\ntoken_file = "/etc/edge-agent/secrets/metrics.token"\n'
+    root = tmp_path / "root"
+    with pytest.raises(ProvisioningError, match="give --metrics-token-file FILE"):
+        provision_board(BOARD, root, Options(template_text=text, ca_dir=ca.dir))
+    assert not root.exists()
+    token = tmp_path / "fleet-metrics.token"
+    token.write_text("short\n")
+    with pytest.raises(ProvisioningError, match="one token of 16\\+ characters"):
+        provision_board(BOARD, root, Options(template_text=text, ca_dir=ca.dir, metrics_token_file=token))
+    token.write_text("9f2c6a0e4b7d1f3a5c8e2b4d6f8a0c1e\n")
+    unset = Options(template_text=template(), ca_dir=ca.dir, metrics_token_file=token)
+    with pytest.raises(ProvisioningError, match=r"set metrics\.token_file to that"):
+        provision_board(BOARD, root, unset)
+    assert not root.exists()
+    opts = Options(template_text=text, ca_dir=ca.dir, metrics_token_file=token)
+    assert "metrics token" in provision_board(BOARD, root, opts).changes
+    installed = root / "etc/edge-agent/secrets/metrics.token"
+    assert installed.read_text() == "9f2c6a0e4b7d1f3a5c8e2b4d6f8a0c1e\n"
+    assert stat.S_IMODE(installed.stat().st_mode) == 0o600
+    check_root(root)
+    # later runs need not carry the token again; the installed one stays
+    assert provision_board(BOARD, root, Options(template_text=text, ca_dir=ca.dir)).changes == []
