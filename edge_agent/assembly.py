@@ -20,7 +20,7 @@ from edge_agent.inference.engine_set import EngineSet
 from edge_agent.inference.manifest import ENGINES_DIR, load_manifests
 from edge_agent.inference.manifest import Manifest as EngineManifest
 from edge_agent.kt.component import KTComponent
-from edge_agent.kt.roster import Roster
+from edge_agent.kt.roster import Roster, watch_roster
 from edge_agent.kt.service import KTService
 from edge_agent.kt.updates import MODEL_NAME as KT_PACKAGE_NAME
 from edge_agent.kt.updates import KTModelActivator, step_manifest_for
@@ -233,7 +233,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
 
 
 def _roster(config: Config) -> Roster | None:
-    return None if config.kt.roster_file is None else Roster(config.kt.roster_file)
+    return None if config.kt.roster_file is None else watch_roster(config.kt.roster_file)
 
 
 def _kt_service(kt: Deferred) -> KTService | None:

@@ -257,10 +257,10 @@ def check_web_certificate(
 def check_roster(path: Path) -> CheckResult:
     """The class roster the answer API admits students by: readable, and how many it lists."""
     from edge_agent.errors import ConfigError
-    from edge_agent.kt.roster import Roster
+    from edge_agent.kt.roster import watch_roster
 
     try:
-        students = Roster(path).current()
+        students = watch_roster(path).current()
     except ConfigError as exc:
         return CheckResult("class roster", False, exc.problems[0][1],
                            "make it with `edge-agent kt roster set LIST` (answers are refused meanwhile)")

@@ -4,12 +4,12 @@ Without a roster any student id is taken, and whoever holds the board's web toke
 students out of ``kt.max_students`` with invented ids (security audit, finding 6). The file holds
 pseudonyms only, one per line (32 hex characters; blank lines and ``#`` comments allowed), so the raw
 ids never reach the board's disk: ``edge-agent kt roster`` makes it from the school's list. The daemon
-reads it again when it changes, so a student added during the term needs no restart.
+reads it again when it changes (edge_agent/watched_file.py), so a student added during the term needs
+no restart.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from edge_agent.errors import ConfigError
-
-log = logging.getLogger(__name__)
+from edge_agent.watched_file import WatchedFile
 
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
 MAX_STUDENTS = 1_000_000  # as kt.max_students: a bigger file is a mistake
@@ -48,49 +47,13 @@ def format_roster(pseudonyms: Iterable[str]) -> str:
     return header + "".join(f"{p}\n" for p in sorted(pseudonyms))
 
 
-class Roster:
-    """The roster in ``path``, read again when its size or mtime changes (looked at no more than every
-    ``recheck_s``). A file that cannot be read or parsed keeps the roster last read; with none read yet,
-    :meth:`current` raises ConfigError (the answer API then says why it takes no answers)."""
+Roster = WatchedFile[frozenset[str]]
 
-    def __init__(
-        self, path: Path, recheck_s: float = 2.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.path = path
-        self._recheck_s = recheck_s
-        self._clock = clock
-        self._stamp: tuple[int, int] | None = None
-        self._checked = -float("inf")
-        self._students: frozenset[str] | None = None
-        self.problem: str | None = None
-        self._reload()  # at start: the log says how many students, or why none
-        self._checked = clock()
 
-    def current(self) -> frozenset[str]:
-        now = self._clock()
-        if now - self._checked >= self._recheck_s:
-            self._checked = now
-            self._reload()
-        if self._students is None:
-            raise ConfigError([("kt.roster_file", self.problem or f"{self.path} not read yet")])
-        return self._students
-
-    def _reload(self) -> None:
-        try:
-            info = os.stat(self.path)
-            stamp = (info.st_mtime_ns, info.st_size)
-            if stamp == self._stamp:
-                return
-            students = parse_roster(self.path.read_text(encoding="utf-8"), str(self.path))
-        except (OSError, UnicodeDecodeError, ConfigError) as exc:
-            reason = exc.problems[0][1] if isinstance(exc, ConfigError) else f"cannot read {self.path}: {exc}"
-            if reason != self.problem:  # once per problem, not on every answer
-                kept = "" if self._students is None else f"; the last one read ({len(self._students)}) stays"
-                log.error("class roster not read%s: %s", kept, reason)
-            self.problem, self._stamp = reason, None
-            return
-        self._stamp, self._students, self.problem = stamp, students, None
-        log.info("class roster: %d students (%s)", len(students), self.path)
+def watch_roster(path: Path, recheck_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> Roster:
+    """The roster in ``path``, read again when it changes (:class:`WatchedFile`)."""
+    return WatchedFile(path, parse_roster, "kt.roster_file", lambda s: f"{len(s)} students",
+                       recheck_s=recheck_s, clock=clock)
 
 
 def read_student_ids(source: Path, column: str | None = None) -> list[str]:

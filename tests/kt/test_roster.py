@@ -15,7 +15,7 @@ from edge_agent.config import KTSettings
 from edge_agent.errors import ConfigError
 from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.kt.pseudonym import Pseudonymizer
-from edge_agent.kt.roster import Roster, format_roster, parse_roster
+from edge_agent.kt.roster import Roster, format_roster, parse_roster, watch_roster
 from edge_agent.kt.service import KTService
 from edge_agent.web.answers import answer_routes
 from tests.kt.test_answers_api import Server, _good
@@ -44,7 +44,7 @@ def test_the_roster_is_read_again_when_it_changes_and_a_damaged_file_keeps_the_l
     path = tmp_path / "roster.txt"
     path.write_text(format_roster([PSEUDO("a")]))
     clock = Clock()
-    roster = Roster(path, recheck_s=2.0, clock=clock)
+    roster = watch_roster(path, recheck_s=2.0, clock=clock)
     assert roster.current() == {PSEUDO("a")}
     path.write_text(format_roster([PSEUDO("a"), PSEUDO("b")]))
     assert roster.current() == {PSEUDO("a")}  # not looked at again within recheck_s
@@ -57,7 +57,7 @@ def test_the_roster_is_read_again_when_it_changes_and_a_damaged_file_keeps_the_l
     clock.now = 6.0
     assert roster.current() == {PSEUDO("a"), PSEUDO("b")} and "cannot read" in (roster.problem or "")
     with pytest.raises(ConfigError, match="cannot read"):
-        Roster(tmp_path / "missing.txt").current()
+        watch_roster(tmp_path / "missing.txt").current()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def roster_api(tmp_path_factory: pytest.TempPathFactory) -> Any:
     svc = KTService(package, OnnxRuntimeEngine(package.step_model), settings, PSEUDO)
     svc.start()
     app = web.Application()
-    app.add_routes(answer_routes(svc, settings, Roster(path, recheck_s=0.0)))
+    app.add_routes(answer_routes(svc, settings, watch_roster(path, recheck_s=0.0)))
     server = Server(app)
     yield server, svc, path
     server.close()
@@ -108,7 +108,7 @@ def test_a_student_added_to_the_roster_is_taken_and_an_unreadable_roster_refuses
         assert server.request("POST", "/api/v1/answers", _good(svc.package, "stu-3", "n-2"))[0] == 200
     finally:
         path.write_text(before)
-    fresh = Server(_routes_with(svc, Roster(path.with_name("absent.txt"))))
+    fresh = Server(_routes_with(svc, watch_roster(path.with_name("absent.txt"))))
     try:
         status, body = fresh.request("POST", "/api/v1/answers", _good(svc.package, "stu-1", "n-3"))
         assert status == 503 and "until the class roster can be read" in body["error"]

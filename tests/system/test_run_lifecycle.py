@@ -270,5 +270,5 @@ def test_a_board_with_a_class_roster_takes_its_students_and_refuses_invented_ids
     invented = answer("stu-99", package.items[0].id, package.items[0].skill_id, True, "x-1")
     status, body = http("POST", f"{base}/api/v1/answers", invented)
     assert status == 400 and body["field"] == "student_id" and "class roster" in body["error"]
-    assert f"class roster: {len(STUDENTS)} students" in daemon.output()
+    assert f"kt.roster_file: {len(STUDENTS)} students" in daemon.output()
     assert "stu-0" not in (tmp_path / "roster.txt").read_text()

@@ -1,0 +1,74 @@
+"""A small file the daemon reads again when it changes (the class roster, the clicker tokens), so that
+the school's IT edits it without restarting the board.
+
+The file is looked at (stat) no more than every ``recheck_s`` and parsed again only when its mtime or
+size changed. A file that cannot be read or parsed keeps what was read last and says so once per
+problem; with nothing read yet, :meth:`WatchedFile.current` raises ConfigError with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from edge_agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class WatchedFile(Generic[T]):
+    def __init__(
+        self,
+        path: Path,
+        parse: Callable[[str, str], T],
+        key: str,
+        describe: Callable[[T], str],
+        *,
+        recheck_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``parse(text, where)`` returns the content or raises ConfigError; ``key`` is the config key
+        that names the file; ``describe`` says what was read, for the log."""
+        self.path = path
+        self._parse = parse
+        self._key = key
+        self._describe = describe
+        self._recheck_s = recheck_s
+        self._clock = clock
+        self._stamp: tuple[int, int] | None = None
+        self._value: T | None = None
+        self.problem: str | None = None
+        self._reload()  # at start: the log says what was read, or why nothing
+        self._checked = clock()
+
+    def current(self) -> T:
+        now = self._clock()
+        if now - self._checked >= self._recheck_s:
+            self._checked = now
+            self._reload()
+        if self._value is None:
+            raise ConfigError([(self._key, self.problem or f"{self.path} not read yet")])
+        return self._value
+
+    def _reload(self) -> None:
+        try:
+            info = os.stat(self.path)
+            stamp = (info.st_mtime_ns, info.st_size)
+            if stamp == self._stamp:
+                return
+            value = self._parse(self.path.read_text(encoding="utf-8"), str(self.path))
+        except (OSError, UnicodeDecodeError, ConfigError) as exc:
+            reason = exc.problems[0][1] if isinstance(exc, ConfigError) else f"cannot read {self.path}: {exc}"
+            if reason != self.problem:  # once per problem, not on every request
+                kept = "" if self._value is None else "; what was read before stays in use"
+                log.error("%s not read%s: %s", self._key, kept, reason)
+            self.problem, self._stamp = reason, None
+            return
+        self._stamp, self._value, self.problem = stamp, value, None
+        log.info("%s: %s (%s)", self._key, self._describe(value), self.path)
