@@ -140,6 +140,7 @@ def _mount_feature_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
     from edge_agent.kt.cli_kt import add_kt_parser
     from edge_agent.provisioning.cli import add_model_parser, add_provision_parser
     from edge_agent.vision.cli_attention import add_attention_parser
+    from edge_agent.web.clients import add_web_parser
 
     for add in (
         add_engines_parser,
@@ -149,6 +150,7 @@ def _mount_feature_parsers(sub: argparse._SubParsersAction[argparse.ArgumentPars
         add_provision_parser,
         add_model_parser,
         add_bench_parser,
+        add_web_parser,
     ):
         add(sub)
 

@@ -262,6 +262,11 @@ class WebSettings(Section):
         "The device certificate provisioning installs serves (names: device id, <device id>.local).",
     )
     tls_key_file: OptionalFile = Field(None, description="Its private key (mode 0600).")
+    client_tokens_file: OptionalFile = Field(
+        None,
+        description="Tokens for clicker base stations and tablet apps (mode 0600, made by `edge-agent web "
+        "clients add NAME`): each may only post answers. The web token stays the teacher's.",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> WebSettings:
@@ -320,6 +325,8 @@ class Config(Section):
             secrets.append(("web.token_file", self.web.token_file))
         if self.web.enabled and self.web.tls_key_file is not None:
             secrets.append(("web.tls_key_file", self.web.tls_key_file))
+        if self.web.enabled and self.web.client_tokens_file is not None:
+            secrets.append(("web.client_tokens_file", self.web.client_tokens_file))
         if self.metrics.enabled and self.metrics.token_file is not None:
             secrets.append(("metrics.token_file", self.metrics.token_file))
         return secrets

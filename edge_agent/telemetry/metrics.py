@@ -120,6 +120,10 @@ WEB_AUTH_FAILURES = Counter(
     "edge_web_auth_failures", "Wrong web tokens presented (header, cookie, query or sign-in form).",
     registry=REGISTRY,
 )
+WEB_CLIENT_REQUESTS = Counter(
+    "edge_web_client_requests", "Answer posts let in by a clicker's own token, by client name "
+    "(web.client_tokens_file).", ["client"], registry=REGISTRY,
+)
 HTTP_CONNECTIONS_REFUSED = Counter(
     "edge_http_connections_refused",
     "Connections closed on the web or metrics port (port) by reason: per_peer (over the limit from one "

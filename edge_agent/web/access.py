@@ -31,6 +31,7 @@ from aiohttp.typedefs import Middleware
 from edge_agent.config import check_secret_file
 from edge_agent.errors import ConfigError
 from edge_agent.telemetry import metrics
+from edge_agent.web.clients import ANSWERS_PATH, Clients
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,15 @@ def _refusal(
     return web.json_response({"error": decision.value, "detail": message}, status=status)
 
 
+def _client_of(clients: Clients, presented: str | None) -> str | None:
+    if presented is None or len(presented) > MAX_TOKEN_CHARS:
+        return None
+    try:
+        return clients.current().name_of(presented)
+    except ConfigError:  # never read: no client gets in; the log says why (WatchedFile)
+        return None
+
+
 def _safe_next(value: str) -> str:
     # Only same-site paths: never let the form redirect to another host ("//evil", "http://...", and
     # "/\t/evil": browsers drop the tab and read "//evil").
@@ -276,8 +286,11 @@ async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
     raise response
 
 
-def access_middleware(token: str | None, public_paths: Collection[str] = PUBLIC_PATHS) -> Middleware:
-    """The aiohttp middleware enforcing :func:`decide` on every path except ``public_paths``."""
+def access_middleware(
+    token: str | None, public_paths: Collection[str] = PUBLIC_PATHS, clients: Clients | None = None
+) -> Middleware:
+    """The aiohttp middleware enforcing :func:`decide` on every path except ``public_paths``; a
+    clicker's token from ``clients`` (web/clients.py) may only post answers."""
     if token is not None and not token.strip():
         raise ValueError("the web token is empty; write a token into web.token_file or unset it")
 
@@ -290,6 +303,15 @@ def access_middleware(token: str | None, public_paths: Collection[str] = PUBLIC_
         presented = _presented(request, token)
         # The header itself: request.host falls back to socket.getfqdn(), a DNS lookup on the event loop
         decision = decide(request.remote, presented, token, request.headers.get("Host"))
+        if decision is not Decision.ALLOW and clients is not None:
+            client = _client_of(clients, _bearer(request))
+            if client is not None:
+                if request.method == "POST" and request.path == ANSWERS_PATH:
+                    metrics.WEB_CLIENT_REQUESTS.labels(client=client).inc()
+                    return await handler(request)
+                return web.json_response({"error": "client_scope", "detail": (
+                    f"this token belongs to the client {client!r}, which may only post answers "
+                    f"(POST {ANSWERS_PATH}); the teacher view needs the board's web token")}, status=403)
         if decision is not Decision.ALLOW:
             _failed.note(request.remote, decision)
             return _refusal(request, decision)

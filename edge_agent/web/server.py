@@ -19,6 +19,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
 from edge_agent.live import LiveBoard
 from edge_agent.web.access import PUBLIC_PATHS, access_middleware
+from edge_agent.web.clients import watch_clients
 from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite
 from edge_agent.web.view import StatusFn, TeacherView
 
@@ -87,8 +88,10 @@ def build_app(
     keepalive_s: float = 15.0,
 ) -> web.Application:
     """The web app: access middleware, teacher view, and every table in ``route_tables``."""
+    clients = None if settings.client_tokens_file is None else watch_clients(settings.client_tokens_file)
     app = web.Application(
-        middlewares=[_json_errors, access_middleware(token, public_paths)], client_max_size=MAX_BODY_BYTES
+        middlewares=[_json_errors, access_middleware(token, public_paths, clients)],
+        client_max_size=MAX_BODY_BYTES,
     )
     view = TeacherView(live, settings.default_language, status=status, keepalive_s=keepalive_s)
     app[VIEW_KEY] = view

@@ -1,0 +1,154 @@
+"""Tokens for clicker base stations and tablet apps (``web.client_tokens_file``): each may only post
+answers, and each has a name, so one can be revoked and its traffic told apart.
+
+Without them every clicker app holds the board's web token, which also opens the teacher view and the
+class data, and cannot be taken back from one vendor without changing it everywhere (security audit,
+finding 6). The file is a secret (mode 0600): one ``name token`` per line, ``#`` comments allowed.
+``edge-agent web clients add NAME`` makes a token and prints it once; ``remove NAME`` revokes it. The
+daemon reads the file again within seconds of a change (edge_agent/watched_file.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.watched_file import WatchedFile
+
+ANSWERS_PATH = "/api/v1/answers"  # the one thing a client token may do: POST here
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_CLIENTS = 1000
+
+
+@dataclass(frozen=True)
+class ClientTokens:
+    by_digest: dict[str, str]  # sha256 of the token -> client name
+
+    def name_of(self, presented: str | None) -> str | None:
+        """The client a presented token belongs to, or None. Looked up by digest: the dict lookup's
+        timing says nothing an attacker can use, as it would for the token itself."""
+        if not presented:
+            return None
+        return self.by_digest.get(_digest(presented))
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def parse_clients(text: str, where: str) -> ClientTokens:
+    """ConfigError names the first bad line (a name or token that does not fit, or one used twice)."""
+    entries = _entries(text, where)
+    return ClientTokens({_digest(token): name for name, token in entries})
+
+
+def _entries(text: str, where: str) -> list[tuple[str, str]]:
+    entries: list[tuple[str, str]] = []
+    names: set[str] = set()
+    tokens: set[str] = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        problem = None
+        if len(fields) != 2:
+            problem = "is not 'name token'"
+        elif not _NAME.match(fields[0]):
+            problem = "has a name other than letters, digits, '_', '.', '-' (up to 64)"
+        elif not 16 <= len(fields[1]) <= 512:
+            problem = "has a token shorter than 16 or longer than 512 characters"
+        elif fields[0] in names or fields[1] in tokens:
+            problem = "repeats a name or a token of an earlier line"
+        if problem is not None:
+            raise ConfigError([("web.client_tokens_file", f"{where} line {number} {problem}")])
+        names.add(fields[0])
+        tokens.add(fields[1])
+        entries.append((fields[0], fields[1]))
+    if len(entries) > MAX_CLIENTS:
+        too_many = f"{where} lists {len(entries)} clients, over {MAX_CLIENTS}"
+        raise ConfigError([("web.client_tokens_file", too_many)])
+    return entries
+
+
+Clients = WatchedFile[ClientTokens]
+
+
+def watch_clients(path: Path, recheck_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> Clients:
+    return WatchedFile(path, parse_clients, "web.client_tokens_file",
+                       lambda c: f"{len(c.by_digest)} clicker tokens", recheck_s=recheck_s, clock=clock)
+
+
+# -- `edge-agent web clients ...` ----------------------------------------------------------------------
+
+
+def add_web_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    web = subparsers.add_parser("web", help="the teacher view and answer API's access")
+    sub = web.add_subparsers(dest="web_command", required=True)
+    clients = sub.add_parser(
+        "clients", help="tokens for clicker base stations and tablet apps: they may only post answers"
+    )
+    clients.add_argument("action", choices=("add", "remove", "list"))
+    clients.add_argument("name", nargs="?", help="the client, e.g. the vendor and room: acme-clicker-3a")
+    clients.add_argument("--config", default=argparse.SUPPRESS, help="config file")
+    clients.set_defaults(func=cmd_web_clients)
+    return web
+
+
+def cmd_web_clients(args: argparse.Namespace) -> int:
+    from edge_agent.config import check_secret_file, find_config_path, load_config
+    from edge_agent.provisioning.files import write_private
+
+    try:
+        config = load_config(find_config_path(getattr(args, "config", None)), check_files_exist=False)
+        path = config.web.client_tokens_file
+        if path is None:
+            print("error: web.client_tokens_file is not set in the config; set it (e.g. "
+                  '"/etc/edge-agent/secrets/web-clients") and run this again')
+            return 2
+        if (args.action == "list") != (args.name is None):
+            print("error: give the client's name to add or remove; none to list")
+            return 2
+        if args.name is not None and not _NAME.match(args.name):
+            print("error: a client name is letters, digits, '_', '.', '-' (up to 64)")
+            return 2
+        if path.exists() and (problem := check_secret_file("web.client_tokens_file", path)):
+            raise ConfigError([("web.client_tokens_file", problem)])
+        entries = _entries(path.read_text(encoding="utf-8"), str(path)) if path.exists() else []
+        names = [name for name, _ in entries]
+        if args.action == "list":
+            print("\n".join(names) if names else f"{path}: no clients")
+            return 0
+        if args.action == "add":
+            if args.name in names:
+                print(f"error: {args.name} already has a token; remove it first to issue a new one")
+                return 1
+            token = secrets.token_urlsafe(32)
+            entries.append((args.name, token))
+        else:
+            if args.name not in names:
+                print(f"error: no client named {args.name} in {path}")
+                return 1
+            entries = [(n, t) for n, t in entries if n != args.name]
+        header = "# edge-agent clicker tokens: name token (edge-agent web clients add NAME)\n"
+        write_private(path, (header + "".join(f"{n} {t}\n" for n, t in entries)).encode())
+        if os.geteuid() == 0:  # readable by the daemon, as its other secrets are
+            owner = config.device.pseudonym_secret_file.stat()
+            os.chown(path, owner.st_uid, owner.st_gid)
+    except (EdgeAgentError, OSError) as exc:
+        print(f"error: {exc}")
+        return 1
+    if args.action == "add":
+        print(f"{args.name}: {token}")
+        print("Give this token to that client now (Authorization: Bearer <token>); it is not shown again. "
+              "The board takes it within seconds.")
+    else:
+        print(f"{args.name}: revoked; the board refuses its token within seconds")
+    return 0

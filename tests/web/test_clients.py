@@ -1,0 +1,153 @@
+"""Clicker tokens (web.client_tokens_file): each may only post answers, has a name, and can be revoked
+without touching the teacher's token. Over real HTTP from the LAN address, with the real KT service."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.cli import main as cli_main
+from edge_agent.config import KTSettings
+from edge_agent.errors import ConfigError
+from edge_agent.kt.package import load_package
+from edge_agent.kt.pseudonym import Pseudonymizer
+from edge_agent.kt.service import KTService
+from edge_agent.live import LiveBoard
+from edge_agent.telemetry import metrics
+from edge_agent.web.answers import answer_routes
+from edge_agent.web.clients import parse_clients
+from tests.web.conftest import WEB_TOKEN
+from tests.web.harness import ServerThread, non_loopback_ipv4
+from tests.web.test_access import _request
+
+SECRET = b"p" * 32
+
+
+def _board_config(tmp_path: Path, clients: bool = True) -> Path:
+    secret = tmp_path / "pseudonym.key"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+    lines = ["[device]", f'pseudonym_secret_file = "{secret}"', "[web]"]
+    if clients:
+        lines.append(f'client_tokens_file = "{tmp_path / "web-clients"}"')
+    config = tmp_path / "config.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def _add(config: Path, name: str, capsys: pytest.CaptureFixture[str]) -> str:
+    assert cli_main(["web", "clients", "add", name, "--config", str(config)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"{name}: ")
+    return line.split(": ", 1)[1]
+
+
+def test_a_client_line_that_does_not_fit_is_named_with_its_line() -> None:
+    token = "t" * 24
+    parsed = parse_clients(f"# clickers\nacme-3a {token}  # room 3A\n", "f")
+    assert parsed.name_of(token) == "acme-3a" and parsed.name_of("t" * 25) is None
+    for text, problem in [
+        (f"acme {token} extra\n", "line 1 is not 'name token'"),
+        (f"\n-acme {token}\n", "line 2 has a name other than"),
+        ("acme short\n", "line 1 has a token shorter than 16"),
+        (f"a {token}\nb {token}\n", "line 2 repeats a name or a token"),
+        (f"a {token}\na {'u' * 24}\n", "line 2 repeats a name or a token"),
+    ]:
+        with pytest.raises(ConfigError, match=problem):
+            parse_clients(text, "f")
+
+
+@pytest.fixture()
+def lan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[dict[str, Any]]:
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    config = _board_config(tmp_path)
+    token = _add(config, "acme-3a", capsys)
+    package = load_package()
+    settings = KTSettings()
+    svc = KTService(package, OnnxRuntimeEngine(package.step_model), settings, Pseudonymizer(SECRET))
+    svc.start()
+    board = LiveBoard()
+    server = ServerThread(board, token=WEB_TOKEN, host="0.0.0.0", client_tokens=tmp_path / "web-clients",
+                          route_tables=[answer_routes(svc, settings)]).start()
+    yield {"address": address, "port": server.port, "token": token, "config": config, "package": package}
+    server.stop()
+    svc.stop()
+
+
+def _post(lan: dict[str, Any], bearer: str, event: str) -> tuple[int, dict[str, Any]]:
+    item = lan["package"].items[0]
+    body = json.dumps({"student_id": "stu-1", "item_id": item.id, "correct": True,
+                       "answered_at": time.time(), "client_event_id": event})
+    status, _, raw = _request(lan["address"], lan["port"], "/api/v1/answers", {
+        "Authorization": f"Bearer {bearer}", "Content-Type": "application/json"}, "POST", body)
+    return status, json.loads(raw)
+
+
+def _client_requests(name: str) -> float:
+    return metrics.REGISTRY.get_sample_value("edge_web_client_requests_total", {"client": name}) or 0.0
+
+
+def test_a_clicker_token_posts_answers_and_opens_nothing_else(lan: dict[str, Any]) -> None:
+    before = _client_requests("acme-3a")
+    status, body = _post(lan, lan["token"], "c-1")
+    assert status == 200 and body["status"] == "applied"
+    assert _client_requests("acme-3a") == before + 1
+    for path in ("/", "/api/v1/live", "/api/v1/class/mastery"):
+        clicker = {"Authorization": f"Bearer {lan['token']}"}
+        status, _, raw = _request(lan["address"], lan["port"], path, clicker)
+        assert status == 403 and json.loads(raw)["error"] == "client_scope", path
+        assert "acme-3a" in json.loads(raw)["detail"]
+    # the teacher's token still opens everything
+    teacher = {"Authorization": f"Bearer {WEB_TOKEN}"}
+    status, _, _ = _request(lan["address"], lan["port"], "/api/v1/live", teacher)
+    assert status == 200
+    assert _post(lan, "not-a-client-token-at-all", "c-2")[0] == 401
+
+
+def test_a_revoked_clicker_is_refused_within_seconds_and_the_others_keep_working(
+    lan: dict[str, Any], capsys: pytest.CaptureFixture[str],
+) -> None:
+    other = _add(lan["config"], "tablets-3a", capsys)
+    deadline = time.monotonic() + 5
+    while _post(lan, other, "t-1")[0] != 200:  # the board reads the file again within 2 s
+        assert time.monotonic() < deadline, "the new client's token was not taken within 5 s"
+        time.sleep(0.2)
+    assert cli_main(["web", "clients", "remove", "acme-3a", "--config", str(lan["config"])]) == 0
+    assert "revoked" in capsys.readouterr().out
+    deadline = time.monotonic() + 5
+    while _post(lan, lan["token"], f"c-{time.monotonic()}")[0] != 401:
+        assert time.monotonic() < deadline, "the revoked token still worked after 5 s"
+        time.sleep(0.2)
+    assert _post(lan, other, "t-2")[0] == 200
+
+
+def test_the_clients_command_keeps_tokens_private_and_says_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _board_config(tmp_path)
+    token = _add(config, "acme-3a", capsys)
+    path = tmp_path / "web-clients"
+    assert os.stat(path).st_mode & 0o777 == 0o600 and token in path.read_text()
+    assert cli_main(["web", "clients", "list", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip() == "acme-3a"  # names only, never the tokens
+    assert cli_main(["web", "clients", "add", "acme-3a", "--config", str(config)]) == 1
+    assert "already has a token" in capsys.readouterr().out
+    assert cli_main(["web", "clients", "remove", "nobody", "--config", str(config)]) == 1
+    assert cli_main(["web", "clients", "add", "bad name!", "--config", str(config)]) == 2
+    assert cli_main(["web", "clients", "add", "--config", str(config)]) == 2
+    path.chmod(0o644)
+    assert cli_main(["web", "clients", "list", "--config", str(config)]) == 1
+    assert "readable by group or others" in capsys.readouterr().out
+    unset = tmp_path / "unset"
+    unset.mkdir()
+    assert cli_main(["web", "clients", "list", "--config", str(_board_config(unset, clients=False))]) == 2
