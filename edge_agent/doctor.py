@@ -270,6 +270,19 @@ def check_roster(path: Path) -> CheckResult:
     return CheckResult("class roster", True, f"{len(students)} students ({path})")
 
 
+def check_client_tokens(path: Path) -> CheckResult:
+    """The clicker tokens file: readable and well-formed, and how many clients it lets post answers."""
+    from edge_agent.errors import ConfigError
+    from edge_agent.web.clients import watch_clients
+
+    try:
+        clients = watch_clients(path).current()
+    except ConfigError as exc:
+        fix = "fix the line named, or remove that client and add it again (edge-agent web clients)"
+        return CheckResult("clicker tokens", False, exc.problems[0][1], fix)
+    return CheckResult("clicker tokens", True, f"{len(clients.by_digest)} clients may post answers ({path})")
+
+
 def _expiry_result(name: str, what: str, days: float, fix: str) -> CheckResult:
     if days < 0:
         return CheckResult(name, False, f"{what} expired {-days:.0f} days ago", fix)
@@ -372,6 +385,8 @@ def run_checks(
     web = config.web
     if web.enabled and web.tls_cert_file is not None and web.tls_key_file is not None:
         results.append(check_web_certificate(web.tls_cert_file, web.tls_key_file, config.device.device_id))
+    if web.enabled and web.client_tokens_file is not None:
+        results.append(check_client_tokens(web.client_tokens_file))
     return results
 
 

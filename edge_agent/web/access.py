@@ -7,7 +7,8 @@ ignored, because anyone on the classroom network can send them.
 A token may arrive as ``Authorization: Bearer <token>``, as a session cookie, as ``?token=<token>``
 (once: the answer sets the cookie and redirects to the same page without the token in the address bar),
 or through the small login form at ``/login``. The cookie holds its issue time and an HMAC of it under the
-token, not the token, and ends after COOKIE_MAX_AGE_S on the board's clock.
+token, not the token, and ends after COOKIE_MAX_AGE_S on the board's clock. A clicker's own token
+(web/clients.py), as a Bearer header, lets in ``POST /api/v1/answers`` and nothing else.
 """
 
 from __future__ import annotations

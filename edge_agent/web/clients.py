@@ -142,7 +142,7 @@ def cmd_web_clients(args: argparse.Namespace) -> int:
         if os.geteuid() == 0:  # readable by the daemon, as its other secrets are
             owner = config.device.pseudonym_secret_file.stat()
             os.chown(path, owner.st_uid, owner.st_gid)
-    except (EdgeAgentError, OSError) as exc:
+    except (EdgeAgentError, OSError, ValueError) as exc:  # ValueError: a file that is not UTF-8
         print(f"error: {exc}")
         return 1
     if args.action == "add":

@@ -148,6 +148,21 @@ def test_the_clients_command_keeps_tokens_private_and_says_what_is_wrong(
     path.chmod(0o644)
     assert cli_main(["web", "clients", "list", "--config", str(config)]) == 1
     assert "readable by group or others" in capsys.readouterr().out
+    path.chmod(0o600)
+    path.write_bytes(b"acme \xff\xfe" + b"x" * 30 + b"\n")
+    assert cli_main(["web", "clients", "add", "other", "--config", str(config)]) == 1
+    assert "utf-8" in capsys.readouterr().out.lower()
     unset = tmp_path / "unset"
     unset.mkdir()
     assert cli_main(["web", "clients", "list", "--config", str(_board_config(unset, clients=False))]) == 2
+
+
+def test_doctor_says_how_many_clicker_tokens_or_which_line_is_wrong(tmp_path: Path) -> None:
+    from edge_agent.doctor import check_client_tokens
+
+    path = tmp_path / "web-clients"
+    path.write_text(f"acme-3a {'a' * 24}\ntablets {'b' * 24}\n")
+    assert check_client_tokens(path).detail.startswith("2 clients may post answers")
+    path.write_text(f"acme-3a {'a' * 24}\ntablets\n")
+    broken = check_client_tokens(path)
+    assert not broken.ok and "line 2 is not 'name token'" in broken.detail
