@@ -10,7 +10,6 @@ no restart.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -82,14 +81,11 @@ def update_roster(path: Path, action: str, pseudonyms: set[str], owner_of: Path)
     """Apply ``action`` (set, add, remove, count) to the roster file; returns the counts before and after.
     The file is replaced in one rename, mode 0600, owned like ``owner_of`` (the daemon's pseudonym secret)
     when run as root, so the daemon can read what root wrote."""
-    from edge_agent.provisioning.files import write_private
+    from edge_agent.provisioning.files import write_private_for_daemon
 
     current = parse_roster(path.read_text(encoding="utf-8"), str(path)) if path.exists() else frozenset()
     if action == "count":
         return len(current), len(current)
     updated = {"set": pseudonyms, "add": current | pseudonyms, "remove": current - pseudonyms}[action]
-    write_private(path, format_roster(updated).encode())
-    if os.geteuid() == 0:
-        owner = owner_of.stat()
-        os.chown(path, owner.st_uid, owner.st_gid)
+    write_private_for_daemon(path, format_roster(updated).encode(), owner_of)
     return len(current), len(updated)

@@ -37,6 +37,16 @@ def write_private(path: Path, data: bytes) -> bool:
     return write_atomic(path, data, 0o600)
 
 
+def write_private_for_daemon(path: Path, data: bytes, owner_of: Path) -> bool:
+    """``write_private``, then, when run as root, owned like ``owner_of`` (one of the daemon's own
+    secrets): the daemon runs as edge-agent and must read what root's command wrote."""
+    changed = write_private(path, data)
+    if os.geteuid() == 0:
+        owner = owner_of.stat()
+        os.chown(path, owner.st_uid, owner.st_gid)
+    return changed
+
+
 def write_public(path: Path, data: bytes) -> bool:
     return write_atomic(path, data, 0o644)
 

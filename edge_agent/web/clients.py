@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
 import secrets
 import time
@@ -104,7 +103,7 @@ def add_web_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
 
 def cmd_web_clients(args: argparse.Namespace) -> int:
     from edge_agent.config import check_secret_file, find_config_path, load_config
-    from edge_agent.provisioning.files import write_private
+    from edge_agent.provisioning.files import write_private_for_daemon
 
     try:
         config = load_config(find_config_path(getattr(args, "config", None)), check_files_exist=False)
@@ -138,10 +137,8 @@ def cmd_web_clients(args: argparse.Namespace) -> int:
                 return 1
             entries = [(n, t) for n, t in entries if n != args.name]
         header = "# edge-agent clicker tokens: name token (edge-agent web clients add NAME)\n"
-        write_private(path, (header + "".join(f"{n} {t}\n" for n, t in entries)).encode())
-        if os.geteuid() == 0:  # readable by the daemon, as its other secrets are
-            owner = config.device.pseudonym_secret_file.stat()
-            os.chown(path, owner.st_uid, owner.st_gid)
+        text = header + "".join(f"{n} {t}\n" for n, t in entries)
+        write_private_for_daemon(path, text.encode(), config.device.pseudonym_secret_file)
     except (EdgeAgentError, OSError, ValueError) as exc:  # ValueError: a file that is not UTF-8
         print(f"error: {exc}")
         return 1
