@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -272,3 +275,37 @@ def test_a_board_with_a_class_roster_takes_its_students_and_refuses_invented_ids
     assert status == 400 and body["field"] == "student_id" and "class roster" in body["error"]
     assert f"kt.roster_file: {len(STUDENTS)} students" in daemon.output()
     assert "stu-0" not in (tmp_path / "roster.txt").read_text()
+
+
+def test_a_board_takes_answers_from_a_clickers_own_token_and_nothing_else_from_it(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage,
+) -> None:
+    from tests.web.harness import non_loopback_ipv4
+
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    cfg = local_config(tmp_path, faces=None)
+    cfg["web"].update(host="0.0.0.0", client_tokens_file=str(tmp_path / "secrets" / "web-clients"))
+    config = write_config(tmp_path / "config.toml", cfg)
+    made = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "web", "clients", "add", "acme-3a", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    token = made.stdout.splitlines()[0].split(": ", 1)[1]
+    daemon = daemons(config, notify, tmp_path / "run.log").start()
+    daemon.wait_running()
+    base = f"http://{address}:{cfg['web']['port']}"
+    request = urllib.request.Request(
+        f"{base}/api/v1/answers", method="POST", headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        data=json.dumps(class_answers(package, 0)[0]).encode(),
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200 and json.loads(response.read())["status"] == "applied"
+    refused = urllib.request.Request(f"{base}/api/v1/live", headers={"Authorization": f"Bearer {token}"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(refused, timeout=10)
+    assert caught.value.code == 403 and json.loads(caught.value.read())["error"] == "client_scope"
+    assert "web.client_tokens_file: 1 clicker tokens" in daemon.output()
