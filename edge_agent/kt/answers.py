@@ -6,6 +6,7 @@ A whole batch is validated before anything is applied, so a bad answer anywhere 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ class Answer:
     skills: tuple[int, ...]
     correct: int
     answered_at: float
+
+    @property
+    def content(self) -> str:
+        """What the answer says, in 16 hex characters: a retry says the same; another answer sent under
+        the same client event id does not (its time may differ on a retry, so it is left out)."""
+        text = f"{self.item_id}\0{self.correct}\0{','.join(map(str, self.skills))}"
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
 def _text(obj: dict[str, Any], key: str, where: str) -> str:

@@ -12,13 +12,14 @@ from collections.abc import Iterable
 
 
 class AppliedEvents:
-    """Event keys applied within the last ``keep_s`` seconds: a set to look up, a FIFO to expire."""
+    """Event keys applied within the last ``keep_s`` seconds, each with what the event said
+    (``Answer.content``): a dict to look up, a FIFO to expire."""
 
     def __init__(self, keep_s: float) -> None:
         if keep_s <= 0:
             raise ValueError("keep_s must be positive")
         self.keep_s = keep_s
-        self._keys: set[str] = set()
+        self._keys: dict[str, str | None] = {}
         self._order: deque[tuple[float, str]] = deque()
 
     def __contains__(self, key: object) -> bool:
@@ -27,23 +28,27 @@ class AppliedEvents:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def add(self, key: str, at: float) -> None:
+    def content_of(self, key: str) -> str | None:
+        return self._keys.get(key)
+
+    def add(self, key: str, at: float, content: str | None = None) -> None:
         """Remember ``key``; times are expected in non-decreasing order (the one KT thread's clock)."""
         if key not in self._keys:
-            self._keys.add(key)
+            self._keys[key] = content
             self._order.append((at, key))
 
     def load(self, rows: Iterable[tuple[str, float]]) -> None:
         """Keys from the database, any order: merged into time order."""
         merged = sorted([*((at, key) for key, at in rows if key not in self._keys), *self._order])
         self._order = deque(merged)
-        self._keys.update(key for _, key in merged)
+        for _, key in merged:
+            self._keys.setdefault(key, None)
 
     def expire(self, now: float) -> int:
         """Forget keys applied before ``now - keep_s``; gives how many went."""
         cutoff = now - self.keep_s
         gone = 0
         while self._order and self._order[0][0] < cutoff:
-            self._keys.discard(self._order.popleft()[1])
+            self._keys.pop(self._order.popleft()[1], None)
             gone += 1
         return gone

@@ -74,16 +74,17 @@ class StatePersistence:
                 states[student] = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills)
         return states
 
-    def applied_among(self, keys: Sequence[str]) -> set[str]:
-        """Those of ``keys`` already applied (within the retention window, pruned hourly)."""
+    def applied_among(self, keys: Sequence[str]) -> dict[str, str | None]:
+        """Those of ``keys`` already applied (within the retention window, pruned hourly), with what
+        each said (None where an older release applied it)."""
 
-        def query(conn: sqlite3.Connection) -> set[str]:
-            found: set[str] = set()
+        def query(conn: sqlite3.Connection) -> dict[str, str | None]:
+            found: dict[str, str | None] = {}
             for i in range(0, len(keys), _KEYS_PER_QUERY):
                 chunk = list(keys[i : i + _KEYS_PER_QUERY])
                 marks = ",".join("?" * len(chunk))
-                sql = f"SELECT event_key FROM kt_applied_events WHERE event_key IN ({marks})"
-                found.update(row[0] for row in conn.execute(sql, chunk))
+                sql = f"SELECT event_key, content FROM kt_applied_events WHERE event_key IN ({marks})"
+                found.update((key, content) for key, content in conn.execute(sql, chunk))
             return found
 
         return self.db.read(query)
@@ -91,12 +92,12 @@ class StatePersistence:
     def save(
         self,
         states: Iterable[tuple[str, StudentState]],
-        events: Iterable[tuple[str, float]],
+        events: Iterable[tuple[str, float, str | None]],
         now: float,
         forget: Sequence[str] = (),
     ) -> Future[None]:
-        """Upsert ``states``, record ``events`` and delete the states of the students in ``forget``, in one
-        transaction."""
+        """Upsert ``states``, record ``events`` (key, applied at, content) and delete the states of the
+        students in ``forget``, in one transaction."""
         state_rows = [(s, st.to_bytes(), st.answers, now) for s, st in states]
         event_rows = list(events)
         forget_rows = [(s,) for s in forget]
@@ -109,7 +110,8 @@ class StatePersistence:
                 state_rows,
             )
             conn.executemany(
-                "INSERT OR IGNORE INTO kt_applied_events(event_key, applied_at) VALUES (?, ?)", event_rows
+                "INSERT OR IGNORE INTO kt_applied_events(event_key, applied_at, content) VALUES (?, ?, ?)",
+                event_rows,
             )
             conn.executemany("DELETE FROM kt_student_state WHERE student = ?", forget_rows)  # after: wins
 

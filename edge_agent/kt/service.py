@@ -7,7 +7,8 @@ answers or ``microbatch_wait_ms``, the wait only under load), runs the step engi
 (one step per student per round, so a student's answers stay in order), updates the in-memory states,
 builds the batch's feedback outside the lock, and hands the changed states to the store. A job's
 future resolves after the store committed, so acknowledged answers survive a restart. A repeated client
-event id is not applied again; it gets the current feedback, marked ``duplicate``.
+event id is not applied again; it gets the current feedback, marked ``duplicate`` when it says what the
+applied one said (a retry), ``conflict`` when it does not (a client reusing ids would lose answers).
 
 :meth:`submit_async` (the HTTP handlers) waits on a future of the caller's event loop; the futures of
 one batch are settled with a single ``call_soon_threadsafe``, so a burst wakes the loop once, not once
@@ -77,6 +78,10 @@ class _Swap:
     future: Future[Engine]  # resolves to the engine taken out of service
 
 
+CONFLICT_MESSAGE = (
+    "this client_event_id was already used by this student for a different answer (another item, skills "
+    "or correctness); this one was not applied. Give every answer its own client_event_id"
+)
 RECENT_KEEP_S = 600.0  # in memory: a client retry comes within seconds; older ones are found in SQLite
 _STOP = object()
 _Outcome = tuple[_AnyFuture, "list[Feedback] | None", "BaseException | None"]
@@ -144,7 +149,7 @@ class KTService:
         # Applied in memory, but their commit failed (a full disk): saved again with the next batch, so
         # the retry the client makes after its 503 (a "duplicate") is answered only once it is on disk.
         self._unsaved_students: set[str] = set()
-        self._unsaved_keys: list[tuple[str, float]] = []
+        self._unsaved_keys: list[tuple[str, float, str | None]] = []
         # bounded by _pending (answers), see _admit; SimpleQueue: put is one C call, no Python lock dance
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -256,7 +261,7 @@ class KTService:
                 self._swap(control)
         self._save_unsaved()
 
-    def _take_unsaved(self) -> tuple[dict[str, StudentState], list[tuple[str, float]]]:
+    def _take_unsaved(self) -> tuple[dict[str, StudentState], list[tuple[str, float, str | None]]]:
         """The current states of students, and the event keys, whose commit failed; forgotten here, as
         the caller saves them again (and puts them back if that fails too)."""
         with self._lock:
@@ -338,8 +343,8 @@ class KTService:
             self._finish(jobs, results)
             return
         now = self._clock()
-        keys = [
-            (a.event_key, now)
+        keys: list[tuple[str, float, str | None]] = [
+            (a.event_key, now, a.content)
             for job, res in zip(jobs, results, strict=False)
             for a, f in zip(job.answers, res, strict=False)
             if f["status"] == "applied"
@@ -402,16 +407,25 @@ class KTService:
         """Run the steps, then commit states and lesson records; returns feedback, changed states and
         the students forgotten to stay within ``max_students``."""
         steps: OrderedDict[str, deque[tuple[int, int]]] = OrderedDict()
-        applied: list[bool] = []
-        seen: set[str] = set()
+        statuses: list[str] = []
+        seen: dict[str, str] = {}  # applied in this batch: key -> content
         unseen = [a.event_key for a in answers if a.event_key not in self._applied]
-        stored = self._persistence.applied_among(unseen) if self._persistence and unseen else set()
+        stored = self._persistence.applied_among(unseen) if self._persistence and unseen else {}
         for a in answers:
-            fresh = a.event_key not in self._applied and a.event_key not in stored and a.event_key not in seen
-            applied.append(fresh)
-            if fresh:
-                seen.add(a.event_key)
+            key = a.event_key
+            if key in seen:
+                before: str | None = seen[key]
+            elif key in self._applied:
+                before = self._applied.content_of(key)
+            elif key in stored:
+                before = stored[key]
+            else:
+                seen[key] = a.content
+                statuses.append("applied")
                 steps.setdefault(a.student, deque()).extend((k, a.correct) for k in a.skills)
+                continue
+            # None: applied by an older release, which kept no content; a retry is the likelier case
+            statuses.append("duplicate" if before is None or before == a.content else "conflict")
         with self._lock:
             start = {s: self._states[s] for s in steps if s in self._states}
         missing = [s for s in steps if s not in start]
@@ -425,8 +439,8 @@ class KTService:
         work = self._run_rounds(steps, start)
         now = self._clock()
         with self._lock:
-            for a, fresh in zip(answers, applied, strict=False):
-                if fresh:
+            for a, status in zip(answers, statuses, strict=False):
+                if status == "applied":
                     state = work[a.student]
                     state.answers += 1
                     state.last_item = a.item_id
@@ -435,12 +449,11 @@ class KTService:
                 self._states[student] = state
                 self._states.move_to_end(student)
             forgotten = self._forget_oldest()
-            for key in seen:
-                self._applied.add(key, now)
+            for key, content in seen.items():
+                self._applied.add(key, now, content)
             self._applied.expire(now)
             # probs arrays are replaced, never written in place: the rows stay valid outside the lock
             rows = [self._current_probs(a.student) for a in answers]
-        statuses = ["applied" if fresh else "duplicate" for fresh in applied]
         return self._feedback(answers, statuses, np.stack(rows)), work, forgotten
 
     def _forget_oldest(self) -> list[str]:
@@ -539,6 +552,8 @@ class KTService:
                     "recommended": [r.as_dict() for r in recs],
                 }
             )
+            if status == "conflict":
+                out[-1]["error"] = CONFLICT_MESSAGE
         return out
 
     def student_mastery(self, pseudonym: str) -> dict[str, Any] | None:

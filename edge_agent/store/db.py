@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from edge_agent.config import StoreSettings
 from edge_agent.errors import StoreCorruptError, StoreError, StoreFullError
 from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry
-from edge_agent.store.schema import migrate, schema_problem
+from edge_agent.store.schema import add_side_columns, migrate, schema_problem
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,7 @@ class Database:
             if str(mode).lower() != "wal":
                 log.warning("database %s runs in journal mode %s, not WAL", self.path, mode)
             applied = migrate(conn)
+            add_side_columns(conn)
             if quarantined is not None:
                 _continue_sequence(conn, quarantined)
             self.store_id = _store_id(conn)

@@ -3,6 +3,10 @@
 Each migration runs once, in order, inside the transaction that bumps ``user_version``, so a crash
 mid-migration leaves the previous version intact. Migrations only ever add: a board that is rolled back
 to an older release refuses a newer database (clear error) instead of guessing.
+
+A nullable column that older releases can ignore is added at open instead (:func:`add_side_columns`),
+without a new version: such a release names its columns in every statement and checks only that its own
+columns exist, so a rollback keeps the board's data in use.
 """
 
 from __future__ import annotations
@@ -63,6 +67,19 @@ def _v1(db: sqlite_utils.Database) -> None:
 
 MIGRATIONS: list[Migration] = [_v1]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# (table, column, type): added where missing, NULL in rows written before or by an older release
+SIDE_COLUMNS = [
+    ("kt_applied_events", "content", "TEXT"),  # what the event said, to tell a reused client event id
+]
+
+
+def add_side_columns(conn: sqlite3.Connection) -> None:
+    for table, column, kind in SIDE_COLUMNS:
+        have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+        if have and column not in have:
+            conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {kind}')
 
 
 def current_version(conn: sqlite3.Connection) -> int:

@@ -90,8 +90,9 @@ def answer_routes(
         except ServiceBusy as exc:
             return _error(503, str(exc), retry_after_s=exc.retry_after_s)
         if isinstance(body, dict) and "answers" in body:
-            return web.json_response({"results": results})
-        return web.json_response(results[0])
+            return web.json_response({"results": results})  # a conflict is that answer's status
+        # One answer that reuses another's client event id: 409, with the student's current feedback
+        return web.json_response(results[0], status=409 if results[0]["status"] == "conflict" else 200)
 
     @routes.get("/api/v1/students/{pseudonym}/mastery")
     async def student_mastery(request: web.Request) -> web.Response:

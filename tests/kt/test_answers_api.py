@@ -304,3 +304,17 @@ def test_random_json_never_breaks_the_service(api, body: Any) -> None:
         assert mastery is not None
         values = np.array([s["mastery"] for s in mastery["skills"]])
         assert np.all((values >= 0) & (values <= 1))
+
+
+def test_a_reused_client_event_id_gets_409_alone_and_its_own_status_in_a_batch(api) -> None:
+    server, svc = api
+    first = _good(svc.package, "reuse-1", "q-7")
+    assert server.request("POST", "/api/v1/answers", first)[0] == 200
+    assert server.request("POST", "/api/v1/answers", first)[1]["status"] == "duplicate"  # a retry: 200
+    reused = _good(svc.package, "reuse-1", "q-7", item_id=svc.package.items[3].id)
+    status, body = server.request("POST", "/api/v1/answers", reused)
+    assert status == 409 and body["status"] == "conflict"
+    assert "give every answer its own client_event_id" in body["error"].lower()
+    batch = {"answers": [reused, _good(svc.package, "reuse-1", "q-8")]}
+    status, body = server.request("POST", "/api/v1/answers", batch)
+    assert status == 200 and [r["status"] for r in body["results"]] == ["conflict", "applied"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import time
 
 import numpy as np
@@ -170,7 +171,7 @@ def test_an_answer_whose_commit_failed_is_stored_with_the_retry_and_survives_a_r
     assert retry[0]["status"] == "duplicate"  # applied in memory the first time ...
     svc.stop()
     store = StatePersistence(db)  # ... and on disk before the retry was answered
-    assert store.applied_among([failed.event_key]) == {failed.event_key}
+    assert set(store.applied_among([failed.event_key])) == {failed.event_key}
     restarted = KTService(package, engine, kt_settings, pseudonymize, persistence=store)
     restarted.load(store.load_states(package.hidden, len(package.skills)))
     assert restarted.student_mastery(failed.student)["answers"] == 1  # type: ignore[index]
@@ -407,3 +408,41 @@ def test_async_caller_that_waits_too_long_gets_busy_and_the_service_goes_on(
     fb = svc.submit([_answer(package, pseudonymize, "s1", "next")]).result(5)
     svc.stop()
     assert fb[0]["status"] == "applied" and svc.student_mastery(pseudonymize("s1"))["answers"] == 2  # type: ignore[index]
+
+
+def test_a_client_event_id_reused_for_another_answer_is_a_conflict_not_a_silent_duplicate(
+    package, engine, kt_settings, pseudonymize, db: Database
+) -> None:
+    # Before, a vendor app that reused ids (one per question, say) had every later answer counted as a
+    # "duplicate" and never applied, with nothing telling it so.
+    now = [1_000_000.0]
+    store = StatePersistence(db)
+    svc = KTService(package, engine, kt_settings, pseudonymize, persistence=store, clock=lambda: now[0])
+    svc.start()
+    first = _answer(package, pseudonymize, "s1", "q1", item=0, correct=1)
+    other_item = _answer(package, pseudonymize, "s1", "q1", item=3, correct=1)
+    other_result = _answer(package, pseudonymize, "s1", "q1", item=0, correct=0)
+    retry = dataclasses.replace(first, answered_at=first.answered_at + 30)  # a retry's clock may move on
+    feedback = svc.submit([first, other_item]).result(5)  # in one batch
+    assert [f["status"] for f in feedback] == ["applied", "conflict"]
+    assert "was not applied" in feedback[1]["error"] and "error" not in feedback[0]
+    assert [f["status"] for f in svc.submit([other_result, retry]).result(5)] == ["conflict", "duplicate"]
+    now[0] += RECENT_KEEP_S + 1  # out of memory: the stored content decides
+    svc.submit([_answer(package, pseudonymize, "s2", "x")]).result(5)
+    assert [f["status"] for f in svc.submit([other_item, retry]).result(5)] == ["conflict", "duplicate"]
+    svc.stop()
+    assert svc.student_mastery(pseudonymize("s1"))["answers"] == 1  # type: ignore[index]
+    assert metrics.REGISTRY.get_sample_value("edge_answers_total", {"outcome": "conflict"}) >= 3
+
+
+def test_an_event_applied_by_a_release_that_kept_no_content_stays_a_duplicate(
+    package, engine, kt_settings, pseudonymize, db: Database
+) -> None:
+    legacy = _answer(package, pseudonymize, "s1", "old-release")
+    db.write(lambda c: c.execute(  # what releases before the content column wrote
+        "INSERT INTO kt_applied_events(event_key, applied_at) VALUES (?, ?)", (legacy.event_key, time.time())
+    )).result(5)
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    changed = dataclasses.replace(legacy, item_id=package.items[3].id)
+    assert svc.submit([changed]).result(5)[0]["status"] == "duplicate"  # nothing to compare with
+    svc.stop()

@@ -51,6 +51,38 @@ def test_a_database_from_a_newer_release_is_refused_with_advice(state_dir: Path)
         Database(path, StoreSettings()).open()
 
 
+def test_a_database_of_an_earlier_release_gains_the_side_columns_and_stays_readable_by_it(
+    state_dir: Path,
+) -> None:
+    import sqlite_utils
+
+    from edge_agent.store.schema import MIGRATIONS, schema_problem
+
+    path = state_dir / "old.db"
+    conn = sqlite3.connect(path)
+    for migration in MIGRATIONS:  # what the earlier release made: the same version, no content column
+        migration(sqlite_utils.Database(conn))
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("INSERT INTO kt_applied_events(event_key, applied_at) VALUES ('k', 1.0)")
+    conn.commit()
+    conn.close()
+    db = Database(path, StoreSettings())
+    assert db.open().migrations_applied == 0
+    try:
+        columns = db.read(lambda c: {r[1] for r in c.execute("PRAGMA table_info(kt_applied_events)")})
+        assert "content" in columns
+        assert db.read(lambda c: c.execute("SELECT content FROM kt_applied_events").fetchall()) == [(None,)]
+        # rolled back, the earlier release checks only that its own columns exist, and inserts by name
+        assert db.read(schema_problem) is None
+        db.write(lambda c: c.execute(
+            "INSERT INTO kt_applied_events(event_key, applied_at) VALUES ('k2', 2.0)")).result(5)
+    finally:
+        db.close()
+    again = Database(path, StoreSettings())  # a second open adds nothing twice
+    again.open()
+    again.close()
+
+
 def test_writes_commit_in_order_and_a_failing_task_rolls_back_only_itself(db: Database) -> None:
     futures = [
         db.write(lambda c, i=i: c.execute("INSERT INTO meta VALUES (?, ?)", (f"k{i}", str(i))).rowcount)
