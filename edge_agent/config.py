@@ -424,6 +424,14 @@ def _remove(data: dict[str, Any], loc: tuple[str | int, ...]) -> None:
     data.pop(str(loc[-1]), None)
 
 
+MAX_TOKEN_CHARS = 512  # a longer "token" is garbage; refuse it before hashing
+
+
+def token_fits(token: str) -> bool:
+    """What the daemon takes as a web or metrics token: 16 to 512 characters, no white space."""
+    return 16 <= len(token) <= MAX_TOKEN_CHARS and not any(c.isspace() for c in token)
+
+
 def check_secret_file(key: str, path: Path) -> str | None:
     """Why a secret file is unusable, or None: it must exist, be a readable file, and be private."""
     try:

@@ -17,6 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_agent.config import MAX_TOKEN_CHARS, token_fits
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning import system
 from edge_agent.provisioning.ca import (
@@ -85,7 +86,7 @@ def _layout(root: Path) -> dict[str, Path]:
         "cert": etc / "certs/device.pem",
         "ca": etc / "certs/ca.pem",
         "signing": etc / "model-signing.pub",
-        "metrics_token": etc / "secrets/metrics.token",
+        "metrics_token": root / METRICS_TOKEN,
         "state": root / "var/lib/edge-agent",
         "cache": root / "var/cache/edge-agent",
         "logs": root / "var/log/edge-agent",
@@ -99,9 +100,10 @@ def _preflight(board: Board, opts: Options, root: Path) -> tuple[str, bytes | No
     wanted = config.metrics.token_file
     if opts.metrics_token_file is not None:
         token = _read(opts.metrics_token_file, "metrics token").strip()
-        if len(token) < 16 or len(token.split()) != 1:
+        if not token_fits(token.decode("utf-8", "replace")):  # the daemon's own rule, or it would not start
             raise ProvisioningError(
-                f"{opts.metrics_token_file} must hold one token of 16+ characters (openssl rand -hex 24)"
+                f"{opts.metrics_token_file} must hold one token of 16+ characters (at most "
+                f"{MAX_TOKEN_CHARS}, no spaces; openssl rand -hex 24)"
             )
         if wanted != Path("/") / METRICS_TOKEN:
             raise ProvisioningError(

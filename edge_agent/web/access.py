@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from edge_agent.config import check_secret_file
+from edge_agent.config import MAX_TOKEN_CHARS, check_secret_file, token_fits
 from edge_agent.errors import ConfigError
 from edge_agent.telemetry import metrics
 from edge_agent.web.clients import ANSWERS_PATH, Clients
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 COOKIE_NAME = "edge_agent_session"
 LOGIN_PATH = "/login"
-MAX_TOKEN_CHARS = 512  # a longer "token" is garbage; refuse it before hashing
 PUBLIC_PATHS: frozenset[str] = frozenset({"/healthz"})
 MAX_LOGIN_BYTES = 4096  # the form holds a token of at most 512 characters and a path
 FAILED_LOGIN_DELAY_S = 0.5  # slows guessing through the form; tokens are long random strings anyway
@@ -114,7 +113,7 @@ def read_token_file(path: Path | None, key: str = "web.token_file") -> str | Non
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([(key, f"cannot read {path}: {exc}")]) from exc
-    if len(token) < 16 or len(token) > MAX_TOKEN_CHARS or any(c.isspace() for c in token):
+    if not token_fits(token):
         raise ConfigError([(key, f"{path} must hold one token of 16 to {MAX_TOKEN_CHARS} "
                                  "characters without spaces (e.g. from: openssl rand -hex 24)")])
     return token
