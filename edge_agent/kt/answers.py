@@ -6,6 +6,7 @@ A whole batch is validated before anything is applied, so a bad answer anywhere 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -30,7 +31,7 @@ class Answer:
     correct: int
     answered_at: float
 
-    @property
+    @functools.cached_property  # read for the duplicate check and again when the event is stored
     def content(self) -> str:
         """What the answer says, in 16 hex characters: a retry says the same; another answer sent under
         the same client event id does not (its time may differ on a retry, so it is left out)."""

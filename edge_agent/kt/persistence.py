@@ -23,6 +23,15 @@ EVENT_KEEP_S = 7 * 86400.0  # a client retries within minutes; a week covers a b
 _KEYS_PER_QUERY = 500  # under SQLite's bound-parameter limit on every version JetPack ships
 
 
+def _rows_in(conn: sqlite3.Connection, select: str, values: Sequence[str]) -> list[Any]:
+    """The rows of ``select`` (ending in the column to match) IN ``values``, queried in chunks."""
+    rows: list[Any] = []
+    for i in range(0, len(values), _KEYS_PER_QUERY):
+        chunk = list(values[i : i + _KEYS_PER_QUERY])
+        rows.extend(conn.execute(f"{select} IN ({','.join('?' * len(chunk))})", chunk))
+    return rows
+
+
 class StatePersistence:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -51,16 +60,8 @@ class StatePersistence:
         """The stored states of ``students`` (those the service does not hold: left on disk by a lower
         ``kt.max_students`` at start)."""
 
-        def query(conn: sqlite3.Connection) -> list[tuple[str, bytes, int]]:
-            rows: list[tuple[str, bytes, int]] = []
-            for i in range(0, len(students), _KEYS_PER_QUERY):
-                chunk = list(students[i : i + _KEYS_PER_QUERY])
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT student, state, answers FROM kt_student_state WHERE student IN ({marks})"
-                rows.extend(conn.execute(sql, chunk))
-            return rows
-
-        return self._decode(self.db.read(query), hidden, skills)
+        select = "SELECT student, state, answers FROM kt_student_state WHERE student"
+        return self._decode(self.db.read(lambda conn: _rows_in(conn, select, students)), hidden, skills)
 
     def stored_count(self) -> int:
         row = self.db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM kt_student_state").fetchone())
@@ -78,16 +79,8 @@ class StatePersistence:
         """Those of ``keys`` already applied (within the retention window, pruned hourly), with what
         each said (None where an older release applied it)."""
 
-        def query(conn: sqlite3.Connection) -> dict[str, str | None]:
-            found: dict[str, str | None] = {}
-            for i in range(0, len(keys), _KEYS_PER_QUERY):
-                chunk = list(keys[i : i + _KEYS_PER_QUERY])
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT event_key, content FROM kt_applied_events WHERE event_key IN ({marks})"
-                found.update((key, content) for key, content in conn.execute(sql, chunk))
-            return found
-
-        return self.db.read(query)
+        select = "SELECT event_key, content FROM kt_applied_events WHERE event_key"
+        return dict(self.db.read(lambda conn: _rows_in(conn, select, keys)))
 
     def save(
         self,
