@@ -36,6 +36,7 @@ from edge_agent.telemetry.exporter import MetricsServer
 from edge_agent.updates import ModelUpdates, startup_package, updates_enabled
 from edge_agent.vision.component import AttentionComponent
 from edge_agent.vision.engines import FACE_MODEL, POSE_MODELS
+from edge_agent.watched_file import WatchedFile
 from edge_agent.web.access import read_token_file
 from edge_agent.web.answers import answer_routes
 from edge_agent.web.health import health_routes
@@ -65,6 +66,26 @@ class Deferred:
 
     def health(self) -> Health:
         return self.inner.health() if self.inner is not None else Health(False, "not started")
+
+
+class WatchedFileComponent:
+    """A file the daemon re-reads (the roster, the clicker tokens) among the components: nothing to start
+    or stop; unhealthy while the file cannot be read (:meth:`WatchedFile.health`)."""
+
+    essential = False
+
+    def __init__(self, watched: WatchedFile[Any]) -> None:
+        self.name = watched.key
+        self._watched = watched
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def health(self) -> Health:
+        return self._watched.health()
 
 
 class Disabled:
@@ -208,15 +229,19 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
     if config.web.enabled:
         # The lambdas bind `daemon` late: it is made below, from these components.
         routes = [health_routes(lambda: daemon.readiness())]  # noqa: PLW0108
+        roster = _roster(config) if kt is not None else None
         if kt is not None:
-            routes.append(answer_routes(lambda: _kt_service(kt), config.kt, _roster(config)))
+            routes.append(answer_routes(lambda: _kt_service(kt), config.kt, roster))
         web = WebComponent(config.web, live, token, routes, status=lambda: _health_summary(daemon, updates))
-        components.append(web)
+        components += [web, *(WatchedFileComponent(f) for f in (roster, web.clients) if f is not None)]
 
     metrics_server: MetricsServer | None = None
     if config.metrics.enabled:
-        metrics_token = read_token_file(config.metrics.token_file, "metrics.token_file")
-        metrics_server = MetricsServer(config.metrics.host, config.metrics.port, token=metrics_token)
+        metrics_server = MetricsServer(
+            config.metrics.host,
+            config.metrics.port,
+            token=read_token_file(config.metrics.token_file, "metrics.token_file"),
+        )
         # Right after the store: a board whose engines take minutes to build shows which component is
         # still starting instead of a scrape target that is simply down.
         components.insert(components.index(store) + 1, metrics_server)

@@ -76,6 +76,10 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    @property
+    def component_names(self) -> list[str]:
+        return [s.component.name for s in self._states]
+
     def readiness(self) -> tuple[bool, list[str]]:
         """(ready, reasons): ready when running and nothing is degraded; reasons name what is not."""
         reasons = [f"{s.component.name}: {h.detail}" for s in self._states if not (h := s.health()).ok]

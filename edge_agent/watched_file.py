@@ -4,10 +4,13 @@ the school's IT edits it without restarting the board.
 The file is looked at (stat) no more than every ``recheck_s`` and parsed again only when its mtime or
 size changed. A file that cannot be read or parsed keeps what was read last and says so once per
 problem; with nothing read yet, :meth:`WatchedFile.current` raises ConfigError with the reason.
+:meth:`WatchedFile.health` says the same to the daemon's health (the teacher view, /readyz, systemd's
+STATUS line, ``edge_component_up``), so a broken file is seen without reading the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from edge_agent.errors import ConfigError
+from edge_agent.lifecycle import Health
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +40,8 @@ class WatchedFile(Generic[T]):
         """``parse(text, where)`` returns the content or raises ConfigError; ``key`` is the config key
         that names the file; ``describe`` says what was read, for the log."""
         self.path = path
+        self.key = key
         self._parse = parse
-        self._key = key
         self._describe = describe
         self._recheck_s = recheck_s
         self._clock = clock
@@ -53,8 +57,18 @@ class WatchedFile(Generic[T]):
             self._checked = now
             self._reload()
         if self._value is None:
-            raise ConfigError([(self._key, self.problem or f"{self.path} not read yet")])
+            raise ConfigError([(self.key, self.problem or f"{self.path} not read yet")])
         return self._value
+
+    def health(self) -> Health:
+        """Looks at the file again when due; unhealthy while it cannot be read."""
+        with contextlib.suppress(ConfigError):
+            self.current()
+        if self.problem is None and self._value is not None:
+            return Health(True, f"{self._describe(self._value)} ({self.path})")
+        if self._value is None:
+            return Health(False, f"{self.problem}; nothing has been read from it since the start")
+        return Health(False, f"{self.problem}; what was read before stays in use")
 
     def _reload(self) -> None:
         try:
@@ -67,8 +81,8 @@ class WatchedFile(Generic[T]):
             reason = exc.problems[0][1] if isinstance(exc, ConfigError) else f"cannot read {self.path}: {exc}"
             if reason != self.problem:  # once per problem, not on every request
                 kept = "" if self._value is None else "; what was read before stays in use"
-                log.error("%s not read%s: %s", self._key, kept, reason)
+                log.error("%s not read%s: %s", self.key, kept, reason)
             self.problem, self._stamp = reason, None
             return
         self._stamp, self._value, self.problem = stamp, value, None
-        log.info("%s: %s (%s)", self._key, self._describe(value), self.path)
+        log.info("%s: %s (%s)", self.key, self._describe(value), self.path)

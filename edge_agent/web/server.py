@@ -19,7 +19,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
 from edge_agent.live import LiveBoard
 from edge_agent.web.access import PUBLIC_PATHS, access_middleware
-from edge_agent.web.clients import watch_clients
+from edge_agent.web.clients import Clients, watch_clients
 from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite
 from edge_agent.web.view import StatusFn, TeacherView
 
@@ -86,9 +86,9 @@ def build_app(
     *,
     public_paths: Collection[str] = PUBLIC_PATHS,
     keepalive_s: float = 15.0,
+    clients: Clients | None = None,
 ) -> web.Application:
     """The web app: access middleware, teacher view, and every table in ``route_tables``."""
-    clients = None if settings.client_tokens_file is None else watch_clients(settings.client_tokens_file)
     app = web.Application(
         middlewares=[_json_errors, access_middleware(token, public_paths, clients)],
         client_max_size=MAX_BODY_BYTES,
@@ -146,6 +146,9 @@ class WebComponent:
         self._status = status
         self._port_override = port  # tests pass 0; WebSettings forbids it
         self._keepalive_s = keepalive_s
+        # Read here, not at start: the daemon shows the file's health among its components from the start.
+        tokens = settings.client_tokens_file
+        self.clients = None if tokens is None else watch_clients(tokens)
         self._runner: web.AppRunner | None = None
         self._error: str | None = None
         self._scheme = "http"
@@ -154,7 +157,7 @@ class WebComponent:
     async def start(self) -> None:
         self._live.bind_loop(asyncio.get_running_loop())
         app = build_app(self._live, self._settings, self._token, self._route_tables, self._status,
-                        keepalive_s=self._keepalive_s)
+                        keepalive_s=self._keepalive_s, clients=self.clients)
         runner = web.AppRunner(
             app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None,
             keepalive_timeout=KEEPALIVE_S,

@@ -46,6 +46,7 @@ def test_the_roster_is_read_again_when_it_changes_and_a_damaged_file_keeps_the_l
     clock = Clock()
     roster = watch_roster(path, recheck_s=2.0, clock=clock)
     assert roster.current() == {PSEUDO("a")}
+    assert roster.health().ok and roster.health().detail == f"1 students ({path})"
     path.write_text(format_roster([PSEUDO("a"), PSEUDO("b")]))
     assert roster.current() == {PSEUDO("a")}  # not looked at again within recheck_s
     clock.now = 2.0
@@ -53,11 +54,19 @@ def test_the_roster_is_read_again_when_it_changes_and_a_damaged_file_keeps_the_l
     path.write_text("garbage\n")
     clock.now = 4.0
     assert roster.current() == {PSEUDO("a"), PSEUDO("b")} and "line 1" in (roster.problem or "")
+    health = roster.health()  # the daemon's health shows it, not only the log
+    assert not health.ok and "line 1" in health.detail
+    assert "what was read before stays in use" in health.detail
     path.unlink()
     clock.now = 6.0
     assert roster.current() == {PSEUDO("a"), PSEUDO("b")} and "cannot read" in (roster.problem or "")
+    path.write_text(format_roster([PSEUDO("c")]))
+    clock.now = 8.0
+    assert roster.health().ok and roster.current() == {PSEUDO("c")}
+    missing = watch_roster(tmp_path / "missing.txt")
     with pytest.raises(ConfigError, match="cannot read"):
-        watch_roster(tmp_path / "missing.txt").current()
+        missing.current()
+    assert not missing.health().ok and "nothing has been read from it" in missing.health().detail
 
 
 @pytest.fixture(scope="module")

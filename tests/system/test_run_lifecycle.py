@@ -275,6 +275,25 @@ def test_a_board_with_a_class_roster_takes_its_students_and_refuses_invented_ids
     assert status == 400 and body["field"] == "student_id" and "class roster" in body["error"]
     assert f"kt.roster_file: {len(STUDENTS)} students" in daemon.output()
     assert "stu-0" not in (tmp_path / "roster.txt").read_text()
+    # A roster damaged by hand: the board keeps the last one read and says so where IT looks (/readyz,
+    # systemd's STATUS line, edge_component_up), not only once in the log.
+    good = (tmp_path / "roster.txt").read_text()
+    (tmp_path / "roster.txt").write_text(good + "stu-7\n")
+    deadline = time.monotonic() + 15
+    while (ready := http("GET", f"{base}/readyz"))[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    status, body = ready
+    assert status == 503 and any(
+        r.startswith("kt.roster_file: ") and "line" in r and "what was read before stays in use" in r
+        for r in body["reasons"]
+    ), body
+    assert all(r["status"] == "applied" for r in post_answers(base, class_answers(package, 1)))
+    assert notify.wait_for(lambda m: "kt.roster_file" in m.get("STATUS", ""), timeout=15)
+    (tmp_path / "roster.txt").write_text(good)
+    deadline = time.monotonic() + 15
+    while http("GET", f"{base}/readyz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert http("GET", f"{base}/readyz")[0] == 200
 
 
 def test_a_board_takes_answers_from_a_clickers_own_token_and_nothing_else_from_it(
@@ -309,3 +328,6 @@ def test_a_board_takes_answers_from_a_clickers_own_token_and_nothing_else_from_i
         urllib.request.urlopen(refused, timeout=10)
     assert caught.value.code == 403 and json.loads(caught.value.read())["error"] == "client_scope"
     assert "web.client_tokens_file: 1 clicker tokens" in daemon.output()
+    assert notify.wait_for(lambda m: m.get("STATUS", "").startswith("running: all components healthy"), 10)
+    (tmp_path / "secrets" / "web-clients").unlink()  # the daemon keeps the tokens read; IT sees why
+    assert notify.wait_for(lambda m: "web.client_tokens_file: cannot read" in m.get("STATUS", ""), 15)

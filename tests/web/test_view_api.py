@@ -314,6 +314,23 @@ def test_translations_cover_every_key_the_page_uses() -> None:
         assert text.strip()
 
 
+def test_every_component_of_a_fully_configured_board_has_a_name_in_both_languages(tmp_path: Path) -> None:
+    # The teacher view names a component that is not working; an untranslated one shows its config name.
+    from edge_agent.assembly import build
+    from edge_agent.config import Config
+    from tests.system.harness import local_config
+
+    data = local_config(tmp_path, faces=tmp_path, mqtt_port=1883)
+    data["kt"]["roster_file"] = str(tmp_path / "roster.txt")
+    data["web"]["client_tokens_file"] = str(tmp_path / "web-clients")
+    data["updates"] = {"public_key_file": str(tmp_path / "updates.pub"), "enabled": True}
+    names = build(Config.model_validate(data)).daemon.component_names
+    assert {"kt.roster_file", "web.client_tokens_file", "model-updates", "sync", "attention"} <= set(names)
+    for lang in LANGUAGES:
+        table = json.loads((I18N_DIR / f"{lang}.json").read_text(encoding="utf-8"))
+        assert {n for n in names if f"component_{n}" not in table} == set(), lang
+
+
 def test_translation_endpoint_refuses_unknown_and_malformed_names() -> None:
     server = ServerThread(LiveBoard(), default_language="en").start()
     try:
