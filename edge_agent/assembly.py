@@ -241,6 +241,8 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
             config.metrics.host,
             config.metrics.port,
             token=read_token_file(config.metrics.token_file, "metrics.token_file"),
+            tls_cert_file=config.metrics.tls_cert_file,
+            tls_key_file=config.metrics.tls_key_file,
         )
         # Right after the store: a board whose engines take minutes to build shows which component is
         # still starting instead of a scrape target that is simply down.

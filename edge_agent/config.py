@@ -247,6 +247,11 @@ def _empty_means_none(value: object) -> object:
 OptionalFile = Annotated[Path | None, BeforeValidator(_empty_means_none)]
 
 
+def _check_tls_pair(cert_file: Path | None, key_file: Path | None) -> None:
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("tls_cert_file and tls_key_file go together: set both for HTTPS, or neither")
+
+
 class WebSettings(Section):
     enabled: bool = True
     host: str = "0.0.0.0"
@@ -270,8 +275,7 @@ class WebSettings(Section):
 
     @model_validator(mode="after")
     def _tls_pair(self) -> WebSettings:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file go together: set both for HTTPS, or neither")
+        _check_tls_pair(self.tls_cert_file, self.tls_key_file)
         return self
 
 
@@ -283,6 +287,18 @@ class MetricsSettings(Section):
         None, description="When set, /metrics needs 'Authorization: Bearer <token>' from the scraper."
     )
     telemetry_interval_s: float = Field(5.0, ge=0.5)
+    tls_cert_file: OptionalFile = Field(
+        None,
+        description="PEM certificate to serve /metrics over HTTPS (the token then stays off the wire); empty "
+        "means plain HTTP. The device certificate provisioning installs serves: Prometheus needs scheme "
+        "https and tls_config ca_file (the fleet CA) and server_name edge-agent-board.",
+    )
+    tls_key_file: OptionalFile = Field(None, description="Its private key (mode 0600).")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> MetricsSettings:
+        _check_tls_pair(self.tls_cert_file, self.tls_key_file)
+        return self
 
 
 class LoggingSettings(Section):

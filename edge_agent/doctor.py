@@ -230,26 +230,26 @@ def check_certificate_file(path: Path, now: dt.datetime | None = None) -> CheckR
     return _expiry_result("device certificate", str(path), days, "re-run provisioning to renew it")
 
 
-def check_web_certificate(
-    cert_file: Path, key_file: Path, device_id: str, now: dt.datetime | None = None
+def check_https_certificate(
+    cert_file: Path, key_file: Path, device_id: str, now: dt.datetime | None = None, *, port: str = "web"
 ) -> CheckResult:
-    """HTTPS on the web port: the certificate and key serve, browsers will accept the certificate's use
-    and names, and how long it stays valid."""
-    from edge_agent.config import WebSettings
+    """HTTPS on the web (or metrics) port: the certificate and key serve, browsers and Prometheus will
+    accept the certificate's use and names, and how long it stays valid."""
     from edge_agent.errors import ConfigError, ProvisioningError
     from edge_agent.provisioning.ca import board_names, load_cert, reissue_reason
-    from edge_agent.web.server import server_tls_context
+    from edge_agent.web.connections import server_tls_context
 
-    name, fix = "web certificate", "re-run provisioning to have it signed again"
+    name, fix = f"{port} certificate", "re-run provisioning to have it signed again"
     try:
-        server_tls_context(WebSettings(tls_cert_file=cert_file, tls_key_file=key_file))
+        server_tls_context(cert_file, key_file, f"{port}.tls_cert_file")
         pem = cert_file.read_bytes()
         why = reissue_reason(pem, board_names(device_id))
-        cert = load_cert(pem, "web certificate")
+        cert = load_cert(pem, name)
     except (ConfigError, ProvisioningError, OSError) as exc:
         return CheckResult(name, False, str(exc), fix)
     if why is not None:
-        return CheckResult(name, True, f"{cert_file}: browsers will refuse it: {why}", fix, warning=True)
+        return CheckResult(name, True, f"{cert_file}: browsers or Prometheus will refuse it: {why}", fix,
+                           warning=True)
     days = _days_left(cert.not_valid_after_utc, now or dt.datetime.now(dt.timezone.utc))
     return _expiry_result(name, str(cert_file), days, fix)
 
@@ -384,9 +384,13 @@ def run_checks(
                                          timeout_s=mqtt.connect_timeout_s))
     web = config.web
     if web.enabled and web.tls_cert_file is not None and web.tls_key_file is not None:
-        results.append(check_web_certificate(web.tls_cert_file, web.tls_key_file, config.device.device_id))
+        results.append(check_https_certificate(web.tls_cert_file, web.tls_key_file, config.device.device_id))
     if web.enabled and web.client_tokens_file is not None:
         results.append(check_client_tokens(web.client_tokens_file))
+    metrics = config.metrics
+    if metrics.enabled and metrics.tls_cert_file is not None and metrics.tls_key_file is not None:
+        results.append(check_https_certificate(metrics.tls_cert_file, metrics.tls_key_file,
+                                             config.device.device_id, port="metrics"))
     return results
 
 

@@ -140,12 +140,18 @@ def check_device_cert(
         raise ProvisioningError("the device certificate is not valid yet: check the board's clock")
 
 
+# Every board's certificate also names this: Prometheus checks one server_name for all the targets of a
+# scrape job (it cannot take a name per target), and scrapes boards by address. It grants nothing a board
+# does not have already: any fleet certificate is trusted by its device id too.
+FLEET_SERVER_NAME = "edge-agent-board"
+
+
 def board_names(device_id: str, extra: Sequence[str] = ()) -> list[str]:
-    """The names a board's certificate serves HTTPS under: its id, its mDNS name, and loopback (the
-    board's own screen opens the teacher view at 127.0.0.1), then ``extra`` (e.g. its name in the
-    school's DNS)."""
+    """The names a board's certificate serves HTTPS under: its id, its mDNS name, loopback (the board's
+    own screen opens the teacher view at 127.0.0.1) and FLEET_SERVER_NAME (/metrics), then ``extra``
+    (e.g. its name in the school's DNS)."""
     own = [n for n in (device_id, f"{device_id}.local") if HOST_NAME.match(n)]  # an id like "a..b" is not one
-    return list(dict.fromkeys([*own, "localhost", "127.0.0.1", *extra]))
+    return list(dict.fromkeys([*own, "localhost", "127.0.0.1", FLEET_SERVER_NAME, *extra]))
 
 
 def general_names(names: Sequence[str]) -> list[x509.GeneralName]:

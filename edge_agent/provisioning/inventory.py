@@ -26,7 +26,10 @@ _OPTIONAL_PATHS = (
     ("updates", "download_ca_file"),
     ("web", "tls_cert_file"),
     ("web", "tls_key_file"),
+    ("web", "client_tokens_file"),
     ("metrics", "token_file"),
+    ("metrics", "tls_cert_file"),
+    ("metrics", "tls_key_file"),
     ("kt", "roster_file"),
 )
 

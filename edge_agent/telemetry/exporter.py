@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
@@ -22,10 +23,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
 from edge_agent.telemetry.metrics import REGISTRY
 from edge_agent.web.access import is_loopback
-from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite
+from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite, server_tls_context
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +97,22 @@ class MetricsServer:
     essential = False
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry = REGISTRY, *, token: str | None = None
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry = REGISTRY,
+        *,
+        token: str | None = None,
+        tls_cert_file: Path | None = None,
+        tls_key_file: Path | None = None,
     ) -> None:
+        """With both ``tls_*`` files, /metrics is served over HTTPS."""
         self.host = host
         self.port = port
         self._registry = registry
         self._token = token
+        self._tls_files = (tls_cert_file, tls_key_file)
+        self.scheme = "http" if tls_cert_file is None or tls_key_file is None else "https"
         self._runner: web.AppRunner | None = None
         self._error = ""
 
@@ -109,7 +121,13 @@ class MetricsServer:
             metrics_app(self._registry, self._token), access_log=None, keepalive_timeout=KEEPALIVE_S
         )
         await runner.setup()
-        site = GuardedTCPSite(runner, self.host, self.port, ConnectionLimits("metrics"))
+        try:
+            tls = server_tls_context(*self._tls_files, "metrics.tls_cert_file")
+        except ConfigError as exc:
+            await runner.cleanup()
+            self._error = exc.problems[0][1]
+            raise
+        site = GuardedTCPSite(runner, self.host, self.port, ConnectionLimits("metrics"), tls)
         try:
             await site.start()
         except OSError as exc:
@@ -119,7 +137,7 @@ class MetricsServer:
         self._runner = runner
         if self.port == 0:  # tests ask for any free port; report the one the OS gave
             self.port = runner.addresses[0][1]
-        log.info("metrics served on %s:%s", self.host, self.port)
+        log.info("metrics served on %s://%s:%s", self.scheme, self.host, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -129,7 +147,7 @@ class MetricsServer:
     def health(self) -> Health:
         if self._runner is None:
             return Health(False, self._error or "metrics site not started")
-        return Health(True, f"serving /metrics on port {self.port}")
+        return Health(True, f"serving /metrics on port {self.port} ({self.scheme})")
 
 
 # --- reading histograms -------------------------------------------------------------------------

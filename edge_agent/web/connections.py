@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from edge_agent.errors import ConfigError
 from edge_agent.telemetry import metrics
 from edge_agent.web.access import is_loopback
 
@@ -26,6 +28,26 @@ KEEPALIVE_S = 75.0  # an idle keep-alive connection closes after this (aiohttp's
 PER_PEER = 32  # a browser opens about 6; a clicker base station a few
 TOTAL = 1024  # the units allow 16,384 open files
 _HEAD_END = b"\r\n\r\n"
+
+
+def server_tls_context(cert_file: Path | None, key_file: Path | None, key: str) -> ssl.SSLContext | None:
+    """The TLS context to serve HTTPS with, or None for plain HTTP (no files); ConfigError, under the
+    config ``key`` that names the certificate, for files that cannot serve (unreadable, not PEM, a key
+    that does not belong to the certificate)."""
+    if cert_file is None or key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([(
+            key,
+            f"cannot serve HTTPS with {cert_file} and {key_file}: "
+            f"{getattr(exc, 'strerror', None) or exc} (both PEM, the key belonging to the certificate; "
+            "re-run provisioning, or empty both keys for plain HTTP)",
+        )]) from exc
+    return context
 
 
 class ConnectionLimits:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from edge_agent.lifecycle import Health
 from edge_agent.live import LiveBoard
 from edge_agent.web.access import PUBLIC_PATHS, access_middleware
 from edge_agent.web.clients import Clients, watch_clients
-from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite
+from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite, server_tls_context
 from edge_agent.web.view import StatusFn, TeacherView
 
 log = logging.getLogger(__name__)
@@ -103,25 +102,6 @@ def build_app(
     return app
 
 
-def server_tls_context(settings: WebSettings) -> ssl.SSLContext | None:
-    """The TLS context for HTTPS on the web port, or None for plain HTTP; ConfigError names a file that
-    cannot serve (unreadable, not PEM, a key that does not belong to the certificate)."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([(
-            "web.tls_cert_file",
-            f"cannot serve HTTPS with {settings.tls_cert_file} and {settings.tls_key_file}: "
-            f"{getattr(exc, 'strerror', None) or exc} (both PEM, the key belonging to the certificate; "
-            "re-run provisioning, or empty both keys for plain HTTP)",
-        )]) from exc
-    return context
-
-
 class WebComponent:
     """Serves :func:`build_app` on ``settings.host:settings.port``; ``port`` is the bound one (for port 0)."""
 
@@ -165,7 +145,8 @@ class WebComponent:
         await runner.setup()
         port = self._settings.port if self._port_override is None else self._port_override
         try:
-            tls = server_tls_context(self._settings)
+            settings = self._settings
+            tls = server_tls_context(settings.tls_cert_file, settings.tls_key_file, "web.tls_cert_file")
         except ConfigError as exc:
             await runner.cleanup()
             self._error = exc.problems[0][1]

@@ -365,8 +365,8 @@ def test_a_broker_only_certificate_is_signed_again_to_serve_https_under_the_scho
     new = x509.load_pem_x509_certificate((certs / "device.pem").read_bytes())
     names = new.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == [
-        "board-a", "board-a.local", "localhost", "board-a.school-1.district.example"
-    ]
+        "board-a", "board-a.local", "localhost", "edge-agent-board", "board-a.school-1.district.example"
+    ]  # edge-agent-board: the one name Prometheus checks for every board (tls_config.server_name)
     usages = new.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.SERVER_AUTH in usages and ExtendedKeyUsageOID.CLIENT_AUTH in usages
     assert _live(fleet.ca, "board-a") == [new.serial_number]
@@ -381,15 +381,17 @@ def test_a_school_domain_that_is_not_a_dns_name_stops_provisioning_before_any_fi
     assert not (tmp_path / "root").exists()
 
 
-def test_https_and_update_hosts_set_per_board_render_and_pass_the_installed_config_check(
+def test_https_metrics_tls_and_update_hosts_set_per_board_render_and_pass_the_installed_config_check(
     tmp_path: Path,
 ) -> None:
     ca = FleetCA.create(tmp_path / "ca", "ca")
     inventory = tmp_path / "inventory.csv"
     inventory.write_text(
-        "tenant,site,class_id,device_id,web.tls_cert_file,web.tls_key_file,updates.allowed_hosts\n"
+        "tenant,site,class_id,device_id,web.tls_cert_file,web.tls_key_file,updates.allowed_hosts,"
+        "metrics.tls_cert_file,metrics.tls_key_file\n"
         'district-a,school-1,class-1,board-a,/etc/edge-agent/certs/device.pem,'
-        '/etc/edge-agent/secrets/device.key,"[""updates.district.example""]"\n',
+        '/etc/edge-agent/secrets/device.key,"[""updates.district.example""]",'
+        '/etc/edge-agent/certs/device.pem,/etc/edge-agent/secrets/device.key\n',
         encoding="utf-8",
     )
     opts = Options(template_text=template(), ca_dir=ca.dir)
@@ -398,6 +400,7 @@ def test_https_and_update_hosts_set_per_board_render_and_pass_the_installed_conf
     check_root(result.root)  # the re-rooted certificate and key exist, the key is private
     config = load_config(result.root / "etc/edge-agent/config.toml", check_files_exist=False)
     assert config.web.tls_cert_file == Path("/etc/edge-agent/certs/device.pem")
+    assert config.metrics.tls_key_file == Path("/etc/edge-agent/secrets/device.key")
     assert config.updates.allowed_hosts == ["updates.district.example"]
 
 

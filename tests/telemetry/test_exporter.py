@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +220,77 @@ def test_another_host_scraping_many_times_a_second_gets_one_exposition_a_second(
 
     first, cached, local, later = asyncio.run(scenario())
     assert cached == first and local == later == first + 1
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (apt install prometheus)")
+def test_prometheus_scrapes_a_board_over_https_by_its_fleet_name_and_token(tmp_path: Path) -> None:
+    # A real Prometheus, as the fleet's would run: the board's own certificate from the fleet CA, the
+    # target by address, and the fleet-wide server_name every board certificate carries.
+    import subprocess
+    import threading
+    import urllib.request
+
+    from edge_agent.assembly import build
+    from edge_agent.config import Config
+    from edge_agent.provisioning.ca import FLEET_SERVER_NAME, FleetCA, key_to_pem, make_csr, new_ec_key
+    from edge_agent.provisioning.files import write_private, write_public
+    from tests.system.harness import free_port, local_config
+
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    key = new_ec_key()
+    write_public(tmp_path / "device.pem", ca.sign_csr(make_csr(key, "board-7", "district-a", "school-1")))
+    write_private(tmp_path / "device.key", key_to_pem(key))
+    token = "m" * 24
+    write_private(tmp_path / "metrics.token", token.encode())
+    write_private(tmp_path / "wrong.token", b"x" * 24)
+    data = local_config(tmp_path, faces=None)
+    files = {"tls_cert_file": "device.pem", "tls_key_file": "device.key", "token_file": "metrics.token"}
+    data["metrics"].update({key: str(tmp_path / name) for key, name in files.items()})
+    server = build(Config.model_validate(data)).metrics_server  # as the daemon wires it from its config
+    assert server is not None
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    assert server.scheme == "https" and "(https)" in server.health().detail
+
+    def job(name: str, token_file: str, scheme: str = "https") -> str:
+        return (f"  - job_name: {name}\n    scheme: {scheme}\n    authorization:\n"
+                f"      credentials_file: {tmp_path / token_file}\n    tls_config:\n"
+                f"      ca_file: {ca.dir / 'ca.pem'}\n      server_name: {FLEET_SERVER_NAME}\n"
+                f"    static_configs:\n      - targets: ['127.0.0.1:{server.port}']\n")
+
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n"
+        + job("board", "metrics.token") + job("wrong-token", "wrong.token")
+        + job("plain", "metrics.token", "http")
+    )
+    api = f"127.0.0.1:{free_port()}"
+    prometheus = subprocess.Popen(
+        [str(PROMETHEUS), f"--config.file={tmp_path / 'prometheus.yml'}", f"--web.listen-address={api}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        targets: dict[str, dict[str, str]] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{api}/api/v1/targets", timeout=5) as response:
+                    active = json.loads(response.read())["data"]["activeTargets"]
+                targets = {t["labels"]["job"]: t for t in active}
+            except OSError:
+                pass  # not listening yet
+            if len(targets) == 3 and all(t["health"] != "unknown" for t in targets.values()):
+                break
+            time.sleep(0.5)
+        assert targets["board"]["health"] == "up", targets["board"]["lastError"]
+        assert targets["wrong-token"]["health"] == "down" and "401" in targets["wrong-token"]["lastError"]
+        assert targets["plain"]["health"] == "down"  # plain HTTP to the TLS port
+    finally:
+        prometheus.terminate()
+        prometheus.wait(10)
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)

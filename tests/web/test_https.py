@@ -13,13 +13,13 @@ import pytest
 from aiohttp import web
 
 from edge_agent.config import WebSettings
-from edge_agent.doctor import check_web_certificate
+from edge_agent.doctor import check_https_certificate
 from edge_agent.errors import ConfigError, ProvisioningError
 from edge_agent.live import LiveBoard
 from edge_agent.provisioning.ca import FleetCA, key_to_pem, make_csr, new_ec_key
 from edge_agent.provisioning.files import write_private, write_public
-from edge_agent.web.connections import ConnectionLimits, GuardedTCPSite
-from edge_agent.web.server import WebComponent, server_tls_context
+from edge_agent.web.connections import ConnectionLimits, GuardedTCPSite, server_tls_context
+from edge_agent.web.server import WebComponent
 
 from .harness import run_async
 
@@ -107,7 +107,7 @@ def test_plain_http_to_the_https_port_gets_no_page_and_the_port_keeps_serving(tm
 
 def test_a_connection_that_never_starts_its_tls_handshake_is_closed(tmp_path: Path) -> None:
     _, cert, key = _board_files(tmp_path)
-    tls = server_tls_context(WebSettings(tls_cert_file=cert, tls_key_file=key))
+    tls = server_tls_context(cert, key, "web.tls_cert_file")
 
     async def run() -> None:
         app = web.Application()
@@ -159,11 +159,13 @@ def test_a_name_that_is_neither_dns_nor_ip_is_refused_before_signing(tmp_path: P
 
 def test_doctor_says_whether_browsers_will_take_the_web_certificate(tmp_path: Path) -> None:
     _, cert, key = _board_files(tmp_path)
-    ok = check_web_certificate(cert, key, DEVICE)
+    ok = check_https_certificate(cert, key, DEVICE)
     assert ok.ok and not ok.warning and "valid for" in ok.detail
-    wrong_board = check_web_certificate(cert, key, "board-8")
+    wrong_board = check_https_certificate(cert, key, "board-8")
     assert wrong_board.ok and wrong_board.warning and "does not name board-8" in wrong_board.detail
     other = tmp_path / "other.key"
     write_private(other, key_to_pem(new_ec_key()))
-    broken = check_web_certificate(cert, other, DEVICE)
+    broken = check_https_certificate(cert, other, DEVICE)
     assert not broken.ok and "cannot serve HTTPS" in broken.detail
+    metrics = check_https_certificate(cert, other, DEVICE, port="metrics")  # metrics.tls_cert_file
+    assert metrics.name == "metrics certificate" and "metrics.tls_cert_file" in metrics.detail
