@@ -208,17 +208,24 @@ _REFUSALS = {
     Decision.BAD_TOKEN: (401, "That token is not right. Ask your school IT for the board's web token."),
 }
 
+# zh-CN first (the teachers'), English beside it; the form names its error for screen readers.
+_LOGIN_ZH = {
+    Decision.NEED_TOKEN: "请输入班牌的网页令牌登录（向学校信息技术老师索取）。",
+    Decision.BAD_TOKEN: "令牌不正确。请向学校信息技术老师索取班牌的网页令牌。",
+}
 _LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>edge-agent · sign in / 登录</title>
+<html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{title}</title>
 <style>body{{font-family:system-ui,"Noto Sans CJK SC","Microsoft YaHei","PingFang SC",sans-serif;
 max-width:34rem;margin:10vh auto;padding:0 1rem;font-size:1.2rem}}input,button{{font-size:1.2rem;
-padding:.4rem}}p.msg{{color:#a33}}</style></head>
-<body><h1>教师视图 · Teacher view</h1><p class="msg">{message}</p>
-<form method="post" action="{login}"><label>令牌 / Token
-<input type="password" name="token" autocomplete="current-password" maxlength="{maxlen}" required>
-</label><input type="hidden" name="next" value="{next}"> <button type="submit">登录 / Sign in</button>
-</form></body></html>"""
+padding:.4rem}}p.error{{color:#a33;font-weight:600}}</style></head>
+<body><main><h1>教师视图 · <span lang="en">Teacher view</span></h1>
+<p id="msg" class="{kind}"{role}>{message_zh}<br><span lang="en">{message}</span></p>
+<form method="post" action="{login}"><label>令牌 / <span lang="en">Token</span>
+<input type="password" name="token" autocomplete="current-password" maxlength="{maxlen}" required autofocus
+aria-describedby="msg"{invalid}></label><input type="hidden" name="next" value="{next}">
+<button type="submit">登录 / <span lang="en">Sign in</span></button>
+</form></main></body></html>"""
 
 
 def _wants_html(request: web.Request) -> bool:
@@ -230,9 +237,13 @@ def _refusal(
 ) -> web.Response:
     status, message = _REFUSALS[decision]
     if decision is not Decision.REMOTE_DISABLED and (form or _wants_html(request)):
+        wrong = decision is Decision.BAD_TOKEN
         page = _LOGIN_PAGE.format(
-            message=html.escape(message), login=LOGIN_PATH, maxlen=MAX_TOKEN_CHARS,
-            next=html.escape(target or _without_token(request)),
+            title=("错误 / Error: " if wrong else "") + "edge-agent · 登录 / sign in",
+            kind="error" if wrong else "hint", role=' role="alert"' if wrong else "",
+            invalid=' aria-invalid="true"' if wrong else "",
+            message_zh=html.escape(_LOGIN_ZH[decision]), message=html.escape(message), login=LOGIN_PATH,
+            maxlen=MAX_TOKEN_CHARS, next=html.escape(target or _without_token(request)),
         )
         return web.Response(status=status, text=page, content_type="text/html", headers={
             "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -259,8 +270,9 @@ def _safe_next(value: str) -> str:
 
 
 async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
-    if request.method != "POST":
-        return _refusal(request, Decision.NEED_TOKEN if token else Decision.REMOTE_DISABLED)
+    if request.method != "POST":  # the form; after it, the page named by ?next= (the teacher view by default)
+        target = _safe_next(request.query.get("next", "/"))
+        return _refusal(request, Decision.NEED_TOKEN if token else Decision.REMOTE_DISABLED, target=target)
     if request.content_length is None or request.content_length > MAX_LOGIN_BYTES:
         # Read up to 1 MiB and held through the delay, 1,200 such posts took the daemon to 1.1 GiB.
         return web.json_response({"error": "bad_form", "detail": "the login form is too large"}, status=413)

@@ -151,10 +151,12 @@ def _dom(view: TeacherViewPage) -> dict[str, Any]:
           more: rows('#learn-skills-more li').map((li) => li.dataset.skill),
           more_hidden: document.getElementById('learn-more').hidden, summary: text('learn-more-summary'),
           weakest: rows('#learn-weakest li').length, recommended: rows('#learn-recommended li').length,
-          engines: rows('#health-engines tr').map((tr) => ({text: tr.textContent,
-            title: (tr.querySelector('td.fallback') || {}).title || ''})),
-          sync: text('health-sync'), faces: text('att-faces'), bars: rows('#att-timeline rect').length,
-          device: text('health-device'),
+          engines: rows('#health-engines tr').map((tr) => ({text: tr.innerText,
+            reason: ((tr.querySelector('td.fallback details span') || {}).textContent) || ''})),
+          sync: text('health-sync'), faces: text('att-faces'),
+          bars: rows('#att-timeline rect:not(.hatch)').length,
+          device: document.getElementById('health-device').hidden || !text('health-device')
+            ? text('health-device-note') : text('health-device'),
         };
     }"""))
 
@@ -214,7 +216,7 @@ def test_page_matches_the_running_daemon_and_fits_one_screen(daemon: RunningDaem
     for row, engine in zip(dom["engines"], engines, strict=True):
         if engine["fallback"]:
             assert len(row["text"]) < 60, row  # a short phrase on the board ...
-            assert row["title"] == engine["fallback"]  # ... the whole reason for IT in the tooltip
+            assert row["reason"] == engine["fallback"]  # ... the whole reason for IT folded under it
     sync = live["sections"]["sync"]
     if sync["connected"]:
         assert dom["sync"].startswith("已连接") and f"{sync['backlog']} 条待发送" in dom["sync"]

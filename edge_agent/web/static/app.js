@@ -6,7 +6,9 @@
   const LANG_KEY = "edge-agent.lang";
   const HOT_C = 85;
   const MAX_SKILL_ROWS = 8; // more rows push the board status below the fold on a 1080p board
-  const MAX_DETAIL_CHARS = 90; // longer diagnostics go into the tooltip; IT reads them in full there
+  const MAX_DETAIL_CHARS = 90; // longer diagnostics fold into a <details>: readable by touch and keyboard
+  const ANNOUNCE_HOLD_S = 10; // a change is spoken once it has held this long (no flapping) ...
+  const ANNOUNCE_GAP_S = 30; // ... and at most this often: the figures themselves update every second
   const boot = JSON.parse(document.getElementById("boot").textContent);
   const messages = boot.messages;
   const state = { sections: boot.snapshot.sections || {}, updated: boot.snapshot.updated || {} };
@@ -57,6 +59,7 @@
     for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
     $("lang").textContent = t("switch_language");
     $("lang").title = t("switch_language_title");
+    $("lang").lang = lang === "en" ? "zh-CN" : "en"; // the button names the other language, in it
   }
 
   function renderAttention() {
@@ -101,8 +104,11 @@
       const bar = el("svg:rect", { class: cls, x: (i * slot + gap / 2).toFixed(1), y: (H * (1 - value)).toFixed(1),
         width: Math.max(1, slot - gap).toFixed(1), height: (H * value).toFixed(1) });
       bar.dataset.mean = suppressed ? "" : String(w.attentive_mean);
-      bar.appendChild(el("svg:title", { text: clockTime(w.start, true) + "–" + clockTime(w.end, true) + "  " + (suppressed ? t("legend_suppressed") : pct(w.attentive_mean)) }));
+      const what = suppressed ? t("legend_suppressed") : pct(w.attentive_mean) + (w.low ? " · " + t("legend_low") : "");
+      bar.appendChild(el("svg:title", { text: clockTime(w.start, true) + "–" + clockTime(w.end, true) + "  " + what }));
       nodes.push(bar);
+      if (cls === "bar-low") nodes.push(el("svg:rect", { class: "hatch", x: bar.getAttribute("x"), y: bar.getAttribute("y"),
+        width: bar.getAttribute("width"), height: bar.getAttribute("height") }));
     });
     replace("att-timeline", nodes);
     const a = state.sections.attention || {};
@@ -111,8 +117,19 @@
     setText("att-tl-empty", blind ? t("timeline_no_camera") : isNum(a.window_s) ? t("timeline_empty", { s: num(a.window_s) }) : t("no_data"));
     $("att-timeline").setAttribute("aria-label", windows.length ? t("timeline_label", { n: windows.length,
       from: clockTime(windows[0].start), to: clockTime(windows[windows.length - 1].end) }) : t("attention_timeline"));
+    setText("att-tl-summary", timelineSummary(windows));
     setText("att-tl-start", windows.length ? clockTime(windows[0].start) : "");
     setText("att-tl-end", windows.length ? clockTime(windows[windows.length - 1].end) : "");
+  }
+
+  // The chart's data in words (its bars say it only by height and colour).
+  function timelineSummary(windows) {
+    const measured = windows.filter((w) => w.suppressed !== true && isNum(w.attentive_mean));
+    if (!measured.length) return "";
+    const low = measured.filter((w) => w.low).length;
+    const lowest = measured.reduce((a, b) => (b.attentive_mean < a.attentive_mean ? b : a));
+    return t(low ? "timeline_summary" : "timeline_summary_none",
+      { low: num(low), n: num(measured.length), p: pct(lowest.attentive_mean), t: clockTime(lowest.start) });
   }
 
   function skillName(skill) { return (lang === "en" ? skill.name_en : skill.name_zh) || skill.name_en || skill.name_zh || skill.id; }
@@ -149,8 +166,12 @@
     return row;
   }
 
+  let learningShown = null; // what the list shows: rebuilt only when it changes, so a reader keeps its place
   function renderLearning() {
     const l = state.sections.learning;
+    const key = JSON.stringify([lang, l === undefined ? null : l]);
+    if (key === learningShown) return;
+    learningShown = key;
     if (!l) {
       setText("learn-answers", "—"); setText("learn-students", "—"); setText("learn-started", t("no_data"));
       ["learn-skills", "learn-skills-more", "learn-weakest", "learn-recommended", "learn-activity"].forEach((id) => replace(id, []));
@@ -242,14 +263,26 @@
     return out;
   }
 
+  // A diagnostic for IT: in English whatever the page's language; a long one folds away.
+  function detailNode(detail) {
+    if (String(detail).length <= MAX_DETAIL_CHARS) return el("span", { class: "detail", text: t("issue_detail", { d: detail }) });
+    return el("details", { class: "detail" }, [el("summary", { text: t("issue_detail", { d: shorten(detail) }) }),
+      el("span", { lang: "en", text: detail })]);
+  }
+
+  let healthShown = null;
   function renderHealth() {
     const h = state.sections.health;
+    const a = state.sections.attention || {};
+    const key = JSON.stringify([lang, h || null, a.camera || null, state.sections.sync || null, state.sections.device || null]);
+    if (key === healthShown) return; // attention updates every second; the status seldom changes
+    healthShown = key;
     const pill = $("health-state");
     pill.dataset.state = h && h.state ? h.state : "";
     pill.textContent = h && h.state ? tState("health_state_", h.state) : t("no_data");
     const problems = issues();
-    replace("health-issues", problems.length ? problems.map((p) => el("li", { class: "problem", title: p.detail },
-      [document.createTextNode(p.text)].concat(p.detail ? [el("span", { class: "detail", text: t("issue_detail", { d: shorten(p.detail) }) })] : [])))
+    replace("health-issues", problems.length ? problems.map((p) => el("li", { class: "problem" },
+      [document.createTextNode(p.text)].concat(p.detail ? [detailNode(p.detail)] : [])))
       : [el("li", { class: "none", text: t("issues_none") })]);
     // "Everything works" next to a list of problems contradicts itself: running, with problems to check.
     if (h && h.state === "ok" && problems.length) {
@@ -258,13 +291,13 @@
     }
     const engines = ((h && h.engines) || []).filter((e) => e && typeof e === "object");
     replace("health-engines", engines.length ? engines.map((e) => el("tr", {}, [el("td", { text: e.name }), el("td", { text: e.backend }),
-      el("td", { text: e.precision }), e.fallback ? el("td", { class: "fallback", text: fallbackPhrase(e.fallback), title: e.fallback }) : el("td", { text: "—" })]))
+      el("td", { text: e.precision }), e.fallback ? el("td", { class: "fallback" }, [el("details", {}, [el("summary", { text: fallbackPhrase(e.fallback) }),
+        el("span", { lang: "en", text: e.fallback })])]) : el("td", { text: "—" })]))
       : [el("tr", {}, [el("td", { colspan: 4, class: "muted", text: t("engines_none") })])]);
     const cam = (state.sections.attention || {}).camera;
     const camNode = $("health-camera");
     camNode.dataset.ok = String(!cam || cam.state === "running" || cam.state === "disabled");
     camNode.textContent = cam && cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) && cam.state === "running" ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : t("no_data");
-    camNode.title = (cam && cam.detail) || "";
     renderSync();
     renderDevice();
   }
@@ -281,20 +314,19 @@
     const detail = [isNum(s.last_success) ? t("sync_last", { t: ago(s.last_success) }) : nothingYet ? t("sync_nothing_yet") : t("sync_never")];
     for (const [reason, n] of Object.entries(s.drops || {})) if (isNum(n) && n > 0) detail.push(t("sync_drops", { n: num(n), r: reason }));
     // While connected the detail only repeats "connected"; when not, the issue list already says why.
-    const detailNode = $("health-sync-detail");
-    detailNode.textContent = detail.join(" · ");
-    detailNode.title = s.detail || "";
+    $("health-sync-detail").textContent = detail.join(" · "); // why it is down: in the issue list
   }
 
   function renderDevice() {
     const d = state.sections.device;
-    const node = $("health-device");
-    node.title = (d && d.detail) || "";
-    if (!d) { replace("health-device", [el("dd", { text: t("no_data") })]); return; }
+    const note = $("health-device-note");
+    const noReadings = (text) => { replace("health-device", []); note.hidden = false; note.textContent = text; };
+    note.hidden = true;
+    if (!d) { noReadings(t("no_data")); return; }
     const temps = Object.entries(d.temperatures || {}).filter(([, c]) => isNum(c)).map(([z, c]) => z + "\u00a0" + num(c, 0) + "\u00a0°C");
     const power = Object.entries(d.power_w || {}).filter(([, w]) => isNum(w)).map(([r, w]) => r + "\u00a0" + num(w, 1) + "\u00a0W");
     if (d.source === "none" || (!isNum(d.gpu_load) && !isNum(d.gpu_memory_bytes) && !temps.length && !power.length)) {
-      replace("health-device", [el("dd", { class: "muted", text: t("device_no_sensors") })]);
+      noReadings(t("device_no_sensors"));
       return;
     }
     const rows = [[t("gpu_load"), pct(d.gpu_load)],
@@ -308,18 +340,61 @@
   function renderAll() { renderStatic(); renderAttention(); renderLearning(); renderHealth(); renderClock(); }
   function renderClock() { setText("clock", new Date().toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" })); }
 
+  let signedOut = false;
   function setConnection(live) {
     const conn = $("conn");
+    if (live) signedOut = false;
     conn.dataset.state = live ? "live" : "reconnecting";
     conn.textContent = live ? t("conn_live") : t("conn_reconnecting");
-    document.body.dataset.conn = live ? "live" : "lost"; // greys the cards: their numbers are not current
+    document.body.dataset.conn = live ? "live" : "lost"; // dashed cards: their numbers are not current
     $("conn-lost").hidden = live;
+    setText("conn-lost-text", t(signedOut ? "session_ended" : "conn_lost"));
+    $("sign-in").hidden = !signedOut;
+  }
+
+  // The stream cannot say why it failed: a sign-in that ended (12 h) would read "reconnecting" for ever.
+  async function checkSignedIn() {
+    try {
+      const response = await fetch("/api/v1/live", { credentials: "same-origin", cache: "no-store" });
+      signedOut = response.status === 401;
+    } catch (err) {
+      return; // the board is unreachable: reconnecting is the truth
+    }
+    if ($("conn").dataset.state !== "live") setConnection(false);
+  }
+
+  // Screen readers hear what changed (low attention, the camera, the board's state), not every figure.
+  const spoken = { shown: null, pending: null, since: 0, last: -Infinity };
+  function situation() {
+    const a = state.sections.attention || {};
+    const cam = a.camera || {};
+    const h = state.sections.health || {};
+    const blind = !!cam.state && cam.state !== "running";
+    return { low: !blind && a.low_attention === true, camera: cam.state || "", health: h.state || "" };
+  }
+  function describeChange(before, after) {
+    const out = [];
+    if (after.low !== before.low) out.push(t(after.low ? "attention_low" : "attention_ok"));
+    if (after.camera !== before.camera && after.camera) out.push(tState("camera_state_", after.camera));
+    if (after.health !== before.health && after.health) out.push(t("health_title") + ": " + tState("health_state_", after.health));
+    return out.join(". ");
+  }
+  function announceTick() {
+    const current = situation();
+    const key = JSON.stringify(current);
+    if (spoken.shown === null) { spoken.shown = current; return; } // nothing is news when the page opens
+    if (key === JSON.stringify(spoken.shown)) { spoken.pending = null; return; }
+    if (spoken.pending !== key) { spoken.pending = key; spoken.since = now(); return; }
+    if (now() - spoken.since < ANNOUNCE_HOLD_S || now() - spoken.last < ANNOUNCE_GAP_S) return;
+    const text = describeChange(spoken.shown, current);
+    spoken.shown = current; spoken.pending = null; spoken.last = now();
+    if (text) setText("announce", text);
   }
 
   function connect() {
     const source = new EventSource("/api/v1/events");
     source.addEventListener("open", () => setConnection(true));
-    source.addEventListener("error", () => setConnection(false));
+    source.addEventListener("error", () => { setConnection(false); checkSignedIn(); });
     source.addEventListener("snapshot", (ev) => {
       const snap = JSON.parse(ev.data);
       state.sections = snap.sections || {};
@@ -368,5 +443,6 @@
   try { saved = localStorage.getItem(LANG_KEY); } catch (err) { saved = null; }
   if (saved && saved !== lang) useLanguage(saved);
   setInterval(() => { renderClock(); if (state.sections.attention) setText("att-updated", t("updated_ago", { t: ago(state.updated.attention) })); }, 5000);
+  setInterval(announceTick, 1000);
   connect();
 })();
