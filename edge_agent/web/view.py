@@ -33,6 +33,7 @@ WEB_DIR = Path(str(resources.files("edge_agent.web")))
 STATIC_DIR = WEB_DIR / "static"
 I18N_DIR = WEB_DIR / "i18n"
 LANGUAGES = ("zh-CN", "en")
+LANG_COOKIE = "edge_agent_lang"  # app.js sets it; not a secret, so readable by the page
 _LANG_RE = re.compile(r"^[A-Za-z]{2}(-[A-Za-z]{2})?$")
 SSE_RETRY_MS = 3000
 MAX_STREAMS_PER_PEER = 4  # a teacher's laptop, a phone, and a tab or two
@@ -129,13 +130,18 @@ class TeacherView:
         return _json_safe(snap)
 
     async def index(self, request: web.Request) -> web.Response:
+        # The language this browser chose last (app.js keeps it in a cookie): the page starts in it instead
+        # of flashing the board's default while the other translation loads.
+        chosen = request.cookies.get(LANG_COOKIE, "")
+        lang = chosen if chosen in LANGUAGES else self._default_language
         boot = {
             "default_language": self._default_language,
+            "language": lang,
             "languages": list(LANGUAGES),
-            "messages": {self._default_language: self._messages[self._default_language]},
+            "messages": {lang: self._messages[lang]},
             "snapshot": self._snapshot(),
         }
-        page = self._template.replace("{{LANG}}", self._default_language).replace(
+        page = self._template.replace("{{LANG}}", lang).replace(
             "{{BOOT_JSON}}", script_json(boot)
         )
         return web.Response(

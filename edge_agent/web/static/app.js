@@ -4,6 +4,7 @@
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
   const LANG_KEY = "edge-agent.lang";
+  const LANG_COOKIE = "edge_agent_lang"; // the server starts the page in it (view.py)
   const HOT_C = 85;
   const MAX_SKILL_ROWS = 8; // more rows push the board status below the fold on a 1080p board
   const MAX_DETAIL_CHARS = 90; // longer diagnostics fold into a <details>: readable by touch and keyboard
@@ -13,7 +14,7 @@
   const messages = boot.messages;
   const state = { sections: boot.snapshot.sections || {}, updated: boot.snapshot.updated || {} };
   const clockSkew = (boot.snapshot.server_time || Date.now() / 1000) - Date.now() / 1000;
-  let lang = boot.default_language;
+  let lang = boot.language || boot.default_language;
 
   const $ = (id) => document.getElementById(id);
   const now = () => Date.now() / 1000 + clockSkew;
@@ -433,6 +434,7 @@
 
   $("lang").addEventListener("click", () => {
     const next = lang === "en" ? "zh-CN" : "en";
+    document.cookie = LANG_COOKIE + "=" + next + "; path=/; max-age=31536000; SameSite=Strict";
     try { localStorage.setItem(LANG_KEY, next); } catch (err) { /* private mode: not remembered */ }
     useLanguage(next);
   });
