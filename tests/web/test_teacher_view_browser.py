@@ -303,6 +303,22 @@ def test_an_ended_sign_in_says_so_and_offers_to_sign_in_again(live_board: LiveBo
         server.stop()
 
 
+def test_pausing_keeps_the_figures_still_until_the_teacher_resumes(
+    teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory,
+) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    view.page.click("#pause")
+    assert view.page.get_attribute("#pause", "aria-pressed") == "true"
+    assert view.text("#conn") == "已暂停" and view.text("#pause") == "继续更新"
+    live_board.publish("attention", attention_section(current=0.31))
+    time.sleep(1.0)  # the update arrives, and is not shown
+    assert view.text("#att-share") == "78%"
+    view.page.click("#pause")
+    assert view.text("#att-share") == "31%" and view.text("#conn") == "实时"
+
+
 def test_a_screen_reader_hears_a_change_once_it_holds_and_not_every_update(
     teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory,
 ) -> None:

@@ -61,6 +61,7 @@
     $("lang").textContent = t("switch_language");
     $("lang").title = t("switch_language_title");
     $("lang").lang = lang === "en" ? "zh-CN" : "en"; // the button names the other language, in it
+    $("pause").textContent = t(paused ? "resume_updates" : "pause_updates");
   }
 
   function renderAttention() {
@@ -341,12 +342,14 @@
   function renderAll() { renderStatic(); renderAttention(); renderLearning(); renderHealth(); renderClock(); }
   function renderClock() { setText("clock", new Date().toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" })); }
 
+  // Paused (WCAG 2.2.2): updates are kept, not shown, until the teacher resumes; the pill says so.
+  let paused = false;
   let signedOut = false;
   function setConnection(live) {
     const conn = $("conn");
     if (live) signedOut = false;
     conn.dataset.state = live ? "live" : "reconnecting";
-    conn.textContent = live ? t("conn_live") : t("conn_reconnecting");
+    conn.textContent = live ? t(paused ? "conn_paused" : "conn_live") : t("conn_reconnecting");
     document.body.dataset.conn = live ? "live" : "lost"; // dashed cards: their numbers are not current
     $("conn-lost").hidden = live;
     setText("conn-lost-text", t(signedOut ? "session_ended" : "conn_lost"));
@@ -400,14 +403,14 @@
       const snap = JSON.parse(ev.data);
       state.sections = snap.sections || {};
       state.updated = snap.updated || {};
-      renderAttention(); renderLearning(); renderHealth();
+      if (!paused) { renderAttention(); renderLearning(); renderHealth(); }
     });
     source.addEventListener("update", (ev) => {
       const update = JSON.parse(ev.data);
       if (!(update.section in renderers)) return;
       state.sections[update.section] = update.data;
       state.updated[update.section] = update.at;
-      for (const render of renderers[update.section]) render();
+      if (!paused) for (const render of renderers[update.section]) render();
     });
   }
 
@@ -430,6 +433,14 @@
   // Opening the other skills scrolls the learning card (never the page) to show them.
   $("learn-more").addEventListener("toggle", () => {
     if ($("learn-more").open) $("learn-more-summary").scrollIntoView({ block: "start" });
+  });
+
+  $("pause").addEventListener("click", () => {
+    paused = !paused;
+    $("pause").setAttribute("aria-pressed", String(paused));
+    $("pause").textContent = t(paused ? "resume_updates" : "pause_updates");
+    setConnection($("conn").dataset.state === "live");
+    if (!paused) { renderAttention(); renderLearning(); renderHealth(); }
   });
 
   $("lang").addEventListener("click", () => {
