@@ -91,7 +91,8 @@ class KTSettings(Section):
     microbatch_wait_ms: float = Field(2.0, ge=0.0, le=100.0)
     max_answers_per_request: int = Field(200, ge=1, le=10000)
     max_future_skew_s: float = Field(
-        300.0, ge=0.0, description="Answers timestamped further ahead are refused."
+        300.0, ge=0.0, description="Answers timestamped further ahead are refused while the board's clock is "
+        "NTP-synchronised; with it not, they are taken (up to 30 days ahead), counted and flagged."
     )
     target_success: float = Field(
         0.7, gt=0.0, lt=1.0, description="Recommend items with this predicted success."

@@ -321,7 +321,9 @@ def check_tls(
 
 def clock_sync_status(root: Path = Path("/"), timeout_s: float = 3.0) -> tuple[bool | None, str]:
     """(synchronised?, how we know); None when nothing can tell."""
-    if (root / "run/systemd/timesync/synchronized").exists():
+    from edge_agent.clock_sync import TIMESYNC_FLAG
+
+    if (root / TIMESYNC_FLAG).exists():
         return True, "systemd-timesyncd synchronized"
     for command, parse in (
         (["timedatectl", "show", "-p", "NTPSynchronized", "--value"], lambda out: out.strip() == "yes"),

@@ -19,6 +19,9 @@ from edge_agent.kt.package import KTPackage
 
 MAX_TEXT = 128
 OLDEST_ACCEPTED = 946684800.0  # 2000-01-01: anything earlier is a client clock or unit bug
+# With the board's clock not known to be right, times this far ahead still read as a unit or client bug
+# (milliseconds, a year off); a board clock behind by days (a holiday without an RTC battery) does not.
+UNSYNCED_MAX_AHEAD_S = 30 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ def parse_answer(
     settings: KTSettings,
     pseudonym: Callable[[str], str],
     now: float,
+    board_clock_synced: bool = True,
 ) -> Answer:
     if not isinstance(obj, dict):
         raise InputRejected(f"{where}: an answer must be a JSON object")
@@ -133,12 +137,18 @@ def parse_answer(
     skills = _skills(obj, item.skill_id, package.skill_index, where)
     correct = _correct(obj.get("correct"), where)
     answered_at = parse_timestamp(obj.get("answered_at"), where)
-    if answered_at > now + settings.max_future_skew_s:
-        ahead = answered_at - now
+    ahead = answered_at - now
+    if board_clock_synced and ahead > settings.max_future_skew_s:
         # Local time sent without a zone (Beijing: 28,800 s ahead) is the usual cause, not a bad clock.
         hint = (" ('answered_at' has no time zone, so it was read as UTC: send it with Z or +08:00)"
                 if _without_zone(obj.get("answered_at")) else "; check the device clock")
         raise InputRejected(f"{where}: 'answered_at' is {ahead:.0f} s in the future{hint}", "answered_at")
+    if ahead > UNSYNCED_MAX_AHEAD_S:
+        raise InputRejected(
+            f"{where}: 'answered_at' is {ahead / 86400:.0f} days ahead of this board's clock, which is not "
+            "NTP-synchronised; either clock may be wrong (check both; on the board: timedatectl)",
+            "answered_at",
+        )
     pseudo = pseudonym(student)
     return Answer(
         pseudo, pseudonym(f"event\0{student}\0{event_id}"), event_id, item_id, skills, correct, answered_at
@@ -146,9 +156,19 @@ def parse_answer(
 
 
 def parse_batch(
-    body: Any, package: KTPackage, settings: KTSettings, pseudonym: Callable[[str], str], now: float
+    body: Any,
+    package: KTPackage,
+    settings: KTSettings,
+    pseudonym: Callable[[str], str],
+    now: float,
+    *,
+    board_clock_synced: bool = True,
 ) -> list[Answer]:
-    """One answer object, or {"answers": [...]}; raises InputRejected for the first problem found."""
+    """One answer object, or {"answers": [...]}; raises InputRejected for the first problem found.
+
+    Times more than ``kt.max_future_skew_s`` ahead are refused only while the board's clock is known to
+    be synchronised: a board that booted hours behind (no RTC battery, NTP blocked) would otherwise refuse,
+    and lose, every answer of the day while blaming the clickers' clocks."""
     if isinstance(body, dict) and "answers" in body:
         items = body["answers"]
         if not isinstance(items, list) or not items:
@@ -159,7 +179,9 @@ def parse_batch(
                 field="answers",
             )
         return [
-            parse_answer(a, f"answers[{n}]", package, settings=settings, pseudonym=pseudonym, now=now)
+            parse_answer(a, f"answers[{n}]", package, settings=settings, pseudonym=pseudonym, now=now,
+                         board_clock_synced=board_clock_synced)
             for n, a in enumerate(items)
         ]
-    return [parse_answer(body, "answer", package, settings=settings, pseudonym=pseudonym, now=now)]
+    return [parse_answer(body, "answer", package, settings=settings, pseudonym=pseudonym, now=now,
+                         board_clock_synced=board_clock_synced)]

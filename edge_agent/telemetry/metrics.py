@@ -108,6 +108,13 @@ ANSWERS = Counter(
     registry=REGISTRY,
 )
 
+ANSWERS_CLOCK_AHEAD = Counter(
+    "edge_answers_clock_ahead",
+    "Answers stamped more than kt.max_future_skew_s ahead of the board's clock, taken because that clock "
+    "is not NTP-synchronised (with it synchronised they are refused): the board's clock is probably behind.",
+    registry=REGISTRY,
+)
+
 TEACHER_VIEW_STREAMS = Gauge(
     "edge_teacher_view_streams", "Open teacher-view event streams (browsers watching).", registry=REGISTRY
 )

@@ -7,22 +7,26 @@ intake returns 503 with ``Retry-After``. Access control is the server's middlewa
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from edge_agent import json_input
+from edge_agent.clock_sync import ClockSyncFlag
 from edge_agent.config import KTSettings
 from edge_agent.errors import ConfigError, InputRejected
-from edge_agent.kt.answers import parse_batch
+from edge_agent.kt.answers import Answer, parse_batch
 from edge_agent.kt.roster import Roster
 from edge_agent.kt.service import KTService, ServiceBusy
 from edge_agent.telemetry import metrics
 
 ServiceSource = KTService | Callable[[], KTService | None]
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
+log = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str, field: str | None = None, retry_after_s: int = 1) -> web.Response:
@@ -40,11 +44,17 @@ def _rejected(status: int, message: str, field: str | None = None) -> web.Respon
 
 
 def answer_routes(
-    service: ServiceSource, settings: KTSettings, roster: Roster | None = None
+    service: ServiceSource,
+    settings: KTSettings,
+    roster: Roster | None = None,
+    clock_synced: Callable[[], bool] | None = None,
 ) -> web.RouteTableDef:
     """Routes over ``service`` (or a callable returning it, None while knowledge tracing starts); with
-    ``roster``, answers only for the students on it."""
+    ``roster``, answers only for the students on it. ``clock_synced`` says whether the board's clock is
+    known to be right (default: systemd-timesyncd's flag); only then are future times refused."""
     routes = web.RouteTableDef()
+    synced = clock_synced or ClockSyncFlag()
+    warned = [-float("inf")]  # monotonic time of the last "board clock behind" log line
 
     def current() -> KTService | None:
         return service if isinstance(service, KTService) else service()
@@ -68,8 +78,10 @@ def answer_routes(
             return _rejected(400, f"unknown charset {request.charset!r}; send UTF-8 JSON")
         except ValueError:  # not JSON, not UTF-8, or nested deeper than the board parses
             return _rejected(400, "the request body is not valid JSON")
+        now, board_synced = svc.now(), synced()
         try:
-            answers = parse_batch(body, svc.package, settings, svc.pseudonymize, svc.now())
+            answers = parse_batch(body, svc.package, settings, svc.pseudonymize, now,
+                                  board_clock_synced=board_synced)
         except InputRejected as exc:
             status = 413 if exc.field == "answers" and "limit" in str(exc) else 400
             return _rejected(status, str(exc), exc.field)
@@ -89,6 +101,8 @@ def answer_routes(
             results = await svc.submit_async(answers)
         except ServiceBusy as exc:
             return _error(503, str(exc), retry_after_s=exc.retry_after_s)
+        if not board_synced:
+            _note_clock_behind(answers, results, now, settings.max_future_skew_s, warned)
         if isinstance(body, dict) and "answers" in body:
             return web.json_response({"results": results})  # a conflict is that answer's status
         # One answer that reuses another's client event id: 409, with the student's current feedback
@@ -117,3 +131,27 @@ def answer_routes(
         return web.json_response(svc.class_summary())
 
     return routes
+
+
+def _note_clock_behind(
+    answers: list[Answer], results: list[dict[str, Any]], now: float, skew_s: float, warned: list[float]
+) -> None:
+    """Answers taken although stamped ahead of an unsynchronised board clock: each says so in its
+    feedback, the metric counts them (an alert watches it), and the log says so every 10 minutes."""
+    ahead = [(a.answered_at - now, f) for a, f in zip(answers, results, strict=True)
+             if a.answered_at - now > skew_s]
+    if not ahead:
+        return
+    metrics.ANSWERS_CLOCK_AHEAD.inc(len(ahead))
+    for seconds, feedback in ahead:
+        feedback["warning"] = (
+            f"answered_at is {seconds:.0f} s ahead of this board's clock, which is not NTP-synchronised; "
+            "the answer was applied. The school's IT should fix the board's clock (timedatectl set-ntp true)"
+        )
+    if time.monotonic() - warned[0] >= 600.0:
+        warned[0] = time.monotonic()
+        log.warning(
+            "answers arrive stamped up to %.0f s ahead of this board's clock, which is not NTP-synchronised; "
+            "they are applied, but the board's clock is probably behind: timedatectl set-ntp true, and allow "
+            "UDP 123 outbound", max(s for s, _ in ahead),
+        )

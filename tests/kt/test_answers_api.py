@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,9 +69,9 @@ class Server:
         self.thread.join(10)
 
 
-def _app(svc: KTService, settings: KTSettings) -> web.Application:
+def _app(svc: KTService, settings: KTSettings, clock_synced: bool = True) -> web.Application:
     app = web.Application()
-    app.add_routes(answer_routes(svc, settings))
+    app.add_routes(answer_routes(svc, settings, clock_synced=lambda: clock_synced))
     return app
 
 
@@ -201,6 +202,43 @@ def test_vendor_mistakes_get_a_4xx_that_says_what_to_fix(api) -> None:
     assert status == 400 and "no time zone" in body["error"] and "+08:00" in body["error"]
     assert svc.student_count() == students
     assert server.request("POST", "/api/v1/answers", answer)[0] == 200
+
+
+def test_a_board_whose_clock_is_not_synchronised_takes_answers_from_ahead_and_says_so(api) -> None:
+    # Term audit: a board booted 10 min behind (no RTC battery, NTP blocked) refused every answer as
+    # "in the future", and the clickers do not retry a 400: the day's answers were lost.
+    from edge_agent.telemetry import metrics
+
+    _, svc = api
+    unsynced = Server(_app(svc, svc.settings, clock_synced=False))
+    try:
+        before = metrics.ANSWERS_CLOCK_AHEAD._value.get()
+        ahead = _good(svc.package, "clock-1", "clock-1", answered_at=time.time() + 600)
+        status, body = unsynced.request("POST", "/api/v1/answers", ahead)
+        assert status == 200 and body["status"] == "applied"
+        assert "600 s ahead of this board's clock" in body["warning"] and "timedatectl" in body["warning"]
+        assert metrics.ANSWERS_CLOCK_AHEAD._value.get() == before + 1
+        on_time = _good(svc.package, "clock-1", "clock-2", answered_at=time.time())
+        assert "warning" not in unsynced.request("POST", "/api/v1/answers", on_time)[1]
+        # a unit bug (milliseconds) is still refused: 31 days and more is not a clock running behind
+        in_ms = _good(svc.package, "clock-1", "clock-3", answered_at=time.time() * 1000)
+        status, body = unsynced.request("POST", "/api/v1/answers", in_ms)
+        assert status == 400 and body["field"] == "answered_at" and "not NTP-synchronised" in body["error"]
+    finally:
+        unsynced.close()
+
+
+def test_the_clock_counts_as_synchronised_while_timesyncds_flag_exists(tmp_path: Path) -> None:
+    from edge_agent.clock_sync import TIMESYNC_FLAG, ClockSyncFlag
+
+    now = [0.0]
+    synced = ClockSyncFlag(tmp_path, recheck_s=60.0, clock=lambda: now[0])
+    assert synced() is False
+    (tmp_path / TIMESYNC_FLAG).parent.mkdir(parents=True)
+    (tmp_path / TIMESYNC_FLAG).touch()
+    assert synced() is False  # looked at again only after recheck_s
+    now[0] = 60.0
+    assert synced() is True
 
 
 def test_per_student_api_can_be_switched_off(package: KTPackage) -> None:
