@@ -210,7 +210,9 @@ class AttentionSettings(Section):
 class StoreSettings(Section):
     max_rows: int = Field(500_000, ge=100)
     max_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024)
-    max_age_days: float = Field(60.0, gt=0.0)
+    max_age_days: float = Field(
+        60.0, gt=0.0, description="Unsent aggregates older than this are dropped (counted as max_age)."
+    )
     busy_timeout_ms: int = Field(5000, ge=100)
     cache_kib: int = Field(
         256,
@@ -237,7 +239,10 @@ class MqttSettings(Section):
     connect_timeout_s: float = Field(10.0, gt=0.0)
     backoff_min_s: float = Field(1.0, gt=0.0)
     backoff_max_s: float = Field(300.0, gt=0.0)
-    message_expiry_days: float = Field(30.0, gt=0.0)
+    message_expiry_days: float = Field(
+        30.0, gt=0.0, description="How long the broker may hold a message for an absent consumer (MQTT 5 "
+        "expiry, counted from sending). The board keeps unsent data for store.max_age_days."
+    )
 
 
 def _empty_means_none(value: object) -> object:

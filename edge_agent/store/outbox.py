@@ -133,9 +133,9 @@ class Outbox:
         size = len(text.encode("utf-8"))
         if size > MAX_PAYLOAD_BYTES:
             raise self._refused(f"outbox payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}", "payload")
+        # No expiry by default: a row waits store.max_age_days here (60). Releases before 2026-12-01 set
+        # mqtt.message_expiry_days (30) here too, which deleted a board's backlog after 30 days offline.
         now = self._clock()
-        if expires_at is None and rules.clock_is_set(now):  # before NTP there is no "now" to expire from
-            expires_at = now + self.mqtt.message_expiry_days * 86400.0
 
         def insert(conn: sqlite3.Connection) -> tuple[int, dict[str, int]]:
             seq = _next_seq(conn)

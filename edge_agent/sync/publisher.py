@@ -42,6 +42,14 @@ PACKET_OVERHEAD = 1024  # topic, properties and headers around the JSON message,
 ConnectionFactory = Callable[..., MqttConnection]
 
 
+def mqtt_expiry_s(rows: list[OutboxRow], now: float, message_expiry_days: float) -> float:
+    """How long the broker may hold a message: ``mqtt.message_expiry_days`` from its sending (a backlog
+    sent after weeks offline gets the whole time, not what is left of it), or less where a row was queued
+    with an expiry of its own."""
+    own = [r.expires_at - now for r in rows if r.expires_at is not None]
+    return max(1.0, min([message_expiry_days * 86400.0, *own]))
+
+
 @dataclass
 class _Message:
     stream: str
@@ -267,8 +275,7 @@ class Publisher:
                       stream, len(payload), conn.max_packet_size)
             self.outbox.discard([rows[0].id], "too_large_for_broker")
             return
-        expiries = [r.expires_at for r in rows if r.expires_at is not None]
-        expiry_s = max(1.0, min(expiries) - now) if expiries else None
+        expiry_s = mqtt_expiry_s(rows, now, self.settings.message_expiry_days)
         try:
             # The topic of the board as it is now, like the envelope: a row queued before the board was
             # re-provisioned under another id, site or tenant would otherwise go where the payload says

@@ -130,6 +130,25 @@ def test_expired_and_too_old_rows_are_removed_and_counted(db: Database) -> None:
     assert box.status()["drops"] == {"expired": 1, "max_age": 1}
 
 
+def test_a_backlog_waits_max_age_days_not_the_mqtt_message_expiry(db: Database) -> None:
+    # Term audit: every row carried the MQTT expiry (30 days) as its local expiry too, so a board offline
+    # over a long holiday deleted its backlog after 30 days, while the docs and alerts said 60.
+    from edge_agent.sync.publisher import mqtt_expiry_s
+
+    clock = Clock()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(), clock=clock)
+    box.open()
+    box.enqueue("attention", {"holiday": 1}).result(5)
+    clock.now += 45 * 86400
+    assert box.expire().result(5) == 0 and box.backlog == 1
+    (row,) = box.claim(10).result(5)
+    # sent after 45 days, the broker may still hold it for the whole mqtt.message_expiry_days
+    assert mqtt_expiry_s([row], clock.now, MqttSettings().message_expiry_days) == 30 * 86400
+    box.release([row.id]).result(5)
+    clock.now += 16 * 86400
+    assert box.expire().result(5) == 1 and box.status()["drops"] == {"max_age": 1}
+
+
 def test_rows_made_before_the_clock_was_set_are_not_aged_out_when_ntp_sets_it(db: Database) -> None:
     # A board without a clock battery boots in 1970; NTP then jumps 56 years: the audit saw every row
     # buffered meanwhile deleted as "expired".
