@@ -232,7 +232,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         roster = _roster(config) if kt is not None else None
         if kt is not None:
             routes.append(answer_routes(lambda: _kt_service(kt), config.kt, roster))
-        web = WebComponent(config.web, live, token, routes, status=lambda: _health_summary(daemon, updates))
+        web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates))
         components += [web, *(WatchedFileComponent(f) for f in (roster, web.clients) if f is not None)]
 
     metrics_server: MetricsServer | None = None
@@ -317,6 +317,12 @@ def _health_summary(daemon: Daemon, updates: ModelUpdates | None = None) -> dict
         summary["models"] = updates.versions()
         summary["model_update"] = updates.last_outcome()
     return summary
+
+
+def _web_status(daemon: Daemon, updates: ModelUpdates | None) -> dict[str, Any]:
+    """The status API: the health summary, and every component's health, the healthy ones too (their
+    details say e.g. what the store dropped while the board was offline, also after a restart)."""
+    return {**_health_summary(daemon, updates), "components": daemon.component_health()}
 
 
 async def run_daemon(

@@ -187,12 +187,18 @@ class Daemon:
             sleep = HEALTH_PERIOD_S if interval is None else min(HEALTH_PERIOD_S, interval)
             await asyncio.sleep(sleep)
 
-    def _publish_health(self) -> None:
-        components = []
+    def component_health(self) -> list[dict[str, object]]:
+        """Every component's health, the healthy ones too (their detail says e.g. what the store dropped)."""
+        out: list[dict[str, object]] = []
         for state in self._states:
             health = state.health()
-            components.append({"name": state.component.name, "ok": health.ok, "detail": health.detail})
-            metrics.COMPONENT_UP.labels(state.component.name).set(1 if health.ok else 0)
+            out.append({"name": state.component.name, "ok": health.ok, "detail": health.detail})
+        return out
+
+    def _publish_health(self) -> None:
+        components = self.component_health()
+        for c in components:
+            metrics.COMPONENT_UP.labels(c["name"]).set(1 if c["ok"] else 0)
         ready, _ = self.readiness()
         shown = self.state if self.state != "running" else ("ok" if ready else "degraded")
         self.live.publish(

@@ -16,6 +16,7 @@ import sqlite3
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -100,6 +101,32 @@ def check_database(path: Path) -> CheckResult:
     )
 
 
+STALE_BACKLOG_DAYS = 7.0  # a school week without sync: worth a look before store.max_age_days drops data
+
+
+def check_outbox(path: Path, max_age_days: float, now: float | None = None) -> CheckResult:
+    """Unsent aggregates and what the limits dropped since this database was made (the counters are kept
+    in it, so they survive restarts; Prometheus' edge_outbox_drops_total starts again at 0)."""
+    if not path.exists():
+        return CheckResult("outbox", True, "no database yet")
+    fix = "check sync (the broker checks above); unsent data older than store.max_age_days is dropped"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            backlog, oldest = conn.execute("SELECT COUNT(*), MIN(created_at) FROM outbox").fetchone()
+            drops = dict(conn.execute("SELECT reason, count FROM drop_counters WHERE count > 0").fetchall())
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:  # damaged, or an older schema: the database check says more
+        return CheckResult("outbox", True, f"cannot read the outbox: {exc}", warning=True)
+    age_days = 0.0 if oldest is None else max(0.0, ((now or time.time()) - oldest) / 86400.0)
+    detail = f"{backlog} unsent" + (f", the oldest {age_days:.1f} days old" if backlog else "")
+    if drops:
+        detail += "; dropped since this database was made: " + ", ".join(f"{k} {v}" for k, v in drops.items())
+    stale = backlog and age_days >= min(STALE_BACKLOG_DAYS, max_age_days / 2)
+    return CheckResult("outbox", True, detail, fix if stale or drops else "", warning=bool(stale or drops))
+
+
 def _camera_source(source: str) -> int | str:
     return int(source) if source.isdigit() else source
 
@@ -107,7 +134,9 @@ def _camera_source(source: str) -> int | str:
 def check_camera(source: str, timeout_s: float = 10.0) -> CheckResult:
     """Open the source with OpenCV and read one frame, in a thread so a hung driver cannot hang us."""
     if Path(source).is_dir():
-        images = [p for p in Path(source).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}]
+        from edge_agent.vision.sources import folder_images
+
+        images = folder_images(Path(source))  # as the daemon reads it: subfolders too
         if images:
             return CheckResult("camera", True, f"folder {source} holds {len(images)} images")
         return CheckResult("camera", False, f"folder {source} holds no images", "put .jpg/.png files there")
@@ -368,6 +397,7 @@ def run_checks(
         return results
     results += [check_disk("state", config.paths.state_dir), check_disk("cache", config.paths.cache_dir)]
     results.append(check_database(config.database_path))
+    results.append(check_outbox(config.database_path, config.store.max_age_days))
     if config.camera.enabled:
         results.append(check_camera(config.camera.source))
     if config.kt.enabled and config.kt.roster_file is not None:
@@ -410,7 +440,7 @@ def render_table(results: list[CheckResult]) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    results = run_checks(find_config_path(args.config))
+    results = run_checks(find_config_path(getattr(args, "config", None)))
     if args.json:
         print(json.dumps([asdict(r) for r in results], ensure_ascii=False, indent=2))
     else:
@@ -422,8 +452,10 @@ def add_doctor_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "doctor", help="check config, disk, database, camera, models, engines, broker, TLS and clock"
     )
+    # SUPPRESS: unset here, it must not hide `edge-agent --config X doctor` (term audit)
     parser.add_argument(
-        "--config", help="config file (default: $EDGE_AGENT_CONFIG, then /etc/edge-agent/config.toml)"
+        "--config", default=argparse.SUPPRESS,
+        help="config file (default: $EDGE_AGENT_CONFIG, then /etc/edge-agent/config.toml)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.set_defaults(func=cmd_doctor)

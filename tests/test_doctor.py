@@ -126,6 +126,33 @@ def test_garbage_file_as_database_fails(tmp_path: Path) -> None:
     assert not doctor.check_database(path).ok
 
 
+def test_the_outbox_check_reports_drops_and_a_stale_backlog_kept_in_the_database(tmp_path: Path) -> None:
+    # Term audit: after a restart, nothing on the board said that 37,811 aggregates had been dropped
+    # (the Prometheus counter starts again at 0; the stored counters were read by no check).
+    from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
+    from edge_agent.store.db import Database
+    from edge_agent.store.outbox import Outbox
+    from tests.store.test_outbox import Clock
+
+    path = tmp_path / "edge-agent.db"
+    db = Database(path, StoreSettings())
+    db.open()
+    clock = Clock()
+    box = Outbox(db, DeviceSettings(), StoreSettings(max_rows=100), MqttSettings(), clock=clock)
+    box.open()
+    assert doctor.check_outbox(path, 60.0, now=clock.now).warning is False
+    for i in range(130):
+        box.enqueue("attention", {"i": i}).result(5)
+    db.close()
+    result = doctor.check_outbox(path, 60.0, now=clock.now + 9 * 86400)
+    assert result.ok and result.warning
+    assert result.detail == (
+        "100 unsent, the oldest 9.0 days old; dropped since this database was made: max_rows 30"
+    )
+    assert "store.max_age_days" in result.fix
+    assert doctor.check_outbox(tmp_path / "absent.db", 60.0).ok
+
+
 # --- camera ----------------------------------------------------------------------------------
 
 
@@ -148,6 +175,9 @@ def test_missing_camera_fails_with_a_fix(tmp_path: Path) -> None:
 def test_image_folder_camera_passes_and_an_empty_one_fails(tmp_path: Path, faces_dir: Path) -> None:
     assert doctor.check_camera(str(faces_dir / "pexels")).ok
     assert not doctor.check_camera(str(tmp_path)).ok
+    # the daemon shows the images of subfolders too (term audit: doctor said "holds no images")
+    assert faces_dir.is_dir() and not list(faces_dir.glob("*.jpg"))
+    assert doctor.check_camera(str(faces_dir)).ok
 
 
 # --- models and engines ----------------------------------------------------------------------
@@ -451,7 +481,8 @@ def test_doctor_on_a_healthy_board_exits_0(
     results = doctor.run_checks(config, root=synced_root(tmp_path), manifests_dir=one_manifest)
     assert all(r.ok for r in results), doctor.render_table(results)
     names = [r.name for r in results]
-    assert names == ["config", "clock", "disk state", "disk cache", "database", "models", "engine fsanet-1x1"]
+    assert names == ["config", "clock", "disk state", "disk cache", "database", "outbox", "models",
+                     "engine fsanet-1x1"]
 
 
 def test_doctor_cli_prints_json_and_exits_1_when_the_config_is_missing(
@@ -463,6 +494,21 @@ def test_doctor_cli_prints_json_and_exits_1_when_the_config_is_missing(
     assert args.func(args) == 1
     report = json.loads(capsys.readouterr().out)
     assert report[0]["name"] == "config" and not report[0]["ok"] and "not found" in report[0]["detail"]
+
+
+def test_the_config_given_before_the_doctor_command_is_the_one_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Term audit: `edge-agent --config X doctor` checked /etc/edge-agent/config.toml instead of X.
+    from edge_agent.cli import build_parser
+
+    missing = tmp_path / "absent.toml"
+    config = ["--config", str(missing)]
+    for argv in ([*config, "doctor", "--json"], ["doctor", *config, "--json"]):
+        args = build_parser().parse_args(argv)
+        assert args.func(args) == 1
+        report = json.loads(capsys.readouterr().out)
+        assert str(missing) in report[0]["detail"]
 
 
 def test_table_shows_fixes_only_for_failures_and_warnings() -> None:

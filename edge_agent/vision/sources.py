@@ -22,6 +22,14 @@ from edge_agent.errors import CameraError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The images an image-folder source shows, subfolders included, in name order."""
+    try:
+        return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError:
+        return []
+
+
 class FrameSource(Protocol):
     description: str
 
@@ -71,10 +79,7 @@ class ImageFolderSource:
             raise CameraError(f"image folder {folder} holds no .jpg/.png images; check camera.source")
 
     def _files(self) -> list[Path]:
-        try:
-            return sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        except OSError:
-            return []
+        return folder_images(self.folder)
 
     def read(self) -> np.ndarray | None:
         self._pacer.wait()
