@@ -130,6 +130,28 @@ def test_expired_and_too_old_rows_are_removed_and_counted(db: Database) -> None:
     assert box.status()["drops"] == {"expired": 1, "max_age": 1}
 
 
+def test_a_full_outbox_logs_its_drops_once_an_hour_not_on_every_write(
+    db: Database, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from edge_agent.store import outbox as outbox_module
+
+    box = Outbox(db, DeviceSettings(), StoreSettings(max_rows=100), MqttSettings(), clock=Clock())
+    box.open()
+    with caplog.at_level(logging.WARNING, logger="edge_agent.store.outbox"):
+        for i in range(130):
+            box.enqueue("attention", {"i": i}).result(5)
+        lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+        assert lines == ["outbox: dropped 1 messages since the last report (max_rows 1); edge-agent doctor "
+                         "shows the totals"]
+        monkeypatch.setattr(outbox_module, "DROP_LOG_EVERY_S", 0.0)  # the hour has passed
+        box.enqueue("attention", {"i": 130}).result(5)
+        lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+        assert lines[-1].startswith("outbox: dropped 30 messages since the last report (max_rows 30)")
+    assert box.status()["drops"] == {"max_rows": 31}
+
+
 def test_a_backlog_waits_max_age_days_not_the_mqtt_message_expiry(db: Database) -> None:
     # Term audit: every row carried the MQTT expiry (30 days) as its local expiry too, so a board offline
     # over a long holiday deleted its backlog after 30 days, while the docs and alerts said 60.
