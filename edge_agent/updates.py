@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PACKAGE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 KEEP_DONE = 2
+KEEP_REJECTED = 2
 DOWNLOAD_QUEUE_MAX = 4
 _CHUNK = 1 << 16
 
@@ -247,6 +248,11 @@ def _file_away(package: Path, ok: bool, result: str) -> None:
             rejected = package.with_name(package.name + ".rejected")
             rejected.with_name(rejected.name + ".reason").write_text(result + "\n", encoding="utf-8")
             os.replace(package, rejected)
+            # Each may be 512 MiB: a package refused again and again would fill the disk. The reasons
+            # (a line each) stay; the newest KEEP_REJECTED packages stay for a look at what was sent.
+            bodies = sorted(package.parent.glob("*.rejected"), key=lambda p: p.stat().st_mtime, reverse=True)
+            for path in bodies[KEEP_REJECTED:]:
+                path.unlink(missing_ok=True)
     except OSError as exc:
         log.error("could not move %s out of the model inbox: %s", package.name, exc)
 

@@ -310,10 +310,12 @@ def test_refused_and_failing_packages_leave_the_running_version(
         drop(archive, running.inbox)
     names = [a.name for a in archives.values()] + [junk.name]
     wait_for(
-        lambda: all((running.inbox / f"{n}.rejected").is_file() for n in names),
+        lambda: all((running.inbox / f"{n}.rejected.reason").is_file() for n in names),
         40,
         "every bad package to be refused",
     )
+    # every reason stays; of the refused packages themselves only the newest two (each may be 512 MiB)
+    assert len(list(running.inbox.glob("*.rejected"))) == 2
 
     for case, (_, reason) in BAD_PACKAGES.items():
         text = (running.inbox / f"{archives[case].name}.rejected.reason").read_text()
