@@ -310,8 +310,10 @@ def _engine_rows(
     return [({**(kt_row or r), "version": version} if r.get("name") == KT_MODEL else r) for r in rows]
 
 
-def _health_summary(daemon: Daemon, updates: ModelUpdates | None = None) -> dict[str, Any]:
-    ready, reasons = daemon.readiness()
+def _health_summary(
+    daemon: Daemon, updates: ModelUpdates | None = None, components: list[dict[str, object]] | None = None
+) -> dict[str, Any]:
+    ready, reasons = daemon.readiness(components)
     summary = {"state": daemon.state, "ready": ready, "reasons": reasons, "at": time.time()}
     if updates is not None:
         summary["models"] = updates.versions()
@@ -322,7 +324,8 @@ def _health_summary(daemon: Daemon, updates: ModelUpdates | None = None) -> dict
 def _web_status(daemon: Daemon, updates: ModelUpdates | None) -> dict[str, Any]:
     """The status API: the health summary, and every component's health, the healthy ones too (their
     details say e.g. what the store dropped while the board was offline, also after a restart)."""
-    return {**_health_summary(daemon, updates), "components": daemon.component_health()}
+    components = daemon.component_health()
+    return {**_health_summary(daemon, updates, components), "components": components}
 
 
 async def run_daemon(

@@ -80,16 +80,18 @@ class Daemon:
     def component_names(self) -> list[str]:
         return [s.component.name for s in self._states]
 
-    def readiness(self) -> tuple[bool, list[str]]:
-        """(ready, reasons): ready when running and nothing is degraded; reasons name what is not."""
-        reasons = [f"{s.component.name}: {h.detail}" for s in self._states if not (h := s.health()).ok]
+    def readiness(self, components: list[dict[str, object]] | None = None) -> tuple[bool, list[str]]:
+        """(ready, reasons): ready when running and nothing is degraded; reasons name what is not.
+        ``components``: :meth:`component_health` when the caller has it already (each costs store reads)."""
+        components = self.component_health() if components is None else components
+        reasons = [f"{c['name']}: {c['detail']}" for c in components if not c["ok"]]
         reasons += [f"worker {name} not responding" for name in self.heartbeats.stale()]
         if self.state != "running":
             reasons.insert(0, f"daemon is {self.state}")
         return (not reasons, reasons)
 
-    def status_line(self) -> str:
-        ready, reasons = self.readiness()
+    def status_line(self, components: list[dict[str, object]] | None = None) -> str:
+        ready, reasons = self.readiness(components)
         if self.state == "running" and ready:
             return "running: all components healthy"
         return f"{self.state}: " + "; ".join(reasons) if reasons else self.state
@@ -171,8 +173,9 @@ class Daemon:
         interval = self.notifier.watchdog_interval_s
         next_ping = time.monotonic()
         while True:
-            self._publish_health()
-            status = self.status_line()
+            components = self.component_health()  # once a round: the store's costs two database reads
+            self._publish_health(components)
+            status = self.status_line(components)
             if status != self._last_status:
                 self.notifier.status(status)
                 self._last_status = status
@@ -195,11 +198,11 @@ class Daemon:
             out.append({"name": state.component.name, "ok": health.ok, "detail": health.detail})
         return out
 
-    def _publish_health(self) -> None:
-        components = self.component_health()
+    def _publish_health(self, components: list[dict[str, object]] | None = None) -> None:
+        components = self.component_health() if components is None else components
         for c in components:
             metrics.COMPONENT_UP.labels(c["name"]).set(1 if c["ok"] else 0)
-        ready, _ = self.readiness()
+        ready, _ = self.readiness(components)
         shown = self.state if self.state != "running" else ("ok" if ready else "degraded")
         self.live.publish(
             "health", {"state": shown, "components": components, "engines": self._engine_status()}
