@@ -265,11 +265,13 @@
     return out;
   }
 
-  // A diagnostic for IT: in English whatever the page's language; a long one folds away.
+  // A diagnostic for IT (in English whatever the page's language) folded under a short line: it opens by
+  // touch and keyboard, which a tooltip does not.
+  const folded = (summary, detail, props) => el("details", props || {}, [el("summary", { text: summary }),
+    el("span", { lang: "en", text: detail })]);
   function detailNode(detail) {
     if (String(detail).length <= MAX_DETAIL_CHARS) return el("span", { class: "detail", text: t("issue_detail", { d: detail }) });
-    return el("details", { class: "detail" }, [el("summary", { text: t("issue_detail", { d: shorten(detail) }) }),
-      el("span", { lang: "en", text: detail })]);
+    return folded(t("issue_detail", { d: shorten(detail) }), detail, { class: "detail" });
   }
 
   let healthShown = null;
@@ -293,8 +295,8 @@
     }
     const engines = ((h && h.engines) || []).filter((e) => e && typeof e === "object");
     replace("health-engines", engines.length ? engines.map((e) => el("tr", {}, [el("td", { text: e.name }), el("td", { text: e.backend }),
-      el("td", { text: e.precision }), e.fallback ? el("td", { class: "fallback" }, [el("details", {}, [el("summary", { text: fallbackPhrase(e.fallback) }),
-        el("span", { lang: "en", text: e.fallback })])]) : el("td", { text: "—" })]))
+      el("td", { text: e.precision }), e.fallback ? el("td", { class: "fallback" }, [folded(fallbackPhrase(e.fallback), e.fallback)])
+        : el("td", { text: "—" })]))
       : [el("tr", {}, [el("td", { colspan: 4, class: "muted", text: t("engines_none") })])]);
     const cam = (state.sections.attention || {}).camera;
     const camNode = $("health-camera");
