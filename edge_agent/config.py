@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from edge_agent.errors import ConfigError
+from edge_agent.vision.camera_hours import CameraHours
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -172,6 +173,21 @@ class CameraSettings(Section):
     reconnect_min_s: float = Field(1.0, gt=0.0)
     reconnect_max_s: float = Field(60.0, gt=0.0)
     stall_timeout_s: float = Field(10.0, gt=0.0)
+    active_hours: list[str] = Field(
+        default_factory=list,
+        description='When the camera may run, in the board\'s local time, e.g. ["mon-fri 07:30-17:30", '
+        '"sat 08:00-12:00"]; outside these hours it is closed and no frame is read. Empty: always.',
+    )
+
+    @field_validator("active_hours")
+    @classmethod
+    def _readable_hours(cls, value: list[str]) -> list[str]:
+        CameraHours.parse(value)
+        return value
+
+    def hours(self) -> CameraHours | None:
+        """The camera's hours, or None when it may always run."""
+        return CameraHours.parse(self.active_hours) if self.active_hours else None
 
     @model_validator(mode="after")
     def _backoff_order(self) -> CameraSettings:

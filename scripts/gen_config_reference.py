@@ -37,7 +37,8 @@ def reference() -> str:
             ]
             if limits:
                 meaning = (meaning + " " if meaning else "") + "(" + ", ".join(limits) + ")"
-            lines.append(f"| `{section_name}.{key}` | {_default(field.default)} | {meaning} |")
+            default = field.get_default(call_default_factory=True)  # a list field's factory gives []
+            lines.append(f"| `{section_name}.{key}` | {_default(default)} | {meaning} |")
     lines += ["", END]
     return "\n".join(lines)
 

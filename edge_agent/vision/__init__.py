@@ -2,6 +2,7 @@
 
     sources.py     OpenCV capture adapters (V4L2, GStreamer, RTSP, file, folder): the only capture code
     camera.py      grabber thread: newest frame only, reconnect with backoff, stall detection
+    camera_hours.py  when the camera may run (camera.active_hours; pure)
     yunet.py       YuNet pre-processing, decode and NMS (pure; matches cv2.FaceDetectorYN)
     pose.py        yaw/pitch from FSA-Net engines or from the five landmarks (solvePnP)
     attention.py   attentive rule, in-memory tracks, window aggregates (pure)

@@ -99,8 +99,21 @@ class Camera:
         )
 
     def start(self) -> None:
+        """Open the source on a grabber thread; again after ``stop`` (the camera's hours)."""
+        if self._thread is not None:
+            # A grabber that stop() left inside a blocking read must not come back to life with the
+            # cleared stop flag: a new generation replaces it.
+            self._generation += 1
+        # the stall clocks start again: a read or frame of before the stop is not a stall now
+        self._last_good = time.monotonic()
+        self._reading_since = None
         self._stop.clear()
         self._start_grabber()
+
+    @property
+    def started(self) -> bool:
+        """Between start() and stop()."""
+        return self._thread is not None and not self._stop.is_set()
 
     def _start_grabber(self) -> None:
         self._thread = threading.Thread(
@@ -110,6 +123,8 @@ class Camera:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        with self._lock:
+            self._frame = None  # the last image does not stay in memory while the camera is closed
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():

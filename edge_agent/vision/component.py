@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from edge_agent.config import AttentionSettings, CameraSettings
@@ -91,6 +92,7 @@ class AttentionComponent:
         opener: Opener | None = None,
         class_id: str = "",
         history: History | None = None,
+        local_now: Callable[[], datetime] = datetime.now,
     ) -> None:
         self.camera_settings = camera_settings
         self.history = history  # so the teacher's timeline survives a restart (an update mid-lesson)
@@ -109,6 +111,7 @@ class AttentionComponent:
             detector, make_pose(attention_settings, pose_engines), rules_from(attention_settings)
         )
         self.camera = Camera.from_settings(camera_settings, opener)
+        self.local_now = local_now  # the board's local time, for camera.active_hours
         self.loop: AttentionLoop | None = None
 
     async def start(self) -> None:
@@ -130,6 +133,8 @@ class AttentionComponent:
             on_live=self._publish_live if self.live is not None else None,
             beat=beat.beat,
             pose_refresh_frames=settings.pose_refresh_frames,
+            hours=self.camera_settings.hours(),
+            local_now=self.local_now,
         )
         if self.history is not None:
             since = time.time() - self.loop.timeline.maxlen * settings.window_s  # type: ignore[operator]
@@ -146,7 +151,8 @@ class AttentionComponent:
 
     def _start_threads(self) -> None:
         assert self.loop is not None
-        self.camera.start()
+        if self.loop.camera_wanted():  # outside its hours the loop opens it when they begin
+            self.camera.start()
         self.loop.start()
 
     async def stop(self) -> None:
@@ -166,6 +172,9 @@ class AttentionComponent:
             return Health(False, "attention not started")
         if self.loop.error is not None:
             return Health(False, self.loop.error)
+        closed_until = self.loop.closed_until
+        if closed_until is not None:
+            return Health(True, f"camera closed outside camera.active_hours until {closed_until:%a %H:%M}")
         state, detail = self.camera.state()
         if state != "running":
             return Health(False, f"camera {state}: {detail}")

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from edge_agent.inference.guarded import GuardedEngine
 from edge_agent.telemetry import metrics
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator, is_attentive
 from edge_agent.vision.camera import Camera
+from edge_agent.vision.camera_hours import CameraHours
 from edge_agent.vision.pose import Pose, PoseEstimator
 from edge_agent.vision.yunet import Face, YuNetDetector
 
@@ -119,8 +121,13 @@ class AttentionLoop:
         live_every_s: float = 1.0,
         timeline_max: int = 120,
         pose_refresh_frames: int = 1,
+        hours: CameraHours | None = None,
+        local_now: Callable[[], datetime] = datetime.now,
     ) -> None:
         self.camera = camera
+        self.hours = hours  # None: the camera may always run
+        self.local_now = local_now
+        self.closed_until: datetime | None = None  # set while the camera is closed by its hours
         self.analyser = analyser
         self.tracker = tracker
         self.windows = windows
@@ -161,10 +168,41 @@ class AttentionLoop:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
 
+    def camera_wanted(self) -> bool:
+        """Whether the camera's hours allow it to run now."""
+        return self.hours is None or self.hours.is_open(self.local_now())
+
+    def _follow_hours(self) -> bool:
+        """Open or close the camera at the edges of its hours; True while it is closed by them."""
+        if self.hours is None:
+            return False
+        now = self.local_now()
+        if self.hours.is_open(now):
+            if self.closed_until is not None or not self.camera.started:
+                self.closed_until = None
+                log.info("camera hours begin: opening the camera")
+                self.camera.start()
+            return False
+        if self.closed_until is None:
+            log.info("outside the camera's hours (camera.active_hours): closing the camera")
+            self.camera.stop()
+            closed = self.windows.flush()
+            if closed is not None:
+                self._emit(closed)
+            self.tracker.clear()  # tomorrow's faces are not today's tracks
+            self.current = {"share": None, "faces": 0}
+            metrics.CAMERA_FPS.set(0.0)
+        self.closed_until = self.hours.next_open(now) or now + timedelta(days=7)
+        return True
+
     def _run(self) -> None:
         next_tick = time.monotonic()
         while not self._stop.is_set():
             self.beat()
+            if self._follow_hours():
+                self._maybe_live()
+                self._stop.wait(self.period)
+                continue
             self.camera.check_stall()
             frame = self.camera.latest(self._last_seq)
             if frame is not None:
@@ -211,6 +249,9 @@ class AttentionLoop:
         state, detail = self.camera.state()
         if self.error is not None:
             state, detail = "error", self.error
+        closed_until = self.closed_until
+        if closed_until is not None:
+            state, detail = "off_hours", f"outside camera.active_hours; opens {closed_until:%a %H:%M}"
         partial = self.windows.current_partial()
         share, faces = self.current["share"], self.current["faces"]
         if (partial is not None and partial["suppressed"]) or faces < self.windows.min_faces:
@@ -223,7 +264,8 @@ class AttentionLoop:
             "window_s": self.windows.window_s,
             "low_attention": self.windows.low_attention,
             "timeline": list(self.timeline),
-            "camera": {"state": state, "fps": round(self.fps(), 2), "detail": detail},
+            "camera": {"state": state, "fps": round(self.fps(), 2), "detail": detail}
+            | ({} if closed_until is None else {"opens_at": closed_until.timestamp()}),
             "pose_method": self.analyser.pose.method,
         }
 

@@ -73,6 +73,12 @@ BROKEN = [
         13,
     ),
     (
+        "camera hours that are not days and times",
+        ("[mqtt]", '[camera]\nactive_hours = ["weekdays 8-5"]\n[mqtt]'),
+        "camera.active_hours",
+        14,
+    ),
+    (
         "share above one",
         ("[mqtt]", "[attention]\nlow_attention_share = 1.5\n[mqtt]"),
         "attention.low_attention_share",

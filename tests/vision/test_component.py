@@ -11,6 +11,7 @@ import shutil
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,74 @@ def test_analysis_rate_gauge_falls_to_zero_when_the_camera_stops_delivering(
 
     running, gone = asyncio.run(run())
     assert running > 0 and gone == 0.0  # was frozen at the last rate while the camera was away
+
+
+def test_the_camera_stays_closed_outside_its_hours_and_opens_when_they_begin(
+    photo_folder, face_engine, pose_engines
+):
+    clock = {"now": datetime(2026, 12, 5, 23, 0)}  # a Saturday night
+    opened: list[float] = []
+
+    def opener(stop: threading.Event):
+        opened.append(time.monotonic())
+        return open_source(str(photo_folder), stop=stop, folder_fps=20.0)
+
+    stored: list[dict[str, Any]] = []
+
+    class ListOutbox:
+        def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
+            stored.append(payload)
+
+    live = LiveBoard()
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0, active_hours=["mon-fri 07:30-17:30"]),
+        AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=ListOutbox(),
+        heartbeats=HeartbeatRegistry(), live=live, opener=opener, local_now=lambda: clock["now"],
+    )
+
+    async def wait_for(condition, seconds: float = 10.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+
+    def camera_state() -> str:
+        return (live.get("attention") or {}).get("camera", {}).get("state", "")
+
+    faults = ("edge_camera_stalls_total", "edge_camera_reconnects_total")
+    faults0 = [_value(name) for name in faults]
+
+    async def run() -> None:
+        analysed0 = _value("edge_camera_frames_analysed_total")
+        await component.start()
+        await wait_for(lambda: camera_state() == "off_hours")
+        await asyncio.sleep(0.5)
+        assert opened == [] and not component.camera.started  # never opened at night, not even briefly
+        assert _value("edge_camera_frames_analysed_total") == analysed0
+        health = component.health()
+        assert health.ok and "camera.active_hours" in health.detail and "Mon 07:30" in health.detail
+        camera = live.get("attention")["camera"]
+        assert camera["opens_at"] == datetime(2026, 12, 7, 7, 30).timestamp()
+
+        clock["now"] = datetime(2026, 12, 7, 7, 30)  # Monday's first lesson
+        await wait_for(lambda: _value("edge_camera_frames_analysed_total") >= analysed0 + 5)
+        assert len(opened) == 1 and camera_state() == "running" and component.health().ok
+
+        clock["now"] = datetime(2026, 12, 7, 17, 30)  # the end of the school day
+        await wait_for(lambda: camera_state() == "off_hours")
+        assert not component.camera.started and component.camera.latest() is None  # no image kept
+        assert not any(t.name == "camera-grabber" for t in threading.enumerate())
+        analysed = _value("edge_camera_frames_analysed_total")
+        assert stored and stored[-1]["partial"] is True  # the day's open window was closed and stored
+        windows = len(stored)
+        await asyncio.sleep(1.0)
+        assert _value("edge_camera_frames_analysed_total") == analysed and len(stored) == windows
+
+        clock["now"] = datetime(2026, 12, 8, 7, 30)  # Tuesday: opened again, no stall from last night
+        await wait_for(lambda: _value("edge_camera_frames_analysed_total") >= analysed + 5)
+        await wait_for(lambda: camera_state() == "running")
+        assert len(opened) == 2
+        await component.stop()
+
+    asyncio.run(run())
+    assert [_value(name) for name in faults] == faults0  # closing and opening are not camera faults

@@ -234,6 +234,32 @@ def test_a_camera_without_pictures_is_not_shown_as_an_empty_class(teacher_server
     assert "/dev/video9" in view.text("#health-issues")
 
 
+def test_a_camera_closed_outside_its_hours_says_when_it_opens_and_is_no_problem(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    opens = time.mktime((2026, 12, 7, 7, 30, 0, 0, 0, -1))  # Monday 07:30, the page's local time
+    live_board.publish("health", {"state": "ok", "engines": [],
+                                  "components": [{"name": "attention", "ok": True, "detail": "closed"}]})
+    live_board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
+        "state": "off_hours", "fps": 0.0, "detail": "outside camera.active_hours; opens Mon 07:30",
+        "opens_at": opens}})
+    view.page.wait_for_function("() => document.getElementById('attention').dataset.camera === 'down'",
+                                timeout=2000)
+    assert view.text("#att-share") == "—"
+    assert view.text("#att-faces") == "摄像头在工作时段外关闭"
+    assert view.text("#att-signal").startswith("摄像头在工作时段外关闭：")
+    assert "07:30" in view.text("#att-signal") and "周一" in view.text("#att-signal")
+    assert "摄像头" not in view.text("#health-issues")  # a choice of the school, not a fault
+    assert view.page.get_attribute("#health-camera", "data-ok") == "true"
+    view.page.click("#lang")
+    view.page.wait_for_function("() => document.documentElement.lang === 'en'", timeout=2000)
+    assert view.text("#att-signal").startswith("The camera is off outside its hours: attention is measured")
+    assert "Mon" in view.text("#att-signal") and "07:30" in view.text("#att-signal")
+    assert view.console_errors == []
+
+
 def test_issues_read_in_the_teachers_language_and_each_once(teacher_server: ServerThread,
                                                             live_board: LiveBoard,
                                                             teacher_page: PageFactory) -> None:

@@ -305,7 +305,8 @@ def test_translations_cover_every_key_the_page_uses() -> None:
     script = (STATIC_DIR / "app.js").read_text(encoding="utf-8")
     used = set(re.findall(r'data-i18n="([a-z_]+)"', page))
     used |= set(re.findall(r'\bt\("([a-z_]+)"\s*[,)]', script))
-    for prefix, values in (("camera_state_", ("running", "reconnecting", "stalled", "disabled", "error")),
+    cameras = ("running", "reconnecting", "stalled", "disabled", "off_hours", "error")
+    for prefix, values in (("camera_state_", cameras),
                            ("health_state_", ("starting", "ok", "degraded", "stopping")),
                            ("ago", ("_s", "_m", "_h")), ("duration", ("_s", "_m", "_h"))):
         used |= {prefix + v for v in values}

@@ -30,6 +30,10 @@
   const tState = (prefix, value) => ((messages[lang] || {})[prefix + value] !== undefined ? t(prefix + value) : String(value));
   const pct = (v) => (isNum(v) ? new Intl.NumberFormat(lang, { style: "percent", maximumFractionDigits: 0 }).format(v) : "—");
   const num = (v, digits) => (isNum(v) ? new Intl.NumberFormat(lang, { maximumFractionDigits: digits || 0 }).format(v) : "—");
+  const dayTime = (epoch) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleString(lang,
+    { weekday: "short", hour: "2-digit", minute: "2-digit" }) : "—");
+  // Camera states that are a choice (switched off, outside its hours), not a problem for IT.
+  const CAMERA_OFF = new Set(["disabled", "off_hours"]);
   const clockTime = (epoch, seconds) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleTimeString(lang,
     seconds ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" }) : "—");
   function duration(seconds, prefix) {
@@ -83,7 +87,8 @@
     setText("att-faces", blind ? tState("camera_state_", cam.state) : t("attention_faces", { n: num(a.faces) }));
     const signal = $("att-signal");
     signal.dataset.low = blind ? "none" : a.current_share === null || a.current_share === undefined ? (low ? "true" : "none") : String(low);
-    signal.textContent = blind ? t(cam.state === "disabled" ? "attention_camera_off" : "attention_camera_down")
+    signal.textContent = blind ? (cam.state === "off_hours" ? t("attention_camera_off_hours", { when: dayTime(cam.opens_at) })
+      : t(cam.state === "disabled" ? "attention_camera_off" : "attention_camera_down"))
       : low ? t("attention_low") : a.current_share === null ? t("attention_suppressed") : t("attention_ok");
     setText("att-window", isNum(a.window_s) ? t("attention_window", { s: num(a.window_s) }) : "");
     setText("att-camera", cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : "");
@@ -237,7 +242,7 @@
     const issue = (text, detail) => out.push({ text, detail: detail || "" });
     const h = state.sections.health || {};
     const cam = (state.sections.attention || {}).camera;
-    const camDown = !!(cam && cam.state && cam.state !== "running" && cam.state !== "disabled");
+    const camDown = !!(cam && cam.state && cam.state !== "running" && !CAMERA_OFF.has(cam.state));
     const s = state.sections.sync;
     const syncDown = !!(s && s.connected === false);
     for (const c of h.components || []) {
@@ -300,7 +305,7 @@
       : [el("tr", {}, [el("td", { colspan: 4, class: "muted", text: t("engines_none") })])]);
     const cam = (state.sections.attention || {}).camera;
     const camNode = $("health-camera");
-    camNode.dataset.ok = String(!cam || cam.state === "running" || cam.state === "disabled");
+    camNode.dataset.ok = String(!cam || cam.state === "running" || CAMERA_OFF.has(cam.state));
     camNode.textContent = cam && cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) && cam.state === "running" ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : t("no_data");
     renderSync();
     renderDevice();
