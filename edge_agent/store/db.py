@@ -42,6 +42,9 @@ WriteFn = Callable[[sqlite3.Connection], Any]
 QUEUE_SIZE = 10_000
 BATCH_TASKS = 256  # tasks per commit: bounds the latency of the first task in a batch
 HEARTBEAT_NAME = "store-writer"
+# Damaged databases moved aside and kept for a look (each up to store.max_bytes): a failing SD card that
+# damages the file again and again must not fill the disk with them.
+KEEP_QUARANTINED = 2
 _STOP = object()
 
 
@@ -211,7 +214,24 @@ class Database:
             "database %s failed its integrity check (%s); moved aside to %s", self.path, problem, target
         )
         metrics.ALERTS.labels(kind="store_corrupt").inc()
+        self._drop_old_quarantines()
         return target
+
+    def _drop_old_quarantines(self) -> None:
+        # Newest first by the time of the move (a rename sets ctime): the mtime is the file's last write,
+        # and the names of one second (-1, -2, ...) are reused once deleted.
+        moved = sorted(
+            self.path.parent.glob(f"{self.path.name}.corrupt-*[0-9]"),  # not their -wal/-shm files
+            key=lambda p: p.stat().st_ctime_ns,
+            reverse=True,
+        )
+        for old in moved[KEEP_QUARANTINED:]:
+            for path in (old, old.with_name(old.name + "-wal"), old.with_name(old.name + "-shm")):
+                path.unlink(missing_ok=True)
+            log.warning(
+                "deleted %s, an older damaged database (the newest %s are kept); a board whose database "
+                "is damaged again and again needs its storage checked", old.name, KEEP_QUARANTINED,
+            )
 
     def open(self) -> OpenReport:
         """Check, quarantine if damaged, migrate, and start the writer thread."""

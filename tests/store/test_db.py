@@ -279,3 +279,24 @@ def test_a_full_disk_gives_a_clear_error_and_no_corruption(state_dir: Path) -> N
     seqs = [r[0] for r in conn.execute("SELECT seq FROM outbox ORDER BY seq")]
     conn.close()
     assert seqs == list(range(21, committed + 1))
+
+
+def test_only_the_newest_two_damaged_databases_are_kept(
+    state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = state_dir / "edge-agent.db"
+    moved = []
+    for n in range(4):  # a failing card damages the file again and again
+        db = Database(path, StoreSettings())
+        db.open()
+        db.close()
+        path.write_bytes(b"\x00" * 100 + path.read_bytes()[100:] + f"damage {n}".encode())
+        again = Database(path, StoreSettings())
+        quarantined = again.open().quarantined
+        again.close()
+        assert quarantined is not None
+        moved.append(quarantined.read_bytes())
+    kept = [p.read_bytes() for p in state_dir.glob("edge-agent.db.corrupt-*[0-9]")]
+    assert sorted(kept) == sorted(moved[2:])  # the last two, whatever their names (one second reuses them)
+    assert caplog.text.count("an older damaged database (the newest 2 are kept)") == 2
+    assert path.exists()  # the board goes on with a fresh database
