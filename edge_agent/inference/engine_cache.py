@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,9 @@ from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
+# Plans kept per model and precision: the one in use and the one before it, so rolling a model or
+# JetPack back does not cost a rebuild of minutes; older ones (tens of MB each) go when a new one is stored.
+KEEP_PLANS = 2
 _MAGIC = b"EAPLAN1\n"
 _HEADER = len(_MAGIC) + 64 + 64  # magic, key (hex), payload sha256 (hex)
 
@@ -95,7 +99,23 @@ class PlanCache:
         path = self.path_for(model, precision, key)
         with atomic_writer(path) as out:
             out.write(_MAGIC + key.encode() + hashlib.sha256(plan).hexdigest().encode() + plan)
+        self._drop_old_plans(model, precision)
         return path
+
+    def _drop_old_plans(self, model: str, precision: str) -> None:
+        name = re.compile(rf"{re.escape(model)}-{re.escape(precision)}-[0-9a-f]{{16}}\.plan")
+        plans = sorted(
+            (p for p in self.directory.glob("*.plan") if name.fullmatch(p.name)),
+            key=lambda p: p.stat().st_mtime_ns,
+            reverse=True,
+        )
+        for old in plans[KEEP_PLANS:]:
+            old.unlink(missing_ok=True)
+            log.info("deleted the engine plan %s (built for an earlier model or TensorRT)", old.name)
+        kept = {p.name for p in plans[:KEEP_PLANS]}
+        for bad in self.directory.glob("*.plan.bad"):  # a damaged plan moved aside, kept while its key is
+            if name.fullmatch(bad.name[: -len(".bad")]) and bad.name[: -len(".bad")] not in kept:
+                bad.unlink(missing_ok=True)
 
 
 def _unwrap(blob: bytes, key: str) -> bytes | None:

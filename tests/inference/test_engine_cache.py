@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from edge_agent.inference.engine_cache import BuildTarget, PlanCache, engine_cache_key
@@ -78,3 +80,25 @@ def test_absent_plan_is_a_counted_miss(tmp_path):
     before = sample("edge_engine_cache_misses_total", {"engine": "new", "reason": "absent"})
     assert PlanCache(tmp_path).load("new", "fp32", _key()) is None
     assert sample("edge_engine_cache_misses_total", {"engine": "new", "reason": "absent"}) == before + 1
+
+
+def test_storing_a_plan_keeps_the_one_before_it_and_deletes_older_ones(tmp_path):
+    cache = PlanCache(tmp_path)
+    keys = [_key(onnx_sha256=f"{n:064x}") for n in range(4)]  # four model versions, one after the other
+    for n, key in enumerate(keys):
+        path = cache.store("yunet", "fp16", key, b"plan %d" % n)
+        os.utime(path, ns=(n * 10**9, n * 10**9))  # stored a second apart
+    cache.store("yunet", "int8", keys[0], b"int8 plan")  # another precision is another engine
+    cache.store("yunet-big", "fp16", keys[0], b"another model whose name starts the same")
+    cache.path_for("yunet", "fp16", keys[0]).with_suffix(".plan.bad").write_bytes(b"kept for a bug report")
+    cache.store("yunet", "fp16", keys[3], b"plan 3, stored again")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(
+        [
+            cache.path_for("yunet", "fp16", keys[2]).name,
+            cache.path_for("yunet", "fp16", keys[3]).name,
+            cache.path_for("yunet", "int8", keys[0]).name,
+            cache.path_for("yunet-big", "fp16", keys[0]).name,
+        ]
+    )
+    assert cache.load("yunet", "fp16", keys[2]) == b"plan 2"  # a rollback finds its plan
