@@ -227,7 +227,10 @@ class StoreSettings(Section):
     max_rows: int = Field(500_000, ge=100)
     max_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024)
     max_age_days: float = Field(
-        60.0, gt=0.0, description="Unsent aggregates older than this are dropped (counted as max_age)."
+        60.0,
+        gt=0.0,
+        description="Unsent aggregates older than this are dropped (counted as max_age), only while the "
+        "board's clock is NTP-synchronised.",
     )
     busy_timeout_ms: int = Field(5000, ge=100)
     cache_kib: int = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from edge_agent.clock_sync import ClockSyncFlag
 from edge_agent.config import Config
 from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
@@ -27,7 +28,7 @@ class StoreComponent:
         self, config: Config, *, heartbeats: HeartbeatRegistry, live: LiveBoard | None = None
     ) -> None:
         self.db = Database(config.database_path, config.store, heartbeats)
-        self.outbox = Outbox(self.db, config.device, config.store, config.mqtt)
+        self.outbox = Outbox(self.db, config.device, config.store, config.mqtt, clock_synced=ClockSyncFlag())
         self.history = History(self.db)  # the teacher view's recent windows, kept across restarts
         self._live = live
         self.alert: str | None = None

@@ -81,9 +81,13 @@ class Outbox:
         mqtt: MqttSettings,
         *,
         clock: Callable[[], float] = time.time,
+        clock_synced: Callable[[], bool] = lambda: True,
         priority_streams: frozenset[str] = rules.PRIORITY_STREAMS,
     ) -> None:
         self.db = db
+        # Rows age out only while the board's clock is known to be right (the daemon: ClockSyncFlag): a
+        # clock set wrongly ahead (a bad RTC) would otherwise delete the backlog it then holds.
+        self._clock_synced = clock_synced
         self.device = device
         self.settings = settings
         self.mqtt = mqtt
@@ -262,6 +266,8 @@ class Outbox:
         return chain(self.db.write(run), self._after_write)
 
     def _expire(self, conn: sqlite3.Connection, now: float) -> dict[str, int]:
+        if not self._clock_synced():
+            return {}  # the row and size limits still bound the disk
         max_age_s = self.settings.max_age_days * 86400.0
         drops: dict[str, int] = {}
         for reason, where, arg in (

@@ -12,6 +12,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from edge_agent.clock_sync import ClockSyncFlag
 from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
 from edge_agent.errors import InputRejected
 from edge_agent.store.db import Database
@@ -185,6 +186,27 @@ def test_rows_made_before_the_clock_was_set_are_not_aged_out_when_ntp_sets_it(db
     assert box.expire().result(5) == 1  # the row with a true age goes; the other waits to be sent
     (row,) = box.claim(10).result(5)
     assert row.payload == '{"before_ntp":1}' and row.expires_at is None
+
+
+def test_a_clock_not_known_to_be_right_ages_nothing_out(db: Database, tmp_path: Path) -> None:
+    # Term audit: a clock set wrongly ahead by more than max_age_days (a board's RTC) deleted the backlog.
+    # Rows age out only while timesyncd says the clock is synchronised; the size limits still bound the disk.
+    clock = Clock()
+    box = Outbox(
+        db, DeviceSettings(), StoreSettings(max_age_days=1.0), MqttSettings(),
+        clock=clock, clock_synced=ClockSyncFlag(root=tmp_path, recheck_s=0.0),
+    )
+    box.open()
+    box.enqueue("attention", {"queued": 1}, expires_at=clock.now + 60).result(5)
+    box.enqueue("attention", {"queued": 2}).result(5)
+    clock.now += 90 * 86400  # the clock jumps three months ahead, not synchronised
+    box.enqueue("attention", {"after the jump": 1}).result(5)  # the write path's expiry too
+    assert box.expire().result(5) == 0 and box.backlog == 3
+    flag = tmp_path / "run" / "systemd" / "timesync" / "synchronized"
+    flag.parent.mkdir(parents=True)
+    flag.touch()  # synchronised: the three months really passed
+    assert box.expire().result(5) == 2
+    assert box.status()["drops"] == {"expired": 1, "max_age": 1}
 
 
 def test_status_reports_backlog_bytes_and_age(db: Database) -> None:
