@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -296,6 +297,7 @@ def test_only_the_newest_two_damaged_databases_are_kept(
         again.close()
         assert quarantined is not None
         moved.append(quarantined.read_bytes())
+        time.sleep(0.05)  # file times tick with the kernel's coarse clock (up to 10 ms)
     kept = [p.read_bytes() for p in state_dir.glob("edge-agent.db.corrupt-*[0-9]")]
     assert sorted(kept) == sorted(moved[2:])  # the last two, whatever their names (one second reuses them)
     assert caplog.text.count("an older damaged database (the newest 2 are kept)") == 2
