@@ -31,6 +31,7 @@ from edge_agent.config import (
 )
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.inference.manifest import Manifest
+from edge_agent.vision.camera_hours import CameraHours
 
 MIN_FREE_BYTES = 1 << 30  # engines and the outbox need room; below 1 GiB the store starts refusing
 CERT_WARN_DAYS = 30  # = provisioning.ca.RENEW_WITHIN_DAYS: once this warns, re-running provisioning renews
@@ -381,6 +382,20 @@ def check_clock(now: dt.datetime, synced: bool | None, how: str) -> CheckResult:
     return CheckResult("clock", True, f"synchronised ({how})")
 
 
+def check_camera_hours(hours: CameraHours, now: dt.datetime) -> CheckResult:
+    """Whether the camera is open now by camera.active_hours, in the board's local time (``now``, aware).
+
+    A board left on UTC reads "07:30" as 07:30 UTC: in China the camera would open at 15:30."""
+    zone = now.tzname() or "?"
+    local = now.replace(tzinfo=None)
+    state = "open now" if hours.is_open(local) else f"closed now, opens {hours.next_open(local):%a %H:%M}"
+    detail = f"{state} (board time {local:%a %H:%M} {zone})"
+    if now.utcoffset() == dt.timedelta(0):
+        fix = "the hours are read in the board's time zone, here UTC: timedatectl set-timezone Asia/Shanghai"
+        return CheckResult("camera hours", True, detail, fix, warning=True)
+    return CheckResult("camera hours", True, detail)
+
+
 def run_checks(
     config_path: Path,
     *,
@@ -400,6 +415,9 @@ def run_checks(
     results.append(check_outbox(config.database_path, config.store.max_age_days))
     if config.camera.enabled:
         results.append(check_camera(config.camera.source))
+        hours = config.camera.hours()
+        if hours is not None:
+            results.append(check_camera_hours(hours, dt.datetime.now().astimezone()))
     if config.kt.enabled and config.kt.roster_file is not None:
         results.append(check_roster(config.kt.roster_file))
     models, verified = check_models(config, manifests_dir)

@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from edge_agent import doctor
 from edge_agent.config import Config, parse_config
 from edge_agent.inference.manifest import load_manifest
+from edge_agent.vision.camera_hours import CameraHours
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = dt.datetime.now(dt.timezone.utc)
@@ -450,6 +451,19 @@ def test_synchronised_plausible_clock_passes() -> None:
 def test_implausible_or_unsynchronised_clock_fails(now: dt.datetime, synced: bool | None) -> None:
     result = doctor.check_clock(now, synced, "timedatectl")
     assert not result.ok and "set-ntp" in result.fix
+
+
+def test_camera_hours_say_open_or_when_they_open_in_the_boards_time_and_warn_on_utc() -> None:
+    hours = CameraHours.parse(["mon-fri 07:30-17:30"])
+    shanghai = dt.timezone(dt.timedelta(hours=8), "CST")
+    tuesday_night = dt.datetime(2026, 12, 1, 22, 5, tzinfo=shanghai)
+    result = doctor.check_camera_hours(hours, tuesday_night)
+    assert result.ok and not result.warning
+    assert result.detail == "closed now, opens Wed 07:30 (board time Tue 22:05 CST)"
+    lesson = doctor.check_camera_hours(hours, dt.datetime(2026, 12, 2, 9, 0, tzinfo=shanghai))
+    assert lesson.detail.startswith("open now")
+    utc = doctor.check_camera_hours(hours, dt.datetime(2026, 12, 2, 1, 30, tzinfo=dt.timezone.utc))
+    assert utc.ok and utc.warning and "set-timezone" in utc.fix  # 07:30 UTC is 15:30 in Beijing
 
 
 def test_timesyncd_flag_file_means_synchronised(tmp_path: Path) -> None:
