@@ -110,6 +110,21 @@ def test_interrupted_run_finishes_on_the_next_one(tmp_path: Path) -> None:
     check_root(fleet.roots / "board-a")
 
 
+def test_a_classroom_gets_its_own_camera_hours_from_an_inventory_column() -> None:
+    inventory = (
+        "tenant,site,class_id,device_id,camera.active_hours\n"
+        't,s,c1,lab,"[""mon-fri 07:30-17:30"", ""daily 18:30-21:30""]"\n'
+        "t,s,c2,hall,\n"
+        't,s,c3,typo,"[""weekdays 8-5""]"\n'
+    )
+    lab, hall, typo = parse_inventory(inventory)
+    _, config = render_config(template(), lab)
+    assert config.camera.active_hours == ["mon-fri 07:30-17:30", "daily 18:30-21:30"]
+    assert render_config(template(), hall)[1].camera.active_hours == []  # an empty cell: always on
+    with pytest.raises(ProvisioningError, match=r"board typo \(inventory line 4\): camera.active_hours"):
+        render_config(template(), typo)
+
+
 def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None:
     with pytest.raises(ProvisioningError, match="fleet template is not valid TOML"):
         render_config('[mqtt\nhost = "broker"\n', BOARD)
