@@ -296,7 +296,13 @@ def test_the_camera_stays_closed_outside_its_hours_and_opens_when_they_begin(
 
     live = LiveBoard()
     component = AttentionComponent(
-        CameraSettings(source=str(photo_folder), analysis_fps=10.0, active_hours=["mon-fri 07:30-17:30"]),
+        # a night longer than the stall timeout, as a real one is: reopening must not look like a stall
+        CameraSettings(
+            source=str(photo_folder),
+            analysis_fps=10.0,
+            stall_timeout_s=0.5,
+            active_hours=["mon-fri 07:30-17:30"],
+        ),
         AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=ListOutbox(),
         heartbeats=HeartbeatRegistry(), live=live, opener=opener, local_now=lambda: clock["now"],
     )
