@@ -192,6 +192,7 @@ class AttentionLoop:
             self.tracker.clear()  # tomorrow's faces are not today's tracks
             self.current = {"share": None, "faces": 0}
             metrics.CAMERA_FPS.set(0.0)
+        # Every tick, not only at the close: when NTP steps the clock meanwhile, the time shown follows it.
         self.closed_until = self.hours.next_open(now) or now + timedelta(days=7)
         return True
 
