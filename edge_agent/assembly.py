@@ -34,6 +34,7 @@ from edge_agent.telemetry import metrics
 from edge_agent.telemetry.component import TelemetryComponent
 from edge_agent.telemetry.exporter import MetricsServer
 from edge_agent.updates import ModelUpdates, startup_package, updates_enabled
+from edge_agent.vision.camera_hours import board_clock
 from edge_agent.vision.component import AttentionComponent
 from edge_agent.vision.engines import FACE_MODEL, POSE_MODELS
 from edge_agent.watched_file import WatchedFile
@@ -186,6 +187,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
                     class_id=config.device.class_id,
                     live=live,
                     history=store.history,
+                    local_now=board_clock(config.device.timezone),
                 ),
             )
         )

@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from edge_agent.errors import ConfigError
-from edge_agent.vision.camera_hours import CameraHours
+from edge_agent.vision.camera_hours import CameraHours, board_zone
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,6 +58,17 @@ class DeviceSettings(Section):
         Path("/etc/edge-agent/secrets/pseudonym.key"),
         description="Secret (32+ random bytes, mode 0600) keying HMAC-SHA256 of student ids.",
     )
+    timezone: str = Field(
+        "",
+        description='The school\'s time zone for camera.active_hours and camera.closed_dates, e.g. '
+        '"Asia/Shanghai". Empty: the operating system\'s zone (often UTC on a freshly flashed board).',
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        board_zone(value)
+        return value
 
 
 class PathSettings(Section):
@@ -178,6 +189,11 @@ class CameraSettings(Section):
         description='When the camera may run, in the board\'s local time, e.g. ["mon-fri 07:30-17:30", '
         '"sat 08:00-12:00"]; outside these hours it is closed and no frame is read. Empty: always.',
     )
+    closed_dates: list[str] = Field(
+        default_factory=list,
+        description='Days the camera stays closed all day (holidays, closures), in the board\'s local '
+        'time, e.g. ["2026-10-01..2026-10-07", "2027-01-01"]; first and last day included.',
+    )
 
     @field_validator("active_hours")
     @classmethod
@@ -185,9 +201,17 @@ class CameraSettings(Section):
         CameraHours.parse(value)
         return value
 
+    @field_validator("closed_dates")
+    @classmethod
+    def _readable_dates(cls, value: list[str]) -> list[str]:
+        CameraHours.parse([], value)
+        return value
+
     def hours(self) -> CameraHours | None:
-        """The camera's hours, or None when it may always run."""
-        return CameraHours.parse(self.active_hours) if self.active_hours else None
+        """The camera's hours less its closed days, or None when it may always run."""
+        if not self.active_hours and not self.closed_dates:
+            return None
+        return CameraHours.parse(self.active_hours, self.closed_dates)
 
     @model_validator(mode="after")
     def _backoff_order(self) -> CameraSettings:

@@ -31,7 +31,7 @@ from edge_agent.config import (
 )
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.inference.manifest import Manifest
-from edge_agent.vision.camera_hours import CameraHours
+from edge_agent.vision.camera_hours import CameraHours, board_clock, opening_text
 
 MIN_FREE_BYTES = 1 << 30  # engines and the outbox need room; below 1 GiB the store starts refusing
 CERT_WARN_DAYS = 30  # = provisioning.ca.RENEW_WITHIN_DAYS: once this warns, re-running provisioning renews
@@ -382,16 +382,26 @@ def check_clock(now: dt.datetime, synced: bool | None, how: str) -> CheckResult:
     return CheckResult("clock", True, f"synchronised ({how})")
 
 
-def check_camera_hours(hours: CameraHours, now: dt.datetime) -> CheckResult:
-    """Whether the camera is open now by camera.active_hours, in the board's local time (``now``, aware).
+def check_camera_hours(hours: CameraHours, now: dt.datetime, zone_set: bool = False) -> CheckResult:
+    """Whether the camera is open now by camera.active_hours and camera.closed_dates, in the board's time
+    (``now``, aware: in device.timezone when ``zone_set``, else the system's zone).
 
-    A board left on UTC reads "07:30" as 07:30 UTC: in China the camera would open at 15:30."""
+    A board left on UTC with no device.timezone reads "07:30" as 07:30 UTC: in China the camera would open
+    at 15:30. A holiday list with no day after today is last year's: next term's holidays are watched."""
     zone = now.tzname() or "?"
     local = now.replace(tzinfo=None)
-    state = "open now" if hours.is_open(local) else f"closed now, opens {hours.next_open(local):%a %H:%M}"
-    detail = f"{state} (board time {local:%a %H:%M} {zone})"
-    if now.utcoffset() == dt.timedelta(0):
-        fix = "the hours are read in the board's time zone, here UTC: timedatectl set-timezone Asia/Shanghai"
+    opens = hours.next_open(local)
+    when = "not within a year" if opens is None else opening_text(opens, local)
+    state = "open now" if hours.is_open(local) else f"closed now, opens {when}"
+    detail = f"{state} (board time {local:%a %Y-%m-%d %H:%M} {zone})"
+    if not zone_set and now.utcoffset() == dt.timedelta(0):
+        fix = (
+            "the hours are read in the board's time zone, here UTC: set device.timezone = "
+            '"Asia/Shanghai" (or the school\'s zone) in the config'
+        )
+        return CheckResult("camera hours", True, detail, fix, warning=True)
+    if hours.closed and all(last < local.date() for _, last in hours.closed):
+        fix = "every day in camera.closed_dates is past: add the coming holidays"
         return CheckResult("camera hours", True, detail, fix, warning=True)
     return CheckResult("camera hours", True, detail)
 
@@ -417,7 +427,8 @@ def run_checks(
         results.append(check_camera(config.camera.source))
         hours = config.camera.hours()
         if hours is not None:
-            results.append(check_camera_hours(hours, dt.datetime.now().astimezone()))
+            now = board_clock(config.device.timezone)()
+            results.append(check_camera_hours(hours, now, zone_set=bool(config.device.timezone)))
     if config.kt.enabled and config.kt.roster_file is not None:
         results.append(check_roster(config.kt.roster_file))
     models, verified = check_models(config, manifests_dir)

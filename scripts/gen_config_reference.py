@@ -16,7 +16,7 @@ END = "<!-- config-reference:end -->"
 def _default(value: object) -> str:
     if isinstance(value, BaseModel):
         return ""
-    if value is None:
+    if value is None or value == "":
         return "(unset)"
     return f"`{value}`"
 

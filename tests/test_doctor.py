@@ -11,6 +11,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import cv2
 import numpy as np
@@ -459,11 +460,25 @@ def test_camera_hours_say_open_or_when_they_open_in_the_boards_time_and_warn_on_
     tuesday_night = dt.datetime(2026, 12, 1, 22, 5, tzinfo=shanghai)
     result = doctor.check_camera_hours(hours, tuesday_night)
     assert result.ok and not result.warning
-    assert result.detail == "closed now, opens Wed 07:30 (board time Tue 22:05 CST)"
+    assert result.detail == "closed now, opens Wed 07:30 (board time Tue 2026-12-01 22:05 CST)"
     lesson = doctor.check_camera_hours(hours, dt.datetime(2026, 12, 2, 9, 0, tzinfo=shanghai))
     assert lesson.detail.startswith("open now")
     utc = doctor.check_camera_hours(hours, dt.datetime(2026, 12, 2, 1, 30, tzinfo=dt.timezone.utc))
-    assert utc.ok and utc.warning and "set-timezone" in utc.fix  # 07:30 UTC is 15:30 in Beijing
+    assert utc.ok and utc.warning and "device.timezone" in utc.fix  # 07:30 UTC is 15:30 in Beijing
+    # a school that really is on UTC (or London in winter) says so with device.timezone: no warning
+    london = dt.datetime(2026, 12, 2, 9, 0, tzinfo=ZoneInfo("Europe/London"))
+    assert not doctor.check_camera_hours(hours, london, zone_set=True).warning
+
+
+def test_camera_hours_warn_when_every_closed_date_is_past_and_name_a_far_opening_by_date() -> None:
+    shanghai = ZoneInfo("Asia/Shanghai")
+    last_year = CameraHours.parse(["mon-fri 07:30-17:30"], ["2025-10-01..2025-10-07"])
+    stale = doctor.check_camera_hours(last_year, dt.datetime(2026, 12, 2, 9, 0, tzinfo=shanghai), True)
+    assert stale.ok and stale.warning and "add the coming holidays" in stale.fix
+    winter = CameraHours.parse(["mon-fri 07:30-17:30"], ["2027-01-25..2027-02-19"])
+    closed = doctor.check_camera_hours(winter, dt.datetime(2027, 1, 26, 9, 0, tzinfo=shanghai), True)
+    assert not closed.warning
+    assert closed.detail == "closed now, opens Mon 2027-02-22 07:30 (board time Tue 2027-01-26 09:00 CST)"
 
 
 def test_timesyncd_flag_file_means_synchronised(tmp_path: Path) -> None:
@@ -497,6 +512,22 @@ def test_doctor_on_a_healthy_board_exits_0(
     names = [r.name for r in results]
     assert names == ["config", "clock", "disk state", "disk cache", "database", "outbox", "models",
                      "engine fsanet-1x1"]
+
+
+def test_doctor_reads_camera_hours_in_the_configured_zone_not_the_systems(
+    tmp_path: Path, faces_dir: Path, model_mirror: Path, one_manifest: Path
+) -> None:
+    config = write_config(tmp_path, mirror=model_mirror)
+    text = config.read_text().replace("[camera]\nenabled = false", f"""[camera]
+source = "{faces_dir / 'pexels'}"
+active_hours = ["daily 00:00-24:00"]
+closed_dates = ["2020-01-01"]""").replace("[device]\n", '[device]\ntimezone = "Asia/Shanghai"\n')
+    config.write_text(text)
+    results = {r.name: r for r in doctor.run_checks(config, root=synced_root(tmp_path),
+                                                    manifests_dir=one_manifest)}
+    hours = results["camera hours"]
+    assert hours.detail.startswith("open now") and hours.detail.endswith(" CST)")  # the VM runs on UTC
+    assert hours.warning and "add the coming holidays" in hours.fix  # 2020's closed day is long past
 
 
 def test_doctor_cli_prints_json_and_exits_1_when_the_config_is_missing(

@@ -1,20 +1,26 @@
-"""When the camera may run: the school's hours, from ``camera.active_hours`` (pure).
+"""When the camera may run: the school's hours and closed days, from ``camera.active_hours`` and
+``camera.closed_dates`` (pure).
 
 Entries such as ``"mon-fri 07:30-17:30"``, ``"sat 08:00-12:00"`` or ``"daily 19:00-21:30"`` (evening study),
-in the board's local time. Outside them the daemon closes the camera, so an empty classroom, the cleaners
-and the night are not watched, and a day-and-night board stops storing empty windows (~900 a night).
+in the board's local time; closed days such as ``"2026-10-01..2026-10-07"`` (a holiday week) or
+``"2027-01-01"``. Outside them the daemon closes the camera, so an empty classroom, the cleaners, the night
+and the holidays are not watched, and a day-and-night board stops storing empty windows (~900 a night).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _ENTRY = re.compile(r"^\s*(?P<days>[a-z,\-]+)\s+(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})\s*$")
 EXAMPLE = '"mon-fri 07:30-17:30"'
+DATES_EXAMPLE = '"2026-10-01..2026-10-07" or "2027-01-01"'
+ALWAYS = "daily 00:00-24:00"  # the hours of a board that sets only closed dates
+MAX_CLOSED_DAYS = 366  # a longer range is a typo in the year (a board switched off for good: camera.enabled)
 
 
 @dataclass(frozen=True)
@@ -53,15 +59,35 @@ def _days(text: str, entry: str) -> list[int]:
     return days
 
 
-class CameraHours:
-    """The weekly spans in which the camera may run."""
+def _closed_range(entry: str) -> tuple[date, date]:
+    first, dots, last = entry.strip().partition("..")
+    try:
+        start = date.fromisoformat(first.strip())
+        end = date.fromisoformat(last.strip()) if dots else start
+    except ValueError:
+        raise ValueError(f"camera closed dates {entry!r}: write dates like {DATES_EXAMPLE}") from None
+    if end < start:
+        raise ValueError(f"camera closed dates {entry!r}: the last day comes before the first")
+    if (end - start).days >= MAX_CLOSED_DAYS:
+        raise ValueError(
+            f"camera closed dates {entry!r}: more than a year; check the years (to switch the camera off "
+            "for good, set camera.enabled = false)"
+        )
+    return start, end
 
-    def __init__(self, spans: Sequence[Span]) -> None:
+
+class CameraHours:
+    """The weekly spans in which the camera may run, less the closed days (holidays, closures)."""
+
+    def __init__(self, spans: Sequence[Span], closed: Sequence[tuple[date, date]] = ()) -> None:
         self.spans = tuple(spans)
+        self.closed = tuple(closed)  # (first, last) days, both closed
 
     @classmethod
-    def parse(cls, entries: Sequence[str]) -> CameraHours:
-        """Raises ValueError naming the entry that cannot be read."""
+    def parse(cls, entries: Sequence[str], closed_dates: Sequence[str] = ()) -> CameraHours:
+        """Raises ValueError naming the entry that cannot be read. No entries but closed dates: every
+        hour of the other days."""
+        closed = [_closed_range(entry) for entry in closed_dates]
         spans: list[Span] = []
         for entry in entries:
             match = _ENTRY.match(entry.lower())
@@ -74,19 +100,61 @@ class CameraHours:
                     "past midnight, write two entries (e.g. \"fri 20:00-24:00\" and \"sat 00:00-02:00\")"
                 )
             spans.extend(Span(day, start, end) for day in _days(match["days"], entry))
-        return cls(spans)
+        if not entries and closed:
+            return cls(cls.parse([ALWAYS]).spans, closed)
+        return cls(spans, closed)
+
+    def closed_on(self, day: date) -> bool:
+        return any(first <= day <= last for first, last in self.closed)
 
     def is_open(self, when: datetime) -> bool:
         day, minute = when.weekday(), when.hour * 60 + when.minute
-        return any(s.day == day and s.start <= minute < s.end for s in self.spans)
+        in_span = any(s.day == day and s.start <= minute < s.end for s in self.spans)
+        return in_span and not self.closed_on(when.date())
 
     def next_open(self, when: datetime) -> datetime | None:
-        """The next start of a span after ``when`` (within a week), or None when there is none."""
+        """The next start of a span after ``when`` on a day that is not closed (within a year and a week),
+        or None when there is none. ``when`` may be aware: the days are then counted in its zone."""
         midnight = when.replace(hour=0, minute=0, second=0, microsecond=0)
-        starts = (
-            midnight + timedelta(days=offset, minutes=span.start)
-            for offset in range(8)
-            for span in self.spans
-            if span.day == (when.weekday() + offset) % 7
-        )
-        return min((start for start in starts if start > when), default=None)
+        for offset in range(MAX_CLOSED_DAYS + 8):
+            day = midnight + timedelta(days=offset)
+            if self.closed_on(day.date()):
+                continue
+            starts = [day + timedelta(minutes=s.start) for s in self.spans if s.day == day.weekday()]
+            later = [start for start in starts if start > when]
+            if later:
+                return min(later)
+            if offset >= 7 and not self.closed:
+                return None  # a week without a span: there is none
+        return None
+
+
+def board_zone(name: str) -> tzinfo | None:
+    """The zone named by ``device.timezone``; None (empty name) means the operating system's own zone.
+
+    Raises ValueError for a name that is not an IANA zone."""
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{name!r} is not a time zone; use an IANA name such as Asia/Shanghai or Europe/London "
+            "(timedatectl list-timezones lists them)"
+        ) from None
+
+
+def board_clock(name: str) -> Callable[[], datetime]:
+    """The board's local time, aware: in ``device.timezone`` when set, else in the system's zone."""
+    zone = board_zone(name)
+    if zone is None:
+        return lambda: datetime.now().astimezone()
+    return lambda: datetime.now(zone)
+
+
+def opening_text(opens: datetime, now: datetime) -> str:
+    """When the camera opens again, for people: the weekday and time, with the date when that is a week
+    or more away (after a holiday "Mon 07:30" would be read as the coming Monday)."""
+    if opens - now < timedelta(days=6):
+        return f"{opens:%a %H:%M}"
+    return f"{opens:%a %Y-%m-%d %H:%M}"

@@ -22,6 +22,7 @@ from edge_agent.store.history import History
 from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
 from edge_agent.vision.camera import Camera, Opener
+from edge_agent.vision.camera_hours import board_clock
 from edge_agent.vision.pipeline import AttentionLoop, FrameAnalyser
 from edge_agent.vision.pose import FsaNetPose, LandmarkPose, PoseEstimator
 from edge_agent.vision.yunet import YuNetDetector
@@ -92,7 +93,7 @@ class AttentionComponent:
         opener: Opener | None = None,
         class_id: str = "",
         history: History | None = None,
-        local_now: Callable[[], datetime] = datetime.now,
+        local_now: Callable[[], datetime] | None = None,
     ) -> None:
         self.camera_settings = camera_settings
         self.history = history  # so the teacher's timeline survives a restart (an update mid-lesson)
@@ -111,7 +112,7 @@ class AttentionComponent:
             detector, make_pose(attention_settings, pose_engines), rules_from(attention_settings)
         )
         self.camera = Camera.from_settings(camera_settings, opener)
-        self.local_now = local_now  # the board's local time, for camera.active_hours
+        self.local_now = local_now or board_clock("")  # the board's time, for camera.active_hours
         self.loop: AttentionLoop | None = None
 
     async def start(self) -> None:
@@ -174,7 +175,7 @@ class AttentionComponent:
             return Health(False, self.loop.error)
         closed_until = self.loop.closed_until
         if closed_until is not None:
-            return Health(True, f"camera closed outside camera.active_hours until {closed_until:%a %H:%M}")
+            return Health(True, f"camera closed: {self.loop.closed_text(closed_until)}")
         state, detail = self.camera.state()
         if state != "running":
             return Health(False, f"camera {state}: {detail}")

@@ -24,7 +24,7 @@ from edge_agent.inference.guarded import GuardedEngine
 from edge_agent.telemetry import metrics
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator, is_attentive
 from edge_agent.vision.camera import Camera
-from edge_agent.vision.camera_hours import CameraHours
+from edge_agent.vision.camera_hours import CameraHours, opening_text
 from edge_agent.vision.pose import Pose, PoseEstimator
 from edge_agent.vision.yunet import Face, YuNetDetector
 
@@ -122,7 +122,7 @@ class AttentionLoop:
         timeline_max: int = 120,
         pose_refresh_frames: int = 1,
         hours: CameraHours | None = None,
-        local_now: Callable[[], datetime] = datetime.now,
+        local_now: Callable[[], datetime] = lambda: datetime.now().astimezone(),
     ) -> None:
         self.camera = camera
         self.hours = hours  # None: the camera may always run
@@ -168,6 +168,11 @@ class AttentionLoop:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
 
+    def closed_text(self, until: datetime) -> str:
+        """Why the camera is closed and until when, in the board's time."""
+        opens = opening_text(until, self.local_now())
+        return f"outside camera.active_hours or on camera.closed_dates; opens {opens}"
+
     def camera_wanted(self) -> bool:
         """Whether the camera's hours allow it to run now."""
         return self.hours is None or self.hours.is_open(self.local_now())
@@ -184,7 +189,7 @@ class AttentionLoop:
                 self.camera.start()
             return False
         if self.closed_until is None:
-            log.info("outside the camera's hours (camera.active_hours): closing the camera")
+            log.info("outside camera.active_hours or on camera.closed_dates: closing the camera")
             self.camera.stop()
             closed = self.windows.flush()
             if closed is not None:
@@ -252,7 +257,7 @@ class AttentionLoop:
             state, detail = "error", self.error
         closed_until = self.closed_until
         if closed_until is not None:
-            state, detail = "off_hours", f"outside camera.active_hours; opens {closed_until:%a %H:%M}"
+            state, detail = "off_hours", self.closed_text(closed_until)
         partial = self.windows.current_partial()
         share, faces = self.current["share"], self.current["faces"]
         if (partial is not None and partial["suppressed"]) or faces < self.windows.min_faces:

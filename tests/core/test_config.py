@@ -79,6 +79,18 @@ BROKEN = [
         14,
     ),
     (
+        "closed dates that are not dates",
+        ("[mqtt]", '[camera]\nclosed_dates = ["1 Oct - 7 Oct"]\n[mqtt]'),
+        "camera.closed_dates",
+        14,
+    ),
+    (
+        "a time zone misspelt",
+        ('class_id = "grade7-2"', 'class_id = "grade7-2"\ntimezone = "Asia/Shangai"'),
+        "device.timezone",
+        6,
+    ),
+    (
         "share above one",
         ("[mqtt]", "[attention]\nlow_attention_share = 1.5\n[mqtt]"),
         "attention.low_attention_share",

@@ -110,19 +110,25 @@ def test_interrupted_run_finishes_on_the_next_one(tmp_path: Path) -> None:
     check_root(fleet.roots / "board-a")
 
 
-def test_a_classroom_gets_its_own_camera_hours_from_an_inventory_column() -> None:
+def test_a_classroom_gets_its_own_camera_hours_closed_days_and_zone_from_inventory_columns() -> None:
     inventory = (
-        "tenant,site,class_id,device_id,camera.active_hours\n"
-        't,s,c1,lab,"[""mon-fri 07:30-17:30"", ""daily 18:30-21:30""]"\n'
-        "t,s,c2,hall,\n"
-        't,s,c3,typo,"[""weekdays 8-5""]"\n'
+        "tenant,site,class_id,device_id,camera.active_hours,camera.closed_dates,device.timezone\n"
+        't,s,c1,lab,"[""mon-fri 07:30-17:30"", ""daily 18:30-21:30""]","[""2026-12-24""]",\n'
+        "t,s,c2,hall,,,Asia/Urumqi\n"
+        't,s,c3,typo,"[""weekdays 8-5""]",,\n'
+        "t,s,c4,zone,,,Asia/Beijing\n"
     )
-    lab, hall, typo = parse_inventory(inventory)
+    lab, hall, typo, zone = parse_inventory(inventory)
     _, config = render_config(template(), lab)
     assert config.camera.active_hours == ["mon-fri 07:30-17:30", "daily 18:30-21:30"]
-    assert render_config(template(), hall)[1].camera.active_hours == []  # an empty cell: always on
+    assert config.camera.closed_dates == ["2026-12-24"]
+    assert config.device.timezone == "Asia/Shanghai"  # the fleet template's zone
+    hall_config = render_config(template(), hall)[1]
+    assert hall_config.camera.active_hours == [] and hall_config.device.timezone == "Asia/Urumqi"
     with pytest.raises(ProvisioningError, match=r"board typo \(inventory line 4\): camera.active_hours"):
         render_config(template(), typo)
+    with pytest.raises(ProvisioningError, match=r"board zone \(inventory line 5\): device.timezone"):
+        render_config(template(), zone)  # there is no Asia/Beijing
 
 
 def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None:

@@ -1,12 +1,14 @@
-"""The camera's hours (camera.active_hours): parsing, open or closed at a moment, and the next opening."""
+"""The camera's hours (camera.active_hours, camera.closed_dates, device.timezone): parsing, open or closed
+at a moment, and the next opening."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge_agent.vision.camera_hours import CameraHours
+from edge_agent.vision.camera_hours import CameraHours, board_clock, board_zone, opening_text
 
 SCHOOL = CameraHours.parse(["mon-fri 07:30-17:30", "sat 08:00-12:00"])
 MONDAY = datetime(2026, 11, 30)  # 2026-11-30 is a Monday
@@ -73,3 +75,68 @@ def test_hours_that_cannot_be_read_are_refused_with_the_entry_and_what_to_write(
     with pytest.raises(ValueError, match=says) as error:
         CameraHours.parse(["mon-fri 07:30-17:30", entry])
     assert repr(entry) in str(error.value)
+
+
+# --- closed days (camera.closed_dates) and the board's time zone (device.timezone) ---------------------
+
+HOLIDAY_WEEK = CameraHours.parse(["mon-fri 07:30-17:30"], ["2026-12-07..2026-12-11", "2026-12-16"])
+
+
+def test_a_closed_day_keeps_the_camera_closed_in_lesson_hours_and_the_next_opening_skips_it():
+    assert not HOLIDAY_WEEK.is_open(at(7, "09:00"))  # Monday of the holiday week
+    assert not HOLIDAY_WEEK.is_open(at(11, "17:29"))  # its Friday: the last day is included
+    assert HOLIDAY_WEEK.is_open(at(15, "09:00")) and not HOLIDAY_WEEK.is_open(at(16, "09:00"))
+    assert HOLIDAY_WEEK.next_open(at(4, "18:00")) == at(14, "07:30")  # Friday before -> Monday after
+    assert HOLIDAY_WEEK.next_open(at(15, "18:00")) == at(17, "07:30")  # a single closed Wednesday
+
+
+def test_closed_dates_alone_leave_every_other_hour_open():
+    hours = CameraHours.parse([], ["2026-12-01"])
+    assert hours.is_open(at(0, "23:59")) and hours.is_open(at(2, "00:00"))
+    assert not hours.is_open(at(1, "12:00"))
+    assert hours.next_open(at(1, "12:00")) == at(2, "00:00")
+
+
+def test_a_summer_holiday_longer_than_a_week_is_skipped_to_the_first_lesson_after_it():
+    summer = CameraHours.parse(["mon-fri 07:30-17:30"], ["2027-07-10..2027-08-31"])
+    assert summer.next_open(datetime(2027, 7, 9, 18, 0)) == datetime(2027, 9, 1, 7, 30)
+
+
+def test_a_closed_day_is_the_day_in_the_zone_of_the_time_given():
+    shanghai = ZoneInfo("Asia/Shanghai")
+    # 2026-12-07 00:30 in Shanghai is still Sunday 16:30 in UTC: the Shanghai date decides
+    assert HOLIDAY_WEEK.closed_on(datetime(2026, 12, 7, 0, 30, tzinfo=shanghai).date())
+    opens = HOLIDAY_WEEK.next_open(datetime(2026, 12, 8, 9, 0, tzinfo=shanghai))
+    assert opens == datetime(2026, 12, 14, 7, 30, tzinfo=shanghai)
+    assert opens.timestamp() == datetime(2026, 12, 13, 23, 30, tzinfo=timezone.utc).timestamp()
+
+
+def test_the_opening_time_shows_the_date_when_it_is_a_week_or_more_away():
+    assert opening_text(at(1, "07:30"), at(0, "18:00")) == "Tue 07:30"
+    assert opening_text(at(14, "07:30"), at(4, "18:00")) == "Mon 2026-12-14 07:30"
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("2026-13-01", "write dates like"),
+        ("1 Oct", "write dates like"),
+        ("2026-10-07..2026-10-01", "the last day comes before the first"),
+        ("2026-10-01..", "write dates like"),
+        ("2026-07-01..2027-08-31", "more than a year"),
+        ("", "write dates like"),
+    ],
+)
+def test_closed_dates_that_cannot_be_read_are_refused_with_the_entry_and_what_to_write(entry, says):
+    with pytest.raises(ValueError, match=says) as error:
+        CameraHours.parse(["mon-fri 07:30-17:30"], ["2026-10-01..2026-10-07", entry])
+    assert repr(entry) in str(error.value)
+
+
+def test_the_board_clock_follows_the_configured_zone_and_refuses_unknown_names():
+    now = board_clock("Asia/Shanghai")()
+    assert now.utcoffset() == timedelta(hours=8)
+    assert board_clock("")().utcoffset() == datetime.now().astimezone().utcoffset()  # the system's zone
+    for bad in ("Asia/Shangai", "UTC+8", "../etc/passwd"):
+        with pytest.raises(ValueError, match="is not a time zone; use an IANA name"):
+            board_zone(bad)

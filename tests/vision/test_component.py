@@ -11,9 +11,10 @@ import shutil
 import sys
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import cv2
 import pytest
@@ -353,3 +354,59 @@ def test_the_camera_stays_closed_outside_its_hours_and_opens_when_they_begin(
 
     asyncio.run(run())
     assert [_value(name) for name in faults] == faults0  # closing and opening are not camera faults
+
+
+def test_the_camera_stays_closed_on_a_holiday_in_the_schools_zone_and_opens_the_day_after(
+    photo_folder, face_engine, pose_engines
+):
+    # The board runs on UTC; the school is in Shanghai (device.timezone). 09:00 on the first day of the
+    # National Day holiday, a Thursday, is lesson time by the weekly hours, but a closed day.
+    shanghai = ZoneInfo("Asia/Shanghai")
+    clock = {"now": datetime(2026, 10, 1, 9, 0, tzinfo=shanghai)}
+    opened: list[float] = []
+
+    def opener(stop: threading.Event):
+        opened.append(time.monotonic())
+        return open_source(str(photo_folder), stop=stop, folder_fps=20.0)
+
+    class ListOutbox:
+        def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
+            pass
+
+    live = LiveBoard()
+    settings = CameraSettings(
+        source=str(photo_folder), analysis_fps=10.0, active_hours=["mon-fri 07:30-17:30"],
+        closed_dates=["2026-10-01..2026-10-07"],
+    )
+    component = AttentionComponent(
+        settings, AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines,
+        outbox=ListOutbox(), heartbeats=HeartbeatRegistry(), live=live, opener=opener,
+        local_now=lambda: clock["now"],
+    )
+
+    async def wait_for(condition, seconds: float = 10.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.05)
+
+    def camera() -> dict[str, Any]:
+        return (live.get("attention") or {}).get("camera", {})
+
+    async def run() -> None:
+        analysed0 = _value("edge_camera_frames_analysed_total")
+        await component.start()
+        await wait_for(lambda: camera().get("state") == "off_hours")
+        await asyncio.sleep(0.5)
+        assert opened == [] and not component.camera.started
+        # Thursday 8 October 07:30 in Shanghai is 23:30 UTC the day before: the absolute time is right
+        assert camera()["opens_at"] == datetime(2026, 10, 7, 23, 30, tzinfo=timezone.utc).timestamp()
+        # a week away: with its date, or "Thu 07:30" would read as tomorrow
+        assert component.health().ok and "opens Thu 2026-10-08 07:30" in component.health().detail
+
+        clock["now"] = datetime(2026, 10, 8, 7, 30, tzinfo=shanghai)
+        await wait_for(lambda: _value("edge_camera_frames_analysed_total") >= analysed0 + 5)
+        assert len(opened) == 1 and camera()["state"] == "running"
+        await component.stop()
+
+    asyncio.run(run())

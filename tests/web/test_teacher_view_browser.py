@@ -260,6 +260,25 @@ def test_a_camera_closed_outside_its_hours_says_when_it_opens_and_is_no_problem(
     assert view.console_errors == []
 
 
+def test_a_camera_closed_for_a_holiday_says_the_date_it_opens(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    opens = time.time() + 20 * 86400  # after the winter holiday: "Mon 07:30" alone would mean next week
+    live_board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
+        "state": "off_hours", "fps": 0.0, "detail": "closed", "opens_at": opens}})
+    view.page.wait_for_function("() => document.getElementById('attention').dataset.camera === 'down'",
+                                timeout=2000)
+    day = time.localtime(opens)
+    assert f"{day.tm_mon}月{day.tm_mday}日" in view.text("#att-signal")
+    view.page.click("#lang")
+    view.page.wait_for_function("() => document.documentElement.lang === 'en'", timeout=2000)
+    english = view.text("#att-signal")
+    assert time.strftime("%b", day) in english and f" {day.tm_mday}" in english
+    assert view.console_errors == []
+
+
 def test_issues_read_in_the_teachers_language_and_each_once(teacher_server: ServerThread,
                                                             live_board: LiveBoard,
                                                             teacher_page: PageFactory) -> None:

@@ -30,8 +30,10 @@
   const tState = (prefix, value) => ((messages[lang] || {})[prefix + value] !== undefined ? t(prefix + value) : String(value));
   const pct = (v) => (isNum(v) ? new Intl.NumberFormat(lang, { style: "percent", maximumFractionDigits: 0 }).format(v) : "—");
   const num = (v, digits) => (isNum(v) ? new Intl.NumberFormat(lang, { maximumFractionDigits: digits || 0 }).format(v) : "—");
+  // With the date when it is a week or more away: after a holiday "Mon 07:30" reads as the coming Monday.
   const dayTime = (epoch) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleString(lang,
-    { weekday: "short", hour: "2-digit", minute: "2-digit" }) : "—");
+    { weekday: "short", hour: "2-digit", minute: "2-digit",
+      ...(epoch * 1000 - Date.now() >= 6 * 86400000 ? { month: "short", day: "numeric" } : {}) }) : "—");
   // Camera states that are a choice (switched off, outside its hours), not a problem for IT.
   const CAMERA_OFF = new Set(["disabled", "off_hours"]);
   const clockTime = (epoch, seconds) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleTimeString(lang,
