@@ -189,17 +189,41 @@ def test_the_teachers_timeline_survives_a_restart(photo_folder, state_dir, face_
     assert len(before) >= 3 and after[: len(before)] == before
 
 
+class ListOutbox:
+    """The outbox's enqueue, keeping what the component stores."""
+
+    def __init__(self) -> None:
+        self.stored: list[dict[str, Any]] = []
+
+    def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
+        self.stored.append(payload)
+
+
+class CountingOpener:
+    """Opens the photo folder as the camera, noting when each open happened."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.opened: list[float] = []
+
+    def __call__(self, stop: threading.Event):
+        self.opened.append(time.monotonic())
+        return open_source(str(self.folder), stop=stop, folder_fps=20.0)
+
+
+async def wait_for(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
 def test_missing_camera_degrades_health_and_keeps_retrying(tmp_path, face_engine, pose_engines):
     missing = str(tmp_path / "absent.mp4")
-    stored: list[dict[str, Any]] = []
-
-    class ListOutbox:
-        def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
-            stored.append(payload)
-
+    outbox = ListOutbox()
     component = AttentionComponent(
         CameraSettings(source=missing, reconnect_min_s=0.05, reconnect_max_s=0.1),
-        AttentionSettings(), face_engine, pose_engines, outbox=ListOutbox(), heartbeats=HeartbeatRegistry(),
+        AttentionSettings(), face_engine, pose_engines, outbox=outbox, heartbeats=HeartbeatRegistry(),
     )
 
     async def run() -> None:
@@ -210,7 +234,7 @@ def test_missing_camera_degrades_health_and_keeps_retrying(tmp_path, face_engine
         await component.stop()
 
     asyncio.run(run())
-    assert stored == []  # no frames, no window
+    assert outbox.stored == []  # no frames, no window
 
 
 def test_engine_failure_degrades_health_without_crashing(photo_folder, model_mirror, pose_engines):
@@ -223,7 +247,7 @@ def test_engine_failure_degrades_health_without_crashing(photo_folder, model_mir
         path.unlink()
     component = AttentionComponent(
         CameraSettings(source=str(photo_folder), analysis_fps=20.0), AttentionSettings(),
-        fixed, pose_engines, outbox=_NullOutbox(), heartbeats=HeartbeatRegistry(),
+        fixed, pose_engines, outbox=ListOutbox(), heartbeats=HeartbeatRegistry(),
         opener=_folder_opener(photo_folder),
     )
 
@@ -242,11 +266,6 @@ def test_engine_failure_degrades_health_without_crashing(photo_folder, model_mir
     assert _value("edge_camera_frames_dropped_total", reason="analysis_error") > errors0
 
 
-class _NullOutbox:
-    def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
-        pass
-
-
 def test_analysis_rate_gauge_falls_to_zero_when_the_camera_stops_delivering(
     tmp_path, faces_dir, face_engine, pose_engines, monkeypatch
 ):
@@ -259,7 +278,7 @@ def test_analysis_rate_gauge_falls_to_zero_when_the_camera_stops_delivering(
     writer.release()
     component = AttentionComponent(
         CameraSettings(source=str(video), analysis_fps=5.0, reconnect_min_s=60.0, reconnect_max_s=60.0),
-        AttentionSettings(), face_engine, pose_engines, outbox=_NullOutbox(), heartbeats=HeartbeatRegistry(),
+        AttentionSettings(), face_engine, pose_engines, outbox=ListOutbox(), heartbeats=HeartbeatRegistry(),
     )
 
     async def run() -> tuple[float, float]:
@@ -283,18 +302,10 @@ def test_the_camera_stays_closed_outside_its_hours_and_opens_when_they_begin(
     photo_folder, face_engine, pose_engines
 ):
     clock = {"now": datetime(2026, 12, 5, 23, 0)}  # a Saturday night
-    opened: list[float] = []
-
-    def opener(stop: threading.Event):
-        opened.append(time.monotonic())
-        return open_source(str(photo_folder), stop=stop, folder_fps=20.0)
-
-    stored: list[dict[str, Any]] = []
-
-    class ListOutbox:
-        def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
-            stored.append(payload)
-
+    opener = CountingOpener(photo_folder)
+    opened = opener.opened
+    outbox = ListOutbox()
+    stored = outbox.stored
     live = LiveBoard()
     component = AttentionComponent(
         # a night longer than the stall timeout, as a real one is: reopening must not look like a stall
@@ -304,15 +315,9 @@ def test_the_camera_stays_closed_outside_its_hours_and_opens_when_they_begin(
             stall_timeout_s=0.5,
             active_hours=["mon-fri 07:30-17:30"],
         ),
-        AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=ListOutbox(),
+        AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=outbox,
         heartbeats=HeartbeatRegistry(), live=live, opener=opener, local_now=lambda: clock["now"],
     )
-
-    async def wait_for(condition, seconds: float = 10.0) -> None:
-        deadline = time.monotonic() + seconds
-        while not condition():
-            assert time.monotonic() < deadline, "timed out"
-            await asyncio.sleep(0.05)
 
     def camera_state() -> str:
         return (live.get("attention") or {}).get("camera", {}).get("state", "")
@@ -363,16 +368,8 @@ def test_the_camera_stays_closed_on_a_holiday_in_the_schools_zone_and_opens_the_
     # National Day holiday, a Thursday, is lesson time by the weekly hours, but a closed day.
     shanghai = ZoneInfo("Asia/Shanghai")
     clock = {"now": datetime(2026, 10, 1, 9, 0, tzinfo=shanghai)}
-    opened: list[float] = []
-
-    def opener(stop: threading.Event):
-        opened.append(time.monotonic())
-        return open_source(str(photo_folder), stop=stop, folder_fps=20.0)
-
-    class ListOutbox:
-        def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
-            pass
-
+    opener = CountingOpener(photo_folder)
+    opened = opener.opened
     live = LiveBoard()
     settings = CameraSettings(
         source=str(photo_folder), analysis_fps=10.0, active_hours=["mon-fri 07:30-17:30"],
@@ -383,12 +380,6 @@ def test_the_camera_stays_closed_on_a_holiday_in_the_schools_zone_and_opens_the_
         outbox=ListOutbox(), heartbeats=HeartbeatRegistry(), live=live, opener=opener,
         local_now=lambda: clock["now"],
     )
-
-    async def wait_for(condition, seconds: float = 10.0) -> None:
-        deadline = time.monotonic() + seconds
-        while not condition():
-            assert time.monotonic() < deadline, "timed out"
-            await asyncio.sleep(0.05)
 
     def camera() -> dict[str, Any]:
         return (live.get("attention") or {}).get("camera", {})
