@@ -382,6 +382,53 @@ def check_clock(now: dt.datetime, synced: bool | None, how: str) -> CheckResult:
     return CheckResult("clock", True, f"synchronised ({how})")
 
 
+SERVICE = "edge-agent.service"
+SERVICE_PROPERTIES = ("LoadState", "ActiveState", "SubState", "Result", "NRestarts", "StatusText")
+
+
+def service_status(root: Path = Path("/"), timeout_s: float = 5.0) -> dict[str, str] | None:
+    """edge-agent.service as systemd sees it, or None where no systemd runs (a dev machine, a container,
+    a target root)."""
+    booted = Path("/run/systemd/system").is_dir()  # sd_booted(): systemd is PID 1
+    if root.resolve() != Path("/") or not booted or not shutil.which("systemctl"):
+        return None
+    try:
+        done = subprocess.run(["systemctl", "show", SERVICE, "-p", ",".join(SERVICE_PROPERTIES)],
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def check_service(props: dict[str, str]) -> CheckResult:
+    """Whether systemd runs the daemon, and what stopped it. A "start-limit-hit" needs a reset by hand:
+    systemd counts every start against the unit's limit (5 in 10 minutes), restarts by hand too."""
+    state, result = props.get("ActiveState", "?"), props.get("Result", "?")
+    restarts = int(props["NRestarts"]) if props.get("NRestarts", "").isdigit() else 0
+    if props.get("LoadState") == "not-found":
+        return CheckResult("service", False, f"{SERVICE} is not installed",
+                           "provision the board (edge-agent-provision), which installs and enables it")
+    if state == "failed":
+        fixes = {
+            "start-limit-hit": "systemctl reset-failed edge-agent && systemctl start edge-agent (systemd "
+            "gave up after 5 starts in 10 minutes)",
+            "watchdog": "a worker hung and the watchdog killed it: journalctl -u edge-agent -b names the "
+            "component; then systemctl start edge-agent",
+        }
+        fix = fixes.get(result, "journalctl -u edge-agent -b shows why; then systemctl start edge-agent")
+        return CheckResult("service", False, f"{SERVICE} failed ({result})", fix)
+    if state != "active":
+        return CheckResult("service", False, f"{SERVICE} is {state} ({props.get('SubState', '?')})",
+                           "systemctl start edge-agent (stopped by hand, e.g. to calibrate the camera?)")
+    detail = f"active: {props.get('StatusText') or props.get('SubState', '?')}"
+    if restarts:
+        return CheckResult("service", True, f"{detail}; restarted by systemd {restarts} times since started",
+                           "journalctl -u edge-agent -b shows why it restarted", warning=True)
+    return CheckResult("service", True, detail)
+
+
 def check_camera_hours(hours: CameraHours, now: dt.datetime, zone_set: bool = False) -> CheckResult:
     """Whether the camera is open now by camera.active_hours and camera.closed_dates, in the board's time
     (``now``, aware: in device.timezone when ``zone_set``, else the system's zone).
@@ -416,6 +463,9 @@ def run_checks(
     """Every check in a fixed order; later checks are skipped when the config cannot be read."""
     result, config = check_config(config_path)
     results = [result]
+    props = service_status(root)
+    if props is not None:
+        results.append(check_service(props))
     synced, how = clock_sync_status(root)
     results.append(check_clock(dt.datetime.now(dt.timezone.utc), synced, how))
     if config is None:

@@ -42,11 +42,22 @@ switch_to() {  # $1: releases/<id>; the one running now becomes "previous"
 }
 
 restart_daemon() {
-    if [ "$RESTART" = auto ] && [ "$PREFIX" = /opt/edge-agent ] && command -v systemctl >/dev/null \
-            && systemctl is-active --quiet edge-agent 2>/dev/null; then
-        systemctl try-restart edge-agent-engines edge-agent && say "edge-agent restarted on $(cat "$PREFIX/VERSION")"
+    if [ "$RESTART" != auto ] || [ "$PREFIX" != /opt/edge-agent ] || [ ! -d /run/systemd/system ]; then
+        say "restart edge-agent to run it (systemctl restart edge-agent); a running process keeps the old code"
+    elif ! systemctl is-active --quiet edge-agent; then
+        say "edge-agent is not running ($(systemctl is-active edge-agent)); once the board is provisioned:"
+        say "systemctl reset-failed edge-agent; systemctl start edge-agent"
     else
-        say "restart edge-agent to run it (systemctl restart edge-agent); the running process keeps the old code"
+        # systemd counts every start against StartLimitBurst (5 in 10 minutes), restarts by hand too: after
+        # a few restarts this one was refused ("start-limit-hit") and the board stayed down (2026-12-01).
+        systemctl reset-failed edge-agent-engines edge-agent 2>/dev/null || true
+        if systemctl try-restart edge-agent-engines edge-agent; then
+            say "edge-agent restarted on $(cat "$PREFIX/VERSION")"
+        else
+            say "edge-agent did not restart on $(cat "$PREFIX/VERSION"): see systemctl status edge-agent and"
+            say "journalctl -u edge-agent; sh $0 --rollback goes back to the release before"
+            exit 1
+        fi
     fi
 }
 
@@ -63,6 +74,19 @@ if [ "${1:-}" = --rollback ]; then
 fi
 [ $# -eq 0 ] || { say "usage: install.sh [--rollback]"; exit 2; }
 
+# The units run the venv's interpreter as the edge-agent user with /root, /home and /tmp hidden
+# (ProtectHome, PrivateTmp): one from pyenv or conda in a home folder fails there with "status=203/EXEC"
+# and no other hint (seen under a real systemd on 2026-12-01). EDGE_AGENT_PYTHON_ANYWHERE=1 allows it for
+# prefixes the units never run (tests).
+real_python=$(readlink -f "$(command -v "$PYTHON" || echo "$PYTHON")")
+case "$real_python" in
+    /root/*|/home/*|/tmp/*|/var/tmp/*|/run/user/*)
+        if [ -z "${EDGE_AGENT_PYTHON_ANYWHERE:-}" ]; then
+            say "$PYTHON is $real_python, which the edge-agent service cannot run (its unit hides /root, /home"
+            say "and /tmp and runs as the edge-agent user); use the system's: PYTHON=/usr/bin/python3 sh $0"
+            exit 2
+        fi ;;
+esac
 "$PYTHON" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)' || {
     say "edge-agent needs Python 3.10 to 3.12 (JetPack 6 ships 3.10); $PYTHON is not"
     exit 2

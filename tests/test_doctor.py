@@ -78,7 +78,9 @@ def test_config_with_unknown_key_warns_with_its_location_and_a_fix(tmp_path: Pat
 
 def test_config_naming_missing_files_fails_but_still_yields_the_settings(tmp_path: Path) -> None:
     path = write_config(tmp_path)
-    path.write_text(path.read_text().replace("[mqtt]\nenabled = false", "[mqtt]\nhost = \"broker.example\""))
+    missing = tmp_path / "certs/ca.pem"  # not the default in /etc, which a provisioned machine has
+    path.write_text(path.read_text().replace(
+        "[mqtt]\nenabled = false", f'[mqtt]\nhost = "broker.example"\nca_file = "{missing}"'))
     result, config = doctor.check_config(path)
     assert not result.ok and "mqtt.ca_file" in result.detail
     assert config is not None and config.mqtt.host == "broker.example"
@@ -479,6 +481,36 @@ def test_camera_hours_warn_when_every_closed_date_is_past_and_name_a_far_opening
     closed = doctor.check_camera_hours(winter, dt.datetime(2027, 1, 26, 9, 0, tzinfo=shanghai), True)
     assert not closed.warning
     assert closed.detail == "closed now, opens Mon 2027-02-22 07:30 (board time Tue 2027-01-26 09:00 CST)"
+
+
+@pytest.mark.parametrize(
+    ("props", "ok", "warning", "says"),
+    [
+        ({"LoadState": "loaded", "ActiveState": "active", "SubState": "running", "Result": "success",
+          "NRestarts": "0", "StatusText": "running: all components healthy"}, True, False,
+         "active: running: all components healthy"),
+        ({"LoadState": "loaded", "ActiveState": "active", "Result": "success", "NRestarts": "2",
+          "StatusText": "running"}, True, True, "restarted by systemd 2 times"),
+        # seen under a real systemd on 2026-12-01: one start and five restarts within ten minutes
+        ({"LoadState": "loaded", "ActiveState": "failed", "Result": "start-limit-hit", "NRestarts": "0"},
+         False, False, "systemctl reset-failed edge-agent && systemctl start edge-agent"),
+        ({"LoadState": "loaded", "ActiveState": "failed", "Result": "watchdog", "NRestarts": "1"},
+         False, False, "the watchdog killed it"),
+        ({"LoadState": "loaded", "ActiveState": "inactive", "SubState": "dead", "Result": "success"},
+         False, False, "systemctl start edge-agent"),
+        ({"LoadState": "not-found", "ActiveState": "inactive"}, False, False, "edge-agent-provision"),
+    ],
+)
+def test_the_service_check_says_what_stopped_the_daemon_and_how_to_start_it(
+    props: dict[str, str], ok: bool, warning: bool, says: str
+) -> None:
+    result = doctor.check_service(props)
+    assert (result.ok, result.warning) == (ok, warning)
+    assert says in result.detail + " " + result.fix
+
+
+def test_the_service_is_not_checked_where_systemd_does_not_run_the_board(tmp_path: Path) -> None:
+    assert doctor.service_status(tmp_path) is None  # a target root: its systemd is not running
 
 
 def test_timesyncd_flag_file_means_synchronised(tmp_path: Path) -> None:

@@ -28,10 +28,16 @@ NO_TENSORRT = 3
 
 
 def _config(args: argparse.Namespace) -> tuple[InferenceSettings, PathSettings]:
-    from edge_agent.config import find_config_path, load_config
+    from edge_agent.config import find_config_path, load_config_ignoring_unknown
 
     path = find_config_path(getattr(args, "config", None))
-    config = load_config(path, check_files_exist=False) if path.is_file() else Config()
+    config = Config()
+    if path.is_file():
+        # As the daemon: edge-agent-engines.service runs this after a rollback too, when the config may
+        # hold a key only the newer release knows (it refused "device.timezone" under systemd, 2026-12-01).
+        config, ignored = load_config_ignoring_unknown(path, check_files_exist=False)
+        for key in ignored:
+            print(f"config {path}: {key} is not a key this release knows; ignored", file=sys.stderr)
     paths = config.paths
     updates: dict[str, object] = {}
     if getattr(args, "cache_dir", None):

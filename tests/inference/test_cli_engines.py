@@ -46,6 +46,20 @@ def test_unknown_model_is_an_error_not_a_traceback(common, capsys):
     assert "unknown model" in capsys.readouterr().err
 
 
+def test_a_key_only_a_newer_release_knows_is_named_and_ignored_as_the_daemon_does(
+    tmp_path, model_mirror, monkeypatch, capsys
+):
+    # edge-agent-engines.service after a rollback: the config holds a newer release's key. It stopped the
+    # engine build under a real systemd (2026-12-01); `config check` stays strict.
+    config = tmp_path / "config.toml"
+    config.write_text(f'[device]\nfuture_key = "x"\n[paths]\ncache_dir = "{tmp_path / "cache"}"\n'
+                      f'model_mirror = "{model_mirror}"\n')
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(config))
+    assert _run(["engines", "fetch", "fsanet-1x1"]) == 0
+    assert "device.future_key (line 2) is not a key this release knows; ignored" in capsys.readouterr().err
+    assert next((tmp_path / "cache" / "models").rglob("fsanet-1x1*.onnx")).is_file()
+
+
 @pytest.mark.skipif(trt is not None, reason="TensorRT imports here")
 def test_build_without_tensorrt_builds_nothing_and_says_so(common, tmp_path, capsys):
     assert _run(["engines", "build", "fsanet-1x1", *common]) == NO_TENSORRT

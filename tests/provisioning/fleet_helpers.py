@@ -88,12 +88,17 @@ def start_broker(fleet: Fleet, workdir: Path) -> Broker:
     text = text.replace("/etc/mosquitto/edge/", f"{workdir}/").replace(
         "listener 8883", f"listener {port} 127.0.0.1"
     )
-    text = text.replace("persistence true", "persistence false").replace(
-        "persistence_location /var/lib/mosquitto/\n", ""
+    (workdir / "conf.d").mkdir(exist_ok=True)
+    (workdir / "conf.d/edge.conf").write_text(text, encoding="utf-8")
+    # Laid out as Debian's and Ubuntu's package does: its mosquitto.conf sets the persistence location and
+    # includes conf.d (the snippet once named it again, and Mosquitto refused to start: 2026-12-01). Without
+    # persistence here, so that each test starts from an empty broker. As root, mosquitto would drop to the
+    # "mosquitto" user and fail to read the 0600 key in a test dir.
+    (workdir / "mosquitto.conf").write_text(
+        f"persistence false\npersistence_location {workdir}/\ninclude_dir {workdir}/conf.d\n"
+        f"user {getpass.getuser()}\nlog_dest file {workdir}/mosquitto.log\nlog_type all\n",
+        encoding="utf-8",
     )
-    # As root, mosquitto would drop to the "mosquitto" user and fail to read the 0600 key in a test dir.
-    text += f"\nuser {getpass.getuser()}\nlog_dest file {workdir}/mosquitto.log\nlog_type all\n"
-    (workdir / "mosquitto.conf").write_text(text, encoding="utf-8")
     process = subprocess.Popen(
         [mosquitto, "-c", str(workdir / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def _install(source: Path, prefix: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    # The test interpreter may live in a home folder (pyenv): fine for a prefix the units never run.
     env = os.environ | {"EDGE_AGENT_PREFIX": str(prefix), "EDGE_AGENT_EXTRAS": "", "PYTHON": sys.executable,
-                        **env}
+                        "EDGE_AGENT_PYTHON_ANYWHERE": "1", **env}
     script = str(source / "provisioning/install.sh")
     return subprocess.run(["sh", script, *args], env=env, capture_output=True, text=True, timeout=600,
                           check=False)
@@ -115,3 +117,18 @@ def test_install_refuses_a_partial_release_or_an_earlier_layout(tmp_path: Path) 
     result = _install(REPO, old)
     assert result.returncode == 2 and "earlier install.sh" in result.stderr
     assert _install(REPO, tmp_path / "empty", "--rollback").returncode == 2
+
+
+def test_an_interpreter_the_service_cannot_run_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # Under a real systemd, a venv on pyenv's Python in /root failed with status=203/EXEC: the unit hides
+    # /root, /home and /tmp. An interpreter in /tmp stands for it here.
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder:
+        python = Path(folder) / "python3"
+        python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+        python.chmod(0o755)
+        prefix = tmp_path / "opt"
+        refused = _install(REPO, prefix, PYTHON=str(python), EDGE_AGENT_PYTHON_ANYWHERE="")
+    assert refused.returncode == 2
+    assert f"{python}, which the edge-agent service cannot run" in refused.stderr
+    assert "PYTHON=/usr/bin/python3" in refused.stderr
+    assert not prefix.exists()
