@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the tests need: Mosquitto (real broker), Chromium (teacher view in a real browser),
-# systemd-analyze (unit checks), promtool (the shipped alert rules and their unit tests). Installs only
-# what is missing; needs root (CI runs as root).
+# systemd (unit checks, and the units run under a real systemd), promtool (the shipped alert rules and
+# their unit tests). Installs only what is missing; needs root (CI runs as root).
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
@@ -9,6 +9,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The board's venv is built from the system's Python (tests/systemd/test_units_under_systemd.py).
+/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # Without a CJK font the zh-CN teacher view renders as empty boxes in screenshots.
 [ -d /usr/share/fonts/opentype/noto ] || missing+=(fonts-noto-cjk)
 if [ ${#missing[@]} -eq 0 ]; then

@@ -1,0 +1,136 @@
+"""A real systemd as PID 1 of its own PID and mount namespaces, for running the shipped units for real.
+
+Nothing it writes reaches this machine: /etc, /opt and /var are overlays whose changes land in a test
+folder, and /run is its own tmpfs. Of this machine's own boot nothing starts: every unit that the usual
+targets pull in is masked (tmpfiles would empty /tmp, udev would handle this machine's devices), except
+journald, so `journalctl` shows what the units printed. Needs root, unshare(1), nsenter(1) and systemd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+SYSTEMD = Path("/lib/systemd/systemd")
+TARGET = "edge-test.target"
+KEEP = ("systemd-journald.service", "systemd-journald.socket", "systemd-journald-dev-log.socket")
+# Targets with real work behind them on a booted machine: mounts, swap, disks.
+MASK_TARGETS = ("local-fs.target", "swap.target", "cryptsetup.target", "remote-fs.target",
+                "veritysetup.target", "integritysetup.target", "getty.target")
+
+BOOT = r"""
+set -eu
+W=$1
+for d in etc opt var; do
+    mkdir -p "$W/upper/$d" "$W/work/$d"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$W/upper/$d,workdir=$W/work/$d" "/$d"
+done
+mount -t tmpfs tmpfs /run
+: > /etc/fstab
+rm -rf /var/log/journal/*  # this machine's own journal (in the overlay: only hidden, not deleted)
+mask() { rm -f "/etc/systemd/system/$1"; ln -s /dev/null "/etc/systemd/system/$1"; }
+for wants in /lib/systemd/system/*.wants /etc/systemd/system/*.wants; do
+    [ -d "$wants" ] || continue
+    for unit in "$wants"/*; do
+        name=${unit##*/}
+        case " $KEEP " in *" $name "*) continue ;; esac
+        mask "$name"
+    done
+done
+for t in $MASK_TARGETS; do mask "$t"; done
+printf '[Unit]\nDescription=edge-agent tests\nDefaultDependencies=no\n' > /etc/systemd/system/edge-test.target
+exec /lib/systemd/systemd --system --unit=edge-test.target --log-target=journal
+"""
+
+
+def unavailable() -> str | None:
+    """Why a booted systemd cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (namespaces and overlay mounts)"
+    for tool in ("unshare", "nsenter", "systemctl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if not SYSTEMD.is_file():
+        return f"{SYSTEMD} is not installed"
+    return None
+
+
+class BootedSystemd:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pid = 0  # systemd's pid, as this machine sees it
+
+    def boot(self, timeout_s: float = 30.0) -> None:
+        """Start systemd and wait until it runs; raises RuntimeError saying why it did not."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = os.environ | {"KEEP": " ".join(KEEP), "MASK_TARGETS": " ".join(MASK_TARGETS)}
+        self.process = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", "--mount-proc",
+             "sh", "-c", BOOT, "boot", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise RuntimeError(f"systemd did not boot: {err.strip()[-500:]}")
+            self.pid = self.pid or self._find_pid()
+            if self.pid and self.run("systemctl", "is-system-running", check=False).stdout.strip() in (
+                "running", "degraded"
+            ):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"systemd did not reach 'running' within {timeout_s:.0f} s")
+
+    def _find_pid(self) -> int:
+        """systemd is the child of unshare's child."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            pids = children.read_text().split()
+        except OSError:
+            return 0
+        if not pids:
+            return 0
+        try:
+            return int(pids[0]) if Path(f"/proc/{pids[0]}/exe").resolve() == SYSTEMD.resolve() else 0
+        except OSError:
+            return 0
+
+    def run(self, *argv: str, check: bool = True, timeout_s: float = 120.0,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """A command inside: it sees the overlays and talks to this systemd."""
+        done = subprocess.run(["nsenter", "-t", str(self.pid), "-m", "-p", *argv], capture_output=True,
+                              text=True, timeout=timeout_s, check=False, env=env)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        return done
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.run("systemctl", "show", unit, "-p", ",".join(props)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def journal(self, unit: str) -> str:
+        return self.run("journalctl", "--no-pager", "-o", "cat", "-u", unit, check=False).stdout
+
+    def shutdown(self) -> None:
+        """Kill systemd and everything it started (the namespace ends with its PID 1)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        self.process.wait(10)
+        if self.process.stderr:
+            self.process.stderr.close()
+        # PrivateTmp= folders live in this machine's /tmp; killed, systemd could not remove them
+        for folder in Path("/tmp").glob("systemd-private-*-edge-agent*.service-*"):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,166 @@
+"""The shipped units under a real systemd (PID 1 of its own namespaces, see booted.py), with the README's
+own steps: install.sh into /opt, the broker example under Debian's Mosquitto unit, provisioning with
+--root /, then the daemon as a Type=notify service with its watchdog and hardening. Everything it writes
+stays in overlays. Skipped where systemd cannot boot this way (not root, no unshare)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.provisioning.fleet_helpers import free_port
+from tests.systemd.booted import BootedSystemd, unavailable
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = "/opt/edge-agent/venv/bin"
+STAGE = "/var/lib/edge-test"  # models and photos where the sandboxed daemon can read them
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
+
+
+def system_python() -> str | None:
+    """The interpreter install.sh should build the board's venv from: the system's, as on JetPack."""
+    python = Path("/usr/bin/python3")
+    if not python.is_file():
+        return None
+    fits = "import sys, ensurepip, venv; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))"
+    probe = subprocess.run([str(python), "-c", fits], capture_output=True, check=False)
+    return str(python) if probe.returncode == 0 else None
+
+
+@pytest.fixture()
+def booted(tmp_path: Path):
+    system = BootedSystemd(tmp_path / "systemd")
+    try:
+        system.boot()
+    except RuntimeError as exc:
+        system.shutdown()
+        pytest.skip(str(exc))
+    yield system
+    system.shutdown()
+
+
+def wait_until(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {seconds:.0f} s waiting for {what}"
+        time.sleep(0.25)
+
+
+def post_answers(port: int, students: int) -> list[dict]:
+    items = json.loads((REPO / "engines/kt-default/items.json").read_text())["items"]
+    now = datetime.now(timezone.utc).isoformat()
+    body = {"answers": [{"student_id": f"s-{i:02d}", "item_id": items[i]["id"],
+                         "skill_id": items[i]["skill_id"], "correct": i % 2 == 0, "answered_at": now,
+                         "client_event_id": f"e-{i}"} for i in range(students)]}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/answers", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["results"]
+
+
+def retained_status(fleet: Path, topic: str) -> str | None:
+    """What the fleet's back end (certificate CN fleet-controller) reads on the board's status topic."""
+    got: list[str] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fleet-controller-test", protocol=mqtt.MQTTv5)
+    client.tls_set(ca_certs=str(fleet / "fleet-ca/ca.pem"), certfile=str(fleet / "fc.pem"),
+                   keyfile=str(fleet / "fc.key"), cert_reqs=ssl.CERT_REQUIRED)
+    client.on_message = lambda c, u, m: got.append(m.payload.decode())
+    client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+    client.connect("localhost", 8883, keepalive=10)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got[0] if got else None
+
+
+def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_hardening(
+    booted: BootedSystemd, tmp_path: Path, model_mirror: Path, faces_dir: Path
+) -> None:
+    python = system_python()
+    if python is None:
+        pytest.skip("/usr/bin/python3 (3.10-3.12, with venv) is needed to build the board's venv")
+    web_port, metrics_port = free_port(), free_port()
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+
+    # install.sh, as on a board: the system's Python (one in /root would fail with 203/EXEC)
+    install = f"cd {REPO} && PYTHON={python} EDGE_AGENT_EXTRAS= sh provisioning/install.sh"
+    booted.run("sh", "-c", install, timeout_s=600)
+    booted.run("sh", "-c", f"mkdir -p {STAGE} && cp -r {model_mirror} {STAGE}/models && "
+                           f"cp -r {faces_dir / 'pexels'} {STAGE}/camera")
+
+    # The broker example exactly as its README says, under Debian's own mosquitto.service
+    booted.run("sh", "-c", f"""set -e
+        cd {fleet}
+        {BIN}/edge-agent-ca init ./fleet-ca
+        mkdir -p /etc/mosquitto/edge
+        {BIN}/edge-agent-ca server ./fleet-ca localhost --out-dir /etc/mosquitto/edge
+        cp fleet-ca/ca.pem fleet-ca/crl.pem /etc/mosquitto/edge/
+        cp {REPO}/provisioning/mosquitto/acl /etc/mosquitto/edge/acl
+        cp {REPO}/provisioning/mosquitto/mosquitto.conf /etc/mosquitto/conf.d/edge.conf
+        chown -R mosquitto: /etc/mosquitto/edge
+        systemctl restart mosquitto
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout fc.key \
+            -subj /CN=fleet-controller -out fc.csr 2>/dev/null
+        {BIN}/edge-agent-ca sign ./fleet-ca fc.csr --out fc.pem""")
+    assert booted.show("mosquitto.service", "ActiveState")["ActiveState"] == "active"
+
+    # Provisioning this board (--root /): user, secrets, certificate, config, units, enrolment
+    (fleet / "inventory.csv").write_text(
+        "tenant,site,class_id,device_id,camera.source,mqtt.host,paths.model_mirror,web.port,metrics.port\n"
+        f"district,school,class-3a,board-1,{STAGE}/camera,localhost,{STAGE}/models,{web_port},{metrics_port}\n")
+    done = booted.run(f"{BIN}/edge-agent-provision", "--inventory", str(fleet / "inventory.csv"),
+                      "--template", str(REPO / "provisioning/fleet-template.toml"), "--device-id", "board-1",
+                      "--ca-dir", str(fleet / "fleet-ca"), "--enroll", "localhost:8883")
+    assert "board-1: enrolled" in done.stdout
+    # Faster restarts than the shipped 10 s; the watchdog's 30 s stay as shipped.
+    booted.run("sh", "-c", "mkdir -p /etc/systemd/system/edge-agent.service.d && printf '[Service]\\n"
+                           "RestartSec=1\\n' > /etc/systemd/system/edge-agent.service.d/test.conf && "
+                           "systemctl daemon-reload")
+
+    # Type=notify: start returns once the daemon said READY (the store is open); the rest follows
+    booted.run("systemctl", "start", "edge-agent", timeout_s=200)
+    assert booted.show("edge-agent.service", "ActiveState")["ActiveState"] == "active"
+    wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
+               == "running: all components healthy", 60, "every component")
+    service = booted.show("edge-agent.service", "MainPID")
+    results = post_answers(web_port, 6)
+    assert [r["status"] for r in results] == ["applied"] * 6
+    assert retained_status(fleet, "edge/district/school/board-1/status") == "online"
+    doctor = booted.run(f"{BIN}/edge-agent", "doctor", "--json", check=False)
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)}
+    assert checks["service"]["ok"] and checks["broker TLS"]["ok"], doctor.stdout
+
+    # A hung daemon: the watchdog kills it after WatchdogSec=30 and systemd starts it again
+    booted.run("kill", "-STOP", service["MainPID"])
+    wait_until(lambda: booted.show("edge-agent.service", "NRestarts")["NRestarts"] == "1", 60, "the restart")
+    wait_until(lambda: "6 students restored" in booted.journal("edge-agent.service"), 60,
+               "the restarted daemon with the students' states")
+    assert "Failed with result 'watchdog'" in booted.journal("edge-agent.service")
+
+    # Restarts by hand count against StartLimitBurst (5 in 10 minutes); install.sh's restart still works
+    for _ in range(3):
+        booted.run("systemctl", "restart", "edge-agent", timeout_s=200)
+    upgrade = booted.run("sh", "-c", install, timeout_s=600)
+    assert "edge-agent restarted" in upgrade.stderr
+    assert booted.show("edge-agent.service", "ActiveState")["ActiveState"] == "active"
+
+    booted.run("systemctl", "stop", "edge-agent", timeout_s=60)
+    stopped = booted.show("edge-agent.service", "ActiveState", "Result")
+    assert stopped == {"ActiveState": "inactive", "Result": "success"}
+    assert "component store stopped" in booted.journal("edge-agent.service")
