@@ -110,37 +110,37 @@ def test_daemon_unit_settings_the_daemon_relies_on() -> None:
     assert "engines-built.stamp" in engines["Service"]["ExecCondition"]
 
 
-def test_engine_build_runs_on_first_boot_and_after_an_upgrade_only(tmp_path: Path) -> None:
+def test_engine_build_runs_on_first_boot_and_after_an_upgrade_only_and_a_failed_one_once_a_boot(
+    tmp_path: Path,
+) -> None:
     import shlex
 
     service = read_unit("edge-agent-engines.service")["Service"]
-    version, stamp = tmp_path / "VERSION", tmp_path / "engines-built.stamp"
+    version, boot = tmp_path / "VERSION", tmp_path / "boot_id"
+    places = {
+        "/opt/edge-agent/VERSION": str(version),
+        "/var/cache/edge-agent/": f"{tmp_path}/",
+        "/proc/sys/kernel/random/boot_id": str(boot),
+        "$$SERVICE_RESULT": "$SERVICE_RESULT",  # systemd's escape for a literal $
+    }
 
-    def condition() -> int:
-        argv = shlex.split(service["ExecCondition"])
-        argv = [
-            a.replace("/opt/edge-agent/VERSION", str(version)).replace(
-                "/var/cache/edge-agent/engines-built.stamp", str(stamp)
-            )
-            for a in argv
-        ]
-        return subprocess.run(argv, timeout=10, check=False).returncode
-
-    def post() -> None:
-        argv = [
-            a.replace("/opt/edge-agent/VERSION", str(version)).replace(
-                "/var/cache/edge-agent/engines-built.stamp", str(stamp)
-            )
-            for a in shlex.split(service["ExecStartPost"])
-        ]
-        subprocess.run(argv, timeout=10, check=True)
+    def run(key: str, result: str = "success") -> int:
+        argv = shlex.split(service[key])
+        for old, new in places.items():
+            argv = [a.replace(old, new) for a in argv]
+        return subprocess.run(argv, timeout=10, check=False, env={"SERVICE_RESULT": result}).returncode
 
     version.write_text("0.1.0\n")
-    assert condition() == 0  # first boot: build
-    post()
-    assert condition() == 1  # same version: systemd skips the unit
+    boot.write_text("boot-1\n")
+    assert run("ExecCondition") == 0  # first boot: build
+    assert run("ExecStartPost") == 0 and run("ExecStopPost") == 0
+    assert run("ExecCondition") == 1  # same version: systemd skips the unit
     version.write_text("0.2.0\n")
-    assert condition() == 0  # upgraded: build again
+    assert run("ExecCondition") == 0  # upgraded: build again
+    run("ExecStopPost", result="exit-code")  # ...which fails (no ExecStartPost after a failure)
+    assert run("ExecCondition") == 1  # the daemon restarts: no second attempt in this boot
+    boot.write_text("boot-2\n")
+    assert run("ExecCondition") == 0  # the next boot tries again
 
 
 def _values(name: str, key: str) -> list[str]:

@@ -149,12 +149,17 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     checks = {c["name"]: c for c in json.loads(doctor.stdout)}
     assert checks["service"]["ok"] and checks["broker TLS"]["ok"], doctor.stdout
 
-    # A hung daemon: the watchdog kills it after WatchdogSec=30 and systemd starts it again
+    # A hung daemon: the watchdog kills it after WatchdogSec=30 and systemd starts it again, without
+    # waiting for the engine build again (built, or failed once in this boot)
+    builds = booted.journal("edge-agent-engines.service").count("Starting edge-agent-engines.service")
     booted.run("kill", "-STOP", service["MainPID"])
     wait_until(lambda: booted.show("edge-agent.service", "NRestarts")["NRestarts"] == "1", 60, "the restart")
     wait_until(lambda: "6 students restored" in booted.journal("edge-agent.service"), 60,
                "the restarted daemon with the students' states")
     assert "Failed with result 'watchdog'" in booted.journal("edge-agent.service")
+    engines = booted.journal("edge-agent-engines.service")
+    assert engines.count("Starting edge-agent-engines.service") == builds + 1
+    assert "Skipped due to 'exec-condition'" in engines, engines[-1500:]
 
     # Restarts by hand count against StartLimitBurst (5 in 10 minutes); install.sh's restart still works
     for _ in range(3):
