@@ -1,7 +1,8 @@
 """Whether this board's own clock is known to be right, for judging the times clients send.
 
-The kernel's own answer (adjtimex) is not readable inside the unit's sandbox (ProtectClock denies the
-call), so this reads systemd-timesyncd's flag file, which JetPack 6 (Ubuntu 22.04) runs by default. A
+The kernel's own answer (adjtimex) is not readable inside the unit's sandbox: ProtectClock denies the
+call, and so does SystemCallFilter=@system-service without it (EPERM in both, under systemd 252 on
+2026-12-01). So this reads systemd-timesyncd's flag file, which JetPack 6 (Ubuntu 22.04) runs by default. A
 board that syncs with chrony, or not at all, reads as "not known to be synchronised".
 """
 
