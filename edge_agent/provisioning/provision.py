@@ -164,7 +164,7 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
         system.chown_if_root(path, 0, gid)
     result.changes += system.install_units(root, units_src, opts.agent_bin)
     if on_host and opts.activate and result.state == "provisioned":
-        system.activate_on_host()
+        system.activate_on_host(config_changed="config.toml" in result.changes)
     return result
 
 

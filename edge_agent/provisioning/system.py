@@ -144,10 +144,20 @@ def run(argv: list[str]) -> None:
         raise ProvisioningError(f"`{' '.join(argv)}` did not finish in {COMMAND_TIMEOUT_S} s") from exc
 
 
-def activate_on_host() -> None:
-    """On the board itself: reload units, apply tmpfiles, enable, and start the engine build (no wait)."""
+def activate_on_host(*, config_changed: bool = False) -> None:
+    """On the board itself: reload units, apply tmpfiles, enable, and start the engine build (no wait).
+    A running daemon whose config changed is restarted (no wait), so provisioning again applies it."""
     run(["systemctl", "daemon-reload"])
     run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/edge-agent.conf"])
     run(["systemctl", "enable", *UNITS])
     run(["systemctl", "start", "--no-block", UNITS[1]])
     log.info("engine build started in the background: journalctl -u %s", UNITS[1])
+    if config_changed:
+        # A daemon that failed (a crash loop on the old config, or systemd's start limit) is started
+        # again; a running one restarted; a stopped one left stopped. Restarts by hand count against the
+        # start limit too: reset it, this is not a crash loop.
+        failed = subprocess.run(["systemctl", "is-failed", "--quiet", UNITS[0]], timeout=COMMAND_TIMEOUT_S,
+                                check=False).returncode == 0
+        run(["systemctl", "reset-failed", UNITS[0]])
+        run(["systemctl", "start" if failed else "try-restart", "--no-block", UNITS[0]])
+        log.info("config changed: edge-agent %s with it", "starts" if failed else "restarts (if running)")

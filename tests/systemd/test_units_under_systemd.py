@@ -121,13 +121,19 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     assert booted.show("mosquitto.service", "ActiveState")["ActiveState"] == "active"
 
     # Provisioning this board (--root /): user, secrets, certificate, config, units, enrolment
-    (fleet / "inventory.csv").write_text(
-        "tenant,site,class_id,device_id,camera.source,mqtt.host,paths.model_mirror,web.port,metrics.port\n"
-        f"district,school,class-3a,board-1,{STAGE}/camera,localhost,{STAGE}/models,{web_port},{metrics_port}\n")
-    done = booted.run(f"{BIN}/edge-agent-provision", "--inventory", str(fleet / "inventory.csv"),
-                      "--template", str(REPO / "provisioning/fleet-template.toml"), "--device-id", "board-1",
-                      "--ca-dir", str(fleet / "fleet-ca"), "--enroll", "localhost:8883")
-    assert "board-1: enrolled" in done.stdout
+    columns = ("tenant,site,class_id,device_id,camera.source,mqtt.host,paths.model_mirror,web.port,"
+               "metrics.port")
+    board = (f"district,school,class-3a,board-1,{STAGE}/camera,localhost,{STAGE}/models,{web_port},"
+             f"{metrics_port}")
+    (fleet / "inventory.csv").write_text(f"{columns}\n{board}\n")
+
+    def provision() -> str:
+        return booted.run(f"{BIN}/edge-agent-provision", "--inventory", str(fleet / "inventory.csv"),
+                          "--template", str(REPO / "provisioning/fleet-template.toml"),
+                          "--device-id", "board-1", "--ca-dir", str(fleet / "fleet-ca"),
+                          "--enroll", "localhost:8883").stdout
+
+    assert "board-1: enrolled" in provision()
     # Faster restarts than the shipped 10 s; the watchdog's 30 s stay as shipped.
     booted.run("sh", "-c", "mkdir -p /etc/systemd/system/edge-agent.service.d && printf '[Service]\\n"
                            "RestartSec=1\\n' > /etc/systemd/system/edge-agent.service.d/test.conf && "
@@ -167,6 +173,17 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     upgrade = booted.run("sh", "-c", install, timeout_s=600)
     assert "edge-agent restarted" in upgrade.stderr
     assert booted.show("edge-agent.service", "ActiveState")["ActiveState"] == "active"
+
+    # Provisioning again: nothing changed, nothing restarted; a changed config restarts the daemon with it
+    pid = booted.show("edge-agent.service", "MainPID")["MainPID"]
+    assert "nothing to change" in provision()
+    assert booted.show("edge-agent.service", "MainPID")["MainPID"] == pid
+    (fleet / "inventory.csv").write_text(f"{columns},camera.closed_dates\n{board},\"[\"\"2026-12-24\"\"]\"\n")
+    assert "config.toml" in provision()
+    wait_until(lambda: booted.show("edge-agent.service", "MainPID")["MainPID"] not in (pid, "0"), 60,
+               "the restart with the new config")
+    wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
+               == "running: all components healthy", 60, "every component on the new config")
 
     booted.run("systemctl", "stop", "edge-agent", timeout_s=60)
     stopped = booted.show("edge-agent.service", "ActiveState", "Result")
