@@ -29,6 +29,7 @@ PROMQL_WORDS = {
     "rate",
     "irate",
     "increase",
+    "changes",
     "histogram_quantile",
     "by",
     "without",
