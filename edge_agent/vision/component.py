@@ -22,7 +22,6 @@ from edge_agent.store.history import History
 from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
 from edge_agent.vision.camera import Camera, Opener
-from edge_agent.vision.camera_hours import board_clock
 from edge_agent.vision.pipeline import AttentionLoop, FrameAnalyser
 from edge_agent.vision.pose import FsaNetPose, LandmarkPose, PoseEstimator
 from edge_agent.vision.yunet import YuNetDetector
@@ -112,7 +111,7 @@ class AttentionComponent:
             detector, make_pose(attention_settings, pose_engines), rules_from(attention_settings)
         )
         self.camera = Camera.from_settings(camera_settings, opener)
-        self.local_now = local_now or board_clock("")  # the board's time, for camera.active_hours
+        self.local_now = local_now  # None: the OS zone (AttentionLoop's default)
         self.loop: AttentionLoop | None = None
 
     async def start(self) -> None:

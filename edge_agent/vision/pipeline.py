@@ -24,7 +24,7 @@ from edge_agent.inference.guarded import GuardedEngine
 from edge_agent.telemetry import metrics
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator, is_attentive
 from edge_agent.vision.camera import Camera
-from edge_agent.vision.camera_hours import CameraHours, opening_text
+from edge_agent.vision.camera_hours import CameraHours, board_clock, opening_text
 from edge_agent.vision.pose import Pose, PoseEstimator
 from edge_agent.vision.yunet import Face, YuNetDetector
 
@@ -122,11 +122,11 @@ class AttentionLoop:
         timeline_max: int = 120,
         pose_refresh_frames: int = 1,
         hours: CameraHours | None = None,
-        local_now: Callable[[], datetime] = lambda: datetime.now().astimezone(),
+        local_now: Callable[[], datetime] | None = None,
     ) -> None:
         self.camera = camera
         self.hours = hours  # None: the camera may always run
-        self.local_now = local_now
+        self.local_now = local_now or board_clock("")  # the board's time (device.timezone), for the hours
         self.closed_until: datetime | None = None  # set while the camera is closed by its hours
         self.analyser = analyser
         self.tracker = tracker
