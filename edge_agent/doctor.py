@@ -383,6 +383,7 @@ def check_clock(now: dt.datetime, synced: bool | None, how: str) -> CheckResult:
 
 
 SERVICE = "edge-agent.service"
+RETRY_TIMER = "edge-agent-retry.timer"  # started by the service's OnFailure= once systemd gave up on it
 SERVICE_PROPERTIES = ("LoadState", "ActiveState", "SubState", "Result", "NRestarts", "StatusText")
 
 
@@ -393,18 +394,23 @@ def service_status(root: Path = Path("/"), timeout_s: float = 5.0) -> dict[str, 
     if root.resolve() != Path("/") or not booted or not shutil.which("systemctl"):
         return None
     try:
-        done = subprocess.run(["systemctl", "show", SERVICE, "-p", ",".join(SERVICE_PROPERTIES)],
+        done = subprocess.run(["systemctl", "show", SERVICE, RETRY_TIMER, "-p", ",".join(SERVICE_PROPERTIES)],
                               capture_output=True, text=True, timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode != 0:
         return None
-    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    service, _, timer = done.stdout.partition("\n\n")  # one block per unit, in the order asked
+    props = dict(line.split("=", 1) for line in service.splitlines() if "=" in line)
+    retry = dict(line.split("=", 1) for line in timer.splitlines() if "=" in line)
+    props["RetryTimer"] = retry.get("ActiveState", "?")
+    return props
 
 
 def check_service(props: dict[str, str]) -> CheckResult:
-    """Whether systemd runs the daemon, and what stopped it. A "start-limit-hit" needs a reset by hand:
-    systemd counts every start against the unit's limit (5 in 10 minutes), restarts by hand too."""
+    """Whether systemd runs the daemon, and what stopped it. Once systemd gave up (5 starts in 10 minutes,
+    restarts by hand count too), edge-agent-retry.timer starts it again 15 minutes later. The Result is
+    then the last start's ("exit-code" under systemd 252), or "start-limit-hit" for a start by hand."""
     state, result = props.get("ActiveState", "?"), props.get("Result", "?")
     restarts = int(props["NRestarts"]) if props.get("NRestarts", "").isdigit() else 0
     if props.get("LoadState") == "not-found":
@@ -418,6 +424,8 @@ def check_service(props: dict[str, str]) -> CheckResult:
             "component; then systemctl start edge-agent",
         }
         fix = fixes.get(result, "journalctl -u edge-agent -b shows why; then systemctl start edge-agent")
+        if props.get("RetryTimer") == "active":
+            fix = f"systemd starts it again within 15 minutes of the failure ({RETRY_TIMER}); now: {fix}"
         return CheckResult("service", False, f"{SERVICE} failed ({result})", fix)
     if state != "active":
         return CheckResult("service", False, f"{SERVICE} is {state} ({props.get('SubState', '?')})",

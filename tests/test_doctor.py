@@ -494,6 +494,9 @@ def test_camera_hours_warn_when_every_closed_date_is_past_and_name_a_far_opening
         # seen under a real systemd on 2026-12-01: one start and five restarts within ten minutes
         ({"LoadState": "loaded", "ActiveState": "failed", "Result": "start-limit-hit", "NRestarts": "0"},
          False, False, "systemctl reset-failed edge-agent && systemctl start edge-agent"),
+        ({"LoadState": "loaded", "ActiveState": "failed", "Result": "exit-code", "RetryTimer": "active"},
+         False, False, "starts it again within 15 minutes of the failure (edge-agent-retry.timer); now: "
+                       "journalctl -u edge-agent -b shows why"),
         ({"LoadState": "loaded", "ActiveState": "failed", "Result": "watchdog", "NRestarts": "1"},
          False, False, "the watchdog killed it"),
         ({"LoadState": "loaded", "ActiveState": "inactive", "SubState": "dead", "Result": "success"},

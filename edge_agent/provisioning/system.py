@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 USER = "edge-agent"
 UNITS = ("edge-agent.service", "edge-agent-engines.service")
+# Installed, not enabled: edge-agent.service's OnFailure= starts the timer when systemd gave up on it.
+RETRY_UNITS = ("edge-agent-retry.timer", "edge-agent-retry.service")
 DEFAULT_BIN = "/opt/edge-agent/venv/bin/edge-agent"
 SYSTEM_UID_RANGE = range(999, 100, -1)
 COMMAND_TIMEOUT_S = 60
@@ -110,13 +112,15 @@ def chown_if_root(path: Path, uid: int, gid: int) -> bool:
 
 
 def install_units(root: Path, source: Path, agent_bin: str) -> list[str]:
-    """Copy units, sysusers.d and tmpfiles.d snippets into ROOT/etc and enable both units."""
+    """Copy units, sysusers.d and tmpfiles.d snippets into ROOT/etc and enable the daemon and the build."""
     changed = []
     system = root / "etc/systemd/system"
-    for unit in UNITS:
+    for unit in (*UNITS, *RETRY_UNITS):
         text = (source / unit).read_text(encoding="utf-8").replace(DEFAULT_BIN, agent_bin)
         if write_atomic(system / unit, text.encode(), 0o644):
             changed.append(f"unit {unit}")
+        if unit in RETRY_UNITS:
+            continue
         link = system / "multi-user.target.wants" / unit
         target = f"/etc/systemd/system/{unit}"
         if not link.is_symlink() or os.readlink(link) != target:

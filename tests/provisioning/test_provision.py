@@ -55,6 +55,9 @@ def test_bulk_provisioning_builds_one_complete_root_per_board(fleet: Fleet) -> N
             os.readlink(root / "etc/systemd/system/multi-user.target.wants/edge-agent-engines.service")
             == "/etc/systemd/system/edge-agent-engines.service"
         )
+        # installed, not enabled: only the daemon's OnFailure= starts the retry timer
+        assert (root / "etc/systemd/system/edge-agent-retry.timer").is_file()
+        assert not list(root.glob("etc/systemd/system/*.wants/edge-agent-retry.*"))
         assert "edge-agent:x:" in (root / "etc/passwd").read_text()
         assert "edge-agent" in (root / "etc/sysusers.d/edge-agent.conf").read_text()
         check_root(root)  # the installed config, re-rooted, passes edge_agent.config.load_config

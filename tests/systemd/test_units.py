@@ -19,6 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
 AGENT_BIN = "/opt/edge-agent/venv/bin/edge-agent"
+SHIPPED = ("edge-agent.service", "edge-agent-engines.service", "edge-agent-retry.timer",
+           "edge-agent-retry.service")
 HOST_UNITS = next(
     (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()), None
 )
@@ -41,12 +43,13 @@ def unit_root(tmp_path: Path) -> Path:
     shutil.copytree(HOST_UNITS, root / "usr/lib/systemd/system", symlinks=True)
     system = root / "etc/systemd/system"
     system.mkdir(parents=True)
-    for unit in ("edge-agent.service", "edge-agent-engines.service"):
+    for unit in SHIPPED:
         shutil.copy(UNITS / unit, system / unit)
-    binary = root / AGENT_BIN.lstrip("/")
-    binary.parent.mkdir(parents=True)
-    binary.write_text("#!/bin/sh\nexit 0\n")
-    binary.chmod(0o755)
+    for command in (AGENT_BIN, "/usr/bin/systemctl"):
+        binary = root / command.lstrip("/")
+        binary.parent.mkdir(parents=True)
+        binary.write_text("#!/bin/sh\nexit 0\n")
+        binary.chmod(0o755)
     (root / "bin").mkdir()
     shutil.copy("/bin/sh", root / "bin/sh")
     return root
@@ -54,12 +57,7 @@ def unit_root(tmp_path: Path) -> Path:
 
 def test_units_pass_systemd_analyze_verify_without_warnings(tmp_path: Path) -> None:
     root = unit_root(tmp_path)
-    result = analyze(
-        "verify",
-        f"--root={root}",
-        "/etc/systemd/system/edge-agent.service",
-        "/etc/systemd/system/edge-agent-engines.service",
-    )
+    result = analyze("verify", f"--root={root}", *(f"/etc/systemd/system/{unit}" for unit in SHIPPED))
     # Unknown keys or bad values are only warnings to verify (exit 0), so any output fails the test.
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr
@@ -85,6 +83,10 @@ def test_daemon_unit_exposure_is_at_most_3() -> None:
 
 def test_engine_build_unit_is_sandboxed_too() -> None:
     assert exposure(UNITS / "edge-agent-engines.service") <= 3.0
+
+
+def test_retry_unit_runs_as_root_with_nothing_but_systemctl() -> None:
+    assert exposure(UNITS / "edge-agent-retry.service") <= 1.0
 
 
 def read_unit(name: str) -> configparser.RawConfigParser:

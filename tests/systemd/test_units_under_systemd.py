@@ -185,6 +185,29 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
                == "running: all components healthy", 60, "every component on the new config")
 
+    # A config the daemon cannot run on: systemd gives up after 5 starts in 10 minutes, OnFailure= starts
+    # edge-agent-retry.timer (20 s here, 15 min as shipped), and once the config is mended the retry
+    # brings the daemon back without anyone typing reset-failed.
+    # (the empty OnActiveSec= clears the shipped 15 min: a drop-in's timers add to the unit's)
+    drop_in = "/etc/systemd/system/edge-agent-retry.timer.d"
+    booted.run("sh", "-c", f"mkdir -p {drop_in} && printf '[Timer]\\nOnActiveSec=\\nOnActiveSec=20s\\n"
+                           f"AccuracySec=1s\\n' > {drop_in}/test.conf && systemctl daemon-reload")
+    booted.run("sh", "-c", "cp /etc/edge-agent/config.toml /run/config.good && "
+                           "echo '[web' >> /etc/edge-agent/config.toml")
+    booted.run("systemctl", "restart", "--no-block", "edge-agent")
+    wait_until(lambda: "Triggering OnFailure=" in booted.journal("edge-agent.service"), 120,
+               "systemd to give up on the broken config")
+    assert booted.show("edge-agent.service", "ActiveState")["ActiveState"] == "failed"
+    assert booted.show("edge-agent-retry.timer", "ActiveState")["ActiveState"] == "active"
+    doctor = booted.run(f"{BIN}/edge-agent", "doctor", "--json", check=False)
+    service_check = next(c for c in json.loads(doctor.stdout) if c["name"] == "service")
+    assert "starts it again within 15 minutes" in service_check["fix"], service_check
+    booted.run("cp", "/run/config.good", "/etc/edge-agent/config.toml")
+    wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
+               == "running: all components healthy", 90, "the retry to start the mended daemon")
+    assert "Starting edge-agent-retry.service" in booted.journal("edge-agent-retry.service")
+    assert booted.show("edge-agent-retry.timer", "ActiveState")["ActiveState"] == "inactive"
+
     booted.run("systemctl", "stop", "edge-agent", timeout_s=60)
     stopped = booted.show("edge-agent.service", "ActiveState", "Result")
     assert stopped == {"ActiveState": "inactive", "Result": "success"}
