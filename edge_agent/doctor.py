@@ -351,23 +351,22 @@ def check_tls(
 
 def clock_sync_status(root: Path = Path("/"), timeout_s: float = 3.0) -> tuple[bool | None, str]:
     """(synchronised?, how we know); None when nothing can tell."""
-    from edge_agent.clock_sync import TIMESYNC_FLAG
+    from edge_agent.clock_sync import CHRONY_RUN_DIR, TIMESYNC_FLAG, chrony_synchronised
 
     if (root / TIMESYNC_FLAG).exists():
         return True, "systemd-timesyncd synchronized"
-    for command, parse in (
-        (["timedatectl", "show", "-p", "NTPSynchronized", "--value"], lambda out: out.strip() == "yes"),
-        (["chronyc", "-n", "tracking"], lambda out: "Leap status     : Normal" in out),
-    ):
-        if shutil.which(command[0]) is None:
-            continue
+    # As the daemon asks it (a chronyd serving only its own clock, `local stratum`, is not synchronised)
+    if (root / CHRONY_RUN_DIR).is_dir() and (synced := chrony_synchronised()) is not None:
+        return synced, "chronyd tracking"
+    if shutil.which("timedatectl") is not None:
+        command = ["timedatectl", "show", "-p", "NTPSynchronized", "--value"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
         except (OSError, subprocess.TimeoutExpired):
-            continue
-        if done.returncode == 0:
-            return bool(parse(done.stdout)), command[0]
-    return None, "no timedatectl, chronyc or timesyncd flag"
+            done = None
+        if done is not None and done.returncode == 0:
+            return done.stdout.strip() == "yes", "timedatectl"
+    return None, "no timesyncd flag, chronyd or timedatectl"
 
 
 def check_clock(now: dt.datetime, synced: bool | None, how: str) -> CheckResult:

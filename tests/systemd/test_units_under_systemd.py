@@ -6,9 +6,11 @@ stays in overlays. Skipped where systemd cannot boot this way (not root, no unsh
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.chrony import chronyd_unavailable, synchronised_chrony
 from tests.provisioning.fleet_helpers import free_port
 from tests.systemd.booted import BootedSystemd, unavailable
 
@@ -56,16 +59,28 @@ def wait_until(condition, seconds: float, what: str) -> None:
         time.sleep(0.25)
 
 
-def post_answers(port: int, students: int) -> list[dict]:
+def post_answers(port: int, students: int, ahead_s: float = 0.0) -> list[dict]:
     items = json.loads((REPO / "engines/kt-default/items.json").read_text())["items"]
-    now = datetime.now(timezone.utc).isoformat()
+    at = datetime.fromtimestamp(time.time() + ahead_s, timezone.utc).isoformat()
     body = {"answers": [{"student_id": f"s-{i:02d}", "item_id": items[i]["id"],
-                         "skill_id": items[i]["skill_id"], "correct": i % 2 == 0, "answered_at": now,
-                         "client_event_id": f"e-{i}"} for i in range(students)]}
+                         "skill_id": items[i]["skill_id"], "correct": i % 2 == 0, "answered_at": at,
+                         "client_event_id": f"e-{i}-{ahead_s}"} for i in range(students)]}
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/answers", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())["results"]
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())["results"]
+    except urllib.error.HTTPError as exc:
+        return [{"status": exc.code, "error": exc.read().decode()}]
+
+
+def udp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def retained_status(fleet: Path, topic: str) -> str | None:
@@ -207,6 +222,16 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
                == "running: all components healthy", 90, "the retry to start the mended daemon")
     assert "Starting edge-agent-retry.service" in booted.journal("edge-agent-retry.service")
     assert booted.show("edge-agent-retry.timer", "ActiveState")["ActiveState"] == "inactive"
+
+    # A board on chrony instead of timesyncd: the sandboxed daemon asks chronyd (UDP 323 on localhost).
+    # Synchronised, an answer 10 minutes ahead of the board is refused; before, with nothing to say the
+    # clock is right, it was taken with a warning. (This daemon started after the retry: it has not
+    # looked at the clock yet.)
+    if chronyd_unavailable() is None and udp_port_free(323):
+        booted.run("mkdir", "-p", "/run/chrony")
+        with synchronised_chrony(tmp_path / "chrony", cmd_port=323):
+            ahead = post_answers(web_port, 1, ahead_s=600)
+        assert ahead[0]["status"] == 400 and "s in the future" in ahead[0]["error"], ahead
 
     booted.run("systemctl", "stop", "edge-agent", timeout_s=60)
     stopped = booted.show("edge-agent.service", "ActiveState", "Result")
