@@ -31,6 +31,7 @@ from edge_agent.config import (
 )
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.inference.manifest import Manifest
+from edge_agent.store.db import storage_read_only
 from edge_agent.vision.camera_hours import CameraHours, board_clock, opening_text
 
 MIN_FREE_BYTES = 1 << 30  # engines and the outbox need room; below 1 GiB the store starts refusing
@@ -77,6 +78,10 @@ def check_disk(label: str, path: Path, min_free: int = MIN_FREE_BYTES) -> CheckR
         return CheckResult(name, False, f"cannot stat {path}: {exc}", f"check that {path} is mounted")
     free_gib = usage.free / 2**30
     detail = f"{path}: {free_gib:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
+    if probe == path and storage_read_only(path):
+        fix = ("Linux remounts a file system read-only after disk errors (dmesg): the SD card or eMMC may "
+               "be failing; reboot, and replace the storage if it happens again")
+        return CheckResult(name, False, f"{detail}, but read-only", fix)
     if usage.free < min_free:
         return CheckResult(name, False, detail, f"free space on the filesystem of {path} (old logs, journal)")
     return CheckResult(name, True, detail)

@@ -8,7 +8,8 @@ imports the library (``raise ModelError(...) from exc``), never leaked upward.
     ├── ConfigError            a config file or secret file is invalid (config check lists them all)
     ├── StoreError             the SQLite store cannot be opened or written
     │   ├── StoreCorruptError  the database failed its integrity check (moved aside at start-up)
-    │   └── StoreFullError     the disk or the configured limits refuse a write
+    │   ├── StoreFullError     the disk or the configured limits refuse a write
+    │   └── StoreUnwritableError  the storage refuses writes: read-only after disk errors, I/O errors
     ├── ModelError             a model file is missing, has the wrong hash, or cannot be fetched
     ├── EngineError            an inference engine cannot be built, loaded or run
     │   ├── EngineLoadError    building or deserializing failed (the daemon falls back to ONNX Runtime)
@@ -43,6 +44,10 @@ class StoreCorruptError(StoreError):
 
 
 class StoreFullError(StoreError):
+    pass
+
+
+class StoreUnwritableError(StoreError):
     pass
 
 

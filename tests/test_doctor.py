@@ -25,6 +25,7 @@ from edge_agent import doctor
 from edge_agent.config import Config, parse_config
 from edge_agent.inference.manifest import load_manifest
 from edge_agent.vision.camera_hours import CameraHours
+from tests.ext4 import ext4_unavailable, failing_ext4
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = dt.datetime.now(dt.timezone.utc)
@@ -90,6 +91,15 @@ def test_disk_with_room_passes_and_a_full_one_fails(tmp_path: Path) -> None:
     assert doctor.check_disk("state", tmp_path / "not-yet-created", min_free=1).ok
     full = doctor.check_disk("state", tmp_path, min_free=1 << 62)
     assert not full.ok and "GiB free" in full.detail and "free space" in full.fix
+
+
+@pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+def test_a_state_folder_on_storage_the_kernel_made_read_only_fails_the_disk_check(tmp_path: Path) -> None:
+    with failing_ext4(tmp_path) as storage:
+        assert doctor.check_disk("state", storage.path, min_free=1).ok
+        storage.fail()
+        broken = doctor.check_disk("state", storage.path, min_free=1)
+    assert not broken.ok and broken.detail.endswith("but read-only") and "SD card or eMMC" in broken.fix
 
 
 def make_db(path: Path, rows: int = 2000) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from edge_agent.clock_sync import ClockSyncFlag
 from edge_agent.config import Config
@@ -58,6 +59,10 @@ class StoreComponent:
             return Health(False, "database is not open")
         if self.alert:
             return Health(False, self.alert)
+        failing = self.db.write_failure()
+        if failing is not None:
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(failing[0]))
+            return Health(False, f"writes fail since {since}: {failing[1]}")
         status = self.outbox.status()
         drops = sum(status["drops"].values())
         detail = f"{status['backlog']} messages waiting"

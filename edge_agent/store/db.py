@@ -15,7 +15,9 @@ reported as an :class:`OpenReport` alert instead of an exception so the daemon k
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import queue
 import re
 import sqlite3
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_agent.config import StoreSettings
-from edge_agent.errors import StoreCorruptError, StoreError, StoreFullError
+from edge_agent.errors import StoreCorruptError, StoreError, StoreFullError, StoreUnwritableError
 from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry
 from edge_agent.store.schema import add_side_columns, migrate, schema_problem
 from edge_agent.telemetry import metrics
@@ -46,6 +48,10 @@ HEARTBEAT_NAME = "store-writer"
 # damages the file again and again must not fill the disk with them.
 KEEP_QUARANTINED = 2
 _STOP = object()
+# Errors that say the storage, not the task, is at fault: the store reports itself unhealthy while one came
+# within the last FAILURE_WINDOW_S.
+STORAGE_FAILURES = (StoreFullError, StoreUnwritableError)
+FAILURE_WINDOW_S = 60.0
 
 
 class StoreQueueFull(StoreError):
@@ -69,9 +75,43 @@ class _Task:
     future: Future[Any]
 
 
+def storage_read_only(folder: Path) -> bool:
+    """Whether the file system holding ``folder`` refuses to create a file as read-only (EROFS).
+
+    Linux remounts ext4 read-only after disk errors (errors=remount-ro, the default on Ubuntu and JetPack).
+    Newer kernels show it only as "emergency_ro" in /proc/mounts and not in statvfs, so ask by trying."""
+    probe = folder / ".edge-agent-write-probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    except OSError as exc:
+        return exc.errno == errno.EROFS
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return False
+
+
 def translate(exc: sqlite3.Error, path: Path) -> StoreError:
     """A sqlite3 error as the project's error type, with a message an IT person can act on."""
     text = str(exc).lower()
+    if ("disk i/o error" in text or "readonly" in text or "unable to open" in text) and storage_read_only(
+        path.parent
+    ):
+        return StoreUnwritableError(
+            f"the database {path} cannot be written: the file system holding {path.parent} is read-only. "
+            "Linux makes it so after disk errors (dmesg: 'Remounting filesystem read-only'), so the SD card "
+            "or eMMC may be failing: reboot (the file system is checked at boot); if it happens again, "
+            "replace the storage"
+        )
+    if "readonly" in text:  # the folder is writable: the file's owner or mode (a tool run as root?)
+        return StoreUnwritableError(
+            f"the database {path} is read-only for this process: its file or its -wal/-shm belong to "
+            f"another user (a command run as root?); chown edge-agent:edge-agent {path}*"
+        )
+    if "disk i/o error" in text:
+        return StoreUnwritableError(
+            f"the database {path} cannot be written: the storage reported an I/O error ({exc}); dmesg "
+            "shows the kernel's side; the SD card or eMMC may be failing"
+        )
     if "full" in text:
         return StoreFullError(
             f"the database {path} cannot grow: the disk (or its size limit) is full; free space on "
@@ -166,6 +206,8 @@ class Database:
         self._closed = threading.Event()
         self.store_id = ""  # set by open(): see _store_id
         self.report: OpenReport | None = None
+        # Storage failures (STORAGE_FAILURES) as (first of this run of them, last, last error), time.time().
+        self._failures: tuple[float, float, StoreError] | None = None
 
     # -- opening -------------------------------------------------------------------------------------
 
@@ -328,15 +370,21 @@ class Database:
             conn.execute("COMMIT")
         except Exception as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # a failing disk may refuse the rollback too
+                    conn.execute("ROLLBACK")
             failure = translate(exc, self.path) if isinstance(exc, sqlite3.Error) else StoreError(
                 f"a database task failed after SQLite rolled back its batch: {exc}"
             )
             log.error("database commit failed: %s", failure)
+            if isinstance(failure, STORAGE_FAILURES):
+                self._note_failure(failure)
             for task in batch:
                 if task.future.set_running_or_notify_cancel():
                     task.future.set_exception(failure)
             return
+        failures = [error for _, _, error in results if isinstance(error, STORAGE_FAILURES)]
+        if failures:  # e.g. an insert the read-only file system refused; the savepoint rolled it back
+            self._note_failure(failures[-1])
         for task, value, error in results:
             if not task.future.set_running_or_notify_cancel():
                 continue
@@ -344,6 +392,21 @@ class Database:
                 task.future.set_exception(error)
             else:
                 task.future.set_result(value)
+
+    def _note_failure(self, error: StoreError) -> None:
+        now, last = time.time(), self._failures
+        first = last[0] if last is not None and now - last[1] < FAILURE_WINDOW_S else now
+        self._failures = (first, now, error)
+
+    def write_failure(self, now: float | None = None) -> tuple[float, StoreError] | None:
+        """(since, error) while the storage refused a write in the last FAILURE_WINDOW_S, else None.
+
+        Windowed, not cleared by the next good commit: on a full disk a delete still commits between
+        failing inserts, and the health would flap."""
+        failures = self._failures
+        if failures is None or (now if now is not None else time.time()) - failures[1] >= FAILURE_WINDOW_S:
+            return None
+        return failures[0], failures[2]
 
     def _run_task(self, conn: sqlite3.Connection, task: _Task) -> tuple[Any, BaseException | None]:
         conn.execute("SAVEPOINT task")

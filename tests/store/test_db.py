@@ -12,10 +12,11 @@ import pytest
 from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
 from edge_agent.errors import StoreError, StoreFullError
 from edge_agent.lifecycle import HeartbeatRegistry
-from edge_agent.store.db import Database
+from edge_agent.store.db import Database, translate
 from edge_agent.store.outbox import Outbox
 from edge_agent.store.schema import SCHEMA_VERSION
 from edge_agent.telemetry import metrics
+from tests.ext4 import ext4_unavailable, failing_ext4
 
 
 def test_a_new_database_gets_every_table_and_the_schema_version(state_dir: Path) -> None:
@@ -269,11 +270,15 @@ def test_a_full_disk_gives_a_clear_error_and_no_corruption(state_dir: Path) -> N
             break
     assert error is not None, "the size limit was never reached"
     assert "full" in str(error) and "free space" in str(error)
+    failing = db.write_failure()  # what the store's health says
+    assert failing is not None and failing[1] is error
     assert box.backlog == committed  # totals recounted after the failed batch
     assert metrics.sample("edge_outbox_drops_total", {"reason": "store_error"}) == dropped + 1
     # still usable: acknowledged rows can be deleted, freeing room
     rows = box.claim(20).result(5)
     assert box.ack([r.id for r in rows]).result(5) == 20
+    assert db.write_failure() is not None  # a delete went through, the inserts still fail: no flapping
+    assert db.write_failure(now=time.time() + 61) is None  # a minute without a failure: healthy again
     db.close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -302,3 +307,28 @@ def test_only_the_newest_two_damaged_databases_are_kept(
     assert sorted(kept) == sorted(moved[2:])  # the last two, whatever their names (one second reuses them)
     assert caplog.text.count("an older damaged database (the newest 2 are kept)") == 2
     assert path.exists()  # the board goes on with a fresh database
+
+
+@pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+def test_storage_the_kernel_remounts_read_only_gives_an_error_naming_the_storage(tmp_path: Path) -> None:
+    """A real ext4 that fails (errors=remount-ro): what a worn SD card or eMMC does to a board."""
+    with failing_ext4(tmp_path) as storage:
+        db = Database(storage.path / "edge-agent.db", StoreSettings())
+        db.open()
+        box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+        box.open()
+        box.enqueue("attention", {"i": 0}).result(5)
+        storage.fail()
+        with pytest.raises(StoreError, match=r"is read-only.*SD card or eMMC may be failing") as failed:
+            box.enqueue("attention", {"i": 1}).result(5)
+        failing = db.write_failure()
+        assert failing is not None and failing[1] is failed.value
+        assert db.read(lambda conn: conn.execute("SELECT count(*) FROM outbox").fetchone()[0]) == 1
+        db.close()
+
+
+def test_a_database_file_owned_by_another_user_gets_the_chown_to_run(state_dir: Path) -> None:
+    """The folder is writable, the file is not (as root the tests cannot make one: root ignores modes)."""
+    refused = sqlite3.OperationalError("attempt to write a readonly database")
+    error = str(translate(refused, state_dir / "x.db"))
+    assert "belong to another user" in error and f"chown edge-agent:edge-agent {state_dir / 'x.db'}*" in error

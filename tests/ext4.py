@@ -1,0 +1,63 @@
+"""A real ext4 file system on a loop device, which the kernel can be told to fail, for storage tests.
+
+``failing_ext4(folder)`` makes a small image, mounts it with ``errors=remount-ro`` (Ubuntu's and JetPack's
+default for the root file system) and yields it; ``fail()`` writes to ext4's ``trigger_fs_error`` in sysfs:
+the kernel logs an EXT4-fs error and remounts it read-only, as after a failing SD card's or eMMC's errors.
+Needs root, loop devices and mkfs.ext4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def ext4_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "mounting a loop device needs root"
+    if shutil.which("mkfs.ext4") is None:
+        return "mkfs.ext4 is not installed (e2fsprogs)"
+    if not Path("/dev/loop-control").exists():
+        return "no loop devices on this machine"
+    return None
+
+
+@dataclass
+class Ext4:
+    path: Path
+    device: str  # e.g. loop3
+    image: Path
+
+    def read_back(self, mount: Path) -> None:
+        """After the context: e2fsck the image as a boot does (the journal replayed), mount it read-only."""
+        subprocess.run(["e2fsck", "-fy", str(self.image)], check=False, capture_output=True, timeout=120)
+        mount.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-o", "loop,ro", str(self.image), str(mount)], check=True,
+                       capture_output=True, timeout=60)
+
+    def fail(self) -> None:
+        Path(f"/sys/fs/ext4/{self.device}/trigger_fs_error").write_text("edge-agent test\n")
+
+
+@contextlib.contextmanager
+def failing_ext4(folder: Path, size_mib: int = 64) -> Iterator[Ext4]:
+    folder.mkdir(parents=True, exist_ok=True)
+    image, mount = folder / "storage.img", folder / "mnt"
+    mount.mkdir(exist_ok=True)
+    with open(image, "wb") as out:
+        out.truncate(size_mib * 2**20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True, timeout=60)
+    subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(image), str(mount)], check=True,
+                   capture_output=True, timeout=60)
+    try:
+        source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mount)], check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        yield Ext4(mount, Path(source).name, image)
+    finally:
+        # lazy: a test's daemon may still hold files open; the loop device is freed with the last one
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True, timeout=60)

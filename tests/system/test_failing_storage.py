@@ -1,0 +1,89 @@
+"""A board whose storage fails under it: a real ext4 that the kernel remounts read-only (tests/ext4.py),
+as a worn SD card or eMMC does. Nothing acknowledged is lost, clients are told to retry, and the health,
+the systemd status and the metrics say what happened and what to do."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge_agent.kt.package import KTPackage
+from tests.ext4 import ext4_unavailable, failing_ext4
+from tests.system.harness import (
+    DaemonProcess,
+    NotifySocket,
+    answer,
+    http,
+    local_config,
+    post_answers,
+    write_config,
+)
+
+pytestmark = pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+
+
+def test_storage_turning_read_only_is_reported_answers_get_503_and_a_restart_says_why(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage
+) -> None:
+    items = package.items[:5]
+    with failing_ext4(tmp_path / "disk") as storage:
+        cfg = local_config(tmp_path, faces=None)
+        cfg["paths"]["state_dir"] = str(storage.path)
+        config = write_config(tmp_path / "config.toml", cfg)
+        daemon = daemons(config, notify, tmp_path / "daemon.log").start()
+        daemon.wait_running(60, healthy=True)
+        url = f"http://127.0.0.1:{cfg['web']['port']}"
+        before = [answer(f"s{i}", it.id, it.skill_id, True, f"a{i}") for i, it in enumerate(items)]
+        assert [r["status"] for r in post_answers(url, before)] == ["applied"] * 5
+
+        storage.fail()
+        after = [answer(f"s{i}", it.id, it.skill_id, False, f"b{i}") for i, it in enumerate(items)]
+        status, body = http("POST", f"{url}/api/v1/answers", {"answers": after})
+        assert status == 503 and "read-only" in body["error"] and "SD card or eMMC" in body["error"], body
+
+        # Health, readiness and systemd's status line say it (they said "0 messages waiting" before)
+        deadline = time.monotonic() + 10
+        while True:
+            _, state = http("GET", f"{url}/api/v1/status")
+            store = next(c for c in state["components"] if c["name"] == "store")
+            if not store["ok"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not store["ok"] and store["detail"].startswith("writes fail since"), store
+        assert "is read-only" in store["detail"], store
+        assert http("GET", f"{url}/readyz")[0] == 503
+        assert notify.wait_for(lambda m: m.get("STATUS", "").startswith("running: store: writes fail"), 10)
+        _, metrics = http("GET", f"http://127.0.0.1:{cfg['metrics']['port']}/metrics")
+        assert 'edge_component_up{component="store"} 0.0' in metrics
+
+        # systemd would restart it (or the retry timer, later): it stops before READY and says why
+        daemon.stop()
+        again_notify = NotifySocket(tmp_path)
+        try:
+            again = daemons(config, again_notify, tmp_path / "again.log").start()
+            assert again.wait(60) == 1
+            assert not again_notify.with_key("READY")
+        finally:
+            again_notify.close()
+        assert "read-only" in again.output() and "SD card or eMMC" in again.output(), again.output()[-3000:]
+
+    # The storage checked as at the next boot: the five acknowledged answers are on it, the refused ones not
+    storage.read_back(tmp_path / "fsck")
+    try:
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        for part in (tmp_path / "fsck").glob("edge-agent.db*"):  # with its -wal: the last commits are there
+            shutil.copy(part, copy / part.name)
+    finally:
+        subprocess.run(["umount", str(tmp_path / "fsck")], check=False, timeout=60)
+    conn = sqlite3.connect(copy / "edge-agent.db")
+    events = conn.execute("SELECT count(*) FROM kt_applied_events").fetchone()[0]
+    answered = conn.execute("SELECT sum(answers) FROM kt_student_state").fetchone()[0]
+    conn.close()
+    assert (events, answered) == (5, 5)
