@@ -165,6 +165,9 @@ def test_daemon_sends_ready_status_watchdog_and_stopping_and_withholds_pings_whe
         return await asyncio.wait_for(task, 10)
 
     assert asyncio.run(scenario()) == 0
+    deadline = time.monotonic() + 2.0  # the collector thread may not have read the last datagram yet
+    while not notify_socket.fields("STOPPING") and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert notify_socket.fields("READY") and notify_socket.fields("STOPPING")
     statuses = [s for _, s in notify_socket.fields("STATUS")]
     assert any("camera" in s and "/dev/video0 cannot be opened" in s for s in statuses), statuses
