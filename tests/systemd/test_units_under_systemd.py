@@ -201,11 +201,11 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
                == "running: all components healthy", 60, "every component on the new config")
 
     # A config the daemon cannot run on: systemd gives up after 5 starts in 10 minutes, OnFailure= starts
-    # edge-agent-retry.timer (20 s here, 15 min as shipped), and once the config is mended the retry
+    # edge-agent-retry.timer (10 s here, 15 min as shipped), and once the config is mended the retry
     # brings the daemon back without anyone typing reset-failed.
     # (the empty OnActiveSec= clears the shipped 15 min: a drop-in's timers add to the unit's)
     drop_in = "/etc/systemd/system/edge-agent-retry.timer.d"
-    booted.run("sh", "-c", f"mkdir -p {drop_in} && printf '[Timer]\\nOnActiveSec=\\nOnActiveSec=20s\\n"
+    booted.run("sh", "-c", f"mkdir -p {drop_in} && printf '[Timer]\\nOnActiveSec=\\nOnActiveSec=10s\\n"
                            f"AccuracySec=1s\\n' > {drop_in}/test.conf && systemctl daemon-reload")
     booted.run("sh", "-c", "cp /etc/edge-agent/config.toml /run/config.good && "
                            "echo '[web' >> /etc/edge-agent/config.toml")
