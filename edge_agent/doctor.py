@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -531,11 +532,20 @@ def render_table(results: list[CheckResult]) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    results = run_checks(find_config_path(getattr(args, "config", None)))
-    if args.json:
-        print(json.dumps([asdict(r) for r in results], ensure_ascii=False, indent=2))
-    else:
-        print(render_table(results))
+    path = find_config_path(getattr(args, "config", None))
+    results = run_checks(path)
+    as_json = json.dumps([asdict(r) for r in results], ensure_ascii=False, indent=2)
+    print(as_json if args.json else render_table(results))
+    if args.bundle:
+        from edge_agent.support_bundle import collect, write_bundle
+
+        try:
+            bundle = write_bundle(Path(args.bundle), collect(path, as_json))
+        except OSError as exc:  # FileExistsError included: never overwritten, nor written through a link
+            print(f"support bundle not written: {exc}; name a new file", file=sys.stderr)
+            return 2
+        print(f"support bundle: {bundle} ({bundle.stat().st_size / 1024:.0f} KiB); no secrets, database or "
+              "images in it", file=sys.stderr)
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -549,5 +559,10 @@ def add_doctor_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="config file (default: $EDGE_AGENT_CONFIG, then /etc/edge-agent/config.toml)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--bundle", metavar="FILE.tar.gz",
+        help="also write a support bundle for a support request: these results, the config (secrets not "
+        "read), versions, the daemon's status, metrics and journal, and the kernel's messages since boot",
+    )
     parser.set_defaults(func=cmd_doctor)
     return parser

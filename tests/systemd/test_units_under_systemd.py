@@ -169,6 +169,11 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     doctor = booted.run(f"{BIN}/edge-agent", "doctor", "--json", check=False)
     checks = {c["name"]: c for c in json.loads(doctor.stdout)}
     assert checks["service"]["ok"] and checks["broker TLS"]["ok"], doctor.stdout
+    # The support bundle an IT person sends: systemd's view and this boot's journal of the units
+    booted.run(f"{BIN}/edge-agent", "doctor", "--bundle", "/run/support.tar.gz", check=False)
+    listing = booted.run("sh", "-c", "cd /run && tar xzf support.tar.gz && cat support/systemctl.txt "
+                                     "support/journal.txt").stdout
+    assert "Active: active (running)" in listing and "component store started" in listing, listing[-3000:]
 
     # A hung daemon: the watchdog kills it after WatchdogSec=30 and systemd starts it again, without
     # waiting for the engine build again (built, or failed once in this boot)

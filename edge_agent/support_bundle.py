@@ -1,0 +1,113 @@
+"""`edge-agent doctor --bundle FILE`: one file a school's IT person can send with a support request.
+
+A gzipped tar of what a vendor asks for first: doctor's results, the effective config (secret files named,
+never read), versions, the daemon's own status and metrics as it reports them on loopback, its journal
+and the kernel's since this boot (storage, thermal and out-of-memory errors show there).
+It never reads the secrets folder, the database or a camera frame, so it holds no student data beyond
+what the daemon logs (pseudonyms at most, never a raw id), and it is written mode 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import shutil
+import ssl
+import subprocess
+import tarfile
+import time
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+from edge_agent import __build__, __version__
+from edge_agent.config import Config, ConfigError, load_config_ignoring_unknown, masked_dump, to_toml
+
+COMMAND_TIMEOUT_S = 20.0
+HTTP_TIMEOUT_S = 3.0
+JOURNAL_LINES = 5000
+KERNEL_LINES = 500
+UNITS = ("edge-agent.service", "edge-agent-engines.service", "edge-agent-retry.service",
+         "edge-agent-retry.timer")
+PACKAGES = ("onnxruntime", "onnxruntime-gpu", "numpy", "opencv-python-headless", "paho-mqtt", "aiohttp",
+            "cuda-python", "pycuda", "tensorrt")
+
+
+def _command(argv: list[str]) -> str:
+    """The command's output, or a line saying why there is none (not installed, failed, timed out)."""
+    if shutil.which(argv[0]) is None:
+        return f"{argv[0]} is not installed here\n"
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False,
+                              errors="replace")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`{' '.join(argv)}` failed: {exc}\n"
+    return done.stdout + (f"\n[exit {done.returncode}] {done.stderr}" if done.returncode else "")
+
+
+def _local_get(url: str, tls: bool) -> str:
+    """GET from the daemon on loopback (no token needed there); its own certificate is not checked."""
+    context = None
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S, context=context) as response:
+            return response.read(4 * 2**20).decode("utf-8", "replace")  # type: ignore[no-any-return]
+    except (OSError, ValueError) as exc:
+        return f"GET {url} failed: {exc} (is the daemon running?)\n"
+
+
+def _versions(config_path: Path) -> str:
+    lines = [f"edge-agent {__version__} (build {__build__})", f"python {platform.python_version()}",
+             f"platform {platform.platform()}", f"config {config_path}"]
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            lines.append(f"{name} {metadata.version(name)}")
+    for release in (Path("/etc/nv_tegra_release"), Path("/etc/os-release")):
+        if release.is_file():
+            lines.append(f"--- {release}\n{release.read_text(errors='replace').strip()}")
+    return "\n".join(lines) + "\n"
+
+
+def collect(config_path: Path, doctor_json: str) -> dict[str, str]:
+    """Every part of the bundle by file name; ``doctor_json``: doctor's results as `doctor --json` prints."""
+    parts = {"versions.txt": _versions(config_path), "doctor.json": doctor_json}
+    config: Config | None = None
+    try:
+        config, ignored = load_config_ignoring_unknown(config_path)
+        parts["config.toml"] = to_toml(masked_dump(config)) + "".join(f"# ignored: {k}\n" for k in ignored)
+    except ConfigError as exc:
+        parts["config-problems.txt"] = "".join(f"{where}: {message}\n" for where, message in exc.problems)
+    units = [arg for unit in UNITS for arg in ("-u", unit)]
+    parts["journal.txt"] = _command(["journalctl", "-b", *units, "--no-pager", "-o", "short-iso",
+                                     "-n", str(JOURNAL_LINES)])
+    parts["kernel.txt"] = _command(["journalctl", "-k", "-b", "--no-pager", "-o", "short-iso",
+                                    "-n", str(KERNEL_LINES)])
+    parts["systemctl.txt"] = _command(["systemctl", "status", "--no-pager", "--lines=0", *UNITS])
+    if config is not None:
+        web, metrics = config.web, config.metrics
+        web_scheme = "https" if web.tls_cert_file else "http"
+        metrics_scheme = "https" if metrics.tls_cert_file else "http"
+        parts["status.json"] = _local_get(f"{web_scheme}://127.0.0.1:{web.port}/api/v1/status",
+                                          web.tls_cert_file is not None)
+        parts["metrics.txt"] = _local_get(f"{metrics_scheme}://127.0.0.1:{metrics.port}/metrics",
+                                          metrics.tls_cert_file is not None)
+    return parts
+
+
+def write_bundle(path: Path, parts: dict[str, str]) -> Path:
+    """A .tar.gz of the parts under one folder named after the file, created mode 0600. An existing file
+    (or a link planted in /tmp) is refused with FileExistsError, never written through."""
+    folder = path.name.removesuffix(".tar.gz").removesuffix(".tgz") or "edge-agent-support"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, text in parts.items():
+            data = text.encode("utf-8", "replace")
+            info = tarfile.TarInfo(f"{folder}/{name}")
+            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return path

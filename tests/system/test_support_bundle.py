@@ -1,0 +1,82 @@
+"""`edge-agent doctor --bundle`: from a running daemon, everything a vendor asks for first, and nothing a
+school must not send: no secret, no database, no raw student id."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_agent.kt.package import KTPackage
+from tests.system.harness import (
+    REPO,
+    DaemonProcess,
+    NotifySocket,
+    answer,
+    local_config,
+    post_answers,
+    secret_file,
+    write_config,
+)
+
+
+def doctor_bundle(config: Path, bundle: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_agent", "doctor", "--config", str(config), "--bundle",
+                           str(bundle)], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
+
+def unpack(bundle: Path) -> dict[str, bytes]:
+    with tarfile.open(bundle) as tar:
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_a_bundle_from_a_running_board_has_status_metrics_and_config_and_no_secret_or_student_id(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage
+) -> None:
+    cfg = local_config(tmp_path, faces=None)
+    token = secret_file(tmp_path / "secrets/web.token")
+    cfg["web"]["token_file"] = str(token)
+    config = write_config(tmp_path / "config.toml", cfg)
+    daemon = daemons(config, notify, tmp_path / "daemon.log").start()
+    daemon.wait_running(60, healthy=True)
+    students = ["王小明-2024031", "li.hua@school.example"]
+    item = package.items[0]
+    post_answers(f"http://127.0.0.1:{cfg['web']['port']}",
+                 [answer(s, item.id, item.skill_id, True, f"e{n}") for n, s in enumerate(students)])
+
+    bundle = tmp_path / "board-t-support.tar.gz"
+    done = doctor_bundle(config, bundle)
+    assert "support bundle:" in done.stderr, done.stderr
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
+    parts = unpack(bundle)
+    assert {"versions.txt", "doctor.json", "config.toml", "journal.txt", "kernel.txt", "systemctl.txt",
+            "status.json", "metrics.txt"} <= parts.keys()
+    assert {c["name"] for c in json.loads(parts["doctor.json"])} >= {"config", "database", "disk state"}
+    status = json.loads(parts["status.json"])
+    assert {c["name"]: c["ok"] for c in status["components"]}["kt"] is True
+    assert b'edge_answers_total{outcome="applied"} 2.0' in parts["metrics.txt"]
+    assert b"edge-agent " in parts["versions.txt"] and b"onnxruntime " in parts["versions.txt"]
+    assert f"{token} (secret, contents not shown)".encode() in parts["config.toml"]
+    everything = b"".join(parts.values())
+    for secret in (token, Path(cfg["device"]["pseudonym_secret_file"])):
+        assert secret.read_bytes().strip() not in everything
+    for student in students:
+        assert student.encode() not in everything
+    assert b"SQLite format 3" not in everything
+
+
+def test_a_board_with_a_broken_config_still_gets_a_bundle_naming_the_problem(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[web]\nport = 99999\n")
+    bundle = tmp_path / "support.tar.gz"
+    done = doctor_bundle(config, bundle)
+    assert done.returncode == 1
+    parts = unpack(bundle)
+    assert b"web.port" in parts["config-problems.txt"] and "config.toml" not in parts
+    assert json.loads(parts["doctor.json"])[0]["ok"] is False
+    again = doctor_bundle(config, bundle)  # an existing file (or a link planted in /tmp) is not written
+    assert again.returncode == 2 and "File exists" in again.stderr and unpack(bundle) == parts
