@@ -21,7 +21,7 @@ TIMESYNC_FLAG = Path("run/systemd/timesync/synchronized")  # below the root: tim
 CHRONY_RUN_DIR = Path("run/chrony")  # below the root: chronyd's runtime folder (Debian, Ubuntu) while it runs
 CHRONY_ADDRESS = ("127.0.0.1", 323)
 
-# chrony's command protocol (candm.h), version 6 (chrony 2.2 and later; JetPack 6 ships 4.2)
+# chrony's command protocol (candm.h), version 6 (chrony 2.2 and later; Ubuntu 22.04 under JetPack 6 has 4.2)
 _PROTOCOL, _REQUEST, _REPLY = 6, 1, 2
 _REQ_TRACKING, _RPY_TRACKING, _STT_SUCCESS = 33, 5, 0
 _REQUEST_HEADER = struct.Struct("!BBBBHHIII")  # version, type, 2 reserved, command, attempt, seq, 2 pads
