@@ -40,6 +40,7 @@ from edge_agent.vision.engines import FACE_MODEL, POSE_MODELS
 from edge_agent.watched_file import WatchedFile
 from edge_agent.web.access import read_token_file
 from edge_agent.web.answers import answer_routes
+from edge_agent.web.camera_pause import camera_routes
 from edge_agent.web.health import health_routes
 from edge_agent.web.server import WebComponent
 
@@ -173,26 +174,8 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
     if updates is not None:
         components.append(updates)
 
-    if config.camera.enabled:
-        components.append(
-            Deferred(
-                "attention",
-                lambda: AttentionComponent(
-                    config.camera,
-                    config.attention,
-                    engines.get(FACE_MODEL),
-                    [engines.get(n) for n in POSE_MODELS] if config.attention.pose_method == "fsanet" else [],
-                    outbox=store.outbox,
-                    heartbeats=heartbeats,
-                    class_id=config.device.class_id,
-                    live=live,
-                    history=store.history,
-                    local_now=board_clock(config.device.timezone),
-                ),
-            )
-        )
-    else:
-        components.append(Disabled("attention", "camera.enabled = false"))
+    attention = _attention(config, engines, store, live, heartbeats) if config.camera.enabled else None
+    components.append(attention or Disabled("attention", "camera.enabled = false"))
 
     sync: SyncComponent | None = None
     if config.mqtt.enabled:
@@ -234,6 +217,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         roster = _roster(config) if kt is not None else None
         if kt is not None:
             routes.append(answer_routes(lambda: _kt_service(kt), config.kt, roster))
+        routes.append(camera_routes(lambda: _attention_running(attention)))
         web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates))
         components += [web, *(WatchedFileComponent(f) for f in (roster, web.clients) if f is not None)]
 
@@ -267,6 +251,32 @@ def _roster(config: Config) -> Roster | None:
 
 def _kt_service(kt: Deferred) -> KTService | None:
     return kt.inner.get_service() if isinstance(kt.inner, KTComponent) else None
+
+
+def _attention(
+    config: Config, engines: EngineSet, store: StoreComponent, live: LiveBoard, heartbeats: HeartbeatRegistry
+) -> Deferred:
+    return Deferred(
+        "attention",
+        lambda: AttentionComponent(
+            config.camera,
+            config.attention,
+            engines.get(FACE_MODEL),
+            [engines.get(n) for n in POSE_MODELS] if config.attention.pose_method == "fsanet" else [],
+            outbox=store.outbox,
+            heartbeats=heartbeats,
+            class_id=config.device.class_id,
+            live=live,
+            history=store.history,
+            local_now=board_clock(config.device.timezone),
+            pause_file=config.paths.state_dir / "camera-pause",
+        ),
+    )
+
+
+def _attention_running(attention: Deferred | None) -> AttentionComponent | None:
+    inner = None if attention is None else attention.inner
+    return inner if isinstance(inner, AttentionComponent) and inner.loop is not None else None
 
 
 def _kt_component(kt: Deferred) -> KTComponent | None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.config import AttentionSettings, CameraSettings
+from edge_agent.errors import CameraError
 from edge_agent.inference.engine import Engine
 from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
@@ -93,8 +96,10 @@ class AttentionComponent:
         class_id: str = "",
         history: History | None = None,
         local_now: Callable[[], datetime] | None = None,
+        pause_file: Path | None = None,
     ) -> None:
         self.camera_settings = camera_settings
+        self.pause_file = pause_file  # a teacher's pause, kept across a restart (the daemon's state dir)
         self.history = history  # so the teacher's timeline survives a restart (an update mid-lesson)
         self._pruned = time.monotonic()
         self.class_id = class_id
@@ -136,6 +141,10 @@ class AttentionComponent:
             hours=self.camera_settings.hours(),
             local_now=self.local_now,
         )
+        paused = self._load_pause()
+        if paused is not None:
+            self.loop.pause(paused)
+            log.info("camera paused by the teacher until %s (before the restart)", f"{paused:%H:%M}")
         if self.history is not None:
             since = time.time() - self.loop.timeline.maxlen * settings.window_s  # type: ignore[operator]
             earlier = await asyncio.to_thread(self.history.recent, STREAM, since)
@@ -166,6 +175,35 @@ class AttentionComponent:
             section = self.loop.live_section()
             section["camera"] = {"state": "disabled", "fps": 0.0, "detail": "attention stopped"}
             self.live.publish("attention", section)
+
+    def pause(self, minutes: float | None) -> datetime | None:
+        """The teacher's pause of the camera for ``minutes`` (None: resume now); returns its end."""
+        if self.loop is None:
+            raise CameraError("attention analysis is not running")
+        until = None if minutes is None else self.loop.local_now() + timedelta(minutes=minutes)
+        self.loop.pause(until)
+        if self.pause_file is not None:
+            scratch = self.pause_file.with_name(self.pause_file.name + ".tmp")
+            scratch.write_text("" if until is None else until.isoformat(), encoding="utf-8")
+            os.replace(scratch, self.pause_file)
+        log.info("camera %s by the teacher", "resumed" if until is None else f"paused until {until:%H:%M}")
+        return until
+
+    def _load_pause(self) -> datetime | None:
+        """A pause still running from before a restart; a damaged file is ignored (and said so)."""
+        if self.pause_file is None or self.loop is None:
+            return None
+        try:
+            text = self.pause_file.read_text(encoding="utf-8").strip()
+            until = datetime.fromisoformat(text) if text else None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("%s does not hold a pause (%s): the camera is not paused", self.pause_file, exc)
+            return None
+        if until is None or until.tzinfo is None or until <= self.loop.local_now():
+            return None
+        return until
 
     def health(self) -> Health:
         if self.loop is None:

@@ -127,7 +127,8 @@ class AttentionLoop:
         self.camera = camera
         self.hours = hours  # None: the camera may always run
         self.local_now = local_now or board_clock("")  # the board's time (device.timezone), for the hours
-        self.closed_until: datetime | None = None  # set while the camera is closed by its hours
+        self.closed_until: datetime | None = None  # set while the camera is closed by its hours or a pause
+        self.paused_until: datetime | None = None  # a teacher's pause (pause()), in the board's time
         self.analyser = analyser
         self.tracker = tracker
         self.windows = windows
@@ -171,25 +172,41 @@ class AttentionLoop:
     def closed_text(self, until: datetime) -> str:
         """Why the camera is closed and until when, in the board's time."""
         opens = opening_text(until, self.local_now())
+        if self.paused_until is not None:
+            return f"paused by the teacher; opens {opens}"
         return f"outside camera.active_hours or on camera.closed_dates; opens {opens}"
 
     def camera_wanted(self) -> bool:
-        """Whether the camera's hours allow it to run now."""
-        return self.hours is None or self.hours.is_open(self.local_now())
+        """Whether the camera's hours (and no pause) allow it to run now."""
+        now = self.local_now()
+        paused = self.paused_until is not None and now < self.paused_until
+        return not paused and (self.hours is None or self.hours.is_open(now))
+
+    def pause(self, until: datetime | None) -> None:
+        """A teacher's pause until ``until`` (aware), or None to resume: the camera closes as outside its
+        hours, from the loop's next tick."""
+        self.paused_until = until
 
     def _follow_hours(self) -> bool:
-        """Open or close the camera at the edges of its hours; True while it is closed by them."""
-        if self.hours is None:
+        """Open or close the camera at the edges of its hours and of a pause; True while it is closed."""
+        paused = self.paused_until
+        if self.hours is None and paused is None and self.closed_until is None:
             return False
         now = self.local_now()
-        if self.hours.is_open(now):
-            if self.closed_until is not None or not self.camera.started:
+        if paused is not None and now >= paused:
+            if self.paused_until is paused:  # not a new pause set meanwhile
+                self.paused_until = None
+            paused = None
+        hours_open = self.hours is None or self.hours.is_open(now)
+        if hours_open and paused is None:
+            if self.closed_until is not None or (self.hours is not None and not self.camera.started):
                 self.closed_until = None
-                log.info("camera hours begin: opening the camera")
+                log.info("camera hours begin, or the pause ended: opening the camera")
                 self.camera.start()
             return False
         if self.closed_until is None:
-            log.info("outside camera.active_hours or on camera.closed_dates: closing the camera")
+            why = "paused by the teacher" if paused else "outside camera.active_hours or camera.closed_dates"
+            log.info("%s: closing the camera", why)
             self.camera.stop()
             closed = self.windows.flush()
             if closed is not None:
@@ -198,7 +215,9 @@ class AttentionLoop:
             self.current = {"share": None, "faces": 0}
             metrics.CAMERA_FPS.set(0.0)
         # Every tick, not only at the close: when NTP steps the clock meanwhile, the time shown follows it.
-        self.closed_until = self.hours.next_open(now) or now + timedelta(days=7)
+        after = now if paused is None else max(now, paused)
+        opens = after if self.hours is None or self.hours.is_open(after) else self.hours.next_open(after)
+        self.closed_until = opens or after + timedelta(days=7)
         return True
 
     def _run(self) -> None:
@@ -257,7 +276,8 @@ class AttentionLoop:
             state, detail = "error", self.error
         closed_until = self.closed_until
         if closed_until is not None:
-            state, detail = "off_hours", self.closed_text(closed_until)
+            state = "off_hours" if self.paused_until is None else "paused"
+            detail = self.closed_text(closed_until)
         partial = self.windows.current_partial()
         share, faces = self.current["share"], self.current["faces"]
         if (partial is not None and partial["suppressed"]) or faces < self.windows.min_faces:

@@ -401,3 +401,95 @@ def test_the_camera_stays_closed_on_a_holiday_in_the_schools_zone_and_opens_the_
         await component.stop()
 
     asyncio.run(run())
+
+
+def test_a_teachers_pause_closes_the_camera_survives_a_restart_and_ends_on_time(
+    photo_folder, face_engine, pose_engines, tmp_path
+):
+    shanghai = ZoneInfo("Asia/Shanghai")
+    clock = {"now": datetime(2026, 12, 7, 9, 0, tzinfo=shanghai)}  # a Monday lesson
+    opener = CountingOpener(photo_folder)
+    opened = opener.opened
+    outbox = ListOutbox()
+    live = LiveBoard()
+    pause_file = tmp_path / "camera-pause"
+
+    def make() -> AttentionComponent:
+        return AttentionComponent(
+            CameraSettings(source=str(photo_folder), analysis_fps=10.0, stall_timeout_s=0.5),
+            AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=outbox,
+            heartbeats=HeartbeatRegistry(), live=live, opener=opener, local_now=lambda: clock["now"],
+            pause_file=pause_file,
+        )
+
+    def camera() -> dict[str, Any]:
+        return (live.get("attention") or {}).get("camera", {})
+
+    async def run() -> None:
+        component = make()
+        analysed0 = _value("edge_camera_frames_analysed_total")
+        await component.start()
+        await wait_for(lambda: _value("edge_camera_frames_analysed_total") >= analysed0 + 3)
+        until = component.pause(45)
+        assert until == datetime(2026, 12, 7, 9, 45, tzinfo=shanghai)
+        await wait_for(lambda: camera().get("state") == "paused")
+        assert not component.camera.started and component.camera.latest() is None  # no image kept
+        assert not any(t.name == "camera-grabber" for t in threading.enumerate())
+        assert outbox.stored and outbox.stored[-1]["partial"] is True  # the open window closed, kept
+        assert camera()["opens_at"] == until.timestamp()
+        assert component.health().ok and "paused by the teacher; opens Mon 09:45" in component.health().detail
+        assert pause_file.read_text() == until.isoformat()
+        await component.stop()
+
+        # A restart during the pause (an update, a power cut): the camera is not opened, not even briefly
+        clock["now"] = datetime(2026, 12, 7, 9, 10, tzinfo=shanghai)
+        again = make()
+        await again.start()
+        await wait_for(lambda: camera().get("state") == "paused")
+        await asyncio.sleep(0.5)
+        assert len(opened) == 1 and not again.camera.started
+        analysed = _value("edge_camera_frames_analysed_total")
+
+        clock["now"] = until  # the pause is over: measured again without anyone touching it
+        await wait_for(lambda: _value("edge_camera_frames_analysed_total") >= analysed + 3)
+        await wait_for(lambda: camera().get("state") == "running")  # the view hears of it within a second
+        assert len(opened) == 2
+
+        again.pause(45)  # and the teacher can resume it early
+        await wait_for(lambda: camera().get("state") == "paused")
+        assert again.pause(None) is None
+        await wait_for(lambda: camera().get("state") == "running")
+        assert pause_file.read_text() == ""
+        await again.stop()
+
+    asyncio.run(run())
+
+
+def test_a_pause_into_the_evening_opens_at_the_next_school_hours_and_a_damaged_pause_file_is_ignored(
+    photo_folder, face_engine, pose_engines, tmp_path, caplog
+):
+    clock = {"now": datetime(2026, 12, 7, 17, 0).astimezone()}
+    pause_file = tmp_path / "camera-pause"
+    pause_file.write_text("not a time")
+    live = LiveBoard()
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0, active_hours=["mon-fri 07:30-17:30"]),
+        AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=ListOutbox(),
+        heartbeats=HeartbeatRegistry(), live=live, opener=CountingOpener(photo_folder),
+        local_now=lambda: clock["now"], pause_file=pause_file,
+    )
+
+    def camera() -> dict[str, Any]:
+        return (live.get("attention") or {}).get("camera", {})
+
+    async def run() -> None:
+        with caplog.at_level(logging.WARNING):
+            await component.start()
+            await wait_for(lambda: camera().get("state") == "running")  # the damaged file paused nothing
+        assert "does not hold a pause" in caplog.text
+        component.pause(45)  # until 17:45, after the school day ends at 17:30
+        await wait_for(lambda: camera().get("state") == "paused")
+        assert camera()["opens_at"] == datetime(2026, 12, 8, 7, 30).astimezone().timestamp()
+        await component.stop()
+
+    asyncio.run(run())

@@ -26,6 +26,7 @@ from edge_agent.assembly import Assembly, build
 from edge_agent.config import Config
 from edge_agent.demo import LocalBroker, SimulatedClassroom, _free_port, _mosquitto_available, demo_config
 from edge_agent.kt.package import load_package
+from edge_agent.telemetry import metrics
 from tests.web.harness import TeacherViewPage, non_loopback_ipv4
 
 pytestmark = pytest.mark.browser
@@ -318,3 +319,72 @@ def test_remote_request_needs_the_token_file_token(daemon: RunningDaemon) -> Non
     assert _status(remote + "/api/v1/live", {"Authorization": "Bearer " + "0" * 48}) == 401
     assert _status(remote + "/", {"Accept": "text/html"}) == 401  # the sign-in form, not the page
     assert _status(remote + "/api/v1/live", {"Authorization": "Bearer " + daemon.token}) == 200
+
+
+def _post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, body, {"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return int(exc.code), json.loads(raw) if raw.startswith(b"{") else {"error": raw.decode()}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "says"),
+    [
+        (b'{"minutes": 45}', "text/plain", 415, "application/json"),  # a cross-site form cannot send it
+        (b"{minutes: 45}", "application/json", 400, "not valid JSON"),
+        (b'{"minutes": 0}', "application/json", 400, "from 1 to 240"),
+        (b'{"minutes": 241}', "application/json", 400, "camera.closed_dates"),
+        (b'{"minutes": "45"}', "application/json", 400, "whole number"),
+        (b'{"minutes": true}', "application/json", 400, "whole number"),
+        (b'{"minutes": 4.5}', "application/json", 400, "whole number"),
+        (b"[45]", "application/json", 400, "whole number"),
+    ],
+)
+def test_a_malformed_camera_pause_is_refused_and_changes_nothing(
+    daemon: RunningDaemon, body: bytes, content_type: str, status: int, says: str
+) -> None:
+    got, reply = _post(daemon.url + "/api/v1/camera/pause", body, content_type)
+    assert got == status and says in reply["error"], reply
+    assert daemon.live()["sections"]["attention"]["camera"]["state"] != "paused"
+
+
+def test_the_teacher_pauses_the_camera_for_the_lesson_and_resumes_it(
+    daemon: RunningDaemon, teacher_page: PageFactory
+) -> None:
+    address = non_loopback_ipv4()
+    if address is not None:  # from another computer: the teacher's token, as for the view itself
+        remote = f"http://{address}:{daemon.port}/api/v1/camera/pause"
+        assert _post(remote, b'{"minutes": 45}')[0] == 401
+    view = teacher_page(daemon.url)  # the board's own screen
+    view.open()
+    view.wait_live()
+    button = view.page.locator("#cam-pause")
+    button.wait_for(state="visible", timeout=15000)
+    assert view.text("#cam-pause") == "本节课暂停摄像头（45 分钟）"
+    def camera_state() -> str:
+        return str(daemon.live()["sections"]["attention"]["camera"]["state"])
+
+    button.click()
+    _wait_for(lambda: camera_state() == "paused", 10, "the pause")
+    signal = "() => document.getElementById('att-signal').textContent.includes('老师暂停')"
+    view.page.wait_for_function(signal, timeout=5000)
+    status = json.loads(urllib.request.urlopen(daemon.url + "/api/v1/status", timeout=5).read())
+    attention = next(c for c in status["components"] if c["name"] == "attention")
+    assert attention["ok"] and "camera closed: paused by the teacher" in attention["detail"], attention
+    analysed = metrics.sample("edge_camera_frames_analysed_total")
+    time.sleep(1.5)  # 3 frames' time at 2 frames/s: none read
+    assert metrics.sample("edge_camera_frames_analysed_total") == analysed
+    assert view.text("#att-share") == "—" and "设备状态" in view.text("#health")
+    assert "摄像头" not in view.text("#health-issues")  # a teacher's choice, not a problem for IT
+    pause_file = daemon.assembly.config.paths.state_dir / "camera-pause"
+    assert pause_file.read_text()  # kept across a restart
+    view.page.wait_for_function("() => document.getElementById('cam-pause').textContent === '恢复摄像头'",
+                                timeout=5000)
+    view.page.screenshot(path=str(SCREENSHOTS / "daemon-zh-camera-paused-1920x1080.png"))
+    button.click()
+    _wait_for(lambda: camera_state() == "running", 15, "the resume")
+    assert view.console_errors == []

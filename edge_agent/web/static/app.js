@@ -35,7 +35,8 @@
     { weekday: "short", hour: "2-digit", minute: "2-digit",
       ...(epoch * 1000 - Date.now() >= 6 * 86400000 ? { month: "short", day: "numeric" } : {}) }) : "—");
   // Camera states that are a choice (switched off, outside its hours), not a problem for IT.
-  const CAMERA_OFF = new Set(["disabled", "off_hours"]);
+  const CAMERA_OFF = new Set(["disabled", "off_hours", "paused"]);
+  const LESSON_MINUTES = 45; // the pause button closes the camera for one lesson
   const clockTime = (epoch, seconds) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleTimeString(lang,
     seconds ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" }) : "—");
   function duration(seconds, prefix) {
@@ -90,8 +91,13 @@
     const signal = $("att-signal");
     signal.dataset.low = blind ? "none" : a.current_share === null || a.current_share === undefined ? (low ? "true" : "none") : String(low);
     signal.textContent = blind ? (cam.state === "off_hours" ? t("attention_camera_off_hours", { when: dayTime(cam.opens_at) })
+      : cam.state === "paused" ? t("attention_camera_paused", { when: dayTime(cam.opens_at) })
       : t(cam.state === "disabled" ? "attention_camera_off" : "attention_camera_down"))
       : low ? t("attention_low") : a.current_share === null ? t("attention_suppressed") : t("attention_ok");
+    const camPause = $("cam-pause");
+    camPause.hidden = cam.state !== "running" && cam.state !== "paused";
+    camPause.dataset.action = cam.state === "paused" ? "resume" : "pause";
+    camPause.textContent = t(cam.state === "paused" ? "camera_resume" : "camera_pause", { n: LESSON_MINUTES });
     setText("att-window", isNum(a.window_s) ? t("attention_window", { s: num(a.window_s) }) : "");
     setText("att-camera", cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : "");
     setText("att-pose", a.pose_method ? t("pose_method", { m: tState("pose_method_", a.pose_method) }) : "");
@@ -450,6 +456,24 @@
     $("pause").textContent = t(paused ? "resume_updates" : "pause_updates");
     setConnection($("conn").dataset.state === "live");
     if (!paused) { renderAttention(); renderLearning(); renderHealth(); }
+  });
+
+  // The teacher closes the camera for a lesson (or opens it again); the board keeps the pause across a
+  // restart, and the next update shows it. JSON, so no other web page can send it as a plain form.
+  $("cam-pause").addEventListener("click", async () => {
+    const button = $("cam-pause");
+    const resume = button.dataset.action === "resume";
+    button.disabled = true;
+    try {
+      const response = await fetch("/api/v1/camera/" + (resume ? "resume" : "pause"), {
+        method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
+        body: resume ? "{}" : JSON.stringify({ minutes: LESSON_MINUTES }) });
+      button.title = response.ok ? "" : t("camera_pause_failed");
+    } catch (err) {
+      button.title = t("camera_pause_failed");
+    } finally {
+      button.disabled = false;
+    }
   });
 
   $("lang").addEventListener("click", () => {

@@ -1,0 +1,67 @@
+"""The teacher's camera switch: ``POST /api/v1/camera/pause`` {"minutes": 1-240} closes the camera for
+that long (kept across a restart), ``POST /api/v1/camera/resume`` opens it again.
+
+Who may: whoever may see the teacher view (the board's own screen, or the board's web token); a clicker's
+token may not (web/access.py). JSON only, so a web page in the board's browser cannot send it as a
+"simple" cross-site form post to loopback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from aiohttp import web
+
+from edge_agent import json_input
+from edge_agent.errors import CameraError
+from edge_agent.vision.component import AttentionComponent
+
+MAX_PAUSE_MINUTES = 240  # a school day's afternoon; longer closures are camera.closed_dates' job
+
+AttentionSource = Callable[[], AttentionComponent | None]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _paused(until: datetime | None) -> web.Response:
+    return web.json_response({"paused_until": None if until is None else until.timestamp()})
+
+
+def camera_routes(attention: AttentionSource) -> web.RouteTableDef:
+    routes = web.RouteTableDef()
+
+    @routes.post("/api/v1/camera/pause")
+    async def pause(request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return _error(415, f"send JSON, Content-Type: application/json (got {request.content_type!r})")
+        try:
+            body = await request.json(loads=json_input.loads)
+        except (ValueError, LookupError):
+            return _error(400, 'the request body is not valid JSON; send {"minutes": 45}')
+        minutes = body.get("minutes") if isinstance(body, dict) else None
+        if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= MAX_PAUSE_MINUTES:
+            return _error(400, f"'minutes' must be a whole number from 1 to {MAX_PAUSE_MINUTES} (got "
+                               f"{minutes!r}); for whole days use camera.closed_dates")
+        component = attention()
+        if component is None:
+            return _error(409, "the camera is not in use on this board (camera.enabled = false, or attention "
+                               "analysis has not started)")
+        try:
+            return _paused(component.pause(minutes))
+        except CameraError as exc:
+            return _error(409, str(exc))
+
+    @routes.post("/api/v1/camera/resume")
+    async def resume(request: web.Request) -> web.Response:
+        component = attention()
+        if component is None:
+            return _error(409, "the camera is not in use on this board")
+        try:
+            return _paused(component.pause(None))
+        except CameraError as exc:
+            return _error(409, str(exc))
+
+    return routes
