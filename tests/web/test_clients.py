@@ -21,6 +21,7 @@ from edge_agent.kt.service import KTService
 from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
 from edge_agent.web.answers import answer_routes
+from edge_agent.web.camera_pause import camera_routes
 from edge_agent.web.clients import parse_clients
 from tests.web.conftest import WEB_TOKEN
 from tests.web.harness import ServerThread, non_loopback_ipv4
@@ -78,7 +79,7 @@ def lan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[dict[str
     svc.start()
     board = LiveBoard()
     server = ServerThread(board, token=WEB_TOKEN, host="0.0.0.0", client_tokens=tmp_path / "web-clients",
-                          route_tables=[answer_routes(svc, settings)]).start()
+                          route_tables=[answer_routes(svc, settings), camera_routes(lambda: None)]).start()
     yield {"address": address, "port": server.port, "token": token, "config": config, "package": package}
     server.stop()
     svc.stop()
@@ -112,6 +113,18 @@ def test_a_clicker_token_posts_answers_and_opens_nothing_else(lan: dict[str, Any
     status, _, _ = _request(lan["address"], lan["port"], "/api/v1/live", teacher)
     assert status == 200
     assert _post(lan, "not-a-client-token-at-all", "c-2")[0] == 401
+
+
+def test_a_clicker_token_cannot_pause_the_camera_and_the_teacher_hears_when_there_is_none(
+    lan: dict[str, Any],
+) -> None:
+    body = json.dumps({"minutes": 45})
+    for bearer, status, says in ((lan["token"], 403, "may only post answers"),
+                                 (WEB_TOKEN, 409, "the camera is not in use on this board")):
+        headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"}
+        got, _, raw = _request(lan["address"], lan["port"], "/api/v1/camera/pause", headers, "POST", body)
+        reply = json.loads(raw)
+        assert got == status and says in reply.get("detail", reply.get("error", "")), reply
 
 
 def test_a_revoked_clicker_is_refused_within_seconds_and_the_others_keep_working(
