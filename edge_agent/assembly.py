@@ -217,7 +217,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         roster = _roster(config) if kt is not None else None
         if kt is not None:
             routes.append(answer_routes(lambda: _kt_service(kt), config.kt, roster))
-        routes.append(camera_routes(lambda: _attention_running(attention)))
+        routes.append(camera_routes(lambda: _attention_component(attention)))
         web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates))
         components += [web, *(WatchedFileComponent(f) for f in (roster, web.clients) if f is not None)]
 
@@ -274,9 +274,9 @@ def _attention(
     )
 
 
-def _attention_running(attention: Deferred | None) -> AttentionComponent | None:
+def _attention_component(attention: Deferred | None) -> AttentionComponent | None:
     inner = None if attention is None else attention.inner
-    return inner if isinstance(inner, AttentionComponent) and inner.loop is not None else None
+    return inner if isinstance(inner, AttentionComponent) else None  # not started yet: its pause() says so
 
 
 def _kt_component(kt: Deferred) -> KTComponent | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ from edge_agent.errors import CameraError
 from edge_agent.inference.engine import Engine
 from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
+from edge_agent.provisioning.files import write_private
 from edge_agent.store.history import History
 from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
@@ -183,9 +183,7 @@ class AttentionComponent:
         until = None if minutes is None else self.loop.local_now() + timedelta(minutes=minutes)
         self.loop.pause(until)
         if self.pause_file is not None:
-            scratch = self.pause_file.with_name(self.pause_file.name + ".tmp")
-            scratch.write_text("" if until is None else until.isoformat(), encoding="utf-8")
-            os.replace(scratch, self.pause_file)
+            write_private(self.pause_file, b"" if until is None else until.isoformat().encode())
         log.info("camera %s by the teacher", "resumed" if until is None else f"paused until {until:%H:%M}")
         return until
 
