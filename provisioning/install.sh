@@ -91,6 +91,12 @@ esac
     say "edge-agent needs Python 3.10 to 3.12 (JetPack 6 ships 3.10); $PYTHON is not"
     exit 2
 }
+# Ubuntu (JetPack 6 too) ships ensurepip only in python3-venv, which an install may lack: venv would fail halfway.
+"$PYTHON" -c 'import ensurepip' 2>/dev/null || {
+    say "$PYTHON cannot make a virtual environment: install python3-venv (apt install python3-venv), then run"
+    say "this again"
+    exit 2
+}
 for part in pyproject.toml edge_agent engines systemd; do
     [ -e "$SRC/$part" ] || { say "$SRC/$part is missing: run this from a whole release"; exit 2; }
 done

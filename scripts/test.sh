@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/system-deps.sh
+# JetPack 6's userland (Ubuntu 22.04), for the units' run under its systemd; that run is skipped without it
+bash scripts/jetpack-userland.sh || echo "== no JetPack 6 userland: the units will not run under systemd 249"
 echo "== README config reference"
 .venv/bin/python scripts/gen_config_reference.py --check README.md
 export EDGE_AGENT_MODEL_MIRROR="${EDGE_AGENT_MODEL_MIRROR:-$(cd .. && pwd)/shared/models}"

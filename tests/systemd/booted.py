@@ -1,9 +1,12 @@
 """A real systemd as PID 1 of its own PID and mount namespaces, for running the shipped units for real.
 
-Nothing it writes reaches this machine: /etc, /opt and /var are overlays whose changes land in a test
-folder, and /run is its own tmpfs. Of this machine's own boot nothing starts: every unit that the usual
-targets pull in is masked (tmpfiles would empty /tmp, udev would handle this machine's devices), except
-journald, so `journalctl` shows what the units printed. Needs root, unshare(1), nsenter(1) and systemd.
+It boots this machine's own systemd, or that of another userland given as a root folder (JetPack 6's
+Ubuntu 22.04, made by scripts/jetpack-userland.sh), which then also runs every command given to run().
+Nothing it writes reaches this machine or the root folder: /etc, /opt and /var (the whole root folder)
+are overlays whose changes land in a test folder, and /run is its own tmpfs. Of the machine's own boot
+nothing starts: every unit that the usual targets pull in is masked (tmpfiles would empty /tmp, udev would
+handle this machine's devices), except journald, so `journalctl` shows what the units printed. Needs
+root, unshare(1), nsenter(1) and systemd.
 """
 
 from __future__ import annotations
@@ -23,13 +26,34 @@ KEEP = ("systemd-journald.service", "systemd-journald.socket", "systemd-journald
 MASK_TARGETS = ("local-fs.target", "swap.target", "cryptsetup.target", "remote-fs.target",
                 "veritysetup.target", "integritysetup.target", "getty.target")
 
-BOOT = r"""
-set -eu
+OVERLAY_HOST = r"""
 W=$1
 for d in etc opt var; do
     mkdir -p "$W/upper/$d" "$W/work/$d"
     mount -t overlay overlay -o "lowerdir=/$d,upperdir=$W/upper/$d,workdir=$W/work/$d" "/$d"
 done
+"""
+
+# The root folder, with this machine's /dev and /sys and the folders the tests share with it (the
+# repository, the models, the test's own folder) at the same paths; then it becomes / for good.
+OVERLAY_ROOT = r"""
+W=$1; ROOT=$2; shift 2
+M=$W/root
+mkdir -p "$W/upper/root" "$W/work/root" "$M"
+mount -t overlay overlay -o "lowerdir=$ROOT,upperdir=$W/upper/root,workdir=$W/work/root" "$M"
+mount --rbind /dev "$M/dev"
+mount --rbind /sys "$M/sys"
+mount -t proc proc "$M/proc"
+for b in "$@"; do mkdir -p "$M$b"; mount --bind "$b" "$M$b"; done
+rm -f "$M/etc/resolv.conf"; cp /etc/resolv.conf "$M/etc/resolv.conf"  # Ubuntu links it into /run
+mkdir -p "$M/.host"
+cd "$M"
+pivot_root . .host
+umount -l /.host
+rmdir /.host
+"""
+
+BOOT = r"""
 mount -t tmpfs tmpfs /run
 : > /etc/fstab
 rm -rf /var/log/journal/*  # this machine's own journal (in the overlay: only hidden, not deleted)
@@ -61,8 +85,10 @@ def unavailable() -> str | None:
 
 
 class BootedSystemd:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, root: Path | None = None, binds: tuple[Path, ...] = ()) -> None:
         self.workdir = workdir
+        self.root = root  # None: this machine's own userland
+        self.binds = binds  # only with a root folder; this machine's folders are all there otherwise
         self.process: subprocess.Popen[bytes] | None = None
         self.pid = 0  # systemd's pid, as this machine sees it
 
@@ -70,9 +96,14 @@ class BootedSystemd:
         """Start systemd and wait until it runs; raises RuntimeError saying why it did not."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = os.environ | {"KEEP": " ".join(KEEP), "MASK_TARGETS": " ".join(MASK_TARGETS)}
+        if self.root is None:
+            script, args = OVERLAY_HOST + BOOT, [str(self.workdir)]
+        else:
+            script = OVERLAY_ROOT + BOOT
+            args = [str(self.workdir), str(self.root), *(str(b.resolve()) for b in self.binds)]
         self.process = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", "--mount-proc",
-             "sh", "-c", BOOT, "boot", str(self.workdir)],
+             "sh", "-euc", script, "boot", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
@@ -98,16 +129,16 @@ class BootedSystemd:
             return 0
         if not pids:
             return 0
-        try:
-            return int(pids[0]) if Path(f"/proc/{pids[0]}/exe").resolve() == SYSTEMD.resolve() else 0
+        try:  # the shell before it exec()s systemd is "sh"
+            return int(pids[0]) if Path(f"/proc/{pids[0]}/comm").read_text().strip() == "systemd" else 0
         except OSError:
             return 0
 
     def run(self, *argv: str, check: bool = True, timeout_s: float = 120.0,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """A command inside: it sees the overlays and talks to this systemd."""
-        done = subprocess.run(["nsenter", "-t", str(self.pid), "-m", "-p", *argv], capture_output=True,
-                              text=True, timeout=timeout_s, check=False, env=env)
+        """A command inside: it sees the overlays (and runs in the root folder) and talks to this systemd."""
+        done = subprocess.run(["nsenter", "-t", str(self.pid), "-m", "-p", "-r", "-w", *argv],
+                              capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
         return done
