@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# JetPack 6's userland without L4T: Ubuntu 22.04 ("jammy", with its updates) in .jetpack6/, so that
-# tests/systemd/test_units_under_systemd.py runs the shipped units on the systemd a board runs (249) and
-# builds the board's venv from its Python (3.10.12). Same package versions as a board, but this machine's
-# architecture (amd64 here, arm64 on a Jetson) and no NVIDIA parts. About 270 MB; needs root and
-# archive.ubuntu.com. Made once; delete .jetpack6/ to make it anew.
+# A JetPack userland without L4T, so that tests/systemd/test_units_under_systemd.py runs the shipped units
+# on the systemd a board runs and builds the board's venv from its Python:
+#   6 (default): JetPack 6, Ubuntu 22.04 "jammy" with its updates: systemd 249, Python 3.10, in .jetpack6/
+#   7:           JetPack 7, Ubuntu 24.04 "noble" with its updates: systemd 255, Python 3.12, in .jetpack7/
+# Same package versions as a board, but this machine's architecture (amd64 here, arm64 on a Jetson) and no
+# NVIDIA parts. About 270 MB each; needs root and archive.ubuntu.com. Made once; delete the folder to make
+# it anew.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)/.jetpack6"
+case "${1:-6}" in
+  6) suite=jammy ;;
+  7) suite=noble ;;
+  *) echo "usage: jetpack-userland.sh [6|7]" >&2; exit 2 ;;
+esac
+root="$(cd "$(dirname "$0")/.." && pwd)/.jetpack${1:-6}"
 [ -f "$root/.complete" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "jetpack-userland.sh needs root (debootstrap)" >&2
@@ -25,16 +32,17 @@ wget -q -T 60 -O "$scratch/$keyring_deb" "$mirror/pool/main/u/ubuntu-keyring/$ke
 echo "$keyring_sha256  $scratch/$keyring_deb" | sha256sum -c --quiet
 dpkg-deb -x "$scratch/$keyring_deb" "$scratch/keyring"
 rm -rf "$root.partial"
-echo "making JetPack 6's userland (Ubuntu 22.04) in $root"
+echo "making JetPack ${1:-6}'s userland (Ubuntu $suite) in $root"
+# Debian 12's debootstrap has no script for noble: jammy's serves both
 timeout 900 debootstrap --variant=minbase --components=main,universe \
   --keyring="$scratch/keyring/usr/share/keyrings/ubuntu-archive-keyring.gpg" \
   --include=systemd,python3,mosquitto,openssl,ca-certificates \
-  jammy "$root.partial" "$mirror" >"$scratch/debootstrap.log" 2>&1 \
+  "$suite" "$root.partial" "$mirror" /usr/share/debootstrap/scripts/jammy >"$scratch/debootstrap.log" 2>&1 \
   || { tail -20 "$scratch/debootstrap.log" >&2; exit 1; }
 cat >"$root.partial/etc/apt/sources.list" <<SOURCES
-deb $mirror jammy main universe
-deb $mirror jammy-updates main universe
-deb http://security.ubuntu.com/ubuntu jammy-security main universe
+deb $mirror $suite main universe
+deb $mirror $suite-updates main universe
+deb http://security.ubuntu.com/ubuntu $suite-security main universe
 SOURCES
 cp /etc/resolv.conf "$root.partial/etc/resolv.conf"
 # What Ubuntu's installer writes and debootstrap does not: without it "localhost" does not resolve.
@@ -50,7 +58,7 @@ timeout 900 chroot "$root.partial" sh -c 'apt-get update -qq && apt-get dist-upg
   apt-get install -y -qq --download-only python3-venv' \
   >"$scratch/upgrade.log" 2>&1 || { tail -20 "$scratch/upgrade.log" >&2; exit 1; }
 # Mosquitto is here as the tests' broker (the fleet's, not the board's), started by them as on this machine.
-chroot "$root.partial" systemctl disable -q mosquitto
+chroot "$root.partial" systemctl disable -q mosquitto 2>/dev/null
 touch "$root.partial/.complete"
 mv -T "$root.partial" "$root"
-chroot "$root" sh -c 'echo "$(systemctl --version | head -1), $(python3 --version)"'
+chroot "$root" sh -c 'echo "$(systemctl --version 2>/dev/null | head -1), $(python3 --version)"'

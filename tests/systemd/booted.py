@@ -100,7 +100,7 @@ class BootedSystemd:
             script, args = OVERLAY_HOST + BOOT, [str(self.workdir)]
         else:
             script = OVERLAY_ROOT + BOOT
-            args = [str(self.workdir), str(self.root), *(str(b.resolve()) for b in self.binds)]
+            args = [str(self.workdir), str(self.root), *(str(b.absolute()) for b in self.binds)]
         self.process = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", "--mount-proc",
              "sh", "-euc", script, "boot", *args],
