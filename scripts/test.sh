@@ -3,14 +3,14 @@
 # JetPack 6 API, and run the whole suite (real Mosquitto, real Chromium, real models from ../shared).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
 bash scripts/system-deps.sh
-# JetPack 6's userland (Ubuntu 22.04) for the units' run under its systemd, made while the checks below
-# run (about 70 s, once); without it, the units run under this machine's systemd
+# JetPack 6's userland (Ubuntu 22.04) for the units' run under its systemd, made while the set-up and the
+# checks below run (about 70 s, once); without it, the units run under this machine's systemd
 mkdir -p artifacts
 bash scripts/jetpack-userland.sh >artifacts/jetpack-userland.log 2>&1 &
 userland=$!
 trap 'kill "$userland" 2>/dev/null || true' EXIT
+bash scripts/setup.sh
 echo "== README config reference"
 .venv/bin/python scripts/gen_config_reference.py --check README.md
 export EDGE_AGENT_MODEL_MIRROR="${EDGE_AGENT_MODEL_MIRROR:-$(cd .. && pwd)/shared/models}"

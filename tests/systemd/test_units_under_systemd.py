@@ -240,14 +240,16 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
                == "running: all components healthy", 60, "every component on the new config")
 
     # A config the daemon cannot run on: systemd gives up after 5 starts in 10 minutes, OnFailure= starts
-    # edge-agent-retry.timer (30 s here, 15 min as shipped), and once the config is mended the retry
+    # edge-agent-retry.timer (seconds here, 15 min as shipped), and once the config is mended the retry
     # brings the daemon back without anyone typing reset-failed. systemd 249 and 252 start the timer when
-    # they give up; 254 and later at the first failed start (systemd issue 33710), so there it runs out
-    # 30 s after that one.
+    # they give up; 254 and later at the first failed start (systemd issue 33710), so there it must
+    # outlast the five failed starts for the failed state to be seen.
     # (the empty OnActiveSec= clears the shipped 15 min: a drop-in's timers add to the unit's)
+    systemd_version = int(booted.run("systemctl", "--version").stdout.split()[1])
+    retry_after = "30s" if systemd_version >= 254 else "10s"
     drop_in = "/etc/systemd/system/edge-agent-retry.timer.d"
-    booted.run("sh", "-c", f"mkdir -p {drop_in} && printf '[Timer]\\nOnActiveSec=\\nOnActiveSec=30s\\n"
-                           f"AccuracySec=1s\\n' > {drop_in}/test.conf && systemctl daemon-reload")
+    booted.run("sh", "-c", f"mkdir -p {drop_in} && printf '[Timer]\\nOnActiveSec=\\nOnActiveSec={retry_after}"
+                           f"\\nAccuracySec=1s\\n' > {drop_in}/test.conf && systemctl daemon-reload")
     booted.run("sh", "-c", "cp /etc/edge-agent/config.toml /run/config.good && "
                            "echo '[web' >> /etc/edge-agent/config.toml")
     booted.run("systemctl", "restart", "--no-block", "edge-agent")
