@@ -91,7 +91,8 @@ esac
     say "edge-agent needs Python 3.10 to 3.12 (JetPack 6 ships 3.10); $PYTHON is not"
     exit 2
 }
-# Ubuntu (JetPack 6 too) ships ensurepip only in python3-venv, which an install may lack: venv would fail halfway.
+# Ubuntu (JetPack 6 too) ships ensurepip only in python3-venv, which an install may lack: venv would
+# fail halfway.
 "$PYTHON" -c 'import ensurepip' 2>/dev/null || {
     say "$PYTHON cannot make a virtual environment: install python3-venv (apt install python3-venv), then run"
     say "this again"

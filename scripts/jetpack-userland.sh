@@ -53,7 +53,8 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   cp /usr/local/share/ca-certificates/*.crt "$root.partial/usr/local/share/ca-certificates/"
   chroot "$root.partial" update-ca-certificates >/dev/null 2>&1
 fi
-# python3-venv only downloaded: Ubuntu installs (a board's too) may lack it; the test installs it as install.sh says.
+# python3-venv only downloaded: Ubuntu installs (a board's too) may lack it; the test installs it as
+# install.sh says to.
 timeout 900 chroot "$root.partial" sh -c 'apt-get update -qq && apt-get dist-upgrade -y -qq && apt-get clean &&
   apt-get install -y -qq --download-only python3-venv' \
   >"$scratch/upgrade.log" 2>&1 || { tail -20 "$scratch/upgrade.log" >&2; exit 1; }
