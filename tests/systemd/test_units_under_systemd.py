@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -141,8 +144,16 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     fleet = tmp_path / "fleet"
     fleet.mkdir()
 
-    # install.sh, as on a board: the system's Python (one in /root would fail with 203/EXEC)
+    # install.sh, as on a board: the system's Python (one in /root would fail with 203/EXEC). On a JetPack
+    # userland, offline as its README says: from wheels board-wheels.sh fetched here, no index.
     install = f"cd {REPO} && PYTHON={python} EDGE_AGENT_EXTRAS= sh provisioning/install.sh"
+    if booted.root is not None:
+        wheels = tmp_path / "wheels"
+        fetch = [str(wheels), booted.root.name.lstrip("."), platform.machine()]
+        subprocess.run(["sh", str(REPO / "provisioning/board-wheels.sh"), *fetch],
+                       env=os.environ | {"EDGE_AGENT_EXTRAS": "", "PYTHON": sys.executable},
+                       check=True, capture_output=True, timeout=600)
+        install = f"PIP_NO_INDEX=1 PIP_FIND_LINKS={wheels} {install}"
     booted.run("sh", "-c", install, timeout_s=600)
     booted.run("sh", "-c", f"mkdir -p {STAGE} && cp -r {model_mirror} {STAGE}/models && "
                            f"cp -r {faces_dir / 'pexels'} {STAGE}/camera")

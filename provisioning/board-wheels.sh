@@ -1,0 +1,35 @@
+#!/bin/sh
+# Fill a folder with every wheel install.sh needs, for boards without internet (or behind a slow link):
+# run it on any machine with pip and internet, copy the folder to the board (a USB stick), then there:
+#     PIP_NO_INDEX=1 PIP_FIND_LINKS=/media/usb/wheels sudo -E sh provisioning/install.sh
+#
+#     sh provisioning/board-wheels.sh OUT_DIR [jetpack6|jetpack7] [aarch64|x86_64]
+# jetpack6 (default): Python 3.10, glibc 2.35; jetpack7: Python 3.12, glibc 2.39. aarch64 (default) is a
+# Jetson. Only wheels: a board has no compilers. EDGE_AGENT_EXTRAS as for install.sh (default jetson).
+set -eu
+out=${1:?usage: board-wheels.sh OUT_DIR [jetpack6|jetpack7] [aarch64|x86_64]}
+case "${2:-jetpack6}" in
+    jetpack6) python=3.10 glibc=35 ;;
+    jetpack7) python=3.12 glibc=39 ;;
+    *) echo "board-wheels.sh: unknown board software '$2' (jetpack6 or jetpack7)" >&2; exit 2 ;;
+esac
+arch=${3:-aarch64}
+case "$arch" in aarch64|x86_64) ;; *) echo "board-wheels.sh: unknown architecture '$arch'" >&2; exit 2 ;; esac
+EXTRAS=${EDGE_AGENT_EXTRAS-jetson}
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+# pip matches --platform tags literally: every manylinux tag the board's glibc accepts
+platforms="--platform manylinux2014_$arch --platform linux_$arch"
+minor=17
+while [ "$minor" -le "$glibc" ]; do
+    platforms="$platforms --platform manylinux_2_${minor}_$arch"
+    minor=$((minor + 1))
+done
+mkdir -p "$out"
+# The package's dependencies, and what install.sh itself installs: pip, and setuptools and wheel to build
+# the release (editable) in its venv.
+PYTHON=${PYTHON:-python3}
+# shellcheck disable=SC2086  # $platforms: one word per --platform
+"$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --dest "$out" \
+    --python-version "$python" --implementation cp --abi "cp$(echo "$python" | tr -d .)" --abi abi3 \
+    --abi none $platforms "$SRC${EXTRAS:+[$EXTRAS]}" pip "setuptools>=77" wheel
+echo "$(ls "$out" | wc -l) wheels for ${2:-jetpack6} on $arch in $out"
