@@ -45,23 +45,21 @@ def camera_routes(attention: AttentionSource) -> web.RouteTableDef:
         if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= MAX_PAUSE_MINUTES:
             return _error(400, f"'minutes' must be a whole number from 1 to {MAX_PAUSE_MINUTES} (got "
                                f"{minutes!r}); for whole days use camera.closed_dates")
-        component = attention()
-        if component is None:
-            return _error(409, "the camera is not in use on this board (camera.enabled = false, or attention "
-                               "analysis has not started)")
-        try:
-            return _paused(component.pause(minutes))
-        except CameraError as exc:
-            return _error(409, str(exc))
+        return _set_pause(attention, minutes)
 
     @routes.post("/api/v1/camera/resume")
     async def resume(request: web.Request) -> web.Response:
-        component = attention()
-        if component is None:
-            return _error(409, "the camera is not in use on this board")
-        try:
-            return _paused(component.pause(None))
-        except CameraError as exc:
-            return _error(409, str(exc))
+        return _set_pause(attention, None)
 
     return routes
+
+
+def _set_pause(attention: AttentionSource, minutes: int | None) -> web.Response:
+    component = attention()
+    if component is None:
+        return _error(409, "the camera is not in use on this board (camera.enabled = false, or attention "
+                           "analysis has not started)")
+    try:
+        return _paused(component.pause(minutes))
+    except CameraError as exc:
+        return _error(409, str(exc))
