@@ -19,8 +19,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-if ! command -v debootstrap >/dev/null 2>&1; then  # brings wget
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+if ! command -v debootstrap >/dev/null 2>&1; then
+  echo "jetpack-userland.sh needs debootstrap: bash scripts/system-deps.sh installs it" >&2
+  exit 1
 fi
 mirror=http://archive.ubuntu.com/ubuntu
 # The archive's signing keys, from Ubuntu's own package, pinned: debootstrap checks the release with them.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the tests need: Mosquitto (real broker), Chromium (teacher view in a real browser),
-# systemd (unit checks, and the units run under a real systemd), promtool (the shipped alert rules and
-# their unit tests). Installs only what is missing; needs root (CI runs as root).
+# systemd (unit checks, and the units run under a real systemd), debootstrap (JetPack's userland for that),
+# promtool (the shipped alert rules and their unit tests). Installs only what is missing; needs root (CI
+# runs as root).
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
@@ -11,6 +12,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # The board's venv is built from the system's Python (tests/systemd/test_units_under_systemd.py).
 /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# scripts/jetpack-userland.sh makes JetPack's Ubuntu userland for that test with it (it brings wget).
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 # Without a CJK font the zh-CN teacher view renders as empty boxes in screenshots.
 [ -d /usr/share/fonts/opentype/noto ] || missing+=(fonts-noto-cjk)
 # chronyd for tests/core/test_clock_sync.py, unpacked into .chrony/ and not installed: installing Debian's
