@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from edge_agent.config import UpdateSettings
 from edge_agent.errors import ProvisioningError
+from edge_agent.inference.fetch import atomic_writer
 from edge_agent.lifecycle import Health
 from edge_agent.provisioning.model_package import load_public_key
 from edge_agent.provisioning.model_update import Loader, ModelStore, ModelUpdater, Sanity
@@ -230,12 +231,13 @@ class _InboxUpdater(ModelUpdater):
         except Exception as exc:  # disk errors and the like must not end the updater thread
             self.last_ok, self.last_result = False, f"model update failed: {exc}"
             log.error("model update of %s failed: %s", package.name, exc)
-        _file_away(package, self.last_ok, self.last_result)
+        file_away(package, self.last_ok, self.last_result)
         ok, result = self.last_ok, self.last_result
         self.on_result(ok, result if ok else f"{package.name}: {result}")
 
 
-def _file_away(package: Path, ok: bool, result: str) -> None:
+def file_away(package: Path, ok: bool, result: str) -> None:
+    """Move a handled package to ``done/``, or to ``<name>.rejected`` beside its ``.reason``."""
     try:
         if ok:
             done = package.parent / "done"
@@ -246,7 +248,9 @@ def _file_away(package: Path, ok: bool, result: str) -> None:
                 path.unlink(missing_ok=True)
         else:
             rejected = package.with_name(package.name + ".rejected")
-            rejected.with_name(rejected.name + ".reason").write_text(result + "\n", encoding="utf-8")
+            # atomically: whoever waits for the reason (IT, a test) must never read it empty
+            with atomic_writer(rejected.with_name(rejected.name + ".reason")) as out:
+                out.write((result + "\n").encode("utf-8"))
             os.replace(package, rejected)
             # Each may be 512 MiB: a package refused again and again would fill the disk. The reasons
             # (a line each) stay; the newest KEEP_REJECTED packages stay for a look at what was sent.

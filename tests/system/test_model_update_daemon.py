@@ -28,7 +28,7 @@ from edge_agent.provisioning.ca import FleetCA
 from edge_agent.provisioning.model_package import generate_signing_key
 from edge_agent.sync.commands import CommandDispatcher
 from edge_agent.telemetry import metrics
-from edge_agent.updates import DownloadFailed, download
+from edge_agent.updates import DownloadFailed, download, file_away
 from tests.system.harness import answer, local_config, post_answers
 from tests.system.harness import http as http_request
 from tests.system.model_packages import (
@@ -332,6 +332,34 @@ def test_refused_and_failing_packages_leave_the_running_version(
     assert updates is not None
     health = updates.health()  # refused updates are reported, but the board stays ready
     assert health.ok and f"kt {version}" in health.detail and "REFUSED" in health.detail
+
+
+def first_read(path: Path, seen: list[str], stop: threading.Event) -> None:
+    """Read ``path`` the moment it exists (or stop)."""
+    while not stop.is_set():
+        if path.is_file():
+            seen.append(path.read_text())
+            return
+
+
+def test_a_refusal_reason_is_never_seen_empty(tmp_path: Path) -> None:
+    # CI once read junk.tar.rejected.reason between its creation and its first byte; with a plain
+    # write_text a reader polling like IT's `watch cat` saw it empty in 233 of 300 tries here
+    empty = 0
+    for i in range(100):
+        package = tmp_path / f"p{i}.tar"
+        package.write_bytes(b"not a tar")
+        reason = tmp_path / f"p{i}.tar.rejected.reason"
+        seen: list[str] = []
+        stop = threading.Event()
+        poller = threading.Thread(target=first_read, args=(reason, seen, stop))
+        poller.start()
+        file_away(package, False, "refused: not a readable tar archive")
+        stop.set()
+        poller.join()
+        empty += seen == [""]
+    assert empty == 0
+    assert (tmp_path / "p0.tar.rejected.reason").read_text() == "refused: not a readable tar archive\n"
 
 
 def command(board: Board, url: str, sha256: str, version: str, model: str = "kt") -> Any:
