@@ -91,6 +91,7 @@ class BootedSystemd:
         self.binds = binds  # only with a root folder; this machine's folders are all there otherwise
         self.process: subprocess.Popen[bytes] | None = None
         self.pid = 0  # systemd's pid, as this machine sees it
+        self.version = 0  # systemd's major version, once booted
 
     def boot(self, timeout_s: float = 30.0) -> None:
         """Start systemd and wait until it runs; raises RuntimeError saying why it did not."""
@@ -115,6 +116,7 @@ class BootedSystemd:
             if self.pid and self.run("systemctl", "is-system-running", check=False).stdout.strip() in (
                 "running", "degraded"
             ):
+                self.version = int(self.run("systemctl", "--version").stdout.split()[1])
                 return
             time.sleep(0.2)
         raise RuntimeError(f"systemd did not reach 'running' within {timeout_s:.0f} s")

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = "/opt/edge-agent/venv/bin"
 STAGE = "/var/lib/edge-test"  # models and photos where the sandboxed daemon can read them
 # userland -> the systemd it has; made by `bash scripts/jetpack-userland.sh 6` (the test command does) or 7
-JETPACKS = {"jetpack6": "systemd 249 ", "jetpack7": "systemd 255 "}
+JETPACKS = {"jetpack6": 249, "jetpack7": 255}
 PIP_CACHE = Path.home() / ".cache/pip"  # shared with the JetPack roots: the board's venv downloads less
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
@@ -68,8 +68,7 @@ def booted(request: pytest.FixtureRequest, tmp_path: Path, model_mirror: Path, f
         pytest.skip(str(exc))
     try:
         if system.root is not None:  # the systemd that board runs
-            version = system.run("systemctl", "--version").stdout
-            assert version.startswith(JETPACKS[request.param]), version
+            assert system.version == JETPACKS[request.param], system.version
         yield system
     finally:
         system.shutdown()
@@ -256,8 +255,7 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     # they give up; 254 and later at the first failed start (systemd issue 33710), so there it must
     # outlast the five failed starts for the failed state to be seen.
     # (the empty OnActiveSec= clears the shipped 15 min: a drop-in's timers add to the unit's)
-    systemd_version = int(booted.run("systemctl", "--version").stdout.split()[1])
-    retry_after = "30s" if systemd_version >= 254 else "10s"
+    retry_after = "30s" if booted.version >= 254 else "10s"
     drop_in = "/etc/systemd/system/edge-agent-retry.timer.d"
     booted.run("sh", "-c", f"mkdir -p {drop_in} && printf '[Timer]\\nOnActiveSec=\\nOnActiveSec={retry_after}"
                            f"\\nAccuracySec=1s\\n' > {drop_in}/test.conf && systemctl daemon-reload")
