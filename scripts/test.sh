@@ -4,13 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
-# JetPack 6's userland (Ubuntu 22.04) for the units' run under its systemd, made while the set-up and the
-# checks below run (about 70 s, once); without it, the units run under this machine's systemd
+# JetPack 6's and 7's userlands (Ubuntu 22.04 and 24.04) for the units' runs under their systemd, made
+# while the set-up and the checks below run (about 70 s each, once); without either, the units run under
+# this machine's systemd
 mkdir -p artifacts
-bash scripts/jetpack-userland.sh >artifacts/jetpack-userland.log 2>&1 &
-userland=$!
+declare -A making
+for jetpack in 6 7; do
+  bash scripts/jetpack-userland.sh "$jetpack" >"artifacts/jetpack$jetpack-userland.log" 2>&1 &
+  making[$jetpack]=$!
+done
 beside=""
-trap 'kill "$userland" 2>/dev/null || true; [ -z "$beside" ] || kill -- "-$beside" 2>/dev/null || true' EXIT
+trap 'kill "${making[@]}" 2>/dev/null || true; [ -z "$beside" ] || kill -- "-$beside" 2>/dev/null || true' EXIT
 bash scripts/setup.sh
 echo "== README config reference"
 .venv/bin/python scripts/gen_config_reference.py --check README.md
@@ -21,10 +25,12 @@ echo "== mypy"
 .venv/bin/mypy
 echo "== TensorRT adapter against tensorrt-stubs and the TensorRT 10.3 API names"
 .venv/bin/python scripts/check_tensorrt_api.py
-made=0
-wait "$userland" || made=$?
-cat artifacts/jetpack-userland.log
-[ "$made" -eq 0 ] || echo "== no JetPack 6 userland: the units run under this machine's systemd, not JetPack 6's 249"
+for jetpack in 6 7; do
+  made=0
+  wait "${making[$jetpack]}" || made=$?
+  cat "artifacts/jetpack$jetpack-userland.log"
+  [ "$made" -eq 0 ] || echo "== no JetPack $jetpack userland: the units do not run under its systemd"
+done
 if [ -n "${EDGE_AGENT_TEST_ALSO_PYTHON:-}" ]; then
   # The same suite on a second Python beside this one, not after it: both mostly wait (brokers, browsers,
   # timeouts; CI's 2 cores were 35 % busy), so together they took 604 s instead of 804 s. Its own session,

@@ -33,7 +33,7 @@ from tests.systemd.booted import BootedSystemd, unavailable
 REPO = Path(__file__).resolve().parents[2]
 BIN = "/opt/edge-agent/venv/bin"
 STAGE = "/var/lib/edge-test"  # models and photos where the sandboxed daemon can read them
-# userland -> the systemd it has; made by `bash scripts/jetpack-userland.sh 6` (the test command does) or 7
+# userland -> the systemd it has; made by `bash scripts/jetpack-userland.sh 6` and `7` (the test command does)
 JETPACKS = {"jetpack6": 249, "jetpack7": 255}
 PIP_CACHE = Path.home() / ".cache/pip"  # shared with the JetPack roots: the board's venv downloads less
 
