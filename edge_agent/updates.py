@@ -38,8 +38,8 @@ from urllib.parse import urlsplit
 
 from edge_agent.config import UpdateSettings
 from edge_agent.errors import ProvisioningError
-from edge_agent.inference.fetch import atomic_writer
 from edge_agent.lifecycle import Health
+from edge_agent.provisioning.files import write_public
 from edge_agent.provisioning.model_package import load_public_key
 from edge_agent.provisioning.model_update import Loader, ModelStore, ModelUpdater, Sanity
 from edge_agent.telemetry import metrics
@@ -249,8 +249,7 @@ def file_away(package: Path, ok: bool, result: str) -> None:
         else:
             rejected = package.with_name(package.name + ".rejected")
             # atomically: whoever waits for the reason (IT, a test) must never read it empty
-            with atomic_writer(rejected.with_name(rejected.name + ".reason")) as out:
-                out.write((result + "\n").encode("utf-8"))
+            write_public(rejected.with_name(rejected.name + ".reason"), (result + "\n").encode())
             os.replace(package, rejected)
             # Each may be 512 MiB: a package refused again and again would fill the disk. The reasons
             # (a line each) stay; the newest KEEP_REJECTED packages stay for a look at what was sent.

@@ -3,6 +3,7 @@
 ``failing_ext4(folder)`` makes a small image, mounts it with ``errors=remount-ro`` (Ubuntu's and JetPack's
 default for the root file system) and yields it; ``fail()`` writes to ext4's ``trigger_fs_error`` in sysfs:
 the kernel logs an EXT4-fs error and remounts it read-only, as after a failing SD card's or eMMC's errors.
+``power_cut(mount)`` mounts what a power cut would leave now: the image as the disk holds it, unsynced.
 Needs root, loop devices and mkfs.ext4.
 """
 
@@ -43,17 +44,35 @@ class Ext4:
     def fail(self) -> None:
         Path(f"/sys/fs/ext4/{self.device}/trigger_fs_error").write_text("edge-agent test\n")
 
+    @contextlib.contextmanager
+    def power_cut(self, mount: Path) -> Iterator[Path]:
+        """The file system as a power cut now would leave it, mounted read-write at ``mount`` as the next
+        boot has it: a copy of the image with no sync first (what the kernel has not written back is
+        lost; the journal's committed metadata is not), its journal replayed by e2fsck."""
+        copy = self.image.with_name(self.image.name + ".after-power-cut")
+        shutil.copyfile(self.image, copy)
+        subprocess.run(["e2fsck", "-fy", str(copy)], check=False, capture_output=True, timeout=120)
+        mount.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-o", "loop", str(copy), str(mount)], check=True, capture_output=True,
+                       timeout=60)
+        try:
+            yield mount
+        finally:
+            subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True, timeout=60)
+
 
 @contextlib.contextmanager
-def failing_ext4(folder: Path, size_mib: int = 64) -> Iterator[Ext4]:
+def failing_ext4(folder: Path, size_mib: int = 64, commit_s: int = 5) -> Iterator[Ext4]:
+    """``commit_s``: how often the journal commits (ext4's default 5 s)."""
     folder.mkdir(parents=True, exist_ok=True)
     image, mount = folder / "storage.img", folder / "mnt"
     mount.mkdir(exist_ok=True)
     with open(image, "wb") as out:
         out.truncate(size_mib * 2**20)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True, timeout=60)
-    subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(image), str(mount)], check=True,
-                   capture_output=True, timeout=60)
+    options = f"loop,errors=remount-ro,commit={commit_s}"
+    subprocess.run(["mount", "-o", options, str(image), str(mount)], check=True, capture_output=True,
+                   timeout=60)
     try:
         source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mount)], check=True,
                                 capture_output=True, text=True, timeout=10).stdout.strip()

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.errors import ProvisioningError
 from edge_agent.lifecycle import Health
+from edge_agent.provisioning.files import write_public
 from edge_agent.provisioning.model_package import Manifest, PackageRejected, extract_tar, verify_package
 from edge_agent.telemetry import metrics
 
@@ -109,7 +110,9 @@ class ModelStore:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
         trial = self.root / name / "trial"
-        trial.write_text(previous or "", encoding="utf-8")
+        # fsynced before the flip: left empty by a power cut, it would read "no previous version", and the
+        # next start would run the built-in model and delete the one that ran
+        write_public(trial, (previous or "").encode())
         self._flip(name, manifest.version)
         try:
             engine = loader(target)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import shutil
 import tarfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from edge_agent.provisioning.model_package import (
 )
 from edge_agent.provisioning.model_update import ModelStore, ModelUpdateFailed, ModelUpdater
 from edge_agent.telemetry import metrics
+from tests.ext4 import ext4_unavailable, failing_ext4
 
 
 @pytest.fixture()
@@ -161,6 +164,32 @@ def test_update_interrupted_by_a_crash_is_rolled_back_at_the_next_start(
     assert store.current_version("headpose") == "2.0"  # as the dead process left it
     assert ModelStore(store.root, store.trusted).recover() == ["headpose"]
     assert store.current_version("headpose") == "1.0"
+
+
+@pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+def test_a_power_cut_while_a_new_version_loads_keeps_the_version_that_ran(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    # The trial marker names the version to go back to. Written in place, a power cut within ext4's
+    # writeback delay (30 s) left it empty: the next start read "no previous version", ran the built-in
+    # model and deleted 1.0, the version that had been running.
+    class Crash(BaseException):
+        pass
+
+    def crashing_loader(path: Path) -> Any:
+        raise Crash
+
+    with failing_ext4(tmp_path / "disk", commit_s=1) as disk:
+        store = store_with_v1(disk.path, keys, headpose)
+        os.sync()  # 1.0 has run for days
+        with pytest.raises(Crash):
+            store.install(make_package(tmp_path, headpose[1], keys[0], "2.0"), crashing_loader, sane)
+        time.sleep(2.5)  # the journal has committed (each second); file data waits for writeback
+        with disk.power_cut(tmp_path / "next-boot") as after:
+            restarted = ModelStore(after / "models", store.trusted)
+            assert restarted.recover() == ["headpose"]
+            assert restarted.current_version("headpose") == "1.0"
+            assert restarted.verify_current("headpose") is None  # its files intact and signed
 
 
 def tar_of(package: Path, extra: tuple[str, bytes] | None = None) -> Path:
