@@ -1,6 +1,6 @@
 """A board whose storage fails under it: a real ext4 that the kernel remounts read-only (tests/ext4.py),
-as a worn SD card or eMMC does. Nothing acknowledged is lost, clients are told to retry, and the health,
-the systemd status and the metrics say what happened and what to do."""
+as a worn SD card or eMMC does, or that loses power. Nothing acknowledged is lost, clients are told to
+retry, and the health, the systemd status and the metrics say what happened and what to do."""
 
 from __future__ import annotations
 
@@ -87,3 +87,39 @@ def test_storage_turning_read_only_is_reported_answers_get_503_and_a_restart_say
     answered = conn.execute("SELECT sum(answers) FROM kt_student_state").fetchone()[0]
     conn.close()
     assert (events, answered) == (5, 5)
+
+
+def test_a_power_cut_loses_no_acknowledged_answer(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage
+) -> None:
+    # A power cut keeps what reached the disk, not what the kernel still held: the board acknowledges an
+    # answer only after its commit, fsynced (synchronous=FULL), so every "applied" must be there after it.
+    items = package.items[:10]
+    with failing_ext4(tmp_path / "disk") as storage:
+        cfg = local_config(tmp_path, faces=None)
+        cfg["paths"]["state_dir"] = str(storage.path)
+        daemon = daemons(write_config(tmp_path / "config.toml", cfg), notify, tmp_path / "daemon.log").start()
+        daemon.wait_running(60, healthy=True)
+        url = f"http://127.0.0.1:{cfg['web']['port']}"
+        sent = []
+        for batch in range(8):
+            answers = [answer(f"s{i}", it.id, it.skill_id, (i + batch) % 3 > 0, f"e{batch}-{i}")
+                       for i, it in enumerate(items)]
+            assert [r["status"] for r in post_answers(url, answers)] == ["applied"] * len(items)
+            sent += answers
+        with storage.power_cut(tmp_path / "next-boot") as after:  # the daemon is still writing its state
+            daemon.kill()
+            cfg["paths"]["state_dir"] = str(after)
+            config = write_config(tmp_path / "next-boot.toml", cfg)
+            again = daemons(config, NotifySocket(tmp_path), tmp_path / "again.log").start()
+            try:
+                again.wait_running(60, healthy=True)
+                # each of the 80 acknowledged answers is known: sent again, none is applied twice
+                results = post_answers(url, sent)
+                assert [r["status"] for r in results] == ["duplicate"] * len(sent), results[:3]
+            finally:
+                again.stop()
+            conn = sqlite3.connect(after / "edge-agent.db")
+            answered = conn.execute("SELECT sum(answers) FROM kt_student_state").fetchone()[0]
+            conn.close()
+            assert answered == len(sent)
