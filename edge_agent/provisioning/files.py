@@ -61,3 +61,23 @@ def ensure_dir(path: Path, mode: int) -> bool:
         os.chmod(path, mode)
         changed = True
     return changed
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (root included), so that what is renamed into use next
+    is on the disk, not only in the page cache, when the power goes."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

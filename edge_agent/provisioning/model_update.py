@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.errors import ProvisioningError
 from edge_agent.lifecycle import Health
-from edge_agent.provisioning.files import write_public
+from edge_agent.provisioning.files import sync_tree, write_public
 from edge_agent.provisioning.model_package import Manifest, PackageRejected, extract_tar, verify_package
 from edge_agent.telemetry import metrics
 
@@ -80,7 +80,11 @@ class ModelStore:
                 extract_tar(package, staging)
             else:
                 raise PackageRejected(f"model package {package} does not exist")
-            return verify_package(staging, self.trusted), staging
+            manifest = verify_package(staging, self.trusted)
+            # on the disk before the switch: a power cut after "2.0 running" left its files empty, and the
+            # next start went back to 1.0 (safely: they no longer verified) without the fleet knowing why
+            sync_tree(staging)
+            return manifest, staging
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
