@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,14 +29,20 @@ from tests.system.harness import (
 pytestmark = pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
 
 
+def config_on(state_dir: Path, tmp_path: Path, name: str) -> tuple[Path, dict[str, Any]]:
+    """A board's config file with its state on ``state_dir`` (the same device secret each time), and what
+    it says."""
+    cfg = local_config(tmp_path, faces=None)
+    cfg["paths"]["state_dir"] = str(state_dir)
+    return write_config(tmp_path / f"{name}.toml", cfg), cfg
+
+
 def test_storage_turning_read_only_is_reported_answers_get_503_and_a_restart_says_why(
     tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage
 ) -> None:
     items = package.items[:5]
     with failing_ext4(tmp_path / "disk") as storage:
-        cfg = local_config(tmp_path, faces=None)
-        cfg["paths"]["state_dir"] = str(storage.path)
-        config = write_config(tmp_path / "config.toml", cfg)
+        config, cfg = config_on(storage.path, tmp_path, "config")
         daemon = daemons(config, notify, tmp_path / "daemon.log").start()
         daemon.wait_running(60, healthy=True)
         url = f"http://127.0.0.1:{cfg['web']['port']}"
@@ -96,9 +103,8 @@ def test_a_power_cut_loses_no_acknowledged_answer(
     # answer only after its commit, fsynced (synchronous=FULL), so every "applied" must be there after it.
     items = package.items[:10]
     with failing_ext4(tmp_path / "disk") as storage:
-        cfg = local_config(tmp_path, faces=None)
-        cfg["paths"]["state_dir"] = str(storage.path)
-        daemon = daemons(write_config(tmp_path / "config.toml", cfg), notify, tmp_path / "daemon.log").start()
+        config, cfg = config_on(storage.path, tmp_path, "config")
+        daemon = daemons(config, notify, tmp_path / "daemon.log").start()
         daemon.wait_running(60, healthy=True)
         url = f"http://127.0.0.1:{cfg['web']['port']}"
         sent = []
@@ -109,9 +115,10 @@ def test_a_power_cut_loses_no_acknowledged_answer(
             sent += answers
         with storage.power_cut(tmp_path / "next-boot") as after:  # the daemon is still writing its state
             daemon.kill()
-            cfg["paths"]["state_dir"] = str(after)
-            config = write_config(tmp_path / "next-boot.toml", cfg)
-            again = daemons(config, NotifySocket(tmp_path), tmp_path / "again.log").start()
+            config, cfg = config_on(after, tmp_path, "next-boot")
+            url = f"http://127.0.0.1:{cfg['web']['port']}"
+            again_notify = NotifySocket(tmp_path)
+            again = daemons(config, again_notify, tmp_path / "again.log").start()
             try:
                 again.wait_running(60, healthy=True)
                 # each of the 80 acknowledged answers is known: sent again, none is applied twice
@@ -119,6 +126,7 @@ def test_a_power_cut_loses_no_acknowledged_answer(
                 assert [r["status"] for r in results] == ["duplicate"] * len(sent), results[:3]
             finally:
                 again.stop()
+                again_notify.close()
             conn = sqlite3.connect(after / "edge-agent.db")
             answered = conn.execute("SELECT sum(answers) FROM kt_student_state").fetchone()[0]
             conn.close()
