@@ -601,9 +601,10 @@ def test_a_receiver_power_cut_loses_nothing_it_acknowledged(
     # runs on that copy under the same client id.
     settings = plain_settings(broker, batch_max=5)
     Receiver(tmp_path / "prime.db", settings, client_id="cloud").start().stop()  # its session, first
-    for i in range(400):
+    total = 2001  # the receiver is frozen after 150: here at 160-240 of 401, so a long stream for margin
+    for i in range(total - 1):
         outbox.enqueue("attention", {"i": i})
-    outbox.enqueue("attention", {"i": 400}).result(5)
+    outbox.enqueue("attention", {"i": total - 1}).result(5)
     publisher = Publisher(outbox, DeviceSettings(), settings)
     with failing_ext4(tmp_path / "disk") as disk:
         def receiver(db: Path) -> subprocess.Popen[bytes]:
@@ -622,7 +623,8 @@ def test_a_receiver_power_cut_loses_nothing_it_acknowledged(
                 at_cut = stored(after / "recv.db")
                 second = receiver(after / "recv.db")
                 try:
-                    assert wait_until(lambda: stored(after / "recv.db") >= 401, 30), stored(after / "recv.db")
+                    copy = after / "recv.db"
+                    assert wait_until(lambda: stored(copy) >= total, 30), stored(copy)
                 finally:
                     second.terminate()
                     second.wait(10)
@@ -630,5 +632,5 @@ def test_a_receiver_power_cut_loses_nothing_it_acknowledged(
         finally:
             first.kill()
             publisher.stop()
-    assert 150 <= at_cut < 401
-    assert report["unique"] == 401 and report["max_seq"] == 401 and report["gaps"] == [], report
+    assert 150 <= at_cut < total
+    assert report["unique"] == total and report["max_seq"] == total and report["gaps"] == [], report
