@@ -148,16 +148,18 @@ def test_reported_version_is_the_previous_one_until_the_new_one_passed_its_check
     assert reported[-1] == "2.0" and updater.versions() == {"headpose": "2.0"}
 
 
+class Crash(BaseException):
+    """Stands in for the process dying inside a TensorRT load."""
+
+
+def crashing_loader(path: Path) -> Any:
+    raise Crash
+
+
 def test_update_interrupted_by_a_crash_is_rolled_back_at_the_next_start(
     tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
 ) -> None:
     store = store_with_v1(tmp_path, keys, headpose)
-
-    class Crash(BaseException):  # stands in for the process dying inside a TensorRT load
-        pass
-
-    def crashing_loader(path: Path) -> Any:
-        raise Crash
 
     with pytest.raises(Crash):
         store.install(make_package(tmp_path, headpose[1], keys[0], "2.0"), crashing_loader, sane)
@@ -173,12 +175,6 @@ def test_a_power_cut_while_a_new_version_loads_keeps_the_version_that_ran(
     # The trial marker names the version to go back to. Written in place, a power cut within ext4's
     # writeback delay (30 s) left it empty: the next start read "no previous version", ran the built-in
     # model and deleted 1.0, the version that had been running.
-    class Crash(BaseException):
-        pass
-
-    def crashing_loader(path: Path) -> Any:
-        raise Crash
-
     with failing_ext4(tmp_path / "disk", commit_s=1) as disk:
         store = store_with_v1(disk.path, keys, headpose)
         os.sync()  # 1.0 has run for days
