@@ -6,12 +6,14 @@
 #     sh provisioning/board-wheels.sh OUT_DIR [jetpack6|jetpack7] [aarch64|x86_64]
 # jetpack6 (default): Python 3.10, glibc 2.35; jetpack7: Python 3.12, glibc 2.39. aarch64 (default) is a
 # Jetson. Only wheels: a board has no compilers. EDGE_AGENT_EXTRAS as for install.sh (default jetson).
+# BOARD_WHEELS_REPORT=FILE: fetch nothing, write pip's report of what would be fetched to FILE.
 set -eu
 out=${1:?usage: board-wheels.sh OUT_DIR [jetpack6|jetpack7] [aarch64|x86_64]}
-case "${2:-jetpack6}" in
+board=${2:-jetpack6}
+case "$board" in
     jetpack6) python=3.10 glibc=35 ;;
     jetpack7) python=3.12 glibc=39 ;;
-    *) echo "board-wheels.sh: unknown board software '$2' (jetpack6 or jetpack7)" >&2; exit 2 ;;
+    *) echo "board-wheels.sh: unknown board software '$board' (jetpack6 or jetpack7)" >&2; exit 2 ;;
 esac
 arch=${3:-aarch64}
 case "$arch" in aarch64|x86_64) ;; *) echo "board-wheels.sh: unknown architecture '$arch'" >&2; exit 2 ;; esac
@@ -25,11 +27,17 @@ while [ "$minor" -le "$glibc" ]; do
     minor=$((minor + 1))
 done
 mkdir -p "$out"
+if [ -n "${BOARD_WHEELS_REPORT:-}" ]; then
+    # resolve only (metadata from the index), pip's JSON report of what it would fetch: the tests' check
+    set -- install --dry-run --ignore-installed --target "$out/.dry-run" --report "$BOARD_WHEELS_REPORT"
+else
+    set -- download --dest "$out"
+fi
 # The package's dependencies, and what install.sh itself installs: pip, and setuptools and wheel to build
 # the release (editable) in its venv.
 PYTHON=${PYTHON:-python3}
 # shellcheck disable=SC2086  # $platforms: one word per --platform
-"$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --dest "$out" \
+"$PYTHON" -m pip "$@" --quiet --disable-pip-version-check --only-binary=:all: \
     --python-version "$python" --implementation cp --abi "cp$(echo "$python" | tr -d .)" --abi abi3 \
     --abi none $platforms "$SRC${EXTRAS:+[$EXTRAS]}" pip "setuptools>=77" wheel
-echo "$(ls "$out" | wc -l) wheels for ${2:-jetpack6} on $arch in $out"
+[ -n "${BOARD_WHEELS_REPORT:-}" ] || echo "$(ls "$out" | wc -l) wheels for $board on $arch in $out"

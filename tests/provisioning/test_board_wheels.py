@@ -1,11 +1,13 @@
 """What install.sh gets from PyPI on a Jetson: pip resolves the package with its `jetson` extra for JetPack 6
 (Python 3.10, aarch64, glibc 2.35) and JetPack 7 (Python 3.12, glibc 2.39), from wheels only (a board has
-no compilers to build one), with CUDA bindings the board's driver can load. Only pip's resolver runs
-(metadata from PyPI): nothing is installed."""
+no compilers to build one), with CUDA bindings the board's driver can load. It runs
+provisioning/board-wheels.sh with BOARD_WHEELS_REPORT: only pip's resolver (metadata from PyPI), nothing
+fetched or installed."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,26 +15,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# JetPack -> (glibc 2.x of its Ubuntu, its Python); both on arm64
-JETPACKS = {"JetPack 6": (35, "3.10"), "JetPack 7": (39, "3.12")}
+JETPACKS = {"JetPack 6": "jetpack6", "JetPack 7": "jetpack7"}  # board-wheels.sh's names for them
 
 pytestmark = pytest.mark.slow
 
 
 def resolve_for(jetpack: str, tmp_path: Path) -> dict[str, str]:
-    """name -> version of every distribution pip would install on the board."""
-    glibc_minor, python = JETPACKS[jetpack]
-    # pip matches --platform tags literally: list every manylinux the board's glibc accepts
-    platforms = [f"manylinux_2_{minor}_aarch64" for minor in range(glibc_minor, 16, -1)]
-    platforms += ["manylinux2014_aarch64", "linux_aarch64"]
+    """name -> version of every distribution provisioning/board-wheels.sh would fetch for the board."""
     report = tmp_path / "report.json"
-    argv = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
-            "--disable-pip-version-check", "--only-binary=:all:", "--python-version", python,
-            "--implementation", "cp", "--abi", "cp" + python.replace(".", ""), "--abi", "abi3",
-            "--abi", "none",
-            *(arg for platform in platforms for arg in ("--platform", platform)),
-            "--target", str(tmp_path / "target"), "--report", str(report), f"{REPO}[jetson]"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    env = os.environ | {"BOARD_WHEELS_REPORT": str(report), "PYTHON": sys.executable}
+    env.pop("EDGE_AGENT_EXTRAS", None)  # the script's default: jetson
+    done = subprocess.run(["sh", str(REPO / "provisioning/board-wheels.sh"), str(tmp_path / "wheels"),
+                           JETPACKS[jetpack], "aarch64"], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
     errors = "\n".join(line for line in done.stderr.splitlines() if "is ignored" not in line)
     assert done.returncode == 0, f"pip cannot install edge-agent[jetson] on {jetpack} from wheels:\n{errors}"
     installs = json.loads(report.read_text())["install"]
