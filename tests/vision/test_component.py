@@ -118,6 +118,7 @@ def test_pipeline_on_real_photos_stores_only_class_numbers(
     assert "attention" not in beats._beats
     assert _value("edge_inference_latency_seconds_count", engine="yunet", stage="pre") >= pre0 + 8
     assert _value("edge_camera_analysis_fps") > 0
+    db.write(lambda _conn: None).result(5)  # the writer is FIFO: the stop's window is committed now
     rows = db.read(lambda conn: conn.execute("SELECT stream, payload FROM outbox").fetchall())
     db.close()
     assert rows, "stopping flushes the open window into the outbox"
