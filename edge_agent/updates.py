@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -236,6 +236,12 @@ class _InboxUpdater(ModelUpdater):
         self.on_result(ok, result if ok else f"{package.name}: {result}")
 
 
+def _last_filed_first(paths: Iterable[Path]) -> list[Path]:
+    # By the time each was moved here (a rename sets the inode change time), not by the file's date:
+    # cp -p, rsync -a, scp -p and tar keep a package's old date, and it would have been deleted at once.
+    return sorted(paths, key=lambda p: p.stat().st_ctime_ns, reverse=True)
+
+
 def file_away(package: Path, ok: bool, result: str) -> None:
     """Move a handled package to ``done/``, or to ``<name>.rejected`` beside its ``.reason``."""
     try:
@@ -243,8 +249,7 @@ def file_away(package: Path, ok: bool, result: str) -> None:
             done = package.parent / "done"
             done.mkdir(exist_ok=True)
             os.replace(package, done / package.name)
-            old = sorted(done.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP_DONE:]
-            for path in old:
+            for path in _last_filed_first(done.iterdir())[KEEP_DONE:]:
                 path.unlink(missing_ok=True)
         else:
             rejected = package.with_name(package.name + ".rejected")
@@ -253,8 +258,7 @@ def file_away(package: Path, ok: bool, result: str) -> None:
             os.replace(package, rejected)
             # Each may be 512 MiB: a package refused again and again would fill the disk. The reasons
             # (a line each) stay; the newest KEEP_REJECTED packages stay for a look at what was sent.
-            bodies = sorted(package.parent.glob("*.rejected"), key=lambda p: p.stat().st_mtime, reverse=True)
-            for path in bodies[KEEP_REJECTED:]:
+            for path in _last_filed_first(package.parent.glob("*.rejected"))[KEEP_REJECTED:]:
                 path.unlink(missing_ok=True)
     except OSError as exc:
         log.error("could not move %s out of the model inbox: %s", package.name, exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -360,6 +361,22 @@ def test_a_refusal_reason_is_never_seen_empty(tmp_path: Path) -> None:
         empty += seen == [""]
     assert empty == 0
     assert (tmp_path / "p0.tar.rejected.reason").read_text() == "refused: not a readable tar archive\n"
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["done", "rejected"])
+def test_the_last_packages_handled_stay_whatever_date_they_carry(tmp_path: Path, installed: bool) -> None:
+    # cp -p, rsync -a, scp -p and tar keep a file's date: a package built in 2020 and copied in today must
+    # count as the newest handled, not be deleted the moment it is filed
+    dates = [time.time() - 60, time.time() - 30, 1_577_836_800.0]  # the last one carries 2020-01-01
+    for n, date in enumerate(dates):
+        package = tmp_path / f"kt-{n}.tar"
+        package.write_bytes(b"a package")
+        os.utime(package, (date, date))
+        file_away(package, installed, "refused: not a readable tar archive")
+        time.sleep(0.05)  # handled one after the other (the kernel's file times tick every few ms)
+    kept = tmp_path / "done" if installed else tmp_path
+    suffix = "" if installed else ".rejected"
+    assert sorted(p.name for p in kept.glob(f"*.tar{suffix}")) == [f"kt-1.tar{suffix}", f"kt-2.tar{suffix}"]
 
 
 def command(board: Board, url: str, sha256: str, version: str, model: str = "kt") -> Any:
