@@ -363,6 +363,28 @@ def test_a_refusal_reason_is_never_seen_empty(tmp_path: Path) -> None:
     assert (tmp_path / "p0.tar.rejected.reason").read_text() == "refused: not a readable tar archive\n"
 
 
+def test_a_copy_under_a_hidden_name_is_left_alone_until_renamed(
+    running: Board, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # rsync writes .kt-1.2.tar.XXXXXX and renames it when complete; a plain copy that stalls is taken as is
+    version = running.running_version()
+    archive = make_package(tmp_path, keys[0], "1.2")
+    data = archive.read_bytes()
+    hidden = running.inbox / f".{archive.name}.Xy12ab"
+    stalled = running.inbox / "kt-1.3.tar"
+    hidden.write_bytes(data[: len(data) // 2])
+    stalled.write_bytes(data[: len(data) // 2])
+    wait_for(stalled.with_name(stalled.name + ".rejected.reason").is_file, 10, "the stalled copy refused")
+    assert "not a readable tar" in stalled.with_name(stalled.name + ".rejected.reason").read_text()
+    time.sleep(1.0)  # five more polls of the inbox (0.2 s)
+    assert hidden.exists() and not list(running.inbox.glob(f".{archive.name}*.reason"))
+    assert running.running_version() == version
+    with hidden.open("ab") as out:
+        out.write(data[len(data) // 2 :])
+    hidden.rename(running.inbox / archive.name)
+    wait_for(lambda: running.running_version() == "1.2", 20, "version 1.2 to run")
+
+
 @pytest.mark.parametrize("installed", [True, False], ids=["done", "rejected"])
 def test_the_last_packages_handled_stay_whatever_date_they_carry(tmp_path: Path, installed: bool) -> None:
     # cp -p, rsync -a, scp -p and tar keep a file's date: a package built in 2020 and copied in today must
