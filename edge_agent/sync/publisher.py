@@ -15,9 +15,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent import __build__, __version__
 from edge_agent.config import DeviceSettings, MqttSettings
@@ -38,6 +39,7 @@ EXPIRE_EVERY_S = 60.0
 HEARTBEAT_NAME = "mqtt-publisher"
 STABLE_SESSION_S = 30.0  # a session that ended sooner counts as a failed connection for the backoff
 PACKET_OVERHEAD = 1024  # topic, properties and headers around the JSON message, with room to spare
+T = TypeVar("T")
 
 ConnectionFactory = Callable[..., MqttConnection]
 
@@ -141,7 +143,7 @@ class Publisher:
             first = False
             try:
                 conn = self._connect()
-            except (SyncError, StoreError, FutureTimeout) as exc:
+            except (SyncError, StoreError) as exc:
                 s = self.settings
                 delay = backoff_delay(attempt, s.backoff_min_s, s.backoff_max_s, self._rng)
                 if attempt == 0:
@@ -158,7 +160,7 @@ class Publisher:
                 self._session(conn)
                 self._drain(conn)
                 conn.disconnect()
-            except (SyncError, StoreError, FutureTimeout) as exc:
+            except (SyncError, StoreError) as exc:
                 log.warning("MQTT session ended: %s", exc)
                 self._set(detail=str(exc) or exc.__class__.__name__)
                 conn.close()
@@ -242,7 +244,7 @@ class Publisher:
         if not self._unsent and (self._more_pending or self.outbox.new_rows.is_set()):
             self.outbox.new_rows.clear()
             limit = space * self.settings.batch_max
-            rows = self.outbox.claim(limit).result(STORE_TIMEOUT_S)
+            rows = _stored(self.outbox.claim(limit))
             self._more_pending = len(rows) == limit
             self._queue_batches(rows, _message_limit(conn))
         while self._unsent and len(self._inflight) < self.settings.inflight_max:
@@ -329,17 +331,28 @@ class Publisher:
             self.outbox.ack(self._acked)
             self._acked = []
         self._ack_failures.clear()
-        if ids:
-            try:
-                self.outbox.release(ids).result(STORE_TIMEOUT_S)
-            except (StoreError, FutureTimeout) as exc:  # they return to pending at the next start anyway
-                log.error("could not return %s in-flight messages to pending: %s", len(ids), exc)
+        # Every row in flight, not only those known here: a claim this thread stopped waiting for (a
+        # stalled disk) still runs later and marks its rows, unsent until the next start. The writer is
+        # FIFO, so this runs after it; this thread is the outbox's only claimer.
+        try:
+            _stored(self.outbox.release())
+        except StoreError as exc:  # they return to pending at the next start anyway
+            log.error("could not return the in-flight messages (%s sent here) to pending: %s", len(ids), exc)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if self._commands is not None:
             self._commands.handle(topic, payload)
         else:
             metrics.MQTT_REJECTED.labels(reason="unknown_topic").inc()
+
+
+def _stored(future: Future[T]) -> T:
+    """The store's answer; StoreError when the disk has not given it within STORE_TIMEOUT_S."""
+    try:
+        return future.result(STORE_TIMEOUT_S)
+    except FutureTimeout:
+        message = f"the database did not answer within {STORE_TIMEOUT_S:g} s: the disk is slow or stalled"
+        raise StoreError(message) from None
 
 
 def _message_limit(conn: MqttConnection) -> int:

@@ -20,6 +20,7 @@ from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
 from edge_agent.store.outbox import Outbox
+from edge_agent.sync import publisher as publisher_module
 from edge_agent.sync.commands import CommandDispatcher
 from edge_agent.sync.component import SyncComponent
 from edge_agent.sync.mqtt import MqttConnection, SyncTlsError
@@ -634,3 +635,38 @@ def test_a_receiver_power_cut_loses_nothing_it_acknowledged(
             publisher.stop()
     assert 150 <= at_cut < total
     assert report["unique"] == total and report["max_seq"] == total and report["gaps"] == [], report
+
+
+@pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+def test_a_store_stalled_past_the_publishers_wait_strands_no_message(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A disk that stops answering for longer than the publisher waits for a claim (eMMC under heavy
+    # writeback, a failing card): the publisher gives up on that claim, but the claim still runs when the
+    # disk is back and marks its rows in flight. They stayed so, never sent, until the next start.
+    monkeypatch.setattr(publisher_module, "STORE_TIMEOUT_S", 1.0)  # 10 s on a board
+    settings = plain_settings(broker, batch_max=5)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    with failing_ext4(tmp_path / "disk") as disk:
+        db = Database(disk.path / "edge-agent.db", StoreSettings())
+        db.open()
+        outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+        outbox.open()
+        for i in range(99):
+            outbox.enqueue("attention", {"i": i})
+        outbox.enqueue("attention", {"i": 99}).result(5)
+        publisher = Publisher(outbox, DeviceSettings(), settings)
+        reconnects = metrics.sample("edge_mqtt_reconnects_total")
+        subprocess.run(["fsfreeze", "--freeze", str(disk.path)], check=True, timeout=30)
+        try:
+            publisher.start()  # its first claim waits on the frozen disk
+            assert wait_until(lambda: metrics.sample("edge_mqtt_reconnects_total") >= reconnects + 1, 10)
+        finally:
+            subprocess.run(["fsfreeze", "--unfreeze", str(disk.path)], check=True, timeout=30)
+        try:
+            assert_exactly_once(receiver, 100)
+            assert "the database did not answer within 1 s: the disk is slow or stalled" in caplog.text
+        finally:
+            publisher.stop()
+            receiver.stop()
+            db.close()
