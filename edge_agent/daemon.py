@@ -173,7 +173,7 @@ class Daemon:
         interval = self.notifier.watchdog_interval_s
         next_ping = time.monotonic()
         while True:
-            components = self.component_health()  # once a round: the store's costs two database reads
+            components = self.component_health()  # on the event loop: no health may wait on the disk
             self._publish_health(components)
             status = self.status_line(components)
             if status != self._last_status:

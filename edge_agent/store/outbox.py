@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
-from edge_agent.errors import InputRejected, StoreError
+from edge_agent.errors import InputRejected
 from edge_agent.store import outbox_state as rules
 from edge_agent.store.db import Database, StoreQueueFull, set_meta
 from edge_agent.telemetry import metrics
@@ -94,8 +94,12 @@ class Outbox:
         self._clock = clock
         self._priority = priority_streams
         self._prefix = topic_prefix(device)
-        self._rows = 0  # totals kept by the writer thread only
+        # Totals kept by the writer thread only, so that status() never reads the file: a stalled disk
+        # blocked the event loop in it (health every few seconds) and with it every answer.
+        self._rows = 0
         self._bytes = 0
+        self._oldest: float | None = None  # created_at of the oldest row
+        self._drops: dict[str, int] = {}  # persisted totals by reason; replaced whole, never changed in place
         self._last_expire = 0.0
         # drops not yet in the log, and when it last said some: one line per DROP_LOG_EVERY_S, not per write
         self._unlogged_drops: collections.Counter[str] = collections.Counter()
@@ -120,8 +124,12 @@ class Outbox:
         return recovered
 
     def _recount(self, conn: sqlite3.Connection) -> None:
-        rows, total = conn.execute("SELECT count(*), coalesce(sum(bytes), 0) FROM outbox").fetchone()
+        rows, total, oldest = conn.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0), min(created_at) FROM outbox"
+        ).fetchone()
         self._rows, self._bytes = int(rows), int(total)
+        self._oldest = None if oldest is None else float(oldest)
+        self._drops = {str(r): int(n) for r, n in conn.execute("SELECT reason, count FROM drop_counters")}
 
     def topic(self, stream: str) -> str:
         return f"{self._prefix}/{stream}"
@@ -156,6 +164,7 @@ class Outbox:
             )
             self._rows += 1
             self._bytes += size
+            self._oldest = now if self._oldest is None else min(self._oldest, now)
             drops = self._enforce_limits(conn)
             if now - self._last_expire > EXPIRE_INTERVAL_S:
                 self._last_expire = now
@@ -170,7 +179,7 @@ class Outbox:
     def _refused(self, message: str, field: str) -> InputRejected:
         """Counted like every other loss (no seq is used, so the cloud sees no gap for it)."""
         metrics.OUTBOX_DROPS.labels(reason="rejected").inc()
-        self.db.write(lambda conn: _count_drop(conn, "rejected", 1))
+        self.db.write(lambda conn: self._count_drop(conn, "rejected", 1))
         log.warning("outbox: refused a message: %s", message)
         return InputRejected(message, field=field)
 
@@ -236,7 +245,7 @@ class Outbox:
         for _, reason in plan:
             drops[reason] = drops.get(reason, 0) + 1
         for reason in {r for _, r in plan}:
-            _count_drop(conn, reason, sum(1 for _, r in plan if r == reason))
+            self._count_drop(conn, reason, sum(1 for _, r in plan if r == reason))
 
     def _delete(self, conn: sqlite3.Connection, ids: list[int]) -> int:
         deleted = 0
@@ -250,7 +259,18 @@ class Outbox:
             self._rows -= int(n)
             self._bytes -= int(size)
             deleted += int(n)
+        if deleted:
+            oldest = conn.execute("SELECT min(created_at) FROM outbox").fetchone()[0]  # indexed
+            self._oldest = None if oldest is None else float(oldest)
         return deleted
+
+    def _count_drop(self, conn: sqlite3.Connection, reason: str, n: int) -> None:
+        conn.execute(
+            "INSERT INTO drop_counters (reason, count) VALUES (?, ?) "
+            "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
+            (reason, n),
+        )
+        self._drops = self._drops | {reason: self._drops.get(reason, 0) + n}
 
     # -- expiry --------------------------------------------------------------------------------------
 
@@ -281,7 +301,7 @@ class Outbox:
             )]
             if ids:
                 self._delete(conn, ids)
-                _count_drop(conn, reason, len(ids))
+                self._count_drop(conn, reason, len(ids))
                 drops[reason] = len(ids)
         return drops
 
@@ -353,32 +373,21 @@ class Outbox:
 
     # -- status --------------------------------------------------------------------------------------
 
-    def oldest_created_at(self) -> float | None:
-        row = self.db.read(lambda c: c.execute("SELECT min(created_at) FROM outbox").fetchone())
-        return None if row is None or row[0] is None else float(row[0])
-
     def drop_counts(self) -> dict[str, int]:
-        rows = self.db.read(lambda c: c.execute("SELECT reason, count FROM drop_counters").fetchall())
-        return {str(reason): int(count) for reason, count in rows}
+        return dict(self._drops)
 
     def refresh_metrics(self) -> None:
         metrics.OUTBOX_BACKLOG.set(self._rows)
         metrics.OUTBOX_BYTES.set(self._bytes)
 
     def status(self) -> dict[str, Any]:
-        """Backlog, bytes, age of the oldest row and drops by reason (persisted across restarts)."""
-        try:
-            oldest = self.oldest_created_at()
-            drops = self.drop_counts()
-        except StoreError as exc:
-            return {"backlog": self._rows, "bytes": self._bytes, "oldest_age_s": None, "drops": {},
-                    "detail": str(exc)}
+        """Backlog, bytes, age of the oldest row and drops by reason (persisted across restarts), as the
+        writer thread last counted them: no read of the file, so no wait on the disk."""
+        oldest = self._oldest
         age = None if oldest is None else max(0.0, self._clock() - oldest)
         metrics.OUTBOX_OLDEST_AGE.set(age or 0.0)
         self.refresh_metrics()
-        return {
-            "backlog": self._rows, "bytes": self._bytes, "oldest_age_s": age, "drops": drops, "detail": "",
-        }
+        return {"backlog": self._rows, "bytes": self._bytes, "oldest_age_s": age, "drops": self.drop_counts()}
 
     @property
     def backlog(self) -> int:
@@ -391,10 +400,3 @@ def _next_seq(conn: sqlite3.Connection) -> int:
     set_meta(conn, "next_seq", str(seq + 1))
     return seq
 
-
-def _count_drop(conn: sqlite3.Connection, reason: str, n: int) -> None:
-    conn.execute(
-        "INSERT INTO drop_counters (reason, count) VALUES (?, ?) "
-        "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
-        (reason, n),
-    )

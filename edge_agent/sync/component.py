@@ -81,7 +81,7 @@ class SyncComponent:
         return {
             "connected": bool(state["connected"]), "backlog": box["backlog"], "bytes": box["bytes"],
             "oldest_age_s": box["oldest_age_s"], "last_success": state["last_success"],
-            "drops": box["drops"], "detail": box["detail"] or detail, "at": time.time(),
+            "drops": box["drops"], "detail": detail, "at": time.time(),
         }
 
     async def _feed(self) -> None:

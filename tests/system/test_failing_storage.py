@@ -29,11 +29,12 @@ from tests.system.harness import (
 pytestmark = pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
 
 
-def config_on(state_dir: Path, tmp_path: Path, name: str) -> tuple[Path, dict[str, Any]]:
+def config_on(state_dir: Path, tmp_path: Path, name: str, **kt: Any) -> tuple[Path, dict[str, Any]]:
     """A board's config file with its state on ``state_dir`` (the same device secret each time), and what
-    it says."""
+    it says; ``kt``: settings of its [kt] section."""
     cfg = local_config(tmp_path, faces=None)
     cfg["paths"]["state_dir"] = str(state_dir)
+    cfg.setdefault("kt", {}).update(kt)
     return write_config(tmp_path / f"{name}.toml", cfg), cfg
 
 
@@ -131,3 +132,40 @@ def test_a_power_cut_loses_no_acknowledged_answer(
             answered = conn.execute("SELECT sum(answers) FROM kt_student_state").fetchone()[0]
             conn.close()
             assert answered == len(sent)
+
+
+def test_a_disk_that_stalls_delays_answers_and_loses_none(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage
+) -> None:
+    # eMMC that stops answering for seconds (heavy writeback, a failing card), as `fsfreeze` makes a real
+    # ext4 do: the clickers get a 503 to retry and the teacher view keeps answering, and what the clickers
+    # sent is applied once. (The health check read the outbox's SQLite file on the event loop: a stalled
+    # disk hung every request until it came back.)
+    items = package.items[:10]
+    with failing_ext4(tmp_path / "disk") as storage:
+        config, cfg = config_on(storage.path, tmp_path, "config", feedback_timeout_s=2.0)
+        daemon = daemons(config, notify, tmp_path / "daemon.log").start()
+        daemon.wait_running(60, healthy=True)
+        url = f"http://127.0.0.1:{cfg['web']['port']}"
+        first = [answer(f"s{i}", it.id, it.skill_id, True, f"a{i}") for i, it in enumerate(items)]
+        assert [r["status"] for r in post_answers(url, first)] == ["applied"] * len(items)
+
+        stalled = [answer(f"s{i}", it.id, it.skill_id, False, f"b{i}") for i, it in enumerate(items)]
+        subprocess.run(["fsfreeze", "--freeze", str(storage.path)], check=True, timeout=30)
+        try:
+            started = time.monotonic()
+            status, body = http("POST", f"{url}/api/v1/answers", {"answers": stalled}, timeout=5)
+            assert status == 503 and "no feedback within 2.0 s; retry" in body["error"], body
+            assert time.monotonic() - started < 4
+            time.sleep(2)  # health checks run every second meanwhile
+            for path in ("/api/v1/status", "/api/v1/live", "/api/v1/class/mastery"):
+                assert http("GET", url + path, timeout=3)[0] == 200, path
+        finally:
+            subprocess.run(["fsfreeze", "--unfreeze", str(storage.path)], check=True, timeout=30)
+        results = post_answers(url, stalled)  # the clickers' retry
+        assert [r["status"] for r in results] == ["duplicate"] * len(items), results[:3]
+        daemon.stop()
+        conn = sqlite3.connect(storage.path / "edge-agent.db")
+        answered = conn.execute("SELECT sum(answers) FROM kt_student_state").fetchone()[0]
+        conn.close()
+        assert answered == 2 * len(items)
