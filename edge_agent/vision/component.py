@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -100,6 +101,7 @@ class AttentionComponent:
     ) -> None:
         self.camera_settings = camera_settings
         self.pause_file = pause_file  # a teacher's pause, kept across a restart (the daemon's state dir)
+        self._pause_lock = threading.Lock()  # pause() runs on the web server's worker threads
         self.history = history  # so the teacher's timeline survives a restart (an update mid-lesson)
         self._pruned = time.monotonic()
         self.class_id = class_id
@@ -181,9 +183,10 @@ class AttentionComponent:
         if self.loop is None:
             raise CameraError("attention analysis is not running")
         until = None if minutes is None else self.loop.local_now() + timedelta(minutes=minutes)
-        self.loop.pause(until)
-        if self.pause_file is not None:
-            write_private(self.pause_file, b"" if until is None else until.isoformat().encode())
+        with self._pause_lock:  # a pause and a resume clicked at once: the file ends as the camera does
+            self.loop.pause(until)
+            if self.pause_file is not None:
+                write_private(self.pause_file, b"" if until is None else until.isoformat().encode())
         log.info("camera %s by the teacher", "resumed" if until is None else f"paused until {until:%H:%M}")
         return until
 

@@ -8,6 +8,7 @@ token may not (web/access.py). JSON only, so a web page in the board's browser c
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
@@ -45,21 +46,23 @@ def camera_routes(attention: AttentionSource) -> web.RouteTableDef:
         if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= MAX_PAUSE_MINUTES:
             return _error(400, f"'minutes' must be a whole number from 1 to {MAX_PAUSE_MINUTES} (got "
                                f"{minutes!r}); for whole days use camera.closed_dates")
-        return _set_pause(attention, minutes)
+        return await _set_pause(attention, minutes)
 
     @routes.post("/api/v1/camera/resume")
     async def resume(request: web.Request) -> web.Response:
-        return _set_pause(attention, None)
+        return await _set_pause(attention, None)
 
     return routes
 
 
-def _set_pause(attention: AttentionSource, minutes: int | None) -> web.Response:
+async def _set_pause(attention: AttentionSource, minutes: int | None) -> web.Response:
     component = attention()
     if component is None:
         return _error(409, "the camera is not in use on this board (camera.enabled = false, or attention "
                            "analysis has not started)")
     try:
-        return _paused(component.pause(minutes))
+        # In a thread: the pause is written to the disk (fsynced), and a slow or stalled one must keep
+        # only this request waiting, not every answer on the event loop.
+        return _paused(await asyncio.to_thread(component.pause, minutes))
     except CameraError as exc:
         return _error(409, str(exc))

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,13 @@ from tests.system.harness import (
 pytestmark = pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
 
 
-def config_on(state_dir: Path, tmp_path: Path, name: str, **kt: Any) -> tuple[Path, dict[str, Any]]:
+def config_on(
+    state_dir: Path, tmp_path: Path, name: str, *, camera: tuple[Path, Path] | None = None, **kt: Any
+) -> tuple[Path, dict[str, Any]]:
     """A board's config file with its state on ``state_dir`` (the same device secret each time), and what
-    it says; ``kt``: settings of its [kt] section."""
-    cfg = local_config(tmp_path, faces=None)
+    it says; ``camera``: its photo folder and model mirror; ``kt``: settings of its [kt] section."""
+    faces, mirror = camera or (None, None)
+    cfg = local_config(tmp_path, faces=faces, model_mirror=mirror)
     cfg["paths"]["state_dir"] = str(state_dir)
     cfg.setdefault("kt", {}).update(kt)
     return write_config(tmp_path / f"{name}.toml", cfg), cfg
@@ -135,15 +139,17 @@ def test_a_power_cut_loses_no_acknowledged_answer(
 
 
 def test_a_disk_that_stalls_delays_answers_and_loses_none(
-    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage,
+    faces_dir: Path, model_mirror: Path,
 ) -> None:
     # eMMC that stops answering for seconds (heavy writeback, a failing card), as `fsfreeze` makes a real
     # ext4 do: the clickers get a 503 to retry and the teacher view keeps answering, and what the clickers
-    # sent is applied once. (The health check read the outbox's SQLite file on the event loop: a stalled
-    # disk hung every request until it came back.)
+    # sent is applied once. (The health check read the outbox's SQLite file on the event loop, and the
+    # camera pause wrote its file there: a stalled disk hung every request until it came back.)
     items = package.items[:10]
     with failing_ext4(tmp_path / "disk") as storage:
-        config, cfg = config_on(storage.path, tmp_path, "config", feedback_timeout_s=2.0)
+        config, cfg = config_on(storage.path, tmp_path, "config", camera=(faces_dir, model_mirror),
+                                feedback_timeout_s=2.0)
         daemon = daemons(config, notify, tmp_path / "daemon.log").start()
         daemon.wait_running(60, healthy=True)
         url = f"http://127.0.0.1:{cfg['web']['port']}"
@@ -152,7 +158,11 @@ def test_a_disk_that_stalls_delays_answers_and_loses_none(
 
         stalled = [answer(f"s{i}", it.id, it.skill_id, False, f"b{i}") for i, it in enumerate(items)]
         subprocess.run(["fsfreeze", "--freeze", str(storage.path)], check=True, timeout=30)
+        pool = ThreadPoolExecutor(1)
         try:
+            # the teacher pauses the camera: kept across a restart, so written to the disk, which waits
+            pausing = pool.submit(http, "POST", f"{url}/api/v1/camera/pause", {"minutes": 45}, 30)
+            time.sleep(0.5)
             started = time.monotonic()
             status, body = http("POST", f"{url}/api/v1/answers", {"answers": stalled}, timeout=5)
             assert status == 503 and "no feedback within 2.0 s; retry" in body["error"], body
@@ -162,6 +172,8 @@ def test_a_disk_that_stalls_delays_answers_and_loses_none(
                 assert http("GET", url + path, timeout=3)[0] == 200, path
         finally:
             subprocess.run(["fsfreeze", "--unfreeze", str(storage.path)], check=True, timeout=30)
+            pool.shutdown()
+        assert pausing.result()[0] == 200
         results = post_answers(url, stalled)  # the clickers' retry
         assert [r["status"] for r in results] == ["duplicate"] * len(items), results[:3]
         daemon.stop()
