@@ -670,3 +670,34 @@ def test_a_store_stalled_past_the_publishers_wait_strands_no_message(
             publisher.stop()
             receiver.stop()
             db.close()
+
+
+def test_a_broker_that_stops_answering_is_left_and_everything_arrives_once(
+    broker: Broker, outbox: Outbox, tmp_path: Path
+) -> None:
+    # A broker hung with its connections open (a frozen VM, a link gone silent): no FIN, no RST, so only
+    # the MQTT keepalive can tell. Frozen here with SIGSTOP, the board's receiver with it.
+    settings = plain_settings(broker, batch_max=5, keepalive_s=5)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    assert broker.proc is not None
+    try:
+        for i in range(100):
+            outbox.enqueue("attention", {"i": i})
+        assert receiver.wait_for_count(DEVICE, 100, 20)
+        broker.proc.send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        try:
+            for i in range(100, 200):
+                outbox.enqueue("attention", {"i": i})
+            assert wait_until(lambda: not publisher.status()["connected"], 30), publisher.status()
+            noticed = time.monotonic() - frozen
+            print(f"frozen broker left after {noticed:.1f} s (keepalive 5 s)")
+            assert noticed < 5 * 2 + 3
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+        assert_exactly_once(receiver, 200)
+    finally:
+        publisher.stop()
+        receiver.stop()
