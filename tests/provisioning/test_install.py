@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,14 @@ def _install(source: Path, prefix: Path, *args: str, **env: str) -> subprocess.C
     script = str(source / "provisioning/install.sh")
     return subprocess.run(["sh", script, *args], env=env, capture_output=True, text=True, timeout=600,
                           check=False)
+
+
+def _install_in_background(source: Path, prefix: Path) -> subprocess.Popen[bytes]:
+    """install.sh in its own process group, to be killed whole part-way."""
+    env = os.environ | {"EDGE_AGENT_PREFIX": str(prefix), "EDGE_AGENT_EXTRAS": "", "PYTHON": sys.executable,
+                        "EDGE_AGENT_PYTHON_ANYWHERE": "1"}
+    return subprocess.Popen(["sh", str(source / "provisioning/install.sh")], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _release(tmp_path: Path, name: str, note: str) -> Path:
@@ -46,8 +56,8 @@ def _running(prefix: Path) -> str:
 def test_releases_switch_whole_and_a_failed_or_interrupted_install_never_touches_the_running_one(
     tmp_path: Path,
 ) -> None:
-    # One prefix through install, upgrade, rollback, a failed pip, a third release and an interrupted
-    # install (each full install builds a venv: about 25 s with pip's cache).
+    # One prefix through install, upgrade, rollback, a failed pip, and a third release whose first install
+    # is killed (each full install builds a venv: about 17 s with pip's cache).
     prefix = tmp_path / "opt"
     first = _install(_release(tmp_path, "r1", "one\n"), prefix)
     assert first.returncode == 0, first.stderr
@@ -91,19 +101,28 @@ def test_releases_switch_whole_and_a_failed_or_interrupted_install_never_touches
     assert (prefix / "VERSION").read_text() == version and _running(prefix).endswith(f"(build {release_id})")
     assert len(list((prefix / "releases").iterdir())) == 2  # the failed one is gone
 
-    # A third release: the two before it are the ones kept... until the switch; then current and previous.
+    # A third release, its first install killed while pip runs (a power cut, Ctrl-C): nothing switched,
+    # and the next run rebuilds it rather than using the half-made one.
     third_source = _release(tmp_path, "r3", "three\n")
+    known = set((prefix / "releases").iterdir())
+    cut = _install_in_background(third_source, prefix)
+    try:
+        deadline = time.monotonic() + 120
+        while not any((p / "venv/bin/pip").exists() for p in set((prefix / "releases").iterdir()) - known):
+            assert cut.poll() is None and time.monotonic() < deadline, "install.sh never reached pip"
+            time.sleep(0.05)
+        time.sleep(1.0)  # into pip's work
+    finally:
+        os.killpg(cut.pid, signal.SIGKILL)
+        cut.wait(30)
+    assert (prefix / "VERSION").read_text() == version and _running(prefix).endswith(f"(build {release_id})")
     third = _install(third_source, prefix)
     assert third.returncode == 0, third.stderr
+    third_id = (prefix / "VERSION").read_text().split()[1]
+    assert _running(prefix).endswith(f"(build {third_id})") and third_id != release_id
+    # the two before it were kept until the switch; then only current and previous
     assert len(list((prefix / "releases").iterdir())) == 2
     assert (prefix / "previous/VERSION").read_text() == version
-    # Its install cut off (no .complete, no python): the next run rebuilds it rather than using it.
-    third_id = (prefix / "VERSION").read_text().split()[1]
-    (prefix / f"releases/{third_id}/.complete").unlink()
-    (prefix / f"releases/{third_id}/venv/bin/python").unlink()
-    again = _install(third_source, prefix)
-    assert again.returncode == 0, again.stderr
-    assert _running(prefix).endswith(f"(build {third_id})")
 
 
 def test_install_refuses_a_partial_release_or_an_earlier_layout(tmp_path: Path) -> None:
