@@ -17,6 +17,7 @@ from edge_agent.store.outbox import Outbox
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
+STALL_REPORT_S = 5.0  # a write waiting this long on the disk makes the store unhealthy (answers get 503)
 
 
 class StoreComponent:
@@ -63,6 +64,10 @@ class StoreComponent:
         if failing is not None:
             since = time.strftime("%Y-%m-%d %H:%M", time.localtime(failing[0]))
             return Health(False, f"writes fail since {since}: {failing[1]}")
+        waiting = self.db.write_waiting_s()
+        if waiting >= STALL_REPORT_S:
+            return Health(False, f"a database write has waited {waiting:.0f} s for the disk: it is slow or "
+                                 "stalled (a worn SD card or eMMC, or heavy writes by another program)")
         status = self.outbox.status()
         drops = sum(status["drops"].values())
         detail = f"{status['backlog']} messages waiting"

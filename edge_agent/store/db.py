@@ -208,6 +208,7 @@ class Database:
         self.report: OpenReport | None = None
         # Storage failures (STORAGE_FAILURES) as (first of this run of them, last, last error), time.time().
         self._failures: tuple[float, float, StoreError] | None = None
+        self._batch_began: float | None = None  # monotonic start of the batch being written, if any
 
     # -- opening -------------------------------------------------------------------------------------
 
@@ -362,6 +363,13 @@ class Database:
                 return batch, False
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Task]) -> None:
+        self._batch_began = time.monotonic()
+        try:
+            self._write_batch(conn, batch)
+        finally:
+            self._batch_began = None
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Task]) -> None:
         results: list[tuple[_Task, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -397,6 +405,12 @@ class Database:
         now, last = time.time(), self._failures
         first = last[0] if last is not None and now - last[1] < FAILURE_WINDOW_S else now
         self._failures = (first, now, error)
+
+    def write_waiting_s(self) -> float:
+        """How long the batch being written has waited so far; 0 when none is (a stalled disk shows here,
+        where no error ever comes)."""
+        began = self._batch_began
+        return 0.0 if began is None else time.monotonic() - began
 
     def write_failure(self, now: float | None = None) -> tuple[float, StoreError] | None:
         """(since, error) while the storage refused a write in the last FAILURE_WINDOW_S, else None.

@@ -167,9 +167,18 @@ def test_a_disk_that_stalls_delays_answers_and_loses_none(
             status, body = http("POST", f"{url}/api/v1/answers", {"answers": stalled}, timeout=5)
             assert status == 503 and "no feedback within 2.0 s; retry" in body["error"], body
             assert time.monotonic() - started < 4
-            time.sleep(2)  # health checks run every second meanwhile
             for path in ("/api/v1/status", "/api/v1/live", "/api/v1/class/mastery"):
                 assert http("GET", url + path, timeout=3)[0] == 200, path
+            # and IT is told where to look: the store's health names the disk once a write waits 5 s
+            deadline = time.monotonic() + 10
+            while True:
+                store = next(c for c in http("GET", f"{url}/api/v1/status", timeout=3)[1]["components"]
+                             if c["name"] == "store")
+                if not store["ok"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert not store["ok"] and "s for the disk: it is slow or stalled" in store["detail"], store
+            assert http("GET", f"{url}/readyz", timeout=3)[0] == 503
         finally:
             subprocess.run(["fsfreeze", "--unfreeze", str(storage.path)], check=True, timeout=30)
             pool.shutdown()
