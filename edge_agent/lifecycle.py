@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -33,10 +34,12 @@ class Component(Protocol):
 
 @dataclass
 class Heartbeat:
-    """A worker's proof of life: the worker calls :meth:`beat` each loop turn, within ``max_gap_s``."""
+    """A worker's proof of life: the worker calls :meth:`beat` each loop turn, within ``max_gap_s``;
+    ``excused()`` True means the worker waits on something a restart would not fix (a stalled disk)."""
 
     name: str
     max_gap_s: float = 10.0
+    excused: Callable[[], bool] | None = None
     _last: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -49,7 +52,7 @@ class Heartbeat:
             return time.monotonic() - self._last
 
     def fresh(self) -> bool:
-        return self.age() <= self.max_gap_s
+        return self.age() <= self.max_gap_s or (self.excused is not None and self.excused())
 
 
 class HeartbeatRegistry:
@@ -59,8 +62,10 @@ class HeartbeatRegistry:
         self._beats: dict[str, Heartbeat] = {}
         self._lock = threading.Lock()
 
-    def register(self, name: str, max_gap_s: float = 10.0) -> Heartbeat:
-        beat = Heartbeat(name, max_gap_s)
+    def register(
+        self, name: str, max_gap_s: float = 10.0, excused: Callable[[], bool] | None = None
+    ) -> Heartbeat:
+        beat = Heartbeat(name, max_gap_s, excused)
         with self._lock:
             self._beats[name] = beat
         return beat

@@ -44,6 +44,7 @@ WriteFn = Callable[[sqlite3.Connection], Any]
 QUEUE_SIZE = 10_000
 BATCH_TASKS = 256  # tasks per commit: bounds the latency of the first task in a batch
 HEARTBEAT_NAME = "store-writer"
+DISK_WAIT_EXCUSED_S = 600.0  # a write waiting on the disk this long no longer holds off the watchdog
 # Damaged databases moved aside and kept for a look (each up to store.max_bytes): a failing SD card that
 # damages the file again and again must not fill the disk with them.
 KEEP_QUARANTINED = 2
@@ -191,11 +192,14 @@ class Database:
         *,
         queue_size: int = QUEUE_SIZE,
         max_page_count: int | None = None,
+        heartbeat_gap_s: float = 30.0,
     ) -> None:
-        """``max_page_count`` caps the file size (pages of 4 KiB); tests use it to simulate a full disk."""
+        """``max_page_count`` caps the file size (pages of 4 KiB); tests use it to simulate a full disk.
+        ``heartbeat_gap_s``: how long the writer may go without beating before the watchdog acts."""
         self.path = Path(path)
         self.settings = settings
         self._heartbeats = heartbeats
+        self._heartbeat_gap_s = heartbeat_gap_s
         self._beat: Heartbeat | None = None
         self._queue: queue.Queue[_Task | object] = queue.Queue(queue_size)
         self._max_page_count = max_page_count
@@ -304,7 +308,9 @@ class Database:
             )
         self.report = OpenReport(self.path, created, applied, quarantined, alert)
         if self._heartbeats is not None:
-            self._beat = self._heartbeats.register(HEARTBEAT_NAME, max_gap_s=30.0)
+            self._beat = self._heartbeats.register(
+                HEARTBEAT_NAME, max_gap_s=self._heartbeat_gap_s, excused=self._waiting_on_disk
+            )
         self._thread = threading.Thread(target=self._run, args=(conn,), name="store-writer", daemon=True)
         self._thread.start()
         return self.report
@@ -331,7 +337,7 @@ class Database:
                 if self._beat is not None:
                     self._beat.beat()
                 try:
-                    first = self._queue.get(timeout=1.0)
+                    first = self._queue.get(timeout=min(1.0, self._heartbeat_gap_s / 3))
                 except queue.Empty:
                     continue
                 batch, stop = self._collect(first)
@@ -405,6 +411,11 @@ class Database:
         now, last = time.time(), self._failures
         first = last[0] if last is not None and now - last[1] < FAILURE_WINDOW_S else now
         self._failures = (first, now, error)
+
+    def _waiting_on_disk(self) -> bool:
+        # A restart cannot unblock a disk, and a worn eMMC that stalls again and again would run the unit
+        # into systemd's start limit; a writer stuck longer than this is taken for hung after all.
+        return 0.0 < self.write_waiting_s() < DISK_WAIT_EXCUSED_S
 
     def write_waiting_s(self) -> float:
         """How long the batch being written has waited so far; 0 when none is (a stalled disk shows here,

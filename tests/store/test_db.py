@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -332,3 +333,27 @@ def test_a_database_file_owned_by_another_user_gets_the_chown_to_run(state_dir: 
     refused = sqlite3.OperationalError("attempt to write a readonly database")
     error = str(translate(refused, state_dir / "x.db"))
     assert "belong to another user" in error and f"chown edge-agent:edge-agent {state_dir / 'x.db'}*" in error
+
+
+@pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+def test_a_writer_waiting_on_a_stalled_disk_is_not_taken_for_hung(tmp_path: Path) -> None:
+    # The watchdog restarts a daemon whose worker stopped beating; a restart cannot unblock a disk, and a
+    # worn eMMC that stalls again and again would run the unit into systemd's start limit. A write waiting
+    # on the disk is excused (up to DISK_WAIT_EXCUSED_S); the store's health says it waits instead.
+    registry = HeartbeatRegistry()
+    with failing_ext4(tmp_path) as storage:
+        db = Database(storage.path / "edge-agent.db", StoreSettings(), registry, heartbeat_gap_s=0.5)
+        db.open()
+        try:
+            subprocess.run(["fsfreeze", "--freeze", str(storage.path)], check=True, timeout=30)
+            try:
+                waiting = db.write(lambda c: c.execute("INSERT INTO meta VALUES ('k', 'v')"))
+                time.sleep(2.0)  # four heartbeat gaps
+                assert not waiting.done() and db.write_waiting_s() > 1.5
+                assert registry.stale() == []
+            finally:
+                subprocess.run(["fsfreeze", "--unfreeze", str(storage.path)], check=True, timeout=30)
+            waiting.result(10)
+            assert registry.stale() == [] and db.write_waiting_s() == 0.0
+        finally:
+            db.close()
