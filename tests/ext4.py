@@ -4,6 +4,7 @@
 default for the root file system) and yields it; ``fail()`` writes to ext4's ``trigger_fs_error`` in sysfs:
 the kernel logs an EXT4-fs error and remounts it read-only, as after a failing SD card's or eMMC's errors.
 ``power_cut(mount)`` mounts what a power cut would leave now: the image as the disk holds it, unsynced.
+``frozen()`` stalls it (fsfreeze) for as long as the context lasts.
 Needs root, loop devices and mkfs.ext4.
 """
 
@@ -43,6 +44,16 @@ class Ext4:
 
     def fail(self) -> None:
         Path(f"/sys/fs/ext4/{self.device}/trigger_fs_error").write_text("edge-agent test\n")
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """A disk that stops answering (eMMC under heavy writeback, a failing card): every write, and every
+        read of a WAL database, waits until the context ends (fsfreeze)."""
+        subprocess.run(["fsfreeze", "--freeze", str(self.path)], check=True, timeout=30)
+        try:
+            yield
+        finally:
+            subprocess.run(["fsfreeze", "--unfreeze", str(self.path)], check=True, timeout=30)
 
     @contextlib.contextmanager
     def power_cut(self, mount: Path) -> Iterator[Path]:

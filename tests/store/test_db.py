@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -345,14 +344,11 @@ def test_a_writer_waiting_on_a_stalled_disk_is_not_taken_for_hung(tmp_path: Path
         db = Database(storage.path / "edge-agent.db", StoreSettings(), registry, heartbeat_gap_s=0.5)
         db.open()
         try:
-            subprocess.run(["fsfreeze", "--freeze", str(storage.path)], check=True, timeout=30)
-            try:
+            with storage.frozen():
                 waiting = db.write(lambda c: c.execute("INSERT INTO meta VALUES ('k', 'v')"))
                 time.sleep(2.0)  # four heartbeat gaps
                 assert not waiting.done() and db.write_waiting_s() > 1.5
                 assert registry.stale() == []
-            finally:
-                subprocess.run(["fsfreeze", "--unfreeze", str(storage.path)], check=True, timeout=30)
             waiting.result(10)
             assert registry.stale() == [] and db.write_waiting_s() == 0.0
         finally:

@@ -657,12 +657,9 @@ def test_a_store_stalled_past_the_publishers_wait_strands_no_message(
         outbox.enqueue("attention", {"i": 99}).result(5)
         publisher = Publisher(outbox, DeviceSettings(), settings)
         reconnects = metrics.sample("edge_mqtt_reconnects_total")
-        subprocess.run(["fsfreeze", "--freeze", str(disk.path)], check=True, timeout=30)
-        try:
+        with disk.frozen():
             publisher.start()  # its first claim waits on the frozen disk
             assert wait_until(lambda: metrics.sample("edge_mqtt_reconnects_total") >= reconnects + 1, 10)
-        finally:
-            subprocess.run(["fsfreeze", "--unfreeze", str(disk.path)], check=True, timeout=30)
         try:
             assert_exactly_once(receiver, 100)
             assert "the database did not answer within 1 s: the disk is slow or stalled" in caplog.text

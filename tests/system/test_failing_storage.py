@@ -42,15 +42,35 @@ def config_on(
     return write_config(tmp_path / f"{name}.toml", cfg), cfg
 
 
+def running_on(
+    state_dir: Path, tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess],
+    **options: Any,
+) -> tuple[DaemonProcess, str, Path, dict[str, Any]]:
+    """A daemon with its state on ``state_dir``, running and healthy (``options`` as for config_on); with
+    its web address, its config file, and what that says."""
+    config, cfg = config_on(state_dir, tmp_path, "config", **options)
+    daemon = daemons(config, notify, tmp_path / "daemon.log").start()
+    daemon.wait_running(60, healthy=True)
+    return daemon, f"http://127.0.0.1:{cfg['web']['port']}", config, cfg
+
+
+def store_health_once_failing(url: str, within_s: float = 10.0) -> dict[str, Any]:
+    """The store's line in ``/api/v1/status`` once it says the store is unhealthy (or after ``within_s``)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        _, state = http("GET", f"{url}/api/v1/status", timeout=3)
+        store: dict[str, Any] = next(c for c in state["components"] if c["name"] == "store")
+        if not store["ok"] or time.monotonic() > deadline:
+            return store
+        time.sleep(0.2)
+
+
 def test_storage_turning_read_only_is_reported_answers_get_503_and_a_restart_says_why(
     tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage
 ) -> None:
     items = package.items[:5]
     with failing_ext4(tmp_path / "disk") as storage:
-        config, cfg = config_on(storage.path, tmp_path, "config")
-        daemon = daemons(config, notify, tmp_path / "daemon.log").start()
-        daemon.wait_running(60, healthy=True)
-        url = f"http://127.0.0.1:{cfg['web']['port']}"
+        daemon, url, config, cfg = running_on(storage.path, tmp_path, notify, daemons)
         before = [answer(f"s{i}", it.id, it.skill_id, True, f"a{i}") for i, it in enumerate(items)]
         assert [r["status"] for r in post_answers(url, before)] == ["applied"] * 5
 
@@ -60,13 +80,7 @@ def test_storage_turning_read_only_is_reported_answers_get_503_and_a_restart_say
         assert status == 503 and "read-only" in body["error"] and "SD card or eMMC" in body["error"], body
 
         # Health, readiness and systemd's status line say it (they said "0 messages waiting" before)
-        deadline = time.monotonic() + 10
-        while True:
-            _, state = http("GET", f"{url}/api/v1/status")
-            store = next(c for c in state["components"] if c["name"] == "store")
-            if not store["ok"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        store = store_health_once_failing(url)
         assert not store["ok"] and store["detail"].startswith("writes fail since"), store
         assert "is read-only" in store["detail"], store
         assert http("GET", f"{url}/readyz")[0] == 503
@@ -108,10 +122,7 @@ def test_a_power_cut_loses_no_acknowledged_answer(
     # answer only after its commit, fsynced (synchronous=FULL), so every "applied" must be there after it.
     items = package.items[:10]
     with failing_ext4(tmp_path / "disk") as storage:
-        config, cfg = config_on(storage.path, tmp_path, "config")
-        daemon = daemons(config, notify, tmp_path / "daemon.log").start()
-        daemon.wait_running(60, healthy=True)
-        url = f"http://127.0.0.1:{cfg['web']['port']}"
+        daemon, url, _, _ = running_on(storage.path, tmp_path, notify, daemons)
         sent = []
         for batch in range(8):
             answers = [answer(f"s{i}", it.id, it.skill_id, (i + batch) % 3 > 0, f"e{batch}-{i}")
@@ -148,40 +159,30 @@ def test_a_disk_that_stalls_delays_answers_and_loses_none(
     # camera pause wrote its file there: a stalled disk hung every request until it came back.)
     items = package.items[:10]
     with failing_ext4(tmp_path / "disk") as storage:
-        config, cfg = config_on(storage.path, tmp_path, "config", camera=(faces_dir, model_mirror),
-                                feedback_timeout_s=2.0)
-        daemon = daemons(config, notify, tmp_path / "daemon.log").start()
-        daemon.wait_running(60, healthy=True)
-        url = f"http://127.0.0.1:{cfg['web']['port']}"
+        daemon, url, _, _ = running_on(storage.path, tmp_path, notify, daemons,
+                                       camera=(faces_dir, model_mirror), feedback_timeout_s=2.0)
         first = [answer(f"s{i}", it.id, it.skill_id, True, f"a{i}") for i, it in enumerate(items)]
         assert [r["status"] for r in post_answers(url, first)] == ["applied"] * len(items)
 
         stalled = [answer(f"s{i}", it.id, it.skill_id, False, f"b{i}") for i, it in enumerate(items)]
-        subprocess.run(["fsfreeze", "--freeze", str(storage.path)], check=True, timeout=30)
         pool = ThreadPoolExecutor(1)
         try:
-            # the teacher pauses the camera: kept across a restart, so written to the disk, which waits
-            pausing = pool.submit(http, "POST", f"{url}/api/v1/camera/pause", {"minutes": 45}, 30)
-            time.sleep(0.5)
-            started = time.monotonic()
-            status, body = http("POST", f"{url}/api/v1/answers", {"answers": stalled}, timeout=5)
-            assert status == 503 and "no feedback within 2.0 s; retry" in body["error"], body
-            assert time.monotonic() - started < 4
-            for path in ("/api/v1/status", "/api/v1/live", "/api/v1/class/mastery"):
-                assert http("GET", url + path, timeout=3)[0] == 200, path
-            # and IT is told where to look: the store's health names the disk once a write waits 5 s
-            deadline = time.monotonic() + 10
-            while True:
-                store = next(c for c in http("GET", f"{url}/api/v1/status", timeout=3)[1]["components"]
-                             if c["name"] == "store")
-                if not store["ok"] or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            assert not store["ok"] and "s for the disk: it is slow or stalled" in store["detail"], store
-            assert http("GET", f"{url}/readyz", timeout=3)[0] == 503
+            with storage.frozen():
+                # the teacher pauses the camera: kept across a restart, so written to the disk, which waits
+                pausing = pool.submit(http, "POST", f"{url}/api/v1/camera/pause", {"minutes": 45}, 30)
+                time.sleep(0.5)
+                started = time.monotonic()
+                status, body = http("POST", f"{url}/api/v1/answers", {"answers": stalled}, timeout=5)
+                assert status == 503 and "no feedback within 2.0 s; retry" in body["error"], body
+                assert time.monotonic() - started < 4
+                for path in ("/api/v1/status", "/api/v1/live", "/api/v1/class/mastery"):
+                    assert http("GET", url + path, timeout=3)[0] == 200, path
+                # and IT is told where to look: the store's health names the disk once a write waits 5 s
+                store = store_health_once_failing(url)
+                assert not store["ok"] and "s for the disk: it is slow or stalled" in store["detail"], store
+                assert http("GET", f"{url}/readyz", timeout=3)[0] == 503
         finally:
-            subprocess.run(["fsfreeze", "--unfreeze", str(storage.path)], check=True, timeout=30)
-            pool.shutdown()
+            pool.shutdown()  # after the thaw: the pause's write completes
         assert pausing.result()[0] == 200
         results = post_answers(url, stalled)  # the clickers' retry
         assert [r["status"] for r in results] == ["duplicate"] * len(items), results[:3]
