@@ -7,11 +7,16 @@ registered :class:`Heartbeat` has beaten recently.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+# A restart cannot unblock a disk, and a worn eMMC that stalls again and again would run the unit into
+# systemd's start limit: a worker waiting on the disk is excused, but not for longer than this.
+DISK_WAIT_EXCUSED_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -34,13 +39,13 @@ class Component(Protocol):
 
 @dataclass
 class Heartbeat:
-    """A worker's proof of life: the worker calls :meth:`beat` each loop turn, within ``max_gap_s``;
-    ``excused()`` True means the worker waits on something a restart would not fix (a stalled disk)."""
+    """A worker's proof of life: the worker calls :meth:`beat` each loop turn, within ``max_gap_s``, and
+    is excused while it waits on the disk (see :func:`waiting_on_disk`)."""
 
     name: str
     max_gap_s: float = 10.0
-    excused: Callable[[], bool] | None = None
     _last: float = field(default_factory=time.monotonic)
+    _disk_since: float | None = None  # monotonic start of the disk wait in progress, if any
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def beat(self) -> None:
@@ -52,7 +57,25 @@ class Heartbeat:
             return time.monotonic() - self._last
 
     def fresh(self) -> bool:
-        return self.age() <= self.max_gap_s or (self.excused is not None and self.excused())
+        since = self._disk_since
+        return self.age() <= self.max_gap_s or (
+            since is not None and time.monotonic() - since < DISK_WAIT_EXCUSED_S
+        )
+
+    @contextlib.contextmanager
+    def _on_disk(self) -> Iterator[None]:
+        self._disk_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._disk_since = None
+            self.beat()
+
+
+def waiting_on_disk(beat: Heartbeat | None) -> contextlib.AbstractContextManager[None]:
+    """Wrap a database call that may wait on a stalled disk, so that ``beat``'s worker is not taken for
+    hung meanwhile (up to DISK_WAIT_EXCUSED_S)."""
+    return contextlib.nullcontext() if beat is None else beat._on_disk()
 
 
 class HeartbeatRegistry:
@@ -62,10 +85,8 @@ class HeartbeatRegistry:
         self._beats: dict[str, Heartbeat] = {}
         self._lock = threading.Lock()
 
-    def register(
-        self, name: str, max_gap_s: float = 10.0, excused: Callable[[], bool] | None = None
-    ) -> Heartbeat:
-        beat = Heartbeat(name, max_gap_s, excused)
+    def register(self, name: str, max_gap_s: float = 10.0) -> Heartbeat:
+        beat = Heartbeat(name, max_gap_s)
         with self._lock:
             self._beats[name] = beat
         return beat

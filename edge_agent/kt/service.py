@@ -42,7 +42,7 @@ from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.recommend import ItemBank, item_success, weakest_skills
 from edge_agent.kt.state import StudentState
-from edge_agent.lifecycle import Heartbeat
+from edge_agent.lifecycle import Heartbeat, waiting_on_disk
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -410,7 +410,10 @@ class KTService:
         statuses: list[str] = []
         seen: dict[str, str] = {}  # applied in this batch: key -> content
         unseen = [a.event_key for a in answers if a.event_key not in self._applied]
-        stored = self._persistence.applied_among(unseen) if self._persistence and unseen else {}
+        stored: dict[str, str | None] = {}
+        if self._persistence is not None and unseen:
+            with waiting_on_disk(self._heartbeat):  # a read of a WAL database waits on a stalled disk
+                stored = self._persistence.applied_among(unseen)
         for a in answers:
             key = a.event_key
             if key in seen:
@@ -432,7 +435,8 @@ class KTService:
         if missing and self._persistence is not None:
             # Not in memory: new, or left on disk by a lower kt.max_students at start (answered since
             # then, the stored state goes on instead of starting again from the prior).
-            start |= self._persistence.states_of(missing, self.package.hidden, len(self.package.skills))
+            with waiting_on_disk(self._heartbeat):
+                start |= self._persistence.states_of(missing, self.package.hidden, len(self.package.skills))
         for s in missing:
             if s not in start:
                 start[s] = StudentState.initial(self.package.hidden, self._prior)

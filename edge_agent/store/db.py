@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from edge_agent.config import StoreSettings
 from edge_agent.errors import StoreCorruptError, StoreError, StoreFullError, StoreUnwritableError
-from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry
+from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry, waiting_on_disk
 from edge_agent.store.schema import add_side_columns, migrate, schema_problem
 from edge_agent.telemetry import metrics
 
@@ -44,7 +44,6 @@ WriteFn = Callable[[sqlite3.Connection], Any]
 QUEUE_SIZE = 10_000
 BATCH_TASKS = 256  # tasks per commit: bounds the latency of the first task in a batch
 HEARTBEAT_NAME = "store-writer"
-DISK_WAIT_EXCUSED_S = 600.0  # a write waiting on the disk this long no longer holds off the watchdog
 # Damaged databases moved aside and kept for a look (each up to store.max_bytes): a failing SD card that
 # damages the file again and again must not fill the disk with them.
 KEEP_QUARANTINED = 2
@@ -308,9 +307,7 @@ class Database:
             )
         self.report = OpenReport(self.path, created, applied, quarantined, alert)
         if self._heartbeats is not None:
-            self._beat = self._heartbeats.register(
-                HEARTBEAT_NAME, max_gap_s=self._heartbeat_gap_s, excused=self._waiting_on_disk
-            )
+            self._beat = self._heartbeats.register(HEARTBEAT_NAME, max_gap_s=self._heartbeat_gap_s)
         self._thread = threading.Thread(target=self._run, args=(conn,), name="store-writer", daemon=True)
         self._thread.start()
         return self.report
@@ -371,7 +368,8 @@ class Database:
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Task]) -> None:
         self._batch_began = time.monotonic()
         try:
-            self._write_batch(conn, batch)
+            with waiting_on_disk(self._beat):
+                self._write_batch(conn, batch)
         finally:
             self._batch_began = None
 
@@ -411,11 +409,6 @@ class Database:
         now, last = time.time(), self._failures
         first = last[0] if last is not None and now - last[1] < FAILURE_WINDOW_S else now
         self._failures = (first, now, error)
-
-    def _waiting_on_disk(self) -> bool:
-        # A restart cannot unblock a disk, and a worn eMMC that stalls again and again would run the unit
-        # into systemd's start limit; a writer stuck longer than this is taken for hung after all.
-        return 0.0 < self.write_waiting_s() < DISK_WAIT_EXCUSED_S
 
     def write_waiting_s(self) -> float:
         """How long the batch being written has waited so far; 0 when none is (a stalled disk shows here,

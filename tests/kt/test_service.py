@@ -10,14 +10,16 @@ import time
 import numpy as np
 import pytest
 
-from edge_agent.config import KTSettings
+from edge_agent.config import KTSettings, StoreSettings
 from edge_agent.kt.answers import Answer
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.service import RECENT_KEEP_S, KTService, ServiceBusy
+from edge_agent.lifecycle import HeartbeatRegistry
 from edge_agent.store.db import Database
 from edge_agent.telemetry import metrics
+from tests.ext4 import ext4_unavailable, failing_ext4
 
 
 def _answer(
@@ -446,3 +448,33 @@ def test_an_event_applied_by_a_release_that_kept_no_content_stays_a_duplicate(
     changed = dataclasses.replace(legacy, item_id=package.items[3].id)
     assert svc.submit([changed]).result(5)[0]["status"] == "duplicate"  # nothing to compare with
     svc.stop()
+
+
+@pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+def test_answers_waiting_on_a_stalled_disk_do_not_get_the_daemon_restarted(
+    package, engine, kt_settings, pseudonymize, tmp_path
+) -> None:
+    # A new student's answer is checked against the stored event keys and states: a read, which on a
+    # stalled disk (WAL) waits until the disk answers. A restart by the watchdog cannot unblock a disk.
+    registry = HeartbeatRegistry()
+    with failing_ext4(tmp_path) as storage:
+        db = Database(storage.path / "edge-agent.db", StoreSettings())
+        db.open()
+        beat = registry.register("kt-inference", max_gap_s=0.5)
+        svc = KTService(
+            package, engine, kt_settings, pseudonymize, persistence=StatePersistence(db), heartbeat=beat
+        )
+        svc.start()
+        try:
+            svc.submit([_answer(package, pseudonymize, "s0", "e0")]).result(5)
+            with storage.frozen():
+                waiting = svc.submit([_answer(package, pseudonymize, "s1", "e1")])
+                time.sleep(2.0)  # four heartbeat gaps
+                assert not waiting.done()
+                assert registry.stale() == []
+            assert waiting.result(10)[0]["status"] == "applied"
+            time.sleep(0.6)
+            assert registry.stale() == []
+        finally:
+            svc.stop()
+            db.close()

@@ -338,7 +338,7 @@ def test_a_database_file_owned_by_another_user_gets_the_chown_to_run(state_dir: 
 def test_a_writer_waiting_on_a_stalled_disk_is_not_taken_for_hung(tmp_path: Path) -> None:
     # The watchdog restarts a daemon whose worker stopped beating; a restart cannot unblock a disk, and a
     # worn eMMC that stalls again and again would run the unit into systemd's start limit. A write waiting
-    # on the disk is excused (up to DISK_WAIT_EXCUSED_S); the store's health says it waits instead.
+    # on the disk is excused (up to lifecycle.DISK_WAIT_EXCUSED_S); the store's health says it waits instead.
     registry = HeartbeatRegistry()
     with failing_ext4(tmp_path) as storage:
         db = Database(storage.path / "edge-agent.db", StoreSettings(), registry, heartbeat_gap_s=0.5)
