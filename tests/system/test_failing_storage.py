@@ -4,6 +4,7 @@ retry, and the health, the systemd status and the metrics say what happened and 
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sqlite3
 import subprocess
@@ -168,6 +169,7 @@ def test_a_disk_that_stalls_delays_answers_and_loses_none(
         pool = ThreadPoolExecutor(1)
         try:
             with storage.frozen():
+                froze = time.monotonic()
                 # the teacher pauses the camera: kept across a restart, so written to the disk, which waits
                 pausing = pool.submit(http, "POST", f"{url}/api/v1/camera/pause", {"minutes": 45}, 30)
                 time.sleep(0.5)
@@ -181,6 +183,12 @@ def test_a_disk_that_stalls_delays_answers_and_loses_none(
                 store = store_health_once_failing(url)
                 assert not store["ok"] and "s for the disk: it is slow or stalled" in store["detail"], store
                 assert http("GET", f"{url}/readyz", timeout=3)[0] == 503
+                # past the answers' thread's heartbeat gap (10 s): waiting on the disk, it is not taken for
+                # hung, so systemd's watchdog is still fed (a restart cannot unblock a disk)
+                time.sleep(max(0.0, froze + 13.0 - time.monotonic()))
+                pings = [t for t, m in notify.messages if "WATCHDOG" in m and t >= froze]
+                assert max(b - a for a, b in itertools.pairwise([froze, *pings, time.monotonic()])) < 2.0
+                assert "watchdog ping withheld" not in daemon.output()
         finally:
             pool.shutdown()  # after the thaw: the pause's write completes
         assert pausing.result()[0] == 200
