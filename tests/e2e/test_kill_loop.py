@@ -88,4 +88,3 @@ def test_sigkill_during_publishing_loses_and_duplicates_nothing(tmp_path: Path) 
         f"kill loop: {KILLS} kills, {allocated} messages, {report['duplicates']} duplicates removed by "
         f"the receiver, {killed_with_backlog} kills with a backlog, {elapsed:.1f} s"
     )
-    assert elapsed < 60
