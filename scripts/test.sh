@@ -40,7 +40,8 @@ if [ -n "${EDGE_AGENT_TEST_ALSO_PYTHON:-}" ]; then
 fi
 echo "== pytest"
 status=0
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@" || status=$?
+# the slowest tests, so that CI time can be kept in check (aim: under 15 minutes on 2 cores)
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@" || status=$?
 if [ -n "$beside" ]; then
   also=0
   wait "$beside" || also=$?
