@@ -31,7 +31,9 @@ for jetpack in 6 7; do
   cat "artifacts/jetpack$jetpack-userland.log"
   [ "$made" -eq 0 ] || echo "== no JetPack $jetpack userland: the units do not run under its systemd"
 done
-if [ -n "${EDGE_AGENT_TEST_ALSO_PYTHON:-}" ]; then
+here=()
+if [ -n "${EDGE_AGENT_TEST_ALSO_PYTHON:-}" ] && bash scripts/find-python.sh "$EDGE_AGENT_TEST_ALSO_PYTHON" >/dev/null; then
+  here=(-m "not second_python")  # those run beside, on the second Python
   # The same suite on a second Python beside this one, not after it: both mostly wait (brokers, browsers,
   # timeouts; CI's 2 cores were 35 % busy), so together they took 604 s instead of 804 s. Its own session,
   # so that an interrupted run stops its pytest too.
@@ -41,7 +43,7 @@ fi
 echo "== pytest"
 status=0
 # the slowest tests, so that CI time can be kept in check (aim: under 15 minutes on 2 cores)
-.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "$@" || status=$?
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 "${here[@]}" "$@" || status=$?
 if [ -n "$beside" ]; then
   also=0
   wait "$beside" || also=$?

@@ -14,7 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow
+# In CI on Python 3.10, JetPack 6's, beside the main run (scripts/test.sh): it is the longest test after the
+# systemd ones (about 90 s of four venv builds).
+pytestmark = [pytest.mark.slow, pytest.mark.second_python]
 
 
 def _install(source: Path, prefix: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
