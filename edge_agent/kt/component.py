@@ -31,6 +31,7 @@ HEARTBEAT = "kt-inference"
 PUBLISH_INTERVAL_S = 1.0
 STOP_TIMEOUT_S = 10.0
 PRUNE_EVERY_S = 3600.0  # expired idempotency keys leave SQLite hourly (and at start)
+SEND_WAIT_S = 10.0  # for a lesson summary to be stored; it stays queued after that
 
 
 def open_default_engine(package: KTPackage, intra_op_threads: int = 1) -> Engine:
@@ -205,6 +206,9 @@ class KTComponent:
             "kind": "kt_class_window", "v": PAYLOAD_VERSION, "class_id": self.device.class_id, "model": model,
         }
         try:
-            await asyncio.wait_for(asyncio.wrap_future(self._outbox.enqueue(STREAM, payload)), 10.0)
+            await asyncio.wait_for(asyncio.wrap_future(self._outbox.enqueue(STREAM, payload)), SEND_WAIT_S)
+        except asyncio.TimeoutError:  # queued: the outbox logs it if it fails after all
+            log.warning("the lesson summary is not stored after %g s: the disk is slow or stalled; it is "
+                        "written once the disk answers", SEND_WAIT_S)
         except Exception as exc:  # the store reports its own errors; a lost aggregate must not stop KT
             log.error("could not queue the lesson summary for sync: %s", exc)

@@ -59,8 +59,12 @@ def topic_prefix(device: DeviceSettings) -> str:
 
 
 def chain(inner: Future[T], transform: Callable[[T], U]) -> Future[U]:
-    """A future resolved with ``transform(inner.result())`` (run on the thread that resolves ``inner``)."""
+    """A future resolved with ``transform(inner.result())`` (run on the thread that resolves ``inner``).
+
+    Not cancellable: the write is queued and runs anyway, so a caller that stops waiting (asyncio.wait_for
+    cancels what it waits on) must not turn it into "cancelled" and break the callbacks that count it."""
     outer: Future[U] = Future()
+    outer.set_running_or_notify_cancel()
 
     def done(f: Future[T]) -> None:
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 import time
 
 import pytest
@@ -130,3 +132,35 @@ def test_a_saved_lesson_that_has_ended_or_is_damaged_is_not_taken_back(
     now[0] -= 601
     assert not later.restore_lesson_view({"started": "x"})
     assert later.restore_lesson_view(view) and later.class_summary()["answers"] == 1
+
+
+def test_a_lesson_summary_held_up_by_a_stalled_disk_is_said_to_wait_and_is_stored_after_it(
+    package: KTPackage, device, db: Database, outbox: Outbox, pseudonymize, monkeypatch, caplog
+) -> None:
+    # It said "could not queue the lesson summary for sync: " (an empty TimeoutError) and logged two
+    # tracebacks, while the summary was queued all along and was stored once the disk answered.
+    monkeypatch.setattr("edge_agent.kt.component.SEND_WAIT_S", 0.3)
+    stalled, release = threading.Event(), threading.Event()
+
+    async def run() -> None:
+        comp = KTComponent(KTSettings(min_group_size=1), device, None, db, outbox, LiveBoard(),
+                           HeartbeatRegistry())
+        await comp.start()
+        svc = comp.get_service()
+        assert svc is not None
+        await svc.submit_async([_answer(package, pseudonymize, "s0", "e0")])
+        db.write(lambda _c: stalled.set() or release.wait(10))
+        assert stalled.wait(5)
+        summary = svc.close_lesson_if_due(now_anyway=True)
+        assert summary is not None
+        await comp._send(summary)
+        release.set()
+        await comp.stop()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["the lesson summary is not stored after 0.3 s: the disk is slow or stalled; it is "
+                    "written once the disk answers"], said
+    rows = db.read(lambda c: c.execute("SELECT payload FROM outbox WHERE stream = 'kt_class'").fetchall())
+    assert [json.loads(p)["answers"] for (p,) in rows] == [1]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -315,3 +318,27 @@ def test_a_full_write_queue_refuses_at_once_and_counts_the_drop(state_dir: Path)
     assert failed, "the producer outran a 5-task queue, so some writes must have been refused"
     assert metrics.sample("edge_outbox_drops_total", {"reason": "queue_full"}) == before + len(failed)
     assert box.backlog == len(futures) - len(failed)
+
+
+def test_a_caller_that_stops_waiting_for_an_enqueue_cannot_withdraw_it_and_nothing_misfires(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A stalled disk: the KT component waits 10 s for its lesson summary, then gives up (asyncio.wait_for
+    # cancels what it waits on). The row is queued and written once the disk answers; its future must say
+    # so, not turn "cancelled" and make the outbox's callbacks fail with tracebacks in the log.
+    stalled, release = threading.Event(), threading.Event()
+    outbox.db.write(lambda _c: stalled.set() or release.wait(10))
+    assert stalled.wait(5)
+    future = outbox.enqueue("attention", {"share": 0.5})
+
+    async def give_up() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.wrap_future(future), 0.2)
+
+    outbox.new_rows.clear()
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(give_up())
+        release.set()
+        assert future.result(5) >= 1 and not future.cancelled()
+    assert outbox.new_rows.is_set()  # the publisher is woken for it
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
