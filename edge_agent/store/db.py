@@ -204,7 +204,8 @@ class Database:
         self._max_page_count = max_page_count
         self._thread: threading.Thread | None = None
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: set[sqlite3.Connection] = set()
+        self._reading: set[sqlite3.Connection] = set()  # in a read now: their own thread closes them
         self._readers_lock = threading.Lock()
         self._closed = threading.Event()
         self.store_id = ""  # set by open(): see _store_id
@@ -445,6 +446,19 @@ class Database:
 
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on this thread with its own read connection."""
+        conn = self._start_read()
+        try:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from exc
+        finally:
+            self._end_read(conn)
+
+    def _start_read(self) -> sqlite3.Connection:
         if self._closed.is_set():
             raise StoreError("the database is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -455,16 +469,22 @@ class Database:
             except sqlite3.Error as exc:
                 raise translate(exc, self.path) from exc
             self._local.conn = conn
-            with self._readers_lock:
-                self._readers.append(conn)
-        try:
-            conn.execute("BEGIN")
-            try:
-                return fn(conn)
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from exc
+        with self._readers_lock:
+            if not self._closed.is_set():
+                self._readers.add(conn)
+                self._reading.add(conn)
+                return conn
+        conn.close()
+        raise StoreError("the database is closed")
+
+    def _end_read(self, conn: sqlite3.Connection) -> None:
+        with self._readers_lock:
+            self._reading.discard(conn)
+            if not self._closed.is_set():
+                return
+            self._readers.discard(conn)
+        with contextlib.suppress(sqlite3.Error):  # close() left it to this thread: it was in a read then
+            conn.close()
 
     # -- closing -------------------------------------------------------------------------------------
 
@@ -480,11 +500,13 @@ class Database:
         thread.join(timeout)
         finished = not thread.is_alive()
         self._closed.set()
+        # Not a connection in a read (a query waiting on a stalled disk): closing it under the query made
+        # close() wait for the disk, and then the query ran on over a freed connection (segfault).
         with self._readers_lock:
-            for conn in self._readers:
-                with contextlib.suppress(sqlite3.Error):  # the process is ending anyway
-                    conn.close()
-            self._readers.clear()
+            idle, self._readers = self._readers - self._reading, self._readers & self._reading
+        for conn in idle:
+            with contextlib.suppress(sqlite3.Error):  # the process is ending anyway
+                conn.close()
         if self._heartbeats is not None:
             self._heartbeats.unregister(HEARTBEAT_NAME)
         if not finished:

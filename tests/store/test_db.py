@@ -353,3 +353,36 @@ def test_a_writer_waiting_on_a_stalled_disk_is_not_taken_for_hung(tmp_path: Path
             assert registry.stale() == [] and db.write_waiting_s() == 0.0
         finally:
             db.close()
+
+
+def test_a_read_still_running_when_the_database_closes_is_not_closed_under_it(state_dir: Path) -> None:
+    # At a stop during a disk stall, close() closed the answers' thread's connection while its query
+    # waited on the disk: close() itself then waited for the disk, and once the disk answered the query
+    # went on over a freed connection and the process died of a segmentation fault.
+    db = Database(state_dir / "edge-agent.db", StoreSettings())
+    db.open()
+    inside, release = threading.Event(), threading.Event()
+    result: list[object] = []
+
+    def slow_read(conn: sqlite3.Connection) -> int:
+        inside.set()
+        release.wait(10)
+        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def reader() -> None:
+        try:
+            result.append(db.read(slow_read))
+        except StoreError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert inside.wait(5)
+    started = time.monotonic()
+    assert db.close(timeout=5)
+    assert time.monotonic() - started < 2
+    release.set()
+    thread.join(5)
+    assert result == [0]  # before: StoreError "Cannot operate on a closed database"
+    with pytest.raises(StoreError, match="closed"):
+        db.read(lambda c: c.execute("SELECT 1").fetchone())
