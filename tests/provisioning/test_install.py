@@ -19,21 +19,22 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.second_python]
 
 
-def _install(source: Path, prefix: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _install_env(prefix: Path, **env: str) -> dict[str, str]:
     # The test interpreter may live in a home folder (pyenv): fine for a prefix the units never run.
-    env = os.environ | {"EDGE_AGENT_PREFIX": str(prefix), "EDGE_AGENT_EXTRAS": "", "PYTHON": sys.executable,
-                        "EDGE_AGENT_PYTHON_ANYWHERE": "1", **env}
+    return os.environ | {"EDGE_AGENT_PREFIX": str(prefix), "EDGE_AGENT_EXTRAS": "", "PYTHON": sys.executable,
+                         "EDGE_AGENT_PYTHON_ANYWHERE": "1", **env}
+
+
+def _install(source: Path, prefix: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     script = str(source / "provisioning/install.sh")
-    return subprocess.run(["sh", script, *args], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    return subprocess.run(["sh", script, *args], env=_install_env(prefix, **env), capture_output=True,
+                          text=True, timeout=600, check=False)
 
 
 def _install_in_background(source: Path, prefix: Path) -> subprocess.Popen[bytes]:
     """install.sh in its own process group, to be killed whole part-way."""
-    env = os.environ | {"EDGE_AGENT_PREFIX": str(prefix), "EDGE_AGENT_EXTRAS": "", "PYTHON": sys.executable,
-                        "EDGE_AGENT_PYTHON_ANYWHERE": "1"}
-    return subprocess.Popen(["sh", str(source / "provisioning/install.sh")], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(["sh", str(source / "provisioning/install.sh")], env=_install_env(prefix),
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _release(tmp_path: Path, name: str, note: str) -> Path:
