@@ -56,10 +56,14 @@ class Heartbeat:
         with self._lock:
             return time.monotonic() - self._last
 
-    def fresh(self) -> bool:
+    def disk_wait_s(self) -> float:
+        """How long the worker's wait on the disk has lasted so far; 0 when it is not waiting."""
         since = self._disk_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def fresh(self) -> bool:
         return self.age() <= self.max_gap_s or (
-            since is not None and time.monotonic() - since < DISK_WAIT_EXCUSED_S
+            self._disk_since is not None and self.disk_wait_s() < DISK_WAIT_EXCUSED_S
         )
 
     @contextlib.contextmanager

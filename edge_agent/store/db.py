@@ -198,8 +198,8 @@ class Database:
         self.path = Path(path)
         self.settings = settings
         self._heartbeats = heartbeats
-        self._heartbeat_gap_s = heartbeat_gap_s
-        self._beat: Heartbeat | None = None
+        # The writer's heartbeat, registered with ``heartbeats`` on open; it also times a batch's disk wait.
+        self._beat = Heartbeat(HEARTBEAT_NAME, heartbeat_gap_s)
         self._queue: queue.Queue[_Task | object] = queue.Queue(queue_size)
         self._max_page_count = max_page_count
         self._thread: threading.Thread | None = None
@@ -212,7 +212,6 @@ class Database:
         self.report: OpenReport | None = None
         # Storage failures (STORAGE_FAILURES) as (first of this run of them, last, last error), time.time().
         self._failures: tuple[float, float, StoreError] | None = None
-        self._batch_began: float | None = None  # monotonic start of the batch being written, if any
 
     # -- opening -------------------------------------------------------------------------------------
 
@@ -308,7 +307,7 @@ class Database:
             )
         self.report = OpenReport(self.path, created, applied, quarantined, alert)
         if self._heartbeats is not None:
-            self._beat = self._heartbeats.register(HEARTBEAT_NAME, max_gap_s=self._heartbeat_gap_s)
+            self._beat = self._heartbeats.register(HEARTBEAT_NAME, max_gap_s=self._beat.max_gap_s)
         self._thread = threading.Thread(target=self._run, args=(conn,), name="store-writer", daemon=True)
         self._thread.start()
         return self.report
@@ -332,15 +331,15 @@ class Database:
     def _run(self, conn: sqlite3.Connection) -> None:
         try:
             while True:
-                if self._beat is not None:
-                    self._beat.beat()
+                self._beat.beat()
                 try:
-                    first = self._queue.get(timeout=min(1.0, self._heartbeat_gap_s / 3))
+                    first = self._queue.get(timeout=min(1.0, self._beat.max_gap_s / 3))
                 except queue.Empty:
                     continue
                 batch, stop = self._collect(first)
                 if batch:
-                    self._commit_batch(conn, batch)
+                    with waiting_on_disk(self._beat):  # timed: write_waiting_s
+                        self._commit_batch(conn, batch)
                 if stop:
                     break
         finally:
@@ -367,14 +366,6 @@ class Database:
                 return batch, False
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Task]) -> None:
-        self._batch_began = time.monotonic()
-        try:
-            with waiting_on_disk(self._beat):
-                self._write_batch(conn, batch)
-        finally:
-            self._batch_began = None
-
-    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Task]) -> None:
         results: list[tuple[_Task, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -414,8 +405,7 @@ class Database:
     def write_waiting_s(self) -> float:
         """How long the batch being written has waited so far; 0 when none is (a stalled disk shows here,
         where no error ever comes)."""
-        began = self._batch_began
-        return 0.0 if began is None else time.monotonic() - began
+        return self._beat.disk_wait_s()
 
     def write_failure(self, now: float | None = None) -> tuple[float, StoreError] | None:
         """(since, error) while the storage refused a write in the last FAILURE_WINDOW_S, else None.
