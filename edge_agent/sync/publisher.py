@@ -27,6 +27,7 @@ from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry
 from edge_agent.store import outbox_state as rules
 from edge_agent.store.outbox import Outbox, OutboxRow, topic_prefix
 from edge_agent.sync.commands import CommandDispatcher
+from edge_agent.sync.message_size import MessageSizer
 from edge_agent.sync.mqtt import MqttConnection
 from edge_agent.sync.protocol import MAX_MESSAGE_BYTES, Envelope, Item, backoff_delay, encode_message
 from edge_agent.telemetry import metrics
@@ -56,6 +57,8 @@ def mqtt_expiry_s(rows: list[OutboxRow], now: float, message_expiry_days: float)
 class _Message:
     stream: str
     row_ids: list[int]
+    size: int
+    sent_at: float  # monotonic
 
 
 class Publisher:
@@ -86,6 +89,8 @@ class Publisher:
         self._acked: list[int] = []
         self._ack_failures: list[str] = []
         self._more_pending = True
+        self._sizer = MessageSizer(MAX_MESSAGE_BYTES, settings.keepalive_s)
+        self._last_ack_at = 0.0  # monotonic
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -164,6 +169,8 @@ class Publisher:
                 log.warning("MQTT session ended: %s", exc)
                 self._set(detail=str(exc) or exc.__class__.__name__)
                 conn.close()
+                if isinstance(exc, SyncError):
+                    self._shrink_messages_if_stalled()
             except Exception as exc:  # a bug must not silently end syncing: log it, reconnect
                 log.exception("MQTT publisher failed unexpectedly")
                 self._set(detail=f"internal error: {exc!r}")
@@ -246,7 +253,7 @@ class Publisher:
             limit = space * self.settings.batch_max
             rows = _stored(self.outbox.claim(limit))
             self._more_pending = len(rows) == limit
-            self._queue_batches(rows, _message_limit(conn))
+            self._queue_batches(rows, min(self._sizer.limit, _message_limit(conn)))
         while self._unsent and len(self._inflight) < self.settings.inflight_max:
             stream, rows = self._unsent.popleft()
             self._publish(conn, stream, rows)
@@ -266,12 +273,13 @@ class Publisher:
         payload = encode_message(
             envelope, [Item(r.seq, r.message_id, r.created_at, r.payload) for r in rows], now
         )
+        if len(payload) > min(self._sizer.limit, _message_limit(conn)) and len(rows) > 1:
+            # The estimate was short: send it as two.
+            half = len(rows) // 2
+            self._unsent.appendleft((stream, rows[half:]))
+            self._unsent.appendleft((stream, rows[:half]))
+            return
         if len(payload) > _message_limit(conn):
-            if len(rows) > 1:  # the estimate was short: send it as two
-                half = len(rows) // 2
-                self._unsent.appendleft((stream, rows[half:]))
-                self._unsent.appendleft((stream, rows[:half]))
-                return
             # One aggregate larger than the broker takes would cut every session; it cannot ever go.
             log.error("dropping a %s message of %s bytes: the broker takes at most %s a packet",
                       stream, len(payload), conn.max_packet_size)
@@ -286,7 +294,9 @@ class Publisher:
         except SyncError:
             self._unsent.appendleft((stream, rows))
             raise
-        self._inflight[mid] = _Message(stream, [r.id for r in rows])
+        if not self._inflight:
+            self._last_ack_at = time.monotonic()  # the wait for a PUBACK starts now, not at the last one
+        self._inflight[mid] = _Message(stream, [r.id for r in rows], len(payload), time.monotonic())
 
     def _send_heartbeat(self, conn: MqttConnection, now: float) -> None:
         status = self.outbox.status()
@@ -310,6 +320,21 @@ class Publisher:
             return
         metrics.MQTT_PUBLISHED.labels(stream=message.stream).inc()
         self._acked.extend(message.row_ids)
+        self._last_ack_at = now = time.monotonic()
+        if self._sizer.acknowledged(message.size, now - message.sent_at):
+            log.info("the uplink carries larger messages again: at most %s KiB each",
+                     self._sizer.limit // 1024)
+
+    def _shrink_messages_if_stalled(self) -> None:
+        if not self._inflight:
+            return
+        stalled_s = time.monotonic() - self._last_ack_at
+        if self._sizer.session_lost(stalled_s):
+            log.warning(
+                "no PUBACK for %.0f s, longer than the keepalive (%s s): the uplink is too slow for the "
+                "messages; they are now at most %s KiB each", stalled_s, self.settings.keepalive_s,
+                self._sizer.limit // 1024,
+            )
 
     def _flush_acks(self) -> None:
         if self._acked:

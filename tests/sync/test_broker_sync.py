@@ -29,6 +29,7 @@ from edge_agent.sync.receiver import Receiver
 from edge_agent.telemetry import metrics
 from tests.brokers import Broker, Pki
 from tests.ext4 import ext4_unavailable, failing_ext4
+from tests.slow_link import SlowLink
 from tests.sync.conftest import plain_settings, tls_settings
 
 pytestmark = pytest.mark.broker
@@ -698,3 +699,36 @@ def test_a_broker_that_stops_answering_is_left_and_everything_arrives_once(
     finally:
         publisher.stop()
         receiver.stop()
+
+
+@pytest.mark.second_python  # about 35 s: it balances the two CI runs
+def test_a_backlog_drains_over_an_uplink_too_slow_for_a_full_message_within_the_keepalive(
+    broker: Broker, outbox: Outbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 256 KiB message at 20 KiB/s takes 12.8 s: with no byte back from the broker for a keepalive (5 s)
+    # paho sends PINGREQ, queued behind the backlog, and after another keepalive it cuts the session,
+    # before the first PUBACK, every time; the backlog never shrank (as 256 KiB over 16 kbit/s against the
+    # default keepalive of 60 s). Now the messages halve until PUBACKs come back within the keepalive.
+    rows = 60  # lesson windows of about 7 KB: 414 KB
+    for i in range(rows - 1):
+        outbox.enqueue("kt_class", {"i": i, "skills": "x" * 6900})
+    outbox.enqueue("kt_class", {"done": True}).result(5)
+    link = SlowLink(broker.port, rate=20 * 1024).start()
+    receiver = Receiver(tmp_path / "recv.db", plain_settings(broker)).start()
+    settings = plain_settings(broker, port=link.port, keepalive_s=5, backoff_max_s=1.0)
+    reconnects = metrics.sample("edge_mqtt_reconnects_total")
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    started = time.monotonic()
+    publisher.start()
+    try:
+        assert wait_until(lambda: outbox.backlog == 0, 75), (outbox.backlog, link.sent, caplog.text[-2000:])
+        assert_exactly_once(receiver, rows)
+        assert "the uplink is too slow for the messages; they are now at most 128 KiB each" in caplog.text
+        lost = metrics.sample("edge_mqtt_reconnects_total") - reconnects
+        print(f"drained 414 KB at 20 KiB/s in {time.monotonic() - started:.0f} s: {link.sent} bytes sent, "
+              f"{lost:.0f} sessions lost")
+        assert lost <= 4
+    finally:
+        publisher.stop()
+        receiver.stop()
+        link.stop()
