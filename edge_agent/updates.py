@@ -192,18 +192,18 @@ def download(
                 if size > max_bytes:
                     raise DownloadFailed(f"package larger than updates.max_download_bytes ({max_bytes})")
                 if time.monotonic() > deadline:
-                    raise DownloadFailed(f"model download took longer than {timeout_s} s")
+                    raise _too_slow(timeout_s, size)
                 digest.update(chunk)
                 out.write(chunk)
         if time.monotonic() > deadline:  # the socket was shut at the deadline: what came is cut short
-            raise DownloadFailed(f"model download took longer than {timeout_s} s")
+            raise _too_slow(timeout_s, size)
         if digest.hexdigest() != sha256:
             raise DownloadFailed("downloaded model package does not match the sha256 in the command")
         os.replace(part, dest)
     # OSError: URLError, timeouts, TLS failures, disk full; HTTPException: a garbled or cut-short reply
     except (OSError, ValueError, http.client.HTTPException) as exc:
         if time.monotonic() > deadline:
-            raise DownloadFailed(f"model download took longer than {timeout_s} s") from exc
+            raise _too_slow(timeout_s, size) from exc
         status = f" (HTTP {exc.code})" if isinstance(exc, urllib.error.HTTPError) else ""
         raise DownloadFailed(
             f"model download failed{status}: the update server could not be reached or did not answer "
@@ -213,6 +213,13 @@ def download(
     finally:
         part.unlink(missing_ok=True)
     return dest
+
+
+def _too_slow(timeout_s: float, received: int) -> DownloadFailed:
+    return DownloadFailed(
+        f"model download took longer than {timeout_s:g} s (updates.download_timeout_s; {received} bytes "
+        "had come): over a slow uplink, raise that setting"
+    )
 
 
 class _InboxUpdater(ModelUpdater):

@@ -560,11 +560,11 @@ def test_download_refuses_a_redirect_to_plain_http_a_garbled_reply_and_slow_serv
             download(stalling.url("pkg.tar"), dest, sha, timeout_s=0.5, max_bytes=10_000, context=trust)
         assert time.monotonic() - started < 1.4  # gave up, did not wait for the server
         started = time.monotonic()
-        with pytest.raises(DownloadFailed, match=r"took longer than 1\.0 s"):
+        with pytest.raises(DownloadFailed, match=r"longer than 1 s \(updates.download_timeout_s; \d+ bytes"):
             download(trickling.url("pkg.tar"), dest, sha, timeout_s=1.0, max_bytes=10_000, context=trust)
         assert time.monotonic() - started < 2.5  # the deadline held although no single read timed out
         started = time.monotonic()
-        with pytest.raises(DownloadFailed, match=r"took longer than 1\.0 s"):
+        with pytest.raises(DownloadFailed, match=r"took longer than 1 s"):
             download(trickling_head.url("pkg.tar"), dest, sha, timeout_s=1.0, max_bytes=10_000, context=trust)
         assert time.monotonic() - started < 2.5  # also while the head trickles in (it held 300 s)
     finally:
