@@ -33,6 +33,7 @@ from edge_agent.config import MAX_TOKEN_CHARS, check_secret_file, token_fits
 from edge_agent.errors import ConfigError
 from edge_agent.telemetry import metrics
 from edge_agent.web.clients import ANSWERS_PATH, Clients
+from edge_agent.web.request_body import read_within
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
         # Read up to 1 MiB and held through the delay, 1,200 such posts took the daemon to 1.1 GiB.
         return web.json_response({"error": "bad_form", "detail": "the login form is too large"}, status=413)
     try:
-        form = await request.post()
+        form = await read_within(request.post())
     except (ValueError, LookupError):  # LookupError: an unknown charset in Content-Type
         return web.json_response({"error": "bad_form", "detail": "the login form could not be read"},
                                  status=400)

@@ -23,6 +23,7 @@ from edge_agent.kt.answers import Answer, parse_batch
 from edge_agent.kt.roster import Roster
 from edge_agent.kt.service import KTService, ServiceBusy
 from edge_agent.telemetry import metrics
+from edge_agent.web.request_body import read_within
 
 ServiceSource = KTService | Callable[[], KTService | None]
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
@@ -70,7 +71,7 @@ def answer_routes(
             return _rejected(415, f"send the answers as JSON with Content-Type: application/json "
                                   f"(got {request.content_type!r})")
         try:
-            body = await request.json(loads=json_input.loads)
+            body = await read_within(request.json(loads=json_input.loads))
         except web.HTTPRequestEntityTooLarge:
             limit = request.client_max_size
             return _rejected(413, f"the request body is over {limit} bytes; send smaller batches")

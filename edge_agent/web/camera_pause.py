@@ -17,6 +17,7 @@ from aiohttp import web
 from edge_agent import json_input
 from edge_agent.errors import CameraError
 from edge_agent.vision.component import AttentionComponent
+from edge_agent.web.request_body import read_within
 
 MAX_PAUSE_MINUTES = 240  # a school day's afternoon; longer closures are camera.closed_dates' job
 
@@ -39,7 +40,7 @@ def camera_routes(attention: AttentionSource) -> web.RouteTableDef:
         if request.content_type != "application/json":
             return _error(415, f"send JSON, Content-Type: application/json (got {request.content_type!r})")
         try:
-            body = await request.json(loads=json_input.loads)
+            body = await read_within(request.json(loads=json_input.loads))
         except (ValueError, LookupError):
             return _error(400, 'the request body is not valid JSON; send {"minutes": 45}')
         minutes = body.get("minutes") if isinstance(body, dict) else None

@@ -17,9 +17,11 @@ from edge_agent.config import WebSettings
 from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
 from edge_agent.live import LiveBoard
+from edge_agent.telemetry import metrics
 from edge_agent.web.access import PUBLIC_PATHS, access_middleware
 from edge_agent.web.clients import Clients, watch_clients
 from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite, server_tls_context
+from edge_agent.web.request_body import BodyTooSlow
 from edge_agent.web.view import StatusFn, TeacherView
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,11 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     try:
         response: web.StreamResponse = await handler(request)
         return response
+    except BodyTooSlow as exc:
+        metrics.HTTP_CONNECTIONS_REFUSED.labels(port="web", reason="body_timeout").inc()
+        slow = web.json_response({"error": str(exc)}, status=408)
+        slow.force_close()  # what is left of that body is not waited for
+        return slow
     except web.HTTPException as exc:
         if request.path.startswith("/api/") and exc.status in (404, 405) and exc.content_type == "text/plain":
             return _api_route_error(request, exc)

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import http.client
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,10 +20,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_agent.config import KTSettings
+from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.service import KTService
+from edge_agent.live import LiveBoard
+from edge_agent.telemetry import metrics
+from edge_agent.web import request_body
 from edge_agent.web.answers import answer_routes
+from tests.web.harness import ServerThread
 
 
 class Server:
@@ -356,3 +362,53 @@ def test_a_reused_client_event_id_gets_409_alone_and_its_own_status_in_a_batch(a
     batch = {"answers": [reused, _good(svc.package, "reuse-1", "q-8")]}
     status, body = server.request("POST", "/api/v1/answers", batch)
     assert status == 200 and [r["status"] for r in body["results"]] == ["conflict", "applied"]
+
+
+def test_an_answer_whose_body_stops_arriving_gets_408_its_connection_closed_and_nothing_applied(
+    package: KTPackage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tablet whose battery died in the middle of a POST held its connection, and one of the 32 places its
+    # address gets, until TCP keepalive gave up 2 h 11 min later (a client trickling bytes: for ever).
+    monkeypatch.setattr(request_body, "BODY_TIMEOUT_S", 0.5)  # 30 s on a board
+    settings = KTSettings()
+    svc = KTService(package, OnnxRuntimeEngine(package.step_model), settings, Pseudonymizer(b"k" * 32))
+    svc.start()
+    server = ServerThread(LiveBoard(), route_tables=[answer_routes(svc, settings)]).start()
+    refused = {"port": "web", "reason": "body_timeout"}
+    before = metrics.sample("edge_http_connections_refused_total", refused)
+    try:
+        body = json.dumps(_good(package, event="cut-short")).encode()
+        head = (f"POST /api/v1/answers HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(head + body[:20])  # and then nothing more
+            started = time.monotonic()
+            reply = sock.recv(4096)
+            answered = time.monotonic() - started
+            while chunk := sock.recv(4096):  # until the board closes the connection
+                reply += chunk
+            closed = time.monotonic() - started
+        head_lines, _, payload = reply.partition(b"\r\n\r\n")
+        assert head_lines.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in head_lines, reply
+        assert json.loads(payload)["error"] == (
+            "the request body did not all arrive within 0.5 s; nothing of it was applied: send it again"
+        )
+        # Answered at the deadline; closed after aiohttp's 10 s wait for the rest (it lingers, so that a
+        # client still sending is not reset before it reads the answer).
+        print(f"408 after {answered:.2f} s, connection closed after {closed:.1f} s")
+        assert answered < 3 and closed < 14
+        assert metrics.sample("edge_http_connections_refused_total", refused) == before + 1
+        status, feedback = _post(server.port, body)  # sent again, whole: applied now, and once
+        assert status == 200 and feedback["status"] == "applied"
+    finally:
+        server.stop()
+        svc.stop()
+
+
+def _post(port: int, body: bytes) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/api/v1/answers", body=body, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    status, payload = resp.status, json.loads(resp.read())
+    conn.close()
+    return status, payload
