@@ -1,12 +1,12 @@
 """How large a message the uplink carries within the MQTT keepalive.
 
-The keepalive (paho's on the board, the broker's at 1.5 times it) counts whole packets: a session in
-which no packet has been completely sent or received for a keepalive is cut. A 256 KiB message over a
-32 kbit/s uplink (a rural school's shared 4G, a congested link) takes 64 s, past the default keepalive of
-60 s, so the session ended before the first PUBACK every time: the backlog was sent again and again and
-never shrank. Here the limit halves after a session ends with messages in flight and no PUBACK for a
-keepalive, and doubles again once a message near the limit is acknowledged within an eighth of it (so
-the doubled size takes at most half a keepalive on that link).
+paho sends PINGREQ once nothing has come from the broker for a keepalive; it queues behind the messages
+being sent, and when no byte comes back within another keepalive, paho cuts the session. A 256 KiB
+message over 16 kbit/s (a weak or shared 4G link, GPRS) takes 128 s, two keepalives of the default 60 s,
+so the session was cut before the first PUBACK every time and the backlog was sent again and again; over
+32 kbit/s (64 s) a PUBACK or two came between the cuts. Here the limit halves after a session ends with
+messages in flight and no PUBACK for a keepalive, and doubles again once a message near the limit is
+acknowledged within an eighth of it (so the doubled size takes at most half a keepalive on that link).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ aiohttp waits for a request body for as long as the client takes. A tablet whose
 left the Wi-Fi, in the middle of a POST held its connection, and one of the 32 places its address gets,
 until TCP keepalive gave up about 2 h 11 min later; a client that sends a byte now and then, for ever.
 A handler reads its body through :func:`read_within`; the web app's error middleware answers
-:class:`BodyTooSlow` with 408 and closes the connection (the rest of that body is not waited for).
+:class:`BodyTooSlow` with 408 and closes the connection (aiohttp first reads on for at most 10 s, so that
+a client still sending is not reset before it reads the answer).
 """
 
 from __future__ import annotations
