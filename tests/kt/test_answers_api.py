@@ -364,6 +364,7 @@ def test_a_reused_client_event_id_gets_409_alone_and_its_own_status_in_a_batch(a
     assert status == 200 and [r["status"] for r in body["results"]] == ["conflict", "applied"]
 
 
+@pytest.mark.second_python  # 11 s, most of it aiohttp's lingering read: it balances the two CI runs
 def test_an_answer_whose_body_stops_arriving_gets_408_its_connection_closed_and_nothing_applied(
     package: KTPackage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
