@@ -3,7 +3,8 @@ each way (a rural school's shared uplink), with small socket buffers so that, as
 sender learns of the slowness within a few kilobytes instead of after megabytes of loopback buffering.
 
 ``SlowLink(target_port, rate).start()`` listens on ``.port``; ``.sent`` counts the bytes it carried
-upstream. No netem needed (the test machines' kernels have no sch_netem).
+upstream. With ``cut_after_s`` it resets each connection that long after it opened (flaky 4G, a firewall
+that cuts long connections). No netem needed (the test machines' kernels have no sch_netem).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ BUFFER = 16 * 1024
 
 
 class SlowLink:
-    def __init__(self, target_port: int, rate: float) -> None:
+    def __init__(self, target_port: int, rate: float, cut_after_s: float | None = None) -> None:
         self.target_port = target_port
         self.rate = rate
+        self.cut_after_s = cut_after_s
         self.port = free_port()
         self.sent = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -68,7 +70,12 @@ class SlowLink:
             client_w.close()
             return
         upstream_w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
-        await asyncio.gather(self._pump(client_r, upstream_w, count=True), self._pump(upstream_r, client_w))
+        pumps = asyncio.gather(self._pump(client_r, upstream_w, count=True), self._pump(upstream_r, client_w))
+        try:
+            await asyncio.wait_for(pumps, self.cut_after_s)
+        except asyncio.TimeoutError:
+            for writer in (client_w, upstream_w):
+                writer.transport.abort()
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: bool = False

@@ -89,7 +89,7 @@ class Publisher:
         self._acked: list[int] = []
         self._ack_failures: list[str] = []
         self._more_pending = True
-        self._sizer = MessageSizer(MAX_MESSAGE_BYTES, settings.keepalive_s)
+        self._sizer = MessageSizer(MAX_MESSAGE_BYTES)
         self._last_ack_at = 0.0  # monotonic
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -331,8 +331,8 @@ class Publisher:
         stalled_s = time.monotonic() - self._last_ack_at
         if self._sizer.session_lost(stalled_s):
             log.warning(
-                "no PUBACK for %.0f s, longer than the keepalive (%s s): the uplink is too slow for the "
-                "messages; they are now at most %s KiB each", stalled_s, self.settings.keepalive_s,
+                "the session ended %.0f s into a message with no PUBACK: the uplink is too slow or too "
+                "flaky for the messages; they are now at most %s KiB each", stalled_s,
                 self._sizer.limit // 1024,
             )
 

@@ -723,11 +723,39 @@ def test_a_backlog_drains_over_an_uplink_too_slow_for_a_full_message_within_the_
     try:
         assert wait_until(lambda: outbox.backlog == 0, 75), (outbox.backlog, link.sent, caplog.text[-2000:])
         assert_exactly_once(receiver, rows)
-        assert "the uplink is too slow for the messages; they are now at most 128 KiB each" in caplog.text
+        assert "too slow or too flaky for the messages; they are now at most 128 KiB each" in caplog.text
         lost = metrics.sample("edge_mqtt_reconnects_total") - reconnects
         print(f"drained 414 KB at 20 KiB/s in {time.monotonic() - started:.0f} s: {link.sent} bytes sent, "
               f"{lost:.0f} sessions lost")
         assert lost <= 4
+    finally:
+        publisher.stop()
+        receiver.stop()
+        link.stop()
+
+
+@pytest.mark.second_python  # about 30 s: it balances the two CI runs
+def test_a_backlog_drains_over_a_link_that_is_cut_before_a_full_message_gets_through(
+    broker: Broker, outbox: Outbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Flaky 4G, or a firewall that resets long connections: every connection cut 5 s after it opened,
+    # well within the keepalive (60 s). A 256 KiB message at 32 KiB/s takes 8 s, so no session ever
+    # got one through.
+    rows = 60  # lesson windows of about 7 KB: 414 KB
+    for i in range(rows - 1):
+        outbox.enqueue("kt_class", {"i": i, "skills": "x" * 6900})
+    outbox.enqueue("kt_class", {"done": True}).result(5)
+    link = SlowLink(broker.port, rate=32 * 1024, cut_after_s=5.0).start()
+    receiver = Receiver(tmp_path / "recv.db", plain_settings(broker)).start()
+    settings = plain_settings(broker, port=link.port, keepalive_s=60, backoff_max_s=1.0)
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    started = time.monotonic()
+    publisher.start()
+    try:
+        assert wait_until(lambda: outbox.backlog == 0, 75), (outbox.backlog, link.sent, caplog.text[-2000:])
+        assert_exactly_once(receiver, rows)
+        print(f"drained 414 KB over 32 KiB/s cut every 5 s in {time.monotonic() - started:.0f} s: "
+              f"{link.sent} bytes sent")
     finally:
         publisher.stop()
         receiver.stop()
