@@ -278,7 +278,7 @@ async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
         # Read up to 1 MiB and held through the delay, 1,200 such posts took the daemon to 1.1 GiB.
         return web.json_response({"error": "bad_form", "detail": "the login form is too large"}, status=413)
     try:
-        form = await read_within(request.post())
+        form = await read_within(request, request.post())
     except (ValueError, LookupError):  # LookupError: an unknown charset in Content-Type
         return web.json_response({"error": "bad_form", "detail": "the login form could not be read"},
                                  status=400)

@@ -71,7 +71,7 @@ def answer_routes(
             return _rejected(415, f"send the answers as JSON with Content-Type: application/json "
                                   f"(got {request.content_type!r})")
         try:
-            body = await read_within(request.json(loads=json_input.loads))
+            body = await read_within(request, request.json(loads=json_input.loads))
         except web.HTTPRequestEntityTooLarge:
             limit = request.client_max_size
             return _rejected(413, f"the request body is over {limit} bytes; send smaller batches")

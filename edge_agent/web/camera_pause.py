@@ -40,7 +40,7 @@ def camera_routes(attention: AttentionSource) -> web.RouteTableDef:
         if request.content_type != "application/json":
             return _error(415, f"send JSON, Content-Type: application/json (got {request.content_type!r})")
         try:
-            body = await read_within(request.json(loads=json_input.loads))
+            body = await read_within(request, request.json(loads=json_input.loads))
         except (ValueError, LookupError):
             return _error(400, 'the request body is not valid JSON; send {"minutes": 45}')
         minutes = body.get("minutes") if isinstance(body, dict) else None

@@ -14,6 +14,8 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from aiohttp import web
+
 BODY_TIMEOUT_S = 30.0  # 1 MiB (the largest body taken) in 30 s is 35 KB/s: Wi-Fi at its weakest manages more
 T = TypeVar("T")
 
@@ -24,7 +26,10 @@ class BodyTooSlow(Exception):
                          "applied: send it again")
 
 
-async def read_within(read: Awaitable[T]) -> T:
+async def read_within(request: web.Request, read: Awaitable[T]) -> T:
+    """``read`` (a read of ``request``'s body), or BodyTooSlow once BODY_TIMEOUT_S has passed."""
+    if request.content.is_eof():  # all there already, as a clicker's small JSON nearly always is
+        return await read  # (asyncio.wait_for costs 17 us a request on Python 3.11)
     try:
         return await asyncio.wait_for(read, BODY_TIMEOUT_S)
     except asyncio.TimeoutError:
