@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent.provisioning.ca import FleetCA
 from edge_agent.provisioning.files import write_private, write_public
 from edge_agent.provisioning.provision import Options, provision_inventory
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "provisioning" / "fleet-template.toml"
@@ -51,12 +52,6 @@ def make_fleet(base: Path) -> Fleet:
     fleet = Fleet(ca, base / "roots", inventory, opts)
     provision_inventory(inventory, fleet.roots, opts)
     return fleet
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

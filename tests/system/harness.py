@@ -24,14 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import to_toml
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def secret_file(path: Path, content: bytes | None = None) -> Path:
