@@ -24,9 +24,10 @@ import pytest
 
 from edge_agent.assembly import Assembly, build
 from edge_agent.config import Config
-from edge_agent.demo import LocalBroker, SimulatedClassroom, _free_port, _mosquitto_available, demo_config
+from edge_agent.demo import LocalBroker, SimulatedClassroom, _mosquitto_available, demo_config
 from edge_agent.kt.package import load_package
 from edge_agent.telemetry import metrics
+from tests.ports import free_port
 from tests.web.harness import TeacherViewPage, non_loopback_ipv4
 
 pytestmark = pytest.mark.browser
@@ -66,7 +67,7 @@ def _board_config(state_dir: Path, faces_dir: Path, port: int, broker_port: int 
     _write_secret(state_dir / "secrets" / "pseudonym.key", secrets.token_hex(32))
     token = secrets.token_hex(24)
     token_file = _write_secret(state_dir / "secrets" / "web.token", token + "\n")
-    base = demo_config(state_dir, port=port, metrics_port=_free_port(), camera=str(faces_dir),
+    base = demo_config(state_dir, port=port, metrics_port=free_port(), camera=str(faces_dir),
                        broker_port=broker_port)
     data = base.model_dump()
     data["web"].update(host="0.0.0.0", token_file=token_file)  # as on a board: remote with the token
@@ -92,7 +93,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path, model_mirr
     broker = LocalBroker(state_dir) if _mosquitto_available() else None
     if broker is not None:
         broker.start()
-    port = _free_port()
+    port = free_port()
     config, token = _board_config(state_dir, faces_dir, port, broker.port if broker else None)
     assembly = build(config)
     loop_box: dict[str, asyncio.AbstractEventLoop] = {}
