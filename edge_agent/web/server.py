@@ -55,7 +55,7 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     except BodyTooSlow as exc:
         metrics.HTTP_CONNECTIONS_REFUSED.labels(port="web", reason="body_timeout").inc()
         slow = web.json_response({"error": str(exc)}, status=408)
-        slow.force_close()  # what is left of that body is not waited for
+        slow.force_close()  # Connection: close; aiohttp reads on for at most 10 s, then closes
         return slow
     except web.HTTPException as exc:
         if request.path.startswith("/api/") and exc.status in (404, 405) and exc.content_type == "text/plain":

@@ -28,6 +28,7 @@ from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
 from edge_agent.web import request_body
 from edge_agent.web.answers import answer_routes
+from tests.system import harness
 from tests.web.harness import ServerThread
 
 
@@ -399,17 +400,10 @@ def test_an_answer_whose_body_stops_arriving_gets_408_its_connection_closed_and_
         print(f"408 after {answered:.2f} s, connection closed after {closed:.1f} s")
         assert answered < 3 and closed < 14
         assert metrics.sample("edge_http_connections_refused_total", refused) == before + 1
-        status, feedback = _post(server.port, body)  # sent again, whole: applied now, and once
+        # sent again, whole: applied now, and once
+        status, feedback = harness.http("POST", f"{server.url}/api/v1/answers", json.loads(body))
         assert status == 200 and feedback["status"] == "applied"
     finally:
         server.stop()
         svc.stop()
 
-
-def _post(port: int, body: bytes) -> tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("POST", "/api/v1/answers", body=body, headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    status, payload = resp.status, json.loads(resp.read())
-    conn.close()
-    return status, payload
