@@ -4,7 +4,10 @@ sender learns of the slowness within a few kilobytes instead of after megabytes 
 
 ``SlowLink(target_port, rate).start()`` listens on ``.port``; ``.sent`` counts the bytes it carried
 upstream. With ``cut_after_s`` it resets each connection that long after it opened (flaky 4G, a firewall
-that cuts long connections). No netem needed (the test machines' kernels have no sch_netem).
+that cuts long connections). ``latency_s`` delays every byte that long each way, and ``queue_bytes`` is a
+modem's queue in front of the bottleneck (4G modems hold megabytes: bufferbloat), which takes what the
+sender writes at once and lets it out at ``rate``. No netem needed (the test machines' kernels have no
+sch_netem); lost and reordered packets show up above TCP only as such delays.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ BUFFER = 16 * 1024
 
 
 class SlowLink:
-    def __init__(self, target_port: int, rate: float, cut_after_s: float | None = None) -> None:
+    def __init__(
+        self, target_port: int, rate: float, cut_after_s: float | None = None, latency_s: float = 0.0,
+        queue_bytes: int = 0,
+    ) -> None:
         self.target_port = target_port
         self.rate = rate
         self.cut_after_s = cut_after_s
+        self.latency_s = latency_s
+        self.queue_bytes = queue_bytes
         self.port = free_port()
         self.sent = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,23 +88,51 @@ class SlowLink:
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: bool = False
     ) -> None:
-        tokens, last = 0.0, time.monotonic()
+        queued: asyncio.Queue[bytes] = asyncio.Queue(max(1, self.queue_bytes // CHUNK))
+        landing: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()  # through the bottleneck, in flight
+        tasks = [asyncio.create_task(self._take(reader, queued)),
+                 asyncio.create_task(self._squeeze(queued, landing, count)),
+                 asyncio.create_task(self._deliver(landing, writer))]
         try:
-            while data := await reader.read(CHUNK):
-                while data:
-                    now = time.monotonic()
-                    tokens, last = min(self.rate / 10, tokens + (now - last) * self.rate), now
-                    n = min(int(tokens), len(data))
-                    if n == 0:
-                        await asyncio.sleep(0.01)
-                        continue
-                    writer.write(data[:n])
-                    await writer.drain()
-                    tokens -= n
-                    data = data[n:]
-                    if count:
-                        self.sent += n
+            await asyncio.gather(*tasks)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            for task in tasks:
+                task.cancel()
             writer.close()
+
+    async def _take(self, reader: asyncio.StreamReader, queued: asyncio.Queue[bytes]) -> None:
+        while data := await reader.read(CHUNK):
+            await queued.put(data)
+        await queued.put(b"")
+
+    async def _squeeze(
+        self, queued: asyncio.Queue[bytes], landing: asyncio.Queue[tuple[float, bytes]], count: bool
+    ) -> None:
+        tokens, last = 0.0, time.monotonic()
+        while data := await queued.get():
+            while data:
+                now = time.monotonic()
+                tokens, last = min(self.rate / 10, tokens + (now - last) * self.rate), now
+                n = min(int(tokens), len(data))
+                if n == 0:
+                    await asyncio.sleep(0.01)
+                    continue
+                await landing.put((now + self.latency_s, data[:n]))
+                tokens -= n
+                data = data[n:]
+                if count:
+                    self.sent += n
+        await landing.put((0.0, b""))
+
+    async def _deliver(
+        self, landing: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            due, data = await landing.get()
+            if not data:
+                return
+            await asyncio.sleep(due - time.monotonic())
+            writer.write(data)
+            await writer.drain()

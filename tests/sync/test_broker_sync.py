@@ -703,29 +703,30 @@ def test_a_broker_that_stops_answering_is_left_and_everything_arrives_once(
 
 @pytest.mark.second_python  # about 30 s each: they balance the two CI runs
 @pytest.mark.parametrize(
-    ("rate", "cut_after_s", "keepalive_s"),
+    ("rate", "cut_after_s", "latency_s", "queue_bytes", "keepalive_s"),
     [
         # A 256 KiB message at 20 KiB/s takes 12.8 s: with no byte back from the broker for a keepalive
         # (5 s) paho sends PINGREQ, queued behind the backlog, and after another keepalive it cuts the
         # session, before the first PUBACK, every time (as 256 KiB over 16 kbit/s against the default
-        # keepalive of 60 s).
-        (20 * 1024, None, 5),
+        # keepalive of 60 s). 0.1 s each way and a 256 KiB queue in front of the bottleneck.
+        (20 * 1024, None, 0.1, 256 * 1024, 5),
         # Flaky 4G, or a firewall that resets long connections: every connection cut 5 s after it
-        # opened, well within the keepalive. A 256 KiB message at 32 KiB/s takes 8 s.
-        (32 * 1024, 5.0, 60),
+        # opened, well within the keepalive. A 256 KiB message at 32 KiB/s takes 8 s. A 4G modem's
+        # 2 MiB queue (bufferbloat) and 0.15 s each way.
+        (32 * 1024, 5.0, 0.15, 2 * 1024 * 1024, 60),
     ],
     ids=["too-slow-for-the-keepalive", "cut-every-5-s"],
 )
 def test_a_backlog_drains_over_a_link_that_cannot_carry_a_full_message_in_one_session(
     broker: Broker, outbox: Outbox, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-    rate: int, cut_after_s: float | None, keepalive_s: int,
+    rate: int, cut_after_s: float | None, latency_s: float, queue_bytes: int, keepalive_s: int,
 ) -> None:
     # Before, no session got a message through and the backlog never shrank; now the messages halve.
     rows = 60  # lesson windows of about 7 KB: 414 KB
     for i in range(rows - 1):
         outbox.enqueue("kt_class", {"i": i, "skills": "x" * 6900})
     outbox.enqueue("kt_class", {"done": True}).result(5)
-    link = SlowLink(broker.port, rate, cut_after_s).start()
+    link = SlowLink(broker.port, rate, cut_after_s, latency_s, queue_bytes).start()
     receiver = Receiver(tmp_path / "recv.db", plain_settings(broker)).start()
     settings = plain_settings(broker, port=link.port, keepalive_s=keepalive_s, backoff_max_s=1.0)
     reconnects = metrics.sample("edge_mqtt_reconnects_total")
