@@ -280,6 +280,11 @@ def lesson_rows(lesson: dict[str, Any]) -> list[tuple[str, str]]:
             "daemon RSS max / last",
             f"{_fmt(lesson.get('rss_max_mib'), 'MiB')} / {_fmt(lesson.get('rss_last_mib'), 'MiB')}",
         ),
+        (
+            "daemon storage writes",
+            f"{_fmt(lesson.get('disk_written_mib_per_hour'), 'MiB/h')}, "
+            f"{_fmt(lesson.get('disk_written_kib_per_answer'), 'KiB')} per answer applied",
+        ),
         ("error counters moved", str(lesson.get("errors_moved") or "none")),
     ]
 

@@ -97,6 +97,15 @@ def _sample(pid: int, metrics_url: str) -> tuple[float, float, float, float, flo
     return now, cpu, rss, frames, applied, error_counts(samples)
 
 
+def _written(pid: int) -> tuple[float, int] | None:
+    """(epoch, bytes ``pid`` has caused to be written to storage), or None where the kernel does not say."""
+    try:
+        fields = dict(line.split(": ", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return time.time(), int(fields["write_bytes"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _scrape(metrics_url: str) -> list[tuple[str, dict[str, str], float]]:
     return parse_metrics(_http_get(metrics_url)[1])
 
@@ -131,6 +140,7 @@ def _drive(
     """Sample the daemon until the load generator is done."""
     run.window = (time.time(), time.time() + run.seconds)
     first = _scrape(metrics_url)
+    written = _written(daemon.pid)
     next_log = time.monotonic() + 60
     while load.poll() is None:
         run.samples.append(_sample(daemon.pid, metrics_url))
@@ -141,6 +151,10 @@ def _drive(
     run.window = (run.window[0], time.time())
     run.samples.append(_sample(daemon.pid, metrics_url))
     last = _scrape(metrics_url)
+    if written is not None and (written_last := _written(daemon.pid)) is not None:
+        applied = (metric_sum(first, "edge_answers_total", {"outcome": "applied"}),
+                   metric_sum(last, "edge_answers_total", {"outcome": "applied"}))
+        run.disk_written = ((*written, applied[0]), (*written_last, applied[1]))
     run.feedback_buckets = (_buckets(first), _buckets(last))
     run.stages = (stage_totals(first), stage_totals(last))
     run.stage_buckets = (answer_stage_buckets(first), answer_stage_buckets(last))

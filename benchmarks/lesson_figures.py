@@ -176,6 +176,9 @@ class LessonRun:
     stages: tuple[dict[str, list[float]], dict[str, list[float]]] = ({}, {})
     # the answer path's stage histograms (answer_stage_buckets) at load start and end
     stage_buckets: tuple[dict[str, dict[float, float]], dict[str, dict[float, float]]] = ({}, {})
+    # (epoch, bytes the daemon had written to storage (/proc/PID/io write_bytes), answers it had applied)
+    # at load start and end: a board's eMMC or SD card wears with what is written to it
+    disk_written: tuple[tuple[float, int, float], tuple[float, int, float]] | None = None
 
 
 def run_from_json(data: dict[str, Any]) -> LessonRun:
@@ -194,6 +197,7 @@ def run_from_json(data: dict[str, Any]) -> LessonRun:
                 {k: {float(b): v for b, v in h.items()} for k, h in side.items()}
                 for side in data.get("stage_buckets") or ({}, {})
             ),
+            "disk_written": tuple(tuple(side) for side in data.get("disk_written") or ()) or None,
         }
     )
 
@@ -241,9 +245,24 @@ def summarize(run: LessonRun) -> dict[str, Any]:
         "cpu_cores": (last[1] - first[1]) / span if span and first and last else None,
         "rss_max_mib": max(rss) if rss else None,
         "rss_last_mib": rss[-1] if rss else None,
+        **_disk_written(run.disk_written),
         "errors_moved": errors_moved,
         "daemon_exit": run.daemon_exit,
         "load_avg_1_5_15": list(run.load_avg),
+    }
+
+
+def _disk_written(
+    written: tuple[tuple[float, int, float], tuple[float, int, float]] | None,
+) -> dict[str, float | None]:
+    """Storage writes per applied answer and per hour (None where /proc/PID/io could not be read)."""
+    if not written:
+        return {"disk_written_kib_per_answer": None, "disk_written_mib_per_hour": None}
+    (t0, bytes0, answers0), (t1, bytes1, answers1) = written
+    return {
+        "disk_written_kib_per_answer": (bytes1 - bytes0) / 1024 / (answers1 - answers0)
+        if answers1 > answers0 else None,
+        "disk_written_mib_per_hour": (bytes1 - bytes0) / 2**20 * 3600 / (t1 - t0) if t1 > t0 else None,
     }
 
 

@@ -89,6 +89,7 @@ def test_a_lesson_run_survives_its_json_dump() -> None:
     run = _run(2, 0.0)
     run.feedback_buckets = ({0.005: 1.0, math.inf: 1.0}, {0.005: 9.0, math.inf: 10.0})
     run.stages = ({"kt-step/infer": [1.0, 2.0]}, {"kt-step/infer": [2.0, 4.0]})
+    run.disk_written = ((1_800_000_000.0, 5_000_000, 0.0), (1_800_000_120.0, 9_000_000, 100.0))
     back = figures.run_from_json(json.loads(json.dumps(dataclasses.asdict(run))))
     assert back == run
 
@@ -153,6 +154,16 @@ def test_lesson_summary_counts_failed_answers_and_measures_rates_inside_the_load
     assert summary["frames_per_s"] == pytest.approx(5.0)
     assert summary["cpu_cores"] == pytest.approx(0.02)
     assert summary["sync_lag_p50_ms"] == pytest.approx(25.0)
+
+
+def test_storage_writes_are_given_per_applied_answer_and_per_hour_and_left_out_where_unreadable() -> None:
+    run = _run(2, 0.0)
+    assert figures.summarize(run)["disk_written_kib_per_answer"] is None  # /proc/PID/io unreadable
+    run.disk_written = ((1_800_000_000.0, 1_000_000, 10.0), (1_800_000_120.0, 1_000_000 + 2 * 2**20, 138.0))
+    summary = figures.summarize(run)
+    assert summary["disk_written_kib_per_answer"] == pytest.approx(16.0)  # 2 MiB over 128 answers
+    assert summary["disk_written_mib_per_hour"] == pytest.approx(60.0)  # 2 MiB in 2 minutes
+    assert "60 MiB/h, 16 KiB per answer applied" in bench_report.render({"lesson": summary})
 
 
 def test_targets_report_miss_and_not_measured_instead_of_hiding_them() -> None:

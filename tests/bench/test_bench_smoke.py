@@ -34,3 +34,4 @@ def test_lesson_scenario_applies_answers_analyses_frames_and_syncs_without_gaps(
     assert figures["sync_messages"] >= 2
     assert figures["sync_gaps"] == []
     assert figures["rss_max_mib"] and figures["cpu_cores"] is not None
+    assert figures["disk_written_kib_per_answer"] and figures["disk_written_kib_per_answer"] > 0
