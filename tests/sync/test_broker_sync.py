@@ -23,7 +23,7 @@ from edge_agent.store.outbox import Outbox
 from edge_agent.sync import publisher as publisher_module
 from edge_agent.sync.commands import CommandDispatcher
 from edge_agent.sync.component import SyncComponent
-from edge_agent.sync.mqtt import MqttConnection, SyncTlsError
+from edge_agent.sync.mqtt import MqttConnection, SyncAuthError, SyncTlsError
 from edge_agent.sync.publisher import Publisher
 from edge_agent.sync.receiver import Receiver
 from edge_agent.telemetry import metrics
@@ -388,6 +388,24 @@ def test_an_expired_broker_certificate_is_refused(tmp_path: Path, pki: Pki) -> N
         )
         with pytest.raises(SyncTlsError, match="broker's certificate has expired"):
             conn.connect()
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_broker_that_refuses_the_device_at_connack_says_to_check_its_certificate_and_the_acl(
+    tmp_path: Path, protocol: str
+) -> None:
+    # A broker whose authentication does not know this board (a cloud broker without its certificate
+    # registered, a Mosquitto without anonymous access) answers CONNACK "Not authorized".
+    broker = Broker(tmp_path / "closed", extra=("allow_anonymous false",)).start()
+    try:
+        conn = MqttConnection(
+            plain_settings(broker, protocol=protocol), "edge-board-0001", "edge/x/y/z/status", lambda *_: None
+        )
+        with pytest.raises(SyncAuthError, match="refused this device: Not authorized; check its certificate"):
+            conn.connect()
+        assert not conn.connected
     finally:
         broker.stop()
 
