@@ -153,6 +153,15 @@ def test_batch_and_mastery_endpoints(api) -> None:
         ({"answered_at": "yesterday"}, "answered_at"),
         ({"answered_at": 4_000_000_000}, "answered_at"),
         ({"client_event_id": ""}, "client_event_id"),
+        ({"student_id": "s" * 129}, "student_id"),  # over 128 characters
+        ({"item_id": 17}, "item_id"),  # item ids are the bank's text, never numbers
+        ({"skill_ids": []}, "skill_ids"),
+        ({"skill_ids": [3]}, "skill_ids"),
+        ({"answered_at": True}, "answered_at"),
+        ({"answered_at": None}, "answered_at"),
+        ({"answered_at": [2026, 11, 25]}, "answered_at"),
+        ({"answered_at": 10**400}, "answered_at"),  # too large for a float
+        ({"answered_at": 5.0}, "answered_at"),  # 1970
     ],
 )
 def test_bad_answer_rejects_whole_batch(api, change: dict[str, Any], field: str) -> None:
@@ -162,6 +171,18 @@ def test_bad_answer_rejects_whole_batch(api, change: dict[str, Any], field: str)
     status, body = server.request("POST", "/api/v1/answers", batch)
     assert status == 400 and body["field"] == field and "answers[1]" in body["error"]
     assert svc.student_count() == students  # the good first answer was not applied either
+
+
+def test_a_numeric_student_id_is_the_same_student_as_its_digits_in_text(api) -> None:
+    # Clicker systems often number their students; "student_id": 4711 must not be refused or split off.
+    server, svc = api
+    students = svc.student_count()
+    numeric = _good(svc.package, event="numeric-1") | {"student_id": 4711}
+    status, first = server.request("POST", "/api/v1/answers", numeric)
+    assert status == 200 and first["status"] == "applied"
+    status, second = server.request("POST", "/api/v1/answers", _good(svc.package, "4711", "numeric-2"))
+    assert status == 200 and second["status"] == "applied"
+    assert second["student"] == first["student"] and svc.student_count() == students + 1
 
 
 def test_oversized_batch_and_bad_json(api) -> None:
