@@ -270,7 +270,12 @@ class MqttSettings(Section):
     enabled: bool = True
     host: str = "localhost"
     port: int = Field(8883, ge=1, le=65535)
-    protocol: Literal["5", "3.1.1"] = "5"
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="3.1.1 only for a broker without MQTT 5: under it a broker cannot refuse a message, so "
+        "one its ACL refuses is acknowledged, deleted here and lost (the receiver sees a gap in seq); "
+        "MQTT 5 keeps it until the ACL is fixed.",
+    )
     tls: bool = True
     ca_file: Path = Path("/etc/edge-agent/certs/ca.pem")
     cert_file: Path = Path("/etc/edge-agent/certs/device.pem")

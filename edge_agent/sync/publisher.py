@@ -343,9 +343,8 @@ class Publisher:
             self._set(last_success=time.time())
         if self._ack_failures:
             reasons, self._ack_failures = self._ack_failures, []
-            raise SyncError(
-                f"the broker refused {len(reasons)} messages ({reasons[0]}); check the device's ACL"
-            )
+            many = f"{len(reasons)} messages" if len(reasons) > 1 else "1 message"
+            raise SyncError(f"the broker refused {many} ({reasons[0]}); check the device's ACL")
 
     def _release_all(self) -> None:
         ids = [i for m in self._inflight.values() for i in m.row_ids]
