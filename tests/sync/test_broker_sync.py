@@ -147,6 +147,29 @@ def test_an_aggregate_larger_than_the_broker_takes_is_dropped_and_counted_not_re
         broker.stop()
 
 
+def test_a_batch_whose_envelope_pushes_it_over_the_brokers_limit_goes_as_two_messages(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    # Batches are sized by the rows' bytes plus 96 each; the envelope (tenant, site, device, store) is
+    # not counted. Two rows that fit that estimate with 8 bytes to spare make a message over the limit.
+    broker = Broker(tmp_path / "broker", extra=("max_packet_size 65536",)).start()
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    row_bytes = (65536 - publisher_module.PACKET_OVERHEAD - 8) // 2 - 96
+    for i in range(2):
+        stored = outbox.enqueue("kt_class", {"p": str(i) * (row_bytes - 8)})  # '{"p":""}' is 8 bytes
+    stored.result(5)
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        assert_exactly_once(receiver, 2)
+        assert receiver.messages == 2 and outbox.drop_counts() == {}
+    finally:
+        publisher.stop()
+        receiver.stop()
+        broker.stop()
+
+
 def test_a_broker_that_cuts_every_session_gets_backoff_not_a_storm(tmp_path: Path, outbox: Outbox) -> None:
     # MQTT 3.1.1 has no way to announce a packet limit: the broker just disconnects.
     broker = Broker(tmp_path / "broker", extra=("max_packet_size 65536",)).start()
