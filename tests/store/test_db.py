@@ -224,6 +224,45 @@ def test_a_corrupt_database_is_quarantined_and_replaced(state_dir: Path, damage:
         again.close()
 
 
+def test_a_damaged_database_left_with_its_wal_by_a_power_cut_is_moved_aside_with_it(state_dir: Path) -> None:
+    # After a power cut the -wal file is still there, and the rows since the last checkpoint are only in
+    # it: it goes with the damaged file, for whoever salvages it, and the new database starts clean.
+    path = state_dir / "edge-agent.db"
+    wal = path.with_name(path.name + "-wal")
+    db = Database(path, StoreSettings())
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box.open()
+    for i in range(300):
+        stored = box.enqueue("attention", {"i": i, "pad": "x" * 200})
+    stored.result(5)
+    with sqlite3.connect(path) as other:  # (not inside the writer's transaction)
+        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    for i in range(20):
+        stored = box.enqueue("attention", {"i": 300 + i})
+    stored.result(5)
+    cut = (path.read_bytes(), wal.read_bytes())  # the files as the power went
+    db.close()
+    assert len(cut[1]) > 4096  # the last rows are in the WAL, not yet in the database file
+    damaged = bytearray(cut[0])
+    damaged[4096 * 4 : 4096 * 8] = b"\xff" * 4096 * 4  # early b-tree pages: a torn write
+    path.write_bytes(bytes(damaged))
+    wal.write_bytes(cut[1])
+
+    again = Database(path, StoreSettings())
+    report = again.open()
+    try:
+        assert report.quarantined is not None
+        assert report.quarantined.with_name(report.quarantined.name + "-wal").read_bytes() == cut[1]
+        fresh = Outbox(again, DeviceSettings(), StoreSettings(), MqttSettings())
+        fresh.open()
+        fresh.enqueue("attention", {"ok": True}).result(5)
+        assert again.read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0]) == "ok"
+        assert fresh.backlog == 1
+    finally:
+        again.close()
+
+
 @pytest.mark.parametrize(
     ("setup", "problem"),
     [
