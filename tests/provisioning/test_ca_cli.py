@@ -1,0 +1,117 @@
+"""`edge-agent-ca`, the lab or small-district CA, run as provisioning/README.md shows it, on real files."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from edge_agent.provisioning.ca import main, make_csr, new_ec_key
+
+
+def _board_csr(path: Path, device_id: str) -> Path:
+    path.write_bytes(make_csr(new_ec_key(), device_id, "demo-district", "demo-school"))
+    return path
+
+
+def _names(cert: x509.Certificate) -> list[str]:
+    alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(v) for v in alt.get_values_for_type(x509.DNSName)] + [
+        str(v) for v in alt.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def test_the_ca_command_takes_a_fleet_from_init_to_a_revoked_board(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    assert stat.S_IMODE((ca_dir / "ca.key").stat().st_mode) == 0o600
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+
+    csr = _board_csr(tmp_path / "board.csr", "np-3a-01")
+    out = tmp_path / "board.pem"
+    argv = ["sign", str(ca_dir), str(csr), "--out", str(out), "--name", "np-3a-01.school.example",
+            "--name", "10.1.3.21"]
+    assert main(argv) == 0
+    cert = x509.load_pem_x509_certificate(out.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "np-3a-01"
+    assert {"np-3a-01.school.example", "10.1.3.21"} <= set(_names(cert))
+
+    # A second board's key under the same id is refused, with what to do; --replace revokes the first.
+    other = _board_csr(tmp_path / "other.csr", "np-3a-01")
+    capsys.readouterr()
+    assert main(["sign", str(ca_dir), str(other), "--out", str(tmp_path / "other.pem")]) == 2
+    assert "already has a live certificate" in capsys.readouterr().err
+    assert not (tmp_path / "other.pem").exists()
+    assert main(["sign", str(ca_dir), str(other), "--out", str(tmp_path / "other.pem"), "--replace"]) == 0
+
+    broker_dir = tmp_path / "broker"
+    assert main(["server", str(ca_dir), "mqtt.district.example", "--out-dir", str(broker_dir)]) == 0
+    assert stat.S_IMODE((broker_dir / "server.key").stat().st_mode) == 0o600
+    server = x509.load_pem_x509_certificate((broker_dir / "server.pem").read_bytes())
+    server.verify_directly_issued_by(ca)
+    assert _names(server) == ["mqtt.district.example"]
+
+    capsys.readouterr()
+    assert main(["list", str(ca_dir)]) == 0
+    listed = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(cn, state) for _, cn, _, state in listed if cn == "np-3a-01"] == [
+        ("np-3a-01", "revoked"), ("np-3a-01", "live")
+    ]
+
+    assert main(["revoke", str(ca_dir), "np-3a-01"]) == 0
+    assert main(["crl", str(ca_dir)]) == 0
+    crl = x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes())
+    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    replaced = x509.load_pem_x509_certificate((tmp_path / "other.pem").read_bytes())
+    assert {r.serial_number for r in crl} == {cert.serial_number, replaced.serial_number}
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["sign", "{ca}", "{garbage}", "--out", "{out}"], "not a PEM certificate signing request"),
+        (["sign", "{ca}", "{bad_cn}", "--out", "{out}"], "is not a valid device id"),
+        (["sign", "{ca}", "{missing}", "--out", "{out}"], "No such file"),
+        (["sign", "{nowhere}", "{good}", "--out", "{out}"], "error:"),
+        (["init", "{ca}"], "a CA already exists"),
+        (["revoke", "{ca}", "np-9z-99"], "no live certificate with serial or device id 'np-9z-99'"),
+        (["list", "{damaged}"], "is damaged"),
+        (["server", "{ca}", "not a host!", "--out-dir", "{out}"], "neither an IP address nor a DNS name"),
+    ],
+    ids=["garbage-csr", "csr-cn-not-a-device-id", "missing-csr", "no-ca-there", "ca-exists",
+         "revoke-unknown", "damaged-index", "bad-server-name"],
+)
+def test_bad_input_to_the_ca_command_is_one_error_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    damaged = tmp_path / "damaged-ca"
+    assert main(["init", str(damaged)]) == 0
+    (damaged / "index.json").write_text("[{not json")
+    (tmp_path / "garbage.csr").write_bytes(b"-----BEGIN CERTIFICATE REQUEST-----\nnope\n-----END CERTIFICATE "
+                                           b"REQUEST-----\n")
+    _board_csr(tmp_path / "bad_cn.csr", "np 3a/01")
+    _board_csr(tmp_path / "good.csr", "np-3a-01")
+    paths = {"ca": ca_dir, "damaged": damaged, "nowhere": tmp_path / "nowhere", "out": tmp_path / "out.pem",
+             "garbage": tmp_path / "garbage.csr", "bad_cn": tmp_path / "bad_cn.csr",
+             "good": tmp_path / "good.csr", "missing": tmp_path / "missing.csr"}
+    capsys.readouterr()
+    assert main([a.format(**paths) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out.pem").exists()
+
+
+def test_the_command_is_installed_beside_the_interpreter() -> None:
+    command = Path(sys.executable).parent / "edge-agent-ca"
+    done = subprocess.run([str(command), "--help"], check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "revoke" in done.stdout
