@@ -267,6 +267,61 @@ def test_a_tar_with_too_many_entries_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "unpacked").exists()
 
 
+def test_a_tar_that_would_unpack_to_over_512_mib_is_refused_before_a_byte_is_written(
+    tmp_path: Path,
+) -> None:
+    # The header alone says how much is coming: the sizes are added up before a byte is written.
+    archive = tmp_path / "huge.tar"
+    entry = tarfile.TarInfo("model.onnx")
+    entry.size = 600 * 2**20
+    with archive.open("wb") as out:
+        out.write(entry.tobuf())
+        out.truncate(512 + entry.size + 1024)  # sparse: no disk spent on the test
+    with pytest.raises(PackageRejected, match="unpacks to more than 536870912 bytes"):
+        extract_tar(archive, tmp_path / "unpacked")
+    assert not (tmp_path / "unpacked").exists()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "says"),
+    [
+        (b"{not json", "manifest.json is malformed"),
+        (b'{"name": "headpose", "version": "2.0", "files": {"../../etc/cron.d/x": {"sha256": "00"}}}',
+         "unsafe or no file names"),
+        (b'{"name": "../headpose", "version": "2.0", "files": {"model.onnx": {"sha256": "00"}}}',
+         "not a safe identifier"),
+        (b'{"name": "headpose", "version": "2.0", "files": {}}', "unsafe or no file names"),
+    ],
+    ids=["not-json", "file-outside-the-package", "unsafe-name", "no-files"],
+)
+def test_a_manifest_signed_by_the_trusted_key_but_unsafe_is_still_refused(
+    tmp_path: Path, keys: tuple[Path, Path], manifest: bytes, says: str
+) -> None:
+    # A build script's bug or a signing key used carelessly must not write outside the models folder.
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(keys[0].read_bytes(), password=None)
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "model.onnx").write_bytes(b"onnx")
+    (package / "manifest.json").write_bytes(manifest)
+    (package / "manifest.sig").write_bytes(key.sign(manifest))  # type: ignore[call-arg, union-attr]
+    with pytest.raises(PackageRejected, match=says):
+        verify_package(package, [load_public_key(keys[1])])
+
+
+def test_a_signed_package_holding_a_link_or_checked_without_a_key_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    package = make_package(tmp_path, headpose[1], keys[0], "2.0")
+    with pytest.raises(PackageRejected, match="no trusted model signing key is installed"):
+        verify_package(package, [])
+    (package / "labels.txt").unlink()
+    (package / "labels.txt").symlink_to("/etc/passwd")
+    with pytest.raises(PackageRejected, match=r"package contains links: labels\.txt"):
+        verify_package(package, [load_public_key(keys[1])])
+
+
 def test_an_installed_version_changed_on_disk_is_dropped_at_start_for_one_that_verifies(
     tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
 ) -> None:
