@@ -69,8 +69,14 @@ def check_enrollment(
     client.on_connect = on_connect
     client.on_publish = on_publish
     client.on_disconnect = on_disconnect
+    client.connect_timeout = timeout_s  # TCP connect and TLS handshake (paho's own default is 5 s)
     try:
         client.connect(host, port, keepalive=30)
+    except TimeoutError as exc:
+        raise ProvisioningError(
+            f"the broker at {host}:{port} did not complete the connection and TLS handshake within "
+            f"{timeout_s:.0f} s: is that the broker's TLS port, and does a firewall let it through? ({exc})"
+        ) from exc
     except ssl.SSLError as exc:
         raise ProvisioningError(
             f"TLS handshake with {host}:{port} failed ({exc.reason}): the broker refused "

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import queue
+import re
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from edge_agent.provisioning.ca import FleetCA, key_to_pem, make_csr, new_ec_key
 from edge_agent.provisioning.cli import main as provision_main
 from edge_agent.provisioning.enroll import check_enrollment
 from edge_agent.provisioning.files import write_private, write_public
+from tests.ports import free_port
 from tests.provisioning.fleet_helpers import (
     TEMPLATE,
     Broker,
@@ -121,6 +124,39 @@ def test_enrollment_hello_is_accepted_with_the_provisioned_certificate(fleet: Fl
         device_id="board-b",
         timeout_s=5,
     )
+
+
+def test_enrollment_under_another_boards_id_is_refused_naming_the_acl_and_the_cn(
+    fleet: Fleet, broker: Broker
+) -> None:
+    # board-b's certificate, but the hello under board-a's topic (an inventory row and a certificate
+    # mixed up): the shipped ACL refuses it, and provisioning must not report the board enrolled.
+    etc = fleet.etc("board-b")
+    says = re.escape("refused the hello on edge/district-a/school-1/board-a/hello: Not authorized (check the "
+                     "ACL and that the certificate CN is the device id)")
+    with pytest.raises(ProvisioningError, match=says):
+        check_enrollment("127.0.0.1", broker.port, *_files(etc), tenant="district-a", site="school-1",
+                         device_id="board-a", timeout_s=5)
+
+
+def test_enrollment_says_when_the_broker_cannot_be_reached_or_does_not_answer(fleet: Fleet) -> None:
+    files = _files(fleet.etc("board-b"))
+    closed = free_port()
+    with pytest.raises(ProvisioningError, match=f"cannot reach the broker at 127.0.0.1:{closed}"):
+        check_enrollment("127.0.0.1", closed, *files, tenant="district-a", site="school-1",
+                         device_id="board-b", timeout_s=2)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers a TLS hello
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        says = f"127.0.0.1:{port} did not complete the connection and TLS handshake within 1 s"
+        with pytest.raises(ProvisioningError, match=says):
+            check_enrollment("127.0.0.1", port, *files, tenant="district-a", site="school-1",
+                             device_id="board-b", timeout_s=1)
+        assert time.monotonic() - started < 3  # not paho's own 5 s
+
+
+def _files(etc: Path) -> tuple[Path, Path, Path]:
+    return etc / "certs/ca.pem", etc / "certs/device.pem", etc / "secrets/device.key"
 
 
 def tls_refusals(broker: Broker) -> int:
