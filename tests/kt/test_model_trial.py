@@ -1,0 +1,85 @@
+"""A new KT model is tried on one answer before it replaces the running one: real ONNX models that load
+and have the right inputs and outputs but answer wrongly are refused with what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from edge_agent.errors import ModelError
+from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+from edge_agent.kt.component import check_engine
+from edge_agent.kt.package import KTPackage, load_package
+from edge_agent.kt.updates import trial_inference
+
+
+def _step_model(path: Path, hidden: int, skills: int, probs_value: float) -> Path:
+    """skill, correct, h, c -> probs (every entry ``probs_value``), h_out = h, c_out = c."""
+    n = "N"
+    graph = helper.make_graph(
+        [
+            helper.make_node("Slice", ["h", "zero", "width", "one"], ["cols"]),  # [N, skills]
+            helper.make_node("Mul", ["cols", "nothing"], ["zeros"]),
+            helper.make_node("Add", ["zeros", "value"], ["probs"]),
+            helper.make_node("Identity", ["h"], ["h_out"]),
+            helper.make_node("Identity", ["c"], ["c_out"]),
+        ],
+        "bad_kt_step",
+        [
+            helper.make_tensor_value_info("skill", TensorProto.INT64, [n]),
+            helper.make_tensor_value_info("correct", TensorProto.INT64, [n]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, [n, hidden]),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, hidden]),
+        ],
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, [n, skills]),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [n, hidden]),
+            helper.make_tensor_value_info("c_out", TensorProto.FLOAT, [n, hidden]),
+        ],
+        initializer=[
+            helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("width", TensorProto.INT64, [1], [skills]),
+            helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("nothing", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("value", TensorProto.FLOAT, [], [probs_value]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def package() -> KTPackage:
+    return load_package()
+
+
+def test_a_model_that_answers_in_range_passes_the_trial(package: KTPackage, tmp_path: Path) -> None:
+    engine = OnnxRuntimeEngine(_step_model(tmp_path / "ok.onnx", package.hidden, len(package.skills), 0.5))
+    check_engine(engine, package)
+    trial_inference(engine, package)
+
+
+@pytest.mark.parametrize(
+    ("skills_delta", "value", "says"),
+    [
+        (0, 1.5, "probabilities outside \\[0, 1\\]"),
+        (0, float("nan"), "probabilities outside \\[0, 1\\]"),
+        (-1, 0.5, "gave probs \\(1, 29\\) and state \\(1, 64\\); expected \\(1, 30\\) and \\(1, 64\\)"),
+    ],
+    ids=["above-one", "nan", "a-skill-short"],
+)
+def test_a_model_that_loads_but_answers_wrongly_is_refused_by_its_trial_answer(
+    package: KTPackage, tmp_path: Path, skills_delta: int, value: float, says: str
+) -> None:
+    assert (package.hidden, len(package.skills)) == (64, 30)  # as the messages above say
+    path = _step_model(tmp_path / "bad.onnx", package.hidden, len(package.skills) + skills_delta, value)
+    engine = OnnxRuntimeEngine(path)
+    check_engine(engine, package)  # names and state size are right: only the trial can tell
+    with pytest.raises(ModelError, match=says):
+        trial_inference(engine, package)
