@@ -70,7 +70,7 @@ class StoreComponent:
                                  "stalled (a worn SD card or eMMC, or heavy writes by another program)")
         status = self.outbox.status()
         drops = sum(status["drops"].values())
-        detail = f"{status['backlog']} messages waiting"
+        detail = f"{status['backlog']} message{'' if status['backlog'] == 1 else 's'} waiting"
         if drops:
             detail += (
                 f"; {drops} dropped by limits ({', '.join(f'{k}={v}' for k, v in status['drops'].items())})"

@@ -68,10 +68,12 @@ class SyncComponent:
         state = self.publisher.status()
         if not self.publisher.alive:
             return Health(False, "the MQTT publisher thread is not running")
+        backlog = self.outbox.backlog
+        messages = "1 message waits" if backlog == 1 else f"{backlog} messages wait"
         if not state["connected"]:
             return Health(False, f"not connected to {self.mqtt.host}:{self.mqtt.port}: {state['detail']}; "
-                                 f"{self.outbox.backlog} messages wait in the outbox")
-        return Health(True, f"connected; {self.outbox.backlog} messages waiting")
+                                 f"{messages} in the outbox")
+        return Health(True, f"connected; {messages} to be sent")
 
     def status(self) -> dict[str, Any]:
         """The LiveBoard "sync" section: connected, backlog, oldest_age_s, last_success, drops, detail."""
