@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import signal
 import sqlite3
@@ -23,7 +24,7 @@ from edge_agent.store.outbox import Outbox
 from edge_agent.sync import publisher as publisher_module
 from edge_agent.sync.commands import CommandDispatcher
 from edge_agent.sync.component import SyncComponent
-from edge_agent.sync.mqtt import MqttConnection, SyncAuthError, SyncTlsError
+from edge_agent.sync.mqtt import MqttConnection, SyncAuthError, SyncTlsError, check_certificate_dates
 from edge_agent.sync.publisher import Publisher
 from edge_agent.sync.receiver import Receiver
 from edge_agent.telemetry import metrics
@@ -383,6 +384,14 @@ def test_wrong_or_expired_certificates_are_refused_with_a_clear_error(
     with pytest.raises(SyncTlsError, match=expected):
         conn = MqttConnection(settings, "edge-board-0001", "edge/x/y/z/status", lambda *_: None)
         conn.connect()
+
+
+def test_a_board_clock_behind_its_certificate_is_named_as_the_cause(pki: Pki) -> None:
+    # A dead clock battery: the board boots years back, before its certificate was issued. The board checks
+    # its own certificate's dates before connecting and names the clock as what to check.
+    with pytest.raises(SyncTlsError, match=r"is valid only from 20\d\d-.* UTC; check the board's clock"):
+        check_certificate_dates(pki.client_cert, now=dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc))
+    check_certificate_dates(pki.client_cert)  # today: fine
 
 
 @pytest.mark.parametrize(
