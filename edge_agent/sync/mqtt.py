@@ -195,6 +195,12 @@ class MqttConnection:
         clean: Any = not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
         try:
             self._client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=clean, properties=props)
+        except TimeoutError as exc:  # a wrong port, a proxy or a firewall that swallows the handshake
+            what = "connection and TLS handshake" if s.tls else "connection"
+            raise SyncConnectError(
+                f"the broker {s.host}:{s.port} did not complete the {what} within {s.connect_timeout_s:g} s: "
+                f"is mqtt.port the broker's port, and does a firewall let it through? ({exc})"
+            ) from exc
         except ssl.SSLError as exc:
             raise SyncTlsError(_explain_tls(str(exc), s)) from exc
         except (OSError, ValueError) as exc:

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -490,6 +491,22 @@ def test_a_plain_client_cannot_talk_to_the_tls_listener(tls_broker: Broker) -> N
     )
     with pytest.raises(SyncConnectError):
         conn.connect()
+
+
+def test_a_port_that_accepts_but_never_completes_tls_is_named_within_the_connect_timeout(
+    tls_broker: Broker, pki: Pki
+) -> None:
+    # A wrong port, a proxy or a firewall that takes the connection and then swallows the handshake.
+    from edge_agent.sync.mqtt import SyncConnectError
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        settings = tls_settings(tls_broker, pki, port=port, connect_timeout_s=1.0)
+        started = time.monotonic()
+        says = f"127.0.0.1:{port} did not complete the connection and TLS handshake within 1 s: is mqtt.port"
+        with pytest.raises(SyncConnectError, match=says):
+            MqttConnection(settings, "edge-board-0001", "edge/x/y/z/status", lambda *_: None).connect()
+        assert time.monotonic() - started < 3
 
 
 def test_the_receiver_cli_stores_messages(broker: Broker, tmp_path: Path) -> None:
