@@ -287,15 +287,17 @@ async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
     next_raw = form.get("next")
     target = _safe_next(next_raw if isinstance(next_raw, str) else "/")
     decision = decide(request.remote, presented_text or None, token, request.headers.get("Host"))
+    # Loopback is let in whatever it typed; only the right token earns the cookie, which also works from
+    # the LAN (else anyone at the board's screen, or any process on it, could mint remote access).
+    earned = token if token is not None and tokens_match(presented_text, token) else None
     del form, presented, presented_text
-    if decision is not Decision.ALLOW or token is None:
-        if decision is Decision.ALLOW:  # loopback with no token configured: nothing to sign in to
-            raise web.HTTPSeeOther(target)
+    if decision is not Decision.ALLOW:
         _failed.note(request.remote, decision)
         await asyncio.sleep(FAILED_LOGIN_DELAY_S)
         return _refusal(request, decision, form=True, target=target)
     response = web.HTTPSeeOther(target)
-    _set_session(request, response, token)
+    if earned is not None:
+        _set_session(request, response, earned)
     raise response
 
 

@@ -28,6 +28,10 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _not_json(request: web.Request) -> web.Response:
+    return _error(415, f"send JSON, Content-Type: application/json (got {request.content_type!r})")
+
+
 def _paused(until: datetime | None) -> web.Response:
     return web.json_response({"paused_until": None if until is None else until.timestamp()})
 
@@ -38,7 +42,7 @@ def camera_routes(attention: AttentionSource) -> web.RouteTableDef:
     @routes.post("/api/v1/camera/pause")
     async def pause(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
-            return _error(415, f"send JSON, Content-Type: application/json (got {request.content_type!r})")
+            return _not_json(request)
         try:
             body = await read_within(request, request.json(loads=json_input.loads))
         except (ValueError, LookupError):
@@ -51,6 +55,8 @@ def camera_routes(attention: AttentionSource) -> web.RouteTableDef:
 
     @routes.post("/api/v1/camera/resume")
     async def resume(request: web.Request) -> web.Response:
+        if request.content_type != "application/json":  # else a page could reopen a paused camera
+            return _not_json(request)
         return await _set_pause(attention, None)
 
     return routes

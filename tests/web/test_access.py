@@ -195,6 +195,22 @@ def test_login_form_sets_the_cookie_and_refuses_foreign_redirects(lan_server: Se
     assert status == 400 and json.loads(body)["error"] == "bad_form" and "set-cookie" not in headers
 
 
+def test_signing_in_at_the_boards_own_screen_earns_a_cookie_only_with_the_right_token(
+    lan_server: ServerThread, remote_ip: str
+) -> None:
+    # Review: loopback is let in whatever it types, and a wrong token there was given the session cookie,
+    # which then opened the view from the LAN: anyone at the board, or any process on it, had remote access.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for typed in ("token=wrong&next=/", "token=&next=/", "next=/"):
+        status, headers, _ = _request("127.0.0.1", lan_server.port, "/login", form, "POST", typed)
+        assert status == 303 and headers["location"] == "/" and "set-cookie" not in headers, typed
+    status, headers, _ = _request("127.0.0.1", lan_server.port, "/login", form, "POST",
+                                  f"token={WEB_TOKEN}&next=/")
+    assert status == 303 and "set-cookie" in headers
+    session = headers["set-cookie"].split(";", 1)[0]
+    assert _request(remote_ip, lan_server.port, "/api/v1/live", {"Cookie": session})[0] == 200
+
+
 def test_sign_in_refuses_a_big_form_a_tab_redirect_and_counts_wrong_tokens(
     lan_server: ServerThread, remote_ip: str
 ) -> None:

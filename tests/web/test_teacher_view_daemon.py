@@ -353,6 +353,22 @@ def test_a_malformed_camera_pause_is_refused_and_changes_nothing(
     assert daemon.live()["sections"]["attention"]["camera"]["state"] != "paused"
 
 
+def test_a_web_page_cannot_reopen_a_camera_the_teacher_paused(daemon: RunningDaemon) -> None:
+    def camera_state() -> str:
+        return str(daemon.live()["sections"]["attention"]["camera"]["state"])
+
+    assert _post(daemon.url + "/api/v1/camera/pause", b'{"minutes": 45}')[0] == 200
+    _wait_for(lambda: camera_state() == "paused", 10, "the pause")
+    # What any page in the board's browser can send to loopback without a preflight: a plain form post
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data"):
+        got, reply = _post(daemon.url + "/api/v1/camera/resume", b"", content_type)
+        assert got == 415 and "application/json" in reply["error"], reply
+    time.sleep(1.0)
+    assert camera_state() == "paused"
+    assert _post(daemon.url + "/api/v1/camera/resume", b"{}")[0] == 200
+    _wait_for(lambda: camera_state() == "running", 15, "the resume")
+
+
 def test_the_teacher_pauses_the_camera_for_the_lesson_and_resumes_it(
     daemon: RunningDaemon, teacher_page: PageFactory
 ) -> None:
