@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import hashlib
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,10 @@ OLDEST_ACCEPTED = 946684800.0  # 2000-01-01: anything earlier is a client clock 
 # With the board's clock not known to be right, times this far ahead still read as a unit or client bug
 # (milliseconds, a year off); a board clock behind by days (a holiday without an RTC battery) does not.
 UNSYNCED_MAX_AHEAD_S = 30 * 86400.0
+# Control characters and unpaired surrogates (valid JSON, "\ud800"): a NUL would let two (student, event
+# id) pairs share an idempotency key ("a" + "b\0c" and "a\0b" + "c"), and a surrogate cannot be encoded
+# for the pseudonym's HMAC.
+_NOT_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ def _text(obj: dict[str, Any], key: str, where: str) -> str:
         raise InputRejected(f"{where}: '{key}' is required and must be a non-empty string", field=key)
     if len(value) > MAX_TEXT:
         raise InputRejected(f"{where}: '{key}' is longer than {MAX_TEXT} characters", field=key)
+    if _NOT_TEXT.search(value):
+        raise InputRejected(
+            f"{where}: '{key}' holds a control character or an unpaired surrogate; send plain text", field=key
+        )
     return value
 
 

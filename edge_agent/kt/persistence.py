@@ -20,6 +20,10 @@ from edge_agent.store.db import Database, set_meta
 log = logging.getLogger(__name__)
 
 EVENT_KEEP_S = 7 * 86400.0  # a client retries within minutes; a week covers a board that was off
+# The newest keys are kept whatever their times say: a board that applied answers on a clock days behind
+# (no RTC battery) and was then set right by NTP has them stamped over a week ago, and the prune would let
+# go of keys a client may still retry. At 50 students answering all day, a few days of answers.
+EVENTS_ALWAYS_KEPT = 20_000
 _KEYS_PER_QUERY = 500  # under SQLite's bound-parameter limit on every version JetPack ships
 
 
@@ -125,9 +129,13 @@ class StatePersistence:
             return None
         return view if isinstance(view, dict) else None
 
-    def prune_events(self, before: float) -> Future[int]:
+    def prune_events(self, before: float, keep_newest: int = EVENTS_ALWAYS_KEPT) -> Future[int]:
+        """Forget the keys applied before ``before``, except the newest ``keep_newest`` (by insertion:
+        rowids only grow, as the newest row is never deleted)."""
         return self.db.write(
-            lambda conn: (
-                conn.execute("DELETE FROM kt_applied_events WHERE applied_at < ?", (before,)).rowcount
-            )
+            lambda conn: conn.execute(
+                "DELETE FROM kt_applied_events WHERE applied_at < ? "
+                "AND rowid <= (SELECT MAX(rowid) FROM kt_applied_events) - ?",
+                (before, keep_newest),
+            ).rowcount
         )

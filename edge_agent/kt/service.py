@@ -349,9 +349,17 @@ class KTService:
             for a, f in zip(job.answers, res, strict=False)
             if f["status"] == "applied"
         ]
+        # A duplicate's first copy may still wait for its commit (a slow disk made the client give up and
+        # retry): the retry is answered after that commit, through the same single writer, never before.
+        repeats = {
+            a.event_key
+            for job, res in zip(jobs, results, strict=False)
+            for a, f in zip(job.answers, res, strict=False)
+            if f["status"] == "duplicate"
+        }
         unsaved, retry_keys = self._take_unsaved()
         states, keys = {**unsaved, **changed}, retry_keys + keys
-        if not states and not keys:
+        if not states and not keys and not repeats:
             self._finish(jobs, results)
             return
         stored = metrics.INFERENCE_LATENCY.labels(engine=self.engine.model_name, stage="store")
@@ -359,11 +367,15 @@ class KTService:
 
         def committed(f: Future[None]) -> None:
             stored.observe(time.perf_counter() - handed)
-            if f.exception() is not None:
-                with self._lock:
+            error = f.exception()
+            with self._lock:
+                if error is not None:
                     self._unsaved_students.update(states)
                     self._unsaved_keys.extend(keys)
-            self._finish(jobs, results, f.exception())
+                elif repeats and any(key in repeats for key, _, _ in self._unsaved_keys):
+                    # its first copy's commit, queued before this one, failed
+                    error = ServiceBusy("the first copy of this answer is not stored yet; retry", 60)
+            self._finish(jobs, results, error)
 
         self._persistence.save(states.items(), keys, now, forgotten).add_done_callback(committed)
 
@@ -411,6 +423,8 @@ class KTService:
         seen: dict[str, str] = {}  # applied in this batch: key -> content
         unseen = [a.event_key for a in answers if a.event_key not in self._applied]
         stored: dict[str, str | None] = {}
+        with self._lock:  # applied, but their commit failed: memory may have let them go (a long full disk)
+            unsaved = {key: content for key, _, content in self._unsaved_keys}
         if self._persistence is not None and unseen:
             with waiting_on_disk(self._heartbeat):  # a read of a WAL database waits on a stalled disk
                 stored = self._persistence.applied_among(unseen)
@@ -422,6 +436,8 @@ class KTService:
                 before = self._applied.content_of(key)
             elif key in stored:
                 before = stored[key]
+            elif key in unsaved:
+                before = unsaved[key]
             else:
                 seen[key] = a.content
                 statuses.append("applied")
@@ -517,8 +533,11 @@ class KTService:
         if self._view is None or self._view.idle(now, self.settings.lesson_gap_s):
             self._view = LessonWindow(started=now)
         skills = list(answer.skills)
-        self._lesson.record(answer.student, skills, state.probs, now)
-        self._view.record(answer.student, skills, state.probs, now)
+        for window in (self._lesson, self._view):
+            # Bounded as the states are: a flood of invented ids must not grow a lesson without end (and
+            # the teacher's lesson lasts as long as answers keep coming).
+            if answer.student in window.probs or len(window.probs) < self.settings.max_students:
+                window.record(answer.student, skills, state.probs, now)
 
     # -- feedback and queries ------------------------------------------------------------------------
 
@@ -530,10 +549,13 @@ class KTService:
         self, answers: Sequence[Answer], statuses: Sequence[str], probs: np.ndarray
     ) -> list[Feedback]:
         """Feedback for each answer from its student's current per-skill success (rows of ``probs``)."""
-        items = self.package.item_index
+        items, skill_index = self.package.item_index, self.package.skill_index
         settings = self.settings
         out = []
         for a, status, row in zip(answers, statuses, probs.tolist(), strict=True):
+            # None: a model update swapped in after the answer was checked has dropped the item. The
+            # answer is applied and stored all the same: this runs after the states changed.
+            item = items.get(a.item_id)
             weak = weakest_skills(row, settings.weak_skills)
             recs = self._bank.recommend(
                 row,
@@ -550,7 +572,9 @@ class KTService:
                     "student": a.student,
                     "item_id": a.item_id,
                     "p_next_correct": round(item_success(p, 0.0), 4),
-                    "p_same_item": round(item_success(p, items[a.item_id].difficulty), 4),
+                    "p_same_item": None if item is None else round(
+                        item_success(row[skill_index[item.skill_id]], item.difficulty), 4
+                    ),
                     "mastery": [self._skill_entry(k, row) for k in a.skills],
                     "weakest": [self._skill_entry(k, row) for k in weak],
                     "recommended": [r.as_dict() for r in recs],

@@ -162,6 +162,13 @@ def test_batch_and_mastery_endpoints(api) -> None:
         ({"answered_at": [2026, 11, 25]}, "answered_at"),
         ({"answered_at": 10**400}, "answered_at"),  # too large for a float
         ({"answered_at": 5.0}, "answered_at"),  # 1970
+        # Valid JSON that was a 500 (a lone surrogate cannot be encoded for the pseudonym's HMAC), and a NUL
+        # that let ("a", "b\0c") and ("a\0b", "c") share one idempotency key, losing the second answer
+        ({"student_id": "\ud800"}, "student_id"),
+        ({"client_event_id": "x\udfff"}, "client_event_id"),
+        ({"student_id": "a\0b"}, "student_id"),
+        ({"client_event_id": "b\0c"}, "client_event_id"),
+        ({"student_id": "stu\n1"}, "student_id"),
     ],
 )
 def test_bad_answer_rejects_whole_batch(api, change: dict[str, Any], field: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import threading
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from edge_agent.kt.answers import Answer
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
+from edge_agent.kt.recommend import item_success
 from edge_agent.kt.service import RECENT_KEEP_S, KTService, ServiceBusy
 from edge_agent.lifecycle import HeartbeatRegistry
 from edge_agent.store.db import Database
@@ -478,3 +480,133 @@ def test_answers_waiting_on_a_stalled_disk_do_not_get_the_daemon_restarted(
         finally:
             svc.stop()
             db.close()
+
+
+# -- found by a review of the answer path (2026-12-02) -------------------------------------------------
+
+
+def _fill_until_a_commit_fails(svc: KTService, package, pseudo) -> Answer:
+    for n in range(400):  # a new student per answer until the 40-page store is full
+        answer = _answer(package, pseudo, f"s{n}", "e")
+        try:
+            svc.submit([answer]).result(5)
+        except ServiceBusy:
+            return answer
+    raise AssertionError("the small store never filled up")
+
+
+def test_a_disk_full_for_longer_than_the_memory_window_still_applies_the_retries_once(
+    package, engine, kt_settings, pseudonymize, small_disk: Database
+) -> None:
+    # Before: memory lets a key go after RECENT_KEEP_S and the key was on no disk, so each retry made
+    # after 10 minutes of a full disk was applied again (3 answers for 1 in the review's run).
+    now = [time.time()]
+    store = StatePersistence(small_disk)
+    svc = KTService(package, engine, kt_settings, pseudonymize, persistence=store, clock=lambda: now[0])
+    svc.start()
+    try:
+        failed = _fill_until_a_commit_fails(svc, package, pseudonymize)
+        for _ in range(3):  # the clicker retries every quarter of an hour; the disk stays full
+            now[0] += RECENT_KEEP_S + 300
+            with pytest.raises(ServiceBusy, match="could not be stored"):
+                svc.submit([failed]).result(5)
+        small_disk.write(lambda c: c.execute("PRAGMA max_page_count = 100000")).result(5)  # space freed
+        assert svc.submit([failed]).result(5)[0]["status"] == "duplicate"
+    finally:
+        svc.stop()
+    assert svc.student_mastery(failed.student)["answers"] == 1  # type: ignore[index]
+    assert store.states_of([failed.student], package.hidden, len(package.skills))[failed.student].answers == 1
+
+
+def test_a_retry_is_answered_only_once_its_first_copy_is_on_disk(
+    package, engine, kt_settings, pseudonymize, db: Database
+) -> None:
+    # A slow disk: the client gave up waiting (503 after feedback_timeout_s) and sent the answer again.
+    # Before, the retry was answered "duplicate" at once from memory while the first copy still waited for
+    # its commit: a power cut then lost an answer the client was told had arrived.
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    release = threading.Event()
+    db.write(lambda conn: release.wait(10))  # the one writer is busy with an earlier write
+    try:
+        answer = _answer(package, pseudonymize, "s1", "e1")
+        first = svc.submit([answer])
+        time.sleep(0.3)
+        retry = svc.submit([answer])
+        time.sleep(0.5)
+        assert not first.done() and not retry.done()
+    finally:
+        release.set()
+    assert first.result(5)[0]["status"] == "applied" and retry.result(5)[0]["status"] == "duplicate"
+    assert set(StatePersistence(db).applied_among([answer.event_key])) == {answer.event_key}
+    svc.stop()
+
+
+def test_an_answer_for_an_item_a_model_update_dropped_is_applied_and_stored(
+    package, engine, kt_settings, pseudonymize, db: Database
+) -> None:
+    # The answer was checked against the running package; a new one without its item was swapped in
+    # before the answer's micro-batch. Before: KeyError after the states changed, 503 for the whole
+    # batch, the answers applied in memory but not stored, and their retries "duplicate".
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    dropped = package.items[0]
+    smaller = dataclasses.replace(package, items=package.items[1:])
+    new_engine = type(engine)(package.step_model, model_name="kt_step")
+    try:
+        svc.swap(smaller, new_engine).result(5).close()
+        other = _answer(package, pseudonymize, "s2", "e2", item=1)
+        fb = svc.submit([_answer(package, pseudonymize, "s1", "e1", item=0), other]).result(5)
+    finally:
+        svc.stop()
+        svc.engine.close()
+    assert [f["status"] for f in fb] == ["applied", "applied"] and fb[0]["item_id"] == dropped.id
+    assert fb[0]["p_same_item"] is None and 0 < fb[1]["p_same_item"] < 1
+    assert dropped.id not in [r["item_id"] for f in fb for r in f["recommended"]]
+    stored = StatePersistence(db).states_of([pseudonymize("s1"), pseudonymize("s2")], package.hidden,
+                                            len(package.skills))
+    assert [st.answers for st in stored.values()] == [1, 1]
+
+
+def test_the_chance_on_the_same_item_comes_from_the_items_own_skill(
+    package, engine, kt_settings, pseudonymize
+) -> None:
+    # An answer may name several skills; the item's difficulty belongs to its own skill, not the first one
+    # named (the review's example: 0.8078 reported, 0.9022 from the item's skill).
+    item = package.items[0]
+    own = package.skill_index[item.skill_id]
+    other = next(k for k in range(len(package.skills)) if k != own)
+    answer = dataclasses.replace(_answer(package, pseudonymize, "s1", "e1", item=0), skills=(other, own))
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    (fb,) = svc.submit([answer]).result(5)
+    svc.stop()
+    mastery = {m["skill_id"]: m["mastery"] for m in fb["mastery"]}
+    expected = item_success(mastery[item.skill_id], item.difficulty)
+    assert fb["p_same_item"] == pytest.approx(expected, abs=2e-4)
+    assert fb["p_next_correct"] == pytest.approx(mastery[package.skills[other].id], abs=2e-4)
+
+
+def test_old_event_keys_are_pruned_but_the_newest_stay_whatever_the_clock_said(db: Database) -> None:
+    # A board without an RTC battery applied answers on a clock 10 days behind, then NTP set it right:
+    # those keys look older than the week kept, but a client may still retry them.
+    store = StatePersistence(db)
+    now = time.time()
+    old = [(f"old{n}", now - EVENT_KEEP_S - 3600, None) for n in range(30)]
+    recent = [(f"recent{n}", now - 10 * 86400, None) for n in range(5)]
+    store.save([], old, now).result(5)
+    store.save([], recent, now).result(5)
+    assert store.prune_events(now - EVENT_KEEP_S, keep_newest=5).result(5) == 30
+    keys = [key for key, _, _ in old + recent]
+    assert sorted(store.applied_among(keys)) == sorted(key for key, _, _ in recent)
+
+
+def test_a_flood_of_invented_ids_cannot_grow_the_lesson_beyond_max_students(
+    package, engine, pseudonymize
+) -> None:
+    settings = KTSettings(max_students=100, microbatch_wait_ms=0.0, min_group_size=3)
+    svc = _service(package, engine, settings, pseudonymize)
+    for n in range(0, 1000, 50):
+        svc.submit([_answer(package, pseudonymize, f"s{n + k}", f"e{n + k}") for k in range(50)]).result(5)
+    view = svc.class_summary()
+    window = svc.close_lesson_if_due(now_anyway=True)
+    svc.stop()
+    assert svc.student_count() == 100
+    assert view["students"] == 100 and window is not None and window["students"] == 100
