@@ -1,5 +1,7 @@
 """Signed model packages: a directory (or a tar of one) with ``manifest.json``, ``manifest.sig`` and files.
 
+The tar holds the package's files at its top, not its folder: ``tar -C <folder> -cf kt-2.0.tar .``
+
 The manifest names the model, its version and the sha256 and size of every file; ``manifest.sig`` is an
 ed25519 signature over the exact bytes of ``manifest.json`` made with the fleet signing key. A package is
 accepted only if the signature verifies with a trusted public key, every listed file matches, and nothing
@@ -71,7 +73,10 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 
 def _payload_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.name not in (MANIFEST, SIGNATURE) and not p.is_dir())
+    # only the top-level pair is the signature's own: an extra/manifest.json is payload like any other file,
+    # so one the manifest does not list is refused as unlisted
+    top = {directory / MANIFEST, directory / SIGNATURE}
+    return sorted(p for p in directory.rglob("*") if p not in top and not p.is_dir())
 
 
 def sign_package(directory: Path, private_key_path: Path, name: str, version: str) -> Manifest:
@@ -117,13 +122,17 @@ def _parse_manifest(data: bytes) -> Manifest:
     return Manifest(name, version, hashes)
 
 
-def verify_package(directory: Path, trusted: list[Ed25519PublicKey]) -> Manifest:
-    """The manifest, if the package is intact and signed by a trusted key; else PackageRejected."""
+def verify_package(directory: Path, trusted: list[Ed25519PublicKey], source: str | None = None) -> Manifest:
+    """The manifest, if the package is intact and signed by a trusted key; else PackageRejected.
+
+    ``source`` names the package in the messages where ``directory`` is a staging folder whose random
+    name would tell the reader nothing (a tar unpacked for checking)."""
+    source = source or directory.name
     try:
         data = (directory / MANIFEST).read_bytes()
         signature = (directory / SIGNATURE).read_bytes()
     except FileNotFoundError as exc:
-        raise PackageRejected(f"package {directory.name} is unsigned (no {Path(exc.filename).name})") from exc
+        raise PackageRejected(f"package {source} is unsigned (no {Path(exc.filename).name})") from exc
     if not trusted:
         raise PackageRejected("no trusted model signing key is installed (model-signing.pub)")
     for key in trusted:
@@ -133,7 +142,7 @@ def verify_package(directory: Path, trusted: list[Ed25519PublicKey]) -> Manifest
         except InvalidSignature:
             continue
     else:
-        raise PackageRejected(f"package {directory.name}: the signature does not verify with any trusted key")
+        raise PackageRejected(f"package {source}: the signature does not verify with any trusted key")
     manifest = _parse_manifest(data)
     present = {p.relative_to(directory).as_posix() for p in _payload_files(directory)}
     links = [p for p in directory.rglob("*") if p.is_symlink()]
@@ -160,10 +169,12 @@ def extract_tar(archive: Path, destination: Path) -> None:
         with tarfile.open(archive) as tar:
             members: list[tuple[tarfile.TarInfo, Path]] = []
             total = 0
-            for member in tar:
+            for count, member in enumerate(tar):
                 parts = PurePosixPath(member.name).parts
-                if len(members) >= MAX_TAR_MEMBERS:
+                if count >= MAX_TAR_MEMBERS:  # skipped "./" entries count: a million is not read through
                     raise PackageRejected(f"{archive.name}: more than {MAX_TAR_MEMBERS} entries")
+                if member.isdir() and not parts:
+                    continue  # "./", the top folder itself, written by tar -C <folder> -cf x.tar .
                 if (not (member.isfile() or member.isdir()) or not parts or parts[0] == "/"
                         or ".." in parts or "\\" in member.name):
                     raise PackageRejected(f"{archive.name}: unsafe entry {member.name!r}")
@@ -171,6 +182,14 @@ def extract_tar(archive: Path, destination: Path) -> None:
                 if total > MAX_TAR_BYTES:
                     raise PackageRejected(f"{archive.name}: unpacks to more than {MAX_TAR_BYTES} bytes")
                 members.append((member, Path(*parts)))
+            paths = {relative for _, relative in members}
+            if Path(MANIFEST) not in paths and any(p.name == MANIFEST for p in paths):
+                # a signed package tarred with its folder (tar -cf x.tar pkg): say so before unpacking,
+                # where verify_package would call it unsigned
+                raise PackageRejected(
+                    f"{archive.name}: no {MANIFEST} at the top of the archive; pack the package's files, "
+                    f"not its folder: tar -C <folder> -cf {archive.name} ."
+                )
             destination.mkdir(parents=True, exist_ok=True)
             for member, relative in members:
                 target = destination / relative

@@ -80,7 +80,7 @@ class ModelStore:
                 extract_tar(package, staging)
             else:
                 raise PackageRejected(f"model package {package} does not exist")
-            manifest = verify_package(staging, self.trusted)
+            manifest = verify_package(staging, self.trusted, source=package.name)
             # on the disk before the switch: a power cut after "2.0 running" left its files empty, and the
             # next start went back to 1.0 (safely: they no longer verified) without the fleet knowing why
             sync_tree(staging)

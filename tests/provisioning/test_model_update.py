@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import shutil
+import subprocess
 import tarfile
 import threading
 import time
@@ -257,11 +258,15 @@ def test_a_tar_entry_that_climbs_out_after_a_dot_prefix_is_refused_and_nothing_i
     assert [p for p in tmp_path.rglob("*") if p.name == "evil.txt"] == []
 
 
-def test_a_tar_with_too_many_entries_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("entry", ["f{n}", "./"], ids=["files", "top-folder-entries"])
+def test_a_tar_with_too_many_entries_is_refused(tmp_path: Path, entry: str) -> None:
+    # "./" entries are skipped when unpacking, but still counted: 300 of them are as many as 300 files
     archive = tmp_path / "many.tar"
     with tarfile.open(archive, "w") as tar:
         for n in range(300):
-            tar.addfile(tarfile.TarInfo(f"f{n}"), io.BytesIO(b""))
+            info = tarfile.TarInfo(entry.format(n=n))
+            info.type = tarfile.DIRTYPE if entry == "./" else tarfile.REGTYPE
+            tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(PackageRejected, match="more than 256 entries"):
         extract_tar(archive, tmp_path / "unpacked")
     assert not (tmp_path / "unpacked").exists()
@@ -320,6 +325,114 @@ def test_a_signed_package_holding_a_link_or_checked_without_a_key_is_refused(
     (package / "labels.txt").symlink_to("/etc/passwd")
     with pytest.raises(PackageRejected, match=r"package contains links: labels\.txt"):
         verify_package(package, [load_public_key(keys[1])])
+
+
+def tiny_package(base: Path, key: Path) -> Path:
+    """A signed package with a file in a subfolder, small enough to tar every way a school's IT might."""
+    package = base / "pkg"
+    (package / "vocab").mkdir(parents=True)
+    (package / "model.onnx").write_bytes(b"onnx")
+    (package / "vocab" / "labels.txt").write_text("yaw pitch roll\n")
+    sign_package(package, key, "headpose", "2.0")
+    return package
+
+
+def gnu_tar(archive: Path, *args: str) -> Path:
+    subprocess.run(["tar", "-cf", str(archive), *args], check=True)
+    return archive
+
+
+@pytest.mark.parametrize("packer", ["gnu-tar", "tarfile"])
+def test_a_package_tarred_from_inside_its_folder_is_staged_with_its_files_in_place(
+    tmp_path: Path, keys: tuple[Path, Path], packer: str
+) -> None:
+    # `tar -C pkg -cf x.tar .` writes a "./" entry and names like "./manifest.json": the "./" was refused
+    # as "unsafe entry '.'", a correctly signed package made with the usual command turned away as an attack
+    package = tiny_package(tmp_path, keys[0])
+    archive = tmp_path / "headpose-2.0.tar"
+    if packer == "gnu-tar":
+        gnu_tar(archive, "-C", str(package), ".")
+    else:
+        with tarfile.open(archive, "w") as tar:
+            tar.add(package, arcname=".")
+    with tarfile.open(archive) as tar:
+        assert {".", "./manifest.json", "./vocab/labels.txt"} <= set(tar.getnames())
+    store = ModelStore(tmp_path / "models", [load_public_key(keys[1])])
+    manifest, staging = store.stage(archive)
+    assert manifest.version == "2.0" and sorted(manifest.files) == ["model.onnx", "vocab/labels.txt"]
+    assert sorted(p.name for p in staging.iterdir()) == [
+        "manifest.json", "manifest.sig", "model.onnx", "vocab"
+    ]
+    assert (staging / "vocab/labels.txt").read_text() == "yaw pitch roll\n"
+
+
+def test_a_file_entry_named_dot_is_still_refused(tmp_path: Path) -> None:
+    # only the top folder's own entry is skipped; a file by that name has nowhere to go
+    archive = tmp_path / "package.tar"
+    with tarfile.open(archive, "w") as tar:
+        entry = tarfile.TarInfo("./")
+        entry.size = 4
+        tar.addfile(entry, io.BytesIO(b"evil"))
+    with pytest.raises(PackageRejected, match=r"unsafe entry '\./'"):
+        extract_tar(archive, tmp_path / "unpacked")
+    assert not (tmp_path / "unpacked").exists()
+
+
+def test_a_package_tarred_with_its_folder_is_refused_naming_the_archive_and_the_command_that_works(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    # `tar -cf x.tar pkg` was refused as "package 9d6ced9d… is unsigned": the random staging folder, and
+    # "unsigned" for a signed package, in <file>.rejected.reason and the status
+    package = tiny_package(tmp_path, keys[0])
+    archive = gnu_tar(tmp_path / "headpose-2.0.tar", "-C", str(tmp_path), package.name)
+    store = ModelStore(tmp_path / "models", [load_public_key(keys[1])])
+    with pytest.raises(PackageRejected) as refused:
+        store.stage(archive)
+    assert str(refused.value) == (
+        "headpose-2.0.tar: no manifest.json at the top of the archive; pack the package's files, not its "
+        "folder: tar -C <folder> -cf headpose-2.0.tar ."
+    )
+    assert not any((store.root / ".staging").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("unsigned", "package headpose-2.0.tar is unsigned (no manifest.json)"),
+        ("wrong-key", "package headpose-2.0.tar: the signature does not verify with any trusted key"),
+    ],
+    ids=["unsigned", "wrong-key"],
+)
+def test_a_refused_tar_is_named_by_its_file_not_its_staging_folder(
+    tmp_path: Path, keys: tuple[Path, Path], damage: str, says: str
+) -> None:
+    package = tiny_package(tmp_path, keys[0])
+    if damage == "unsigned":
+        (package / "manifest.json").unlink()
+        (package / "manifest.sig").unlink()
+    else:
+        generate_signing_key(tmp_path / "rogue.key", tmp_path / "rogue.pub")
+        sign_package(package, tmp_path / "rogue.key", "headpose", "2.0")
+    archive = gnu_tar(tmp_path / "headpose-2.0.tar", "-C", str(package), ".")
+    store = ModelStore(tmp_path / "models", [load_public_key(keys[1])])
+    with pytest.raises(PackageRejected) as refused:
+        store.stage(archive)
+    assert str(refused.value) == says
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "manifest.sig"])
+def test_an_unlisted_file_named_like_the_manifest_in_a_subfolder_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path], name: str
+) -> None:
+    # Only the top-level manifest.json and manifest.sig are the signature's own: vocab/manifest.json
+    # (10 MB in the review, unsigned) passed as if the package held nothing unlisted.
+    package = tiny_package(tmp_path, keys[0])
+    (package / "vocab" / name).write_bytes(b"x" * 1000)
+    trusted = [load_public_key(keys[1])]
+    with pytest.raises(PackageRejected, match=rf"extra \['vocab/{name}'\]"):
+        verify_package(package, trusted)
+    sign_package(package, keys[0], "headpose", "2.1")  # listed and signed, it is a file like any other
+    assert f"vocab/{name}" in verify_package(package, trusted).files
 
 
 def test_an_installed_version_changed_on_disk_is_dropped_at_start_for_one_that_verifies(
