@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.errors import ProvisioningError
 from edge_agent.lifecycle import Health
-from edge_agent.provisioning.files import sync_tree, write_public
+from edge_agent.provisioning.files import sync_folder, sync_tree, write_public
 from edge_agent.provisioning.model_package import Manifest, PackageRejected, extract_tar, verify_package
 from edge_agent.telemetry import metrics
 
@@ -132,6 +132,9 @@ class ModelStore:
                 f"{name} {manifest.version} failed to load ({exc}); kept {previous or 'no model'}"
             ) from exc
         trial.unlink(missing_ok=True)
+        # before "running" is reported: a power cut within the journal's commit interval left the trial
+        # marker, and the next start rolled back to the previous version and deleted this one
+        sync_folder(trial.parent)
         self._prune(name)
         return manifest, engine
 
