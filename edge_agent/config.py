@@ -181,9 +181,15 @@ class CameraSettings(Section):
     analysis_fps: float = Field(5.0, gt=0.0, le=60.0)
     width: int = Field(640, ge=64, le=4096)
     height: int = Field(480, ge=64, le=4096)
-    reconnect_min_s: float = Field(1.0, gt=0.0)
-    reconnect_max_s: float = Field(60.0, gt=0.0)
-    stall_timeout_s: float = Field(10.0, gt=0.0)
+    reconnect_min_s: float = Field(
+        1.0,
+        ge=0.1,
+        le=3600.0,
+        description="The first wait before reopening a camera that failed or dropped; it doubles up to "
+        "reconnect_max_s until a session delivers frames for stall_timeout_s.",
+    )
+    reconnect_max_s: float = Field(60.0, gt=0.0, le=3600.0)
+    stall_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
     active_hours: list[str] = Field(
         default_factory=list,
         description='When the camera may run, in the board\'s local time, e.g. ["mon-fri 07:30-17:30", '
@@ -234,7 +240,9 @@ class AttentionSettings(Section):
     pose_refresh_frames: int = Field(
         3, ge=1, le=30, description="Re-estimate a tracked face's head pose every this many analysed frames."
     )
-    window_s: float = Field(60.0, ge=5.0)
+    window_s: float = Field(
+        60.0, ge=5.0, le=3600.0, description="Attention is summarised and synced in windows this long."
+    )
     low_attention_share: float = Field(0.5, ge=0.0, le=1.0)
     low_attention_windows: int = Field(3, ge=1)
     min_faces: int = Field(3, ge=1, description="Windows with fewer faces on average are suppressed.")

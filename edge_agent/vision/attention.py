@@ -141,8 +141,11 @@ class WindowAggregator:
     """Collects per-frame (faces, attentive faces) into fixed windows aligned to multiples of ``window_s``.
 
     :meth:`add` returns the summaries of windows that the new frame closed. Weak windows (attentive mean
-    below ``low_share``) in a row raise the low-attention signal after ``low_windows`` of them; a
-    suppressed window neither counts as weak nor breaks the run.
+    below ``low_share``) in a row raise the low-attention signal after ``low_windows`` of them. Only
+    back-to-back windows make a row: a window that is not weak ends it, and so do a suppressed window (an
+    empty room: the class is not there to be inattentive), a gap between two windows (no frame came: the
+    camera was down) and :meth:`flush` (the camera closed for its hours or a pause, or a stop), or the
+    last lesson's signal would carry over the night into the first minute of the next one.
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class WindowAggregator:
         self.low_windows = low_windows
         self._current: _Window | None = None
         self._weak_run = 0
+        self._last_end: float | None = None  # the end of the last closed window
 
     @property
     def low_attention(self) -> bool:
@@ -189,13 +193,12 @@ class WindowAggregator:
         return []
 
     def flush(self) -> dict[str, Any] | None:
-        """Close the open window early (shutdown); returns its summary, marked ``partial``, or None when
-        none is open. Its ``end`` stays the nominal one, so a restart in the same window gives a second
-        record with the same ``start``: a consumer adds their frames."""
-        if self._current is None:
-            return None
-        summary = self._close()
-        summary["partial"] = True
+        """Close the open window early (the camera closes, or a stop); returns its summary, marked
+        ``partial``, or None when none is open, and ends the weak run. Its ``end`` stays the nominal one,
+        so a restart in the same window gives a second record with the same ``start``: a consumer adds
+        their frames."""
+        summary = None if self._current is None else self._close() | {"partial": True}
+        self._weak_run = 0
         return summary
 
     def _close(self) -> dict[str, Any]:
@@ -204,9 +207,12 @@ class WindowAggregator:
         self._current = None
         summary = summarise(window.start, window.start + self.window_s, window.faces, window.shares,
                             self.min_faces)
-        if not summary["suppressed"] and summary["attentive_mean"] is not None:
-            weak = summary["attentive_mean"] < self.low_share
-            self._weak_run = self._weak_run + 1 if weak else 0
+        # Half a window of slack: a window's start and the previous one's end are floats computed apart.
+        follows = self._last_end is not None and abs(window.start - self._last_end) < self.window_s / 2
+        self._last_end = summary["end"]
+        mean = summary["attentive_mean"]  # None when suppressed
+        weak = mean is not None and mean < self.low_share
+        self._weak_run = self._weak_run + 1 if weak and follows else int(weak)
         summary["low"] = self.low_attention
         return summary
 

@@ -2,10 +2,13 @@
 
 The grabber thread reads as fast as the source delivers and overwrites a one-frame slot, so analysis always
 sees the latest picture and never a backlog (superseded frames are counted as dropped, reason "busy").
-A source that cannot be opened or ends is reopened with exponential backoff; a source that delivers no
-usable frame for ``stall_timeout_s`` is counted as a stall and reopened. A read that blocks for that long
-(a hung GStreamer pipeline or V4L2 driver; read timeouts are set only for network streams) is left to
-finish on its own thread while a new grabber thread reopens the source; one such thread at a time.
+A source that cannot be opened, ends, or delivers no usable frame for ``stall_timeout_s`` (counted as a
+stall) is reopened with exponential backoff; the backoff starts again from ``reconnect_min_s`` only after
+a session that delivered frames for ``stall_timeout_s``, so a camera that drops every stream at once is not
+reopened every second for ever, and one that glitches after hours of frames is reopened soon. A read that
+blocks for ``stall_timeout_s`` (a hung GStreamer pipeline or V4L2 driver; read timeouts are set only for
+network streams) is left to finish on its own thread while a new grabber thread reopens the source; one
+such thread at a time.
 """
 
 from __future__ import annotations
@@ -171,23 +174,29 @@ class Camera:
                 break
             self._set_state("running", source.description)
             try:
-                ended = self._grab_until_lost(source, generation)
+                ended, good_s = self._grab_until_lost(source, generation)
             finally:
                 source.release()
             if not self._current(generation):
                 break  # stopping, or replaced after a blocked read: the new grabber owns the state
             metrics.CAMERA_RECONNECTS.inc()
-            backoff = self.reconnect_min_s if ended == "ended" else next_backoff(
+            # After frames for a while the loss was a glitch: reopen soon. A session lost soon after it
+            # opened (a camera that accepts the stream and drops it, or sends only bad frames) waits
+            # longer each time, however it was lost.
+            healthy = good_s >= self.stall_timeout_s
+            backoff = self.reconnect_min_s if healthy else next_backoff(
                 backoff, self.reconnect_min_s, self.reconnect_max_s)
             self._set_state("reconnecting", f"{source.description} {ended}; reopening in {backoff:.1f} s")
             self._stop.wait(backoff)
         if generation == self._generation:  # a replaced grabber leaves the state to the new one
             self._set_state("stopped", "")
 
-    def _grab_until_lost(self, source: FrameSource, generation: int) -> str:
+    def _grab_until_lost(self, source: FrameSource, generation: int) -> tuple[str, float]:
         """Read until the source ends ("ended") or stalls ("stalled"), stop is requested, or this grabber
-        is replaced."""
+        is replaced; returns how, and the seconds from the first usable frame to the last."""
         self._last_good = time.monotonic()
+        first_good: float | None = None
+        good_s = 0.0
         while self._current(generation):
             self.on_beat()
             self._reading_since = time.monotonic()
@@ -196,18 +205,20 @@ class Camera:
                 break  # replaced: the read markers belong to the new grabber now
             self._reading_since = None
             if image is None:
-                return "ended"
+                return "ended", good_s
             problem = frame_problem(image)
             if problem is not None:
                 metrics.CAMERA_FRAMES_DROPPED.labels(problem).inc()
                 if time.monotonic() - self._last_good > self.stall_timeout_s:
                     metrics.CAMERA_STALLS.inc()
-                    return "stalled"
+                    return "stalled", good_s
                 continue
             metrics.CAMERA_FRAMES.inc()
             self._last_good = time.monotonic()
+            first_good = first_good or self._last_good
+            good_s = self._last_good - first_good
             self._publish(image)
-        return "stopped"
+        return "stopped", good_s
 
     def _publish(self, image: np.ndarray) -> None:
         with self._lock:

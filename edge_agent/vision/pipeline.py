@@ -280,15 +280,16 @@ class AttentionLoop:
             detail = self.closed_text(closed_until)
         partial = self.windows.current_partial()
         share, faces = self.current["share"], self.current["faces"]
+        low = self.windows.low_attention
         if (partial is not None and partial["suppressed"]) or faces < self.windows.min_faces:
             share = None  # too few faces: a live share would describe individuals
         if state != "running":
-            share, faces = None, 0  # the last numbers are stale while the camera is away
+            share, faces, low = None, 0, False  # the last numbers are stale while the camera is away
         return {
             "current_share": None if share is None else round(share, 3),
             "faces": faces,
             "window_s": self.windows.window_s,
-            "low_attention": self.windows.low_attention,
+            "low_attention": low,
             "timeline": list(self.timeline),
             "camera": {"state": state, "fps": round(self.fps(), 2), "detail": detail}
             | ({} if closed_until is None else {"opens_at": closed_until.timestamp()}),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_agent.config import parse_config
+from edge_agent.errors import ConfigError
 from edge_agent.vision.attention import (
     AttentionRules,
     FaceTracker,
@@ -86,13 +88,53 @@ def test_low_attention_after_n_weak_windows_in_a_row_and_clears_on_a_good_one():
     assert lows == [False, True, True, False]
 
 
-def test_suppressed_window_neither_counts_as_weak_nor_breaks_the_run():
-    agg = WindowAggregator(window_s=10.0, min_faces=3, low_share=0.5, low_windows=2)
-    agg.add(0.0, 4, 0)
-    agg.add(10.0, 1, 0)  # closes window 0 (weak)
-    agg.add(20.0, 4, 0)  # closes window 10 (suppressed)
-    (closed,) = agg.add(30.0, 4, 4)  # closes window 20 (weak): second in a row
-    assert closed["low"]
+def _minutes(agg: WindowAggregator, start: float, minutes: int, faces: int, attentive: int) -> list[dict]:
+    """``minutes`` one-minute windows of frames at 5 per second from ``start``; the windows they closed."""
+    closed = []
+    for k in range(minutes * 300):
+        closed += agg.add(start + k * 0.2, faces, attentive)
+    return closed
+
+
+MON_1657 = 1_772_470_620.0  # Mon 2026-03-02 16:57 UTC, three minutes before the end of the school day
+TUE_0701 = MON_1657 + 14 * 3600 + 4 * 60
+
+
+def test_an_empty_room_ends_the_weak_run_and_its_windows_are_not_low():
+    # The camera runs all night (no camera.active_hours): the room empties after a weak end of lesson.
+    agg = WindowAggregator(window_s=60.0, min_faces=3, low_share=0.5, low_windows=3)
+    closed = _minutes(agg, MON_1657, 4, 30, 9)  # 30 % attentive, 16:57-17:01
+    assert [w["low"] for w in closed] == [False, False, True]
+    night = _minutes(agg, MON_1657 + 4 * 60, 14 * 60, 0, 0)  # 17:01 to 07:01, nobody there
+    assert len(night) == 14 * 60 and all(w["suppressed"] for w in night[1:])
+    # before: every one of them low, and so was the live view all night
+    assert [w for w in night[1:] if w["low"]] == [] and not agg.low_attention
+    # the first weak window of the morning is one weak window, not the fourth of yesterday's row
+    *_, morning = _minutes(agg, TUE_0701, 2, 30, 12)
+    assert morning["start"] == TUE_0701 and morning["attentive_mean"] == 0.4 and not morning["low"]
+
+
+def test_a_gap_between_windows_ends_the_weak_run():
+    agg = WindowAggregator(window_s=10.0, min_faces=1, low_share=0.5, low_windows=2)
+    lows = [w["low"] for t in (0.0, 10.0, 20.0) for w in agg.add(t, 4, 1)]
+    assert lows == [False, True]
+    (closed,) = agg.expire(35.0)  # then no frame for a while: the camera was down
+    assert closed["start"] == 20.0 and closed["low"]
+    agg.add(50.0, 4, 1)
+    (after_gap,) = agg.expire(60.0)
+    assert after_gap["start"] == 50.0 and not after_gap["low"]
+
+
+def test_closing_the_camera_ends_the_weak_run():
+    agg = WindowAggregator(window_s=60.0, min_faces=3, low_share=0.5, low_windows=3)
+    _minutes(agg, MON_1657, 2, 30, 9)
+    agg.add(MON_1657 + 150.0, 30, 9)
+    last = agg.flush()  # closed at 17:00 by camera.active_hours, or by a teacher's pause
+    assert last is not None and last["partial"] and last["low"]  # the third weak window in a row
+    assert not agg.low_attention  # the live view is not left saying low attention overnight
+    *_, morning = _minutes(agg, TUE_0701, 2, 30, 12)
+    assert morning["start"] == TUE_0701 and not morning["low"]
+    assert agg.flush() is not None and agg.flush() is None
 
 
 def test_frames_without_faces_count_as_frames_but_not_as_shares():
@@ -129,3 +171,12 @@ def test_a_clock_stepped_far_back_closes_the_open_window_and_a_small_step_does_n
     assert closed["start"] == 1_800_000_000.0 and closed["frames"] == 2
     assert agg.add(1_799_996_401.0, 3, 3) == []  # the next window is on the corrected clock
     assert agg.current_partial()["start"] == 1_799_996_400.0  # type: ignore[index]
+
+
+@pytest.mark.parametrize("window_s", ["inf", "1e300", "86400000", "3601"])
+def test_a_window_longer_than_an_hour_is_refused_with_the_key(window_s: str):
+    # With inf no window ever closed: a day at 5 frames/s held 432,000 frames in the open window.
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"[attention]\nwindow_s = {window_s}\n")
+    assert [path for path, _ in caught.value.problems] == ["attention.window_s (line 2)"]
+    assert parse_config("[attention]\nwindow_s = 3600\n").attention.window_s == 3600.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
 import threading
 import time
@@ -12,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.errors import CameraError
+from edge_agent.config import parse_config
+from edge_agent.errors import CameraError, ConfigError
 from edge_agent.telemetry import metrics
 from edge_agent.vision.camera import Camera, frame_problem, next_backoff
 from edge_agent.vision.sources import classify, open_source
@@ -134,6 +137,66 @@ def test_video_file_that_ends_is_reopened_and_counted(tmp_path: Path, faces_dir:
         assert frame is not None and frame.image.shape == (240, 320, 3)
     finally:
         camera.stop()
+
+
+def _reopen_waits(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The wait before each reopen, as the camera's log says it ("...; reopening in 0.2 s")."""
+    return re.findall(r"reopening in ([\d.]+) s", caplog.text)
+
+
+def test_a_source_that_drops_each_session_at_once_is_reopened_ever_more_slowly(
+    tmp_path: Path, faces_dir: Path, caplog: pytest.LogCaptureFixture
+):
+    # As a network camera that accepts the stream and hangs up after a frame: before, it was reopened
+    # every reconnect_min_s for ever (20 reopens in 20 s at the defaults).
+    video = tmp_path / "drop.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 50.0, (320, 240))
+    writer.write(cv2.resize(cv2.imread(str(faces_dir / "pexels" / "Test3.jpg")), (320, 240)))
+    writer.release()
+    caplog.set_level(logging.INFO, logger="edge_agent.vision.camera")
+    camera = Camera(str(video), reconnect_min_s=0.1, reconnect_max_s=0.4, stall_timeout_s=10.0)
+    camera.start()
+    try:
+        assert _wait(lambda: len(_reopen_waits(caplog)) >= 5)
+    finally:
+        camera.stop()
+    assert _reopen_waits(caplog)[:5] == ["0.1", "0.2", "0.4", "0.4", "0.4"]
+
+
+def test_a_camera_that_glitches_after_a_good_session_is_reopened_soon_every_time(
+    folder: Path, faces_dir: Path, caplog: pytest.LogCaptureFixture
+):
+    # Before, the wait doubled at every glitch for the life of the process, however long the camera ran
+    # well in between: with the defaults, every glitch after the sixth cost a minute of lesson.
+    good = (folder / "a.jpg").read_bytes()
+    caplog.set_level(logging.INFO, logger="edge_agent.vision.camera")
+    camera = _camera(str(folder), fps=20.0, reconnect_min_s=0.5, reconnect_max_s=4.0, stall_timeout_s=0.3)
+    camera.start()
+    try:
+        for glitch in range(3):
+            assert _wait(lambda: camera.state()[0] == "running")
+            time.sleep(0.8)  # good frames for longer than stall_timeout_s
+            (folder / "a.jpg").write_bytes(b"not a jpeg")  # unreadable frames: a stall
+            assert _wait(lambda n=glitch: len(_reopen_waits(caplog)) > n)
+            (folder / "a.jpg").write_bytes(good)
+    finally:
+        camera.stop()
+    assert _reopen_waits(caplog) == ["0.5", "0.5", "0.5"]  # was 0.5, 1.0, 2.0
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("reconnect_min_s = 0.001", "camera.reconnect_min_s"),  # 910 reopens in 3 s
+        ("reconnect_max_s = inf", "camera.reconnect_max_s"),  # a wait that long crashes the grabber thread
+        ("reconnect_min_s = 1e300\nreconnect_max_s = 1e300", "camera.reconnect_min_s"),
+        ("stall_timeout_s = inf", "camera.stall_timeout_s"),  # a hung read would never be replaced
+    ],
+)
+def test_reconnect_and_stall_times_out_of_range_are_refused_with_the_key(setting: str, key: str):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(f"[camera]\n{setting}\n")
+    assert key in [path.split(" ")[0] for path, _ in caught.value.problems]
 
 
 def test_source_that_cannot_be_opened_reports_a_fix_and_is_retried(tmp_path: Path):

@@ -223,7 +223,7 @@ def test_missing_camera_degrades_health_and_keeps_retrying(tmp_path, face_engine
     missing = str(tmp_path / "absent.mp4")
     outbox = ListOutbox()
     component = AttentionComponent(
-        CameraSettings(source=missing, reconnect_min_s=0.05, reconnect_max_s=0.1),
+        CameraSettings(source=missing, reconnect_min_s=0.1, reconnect_max_s=0.2),
         AttentionSettings(), face_engine, pose_engines, outbox=outbox, heartbeats=HeartbeatRegistry(),
     )
 
@@ -462,6 +462,61 @@ def test_a_teachers_pause_closes_the_camera_survives_a_restart_and_ends_on_time(
         await wait_for(lambda: camera().get("state") == "running")
         assert pause_file.read_text() == ""
         await again.stop()
+
+    asyncio.run(run())
+
+
+def _never_attentive(folder: Path, face_engine, pose_engines, live: LiveBoard) -> AttentionComponent:
+    """Nobody counts as attentive (a yaw limit of 0.001°): every window is weak, and one raises the
+    low-attention signal."""
+    settings = AttentionSettings(min_faces=1, yaw_limit_deg=0.001, low_attention_windows=1)
+    return AttentionComponent(
+        CameraSettings(source=str(folder), analysis_fps=10.0),
+        settings.model_copy(update={"window_s": 1.0}),  # short, for the test
+        face_engine, pose_engines, outbox=ListOutbox(), heartbeats=HeartbeatRegistry(), live=live,
+        opener=CountingOpener(folder),
+    )
+
+
+def test_a_paused_camera_does_not_leave_the_live_view_saying_low_attention(
+    photo_folder, face_engine, pose_engines
+):
+    live = LiveBoard()
+    component = _never_attentive(photo_folder, face_engine, pose_engines, live)
+
+    def section() -> dict[str, Any]:
+        return live.get("attention") or {}
+
+    async def run() -> None:
+        await component.start()
+        await wait_for(lambda: section().get("low_attention") is True)
+        component.pause(45)
+        await wait_for(lambda: section().get("camera", {}).get("state") == "paused")
+        assert section()["low_attention"] is False  # was True for the whole pause (or night)
+        component.pause(None)  # resumed: the first weak window is a row of one again
+        await wait_for(lambda: section().get("camera", {}).get("state") == "running")
+        await wait_for(lambda: section().get("low_attention") is True)
+        await component.stop()
+
+    asyncio.run(run())
+
+
+def test_a_camera_gone_mid_lesson_does_not_leave_the_live_view_saying_low_attention(
+    photo_folder, face_engine, pose_engines
+):
+    live = LiveBoard()
+    component = _never_attentive(photo_folder, face_engine, pose_engines, live)
+
+    def section() -> dict[str, Any]:
+        return live.get("attention") or {}
+
+    async def run() -> None:
+        await component.start()
+        await wait_for(lambda: section().get("low_attention") is True)
+        shutil.rmtree(photo_folder)  # the camera is unplugged
+        await wait_for(lambda: section()["camera"]["state"] in ("reconnecting", "error"))
+        assert section()["low_attention"] is False  # the signal is as stale as the share
+        await component.stop()
 
     asyncio.run(run())
 
