@@ -104,7 +104,14 @@ class Outbox:
         self._bytes = 0
         self._oldest: float | None = None  # created_at of the oldest row
         self._drops: dict[str, int] = {}  # persisted totals by reason; replaced whole, never changed in place
-        self._last_expire = 0.0
+        # Losses the writer could not count as they happened (a full write queue, a failed write): in
+        # status() at once, in the file with the next write that commits. Any thread adds; under the lock.
+        self._unstored: collections.Counter[str] = collections.Counter()
+        self._saving_unstored = False
+        self._unstored_lock = threading.Lock()
+        # monotonic: on the wall clock, one stepped back (NTP after an RTC ahead) stopped an offline board,
+        # whose only expiry runs here on enqueue, ageing rows out until it caught up again
+        self._last_expire = -float("inf")
         # drops not yet in the log, and when it last said some: one line per DROP_LOG_EVERY_S, not per write
         self._unlogged_drops: collections.Counter[str] = collections.Counter()
         self._drops_logged = -float("inf")
@@ -170,8 +177,8 @@ class Outbox:
             self._bytes += size
             self._oldest = now if self._oldest is None else min(self._oldest, now)
             drops = self._enforce_limits(conn)
-            if now - self._last_expire > EXPIRE_INTERVAL_S:
-                self._last_expire = now
+            if time.monotonic() - self._last_expire > EXPIRE_INTERVAL_S:
+                self._last_expire = time.monotonic()
                 for reason, n in self._expire(conn, now).items():
                     drops[reason] = drops.get(reason, 0) + n
             return seq, drops
@@ -182,8 +189,7 @@ class Outbox:
 
     def _refused(self, message: str, field: str) -> InputRejected:
         """Counted like every other loss (no seq is used, so the cloud sees no gap for it)."""
-        metrics.OUTBOX_DROPS.labels(reason="rejected").inc()
-        self.db.write(lambda conn: self._count_drop(conn, "rejected", 1))
+        self._lose("rejected")
         log.warning("outbox: refused a message: %s", message)
         return InputRejected(message, field=field)
 
@@ -193,11 +199,40 @@ class Outbox:
             self.new_rows.set()
             return
         if isinstance(error, StoreQueueFull):  # refused before touching anything
-            metrics.OUTBOX_DROPS.labels(reason="queue_full").inc()
+            self._lose("queue_full")
         else:  # the batch rolled back (e.g. a full disk) after our totals moved: count again from the file
-            metrics.OUTBOX_DROPS.labels(reason="store_error").inc()
+            self._lose("store_error")
             self.db.write(self._recount)
         log.warning("outbox: a %s message was not stored: %s", stream, error)
+
+    def _lose(self, reason: str) -> None:
+        """Count a message lost before the writer could count it with its own change."""
+        metrics.OUTBOX_DROPS.labels(reason=reason).inc()
+        with self._unstored_lock:
+            self._unstored[reason] += 1
+        self._save_unstored()
+
+    def _save_unstored(self) -> None:
+        """Add the uncounted losses to the file; kept in memory until that commits (a full queue or disk
+        refuses this write too: the next write that commits tries again)."""
+        with self._unstored_lock:
+            if self._saving_unstored or not self._unstored:
+                return
+            self._saving_unstored = True
+            counts = collections.Counter(self._unstored)
+
+        def run(conn: sqlite3.Connection) -> None:
+            for reason, n in counts.items():
+                _add_drops(conn, reason, n)
+
+        def saved(future: Future[None]) -> None:
+            with self._unstored_lock:
+                self._saving_unstored = False
+                if future.exception() is None:
+                    self._unstored -= counts
+                    self._drops = dict(collections.Counter(self._drops) + counts)
+
+        self.db.write(run).add_done_callback(saved)
 
     def _after_write(self, result: tuple[T, dict[str, int]]) -> T:
         value, drops = result
@@ -213,6 +248,8 @@ class Outbox:
                         ", ".join(f"{k} {v}" for k, v in sorted(self._unlogged_drops.items())))
             self._unlogged_drops.clear()
         self.refresh_metrics()
+        if self._unstored:  # this write committed: the disk takes writes again
+            self._save_unstored()
         return value
 
     def _enforce_limits(self, conn: sqlite3.Connection) -> dict[str, int]:
@@ -269,11 +306,7 @@ class Outbox:
         return deleted
 
     def _count_drop(self, conn: sqlite3.Connection, reason: str, n: int) -> None:
-        conn.execute(
-            "INSERT INTO drop_counters (reason, count) VALUES (?, ?) "
-            "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
-            (reason, n),
-        )
+        _add_drops(conn, reason, n)
         self._drops = self._drops | {reason: self._drops.get(reason, 0) + n}
 
     # -- expiry --------------------------------------------------------------------------------------
@@ -283,7 +316,7 @@ class Outbox:
         now = self._clock()
 
         def run(conn: sqlite3.Connection) -> tuple[int, dict[str, int]]:
-            self._last_expire = now
+            self._last_expire = time.monotonic()
             drops = self._expire(conn, now)
             return sum(drops.values()), drops
 
@@ -378,7 +411,9 @@ class Outbox:
     # -- status --------------------------------------------------------------------------------------
 
     def drop_counts(self) -> dict[str, int]:
-        return dict(self._drops)
+        """Every loss since the database was made, by reason: those in the file and those not yet."""
+        with self._unstored_lock:
+            return dict(collections.Counter(self._drops) + self._unstored)
 
     def refresh_metrics(self) -> None:
         metrics.OUTBOX_BACKLOG.set(self._rows)
@@ -396,6 +431,14 @@ class Outbox:
     @property
     def backlog(self) -> int:
         return self._rows
+
+
+def _add_drops(conn: sqlite3.Connection, reason: str, n: int) -> None:
+    conn.execute(
+        "INSERT INTO drop_counters (reason, count) VALUES (?, ?) "
+        "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
+        (reason, n),
+    )
 
 
 def _next_seq(conn: sqlite3.Connection) -> int:

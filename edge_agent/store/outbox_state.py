@@ -24,8 +24,6 @@ Event = Literal["send", "ack", "release", "crash", "expire", "drop"]
 # or is superseded by a newer one, so the oldest aggregates are dropped first.
 PRIORITY_STREAMS = frozenset({"alert", "event", "audit"})
 
-DROP_REASONS = ("max_rows", "max_bytes", "max_age", "expired")
-
 _TRANSITIONS: dict[tuple[str, str], str] = {
     (PENDING, "send"): INFLIGHT,
     (PENDING, "expire"): DELETED,

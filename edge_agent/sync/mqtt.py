@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 AckCallback = Callable[[int, bool, str], None]  # mid, accepted, reason
 MessageCallback = Callable[[str, bytes], None]  # topic, payload
 
+# Each address gets at least this: a lost SYN is sent again after 1 s, and a TLS handshake over a slow
+# uplink waits on the broker's certificate chain (paho gives the handshake the same timeout).
+ADDRESS_TIMEOUT_FLOOR_S = 3.0
+BOARD_RENEWAL = "re-provision this board (edge-agent provision) to get a new certificate"
+
 
 class SyncConnectError(SyncError):
     """The broker cannot be reached or refused the connection."""
@@ -49,8 +55,43 @@ class SyncPublishError(SyncError):
     """A publish could not be handed to the connection."""
 
 
-def check_certificate_dates(cert_file: Path, now: dt.datetime | None = None) -> None:
-    """Refuse an expired or not-yet-valid device certificate before the broker does, with its dates."""
+def publish_packet_bytes(
+    topic: str, payload_bytes: int, *, v5: bool, qos: int = 1, expiry: bool = False
+) -> int:
+    """The exact size of the PUBLISH packet paho sends: what a broker's Maximum Packet Size is checked on.
+
+    Fixed header (1 byte and the remaining length), topic (2 + its UTF-8 bytes), packet id (QoS > 0) and,
+    in MQTT 5, the properties: their length and, with an expiry, the Message Expiry Interval (1 + 4).
+    """
+    properties = (1 + (5 if expiry else 0)) if v5 else 0
+    remaining = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + properties + payload_bytes
+    return 1 + _varint_bytes(remaining) + remaining
+
+
+def _varint_bytes(value: int) -> int:
+    """Bytes of an MQTT variable byte integer: 7 bits a byte."""
+    size = 1
+    while value >= 128:
+        value >>= 7
+        size += 1
+    return size
+
+
+def address_timeout(total_s: float, addresses: int) -> float:
+    """The connect timeout for each of a host's addresses. socket.create_connection (paho) tries them in
+    turn with the whole timeout each: a host with 8 addresses behind a firewall that drops the SYNs held the
+    publisher 8 x 10 s, past its watchdog heartbeat, and the daemon was restarted on every attempt. Shared,
+    they take about ``total_s`` together; never less than the floor each (or ``total_s``, if smaller)."""
+    return max(min(total_s, ADDRESS_TIMEOUT_FLOOR_S), total_s / max(1, addresses))
+
+
+def check_certificate_dates(
+    cert_file: Path, now: dt.datetime | None = None, *, renewal: str = BOARD_RENEWAL
+) -> None:
+    """Refuse an expired or not-yet-valid device certificate before the broker does, with its dates.
+
+    ``renewal`` says how this client gets a new certificate (a receiver is not a board to re-provision).
+    """
     try:
         cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     except (OSError, ValueError) as exc:
@@ -60,7 +101,7 @@ def check_certificate_dates(cert_file: Path, now: dt.datetime | None = None) -> 
     if not_after < moment:
         raise SyncTlsError(
             f"device certificate {cert_file} expired on {not_after:%Y-%m-%d %H:%M} UTC; "
-            "re-provision this board (edge-agent provision) to get a new certificate"
+            f"{renewal}"
         )
     if not_before > moment:
         raise SyncTlsError(
@@ -78,8 +119,8 @@ def _utc(cert: x509.Certificate, name: str) -> dt.datetime:
     return naive.replace(tzinfo=dt.timezone.utc)
 
 
-def tls_context(settings: MqttSettings) -> ssl.SSLContext:
-    check_certificate_dates(settings.cert_file)
+def tls_context(settings: MqttSettings, renewal: str = BOARD_RENEWAL) -> ssl.SSLContext:
+    check_certificate_dates(settings.cert_file, renewal=renewal)
     try:
         context = ssl.create_default_context(cafile=str(settings.ca_file))
     except (OSError, ssl.SSLError) as exc:
@@ -96,8 +137,14 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
 
 def _explain_tls(text: str, settings: MqttSettings) -> str:
     lowered = text.lower()
+    # Validity is judged by the board's clock: one behind (no clock battery, NTP not reached yet) takes a
+    # freshly renewed broker certificate for one not yet valid, one running ahead for one expired.
+    if "not yet valid" in lowered:
+        return (f"the broker's certificate is not valid yet by this board's clock ({text}); the board's "
+                "clock is most likely behind: check it (timedatectl) and that it reaches an NTP server")
     if "certificate has expired" in lowered:
-        return f"the broker's certificate has expired ({text}); the broker's administrator must renew it"
+        return (f"the broker's certificate has expired ({text}); the broker's administrator must renew it, "
+                "unless the board's clock is ahead: check it (timedatectl)")
     if "certificate verify failed" in lowered:
         return (f"the broker's certificate is not signed by the CA in {settings.ca_file} or does not name "
                 f"{settings.host} ({text})")
@@ -124,9 +171,11 @@ class MqttConnection:
         *,
         persistent_session: bool = False,
         will: bool = True,
+        renewal: str = BOARD_RENEWAL,
     ) -> None:
         """``persistent_session`` keeps subscriptions and queued QoS 1 messages at the broker across
-        reconnects (receivers); the board's publisher keeps its session in the outbox instead."""
+        reconnects (receivers); the board's publisher keeps its session in the outbox instead.
+        ``renewal``: how this client gets a new certificate when its own has expired."""
         self.settings = settings
         self._persistent = persistent_session
         self.status_topic = status_topic
@@ -142,7 +191,6 @@ class MqttConnection:
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version, **kwargs
         )
-        self._client.connect_timeout = settings.connect_timeout_s
         self._client.max_inflight_messages_set(settings.inflight_max)
         # 0 leaves paho's own queue unbounded; the publisher never has more than inflight_max messages
         # unacknowledged, so nothing waits there (the outbox in SQLite is the bounded queue)
@@ -156,7 +204,7 @@ class MqttConnection:
             self._client.will_set(status_topic, b"offline", qos=1, retain=True)
         self._will = will
         if settings.tls:
-            self._client.tls_set_context(tls_context(settings))
+            self._client.tls_set_context(tls_context(settings, renewal))
 
     # -- paho callbacks (run inside loop(), on the caller's thread) ------------------------------------
 
@@ -193,13 +241,19 @@ class MqttConnection:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0xFFFFFFFF if self._persistent else 0
         clean: Any = not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
+        started = time.monotonic()
+        addresses = 1
         try:
+            addresses = len(socket.getaddrinfo(s.host, s.port, type=socket.SOCK_STREAM))
+            self._client.connect_timeout = address_timeout(s.connect_timeout_s, addresses)
             self._client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=clean, properties=props)
         except TimeoutError as exc:  # a wrong port, a proxy or a firewall that swallows the handshake
             what = "connection and TLS handshake" if s.tls else "connection"
+            over = f" (over its {addresses} addresses)" if addresses > 1 else ""
             raise SyncConnectError(
-                f"the broker {s.host}:{s.port} did not complete the {what} within {s.connect_timeout_s:g} s: "
-                f"is mqtt.port the broker's port, and does a firewall let it through? ({exc})"
+                f"the broker {s.host}:{s.port} did not complete the {what} within "
+                f"{time.monotonic() - started:.0f} s{over}: is mqtt.port the broker's port, and does a "
+                f"firewall let it through? ({exc})"
             ) from exc
         except ssl.SSLError as exc:
             raise SyncTlsError(_explain_tls(str(exc), s)) from exc
@@ -268,6 +322,11 @@ class MqttConnection:
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise SyncPublishError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         return int(info.mid)
+
+    def packet_bytes(self, topic: str, payload_bytes: int, *, qos: int = 1, expiry: bool = False) -> int:
+        """The size of the PUBLISH packet :meth:`publish` sends for these arguments (``expiry``: an
+        ``expiry_s`` is given)."""
+        return publish_packet_bytes(topic, payload_bytes, v5=self._v5, qos=qos, expiry=expiry)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         rc, _mid = self._client.subscribe(topic, qos=qos)

@@ -39,7 +39,6 @@ DRAIN_ON_STOP_S = 2.0
 EXPIRE_EVERY_S = 60.0
 HEARTBEAT_NAME = "mqtt-publisher"
 STABLE_SESSION_S = 30.0  # a session that ended sooner counts as a failed connection for the backoff
-PACKET_OVERHEAD = 1024  # topic, properties and headers around the JSON message, with room to spare
 T = TypeVar("T")
 
 ConnectionFactory = Callable[..., MqttConnection]
@@ -104,7 +103,8 @@ class Publisher:
         if self._thread is not None:
             raise SyncError("the publisher is already running")
         if self._heartbeats is not None:
-            # A connect attempt may take connect_timeout_s; allow for it before the watchdog worries.
+            # A connect attempt may take connect_timeout_s (more where the floor per address adds up: a
+            # host of 8 addresses, 24 s) and as long for CONNACK; allow for it before the watchdog worries.
             self._beat = self._heartbeats.register(HEARTBEAT_NAME, self.settings.connect_timeout_s + 30.0)
         self._stop.clear()
         self._thread = threading.Thread(target=self.run, name="mqtt-publisher", daemon=True)
@@ -253,10 +253,20 @@ class Publisher:
             limit = space * self.settings.batch_max
             rows = _stored(self.outbox.claim(limit))
             self._more_pending = len(rows) == limit
-            self._queue_batches(rows, min(self._sizer.limit, _message_limit(conn)))
+            self._queue_batches(rows, self._batch_bytes(conn, rows))
         while self._unsent and len(self._inflight) < self.settings.inflight_max:
             stream, rows = self._unsent.popleft()
             self._publish(conn, stream, rows)
+
+    def _batch_bytes(self, conn: MqttConnection, rows: list[OutboxRow]) -> int:
+        """How many bytes of rows a message may carry: the uplink's limit, or the broker's less the
+        packet's header on the longest topic. The envelope is not counted; a batch it pushes over goes as
+        two (``_publish``)."""
+        if conn.max_packet_size is None or not rows:
+            return self._sizer.limit
+        longest = max((r.stream for r in rows), key=len)
+        header = conn.packet_bytes(f"{self._prefix}/{longest}", 0, expiry=True)
+        return max(1, min(self._sizer.limit, conn.max_packet_size - header))
 
     def _queue_batches(self, rows: list[OutboxRow], max_bytes: int) -> None:
         by_id = {r.id: r for r in rows}
@@ -273,24 +283,29 @@ class Publisher:
         payload = encode_message(
             envelope, [Item(r.seq, r.message_id, r.created_at, r.payload) for r in rows], now
         )
-        if len(payload) > min(self._sizer.limit, _message_limit(conn)) and len(rows) > 1:
+        # The topic of the board as it is now, like the envelope: a row queued before the board was
+        # re-provisioned under another id, site or tenant would otherwise go where the payload says it
+        # does not belong (the receiver, or the broker's ACL, refuses it).
+        topic = f"{self._prefix}/{stream}"
+        # Decided on the packet's exact size: the broker's limit counts the header, topic and properties
+        # too, and nothing else, so an aggregate it takes is never dropped here.
+        packet = conn.packet_bytes(topic, len(payload), expiry=True)
+        too_large = conn.max_packet_size is not None and packet > conn.max_packet_size
+        if len(rows) > 1 and (too_large or len(payload) > self._sizer.limit):
             # The estimate was short: send it as two.
             half = len(rows) // 2
             self._unsent.appendleft((stream, rows[half:]))
             self._unsent.appendleft((stream, rows[:half]))
             return
-        if len(payload) > _message_limit(conn):
+        if too_large:
             # One aggregate larger than the broker takes would cut every session; it cannot ever go.
-            log.error("dropping a %s message of %s bytes: the broker takes at most %s a packet",
-                      stream, len(payload), conn.max_packet_size)
+            log.error("dropping a %s message of %s bytes (a %s-byte packet): the broker takes at most %s "
+                      "bytes a packet", stream, len(payload), packet, conn.max_packet_size)
             self.outbox.discard([rows[0].id], "too_large_for_broker")
             return
         expiry_s = mqtt_expiry_s(rows, now, self.settings.message_expiry_days)
         try:
-            # The topic of the board as it is now, like the envelope: a row queued before the board was
-            # re-provisioned under another id, site or tenant would otherwise go where the payload says
-            # it does not belong (the receiver, or the broker's ACL, refuses it).
-            mid = conn.publish(f"{self._prefix}/{stream}", payload, expiry_s=expiry_s)
+            mid = conn.publish(topic, payload, expiry_s=expiry_s)
         except SyncError:
             self._unsent.appendleft((stream, rows))
             raise
@@ -377,10 +392,3 @@ def _stored(future: Future[T]) -> T:
     except FutureTimeout:
         message = f"the database did not answer within {STORE_TIMEOUT_S:g} s: the disk is slow or stalled"
         raise StoreError(message) from None
-
-
-def _message_limit(conn: MqttConnection) -> int:
-    """The largest message to publish: ours, or the broker's CONNACK limit less the packet's overhead."""
-    if conn.max_packet_size is None:
-        return MAX_MESSAGE_BYTES
-    return max(1, min(MAX_MESSAGE_BYTES, conn.max_packet_size - PACKET_OVERHEAD))

@@ -29,6 +29,7 @@ from edge_agent.sync.mqtt import MqttConnection
 from edge_agent.sync.protocol import backoff_delay, decode_message, missing_ranges
 
 log = logging.getLogger(__name__)
+RECEIVER_RENEWAL = "issue the receiver a new certificate from the fleet CA (--cert, --key)"
 
 # store: the board database's id (protocol.py); "" for boards that predate it
 _SCHEMA = """
@@ -88,9 +89,12 @@ class Receiver:
         attempt = 0
         rng = random.Random()
         while not self._stop.is_set():
-            conn = MqttConnection(self.settings, self.client_id, "", self._ack_ignored, self._on_message,
-                                  persistent_session=True, will=False)
+            conn: MqttConnection | None = None
             try:
+                # Made in the try: a certificate file that cannot be used now (expired, being renewed)
+                # must be retried with backoff, not end the thread while the process goes on reporting.
+                conn = MqttConnection(self.settings, self.client_id, "", self._ack_ignored, self._on_message,
+                                      persistent_session=True, will=False, renewal=RECEIVER_RENEWAL)
                 conn.connect()
                 conn.subscribe(self.topic, qos=1)
                 attempt = 0
@@ -100,7 +104,8 @@ class Receiver:
                 conn.disconnect()
             except SyncError as exc:
                 self._connected.clear()
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 log.info("receiver: %s", exc)
                 self._stop.wait(backoff_delay(attempt, 0.1, 2.0, rng))
                 attempt += 1

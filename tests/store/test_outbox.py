@@ -8,6 +8,7 @@ import math
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,29 @@ def test_a_clock_not_known_to_be_right_ages_nothing_out(db: Database, tmp_path: 
     assert box.status()["drops"] == {"expired": 1, "max_age": 1}
 
 
+def test_an_offline_board_keeps_ageing_rows_out_after_its_clock_steps_back(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Offline, only enqueue() ages rows out, every EXPIRE_INTERVAL_S. Timed on the wall clock, a clock a
+    # year ahead (an RTC, not synchronised) that NTP brought back stopped it for that year.
+    from edge_agent.store import outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "EXPIRE_INTERVAL_S", 0.05)
+    clock, synced = Clock(), [True]
+    box = Outbox(db, DeviceSettings(), StoreSettings(max_age_days=1.0), MqttSettings(),
+                 clock=clock, clock_synced=lambda: synced[0])
+    box.open()
+    box.enqueue("attention", {"old": 1}).result(5)
+    start = clock.now
+    clock.now, synced[0] = start + 365 * 86400, False  # booted with the RTC a year ahead
+    time.sleep(0.1)
+    box.enqueue("attention", {"ahead": 1}).result(5)
+    clock.now, synced[0] = start + 2 * 86400, True  # NTP: two days after the first row
+    time.sleep(0.1)  # the interval has passed, on the board's running time
+    box.enqueue("attention", {"now": 1}).result(5)
+    assert box.backlog == 2 and box.status()["drops"] == {"max_age": 1}
+
+
 def test_status_reports_backlog_bytes_and_age(db: Database) -> None:
     clock = Clock()
     box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(), clock=clock)
@@ -318,6 +342,32 @@ def test_a_full_write_queue_refuses_at_once_and_counts_the_drop(state_dir: Path)
     assert failed, "the producer outran a 5-task queue, so some writes must have been refused"
     assert metrics.sample("edge_outbox_drops_total", {"reason": "queue_full"}) == before + len(failed)
     assert box.backlog == len(futures) - len(failed)
+
+
+def test_messages_refused_by_a_full_write_queue_show_in_the_drops_and_stay_there_after_a_restart(
+    state_dir: Path,
+) -> None:
+    # They reached the metric only: the heartbeat's drops and edge-agent doctor never showed them.
+    db = Database(state_dir / "q.db", StoreSettings(), queue_size=4)
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box.open()
+    stalled, release = threading.Event(), threading.Event()
+    db.write(lambda _c: stalled.set() or release.wait(10))  # a stalled disk
+    assert stalled.wait(5)
+    futures = [box.enqueue("attention", {"i": i}) for i in range(10)]
+    assert box.status()["drops"] == {"queue_full": 6}  # 4 fit the queue
+    release.set()
+    assert [f.exception(5) is None for f in futures].count(True) == 4
+    db.close()
+    db = Database(state_dir / "q.db", StoreSettings())
+    db.open()
+    try:
+        again = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+        again.open()
+        assert again.status()["drops"] == {"queue_full": 6} and again.backlog == 4
+    finally:
+        db.close()
 
 
 def test_a_caller_that_stops_waiting_for_an_enqueue_cannot_withdraw_it_and_nothing_misfires(
