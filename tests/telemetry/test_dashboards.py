@@ -69,6 +69,7 @@ def metric_names(expr: str) -> set[str]:
     stripped = re.sub(r"label_values\(([^,]+),[^)]*\)", r"\1", stripped)  # Grafana: (metric, label)
     stripped = re.sub(r"\{[^}]*\}", "", stripped)  # label matchers
     stripped = re.sub(r"\[[^\]]*\]", "", stripped)  # range selectors
+    stripped = re.sub(r"\boffset\s+\w+", "", stripped)  # offset modifiers ("offset 30m")
     stripped = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", stripped)  # grouping labels
     tokens = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", stripped))
     return {t for t in tokens if t not in PROMQL_WORDS}
