@@ -573,16 +573,28 @@ def load_config_ignoring_unknown(
 
 
 _SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"//[^/@\s]*@")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the user and password of any URL in it hidden: a network camera's source is often
+    rtsp://admin:password@..., also inside a GStreamer pipeline."""
+    return _URL_CREDENTIALS.sub("//***@", text)
 
 
 def masked_dump(config: Config) -> dict[str, Any]:
-    """The effective config as plain data, secret file paths shown but marked, secret values never read."""
+    """The effective config as plain data, secret file paths shown but marked, secret values never read,
+    and no password of a URL (camera.source) shown."""
     data = config.model_dump(mode="json")
     for section in data.values():
         if isinstance(section, dict):
             for key, value in section.items():
                 if _SECRET_KEYS.search(key) and value is not None:
                     section[key] = f"{value} (secret, contents not shown)"
+                elif isinstance(value, str):
+                    section[key] = without_credentials(value)
+                elif isinstance(value, list):
+                    section[key] = [without_credentials(v) if isinstance(v, str) else v for v in value]
     return data
 
 

@@ -29,6 +29,7 @@ from edge_agent.config import (
     PathSettings,
     find_config_path,
     load_config_ignoring_unknown,
+    without_credentials,
 )
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.inference.manifest import Manifest
@@ -165,15 +166,20 @@ def check_camera(source: str, timeout_s: float = 10.0) -> CheckResult:
     worker = threading.Thread(target=probe, name="doctor-camera", daemon=True)
     worker.start()
     worker.join(timeout_s)
-    fix = f"check the cable and that {source!r} is right in [camera] source (ls /dev/video*)"
+    shown = without_credentials(source)  # the result goes into support bundles
+    if "://" in source:
+        fix = (f"check the camera's address, user and password in [camera] source ({shown!r}), and that "
+               "this board reaches it (ping the camera; a firewall must let its RTSP port through)")
+    else:
+        fix = f"check the cable and that {shown!r} is right in [camera] source (ls /dev/video*)"
     if worker.is_alive():
-        return CheckResult("camera", False, f"opening {source!r} took more than {timeout_s:.0f} s", fix)
+        return CheckResult("camera", False, f"opening {shown!r} took more than {timeout_s:.0f} s", fix)
     if not outcome.get("opened"):
-        return CheckResult("camera", False, f"{source!r} cannot be opened", fix)
+        return CheckResult("camera", False, f"{shown!r} cannot be opened", fix)
     if outcome.get("shape") is None:
-        return CheckResult("camera", False, f"{source!r} opened but delivered no frame", fix)
+        return CheckResult("camera", False, f"{shown!r} opened but delivered no frame", fix)
     height, width = outcome["shape"][:2]
-    return CheckResult("camera", True, f"{source!r} delivered a {width}x{height} frame")
+    return CheckResult("camera", True, f"{shown!r} delivered a {width}x{height} frame")
 
 
 def check_models(config: Config, manifests_dir: Path | None = None) -> tuple[CheckResult, list[Manifest]]:

@@ -3,8 +3,9 @@
 A gzipped tar of what a vendor asks for first: doctor's results, the effective config (secret files named,
 never read), versions, the daemon's own status and metrics as it reports them on loopback, its journal
 and the kernel's since this boot (storage, thermal and out-of-memory errors show there).
-It never reads the secrets folder, the database or a camera frame, so it holds no student data beyond
-what the daemon logs (pseudonyms at most, never a raw id), and it is written mode 0600.
+It never reads the database or a camera frame, and of the secrets only the metrics token, to ask for the
+metrics (never written into the bundle), so it holds no student data beyond what the daemon logs
+(pseudonyms at most, never a raw id) and no secret; it is written mode 0600.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from edge_agent import __build__, __version__
 from edge_agent.config import Config, ConfigError, load_config_ignoring_unknown, masked_dump, to_toml
+from edge_agent.web.access import read_token_file
 
 COMMAND_TIMEOUT_S = 20.0
 HTTP_TIMEOUT_S = 3.0
@@ -47,15 +49,18 @@ def _command(argv: list[str]) -> str:
     return done.stdout + (f"\n[exit {done.returncode}] {done.stderr}" if done.returncode else "")
 
 
-def _local_get(url: str, tls: bool) -> str:
-    """GET from the daemon on loopback (no token needed there); its own certificate is not checked."""
+def _local_get(url: str, tls: bool, token: str | None = None) -> str:
+    """GET from the daemon on loopback (the web port needs no token there; the metrics port needs its own
+    when metrics.token_file is set); its own certificate is not checked."""
     context = None
     if tls:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S, context=context) as response:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=context) as response:
             return response.read(4 * 2**20).decode("utf-8", "replace")  # type: ignore[no-any-return]
     except (OSError, ValueError) as exc:
         return f"GET {url} failed: {exc} (is the daemon running?)\n"
@@ -94,8 +99,14 @@ def collect(config_path: Path, doctor_json: str) -> dict[str, str]:
         metrics_scheme = "https" if metrics.tls_cert_file else "http"
         parts["status.json"] = _local_get(f"{web_scheme}://127.0.0.1:{web.port}/api/v1/status",
                                           web.tls_cert_file is not None)
-        parts["metrics.txt"] = _local_get(f"{metrics_scheme}://127.0.0.1:{metrics.port}/metrics",
-                                          metrics.tls_cert_file is not None)
+        try:
+            token = read_token_file(metrics.token_file, "metrics.token_file")
+        except ConfigError as exc:  # e.g. not run as root: the file is the daemon's, mode 0600
+            parts["metrics.txt"] = "".join(f"{where}: {message}\n" for where, message in exc.problems)
+            parts["metrics.txt"] += "the metrics need that token: run doctor --bundle as root (sudo)\n"
+        else:
+            parts["metrics.txt"] = _local_get(f"{metrics_scheme}://127.0.0.1:{metrics.port}/metrics",
+                                              metrics.tls_cert_file is not None, token)
     return parts
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from edge_agent.config import without_credentials
 from edge_agent.errors import CameraError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -126,7 +127,7 @@ class OpenCvSource:
 
 def _describe(source: str, kind: str) -> str:
     if kind == "url":  # never echo credentials embedded in an RTSP URL
-        return "stream " + re.sub(r"//[^/@]*@", "//***@", source)
+        return "stream " + without_credentials(source)
     if kind == "gstreamer":
         return "GStreamer pipeline"
     return f"{kind} {source}"

@@ -80,3 +80,32 @@ def test_a_board_with_a_broken_config_still_gets_a_bundle_naming_the_problem(tmp
     assert json.loads(parts["doctor.json"])[0]["ok"] is False
     again = doctor_bundle(config, bundle)  # an existing file (or a link planted in /tmp) is not written
     assert again.returncode == 2 and "File exists" in again.stderr and unpack(bundle) == parts
+
+
+def test_a_bundle_from_a_fleet_board_has_its_metrics_and_no_camera_password(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
+) -> None:
+    # A review found both: metrics.token_file (every provisioned board has one) left metrics.txt a 401
+    # "is the daemon running?"; an IP camera's password in camera.source went into config.toml and
+    # doctor.json, three times.
+    cfg = local_config(tmp_path, faces=None)
+    metrics_token = secret_file(tmp_path / "secrets/metrics.token")
+    cfg["metrics"]["token_file"] = str(metrics_token)
+    password = "Cl4ssCamPw"
+    cfg["camera"] |= {"enabled": True, "source": f"rtsp://admin:{password}@127.0.0.1:9/stream1"}
+    config = write_config(tmp_path / "config.toml", cfg)
+    daemon = daemons(config, notify, tmp_path / "daemon.log").start()
+    daemon.wait_running(60)
+    parts = unpack(doctor_bundle_into(config, tmp_path / "board-t-support.tar.gz"))
+    assert b"edge_answers_total" in parts["metrics.txt"], parts["metrics.txt"][:300]
+    everything = b"".join(parts.values())
+    assert password.encode() not in everything and metrics_token.read_bytes().strip() not in everything
+    assert b"rtsp://***@127.0.0.1:9/stream1" in parts["config.toml"]
+    camera = next(c for c in json.loads(parts["doctor.json"]) if c["name"] == "camera")
+    assert not camera["ok"] and "user and password" in camera["fix"], camera
+
+
+def doctor_bundle_into(config: Path, bundle: Path) -> Path:
+    done = doctor_bundle(config, bundle)
+    assert "support bundle:" in done.stderr, done.stderr
+    return bundle
