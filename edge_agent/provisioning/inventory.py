@@ -12,7 +12,8 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from edge_agent.config import Config, ConfigError, parse_config, to_toml, tomllib
 from edge_agent.errors import ProvisioningError
@@ -106,12 +107,23 @@ def _coerce(section: str, name: str, text: str) -> Any:
     else read as the TOML value it spells (number, boolean)."""
     model = Config.model_fields.get(section)
     field_info = model.annotation.model_fields.get(name) if model and model.annotation else None  # type: ignore[union-attr]
-    if field_info is not None and field_info.annotation is str:
+    if field_info is not None and _wants_text(field_info.annotation):
         return text
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def _wants_text(annotation: Any) -> bool:
+    """A text key: str or Path, a Literal of strings (mqtt.protocol "5", read as TOML it is the number 5),
+    or one of them or None."""
+    if annotation in (str, Path):
+        return True
+    origin, args = get_origin(annotation), [a for a in get_args(annotation) if a is not type(None)]
+    if origin is Literal:
+        return all(isinstance(a, str) for a in args)
+    return origin in (Union, UnionType) and bool(args) and all(_wants_text(a) for a in args)
 
 
 def render_config(template_text: str, board: Board, prefix: Path = Path("/")) -> tuple[str, Config]:

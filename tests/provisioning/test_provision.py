@@ -134,6 +134,20 @@ def test_a_classroom_gets_its_own_camera_hours_closed_days_and_zone_from_invento
         render_config(template(), zone)  # there is no Asia/Beijing
 
 
+def test_text_columns_that_look_like_numbers_stay_text() -> None:
+    # Review: mqtt.protocol 5 was read as the number 5 and refused as "Input should be '5' or '3.1.1'".
+    inventory = (
+        "tenant,site,class_id,device_id,mqtt.protocol,camera.source,mqtt.host,camera.active_hours\n"
+        't,s,c1,five,5,0,10,"[""mon-fri 07:30-17:30""]"\n'
+        "t,s,c2,old,3.1.1,/dev/video1,broker.school.example,\n"
+    )
+    five, old = parse_inventory(inventory)
+    config = render_config(template(), five)[1]
+    assert (config.mqtt.protocol, config.camera.source, config.mqtt.host) == ("5", "0", "10")
+    assert config.camera.active_hours == ["mon-fri 07:30-17:30"]  # a list column is still read as one
+    assert render_config(template(), old)[1].mqtt.protocol == "3.1.1"
+
+
 def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None:
     with pytest.raises(ProvisioningError, match="fleet template is not valid TOML"):
         render_config('[mqtt\nhost = "broker"\n', BOARD)
