@@ -98,7 +98,7 @@ esac
     say "this again"
     exit 2
 }
-for part in pyproject.toml edge_agent engines systemd; do
+for part in pyproject.toml README.md edge_agent engines systemd provisioning; do
     [ -e "$SRC/$part" ] || { say "$SRC/$part is missing: run this from a whole release"; exit 2; }
 done
 if [ -d "$PREFIX/app" ] && [ ! -L "$PREFIX/app" ]; then
@@ -107,8 +107,10 @@ if [ -d "$PREFIX/app" ] && [ ! -L "$PREFIX/app" ]; then
     exit 2
 fi
 
-id=$(cd "$SRC" && find edge_agent engines -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | LC_ALL=C sort \
-    | xargs sha256sum | sha256sum | cut -c1-16)
+# Of everything the release copies, and the extras its venv gets: a release that changes only a unit file
+# or a dependency pin is a new release, not "already installed" with the old units and packages.
+id=$(cd "$SRC" && { echo "extras=${EXTRAS:-}"; find pyproject.toml README.md edge_agent engines systemd provisioning \
+    -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -c1-16)
 release="releases/$id"
 dir="$PREFIX/$release"
 mkdir -p "$PREFIX/releases"

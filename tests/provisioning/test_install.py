@@ -127,6 +127,16 @@ def test_releases_switch_whole_and_a_failed_or_interrupted_install_never_touches
     assert len(list((prefix / "releases").iterdir())) == 2
     assert (prefix / "previous/VERSION").read_text() == version
 
+    # A release that changes only a unit file (or only a dependency pin) is a new release: its id covered
+    # edge_agent/ and engines/ only, so it was "already installed", pip never ran and the old units stayed.
+    units_only = _release(tmp_path, "r3-units", "three\n")
+    with (units_only / "systemd/edge-agent.service").open("a") as unit:
+        unit.write("# hardened in r3-units\n")
+    fourth = _install(units_only, prefix)
+    assert fourth.returncode == 0 and "already installed" not in fourth.stderr, fourth.stderr
+    assert (prefix / "VERSION").read_text().split()[1] != third_id
+    assert "# hardened in r3-units" in (prefix / "app/systemd/edge-agent.service").read_text()
+
 
 def test_install_refuses_a_partial_release_or_an_earlier_layout(tmp_path: Path) -> None:
     release = _release(tmp_path, "partial", "p\n")
