@@ -82,8 +82,14 @@ class PathSettings(Section):
 class InferenceSettings(Section):
     backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
     workspace_mib: int = Field(512, ge=16, le=16384, description="TensorRT builder workspace limit.")
-    face_precision: Literal["fp32", "fp16", "int8"] = "fp16"
-    pose_precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    face_precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16", description="int8 needs a Q/DQ model first: edge-agent engines quantize yunet --data PHOTOS."
+    )
+    pose_precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16",
+        description="int8 needs a Q/DQ model first (edge-agent engines quantize, which refuses one less "
+        "accurate than 3 degrees on average: fsanet-1x1's is).",
+    )
     kt_precision: Literal["fp32", "fp16", "int8"] = "fp32"
     intra_op_threads: int = Field(1, ge=1, le=16, description="ONNX Runtime threads per engine.")
     face_threads: int = Field(

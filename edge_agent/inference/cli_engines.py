@@ -7,6 +7,7 @@ is needed but not available on this machine.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -159,16 +160,32 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         return 1
     calibration, held_out = samples[: -args.held_out], samples[-args.held_out :]
     dest = Path(args.out) if args.out else qdq_model_path(manifest, paths)
-    quantize_qdq(source, dest, calibration, activation_symmetric=not args.asymmetric)
-    qdq_source_record(dest).write_text(sha256_file(source) + "\n", encoding="utf-8")
-    fp32 = OnnxRuntimeEngine(source, model_name=manifest.name)
-    int8 = OnnxRuntimeEngine(dest, model_name=manifest.name, precision="int8")
-    report = compare_outputs(
-        [fp32.infer(f) for f in held_out], [int8.infer(f) for f in held_out], detector=manifest.role == "face"
-    )
-    print(f"{manifest.name}: Q/DQ INT8 model written to {dest} ({len(calibration)} calibration samples)")
+    # Measured before it goes where the loader (and the TensorRT build) takes it from: written in place,
+    # an INT8 model of any accuracy ran as soon as a config asked for int8.
+    trial = dest.with_name(f".{dest.name}.trial")
+    try:
+        quantize_qdq(source, trial, calibration, activation_symmetric=not args.asymmetric)
+        fp32 = OnnxRuntimeEngine(source, model_name=manifest.name)
+        int8 = OnnxRuntimeEngine(trial, model_name=manifest.name, precision="int8")
+        report = compare_outputs([fp32.infer(f) for f in held_out], [int8.infer(f) for f in held_out],
+                                 detector=manifest.role == "face")
+        int8.close()
+        fp32.close()
+        problem = report.problem(manifest.role)
+        if problem is None or args.force:
+            os.replace(trial, dest)
+            qdq_source_record(dest).write_text(sha256_file(source) + "\n", encoding="utf-8")
+    finally:
+        trial.unlink(missing_ok=True)
     for line in report.lines():
         print(f"  {line}")
+    if problem is not None and not args.force:
+        print(f"{manifest.name}: INT8 model NOT written: {problem}. The board keeps running it at its other "
+              "precision; try --asymmetric (ONNX Runtime only), more --samples, or --force to write it "
+              "anyway", file=sys.stderr)
+        return 1
+    print(f"{manifest.name}: Q/DQ INT8 model written to {dest} ({len(calibration)} calibration samples)"
+          + (f"; WARNING, written with --force although {problem}" if problem else ""))
     if args.asymmetric:
         print("  note: asymmetric activations run on ONNX Runtime only; TensorRT needs symmetric INT8")
     return 0
@@ -299,6 +316,9 @@ def add_engines_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "--asymmetric", action="store_true", help="asymmetric activations (ONNX Runtime only)"
     )
     quantize.add_argument("--out", help="output file (default: the cache, where the loader looks)")
+    quantize.add_argument(
+        "--force", action="store_true", help="write the INT8 model even when less accurate than the limit"
+    )
     bench_parser = command("bench", cmd_bench, "latency and throughput per model, backend and precision")
     bench_parser.add_argument("--iterations", type=int, default=200)
     bench_parser.add_argument(

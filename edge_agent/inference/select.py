@@ -98,9 +98,13 @@ class LoadedEngine:
         }
 
 
-def precision_for(manifest: Manifest, settings: InferenceSettings) -> str:
+def configured_precision(manifest: Manifest, settings: InferenceSettings) -> str:
     wanted = {"face": settings.face_precision, "pose": settings.pose_precision, "kt": settings.kt_precision}
-    choice = wanted.get(manifest.role, manifest.default_precision)
+    return wanted.get(manifest.role, manifest.default_precision)
+
+
+def precision_for(manifest: Manifest, settings: InferenceSettings) -> str:
+    choice = configured_precision(manifest, settings)
     return choice if choice in manifest.precisions else manifest.default_precision
 
 
@@ -133,7 +137,12 @@ def load_engine(
     """Fetch, build or load, and wrap one model; see the module docstring for the fallback rules."""
     onnx_path = engine_model(manifest, paths)
     profiles = resolve_profiles(manifest, onnx_input_shapes(onnx_path))
-    want = precision or precision_for(manifest, settings)
+    asked = precision or configured_precision(manifest, settings)
+    want = asked if asked in manifest.precisions else manifest.default_precision
+    # said, not silently replaced: the health page showed the substitute as if it had been asked for
+    unoffered = None if want == asked else (
+        f"{asked} is not offered for {manifest.name} (it has {', '.join(manifest.precisions)}); runs {want}"
+    )
     fallback: str | None = None
     if settings.backend != "onnxruntime":
         try:
@@ -141,7 +150,7 @@ def load_engine(
                 manifest, onnx_path, profiles, want, settings=settings, paths=paths, tensorrt=tensorrt
             )
             _mark_up(inner)
-            return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, None)
+            return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, unoffered)
         except EngineLoadError as exc:
             expected = settings.backend == "tensorrt" or exc.reason != TENSORRT_UNAVAILABLE
             if expected:
@@ -156,7 +165,7 @@ def load_engine(
             fallback = f"TensorRT {exc.reason.removeprefix('tensorrt_').replace('_', ' ')}: {exc}"
     inner, note = _load_onnxruntime(manifest, onnx_path, want, settings, paths)
     _mark_up(inner)
-    reasons = [r for r in (fallback, note) if r]
+    reasons = [r for r in (unoffered, fallback, note) if r]
     return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, "; ".join(reasons) or None)
 
 

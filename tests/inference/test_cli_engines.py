@@ -67,6 +67,27 @@ def test_build_without_tensorrt_builds_nothing_and_says_so(common, tmp_path, cap
     assert not (tmp_path / "cache" / "engines").exists()
 
 
+def test_an_int8_model_too_inaccurate_for_its_role_is_not_put_where_the_board_loads_it(
+    common, faces_dir, tmp_path, capsys
+):
+    # Review: written in place before it was measured, fsanet-1x1's symmetric INT8 (off by 28 degrees on
+    # average, the attentive flag flipped on 21 of 84 faces) ran as soon as pose_precision said int8.
+    from edge_agent.config import PathSettings
+    from edge_agent.inference.manifest import ENGINES_DIR, load_manifests
+    from edge_agent.inference.select import qdq_model_path
+
+    manifest = load_manifests(ENGINES_DIR)["fsanet-1x1"]
+    where = qdq_model_path(manifest, PathSettings(cache_dir=tmp_path / "cache"))
+    quantize = ["engines", "quantize", "fsanet-1x1", "--data", str(faces_dir), "--samples", "24",
+                "--held-out", "8", *common]
+    assert _run(quantize) == 1
+    err = capsys.readouterr().err
+    assert "INT8 model NOT written" in err and "degrees on average" in err
+    assert not where.exists() and list(where.parent.glob("*.trial")) == []
+    assert _run([*quantize, "--force"]) == 0
+    assert where.is_file() and "WARNING, written with --force" in capsys.readouterr().out
+
+
 def test_quantize_then_bench_shows_fp32_and_int8_side_by_side(common, faces_dir, tmp_path, capsys):
     data = str(faces_dir / "voc_dlib")
     assert (

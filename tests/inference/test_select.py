@@ -146,6 +146,14 @@ def test_precision_comes_from_the_role_and_the_manifest():
     )  # not offered: default
 
 
+def test_a_precision_the_model_does_not_offer_is_named_on_the_health_page(tmp_path, model_mirror):
+    # Review: kt_precision = "int8" ran fp32 with no fallback said, as if fp32 had been asked for.
+    loaded = load_engine(MANIFESTS["kt-step"], settings("onnxruntime", kt_precision="int8"),
+                         paths_for(tmp_path, model_mirror))
+    assert loaded.precision == "fp32"
+    assert loaded.fallback == "int8 is not offered for kt-step (it has fp32, fp16); runs fp32"
+
+
 def test_guarded_engine_counts_requests_and_rejects_out_of_profile(tmp_path, model_mirror):
     loaded = load_engine(FSANET, settings("onnxruntime"), paths_for(tmp_path, model_mirror))
     labels = {"engine": FSANET.name, "backend": "onnxruntime"}
