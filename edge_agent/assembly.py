@@ -182,6 +182,9 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         commands = CommandDispatcher(config.device)
         if updates is not None:
             commands.register("model_update", updates.handle_command)
+        # the config is read at start: a reload is a clean restart (Daemon.request_restart)
+        commands.register("config_reload", lambda command: daemon.request_restart_soon(
+            f"config_reload command {command.request_id}"))
         sync = SyncComponent(
             store.outbox,
             config.device,

@@ -24,6 +24,9 @@ from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
+# A reload (SIGHUP: systemctl reload; the fleet's config_reload command) is a clean stop with this exit
+# status (EX_TEMPFAIL), which the unit's RestartForceExitStatus= starts again: the config is read at start.
+RESTART_EXIT = 75
 START_TIMEOUT_S = 120.0  # engine builds happen in the one-shot unit, so a start is normally seconds
 STOP_BUDGET_S = 9.0  # systemd's default is 90 s, but we promise a clean stop inside 10 s
 HEALTH_PERIOD_S = 1.0
@@ -71,10 +74,25 @@ class Daemon:
         self._last_status = ""
         self.state = "starting"
         self._engine_status = engine_status or (lambda: [])
+        self.exit_code = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._health_error_logged = -float("inf")
 
     # -- public -----------------------------------------------------------------------------------
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_restart(self, why: str) -> None:
+        """On the loop: stop cleanly and exit with RESTART_EXIT, so that systemd starts the daemon again
+        and it reads its config anew (nothing is reloaded in place)."""
+        log.warning("%s: stopping cleanly to start again with the config on disk", why)
+        self.exit_code = RESTART_EXIT
+        self._stop.set()
+
+    def request_restart_soon(self, why: str) -> None:
+        """:meth:`request_restart` from any thread (the MQTT command handler's)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.request_restart, why)
 
     @property
     def component_names(self) -> list[str]:
@@ -98,11 +116,13 @@ class Daemon:
 
     async def run(self) -> int:
         time_collections()
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.live.bind_loop(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
                 loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGHUP's default killed it uncleanly
+            loop.add_signal_handler(signal.SIGHUP, self.request_restart, "SIGHUP (a reload)")
         # Supervise (and ping the watchdog) from the start: READY goes out once the store is open, and
         # systemd's watchdog counts from READY, while the engines may still take minutes to load.
         watchdog = asyncio.create_task(self._supervise())
@@ -127,7 +147,7 @@ class Daemon:
         log.info("stopping")
         await self._stop_all()
         self.notifier.close()
-        return 0
+        return self.exit_code
 
     # -- internals --------------------------------------------------------------------------------
     async def _start_all(self) -> None:
@@ -173,12 +193,15 @@ class Daemon:
         interval = self.notifier.watchdog_interval_s
         next_ping = time.monotonic()
         while True:
-            components = self.component_health()  # on the event loop: no health may wait on the disk
-            self._publish_health(components)
-            status = self.status_line(components)
-            if status != self._last_status:
-                self.notifier.status(status)
-                self._last_status = status
+            try:
+                components = self.component_health()  # on the event loop: no health may wait on the disk
+                self._publish_health(components)
+                status = self.status_line(components)
+                if status != self._last_status:
+                    self.notifier.status(status)
+                    self._last_status = status
+            except Exception as exc:  # this loop feeds the watchdog: a failing health check must not end it
+                self._log_health_error(exc)
             stale = self.heartbeats.stale()
             if interval is not None and time.monotonic() >= next_ping:
                 if stale:
@@ -204,6 +227,16 @@ class Daemon:
             metrics.COMPONENT_UP.labels(c["name"]).set(1 if c["ok"] else 0)
         ready, _ = self.readiness(components)
         shown = self.state if self.state != "running" else ("ok" if ready else "degraded")
-        self.live.publish(
-            "health", {"state": shown, "components": components, "engines": self._engine_status()}
-        )
+        self.live.publish("health", {"state": shown, "components": components, "engines": self._engines()})
+
+    def _engines(self) -> list[dict[str, object]]:
+        try:
+            return self._engine_status()
+        except Exception as exc:  # e.g. an I/O error reading the model versions: the health page goes on
+            self._log_health_error(exc)
+            return []
+
+    def _log_health_error(self, exc: Exception) -> None:
+        if time.monotonic() - self._health_error_logged >= 60.0:
+            self._health_error_logged = time.monotonic()
+            log.error("health check failed (said once a minute while it fails)", exc_info=exc)

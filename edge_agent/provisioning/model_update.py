@@ -61,7 +61,7 @@ class ModelStore:
         trial = self.root / name / "trial"
         try:
             return trial.read_text(encoding="utf-8").strip() or None
-        except FileNotFoundError:
+        except (OSError, UnicodeDecodeError):  # none, or unreadable: the health page must still be drawn
             return self.current_version(name)
 
     def current_path(self, name: str) -> Path | None:

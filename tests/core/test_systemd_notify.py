@@ -231,3 +231,23 @@ def test_watchdog_pings_start_with_ready_even_while_later_components_still_start
     gaps = [b - a for a, b in zip([ready_at, *pings[:-1]], pings, strict=True)]
     assert len(pings) >= 5, pings  # one every 0.5 s for 3 s, 2.5 of them while "engines" started
     assert max(gaps) < 1.0, max(gaps)  # systemd kills after WATCHDOG_USEC (1 s) without a ping
+
+
+def test_a_health_check_that_raises_does_not_stop_the_watchdog_pings(notify_socket: NotifySocket) -> None:
+    # Review: one OSError while reading the model versions for the health page ended the supervising task
+    # silently; pings stopped while every worker was alive, and systemd would restart the board in a loop.
+    def unreadable_versions() -> list[dict[str, object]]:
+        raise OSError(5, "Input/output error", "/var/cache/edge-agent/models/kt/trial")
+
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "400000"})
+    daemon = Daemon([], live=LiveBoard(), heartbeats=HeartbeatRegistry(), notifier=notifier,
+                    engine_status=unreadable_versions)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(daemon.run())
+        await asyncio.sleep(1.5)
+        daemon.request_stop()
+        return await asyncio.wait_for(task, 10)
+
+    assert asyncio.run(scenario()) == 0
+    assert len(notify_socket.fields("WATCHDOG")) >= 5  # every 0.2 s

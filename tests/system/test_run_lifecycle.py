@@ -331,3 +331,48 @@ def test_a_board_takes_answers_from_a_clickers_own_token_and_nothing_else_from_i
     assert notify.wait_for(lambda m: m.get("STATUS", "").startswith("running: all components healthy"), 10)
     (tmp_path / "secrets" / "web-clients").unlink()  # the daemon keeps the tokens read; IT sees why
     assert notify.wait_for(lambda m: "web.client_tokens_file: cannot read" in m.get("STATUS", ""), 15)
+
+
+@pytest.mark.broker
+def test_a_reload_is_a_clean_restart_that_reads_the_config_again(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], package: KTPackage,
+) -> None:
+    # Review: SIGHUP (systemctl reload, a closed terminal) killed the daemon by its default action: no
+    # STOPPING=1, the lesson's partial window lost; and the config_reload command the protocol names had no
+    # handler. A reload is now a clean stop with exit status 75, which the unit starts again
+    # (RestartForceExitStatus=75); the new process reads the config anew.
+    import paho.mqtt.client as paho
+
+    from tests.brokers import Broker
+
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        cfg = local_config(tmp_path, faces=None, mqtt_port=broker.port)
+        config = write_config(tmp_path / "config.toml", cfg)
+        base = f"http://127.0.0.1:{cfg['web']['port']}"
+
+        first = daemons(config, notify, tmp_path / "run1.log").start()
+        first.wait_running(healthy=True)
+        post_answers(base, class_answers(package, 0))
+        first.signal(signal.SIGHUP)
+        assert first.wait(10) == 75, first.output()[-3000:]
+        assert notify.with_key("STOPPING")[-1]["STOPPING"] == "1"
+        assert "SIGHUP (a reload): stopping cleanly" in first.output()
+        stopped = first.output()
+        assert "component kt stopped" in stopped and "component store stopped" in stopped  # flushed
+
+        notify.clear()
+        second = daemons(config, notify, tmp_path / "run2.log").start()  # as systemd would start it
+        second.wait_running(healthy=True)
+        sender = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="fleet-controller")
+        sender.connect("127.0.0.1", broker.port)
+        sender.loop_start()
+        topic = "edge/district-t/school-t/board-t/cmd"
+        reload = json.dumps({"type": "config_reload", "request_id": "r-7"})
+        sender.publish(topic, reload, qos=1).wait_for_publish(5)
+        assert second.wait(20) == 75, second.output()[-3000:]
+        sender.loop_stop()
+        sender.disconnect()
+        assert "config_reload command r-7: stopping cleanly" in second.output()
+    finally:
+        broker.stop()
