@@ -18,7 +18,7 @@ from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.service import KTService, ServiceBusy
-from edge_agent.lifecycle import Health, HeartbeatRegistry
+from edge_agent.lifecycle import Health, HeartbeatRegistry, waiting_on_disk
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
 from edge_agent.store.outbox import Outbox
@@ -50,6 +50,13 @@ def check_engine(engine: Engine, package: KTPackage) -> None:
         raise ModelError(
             f"engine {engine.model_name} has hidden size {specs['h'].shape[-1]}, "
             f"the package says {package.hidden}: engine and package do not match"
+        )
+    # else a model trained on other skills than skills.json lists loads and fails every answer
+    skills = {s.name: s for s in engine.outputs}["probs"].shape[-1]
+    if skills not in (-1, len(package.skills)):
+        raise ModelError(
+            f"engine {engine.model_name} answers for {skills} skills, the package's skills.json lists "
+            f"{len(package.skills)}: engine and package do not match"
         )
 
 
@@ -121,14 +128,17 @@ class KTComponent:
             self._engine = open_default_engine(package)
         check_engine(self._engine, package)
         persistence = StatePersistence(self._db) if self._db is not None else None
+        beat = self._heartbeats.register(HEARTBEAT, max_gap_s=10.0)
         service = KTService(
-            package,
-            self._engine,
-            self.settings,
-            pseudonymize,
-            persistence=persistence,
-            heartbeat=self._heartbeats.register(HEARTBEAT, max_gap_s=10.0),
+            package, self._engine, self.settings, pseudonymize, persistence=persistence, heartbeat=beat
         )
+        # Registered from here on: the reads below wait on a stalled disk as the running service's do, and
+        # are excused like them (a stall of 10 s at start withheld the watchdog's pings).
+        with waiting_on_disk(beat):
+            self._restore(service, package, persistence)
+        return service
+
+    def _restore(self, service: KTService, package: KTPackage, persistence: StatePersistence | None) -> None:
         if persistence is not None:
             limit = self.settings.max_students
             service.load(persistence.load_states(package.hidden, len(package.skills), limit))
@@ -143,7 +153,6 @@ class KTComponent:
             view = persistence.load_lesson_view()
             if view is not None and service.restore_lesson_view(view):
                 log.info("the teacher's lesson goes on (%s answers so far)", view.get("answers"))
-        return service
 
     async def stop(self) -> None:
         if self._task is not None:
