@@ -4,8 +4,8 @@ Delivery is one path: a package tar lands in the inbox (copied there by an IT pe
 by the command handler after checking the sha256 the command names), the ``model-inbox`` thread hands it
 to :class:`~edge_agent.provisioning.model_update.ModelUpdater`, and after the attempt the file is moved
 aside: ``inbox/done/`` when the version runs, ``<name>.rejected`` plus ``<name>.rejected.reason`` when it
-was refused or rolled back. Files are taken only once their size and mtime held still for one poll, so a
-slow copy is not read half-written; downloads are written under a hidden name and renamed when complete.
+was refused or rolled back. Files are taken only once their size and mtime held still for a poll interval,
+so a slow copy is not read half-written; downloads are written under a hidden name and renamed when complete.
 
 The command's ``signature`` field is not relied on: every package carries its own ``manifest.sig``, which
 the store verifies against the installed key whatever the delivery path. The outcome of the latest attempt,
@@ -167,9 +167,11 @@ def download(
     max_bytes: int,
     context: ssl.SSLContext | None = None,
     allowed_hosts: Collection[str] = (),
+    stop: threading.Event | None = None,
 ) -> Path:
     """Fetch ``url`` (https or file only) into ``dest`` if its sha256 matches; a hidden .part until then.
-    With ``allowed_hosts``, an https URL, and every redirect, must name one of them."""
+    With ``allowed_hosts``, an https URL, and every redirect, must name one of them. Setting ``stop``
+    ends it between chunks."""
     scheme = urlsplit(url).scheme
     if scheme not in ("https", "file"):
         raise DownloadFailed(f"model download refused: only https:// or file:// URLs, not {scheme or 'none'}")
@@ -193,6 +195,10 @@ def download(
                     raise DownloadFailed(f"package larger than updates.max_download_bytes ({max_bytes})")
                 if time.monotonic() > deadline:
                     raise _too_slow(timeout_s, size)
+                # the agent is stopping: the thread must end while it can still delete the .part (a
+                # daemon thread dies with the process and left up to max_download_bytes in the inbox)
+                if stop is not None and stop.is_set():
+                    raise DownloadFailed("model download stopped: the agent stopped; send the command again")
                 digest.update(chunk)
                 out.write(chunk)
         if time.monotonic() > deadline:  # the socket was shut at the deadline: what came is cut short
@@ -295,7 +301,8 @@ class ModelUpdates:
         self._downloads: queue.Queue[Any] = queue.Queue(maxsize=DOWNLOAD_QUEUE_MAX)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._seen: dict[Path, tuple[int, float]] = {}
+        # each inbox file's (size, mtime) and the monotonic time it was first seen with them
+        self._seen: dict[Path, tuple[tuple[int, float], float]] = {}
         self._taken: set[Path] = set()
         self.download_drops = 0
         self.last_download: str | None = None
@@ -314,6 +321,7 @@ class ModelUpdates:
             self._problem = f"model updates off: {exc}"
             log.error("%s", self._problem)
             return
+        self._remove_leftover_parts()
         store = ModelStore(self.models_dir, [key])
         self.updater = _InboxUpdater(store, self._loader, self._sanity, self._note)
         await self.updater.start()
@@ -326,7 +334,8 @@ class ModelUpdates:
     async def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            # off the event loop; a daemon thread: a download still running dies with the process
+            # off the event loop; a download ends at its next chunk, but one stuck waiting on the server is
+            # left to die with the process (a daemon thread): its .part goes at the next start
             await asyncio.to_thread(self._thread.join, 5.0)
             self._thread = None
         if self.updater is not None:
@@ -359,6 +368,18 @@ class ModelUpdates:
 
     def _note(self, ok: bool, result: str) -> None:
         self._last = (ok, result)
+
+    def _remove_leftover_parts(self) -> None:
+        """Delete the downloads a killed run left half-written: is_package skips hidden files, so nothing
+        else ever would, and each may be max_download_bytes."""
+        freed = 0
+        for part in self.inbox.glob(".*.part"):
+            with contextlib.suppress(OSError):
+                size = part.stat().st_size
+                part.unlink()
+                freed += size
+        if freed:
+            log.info("model inbox: removed unfinished downloads (%d bytes)", freed)
 
     # -- the model_update command (publisher thread: only queue it) --------------------------------------
 
@@ -411,9 +432,13 @@ class ModelUpdates:
                 max_bytes=self.settings.max_download_bytes,
                 context=context,
                 allowed_hosts=self.settings.allowed_hosts,
+                stop=self._stop,
             )
         except (DownloadFailed, OSError) as exc:
             self.last_download = f"request {command.request_id}: {exc}"
+            if self._stop.is_set():  # cut short by a stop: not a refusal to alert anyone about
+                log.info("model update %s not downloaded: the agent is stopping", command.request_id)
+                return
             self._note(False, self.last_download)
             metrics.ALERTS.labels(kind="model_update_refused").inc()
             log.warning("model update %s not downloaded: %s", command.request_id, getattr(exc, "detail", exc))
@@ -422,7 +447,7 @@ class ModelUpdates:
         log.info("model update %s downloaded into the inbox as %s", command.request_id, dest.name)
 
     def _scan(self) -> None:
-        """Submit packages whose size and mtime held still since the previous scan."""
+        """Submit packages whose size and mtime held still for at least one poll interval."""
         assert self.updater is not None
         try:
             found = {p: (p.stat().st_size, p.stat().st_mtime) for p in self.inbox.iterdir() if is_package(p)}
@@ -430,9 +455,15 @@ class ModelUpdates:
             log.error("cannot read the model inbox %s: %s", self.inbox, exc)
             return
         self._taken &= set(found)  # filed away by the updater, or removed by hand
+        now = time.monotonic()
+        seen: dict[Path, tuple[tuple[int, float], float]] = {}
         for path, signature in found.items():
-            if path in self._taken or self._seen.get(path) != signature:
+            previous, since = self._seen.get(path, (None, now))
+            seen[path] = (signature, since if previous == signature else now)
+            # by elapsed time, not by scans: every command brings a scan, and two commands a few ms apart
+            # took a package still being copied
+            if path in self._taken or now - seen[path][1] < self.settings.poll_interval_s:
                 continue
             if self.updater.submit(path):
                 self._taken.add(path)
-        self._seen = found
+        self._seen = seen

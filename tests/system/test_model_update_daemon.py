@@ -8,8 +8,10 @@ download (https on loopback with a test CA, and file URLs for the downloader alo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -385,6 +387,37 @@ def test_a_copy_under_a_hidden_name_is_left_alone_until_renamed(
     wait_for(lambda: running.running_version() == "1.2", 20, "version 1.2 to run")
 
 
+def test_a_slow_copy_is_taken_only_once_complete_however_close_together_commands_come(
+    keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # every command brings a scan of the inbox: two a few ms apart passed the "held still for one poll"
+    # check in the middle of a slow scp, and the package was refused half-written
+    config = board_config(tmp_path, keys[1], poll_interval_s=2.0, allowed_hosts=["updates.example"])
+    board = Board(config).start()
+    updates = board.assembly.updates  # type: ignore[union-attr]
+    assert updates is not None
+    archive = make_package(tmp_path, keys[0], "2.0")
+    data = archive.read_bytes()
+    step = len(data) // 6 + 1
+    try:
+        with (board.inbox / archive.name).open("wb") as copy:
+            for start in range(0, len(data), step):
+                copy.write(data[start : start + step])
+                copy.flush()
+                for n in range(2):  # refused at once: the host is not allowed
+                    url = "https://elsewhere.example/kt.tar"
+                    updates.handle_command(command(board, url, "0" * 64, f"9.{start}.{n}"))
+                done = f"req-9.{start}.1"
+                wait_for(lambda done=done: done in (updates.last_download or ""), 5, "both commands refused")
+        wait_for(
+            lambda: board.running_version() == "2.0" or any(board.inbox.glob("*.reason")), 20, "the package"
+        )
+        assert [p.read_text() for p in board.inbox.glob("*.reason")] == []
+        assert board.running_version() == "2.0"
+    finally:
+        board.stop()
+
+
 @pytest.mark.parametrize("installed", [True, False], ids=["done", "rejected"])
 def test_the_last_packages_handled_stay_whatever_date_they_carry(tmp_path: Path, installed: bool) -> None:
     # cp -p, rsync -a, scp -p and tar keep a file's date: a package built in 2020 and copied in today must
@@ -447,6 +480,71 @@ def test_model_update_command_downloads_checks_sha256_and_activates(
         wait_for(lambda: updates.last_outcome() == {"ok": True, "result": "kt 3.0 running"}, 5, "the outcome")
     finally:
         server.close()
+
+
+class _Endless(QuietHandler):
+    """An update server on a slow uplink: the package would take minutes to come."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 30))
+        self.end_headers()
+        with contextlib.suppress(OSError):  # until the board hangs up
+            while True:
+                self.wfile.write(b"x" * 16384)
+                self.wfile.flush()
+                time.sleep(0.01)
+
+
+def test_a_stop_ends_a_download_in_progress_and_deletes_its_part_file(
+    keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # the model-inbox thread is a daemon thread: a stop that left it downloading let the process exit
+    # under it, and the .part (up to 512 MiB) stayed in the inbox for good
+    ca = FleetCA.create(tmp_path / "ca", "test update server CA")
+    (tmp_path / "ca.pem").write_bytes(ca.ca_pem())
+    served = tmp_path / "served"
+    served.mkdir()
+    server = HttpsFileServer(served, ca, _Endless)
+    board = Board(board_config(tmp_path, keys[1], download_ca_file=str(tmp_path / "ca.pem")))
+    updates = build(board.config).updates
+    assert updates is not None
+    part = board.inbox / ".kt-2.0.tar.part"
+    try:
+        asyncio.run(updates.start())
+        updates.handle_command(command(board, server.url("kt-2.0.tar"), "0" * 64, "2.0"))
+        wait_for(lambda: part.is_file() and part.stat().st_size > 1 << 20, 20, "the download to be under way")
+        started = time.monotonic()
+        asyncio.run(updates.stop())
+        assert time.monotonic() - started < 2.0  # it waited 5 s for the thread, then gave up on it
+        assert list(board.inbox.iterdir()) == []
+        assert "download stopped" in (updates.last_download or "")
+    finally:
+        server.close()
+
+
+def test_downloads_a_killed_run_left_unfinished_are_deleted_at_the_next_start(
+    keys: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a download stuck waiting on the server still dies with the process; nothing else ever deletes the
+    # hidden .part it leaves (the inbox skips hidden files), and each may be 512 MiB
+    config = board_config(tmp_path, keys[1])
+    inbox = config.paths.state_dir / "inbox"
+    inbox.mkdir(parents=True)
+    left = [inbox / ".kt-2.0.tar.part", inbox / ".kt-2.1.tar.part"]
+    for path in left:
+        path.write_bytes(b"x" * 50_000)
+    copying = inbox / ".kt-2.2.tar.Xy12ab"  # rsync at work: not a download, not ours to delete
+    copying.write_bytes(b"x" * 50_000)
+    updates = build(config).updates
+    assert updates is not None
+    with caplog.at_level(logging.INFO, logger="edge_agent.updates"):
+        asyncio.run(updates.start())
+    try:
+        assert sorted(p.name for p in inbox.iterdir()) == [copying.name]
+        assert "(100000 bytes)" in caplog.text
+    finally:
+        asyncio.run(updates.stop())
 
 
 # -- the downloader alone ------------------------------------------------------------------------------
