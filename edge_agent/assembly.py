@@ -221,7 +221,8 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         if kt is not None:
             routes.append(answer_routes(lambda: _kt_service(kt), config.kt, roster))
         routes.append(camera_routes(lambda: _attention_component(attention)))
-        web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates))
+        web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates),
+                           timezone=config.device.timezone)
         components += [web, *(WatchedFileComponent(f) for f in (roster, web.clients) if f is not None)]
 
     metrics_server: MetricsServer | None = None

@@ -36,6 +36,7 @@ LANGUAGES = ("zh-CN", "en")
 LANG_COOKIE = "edge_agent_lang"  # app.js sets it; not a secret, so readable by the page
 _LANG_RE = re.compile(r"^[A-Za-z]{2}(-[A-Za-z]{2})?$")
 SSE_RETRY_MS = 3000
+REFUSED_RETRY_S = 10  # a browser refused a stream (503) tries again after this long; app.js reads it
 MAX_STREAMS_PER_PEER = 4  # a teacher's laptop, a phone, and a tab or two
 STALL_KEEPALIVES = 2  # a browser that takes no data for this many keepalive periods is gone or frozen
 
@@ -94,6 +95,8 @@ class TeacherView:
         status: StatusFn | None = None,
         keepalive_s: float = 15.0,
         max_streams: int = 32,
+        *,
+        timezone: str = "",
     ) -> None:
         if default_language not in LANGUAGES:
             raise ValueError(f"web.default_language must be one of {', '.join(LANGUAGES)}")
@@ -103,6 +106,9 @@ class TeacherView:
         self._keepalive_s = keepalive_s
         self._stall_s = STALL_KEEPALIVES * keepalive_s
         self._max_streams = max_streams
+        # device.timezone (IANA): the page shows times in it, not in the browser's zone. Boards are often
+        # left on UTC, and so is the board's own screen; empty: the browser's zone.
+        self._timezone = timezone
         self._closing = asyncio.Event()
         self.open_streams = 0
         self._streams_of: collections.Counter[str] = collections.Counter()  # open streams per address
@@ -127,6 +133,7 @@ class TeacherView:
     def _snapshot(self) -> dict[str, Any]:
         snap = self._live.snapshot()
         snap["server_time"] = time.time()
+        snap["timezone"] = self._timezone
         return _json_safe(snap)
 
     async def index(self, request: web.Request) -> web.Response:
@@ -140,6 +147,7 @@ class TeacherView:
             "languages": list(LANGUAGES),
             "messages": {lang: self._messages[lang]},
             "snapshot": self._snapshot(),
+            "retry_refused_s": REFUSED_RETRY_S,
         }
         page = self._template.replace("{{LANG}}", lang).replace(
             "{{BOOT_JSON}}", script_json(boot)
@@ -179,7 +187,7 @@ class TeacherView:
             where = f"this computer has {MAX_STREAMS_PER_PEER}" if crowded else "there are too many"
             raise web.HTTPServiceUnavailable(
                 text=f"{where} open teacher views on this board; close a browser tab and retry",
-                headers={"Retry-After": "10"},
+                headers={"Retry-After": str(REFUSED_RETRY_S)},
             )
         self._streams_of[peer] += 1
         response = web.StreamResponse(

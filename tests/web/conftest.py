@@ -45,11 +45,13 @@ def chromium() -> Iterator[object]:
 
 @pytest.fixture()
 def teacher_page(chromium: object) -> Iterator[Callable[..., TeacherViewPage]]:
-    """Factory: ``teacher_page(base_url, width=1920, height=1080)``; every page is closed afterwards."""
+    """Factory: ``teacher_page(base_url, width=1920, height=1080, timezone_id=None)`` (None: this machine's
+    zone); every page is closed afterwards."""
     pages: list[TeacherViewPage] = []
 
-    def make(base_url: str, width: int = 1920, height: int = 1080) -> TeacherViewPage:
-        page = TeacherViewPage(chromium, base_url, width, height)
+    def make(base_url: str, width: int = 1920, height: int = 1080,
+             timezone_id: str | None = None) -> TeacherViewPage:
+        page = TeacherViewPage(chromium, base_url, width, height, timezone_id)
         pages.append(page)
         return page
 

@@ -48,11 +48,12 @@ class ServerThread:
     def __init__(self, live: LiveBoard, token: str | None = None, host: str = "127.0.0.1",
                  route_tables: Sequence[web.RouteTableDef] = (), keepalive_s: float = 15.0,
                  default_language: str = "zh-CN", tls: tuple[Path, Path] | None = None,
-                 client_tokens: Path | None = None, port: int = 0) -> None:
+                 client_tokens: Path | None = None, port: int = 0, timezone: str = "") -> None:
         cert, key = tls or (None, None)
         settings = WebSettings(host=host, port=8080, token_file=None, default_language=default_language,
                                tls_cert_file=cert, tls_key_file=key, client_tokens_file=client_tokens)
-        self.component = WebComponent(settings, live, token, route_tables, port=port, keepalive_s=keepalive_s)
+        self.component = WebComponent(settings, live, token, route_tables, port=port, keepalive_s=keepalive_s,
+                                      timezone=timezone)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="web-test-server", daemon=True)
 
@@ -105,9 +106,11 @@ def non_loopback_ipv4() -> str | None:
 class TeacherViewPage:
     """A Playwright page on the teacher view at ``base_url`` (a test server or the full daemon)."""
 
-    def __init__(self, browser: Any, base_url: str, width: int = 1920, height: int = 1080) -> None:
+    def __init__(self, browser: Any, base_url: str, width: int = 1920, height: int = 1080,
+                 timezone_id: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.context = browser.new_context(viewport={"width": width, "height": height}, locale="zh-CN")
+        self.context = browser.new_context(viewport={"width": width, "height": height}, locale="zh-CN",
+                                           timezone_id=timezone_id)
         self.page = self.context.new_page()
         self.console_errors: list[str] = []
         self.page.on("console", self._on_console)

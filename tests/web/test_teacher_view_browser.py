@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from edge_agent.live import LiveBoard
+from edge_agent.web import view as view_module
 from tests.web.conftest import WEB_TOKEN
 from tests.web.harness import ServerThread, TeacherViewPage, non_loopback_ipv4
 from tests.web.sample import attention_section, fill_board, learning_section
@@ -462,3 +466,77 @@ def test_remote_browser_signs_in_over_https_and_its_cookie_is_secure(
     finally:
         server.stop()
         browser.close()
+
+
+def test_times_are_the_boards_even_on_a_screen_left_on_utc(live_board: LiveBoard,
+                                                           teacher_page: PageFactory) -> None:
+    # device.timezone exists because boards are left on UTC, and the board's own screen with them.
+    zone = ZoneInfo("Asia/Shanghai")
+    server = ServerThread(live_board, timezone="Asia/Shanghai").start()
+    try:
+        view = teacher_page(server.url, timezone_id="UTC")
+        view.open()
+        view.wait_live()
+        opens = (datetime.now(zone) + timedelta(days=1)).replace(hour=7, minute=30, second=0, microsecond=0)
+        live_board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
+            "state": "off_hours", "fps": 0.0, "detail": "closed", "opens_at": opens.timestamp()}})
+        view.page.wait_for_function("() => document.getElementById('attention').dataset.camera === 'down'",
+                                    timeout=2000)
+        weekday = ["周一", "周二", "周三", "周四", "周五", "周六", "周日"][opens.weekday()]
+        signal = view.text("#att-signal")
+        assert weekday in signal and "07:30" in signal, signal  # in UTC: the day before, 23:30
+        assert view.text("#learn-started") == "本节课开始于 14:00"  # sample.LESSON_START, 06:00 UTC
+        before = datetime.now(zone)
+        clock = view.text("#clock")
+        assert clock in {before.strftime("%H:%M"), (before + timedelta(minutes=1)).strftime("%H:%M")}
+    finally:
+        server.stop()
+
+
+def test_a_page_refused_a_stream_goes_live_once_a_place_frees(
+        live_board: LiveBoard, teacher_page: PageFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The browser closes a stream answered 503 for good; the page promises it updates by itself.
+    monkeypatch.setattr(view_module, "REFUSED_RETRY_S", 1)  # the board's Retry-After, which the page follows
+    server = ServerThread(live_board, keepalive_s=0.5).start()  # a closed holder is noticed at the next write
+    holders = []
+    try:
+        for _ in range(32):  # other teacher views hold every place on the board
+            holder = socket.create_connection(("127.0.0.1", server.port))
+            holder.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert holder.recv(100).startswith(b"HTTP/1.1 200")
+            holders.append(holder)
+        view = teacher_page(server.url)
+        view.open()
+        view.page.wait_for_selector("#conn-lost", state="visible", timeout=5000)
+        time.sleep(2.5)  # refused again meanwhile
+        assert view.page.get_attribute("#conn", "data-state") == "reconnecting"
+        for holder in holders:
+            holder.close()
+        view.wait_live(timeout_ms=10000)
+        live_board.publish("learning", learning_section() | {"answers": 987})
+        view.page.wait_for_function("() => document.getElementById('learn-answers').textContent === '987'",
+                                    timeout=2000)
+        assert view.page.locator("#conn-lost").is_hidden()
+    finally:
+        for holder in holders:
+            holder.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(("state", "shown"), [("starting", "摄像头正在打开"), ("stopped", "摄像头已停止")])
+def test_a_camera_opening_is_named_in_chinese_and_is_no_problem(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory, state: str, shown: str
+) -> None:
+    # "starting" at every start of the daemon; "stopped" while it opens again when its hours begin.
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    live_board.publish("health", {"state": "ok", "engines": [],
+                                  "components": [{"name": "attention", "ok": True, "detail": ""}]})
+    live_board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
+        "state": state, "fps": 0.0, "detail": ""}})
+    view.page.wait_for_function("s => document.getElementById('health-camera').textContent === s", arg=shown,
+                                timeout=2000)
+    assert view.text("#att-faces") == shown
+    assert "摄像头" not in view.text("#health-issues")
+    assert view.page.get_attribute("#health-camera", "data-ok") == "true"

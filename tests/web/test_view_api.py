@@ -305,7 +305,9 @@ def test_translations_cover_every_key_the_page_uses() -> None:
     script = (STATIC_DIR / "app.js").read_text(encoding="utf-8")
     used = set(re.findall(r'data-i18n="([a-z_]+)"', page))
     used |= set(re.findall(r'\bt\("([a-z_]+)"\s*[,)]', script))
-    cameras = ("running", "reconnecting", "stalled", "disabled", "off_hours", "error")
+    # every state the camera (vision/camera.py) and the attention loop report
+    cameras = ("starting", "running", "reconnecting", "stalled", "stopped", "disabled", "off_hours", "paused",
+               "error")
     for prefix, values in (("camera_state_", cameras),
                            ("health_state_", ("starting", "ok", "degraded", "stopping")),
                            ("ago", ("_s", "_m", "_h")), ("duration", ("_s", "_m", "_h"))):

@@ -15,6 +15,14 @@
   const state = { sections: boot.snapshot.sections || {}, updated: boot.snapshot.updated || {} };
   const clockSkew = (boot.snapshot.server_time || Date.now() / 1000) - Date.now() / 1000;
   let lang = boot.language || boot.default_language;
+  // Times in the board's zone (device.timezone), not the browser's: boards, and so their own screens, are
+  // often left on UTC. None set: the browser's zone. A name this browser's zone data lacks would throw.
+  function knownZone(name) {
+    try { return name ? new Intl.DateTimeFormat("en", { timeZone: name }).resolvedOptions().timeZone : undefined; }
+    catch (err) { return undefined; }
+  }
+  let zone = knownZone(boot.snapshot.timezone);
+  const inZone = (options) => (zone ? { ...options, timeZone: zone } : options);
 
   const $ = (id) => document.getElementById(id);
   const now = () => Date.now() / 1000 + clockSkew;
@@ -32,13 +40,14 @@
   const num = (v, digits) => (isNum(v) ? new Intl.NumberFormat(lang, { maximumFractionDigits: digits || 0 }).format(v) : "—");
   // With the date when it is a week or more away: after a holiday "Mon 07:30" reads as the coming Monday.
   const dayTime = (epoch) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleString(lang,
-    { weekday: "short", hour: "2-digit", minute: "2-digit",
-      ...(epoch * 1000 - Date.now() >= 6 * 86400000 ? { month: "short", day: "numeric" } : {}) }) : "—");
-  // Camera states that are a choice (switched off, outside its hours), not a problem for IT.
-  const CAMERA_OFF = new Set(["disabled", "off_hours", "paused"]);
+    inZone({ weekday: "short", hour: "2-digit", minute: "2-digit",
+      ...(epoch * 1000 - Date.now() >= 6 * 86400000 ? { month: "short", day: "numeric" } : {}) })) : "—");
+  // Camera states that are no problem for IT: a choice (switched off, outside its hours, paused) or the
+  // camera opening (starting; "stopped" until it opens again when its hours begin or a pause ends).
+  const CAMERA_OFF = new Set(["disabled", "off_hours", "paused", "starting", "stopped"]);
   const LESSON_MINUTES = 45; // the pause button closes the camera for one lesson
   const clockTime = (epoch, seconds) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleTimeString(lang,
-    seconds ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" }) : "—");
+    inZone(seconds ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" })) : "—");
   function duration(seconds, prefix) {
     if (!isNum(seconds)) return "—";
     const s = Math.max(0, seconds);
@@ -184,7 +193,7 @@
   let learningShown = null; // what the list shows: rebuilt only when it changes, so a reader keeps its place
   function renderLearning() {
     const l = state.sections.learning;
-    const key = JSON.stringify([lang, l === undefined ? null : l]);
+    const key = JSON.stringify([lang, zone, l === undefined ? null : l]);
     if (key === learningShown) return;
     learningShown = key;
     if (!l) {
@@ -355,7 +364,7 @@
   const renderers = { attention: [renderAttention, renderHealth], learning: [renderLearning], health: [renderHealth],
     sync: [renderHealth], device: [renderHealth] };
   function renderAll() { renderStatic(); renderAttention(); renderLearning(); renderHealth(); renderClock(); }
-  function renderClock() { setText("clock", new Date().toLocaleTimeString(lang, { hour: "2-digit", minute: "2-digit" })); }
+  function renderClock() { setText("clock", new Date().toLocaleTimeString(lang, inZone({ hour: "2-digit", minute: "2-digit" }))); }
 
   // Paused (WCAG 2.2.2): updates are kept, not shown, until the teacher resumes; the pill says so.
   let paused = false;
@@ -413,9 +422,16 @@
   function connect() {
     const source = new EventSource("/api/v1/events");
     source.addEventListener("open", () => setConnection(true));
-    source.addEventListener("error", () => { setConnection(false); checkSignedIn(); });
+    source.addEventListener("error", async () => {
+      setConnection(false);
+      await checkSignedIn();
+      // A refused stream (503: the board's places are taken) is closed for good, and the browser never
+      // tries again by itself; a page whose sign-in ended waits for the teacher instead.
+      if (source.readyState === EventSource.CLOSED && !signedOut) setTimeout(connect, boot.retry_refused_s * 1000);
+    });
     source.addEventListener("snapshot", (ev) => {
       const snap = JSON.parse(ev.data);
+      zone = knownZone(snap.timezone);
       state.sections = snap.sections || {};
       state.updated = snap.updated || {};
       if (!paused) { renderAttention(); renderLearning(); renderHealth(); }
