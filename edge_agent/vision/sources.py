@@ -44,10 +44,11 @@ def classify(source: str) -> str:
     text = source.strip()
     if re.fullmatch(r"\d+|/dev/video\d+", text):
         return "v4l2"
+    # the scheme first: a camera's password may hold a "!" (rtsp://admin:Secret!1@...)
+    if re.match(r"^(rtsp|rtsps|http|https)://\S*$", text, re.IGNORECASE):
+        return "url"
     if "!" in text:
         return "gstreamer"
-    if re.match(r"^(rtsp|rtsps|http|https)://", text, re.IGNORECASE):
-        return "url"
     if Path(text).is_dir():
         return "folder"
     return "file"

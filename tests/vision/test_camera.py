@@ -51,7 +51,9 @@ def folder(tmp_path: Path, faces_dir: Path) -> Path:
 @pytest.mark.parametrize(
     ("source", "kind"),
     [("0", "v4l2"), ("/dev/video2", "v4l2"), ("rtsp://cam/stream", "url"),
-     ("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! appsink", "gstreamer"), ("/nonexistent.mp4", "file")],
+     ("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! appsink", "gstreamer"), ("/nonexistent.mp4", "file"),
+     ("rtsp://admin:Secret!1@10.0.0.9/stream1", "url"),  # a "!" in the password is no pipeline
+     ("rtspsrc location=rtsp://cam/s ! decodebin ! appsink", "gstreamer")],
 )
 def test_source_strings_are_classified(source, kind):
     assert classify(source) == kind
