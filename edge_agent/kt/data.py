@@ -42,12 +42,12 @@ class Sequences:
 
 def _answers(values: list[str], where: str) -> list[int]:
     try:
-        answers = [int(float(v)) for v in values]
+        numbers = [float(v) for v in values]  # "1.0" is 1; 0.7 is refused, not cut to 0
     except ValueError as exc:
         raise InputRejected(f"{where}: answers must be 0 or 1 ({exc})") from exc
-    if any(a not in (0, 1) for a in answers):
-        raise InputRejected(f"{where}: answers must be 0 or 1")
-    return answers
+    if any(a not in (0.0, 1.0) for a in numbers):
+        raise InputRejected(f"{where}: answers must be 0 or 1 (partial credit such as 0.7 is not an answer)")
+    return [int(a) for a in numbers]
 
 
 def parse_dkt_csv(text: str, source: str = "<csv>") -> Sequences:
@@ -77,11 +77,16 @@ def parse_dkt_csv(text: str, source: str = "<csv>") -> Sequences:
 
 
 def parse_pykt_csv(text: str, source: str = "<csv>") -> Sequences:
-    """pyKT's sequence CSV: columns ``concepts`` and ``responses`` hold comma-separated lists, -1 pads."""
+    """pyKT's sequence CSV: columns ``concepts`` and ``responses`` hold comma-separated lists, -1 pads.
+
+    pyKT cuts a student's answers into rows of at most 200, each keeping the student's ``uid``: rows of one
+    uid are one student again (in file order), so the split by student cannot put one student's answers on
+    both sides."""
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"concepts", "responses"} <= set(reader.fieldnames):
         raise InputRejected(f"{source}: a pyKT CSV needs a header with 'concepts' and 'responses' columns")
     seqs = Sequences()
+    row_of_uid: dict[str, int] = {}
     for row in reader:
         where = f"{source} line {reader.line_num}"
         concepts = [c.strip() for c in (row["concepts"] or "").split(",")]
@@ -93,15 +98,24 @@ def parse_pykt_csv(text: str, source: str = "<csv>") -> Sequences:
             for c, r in zip(concepts, responses, strict=False)
             if r != "-1" and c not in ("", "-1")
         ]
-        if pairs:
-            seqs.skills.append([c for c, _ in pairs])
-            seqs.correct.append(_answers([r for _, r in pairs], where))
+        if not pairs:
+            continue
+        skills, answers = [c for c, _ in pairs], _answers([r for _, r in pairs], where)
+        uid = (row.get("uid") or "").strip()
+        if uid and uid in row_of_uid:
+            seqs.skills[row_of_uid[uid]] += skills
+            seqs.correct[row_of_uid[uid]] += answers
+            continue
+        if uid:
+            row_of_uid[uid] = len(seqs.skills)
+        seqs.skills.append(skills)
+        seqs.correct.append(answers)
     return seqs
 
 
 def read_sequences(path: Path, fmt: str) -> Sequences:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Excel writes "UTF-8 CSV" with a BOM
     except (OSError, UnicodeDecodeError) as exc:
         raise InputRejected(f"cannot read training file {path}: {exc}") from exc
     if fmt == "dkt-csv":

@@ -16,7 +16,7 @@ from edge_agent.kt.classroom import (
     skill_histograms,
     summarize,
 )
-from edge_agent.kt.data import parse_dkt_csv, parse_pykt_csv, split_students
+from edge_agent.kt.data import parse_dkt_csv, parse_pykt_csv, read_sequences, split_students
 from edge_agent.kt.metrics import auc
 from edge_agent.kt.package import ItemInfo, KTPackage
 from edge_agent.kt.pseudonym import Pseudonymizer
@@ -40,6 +40,7 @@ def test_dkt_csv_reads_three_lines_per_student() -> None:
         ("2\n1,2\n1,2\n", "0 or 1"),
         ("2\n1,2\n1,0\n5\n", "3 per student"),
         ("2\n1,\n1,0\n", "count 2"),
+        ("3\n1,2,3\n0.7,0.99,1\n", "partial credit"),  # was read as 0, 0, 1
     ],
 )
 def test_dkt_csv_malformed_lines_are_named(text: str, words: str) -> None:
@@ -55,6 +56,22 @@ def test_pykt_csv_skips_padding_and_checks_lengths() -> None:
         parse_pykt_csv('uid,concepts,responses\n1,"1,2","1"\n')
     with pytest.raises(InputRejected, match="header"):
         parse_pykt_csv("uid,skills\n1,2\n")
+
+
+def test_pykt_rows_of_one_student_are_one_student_again() -> None:
+    # pyKT cuts each student into rows of at most 200 answers, each with the student's uid; read as
+    # separate students, one student's answers fell on both sides of the split (91 % of the held-out).
+    text = ('fold,uid,concepts,responses\n0,7,"1,2","1,0"\n0,8,"3,3","0,1"\n0,7,"2,1,-1","1,1,-1"\n'
+            '0,,"4,4","1,1"\n0,,"5,5","0,0"\n')
+    seqs = parse_pykt_csv(text)
+    assert seqs.skills == [["1", "2", "2", "1"], ["3", "3"], ["4", "4"], ["5", "5"]]
+    assert seqs.correct == [[1, 0, 1, 1], [0, 1], [1, 1], [0, 0]]  # rows without a uid stay apart
+
+
+def test_a_training_file_saved_by_excel_with_a_bom_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "answers.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + b"2\n1,2\n1,0\n")
+    assert read_sequences(path, "dkt-csv").correct == [[1, 0]]
 
 
 def test_split_is_by_student_and_deterministic() -> None:
