@@ -107,10 +107,15 @@ class FaceTracker:
 
     @staticmethod
     def record(tracks: Sequence[Track], attentive: Sequence[bool]) -> list[bool]:
-        """Add this frame's raw flags; returns the smoothed flag of each track."""
+        """Add this frame's raw flags; returns the smoothed flag of each track.
+
+        A flag from a pose reused between refreshes (``pose_age`` > 0) is not a new vote: at the default
+        refresh of every 3 frames one estimate was 3 of the 5 votes, and a single bad one flipped the face
+        for three frames."""
         smoothed = []
         for track, flag in zip(tracks, attentive, strict=True):
-            track.history.append(bool(flag))
+            if track.pose_age == 0 or not track.history:
+                track.history.append(bool(flag))
             smoothed.append(2 * sum(track.history) >= len(track.history))
         return smoothed
 

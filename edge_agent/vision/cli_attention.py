@@ -246,7 +246,9 @@ def cmd_attention_analyze(args: argparse.Namespace) -> int:
     config, analysed, failed = outcome
     report = [{"input": label, "faces": [face_record(r) for r in results]} for label, _, results in analysed]
     if args.annotate:
+        # a folder's own photos too: "analyze photos/ --annotate photos/class.jpg" wrote over class-1.jpg
         inputs = {Path(p).resolve() for p in args.inputs}
+        inputs |= {f.resolve() for p in args.inputs if Path(p).is_dir() for f in Path(p).rglob("*")}
         try:
             for number, (entry, (_, image, results)) in enumerate(zip(report, analysed, strict=True), 1):
                 out = _annotate_path(args.annotate, number, len(analysed))

@@ -196,4 +196,10 @@ class LandmarkPose:
         forward = rotation @ np.array([0.0, 0.0, -1.0])
         yaw = math.degrees(math.atan2(-forward[0], -forward[2]))
         pitch = math.degrees(math.atan2(-forward[1], math.hypot(forward[0], forward[2])))
+        # Relative to the line of sight, as FSA-Net measures on its crop: in camera axes a face looking
+        # into the lens from the frame's edge read as turned by its viewing angle (up to 27 degrees here),
+        # which one calibration offset cannot take out of every seat in the room.
+        x, y, z = tvec.ravel()
+        yaw -= math.degrees(math.atan2(x, z))
+        pitch -= math.degrees(math.atan2(y, math.hypot(x, z)))
         return Pose(yaw, pitch)

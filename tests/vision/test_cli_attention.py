@@ -226,6 +226,14 @@ def test_annotate_never_overwrites_an_input_and_names_what_it_wrote(faces_dir, c
     report = json.loads(capsys.readouterr().out)["images"]
     assert [(Path(e["input"]).name, len(e["faces"]), Path(e["annotated"]).name) for e in report] == [
         ("a.jpg", 3, "out-1.png"), ("b.jpg", 7, "out-2.png")]
+    # Review: the photos inside a folder were not inputs to this check: "analyze photos/ --annotate
+    # photos/class.jpg" wrote over photos/class-1.jpg and class-2.jpg, exit 0, not a word said
+    (folder / "a.jpg").rename(folder / "class-1.jpg")
+    (folder / "b.jpg").rename(folder / "class-2.jpg")
+    kept = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert _run([str(folder), "--annotate", str(folder / "class.jpg"), *cli_args]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == kept
 
 
 def _telemetry_files(home: Path) -> list[Path]:
