@@ -107,6 +107,17 @@ def translate(exc: sqlite3.Error, path: Path) -> StoreError:
             f"the database {path} is read-only for this process: its file or its -wal/-shm belong to "
             f"another user (a command run as root?); chown edge-agent:edge-agent {path}*"
         )
+    if "unable to open" in text:  # the folder is writable: the file's owner or mode
+        return StoreUnwritableError(
+            f"the database {path} cannot be opened by this process: it or its -wal/-shm belong to another "
+            f"user or lack read and write permission (a backup restored as root?); chown "
+            f"edge-agent:edge-agent {path}* and chmod 600 {path}"
+        )
+    if "disk i/o error" in text and _nearly_full(path.parent):  # SQLite cannot size its -shm
+        return StoreFullError(
+            f"the database {path} cannot be used: the disk holding it is full; free space on "
+            f"{path.parent} (old logs, cached models) and start the agent again"
+        )
     if "disk i/o error" in text:
         return StoreUnwritableError(
             f"the database {path} cannot be written: the storage reported an I/O error ({exc}); dmesg "
@@ -126,6 +137,14 @@ def translate(exc: sqlite3.Error, path: Path) -> StoreError:
             f"the database {path} is locked by another process ({exc}); is a second agent running?"
         )
     return StoreError(f"database {path} error: {exc}")
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 1024 * 1024
 
 
 def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> None:
@@ -241,7 +260,11 @@ class Database:
                 return schema_problem(conn)
             finally:
                 conn.close()
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:
+            # Says nothing about the file's state (a full disk that cannot size the -shm, a file of another
+            # user, a lock): moved aside, a good database was replaced by an empty one for good.
+            raise translate(exc, self.path) from exc
+        except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB: the file itself
             return str(exc)
 
     def _quarantine(self, problem: str) -> Path:
@@ -251,11 +274,14 @@ class Database:
         while target.exists():
             target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
             n += 1
-        self.path.rename(target)
-        for suffix in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
-                side.rename(target.with_name(target.name + suffix))
+        try:
+            self.path.rename(target)
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    side.rename(target.with_name(target.name + suffix))
+        except OSError as exc:
+            raise translate(sqlite3.OperationalError(f"disk I/O error: {exc}"), self.path) from exc
         log.error(
             "database %s failed its integrity check (%s); moved aside to %s", self.path, problem, target
         )

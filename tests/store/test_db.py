@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -371,6 +373,10 @@ def test_a_database_file_owned_by_another_user_gets_the_chown_to_run(state_dir: 
     refused = sqlite3.OperationalError("attempt to write a readonly database")
     error = str(translate(refused, state_dir / "x.db"))
     assert "belong to another user" in error and f"chown edge-agent:edge-agent {state_dir / 'x.db'}*" in error
+    # a file of mode 0600 owned by root (a backup restored with sudo): it was moved aside as damaged
+    unreadable = sqlite3.OperationalError("unable to open database file")
+    error = str(translate(unreadable, state_dir / "x.db"))
+    assert "belong to another user" in error and f"chown edge-agent:edge-agent {state_dir / 'x.db'}*" in error
 
 
 @pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
@@ -425,3 +431,46 @@ def test_a_read_still_running_when_the_database_closes_is_not_closed_under_it(st
     assert result == [0]  # before: StoreError "Cannot operate on a closed database"
     with pytest.raises(StoreError, match="closed"):
         db.read(lambda c: c.execute("SELECT 1").fetchone())
+
+
+@pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+def test_a_board_started_on_a_full_disk_keeps_its_database_and_says_the_disk_is_full(tmp_path: Path) -> None:
+    # Review: SQLite cannot size the -shm on a full disk and says "disk I/O error"; that was taken for
+    # damage, the good database was moved aside, and after space was freed the board ran on an empty one.
+    with failing_ext4(tmp_path / "disk", size_mib=32) as storage:
+        path = storage.path / "edge-agent.db"
+        db = Database(path, StoreSettings())
+        db.open()
+        rows = [(f"k{i}", "v" * 1000) for i in range(200)]
+        db.write(lambda c: c.executemany("INSERT INTO meta VALUES (?, ?)", rows)).result(5)
+        db.close()
+        # the logs fill the disk, root's reserved blocks too
+        with (storage.path / "syslog").open("wb") as log_file, contextlib.suppress(OSError):
+            while True:
+                log_file.write(b"x" * 65536)
+        with pytest.raises(StoreError, match="disk holding it is full; free space"):
+            Database(path, StoreSettings()).open()
+        assert not list(storage.path.glob("*.corrupt-*"))
+        (storage.path / "syslog").unlink()
+        again = Database(path, StoreSettings())
+        report = again.open()
+        kept = again.read(lambda c: c.execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone()[0])
+        again.close()
+        assert report.quarantined is None and kept == 200
+
+
+@pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+def test_a_board_started_on_storage_already_read_only_names_the_storage(tmp_path: Path) -> None:
+    # Review: after a clean stop (no -wal/-shm) on a card the kernel had remounted read-only, the start
+    # tried to move the good database aside and died of a raw "OSError: [Errno 30] Read-only file system".
+    with failing_ext4(tmp_path / "disk") as storage:
+        path = storage.path / "edge-agent.db"
+        db = Database(path, StoreSettings())
+        db.open()
+        db.write(lambda c: c.execute("INSERT INTO meta VALUES ('x', '1')")).result(5)
+        db.close()
+        os.sync()
+        storage.fail()
+        with pytest.raises(StoreError, match=r"is read-only.*SD card or eMMC may be failing"):
+            Database(path, StoreSettings()).open()
+        assert path.exists() and not list(storage.path.glob("*.corrupt-*"))
