@@ -516,6 +516,12 @@ class Database:
         thread.join(timeout)
         finished = not thread.is_alive()
         self._closed.set()
+        if finished:  # writes queued behind the stop (while it flushed) would otherwise never resolve
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    task = self._queue.get_nowait()
+                    if isinstance(task, _Task) and task.future.set_running_or_notify_cancel():
+                        task.future.set_exception(StoreError("the database closed before this write ran"))
         # Not a connection in a read (a query waiting on a stalled disk): closing it under the query made
         # close() wait for the disk, and then the query ran on over a freed connection (segfault).
         with self._readers_lock:

@@ -474,3 +474,18 @@ def test_a_board_started_on_storage_already_read_only_names_the_storage(tmp_path
         with pytest.raises(StoreError, match=r"is read-only.*SD card or eMMC may be failing"):
             Database(path, StoreSettings()).open()
         assert path.exists() and not list(storage.path.glob("*.corrupt-*"))
+
+
+def test_a_write_queued_while_the_database_closes_is_answered_not_left_hanging(state_dir: Path) -> None:
+    # Review: close() queues its stop, then flushes; a write queued meanwhile (KT's last save, an outbox
+    # callback) sat behind the stop and its future never resolved.
+    db = Database(state_dir / "edge-agent.db", StoreSettings())
+    db.open()
+    db.write(lambda c: time.sleep(1.0))  # the writer is busy with a batch (a slow disk)
+    closer = threading.Thread(target=db.close, args=(10.0,))
+    closer.start()
+    time.sleep(0.2)  # close() has queued its stop and waits for the writer
+    late = db.write(lambda c: c.execute("INSERT INTO meta VALUES ('late', '1')"))
+    closer.join()
+    with pytest.raises(StoreError, match="closed before this write ran"):
+        late.result(3)
