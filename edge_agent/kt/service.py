@@ -261,21 +261,31 @@ class KTService:
                 self._swap(control)
         self._save_unsaved()
 
-    def _take_unsaved(self) -> tuple[dict[str, StudentState], list[tuple[str, float, str | None]]]:
-        """The current states of students, and the event keys, whose commit failed; forgotten here, as
-        the caller saves them again (and puts them back if that fails too)."""
+    def _unsaved(self) -> tuple[dict[str, StudentState], list[tuple[str, float, str | None]]]:
+        """The current states of students, and the event keys, whose commit failed, for the caller to save
+        again. They stay listed until a save of them commits (:meth:`_saved`): until then a retry must still
+        find its key here (memory may have let it go, and SQLite does not have it yet)."""
         with self._lock:
-            students, self._unsaved_students = self._unsaved_students, set()
-            keys, self._unsaved_keys = self._unsaved_keys, []
-            return {s: self._states[s] for s in students if s in self._states}, keys
+            states = {s: self._states[s] for s in self._unsaved_students if s in self._states}
+            return states, list(self._unsaved_keys)
+
+    def _saved(self, states: dict[str, StudentState], keys: list[tuple[str, float, str | None]]) -> None:
+        """Under the lock, after a commit of ``states`` and ``keys``: they are on disk. The writer commits
+        in order, so no later failure can have listed one of them again in between."""
+        self._unsaved_students.difference_update(states)
+        if self._unsaved_keys:
+            stored = {key for key, _, _ in keys}
+            self._unsaved_keys = [k for k in self._unsaved_keys if k[0] not in stored]
 
     def _save_unsaved(self, timeout_s: float = 5.0) -> None:
         """On stop: one more try for answers whose commit failed (no batch follows to carry them)."""
-        states, keys = self._take_unsaved()
+        states, keys = self._unsaved()
         if self._persistence is None or not (states or keys):
             return
         try:
             self._persistence.save(states.items(), keys, self._clock()).result(timeout_s)
+            with self._lock:
+                self._saved(states, keys)
         except Exception as exc:  # the store is failing or stopped: say what is lost with the restart
             log.error("%s answers are applied in memory but not stored, and are lost with this stop: %s",
                       len(keys), exc)
@@ -357,7 +367,8 @@ class KTService:
             for a, f in zip(job.answers, res, strict=False)
             if f["status"] == "duplicate"
         }
-        unsaved, retry_keys = self._take_unsaved()
+        unsaved, retry_keys = self._unsaved()
+        new_keys = keys
         states, keys = {**unsaved, **changed}, retry_keys + keys
         if not states and not keys and not repeats:
             self._finish(jobs, results)
@@ -369,10 +380,12 @@ class KTService:
             stored.observe(time.perf_counter() - handed)
             error = f.exception()
             with self._lock:
-                if error is not None:
-                    self._unsaved_students.update(states)
-                    self._unsaved_keys.extend(keys)
-                elif repeats and any(key in repeats for key, _, _ in self._unsaved_keys):
+                if error is not None:  # those saved again (still listed) stay listed
+                    self._unsaved_students.update(changed)
+                    self._unsaved_keys.extend(new_keys)
+                else:
+                    self._saved(states, keys)
+                if error is None and repeats and any(key in repeats for key, _, _ in self._unsaved_keys):
                     # its first copy's commit, queued before this one, failed
                     error = ServiceBusy("the first copy of this answer is not stored yet; retry", 60)
             self._finish(jobs, results, error)

@@ -610,3 +610,31 @@ def test_a_flood_of_invented_ids_cannot_grow_the_lesson_beyond_max_students(
     svc.stop()
     assert svc.student_count() == 100
     assert view["students"] == 100 and window is not None and window["students"] == 100
+
+
+def test_a_retry_while_its_key_is_being_saved_again_is_still_a_duplicate(
+    package, engine, kt_settings, pseudonymize, small_disk: Database
+) -> None:
+    # Review of the fix above: taking the failed key into another batch's save forgot it until that save
+    # committed; a retry in between (memory past RECENT_KEEP_S, SQLite not yet) was applied a second time.
+    now = [time.time()]
+    store = StatePersistence(small_disk)
+    svc = KTService(package, engine, kt_settings, pseudonymize, persistence=store, clock=lambda: now[0])
+    svc.start()
+    release = threading.Event()
+    try:
+        failed = _fill_until_a_commit_fails(svc, package, pseudonymize)
+        now[0] += RECENT_KEEP_S + 300
+        small_disk.write(lambda c: c.execute("PRAGMA max_page_count = 100000")).result(5)  # space freed
+        small_disk.write(lambda c: release.wait(10))  # the writer is busy a moment (a slow disk)
+        other = svc.submit([_answer(package, pseudonymize, "another", "x1")])  # takes the key into its save
+        time.sleep(0.3)
+        retry = svc.submit([failed])
+        time.sleep(0.3)
+        release.set()
+        assert other.result(5)[0]["status"] == "applied" and retry.result(5)[0]["status"] == "duplicate"
+    finally:
+        release.set()
+        svc.stop()
+    assert svc.student_mastery(failed.student)["answers"] == 1  # type: ignore[index]
+    assert store.states_of([failed.student], package.hidden, len(package.skills))[failed.student].answers == 1
