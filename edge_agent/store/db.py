@@ -139,6 +139,9 @@ def translate(exc: sqlite3.Error, path: Path) -> StoreError:
     return StoreError(f"database {path} error: {exc}")
 
 
+_ENVIRONMENT_ERRORS = re.compile(r"disk i/o error|readonly|unable to open|locked|busy|full", re.IGNORECASE)
+
+
 def _nearly_full(folder: Path) -> bool:
     try:
         stats = os.statvfs(folder)
@@ -227,6 +230,7 @@ class Database:
         self._reading: set[sqlite3.Connection] = set()  # in a read now: their own thread closes them
         self._readers_lock = threading.Lock()
         self._closed = threading.Event()
+        self._intake = threading.Lock()  # write()'s check and put, against close()'s drain
         self.store_id = ""  # set by open(): see _store_id
         self.report: OpenReport | None = None
         # Storage failures (STORAGE_FAILURES) as (first of this run of them, last, last error), time.time().
@@ -261,11 +265,15 @@ class Database:
             finally:
                 conn.close()
         except sqlite3.OperationalError as exc:
-            # Says nothing about the file's state (a full disk that cannot size the -shm, a file of another
-            # user, a lock): moved aside, a good database was replaced by an empty one for good.
-            raise translate(exc, self.path) from exc
-        except sqlite3.DatabaseError as exc:  # SQLITE_CORRUPT, SQLITE_NOTADB: the file itself
+            # The storage or the file's owner, not the file's content (a full disk that cannot size the
+            # -shm, a file of another user, a lock): moved aside, a good database was replaced by an empty
+            # one for good. Other operational errors come from the content ("unsupported file format",
+            # "no such module" of another program's virtual table): damage.
+            if _ENVIRONMENT_ERRORS.search(str(exc)):
+                raise translate(exc, self.path) from exc
             return str(exc)
+        except (sqlite3.DatabaseError, ValueError, IndexError) as exc:  # CORRUPT, NOTADB; a garbled schema
+            return str(exc) or type(exc).__name__
 
     def _quarantine(self, problem: str) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -343,11 +351,13 @@ class Database:
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
         """Queue ``fn(conn)`` for the writer thread; its future resolves after the commit."""
         future: Future[T] = Future()
-        if self._thread is None or self._closed.is_set():
-            future.set_exception(StoreError("the database is not open (the agent is starting or stopping)"))
-            return future
         try:
-            self._queue.put_nowait(_Task(fn, future))
+            with self._intake:  # with close(): a task queued after its drain would never be answered
+                if self._thread is None or self._closed.is_set():
+                    future.set_exception(
+                        StoreError("the database is not open (the agent is starting or stopping)"))
+                    return future
+                self._queue.put_nowait(_Task(fn, future))
         except queue.Full:
             message = f"the database write queue is full ({self._queue.maxsize} tasks): the disk is too slow"
             message += " or the writer stalled"
@@ -515,13 +525,16 @@ class Database:
             log.error("database write queue stayed full for %.0f s at shutdown", timeout)
         thread.join(timeout)
         finished = not thread.is_alive()
-        self._closed.set()
-        if finished:  # writes queued behind the stop (while it flushed) would otherwise never resolve
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    task = self._queue.get_nowait()
-                    if isinstance(task, _Task) and task.future.set_running_or_notify_cancel():
-                        task.future.set_exception(StoreError("the database closed before this write ran"))
+        left: list[object] = []
+        with self._intake:
+            self._closed.set()
+            if finished:  # writes queued behind the stop (while it flushed) would otherwise never resolve
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        left.append(self._queue.get_nowait())
+        for task in left:
+            if isinstance(task, _Task) and task.future.set_running_or_notify_cancel():
+                task.future.set_exception(StoreError("the database closed before this write ran"))
         # Not a connection in a read (a query waiting on a stalled disk): closing it under the query made
         # close() wait for the disk, and then the query ran on over a freed connection (segfault).
         with self._readers_lock:

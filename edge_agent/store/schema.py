@@ -132,6 +132,8 @@ def schema_problem(conn: sqlite3.Connection) -> str | None:
     version = current_version(conn)
     if version > SCHEMA_VERSION:
         return None  # migrate() refuses it: a newer release's database is not damaged
+    if version < 0:  # no release writes one: a damaged header
+        return f"schema version {version}"
     actual = _tables(conn)
     if version == 0:
         return f"it has tables {sorted(actual)[:5]} but no edge-agent schema version" if actual else None
