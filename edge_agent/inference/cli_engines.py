@@ -180,9 +180,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(f"  {line}")
     if problem is not None and not args.force:
-        print(f"{manifest.name}: INT8 model NOT written: {problem}. The board keeps running it at its other "
-              "precision; try --asymmetric (ONNX Runtime only), more --samples, or --force to write it "
-              "anyway", file=sys.stderr)
+        # an INT8 model already there (an earlier --force, or a release that wrote it unmeasured) would
+        # still be loaded: the message below would not be true
+        earlier = dest.is_file()
+        dest.unlink(missing_ok=True)
+        qdq_source_record(dest).unlink(missing_ok=True)
+        print(f"{manifest.name}: INT8 model NOT written: {problem}"
+              + (f"; the earlier one at {dest} was removed too" if earlier else "")
+              + ". The board runs the model at its other precision; try --asymmetric (ONNX Runtime only), "
+              "more --samples, or --force to write it anyway", file=sys.stderr)
         return 1
     print(f"{manifest.name}: Q/DQ INT8 model written to {dest} ({len(calibration)} calibration samples)"
           + (f"; WARNING, written with --force although {problem}" if problem else ""))

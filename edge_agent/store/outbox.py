@@ -224,13 +224,21 @@ class Outbox:
         def run(conn: sqlite3.Connection) -> None:
             for reason, n in counts.items():
                 _add_drops(conn, reason, n)
+            # Moved from memory to the totals at once, as the file has them: a _recount later in the same
+            # batch reads them too, and adding the counts again once committed counted them twice.
+            totals = {str(r): int(n) for r, n in conn.execute("SELECT reason, count FROM drop_counters")}
+            with self._unstored_lock:
+                self._drops = totals
+                self._unstored -= counts
 
         def saved(future: Future[None]) -> None:
+            failed = future.exception() is not None
             with self._unstored_lock:
                 self._saving_unstored = False
-                if future.exception() is None:
-                    self._unstored -= counts
-                    self._drops = dict(collections.Counter(self._drops) + counts)
+                if failed:  # rolled back: back in memory; the totals are read again from the file
+                    self._unstored += counts
+            if failed:
+                self.db.write(self._recount)
 
         self.db.write(run).add_done_callback(saved)
 

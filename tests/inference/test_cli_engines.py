@@ -86,6 +86,9 @@ def test_an_int8_model_too_inaccurate_for_its_role_is_not_put_where_the_board_lo
     assert not where.exists() and list(where.parent.glob("*.trial")) == []
     assert _run([*quantize, "--force"]) == 0
     assert where.is_file() and "WARNING, written with --force" in capsys.readouterr().out
+    # and measured again without --force: the forced one is not left where the board loads it
+    assert _run(quantize) == 1
+    assert "the earlier one at" in capsys.readouterr().err and not where.exists()
 
 
 def test_quantize_then_bench_shows_fp32_and_int8_side_by_side(common, faces_dir, tmp_path, capsys):
