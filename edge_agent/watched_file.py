@@ -76,6 +76,10 @@ class WatchedFile(Generic[T]):
             stamp = (info.st_mtime_ns, info.st_size)
             if stamp == self._stamp:
                 return
+            if info.st_size == 0 and self._value is not None:
+                # An editor saving in place truncates first: read then, the roster or the clients' tokens
+                # refused everyone until the next check. No tool of the project writes an empty file.
+                return
             value = self._parse(self.path.read_text(encoding="utf-8"), str(self.path))
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
             reason = exc.problems[0][1] if isinstance(exc, ConfigError) else f"cannot read {self.path}: {exc}"

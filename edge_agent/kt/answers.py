@@ -26,7 +26,7 @@ UNSYNCED_MAX_AHEAD_S = 30 * 86400.0
 # Control characters and unpaired surrogates (valid JSON, "\ud800"): a NUL would let two (student, event
 # id) pairs share an idempotency key ("a" + "b\0c" and "a\0b" + "c"), and a surrogate cannot be encoded
 # for the pseudonym's HMAC.
-_NOT_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+NOT_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def _text(obj: dict[str, Any], key: str, where: str) -> str:
         raise InputRejected(f"{where}: '{key}' is required and must be a non-empty string", field=key)
     if len(value) > MAX_TEXT:
         raise InputRejected(f"{where}: '{key}' is longer than {MAX_TEXT} characters", field=key)
-    if _NOT_TEXT.search(value):
+    if NOT_TEXT.search(value):
         raise InputRejected(
             f"{where}: '{key}' holds a control character or an unpaired surrogate; send plain text", field=key
         )

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from edge_agent.errors import ConfigError
+from edge_agent.kt.answers import MAX_TEXT, NOT_TEXT
 from edge_agent.watched_file import WatchedFile
 
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
@@ -74,6 +75,13 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
     ids = [i for i in ids if i]
     if not ids:
         raise ValueError(f"{source} holds no student ids")
+    # As the answer API takes them: else the roster lists students no clicker can ever be accepted as
+    # (a tab-separated export read without --column listed "stu-09<TAB>Wang Xiaoming")
+    for student in ids:
+        if len(student) > MAX_TEXT or NOT_TEXT.search(student):
+            hint = " (a tab or comma: give --column for a table)" if "\t" in student or "," in student else ""
+            raise ValueError(f"{source}: {student[:40]!r} is not a student id the answer API accepts: "
+                             f"at most {MAX_TEXT} characters, no control characters{hint}")
     return ids
 
 

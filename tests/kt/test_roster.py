@@ -185,7 +185,29 @@ def test_the_roster_command_says_what_is_wrong_and_leaves_the_roster(
     assert cli_main(["kt", "roster", "set", str(empty), "--config", str(config)]) == 1
     assert "holds no student ids" in capsys.readouterr().out
     assert cli_main(["kt", "roster", "add", "--config", str(config)]) == 2
+    # Review: a tab-separated export read without --column listed "S1<TAB>Li Wei", whom the answer API
+    # refuses whatever a clicker sends (control character); said, and nothing written
+    tabbed = tmp_path / "export.tsv"
+    tabbed.write_text("S1\tLi Wei\nS2\tWang Fang\n")
+    assert cli_main(["kt", "roster", "set", str(tabbed), "--config", str(config)]) == 1
+    assert "is not a student id the answer API accepts" in capsys.readouterr().out
     assert not (tmp_path / "roster.txt").exists()
+
+
+def test_a_roster_caught_half_saved_keeps_the_students_read_before(tmp_path: Path) -> None:
+    # Review: an editor saving in place truncates first; read at that moment, every listed student was
+    # refused (400, which clients do not retry) until the next check, and nothing showed in health.
+    path = tmp_path / "roster.txt"
+    path.write_text(format_roster([PSEUDO("a")]))
+    clock = Clock()
+    roster = watch_roster(path, recheck_s=2.0, clock=clock)
+    assert roster.current() == {PSEUDO("a")}
+    path.write_text("")
+    clock.now = 2.0
+    assert roster.current() == {PSEUDO("a")} and roster.health().ok
+    path.write_text(format_roster([PSEUDO("a"), PSEUDO("b")]))
+    clock.now = 4.0
+    assert roster.current() == {PSEUDO("a"), PSEUDO("b")}
 
 
 def test_doctor_reports_the_roster_count_or_why_it_cannot_be_read(tmp_path: Path) -> None:
