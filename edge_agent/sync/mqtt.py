@@ -33,9 +33,6 @@ log = logging.getLogger(__name__)
 AckCallback = Callable[[int, bool, str], None]  # mid, accepted, reason
 MessageCallback = Callable[[str, bytes], None]  # topic, payload
 
-# Each address gets at least this: a lost SYN is sent again after 1 s, and a TLS handshake over a slow
-# uplink waits on the broker's certificate chain (paho gives the handshake the same timeout).
-ADDRESS_TIMEOUT_FLOOR_S = 3.0
 BOARD_RENEWAL = "re-provision this board (edge-agent provision) to get a new certificate"
 
 
@@ -77,12 +74,21 @@ def _varint_bytes(value: int) -> int:
     return size
 
 
-def address_timeout(total_s: float, addresses: int) -> float:
-    """The connect timeout for each of a host's addresses. socket.create_connection (paho) tries them in
-    turn with the whole timeout each: a host with 8 addresses behind a firewall that drops the SYNs held the
-    publisher 8 x 10 s, past its watchdog heartbeat, and the daemon was restarted on every attempt. Shared,
-    they take about ``total_s`` together; never less than the floor each (or ``total_s``, if smaller)."""
-    return max(min(total_s, ADDRESS_TIMEOUT_FLOOR_S), total_s / max(1, addresses))
+def address_count(host: str, port: int) -> int:
+    """How many addresses ``host`` resolves to (1 when it does not resolve: connect() says why)."""
+    try:
+        return max(1, len(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
+    except (OSError, UnicodeError):
+        return 1
+
+
+def connect_allowance_s(settings: MqttSettings, addresses: int) -> float:
+    """The longest one connect attempt may take: socket.create_connection (paho) tries each address in turn
+    with the whole connect_timeout_s, then the TLS handshake and CONNACK may each take it too. A host of 8
+    addresses behind a firewall that drops the SYNs takes 8 x 10 s; the publisher's heartbeat allows this
+    much (not less: the daemon was restarted on every attempt; and the timeout is not split between the
+    addresses: that cut the TLS handshake short over a slow uplink)."""
+    return settings.connect_timeout_s * (addresses + 2) + 10.0
 
 
 def check_certificate_dates(
@@ -191,6 +197,7 @@ class MqttConnection:
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version, **kwargs
         )
+        self._client.connect_timeout = settings.connect_timeout_s  # each address's, and the handshake's
         self._client.max_inflight_messages_set(settings.inflight_max)
         # 0 leaves paho's own queue unbounded; the publisher never has more than inflight_max messages
         # unacknowledged, so nothing waits there (the outbox in SQLite is the bounded queue)
@@ -242,14 +249,12 @@ class MqttConnection:
             props.SessionExpiryInterval = 0xFFFFFFFF if self._persistent else 0
         clean: Any = not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
         started = time.monotonic()
-        addresses = 1
         try:
-            addresses = len(socket.getaddrinfo(s.host, s.port, type=socket.SOCK_STREAM))
-            self._client.connect_timeout = address_timeout(s.connect_timeout_s, addresses)
             self._client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=clean, properties=props)
         except TimeoutError as exc:  # a wrong port, a proxy or a firewall that swallows the handshake
             what = "connection and TLS handshake" if s.tls else "connection"
-            over = f" (over its {addresses} addresses)" if addresses > 1 else ""
+            addresses = address_count(s.host, s.port)
+            over = f" (its {addresses} addresses, {s.connect_timeout_s:g} s each)" if addresses > 1 else ""
             raise SyncConnectError(
                 f"the broker {s.host}:{s.port} did not complete the {what} within "
                 f"{time.monotonic() - started:.0f} s{over}: is mqtt.port the broker's port, and does a "

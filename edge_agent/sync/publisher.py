@@ -28,7 +28,7 @@ from edge_agent.store import outbox_state as rules
 from edge_agent.store.outbox import Outbox, OutboxRow, topic_prefix
 from edge_agent.sync.commands import CommandDispatcher
 from edge_agent.sync.message_size import MessageSizer
-from edge_agent.sync.mqtt import MqttConnection
+from edge_agent.sync.mqtt import MqttConnection, address_count, connect_allowance_s
 from edge_agent.sync.protocol import MAX_MESSAGE_BYTES, Envelope, Item, backoff_delay, encode_message
 from edge_agent.telemetry import metrics
 
@@ -103,9 +103,8 @@ class Publisher:
         if self._thread is not None:
             raise SyncError("the publisher is already running")
         if self._heartbeats is not None:
-            # A connect attempt may take connect_timeout_s (more where the floor per address adds up: a
-            # host of 8 addresses, 24 s) and as long for CONNACK; allow for it before the watchdog worries.
-            self._beat = self._heartbeats.register(HEARTBEAT_NAME, self.settings.connect_timeout_s + 30.0)
+            # A connect attempt takes up to connect_allowance_s; _connect widens it for a many-address host
+            self._beat = self._heartbeats.register(HEARTBEAT_NAME, connect_allowance_s(self.settings, 1))
         self._stop.clear()
         self._thread = threading.Thread(target=self.run, name="mqtt-publisher", daemon=True)
         self._thread.start()
@@ -204,6 +203,10 @@ class Publisher:
             self.settings, f"edge-{self.device.device_id}", f"{self._prefix}/status", self._on_ack,
             self._on_message,
         )
+        if self._beat is not None:  # one attempt may try every address the broker's name has
+            addresses = address_count(self.settings.host, self.settings.port)
+            self._beat.max_gap_s = connect_allowance_s(self.settings, addresses)
+            self._beat_now()
         conn.connect(self._stop.is_set)
         if self._commands is not None:
             conn.subscribe(self._commands.topic)

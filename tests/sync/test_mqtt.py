@@ -1,16 +1,15 @@
-"""The MQTT adapter's arithmetic, without a broker: connect timeouts per address, PUBLISH packet sizes."""
+"""The MQTT adapter's arithmetic, without a broker: a connect attempt's allowance, PUBLISH packet sizes."""
 
 from __future__ import annotations
 
-from edge_agent.sync.mqtt import ADDRESS_TIMEOUT_FLOOR_S, address_timeout, publish_packet_bytes
+from edge_agent.config import MqttSettings
+from edge_agent.sync.mqtt import connect_allowance_s, publish_packet_bytes
 
 
-def test_a_hosts_addresses_share_the_connect_timeout_but_each_gets_at_least_the_floor() -> None:
-    assert address_timeout(10.0, 1) == 10.0
-    assert address_timeout(10.0, 2) == 5.0
-    assert address_timeout(10.0, 8) == ADDRESS_TIMEOUT_FLOOR_S  # 8 x 3 s, not 8 x 10 s
-    assert address_timeout(1.0, 4) == 1.0  # never more than the whole timeout
-    assert address_timeout(10.0, 0) == 10.0
+def test_the_publishers_heartbeat_allows_a_connect_attempt_over_every_address() -> None:
+    settings = MqttSettings(connect_timeout_s=10.0)
+    assert connect_allowance_s(settings, 1) == 40.0  # TCP, TLS handshake and CONNACK, 10 s each, + 10
+    assert connect_allowance_s(settings, 8) == 110.0  # 8 addresses that drop the SYNs: 80 s of TCP
 
 
 def test_a_publish_packet_counts_header_topic_packet_id_properties_and_payload() -> None:
