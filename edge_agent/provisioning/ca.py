@@ -281,8 +281,9 @@ class FleetCA:
         cn = common_name(csr.subject)
         if not DEVICE_ID.match(cn):
             raise ProvisioningError(f"CSR common name {cn!r} is not a valid device id (letters, digits, _.-)")
-        live = [row for row in self.index() if row.common_name == cn and not row.revoked]
         this_key = key_sha256(csr.public_key())
+        rows = [row for row in self.index() if not row.revoked]
+        live = [row for row in rows if row.common_name == cn]
         others = [row for row in live if row.key_sha256 != this_key]
         if others and not replace:
             raise ProvisioningError(
@@ -290,8 +291,19 @@ class FleetCA:
                 f"{others[0].serial}, valid until {others[0].not_after[:10]}): two boards with one id? "
                 "If this board replaces that one, re-run with --replace to revoke its certificate"
             )
-        for row in live:
-            self.revoke(row.serial)
+        # The same key under another id: an image copied from a provisioned board keeps its key (and its
+        # pseudonym secret, which makes students linkable across boards)
+        cloned = [row for row in rows if row.key_sha256 == this_key and row.common_name != cn]
+        if cloned and not replace:
+            raise ProvisioningError(
+                f"this key already has a live certificate as {cloned[0].common_name!r} (serial "
+                f"{cloned[0].serial}): was this board's image copied from that one? Provision it with fresh "
+                "secrets (delete /etc/edge-agent/secrets on it first); if the board was renamed, re-run with "
+                "--replace to revoke the old id's certificate"
+            )
+        live += cloned
+        # Built before anything is revoked: a bad --name used to revoke the board's live certificate and
+        # then fail, leaving it none
         cert = self._build(
             csr.subject,
             csr.public_key(),
@@ -302,6 +314,8 @@ class FleetCA:
             not_before=not_before,
             not_after=not_after,
         )
+        for row in live:
+            self.revoke(row.serial)
         return cert.public_bytes(serialization.Encoding.PEM)
 
     def issue_server(self, host: str, days: int = DEVICE_DAYS) -> tuple[bytes, bytes]:
@@ -328,7 +342,9 @@ class FleetCA:
         key, ca_cert = self._key_and_cert()
         now = utcnow()
         start = not_before or now - dt.timedelta(minutes=5)
-        end = not_after or now + dt.timedelta(days=days)
+        # never past the CA's own end: verification fails there anyway, and the boards' certificates said
+        # "valid for 424 more days" while the whole fleet was cut off
+        end = min(not_after or now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)

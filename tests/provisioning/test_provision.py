@@ -270,6 +270,27 @@ def test_ca_refuses_a_second_live_certificate_for_one_device(tmp_path: Path) -> 
     assert [row.revoked for row in ca.index()] == [True, False]
 
 
+def test_ca_refuses_one_key_under_two_ids_and_never_revokes_before_it_can_sign(tmp_path: Path) -> None:
+    # Review: an SD card copied from board-a and provisioned as board-b kept board-a's key (and its
+    # pseudonym secret) and the CA signed it; a renewal with a bad --name revoked the live certificate,
+    # then failed, leaving the board none.
+    from cryptography import x509
+
+    ca = FleetCA.create(tmp_path / "ca", "ca", days=400)
+    key = new_ec_key()
+    ca.sign_csr(make_csr(key, "board-a", "t", "s"))
+    with pytest.raises(ProvisioningError, match=r"already has a live certificate as 'board-a'.*copied"):
+        ca.sign_csr(make_csr(key, "board-b", "t", "s"))
+    with pytest.raises(ProvisioningError):
+        ca.sign_csr(make_csr(key, "board-a", "t", "s"), names=["np 3a-01.school.lan"])
+    assert [(row.common_name, row.revoked) for row in ca.index()] == [("board-a", False)]
+    renamed = x509.load_pem_x509_certificate(ca.sign_csr(make_csr(key, "board-b", "t", "s"), replace=True))
+    assert [(row.common_name, row.revoked) for row in ca.index()] == [("board-a", True), ("board-b", False)]
+    # and never past the CA's own end (a 400-day CA, 825-day device certificates by default)
+    ca_cert = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.pem").read_bytes())
+    assert renamed.not_valid_after_utc <= ca_cert.not_valid_after_utc
+
+
 def test_cli_provisions_one_board_and_reports_awaiting_certificate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -355,9 +376,15 @@ def test_a_device_id_that_begins_another_gets_a_request_for_itself(tmp_path: Pat
     root = tmp_path / "root"
     opts = Options(template(), ca_dir=ca.dir)
     provision_board(Board("t", "s", "c", "b-10"), root, opts)
-    result = provision_board(Board("t", "s", "c", "b-1"), root, opts)  # the board is relabelled
-    assert result.state == "provisioned" and "device.csr" in result.changes
-    assert _live(ca, "b-1") and _live(ca, "b-10")  # b-10's certificate is not revoked behind its back
+    # the board is relabelled: its key would be live under two ids (as a copied image's is), so the CA
+    # asks for --replace, which revokes b-10's certificate (never behind IT's back)
+    with pytest.raises(ProvisioningError, match="live certificate as 'b-10'"):
+        provision_board(Board("t", "s", "c", "b-1"), root, opts)
+    assert _live(ca, "b-10") and not _live(ca, "b-1")
+    relabel = Options(template(), ca_dir=ca.dir, replace=True)
+    result = provision_board(Board("t", "s", "c", "b-1"), root, relabel)
+    assert result.state == "provisioned" and "device.pem" in result.changes  # its request made above
+    assert _live(ca, "b-1") and not _live(ca, "b-10")
     check_root(root)
 
 
