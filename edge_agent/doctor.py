@@ -351,6 +351,12 @@ def check_tls(
         ) as tls:
             peer = tls.getpeercert() or {}
             version = tls.version()
+            refused = _refused_after_handshake(tls)
+        if refused:
+            return CheckResult(
+                name, False, f"the broker refused this board's certificate after the {version} handshake "
+                f"({refused})", "revoked, or not from the CA in the broker's cafile, or the broker's CRL "
+                "has expired (edge-agent-ca crl, then copy it to the broker): the broker's log says which")
     except ssl.SSLCertVerificationError as exc:
         return CheckResult(name, False, f"broker certificate rejected: {exc.verify_message}", fix)
     except (OSError, ssl.SSLError) as exc:
@@ -359,6 +365,22 @@ def check_tls(
     days = _days_left(not_after, now or dt.datetime.now(dt.timezone.utc))
     what = f"{version} handshake ok; broker certificate"
     return _expiry_result(name, what, days, "renew the broker certificate")
+
+
+def _refused_after_handshake(tls: ssl.SSLSocket, wait_s: float = 2.0) -> str | None:
+    """In TLS 1.3 the client's side of the handshake ends before the server has judged the client's
+    certificate: a broker refusing it (revoked, an expired CRL) answers with an alert or closes only then.
+    A broker that took it waits, silent, for MQTT's CONNECT. What it refused with, or None."""
+    tls.settimeout(wait_s)
+    try:
+        data = tls.recv(1)
+    except TimeoutError:
+        return None
+    except ssl.SSLError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"connection closed: {exc}"
+    return None if data else "connection closed"
 
 
 def clock_sync_status(root: Path = Path("/"), timeout_s: float = 3.0) -> tuple[bool | None, str]:

@@ -232,6 +232,16 @@ def test_revoked_certificate_is_refused_after_the_crl_is_reloaded(tmp_path: Path
         finally:
             a.close()
         etc = fleet.etc("board-c")
+        # doctor's TLS check too: in TLS 1.3 (the shipped config's "tlsv1.2" is a minimum) the board's side
+        # of the handshake ends before the broker judges its certificate; it said "TLSv1.3 handshake ok"
+        from edge_agent import doctor
+
+        tls = doctor.check_tls("127.0.0.1", broker.port, etc / "certs/ca.pem", etc / "certs/device.pem",
+                               etc / "secrets/device.key", timeout_s=5)
+        assert not tls.ok and "refused this board's certificate" in tls.detail, tls
+        good = fleet.etc("board-a")
+        assert doctor.check_tls("127.0.0.1", broker.port, good / "certs/ca.pem", good / "certs/device.pem",
+                                good / "secrets/device.key", timeout_s=5).ok
         with pytest.raises(ProvisioningError, match="TLS refused"):
             check_enrollment(
                 "127.0.0.1",
