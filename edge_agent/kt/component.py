@@ -17,7 +17,7 @@ from edge_agent.kt.classroom import leaving_the_board
 from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
-from edge_agent.kt.service import KTService, ServiceBusy
+from edge_agent.kt.service import NOT_RUNNING_FOR_SWAP, KTService, ServiceBusy
 from edge_agent.lifecycle import Health, HeartbeatRegistry, waiting_on_disk
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
@@ -97,7 +97,7 @@ class KTComponent:
         of service. Raises ModelError/ServiceBusy when the service refused or did not take it in time."""
         service = self.service
         if service is None:
-            raise ServiceBusy("knowledge tracing is not running; the new model is used at the next start")
+            raise ServiceBusy(NOT_RUNNING_FOR_SWAP)
         future = service.swap(package, engine)
         try:
             old = future.result(timeout_s)

@@ -82,6 +82,11 @@ CONFLICT_MESSAGE = (
     "this client_event_id was already used by this student for a different answer (another item, skills "
     "or correctness); this one was not applied. Give every answer its own client_event_id"
 )
+# A swap needs a trial answer: refused, the update is removed (it said "used at the next start": it was not)
+NOT_RUNNING_FOR_SWAP = (
+    "knowledge tracing is not running, so the new model cannot be tried on an answer: it is refused and "
+    "removed; send it again once knowledge tracing runs (/api/v1/status)"
+)
 RECENT_KEEP_S = 600.0  # in memory: a client retry comes within seconds; older ones are found in SQLite
 _STOP = object()
 _Outcome = tuple[_AnyFuture, "list[Feedback] | None", "BaseException | None"]
@@ -231,7 +236,7 @@ class KTService:
         try:
             check_compatible(self.package, package)
             if not self.running:
-                raise ServiceBusy("knowledge tracing is not running; the new model is used at the next start")
+                raise ServiceBusy(NOT_RUNNING_FOR_SWAP)
         except EdgeAgentError as exc:
             future.set_exception(exc)
             return future

@@ -638,3 +638,12 @@ def test_a_retry_while_its_key_is_being_saved_again_is_still_a_duplicate(
         svc.stop()
     assert svc.student_mastery(failed.student)["answers"] == 1  # type: ignore[index]
     assert store.states_of([failed.student], package.hidden, len(package.skills))[failed.student].answers == 1
+
+
+def test_a_model_update_while_knowledge_tracing_is_down_says_it_was_refused(
+    package, engine, kt_settings, pseudonymize
+) -> None:
+    # Review: it said "the new model is used at the next start", but the update store then removed it.
+    svc = KTService(package, engine, kt_settings, pseudonymize)  # not started (its start failed)
+    with pytest.raises(ServiceBusy, match="refused and removed; send it again once knowledge tracing runs"):
+        svc.swap(package, engine).result(1)
