@@ -259,15 +259,26 @@ def _days_left(not_after: dt.datetime, now: dt.datetime) -> float:
     return (not_after - now).total_seconds() / 86400.0
 
 
-def check_certificate_file(path: Path, now: dt.datetime | None = None) -> CheckResult:
-    """Days until this device's own certificate expires (the broker refuses it afterwards)."""
+def check_certificate_file(
+    path: Path, now: dt.datetime | None = None, device_id: str | None = None
+) -> CheckResult:
+    """Days until this device's own certificate expires (the broker refuses it afterwards), and whether it
+    names this board (``device_id``): the broker's ACL lets a board write only under its certificate's CN."""
     from cryptography import x509
+
+    from edge_agent.provisioning.ca import common_name
 
     now = now or dt.datetime.now(dt.timezone.utc)
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError) as exc:
         return CheckResult("device certificate", False, f"{path}: {exc}", "re-run provisioning")
+    cn = common_name(cert.subject)
+    if device_id is not None and cn != device_id:  # a board re-provisioned under a new id kept the old one
+        return CheckResult(
+            "device certificate", False, f"{path} is for {cn!r}, this board is {device_id!r}: the broker "
+            "refuses its messages", "re-run provisioning (it requests a certificate for the new id); with a "
+            "CA by hand, sign the board's new device.csr and install it")
     days = _days_left(cert.not_valid_after_utc, now)
     return _expiry_result("device certificate", str(path), days, "re-run provisioning to renew it")
 
@@ -530,7 +541,7 @@ def run_checks(
         reach = check_reachable(mqtt.host, mqtt.port, mqtt.connect_timeout_s)
         results.append(reach)
         if mqtt.tls:
-            results.append(check_certificate_file(mqtt.cert_file))
+            results.append(check_certificate_file(mqtt.cert_file, device_id=config.device.device_id))
             if reach.ok:
                 results.append(check_tls(mqtt.host, mqtt.port, mqtt.ca_file, mqtt.cert_file, mqtt.key_file,
                                          timeout_s=mqtt.connect_timeout_s))

@@ -444,6 +444,11 @@ def test_device_certificate_expiry(pki: Pki, tmp_path: Path) -> None:
     assert not expired.ok and "expired" in expired.detail and "provisioning" in expired.fix
     (tmp_path / "junk.pem").write_text("not a certificate")
     assert not doctor.check_certificate_file(tmp_path / "junk.pem").ok
+    # Review: a board re-provisioned under a new id kept its old certificate and doctor passed, while the
+    # broker's ACL refused everything it sent
+    assert doctor.check_certificate_file(pki.device, device_id="board-0001").ok
+    renamed = doctor.check_certificate_file(pki.device, device_id="board-0002")
+    assert not renamed.ok and "is for 'board-0001', this board is 'board-0002'" in renamed.detail
 
 
 # --- clock -----------------------------------------------------------------------------------
