@@ -24,7 +24,7 @@ from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-# A reload (SIGHUP: systemctl reload; the fleet's config_reload command) is a clean stop with this exit
+# A reload (SIGHUP: systemctl kill -s HUP; the fleet's config_reload command) is a clean stop with this exit
 # status (EX_TEMPFAIL), which the unit's RestartForceExitStatus= starts again: the config is read at start.
 RESTART_EXIT = 75
 START_TIMEOUT_S = 120.0  # engine builds happen in the one-shot unit, so a start is normally seconds

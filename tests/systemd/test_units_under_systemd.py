@@ -286,6 +286,16 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
             ahead = post_answers(web_port, 1, ahead_s=600)
         assert ahead[0]["status"] == 400 and "s in the future" in ahead[0]["error"], ahead
 
+    # A reload (SIGHUP, as the fleet's config_reload command does it): a clean stop with exit status 75,
+    # which RestartForceExitStatus= starts again after RestartSec
+    pid = booted.show("edge-agent.service", "MainPID")["MainPID"]
+    booted.run("systemctl", "kill", "-s", "HUP", "edge-agent", timeout_s=60)
+    wait_until(lambda: booted.show("edge-agent.service", "MainPID")["MainPID"] not in (pid, "0"), 90,
+               "the daemon started again after the reload")
+    wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
+               == "running: all components healthy", 90, "every component after the reload")
+    assert "SIGHUP (a reload): stopping cleanly" in booted.journal("edge-agent.service")
+
     booted.run("systemctl", "stop", "edge-agent", timeout_s=60)
     stopped = booted.show("edge-agent.service", "ActiveState", "Result")
     assert stopped == {"ActiveState": "inactive", "Result": "success"}
