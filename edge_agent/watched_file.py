@@ -21,6 +21,8 @@ from typing import Generic, TypeVar
 from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
 
+EMPTY_GRACE_CHECKS = 3  # an empty file is taken as meant once it has stayed empty this many checks
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -50,6 +52,7 @@ class WatchedFile(Generic[T]):
         self.problem: str | None = None
         self._reload()  # at start: the log says what was read, or why nothing
         self._checked = clock()
+        self._empty_since: float | None = None  # when the file was first seen empty, while it stays so
 
     def current(self) -> T:
         now = self._clock()
@@ -78,8 +81,13 @@ class WatchedFile(Generic[T]):
                 return
             if info.st_size == 0 and self._value is not None:
                 # An editor saving in place truncates first: read then, the roster or the clients' tokens
-                # refused everyone until the next check. No tool of the project writes an empty file.
-                return
+                # refused everyone until the next check. Still empty a few checks later, it was meant.
+                if self._empty_since is None:
+                    self._empty_since = self._clock()
+                if self._clock() - self._empty_since < EMPTY_GRACE_CHECKS * self._recheck_s:
+                    return
+            else:
+                self._empty_since = None
             value = self._parse(self.path.read_text(encoding="utf-8"), str(self.path))
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
             reason = exc.problems[0][1] if isinstance(exc, ConfigError) else f"cannot read {self.path}: {exc}"

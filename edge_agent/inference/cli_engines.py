@@ -182,9 +182,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if problem is not None and not args.force:
         # an INT8 model already there (an earlier --force, or a release that wrote it unmeasured) would
         # still be loaded: the message below would not be true
-        earlier = dest.is_file()
-        dest.unlink(missing_ok=True)
-        qdq_source_record(dest).unlink(missing_ok=True)
+        earlier = dest == qdq_model_path(manifest, paths) and dest.is_file()  # never a file named by --out
+        if earlier:
+            dest.unlink()
+            qdq_source_record(dest).unlink(missing_ok=True)
         print(f"{manifest.name}: INT8 model NOT written: {problem}"
               + (f"; the earlier one at {dest} was removed too" if earlier else "")
               + ". The board runs the model at its other precision; try --asymmetric (ONNX Runtime only), "

@@ -504,6 +504,7 @@ class KTService:
         if excess <= 0:
             return []
         forgotten = [self._states.popitem(last=False)[0] for _ in range(excess)]
+        self._unsaved_students.difference_update(forgotten)  # their stored states go with this batch
         metrics.KT_STUDENTS_FORGOTTEN.inc(excess)
         if time.monotonic() - self._forget_logged >= 60.0:
             self._forget_logged = time.monotonic()

@@ -345,6 +345,11 @@ class FleetCA:
         # never past the CA's own end: verification fails there anyway, and the boards' certificates said
         # "valid for 424 more days" while the whole fleet was cut off
         end = min(not_after or now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+        if end <= start:
+            raise ProvisioningError(
+                f"the fleet CA expired on {ca_cert.not_valid_after_utc:%Y-%m-%d}: it can sign nothing; "
+                "make a new CA (edge-agent-ca init) and provision the boards with it"
+            )
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)

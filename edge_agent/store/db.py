@@ -139,7 +139,20 @@ def translate(exc: sqlite3.Error, path: Path) -> StoreError:
     return StoreError(f"database {path} error: {exc}")
 
 
-_ENVIRONMENT_ERRORS = re.compile(r"disk i/o error|readonly|unable to open|locked|busy|full", re.IGNORECASE)
+_ENVIRONMENT_ERRORS = re.compile(  # SQLite's own sentences, whole: no name from a file can be one
+    r"disk i/o error|readonly database|unable to open database file|is locked|database or disk is full",
+    re.IGNORECASE,
+)
+# SQLITE_BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN: by code where Python gives it (3.11), as the text may
+# name things from the file itself (a virtual table "USING fulltext" read as a full disk)
+_ENVIRONMENT_CODES = {5, 6, 8, 10, 13, 14}
+
+
+def _environment_error(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _ENVIRONMENT_CODES
+    return _ENVIRONMENT_ERRORS.search(str(exc)) is not None  # Python 3.10 (JetPack 6)
 
 
 def _nearly_full(folder: Path) -> bool:
@@ -269,7 +282,7 @@ class Database:
             # -shm, a file of another user, a lock): moved aside, a good database was replaced by an empty
             # one for good. Other operational errors come from the content ("unsupported file format",
             # "no such module" of another program's virtual table): damage.
-            if _ENVIRONMENT_ERRORS.search(str(exc)):
+            if _environment_error(exc):
                 raise translate(exc, self.path) from exc
             return str(exc)
         except (sqlite3.DatabaseError, ValueError, IndexError) as exc:  # CORRUPT, NOTADB; a garbled schema

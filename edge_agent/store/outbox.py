@@ -221,6 +221,8 @@ class Outbox:
             self._saving_unstored = True
             counts = collections.Counter(self._unstored)
 
+        moved = threading.Event()  # run() took the counts out of memory (a refused write never runs it)
+
         def run(conn: sqlite3.Connection) -> None:
             for reason, n in counts.items():
                 _add_drops(conn, reason, n)
@@ -230,14 +232,15 @@ class Outbox:
             with self._unstored_lock:
                 self._drops = totals
                 self._unstored -= counts
+            moved.set()
 
         def saved(future: Future[None]) -> None:
-            failed = future.exception() is not None
+            rolled_back = future.exception() is not None and moved.is_set()
             with self._unstored_lock:
                 self._saving_unstored = False
-                if failed:  # rolled back: back in memory; the totals are read again from the file
+                if rolled_back:  # back in memory; the totals are read again from the file
                     self._unstored += counts
-            if failed:
+            if rolled_back:
                 self.db.write(self._recount)
 
         self.db.write(run).add_done_callback(saved)

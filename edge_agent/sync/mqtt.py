@@ -88,7 +88,8 @@ def connect_allowance_s(settings: MqttSettings, addresses: int) -> float:
     addresses behind a firewall that drops the SYNs takes 8 x 10 s; the publisher's heartbeat allows this
     much (not less: the daemon was restarted on every attempt; and the timeout is not split between the
     addresses: that cut the TLS handshake short over a slow uplink)."""
-    return settings.connect_timeout_s * (addresses + 2) + 10.0
+    # at least the 30 s of slack a one-address board always had (a slow DNS lookup comes before all this)
+    return max(settings.connect_timeout_s + 30.0, settings.connect_timeout_s * (addresses + 2) + 10.0)
 
 
 def check_certificate_dates(

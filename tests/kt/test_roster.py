@@ -208,6 +208,14 @@ def test_a_roster_caught_half_saved_keeps_the_students_read_before(tmp_path: Pat
     path.write_text(format_roster([PSEUDO("a"), PSEUDO("b")]))
     clock.now = 4.0
     assert roster.current() == {PSEUDO("a"), PSEUDO("b")}
+    # emptied on purpose (still empty three checks later): taken, not ignored for ever
+    path.write_text("")
+    for now in (6.0, 8.0, 10.0):
+        clock.now = now
+        assert roster.current() == {PSEUDO("a"), PSEUDO("b")}
+    clock.now = 12.0
+    roster.current()
+    assert roster.current() != {PSEUDO("a"), PSEUDO("b")} or not roster.health().ok
 
 
 def test_doctor_reports_the_roster_count_or_why_it_cannot_be_read(tmp_path: Path) -> None:

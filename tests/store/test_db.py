@@ -189,7 +189,9 @@ def test_the_writer_registers_a_heartbeat_and_unregisters_on_close(state_dir: Pa
     assert "store-writer" not in registry._beats
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated_page", "schema_format", "user_version", "vtab"])
+@pytest.mark.parametrize(
+    "damage", ["garbage", "truncated_page", "schema_format", "user_version", "vtab", "vtab_fulltext"]
+)
 def test_a_corrupt_database_is_quarantined_and_replaced(state_dir: Path, damage: str) -> None:
     path = state_dir / "edge-agent.db"
     db = Database(path, StoreSettings())
@@ -212,11 +214,12 @@ def test_a_corrupt_database_is_quarantined_and_replaced(state_dir: Path, damage:
     elif damage == "user_version":
         data[60] = 0xFF  # a negative user_version: no release writes one
     path.write_bytes(bytes(data))
-    if damage == "vtab":  # another program's virtual table: "no such module"
+    if damage.startswith("vtab"):  # another program's virtual table: "no such module"
+        module = "fulltext" if damage == "vtab_fulltext" else "nosuchmod"  # not "disk is full" (2nd review)
         conn = sqlite3.connect(path)
         conn.execute("PRAGMA writable_schema = ON")
         conn.execute("INSERT INTO sqlite_master VALUES('table', 'zz', 'zz', 0, "
-                     "'CREATE VIRTUAL TABLE zz USING nosuchmod(a)')")
+                     f"'CREATE VIRTUAL TABLE zz USING {module}(a)')")
         conn.commit()
         conn.close()
     before = metrics.sample("edge_alerts_total", {"kind": "store_corrupt"})
@@ -234,7 +237,8 @@ def test_a_corrupt_database_is_quarantined_and_replaced(state_dir: Path, damage:
         # 1..300 under the old store id. Salvaged, both continue; otherwise a new store starts at 1.
         seq = fresh.enqueue("attention", {"ok": True}).result(5)
         assert (again.store_id, seq) == (old_store, 301) or (len(again.store_id), seq) == (32, 1)
-        assert again.store_id != old_store or damage in ("truncated_page", "user_version", "vtab")
+        salvaged = ("truncated_page", "user_version", "vtab", "vtab_fulltext")
+        assert again.store_id != old_store or damage in salvaged
     finally:
         again.close()
 
