@@ -13,6 +13,7 @@ a certificate the fleet CA signed, and without either the run ends in state "awa
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,9 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
     on_host = root.resolve() == Path("/")
     units_src = opts.units_dir or system.units_dir()
     paths = _layout(root)
+    if not on_host:
+        written = ("etc/passwd", "etc/group", "etc/systemd/system", "etc/sysusers.d", "etc/tmpfiles.d")
+        _refuse_links_out_of(root, [*paths.values(), *(root / p for p in written)])
     if on_host:
         uid, gid, changed = system.ensure_user_on_host(units_src / "edge-agent.sysusers.conf")
     else:
@@ -166,6 +170,24 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
     if on_host and opts.activate and result.state == "provisioned":
         system.activate_on_host(config_changed="config.toml" in result.changes)
     return result
+
+
+def _refuse_links_out_of(root: Path, paths: list[Path]) -> None:
+    """An image's absolute links (etc/edge-agent -> /data/edge-agent) mean paths inside the image; followed
+    from this computer they lead onto its own disk, and the boards' keys, pseudonym secrets and configs
+    landed there (three boards sharing one key). Refused before anything is written."""
+    inside = os.path.realpath(root)
+    for path in paths:
+        probe = path
+        while not os.path.lexists(probe) and probe != root:
+            probe = probe.parent
+        real = os.path.realpath(probe)
+        if os.path.commonpath([inside, real]) != inside:
+            raise ProvisioningError(
+                f"{probe} leads to {real}, outside the image {root} (a link meant for the board itself): "
+                "provisioning would write onto this computer. Make the link relative, or provision on the "
+                "board"
+            )
 
 
 def _note(result: Result, changed: bool, what: str) -> None:

@@ -495,3 +495,23 @@ def test_the_fleets_metrics_token_is_installed_private_and_its_absence_stops_bef
     check_root(root)
     # later runs need not carry the token again; the installed one stays
     assert provision_board(BOARD, root, Options(template_text=text, ca_dir=ca.dir)).changes == []
+
+
+def test_provisioning_an_image_refuses_links_that_lead_out_of_it(tmp_path: Path) -> None:
+    # Review: an image whose etc/edge-agent is an absolute link (-> /data/edge-agent, meant for the board)
+    # had the boards' keys, pseudonym secrets and config written onto this computer's own /data.
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    host_data = tmp_path / "host-data"  # stands in for this computer's /data
+    host_data.mkdir()
+    root = tmp_path / "image"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/edge-agent").symlink_to(host_data)
+    with pytest.raises(ProvisioningError, match="outside the image"):
+        provision_board(BOARD, root, Options(template(), ca_dir=ca.dir))
+    assert list(host_data.iterdir()) == []
+    # a link that stays inside the image is fine
+    (root / "etc/edge-agent").unlink()
+    (root / "data/edge-agent").mkdir(parents=True)
+    (root / "etc/edge-agent").symlink_to("../data/edge-agent")
+    assert provision_board(BOARD, root, Options(template(), ca_dir=ca.dir)).state == "provisioned"
+    assert (root / "data/edge-agent/secrets/device.key").is_file()
