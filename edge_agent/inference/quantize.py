@@ -48,7 +48,8 @@ class AccuracyReport:
     score_agreement: float | None  # detectors: share of cells on the same side of the 0.6 score threshold
 
     def problem(self, role: str) -> str | None:
-        """What makes the INT8 model unfit for ``role`` (see ACCURACY_LIMITS), or None when it is fit."""
+        """What makes the INT8 model unfit for ``role`` (MIN_FACE_SCORE_AGREEMENT, MAX_MEAN_ABS_DIFF), or
+        None when it is fit."""
         if role == "face":
             agreement = 1.0 if self.score_agreement is None else self.score_agreement
             if agreement < MIN_FACE_SCORE_AGREEMENT:

@@ -104,8 +104,12 @@ def configured_precision(manifest: Manifest, settings: InferenceSettings) -> str
 
 
 def precision_for(manifest: Manifest, settings: InferenceSettings) -> str:
-    choice = configured_precision(manifest, settings)
-    return choice if choice in manifest.precisions else manifest.default_precision
+    return _offered(manifest, configured_precision(manifest, settings))
+
+
+def _offered(manifest: Manifest, asked: str) -> str:
+    """``asked`` where the manifest offers it, else its default precision."""
+    return asked if asked in manifest.precisions else manifest.default_precision
 
 
 def qdq_model_path(manifest: Manifest, paths: PathSettings) -> Path:
@@ -138,7 +142,7 @@ def load_engine(
     onnx_path = engine_model(manifest, paths)
     profiles = resolve_profiles(manifest, onnx_input_shapes(onnx_path))
     asked = precision or configured_precision(manifest, settings)
-    want = asked if asked in manifest.precisions else manifest.default_precision
+    want = _offered(manifest, asked)
     # said, not silently replaced: the health page showed the substitute as if it had been asked for
     unoffered = None if want == asked else (
         f"{asked} is not offered for {manifest.name} (it has {', '.join(manifest.precisions)}); runs {want}"

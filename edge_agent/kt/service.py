@@ -358,20 +358,16 @@ class KTService:
             self._finish(jobs, results)
             return
         now = self._clock()
-        keys: list[tuple[str, float, str | None]] = [
-            (a.event_key, now, a.content)
-            for job, res in zip(jobs, results, strict=False)
-            for a, f in zip(job.answers, res, strict=False)
-            if f["status"] == "applied"
-        ]
+        keys: list[tuple[str, float, str | None]] = []
         # A duplicate's first copy may still wait for its commit (a slow disk made the client give up and
         # retry): the retry is answered after that commit, through the same single writer, never before.
-        repeats = {
-            a.event_key
-            for job, res in zip(jobs, results, strict=False)
-            for a, f in zip(job.answers, res, strict=False)
-            if f["status"] == "duplicate"
-        }
+        repeats: set[str] = set()
+        for job, res in zip(jobs, results, strict=False):
+            for a, f in zip(job.answers, res, strict=False):
+                if f["status"] == "applied":
+                    keys.append((a.event_key, now, a.content))
+                elif f["status"] == "duplicate":
+                    repeats.add(a.event_key)
         unsaved, retry_keys = self._unsaved()
         new_keys = keys
         states, keys = {**unsaved, **changed}, retry_keys + keys

@@ -140,7 +140,7 @@ class Outbox:
         ).fetchone()
         self._rows, self._bytes = int(rows), int(total)
         self._oldest = None if oldest is None else float(oldest)
-        self._drops = {str(r): int(n) for r, n in conn.execute("SELECT reason, count FROM drop_counters")}
+        self._drops = _drop_totals(conn)
 
     def topic(self, stream: str) -> str:
         return f"{self._prefix}/{stream}"
@@ -228,7 +228,7 @@ class Outbox:
                 _add_drops(conn, reason, n)
             # Moved from memory to the totals at once, as the file has them: a _recount later in the same
             # batch reads them too, and adding the counts again once committed counted them twice.
-            totals = {str(r): int(n) for r, n in conn.execute("SELECT reason, count FROM drop_counters")}
+            totals = _drop_totals(conn)
             with self._unstored_lock:
                 self._drops = totals
                 self._unstored -= counts
@@ -450,6 +450,10 @@ def _add_drops(conn: sqlite3.Connection, reason: str, n: int) -> None:
         "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
         (reason, n),
     )
+
+
+def _drop_totals(conn: sqlite3.Connection) -> dict[str, int]:
+    return {str(r): int(n) for r, n in conn.execute("SELECT reason, count FROM drop_counters")}
 
 
 def _next_seq(conn: sqlite3.Connection) -> int:

@@ -196,7 +196,7 @@ class Camera:
         is replaced; returns how, and the seconds from the first usable frame to the last."""
         self._last_good = time.monotonic()
         first_good: float | None = None
-        good_s = 0.0
+        how = "stopped"
         while self._current(generation):
             self.on_beat()
             self._reading_since = time.monotonic()
@@ -205,20 +205,22 @@ class Camera:
                 break  # replaced: the read markers belong to the new grabber now
             self._reading_since = None
             if image is None:
-                return "ended", good_s
+                how = "ended"
+                break
             problem = frame_problem(image)
             if problem is not None:
                 metrics.CAMERA_FRAMES_DROPPED.labels(problem).inc()
                 if time.monotonic() - self._last_good > self.stall_timeout_s:
                     metrics.CAMERA_STALLS.inc()
-                    return "stalled", good_s
+                    how = "stalled"
+                    break
                 continue
             metrics.CAMERA_FRAMES.inc()
             self._last_good = time.monotonic()
-            first_good = first_good or self._last_good
-            good_s = self._last_good - first_good
+            if first_good is None:
+                first_good = self._last_good
             self._publish(image)
-        return "stopped", good_s
+        return how, 0.0 if first_good is None else self._last_good - first_good
 
     def _publish(self, image: np.ndarray) -> None:
         with self._lock:

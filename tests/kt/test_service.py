@@ -495,15 +495,21 @@ def _fill_until_a_commit_fails(svc: KTService, package, pseudo) -> Answer:
     raise AssertionError("the small store never filled up")
 
 
+def _clocked_service(package, engine, kt_settings, pseudo, db: Database):
+    """A started service on ``db`` with its own clock: ``now[0]`` is what it reads."""
+    now = [time.time()]
+    store = StatePersistence(db)
+    svc = KTService(package, engine, kt_settings, pseudo, persistence=store, clock=lambda: now[0])
+    svc.start()
+    return svc, store, now
+
+
 def test_a_disk_full_for_longer_than_the_memory_window_still_applies_the_retries_once(
     package, engine, kt_settings, pseudonymize, small_disk: Database
 ) -> None:
     # Before: memory lets a key go after RECENT_KEEP_S and the key was on no disk, so each retry made
     # after 10 minutes of a full disk was applied again (3 answers for 1 in the review's run).
-    now = [time.time()]
-    store = StatePersistence(small_disk)
-    svc = KTService(package, engine, kt_settings, pseudonymize, persistence=store, clock=lambda: now[0])
-    svc.start()
+    svc, store, now = _clocked_service(package, engine, kt_settings, pseudonymize, small_disk)
     try:
         failed = _fill_until_a_commit_fails(svc, package, pseudonymize)
         for _ in range(3):  # the clicker retries every quarter of an hour; the disk stays full
@@ -617,10 +623,7 @@ def test_a_retry_while_its_key_is_being_saved_again_is_still_a_duplicate(
 ) -> None:
     # Review of the fix above: taking the failed key into another batch's save forgot it until that save
     # committed; a retry in between (memory past RECENT_KEEP_S, SQLite not yet) was applied a second time.
-    now = [time.time()]
-    store = StatePersistence(small_disk)
-    svc = KTService(package, engine, kt_settings, pseudonymize, persistence=store, clock=lambda: now[0])
-    svc.start()
+    svc, store, now = _clocked_service(package, engine, kt_settings, pseudonymize, small_disk)
     release = threading.Event()
     try:
         failed = _fill_until_a_commit_fails(svc, package, pseudonymize)

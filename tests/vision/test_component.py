@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -478,14 +479,17 @@ def _never_attentive(folder: Path, face_engine, pose_engines, live: LiveBoard) -
     )
 
 
+def _attention_section(live: LiveBoard) -> dict[str, Any]:
+    return live.get("attention") or {}
+
+
 def test_a_paused_camera_does_not_leave_the_live_view_saying_low_attention(
     photo_folder, face_engine, pose_engines
 ):
     live = LiveBoard()
     component = _never_attentive(photo_folder, face_engine, pose_engines, live)
 
-    def section() -> dict[str, Any]:
-        return live.get("attention") or {}
+    section = partial(_attention_section, live)
 
     async def run() -> None:
         await component.start()
@@ -507,8 +511,7 @@ def test_a_camera_gone_mid_lesson_does_not_leave_the_live_view_saying_low_attent
     live = LiveBoard()
     component = _never_attentive(photo_folder, face_engine, pose_engines, live)
 
-    def section() -> dict[str, Any]:
-        return live.get("attention") or {}
+    section = partial(_attention_section, live)
 
     async def run() -> None:
         await component.start()
