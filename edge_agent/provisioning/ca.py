@@ -36,6 +36,10 @@ from edge_agent.provisioning.files import write_private, write_public
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CA_DAYS = 3650
 DEVICE_DAYS = 825
+# Mosquitto refuses every board once the CRL's next-update time has passed. 30 days with the "monthly" rebuild
+# the README asked for left the fleet cut off for up to a day after each 30-day span of a 31-day month; 45
+# days leave a monthly rebuild 14 days of slack and the weekly timer (provisioning/mosquitto) 38.
+CRL_DAYS = 45
 RENEW_WITHIN_DAYS = 30  # re-running provisioning renews from here on; doctor.CERT_WARN_DAYS warns from here
 
 
@@ -391,8 +395,9 @@ class FleetCA:
         self.write_crl()
         return sorted(serials)
 
-    def write_crl(self, days: int = 30) -> None:
-        """Mosquitto refuses every client if the CRL expires: re-run `edge-agent-ca crl` from cron monthly."""
+    def write_crl(self, days: int = CRL_DAYS) -> dt.datetime:
+        """Rebuild crl.pem; returns its next-update time. Mosquitto refuses every client once that has
+        passed: `edge-agent-ca crl` runs weekly from edge-agent-crl.timer (provisioning/mosquitto)."""
         key, ca_cert = self._key_and_cert()
         now = utcnow()
         builder = (
@@ -409,6 +414,7 @@ class FleetCA:
                 )
         crl = builder.sign(key, hashes.SHA256())
         write_public(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+        return now + dt.timedelta(days=days)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -435,8 +441,12 @@ def _parser() -> argparse.ArgumentParser:
     revoke = sub.add_parser("revoke", help="revoke by serial or device id and rebuild crl.pem")
     revoke.add_argument("ca_dir", type=Path)
     revoke.add_argument("which")
-    crl = sub.add_parser("crl", help="rebuild crl.pem (run monthly: the CRL expires after 30 days)")
+    crl = sub.add_parser(
+        "crl", help=f"rebuild crl.pem (at least monthly: the CRL expires after {CRL_DAYS} days)"
+    )
     crl.add_argument("ca_dir", type=Path)
+    crl.add_argument("--install", type=Path, metavar="PATH",
+                     help="also write it to PATH (the broker's crlfile), replacing the file in one step")
     listing = sub.add_parser("list", help="list issued certificates")
     listing.add_argument("ca_dir", type=Path)
     return parser
@@ -462,7 +472,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "revoke":
             print("revoked serials:", FleetCA(args.ca_dir).revoke(args.which))
         elif args.command == "crl":
-            FleetCA(args.ca_dir).write_crl()
+            ca = FleetCA(args.ca_dir)
+            until = ca.write_crl()
+            if args.install:
+                write_public(args.install, ca.crl_path.read_bytes())
+            where = f"{ca.crl_path}" + (f" and {args.install}" if args.install else "")
+            print(f"CRL written to {where}, valid until {until:%Y-%m-%d %H:%M} UTC; reload the broker")
         else:
             for row in FleetCA(args.ca_dir).index():
                 print(

@@ -208,6 +208,45 @@ def test_expired_certificate_is_refused(fleet: Fleet, broker: Broker, tmp_path: 
     assert tls_refusals(broker) > before
 
 
+def _connects_after_reload(fleet: Fleet, broker: Broker, device_id: str, want: bool) -> bool:
+    """SIGHUP (what `systemctl reload mosquitto` sends) and try until the broker answers as ``want``
+    (the reload is asynchronous); the last answer."""
+    broker.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while True:
+        client = board_client(fleet, broker, device_id)
+        connected = client.connect(timeout=3) == 0
+        client.close()
+        if connected == want or time.monotonic() > deadline:
+            return connected
+        time.sleep(0.1)
+
+
+def test_an_expired_crl_cuts_every_board_off_until_the_crl_command_installs_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the weekly edge-agent-crl.timer prevents: the service's own command line mends it."""
+    from edge_agent.provisioning import ca as ca_module
+    from edge_agent.provisioning.ca import main as ca_main
+
+    fleet = make_fleet(tmp_path / "f")
+    broker = start_broker(fleet, tmp_path / "broker")
+    try:
+        assert _connects_after_reload(fleet, broker, "board-a", want=True)
+        built = ca_module.utcnow() - dt.timedelta(days=ca_module.CRL_DAYS + 1)  # lapsed yesterday
+        with monkeypatch.context() as patch:
+            patch.setattr(ca_module, "utcnow", lambda: built)
+            fleet.ca.write_crl()
+        shutil.copy(fleet.ca.crl_path, broker.dir / "crl.pem")
+        assert not _connects_after_reload(fleet, broker, "board-a", want=False)
+        assert "certificate verify failed" in broker.log()  # Mosquitto 2.0.11 says no more than this
+        # ExecStart of provisioning/mosquitto/edge-agent-crl.service, then its reload
+        assert ca_main(["crl", str(fleet.ca.dir), "--install", str(broker.dir / "crl.pem")]) == 0
+        assert _connects_after_reload(fleet, broker, "board-a", want=True)
+    finally:
+        stop_broker(broker)
+
+
 def test_revoked_certificate_is_refused_after_the_crl_is_reloaded(tmp_path: Path) -> None:
     fleet = make_fleet(tmp_path / "f")
     broker = start_broker(fleet, tmp_path / "broker")

@@ -115,3 +115,28 @@ def test_the_command_is_installed_beside_the_interpreter() -> None:
     command = Path(sys.executable).parent / "edge-agent-ca"
     done = subprocess.run([str(command), "--help"], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "revoke" in done.stdout
+
+
+def test_a_monthly_crl_rebuild_never_lets_the_broker_refuse_the_fleet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Mosquitto refuses every board once the CRL's next update has passed. Rebuilt on the 1st of each
+    month, a 30-day CRL (as before) lapsed on the 31st of 31-day months until the next rebuild."""
+    import datetime as dt
+
+    from edge_agent.provisioning import ca as ca_module
+
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    first = dt.datetime(2027, 1, 1, 3, 0, tzinfo=dt.timezone.utc)
+    monkeypatch.setattr(ca_module, "utcnow", lambda: first)
+    installed = tmp_path / "mosquitto" / "crl.pem"
+    capsys.readouterr()
+    assert main(["crl", str(ca_dir), "--install", str(installed)]) == 0
+    assert "valid until 2027-02-15 03:00 UTC" in capsys.readouterr().out
+    assert installed.read_bytes() == (ca_dir / "crl.pem").read_bytes()
+    assert stat.S_IMODE(installed.stat().st_mode) == 0o644  # mosquitto's own user reads it
+    crl = x509.load_pem_x509_crl(installed.read_bytes())
+    next_rebuild = dt.datetime(2027, 2, 1, 3, 0, tzinfo=dt.timezone.utc)
+    assert crl.next_update_utc is not None
+    assert crl.next_update_utc - next_rebuild >= dt.timedelta(days=14)

@@ -160,3 +160,18 @@ def test_engine_build_reaches_the_same_gpu_nodes_as_the_daemon_and_can_fetch_mod
     families = _values("edge-agent-engines.service", "RestrictAddressFamilies")[0].split()
     assert {"AF_INET", "AF_INET6"} <= set(families)
     assert not _values("edge-agent-engines.service", "PrivateNetwork")
+
+
+def test_the_broker_hosts_crl_timer_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """provisioning/mosquitto/edge-agent-crl.{service,timer}, for the machine with the fleet CA."""
+    root = unit_root(tmp_path)
+    system = root / "etc/systemd/system"
+    for unit in ("edge-agent-crl.service", "edge-agent-crl.timer"):
+        shutil.copy(REPO / "provisioning/mosquitto" / unit, system / unit)
+    ca_bin = root / "opt/edge-agent/venv/bin/edge-agent-ca"
+    ca_bin.write_text("#!/bin/sh\nexit 0\n")
+    ca_bin.chmod(0o755)
+    result = analyze("verify", f"--root={root}", "/etc/systemd/system/edge-agent-crl.timer",
+                     "/etc/systemd/system/edge-agent-crl.service")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr
