@@ -43,11 +43,15 @@ def crop_box(
     face: Face, width: int, height: int, margin: float = FSANET_MARGIN
 ) -> tuple[int, int, int, int] | None:
     """The enlarged crop (x1, y1, x2, y2 exclusive), which may reach past the frame's edges, or None when
-    less than 2x2 pixels of it lie inside the frame."""
+    less than 2x2 pixels of it lie inside the frame or it is over 4 times the frame's size (no real face:
+    its padding would take memory by the box's size, 22 GiB for a 40,000-pixel box)."""
     x, y, w, h = face.box
-    x1, y1 = int(x - margin * w), int(y - margin * h)
-    x2, y2 = int(x + w + margin * w) + 1, int(y + h + margin * h) + 1
+    # floor, not int(): int() rounds a negative edge up, making the crop 1 px narrower at the frame's edge
+    x1, y1 = math.floor(x - margin * w), math.floor(y - margin * h)
+    x2, y2 = math.floor(x + w + margin * w) + 1, math.floor(y + h + margin * h) + 1
     if min(x2, width) - max(x1, 0) < 2 or min(y2, height) - max(y1, 0) < 2:
+        return None
+    if x2 - x1 > 4 * width or y2 - y1 > 4 * height:
         return None
     return x1, y1, x2, y2
 

@@ -283,3 +283,24 @@ def test_a_face_at_the_frame_edge_keeps_the_pose_of_its_whole_crop(faces_dir, de
         pitch += [abs(cut.pitch - whole.pitch) for cut in (left_cut, right_cut)]
     assert len(yaw) == 44
     assert float(np.mean(yaw)) < 9.5 and float(np.mean(pitch)) < 4.2, (np.mean(yaw), np.mean(pitch))
+
+
+def test_a_crop_keeps_its_place_and_size_wherever_the_frame_starts():
+    face = Face((40.5, 30.25, 10.0, 10.0), 0.9, ((0, 0),) * 5)
+    whole = crop_box(face, 200, 200)
+    assert whole is not None
+    for offset in range(0, 41):  # frames starting further and further right, cutting the crop's left side
+        shifted = Face((40.5 - offset, 30.25, 10.0, 10.0), 0.9, ((0, 0),) * 5)
+        box = crop_box(shifted, 200 - offset, 200)
+        assert box is not None
+        assert (box[0] + offset, box[1], box[2] + offset, box[3]) == whole, offset
+
+
+def test_a_box_far_larger_than_the_frame_gets_no_pose_instead_of_a_huge_crop(fsanet):
+    image = np.zeros((480, 640, 3), np.uint8)
+    huge = Face((-20000.0, -20000.0, 40000.0, 40000.0), 0.9, ((0, 0),) * 5)
+    assert crop_box(huge, 640, 480) is None
+    (pose,) = fsanet.estimate(image, [huge])
+    assert math.isnan(pose.yaw)
+    close = Face((-100.0, -50.0, 800.0, 600.0), 0.9, ((0, 0),) * 5)  # a face right in front of the lens
+    assert crop_box(close, 640, 480) is not None
