@@ -172,6 +172,22 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
             -subj /CN=fleet-controller -out fc.csr 2>/dev/null
         {BIN}/edge-agent-ca sign ./fleet-ca fc.csr --out fc.pem""")
     assert booted.show("mosquitto.service", "ActiveState")["ActiveState"] == "active"
+    # The broker machine's CRL timer (provisioning/README.md): its service rebuilds the CRL, installs it for
+    # Mosquitto and reloads it (Mosquitto refuses every board once its CRL has expired)
+    booted.run("sh", "-c", f"""set -e
+        cp {REPO}/provisioning/mosquitto/edge-agent-crl.service {REPO}/provisioning/mosquitto/edge-agent-crl.timer \
+            /etc/systemd/system/
+        mkdir -p /etc/systemd/system/edge-agent-crl.service.d
+        printf '[Service]\\nEnvironment=FLEET_CA={fleet}/fleet-ca\\n' \
+            > /etc/systemd/system/edge-agent-crl.service.d/site.conf
+        systemctl daemon-reload
+        systemctl enable --now edge-agent-crl.timer
+        systemctl start edge-agent-crl.service""")
+    assert booted.show("edge-agent-crl.service", "Result")["Result"] == "success"
+    assert booted.show("edge-agent-crl.timer", "ActiveState")["ActiveState"] == "active"
+    assert "valid until" in booted.journal("edge-agent-crl.service")
+    wait_until(lambda: "Reloading config" in booted.run("cat", "/var/log/mosquitto/mosquitto.log").stdout, 10,
+               "Mosquitto's reload (it handles SIGHUP after systemctl returns)")
 
     # Provisioning this board (--root /): user, secrets, certificate, config, units, enrolment
     columns = ("tenant,site,class_id,device_id,camera.source,mqtt.host,paths.model_mirror,web.port,"
