@@ -175,8 +175,8 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     # The broker machine's CRL timer (provisioning/README.md): its service rebuilds the CRL, installs it for
     # Mosquitto and reloads it (Mosquitto refuses every board once its CRL has expired)
     booted.run("sh", "-c", f"""set -e
-        cp {REPO}/provisioning/mosquitto/edge-agent-crl.service {REPO}/provisioning/mosquitto/edge-agent-crl.timer \
-            /etc/systemd/system/
+        cp {REPO}/provisioning/mosquitto/edge-agent-crl.service \
+            {REPO}/provisioning/mosquitto/edge-agent-crl.timer /etc/systemd/system/
         mkdir -p /etc/systemd/system/edge-agent-crl.service.d
         printf '[Service]\\nEnvironment=FLEET_CA={fleet}/fleet-ca\\n' \
             > /etc/systemd/system/edge-agent-crl.service.d/site.conf
