@@ -442,7 +442,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("ca_dir", type=Path)
     revoke.add_argument("which")
     crl = sub.add_parser(
-        "crl", help=f"rebuild crl.pem (at least monthly: the CRL expires after {CRL_DAYS} days)"
+        "crl", help=f"rebuild crl.pem (weekly from edge-agent-crl.timer: it expires after {CRL_DAYS} days)"
     )
     crl.add_argument("ca_dir", type=Path)
     crl.add_argument("--install", type=Path, metavar="PATH",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from edge_agent.errors import ConfigError, ProvisioningError
@@ -13,6 +14,7 @@ from edge_agent.provisioning import system
 from edge_agent.provisioning.enroll import check_enrollment
 from edge_agent.provisioning.inventory import load_inventory
 from edge_agent.provisioning.model_package import (
+    extract_tar,
     generate_signing_key,
     load_public_key,
     sign_package,
@@ -97,6 +99,11 @@ def cmd_provision(args: argparse.Namespace) -> int:
             metrics_token_file=args.metrics_token_file,
         )
         if args.roots is not None:
+            if args.device_id is not None:  # was ignored: every board of the inventory was provisioned
+                raise ProvisioningError(
+                    "--device-id picks one board for --root; --roots provisions every board of the inventory "
+                    "(give a one-board inventory, or --root ROOTS/<device id> --device-id ID)"
+                )
             results = provision_inventory(args.inventory, args.roots, opts)
         else:
             boards = [b for b in load_inventory(args.inventory) if b.device_id == args.device_id]
@@ -156,7 +163,7 @@ def add_model_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     sign.add_argument("--key", type=Path, required=True)
     sign.add_argument("--name", required=True)
     sign.add_argument("--version", required=True)
-    verify = sub.add_parser("verify", help="check a package directory's signature and file hashes")
+    verify = sub.add_parser("verify", help="check a package's (directory or tar) signature and file hashes")
     verify.add_argument("package", type=Path)
     verify.add_argument("--pubkey", type=Path, action="append", required=True)
     p.set_defaults(func=cmd_model)
@@ -172,7 +179,13 @@ def cmd_model(args: argparse.Namespace) -> int:
             manifest = sign_package(args.package, args.key, args.name, args.version)
             print(f"signed {manifest.name} {manifest.version}: {len(manifest.files)} files")
         else:
-            manifest = verify_package(args.package, [load_public_key(p) for p in args.pubkey])
+            keys = [load_public_key(p) for p in args.pubkey]
+            if args.package.is_file():  # the tar as delivered to the boards, checked as they check it
+                with tempfile.TemporaryDirectory() as staging:
+                    extract_tar(args.package, Path(staging))
+                    manifest = verify_package(Path(staging), keys, source=args.package.name)
+            else:
+                manifest = verify_package(args.package, keys)
             print(f"ok: {manifest.name} {manifest.version}, {len(manifest.files)} files verified")
     except ProvisioningError as exc:
         print(f"error: {exc}", file=sys.stderr)

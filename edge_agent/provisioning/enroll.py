@@ -77,6 +77,13 @@ def check_enrollment(
             f"the broker at {host}:{port} did not complete the connection and TLS handshake within "
             f"{timeout_s:.0f} s: is that the broker's TLS port, and does a firewall let it through? ({exc})"
         ) from exc
+    except ssl.SSLCertVerificationError as exc:
+        # this side refused the broker: a name or IP the broker's certificate does not carry said "revoked,
+        # expired or from another CA" and sent people to re-sign boards (2026-12-02)
+        raise ProvisioningError(
+            f"the broker at {host}:{port} is not trusted: {exc.verify_message}. Enrol with the name on "
+            "its certificate (edge-agent-ca server HOST), and check that certs/ca.pem is the fleet CA's"
+        ) from exc
     except ssl.SSLError as exc:
         raise ProvisioningError(
             f"TLS handshake with {host}:{port} failed ({exc.reason}): the broker refused "

@@ -47,6 +47,13 @@ class Manifest:
 
 
 def generate_signing_key(private_path: Path, public_path: Path) -> None:
+    # a second keygen over the fleet's key would make every package signed afterwards fail on the boards
+    for path in (private_path, public_path):
+        if path.exists():
+            raise ProvisioningError(
+                f"{path} already exists: the boards trust the key pair there; move it away first only "
+                "to start a new key (then provision the boards with the new .pub)"
+            )
     key = Ed25519PrivateKey.generate()
     write_private(
         private_path,
@@ -64,8 +71,17 @@ def generate_signing_key(private_path: Path, public_path: Path) -> None:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ProvisioningError(f"cannot read model signing public key {path}: {exc}") from exc
+    if b"PRIVATE KEY" in data:
+        raise ProvisioningError(
+            f"{path} is a private key: give the public one (the .pub that edge-agent-model keygen wrote) "
+            "and keep the private key off the boards"
+        )
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
         raise ProvisioningError(f"cannot read model signing public key {path}: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise ProvisioningError(f"{path} is not an ed25519 public key")

@@ -39,6 +39,7 @@ from edge_agent.provisioning.ca import (
 )
 from edge_agent.provisioning.files import ensure_dir, write_atomic, write_private, write_public
 from edge_agent.provisioning.inventory import Board, load_inventory, render_config
+from edge_agent.provisioning.model_package import load_public_key
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
         result.state = "awaiting-certificate"
     _note(result, write_atomic(paths["config"], config_text.encode(), 0o640), "config.toml")
     if opts.signing_pubkey is not None:
+        # checked, not copied blindly: the private key given by mistake was installed world-readable on
+        # every board (2026-12-02)
+        load_public_key(opts.signing_pubkey)
         _note(
             result,
             write_public(paths["signing"], _read(opts.signing_pubkey, "model signing key")),

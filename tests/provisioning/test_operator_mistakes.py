@@ -1,0 +1,77 @@
+"""Mistakes an IT person makes with the fleet tools (found by following provisioning/README.md on
+2026-12-02): each is refused with what to do, and nothing is written."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from edge_agent.provisioning.cli import main as provision_main
+from edge_agent.provisioning.cli import model_main
+from tests.provisioning.fleet_helpers import INVENTORY, TEMPLATE
+
+
+def _keys(tmp_path: Path) -> tuple[Path, Path]:
+    private, public = tmp_path / "fleet-signing.key", tmp_path / "fleet-signing.pub"
+    assert model_main(["keygen", str(private), str(public)]) == 0
+    return private, public
+
+
+def _provision(tmp_path: Path, *extra: str) -> int:
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text(INVENTORY)
+    return provision_main(["--inventory", str(inventory), "--template", str(TEMPLATE), *extra])
+
+
+def test_the_private_signing_key_given_as_the_boards_key_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = _keys(tmp_path)
+    root = tmp_path / "root"
+    common = ("--device-id", "board-a", "--root", str(root), "--model-signing-key")
+    assert _provision(tmp_path, *common, str(private)) == 2
+    assert "is a private key: give the public one" in capsys.readouterr().err
+    assert not (root / "etc/edge-agent/model-signing.pub").exists()  # was installed 0644 on every board
+    assert _provision(tmp_path, *common, str(public)) == 3  # awaiting its certificate, key installed
+    assert (root / "etc/edge-agent/model-signing.pub").read_bytes() == public.read_bytes()
+
+
+def test_a_second_keygen_does_not_replace_the_fleets_signing_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = _keys(tmp_path)
+    before = private.read_bytes(), public.read_bytes()
+    assert model_main(["keygen", str(private), str(public)]) == 2
+    assert "already exists: the boards trust the key pair there" in capsys.readouterr().err
+    assert (private.read_bytes(), public.read_bytes()) == before
+
+
+def test_verify_takes_the_tar_as_delivered_and_says_how_to_pack_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = _keys(tmp_path)
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "model.onnx").write_bytes(b"weights")
+    assert model_main(["sign", str(package), "--key", str(private), "--name", "kt", "--version", "2"]) == 0
+    flat, nested = tmp_path / "kt-2.tar", tmp_path / "nested.tar"
+    with tarfile.open(flat, "w") as tar:
+        tar.add(package, arcname=".")  # tar -C pkg -cf kt-2.tar .
+    with tarfile.open(nested, "w") as tar:
+        tar.add(package, arcname="pkg")  # tar -cf nested.tar pkg
+    capsys.readouterr()
+    assert model_main(["verify", str(flat), "--pubkey", str(public)]) == 0
+    assert "ok: kt 2, 1 files verified" in capsys.readouterr().out
+    assert model_main(["verify", str(nested), "--pubkey", str(public)]) == 2  # was a traceback
+    assert "no manifest.json at the top of the archive" in capsys.readouterr().err
+
+
+def test_device_id_with_roots_is_refused_instead_of_provisioning_every_board(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    roots = tmp_path / "roots"
+    assert _provision(tmp_path, "--roots", str(roots), "--device-id", "board-a") == 2
+    assert "--device-id picks one board for --root" in capsys.readouterr().err
+    assert not roots.exists()
