@@ -154,6 +154,12 @@ def _report(result: Result) -> None:
 
 def add_model_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = subparsers.add_parser("model", help="sign and verify model packages")
+    _model_commands(p)
+    p.set_defaults(func=cmd_model)
+    return p
+
+
+def _model_commands(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="model_command", required=True)
     keygen = sub.add_parser("keygen", help="create the fleet's ed25519 model signing key pair")
     keygen.add_argument("private", type=Path)
@@ -166,8 +172,6 @@ def add_model_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     verify = sub.add_parser("verify", help="check a package's (directory or tar) signature and file hashes")
     verify.add_argument("package", type=Path)
     verify.add_argument("--pubkey", type=Path, action="append", required=True)
-    p.set_defaults(func=cmd_model)
-    return p
 
 
 def cmd_model(args: argparse.Namespace) -> int:
@@ -201,11 +205,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def model_main(argv: list[str] | None = None) -> int:
+    # its own parser, so that usage lines read "edge-agent-model sign ...", not "... model sign"
     parser = argparse.ArgumentParser(prog="edge-agent-model")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_model_parser(sub)
-    args = parser.parse_args(["model", *(argv if argv is not None else sys.argv[1:])])
-    return cmd_model(args)
+    _model_commands(parser)
+    return cmd_model(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

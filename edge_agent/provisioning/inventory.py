@@ -53,6 +53,9 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
     if missing:
         raise ProvisioningError(
             f"{source}: header lacks column(s) {', '.join(missing)} (needs {', '.join(REQUIRED)})"
+            # Excel in a comma-decimal locale saves "CSV" with semicolons: the columns look present
+            + ("; the columns are separated by ';': save the file as CSV with commas"
+               if len(header) == 1 and ";" in header[0] else "")
         )
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:  # csv keeps the last one silently: which value did the author mean?

@@ -75,3 +75,19 @@ def test_device_id_with_roots_is_refused_instead_of_provisioning_every_board(
     assert _provision(tmp_path, "--roots", str(roots), "--device-id", "board-a") == 2
     assert "--device-id picks one board for --root" in capsys.readouterr().err
     assert not roots.exists()
+
+
+def test_an_inventory_saved_with_semicolons_says_to_save_it_with_commas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "excel.csv"
+    inventory.write_text(INVENTORY.replace(",", ";"))
+    assert provision_main(["--inventory", str(inventory), "--template", str(TEMPLATE),
+                           "--roots", str(tmp_path / "roots")]) == 2
+    assert "separated by ';': save the file as CSV with commas" in capsys.readouterr().err
+
+
+def test_the_model_commands_usage_names_the_command_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        model_main(["sign"])
+    assert "usage: edge-agent-model sign " in capsys.readouterr().err  # was "edge-agent-model model sign"
