@@ -259,7 +259,16 @@ def _install_cert(
             days = (load_cert(current, "device certificate").not_valid_after_utc - utcnow()).days
             why = reissue_reason(current, board_names(board.device_id, opts.web_names(board.device_id)))
             if supplied in (None, current):
-                if days > RENEW_WITHIN_DAYS and why is None:
+                if opts.ca_dir is not None and _revoked(current, opts.ca_dir):
+                    if not opts.replace:  # kept: a revocation is usually meant
+                        log.warning(
+                            "%s: its installed certificate is revoked in the fleet CA, so the broker refuses "
+                            "this board; re-run with --replace to issue a new one if it is to come back",
+                            board.device_id,
+                        )
+                        return True
+                    why = why or "it is revoked (--replace)"
+                elif days > RENEW_WITHIN_DAYS and why is None:
                     return True
                 why = why or f"it expires in {days} days"
                 if opts.ca_dir is None:
@@ -287,6 +296,12 @@ def _install_cert(
     _note(result, write_public(paths["ca"], ca_pem), "ca.pem")
     _note(result, write_public(paths["cert"], cert), "device.pem")
     return True
+
+
+def _revoked(cert_pem: bytes, ca_dir: Path) -> bool:
+    """Re-provisioning a revoked board said "nothing to change" while the broker refused it (2026-12-02)."""
+    serial = load_cert(cert_pem, "device certificate").serial_number
+    return any(row.serial == serial and row.revoked for row in FleetCA(ca_dir).index())
 
 
 def provision_inventory(inventory: Path, roots: Path, opts: Options) -> list[Result]:

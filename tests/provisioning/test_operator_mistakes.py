@@ -91,3 +91,24 @@ def test_the_model_commands_usage_names_the_command_as_typed(capsys: pytest.Capt
     with pytest.raises(SystemExit):
         model_main(["sign"])
     assert "usage: edge-agent-model sign " in capsys.readouterr().err  # was "edge-agent-model model sign"
+
+
+def test_re_provisioning_a_revoked_board_warns_that_the_broker_refuses_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edge_agent.provisioning.ca import FleetCA
+
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    common = ("--device-id", "board-a", "--root", str(tmp_path / "root"), "--ca-dir", str(ca.dir))
+    assert _provision(tmp_path, *common) == 0
+    ca.revoke("board-a")
+    caplog.clear()
+    assert _provision(tmp_path, *common) == 0  # kept: a revocation is usually meant
+    assert "is revoked in the fleet CA, so the broker refuses this board" in caplog.text
+    device_pem = tmp_path / "root/etc/edge-agent/certs/device.pem"
+    revoked = device_pem.read_bytes()
+    assert _provision(tmp_path, *common, "--replace") == 0  # a new certificate for the board
+    assert device_pem.read_bytes() != revoked
+    caplog.clear()
+    assert _provision(tmp_path, *common) == 0
+    assert "revoked" not in caplog.text
