@@ -307,8 +307,14 @@ def _revoked(cert_pem: bytes, ca_dir: Path) -> bool:
 def provision_inventory(inventory: Path, roots: Path, opts: Options) -> list[Result]:
     """Bulk: each board of the inventory into ``roots/<device_id>`` (image builds, labs, tests)."""
     boards = load_inventory(inventory)
+    problems: list[str] = []
     for board in boards:  # every config must render before the first board is touched
-        _preflight(board, opts, roots / board.device_id)
+        try:
+            _preflight(board, opts, roots / board.device_id)
+        except ProvisioningError as exc:  # all boards' problems at once, not one per run
+            problems += [] if str(exc) in problems else [str(exc)]
+    if problems:
+        raise ProvisioningError("\n".join(problems))
     return [provision_board(board, roots / board.device_id, opts) for board in boards]
 
 

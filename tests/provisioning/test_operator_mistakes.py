@@ -112,3 +112,20 @@ def test_re_provisioning_a_revoked_board_warns_that_the_broker_refuses_it(
     caplog.clear()
     assert _provision(tmp_path, *common) == 0
     assert "revoked" not in caplog.text
+
+
+def test_every_boards_bad_value_is_reported_in_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text(
+        "tenant,site,class_id,device_id,web.port\n"
+        "district-a,school-1,class-1,board-a,70000\n"
+        "district-a,school-1,class-2,board-b,8080\n"
+        "district-a,school-1,class-3,board-c,-2\n"
+    )
+    assert provision_main(["--inventory", str(inventory), "--template", str(TEMPLATE),
+                           "--roots", str(tmp_path / "roots")]) == 2
+    err = capsys.readouterr().err
+    assert "board board-a (inventory line 2)" in err and "board board-c (inventory line 4)" in err, err
+    assert not (tmp_path / "roots").exists()
