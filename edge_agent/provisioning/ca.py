@@ -459,11 +459,16 @@ def main(argv: list[str] | None = None) -> int:
             FleetCA.create(args.ca_dir, args.name, args.days)
             print(f"CA created in {args.ca_dir}; give {args.ca_dir / 'ca.pem'} to boards and the broker")
         elif args.command == "sign":
-            cert = FleetCA(args.ca_dir).sign_csr(
-                args.csr.read_bytes(), args.days, replace=args.replace, names=args.names
-            )
+            ca = FleetCA(args.ca_dir)
+            revoked_before = {row.serial for row in ca.index() if row.revoked}
+            cert = ca.sign_csr(args.csr.read_bytes(), args.days, replace=args.replace, names=args.names)
             write_public(args.out, cert)
             print(f"signed: {args.out}")
+            # a renewal (the same key signed again) revokes the earlier certificate: say so, or a copy
+            # of the old one installed later looks fine until the broker refuses it
+            for serial in sorted({row.serial for row in ca.index() if row.revoked} - revoked_before):
+                print(f"revoked the earlier certificate {serial} of this id: install the new one; copy "
+                      f"{ca.crl_path} to the broker")
         elif args.command == "server":
             key, cert = FleetCA(args.ca_dir).issue_server(args.host)
             write_private(args.out_dir / "server.key", key)

@@ -140,3 +140,16 @@ def test_a_monthly_crl_rebuild_never_lets_the_broker_refuse_the_fleet(
     next_rebuild = dt.datetime(2027, 2, 1, 3, 0, tzinfo=dt.timezone.utc)
     assert crl.next_update_utc is not None
     assert crl.next_update_utc - next_rebuild >= dt.timedelta(days=14)
+
+
+def test_signing_a_boards_key_again_says_which_certificate_it_revoked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    csr = _board_csr(tmp_path / "board.csr", "np-3a-01")
+    assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "first.pem")]) == 0
+    first = x509.load_pem_x509_certificate((tmp_path / "first.pem").read_bytes())
+    assert "revoked" not in capsys.readouterr().out
+    assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "second.pem")]) == 0
+    assert f"revoked the earlier certificate {first.serial_number} of this id" in capsys.readouterr().out
