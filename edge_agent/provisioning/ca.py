@@ -242,7 +242,10 @@ class FleetCA:
 
     def _key_and_cert(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         if not self.key_path.is_file():
-            raise ProvisioningError(f"no CA in {self.dir}: create one with `edge-agent-ca init {self.dir}`")
+            raise ProvisioningError(
+                f"no CA in {self.dir}: check the path (FLEET_CA for edge-agent-crl.service); only for a "
+                f"new fleet, create one with `edge-agent-ca init {self.dir}` (its boards all need signing)"
+            )
         return load_private_key(self.key_path), load_cert(self.cert_path.read_bytes(), str(self.cert_path))
 
     def ca_pem(self) -> bytes:
@@ -386,7 +389,10 @@ class FleetCA:
         which = str(serial_or_cn)
         hits = [r for r in rows if not r.revoked and which in (str(r.serial), r.common_name)]
         if not hits:
-            raise ProvisioningError(f"no live certificate with serial or device id {serial_or_cn!r}")
+            raise ProvisioningError(
+                f"no live certificate with serial or device id {serial_or_cn!r} (already revoked, or a typo: "
+                "`edge-agent-ca list` shows them)"
+            )
         serials = {r.serial for r in hits}
         now = utcnow().isoformat()
         self._save_index(

@@ -86,7 +86,7 @@ def _provision_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_provision(args: argparse.Namespace) -> int:
     try:
         opts = Options(
-            template_text=Path(args.template).read_text(encoding="utf-8"),
+            template_text=_read_template(Path(args.template)),
             ca_dir=args.ca_dir,
             cert_file=args.cert,
             ca_file=args.ca_cert,
@@ -106,6 +106,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
                 )
             results = provision_inventory(args.inventory, args.roots, opts)
         else:
+            if args.device_id is None:
+                raise ProvisioningError(
+                    "give --device-id ID (which board of the inventory this is), or --roots DIR for all"
+                )
             boards = [b for b in load_inventory(args.inventory) if b.device_id == args.device_id]
             if not boards:
                 raise ProvisioningError(
@@ -135,6 +139,13 @@ def cmd_provision(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return EXIT_AWAITING_CERT if any(r.state != "provisioned" for r in results) else 0
+
+
+def _read_template(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProvisioningError(f"--template {path}: cannot read the fleet template ({exc})") from exc
 
 
 def _boards_of(results: list[Result], inventory: Path) -> list:  # type: ignore[type-arg]

@@ -129,3 +129,32 @@ def test_every_boards_bad_value_is_reported_in_one_run(
     err = capsys.readouterr().err
     assert "board board-a (inventory line 2)" in err and "board board-c (inventory line 4)" in err, err
     assert not (tmp_path / "roots").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--template", "{tmp}/nothing.toml", "--roots", "{tmp}/r"], "--template {tmp}/nothing.toml: cannot"),
+        (["--template", "{template}", "--root", "{tmp}/r"], "give --device-id ID"),
+    ],
+    ids=["missing-template", "root-without-device-id"],
+)
+def test_a_missing_option_or_file_names_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text(INVENTORY)
+    fill = {"tmp": str(tmp_path), "template": str(TEMPLATE)}
+    assert provision_main(["--inventory", str(inventory), *(a.format(**fill) for a in argv)]) == 2
+    assert says.format(**fill) in capsys.readouterr().err
+
+
+def test_a_crl_rebuild_pointed_at_a_wrong_folder_does_not_advise_a_new_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.provisioning.ca import main as ca_main
+
+    assert ca_main(["crl", str(tmp_path / "no-ca-here")]) == 2
+    err = capsys.readouterr().err
+    assert "check the path (FLEET_CA for edge-agent-crl.service)" in err
+    assert not (tmp_path / "no-ca-here").exists()
