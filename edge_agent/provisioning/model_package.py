@@ -219,4 +219,7 @@ def extract_tar(archive: Path, destination: Path) -> None:
                 with source, target.open("wb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)  # not source.read(): a member may be huge
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise PackageRejected(f"{archive.name} is not a readable tar archive: {exc}") from exc
+        raise PackageRejected(
+            f"{archive.name} is not a readable tar archive: {exc} (a copy still being written? copy under a "
+            "hidden name such as .x.tar, then mv it into the inbox)"
+        ) from exc

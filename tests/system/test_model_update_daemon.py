@@ -323,7 +323,8 @@ def test_refused_and_failing_packages_leave_the_running_version(
     for case, (_, reason) in BAD_PACKAGES.items():
         text = (running.inbox / f"{archives[case].name}.rejected.reason").read_text()
         assert reason in text, (case, text)
-    assert "not a readable tar" in (running.inbox / "junk.tar.rejected.reason").read_text()
+    junk = (running.inbox / "junk.tar.rejected.reason").read_text()
+    assert "not a readable tar" in junk and "then mv it into the inbox" in junk
     versions_dir = running.config.paths.state_dir / "models" / "kt" / "versions"
     assert not any(p.name.startswith("9.") for p in versions_dir.iterdir())  # rolled back and removed
     assert running.running_version() == version and running.package().path.name == version
