@@ -325,10 +325,13 @@ class FleetCA:
             self.revoke(row.serial)
         return cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue_server(self, host: str, days: int = DEVICE_DAYS) -> tuple[bytes, bytes]:
-        """A key and certificate for the broker, valid for ``host`` (DNS name or IP address)."""
+    def issue_server(
+        self, host: str, days: int = DEVICE_DAYS, names: Sequence[str] = ()
+    ) -> tuple[bytes, bytes]:
+        """A key and certificate for the broker, valid for ``host`` and ``names`` (DNS names or IP
+        addresses: boards may be enrolled by the broker's address as well as by its name)."""
         server_key = new_ec_key()
-        alt = general_names([host])
+        alt = general_names(list(dict.fromkeys([host, *names])))
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
         cert = self._build(
             subject, server_key.public_key(), days=days, eku=[ExtendedKeyUsageOID.SERVER_AUTH], alt=alt
@@ -444,6 +447,8 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("ca_dir", type=Path)
     server.add_argument("host")
     server.add_argument("--out-dir", type=Path, required=True)
+    server.add_argument("--name", action="append", default=[], dest="names",
+                        help="another DNS name or IP address boards may reach the broker by (repeatable)")
     revoke = sub.add_parser("revoke", help="revoke by serial or device id and rebuild crl.pem")
     revoke.add_argument("ca_dir", type=Path)
     revoke.add_argument("which")
@@ -476,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"revoked the earlier certificate {serial} of this id: install the new one; copy "
                       f"{ca.crl_path} to the broker")
         elif args.command == "server":
-            key, cert = FleetCA(args.ca_dir).issue_server(args.host)
+            key, cert = FleetCA(args.ca_dir).issue_server(args.host, names=args.names)
             write_private(args.out_dir / "server.key", key)
             write_public(args.out_dir / "server.pem", cert)
             print(f"broker key and certificate written to {args.out_dir}")

@@ -153,3 +153,14 @@ def test_signing_a_boards_key_again_says_which_certificate_it_revoked(
     assert "revoked" not in capsys.readouterr().out
     assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "second.pem")]) == 0
     assert f"revoked the earlier certificate {first.serial_number} of this id" in capsys.readouterr().out
+
+
+def test_the_brokers_certificate_can_carry_its_address_as_well_as_its_name(tmp_path: Path) -> None:
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    out = tmp_path / "broker"
+    assert main(["server", str(ca_dir), "mqtt.district.example", "--out-dir", str(out),
+                 "--name", "10.1.0.5", "--name", "mqtt"]) == 0
+    server = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
+    assert _names(server) == ["mqtt.district.example", "mqtt", "10.1.0.5"]
+    assert main(["server", str(ca_dir), "mqtt.district.example", "--out-dir", str(out), "--name", "a b"]) == 2
