@@ -471,15 +471,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"CA created in {args.ca_dir}; give {args.ca_dir / 'ca.pem'} to boards and the broker")
         elif args.command == "sign":
             ca = FleetCA(args.ca_dir)
+            if not os.access(args.out.parent.resolve(), os.W_OK):  # before signing revokes anything
+                raise ProvisioningError(f"--out {args.out}: cannot write into {args.out.parent}")
             revoked_before = {row.serial for row in ca.index() if row.revoked}
             cert = ca.sign_csr(args.csr.read_bytes(), args.days, replace=args.replace, names=args.names)
+            # a renewal (the same key signed again) or --replace revokes: say which, or a copy of the old
+            # certificate installed later looks fine until the broker refuses it
+            for row in ca.index():
+                if row.revoked and row.serial not in revoked_before:
+                    print(f"revoked certificate {row.serial} of {row.common_name}: copy {ca.crl_path} to "
+                          "the broker")
             write_public(args.out, cert)
             print(f"signed: {args.out}")
-            # a renewal (the same key signed again) revokes the earlier certificate: say so, or a copy
-            # of the old one installed later looks fine until the broker refuses it
-            for serial in sorted({row.serial for row in ca.index() if row.revoked} - revoked_before):
-                print(f"revoked the earlier certificate {serial} of this id: install the new one; copy "
-                      f"{ca.crl_path} to the broker")
         elif args.command == "server":
             key, cert = FleetCA(args.ca_dir).issue_server(args.host, names=args.names)
             write_private(args.out_dir / "server.key", key)

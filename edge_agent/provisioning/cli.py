@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -195,7 +196,11 @@ def cmd_model(args: argparse.Namespace) -> int:
             print(f"signed {manifest.name} {manifest.version}: {len(manifest.files)} files")
         else:
             keys = [load_public_key(p) for p in args.pubkey]
+            if not args.package.exists():
+                raise ProvisioningError(f"{args.package} does not exist")
             if args.package.is_file():  # the tar as delivered to the boards, checked as they check it
+                if not tarfile.is_tarfile(args.package):
+                    raise ProvisioningError(f"{args.package} is neither a package folder nor a tar archive")
                 with tempfile.TemporaryDirectory() as staging:
                     extract_tar(args.package, Path(staging))
                     manifest = verify_package(Path(staging), keys, source=args.package.name)

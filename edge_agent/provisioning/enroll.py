@@ -80,9 +80,14 @@ def check_enrollment(
     except ssl.SSLCertVerificationError as exc:
         # this side refused the broker: a name or IP the broker's certificate does not carry said "revoked,
         # expired or from another CA" and sent people to re-sign boards (2026-12-02)
+        # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH (62) and X509_V_ERR_IP_ADDRESS_MISMATCH (64)
+        advice = (
+            "enrol with a name or address on its certificate (edge-agent-ca server HOST --name X adds one)"
+            if exc.verify_code in (62, 64)
+            else "check that certs/ca.pem is the fleet CA's and that the broker's certificate is in date"
+        )
         raise ProvisioningError(
-            f"the broker at {host}:{port} is not trusted: {exc.verify_message}. Enrol with the name on "
-            "its certificate (edge-agent-ca server HOST), and check that certs/ca.pem is the fleet CA's"
+            f"the broker at {host}:{port} is not trusted: {str(exc.verify_message).rstrip('.')}; {advice}"
         ) from exc
     except ssl.SSLError as exc:
         raise ProvisioningError(

@@ -49,7 +49,7 @@ class Manifest:
 def generate_signing_key(private_path: Path, public_path: Path) -> None:
     # a second keygen over the fleet's key would make every package signed afterwards fail on the boards
     for path in (private_path, public_path):
-        if path.exists():
+        if path.exists() and path.stat().st_size > 0:  # an empty file (mktemp) holds no key
             raise ProvisioningError(
                 f"{path} already exists: the boards trust the key pair there; move it away first only "
                 "to start a new key (then provision the boards with the new .pub)"
@@ -74,7 +74,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         data = path.read_bytes()
     except OSError as exc:
         raise ProvisioningError(f"cannot read model signing public key {path}: {exc}") from exc
-    if b"PRIVATE KEY" in data:
+    if re.search(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----", data):  # the armour, not a comment's words
         raise ProvisioningError(
             f"{path} is a private key: give the public one (the .pub that edge-agent-model keygen wrote) "
             "and keep the private key off the boards"

@@ -99,6 +99,10 @@ def _preflight(board: Board, opts: Options, root: Path) -> tuple[str, bytes | No
     """Everything that can be checked before writing: the config renders, given files are readable."""
     text, config = render_config(opts.template_text, board)
     general_names(opts.web_names(board.device_id))  # a bad --web-domain stops here
+    if opts.signing_pubkey is not None:
+        # checked, not copied blindly: the private key given by mistake was installed world-readable on
+        # every board (2026-12-02)
+        load_public_key(opts.signing_pubkey)
     wanted = config.metrics.token_file
     if opts.metrics_token_file is not None:
         token = _read(opts.metrics_token_file, "metrics token").strip()
@@ -156,9 +160,6 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
         result.state = "awaiting-certificate"
     _note(result, write_atomic(paths["config"], config_text.encode(), 0o640), "config.toml")
     if opts.signing_pubkey is not None:
-        # checked, not copied blindly: the private key given by mistake was installed world-readable on
-        # every board (2026-12-02)
-        load_public_key(opts.signing_pubkey)
         _note(
             result,
             write_public(paths["signing"], _read(opts.signing_pubkey, "model signing key")),
@@ -253,22 +254,28 @@ def _install_cert(
     current = paths["cert"].read_bytes() if paths["cert"].exists() else None
     installed_ca = paths["ca"].read_bytes() if paths["ca"].exists() else None
     supplied = _read(opts.cert_file, "device certificate") if opts.cert_file is not None else None
-    if current is not None and installed_ca is not None and (ca_pem is None or ca_pem == installed_ca):
+    revoked = current is not None and opts.ca_dir is not None and _revoked(current, opts.ca_dir)
+    if revoked and not opts.replace:
+        # kept, whether in date or not: a revocation is usually meant, and renewing it (near or past its
+        # expiry) let a revoked board back without a word
+        live = [row.serial for row in FleetCA(opts.ca_dir).index()  # type: ignore[arg-type]
+                if row.common_name == board.device_id and not row.revoked]
+        log.warning(
+            "%s: its installed certificate is revoked in the fleet CA, so the broker refuses this board; %s",
+            board.device_id,
+            f"another board now holds this id (certificate {live[0]}), which --replace here would revoke"
+            if live else "re-run with --replace to issue a new one if it is to come back",
+        )
+        return True
+    if current is not None and installed_ca is not None and (ca_pem is None or ca_pem == installed_ca) and (
+        not revoked
+    ):
         try:
             check_device_cert(current, installed_ca, key, board.device_id)
             days = (load_cert(current, "device certificate").not_valid_after_utc - utcnow()).days
             why = reissue_reason(current, board_names(board.device_id, opts.web_names(board.device_id)))
             if supplied in (None, current):
-                if opts.ca_dir is not None and _revoked(current, opts.ca_dir):
-                    if not opts.replace:  # kept: a revocation is usually meant
-                        log.warning(
-                            "%s: its installed certificate is revoked in the fleet CA, so the broker refuses "
-                            "this board; re-run with --replace to issue a new one if it is to come back",
-                            board.device_id,
-                        )
-                        return True
-                    why = why or "it is revoked (--replace)"
-                elif days > RENEW_WITHIN_DAYS and why is None:
+                if days > RENEW_WITHIN_DAYS and why is None:
                     return True
                 why = why or f"it expires in {days} days"
                 if opts.ca_dir is None:
@@ -281,9 +288,13 @@ def _install_cert(
         except ProvisioningError as exc:
             log.warning("installed certificate unusable, replacing it: %s", exc)
     if opts.ca_dir is not None:
-        cert = FleetCA(opts.ca_dir).sign_csr(
-            paths["csr"].read_bytes(), replace=opts.replace, names=opts.web_names(board.device_id)
-        )
+        ca = FleetCA(opts.ca_dir)
+        before = {row.serial for row in ca.index() if row.revoked}
+        names = opts.web_names(board.device_id)
+        cert = ca.sign_csr(paths["csr"].read_bytes(), replace=opts.replace, names=names)
+        for row in ca.index():  # --replace and renewals revoke: say which, or another board just stops
+            if row.revoked and row.serial not in before:
+                log.warning("%s: revoked certificate %s of %s", board.device_id, row.serial, row.common_name)
     elif supplied is not None:
         cert = supplied
     else:
@@ -299,9 +310,16 @@ def _install_cert(
 
 
 def _revoked(cert_pem: bytes, ca_dir: Path) -> bool:
-    """Re-provisioning a revoked board said "nothing to change" while the broker refused it (2026-12-02)."""
-    serial = load_cert(cert_pem, "device certificate").serial_number
-    return any(row.serial == serial and row.revoked for row in FleetCA(ca_dir).index())
+    """Re-provisioning a revoked board said "nothing to change" while the broker refused it (2026-12-02).
+    An installed file that is no certificate is not revoked (it is replaced as unusable)."""
+    try:
+        cert = load_cert(cert_pem, "device certificate")
+    except ProvisioningError:
+        return False
+    ca = FleetCA(ca_dir)
+    if cert.issuer != load_cert(ca.cert_path.read_bytes(), "CA certificate").subject:
+        return False  # another CA's serial numbers say nothing here
+    return any(row.serial == cert.serial_number and row.revoked for row in ca.index())
 
 
 def provision_inventory(inventory: Path, roots: Path, opts: Options) -> list[Result]:

@@ -152,7 +152,15 @@ def test_signing_a_boards_key_again_says_which_certificate_it_revoked(
     first = x509.load_pem_x509_certificate((tmp_path / "first.pem").read_bytes())
     assert "revoked" not in capsys.readouterr().out
     assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "second.pem")]) == 0
-    assert f"revoked the earlier certificate {first.serial_number} of this id" in capsys.readouterr().out
+    assert f"revoked certificate {first.serial_number} of np-3a-01" in capsys.readouterr().out
+    missing = tmp_path / "no-such-folder" / "third.pem"
+    assert main(["sign", str(ca_dir), str(csr), "--out", str(missing)]) == 2  # refused before signing
+    assert "cannot write into" in capsys.readouterr().err
+    second = x509.load_pem_x509_certificate((tmp_path / "second.pem").read_bytes())
+    capsys.readouterr()
+    assert main(["list", str(ca_dir)]) == 0
+    states = {line.split("\t")[0]: line.split("\t")[3] for line in capsys.readouterr().out.splitlines()}
+    assert states[str(second.serial_number)] == "live"  # the refused signing revoked nothing
 
 
 def test_the_brokers_certificate_can_carry_its_address_as_well_as_its_name(tmp_path: Path) -> None:

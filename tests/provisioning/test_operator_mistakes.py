@@ -38,6 +38,33 @@ def test_the_private_signing_key_given_as_the_boards_key_is_refused(
     assert (root / "etc/edge-agent/model-signing.pub").read_bytes() == public.read_bytes()
 
 
+def test_a_public_key_with_a_comment_naming_the_private_key_is_still_a_public_key(tmp_path: Path) -> None:
+    from edge_agent.provisioning.model_package import load_public_key
+
+    _, public = _keys(tmp_path)
+    commented = tmp_path / "commented.pub"
+    commented.write_bytes(b"# the PRIVATE KEY is in the district safe\n" + public.read_bytes())
+    assert load_public_key(commented) == load_public_key(public)
+
+
+def test_a_private_key_given_to_a_bulk_run_is_refused_before_any_board_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, _ = _keys(tmp_path)
+    roots = tmp_path / "roots"
+    assert _provision(tmp_path, "--roots", str(roots), "--model-signing-key", str(private)) == 2
+    assert capsys.readouterr().err.count("is a private key") == 1
+    assert not roots.exists()
+
+
+def test_keygen_fills_empty_files_made_beforehand(tmp_path: Path) -> None:
+    private, public = tmp_path / "k", tmp_path / "k.pub"
+    private.touch()
+    public.touch()
+    assert model_main(["keygen", str(private), str(public)]) == 0
+    assert b"PRIVATE KEY" in private.read_bytes()
+
+
 def test_a_second_keygen_does_not_replace_the_fleets_signing_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -66,6 +93,11 @@ def test_verify_takes_the_tar_as_delivered_and_says_how_to_pack_it(
     assert "ok: kt 2, 1 files verified" in capsys.readouterr().out
     assert model_main(["verify", str(nested), "--pubkey", str(public)]) == 2  # was a traceback
     assert "no manifest.json at the top of the archive" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not a package")
+    assert model_main(["verify", str(tmp_path / "notes.txt"), "--pubkey", str(public)]) == 2
+    assert "is neither a package folder nor a tar archive" in capsys.readouterr().err
+    assert model_main(["verify", str(tmp_path / "nothing.tar"), "--pubkey", str(public)]) == 2
+    assert "nothing.tar does not exist" in capsys.readouterr().err
 
 
 def test_device_id_with_roots_is_refused_instead_of_provisioning_every_board(
@@ -158,3 +190,47 @@ def test_a_crl_rebuild_pointed_at_a_wrong_folder_does_not_advise_a_new_ca(
     err = capsys.readouterr().err
     assert "check the path (FLEET_CA for edge-agent-crl.service)" in err
     assert not (tmp_path / "no-ca-here").exists()
+
+
+def test_a_revoked_board_is_not_let_back_when_its_certificate_has_expired_either(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import datetime as dt
+
+    from edge_agent.provisioning.ca import FleetCA
+
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    root = tmp_path / "root"
+    common = ("--device-id", "board-a", "--root", str(root), "--ca-dir", str(ca.dir))
+    assert _provision(tmp_path, *common) == 0
+    etc = root / "etc/edge-agent"
+    now = dt.datetime.now(dt.timezone.utc)
+    expired = ca.sign_csr((etc / "certs/device.csr").read_bytes(), not_before=now - dt.timedelta(days=900),
+                          not_after=now - dt.timedelta(days=1))
+    (etc / "certs/device.pem").write_bytes(expired)
+    ca.revoke("board-a")
+    caplog.clear()
+    assert _provision(tmp_path, *common) == 0
+    assert "is revoked in the fleet CA" in caplog.text
+    assert (etc / "certs/device.pem").read_bytes() == expired  # not renewed
+    assert not any(row.common_name == "board-a" and not row.revoked for row in ca.index())
+
+
+def test_a_replaced_board_is_named_before_replace_would_revoke_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edge_agent.provisioning.ca import FleetCA
+
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    old = ("--device-id", "board-a", "--root", str(tmp_path / "old"), "--ca-dir", str(ca.dir))
+    new = ("--device-id", "board-a", "--root", str(tmp_path / "new"), "--ca-dir", str(ca.dir))
+    assert _provision(tmp_path, *old) == 0
+    ca.revoke("board-a")
+    assert _provision(tmp_path, *new) == 0  # the new hardware takes the id (the old one is revoked)
+    (live,) = [row.serial for row in ca.index() if not row.revoked]
+    caplog.clear()
+    assert _provision(tmp_path, *old) == 0
+    assert f"another board now holds this id (certificate {live}), which --replace" in caplog.text
+    caplog.clear()
+    assert _provision(tmp_path, *old, "--replace") == 0
+    assert f"revoked certificate {live} of board-a" in caplog.text
