@@ -273,10 +273,27 @@ class FleetCA:
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
     ) -> bytes:
+        """:meth:`sign_and_revoke`'s certificate."""
+        return self.sign_and_revoke(
+            csr_pem, days, replace=replace, names=names, not_before=not_before, not_after=not_after
+        )[0]
+
+    def sign_and_revoke(
+        self,
+        csr_pem: bytes,
+        days: int = DEVICE_DAYS,
+        *,
+        replace: bool = False,
+        names: Sequence[str] = (),
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+    ) -> tuple[bytes, list[IssuedCert]]:
         """Sign a device CSR (CN = device id), for the broker and for HTTPS on the board's web port under
         :func:`board_names` plus ``names``. The device id's live certificates for the
         same key (a renewal, or a board re-provisioned) are revoked; one for another key belongs to another
-        board and is refused unless ``replace``, which revokes it: two boards must never share an identity."""
+        board and is refused unless ``replace``, which revokes it: two boards must never share an identity.
+        Returns the certificate and the rows it revoked (callers say which: a copy of a revoked certificate
+        installed later looks fine until the broker refuses it)."""
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as exc:
@@ -323,7 +340,7 @@ class FleetCA:
         )
         for row in live:
             self.revoke(row.serial)
-        return cert.public_bytes(serialization.Encoding.PEM)
+        return cert.public_bytes(serialization.Encoding.PEM), live
 
     def issue_server(
         self, host: str, days: int = DEVICE_DAYS, names: Sequence[str] = ()
@@ -473,14 +490,12 @@ def main(argv: list[str] | None = None) -> int:
             ca = FleetCA(args.ca_dir)
             if not os.access(args.out.parent.resolve(), os.W_OK):  # before signing revokes anything
                 raise ProvisioningError(f"--out {args.out}: cannot write into {args.out.parent}")
-            revoked_before = {row.serial for row in ca.index() if row.revoked}
-            cert = ca.sign_csr(args.csr.read_bytes(), args.days, replace=args.replace, names=args.names)
-            # a renewal (the same key signed again) or --replace revokes: say which, or a copy of the old
-            # certificate installed later looks fine until the broker refuses it
-            for row in ca.index():
-                if row.revoked and row.serial not in revoked_before:
-                    print(f"revoked certificate {row.serial} of {row.common_name}: copy {ca.crl_path} to "
-                          "the broker")
+            cert, revoked = ca.sign_and_revoke(
+                args.csr.read_bytes(), args.days, replace=args.replace, names=args.names
+            )
+            for row in revoked:
+                print(f"revoked certificate {row.serial} of {row.common_name}: copy {ca.crl_path} to "
+                      "the broker")
             write_public(args.out, cert)
             print(f"signed: {args.out}")
         elif args.command == "server":

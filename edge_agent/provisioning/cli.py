@@ -15,11 +15,10 @@ from edge_agent.provisioning import system
 from edge_agent.provisioning.enroll import check_enrollment
 from edge_agent.provisioning.inventory import load_inventory
 from edge_agent.provisioning.model_package import (
-    extract_tar,
     generate_signing_key,
     load_public_key,
     sign_package,
-    verify_package,
+    stage_and_verify,
 )
 from edge_agent.provisioning.provision import (
     Options,
@@ -196,16 +195,10 @@ def cmd_model(args: argparse.Namespace) -> int:
             print(f"signed {manifest.name} {manifest.version}: {len(manifest.files)} files")
         else:
             keys = [load_public_key(p) for p in args.pubkey]
-            if not args.package.exists():
-                raise ProvisioningError(f"{args.package} does not exist")
-            if args.package.is_file():  # the tar as delivered to the boards, checked as they check it
-                if not tarfile.is_tarfile(args.package):
-                    raise ProvisioningError(f"{args.package} is neither a package folder nor a tar archive")
-                with tempfile.TemporaryDirectory() as staging:
-                    extract_tar(args.package, Path(staging))
-                    manifest = verify_package(Path(staging), keys, source=args.package.name)
-            else:
-                manifest = verify_package(args.package, keys)
+            if args.package.is_file() and not tarfile.is_tarfile(args.package):
+                raise ProvisioningError(f"{args.package} is neither a package folder nor a tar archive")
+            with tempfile.TemporaryDirectory() as staging:  # a folder or a tar, checked as boards check it
+                manifest = stage_and_verify(args.package, Path(staging) / "package", keys)
             print(f"ok: {manifest.name} {manifest.version}, {len(manifest.files)} files verified")
     except ProvisioningError as exc:
         print(f"error: {exc}", file=sys.stderr)

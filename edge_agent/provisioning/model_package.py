@@ -176,6 +176,19 @@ def verify_package(directory: Path, trusted: list[Ed25519PublicKey], source: str
     return manifest
 
 
+def stage_and_verify(package: Path, staging: Path, trusted: list[Ed25519PublicKey]) -> Manifest:
+    """Copy a package folder, or unpack its tar, into ``staging`` (which must not exist) and verify it
+    there, not at the source, which a sender could still change: what a board does with a delivered
+    package, and what `edge-agent-model verify` checks."""
+    if package.is_dir():
+        shutil.copytree(package, staging, symlinks=True)
+    elif package.is_file():
+        extract_tar(package, staging)
+    else:
+        raise PackageRejected(f"model package {package} does not exist")
+    return verify_package(staging, trusted, source=package.name)
+
+
 def extract_tar(archive: Path, destination: Path) -> None:
     """Unpack a package tar, refusing links, devices, absolute or escaping names and oversized content.
 

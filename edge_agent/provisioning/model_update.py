@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.errors import ProvisioningError
 from edge_agent.lifecycle import Health
 from edge_agent.provisioning.files import sync_folder, sync_tree, write_public
-from edge_agent.provisioning.model_package import Manifest, PackageRejected, extract_tar, verify_package
+from edge_agent.provisioning.model_package import Manifest, PackageRejected, stage_and_verify, verify_package
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,7 @@ class ModelStore:
         staging = self.root / ".staging" / uuid.uuid4().hex
         staging.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if package.is_dir():
-                shutil.copytree(package, staging, symlinks=True)
-            elif package.is_file():
-                extract_tar(package, staging)
-            else:
-                raise PackageRejected(f"model package {package} does not exist")
-            manifest = verify_package(staging, self.trusted, source=package.name)
+            manifest = stage_and_verify(package, staging, self.trusted)
             # on the disk before the switch: a power cut after "2.0 running" left its files empty, and the
             # next start went back to 1.0 (safely: they no longer verified) without the fleet knowing why
             sync_tree(staging)

@@ -288,13 +288,11 @@ def _install_cert(
         except ProvisioningError as exc:
             log.warning("installed certificate unusable, replacing it: %s", exc)
     if opts.ca_dir is not None:
-        ca = FleetCA(opts.ca_dir)
-        before = {row.serial for row in ca.index() if row.revoked}
-        names = opts.web_names(board.device_id)
-        cert = ca.sign_csr(paths["csr"].read_bytes(), replace=opts.replace, names=names)
-        for row in ca.index():  # --replace and renewals revoke: say which, or another board just stops
-            if row.revoked and row.serial not in before:
-                log.warning("%s: revoked certificate %s of %s", board.device_id, row.serial, row.common_name)
+        cert, revoked_now = FleetCA(opts.ca_dir).sign_and_revoke(
+            paths["csr"].read_bytes(), replace=opts.replace, names=opts.web_names(board.device_id)
+        )
+        for row in revoked_now:  # --replace and renewals revoke: say which, or another board just stops
+            log.warning("%s: revoked certificate %s of %s", board.device_id, row.serial, row.common_name)
     elif supplied is not None:
         cert = supplied
     else:
@@ -330,7 +328,8 @@ def provision_inventory(inventory: Path, roots: Path, opts: Options) -> list[Res
         try:
             _preflight(board, opts, roots / board.device_id)
         except ProvisioningError as exc:  # all boards' problems at once, not one per run
-            problems += [] if str(exc) in problems else [str(exc)]
+            if str(exc) not in problems:
+                problems.append(str(exc))
     if problems:
         raise ProvisioningError("\n".join(problems))
     return [provision_board(board, roots / board.device_id, opts) for board in boards]

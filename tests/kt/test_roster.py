@@ -32,6 +32,14 @@ class Clock:
         return self.now
 
 
+def _watched_roster_of_a(tmp_path: Path) -> tuple[Path, Clock, Roster]:
+    """A roster file listing student "a", watched every 2 s of a clock the test moves."""
+    path = tmp_path / "roster.txt"
+    path.write_text(format_roster([PSEUDO("a")]))
+    clock = Clock()
+    return path, clock, watch_roster(path, recheck_s=2.0, clock=clock)
+
+
 def test_a_roster_line_that_is_not_a_pseudonym_is_named_with_its_line() -> None:
     good = PSEUDO("stu-1")
     assert parse_roster(format_roster([good, PSEUDO("stu-2")]), "r") == {good, PSEUDO("stu-2")}
@@ -41,10 +49,7 @@ def test_a_roster_line_that_is_not_a_pseudonym_is_named_with_its_line() -> None:
 
 
 def test_the_roster_is_read_again_when_it_changes_and_a_damaged_file_keeps_the_last(tmp_path: Path) -> None:
-    path = tmp_path / "roster.txt"
-    path.write_text(format_roster([PSEUDO("a")]))
-    clock = Clock()
-    roster = watch_roster(path, recheck_s=2.0, clock=clock)
+    path, clock, roster = _watched_roster_of_a(tmp_path)
     assert roster.current() == {PSEUDO("a")}
     assert roster.health().ok and roster.health().detail == f"1 students ({path})"
     path.write_text(format_roster([PSEUDO("a"), PSEUDO("b")]))
@@ -197,10 +202,7 @@ def test_the_roster_command_says_what_is_wrong_and_leaves_the_roster(
 def test_a_roster_caught_half_saved_keeps_the_students_read_before(tmp_path: Path) -> None:
     # Review: an editor saving in place truncates first; read at that moment, every listed student was
     # refused (400, which clients do not retry) until the next check, and nothing showed in health.
-    path = tmp_path / "roster.txt"
-    path.write_text(format_roster([PSEUDO("a")]))
-    clock = Clock()
-    roster = watch_roster(path, recheck_s=2.0, clock=clock)
+    path, clock, roster = _watched_roster_of_a(tmp_path)
     assert roster.current() == {PSEUDO("a")}
     path.write_text("")
     clock.now = 2.0
