@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_agent.config import KTSettings, StoreSettings
+from edge_agent.inference.bench import time_calls
 from edge_agent.inference.engine import Engine, TensorSpec
 from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 from edge_agent.kt.answers import Answer
@@ -78,16 +79,6 @@ def _eager_window10(package: KTPackage) -> tuple[Callable[[], object], Callable[
     return (lambda: model(*one)[:, -1]), (lambda: model(*many)[:, -1])
 
 
-def _timed(call: Callable[[], object], calls: int) -> list[float]:
-    call()  # untimed: the first call after the other model ran is cold (118-222 against 17.6 µs warm)
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def bench_models(package: KTPackage, scale: float, rounds: int = 20) -> dict[str, float]:
     """The step engine (Engine.infer, with its input checks) and the eager window-10 baseline, alternated
     in short rounds so that both see the same machine, which side goes first changing from round to round:
@@ -114,12 +105,13 @@ def bench_models(package: KTPackage, scale: float, rounds: int = 20) -> dict[str
     with context:
         for pair in sides.values():
             for call in pair:
-                _timed(call, 50)
+                time_calls(call, 0, warmup=50)
         for n in range(rounds):
             order = list(sides) if n % 2 == 0 else list(reversed(sides))
             for i, (key, batch) in enumerate((("b1", 1), ("b64", 64))):
                 for side in order:
-                    times = _timed(sides[side][i], calls[side][key])
+                    # one untimed call: the first after the other model ran is cold (118-222 against 17.6 µs)
+                    times = time_calls(sides[side][i], calls[side][key], warmup=1)
                     rates[f"{side}_{key}"].append(batch * len(times) / sum(times))
                     if batch == 1:
                         b1_times[side] += times
