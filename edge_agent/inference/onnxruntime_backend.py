@@ -96,26 +96,34 @@ class OnnxRuntimeEngine:
         return list(self._outputs)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # The KT step runs once per micro-batch of answers, where this check was a quarter of the call
-        # (5 of 20 µs at batch 1): compare dtypes by identity first, check only the fixed axes, and leave
-        # non-contiguous arrays to ONNX Runtime, which copies them itself.
+        # ONNX Runtime checks names, dtypes and shapes itself, in C++. The KT step runs once per micro-batch
+        # of answers, where checking here first cost 2.5 of its 17 µs at batch 1: so the feeds are checked
+        # and converted only when ONNX Runtime refuses them, to say what is wrong or to run them converted
+        # (int32 ids, lists).
+        try:
+            results = self._session.run(self._output_names, feeds)
+        except Exception:
+            prepared = self._prepared(feeds)
+            try:
+                results = self._session.run(self._output_names, prepared)
+            except Exception as exc:  # translate at the boundary
+                raise EngineError(f"{self.model_name}: ONNX Runtime failed to run: {exc}") from exc
+        return dict(zip(self._output_names, results, strict=True))
+
+    def _prepared(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's inputs from ``feeds``, converted to its dtypes; EngineInputError for a missing one or
+        a shape it cannot take."""
         prepared = {}
         for spec, fixed in self._checks:
             if spec.name not in feeds:
                 raise EngineInputError(f"{self.model_name}: missing input {spec.name!r}")
-            array = feeds[spec.name]
-            if type(array) is not np.ndarray or array.dtype is not spec.dtype:
-                array = np.asarray(array, dtype=spec.dtype)
+            array = np.asarray(feeds[spec.name], dtype=spec.dtype)
             if array.ndim != len(spec.shape) or any(array.shape[axis] != size for axis, size in fixed):
                 raise EngineInputError(
                     f"{self.model_name}: input {spec.name!r} has shape {array.shape}, expected {spec.shape}"
                 )
             prepared[spec.name] = array
-        try:
-            results = self._session.run(self._output_names, prepared)
-        except Exception as exc:  # translate at the boundary
-            raise EngineError(f"{self.model_name}: ONNX Runtime failed to run: {exc}") from exc
-        return dict(zip(self._output_names, results, strict=True))
+        return prepared
 
     def close(self) -> None:
         self._session = None  # type: ignore[assignment]

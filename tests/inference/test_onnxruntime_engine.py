@@ -1,0 +1,60 @@
+"""The ONNX Runtime engine leaves the checking of feeds to ONNX Runtime and diagnoses only what it refuses:
+whatever it refuses must still come back as this project's errors, and the engine must go on working."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.errors import EngineError, EngineInputError
+from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+
+STEP = Path(__file__).resolve().parents[2] / "engines" / "kt-default" / "kt_step.onnx"
+
+
+def _feeds(batch: int = 2) -> dict[str, np.ndarray]:
+    return {
+        "skill": np.arange(batch, dtype=np.int64),
+        "correct": np.ones(batch, np.int64),
+        "h": np.zeros((batch, 64), np.float32),
+        "c": np.zeros((batch, 64), np.float32),
+    }
+
+
+@pytest.fixture(scope="module")
+def engine() -> OnnxRuntimeEngine:
+    return OnnxRuntimeEngine(STEP)
+
+
+def test_refused_feeds_are_engine_input_errors_and_the_engine_goes_on(engine):
+    want = engine.infer(_feeds())
+    for name, bad, match in [
+        ("h", np.zeros((2, 63), np.float32), "'h' has shape"),
+        ("c", np.zeros(64, np.float32), "'c' has shape"),
+        ("skill", np.array(1, np.int64), "'skill' has shape"),  # 0-d
+    ]:
+        with pytest.raises(EngineInputError, match=match):
+            engine.infer(_feeds() | {name: bad})
+    feeds = _feeds()
+    del feeds["correct"]
+    with pytest.raises(EngineInputError, match="missing input 'correct'"):
+        engine.infer(feeds)
+    got = engine.infer(_feeds() | {"extra": np.zeros(3)})  # inputs the model lacks are left out
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value)
+
+
+def test_float64_state_is_converted_and_gives_the_float32_results(engine):
+    want = engine.infer(_feeds())
+    got = engine.infer(_feeds() | {"h": np.zeros((2, 64)), "c": np.zeros((2, 64))})
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value)
+
+
+def test_a_skill_beyond_the_model_is_an_engine_error_naming_the_model(engine):
+    with pytest.raises(EngineError, match="kt_step: ONNX Runtime failed to run") as caught:
+        engine.infer(_feeds() | {"skill": np.array([0, 999], np.int64)})
+    assert not isinstance(caught.value, EngineInputError)
+    assert engine.infer(_feeds())["probs"].shape == (2, 30)
