@@ -193,18 +193,21 @@ def extract_tar(archive: Path, destination: Path) -> None:
     """Unpack a package tar, refusing links, devices, absolute or escaping names and oversized content.
 
     Runs before the signature is checked (the signed manifest is inside), so every name is judged by its
-    normalised parts: "./../x" once passed as "x" and was written outside ``destination``."""
+    normalised parts: "./../x" once passed as "x", and "//x" (a root of its own in POSIX paths) as not
+    starting with "/", and both were written outside ``destination``. Each target is checked to lie inside
+    it as well."""
     try:
         with tarfile.open(archive) as tar:
             members: list[tuple[tarfile.TarInfo, Path]] = []
             total = 0
             for count, member in enumerate(tar):
-                parts = PurePosixPath(member.name).parts
+                name = PurePosixPath(member.name)
+                parts = name.parts
                 if count >= MAX_TAR_MEMBERS:  # skipped "./" entries count: a million is not read through
                     raise PackageRejected(f"{archive.name}: more than {MAX_TAR_MEMBERS} entries")
                 if member.isdir() and not parts:
                     continue  # "./", the top folder itself, written by tar -C <folder> -cf x.tar .
-                if (not (member.isfile() or member.isdir()) or not parts or parts[0] == "/"
+                if (not (member.isfile() or member.isdir()) or not parts or name.is_absolute()
                         or ".." in parts or "\\" in member.name):
                     raise PackageRejected(f"{archive.name}: unsafe entry {member.name!r}")
                 total += member.size
@@ -220,8 +223,11 @@ def extract_tar(archive: Path, destination: Path) -> None:
                     f"not its folder: tar -C <folder> -cf {archive.name} ."
                 )
             destination.mkdir(parents=True, exist_ok=True)
+            inside = destination.resolve()
             for member, relative in members:
                 target = destination / relative
+                if not target.resolve().is_relative_to(inside):
+                    raise PackageRejected(f"{archive.name}: unsafe entry {member.name!r}")
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue

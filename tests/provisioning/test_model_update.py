@@ -258,15 +258,18 @@ def test_a_tar_with_a_link_device_or_absolute_entry_is_refused_before_anything_i
     assert not destination.exists()
 
 
-@pytest.mark.parametrize("name", ["./../evil.txt", "./../../evil.txt", ".//../evil.txt", "a/../../evil.txt"])
+@pytest.mark.parametrize(
+    "name", ["./../evil.txt", "./../../evil.txt", ".//../evil.txt", "a/../../evil.txt", "//TMP/evil.txt"]
+)
 def test_a_tar_entry_that_climbs_out_after_a_dot_prefix_is_refused_and_nothing_is_written(
     tmp_path: Path, name: str
 ) -> None:
     # Found by the security audit: "./../x" was checked as "x" and written outside the staging folder,
     # before the signature check; an unsigned tar sent by command rewrote the installed, signed model.
+    # And by a review: "//abs/path" (POSIX keeps a leading "//" as its own root) was written at /abs/path.
     archive = tmp_path / "package.tar"
     with tarfile.open(archive, "w") as tar:
-        entry = tarfile.TarInfo(name)
+        entry = tarfile.TarInfo(name.replace("TMP", str(tmp_path).lstrip("/")))
         entry.size = 4
         tar.addfile(entry, io.BytesIO(b"evil"))
     staging = tmp_path / "models" / ".staging" / "x"
