@@ -288,15 +288,18 @@ def _kt_component(kt: Deferred) -> KTComponent | None:
 
 
 def _installed_kt(config: Config, manifests: dict[str, EngineManifest]) -> KTSettings:
-    """KT settings (and the kt-step manifest, in place) for the signed update installed last, if any."""
+    """KT settings (and the kt-step manifest, in place) for the signed update installed last, else for
+    ``kt.package_dir``: the engine runs that package's step model, not the shipped one."""
     if not config.kt.enabled:
         return config.kt
     installed = startup_package(config.updates, config.paths.state_dir, KT_PACKAGE_NAME)
-    if installed is None:
+    if installed is not None:
+        log.info("knowledge tracing runs the installed update %s", installed.name)
+    package_dir = installed or config.kt.package_dir
+    if package_dir is None:
         return config.kt
-    log.info("knowledge tracing runs the installed update %s", installed.name)
-    manifests[KT_MODEL] = step_manifest_for(manifests[KT_MODEL], installed)
-    return config.kt.model_copy(update={"package_dir": installed})
+    manifests[KT_MODEL] = step_manifest_for(manifests[KT_MODEL], package_dir)
+    return config.kt.model_copy(update={"package_dir": package_dir})
 
 
 def _model_updates(

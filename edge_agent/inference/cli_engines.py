@@ -28,7 +28,7 @@ from edge_agent.inference.manifest import (
 NO_TENSORRT = 3
 
 
-def _config(args: argparse.Namespace) -> tuple[InferenceSettings, PathSettings]:
+def _board_config(args: argparse.Namespace) -> Config:
     from edge_agent.config import find_config_path, load_config_ignoring_unknown
 
     path = find_config_path(getattr(args, "config", None))
@@ -39,6 +39,11 @@ def _config(args: argparse.Namespace) -> tuple[InferenceSettings, PathSettings]:
         config, ignored = load_config_ignoring_unknown(path, check_files_exist=False)
         for key in ignored:
             print(f"config {path}: {key} is not a key this release knows; ignored", file=sys.stderr)
+    return config
+
+
+def _config(args: argparse.Namespace) -> tuple[InferenceSettings, PathSettings]:
+    config = _board_config(args)
     paths = config.paths
     updates: dict[str, object] = {}
     if getattr(args, "cache_dir", None):
@@ -119,6 +124,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from edge_agent.inference.select import load_engine
     from edge_agent.inference.tensorrt_backend import open_tensorrt
+    from edge_agent.kt.updates import step_manifest_for
 
     inference, paths = _config(args)
     try:
@@ -126,8 +132,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     except EdgeAgentError as exc:
         print(f"no engine built: TensorRT cannot run on this machine ({exc})", file=sys.stderr)
         return NO_TENSORRT
+    package_dir = _board_config(args).kt.package_dir
+    selected = [  # the school's KT package where it has one, as the daemon runs it
+        step_manifest_for(m, package_dir) if m.name == "kt-step" and package_dir is not None else m
+        for m in _selected(args)
+    ]
     failed = 0
-    for m in _selected(args):
+    for m in selected:
         try:
             loaded = load_engine(
                 m, inference.model_copy(update={"backend": "tensorrt"}), paths, precision=args.precision

@@ -38,7 +38,9 @@ from tests.system.model_packages import (
     HttpsFileServer,
     QuietHandler,
     drop,
+    first_step_mastery,
     make_package,
+    shift_output_bias,
     tamper_after_signing,
 )
 
@@ -296,6 +298,26 @@ BAD_PACKAGES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "corrupt-onnx": (lambda base, key: make_package(base, key, "9.5", corrupt_onnx), "failed to load"),
     "other-model": (lambda base, key: make_package(base, key, "9.6", model="headpose"), "only the 'kt'"),
 }
+
+
+def test_a_school_package_in_kt_package_dir_runs_its_own_step_model(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    # Found by a review: the package's files were loaded but the engine ran the shipped kt_step.onnx, so
+    # the school's model never answered (and one of another hidden size was refused as a mismatch).
+    custom = tmp_path / "school-kt"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, custom)
+    shift_output_bias(2.0)(custom)
+    data = board_config(tmp_path, keys[1]).model_dump(mode="json")
+    data["kt"]["package_dir"] = str(custom)
+    board = Board(Config.model_validate(data)).start()
+    try:
+        item = board.package().items[0]
+        [result] = post_answers(board.url, [answer("student-p", item.id, item.skill_id, True, "p-1")])
+        assert result["mastery"][0]["mastery"] == first_step_mastery(custom, item.skill_id)
+        assert result["mastery"][0]["mastery"] != first_step_mastery(DEFAULT_PACKAGE_DIR, item.skill_id)
+    finally:
+        board.stop()
 
 
 def test_refused_and_failing_packages_leave_the_running_version(
