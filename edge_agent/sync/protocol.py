@@ -109,7 +109,7 @@ def decode_message(payload: bytes) -> DecodedMessage:
         seq, mid, at = item.get("seq"), item.get("id"), item.get("at")
         # SQLite stores a signed 64-bit seq; a larger one would end a receiver's thread.
         _require(isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**63, "item seq invalid")
-        _require(isinstance(mid, str) and bool(mid), "item id invalid")
+        _require(isinstance(mid, str) and bool(mid) and _is_utf8(mid), "item id invalid")
         _require(_is_time(at), "item time invalid")
         _require("data" in item, "item data missing")
         decoded.append(DecodedItem(seq, mid, float(at), item["data"]))
@@ -117,7 +117,21 @@ def decode_message(payload: bytes) -> DecodedMessage:
 
 
 def _is_time(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int of hundreds of digits (JSON has no bound): it ended a receiver's thread
+        return False
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a lone surrogate ("\\ud800" in JSON), which SQLite cannot store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Random) -> float:

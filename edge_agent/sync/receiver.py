@@ -6,7 +6,8 @@ Run it next to a broker to see what boards deliver::
     python -m edge_agent.sync.receiver --host broker.example --port 8883 --db received.db \\
         --ca ca.pem --cert receiver.pem --key receiver.key
 
-It keeps a persistent MQTT session (QoS 1 messages published while it is away wait at the broker) and
+It keeps a persistent MQTT session (QoS 1 messages published while it is away wait at the broker, up to
+the broker's per-client queue caps: past them Mosquitto drops them silently) and
 commits each message before its PUBACK goes out, so nothing acknowledged is lost. The test-suite uses it
 to prove exactly-once delivery after deduplication.
 """
@@ -29,6 +30,7 @@ from edge_agent.sync.mqtt import MqttConnection
 from edge_agent.sync.protocol import backoff_delay, decode_message, missing_ranges
 
 log = logging.getLogger(__name__)
+MAX_HEARTBEAT_BYTES = 65536  # a board's is about 2 KB
 RECEIVER_RENEWAL = "issue the receiver a new certificate from the fleet CA (--cert, --key)"
 
 # store: the board database's id (protocol.py); "" for boards that predate it
@@ -127,6 +129,14 @@ class Receiver:
                     self._conn.execute("ROLLBACK")
             message = f"receiver database {self.db_path}: {exc}; the message will be redelivered"
             raise SyncError(message) from exc
+        except Exception as exc:  # a payload no check foresaw: rejected and acknowledged, never redelivered
+            # Raised out of paho's callback it ended this thread, and the broker redelivered the same
+            # message to every restart (a 401-digit "at", a lone surrogate in an id, 2026-12-02).
+            with self._lock:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            parts = topic.split("/")
+            self._reject(parts[3] if len(parts) == 5 else None, f"{type(exc).__name__}: {exc}")
 
     def _take(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
@@ -141,12 +151,16 @@ class Receiver:
                 self._conn.execute("UPDATE devices SET status = ?, status_at = ? WHERE device = ?",
                                    (payload.decode("utf-8", "replace")[:32], now, device))
                 return
-            if stream == "heartbeat":
+            heartbeat = _heartbeat_text(payload) if stream == "heartbeat" else None
+            if heartbeat is not None:
                 self._conn.execute("UPDATE devices SET heartbeat = ?, heartbeat_at = ? WHERE device = ?",
-                                   (payload.decode("utf-8", "replace")[:65536], now, device))
+                                   (heartbeat, now, device))
                 return
             if stream in ("cmd", "hello"):
                 return  # commands flow to boards, and a hello only proves enrollment: nothing to store
+        if stream == "heartbeat":
+            self._reject(device, f"heartbeat is not a JSON object of up to {MAX_HEARTBEAT_BYTES} bytes")
+            return
         try:
             message = decode_message(payload)
         except InputRejected as exc:
@@ -266,7 +280,7 @@ class Receiver:
             "device": device, "store": current, "unique": latest["unique"], "max_seq": latest["max_seq"],
             "gaps": latest["gaps"], "stores": per_store, "duplicates": int(duplicates),
             "rejected": int(rejected), "conflicts": int(conflicts),
-            "status": status, "heartbeat": json.loads(heartbeat) if heartbeat else None,
+            "status": status, "heartbeat": _heartbeat_doc(heartbeat),
         }
 
     def devices(self) -> list[str]:
@@ -281,6 +295,27 @@ class Receiver:
                 return True
             time.sleep(0.05)
         return self.count(device) >= count
+
+
+def _heartbeat_text(payload: bytes) -> str | None:
+    """The heartbeat to store, or None when it is not a JSON object within MAX_HEARTBEAT_BYTES (stored as
+    it came, one such ended every later report, as the receiver stores what it reports from)."""
+    if len(payload) > MAX_HEARTBEAT_BYTES:
+        return None
+    try:
+        text = payload.decode("utf-8")
+        return text if isinstance(json.loads(text), dict) else None
+    except ValueError:  # UnicodeDecodeError is one
+        return None
+
+
+def _heartbeat_doc(text: str | None) -> dict[str, Any] | None:
+    """A stored heartbeat; None for one stored by an older receiver that is not JSON."""
+    try:
+        doc = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _add_store_column(conn: sqlite3.Connection) -> None:

@@ -576,7 +576,7 @@ def test_a_broker_acl_that_refuses_a_stream_loses_nothing_over_mqtt_5_and_the_ot
 ) -> None:
     # A release that adds a stream before the broker's ACL lists it (provisioning/mosquitto/acl names each
     # one), or a board re-provisioned under another id. Mosquitto answers a refused QoS 1 message with
-    # PUBACK "Not authorized" (MQTT 5; 10,000 queued messages as in provisioning/mosquitto: with
+    # PUBACK "Not authorized" (MQTT 5; with a queue cap, as in provisioning/mosquitto: with
     # "max_queued_messages 0", unlimited, 2.0.11 drops the connection instead). MQTT 3.1.1 has no way to
     # say no: the PUBACK looks like success.
     acl = tmp_path / "acl"
@@ -846,6 +846,50 @@ def test_the_receiver_rejects_malformed_messages_and_stores_nothing(
     finally:
         sender.disconnect()
         receiver.stop()
+
+
+def test_payloads_that_passed_every_check_but_failed_to_store_are_rejected_and_acknowledged(
+    broker: Broker, tmp_path: Path
+) -> None:
+    # Found by a review: a 401-digit "at" and a lone surrogate in an id passed decode_message and then
+    # raised inside paho's callback, which ended the receiver's thread unacknowledged; the broker gave the
+    # same message to every restart, so nothing was stored again. A heartbeat that is not JSON ended the
+    # CLI's next report, and every restart's first.
+    settings = plain_settings(broker)
+    Receiver(tmp_path / "prime.db", settings, client_id="cloud").start().stop()  # its session, first
+    sender = MqttConnection(settings, "board", "", lambda *_: None, will=False)
+    base = f"edge/demo-district/demo-school/{DEVICE}"
+    head = b'{"v":1,"tenant":"demo-district","site":"demo-school","device":"%s","stream":"attention",' % (
+        DEVICE.encode()
+    )
+    poison = [
+        head + b'"sent_at":1,"items":[{"seq":1,"id":"a","at":1%s,"data":{}}]}' % (b"0" * 400),
+        head + b'"sent_at":1,"items":[{"seq":1,"id":"\\ud800","at":1,"data":{}}]}',
+    ]
+    good = head + b'"sent_at":1,"items":[{"seq":1,"id":"a","at":1,"data":{}}]}'
+    try:
+        sender.connect()
+        for payload in poison:
+            sender.publish(f"{base}/attention", payload, qos=1)
+        sender.publish(f"{base}/heartbeat", b"not json {", qos=1)
+        sender.publish(f"{base}/heartbeat", json.dumps({"pad": "x" * 70000}).encode(), qos=1)
+        sender.publish(f"{base}/attention", good, qos=1)
+        receiver = Receiver(tmp_path / "recv.db", settings, client_id="cloud").start()
+        try:
+            assert wait_until(lambda: receiver.count(DEVICE) == 1, 10)
+            report = receiver.report(DEVICE)
+            assert report["rejected"] == 4 and report["heartbeat"] is None
+            assert receiver._thread is not None and receiver._thread.is_alive()
+        finally:
+            receiver.stop()
+        again = Receiver(tmp_path / "recv.db", settings, client_id="cloud").start()  # nothing redelivered
+        try:
+            time.sleep(1.0)
+            assert again.rejected == 0 and again.report(DEVICE)["rejected"] == 4
+        finally:
+            again.stop()
+    finally:
+        sender.disconnect()
 
 
 def test_a_long_backoff_keeps_the_watchdog_fed_and_stops_promptly(tmp_path: Path, outbox: Outbox) -> None:

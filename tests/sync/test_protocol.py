@@ -74,6 +74,9 @@ def test_a_malformed_store_id_is_rejected_naming_the_field(store: object) -> Non
         b'{"v":1,"device":"d","stream":"s","sent_at":true,"items":[{"seq":1,"id":"a","at":1,"data":{}}]}',
         b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":"","at":1,"data":{}}]}',
         b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":"a","at":1}]}',
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":"a","at":1%s,"data":{}}]}'
+        % (b"0" * 400),
+        b'{"v":1,"device":"d","stream":"s","sent_at":1,"items":[{"seq":1,"id":"\\udc00","at":1,"data":{}}]}',
     ],
 )
 def test_malformed_messages_are_rejected(raw: bytes) -> None:
