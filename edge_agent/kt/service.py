@@ -434,6 +434,9 @@ class KTService:
         the students forgotten to stay within ``max_students``."""
         steps: OrderedDict[str, deque[tuple[int, int]]] = OrderedDict()
         statuses: list[str] = []
+        # Per answer, (student, index of its last step among the student's steps in this batch): its
+        # feedback is the state after it, not after the student's later answers in the same micro-batch.
+        ends: list[tuple[str, int] | None] = []
         seen: dict[str, str] = {}  # applied in this batch: key -> content
         unseen = [a.event_key for a in answers if a.event_key not in self._applied]
         stored: dict[str, str | None] = {}
@@ -455,22 +458,14 @@ class KTService:
             else:
                 seen[key] = a.content
                 statuses.append("applied")
-                steps.setdefault(a.student, deque()).extend((k, a.correct) for k in a.skills)
+                queue = steps.setdefault(a.student, deque())
+                queue.extend((k, a.correct) for k in a.skills)
+                ends.append((a.student, len(queue) - 1))
                 continue
             # None: applied by an older release, which kept no content; a retry is the likelier case
             statuses.append("duplicate" if before is None or before == a.content else "conflict")
-        with self._lock:
-            start = {s: self._states[s] for s in steps if s in self._states}
-        missing = [s for s in steps if s not in start]
-        if missing and self._persistence is not None:
-            # Not in memory: new, or left on disk by a lower kt.max_students at start (answered since
-            # then, the stored state goes on instead of starting again from the prior).
-            with waiting_on_disk(self._heartbeat):
-                start |= self._persistence.states_of(missing, self.package.hidden, len(self.package.skills))
-        for s in missing:
-            if s not in start:
-                start[s] = StudentState.initial(self.package.hidden, self._prior)
-        work = self._run_rounds(steps, start)
+            ends.append(None)
+        work, trail = self._run_rounds(steps, self._start_states(list(steps)))
         now = self._clock()
         with self._lock:
             for a, status in zip(answers, statuses, strict=False):
@@ -487,8 +482,25 @@ class KTService:
                 self._applied.add(key, now, content)
             self._applied.expire(now)
             # probs arrays are replaced, never written in place: the rows stay valid outside the lock
-            rows = [self._current_probs(a.student) for a in answers]
+            rows = [
+                self._current_probs(a.student) if end is None else trail[end[0]][end[1]]
+                for a, end in zip(answers, ends, strict=True)
+            ]
         return self._feedback(answers, statuses, np.stack(rows)), work, forgotten
+
+    def _start_states(self, students: list[str]) -> dict[str, StudentState]:
+        with self._lock:
+            start = {s: self._states[s] for s in students if s in self._states}
+        missing = [s for s in students if s not in start]
+        if missing and self._persistence is not None:
+            # Not in memory: new, or left on disk by a lower kt.max_students at start (answered since
+            # then, the stored state goes on instead of starting again from the prior).
+            with waiting_on_disk(self._heartbeat):
+                start |= self._persistence.states_of(missing, self.package.hidden, len(self.package.skills))
+        for s in missing:
+            if s not in start:
+                start[s] = StudentState.initial(self.package.hidden, self._prior)
+        return start
 
     def _forget_oldest(self) -> list[str]:
         """Under the lock: drop the states of the students not seen longest, beyond ``max_students``.
@@ -517,13 +529,15 @@ class KTService:
 
     def _run_rounds(
         self, steps: OrderedDict[str, deque[tuple[int, int]]], start: dict[str, StudentState]
-    ) -> dict[str, StudentState]:
+    ) -> tuple[dict[str, StudentState], dict[str, list[np.ndarray]]]:
+        """The students' states after all their steps, and each student's probabilities after each step."""
         # copies: the live states change only after every round succeeded
         out = {s: StudentState(st.h, st.c, st.probs, st.answers, st.last_item) for s, st in start.items()}
+        trail: dict[str, list[np.ndarray]] = {s: [] for s in steps}
         while True:
             round_ = [(s, q.popleft()) for s, q in steps.items() if q]
             if not round_:
-                return out
+                return out, trail
             students = [s for s, _ in round_]
             feeds = {
                 "skill": np.array([k for _, (k, _) in round_], dtype=np.int64),
@@ -541,6 +555,7 @@ class KTService:
                 out[s] = StudentState(
                     h[i].copy(), c[i].copy(), probs[i].astype(np.float32), st.answers, st.last_item
                 )
+                trail[s].append(out[s].probs)
 
     def _record_lesson(self, answer: Answer, state: StudentState, now: float) -> None:
         if self._lesson is None:

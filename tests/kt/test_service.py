@@ -77,6 +77,30 @@ def test_feedback_has_mastery_weakest_and_fresh_recommendations(
     assert "s1" not in str(fb)
 
 
+def test_each_answer_in_a_batch_gets_the_feedback_of_its_own_step(
+    package, engine, kt_settings, pseudonymize
+) -> None:
+    # Found by a review: a student's answers in one micro-batch (one request, or two requests merged)
+    # all got the state after the last of them: p_next_correct 0.7358 three times instead of 0.8005,
+    # 0.7685, 0.7358. A repeat of one of them is answered from the state after the whole batch.
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    plan = [(2, 1), (5, 0), (7, 0)]
+    one_by_one = [
+        svc.submit([_answer(package, pseudonymize, "s1", f"e{n}", item, c)]).result(5)[0]
+        for n, (item, c) in enumerate(plan)
+    ]
+    batch = [_answer(package, pseudonymize, "s2", f"e{n}", item, c) for n, (item, c) in enumerate(plan)]
+    together = svc.submit([*batch, batch[0]]).result(5)
+    svc.stop()
+    assert len({fb["p_next_correct"] for fb in one_by_one}) == 3
+    for alone, batched in zip(one_by_one, together, strict=False):
+        assert batched["status"] == "applied"
+        for field in ("p_next_correct", "p_same_item", "mastery", "weakest", "recommended"):
+            assert batched[field] == alone[field], field
+    assert together[3]["status"] == "duplicate"
+    assert together[3]["weakest"] == one_by_one[2]["weakest"]  # the whole row: the state after the batch
+
+
 def test_repeated_event_id_is_applied_once(package, engine, kt_settings, pseudonymize) -> None:
     svc = _service(package, engine, kt_settings, pseudonymize)
     a = _answer(package, pseudonymize, "s1", "same")
