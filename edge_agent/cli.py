@@ -50,6 +50,7 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.assembly import run_daemon
+    from edge_agent.core_dumps import forbid_core_dumps
     from edge_agent.logs import configure_logging
 
     path = find_config_path(args.config)
@@ -63,6 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 1
     configure_logging(config.logging.level, config.logging.format)
     os.umask(0o077)  # the database, models and logs are the daemon's alone (the unit's UMask= does the same)
+    forbid_core_dumps()  # camera frames in memory must never reach a core file
     for key in ignored:
         logging.getLogger("edge_agent.config").warning(
             "config %s: %s is not a key edge-agent %s knows; ignored. A typo (see README 'Config "
