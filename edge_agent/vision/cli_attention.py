@@ -30,7 +30,7 @@ from edge_agent.vision.calibration import CalibrationError, fit_calibration
 from edge_agent.vision.camera import Camera
 from edge_agent.vision.component import make_pose, rules_from
 from edge_agent.vision.pipeline import FaceResult, FrameAnalyser
-from edge_agent.vision.sources import IMAGE_SUFFIXES
+from edge_agent.vision.sources import IMAGE_SUFFIXES, folder_images
 from edge_agent.vision.yunet import YuNetDetector
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ def _frames(path: Path, every_s: float, max_frames: int) -> Iterator[tuple[str, 
     """(label, BGR image) for an image, each image of a folder, or sampled frames of a video; raises
     EdgeAgentError if unreadable."""
     if path.is_dir():
-        photos = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # as the daemon's folder source reads it (subfolders included): the folder camera.source names
+        photos = [p for p in folder_images(path) if p.is_file()]
         if not photos:
             raise EdgeAgentError(f"{path}: a folder with no {'/'.join(sorted(IMAGE_SUFFIXES))} image in it")
         for photo in photos:
@@ -264,6 +265,10 @@ def cmd_attention_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_attention_calibrate(args: argparse.Namespace) -> int:
+    if not args.inputs and not args.camera:
+        print("error: nothing to calibrate from: give photos, a folder or a video of the class, or --camera",
+              file=sys.stderr)
+        return 2
     outcome = _analyse_inputs(args)
     if outcome is None:
         return 2

@@ -159,6 +159,23 @@ def test_calibrate_prints_config_lines_that_mirror_with_the_photo(faces_dir, cli
 
 
 
+def test_calibrate_reads_a_folder_as_the_camera_source_does_subfolders_included(
+    faces_dir, cli_args, capsys, tmp_path
+):
+    # Found by a review: calibrate looked only at the folder's top level and refused the very folder the
+    # daemon's camera.source read ("a folder with no ... image in it").
+    nested = tmp_path / "class" / "monday"
+    nested.mkdir(parents=True)
+    shutil.copy(faces_dir / "pexels" / "Test7.jpg", nested / "Test7.jpg")
+    assert _calibrate([str(tmp_path / "class"), "--json", *cli_args]) in (0, 1)
+    assert json.loads(capsys.readouterr().out)["faces"] == 7
+
+
+def test_calibrate_without_photos_or_camera_says_what_to_give(cli_args, capsys):
+    assert _calibrate(cli_args) == 2
+    assert "give photos, a folder or a video of the class, or --camera" in capsys.readouterr().err
+
+
 def test_calibrate_refuses_one_student_however_often_photographed(faces_dir, cli_args, capsys):
     one_man = str(faces_dir / "pexels" / "Test1.jpg")
     assert _calibrate([one_man, one_man, one_man, *cli_args]) == 2
