@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 from edge_agent.config import InferenceSettings, PathSettings
-from edge_agent.errors import EdgeAgentError, EngineError
+from edge_agent.errors import EngineError
 from edge_agent.inference.guarded import GuardedEngine
 from edge_agent.inference.manifest import Manifest
 from edge_agent.inference.select import LoadedEngine, TensorRTPort, _open_real_tensorrt, load_engine
@@ -56,8 +56,8 @@ class EngineSet:
                 self._loaded[manifest.name] = call_at_lower_priority(
                     self._nice_by_role.get(manifest.role, 0), partial(self._load, manifest)
                 )
-            except EdgeAgentError as exc:
-                self._failed[manifest.name] = str(exc)
+            except Exception as exc:  # one model's failure, whatever it is, never stops the others
+                self._failed[manifest.name] = str(exc) or exc.__class__.__name__
                 # backend "any": no backend could run it (TensorRT's own failures are counted as they happen)
                 reason = getattr(exc, "reason", None) or exc.__class__.__name__
                 metrics.ENGINE_LOAD_FAILURES.labels(manifest.name, "any", reason).inc()

@@ -125,7 +125,10 @@ def fetch_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 3
     )
     for origin, attempt in attempts:
         try:
-            attempt()
+            try:
+                attempt()
+            except OSError as exc:  # writing the cache, e.g. a full disk (the reads raise ModelError)
+                raise ModelError(f"cannot write {dest}: {exc.strerror or exc}") from exc
         except ModelError as exc:
             log.warning("model %s not taken from %s: %s", manifest.name, origin, exc)
             problems.append(str(exc))
@@ -175,7 +178,10 @@ def engine_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 
         derived = fold_input_depthwise_convs(derived, where=where)
     dest = derived_model_path(manifest, paths)
     if not (dest.is_file() and dest.read_bytes() == derived):
-        with atomic_writer(dest) as out:
-            out.write(derived)
+        try:
+            with atomic_writer(dest) as out:
+                out.write(derived)
+        except OSError as exc:
+            raise ModelError(f"model {manifest.name}: cannot write {dest}: {exc.strerror or exc}") from exc
         log.info("model %s: derived copy written to %s", manifest.name, dest)
     return dest

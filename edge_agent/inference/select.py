@@ -220,7 +220,11 @@ def _load_tensorrt(
             cache.discard(manifest.name, precision, key, "corrupt")
     log.info("model %s: building a TensorRT %s engine; this can take minutes", manifest.name, precision)
     plan = port.build_plan(source, profiles, precision, build)
-    cache.store(manifest.name, precision, key, plan)
+    try:
+        cache.store(manifest.name, precision, key, plan)
+    except OSError as exc:  # a full disk: run the plan just built rather than throw minutes of work away
+        log.warning("model %s: the built engine could not be cached (%s); it is built again at the next "
+                    "start unless space is freed in %s", manifest.name, exc, engines_dir)
     return port.load_plan(plan, manifest.name, precision, profiles)
 
 

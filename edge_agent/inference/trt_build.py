@@ -142,8 +142,11 @@ def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
 def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
     cache = config.get_timing_cache()
     if cache is not None:
-        with atomic_writer(path) as out:
-            out.write(bytes(cache.serialize()))
+        try:
+            with atomic_writer(path) as out:
+                out.write(bytes(cache.serialize()))
+        except OSError as exc:  # only the next build's speed depends on it
+            log.warning("TensorRT timing cache %s not saved: %s", path, exc)
 
 
 def build_plan(

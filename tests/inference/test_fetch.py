@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -12,8 +13,9 @@ import pytest
 from edge_agent.errors import ModelError
 from edge_agent.inference.fetch import MIRROR_ENV, cached_model_path, fetch_model, sha256_file
 from edge_agent.inference.manifest import Manifest
+from tests.ext4 import ext4_unavailable, failing_ext4
 
-from .helpers import MANIFESTS, paths_for
+from .helpers import MANIFESTS, paths_for, settings
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -141,3 +143,33 @@ def test_repository_model_is_used_in_place_and_checked(tmp_path):
     )
     with pytest.raises(ModelError, match="missing"):
         fetch_model(missing, paths_for(tmp_path, None))
+
+
+@pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+def test_a_full_cache_disk_is_a_model_error_per_model_and_every_model_is_tried(
+    tmp_path: Path, model_mirror: Path
+) -> None:
+    # Found by a review: the OSError of a full disk escaped as no EdgeAgentError, so the daemon's engines
+    # said "failed to start: [Errno 28] No space left on device" without a model, and the models after the
+    # first one were never tried ('engine fsanet-1x1: not loaded').
+    from edge_agent.inference.engine_set import EngineSet
+
+    with failing_ext4(tmp_path / "disk", size_mib=16) as disk:
+        filler = disk.path / "filler"
+        with filler.open("wb", buffering=0) as out:
+            for chunk in (1 << 20, 4096):  # to the last block (root may use the reserved ones too)
+                with contextlib.suppress(OSError):
+                    while True:
+                        out.write(b"\0" * chunk)
+        paths = paths_for(disk.path / "cache", model_mirror)
+        with pytest.raises(ModelError, match=r"cannot write .*No space left on device"):
+            fetch_model(MANIFESTS["yunet"], paths)
+        names = ["yunet", "fsanet-1x1", "fsanet-var"]
+        engines = EngineSet([MANIFESTS[n] for n in names], settings("onnxruntime"), paths)
+        engines.load_all()
+        assert sorted(engines._failed) == sorted(names)
+        assert all("No space left on device" in reason for reason in engines._failed.values())
+        filler.unlink()
+        engines = EngineSet([MANIFESTS[n] for n in names], settings("onnxruntime"), paths)
+        engines.load_all()
+        assert engines._failed == {} and engines.health().ok
