@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 # A reload (SIGHUP: systemctl kill -s HUP; the fleet's config_reload command) is a clean stop with this exit
 # status (EX_TEMPFAIL), which the unit's RestartForceExitStatus= starts again: the config is read at start.
 RESTART_EXIT = 75
-START_TIMEOUT_S = 120.0  # engine builds happen in the one-shot unit, so a start is normally seconds
+# A start is normally seconds. A component whose start may take longer (the engines: a TensorRT build after
+# a config change takes minutes) sets ``start_timeout_s = None``: READY went out with the store, the
+# watchdog is fed meanwhile, and its health says what it is doing.
+START_TIMEOUT_S = 120.0
 STOP_BUDGET_S = 9.0  # systemd's default is 90 s, but we promise a clean stop inside 10 s
 HEALTH_PERIOD_S = 1.0
 
@@ -157,8 +160,12 @@ class Daemon:
             component = state.component
             began = time.monotonic()
             try:
-                await asyncio.wait_for(component.start(), START_TIMEOUT_S)
+                if not await self._started(component):
+                    log.info("stop requested while %s was starting", component.name)
+                    return
             except Exception as exc:
+                if isinstance(exc, asyncio.TimeoutError):  # its message is empty
+                    exc = TimeoutError(f"did not start within {START_TIMEOUT_S:g} s")
                 state.failure = f"failed to start: {exc}"
                 metrics.COMPONENT_UP.labels(component.name).set(0)
                 if component.essential:
@@ -171,6 +178,24 @@ class Daemon:
             log.info("component %s started in %.2fs", component.name, time.monotonic() - began)
             if component.name == self._ready_after:
                 self.notifier.ready(f"starting: {component.name} ready, starting the rest")
+
+    async def _started(self, component: Component) -> bool:
+        """Start ``component``; False when a stop was requested first (SIGTERM must not wait for a start
+        that may take minutes: systemd kills the daemon 30 s after it, before the store is closed)."""
+        start = asyncio.ensure_future(component.start())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            limit = getattr(component, "start_timeout_s", START_TIMEOUT_S)
+            done, _ = await asyncio.wait({start, stop}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if start in done:
+            start.result()
+            return True
+        start.cancel()  # its worker threads are daemon threads: they do not hold up the exit
+        if self._stop.is_set():
+            return False
+        raise asyncio.TimeoutError
 
     async def _stop_all(self) -> None:
         deadline = time.monotonic() + STOP_BUDGET_S

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
@@ -27,6 +29,7 @@ class EngineSet:
 
     name = "engines"
     essential = False
+    start_timeout_s = None  # a TensorRT build takes minutes; health says "loading" meanwhile (Daemon)
 
     def __init__(
         self,
@@ -47,7 +50,26 @@ class EngineSet:
         self._started = False
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.load_all)
+        # A thread of its own, a daemon one: a stop during a long TensorRT build leaves it behind and the
+        # process still exits (asyncio.to_thread's pool threads are joined at exit, build or not).
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if not done.done():
+                done.set_result(None) if error is None else done.set_exception(error)
+
+        def load() -> None:
+            error: BaseException | None = None
+            try:
+                self.load_all()
+            except BaseException as exc:  # load_all keeps each model's failure; this is a bug's way out
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the daemon stopped meanwhile and its loop is closed
+                loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=load, name="engine-load", daemon=True).start()
+        await done
 
     def load_all(self) -> None:
         for manifest in self._manifests:

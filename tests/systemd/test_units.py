@@ -123,14 +123,22 @@ def test_engine_build_runs_on_first_boot_and_after_an_upgrade_only_and_a_failed_
         "/opt/edge-agent/VERSION": str(version),
         "/var/cache/edge-agent/": f"{tmp_path}/",
         "/proc/sys/kernel/random/boot_id": str(boot),
-        "$$SERVICE_RESULT": "$SERVICE_RESULT",  # systemd's escape for a literal $
+        "$$": "$",  # systemd's escape for a literal $
     }
+    # The package database as JetPack's dpkg would answer for TensorRT (this machine has none installed)
+    tensorrt = tmp_path / "tensorrt-packages"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dpkg-query").write_text(f"#!/bin/sh\ncat {tensorrt}\n")
+    (bin_dir / "dpkg-query").chmod(0o755)
+    tensorrt.write_text("libnvinfer10 10.3.0.30-1+cuda12.5\n")
 
     def run(key: str, result: str = "success") -> int:
         argv = shlex.split(service[key])
         for old, new in places.items():
             argv = [a.replace(old, new) for a in argv]
-        return subprocess.run(argv, timeout=10, check=False, env={"SERVICE_RESULT": result}).returncode
+        env = {"SERVICE_RESULT": result, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+        return subprocess.run(argv, timeout=10, check=False, env=env).returncode
 
     version.write_text("0.1.0\n")
     boot.write_text("boot-1\n")
@@ -143,6 +151,12 @@ def test_engine_build_runs_on_first_boot_and_after_an_upgrade_only_and_a_failed_
     assert run("ExecCondition") == 1  # the daemon restarts: no second attempt in this boot
     boot.write_text("boot-2\n")
     assert run("ExecCondition") == 0  # the next boot tries again
+    assert run("ExecStartPost") == 0 and run("ExecStopPost") == 0
+    assert run("ExecCondition") == 1
+    tensorrt.write_text("libnvinfer10 10.3.0.31-1+cuda12.6\n")  # a JetPack update of TensorRT alone
+    assert run("ExecCondition") == 0
+    tensorrt.write_text("")  # no TensorRT at all (dpkg-query fails): the version alone decides
+    assert run("ExecStartPost") == 0 and run("ExecCondition") == 1
 
 
 def _values(name: str, key: str) -> list[str]:
