@@ -579,13 +579,24 @@ def load_config_ignoring_unknown(
 
 
 _SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)
-_URL_CREDENTIALS = re.compile(r"//[^/@\s]*@")
+# The user and password of a URL: everything between "//" and the LAST "@" before the path, as FFmpeg
+# splits it, so a raw "@" in a password (rtsp://admin:p@ss@host) is hidden whole.
+_URL_CREDENTIALS = re.compile(r"//[^/?#\s\"']*@")
+# name=value credentials: in a URL (the XMEye cameras' rtsp://host/user=admin&password=X&channel=1) and as
+# a GStreamer property (rtspsrc user-id=admin user-pw=X). Not part of a longer name (key-int-max=30 stays).
+_NAMED_CREDENTIALS = re.compile(
+    r"(?<![\w.-])(user-id|user-pw|username|user|password|passwd|pass|pwd|token|key)(\s*=\s*)"
+    r"(\"[^\"]*\"|'[^']*'|[^&;\s\"']+)",
+    re.IGNORECASE,
+)
 
 
 def without_credentials(text: str) -> str:
-    """``text`` with the user and password of any URL in it hidden: a network camera's source is often
-    rtsp://admin:password@..., also inside a GStreamer pipeline."""
-    return _URL_CREDENTIALS.sub("//***@", text)
+    """``text`` with every user name, password and token a camera source may hold hidden: the userinfo of
+    any URL in it and the value of any user/password/token/key parameter or pipeline property. The one
+    masking used wherever a source is shown (status, logs, doctor, support bundle, config show)."""
+    text = _URL_CREDENTIALS.sub("//***@", text)
+    return _NAMED_CREDENTIALS.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
 
 
 def masked_dump(config: Config) -> dict[str, Any]:

@@ -127,11 +127,13 @@ class OpenCvSource:
 
 
 def _describe(source: str, kind: str) -> str:
-    if kind == "url":  # never echo credentials embedded in an RTSP URL
+    """The source as status, logs and errors show it: never a user or password it holds, in whatever form
+    (rtsp://user:pw@, XMEye's /user=admin&password=, rtspsrc user-pw=, an rtmp:// URL taken for a file)."""
+    if kind == "url":
         return "stream " + without_credentials(source)
     if kind == "gstreamer":
         return "GStreamer pipeline"
-    return f"{kind} {source}"
+    return f"{kind} {without_credentials(source)}"
 
 
 def _open_capture(source: str, kind: str, width: int, height: int, timeout_s: float) -> cv2.VideoCapture:
@@ -155,7 +157,8 @@ def _open_capture(source: str, kind: str, width: int, height: int, timeout_s: fl
     else:
         if not Path(source).is_file():
             raise CameraError(
-                f"camera source {source!r} is neither a device, URL, folder nor an existing file")
+                f"camera source {without_credentials(source)!r} is neither a device, URL, folder nor an "
+                "existing file")
         capture = cv2.VideoCapture(source)
         hint = "check that the file is a readable video"
     if not capture.isOpened():

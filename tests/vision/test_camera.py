@@ -278,3 +278,32 @@ def test_a_read_that_hangs_is_a_stall_and_a_new_reader_reopens_the_source():
     finally:
         unblock.set()
         camera.stop()
+
+
+# Camera sources as schools write them, each with the secret it must never show. Nothing listens on port 1,
+# so each fails to open at once and its error is what status, STATUS= and the log show.
+LEAKY_SOURCES = [
+    # the XMEye URL of many Chinese IP cameras: credentials as path parameters
+    ("rtsp://127.0.0.1:1/user=admin&password=Pw123xyz&channel=1&stream=0.sdp?", "Pw123xyz"),
+    ("rtsp://admin:Pw@9Secret@127.0.0.1:1/stream1", "9Secret"),  # a raw "@" in the password
+    ("rtsp://127.0.0.1:1/live?PWD=Tok3nPw&user=admin", "Tok3nPw"),
+    ("rtspsrc location=rtsp://127.0.0.1:1/s user-id=admin user-pw=S3cretCamPw ! decodebin ! appsink",
+     "S3cretCamPw"),
+    ("rtmp://admin:Rtmp5ecret@127.0.0.1:1/live", "Rtmp5ecret"),  # no scheme we know: taken for a file
+]
+
+
+@pytest.mark.parametrize(("source", "secret"), LEAKY_SOURCES)
+def test_a_camera_that_cannot_be_opened_never_shows_its_password(
+    source: str, secret: str, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG)
+    camera = Camera(source, reconnect_min_s=0.05, reconnect_max_s=0.1)
+    camera.start()
+    try:
+        assert _wait(lambda: camera.state()[0] == "error", timeout=15.0), camera.state()
+        detail = camera.state()[1]
+    finally:
+        camera.stop()
+    assert "admin" not in detail and secret not in detail, detail
+    assert secret not in caplog.text and "admin" not in caplog.text, caplog.text
