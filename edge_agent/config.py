@@ -44,7 +44,14 @@ HOST_NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: TOML has inf and nan, and each crashed at run time what it reached (a wait, an
+    # int(): mqtt.message_expiry_days = inf ended every MQTT session with OverflowError)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+# The longest wait a time key may ask for: each reaches an Event.wait, a socket timeout or an int(), which
+# raise OverflowError past about 9.2e9 s, and no board is helped by a wait longer than an hour.
+MAX_WAIT_S = 3600.0
+MAX_DAYS = 3650.0  # ten years
 
 
 class DeviceSettings(Section):
@@ -129,7 +136,9 @@ class KTSettings(Section):
     queue_max: int = Field(
         2048, ge=1, le=100_000, description="Answers waiting for inference; more get HTTP 503."
     )
-    feedback_timeout_s: float = Field(10.0, gt=0.0, description="An answer not done by then gets HTTP 503.")
+    feedback_timeout_s: float = Field(
+        10.0, gt=0.0, le=300.0, description="An answer not done by then gets HTTP 503."
+    )
     max_students: int = Field(
         10_000, ge=100, le=1_000_000,
         description="Student states kept (about 1.3 KB of memory each); beyond it the one not seen "
@@ -267,10 +276,11 @@ class StoreSettings(Section):
     max_age_days: float = Field(
         60.0,
         gt=0.0,
+        le=MAX_DAYS,
         description="Unsent aggregates older than this are dropped (counted as max_age), only while the "
         "board's clock is NTP-synchronised.",
     )
-    busy_timeout_ms: int = Field(5000, ge=100)
+    busy_timeout_ms: int = Field(5000, ge=100, le=600_000)
     cache_kib: int = Field(
         256,
         ge=16,
@@ -297,14 +307,21 @@ class MqttSettings(Section):
     keepalive_s: int = Field(60, ge=5, le=3600)
     inflight_max: int = Field(20, ge=1, le=20)
     batch_max: int = Field(100, ge=1, le=1000, description="Aggregates per message while draining a backlog.")
-    heartbeat_s: float = Field(60.0, ge=5.0)
-    connect_timeout_s: float = Field(10.0, gt=0.0)
-    backoff_min_s: float = Field(1.0, gt=0.0)
-    backoff_max_s: float = Field(300.0, gt=0.0)
+    heartbeat_s: float = Field(60.0, ge=5.0, le=MAX_WAIT_S)
+    connect_timeout_s: float = Field(10.0, gt=0.0, le=300.0)
+    backoff_min_s: float = Field(1.0, gt=0.0, le=MAX_WAIT_S)
+    backoff_max_s: float = Field(300.0, gt=0.0, le=MAX_WAIT_S)
     message_expiry_days: float = Field(
-        30.0, gt=0.0, description="How long the broker may hold a message for an absent consumer (MQTT 5 "
-        "expiry, counted from sending). The board keeps unsent data for store.max_age_days."
+        30.0, gt=0.0, le=MAX_DAYS,
+        description="How long the broker may hold a message for an absent consumer (MQTT 5 expiry, "
+        "counted from sending). The board keeps unsent data for store.max_age_days."
     )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttSettings:
+        if self.backoff_max_s < self.backoff_min_s:
+            raise ValueError("backoff_max_s must be >= backoff_min_s")
+        return self
 
 
 def _empty_means_none(value: object) -> object:
@@ -354,7 +371,7 @@ class MetricsSettings(Section):
     token_file: OptionalFile = Field(
         None, description="When set, /metrics needs 'Authorization: Bearer <token>' from the scraper."
     )
-    telemetry_interval_s: float = Field(5.0, ge=0.5)
+    telemetry_interval_s: float = Field(5.0, ge=0.5, le=MAX_WAIT_S)
     tls_cert_file: OptionalFile = Field(
         None,
         description="PEM certificate to serve /metrics over HTTPS (the token then stays off the wire); empty "

@@ -232,3 +232,30 @@ def test_update_hosts_are_bare_host_names_or_addresses() -> None:
     for bad in ("https://updates.district.example", "updates.district.example:443", "a/b", ""):
         with pytest.raises(ValueError, match="is not a host name"):
             UpdateSettings(allowed_hosts=[bad])
+
+
+# Each was taken by `config check` and crashed at run time what it reached (a review): the MQTT session
+# (OverflowError in int(), nothing delivered), the publisher thread, the telemetry thread.
+RUN_TIME_CRASHES = [
+    ("[mqtt]\nmessage_expiry_days = inf", "mqtt.message_expiry_days", "finite number"),
+    ("[mqtt]\nmessage_expiry_days = 1e300", "mqtt.message_expiry_days", "less than or equal"),
+    ("[mqtt]\nconnect_timeout_s = inf", "mqtt.connect_timeout_s", "finite number"),
+    ("[metrics]\ntelemetry_interval_s = inf", "metrics.telemetry_interval_s", "finite number"),
+    ("[metrics]\ntelemetry_interval_s = 9.3e9", "metrics.telemetry_interval_s", "less than or equal"),
+    ("[kt]\nfeedback_timeout_s = inf", "kt.feedback_timeout_s", "finite number"),
+    ("[kt]\nlesson_gap_s = nan", "kt.lesson_gap_s", "finite number"),
+    ("[store]\nmax_age_days = inf", "store.max_age_days", "finite number"),
+    ("[mqtt]\nbackoff_min_s = 600\nbackoff_max_s = 5", "mqtt", "backoff_max_s must be >= backoff_min_s"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "message"), RUN_TIME_CRASHES, ids=[r[0] for r in RUN_TIME_CRASHES])
+def test_a_time_that_would_crash_at_run_time_is_refused_by_config_check(
+    tmp_path: Path, text: str, key: str, message: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, check_files_exist=False)
+    problems = {where.split(" ")[0]: why for where, why in caught.value.problems}
+    assert message in problems[key], problems
