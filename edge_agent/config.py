@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -413,6 +414,20 @@ class Config(Section):
                 raise ValueError(f"{name} must be an absolute path")
         return value
 
+    @field_validator("metrics")
+    @classmethod
+    def _own_port(cls, value: MetricsSettings, info: ValidationInfo) -> MetricsSettings:
+        # The daemon holds both ports itself: the second listener failed only at run time, as "address
+        # already in use (does another program use it?)", though no other program did.
+        web = info.data.get("web")
+        if (web is not None and web.enabled and value.enabled and web.port == value.port
+                and _hosts_overlap(web.host, value.host)):
+            raise ValueError(
+                f"port {value.port} is web.port too (hosts {web.host} and {value.host}): the daemon cannot "
+                f"listen on one port twice; give metrics.port another (default 9108)"
+            )
+        return value
+
     @property
     def database_path(self) -> Path:
         return self.paths.state_dir / "edge-agent.db"
@@ -440,6 +455,16 @@ class Config(Section):
         if self.web.enabled and self.web.tls_cert_file is not None:
             files.append(("web.tls_cert_file", self.web.tls_cert_file))
         return files
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Whether listeners on hosts ``a`` and ``b`` may want the same address: the same host, a wildcard
+    (0.0.0.0 and :: take every address), or a name (it may resolve to the other)."""
+    try:
+        first, second = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return True
+    return first == second or first.is_unspecified or second.is_unspecified
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:

@@ -18,6 +18,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -212,6 +213,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from edge_agent.logs import configure_logging
     from edge_agent.sync.receiver import Receiver
 
+    if args.port == args.metrics_port:  # the config would refuse it with a traceback
+        print(f"edge-agent demo: --port and --metrics-port are both {args.port}; give each its own",
+              file=sys.stderr)
+        return 2
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     camera = args.camera

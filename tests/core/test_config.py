@@ -259,3 +259,40 @@ def test_a_time_that_would_crash_at_run_time_is_refused_by_config_check(
         load_config(path, check_files_exist=False)
     problems = {where.split(" ")[0]: why for where, why in caught.value.problems}
     assert message in problems[key], problems
+
+
+@pytest.mark.parametrize(
+    ("web_host", "metrics_host", "metrics_enabled", "refused"),
+    [
+        ("0.0.0.0", "0.0.0.0", True, True),
+        ("127.0.0.1", "0.0.0.0", True, True),  # the wildcard takes loopback too
+        ("::", "127.0.0.1", True, True),  # :: takes IPv4 too (dual stack)
+        ("localhost", "127.0.0.1", True, True),  # a name may be the other address
+        ("127.0.0.1", "127.0.0.1", False, False),  # metrics off: no second listener
+        ("127.0.0.1", "10.0.0.5", True, False),  # two addresses of their own
+    ],
+)
+def test_web_and_metrics_on_one_port_are_refused_by_config_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], web_host: str, metrics_host: str,
+    metrics_enabled: bool, refused: bool,
+) -> None:
+    # A review: web.port = metrics.port passed, then the answer API failed with "address already in use
+    # (does another program use it? change web.port)", the daemon's own metrics exporter holding it.
+    text = _valid_config_text(tmp_path) + f'host = "{web_host}"\nport = 18080\n'
+    text += f'[metrics]\nenabled = {str(metrics_enabled).lower()}\nhost = "{metrics_host}"\nport = 18080\n'
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert main(["config", "check", str(path)]) == (1 if refused else 0)
+    out = capsys.readouterr()
+    if refused:
+        assert "port 18080 is web.port too" in out.out + out.err
+        assert "give metrics.port another" in out.out + out.err
+
+
+def test_demo_refuses_one_port_for_the_teacher_view_and_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "demo-state"
+    assert main(["demo", "--port", "9108", "--state-dir", str(state)]) == 2
+    assert "--port and --metrics-port are both 9108" in capsys.readouterr().err
+    assert not state.exists()
