@@ -120,7 +120,8 @@ class SimulatedClassroom:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.ident is not None:  # not started when the daemon could not start
+            self._thread.join(5)
 
     def _run(self) -> None:
         skills = list(self._items_by_skill)
@@ -249,6 +250,18 @@ def run_demo(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.1)
         if task.done():
             return task.result()
+        # A non-essential listener that failed leaves the daemon running degraded: the demo would then
+        # post its answers to whatever program holds the port (a review: answers_sent 0, "demo is running").
+        for server, option, port in ((assembly.web, "--port", args.port),
+                                     (assembly.metrics_server, "--metrics-port", args.metrics_port)):
+            health = server.health() if server is not None else None
+            if health is not None and not health.ok:
+                print(f"edge-agent demo cannot start: {health.detail}\n"
+                      f"  another program uses port {port}? pick another with {option}, e.g. "
+                      f"edge-agent demo {option} {_free_port()}", file=sys.stderr, flush=True)
+                assembly.daemon.request_stop()
+                await task
+                return 1
         classroom.start()
         sync_line = (
             f"local Mosquitto on 127.0.0.1:{broker.port} -> reference receiver"
