@@ -428,6 +428,7 @@ def check_clock(now: dt.datetime, synced: bool | None, how: str) -> CheckResult:
 
 SERVICE = "edge-agent.service"
 RETRY_TIMER = "edge-agent-retry.timer"  # started by the service's OnFailure= once systemd gave up on it
+HEALTHY_STATUS = "running: all components healthy"  # STATUS= as Daemon.status_line says it then
 SERVICE_PROPERTIES = ("LoadState", "ActiveState", "SubState", "Result", "NRestarts", "StatusText")
 
 
@@ -471,14 +472,29 @@ def check_service(props: dict[str, str]) -> CheckResult:
         if props.get("RetryTimer") == "active":
             fix = f"systemd starts it again within 15 minutes of the failure ({RETRY_TIMER}); now: {fix}"
         return CheckResult("service", False, f"{SERVICE} failed ({result})", fix)
+    sub = props.get("SubState", "?")
+    if state == "activating" and sub == "auto-restart":  # between a crash and systemd's next start
+        return CheckResult("service", False, f"{SERVICE} is crashing: it stopped and systemd restarts it "
+                           f"({restarts} restarts since started)",
+                           "journalctl -u edge-agent -b shows why it stopped")
+    if state == "activating":  # started, not yet READY (the store opening)
+        return CheckResult("service", True, f"{SERVICE} is starting ({sub})",
+                           "run edge-agent doctor again in a minute", warning=True)
     if state != "active":
-        return CheckResult("service", False, f"{SERVICE} is {state} ({props.get('SubState', '?')})",
+        return CheckResult("service", False, f"{SERVICE} is {state} ({sub})",
                            "systemctl start edge-agent (stopped by hand, e.g. to calibrate the camera?)")
-    detail = f"active: {props.get('StatusText') or props.get('SubState', '?')}"
+    status = props.get("StatusText", "")
+    detail = f"active: {status or sub}"
+    advice: list[str] = []
+    # The daemon's STATUS= names what does not work (a web port it cannot listen on, a camera that does
+    # not open), yet it runs: systemd says active all the same.
+    if status and status != HEALTHY_STATUS:
+        advice.append("journalctl -u edge-agent -b and /api/v1/status say more; fix what the status names, "
+                     "then systemctl restart edge-agent")
     if restarts:
-        return CheckResult("service", True, f"{detail}; restarted by systemd {restarts} times since started",
-                           "journalctl -u edge-agent -b shows why it restarted", warning=True)
-    return CheckResult("service", True, detail)
+        detail += f"; restarted by systemd {restarts} times since started"
+        advice.append("journalctl -u edge-agent -b shows why it restarted")
+    return CheckResult("service", True, detail, "; ".join(advice), warning=bool(advice))
 
 
 def check_camera_hours(hours: CameraHours, now: dt.datetime, zone_set: bool = False) -> CheckResult:

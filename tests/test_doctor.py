@@ -517,6 +517,17 @@ def test_camera_hours_warn_when_every_closed_date_is_past_and_name_a_far_opening
         ({"LoadState": "loaded", "ActiveState": "inactive", "SubState": "dead", "Result": "success"},
          False, False, "systemctl start edge-agent"),
         ({"LoadState": "not-found", "ActiveState": "inactive"}, False, False, "edge-agent-provision"),
+        # a review: a degraded daemon passed with no warning, and one in a crash loop was "stopped by hand"
+        ({"LoadState": "loaded", "ActiveState": "active", "SubState": "running", "Result": "success",
+          "NRestarts": "0", "StatusText": "running: web: failed to start: web.port: cannot listen on "
+          "0.0.0.0:8080: address already in use"}, True, True,
+         "active: running: web: failed to start: web.port: cannot listen on 0.0.0.0:8080"),
+        ({"LoadState": "loaded", "ActiveState": "activating", "SubState": "auto-restart",
+          "Result": "exit-code", "NRestarts": "3"}, False, False,
+         "is crashing: it stopped and systemd restarts it (3 restarts since started) "
+         "journalctl -u edge-agent -b"),
+        ({"LoadState": "loaded", "ActiveState": "activating", "SubState": "start", "NRestarts": "0"},
+         True, True, "is starting (start)"),
     ],
 )
 def test_the_service_check_says_what_stopped_the_daemon_and_how_to_start_it(
