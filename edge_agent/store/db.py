@@ -163,29 +163,45 @@ def _nearly_full(folder: Path) -> bool:
     return stats.f_bavail * stats.f_frsize < 1024 * 1024
 
 
-def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> None:
-    """Carry the damaged database's message sequence and store id over to the fresh one, if they read.
+def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> int | None:
+    """Carry the damaged database's store id, message sequence and drop totals over to the fresh one.
 
     The cloud deduplicates by (device, store, seq): restarting at seq 1 under the old store id would make
-    it drop new aggregates as repeats. When the damaged file does not read, the fresh one gets a store id
-    of its own (_store_id) and starts at seq 1: a new sequence, which the receiver keeps apart.
+    it drop new aggregates as repeats. The rows the damaged file still held were never acknowledged: their
+    seqs never come, so they are counted as dropped (``damaged``) and the receiver's gap has a reason; the
+    old totals come along, as a store's drops only ever grow. When any of that does not read, the fresh
+    file gets a store id of its own (_store_id) and starts at seq 1 with no drops: a new sequence, which
+    the receiver keeps apart, rather than a gap nobody accounts for. Returns the rows lost with the file,
+    or None when a new sequence starts.
     """
     try:
         old = sqlite3.connect(f"file:{quarantined}?mode=ro", uri=True)
         try:
             meta = dict(old.execute("SELECT key, value FROM meta WHERE key IN ('next_seq', 'store_id')"))
+            drops = {str(r): int(n) for r, n in old.execute("SELECT reason, count FROM drop_counters")}
+            lost = int(old.execute("SELECT count(*) FROM outbox").fetchone()[0])
         finally:
             old.close()
         salvaged = int(meta.get("next_seq", 0))
-    except (sqlite3.Error, ValueError):
-        log.warning("the damaged database's message sequence does not read: a new sequence starts")
-        return
-    if salvaged > 1:
-        set_meta(conn, "next_seq", str(salvaged))
-        store = meta.get("store_id")
-        if isinstance(store, str) and STORE_ID_RE.fullmatch(store):
-            set_meta(conn, "store_id", store)
-        log.warning("message sequence continues at %s after the damaged database", salvaged)
+        if min(drops.values(), default=0) < 0:
+            raise ValueError("a negative drop count")
+    except (sqlite3.Error, ValueError, TypeError) as exc:  # TypeError: a NULL or blob where a count was
+        log.warning("the damaged database's message sequence does not read (%s): a new store id and "
+                    "sequence start", exc)
+        return None
+    if salvaged <= 1:  # it never numbered a message: nothing to continue
+        return None
+    set_meta(conn, "next_seq", str(salvaged))
+    store = meta.get("store_id")
+    if isinstance(store, str) and STORE_ID_RE.fullmatch(store):
+        set_meta(conn, "store_id", store)
+    if lost:
+        drops["damaged"] = drops.get("damaged", 0) + lost
+        metrics.OUTBOX_DROPS.labels(reason="damaged").inc(lost)
+    conn.executemany("INSERT INTO drop_counters (reason, count) VALUES (?, ?)", sorted(drops.items()))
+    log.warning("message sequence continues at %s after the damaged database; its %s unsent messages are "
+                "counted as dropped (damaged)", salvaged, lost)
+    return lost
 
 
 STORE_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -341,16 +357,20 @@ class Database:
                 log.warning("database %s runs in journal mode %s, not WAL", self.path, mode)
             applied = migrate(conn)
             add_side_columns(conn)
-            if quarantined is not None:
-                _continue_sequence(conn, quarantined)
+            lost = None if quarantined is None else _continue_sequence(conn, quarantined)
             self.store_id = _store_id(conn)
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
         alert = None
         if quarantined is not None:
+            lost_text = (
+                "its unsent messages and local history are not used, and a new message sequence starts"
+                if lost is None else
+                f"its {lost} unsent messages (counted as dropped: damaged) and local history are not used"
+            )
             alert = (
                 f"the database was damaged and has been moved to {quarantined}; a new empty one was "
-                "created (unsent data and local history in the old file are not used)"
+                f"created: {lost_text}"
             )
         self.report = OpenReport(self.path, created, applied, quarantined, alert)
         if self._heartbeats is not None:

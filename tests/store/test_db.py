@@ -243,6 +243,82 @@ def test_a_corrupt_database_is_quarantined_and_replaced(state_dir: Path, damage:
         again.close()
 
 
+def _board_with_drops(path: Path) -> tuple[str, dict[str, int]]:
+    """A closed board database of 150 queued rows under max_rows 100 (50 dropped, 100 unsent),
+    checkpointed so that every page is in the file itself."""
+    settings = StoreSettings(max_rows=100)
+    db = Database(path, settings)
+    db.open()
+    box = Outbox(db, DeviceSettings(), settings, MqttSettings())
+    box.open()
+    for i in range(150):
+        box.enqueue("attention", {"i": i, "pad": "x" * 200}).result(5)
+    drops = box.drop_counts()
+    db.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return db.store_id, drops
+
+
+def _garble_outbox(path: Path, everything: bool) -> None:
+    """Torn writes: the cells of one leaf page of the outbox table (its header stays), or every page of the
+    table and its indexes whole (count(*) reads only an index's page headers)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        if everything:
+            pages = [r[0] for r in conn.execute("SELECT pageno FROM dbstat WHERE name LIKE '%outbox%'")]
+            start, size = 0, 4096
+        else:
+            leaves = [r[0] for r in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name = 'outbox' AND pagetype = 'leaf' ORDER BY pageno")]
+            pages, start, size = [leaves[len(leaves) // 2]], 100, 2000
+    with path.open("r+b") as f:
+        for page in pages:
+            f.seek((page - 1) * 4096 + start)
+            f.write(b"\xff" * size)
+
+
+def test_a_damaged_outbox_keeps_its_store_and_drops_and_counts_its_unsent_rows_as_damaged(
+    state_dir: Path,
+) -> None:
+    # (review) the store and sequence went on but the drops started again from {}: the cloud saw a store's
+    # drops go down, and the 100 unsent rows lost with the file as a gap with no reason
+    path = state_dir / "edge-agent.db"
+    store, drops = _board_with_drops(path)
+    assert drops == {"max_rows": 50}
+    _garble_outbox(path, everything=False)
+    before = metrics.sample("edge_outbox_drops_total", {"reason": "damaged"})
+    again = Database(path, StoreSettings(max_rows=100))
+    report = again.open()
+    try:
+        assert report.quarantined is not None and report.alert is not None
+        assert "its 100 unsent messages (counted as dropped: damaged)" in report.alert
+        box = Outbox(again, DeviceSettings(), StoreSettings(max_rows=100), MqttSettings())
+        box.open()
+        assert box.drop_counts() == {"max_rows": 50, "damaged": 100}
+        assert metrics.sample("edge_outbox_drops_total", {"reason": "damaged"}) == before + 100
+        assert (again.store_id, box.enqueue("attention", {"ok": True}).result(5)) == (store, 151)
+    finally:
+        again.close()
+
+
+def test_a_damaged_database_whose_outbox_does_not_read_starts_a_new_store(state_dir: Path) -> None:
+    # What it held unsent cannot be counted: under the old store it would be a gap nobody accounts for
+    path = state_dir / "edge-agent.db"
+    store, _ = _board_with_drops(path)
+    _garble_outbox(path, everything=True)  # meta and drop_counters still read; count(*) of the outbox not
+    again = Database(path, StoreSettings(max_rows=100))
+    report = again.open()
+    try:
+        assert report.alert is not None and "a new message sequence starts" in report.alert
+        box = Outbox(again, DeviceSettings(), StoreSettings(max_rows=100), MqttSettings())
+        box.open()
+        assert again.store_id != store and len(again.store_id) == 32
+        assert box.drop_counts() == {}
+        assert box.enqueue("attention", {"ok": True}).result(5) == 1
+    finally:
+        again.close()
+
+
 def test_a_damaged_database_left_with_its_wal_by_a_power_cut_is_moved_aside_with_it(state_dir: Path) -> None:
     # After a power cut the -wal file is still there, and the rows since the last checkpoint are only in
     # it: it goes with the damaged file, for whoever salvages it, and the new database starts clean.
