@@ -83,8 +83,21 @@ class CommandDispatcher:
             self._reject("invalid", fields or "schema")
             return None
 
-    def handle(self, topic: str, payload: bytes) -> bool:
-        """Validate and dispatch; True when a handler took the command."""
+    def handle(self, topic: str, payload: bytes, *, retained: bool = False) -> bool:
+        """Validate and dispatch; True when a handler took the command.
+
+        ``retained``: the broker kept the message for the topic and gives it again at every subscribe,
+        i.e. at every connect: acted on, a retained config_reload restarted the board into a loop (each
+        restart connects and reloads again) until systemd's start limit stopped it. Refused instead.
+        """
+        if not payload:  # how a retained message is cleared; the broker passes it on, not retained
+            log.info("an empty message on %s (a retained command cleared): nothing to do", topic)
+            return False
+        if retained:
+            self._reject("retained", f"a retained message on {topic} would run again at every connect; "
+                         "clear it by publishing an empty retained message to that topic "
+                         f"(mosquitto_pub -r -n -t '{topic}'), then send the command again without retain")
+            return False
         command = self.parse(topic, payload)
         if command is None:
             return False

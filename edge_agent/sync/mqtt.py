@@ -176,18 +176,22 @@ class MqttConnection:
         on_ack: AckCallback,
         on_message: MessageCallback | None = None,
         *,
+        on_retained: MessageCallback | None = None,
         persistent_session: bool = False,
         will: bool = True,
         renewal: str = BOARD_RENEWAL,
     ) -> None:
         """``persistent_session`` keeps subscriptions and queued QoS 1 messages at the broker across
         reconnects (receivers); the board's publisher keeps its session in the outbox instead.
-        ``renewal``: how this client gets a new certificate when its own has expired."""
+        ``renewal``: how this client gets a new certificate when its own has expired.
+        ``on_retained`` gets the messages the broker delivers as retained (kept for their topic and given
+        again at every subscribe, so at every connect); without it they go to ``on_message``."""
         self.settings = settings
         self._persistent = persistent_session
         self.status_topic = status_topic
         self._on_ack = on_ack
         self._on_message = on_message
+        self._on_retained = on_retained
         self._v5 = settings.protocol == "5"
         self._connack: tuple[bool, str] | None = None
         self.max_packet_size: int | None = None  # the broker's limit from CONNACK (MQTT 5), if it set one
@@ -228,8 +232,9 @@ class MqttConnection:
         self._on_ack(mid, not reason.is_failure, str(reason))
 
     def _handle_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
-        if self._on_message is not None:
-            self._on_message(message.topic, bytes(message.payload))
+        callback = self._on_retained if message.retain and self._on_retained else self._on_message
+        if callback is not None:
+            callback(message.topic, bytes(message.payload))
 
     def _handle_log(self, _c: Any, _u: Any, level: int, text: str) -> None:
         # Keep the first error: paho follows a TLS alert with generic "not connected" lines.

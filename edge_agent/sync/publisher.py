@@ -201,7 +201,7 @@ class Publisher:
     def _connect(self) -> MqttConnection:
         conn = self._factory(
             self.settings, f"edge-{self.device.device_id}", f"{self._prefix}/status", self._on_ack,
-            self._on_message,
+            self._on_message, on_retained=self._on_retained,
         )
         if self._beat is not None:  # one attempt may try every address the broker's name has
             addresses = address_count(self.settings.host, self.settings.port)
@@ -381,11 +381,14 @@ class Publisher:
         except StoreError as exc:  # they return to pending at the next start anyway
             log.error("could not return the in-flight messages (%s sent here) to pending: %s", len(ids), exc)
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
         if self._commands is not None:
-            self._commands.handle(topic, payload)
+            self._commands.handle(topic, payload, retained=retained)
         else:
             metrics.MQTT_REJECTED.labels(reason="unknown_topic").inc()
+
+    def _on_retained(self, topic: str, payload: bytes) -> None:
+        self._on_message(topic, payload, retained=True)
 
 
 def _stored(future: Future[T]) -> T:

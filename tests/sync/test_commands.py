@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
 import pytest
 
 from edge_agent.config import DeviceSettings
+from edge_agent.store.outbox import Outbox
 from edge_agent.sync.commands import MAX_COMMAND_BYTES, CommandDispatcher, ConfigReload, ModelUpdate
+from edge_agent.sync.mqtt import MqttConnection
+from edge_agent.sync.publisher import Publisher
 from edge_agent.telemetry import metrics
+from tests.brokers import Broker
+from tests.sync.conftest import plain_settings
 
 TOPIC = "edge/demo-district/demo-school/board-0001/cmd"
 UPDATE = {
@@ -92,3 +99,47 @@ def test_a_failing_handler_is_contained() -> None:
 def test_registering_an_unknown_type_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="unknown command"):
         CommandDispatcher(DeviceSettings()).register("reboot", print)
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, pump: MqttConnection) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        pump.loop(0.02)  # the controller's own session: its publishes go out as it loops
+    return predicate()
+
+
+@pytest.mark.broker
+def test_a_retained_command_is_refused_at_every_connect_and_a_live_one_still_runs(
+    broker: Broker, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    # (review) a retained config_reload ran at every connect: each reload restarts the daemon, which
+    # connects and gets it again, until systemd's StartLimitBurst stopped the board
+    settings = plain_settings(broker)
+    seen: list[ConfigReload] = []
+    commands = CommandDispatcher(DeviceSettings())
+    commands.register("config_reload", seen.append)
+    controller = MqttConnection(settings, "fleet-controller", "", lambda *_: None, will=False)
+    controller.connect()
+    retained = metrics.sample("edge_mqtt_rejected_total", {"reason": "retained"})
+    malformed = metrics.sample("edge_mqtt_rejected_total", {"reason": "malformed"})
+    try:
+        controller.publish(commands.topic, b'{"type":"config_reload","request_id":"r-kept"}', retain=True)
+        for start in range(1, 4):  # each daemon start; the last stays up for a live command
+            publisher = Publisher(outbox, DeviceSettings(), settings, commands=commands)
+            publisher.start()
+            try:
+                assert _wait_until(lambda want=retained + start: metrics.sample(
+                    "edge_mqtt_rejected_total", {"reason": "retained"}) == want, 5, controller)
+                if start < 3:
+                    continue
+                controller.publish(commands.topic, b'{"type":"config_reload","request_id":"r-live"}')
+                assert _wait_until(lambda: len(seen) == 1, 5, controller)
+                controller.publish(commands.topic, b"", retain=True)  # the operator clears the retained one
+                _wait_until(lambda: False, 0.5, controller)
+            finally:
+                publisher.stop()
+        assert [c.request_id for c in seen] == ["r-live"]
+        assert f"mosquitto_pub -r -n -t '{commands.topic}'" in caplog.text
+        assert metrics.sample("edge_mqtt_rejected_total", {"reason": "malformed"}) == malformed
+    finally:
+        controller.disconnect()
