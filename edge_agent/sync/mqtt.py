@@ -167,6 +167,16 @@ def _explain_tls(text: str, settings: MqttSettings) -> str:
     return f"TLS with {settings.host}:{settings.port} failed: {text}"
 
 
+def _not_tls(exc: OSError) -> bool:
+    """Whether a TLS handshake failed because the other end does not speak TLS on this port: a plain
+    MQTT listener takes the ClientHello for a bad packet and resets or closes the connection, and a
+    plain-text reply is no TLS record (WRONG_VERSION_NUMBER)."""
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, (ConnectionResetError, ssl.SSLEOFError)) or reason in (
+        "WRONG_VERSION_NUMBER", "UNEXPECTED_EOF_WHILE_READING",
+    )
+
+
 class MqttConnection:
     def __init__(
         self,
@@ -266,9 +276,16 @@ class MqttConnection:
                 f"{time.monotonic() - started:.0f} s{over}: is mqtt.port the broker's port, and does a "
                 f"firewall let it through? ({exc})"
             ) from exc
-        except ssl.SSLError as exc:
-            raise SyncTlsError(_explain_tls(str(exc), s)) from exc
         except (OSError, ValueError) as exc:
+            # The TLS handshake is part of connect(): a reset there was reported as "cannot reach the
+            # broker; check the network and mqtt.host", of a broker that answered on a plain port.
+            if s.tls and isinstance(exc, OSError) and _not_tls(exc):
+                raise SyncTlsError(
+                    f"the broker's port {s.host}:{s.port} answered, but not with TLS ({exc}): is mqtt.port "
+                    "its TLS port (8883), or should mqtt.tls be false?"
+                ) from exc
+            if isinstance(exc, ssl.SSLError):
+                raise SyncTlsError(_explain_tls(str(exc), s)) from exc
             raise SyncConnectError(
                 f"cannot reach the MQTT broker {s.host}:{s.port}: {exc}; check the network and mqtt.host"
             ) from exc
@@ -303,9 +320,11 @@ class MqttConnection:
         markers = ("ssl", "tls", "certificate", "alert", "eof occurred", "connection reset")
         if self.settings.tls and any(w in text.lower() for w in markers):
             return SyncTlsError(_explain_tls(text, self.settings))
+        # A TLS listener resets a connection that opens with a plain CONNECT
+        advice = "" if self.settings.tls else "; if this port requires TLS, set mqtt.tls = true"
         return SyncConnectError(
             f"the broker {self.settings.host}:{self.settings.port} closed the connection before accepting "
-            f"it ({text})"
+            f"it ({text}){advice}"
         )
 
     @property
