@@ -3,7 +3,8 @@ the school's IT edits it without restarting the board.
 
 The file is looked at (stat) no more than every ``recheck_s`` and parsed again only when its mtime or
 size changed. A file that cannot be read or parsed keeps what was read last and says so once per
-problem; with nothing read yet, :meth:`WatchedFile.current` raises ConfigError with the reason.
+problem; with nothing read yet, :meth:`WatchedFile.current` raises ConfigError with the reason. A file
+given ``missing=`` (the clicker tokens) is different only when it is gone: that value stands for it.
 :meth:`WatchedFile.health` says the same to the daemon's health (the teacher view, /readyz, systemd's
 STATUS line, ``edge_component_up``), so a broken file is seen without reading the log.
 """
@@ -21,7 +22,7 @@ from typing import Generic, TypeVar
 from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
 
-EMPTY_GRACE_CHECKS = 3  # an empty file is taken as meant once it has stayed empty this many checks
+EMPTY_GRACE_CHECKS = 3  # an empty (or, with missing=, absent) file is taken as meant after this many checks
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,12 @@ class WatchedFile(Generic[T]):
         *,
         recheck_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        missing: T | None = None,
     ) -> None:
         """``parse(text, where)`` returns the content or raises ConfigError; ``key`` is the config key
-        that names the file; ``describe`` says what was read, for the log."""
+        that names the file; ``describe`` says what was read, for the log. ``missing``: what a file that
+        does not exist means (the clicker tokens: none, so that deleting the file revokes them all); None
+        (the roster): a problem, and what was read before stays in use."""
         self.path = path
         self.key = key
         self._parse = parse
@@ -49,10 +53,12 @@ class WatchedFile(Generic[T]):
         self._clock = clock
         self._stamp: tuple[int, int] | None = None
         self._value: T | None = None
+        self._missing_value = missing
+        self.missing = False  # True while ``missing`` stands for a file that is gone
         self.problem: str | None = None
+        self._empty_since: float | None = None  # when the file was first seen empty, while it stays so
         self._reload()  # at start: the log says what was read, or why nothing
         self._checked = clock()
-        self._empty_since: float | None = None  # when the file was first seen empty, while it stays so
 
     def current(self) -> T:
         now = self._clock()
@@ -68,14 +74,21 @@ class WatchedFile(Generic[T]):
         with contextlib.suppress(ConfigError):
             self.current()
         if self.problem is None and self._value is not None:
-            return Health(True, f"{self._describe(self._value)} ({self.path})")
+            where = f"{self.path} is missing" if self.missing else str(self.path)
+            return Health(True, f"{self._describe(self._value)} ({where})")
         if self._value is None:
             return Health(False, f"{self.problem}; nothing has been read from it since the start")
         return Health(False, f"{self.problem}; what was read before stays in use")
 
     def _reload(self) -> None:
         try:
-            info = os.stat(self.path)
+            try:
+                info = os.stat(self.path)
+            except FileNotFoundError:
+                if self._missing_value is None:
+                    raise
+                self._gone(self._missing_value)
+                return
             stamp = (info.st_mtime_ns, info.st_size)
             if stamp == self._stamp:
                 return
@@ -96,5 +109,21 @@ class WatchedFile(Generic[T]):
                 log.error("%s not read%s: %s", self.key, kept, reason)
             self.problem, self._stamp = reason, None
             return
-        self._stamp, self._value, self.problem = stamp, value, None
+        self._stamp, self._value, self.problem, self.missing = stamp, value, None, False
         log.info("%s: %s (%s)", self.key, self._describe(value), self.path)
+
+    def _gone(self, value: T) -> None:
+        """The file does not exist and ``missing`` says what that means. Deleted by IT, it was read as a
+        problem and the old tokens stayed valid (a review: 200 for a deleted file's token after 10 s,
+        and /readyz 503 for the whole board). An editor that renames the old file away before writing
+        the new one gets the same grace as an empty file."""
+        if self.missing:
+            return
+        if self._value is not None:
+            if self._empty_since is None:
+                self._empty_since = self._clock()
+            if self._clock() - self._empty_since < EMPTY_GRACE_CHECKS * self._recheck_s:
+                return
+        self._empty_since = None
+        self._stamp, self._value, self.problem, self.missing = None, value, None, True
+        log.warning("%s: %s is gone: %s", self.key, self.path, self._describe(value))

@@ -80,9 +80,16 @@ def _entries(text: str, where: str) -> list[tuple[str, str]]:
 Clients = WatchedFile[ClientTokens]
 
 
+def _describe(clients: ClientTokens) -> str:
+    if not clients.by_digest:
+        return "no clicker tokens: every clicker is refused"
+    return f"{len(clients.by_digest)} clicker tokens"
+
+
 def watch_clients(path: Path, recheck_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> Clients:
-    return WatchedFile(path, parse_clients, "web.client_tokens_file",
-                       lambda c: f"{len(c.by_digest)} clicker tokens", recheck_s=recheck_s, clock=clock)
+    # A deleted file revokes every token (fail closed); the roster, by contrast, keeps the last one read.
+    return WatchedFile(path, parse_clients, "web.client_tokens_file", _describe, recheck_s=recheck_s,
+                       clock=clock, missing=ClientTokens({}))
 
 
 # -- `edge-agent web clients ...` ----------------------------------------------------------------------
@@ -118,6 +125,10 @@ def cmd_web_clients(args: argparse.Namespace) -> int:
         if args.name is not None and not _NAME.match(args.name):
             print("error: a client name is letters, digits, '_', '.', '-' (up to 64)")
             return 2
+        if not path.exists() and args.action != "add":  # deleted: the daemon takes that as no tokens
+            print(f"{path} does not exist: a running edge-agent refuses every clicker token; "
+                  "`edge-agent web clients add NAME` makes the file with a new token")
+            return 0 if args.action == "list" else 1
         if path.exists() and (problem := check_secret_file("web.client_tokens_file", path)):
             raise ConfigError([("web.client_tokens_file", problem)])
         entries = _entries(path.read_text(encoding="utf-8"), str(path)) if path.exists() else []

@@ -179,3 +179,29 @@ def test_doctor_says_how_many_clicker_tokens_or_which_line_is_wrong(tmp_path: Pa
     path.write_text(f"acme-3a {'a' * 24}\ntablets\n")
     broken = check_client_tokens(path)
     assert not broken.ok and "line 2 is not 'name token'" in broken.detail
+
+
+def test_a_deleted_clients_file_refuses_every_clicker_after_an_editors_grace(tmp_path: Path) -> None:
+    # A review: after `rm` the old tokens were still taken 10 s later and the board went 503 (the file was
+    # "unreadable", what was read before stayed in use). Deleting it now revokes them all, as emptying it.
+    from edge_agent.watched_file import EMPTY_GRACE_CHECKS
+    from edge_agent.web.clients import watch_clients
+    from tests.kt.test_roster import Clock
+
+    path = tmp_path / "web-clients"
+    token = "t" * 24
+    path.write_text(f"acme-3a {token}\n")
+    clock = Clock()
+    clients = watch_clients(path, recheck_s=2.0, clock=clock)
+    assert clients.current().name_of(token) == "acme-3a"
+    path.unlink()
+    clock.now = 2.0
+    assert clients.current().name_of(token) == "acme-3a"  # an editor may rename it away and write anew
+    clock.now = 2.0 + EMPTY_GRACE_CHECKS * 2.0
+    assert clients.current().name_of(token) is None
+    health = clients.health()
+    assert health.ok and health.detail == f"no clicker tokens: every clicker is refused ({path} is missing)"
+    path.write_text(f"acme-3a {token}\n")
+    clock.now += 2.0
+    assert clients.current().name_of(token) == "acme-3a"
+    assert clients.health().detail == f"1 clicker tokens ({path})"
