@@ -135,7 +135,10 @@ def parse_answer(
 ) -> Answer:
     if not isinstance(obj, dict):
         raise InputRejected(f"{where}: an answer must be a JSON object")
-    student = _text(obj, "student_id", where)
+    # Stripped, as `edge-agent kt roster` strips the school's ids: " stu-4" was another student than
+    # "stu-4" and, with a roster, refused as not on it, though IT could never add it so. The client event
+    # id stays as sent: a retry's idempotency key must match byte for byte.
+    student = _text(obj, "student_id", where).strip()
     event_id = _text(obj, "client_event_id", where)
     item_id = _text(obj, "item_id", where)
     item = package.item_index.get(item_id)

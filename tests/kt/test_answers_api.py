@@ -192,6 +192,43 @@ def test_a_numeric_student_id_is_the_same_student_as_its_digits_in_text(api) -> 
     assert second["student"] == first["student"] and svc.student_count() == students + 1
 
 
+def test_a_student_id_with_spaces_around_it_is_the_same_student_and_on_the_roster(
+    api, tmp_path: Path
+) -> None:
+    # A review: " stu-pad" and "stu-pad " were students of their own, and with a roster refused as not on
+    # it, though `edge-agent kt roster add` strips the school's ids and so can never list them padded.
+    from edge_agent.kt.roster import format_roster, read_student_ids, watch_roster
+
+    server, svc = api
+    students = svc.student_count()
+    first = server.request("POST", "/api/v1/answers", _good(svc.package, " stu-pad", "pad-1"))[1]
+    second = server.request("POST", "/api/v1/answers", _good(svc.package, "stu-pad ", "pad-2"))[1]
+    third = server.request("POST", "/api/v1/answers", _good(svc.package, "stu-pad", "pad-3"))[1]
+    assert first["status"] == second["status"] == third["status"] == "applied"
+    assert first["student"] == second["student"] == third["student"] and svc.student_count() == students + 1
+    status, mastery = server.request("GET", f"/api/v1/students/{first['student']}/mastery")
+    assert status == 200 and mastery["answers"] == 3
+    # the same answer sent again, padded otherwise: the same event, not a second answer
+    assert server.request("POST", "/api/v1/answers", _good(svc.package, "stu-pad", "pad-1"))[1]["status"] \
+        == "duplicate"
+
+    listed = tmp_path / "class.txt"
+    listed.write_text("stu-pad\n")  # as IT would run `edge-agent kt roster add class.txt`
+    roster = tmp_path / "roster.txt"
+    roster.write_text(format_roster(svc.pseudonymize(i) for i in read_student_ids(listed)))
+    app = web.Application()
+    app.add_routes(answer_routes(svc, svc.settings, watch_roster(roster)))
+    with_roster = Server(app)
+    try:
+        for padded, event in ((" stu-pad", "pad-4"), ("stu-pad  ", "pad-5")):
+            status, body = with_roster.request("POST", "/api/v1/answers", _good(svc.package, padded, event))
+            assert status == 200 and body["status"] == "applied", body
+        status, body = with_roster.request("POST", "/api/v1/answers", _good(svc.package, "stu-other", "o-1"))
+        assert status == 400 and body["field"] == "student_id"
+    finally:
+        with_roster.close()
+
+
 def test_oversized_batch_and_bad_json(api) -> None:
     server, svc = api
     status, body = server.request(
