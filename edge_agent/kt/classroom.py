@@ -18,6 +18,7 @@ from edge_agent.kt.package import ItemInfo, KTPackage
 from edge_agent.kt.recommend import recommend, weakest_skills
 
 HISTOGRAM_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0000001)
+ACTIVITY_MINUTES = 120  # the answers-per-minute chart's last minutes: a double lesson and its break
 
 
 @dataclass
@@ -108,6 +109,16 @@ def items_by_skill(package: KTPackage) -> dict[int, list[ItemInfo]]:
     return grouped
 
 
+def _activity(window: LessonWindow, end: float) -> list[dict[str, int]]:
+    """Answers in each minute from the window's first to ``end``'s, quiet minutes as 0: with only the
+    minutes that had answers, the page drew 20:17, 20:18 and 20:21 as 3 adjacent bars and "3 minutes" of
+    a 5-minute lesson. The last ACTIVITY_MINUTES only, however long the lesson."""
+    minutes = [int(window.started // 60 * 60), int(end // 60 * 60), *window.activity]
+    last = max(minutes)
+    first = max(min(minutes), last - 60 * (ACTIVITY_MINUTES - 1))  # min: an answer before a clock step
+    return [{"minute": m, "answers": window.activity.get(m, 0)} for m in range(first, last + 60, 60)]
+
+
 def summarize(
     window: LessonWindow | None,
     package: KTPackage,
@@ -136,7 +147,7 @@ def summarize(
         "answers": window.answers,
         "students": students,
         "suppressed": students < settings.min_group_size,
-        "activity": [{"minute": m, "answers": n} for m, n in sorted(window.activity.items())],
+        "activity": _activity(window, min(now, window.started + length)),
         "skills": [],
         "weakest": [],
         "recommended": [],

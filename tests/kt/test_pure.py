@@ -202,6 +202,7 @@ def test_class_summary_suppresses_small_groups(package: KTPackage) -> None:
     assert full["recommended"] and full["activity"] == [
         {"minute": 960, "answers": 2},
         {"minute": 1020, "answers": 1},
+        {"minute": 1080, "answers": 0},  # the minute now, quiet so far
     ]
     assert sum(full["skills"][0]["histogram"]) == 3
     assert leaving_the_board(full) is full

@@ -540,3 +540,38 @@ def test_a_camera_opening_is_named_in_chinese_and_is_no_problem(
     assert view.text("#att-faces") == shown
     assert "摄像头" not in view.text("#health-issues")
     assert view.page.get_attribute("#health-camera", "data-ok") == "true"
+
+
+def test_answers_per_minute_leave_the_quiet_minutes_in_their_place(
+    teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory
+) -> None:
+    # A review: answers at 20:17, 20:18 and 20:21 were drawn as 3 adjacent bars, "共 3 分钟", of a lesson
+    # that had run 5 minutes. The section is the real summary of such a lesson.
+    import math
+
+    import numpy as np
+
+    from edge_agent.config import KTSettings
+    from edge_agent.kt.classroom import LessonWindow, summarize
+    from edge_agent.kt.package import load_package
+
+    package = load_package()
+    probs = np.asarray(package.prior_success, dtype=np.float32)
+    start = 1_764_101_820.0  # 20:17 UTC
+    window = LessonWindow(started=start + 2)
+    for minute, answers in ((0, 720), (1, 300), (4, 12)):
+        for n in range(answers):
+            window.record(f"p{n % 30}", [0], probs, start + 60 * minute + n / 20)
+    view = teacher_page(teacher_server.url, timezone_id="UTC")
+    view.open()
+    view.wait_live()
+    live_board.publish("learning", summarize(window, package, KTSettings(), start + 4 * 60 + 30,
+                                             window_s=math.inf))
+    view.page.wait_for_function("() => document.querySelectorAll('#learn-activity rect').length === 5",
+                                timeout=2000)
+    assert view.text("#learn-activity-peak") == "最多每分钟 720 次 · 共 5 分钟"
+    bars = view.page.locator("#learn-activity rect")
+    heights = [float(bars.nth(i).get_attribute("height") or "") for i in range(5)]
+    assert heights[2] == heights[3] == 0 and heights[4] > 0  # 20:21 in the fifth place, not the third
+    assert (bars.nth(4).text_content() or "").startswith("20:21")
+    assert view.console_errors == []
