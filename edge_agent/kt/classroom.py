@@ -4,10 +4,17 @@ A window opens at the first answer. The one synced closes ``lesson_window_s`` la
 sees is the lesson, which ends after ``lesson_gap_s`` without an answer (the break between lessons). Only
 class-level numbers leave this module; a class with fewer than ``min_group_size`` students has its skill
 data suppressed.
+
+The teacher's view (read again and again during the lesson) takes its skill figures anew only once
+``min_group_size`` distinct students have answered since it last did (:class:`Published`): with means
+recomputed on every answer, two readings around one student's answer gave that student's whole mastery
+vector (mean_after * 6 - mean_before * 5, to 0.0005), and a mean that moved right after a classmate
+answered told the room whether the answer was right.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +29,35 @@ ACTIVITY_MINUTES = 120  # the answers-per-minute chart's last minutes: a double 
 
 
 @dataclass
+class Published:
+    """The students' success probabilities the teacher's view computes its skill figures from. The first
+    summary of a window takes them as they are; after that :meth:`LessonWindow.record` takes them anew
+    once ``group`` distinct students have answered since (or, while they describe too few students to be
+    shown, once the window has ``group``): any change a viewer sees is the sum of at least ``group``
+    students' changes. Shared by a window and its copies. :func:`summarize` (on the event loop) writes
+    only while ``group`` is None, the service not having given a window its settings; after that only
+    ``record`` (under the service's lock) does. ``probs`` is replaced, never changed, so a summary reads
+    it without that lock."""
+
+    group: int | None = None  # kt.min_group_size, once a summary has been made
+    probs: dict[str, np.ndarray] = field(default_factory=dict)
+    since: set[str] = field(default_factory=set)  # who answered since ``probs`` was taken
+
+    def note(self, student: str, current: dict[str, np.ndarray]) -> None:
+        self.since.add(student)
+        group = self.group
+        if group is not None and (len(self.since) >= group or len(self.probs) < group <= len(current)):
+            self.probs, self.since = dict(current), set()
+
+    def figures(self, current: dict[str, np.ndarray], group: int) -> dict[str, np.ndarray]:
+        """What the view shows from; ``current``: the window's probabilities now."""
+        if self.group is None:  # nothing of this window shown yet
+            self.probs, self.since = dict(current), set()
+            self.group = group
+        return self.probs
+
+
+@dataclass
 class LessonWindow:
     started: float
     answers: int = 0
@@ -29,6 +65,7 @@ class LessonWindow:
     practised: dict[int, set[str]] = field(default_factory=dict)  # skill -> pseudonyms who answered on it
     activity: dict[int, int] = field(default_factory=dict)  # minute start (epoch) -> answers
     last: float = 0.0  # when the latest answer came
+    published: Published = field(default_factory=Published)  # for the teacher's view
 
     def record(self, student: str, skills: list[int], probs: np.ndarray, now: float) -> None:
         self.answers += 1
@@ -38,6 +75,7 @@ class LessonWindow:
             self.practised.setdefault(k, set()).add(student)
         minute = int(now // 60 * 60)
         self.activity[minute] = self.activity.get(minute, 0) + 1
+        self.published.note(student, self.probs)
 
     def due(self, now: float, window_s: float) -> bool:
         # A clock stepped back by more than a window (an RTC that ran ahead, then NTP) would otherwise
@@ -59,7 +97,8 @@ class LessonWindow:
     @classmethod
     def from_json(cls, data: dict[str, Any], probs: dict[str, np.ndarray]) -> LessonWindow:
         """Rebuilt with each student's current probabilities; raises KeyError, TypeError or ValueError on
-        a damaged record."""
+        a damaged record. Its first summary shows the figures as they are: they may differ from those
+        shown before the restart by fewer than ``min_group_size`` students' answers."""
         return cls(
             float(data["started"]),
             int(data["answers"]),
@@ -78,6 +117,7 @@ class LessonWindow:
             {k: set(who) for k, who in self.practised.items()},
             dict(self.activity),
             self.last,
+            self.published,  # shared: the copy's summary tells the window the group size
         )
 
 
@@ -127,8 +167,10 @@ def summarize(
     window_s: float | None = None,
 ) -> dict[str, Any]:
     """The "kt_class" outbox payload of a ``window_s`` window (default ``lesson_window_s``); with
-    ``window_s`` infinite, the LiveBoard "learning" section of the lesson so far."""
+    ``window_s`` infinite, the LiveBoard "learning" section of the lesson so far, whose skill figures are
+    those :class:`Published` holds (``figures_students`` says how many students they describe)."""
     length = settings.lesson_window_s if window_s is None else window_s
+    view = math.isinf(length)
     if window is None:
         return {
             "lesson_started": None,
@@ -141,20 +183,22 @@ def summarize(
             "activity": [],
         }
     students = len(window.probs)
+    figures = window.published.figures(window.probs, settings.min_group_size) if view else window.probs
     summary: dict[str, Any] = {
         "lesson_started": window.started,
         "window_end": min(now, window.started + length),
         "answers": window.answers,
         "students": students,
-        "suppressed": students < settings.min_group_size,
+        **({"figures_students": len(figures)} if view else {}),
+        "suppressed": len(figures) < settings.min_group_size,
         "activity": _activity(window, min(now, window.started + length)),
         "skills": [],
         "weakest": [],
         "recommended": [],
     }
-    if summary["suppressed"] or students == 0:
+    if summary["suppressed"] or not figures:
         return summary
-    matrix = np.stack(list(window.probs.values()))  # [students, skills]
+    matrix = np.stack(list(figures.values()))  # [students, skills]
     mean = matrix.mean(axis=0)
     below = (matrix < settings.mastery_threshold).sum(axis=0).tolist()
     histograms = skill_histograms(matrix).tolist()

@@ -229,6 +229,55 @@ def test_a_student_id_with_spaces_around_it_is_the_same_student_and_on_the_roste
         with_roster.close()
 
 
+def test_two_class_readings_around_one_answer_do_not_give_away_that_students_mastery() -> None:
+    # A review (rev/differencing.py): read the class with 5 students, let a 6th answer, read again:
+    # mean_after * 6 - mean_before * 5 gave that student's 30 skills to 0.0005, and on the classroom's
+    # screen a mean moving after one answer told whether it was right.
+    package = load_package()
+    settings = KTSettings(per_student_api=True, min_group_size=5)
+    svc = KTService(package, OnnxRuntimeEngine(package.step_model), settings, Pseudonymizer(b"d" * 32))
+    svc.start()
+    server = Server(_app(svc, settings))
+
+    def answer(student: str, correct: bool) -> dict[str, Any]:
+        status, body = server.request("POST", "/api/v1/answers", _good(
+            package, student, f"{student}-{time.monotonic()}", correct=correct, answered_at=time.time()))
+        assert status == 200, body
+        return body
+
+    def means() -> tuple[dict[str, Any], dict[str, float]]:
+        summary = server.request("GET", "/api/v1/class/mastery")[1]
+        return summary, {s["id"]: s["mastery_mean"] for s in summary["skills"]}
+
+    try:
+        for n in range(5):
+            answer(f"warm-{n}", True)
+        before, m0 = means()
+        target = answer("target", False)["student"]
+        after, m1 = means()
+        truth = {k["skill_id"]: k["mastery"] for k in server.request(
+            "GET", f"/api/v1/students/{target}/mastery")[1]["skills"]}
+        assert (before["students"], after["students"]) == (5, 6) and not after["suppressed"]
+        assert m1 == m0 and after["figures_students"] == 5  # nothing moved but who practised what
+        assert [(s["histogram"], s["below_threshold"]) for s in after["skills"]] \
+            == [(s["histogram"], s["below_threshold"]) for s in before["skills"]]
+        derived = {k: m1[k] * after["students"] - m0[k] * before["students"] for k in m1}
+        answered = package.items[0].skill_id
+        assert abs(derived[answered] - truth[answered]) > 0.05  # was 0.0005
+        # Once 5 students have answered since, the figures move: by the sum of those 5 students' changes.
+        for n in range(3):
+            answer(f"later-{n}", True)
+        assert means()[1] == m0
+        answer("later-3", True)
+        later, m2 = means()
+        assert later["figures_students"] == 10 and m2 != m0
+        derived = {k: m2[k] * 10 - m0[k] * 5 for k in m2}
+        assert abs(derived[answered] - truth[answered]) > 0.05
+    finally:
+        server.close()
+        svc.stop()
+
+
 def test_oversized_batch_and_bad_json(api) -> None:
     server, svc = api
     status, body = server.request(

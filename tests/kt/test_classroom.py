@@ -34,3 +34,35 @@ def test_the_answers_per_minute_count_the_quiet_minutes_of_a_lesson(package: KTP
     window.record("p0", [0], probs, MINUTE + 600 * 60)
     long = summarize(window, package, KTSettings(), MINUTE + 600 * 60 + 5, window_s=math.inf)["activity"]
     assert len(long) == ACTIVITY_MINUTES and long[-1] == {"minute": MINUTE + 600 * 60, "answers": 1}
+
+
+def test_the_teachers_view_changes_only_once_a_group_of_students_has_answered(package: KTPackage) -> None:
+    settings = KTSettings(min_group_size=3)
+    prior = np.asarray(package.prior_success, dtype=np.float32)
+    window = LessonWindow(started=MINUTE)
+
+    def view() -> dict[str, object]:  # as the service makes it: from a copy, outside its lock
+        return summarize(window.copy(), package, settings, MINUTE + 30, window_s=math.inf)
+
+    def means(summary: dict[str, object]) -> list[float]:
+        return [s["mastery_mean"] for s in summary["skills"]]  # type: ignore[attr-defined, index]
+
+    window.record("a", [0], prior * 0.9, MINUTE + 1)
+    assert view()["suppressed"]  # the lesson's first reading: one student, nothing shown
+    window.record("b", [0], prior * 0.8, MINUTE + 2)
+    window.record("c", [0], prior * 0.7, MINUTE + 3)
+    shown = view()  # three students: shown at once, as nothing was before
+    assert not shown["suppressed"] and shown["figures_students"] == 3
+    window.record("d", [0], prior * 0.2, MINUTE + 4)  # a fourth student, and one answering again and again
+    for n in range(5):
+        window.record("a", [0], prior * (0.1 + n / 10), MINUTE + 5 + n)
+    again = view()
+    assert means(again) == means(shown) and again["students"] == 4 and again["figures_students"] == 3
+    window.record("e", [0], prior * 0.5, MINUTE + 20)  # a, d, e: three since the figures were taken
+    moved = view()
+    assert means(moved) != means(shown) and moved["figures_students"] == 5
+    # The synced window is the window as it is, read once when it closes.
+    synced = summarize(window, package, settings, MINUTE + 30)
+    assert "figures_students" not in synced and synced["students"] == 5
+    window.record("a", [0], prior, MINUTE + 21)
+    assert means(summarize(window, package, settings, MINUTE + 30)) != means(view())

@@ -575,3 +575,19 @@ def test_answers_per_minute_leave_the_quiet_minutes_in_their_place(
     assert heights[2] == heights[3] == 0 and heights[4] > 0  # 20:21 in the fifth place, not the third
     assert (bars.nth(4).text_content() or "").startswith("20:21")
     assert view.console_errors == []
+
+
+def test_a_skills_below_mastery_count_is_out_of_the_students_its_figures_describe(
+    teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory
+) -> None:
+    # The figures change only once kt.min_group_size students have answered since (a review recovered
+    # one student's mastery from two readings): 28 students so far, the figures of 25 of them.
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    learning = learning_section() | {"figures_students": 25}
+    live_board.publish("learning", learning)
+    shows_25 = "() => document.getElementById('learn-skills').textContent.includes('25 人中')"
+    view.page.wait_for_function(shows_25, timeout=2000)
+    assert view.text("#learn-students") == str(learning["students"]) == "28"
+    assert "28 人中" not in view.text("#learn-skills")

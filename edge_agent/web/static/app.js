@@ -210,7 +210,9 @@
     const byId = Object.fromEntries(skills.map((s) => [s.id, s]));
     const weakest = l.suppressed ? [] : Array.isArray(l.weakest) ? l.weakest : [];
     const ordered = orderSkills(skills, weakest);
-    const rows = ordered.map((s) => skillRow(s, weakest.includes(s.id), l.students));
+    // The skill figures describe the students of their last update (figures_students), not every one so far
+    const described = isNum(l.figures_students) ? l.figures_students : l.students;
+    const rows = ordered.map((s) => skillRow(s, weakest.includes(s.id), described));
     replace("learn-skills", rows.slice(0, MAX_SKILL_ROWS));
     replace("learn-skills-more", rows.slice(MAX_SKILL_ROWS));
     const rest = rows.length - Math.min(rows.length, MAX_SKILL_ROWS);
