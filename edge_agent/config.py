@@ -217,6 +217,15 @@ class CameraSettings(Section):
         'time, e.g. ["2026-10-01..2026-10-07", "2027-01-01"]; first and last day included.',
     )
 
+    @field_validator("source")
+    @classmethod
+    def _named_source(cls, value: str) -> str:
+        # "" reads as the folder "." (Path("")): under systemd, "/", whose every picture became class frames
+        if not value.strip():
+            raise ValueError("is empty: name the camera (0, /dev/video0, an rtsp:// URL, a file or a "
+                             "folder), or set camera.enabled = false to turn it off")
+        return value
+
     @field_validator("active_hours")
     @classmethod
     def _readable_hours(cls, value: list[str]) -> list[str]:

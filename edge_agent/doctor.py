@@ -141,9 +141,9 @@ def _camera_source(source: str) -> int | str:
 
 def check_camera(source: str, timeout_s: float = 10.0) -> CheckResult:
     """Open the source with OpenCV and read one frame, in a thread so a hung driver cannot hang us."""
-    if Path(source).is_dir():
-        from edge_agent.vision.sources import folder_images
+    from edge_agent.vision.sources import classify, folder_images
 
+    if Path(source).is_dir():
         images = folder_images(Path(source))  # as the daemon reads it: subfolders too
         if images:
             return CheckResult("camera", True, f"folder {source} holds {len(images)} images")
@@ -153,7 +153,8 @@ def check_camera(source: str, timeout_s: float = 10.0) -> CheckResult:
     def probe() -> None:
         import cv2
 
-        gstreamer = "!" in source  # a GStreamer pipeline, e.g. nvarguscamerasrc ! ... ! appsink
+        # as the daemon tells them apart: a camera's password may hold a "!" (rtsp://admin:Secret!1@...)
+        gstreamer = classify(source) == "gstreamer"
         target = _camera_source(source)
         capture = cv2.VideoCapture(target, cv2.CAP_GSTREAMER) if gstreamer else cv2.VideoCapture(target)
         try:

@@ -181,6 +181,29 @@ def test_video_file_camera_passes(tmp_path: Path) -> None:
     assert "160x120" in result.detail
 
 
+def test_a_camera_url_whose_password_holds_a_bang_is_opened_as_the_daemon_opens_it(tmp_path: Path) -> None:
+    # Found by a review: doctor took any source with a "!" for a GStreamer pipeline, so a working
+    # http://admin:Secret!1@... camera was reported as "cannot be opened" (check the user and password).
+    import functools
+    import http.server
+    import threading
+
+    path = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 5.0, (160, 120))
+    for i in range(5):
+        writer.write(np.full((120, 160, 3), i * 40, dtype=np.uint8))
+    writer.release()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = doctor.check_camera(f"http://admin:Secret!1@127.0.0.1:{server.server_port}/v.avi")
+    finally:
+        server.shutdown()
+    assert result.ok, result.detail
+    assert "160x120" in result.detail and "Secret" not in result.detail
+
+
 def test_missing_camera_fails_with_a_fix(tmp_path: Path) -> None:
     result = doctor.check_camera(str(tmp_path / "no-such-camera.avi"), timeout_s=10)
     assert not result.ok and "cannot be opened" in result.detail and "/dev/video" in result.fix

@@ -246,6 +246,9 @@ RUN_TIME_CRASHES = [
     ("[kt]\nlesson_gap_s = nan", "kt.lesson_gap_s", "finite number"),
     ("[store]\nmax_age_days = inf", "store.max_age_days", "finite number"),
     ("[mqtt]\nbackoff_min_s = 600\nbackoff_max_s = 5", "mqtt", "backoff_max_s must be >= backoff_min_s"),
+    # read as the folder "." (under systemd "/"): every picture on the disk analysed as class frames
+    ('[camera]\nsource = ""', "camera.source", "set camera.enabled = false"),
+    ('[camera]\nsource = "  "', "camera.source", "is empty"),
 ]
 
 
