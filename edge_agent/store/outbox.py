@@ -422,7 +422,8 @@ class Outbox:
     # -- status --------------------------------------------------------------------------------------
 
     def drop_counts(self) -> dict[str, int]:
-        """Every loss since the database was made, by reason: those in the file and those not yet."""
+        """Every loss since the store was created (a damaged database's successor carries them on), by
+        reason: those in the file and those not yet."""
         with self._unstored_lock:
             return dict(collections.Counter(self._drops) + self._unstored)
 

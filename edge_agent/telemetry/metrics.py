@@ -155,7 +155,8 @@ OUTBOX_BYTES = Gauge("edge_outbox_bytes", "Payload bytes held in the outbox.", r
 OUTBOX_DROPS = Counter(
     "edge_outbox_drops",
     "Outbox rows dropped, by reason (max_rows, max_bytes, max_age, expired, queue_full, store_error, "
-    "rejected: not JSON or too large, never stored; too_large_for_broker: over the broker's packet limit).",
+    "rejected: not JSON or too large, never stored; too_large_for_broker: over the broker's packet limit; "
+    "damaged: unsent rows lost with a damaged database).",
     ["reason"],
     registry=REGISTRY,
 )
@@ -223,7 +224,7 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
 for _outcome in ("applied", "duplicate", "rejected", "overloaded", "unavailable", "failed"):
     ANSWERS.labels(_outcome)
 for _reason in ("max_rows", "max_bytes", "max_age", "expired", "queue_full", "store_error", "rejected",
-                "too_large_for_broker"):
+                "too_large_for_broker", "damaged"):
     OUTBOX_DROPS.labels(_reason)
 for _reason in ("slow_subscriber", "stream_refused", "stream_stalled"):
     TEACHER_VIEW_DROPS.labels(_reason)
