@@ -24,7 +24,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -423,19 +422,20 @@ class Config(Section):
                 raise ValueError(f"{name} must be an absolute path")
         return value
 
-    @field_validator("metrics")
-    @classmethod
-    def _own_port(cls, value: MetricsSettings, info: ValidationInfo) -> MetricsSettings:
+    @model_validator(mode="after")
+    def _own_port(self) -> Config:
         # The daemon holds both ports itself: the second listener failed only at run time, as "address
-        # already in use (does another program use it?)", though no other program did.
-        web = info.data.get("web")
-        if (web is not None and web.enabled and value.enabled and web.port == value.port
-                and _hosts_overlap(web.host, value.host)):
+        # already in use (does another program use it?)", though no other program did. An "after"
+        # validator: a field validator does not run on a default (no [metrics] table, web.port = 9108).
+        web, metrics = self.web, self.metrics
+        same = web.port == metrics.port and _hosts_overlap(web.host, metrics.host)
+        if web.enabled and metrics.enabled and same:
+            other = "another port" if metrics.port == 9108 else "another (default 9108)"
             raise ValueError(
-                f"port {value.port} is web.port too (hosts {web.host} and {value.host}): the daemon cannot "
-                f"listen on one port twice; give metrics.port another (default 9108)"
+                f"web.port and metrics.port are both {metrics.port} (hosts {web.host} and {metrics.host}): "
+                f"the daemon cannot listen on one port twice; give one of them {other}"
             )
-        return value
+        return self
 
     @property
     def database_path(self) -> Path:
@@ -450,8 +450,12 @@ class Config(Section):
             secrets.append(("web.token_file", self.web.token_file))
         if self.web.enabled and self.web.tls_key_file is not None:
             secrets.append(("web.tls_key_file", self.web.tls_key_file))
-        if self.web.enabled and self.web.client_tokens_file is not None:
-            secrets.append(("web.client_tokens_file", self.web.client_tokens_file))
+        # A missing clicker tokens file means no clicker tokens (the running daemon reads it so, and IT
+        # deletes it to revoke them all): only one that exists must be private. Required, it stopped the
+        # next start of a board whose file was deleted as the README says.
+        tokens = self.web.client_tokens_file
+        if self.web.enabled and tokens is not None and (tokens.exists() or tokens.is_symlink()):
+            secrets.append(("web.client_tokens_file", tokens))
         if self.metrics.enabled and self.metrics.token_file is not None:
             secrets.append(("metrics.token_file", self.metrics.token_file))
         return secrets

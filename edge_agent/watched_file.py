@@ -90,6 +90,8 @@ class WatchedFile(Generic[T]):
                 self._gone(self._missing_value)
                 return
             stamp = (info.st_mtime_ns, info.st_size)
+            if info.st_size != 0:  # back (moved away and back unchanged too): a later emptying gets a grace
+                self._empty_since = None
             if stamp == self._stamp:
                 return
             if info.st_size == 0 and self._value is not None:
@@ -99,8 +101,6 @@ class WatchedFile(Generic[T]):
                     self._empty_since = self._clock()
                 if self._clock() - self._empty_since < EMPTY_GRACE_CHECKS * self._recheck_s:
                     return
-            else:
-                self._empty_since = None
             value = self._parse(self.path.read_text(encoding="utf-8"), str(self.path))
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
             reason = exc.problems[0][1] if isinstance(exc, ConfigError) else f"cannot read {self.path}: {exc}"

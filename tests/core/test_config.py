@@ -288,8 +288,20 @@ def test_web_and_metrics_on_one_port_are_refused_by_config_check(
     assert main(["config", "check", str(path)]) == (1 if refused else 0)
     out = capsys.readouterr()
     if refused:
-        assert "port 18080 is web.port too" in out.out + out.err
-        assert "give metrics.port another" in out.out + out.err
+        assert "web.port and metrics.port are both 18080" in out.out + out.err
+        assert "give one of them another (default 9108)" in out.out + out.err
+
+
+def test_web_on_the_default_metrics_port_is_refused_without_a_metrics_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A second review: the check ran only with a [metrics] table (a field validator skips defaults)
+    path = tmp_path / "config.toml"
+    path.write_text(_valid_config_text(tmp_path) + 'host = "0.0.0.0"\nport = 9108\n')
+    assert main(["config", "check", str(path)]) == 1
+    out = capsys.readouterr()
+    assert "web.port and metrics.port are both 9108" in out.out + out.err
+    assert "give one of them another port" in out.out + out.err
 
 
 def test_demo_refuses_one_port_for_the_teacher_view_and_metrics(

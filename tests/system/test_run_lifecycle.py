@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import signal
@@ -355,6 +356,19 @@ def test_a_board_takes_answers_from_a_clickers_own_token_and_nothing_else_from_i
         )
         refused = "does not exist: a running edge-agent refuses every clicker token"
         assert said.returncode == code and refused in said.stdout, said.stdout + said.stderr
+    # And the next start, without the file, is a board without clicker tokens (a second review: it
+    # refused to start, "web.client_tokens_file: secret file ... does not exist")
+    daemon.stop()
+    checked = subprocess.run([sys.executable, "-m", "edge_agent", "config", "check", str(config)],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    daemons(config, notify, tmp_path / "run-2.log").start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", cfg["web"]["port"]), 0.5):
+            break
+        time.sleep(0.2)
+    assert clicker_post("c-after-restart") == 403
 
 
 @pytest.mark.broker

@@ -205,3 +205,16 @@ def test_a_deleted_clients_file_refuses_every_clicker_after_an_editors_grace(tmp
     clock.now += 2.0
     assert clients.current().name_of(token) == "acme-3a"
     assert clients.health().detail == f"1 clicker tokens ({path})"
+    # Moved away and back unchanged within the grace, then truncated by an editor saving in place: the
+    # truncation gets its own grace (a second review: the first grace's timer ran on, refused at once).
+    aside = tmp_path / "web-clients.bak"
+    path.rename(aside)
+    clock.now += 2.0
+    assert clients.current().name_of(token) == "acme-3a"
+    aside.rename(path)
+    clock.now += 2.0
+    assert clients.current().name_of(token) == "acme-3a"
+    clock.now += 2.0
+    path.write_text("")
+    clock.now += 2.0
+    assert clients.current().name_of(token) == "acme-3a"
