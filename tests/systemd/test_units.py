@@ -159,6 +159,25 @@ def test_engine_build_runs_on_first_boot_and_after_an_upgrade_only_and_a_failed_
     assert run("ExecStartPost") == 0 and run("ExecCondition") == 1
 
 
+@pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="no dpkg here")
+def test_the_engine_build_stamp_holds_the_package_versions_dpkg_reports(tmp_path: Path) -> None:
+    # A second review: a dpkg-query format of "$${Package} $${Version}" reached the shell as "${Package}
+    # ${Version}" inside double quotes, expanded to nothing, so the stamp held a space per package and a
+    # TensorRT update changed nothing. Run with the real dpkg-query, dpkg's own package for libnvinfer.
+    import shlex
+
+    line = read_unit("edge-agent-engines.service")["Service"]["ExecStartPost"]
+    (tmp_path / "VERSION").write_text("0.1.0\n")
+    places = {"/opt/edge-agent/VERSION": str(tmp_path / "VERSION"), "/var/cache/edge-agent/": f"{tmp_path}/",
+              "libnvinfer[0-9]*": "dpkg", "$$": "$"}
+    for old, new in places.items():
+        line = line.replace(old, new)
+    assert subprocess.run(shlex.split(line), timeout=10, check=False).returncode == 0
+    version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "dpkg"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout
+    assert (tmp_path / "engines-built.stamp").read_text() == f"0.1.0\ndpkg\t{version}\n"
+
+
 def _values(name: str, key: str) -> list[str]:
     text = (UNITS / name).read_text(encoding="utf-8")
     return re.findall(rf"^{key}=(.*)$", text, flags=re.MULTILINE)
