@@ -223,7 +223,12 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         routes.append(camera_routes(lambda: _attention_component(attention)))
         web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates),
                            timezone=config.device.timezone)
-        components += [web, *(WatchedFileComponent(f) for f in (roster, web.clients) if f is not None)]
+        # Before the engines: a TensorRT build takes minutes (after a TensorRT update, or a precision
+        # change), and meanwhile the teacher view and /api/v1/status say what is starting instead of
+        # refusing connections; answers get 503 "starting" until knowledge tracing runs.
+        components[components.index(engines):components.index(engines)] = [
+            web, *(WatchedFileComponent(f) for f in (roster, web.clients) if f is not None)
+        ]
 
     metrics_server: MetricsServer | None = None
     if config.metrics.enabled:
