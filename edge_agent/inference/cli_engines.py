@@ -148,7 +148,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             failed += 1
             continue
         print(loaded.describe())
-        failed += loaded.backend != "tensorrt"
+        # not cached (a full disk): the unit would stamp it built and the daemon build it at every start
+        failed += loaded.backend != "tensorrt" or loaded.uncached is not None
     return 1 if failed else 0
 
 

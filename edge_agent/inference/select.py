@@ -75,6 +75,7 @@ class LoadedEngine:
     engine: GuardedEngine
     requested_precision: str
     fallback: str | None  # why the engine is not TensorRT at the requested precision, or None
+    uncached: str | None = None  # why a TensorRT plan built now is not in the cache (built again next start)
 
     @property
     def backend(self) -> str:
@@ -86,7 +87,8 @@ class LoadedEngine:
 
     def describe(self) -> str:
         text = f"{self.manifest.role} {self.manifest.name}: {self.backend} {self.precision}"
-        return f"{text} ({self.fallback})" if self.fallback else text
+        notes = "; ".join(n for n in (self.fallback, self.uncached) if n)
+        return f"{text} ({notes})" if notes else text
 
     def status(self) -> dict[str, object]:
         """The LiveBoard ``health.engines`` entry."""
@@ -150,11 +152,11 @@ def load_engine(
     fallback: str | None = None
     if settings.backend != "onnxruntime":
         try:
-            inner = _load_tensorrt(
+            inner, uncached = _load_tensorrt(
                 manifest, onnx_path, profiles, want, settings=settings, paths=paths, tensorrt=tensorrt
             )
             _mark_up(inner)
-            return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, unoffered)
+            return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, unoffered, uncached)
         except EngineLoadError as exc:
             expected = settings.backend == "tensorrt" or exc.reason != TENSORRT_UNAVAILABLE
             if expected:
@@ -186,7 +188,8 @@ def _load_tensorrt(
     settings: InferenceSettings,
     paths: PathSettings,
     tensorrt: Callable[[], TensorRTPort],
-) -> Engine:
+) -> tuple[Engine, str | None]:
+    """The engine, and why a plan built now could not be cached (None when it was, or was loaded)."""
     port = tensorrt()
     source = onnx_path
     if precision == "int8":
@@ -213,19 +216,21 @@ def _load_tensorrt(
     plan = cache.load(manifest.name, precision, key)
     if plan is not None:
         try:
-            return port.load_plan(plan, manifest.name, precision, profiles)
+            return port.load_plan(plan, manifest.name, precision, profiles), None
         except EngineLoadError as exc:
             metrics.ENGINE_LOAD_FAILURES.labels(manifest.name, "tensorrt", "deserialize").inc()
             log.warning("model %s: cached plan failed to load (%s); rebuilding", manifest.name, exc)
             cache.discard(manifest.name, precision, key, "corrupt")
     log.info("model %s: building a TensorRT %s engine; this can take minutes", manifest.name, precision)
     plan = port.build_plan(source, profiles, precision, build)
+    uncached = None
     try:
         cache.store(manifest.name, precision, key, plan)
     except OSError as exc:  # a full disk: run the plan just built rather than throw minutes of work away
-        log.warning("model %s: the built engine could not be cached (%s); it is built again at the next "
-                    "start unless space is freed in %s", manifest.name, exc, engines_dir)
-    return port.load_plan(plan, manifest.name, precision, profiles)
+        uncached = (f"built but not cached ({exc.strerror or exc}): built again at the next start unless "
+                    f"space is freed in {engines_dir}")
+        log.warning("model %s: %s", manifest.name, uncached)
+    return port.load_plan(plan, manifest.name, precision, profiles), uncached
 
 
 def _load_onnxruntime(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 
@@ -13,6 +14,7 @@ from edge_agent.inference.select import load_engine, precision_for, qdq_model_pa
 from edge_agent.inference.tensorrt_backend import trt as real_trt
 from edge_agent.telemetry import metrics
 from edge_agent.telemetry.metrics import sample
+from tests.ext4 import ext4_unavailable, failing_ext4
 from tests.inference.fake_tensorrt import FakeTensorRT
 
 from .helpers import MANIFESTS, paths_for, settings
@@ -216,3 +218,22 @@ def test_onnxruntime_providers_prefer_the_gpu_and_never_lose_the_cpu():
     assert ort_providers(gpu, allow_tensorrt=True) == gpu
     assert ort_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert ort_providers([]) == ["CPUExecutionProvider"]
+
+
+@pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
+def test_a_plan_built_on_a_full_disk_still_runs_and_says_it_was_not_cached(tmp_path, model_mirror):
+    # The plan took minutes to build: it runs rather than being thrown away, and says so, so that
+    # `engines build` fails (a second review: it exited 0 and the unit stamped the engines built).
+    with failing_ext4(tmp_path / "disk", size_mib=16) as disk:
+        paths = paths_for(disk.path / "cache", model_mirror)
+        load_engine(FSANET, settings("onnxruntime"), paths)  # the model itself is fetched while there is room
+        with (disk.path / "filler").open("wb", buffering=0) as out:
+            for chunk in (1 << 20, 4096):  # to the last block (root may use the reserved ones too)
+                with contextlib.suppress(OSError):
+                    while True:
+                        out.write(b"\0" * chunk)
+        loaded = load_engine(FSANET, settings("tensorrt"), paths, tensorrt=FakeTensorRT())
+        assert loaded.backend == "fake-tensorrt" and loaded.fallback is None
+        assert loaded.uncached is not None and "No space left on device" in loaded.uncached
+        assert "built but not cached" in loaded.describe()
+        assert not list((disk.path / "cache" / "engines").glob("*.plan"))
