@@ -42,17 +42,21 @@ class Published:
     group: int | None = None  # kt.min_group_size, once a summary has been made
     probs: dict[str, np.ndarray] = field(default_factory=dict)
     since: set[str] = field(default_factory=set)  # who answered since ``probs`` was taken
+    # When ``probs`` was taken: with fewer than ``group`` students still answering the figures stay as
+    # they were (a second review: 80 right answers of 4 students later, the class had "not improved"),
+    # and the page says since when they stand.
+    at: float | None = None
 
-    def note(self, student: str, current: dict[str, np.ndarray]) -> None:
+    def note(self, student: str, current: dict[str, np.ndarray], now: float) -> None:
         self.since.add(student)
         group = self.group
         if group is not None and (len(self.since) >= group or len(self.probs) < group <= len(current)):
-            self.probs, self.since = dict(current), set()
+            self.probs, self.since, self.at = dict(current), set(), now
 
-    def figures(self, current: dict[str, np.ndarray], group: int) -> dict[str, np.ndarray]:
+    def figures(self, current: dict[str, np.ndarray], group: int, now: float) -> dict[str, np.ndarray]:
         """What the view shows from; ``current``: the window's probabilities now."""
         if self.group is None:  # nothing of this window shown yet
-            self.probs, self.since = dict(current), set()
+            self.probs, self.since, self.at = dict(current), set(), now
             self.group = group
         return self.probs
 
@@ -75,7 +79,7 @@ class LessonWindow:
             self.practised.setdefault(k, set()).add(student)
         minute = int(now // 60 * 60)
         self.activity[minute] = self.activity.get(minute, 0) + 1
-        self.published.note(student, self.probs)
+        self.published.note(student, self.probs, now)
 
     def due(self, now: float, window_s: float) -> bool:
         # A clock stepped back by more than a window (an RTC that ran ahead, then NTP) would otherwise
@@ -183,13 +187,13 @@ def summarize(
             "activity": [],
         }
     students = len(window.probs)
-    figures = window.published.figures(window.probs, settings.min_group_size) if view else window.probs
+    figures = window.published.figures(window.probs, settings.min_group_size, now) if view else window.probs
     summary: dict[str, Any] = {
         "lesson_started": window.started,
         "window_end": min(now, window.started + length),
         "answers": window.answers,
         "students": students,
-        **({"figures_students": len(figures)} if view else {}),
+        **({"figures_students": len(figures), "figures_at": window.published.at} if view else {}),
         "suppressed": len(figures) < settings.min_group_size,
         "activity": _activity(window, min(now, window.started + length)),
         "skills": [],

@@ -58,9 +58,11 @@ def test_the_teachers_view_changes_only_once_a_group_of_students_has_answered(pa
         window.record("a", [0], prior * (0.1 + n / 10), MINUTE + 5 + n)
     again = view()
     assert means(again) == means(shown) and again["students"] == 4 and again["figures_students"] == 3
+    assert shown["figures_at"] == again["figures_at"] == MINUTE + 3  # since when they stand, for the page
     window.record("e", [0], prior * 0.5, MINUTE + 20)  # a, d, e: three since the figures were taken
     moved = view()
     assert means(moved) != means(shown) and moved["figures_students"] == 5
+    assert moved["figures_at"] == MINUTE + 20
     # The synced window is the window as it is, read once when it closes.
     synced = summarize(window, package, settings, MINUTE + 30)
     assert "figures_students" not in synced and synced["students"] == 5

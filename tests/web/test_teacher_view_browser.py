@@ -16,7 +16,7 @@ from edge_agent.live import LiveBoard
 from edge_agent.web import view as view_module
 from tests.web.conftest import WEB_TOKEN
 from tests.web.harness import ServerThread, TeacherViewPage, non_loopback_ipv4
-from tests.web.sample import attention_section, fill_board, learning_section
+from tests.web.sample import LESSON_START, attention_section, fill_board, learning_section
 
 pytestmark = pytest.mark.browser
 
@@ -591,3 +591,27 @@ def test_a_skills_below_mastery_count_is_out_of_the_students_its_figures_describ
     view.page.wait_for_function(shows_25, timeout=2000)
     assert view.text("#learn-students") == str(learning["students"]) == "28"
     assert "28 人中" not in view.text("#learn-skills")
+
+
+def test_figures_standing_for_minutes_say_since_when(
+    teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory
+) -> None:
+    # A second review: with fewer than kt.min_group_size students still answering, the figures stand
+    # unchanged for the rest of the lesson, and the page gave no hint (80 right answers later, the class
+    # had "not improved"). Past two minutes the page says since when they stand.
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    learning = learning_section()
+    fresh = learning | {"figures_students": 28, "figures_at": LESSON_START + 600,
+                        "window_end": LESSON_START + 650}
+    live_board.publish("learning", fresh)
+    shown = "() => document.getElementById('learn-started').textContent !== ''"
+    view.page.wait_for_function(shown, timeout=2000)
+    assert "班级数据截至" not in view.text("#learn-started")
+    live_board.publish("learning", fresh | {"window_end": LESSON_START + 900, "answers": 600})
+    stale = "() => document.getElementById('learn-started').textContent.includes('班级数据截至')"
+    view.page.wait_for_function(stale, timeout=2000)
+    started, since = view.text("#learn-started").split(" · ")
+    hour, minute = started.removeprefix("本节课开始于 ").split(":")  # the board's zone: 10 minutes on
+    assert since == f"班级数据截至 {hour}:{int(minute) + 10:02d}：更多学生作答后更新"

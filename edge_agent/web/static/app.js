@@ -204,7 +204,13 @@
     }
     setText("learn-answers", num(l.answers));
     setText("learn-students", num(l.students));
-    setText("learn-started", isNum(l.lesson_started) ? t("lesson_started", { t: clockTime(l.lesson_started) }) : "");
+    // The skill figures change only once enough students have answered since: with few still answering
+    // they can stand for long, so past two minutes the page says since when.
+    const stale = isNum(l.figures_at) && isNum(l.window_end) && l.window_end - l.figures_at >= 120;
+    setText("learn-started", [
+      isNum(l.lesson_started) ? t("lesson_started", { t: clockTime(l.lesson_started) }) : "",
+      stale && !l.suppressed ? t("figures_as_of", { t: clockTime(l.figures_at) }) : "",
+    ].filter(Boolean).join(" · "));
     $("learn-suppressed").hidden = l.suppressed !== true;
     const skills = l.suppressed ? [] : Array.isArray(l.skills) ? l.skills.filter((s) => s && typeof s === "object") : [];
     const byId = Object.fromEntries(skills.map((s) => [s.id, s]));
