@@ -101,8 +101,11 @@ class OnnxRuntimeEngine:
         # and converted only when ONNX Runtime refuses them, to say what is wrong or to run them converted
         # (int32 ids, lists).
         try:
+            # ONNX Runtime takes a byte-swapped array as if it were native: wrong numbers, no error
+            if not all(array.dtype.isnative for array in feeds.values()):
+                raise TypeError("not in native byte order")
             results = self._session.run(self._output_names, feeds)
-        except Exception:
+        except Exception:  # AttributeError too: a list, or anything else that is not an array
             prepared = self._prepared(feeds)
             try:
                 results = self._session.run(self._output_names, prepared)
