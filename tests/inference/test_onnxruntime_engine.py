@@ -64,3 +64,15 @@ def test_a_skill_beyond_the_model_is_an_engine_error_naming_the_model(engine):
         engine.infer(_feeds() | {"skill": np.array([0, 999], np.int64)})
     assert not isinstance(caught.value, EngineInputError)
     assert engine.infer(_feeds())["probs"].shape == (2, 30)
+
+
+def test_the_engine_gives_what_onnx_runtimes_public_run_gives(engine):
+    # On the CPU the engine calls the session's own run (InferenceSession._sess.run, 1.9 µs less a call)
+    import onnxruntime as ort
+
+    feeds = _feeds(5) | {"h": np.random.default_rng(2).standard_normal((5, 64)).astype(np.float32)}
+    public = ort.InferenceSession(str(STEP), providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in public.get_outputs()], public.run(None, feeds), strict=True))
+    got = engine.infer(feeds)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-7)  # its thread count may differ
