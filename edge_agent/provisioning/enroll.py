@@ -19,6 +19,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.errors import ProvisioningError
+from edge_agent.sync.mqtt import not_tls
 
 
 def tls_client(client_id: str, ca_file: Path, cert_file: Path, key_file: Path) -> mqtt.Client:
@@ -77,25 +78,8 @@ def check_enrollment(
             f"the broker at {host}:{port} did not complete the connection and TLS handshake within "
             f"{timeout_s:.0f} s: is that the broker's TLS port, and does a firewall let it through? ({exc})"
         ) from exc
-    except ssl.SSLCertVerificationError as exc:
-        # this side refused the broker: a name or IP the broker's certificate does not carry said "revoked,
-        # expired or from another CA" and sent people to re-sign boards (2026-12-02)
-        # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH (62) and X509_V_ERR_IP_ADDRESS_MISMATCH (64)
-        advice = (
-            "enrol with a name or address on its certificate (edge-agent-ca server HOST --name X adds one)"
-            if exc.verify_code in (62, 64)
-            else "check that certs/ca.pem is the fleet CA's and that the broker's certificate is in date"
-        )
-        raise ProvisioningError(
-            f"the broker at {host}:{port} is not trusted: {str(exc.verify_message).rstrip('.')}; {advice}"
-        ) from exc
-    except ssl.SSLError as exc:
-        raise ProvisioningError(
-            f"TLS handshake with {host}:{port} failed ({exc.reason}): the broker refused "
-            "the certificate (revoked, expired or from another CA) or uses another CA"
-        ) from exc
-    except OSError as exc:
-        raise ProvisioningError(f"cannot reach the broker at {host}:{port}: {exc}") from exc
+    except OSError as exc:  # ssl's errors are OSErrors
+        raise _connect_failure(exc, host, port) from exc
     client.loop_start()
     try:
         if not done.wait(timeout_s):
@@ -120,3 +104,30 @@ def check_enrollment(
             f"the broker refused the hello on {hello_topic(tenant, site, device_id)}: "
             f"{puback} (check the ACL and that the certificate CN is the device id)"
         )
+
+
+def _connect_failure(exc: OSError, host: str, port: int) -> ProvisioningError:
+    """What a failed connect to the broker means, in words an IT person can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # this side refused the broker: a name or IP the broker's certificate does not carry said "revoked,
+        # expired or from another CA" and sent people to re-sign boards (2026-12-02)
+        # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH (62) and X509_V_ERR_IP_ADDRESS_MISMATCH (64)
+        advice = (
+            "enrol with a name or address on its certificate (edge-agent-ca server HOST --name X adds one)"
+            if exc.verify_code in (62, 64)
+            else "check that certs/ca.pem is the fleet CA's and that the broker's certificate is in date"
+        )
+        return ProvisioningError(
+            f"the broker at {host}:{port} is not trusted: {str(exc.verify_message).rstrip('.')}; {advice}"
+        )
+    if not_tls(exc):  # a plain MQTT port resets the handshake: that was "the broker refused the certificate"
+        return ProvisioningError(
+            f"the broker's port {host}:{port} answered, but not with TLS ({exc}): enrol with its TLS port "
+            "(8883 in provisioning/mosquitto/mosquitto.conf)"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return ProvisioningError(
+            f"TLS handshake with {host}:{port} failed ({exc.reason}): the broker refused "
+            "the certificate (revoked, expired or from another CA) or uses another CA"
+        )
+    return ProvisioningError(f"cannot reach the broker at {host}:{port}: {exc}")

@@ -167,7 +167,7 @@ def _explain_tls(text: str, settings: MqttSettings) -> str:
     return f"TLS with {settings.host}:{settings.port} failed: {text}"
 
 
-def _not_tls(exc: OSError) -> bool:
+def not_tls(exc: OSError) -> bool:
     """Whether a TLS handshake failed because the other end does not speak TLS on this port: a plain
     MQTT listener takes the ClientHello for a bad packet and resets or closes the connection, and a
     plain-text reply is no TLS record (WRONG_VERSION_NUMBER)."""
@@ -279,7 +279,7 @@ class MqttConnection:
         except (OSError, ValueError) as exc:
             # The TLS handshake is part of connect(): a reset there was reported as "cannot reach the
             # broker; check the network and mqtt.host", of a broker that answered on a plain port.
-            if s.tls and isinstance(exc, OSError) and _not_tls(exc):
+            if s.tls and isinstance(exc, OSError) and not_tls(exc):
                 raise SyncTlsError(
                     f"the broker's port {s.host}:{s.port} answered, but not with TLS ({exc}): is mqtt.port "
                     "its TLS port (8883), or should mqtt.tls be false?"

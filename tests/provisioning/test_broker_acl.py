@@ -164,6 +164,21 @@ def test_enrollment_says_when_the_broker_cannot_be_reached_or_does_not_answer(fl
         assert time.monotonic() - started < 3  # not paho's own 5 s
 
 
+def test_enrollment_at_a_plain_mqtt_port_says_it_is_not_the_tls_port(fleet: Fleet, tmp_path: Path) -> None:
+    # A review: a plain listener resets the TLS handshake, which was reported as "the broker refused the
+    # certificate (revoked, expired or from another CA)"
+    from tests.brokers import Broker as PlainBroker
+
+    plain = PlainBroker(tmp_path / "plain").start()
+    try:
+        says = f"127.0.0.1:{plain.port} answered, but not with TLS .*enrol with its TLS port"
+        with pytest.raises(ProvisioningError, match=says):
+            check_enrollment("127.0.0.1", plain.port, *_files(fleet.etc("board-b")), tenant="district-a",
+                             site="school-1", device_id="board-b", timeout_s=5)
+    finally:
+        plain.stop()
+
+
 def _files(etc: Path) -> tuple[Path, Path, Path]:
     return etc / "certs/ca.pem", etc / "certs/device.pem", etc / "secrets/device.key"
 
