@@ -1,8 +1,10 @@
 """Wiring: which components the daemon runs, in which order, and what each one is given.
 
-Order is dependency order (the daemon stops in reverse): store → engines → knowledge tracing →
-attention → sync → telemetry → web view → metrics. Components that need an object another one makes
-at start-up (an engine, the store) are built when their turn comes, by :class:`Deferred`.
+Order is dependency order (the daemon stops in reverse): store → metrics → sync → web view (and the
+files it watches) → engines → knowledge tracing → model updates → attention → telemetry. The web view
+comes before the engines so that it answers (status, 503 for answers) during a TensorRT build.
+Components that need an object another one makes at start-up (an engine, the store) are built when
+their turn comes, by :class:`Deferred`.
 """
 
 from __future__ import annotations

@@ -43,12 +43,13 @@ class EssentialComponentFailed(EdgeAgentError):
 class ComponentState:
     component: Component
     started: bool = False
+    starting: bool = False  # its start() is running: its own health says what it is doing
     failure: str | None = None
 
     def health(self) -> Health:
         if self.failure:
             return Health(False, self.failure)
-        if not self.started:
+        if not self.started and not self.starting:
             return Health(False, "not started")
         try:
             return self.component.health()
@@ -137,6 +138,9 @@ class Daemon:
             self.notifier.status(f"failed: {exc}")
             await self._stop_all()
             return 1
+        if self._stop.is_set():  # stopped while starting: never "running"
+            watchdog.cancel()
+            return await self._stopping()
         self.state = "running"
         freeze_startup_objects()
         self._publish_health()
@@ -145,6 +149,9 @@ class Daemon:
         log.info("daemon running: %s", self.status_line())
         await self._stop.wait()
         watchdog.cancel()
+        return await self._stopping()
+
+    async def _stopping(self) -> int:
         self.state = "stopping"
         self.notifier.stopping("stopping: flushing pending writes")
         log.info("stopping")
@@ -159,11 +166,15 @@ class Daemon:
                 return
             component = state.component
             began = time.monotonic()
+            state.starting = True
             try:
-                if not await self._started(component):
+                done = await self._started(component)
+                state.starting = False
+                if not done:
                     log.info("stop requested while %s was starting", component.name)
                     return
             except Exception as exc:
+                state.starting = False
                 if isinstance(exc, asyncio.TimeoutError):  # its message is empty
                     exc = TimeoutError(f"did not start within {START_TIMEOUT_S:g} s")
                 state.failure = f"failed to start: {exc}"

@@ -121,4 +121,6 @@ class EngineSet:
             return Health(False, "engines are still loading")
         parts = [loaded.describe() for loaded in self._loaded.values()]
         parts += [f"{name}: FAILED ({why})" for name, why in self._failed.items()]
-        return Health(not self._failed, "; ".join(parts) or "no engines configured")
+        # a plan built but not cached (a full disk) is built again, for minutes, at every start: not ok
+        uncached = any(loaded.uncached for loaded in self._loaded.values())
+        return Health(not self._failed and not uncached, "; ".join(parts) or "no engines configured")

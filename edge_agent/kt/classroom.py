@@ -193,7 +193,9 @@ def summarize(
         "window_end": min(now, window.started + length),
         "answers": window.answers,
         "students": students,
-        **({"figures_students": len(figures), "figures_at": window.published.at} if view else {}),
+        # figures_at only while students have answered since: a pause in the lesson is no stale figure
+        **({"figures_students": len(figures),
+            "figures_at": window.published.at if window.published.since else None} if view else {}),
         "suppressed": len(figures) < settings.min_group_size,
         "activity": _activity(window, min(now, window.started + length)),
         "skills": [],

@@ -64,7 +64,7 @@ def answer_routes(
     async def post_answers(request: web.Request) -> web.Response:
         svc = current()
         if svc is None or not svc.running:
-            return _error(503, "knowledge tracing is not running yet; retry shortly")
+            return _error(503, "knowledge tracing is not running (starting or stopping); retry shortly")
         # JSON only: a web page in a browser on the board could otherwise post answers to loopback (which
         # needs no token) as a "simple" cross-site request (text/plain or a form) without asking first.
         if request.content_type != "application/json":
@@ -115,7 +115,7 @@ def answer_routes(
             return _error(404, "the per-student API is switched off (kt.per_student_api = false)")
         svc = current()
         if svc is None:
-            return _error(503, "knowledge tracing is not running yet; retry shortly")
+            return _error(503, "knowledge tracing is not running (starting or stopping); retry shortly")
         pseudonym = request.match_info["pseudonym"]
         if not _PSEUDONYM.match(pseudonym):
             return _error(400, "a student pseudonym is 32 lowercase hex characters", "pseudonym")
@@ -128,7 +128,7 @@ def answer_routes(
     async def class_mastery(_request: web.Request) -> web.Response:
         svc = current()
         if svc is None:
-            return _error(503, "knowledge tracing is not running yet; retry shortly")
+            return _error(503, "knowledge tracing is not running (starting or stopping); retry shortly")
         return web.json_response(svc.class_summary())
 
     return routes

@@ -76,3 +76,11 @@ def test_the_engine_gives_what_onnx_runtimes_public_run_gives(engine):
     got = engine.infer(feeds)
     for key, value in want.items():
         np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-7)  # its thread count may differ
+
+
+def test_a_closed_engine_refuses_to_run() -> None:
+    # A third review: the session's own run, kept bound, ran on after close() and kept its memory
+    engine = OnnxRuntimeEngine(STEP)
+    engine.close()
+    with pytest.raises(EngineError, match="closed"):
+        engine.infer(_feeds())

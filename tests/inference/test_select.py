@@ -237,3 +237,8 @@ def test_a_plan_built_on_a_full_disk_still_runs_and_says_it_was_not_cached(tmp_p
         assert loaded.uncached is not None and "No space left on device" in loaded.uncached
         assert "built but not cached" in loaded.describe()
         assert not list((disk.path / "cache" / "engines").glob("*.plan"))
+        # and the board says so: built again for minutes at every start (a third review: 'all healthy')
+        engines = EngineSet([FSANET], settings("tensorrt"), paths, tensorrt=FakeTensorRT())
+        engines.load_all()
+        health = engines.health()
+        assert not health.ok and "built but not cached" in health.detail

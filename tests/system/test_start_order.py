@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -40,7 +41,8 @@ def test_the_web_answers_while_the_engines_still_load(
     try:
         assert loading.wait(20)
         status, body = http("GET", f"{base}/api/v1/status")
-        assert status == 200 and assembly.engines.health().detail == "engines are still loading", body
+        # what the engines say they do, not "not started" (a third review)
+        assert status == 200 and "engines are still loading" in json.dumps(body), body
         posted, _ = http("POST", f"{base}/api/v1/answers", {"answers": [answer("s1", "x", "y", True, "e1")]})
         assert posted == 503
         ready, _ = http("GET", f"{base}/readyz")
