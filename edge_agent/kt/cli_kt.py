@@ -62,6 +62,7 @@ def cmd_kt_train(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        _writable_out(args.out)
         train = read_sequences(args.train, args.format)
         test = read_sequences(args.test, args.format) if args.test else None
         result = build_from_sequences(train, test, args.out, _options(args, 64))  # type: ignore[arg-type]
@@ -79,9 +80,26 @@ def cmd_kt_build_default(args: argparse.Namespace) -> int:
         print(f"building the default package needs the train extra: {exc}")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        _writable_out(args.out)
+    except EdgeAgentError as exc:
+        print(f"error: {exc}")
+        return 1
     result = build_default(args.out, students=args.students, opts=_options(args, 32))  # type: ignore[arg-type]
     print(json.dumps(result))
     return 0
+
+
+def _writable_out(out: Path) -> None:
+    """Before the training, not after it: a file or an unwritable folder as --out ended minutes of
+    training in a traceback (a review)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".edge-agent-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise EdgeAgentError(f"--out {out} cannot be written: {exc.strerror or exc}") from exc
 
 
 def cmd_kt_roster(args: argparse.Namespace) -> int:

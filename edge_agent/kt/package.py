@@ -102,6 +102,8 @@ def _skills(data: Any, path: Path) -> tuple[SkillInfo, ...]:
     return skills
 
 
+MAX_DIFFICULTY = 10.0  # logits: a success of 0.5 moves to 0.99995 or 0.00005
+
 def _items(data: Any, path: Path, skill_ids: set[str]) -> tuple[ItemInfo, ...]:
     entries = data.get("items") if isinstance(data, dict) else None
     if not isinstance(entries, list):
@@ -115,6 +117,12 @@ def _items(data: Any, path: Path, skill_ids: set[str]) -> tuple[ItemInfo, ...]:
         diff = e.get("difficulty", 0.0)
         if isinstance(diff, bool) or not isinstance(diff, (int, float)) or not math.isfinite(diff):
             raise ModelError(f"{where}: difficulty must be a finite number")
+        # A logit offset: a rating on another scale (Elo's 1200) overflowed exp() in every answer's
+        # recommendations, and each answer on that skill got 503 (a review)
+        if abs(diff) > MAX_DIFFICULTY:
+            bound = f"{MAX_DIFFICULTY:g}"
+            raise ModelError(f"{where}: difficulty {diff} is outside -{bound}..{bound}: it is a logit offset "
+                             "(typically -3..3), not a rating on another scale")
         items.append(
             ItemInfo(
                 _text(e, "id", where),

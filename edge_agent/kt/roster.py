@@ -63,7 +63,11 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
     import io
     import sys
 
-    text = sys.stdin.read() if str(source) == "-" else source.read_text(encoding="utf-8-sig")
+    try:
+        text = sys.stdin.read() if str(source) == "-" else source.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:  # zh-CN Excel's "CSV" is GBK, its "Unicode text" UTF-16
+        raise ValueError(f"{source} is not UTF-8 ({exc.reason} at byte {exc.start}): in Excel save it as "
+                         f"'CSV UTF-8', or convert it: iconv -f gbk -t utf-8 {source} > list.csv") from exc
     if column is None:
         ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     else:
@@ -89,11 +93,18 @@ def update_roster(path: Path, action: str, pseudonyms: set[str], owner_of: Path)
     """Apply ``action`` (set, add, remove, count) to the roster file; returns the counts before and after.
     The file is replaced in one rename, mode 0600, owned like ``owner_of`` (the daemon's pseudonym secret)
     when run as root, so the daemon can read what root wrote."""
+    import fcntl
+
     from edge_agent.provisioning.files import write_private_for_daemon
 
-    current = parse_roster(path.read_text(encoding="utf-8"), str(path)) if path.exists() else frozenset()
-    if action == "count":
-        return len(current), len(current)
-    updated = {"set": pseudonyms, "add": current | pseudonyms, "remove": current - pseudonyms}[action]
-    write_private_for_daemon(path, format_roster(updated).encode(), owner_of)
-    return len(current), len(updated)
+    # One change at a time: two 'add's run together each read the old file and the last rename won,
+    # losing the other's students while both said they were added (a review: 7 of 8)
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        current = parse_roster(path.read_text(encoding="utf-8"), str(path)) if path.exists() else frozenset()
+        if action == "count":
+            return len(current), len(current)
+        updated = {"set": pseudonyms, "add": current | pseudonyms, "remove": current - pseudonyms}[action]
+        write_private_for_daemon(path, format_roster(updated).encode(), owner_of)
+        return len(current), len(updated)

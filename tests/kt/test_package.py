@@ -74,6 +74,8 @@ def test_missing_directory_and_files_are_named(tmp_path: Path) -> None:
         ("skills.json", lambda d: d["skills"].append(d["skills"][0]), "unique"),
         ("items.json", lambda d: d["items"][0].update(skill_id="nope"), "not in skills"),
         ("items.json", lambda d: d["items"][0].update(difficulty="hard"), "difficulty"),
+        # an Elo rating: exp() overflowed in the recommendations and every answer got 503 (a review)
+        ("items.json", lambda d: d["items"][0].update(difficulty=1200), "not a rating on another scale"),
         ("items.json", lambda d: d.update(items={}), "items"),
     ],
 )

@@ -233,3 +233,30 @@ def test_doctor_reports_the_roster_count_or_why_it_cannot_be_read(tmp_path: Path
     path.write_text("stu-1\n")
     broken = check_roster(path)
     assert not broken.ok and "line 1" in broken.detail
+
+
+def test_roster_changes_run_together_lose_no_student(tmp_path: Path) -> None:
+    # A review: 8 'kt roster add' run at once left 7 students, each run saying its student was added
+    import subprocess
+    import sys
+
+    config = _board_config(tmp_path)
+    lists = []
+    for n in range(8):
+        path = tmp_path / f"one-{n}.txt"
+        path.write_text(f"S9-{n}\n")
+        lists.append(path)
+    runs = [subprocess.Popen([sys.executable, "-m", "edge_agent", "kt", "roster", "add", str(p), "--config",
+                              str(config)], stdout=subprocess.DEVNULL) for p in lists]
+    assert [r.wait(60) for r in runs] == [0] * 8
+    assert parse_roster((tmp_path / "roster.txt").read_text(), "r") == {PSEUDO(f"S9-{n}") for n in range(8)}
+
+
+def test_a_class_list_that_is_not_utf8_says_how_to_convert_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gbk = tmp_path / "班级.csv"
+    gbk.write_bytes("学号\n20260001\n".encode("gbk"))
+    assert cli_main(["kt", "roster", "set", str(gbk), "--config", str(_board_config(tmp_path))]) == 1
+    out = capsys.readouterr().out
+    assert "is not UTF-8" in out and "CSV UTF-8" in out and "iconv -f gbk" in out

@@ -190,3 +190,18 @@ def test_daemon_modules_do_not_import_torch() -> None:
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_kt_train_with_an_out_that_cannot_be_written_says_so_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: a file as --out ended the whole training run in a NotADirectoryError traceback
+    from edge_agent.cli import main
+
+    data = tmp_path / "train.txt"
+    data.write_text("3\n1,2,1\n1,0,1\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["kt", "train", "--train", str(data), "--out", str(blocker / "pkg"), "--epochs", "50"]) == 1
+    out = capsys.readouterr().out
+    assert f"--out {blocker / 'pkg'} cannot be written" in out and "epoch" not in out
