@@ -69,7 +69,7 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
         raise ValueError(f"{source} is not UTF-8 ({exc.reason} at byte {exc.start}): in Excel save it as "
                          f"'CSV UTF-8', or convert it: iconv -f gbk -t utf-8 {source} > list.csv") from exc
     if column is None:
-        ids = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        ids = [_unquoted(line.split("#", 1)[0].strip()) for line in text.splitlines()]
     else:
         reader = csv.DictReader(io.StringIO(text))
         if reader.fieldnames is None or column not in reader.fieldnames:
@@ -89,6 +89,17 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
     return ids
 
 
+def _unquoted(field: str) -> str:
+    """A one-column CSV's quoted field unquoted ('"20260001"' was listed with its quotes, a review);
+    anything else as it is."""
+    import csv
+
+    if not field.startswith('"'):
+        return field
+    row = next(csv.reader([field]), [field])
+    return row[0].strip() if len(row) == 1 else field
+
+
 def update_roster(path: Path, action: str, pseudonyms: set[str], owner_of: Path) -> tuple[int, int]:
     """Apply ``action`` (set, add, remove, count) to the roster file; returns the counts before and after.
     The file is replaced in one rename, mode 0600, owned like ``owner_of`` (the daemon's pseudonym secret)
@@ -102,7 +113,15 @@ def update_roster(path: Path, action: str, pseudonyms: set[str], owner_of: Path)
     lock = path.with_name(f".{path.name}.lock")
     with open(lock, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        current = parse_roster(path.read_text(encoding="utf-8"), str(path)) if path.exists() else frozenset()
+        try:
+            text = path.read_text(encoding="utf-8") if path.exists() else ""
+            current = parse_roster(text, str(path))
+        except (ConfigError, UnicodeDecodeError):
+            if action != "set":
+                raise
+            # 'set' replaces it whatever it holds: a class list copied there by hand could not be replaced,
+            # and the error sent IT back to this very command (a review)
+            current = frozenset()
         if action == "count":
             return len(current), len(current)
         updated = {"set": pseudonyms, "add": current | pseudonyms, "remove": current - pseudonyms}[action]

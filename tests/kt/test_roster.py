@@ -260,3 +260,19 @@ def test_a_class_list_that_is_not_utf8_says_how_to_convert_it(
     assert cli_main(["kt", "roster", "set", str(gbk), "--config", str(_board_config(tmp_path))]) == 1
     out = capsys.readouterr().out
     assert "is not UTF-8" in out and "CSV UTF-8" in out and "iconv -f gbk" in out
+
+
+def test_a_quoted_one_column_list_is_read_unquoted_and_set_replaces_a_roster_of_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: '"20260001"' was listed with its quotes (so no real student was accepted), and a class
+    # list copied over the roster by hand could not be replaced: 'set' said to make it with 'kt roster'
+    config = _board_config(tmp_path)
+    roster = tmp_path / "roster.txt"
+    roster.write_text("20260001\n20260002\n")  # the raw list, not pseudonyms
+    quoted = tmp_path / "export.csv"
+    quoted.write_text('"20260001"\n"20260002"\n')
+    assert cli_main(["kt", "roster", "add", str(quoted), "--config", str(config)]) == 1  # add keeps it
+    assert cli_main(["kt", "roster", "set", str(quoted), "--config", str(config)]) == 0
+    assert "2 students (was 0)" in capsys.readouterr().out
+    assert parse_roster(roster.read_text(), "r") == {PSEUDO("20260001"), PSEUDO("20260002")}
