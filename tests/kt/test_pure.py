@@ -68,6 +68,21 @@ def test_pykt_rows_of_one_student_are_one_student_again() -> None:
     assert seqs.correct == [[1, 0, 1, 1], [0, 1], [1, 1], [0, 0]]  # rows without a uid stay apart
 
 
+def test_pykt_repeats_and_window_overlaps_are_left_out() -> None:
+    # A review: pyKT's is_repeat copies (a question on two concepts, answered once) and a window file's
+    # overlapping positions (selectmasks -1) were read as answers: AUC 0.894 / 0.866 against 0.817.
+    expanded = ('uid,concepts,responses,is_repeat,selectmasks\n'
+                '7,"1,2,3,-1","1,1,0,-1","0,1,0,-1","1,1,1,-1"\n')
+    assert parse_pykt_csv(expanded).skills == [["1", "3"]]
+    windows = ('uid,concepts,responses,selectmasks\n'
+               '7,"1,2,3","1,0,1","1,1,1"\n'
+               '7,"2,3,4","0,1,1","-1,-1,1"\n')  # the second window repeats two answers, adds one
+    seqs = parse_pykt_csv(windows)
+    assert seqs.skills == [["1", "2", "3", "4"]] and seqs.correct == [[1, 0, 1, 1]]
+    with pytest.raises(InputRejected, match="selectmasks"):
+        parse_pykt_csv('uid,concepts,responses,selectmasks\n7,"1,2","1,0","1"\n')
+
+
 def test_a_training_file_saved_by_excel_with_a_bom_is_read(tmp_path: Path) -> None:
     path = tmp_path / "answers.csv"
     path.write_bytes(b"\xef\xbb\xbf" + b"2\n1,2\n1,0\n")
