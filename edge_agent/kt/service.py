@@ -466,6 +466,18 @@ class KTService:
             statuses.append("duplicate" if before is None or before == a.content else "conflict")
             ends.append(None)
         work, trail = self._run_rounds(steps, self._start_states(list(steps)))
+        # The feedback first: if it fails, nothing of the batch is kept, in memory or on disk (a package's
+        # item once made it raise after the states were kept: applied in memory, never stored, and each
+        # retry a 'duplicate' that failed again). A repeat gets its student's state after the batch.
+        with self._lock:  # probs arrays are replaced, never written in place: valid outside the lock
+            held = {a.student: self._current_probs(a.student) for a, e in zip(answers, ends, strict=True)
+                    if e is None and a.student not in work}
+        rows = [
+            trail[end[0]][end[1]] if end is not None
+            else work[a.student].probs if a.student in work else held[a.student]
+            for a, end in zip(answers, ends, strict=True)
+        ]
+        feedback = self._feedback(answers, statuses, np.stack(rows))
         now = self._clock()
         with self._lock:
             for a, status in zip(answers, statuses, strict=False):
@@ -481,12 +493,7 @@ class KTService:
             for key, content in seen.items():
                 self._applied.add(key, now, content)
             self._applied.expire(now)
-            # probs arrays are replaced, never written in place: the rows stay valid outside the lock
-            rows = [
-                self._current_probs(a.student) if end is None else trail[end[0]][end[1]]
-                for a, end in zip(answers, ends, strict=True)
-            ]
-        return self._feedback(answers, statuses, np.stack(rows)), work, forgotten
+        return feedback, work, forgotten
 
     def _start_states(self, students: list[str]) -> dict[str, StudentState]:
         with self._lock:

@@ -674,3 +674,30 @@ def test_a_model_update_while_knowledge_tracing_is_down_says_it_was_refused(
     svc = KTService(package, engine, kt_settings, pseudonymize)  # not started (its start failed)
     with pytest.raises(ServiceBusy, match="refused and removed; send it again once knowledge tracing runs"):
         svc.swap(package, engine).result(1)
+
+
+def test_an_answer_whose_feedback_fails_is_not_applied_and_its_retry_is(
+    package, engine, kt_settings, pseudonymize, tmp_path
+) -> None:
+    # A review: feedback that raised (an item difficulty that overflowed exp()) came after the states and
+    # event keys were kept in memory: 503, applied in memory, never stored, each retry a failing duplicate.
+    from edge_agent.kt.classroom import items_by_skill
+    from edge_agent.kt.recommend import ItemBank
+
+    db = Database(tmp_path / "kt.db", StoreSettings())
+    db.open()
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    good = svc._bank
+    overflowing = {k: [dataclasses.replace(i, difficulty=1e6) for i in items]
+                   for k, items in items_by_skill(package).items()}
+    svc._bank = ItemBank(overflowing)  # what a package with such a difficulty once loaded as
+    answer = _answer(package, pseudonymize, "s1", "e1")
+    with pytest.raises(ServiceBusy):
+        svc.submit([answer]).result(5)
+    assert svc.student_mastery(pseudonymize("s1")) is None
+    svc._bank = good
+    (fb,) = svc.submit([answer]).result(5)
+    svc.stop()
+    db.close()
+    assert fb["status"] == "applied"
+    assert svc.student_mastery(pseudonymize("s1"))["answers"] == 1  # type: ignore[index]
