@@ -169,12 +169,7 @@ class Daemon:
             state.starting = True
             try:
                 done = await self._started(component)
-                state.starting = False
-                if not done:
-                    log.info("stop requested while %s was starting", component.name)
-                    return
             except Exception as exc:
-                state.starting = False
                 if isinstance(exc, asyncio.TimeoutError):  # its message is empty
                     exc = TimeoutError(f"did not start within {START_TIMEOUT_S:g} s")
                 state.failure = f"failed to start: {exc}"
@@ -184,6 +179,11 @@ class Daemon:
                 log.warning("component %s failed to start, continuing degraded: %s", component.name, exc)
                 self.notifier.status(f"degraded: {component.name} failed to start: {exc}")
                 continue
+            finally:
+                state.starting = False
+            if not done:
+                log.info("stop requested while %s was starting", component.name)
+                return
             state.started = True
             metrics.COMPONENT_UP.labels(component.name).set(1)
             log.info("component %s started in %.2fs", component.name, time.monotonic() - began)

@@ -94,13 +94,10 @@ class WatchedFile(Generic[T]):
                 self._empty_since = None
             if stamp == self._stamp:
                 return
-            if info.st_size == 0 and self._value is not None:
+            if info.st_size == 0 and self._value is not None and self._in_grace():
                 # An editor saving in place truncates first: read then, the roster or the clients' tokens
                 # refused everyone until the next check. Still empty a few checks later, it was meant.
-                if self._empty_since is None:
-                    self._empty_since = self._clock()
-                if self._clock() - self._empty_since < EMPTY_GRACE_CHECKS * self._recheck_s:
-                    return
+                return
             value = self._parse(self.path.read_text(encoding="utf-8"), str(self.path))
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
             reason = exc.problems[0][1] if isinstance(exc, ConfigError) else f"cannot read {self.path}: {exc}"
@@ -117,13 +114,15 @@ class WatchedFile(Generic[T]):
         problem and the old tokens stayed valid (a review: 200 for a deleted file's token after 10 s,
         and /readyz 503 for the whole board). An editor that renames the old file away before writing
         the new one gets the same grace as an empty file."""
-        if self.missing:
+        if self.missing or (self._value is not None and self._in_grace()):
             return
-        if self._value is not None:
-            if self._empty_since is None:
-                self._empty_since = self._clock()
-            if self._clock() - self._empty_since < EMPTY_GRACE_CHECKS * self._recheck_s:
-                return
         self._empty_since = None
         self._stamp, self._value, self.problem, self.missing = None, value, None, True
         log.warning("%s: %s is gone: %s", self.key, self.path, self._describe(value))
+
+    def _in_grace(self) -> bool:
+        """Whether the file has been empty (or gone) for less than EMPTY_GRACE_CHECKS checks, counted from
+        the first check that saw it so."""
+        if self._empty_since is None:
+            self._empty_since = self._clock()
+        return self._clock() - self._empty_since < EMPTY_GRACE_CHECKS * self._recheck_s

@@ -170,12 +170,17 @@ def test_the_outbox_check_reports_drops_and_a_stale_backlog_kept_in_the_database
 # --- camera ----------------------------------------------------------------------------------
 
 
-def test_video_file_camera_passes(tmp_path: Path) -> None:
-    path = tmp_path / "class.avi"
+def _class_video(path: Path) -> Path:
+    """A 160x120 MJPG video of 5 frames."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 5.0, (160, 120))
     for i in range(5):
         writer.write(np.full((120, 160, 3), i * 40, dtype=np.uint8))
     writer.release()
+    return path
+
+
+def test_video_file_camera_passes(tmp_path: Path) -> None:
+    path = _class_video(tmp_path / "class.avi")
     result = doctor.check_camera(str(path), timeout_s=10)
     assert result.ok, result.detail
     assert "160x120" in result.detail
@@ -188,11 +193,7 @@ def test_a_camera_url_whose_password_holds_a_bang_is_opened_as_the_daemon_opens_
     import http.server
     import threading
 
-    path = tmp_path / "v.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 5.0, (160, 120))
-    for i in range(5):
-        writer.write(np.full((120, 160, 3), i * 40, dtype=np.uint8))
-    writer.release()
+    _class_video(tmp_path / "v.avi")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -42,8 +42,12 @@ def _board_config(args: argparse.Namespace) -> Config:
     return config
 
 
-def _config(args: argparse.Namespace) -> tuple[InferenceSettings, PathSettings]:
-    config = _board_config(args)
+def _config(
+    args: argparse.Namespace, config: Config | None = None
+) -> tuple[InferenceSettings, PathSettings]:
+    """The inference and path settings of ``config`` (read from --config when not given), with the
+    command line's --cache-dir and --mirror."""
+    config = config or _board_config(args)
     paths = config.paths
     updates: dict[str, object] = {}
     if getattr(args, "cache_dir", None):
@@ -126,13 +130,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     from edge_agent.inference.tensorrt_backend import open_tensorrt
     from edge_agent.kt.updates import step_manifest_for
 
-    inference, paths = _config(args)
+    board = _board_config(args)
+    inference, paths = _config(args, board)
     try:
         open_tensorrt()
     except EdgeAgentError as exc:
         print(f"no engine built: TensorRT cannot run on this machine ({exc})", file=sys.stderr)
         return NO_TENSORRT
-    package_dir = _board_config(args).kt.package_dir
+    package_dir = board.kt.package_dir
     selected = [  # the school's KT package where it has one, as the daemon runs it
         step_manifest_for(m, package_dir) if m.name == "kt-step" and package_dir is not None else m
         for m in _selected(args)

@@ -124,19 +124,21 @@ class Receiver:
         except sqlite3.Error as exc:
             # Not acknowledged: raised out of paho's callback before its PUBACK, it ends this connection;
             # the broker redelivers the message after the reconnect (a persistent session, QoS 1).
-            with self._lock:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+            self._roll_back()
             message = f"receiver database {self.db_path}: {exc}; the message will be redelivered"
             raise SyncError(message) from exc
         except Exception as exc:  # a payload no check foresaw: rejected and acknowledged, never redelivered
             # Raised out of paho's callback it ended this thread, and the broker redelivered the same
             # message to every restart (a 401-digit "at", a lone surrogate in an id, 2026-12-02).
-            with self._lock:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+            self._roll_back()
             parts = topic.split("/")
             self._reject(parts[3] if len(parts) == 5 else None, f"{type(exc).__name__}: {exc}")
+
+    def _roll_back(self) -> None:
+        """End a transaction a failed message left open (its writes are not kept)."""
+        with self._lock:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
 
     def _take(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
