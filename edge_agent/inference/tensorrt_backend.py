@@ -122,7 +122,9 @@ class TensorRTEngine:
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for binding in self._inputs:
-            array = np.ascontiguousarray(feeds[binding.name], dtype=binding.dtype)
+            # asarray, not ascontiguousarray: the latter turns a 0-d input into shape (1,), which TensorRT
+            # would then run; refused here as ONNX Runtime refuses it (GuardedEngine checks first anyway).
+            array = np.asarray(feeds[binding.name], dtype=binding.dtype, order="C")
             if not self._context.set_input_shape(binding.name, array.shape):
                 raise EngineInputError(
                     f"{self.model_name}: TensorRT refused shape {array.shape} for {binding.name}"
