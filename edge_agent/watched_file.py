@@ -4,7 +4,8 @@ the school's IT edits it without restarting the board.
 The file is looked at (stat) no more than every ``recheck_s`` and parsed again only when its mtime or
 size changed. A file that cannot be read or parsed keeps what was read last and says so once per
 problem; with nothing read yet, :meth:`WatchedFile.current` raises ConfigError with the reason. A file
-given ``missing=`` (the clicker tokens) is different only when it is gone: that value stands for it.
+given ``missing=`` (the clicker tokens) is different only when it is gone: that value stands for it; one
+given ``narrow=`` (the clicker tokens too) keeps, when it cannot be parsed, only what it still says.
 :meth:`WatchedFile.health` says the same to the daemon's health (the teacher view, /readyz, systemd's
 STATUS line, ``edge_component_up``), so a broken file is seen without reading the log.
 """
@@ -40,11 +41,15 @@ class WatchedFile(Generic[T]):
         recheck_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         missing: T | None = None,
+        narrow: Callable[[T, str], T] | None = None,
     ) -> None:
         """``parse(text, where)`` returns the content or raises ConfigError; ``key`` is the config key
         that names the file; ``describe`` says what was read, for the log. ``missing``: what a file that
         does not exist means (the clicker tokens: none, so that deleting the file revokes them all); None
-        (the roster): a problem, and what was read before stays in use."""
+        (the roster): a problem, and what was read before stays in use. ``narrow(old, text)``: what of
+        ``old`` still holds when ``text`` cannot be parsed (the clicker tokens: those still written in it,
+        so that a token whose line was deleted is refused even if another line has a typo); None (the
+        roster): all of it."""
         self.path = path
         self.key = key
         self._parse = parse
@@ -54,6 +59,7 @@ class WatchedFile(Generic[T]):
         self._stamp: tuple[int, int] | None = None
         self._value: T | None = None
         self._missing_value = missing
+        self._narrow = narrow
         self.missing = False  # True while ``missing`` stands for a file that is gone
         self.problem: str | None = None
         self._empty_since: float | None = None  # when the file was first seen empty, while it stays so
@@ -78,9 +84,16 @@ class WatchedFile(Generic[T]):
             return Health(True, f"{self._describe(self._value)} ({where})")
         if self._value is None:
             return Health(False, f"{self.problem}; nothing has been read from it since the start")
-        return Health(False, f"{self.problem}; what was read before stays in use")
+        return Health(False, f"{self.problem}; {self._kept()}")
+
+    def _kept(self) -> str:
+        if self._narrow is None or self._value is None:
+            return "what was read before stays in use"
+        kept = self._describe(self._value)
+        return f"of what was read before, only what the file still lists stays in use ({kept})"
 
     def _reload(self) -> None:
+        data: bytes | None = None
         try:
             try:
                 info = os.stat(self.path)
@@ -98,11 +111,17 @@ class WatchedFile(Generic[T]):
                 # An editor saving in place truncates first: read then, the roster or the clients' tokens
                 # refused everyone until the next check. Still empty a few checks later, it was meant.
                 return
-            value = self._parse(self.path.read_text(encoding="utf-8"), str(self.path))
+            data = self.path.read_bytes()
+            value = self._parse(data.decode("utf-8"), str(self.path))
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
             reason = exc.problems[0][1] if isinstance(exc, ConfigError) else f"cannot read {self.path}: {exc}"
+            if self._narrow is not None and self._value is not None and data is not None:
+                # Read but not parsed: keeping all of the old value kept a clicker token whose line IT had
+                # deleted, if another line had a typo (a review: 200 until the typo was found). Nothing is
+                # added from such a file: narrowed from the value in use, never from the file alone.
+                self._value = self._narrow(self._value, data.decode("utf-8", errors="replace"))
             if reason != self.problem:  # once per problem, not on every request
-                kept = "" if self._value is None else "; what was read before stays in use"
+                kept = "" if self._value is None else f"; {self._kept()}"
                 log.error("%s not read%s: %s", self.key, kept, reason)
             self.problem, self._stamp = reason, None
             return

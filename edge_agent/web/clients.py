@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -25,6 +26,8 @@ from edge_agent.watched_file import WatchedFile
 ANSWERS_PATH = "/api/v1/answers"  # the one thing a client token may do: POST here
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_CLIENTS = 1000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,23 @@ def _entries(text: str, where: str) -> list[tuple[str, str]]:
     return entries
 
 
+def still_listed(old: ClientTokens, text: str, where: str) -> ClientTokens:
+    """The clients of ``old`` whose ``name token`` is still the start of a line of ``text``, a file that
+    could not be parsed: a line deleted or commented out revokes its token even while another line is
+    wrong, and no line is taken from such a file. The log names the clients so revoked."""
+    listed = set()
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2:
+            listed.add((_digest(fields[1]), fields[0]))
+    kept = {digest: name for digest, name in old.by_digest.items() if (digest, name) in listed}
+    if len(kept) < len(old.by_digest):
+        gone = sorted(name for digest, name in old.by_digest.items() if digest not in kept)
+        log.warning("web.client_tokens_file: %s no longer in %s (which has a bad line): refused from now on",
+                    ", ".join(gone), where)
+    return ClientTokens(kept)
+
+
 Clients = WatchedFile[ClientTokens]
 
 
@@ -87,9 +107,11 @@ def _describe(clients: ClientTokens) -> str:
 
 
 def watch_clients(path: Path, recheck_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> Clients:
-    # A deleted file revokes every token (fail closed); the roster, by contrast, keeps the last one read.
+    # A deleted file revokes every token and a file with a bad line keeps only the tokens still written in
+    # it (fail closed); the roster, by contrast, keeps the last one read.
     return WatchedFile(path, parse_clients, "web.client_tokens_file", _describe, recheck_s=recheck_s,
-                       clock=clock, missing=ClientTokens({}))
+                       clock=clock, missing=ClientTokens({}),
+                       narrow=lambda old, text: still_listed(old, text, str(path)))
 
 
 # -- `edge-agent web clients ...` ----------------------------------------------------------------------

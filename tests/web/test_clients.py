@@ -80,7 +80,8 @@ def lan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[dict[str
     board = LiveBoard()
     server = ServerThread(board, token=WEB_TOKEN, host="0.0.0.0", client_tokens=tmp_path / "web-clients",
                           route_tables=[answer_routes(svc, settings), camera_routes(lambda: None)]).start()
-    yield {"address": address, "port": server.port, "token": token, "config": config, "package": package}
+    yield {"address": address, "port": server.port, "token": token, "config": config, "package": package,
+           "server": server}
     server.stop()
     svc.stop()
 
@@ -142,6 +143,30 @@ def test_a_revoked_clicker_is_refused_within_seconds_and_the_others_keep_working
         assert time.monotonic() < deadline, "the revoked token still worked after 5 s"
         time.sleep(0.2)
     assert _post(lan, other, "t-2")[0] == 200
+
+
+def test_a_clicker_removed_by_an_edit_that_leaves_a_bad_line_is_refused_and_nothing_new_is_granted(
+    lan: dict[str, Any], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A review: IT deleted acme-3a's line by hand and left a typo on another; the whole file was refused and
+    # "what was read before stays in use", so the revoked token kept getting 200 until the typo was found.
+    other = _add(lan["config"], "tablets-3a", capsys)
+    deadline = time.monotonic() + 5
+    while _post(lan, other, "e-1")[0] != 200:
+        assert time.monotonic() < deadline, "the new client's token was not taken within 5 s"
+        time.sleep(0.2)
+    path = lan["config"].parent / "web-clients"
+    newcomer = "n" * 24
+    path.write_text(f"tablets-3a {other}\nnew-3b {newcomer}\nrooom-3c short\n")  # acme-3a's line is gone
+    deadline = time.monotonic() + 6
+    while _post(lan, lan["token"], f"e-{time.monotonic()}")[0] != 401:
+        assert time.monotonic() < deadline, "the token whose line was deleted still worked after 6 s"
+        time.sleep(0.2)
+    assert _post(lan, other, "e-2")[0] == 200  # its line is still there, unchanged
+    assert _post(lan, newcomer, "e-3")[0] == 401  # nothing new is granted from a file with a bad line
+    health = lan["server"].component.clients.health()
+    assert not health.ok and "line 3 has a token shorter than 16" in health.detail
+    assert "acme-3a" in caplog.text and "refused" in caplog.text
 
 
 def test_the_clients_command_keeps_tokens_private_and_says_what_is_wrong(
@@ -218,3 +243,31 @@ def test_a_deleted_clients_file_refuses_every_clicker_after_an_editors_grace(tmp
     path.write_text("")
     clock.now += 2.0
     assert clients.current().name_of(token) == "acme-3a"
+
+
+def test_a_clients_file_with_a_bad_line_keeps_only_the_clients_still_written_in_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from edge_agent.web.clients import watch_clients
+    from tests.kt.test_roster import Clock
+
+    path = tmp_path / "web-clients"
+    a, b, c = "a" * 24, "b" * 24, "c" * 24
+    path.write_text(f"acme-3a {a}\ntablets-3a {b}\nvendor-3c {c}\n")
+    clock = Clock()
+    clients = watch_clients(path, recheck_s=2.0, clock=clock)
+    # acme-3a commented out, vendor-3c's token given to another name, and a byte that is not UTF-8
+    path.write_bytes(f"# acme-3a {a}\ntablets-3a {b}\nother {c}\n".encode() + b"caf\xe9 " + b"d" * 24 + b"\n")
+    clock.now = 2.0
+    now = clients.current()
+    assert (now.name_of(a), now.name_of(b), now.name_of(c)) == (None, "tablets-3a", None)
+    assert "acme-3a, vendor-3c no longer in" in caplog.text
+    health = clients.health()
+    assert not health.ok and "utf-8" in health.detail.lower()
+    assert "only what the file still lists stays in use (1 clicker tokens)" in health.detail
+    path.write_text(f"acme-3a {a}\ntablets-3a {b}\nbad\n")  # put back, but still broken: not taken
+    clock.now = 4.0
+    assert clients.current().name_of(a) is None and "line 3 is not 'name token'" in clients.health().detail
+    path.write_text(f"acme-3a {a}\ntablets-3a {b}\n")  # fixed: the file is what counts again
+    clock.now = 6.0
+    assert clients.current().name_of(a) == "acme-3a" and clients.health().ok
