@@ -1,13 +1,15 @@
 """Reading answer logs for training: the 3-lines-per-student CSV and pyKT-style CSV (pure, no torch).
 
-Both readers return :class:`Sequences`: per student, skill ids (strings, as the file spells them) and 0/1
-answers. A malformed file raises :class:`InputRejected` naming the line and what is wrong.
+Both readers return :class:`Sequences`: per student, skill ids (strings) and 0/1 answers. A file's skill ids
+are all whole numbers, each read in one spelling ("7", "07", "7.0" and " 7" are skill "7"), or all names,
+kept as written. A malformed file raises :class:`InputRejected` naming the line and what is wrong.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,50 @@ class Sequences:
         return out_s, out_c
 
 
+# A whole number, also as a float with a zero fraction: pandas writes a column that had a gap as floats
+# ("7.0"), and read as written, 7 and 7.0 were two skills (a doubled vocabulary, silently).
+_WHOLE = re.compile(r"([+-]?\d+)(?:\.(\d*))?")
+
+
+class _SkillIds:
+    """The skill ids of one file in one spelling each; the file's first id says whether all are numbers
+    or all are names. Each distinct spelling is checked once and then shared."""
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+        self._spelled: dict[str, str] = {}  # as the file spells it -> the id
+        self._ids: dict[str, str] = {}  # one str object per id
+        self._first: tuple[bool, int, str] | None = None  # a number?, line, spelling of the file's first id
+
+    def __call__(self, spellings: list[str], line: int) -> list[str]:
+        spelled = self._spelled
+        for n, raw in enumerate(spellings, 1):
+            if raw not in spelled:
+                spelled[raw] = self._new(raw, line, n, len(spellings))
+        return [spelled[raw] for raw in spellings]
+
+    def _new(self, raw: str, line: int, n: int, of: int) -> str:
+        where = f"{self._source} line {line}"
+        text = raw.strip()
+        if not text:
+            raise InputRejected(f"{where}: skill id {n} of {of} is empty; every answer needs its skill id")
+        whole = _WHOLE.fullmatch(text)
+        if whole and (whole[2] or "").strip("0"):
+            raise InputRejected(f"{where}: skill id {text!r} is not a whole number; use numbers or names")
+        number = whole is not None
+        if self._first is None:
+            self._first = (number, line, text)
+        elif self._first[0] != number:
+            _, first_line, first = self._first
+            kind, other = ("a number", "names") if number else ("a name", "numbers")
+            raise InputRejected(
+                f"{where}: skill id {text!r} is {kind}, but the file's skill ids are {other} (the first, "
+                f"{first!r}, is on line {first_line}); use numbers throughout or names throughout"
+            )
+        ident = str(int(whole[1])) if whole else text
+        return self._ids.setdefault(ident, ident)
+
+
 def _answers(values: list[str], where: str) -> list[int]:
     try:
         numbers = [float(v) for v in values]  # "1.0" is 1; 0.7 is refused, not cut to 0
@@ -56,22 +102,21 @@ def parse_dkt_csv(text: str, source: str = "<csv>") -> Sequences:
     if len(lines) % 3:
         raise InputRejected(f"{source}: {len(lines)} non-blank lines; the format needs 3 per student")
     seqs = Sequences()
+    ids = _SkillIds(source)
     for i in range(0, len(lines), 3):
         (n1, count), (n2, skills), (n3, answers) = lines[i : i + 3]
         try:
             expected = int(count)
         except ValueError as exc:
             raise InputRejected(f"{source} line {n1}: expected an answer count, got {count[:40]!r}") from exc
-        skill_ids = [s.strip() for s in skills.split(",")]
+        skill_ids = skills.split(",")
         values = _answers([a.strip() for a in answers.split(",")], f"{source} line {n3}")
         if not (len(skill_ids) == len(values) == expected):
             raise InputRejected(
                 f"{source} lines {n1}-{n3}: count {expected} but "
                 f"{len(skill_ids)} skills and {len(values)} answers"
             )
-        if any(not s for s in skill_ids):
-            raise InputRejected(f"{source} line {n2}: empty skill id")
-        seqs.skills.append(skill_ids)
+        seqs.skills.append(ids(skill_ids, n2))
         seqs.correct.append(values)
     return seqs
 
@@ -86,6 +131,7 @@ def parse_pykt_csv(text: str, source: str = "<csv>") -> Sequences:
     if not reader.fieldnames or not {"concepts", "responses"} <= set(reader.fieldnames):
         raise InputRejected(f"{source}: a pyKT CSV needs a header with 'concepts' and 'responses' columns")
     seqs = Sequences()
+    ids = _SkillIds(source)
     row_of_uid: dict[str, int] = {}
     for row in reader:
         where = f"{source} line {reader.line_num}"
@@ -104,6 +150,10 @@ def parse_pykt_csv(text: str, source: str = "<csv>") -> Sequences:
                 if len(marks) != len(concepts):
                     raise InputRejected(f"{where}: {len(marks)} {column} for {len(concepts)} concepts")
                 keep = [k and kept(v) for k, v in zip(keep, marks, strict=True)]
+        # an answer without its concept was dropped unseen
+        for n, (c, r) in enumerate(zip(concepts, responses, strict=True), 1):
+            if not c and r not in ("", "-1"):
+                raise InputRejected(f"{where}: concept {n} of {len(concepts)} is empty but has a response")
         pairs = [
             (c.split("_")[0], r)
             for c, r, k in zip(concepts, responses, keep, strict=False)
@@ -111,7 +161,8 @@ def parse_pykt_csv(text: str, source: str = "<csv>") -> Sequences:
         ]
         if not pairs:
             continue
-        skills, answers = [c for c, _ in pairs], _answers([r for _, r in pairs], where)
+        answers = _answers([r for _, r in pairs], where)
+        skills = ids([c for c, _ in pairs], reader.line_num)
         uid = (row.get("uid") or "").strip()
         if uid and uid in row_of_uid:
             seqs.skills[row_of_uid[uid]] += skills
