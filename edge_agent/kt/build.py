@@ -31,6 +31,23 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def _check_held_out(test: Sequences, known: set[str]) -> None:
+    """Held-out answers on skills the training data lacks are left out of the scores: said, with how many,
+    and refused when none is left (the bare "need a held-out student" sent IT looking at the wrong file)."""
+    answers = sum(len(seq) for seq in test.skills)
+    unknown = [s for seq in test.skills for s in seq if s not in known]
+    if not unknown:
+        return
+    example = ", ".join(repr(s) for s in sorted(set(unknown))[:3])
+    what = (
+        f"{len(unknown)} of {answers} held-out answers are on skills the training data does not have "
+        f"(e.g. {example})"
+    )
+    if len(unknown) == answers:
+        raise ValueError(f"{what}: the test file must use the training file's skill ids")
+    log.warning("%s; they are left out of the AUC and accuracy", what)
+
+
 def build_from_sequences(
     train: Sequences, test: Sequences | None, out_dir: Path, opts: TrainOptions, test_share: float = 0.2
 ) -> dict[str, Any]:
@@ -44,6 +61,7 @@ def build_from_sequences(
     vocab = train.vocabulary()
     tr_s, tr_c = train.encode(vocab)
     te_s, te_c = test.encode(vocab)
+    _check_held_out(test, set(vocab))
     if not tr_s or not te_s:
         raise ValueError("need at least one training and one held-out student with 2+ answers")
     model = train_model(tr_s, tr_c, len(vocab), opts)

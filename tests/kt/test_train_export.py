@@ -205,3 +205,22 @@ def test_kt_train_with_an_out_that_cannot_be_written_says_so_before_training(
     assert main(["kt", "train", "--train", str(data), "--out", str(blocker / "pkg"), "--epochs", "50"]) == 1
     out = capsys.readouterr().out
     assert f"--out {blocker / 'pkg'} cannot be written" in out and "epoch" not in out
+
+
+def test_kt_train_with_a_test_file_of_other_skill_ids_names_them_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: held-out answers on skills the training file lacks were dropped unseen; with all of them
+    # dropped the error said a held-out student was needed, and IT looked at the student counts
+    from edge_agent.cli import main
+
+    train = tmp_path / "train.csv"
+    train.write_text("".join("3\n1,2,3\n1,0,1\n" for _ in range(4)), encoding="utf-8")
+    test = tmp_path / "test.csv"
+    test.write_text("".join("3\nalgebra,graphs,ratio\n1,0,1\n" for _ in range(2)), encoding="utf-8")
+    args = ["kt", "train", "--train", str(train), "--test", str(test), "--out", str(tmp_path / "pkg")]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "6 of 6 held-out answers are on skills the training data does not have" in out
+    assert "'algebra'" in out and "skill ids" in out
+    assert not (tmp_path / "pkg" / "kt_step.onnx").exists()
