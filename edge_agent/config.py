@@ -637,10 +637,26 @@ _SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)
 # The user and password of a URL: everything between "//" and the LAST "@" before the path, as FFmpeg
 # splits it, so a raw "@" in a password (rtsp://admin:p@ss@host) is hidden whole.
 _URL_CREDENTIALS = re.compile(r"//[^/?#\s\"']*@")
-# name=value credentials: in a URL (the XMEye cameras' rtsp://host/user=admin&password=X&channel=1) and as
-# a GStreamer property (rtspsrc user-id=admin user-pw=X). Not part of a longer name (key-int-max=30 stays).
+# rtspsrc's and souphttpsrc's proxy= takes "[http://][user:passwd@]host[:port]": the user and password need
+# no scheme before them (proxy=puser:pw@proxy:3128), which _URL_CREDENTIALS does not see.
+_PROXY_CREDENTIALS = re.compile(
+    r"(?<![\w.-])(proxy\s*=\s*[\"']?(?:[a-z][\w+.-]*://)?)[^\s\"']*@", re.IGNORECASE
+)
+# An XMEye URL's password sits in the path (rtsp://host/user=admin&password=se&cret&channel=1&stream=0.sdp)
+# and the camera takes it raw, '&' included: it runs to the next parameter the camera knows, or the end.
+_XMEYE_PASSWORD = re.compile(
+    r"(://[^/\s\"']*/[^?\s\"']*?(?<=[/&_])(?:password|passwd|pwd|pass)=)(.*?)"
+    r"(?=[&_](?:channel|stream|user|username)=|[\s\"']|$)",
+    re.IGNORECASE,
+)
+# name=value credentials: in a URL (?user=admin&pwd=X, Foscam's loginuse/loginpas, FFmpeg's srt/rist
+# passphrase/secret and srtp_*_params keys) and as a GStreamer property (rtspsrc and souphttpsrc user-id,
+# user-pw, proxy-id, proxy-pw; srtsrc passphrase). A name may end in one (access_token, stream-key,
+# api_key), but no longer name that merely starts with one is taken (key-int-max=30 stays).
 _NAMED_CREDENTIALS = re.compile(
-    r"(?<![\w.-])(user-id|user-pw|username|user|password|passwd|pass|pwd|token|key)(\s*=\s*)"
+    r"(?<![\w.-])((?:[\w-]*[_-])?(?:password|passwd|pass|pwd|token|key|secret)"
+    r"|user-id|user-pw|proxy-id|proxy-pw|username|user|usr|loginuse|loginpas|passphrase"
+    r"|srtp_in_params|srtp_out_params)(\s*=\s*)"
     r"(\"[^\"]*\"|'[^']*'|[^&;\s\"']+)",
     re.IGNORECASE,
 )
@@ -648,9 +664,11 @@ _NAMED_CREDENTIALS = re.compile(
 
 def without_credentials(text: str) -> str:
     """``text`` with every user name, password and token a camera source may hold hidden: the userinfo of
-    any URL in it and the value of any user/password/token/key parameter or pipeline property. The one
-    masking used wherever a source is shown (status, logs, doctor, support bundle, config show)."""
+    any URL or proxy in it and the value of any user/password/token/key parameter or pipeline property. The
+    one masking used wherever a source is shown (status, logs, doctor, support bundle, config show)."""
     text = _URL_CREDENTIALS.sub("//***@", text)
+    text = _PROXY_CREDENTIALS.sub(lambda m: f"{m.group(1)}***@", text)
+    text = _XMEYE_PASSWORD.sub(lambda m: f"{m.group(1)}***", text)
     return _NAMED_CREDENTIALS.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
 
 

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from edge_agent.cli import main
-from edge_agent.config import Config, ConfigError, find_config_path, load_config, masked_dump, parse_config
+from edge_agent.config import (
+    Config,
+    ConfigError,
+    find_config_path,
+    load_config,
+    masked_dump,
+    parse_config,
+    without_credentials,
+)
 
 
 def _write_secret(path: Path, mode: int = 0o600) -> Path:
@@ -208,6 +216,62 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     ).stdout
     assert 'device_id = "board-0042"' in out
     assert (tmp_path / "pseudonym.key").read_bytes().hex() not in out
+
+
+# Camera sources with a proxy's or an XMEye camera's credentials, each with what must show and the secrets
+# that must not. A review: proxy-id/proxy-pw and a scheme-less proxy=user:pw@host were shown as written, and
+# an XMEye password holding '&' was cut there, leaving "Kr3t9" in view.
+PROXY_AND_XMEYE_SOURCES = [
+    ("rtspsrc location=rtsp://10.0.0.9/s proxy=http://proxy:3128 proxy-id=puser proxy-pw=ProxyPw1 ! fakesink",
+     "rtspsrc location=rtsp://10.0.0.9/s proxy=http://proxy:3128 proxy-id=*** proxy-pw=*** ! fakesink",
+     ["puser", "ProxyPw1"]),
+    ("rtspsrc location=rtsp://10.0.0.9/s proxy=puser:ProxyPw3@proxy:554 ! fakesink",
+     "rtspsrc location=rtsp://10.0.0.9/s proxy=***@proxy:554 ! fakesink", ["puser", "ProxyPw3"]),
+    ('rtspsrc location=rtsp://10.0.0.9/s proxy = "puser:Pro@xyPw5@proxy:554" ! fakesink',
+     'rtspsrc location=rtsp://10.0.0.9/s proxy = "***@proxy:554" ! fakesink', ["puser", "Pro", "xyPw5"]),
+    ("rtspsrc location=rtsp://10.0.0.9/s proxy=rtsp://puser:ProxyPw2@proxy:554 ! fakesink",
+     "rtspsrc location=rtsp://10.0.0.9/s proxy=rtsp://***@proxy:554 ! fakesink", ["puser", "ProxyPw2"]),
+    ("rtsp://10.0.0.9:554/user=admin&password=se&Kr3t9&channel=1&stream=0.sdp",
+     "rtsp://10.0.0.9:554/user=***&password=***&channel=1&stream=0.sdp", ["admin", "se&", "Kr3t9"]),
+    ("rtsp://10.0.0.9:554/user=admin&password=se&Kr3t9&stream=0.sdp?",
+     "rtsp://10.0.0.9:554/user=***&password=***&stream=0.sdp?", ["admin", "se&", "Kr3t9"]),
+    ("rtsp://10.0.0.9:554/user=admin&password=se&Kr3t9", "rtsp://10.0.0.9:554/user=***&password=***",
+     ["admin", "se&", "Kr3t9"]),
+    ("souphttpsrc location=http://10.0.0.9/mjpg proxy-id=p proxy-pw=SoupProxyPw ! jpegdec ! appsink",
+     "souphttpsrc location=http://10.0.0.9/mjpg proxy-id=*** proxy-pw=*** ! jpegdec ! appsink",
+     ["SoupProxyPw"]),
+    ("srtsrc uri=srt://10.0.0.9:9000?passphrase=SrtPass1&mode=caller passphrase=SrtPass2 ! appsink",
+     "srtsrc uri=srt://10.0.0.9:9000?passphrase=***&mode=caller passphrase=*** ! appsink",
+     ["SrtPass1", "SrtPass2"]),
+    ("http://10.0.0.9/videostream.cgi?loginuse=admin&loginpas=Fosc4m&access_token=T0k",
+     "http://10.0.0.9/videostream.cgi?loginuse=***&loginpas=***&access_token=***",
+     ["admin", "Fosc4m", "T0k"]),
+    ("videotestsrc ! x264enc key-int-max=30 ! appsink", "videotestsrc ! x264enc key-int-max=30 ! appsink",
+     []),
+]
+
+
+@pytest.mark.parametrize(("source", "shown", "secrets"), PROXY_AND_XMEYE_SOURCES,
+                         ids=[f"source{n}" for n in range(len(PROXY_AND_XMEYE_SOURCES))])
+def test_a_proxy_login_and_an_xmeye_password_with_an_ampersand_are_hidden_whole(
+    source: str, shown: str, secrets: list[str]
+) -> None:
+    masked = without_credentials(source)
+    assert masked == shown
+    for secret in secrets:
+        assert secret not in masked, secret
+
+
+def test_config_show_hides_a_proxy_login_and_an_xmeye_password_with_an_ampersand(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    source = ('rtspsrc location="rtsp://10.0.0.9:554/user=admin&password=se&Kr3t9&channel=1&stream=0.sdp" '
+              "proxy=puser:ProxyPw3@proxy:554 proxy-id=puser proxy-pw=ProxyPw1 ! decodebin ! appsink")
+    path.write_text(_valid_config_text(tmp_path) + f"\n[camera]\nsource = '{source}'\n")
+    out = subprocess.run([sys.executable, "-m", "edge_agent", "config", "show", "--config", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "password=***&channel=1&stream=0.sdp" in out and "proxy-pw=***" in out, out
+    for secret in ["admin", "Kr3t9", "puser", "ProxyPw3", "ProxyPw1"]:
+        assert secret not in out, (secret, out)
 
 
 def test_output_piped_into_a_reader_that_quits_ends_quietly(tmp_path: Path) -> None:
