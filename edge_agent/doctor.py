@@ -11,7 +11,6 @@ import argparse
 import datetime as dt
 import json
 import shutil
-import socket
 import sqlite3
 import ssl
 import subprocess
@@ -33,6 +32,7 @@ from edge_agent.config import (
 )
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.inference.manifest import Manifest
+from edge_agent.provisioning.enroll import connect_tcp_within
 from edge_agent.store.db import storage_read_only
 from edge_agent.vision.camera_hours import CameraHours, board_clock, opening_text
 
@@ -246,7 +246,7 @@ def check_engine(entry: Manifest, config: Config, loader: EngineLoader = _select
 def check_reachable(host: str, port: int, timeout_s: float = 5.0) -> CheckResult:
     name = "broker reachable"
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
+        with connect_tcp_within(host, port, timeout_s):  # all of the name's addresses within timeout_s
             pass
     except OSError as exc:
         return CheckResult(
@@ -358,7 +358,7 @@ def check_tls(
     except (OSError, ssl.SSLError) as exc:
         return CheckResult(name, False, f"cannot load certificates: {exc}", fix)
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as raw, context.wrap_socket(
+        with connect_tcp_within(host, port, timeout_s) as raw, context.wrap_socket(
             raw, server_hostname=host
         ) as tls:
             peer = tls.getpeercert() or {}

@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -25,6 +26,7 @@ from edge_agent import doctor
 from edge_agent.config import Config, parse_config
 from edge_agent.inference.manifest import load_manifest
 from edge_agent.vision.camera_hours import CameraHours
+from tests.black_holes import name_of_silent_addresses
 from tests.ext4 import ext4_unavailable, failing_ext4
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,6 +304,33 @@ def test_listening_broker_is_reachable_and_a_closed_port_is_not() -> None:
         assert doctor.check_reachable("127.0.0.1", server.getsockname()[1], timeout_s=2).ok
     result = doctor.check_reachable("127.0.0.1", closed_port(), timeout_s=2)
     assert not result.ok and "refused" in result.detail.lower() and "firewall" in result.fix
+
+
+def test_a_broker_name_with_four_silent_addresses_fails_within_the_timeout_saying_how_many_were_tried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A review: each address got the whole timeout, so a name with 4 addresses behind a firewall that drops
+    # packets took 4 x connect_timeout_s for the reachability check and as much again for the TLS check.
+    silent = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+    with name_of_silent_addresses(monkeypatch, silent) as (name, port):
+        started = time.monotonic()
+        result = doctor.check_reachable(name, port, timeout_s=1)
+        took = time.monotonic() - started
+    assert not result.ok and took < 1.8, (took, result)
+    assert "none of its 4 addresses answered within 1 s" in result.detail, result.detail
+    assert "127.0.0.5: timed out" in result.detail and "firewall" in result.fix
+
+
+def test_a_broker_behind_two_silent_addresses_of_its_name_is_reached_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with name_of_silent_addresses(monkeypatch, ["127.0.0.2", "127.0.0.3"], answering=("127.0.0.1",)) as (
+        name, port
+    ):
+        started = time.monotonic()
+        result = doctor.check_reachable(name, port, timeout_s=1.5)
+        took = time.monotonic() - started
+    assert result.ok and took < 1.8, (took, result)
 
 
 def _key() -> ec.EllipticCurvePrivateKey:

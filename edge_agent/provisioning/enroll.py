@@ -8,6 +8,7 @@ wrong identity would look enrolled.
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import threading
 import time
@@ -22,8 +23,53 @@ from edge_agent.errors import ProvisioningError
 from edge_agent.sync.mqtt import not_tls
 
 
+def connect_tcp_within(host: str, port: int, timeout_s: float) -> socket.socket:
+    """A TCP connection to ``host``:``port`` within ``timeout_s`` in all, for ``doctor`` and enrollment.
+
+    socket.create_connection gives each address a name resolves to the whole timeout: a broker name with 4
+    addresses (IPv6 and IPv4, several A records) behind a firewall that drops packets took 4 x the stated
+    timeout. Here each address gets an equal share of the time left, so a dead first address still leaves
+    the next one its turn. The socket comes back with ``timeout_s`` for what follows (the TLS handshake).
+    One address fails as create_connection did; several say how many were tried."""
+    deadline = time.monotonic() + timeout_s
+    addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failures: list[OSError] = []
+    tried: list[str] = []
+    for n, (family, kind, proto, _name, address) in enumerate(addresses):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(left / (len(addresses) - n))
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            failures.append(exc)
+            tried.append(f"{address[0]}: {exc.strerror or exc}")
+            continue
+        sock.settimeout(timeout_s)
+        return sock
+    if len(addresses) == 1 and failures:
+        raise failures[0]
+    detail = (f"none of its {len(addresses)} addresses answered within {timeout_s:g} s in all "
+              f"(tried {len(tried)}: {'; '.join(tried)})")
+    if all(isinstance(exc, TimeoutError) for exc in failures):
+        raise TimeoutError(detail)
+    raise OSError(detail)
+
+
+class _OneDeadlineClient(mqtt.Client):
+    """paho's client, connecting by connect_tcp_within: paho's own connect gives every address of the
+    broker's name the whole connect_timeout (paho 2.x calls _create_socket_connection for the TCP part; no
+    proxy or bind address is used here)."""
+
+    def _create_socket_connection(self) -> socket.socket:
+        return connect_tcp_within(self._host, self._port, self._connect_timeout)
+
+
 def tls_client(client_id: str, ca_file: Path, cert_file: Path, key_file: Path) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = _OneDeadlineClient(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
     context.load_cert_chain(str(cert_file), str(key_file))
     client.tls_set_context(context)
