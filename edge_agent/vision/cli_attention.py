@@ -56,14 +56,16 @@ def add_attention_parser(subparsers: Any) -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--camera", action="store_true",
         help="also analyse frames from the configured camera (camera.source), one a second, kept in memory "
-             "only; stop the agent first if it holds the camera (systemctl stop edge-agent)")
-    calibrate.add_argument("--seconds", type=_positive, default=5.0, help="--camera: how long to look")
+             "only and analysed once --seconds are over; stop the agent first if it holds the camera "
+             "(systemctl stop edge-agent)")
+    calibrate.add_argument("--seconds", type=_positive, default=5.0,
+                           help="--camera: how long the class is looked at (one frame a second)")
     for sub in (analyze, calibrate):
         sub.add_argument("--json", action="store_true", help="one JSON document on stdout")
         sub.add_argument("--every-s", type=_positive, default=1.0,
                          help="video: analyse one frame per this many seconds")
         sub.add_argument("--max-frames", type=_at_least_one, default=120,
-                         help="video: stop after this many analysed frames")
+                         help="video or --camera: stop after this many frames")
         sub.add_argument("--model-mirror", type=Path,
                          help="folder mirroring the model files (overrides the config)")
         sub.add_argument("--cache-dir", type=Path,
@@ -199,7 +201,7 @@ def _analyse_inputs(
     failed = 0
     sources = [partial(_frames, Path(path), args.every_s, args.max_frames) for path in args.inputs]
     if getattr(args, "camera", False):
-        sources.append(partial(_camera_frames, config, args.seconds))
+        sources.append(partial(_camera_frames, config, args.seconds, args.max_frames))
     try:
         for frames in sources:
             try:
@@ -213,28 +215,32 @@ def _analyse_inputs(
     return config, analysed, failed
 
 
-def _camera_frames(config: Config, seconds: float) -> Iterator[tuple[str, np.ndarray]]:
-    """The configured camera's newest frame once a second for ``seconds``, taken as the daemon takes them
-    (its grabber keeps only the latest frame, a video file plays in real time); never written anywhere."""
+def _camera_frames(config: Config, seconds: float, max_frames: int) -> Iterator[tuple[str, np.ndarray]]:
+    """The configured camera's newest frame once a second for ``seconds`` (at most ``max_frames``), taken as
+    the daemon takes them (its grabber keeps only the latest frame, a video file plays in real time); never
+    written anywhere. All are taken before the first is analysed: analysed as taken, each analysis counted
+    against the window, and a "10 s" look at 2.5 s an analysis took 4 frames, not 10."""
     camera = Camera.from_settings(config.camera)
     camera.start()
+    taken: list[tuple[str, np.ndarray]] = []
     try:
         deadline = time.monotonic() + seconds
         next_take = time.monotonic()
         seq = 0
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(taken) < max_frames:
             time.sleep(0.05)
             frame = camera.latest(seq) if time.monotonic() >= next_take else None
             if frame is None:
                 continue
             seq, next_take = frame.seq, time.monotonic() + 1.0
-            yield f"camera frame {frame.seq}", frame.image
-        if seq == 0:
+            taken.append((f"camera frame {frame.seq}", frame.image))
+        if not taken:
             state, detail = camera.state()
             raise CameraError(f"the camera gave no frame in {seconds:g} s ({state}: {detail}); if edge-agent "
                               "is running it may hold the camera: systemctl stop edge-agent, then try again")
     finally:
         camera.stop()
+    yield from taken
 
 
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)  # frames are kept only while --annotate needs them
