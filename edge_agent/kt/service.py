@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import queue
@@ -41,7 +42,7 @@ from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.recommend import ItemBank, item_success, weakest_skills
-from edge_agent.kt.state import StudentState
+from edge_agent.kt.state import UNKNOWN_MODEL, StudentState, history_code
 from edge_agent.lifecycle import Heartbeat, waiting_on_disk
 from edge_agent.telemetry import metrics
 
@@ -75,6 +76,7 @@ class _Job:
 class _Swap:
     package: KTPackage
     engine: Engine
+    model: bytes  # step_model_id(package)
     future: Future[Engine]  # resolves to the engine taken out of service
 
 
@@ -108,6 +110,15 @@ def _expire(future: asyncio.Future[list[Feedback]], seconds: float) -> None:
         future.set_exception(ServiceBusy(f"no feedback within {seconds} s; retry"))
 
 
+def step_model_id(package: KTPackage) -> bytes:
+    """What a student state records as the model that computed it: the sha256 of the step model file
+    (it changes with the weights, and only with them)."""
+    try:
+        return hashlib.sha256(package.step_model.read_bytes()).digest()
+    except OSError as exc:
+        raise ModelError(f"cannot read the KT step model {package.step_model}: {exc}") from exc
+
+
 def check_compatible(current: KTPackage, new: KTPackage) -> None:
     """Saved student states carry over only to a model with the same hidden size and skills."""
     if new.hidden != current.hidden:
@@ -139,8 +150,10 @@ class KTService:
         self._heartbeat = heartbeat
         self._clock = clock
         self._prior = np.asarray(package.prior_success, dtype=np.float32)
+        self._model_id = step_model_id(package)
         self._bank = ItemBank(items_by_skill(package))
         self._skill_text = _skill_text(package)
+        self._old_states_logged = False  # "stored by an older release": said once
         # least recently answered first: over settings.max_students the front is forgotten (_forget_oldest)
         self._states: OrderedDict[str, StudentState] = OrderedDict()
         self._forget_logged = 0.0  # monotonic time of the last "forgot students" warning
@@ -165,12 +178,18 @@ class KTService:
 
     def load(self, states: dict[str, StudentState]) -> None:
         """Stored states, oldest first, before ``start``; beyond ``max_students`` the oldest are left out
-        of memory, not deleted: stored, they come back when their student answers (see _apply)."""
+        of memory, not deleted: stored, they come back when their student answers (see _apply). States
+        computed by another model (an update installed since they were stored) are replayed through this
+        one."""
         with self._lock:
             self._states.update(states)
             excess = len(self._states) - self.settings.max_students
             for _ in range(max(excess, 0)):
                 self._states.popitem(last=False)
+            kept = dict(self._states)
+        replayed = self._replay_stale(kept, self.engine, self._model_id)
+        with self._lock:
+            self._states.update(replayed)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="kt-inference", daemon=True)
@@ -228,7 +247,7 @@ class KTService:
             metrics.PENDING_REQUESTS.labels(engine=self.engine.model_name).set(self._pending)
 
     def swap(self, package: KTPackage, engine: Engine) -> Future[Engine]:
-        """Run ``package``/``engine`` from the next micro-batch on; per-student states are kept.
+        """Run ``package``/``engine`` from the next micro-batch on; per-student states are replayed.
 
         The future holds the replaced engine (the caller closes it) or ModelError when the package is not
         compatible or the service is not running."""
@@ -237,10 +256,11 @@ class KTService:
             check_compatible(self.package, package)
             if not self.running:
                 raise ServiceBusy(NOT_RUNNING_FOR_SWAP)
+            model = step_model_id(package)
         except EdgeAgentError as exc:
             future.set_exception(exc)
             return future
-        self._queue.put(_Swap(package, engine, future))
+        self._queue.put(_Swap(package, engine, model, future))
         return future
 
     # -- the inference thread ------------------------------------------------------------------------
@@ -304,14 +324,78 @@ class KTService:
         except ModelError as exc:
             swap.future.set_exception(exc)
             return
+        # An LSTM state means nothing to other weights (a reseeded retrain: next-answer AUC 0.7235 with the
+        # old states carried, 0.7469 with the last 100 answers replayed): each student's kept answers go
+        # through the new model. If that fails the swap is refused and the updater rolls back.
+        with self._lock:
+            states = dict(self._states)
+        prior = np.asarray(swap.package.prior_success, dtype=np.float32)
+        started = time.perf_counter()
+        try:
+            replayed = self._replay_stale(states, swap.engine, swap.model, prior)
+        except Exception as exc:
+            log.warning("replaying the students' answers through the new KT model failed: %s", exc)
+            swap.future.set_exception(ModelError(
+                f"replaying the students' kept answers through the new model failed ({exc}); the running "
+                "model stays"
+            ))
+            return
         old = self.engine
         with self._lock:
             self.package, self.engine = swap.package, swap.engine
-            self._prior = np.asarray(swap.package.prior_success, dtype=np.float32)
+            self._model_id, self._prior = swap.model, prior
             self._bank = ItemBank(items_by_skill(swap.package))
             self._skill_text = _skill_text(swap.package)
-        log.info("knowledge tracing now runs model version %s", swap.package.metadata.get("version", "?"))
+            self._states.update(replayed)  # same keys: the order (least recently answered first) stays
+            for window in (self._lesson, self._view):
+                if window is not None:
+                    _reprobe(window, replayed)
+        log.info(
+            "knowledge tracing now runs model version %s; %s students' states replayed through it in %.1f s",
+            swap.package.metadata.get("version", "?"), len(replayed), time.perf_counter() - started,
+        )
         swap.future.set_result(old)
+
+    def _replay_stale(
+        self, states: dict[str, StudentState], engine: Engine, model: bytes, prior: np.ndarray | None = None
+    ) -> dict[str, StudentState]:
+        """The states of ``states`` that another model computed, recomputed by ``engine`` (whose id is
+        ``model``) from each student's kept answers: batched over students (``microbatch_max`` at a time,
+        within the engine's batch range), one engine call per answer position. Answers and last item are
+        kept. States stored by a release that kept no answers carry over as they are (logged once)."""
+        prior = self._prior if prior is None else prior
+        stale = [(s, st) for s, st in states.items() if st.model not in (model, UNKNOWN_MODEL)]
+        unknown = sum(1 for st in states.values() if st.model == UNKNOWN_MODEL)
+        if unknown and not self._old_states_logged:
+            self._old_states_logged = True
+            log.warning(
+                "%s student states were stored by an older release that kept no answers to replay: they "
+                "carry over as they are until their student answers again", unknown,
+            )
+        stale.sort(key=lambda pair: -len(pair[1].history))  # those still answering are a prefix
+        out: dict[str, StudentState] = {}
+        hidden = self.package.hidden
+        for start in range(0, len(stale), self.settings.microbatch_max):
+            part = stale[start : start + self.settings.microbatch_max]
+            lengths = np.array([len(st.history) for _, st in part])
+            codes = np.zeros((int(lengths.max()), len(part)), np.int64)  # [position, student]
+            for j, (_, st) in enumerate(part):
+                codes[: lengths[j], j] = st.history
+            h = np.zeros((len(part), hidden), np.float32)
+            c = np.zeros((len(part), hidden), np.float32)
+            probs = np.tile(prior, (len(part), 1)).astype(np.float32)
+            for t, row in enumerate(codes):
+                k = int(np.count_nonzero(lengths > t))
+                result = engine.infer({"skill": row[:k] >> 1, "correct": row[:k] & 1, "h": h[:k], "c": c[:k]})
+                if not np.all(np.isfinite(result["probs"])):
+                    raise EngineError("the KT engine returned non-finite probabilities")
+                h[:k], c[:k], probs[:k] = result["h_out"], result["c_out"], result["probs"]
+            if self._heartbeat is not None:  # thousands of students take a second or two
+                self._heartbeat.beat()
+            for j, (s, st) in enumerate(part):
+                out[s] = StudentState(h[j].copy(), c[j].copy(), probs[j].copy(), st.answers, st.last_item,
+                                      model, st.history)
+        return out
 
     def _gather(self, first: _Job) -> tuple[list[_Job], object]:
         """A micro-batch: up to ``microbatch_max`` answers, waiting up to ``microbatch_wait_ms`` for more.
@@ -465,6 +549,7 @@ class KTService:
             # None: applied by an older release, which kept no content; a retry is the likelier case
             statuses.append("duplicate" if before is None or before == a.content else "conflict")
             ends.append(None)
+        kept = {s: [history_code(k, c) for k, c in q] for s, q in steps.items()}
         work, trail = self._run_rounds(steps, self._start_states(list(steps)))
         # The feedback first: if it fails, nothing of the batch is kept, in memory or on disk (a package's
         # item once made it raise after the states were kept: applied in memory, never stored, and each
@@ -487,6 +572,7 @@ class KTService:
                     state.last_item = a.item_id
                     self._record_lesson(a, state, now)
             for student, state in work.items():
+                state.keep(kept[student])
                 self._states[student] = state
                 self._states.move_to_end(student)
             forgotten = self._forget_oldest()
@@ -503,18 +589,20 @@ class KTService:
             # Not in memory: new, or left on disk by a lower kt.max_students at start (answered since
             # then, the stored state goes on instead of starting again from the prior).
             with waiting_on_disk(self._heartbeat):
-                start |= self._persistence.states_of(missing, self.package.hidden, len(self.package.skills))
+                stored = self._persistence.states_of(missing, self.package.hidden, len(self.package.skills))
+            # stored before a model update: replayed through this model
+            start |= stored | self._replay_stale(stored, self.engine, self._model_id)
         for s in missing:
             if s not in start:
-                start[s] = StudentState.initial(self.package.hidden, self._prior)
+                start[s] = StudentState.initial(self.package.hidden, self._prior, self._model_id)
         return start
 
     def _forget_oldest(self) -> list[str]:
         """Under the lock: drop the states of the students not seen longest, beyond ``max_students``.
 
         A pseudonym per session from a client, or a flood of invented ids, would otherwise grow memory and
-        the database without bound (about 1.3 KB and 0.7 KB a student). A forgotten student who answers
-        again starts from the model's prior."""
+        the database without bound (about 1.7 KB and 1.1 KB a student, with its kept answers). A forgotten
+        student who answers again starts from the model's prior."""
         excess = len(self._states) - self.settings.max_students
         if excess <= 0:
             return []
@@ -539,7 +627,8 @@ class KTService:
     ) -> tuple[dict[str, StudentState], dict[str, list[np.ndarray]]]:
         """The students' states after all their steps, and each student's probabilities after each step."""
         # copies: the live states change only after every round succeeded
-        out = {s: StudentState(st.h, st.c, st.probs, st.answers, st.last_item) for s, st in start.items()}
+        out = {s: StudentState(st.h, st.c, st.probs, st.answers, st.last_item, st.model, st.history)
+               for s, st in start.items()}
         trail: dict[str, list[np.ndarray]] = {s: [] for s in steps}
         while True:
             round_ = [(s, q.popleft()) for s, q in steps.items() if q]
@@ -560,7 +649,8 @@ class KTService:
             for i, s in enumerate(students):
                 st = out[s]
                 out[s] = StudentState(
-                    h[i].copy(), c[i].copy(), probs[i].astype(np.float32), st.answers, st.last_item
+                    h[i].copy(), c[i].copy(), probs[i].astype(np.float32), st.answers, st.last_item,
+                    self._model_id, st.history,
                 )
                 trail[s].append(out[s].probs)
 
@@ -682,6 +772,15 @@ class KTService:
     def student_count(self) -> int:
         with self._lock:
             return len(self._states)
+
+
+def _reprobe(window: LessonWindow, replayed: dict[str, StudentState]) -> None:
+    """Under the service's lock, after a model swap: the window's students' probabilities from the new
+    model; the figures the teacher's view shows too, for the same students (all change at once)."""
+    window.probs.update((s, replayed[s].probs) for s in window.probs if s in replayed)
+    published = window.published
+    if published.group is not None:
+        published.probs = {s: replayed[s].probs if s in replayed else p for s, p in published.probs.items()}
 
 
 def _skill_text(package: KTPackage) -> list[tuple[str, str, str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from edge_agent.kt.package import ItemInfo, KTPackage
 from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.recommend import ItemBank, item_success, recommend, weakest_skills
 from edge_agent.kt.simulator import make_curriculum, simulate
-from edge_agent.kt.state import StudentState
+from edge_agent.kt.state import HISTORY_CAP, StudentState
 
 
 def test_dkt_csv_reads_three_lines_per_student() -> None:
@@ -114,8 +116,16 @@ def test_state_round_trips_and_rejects_damage() -> None:
     st = StudentState(
         np.arange(4, dtype=np.float32), -np.ones(4, np.float32), np.full(3, 0.5, np.float32), 7, "二次函数-1"
     )
+    st.model = bytes(range(32))
+    st.keep([1, 4, 5])
     back = StudentState.from_bytes(st.to_bytes(), 7, hidden=4, skills=3)
     assert np.array_equal(back.h, st.h) and np.array_equal(back.c, st.c) and back.last_item == "二次函数-1"
+    assert back.model == st.model and list(back.history) == [1, 4, 5]
+    st.keep(list(range(6)) * HISTORY_CAP)  # only the latest HISTORY_CAP are kept
+    assert list(st.history) == (list(range(6)) * HISTORY_CAP)[-HISTORY_CAP:]
+    assert list(StudentState.from_bytes(st.to_bytes(), 7, 4, 3).history) == list(st.history)
+    with pytest.raises(ValueError, match="skills the model does not have"):  # 2 * skill + correct < 6
+        StudentState.from_bytes(dataclasses.replace(st, history=array("I", [6])).to_bytes(), 0, 4, 3)
     for bad in (b"", b"junk" * 3, st.to_bytes()[:-3], st.to_bytes()[:20]):
         with pytest.raises(ValueError):
             StudentState.from_bytes(bad, 0, 4, 3)
