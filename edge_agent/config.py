@@ -141,8 +141,8 @@ class KTSettings(Section):
     )
     max_students: int = Field(
         10_000, ge=100, le=1_000_000,
-        description="Student states kept (about 1.3 KB of memory each); beyond it the one not seen "
-        "longest is forgotten and starts again from the model's prior.",
+        description="Student states kept (about 1.7 KB of memory each, with its last 100 answers); beyond it "
+        "the one not seen longest is forgotten and starts again from the model's prior.",
     )
     roster_file: OptionalFile = Field(
         None,
