@@ -102,8 +102,9 @@ GC_PAUSE = Histogram(
 )
 ANSWERS = Counter(
     "edge_answers",
-    "Answers by outcome (applied, duplicate, rejected, overloaded, unavailable, failed); a rejected request "
-    "counts once, however many answers it held (nothing in it is applied).",
+    "Answers by outcome (applied, duplicate, conflict, rejected, overloaded, unavailable, failed); a "
+    "rejected request, and one refused while knowledge tracing starts or stops (unavailable), counts once, "
+    "however many answers it held (nothing in it is applied).",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -221,7 +222,7 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
 
 # Labelled counters exist at 0 from the start: Prometheus's increase() and rate() cannot see a series
 # whose first sample is already 1, so an alert on the first rejected answer or dropped row would never fire.
-for _outcome in ("applied", "duplicate", "rejected", "overloaded", "unavailable", "failed"):
+for _outcome in ("applied", "duplicate", "conflict", "rejected", "overloaded", "unavailable", "failed"):
     ANSWERS.labels(_outcome)
 for _reason in ("max_rows", "max_bytes", "max_age", "expired", "queue_full", "store_error", "rejected",
                 "too_large_for_broker", "damaged"):

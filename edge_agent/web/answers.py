@@ -64,6 +64,9 @@ def answer_routes(
     async def post_answers(request: web.Request) -> web.Response:
         svc = current()
         if svc is None or not svc.running:
+            # counted here: the service that counts the others is not there yet (the web port opens before
+            # the engines load, so on a board building TensorRT plans this is the whole start-up)
+            metrics.ANSWERS.labels(outcome="unavailable").inc()
             return _error(503, "knowledge tracing is not running (starting or stopping); retry shortly")
         # JSON only: a web page in a browser on the board could otherwise post answers to loopback (which
         # needs no token) as a "simple" cross-site request (text/plain or a form) without asking first.

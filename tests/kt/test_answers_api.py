@@ -374,7 +374,10 @@ def test_per_student_api_can_be_switched_off(package: KTPackage) -> None:
     assert asyncio.run(run()) == 404
 
 
-def test_answers_get_503_while_not_running(package: KTPackage) -> None:
+def test_answers_get_503_while_not_running_and_are_counted_unavailable(package: KTPackage) -> None:
+    # A review: the 503 of the start-up (the web port opens before the engines load) was not counted
+    before = metrics.sample("edge_answers_total", {"outcome": "unavailable"})
+
     async def run() -> tuple[int, str | None, dict[str, Any]]:
         from aiohttp.test_utils import TestClient, TestServer
 
@@ -386,6 +389,7 @@ def test_answers_get_503_while_not_running(package: KTPackage) -> None:
 
     status, retry, body = asyncio.run(run())
     assert status == 503 and retry == "1" and "not running" in body["error"]
+    assert metrics.sample("edge_answers_total", {"outcome": "unavailable"}) == before + 1
 
 
 def test_a_full_disk_gives_503_saying_so(package: KTPackage, small_disk) -> None:

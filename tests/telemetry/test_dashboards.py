@@ -168,6 +168,7 @@ def test_labelled_counters_the_alerts_watch_exist_before_their_first_event() -> 
     for name, label, value in (("edge_outbox_drops_total", "reason", "max_rows"),
                                ("edge_outbox_drops_total", "reason", "too_large_for_broker"),
                                ("edge_answers_total", "outcome", "failed"),
+                               ("edge_answers_total", "outcome", "conflict"),
                                ("edge_alerts_total", "kind", "store_corrupt"),
                                ("edge_alerts_total", "kind", "model_rollback")):
         assert (name, ((label, value),)) in present, (name, value)
