@@ -49,9 +49,28 @@ def _command(argv: list[str]) -> str:
     return done.stdout + (f"\n[exit {done.returncode}] {done.stderr}" if done.returncode else "")
 
 
+def _address(host: str) -> str:
+    """Where this board reaches a port the daemon listens on at ``host``: loopback for a wildcard, else the
+    address itself (bound to the board's LAN or VPN address only, 127.0.0.1 is refused: a review found the
+    bundle's status and metrics empty on such a board)."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _web_token(path: Path | None) -> str | None:
+    """The web token, or None when there is none or it cannot be read (not run as root): on loopback the
+    status needs none."""
+    try:
+        return read_token_file(path)
+    except ConfigError:
+        return None
+
+
 def _local_get(url: str, tls: bool, token: str | None = None) -> str:
-    """GET from the daemon on loopback (the web port needs no token there; the metrics port needs its own
-    when metrics.token_file is set); its own certificate is not checked."""
+    """GET from the daemon on this board (the web port needs no token on loopback, its own token on any other
+    address; the metrics port needs its own when metrics.token_file is set); its own certificate is not
+    checked."""
     context = None
     if tls:
         context = ssl.create_default_context()
@@ -63,7 +82,7 @@ def _local_get(url: str, tls: bool, token: str | None = None) -> str:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=context) as response:
             return response.read(4 * 2**20).decode("utf-8", "replace")  # type: ignore[no-any-return]
     except (OSError, ValueError) as exc:
-        return f"GET {url} failed: {exc} (is the daemon running?)\n"
+        return f"GET {url} failed: {exc} (is the daemon running and listening there?)\n"
 
 
 def _versions(config_path: Path) -> str:
@@ -95,18 +114,18 @@ def collect(config_path: Path, doctor_json: str) -> dict[str, str]:
     parts["systemctl.txt"] = _command(["systemctl", "status", "--no-pager", "--lines=0", *UNITS])
     if config is not None:
         web, metrics = config.web, config.metrics
-        web_scheme = "https" if web.tls_cert_file else "http"
-        metrics_scheme = "https" if metrics.tls_cert_file else "http"
-        parts["status.json"] = _local_get(f"{web_scheme}://127.0.0.1:{web.port}/api/v1/status",
-                                          web.tls_cert_file is not None)
+        web_url = f"{'https' if web.tls_cert_file else 'http'}://{_address(web.host)}:{web.port}"
+        metrics_url = f"{'https' if metrics.tls_cert_file else 'http'}://{_address(metrics.host)}:{metrics.port}"
+        parts["status.json"] = _local_get(f"{web_url}/api/v1/status", web.tls_cert_file is not None,
+                                          _web_token(web.token_file))
         try:
             token = read_token_file(metrics.token_file, "metrics.token_file")
         except ConfigError as exc:  # e.g. not run as root: the file is the daemon's, mode 0600
             parts["metrics.txt"] = "".join(f"{where}: {message}\n" for where, message in exc.problems)
             parts["metrics.txt"] += "the metrics need that token: run doctor --bundle as root (sudo)\n"
         else:
-            parts["metrics.txt"] = _local_get(f"{metrics_scheme}://127.0.0.1:{metrics.port}/metrics",
-                                              metrics.tls_cert_file is not None, token)
+            tls = metrics.tls_cert_file is not None
+            parts["metrics.txt"] = _local_get(f"{metrics_url}/metrics", tls, token)
     return parts
 
 

@@ -134,3 +134,19 @@ def test_a_bundle_and_config_show_hide_a_camera_password_in_every_form_a_source_
     assert b"user-id=***" in parts["config.toml"]
     camera = next(c for c in json.loads(parts["doctor.json"]) if c["name"] == "camera")
     assert not camera["ok"] and "user-pw=***" in camera["detail"], camera
+
+
+def test_a_bundle_from_a_board_whose_ports_listen_on_one_address_has_its_status_and_metrics(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
+) -> None:
+    # A review: with web.host and metrics.host on the board's own address (the provisioning README's advice
+    # for the metrics port), the bundle asked 127.0.0.1, got 'connection refused (is the daemon running?)'
+    # for both, and the support request went out without them. 127.0.0.2 stands for that address here.
+    cfg = local_config(tmp_path, faces=None)
+    cfg["web"]["host"] = cfg["metrics"]["host"] = "127.0.0.2"
+    config = write_config(tmp_path / "config.toml", cfg)
+    daemon = daemons(config, notify, tmp_path / "daemon.log").start()
+    daemon.wait_running(60)
+    parts = unpack(doctor_bundle_into(config, tmp_path / "board-t-support.tar.gz"))
+    assert b"edge_answers_total" in parts["metrics.txt"], parts["metrics.txt"][:300]
+    assert {c["name"] for c in json.loads(parts["status.json"])["components"]} >= {"kt"}, parts["status.json"]
