@@ -11,17 +11,21 @@ Districts with a real PKI sign the board's CSR there instead; this tool is the l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
+import functools
 import hashlib
 import ipaddress
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -189,6 +193,21 @@ def reissue_reason(cert_pem: bytes, names: Sequence[str]) -> str | None:
     return f"it does not name {', '.join(missing)}" if missing else None
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _holding_lock(method: Callable[Concatenate[FleetCA, _P], _R]) -> Callable[Concatenate[FleetCA, _P], _R]:
+    """Run a FleetCA method that reads index.json and then writes it (or the CRL) under the CA's lock."""
+
+    @functools.wraps(method)
+    def locked(self: FleetCA, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._locked():
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 @dataclass(frozen=True)
 class IssuedCert:
     serial: int
@@ -208,6 +227,33 @@ class FleetCA:
         self.cert_path = directory / "ca.pem"
         self.index_path = directory / "index.json"
         self.crl_path = directory / "crl.pem"
+        self.lock_path = directory / ".index.json.lock"
+        self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the CA's lock file (nested calls share it) around every read-then-write of index.json and
+        every CRL build, re-reading the index inside: 8 `sign`s run at once left 7 rows (the 8th
+        certificate valid but unrevocable), and a `revoke` beside them was undone in 2 of 5 rounds."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        try:
+            held = open(self.lock_path, "a")  # noqa: SIM115 - closed below, held across the yield
+        except FileNotFoundError:
+            self._key_and_cert()  # no CA directory: its error says which path to check
+            raise
+        with held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
 
     @classmethod
     def create(cls, directory: Path, name: str, days: int = CA_DAYS) -> FleetCA:
@@ -234,10 +280,11 @@ class FleetCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        write_private(ca.key_path, key_to_pem(key))
-        write_public(ca.cert_path, cert.public_bytes(serialization.Encoding.PEM))
-        ca._save_index([])
-        ca.write_crl()
+        with ca._locked():
+            write_private(ca.key_path, key_to_pem(key))
+            write_public(ca.cert_path, cert.public_bytes(serialization.Encoding.PEM))
+            ca._save_index([])
+            ca.write_crl()
         return ca
 
     def _key_and_cert(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -278,6 +325,7 @@ class FleetCA:
             csr_pem, days, replace=replace, names=names, not_before=not_before, not_after=not_after
         )[0]
 
+    @_holding_lock
     def sign_and_revoke(
         self,
         csr_pem: bytes,
@@ -355,6 +403,7 @@ class FleetCA:
         )
         return key_to_pem(server_key), cert.public_bytes(serialization.Encoding.PEM)
 
+    @_holding_lock
     def _build(
         self,
         subject: x509.Name,
@@ -403,6 +452,7 @@ class FleetCA:
         self._save_index(rows)
         return cert
 
+    @_holding_lock
     def revoke(self, serial_or_cn: int | str) -> list[int]:
         """Revoke by serial number or by device id (all its live certificates); rebuild the CRL."""
         rows = self.index()
@@ -421,6 +471,7 @@ class FleetCA:
         self.write_crl()
         return sorted(serials)
 
+    @_holding_lock
     def write_crl(self, days: int = CRL_DAYS) -> dt.datetime:
         """Rebuild crl.pem; returns its next-update time. Mosquitto refuses every client once that has
         passed: `edge-agent-ca crl` runs weekly from edge-agent-crl.timer (provisioning/mosquitto)."""

@@ -172,3 +172,32 @@ def test_the_brokers_certificate_can_carry_its_address_as_well_as_its_name(tmp_p
     server = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
     assert _names(server) == ["mqtt.district.example", "mqtt", "10.1.0.5"]
     assert main(["server", str(ca_dir), "mqtt.district.example", "--out-dir", str(out), "--name", "a b"]) == 2
+
+
+def test_ca_commands_run_at_once_keep_every_row_and_every_revocation(tmp_path: Path) -> None:
+    """IT shells (or a parallel loop) signing boards while another revokes a stolen one: each command
+    read index.json, changed it and wrote it back, so 8 `sign`s at once left 7 rows (the 8th certificate
+    valid but unrevocable) and a `revoke` among them was undone in 2 of 5 rounds."""
+    import json
+
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    stolen = _board_csr(tmp_path / "stolen.csr", "stolen-01")
+    assert main(["sign", str(ca_dir), str(stolen), "--out", str(tmp_path / "stolen.pem")]) == 0
+    command = [sys.executable, "-m", "edge_agent.provisioning.ca"]
+    runs = []
+    for i in range(8):
+        csr = _board_csr(tmp_path / f"b{i}.csr", f"np-3a-{i:02d}")
+        runs.append([*command, "sign", str(ca_dir), str(csr), "--out", str(csr.with_suffix(".pem"))])
+    runs.insert(3, [*command, "revoke", str(ca_dir), "stolen-01"])
+    procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL) for argv in runs]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 9
+
+    rows = json.loads((ca_dir / "index.json").read_text())
+    signed = {x509.load_pem_x509_certificate(p.read_bytes()).serial_number for p in tmp_path.glob("*.pem")}
+    assert {row["serial"] for row in rows} == signed  # every certificate issued can be revoked
+    assert [row["revoked"] for row in rows if row["common_name"] == "stolen-01"] == [True]
+    assert main(["crl", str(ca_dir)]) == 0
+    crl = x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes())
+    stolen_serial = x509.load_pem_x509_certificate((tmp_path / "stolen.pem").read_bytes()).serial_number
+    assert [r.serial_number for r in crl] == [stolen_serial]
