@@ -125,12 +125,32 @@ else
         systemd provisioning) | (cd "$dir/app" && tar xf -)
     "$PYTHON" -m venv --system-site-packages "$dir/venv"
     # Editable: the daemon finds engines/ and systemd/ beside its code, in app/.
-    if ! { "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip \
-            && "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-                --editable "$dir/app${EXTRAS:+[$EXTRAS]}"; }; then
+    pip_install() {
+        "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --editable "$dir/app${EXTRAS:+[$EXTRAS]}"
+    }
+    pip_failed() {
         rm -rf "$dir"
         say "pip failed; nothing was switched: the running release stays ($(cat "$PREFIX/VERSION" 2>/dev/null || echo none))"
         exit 1
+    }
+    "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip && pip_install \
+        || pip_failed
+    # JetPack's OpenCV is built with GStreamer, which a CSI camera's pipeline (nvarguscamerasrc ... appsink)
+    # needs; the opencv-python-headless wheel is not, and the venv's own packages hide the system's. The
+    # wheel goes where the system's OpenCV has GStreamer; it comes back if that one then does not import in
+    # the venv (it is built for the system's numpy, and pip may have put another in the venv).
+    gstreamer='import cv2, re, sys; sys.exit(not re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()))'
+    if "$PYTHON" -I -c "$gstreamer" 2>/dev/null; then
+        "$dir/venv/bin/python" -m pip uninstall --quiet --yes opencv-python-headless || pip_failed
+        if "$dir/venv/bin/python" -c "$gstreamer" 2>/dev/null; then
+            say "removed opencv-python-headless (no GStreamer) from the venv: it uses the system's OpenCV"
+        else
+            why=$("$dir/venv/bin/python" -c "$gstreamer" 2>&1 | tail -n 1)
+            pip_install || pip_failed
+            say "kept opencv-python-headless (no GStreamer: no CSI camera pipelines): the system's OpenCV"
+            say "has GStreamer but does not work in the venv (${why:-no GStreamer there})"
+        fi
     fi
     # The daemon's own imports, from outside the source tree, before anything switches to it.
     if ! (cd / && "$dir/venv/bin/python" -c 'import edge_agent.assembly, edge_agent.cli') >/dev/null; then

@@ -164,3 +164,61 @@ def test_an_interpreter_the_service_cannot_run_is_refused_before_anything_is_wri
     assert f"{python}, which the edge-agent service cannot run" in refused.stderr
     assert "PYTHON=/usr/bin/python3" in refused.stderr
     assert not prefix.exists()
+
+
+def _system_python_with_opencv(tmp_path: Path, cv2_source: str) -> Path:
+    """A system interpreter (this machine's /usr/bin/python3) in a prefix of its own, whose system
+    packages hold a stand-in for JetPack's cv2: a venv made from it with --system-site-packages sees that
+    cv2 as a board's venv sees JetPack's, without PYTHONPATH."""
+    real = Path("/usr/bin/python3").resolve()
+    fits = "import sys, ensurepip, venv; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))"
+    if not real.is_file() or subprocess.run([str(real), "-c", fits], check=False).returncode != 0:
+        pytest.skip("needs /usr/bin/python3 (3.10-3.12, with venv) to stand in for JetPack's")
+    version = subprocess.run([str(real), "-c", "import sys; print('python%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    system = tmp_path / "system"
+    (system / "bin").mkdir(parents=True)
+    (system / "lib").mkdir()
+    subprocess.run(["cp", str(real), str(system / "bin/python3")], check=True)
+    (system / "lib" / version).symlink_to(f"/usr/lib/{version}")  # its standard library
+    cv2 = system / "lib/python3/dist-packages/cv2"  # where Debian's and Ubuntu's python3-opencv put it
+    cv2.mkdir(parents=True)
+    (cv2 / "__init__.py").write_text(cv2_source)
+    return system / "bin/python3"
+
+
+GSTREAMER_CV2 = """
+def getBuildInformation():
+    return "  Video I/O:\\n    GStreamer:                   YES (1.20.3)\\n    v4l/v4l2:   YES\\n"
+"""
+
+
+def _venv_cv2(prefix: Path) -> str:
+    return subprocess.run([str(prefix / "venv/bin/python"), "-c", "import cv2; print(cv2.__file__)"],
+                          capture_output=True, text=True, check=True, cwd="/").stdout.strip()
+
+
+def test_the_venv_uses_the_systems_opencv_with_gstreamer_for_csi_cameras(tmp_path: Path) -> None:
+    """opencv-python-headless (no GStreamer) in the venv hid JetPack's OpenCV (with GStreamer): a CSI
+    camera's nvarguscamerasrc pipeline could never open, although the README said the venv sees it."""
+    system = _system_python_with_opencv(tmp_path, GSTREAMER_CV2)
+    prefix = tmp_path / "opt"
+    done = _install(REPO, prefix, PYTHON=str(system))
+    assert done.returncode == 0, done.stderr
+    assert "removed opencv-python-headless" in done.stderr
+    assert _venv_cv2(prefix) == str(system.parents[1] / "lib/python3/dist-packages/cv2/__init__.py")
+
+
+def test_the_opencv_wheel_stays_where_the_systems_opencv_does_not_load_in_the_venv(tmp_path: Path) -> None:
+    # JetPack 6's OpenCV is built for Ubuntu's numpy 1.21; pip puts numpy 2 in the venv, where it fails
+    # to import ("numpy.core.multiarray failed to import"): without the wheel there would be no cv2 at all.
+    system = _system_python_with_opencv(tmp_path, GSTREAMER_CV2 + """
+import sys
+if sys.prefix != sys.base_prefix:
+    raise ImportError("numpy.core.multiarray failed to import")
+""")
+    prefix = tmp_path / "opt"
+    done = _install(REPO, prefix, PYTHON=str(system))
+    assert done.returncode == 0, done.stderr
+    assert "kept opencv-python-headless" in done.stderr and "numpy.core.multiarray" in done.stderr
+    assert "/venv/" in _venv_cv2(prefix)
