@@ -41,10 +41,34 @@ switch_to() {  # $1: releases/<id>; the one running now becomes "previous"
     done
 }
 
+# Provisioning copied the units into /etc/systemd/system (edge_agent/provisioning/system.py, install_units),
+# and nothing updated them there: a release that changed a unit ran its new code under the old unit. Those
+# installed are replaced by this release's where they differ, then systemd reloads. (Only on a real
+# /opt/edge-agent, whose venv is the one the shipped units name, so provisioning substituted nothing.)
+update_units() {
+    changed=""
+    for unit in edge-agent.service edge-agent-engines.service edge-agent-retry.timer edge-agent-retry.service; do
+        installed=/etc/systemd/system/$unit
+        [ -f "$installed" ] || continue  # not provisioned yet: provisioning installs them
+        cmp -s "$PREFIX/app/systemd/$unit" "$installed" && continue
+        cp "$PREFIX/app/systemd/$unit" "$installed.new"
+        chmod 644 "$installed.new"
+        mv -f "$installed.new" "$installed"
+        changed="$changed $unit"
+    done
+    if [ -n "$changed" ]; then
+        systemctl daemon-reload
+        say "updated in /etc/systemd/system:$changed"
+    fi
+}
+
 restart_daemon() {
     if [ "$RESTART" != auto ] || [ "$PREFIX" != /opt/edge-agent ] || [ ! -d /run/systemd/system ]; then
         say "restart edge-agent to run it (systemctl restart edge-agent); a running process keeps the old code"
-    elif ! systemctl is-active --quiet edge-agent; then
+        return
+    fi
+    update_units
+    if ! systemctl is-active --quiet edge-agent; then
         say "edge-agent is not running ($(systemctl is-active edge-agent)); once the board is provisioned:"
         say "systemctl reset-failed edge-agent; systemctl start edge-agent"
     else

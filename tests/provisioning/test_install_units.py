@@ -1,0 +1,67 @@
+"""install.sh on a provisioned board under a real systemd (tests/systemd/booted.py, this machine's
+userland): an upgrade or a rollback brings the units provisioning installed in /etc/systemd/system along."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.provisioning.test_install import _release
+from tests.systemd.booted import BootedSystemd, unavailable
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
+
+UNIT = "/etc/systemd/system/edge-agent.service"
+SHIPPED_ENV = "Environment=ORT_DISABLE_TELEMETRY=1\n"
+
+
+@pytest.fixture
+def booted(tmp_path: Path) -> Iterator[BootedSystemd]:
+    system = BootedSystemd(tmp_path / "systemd")
+    try:
+        system.boot()
+    except RuntimeError as exc:
+        system.shutdown()
+        pytest.skip(str(exc))
+    try:
+        yield system
+    finally:
+        system.shutdown()
+
+
+def test_an_upgrade_installs_the_releases_changed_units_and_reloads_systemd(
+    booted: BootedSystemd, tmp_path: Path
+) -> None:
+    fits = "import sys, ensurepip, venv; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))"
+    if booted.run("/usr/bin/python3", "-c", fits, check=False).returncode != 0:
+        pytest.skip("/usr/bin/python3 (3.10-3.12, with venv) is needed to build the board's venv")
+
+    def install(source: Path, *args: str) -> str:
+        command = f"cd {source} && PYTHON=/usr/bin/python3 EDGE_AGENT_EXTRAS= sh provisioning/install.sh"
+        return booted.run("sh", "-c", " ".join([command, *args]), timeout_s=600).stderr
+
+    install(_release(tmp_path, "r1", "one\n"))
+    # The units as provisioning installs them (its own code, from the release's venv)
+    booted.run("/opt/edge-agent/venv/bin/python", "-c",
+               "from pathlib import Path; from edge_agent.provisioning import system;"
+               "system.install_units(Path('/'), system.units_dir(), system.DEFAULT_BIN)")
+    booted.run("systemctl", "daemon-reload")
+    assert "EDGE_TEST=2" not in booted.show("edge-agent.service", "Environment")["Environment"]
+
+    # The next release changes the daemon's unit: before, it ran under the old one
+    second = _release(tmp_path, "r2", "two\n")
+    unit = second / "systemd/edge-agent.service"
+    assert SHIPPED_ENV in unit.read_text()
+    unit.write_text(unit.read_text().replace(SHIPPED_ENV, SHIPPED_ENV + "Environment=EDGE_TEST=2\n", 1))
+    said = install(second)
+    assert "updated in /etc/systemd/system: edge-agent.service" in said, said
+    assert booted.run("cat", UNIT).stdout == unit.read_text()
+    shown = booted.show("edge-agent.service", "Environment", "NeedDaemonReload")
+    assert "EDGE_TEST=2" in shown["Environment"] and shown["NeedDaemonReload"] == "no", shown
+
+    # A rollback brings the units of the release it goes back to
+    install(second, "--rollback")
+    assert booted.run("cat", UNIT).stdout == (tmp_path / "r1/systemd/edge-agent.service").read_text()
+    assert "EDGE_TEST=2" not in booted.show("edge-agent.service", "Environment")["Environment"]
