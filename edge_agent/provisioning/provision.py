@@ -28,6 +28,7 @@ from edge_agent.provisioning.ca import (
     check_device_cert,
     common_name,
     general_names,
+    key_sha256,
     key_to_pem,
     load_cert,
     load_private_key,
@@ -128,7 +129,34 @@ def _preflight(board: Board, opts: Options, root: Path) -> tuple[str, bytes | No
         ca_pem = _read(opts.ca_file, "fleet CA certificate")
     if opts.ca_dir is not None:
         ca_pem = FleetCA(opts.ca_dir).ca_pem()
+        _ca_would_refuse(board, opts, root)
     return text, ca_pem
+
+
+def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
+    """FleetCA.sign_and_revoke's refusals, for a board it will be asked to sign (none installed yet): found
+    only when signing, in a bulk run one such row stopped the batch after the rows before it were
+    provisioned, left its own root half-made and named no inventory line."""
+    paths = _layout(root)
+    if opts.replace or paths["cert"].exists():
+        return
+    this_key = key_sha256(load_private_key(paths["key"]).public_key()) if paths["key"].exists() else None
+    where = f"board {board.device_id} (inventory line {board.line})"
+    for row in FleetCA(opts.ca_dir).index():  # type: ignore[arg-type]
+        if row.revoked:
+            continue
+        if row.common_name == board.device_id and row.key_sha256 != this_key:
+            raise ProvisioningError(
+                f"{where}: device id {board.device_id!r} already has a live certificate for another board's "
+                f"key (serial {row.serial}, valid until {row.not_after[:10]}): two boards with one id? If "
+                "this board replaces that one, re-run with --replace to revoke its certificate"
+            )
+        if this_key is not None and row.key_sha256 == this_key and row.common_name != board.device_id:
+            raise ProvisioningError(
+                f"{where}: its key in {root} already has a live certificate as {row.common_name!r} (serial "
+                f"{row.serial}): was this root copied from that board's? Delete its etc/edge-agent/secrets "
+                "first; if the board was renamed, re-run with --replace to revoke the old id's certificate"
+            )
 
 
 def _read(path: Path, what: str) -> bytes:

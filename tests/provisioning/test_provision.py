@@ -515,3 +515,27 @@ def test_provisioning_an_image_refuses_links_that_lead_out_of_it(tmp_path: Path)
     (root / "etc/edge-agent").symlink_to("../data/edge-agent")
     assert provision_board(BOARD, root, Options(template(), ca_dir=ca.dir)).state == "provisioned"
     assert (root / "data/edge-agent/secrets/device.key").is_file()
+
+
+def test_a_bulk_row_whose_id_another_board_holds_in_the_ca_stops_the_run_before_any_board_is_touched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The CA refused the row only when signing it: the rows before it were provisioned, its own root was
+    # left half-made, the rows after it never ran, and the error named no inventory line.
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    (tmp_path / "first.csv").write_text("tenant,site,class_id,device_id\nd,n,c,np-3b-01\n")
+    common = ["--template", str(TEMPLATE), "--ca-dir", str(ca.dir)]
+    assert provision_main(["--inventory", str(tmp_path / "first.csv"), "--roots", str(tmp_path / "north"),
+                           *common]) == 0
+    index = ca.index()
+    (tmp_path / "east.csv").write_text("tenant,site,class_id,device_id\nd,east,c1,east-01\n"
+                                       "d,east,c2,np-3b-01\nd,east,c3,east-03\nd,east,c4,east-04\n")
+    capsys.readouterr()
+    east = ["--inventory", str(tmp_path / "east.csv"), "--roots", str(tmp_path / "east"), *common]
+    assert provision_main(east) == 2
+    err = capsys.readouterr().err
+    assert "board np-3b-01 (inventory line 3)" in err and "already has a live certificate" in err, err
+    assert not (tmp_path / "east").exists() and ca.index() == index  # nothing touched
+    assert provision_main([*east, "--replace"]) == 0  # the board moved east: it takes the id over
+    made = sorted(p.name for p in (tmp_path / "east").iterdir())
+    assert made == ["east-01", "east-03", "east-04", "np-3b-01"]
