@@ -123,6 +123,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
         if args.enroll:
             host, port = args.enroll
             for result, board in zip(results, _boards_of(results, args.inventory), strict=True):
+                if result.state != "provisioned":  # nothing to enrol with (was a bare "[Errno 2]", rc 2)
+                    print(f"{board.device_id}: not enrolled: awaiting its certificate")
+                    continue
                 etc = result.root / "etc/edge-agent"
                 check_enrollment(
                     host,

@@ -361,3 +361,22 @@ def test_cli_refuses_an_enroll_address_without_a_port_before_touching_any_board(
         provision_main([*args, "--ca-dir", str(fleet.ca.dir), "--enroll", enroll])
     assert exit_info.value.code == 2 and "is not HOST:PORT" in capsys.readouterr().err
     assert not (tmp_path / "roots").exists()
+
+
+def test_enrol_skips_a_board_awaiting_its_certificate_and_still_says_awaiting(
+    fleet: Fleet, broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With a district CA (no --ca-dir, no --cert) a new board awaits its certificate: --enroll tried it
+    # anyway and failed with a bare "[Errno 2] No such file or directory", rc 2 (3 without --enroll).
+    roots = tmp_path / "roots"
+    shutil.copytree(fleet.roots, roots, symlinks=True)  # the fleet's boards, certificates installed
+    inventory = tmp_path / "inventory.csv"
+    inventory.write_text(fleet.inventory.read_text() + "district-a,school-1,class-3,board-new,0\n")
+    capsys.readouterr()
+    code = provision_main(["--inventory", str(inventory), "--template", str(TEMPLATE), "--roots", str(roots),
+                           "--enroll", f"127.0.0.1:{broker.port}"])
+    out, err = capsys.readouterr()
+    assert code == 3, err  # as without --enroll
+    assert "board-new: not enrolled: awaiting its certificate" in out and err == ""
+    for board in ("board-a", "board-b", "board-c"):
+        assert f"{board}: enrolled (hello accepted by 127.0.0.1:{broker.port})" in out
