@@ -45,9 +45,33 @@ class Board:
     line: int = 0
 
 
+def _without_unnamed_columns(text: str, source: str) -> str:
+    """Spreadsheets export the empty columns after the last one used (``...,device_id,,``); they were refused
+    as "column(s)  appear twice" or "unknown column(s) ;". Unnamed columns with no value are dropped; one
+    holding a value is refused by its number."""
+    reader = csv.reader(io.StringIO(text))
+    rows = [(reader.line_num, row) for row in reader]
+    header = rows[0][1] if rows else []
+    unnamed = {i for i, name in enumerate(header) if not name.strip()}
+    if not unnamed:
+        return text
+    for line, row in rows[1:]:
+        used = sorted(i + 1 for i in unnamed if i < len(row) and row[i].strip())
+        if used:
+            raise ProvisioningError(
+                f"{source}: column {used[0]} has no name in the header but line {line} has a value in it: "
+                "name it (a config key like camera.source) or delete the column"
+            )
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(
+        [c for i, c in enumerate(row) if i not in unnamed] for _, row in rows
+    )
+    return out.getvalue()
+
+
 def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
     """Every board of the CSV; raise ProvisioningError listing all bad rows and duplicate device ids."""
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(_without_unnamed_columns(text, source)))
     header = reader.fieldnames or []
     missing = [c for c in REQUIRED if c not in header]
     if missing:

@@ -119,6 +119,27 @@ def test_an_inventory_saved_with_semicolons_says_to_save_it_with_commas(
     assert "separated by ';': save the file as CSV with commas" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("empty", [",", ",,"], ids=["one", "two"])
+def test_a_spreadsheets_empty_trailing_columns_are_ignored_and_a_used_unnamed_one_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], empty: str
+) -> None:
+    # Spreadsheets export "...,device_id,,": refused as "column(s)  appear twice in the header" (two) or
+    # "unknown column(s) ;" (one)
+    inventory = tmp_path / "sheet.csv"
+    inventory.write_text("".join(line + empty + "\n" for line in INVENTORY.splitlines()))
+    args = ["--inventory", str(inventory), "--template", str(TEMPLATE), "--roots", str(tmp_path / "roots")]
+    assert provision_main(args) == 3, capsys.readouterr().err  # every board awaiting its certificate
+    assert sorted(p.name for p in (tmp_path / "roots").iterdir()) == ["board-a", "board-b", "board-c"]
+    lines = inventory.read_text().splitlines()
+    lines[2] += "oops"  # a value under a column with no name: which key was meant?
+    inventory.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert provision_main(args) == 2
+    column = 5 + len(empty)  # the last one
+    says = f"column {column} has no name in the header but line 3 has a value in it"
+    assert says in capsys.readouterr().err
+
+
 def test_the_model_commands_usage_names_the_command_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         model_main(["sign"])
