@@ -3,8 +3,12 @@ the real metrics registry)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -76,3 +80,50 @@ def test_broken_camera_frames_move_the_error_counter_and_superseded_frames_do_no
     for image in (None, np.zeros((0, 0, 3), np.uint8), np.zeros((480, 640), np.uint8),
                   np.zeros((8, 8, 3), np.uint8)):
         assert frame_problem(image) in figures.BROKEN_FRAME_REASONS
+
+
+def _post(port: int, body: object) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/answers",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_answers_the_daemon_could_not_take_move_the_error_counter_and_applied_ones_do_not() -> None:
+    import bench_kt
+    from aiohttp import web
+
+    from edge_agent.config import KTSettings
+    from edge_agent.kt.package import load_package
+    from edge_agent.kt.pseudonym import Pseudonymizer
+    from edge_agent.kt.service import KTService
+    from edge_agent.web.answers import answer_routes
+
+    package = load_package()
+    settings = KTSettings(queue_max=1)
+    svc = KTService(package, OnnxRuntimeEngine(package.step_model), settings, Pseudonymizer(os.urandom(32)))
+    svc.start()
+    app = web.Application()
+    app.add_routes(answer_routes(svc, settings))
+    server = bench_kt._ServerThread(app)
+    item = package.items[0].id
+    answer = {"student_id": "s1", "item_id": item, "correct": True, "answered_at": time.time()}
+    try:
+        before = figures.error_counts(_scrape())
+        assert _post(server.port, answer | {"client_event_id": "e1"}) == 200
+        applied = figures.error_counts(_scrape())
+        # two answers in one request against a queue of 1: the daemon answers 503, outcome "overloaded"
+        two = {"answers": [answer | {"client_event_id": f"e{n}"} for n in (2, 3)]}
+        assert _post(server.port, two) == 503
+        after = figures.error_counts(_scrape())
+    finally:
+        server.close()
+        svc.stop()
+    assert applied["edge_answers_total"] == before["edge_answers_total"]
+    assert after["edge_answers_total"] - before["edge_answers_total"] == 2
