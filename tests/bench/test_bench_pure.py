@@ -304,3 +304,25 @@ def test_timed_out_and_refused_answers_enter_the_p99_and_make_the_lesson_and_soa
         "answer-to-feedback p99 <= 10 ms (lesson)"
     ]
     assert ok is False and detail == "1 of 25 answers failed (1 HTTP 503)"
+
+
+def test_throughput_plot_sets_each_kt_model_against_the_baseline_at_the_same_batch(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    kt = {
+        "step_b1_answers_per_s": 56_000.0,
+        "step_b64_answers_per_s": 686_205.0,
+        "torch_answers_per_s": 3_576.0,
+        "torch_b64_answers_per_s": 51_000.0,
+        "service_answers_per_s": 10_762.0,
+        "service_eager_answers_per_s": 3_470.0,
+    }
+    bars = bench_report._throughput_bars({"kt": kt})
+    model = [(label, value) for label, value, _ in bars if label.startswith("KT model")]
+    assert model == [
+        ("KT model, ORT step, batch 1", 56_000.0),
+        ("KT model, PyTorch eager window 10, batch 1", 3_576.0),
+        ("KT model, ORT step, batch 64", 686_205.0),
+        ("KT model, PyTorch eager window 10, batch 64", 51_000.0),
+    ]
+    written = bench_report.plots({"kt": kt}, {}, tmp_path)
+    assert tmp_path / "throughput.png" in written
