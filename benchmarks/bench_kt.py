@@ -376,6 +376,7 @@ def _measure_http(app: object, items: list[str], seconds: float, prefix: str) ->
     server.close()
     gc.unfreeze()
     return {
+        f"{prefix}_http200_sent": int(200.0 * seconds),  # what _client sends at 200/s
         f"{prefix}_http200_ok": len(paced),
         f"{prefix}_http200_p50_ms": pct(paced, 50) * 1e3,
         f"{prefix}_http200_p99_ms": pct(paced, 99) * 1e3,

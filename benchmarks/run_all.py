@@ -58,9 +58,9 @@ def _photo(path: Path) -> np.ndarray:
 def section_vision(quick: bool, raw: dict[str, Any]) -> dict[str, Any]:
     """bench_vision's comparison with raw per-call times: ORT YuNet pipeline vs cv2.FaceDetectorYN."""
     import cv2
-    from bench_vision import CvYuNet, at_cadence_ms, cadence_calls, product_engines
+    from bench_vision import CvYuNet, at_cadence_ms, cadence_calls, cpu_share, product_engines
 
-    from edge_agent.config import InferenceSettings
+    from edge_agent.config import AttentionSettings, InferenceSettings
     from edge_agent.inference.bench import time_calls
     from edge_agent.vision.attention import AttentionRules
     from edge_agent.vision.pipeline import FrameAnalyser
@@ -89,7 +89,13 @@ def section_vision(quick: bool, raw: dict[str, Any]) -> dict[str, Any]:
     whole_cv = time_calls(lambda: pose.estimate(crowd, theirs.detect(crowd)), whole_reps)
     # At the camera's 5 frames/s, idle between frames: what the daemon pays (an idle core wakes first).
     cadence = at_cadence_ms(cadence_calls(ours, theirs, pose, frames, crowd), 5.0, 8 if quick else 25)
+    # The daemon's analysis loop on the crowd at 5 frames/s, its default pose refresh: the CPU target.
+    share, achieved = cpu_share(
+        analyser, crowd, 5.0, 4.0 if quick else 10.0, AttentionSettings().pose_refresh_frames
+    )
     out: dict[str, Any] = {
+        "cpu_cores_at_5fps": share,
+        "achieved_fps_for_cpu": achieved,
         "face_threads": face_threads,
         "photos": len(frames),
         "crowd_faces_ort": len(ours.detect(crowd)),
