@@ -10,6 +10,9 @@
    ratio isolates the model choice; with each side's per-answer time inside and outside the model, which
    bounds the end-to-end ratio any model could give (Amdahl).
 
+Each comparison alternates its sides in short rounds (which side goes first alternating too) and reports
+the median of the rounds' ratios with their 10th-90th percentile (``*_ratio_p10`` / ``*_ratio_p90``).
+
 Usage: .venv/bin/python benchmarks/bench_kt.py [--quick]   (needs the train extra for part 4)
 """
 
@@ -280,13 +283,18 @@ def bench_sustained(
     }
 
 
-def _client(port: int, rate: float, concurrency: int, seconds: float, items: list[str]) -> list[float]:
-    """In its own process: open loop at ``rate`` answers/s, or closed loop with ``concurrency`` clients."""
+def _client(
+    port: int, rate: float, concurrency: int, seconds: float, items: list[str]
+) -> tuple[list[float], float]:
+    """In its own process: open loop at ``rate`` answers/s, or closed loop with ``concurrency`` clients.
+    Returns the latencies of the answers that got a 200 and the seconds from the first send to the last
+    reply (a short round's rate must not carry the pool's hand-over)."""
     import aiohttp
 
     url = f"http://127.0.0.1:{port}/api/v1/answers"
     latencies: list[float] = []
     tag = f"{os.getpid()}-{time.time()}"
+    elapsed = [0.0]
 
     async def run() -> None:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
@@ -316,17 +324,18 @@ def _client(port: int, rate: float, concurrency: int, seconds: float, items: lis
                         await asyncio.sleep(delay)
                     tasks.append(asyncio.create_task(one(n)))
                 await asyncio.gather(*tasks)
-                return
-            counter = iter(range(10**9))
+            else:
+                counter = iter(range(10**9))
 
-            async def worker() -> None:
-                while time.perf_counter() - start < seconds:
-                    await one(next(counter))
+                async def worker() -> None:
+                    while time.perf_counter() - start < seconds:
+                        await one(next(counter))
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed[0] = time.perf_counter() - start
 
     asyncio.run(run())
-    return latencies
+    return latencies, elapsed[0]
 
 
 class _ServerThread:
@@ -356,39 +365,47 @@ class _ServerThread:
         self.thread.join(10)
 
 
-def _measure_http(app: object, items: list[str], seconds: float, prefix: str) -> dict[str, float]:
-    import gc
-    import multiprocessing
-
-    # As the daemon does once it runs (edge_agent.heap.freeze_startup_objects), for either side: torch and
-    # the earlier parts leave this process with far more long-lived objects than a daemon has, and each
-    # full collection walked them all inside someone's answer (ours at 200 answers/s: p99 9.0 ms in the
-    # full run against 2.2-3.4 ms alone).
-    gc.collect()
-    gc.freeze()
-    server = _ServerThread(app)
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        paced = pool.apply(_client, (server.port, 200.0, 0, seconds, items))
-        t0 = time.perf_counter()
-        closed = pool.apply(_client, (server.port, 0.0, 32, seconds, items))
-        elapsed = time.perf_counter() - t0
-    server.close()
-    gc.unfreeze()
-    return {
-        f"{prefix}_http200_sent": int(200.0 * seconds),  # what _client sends at 200/s
-        f"{prefix}_http200_ok": len(paced),
-        f"{prefix}_http200_p50_ms": pct(paced, 50) * 1e3,
-        f"{prefix}_http200_p99_ms": pct(paced, 99) * 1e3,
-        f"{prefix}_http_sustained_answers_per_s": len(closed) / elapsed,
-        f"{prefix}_http_sustained_p99_ms": pct(closed, 99) * 1e3,
-    }
+def _spread_of(key: str, values: list[float]) -> dict[str, float]:
+    """The median of per-round ratios and their 10th-90th percentile (bench_report._spread prints it)."""
+    return {key: float(np.median(values)), f"{key}_p10": float(np.percentile(values, 10)),
+            f"{key}_p90": float(np.percentile(values, 90))}
 
 
-def bench_http(
-    package: KTPackage, db_dir: Path, seconds: float, engine: Engine | None = None, prefix: str = "ours"
+def bench_services(
+    package: KTPackage, tmp: Path, count: int, rounds: int, with_eager: bool
 ) -> dict[str, float]:
-    """The daemon's answer API over loopback: our service, on the step engine unless ``engine`` is given."""
+    """The service on the step engine and (``with_eager``) on eager window-10, in ``rounds`` alternated
+    rounds of ``count // rounds`` answers each, each round in a fresh database: figures are the medians of
+    the rounds, the ratio the median of the rounds' ratios. (Run once each, minutes apart, the ratio moved
+    from run to run as the machine did.)"""
+    sides: dict[str, Engine | None] = {"service": None}
+    if with_eager:
+        sides["service_eager"] = EagerWindowEngine(package)
+    per_round: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    for n in range(rounds):
+        for side in list(sides) if n % 2 == 0 else list(reversed(sides)):
+            db_dir = tmp / f"service-round-{n}"
+            db_dir.mkdir(parents=True, exist_ok=True)
+            answers = max(200, count // rounds)
+            per_round[side].append(bench_sustained(package, db_dir, answers, sides[side], side))
+    out = {
+        key: float(np.median([r[key] for r in per_round[side]]))
+        for side in sides
+        for key in per_round[side][0]
+    }
+    if with_eager:
+        out |= _spread_of(
+            "service_model_choice_ratio",
+            [a["service_answers_per_s"] / b["service_eager_answers_per_s"]
+             for a, b in zip(per_round["service"], per_round["service_eager"], strict=True)],
+        )
+    return out | {"service_rounds": float(rounds)}
+
+
+def _service_app(
+    package: KTPackage, db_dir: Path, engine: Engine | None, prefix: str
+) -> tuple[object, Callable[[], None]]:
+    """The daemon's answer API over our service, on the step engine unless ``engine`` is given."""
     from aiohttp import web
 
     from edge_agent.web.answers import answer_routes
@@ -407,14 +424,15 @@ def bench_http(
     svc.start()
     app = web.Application()
     app.add_routes(answer_routes(svc, settings))
-    try:
-        return _measure_http(app, [i.id for i in package.items], seconds, prefix)
-    finally:
+
+    def close() -> None:
         svc.stop()
         db.close()
 
+    return app, close
 
-def bench_http_torch(package: KTPackage, db_dir: Path, seconds: float) -> dict[str, float]:
+
+def _torch_app(package: KTPackage, db_dir: Path) -> tuple[object, Callable[[], None]]:
     """The usual deployment: per answer, read the last 10 answers from SQLite, re-run the model eagerly on
     them plus the new one, store the answer. Same validation, web framework and store as ours."""
     import concurrent.futures
@@ -472,39 +490,97 @@ def bench_http_torch(package: KTPackage, db_dir: Path, seconds: float) -> dict[s
 
     app = web.Application()
     app.router.add_post("/api/v1/answers", post)
-    try:
-        return _measure_http(app, [i.id for i in package.items], seconds, "torch")
-    finally:
+
+    def close() -> None:
         pool.shutdown()
         db.close()
+
+    return app, close
+
+
+def bench_http(
+    package: KTPackage, db_dir: Path, seconds: float, rounds: int, with_baselines: bool
+) -> dict[str, float]:
+    """The answer API over loopback: ours ("ours"), and (``with_baselines``) the usual deployment
+    ("torch") and our service on eager window-10 ("eager_svc"), all serving at once.
+
+    Each side first takes ``seconds`` at a paced 200 answers/s (p50/p99). Then 32 clients in a closed loop
+    go to each side in turn for ``seconds / rounds`` per round, the order reversed every other round: the
+    answers/s are the medians of the rounds, the ratios the medians of the rounds' ratios. (Run once each,
+    one side after the other, the HTTP model-choice ratio came out 4.16x, 1.86x, 1.67x and 1.50-2.48x
+    within 10 minutes.)"""
+    import gc
+    import multiprocessing
+
+    apps = {"ours": _service_app(package, db_dir, None, "ours")}
+    if with_baselines:
+        apps["torch"] = _torch_app(package, db_dir)
+        apps["eager_svc"] = _service_app(package, db_dir, EagerWindowEngine(package), "eager_svc")
+    # As the daemon does once it runs (edge_agent.heap.freeze_startup_objects), for every side: torch and
+    # the earlier parts leave this process with far more long-lived objects than a daemon has, and each
+    # full collection walked them all inside someone's answer (ours at 200 answers/s: p99 9.0 ms in the
+    # full run against 2.2-3.4 ms alone).
+    gc.collect()
+    gc.freeze()
+    servers = {side: _ServerThread(app) for side, (app, _) in apps.items()}
+    items = [i.id for i in package.items]
+    out: dict[str, float] = {"http_rounds": float(rounds)}
+    rates: dict[str, list[float]] = {side: [] for side in servers}
+    closed: dict[str, list[float]] = {side: [] for side in servers}
+    try:
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            for side, server in servers.items():
+                paced, _ = pool.apply(_client, (server.port, 200.0, 0, seconds, items))
+                out |= {
+                    f"{side}_http200_sent": int(200.0 * seconds),  # what _client sends at 200/s
+                    f"{side}_http200_ok": len(paced),
+                    f"{side}_http200_p50_ms": pct(paced, 50) * 1e3,
+                    f"{side}_http200_p99_ms": pct(paced, 99) * 1e3,
+                }
+            for n in range(rounds):
+                for side in list(servers) if n % 2 == 0 else list(reversed(servers)):
+                    latencies, elapsed = pool.apply(
+                        _client, (servers[side].port, 0.0, 32, seconds / rounds, items)
+                    )
+                    rates[side].append(len(latencies) / elapsed)
+                    closed[side] += latencies
+    finally:
+        for server in servers.values():
+            server.close()
+        for _, close in apps.values():
+            close()
+        gc.unfreeze()
+    for side in servers:
+        out[f"{side}_http_sustained_answers_per_s"] = float(np.median(rates[side]))
+        out[f"{side}_http_sustained_p99_ms"] = pct(closed[side], 99) * 1e3
+    if with_baselines:
+        for key, baseline in (("http_throughput_ratio", "torch"), ("http_model_choice_ratio", "eager_svc")):
+            out |= _spread_of(key, list(np.divide(rates["ours"], rates[baseline])))
+    return out
+
+
+ROUNDS = 6  # alternated rounds of the service and HTTP comparisons (even: each side leads as often)
 
 
 def run_parts(package: KTPackage, tmp: Path, scale: float) -> dict[str, float]:
     """Every part, in one process, side by side (PyTorch baselines only when torch is installed)."""
     results = bench_models(package, scale)
-    results |= bench_sustained(package, tmp, int(20000 * scale))
-    results |= bench_http(package, tmp, 10.0 * scale)
-    if "torch_answers_per_s" not in results:
+    with_torch = "torch_answers_per_s" in results
+    results |= bench_services(package, tmp, int(20000 * scale), ROUNDS, with_torch)
+    results |= bench_http(package, tmp, 10.0 * scale, ROUNDS, with_torch)
+    if not with_torch:
         return results
-    results |= bench_http_torch(package, tmp, 10.0 * scale)
-    results |= bench_sustained(package, tmp, int(20000 * scale), EagerWindowEngine(package), "service_eager")
-    results |= bench_http(package, tmp, 10.0 * scale, EagerWindowEngine(package), "eager_svc")
     return results | ratios(results)
 
 
 def ratios(r: dict[str, float]) -> dict[str, float]:
-    """Ours over the baseline (the model's own ratios come from :func:`bench_models`' rounds);
-    ``service_amdahl_bound`` is the most any model could gain end to end: the
-    eager service's time per answer over its time outside the model."""
+    """The ratios not measured in alternated rounds (those come from bench_models, bench_services and
+    bench_http); ``service_amdahl_bound`` is the most any model could gain end to end: the eager
+    service's time per answer over its time outside the model."""
     return {
-        "http_throughput_ratio": r["ours_http_sustained_answers_per_s"]
-        / r["torch_http_sustained_answers_per_s"],
         "service_vs_torch_model_only_ratio": r["service_answers_per_s"] / r["torch_answers_per_s"],
-        "service_model_choice_ratio": r["service_answers_per_s"] / r["service_eager_answers_per_s"],
         "service_amdahl_bound": r["service_eager_us_per_answer"]
         / r["service_eager_outside_model_us_per_answer"],
-        "http_model_choice_ratio": r["ours_http_sustained_answers_per_s"]
-        / r["eager_svc_http_sustained_answers_per_s"],
     }
 
 

@@ -116,7 +116,7 @@ def targets(results: dict[str, Any]) -> list[Row]:
             (
                 f"KT throughput >= 10x PyTorch ({label})",
                 _fmt(ratio, "x"),
-                key,
+                key + _spread(kt, key),
                 None if ratio is None else ratio >= 10,
             )
         )
@@ -249,7 +249,7 @@ def comparison_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "KT answers/s, same service: step engine vs eager window-10",
                 _fmt(kt.get("service_answers_per_s"), "/s"),
                 _fmt(kt.get("service_eager_answers_per_s"), "/s"),
-                _fmt(kt.get("service_model_choice_ratio"), "x"),
+                _fmt(kt.get("service_model_choice_ratio"), "x") + _spread(kt, "service_model_choice_ratio"),
             )
         )
         rows.append(
@@ -271,7 +271,7 @@ def comparison_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "KT answers/s over HTTP, same service: step engine vs eager window-10",
                 _fmt(kt.get("ours_http_sustained_answers_per_s"), "/s"),
                 _fmt(kt.get("eager_svc_http_sustained_answers_per_s"), "/s"),
-                _fmt(kt.get("http_model_choice_ratio"), "x"),
+                _fmt(kt.get("http_model_choice_ratio"), "x") + _spread(kt, "http_model_choice_ratio"),
             )
         )
         rows.append(
@@ -279,7 +279,7 @@ def comparison_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "KT answers/s over HTTP (32 clients)",
                 _fmt(kt.get("ours_http_sustained_answers_per_s"), "/s"),
                 _fmt(kt.get("torch_http_sustained_answers_per_s"), "/s"),
-                _fmt(kt.get("http_throughput_ratio"), "x"),
+                _fmt(kt.get("http_throughput_ratio"), "x") + _spread(kt, "http_throughput_ratio"),
             )
         )
         rows.append(
