@@ -227,14 +227,16 @@ class FleetCA:
         self.cert_path = directory / "ca.pem"
         self.index_path = directory / "index.json"
         self.crl_path = directory / "crl.pem"
-        self.lock_path = directory / ".index.json.lock"
         self._lock_depth = 0
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the CA's lock file (nested calls share it) around every read-then-write of index.json and
-        every CRL build, re-reading the index inside: 8 `sign`s run at once left 7 rows (the 8th
-        certificate valid but unrevocable), and a `revoke` beside them was undone in 2 of 5 rounds."""
+        """Hold the CA's lock (nested calls share it) around every read-then-write of index.json and every
+        CRL build, re-reading the index inside: 8 `sign`s run at once left 7 rows (the 8th certificate
+        valid but unrevocable), and a `revoke` beside them was undone in 2 of 5 rounds. The lock is on the
+        directory itself, read-only: a lock file made by root's weekly CRL timer (mode 0644) refused the
+        operator's next sign and revoke, where every other file of the CA is replaced by a rename and needs
+        only the directory's write permission."""
         if self._lock_depth:
             self._lock_depth += 1
             try:
@@ -243,17 +245,17 @@ class FleetCA:
                 self._lock_depth -= 1
             return
         try:
-            held = open(self.lock_path, "a")  # noqa: SIM115 - closed below, held across the yield
+            held = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
             self._key_and_cert()  # no CA directory: its error says which path to check
             raise
-        with held:
+        try:
             fcntl.flock(held, fcntl.LOCK_EX)
             self._lock_depth = 1
-            try:
-                yield
-            finally:
-                self._lock_depth = 0
+            yield
+        finally:
+            self._lock_depth = 0
+            os.close(held)  # closing the descriptor releases the lock
 
     @classmethod
     def create(cls, directory: Path, name: str, days: int = CA_DAYS) -> FleetCA:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,42 @@ def test_ca_commands_run_at_once_keep_every_row_and_every_revocation(tmp_path: P
     crl = x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes())
     stolen_serial = x509.load_pem_x509_certificate((tmp_path / "stolen.pem").read_bytes()).serial_number
     assert [r.serial_number for r in crl] == [stolen_serial]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run one command as another account")
+def test_roots_weekly_crl_run_leaves_the_operators_ca_usable_by_the_operator() -> None:
+    """edge-agent-crl.service runs `crl` as root in a CA the operator's account owns: a lock file it made
+    (root, 0644) refused the operator's next sign and revoke with 'Permission denied' (round-2 review)."""
+    operator = 65534
+    with tempfile.TemporaryDirectory(prefix="ca-owner.", dir="/tmp") as folder:  # pytest's is root's, 0700
+        os.chmod(folder, 0o755)
+        os.chown(folder, operator, operator)
+        _operator_and_root_share_a_ca(Path(folder), operator)
+
+
+def _operator_and_root_share_a_ca(tmp_path: Path, operator: int) -> None:
+    ca_dir = tmp_path / "fleet-ca"
+
+    def as_operator(*argv: str) -> int:
+        # forked, not a new interpreter: this one may live where that account cannot read
+        pid = os.fork()
+        if pid == 0:
+            code = 99
+            try:
+                os.setgid(operator)
+                os.setuid(operator)
+                code = main(list(argv))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            finally:
+                os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    assert as_operator("init", str(ca_dir)) == 0
+    for lock in ca_dir.glob(".*lock"):  # as a CA made by an earlier release, which had none
+        lock.unlink()
+    assert main(["crl", str(ca_dir)]) == 0  # root, as the timer
+    csr = _board_csr(tmp_path / "b.csr", "np-3a-01")
+    assert as_operator("sign", str(ca_dir), str(csr), "--out", str(ca_dir / "b.pem")) == 0
+    assert as_operator("revoke", str(ca_dir), "np-3a-01") == 0
+    assert not list(ca_dir.glob(".*lock*"))
