@@ -26,6 +26,7 @@ from pathlib import Path
 from edge_agent import __build__, __version__
 from edge_agent.config import Config, ConfigError, load_config_ignoring_unknown, masked_dump, to_toml
 from edge_agent.web.access import read_token_file
+from edge_agent.web.server import local_host
 
 COMMAND_TIMEOUT_S = 20.0
 HTTP_TIMEOUT_S = 3.0
@@ -47,15 +48,6 @@ def _command(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"`{' '.join(argv)}` failed: {exc}\n"
     return done.stdout + (f"\n[exit {done.returncode}] {done.stderr}" if done.returncode else "")
-
-
-def _address(host: str) -> str:
-    """Where this board reaches a port the daemon listens on at ``host``: loopback for a wildcard, else the
-    address itself (bound to the board's LAN or VPN address only, 127.0.0.1 is refused: a review found the
-    bundle's status and metrics empty on such a board)."""
-    if host in ("0.0.0.0", "", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
 
 
 def _web_token(path: Path | None) -> str | None:
@@ -114,8 +106,8 @@ def collect(config_path: Path, doctor_json: str) -> dict[str, str]:
     parts["systemctl.txt"] = _command(["systemctl", "status", "--no-pager", "--lines=0", *UNITS])
     if config is not None:
         web, metrics = config.web, config.metrics
-        web_url = f"{'https' if web.tls_cert_file else 'http'}://{_address(web.host)}:{web.port}"
-        metrics_url = f"{'https' if metrics.tls_cert_file else 'http'}://{_address(metrics.host)}:{metrics.port}"
+        web_url = f"{'https' if web.tls_cert_file else 'http'}://{local_host(web.host)}:{web.port}"
+        metrics_url = f"{'https' if metrics.tls_cert_file else 'http'}://{local_host(metrics.host)}:{metrics.port}"
         parts["status.json"] = _local_get(f"{web_url}/api/v1/status", web.tls_cert_file is not None,
                                           _web_token(web.token_file))
         try:

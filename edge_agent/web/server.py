@@ -112,6 +112,17 @@ def build_app(
     return app
 
 
+
+def local_host(host: str) -> str:
+    """Where a program on the board reaches a port listening on ``host``, as a URL's host: loopback for a
+    wildcard, the address itself otherwise (bound to one LAN or VPN address, 127.0.0.1 is refused). '::'
+    is IPv6 only (asyncio sets IPV6_V6ONLY), so its loopback is ::1; a review found 127.0.0.1 refused."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
 class WebComponent:
     """Serves :func:`build_app` on ``settings.host:settings.port``; ``port`` is the bound one (for port 0)."""
 
@@ -192,12 +203,7 @@ class WebComponent:
     @property
     def local_url(self) -> str:
         """The address a browser on the board itself would open."""
-        host = self._settings.host
-        if host in ("0.0.0.0", "", "::"):
-            host = "127.0.0.1"
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"{self._scheme}://{host}:{self.port}"
+        return f"{self._scheme}://{local_host(self._settings.host)}:{self.port}"
 
     def health(self) -> Health:
         if self._runner is not None:

@@ -4,12 +4,15 @@ school must not send: no secret, no database, no raw student id."""
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import subprocess
 import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from edge_agent.kt.package import KTPackage
 from tests.system.harness import (
@@ -136,14 +139,26 @@ def test_a_bundle_and_config_show_hide_a_camera_password_in_every_form_a_source_
     assert not camera["ok"] and "user-pw=***" in camera["detail"], camera
 
 
+def _ipv6_loopback() -> bool:
+    with socket.socket(socket.AF_INET6) as sock:
+        try:
+            sock.bind(("::1", 0))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", pytest.param("::", marks=pytest.mark.skipif(
+    not _ipv6_loopback(), reason="no IPv6 loopback here"))])
 def test_a_bundle_from_a_board_whose_ports_listen_on_one_address_has_its_status_and_metrics(
-    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess], host: str
 ) -> None:
     # A review: with web.host and metrics.host on the board's own address (the provisioning README's advice
     # for the metrics port), the bundle asked 127.0.0.1, got 'connection refused (is the daemon running?)'
     # for both, and the support request went out without them. 127.0.0.2 stands for that address here.
+    # '::' listens on IPv6 only (asyncio sets IPV6_V6ONLY): 127.0.0.1 was refused there too (round 2).
     cfg = local_config(tmp_path, faces=None)
-    cfg["web"]["host"] = cfg["metrics"]["host"] = "127.0.0.2"
+    cfg["web"]["host"] = cfg["metrics"]["host"] = host
     config = write_config(tmp_path / "config.toml", cfg)
     daemon = daemons(config, notify, tmp_path / "daemon.log").start()
     daemon.wait_running(60)
