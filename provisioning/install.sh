@@ -63,11 +63,14 @@ update_units() {
 }
 
 restart_daemon() {
+    # The units first, restart or not: a restart by hand later must find the release's units (round 2)
+    if [ "$PREFIX" = /opt/edge-agent ] && [ -d /run/systemd/system ]; then
+        update_units
+    fi
     if [ "$RESTART" != auto ] || [ "$PREFIX" != /opt/edge-agent ] || [ ! -d /run/systemd/system ]; then
         say "restart edge-agent to run it (systemctl restart edge-agent); a running process keeps the old code"
         return
     fi
-    update_units
     if ! systemctl is-active --quiet edge-agent; then
         say "edge-agent is not running ($(systemctl is-active edge-agent)); once the board is provisioned:"
         say "systemctl reset-failed edge-agent; systemctl start edge-agent"
