@@ -657,7 +657,8 @@ _NAMED_CREDENTIALS = re.compile(
     r"(?<![\w.-])((?:[\w-]*[_-])?(?:password|passwd|pass|pwd|token|key|secret)"
     r"|user-id|user-pw|proxy-id|proxy-pw|username|user|usr|loginuse|loginpas|passphrase"
     r"|srtp_in_params|srtp_out_params)(\s*=\s*)"
-    r"(\"[^\"]*\"|'[^']*'|[^&;\s\"']+)",
+    # a bare value ends where an XMEye '_' parameter begins (user=admin_password=X_channel=1)
+    r"(\"[^\"]*\"|'[^']*'|(?:(?!_(?:password|passwd|pwd|pass|channel|stream)=)[^&;\s\"'])+)",
     re.IGNORECASE,
 )
 

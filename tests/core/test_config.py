@@ -248,6 +248,9 @@ PROXY_AND_XMEYE_SOURCES = [
      ["admin", "Fosc4m", "T0k"]),
     ("videotestsrc ! x264enc key-int-max=30 ! appsink", "videotestsrc ! x264enc key-int-max=30 ! appsink",
      []),
+    # XMEye's '_' form: the user name ran to the end, hiding the channel and stream the installer checks
+    ("rtsp://10.0.0.9:554/user=admin_password=Xm3y3_channel=1_stream=0.sdp",
+     "rtsp://10.0.0.9:554/user=***_password=***_channel=1_stream=0.sdp", ["admin", "Xm3y3"]),
 ]
 
 
