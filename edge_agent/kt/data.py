@@ -1,8 +1,9 @@
 """Reading answer logs for training: the 3-lines-per-student CSV and pyKT-style CSV (pure, no torch).
 
 Both readers return :class:`Sequences`: per student, skill ids (strings) and 0/1 answers. A file's skill ids
-are all whole numbers, each read in one spelling ("7", "07", "7.0" and " 7" are skill "7"), or all names,
-kept as written. A malformed file raises :class:`InputRejected` naming the line and what is wrong.
+are all numbers or all names. A whole number is one skill in any spelling ("7", "07", "7.0" and " 7"),
+named as the file first spells it; a code such as "1.1" and a name are kept as written. A malformed file
+raises :class:`InputRejected` naming the line and what is wrong.
 """
 
 from __future__ import annotations
@@ -43,19 +44,20 @@ class Sequences:
         return out_s, out_c
 
 
-# A whole number, also as a float with a zero fraction: pandas writes a column that had a gap as floats
-# ("7.0"), and read as written, 7 and 7.0 were two skills (a doubled vocabulary, silently).
-_WHOLE = re.compile(r"([+-]?\d+)(?:\.(\d*))?")
+# A number: a whole one, also as a float with a zero fraction (pandas writes a column that had a gap as
+# floats, "7.0"; read as written, 7 and 7.0 were two skills, a doubled vocabulary, silently), or a
+# chapter.section code ("1.1", "1.10"), which is kept as written.
+_NUMBER = re.compile(r"[+-]?\d+(?:\.\d*)?")
 
 
 class _SkillIds:
-    """The skill ids of one file in one spelling each; the file's first id says whether all are numbers
-    or all are names. Each distinct spelling is checked once and then shared."""
+    """The skill ids of one file, each whole number in one spelling; the file's first id says whether all
+    are numbers or all are names. Each distinct spelling is checked once and then shared."""
 
     def __init__(self, source: str) -> None:
         self._source = source
         self._spelled: dict[str, str] = {}  # as the file spells it -> the id
-        self._ids: dict[str, str] = {}  # one str object per id
+        self._ids: dict[str, str] = {}  # a skill's key (a whole number's value) -> its id
         self._first: tuple[bool, int, str] | None = None  # a number?, line, spelling of the file's first id
 
     def __call__(self, spellings: list[str], line: int) -> list[str]:
@@ -70,10 +72,7 @@ class _SkillIds:
         text = raw.strip()
         if not text:
             raise InputRejected(f"{where}: skill id {n} of {of} is empty; every answer needs its skill id")
-        whole = _WHOLE.fullmatch(text)
-        if whole and (whole[2] or "").strip("0"):
-            raise InputRejected(f"{where}: skill id {text!r} is not a whole number; use numbers or names")
-        number = whole is not None
+        number = _NUMBER.fullmatch(text) is not None
         if self._first is None:
             self._first = (number, line, text)
         elif self._first[0] != number:
@@ -83,8 +82,14 @@ class _SkillIds:
                 f"{where}: skill id {text!r} is {kind}, but the file's skill ids are {other} (the first, "
                 f"{first!r}, is on line {first_line}); use numbers throughout or names throughout"
             )
-        ident = str(int(whole[1])) if whole else text
-        return self._ids.setdefault(ident, ident)
+        key = text
+        if number:
+            whole, _, fraction = text.partition(".")
+            if not fraction.strip("0"):
+                key = str(int(whole))
+        # The first spelling is the skill's id, as written: renamed ('07' -> '7'), a school's package no
+        # longer took the clicker's own '07', and a retrain on the same log could not update the last one.
+        return self._ids.setdefault(key, text)
 
 
 _BITS = {"0": 0, "1": 1}
