@@ -572,7 +572,7 @@ class KTService:
                     state.last_item = a.item_id
                     self._record_lesson(a, state, now)
             for student, state in work.items():
-                state.keep(kept[student])
+                state.keep(kept[student], self._model_id)
                 self._states[student] = state
                 self._states.move_to_end(student)
             forgotten = self._forget_oldest()
@@ -650,7 +650,7 @@ class KTService:
                 st = out[s]
                 out[s] = StudentState(
                     h[i].copy(), c[i].copy(), probs[i].astype(np.float32), st.answers, st.last_item,
-                    self._model_id, st.history,
+                    st.model, st.history,
                 )
                 trail[s].append(out[s].probs)
 

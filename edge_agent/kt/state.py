@@ -39,7 +39,9 @@ class StudentState:
     probs: np.ndarray  # [skills] float32: P(next answer on skill k is correct)
     answers: int = 0
     last_item: str | None = None
-    model: bytes = UNKNOWN_MODEL  # id of the step model that computed h, c and probs
+    # id of the step model that computed h, c and probs; UNKNOWN_MODEL for a state from a release that kept
+    # no answers, until its kept answers fill HISTORY_CAP (replayed from fewer, it lost what came before)
+    model: bytes = UNKNOWN_MODEL
     # the latest answers (history_code), oldest first, at most HISTORY_CAP once kept; shared by the
     # service's working copies and extended only when a batch is kept
     history: array[int] = field(default_factory=lambda: array("I"))
@@ -51,12 +53,17 @@ class StudentState:
             model=model,
         )
 
-    def keep(self, codes: list[int]) -> None:
-        """Add answers to the kept history, dropping the oldest beyond HISTORY_CAP."""
+    def keep(self, codes: list[int], model: bytes) -> None:
+        """Add answers to the kept history, dropping the oldest beyond HISTORY_CAP. A state of no known model
+        becomes ``model``'s (the one running) once they fill it: from then on they stand for it, and a model
+        update replays them. Before, one answer made it replayable from that one alone (round-2 review: a
+        mastery of 0.93 from 200 answers fell to 0.53, under the prior, at the next update)."""
         self.history.extend(codes)
         excess = len(self.history) - HISTORY_CAP
         if excess > 0:
             del self.history[:excess]
+        if self.model == UNKNOWN_MODEL and len(self.history) >= HISTORY_CAP:
+            self.model = model
 
     def to_bytes(self) -> bytes:
         item = (self.last_item or "").encode("utf-8")
@@ -82,6 +89,7 @@ class StudentState:
             model, kept, off = UNKNOWN_MODEL, 0, _HEADER_V1.size
         elif data[:4] == _MAGIC and len(data) >= _HEADER.size:
             _, h_size, s_size, model, kept = _HEADER.unpack_from(data)
+            model = UNKNOWN_MODEL if model == bytes(MODEL_ID_SIZE) else model  # as packed from b""
             off = _HEADER.size
         else:
             raise ValueError("not a student state (damaged, or from an unknown release)")
@@ -96,6 +104,8 @@ class StudentState:
         item = data[off + n + 4 : off + n + 4 + length]
         if len(item) != length:
             raise ValueError("state truncated")
+        if off + n + 4 + length != len(data):  # a wrong count of kept answers shifts what follows it
+            raise ValueError("state damaged: its length does not match its header")
         if not np.all(np.isfinite(arr)):
             raise ValueError("state holds non-finite numbers")
         if codes.size and int(codes.max()) >= 2 * skills:

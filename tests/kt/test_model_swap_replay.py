@@ -187,7 +187,16 @@ def test_a_state_stored_before_answers_were_kept_still_loads_and_carries_over(
         assert svc.student_mastery(student)["answers"] == 6  # type: ignore[index]
         svc.submit([_answer(package, pseudonymize, "old", 1, 0, 1)]).result(10)
         stored = store.states_of([student], package.hidden, len(package.skills))[student]
-        assert stored.answers == 7 and len(stored.history) == 1 and stored.model != UNKNOWN_MODEL
+        # Its 6 earlier answers are not kept: one answer must not make it replayable from that one alone
+        # (round 2: a mastery of 0.93 from 200 answers fell to 0.53, under the prior, at the next update)
+        assert stored.answers == 7 and len(stored.history) == 1 and stored.model == UNKNOWN_MODEL
+        after_one = _probs(svc, student).copy()
+        svc.swap(package, OnnxRuntimeEngine(package.step_model, model_name="kt_step")).result(10).close()
+        assert np.array_equal(_probs(svc, student), after_one)  # carried again, not rebuilt from 1 answer
+        for n in range(2, HISTORY_CAP + 2):  # once its kept answers are a full window, it is replayable
+            svc.submit([_answer(package, pseudonymize, "old", n, n % 7, n % 2)]).result(10)
+        stored = store.states_of([student], package.hidden, len(package.skills))[student]
+        assert len(stored.history) == HISTORY_CAP and stored.model not in (UNKNOWN_MODEL, bytes(32))
     finally:
         svc.stop()
         svc.engine.close()

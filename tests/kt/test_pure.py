@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
 from array import array
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from edge_agent.kt.package import ItemInfo, KTPackage
 from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.recommend import ItemBank, item_success, recommend, weakest_skills
 from edge_agent.kt.simulator import make_curriculum, simulate
-from edge_agent.kt.state import HISTORY_CAP, StudentState
+from edge_agent.kt.state import HISTORY_CAP, UNKNOWN_MODEL, StudentState
 
 
 def test_dkt_csv_reads_three_lines_per_student() -> None:
@@ -117,11 +118,11 @@ def test_state_round_trips_and_rejects_damage() -> None:
         np.arange(4, dtype=np.float32), -np.ones(4, np.float32), np.full(3, 0.5, np.float32), 7, "二次函数-1"
     )
     st.model = bytes(range(32))
-    st.keep([1, 4, 5])
+    st.keep([1, 4, 5], st.model)
     back = StudentState.from_bytes(st.to_bytes(), 7, hidden=4, skills=3)
     assert np.array_equal(back.h, st.h) and np.array_equal(back.c, st.c) and back.last_item == "二次函数-1"
     assert back.model == st.model and list(back.history) == [1, 4, 5]
-    st.keep(list(range(6)) * HISTORY_CAP)  # only the latest HISTORY_CAP are kept
+    st.keep(list(range(6)) * HISTORY_CAP, st.model)  # only the latest HISTORY_CAP are kept
     assert list(st.history) == (list(range(6)) * HISTORY_CAP)[-HISTORY_CAP:]
     assert list(StudentState.from_bytes(st.to_bytes(), 7, 4, 3).history) == list(st.history)
     with pytest.raises(ValueError, match="skills the model does not have"):  # 2 * skill + correct < 6
@@ -131,6 +132,15 @@ def test_state_round_trips_and_rejects_damage() -> None:
             StudentState.from_bytes(bad, 0, 4, 3)
     with pytest.raises(ValueError, match="hidden"):
         StudentState.from_bytes(st.to_bytes(), 0, hidden=8, skills=3)
+    lying = bytearray(st.to_bytes())  # the count of kept answers one short (round 2: loaded, item garbled)
+    struct.pack_into("<I", lying, 44, HISTORY_CAP - 1)
+    with pytest.raises(ValueError, match="damaged"):
+        StudentState.from_bytes(bytes(lying), 0, 4, 3)
+    unknown = StudentState(st.h, st.c, st.probs, 7, None)  # a KTS1 state kept again: still of no known model
+    unknown.keep([1], b"m" * 32)
+    assert StudentState.from_bytes(unknown.to_bytes(), 7, 4, 3).model == UNKNOWN_MODEL
+    unknown.keep([1] * (HISTORY_CAP - 1), b"m" * 32)  # a full window of kept answers: now the model's
+    assert StudentState.from_bytes(unknown.to_bytes(), 7, 4, 3).model == b"m" * 32
 
 
 def _items() -> dict[int, list[ItemInfo]]:
