@@ -160,7 +160,20 @@ def load_package(path: Path | None = None) -> KTPackage:
         raise ModelError(f"{path / 'metadata.json'}: 'prior_success' needs one probability per skill")
     if meta.get("n_skills") != len(skills):
         raise ModelError(f"{path / 'metadata.json'}: n_skills {meta.get('n_skills')} != {len(skills)} skills")
+    meta |= _signed_version(path)
     return KTPackage(path, meta, skills, items, hidden, tuple(float(p) for p in prior))
+
+
+def _signed_version(path: Path) -> dict[str, str]:
+    """A signed package's version (its manifest.json: edge_agent/provisioning/model_package.py) is its
+    version: metadata.json's is the trainer's date stamp, kept by a school that signed the package as 2.0,
+    so the kt_class windows and the log said 2026.11.1 where the status and metrics said 2.0 (a review)."""
+    signed = path / "manifest.json"
+    if not signed.is_file():
+        return {}
+    body = _read_json(signed)
+    version = body.get("version") if isinstance(body, dict) else None
+    return {"version": version} if isinstance(version, str) else {}
 
 
 def write_package_files(
