@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -13,12 +15,24 @@ BEGIN = "<!-- config-reference:begin -->"
 END = "<!-- config-reference:end -->"
 
 
+def _toml(value: object) -> str:
+    """As it is written in the config file: `protocol = 5` was refused where the table showed `5`, not
+    `"5"` (a README review), and `True` is not TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, PurePath):
+        value = str(value)
+    if isinstance(value, (str, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def _default(value: object) -> str:
     if isinstance(value, BaseModel):
         return ""
     if value is None or value == "":
         return "(unset)"
-    return f"`{value}`"
+    return f"`{_toml(value)}`"
 
 
 def reference() -> str:
@@ -35,6 +49,8 @@ def reference() -> str:
                 for name in symbols
                 if hasattr(m, name)
             ]
+            if get_origin(field.annotation) is Literal:
+                limits.append("one of " + ", ".join(f"`{_toml(v)}`" for v in get_args(field.annotation)))
             if limits:
                 meaning = (meaning + " " if meaning else "") + "(" + ", ".join(limits) + ")"
             default = field.get_default(call_default_factory=True)  # a list field's factory gives []
