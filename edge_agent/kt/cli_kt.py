@@ -125,5 +125,8 @@ def cmd_kt_roster(args: argparse.Namespace) -> int:
     except (EdgeAgentError, OSError, ValueError) as exc:
         print(f"error: {exc}")
         return 1
-    print(f"{config.kt.roster_file}: {after} students (was {before}); the daemon reads it within seconds")
+    if args.action == "count":  # nothing changed: not worded as a change (a README review)
+        print(f"{config.kt.roster_file}: {after} students")
+    else:
+        print(f"{config.kt.roster_file}: {after} students (was {before}); the daemon reads it within seconds")
     return 0

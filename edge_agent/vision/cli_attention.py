@@ -93,8 +93,12 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _explicit_config(args: argparse.Namespace) -> str | None:
+    return getattr(args, "attention_config", None) or getattr(args, "config", None)  # type: ignore[no-any-return]
+
+
 def _config(args: argparse.Namespace) -> Config:
-    explicit = getattr(args, "attention_config", None) or getattr(args, "config", None)
+    explicit = _explicit_config(args)
     path = find_config_path(explicit)
     config = load_config(path, check_files_exist=False) if explicit or path.is_file() else Config()
     updates: dict[str, Any] = {}
@@ -315,8 +319,9 @@ def cmd_attention_calibrate(args: argparse.Namespace) -> int:
             print("\nThese photos do not look like a class looking at the board (see the warning); take them "
                   "again before using these values:\n")
         else:
-            print("\nSet these two keys in the [attention] section of the board's config "
-                  "(/etc/edge-agent/config.toml; add the section if it has none) and restart edge-agent. "
+            where = find_config_path(_explicit_config(args))  # --config, $EDGE_AGENT_CONFIG or the default
+            print(f"\nSet these two keys in the [attention] section of the board's config "
+                  f"({where}; add the section if it has none) and restart edge-agent. "
                   "On a provisioned board put them in its inventory row instead (columns "
                   "attention.calibration_yaw_deg and attention.calibration_pitch_deg) and provision again:\n")
         print(calibration.config_lines(), end="")

@@ -146,6 +146,8 @@ def test_calibrate_prints_config_lines_that_mirror_with_the_photo(faces_dir, cli
     cv2.imwrite(str(mirrored), cv2.flip(cv2.imread(str(photo)), 1))
     assert _calibrate([str(photo), *cli_args]) in (0, 1)  # 1 only if the faces disagree
     text = capsys.readouterr().out
+    # the file given with --config, not /etc/edge-agent/config.toml whatever was given (a README review)
+    assert f"board's config ({tmp_path / 'config.toml'};" in text or "do not look like a class" in text
     lines = text[text.index("\n[attention]\n") + 1 :]
     section = tomllib.loads(lines)["attention"]
     config = parse_config(to_toml({"attention": section}))  # the printed lines are a valid config
