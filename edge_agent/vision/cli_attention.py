@@ -10,6 +10,7 @@ after. Neither writes the config.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import math
@@ -223,10 +224,12 @@ def _camera_frames(config: Config, seconds: float, max_frames: int) -> Iterator[
     """The configured camera's newest frame once a second for ``seconds`` (at most ``max_frames``), taken as
     the daemon takes them (its grabber keeps only the latest frame, a video file plays in real time); never
     written anywhere. All are taken before the first is analysed: analysed as taken, each analysis counted
-    against the window, and a "10 s" look at 2.5 s an analysis took 4 frames, not 10."""
+    against the window, and a "10 s" look at 2.5 s an analysis took 4 frames, not 10. They wait as JPEG
+    in memory (quality 95): raw, 120 frames of a 4K stream held 3 GB on an 8 GB board (a review measured
+    1.18 GB of RSS for 40 against 0.27 GB before)."""
     camera = Camera.from_settings(config.camera)
     camera.start()
-    taken: list[tuple[str, np.ndarray]] = []
+    taken: collections.deque[tuple[str, np.ndarray]] = collections.deque()
     try:
         deadline = time.monotonic() + seconds
         next_take = time.monotonic()
@@ -237,14 +240,20 @@ def _camera_frames(config: Config, seconds: float, max_frames: int) -> Iterator[
             if frame is None:
                 continue
             seq, next_take = frame.seq, time.monotonic() + 1.0
-            taken.append((f"camera frame {frame.seq}", frame.image))
+            ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if ok:
+                taken.append((f"camera frame {frame.seq}", jpeg))
         if not taken:
             state, detail = camera.state()
             raise CameraError(f"the camera gave no frame in {seconds:g} s ({state}: {detail}); if edge-agent "
                               "is running it may hold the camera: systemctl stop edge-agent, then try again")
     finally:
         camera.stop()
-    yield from taken
+    while taken:
+        label, jpeg = taken.popleft()
+        image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        if image is not None:  # it encoded, so it decodes
+            yield label, image
 
 
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)  # frames are kept only while --annotate needs them

@@ -316,3 +316,30 @@ def test_onnx_runtime_usage_telemetry_stays_off(tmp_path, faces_dir, model_mirro
     assert done.returncode == 0, done.stderr
     assert "3 faces" in done.stdout
     assert _telemetry_files(board) == []
+
+
+def test_calibrate_camera_keeps_its_frames_compressed_until_they_are_analysed(faces_dir, tmp_path):
+    # A review: 40 frames of a 4K stream held 1.18 GB (25 MB each, raw) before the first was analysed; the
+    # default 120 would take 3 GB of an 8 GB board's memory, shared with its GPU.
+    import tracemalloc
+
+    from edge_agent.config import parse_config
+    from edge_agent.vision.cli_attention import _camera_frames
+
+    folder = tmp_path / "uhd"
+    folder.mkdir()
+    uhd = cv2.resize(cv2.imread(str(faces_dir / "pexels" / "Test7.jpg")), (3840, 2160))
+    for n in range(4):
+        cv2.imwrite(str(folder / f"{n}.png"), uhd)
+    config = parse_config(f'[camera]\nsource = "{folder}"\n')
+    tracemalloc.start()
+    try:
+        frames = _camera_frames(config, 4.5, 4)
+        label, first = next(frames)  # every frame is taken before the first comes out
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    rest = list(frames)
+    assert first.shape == (2160, 3840, 3) and len(rest) >= 2, (label, len(rest))
+    held = f"{peak / 2**20:.0f} MiB for {1 + len(rest)} frames of {uhd.nbytes / 2**20:.0f} MiB"
+    assert peak < 3.5 * uhd.nbytes, held
