@@ -19,9 +19,10 @@ MB_IN_MIB = 1e6 / 2**20  # 300 MB = 286.1 MiB
 RSS_TARGET_MIB = 300 * MB_IN_MIB
 OURS, INT8, BASELINE = "tab:blue", "tab:green", "grey"
 _VERDICT: dict[bool | None, str] = {True: "PASS", False: "MISS", None: "NOT MEASURED"}
-# The soak's p99 drift: the last third's p99 at most 1.5x the first third's, the spread the README found
-# between short runs' p99s (12.2 / 19.4 / 13.7 ms) on an unchanged daemon.
-P99_DRIFT_MAX = 1.5
+# The soak's p99 drift: the last third's p99 at most 2x the first third's. Short runs of an unchanged daemon
+# spread 1.6x (12.2 / 19.4 / 13.7 ms), and the quiet 19:53 soak drifted 1.6x (8.8 -> 14.1 ms) with the
+# hypervisor's steal: 1.5x failed that noise (round-2 review); a leak or a growing queue goes past 2x.
+P99_DRIFT_MAX = 2.0
 Row = tuple[str, str, str, bool | None]  # target, measured, detail, passed (None: not measured)
 
 
@@ -138,16 +139,19 @@ def targets(results: dict[str, Any]) -> list[Row]:
     else:
         rows.append(("no growth in the soak beyond noise", "-", "no soak in this run (--soak-minutes)", None))
     drift = (soak or {}).get("p99_drift_ratio")
-    invalid = duplicates_problem((soak or {}).get("lesson") or {})
+    lesson = (soak or {}).get("lesson") or {}
+    invalid = duplicates_problem(lesson)
+    failed = failures_problem(lesson)  # a daemon that stops answering must not pass on a fast last third
     rows.append(
         (
             f"soak p99, last third <= {P99_DRIFT_MAX:g}x the first third",
             _fmt(drift, "x"),
             invalid
+            or failed
             or f"{_pair(soak.get('p99_first_third_ms'), soak.get('p99_last_third_ms'), 'ms')} first / last"
             if soak
             else "no soak in this run (--soak-minutes)",
-            None if drift is None or invalid else drift <= P99_DRIFT_MAX,
+            None if drift is None or invalid else drift <= P99_DRIFT_MAX and not failed,
         )
     )
     return rows

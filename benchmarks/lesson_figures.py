@@ -217,14 +217,25 @@ def run_from_json(data: dict[str, Any]) -> LessonRun:
     )
 
 
+CLIENT_TIMEOUT_S = 10.0  # the load generator's limit per answer (lesson.py)
+
+
+def _answered(code: int, status: str) -> bool:
+    return code == 200 and status in ("applied", "duplicate")
+
+
+def feedback_s(lat: float, code: int, status: str) -> float:
+    """An answer's time to feedback: one that got none counts as the client's whole timeout. With only
+    the 200s kept, a lesson whose daemon stalled 12 s (50 of 600 answers timed out) gave p99 4.8 s; at the
+    time the client saw, refused connections (~1 ms) made a dead daemon's p99 look fast (round 2)."""
+    return lat if _answered(code, status) else max(lat, CLIENT_TIMEOUT_S)
+
+
 def summarize(run: LessonRun) -> dict[str, Any]:
     """The lesson figures: answer-to-feedback, frames/s, sync lag, daemon CPU and RSS, errors."""
-    ok = [lat for _, lat, code, status in run.answers if code == 200 and status in ("applied", "duplicate")]
-    # Every answer enters the latency figures at the time the client saw, a timeout at its timeout: with
-    # only the 200s kept, a lesson whose daemon stalled 12 s (50 of 600 answers timed out) gave p99 4.8 s.
-    latencies = [lat for _, lat, _, _ in run.answers]
-    failed = [(code, status) for _, _, code, status in run.answers
-              if not (code == 200 and status in ("applied", "duplicate"))]
+    ok = [lat for _, lat, code, status in run.answers if _answered(code, status)]
+    latencies = [feedback_s(lat, code, status) for _, lat, code, status in run.answers]
+    failed = [(code, status, lat) for _, lat, code, status in run.answers if not _answered(code, status)]
     start, end = run.window
     inside = [s for s in run.samples if start <= s[0] <= end] or run.samples
     first, last = (inside[0], inside[-1]) if inside else (None, None)
@@ -274,13 +285,13 @@ def summarize(run: LessonRun) -> dict[str, Any]:
     }
 
 
-def failure_kinds(failed: list[tuple[int, str]]) -> dict[str, int]:
-    """How many answers failed each way: "timeouts" (the load generator's 10-s limit), "no reply"
-    (connection refused or reset), "HTTP 503" and so on."""
+def failure_kinds(failed: list[tuple[int, str, float]]) -> dict[str, int]:
+    """How many answers failed each way: "timeouts" (the load generator's 10-s limit; a raw file from
+    before 2026-12-03 has them as "error" at 10 s), "no reply" (connection refused or reset), "HTTP 503"..."""
     kinds: dict[str, int] = {}
-    for code, status in failed:
+    for code, status, lat in failed:
         kind = (
-            ("timeouts" if status == "timeout" else "no reply")
+            ("timeouts" if status == "timeout" or lat >= CLIENT_TIMEOUT_S else "no reply")
             if code == 0
             else f"HTTP {code}" if code != 200 else f"status {status!r}"
         )
@@ -324,8 +335,8 @@ def soak_summary(run: LessonRun, warmup_s: float = 60.0) -> dict[str, Any]:
     """Per-minute RSS, p99 and error counters; memory slope (least squares, after warm-up); p99 drift."""
     start = run.window[0]
     minutes: dict[int, dict[str, Any]] = {}
-    for t, lat, _, _ in run.answers:  # failed answers too, at their observed time (see summarize)
-        minutes.setdefault(int((t - start) // 60), {"lat": []})["lat"].append(lat)
+    for t, lat, code, status in run.answers:  # failed answers too, at the client's timeout (feedback_s)
+        minutes.setdefault(int((t - start) // 60), {"lat": []})["lat"].append(feedback_s(lat, code, status))
     for t, _, rss, _, _, errors in run.samples:
         row = minutes.setdefault(int((t - start) // 60), {"lat": []})
         row["rss"], row["errors"] = rss, sum(errors.values())
@@ -341,7 +352,7 @@ def soak_summary(run: LessonRun, warmup_s: float = 60.0) -> dict[str, Any]:
         if m >= 0
     ]
     steady = [(t - start, s[2]) for s in run.samples if (t := s[0]) - start >= warmup_s]
-    ok = sorted((t, lat) for t, lat, _, _ in run.answers)
+    ok = sorted((t, feedback_s(lat, code, status)) for t, lat, code, status in run.answers)
     third = len(ok) // 3
     first_p99 = _ms(pct([lat for _, lat in ok[:third]], 99)) if third else None
     last_p99 = _ms(pct([lat for _, lat in ok[-third:]], 99)) if third else None

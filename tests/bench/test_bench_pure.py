@@ -306,6 +306,22 @@ def test_timed_out_and_refused_answers_enter_the_p99_and_make_the_lesson_and_soa
     assert ok is False and detail == "1 of 25 answers failed (1 HTTP 503)"
 
 
+def test_a_soak_whose_daemon_stops_answering_fails_its_drift_row_and_old_timeouts_read_as_timeouts() -> None:
+    # Round 2: the last third's refused connections (~1 ms each) entered the p99 at the time the client
+    # saw, so a dead daemon's drift read 0.08x: PASS
+    run = _run(30, 0.0)
+    third = len(run.answers) // 3
+    run.answers = [(t, 0.004, 200, "applied") for t, *_ in run.answers[:-third]] + [
+        (t, 0.0008, 0, "error") for t, *_ in run.answers[-third:]
+    ]
+    soak = figures.soak_summary(run)
+    rows = {name: (detail, ok) for name, _, detail, ok in bench_report.targets({"soak": soak})}
+    detail, ok = rows["soak p99, last third <= 2x the first third"]
+    assert ok is False and "answers failed" in detail, detail
+    # a raw file from before 2026-12-03 recorded a timeout as "error" at the client's 10 s
+    assert figures.failure_kinds([(0, "error", 10.0), (0, "error", 0.001)]) == {"timeouts": 1, "no reply": 1}
+
+
 def test_throughput_plot_sets_each_kt_model_against_the_baseline_at_the_same_batch(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     kt = {
@@ -353,7 +369,7 @@ def test_every_measured_target_gets_a_row_in_the_table_and_in_results_md() -> No
     assert verdicts["face detection with decoding <= 5 ms median"] is False
     assert verdicts["crowd frame, detection + pose, <= 20 ms median"] is True
     assert verdicts["CPU at 5 analysed frames/s < 0.5 core"] is True
-    assert verdicts["soak p99, last third <= 1.5x the first third"] is True
+    assert verdicts["soak p99, last third <= 2x the first third"] is True
     text, md = bench_report.render(results), bench_report.markdown(results, "edge-agent bench")
     for name in verdicts:
         assert name in text and f"| {name} |" in md
@@ -366,4 +382,4 @@ def test_every_measured_target_gets_a_row_in_the_table_and_in_results_md() -> No
     verdicts = {name: ok for name, _, _, ok in bench_report.targets({})}
     assert verdicts["CPU at 5 analysed frames/s < 0.5 core"] is None
     assert verdicts["KT step median <= 0.1 ms at batch 1"] is None
-    assert verdicts["soak p99, last third <= 1.5x the first third"] is None
+    assert verdicts["soak p99, last third <= 2x the first third"] is None
