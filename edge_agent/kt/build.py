@@ -57,7 +57,7 @@ def build_from_sequences(
     if test is None:
         tr_idx, te_idx = split_students(len(train), test_share, opts.seed)
         test = Sequences([train.skills[i] for i in te_idx], [train.correct[i] for i in te_idx])
-        train = Sequences([train.skills[i] for i in tr_idx], [train.correct[i] for i in tr_idx])
+        train = Sequences([train.skills[i] for i in tr_idx], [train.correct[i] for i in tr_idx], train.names)
     vocab = train.vocabulary()
     tr_s, tr_c = train.encode(vocab)
     te_s, te_c = test.encode(vocab)
@@ -68,7 +68,8 @@ def build_from_sequences(
     scores = evaluate(model, te_s, te_c)
     export_onnx(model, out_dir)
     digest = hashlib.sha256(to_dkt_csv(tr_s, tr_c).encode()).hexdigest()
-    skills = [{"id": s, "name_zh": s, "name_en": s} for s in vocab]
+    names = [train.name(s) for s in vocab]  # as the school's file spells them: its clicker sends those
+    skills = [{"id": s, "name_zh": s, "name_en": s} for s in names]
     items = [
         {
             "id": f"skill-{s}",
@@ -77,7 +78,7 @@ def build_from_sequences(
             "title_zh": f"知识点 {s} 练习",
             "title_en": f"practice on skill {s}",
         }
-        for s in vocab
+        for s in names
     ]
     meta = {
         "version": _now()[:10],

@@ -2,8 +2,9 @@
 
 Both readers return :class:`Sequences`: per student, skill ids (strings) and 0/1 answers. A file's skill ids
 are all numbers or all names. A whole number is one skill in any spelling ("7", "07", "7.0" and " 7"),
-named as the file first spells it; a code such as "1.1" and a name are kept as written. A malformed file
-raises :class:`InputRejected` naming the line and what is wrong.
+named as the file first spells it without a fraction ("07"; "7" if only "7.0" appears); a code such as "1.1"
+and a name are kept as written. A malformed file raises :class:`InputRejected` naming the line and what is
+wrong.
 """
 
 from __future__ import annotations
@@ -22,11 +23,17 @@ from edge_agent.errors import InputRejected
 
 @dataclass
 class Sequences:
-    skills: list[list[str]] = field(default_factory=list)
+    skills: list[list[str]] = field(default_factory=list)  # a whole number as its value ("07" is "7")
     correct: list[list[int]] = field(default_factory=list)
+    # A whole-number skill's id as the file first spelled it without a fraction ("07"), where that is not
+    # its value: the package names the skill so, and the clicker's own "07" is taken (see name()).
+    names: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.skills)
+
+    def name(self, skill: str) -> str:
+        return self.names.get(skill, skill)
 
     def vocabulary(self) -> list[str]:
         ids = {s for seq in self.skills for s in seq}
@@ -51,13 +58,17 @@ _NUMBER = re.compile(r"[+-]?\d+(?:\.\d*)?")
 
 
 class _SkillIds:
-    """The skill ids of one file, each whole number in one spelling; the file's first id says whether all
-    are numbers or all are names. Each distinct spelling is checked once and then shared."""
+    """The skill ids of one file, a whole number as its value; the file's first id says whether all are
+    numbers or all are names. Each distinct spelling is checked once and then shared."""
 
     def __init__(self, source: str) -> None:
         self._source = source
         self._spelled: dict[str, str] = {}  # as the file spells it -> the id
-        self._ids: dict[str, str] = {}  # a skill's key (a whole number's value) -> its id
+        self._ids: dict[str, str] = {}  # one str object per id
+        # Named as the file first spells a whole number without a fraction: renamed to its value ('07' ->
+        # '7'), a school's package refused the clicker's own '07'; named as first spelled, a pandas log's
+        # '7.0' named the skill '7.0' (round 3). Ids stay values, so a --test file's '7' meets '07'.
+        self.names: dict[str, str] = {}
         self._first: tuple[bool, int, str] | None = None  # a number?, line, spelling of the file's first id
 
     def __call__(self, spellings: list[str], line: int) -> list[str]:
@@ -84,12 +95,16 @@ class _SkillIds:
             )
         key = text
         if number:
-            whole, _, fraction = text.partition(".")
+            whole, dot, fraction = text.partition(".")
             if not fraction.strip("0"):
                 key = str(int(whole))
-        # The first spelling is the skill's id, as written: renamed ('07' -> '7'), a school's package no
-        # longer took the clicker's own '07', and a retrain on the same log could not update the last one.
-        return self._ids.setdefault(key, text)
+                if not dot:
+                    self.names.setdefault(key, text)
+        return self._ids.setdefault(key, key)
+
+    def renamed(self) -> dict[str, str]:
+        """The whole-number skills whose name is not their value ('7' named '07')."""
+        return {key: name for key, name in self.names.items() if key != name}
 
 
 _BITS = {"0": 0, "1": 1}
@@ -144,6 +159,7 @@ def _read_dkt(lines: Iterable[str], source: str) -> Sequences:
         seqs.correct.append(values)
     if block:
         raise InputRejected(f"{source}: {nonblank} non-blank lines; the format needs 3 per student")
+    seqs.names = ids.renamed()
     return seqs
 
 
@@ -202,6 +218,7 @@ def _read_pykt(lines: Iterable[str], source: str) -> Sequences:
             row_of_uid[uid] = len(seqs.skills)
         seqs.skills.append(skills)
         seqs.correct.append(answers)
+    seqs.names = ids.renamed()
     return seqs
 
 

@@ -224,3 +224,25 @@ def test_kt_train_with_a_test_file_of_other_skill_ids_names_them_before_training
     assert "6 of 6 held-out answers are on skills the training data does not have" in out
     assert "'algebra'" in out and "skill ids" in out
     assert not (tmp_path / "pkg" / "kt_step.onnx").exists()
+
+
+def test_a_package_trained_from_07_takes_07_and_a_test_file_spelling_it_7_is_all_held_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Round 3: '07' in --train and '7' in --test were two skills (154 of 200 held-out answers left out),
+    # and a pandas log's '7.0' named the package's skill '7.0', refusing the clicker's '7'
+    from edge_agent.cli import main
+    from edge_agent.kt.package import load_package
+
+    train = tmp_path / "train.csv"
+    train.write_text("".join("4\n07,12,07,3.0\n1,0,1,1\n" for _ in range(6)), encoding="utf-8")
+    test = tmp_path / "test.csv"
+    test.write_text("".join("3\n7,12,3\n1,0,1\n" for _ in range(2)), encoding="utf-8")
+    out = tmp_path / "pkg"
+    args = ["kt", "train", "--train", str(train), "--test", str(test), "--out", str(out), "--epochs", "1",
+            "--hidden", "8"]
+    assert main(args) == 0, capsys.readouterr().out
+    assert "held-out answers are on skills" not in capsys.readouterr().out
+    package = load_package(out)
+    assert [s.id for s in package.skills] == ["3", "07", "12"]
+    assert {i.id for i in package.items} == {"skill-3", "skill-07", "skill-12"}

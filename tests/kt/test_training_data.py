@@ -26,8 +26,13 @@ def test_a_numeric_skill_id_in_any_spelling_is_one_skill(tmp_path: Path) -> None
     dkt = _file(tmp_path, "4\n7,07,7.0, 7\n1,0,1,1\n2\n12,12.00\n0,1\n")
     seqs = read_sequences(dkt, "dkt-csv")
     assert seqs.skills == [["7", "7", "7", "7"], ["12", "12"]] and seqs.vocabulary() == ["7", "12"]
-    pykt = _file(tmp_path, 'uid,concepts,responses\n1,"07,7.0,12_3","1,0,1"\n2,"7,12.0","0,0"\n', "p.csv")
-    assert read_sequences(pykt, "pykt-csv").vocabulary() == ["07", "12"]
+    pykt = _file(tmp_path, 'uid,concepts,responses\n1,"7.0,07,12_3","1,0,1"\n2,"7,12.0","0,0"\n', "p.csv")
+    seqs = read_sequences(pykt, "pykt-csv")
+    # named as first written without a fraction: "07", not pandas' "7.0" (round 3); "12" only as "12_3"
+    assert seqs.vocabulary() == ["7", "12"] and [seqs.name(s) for s in seqs.vocabulary()] == ["07", "12"]
+    floats = _file(tmp_path, "3\n7.0,12.0,7.0\n1,0,1\n", "pandas.csv")
+    seqs = read_sequences(floats, "dkt-csv")
+    assert [seqs.name(s) for s in seqs.vocabulary()] == ["7", "12"]
 
 
 def test_chapter_section_codes_are_skills_as_written(tmp_path: Path) -> None:
