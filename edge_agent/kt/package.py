@@ -15,6 +15,7 @@ Layout (all required)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -167,13 +168,19 @@ def load_package(path: Path | None = None) -> KTPackage:
 def _signed_version(path: Path) -> dict[str, str]:
     """A signed package's version (its manifest.json: edge_agent/provisioning/model_package.py) is its
     version: metadata.json's is the trainer's date stamp, kept by a school that signed the package as 2.0,
-    so the kt_class windows and the log said 2026.11.1 where the status and metrics said 2.0 (a review)."""
-    signed = path / "manifest.json"
-    if not signed.is_file():
+    so the kt_class windows and the log said 2026.11.1 where the status and metrics said 2.0 (a review).
+    Only a manifest that still describes the package's model and metadata counts: one left behind by a
+    retrain into the same folder named the new model '2.0', and an unreadable one stopped KT (round 3)."""
+    try:
+        body = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        files, version = body["files"], body["version"]
+        current = all(
+            files[name]["sha256"] == hashlib.sha256((path / name).read_bytes()).hexdigest()
+            for name in ("metadata.json", "kt_step.onnx")
+        )
+    except (OSError, ValueError, KeyError, TypeError):
         return {}
-    body = _read_json(signed)
-    version = body.get("version") if isinstance(body, dict) else None
-    return {"version": version} if isinstance(version, str) else {}
+    return {"version": version} if current and isinstance(version, str) else {}
 
 
 def write_package_files(

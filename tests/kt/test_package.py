@@ -91,3 +91,23 @@ def test_invalid_json_is_reported(tmp_path: Path) -> None:
     (pkg / "skills.json").write_text("{not json")
     with pytest.raises(ModelError, match="not valid JSON"):
         load_package(pkg)
+
+
+def test_a_signed_package_goes_by_its_signed_version_only_while_the_signature_describes_it(
+    tmp_path: Path,
+) -> None:
+    from edge_agent.provisioning.model_package import generate_signing_key, sign_package
+
+    key = tmp_path / "fleet.key"
+    generate_signing_key(key, tmp_path / "fleet.pub")
+    folder = tmp_path / "pkg"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, folder)
+    trainer_version = load_package(folder).metadata["version"]
+    sign_package(folder, key, "kt", "2.0")
+    assert load_package(folder).metadata["version"] == "2.0"  # as the status and the metrics say
+    # retrained into the same folder (round 3): the manifest left behind no longer names this model
+    meta = json.loads((folder / "metadata.json").read_text())
+    (folder / "metadata.json").write_text(json.dumps(meta | {"version": "2026-12-03"}))
+    assert load_package(folder).metadata["version"] == "2026-12-03" != trainer_version
+    (folder / "manifest.json").write_text("{not json")  # and an unreadable one does not stop KT
+    assert load_package(folder).metadata["version"] == "2026-12-03"
