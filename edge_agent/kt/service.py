@@ -233,8 +233,8 @@ class KTService:
 
     def _admit(self, answers: Sequence[Answer]) -> None:
         """Count ``answers`` as pending, or raise ServiceBusy (never blocks)."""
-        if not self._accepting:
-            metrics.ANSWERS.labels(outcome="unavailable").inc(len(answers))
+        if not self._accepting:  # once per request, as the web route counts one refused before the service
+            metrics.ANSWERS.labels(outcome="unavailable").inc()
             raise ServiceBusy("knowledge tracing is not running (starting or stopping); retry shortly")
         with self._lock:
             if self._pending + len(answers) > self.settings.queue_max:

@@ -151,11 +151,16 @@ def test_full_intake_is_refused_without_blocking(package, engine, pseudonymize) 
     assert metrics.ANSWERS.labels(outcome="overloaded")._value.get() == before + 2
 
 
-def test_stopped_service_refuses(package, engine, kt_settings, pseudonymize) -> None:
+def test_stopped_service_refuses_and_counts_the_request_once(
+    package, engine, kt_settings, pseudonymize
+) -> None:
     svc = _service(package, engine, kt_settings, pseudonymize)
     svc.stop()
+    before = metrics.sample("edge_answers_total", {"outcome": "unavailable"})
     with pytest.raises(ServiceBusy, match="not running"):
-        svc.submit([_answer(package, pseudonymize, "s1", "x")])
+        svc.submit([_answer(package, pseudonymize, "s1", "x"), _answer(package, pseudonymize, "s2", "y")])
+    # once per request, as the help text says and the web route counts one refused before the service
+    assert metrics.sample("edge_answers_total", {"outcome": "unavailable"}) == before + 1
 
 
 def test_a_full_disk_fails_the_answers_with_503_counts_them_and_the_service_keeps_running(
