@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.provisioning.test_install import _release
-from tests.systemd.booted import BootedSystemd, unavailable
+from tests.systemd.booted import BootedSystemd, running, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
 
@@ -19,16 +19,8 @@ SHIPPED_ENV = "Environment=ORT_DISABLE_TELEMETRY=1\n"
 
 @pytest.fixture
 def booted(tmp_path: Path) -> Iterator[BootedSystemd]:
-    system = BootedSystemd(tmp_path / "systemd")
-    try:
-        system.boot()
-    except RuntimeError as exc:
-        system.shutdown()
-        pytest.skip(str(exc))
-    try:
+    with running(BootedSystemd(tmp_path / "systemd")) as system:
         yield system
-    finally:
-        system.shutdown()
 
 
 def test_an_upgrade_installs_the_releases_changed_units_and_reloads_systemd(

@@ -17,7 +17,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 SYSTEMD = Path("/lib/systemd/systemd")
 TARGET = "edge-test.target"
@@ -167,3 +170,18 @@ class BootedSystemd:
         # PrivateTmp= folders live in this machine's /tmp; killed, systemd could not remove them
         for folder in Path("/tmp").glob("systemd-private-*-edge-agent*.service-*"):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(system: BootedSystemd) -> Iterator[BootedSystemd]:
+    """``system`` booted for one test, which is skipped with the reason where it cannot boot; shut down
+    after it whatever happens."""
+    try:
+        system.boot()
+    except RuntimeError as exc:
+        system.shutdown()
+        pytest.skip(str(exc))
+    try:
+        yield system
+    finally:
+        system.shutdown()

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.chrony import chronyd_unavailable, synchronised_chrony
 from tests.provisioning.fleet_helpers import free_port
-from tests.systemd.booted import BootedSystemd, unavailable
+from tests.systemd.booted import BootedSystemd, running, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = "/opt/edge-agent/venv/bin"
@@ -61,17 +61,10 @@ def booted(request: pytest.FixtureRequest, tmp_path: Path, model_mirror: Path, f
         PIP_CACHE.mkdir(parents=True, exist_ok=True)
         system = BootedSystemd(tmp_path / "systemd", root=root,
                                binds=(REPO, model_mirror, faces_dir, tmp_path, PIP_CACHE))
-    try:
-        system.boot()
-    except RuntimeError as exc:
-        system.shutdown()
-        pytest.skip(str(exc))
-    try:
+    with running(system):
         if system.root is not None:  # the systemd that board runs
             assert system.version == JETPACKS[request.param], system.version
         yield system
-    finally:
-        system.shutdown()
 
 
 def wait_until(condition, seconds: float, what: str) -> None:
