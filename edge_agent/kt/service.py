@@ -28,7 +28,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
@@ -393,7 +393,7 @@ class KTService:
             if self._heartbeat is not None:  # thousands of students take a second or two
                 self._heartbeat.beat()
             for j, (s, st) in enumerate(part):
-                out[s] = replace(st, h=h[j].copy(), c=c[j].copy(), probs=probs[j].copy(), model=model)
+                out[s] = st.stepped(h[j].copy(), c[j].copy(), probs[j].copy(), model)
         return out
 
     def _gather(self, first: _Job) -> tuple[list[_Job], object]:
@@ -626,7 +626,7 @@ class KTService:
     ) -> tuple[dict[str, StudentState], dict[str, list[np.ndarray]]]:
         """The students' states after all their steps, and each student's probabilities after each step."""
         # copies: the live states change only after every round succeeded
-        out = {s: replace(st) for s, st in start.items()}
+        out = {s: st.stepped(st.h, st.c, st.probs) for s, st in start.items()}
         trail: dict[str, list[np.ndarray]] = {s: [] for s in steps}
         while True:
             round_ = [(s, q.popleft()) for s, q in steps.items() if q]
@@ -646,7 +646,7 @@ class KTService:
                 raise EngineError("the KT engine returned non-finite probabilities")
             for i, s in enumerate(students):
                 st = out[s]
-                out[s] = replace(st, h=h[i].copy(), c=c[i].copy(), probs=probs[i].astype(np.float32))
+                out[s] = st.stepped(h[i].copy(), c[i].copy(), probs[i].astype(np.float32))
                 trail[s].append(out[s].probs)
 
     def _record_lesson(self, answer: Answer, state: StudentState, now: float) -> None:
