@@ -88,9 +88,18 @@ def parse_timestamp(value: Any, where: str) -> float:
     return stamp
 
 
+# Python 3.10 (JetPack 6) takes only 3 or 6 fraction digits and only +HH:MM offsets, where 3.11 takes any:
+# .NET sends 7 digits, Go trims trailing zeros, Java sends 9, strftime's %z gives +0800. Written the way
+# 3.10 reads them, so that the board takes what a vendor's PC demo took.
+_FRACTION = re.compile(r"(\d\d:\d\d:\d\d)[.,](\d+)")
+_BASIC_OFFSET = re.compile(r"(:\d\d(?:\.\d+)?)([+-]\d\d)(\d\d)$")
+
+
 def _iso(text: str) -> dt.datetime:
     """ISO 8601 text as sent ("Z" for UTC too); ValueError when it is not."""
-    return dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    text = text.strip().replace("Z", "+00:00")
+    text = _FRACTION.sub(lambda m: f"{m[1]}.{(m[2] + '000000')[:6]}", text, count=1)
+    return dt.datetime.fromisoformat(_BASIC_OFFSET.sub(r"\1\2:\3", text))
 
 
 def _without_zone(value: Any) -> bool:

@@ -12,6 +12,7 @@ import pytest
 
 from edge_agent.config import ConfigError, KTSettings
 from edge_agent.errors import InputRejected
+from edge_agent.kt.answers import parse_timestamp
 from edge_agent.kt.classroom import (
     HISTOGRAM_BINS,
     LessonWindow,
@@ -242,3 +243,19 @@ def test_class_summary_suppresses_small_groups(package: KTPackage) -> None:
     assert sum(full["skills"][0]["histogram"]) == 3
     assert leaving_the_board(full) is full
     assert summarize(None, package, settings, 0.0)["answers"] == 0
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "2026-12-03T04:05:06.1234567Z",  # .NET "o", System.Text.Json
+        "2026-12-03T04:05:06.12345Z",  # Go, trailing zeros trimmed
+        "2026-12-03T04:05:06.12Z",  # Java Instant.toString()
+        "2026-12-03T04:05:06.123456789Z",  # Java, nanoseconds
+        "2026-12-03T12:05:06.12+0800",  # strftime %z
+        "2026-12-03T12:05:06,12+08:00",  # ISO's decimal comma
+    ],
+)
+def test_answer_times_from_common_clients_read_the_same_on_every_supported_python(sent: str) -> None:
+    # Python 3.10, JetPack 6's, refused all of these with 400 where 3.11 took them
+    assert parse_timestamp(sent, "answer 0") == pytest.approx(1796270706.12, abs=0.01)
