@@ -43,7 +43,8 @@ class Answer:
     def content(self) -> str:
         """What the answer says, in 16 hex characters: a retry says the same; another answer sent under
         the same client event id does not (its time may differ on a retry, so it is left out)."""
-        text = f"{self.item_id}\0{self.correct}\0{','.join(map(str, self.skills))}"
+        # sorted: a base station that rebuilds the list from a set sends it in another order on a retry
+        text = f"{self.item_id}\0{self.correct}\0{','.join(map(str, sorted(self.skills)))}"
         return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
@@ -120,7 +121,13 @@ def _correct(value: Any, where: str) -> int:
 
 
 def _skills(obj: dict[str, Any], item_skill: str, index: dict[str, int], where: str) -> tuple[int, ...]:
-    raw = obj.get("skill_ids", obj.get("skill_id"))
+    # null is absent (Jackson, Gson and pydantic write unset fields as null): a null skill_ids beside a
+    # skill_id used the item's own skill and dropped the one sent
+    raw, single = obj.get("skill_ids"), obj.get("skill_id")
+    if raw is None:
+        raw = single
+    elif single is not None and (raw if isinstance(raw, list) else [raw]) != [single]:
+        raise InputRejected(f"{where}: send 'skill_ids' or 'skill_id', not both", field="skill_ids")
     if raw is None:
         return (index[item_skill],)
     ids = raw if isinstance(raw, list) else [raw]

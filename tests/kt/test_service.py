@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from edge_agent.config import KTSettings, StoreSettings
-from edge_agent.kt.answers import Answer
+from edge_agent.errors import InputRejected
+from edge_agent.kt.answers import Answer, parse_answer
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
@@ -706,3 +707,29 @@ def test_an_answer_whose_feedback_fails_is_not_applied_and_its_retry_is(
     db.close()
     assert fb["status"] == "applied"
     assert svc.student_mastery(pseudonymize("s1"))["answers"] == 1  # type: ignore[index]
+
+
+def test_a_retry_naming_its_skills_in_another_order_is_a_duplicate_not_a_conflict(
+    package, engine, kt_settings, pseudonymize
+) -> None:
+    # A 409 tells the vendor to send the answer again under a new id: it was then applied twice
+    skills = tuple(range(3))
+    first = dataclasses.replace(_answer(package, pseudonymize, "s1", "q1"), skills=skills)
+    retry = dataclasses.replace(first, skills=tuple(reversed(skills)))
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    statuses = [f["status"] for f in svc.submit([first, retry]).result(5)]
+    svc.stop()
+    assert statuses == ["applied", "duplicate"]
+
+
+def test_a_null_skill_ids_beside_a_skill_id_uses_the_skill_sent(package, kt_settings, pseudonymize) -> None:
+    item = package.items[0]
+    other = next(s for s in package.skill_index if s != item.skill_id)
+    sent = {"student_id": "s1", "item_id": item.id, "correct": 1, "answered_at": 1_800_000_000,
+            "client_event_id": "e1", "skill_ids": None, "skill_id": other}
+    answer = parse_answer(sent, "answer 0", package, settings=kt_settings, pseudonym=pseudonymize,
+                          now=1_800_000_000)
+    assert answer.skills == (package.skill_index[other],)  # was the item's own skill, silently
+    with pytest.raises(InputRejected, match="not both"):
+        parse_answer({**sent, "skill_ids": [item.skill_id]}, "answer 0", package, settings=kt_settings,
+                     pseudonym=pseudonymize, now=1_800_000_000)
