@@ -343,8 +343,10 @@ class Outbox:
             ("max_age", "created_at < ?", now - max_age_s),
         ):
             # Rows stamped before the clock was set keep going until sent (or pushed out by the limits).
+            # "+state": not through the state index, which walked every unsent row (243-293 ms a minute at
+            # 500,000, answers waiting) where the time indexes read only the rows due (0.1 ms).
             ids = [r[0] for r in conn.execute(
-                f"SELECT id FROM outbox WHERE state = ? AND {where} AND created_at >= ?",
+                f"SELECT id FROM outbox WHERE +state = ? AND {where} AND created_at >= ?",
                 (rules.PENDING, arg, rules.CLOCK_FLOOR),
             )]
             if ids:
