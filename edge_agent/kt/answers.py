@@ -128,12 +128,12 @@ def _skills(obj: dict[str, Any], item_skill: str, index: dict[str, int], where: 
     # skill_id used the item's own skill and dropped the one sent
     raw, single = obj.get("skill_ids"), obj.get("skill_id")
     if raw is None:
-        raw = single
-    elif single is not None and (raw if isinstance(raw, list) else [raw]) != [single]:
-        raise InputRejected(f"{where}: send 'skill_ids' or 'skill_id', not both", field="skill_ids")
+        raw, single = single, None
     if raw is None:
         return (index[item_skill],)
     ids = raw if isinstance(raw, list) else [raw]
+    if single is not None and ids != [single]:
+        raise InputRejected(f"{where}: send 'skill_ids' or 'skill_id', not both", field="skill_ids")
     if not ids or len(ids) > 8 or not all(isinstance(s, str) for s in ids):
         raise InputRejected(f"{where}: 'skill_ids' must be 1-8 skill id strings", field="skill_ids")
     unknown = [s for s in ids if s not in index]
