@@ -24,6 +24,7 @@ from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import MqttSettings
 from edge_agent.errors import SyncError
@@ -359,7 +360,15 @@ class MqttConnection:
         return publish_packet_bytes(topic, payload_bytes, v5=self._v5, qos=qos, expiry=expiry)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
-        rc, _mid = self._client.subscribe(topic, qos=qos)
+        """Over MQTT 5 with Retain-As-Published: without it the broker clears the retain flag of a message
+        published while this client is subscribed, so a retained command reached every board online as a
+        live one (and ran) and was refused only by those connecting later. MQTT 3.1.1 has no such option:
+        there a retained message is told apart only when given at subscribe (connect)."""
+        if self._v5:
+            options = SubscribeOptions(qos=qos, retainAsPublished=True)
+            rc, _mid = self._client.subscribe(topic, options=options)
+        else:
+            rc, _mid = self._client.subscribe(topic, qos=qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise SyncConnectError(f"subscribe to {topic} failed: {paho.error_string(rc)}")
 

@@ -143,3 +143,38 @@ def test_a_retained_command_is_refused_at_every_connect_and_a_live_one_still_run
         assert metrics.sample("edge_mqtt_rejected_total", {"reason": "malformed"}) == malformed
     finally:
         controller.disconnect()
+
+
+@pytest.mark.broker
+def test_a_command_published_retained_while_the_board_is_connected_is_refused(
+    broker: Broker, outbox: Outbox
+) -> None:
+    # (review) the broker clears the retain flag on live delivery unless the subscription asks for
+    # Retain-As-Published: every board online ran a retained command, only boards connecting later refused it
+    settings = plain_settings(broker)
+    seen: list[str] = []
+    commands = CommandDispatcher(DeviceSettings())
+    commands.register("config_reload", lambda c: seen.append(c.request_id))
+    controller = MqttConnection(settings, "fleet-controller", "", lambda *_: None, will=False)
+    controller.connect()
+    retained = metrics.sample("edge_mqtt_rejected_total", {"reason": "retained"})
+    publisher = Publisher(outbox, DeviceSettings(), settings, commands=commands)
+    publisher.start()
+    try:
+        # a live command first: once it runs, the board's subscription is in place
+        assert _wait_until(lambda: publisher.status()["connected"], 5, controller)
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            controller.publish(commands.topic, b'{"type":"config_reload","request_id":"r-live"}')
+            _wait_until(lambda: bool(seen), 0.5, controller)
+        assert seen[:1] == ["r-live"]
+        seen.clear()
+        controller.publish(commands.topic, b'{"type":"config_reload","request_id":"r-kept"}', retain=True)
+        assert _wait_until(lambda: metrics.sample(
+            "edge_mqtt_rejected_total", {"reason": "retained"}) == retained + 1, 5, controller), seen
+        assert seen == []
+    finally:
+        controller.publish(commands.topic, b"", retain=True)
+        _wait_until(lambda: False, 0.3, controller)
+        publisher.stop()
+        controller.disconnect()
