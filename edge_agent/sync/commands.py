@@ -2,13 +2,17 @@
 
 Nothing acts on a message until it has passed every check: topic, size, JSON, and the pydantic model of
 its ``type`` (``extra="forbid"``, strict types). A rejected message is logged with the reason (never its
-contents) and counted in ``edge_mqtt_rejected{reason}``. Handlers are registered by the daemon; they
-run on the publisher's thread, so they must only hand work off (e.g. ``call_soon_threadsafe``).
+contents) and counted in ``edge_mqtt_rejected{reason}``; the latest command's outcome, taken or refused, is
+:attr:`CommandDispatcher.last_outcome`, which the heartbeat carries to the cloud. Handlers are registered
+by the daemon; they run on the publisher's thread, so they must only hand work off (e.g.
+``call_soon_threadsafe``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -21,6 +25,9 @@ from edge_agent.telemetry import metrics
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 16 * 1024
+MAX_DETAIL_CHARS = 300  # of a refusal's reason in the heartbeat
+REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # the model's request_id rule, for a refused command
+TYPES = ("config_reload", "model_update")
 
 
 class _Command(BaseModel):
@@ -51,36 +58,47 @@ class CommandDispatcher:
     def __init__(self, device: DeviceSettings) -> None:
         self.topic = f"edge/{device.tenant}/{device.site}/{device.device_id}/cmd"
         self._handlers: dict[str, Handler] = {}
+        # The latest command's outcome, for the heartbeat: a refusal was only a log line on the board, and
+        # a command taken got no reply, so the cloud could not tell what a board did with it.
+        self.last_outcome: dict[str, Any] | None = None
 
     def register(self, command_type: str, handler: Handler) -> None:
         """``command_type`` is "config_reload" or "model_update"; the handler gets the validated model."""
-        if command_type not in ("config_reload", "model_update"):
+        if command_type not in TYPES:
             raise ValueError(f"unknown command type {command_type!r}")
         self._handlers[command_type] = handler
 
-    def _reject(self, reason: str, detail: str) -> None:
+    def _reject(self, reason: str, detail: str, payload: bytes) -> None:
         metrics.MQTT_REJECTED.labels(reason=reason).inc()
         log.warning("rejected a command message: %s (%s)", reason, detail)
+        self._note(payload, reason, detail)
+
+    def _note(self, payload: bytes, reason: str | None, detail: str) -> None:
+        request_id, command_type = _identify(payload)
+        self.last_outcome = {
+            "request_id": request_id, "type": command_type, "accepted": reason is None, "reason": reason,
+            "detail": detail[:MAX_DETAIL_CHARS], "at": round(time.time(), 3),
+        }
 
     def parse(self, topic: str, payload: bytes) -> ConfigReload | ModelUpdate | None:
         """The validated command, or None (rejected, logged and counted)."""
         if topic != self.topic:
-            self._reject("unknown_topic", f"topic {topic!r}")
+            self._reject("unknown_topic", f"topic {topic!r}", payload)
             return None
         if len(payload) > MAX_COMMAND_BYTES:
-            self._reject("oversized", f"{len(payload)} bytes > {MAX_COMMAND_BYTES}")
+            self._reject("oversized", f"{len(payload)} bytes > {MAX_COMMAND_BYTES}", payload)
             return None
         try:
             doc = json_input.loads(payload)
         except (UnicodeDecodeError, ValueError) as exc:
-            self._reject("malformed", f"not JSON: {exc.__class__.__name__}")
+            self._reject("malformed", f"not JSON: {exc.__class__.__name__}", payload)
             return None
         try:
             return _ADAPTER.validate_python(doc)
         except ValidationError as exc:
             errors = exc.errors()[:5]
             fields = ", ".join(".".join(str(p) for p in e["loc"]) + ": " + e["type"] for e in errors)
-            self._reject("invalid", fields or "schema")
+            self._reject("invalid", fields or "schema", payload)
             return None
 
     def handle(self, topic: str, payload: bytes, *, retained: bool = False) -> bool:
@@ -96,20 +114,39 @@ class CommandDispatcher:
         if retained:
             self._reject("retained", f"a retained message on {topic} would run again at every connect; "
                          "clear it by publishing an empty retained message to that topic "
-                         f"(mosquitto_pub -r -n -t '{topic}'), then send the command again without retain")
+                         f"(mosquitto_pub -r -n -t '{topic}'), then send the command again without retain",
+                         payload)
             return False
         command = self.parse(topic, payload)
         if command is None:
             return False
         handler = self._handlers.get(command.type)
         if handler is None:
-            self._reject("no_handler", f"no handler for {command.type}")
+            self._reject("no_handler", f"this board does not take {command.type} commands", payload)
             return False
         log.info("command %s (request %s) accepted", command.type, command.request_id)
         try:
             handler(command)
-        except Exception:
+        except Exception as exc:
             log.exception("the %s handler failed", command.type)
             metrics.MQTT_REJECTED.labels(reason="handler_error").inc()
+            self._note(payload, "handler_error", str(exc) or exc.__class__.__name__)
             return False
+        self._note(payload, None, "accepted")
         return True
+
+
+def _identify(payload: bytes) -> tuple[str | None, str | None]:
+    """A command's request_id and type where they read, so that the cloud can match a refusal to what it
+    sent; None for either that does not (a request_id outside the pattern is not repeated)."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        return None, None
+    try:
+        doc = json_input.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    request_id, command_type = doc.get("request_id"), doc.get("type")
+    readable = isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id) is not None
+    return (request_id if readable else None), (command_type if command_type in TYPES else None)

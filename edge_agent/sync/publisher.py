@@ -38,6 +38,7 @@ STORE_TIMEOUT_S = 10.0
 DRAIN_ON_STOP_S = 2.0
 EXPIRE_EVERY_S = 60.0
 HEARTBEAT_NAME = "mqtt-publisher"
+COMMAND_REPLY_GAP_S = 1.0  # a heartbeat answers each command at once, but at most one a second
 STABLE_SESSION_S = 30.0  # a session that ended sooner counts as a failed connection for the backoff
 T = TypeVar("T")
 
@@ -95,6 +96,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._state: dict[str, Any] = {"connected": False, "last_success": None, "detail": "not started"}
         self._next_heartbeat = 0.0
+        self._last_heartbeat = -COMMAND_REPLY_GAP_S  # monotonic
         self._next_expire = 0.0
 
     # -- thread management ---------------------------------------------------------------------------
@@ -225,6 +227,7 @@ class Publisher:
             now = time.monotonic()
             if now >= self._next_heartbeat:
                 self._next_heartbeat = now + self.settings.heartbeat_s
+                self._last_heartbeat = now
                 self._send_heartbeat(conn, time.time())
             if now >= self._next_expire:
                 self._next_expire = now + EXPIRE_EVERY_S
@@ -237,6 +240,9 @@ class Publisher:
         by now; without this they would wait for the next start (after a weekend, a holiday). Rows
         still unacknowledged at the deadline go back to pending and out at the next start.
         """
+        if self._next_heartbeat <= self._last_heartbeat + COMMAND_REPLY_GAP_S:
+            # a command's outcome still to be sent: a config_reload stops the board within that gap
+            self._send_heartbeat(conn, time.time())
         deadline = time.monotonic() + DRAIN_ON_STOP_S
         while time.monotonic() < deadline:
             self._fill_window(conn)
@@ -324,6 +330,8 @@ class Publisher:
             "oldest_age_s": status["oldest_age_s"], "drops": status["drops"],
             "health": self._health_summary() if self._health_summary else {},
         }
+        if self._commands is not None:  # what the board did with the latest command (None: none yet)
+            doc["health"] = {**doc["health"], "command": self._commands.last_outcome}
         conn.publish(f"{self._prefix}/heartbeat", json.dumps(doc, separators=(",", ":")).encode(), qos=0)
 
     # -- acknowledgements ----------------------------------------------------------------------------
@@ -384,6 +392,9 @@ class Publisher:
     def _on_message(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
         if self._commands is not None:
             self._commands.handle(topic, payload, retained=retained)
+            # The outcome goes out now, not up to heartbeat_s later: an accepted config_reload restarts the
+            # board, and the outcome (kept in memory) would never be sent
+            self._next_heartbeat = min(self._next_heartbeat, self._last_heartbeat + COMMAND_REPLY_GAP_S)
         else:
             metrics.MQTT_REJECTED.labels(reason="unknown_topic").inc()
 

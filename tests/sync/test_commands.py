@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,7 @@ from edge_agent.store.outbox import Outbox
 from edge_agent.sync.commands import MAX_COMMAND_BYTES, CommandDispatcher, ConfigReload, ModelUpdate
 from edge_agent.sync.mqtt import MqttConnection
 from edge_agent.sync.publisher import Publisher
+from edge_agent.sync.receiver import Receiver
 from edge_agent.telemetry import metrics
 from tests.brokers import Broker
 from tests.sync.conftest import plain_settings
@@ -178,3 +181,86 @@ def test_a_command_published_retained_while_the_board_is_connected_is_refused(
         _wait_until(lambda: False, 0.3, controller)
         publisher.stop()
         controller.disconnect()
+
+
+@pytest.mark.broker
+def test_every_command_outcome_reaches_the_cloud_in_the_next_heartbeat(
+    broker: Broker, outbox: Outbox, tmp_path: Path
+) -> None:
+    # (review) a refused command (no signature, a bad request_id, an unknown field) left only a local log
+    # line, and an accepted config_reload no reply at all: the cloud could not tell what a board did
+    settings = plain_settings(broker, heartbeat_s=60.0)  # only the first is due: the rest are replies
+    device = DeviceSettings()
+    seen: list[str] = []
+    commands = CommandDispatcher(device)
+    commands.register("config_reload", lambda c: seen.append(c.request_id))
+    commands.register("model_update", lambda c: seen.append(c.request_id))
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    controller = MqttConnection(settings, "fleet-controller", "", lambda *_: None, will=False)
+    controller.connect()
+    publisher = Publisher(outbox, device, settings, commands=commands)
+    publisher.start()
+
+    def outcome() -> dict[str, Any] | None:
+        heartbeat = receiver.report(device.device_id)["heartbeat"]
+        return heartbeat["health"].get("command") if heartbeat else None
+
+    try:
+        assert _wait_until(lambda: publisher.status()["connected"] and outcome() is None
+                           and receiver.report(device.device_id)["heartbeat"] is not None, 5, controller)
+        unsigned = {k: v for k, v in UPDATE.items() if k != "signature"} | {"request_id": "r-nosig"}
+        cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
+            (unsigned, {"request_id": "r-nosig", "type": "model_update", "accepted": False,
+                        "reason": "invalid", "detail": "model_update.signature: missing"}),
+            ({"type": "config_reload", "request_id": "r 42"},
+             {"request_id": None, "type": "config_reload", "accepted": False, "reason": "invalid",
+              "detail": "config_reload.request_id: string_pattern_mismatch"}),
+            ({"type": "config_reload", "request_id": "r-extra", "force": True},
+             {"request_id": "r-extra", "type": "config_reload", "accepted": False, "reason": "invalid",
+              "detail": "config_reload.force: extra_forbidden"}),
+            ({"type": "config_reload", "request_id": "r-ok"},
+             {"request_id": "r-ok", "type": "config_reload", "accepted": True, "reason": None,
+              "detail": "accepted"}),
+        ]
+        for command, expected in cases:
+            sent = time.time()
+            controller.publish(commands.topic, json.dumps(command).encode())
+            assert _wait_until(lambda want=expected: (outcome() or {}).get("detail") == want["detail"],
+                               5, controller), outcome()
+            got = outcome()
+            assert got is not None and {k: got[k] for k in expected} == expected
+            assert sent - 1 <= got["at"] <= time.time()
+        assert seen == ["r-ok"]
+    finally:
+        publisher.stop()
+        controller.disconnect()
+        receiver.stop()
+
+
+@pytest.mark.broker
+def test_a_command_taken_just_before_a_stop_still_gets_its_heartbeat(
+    broker: Broker, outbox: Outbox, tmp_path: Path
+) -> None:
+    # A config_reload stops the board at once; its outcome, due at most a second after the last heartbeat,
+    # must go out before the disconnect or the cloud never hears of it (the outcome is kept in memory)
+    settings = plain_settings(broker, heartbeat_s=60.0)
+    device = DeviceSettings()
+    seen: list[str] = []
+    commands = CommandDispatcher(device)
+    commands.register("config_reload", lambda c: seen.append(c.request_id))
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    controller = MqttConnection(settings, "fleet-controller", "", lambda *_: None, will=False)
+    controller.connect()
+    publisher = Publisher(outbox, device, settings, commands=commands)
+    publisher.start()
+    try:
+        assert _wait_until(lambda: receiver.report(device.device_id)["heartbeat"] is not None, 5, controller)
+        controller.publish(commands.topic, b'{"type":"config_reload","request_id":"r-stop"}')
+        assert _wait_until(lambda: seen == ["r-stop"], 5, controller)
+        publisher.stop()
+        assert _wait_until(lambda: (receiver.report(device.device_id)["heartbeat"]["health"]["command"]
+                                    or {}).get("request_id") == "r-stop", 3, controller)
+    finally:
+        publisher.stop()
+        controller.disconnect()
+        receiver.stop()
