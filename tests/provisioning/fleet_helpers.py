@@ -183,17 +183,22 @@ def board_client(fleet: Fleet, broker: Broker, device_id: str, suffix: str = "")
     )
 
 
-def controller_client(fleet: Fleet, broker: Broker) -> Client:
-    """The fleet back end: a certificate with CN fleet-controller, signed once per fleet by its CA."""
+def back_end_certificate(fleet: Fleet, cn: str) -> tuple[Path, Path]:
+    """A back-end certificate (CN ``fleet-controller`` or ``edge-receiver``, the ACL's two user blocks),
+    signed once per fleet by its CA: its certificate and key."""
     from edge_agent.provisioning.ca import key_to_pem, make_csr, new_ec_key
 
-    workdir = fleet.roots.parent / "controller"
+    workdir = fleet.roots.parent / cn
     workdir.mkdir(parents=True, exist_ok=True)
-    cert = workdir / "controller.pem"
+    cert, key_path = workdir / f"{cn}.pem", workdir / f"{cn}.key"
     if not cert.exists():
         key = new_ec_key()
-        write_private(workdir / "controller.key", key_to_pem(key))
-        write_public(cert, fleet.ca.sign_csr(make_csr(key, "fleet-controller", "fleet", "cloud")))
-    return Client(
-        broker.port, fleet.ca.cert_path, cert, workdir / "controller.key", f"controller-{os.getpid()}"
-    )
+        write_private(key_path, key_to_pem(key))
+        write_public(cert, fleet.ca.sign_csr(make_csr(key, cn, "fleet", "cloud")))
+    return cert, key_path
+
+
+def controller_client(fleet: Fleet, broker: Broker) -> Client:
+    """The fleet back end that sends commands: a certificate with CN fleet-controller."""
+    cert, key = back_end_certificate(fleet, "fleet-controller")
+    return Client(broker.port, fleet.ca.cert_path, cert, key, f"controller-{os.getpid()}")
