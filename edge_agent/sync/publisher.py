@@ -201,8 +201,9 @@ class Publisher:
             self._stop.wait(min(left, 5.0))
 
     def _connect(self) -> MqttConnection:
+        # The device id, as the shipped broker config makes it anyway (use_username_as_clientid: the CN)
         conn = self._factory(
-            self.settings, f"edge-{self.device.device_id}", f"{self._prefix}/status", self._on_ack,
+            self.settings, self.device.device_id, f"{self._prefix}/status", self._on_ack,
             self._on_message, on_retained=self._on_retained,
         )
         if self._beat is not None:  # one attempt may try every address the broker's name has
