@@ -634,6 +634,43 @@ def test_old_event_keys_are_pruned_but_the_newest_stay_whatever_the_clock_said(d
     assert sorted(store.applied_among(keys)) == sorted(key for key, _, _ in recent)
 
 
+class _WriteLog(Database):
+    """The real store, noting each write task as the writer thread runs it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.ran: list[tuple[str, int | None]] = []
+
+    def write(self, fn, name: str = "prune"):
+        def noted(conn):
+            before = conn.total_changes
+            result = fn(conn)
+            self.ran.append((name, conn.total_changes - before))
+            return result
+
+        return super().write(noted)
+
+
+def test_the_event_key_prune_deletes_in_pieces_that_let_answers_run_between(tmp_path) -> None:
+    # One DELETE of 1.62 million keys held the writer, and the answers behind it, for 1.03 s.
+    db = _WriteLog(tmp_path / "edge-agent.db", StoreSettings())
+    db.open()
+    try:
+        store = StatePersistence(db)
+        now = time.time()
+        store.save([], [(f"old{n}", now - EVENT_KEEP_S - 3600, None) for n in range(5_000)], now).result(5)
+        db.ran.clear()
+        pruning = store.prune_events(now - EVENT_KEEP_S, keep_newest=10)
+        answer = db.write(lambda conn: None, name="answer")  # queued while the first piece runs
+        assert pruning.result(10) == 4_990
+        answer.result(5)
+    finally:
+        db.close()
+    pieces = [changes for name, changes in db.ran if name == "prune"]
+    assert pieces == [2_000, 2_000, 990]
+    assert [name for name, _ in db.ran].index("answer") < len(db.ran) - 1  # not behind the whole prune
+
+
 def test_a_flood_of_invented_ids_cannot_grow_the_lesson_beyond_max_students(
     package, engine, pseudonymize
 ) -> None:
