@@ -23,6 +23,11 @@ OLDEST_ACCEPTED = 946684800.0  # 2000-01-01: anything earlier is a client clock 
 # With the board's clock not known to be right, times this far ahead still read as a unit or client bug
 # (milliseconds, a year off); a board clock behind by days (a holiday without an RTC battery) does not.
 UNSYNCED_MAX_AHEAD_S = 30 * 86400.0
+# Epoch seconds pass 1e11 in the year 5138, epoch milliseconds in 1973: a number above is milliseconds.
+MILLISECONDS_FROM = 1e11
+# Local time sent without a zone reads as UTC, up to 14 h ahead (UTC+14:00, Kiribati): Beijing 28,800 s.
+MAX_ZONE_AHEAD_S = 14 * 3600.0
+NO_ZONE_HINT = "'answered_at' has no time zone, so it was read as UTC: send it with Z or +08:00"
 # Control characters and unpaired surrogates (valid JSON, "\ud800"): a NUL would let two (student, event
 # id) pairs share an idempotency key ("a" + "b\0c" and "a\0b" + "c"), and a surrogate cannot be encoded
 # for the pseudonym's HMAC.
@@ -72,6 +77,11 @@ def parse_timestamp(value: Any, where: str) -> float:
             stamp = float(value)
         except OverflowError:  # an integer of hundreds of digits
             raise InputRejected(f"{where}: 'answered_at' is not a plausible time", "answered_at") from None
+        if stamp > MILLISECONDS_FROM:  # read as seconds it was "20769385 days ahead", blaming the clocks
+            raise InputRejected(
+                f"{where}: 'answered_at' {str(value)[:24]} looks like milliseconds since 1970; send seconds",
+                "answered_at",
+            )
     elif isinstance(value, str):
         try:
             parsed = _iso(value)
@@ -106,7 +116,8 @@ def _iso(text: str) -> dt.datetime:
         return dt.datetime.fromisoformat(_BASIC_OFFSET.sub(r"\1\2:\3", text))
 
 
-def _without_zone(value: Any) -> bool:
+def without_zone(value: Any) -> bool:
+    """Whether ``value`` (answered_at as sent) is ISO 8601 text without a time zone."""
     if not isinstance(value, str):
         return False
     try:
@@ -171,8 +182,7 @@ def parse_answer(
     ahead = answered_at - now
     if board_clock_synced and ahead > settings.max_future_skew_s:
         # Local time sent without a zone (Beijing: 28,800 s ahead) is the usual cause, not a bad clock.
-        hint = (" ('answered_at' has no time zone, so it was read as UTC: send it with Z or +08:00)"
-                if _without_zone(obj.get("answered_at")) else "; check the device clock")
+        hint = f" ({NO_ZONE_HINT})" if without_zone(obj.get("answered_at")) else "; check the device clock"
         raise InputRejected(f"{where}: 'answered_at' is {ahead:.0f} s in the future{hint}", "answered_at")
     if ahead > UNSYNCED_MAX_AHEAD_S:
         raise InputRejected(

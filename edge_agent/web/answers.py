@@ -19,7 +19,7 @@ from edge_agent import json_input
 from edge_agent.clock_sync import ClockSyncFlag
 from edge_agent.config import KTSettings
 from edge_agent.errors import ConfigError, InputRejected
-from edge_agent.kt.answers import Answer, parse_batch
+from edge_agent.kt.answers import MAX_ZONE_AHEAD_S, NO_ZONE_HINT, Answer, parse_batch, without_zone
 from edge_agent.kt.roster import Roster
 from edge_agent.kt.service import KTService, ServiceBusy
 from edge_agent.telemetry import metrics
@@ -105,9 +105,11 @@ def answer_routes(
             results = await svc.submit_async(answers)
         except ServiceBusy as exc:
             return _error(503, str(exc), retry_after_s=exc.retry_after_s)
+        batch = isinstance(body, dict) and "answers" in body
         if not board_synced:
-            _note_clock_behind(answers, results, now, settings.max_future_skew_s, warned)
-        if isinstance(body, dict) and "answers" in body:
+            sent = [a.get("answered_at") for a in (body["answers"] if batch else [body])]
+            _note_clock_behind(answers, results, now, settings.max_future_skew_s, warned, sent=sent)
+        if batch:
             return web.json_response({"results": results})  # a conflict is that answer's status
         # One answer that reuses another's client event id: 409, with the student's current feedback
         return web.json_response(results[0], status=409 if results[0]["status"] == "conflict" else 200)
@@ -138,12 +140,29 @@ def answer_routes(
 
 
 def _note_clock_behind(
-    answers: list[Answer], results: list[dict[str, Any]], now: float, skew_s: float, warned: list[float]
+    answers: list[Answer],
+    results: list[dict[str, Any]],
+    now: float,
+    skew_s: float,
+    warned: list[float],
+    *,
+    sent: list[Any],
 ) -> None:
     """Answers taken although stamped ahead of an unsynchronised board clock: each says so in its
-    feedback, the metric counts them (an alert watches it), and the log says so every 10 minutes."""
-    ahead = [(a.answered_at - now, f) for a, f in zip(answers, results, strict=True)
-             if a.answered_at - now > skew_s]
+    feedback, the metric counts them (an alert watches it), and the log says so every 10 minutes.
+    ``sent``: each answer's answered_at as sent. Local time without a zone, up to 14 h ahead, is the
+    client's fault, not the board's clock: its feedback says so, and it is not counted (it set off
+    EdgeAgentClockBehind for every board in a zone east of UTC whose clock was not synchronised)."""
+    ahead = []
+    for answer, feedback, stamp in zip(answers, results, sent, strict=True):
+        seconds = answer.answered_at - now
+        if seconds <= skew_s:
+            continue
+        if seconds <= MAX_ZONE_AHEAD_S + skew_s and without_zone(stamp):
+            feedback["warning"] = (f"answered_at is {seconds:.0f} s ahead of this board's clock; "
+                                   f"{NO_ZONE_HINT}. The answer was applied")
+        else:
+            ahead.append((seconds, feedback))
     if not ahead:
         return
     metrics.ANSWERS_CLOCK_AHEAD.inc(len(ahead))

@@ -341,10 +341,52 @@ def test_a_board_whose_clock_is_not_synchronised_takes_answers_from_ahead_and_sa
         assert metrics.ANSWERS_CLOCK_AHEAD._value.get() == before + 1
         on_time = _good(svc.package, "clock-1", "clock-2", answered_at=time.time())
         assert "warning" not in unsynced.request("POST", "/api/v1/answers", on_time)[1]
-        # a unit bug (milliseconds) is still refused: 31 days and more is not a clock running behind
-        in_ms = _good(svc.package, "clock-1", "clock-3", answered_at=time.time() * 1000)
-        status, body = unsynced.request("POST", "/api/v1/answers", in_ms)
+        # a unit bug is still refused: 31 days and more is not a clock running behind
+        year_off = _good(svc.package, "clock-1", "clock-3", answered_at=time.time() + 365 * 86400)
+        status, body = unsynced.request("POST", "/api/v1/answers", year_off)
         assert status == 400 and body["field"] == "answered_at" and "not NTP-synchronised" in body["error"]
+    finally:
+        unsynced.close()
+
+
+def test_epoch_milliseconds_are_refused_as_milliseconds_not_blamed_on_a_clock(api) -> None:
+    # Read as seconds, milliseconds were "20769385 days ahead of this board's clock".
+    server, svc = api
+    unsynced = Server(_app(svc, svc.settings, clock_synced=False))
+    try:
+        for where in (server, unsynced):
+            in_ms = _good(svc.package, "ms-1", "ms-1", answered_at=int(time.time() * 1000))
+            status, body = where.request("POST", "/api/v1/answers", in_ms)
+            assert status == 400 and body["field"] == "answered_at"
+            assert "looks like milliseconds since 1970; send seconds" in body["error"]
+            assert "days ahead" not in body["error"] and "future" not in body["error"]
+    finally:
+        unsynced.close()
+
+
+def test_local_time_without_a_zone_on_an_unsynchronised_board_is_blamed_on_the_zone_not_the_clock(
+    api,
+) -> None:
+    # A clicker in China sends local time without a zone (read as UTC: 8 h ahead) to a board whose clock
+    # is not NTP-synchronised: the warning blamed the board's clock and the metric fired EdgeAgentClockBehind.
+    _, svc = api
+    unsynced = Server(_app(svc, svc.settings, clock_synced=False))
+    try:
+        before = metrics.ANSWERS_CLOCK_AHEAD._value.get()
+        local = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=8)).replace(tzinfo=None).isoformat()
+        status, body = unsynced.request(
+            "POST", "/api/v1/answers", _good(svc.package, "zone-1", "zone-1", answered_at=local)
+        )
+        assert status == 200 and body["status"] == "applied"
+        assert "no time zone" in body["warning"] and "+08:00" in body["warning"]
+        assert "timedatectl" not in body["warning"]
+        assert metrics.ANSWERS_CLOCK_AHEAD._value.get() == before
+        # the same 8 h ahead with a zone is the board's clock behind, as before
+        ahead = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=8)).isoformat()
+        batch = {"answers": [_good(svc.package, "zone-1", "zone-2", answered_at=ahead)]}
+        status, body = unsynced.request("POST", "/api/v1/answers", batch)
+        assert status == 200 and "timedatectl" in body["results"][0]["warning"]
+        assert metrics.ANSWERS_CLOCK_AHEAD._value.get() == before + 1
     finally:
         unsynced.close()
 
