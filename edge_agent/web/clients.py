@@ -123,10 +123,17 @@ def add_web_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     clients = sub.add_parser(
         "clients", help="tokens for clicker base stations and tablet apps: they may only post answers"
     )
-    clients.add_argument("action", choices=("add", "remove", "list"))
-    clients.add_argument("name", nargs="?", help="the client, e.g. the vendor and room: acme-clicker-3a")
+    # One parser per action: with `action` and an optional `name` on one parser, argparse matched the name
+    # as absent at `add` and refused `web clients add --config F NAME` ("unrecognized arguments: NAME").
+    actions = clients.add_subparsers(dest="action", required=True)
+    for action, help_text in (("add", "issue a token for a new client (printed once)"),
+                              ("remove", "revoke a client's token"), ("list", "name the clients")):
+        parser = actions.add_parser(action, help=help_text)
+        if action != "list":
+            parser.add_argument("name", help="the client, e.g. the vendor and room: acme-clicker-3a")
+        parser.add_argument("--config", default=argparse.SUPPRESS, help="config file")
+        parser.set_defaults(func=cmd_web_clients, name=None)
     clients.add_argument("--config", default=argparse.SUPPRESS, help="config file")
-    clients.set_defaults(func=cmd_web_clients)
     return web
 
 
@@ -140,9 +147,6 @@ def cmd_web_clients(args: argparse.Namespace) -> int:
         if path is None:
             print("error: web.client_tokens_file is not set in the config; set it (e.g. "
                   '"/etc/edge-agent/secrets/web-clients") and run this again')
-            return 2
-        if (args.action == "list") != (args.name is None):
-            print("error: give the client's name to add or remove; none to list")
             return 2
         if args.name is not None and not _NAME.match(args.name):
             print("error: a client name is letters, digits, '_', '.', '-' (up to 64)")

@@ -182,7 +182,9 @@ def test_the_clients_command_keeps_tokens_private_and_says_what_is_wrong(
     assert "already has a token" in capsys.readouterr().out
     assert cli_main(["web", "clients", "remove", "nobody", "--config", str(config)]) == 1
     assert cli_main(["web", "clients", "add", "bad name!", "--config", str(config)]) == 2
-    assert cli_main(["web", "clients", "add", "--config", str(config)]) == 2
+    with pytest.raises(SystemExit) as no_name:  # argparse: "the following arguments are required: name"
+        cli_main(["web", "clients", "add", "--config", str(config)])
+    assert no_name.value.code == 2
     path.chmod(0o644)
     assert cli_main(["web", "clients", "list", "--config", str(config)]) == 1
     assert "readable by group or others" in capsys.readouterr().out
@@ -193,6 +195,22 @@ def test_the_clients_command_keeps_tokens_private_and_says_what_is_wrong(
     unset = tmp_path / "unset"
     unset.mkdir()
     assert cli_main(["web", "clients", "list", "--config", str(_board_config(unset, clients=False))]) == 2
+
+
+def test_the_clients_command_takes_config_before_or_after_the_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `web clients add --config F NAME` failed ("unrecognized arguments: NAME") where the others worked.
+    config = str(_board_config(tmp_path))
+    for argv in (["web", "clients", "add", "--config", config, "c0"],
+                 ["web", "clients", "add", "c1", "--config", config],
+                 ["web", "clients", "--config", config, "add", "c2"],
+                 ["--config", config, "web", "clients", "add", "c3"]):
+        assert cli_main(argv) == 0, argv
+    capsys.readouterr()
+    assert cli_main(["web", "clients", "list", "--config", config]) == 0
+    assert capsys.readouterr().out.split() == ["c0", "c1", "c2", "c3"]
+    assert cli_main(["web", "clients", "remove", "--config", config, "c0"]) == 0
 
 
 def test_doctor_says_how_many_clicker_tokens_or_which_line_is_wrong(tmp_path: Path) -> None:
