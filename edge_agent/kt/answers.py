@@ -53,10 +53,14 @@ class Answer:
         return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
 
 
-def _text(obj: dict[str, Any], key: str, where: str) -> str:
+def _text(obj: dict[str, Any], key: str, where: str, *, strip: bool = False) -> str:
+    """``obj[key]`` as text of 1-MAX_TEXT characters; with ``strip``, spaces around it dropped first
+    (" stu-4 " padded to 130 characters was refused, though it is "stu-4")."""
     value = obj.get(key)
     if isinstance(value, int) and not isinstance(value, bool) and key != "item_id":
         value = str(value)
+    if isinstance(value, str) and strip:
+        value = value.strip()
     if not isinstance(value, str) or not value.strip():
         raise InputRejected(f"{where}: '{key}' is required and must be a non-empty string", field=key)
     if len(value) > MAX_TEXT:
@@ -168,7 +172,7 @@ def parse_answer(
     # Stripped, as `edge-agent kt roster` strips the school's ids: " stu-4" was another student than
     # "stu-4" and, with a roster, refused as not on it, though IT could never add it so. The client event
     # id stays as sent: a retry's idempotency key must match byte for byte.
-    student = _text(obj, "student_id", where).strip()
+    student = _text(obj, "student_id", where, strip=True)
     event_id = _text(obj, "client_event_id", where)
     item_id = _text(obj, "item_id", where)
     item = package.item_index.get(item_id)

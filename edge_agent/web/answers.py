@@ -71,8 +71,10 @@ def answer_routes(
         # JSON only: a web page in a browser on the board could otherwise post answers to loopback (which
         # needs no token) as a "simple" cross-site request (text/plain or a form) without asking first.
         if request.content_type != "application/json":
-            return _rejected(415, f"send the answers as JSON with Content-Type: application/json "
-                                  f"(got {request.content_type!r})")
+            # aiohttp reads a missing header as application/octet-stream: the message named a type never sent
+            typed = "Content-Type" in request.headers
+            got = repr(request.content_type) if typed else "no Content-Type header"
+            return _rejected(415, f"send the answers as JSON with Content-Type: application/json (got {got})")
         try:
             body = await read_within(request, request.json(loads=json_input.loads))
         except web.HTTPRequestEntityTooLarge:

@@ -60,11 +60,12 @@ class Server:
         path: str,
         body: Any = None,
         raw: bytes | None = None,
-        content_type: str = "application/json",
+        content_type: str | None = "application/json",
     ) -> tuple[int, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        conn.request(method, path, body=data, headers={"Content-Type": content_type})
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        conn.request(method, path, body=data, headers=headers)
         resp = conn.getresponse()
         payload = resp.read()
         conn.close()
@@ -229,6 +230,16 @@ def test_a_student_id_with_spaces_around_it_is_the_same_student_and_on_the_roste
         with_roster.close()
 
 
+def test_a_padded_student_id_is_measured_after_its_spaces_are_dropped(api) -> None:
+    # "stu-pad2" padded to 130 characters was refused as longer than 128, though it is "stu-pad2".
+    server, svc = api
+    padded = " " * 122 + "stu-pad2"
+    status, body = server.request("POST", "/api/v1/answers", _good(svc.package, padded, "long-pad-1"))
+    assert status == 200 and body["status"] == "applied", body
+    status, body = server.request("POST", "/api/v1/answers", _good(svc.package, "s" * 129, "long-pad-2"))
+    assert status == 400 and "longer than 128" in body["error"] and body["field"] == "student_id"
+
+
 def test_two_class_readings_around_one_answer_do_not_give_away_that_students_mastery() -> None:
     # A review (rev/differencing.py): read the class with 5 students, let a 6th answer, read again:
     # mean_after * 6 - mean_before * 5 gave that student's 30 skills to 0.0005, and on the classroom's
@@ -288,6 +299,14 @@ def test_oversized_batch_and_bad_json(api) -> None:
     assert server.request("POST", "/api/v1/answers", raw=b"\xff\xfe")[0] == 400
 
 
+def test_a_body_that_starts_with_a_byte_order_mark_is_read(api) -> None:
+    # Windows tools (Notepad, PowerShell's UTF8 encoding) write a BOM first: it read "not valid JSON".
+    server, svc = api
+    answer = json.dumps(_good(svc.package, "bom-student", "bom-1")).encode()
+    status, body = server.request("POST", "/api/v1/answers", raw=b"\xef\xbb\xbf" + answer)
+    assert status == 200 and body["status"] == "applied", body
+
+
 def test_bodies_python_cannot_read_get_a_json_error_and_apply_nothing(api) -> None:
     server, svc = api
     students = svc.student_count()
@@ -316,6 +335,9 @@ def test_vendor_mistakes_get_a_4xx_that_says_what_to_fix(api) -> None:
     status, body = server.request("POST", "/api/v1/answers", raw=json.dumps(answer).encode(),
                                   content_type="text/plain")
     assert status == 415 and "Content-Type: application/json" in body["error"]
+    # none at all was "got 'application/octet-stream'", a type the client never sent
+    status, body = server.request("POST", "/api/v1/answers", answer, content_type=None)
+    assert status == 415 and "(got no Content-Type header)" in body["error"], body
     status, body = server.request("POST", "/api/v1/answers", answer | {"answered_at": 10**400})
     assert status == 400 and body["field"] == "answered_at"  # was a 500 (float overflow)
     local = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=8)).replace(tzinfo=None).isoformat()
