@@ -23,7 +23,7 @@ from edge_agent.kt.answers import MAX_ZONE_AHEAD_S, NO_ZONE_HINT, Answer, parse_
 from edge_agent.kt.roster import Roster
 from edge_agent.kt.service import KTService, ServiceBusy
 from edge_agent.telemetry import metrics
-from edge_agent.web.request_body import read_within
+from edge_agent.web.request_body import defer_continue, read_within, send_continue
 
 ServiceSource = KTService | Callable[[], KTService | None]
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
@@ -36,6 +36,11 @@ def _error(status: int, message: str, field: str | None = None, retry_after_s: i
         body["field"] = field
     headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
     return web.json_response(body, status=status, headers=headers)
+
+
+def _content_type_sent(request: web.Request) -> str:
+    # aiohttp reads a missing header as application/octet-stream: the 415 named a type never sent
+    return repr(request.content_type) if "Content-Type" in request.headers else "no Content-Type header"
 
 
 def _rejected(status: int, message: str, field: str | None = None) -> web.Response:
@@ -60,7 +65,7 @@ def answer_routes(
     def current() -> KTService | None:
         return service if isinstance(service, KTService) else service()
 
-    @routes.post("/api/v1/answers")
+    @routes.post("/api/v1/answers", expect_handler=defer_continue)  # 100 Continue only past the token
     async def post_answers(request: web.Request) -> web.Response:
         svc = current()
         if svc is None or not svc.running:
@@ -71,10 +76,9 @@ def answer_routes(
         # JSON only: a web page in a browser on the board could otherwise post answers to loopback (which
         # needs no token) as a "simple" cross-site request (text/plain or a form) without asking first.
         if request.content_type != "application/json":
-            # aiohttp reads a missing header as application/octet-stream: the message named a type never sent
-            typed = "Content-Type" in request.headers
-            got = repr(request.content_type) if typed else "no Content-Type header"
-            return _rejected(415, f"send the answers as JSON with Content-Type: application/json (got {got})")
+            return _rejected(415, "send the answers as JSON with Content-Type: application/json "
+                                  f"(got {_content_type_sent(request)})")
+        await send_continue(request)
         try:
             body = await read_within(request, request.json(loads=json_input.loads))
         except web.HTTPRequestEntityTooLarge:

@@ -6,6 +6,10 @@ until TCP keepalive gave up about 2 h 11 min later; a client that sends a byte n
 A handler reads its body through :func:`read_within`; the web app's error middleware answers
 :class:`BodyTooSlow` with 408 and closes the connection (aiohttp first reads on for at most 10 s, so that
 a client still sending is not reset before it reads the answer).
+
+aiohttp answers ``Expect: 100-continue`` before the middlewares run, so a client without a token was told
+to send its body, up to 1 MiB, only to get 401. A route given ``expect_handler=defer_continue`` sends it
+from its handler, past the token, with :func:`send_continue` just before it reads the body.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 BODY_TIMEOUT_S = 30.0  # 1 MiB (the largest body taken) in 30 s is 35 KB/s: Wi-Fi at its weakest manages more
 T = TypeVar("T")
@@ -24,6 +28,25 @@ class BodyTooSlow(Exception):
     def __init__(self, timeout_s: float) -> None:
         super().__init__(f"the request body did not all arrive within {timeout_s:g} s; nothing of it was "
                          "applied: send it again")
+
+
+def _expects_continue(request: web.Request) -> bool:
+    return request.version == HttpVersion11 and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+
+
+async def defer_continue(request: web.Request) -> None:
+    """A route's expect_handler that sends nothing: the handler calls :func:`send_continue` (aiohttp's
+    default sends it before the token is checked). Another Expect gets 417, as by default."""
+    if request.version == HttpVersion11 and not _expects_continue(request):
+        raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers[hdrs.EXPECT][:40]}")
+
+
+async def send_continue(request: web.Request) -> None:
+    """"100 Continue" where the client waits for it before sending the body (a route with
+    ``expect_handler=defer_continue``)."""
+    if _expects_continue(request):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own: the response proper has not started
 
 
 async def read_within(request: web.Request, read: Awaitable[T]) -> T:

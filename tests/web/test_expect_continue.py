@@ -1,0 +1,74 @@
+"""``Expect: 100-continue`` on the answer API, over a real socket from the board's LAN address: the
+"go ahead, send the body" comes only once the token has been checked."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from edge_agent.config import KTSettings
+from edge_agent.kt.package import load_package
+from edge_agent.kt.pseudonym import Pseudonymizer
+from edge_agent.kt.service import KTService
+from edge_agent.live import LiveBoard
+from edge_agent.web.answers import answer_routes
+from tests.web.conftest import WEB_TOKEN
+from tests.web.harness import ServerThread, non_loopback_ipv4
+
+
+@pytest.fixture()
+def lan() -> Iterator[dict[str, Any]]:
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    package = load_package()
+    settings = KTSettings()
+    svc = KTService(package, OnnxRuntimeEngine(package.step_model), settings, Pseudonymizer(b"e" * 32))
+    svc.start()
+    server = ServerThread(LiveBoard(), token=WEB_TOKEN, host="0.0.0.0",
+                          route_tables=[answer_routes(svc, settings)]).start()
+    yield {"address": address, "port": server.port, "package": package}
+    server.stop()
+    svc.stop()
+
+
+def _head(lan: dict[str, Any], body: bytes, token: str | None) -> tuple[socket.socket, bytes]:
+    """Send a POST's head with Expect: 100-continue and no body; the socket and what came back first."""
+    sock = socket.create_connection((lan["address"], lan["port"]), timeout=5)
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    sock.sendall((f"POST /api/v1/answers HTTP/1.1\r\nHost: board\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n{auth}\r\n").encode())
+    return sock, sock.recv(65536)
+
+
+def test_a_client_without_a_token_is_refused_before_it_is_told_to_send_its_body(lan: dict[str, Any]) -> None:
+    # aiohttp sent "100 Continue" before the token was checked: the client sent its body (up to 1 MiB)
+    # and only then got 401.
+    answer = {"student_id": "stu-1", "item_id": lan["package"].items[0].id, "correct": True,
+              "answered_at": time.time(), "client_event_id": "expect-1"}
+    body = json.dumps(answer).encode()
+    sock, first = _head(lan, body, token=None)
+    sock.close()
+    assert first.startswith(b"HTTP/1.1 401"), first[:80]
+
+    sock, first = _head(lan, body, token=WEB_TOKEN)
+    try:
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["status"] == "applied"
