@@ -52,6 +52,60 @@ _STOP = object()
 # within the last FAILURE_WINDOW_S.
 STORAGE_FAILURES = (StoreFullError, StoreUnwritableError)
 FAILURE_WINDOW_S = 60.0
+# A full disk fails every commit, one per answer: 546 ERROR lines a minute at 10 answers/s (264 MB a day),
+# and journald deletes its oldest files, the history IT needs. After the first failure, one line a minute.
+COMMIT_FAILURE_LOG_EVERY_S = 60.0
+
+
+class _CommitFailureLog:
+    """The log lines for failing commits (writer thread only).
+
+    A failure after FAILURE_WINDOW_S without one, or with another message than the last logged, is
+    logged in full; repeats are counted into one line per COMMIT_FAILURE_LOG_EVERY_S. The first commit
+    that changes rows after logged failures says writes succeed again. On a full disk some writes still
+    commit between refused ones (a delete, an update in place): the failures then stay one run, and
+    "succeed again" comes at most once per failure line, so a disk that flaps gives 2 lines a minute."""
+
+    def __init__(self) -> None:
+        self._failed = 0  # commits failed since the last "succeed again" line
+        self._unlogged = 0  # commits failed since the last failure line
+        self._logged = False  # a failure line since the last "succeed again" line
+        self._message = ""  # the last failure message logged
+        self._line_at = 0.0  # time.time() of the last line
+        self._line_mono = 0.0
+        self._failure_mono = -FAILURE_WINDOW_S  # time.monotonic() of the last failure
+
+    def failure(self, error: StoreError) -> None:
+        now, message = time.monotonic(), str(error)
+        self._failed += 1
+        if message != self._message or now - self._failure_mono >= FAILURE_WINDOW_S:
+            self._report_unlogged()
+            log.error("database commit failed: %s", error)
+            self._message = message
+        else:
+            self._unlogged += 1
+            if now - self._line_mono >= COMMIT_FAILURE_LOG_EVERY_S:
+                self._report_unlogged()
+        self._failure_mono = now
+
+    def _report_unlogged(self) -> None:
+        if self._unlogged:
+            log.error("%s more commits failed since %s: %s", self._unlogged,
+                      time.strftime("%H:%M", time.localtime(self._line_at)), self._message)
+            self._unlogged = 0
+        self._lined()
+        self._logged = True
+
+    def _lined(self) -> None:
+        self._line_at, self._line_mono = time.time(), time.monotonic()
+
+    def success(self) -> None:
+        if self._logged:
+            # WARNING, not INFO: `journalctl -p warning`, which shows the failures, shows their end too.
+            log.warning("database writes succeed again after %s failed commits", self._failed)
+            self._failed = self._unlogged = 0
+            self._logged = False
+            self._lined()
 
 
 class StoreQueueFull(StoreError):
@@ -264,6 +318,7 @@ class Database:
         self.report: OpenReport | None = None
         # Storage failures (STORAGE_FAILURES) as (first of this run of them, last, last error), time.time().
         self._failures: tuple[float, float, StoreError] | None = None
+        self._commit_failures = _CommitFailureLog()
 
     # -- opening -------------------------------------------------------------------------------------
 
@@ -436,6 +491,7 @@ class Database:
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Task]) -> None:
         results: list[tuple[_Task, Any, BaseException | None]] = []
+        changes = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")
             for task in batch:
@@ -448,7 +504,7 @@ class Database:
             failure = translate(exc, self.path) if isinstance(exc, sqlite3.Error) else StoreError(
                 f"a database task failed after SQLite rolled back its batch: {exc}"
             )
-            log.error("database commit failed: %s", failure)
+            self._commit_failures.failure(failure)
             if isinstance(failure, STORAGE_FAILURES):
                 self._note_failure(failure)
             for task in batch:
@@ -458,6 +514,10 @@ class Database:
         failures = [error for _, _, error in results if isinstance(error, STORAGE_FAILURES)]
         if failures:  # e.g. an insert the read-only file system refused; the savepoint rolled it back
             self._note_failure(failures[-1])
+        elif conn.total_changes > changes:
+            # Only a commit that changed rows says the storage writes again: on a full disk the outbox's
+            # recount (a read) commits after every refused insert, and a line each time undid the limit.
+            self._commit_failures.success()
         for task, value, error in results:
             if not task.future.set_running_or_notify_cancel():
                 continue

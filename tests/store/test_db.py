@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -14,6 +16,7 @@ import pytest
 from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
 from edge_agent.errors import StoreError, StoreFullError
 from edge_agent.lifecycle import HeartbeatRegistry
+from edge_agent.store import db as db_module
 from edge_agent.store.db import Database, translate
 from edge_agent.store.outbox import Outbox
 from edge_agent.store.schema import SCHEMA_VERSION
@@ -583,3 +586,51 @@ def test_a_write_queued_while_the_database_closes_is_answered_not_left_hanging(s
     closer.join()
     with pytest.raises(StoreError, match="closed before this write ran"):
         late.result(3)
+
+
+def test_a_full_disk_logs_its_first_failed_commit_then_one_line_a_minute_and_when_writes_succeed_again(
+    state_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review: a full disk logged one ERROR line per failed commit, 546 a minute at 10 answers/s.
+    db = Database(state_dir / "full.db", StoreSettings(), max_page_count=64)  # 256 KiB file limit
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box.open()
+
+    def enqueue_until_full(writes: int) -> int:
+        failed = 0
+        for i in range(writes):
+            with contextlib.suppress(StoreFullError):
+                box.enqueue("attention", {"i": i, "pad": "x" * 500}).result(5)
+                continue
+            failed += 1
+        return failed
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "edge_agent.store.db"]
+
+    try:
+        with caplog.at_level(logging.INFO, logger="edge_agent.store.db"):
+            failed = enqueue_until_full(800)  # one commit each: the file fills after a few hundred
+            assert failed >= 200, "the size limit was reached too late for the test"
+            # Some writes still commit between the refused ones (a drop counter updated in place): one
+            # "succeed again" for the one failure line, then the failures are counted, not logged.
+            assert lines()[0].startswith("database commit failed: ") and "full" in lines()[0]
+            assert len(lines()) <= 2, lines()
+            assert all(line.startswith("database writes succeed again") for line in lines()[1:])
+
+            monkeypatch.setattr(db_module, "COMMIT_FAILURE_LOG_EVERY_S", 0.0)  # the minute has passed
+            before = len(lines())
+            assert enqueue_until_full(1) == 1
+            summary = lines()[before]
+            assert re.fullmatch(r"\d+ more commits failed since \d\d:\d\d: .*full.*", summary), summary
+            assert int(summary.split()[0]) >= 2
+
+            rows = box.claim(100).result(5)  # acknowledged rows deleted: room again
+            assert box.ack([r.id for r in rows]).result(5) == 100
+            assert re.fullmatch(r"database writes succeed again after \d+ failed commits", lines()[-1])
+            assert enqueue_until_full(5) == 0
+            total = len(lines())
+            assert total <= 4, lines()  # against one per failed commit (over 200) before
+    finally:
+        db.close()
