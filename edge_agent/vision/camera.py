@@ -151,8 +151,9 @@ class Camera:
         with self._lock:
             changed = state != self._state
             self._state, self._detail = state, detail
-        if changed:
-            log.info("camera %s%s", state, f": {detail}" if detail else "")
+        if changed:  # a camera that failed is a warning, so `journalctl -p warning` shows it
+            level = logging.INFO if state in ("running", "stopped") else logging.WARNING
+            log.log(level, "camera %s%s", state, f": {detail}" if detail else "")
 
     def _current(self, generation: int) -> bool:
         return generation == self._generation and not self._stop.is_set()

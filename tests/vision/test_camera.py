@@ -307,3 +307,45 @@ def test_a_camera_that_cannot_be_opened_never_shows_its_password(
         camera.stop()
     assert "admin" not in detail and secret not in detail, detail
     assert secret not in caplog.text and "admin" not in caplog.text, caplog.text
+
+
+def _state_levels(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.getMessage().split(":")[0].split()[1], r.levelname) for r in caplog.records
+            if r.name == "edge_agent.vision.camera" and r.getMessage().startswith("camera ")]
+
+
+def test_a_camera_that_fails_is_logged_as_a_warning_and_running_or_stopped_as_info(
+    folder: Path, faces_dir: Path, caplog: pytest.LogCaptureFixture
+):
+    # Review: every state was logged at INFO, so `journalctl -p warning` never showed a failed camera.
+    caplog.set_level(logging.INFO, logger="edge_agent.vision.camera")
+    camera = _camera(str(folder))
+    camera.start()
+    try:
+        assert _wait(lambda: camera.state()[0] == "running")
+        shutil.rmtree(folder)  # the folder goes: reconnecting, then error while it cannot be opened
+        assert _wait(lambda: camera.state()[0] == "error")
+        folder.mkdir()
+        shutil.copy(faces_dir / "pexels" / "Test1.jpg", folder / "a.jpg")
+        assert _wait(lambda: camera.state()[0] == "running")
+    finally:
+        camera.stop()
+    levels = dict(_state_levels(caplog))
+    assert levels == {"running": "INFO", "reconnecting": "WARNING", "error": "WARNING", "stopped": "INFO"}, \
+        _state_levels(caplog)
+
+
+def test_a_stalled_camera_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="edge_agent.vision.camera")
+    unblock = threading.Event()
+    camera = Camera("test", stall_timeout_s=0.2, reconnect_min_s=0.05,
+                    opener=lambda stop: _BlockingPort(unblock))
+    camera.start()
+    try:
+        assert _wait(lambda: camera.latest() is not None)
+        time.sleep(0.3)  # the second read hangs
+        assert camera.check_stall()
+    finally:
+        unblock.set()
+        camera.stop()
+    assert ("stalled", "WARNING") in _state_levels(caplog), _state_levels(caplog)
