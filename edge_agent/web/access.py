@@ -178,9 +178,11 @@ def _without_token(request: web.Request) -> str:
 
 class _FailedSignIns:
     """Wrong tokens, counted (edge_web_auth_failures_total) and logged at most once a minute: a guesser
-    made 5,400 tries a second unseen, and each failed form sign-in logged one line."""
+    made 5,400 tries a second unseen, and each failed form sign-in logged one line. ``report`` is the
+    line, with the count and the latest address."""
 
-    def __init__(self) -> None:
+    def __init__(self, report: str) -> None:
+        self._report = report
         self._since_log = 0
         self._logged = 0.0
 
@@ -191,12 +193,16 @@ class _FailedSignIns:
         self._since_log += 1
         now = time.monotonic()
         if now - self._logged >= 60.0:
-            log.warning("teacher view: %s wrong tokens since the last report, the latest from %s",
-                        self._since_log, remote)
+            log.warning(self._report, self._since_log, remote)
             self._since_log, self._logged = 0, now
 
 
-_failed = _FailedSignIns()
+_failed = _FailedSignIns("teacher view: %s wrong tokens since the last report, the latest from %s")
+# Apart from the teacher view's: 598 refused answers were reported as "teacher view" wrong tokens, and IT
+# looked for a guesser at the view where a clicker kept a revoked token.
+_failed_answers = _FailedSignIns(
+    f"answer API (POST {ANSWERS_PATH}): %s wrong tokens since the last report, the latest from %s; usually "
+    "a clicker or tablet app with a revoked or mistyped token")
 
 _REFUSALS = {
     Decision.REMOTE_DISABLED: (
@@ -328,7 +334,8 @@ def access_middleware(
                     f"this token belongs to the client {client!r}, which may only post answers "
                     f"(POST {ANSWERS_PATH}); the teacher view needs the board's web token")}, status=403)
         if decision is not Decision.ALLOW:
-            _failed.note(request.remote, decision)
+            answers = request.method == "POST" and request.path == ANSWERS_PATH
+            (_failed_answers if answers else _failed).note(request.remote, decision)
             return _refusal(request, decision)
         if token is not None and "token" in request.query and request.method == "GET":
             # Move the token from the address bar (history, screenshots) into an HttpOnly cookie.

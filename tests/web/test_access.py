@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,3 +286,27 @@ def test_token_file_is_read_and_bad_ones_are_explained(tmp_path: Path) -> None:
         assert reason in str(info.value), name
     with pytest.raises(ConfigError, match="does not exist"):
         read_token_file(tmp_path / "missing")
+
+
+def test_wrong_tokens_on_the_answer_api_are_reported_apart_from_the_teacher_views(
+    lan_server: ServerThread, remote_ip: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Review: 598 answers with a wrong token were logged as "teacher view: 598 wrong tokens", and IT looked
+    # for someone guessing at the teacher view where a clicker kept a revoked token.
+    from edge_agent.web import access
+
+    for counter in [c for c in vars(access).values() if isinstance(c, access._FailedSignIns)]:
+        monkeypatch.setattr(counter, "_logged", float("-inf"))  # a minute since the last report
+        monkeypatch.setattr(counter, "_since_log", 0)  # other tests' wrong tokens reported
+    caplog.set_level(logging.WARNING, logger="edge_agent.web.access")
+    wrong = {"Authorization": "Bearer not-the-token", "Content-Type": "application/json"}
+    for _ in range(3):
+        assert _request(remote_ip, lan_server.port, "/api/v1/answers", wrong, "POST", "{}")[0] == 401
+    assert _request(remote_ip, lan_server.port, "/api/v1/live", wrong)[0] == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "edge_agent.web.access"]
+    assert lines == [
+        "answer API (POST /api/v1/answers): 1 wrong tokens since the last report, the latest from "
+        f"{remote_ip}; usually a clicker or tablet app with a revoked or mistyped token",
+        f"teacher view: 1 wrong tokens since the last report, the latest from {remote_ip}",
+    ]  # the other two answers within the minute: counted, in the next report
