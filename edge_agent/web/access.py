@@ -214,6 +214,12 @@ _REFUSALS = {
     Decision.NEED_TOKEN: (401, "Sign in with the board's web token (ask your school IT)."),
     Decision.BAD_TOKEN: (401, "That token is not right. Ask your school IT for the board's web token."),
 }
+# A clicker's wrong token on a board with client tokens: the web token would also open the teacher view
+# and the class data, so the vendor is sent for a clicker token, not for it.
+_NOT_A_CLIENT = (
+    "This token is not (or no longer) a clicker token of this board. Ask your school IT for one: they "
+    "make it with `edge-agent web clients add NAME`."
+)
 
 # zh-CN first (the teachers'), English beside it; the form names its error for screen readers.
 _LOGIN_ZH = {
@@ -336,6 +342,8 @@ def access_middleware(
         if decision is not Decision.ALLOW:
             answers = request.method == "POST" and request.path == ANSWERS_PATH
             (_failed_answers if answers else _failed).note(request.remote, decision)
+            if answers and clients is not None and decision is Decision.BAD_TOKEN:
+                return web.json_response({"error": decision.value, "detail": _NOT_A_CLIENT}, status=401)
             return _refusal(request, decision)
         if token is not None and "token" in request.query and request.method == "GET":
             # Move the token from the address bar (history, screenshots) into an HttpOnly cookie.

@@ -310,3 +310,12 @@ def test_wrong_tokens_on_the_answer_api_are_reported_apart_from_the_teacher_view
         f"{remote_ip}; usually a clicker or tablet app with a revoked or mistyped token",
         f"teacher view: 1 wrong tokens since the last report, the latest from {remote_ip}",
     ]  # the other two answers within the minute: counted, in the next report
+
+
+def test_a_wrong_token_on_the_answer_api_of_a_board_without_clicker_tokens_asks_for_the_web_token(
+    lan_server: ServerThread, remote_ip: str,
+) -> None:
+    # There the web token is what clickers send (docs/answer-api.md, section 2)
+    wrong = {"Authorization": "Bearer not-the-token", "Content-Type": "application/json"}
+    status, _, body = _request(remote_ip, lan_server.port, "/api/v1/answers", wrong, "POST", "{}")
+    assert status == 401 and "the board's web token" in json.loads(body)["detail"]

@@ -289,3 +289,24 @@ def test_a_clients_file_with_a_bad_line_keeps_only_the_clients_still_written_in_
     path.write_text(f"acme-3a {a}\ntablets-3a {b}\n")  # fixed: the file is what counts again
     clock.now = 6.0
     assert clients.current().name_of(a) == "acme-3a" and clients.health().ok
+
+
+def test_a_wrong_clicker_token_is_told_to_get_a_clicker_token_not_the_boards_web_token(
+    lan: dict[str, Any], capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Review: a revoked or mistyped clicker token got "Ask your school IT for the board's web token", which
+    # sent the vendor for the token that also opens the teacher view and the class data.
+    assert cli_main(["web", "clients", "remove", "acme-3a", "--config", str(lan["config"])]) == 0
+    deadline = time.monotonic() + 5
+    while (refused := _post(lan, lan["token"], f"r-{time.monotonic()}"))[0] != 401:  # revoked within 2 s
+        assert time.monotonic() < deadline, "the revoked token still worked after 5 s"
+        time.sleep(0.2)
+    for bearer in (lan["token"], "mistyped-clicker-token"):
+        status, body = refused if bearer == lan["token"] else _post(lan, bearer, "r-typo")
+        assert status == 401 and body["error"] == "bad_token", body
+        assert "not (or no longer) a clicker token of this board" in body["detail"], body
+        assert "edge-agent web clients add NAME" in body["detail"] and "web token" not in body["detail"]
+    # the teacher view keeps its wording
+    status, _, raw = _request(lan["address"], lan["port"], "/api/v1/live",
+                              {"Authorization": "Bearer mistyped-clicker-token"})
+    assert status == 401 and "the board's web token" in json.loads(raw)["detail"]
