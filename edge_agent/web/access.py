@@ -220,6 +220,10 @@ _NOT_A_CLIENT = (
     "This token is not (or no longer) a clicker token of this board. Ask your school IT for one: they "
     "make it with `edge-agent web clients add NAME`."
 )
+_NO_CLIENT_TOKEN = (
+    "Send this board's clicker token as 'Authorization: Bearer <token>'. Ask your school IT for one: they "
+    "make it with `edge-agent web clients add NAME`."
+)
 
 # zh-CN first (the teachers'), English beside it; the form names its error for screen readers.
 _LOGIN_ZH = {
@@ -342,8 +346,9 @@ def access_middleware(
         if decision is not Decision.ALLOW:
             answers = request.method == "POST" and request.path == ANSWERS_PATH
             (_failed_answers if answers else _failed).note(request.remote, decision)
-            if answers and clients is not None and decision is Decision.BAD_TOKEN:
-                return web.json_response({"error": decision.value, "detail": _NOT_A_CLIENT}, status=401)
+            if answers and clients is not None and decision in (Decision.BAD_TOKEN, Decision.NEED_TOKEN):
+                detail = _NOT_A_CLIENT if decision is Decision.BAD_TOKEN else _NO_CLIENT_TOKEN
+                return web.json_response({"error": decision.value, "detail": detail}, status=401)
             return _refusal(request, decision)
         if token is not None and "token" in request.query and request.method == "GET":
             # Move the token from the address bar (history, screenshots) into an HttpOnly cookie.

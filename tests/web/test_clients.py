@@ -306,6 +306,11 @@ def test_a_wrong_clicker_token_is_told_to_get_a_clicker_token_not_the_boards_web
         assert status == 401 and body["error"] == "bad_token", body
         assert "not (or no longer) a clicker token of this board" in body["detail"], body
         assert "edge-agent web clients add NAME" in body["detail"] and "web token" not in body["detail"]
+    # and one sent with no token at all is told the same, not to sign in with the web token
+    status, _, raw = _request(lan["address"], lan["port"], "/api/v1/answers",
+                              {"Content-Type": "application/json"}, "POST", "{}")
+    assert status == 401 and "clicker token" in json.loads(raw)["detail"], raw
+    assert "web token" not in json.loads(raw)["detail"], raw
     # the teacher view keeps its wording
     status, _, raw = _request(lan["address"], lan["port"], "/api/v1/live",
                               {"Authorization": "Bearer mistyped-clicker-token"})
