@@ -38,6 +38,7 @@ _LANG_RE = re.compile(r"^[A-Za-z]{2}(-[A-Za-z]{2})?$")
 SSE_RETRY_MS = 3000
 REFUSED_RETRY_S = 10  # a browser refused a stream (503) tries again after this long; app.js reads it
 MAX_STREAMS_PER_PEER = 4  # a teacher's laptop, a phone, and a tab or two
+KEEPALIVE_EVENT = b"event: keepalive\ndata: {}\n\n"  # an event without data is never dispatched
 STALL_KEEPALIVES = 2  # a browser that takes no data for this many keepalive periods is gone or frozen
 
 StatusFn = Callable[[], dict[str, Any]]
@@ -148,6 +149,7 @@ class TeacherView:
             "messages": {lang: self._messages[lang]},
             "snapshot": self._snapshot(),
             "retry_refused_s": REFUSED_RETRY_S,
+            "keepalive_s": self._keepalive_s,  # app.js reconnects after 2.5 of these without a byte
         }
         page = self._template.replace("{{LANG}}", lang).replace(
             "{{BOOT_JSON}}", script_json(boot)
@@ -242,7 +244,10 @@ class TeacherView:
                         await getter
                     if closing in done:
                         return
-                    await self._send(response, b": keepalive\n\n")  # keeps proxies and NAT from dropping us
+                    # A named event, not an SSE comment: EventSource never hands a comment to the page,
+                    # and the page needs the tick to tell a quiet board from a dead link (no FIN/RST),
+                    # behind which it said "Live" for as long as the drop lasted. Also keeps NAT open.
+                    await self._send(response, KEEPALIVE_EVENT)
                     continue
                 event_id += 1
                 await self._send(response, sse_event(_json_safe(getter.result()), "update", event_id))

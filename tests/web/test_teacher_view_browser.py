@@ -321,6 +321,33 @@ def test_a_lost_connection_greys_the_figures_and_says_they_are_old(teacher_page:
     assert float(view.page.evaluate("getComputedStyle(document.querySelector('main')).opacity")) >= 0.9
 
 
+def test_a_silent_link_leaves_live_within_two_and_a_half_keepalives(teacher_page: PageFactory) -> None:
+    # A link gone dead without FIN or RST ends no stream: the page said "Live" for the whole 2-min drop.
+    # Blocking the server's event loop is that link, seen from the browser: the socket stays open, and no
+    # byte comes.
+    board = LiveBoard()
+    fill_board(board, time.time())
+    server = ServerThread(board, keepalive_s=1.0).start()
+    view = teacher_page(server.url)
+    try:
+        view.open()
+        view.wait_live()
+        time.sleep(3.0)  # keepalives alone keep it live: no update is published meanwhile
+        assert view.page.get_attribute("#conn", "data-state") == "live"
+        server.loop.call_soon_threadsafe(time.sleep, 8.0)
+        silent_from = time.monotonic()
+        view.page.wait_for_selector('#conn[data-state="reconnecting"]', timeout=6000)
+        took = time.monotonic() - silent_from
+        assert 1.5 <= took <= 4.0, f"left 'Live' {took:.1f} s into the silence (2.5 keepalives: 2.5 s)"
+        assert view.text("#conn") == "正在重新连接…" and view.page.locator("#conn-lost").is_visible()
+        view.wait_live(timeout_ms=15000)  # the board answers again: a new stream, live again
+        board.publish("learning", learning_section() | {"answers": 2999})
+        view.page.wait_for_function(
+            "() => document.getElementById('learn-answers').textContent === '2,999'", timeout=3000)
+    finally:
+        server.stop()
+
+
 def test_an_ended_sign_in_says_so_and_offers_to_sign_in_again(live_board: LiveBoard,
                                                                teacher_page: PageFactory) -> None:
     # Accessibility audit: after the cookie ended the page said "reconnecting" for ever.

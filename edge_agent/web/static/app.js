@@ -427,24 +427,47 @@
     if (text) setText("announce", text);
   }
 
+  // A link that goes dead without a FIN or RST (Wi-Fi gone, a switch unplugged) ends no stream: the page
+  // said "Live" over 2-minute-old figures. The board sends at least a keepalive every keepalive_s; after
+  // 2.5 of those without a byte the stream is taken as dead, closed and opened again.
+  const SILENCE_MS = (isNum(boot.keepalive_s) && boot.keepalive_s > 0 ? boot.keepalive_s : 15) * 2500;
+  let source = null;
+  let silence = null;
+  function heard() {
+    clearTimeout(silence);
+    silence = setTimeout(() => {
+      if (source) source.close();
+      setConnection(false);
+      connect();
+    }, SILENCE_MS);
+  }
   function connect() {
-    const source = new EventSource("/api/v1/events");
-    source.addEventListener("open", () => setConnection(true));
-    source.addEventListener("error", async () => {
+    const mine = new EventSource("/api/v1/events");
+    source = mine;
+    heard(); // a connection that never opens counts as silence too
+    mine.addEventListener("open", () => { heard(); setConnection(true); });
+    mine.addEventListener("keepalive", heard);
+    mine.addEventListener("error", async () => {
       setConnection(false);
       await checkSignedIn();
+      if (mine !== source) return; // replaced meanwhile (the silence timer): the new one is in charge
       // A refused stream (503: the board's places are taken) is closed for good, and the browser never
       // tries again by itself; a page whose sign-in ended waits for the teacher instead.
-      if (source.readyState === EventSource.CLOSED && !signedOut) setTimeout(connect, boot.retry_refused_s * 1000);
+      if (mine.readyState === EventSource.CLOSED) {
+        clearTimeout(silence);
+        if (!signedOut) setTimeout(connect, boot.retry_refused_s * 1000);
+      }
     });
-    source.addEventListener("snapshot", (ev) => {
+    mine.addEventListener("snapshot", (ev) => {
+      heard();
       const snap = JSON.parse(ev.data);
       zone = knownZone(snap.timezone);
       state.sections = snap.sections || {};
       state.updated = snap.updated || {};
       if (!paused) { renderAttention(); renderLearning(); renderHealth(); }
     });
-    source.addEventListener("update", (ev) => {
+    mine.addEventListener("update", (ev) => {
+      heard();
       const update = JSON.parse(ev.data);
       if (!(update.section in renderers)) return;
       state.sections[update.section] = update.data;
