@@ -26,7 +26,7 @@ from edge_agent.store.history import History
 from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
 from edge_agent.vision.camera import Camera, Opener
-from edge_agent.vision.pipeline import AttentionLoop, FrameAnalyser
+from edge_agent.vision.pipeline import LESSON_GAP_S, AttentionLoop, FrameAnalyser
 from edge_agent.vision.pose import FsaNetPose, LandmarkPose, PoseEstimator
 from edge_agent.vision.yunet import YuNetDetector
 
@@ -98,7 +98,9 @@ class AttentionComponent:
         history: History | None = None,
         local_now: Callable[[], datetime] | None = None,
         pause_file: Path | None = None,
+        lesson_gap_s: float = LESSON_GAP_S,
     ) -> None:
+        self.lesson_gap_s = lesson_gap_s  # the timeline: windows since a break this long (kt.lesson_gap_s)
         self.camera_settings = camera_settings
         self.pause_file = pause_file  # a teacher's pause, kept across a restart (the daemon's state dir)
         self._pause_lock = threading.Lock()  # pause() runs on the web server's worker threads
@@ -142,6 +144,7 @@ class AttentionComponent:
             pose_refresh_frames=settings.pose_refresh_frames,
             hours=self.camera_settings.hours(),
             local_now=self.local_now,
+            lesson_gap_s=self.lesson_gap_s,
         )
         paused = self._load_pause()
         if paused is not None:

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +32,24 @@ log = logging.getLogger(__name__)
 
 
 FPS_WINDOW_S = 10.0  # the recent past the analysis rate is measured over
+LESSON_GAP_S = 600.0  # kt.lesson_gap_s's default: a break this long without windows ends the lesson
+
+
+def this_lesson(windows: Sequence[dict[str, Any]], gap_s: float, now: float) -> list[dict[str, Any]]:
+    """The windows since the last break longer than ``gap_s`` (no window: the camera closed, the daemon
+    down, the night), oldest first; none when the last window ended longer than that before ``now``.
+
+    The timeline keeps 120 windows (2 h at 60 s) and a restart reloads them: without this the first lesson
+    of a morning showed the evening before, and its summary named a low point from before a closure."""
+    kept: list[dict[str, Any]] = []
+    after = now  # the start of the window after (or now): a clock stepped back makes the gap negative
+    for window in reversed(windows):
+        if after - window["end"] > gap_s:
+            break
+        kept.append(window)
+        after = window["start"]
+    kept.reverse()
+    return kept
 
 
 @dataclass(frozen=True)
@@ -120,6 +138,7 @@ class AttentionLoop:
         beat: Callable[[], None] = lambda: None,
         live_every_s: float = 1.0,
         timeline_max: int = 120,
+        lesson_gap_s: float = LESSON_GAP_S,
         pose_refresh_frames: int = 1,
         hours: CameraHours | None = None,
         local_now: Callable[[], datetime] | None = None,
@@ -139,6 +158,8 @@ class AttentionLoop:
         self.live_every_s = live_every_s
         self.pose_refresh_frames = pose_refresh_frames
         self.timeline: deque[dict[str, Any]] = deque(maxlen=timeline_max)
+        # Longer than a window, or the gap between two windows' ends would cut every lesson at each one.
+        self.lesson_gap_s = max(lesson_gap_s, 2 * windows.window_s)
         self.error: str | None = None
         self.current: dict[str, Any] = {"share": None, "faces": 0}
         self._analysed_at: deque[float] = deque(maxlen=20)
@@ -290,7 +311,7 @@ class AttentionLoop:
             "faces": faces,
             "window_s": self.windows.window_s,
             "low_attention": low,
-            "timeline": list(self.timeline),
+            "timeline": this_lesson(list(self.timeline), self.lesson_gap_s, time.time()),
             "camera": {"state": state, "fps": round(self.fps(), 2), "detail": detail}
             | ({} if closed_until is None else {"opens_at": closed_until.timestamp()}),
             "pose_method": self.analyser.pose.method,

@@ -29,6 +29,7 @@ from edge_agent.store.history import History
 from edge_agent.store.outbox import Outbox
 from edge_agent.telemetry import metrics
 from edge_agent.vision import pipeline
+from edge_agent.vision.attention import summarise
 from edge_agent.vision.component import AttentionComponent
 from edge_agent.vision.sources import open_source
 
@@ -189,6 +190,40 @@ def test_the_teachers_timeline_survives_a_restart(photo_folder, state_dir, face_
     finally:
         db.close()
     assert len(before) >= 3 and after[: len(before)] == before
+
+
+def test_a_restart_after_a_long_break_shows_only_the_windows_since(photo_folder, state_dir, face_engine,
+                                                                   pose_engines):
+    # The timeline reloads 2 h of windows (120 at 60 s) at a start: after the daemon was down for 57 min
+    # the chart showed the lesson before it beside this one, and its summary named that lesson's low point.
+    db = Database(state_dir / "edge-agent.db", StoreSettings())
+    db.open()
+    history = History(db)
+    now = time.time()
+    earlier = [summarise(now - 5400 + 60 * i, now - 5340 + 60 * i, [20] * 5, [0.3] * 5, 3) for i in range(30)]
+    since = [summarise(now - 180 + 60 * i, now - 120 + 60 * i, [20] * 5, [0.8] * 5, 3) for i in range(2)]
+    for window in earlier + since:
+        history.record("attention", window, at=window["end"])
+    db.write(lambda _conn: None).result(5)
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder)), AttentionSettings(), face_engine, pose_engines,
+        outbox=ListOutbox(), heartbeats=HeartbeatRegistry(), opener=_folder_opener(photo_folder),
+        history=history,
+    )
+
+    async def run() -> list[dict[str, Any]]:
+        await component.start()
+        try:
+            assert component.loop is not None
+            return component.loop.live_section()["timeline"]
+        finally:
+            await component.stop()
+
+    try:
+        shown = asyncio.run(run())
+    finally:
+        db.close()
+    assert shown == since
 
 
 class ListOutbox:

@@ -642,3 +642,24 @@ def test_figures_standing_for_minutes_say_since_when(
     started, since = view.text("#learn-started").split(" · ")
     hour, minute = started.removeprefix("本节课开始于 ").split(":")  # the board's zone: 10 minutes on
     assert since == f"班级数据截至 {hour}:{int(minute) + 10:02d}：更多学生作答后更新"
+
+
+def test_attention_bars_stand_at_their_time_so_a_closure_shows_as_a_gap(
+    teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory
+) -> None:
+    # By index, the windows either side of a 2-min camera closure were drawn back to back.
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    lesson = attention_section()
+    before, after = lesson["timeline"][:5], lesson["timeline"][5:10]
+    closed_2_min = [w | {"start": w["start"] + 120, "end": w["end"] + 120} for w in after]
+    live_board.publish("attention", lesson | {"timeline": before + closed_2_min})
+    view.page.wait_for_function(
+        "() => document.querySelectorAll('#att-timeline rect:not(.hatch)').length === 10", timeout=2000)
+    bars = view.page.locator("#att-timeline rect:not(.hatch)")
+    x = [float(bars.nth(i).get_attribute("x") or "") for i in range(10)]
+    slot = x[1] - x[0]
+    assert slot > 0 and all(abs((x[i + 1] - x[i]) - slot) < 0.2 for i in (0, 1, 2, 3, 5, 6, 7, 8))
+    assert abs((x[5] - x[4]) - 3 * slot) < 0.2  # one window's slot and two minutes of nothing
+    assert view.console_errors == []

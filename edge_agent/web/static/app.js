@@ -114,19 +114,25 @@
     renderTimeline(Array.isArray(a.timeline) ? a.timeline : []);
   }
 
-  function renderTimeline(windows) {
-    const W = 600, H = 160, n = Math.max(windows.length, 12);
-    const slot = W / n, gap = Math.min(4, slot * 0.2);
+  function renderTimeline(all) {
+    // Each bar at its time, not at its index: a closure or a restart inside the lesson shows as a gap
+    // (by index the windows either side looked back to back). At least 12 windows wide, as before.
+    const windows = all.filter((w) => w && isNum(w.start) && isNum(w.end) && w.end > w.start);
+    const a = state.sections.attention || {};
+    const W = 600, H = 160, length = isNum(a.window_s) && a.window_s > 0 ? a.window_s : 60;
+    const t0 = windows.length ? Math.min(...windows.map((w) => w.start)) : 0;
+    const t1 = Math.max(t0 + 12 * length, ...windows.map((w) => w.end));
+    const scale = W / (t1 - t0), gap = Math.min(4, length * scale * 0.2);
     const nodes = [];
     for (const level of [0.25, 0.5, 0.75]) {
       nodes.push(el("svg:line", { class: "grid", x1: 0, x2: W, y1: H * (1 - level), y2: H * (1 - level) }));
     }
-    windows.forEach((w, i) => {
+    windows.forEach((w) => {
       const suppressed = w.suppressed === true || !isNum(w.attentive_mean);
       const value = suppressed ? 0.04 : Math.max(0.02, Math.min(1, w.attentive_mean));
       const cls = suppressed ? "bar-suppressed" : w.low ? "bar-low" : "bar-normal";
-      const bar = el("svg:rect", { class: cls, x: (i * slot + gap / 2).toFixed(1), y: (H * (1 - value)).toFixed(1),
-        width: Math.max(1, slot - gap).toFixed(1), height: (H * value).toFixed(1) });
+      const bar = el("svg:rect", { class: cls, x: ((w.start - t0) * scale + gap / 2).toFixed(1), y: (H * (1 - value)).toFixed(1),
+        width: Math.max(1, (w.end - w.start) * scale - gap).toFixed(1), height: (H * value).toFixed(1) });
       bar.dataset.mean = suppressed ? "" : String(w.attentive_mean);
       const what = suppressed ? t("legend_suppressed") : pct(w.attentive_mean) + (w.low ? " · " + t("legend_low") : "");
       bar.appendChild(el("svg:title", { text: clockTime(w.start, true) + "–" + clockTime(w.end, true) + "  " + what }));
@@ -135,7 +141,6 @@
         width: bar.getAttribute("width"), height: bar.getAttribute("height") }));
     });
     replace("att-timeline", nodes);
-    const a = state.sections.attention || {};
     $("att-tl-empty").hidden = windows.length > 0;
     const blind = !!(a.camera && a.camera.state && a.camera.state !== "running");
     setText("att-tl-empty", blind ? t("timeline_no_camera") : isNum(a.window_s) ? t("timeline_empty", { s: num(a.window_s) }) : t("no_data"));

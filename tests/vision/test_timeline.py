@@ -1,0 +1,45 @@
+"""The teacher's "This lesson" chart: only the windows since the last break, wherever they came from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge_agent.vision.attention import summarise
+from edge_agent.vision.pipeline import LESSON_GAP_S, this_lesson
+
+EVENING = 1_764_086_400.0  # 2025-11-25 16:00 UTC
+MORNING = EVENING + 15.5 * 3600  # the next day 07:30
+
+
+def _windows(start: float, count: int, share: float = 0.8, window_s: float = 60.0) -> list[dict[str, Any]]:
+    return [summarise(start + i * window_s, start + (i + 1) * window_s, [20] * 5, [share] * 5, 3)
+            for i in range(count)]
+
+
+def test_the_first_lesson_of_a_morning_leaves_out_the_evening_before() -> None:
+    # 120 windows kept (2 h at 60 s): the morning's first lesson showed the evening's last 2 h.
+    evening, morning = _windows(EVENING, 110, share=0.3), _windows(MORNING, 10)
+    shown = this_lesson(evening + morning, LESSON_GAP_S, MORNING + 10 * 60 + 20)
+    assert shown == morning
+
+
+def test_a_closure_shorter_than_the_lesson_gap_keeps_the_lesson_and_a_longer_one_starts_a_new_one() -> None:
+    before = _windows(MORNING, 20, share=0.87)
+    after_2_min = _windows(MORNING + 22 * 60, 5)
+    assert this_lesson(before + after_2_min, LESSON_GAP_S, MORNING + 27 * 60) == before + after_2_min
+    after_11_min = _windows(MORNING + 31 * 60, 5)
+    assert this_lesson(before + after_11_min, LESSON_GAP_S, MORNING + 36 * 60) == after_11_min
+
+
+def test_no_window_for_longer_than_the_lesson_gap_shows_no_lesson() -> None:
+    lesson = _windows(MORNING, 40)
+    end = lesson[-1]["end"]
+    assert this_lesson(lesson, LESSON_GAP_S, end + LESSON_GAP_S - 1) == lesson  # still the lesson's break
+    assert this_lesson(lesson, LESSON_GAP_S, end + LESSON_GAP_S + 1) == []  # the camera closed, the night
+
+
+def test_a_clock_stepped_back_or_a_restart_inside_a_window_keeps_the_windows() -> None:
+    lesson = _windows(MORNING, 5)
+    restarted = [*lesson, summarise(lesson[-1]["start"], lesson[-1]["end"], [20], [0.5], 3)]  # same start
+    assert this_lesson(restarted, LESSON_GAP_S, lesson[-1]["end"] + 5) == restarted
+    assert this_lesson(lesson, LESSON_GAP_S, MORNING - 3600) == lesson  # NTP stepped the clock back an hour
