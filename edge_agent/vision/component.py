@@ -178,7 +178,10 @@ class AttentionComponent:
         self.heartbeats.unregister("attention")
         if self.live is not None and self.loop is not None:
             section = self.loop.live_section()
-            section["camera"] = {"state": "disabled", "fps": 0.0, "detail": "attention stopped"}
+            # "stopped", not "disabled": every restart, upgrade and config_reload told the teacher "the
+            # camera is switched off", and the board's status took it for a choice, no problem.
+            section["camera"] = {"state": "stopped", "fps": 0.0,
+                                 "detail": "attention analysis stopped: edge-agent is stopping or restarting"}
             self.live.publish("attention", section)
 
     def pause(self, minutes: float | None) -> datetime | None:

@@ -136,7 +136,9 @@ def test_pipeline_on_real_photos_stores_only_class_numbers(
         _assert_no_image_data(text.encode(), "an outbox payload")
 
     section = live.get("attention")
-    assert section["camera"]["state"] == "disabled" and section["pose_method"] == "fsanet"
+    # "stopped", not "disabled" (which the page read as the camera switched off, no problem)
+    assert section["camera"]["state"] == "stopped" and section["pose_method"] == "fsanet"
+    assert section["camera"]["detail"] == "attention analysis stopped: edge-agent is stopping or restarting"
     assert max(_numbers_in(section), default=0) <= 120  # the timeline list, nothing pixel-sized
     assert all(set(w) <= WINDOW_KEYS | {"partial"} for w in section["timeline"])
     _assert_no_image_data(json.dumps(section).encode(), "the live board")
@@ -587,3 +589,47 @@ def test_a_pause_into_the_evening_opens_at_the_next_school_hours_and_a_damaged_p
         await component.stop()
 
     asyncio.run(run())
+
+
+def test_a_camera_opening_again_after_a_pause_is_starting_and_only_a_stop_says_stopped(
+    photo_folder, face_engine, pose_engines
+):
+    # The grabber says "stopped" until it has opened again (seconds for a network camera); the page lists
+    # "stopped" as a problem now that the component's stop says it (it said "disabled": "switched off").
+    live = LiveBoard()
+    gate = threading.Event()
+    gate.set()
+    folder = _folder_opener(photo_folder)
+
+    def slow_opener(stop: threading.Event):
+        gate.wait(10)
+        return folder(stop)
+
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0), AttentionSettings(), face_engine,
+        pose_engines, outbox=ListOutbox(), heartbeats=HeartbeatRegistry(), live=live, opener=slow_opener,
+    )
+    state = lambda: _attention_section(live).get("camera", {}).get("state")  # noqa: E731
+
+    async def run() -> list[str | None]:
+        await component.start()
+        await wait_for(lambda: state() == "running")
+        component.pause(45)
+        await wait_for(lambda: state() == "paused")
+        await wait_for(lambda: component.camera.state()[0] == "stopped")
+        gate.clear()  # the camera takes its time to open again
+        component.pause(None)
+        await wait_for(lambda: state() != "paused")
+        seen = []
+        for _ in range(10):
+            seen.append(state())
+            await asyncio.sleep(0.1)
+        gate.set()
+        await wait_for(lambda: state() == "running")
+        await component.stop()
+        return seen
+
+    seen = asyncio.run(run())
+    assert component.camera.state()[0] == "stopped"
+    assert set(seen) == {"starting"}, seen
+    assert _attention_section(live)["camera"]["state"] == "stopped"

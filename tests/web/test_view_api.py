@@ -308,8 +308,7 @@ def test_translations_cover_every_key_the_page_uses() -> None:
     used = set(re.findall(r'data-i18n="([a-z_]+)"', page))
     used |= set(re.findall(r'\bt\("([a-z_]+)"\s*[,)]', script))
     # every state the camera (vision/camera.py) and the attention loop report
-    cameras = ("starting", "running", "reconnecting", "stalled", "stopped", "disabled", "off_hours", "paused",
-               "error")
+    cameras = ("starting", "running", "reconnecting", "stalled", "stopped", "off_hours", "paused", "error")
     for prefix, values in (("camera_state_", cameras),
                            ("health_state_", ("starting", "ok", "degraded", "stopping")),
                            ("ago", ("_s", "_m", "_h")), ("duration", ("_s", "_m", "_h"))):

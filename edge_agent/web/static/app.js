@@ -42,9 +42,9 @@
   const dayTime = (epoch) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleString(lang,
     inZone({ weekday: "short", hour: "2-digit", minute: "2-digit",
       ...(epoch * 1000 - Date.now() >= 6 * 86400000 ? { month: "short", day: "numeric" } : {}) })) : "—");
-  // Camera states that are no problem for IT: a choice (switched off, outside its hours, paused) or the
-  // camera opening (starting; "stopped" until it opens again when its hours begin or a pause ends).
-  const CAMERA_OFF = new Set(["disabled", "off_hours", "paused", "starting", "stopped"]);
+  // Camera states that are no problem for IT: a choice (outside its hours, paused) or the camera opening.
+  // "stopped" is: the analysis was stopped (edge-agent stopping or restarting), so nothing is measured.
+  const CAMERA_OFF = new Set(["off_hours", "paused", "starting"]);
   const LESSON_MINUTES = 45; // the pause button closes the camera for one lesson
   const clockTime = (epoch, seconds) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleTimeString(lang,
     inZone(seconds ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" })) : "—");
@@ -101,7 +101,7 @@
     signal.dataset.low = blind ? "none" : a.current_share === null || a.current_share === undefined ? (low ? "true" : "none") : String(low);
     signal.textContent = blind ? (cam.state === "off_hours" ? t("attention_camera_off_hours", { when: dayTime(cam.opens_at) })
       : cam.state === "paused" ? t("attention_camera_paused", { when: dayTime(cam.opens_at) })
-      : t(cam.state === "disabled" ? "attention_camera_off" : "attention_camera_down"))
+      : t(cam.state === "stopped" ? "attention_camera_stopped" : "attention_camera_down"))
       : low ? t("attention_low") : a.current_share === null ? t("attention_suppressed") : t("attention_ok");
     const camPause = $("cam-pause");
     camPause.hidden = cam.state !== "running" && cam.state !== "paused";
