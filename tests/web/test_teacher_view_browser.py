@@ -134,6 +134,10 @@ def test_layout_fits_and_screenshots(teacher_server: ServerThread, teacher_page:
     for lang in ("zh", "en"):
         overflow = view.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"page scrolls sideways by {overflow}px at {width}x{height} ({lang})"
+        # Nor is a table cut inside its scrolling box: "Why not preferre" at 1366x768 in English.
+        cut = view.page.evaluate("""() => [...document.querySelectorAll('.table-scroll')]
+            .filter((n) => n.scrollWidth > n.clientWidth).map((n) => n.scrollWidth - n.clientWidth)""")
+        assert cut == [], f"a table is cut by {cut}px at {width}x{height} ({lang})"
         share_box = view.page.locator("#att-share").bounding_box()
         assert share_box is not None and share_box["y"] + share_box["height"] <= height
         if max(width, height) >= 1920:  # on the classroom board (landscape or portrait) all fits one screen
@@ -143,6 +147,30 @@ def test_layout_fits_and_screenshots(teacher_server: ServerThread, teacher_page:
         view.page.screenshot(path=str(shot), full_page=True)
         if lang == "zh":
             view.switch_language()
+
+
+def test_the_engines_table_is_not_cut_on_a_laptop_in_english(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    # A review on the real daemon (its 4 engines, no TensorRT): "Why not preferre" at 1366x768.
+    reason = ("TensorRT unavailable: the tensorrt Python package does not import (only the tensorrt "
+              "wheels for JetPack provide it)")
+    engines = [{"name": name, "backend": "onnxruntime", "precision": "fp32", "fallback": reason}
+               for name in ("kt-step", "yunet", "fsanet-1x1", "fsanet-var")]
+    live_board.publish("health", {"state": "ok", "engines": engines,
+                                  "components": [{"name": "kt", "ok": True, "detail": ""}]})
+    view = teacher_page(teacher_server.url, 1366, 768)
+    view.open()
+    view.wait_live()
+    view.switch_language()
+    assert view.text("#engines-h") == "Inference engines"
+    box = view.page.locator(".table-scroll").first
+    cut = box.evaluate("n => n.scrollWidth - n.clientWidth")
+    assert cut <= 0, f"the engines table is cut by {cut}px"
+    header = view.page.locator(".engines th").last
+    assert header.evaluate("n => n.scrollWidth <= n.clientWidth")
+    assert (header.text_content() or "").strip() == "Why not preferred"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    view.page.locator("#health").screenshot(path=str(SCREENSHOTS / "teacher-view-en-engines-1366x768.png"))
 
 
 def test_remote_browser_needs_the_token(live_board: LiveBoard, teacher_page: PageFactory) -> None:
