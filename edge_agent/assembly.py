@@ -125,6 +125,7 @@ class Assembly:
     metrics_server: MetricsServer | None = None
     sync: SyncComponent | None = None
     updates: ModelUpdates | None = None
+    attention: Deferred | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -253,7 +254,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         ready_after=store.name,
         engine_status=lambda: _engine_rows(engines, activator, updates),
     )
-    return Assembly(daemon, config, live, store, engines, kt, web, metrics_server, sync, updates)
+    return Assembly(daemon, config, live, store, engines, kt, web, metrics_server, sync, updates, attention)
 
 
 def _roster(config: Config) -> Roster | None:
@@ -281,6 +282,7 @@ def _attention(
             history=store.history,
             local_now=board_clock(config.device.timezone),
             pause_file=config.paths.state_dir / "camera-pause",
+            lesson_gap_s=config.kt.lesson_gap_s,
         ),
     )
 

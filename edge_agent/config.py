@@ -130,7 +130,8 @@ class KTSettings(Section):
         300.0, ge=10.0, description="Class aggregates are synced in windows this long."
     )
     lesson_gap_s: float = Field(
-        600.0, ge=10.0, description="The teacher view's lesson ends this long after its last answer."
+        600.0, ge=10.0, description="The teacher view's lesson ends this long after its last answer; its "
+        "attention chart starts again after a break this long with no window."
     )
     per_student_api: bool = Field(False, description="Allow GET of one pseudonymous student's mastery.")
     queue_max: int = Field(

@@ -27,6 +27,7 @@ from edge_agent.config import Config
 from edge_agent.demo import LocalBroker, SimulatedClassroom, _mosquitto_available, demo_config
 from edge_agent.kt.package import load_package
 from edge_agent.telemetry import metrics
+from edge_agent.vision.component import AttentionComponent
 from tests.ports import free_port
 from tests.web.harness import TeacherViewPage, non_loopback_ipv4
 
@@ -72,6 +73,7 @@ def _board_config(state_dir: Path, faces_dir: Path, port: int, broker_port: int 
     data = base.model_dump()
     data["web"].update(host="0.0.0.0", token_file=token_file)  # as on a board: remote with the token
     data["camera"]["analysis_fps"] = 2.0  # enough for 15 s windows; the CI machine has two cores
+    data["kt"]["lesson_gap_s"] = 1200.0  # not the default: the attention chart must take it from the config
     return Config.model_validate(data), token
 
 
@@ -235,6 +237,13 @@ def test_page_matches_the_running_daemon_and_fits_one_screen(daemon: RunningDaem
     size = view.page.evaluate("() => [document.documentElement.scrollHeight, window.innerHeight]")
     assert size[0] <= size[1], f"opening the other skills made the page scroll: {size}"
     view.page.screenshot(path=str(SCREENSHOTS / "daemon-zh-more-skills-1920x1080.png"))
+
+
+def test_the_attention_chart_starts_again_after_the_configured_lesson_gap(daemon: RunningDaemon) -> None:
+    # The chart's break came from the component's own default (600 s), whatever kt.lesson_gap_s said
+    attention = daemon.assembly.attention
+    assert attention is not None and isinstance(attention.inner, AttentionComponent)
+    assert attention.inner.lesson_gap_s == 1200.0
 
 
 def test_answer_reaches_the_page_within_a_second_of_the_board(daemon: RunningDaemon,
