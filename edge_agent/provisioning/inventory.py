@@ -19,6 +19,8 @@ from edge_agent.config import Config, ConfigError, parse_config, to_toml, tomlli
 from edge_agent.errors import ProvisioningError
 
 REQUIRED = ("tenant", "site", "class_id", "device_id")
+# The certificate CNs the shipped ACL gives back-end rights (its `user` blocks): never a board's id
+BACK_END_NAMES = frozenset({"fleet-controller", "edge-receiver"})
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _OVERRIDE = re.compile(r"^[a-z_]+\.[a-z_]+$")
 _OPTIONAL_PATHS = (
@@ -108,6 +110,11 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
             )
             continue
         device = values["device_id"]
+        if device in BACK_END_NAMES:
+            problems.append(f"line {line}: device id {device!r} is the broker ACL's name for the fleet's "
+                            "back end (provisioning/mosquitto/acl): a board under it would read every "
+                            "board's data; choose another id")
+            continue
         if device in seen:
             problems.append(f"line {line}: device id {device!r} already used on line {seen[device]}")
             continue

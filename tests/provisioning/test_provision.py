@@ -160,6 +160,9 @@ def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None
         ("tenant,site,class_id,device_id\nt,s,c\n", "wrong number of fields"),
         ("tenant,site,class_id,device_id\nt,s,c,bad/id\n", "invalid device_id"),
         ("tenant,site,class_id,device_id\nt,s,c,d1\nt,s,c,d1\n", "already used on line 2"),
+        # the shipped ACL gives these CNs every board's data: a board must never get a certificate for one
+        ("tenant,site,class_id,device_id\nt,s,c,fleet-controller\n", "line 2: device id 'fleet-controller'"),
+        ("tenant,site,class_id,device_id\nt,s,c,edge-receiver\n", "back end"),
         ("tenant,site,class_id,device_id,colour\nt,s,c,d\n", "unknown column"),
         ("tenant,site,class_id,device_id\n", "no boards"),
         ("tenant,site,class_id,device_id,camera.source,camera.source\nt,s,c,d,0,1\n", "appear twice"),
