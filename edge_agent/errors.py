@@ -17,6 +17,7 @@ imports the library (``raise ModelError(...) from exc``), never leaked upward.
     ├── CameraError            a camera source cannot be opened or stopped delivering frames
     ├── SyncError              MQTT connection, TLS or publish failures
     ├── InputRejected          an API request or command message is malformed (maps to HTTP 4xx)
+    ├── CommandRefused         a well-formed command the board will not carry out (it says why)
     └── ProvisioningError      provisioning, certificates or signed model packages failed
 """
 
@@ -90,6 +91,10 @@ class InputRejected(EdgeAgentError):
     def __init__(self, message: str, field: str | None = None) -> None:
         self.field = field
         super().__init__(message)
+
+
+class CommandRefused(EdgeAgentError):
+    """Raised by a command handler: the heartbeat reports the command refused, with this message."""
 
 
 class ProvisioningError(EdgeAgentError):

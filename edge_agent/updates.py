@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge_agent.config import UpdateSettings
-from edge_agent.errors import ProvisioningError
+from edge_agent.errors import CommandRefused, ProvisioningError
 from edge_agent.lifecycle import Health
 from edge_agent.provisioning.files import write_public
 from edge_agent.provisioning.model_package import load_public_key
@@ -386,13 +386,13 @@ class ModelUpdates:
     def handle_command(self, command: Any) -> None:
         """Handler for CommandDispatcher.register("model_update", ...); takes a validated ModelUpdate."""
         if self.updater is None:
-            raise ProvisioningError("model updates are off on this board (no signing key installed)")
+            raise CommandRefused("model updates are off on this board (no signing key installed)")
         if command.model not in self.accepted:
             metrics.ALERTS.labels(kind="model_update_refused").inc()
             self.last_download = f"request {command.request_id}: this board does not update {command.model!r}"
             self._note(False, self.last_download)
             log.warning("model update %s refused: unknown model", command.request_id)
-            return
+            raise CommandRefused(f"this board does not update {command.model!r}")
         try:
             self._downloads.put_nowait(command)
         except queue.Full:
@@ -400,6 +400,7 @@ class ModelUpdates:
             self._note(False, f"request {command.request_id}: dropped, the download queue is full")
             metrics.ALERTS.labels(kind="model_update_dropped").inc()
             log.warning("model download queue full; dropped request %s", command.request_id)
+            raise CommandRefused("the download queue is full: send it again later") from None
 
     # -- the model-inbox thread ------------------------------------------------------------------------
 

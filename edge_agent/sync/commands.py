@@ -3,13 +3,14 @@
 Nothing acts on a message until it has passed every check: topic, size, JSON, and the pydantic model of
 its ``type`` (``extra="forbid"``, strict types). A rejected message is logged with the reason (never its
 contents) and counted in ``edge_mqtt_rejected{reason}``; the latest command's outcome, taken or refused, is
-:attr:`CommandDispatcher.last_outcome`, which the heartbeat carries to the cloud. Handlers are registered
+:meth:`CommandDispatcher.recent_outcomes`, which every heartbeat carries to the cloud. Handlers are registered
 by the daemon; they run on the publisher's thread, so they must only hand work off (e.g.
 ``call_soon_threadsafe``).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import time
@@ -20,12 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from edge_agent import json_input
 from edge_agent.config import DeviceSettings
+from edge_agent.errors import CommandRefused
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 16 * 1024
 MAX_DETAIL_CHARS = 300  # of a refusal's reason in the heartbeat
+# Outcomes repeated in every heartbeat for this long, at most this many: a heartbeat is QoS 0 and may be
+# lost, and commands a second apart shared one reply heartbeat, which carried only the latest outcome
+OUTCOME_KEEP_S = 900.0
+OUTCOMES_KEPT = 16
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # the model's request_id rule, for a refused command
 TYPES = ("config_reload", "model_update")
 
@@ -58,9 +64,10 @@ class CommandDispatcher:
     def __init__(self, device: DeviceSettings) -> None:
         self.topic = f"edge/{device.tenant}/{device.site}/{device.device_id}/cmd"
         self._handlers: dict[str, Handler] = {}
-        # The latest command's outcome, for the heartbeat: a refusal was only a log line on the board, and
-        # a command taken got no reply, so the cloud could not tell what a board did with it.
-        self.last_outcome: dict[str, Any] | None = None
+        # For the heartbeat: a refusal was only a log line on the board, and a command taken got no reply,
+        # so the cloud could not tell what a board did with it. (monotonic time, outcome)
+        self._outcomes: collections.deque[tuple[float, dict[str, Any]]] = collections.deque(
+            maxlen=OUTCOMES_KEPT)
 
     def register(self, command_type: str, handler: Handler) -> None:
         """``command_type`` is "config_reload" or "model_update"; the handler gets the validated model."""
@@ -75,10 +82,15 @@ class CommandDispatcher:
 
     def _note(self, payload: bytes, reason: str | None, detail: str) -> None:
         request_id, command_type = _identify(payload)
-        self.last_outcome = {
+        self._outcomes.append((time.monotonic(), {
             "request_id": request_id, "type": command_type, "accepted": reason is None, "reason": reason,
             "detail": detail[:MAX_DETAIL_CHARS], "at": round(time.time(), 3),
-        }
+        }))
+
+    def recent_outcomes(self) -> list[dict[str, Any]]:
+        """The outcomes of the last OUTCOME_KEEP_S, oldest first (at most OUTCOMES_KEPT)."""
+        since = time.monotonic() - OUTCOME_KEEP_S
+        return [outcome for at, outcome in self._outcomes if at >= since]
 
     def parse(self, topic: str, payload: bytes) -> ConfigReload | ModelUpdate | None:
         """The validated command, or None (rejected, logged and counted)."""
@@ -124,14 +136,17 @@ class CommandDispatcher:
         if handler is None:
             self._reject("no_handler", f"this board does not take {command.type} commands", payload)
             return False
-        log.info("command %s (request %s) accepted", command.type, command.request_id)
         try:
             handler(command)
+        except CommandRefused as exc:  # understood, and refused for a reason the board gives
+            self._reject("refused", str(exc), payload)
+            return False
         except Exception as exc:
             log.exception("the %s handler failed", command.type)
             metrics.MQTT_REJECTED.labels(reason="handler_error").inc()
             self._note(payload, "handler_error", str(exc) or exc.__class__.__name__)
             return False
+        log.info("command %s (request %s) accepted", command.type, command.request_id)
         self._note(payload, None, "accepted")
         return True
 

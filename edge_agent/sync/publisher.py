@@ -331,8 +331,8 @@ class Publisher:
             "oldest_age_s": status["oldest_age_s"], "drops": status["drops"],
             "health": self._health_summary() if self._health_summary else {},
         }
-        if self._commands is not None:  # what the board did with the latest command (None: none yet)
-            doc["health"] = {**doc["health"], "command": self._commands.last_outcome}
+        if self._commands is not None:  # what the board did with the commands of the last 15 minutes
+            doc["health"] = {**doc["health"], "commands": self._commands.recent_outcomes()}
         conn.publish(f"{self._prefix}/heartbeat", json.dumps(doc, separators=(",", ":")).encode(), qos=0)
 
     # -- acknowledgements ----------------------------------------------------------------------------

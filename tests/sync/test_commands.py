@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from edge_agent.config import DeviceSettings
+from edge_agent.errors import CommandRefused
 from edge_agent.store.outbox import Outbox
 from edge_agent.sync.commands import MAX_COMMAND_BYTES, CommandDispatcher, ConfigReload, ModelUpdate
 from edge_agent.sync.mqtt import MqttConnection
@@ -184,30 +185,39 @@ def test_a_command_published_retained_while_the_board_is_connected_is_refused(
 
 
 @pytest.mark.broker
-def test_every_command_outcome_reaches_the_cloud_in_the_next_heartbeat(
+def test_every_command_outcome_reaches_the_cloud_in_the_heartbeats(
     broker: Broker, outbox: Outbox, tmp_path: Path
 ) -> None:
     # (review) a refused command (no signature, a bad request_id, an unknown field) left only a local log
-    # line, and an accepted config_reload no reply at all: the cloud could not tell what a board did
+    # line, and an accepted config_reload no reply at all: the cloud could not tell what a board did. Then
+    # (round 2) commands within a second shared one reply heartbeat, which carried only the latest outcome,
+    # and a model_update the board would not carry out was reported accepted.
     settings = plain_settings(broker, heartbeat_s=60.0)  # only the first is due: the rest are replies
     device = DeviceSettings()
     seen: list[str] = []
     commands = CommandDispatcher(device)
     commands.register("config_reload", lambda c: seen.append(c.request_id))
-    commands.register("model_update", lambda c: seen.append(c.request_id))
+
+    def update(command: ModelUpdate) -> None:
+        if command.model != "kt":
+            raise CommandRefused(f"this board does not update {command.model!r}")
+        seen.append(command.request_id)
+
+    commands.register("model_update", update)
     receiver = Receiver(tmp_path / "recv.db", settings).start()
     controller = MqttConnection(settings, "fleet-controller", "", lambda *_: None, will=False)
     controller.connect()
     publisher = Publisher(outbox, device, settings, commands=commands)
     publisher.start()
 
-    def outcome() -> dict[str, Any] | None:
+    def outcomes() -> list[dict[str, Any]]:
         heartbeat = receiver.report(device.device_id)["heartbeat"]
-        return heartbeat["health"].get("command") if heartbeat else None
+        return heartbeat["health"].get("commands", []) if heartbeat else []
 
     try:
-        assert _wait_until(lambda: publisher.status()["connected"] and outcome() is None
+        assert _wait_until(lambda: publisher.status()["connected"]
                            and receiver.report(device.device_id)["heartbeat"] is not None, 5, controller)
+        assert outcomes() == []
         unsigned = {k: v for k, v in UPDATE.items() if k != "signature"} | {"request_id": "r-nosig"}
         cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
             (unsigned, {"request_id": "r-nosig", "type": "model_update", "accepted": False,
@@ -218,18 +228,21 @@ def test_every_command_outcome_reaches_the_cloud_in_the_next_heartbeat(
             ({"type": "config_reload", "request_id": "r-extra", "force": True},
              {"request_id": "r-extra", "type": "config_reload", "accepted": False, "reason": "invalid",
               "detail": "config_reload.force: extra_forbidden"}),
+            (UPDATE | {"request_id": "r-attn", "model": "attention"},
+             {"request_id": "r-attn", "type": "model_update", "accepted": False, "reason": "refused",
+              "detail": "this board does not update 'attention'"}),
             ({"type": "config_reload", "request_id": "r-ok"},
              {"request_id": "r-ok", "type": "config_reload", "accepted": True, "reason": None,
               "detail": "accepted"}),
         ]
-        for command, expected in cases:
-            sent = time.time()
+        sent = time.time()
+        for command, _ in cases:  # back to back, well within a second
             controller.publish(commands.topic, json.dumps(command).encode())
-            assert _wait_until(lambda want=expected: (outcome() or {}).get("detail") == want["detail"],
-                               5, controller), outcome()
-            got = outcome()
-            assert got is not None and {k: got[k] for k in expected} == expected
-            assert sent - 1 <= got["at"] <= time.time()
+        assert _wait_until(lambda: len(outcomes()) == len(cases), 5, controller), outcomes()
+        got = outcomes()
+        wanted = [expected for _, expected in cases]
+        assert [{k: o[k] for k in e} for o, e in zip(got, wanted, strict=True)] == wanted
+        assert all(sent - 1 <= o["at"] <= time.time() for o in got)
         assert seen == ["r-ok"]
     finally:
         publisher.stop()
@@ -258,8 +271,8 @@ def test_a_command_taken_just_before_a_stop_still_gets_its_heartbeat(
         controller.publish(commands.topic, b'{"type":"config_reload","request_id":"r-stop"}')
         assert _wait_until(lambda: seen == ["r-stop"], 5, controller)
         publisher.stop()
-        assert _wait_until(lambda: (receiver.report(device.device_id)["heartbeat"]["health"]["command"]
-                                    or {}).get("request_id") == "r-stop", 3, controller)
+        assert _wait_until(lambda: [o["request_id"] for o in receiver.report(device.device_id)["heartbeat"]
+                                    ["health"]["commands"]] == ["r-stop"], 3, controller)
     finally:
         publisher.stop()
         controller.disconnect()

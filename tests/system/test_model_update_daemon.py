@@ -24,6 +24,7 @@ import pytest
 
 from edge_agent.assembly import Assembly, build
 from edge_agent.config import Config
+from edge_agent.errors import CommandRefused
 from edge_agent.kt.component import KTComponent
 from edge_agent.kt.package import DEFAULT_PACKAGE_DIR, KTPackage, load_package
 from edge_agent.kt.service import KTService
@@ -484,7 +485,8 @@ def test_model_update_command_downloads_checks_sha256_and_activates(
     updates = running.assembly.updates  # type: ignore[union-attr]
     assert updates is not None
     try:
-        updates.handle_command(command(running, server.url(archive.name), sha, "3.0", model="headpose"))
+        with pytest.raises(CommandRefused, match="does not update 'headpose'"):  # the heartbeat says so
+            updates.handle_command(command(running, server.url(archive.name), sha, "3.0", model="headpose"))
         assert "does not update 'headpose'" in (updates.last_download or "")
         updates.handle_command(command(running, server.url(archive.name), "0" * 64, "3.0"))
         wait_for(lambda: "sha256" in (updates.last_download or ""), 20, "the sha256 mismatch")
