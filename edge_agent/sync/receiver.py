@@ -8,8 +8,8 @@ Run it next to a broker to see what boards deliver::
 
 It keeps a persistent MQTT session (clean start false, no session expiry, QoS 1: messages published while
 it is away wait at the broker, up to the broker's per-client queue caps: past them Mosquitto drops them
-silently) under its client id, which the shipped broker sets to its certificate's CN (``edge-receiver``
-in provisioning/mosquitto/acl), and
+silently) under client id ``edge-receiver``, the CN provisioning/mosquitto/acl gives its certificate (the
+shipped broker names every session by its certificate's CN, whatever the client asks), and
 commits each message before its PUBACK goes out, so nothing acknowledged is lost. The test-suite uses it
 to prove exactly-once delivery after deduplication.
 """
@@ -26,11 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from edge_agent.config import MqttSettings
 from edge_agent.errors import InputRejected, SyncError
-from edge_agent.provisioning.ca import common_name
 from edge_agent.sync.mqtt import MqttConnection
 from edge_agent.sync.protocol import backoff_delay, decode_message, missing_ranges
 
@@ -56,11 +53,11 @@ CREATE TABLE IF NOT EXISTS devices (
 
 
 class Receiver:
-    def __init__(self, db_path: Path, settings: MqttSettings, *, client_id: str | None = None,
+    def __init__(self, db_path: Path, settings: MqttSettings, *, client_id: str = "edge-receiver",
                  topic: str = "edge/#") -> None:
         self.db_path = Path(db_path)
         self.settings = settings
-        self.client_id = client_id or default_client_id(settings)
+        self.client_id = client_id
         self.topic = topic
         self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode = WAL")
@@ -304,19 +301,6 @@ class Receiver:
         return self.count(device) >= count
 
 
-def default_client_id(settings: MqttSettings) -> str:
-    """Its certificate's CN over TLS: the shipped broker (use_username_as_clientid) names the session that
-    whatever the client asks, so the two agree. "edge-receiver" without TLS, or while the certificate does
-    not read (connecting then says why)."""
-    if not settings.tls:
-        return "edge-receiver"
-    try:
-        cert = x509.load_pem_x509_certificate(settings.cert_file.read_bytes())
-    except (OSError, ValueError):
-        return "edge-receiver"
-    return common_name(cert.subject) or "edge-receiver"
-
-
 def _heartbeat_text(payload: bytes) -> str | None:
     """The heartbeat to store, or None when it is not a JSON object within MAX_HEARTBEAT_BYTES (stored as
     it came, one such ended every later report, as the receiver stores what it reports from)."""
@@ -370,8 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ca", type=Path, help="CA file; with --cert and --key enables TLS")
     parser.add_argument("--cert", type=Path)
     parser.add_argument("--key", type=Path)
-    parser.add_argument("--client-id", help="default: the certificate's CN (what the shipped broker uses "
-                        "whatever is asked), or edge-receiver without TLS")
+    # Not the certificate's CN by default: a receiver set up before use_username_as_clientid ran on the
+    # fleet-controller certificate as edge-receiver, and a new id is a new, empty session on that broker
+    parser.add_argument("--client-id", default="edge-receiver",
+                        help="the session's name (default edge-receiver); the shipped broker uses the "
+                        "certificate's CN whatever is asked")
     parser.add_argument("--report-every", type=float, default=10.0, help="seconds between gap reports")
     args = parser.parse_args(argv)
     tls = args.ca is not None

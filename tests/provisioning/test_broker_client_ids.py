@@ -80,14 +80,3 @@ def test_a_boards_certificate_cannot_wipe_the_receivers_queued_messages(
         assert receiver.seqs("board-a") == [1, 2, 3]
     finally:
         receiver.stop()
-
-
-def test_the_receivers_client_id_is_its_certificates_cn(fleet: Fleet, broker: Broker, tmp_path: Path) -> None:
-    # What the shipped broker gives it anyway (use_username_as_clientid): the receiver's own name for its
-    # session agrees with the broker's log
-    for cn in ("edge-receiver", "fleet-controller"):
-        receiver = Receiver(tmp_path / f"{cn}.db", receiver_settings(fleet, broker, cn))
-        try:
-            assert receiver.client_id == cn
-        finally:
-            receiver.stop()
