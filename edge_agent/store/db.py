@@ -61,10 +61,10 @@ class _CommitFailureLog:
     """The log lines for failing commits (writer thread only).
 
     A failure after FAILURE_WINDOW_S without one, or with another message than the last logged, is
-    logged in full; repeats are counted into one line per COMMIT_FAILURE_LOG_EVERY_S. The first commit
-    that changes rows after logged failures says writes succeed again. On a full disk some writes still
-    commit between refused ones (a delete, an update in place): the failures then stay one run, and
-    "succeed again" comes at most once per failure line, so a disk that flaps gives 2 lines a minute."""
+    logged in full; repeats are counted into one line per COMMIT_FAILURE_LOG_EVERY_S. A commit that
+    changes rows FAILURE_WINDOW_S after the last failure says writes succeed again: on a full disk some
+    writes still commit between refused ones (a drop counter updated in place), and a "succeed again" at
+    the first of them told IT the disk had room while every insert was still refused."""
 
     def __init__(self) -> None:
         self._failed = 0  # commits failed since the last "succeed again" line
@@ -100,9 +100,10 @@ class _CommitFailureLog:
         self._line_at, self._line_mono = time.time(), time.monotonic()
 
     def success(self) -> None:
-        if self._logged:
+        if self._logged and time.monotonic() - self._failure_mono >= FAILURE_WINDOW_S:
             # WARNING, not INFO: `journalctl -p warning`, which shows the failures, shows their end too.
-            log.warning("database writes succeed again after %s failed commits", self._failed)
+            log.warning("database writes succeed again (none failed for %.0f s) after %s failed commits",
+                        FAILURE_WINDOW_S, self._failed)
             self._failed = self._unlogged = 0
             self._logged = False
             self._lined()
