@@ -43,6 +43,10 @@ def _content_type_sent(request: web.Request) -> str:
     return repr(request.content_type) if "Content-Type" in request.headers else "no Content-Type header"
 
 
+def _too_large(request: web.Request) -> web.Response:
+    return _rejected(413, f"the request body is over {request.client_max_size} bytes; send smaller batches")
+
+
 def _rejected(status: int, message: str, field: str | None = None) -> web.Response:
     """A 4xx for bad input, counted: nothing of the request was applied."""
     metrics.ANSWERS.labels(outcome="rejected").inc()
@@ -78,12 +82,13 @@ def answer_routes(
         if request.content_type != "application/json":
             return _rejected(415, "send the answers as JSON with Content-Type: application/json "
                                   f"(got {_content_type_sent(request)})")
+        if (request.content_length or 0) > request.client_max_size:  # before "100 Continue": not sent
+            return _too_large(request)
         await send_continue(request)
         try:
             body = await read_within(request, request.json(loads=json_input.loads))
         except web.HTTPRequestEntityTooLarge:
-            limit = request.client_max_size
-            return _rejected(413, f"the request body is over {limit} bytes; send smaller batches")
+            return _too_large(request)
         except LookupError:  # an unknown charset in Content-Type
             return _rejected(400, f"unknown charset {request.charset!r}; send UTF-8 JSON")
         except ValueError:  # not JSON, not UTF-8, or nested deeper than the board parses

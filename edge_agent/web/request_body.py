@@ -9,17 +9,23 @@ a client still sending is not reset before it reads the answer).
 
 aiohttp answers ``Expect: 100-continue`` before the middlewares run, so a client without a token was told
 to send its body, up to 1 MiB, only to get 401. A route given ``expect_handler=defer_continue`` sends it
-from its handler, past the token, with :func:`send_continue` just before it reads the body.
+from its handler, past the token, with :func:`send_continue` just before it reads the body. A response
+sent without it (401, 413, 415, 503) closes the connection (:func:`close_if_body_unasked`): the client may
+send the body anyway, and on a kept-alive connection it was read as the next request (400 "Invalid method").
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import HttpVersion11, hdrs, web
 
+# Request key: the client was asked to wait for "100 Continue", not yet sent it (aiohttp 3.14 warns about
+# plain string keys; earlier releases, which Python 3.10 may get, have no RequestKey)
+_CONTINUE_DEFERRED: Any = (web.RequestKey("continue_deferred", bool) if hasattr(web, "RequestKey")
+                           else "edge_agent.continue_deferred")
 BODY_TIMEOUT_S = 30.0  # 1 MiB (the largest body taken) in 30 s is 35 KB/s: Wi-Fi at its weakest manages more
 T = TypeVar("T")
 
@@ -39,14 +45,24 @@ async def defer_continue(request: web.Request) -> None:
     default sends it before the token is checked). Another Expect gets 417, as by default."""
     if request.version == HttpVersion11 and not _expects_continue(request):
         raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers[hdrs.EXPECT][:40]}")
+    request[_CONTINUE_DEFERRED] = True
 
 
 async def send_continue(request: web.Request) -> None:
     """"100 Continue" where the client waits for it before sending the body (a route with
     ``expect_handler=defer_continue``)."""
-    if _expects_continue(request):
+    if request.get(_CONTINUE_DEFERRED) and _expects_continue(request):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # as aiohttp's own: the response proper has not started
+    request[_CONTINUE_DEFERRED] = False
+
+
+async def close_if_body_unasked(request: web.Request, response: web.StreamResponse) -> None:
+    """An on_response_prepare hook: a final answer to a client still waiting for "100 Continue" closes the
+    connection (RFC 9110 10.1.1), so a body it sends anyway is never read as its next request."""
+    if request.get(_CONTINUE_DEFERRED):
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"  # aiohttp set this header before its hooks ran
 
 
 async def read_within(request: web.Request, read: Awaitable[T]) -> T:

@@ -21,7 +21,7 @@ from edge_agent.telemetry import metrics
 from edge_agent.web.access import PUBLIC_PATHS, access_middleware
 from edge_agent.web.clients import Clients, watch_clients
 from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite, server_tls_context
-from edge_agent.web.request_body import BodyTooSlow
+from edge_agent.web.request_body import BodyTooSlow, close_if_body_unasked
 from edge_agent.web.view import StatusFn, TeacherView
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ def build_app(
     for table in route_tables:
         app.add_routes(table)
     app.on_response_prepare.append(_security_headers)
+    app.on_response_prepare.append(close_if_body_unasked)
     app.on_shutdown.append(_close_streams)
     return app
 

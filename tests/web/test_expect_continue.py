@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -72,3 +73,42 @@ def test_a_client_without_a_token_is_refused_before_it_is_told_to_send_its_body(
         sock.close()
     assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
     assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["status"] == "applied"
+
+
+def _rest(sock: socket.socket, first: bytes) -> bytes:
+    """The whole response (head and Content-Length body)."""
+    reply = first
+    while b"\r\n\r\n" not in reply:
+        reply += sock.recv(65536)
+    length = re.search(rb"(?i)\r\ncontent-length: (\d+)", reply)
+    assert length is not None, reply
+    while len(reply.partition(b"\r\n\r\n")[2]) < int(length[1]):
+        reply += sock.recv(65536)
+    return reply
+
+
+def test_a_refusal_before_the_body_was_asked_for_closes_the_connection(lan: dict[str, Any]) -> None:
+    # Round 2: the 401 kept the connection open, aiohttp then read the body the client sent anyway as
+    # the next request, and the client's real next request got 400 "Invalid method"
+    sock, first = _head(lan, b"{}", token=None)
+    try:
+        reply = _rest(sock, first)
+    finally:
+        sock.close()
+    head = reply.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 401") and b"connection: close" in head, reply[:300]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_sent(lan: dict[str, Any]) -> None:
+    # Round 2: "100 Continue" came for a 5 MB body too, which the client uploaded only to get 413
+    sock = socket.create_connection((lan["address"], lan["port"]), timeout=5)
+    try:
+        sock.sendall((f"POST /api/v1/answers HTTP/1.1\r\nHost: board\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {5 * 1024 * 1024}\r\nExpect: 100-continue\r\n"
+                      f"Authorization: Bearer {WEB_TOKEN}\r\n\r\n").encode())
+        reply = _rest(sock, sock.recv(65536))
+    finally:
+        sock.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.lower().startswith(b"http/1.1 413") and b"connection: close" in head.lower(), reply[:300]
+    assert "send smaller batches" in json.loads(body)["error"]
