@@ -37,14 +37,16 @@ LESSON_GAP_S = 600.0  # kt.lesson_gap_s's default: a break this long without win
 
 def this_lesson(windows: Sequence[dict[str, Any]], gap_s: float, now: float) -> list[dict[str, Any]]:
     """The windows since the last break longer than ``gap_s`` (no window: the camera closed, the daemon
-    down, the night), oldest first; none when the last window ended longer than that before ``now``.
+    down, the night), oldest first; none when the last window ended longer than that before ``now``. A
+    window that starts after the one following it (the clock stepped back, by NTP after a boot) ends the
+    lesson too: the page places bars by time, and those stamped ahead stood after the newer ones.
 
     The timeline keeps 120 windows (2 h at 60 s) and a restart reloads them: without this the first lesson
     of a morning showed the evening before, and its summary named a low point from before a closure."""
     kept: list[dict[str, Any]] = []
     after = now  # the start of the window after (or now): a clock stepped back makes the gap negative
     for window in reversed(windows):
-        if after - window["end"] > gap_s:
+        if after - window["end"] > gap_s or (kept and window["start"] > after):
             break
         kept.append(window)
         after = window["start"]

@@ -43,3 +43,10 @@ def test_a_clock_stepped_back_or_a_restart_inside_a_window_keeps_the_windows() -
     restarted = [*lesson, summarise(lesson[-1]["start"], lesson[-1]["end"], [20], [0.5], 3)]  # same start
     assert this_lesson(restarted, LESSON_GAP_S, lesson[-1]["end"] + 5) == restarted
     assert this_lesson(lesson, LESSON_GAP_S, MORNING - 3600) == lesson  # NTP stepped the clock back an hour
+
+
+def test_windows_stamped_before_the_clock_was_stepped_back_are_left_out() -> None:
+    # Round 2: windows stamped an hour ahead, then the ones after NTP stepped the clock back: all 25 were
+    # kept and the page, placing bars by time, drew the 5 current ones first and the axis ran backwards
+    ahead, after_step = _windows(MORNING + 3600, 20), _windows(MORNING, 5)
+    assert this_lesson(ahead + after_step, LESSON_GAP_S, MORNING + 5 * 60 + 10) == after_step
