@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from edge_agent.errors import ProvisioningError
+
 
 def write_atomic(path: Path, data: bytes, mode: int) -> bool:
     """Write ``data`` to ``path`` with ``mode``; return False (and touch nothing) if it is already so."""
@@ -40,9 +42,15 @@ def write_private(path: Path, data: bytes) -> bool:
 def write_private_for_daemon(path: Path, data: bytes, owner_of: Path) -> bool:
     """``write_private``, then, when run as root, owned like ``owner_of`` (one of the daemon's own
     secrets): the daemon runs as edge-agent and must read what root's command wrote."""
+    # The owner is read first: read after the write, a missing owner_of failed the command with the file
+    # already changed (a clicker token written and never shown)
+    try:
+        owner = owner_of.stat() if os.geteuid() == 0 else None
+    except FileNotFoundError:
+        raise ProvisioningError(f"{owner_of} does not exist, so the daemon's user is not known: provision "
+                                f"this board first (edge-agent-provision); {path} is unchanged") from None
     changed = write_private(path, data)
-    if os.geteuid() == 0:
-        owner = owner_of.stat()
+    if owner is not None:
         os.chown(path, owner.st_uid, owner.st_gid)
     return changed
 

@@ -197,6 +197,19 @@ def test_the_clients_command_keeps_tokens_private_and_says_what_is_wrong(
     assert cli_main(["web", "clients", "list", "--config", str(_board_config(unset, clients=False))]) == 2
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the file is given to the daemon's user only when run as root")
+def test_a_board_not_yet_provisioned_gets_no_token_written_that_is_never_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Round 2: with no pseudonym.key (whose owner the file is given to) the command failed with "[Errno 2]"
+    # after writing the new token, which was never printed; the next add said the name already had one
+    config = _board_config(tmp_path)
+    (tmp_path / "pseudonym.key").unlink()
+    assert cli_main(["web", "clients", "add", "acme-3a", "--config", str(config)]) == 1
+    assert "provision this board first" in capsys.readouterr().out
+    assert not (tmp_path / "web-clients").exists()
+
+
 def test_the_clients_command_takes_config_before_or_after_the_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
