@@ -11,7 +11,9 @@ import pytest
 from tests.provisioning.test_install import _release
 from tests.systemd.booted import BootedSystemd, running, unavailable
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
+# second_python: 45 s that balance CI's two runs (the main one was 1.5-2 min longer)
+pytestmark = [pytest.mark.slow, pytest.mark.second_python,
+              pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
 
 UNIT = "/etc/systemd/system/edge-agent.service"
 SHIPPED_ENV = "Environment=ORT_DISABLE_TELEMETRY=1\n"
