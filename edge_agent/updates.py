@@ -386,7 +386,7 @@ class ModelUpdates:
     def handle_command(self, command: Any) -> None:
         """Handler for CommandDispatcher.register("model_update", ...); takes a validated ModelUpdate."""
         if self.updater is None:
-            raise CommandRefused("model updates are off on this board (no signing key installed)")
+            raise CommandRefused(self._problem or "model updates are off on this board (no signing key)")
         if command.model not in self.accepted:
             metrics.ALERTS.labels(kind="model_update_refused").inc()
             self.last_download = f"request {command.request_id}: this board does not update {command.model!r}"

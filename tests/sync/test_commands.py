@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.config import DeviceSettings
+from edge_agent.config import DeviceSettings, UpdateSettings
 from edge_agent.errors import CommandRefused
 from edge_agent.store.outbox import Outbox
 from edge_agent.sync.commands import MAX_COMMAND_BYTES, CommandDispatcher, ConfigReload, ModelUpdate
@@ -18,6 +19,7 @@ from edge_agent.sync.mqtt import MqttConnection
 from edge_agent.sync.publisher import Publisher
 from edge_agent.sync.receiver import Receiver
 from edge_agent.telemetry import metrics
+from edge_agent.updates import ModelUpdates
 from tests.brokers import Broker
 from tests.sync.conftest import plain_settings
 
@@ -98,6 +100,20 @@ def test_a_failing_handler_is_contained() -> None:
 
     d.register("config_reload", broken)
     assert not d.handle(TOPIC, b'{"type":"config_reload","request_id":"x"}')
+
+
+def test_a_board_whose_signing_key_does_not_read_says_so_when_it_refuses_an_update(tmp_path: Path) -> None:
+    # Round 2: the refusal said "no signing key installed" for a key that was there but damaged
+    key = tmp_path / "model-signing.pub"
+    key.write_text("not a key\n")
+    updates = ModelUpdates(UpdateSettings(public_key_file=key), tmp_path, lambda _: None, lambda _: None)
+    asyncio.run(updates.start())
+    commands = CommandDispatcher(DeviceSettings())
+    commands.register("model_update", updates.handle_command)
+    assert not commands.handle(commands.topic, json.dumps(UPDATE).encode())
+    [outcome] = commands.recent_outcomes()
+    assert outcome["reason"] == "refused" and outcome["accepted"] is False
+    assert outcome["detail"].startswith("model updates off: ") and "public key" in outcome["detail"], outcome
 
 
 def test_registering_an_unknown_type_is_a_programming_error() -> None:
