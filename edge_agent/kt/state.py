@@ -1,7 +1,11 @@
 """Per-student knowledge state: LSTM (h, c), the latest per-skill success probabilities, the model that
 computed them and the student's most recent answers (pure).
 
-Kept in memory as numpy arrays and serialised to a small self-describing byte string for the store.
+Kept in memory as numpy arrays and serialised to a small self-describing byte string for the store: a
+KTS1 state (h, c, probs, last item), which every release reads, then a trailer with the model id and the
+kept answers, which releases before it ignore. (A "KTS2" layout, written for a while in 2026.12, put them in
+the header: a board rolled back to an older release took every such state as foreign, started each student
+afresh and wrote over the stored states: 20 answers of mastery lost for good. It is still read.)
 An LSTM state means something only to the weights that computed it: a model update replays each
 student's kept answers through the new model (:data:`HISTORY_CAP` of them; see the service's swap).
 """
@@ -14,10 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_MAGIC_V1 = b"KTS1"  # h, c, probs, last item: written before 2026.12; no model id, no answers
+_MAGIC_V1 = b"KTS1"  # h, c, probs, last item (releases before 2026.12 read this and ignore what follows)
 _HEADER_V1 = struct.Struct("<4sII")  # magic, hidden size, skill count
-_MAGIC = b"KTS2"
-_HEADER = struct.Struct("<4sII32sI")  # magic, hidden size, skill count, model id, kept answers
+_TRAILER_MAGIC = b"KTH1"
+_TRAILER = struct.Struct("<4s32sI")  # after the KTS1 state: magic, model id, kept answers (then the codes)
+_MAGIC_V2 = b"KTS2"  # read only (see above)
+_HEADER_V2 = struct.Struct("<4sII32sI")  # magic, hidden size, skill count, model id, kept answers
 MODEL_ID_SIZE = 32  # sha256 of the step model file
 # Answers kept per student for a replay through a new model. Measured on the simulator (600 students,
 # 300 answers each, then 100 more after the swap; two packages trained with seeds 0 and 1): next-answer
@@ -79,42 +85,52 @@ class StudentState:
         history = np.frombuffer(self.history, np.uint32)[-HISTORY_CAP:].astype("<u4", copy=False)
         return b"".join(
             [
-                _HEADER.pack(_MAGIC, self.h.size, self.probs.size, self.model, history.size),
+                _HEADER_V1.pack(_MAGIC_V1, self.h.size, self.probs.size),
                 self.h.astype("<f4").tobytes(),
                 self.c.astype("<f4").tobytes(),
                 self.probs.astype("<f4").tobytes(),
-                history.tobytes(),
                 struct.pack("<I", len(item)),
                 item,
+                _TRAILER.pack(_TRAILER_MAGIC, self.model, history.size),
+                history.tobytes(),
             ]
         )
 
     @classmethod
     def from_bytes(cls, data: bytes, answers: int, hidden: int, skills: int) -> StudentState:
-        """Raises ValueError when the bytes are damaged or come from a model of another shape. A KTS1
-        state (no history, model UNKNOWN_MODEL) loads as it was."""
+        """Raises ValueError when the bytes are damaged or come from a model of another shape. A KTS1 state
+        without its trailer (written by a release that kept no answers) loads with model UNKNOWN_MODEL and
+        no history."""
         if data[:4] == _MAGIC_V1 and len(data) >= _HEADER_V1.size:
             _, h_size, s_size = _HEADER_V1.unpack_from(data)
             model, kept, off = UNKNOWN_MODEL, 0, _HEADER_V1.size
-        elif data[:4] == _MAGIC and len(data) >= _HEADER.size:
-            _, h_size, s_size, model, kept = _HEADER.unpack_from(data)
-            model = UNKNOWN_MODEL if model == bytes(MODEL_ID_SIZE) else model  # as packed from b""
-            off = _HEADER.size
+        elif data[:4] == _MAGIC_V2 and len(data) >= _HEADER_V2.size:
+            _, h_size, s_size, model, kept = _HEADER_V2.unpack_from(data)
+            off = _HEADER_V2.size
         else:
             raise ValueError("not a student state (damaged, or from an unknown release)")
         if (h_size, s_size) != (hidden, skills):
             raise ValueError(f"state is for hidden={h_size}, skills={s_size}; model has {hidden}, {skills}")
-        n = 4 * (2 * hidden + skills + kept)
+        floats = 2 * hidden + skills
+        codes_at = off + 4 * floats  # KTS2: the kept answers come before the item
+        n = 4 * (floats + kept)
         if len(data) < off + n + 4:
             raise ValueError("state truncated")
-        arr = np.frombuffer(data, "<f4", count=2 * hidden + skills, offset=off).astype(np.float32)
-        codes = np.frombuffer(data, "<u4", count=kept, offset=off + 4 * (2 * hidden + skills))
+        arr = np.frombuffer(data, "<f4", count=floats, offset=off).astype(np.float32)
         (length,) = struct.unpack_from("<I", data, off + n)
-        item = data[off + n + 4 : off + n + 4 + length]
+        end = off + n + 4 + length
+        item = data[off + n + 4 : end]
         if len(item) != length:
             raise ValueError("state truncated")
-        if off + n + 4 + length != len(data):  # a wrong count of kept answers shifts what follows it
+        if data[:4] == _MAGIC_V1 and end < len(data):  # the trailer: model id and kept answers
+            if len(data) < end + _TRAILER.size or data[end : end + 4] != _TRAILER_MAGIC:
+                raise ValueError("state damaged: what follows it is not its kept answers")
+            _, model, kept = _TRAILER.unpack_from(data, end)
+            codes_at, end = end + _TRAILER.size, end + _TRAILER.size + 4 * kept
+        if end != len(data):  # a wrong count of kept answers shifts what follows it
             raise ValueError("state damaged: its length does not match its header")
+        model = UNKNOWN_MODEL if model == bytes(MODEL_ID_SIZE) else model  # as packed from b""
+        codes = np.frombuffer(data, "<u4", count=kept, offset=codes_at)
         if not np.all(np.isfinite(arr)):
             raise ValueError("state holds non-finite numbers")
         if codes.size and int(codes.max()) >= 2 * skills:
