@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -219,9 +220,11 @@ class CameraSettings(Section):
 
     @field_validator("source")
     @classmethod
-    def _named_source(cls, value: str) -> str:
-        # "" reads as the folder "." (Path("")): under systemd, "/", whose every picture became class frames
-        if not value.strip():
+    def _named_source(cls, value: str, info: ValidationInfo) -> str:
+        # "" reads as the folder "." (Path("")): under systemd, "/", whose every picture became class frames.
+        # With the camera off it is never opened: earlier releases took "" there, and refusing it stopped an
+        # upgraded board, told to set what it had set (enabled is validated first: it comes first).
+        if not value.strip() and info.data.get("enabled", True):
             raise ValueError("is empty: name the camera (0, /dev/video0, an rtsp:// URL, a file or a "
                              "folder), or set camera.enabled = false to turn it off")
         return value

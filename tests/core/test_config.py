@@ -331,6 +331,14 @@ def test_a_time_that_would_crash_at_run_time_is_refused_by_config_check(
     assert message in problems[key], problems
 
 
+def test_an_empty_camera_source_is_taken_while_the_camera_is_off(tmp_path: Path) -> None:
+    # Upgrade review: earlier releases took it, and an upgraded board stopped, told to set camera.enabled =
+    # false, which its config already did
+    path = tmp_path / "config.toml"
+    path.write_text('[camera]\nenabled = false\nsource = ""\n')
+    assert load_config(path, check_files_exist=False).camera.enabled is False
+
+
 @pytest.mark.parametrize(
     ("web_host", "metrics_host", "metrics_enabled", "refused"),
     [
