@@ -151,8 +151,12 @@ class KTComponent:
                 )
             persistence.prune_events(time.time() - EVENT_KEEP_S)
             view = persistence.load_lesson_view()
-            if view is not None and service.restore_lesson_view(view):
-                log.info("the teacher's lesson goes on (%s answers so far)", view.get("answers"))
+            if view is not None:
+                # Taken once: left there, a crash later in the lesson (no clean stop writes a newer copy)
+                # brought back this older one: 6 students' answers gone from the teacher's view
+                persistence.save_lesson_view(None)
+                if service.restore_lesson_view(view):
+                    log.info("the teacher's lesson goes on (%s answers so far)", view.get("answers"))
 
     async def stop(self) -> None:
         if self._task is not None:
