@@ -90,20 +90,29 @@ class LessonWindow:
         return now >= self.last + gap_s or now < self.last - gap_s
 
     def to_json(self) -> dict[str, Any]:
-        """Who answered, on what and when, without their probabilities (kept per student in the store)."""
-        return {
+        """Who answered, on what and when (their current probabilities are kept per student in the store),
+        and the figures the view shows with who answered since: without them a reading before a restart
+        and one after it gave away one student's answers (a review: 30 skills to 0.0005)."""
+        data: dict[str, Any] = {
             "started": self.started, "answers": self.answers, "last": self.last,
             "students": sorted(self.probs),
             "practised": {str(k): sorted(who) for k, who in self.practised.items()},
             "activity": {str(m): n for m, n in self.activity.items()},
         }
+        shown = self.published
+        if shown.group is not None:
+            data["published"] = {
+                "group": shown.group, "at": shown.at, "since": sorted(shown.since),
+                "probs": {s: [round(float(p), 6) for p in v] for s, v in shown.probs.items()},
+            }
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any], probs: dict[str, np.ndarray]) -> LessonWindow:
-        """Rebuilt with each student's current probabilities; raises KeyError, TypeError or ValueError on
-        a damaged record. Its first summary shows the figures as they are: they may differ from those
-        shown before the restart by fewer than ``min_group_size`` students' answers."""
-        return cls(
+        """Rebuilt with each student's current probabilities and the figures shown before the stop; raises
+        KeyError, TypeError or ValueError on a damaged record. Saved by a release that kept no figures
+        (or for a model of another size), its first summary shows the figures as they are."""
+        window = cls(
             float(data["started"]),
             int(data["answers"]),
             {s: probs[s] for s in data["students"] if s in probs},
@@ -111,6 +120,15 @@ class LessonWindow:
             {int(m): int(n) for m, n in data["activity"].items()},
             float(data["last"]),
         )
+        shown = data.get("published")
+        size = {v.size for v in probs.values()}
+        if shown is not None:
+            figures = {str(s): np.asarray(v, dtype=np.float32) for s, v in shown["probs"].items()}
+            if all(v.ndim == 1 and {v.size} == size and np.all(np.isfinite(v)) for v in figures.values()):
+                at = shown["at"]
+                window.published = Published(int(shown["group"]), figures, {str(s) for s in shown["since"]},
+                                             None if at is None else float(at))
+        return window
 
     def copy(self) -> LessonWindow:
         """A snapshot to summarise outside the caller's lock (the probability arrays are never mutated)."""
