@@ -129,14 +129,21 @@ def session_value(token: str, issued: int) -> str:
     return f"{issued}.{mac.hexdigest()}"
 
 
-def session_valid(cookie: str, token: str, now: float) -> bool:
+def session_signed(cookie: str, token: str) -> int | None:
+    """When the cookie was issued, if ``token`` signed it (of any age), else None."""
     issued_text, _, _ = cookie.partition(".")
     if not issued_text.isdigit() or len(issued_text) > 12:
-        return False
+        return None
     issued = int(issued_text)
-    if not 0 <= now - issued <= COOKIE_MAX_AGE_S:
-        return False
-    return hmac.compare_digest(cookie.encode("utf-8"), session_value(token, issued).encode("utf-8"))
+    signed = hmac.compare_digest(cookie.encode("utf-8"), session_value(token, issued).encode("utf-8"))
+    return issued if signed else None
+
+
+def session_valid(cookie: str, token: str, now: float) -> bool:
+    # Either way from now: a board clock stepped back by NTP (it ran fast) put every sign-in of the day in
+    # the future, and the teachers were told their token was wrong
+    issued = session_signed(cookie, token)
+    return issued is not None and abs(now - issued) <= COOKIE_MAX_AGE_S
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -156,6 +163,8 @@ def _presented(request: web.Request, token: str | None) -> str | None:
     if cookie is not None and token is not None and len(cookie) <= MAX_TOKEN_CHARS:
         if session_valid(cookie, token, time.time()):
             return token
+        if session_signed(cookie, token) is not None:
+            return None  # a sign-in that ended: sign in again, not "that token is not right"
         return cookie  # a stale cookie (token rotated) is a wrong token, not a missing one
     # Only a page opened from a link takes ?token= (and moves it to the cookie at once); an API call
     # with it would leave the token in proxy and server logs.

@@ -13,6 +13,7 @@ import pytest
 
 from edge_agent.errors import ConfigError
 from edge_agent.live import LiveBoard
+from edge_agent.telemetry import metrics
 from edge_agent.web.access import (
     COOKIE_NAME,
     Decision,
@@ -83,6 +84,8 @@ def test_a_session_cookie_holds_no_token_and_ends_after_a_school_day() -> None:
     cookie = session_value(TOKEN, now)
     assert TOKEN not in cookie and session_valid(cookie, TOKEN, now + 60)
     assert not session_valid(cookie, TOKEN, now + COOKIE_MAX_AGE_S + 1)  # replayed the next day
+    # the board's clock stepped back by NTP (it ran 10 minutes fast): the sign-in goes on
+    assert session_valid(cookie, TOKEN, now - 600)
     assert not session_valid(cookie, "another-token-xyz", now)  # the token was rotated
     assert not session_valid(f"{now + 3600}.{cookie.split('.')[1]}", TOKEN, now + 3600)  # time edited
     assert not session_valid("garbage", TOKEN, now) and not session_valid("9" * 40 + ".x", TOKEN, now)
@@ -166,6 +169,21 @@ def test_query_token_becomes_an_httponly_strict_cookie(lan_server: ServerThread,
     assert status == 200
     status, _, _ = _request(remote_ip, lan_server.port, "/api/v1/live", {"Cookie": f"{COOKIE_NAME}=forged"})
     assert status == 401
+
+
+def test_a_sign_in_that_ended_asks_to_sign_in_again_and_counts_no_wrong_token(
+    lan_server: ServerThread, remote_ip: str
+) -> None:
+    # Time review: a day-old (or, after NTP stepped the clock, "future") cookie got "That token is not
+    # right" and counted as a guess in edge_web_auth_failures_total
+    from edge_agent.web.access import COOKIE_MAX_AGE_S, session_value
+
+    before = metrics.REGISTRY.get_sample_value("edge_web_auth_failures_total") or 0.0
+    ended = session_value(WEB_TOKEN, int(time.time()) - COOKIE_MAX_AGE_S - 60)
+    cookie = {"Cookie": f"{COOKIE_NAME}={ended}"}
+    status, _, body = _request(remote_ip, lan_server.port, "/api/v1/live", cookie)
+    assert status == 401 and json.loads(body)["error"] == "need_token", body
+    assert (metrics.REGISTRY.get_sample_value("edge_web_auth_failures_total") or 0.0) == before
 
 
 def test_wrong_query_token_sets_no_cookie(lan_server: ServerThread, remote_ip: str) -> None:
