@@ -20,6 +20,7 @@ from edge_agent.kt.answers import MAX_TEXT, NOT_TEXT
 from edge_agent.watched_file import WatchedFile
 
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
+_COMMENT = re.compile(r"(?:^|\s)#")  # in a list of ids: "20260001  # Wang Xiaoming", not "3A#07"
 MAX_STUDENTS = 1_000_000  # as kt.max_students: a bigger file is a mistake
 
 
@@ -57,8 +58,9 @@ def watch_roster(path: Path, recheck_s: float = 2.0, clock: Callable[[], float] 
 
 
 def read_student_ids(source: Path, column: str | None = None) -> list[str]:
-    """Student ids from a text file (one per line; a line starting with ``#`` is a comment) or, with
-    ``column``, a CSV with a header row; ``-`` reads standard input. ValueError names what is wrong."""
+    """Student ids from a text file (one per line; ``#`` at the start of a line or after a space starts a
+    comment) or, with ``column``, a CSV with a header row; ``-`` reads standard input. ValueError names
+    what is wrong."""
     import csv
     import io
     import sys
@@ -69,8 +71,8 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
         raise ValueError(f"{source} is not UTF-8 ({exc.reason} at byte {exc.start}): in Excel save it as "
                          f"'CSV UTF-8', or convert it: iconv -f gbk -t utf-8 {source} > list.csv") from exc
     if column is None:
-        # "#" inside an id is kept: the answer API takes "3A#07", which a cut at "#" listed as "3A"
-        ids = [_unquoted(line.strip()) for line in text.splitlines() if not line.lstrip().startswith("#")]
+        # "#" inside an id is kept: the answer API takes "3A#07", which a cut at any "#" listed as "3A"
+        ids = [_unquoted(_COMMENT.split(line, 1)[0].strip()) for line in text.splitlines()]
     else:
         reader = csv.DictReader(io.StringIO(text))
         if reader.fieldnames is None or column not in reader.fieldnames:

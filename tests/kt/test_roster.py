@@ -152,10 +152,11 @@ def test_an_id_with_a_hash_in_it_is_listed_whole(tmp_path: Path, capsys: pytest.
     # Privacy review: "3A#07" was cut at the "#" and listed as "3A": 3A#07 refused for good, 3A taken
     config = _board_config(tmp_path)
     ids = tmp_path / "class-3a.txt"
-    ids.write_text("# class 3A\n三年级2班#15\n  # left in October\n3A#07\n")
+    ids.write_text("# class 3A\n三年级2班#15\n  # left in October\n3A#07\n20260001   # Wang Xiaoming\n"
+                   "20260002\t# Li Hua (moved from 3B)\n")
     assert cli_main(["kt", "roster", "set", str(ids), "--config", str(config)]) == 0
     listed = parse_roster((tmp_path / "roster.txt").read_text(), "r")
-    assert listed == {PSEUDO("三年级2班#15"), PSEUDO("3A#07")}
+    assert listed == {PSEUDO("三年级2班#15"), PSEUDO("3A#07"), PSEUDO("20260001"), PSEUDO("20260002")}
 
 
 def test_the_roster_command_writes_pseudonyms_only_and_adds_removes_and_counts(
