@@ -91,6 +91,9 @@ class Camera:
     @classmethod
     def from_settings(cls, settings: CameraSettings, opener: Opener | None = None) -> Camera:
         """The camera the ``[camera]`` section describes (the daemon's, and the calibration tool's)."""
+        if not settings.source.strip():  # taken while the camera is off; opened, "" is the folder "."
+            raise CameraError("camera.source is empty: name the camera (0, /dev/video0, an rtsp:// URL, a "
+                              "file or a folder)")
         return cls(
             settings.source,
             width=settings.width,

@@ -207,6 +207,12 @@ def test_calibrate_can_look_through_the_configured_camera(faces_dir, tmp_path, m
     assert "the camera gave no frame in 1 s" in err and "cannot open" in err
     assert "systemctl stop edge-agent" in err and "nothing to calibrate from" in err
 
+    # Round 2: with the camera off an empty source is taken, and calibrate then looked through "." (the
+    # working directory's photos; under sudo from / the whole disk)
+    config.write_text('[inference]\nbackend = "onnxruntime"\n[camera]\nenabled = false\nsource = ""\n')
+    assert _calibrate(["--camera", "--seconds", "1", *base]) == 2
+    assert "camera.source is empty" in capsys.readouterr().err
+
 
 def test_calibrate_camera_samples_a_video_as_it_plays(faces_dir, tmp_path, model_mirror, capsys):
     video = tmp_path / "class.avi"  # 2 s of the 3-person photo, then 2 s of the 7-person one, at 10 fps
