@@ -108,10 +108,12 @@ class LessonWindow:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], probs: dict[str, np.ndarray]) -> LessonWindow:
+    def from_json(cls, data: dict[str, Any], probs: dict[str, np.ndarray], group: int) -> LessonWindow:
         """Rebuilt with each student's current probabilities and the figures shown before the stop; raises
         KeyError, TypeError or ValueError on a damaged record. Saved by a release that kept no figures
-        (or for a model of another size), its first summary shows the figures as they are."""
+        (or for a model of another size), its first summary shows the figures as they are. ``group``:
+        kt.min_group_size now, which the figures go on with (a larger one set at the restart was ignored
+        until the lesson ended)."""
         window = cls(
             float(data["started"]),
             int(data["answers"]),
@@ -126,7 +128,7 @@ class LessonWindow:
             figures = {str(s): np.asarray(v, dtype=np.float32) for s, v in shown["probs"].items()}
             if all(v.ndim == 1 and {v.size} == size and np.all(np.isfinite(v)) for v in figures.values()):
                 at = shown["at"]
-                window.published = Published(int(shown["group"]), figures, {str(s) for s in shown["since"]},
+                window.published = Published(group, figures, {str(s) for s in shown["since"]},
                                              None if at is None else float(at))
         return window
 

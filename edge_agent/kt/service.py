@@ -740,7 +740,7 @@ class KTService:
         with self._lock:
             probs = {s: st.probs for s, st in self._states.items()}
             try:
-                view = LessonWindow.from_json(data, probs)
+                view = LessonWindow.from_json(data, probs, self.settings.min_group_size)
             except (KeyError, TypeError, ValueError, AttributeError):
                 log.warning("the saved teacher's lesson could not be read; the view starts empty")
                 return False

@@ -84,7 +84,7 @@ def test_a_restart_mid_lesson_keeps_the_figures_the_view_showed(package: KTPacka
     window.record("d", [0], prior * 0.2, MINUTE + 11)  # one student answers between the two readings
     current = dict(window.probs)
     saved = json.loads(json.dumps(window.to_json()))  # as the store keeps it
-    restored = LessonWindow.from_json(saved, current)
+    restored = LessonWindow.from_json(saved, current, 3)
     after = summarize(restored.copy(), package, settings, MINUTE + 20, window_s=math.inf)
     assert [s["mastery_mean"] for s in after["skills"]] == [s["mastery_mean"] for s in shown["skills"]]
     assert after["figures_students"] == 3 and after["figures_at"] == MINUTE + 10 and after["students"] == 4
@@ -93,8 +93,18 @@ def test_a_restart_mid_lesson_keeps_the_figures_the_view_showed(package: KTPacka
         restored.record(student, [0], prior * 0.5, MINUTE + 21)
     moved = summarize(restored.copy(), package, settings, MINUTE + 30, window_s=math.inf)
     assert moved["figures_students"] == 6
+    # a larger kt.min_group_size set at the restart holds from then on (round 2: the saved one did)
+    lenient = LessonWindow(started=MINUTE)
+    for n, student in enumerate("abc"):
+        lenient.record(student, [0], prior * (0.9 - n / 10), MINUTE + 1 + n)
+    summarize(lenient.copy(), package, KTSettings(min_group_size=2), MINUTE + 10, window_s=math.inf)
+    lenient.record("d", [0], prior * 0.2, MINUTE + 11)
+    stricter = LessonWindow.from_json(json.loads(json.dumps(lenient.to_json())), dict(lenient.probs), 3)
+    stricter.record("e", [0], prior * 0.5, MINUTE + 21)  # d and e since: 2, the old group, not the new 3
+    held = summarize(stricter.copy(), package, settings, MINUTE + 30, window_s=math.inf)
+    assert held["figures_students"] == 3
     # a record saved without figures (an earlier release), or for a model of another size: as they are
     del saved["published"]
-    assert summarize(LessonWindow.from_json(saved, current).copy(), package, settings, MINUTE + 20,
+    assert summarize(LessonWindow.from_json(saved, current, 3).copy(), package, settings, MINUTE + 20,
                      window_s=math.inf)["figures_students"] == 4
 
