@@ -277,6 +277,9 @@ def file_away(package: Path, ok: bool, result: str) -> None:
         log.error("could not move %s out of the model inbox: %s", package.name, exc)
 
 
+NOT_STARTED = "not started"
+
+
 class ModelUpdates:
     """Daemon component: the model store, its updater thread, and the inbox/download thread."""
 
@@ -307,7 +310,7 @@ class ModelUpdates:
         self.download_drops = 0
         self.last_download: str | None = None
         self._last: tuple[bool, str] = (True, "idle")  # the latest attempt's outcome, from either thread
-        self._problem: str | None = "not started"
+        self._problem: str | None = NOT_STARTED
 
     async def start(self) -> None:
         if not updates_enabled(self.settings):
@@ -320,6 +323,8 @@ class ModelUpdates:
         except (ProvisioningError, OSError) as exc:
             self._problem = f"model updates off: {exc}"
             log.error("%s", self._problem)
+            while not self._downloads.empty():  # taken while starting: they end here, and say why
+                self._note(False, f"request {self._downloads.get_nowait().request_id}: {self._problem}")
             return
         self._remove_leftover_parts()
         store = ModelStore(self.models_dir, [key])
@@ -385,7 +390,9 @@ class ModelUpdates:
 
     def handle_command(self, command: Any) -> None:
         """Handler for CommandDispatcher.register("model_update", ...); takes a validated ModelUpdate."""
-        if self.updater is None:
+        # While starting (sync connects before the engines load) it is queued for the inbox thread: refused,
+        # a command sent as the board came online was lost, with the reason "not started"
+        if self.updater is None and self._problem != NOT_STARTED:
             raise CommandRefused(self._problem or "model updates are off on this board (no signing key)")
         if command.model not in self.accepted:
             metrics.ALERTS.labels(kind="model_update_refused").inc()

@@ -116,6 +116,22 @@ def test_a_board_whose_signing_key_does_not_read_says_so_when_it_refuses_an_upda
     assert outcome["detail"].startswith("model updates off: ") and "public key" in outcome["detail"], outcome
 
 
+def test_an_update_sent_while_the_board_starts_is_queued_not_refused(tmp_path: Path) -> None:
+    # Round 2: sync connects before the engines load, and an update sent as the board came online was
+    # refused for good with the reason "not started"; queued, it is taken once updates run (or, here,
+    # where they cannot, it ends with the cause)
+    key = tmp_path / "model-signing.pub"
+    key.write_text("not a key\n")
+    updates = ModelUpdates(UpdateSettings(public_key_file=key), tmp_path, lambda _: None, lambda _: None)
+    commands = CommandDispatcher(DeviceSettings())
+    commands.register("model_update", updates.handle_command)
+    assert commands.handle(commands.topic, json.dumps(UPDATE).encode())
+    assert commands.recent_outcomes()[-1]["accepted"] is True
+    asyncio.run(updates.start())
+    outcome = updates.last_outcome()
+    assert outcome["ok"] is False and str(outcome["result"]).startswith("request r-1: model updates off: ")
+
+
 def test_registering_an_unknown_type_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="unknown command"):
         CommandDispatcher(DeviceSettings()).register("reboot", print)
