@@ -1,6 +1,6 @@
 """Per-student states and applied event keys in SQLite, through the store's single writer.
 
-Tables (store/schema.py): ``kt_student_state(student, state, answers, updated_at)`` keyed by pseudonym,
+Tables (store/schema.py): ``kt_student_state(student, state, answers, updated_at, kept)`` keyed by pseudonym,
 and ``kt_applied_events(event_key, applied_at)`` for idempotency across restarts.
 """
 
@@ -48,7 +48,7 @@ class StatePersistence:
         Damaged or foreign-shaped states are skipped and counted."""
         rows = self.db.read(
             lambda conn: conn.execute(
-                "SELECT student, state, answers FROM kt_student_state ORDER BY updated_at DESC LIMIT ?",
+                "SELECT student, state, answers, kept FROM kt_student_state ORDER BY updated_at DESC LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
         )
@@ -66,7 +66,7 @@ class StatePersistence:
         """The stored states of ``students`` (those the service does not hold: left on disk by a lower
         ``kt.max_students`` at start)."""
 
-        select = "SELECT student, state, answers FROM kt_student_state WHERE student"
+        select = "SELECT student, state, answers, kept FROM kt_student_state WHERE student"
         return self._decode(self.db.read(lambda conn: _rows_in(conn, select, students)), hidden, skills)
 
     def stored_count(self) -> int:
@@ -76,9 +76,10 @@ class StatePersistence:
     @staticmethod
     def _decode(rows: Iterable[Any], hidden: int, skills: int) -> dict[str, StudentState]:
         states: dict[str, StudentState] = {}
-        for student, blob, answers in rows:
+        for student, blob, answers, kept in rows:
             with contextlib.suppress(ValueError, TypeError):  # counted by the caller where it matters
-                states[student] = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills)
+                states[student] = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills,
+                                                          None if kept is None else bytes(kept))
         return states
 
     def applied_among(self, keys: Sequence[str]) -> dict[str, str | None]:
@@ -97,15 +98,16 @@ class StatePersistence:
     ) -> Future[None]:
         """Upsert ``states``, record ``events`` (key, applied at, content) and delete the states of the
         students in ``forget``, in one transaction."""
-        state_rows = [(s, st.to_bytes(), st.answers, now) for s, st in states]
+        state_rows = [(s, st.to_bytes(), st.answers, now, st.kept_bytes()) for s, st in states]
         event_rows = list(events)
         forget_rows = [(s,) for s in forget]
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "INSERT INTO kt_student_state(student, state, answers, updated_at) VALUES (?, ?, ?, ?) "
+                "INSERT INTO kt_student_state(student, state, answers, updated_at, kept) "
+                "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(student) DO UPDATE SET state=excluded.state, answers=excluded.answers, "
-                "updated_at=excluded.updated_at",
+                "updated_at=excluded.updated_at, kept=excluded.kept",
                 state_rows,
             )
             conn.executemany(

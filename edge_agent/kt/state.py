@@ -1,11 +1,12 @@
 """Per-student knowledge state: LSTM (h, c), the latest per-skill success probabilities, the model that
 computed them and the student's most recent answers (pure).
 
-Kept in memory as numpy arrays and serialised to a small self-describing byte string for the store: a
-KTS1 state (h, c, probs, last item), which every release reads, then a trailer with the model id and the
-kept answers, which releases before it ignore. (A "KTS2" layout, written for a while in 2026.12, put them in
-the header: a board rolled back to an older release took every such state as foreign, started each student
-afresh and wrote over the stored states: 20 answers of mastery lost for good. It is still read.)
+Kept in memory as numpy arrays and serialised for the store as two byte strings: the state proper, "KTS1"
+(h, c, probs, last item), which every release reads, and beside it (its own column) the model id and the
+kept answers. A "KTS2" layout, written for a while in 2026.12, put those in the state's header: a board
+rolled back to a release before it took every such state as foreign, started each student afresh and wrote
+over the stored states (20 answers of mastery each, lost for good); a trailer after a KTS1 state did the
+same to the KTS2 releases, which read KTS1 to its exact length. KTS2 is still read.
 An LSTM state means something only to the weights that computed it: a model update replays each
 student's kept answers through the new model (:data:`HISTORY_CAP` of them; see the service's swap).
 """
@@ -18,10 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_MAGIC_V1 = b"KTS1"  # h, c, probs, last item (releases before 2026.12 read this and ignore what follows)
+_MAGIC_V1 = b"KTS1"  # h, c, probs, last item: what every release reads
 _HEADER_V1 = struct.Struct("<4sII")  # magic, hidden size, skill count
-_TRAILER_MAGIC = b"KTH1"
-_TRAILER = struct.Struct("<4s32sI")  # after the KTS1 state: magic, model id, kept answers (then the codes)
+_KEPT_MAGIC = b"KTH1"
+# the kept answers' column: magic, model id, the student's answer count when written, kept answers (then
+# the codes). An older release updates the state and leaves this: the count then differs, and it is stale.
+_KEPT = struct.Struct("<4s32sII")
 _MAGIC_V2 = b"KTS2"  # read only (see above)
 _HEADER_V2 = struct.Struct("<4sII32sI")  # magic, hidden size, skill count, model id, kept answers
 MODEL_ID_SIZE = 32  # sha256 of the step model file
@@ -81,8 +84,8 @@ class StudentState:
             self.model = model
 
     def to_bytes(self) -> bytes:
+        """The state proper (KTS1); :meth:`kept_bytes` goes beside it."""
         item = (self.last_item or "").encode("utf-8")
-        history = np.frombuffer(self.history, np.uint32)[-HISTORY_CAP:].astype("<u4", copy=False)
         return b"".join(
             [
                 _HEADER_V1.pack(_MAGIC_V1, self.h.size, self.probs.size),
@@ -91,48 +94,48 @@ class StudentState:
                 self.probs.astype("<f4").tobytes(),
                 struct.pack("<I", len(item)),
                 item,
-                _TRAILER.pack(_TRAILER_MAGIC, self.model, history.size),
-                history.tobytes(),
             ]
         )
 
+    def kept_bytes(self) -> bytes:
+        """The model id and the kept answers, for the column beside the state."""
+        history = np.frombuffer(self.history, np.uint32)[-HISTORY_CAP:].astype("<u4", copy=False)
+        return _KEPT.pack(_KEPT_MAGIC, self.model, self.answers, history.size) + history.tobytes()
+
     @classmethod
-    def from_bytes(cls, data: bytes, answers: int, hidden: int, skills: int) -> StudentState:
-        """Raises ValueError when the bytes are damaged or come from a model of another shape. A KTS1 state
-        without its trailer (written by a release that kept no answers) loads with model UNKNOWN_MODEL and
-        no history."""
+    def from_bytes(
+        cls, data: bytes, answers: int, hidden: int, skills: int, kept: bytes | None = None
+    ) -> StudentState:
+        """Raises ValueError when the state is damaged or comes from a model of another shape. A KTS1 state
+        takes its model and answers from ``kept`` (:meth:`kept_bytes`) when that was written with it (for
+        ``answers``); else, written by a release that kept no answers, it is of no known model."""
         if data[:4] == _MAGIC_V1 and len(data) >= _HEADER_V1.size:
             _, h_size, s_size = _HEADER_V1.unpack_from(data)
-            model, kept, off = UNKNOWN_MODEL, 0, _HEADER_V1.size
+            model, count, off = UNKNOWN_MODEL, 0, _HEADER_V1.size
         elif data[:4] == _MAGIC_V2 and len(data) >= _HEADER_V2.size:
-            _, h_size, s_size, model, kept = _HEADER_V2.unpack_from(data)
+            _, h_size, s_size, model, count = _HEADER_V2.unpack_from(data)
             off = _HEADER_V2.size
         else:
             raise ValueError("not a student state (damaged, or from an unknown release)")
         if (h_size, s_size) != (hidden, skills):
             raise ValueError(f"state is for hidden={h_size}, skills={s_size}; model has {hidden}, {skills}")
         floats = 2 * hidden + skills
-        codes_at = off + 4 * floats  # KTS2: the kept answers come before the item
-        n = 4 * (floats + kept)
+        n = 4 * (floats + count)  # KTS2: the kept answers come before the item
         if len(data) < off + n + 4:
             raise ValueError("state truncated")
         arr = np.frombuffer(data, "<f4", count=floats, offset=off).astype(np.float32)
+        codes = np.frombuffer(data, "<u4", count=count, offset=off + 4 * floats)
         (length,) = struct.unpack_from("<I", data, off + n)
-        end = off + n + 4 + length
-        item = data[off + n + 4 : end]
+        item = data[off + n + 4 : off + n + 4 + length]
         if len(item) != length:
             raise ValueError("state truncated")
-        if data[:4] == _MAGIC_V1 and end < len(data):  # the trailer: model id and kept answers
-            if len(data) < end + _TRAILER.size or data[end : end + 4] != _TRAILER_MAGIC:
-                raise ValueError("state damaged: what follows it is not its kept answers")
-            _, model, kept = _TRAILER.unpack_from(data, end)
-            codes_at, end = end + _TRAILER.size, end + _TRAILER.size + 4 * kept
-        if end != len(data):  # a wrong count of kept answers shifts what follows it
+        if off + n + 4 + length != len(data):  # a wrong count of kept answers shifts what follows it
             raise ValueError("state damaged: its length does not match its header")
-        model = UNKNOWN_MODEL if model == bytes(MODEL_ID_SIZE) else model  # as packed from b""
-        codes = np.frombuffer(data, "<u4", count=kept, offset=codes_at)
         if not np.all(np.isfinite(arr)):
             raise ValueError("state holds non-finite numbers")
+        if data[:4] == _MAGIC_V1 and kept:
+            model, codes = _kept(kept, answers, skills)
+        model = UNKNOWN_MODEL if model == bytes(MODEL_ID_SIZE) else model  # as packed from b""
         if codes.size and int(codes.max()) >= 2 * skills:
             raise ValueError("state holds answers on skills the model does not have")
         return cls(
@@ -144,3 +147,17 @@ class StudentState:
             model,
             array("I", codes[-HISTORY_CAP:].tolist()),
         )
+
+
+def _kept(data: bytes, answers: int, skills: int) -> tuple[bytes, np.ndarray]:
+    """The model id and kept answers of :meth:`StudentState.kept_bytes`; none (no known model) when they
+    were written for another answer count (an older release updated the state since) or do not read: the
+    state itself is still good, and dropping it lost the student's mastery."""
+    none = (UNKNOWN_MODEL, np.zeros(0, np.uint32))
+    if data[:4] != _KEPT_MAGIC or len(data) < _KEPT.size:
+        return none
+    _, model, written_at, count = _KEPT.unpack_from(data)
+    if written_at != answers or len(data) != _KEPT.size + 4 * count:
+        return none
+    codes = np.frombuffer(data, "<u4", count=count, offset=_KEPT.size)
+    return none if codes.size and int(codes.max()) >= 2 * skills else (model, codes)

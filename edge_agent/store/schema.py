@@ -72,6 +72,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # (table, column, type): added where missing, NULL in rows written before or by an older release
 SIDE_COLUMNS = [
     ("kt_applied_events", "content", "TEXT"),  # what the event said, to tell a reused client event id
+    ("kt_student_state", "kept", "BLOB"),  # the model id and kept answers (StudentState.kept_bytes)
 ]
 
 

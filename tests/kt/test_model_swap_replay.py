@@ -171,7 +171,7 @@ def test_a_state_stored_before_answers_were_kept_still_loads_and_carries_over(
     probs = rng.uniform(0.2, 0.8, len(package.skills)).astype(np.float32)
     student = pseudonymize("old")
     blob = _kts1_blob(h, c, probs, package.items[4].id)
-    insert = "INSERT INTO kt_student_state VALUES (?, ?, 6, 0)"
+    insert = "INSERT INTO kt_student_state(student, state, answers, updated_at) VALUES (?, ?, 6, 0)"
     db.write(lambda conn: conn.execute(insert, (student, blob))).result(5)
     store = StatePersistence(db)
     state = store.load_states(package.hidden, len(package.skills))[student]

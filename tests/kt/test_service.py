@@ -303,7 +303,8 @@ def test_a_board_restarted_with_a_lower_max_students_keeps_the_students_seen_las
 
 
 def test_damaged_stored_state_is_skipped(package, engine, db: Database) -> None:
-    db.write(lambda c: c.execute("INSERT INTO kt_student_state VALUES ('x', X'00', 1, 0)")).result(5)
+    insert = "INSERT INTO kt_student_state(student, state, answers, updated_at) VALUES ('x', X'00', 1, 0)"
+    db.write(lambda c: c.execute(insert)).result(5)
     assert StatePersistence(db).load_states(package.hidden, len(package.skills)) == {}
 
 
