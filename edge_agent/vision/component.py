@@ -99,7 +99,9 @@ class AttentionComponent:
         local_now: Callable[[], datetime] | None = None,
         pause_file: Path | None = None,
         lesson_gap_s: float = LESSON_GAP_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.monotonic = monotonic  # what a teacher's pause lasts by (tests step the wall clock apart)
         self.lesson_gap_s = lesson_gap_s  # the timeline: windows since a break this long (kt.lesson_gap_s)
         self.camera_settings = camera_settings
         self.pause_file = pause_file  # a teacher's pause, kept across a restart (the daemon's state dir)
@@ -144,6 +146,7 @@ class AttentionComponent:
             pose_refresh_frames=settings.pose_refresh_frames,
             hours=self.camera_settings.hours(),
             local_now=self.local_now,
+            monotonic=self.monotonic,
             lesson_gap_s=self.lesson_gap_s,
         )
         paused = self._load_pause()

@@ -144,12 +144,17 @@ class AttentionLoop:
         pose_refresh_frames: int = 1,
         hours: CameraHours | None = None,
         local_now: Callable[[], datetime] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.camera = camera
+        self.monotonic = monotonic
         self.hours = hours  # None: the camera may always run
         self.local_now = local_now or board_clock("")  # the board's time (device.timezone), for the hours
         self.closed_until: datetime | None = None  # set while the camera is closed by its hours or a pause
         self.paused_until: datetime | None = None  # a teacher's pause (pause()), in the board's time
+        # ... and its end on the monotonic clock, which decides: on the wall clock a forward NTP step ended
+        # a 45-minute pause at once (camera back on mid-lesson) and a step back made it last days
+        self._pause_ends: float | None = None
         self.analyser = analyser
         self.tracker = tracker
         self.windows = windows
@@ -201,25 +206,36 @@ class AttentionLoop:
 
     def camera_wanted(self) -> bool:
         """Whether the camera's hours (and no pause) allow it to run now."""
-        now = self.local_now()
-        paused = self.paused_until is not None and now < self.paused_until
-        return not paused and (self.hours is None or self.hours.is_open(now))
+        return self._paused() is None and (self.hours is None or self.hours.is_open(self.local_now()))
 
     def pause(self, until: datetime | None) -> None:
         """A teacher's pause until ``until`` (aware), or None to resume: the camera closes as outside its
-        hours, from the loop's next tick."""
-        self.paused_until = until
+        hours, from the loop's next tick. It lasts as long as ``until`` is from now, whatever the wall clock
+        does meanwhile."""
+        ends = None if until is None else self.monotonic() + (until - self.local_now()).total_seconds()
+        self.paused_until, self._pause_ends = until, ends
+
+    def _paused(self) -> datetime | None:
+        """The pause's end in the board's time now (it follows a stepped clock), or None when none runs."""
+        ends, until = self._pause_ends, self.paused_until
+        if ends is None or until is None:
+            return None
+        left = ends - self.monotonic()
+        if left <= 0:
+            if self._pause_ends is ends:  # not a new pause set meanwhile
+                self.paused_until = self._pause_ends = None
+            return None
+        until = self.local_now() + timedelta(seconds=left)
+        if self._pause_ends is ends:
+            self.paused_until = until
+        return until
 
     def _follow_hours(self) -> bool:
         """Open or close the camera at the edges of its hours and of a pause; True while it is closed."""
-        paused = self.paused_until
-        if self.hours is None and paused is None and self.closed_until is None:
+        if self.hours is None and self.paused_until is None and self.closed_until is None:
             return False
         now = self.local_now()
-        if paused is not None and now >= paused:
-            if self.paused_until is paused:  # not a new pause set meanwhile
-                self.paused_until = None
-            paused = None
+        paused = self._paused()
         hours_open = self.hours is None or self.hours.is_open(now)
         if hours_open and paused is None:
             if self.closed_until is not None or (self.hours is not None and not self.camera.started):

@@ -11,7 +11,7 @@ import shutil
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -458,7 +458,7 @@ def test_a_teachers_pause_closes_the_camera_survives_a_restart_and_ends_on_time(
             CameraSettings(source=str(photo_folder), analysis_fps=10.0, stall_timeout_s=0.5),
             AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=outbox,
             heartbeats=HeartbeatRegistry(), live=live, opener=opener, local_now=lambda: clock["now"],
-            pause_file=pause_file,
+            pause_file=pause_file, monotonic=lambda: clock["now"].timestamp(),  # noqa: PLW0108 (no NTP step)
         )
 
     def camera() -> dict[str, Any]:
@@ -500,6 +500,42 @@ def test_a_teachers_pause_closes_the_camera_survives_a_restart_and_ends_on_time(
         await wait_for(lambda: camera().get("state") == "running")
         assert pause_file.read_text() == ""
         await again.stop()
+
+    asyncio.run(run())
+
+
+def test_a_teachers_pause_lasts_its_minutes_whatever_ntp_does_to_the_clock(
+    photo_folder, face_engine, pose_engines
+):
+    # Time review: the pause's end was a wall-clock time, so NTP stepping the clock 3 h forward ended a
+    # 45-minute pause at once (the camera back on mid-lesson) and a step back made it last days
+    shanghai = ZoneInfo("Asia/Shanghai")
+    clock = {"now": datetime(2026, 12, 7, 6, 0, tzinfo=shanghai), "mono": 1000.0}  # booted 3 h behind
+    live = LiveBoard()
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0, stall_timeout_s=0.5),
+        AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=ListOutbox(),
+        heartbeats=HeartbeatRegistry(), live=live, opener=CountingOpener(photo_folder),
+        local_now=lambda: clock["now"], monotonic=lambda: clock["mono"],
+    )
+
+    def camera() -> dict[str, Any]:
+        return (live.get("attention") or {}).get("camera", {})
+
+    async def run() -> None:
+        await component.start()
+        try:
+            component.pause(45)
+            await wait_for(lambda: camera().get("state") == "paused")
+            clock["now"] += timedelta(hours=3)  # NTP: the monotonic clock does not move with it
+            clock["mono"] += 1.0
+            await asyncio.sleep(1.5)
+            assert camera().get("state") == "paused" and not component.camera.started
+            assert camera()["opens_at"] == (clock["now"] + timedelta(minutes=45, seconds=-1)).timestamp()
+            clock["mono"] += 45 * 60  # 45 real minutes on
+            await wait_for(lambda: camera().get("state") == "running")
+        finally:
+            await component.stop()
 
     asyncio.run(run())
 
