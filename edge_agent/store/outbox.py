@@ -173,6 +173,8 @@ class Outbox:
                 (uuid.uuid4().hex, seq, stream, self.topic(stream), text, now, expires_at,
                  rules.PENDING, size),
             )
+            if not self._clock_synced():  # on the writer thread: chronyd may be asked (UDP, a timeout)
+                conn.execute("UPDATE outbox SET clock_unsynced = 1 WHERE id = last_insert_rowid()")
             self._rows += 1
             self._bytes += size
             self._oldest = now if self._oldest is None else min(self._oldest, now)
@@ -342,11 +344,14 @@ class Outbox:
             ("expired", "expires_at IS NOT NULL AND expires_at <= ?", now),
             ("max_age", "created_at < ?", now - max_age_s),
         ):
-            # Rows stamped before the clock was set keep going until sent (or pushed out by the limits).
+            # Rows stamped before the clock was set keep going until sent (or pushed out by the limits), and
+            # so do rows queued while it was not known to be right: a board booted on the time saved 70
+            # days before, then NTP stepped it, and 5 rows seconds old went as max_age.
             # "+state": not through the state index, which walked every unsent row (243-293 ms a minute at
             # 500,000, answers waiting) where the time indexes read only the rows due (0.1 ms).
             ids = [r[0] for r in conn.execute(
-                f"SELECT id FROM outbox WHERE +state = ? AND {where} AND created_at >= ?",
+                f"SELECT id FROM outbox WHERE +state = ? AND {where} AND created_at >= ? "
+                "AND clock_unsynced IS NULL",
                 (rules.PENDING, arg, rules.CLOCK_FLOOR),
             )]
             if ids:

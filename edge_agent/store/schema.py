@@ -73,6 +73,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 SIDE_COLUMNS = [
     ("kt_applied_events", "content", "TEXT"),  # what the event said, to tell a reused client event id
     ("kt_student_state", "kept", "BLOB"),  # the model id and kept answers (StudentState.kept_bytes)
+    ("outbox", "clock_unsynced", "INTEGER"),  # 1: queued while the clock was not known right (no max_age)
 ]
 
 

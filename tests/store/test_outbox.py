@@ -195,22 +195,29 @@ def test_rows_made_before_the_clock_was_set_are_not_aged_out_when_ntp_sets_it(db
 def test_a_clock_not_known_to_be_right_ages_nothing_out(db: Database, tmp_path: Path) -> None:
     # Term audit: a clock set wrongly ahead by more than max_age_days (a board's RTC) deleted the backlog.
     # Rows age out only while timesyncd says the clock is synchronised; the size limits still bound the disk.
+    # Time review: and rows queued before it was keep going once it is: a board booted on the time saved
+    # 70 days before queued 5 rows, NTP stepped the clock, and they went at once as max_age.
     clock = Clock()
     box = Outbox(
-        db, DeviceSettings(), StoreSettings(max_age_days=1.0), MqttSettings(),
+        db, DeviceSettings(), StoreSettings(max_age_days=7.0), MqttSettings(),
         clock=clock, clock_synced=ClockSyncFlag(root=tmp_path, recheck_s=0.0),
     )
     box.open()
     box.enqueue("attention", {"queued": 1}, expires_at=clock.now + 60).result(5)
     box.enqueue("attention", {"queued": 2}).result(5)
-    clock.now += 90 * 86400  # the clock jumps three months ahead, not synchronised
-    box.enqueue("attention", {"after the jump": 1}).result(5)  # the write path's expiry too
+    clock.now += 70 * 86400  # NTP steps the clock 70 days on
+    box.enqueue("attention", {"after the step": 1}).result(5)  # the write path's expiry too
     assert box.expire().result(5) == 0 and box.backlog == 3
     flag = tmp_path / "run" / "systemd" / "timesync" / "synchronized"
     flag.parent.mkdir(parents=True)
-    flag.touch()  # synchronised: the three months really passed
-    assert box.expire().result(5) == 2
-    assert box.status()["drops"] == {"expired": 1, "max_age": 1}
+    flag.touch()  # synchronised from now on
+    box.enqueue("attention", {"synced": 1}).result(5)
+    assert box.expire().result(5) == 0 and box.backlog == 4  # none of them, queued before, ages out
+    clock.now += 8 * 86400  # a week offline: the row queued with a right clock is 8 days old
+    assert box.expire().result(5) == 1 and box.backlog == 3
+    assert box.status()["drops"] == {"max_age": 1}
+    assert [r.payload for r in box.claim(10).result(5)] == [
+        '{"queued":1}', '{"queued":2}', '{"after the step":1}']
 
 
 def test_an_offline_board_keeps_ageing_rows_out_after_its_clock_steps_back(
