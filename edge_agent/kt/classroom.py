@@ -70,10 +70,15 @@ class LessonWindow:
     activity: dict[int, int] = field(default_factory=dict)  # minute start (epoch) -> answers
     last: float = 0.0  # when the latest answer came
     published: Published = field(default_factory=Published)  # for the teacher's view
+    # The same two on the monotonic clock, which decide (None: restored after a restart, the wall clock
+    # does): on the wall clock NTP stepping it forward mid-lesson read as a break
+    started_mono: float | None = None
+    last_mono: float | None = None
 
-    def record(self, student: str, skills: list[int], probs: np.ndarray, now: float) -> None:
+    def record(self, student: str, skills: list[int], probs: np.ndarray, now: float,
+               mono: float | None = None) -> None:
         self.answers += 1
-        self.last = now
+        self.last, self.last_mono = now, mono
         self.probs[student] = probs
         for k in skills:
             self.practised.setdefault(k, set()).add(student)
@@ -81,12 +86,16 @@ class LessonWindow:
         self.activity[minute] = self.activity.get(minute, 0) + 1
         self.published.note(student, self.probs, now)
 
-    def due(self, now: float, window_s: float) -> bool:
+    def due(self, now: float, window_s: float, mono: float | None = None) -> bool:
+        if mono is not None and self.started_mono is not None:
+            return mono >= self.started_mono + window_s
         # A clock stepped back by more than a window (an RTC that ran ahead, then NTP) would otherwise
         # keep this window open, unsent, until the clock caught up with it: hours or days.
         return now >= self.started + window_s or now < self.started - window_s
 
-    def idle(self, now: float, gap_s: float) -> bool:
+    def idle(self, now: float, gap_s: float, mono: float | None = None) -> bool:
+        if mono is not None and self.last_mono is not None:
+            return mono >= self.last_mono + gap_s
         return now >= self.last + gap_s or now < self.last - gap_s
 
     def to_json(self) -> dict[str, Any]:
@@ -142,6 +151,8 @@ class LessonWindow:
             dict(self.activity),
             self.last,
             self.published,  # shared: the copy's summary tells the window the group size
+            self.started_mono,
+            self.last_mono,
         )
 
 

@@ -141,6 +141,7 @@ class KTService:
         persistence: StatePersistence | None = None,
         heartbeat: Heartbeat | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.package = package
         self.engine = engine
@@ -149,6 +150,10 @@ class KTService:
         self._persistence = persistence
         self._heartbeat = heartbeat
         self._clock = clock
+        # what the lesson's breaks and windows are measured by: on the wall clock an NTP step forward mid-
+        # lesson (a board booted behind) ended the teacher's lesson (6 answers shown as 0)
+        # (None: time.monotonic beside the real clock; a test's own clock drives both)
+        self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self._prior = np.asarray(package.prior_success, dtype=np.float32)
         self._model_id = step_model_id(package)
         self._bank = ItemBank(items_by_skill(package))
@@ -650,16 +655,17 @@ class KTService:
                 trail[s].append(out[s].probs)
 
     def _record_lesson(self, answer: Answer, state: StudentState, now: float) -> None:
+        mono = self._monotonic()
         if self._lesson is None:
-            self._lesson = LessonWindow(started=now)
-        if self._view is None or self._view.idle(now, self.settings.lesson_gap_s):
-            self._view = LessonWindow(started=now)
+            self._lesson = LessonWindow(started=now, started_mono=mono)
+        if self._view is None or self._view.idle(now, self.settings.lesson_gap_s, mono):
+            self._view = LessonWindow(started=now, started_mono=mono)
         skills = list(answer.skills)
         for window in (self._lesson, self._view):
             # Bounded as the states are: a flood of invented ids must not grow a lesson without end (and
             # the teacher's lesson lasts as long as answers keep coming).
             if answer.student in window.probs or len(window.probs) < self.settings.max_students:
-                window.record(answer.student, skills, state.probs, now)
+                window.record(answer.student, skills, state.probs, now, mono)
 
     # -- feedback and queries ------------------------------------------------------------------------
 
@@ -723,7 +729,7 @@ class KTService:
         now = self._clock()
         # Summarised outside the lock: the inference thread must not wait on the class view.
         with self._lock:
-            if self._view is not None and self._view.idle(now, self.settings.lesson_gap_s):
+            if self._view is not None and self._view.idle(now, self.settings.lesson_gap_s, self._monotonic()):
                 self._view = None  # the lesson is over: the board waits for the next one's first answer
             window = None if self._view is None else self._view.copy()
             package = self.package
@@ -755,7 +761,8 @@ class KTService:
         now = self._clock()
         with self._lock:
             window = self._lesson
-            if window is None or not (now_anyway or window.due(now, self.settings.lesson_window_s)):
+            due = window is not None and window.due(now, self.settings.lesson_window_s, self._monotonic())
+            if window is None or not (now_anyway or due):
                 return None
             self._lesson = None
             package = self.package
