@@ -9,6 +9,7 @@ and the holidays are not watched, and a day-and-night board stops storing empty 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -144,9 +145,23 @@ def board_zone(name: str) -> tzinfo | None:
         ) from None
 
 
+def system_zone() -> tzinfo | None:
+    """The operating system's zone with its rules ($TZ, else /etc/localtime), or None where it has none.
+    ``datetime.now().astimezone()`` gives only today's fixed offset: the opening after a daylight-saving
+    change was shown an hour off (08:30 for 07:30) from Friday's close to the change."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    try:
+        if name and not name.startswith("/"):
+            return ZoneInfo(name)
+        with open(name or "/etc/localtime", "rb") as data:
+            return ZoneInfo.from_file(data)
+    except (OSError, ValueError, ZoneInfoNotFoundError):  # a POSIX rule ("CST-8"), no file: today's offset
+        return None
+
+
 def board_clock(name: str) -> Callable[[], datetime]:
     """The board's local time, aware: in ``device.timezone`` when set, else in the system's zone."""
-    zone = board_zone(name)
+    zone = board_zone(name) or system_zone()
     if zone is None:
         return lambda: datetime.now().astimezone()
     return lambda: datetime.now(zone)

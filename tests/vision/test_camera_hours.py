@@ -3,6 +3,7 @@ at a moment, and the next opening."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -140,3 +141,21 @@ def test_the_board_clock_follows_the_configured_zone_and_refuses_unknown_names()
     for bad in ("Asia/Shangai", "UTC+8", "../etc/passwd"):
         with pytest.raises(ValueError, match="is not a time zone; use an IANA name"):
             board_zone(bad)
+
+
+def test_without_device_timezone_the_opening_after_a_daylight_saving_change_is_at_its_hour(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Time review: the system's zone was taken as today's fixed offset, so from Friday's close until the
+    # change the opening on Monday (Berlin, clocks forward on Sunday) was shown as 08:30, not 07:30
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        zone = board_clock("")().tzinfo
+        friday = datetime(2027, 3, 26, 17, 0).replace(tzinfo=zone)
+        opens = CameraHours.parse(["mon-fri 07:30-17:30"]).next_open(friday)
+        assert opens is not None
+        assert opens.astimezone(ZoneInfo("Europe/Berlin")).strftime("%a %H:%M") == "Mon 07:30"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
