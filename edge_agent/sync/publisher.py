@@ -201,6 +201,15 @@ class Publisher:
             self._stop.wait(min(left, 5.0))
 
     def _connect(self) -> MqttConnection:
+        try:
+            return self._connect_once()
+        except (SyncError, StoreError):
+            raise
+        except Exception as exc:  # a bug here ended the thread, and syncing, until the watchdog's restart
+            log.exception("MQTT connect failed unexpectedly")
+            raise SyncError(f"internal error while connecting: {exc!r}") from exc
+
+    def _connect_once(self) -> MqttConnection:
         # The device id, as the shipped broker config makes it anyway (use_username_as_clientid: the CN)
         conn = self._factory(
             self.settings, self.device.device_id, f"{self._prefix}/status", self._on_ack,

@@ -89,6 +89,34 @@ class CountingConnection(MqttConnection):
         super()._handle_publish(*args)
 
 
+class FailingOnceConnection(MqttConnection):
+    """A connection whose first connect fails with a bug's exception, not a SyncError."""
+
+    failed = False
+
+    def connect(self, *args: Any, **kwargs: Any) -> None:
+        if not FailingOnceConnection.failed:
+            FailingOnceConnection.failed = True
+            raise TypeError("a bug")
+        super().connect(*args, **kwargs)
+
+
+def test_an_unexpected_error_while_connecting_is_logged_and_retried_not_the_end_of_syncing(
+    broker: Broker, outbox: Outbox, tmp_path: Path
+) -> None:
+    # A fixer's note: anything but SyncError/StoreError from the connect ended the publisher thread
+    settings = plain_settings(broker, backoff_min_s=0.1, backoff_max_s=0.2)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    outbox.enqueue("attention", {"i": 1}).result(5)
+    publisher = Publisher(outbox, DeviceSettings(), settings, connection_factory=FailingOnceConnection)
+    publisher.start()
+    try:
+        assert receiver.wait_for_count(DEVICE, 1, timeout=10) and FailingOnceConnection.failed
+    finally:
+        publisher.stop()
+        receiver.stop()
+
+
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_every_message_arrives_once_in_batches_within_the_window(
     broker: Broker, outbox: Outbox, tmp_path: Path, protocol: str
