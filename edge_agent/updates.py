@@ -315,6 +315,8 @@ class ModelUpdates:
     async def start(self) -> None:
         if not updates_enabled(self.settings):
             self._problem = None
+            while not self._downloads.empty():  # taken while starting: they end here, and say why
+                self._note(False, f"request {self._downloads.get_nowait().request_id}: model updates are off")
             return
         try:
             key = load_public_key(self.settings.public_key_file)
@@ -392,6 +394,9 @@ class ModelUpdates:
         """Handler for CommandDispatcher.register("model_update", ...); takes a validated ModelUpdate."""
         # While starting (sync connects before the engines load) it is queued for the inbox thread: refused,
         # a command sent as the board came online was lost, with the reason "not started"
+        if not updates_enabled(self.settings):
+            raise CommandRefused("model updates are off on this board (no signing key installed, or "
+                                 "updates.enabled = false)")
         if self.updater is None and self._problem != NOT_STARTED:
             raise CommandRefused(self._problem or "model updates are off on this board (no signing key)")
         if command.model not in self.accepted:

@@ -130,6 +130,12 @@ def test_an_update_sent_while_the_board_starts_is_queued_not_refused(tmp_path: P
     asyncio.run(updates.start())
     outcome = updates.last_outcome()
     assert outcome["ok"] is False and str(outcome["result"]).startswith("request r-1: model updates off: ")
+    # and on a board with updates off (no key installed) it is refused at once, not queued for nothing
+    off = ModelUpdates(UpdateSettings(public_key_file=tmp_path / "none.pub"), tmp_path, lambda _: None,
+                       lambda _: None)
+    commands.register("model_update", off.handle_command)
+    assert not commands.handle(commands.topic, json.dumps(UPDATE | {"request_id": "r-2"}).encode())
+    assert commands.recent_outcomes()[-1]["detail"].startswith("model updates are off on this board")
 
 
 def test_registering_an_unknown_type_is_a_programming_error() -> None:
