@@ -129,7 +129,12 @@ class StudentState:
         item = data[off + n + 4 : off + n + 4 + length]
         if len(item) != length:
             raise ValueError("state truncated")
-        if off + n + 4 + length != len(data):  # a wrong count of kept answers shifts what follows it
+        end = off + n + 4 + length
+        if data[:4] == _MAGIC_V1 and data[end : end + 4] == _KEPT_MAGIC and not kept:
+            # written for a few hours on 2026-12-03 (cfae024): the kept answers after the state
+            kept = data[end:end + 4] + data[end + 4:end + 36] + struct.pack("<I", answers) + data[end + 36:]
+            end = len(data)
+        if end != len(data):  # a wrong count of kept answers shifts what follows it
             raise ValueError("state damaged: its length does not match its header")
         if not np.all(np.isfinite(arr)):
             raise ValueError("state holds non-finite numbers")

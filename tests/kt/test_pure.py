@@ -175,6 +175,10 @@ def test_a_board_rolled_back_to_an_earlier_release_still_reads_every_state() -> 
                      st.probs.tobytes(), history.tobytes(), struct.pack("<I", 3), b"i-9"])
     old = StudentState.from_bytes(kts2, 20, 4, 3, kept=st.kept_bytes())
     assert old.model == st.model and list(old.history) == [1, 4, 5] and old.last_item == "i-9"
+    # and one written for a few hours on 2026-12-03 (cfae024): the kept answers after the KTS1 state
+    trailed = data + struct.pack("<4s32sI", b"KTH1", st.model, 3) + history.tobytes()
+    hours = StudentState.from_bytes(trailed, 20, 4, 3)
+    assert hours.model == st.model and list(hours.history) == [1, 4, 5] and hours.last_item == "二次函数-1"
 
 
 def _items() -> dict[int, list[ItemInfo]]:
