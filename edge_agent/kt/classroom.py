@@ -25,6 +25,7 @@ from edge_agent.kt.package import ItemInfo, KTPackage
 from edge_agent.kt.recommend import recommend, weakest_skills
 
 HISTOGRAM_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0000001)
+CLOCK_STEP_S = 10.0  # a wall clock this far off the monotonic one within a window was stepped (NTP)
 ACTIVITY_MINUTES = 120  # the answers-per-minute chart's last minutes: a double lesson and its break
 
 
@@ -88,7 +89,10 @@ class LessonWindow:
 
     def due(self, now: float, window_s: float, mono: float | None = None) -> bool:
         if mono is not None and self.started_mono is not None:
-            return mono >= self.started_mono + window_s
+            # A window the clock was stepped in closes at the step: its start and end are wall times, and
+            # across a step it claimed 300 s and held 3 h of answers (or ended before it started)
+            stepped = abs((now - self.started) - (mono - self.started_mono)) > CLOCK_STEP_S
+            return stepped or mono >= self.started_mono + window_s
         # A clock stepped back by more than a window (an RTC that ran ahead, then NTP) would otherwise
         # keep this window open, unsent, until the clock caught up with it: hours or days.
         return now >= self.started + window_s or now < self.started - window_s
@@ -218,17 +222,19 @@ def summarize(
             "activity": [],
         }
     students = len(window.probs)
+    # not before its last answer: closed by a clock stepped back, it "ended" before it started
+    end = max(window.last, min(now, window.started + length))
     figures = window.published.figures(window.probs, settings.min_group_size, now) if view else window.probs
     summary: dict[str, Any] = {
         "lesson_started": window.started,
-        "window_end": min(now, window.started + length),
+        "window_end": end,
         "answers": window.answers,
         "students": students,
         # figures_at only while students have answered since: a pause in the lesson is no stale figure
         **({"figures_students": len(figures),
             "figures_at": window.published.at if window.published.since else None} if view else {}),
         "suppressed": len(figures) < settings.min_group_size,
-        "activity": _activity(window, min(now, window.started + length)),
+        "activity": _activity(window, end),
         "skills": [],
         "weakest": [],
         "recommended": [],
