@@ -148,6 +148,7 @@ class AttentionComponent:
             local_now=self.local_now,
             monotonic=self.monotonic,
             lesson_gap_s=self.lesson_gap_s,
+            on_pause_moved=self._keep_pause if self.pause_file is not None else None,
         )
         paused = self._load_pause()
         if paused is not None:
@@ -194,10 +195,22 @@ class AttentionComponent:
         until = None if minutes is None else self.loop.local_now() + timedelta(minutes=minutes)
         with self._pause_lock:  # a pause and a resume clicked at once: the file ends as the camera does
             self.loop.pause(until)
-            if self.pause_file is not None:
-                write_private(self.pause_file, b"" if until is None else until.isoformat().encode())
+            self._write_pause(until)
         log.info("camera %s by the teacher", "resumed" if until is None else f"paused until {until:%H:%M}")
         return until
+
+    def _write_pause(self, until: datetime | None) -> None:
+        if self.pause_file is not None:
+            write_private(self.pause_file, b"" if until is None else until.isoformat().encode())
+
+    def _keep_pause(self, until: datetime | None) -> None:
+        """The loop's pause ended, or its end moved with a stepped clock: the file follows, else a restart
+        after the step read the old wall time (a pause of 45 min kept the camera closed 45 h)."""
+        try:
+            with self._pause_lock:
+                self._write_pause(until)
+        except OSError as exc:
+            log.warning("could not keep the camera pause in %s: %s", self.pause_file, exc)
 
     def _load_pause(self) -> datetime | None:
         """A pause still running from before a restart; a damaged file is ignored (and said so)."""

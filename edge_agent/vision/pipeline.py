@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 FPS_WINDOW_S = 10.0  # the recent past the analysis rate is measured over
+PAUSE_MOVED_S = 60.0  # a pause's end in the board's time moved this far: the clock was stepped
 LESSON_GAP_S = 600.0  # kt.lesson_gap_s's default: a break this long without windows ends the lesson
 
 
@@ -145,9 +146,11 @@ class AttentionLoop:
         hours: CameraHours | None = None,
         local_now: Callable[[], datetime] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        on_pause_moved: Callable[[datetime | None], None] | None = None,
     ) -> None:
         self.camera = camera
         self.monotonic = monotonic
+        self.on_pause_moved = on_pause_moved  # the pause ended by itself, or its end moved with the clock
         self.hours = hours  # None: the camera may always run
         self.local_now = local_now or board_clock("")  # the board's time (device.timezone), for the hours
         self.closed_until: datetime | None = None  # set while the camera is closed by its hours or a pause
@@ -224,11 +227,15 @@ class AttentionLoop:
         if left <= 0:
             if self._pause_ends is ends:  # not a new pause set meanwhile
                 self.paused_until = self._pause_ends = None
+                if self.on_pause_moved is not None:
+                    self.on_pause_moved(None)
             return None
-        until = self.local_now() + timedelta(seconds=left)
+        moved = self.local_now() + timedelta(seconds=left)
         if self._pause_ends is ends:
-            self.paused_until = until
-        return until
+            self.paused_until = moved
+            if self.on_pause_moved is not None and abs((moved - until).total_seconds()) > PAUSE_MOVED_S:
+                self.on_pause_moved(moved)
+        return moved
 
     def _follow_hours(self) -> bool:
         """Open or close the camera at the edges of its hours and of a pause; True while it is closed."""

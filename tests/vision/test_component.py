@@ -505,7 +505,7 @@ def test_a_teachers_pause_closes_the_camera_survives_a_restart_and_ends_on_time(
 
 
 def test_a_teachers_pause_lasts_its_minutes_whatever_ntp_does_to_the_clock(
-    photo_folder, face_engine, pose_engines
+    photo_folder, face_engine, pose_engines, tmp_path
 ):
     # Time review: the pause's end was a wall-clock time, so NTP stepping the clock 3 h forward ended a
     # 45-minute pause at once (the camera back on mid-lesson) and a step back made it last days
@@ -516,7 +516,7 @@ def test_a_teachers_pause_lasts_its_minutes_whatever_ntp_does_to_the_clock(
         CameraSettings(source=str(photo_folder), analysis_fps=10.0, stall_timeout_s=0.5),
         AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=ListOutbox(),
         heartbeats=HeartbeatRegistry(), live=live, opener=CountingOpener(photo_folder),
-        local_now=lambda: clock["now"], monotonic=lambda: clock["mono"],
+        local_now=lambda: clock["now"], monotonic=lambda: clock["mono"], pause_file=tmp_path / "camera-pause",
     )
 
     def camera() -> dict[str, Any]:
@@ -531,9 +531,13 @@ def test_a_teachers_pause_lasts_its_minutes_whatever_ntp_does_to_the_clock(
             clock["mono"] += 1.0
             await asyncio.sleep(1.5)
             assert camera().get("state") == "paused" and not component.camera.started
-            assert camera()["opens_at"] == (clock["now"] + timedelta(minutes=45, seconds=-1)).timestamp()
+            moved = clock["now"] + timedelta(minutes=45, seconds=-1)
+            assert camera()["opens_at"] == moved.timestamp()
+            # and the file a restart reads follows (round 2: it kept the old end, 3 h before)
+            assert (tmp_path / "camera-pause").read_text() == moved.isoformat()
             clock["mono"] += 45 * 60  # 45 real minutes on
             await wait_for(lambda: camera().get("state") == "running")
+            assert (tmp_path / "camera-pause").read_text() == ""  # over: a restart does not pause again
         finally:
             await component.stop()
 
