@@ -219,9 +219,13 @@ class Publisher:
             addresses = address_count(self.settings.host, self.settings.port)
             self._beat.max_gap_s = connect_allowance_s(self.settings, addresses)
             self._beat_now()
-        conn.connect(self._stop.is_set)
-        if self._commands is not None:
-            conn.subscribe(self._commands.topic)
+        try:
+            conn.connect(self._stop.is_set)
+            if self._commands is not None:
+                conn.subscribe(self._commands.topic)
+        except BaseException:  # not left open (and online, its status retained) while the next one tries
+            conn.close()
+            raise
         self._more_pending = True
         self._next_heartbeat = 0.0
         return conn

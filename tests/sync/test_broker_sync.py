@@ -90,15 +90,15 @@ class CountingConnection(MqttConnection):
 
 
 class FailingOnceConnection(MqttConnection):
-    """A connection whose first connect fails with a bug's exception, not a SyncError."""
+    """A connection whose first connect fails with a bug's exception (not a SyncError) once connected."""
 
-    failed = False
+    first: MqttConnection | None = None
 
     def connect(self, *args: Any, **kwargs: Any) -> None:
-        if not FailingOnceConnection.failed:
-            FailingOnceConnection.failed = True
-            raise TypeError("a bug")
         super().connect(*args, **kwargs)
+        if FailingOnceConnection.first is None:
+            FailingOnceConnection.first = self
+            raise TypeError("a bug")
 
 
 def test_an_unexpected_error_while_connecting_is_logged_and_retried_not_the_end_of_syncing(
@@ -111,7 +111,9 @@ def test_an_unexpected_error_while_connecting_is_logged_and_retried_not_the_end_
     publisher = Publisher(outbox, DeviceSettings(), settings, connection_factory=FailingOnceConnection)
     publisher.start()
     try:
-        assert receiver.wait_for_count(DEVICE, 1, timeout=10) and FailingOnceConnection.failed
+        assert receiver.wait_for_count(DEVICE, 1, timeout=10)
+        # ... and the failed attempt's connection was closed, not left open (and "online") beside the next
+        assert FailingOnceConnection.first is not None and FailingOnceConnection.first._lost is not None
     finally:
         publisher.stop()
         receiver.stop()
