@@ -203,12 +203,15 @@ class AttentionComponent:
         if self.pause_file is not None:
             write_private(self.pause_file, b"" if until is None else until.isoformat().encode())
 
-    def _keep_pause(self, until: datetime | None) -> None:
-        """The loop's pause ended, or its end moved with a stepped clock: the file follows, else a restart
-        after the step read the old wall time (a pause of 45 min kept the camera closed 45 h)."""
+    def _keep_pause(self, until: datetime | None, ends: float) -> None:
+        """The loop's pause (ending at ``ends``) ended, or its end moved with a stepped clock: the file
+        follows, else a restart after the step read the old wall time (a pause of 45 min kept the camera
+        closed 45 h). Unless the teacher set or ended a pause meanwhile: the file is theirs then."""
         try:
             with self._pause_lock:
-                self._write_pause(until)
+                current = None if self.loop is None else self.loop.pause_ends()
+                if current == (None if until is None else ends):
+                    self._write_pause(until)
         except OSError as exc:
             log.warning("could not keep the camera pause in %s: %s", self.pause_file, exc)
 

@@ -146,7 +146,7 @@ class AttentionLoop:
         hours: CameraHours | None = None,
         local_now: Callable[[], datetime] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
-        on_pause_moved: Callable[[datetime | None], None] | None = None,
+        on_pause_moved: Callable[[datetime | None, float], None] | None = None,
     ) -> None:
         self.camera = camera
         self.monotonic = monotonic
@@ -218,6 +218,10 @@ class AttentionLoop:
         ends = None if until is None else self.monotonic() + (until - self.local_now()).total_seconds()
         self.paused_until, self._pause_ends = until, ends
 
+    def pause_ends(self) -> float | None:
+        """The running pause's end on the monotonic clock (None: none runs): which pause a change is of."""
+        return self._pause_ends
+
     def _paused(self) -> datetime | None:
         """The pause's end in the board's time now (it follows a stepped clock), or None when none runs."""
         ends, until = self._pause_ends, self.paused_until
@@ -228,13 +232,13 @@ class AttentionLoop:
             if self._pause_ends is ends:  # not a new pause set meanwhile
                 self.paused_until = self._pause_ends = None
                 if self.on_pause_moved is not None:
-                    self.on_pause_moved(None)
+                    self.on_pause_moved(None, ends)
             return None
         moved = self.local_now() + timedelta(seconds=left)
         if self._pause_ends is ends:
             self.paused_until = moved
             if self.on_pause_moved is not None and abs((moved - until).total_seconds()) > PAUSE_MOVED_S:
-                self.on_pause_moved(moved)
+                self.on_pause_moved(moved, ends)
         return moved
 
     def _follow_hours(self) -> bool:

@@ -544,6 +544,45 @@ def test_a_teachers_pause_lasts_its_minutes_whatever_ntp_does_to_the_clock(
     asyncio.run(run())
 
 
+def test_a_pause_the_teacher_sets_as_the_last_one_ends_stays_in_the_file(
+    photo_folder, face_engine, pose_engines, tmp_path, monkeypatch
+):
+    # Round 2: the loop thread, emptying the file as a 1-minute pause ended by itself, wrote after the
+    # teacher's new 30-minute pause had: the camera paused in memory, the file empty, a restart ran it
+    shanghai = ZoneInfo("Asia/Shanghai")
+    clock = {"now": datetime(2026, 12, 7, 9, 0, tzinfo=shanghai), "mono": 1000.0}
+    pause_file = tmp_path / "camera-pause"
+    keep, in_callback = AttentionComponent._keep_pause, threading.Event()
+
+    def descheduled(self: AttentionComponent, until: datetime | None, ends: float) -> None:
+        in_callback.set()
+        time.sleep(0.5)  # the loop thread loses the processor between its check and the lock
+        keep(self, until, ends)
+
+    monkeypatch.setattr(AttentionComponent, "_keep_pause", descheduled)
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0, stall_timeout_s=0.5),
+        AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=ListOutbox(),
+        heartbeats=HeartbeatRegistry(), live=LiveBoard(), opener=CountingOpener(photo_folder),
+        local_now=lambda: clock["now"], monotonic=lambda: clock["mono"], pause_file=pause_file,
+    )
+
+    async def run() -> None:
+        await component.start()
+        try:
+            component.pause(1)
+            await wait_for(lambda: not component.camera.started)
+            clock["mono"] += 61  # the pause ends by itself ...
+            await asyncio.to_thread(in_callback.wait, 5)
+            until = await asyncio.to_thread(component.pause, 30)  # ... as the teacher pauses again
+            await asyncio.sleep(1.0)
+            assert until is not None and pause_file.read_text() == until.isoformat()
+        finally:
+            await component.stop()
+
+    asyncio.run(run())
+
+
 def _never_attentive(folder: Path, face_engine, pose_engines, live: LiveBoard) -> AttentionComponent:
     """Nobody counts as attentive (a yaw limit of 0.001°): every window is weak, and one raises the
     low-attention signal."""
