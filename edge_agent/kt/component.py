@@ -170,9 +170,9 @@ class KTComponent:
             if not drained:
                 log.warning("knowledge tracing did not finish its queued answers within %s s", STOP_TIMEOUT_S)
             # The window not yet synced, not the teacher's whole lesson: earlier windows went out already.
-            summary = service.close_lesson_if_due(now_anyway=True)
-            if summary is not None and summary["answers"]:
-                await self._send(summary | {"partial": True})
+            while (summary := service.close_lesson_if_due(now_anyway=True)) is not None:  # ended ones too
+                if summary["answers"]:
+                    await self._send(summary | {"partial": True})
             if self._db is not None:  # a restart mid-lesson (an update) must not empty the teacher's view
                 saving = StatePersistence(self._db).save_lesson_view(service.lesson_view())
                 try:

@@ -167,6 +167,8 @@ class KTService:
         self._applied = AppliedEvents(RECENT_KEEP_S if persistence is not None else EVENT_KEEP_S)
         self._lock = threading.Lock()  # guards _states, _lesson, _pending, _unsaved_*
         self._lesson: LessonWindow | None = None  # the synced window: lesson_window_s from its first answer
+        # windows an answer found over (their time up, or the clock stepped): closed at once, sent next
+        self._ended: list[LessonWindow] = []
         self._view: LessonWindow | None = None  # the teacher's lesson: until lesson_gap_s without an answer
         self._pending = 0
         # Applied in memory, but their commit failed (a full disk): saved again with the next batch, so
@@ -352,7 +354,7 @@ class KTService:
             self._bank = ItemBank(items_by_skill(swap.package))
             self._skill_text = _skill_text(swap.package)
             self._states.update(replayed)  # same keys: the order (least recently answered first) stays
-            for window in (self._lesson, self._view):
+            for window in (self._lesson, self._view, *self._ended):
                 if window is not None:
                     _reprobe(window, replayed)
         log.info(
@@ -656,6 +658,11 @@ class KTService:
 
     def _record_lesson(self, answer: Answer, state: StudentState, now: float) -> None:
         mono = self._monotonic()
+        if self._lesson is not None and self._lesson.due(now, self.settings.lesson_window_s, mono):
+            # not into a window the clock was stepped after (round 2: one answer in the second before its
+            # close made it "end" an hour before it started, or hold 3 h)
+            self._ended.append(self._lesson)
+            self._lesson = None
         if self._lesson is None:
             self._lesson = LessonWindow(started=now, started_mono=mono)
         if self._view is None or self._view.idle(now, self.settings.lesson_gap_s, mono):
@@ -760,12 +767,16 @@ class KTService:
         next answer opens a new window."""
         now = self._clock()
         with self._lock:
-            window = self._lesson
-            due = window is not None and window.due(now, self.settings.lesson_window_s, self._monotonic())
-            if window is None or not (now_anyway or due):
-                return None
-            self._lesson = None
+            if self._ended:
+                window: LessonWindow | None = self._ended.pop(0)
+            else:
+                window = self._lesson
+                due = window is not None and window.due(now, self.settings.lesson_window_s, self._monotonic())
+                if window is None or not (now_anyway or due):
+                    return None
+                self._lesson = None
             package = self.package
+        assert window is not None
         return summarize(window, package, self.settings, now)
 
     def now(self) -> float:

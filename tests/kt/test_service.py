@@ -369,11 +369,12 @@ def test_a_clock_stepped_far_back_closes_the_open_window_instead_of_holding_it_u
             svc.submit([_answer(package, pseudonymize, f"s{n % 3}", f"a{n}", n, n % 2)]).result(5)
         now[0] -= 3600  # an RTC that ran an hour ahead: before, this window waited an hour to be sent
         mono[0] += 30
+        svc.submit([_answer(package, pseudonymize, "s1", "late", 1, 1)]).result(5)  # before the close
         closed = svc.close_lesson_if_due()  # at the step, 30 s into its minute: its times are the old clock's
         assert closed is not None and closed["answers"] == 6
         assert closed["lesson_started"] == 1_800_000_000.0 <= closed["window_end"]
         svc.submit([_answer(package, pseudonymize, "s0", "b0", 1, 1)]).result(5)
-        assert svc.class_summary()["answers"] == 7  # the teacher's lesson goes on: no break came
+        assert svc.class_summary()["answers"] == 8  # the teacher's lesson goes on: no break came
     finally:
         svc.stop()
 
@@ -391,11 +392,13 @@ def test_a_clock_stepped_forward_mid_lesson_is_no_break(package, engine, pseudon
             svc.submit([_answer(package, pseudonymize, f"s{n}", f"a{n}", n, 1)]).result(5)
         now[0] += 3 * 3600
         mono[0] += 20
-        assert svc.class_summary()["answers"] == 6
+        # an answer in the second before the window's close (round 2: it went into the old window)
+        svc.submit([_answer(package, pseudonymize, "s0", "late", 1, 1)]).result(5)
+        assert svc.class_summary()["answers"] == 7
         closed = svc.close_lesson_if_due()
         assert closed is not None and closed["answers"] == 6
-        assert closed["lesson_started"] == 1_800_000_000.0
-        assert svc.close_lesson_if_due() is None  # none open until the next answer
+        assert closed["lesson_started"] == 1_800_000_000.0 <= closed["window_end"] <= 1_800_000_000.0 + 300
+        assert svc.close_lesson_if_due() is None  # the new window, opened by the late answer, runs on
         mono[0] += settings.lesson_gap_s  # a real break
         assert svc.class_summary()["answers"] == 0
     finally:
