@@ -1,23 +1,42 @@
 """JSON that comes from outside the board (HTTP bodies, MQTT messages, package manifests): one parser.
 
-``json.loads`` raises RecursionError, not ValueError, for arrays or objects nested deeper than Python's
-recursion limit, and a few kilobytes of brackets are enough. Here that is a ValueError like any other
-malformed text, so every caller handles bad input with the one exception type it already catches.
-A UTF-8 byte-order mark before the JSON is skipped, in text as in bytes.
+Nothing the board reads nests deeper than a few levels, and ``json.loads`` recurses once per level: text
+nested deeper than MAX_DEPTH is refused before it is parsed, as a ValueError like any other malformed text.
+Parsed, 100,000 brackets ran the parser to Python's recursion limit, where it raises RecursionError (not
+ValueError), and where a garbage collection that ran a finaliser meanwhile failed inside it (a CI run:
+"Exception ignored in sys.unraisablehook ... RecursionError"). A UTF-8 byte-order mark before the JSON is
+skipped, in text as in bytes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+MAX_DEPTH = 64
+_ESCAPED = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]")
+_INNERMOST = re.compile(r"\[\]|\{\}")
 
 
 def loads(data: str | bytes) -> Any:
-    if isinstance(data, str):
-        # A leading byte-order mark (Windows tools write one) is taken, as json.loads takes it in bytes:
-        # an HTTP body arrives decoded, and the mark made it "not valid JSON".
-        data = data.removeprefix("\ufeff")
-    try:
-        return json.loads(data)
-    except RecursionError as exc:
-        raise ValueError("JSON nested deeper than this board parses") from exc
+    text = data.decode("utf-8") if isinstance(data, bytes) else data  # json.loads would do the same
+    # A leading byte-order mark (Windows tools write one) is taken: an HTTP body arrives decoded, and the
+    # mark made it "not valid JSON".
+    text = text.removeprefix("\ufeff")
+    if text.count("[") + text.count("{") > MAX_DEPTH and _nesting_over(text, MAX_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels; this board does not parse it")
+    return json.loads(text)
+
+
+def _nesting_over(text: str, depth: int) -> bool:
+    """Whether brackets outside strings nest deeper than ``depth`` (or do not pair up), without recursing:
+    each pass of C-speed substitutions takes the innermost pairs away."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPED.sub("", text)))
+    for _ in range(depth):
+        if not brackets:
+            return False
+        brackets = _INNERMOST.sub("", brackets)
+    return bool(brackets)

@@ -1,0 +1,27 @@
+"""The one parser for JSON from outside the board: depth refused before parsing, strings not miscounted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge_agent.json_input import MAX_DEPTH, loads
+
+
+def test_json_nested_past_the_limit_is_refused_before_it_is_parsed() -> None:
+    # 100,000 brackets ran the parser to Python's recursion limit; a finaliser that ran there failed the
+    # CI run ("Exception ignored in sys.unraisablehook ... RecursionError")
+    assert loads("[" * MAX_DEPTH + "]" * MAX_DEPTH) is not None
+    for deep in ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), b"[" * 100_000 + b"]" * 100_000,
+                 '{"a":' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1)):
+        with pytest.raises(ValueError, match="nested deeper than"):
+            loads(deep)
+
+
+def test_brackets_inside_strings_are_text_not_nesting() -> None:
+    text = json.dumps({"answers": [{"student_id": "[" * 500 + '\\"{' * 300, "item_id": "]]]"}]})
+    assert loads(text)["answers"][0]["item_id"] == "]]]"
+    assert loads(b"\xef\xbb\xbf" + text.encode())["answers"][0]["student_id"].startswith("[[")
+    with pytest.raises(ValueError):  # broken JSON is still refused by the parser
+        loads("[" * 200)
