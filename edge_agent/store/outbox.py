@@ -167,14 +167,14 @@ class Outbox:
 
         def insert(conn: sqlite3.Connection) -> tuple[int, dict[str, int]]:
             seq = _next_seq(conn)
+            # asked on the writer thread: chronyd may be asked (UDP, a timeout)
+            unsynced = None if self._clock_synced() else 1
             conn.execute(
                 "INSERT INTO outbox (message_id, seq, stream, topic, payload, created_at, expires_at, "
-                "attempts, state, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                "attempts, state, bytes, clock_unsynced) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
                 (uuid.uuid4().hex, seq, stream, self.topic(stream), text, now, expires_at,
-                 rules.PENDING, size),
+                 rules.PENDING, size, unsynced),
             )
-            if not self._clock_synced():  # on the writer thread: chronyd may be asked (UDP, a timeout)
-                conn.execute("UPDATE outbox SET clock_unsynced = 1 WHERE id = last_insert_rowid()")
             self._rows += 1
             self._bytes += size
             self._oldest = now if self._oldest is None else min(self._oldest, now)
