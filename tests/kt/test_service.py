@@ -357,13 +357,21 @@ def test_the_teachers_lesson_runs_on_across_synced_windows_and_ends_after_a_brea
         svc.stop()
 
 
+def _service_on_two_clocks(
+    package, engine, pseudonymize, lesson_window_s: float
+) -> tuple[KTService, list[float], list[float]]:
+    """A started service whose wall clock (``now``) a test steps apart from its monotonic one (``mono``)."""
+    now, mono = [1_800_000_000.0], [5_000.0]
+    settings = KTSettings(min_group_size=3, lesson_window_s=lesson_window_s, microbatch_wait_ms=0.0)
+    svc = KTService(package, engine, settings, pseudonymize, clock=lambda: now[0], monotonic=lambda: mono[0])
+    svc.start()
+    return svc, now, mono
+
+
 def test_a_clock_stepped_far_back_closes_the_open_window_instead_of_holding_it_until_it_catches_up(
     package, engine, pseudonymize
 ) -> None:
-    now, mono = [1_800_000_000.0], [5_000.0]
-    settings = KTSettings(min_group_size=3, lesson_window_s=60.0, microbatch_wait_ms=0.0)
-    svc = KTService(package, engine, settings, pseudonymize, clock=lambda: now[0], monotonic=lambda: mono[0])
-    svc.start()
+    svc, now, mono = _service_on_two_clocks(package, engine, pseudonymize, lesson_window_s=60.0)
     try:
         for n in range(6):
             svc.submit([_answer(package, pseudonymize, f"s{n % 3}", f"a{n}", n, n % 2)]).result(5)
@@ -383,10 +391,8 @@ def test_a_clock_stepped_forward_mid_lesson_is_no_break(package, engine, pseudon
     # Time review: a board booted 3 h behind, NTP stepped it mid-lesson, and the teacher's lesson read as
     # over (6 answers shown as 0). The synced window, whose times are wall times, closes at the step
     # (round 2: kept open, it claimed 300 s and held 3 h of answers)
-    now, mono = [1_800_000_000.0], [5_000.0]
-    settings = KTSettings(min_group_size=3, lesson_window_s=300.0, microbatch_wait_ms=0.0)
-    svc = KTService(package, engine, settings, pseudonymize, clock=lambda: now[0], monotonic=lambda: mono[0])
-    svc.start()
+    svc, now, mono = _service_on_two_clocks(package, engine, pseudonymize, lesson_window_s=300.0)
+    settings = svc.settings
     try:
         for n in range(6):
             svc.submit([_answer(package, pseudonymize, f"s{n}", f"a{n}", n, 1)]).result(5)

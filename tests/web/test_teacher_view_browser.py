@@ -578,17 +578,24 @@ def test_a_page_refused_a_stream_goes_live_once_a_place_frees(
         server.stop()
 
 
+def _page_with_camera_state(server: ServerThread, board: LiveBoard, teacher_page: PageFactory, state: str,
+                            detail: str) -> Any:
+    """The page, live, then told the attention component is healthy and its camera in ``state``."""
+    view = teacher_page(server.url)
+    view.open()
+    view.wait_live()
+    board.publish("health", {"state": "ok", "engines": [],
+                             "components": [{"name": "attention", "ok": True, "detail": ""}]})
+    board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
+        "state": state, "fps": 0.0, "detail": detail}})
+    return view
+
+
 def test_a_camera_opening_is_named_in_chinese_and_is_no_problem(
         teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
     # "starting" at every start of the daemon, and while it opens again when its hours begin (the loop
     # names the grabber's "stopped" so: test_component).
-    view = teacher_page(teacher_server.url)
-    view.open()
-    view.wait_live()
-    live_board.publish("health", {"state": "ok", "engines": [],
-                                  "components": [{"name": "attention", "ok": True, "detail": ""}]})
-    live_board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
-        "state": "starting", "fps": 0.0, "detail": ""}})
+    view = _page_with_camera_state(teacher_server, live_board, teacher_page, "starting", "")
     shown = "摄像头正在打开"
     view.page.wait_for_function("s => document.getElementById('health-camera').textContent === s", arg=shown,
                                 timeout=2000)
@@ -601,14 +608,8 @@ def test_a_stopped_analysis_is_not_called_switched_off_and_is_listed_as_a_proble
         teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
     # What the attention component publishes as the daemon stops (every restart, upgrade, config_reload):
     # it said "disabled", which the page read as "The camera is switched off", a choice, no problem.
-    view = teacher_page(teacher_server.url)
-    view.open()
-    view.wait_live()
-    live_board.publish("health", {"state": "ok", "engines": [],
-                                  "components": [{"name": "attention", "ok": True, "detail": ""}]})
     detail = "attention analysis stopped: edge-agent is stopping or restarting"  # as test_component sees it
-    live_board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
-        "state": "stopped", "fps": 0.0, "detail": detail}})
+    view = _page_with_camera_state(teacher_server, live_board, teacher_page, "stopped", detail)
     view.page.wait_for_function("() => document.getElementById('health-camera').dataset.ok === 'false'",
                                 timeout=2000)
     assert view.text("#att-signal") == "专注度分析已停止（班牌正在重启或关闭）：暂不测量专注度"
