@@ -38,7 +38,6 @@ _LANG_RE = re.compile(r"^[A-Za-z]{2}(-[A-Za-z]{2})?$")
 SSE_RETRY_MS = 3000
 REFUSED_RETRY_S = 10  # a browser refused a stream (503) tries again after this long; app.js reads it
 MAX_STREAMS_PER_PEER = 4  # a teacher's laptop, a phone, and a tab or two
-KEEPALIVE_EVENT = b"event: keepalive\ndata: {}\n\n"  # an event without data is never dispatched
 STALL_KEEPALIVES = 2  # a browser that takes no data for this many keepalive periods is gone or frozen
 
 StatusFn = Callable[[], dict[str, Any]]
@@ -247,9 +246,11 @@ class TeacherView:
                     # A named event, not an SSE comment: EventSource never hands a comment to the page,
                     # and the page needs the tick to tell a quiet board from a dead link (no FIN/RST),
                     # behind which it said "Live" for as long as the drop lasted. Also keeps NAT open.
-                    await self._send(response, KEEPALIVE_EVENT)
+                    # With the board's time, as every event has it: app.js follows a clock NTP steps.
+                    await self._send(response, sse_event({"server_time": time.time()}, "keepalive"))
                     continue
                 event_id += 1
-                await self._send(response, sse_event(_json_safe(getter.result()), "update", event_id))
+                update = _json_safe(getter.result()) | {"server_time": time.time()}
+                await self._send(response, sse_event(update, "update", event_id))
         finally:
             closing.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+import types
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from edge_agent import live as live_module
 from edge_agent.live import LiveBoard
 from edge_agent.web import view as view_module
 from tests.web.conftest import WEB_TOKEN
@@ -716,3 +718,26 @@ def test_attention_bars_stand_at_their_time_so_a_closure_shows_as_a_gap(
     assert slot > 0 and all(abs((x[i + 1] - x[i]) - slot) < 0.2 for i in (0, 1, 2, 3, 5, 6, 7, 8))
     assert abs((x[5] - x[4]) - 3 * slot) < 0.2  # one window's slot and two minutes of nothing
     assert view.console_errors == []
+
+
+def test_updated_ago_follows_the_boards_clock_when_ntp_steps_it(live_board: LiveBoard,
+                                                                 teacher_page: PageFactory,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The page took the board's clock once, at load: after NTP stepped the board an hour back, fresh
+    # figures read "updated 1 h ago"; an hour forward, stale ones would read "0 s ago" for that hour.
+    server = ServerThread(live_board, keepalive_s=1.0).start()
+    try:
+        view = teacher_page(server.url)
+        view.open()
+        view.wait_live()
+        stepped = types.SimpleNamespace(**vars(time))
+        stepped.time = lambda: time.time() - 3600.0  # the board's clock, stepped an hour back
+        monkeypatch.setattr(live_module, "time", stepped)
+        monkeypatch.setattr(view_module, "time", stepped)
+        time.sleep(1.5)  # a keepalive with the stepped clock
+        live_board.publish("attention", attention_section(current=0.41, faces=25))
+        view.page.wait_for_function("() => document.getElementById('att-share').textContent === '41%'",
+                                    timeout=2000)
+        assert view.text("#att-updated") in {"更新于 0 秒前", "更新于 1 秒前"}, view.text("#att-updated")
+    finally:
+        server.stop()

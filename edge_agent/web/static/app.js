@@ -13,7 +13,11 @@
   const boot = JSON.parse(document.getElementById("boot").textContent);
   const messages = boot.messages;
   const state = { sections: boot.snapshot.sections || {}, updated: boot.snapshot.updated || {} };
-  const clockSkew = (boot.snapshot.server_time || Date.now() / 1000) - Date.now() / 1000;
+  // The board's clock against this computer's, taken again from every event: NTP may step the board's
+  // clock while the page is open (an hour back made fresh figures read "updated 1 h ago", forward made
+  // stale ones read "0 s ago" for the hour).
+  let clockSkew = 0;
+  const syncClock = (serverTime) => { if (isNum(serverTime)) clockSkew = serverTime - Date.now() / 1000; };
   let lang = boot.language || boot.default_language;
   // Times in the board's zone (device.timezone), not the browser's: boards, and so their own screens, are
   // often left on UTC. None set: the browser's zone. A name this browser's zone data lacks would throw.
@@ -27,6 +31,7 @@
   const $ = (id) => document.getElementById(id);
   const now = () => Date.now() / 1000 + clockSkew;
   const isNum = (v) => typeof v === "number" && isFinite(v);
+  syncClock(boot.snapshot.server_time);
 
   function t(key, vars) {
     const table = messages[lang] || messages[boot.default_language] || {};
@@ -451,7 +456,7 @@
     source = mine;
     heard(); // a connection that never opens counts as silence too
     mine.addEventListener("open", () => { heard(); setConnection(true); });
-    mine.addEventListener("keepalive", heard);
+    mine.addEventListener("keepalive", (ev) => { heard(); syncClock(JSON.parse(ev.data).server_time); });
     mine.addEventListener("error", async () => {
       setConnection(false);
       await checkSignedIn();
@@ -466,6 +471,7 @@
     mine.addEventListener("snapshot", (ev) => {
       heard();
       const snap = JSON.parse(ev.data);
+      syncClock(snap.server_time);
       zone = knownZone(snap.timezone);
       state.sections = snap.sections || {};
       state.updated = snap.updated || {};
@@ -474,6 +480,7 @@
     mine.addEventListener("update", (ev) => {
       heard();
       const update = JSON.parse(ev.data);
+      syncClock(update.server_time);
       if (!(update.section in renderers)) return;
       state.sections[update.section] = update.data;
       state.updated[update.section] = update.at;
