@@ -639,8 +639,12 @@ def load_config_ignoring_unknown(
 
 _SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)
 # The user and password of a URL: everything between "//" and the LAST "@" before the path, as FFmpeg
-# splits it, so a raw "@" in a password (rtsp://admin:p@ss@host) is hidden whole.
-_URL_CREDENTIALS = re.compile(r"//[^/?#\s\"']*@")
+# splits it, so a raw "@" in a password (rtsp://admin:p@ss@host) is hidden whole. A raw "/", "?" or "#" in
+# the password (rtsp://admin:pa/ss@host: FFmpeg then fails to connect, but the source still holds it) is
+# hidden too: "user:" then anything up to an "@" that a host name follows.
+_URL_CREDENTIALS = re.compile(
+    r"//(?:[^/?#\s\"']*@|[^/?#:@\s\"']*:[^\s\"']*@(?=(?:[\w.-]+|\[[\w:.%]+\])(?::\d+)?(?:[/?#\s\"']|$)))"
+)
 # rtspsrc's and souphttpsrc's proxy= takes "[http://][user:passwd@]host[:port]": the user and password need
 # no scheme before them (proxy=puser:pw@proxy:3128), which _URL_CREDENTIALS does not see.
 _PROXY_CREDENTIALS = re.compile(
@@ -666,6 +670,14 @@ _NAMED_CREDENTIALS = re.compile(
     re.IGNORECASE,
 )
 
+# An HTTP header a source sends (souphttpsrc extra-headers="h, Authorization=(string)\"Basic ...\"", or
+# "Authorization: Bearer ..."): its value, scheme and all, with or without (escaped) quotes.
+_HEADER_CREDENTIALS = re.compile(
+    r"(?<![\w-])((?:proxy-)?authorization|cookie)(\s*[=:]\s*(?:\(string\)\s*)?)"
+    r"(\\?\"(?:[^\"\\]|\\[^\"])*\\?\"|(?:(?:basic|bearer|digest|negotiate)\s+)?[^\s,;\"'\\]+)",
+    re.IGNORECASE,
+)
+
 
 def without_credentials(text: str) -> str:
     """``text`` with every user name, password and token a camera source may hold hidden: the userinfo of
@@ -674,6 +686,7 @@ def without_credentials(text: str) -> str:
     text = _URL_CREDENTIALS.sub("//***@", text)
     text = _PROXY_CREDENTIALS.sub(lambda m: f"{m.group(1)}***@", text)
     text = _XMEYE_PASSWORD.sub(lambda m: f"{m.group(1)}***", text)
+    text = _HEADER_CREDENTIALS.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
     return _NAMED_CREDENTIALS.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
 
 

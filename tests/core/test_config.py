@@ -265,6 +265,39 @@ def test_a_proxy_login_and_an_xmeye_password_with_an_ampersand_are_hidden_whole(
         assert secret not in masked, secret
 
 
+# A review: an Authorization or Cookie header a source sends, and a URL password holding a raw "/", "?" or
+# "#" (FFmpeg then fails to connect, and the failure's log line showed the password), were shown as written.
+HEADER_AND_RAW_PASSWORD_SOURCES = [
+    ('souphttpsrc location=http://10.0.0.9/mjpg extra-headers="h, Authorization=(string)\\"Basic YWRtaW4=\\""'
+     " ! jpegdec ! appsink",
+     'souphttpsrc location=http://10.0.0.9/mjpg extra-headers="h, Authorization=(string)***"'
+     " ! jpegdec ! appsink",
+     ["YWRtaW4=", "Basic"]),
+    ('souphttpsrc location=http://10.0.0.9/mjpg extra-headers="h, Cookie=(string)sid=C00kie9, x=1" ! appsink',
+     'souphttpsrc location=http://10.0.0.9/mjpg extra-headers="h, Cookie=(string)***, x=1" ! appsink',
+     ["C00kie9"]),
+    ("Authorization: Bearer eyJ0.eyJ1.sig9", "Authorization: ***", ["eyJ0", "sig9"]),
+    ("rtsp://admin:pa/ss@10.0.0.9:554/Streaming/Channels/101", "rtsp://***@10.0.0.9:554/Streaming/Channels/101",
+     ["admin", "pa/ss"]),
+    ("rtsp://admin:pa#s?s@10.0.0.9/live", "rtsp://***@10.0.0.9/live", ["admin", "pa#s"]),
+    ("rtsp://admin:p/w@[fe80::1]:554/s", "rtsp://***@[fe80::1]:554/s", ["admin", "p/w"]),
+    # no credentials: a port, a path, a fragment stay as they are
+    ("rtsp://[fe80::1]:554/s", "rtsp://[fe80::1]:554/s", []),
+    ("http://10.0.0.9:8080/cgi?a=1#frag", "http://10.0.0.9:8080/cgi?a=1#frag", []),
+]
+
+
+@pytest.mark.parametrize(("source", "shown", "secrets"), HEADER_AND_RAW_PASSWORD_SOURCES,
+                         ids=[f"source{n}" for n in range(len(HEADER_AND_RAW_PASSWORD_SOURCES))])
+def test_an_authorization_header_and_a_raw_slash_in_a_url_password_are_hidden(
+    source: str, shown: str, secrets: list[str]
+) -> None:
+    masked = without_credentials(source)
+    assert masked == shown
+    for secret in secrets:
+        assert secret not in masked, secret
+
+
 def test_config_show_hides_a_proxy_login_and_an_xmeye_password_with_an_ampersand(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     source = ('rtspsrc location="rtsp://10.0.0.9:554/user=admin&password=se&Kr3t9&channel=1&stream=0.sdp" '
