@@ -155,6 +155,10 @@ class Daemon:
         self.state = "stopping"
         self.notifier.stopping("stopping: flushing pending writes")
         log.info("stopping")
+        try:  # the health loop has ended: the page said "ok" (all healthy) through the whole stop
+            self._publish_health()
+        except Exception as exc:
+            self._log_health_error(exc)
         await self._stop_all()
         self.notifier.close()
         return self.exit_code

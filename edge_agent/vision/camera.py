@@ -114,6 +114,9 @@ class Camera:
         self._last_good = time.monotonic()
         self._reading_since = None
         self._stop.clear()
+        # Not the "stopped" the last stop left: opening again as its hours begin or a pause ends (the
+        # component's health said "camera stopped" until the grabber had opened)
+        self._set_state("starting", "")
         self._start_grabber()
 
     @property
@@ -155,7 +158,7 @@ class Camera:
             changed = state != self._state
             self._state, self._detail = state, detail
         if changed:  # a camera that failed is a warning, so `journalctl -p warning` shows it
-            level = logging.INFO if state in ("running", "stopped") else logging.WARNING
+            level = logging.INFO if state in ("starting", "running", "stopped") else logging.WARNING
             log.log(level, "camera %s%s", state, f": {detail}" if detail else "")
 
     def _current(self, generation: int) -> bool:

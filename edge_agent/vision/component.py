@@ -241,7 +241,7 @@ class AttentionComponent:
             return Health(True, f"camera closed: {self.loop.closed_text(closed_until)}")
         state, detail = self.camera.state()
         if state != "running":
-            return Health(False, f"camera {state}: {detail}")
+            return Health(False, f"camera {state}: {detail}" if detail else f"camera {state}")
         return Health(True, f"camera running, {self.loop.fps():.1f} frames/s analysed")
 
     def _store_window(self, window: dict[str, Any]) -> None:

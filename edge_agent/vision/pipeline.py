@@ -322,10 +322,6 @@ class AttentionLoop:
 
     def live_section(self) -> dict[str, Any]:
         state, detail = self.camera.state()
-        if state == "stopped" and self.camera.started:
-            # Opening again as its hours begin or a pause ends: the grabber says "stopped" until it has
-            # opened. "stopped" is left to a real stop (the component's, which the page lists as a problem).
-            state = "starting"
         if self.error is not None:
             state, detail = "error", self.error
         closed_until = self.closed_until

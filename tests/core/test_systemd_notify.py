@@ -251,3 +251,40 @@ def test_a_health_check_that_raises_does_not_stop_the_watchdog_pings(notify_sock
 
     assert asyncio.run(scenario()) == 0
     assert len(notify_socket.fields("WATCHDOG")) >= 5  # every 0.2 s
+
+
+class SlowStopComponent(WorkerComponent):
+    """Stops like the store flushing its last writes: the daemon is stopping meanwhile."""
+
+    def __init__(self, name: str, heartbeats: HeartbeatRegistry) -> None:
+        super().__init__(name, heartbeats)
+        self.stopping = threading.Event()
+        self.release = threading.Event()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await asyncio.to_thread(self.release.wait, 5)
+        await super().stop()
+
+
+def test_the_teacher_page_hears_the_daemon_is_stopping_while_its_components_stop() -> None:
+    # The health loop ends when the stop begins: the page said "ok" (every component healthy) while the
+    # components stopped one by one, for as long as the store took to flush.
+    heartbeats = HeartbeatRegistry()
+    slow = SlowStopComponent("store", heartbeats)
+    live = LiveBoard()
+    daemon = Daemon([slow], live=live, heartbeats=heartbeats)
+
+    async def scenario() -> str:
+        task = asyncio.create_task(daemon.run())
+        while daemon.state != "running":
+            await asyncio.sleep(0.02)
+        assert live.get("health")["state"] == "ok"
+        daemon.request_stop()
+        await asyncio.to_thread(slow.stopping.wait, 5)
+        during = live.get("health")["state"]
+        slow.release.set()
+        assert await asyncio.wait_for(task, 10) == 0
+        return during
+
+    assert asyncio.run(scenario()) == "stopping"

@@ -673,7 +673,7 @@ def test_a_pause_into_the_evening_opens_at_the_next_school_hours_and_a_damaged_p
 def test_a_camera_opening_again_after_a_pause_is_starting_and_only_a_stop_says_stopped(
     photo_folder, face_engine, pose_engines
 ):
-    # The grabber says "stopped" until it has opened again (seconds for a network camera); the page lists
+    # The grabber said "stopped" until it had opened again (seconds for a network camera); the page lists
     # "stopped" as a problem now that the component's stop says it (it said "disabled": "switched off").
     live = LiveBoard()
     gate = threading.Event()
@@ -702,13 +702,17 @@ def test_a_camera_opening_again_after_a_pause_is_starting_and_only_a_stop_says_s
         seen = []
         for _ in range(10):
             seen.append(state())
+            healths.add(component.health().detail)
             await asyncio.sleep(0.1)
         gate.set()
         await wait_for(lambda: state() == "running")
         await component.stop()
         return seen
 
+    healths: set[str] = set()
     seen = asyncio.run(run())
     assert component.camera.state()[0] == "stopped"
     assert set(seen) == {"starting"}, seen
+    # the component's health (systemd's status line, doctor, the heartbeat) says so too, not "stopped"
+    assert healths == {"camera starting"}, healths
     assert _attention_section(live)["camera"]["state"] == "stopped"
