@@ -37,7 +37,7 @@ NOW = dt.datetime.now(dt.timezone.utc)
 
 
 def secret(path: Path) -> Path:
-    path.write_bytes(b"x" * 32)
+    path.write_bytes(b"0123456789abcdef" * 2)  # 16 different bytes, as a hex secret has
     path.chmod(0o600)
     return path
 

@@ -86,6 +86,7 @@ class KTComponent:
         self.service: KTService | None = None
         self._task: asyncio.Task[None] | None = None
         self._problem: str | None = "not started"
+        self._secret_changed = False
 
     def get_service(self) -> KTService | None:
         return self.service
@@ -135,11 +136,20 @@ class KTComponent:
         # Registered from here on: the reads below wait on a stalled disk as the running service's do, and
         # are excused like them (a stall of 10 s at start withheld the watchdog's pings).
         with waiting_on_disk(beat):
-            self._restore(service, package, persistence)
+            self._restore(service, package, persistence, pseudonymize.fingerprint)
         return service
 
-    def _restore(self, service: KTService, package: KTPackage, persistence: StatePersistence | None) -> None:
+    def _restore(self, service: KTService, package: KTPackage, persistence: StatePersistence | None,
+                 fingerprint: str) -> None:
         if persistence is not None:
+            if persistence.secret_changed(fingerprint):
+                self._secret_changed = True
+                log.error(
+                    "device.pseudonym_secret_file (%s) is not the secret the %s stored students were made "
+                    "under: every student starts afresh, and answers already applied are taken again. If the "
+                    "file was edited or restored by mistake, put the original back and restart edge-agent",
+                    self.device.pseudonym_secret_file, persistence.stored_count(),
+                )
             limit = self.settings.max_students
             service.load(persistence.load_states(package.hidden, len(package.skills), limit))
             stored = persistence.stored_count()
@@ -191,6 +201,9 @@ class KTComponent:
             return Health(False, f"knowledge tracing is {self._problem or 'not running'}")
         if self.service.last_error:
             return Health(False, self.service.last_error)
+        if self._secret_changed:  # said until the next start: the log line may go unread
+            return Health(True, f"{self.service.student_count()} students; the pseudonym secret changed at "
+                                f"this start: stored students not found again (see the log)")
         return Health(True, f"{self.service.student_count()} students")
 
     async def _publish_loop(self) -> None:

@@ -69,6 +69,21 @@ class StatePersistence:
         select = "SELECT student, state, answers, kept FROM kt_student_state WHERE student"
         return self._decode(self.db.read(lambda conn: _rows_in(conn, select, students)), hidden, skills)
 
+    def secret_changed(self, fingerprint: str) -> bool:
+        """Record the pseudonym secret's fingerprint; True when it differs from the one the stored students
+        were made under (they cannot be found again: their ids now give other pseudonyms)."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'pseudonym_fingerprint'").fetchone()
+            if row is not None and row[0] == fingerprint:
+                return False
+            set_meta(conn, "pseudonym_fingerprint", fingerprint)
+            # none recorded: a board from before the fingerprint, or a new one; it is taken as it is
+            stored = conn.execute("SELECT 1 FROM kt_student_state LIMIT 1").fetchone()
+            return row is not None and stored is not None
+
+        return bool(self.db.write(run).result())
+
     def stored_count(self) -> int:
         row = self.db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM kt_student_state").fetchone())
         return int(row[0])

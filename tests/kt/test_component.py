@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 
@@ -67,6 +68,36 @@ def test_component_runs_flushes_and_restores(
     assert kt_rows[0]["kind"] == "kt_class_window" and kt_rows[0]["v"] == 1
     assert kt_rows[0]["model"] == package.metadata["version"]  # models change mid-term by remote update
     assert "s0" not in rows[0][1] and pseudonymize("s0") not in rows[0][1]
+
+
+def test_a_changed_pseudonym_secret_is_said_at_start_not_taken_silently(
+    package: KTPackage, device, db: Database, outbox: Outbox, pseudonymize, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A review: a secret replaced (restored from the wrong board, a placeholder) made every stored student
+    # unreachable and answers already applied were taken again, with every check saying OK.
+    live, beats = LiveBoard(), HeartbeatRegistry()
+
+    async def start_and_stop() -> str:
+        comp = KTComponent(KTSettings(), device, None, db, outbox, live, beats)
+        await comp.start()
+        svc = comp.get_service()
+        assert svc is not None
+        await svc.submit_async([_answer(package, svc.pseudonymize, "s1", "e1", 0)])
+        health = comp.health().detail
+        await comp.stop()
+        return health
+
+    assert asyncio.run(start_and_stop()) == "1 students"
+    assert asyncio.run(start_and_stop()) == "1 students"  # the same secret: nothing said
+    assert "pseudonym_secret_file" not in caplog.text
+    device.pseudonym_secret_file.write_bytes(os.urandom(32).hex().encode())  # another board's
+    with caplog.at_level(logging.ERROR):
+        health = asyncio.run(start_and_stop())
+    assert "the pseudonym secret changed at this start" in health
+    assert "is not the secret the 1 stored students were made under" in caplog.text
+    caplog.clear()
+    assert asyncio.run(start_and_stop()) == "2 students"  # said once: the new secret is the board's now
+    assert "pseudonym_secret_file" not in caplog.text
 
 
 def test_component_reports_missing_package(tmp_path, device) -> None:

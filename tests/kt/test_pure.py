@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 from array import array
 from pathlib import Path
@@ -254,6 +255,23 @@ def test_pseudonym_is_keyed_and_stable(tmp_path: Path) -> None:
         Pseudonymizer.from_file(loose)
     with pytest.raises(ConfigError, match="does not exist"):
         Pseudonymizer.from_file(tmp_path / "missing")
+
+
+def test_a_zeroed_secret_is_refused_and_an_editors_byte_order_mark_is_not_part_of_it(tmp_path: Path) -> None:
+    # A review: 48 NUL bytes were taken as the secret, and the BOM Notepad adds changed every pseudonym:
+    # every student started afresh without a word.
+    key = tmp_path / "pseudonym.key"
+    key.write_bytes(b"\0" * 48)
+    key.chmod(0o600)
+    with pytest.raises(ConfigError, match="only 1 different bytes in it"):
+        Pseudonymizer.from_file(key)
+    hex_secret = os.urandom(32).hex().encode()  # as provisioning writes it
+    key.write_bytes(hex_secret + b"\n")
+    before = Pseudonymizer.from_file(key)
+    key.write_bytes(b"\xef\xbb\xbf" + hex_secret + b"\r\n")  # opened and saved in Notepad
+    after = Pseudonymizer.from_file(key)
+    assert after("s-001") == before("s-001") and after.fingerprint == before.fingerprint
+    assert Pseudonymizer(b"b" * 32).fingerprint != before.fingerprint
 
 
 def test_class_summary_suppresses_small_groups(package: KTPackage) -> None:

@@ -20,7 +20,7 @@ from edge_agent.kt.service import KTService
 from edge_agent.web.answers import answer_routes
 from tests.kt.test_answers_api import Server, _good
 
-SECRET = b"s" * 32
+SECRET = b"0123456789abcdef" * 2  # 16 different bytes, as a hex secret has
 PSEUDO = Pseudonymizer(SECRET)
 
 
