@@ -622,7 +622,7 @@ def load_config_ignoring_unknown(
     refusing to start would leave the board down until someone edits it. ``config check`` and
     provisioning stay strict, so a typo is still caught where the config is written."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # saved by Notepad: TOML would refuse its BOM
     except FileNotFoundError as exc:
         raise ConfigError(
             [(str(path), "config file not found (use --config or $EDGE_AGENT_CONFIG)")]

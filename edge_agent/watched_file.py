@@ -112,14 +112,14 @@ class WatchedFile(Generic[T]):
                 # refused everyone until the next check. Still empty a few checks later, it was meant.
                 return
             data = self.path.read_bytes()
-            value = self._parse(data.decode("utf-8"), str(self.path))
+            value = self._parse(data.decode("utf-8-sig"), str(self.path))  # an editor's BOM: no text
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
             reason = exc.problems[0][1] if isinstance(exc, ConfigError) else f"cannot read {self.path}: {exc}"
             if self._narrow is not None and self._value is not None and data is not None:
                 # Read but not parsed: keeping all of the old value kept a clicker token whose line IT had
                 # deleted, if another line had a typo (a review: 200 until the typo was found). Nothing is
                 # added from such a file: narrowed from the value in use, never from the file alone.
-                self._value = self._narrow(self._value, data.decode("utf-8", errors="replace"))
+                self._value = self._narrow(self._value, data.decode("utf-8-sig", errors="replace"))
             if reason != self.problem:  # once per problem, not on every request
                 kept = "" if self._value is None else f"; {self._kept()}"
                 log.error("%s not read%s: %s", self.key, kept, reason)

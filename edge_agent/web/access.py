@@ -111,7 +111,7 @@ def read_token_file(path: Path | None, key: str = "web.token_file") -> str | Non
     if problem is not None:
         raise ConfigError([(key, problem)])
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        token = path.read_text(encoding="utf-8-sig").strip()  # Notepad's BOM is no part of it
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([(key, f"cannot read {path}: {exc}")]) from exc
     if not token_fits(token):

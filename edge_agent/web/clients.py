@@ -157,7 +157,7 @@ def cmd_web_clients(args: argparse.Namespace) -> int:
             return 0 if args.action == "list" else 1
         if path.exists() and (problem := check_secret_file("web.client_tokens_file", path)):
             raise ConfigError([("web.client_tokens_file", problem)])
-        entries = _entries(path.read_text(encoding="utf-8"), str(path)) if path.exists() else []
+        entries = _entries(path.read_text(encoding="utf-8-sig"), str(path)) if path.exists() else []
         names = [name for name, _ in entries]
         if args.action == "list":
             print("\n".join(names) if names else f"{path}: no clients")

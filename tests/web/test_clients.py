@@ -22,12 +22,13 @@ from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
 from edge_agent.web.answers import answer_routes
 from edge_agent.web.camera_pause import camera_routes
-from edge_agent.web.clients import parse_clients
+from edge_agent.web.access import read_token_file
+from edge_agent.web.clients import parse_clients, watch_clients
 from tests.web.conftest import WEB_TOKEN
 from tests.web.harness import ServerThread, non_loopback_ipv4
 from tests.web.test_access import _request
 
-SECRET = b"p" * 32
+SECRET = b"fedcba9876543210" * 2  # 16 different bytes, as a hex secret has
 
 
 def _board_config(tmp_path: Path, clients: bool = True) -> Path:
@@ -195,6 +196,26 @@ def test_the_clients_command_keeps_tokens_private_and_says_what_is_wrong(
     unset = tmp_path / "unset"
     unset.mkdir()
     assert cli_main(["web", "clients", "list", "--config", str(_board_config(unset, clients=False))]) == 2
+
+
+def test_files_saved_by_notepad_with_a_byte_order_mark_are_read_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: Notepad's BOM made config.toml "Invalid statement (line 1, column 1)", the clicker tokens
+    # file "line 1 is not 'name token'" (line 1 was a comment), and web.token a token nobody could type.
+    config = _board_config(tmp_path)
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes().replace(b"\n", b"\r\n"))
+    token = _add(config, "acme-3a", capsys)
+    clients = tmp_path / "web-clients"
+    clients.write_bytes(b"\xef\xbb\xbf# clicker tokens\r\n" + clients.read_bytes())
+    assert cli_main(["web", "clients", "list", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip() == "acme-3a"
+    watched = watch_clients(clients)  # as the daemon reads it
+    assert watched.current().name_of(token) == "acme-3a" and watched.problem is None
+    web_token = tmp_path / "web.token"
+    web_token.write_bytes(b"\xef\xbb\xbf" + token.encode() + b"\r\n")
+    web_token.chmod(0o600)
+    assert read_token_file(web_token) == token
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the file is given to the daemon's user only when run as root")
