@@ -20,9 +20,9 @@ from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.service import KTService
 from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
+from edge_agent.web.access import read_token_file
 from edge_agent.web.answers import answer_routes
 from edge_agent.web.camera_pause import camera_routes
-from edge_agent.web.access import read_token_file
 from edge_agent.web.clients import parse_clients, watch_clients
 from tests.web.conftest import WEB_TOKEN
 from tests.web.harness import ServerThread, non_loopback_ipv4
