@@ -222,7 +222,8 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         routes = [health_routes(lambda: daemon.readiness())]  # noqa: PLW0108
         roster = _roster(config) if kt is not None else None
         if kt is not None:
-            routes.append(answer_routes(lambda: _kt_service(kt), config.kt, roster))
+            routes.append(answer_routes(lambda: _kt_service(kt), config.kt, roster,
+                                        failure=lambda: daemon.failure_of(kt.name)))
         routes.append(camera_routes(lambda: _attention_component(attention)))
         web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates),
                            timezone=config.device.timezone)

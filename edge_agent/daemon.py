@@ -98,6 +98,10 @@ class Daemon:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.request_restart, why)
 
+    def failure_of(self, name: str) -> str | None:
+        """Why component ``name`` is not running when it failed to start (None: started, or starting)."""
+        return next((s.failure for s in self._states if s.component.name == name), None)
+
     @property
     def component_names(self) -> list[str]:
         return [s.component.name for s in self._states]

@@ -6,6 +6,10 @@ Parsed, 100,000 brackets ran the parser to Python's recursion limit, where it ra
 ValueError), and where a garbage collection that ran a finaliser meanwhile failed inside it (a CI run:
 "Exception ignored in sys.unraisablehook ... RecursionError"). A UTF-8 byte-order mark before the JSON is
 skipped, in text as in bytes.
+
+What JSON leaves open is refused too (JSONRefused, a ValueError): a name twice in one object (Python
+keeps the last, so {"student_id": "a", "student_id": "b"} was applied to b without a word) and NaN /
+Infinity, which are not JSON at all (Python reads them: "answered_at": Infinity was "milliseconds").
 """
 
 from __future__ import annotations
@@ -21,14 +25,35 @@ _NOT_BRACKET = re.compile(r"[^\[\]{}]")
 _INNERMOST = re.compile(r"\[\]|\{\}")
 
 
+class JSONRefused(ValueError):
+    """Text that parses (or would) but that the board does not take: the message says why."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = next(name for name, _ in pairs if name in seen or seen.add(name))  # type: ignore[func-returns-value]
+        raise JSONRefused(f"the JSON names {twice[:40]!r} twice in one object: which one is meant is unknown")
+    return obj
+
+
+def _constant(name: str) -> Any:
+    raise JSONRefused(f"{name} is not a JSON number")
+
+
+# One decoder, made once: json.loads(text, object_pairs_hook=...) builds a new one per call (+3 us a body)
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
+
+
 def loads(data: str | bytes) -> Any:
     text = data.decode("utf-8") if isinstance(data, bytes) else data  # json.loads would do the same
     # A leading byte-order mark (Windows tools write one) is taken: an HTTP body arrives decoded, and the
     # mark made it "not valid JSON".
     text = text.removeprefix("\ufeff")
     if text.count("[") + text.count("{") > MAX_DEPTH and _nesting_over(text, MAX_DEPTH):
-        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels; this board does not parse it")
-    return json.loads(text)
+        raise JSONRefused(f"JSON nested deeper than {MAX_DEPTH} levels; this board does not parse it")
+    return _DECODER.decode(text)
 
 
 def _nesting_over(text: str, depth: int) -> bool:

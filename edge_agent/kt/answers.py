@@ -31,7 +31,11 @@ NO_ZONE_HINT = "'answered_at' has no time zone, so it was read as UTC: send it w
 # Control characters and unpaired surrogates (valid JSON, "\ud800"): a NUL would let two (student, event
 # id) pairs share an idempotency key ("a" + "b\0c" and "a\0b" + "c"), and a surrogate cannot be encoded
 # for the pseudonym's HMAC.
-NOT_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# control characters, unpaired surrogates, and the text-direction controls that make an id display as
+# another one (U+202E turned "stu-01" into what reads as "10-uts")
+NOT_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
+# what shows nothing: spaces and zero-width characters (an id of U+200B alone was a student)
+INVISIBLE = re.compile(r"[\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]*")
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,15 @@ def _text(obj: dict[str, Any], key: str, where: str, *, strip: bool = False) -> 
         value = str(value)
     if isinstance(value, str) and strip:
         value = value.strip()
-    if not isinstance(value, str) or not value.strip():
-        raise InputRejected(f"{where}: '{key}' is required and must be a non-empty string", field=key)
+    if not isinstance(value, str) or INVISIBLE.fullmatch(value):
+        raise InputRejected(f"{where}: '{key}' is required and must be a non-empty string (of visible "
+                            "characters)", field=key)
     if len(value) > MAX_TEXT:
         raise InputRejected(f"{where}: '{key}' is longer than {MAX_TEXT} characters", field=key)
     if NOT_TEXT.search(value):
         raise InputRejected(
-            f"{where}: '{key}' holds a control character or an unpaired surrogate; send plain text", field=key
+            f"{where}: '{key}' holds a control character (text-direction ones too) or an unpaired surrogate; "
+            "send plain text", field=key
         )
     return value
 
@@ -81,6 +87,8 @@ def parse_timestamp(value: Any, where: str) -> float:
             stamp = float(value)
         except OverflowError:  # an integer of hundreds of digits
             raise InputRejected(f"{where}: 'answered_at' is not a plausible time", "answered_at") from None
+        if not math.isfinite(stamp):  # 1e400 reads as inf: it was called "milliseconds"
+            raise InputRejected(f"{where}: 'answered_at' is not a plausible time", "answered_at")
         if stamp > MILLISECONDS_FROM:  # read as seconds it was "20769385 days ahead", blaming the clocks
             raise InputRejected(
                 f"{where}: 'answered_at' {str(value)[:24]} looks like milliseconds since 1970; send seconds",

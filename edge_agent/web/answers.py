@@ -58,10 +58,12 @@ def answer_routes(
     settings: KTSettings,
     roster: Roster | None = None,
     clock_synced: Callable[[], bool] | None = None,
+    failure: Callable[[], str | None] = lambda: None,
 ) -> web.RouteTableDef:
     """Routes over ``service`` (or a callable returning it, None while knowledge tracing starts); with
     ``roster``, answers only for the students on it. ``clock_synced`` says whether the board's clock is
-    known to be right (default: systemd-timesyncd's flag); only then are future times refused."""
+    known to be right (default: systemd-timesyncd's flag); only then are future times refused.
+    ``failure`` says why knowledge tracing failed to start, if it did."""
     routes = web.RouteTableDef()
     synced = clock_synced or ClockSyncFlag()
     warned = [-float("inf")]  # monotonic time of the last "board clock behind" log line
@@ -76,7 +78,7 @@ def answer_routes(
             # counted here: the service that counts the others is not there yet (the web port opens before
             # the engines load, so on a board building TensorRT plans this is the whole start-up)
             metrics.ANSWERS.labels(outcome="unavailable").inc()
-            return _error(503, "knowledge tracing is not running (starting or stopping); retry shortly")
+            return _not_running(failure())
         # JSON only: a web page in a browser on the board could otherwise post answers to loopback (which
         # needs no token) as a "simple" cross-site request (text/plain or a form) without asking first.
         if request.content_type != "application/json":
@@ -85,14 +87,9 @@ def answer_routes(
         if (request.content_length or 0) > request.client_max_size:  # before "100 Continue": not sent
             return _too_large(request)
         await send_continue(request)
-        try:
-            body = await read_within(request, request.json(loads=json_input.loads))
-        except web.HTTPRequestEntityTooLarge:
-            return _too_large(request)
-        except LookupError:  # an unknown charset in Content-Type
-            return _rejected(400, f"unknown charset {request.charset!r}; send UTF-8 JSON")
-        except ValueError:  # not JSON, not UTF-8, or nested deeper than the board parses
-            return _rejected(400, "the request body is not valid JSON")
+        body, refused = await _json_body(request)
+        if refused is not None:
+            return refused
         now, board_synced = svc.now(), synced()
         try:
             answers = parse_batch(body, svc.package, settings, svc.pseudonymize, now,
@@ -131,7 +128,7 @@ def answer_routes(
             return _error(404, "the per-student API is switched off (kt.per_student_api = false)")
         svc = current()
         if svc is None:
-            return _error(503, "knowledge tracing is not running (starting or stopping); retry shortly")
+            return _not_running(failure())
         pseudonym = request.match_info["pseudonym"]
         if not _PSEUDONYM.match(pseudonym):
             return _error(400, "a student pseudonym is 32 lowercase hex characters", "pseudonym")
@@ -144,10 +141,36 @@ def answer_routes(
     async def class_mastery(_request: web.Request) -> web.Response:
         svc = current()
         if svc is None:
-            return _error(503, "knowledge tracing is not running (starting or stopping); retry shortly")
+            return _not_running(failure())
         return web.json_response(svc.class_summary())
 
     return routes
+
+
+async def _json_body(request: web.Request) -> tuple[Any, web.Response | None]:
+    """The body as JSON, or the refusal that says what is wrong with it."""
+    try:
+        return await read_within(request, request.json(loads=json_input.loads)), None
+    except web.HTTPRequestEntityTooLarge:
+        return None, _too_large(request)
+    except LookupError:  # an unknown charset in Content-Type
+        return None, _rejected(400, f"unknown charset {request.charset!r}; send UTF-8 JSON")
+    except json_input.JSONRefused as exc:  # a name twice, NaN, nested deeper than the board parses
+        return None, _rejected(400, f"the request body is not accepted: {exc}")
+    except UnicodeDecodeError:  # a GBK or Latin-1 body read as "not valid JSON", leaving vendors guessing
+        return None, _rejected(400, "the request body is not UTF-8 text; send UTF-8 JSON (or name its "
+                                    "charset in Content-Type)")
+    except ValueError:
+        return None, _rejected(400, "the request body is not valid JSON")
+
+
+def _not_running(failure: str | None) -> web.Response:
+    if failure is None:
+        return _error(503, "knowledge tracing is not running (starting or stopping); retry shortly")
+    # A review: a model package the board could not load answered "retry shortly", and clickers retried
+    # until someone happened to look at the board.
+    return _error(503, f"knowledge tracing {failure}: answers are refused until the school's IT fixes it "
+                       "and restarts edge-agent (see `edge-agent doctor` on the board)", retry_after_s=300)
 
 
 def _note_clock_behind(

@@ -312,7 +312,7 @@ def test_bodies_python_cannot_read_get_a_json_error_and_apply_nothing(api) -> No
     students = svc.student_count()
     nested = b"[" * 100_000 + b"]" * 100_000  # valid JSON, deeper than Python's parser recurses
     status, body = server.request("POST", "/api/v1/answers", raw=nested)
-    assert status == 400 and "not valid JSON" in body["error"]
+    assert status == 400 and "nested deeper than 64 levels" in body["error"]
     huge = b'{"answers": [' + b" " * (1024 * 1024) + b"]}"
     status, body = server.request("POST", "/api/v1/answers", raw=huge)
     assert status == 413 and "send smaller batches" in body["error"]
@@ -324,6 +324,31 @@ def test_bodies_python_cannot_read_get_a_json_error_and_apply_nothing(api) -> No
     assert status == 400 and "unknown charset 'klingon'" in body["error"]
     assert svc.student_count() == students
     assert server.request("POST", "/api/v1/answers", answer)[0] == 200
+
+
+def test_what_json_leaves_open_is_refused_by_name_and_applies_nothing(api) -> None:
+    # A review: a name given twice was applied to the last one without a word; Infinity (not JSON, but
+    # Python reads it) and 1e400 were "milliseconds"; a GBK body was only "not valid JSON"; an id of
+    # zero-width spaces was a student, and one with a right-to-left override displayed as another.
+    server, svc = api
+    students = svc.student_count()
+    good = json.dumps(_good(svc.package, "visible-student", "v-1"))
+    cases = [
+        (good.replace('{"student_id": "visible-student"', '{"student_id": "a", "student_id": "b"').encode(),
+         "names 'student_id' twice in one object"),
+        (good.replace('"2026-11-25T08:00:00+08:00"', "Infinity").encode(), "Infinity is not a JSON number"),
+        (good.replace('"2026-11-25T08:00:00+08:00"', "NaN").encode(), "NaN is not a JSON number"),
+        (good.replace('"2026-11-25T08:00:00+08:00"', "1e400").encode(),
+         "'answered_at' is not a plausible time"),
+        (good.replace("visible-student", "王小明").encode("gbk"), "not UTF-8 text"),
+        (good.replace("visible-student", "\\u200b\\u200b").encode(), "of visible characters"),
+        (good.replace("visible-student", "stu-\\u202e10").encode(), "text-direction ones too"),
+    ]
+    for raw, said in cases:
+        status, body = server.request("POST", "/api/v1/answers", raw=raw)
+        assert status == 400 and said in body["error"], (raw, body)
+    assert svc.student_count() == students
+    assert server.request("POST", "/api/v1/answers", raw=good.encode())[0] == 200
 
 
 def test_vendor_mistakes_get_a_4xx_that_says_what_to_fix(api) -> None:

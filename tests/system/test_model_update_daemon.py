@@ -83,7 +83,7 @@ class Board:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> Board:
+    def start(self, kt_runs: bool = True) -> Board:
         self.assembly = assembly = build(self.config)
 
         async def run() -> int:
@@ -92,7 +92,8 @@ class Board:
 
         self._thread = threading.Thread(target=lambda: asyncio.run(run()), name="test-daemon", daemon=True)
         self._thread.start()
-        wait_for(lambda: assembly.daemon.state == "running" and self.service() is not None, 30, "start")
+        wait_for(lambda: assembly.daemon.state == "running" and (self.service() is not None or not kt_runs),
+                 30, "start")
         return self
 
     def stop(self) -> None:
@@ -317,6 +318,26 @@ def test_a_school_package_in_kt_package_dir_runs_its_own_step_model(
         [result] = post_answers(board.url, [answer("student-p", item.id, item.skill_id, True, "p-1")])
         assert result["mastery"][0]["mastery"] == first_step_mastery(custom, item.skill_id)
         assert result["mastery"][0]["mastery"] != first_step_mastery(DEFAULT_PACKAGE_DIR, item.skill_id)
+    finally:
+        board.stop()
+
+
+def test_answers_to_a_board_whose_model_could_not_load_say_so_instead_of_retry_shortly(
+    tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    # A review: every answer got 503 "not running (starting or stopping); retry shortly", so clickers
+    # retried until someone happened to look at the board.
+    broken = tmp_path / "school-kt"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, broken)
+    corrupt_onnx(broken)
+    data = board_config(tmp_path, keys[1]).model_dump(mode="json")
+    data["kt"]["package_dir"] = str(broken)
+    board = Board(Config.model_validate(data)).start(kt_runs=False)
+    try:
+        status, body = http_request("POST", f"{board.url}/api/v1/answers",
+                                    {"answers": [answer("student-q", "x", "y", True, "q-1")]})
+        assert status == 503 and body["error"].startswith("knowledge tracing failed to start: "), body
+        assert "until the school's IT fixes it" in body["error"] and "retry shortly" not in body["error"]
     finally:
         board.stop()
 
