@@ -9,6 +9,7 @@ to a default. Only the daemon itself starts with them left out and named in its 
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import re
@@ -549,9 +550,23 @@ def read_config(
     try:
         return Config.model_validate(data), ignored
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
+        errors = list(exc.errors())
+        # A check between keys (min <= max, a TLS pair, two ports) runs only once every key of its section
+        # is valid: IT fixed the lines listed and got a new problem at the next start. Checked again with
+        # the keys found wrong left out (their defaults instead), one pass lists them all.
+        trimmed = copy.deepcopy(data)
+        for error in errors:
             loc = tuple(error["loc"])
+            if len(loc) >= 2 and isinstance(loc[0], str) and isinstance(loc[1], str):
+                _remove(trimmed, loc[:2])
+        try:
+            Config.model_validate(trimmed)
+        except ValidationError as again:
+            seen = {(tuple(e["loc"]), e["msg"]) for e in errors}
+            errors += [e for e in again.errors() if (tuple(e["loc"]), e["msg"]) not in seen]
+        problems = []
+        for error in errors:
+            loc = _key_of_check(tuple(error["loc"]), error)
             message = error["msg"]
             if error["type"] == "extra_forbidden":
                 message = "unknown key (check spelling; see README 'Config reference')"
@@ -559,6 +574,18 @@ def read_config(
             where = f" (line {line})" if line else ""
             problems.append((_format_location(loc) + where, message))
         raise ConfigError(problems) from exc
+
+
+def _key_of_check(loc: tuple[str | int, ...], error: Any) -> tuple[str | int, ...]:
+    """A section's check between keys names the key it is about first ("backoff_max_s must be >= ..."):
+    that key's path and line, not the section's header."""
+    if len(loc) != 1 or error["type"] != "value_error":
+        return loc
+    section = Config.model_fields.get(str(loc[0]))
+    first = str(error.get("ctx", {}).get("error", "")).split(" ", 1)[0]
+    annotation = section.annotation if section is not None else None
+    fields = getattr(annotation, "model_fields", {})
+    return (*loc, first) if first in fields else loc
 
 
 def _remove(data: dict[str, Any], loc: tuple[str | int, ...]) -> None:

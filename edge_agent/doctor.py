@@ -583,7 +583,9 @@ def render_table(results: list[CheckResult]) -> str:
         if r.fix and (not r.ok or r.warning):
             lines.append(f"{'':<4}  {'':<{width}}  fix: {r.fix}")
     failed = sum(not r.ok for r in results)
-    lines.append(f"\n{len(results) - failed} passed, {failed} failed")
+    warned = sum(r.ok and r.warning for r in results)  # counted as passed, "16 passed" read as all clear
+    lines.append(f"\n{len(results) - failed - warned} passed, {warned} warning{'' if warned == 1 else 's'}, "
+                 f"{failed} failed")
     return "\n".join(lines)
 
 
