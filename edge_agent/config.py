@@ -622,11 +622,40 @@ def check_secret_file(key: str, path: Path) -> str | None:
     return None
 
 
+MIN_SECRET_BYTES = 32
+MIN_DISTINCT_BYTES = 8  # provisioning writes 64 hex digits (16 different bytes); random bytes have ~30
+BOM = b"\xef\xbb\xbf"
+
+
+def secret_bytes(path: Path) -> bytes:
+    """The pseudonym secret in ``path``: spaces and line ends around it, and an editor's byte-order mark
+    (Notepad adds one), are no part of it. OSError when it cannot be read."""
+    return path.read_bytes().removeprefix(BOM).strip()
+
+
+def pseudonym_secret_problem(secret: bytes, path: Path) -> str | None:
+    """Why ``secret`` (read from ``path``) cannot be the pseudonym secret, or None."""
+    if len(secret) < MIN_SECRET_BYTES:
+        return f"{path}: secret must be {MIN_SECRET_BYTES}+ bytes"
+    if len(set(secret)) < MIN_DISTINCT_BYTES:
+        # 48 NUL bytes (a disk fault, a placeholder) were taken: every student started afresh, and
+        # pseudonyms under a known key can be reversed from a list of student ids
+        return (f"{path} is not a secret: only {len(set(secret))} different bytes in it. Restore it from the "
+                "board's backup; a new one (provisioning writes one) starts every student afresh")
+    return None
+
+
 def check_files(config: Config) -> list[tuple[str, str]]:
     """Problems with the files a config refers to (secrets private, certificates present)."""
     problems = []
     for key, path in config.secret_files():
         reason = check_secret_file(key, path)
+        if reason is None and key == "device.pseudonym_secret_file":
+            # what the daemon would refuse at start (a review: config check and doctor said OK)
+            try:
+                reason = pseudonym_secret_problem(secret_bytes(path), path)
+            except OSError as exc:
+                reason = f"cannot read {path}: {exc}"
         if reason:
             problems.append((key, reason))
     for key, path in config.required_files():

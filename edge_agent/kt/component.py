@@ -130,26 +130,53 @@ class KTComponent:
         check_engine(self._engine, package)
         persistence = StatePersistence(self._db) if self._db is not None else None
         beat = self._heartbeats.register(HEARTBEAT, max_gap_s=10.0)
-        service = KTService(
-            package, self._engine, self.settings, pseudonymize, persistence=persistence, heartbeat=beat
-        )
         # Registered from here on: the reads below wait on a stalled disk as the running service's do, and
         # are excused like them (a stall of 10 s at start withheld the watchdog's pings).
         with waiting_on_disk(beat):
-            self._restore(service, package, persistence, pseudonymize.fingerprint)
+            if persistence is not None:
+                pseudonymize = self._secret_of_the_stored(pseudonymize, persistence)
+        service = KTService(
+            package, self._engine, self.settings, pseudonymize, persistence=persistence, heartbeat=beat
+        )
+        with waiting_on_disk(beat):
+            self._restore(service, package, persistence)
         return service
 
-    def _restore(self, service: KTService, package: KTPackage, persistence: StatePersistence | None,
-                 fingerprint: str) -> None:
+    def _secret_of_the_stored(self, secret: Pseudonymizer, persistence: StatePersistence) -> Pseudonymizer:
+        """The secret to use, checked against the ones the stored students were made under; a changed one
+        is said (ERROR, and in health until the next start): every stored student starts afresh."""
+        path = self.device.pseudonym_secret_file
+        before = Pseudonymizer.as_read_before(path)  # the file has a BOM: older releases kept it in
+        known = persistence.secret_fingerprints()
+        candidates = [secret] if before is None else [secret, before]
+        if not known:
+            # a new board, or one of a release before the fingerprints: its students were made under the
+            # file as that release read it (a review: stripping the BOM at the upgrade reset every student)
+            chosen = before if before is not None and persistence.stored_count() else secret
+            persistence.record_secret(chosen.fingerprint, known)
+            return chosen
+        for candidate in candidates:
+            if candidate.fingerprint == known[0]:
+                return candidate
+        for candidate in candidates:
+            if candidate.fingerprint in known:
+                log.warning("%s holds the pseudonym secret used before the last change again: the students "
+                            "stored under it are found again; those who answered only since the change start "
+                            "afresh", path)
+                persistence.record_secret(candidate.fingerprint, known)
+                return candidate
+        self._secret_changed = True
+        log.error(
+            "device.pseudonym_secret_file (%s) is not the secret the %s stored students were made under: "
+            "every student starts afresh, and answers already applied are taken again. If the file was "
+            "edited or restored by mistake, put the original back and restart edge-agent",
+            path, persistence.stored_count(),
+        )
+        persistence.record_secret(secret.fingerprint, known)
+        return secret
+
+    def _restore(self, service: KTService, package: KTPackage, persistence: StatePersistence | None) -> None:
         if persistence is not None:
-            if persistence.secret_changed(fingerprint):
-                self._secret_changed = True
-                log.error(
-                    "device.pseudonym_secret_file (%s) is not the secret the %s stored students were made "
-                    "under: every student starts afresh, and answers already applied are taken again. If the "
-                    "file was edited or restored by mistake, put the original back and restart edge-agent",
-                    self.device.pseudonym_secret_file, persistence.stored_count(),
-                )
             limit = self.settings.max_students
             service.load(persistence.load_states(package.hidden, len(package.skills), limit))
             stored = persistence.stored_count()

@@ -38,6 +38,9 @@ def _rows_in(conn: sqlite3.Connection, select: str, values: Sequence[str]) -> li
     return rows
 
 
+KEPT_FINGERPRINTS = 4
+
+
 class StatePersistence:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -69,20 +72,17 @@ class StatePersistence:
         select = "SELECT student, state, answers, kept FROM kt_student_state WHERE student"
         return self._decode(self.db.read(lambda conn: _rows_in(conn, select, students)), hidden, skills)
 
-    def secret_changed(self, fingerprint: str) -> bool:
-        """Record the pseudonym secret's fingerprint; True when it differs from the one the stored students
-        were made under (they cannot be found again: their ids now give other pseudonyms)."""
+    def secret_fingerprints(self) -> list[str]:
+        """The fingerprints of the pseudonym secrets the stored students were made under, newest first."""
+        row = self.db.read(
+            lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'pseudonym_fingerprint'").fetchone()
+        )
+        return [f for f in (row[0] if row else "").split(",") if f]
 
-        def run(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'pseudonym_fingerprint'").fetchone()
-            if row is not None and row[0] == fingerprint:
-                return False
-            set_meta(conn, "pseudonym_fingerprint", fingerprint)
-            # none recorded: a board from before the fingerprint, or a new one; it is taken as it is
-            stored = conn.execute("SELECT 1 FROM kt_student_state LIMIT 1").fetchone()
-            return row is not None and stored is not None
-
-        return bool(self.db.write(run).result())
+    def record_secret(self, fingerprint: str, known: list[str]) -> None:
+        """``fingerprint`` first, then the others known (a secret put back is told from a new one)."""
+        kept = ",".join([fingerprint, *(f for f in known if f != fingerprint)][:KEPT_FINGERPRINTS])
+        self.db.write(lambda conn: set_meta(conn, "pseudonym_fingerprint", kept)).result()
 
     def stored_count(self) -> int:
         row = self.db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM kt_student_state").fetchone())

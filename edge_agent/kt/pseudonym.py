@@ -6,42 +6,48 @@ import hashlib
 import hmac
 from pathlib import Path
 
-from edge_agent.config import check_secret_file
+from edge_agent.config import (
+    BOM,
+    MIN_SECRET_BYTES,
+    check_secret_file,
+    pseudonym_secret_problem,
+    secret_bytes,
+)
 from edge_agent.errors import ConfigError
 
-MIN_SECRET_BYTES = 32
-MIN_DISTINCT_BYTES = 8  # provisioning writes 64 hex digits (16 different bytes); random bytes have ~30
-BOM = b"\xef\xbb\xbf"
+KEY = "device.pseudonym_secret_file"
 
 
 class Pseudonymizer:
     def __init__(self, secret: bytes) -> None:
         if len(secret) < MIN_SECRET_BYTES:
-            raise ConfigError([("device.pseudonym_secret_file", f"secret must be {MIN_SECRET_BYTES}+ bytes")])
+            raise ConfigError([(KEY, f"secret must be {MIN_SECRET_BYTES}+ bytes")])
         self._secret = secret
 
     @classmethod
     def from_file(cls, path: Path, *, check_mode: bool = True) -> Pseudonymizer:
         if check_mode:
-            problem = check_secret_file("device.pseudonym_secret_file", path)
+            problem = check_secret_file(KEY, path)
             if problem:
-                raise ConfigError([("device.pseudonym_secret_file", problem)])
+                raise ConfigError([(KEY, problem)])
         try:
-            secret = path.read_bytes()
+            secret = secret_bytes(path)
         except OSError as exc:
-            raise ConfigError([("device.pseudonym_secret_file", f"cannot read {path}: {exc}")]) from exc
-        # An editor's byte-order mark (Notepad adds one) is not part of the secret: kept, it made every
-        # student a new one after the file was opened and saved
-        secret = secret.removeprefix(BOM).strip()
-        if len(secret) >= MIN_SECRET_BYTES and len(set(secret)) < MIN_DISTINCT_BYTES:
-            # 48 NUL bytes (a disk fault, a placeholder) were taken: every student started afresh, and
-            # pseudonyms under a known key can be reversed from a list of student ids
-            raise ConfigError([(
-                "device.pseudonym_secret_file",
-                f"{path} is not a secret: only {len(set(secret))} different bytes in it. Restore it from the "
-                "board's backup; a new one (provisioning writes one) starts every student afresh",
-            )])
+            raise ConfigError([(KEY, f"cannot read {path}: {exc}")]) from exc
+        problem = pseudonym_secret_problem(secret, path)
+        if problem:
+            raise ConfigError([(KEY, problem)])
         return cls(secret)
+
+    @classmethod
+    def as_read_before(cls, path: Path) -> Pseudonymizer | None:
+        """The secret as releases before 2026-12-03 read a file saved with a byte-order mark (the mark
+        kept in it); None for a file without one. Their students were made under it."""
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return None
+        return cls(raw.strip()) if raw.startswith(BOM) and len(raw.strip()) >= MIN_SECRET_BYTES else None
 
     @property
     def fingerprint(self) -> str:

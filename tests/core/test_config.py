@@ -22,7 +22,7 @@ from edge_agent.config import (
 
 
 def _write_secret(path: Path, mode: int = 0o600) -> Path:
-    path.write_bytes(os.urandom(32))
+    path.write_bytes(os.urandom(32).hex().encode())  # as provisioning writes it
     path.chmod(mode)
     return path
 
@@ -180,6 +180,17 @@ def test_a_missing_secret_file_is_named(tmp_path: Path) -> None:
         load_config(path)
     assert info.value.problems[0][0] == "device.pseudonym_secret_file"
     assert "does not exist" in info.value.problems[0][1]
+
+
+def test_a_pseudonym_secret_the_daemon_would_refuse_is_named_by_config_check(tmp_path: Path) -> None:
+    # Round 2: a zeroed secret stopped knowledge tracing at start, while config check and doctor said OK
+    path = tmp_path / "config.toml"
+    path.write_text(_valid_config_text(tmp_path))
+    (tmp_path / "pseudonym.key").write_bytes(b"\0" * 48)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0][0] == "device.pseudonym_secret_file"
+    assert "only 1 different bytes in it" in info.value.problems[0][1]
 
 
 def test_every_problem_is_listed_not_only_the_first(tmp_path: Path) -> None:
