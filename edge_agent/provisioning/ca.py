@@ -557,7 +557,12 @@ def main(argv: list[str] | None = None) -> int:
             write_public(args.out_dir / "server.pem", cert)
             print(f"broker key and certificate written to {args.out_dir}")
         elif args.command == "revoke":
-            print("revoked serials:", FleetCA(args.ca_dir).revoke(args.which))
+            ca = FleetCA(args.ca_dir)
+            print("revoked serials:", ca.revoke(args.which))
+            # the broker took the board until then (fleet review: revoked, it connected and published)
+            print(f"the broker accepts it until it has this CRL: copy {ca.crl_path} to the broker (or there: "
+                  f"edge-agent-ca crl {args.ca_dir} --install /etc/mosquitto/edge/crl.pem) and run "
+                  "`systemctl reload mosquitto`")
         elif args.command == "crl":
             ca = FleetCA(args.ca_dir)
             until = ca.write_crl()

@@ -95,6 +95,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             signing_pubkey=args.model_signing_key,
             activate=not args.no_activate,
             replace=args.replace,
+            one_board=args.roots is None,  # --root: the one board --device-id names
             web_domain=args.web_domain,
             metrics_token_file=args.metrics_token_file,
         )

@@ -59,6 +59,7 @@ class Options:
     signing_pubkey: Path | None = None  # ed25519 key that model packages must be signed with
     activate: bool = True  # on "/": enable units and start the engine build
     replace: bool = False  # with ca_dir: this board replaces another with its id; revoke that one's cert
+    one_board: bool = False  # a run for one board (--root, --device-id): may bring a revoked one back
     web_domain: str | None = None  # the certificate also names <device id>.<web_domain> (HTTPS)
     metrics_token_file: Path | None = None  # the fleet's Prometheus token, installed on every board
 
@@ -201,7 +202,10 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
         system.chown_if_root(path, 0, gid)
     result.changes += system.install_units(root, units_src, opts.agent_bin)
     if on_host and opts.activate and result.state == "provisioned":
-        system.activate_on_host(config_changed="config.toml" in result.changes)
+        # A renewed certificate too: HTTPS on the web and metrics ports loads it at start only (a review:
+        # the board served the old, revoked one until it expired, and every HTTPS client failed)
+        renewed = [what for what in ("config.toml", "device.pem") if what in result.changes]
+        system.activate_on_host(config_changed=bool(renewed), changed=" and ".join(renewed) or "config")
     return result
 
 
@@ -283,18 +287,26 @@ def _install_cert(
     installed_ca = paths["ca"].read_bytes() if paths["ca"].exists() else None
     supplied = _read(opts.cert_file, "device certificate") if opts.cert_file is not None else None
     revoked = current is not None and opts.ca_dir is not None and _revoked(current, opts.ca_dir)
-    if revoked and not opts.replace:
+    if revoked and not (opts.replace and opts.one_board):
         # kept, whether in date or not: a revocation is usually meant, and renewing it (near or past its
-        # expiry) let a revoked board back without a word
+        # expiry) let a revoked board back without a word; so did --replace in a run for the whole
+        # inventory, meant for another board (a review: a stolen board's key certified again, live)
         live = [row.serial for row in FleetCA(opts.ca_dir).index()  # type: ignore[arg-type]
                 if row.common_name == board.device_id and not row.revoked]
         log.warning(
             "%s: its installed certificate is revoked in the fleet CA, so the broker refuses this board; %s",
             board.device_id,
             f"another board now holds this id (certificate {live[0]}), which --replace here would revoke"
-            if live else "re-run with --replace to issue a new one if it is to come back",
+            if live else f"to bring it back, run for it alone: --device-id {board.device_id} --replace "
+                         "(it gets a new key: the revoked one may be in someone else's hands)",
         )
         return True
+    if revoked:
+        # brought back on purpose: on a new key, as the old one may have left with the stolen board
+        write_private(paths["key"], key_to_pem(new_ec_key()))
+        key = load_private_key(paths["key"])
+        _make_csr(paths, board, result)
+        result.changes.append("secret device.key (new: its certificate was revoked)")
     if current is not None and installed_ca is not None and (ca_pem is None or ca_pem == installed_ca) and (
         not revoked
     ):
@@ -320,7 +332,9 @@ def _install_cert(
             paths["csr"].read_bytes(), replace=opts.replace, names=opts.web_names(board.device_id)
         )
         for row in revoked_now:  # --replace and renewals revoke: say which, or another board just stops
-            log.warning("%s: revoked certificate %s of %s", board.device_id, row.serial, row.common_name)
+            log.warning("%s: revoked certificate %s of %s; the broker accepts it until it has the new CRL: "
+                        "copy %s to the broker and `systemctl reload mosquitto`", board.device_id, row.serial,
+                        row.common_name, FleetCA(opts.ca_dir).crl_path)
     elif supplied is not None:
         cert = supplied
     else:

@@ -148,9 +148,10 @@ def run(argv: list[str]) -> None:
         raise ProvisioningError(f"`{' '.join(argv)}` did not finish in {COMMAND_TIMEOUT_S} s") from exc
 
 
-def activate_on_host(*, config_changed: bool = False) -> None:
+def activate_on_host(*, config_changed: bool = False, changed: str = "config") -> None:
     """On the board itself: reload units, apply tmpfiles, enable, and start the engine build (no wait).
-    A running daemon whose config changed is restarted (no wait), so provisioning again applies it."""
+    A running daemon whose config (or certificate: ``changed`` says which) changed is restarted (no wait),
+    so provisioning again applies it."""
     run(["systemctl", "daemon-reload"])
     run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/edge-agent.conf"])
     run(["systemctl", "enable", *UNITS])
@@ -164,4 +165,5 @@ def activate_on_host(*, config_changed: bool = False) -> None:
                                 check=False).returncode == 0
         run(["systemctl", "reset-failed", UNITS[0]])
         run(["systemctl", "start" if failed else "try-restart", "--no-block", UNITS[0]])
-        log.info("config changed: edge-agent %s with it", "starts" if failed else "restarts (if running)")
+        how = "starts" if failed else "restarts (if running)"
+        log.info("%s changed: edge-agent %s with it", changed, how)

@@ -226,13 +226,19 @@ class Receiver:
 
     def seqs(self, device: str, store: str | None = None) -> list[int]:
         """The device's seqs, of one store or (by default) of its current one: the store of the item
-        received last."""
+        received last. A store's seqs under every device id it was sent under: a board renamed (provisioned
+        again under a new id) keeps its database and goes on with its seq, and its first items under the
+        new name showed the ones sent under the old as a gap, a loss that was none (fleet review)."""
         with self._lock:
             if store is None:
                 store = self._current_store(device)
-            rows = self._conn.execute(
-                "SELECT seq FROM items WHERE device = ? AND store = ? ORDER BY seq", (device, store)
-            )
+            if store:  # 32 random hex digits: one database, whatever it was called
+                select = "SELECT DISTINCT seq FROM items WHERE store = ? ORDER BY seq"
+                rows = self._conn.execute(select, (store,))
+            else:  # no store id (releases before them): only the device id tells them apart
+                rows = self._conn.execute(
+                    "SELECT seq FROM items WHERE device = ? AND store = ? ORDER BY seq", (device, store)
+                )
             return [int(r[0]) for r in rows]
 
     def _current_store(self, device: str) -> str:

@@ -69,6 +69,8 @@ def test_the_ca_command_takes_a_fleet_from_init_to_a_revoked_board(
     ]
 
     assert main(["revoke", str(ca_dir), "np-3a-01"]) == 0
+    # the broker took the revoked board until it had the CRL, and revoke did not say so (fleet review)
+    assert "the broker accepts it until it has this CRL" in capsys.readouterr().out
     assert main(["crl", str(ca_dir)]) == 0
     crl = x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes())
     assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -159,9 +160,18 @@ def test_re_provisioning_a_revoked_board_warns_that_the_broker_refuses_it(
     assert _provision(tmp_path, *common) == 0  # kept: a revocation is usually meant
     assert "is revoked in the fleet CA, so the broker refuses this board" in caplog.text
     device_pem = tmp_path / "root/etc/edge-agent/certs/device.pem"
-    revoked = device_pem.read_bytes()
-    assert _provision(tmp_path, *common, "--replace") == 0  # a new certificate for the board
-    assert device_pem.read_bytes() != revoked
+    device_key = tmp_path / "root/etc/edge-agent/secrets/device.key"
+    revoked, stolen = device_pem.read_bytes(), device_key.read_bytes()
+    # --replace in a run for the whole inventory (meant for another board) leaves it revoked: it put a
+    # stolen board's key back on the broker, live (fleet review)
+    roots = ("--inventory", str(tmp_path / "inv.csv"), "--template", str(TEMPLATE), "--ca-dir", str(ca.dir))
+    shutil.copytree(tmp_path / "root", tmp_path / "all/board-a", symlinks=True)
+    caplog.clear()
+    assert provision_main([*roots, "--roots", str(tmp_path / "all"), "--replace"]) == 0
+    assert "to bring it back, run for it alone: --device-id board-a --replace" in caplog.text
+    assert (tmp_path / "all/board-a/etc/edge-agent/certs/device.pem").read_bytes() == revoked
+    assert _provision(tmp_path, *common, "--replace") == 0  # for it alone: a new certificate, a new key
+    assert device_pem.read_bytes() != revoked and device_key.read_bytes() != stolen
     caplog.clear()
     assert _provision(tmp_path, *common) == 0
     assert "revoked" not in caplog.text

@@ -77,3 +77,24 @@ def test_a_board_rolled_back_to_a_release_before_store_ids_continues_its_sequenc
         assert [data["n"] for _, _, data in receiver.items("b1")] == [1, 2, 3, 4, 5, 6, 7, 8]
     finally:
         receiver.stop()
+
+
+def test_a_renamed_board_goes_on_with_its_store_and_shows_no_gap_for_what_it_sent_under_its_old_name(
+    tmp_path: Path,
+) -> None:
+    # Fleet review: renamed (--replace under a new id), a board kept its store and went on at seq 9; the
+    # receiver reported seqs 1-8 as a gap under the new name, though they were stored under the old one.
+    store = "e" * 32
+    receiver = Receiver(tmp_path / "received.db", MqttSettings())
+    try:
+        for seq in (1, 2, 3):
+            receiver._take("edge/t/s/b1/kt_class", _message(store, seq, f"id{seq}", seq))
+        renamed = Envelope("t", "s", "b2", "kt_class", store)
+        for seq in (4, 5):
+            receiver._take("edge/t/s/b2/kt_class",
+                           encode_message(renamed, [Item(seq, f"id{seq}", 5.0, '{"n":0}')], 5.0))
+        report = receiver.report("b2")
+        assert (report["store"], report["max_seq"], report["gaps"]) == (store, 5, []), report
+        assert receiver.report("b1")["gaps"] == []
+    finally:
+        receiver.stop()
