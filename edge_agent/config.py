@@ -555,15 +555,20 @@ def read_config(
         # is valid: IT fixed the lines listed and got a new problem at the next start. Checked again with
         # the keys found wrong left out (their defaults instead), one pass lists them all.
         trimmed = copy.deepcopy(data)
+        left_out: set[str] = set()
         for error in errors:
             loc = tuple(error["loc"])
             if len(loc) >= 2 and isinstance(loc[0], str) and isinstance(loc[1], str):
                 _remove(trimmed, loc[:2])
+                left_out.add(loc[1])
         try:
             Config.model_validate(trimmed)
         except ValidationError as again:
             seen = {(tuple(e["loc"]), e["msg"]) for e in errors}
-            errors += [e for e in again.errors() if (tuple(e["loc"]), e["msg"]) not in seen]
+            # not a check against a key left out: it compared the default, not what the file says (round 2:
+            # backoff_min_s = "0.2s" with backoff_max_s = 0.5 was also told max >= min)
+            errors += [e for e in again.errors() if (tuple(e["loc"]), e["msg"]) not in seen
+                       and not any(re.search(rf"\b{re.escape(key)}\b", e["msg"]) for key in left_out)]
         problems = []
         for error in errors:
             loc = _key_of_check(tuple(error["loc"]), error)
@@ -697,9 +702,12 @@ _SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)
 # The user and password of a URL: everything between "//" and the LAST "@" before the path, as FFmpeg
 # splits it, so a raw "@" in a password (rtsp://admin:p@ss@host) is hidden whole. A raw "/", "?" or "#" in
 # the password (rtsp://admin:pa/ss@host: FFmpeg then fails to connect, but the source still holds it) is
-# hidden too: "user:" then anything up to an "@" that a host name follows.
+# hidden too: "user:" then anything up to the last "@" that a host name follows, tried first (so that
+# admin:p@ss/w0rd@host shows no "ss/w0rd"). "host:port/path?x=a@b" is no user and password (round 2: a
+# camera without any was shown as "//***@b", its address gone): a password that reads as a port is left.
 _URL_CREDENTIALS = re.compile(
-    r"//(?:[^/?#\s\"']*@|[^/?#:@\s\"']*:[^\s\"']*@(?=(?:[\w.-]+|\[[\w:.%]+\])(?::\d+)?(?:[/?#\s\"']|$)))"
+    r"//(?:[^/?#:@\s\"']*:(?!\d+(?:[/?#\s\"']|$))[^\s\"']*@(?=(?:[\w.-]+|\[[\w:.%]+\])(?::\d+)?"
+    r"(?:[/?#\s\"']|$))|[^/?#\s\"']*@)"
 )
 # rtspsrc's and souphttpsrc's proxy= takes "[http://][user:passwd@]host[:port]": the user and password need
 # no scheme before them (proxy=puser:pw@proxy:3128), which _URL_CREDENTIALS does not see.
@@ -727,10 +735,12 @@ _NAMED_CREDENTIALS = re.compile(
 )
 
 # An HTTP header a source sends (souphttpsrc extra-headers="h, Authorization=(string)\"Basic ...\"", or
-# "Authorization: Bearer ..."): its value, scheme and all, with or without (escaped) quotes.
+# "Authorization: Bearer ..."): its value, scheme and all, with or without (escaped) quotes; unquoted, any
+# scheme word (Token, ApiKey: round 2) and every "; "-joined cookie.
 _HEADER_CREDENTIALS = re.compile(
     r"(?<![\w-])((?:proxy-)?authorization|cookie)(\s*[=:]\s*(?:\(string\)\s*)?)"
-    r"(\\?\"(?:[^\"\\]|\\[^\"])*\\?\"|(?:(?:basic|bearer|digest|negotiate)\s+)?[^\s,;\"'\\]+)",
+    r"(\\?\"(?:[^\"\\]|\\[^\"])*\\?\"|(?:[a-z][\w.-]*\s+(?=[^\s,;\"'\\]))?[^\s,;\"'\\]+"
+    r"(?:;\s*[^\s,;\"'\\]+)*)",
     re.IGNORECASE,
 )
 

@@ -7,8 +7,9 @@ ValueError), and where a garbage collection that ran a finaliser meanwhile faile
 "Exception ignored in sys.unraisablehook ... RecursionError"). A UTF-8 byte-order mark before the JSON is
 skipped, in text as in bytes.
 
-What JSON leaves open is refused too (JSONRefused, a ValueError): a name twice in one object (Python
-keeps the last, so {"student_id": "a", "student_id": "b"} was applied to b without a word) and NaN /
+What JSON leaves open is refused too (JSONRefused, a ValueError): a name twice in one object with
+different values (Python keeps the last, so {"student_id": "a", "student_id": "b"} was applied to b
+without a word; the same value twice is taken) and NaN /
 Infinity, which are not JSON at all (Python reads them: "answered_at": Infinity was "milliseconds").
 """
 
@@ -32,9 +33,11 @@ class JSONRefused(ValueError):
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        seen: set[str] = set()
-        twice = next(name for name, _ in pairs if name in seen or seen.add(name))  # type: ignore[func-returns-value]
-        raise JSONRefused(f"the JSON names {twice[:40]!r} twice in one object: which one is meant is unknown")
+        # the same value twice (firmware that builds JSON by joining text) is no ambiguity: taken (round 2)
+        for name, value in pairs:
+            if obj[name] != value:
+                raise JSONRefused(f"the JSON gives {name[:40]!r} twice in one object, with different values: "
+                                  "which one is meant is unknown")
     return obj
 
 

@@ -31,11 +31,14 @@ NO_ZONE_HINT = "'answered_at' has no time zone, so it was read as UTC: send it w
 # Control characters and unpaired surrogates (valid JSON, "\ud800"): a NUL would let two (student, event
 # id) pairs share an idempotency key ("a" + "b\0c" and "a\0b" + "c"), and a surrogate cannot be encoded
 # for the pseudonym's HMAC.
-# control characters, unpaired surrogates, and the text-direction controls that make an id display as
-# another one (U+202E turned "stu-01" into what reads as "10-uts")
-NOT_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
-# what shows nothing: spaces and zero-width characters (an id of U+200B alone was a student)
-INVISIBLE = re.compile(r"[\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]*")
+NOT_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # control characters, unpaired surrogates
+# What shows nothing: spaces, zero-width and text-direction marks, fillers, blanks and selectors (an id of
+# U+200B alone was a student). Only an id of nothing else is refused: Hebrew or Arabic names wrapped in
+# direction marks, as RTL-aware software sends them, are ids like any other (round 2).
+INVISIBLE = re.compile(
+    "[\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e007f]*"
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,7 @@ def _text(obj: dict[str, Any], key: str, where: str, *, strip: bool = False) -> 
         raise InputRejected(f"{where}: '{key}' is longer than {MAX_TEXT} characters", field=key)
     if NOT_TEXT.search(value):
         raise InputRejected(
-            f"{where}: '{key}' holds a control character (text-direction ones too) or an unpaired surrogate; "
-            "send plain text", field=key
+            f"{where}: '{key}' holds a control character or an unpaired surrogate; send plain text", field=key
         )
     return value
 
@@ -88,6 +90,8 @@ def parse_timestamp(value: Any, where: str) -> float:
         except OverflowError:  # an integer of hundreds of digits
             raise InputRejected(f"{where}: 'answered_at' is not a plausible time", "answered_at") from None
         if not math.isfinite(stamp):  # 1e400 reads as inf: it was called "milliseconds"
+            raise InputRejected(f"{where}: 'answered_at' is not a plausible time", "answered_at")
+        if stamp > MILLISECONDS_FROM * 1000:  # not a time in milliseconds either (1e308 was called one)
             raise InputRejected(f"{where}: 'answered_at' is not a plausible time", "answered_at")
         if stamp > MILLISECONDS_FROM:  # read as seconds it was "20769385 days ahead", blaming the clocks
             raise InputRejected(

@@ -103,7 +103,10 @@ class CommandDispatcher:
         try:
             doc = json_input.loads(payload)
         except (UnicodeDecodeError, ValueError) as exc:
-            self._reject("malformed", f"not JSON: {exc.__class__.__name__}", payload)
+            # what the board refuses in text that parses (a name twice with different values) says why: the
+            # class name alone told the cloud nothing (round 2); its text names a field, never a value
+            refused = isinstance(exc, json_input.JSONRefused)
+            self._reject("malformed", str(exc) if refused else f"not JSON: {exc.__class__.__name__}", payload)
             return None
         try:
             return _ADAPTER.validate_python(doc)

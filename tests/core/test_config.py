@@ -210,6 +210,10 @@ def test_checks_between_keys_are_listed_with_the_rest_at_their_keys_line(tmp_pat
     assert set(problems) == {"mqtt.protocol (line 2)", "mqtt.backoff_max_s (line 4)",
                              "camera.reconnect_max_s (line 7)"}, problems
     assert "backoff_max_s must be >= backoff_min_s" in problems["mqtt.backoff_max_s (line 4)"]
+    # but not against a default put in for a key that is wrong itself (round 2)
+    with pytest.raises(ConfigError) as info:
+        parse_config('[mqtt]\nbackoff_min_s = "0.2s"\nbackoff_max_s = 0.5\n')
+    assert [where for where, _ in info.value.problems] == ["mqtt.backoff_min_s (line 2)"], info.value.problems
 
 
 def test_config_path_order_is_flag_then_environment_then_etc(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -304,9 +308,17 @@ HEADER_AND_RAW_PASSWORD_SOURCES = [
      ["admin", "pa/ss"]),
     ("rtsp://admin:pa#s?s@10.0.0.9/live", "rtsp://***@10.0.0.9/live", ["admin", "pa#s"]),
     ("rtsp://admin:p/w@[fe80::1]:554/s", "rtsp://***@[fe80::1]:554/s", ["admin", "p/w"]),
-    # no credentials: a port, a path, a fragment stay as they are
+    # round 2: any scheme word, every cookie, and no part of a password holding both '@' and '/'
+    ("Authorization: Token T0kenSecret", "Authorization: ***", ["T0kenSecret"]),
+    ("Cookie: lang=en; sid=S3ssion", "Cookie: ***", ["S3ssion"]),
+    ("rtsp://admin:p@ss/w0rd@10.0.0.9/live", "rtsp://***@10.0.0.9/live", ["admin", "w0rd", "ss/"]),
+    # no credentials: a port, a path, a fragment stay as they are, '@' in a query too (round 2: shown as
+    # "http://***@school.cn", the camera's address gone)
     ("rtsp://[fe80::1]:554/s", "rtsp://[fe80::1]:554/s", []),
     ("http://10.0.0.9:8080/cgi?a=1#frag", "http://10.0.0.9:8080/cgi?a=1#frag", []),
+    ("http://10.0.0.9:8080/snapshot.cgi?notify=it@school.cn", "http://10.0.0.9:8080/snapshot.cgi?notify=it@school.cn",
+     []),
+    ("rtsp://10.0.0.9:554/live?ch=1&tag=cam@room101", "rtsp://10.0.0.9:554/live?ch=1&tag=cam@room101", []),
 ]
 
 

@@ -92,6 +92,18 @@ def test_a_command_without_a_handler_is_rejected() -> None:
     assert metrics.sample("edge_mqtt_rejected_total", {"reason": "no_handler"}) == before + 1
 
 
+def test_a_command_naming_a_field_twice_says_so_to_the_cloud(
+    dispatcher: tuple[CommandDispatcher, list[object]],
+) -> None:
+    # Round 2: the cloud saw only "not JSON: JSONRefused", with no request_id; the same value twice is taken
+    d, seen = dispatcher
+    assert not d.handle(TOPIC, b'{"type":"config_reload","request_id":"r-1","request_id":"r-2"}')
+    outcome = d.recent_outcomes()[-1]
+    assert outcome["reason"] == "malformed" and "'request_id' twice" in outcome["detail"], outcome
+    assert seen == []
+    assert d.handle(TOPIC, b'{"type":"config_reload","request_id":"r-3","request_id":"r-3"}')
+
+
 def test_a_failing_handler_is_contained() -> None:
     d = CommandDispatcher(DeviceSettings())
 
