@@ -86,14 +86,14 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:  # csv keeps the last one silently: which value did the author mean?
         raise ProvisioningError(f"{source}: column(s) {', '.join(repeated)} appear twice in the header")
-    bad_columns = [c for c in header if c not in REQUIRED and not _OVERRIDE.match(c)]
-    if bad_columns:
-        raise ProvisioningError(
-            f"{source}: unknown column(s) {', '.join(bad_columns)}; extra columns must be "
-            "config keys like camera.source"
-        )
-    boards: list[Board] = []
+    # A column that is no config key is named here, with the rows' problems: it was found only when the
+    # first board's config was rendered, after those were fixed, as a line of the rendered config
+    bad_columns = [c for c in header if c not in REQUIRED and not _is_config_key(c)]
     problems: list[str] = []
+    if bad_columns:
+        problems.append(f"line 1: unknown column(s) {', '.join(bad_columns)}; extra columns must be config "
+                        "keys like camera.source (README, 'Config reference')")
+    boards: list[Board] = []
     seen: dict[str, int] = {}
     for row in reader:
         line = reader.line_num
@@ -126,6 +126,14 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
     if not boards:
         raise ProvisioningError(f"{source}: no boards listed")
     return boards
+
+
+def _is_config_key(column: str) -> bool:
+    if not _OVERRIDE.match(column):
+        return False
+    section, _, name = column.partition(".")
+    model = Config.model_fields.get(section)
+    return model is not None and name in getattr(model.annotation, "model_fields", {})
 
 
 def load_inventory(path: Path) -> list[Board]:

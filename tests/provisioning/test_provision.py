@@ -164,6 +164,10 @@ def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None
         ("tenant,site,class_id,device_id\nt,s,c,fleet-controller\n", "line 2: device id 'fleet-controller'"),
         ("tenant,site,class_id,device_id\nt,s,c,edge-receiver\n", "back end"),
         ("tenant,site,class_id,device_id,colour\nt,s,c,d\n", "unknown column"),
+        # fleet review: a misspelt key was found only after the rows' problems were fixed, at a line of the
+        # rendered config; now with them, in one run
+        ("tenant,site,class_id,device_id,metrics.prot\nt,s,c,d1,1\nt,s,c,d1,2\n",
+         "line 1: unknown column.s. metrics.prot; .*line 3: device id 'd1' already used on line 2"),
         ("tenant,site,class_id,device_id\n", "no boards"),
         ("tenant,site,class_id,device_id,camera.source,camera.source\nt,s,c,d,0,1\n", "appear twice"),
     ],
