@@ -148,7 +148,9 @@ class KTComponent:
         path = self.device.pseudonym_secret_file
         before = Pseudonymizer.as_read_before(path)  # the file has a BOM: older releases kept it in
         known = persistence.secret_fingerprints()
-        candidates = [secret] if before is None else [secret, before]
+        # the mark's variant whether or not the file has it now: taken with it at the upgrade, the file
+        # saved again without it is the same secret (round 3: every student started afresh)
+        candidates = [secret, secret.with_mark()]
         if not known:
             # a new board, or one of a release before the fingerprints: its students were made under the
             # file as that release read it (a review: stripping the BOM at the upgrade reset every student)
@@ -165,6 +167,9 @@ class KTComponent:
                             "afresh", path)
                 persistence.record_secret(candidate.fingerprint, known)
                 return candidate
+        if not persistence.stored_count():  # no student to lose (round 3: an ERROR over 0 students)
+            persistence.record_secret(secret.fingerprint, known)
+            return secret
         self._secret_changed = True
         log.error(
             "device.pseudonym_secret_file (%s) is not the secret the %s stored students were made under: "

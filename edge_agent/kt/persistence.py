@@ -73,16 +73,28 @@ class StatePersistence:
         return self._decode(self.db.read(lambda conn: _rows_in(conn, select, students)), hidden, skills)
 
     def secret_fingerprints(self) -> list[str]:
-        """The fingerprints of the pseudonym secrets the stored students were made under, newest first."""
-        row = self.db.read(
-            lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'pseudonym_fingerprint'").fetchone()
-        )
-        return [f for f in (row[0] if row else "").split(",") if f]
+        """The fingerprints of the pseudonym secrets the stored students were made under, newest first
+        (meta pseudonym_fingerprints; pseudonym_fingerprint holds the newest alone, as it always did)."""
+
+        def read(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute("SELECT key, value FROM meta WHERE key IN "
+                                "('pseudonym_fingerprint', 'pseudonym_fingerprints')").fetchall()
+
+        values = dict(self.db.read(read))
+        # the single one first: a release that keeps only the newest may have written it since
+        newest = [f for f in values.get("pseudonym_fingerprint", "").split(",") if f]
+        history = [f for f in values.get("pseudonym_fingerprints", "").split(",") if f]
+        return list(dict.fromkeys([*newest, *history]))
 
     def record_secret(self, fingerprint: str, known: list[str]) -> None:
         """``fingerprint`` first, then the others known (a secret put back is told from a new one)."""
         kept = ",".join([fingerprint, *(f for f in known if f != fingerprint)][:KEPT_FINGERPRINTS])
-        self.db.write(lambda conn: set_meta(conn, "pseudonym_fingerprint", kept)).result()
+
+        def write(conn: sqlite3.Connection) -> None:
+            set_meta(conn, "pseudonym_fingerprint", fingerprint)
+            set_meta(conn, "pseudonym_fingerprints", kept)
+
+        self.db.write(write).result()
 
     def stored_count(self) -> int:
         row = self.db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM kt_student_state").fetchone())

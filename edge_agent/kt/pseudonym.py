@@ -49,6 +49,10 @@ class Pseudonymizer:
             return None
         return cls(raw.strip()) if raw.startswith(BOM) and len(raw.strip()) >= MIN_SECRET_BYTES else None
 
+    def with_mark(self) -> Pseudonymizer:
+        """This secret as releases before 2026-12-03 read it from a file saved with a byte-order mark."""
+        return Pseudonymizer(BOM + self._secret)
+
     @property
     def fingerprint(self) -> str:
         """Names the secret without giving it away: stored beside the students' states, it tells a changed

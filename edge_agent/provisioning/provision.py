@@ -12,6 +12,7 @@ a certificate the fleet CA signed, and without either the run ends in state "awa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -297,8 +298,9 @@ def _install_cert(
             "%s: its installed certificate is revoked in the fleet CA, so the broker refuses this board; %s",
             board.device_id,
             f"another board now holds this id (certificate {live[0]}), which --replace here would revoke"
-            if live else f"to bring it back, run for it alone: --device-id {board.device_id} --replace "
-                         "(it gets a new key: the revoked one may be in someone else's hands)",
+            if live else "to bring it back, run for it alone with --replace (--root <its folder> "
+                         f"--device-id {board.device_id}, or a one-board inventory): it gets a new key, as "
+                         "the revoked one may be in someone else's hands",
         )
         return True
     if revoked:
@@ -374,6 +376,9 @@ def provision_inventory(inventory: Path, roots: Path, opts: Options) -> list[Res
                 problems.append(str(exc))
     if problems:
         raise ProvisioningError("\n".join(problems))
+    # a one-board inventory is a run for that board alone, as --root is (round 3: the way the warning
+    # gave to bring a revoked board back did nothing)
+    opts = dataclasses.replace(opts, one_board=len(boards) == 1)
     return [provision_board(board, roots / board.device_id, opts) for board in boards]
 
 

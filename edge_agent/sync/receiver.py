@@ -232,8 +232,14 @@ class Receiver:
         with self._lock:
             if store is None:
                 store = self._current_store(device)
-            if store:  # 32 random hex digits: one database, whatever it was called
-                select = "SELECT DISTINCT seq FROM items WHERE store = ? ORDER BY seq"
+            # 32 random hex digits: one database, whatever it was called; unless one seq came under two
+            # device ids (a database copied onto a second board): then each board's own, or one's seqs
+            # filled the other's holes and hid its losses (round 3)
+            if store and not self._conn.execute(
+                "SELECT 1 FROM items AS a JOIN items AS b ON a.store = b.store AND a.seq = b.seq "
+                "AND a.device < b.device WHERE a.store = ? LIMIT 1", (store,)
+            ).fetchone():
+                select = "SELECT seq FROM items WHERE store = ? ORDER BY seq"
                 rows = self._conn.execute(select, (store,))
             else:  # no store id (releases before them): only the device id tells them apart
                 rows = self._conn.execute(

@@ -133,6 +133,28 @@ def test_a_secret_saved_with_a_byte_order_mark_before_this_release_keeps_its_stu
     assert health == "1 students" and "pseudonym" not in caplog.text
     # from now on the same: the fingerprint stored is that of the secret with its mark
     assert _start_answer_stop(package, device, db, outbox, "e2")[1]["student"] == before["student"]
+    # ... and the file saved again without the mark is the same secret (round 3: every student afresh)
+    device.pseudonym_secret_file.write_bytes(text + b"\n")
+    health, again = _start_answer_stop(package, device, db, outbox, "e2")
+    assert again["status"] == "duplicate" and again["student"] == before["student"], again
+    assert "secret" not in health and "pseudonym" not in caplog.text
+
+
+def test_a_new_secret_on_a_board_without_students_is_no_error(
+    package: KTPackage, device, db: Database, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Round 3: "not the secret the 0 stored students were made under" (IT restoring the school's secret
+    # after the first boot)
+    async def start_stop() -> None:
+        comp = KTComponent(KTSettings(), device, None, db, outbox, LiveBoard(), HeartbeatRegistry())
+        await comp.start()
+        await comp.stop()
+
+    asyncio.run(start_stop())
+    device.pseudonym_secret_file.write_bytes(os.urandom(32).hex().encode())
+    with caplog.at_level(logging.WARNING):
+        health, _ = _start_answer_stop(package, device, db, outbox, "e1")
+    assert health == "1 students" and "pseudonym" not in caplog.text
 
 
 def test_component_reports_missing_package(tmp_path, device) -> None:

@@ -168,8 +168,16 @@ def test_re_provisioning_a_revoked_board_warns_that_the_broker_refuses_it(
     shutil.copytree(tmp_path / "root", tmp_path / "all/board-a", symlinks=True)
     caplog.clear()
     assert provision_main([*roots, "--roots", str(tmp_path / "all"), "--replace"]) == 0
-    assert "to bring it back, run for it alone: --device-id board-a --replace" in caplog.text
+    assert "run for it alone with --replace (--root <its folder> --device-id board-a" in caplog.text
     assert (tmp_path / "all/board-a/etc/edge-agent/certs/device.pem").read_bytes() == revoked
+    # a one-board inventory is a run for it alone, as the warning says (round 3: it did nothing)
+    alone = tmp_path / "alone.csv"
+    alone.write_text("\n".join((tmp_path / "inv.csv").read_text().splitlines()[:1] + [
+        line for line in (tmp_path / "inv.csv").read_text().splitlines() if ",board-a" in line]) + "\n")
+    shutil.copytree(tmp_path / "root", tmp_path / "one/board-a", symlinks=True)
+    assert provision_main(["--inventory", str(alone), "--template", str(TEMPLATE), "--ca-dir", str(ca.dir),
+                           "--roots", str(tmp_path / "one"), "--replace"]) == 0
+    assert (tmp_path / "one/board-a/etc/edge-agent/certs/device.pem").read_bytes() != revoked
     assert _provision(tmp_path, *common, "--replace") == 0  # for it alone: a new certificate, a new key
     assert device_pem.read_bytes() != revoked and device_key.read_bytes() != stolen
     caplog.clear()

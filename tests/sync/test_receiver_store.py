@@ -98,3 +98,20 @@ def test_a_renamed_board_goes_on_with_its_store_and_shows_no_gap_for_what_it_sen
         assert receiver.report("b1")["gaps"] == []
     finally:
         receiver.stop()
+
+
+def test_two_boards_sending_from_one_copied_database_keep_their_own_gaps(tmp_path: Path) -> None:
+    # Round 3: with gaps counted per store across device ids, a board copied from another's image filled
+    # the first one's holes (3 and 4 lost, shown as none)
+    store = "c" * 32
+    receiver = Receiver(tmp_path / "received.db", MqttSettings())
+    try:
+        for device, seqs in (("x", (1, 2, 5)), ("y", (1, 2, 3, 4, 5))):
+            envelope = Envelope("t", "s", device, "kt_class", store)
+            for seq in seqs:
+                receiver._take(f"edge/t/s/{device}/kt_class",
+                               encode_message(envelope, [Item(seq, f"{device}{seq}", 5.0, '{"n":0}')], 5.0))
+        assert receiver.report("x")["gaps"] == [(3, 4)] or receiver.report("x")["gaps"] == [[3, 4]]
+        assert receiver.report("y")["gaps"] == []
+    finally:
+        receiver.stop()
