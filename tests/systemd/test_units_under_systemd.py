@@ -258,6 +258,18 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
                == "running: all components healthy", 60, "every component on the new config")
 
+    # A certificate renewed within 30 days of its end restarts the daemon too: HTTPS on the web and metrics
+    # ports loads it at start (fleet review: the board served the old, revoked one until it expired)
+    pid = booted.show("edge-agent.service", "MainPID")["MainPID"]
+    certs = "/etc/edge-agent/certs"
+    booted.run("sh", "-c", f"cd {fleet} && {BIN}/edge-agent-ca sign ./fleet-ca {certs}/device.csr --days 10 "
+                           f"--out {certs}/device.pem")
+    assert "device.pem" in provision()
+    wait_until(lambda: booted.show("edge-agent.service", "MainPID")["MainPID"] not in (pid, "0"), 60,
+               "the restart with the renewed certificate")
+    wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
+               == "running: all components healthy", 60, "every component with the renewed certificate")
+
     # A config the daemon cannot run on: systemd gives up after 5 starts in 10 minutes, OnFailure= starts
     # edge-agent-retry.timer (seconds here, 15 min as shipped), and once the config is mended the retry
     # brings the daemon back without anyone typing reset-failed. systemd 249 and 252 start the timer when
