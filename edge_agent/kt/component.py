@@ -154,11 +154,14 @@ class KTComponent:
         if not known:
             # a new board, or one of a release before the fingerprints: its students were made under the
             # file as that release read it (a review: stripping the BOM at the upgrade reset every student)
-            chosen = before if before is not None and persistence.stored_count() else secret
+            # (with the mark whenever the file has it, students or not: a rollback to such a release reads
+            # it so; round 4)
+            chosen = before if before is not None else secret
             persistence.record_secret(chosen.fingerprint, known)
             return chosen
         for candidate in candidates:
             if candidate.fingerprint == known[0]:
+                persistence.record_secret(candidate.fingerprint, known)  # in the current form (round 4)
                 return candidate
         for candidate in candidates:
             if candidate.fingerprint in known:

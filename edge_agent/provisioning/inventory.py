@@ -132,6 +132,8 @@ def _is_config_key(column: str) -> bool:
     if not _OVERRIDE.match(column):
         return False
     section, _, name = column.partition(".")
+    if section == "device" and name in REQUIRED:  # device.tenant beside tenant: which one? (round 4)
+        return False
     model = Config.model_fields.get(section)
     return model is not None and name in getattr(model.annotation, "model_fields", {})
 

@@ -233,11 +233,12 @@ class Receiver:
             if store is None:
                 store = self._current_store(device)
             # 32 random hex digits: one database, whatever it was called; unless one seq came under two
-            # device ids (a database copied onto a second board): then each board's own, or one's seqs
-            # filled the other's holes and hid its losses (round 3)
+            # device ids as two items (a database copied onto a second board): then each board's own, or
+            # one's seqs filled the other's holes and hid its losses (round 3). The same item re-sent under
+            # the new name (its PUBACK lost at the rename) is no copy (round 4).
             if store and not self._conn.execute(
                 "SELECT 1 FROM items AS a JOIN items AS b ON a.store = b.store AND a.seq = b.seq "
-                "AND a.device < b.device WHERE a.store = ? LIMIT 1", (store,)
+                "AND a.device < b.device AND a.message_id != b.message_id WHERE a.store = ? LIMIT 1", (store,)
             ).fetchone():
                 select = "SELECT seq FROM items WHERE store = ? ORDER BY seq"
                 rows = self._conn.execute(select, (store,))

@@ -140,6 +140,25 @@ def test_a_secret_saved_with_a_byte_order_mark_before_this_release_keeps_its_stu
     assert "secret" not in health and "pseudonym" not in caplog.text
 
 
+def test_a_secret_file_with_a_mark_is_read_as_older_releases_read_it_and_stored_in_the_current_form(
+    package: KTPackage, device, db: Database, outbox: Outbox
+) -> None:
+    # Round 4: with no student yet at the upgrade, the mark was dropped, and a rollback to a release that
+    # keeps it gave every student a new pseudonym; and a history written as "a,b" by an earlier build in
+    # pseudonym_fingerprint stayed there, read as one fingerprint by the builds that keep one
+    text = os.urandom(32).hex().encode()
+    device.pseudonym_secret_file.write_bytes(b"\xef\xbb\xbf" + text + b"\n")
+    marked = Pseudonymizer(b"\xef\xbb\xbf" + text)
+    assert _start_answer_stop(package, device, db, outbox, "e1")[1]["student"] == marked("s1")
+    persistence = StatePersistence(db)
+    db.write(lambda conn: conn.execute("UPDATE meta SET value = ? WHERE key = 'pseudonym_fingerprint'",
+                                       (f"{marked.fingerprint},{'0' * 16}",))).result(5)
+    _start_answer_stop(package, device, db, outbox, "e2")
+    select = "SELECT value FROM meta WHERE key = 'pseudonym_fingerprint'"
+    newest = db.read(lambda c: c.execute(select).fetchone())
+    assert newest[0] == marked.fingerprint and persistence.secret_fingerprints()[0] == marked.fingerprint
+
+
 def test_a_new_secret_on_a_board_without_students_is_no_error(
     package: KTPackage, device, db: Database, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:

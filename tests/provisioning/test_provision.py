@@ -169,6 +169,8 @@ def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None
         ("tenant,site,class_id,device_id,metrics.prot\nt,s,c,d1,1\nt,s,c,d1,2\n",
          "line 1: unknown column.s. metrics.prot; .*line 3: device id 'd1' already used on line 2"),
         ("tenant,site,class_id,device_id\n", "no boards"),
+        # round 4: device.tenant beside tenant went into the config, the certificate kept the other
+        ("tenant,site,class_id,device_id,device.tenant\nt,s,c,d,other\n", "unknown column.s. device.tenant"),
         ("tenant,site,class_id,device_id,camera.source,camera.source\nt,s,c,d,0,1\n", "appear twice"),
     ],
 )
