@@ -171,8 +171,9 @@ class KTComponent:
                 persistence.record_secret(candidate.fingerprint, known)
                 return candidate
         if not persistence.stored_count():  # no student to lose (round 3: an ERROR over 0 students)
-            persistence.record_secret(secret.fingerprint, known)
-            return secret
+            chosen = before if before is not None else secret  # the mark kept, as above
+            persistence.record_secret(chosen.fingerprint, known)
+            return chosen
         self._secret_changed = True
         log.error(
             "device.pseudonym_secret_file (%s) is not the secret the %s stored students were made under: "
