@@ -147,6 +147,9 @@ class KTComponent:
         is said (ERROR, and in health until the next start): every stored student starts afresh."""
         path = self.device.pseudonym_secret_file
         before = Pseudonymizer.as_read_before(path)  # the file has a BOM: older releases kept it in
+        # the secret as the file holds it: with the mark whenever it has one, students or not (a rollback
+        # to a release that keeps it reads it so; round 4)
+        as_held = before if before is not None else secret
         known = persistence.secret_fingerprints()
         # the mark's variant whether or not the file has it now: taken with it at the upgrade, the file
         # saved again without it is the same secret (round 3: every student started afresh)
@@ -154,11 +157,8 @@ class KTComponent:
         if not known:
             # a new board, or one of a release before the fingerprints: its students were made under the
             # file as that release read it (a review: stripping the BOM at the upgrade reset every student)
-            # (with the mark whenever the file has it, students or not: a rollback to such a release reads
-            # it so; round 4)
-            chosen = before if before is not None else secret
-            persistence.record_secret(chosen.fingerprint, known)
-            return chosen
+            persistence.record_secret(as_held.fingerprint, known)
+            return as_held
         for candidate in candidates:
             if candidate.fingerprint == known[0]:
                 persistence.record_secret(candidate.fingerprint, known)  # in the current form (round 4)
@@ -170,16 +170,16 @@ class KTComponent:
                             "afresh", path)
                 persistence.record_secret(candidate.fingerprint, known)
                 return candidate
-        if not persistence.stored_count():  # no student to lose (round 3: an ERROR over 0 students)
-            chosen = before if before is not None else secret  # the mark kept, as above
-            persistence.record_secret(chosen.fingerprint, known)
-            return chosen
+        stored = persistence.stored_count()
+        if not stored:  # no student to lose (round 3: an ERROR over 0 students)
+            persistence.record_secret(as_held.fingerprint, known)
+            return as_held
         self._secret_changed = True
         log.error(
             "device.pseudonym_secret_file (%s) is not the secret the %s stored students were made under: "
             "every student starts afresh, and answers already applied are taken again. If the file was "
             "edited or restored by mistake, put the original back and restart edge-agent",
-            path, persistence.stored_count(),
+            path, stored,
         )
         persistence.record_secret(secret.fingerprint, known)
         return secret
