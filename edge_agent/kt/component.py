@@ -181,8 +181,8 @@ class KTComponent:
             "edited or restored by mistake, put the original back and restart edge-agent",
             path, stored,
         )
-        persistence.record_secret(secret.fingerprint, known)
-        return secret
+        persistence.record_secret(as_held.fingerprint, known)
+        return as_held
 
     def _restore(self, service: KTService, package: KTPackage, persistence: StatePersistence | None) -> None:
         if persistence is not None:

@@ -157,6 +157,12 @@ def test_a_secret_file_with_a_mark_is_read_as_older_releases_read_it_and_stored_
     select = "SELECT value FROM meta WHERE key = 'pseudonym_fingerprint'"
     newest = db.read(lambda c: c.execute(select).fetchone())
     assert newest[0] == marked.fingerprint and persistence.secret_fingerprints()[0] == marked.fingerprint
+    # ... and so is a changed secret over stored students (it was taken without its mark)
+    other = os.urandom(32).hex().encode()
+    device.pseudonym_secret_file.write_bytes(b"\xef\xbb\xbf" + other + b"\n")
+    health, changed = _start_answer_stop(package, device, db, outbox, "e3")
+    assert "the pseudonym secret changed" in health
+    assert changed["student"] == Pseudonymizer(b"\xef\xbb\xbf" + other)("s1"), changed
 
 
 def test_a_new_secret_on_a_board_without_students_is_no_error(
