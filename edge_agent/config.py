@@ -736,10 +736,12 @@ _NAMED_CREDENTIALS = re.compile(
 
 # An HTTP header a source sends (souphttpsrc extra-headers="h, Authorization=(string)\"Basic ...\"", or
 # "Authorization: Bearer ..."): its value, scheme and all, with or without (escaped) quotes; unquoted, any
-# scheme word (Token, ApiKey: round 2) and every "; "-joined cookie.
+# scheme word (Token, ApiKey: round 2) and every "; "-joined cookie. Digest's comma-separated, quoted
+# parameters (username="admin", response=...) are hidden to the end of the line, the rest of a pipeline
+# with them: they nest quotes no pattern can follow.
 _HEADER_CREDENTIALS = re.compile(
     r"(?<![\w-])((?:proxy-)?authorization|cookie)(\s*[=:]\s*(?:\(string\)\s*)?)"
-    r"(\\?\"(?:[^\"\\]|\\[^\"])*\\?\"|(?:[a-z][\w.-]*\s+(?=[^\s,;\"'\\]))?[^\s,;\"'\\]+"
+    r"((?:\\?\")?digest\s.*|\\?\"(?:[^\"\\]|\\[^\"])*\\?\"|(?:[a-z][\w.-]*\s+(?=[^\s,;\"'\\]))?[^\s,;\"'\\]+"
     r"(?:;\s*[^\s,;\"'\\]+)*)",
     re.IGNORECASE,
 )

@@ -301,6 +301,13 @@ HEADER_AND_RAW_PASSWORD_SOURCES = [
     ("Authorization: Token T0kenSecret", "Authorization: ***", ["T0kenSecret"]),
     ("Cookie: lang=en; sid=S3ssion", "Cookie: ***", ["S3ssion"]),
     ("rtsp://admin:p@ss/w0rd@10.0.0.9/live", "rtsp://***@10.0.0.9/live", ["admin", "w0rd", "ss/"]),
+    # Digest: its quoted, comma-separated parameters showed the user name (and the response after it)
+    ('Authorization: Digest username="admin", realm="cam", response="6629fae4"', "Authorization: ***",
+     ["admin", "6629fae4"]),
+    ('souphttpsrc location=http://10.0.0.9/mjpg extra-headers="h, Authorization=(string)\\"Digest '
+     'username=\\\\\\"admin\\\\\\", response=\\\\\\"6629fae4\\\\\\"\\"" ! appsink',
+     'souphttpsrc location=http://10.0.0.9/mjpg extra-headers="h, Authorization=(string)***',
+     ["admin", "6629fae4"]),
     # no credentials: a port, a path, a fragment stay as they are, '@' in a query too (round 2: shown as
     # "http://***@school.cn", the camera's address gone)
     ("rtsp://[fe80::1]:554/s", "rtsp://[fe80::1]:554/s", []),
