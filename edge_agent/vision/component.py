@@ -236,10 +236,10 @@ class AttentionComponent:
             return Health(False, "attention not started")
         if self.loop.error is not None:
             return Health(False, self.loop.error)
-        closed_until = self.loop.closed_until
+        closed_until = self.loop.closed()
         if closed_until is not None:
             return Health(True, f"camera closed: {self.loop.closed_text(closed_until)}")
-        state, detail = self.camera.state()
+        state, detail = self.loop.camera_state()
         if state != "running":
             return Health(False, f"camera {state}: {detail}" if detail else f"camera {state}")
         return Health(True, f"camera running, {self.loop.fps():.1f} frames/s analysed")

@@ -207,6 +207,15 @@ class AttentionLoop:
             return f"paused by the teacher; opens {opens}"
         return f"outside camera.active_hours or on camera.closed_dates; opens {opens}"
 
+    def closed(self) -> datetime | None:
+        """Until when the camera is closed by its hours or a pause; None while it runs or opens again. A
+        resume is the camera opening at once, not "outside camera.active_hours" until the next tick. (Not
+        through _paused(): this runs on the web's threads, and that one may write the pause file.)"""
+        until = self.closed_until
+        if until is None or self.paused_until is not None:
+            return until
+        return until if self.hours is not None and not self.hours.is_open(self.local_now()) else None
+
     def camera_wanted(self) -> bool:
         """Whether the camera's hours (and no pause) allow it to run now."""
         return self._paused() is None and (self.hours is None or self.hours.is_open(self.local_now()))
@@ -320,14 +329,21 @@ class AttentionLoop:
             log.error("could not store an attention window: %s", exc)
         self._maybe_live(force=True)
 
-    def live_section(self) -> dict[str, Any]:
-        state, detail = self.camera.state()
-        if self.error is not None:
-            state, detail = "error", self.error
-        closed_until = self.closed_until
+    def camera_state(self) -> tuple[str, str]:
+        """(state, detail) of the camera as the teacher and IT see it: the grabber's, or closed, or the
+        analysis's error."""
+        closed_until = self.closed()
         if closed_until is not None:
-            state = "off_hours" if self.paused_until is None else "paused"
-            detail = self.closed_text(closed_until)
+            return "off_hours" if self.paused_until is None else "paused", self.closed_text(closed_until)
+        if self.error is not None:
+            return "error", self.error
+        if self.closed_until is not None:  # resumed: the loop opens the camera at its next tick
+            return "starting", ""
+        return self.camera.state()
+
+    def live_section(self) -> dict[str, Any]:
+        state, detail = self.camera_state()
+        closed_until = self.closed()
         partial = self.windows.current_partial()
         share, faces = self.current["share"], self.current["faces"]
         low = self.windows.low_attention

@@ -698,6 +698,9 @@ def test_a_camera_opening_again_after_a_pause_is_starting_and_only_a_stop_says_s
         await wait_for(lambda: component.camera.state()[0] == "stopped")
         gate.clear()  # the camera takes its time to open again
         component.pause(None)
+        # at once, not "closed: outside camera.active_hours" until the loop's next tick
+        healths.add(component.health().detail)
+        assert component.loop is not None and component.loop.live_section()["camera"]["state"] == "starting"
         await wait_for(lambda: state() != "paused")
         seen = []
         for _ in range(10):
