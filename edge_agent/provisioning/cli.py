@@ -119,13 +119,15 @@ def cmd_provision(args: argparse.Namespace) -> int:
             results = [provision_board(boards[0], args.root, opts)]
         for result in results:
             _report(result)
-            if result.state == "provisioned":
+            if result.state != "awaiting-certificate":
                 check_root(result.root)
         if args.enroll:
             host, port = args.enroll
             for result, board in zip(results, _boards_of(results, args.inventory), strict=True):
                 if result.state != "provisioned":  # nothing to enrol with (was a bare "[Errno 2]", rc 2)
-                    print(f"{board.device_id}: not enrolled: awaiting its certificate")
+                    revoked = result.state == "revoked"
+                    why = "its certificate is revoked" if revoked else "awaiting its certificate"
+                    print(f"{board.device_id}: not enrolled: {why}")
                     continue
                 etc = result.root / "etc/edge-agent"
                 check_enrollment(
@@ -142,7 +144,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     except (ProvisioningError, ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return EXIT_AWAITING_CERT if any(r.state != "provisioned" for r in results) else 0
+    return EXIT_AWAITING_CERT if any(r.state == "awaiting-certificate" for r in results) else 0
 
 
 def _read_template(path: Path) -> str:
@@ -159,7 +161,8 @@ def _boards_of(results: list[Result], inventory: Path) -> list:  # type: ignore[
 
 def _report(result: Result) -> None:
     changes = ", ".join(result.changes) if result.changes else "nothing to change"
-    print(f"{result.device_id} [{result.root}]: {result.state}; {changes}")
+    state = "revoked, kept so (the broker refuses it)" if result.state == "revoked" else result.state
+    print(f"{result.device_id} [{result.root}]: {state}; {changes}")
     if result.state == "awaiting-certificate":
         print(
             f"  send {result.root / 'etc/edge-agent/certs/device.csr'} to the fleet CA, then re-run with "

@@ -73,7 +73,7 @@ class Options:
 class Result:
     device_id: str
     root: Path
-    state: str = "provisioned"  # or "awaiting-certificate"
+    state: str = "provisioned"  # or "awaiting-certificate", or "revoked" (kept so: the broker refuses it)
     changes: list[str] = field(default_factory=list)
 
 
@@ -202,7 +202,7 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
     for path in (paths["config"], paths["certs"], paths["etc"]):
         system.chown_if_root(path, 0, gid)
     result.changes += system.install_units(root, units_src, opts.agent_bin)
-    if on_host and opts.activate and result.state == "provisioned":
+    if on_host and opts.activate and result.state != "awaiting-certificate":
         # A renewed certificate too: HTTPS on the web and metrics ports loads it at start only (a review:
         # the board served the old, revoked one until it expired, and every HTTPS client failed)
         renewed = [what for what in ("config.toml", "device.pem") if what in result.changes]
@@ -302,6 +302,7 @@ def _install_cert(
                          f"--device-id {board.device_id}, or a one-board inventory): it gets a new key, as "
                          "the revoked one may be in someone else's hands",
         )
+        result.state = "revoked"  # not "provisioned" in the run's summary (a review: read as ready)
         return True
     if revoked:
         # brought back on purpose: on a new key, as the old one may have left with the stolen board

@@ -148,7 +148,7 @@ def test_the_model_commands_usage_names_the_command_as_typed(capsys: pytest.Capt
 
 
 def test_re_provisioning_a_revoked_board_warns_that_the_broker_refuses_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from edge_agent.provisioning.ca import FleetCA
 
@@ -167,8 +167,13 @@ def test_re_provisioning_a_revoked_board_warns_that_the_broker_refuses_it(
     roots = ("--inventory", str(tmp_path / "inv.csv"), "--template", str(TEMPLATE), "--ca-dir", str(ca.dir))
     shutil.copytree(tmp_path / "root", tmp_path / "all/board-a", symlinks=True)
     caplog.clear()
+    capsys.readouterr()
     assert provision_main([*roots, "--roots", str(tmp_path / "all"), "--replace"]) == 0
     assert "run for it alone with --replace (--root <its folder> --device-id board-a" in caplog.text
+    # the run's summary says so too (a review: "board-a: provisioned; nothing to change" read as ready)
+    summary = {line.split(" ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "]: revoked, kept so (the broker refuses it)" in summary["board-a"], summary
+    assert "]: provisioned" in summary["board-b"], summary
     assert (tmp_path / "all/board-a/etc/edge-agent/certs/device.pem").read_bytes() == revoked
     # a one-board inventory is a run for it alone, as the warning says (round 3: it did nothing)
     alone = tmp_path / "alone.csv"
