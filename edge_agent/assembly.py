@@ -111,6 +111,19 @@ class Disabled:
         return Health(True, f"off ({self._why})")
 
 
+def _say_switched_off(live: LiveBoard, *, sync: bool, camera: bool) -> None:
+    """What the page shows of a part switched off in the config: a choice, not a problem (a review: "cannot
+    reach the sync server" for ever with mqtt.enabled = false; "No data yet" with camera.enabled = false)."""
+    if sync:
+        live.publish("sync", {"enabled": False, "connected": False, "backlog": 0, "oldest_age_s": None,
+                              "last_success": None, "drops": {},
+                              "detail": "MQTT sync is switched off in the config"})
+    if camera:
+        live.publish("attention", {"current_share": None, "faces": 0, "low_attention": False, "timeline": [],
+                                   "camera": {"state": "disabled", "fps": 0.0,
+                                              "detail": "the camera is switched off in the config"}})
+
+
 @dataclass
 class Assembly:
     """The daemon and the parts tests and the demo want to reach."""
@@ -202,17 +215,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         components.insert(components.index(store) + 1, sync)
     else:
         components.insert(components.index(store) + 1, Disabled("sync", "mqtt.enabled = false"))
-        live.publish(
-            "sync",
-            {
-                "connected": False,
-                "backlog": 0,
-                "oldest_age_s": None,
-                "last_success": None,
-                "drops": {},
-                "detail": "MQTT sync is switched off in the config",
-            },
-        )
+    _say_switched_off(live, sync=sync is None, camera=attention is None)
 
     components.append(TelemetryComponent(config.metrics.telemetry_interval_s, live, heartbeats))
 

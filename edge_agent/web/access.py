@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 COOKIE_NAME = "edge_agent_session"
 LOGIN_PATH = "/login"
-PUBLIC_PATHS: frozenset[str] = frozenset({"/healthz"})
+# The page's own words are no board data: a page whose sign-in ended (or whose board cannot be reached)
+# must still switch language (a review: the button did nothing, all left in English)
+PUBLIC_PATHS: frozenset[str] = frozenset({"/healthz", "/i18n/en.json", "/i18n/zh-CN.json"})
 MAX_LOGIN_BYTES = 4096  # the form holds a token of at most 512 characters and a path
 FAILED_LOGIN_DELAY_S = 0.5  # slows guessing through the form; tokens are long random strings anyway
 COOKIE_MAX_AGE_S = 12 * 3600  # one school day; the teacher logs in again tomorrow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import types
@@ -400,6 +401,8 @@ def test_an_ended_sign_in_says_so_and_offers_to_sign_in_again(live_board: LiveBo
         view.page.wait_for_selector("#sign-in", state="visible", timeout=15000)
         assert "登录已失效" in view.text("#conn-lost")
         assert view.page.get_attribute("#conn-lost", "role") == "alert"
+        view.switch_language()  # the page's words need no sign-in (a review: the button did nothing)
+        assert view.text("#conn-lost-text").startswith("Your sign-in on this board has ended")
         view.page.click("#sign-in")
         view.page.fill("input[name=token]", WEB_TOKEN)
         view.page.click("button[type=submit]")
@@ -421,8 +424,14 @@ def test_pausing_keeps_the_figures_still_until_the_teacher_resumes(
     live_board.publish("attention", attention_section(current=0.31))
     time.sleep(1.0)  # the update arrives, and is not shown
     assert view.text("#att-share") == "78%"
+    # ... nor is its time: the figures shown grow old (a review: "updated 0 s ago" over frozen figures)
+    for _ in range(13):  # past the page's 5-s tick, updates arriving all along
+        live_board.publish("attention", attention_section(current=0.32))
+        time.sleep(0.5)
+    age = re.fullmatch(r"更新于 (\d+) 秒前", view.text("#att-updated"))
+    assert age is not None and int(age.group(1)) >= 5, view.text("#att-updated")
     view.page.click("#pause")
-    assert view.text("#att-share") == "31%" and view.text("#conn") == "实时"
+    assert view.text("#att-share") == "32%" and view.text("#conn") == "实时"
 
 
 def test_a_screen_reader_hears_a_change_once_it_holds_and_not_every_update(
@@ -567,6 +576,9 @@ def test_a_page_refused_a_stream_goes_live_once_a_place_frees(
         view.page.wait_for_selector("#conn-lost", state="visible", timeout=5000)
         time.sleep(2.5)  # refused again meanwhile
         assert view.page.get_attribute("#conn", "data-state") == "reconnecting"
+        # the board answers: not "connection lost" (a review: the teacher was told the network was down)
+        refused = view.text("#conn-lost-text")
+        assert refused.startswith("班牌拒绝了本页面：打开的教师页面太多"), refused
         for holder in holders:
             holder.close()
         view.wait_live(timeout_ms=10000)
@@ -591,6 +603,26 @@ def _page_with_camera_state(server: ServerThread, board: LiveBoard, teacher_page
     board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
         "state": state, "fps": 0.0, "detail": detail}})
     return view
+
+
+def test_sync_and_camera_switched_off_in_the_config_are_a_choice_not_a_problem(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    # A review: a board with mqtt.enabled = false showed "cannot reach the sync server" for ever, and one
+    # with camera.enabled = false "No data yet", while /readyz and the health section said ok
+    view = _page_with_camera_state(teacher_server, live_board, teacher_page, "disabled",
+                                   "the camera is switched off in the config")
+    live_board.publish("sync", {"enabled": False, "connected": False, "backlog": 0, "oldest_age_s": None,
+                                "last_success": None, "drops": {}, "detail": "MQTT sync is switched off"})
+    view.page.wait_for_function("s => document.getElementById('health-sync').textContent === s",
+                                arg="已在配置中关闭", timeout=2000)
+    assert view.text("#att-signal") == "本班牌的配置中已关闭摄像头（camera.enabled = false）"
+    assert view.text("#health-camera") == "摄像头已在配置中关闭"
+    assert view.page.get_attribute("#health-camera", "data-ok") == "true"
+    assert view.text("#health-state") != "运行中，有问题需处理"
+    assert "同步" not in view.text("#health-issues") and "摄像头" not in view.text("#health-issues")
+    view.switch_language()
+    assert view.text("#health-sync") == "Switched off in the config"
+    assert view.console_errors == []
 
 
 def test_a_camera_opening_is_named_in_chinese_and_is_no_problem(

@@ -421,3 +421,18 @@ def test_unknown_default_language_is_refused() -> None:
 
 def test_static_dir_is_inside_the_package() -> None:
     assert (Path(STATIC_DIR) / "index.html").is_file() and (Path(I18N_DIR) / "zh-CN.json").is_file()
+
+
+def test_a_board_with_sync_and_camera_switched_off_says_so_on_its_page(tmp_path: Path) -> None:
+    # A review: the page showed "cannot reach the sync server" for ever on a board with mqtt.enabled =
+    # false, and "No data yet" for one with camera.enabled = false: what the page reads says it is a choice
+    from edge_agent.assembly import build
+    from edge_agent.config import Config
+    from tests.system.harness import local_config
+
+    data = local_config(tmp_path, faces=tmp_path, mqtt_port=1883)
+    data["mqtt"]["enabled"] = False
+    data["camera"]["enabled"] = False
+    live = build(Config.model_validate(data)).live
+    assert live.get("sync")["enabled"] is False
+    assert live.get("attention")["camera"]["state"] == "disabled"

@@ -49,7 +49,7 @@
       ...(epoch * 1000 - Date.now() >= 6 * 86400000 ? { month: "short", day: "numeric" } : {}) })) : "—");
   // Camera states that are no problem for IT: a choice (outside its hours, paused) or the camera opening.
   // "stopped" is: the analysis was stopped (edge-agent stopping or restarting), so nothing is measured.
-  const CAMERA_OFF = new Set(["off_hours", "paused", "starting"]);
+  const CAMERA_OFF = new Set(["off_hours", "paused", "starting", "disabled"]);
   const LESSON_MINUTES = 45; // the pause button closes the camera for one lesson
   const clockTime = (epoch, seconds) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleTimeString(lang,
     inZone(seconds ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" })) : "—");
@@ -106,7 +106,8 @@
     signal.dataset.low = blind ? "none" : a.current_share === null || a.current_share === undefined ? (low ? "true" : "none") : String(low);
     signal.textContent = blind ? (cam.state === "off_hours" ? t("attention_camera_off_hours", { when: dayTime(cam.opens_at) })
       : cam.state === "paused" ? t("attention_camera_paused", { when: dayTime(cam.opens_at) })
-      : t(cam.state === "stopped" ? "attention_camera_stopped" : "attention_camera_down"))
+      : t(cam.state === "stopped" ? "attention_camera_stopped" : cam.state === "disabled" ? "attention_camera_disabled"
+        : "attention_camera_down"))
       : low ? t("attention_low") : a.current_share === null ? t("attention_suppressed") : t("attention_ok");
     const camPause = $("cam-pause");
     camPause.hidden = cam.state !== "running" && cam.state !== "paused";
@@ -115,7 +116,8 @@
     setText("att-window", isNum(a.window_s) ? t("attention_window", { s: num(a.window_s) }) : "");
     setText("att-camera", cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : "");
     setText("att-pose", a.pose_method ? t("pose_method", { m: tState("pose_method_", a.pose_method) }) : "");
-    setText("att-updated", t("updated_ago", { t: ago(state.updated.attention) }));
+    shownAt.attention = state.updated.attention; // paused: the figures' own time, not the newest update's
+    setText("att-updated", t("updated_ago", { t: ago(shownAt.attention) }));
     renderTimeline(Array.isArray(a.timeline) ? a.timeline : []);
   }
 
@@ -279,7 +281,7 @@
     const cam = (state.sections.attention || {}).camera;
     const camDown = !!(cam && cam.state && cam.state !== "running" && !CAMERA_OFF.has(cam.state));
     const s = state.sections.sync;
-    const syncDown = !!(s && s.connected === false);
+    const syncDown = !!(s && s.enabled !== false && s.connected === false); // off in the config: a choice
     for (const c of h.components || []) {
       if (!c || c.ok !== false) continue;
       // The camera and sync lines below say the same with more detail.
@@ -350,6 +352,7 @@
     const s = state.sections.sync;
     const node = $("health-sync");
     if (!s) { node.dataset.connected = ""; node.textContent = t("no_data"); setText("health-sync-detail", ""); return; }
+    if (s.enabled === false) { node.dataset.connected = ""; node.textContent = t("sync_off"); setText("health-sync-detail", ""); return; }
     node.dataset.connected = String(s.connected === true);
     const parts = [s.connected ? t("sync_connected") : t("sync_disconnected"), t("sync_backlog", { n: num(s.backlog) })];
     if (isNum(s.oldest_age_s) && s.backlog > 0) parts.push(t("sync_oldest", { d: duration(s.oldest_age_s, "duration") }));
@@ -387,26 +390,31 @@
   // Paused (WCAG 2.2.2): updates are kept, not shown, until the teacher resumes; the pill says so.
   let paused = false;
   let signedOut = false;
+  let refused = false; // the board answers but refused this view's stream (503: its places are taken)
+  const shownAt = { attention: undefined };
   function setConnection(live) {
     const conn = $("conn");
-    if (live) signedOut = false;
+    if (live) { signedOut = false; refused = false; }
     conn.dataset.state = live ? "live" : "reconnecting";
     conn.textContent = live ? t(paused ? "conn_paused" : "conn_live") : t("conn_reconnecting");
     document.body.dataset.conn = live ? "live" : "lost"; // dashed cards: their numbers are not current
     $("conn-lost").hidden = live;
-    setText("conn-lost-text", t(signedOut ? "session_ended" : "conn_lost"));
+    setText("conn-lost-text", signedOut ? t("session_ended")
+      : refused ? t("conn_refused", { s: num(boot.retry_refused_s) }) : t("conn_lost"));
     $("sign-in").hidden = !signedOut;
   }
 
   // The stream cannot say why it failed: a sign-in that ended (12 h) would read "reconnecting" for ever.
+  // True when the board answered.
   async function checkSignedIn() {
     try {
       const response = await fetch("/api/v1/live", { credentials: "same-origin", cache: "no-store" });
       signedOut = response.status === 401;
     } catch (err) {
-      return; // the board is unreachable: reconnecting is the truth
+      return false; // the board is unreachable: reconnecting is the truth
     }
     if ($("conn").dataset.state !== "live") setConnection(false);
+    return true;
   }
 
   // Screen readers hear what changed (low attention, the camera, the board's state), not every figure.
@@ -459,12 +467,16 @@
     mine.addEventListener("keepalive", (ev) => { heard(); syncClock(JSON.parse(ev.data).server_time); });
     mine.addEventListener("error", async () => {
       setConnection(false);
-      await checkSignedIn();
+      const answered = await checkSignedIn();
       if (mine !== source) return; // replaced meanwhile (the silence timer): the new one is in charge
       // A refused stream (503: the board's places are taken) is closed for good, and the browser never
       // tries again by itself; a page whose sign-in ended waits for the teacher instead.
       if (mine.readyState === EventSource.CLOSED) {
         clearTimeout(silence);
+        // the board answers, yet refused the stream: not "connection lost" (a review: the 5th view from
+        // one computer told the teacher the network was down, when closing a tab was the fix)
+        refused = answered && !signedOut;
+        if (refused) setConnection(false);
         if (!signedOut) setTimeout(connect, boot.retry_refused_s * 1000);
       }
     });
@@ -547,7 +559,7 @@
   let saved = null;
   try { saved = localStorage.getItem(LANG_KEY); } catch (err) { saved = null; }
   if (saved && saved !== lang) useLanguage(saved);
-  setInterval(() => { renderClock(); if (state.sections.attention) setText("att-updated", t("updated_ago", { t: ago(state.updated.attention) })); }, 5000);
+  setInterval(() => { renderClock(); if (state.sections.attention) setText("att-updated", t("updated_ago", { t: ago(shownAt.attention) })); }, 5000);
   setInterval(announceTick, 1000);
   connect();
 })();
