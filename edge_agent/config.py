@@ -228,7 +228,9 @@ class CameraSettings(Section):
         if not value.strip() and info.data.get("enabled", True):
             raise ValueError("is empty: name the camera (0, /dev/video0, an rtsp:// URL, a file or a "
                              "folder), or set camera.enabled = false to turn it off")
-        return value
+        # spaces around it are a copy-paste's, no part of it (a review: " /dev/video0" ended the camera's
+        # thread for good while config check said OK)
+        return value.strip()
 
     @field_validator("active_hours")
     @classmethod
@@ -705,9 +707,11 @@ _SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)
 # hidden too: "user:" then anything up to the last "@" that a host name follows, tried first (so that
 # admin:p@ss/w0rd@host shows no "ss/w0rd"). "host:port/path?x=a@b" is no user and password (round 2: a
 # camera without any was shown as "//***@b", its address gone): a password that reads as a port is left.
+# A space in the password (FFmpeg cannot use it unescaped, and said so with the password in the message:
+# a review) is hidden too; the run stops at another URL or a pipeline's " ! "
 _URL_CREDENTIALS = re.compile(
-    r"//(?:[^/?#:@\s\"']*:(?!\d+(?:[/?#\s\"']|$))[^\s\"']*@(?=(?:[\w.-]+|\[[\w:.%]+\])(?::\d+)?"
-    r"(?:[/?#\s\"']|$))|[^/?#\s\"']*@)"
+    r"//(?:[^/?#:@\s\"']*:(?!\d+(?:[/?#\s\"']|$))(?:(?!://|\s!\s)[^\n\"'])*@"
+    r"(?=(?:[\w.-]+|\[[\w:.%]+\])(?::\d+)?(?:[/?#\s\"']|$))|[^/?#\s\"']*@)"
 )
 # rtspsrc's and souphttpsrc's proxy= takes "[http://][user:passwd@]host[:port]": the user and password need
 # no scheme before them (proxy=puser:pw@proxy:3128), which _URL_CREDENTIALS does not see.
@@ -721,12 +725,13 @@ _XMEYE_PASSWORD = re.compile(
     r"(?=[&_](?:channel|stream|user|username)=|[\s\"']|$)",
     re.IGNORECASE,
 )
-# name=value credentials: in a URL (?user=admin&pwd=X, Foscam's loginuse/loginpas, FFmpeg's srt/rist
-# passphrase/secret and srtp_*_params keys) and as a GStreamer property (rtspsrc and souphttpsrc user-id,
-# user-pw, proxy-id, proxy-pw; srtsrc passphrase). A name may end in one (access_token, stream-key,
-# api_key), but no longer name that merely starts with one is taken (key-int-max=30 stays).
+# name=value credentials: in a URL (?user=admin&pwd=X, Hikvision's ?auth=<base64 user:password>, Foscam's
+# loginuse/loginpas, FFmpeg's srt/rist passphrase/secret and srtp_*_params keys) and as a GStreamer
+# property (rtspsrc and souphttpsrc user-id, user-pw, proxy-id, proxy-pw; srtsrc passphrase). A name may end
+# in one (access_token, stream-key, api_key), but no longer name that merely starts with one is taken
+# (key-int-max=30 stays).
 _NAMED_CREDENTIALS = re.compile(
-    r"(?<![\w.-])((?:[\w-]*[_-])?(?:password|passwd|pass|pwd|token|key|secret)"
+    r"(?<![\w.-])((?:[\w-]*[_-])?(?:password|passwd|pass|pwd|pw|token|key|secret|auth|credentials?)"
     r"|user-id|user-pw|proxy-id|proxy-pw|username|user|usr|loginuse|loginpas|passphrase"
     r"|srtp_in_params|srtp_out_params)(\s*=\s*)"
     # a bare value ends where an XMEye '_' parameter begins (user=admin_password=X_channel=1)

@@ -30,7 +30,7 @@ from edge_agent.config import (
     load_config_ignoring_unknown,
     without_credentials,
 )
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import CameraError, ConfigError, EdgeAgentError
 from edge_agent.inference.manifest import Manifest
 from edge_agent.provisioning.enroll import connect_tcp_within
 from edge_agent.store.db import storage_read_only
@@ -135,39 +135,40 @@ def check_outbox(path: Path, max_age_days: float, now: float | None = None) -> C
     return CheckResult("outbox", True, detail, fix if stale or drops else "", warning=bool(stale or drops))
 
 
-def _camera_source(source: str) -> int | str:
-    return int(source) if source.isdigit() else source
+def check_camera(source: str, timeout_s: float = 10.0, *, service_running: bool = False) -> CheckResult:
+    """Open the source as the daemon does and read one frame, in a thread so a hung driver cannot hang us.
+    A V4L2 camera the running daemon holds is not opened again: a second open fails as busy, and doctor
+    told IT to check a cable on a board that worked (a review)."""
+    from edge_agent.vision.sources import classify, folder_images, open_source
 
-
-def check_camera(source: str, timeout_s: float = 10.0) -> CheckResult:
-    """Open the source with OpenCV and read one frame, in a thread so a hung driver cannot hang us."""
-    from edge_agent.vision.sources import classify, folder_images
-
+    source = source.strip()
     if Path(source).is_dir():
         images = folder_images(Path(source))  # as the daemon reads it: subfolders too
         if images:
             return CheckResult("camera", True, f"folder {source} holds {len(images)} images")
         return CheckResult("camera", False, f"folder {source} holds no images", "put .jpg/.png files there")
+    shown = without_credentials(source)  # the result goes into support bundles
+    if service_running and classify(source) == "v4l2":
+        return CheckResult("camera", True, f"{shown!r} is held by the running edge-agent, so not opened here "
+                           "(the service line above names a camera that does not work)")
     outcome: dict[str, Any] = {}
 
     def probe() -> None:
-        import cv2
-
-        # as the daemon tells them apart: a camera's password may hold a "!" (rtsp://admin:Secret!1@...)
-        gstreamer = classify(source) == "gstreamer"
-        target = _camera_source(source)
-        capture = cv2.VideoCapture(target, cv2.CAP_GSTREAMER) if gstreamer else cv2.VideoCapture(target)
         try:
-            outcome["opened"] = capture.isOpened()
-            ok, frame = capture.read() if outcome["opened"] else (False, None)
-            outcome["shape"] = frame.shape if ok and frame is not None else None
+            opened = open_source(source)  # the daemon's own: device links, pipelines, URLs with a "!"
+        except CameraError as exc:
+            outcome["error"] = str(exc)
+            return
+        outcome["opened"] = True
+        try:
+            frame = opened.read()
+            outcome["shape"] = frame.shape if frame is not None and frame.size else None
         finally:
-            capture.release()
+            opened.release()
 
     worker = threading.Thread(target=probe, name="doctor-camera", daemon=True)
     worker.start()
     worker.join(timeout_s)
-    shown = without_credentials(source)  # the result goes into support bundles
     if "://" in source:
         fix = (f"check the camera's address, user and password in [camera] source ({shown!r}), and that "
                "this board reaches it (ping the camera; a firewall must let its RTSP port through)")
@@ -176,7 +177,8 @@ def check_camera(source: str, timeout_s: float = 10.0) -> CheckResult:
     if worker.is_alive():
         return CheckResult("camera", False, f"opening {shown!r} took more than {timeout_s:.0f} s", fix)
     if not outcome.get("opened"):
-        return CheckResult("camera", False, f"{shown!r} cannot be opened", fix)
+        why = outcome.get("error", "")
+        return CheckResult("camera", False, f"{shown!r} cannot be opened" + (f": {why}" if why else ""), fix)
     if outcome.get("shape") is None:
         return CheckResult("camera", False, f"{shown!r} opened but delivered no frame", fix)
     height, width = outcome["shape"][:2]
@@ -543,7 +545,8 @@ def run_checks(
     results.append(check_database(config.database_path))
     results.append(check_outbox(config.database_path, config.store.max_age_days))
     if config.camera.enabled:
-        results.append(check_camera(config.camera.source))
+        running = props is not None and props.get("ActiveState") == "active"
+        results.append(check_camera(config.camera.source, service_running=running))
         hours = config.camera.hours()
         if hours is not None:
             now = board_clock(config.device.timezone)()

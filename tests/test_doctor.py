@@ -681,3 +681,17 @@ def test_table_shows_fixes_only_for_failures_and_warnings() -> None:
     assert "enable NTP" not in table and "fix: open the firewall" in table and "fix: renew" in table
     assert table.splitlines()[0].startswith("ok") and table.splitlines()[1].startswith("FAIL")
     assert table.endswith("1 passed, 1 warning, 1 failed")  # a warning is no pass (docs review)
+
+
+def test_a_usb_camera_the_running_daemon_holds_is_not_opened_again_and_a_missing_one_is_named(
+    tmp_path: Path,
+) -> None:
+    # A review: doctor opened the V4L2 camera the daemon streams from, which fails as busy, and told IT
+    # to check the cable of a board that worked; and it did not open /dev/v4l/by-id/ names as the daemon does
+    held = doctor.check_camera("/dev/v4l/by-id/usb-046d_HD_Webcam-video-index0", service_running=True)
+    assert held.ok and "held by the running edge-agent" in held.detail
+    missing = doctor.check_camera("/dev/v4l/by-id/usb-046d_HD_Webcam-video-index0", timeout_s=10)
+    assert not missing.ok and "check that the camera is plugged in" in missing.detail, missing.detail
+    # a file or a network camera (which takes a second viewer) is still opened while the daemon runs
+    url = doctor.check_camera(str(tmp_path / "no-such-camera.avi"), timeout_s=10, service_running=True)
+    assert not url.ok

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.config import CameraSettings
+from edge_agent.config import CameraSettings, without_credentials
 from edge_agent.errors import CameraError
 from edge_agent.telemetry import metrics
 from edge_agent.vision.sources import FrameSource, open_source
@@ -170,9 +170,11 @@ class Camera:
             self.on_beat()
             try:
                 source = self._opener(self._stop)
-            except CameraError as exc:
+            except Exception as exc:  # anything else ended this thread for good (a review)
                 backoff = next_backoff(backoff, self.reconnect_min_s, self.reconnect_max_s)
-                self._set_state("error", f"{exc} (retrying in {backoff:.0f} s)")
+                why = str(exc) if isinstance(exc, CameraError) else (
+                    f"cannot open the camera: {type(exc).__name__}: {without_credentials(str(exc))}")
+                self._set_state("error", f"{why} (retrying in {backoff:.0f} s)")
                 metrics.CAMERA_RECONNECTS.inc()
                 self._stop.wait(backoff)
                 continue

@@ -8,6 +8,7 @@ when the source has ended or dropped (the camera thread then reconnects).
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -42,10 +43,12 @@ class FrameSource(Protocol):
 def classify(source: str) -> str:
     """'v4l2', 'gstreamer', 'url', 'folder' or 'file'."""
     text = source.strip()
-    if re.fullmatch(r"\d+|/dev/video\d+", text):
+    # /dev/v4l/by-id/... too: the name IT gives a USB camera so that it keeps it when plugged in elsewhere
+    if re.fullmatch(r"\d+", text) or (text.startswith("/dev/") and not Path(text).is_file()):
         return "v4l2"
-    # the scheme first: a camera's password may hold a "!" (rtsp://admin:Secret!1@...)
-    if re.match(r"^(rtsp|rtsps|http|https)://\S*$", text, re.IGNORECASE):
+    # the scheme first: a camera's password may hold a "!" (rtsp://admin:Secret!1@...), or a space (it
+    # was taken for a file name, and the "not an existing file" message showed the password: a review)
+    if re.match(r"^(rtsp|rtsps|http|https)://", text, re.IGNORECASE) and not re.search(r"\s!\s", text):
         return "url"
     if "!" in text:
         return "gstreamer"
@@ -136,12 +139,25 @@ def _describe(source: str, kind: str) -> str:
     return f"{kind} {without_credentials(source)}"
 
 
+def _v4l2_index(source: str) -> int:
+    """The N of /dev/videoN that ``source`` (an index, the device, or a link to it) names."""
+    if source.isdigit():
+        return int(source)
+    match = re.fullmatch(r"/dev/video(\d+)", os.path.realpath(source))
+    if match is not None:
+        return int(match.group(1))
+    if not os.path.lexists(source):
+        raise CameraError(f"{source} does not exist: check that the camera is plugged in "
+                          "(ls -l /dev/v4l/by-id/ lists the cameras this board sees)")
+    raise CameraError(f"{source} is not a video device: name /dev/videoN or a link to one "
+                      "(/dev/v4l/by-id/...)")
+
+
 def _open_capture(source: str, kind: str, width: int, height: int, timeout_s: float) -> cv2.VideoCapture:
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout_s * 1000), cv2.CAP_PROP_READ_TIMEOUT_MSEC,
               int(timeout_s * 1000)]
     if kind == "v4l2":
-        index = int(source) if source.isdigit() else int(source.removeprefix("/dev/video"))
-        capture = cv2.VideoCapture(index, cv2.CAP_V4L2)
+        capture = cv2.VideoCapture(_v4l2_index(source), cv2.CAP_V4L2)
         capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
         capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
         capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
@@ -172,6 +188,7 @@ def open_source(
     folder_fps: float = 30.0,
 ) -> FrameSource:
     """Open a source by its config string; raises CameraError with a fix when it cannot be opened."""
+    source = source.strip()
     kind = classify(source)
     if kind == "folder":
         return ImageFolderSource(Path(source), folder_fps, stop)

@@ -53,10 +53,50 @@ def folder(tmp_path: Path, faces_dir: Path) -> Path:
     [("0", "v4l2"), ("/dev/video2", "v4l2"), ("rtsp://cam/stream", "url"),
      ("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! appsink", "gstreamer"), ("/nonexistent.mp4", "file"),
      ("rtsp://admin:Secret!1@10.0.0.9/stream1", "url"),  # a "!" in the password is no pipeline
-     ("rtspsrc location=rtsp://cam/s ! decodebin ! appsink", "gstreamer")],
+     ("rtspsrc location=rtsp://cam/s ! decodebin ! appsink", "gstreamer"),
+     # a review: a copy-paste's space made a file of the device; the stable name of a USB camera was a
+     # file too; a space in a password made a file of the URL
+     (" /dev/video0", "v4l2"), ("/dev/v4l/by-id/usb-046d_HD_Webcam-video-index0", "v4l2"),
+     ("rtsp://admin:Zq9 Secret@10.0.0.9/s", "url")],
 )
 def test_source_strings_are_classified(source, kind):
     assert classify(source) == kind
+
+
+def test_a_link_to_a_video_device_opens_that_device_and_a_missing_one_says_to_plug_it_in(tmp_path: Path):
+    from edge_agent.vision.sources import _v4l2_index
+
+    link = tmp_path / "usb-cam-video-index0"
+    link.symlink_to("/dev/video3")  # as udev makes /dev/v4l/by-id/... (the device need not exist here)
+    assert _v4l2_index(str(link)) == 3 and _v4l2_index("/dev/video12") == 12 and _v4l2_index("2") == 2
+    with pytest.raises(CameraError, match="does not exist: check that the camera is plugged in"):
+        _v4l2_index("/dev/v4l/by-id/usb-unplugged-video-index0")
+    with pytest.raises(CameraError, match="is not a video device"):
+        _v4l2_index("/dev/null")
+
+
+def test_an_unexpected_failure_to_open_is_an_error_that_is_retried_not_a_dead_camera():
+    # A review: " /dev/video0" raised ValueError in the grabber, which ended its thread: "starting" for good
+    attempts = []
+
+    def opener(stop: threading.Event):
+        attempts.append(1)
+        raise ValueError("invalid literal for int() with base 10: ' /dev/video0'")
+
+    camera = Camera("x", reconnect_min_s=0.02, reconnect_max_s=0.05, opener=opener)
+    camera.start()
+    try:
+        assert _wait(lambda: len(attempts) >= 3)
+        state, detail = camera.state()
+        assert state == "error" and detail.startswith("cannot open the camera: ValueError: invalid literal")
+        assert "retrying" in detail
+    finally:
+        camera.stop()
+
+
+def test_spaces_around_the_camera_source_are_no_part_of_it():
+    config = parse_config('[camera]\nsource = " /dev/video0 "\n')
+    assert config.camera.source == "/dev/video0"
 
 
 def test_frame_checks_and_backoff_are_pure():
@@ -290,6 +330,10 @@ LEAKY_SOURCES = [
     ("rtspsrc location=rtsp://127.0.0.1:1/s user-id=admin user-pw=S3cretCamPw ! decodebin ! appsink",
      "S3cretCamPw"),
     ("rtmp://admin:Rtmp5ecret@127.0.0.1:1/live", "Rtmp5ecret"),  # no scheme we know: taken for a file
+    # a review: a space in the password made it a "file", whose message showed the password in clear;
+    # Hikvision's ?auth= is base64 of admin:S3cret
+    ("rtsp://admin:Zq9 Spaced@127.0.0.1:1/Streaming/Channels/101", "Spaced"),
+    ("http://127.0.0.1:1/ISAPI/Streaming/channels/101/picture?auth=YWRtaW46UzNjcmV0", "YWRtaW46UzNjcmV0"),
 ]
 
 
