@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from edge_agent.config import CameraSettings, without_credentials
@@ -51,6 +52,23 @@ def frame_problem(image: np.ndarray | None) -> str | None:
     return None
 
 
+# What a dropped frame's reason means to the person fixing the camera
+_DROP_WHY = {"empty": "cannot be decoded (corrupt)", "format": "are not 8-bit colour images",
+             "tiny": f"are under {MIN_FRAME_SIDE} px"}
+
+
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """Grey and 4-channel 8-bit frames (a GStreamer appsink in GRAY8 or BGRx) as the 3-channel BGR the
+    models take: they were dropped as "format", and the camera reported only as stalled (a review)."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.size == 0:
+        return image
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
 def next_backoff(current: float, minimum: float, maximum: float) -> float:
     return min(maximum, max(minimum, current * 2.0))
 
@@ -81,6 +99,8 @@ class Camera:
         self._seq = 0
         self._state = "starting"
         self._detail = ""
+        self._description = ""  # the open source's, shown once its first usable frame came
+        self._opened = False  # a source is open (not still opening): no frame for long is a stall
         self._last_good = time.monotonic()
         self._thread: threading.Thread | None = None
         self._generation = 0  # a grabber thread whose generation is behind has been replaced
@@ -181,10 +201,16 @@ class Camera:
             if not self._current(generation):  # stopping, or replaced while opening
                 source.release()
                 break
-            self._set_state("running", source.description)
+            # "running" at its first usable frame: a camera sending only corrupt ones flapped between
+            # running and stalled (and the component between up and down) at every reopen (a review)
+            if self.state()[0] not in ("reconnecting", "error"):  # a problem stays one until a frame comes
+                self._set_state("starting", f"{source.description} opened; waiting for its first frame")
+            self._description = source.description
+            self._opened = True
             try:
                 ended, good_s = self._grab_until_lost(source, generation)
             finally:
+                self._opened = False
                 source.release()
             if not self._current(generation):
                 break  # stopping, or replaced after a blocked read: the new grabber owns the state
@@ -205,6 +231,7 @@ class Camera:
         is replaced; returns how, and the seconds from the first usable frame to the last."""
         self._last_good = time.monotonic()
         first_good: float | None = None
+        dropped: dict[str, int] = {}  # since the last usable frame, by reason
         how = "stopped"
         while self._current(generation):
             self.on_beat()
@@ -216,14 +243,19 @@ class Camera:
             if image is None:
                 how = "ended"
                 break
+            image = as_bgr(image)
             problem = frame_problem(image)
             if problem is not None:
                 metrics.CAMERA_FRAMES_DROPPED.labels(problem).inc()
+                dropped[problem] = dropped.get(problem, 0) + 1
                 if time.monotonic() - self._last_good > self.stall_timeout_s:
                     metrics.CAMERA_STALLS.inc()
-                    how = "stalled"
+                    worst = max(dropped, key=lambda reason: dropped[reason])
+                    how = (f"sent only frames that {_DROP_WHY[worst]} for {self.stall_timeout_s:.0f} s "
+                           f"({dropped[worst]} dropped)")
                     break
                 continue
+            dropped.clear()
             metrics.CAMERA_FRAMES.inc()
             self._last_good = time.monotonic()
             if first_good is None:
@@ -237,9 +269,11 @@ class Camera:
                 metrics.CAMERA_FRAMES_DROPPED.labels("busy").inc()
             self._seq += 1
             self._frame = Frame(self._seq, time.time(), image)
-            recovered = self._state == "stalled"
-        if recovered:
+            state = self._state
+        if state == "stalled":
             self._set_state("running", "frames arriving again")
+        elif state != "running":
+            self._set_state("running", self._description)
 
     def check_stall(self) -> bool:
         """Called by the analysis loop: a source with no frame for too long is marked stalled (True), and
@@ -247,7 +281,8 @@ class Camera:
         now = time.monotonic()
         stalled = False
         with self._lock:
-            running = self._state == "running"
+            # opened and waiting for its first frame counts too (it said "running" then)
+            running = self._state == "running" or (self._opened and self._state != "stalled")
         if running and now - self._last_good > self.stall_timeout_s:
             metrics.CAMERA_STALLS.inc()
             self._last_good = now  # count each stall once per timeout

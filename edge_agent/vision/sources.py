@@ -80,6 +80,9 @@ class ImageFolderSource:
         self.description = f"image folder {folder}"
         self._pacer = _Pacer(fps, stop)
         self._index = 0
+        # images found damaged, with their mtime: not decoded again (libjpeg wrote a line to stderr, so to
+        # the journal, at every decode: 451 lines in 30 s from one truncated JPEG, a review)
+        self._damaged: dict[Path, int] = {}
         if not self._files():
             raise CameraError(f"image folder {folder} holds no .jpg/.png images; check camera.source")
 
@@ -93,8 +96,22 @@ class ImageFolderSource:
             return None
         path = files[self._index % len(files)]
         self._index += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        return image if image is not None else np.zeros((0, 0, 3), np.uint8)
+        unusable = np.zeros((0, 0, 3), np.uint8)
+        try:
+            stamp = path.stat().st_mtime_ns
+            if self._damaged.get(path) == stamp:
+                return unusable
+            data = path.read_bytes()
+        except OSError:
+            return unusable
+        # a JPEG without its end marker is cut short: libjpeg decodes it grey below the cut, and complains
+        jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+        truncated = jpeg and not data.rstrip(b"\0\r\n ").endswith(b"\xff\xd9")
+        image = None if truncated else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            self._damaged[path] = stamp
+            return unusable
+        return image
 
     def release(self) -> None:
         self._index = 0

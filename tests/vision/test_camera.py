@@ -128,6 +128,70 @@ def test_corrupt_empty_and_tiny_images_are_skipped_and_counted(folder: Path):
     assert _value("edge_camera_frames_total") > frames0
 
 
+def test_a_camera_sending_only_corrupt_frames_is_never_running_and_says_why(tmp_path: Path):
+    # A review: "running, 0.0 frames/s" for the first stall timeout of every reopen, then "stalled", so
+    # the component flapped up and down (the fleet alert never fired) and "corrupt" was never said
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    camera = _camera(str(folder), stall_timeout_s=0.3)
+    seen = set()
+    camera.start()
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            camera.check_stall()  # as the analysis loop does
+            seen.add(camera.state()[0])
+            time.sleep(0.02)
+        state, detail = camera.state()
+    finally:
+        camera.stop()
+    assert "running" not in seen, seen
+    assert state == "reconnecting" and "sent only frames that cannot be decoded (corrupt)" in detail, detail
+
+
+def test_a_truncated_jpeg_in_a_folder_is_dropped_without_a_line_on_stderr_at_every_turn(
+    tmp_path: Path, faces_dir: Path, capfd: pytest.CaptureFixture[str]
+):
+    # A review: libjpeg wrote "Premature end of JPEG file" at every decode (451 lines in 30 s, all in the
+    # journal under systemd)
+    from edge_agent.vision.sources import ImageFolderSource
+
+    photo = (faces_dir / "pexels" / "Test3.jpg").read_bytes()
+    (tmp_path / "a.jpg").write_bytes(photo[: len(photo) // 2])
+    (tmp_path / "b.jpg").write_bytes(photo)
+    (tmp_path / "c.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg\xff\xd9")
+    source = ImageFolderSource(tmp_path, fps=1000)
+    capfd.readouterr()
+    shapes = [source.read().shape for _ in range(30)]  # type: ignore[union-attr]
+    assert shapes.count((1024, 1024, 3)) == 10 and shapes.count((0, 0, 3)) == 20
+    assert len(capfd.readouterr().err.splitlines()) <= 1  # the damaged one decoded once, at most
+
+
+def test_grey_and_four_channel_frames_are_analysed_as_colour():
+    # A GStreamer appsink in GRAY8 or BGRx: every frame was dropped as "format", the camera "stalled"
+    grey, bgrx = np.full((120, 160), 90, np.uint8), np.full((120, 160, 4), 90, np.uint8)
+    for frames in ([grey], [bgrx]):
+        class Source:
+            description = "test source"
+
+            def read(self, frames=frames):
+                time.sleep(0.01)
+                return frames[0]
+
+            def release(self) -> None:
+                return None
+
+        camera = Camera("x", opener=lambda stop: Source())
+        camera.start()
+        try:
+            assert _wait(lambda camera=camera: camera.latest() is not None)
+            frame = camera.latest(0)
+            assert frame is not None and frame.image.shape == (120, 160, 3) and camera.state()[0] == "running"
+        finally:
+            camera.stop()
+
+
 def test_only_the_newest_frame_is_kept_and_superseded_frames_are_counted(folder: Path):
     busy0 = _value("edge_camera_frames_dropped_total", reason="busy")
     camera = _camera(str(folder), fps=200.0)
