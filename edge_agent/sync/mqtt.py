@@ -143,7 +143,7 @@ def tls_context(settings: MqttSettings, renewal: str = BOARD_RENEWAL) -> ssl.SSL
     return context
 
 
-def _explain_tls(text: str, settings: MqttSettings) -> str:
+def _explain_tls(text: str, settings: MqttSettings, renewal: str = BOARD_RENEWAL) -> str:
     lowered = text.lower()
     # Validity is judged by the board's clock: one behind (no clock battery, NTP not reached yet) takes a
     # freshly renewed broker certificate for one not yet valid, one running ahead for one expired.
@@ -157,14 +157,21 @@ def _explain_tls(text: str, settings: MqttSettings) -> str:
         return (f"the broker's certificate is not signed by the CA in {settings.ca_file} or does not name "
                 f"{settings.host} ({text})")
     if "expired" in lowered:
-        return f"the broker rejected this board's certificate as expired ({text}); re-provision the board"
+        # This client's certificate is in date by its own clock (checked before connecting): the broker's
+        # CRL is out of date (it refuses every client then), or a clock is wrong. "Re-provision" sent IT
+        # to re-provision the whole fleet for nothing (a review).
+        return (f"the broker rejected this client's certificate {settings.cert_file} as expired ({text}), "
+                "yet it is in date by this board's clock: most likely the broker's CRL has expired (on the "
+                "CA computer: edge-agent-ca crl, copy it to the broker, reload mosquitto; every board is "
+                "refused until then), else the broker's clock or this board's is wrong (timedatectl)")
     if "eof occurred" in lowered or "connection reset" in lowered:
         return (f"the broker closed the TLS connection during set-up ({text}); it most likely rejected "
-                f"this board's certificate {settings.cert_file} (not signed by the fleet CA it trusts, or "
-                "revoked)")
+                f"this client's certificate {settings.cert_file} (not signed by the fleet CA it trusts, or "
+                "revoked), or the broker's CRL has expired (then it refuses every board: on the CA computer "
+                "edge-agent-ca crl, copy it to the broker, reload mosquitto)")
     if "unknown ca" in lowered or "bad certificate" in lowered or "certificate required" in lowered:
-        return (f"the broker rejected this board's certificate {settings.cert_file} ({text}); it is "
-                "not signed by the fleet CA the broker trusts: re-provision the board")
+        return (f"the broker rejected this client's certificate {settings.cert_file} ({text}); it is "
+                f"not signed by the fleet CA the broker trusts: {renewal}")
     return f"TLS with {settings.host}:{settings.port} failed: {text}"
 
 
@@ -226,6 +233,7 @@ class MqttConnection:
         if will:
             self._client.will_set(status_topic, b"offline", qos=1, retain=True)
         self._will = will
+        self._renewal = renewal
         if settings.tls:
             self._client.tls_set_context(tls_context(settings, renewal))
 
@@ -286,7 +294,7 @@ class MqttConnection:
                     "its TLS port (8883), or should mqtt.tls be false?"
                 ) from exc
             if isinstance(exc, ssl.SSLError):
-                raise SyncTlsError(_explain_tls(str(exc), s)) from exc
+                raise SyncTlsError(_explain_tls(str(exc), s, self._renewal)) from exc
             raise SyncConnectError(
                 f"cannot reach the MQTT broker {s.host}:{s.port}: {exc}; check the network and mqtt.host"
             ) from exc
@@ -320,7 +328,7 @@ class MqttConnection:
         text = self._last_error or self._lost or "connection closed"
         markers = ("ssl", "tls", "certificate", "alert", "eof occurred", "connection reset")
         if self.settings.tls and any(w in text.lower() for w in markers):
-            return SyncTlsError(_explain_tls(text, self.settings))
+            return SyncTlsError(_explain_tls(text, self.settings, self._renewal))
         # A TLS listener resets a connection that opens with a plain CONNECT
         advice = "" if self.settings.tls else "; if this port requires TLS, set mqtt.tls = true"
         return SyncConnectError(

@@ -92,6 +92,7 @@ class Receiver:
     def _run(self) -> None:
         attempt = 0
         rng = random.Random()
+        last_failure = ""
         while not self._stop.is_set():
             conn: MqttConnection | None = None
             try:
@@ -102,6 +103,7 @@ class Receiver:
                 conn.connect()
                 conn.subscribe(self.topic, qos=1)
                 attempt = 0
+                last_failure = ""
                 self._connected.set()
                 while not self._stop.is_set():
                     conn.loop(0.05)
@@ -110,7 +112,11 @@ class Receiver:
                 self._connected.clear()
                 if conn is not None:
                     conn.close()
-                log.info("receiver: %s", exc)
+                # a warning once per cause (it was INFO only: a receiver that cannot connect went unseen
+                # by warning-level monitoring); its retries every second or two stay at INFO
+                level = logging.INFO if str(exc) == last_failure else logging.WARNING
+                last_failure = str(exc)
+                log.log(level, "receiver: %s", exc)
                 self._stop.wait(backoff_delay(attempt, 0.1, 2.0, rng))
                 attempt += 1
 

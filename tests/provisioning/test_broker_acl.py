@@ -281,6 +281,25 @@ def test_an_expired_crl_cuts_every_board_off_until_the_crl_command_installs_a_ne
         shutil.copy(fleet.ca.crl_path, broker.dir / "crl.pem")
         assert not _connects_after_reload(fleet, broker, "board-a", want=False)
         assert "certificate verify failed" in broker.log()  # Mosquitto 2.0.11 says no more than this
+        # the board names the broker's CRL, not "re-provision the board" (a review: the fix for every
+        # board of the fleet would have been a re-provisioning for nothing)
+        from edge_agent.config import MqttSettings
+        from edge_agent.sync.mqtt import MqttConnection, SyncTlsError, _explain_tls
+
+        etc = fleet.etc("board-a")
+        settings = MqttSettings(host="127.0.0.1", port=broker.port, tls=True, ca_file=etc / "certs/ca.pem",
+                                cert_file=etc / "certs/device.pem", key_file=etc / "secrets/device.key",
+                                connect_timeout_s=5.0)
+        board = MqttConnection(settings, "board-a", "", lambda *_: None, will=False)
+        with pytest.raises(SyncTlsError) as refused:
+            board.connect()
+        board.close()
+        # (Mosquitto ends the handshake or sends the "certificate expired" alert, by timing: both say so)
+        assert "the broker's CRL has expired" in str(refused.value), refused.value
+        assert "re-provision" not in str(refused.value)
+        expired = "[SSL: SSLV3_ALERT_CERTIFICATE_EXPIRED] sslv3 alert certificate expired"
+        alert = _explain_tls(expired, settings)
+        assert "most likely the broker's CRL has expired" in alert and "re-provision" not in alert
         # ExecStart of provisioning/mosquitto/edge-agent-crl.service, then its reload
         assert ca_main(["crl", str(fleet.ca.dir), "--install", str(broker.dir / "crl.pem")]) == 0
         assert _connects_after_reload(fleet, broker, "board-a", want=True)

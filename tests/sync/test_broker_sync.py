@@ -924,6 +924,23 @@ def test_payloads_that_passed_every_check_but_failed_to_store_are_rejected_and_a
         sender.disconnect()
 
 
+def test_a_receiver_that_cannot_connect_warns_once_per_cause(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A review: its failures were logged at INFO only, so warning-level monitoring never saw it
+    from tests.brokers import free_port
+
+    caplog.set_level(logging.INFO, logger="edge_agent.sync.receiver")
+    settings = MqttSettings(host="127.0.0.1", port=free_port(), tls=False, connect_timeout_s=1.0)
+    receiver = Receiver(tmp_path / "recv.db", settings).start(wait_connected_s=None)
+    try:
+        assert wait_until(lambda: sum("receiver:" in r.getMessage() for r in caplog.records) >= 3, 15)
+    finally:
+        receiver.stop()
+    levels = [r.levelno for r in caplog.records if "receiver:" in r.getMessage()]
+    assert levels[0] == logging.WARNING and set(levels[1:]) == {logging.INFO}, levels
+
+
 def test_a_long_backoff_keeps_the_watchdog_fed_and_stops_promptly(tmp_path: Path, outbox: Outbox) -> None:
     from edge_agent.lifecycle import HeartbeatRegistry
     from tests.brokers import free_port
