@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 STORE_TIMEOUT_S = 10.0
 DRAIN_ON_STOP_S = 2.0
+SETTLE_S = 2.0  # after a refused message, the wait for the PUBACKs of the rest of the window
 EXPIRE_EVERY_S = 60.0
 HEARTBEAT_NAME = "mqtt-publisher"
 COMMAND_REPLY_GAP_S = 1.0  # a heartbeat answers each command at once, but at most one a second
@@ -233,19 +234,31 @@ class Publisher:
     def _session(self, conn: MqttConnection) -> None:
         while not self._stop.is_set():
             self._beat_now()
-            self._fill_window(conn)
-            conn.loop(0.01 if self._inflight else 0.05)
-            self._flush_acks()
             # Intervals on the monotonic clock: a wall clock stepped back (NTP after a boot in the
-            # future) must not stop heartbeats and expiry until it catches up.
+            # future) must not stop heartbeats and expiry until it catches up. The heartbeat before the
+            # claim, which writes: on a full disk it failed first, ending every session, and the cloud saw
+            # the board online without a heartbeat, so without its store's health (a review).
             now = time.monotonic()
             if now >= self._next_heartbeat:
                 self._next_heartbeat = now + self.settings.heartbeat_s
                 self._last_heartbeat = now
                 self._send_heartbeat(conn, time.time())
+            self._fill_window(conn)
+            conn.loop(0.01 if self._inflight else 0.05)
+            if self._ack_failures:
+                self._settle(conn)
+            self._flush_acks()
             if now >= self._next_expire:
                 self._next_expire = now + EXPIRE_EVERY_S
                 self.outbox.expire()
+
+    def _settle(self, conn: MqttConnection) -> None:
+        """A refused message ends the session (the next one backs off), but the PUBACKs of the others in
+        flight are on their way: taken first, for at most SETTLE_S. Else, with a refused message first in
+        every window, the accepted ones were sent again at every session and never left the outbox."""
+        deadline = time.monotonic() + SETTLE_S
+        while self._inflight and time.monotonic() < deadline:
+            conn.loop(0.02)
 
     def _drain(self, conn: MqttConnection) -> None:
         """On a clean stop, send what waits and take the PUBACKs, for at most ``DRAIN_ON_STOP_S``.
