@@ -3,7 +3,8 @@
 One thread owns everything here: it connects (with exponential backoff and jitter), claims pending rows,
 publishes them QoS 1 with at most ``inflight_max`` messages unacknowledged, and deletes a row only when
 its PUBACK arrives. When the connection drops, rows in flight return to pending and are sent again on the
-next connection; the receiver deduplicates by (device, store, seq). Every wait is bounded.
+next connection; the receiver deduplicates by (device, store, seq). Every wait is bounded, the wait for a
+PUBACK too (PUBACK_KEEPALIVES).
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
 STORE_TIMEOUT_S = 10.0
 DRAIN_ON_STOP_S = 2.0
 SETTLE_S = 2.0  # after a refused message, the wait for the PUBACKs of the rest of the window
+# No PUBACK for this many keepalives while messages are in flight: the broker is not acknowledging. Over a
+# link too slow for the messages paho cuts the session after two (its PINGREQ waits behind them); past
+# that, its PINGRESPs came back, so the broker has the messages and did not answer them.
+PUBACK_KEEPALIVES = 3
+
+
+class BrokerNotAcknowledging(SyncError):
+    """The broker answers keepalives but acknowledged no message for PUBACK_KEEPALIVES of them."""
 EXPIRE_EVERY_S = 60.0
 HEARTBEAT_NAME = "mqtt-publisher"
 COMMAND_REPLY_GAP_S = 1.0  # a heartbeat answers each command at once, but at most one a second
@@ -171,8 +180,8 @@ class Publisher:
                 log.warning("MQTT session ended: %s", exc)
                 self._set(detail=str(exc) or exc.__class__.__name__)
                 conn.close()
-                if isinstance(exc, SyncError):
-                    self._shrink_messages_if_stalled()
+                if isinstance(exc, SyncError) and not isinstance(exc, BrokerNotAcknowledging):
+                    self._shrink_messages_if_stalled()  # a slow uplink; not a broker that does not answer
             except Exception as exc:  # a bug must not silently end syncing: log it, reconnect
                 log.exception("MQTT publisher failed unexpectedly")
                 self._set(detail=f"internal error: {exc!r}")
@@ -248,9 +257,24 @@ class Publisher:
             if self._ack_failures:
                 self._settle(conn)
             self._flush_acks()
+            self._check_acknowledging(now)
             if now >= self._next_expire:
                 self._next_expire = now + EXPIRE_EVERY_S
                 self.outbox.expire()
+
+    def _check_acknowledging(self, now: float) -> None:
+        """A broker that takes messages and answers pings but acknowledges none (a review: 3 minutes
+        "connected" with 47 waiting, no reconnect, until the 24-h backlog alert) ends the session."""
+        if not self._inflight:
+            return
+        waited = now - self._last_ack_at  # since the last PUBACK, or the first message sent after it
+        limit = PUBACK_KEEPALIVES * self.settings.keepalive_s
+        if waited > limit:
+            raise BrokerNotAcknowledging(
+                f"the broker answers its keepalives but acknowledged none of the {len(self._inflight)} "
+                f"messages in flight for {waited:.0f} s: check the broker (its log, disk and persistence); "
+                "they are sent again on the next connection"
+            )
 
     def _settle(self, conn: MqttConnection) -> None:
         """A refused message ends the session (the next one backs off), but the PUBACKs of the others in

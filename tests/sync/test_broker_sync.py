@@ -1077,6 +1077,77 @@ def test_a_board_whose_disk_refuses_writes_still_sends_its_heartbeat(broker: Bro
             db.close()
 
 
+class _BrokerWithoutPubacks:
+    """An MQTT 5 listener that accepts the connection, subscriptions and pings, and acknowledges no
+    PUBLISH: a broker with a broken disk or persistence, as a review found it ("connected" for ever)."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.publishes = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                peer, _ = self._server.accept()
+                threading.Thread(target=self._session, args=(peer,), daemon=True).start()
+
+    def _session(self, peer: socket.socket) -> None:
+        def take(n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = peer.recv(n - len(data))
+                if not chunk:
+                    raise EOFError
+                data += chunk
+            return data
+
+        with contextlib.suppress(OSError, EOFError), peer:
+            while True:
+                kind, length, shift = take(1)[0] >> 4, 0, 0
+                while True:
+                    byte = take(1)[0]
+                    length |= (byte & 127) << shift
+                    shift += 7
+                    if not byte & 128:
+                        break
+                body = take(length)
+                if kind == 1:  # CONNECT
+                    peer.sendall(b"\x20\x03\x00\x00\x00")
+                elif kind == 8:  # SUBSCRIBE
+                    peer.sendall(b"\x90\x04" + body[:2] + b"\x00\x01")
+                elif kind == 12:  # PINGREQ
+                    peer.sendall(b"\xd0\x00")
+                elif kind == 3:
+                    self.publishes += 1
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_a_broker_that_answers_pings_but_acknowledges_nothing_is_left_and_said(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publisher_module, "PUBACK_KEEPALIVES", 1)  # 3 on a board: 3 minutes
+    fake = _BrokerWithoutPubacks()
+    settings = MqttSettings(host="127.0.0.1", port=fake.port, tls=False, keepalive_s=5, backoff_min_s=0.05,
+                            backoff_max_s=0.5, connect_timeout_s=3.0, heartbeat_s=5.0)
+    outbox.enqueue("attention", {"i": 0}).result(5)
+    reconnects = metrics.sample("edge_mqtt_reconnects_total")
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        assert wait_until(lambda: metrics.sample("edge_mqtt_reconnects_total") > reconnects, 25)
+        said = "acknowledged none of the 1 messages in flight for"
+        assert said in caplog.text, caplog.text[-1500:]
+        assert "the uplink is too slow" not in caplog.text  # not taken for a slow link: sizes kept
+        assert outbox.backlog == 1 and fake.publishes >= 1  # kept, to be sent again
+    finally:
+        publisher.stop()
+        fake.close()
+
+
 def test_a_broker_that_stops_answering_is_left_and_everything_arrives_once(
     broker: Broker, outbox: Outbox, tmp_path: Path
 ) -> None:
