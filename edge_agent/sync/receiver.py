@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS conflicts (
     message_id TEXT NOT NULL, created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (device, store, seq, message_id));
 CREATE INDEX IF NOT EXISTS items_by_message ON items (device, message_id);
+-- a store's seqs across device ids, and a device's newest item: the report read the whole table per
+-- device without them (0.47 s a report at 2 M items: a review)
+CREATE INDEX IF NOT EXISTS items_by_store ON items (store, seq);
+CREATE INDEX IF NOT EXISTS items_by_arrival ON items (device, received_at);
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY, status TEXT, status_at REAL, heartbeat TEXT, heartbeat_at REAL,
     duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
