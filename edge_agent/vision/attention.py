@@ -138,6 +138,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 @dataclass
 class _Window:
     start: float
+    last_t: float = 0.0  # the newest frame's time (a clock stepped back is measured from it)
     faces: list[int] = field(default_factory=list)
     shares: list[float] = field(default_factory=list)
 
@@ -171,19 +172,28 @@ class WindowAggregator:
     def _window_start(self, t: float) -> float:
         return math.floor(t / self.window_s) * self.window_s
 
-    def _ended(self, start: float) -> bool:
-        """Whether a frame of the window at ``start`` ends the open one: a later window, or the clock
-        stepped back by more than a window (else the open one would stay open until it caught up)."""
+    def _stepped_back(self, t: float) -> bool:
+        """The clock went back by more than a window since the open window's newest frame (an RTC that
+        ran ahead, then NTP): the open one closes, or it would stay open until the clock caught up,
+        collecting frames of another time (a review: 91 frames in a 20-s window at 2 frames/s). Measured
+        from its newest frame, as the docs say; window starts undercounted it by up to a window."""
         assert self._current is not None
-        return start > self._current.start or start < self._current.start - self.window_s
+        return t < self._current.last_t - self.window_s
+
+    def _ended(self, start: float, t: float) -> bool:
+        """Whether a frame at ``t`` (of the window at ``start``) ends the open one: a later window, or the
+        clock stepped back by more than a window."""
+        assert self._current is not None
+        return start > self._current.start or self._stepped_back(t)
 
     def add(self, t: float, faces: int, attentive: int) -> list[dict[str, Any]]:
         closed = []
         start = self._window_start(t)
-        if self._current is not None and self._ended(start):
-            closed.append(self._close())
+        if self._current is not None and self._ended(start, t):
+            closed.append(self._close_at(t))
         if self._current is None:
-            self._current = _Window(start)
+            self._current = _Window(start, last_t=t)
+        self._current.last_t = t
         self._current.faces.append(faces)
         # A frame with fewer than min_faces faces describes one or two people: it counts as a frame, but
         # its share stays out of the statistics (the window's mean face count alone would let it in).
@@ -193,9 +203,16 @@ class WindowAggregator:
 
     def expire(self, t: float) -> list[dict[str, Any]]:
         """Close the open window once ``t`` is past its end, even when no frame came (camera down)."""
-        if self._current is not None and self._ended(self._window_start(t)):
-            return [self._close()]
+        if self._current is not None and self._ended(self._window_start(t), t):
+            return [self._close_at(t)]
         return []
+
+    def _close_at(self, t: float) -> dict[str, Any]:
+        """Close the open window as a frame (or the time) ``t`` ends it: ``partial`` when the clock was
+        stepped back, as it was cut short."""
+        cut = self._stepped_back(t)
+        summary = self._close()
+        return summary | {"partial": True} if cut else summary
 
     def flush(self) -> dict[str, Any] | None:
         """Close the open window early (the camera closes, or a stop); returns its summary, marked

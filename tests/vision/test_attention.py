@@ -168,9 +168,23 @@ def test_a_clock_stepped_far_back_closes_the_open_window_and_a_small_step_does_n
     assert agg.add(1_800_000_005.0, 4, 2) == []  # NTP slews a few seconds back: same window
     assert agg.expire(1_799_999_990.0) == []  # stepped back less than a window: still open
     (closed,) = agg.expire(1_799_996_400.0)  # an hour back: sent now, not in an hour
-    assert closed["start"] == 1_800_000_000.0 and closed["frames"] == 2
+    assert closed["start"] == 1_800_000_000.0 and closed["frames"] == 2 and closed["partial"] is True
     assert agg.add(1_799_996_401.0, 3, 3) == []  # the next window is on the corrected clock
     assert agg.current_partial()["start"] == 1_799_996_400.0  # type: ignore[index]
+
+
+def test_a_clock_stepped_back_by_more_than_a_window_from_the_newest_frame_closes_the_window():
+    # A review: 30 s back with 20-s windows kept the window open (window starts were compared, not
+    # times): 91 frames in a 20-s window at 2 frames/s, where the docs promise a close
+    agg = WindowAggregator(window_s=20.0, min_faces=1)
+    for n in range(31):  # 520.0 .. 535.0 at 2 frames/s
+        assert agg.add(520.0 + n / 2, 4, 4) == []
+    (closed,) = agg.add(505.5, 4, 4)  # 30 s back
+    assert closed["start"] == 520.0 and closed["frames"] == 31 and closed["partial"] is True
+    assert agg.current_partial()["start"] == 500.0  # type: ignore[index]
+    # a window that simply ends is no partial one
+    (ended,) = agg.add(521.0, 4, 4)
+    assert ended["start"] == 500.0 and "partial" not in ended
 
 
 @pytest.mark.parametrize("window_s", ["inf", "1e300", "86400000", "3601"])
