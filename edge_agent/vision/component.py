@@ -56,7 +56,9 @@ def make_pose(settings: AttentionSettings, pose_engines: Sequence[Engine]) -> Po
     return LandmarkPose()
 
 
-def window_payload(window: dict[str, Any], pose_method: str, class_id: str = "") -> dict[str, Any]:
+def window_payload(
+    window: dict[str, Any], pose_method: str, class_id: str = "", analysis_fps: float | None = None
+) -> dict[str, Any]:
     """The outbox row for one window: class-level numbers only."""
     keys = (
         "start",
@@ -73,6 +75,10 @@ def window_payload(window: dict[str, Any], pose_method: str, class_id: str = "")
     payload = {key: window[key] for key in keys}
     if window.get("partial"):
         payload["partial"] = True  # cut short by a stop: fewer frames than the window's length holds
+    if analysis_fps is not None:
+        # what a window with the camera working all along holds: a camera out for part of it (a review:
+        # 7 frames of 20 sent as a full window) shows in frames / frames_expected
+        payload["frames_expected"] = round((window["end"] - window["start"]) * analysis_fps)
     payload.update(
         {"kind": "attention_window", "v": PAYLOAD_VERSION, "pose_method": pose_method, "class_id": class_id}
     )
@@ -245,7 +251,8 @@ class AttentionComponent:
         return Health(True, f"camera running, {self.loop.fps():.1f} frames/s analysed")
 
     def _store_window(self, window: dict[str, Any]) -> None:
-        self.outbox.enqueue(STREAM, window_payload(window, self.analyser.pose.method, self.class_id))
+        self.outbox.enqueue(STREAM, window_payload(window, self.analyser.pose.method, self.class_id,
+                                                   self.camera_settings.analysis_fps))
         if self.history is not None:
             self.history.record(STREAM, window)
             if time.monotonic() - self._pruned >= PRUNE_EVERY_S:

@@ -475,6 +475,7 @@ def test_a_teachers_pause_closes_the_camera_survives_a_restart_and_ends_on_time(
         assert not component.camera.started and component.camera.latest() is None  # no image kept
         assert not any(t.name == "camera-grabber" for t in threading.enumerate())
         assert outbox.stored and outbox.stored[-1]["partial"] is True  # the open window closed, kept
+        assert outbox.stored[-1]["frames_expected"] == 50  # 5-s windows at 10 frames/s
         assert camera()["opens_at"] == until.timestamp()
         assert component.health().ok and "paused by the teacher; opens Mon 09:45" in component.health().detail
         assert pause_file.read_text() == until.isoformat()
