@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -45,6 +46,9 @@ PUBLIC_PATHS: frozenset[str] = frozenset({"/healthz", "/i18n/en.json", "/i18n/zh
 MAX_LOGIN_BYTES = 4096  # the form holds a token of at most 512 characters and a path
 FAILED_LOGIN_DELAY_S = 0.5  # slows guessing through the form; tokens are long random strings anyway
 COOKIE_MAX_AGE_S = 12 * 3600  # one school day; the teacher logs in again tomorrow
+# float | None, see _session_end (a RequestKey where aiohttp has one: request_body.py says why)
+SESSION_ENDS_KEY: Any = (web.RequestKey("session_ends_at", object) if hasattr(web, "RequestKey")
+                         else "edge_agent.session_ends_at")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -171,6 +175,19 @@ def _presented(request: web.Request, token: str | None) -> str | None:
     # Only a page opened from a link takes ?token= (and moves it to the cookie at once); an API call
     # with it would leave the token in proxy and server logs.
     return request.query.get("token") if request.method == "GET" else None
+
+
+def _session_end(request: web.Request, token: str | None) -> float | None:
+    """When the sign-in this request was let in by ends (epoch s); None when it came in by a token or
+    from the board's own screen. A teacher-view stream ends then (a review: one opened at the end of a
+    sign-in went on for as long as the browser kept it)."""
+    cookie = request.cookies.get(COOKIE_NAME)
+    if token is None or _bearer(request) is not None or cookie is None:
+        return None
+    if decide(request.remote, None, token, request.headers.get("Host")) is Decision.ALLOW:
+        return None  # the board's own screen needs no sign-in
+    issued = session_signed(cookie, token) if len(cookie) <= MAX_TOKEN_CHARS else None
+    return None if issued is None else issued + COOKIE_MAX_AGE_S
 
 
 def _set_session(request: web.Request, response: web.StreamResponse, token: str) -> None:
@@ -367,6 +384,7 @@ def access_middleware(
             if tokens_match(request.query.get("token"), token):
                 _set_session(request, response, token)
             raise response
+        request[SESSION_ENDS_KEY] = _session_end(request, token)
         return await handler(request)
 
     return middleware

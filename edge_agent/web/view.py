@@ -25,7 +25,7 @@ from aiohttp import web
 
 from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
-from edge_agent.web.access import is_loopback
+from edge_agent.web.access import SESSION_ENDS_KEY, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class TeacherView:
             # A reconnecting browser may have missed updates: start every stream with the whole board.
             first = f"retry: {SSE_RETRY_MS}\n\n".encode() + sse_event(self._snapshot(), "snapshot")
             await self._send(response, first)
-            await self._pump(response, queue)
+            await self._pump(response, queue, request.get(SESSION_ENDS_KEY))
         except ConnectionError:
             pass  # the browser went away (a reset, or lost while we waited to send); the finally forgets it
         except asyncio.TimeoutError:
@@ -229,11 +229,18 @@ class TeacherView:
     async def _send(self, response: web.StreamResponse, data: bytes) -> None:
         await asyncio.wait_for(response.write(data), self._stall_s)
 
-    async def _pump(self, response: web.StreamResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    async def _pump(
+        self, response: web.StreamResponse, queue: asyncio.Queue[dict[str, Any]], ends_at: float | None = None
+    ) -> None:
+        """Send updates, and a keepalive when there is none, until the view closes or the sign-in the
+        stream was opened with ends (``ends_at``): the browser's reconnect then hears 401 and the page asks
+        to sign in again."""
         event_id = 0
         closing = asyncio.ensure_future(self._closing.wait())
         try:
             while not self._closing.is_set():
+                if ends_at is not None and time.time() >= ends_at:
+                    return
                 getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({getter, closing}, timeout=self._keepalive_s,
                                              return_when=asyncio.FIRST_COMPLETED)

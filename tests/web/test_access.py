@@ -186,6 +186,42 @@ def test_a_sign_in_that_ended_asks_to_sign_in_again_and_counts_no_wrong_token(
     assert (metrics.REGISTRY.get_sample_value("edge_web_auth_failures_total") or 0.0) == before
 
 
+def test_a_teacher_view_stream_ends_with_the_sign_in_it_was_opened_with(
+    remote_ip: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A review: a stream opened near the end of a 12-h sign-in went on for as long as the browser kept it
+    import socket
+
+    from edge_agent.web import access
+    from edge_agent.web.access import session_value
+
+    monkeypatch.setattr(access, "COOKIE_MAX_AGE_S", 3)  # 12 h on a board
+    server = ServerThread(LiveBoard(), token=WEB_TOKEN, host="0.0.0.0", keepalive_s=0.5).start()
+    try:
+        cookie = session_value(WEB_TOKEN, int(time.time()))
+        head = (f"GET /api/v1/events HTTP/1.1\r\nHost: board\r\nCookie: {COOKIE_NAME}={cookie}\r\n\r\n")
+        with socket.create_connection((remote_ip, server.port), timeout=10) as sock:
+            sock.sendall(head.encode())
+            received, started = b"", time.monotonic()
+            while not received.endswith(b"\r\n0\r\n\r\n"):  # the last chunk: the board ended the stream
+                received += sock.recv(65536)
+                assert time.monotonic() - started < 8, "the stream outlived its sign-in"
+        assert received.startswith(b"HTTP/1.1 200") and b"event: keepalive" in received
+        signed_in = {"Cookie": f"{COOKIE_NAME}={cookie}"}
+        status, _, _ = _request(remote_ip, server.port, "/api/v1/events", signed_in)
+        assert status == 401  # the browser's reconnect: the page asks to sign in again
+        # a token in the header is no sign-in that ends
+        with socket.create_connection((remote_ip, server.port), timeout=10) as sock:
+            sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: board\r\nAuthorization: Bearer {WEB_TOKEN}"
+                         "\r\n\r\n".encode())
+            sock.settimeout(5)
+            time.sleep(4)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            assert not sock.recv(65536).endswith(b"\r\n0\r\n\r\n")  # still going after its 3 s
+    finally:
+        server.stop()
+
+
 def test_wrong_query_token_sets_no_cookie(lan_server: ServerThread, remote_ip: str) -> None:
     status, headers, _ = _request(remote_ip, lan_server.port, "/?token=wrong")
     assert status == 401 and "set-cookie" not in headers
