@@ -356,7 +356,18 @@ class FleetCA:
         if not DEVICE_ID.match(cn):
             raise ProvisioningError(f"CSR common name {cn!r} is not a valid device id (letters, digits, _.-)")
         this_key = key_sha256(csr.public_key())
-        rows = [row for row in self.index() if not row.revoked]
+        index = self.index()
+        rows = [row for row in index if not row.revoked]
+        # A key whose certificate was revoked, with none live since (a renewal revokes the old one of the
+        # same key, but leaves the new one): revoked on purpose, a stolen or retired board's. Signed again
+        # it was back on the broker (a review: `edge-agent-ca sign` took the same CSR at once)
+        gone = [row for row in index if row.revoked and row.key_sha256 == this_key]
+        if gone and not any(row.key_sha256 == this_key for row in rows):
+            raise ProvisioningError(
+                f"this key's certificate (serial {gone[-1].serial}, {gone[-1].common_name!r}) was revoked: "
+                "the key may be in someone else's hands. Give the board a new key and sign that "
+                "(provisioning does, run for that board alone with --replace)"
+            )
         live = [row for row in rows if row.common_name == cn]
         others = [row for row in live if row.key_sha256 != this_key]
         if others and not replace:

@@ -165,6 +165,13 @@ def test_signing_a_boards_key_again_says_which_certificate_it_revoked(
     assert main(["list", str(ca_dir)]) == 0
     states = {line.split("\t")[0]: line.split("\t")[3] for line in capsys.readouterr().out.splitlines()}
     assert states[str(second.serial_number)] == "live"  # the refused signing revoked nothing
+    # a key whose certificate was revoked on purpose is not signed again (a review: a stolen board's CSR
+    # was taken at once, back on the broker)
+    assert main(["revoke", str(ca_dir), "np-3a-01"]) == 0
+    capsys.readouterr()
+    assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "again.pem")]) == 2
+    assert "was revoked: the key may be in someone else's hands" in capsys.readouterr().err
+    assert not (tmp_path / "again.pem").exists()
 
 
 def test_the_brokers_certificate_can_carry_its_address_as_well_as_its_name(tmp_path: Path) -> None:
