@@ -132,6 +132,8 @@ def check_outbox(path: Path, max_age_days: float, now: float | None = None) -> C
     if drops:
         detail += "; dropped since this database was made: " + ", ".join(f"{k} {v}" for k, v in drops.items())
     stale = backlog and age_days >= min(STALE_BACKLOG_DAYS, max_age_days / 2)
+    if drops.get("max_rows") or drops.get("max_bytes"):  # the size limits, not the age, dropped data
+        fix += "; a board offline for long keeps more with higher store.max_rows / store.max_bytes"
     return CheckResult("outbox", True, detail, fix if stale or drops else "", warning=bool(stale or drops))
 
 

@@ -166,6 +166,7 @@ def test_the_outbox_check_reports_drops_and_a_stale_backlog_kept_in_the_database
         "100 unsent, the oldest 9.0 days old; dropped since this database was made: max_rows 30"
     )
     assert "store.max_age_days" in result.fix
+    assert "higher store.max_rows / store.max_bytes" in result.fix  # the limit that dropped them (a review)
     assert doctor.check_outbox(tmp_path / "absent.db", 60.0).ok
 
 
