@@ -104,7 +104,9 @@ class Publisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {"connected": False, "last_success": None, "detail": "not started"}
+        # what the first attempt says while it waits (a slow DNS: 53 s of "not started" in a review)
+        self._state: dict[str, Any] = {"connected": False, "last_success": None,
+                                       "detail": "connecting (the first attempt since the start)"}
         self._next_heartbeat = 0.0
         self._last_heartbeat = -COMMAND_REPLY_GAP_S  # monotonic
         self._next_expire = 0.0

@@ -924,6 +924,15 @@ def test_payloads_that_passed_every_check_but_failed_to_store_are_rejected_and_a
         sender.disconnect()
 
 
+def test_the_first_connect_says_it_is_connecting_not_that_sync_has_not_started(outbox: Outbox) -> None:
+    # A review: a first attempt held up by DNS (3 silent nameservers: 53 s) showed "not started"
+    from tests.brokers import free_port
+
+    settings = MqttSettings(host="127.0.0.1", port=free_port(), tls=False)
+    detail = Publisher(outbox, DeviceSettings(), settings).status()["detail"]
+    assert detail == "connecting (the first attempt since the start)"
+
+
 def test_a_receiver_that_cannot_connect_warns_once_per_cause(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
