@@ -708,9 +708,10 @@ _SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)
 # admin:p@ss/w0rd@host shows no "ss/w0rd"). "host:port/path?x=a@b" is no user and password (round 2: a
 # camera without any was shown as "//***@b", its address gone): a password that reads as a port is left.
 # A space in the password (FFmpeg cannot use it unescaped, and said so with the password in the message:
-# a review) is hidden too; the run stops at another URL or a pipeline's " ! "
+# a review) is hidden too, in a run with no "/" that stops at another URL or a pipeline's " ! " (round 2:
+# "http://[fe80::1]/video failed; see admin@school.edu" lost the address: no "[" in a user either)
 _URL_CREDENTIALS = re.compile(
-    r"//(?:[^/?#:@\s\"']*:(?!\d+(?:[/?#\s\"']|$))(?:(?!://|\s!\s)[^\n\"'])*@"
+    r"//(?:[^/?#:@\s\"'\[\]]*:(?!\d+(?:[/?#\s\"']|$))(?:[^\s\"']*|(?:(?!://|\s!\s)[^/\n\"'])*)@"
     r"(?=(?:[\w.-]+|\[[\w:.%]+\])(?::\d+)?(?:[/?#\s\"']|$))|[^/?#\s\"']*@)"
 )
 # rtspsrc's and souphttpsrc's proxy= takes "[http://][user:passwd@]host[:port]": the user and password need

@@ -53,18 +53,17 @@ def frame_problem(image: np.ndarray | None) -> str | None:
 
 
 # What a dropped frame's reason means to the person fixing the camera
-_DROP_WHY = {"empty": "cannot be decoded (corrupt)", "format": "are not 8-bit colour images",
+_DROP_WHY = {"empty": "cannot be decoded (corrupt)",
+             "format": "are not 8-bit BGR colour images (end a GStreamer pipeline with videoconvert ! "
+                       "video/x-raw,format=BGR ! appsink)",
              "tiny": f"are under {MIN_FRAME_SIDE} px"}
 
 
 def as_bgr(image: np.ndarray) -> np.ndarray:
-    """Grey and 4-channel 8-bit frames (a GStreamer appsink in GRAY8 or BGRx) as the 3-channel BGR the
-    models take: they were dropped as "format", and the camera reported only as stalled (a review)."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.size == 0:
-        return image
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] == 4:
+    """4-channel 8-bit frames (a GStreamer appsink in BGRx or BGRA) as the 3-channel BGR the models take.
+    One-channel frames stay "format": OpenCV hands I420/NV12 ones over as one plane 1.5 times the picture's
+    height, its colour under it, which read as grey counted faces that were not there (round 2)."""
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return image
 
@@ -102,7 +101,7 @@ class Camera:
         self._state = "starting"
         self._detail = ""
         self._description = ""  # the open source's, shown once its first usable frame came
-        self._opened = False  # a source is open (not still opening): no frame for long is a stall
+        self._opened = -1  # the grabber generation whose source is open (not opening): no frame is a stall
         self._last_good = time.monotonic()
         self._thread: threading.Thread | None = None
         self._generation = 0  # a grabber thread whose generation is behind has been replaced
@@ -211,11 +210,12 @@ class Camera:
             if self.state()[0] not in ("reconnecting", "error"):  # a problem stays one until a frame comes
                 self._set_state("starting", f"{source.description} opened; waiting for its first frame")
             self._description = source.description
-            self._opened = True
+            self._opened = generation
             try:
                 ended, good_s = self._grab_until_lost(source, generation)
             finally:
-                self._opened = False
+                if self._opened == generation:  # a replaced grabber leaves the new one's mark alone
+                    self._opened = -1
                 source.release()
             if not self._current(generation):
                 break  # stopping, or replaced after a blocked read: the new grabber owns the state
@@ -287,7 +287,8 @@ class Camera:
         stalled = False
         with self._lock:
             # opened and waiting for its first frame counts too (it said "running" then)
-            running = self._state == "running" or (self._opened and self._state != "stalled")
+            opened = self._opened == self._generation
+            running = self._state == "running" or (opened and self._state != "stalled")
         if running and now - self._last_good > self.stall_timeout_s:
             metrics.CAMERA_STALLS.inc()
             self._last_good = now  # count each stall once per timeout

@@ -44,7 +44,8 @@ def classify(source: str) -> str:
     """'v4l2', 'gstreamer', 'url', 'folder' or 'file'."""
     text = source.strip()
     # /dev/v4l/by-id/... too: the name IT gives a USB camera so that it keeps it when plugged in elsewhere
-    if re.fullmatch(r"\d+", text) or (text.startswith("/dev/") and not Path(text).is_file()):
+    device = text.startswith("/dev/") and not Path(text).is_file() and not Path(text).is_dir()  # /dev/shm
+    if re.fullmatch(r"\d+", text) or device:
         return "v4l2"
     # the scheme first: a camera's password may hold a "!" (rtsp://admin:Secret!1@...), or a space (it
     # was taken for a file name, and the "not an existing file" message showed the password: a review)

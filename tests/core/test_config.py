@@ -315,6 +315,10 @@ HEADER_AND_RAW_PASSWORD_SOURCES = [
     ("http://10.0.0.9:8080/snapshot.cgi?notify=it@school.cn", "http://10.0.0.9:8080/snapshot.cgi?notify=it@school.cn",
      []),
     ("rtsp://10.0.0.9:554/live?ch=1&tag=cam@room101", "rtsp://10.0.0.9:554/live?ch=1&tag=cam@room101", []),
+    # round 2 of 2026-12-03: the rule for a password with a space took an IPv6 address for a user
+    ("http://[fe80::1]/video failed; see admin@school.edu",
+     "http://[fe80::1]/video failed; see admin@school.edu", []),
+    ("rtsp://admin:Zq9 Secret@10.0.0.9/s", "rtsp://***@10.0.0.9/s", ["admin", "Secret"]),
 ]
 
 

@@ -17,7 +17,7 @@ import pytest
 from edge_agent.config import parse_config
 from edge_agent.errors import CameraError, ConfigError
 from edge_agent.telemetry import metrics
-from edge_agent.vision.camera import Camera, frame_problem, next_backoff
+from edge_agent.vision.camera import Camera, as_bgr, frame_problem, next_backoff
 from edge_agent.vision.sources import classify, open_source
 
 
@@ -61,6 +61,18 @@ def folder(tmp_path: Path, faces_dir: Path) -> Path:
 )
 def test_source_strings_are_classified(source, kind):
     assert classify(source) == kind
+
+
+def test_a_folder_under_dev_is_a_folder(tmp_path: Path):
+    # round 2: /dev/shm/frames was taken for a video device (the daemon refused it, doctor said OK)
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm here")
+    folder = Path("/dev/shm") / f"edge-agent-test-{tmp_path.name}"
+    folder.mkdir()
+    try:
+        assert classify(str(folder)) == "folder"
+    finally:
+        folder.rmdir()
 
 
 def test_a_link_to_a_video_device_opens_that_device_and_a_missing_one_says_to_plug_it_in(tmp_path: Path):
@@ -183,10 +195,13 @@ def test_a_truncated_jpeg_in_a_folder_is_dropped_without_a_line_on_stderr_at_eve
     assert len(capfd.readouterr().err.splitlines()) <= 1  # the damaged one decoded once, at most
 
 
-def test_grey_and_four_channel_frames_are_analysed_as_colour():
-    # A GStreamer appsink in GRAY8 or BGRx: every frame was dropped as "format", the camera "stalled"
-    grey, bgrx = np.full((120, 160), 90, np.uint8), np.full((120, 160, 4), 90, np.uint8)
-    for frames in ([grey], [bgrx]):
+def test_four_channel_frames_are_analysed_as_colour_and_one_channel_ones_are_not():
+    # A GStreamer appsink in BGRx: every frame was dropped as "format", the camera "stalled". One plane
+    # stays refused (round 2: an I420 frame is one plane 1.5 times the height, read as grey it had faces
+    # in its colour planes)
+    bgrx = np.full((120, 160, 4), 90, np.uint8)
+    assert frame_problem(as_bgr(np.full((180, 160), 90, np.uint8))) == "format"
+    for frames in ([bgrx],):
         class Source:
             description = "test source"
 
