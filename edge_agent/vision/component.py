@@ -202,6 +202,8 @@ class AttentionComponent:
         with self._pause_lock:  # a pause and a resume clicked at once: the file ends as the camera does
             self.loop.pause(until)
             self._write_pause(until)
+        if until is None and self.live is not None:  # the page hears "starting" now, not a turn later
+            self._publish_live(self.loop.live_section())  # (round 2); a pause is shown once it closed
         log.info("camera %s by the teacher", "resumed" if until is None else f"paused until {until:%H:%M}")
         return until
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import ssl
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edge_agent.errors import ConfigError
 from edge_agent.telemetry import metrics
@@ -28,6 +30,21 @@ KEEPALIVE_S = 75.0  # an idle keep-alive connection closes after this (aiohttp's
 PER_PEER = 32  # a browser opens about 6; a clicker base station a few
 TOTAL = 1024  # the units allow 16,384 open files
 _HEAD_END = b"\r\n\r\n"
+
+
+class _ClientFaults(logging.Filter):
+    """Drops aiohttp's ERROR tracebacks for requests it refused itself as malformed (400-499, before any
+    handler: a head it cannot parse, Content-Encoding: br or zstd it cannot decode). It answers them 400;
+    logged, they were 0.9 KB each, with no token needed (round 2: 183 KB in 2.9 s)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        code = getattr(exc, "code", None)
+        return not (isinstance(exc, HttpProcessingError) and isinstance(code, int) and 400 <= code < 500)
+
+
+# both sites (web and metrics) log through aiohttp's one logger
+logging.getLogger("aiohttp.server").addFilter(_ClientFaults())
 
 
 def server_tls_context(cert_file: Path | None, key_file: Path | None, key: str) -> ssl.SSLContext | None:

@@ -63,7 +63,8 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         # answered 400, not logged (a review: 500 and two tracebacks, 5.6 KB of log per request without a
         # token: 11 MB in 15 s)
         metrics.HTTP_CONNECTIONS_REFUSED.labels(port="web", reason="bad_body").inc()
-        why = str(exc).partition("message=")[2].strip(" ')\n") or str(exc)
+        # "400, message:\n  Can not decode content-encoding: gzip": the words after "message:"
+        why = " ".join(str(exc).partition("message:")[2].split()) or str(exc)
         refused = web.json_response({"error": f"the request body could not be read: {why}"}, status=400)
         refused.force_close()  # what is left of the body on the connection is not a next request
         request.content.feed_eof()  # else aiohttp reads on after the answer, meets the error again, logs it

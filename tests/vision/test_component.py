@@ -703,6 +703,7 @@ def test_a_camera_opening_again_after_a_pause_is_starting_and_only_a_stop_says_s
         # at once, not "closed: outside camera.active_hours" until the loop's next tick
         healths.add(component.health().detail)
         assert component.loop is not None and component.loop.live_section()["camera"]["state"] == "starting"
+        assert state() == "starting"  # published at once
         await wait_for(lambda: state() != "paused")
         seen = []
         for _ in range(10):

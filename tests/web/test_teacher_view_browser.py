@@ -579,9 +579,16 @@ def test_a_page_refused_a_stream_goes_live_once_a_place_frees(
         # the board answers: not "connection lost" (a review: the teacher was told the network was down)
         refused = view.text("#conn-lost-text")
         assert refused.startswith("班牌拒绝了本页面：打开的教师页面太多"), refused
+        # the board going down meanwhile is a lost connection, not "close a tab" (round 2)
+        port = server.port
+        server.stop()
+        view.page.wait_for_function(
+            "() => document.getElementById('conn-lost-text').textContent.startsWith('与班牌的连接已断开')",
+            timeout=10000)
         for holder in holders:
             holder.close()
-        view.wait_live(timeout_ms=10000)
+        server = ServerThread(live_board, keepalive_s=0.5, port=port).start()
+        view.wait_live(timeout_ms=15000)
         live_board.publish("learning", learning_section() | {"answers": 987})
         view.page.wait_for_function("() => document.getElementById('learn-answers').textContent === '987'",
                                     timeout=2000)
@@ -617,6 +624,7 @@ def test_sync_and_camera_switched_off_in_the_config_are_a_choice_not_a_problem(
                                 arg="已在配置中关闭", timeout=2000)
     assert view.text("#att-signal") == "本班牌的配置中已关闭摄像头（camera.enabled = false）"
     assert view.text("#health-camera") == "摄像头已在配置中关闭"
+    assert view.text("#att-camera") == "摄像头已在配置中关闭" and view.text("#att-updated") == ""  # round 2
     assert view.page.get_attribute("#health-camera", "data-ok") == "true"
     assert view.text("#health-state") != "运行中，有问题需处理"
     assert "同步" not in view.text("#health-issues") and "摄像头" not in view.text("#health-issues")

@@ -114,10 +114,11 @@
     camPause.dataset.action = cam.state === "paused" ? "resume" : "pause";
     camPause.textContent = t(cam.state === "paused" ? "camera_resume" : "camera_pause", { n: LESSON_MINUTES });
     setText("att-window", isNum(a.window_s) ? t("attention_window", { s: num(a.window_s) }) : "");
-    setText("att-camera", cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : "");
+    const off = cam.state === "disabled"; // no frame rate, no "updated" growing old: nothing is measured
+    setText("att-camera", cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) && !off ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : "");
     setText("att-pose", a.pose_method ? t("pose_method", { m: tState("pose_method_", a.pose_method) }) : "");
-    shownAt.attention = state.updated.attention; // paused: the figures' own time, not the newest update's
-    setText("att-updated", t("updated_ago", { t: ago(shownAt.attention) }));
+    shownAt.attention = off ? undefined : state.updated.attention; // paused: the figures' own time
+    setText("att-updated", off ? "" : t("updated_ago", { t: ago(shownAt.attention) }));
     renderTimeline(Array.isArray(a.timeline) ? a.timeline : []);
   }
 
@@ -466,7 +467,8 @@
     mine.addEventListener("open", () => { heard(); setConnection(true); });
     mine.addEventListener("keepalive", (ev) => { heard(); syncClock(JSON.parse(ev.data).server_time); });
     mine.addEventListener("error", async () => {
-      setConnection(false);
+      refused = false; // said again below only if the board answers and refused this stream (round 2:
+      setConnection(false); // "close a tab" stayed up over a board that had gone down)
       const answered = await checkSignedIn();
       if (mine !== source) return; // replaced meanwhile (the silence timer): the new one is in charge
       // A refused stream (503: the board's places are taken) is closed for good, and the browser never
@@ -559,7 +561,7 @@
   let saved = null;
   try { saved = localStorage.getItem(LANG_KEY); } catch (err) { saved = null; }
   if (saved && saved !== lang) useLanguage(saved);
-  setInterval(() => { renderClock(); if (state.sections.attention) setText("att-updated", t("updated_ago", { t: ago(shownAt.attention) })); }, 5000);
+  setInterval(() => { renderClock(); if (state.sections.attention && shownAt.attention !== undefined) setText("att-updated", t("updated_ago", { t: ago(shownAt.attention) })); }, 5000);
   setInterval(announceTick, 1000);
   connect();
 })();
