@@ -879,7 +879,7 @@ def test_the_receiver_rejects_malformed_messages_and_stores_nothing(
 
 
 def test_payloads_that_passed_every_check_but_failed_to_store_are_rejected_and_acknowledged(
-    broker: Broker, tmp_path: Path
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Found by a review: a 401-digit "at" and a lone surrogate in an id passed decode_message and then
     # raised inside paho's callback, which ended the receiver's thread unacknowledged; the broker gave the
@@ -914,10 +914,13 @@ def test_payloads_that_passed_every_check_but_failed_to_store_are_rejected_and_a
             # its session ended before the next takes it over: a stop still under way after the 5 s it is
             # given by default (a loaded CI run) let the next receiver get its unacknowledged messages
             receiver.stop(30)
+        caplog.clear()
         again = Receiver(tmp_path / "recv.db", settings, client_id="cloud").start()  # nothing redelivered
         try:
             time.sleep(1.0)
-            assert again.rejected == 0 and again.report(DEVICE)["rejected"] == 4
+            # which ones came again, and why (a rare failure under load: 2 redelivered, not yet explained)
+            redelivered = [r.getMessage() for r in caplog.records if "rejected a message" in r.getMessage()]
+            assert again.rejected == 0 and again.report(DEVICE)["rejected"] == 4, redelivered
         finally:
             again.stop()
     finally:
