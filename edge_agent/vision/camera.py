@@ -13,6 +13,7 @@ such thread at a time.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -57,6 +58,10 @@ _DROP_WHY = {"empty": "cannot be decoded (corrupt)",
              "format": "are not 8-bit BGR colour images (end a GStreamer pipeline with videoconvert ! "
                        "video/x-raw,format=BGR ! appsink)",
              "tiny": f"are under {MIN_FRAME_SIDE} px"}
+
+
+UNSTABLE_WINDOW_S = 300.0
+UNSTABLE_REOPENS = 3  # reopens within the window that make a running camera a problem
 
 
 def as_bgr(image: np.ndarray) -> np.ndarray:
@@ -107,6 +112,7 @@ class Camera:
         self._generation = 0  # a grabber thread whose generation is behind has been replaced
         self._reading_since: float | None = None  # monotonic start of the read in progress
         self._abandoned: threading.Thread | None = None  # a replaced grabber still inside its read
+        self._reopens: collections.deque[float] = collections.deque(maxlen=64)  # monotonic times
         self.on_beat: Callable[[], None] = lambda: None
 
     @classmethod
@@ -199,7 +205,7 @@ class Camera:
                 why = str(exc) if isinstance(exc, CameraError) else (
                     f"cannot open the camera: {type(exc).__name__}: {without_credentials(str(exc))}")
                 self._set_state("error", f"{why} (retrying in {backoff:.0f} s)")
-                metrics.CAMERA_RECONNECTS.inc()
+                self._reopened()
                 self._stop.wait(backoff)
                 continue
             if not self._current(generation):  # stopping, or replaced while opening
@@ -219,7 +225,7 @@ class Camera:
                 source.release()
             if not self._current(generation):
                 break  # stopping, or replaced after a blocked read: the new grabber owns the state
-            metrics.CAMERA_RECONNECTS.inc()
+            self._reopened()
             # After frames for a while the loss was a glitch: reopen soon. A session lost soon after it
             # opened (a camera that accepts the stream and drops it, or sends only bad frames) waits
             # longer each time, however it was lost.
@@ -280,6 +286,19 @@ class Camera:
         elif state != "running":
             self._set_state("running", self._description)
 
+    def _reopened(self) -> None:
+        metrics.CAMERA_RECONNECTS.inc()
+        with self._lock:
+            self._reopens.append(time.monotonic())
+
+    def reopens(self, within_s: float = UNSTABLE_WINDOW_S) -> int:
+        """How many times the source was reopened (lost, failed, stalled) in the last ``within_s``: a
+        camera that comes back every time still is a problem when it does so often (round 2: one that sent
+        a frame or two per connection, then hung, read "running" for good)."""
+        since = time.monotonic() - within_s
+        with self._lock:
+            return sum(1 for at in self._reopens if at >= since)
+
     def check_stall(self) -> bool:
         """Called by the analysis loop: a source with no frame for too long is marked stalled (True), and
         a grabber stuck inside one read for that long is replaced by a new one that reopens the source."""
@@ -305,7 +324,7 @@ class Camera:
                 "camera read blocked for %.0f s; reopening the camera on a new reader (the blocked one "
                 "ends when its read returns)", now - reading_since
             )
-            metrics.CAMERA_RECONNECTS.inc()
+            self._reopened()
             self._abandoned = self._thread
             self._generation += 1
             self._reading_since = None

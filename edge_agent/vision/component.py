@@ -25,7 +25,7 @@ from edge_agent.provisioning.files import write_private
 from edge_agent.store.history import History
 from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
-from edge_agent.vision.camera import Camera, Opener
+from edge_agent.vision.camera import UNSTABLE_REOPENS, UNSTABLE_WINDOW_S, Camera, Opener
 from edge_agent.vision.pipeline import LESSON_GAP_S, AttentionLoop, FrameAnalyser
 from edge_agent.vision.pose import FsaNetPose, LandmarkPose, PoseEstimator
 from edge_agent.vision.yunet import YuNetDetector
@@ -250,6 +250,11 @@ class AttentionComponent:
         state, detail = self.loop.camera_state()
         if state != "running":
             return Health(False, f"camera {state}: {detail}" if detail else f"camera {state}")
+        reopens = self.camera.reopens()
+        if reopens >= UNSTABLE_REOPENS:
+            return Health(False, f"camera unstable: reopened {reopens} times in the last "
+                                 f"{UNSTABLE_WINDOW_S / 60:.0f} minutes (lost, stalled or failing); the "
+                                 "journal says why each time")
         return Health(True, f"camera running, {self.loop.fps():.1f} frames/s analysed")
 
     def _store_window(self, window: dict[str, Any]) -> None:

@@ -722,3 +722,46 @@ def test_a_camera_opening_again_after_a_pause_is_starting_and_only_a_stop_says_s
     # the component's health (systemd's status line, doctor, the heartbeat) says so too, not "stopped"
     assert healths == {"camera starting"}, healths
     assert _attention_section(live)["camera"]["state"] == "stopped"
+
+
+def test_a_camera_lost_after_every_frame_or_two_is_unstable_not_working(
+    photo_folder, face_engine, pose_engines
+):
+    # Round 2: a camera that sent a frame or two per connection and then hung read "running" between its
+    # reopens, so the component stayed up and the fleet alert never fired
+    image = cv2.imread(str(next(p for p in sorted(photo_folder.rglob("*.jpg")))))
+
+    class Brief:
+        description = "a camera that drops every connection"
+
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def read(self):
+            time.sleep(0.05)
+            self.sent += 1
+            return image.copy() if self.sent <= 2 else None  # then the connection ends
+
+        def release(self) -> None:
+            return None
+
+    component = AttentionComponent(
+        CameraSettings(source="x", analysis_fps=10.0, reconnect_min_s=0.1, reconnect_max_s=0.2),
+        AttentionSettings(), face_engine, pose_engines, outbox=ListOutbox(), heartbeats=HeartbeatRegistry(),
+        live=LiveBoard(), opener=lambda stop: Brief(),
+    )
+
+    async def run() -> set[str]:
+        await component.start()
+        healths = set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            health = component.health()
+            healths.add(("ok " if health.ok else "down ") + health.detail.split(":")[0])
+            await asyncio.sleep(0.05)
+        await component.stop()
+        return healths
+
+    healths = asyncio.run(run())
+    assert "down camera unstable" in healths, healths
+    assert component.camera.reopens() >= 3
