@@ -194,7 +194,8 @@ class UpdateSettings(Section):
 class CameraSettings(Section):
     enabled: bool = True
     source: str = Field(
-        "0", description="V4L2 index or /dev/videoN, GStreamer pipeline, rtsp:// URL, file, or folder."
+        "0", description="V4L2 index, /dev/videoN or a link to one (/dev/v4l/by-id/...), GStreamer "
+        "pipeline, rtsp:// URL, file, or folder."
     )
     analysis_fps: float = Field(5.0, gt=0.0, le=60.0)
     width: int = Field(640, ge=64, le=4096)
