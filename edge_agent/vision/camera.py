@@ -113,6 +113,9 @@ class Camera:
         self._reading_since: float | None = None  # monotonic start of the read in progress
         self._abandoned: threading.Thread | None = None  # a replaced grabber still inside its read
         self._reopens: collections.deque[float] = collections.deque(maxlen=64)  # monotonic times
+        self._first_good: float | None = None  # the open session's first usable frame (monotonic)
+        self._last_frame = 0.0  # its latest usable frame (monotonic; _last_good is moved by check_stall)
+        self._blocked_backoff = 0.0  # the wait before a new reader opens after a read that hung
         self.on_beat: Callable[[], None] = lambda: None
 
     @classmethod
@@ -143,6 +146,7 @@ class Camera:
         # the stall clocks start again: a read or frame of before the stop is not a stall now
         self._last_good = time.monotonic()
         self._reading_since = None
+        self._blocked_backoff = 0.0
         self._stop.clear()
         # Not the "stopped" the last stop left: opening again as its hours begin or a pause ends (the
         # component's health said "camera stopped" until the grabber had opened)
@@ -195,7 +199,13 @@ class Camera:
         return generation == self._generation and not self._stop.is_set()
 
     def _run(self, generation: int) -> None:
-        backoff = 0.0
+        # A new reader after a hung read waits first if the hung session was short: a camera that hangs
+        # after every frame or two was reopened every stall timeout for ever (round 2)
+        backoff = self._blocked_backoff
+        if backoff:
+            self._set_state("reconnecting", f"{self._description} read blocked soon after it opened; "
+                                            f"reopening in {backoff:.1f} s")
+            self._stop.wait(backoff)
         while self._current(generation):
             self.on_beat()
             try:
@@ -230,6 +240,8 @@ class Camera:
             # opened (a camera that accepts the stream and drops it, or sends only bad frames) waits
             # longer each time, however it was lost.
             healthy = good_s >= self.stall_timeout_s
+            if healthy:
+                self._blocked_backoff = 0.0
             backoff = self.reconnect_min_s if healthy else next_backoff(
                 backoff, self.reconnect_min_s, self.reconnect_max_s)
             self._set_state("reconnecting", f"{source.description} {ended}; reopening in {backoff:.1f} s")
@@ -242,6 +254,7 @@ class Camera:
         is replaced; returns how, and the seconds from the first usable frame to the last."""
         self._last_good = time.monotonic()
         first_good: float | None = None
+        self._first_good = None
         dropped: dict[str, int] = {}  # since the last usable frame, by reason
         how = "stopped"
         while self._current(generation):
@@ -268,9 +281,9 @@ class Camera:
                 continue
             dropped.clear()
             metrics.CAMERA_FRAMES.inc()
-            self._last_good = time.monotonic()
+            self._last_good = self._last_frame = time.monotonic()  # check_stall moves _last_good on
             if first_good is None:
-                first_good = self._last_good
+                first_good = self._first_good = self._last_good
             self._publish(image)
         return how, 0.0 if first_good is None else self._last_good - first_good
 
@@ -325,6 +338,10 @@ class Camera:
                 "ends when its read returns)", now - reading_since
             )
             self._reopened()
+            first = self._first_good
+            good_s = 0.0 if first is None else self._last_frame - first
+            self._blocked_backoff = 0.0 if good_s >= self.stall_timeout_s else next_backoff(
+                self._blocked_backoff, self.reconnect_min_s, self.reconnect_max_s)
             self._abandoned = self._thread
             self._generation += 1
             self._reading_since = None

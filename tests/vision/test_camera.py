@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import shutil
@@ -412,6 +413,44 @@ def test_a_read_that_hangs_is_a_stall_and_a_new_reader_reopens_the_source():
     finally:
         unblock.set()
         camera.stop()
+
+
+def test_a_camera_that_hangs_after_every_frame_is_reopened_ever_more_slowly():
+    # Round 2: a camera that hung after a frame or two per connection was reopened every stall timeout for
+    # ever. Each read here hangs for 0.3 s (then returns, so that the next replacement may start).
+    opened: list[float] = []
+
+    class Hangs:
+        description = "a camera that hangs after its first frame"
+
+        def __init__(self) -> None:
+            self.first = True
+
+        def read(self) -> np.ndarray | None:
+            if self.first:
+                self.first = False
+                return np.zeros((48, 64, 3), np.uint8)
+            time.sleep(0.3)
+            return None
+
+        def release(self) -> None:
+            return None
+
+    def opener(stop: threading.Event) -> Hangs:
+        opened.append(time.monotonic())
+        return Hangs()
+
+    camera = Camera("test", stall_timeout_s=0.1, reconnect_min_s=0.1, reconnect_max_s=0.8, opener=opener)
+    camera.start()
+    try:
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            camera.check_stall()  # as the analysis loop does
+            time.sleep(0.01)
+    finally:
+        camera.stop()
+    gaps = [b - a for a, b in itertools.pairwise(opened)]
+    assert len(opened) >= 4 and max(gaps[-2:]) >= 0.7, [round(g, 2) for g in gaps]
 
 
 # Camera sources as schools write them, each with the secret it must never show. Nothing listens on port 1,
