@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 COOKIE_NAME = "edge_agent_session"
 LOGIN_PATH = "/login"
+EVENTS_PATH = "/api/v1/events"  # the teacher view's stream (view.py)
 # The page's own words are no board data: a page whose sign-in ended (or whose board cannot be reached)
 # must still switch language (a review: the button did nothing, all left in English)
 PUBLIC_PATHS: frozenset[str] = frozenset({"/healthz", "/i18n/en.json", "/i18n/zh-CN.json"})
@@ -384,7 +385,8 @@ def access_middleware(
             if tokens_match(request.query.get("token"), token):
                 _set_session(request, response, token)
             raise response
-        request[SESSION_ENDS_KEY] = _session_end(request, token)
+        if request.path == EVENTS_PATH:  # only a stream outlives its sign-in: not for every answer posted
+            request[SESSION_ENDS_KEY] = _session_end(request, token)
         return await handler(request)
 
     return middleware

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
-from edge_agent.web.access import SESSION_ENDS_KEY, is_loopback
+from edge_agent.web.access import EVENTS_PATH, SESSION_ENDS_KEY, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class TeacherView:
         routes.get("/")(self.index)
         routes.get("/i18n/{lang}.json")(self.i18n)
         routes.get("/api/v1/live")(self.snapshot)
-        routes.get("/api/v1/events")(self.events)
+        routes.get(EVENTS_PATH)(self.events)
         routes.get("/api/v1/status")(self.status)
         routes.static("/static", STATIC_DIR, append_version=False)
         return routes
