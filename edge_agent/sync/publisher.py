@@ -42,10 +42,6 @@ SETTLE_S = 2.0  # after a refused message, the wait for the PUBACKs of the rest 
 # link too slow for the messages paho cuts the session after two (its PINGREQ waits behind them); past
 # that, its PINGRESPs came back, so the broker has the messages and did not answer them.
 PUBACK_KEEPALIVES = 3
-
-
-class BrokerNotAcknowledging(SyncError):
-    """The broker answers keepalives but acknowledged no message for PUBACK_KEEPALIVES of them."""
 EXPIRE_EVERY_S = 60.0
 HEARTBEAT_NAME = "mqtt-publisher"
 COMMAND_REPLY_GAP_S = 1.0  # a heartbeat answers each command at once, but at most one a second
@@ -53,6 +49,10 @@ STABLE_SESSION_S = 30.0  # a session that ended sooner counts as a failed connec
 T = TypeVar("T")
 
 ConnectionFactory = Callable[..., MqttConnection]
+
+
+class BrokerNotAcknowledging(SyncError):
+    """The broker answers keepalives but acknowledged no message for PUBACK_KEEPALIVES of them."""
 
 
 def mqtt_expiry_s(rows: list[OutboxRow], now: float, message_expiry_days: float) -> float:
