@@ -253,7 +253,6 @@ class Camera:
         """Read until the source ends ("ended") or stalls ("stalled"), stop is requested, or this grabber
         is replaced; returns how, and the seconds from the first usable frame to the last."""
         self._last_good = time.monotonic()
-        first_good: float | None = None
         self._first_good = None
         dropped: dict[str, int] = {}  # since the last usable frame, by reason
         how = "stopped"
@@ -282,10 +281,10 @@ class Camera:
             dropped.clear()
             metrics.CAMERA_FRAMES.inc()
             self._last_good = self._last_frame = time.monotonic()  # check_stall moves _last_good on
-            if first_good is None:
-                first_good = self._first_good = self._last_good
+            if self._first_good is None:
+                self._first_good = self._last_good
             self._publish(image)
-        return how, 0.0 if first_good is None else self._last_good - first_good
+        return how, 0.0 if self._first_good is None else self._last_good - self._first_good
 
     def _publish(self, image: np.ndarray) -> None:
         with self._lock:

@@ -120,7 +120,7 @@ class ImageFolderSource:
 def _ends_a_jpeg(path: Path) -> bool:
     """Whether the file ends with JPEG's end-of-image marker (padding after it allowed)."""
     with path.open("rb") as file:
-        file.seek(max(0, path.stat().st_size - 64))
+        file.seek(max(0, file.seek(0, os.SEEK_END) - 64))  # the file's own size: no second stat
         return file.read().rstrip(b"\0\r\n ").endswith(b"\xff\xd9")
 
 
