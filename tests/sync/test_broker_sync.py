@@ -1034,6 +1034,15 @@ def test_a_receiver_power_cut_loses_nothing_it_acknowledged(
     assert report["unique"] == total and report["max_seq"] == total and report["gaps"] == [], report
 
 
+def _outbox_on(folder: Path) -> tuple[Database, Outbox]:
+    """A board's database and outbox in ``folder`` (a test file system), open."""
+    db = Database(folder / "edge-agent.db", StoreSettings())
+    db.open()
+    outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    outbox.open()
+    return db, outbox
+
+
 @pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
 def test_a_store_stalled_past_the_publishers_wait_strands_no_message(
     broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -1045,10 +1054,7 @@ def test_a_store_stalled_past_the_publishers_wait_strands_no_message(
     settings = plain_settings(broker, batch_max=5)
     receiver = Receiver(tmp_path / "recv.db", settings).start()
     with failing_ext4(tmp_path / "disk") as disk:
-        db = Database(disk.path / "edge-agent.db", StoreSettings())
-        db.open()
-        outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
-        outbox.open()
+        db, outbox = _outbox_on(disk.path)
         for i in range(99):
             outbox.enqueue("attention", {"i": i})
         outbox.enqueue("attention", {"i": 99}).result(5)
@@ -1073,10 +1079,7 @@ def test_a_board_whose_disk_refuses_writes_still_sends_its_heartbeat(broker: Bro
     settings = plain_settings(broker)
     receiver = Receiver(tmp_path / "recv.db", settings).start()
     with failing_ext4(tmp_path / "disk") as disk:
-        db = Database(disk.path / "edge-agent.db", StoreSettings())
-        db.open()
-        outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
-        outbox.open()
+        db, outbox = _outbox_on(disk.path)
         outbox.enqueue("attention", {"i": 0}).result(5)
         disk.fail()  # writes refused from now on (errors=remount-ro), reads still served
         publisher = Publisher(outbox, DeviceSettings(), settings)
