@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.config import Config, KTSettings
@@ -139,7 +139,6 @@ class Assembly:
     sync: SyncComponent | None = None
     updates: ModelUpdates | None = None
     attention: Deferred | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def _engine_names(config: Config) -> list[str]:
@@ -360,9 +359,7 @@ def _web_status(daemon: Daemon, updates: ModelUpdates | None) -> dict[str, Any]:
     return {**_health_summary(daemon, updates, components), "components": components}
 
 
-async def run_daemon(
-    config: Config, *, on_started: Callable[[Assembly], Awaitable[None]] | None = None
-) -> int:
+async def run_daemon(config: Config) -> int:
     try:
         assembly = build(config)
     except ConfigError as exc:
