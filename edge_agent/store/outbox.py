@@ -385,7 +385,8 @@ class Outbox:
         return self.db.write(run)
 
     def ack(self, ids: list[int]) -> Future[int]:
-        """The broker acknowledged these rows: delete them (the outbox is the MQTT session)."""
+        """The broker acknowledged these rows: delete them (the outbox is the MQTT session), pending ones too:
+        a PUBACK that raced a disconnect finds its row back in pending, and the broker has the message."""
 
         def run(conn: sqlite3.Connection) -> int:
             return self._delete(conn, ids)

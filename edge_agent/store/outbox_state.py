@@ -1,9 +1,10 @@
-"""The outbox rules as pure functions: row states, transitions, drop choice and batching.
+"""The outbox rules as pure functions: row states, drop choice and batching.
 
 A row lives ``pending`` → ``inflight`` (handed to MQTT) → deleted (its PUBACK arrived). A lost connection
 or a crash returns ``inflight`` rows to ``pending``; they are sent again and the receiver deduplicates
 by (device, store, seq). Only ``pending`` rows may be dropped (limits, age, expiry): an ``inflight`` row may
-already be at the broker, and dropping it would only hide that from the counters.
+already be at the broker, and dropping it would only hide that from the counters. :class:`Outbox` does these
+moves in SQL; ``tests/store/test_outbox.py`` (OutboxMachine) checks them on a real database.
 Expiry (a row past its MQTT expiry or ``store.max_age_days``, never one stamped before ``CLOCK_FLOOR``) is
 done in SQL by ``Outbox._expire`` and tested there on a real database.
 """
@@ -12,43 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 PENDING = "pending"
 INFLIGHT = "inflight"
-DELETED = "deleted"
-State = Literal["pending", "inflight", "deleted"]
-Event = Literal["send", "ack", "release", "crash", "expire", "drop"]
 
 # Streams kept longest when the outbox is full; everything else is an aggregate that can be recomputed
 # or is superseded by a newer one, so the oldest aggregates are dropped first.
 PRIORITY_STREAMS = frozenset({"alert", "event", "audit"})
-
-_TRANSITIONS: dict[tuple[str, str], str] = {
-    (PENDING, "send"): INFLIGHT,
-    (PENDING, "expire"): DELETED,
-    (PENDING, "drop"): DELETED,
-    (PENDING, "crash"): PENDING,
-    (PENDING, "release"): PENDING,
-    (INFLIGHT, "ack"): DELETED,
-    (INFLIGHT, "release"): PENDING,
-    (INFLIGHT, "crash"): PENDING,
-    # A PUBACK may arrive for a row already returned to pending (it raced a disconnect): the broker
-    # has the message, so the row goes.
-    (PENDING, "ack"): DELETED,
-}
-
-
-class InvalidTransition(ValueError):
-    pass
-
-
-def transition(state: str, event: str) -> str:
-    """The state after ``event``; InvalidTransition when the rules forbid it (e.g. dropping in flight)."""
-    try:
-        return _TRANSITIONS[(state, event)]
-    except KeyError:
-        raise InvalidTransition(f"outbox row in state {state!r} cannot take event {event!r}") from None
 
 
 @dataclass(frozen=True)
@@ -84,10 +55,6 @@ def plan_drops(
 # 2026-01-01 UTC: no board ran this release before it. A board without a battery-backed clock boots in
 # 1970 until NTP answers; rows made meanwhile have no true age and must not be aged out once it does.
 CLOCK_FLOOR = 1_767_225_600.0
-
-
-def clock_is_set(now: float) -> bool:
-    return now >= CLOCK_FLOOR
 
 
 @dataclass(frozen=True)

@@ -2,42 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_agent.store import outbox_state as rules
-
-
-@pytest.mark.parametrize(
-    ("state", "event", "after"),
-    [
-        ("pending", "send", "inflight"),
-        ("inflight", "ack", "deleted"),
-        ("inflight", "release", "pending"),
-        ("inflight", "crash", "pending"),
-        ("pending", "expire", "deleted"),
-        ("pending", "drop", "deleted"),
-        ("pending", "ack", "deleted"),
-    ],
-)
-def test_allowed_transitions(state: str, event: str, after: str) -> None:
-    assert rules.transition(state, event) == after
-
-
-@pytest.mark.parametrize(
-    ("state", "event"),
-    [
-        ("inflight", "drop"),
-        ("inflight", "expire"),
-        ("inflight", "send"),
-        ("deleted", "send"),
-        ("deleted", "ack"),
-    ],
-)
-def test_forbidden_transitions_raise(state: str, event: str) -> None:
-    with pytest.raises(rules.InvalidTransition):
-        rules.transition(state, event)
 
 
 def test_plan_drops_stops_as_soon_as_both_limits_hold() -> None:
