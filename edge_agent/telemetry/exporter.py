@@ -1,9 +1,9 @@
-"""Serving ``/metrics`` and reading histograms back (mean, P99) for the status page and tests.
+"""Serving ``/metrics``, and reading histograms back (mean, P99) for the tests.
 
 The exposition is served from its own aiohttp site (``MetricsSettings.host:port``) so a Prometheus
 scraper never shares a port with the teacher view. Quantiles are read from bucket counts the way
-PromQL's ``histogram_quantile`` does (linear interpolation inside the bucket), so the number on the
-status page matches the Grafana panel.
+PromQL's ``histogram_quantile`` does (linear interpolation inside the bucket), so a test's figure
+matches the Grafana panel. Nothing in the daemon reads them back (the status page shows no latency).
 """
 
 from __future__ import annotations
@@ -249,7 +249,3 @@ async def scrape(url: str, timeout_s: float = 5.0) -> str:
         response.raise_for_status()
         return await response.text()
 
-
-def scrape_blocking(url: str, timeout_s: float = 5.0) -> str:
-    """:func:`scrape` for synchronous callers (the doctor, scripts); not for use inside a running loop."""
-    return asyncio.run(scrape(url, timeout_s))
