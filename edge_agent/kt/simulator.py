@@ -39,10 +39,6 @@ class Curriculum:
     def n_skills(self) -> int:
         return int(self.skill_difficulty.shape[0])
 
-    @property
-    def n_items(self) -> int:
-        return int(self.item_skill.shape[0])
-
 
 @dataclass(frozen=True)
 class SimulatedData:

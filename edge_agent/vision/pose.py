@@ -74,11 +74,6 @@ def _crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     )
 
 
-def fsanet_input(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """BGR crop -> float32 1x3x64x64, (x - 127.5) / 128, as the model was trained."""
-    return fsanet_batch(image, [box])
-
-
 def fsanet_batch(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
     """BGR crops -> one float32 Nx3x64x64 array, (x - 127.5) / 128: resized into one uint8 array, then
     converted and normalised in a single pass instead of once per face."""

@@ -106,10 +106,6 @@ def decide(
     return Decision.ALLOW if tokens_match(presented_token, token) else Decision.BAD_TOKEN
 
 
-def is_allowed(remote_ip: str | None, presented_token: str | None, token: str | None) -> bool:
-    return decide(remote_ip, presented_token, token) is Decision.ALLOW
-
-
 def read_token_file(path: Path | None, key: str = "web.token_file") -> str | None:
     """The token in the file of config key ``key``; None when unset; ConfigError saying what is wrong."""
     if path is None:

@@ -15,7 +15,6 @@ from edge_agent.vision.pose import (
     crop_box,
     faces_per_call,
     fsanet_batch,
-    fsanet_input,
 )
 from edge_agent.vision.yunet import Face
 
@@ -72,7 +71,7 @@ def test_face_box_outside_the_frame_yields_unknown_pose_not_a_crash(fsanet):
 
 def test_fsanet_input_is_normalised_bgr_chw():
     image = np.full((50, 50, 3), 255, np.uint8)
-    blob = fsanet_input(image, (0, 0, 50, 50))
+    blob = fsanet_batch(image, [(0, 0, 50, 50)])
     assert blob.shape == (1, 3, 64, 64) and blob.dtype == np.float32
     assert blob.max() == pytest.approx((255 - 127.5) / 128)
 
