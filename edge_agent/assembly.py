@@ -19,7 +19,14 @@ from edge_agent.config import Config, KTSettings
 from edge_agent.daemon import Daemon
 from edge_agent.errors import ConfigError, EdgeAgentError, ModelError
 from edge_agent.inference.engine_set import EngineSet
-from edge_agent.inference.manifest import ENGINES_DIR, load_manifests
+from edge_agent.inference.manifest import (
+    ENGINES_DIR,
+    FACE_MODEL,
+    KT_MODEL,
+    POSE_MODELS,
+    board_model_names,
+    load_manifests,
+)
 from edge_agent.inference.manifest import Manifest as EngineManifest
 from edge_agent.kt.component import KTComponent
 from edge_agent.kt.roster import Roster, watch_roster
@@ -38,7 +45,6 @@ from edge_agent.telemetry.exporter import MetricsServer
 from edge_agent.updates import ModelUpdates, startup_package, updates_enabled
 from edge_agent.vision.camera_hours import board_clock
 from edge_agent.vision.component import AttentionComponent
-from edge_agent.vision.engines import FACE_MODEL, POSE_MODELS
 from edge_agent.watched_file import WatchedFile
 from edge_agent.web.access import read_token_file
 from edge_agent.web.answers import answer_routes
@@ -47,8 +53,6 @@ from edge_agent.web.health import health_routes
 from edge_agent.web.server import WebComponent
 
 log = logging.getLogger(__name__)
-
-KT_MODEL = "kt-step"
 
 
 class Deferred:
@@ -141,17 +145,6 @@ class Assembly:
     attention: Deferred | None = None
 
 
-def _engine_names(config: Config) -> list[str]:
-    names = []
-    if config.kt.enabled:
-        names.append(KT_MODEL)
-    if config.camera.enabled:
-        names.append(FACE_MODEL)
-        if config.attention.pose_method == "fsanet":
-            names += list(POSE_MODELS)
-    return names
-
-
 def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
     """Everything the daemon runs for ``config``; nothing starts until ``daemon.run()``."""
     live = LiveBoard()
@@ -160,7 +153,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
 
     store = StoreComponent(config, heartbeats=heartbeats, live=live)
     manifests = load_manifests()
-    names = _engine_names(config)
+    names = board_model_names(config)
     missing = [name for name in names if name not in manifests]
     if missing:
         raise ModelError(f"no engine manifest for {missing} in {ENGINES_DIR}; reinstall edge-agent")

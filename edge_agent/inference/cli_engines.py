@@ -21,11 +21,13 @@ from edge_agent.inference.manifest import (
     ENGINES_DIR,
     InputProfile,
     Manifest,
+    board_model_names,
     load_manifests,
     resolve_profiles,
 )
 
 NO_TENSORRT = 3
+BOARD_MODELS = "the models the daemon loads with --config's settings"
 
 
 def _board_config(args: argparse.Namespace) -> Config:
@@ -57,9 +59,12 @@ def _config(
     return config.inference, paths.model_copy(update=updates)
 
 
-def _selected(args: argparse.Namespace) -> list[Manifest]:
+def _selected(args: argparse.Namespace, board: Config | None = None) -> list[Manifest]:
+    """The manifests named on the command line; with none, those ``board`` (its config) loads, or all.
+    A board built every manifest by default, yunet-2023mar too (fetched for minutes, never loaded; with
+    no copy offline, a failed build at every boot)."""
     manifests = load_manifests(Path(args.manifests))
-    names = getattr(args, "names", None) or list(manifests)
+    names = getattr(args, "names", None) or (list(manifests) if board is None else board_model_names(board))
     unknown = [n for n in names if n not in manifests]
     if unknown:
         raise EdgeAgentError(f"unknown model(s) {unknown}; known: {', '.join(sorted(manifests))}")
@@ -83,9 +88,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from edge_agent.inference.fetch import fetch_model
 
-    _, paths = _config(args)
+    board = _board_config(args)
+    _, paths = _config(args, board)
     failed = 0
-    for m in _selected(args):
+    for m in _selected(args, board):
         try:
             print(f"{m.name}: {fetch_model(m, paths, timeout_s=args.timeout)}")
         except EdgeAgentError as exc:
@@ -101,9 +107,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from edge_agent.inference.fetch import cached_model_path, engine_model, fetch_model, sha256_file
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
 
-    _, paths = _config(args)
+    board = _board_config(args)
+    _, paths = _config(args, board)
     failed = 0
-    for m in _selected(args):
+    for m in _selected(args, board):
         path = m.source.repo_path or cached_model_path(m, paths)
         try:
             if m.source.sha256 and path.is_file() and sha256_file(path) != m.source.sha256:
@@ -140,7 +147,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     package_dir = board.kt.package_dir
     selected = [  # the school's KT package where it has one, as the daemon runs it
         step_manifest_for(m, package_dir) if m.name == "kt-step" and package_dir is not None else m
-        for m in _selected(args)
+        for m in _selected(args, board)
     ]
     failed = 0
     for m in selected:
@@ -316,21 +323,29 @@ def add_engines_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     engines = subparsers.add_parser("engines", help="fetch models, build and check inference engines")
     sub = engines.add_subparsers(dest="engines_command", required=True)
 
-    def command(name: str, func: object, help_text: str, names: str | int = "*") -> argparse.ArgumentParser:
+    def command(
+        name: str, func: object, help_text: str, names: str | int = "*", default: str = "all manifests"
+    ) -> argparse.ArgumentParser:
         parser = sub.add_parser(name, help=help_text)
         _common(parser)
-        parser.add_argument("names", nargs=names, help="model names (default: all manifests)")
+        parser.add_argument("names", nargs=names, help=f"model names (default: {default})")
         parser.set_defaults(func=_guarded(func))
         return parser
 
     command("list", cmd_list, "list model manifests and what is present locally")
     fetch = command(
-        "fetch", cmd_fetch, "fetch models (mirror first, then the official URL) and verify sha256"
+        "fetch", cmd_fetch, "fetch models (mirror first, then the official URL) and verify sha256",
+        default=BOARD_MODELS,
     )
     fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per network wait")
-    verify = command("verify", cmd_verify, "check hashes and run each model once on ONNX Runtime")
+    verify = command(
+        "verify", cmd_verify, "check hashes and run each model once on ONNX Runtime", default=BOARD_MODELS
+    )
     verify.add_argument("--fetch", action="store_true", help="fetch missing models first")
-    build = command("build", cmd_build, "build TensorRT engines into the cache (needs TensorRT and a GPU)")
+    build = command(
+        "build", cmd_build, "build TensorRT engines into the cache (needs TensorRT and a GPU)",
+        default=BOARD_MODELS,
+    )
     build.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: from the config")
     quantize = command("quantize", cmd_quantize, "write an INT8 Q/DQ model and report its accuracy change", 1)
     quantize.add_argument("--data", required=True, help="folder of photos (frames or faces) for calibration")

@@ -19,9 +19,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import ModelError
+
+if TYPE_CHECKING:
+    from edge_agent.config import Config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,6 +37,21 @@ CALIBRATION_KINDS = ("frames", "face_crops", "sequences")
 ENGINES_DIR = Path(__file__).resolve().parents[2] / "engines"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
+
+# The manifests the daemon loads; engines/ holds others (yunet-2023mar: the official file, for comparison)
+KT_MODEL = "kt-step"
+FACE_MODEL = "yunet"
+POSE_MODELS = ("fsanet-1x1", "fsanet-var")
+
+
+def board_model_names(config: Config) -> list[str]:
+    """The manifests the daemon loads with ``config``: what `engines build` builds on a board."""
+    names = [KT_MODEL] if config.kt.enabled else []
+    if config.camera.enabled:
+        names.append(FACE_MODEL)
+        if config.attention.pose_method == "fsanet":
+            names += list(POSE_MODELS)
+    return names
 
 
 @dataclass(frozen=True)

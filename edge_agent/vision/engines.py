@@ -7,11 +7,8 @@ from dataclasses import dataclass
 from edge_agent.config import Config
 from edge_agent.errors import ModelError
 from edge_agent.inference.engine import Engine
-from edge_agent.inference.manifest import load_manifests
+from edge_agent.inference.manifest import FACE_MODEL, POSE_MODELS, load_manifests
 from edge_agent.inference.select import LoadedEngine, load_engine
-
-FACE_MODEL = "yunet"
-POSE_MODELS = ("fsanet-1x1", "fsanet-var")
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,27 @@ def test_a_key_only_a_newer_release_knows_is_named_and_ignored_as_the_daemon_doe
     assert next((tmp_path / "cache" / "models").rglob("fsanet-1x1*.onnx")).is_file()
 
 
+def test_without_names_the_models_the_config_loads_are_fetched_and_no_other(
+    tmp_path, model_mirror, monkeypatch, capsys
+):
+    # What edge-agent-engines.service runs: it fetched and built every manifest, yunet-2023mar too (the
+    # official file, kept for comparison, never loaded): minutes on an Orin, and offline a failed build
+    # at every boot. Camera off: no vision model at all.
+    config = tmp_path / "config.toml"
+    base = f'[paths]\ncache_dir = "{tmp_path / "cache"}"\nmodel_mirror = "{model_mirror}"\n'
+    config.write_text(base)
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(config))
+    assert _run(["engines", "fetch"]) == 0
+    fetched = {line.split(":")[0] for line in capsys.readouterr().out.splitlines()}
+    assert fetched == {"kt-step", "yunet", "fsanet-1x1", "fsanet-var"}
+    assert _run(["engines", "verify"]) == 0
+    assert "yunet-2023mar" not in capsys.readouterr().out
+    config.write_text(base + "[camera]\nenabled = false\n")
+    assert _run(["engines", "fetch"]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == ["kt-step"]
+    assert _run(["engines", "fetch", "yunet-2023mar"]) == 0  # by name, still
+
+
 @pytest.mark.skipif(trt is not None, reason="TensorRT imports here")
 def test_build_without_tensorrt_builds_nothing_and_says_so(common, tmp_path, capsys):
     assert _run(["engines", "build", "fsanet-1x1", *common]) == NO_TENSORRT

@@ -85,9 +85,8 @@ def test_fsanet_needs_an_engine():
 def product_engines(tmp_path_factory, model_mirror):
     """FSA-Net x2 as the daemon loads them: manifests, dynamic-batch copies, guarded engines."""
     from edge_agent.config import InferenceSettings, PathSettings
-    from edge_agent.inference.manifest import load_manifests
+    from edge_agent.inference.manifest import POSE_MODELS, load_manifests
     from edge_agent.inference.select import load_engine
-    from edge_agent.vision.engines import POSE_MODELS
 
     cache = tmp_path_factory.mktemp("pose-engines")
     paths = PathSettings(state_dir=cache / "state", cache_dir=cache, model_mirror=model_mirror)
