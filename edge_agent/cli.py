@@ -16,6 +16,7 @@ from edge_agent.config import (
     ConfigError,
     find_config_path,
     load_config,
+    load_config_for_command,
     load_config_ignoring_unknown,
     masked_dump,
     to_toml,
@@ -38,7 +39,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 def _cmd_config_show(args: argparse.Namespace) -> int:
     path = find_config_path(args.config)
     try:
-        config = load_config(path, check_files_exist=False)
+        config = load_config_for_command(path)
     except ConfigError as exc:
         for where, message in exc.problems:
             print(f"{where}: {message}", file=sys.stderr)

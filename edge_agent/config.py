@@ -677,6 +677,16 @@ def load_config(path: Path, *, check_files_exist: bool = True) -> Config:
     return load_config_ignoring_unknown(path, check_files_exist=check_files_exist, ignore_unknown=False)[0]
 
 
+def load_config_for_command(path: Path) -> Config:
+    """The config as the daemon reads it, for the commands IT runs beside it (engines, web clients, kt
+    roster, attention): a key only a newer release knows is named on stderr and ignored. They refused it
+    as a typo ("check spelling") after a rollback, where the daemon ran; ``config check`` stays strict."""
+    config, ignored = load_config_ignoring_unknown(path, check_files_exist=False)
+    for key in ignored:
+        print(f"config {path}: {key} is not a key this release knows; ignored", file=sys.stderr)
+    return config
+
+
 def load_config_ignoring_unknown(
     path: Path, *, check_files_exist: bool = True, ignore_unknown: bool = True
 ) -> tuple[Config, list[str]]:

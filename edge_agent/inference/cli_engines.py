@@ -31,17 +31,12 @@ BOARD_MODELS = "the models the daemon loads with --config's settings"
 
 
 def _board_config(args: argparse.Namespace) -> Config:
-    from edge_agent.config import find_config_path, load_config_ignoring_unknown
+    from edge_agent.config import find_config_path, load_config_for_command
 
     path = find_config_path(getattr(args, "config", None))
-    config = Config()
-    if path.is_file():
-        # As the daemon: edge-agent-engines.service runs this after a rollback too, when the config may
-        # hold a key only the newer release knows (it refused "device.timezone" under systemd, 2026-12-01).
-        config, ignored = load_config_ignoring_unknown(path, check_files_exist=False)
-        for key in ignored:
-            print(f"config {path}: {key} is not a key this release knows; ignored", file=sys.stderr)
-    return config
+    # As the daemon: edge-agent-engines.service runs this after a rollback too, when the config may hold a
+    # key only the newer release knows (it refused "device.timezone" under systemd, 2026-12-01).
+    return load_config_for_command(path) if path.is_file() else Config()
 
 
 def _config(

@@ -105,12 +105,12 @@ def _writable_out(out: Path) -> None:
 def cmd_kt_roster(args: argparse.Namespace) -> int:
     """Turn the school's student ids into pseudonyms with this board's secret and update the roster file;
     the ids themselves are not written anywhere."""
-    from edge_agent.config import find_config_path, load_config
+    from edge_agent.config import find_config_path, load_config_for_command
     from edge_agent.kt.pseudonym import Pseudonymizer
     from edge_agent.kt.roster import read_student_ids, update_roster
 
     try:
-        config = load_config(find_config_path(getattr(args, "config", None)), check_files_exist=False)
+        config = load_config_for_command(find_config_path(getattr(args, "config", None)))
         if config.kt.roster_file is None:
             print("error: kt.roster_file is not set in the config; set it (e.g. "
                   '"/var/lib/edge-agent/roster.txt") and run this again')

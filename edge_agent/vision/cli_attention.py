@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_agent.config import Config, find_config_path, load_config
+from edge_agent.config import Config, find_config_path, load_config_for_command
 from edge_agent.errors import CameraError, EdgeAgentError
 from edge_agent.vision.attention import is_attentive
 from edge_agent.vision.calibration import CalibrationError, fit_calibration
@@ -101,7 +101,7 @@ def _explicit_config(args: argparse.Namespace) -> str | None:
 def _config(args: argparse.Namespace) -> Config:
     explicit = _explicit_config(args)
     path = find_config_path(explicit)
-    config = load_config(path, check_files_exist=False) if explicit or path.is_file() else Config()
+    config = load_config_for_command(path) if explicit or path.is_file() else Config()
     updates: dict[str, Any] = {}
     if args.model_mirror is not None:
         updates["model_mirror"] = args.model_mirror.resolve()

@@ -138,11 +138,11 @@ def add_web_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
 
 
 def cmd_web_clients(args: argparse.Namespace) -> int:
-    from edge_agent.config import check_secret_file, find_config_path, load_config
+    from edge_agent.config import check_secret_file, find_config_path, load_config_for_command
     from edge_agent.provisioning.files import write_private_for_daemon
 
     try:
-        config = load_config(find_config_path(getattr(args, "config", None)), check_files_exist=False)
+        config = load_config_for_command(find_config_path(getattr(args, "config", None)))
         path = config.web.client_tokens_file
         if path is None:
             print("error: web.client_tokens_file is not set in the config; set it (e.g. "
