@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import socket
 import sqlite3
 import ssl
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edge_agent import doctor
+from edge_agent.clock_sync import ClockSyncFlag
 from edge_agent.config import Config, parse_config
 from edge_agent.inference.manifest import load_manifest
 from edge_agent.vision.camera_hours import CameraHours
@@ -601,6 +603,26 @@ def test_timesyncd_flag_file_means_synchronised(tmp_path: Path) -> None:
     flag.parent.mkdir(parents=True)
     flag.touch()
     assert doctor.clock_sync_status(tmp_path) == (True, "systemd-timesyncd synchronized")
+
+
+@pytest.mark.parametrize(("says", "synced"), [("yes", None), ("no", False)])
+def test_the_clock_counts_as_synchronised_only_where_the_daemon_can_tell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, says: str, synced: bool | None
+) -> None:
+    # ntpd (or another NTP client) makes timedatectl say yes; the daemon asks only timesyncd and chronyd
+    # from its sandbox. Doctor said "synchronised" while the daemon aged out nothing.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "timedatectl").write_text(f"#!/bin/sh\necho {says}\n")
+    (bin_dir / "timedatectl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    root = tmp_path / "root"
+    root.mkdir()
+    status, how = doctor.clock_sync_status(root)
+    assert status is synced and ClockSyncFlag(root)() is False
+    if synced is None:
+        assert "edge-agent can ask" in how
+        assert doctor.check_clock(dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc), status, how).warning
 
 
 # --- the whole command -----------------------------------------------------------------------
