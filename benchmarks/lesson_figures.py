@@ -21,7 +21,7 @@ BROKEN_FRAME_REASONS = ("empty", "format", "tiny", "analysis_error")
 # Counters that must not move in a healthy run (label filters select the error outcomes only; a tuple
 # matches any of its values).
 ERROR_COUNTERS: dict[str, dict[str, str | tuple[str, ...]]] = {
-    "edge_inference_requests_total": {"outcome": "error"},
+    "edge_inference_requests_total": {"outcome": ("error", "rejected")},  # rejected: feeds refused
     "edge_engine_load_failures_total": {},
     "edge_outbox_drops_total": {},
     "edge_mqtt_reconnects_total": {},

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_agent import json_input
 from edge_agent.config import MqttSettings
 from edge_agent.errors import InputRejected, SyncError
 from edge_agent.sync.mqtt import MqttConnection
@@ -331,8 +332,8 @@ def _heartbeat_text(payload: bytes) -> str | None:
         return None
     try:
         text = payload.decode("utf-8")
-        return text if isinstance(json.loads(text), dict) else None
-    except ValueError:  # UnicodeDecodeError is one
+        return text if isinstance(json_input.loads(text), dict) else None
+    except ValueError:  # UnicodeDecodeError and JSONRefused (nested too deep) are ones
         return None
 
 

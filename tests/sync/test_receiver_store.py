@@ -115,3 +115,11 @@ def test_two_boards_sending_from_one_copied_database_keep_their_own_gaps(tmp_pat
         assert receiver.report("y")["gaps"] == []
     finally:
         receiver.stop()
+
+
+def test_a_heartbeat_nested_too_deep_is_not_json_to_the_receiver_not_a_crash_of_its_parser() -> None:
+    # json.loads raised RecursionError on it: caught only by the message handler's catch-all
+    from edge_agent.sync.receiver import _heartbeat_text
+
+    assert _heartbeat_text(b"[" * 5_000 + b"]" * 5_000) is None  # 10 KB, under the size limit
+    assert _heartbeat_text(b'{"status":"online"}') == '{"status":"online"}'
