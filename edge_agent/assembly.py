@@ -13,11 +13,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from edge_agent.config import Config, KTSettings
+from edge_agent.config import Config, KTSettings, read_token_file, start_problems
 from edge_agent.daemon import Daemon
-from edge_agent.errors import ConfigError, EdgeAgentError, ModelError
+from edge_agent.errors import CommandRefused, ConfigError, EdgeAgentError, ModelError
 from edge_agent.inference.engine_set import EngineSet
 from edge_agent.inference.manifest import (
     ENGINES_DIR,
@@ -46,7 +47,6 @@ from edge_agent.updates import ModelUpdates, startup_package, updates_enabled
 from edge_agent.vision.camera_hours import board_clock
 from edge_agent.vision.component import AttentionComponent
 from edge_agent.watched_file import WatchedFile
-from edge_agent.web.access import read_token_file
 from edge_agent.web.answers import answer_routes
 from edge_agent.web.camera_pause import camera_routes
 from edge_agent.web.health import health_routes
@@ -145,8 +145,9 @@ class Assembly:
     attention: Deferred | None = None
 
 
-def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
-    """Everything the daemon runs for ``config``; nothing starts until ``daemon.run()``."""
+def build(config: Config, *, notifier: Notifier | None = None, config_path: Path | None = None) -> Assembly:
+    """Everything the daemon runs for ``config``; nothing starts until ``daemon.run()``. ``config_path``:
+    the file it came from, checked again before a reload restarts the daemon onto it."""
     live = LiveBoard()
     heartbeats = HeartbeatRegistry()
     token = read_token_file(config.web.token_file) if config.web.enabled else None
@@ -191,8 +192,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         if updates is not None:
             commands.register("model_update", updates.handle_command)
         # the config is read at start: a reload is a clean restart (Daemon.request_restart)
-        commands.register("config_reload", lambda command: daemon.request_restart_soon(
-            f"config_reload command {command.request_id}"))
+        commands.register("config_reload", lambda command: _reload(daemon, command.request_id))
         sync = SyncComponent(
             store.outbox,
             config.device,
@@ -249,6 +249,7 @@ def build(config: Config, *, notifier: Notifier | None = None) -> Assembly:
         notifier=notifier,
         ready_after=store.name,
         engine_status=lambda: _engine_rows(engines, activator, updates),
+        restart_check=None if config_path is None else lambda: start_problems(config_path),
     )
     return Assembly(daemon, config, live, store, engines, kt, web, metrics_server, sync, updates, attention)
 
@@ -352,9 +353,18 @@ def _web_status(daemon: Daemon, updates: ModelUpdates | None) -> dict[str, Any]:
     return {**_health_summary(daemon, updates, components), "components": components}
 
 
-async def run_daemon(config: Config) -> int:
+def _reload(daemon: Daemon, request_id: str) -> None:
+    """The config_reload command (the publisher's thread): refused, with why, when the config on disk
+    would not start; it was "accepted" and the board went down, the cloud never told why (a review)."""
+    if problems := daemon.restart_problems():
+        raise CommandRefused("the config on disk would not start, so the board runs on with the one it "
+                             "started with: " + "; ".join(f"{key}: {message}" for key, message in problems))
+    daemon.request_restart_soon(f"config_reload command {request_id}")
+
+
+async def run_daemon(config: Config, config_path: Path | None = None) -> int:
     try:
-        assembly = build(config)
+        assembly = build(config, config_path=config_path)
     except ConfigError as exc:
         for where, message in exc.problems:
             log.error("config problem: %s: %s", where, message)

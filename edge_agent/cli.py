@@ -71,7 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "config %s: %s is not a key edge-agent %s knows; ignored. A typo (see README 'Config "
             "reference'), or a newer release's key after a rollback", path, key, __version__,
         )
-    return asyncio.run(run_daemon(config))
+    return asyncio.run(run_daemon(config, path))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

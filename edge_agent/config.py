@@ -635,6 +635,23 @@ MIN_DISTINCT_BYTES = 8  # provisioning writes 64 hex digits (16 different bytes)
 BOM = b"\xef\xbb\xbf"
 
 
+def read_token_file(path: Path | None, key: str = "web.token_file") -> str | None:
+    """The token in the file of config key ``key``; None when unset; ConfigError saying what is wrong."""
+    if path is None:
+        return None
+    problem = check_secret_file(key, path)
+    if problem is not None:
+        raise ConfigError([(key, problem)])
+    try:
+        token = path.read_text(encoding="utf-8-sig").strip()  # Notepad's BOM is no part of it
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([(key, f"cannot read {path}: {exc}")]) from exc
+    if not token_fits(token):
+        raise ConfigError([(key, f"{path} must hold one token of 16 to {MAX_TOKEN_CHARS} "
+                                 "characters without spaces (e.g. from: openssl rand -hex 24)")])
+    return token
+
+
 def secret_bytes(path: Path) -> bytes:
     """The pseudonym secret in ``path``: spaces and line ends around it, and an editor's byte-order mark
     (Notepad adds one), are no part of it. OSError when it cannot be read."""
@@ -669,7 +686,27 @@ def check_files(config: Config) -> list[tuple[str, str]]:
     for key, path in config.required_files():
         if not path.is_file():
             problems.append((key, f"file {path} does not exist"))
+    for key, token_file in config.secret_files():
+        if key in ("web.token_file", "metrics.token_file") and all(k != key for k, _ in problems):
+            try:
+                read_token_file(token_file, key)
+            except ConfigError as exc:  # a review: config check and doctor said OK, the start refused
+                problems += exc.problems
+    for key, path in [*config.secret_files(), *config.required_files()]:
+        if not path.is_absolute():  # passed where IT checked it (the config's folder), missing under systemd
+            problems.append((key, f"{path} is a relative path: the daemon runs from / (its unit's working "
+                                  "directory), so give the whole path, e.g. /etc/edge-agent/..."))
     return problems
+
+
+def start_problems(path: Path) -> list[tuple[str, str]]:
+    """What would stop the daemon from starting on the config at ``path`` now (the files it names
+    included), as (key, message); none when it would start. Asked before a reload restarts the daemon."""
+    try:
+        load_config_ignoring_unknown(path)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
 
 
 def load_config(path: Path, *, check_files_exist: bool = True) -> Config:

@@ -67,8 +67,11 @@ class Daemon:
         notifier: Notifier | None = None,
         ready_after: str | None = None,
         engine_status: Callable[[], list[dict[str, object]]] | None = None,
+        restart_check: Callable[[], list[tuple[str, str]]] | None = None,
     ) -> None:
-        """``ready_after`` names the component after whose start READY=1 is sent (the store)."""
+        """``ready_after`` names the component after whose start READY=1 is sent (the store).
+        ``restart_check``: what would stop the config on disk from starting (config.start_problems), asked
+        before a reload; a reload onto a broken config left the board down until someone edited it."""
         self._states = [ComponentState(c) for c in components]
         self.live = live
         self.heartbeats = heartbeats
@@ -78,6 +81,7 @@ class Daemon:
         self._last_status = ""
         self.state = "starting"
         self._engine_status = engine_status or (lambda: [])
+        self._restart_check = restart_check or (lambda: [])
         self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health_error_logged = -float("inf")
@@ -86,9 +90,19 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def restart_problems(self) -> list[tuple[str, str]]:
+        """Why the config on disk would not start, as (key, message); none when a restart may go ahead."""
+        return self._restart_check()
+
     def request_restart(self, why: str) -> None:
         """On the loop: stop cleanly and exit with RESTART_EXIT, so that systemd starts the daemon again
-        and it reads its config anew (nothing is reloaded in place)."""
+        and it reads its config anew (nothing is reloaded in place). Not while the config on disk would
+        not start: the board runs on as it is, and the log says why."""
+        if problems := self.restart_problems():
+            said = "; ".join(f"{key}: {message}" for key, message in problems)
+            log.error("%s: not restarting, the config on disk would not start (%s); running on with the "
+                      "config read at the start", why, said)
+            return
         log.warning("%s: stopping cleanly to start again with the config on disk", why)
         self.exit_code = RESTART_EXIT
         self._stop.set()

@@ -24,8 +24,14 @@ from importlib import metadata
 from pathlib import Path
 
 from edge_agent import __build__, __version__
-from edge_agent.config import Config, ConfigError, load_config_ignoring_unknown, masked_dump, to_toml
-from edge_agent.web.access import read_token_file
+from edge_agent.config import (
+    Config,
+    ConfigError,
+    load_config_ignoring_unknown,
+    masked_dump,
+    read_token_file,
+    to_toml,
+)
 from edge_agent.web.server import local_host
 
 COMMAND_TIMEOUT_S = 20.0

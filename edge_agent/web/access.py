@@ -23,14 +23,13 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from edge_agent.config import MAX_TOKEN_CHARS, check_secret_file, token_fits
+from edge_agent.config import MAX_TOKEN_CHARS
 from edge_agent.errors import ConfigError
 from edge_agent.telemetry import metrics
 from edge_agent.web.clients import ANSWERS_PATH, Clients
@@ -104,23 +103,6 @@ def decide(
     if presented_token is None or presented_token == "":
         return Decision.NEED_TOKEN
     return Decision.ALLOW if tokens_match(presented_token, token) else Decision.BAD_TOKEN
-
-
-def read_token_file(path: Path | None, key: str = "web.token_file") -> str | None:
-    """The token in the file of config key ``key``; None when unset; ConfigError saying what is wrong."""
-    if path is None:
-        return None
-    problem = check_secret_file(key, path)
-    if problem is not None:
-        raise ConfigError([(key, problem)])
-    try:
-        token = path.read_text(encoding="utf-8-sig").strip()  # Notepad's BOM is no part of it
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([(key, f"cannot read {path}: {exc}")]) from exc
-    if not token_fits(token):
-        raise ConfigError([(key, f"{path} must hold one token of 16 to {MAX_TOKEN_CHARS} "
-                                 "characters without spaces (e.g. from: openssl rand -hex 24)")])
-    return token
 
 
 def session_value(token: str, issued: int) -> str:

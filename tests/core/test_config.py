@@ -107,6 +107,28 @@ BROKEN = [
 ]
 
 
+def test_config_check_refuses_what_the_daemon_would_refuse_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: a web token of 5 characters, and secret files named by relative paths (they exist where IT
+    # runs the check; the daemon runs from / under systemd) passed `config check` and doctor, not the start
+    short = tmp_path / "web.token"
+    short.write_text("short\n")
+    short.chmod(0o600)
+    path = tmp_path / "config.toml"
+    path.write_text(_valid_config_text(tmp_path).replace('token_file = ""', f'token_file = "{short}"'))
+    assert main(["config", "check", str(path)]) == 1
+    assert "web.token_file" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    _write_secret(tmp_path / "web.token")
+    relative = _valid_config_text(tmp_path).replace('token_file = ""', 'token_file = "web.token"')
+    path.write_text(relative.replace(str(tmp_path / "pseudonym.key"), "pseudonym.key"))
+    assert main(["config", "check", str(path)]) == 1
+    said = capsys.readouterr().err
+    assert "is a relative path" in said
+    assert "web.token_file" in said and "device.pseudonym_secret_file" in said
+
+
 @pytest.mark.parametrize(("what", "change", "key", "line"), BROKEN, ids=[b[0] for b in BROKEN])
 def test_a_broken_config_names_the_key_path_and_line(
     tmp_path: Path,

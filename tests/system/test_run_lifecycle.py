@@ -414,3 +414,63 @@ def test_a_reload_is_a_clean_restart_that_reads_the_config_again(
         assert "config_reload command r-7: stopping cleanly" in second.output()
     finally:
         broker.stop()
+
+
+@pytest.mark.broker
+def test_a_reload_onto_a_config_that_would_not_start_is_refused_and_the_board_runs_on(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess],
+) -> None:
+    # A review: config_reload was "accepted" and SIGHUP stopped the daemon onto a config with web.port =
+    # 210030; the start refused it (exit 1), and the board stayed down (teacher view, answers, sync) until
+    # someone edited the file on it. The cloud was never told why.
+    import paho.mqtt.client as paho
+
+    from tests.brokers import Broker
+
+    broker = Broker(tmp_path / "broker").start()
+    heard: list[dict[str, Any]] = []
+    watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="fleet-controller")
+    try:
+        cfg = local_config(tmp_path, faces=None, mqtt_port=broker.port)
+        config = write_config(tmp_path / "config.toml", cfg)
+        daemon = daemons(config, notify, tmp_path / "run.log").start()
+        daemon.wait_running(healthy=True)
+        write_config(config, {**cfg, "web": {**cfg["web"], "port": 210030}})
+
+        daemon.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "not restarting" not in daemon.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        said = "SIGHUP (a reload): not restarting, the config on disk would not start (web.port"
+        assert said in daemon.output()
+
+        watcher.on_message = lambda _c, _u, message: heard.append(json.loads(message.payload))
+        watcher.connect("127.0.0.1", broker.port)
+        watcher.subscribe("edge/district-t/school-t/board-t/heartbeat", qos=1)
+        watcher.loop_start()
+        reload = json.dumps({"type": "config_reload", "request_id": "r-bad"})
+        watcher.publish("edge/district-t/school-t/board-t/cmd", reload, qos=1).wait_for_publish(5)
+
+        def outcome() -> dict[str, Any] | None:
+            for heartbeat in reversed(heard):
+                for item in heartbeat.get("health", {}).get("commands", []):
+                    if item.get("request_id") == "r-bad":
+                        return dict(item)
+            return None
+
+        deadline = time.monotonic() + 15
+        while outcome() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        refused = outcome()
+        assert refused is not None and refused["accepted"] is False, (refused, heard[-1:])
+        assert "the config on disk would not start" in refused["detail"] and "web.port" in refused["detail"]
+        time.sleep(1)
+        assert daemon.proc is not None and daemon.proc.poll() is None  # still serving
+
+        write_config(config, cfg)  # mended: the reload goes ahead
+        daemon.signal(signal.SIGHUP)
+        assert daemon.wait(10) == 75, daemon.output()[-3000:]
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+        broker.stop()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.config import read_token_file
 from edge_agent.errors import ConfigError
 from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
@@ -20,7 +21,6 @@ from edge_agent.web.access import (
     access_middleware,
     decide,
     is_loopback,
-    read_token_file,
 )
 from tests.web.conftest import WEB_TOKEN
 from tests.web.harness import ServerThread, non_loopback_ipv4
