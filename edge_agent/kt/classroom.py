@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_agent.config import KTSettings
 from edge_agent.kt.package import ItemInfo, KTPackage
-from edge_agent.kt.recommend import recommend, weakest_skills
+from edge_agent.kt.recommend import ItemBank, weakest_skills
 
 HISTOGRAM_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0000001)
 CLOCK_STEP_S = 10.0  # a wall clock this far off the monotonic one within a window was stepped (NTP)
@@ -204,6 +204,8 @@ def summarize(
     settings: KTSettings,
     now: float,
     window_s: float | None = None,
+    *,
+    bank: ItemBank | None = None,
 ) -> dict[str, Any]:
     """The "kt_class" outbox payload of a ``window_s`` window (default ``lesson_window_s``); with
     ``window_s`` infinite, the LiveBoard "learning" section of the lesson so far, whose skill figures are
@@ -261,8 +263,8 @@ def summarize(
     weak = weakest_skills(mean, settings.weak_skills, practised or None)
     # Only skills the class has not mastered are called weak; practice is still recommended on the lowest.
     summary["weakest"] = [package.skills[k].id for k in weak if mean[k] < settings.mastery_threshold]
-    recs = recommend(
-        mean, items_by_skill(package), weak, target=settings.target_success, count=settings.recommendations
-    )
+    bank = bank or ItemBank(items_by_skill(package), len(package.skills))  # the service passes its own
+    practise = bank.practice_skills(mean, weak, practised or None)
+    recs = bank.recommend(mean, practise, target=settings.target_success, count=settings.recommendations)
     summary["recommended"] = [r.as_dict() for r in recs]
     return summary

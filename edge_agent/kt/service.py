@@ -110,6 +110,16 @@ def _expire(future: asyncio.Future[list[Feedback]], seconds: float) -> None:
         future.set_exception(ServiceBusy(f"no feedback within {seconds} s; retry"))
 
 
+def _bank_of(package: KTPackage) -> ItemBank:
+    bank = ItemBank(items_by_skill(package), len(package.skills))
+    if bank.practicable is not None:
+        missing = [s.id for k, s in enumerate(package.skills) if k not in set(bank.practicable)]
+        log.warning("KT package %s: %d of %d skills have no items (%s%s); practice is recommended on the "
+                    "weakest skills that have some", package.path, len(missing), len(package.skills),
+                    ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "")
+    return bank
+
+
 def step_model_id(package: KTPackage) -> bytes:
     """What a student state records as the model that computed it: the sha256 of the step model file
     (it changes with the weights, and only with them)."""
@@ -156,7 +166,7 @@ class KTService:
         self._monotonic = monotonic or (time.monotonic if clock is time.time else clock)
         self._prior = np.asarray(package.prior_success, dtype=np.float32)
         self._model_id = step_model_id(package)
-        self._bank = ItemBank(items_by_skill(package))
+        self._bank = _bank_of(package)
         self._skill_text = _skill_text(package)
         self._old_states_logged = False  # "stored by an older release": said once
         # least recently answered first: over settings.max_students the front is forgotten (_forget_oldest)
@@ -351,7 +361,7 @@ class KTService:
         with self._lock:
             self.package, self.engine = swap.package, swap.engine
             self._model_id, self._prior = swap.model, prior
-            self._bank = ItemBank(items_by_skill(swap.package))
+            self._bank = _bank_of(swap.package)
             self._skill_text = _skill_text(swap.package)
             self._states.update(replayed)  # same keys: the order (least recently answered first) stays
             for window in (self._lesson, self._view, *self._ended):
@@ -694,7 +704,7 @@ class KTService:
             weak = weakest_skills(row, settings.weak_skills)
             recs = self._bank.recommend(
                 row,
-                weak,
+                self._bank.practice_skills(row, weak),
                 target=settings.target_success,
                 count=settings.recommendations,
                 exclude=(a.item_id,),
@@ -739,8 +749,8 @@ class KTService:
             if self._view is not None and self._view.idle(now, self.settings.lesson_gap_s, self._monotonic()):
                 self._view = None  # the lesson is over: the board waits for the next one's first answer
             window = None if self._view is None else self._view.copy()
-            package = self.package
-        return summarize(window, package, self.settings, now, window_s=math.inf)
+            package, bank = self.package, self._bank
+        return summarize(window, package, self.settings, now, window_s=math.inf, bank=bank)
 
     def lesson_view(self) -> dict[str, Any] | None:
         """The teacher's lesson, to keep across a restart (None when there is none)."""
@@ -775,9 +785,9 @@ class KTService:
                 if window is None or not (now_anyway or due):
                     return None
                 self._lesson = None
-            package = self.package
+            package, bank = self.package, self._bank
         assert window is not None
-        return summarize(window, package, self.settings, now)
+        return summarize(window, package, self.settings, now, bank=bank)
 
     def now(self) -> float:
         return self._clock()

@@ -78,6 +78,27 @@ def test_feedback_has_mastery_weakest_and_fresh_recommendations(
     assert "s1" not in str(fb)
 
 
+def test_practice_is_recommended_on_the_weakest_skills_that_have_items(
+    package, engine, kt_settings, pseudonymize, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A review: a school's package without items on its weakest skills recommended nothing (108 of 200
+    # answers), and loading it said nothing. The weakest list stays the weakest of all.
+    prior = np.asarray(package.prior_success)
+    bare = {package.skills[k].id for k in np.argsort(prior)[: len(package.skills) // 2]}
+    thin = dataclasses.replace(package, items=tuple(i for i in package.items if i.skill_id not in bare))
+    svc = _service(thin, engine, kt_settings, pseudonymize)
+    assert f"{len(bare)} of {len(package.skills)} skills have no items" in caplog.text
+    answers = [_answer(thin, pseudonymize, f"s{n}", "e1", item=n % 7, correct=n % 2) for n in range(20)]
+    feedback = [svc.submit([answer]).result(5)[0] for answer in answers]
+    view = svc.class_summary()
+    svc.stop()
+    for fb in feedback:
+        assert {w["skill_id"] for w in fb["weakest"]} & bare  # the weakest of all, items or not
+        assert len(fb["recommended"]) == kt_settings.recommendations
+        assert not {r["skill_id"] for r in fb["recommended"]} & bare
+    assert view["recommended"] and not {r["skill_id"] for r in view["recommended"]} & bare
+
+
 def test_each_answer_in_a_batch_gets_the_feedback_of_its_own_step(
     package, engine, kt_settings, pseudonymize
 ) -> None:
