@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import select
 import socket
 import ssl
 import time
@@ -230,6 +231,8 @@ class MqttConnection:
         self._client.on_publish = self._handle_publish
         self._client.on_message = self._handle_message
         self._client.on_log = self._handle_log
+        self._client.on_socket_close = self._drain_before_close
+        self._drain_until: float | None = None  # set by disconnect(): read until the broker closes
         if will:
             self._client.will_set(status_topic, b"offline", qos=1, retain=True)
         self._will = will
@@ -254,6 +257,26 @@ class MqttConnection:
         callback = self._on_retained if message.retain and self._on_retained else self._on_message
         if callback is not None:
             callback(message.topic, bytes(message.payload))
+
+    def _drain_before_close(self, _c: Any, _u: Any, sock: Any) -> None:
+        """After our DISCONNECT, read (and drop) until the broker closes, then close.
+
+        A socket closed with bytes still unread (a SUBACK, the next PUBLISH) is reset (RST), not closed,
+        and Mosquitto then drops what it had not yet read from us: the PUBACKs of the last messages the
+        receiver stored, and the DISCONNECT. Its session kept those messages, so the next receiver got
+        them again (2.0.11 under load: a test's rejected heartbeats counted twice). What arrives here is
+        not acknowledged: the broker's session keeps it for the next connection."""
+        if self._drain_until is None:
+            return
+        while (left := self._drain_until - time.monotonic()) > 0:
+            try:
+                readable, _w, _x = select.select([sock], [], [], left)
+                if not readable or not sock.recv(65536):
+                    return  # the deadline, or the broker closed: it has read all we sent
+            except ssl.SSLWantReadError:
+                continue
+            except OSError:  # a reset, a TLS EOF: nothing more to read
+                return
 
     def _handle_log(self, _c: Any, _u: Any, level: int, text: str) -> None:
         # Keep the first error: paho follows a TLS alert with generic "not connected" lines.
@@ -386,8 +409,9 @@ class MqttConnection:
             try:
                 if self._will:
                     self.publish(self.status_topic, b"offline", retain=True)
-                self._client.disconnect()
                 deadline = time.monotonic() + timeout
+                self._drain_until = deadline
+                self._client.disconnect()
                 while self._lost is None and time.monotonic() < deadline:
                     self._client.loop(0.05)
             except SyncError as exc:

@@ -911,16 +911,65 @@ def test_payloads_that_passed_every_check_but_failed_to_store_are_rejected_and_a
             assert report["rejected"] == 4 and report["heartbeat"] is None
             assert receiver._thread is not None and receiver._thread.is_alive()
         finally:
-            # its session ended before the next takes it over: a stop still under way after the 5 s it is
-            # given by default (a loaded CI run) let the next receiver get its unacknowledged messages
+            # its session ended before the next takes it over (30 s for a loaded CI run); the messages that
+            # came again after a clean stop were the PUBACKs a reset lost, not a stop still under way
             receiver.stop(30)
         caplog.clear()
         again = Receiver(tmp_path / "recv.db", settings, client_id="cloud").start()  # nothing redelivered
         try:
             time.sleep(1.0)
-            # which ones came again, and why (a rare failure under load: 2 redelivered, not yet explained)
+            # which ones came again: under load, the PUBACKs lost to a stop with its SUBACK unread (see below)
             redelivered = [r.getMessage() for r in caplog.records if "rejected a message" in r.getMessage()]
-            assert again.rejected == 0 and again.report(DEVICE)["rejected"] == 4, redelivered
+            report = again.report(DEVICE)
+            assert again.rejected == 0 and report["rejected"] == 4 and report["duplicates"] == 0, redelivered
+        finally:
+            again.stop()
+    finally:
+        sender.disconnect()
+
+
+def test_a_stop_with_bytes_unread_still_gets_its_acknowledgements_to_the_broker(
+    broker: Broker, tmp_path: Path
+) -> None:
+    # A receiver stopped with bytes still unread (the next messages, or the SUBACK a resumed session gets
+    # behind its queued ones) had its socket reset by the kernel instead of closed, and Mosquitto dropped
+    # the PUBACKs and the DISCONNECT it had not read yet: the next receiver was given stored messages again
+    # (the poison-payload test's two heartbeats, 4-5 of 40 runs under load). Here the broker is frozen
+    # while the receiver stores and acknowledges, and thawed half a second into its stop.
+    settings = plain_settings(broker)
+    Receiver(tmp_path / "prime.db", settings, client_id="cloud").start().stop()  # its session, first
+    acks: list[bool] = []
+    sender = MqttConnection(settings, "board", "", lambda _mid, ok, _why: acks.append(ok), will=False)
+    base = f"edge/demo-district/demo-school/{DEVICE}"
+    total = 1000  # more than it stores before the stop, loaded or not
+    assert broker.proc is not None
+    try:
+        sender.connect()
+        for seq in range(1, total + 1):
+            item = {"seq": seq, "id": f"m{seq}", "at": 1, "data": {}}
+            body = {"v": 1, "tenant": "demo-district", "site": "demo-school", "device": DEVICE,
+                    "stream": "attention", "sent_at": 1, "items": [item]}
+            sender.publish(f"{base}/attention", json.dumps(body).encode(), qos=1)
+        assert wait_until(lambda: (sender.loop(0.01), len(acks))[1] == total, 30) and all(acks)
+        receiver = Receiver(tmp_path / "recv.db", settings, client_id="cloud")
+        with receiver._lock:  # held at the first message: the others reach its socket meanwhile
+            receiver.start()
+            time.sleep(0.5)
+            broker.proc.send_signal(signal.SIGSTOP)
+        thaw = threading.Timer(0.5, broker.proc.send_signal, (signal.SIGCONT,))
+        try:
+            assert wait_until(lambda: receiver.count(DEVICE) >= 20, 10)
+        finally:
+            thaw.start()
+            receiver.stop(30)  # mid-stream: messages still unread
+            thaw.join()
+        again = Receiver(tmp_path / "recv.db", settings, client_id="cloud").start()
+        try:
+            # the ones stored are not given again (duplicates), the rest arrive: every seq once
+            assert again.wait_for_count(DEVICE, total, 30), again.report(DEVICE)
+            time.sleep(0.5)
+            report = again.report(DEVICE)
+            assert report["duplicates"] == 0 and report["unique"] == total and report["gaps"] == [], report
         finally:
             again.stop()
     finally:
