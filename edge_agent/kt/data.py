@@ -163,6 +163,13 @@ def _read_dkt(lines: Iterable[str], source: str) -> Sequences:
     return seqs
 
 
+def _first_concept(concept: str) -> str:
+    """pyKT joins the concept ids of a question on several with "_" (``11_12``): the first counts. A name
+    holding "_" is one concept (a review: algebra_linear and algebra_quadratic became one skill, algebra)."""
+    parts = concept.split("_")
+    return parts[0] if len(parts) > 1 and all(part.strip().isdigit() for part in parts) else concept
+
+
 def parse_pykt_csv(text: str, source: str = "<csv>") -> Sequences:
     """pyKT's sequence CSV: columns ``concepts`` and ``responses`` hold comma-separated lists, -1 pads.
 
@@ -201,7 +208,7 @@ def _read_pykt(lines: Iterable[str], source: str) -> Sequences:
             if not c and r not in ("", "-1"):
                 raise InputRejected(f"{where}: concept {n} of {len(concepts)} is empty but has a response")
         pairs = [
-            (c.split("_")[0], r)
+            (_first_concept(c), r)
             for c, r, k in zip(concepts, responses, keep, strict=False)
             if k and r != "-1" and c not in ("", "-1")
         ]

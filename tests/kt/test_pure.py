@@ -57,6 +57,9 @@ def test_pykt_csv_skips_padding_and_checks_lengths() -> None:
     text = 'fold,uid,questions,concepts,responses\n0,7,"1,2,-1","10,11_12,-1","1,0,-1"\n'
     seqs = parse_pykt_csv(text)
     assert seqs.skills == [["10", "11"]] and seqs.correct == [[1, 0]]
+    # a name holding "_" is one skill, not pyKT's join of several concept ids (a review merged 5 into 3)
+    named = 'uid,concepts,responses\n7,"algebra_linear,algebra_quadratic,有理数_运算","1,0,1"\n'
+    assert parse_pykt_csv(named).skills == [["algebra_linear", "algebra_quadratic", "有理数_运算"]]
     with pytest.raises(InputRejected, match="concepts"):
         parse_pykt_csv('uid,concepts,responses\n1,"1,2","1"\n')
     with pytest.raises(InputRejected, match="header"):
