@@ -187,6 +187,7 @@ class KTComponent:
     def _restore(self, service: KTService, package: KTPackage, persistence: StatePersistence | None) -> None:
         if persistence is not None:
             limit = self.settings.max_students
+            persistence.align_skills(package.hidden, [skill.id for skill in package.skills])
             service.load(persistence.load_states(package.hidden, len(package.skills), limit))
             stored = persistence.stored_count()
             if stored > limit:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from edge_agent.kt.state import StudentState
+from edge_agent.kt.state import UNKNOWN_MODEL, StudentState
 from edge_agent.store.db import Database, set_meta
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,51 @@ class StatePersistence:
                 skipped,
             )
         return states
+
+    def align_skills(self, hidden: int, skill_ids: Sequence[str]) -> tuple[int, int]:
+        """Before the states are loaded: kept answers name skills by index, so a package whose skills
+        differ from those the states were stored under but fit them (hidden size and count) replayed every
+        student's answers onto other skills (a review: 10 right answers on skill 17 read as skill 900's).
+        The skill ids of each shape are kept (meta ``kt_skill_ids``); when they change, every stored state
+        of that shape gets its kept answers moved by skill id (those on skills gone dropped) for the load
+        to replay, and a state that kept no answers is deleted (its figures are of other skills). Returns
+        (moved, deleted)."""
+        shape, wanted = f"{hidden}x{len(skill_ids)}", list(skill_ids)
+
+        def run(conn: sqlite3.Connection) -> tuple[int, int]:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'kt_skill_ids'").fetchone()
+            try:
+                known = json.loads(row[0]) if row else {}
+            except ValueError:
+                known = {}
+            known = known if isinstance(known, dict) else {}
+            before = known.get(shape)
+            moved = deleted = 0
+            if isinstance(before, list) and before != wanted:
+                index = {skill: k for k, skill in enumerate(wanted)}
+                mapping = [index.get(skill) for skill in before]
+                rows = conn.execute("SELECT student, state, answers, kept FROM kt_student_state").fetchall()
+                for student, state in self._decode(rows, hidden, len(wanted)).items():
+                    if state.model == UNKNOWN_MODEL:
+                        conn.execute("DELETE FROM kt_student_state WHERE student = ?", (student,))
+                        deleted += 1
+                        continue
+                    on_new = state.on_skills(mapping)
+                    conn.execute("UPDATE kt_student_state SET state = ?, kept = ? WHERE student = ?",
+                                 (on_new.to_bytes(), on_new.kept_bytes(), student))
+                    moved += 1
+            known[shape] = wanted
+            set_meta(conn, "kt_skill_ids", json.dumps(known, ensure_ascii=False))
+            return moved, deleted
+
+        moved, deleted = self.db.write(run).result()
+        if moved or deleted:
+            log.warning(
+                "the KT package's skills differ from those the student states were stored under: %s "
+                "students' kept answers moved to the new skills by id (answers on skills it does not have "
+                "dropped) and replayed; %s states that kept no answers start afresh", moved, deleted,
+            )
+        return moved, deleted
 
     def states_of(self, students: Sequence[str], hidden: int, skills: int) -> dict[str, StudentState]:
         """The stored states of ``students`` (those the service does not hold: left on disk by a lower

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,11 @@ MODEL_ID_SIZE = 32  # sha256 of the step model file
 # replaying the last 50, 0.7469 the last 100, 0.7477 the last 200. 100 costs 400 bytes a student.
 HISTORY_CAP = 100
 UNKNOWN_MODEL = b""  # a KTS1 state: computed by some earlier model, which one is not known
+
+
+# The model of a state whose kept answers were moved onto another package's skills (StudentState.on_skills):
+# no model computed its figures for them, so the first model to load it replays them
+MOVED_SKILLS = b"\xff" * MODEL_ID_SIZE
 
 
 def history_code(skill: int, correct: int) -> int:
@@ -82,6 +88,13 @@ class StudentState:
             del self.history[:excess]
         if self.model == UNKNOWN_MODEL and len(self.history) >= HISTORY_CAP:
             self.model = model
+
+    def on_skills(self, mapping: Sequence[int | None]) -> StudentState:
+        """This student with the kept answers moved to another package's skills (``mapping[old index]``:
+        the new index, None for a skill the package does not have), for the next load to replay."""
+        moved = (2 * new + (code & 1) for code in self.history if (new := mapping[code >> 1]) is not None)
+        return StudentState(self.h, self.c, self.probs, self.answers, self.last_item, MOVED_SKILLS,
+                            array("I", moved))
 
     def to_bytes(self) -> bytes:
         """The state proper (KTS1); :meth:`kept_bytes` goes beside it."""

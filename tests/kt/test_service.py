@@ -250,6 +250,38 @@ def test_restart_restores_states_and_idempotency(
     assert again[0]["status"] == "duplicate"
 
 
+def test_a_package_with_other_skills_of_the_same_shape_takes_each_students_answers_by_skill_id(
+    package, engine, kt_settings, pseudonymize, db: Database, tmp_path
+) -> None:
+    # A review: kt.package_dir pointed at a retrained package (skills 17, 900, 901 for 3, 17, 900: same
+    # hidden size and count) replayed every student's kept answers by index: 10 right answers on skill 17
+    # read as skill 900's, without a word. Here the new package names the first two skills the other way
+    # round (the same model file, so nothing else would have replayed them).
+    store = StatePersistence(db)
+    assert store.align_skills(package.hidden, [s.id for s in package.skills]) == (0, 0)  # recorded
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    first = next(i for i, item in enumerate(package.items) if item.skill_id == package.skills[0].id)
+    svc.submit([_answer(package, pseudonymize, "s1", f"e{n}", first) for n in range(10)]).result(5)
+    svc.stop()
+    skills = list(package.skills)
+    skills[0], skills[1] = skills[1], skills[0]
+    swapped = dataclasses.replace(package, skills=tuple(skills))
+    assert store.align_skills(swapped.hidden, [s.id for s in swapped.skills]) == (1, 0)
+    restarted = KTService(swapped, engine, kt_settings, pseudonymize, persistence=store)
+    restarted.load(store.load_states(swapped.hidden, len(swapped.skills)))
+    restarted.start()
+    got = restarted.student_mastery(pseudonymize("s1"))
+    fresh = _service(swapped, engine, kt_settings, pseudonymize)  # the same answers under the new package
+    fresh.submit([_answer(swapped, pseudonymize, "s1", f"e{n}", first) for n in range(10)]).result(5)
+    want = fresh.student_mastery(pseudonymize("s1"))
+    restarted.stop()
+    fresh.stop()
+    assert got is not None and want is not None and got["answers"] == 10
+    by_id = {s["skill_id"]: s["mastery"] for s in want["skills"]}
+    assert {s["skill_id"]: s["mastery"] for s in got["skills"]} == by_id
+    assert store.align_skills(swapped.hidden, [s.id for s in swapped.skills]) == (0, 0)  # once
+
+
 def test_a_retry_after_the_memory_window_is_still_a_duplicate_from_sqlite(
     package, engine, kt_settings, pseudonymize, db: Database
 ) -> None:
