@@ -131,13 +131,18 @@ def step_model_id(package: KTPackage) -> bytes:
 
 def check_compatible(current: KTPackage, new: KTPackage) -> None:
     """Saved student states carry over only to a model with the same hidden size and skills."""
+    # Both name the way in for a package of other skills or size (a school's first: the trainer's default
+    # hidden size is not the built-in model's, and its skills are the school's): "retrain with the same
+    # hidden size" was followed, and refused again for the skills (a review)
+    other = ("; a package of other skills or size is installed with kt.package_dir and a restart, not by "
+             "an update")
     if new.hidden != current.hidden:
         raise ModelError(
-            f"the new KT model has hidden size {new.hidden}, the running one {current.hidden}: "
-            "student states cannot carry over; retrain with the same hidden size"
+            f"the new KT model has hidden size {new.hidden}, the running one {current.hidden}: student "
+            f"states cannot carry over in an update{other}"
         )
     if [s.id for s in new.skills] != [s.id for s in current.skills]:
-        raise ModelError("the new KT model's skills differ from the running one's (ids or order)")
+        raise ModelError(f"the new KT model's skills differ from the running one's (ids or order){other}")
 
 
 class KTService:
