@@ -27,7 +27,13 @@ from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
 from edge_agent.telemetry.metrics import REGISTRY
 from edge_agent.web.access import is_loopback
-from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite, server_tls_context
+from edge_agent.web.connections import (
+    KEEPALIVE_S,
+    ConnectionLimits,
+    GuardedTCPSite,
+    listen_failure,
+    server_tls_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +138,7 @@ class MetricsServer:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            self._error = f"cannot listen on {self.host}:{self.port} ({exc.strerror}); change [metrics] port"
+            self._error = listen_failure("metrics", self.host, self.port, exc)[1]
             raise
         self._runner = runner
         if self.port == 0:  # tests ask for any free port; report the one the OS gave

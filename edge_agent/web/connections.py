@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 import ssl
 from pathlib import Path
@@ -65,6 +66,19 @@ def server_tls_context(cert_file: Path | None, key_file: Path | None, key: str) 
             "re-run provisioning, or empty both keys for plain HTTP)",
         )]) from exc
     return context
+
+
+def listen_failure(section: str, host: str, port: int, exc: OSError) -> tuple[str, str]:
+    """The config key and message for a listener that could not start: the fix depends on why (every
+    failure said "does another program use it? change web.port", a host that is not this board's too)."""
+    said = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    port_key = f"{section}.port"
+    if exc.errno == errno.EACCES:
+        return port_key, f"{said} (ports below 1024 need root, which edge-agent lacks: use 1024 or more)"
+    if exc.errno == errno.EADDRINUSE:
+        return port_key, f"{said} (another program uses it: change {port_key} or stop that program)"
+    # not an address of this board (an old DHCP lease, a typo) or a name that does not resolve
+    return f"{section}.host", f"{said} (is {host!r} an address of this board? 0.0.0.0 listens on all of them)"
 
 
 class ConnectionLimits:

@@ -21,7 +21,13 @@ from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
 from edge_agent.web.access import PUBLIC_PATHS, access_middleware
 from edge_agent.web.clients import Clients, watch_clients
-from edge_agent.web.connections import KEEPALIVE_S, ConnectionLimits, GuardedTCPSite, server_tls_context
+from edge_agent.web.connections import (
+    KEEPALIVE_S,
+    ConnectionLimits,
+    GuardedTCPSite,
+    listen_failure,
+    server_tls_context,
+)
 from edge_agent.web.request_body import BodyTooSlow, close_if_body_unasked
 from edge_agent.web.view import StatusFn, TeacherView
 
@@ -193,9 +199,8 @@ class WebComponent:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            self._error = f"cannot listen on {self._settings.host}:{port}: {exc.strerror or exc}"
-            hint = " (does another program use it? change web.port)"
-            raise ConfigError([("web.port", self._error + hint)]) from exc
+            key, self._error = listen_failure("web", self._settings.host, port, exc)
+            raise ConfigError([(key, self._error)]) from exc
         self._runner = runner
         self.port = _bound_port(runner.addresses)
         self._error = None

@@ -140,7 +140,7 @@ def test_metrics_server_reports_a_taken_port() -> None:
             await first.stop()
 
     detail = asyncio.run(scenario())
-    assert "cannot listen" in detail and "[metrics] port" in detail
+    assert "cannot listen" in detail and "another program uses it: change metrics.port" in detail
 
 
 def test_scrapes_are_gzipped_for_a_scraper_that_accepts_it_and_plain_otherwise() -> None:

@@ -410,6 +410,12 @@ def test_port_in_use_is_a_config_error_naming_web_port() -> None:
         with pytest.raises(ConfigError, match=r"web\.port"):
             run_async(component.start())
         assert "cannot listen" in component.health().detail
+    # A review: every failure to listen said "does another program use it? change web.port", also for a
+    # web.host that is no address of this board (an old DHCP lease)
+    elsewhere = WebComponent(WebSettings(host="10.99.99.99", port=port, token_file=None), LiveBoard(), None)
+    with pytest.raises(ConfigError, match=r"web\.host") as refused:
+        run_async(elsewhere.start())
+    assert "is '10.99.99.99' an address of this board?" in refused.value.problems[0][1]
 
 
 def test_unknown_default_language_is_refused() -> None:
