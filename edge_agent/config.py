@@ -50,6 +50,15 @@ class Section(BaseModel):
     # int(): mqtt.message_expiry_days = inf ended every MQTT session with OverflowError)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_true_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes true as 1: kt.min_group_size = true passed as 1, k-anonymity off (a review)
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
+
 # The longest wait a time key may ask for: each reaches an Event.wait, a socket timeout or an int(), which
 # raise OverflowError past about 9.2e9 s, and no board is helped by a wait longer than an hour.
 MAX_WAIT_S = 3600.0

@@ -104,6 +104,8 @@ BROKEN = [
         "attention.low_attention_share",
         14,
     ),
+    # pydantic took true as 1: k-anonymity off (a review)
+    ("true for a number", ("[mqtt]", "[kt]\nmin_group_size = true\n[mqtt]"), "kt.min_group_size", 14),
 ]
 
 
