@@ -81,7 +81,7 @@ def build_from_sequences(
         for s in names
     ]
     meta = {
-        "version": _now()[:10],
+        "version": f"{_now()[:10]}.{digest[:8]}",  # two packages of one day told apart by their data
         "created": _now(),
         "hidden": opts.hidden,
         "n_skills": len(vocab),

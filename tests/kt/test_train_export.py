@@ -141,6 +141,9 @@ def test_cli_trains_a_loadable_package(shared_dir: Path, tmp_path: Path) -> None
     package = load_package(tmp_path / "pkg")
     assert [s.id for s in package.skills] == ["0", "1", "2", "3", "4"]
     assert package.hidden == 16
+    # the date alone named two packages of one day alike in every synced window (a review)
+    digest = package.metadata["training_data_sha256"]
+    assert package.metadata["version"] == f"{package.metadata['created'][:10]}.{digest[:8]}"
 
 
 def test_cli_reads_pykt_csv(shared_dir: Path, tmp_path: Path) -> None:
