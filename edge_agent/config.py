@@ -556,8 +556,10 @@ def read_config(
             for error in exc.errors():
                 if error["type"] == "extra_forbidden":
                     loc = tuple(error["loc"])
-                    line = _line_of(text, loc)
-                    ignored.append(_format_location(loc) + (f" (line {line})" if line else ""))
+                    line, home = _line_of(text, loc), _belongs_in(loc)
+                    notes = (f"line {line}" if line else "", f"it belongs in [{home}]" if home else "")
+                    said = "; ".join(note for note in notes if note)
+                    ignored.append(_format_location(loc) + (f" ({said})" if said else ""))
                     _remove(data, loc)
     try:
         return Config.model_validate(data), ignored
@@ -586,11 +588,23 @@ def read_config(
             loc = _key_of_check(tuple(error["loc"]), error)
             message = error["msg"]
             if error["type"] == "extra_forbidden":
-                message = "unknown key (check spelling; see README 'Config reference')"
+                home = _belongs_in(loc)
+                message = (f"not a key of this section: it belongs in [{home}]" if home
+                           else "unknown key (check spelling; see README 'Config reference')")
             line = _line_of(text, loc)
             where = f" (line {line})" if line else ""
             problems.append((_format_location(loc) + where, message))
         raise ConfigError(problems) from exc
+
+
+def _belongs_in(loc: tuple[str | int, ...]) -> str | None:
+    """The section a key put in the wrong one belongs to ([attention] active_hours: camera), if any.
+    Ignored as unknown, camera.active_hours was off, the camera running all day (a review)."""
+    if len(loc) != 2:
+        return None
+    homes = [name for name, section in Config.model_fields.items()
+             if name != loc[0] and str(loc[1]) in getattr(section.annotation, "model_fields", {})]
+    return homes[0] if len(homes) == 1 else None
 
 
 def _key_of_check(loc: tuple[str | int, ...], error: Any) -> tuple[str | int, ...]:
@@ -747,7 +761,10 @@ def load_config_ignoring_unknown(
         raise ConfigError(
             [(str(path), "config file not found (use --config or $EDGE_AGENT_CONFIG)")]
         ) from exc
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # Notepad's "ANSI" on a Chinese Windows is GBK (a review)
+        raise ConfigError([(str(path), f"cannot read config file: it is not UTF-8 text ({exc}); save it as "
+                                       "UTF-8 (Notepad: Save As, Encoding UTF-8)")]) from exc
+    except (PermissionError, IsADirectoryError) as exc:
         raise ConfigError([(str(path), f"cannot read config file: {exc}")]) from exc
     config, ignored = read_config(text, source=str(path), ignore_unknown=ignore_unknown)
     if check_files_exist:

@@ -15,6 +15,7 @@ from edge_agent.config import (
     ConfigError,
     find_config_path,
     load_config,
+    load_config_ignoring_unknown,
     masked_dump,
     parse_config,
     without_credentials,
@@ -129,6 +130,30 @@ def test_config_check_refuses_what_the_daemon_would_refuse_at_start(
     said = capsys.readouterr().err
     assert "is a relative path" in said
     assert "web.token_file" in said and "device.pseudonym_secret_file" in said
+
+
+def test_a_key_in_the_wrong_section_names_the_section_it_belongs_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: [attention] active_hours was "unknown key (check spelling)" to config check, and the daemon
+    # ignored it: the camera ran all day while IT believed it closed outside lessons
+    path = tmp_path / "config.toml"
+    path.write_text(_valid_config_text(tmp_path) + '[attention]\nactive_hours = ["mon-fri 07:30-08:00"]\n')
+    assert main(["config", "check", "--no-files", str(path)]) == 1
+    assert "attention.active_hours (line 19): not a key of this section: it belongs in [camera]" in (
+        capsys.readouterr().err
+    )
+    _, ignored = load_config_ignoring_unknown(path, check_files_exist=False)
+    assert ignored == ["attention.active_hours (line 19; it belongs in [camera])"]
+
+
+def test_a_config_saved_in_a_windows_code_page_says_to_save_it_as_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(('[device]\nclass_id = "三年级一班"\n').encode("gbk"))
+    assert main(["config", "check", "--no-files", str(path)]) == 1
+    assert "save it as UTF-8" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("what", "change", "key", "line"), BROKEN, ids=[b[0] for b in BROKEN])
