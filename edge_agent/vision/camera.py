@@ -133,8 +133,9 @@ class Camera:
             stall_timeout_s=settings.stall_timeout_s,
             opener=opener,
             # a folder's pictures at the analysis rate, each analysed in turn (a review: at 30 a second
-            # the demo analysed one in six, the same three always, and showed a share of 100%)
-            folder_fps=settings.analysis_fps,
+            # the demo analysed one in six, the same three always, and showed a share of 100%), but at
+            # least two within the stall timeout: slower, it stalled and reopened for ever (0.05 a second)
+            folder_fps=max(settings.analysis_fps, 2.0 / settings.stall_timeout_s),
         )
 
     def start(self) -> None:

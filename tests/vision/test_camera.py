@@ -122,6 +122,24 @@ def test_a_folder_source_plays_at_the_analysis_rate_so_every_picture_is_analysed
     assert frame is not None and frame.seq <= 8, frame.seq if frame else None
 
 
+def test_a_folder_analysed_less_often_than_its_stall_timeout_does_not_stall(folder: Path):
+    # A review: analysis_fps = 0.05 with stall_timeout_s = 5 played one picture in 20 s: "camera stalled:
+    # no frame for 5 s", reopened, again, for ever
+    from edge_agent.config import CameraSettings
+
+    camera = Camera.from_settings(CameraSettings(source=str(folder), analysis_fps=0.05, stall_timeout_s=1.0))
+    camera.start()
+    stalled = []
+    try:
+        for _ in range(25):  # as the analysis loop calls it
+            time.sleep(0.1)
+            stalled.append(camera.check_stall())
+        state = camera.state()
+    finally:
+        camera.stop()
+    assert not any(stalled) and state[0] == "running", state
+
+
 def test_spaces_around_the_camera_source_are_no_part_of_it():
     config = parse_config('[camera]\nsource = " /dev/video0 "\n')
     assert config.camera.source == "/dev/video0"
