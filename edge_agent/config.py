@@ -142,7 +142,8 @@ class KTSettings(Section):
     )
     lesson_gap_s: float = Field(
         600.0, ge=10.0, description="The teacher view's lesson ends this long after its last answer; its "
-        "attention chart starts again after a break this long with no window."
+        "attention chart starts again after a break this long with no window (at least two "
+        "attention.window_s)."
     )
     per_student_api: bool = Field(False, description="Allow GET of one pseudonymous student's mastery.")
     queue_max: int = Field(
@@ -297,8 +298,13 @@ class AttentionSettings(Section):
 
 
 class StoreSettings(Section):
-    max_rows: int = Field(500_000, ge=100)
-    max_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024)
+    max_rows: int = Field(500_000, ge=100, description="Unsent aggregates kept; beyond, the oldest dropped.")
+    max_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Payload bytes of the unsent aggregates kept; beyond, the oldest are dropped. Not a cap "
+        "on the database file, which holds more (indexes, pages freed by sent rows).",
+    )
     max_age_days: float = Field(
         60.0,
         gt=0.0,
