@@ -165,7 +165,8 @@ class Publisher:
                 s = self.settings
                 delay = backoff_delay(attempt, s.backoff_min_s, s.backoff_max_s, self._rng)
                 if attempt == 0:
-                    log.warning("MQTT broker unreachable: %s; retrying with backoff", exc)
+                    # neutral: the reason may be on the board (its certificate unreadable), not the broker
+                    log.warning("cannot connect to the MQTT broker: %s; retrying with backoff", exc)
                 self._set(connected=False, detail=str(exc))
                 attempt += 1
                 self._sleep(delay)
