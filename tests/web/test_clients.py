@@ -13,14 +13,13 @@ from typing import Any
 import pytest
 
 from edge_agent.cli import main as cli_main
-from edge_agent.config import KTSettings
+from edge_agent.config import KTSettings, read_token_file
 from edge_agent.errors import ConfigError
 from edge_agent.kt.package import load_package
 from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.service import KTService
 from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
-from edge_agent.web.access import read_token_file
 from edge_agent.web.answers import answer_routes
 from edge_agent.web.camera_pause import camera_routes
 from edge_agent.web.clients import parse_clients, watch_clients
