@@ -81,7 +81,8 @@ def build_from_sequences(
         for s in names
     ]
     meta = {
-        "version": f"{_now()[:10]}.{digest[:8]}",  # two packages of one day told apart by their data
+        # two packages of one day told apart by their weights (data, options or seed: round 2)
+        "version": f"{_now()[:10]}.{hashlib.sha256((out_dir / 'kt_step.onnx').read_bytes()).hexdigest()[:8]}",
         "created": _now(),
         "hidden": opts.hidden,
         "n_skills": len(vocab),

@@ -17,7 +17,7 @@ from edge_agent.kt.classroom import leaving_the_board
 from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
-from edge_agent.kt.service import NOT_RUNNING_FOR_SWAP, KTService, ServiceBusy
+from edge_agent.kt.service import NOT_RUNNING_FOR_SWAP, KTService, ServiceBusy, step_model_id
 from edge_agent.lifecycle import Health, HeartbeatRegistry, waiting_on_disk
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
@@ -187,7 +187,8 @@ class KTComponent:
     def _restore(self, service: KTService, package: KTPackage, persistence: StatePersistence | None) -> None:
         if persistence is not None:
             limit = self.settings.max_students
-            persistence.align_skills(package.hidden, [skill.id for skill in package.skills])
+            skills = [skill.id for skill in package.skills]
+            moved = persistence.align_skills(package.hidden, skills, step_model_id(package))
             service.load(persistence.load_states(package.hidden, len(package.skills), limit))
             stored = persistence.stored_count()
             if stored > limit:
@@ -198,7 +199,10 @@ class KTComponent:
                 )
             persistence.prune_events(time.time() - EVENT_KEEP_S)
             view = persistence.load_lesson_view()
-            if view is not None:
+            if view is not None and moved.changed:  # its figures name skills by index too (a review)
+                persistence.save_lesson_view(None)
+                log.info("the teacher's lesson view starts afresh: the KT package's skills changed")
+            elif view is not None:
                 # Taken once: left there, a crash later in the lesson (no clean stop writes a newer copy)
                 # brought back this older one: 6 students' answers gone from the teacher's view
                 persistence.save_lesson_view(None)

@@ -12,9 +12,10 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.kt.state import UNKNOWN_MODEL, StudentState
+from edge_agent.kt.state import StudentState
 from edge_agent.store.db import Database, set_meta
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,17 @@ def _rows_in(conn: sqlite3.Connection, select: str, values: Sequence[str]) -> li
 KEPT_FINGERPRINTS = 4
 
 
+@dataclass
+class SkillMove:
+    """What :meth:`StatePersistence.align_skills` did: ``changed`` when the package's skills differ from
+    those the states were stored under."""
+
+    changed: bool
+    moved: int = 0
+    started_afresh: int = 0
+    answers_dropped: int = 0
+
+
 class StatePersistence:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -65,50 +77,59 @@ class StatePersistence:
             )
         return states
 
-    def align_skills(self, hidden: int, skill_ids: Sequence[str]) -> tuple[int, int]:
+    def align_skills(self, hidden: int, skill_ids: Sequence[str], model: bytes) -> SkillMove:
         """Before the states are loaded: kept answers name skills by index, so a package whose skills
         differ from those the states were stored under but fit them (hidden size and count) replayed every
         student's answers onto other skills (a review: 10 right answers on skill 17 read as skill 900's).
         The skill ids of each shape are kept (meta ``kt_skill_ids``); when they change, every stored state
-        of that shape gets its kept answers moved by skill id (those on skills gone dropped) for the load
-        to replay, and a state that kept no answers is deleted (its figures are of other skills). Returns
-        (moved, deleted)."""
+        of that shape gets its kept answers moved by skill id (those on skills gone dropped, and counted)
+        for the load to replay. A state that ``model`` (the running step model's id) computed is left: an
+        older release that keeps no meta wrote it under this package, after a rollback. A state with no
+        kept answers is deleted: its figures are of other skills and nothing can be replayed."""
         shape, wanted = f"{hidden}x{len(skill_ids)}", list(skill_ids)
 
-        def run(conn: sqlite3.Connection) -> tuple[int, int]:
+        def run(conn: sqlite3.Connection) -> SkillMove:
             row = conn.execute("SELECT value FROM meta WHERE key = 'kt_skill_ids'").fetchone()
             try:
                 known = json.loads(row[0]) if row else {}
             except ValueError:
+                known = None
+            if row and not isinstance(known, dict):
+                log.warning("meta kt_skill_ids in the store is damaged: the skills the student states were "
+                            "stored under are not known, and they are taken as this package's")
                 known = {}
-            known = known if isinstance(known, dict) else {}
+            assert isinstance(known, dict)
             before = known.get(shape)
-            moved = deleted = 0
-            if isinstance(before, list) and before != wanted:
+            change = SkillMove(isinstance(before, list) and before != wanted)
+            if change.changed and isinstance(before, list):
                 index = {skill: k for k, skill in enumerate(wanted)}
                 mapping = [index.get(skill) for skill in before]
                 rows = conn.execute("SELECT student, state, answers, kept FROM kt_student_state").fetchall()
                 for student, state in self._decode(rows, hidden, len(wanted)).items():
-                    if state.model == UNKNOWN_MODEL:
+                    if state.model == model:
+                        continue
+                    if not state.history:
                         conn.execute("DELETE FROM kt_student_state WHERE student = ?", (student,))
-                        deleted += 1
+                        change.started_afresh += 1
                         continue
                     on_new = state.on_skills(mapping)
                     conn.execute("UPDATE kt_student_state SET state = ?, kept = ? WHERE student = ?",
-                                 (on_new.to_bytes(), on_new.kept_bytes(), student))
-                    moved += 1
+                                  (on_new.to_bytes(), on_new.kept_bytes(), student))
+                    change.moved += 1
+                    change.answers_dropped += len(state.history) - len(on_new.history)
             known[shape] = wanted
             set_meta(conn, "kt_skill_ids", json.dumps(known, ensure_ascii=False))
-            return moved, deleted
+            return change
 
-        moved, deleted = self.db.write(run).result()
-        if moved or deleted:
+        change = self.db.write(run).result()
+        if change.changed:
             log.warning(
                 "the KT package's skills differ from those the student states were stored under: %s "
-                "students' kept answers moved to the new skills by id (answers on skills it does not have "
-                "dropped) and replayed; %s states that kept no answers start afresh", moved, deleted,
+                "students' kept answers moved to the new skills by id and replayed (%s answers on skills "
+                "this package does not have dropped); %s states that kept no answers start afresh",
+                change.moved, change.answers_dropped, change.started_afresh,
             )
-        return moved, deleted
+        return change
 
     def states_of(self, students: Sequence[str], hidden: int, skills: int) -> dict[str, StudentState]:
         """The stored states of ``students`` (those the service does not hold: left on disk by a lower
