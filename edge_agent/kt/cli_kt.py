@@ -42,15 +42,20 @@ def add_kt_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
 
 
 def _train_options(parser: argparse.ArgumentParser, epochs: int, hidden: int) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--epochs", type=int, default=epochs, help="the most epochs trained")
     parser.add_argument("--hidden", type=int, default=hidden)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patience", type=int, default=2,
+                        help="stop after this many epochs without a better AUC on the validation students "
+                             "(10%% of the training students); 0: train every epoch on all of them")
 
 
 def _options(args: argparse.Namespace, embed: int) -> object:
     from edge_agent.kt.train import TrainOptions
 
-    return TrainOptions(hidden=args.hidden, embed=embed, epochs=args.epochs, seed=args.seed)
+    off = args.patience <= 0
+    return TrainOptions(hidden=args.hidden, embed=embed, epochs=args.epochs, seed=args.seed,
+                        patience=max(args.patience, 1), validation_share=0.0 if off else 0.1)
 
 
 def cmd_kt_train(args: argparse.Namespace) -> int:

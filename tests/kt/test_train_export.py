@@ -178,6 +178,8 @@ def test_cli_reads_pykt_csv(shared_dir: Path, tmp_path: Path) -> None:
             "1",
             "--hidden",
             "8",
+            "--patience",
+            "0",  # early stopping off: every training student trained on
         ]
     )
     out = io.StringIO()
