@@ -647,6 +647,8 @@ def check_secret_file(key: str, path: Path) -> str | None:
         return f"secret file {path} does not exist (provisioning creates it)"
     except PermissionError:
         return f"secret file {path} cannot be read by this user"
+    except OSError as exc:  # a path through a file, a link loop, a name too long: a traceback before
+        return f"secret file {path} cannot be reached: {exc.strerror or exc}"
     if not stat.S_ISREG(info.st_mode):
         return f"{path} is not a regular file"
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):

@@ -138,8 +138,8 @@ class MetricsServer:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            self._error = listen_failure("metrics", self.host, self.port, exc)[1]
-            raise
+            key, self._error = listen_failure("metrics", self.host, self.port, exc)
+            raise ConfigError([(key, self._error)]) from exc  # the key and fix, as the web's (round 2)
         self._runner = runner
         if self.port == 0:  # tests ask for any free port; report the one the OS gave
             self.port = runner.addresses[0][1]

@@ -507,3 +507,14 @@ def test_demo_refuses_one_port_for_the_teacher_view_and_metrics(
     assert main(["demo", "--port", "9108", "--state-dir", str(state)]) == 2
     assert "--port and --metrics-port are both 9108" in capsys.readouterr().err
     assert not state.exists()
+
+
+def test_a_secret_path_through_a_file_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Round 2: web.token_file = ".../config.toml/web.token" raised NotADirectoryError in config check, and
+    # in a reload's check (SIGHUP: a traceback; config_reload: "handler_error", no key named)
+    path = tmp_path / "config.toml"
+    path.write_text(_valid_config_text(tmp_path).replace('token_file = ""', f'token_file = "{path}/web.token"'))
+    assert main(["config", "check", str(path)]) == 1
+    assert "web.token_file" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from edge_agent.errors import EngineInputError
+from edge_agent.errors import ConfigError, EngineInputError
 from edge_agent.inference.guarded import GuardedEngine
 from edge_agent.inference.manifest import InputProfile
 from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
@@ -133,7 +133,7 @@ def test_metrics_server_reports_a_taken_port() -> None:
         await first.start()
         second = MetricsServer("127.0.0.1", first.port)
         try:
-            with pytest.raises(OSError):
+            with pytest.raises(ConfigError, match=r"metrics\.port"):
                 await second.start()
             return second.health().detail
         finally:
