@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -734,10 +735,23 @@ def start_problems(path: Path) -> list[tuple[str, str]]:
     """What would stop the daemon from starting on the config at ``path`` now (the files it names
     included), as (key, message); none when it would start. Asked before a reload restarts the daemon."""
     try:
-        load_config_ignoring_unknown(path)
+        config, _ = load_config_ignoring_unknown(path)
     except ConfigError as exc:
         return list(exc.problems)
-    return []
+    problems = []
+    folders = (("paths.state_dir", config.paths.state_dir), ("paths.cache_dir", config.paths.cache_dir))
+    for key, folder in folders:
+        # Asked from inside the daemon's sandbox, so true of it: a state_dir config check (run as root)
+        # passed was read-only under ProtectSystem=strict, and the start after the reload failed (round 2)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".edge-agent-write-check-"):
+                pass
+        except OSError as exc:
+            problems.append((key, f"edge-agent cannot write in {folder}: {exc.strerror or exc}. Under "
+                                  "systemd only /var/lib/edge-agent and /var/cache/edge-agent are writable "
+                                  "(ProtectSystem=strict); another needs ReadWritePaths= in a drop-in"))
+    return problems
 
 
 def load_config(path: Path, *, check_files_exist: bool = True) -> Config:

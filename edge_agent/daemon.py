@@ -82,6 +82,9 @@ class Daemon:
         self.state = "starting"
         self._engine_status = engine_status or (lambda: [])
         self._restart_check = restart_check or (lambda: [])
+        # set by a refused reload: the broken file stays on disk, and the next restart for any reason (the
+        # night's power-off, an upgrade) would start on it; said in the health until then (round 2)
+        self.config_refused: str | None = None
         self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health_error_logged = -float("inf")
@@ -92,7 +95,10 @@ class Daemon:
 
     def restart_problems(self) -> list[tuple[str, str]]:
         """Why the config on disk would not start, as (key, message); none when a restart may go ahead."""
-        return self._restart_check()
+        problems = self._restart_check()
+        said = "; ".join(f"{key}: {message}" for key, message in problems)
+        self.config_refused = said or None
+        return problems
 
     def request_restart(self, why: str) -> None:
         """On the loop: stop cleanly and exit with RESTART_EXIT, so that systemd starts the daemon again
@@ -126,6 +132,9 @@ class Daemon:
         components = self.component_health() if components is None else components
         reasons = [f"{c['name']}: {c['detail']}" for c in components if not c["ok"]]
         reasons += [f"worker {name} not responding" for name in self.heartbeats.stale()]
+        if self.config_refused:
+            reasons.append(f"the config on disk would not start ({self.config_refused}): a reload was "
+                           "refused, and a restart would take the board down; mend the file and reload")
         if self.state != "running":
             reasons.insert(0, f"daemon is {self.state}")
         return (not reasons, reasons)

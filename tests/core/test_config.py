@@ -515,6 +515,7 @@ def test_a_secret_path_through_a_file_is_named_not_a_traceback(
     # Round 2: web.token_file = ".../config.toml/web.token" raised NotADirectoryError in config check, and
     # in a reload's check (SIGHUP: a traceback; config_reload: "handler_error", no key named)
     path = tmp_path / "config.toml"
-    path.write_text(_valid_config_text(tmp_path).replace('token_file = ""', f'token_file = "{path}/web.token"'))
+    through = _valid_config_text(tmp_path).replace('token_file = ""', f'token_file = "{path}/web.token"')
+    path.write_text(through)
     assert main(["config", "check", str(path)]) == 1
     assert "web.token_file" in capsys.readouterr().err

@@ -443,6 +443,11 @@ def test_a_reload_onto_a_config_that_would_not_start_is_refused_and_the_board_ru
             time.sleep(0.1)
         said = "SIGHUP (a reload): not restarting, the config on disk would not start (web.port"
         assert said in daemon.output()
+        # round 2: the board then read healthy; the broken file waits for the next restart (a power-off)
+        with urllib.request.urlopen(f"http://127.0.0.1:{cfg['web']['port']}/api/v1/status", timeout=5) as got:
+            status = json.loads(got.read())
+        assert not status["ready"] and any("the config on disk would not start (web.port" in reason
+                                           for reason in status["reasons"]), status["reasons"]
 
         watcher.on_message = lambda _c, _u, message: heard.append(json.loads(message.payload))
         watcher.connect("127.0.0.1", broker.port)
@@ -467,6 +472,18 @@ def test_a_reload_onto_a_config_that_would_not_start_is_refused_and_the_board_ru
         time.sleep(1)
         assert daemon.proc is not None and daemon.proc.poll() is None  # still serving
 
+        # round 2: a state_dir the daemon cannot write in (under the unit: any folder outside its own, for
+        # ProtectSystem=strict) passed config check, and the start after the reload failed
+        blocked = tmp_path / "not-a-folder"
+        blocked.write_text("")
+        write_config(config, {**cfg, "paths": {**cfg["paths"], "state_dir": str(blocked / "state")}})
+        daemon.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        refusal = "(paths.state_dir: edge-agent cannot write in"
+        while refusal not in daemon.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert refusal in daemon.output()
+        assert daemon.proc.poll() is None
         write_config(config, cfg)  # mended: the reload goes ahead
         daemon.signal(signal.SIGHUP)
         assert daemon.wait(10) == 75, daemon.output()[-3000:]
