@@ -724,11 +724,18 @@ def check_files(config: Config) -> list[tuple[str, str]]:
                 read_token_file(token_file, key)
             except ConfigError as exc:  # a review: config check and doctor said OK, the start refused
                 problems += exc.problems
-    for key, path in [*config.secret_files(), *config.required_files()]:
+    for key, path in _paths_of(config):
         if not path.is_absolute():  # passed where IT checked it (the config's folder), missing under systemd
             problems.append((key, f"{path} is a relative path: the daemon runs from / (its unit's working "
                                   "directory), so give the whole path, e.g. /etc/edge-agent/..."))
     return problems
+
+
+def _paths_of(config: Config) -> list[tuple[str, Path]]:
+    """Every file or folder the config names (round 2: a relative kt.roster_file passed, and every answer
+    was refused under systemd)."""
+    return [(f"{name}.{key}", value) for name in Config.model_fields
+            for key, value in getattr(config, name) if isinstance(value, Path)]
 
 
 def start_problems(path: Path) -> list[tuple[str, str]]:

@@ -56,7 +56,8 @@ def demo_config(
     state_dir: Path, *, port: int, metrics_port: int, camera: str | None, broker_port: int | None
 ) -> Config:
     """The embedded defaults, pointed at a local state directory."""
-    mirror = os.environ.get("EDGE_AGENT_MODEL_MIRROR") or (
+    from_env = os.environ.get("EDGE_AGENT_MODEL_MIRROR")  # may be relative: the config takes whole paths
+    mirror = (from_env and str(Path(from_env).resolve())) or (
         str(SHARED / "models") if (SHARED / "models").is_dir() else None
     )
     secret = _secret_file(state_dir / "secrets" / "pseudonym.key", secrets.token_hex(32).encode())

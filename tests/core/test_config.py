@@ -125,10 +125,11 @@ def test_config_check_refuses_what_the_daemon_would_refuse_at_start(
     monkeypatch.chdir(tmp_path)
     _write_secret(tmp_path / "web.token")
     relative = _valid_config_text(tmp_path).replace('token_file = ""', 'token_file = "web.token"')
+    relative += '[kt]\nroster_file = "roster.txt"\n'  # round 2: not only secrets (every answer refused)
     path.write_text(relative.replace(str(tmp_path / "pseudonym.key"), "pseudonym.key"))
     assert main(["config", "check", str(path)]) == 1
     said = capsys.readouterr().err
-    assert "is a relative path" in said
+    assert "is a relative path" in said and "kt.roster_file" in said
     assert "web.token_file" in said and "device.pseudonym_secret_file" in said
 
 
