@@ -432,6 +432,8 @@ def check_clock(now: dt.datetime, synced: bool | None, how: str) -> CheckResult:
         return CheckResult("clock", False, f"clock not synchronised ({how})", fix)
     if synced is None:
         detail = f"{now:%Y-%m-%d %H:%M} UTC; sync unknown ({how})"
+        if how.startswith("timedatectl says synchronised"):  # ntpd or the like: NTP is on already
+            fix = "use systemd-timesyncd (timedatectl set-ntp true) or chrony: edge-agent can ask those two"
         return CheckResult("clock", True, detail, fix, warning=True)
     return CheckResult("clock", True, f"synchronised ({how})")
 

@@ -622,7 +622,8 @@ def test_the_clock_counts_as_synchronised_only_where_the_daemon_can_tell(
     assert status is synced and ClockSyncFlag(root)() is False
     if synced is None:
         assert "edge-agent can ask" in how
-        assert doctor.check_clock(dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc), status, how).warning
+        checked = doctor.check_clock(dt.datetime(2026, 11, 25, tzinfo=dt.timezone.utc), status, how)
+        assert checked.warning and "chrony" in checked.fix  # not "enable NTP": it is on (round 2)
 
 
 # --- the whole command -----------------------------------------------------------------------

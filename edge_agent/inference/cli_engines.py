@@ -33,7 +33,10 @@ BOARD_MODELS = "the models the daemon loads with --config's settings"
 def _board_config(args: argparse.Namespace) -> Config:
     from edge_agent.config import find_config_path, load_config_for_command
 
-    path = find_config_path(getattr(args, "config", None))
+    explicit = getattr(args, "config", None)
+    path = find_config_path(explicit)
+    if explicit and not path.is_file():  # the defaults instead chose the models and folders (round 2)
+        raise EdgeAgentError(f"config file {path} not found")
     # As the daemon: edge-agent-engines.service runs this after a rollback too, when the config may hold a
     # key only the newer release knows (it refused "device.timezone" under systemd, 2026-12-01).
     return load_config_for_command(path) if path.is_file() else Config()
@@ -60,6 +63,8 @@ def _selected(args: argparse.Namespace, board: Config | None = None) -> list[Man
     no copy offline, a failed build at every boot)."""
     manifests = load_manifests(Path(args.manifests))
     names = getattr(args, "names", None) or (list(manifests) if board is None else board_model_names(board))
+    if not names:
+        print("no model: the config loads none (kt.enabled and camera.enabled are false)", file=sys.stderr)
     unknown = [n for n in names if n not in manifests]
     if unknown:
         raise EdgeAgentError(f"unknown model(s) {unknown}; known: {', '.join(sorted(manifests))}")

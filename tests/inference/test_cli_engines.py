@@ -79,6 +79,12 @@ def test_without_names_the_models_the_config_loads_are_fetched_and_no_other(
     assert _run(["engines", "fetch"]) == 0
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == ["kt-step"]
     assert _run(["engines", "fetch", "yunet-2023mar"]) == 0  # by name, still
+    config.write_text(base + "[camera]\nenabled = false\n[kt]\nenabled = false\n")
+    assert _run(["engines", "fetch"]) == 0
+    assert "no model: the config loads none" in capsys.readouterr().err
+    # round 2: a mistyped --config chose the models (and folders) by the defaults, without a word
+    assert _run(["engines", "verify", "--config", str(tmp_path / "nonexist.toml")]) == 1
+    assert "nonexist.toml not found" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(trt is not None, reason="TensorRT imports here")

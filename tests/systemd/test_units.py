@@ -123,6 +123,7 @@ def test_engine_build_runs_on_first_boot_and_after_an_upgrade_only_and_a_failed_
         "/opt/edge-agent/VERSION": str(version),
         "/var/cache/edge-agent/": f"{tmp_path}/",
         "/proc/sys/kernel/random/boot_id": str(boot),
+        "/etc/edge-agent/config.toml": str(tmp_path / "config.toml"),
         "$$": "$",  # systemd's escape for a literal $
     }
     # The package database as JetPack's dpkg would answer for TensorRT (this machine has none installed)
@@ -156,6 +157,11 @@ def test_engine_build_runs_on_first_boot_and_after_an_upgrade_only_and_a_failed_
     tensorrt.write_text("libnvinfer10 10.3.0.31-1+cuda12.6\n")  # a JetPack update of TensorRT alone
     assert run("ExecCondition") == 0
     tensorrt.write_text("")  # no TensorRT at all (dpkg-query fails): the version alone decides
+    assert run("ExecStartPost") == 0 and run("ExecCondition") == 1
+    # round 2: the build takes the config's models (a camera switched on later needs YuNet and FSA-Net):
+    # a changed config builds again
+    (tmp_path / "config.toml").write_text("[camera]\nenabled = true\n")
+    assert run("ExecCondition") == 0
     assert run("ExecStartPost") == 0 and run("ExecCondition") == 1
 
 
