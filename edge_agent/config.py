@@ -594,6 +594,9 @@ def read_config(
         for error in errors:
             loc = _key_of_check(tuple(error["loc"]), error)
             message = error["msg"]
+            if error["type"] in _RANGE_ERRORS and (allowed := _range_of(loc)):
+                # pydantic names the bound broken, not the value or the other bound (a review)
+                message = f"{message} (the file says {error['input']!r}; allowed: {allowed})"
             if error["type"] == "extra_forbidden":
                 home = _belongs_in(loc)
                 message = (f"not a key of this section: it belongs in [{home}]" if home
@@ -602,6 +605,21 @@ def read_config(
             where = f" (line {line})" if line else ""
             problems.append((_format_location(loc) + where, message))
         raise ConfigError(problems) from exc
+
+
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _range_of(loc: tuple[str | int, ...]) -> str | None:
+    """The bounds of a section's key as text ("1 to 65535" read as ">= 1 and <= 65535"), if it has any."""
+    if len(loc) != 2:
+        return None
+    section = Config.model_fields.get(str(loc[0]))
+    field = getattr(section.annotation if section else None, "model_fields", {}).get(str(loc[1]))
+    bounds = [f"{sign} {getattr(rule, name)}" for rule in (field.metadata if field else ())
+              for name, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if getattr(rule, name, None) is not None]
+    return " and ".join(bounds) or None
 
 
 def _belongs_in(loc: tuple[str | int, ...]) -> str | None:

@@ -430,6 +430,8 @@ RUN_TIME_CRASHES = [
     ("[mqtt]\nconnect_timeout_s = inf", "mqtt.connect_timeout_s", "finite number"),
     ("[metrics]\ntelemetry_interval_s = inf", "metrics.telemetry_interval_s", "finite number"),
     ("[metrics]\ntelemetry_interval_s = 9.3e9", "metrics.telemetry_interval_s", "less than or equal"),
+    # the value and both bounds, not only the one broken (a review)
+    ("[web]\nport = 210030", "web.port", "(the file says 210030; allowed: >= 1 and <= 65535)"),
     ("[kt]\nfeedback_timeout_s = inf", "kt.feedback_timeout_s", "finite number"),
     ("[kt]\nlesson_gap_s = nan", "kt.lesson_gap_s", "finite number"),
     ("[store]\nmax_age_days = inf", "store.max_age_days", "finite number"),
