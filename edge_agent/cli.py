@@ -15,6 +15,7 @@ from edge_agent import __build__, __version__
 from edge_agent.config import (
     ConfigError,
     find_config_path,
+    ignored_key_line,
     load_config,
     load_config_for_command,
     load_config_ignoring_unknown,
@@ -67,6 +68,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     os.umask(0o077)  # the database, models and logs are the daemon's alone (the unit's UMask= does the same)
     forbid_core_dumps()  # camera frames in memory must never reach a core file
     for key in ignored:
+        if "it belongs in [" in key:
+            logging.getLogger("edge_agent.config").warning("config %s: %s", path, ignored_key_line(key))
+            continue
         logging.getLogger("edge_agent.config").warning(
             "config %s: %s is not a key edge-agent %s knows; ignored. A typo (see README 'Config "
             "reference'), or a newer release's key after a rollback", path, key, __version__,

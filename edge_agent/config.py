@@ -784,13 +784,21 @@ def load_config(path: Path, *, check_files_exist: bool = True) -> Config:
     return load_config_ignoring_unknown(path, check_files_exist=check_files_exist, ignore_unknown=False)[0]
 
 
+def ignored_key_line(key: str) -> str:
+    """What to say of a key the config reader left out (``key`` as it names it, with its line)."""
+    if "it belongs in [" in key:  # "not a key this release knows" was untrue of it (round 2)
+        section, home = key.split(".", 1)[0], key.split("it belongs in [", 1)[1].split("]", 1)[0]
+        return f"{key}: not a key of [{section}], so ignored; move it to [{home}]"
+    return f"{key} is not a key this release knows; ignored"
+
+
 def load_config_for_command(path: Path) -> Config:
     """The config as the daemon reads it, for the commands IT runs beside it (engines, web clients, kt
     roster, attention): a key only a newer release knows is named on stderr and ignored. They refused it
     as a typo ("check spelling") after a rollback, where the daemon ran; ``config check`` stays strict."""
     config, ignored = load_config_ignoring_unknown(path, check_files_exist=False)
     for key in ignored:
-        print(f"config {path}: {key} is not a key this release knows; ignored", file=sys.stderr)
+        print(f"config {path}: {ignored_key_line(key)}", file=sys.stderr)
     return config
 
 

@@ -146,6 +146,9 @@ def test_a_key_in_the_wrong_section_names_the_section_it_belongs_in(
     )
     _, ignored = load_config_ignoring_unknown(path, check_files_exist=False)
     assert ignored == ["attention.active_hours (line 19; it belongs in [camera])"]
+    assert main(["config", "show", "--config", str(path)]) == 0
+    assert ("attention.active_hours (line 19; it belongs in [camera]): not a key of [attention], so ignored; "
+            "move it to [camera]") in capsys.readouterr().err
 
 
 def test_a_config_saved_in_a_windows_code_page_says_to_save_it_as_utf8(
