@@ -356,9 +356,9 @@ def _web_status(daemon: Daemon, updates: ModelUpdates | None) -> dict[str, Any]:
 def _reload(daemon: Daemon, request_id: str) -> None:
     """The config_reload command (the publisher's thread): refused, with why, when the config on disk
     would not start; it was "accepted" and the board went down, the cloud never told why (a review)."""
-    if problems := daemon.restart_problems():
-        raise CommandRefused("the config on disk would not start, so the board runs on with the one it "
-                             "started with: " + "; ".join(f"{key}: {message}" for key, message in problems))
+    if said := daemon.restart_problems():
+        raise CommandRefused(f"the config on disk would not start, so the board runs on with the one it "
+                             f"started with: {said}")
     daemon.request_restart_soon(f"config_reload command {request_id}")
 
 

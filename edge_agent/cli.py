@@ -67,14 +67,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.logging.level, config.logging.format)
     os.umask(0o077)  # the database, models and logs are the daemon's alone (the unit's UMask= does the same)
     forbid_core_dumps()  # camera frames in memory must never reach a core file
+    unknown = (f"is not a key edge-agent {__version__} knows; ignored. A typo (see README 'Config "
+               "reference'), or a newer release's key after a rollback")
     for key in ignored:
-        if "it belongs in [" in key:
-            logging.getLogger("edge_agent.config").warning("config %s: %s", path, ignored_key_line(key))
-            continue
-        logging.getLogger("edge_agent.config").warning(
-            "config %s: %s is not a key edge-agent %s knows; ignored. A typo (see README 'Config "
-            "reference'), or a newer release's key after a rollback", path, key, __version__,
-        )
+        logging.getLogger("edge_agent.config").warning("config %s: %s", path, ignored_key_line(key, unknown))
     return asyncio.run(run_daemon(config, path))
 
 

@@ -731,17 +731,16 @@ def check_files(config: Config) -> list[tuple[str, str]]:
                 reason = pseudonym_secret_problem(secret_bytes(path), path)
             except OSError as exc:
                 reason = f"cannot read {path}: {exc}"
+        elif reason is None and key in ("web.token_file", "metrics.token_file"):
+            try:  # a review: config check and doctor said OK to a token the start refused
+                read_token_file(path, key)
+            except ConfigError as exc:
+                reason = exc.problems[0][1]
         if reason:
             problems.append((key, reason))
     for key, path in config.required_files():
         if not path.is_file():
             problems.append((key, f"file {path} does not exist"))
-    for key, token_file in config.secret_files():
-        if key in ("web.token_file", "metrics.token_file") and all(k != key for k, _ in problems):
-            try:
-                read_token_file(token_file, key)
-            except ConfigError as exc:  # a review: config check and doctor said OK, the start refused
-                problems += exc.problems
     for key, path in _paths_of(config):
         if not path.is_absolute():  # passed where IT checked it (the config's folder), missing under systemd
             problems.append((key, f"{path} is a relative path: the daemon runs from / (its unit's working "
@@ -784,12 +783,13 @@ def load_config(path: Path, *, check_files_exist: bool = True) -> Config:
     return load_config_ignoring_unknown(path, check_files_exist=check_files_exist, ignore_unknown=False)[0]
 
 
-def ignored_key_line(key: str) -> str:
-    """What to say of a key the config reader left out (``key`` as it names it, with its line)."""
-    if "it belongs in [" in key:  # "not a key this release knows" was untrue of it (round 2)
-        section, home = key.split(".", 1)[0], key.split("it belongs in [", 1)[1].split("]", 1)[0]
-        return f"{key}: not a key of [{section}], so ignored; move it to [{home}]"
-    return f"{key} is not a key this release knows; ignored"
+def ignored_key_line(key: str, unknown: str = "is not a key this release knows; ignored") -> str:
+    """What to say of a key the config reader left out (``key`` as it names it, with its line):
+    ``unknown`` after it, or, for a key of another section, where it belongs ("not a key this release
+    knows" was untrue of it: round 2)."""
+    section, _, name = key.split(" ", 1)[0].partition(".")
+    home = _belongs_in((section, name))
+    return f"{key}: not a key of [{section}], so ignored; move it to [{home}]" if home else f"{key} {unknown}"
 
 
 def load_config_for_command(path: Path) -> Config:

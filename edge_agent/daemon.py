@@ -93,19 +93,18 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def restart_problems(self) -> list[tuple[str, str]]:
-        """Why the config on disk would not start, as (key, message); none when a restart may go ahead."""
+    def restart_problems(self) -> str | None:
+        """Why the config on disk would not start ("key: message; ..."); None when a restart may go ahead.
+        Kept in ``config_refused`` for the health until the next check."""
         problems = self._restart_check()
-        said = "; ".join(f"{key}: {message}" for key, message in problems)
-        self.config_refused = said or None
-        return problems
+        self.config_refused = "; ".join(f"{key}: {message}" for key, message in problems) or None
+        return self.config_refused
 
     def request_restart(self, why: str) -> None:
         """On the loop: stop cleanly and exit with RESTART_EXIT, so that systemd starts the daemon again
         and it reads its config anew (nothing is reloaded in place). Not while the config on disk would
         not start: the board runs on as it is, and the log says why."""
-        if problems := self.restart_problems():
-            said = "; ".join(f"{key}: {message}" for key, message in problems)
+        if said := self.restart_problems():
             log.error("%s: not restarting, the config on disk would not start (%s); running on with the "
                       "config read at the start", why, said)
             return

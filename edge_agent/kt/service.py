@@ -113,7 +113,8 @@ def _expire(future: asyncio.Future[list[Feedback]], seconds: float) -> None:
 def _bank_of(package: KTPackage) -> ItemBank:
     bank = ItemBank(items_by_skill(package), len(package.skills))
     if bank.practicable is not None:
-        missing = [s.id for k, s in enumerate(package.skills) if k not in set(bank.practicable)]
+        practicable = set(bank.practicable)
+        missing = [s.id for k, s in enumerate(package.skills) if k not in practicable]
         log.warning("KT package %s: %d of %d skills have no items (%s%s); practice is recommended on the "
                     "weakest skills that have some", package.path, len(missing), len(package.skills),
                     ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "")
