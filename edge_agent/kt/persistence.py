@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.kt.state import StudentState
+from edge_agent.kt.state import HISTORY_CAP, StudentState
 from edge_agent.store.db import Database, set_meta
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,24 @@ class SkillMove:
     changed: bool
     moved: int = 0
     started_afresh: int = 0
-    answers_dropped: int = 0
+    answers_set_aside: int = 0
+
+
+def kept_by_skill_id(state: StudentState, skills: Sequence[str], set_aside: str | None) -> list[list[Any]]:
+    """The student's kept answers as [skill id, 0/1], oldest first, under the skills ``skills`` they were
+    kept under: those set aside at an earlier move (every answer kept then) followed by those given since,
+    the latest HISTORY_CAP of them."""
+    kept = [[skills[code >> 1], code & 1] for code in state.history]
+    try:
+        aside = json.loads(set_aside) if set_aside else {}
+        earlier, since = aside["kept"], state.answers - int(aside["answers"])
+        valid = all(isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and a[1] in (0, 1)
+                    for a in earlier)
+    except (ValueError, TypeError, KeyError):
+        valid = False
+    if valid and since >= 0:
+        kept = earlier + (kept[max(0, len(kept) - since):] if since else [])
+    return kept[-HISTORY_CAP:]
 
 
 class StatePersistence:
@@ -82,10 +99,13 @@ class StatePersistence:
         differ from those the states were stored under but fit them (hidden size and count) replayed every
         student's answers onto other skills (a review: 10 right answers on skill 17 read as skill 900's).
         The skill ids of each shape are kept (meta ``kt_skill_ids``); when they change, every stored state
-        of that shape gets its kept answers moved by skill id (those on skills gone dropped, and counted)
-        for the load to replay. A state that ``model`` (the running step model's id) computed is left: an
-        older release that keeps no meta wrote it under this package, after a rollback. A state with no
-        kept answers is deleted: its figures are of other skills and nothing can be replayed."""
+        of that shape gets its kept answers moved by skill id for the load to replay. Answers on skills the
+        package lacks are set aside by skill id (column ``set_aside``) with the student's answer count, and
+        come back, with the answers given since, under a package that has those skills again: a package
+        tried and reverted lost them for good. A state that ``model`` (the running step model's id)
+        computed is left: an older release that keeps no meta wrote it under this package, after a
+        rollback. A state with no kept answers is deleted: its figures are of other skills and nothing can
+        be replayed."""
         shape, wanted = f"{hidden}x{len(skill_ids)}", list(skill_ids)
 
         def run(conn: sqlite3.Connection) -> SkillMove:
@@ -103,20 +123,27 @@ class StatePersistence:
             change = SkillMove(isinstance(before, list) and before != wanted)
             if change.changed and isinstance(before, list):
                 index = {skill: k for k, skill in enumerate(wanted)}
-                mapping = [index.get(skill) for skill in before]
-                rows = conn.execute("SELECT student, state, answers, kept FROM kt_student_state").fetchall()
-                for student, state in self._decode(rows, hidden, len(wanted)).items():
+                rows = conn.execute(
+                    "SELECT student, state, answers, kept, set_aside FROM kt_student_state").fetchall()
+                asides = {student: aside for student, _, _, _, aside in rows}
+                states = self._decode((r[:4] for r in rows), hidden, len(wanted))
+                for student, state in states.items():
                     if state.model == model:
                         continue
-                    if not state.history:
+                    kept = kept_by_skill_id(state, before, asides[student])
+                    if not kept:
                         conn.execute("DELETE FROM kt_student_state WHERE student = ?", (student,))
                         change.started_afresh += 1
                         continue
-                    on_new = state.on_skills(mapping)
-                    conn.execute("UPDATE kt_student_state SET state = ?, kept = ? WHERE student = ?",
-                                  (on_new.to_bytes(), on_new.kept_bytes(), student))
+                    on_new = state.moved([2 * index[s] + right for s, right in kept if s in index])
+                    gone = len(kept) - len(on_new.history)
+                    aside = json.dumps({"answers": state.answers, "kept": kept}) if gone else None
+                    conn.execute(
+                        "UPDATE kt_student_state SET state = ?, kept = ?, set_aside = ? WHERE student = ?",
+                        (on_new.to_bytes(), on_new.kept_bytes(), aside, student),
+                    )
                     change.moved += 1
-                    change.answers_dropped += len(state.history) - len(on_new.history)
+                    change.answers_set_aside += gone
             known[shape] = wanted
             set_meta(conn, "kt_skill_ids", json.dumps(known, ensure_ascii=False))
             return change
@@ -126,8 +153,9 @@ class StatePersistence:
             log.warning(
                 "the KT package's skills differ from those the student states were stored under: %s "
                 "students' kept answers moved to the new skills by id and replayed (%s answers on skills "
-                "this package does not have dropped); %s states that kept no answers start afresh",
-                change.moved, change.answers_dropped, change.started_afresh,
+                "this package does not have set aside, for a package that has them); %s states that kept "
+                "no answers start afresh",
+                change.moved, change.answers_set_aside, change.started_afresh,
             )
         return change
 

@@ -37,7 +37,7 @@ HISTORY_CAP = 100
 UNKNOWN_MODEL = b""  # a KTS1 state: computed by some earlier model, which one is not known
 
 
-# The model of a state whose kept answers were moved onto another package's skills (StudentState.on_skills):
+# The model of a state whose kept answers were moved onto another package's skills (StudentState.moved):
 # no model computed its figures for them, so the first model to load it replays them
 MOVED_SKILLS = b"\xff" * MODEL_ID_SIZE
 
@@ -89,12 +89,11 @@ class StudentState:
         if self.model == UNKNOWN_MODEL and len(self.history) >= HISTORY_CAP:
             self.model = model
 
-    def on_skills(self, mapping: Sequence[int | None]) -> StudentState:
-        """This student with the kept answers moved to another package's skills (``mapping[old index]``:
-        the new index, None for a skill the package does not have), for the next load to replay."""
-        moved = (2 * new + (code & 1) for code in self.history if (new := mapping[code >> 1]) is not None)
+    def moved(self, codes: Sequence[int]) -> StudentState:
+        """This student with ``codes`` for kept answers (moved onto another package's skills), for the next
+        load to replay."""
         return StudentState(self.h, self.c, self.probs, self.answers, self.last_item, MOVED_SKILLS,
-                            array("I", moved))
+                            array("I", codes))
 
     def to_bytes(self) -> bytes:
         """The state proper (KTS1); :meth:`kept_bytes` goes beside it."""

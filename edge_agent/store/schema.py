@@ -73,6 +73,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 SIDE_COLUMNS = [
     ("kt_applied_events", "content", "TEXT"),  # what the event said, to tell a reused client event id
     ("kt_student_state", "kept", "BLOB"),  # the model id and kept answers (StudentState.kept_bytes)
+    # JSON {"answers": n, "kept": [[skill id, 0/1], ...]}: kept answers by skill id, taken when the package's
+    # skills changed and some had gone (StatePersistence.align_skills), for a package that has them again
+    ("kt_student_state", "set_aside", "TEXT"),
     ("outbox", "clock_unsynced", "INTEGER"),  # 1: queued while the clock was not known right (no max_age)
 ]
 

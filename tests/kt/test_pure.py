@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import struct
 from array import array
@@ -24,10 +25,11 @@ from edge_agent.kt.classroom import (
 from edge_agent.kt.data import parse_dkt_csv, parse_pykt_csv, read_sequences, split_students
 from edge_agent.kt.metrics import auc
 from edge_agent.kt.package import ItemInfo, KTPackage
+from edge_agent.kt.persistence import kept_by_skill_id
 from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.recommend import ItemBank, item_success, recommend, weakest_skills
 from edge_agent.kt.simulator import make_curriculum, simulate
-from edge_agent.kt.state import HISTORY_CAP, UNKNOWN_MODEL, StudentState
+from edge_agent.kt.state import HISTORY_CAP, UNKNOWN_MODEL, StudentState, history_code
 
 
 def test_dkt_csv_reads_three_lines_per_student() -> None:
@@ -116,6 +118,16 @@ def test_simulator_is_deterministic_and_oracle_beats_chance() -> None:
     assert a.digest() == b.digest()
     assert 0.65 < a.oracle_auc() < 0.9
     assert simulate(cur, 200, 30, seed=3).digest() != a.digest()
+
+
+def test_answers_set_aside_at_a_skill_change_come_first_and_damaged_ones_are_passed_over() -> None:
+    st = StudentState(np.zeros(4, np.float32), np.zeros(4, np.float32), np.full(3, 0.5, np.float32), 12)
+    st.history = array("I", [history_code(1, 1), history_code(2, 0)])  # under skills a, b, c
+    aside = json.dumps({"answers": 11, "kept": [["x", 1], ["a", 0]]})  # one answer given since it was put
+    assert kept_by_skill_id(st, ["a", "b", "c"], aside) == [["x", 1], ["a", 0], ["c", 0]]
+    for bad in ("{", "[]", '{"answers": 11}', '{"answers": "x", "kept": []}', '{"answers": 11, "kept": [1]}',
+                '{"answers": 11, "kept": [[3, 1]]}', '{"answers": 13, "kept": []}'):
+        assert kept_by_skill_id(st, ["a", "b", "c"], bad) == [["b", 1], ["c", 0]], bad
 
 
 def test_state_round_trips_and_rejects_damage() -> None:
