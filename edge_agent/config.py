@@ -10,8 +10,10 @@ to a default. Only the daemon itself starts with them left out and named in its 
 from __future__ import annotations
 
 import copy
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import stat
 import sys
@@ -680,6 +682,49 @@ def check_secret_file(key: str, path: Path) -> str | None:
     return None
 
 
+DAEMON_USER = "edge-agent"  # the units' User= (provisioning creates it)
+
+
+def unreadable_by_daemon(path: Path, fix: str, user: str = DAEMON_USER) -> str | None:
+    """Why the daemon's ``user`` cannot read ``path`` by its and its folders' owners and modes (ACLs
+    aside), or None. Asked only as root, where os.access answers for root, who reads anything: config
+    check under sudo said OK to a root-owned 0600 secret the daemon then could not read. None too where
+    there is no such user (a development machine)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    groups = {account.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+
+    def denied(info: os.stat_result, bits: tuple[int, int, int]) -> bool:
+        if info.st_uid == account.pw_uid:
+            return not info.st_mode & bits[0]
+        return not info.st_mode & (bits[1] if info.st_gid in groups else bits[2])
+
+    def owner(info: os.stat_result) -> str:
+        try:
+            return pwd.getpwuid(info.st_uid).pw_name
+        except KeyError:
+            return str(info.st_uid)
+
+    try:
+        target = path.resolve()
+        for folder in reversed(target.parents):
+            info = folder.stat()
+            if denied(info, (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)):
+                return (f"edge-agent runs as user {user}, who cannot enter {folder} (owner {owner(info)}, "
+                        f"mode {stat.S_IMODE(info.st_mode):o}) to read {path}")
+        info = target.stat()
+    except OSError:
+        return None  # said by the checks before
+    if denied(info, (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)):
+        return (f"edge-agent runs as user {user}, who cannot read {path} (owner {owner(info)}, mode "
+                f"{stat.S_IMODE(info.st_mode):o}); run: {fix}")
+    return None
+
+
 MIN_SECRET_BYTES = 32
 MIN_DISTINCT_BYTES = 8  # provisioning writes 64 hex digits (16 different bytes); random bytes have ~30
 BOM = b"\xef\xbb\xbf"
@@ -736,11 +781,14 @@ def check_files(config: Config) -> list[tuple[str, str]]:
                 read_token_file(path, key)
             except ConfigError as exc:
                 reason = exc.problems[0][1]
+        reason = reason or unreadable_by_daemon(path, f"chown {DAEMON_USER} {path}")
         if reason:
             problems.append((key, reason))
     for key, path in config.required_files():
         if not path.is_file():
             problems.append((key, f"file {path} does not exist"))
+        elif reason := unreadable_by_daemon(path, f"chmod 644 {path}"):
+            problems.append((key, reason))
     for key, path in _paths_of(config):
         if not path.is_absolute():  # passed where IT checked it (the config's folder), missing under systemd
             problems.append((key, f"{path} is a relative path: the daemon runs from / (its unit's working "

@@ -15,12 +15,13 @@ import pwd
 import subprocess
 from pathlib import Path
 
+from edge_agent.config import DAEMON_USER
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning.files import write_atomic
 
 log = logging.getLogger(__name__)
 
-USER = "edge-agent"
+USER = DAEMON_USER
 UNITS = ("edge-agent.service", "edge-agent-engines.service")
 # Installed, not enabled: edge-agent.service's OnFailure= starts the timer when systemd gave up on it.
 RETRY_UNITS = ("edge-agent-retry.timer", "edge-agent-retry.service")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -222,6 +224,31 @@ def test_a_world_readable_secret_is_refused_with_the_chmod_fix(tmp_path: Path) -
     ((where, message),) = info.value.problems
     assert where == "device.pseudonym_secret_file"
     assert "chmod 600" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="asked only as root (config check under sudo)")
+def test_config_check_as_root_names_a_secret_the_daemons_user_cannot_read(
+    request: pytest.FixtureRequest,
+) -> None:
+    # Left for the team at stop 38: as root os.access said yes to a root-owned 0600 secret, config check
+    # said OK, and the daemon (User=edge-agent) could not read it. "nobody" stands in for edge-agent here.
+    import pwd
+
+    from edge_agent.config import unreadable_by_daemon
+
+    nobody = pwd.getpwnam("nobody")
+    folder = Path(tempfile.mkdtemp(prefix="edge-agent-test-", dir="/tmp"))  # pytest's base folder is 0700
+    request.addfinalizer(lambda: shutil.rmtree(folder))
+    folder.chmod(0o755)
+    secret = _write_secret(folder / "pseudonym.key")
+    said = unreadable_by_daemon(secret, f"chown nobody {secret}", "nobody")
+    assert said is not None and "owner root, mode 600" in said and f"chown nobody {secret}" in said
+    os.chown(secret, nobody.pw_uid, nobody.pw_gid)
+    assert unreadable_by_daemon(secret, "", "nobody") is None
+    folder.chmod(0o700)
+    said = unreadable_by_daemon(secret, "", "nobody")
+    assert said is not None and f"cannot enter {folder} (owner root, mode 700)" in said
+    assert unreadable_by_daemon(secret, "", "no-such-user-here") is None  # a development machine
 
 
 def test_a_missing_secret_file_is_named(tmp_path: Path) -> None:
