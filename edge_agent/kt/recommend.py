@@ -8,7 +8,7 @@ against 8.5 µs per answer at batch 1; numpy wins by 3 µs only from batches of 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +45,7 @@ def item_success(skill_prob: float, difficulty: float) -> float:
 
 
 def weakest_skills(
-    probs: np.ndarray | Sequence[float], count: int, among: Sequence[int] | None = None
+    probs: np.ndarray | Sequence[float], count: int, among: Collection[int] | None = None
 ) -> list[int]:
     """Indices of the ``count`` lowest-probability skills (ties by index), optionally only ``among``."""
     values = probs.tolist() if isinstance(probs, np.ndarray) else probs
@@ -72,7 +72,7 @@ class ItemBank:
         self,
         probs: np.ndarray | Sequence[float],
         weak: Sequence[int],
-        among: Sequence[int] | None = None,
+        among: Collection[int] | None = None,
     ) -> Sequence[int]:
         """As many of the weakest skills that have items (of ``among``, where given) as ``weak`` holds,
         ``weak`` being the weakest of all: with no items on those, nothing was recommended (108 of 200
@@ -91,17 +91,26 @@ class ItemBank:
         count: int,
         exclude: Sequence[str] = (),
     ) -> list[Recommendation]:
-        """Items on the ``weak`` skills whose predicted success is nearest ``target`` (ties: the weaker
-        skill, then the item id), never an excluded item."""
-        scored = []
-        for rank, k in enumerate(weak):
+        """Items on the ``weak`` skills whose predicted success is nearest ``target``, never an excluded
+        item: the best item of each skill in ``weak``'s order (the weakest first), then the second best of
+        each, and so on (ties: the item id). Ranked by nearness alone, the target favoured the least weak
+        of them (a review: 73 % of feedbacks recommended nothing on the weakest skill)."""
+        per_skill = []
+        for k in weak:
             logit = _logit(float(probs[k]))
+            scored = []
             for difficulty, item_id, item in self._by_skill.get(k, ()):
                 if item_id not in exclude:
                     p = 1.0 / (1.0 + math.exp(difficulty - logit))
-                    scored.append((abs(p - target), rank, item_id, p, item))
-        scored.sort(key=lambda t: t[:3])
-        return [Recommendation(t[4], t[3]) for t in scored[:count]]
+                    scored.append((abs(p - target), item_id, p, item))
+            scored.sort(key=lambda t: t[:2])
+            per_skill.append(scored)
+        picked: list[Recommendation] = []
+        for turn in range(count):
+            picked += [Recommendation(s[turn][3], s[turn][2]) for s in per_skill if turn < len(s)]
+            if len(picked) >= count:
+                break
+        return picked[:count]
 
 
 def recommend(

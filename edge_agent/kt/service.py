@@ -577,14 +577,10 @@ class KTService:
         # item once made it raise after the states were kept: applied in memory, never stored, and each
         # retry a 'duplicate' that failed again). A repeat gets its student's state after the batch.
         with self._lock:  # probs arrays are replaced, never written in place: valid outside the lock
-            held = {a.student: self._current_probs(a.student) for a, e in zip(answers, ends, strict=True)
+            held = {a.student: self._states.get(a.student) for a, e in zip(answers, ends, strict=True)
                     if e is None and a.student not in work}
-        rows = [
-            trail[end[0]][end[1]] if end is not None
-            else work[a.student].probs if a.student in work else held[a.student]
-            for a, end in zip(answers, ends, strict=True)
-        ]
-        feedback = self._feedback(answers, statuses, np.stack(rows))
+        rows, practised = self._after_each(answers, ends, work=work, held=held, trail=trail, kept=kept)
+        feedback = self._feedback(answers, statuses, np.stack(rows), practised)
         now = self._clock()
         with self._lock:
             for a, status in zip(answers, statuses, strict=False):
@@ -640,9 +636,29 @@ class KTService:
             )
         return forgotten
 
-    def _current_probs(self, student: str) -> np.ndarray:
-        state = self._states.get(student)
-        return self._prior if state is None else state.probs
+    def _after_each(
+        self,
+        answers: Sequence[Answer],
+        ends: Sequence[tuple[str, int] | None],
+        *,
+        work: dict[str, StudentState],
+        held: dict[str, StudentState | None],
+        trail: dict[str, list[np.ndarray]],
+        kept: dict[str, list[int]],
+    ) -> tuple[list[np.ndarray], list[set[int] | None]]:
+        """Per answer, its student's probabilities after it (a repeat: after the batch) and the skills the
+        student has answered (the kept answers' and this batch's)."""
+        rows: list[np.ndarray] = []
+        practised: list[set[int] | None] = []
+        for a, end in zip(answers, ends, strict=True):
+            state = work.get(a.student) or held[a.student]
+            rows.append(trail[end[0]][end[1]] if end is not None else self._prior if state is None
+                        else state.probs)
+            skills = {code >> 1 for code in state.history} if state is not None else set()
+            batch = kept.get(a.student, [])  # one code a step: up to this answer's last (a repeat: all)
+            skills.update(code >> 1 for code in (batch if end is None else batch[: end[1] + 1]))
+            practised.append(skills or None)  # none known (a repeat of a student forgotten): all
+        return rows, practised
 
     def _run_rounds(
         self, steps: OrderedDict[str, deque[tuple[int, int]]], start: dict[str, StudentState]
@@ -697,20 +713,24 @@ class KTService:
         return {"skill_id": skill_id, "name_zh": name_zh, "name_en": name_en, "mastery": round(probs[k], 4)}
 
     def _feedback(
-        self, answers: Sequence[Answer], statuses: Sequence[str], probs: np.ndarray
+        self, answers: Sequence[Answer], statuses: Sequence[str], probs: np.ndarray,
+        practised: Sequence[set[int] | None],
     ) -> list[Feedback]:
-        """Feedback for each answer from its student's current per-skill success (rows of ``probs``)."""
+        """Feedback for each answer from its student's current per-skill success (rows of ``probs``). The
+        weakest skills and practice are of the skills the student has answered (``practised``), as in the
+        class view: of all skills, a grade-7 student's first answers sent them to grade-9 quadratics, whose
+        figures the model has only guessed from other skills (a review)."""
         items, skill_index = self.package.item_index, self.package.skill_index
         settings = self.settings
         out = []
-        for a, status, row in zip(answers, statuses, probs.tolist(), strict=True):
+        for a, status, row, among in zip(answers, statuses, probs.tolist(), practised, strict=True):
             # None: a model update swapped in after the answer was checked has dropped the item. The
             # answer is applied and stored all the same: this runs after the states changed.
             item = items.get(a.item_id)
-            weak = weakest_skills(row, settings.weak_skills)
+            weak = weakest_skills(row, settings.weak_skills, among)
             recs = self._bank.recommend(
                 row,
-                self._bank.practice_skills(row, weak),
+                self._bank.practice_skills(row, weak, among),
                 target=settings.target_success,
                 count=settings.recommendations,
                 exclude=(a.item_id,),
