@@ -42,7 +42,7 @@ from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.recommend import ItemBank, item_success, weakest_skills
-from edge_agent.kt.state import UNKNOWN_MODEL, StudentState, history_code
+from edge_agent.kt.state import RECENT_ITEMS, UNKNOWN_MODEL, StudentState, history_code
 from edge_agent.lifecycle import Heartbeat, waiting_on_disk
 from edge_agent.telemetry import metrics
 
@@ -579,15 +579,15 @@ class KTService:
         with self._lock:  # probs arrays are replaced, never written in place: valid outside the lock
             held = {a.student: self._states.get(a.student) for a, e in zip(answers, ends, strict=True)
                     if e is None and a.student not in work}
-        rows, practised = self._after_each(answers, ends, work=work, held=held, trail=trail, kept=kept)
-        feedback = self._feedback(answers, statuses, np.stack(rows), practised)
+        rows, practised, recent = self._after_each(answers, ends, work=work, held=held, trail=trail,
+                                                   kept=kept)
+        feedback = self._feedback(answers, statuses, np.stack(rows), practised, recent)
         now = self._clock()
         with self._lock:
             for a, status in zip(answers, statuses, strict=False):
                 if status == "applied":
                     state = work[a.student]
-                    state.answers += 1
-                    state.last_item = a.item_id
+                    state.answered(a.item_id)
                     self._record_lesson(a, state, now)
             for student, state in work.items():
                 state.keep(kept[student], self._model_id)
@@ -645,11 +645,14 @@ class KTService:
         held: dict[str, StudentState | None],
         trail: dict[str, list[np.ndarray]],
         kept: dict[str, list[int]],
-    ) -> tuple[list[np.ndarray], list[set[int] | None]]:
-        """Per answer, its student's probabilities after it (a repeat: after the batch) and the skills the
-        student has answered (the kept answers' and this batch's)."""
+    ) -> tuple[list[np.ndarray], list[set[int] | None], list[tuple[str, ...]]]:
+        """Per answer, its student's probabilities after it (a repeat: after the batch), the skills the
+        student has answered (the kept answers' and this batch's) and the items not to recommend (the
+        latest RECENT_ITEMS answered, this one included)."""
         rows: list[np.ndarray] = []
         practised: list[set[int] | None] = []
+        recent: list[tuple[str, ...]] = []
+        in_batch: dict[str, tuple[str, ...]] = {}
         for a, end in zip(answers, ends, strict=True):
             state = work.get(a.student) or held[a.student]
             rows.append(trail[end[0]][end[1]] if end is not None else self._prior if state is None
@@ -658,7 +661,11 @@ class KTService:
             batch = kept.get(a.student, [])  # one code a step: up to this answer's last (a repeat: all)
             skills.update(code >> 1 for code in (batch if end is None else batch[: end[1] + 1]))
             practised.append(skills or None)  # none known (a repeat of a student forgotten): all
-        return rows, practised
+            before = in_batch.get(a.student) or (state.recent_items if state is not None else ())
+            recent.append((*before[1 - RECENT_ITEMS:], a.item_id))
+            if end is not None:
+                in_batch[a.student] = recent[-1]
+        return rows, practised, recent
 
     def _run_rounds(
         self, steps: OrderedDict[str, deque[tuple[int, int]]], start: dict[str, StudentState]
@@ -715,6 +722,7 @@ class KTService:
     def _feedback(
         self, answers: Sequence[Answer], statuses: Sequence[str], probs: np.ndarray,
         practised: Sequence[set[int] | None],
+        recent: Sequence[tuple[str, ...]],
     ) -> list[Feedback]:
         """Feedback for each answer from its student's current per-skill success (rows of ``probs``). The
         weakest skills and practice are of the skills the student has answered (``practised``), as in the
@@ -723,7 +731,8 @@ class KTService:
         items, skill_index = self.package.item_index, self.package.skill_index
         settings = self.settings
         out = []
-        for a, status, row, among in zip(answers, statuses, probs.tolist(), practised, strict=True):
+        for a, status, row, among, answered in zip(answers, statuses, probs.tolist(), practised, recent,
+                                                   strict=True):
             # None: a model update swapped in after the answer was checked has dropped the item. The
             # answer is applied and stored all the same: this runs after the states changed.
             item = items.get(a.item_id)
@@ -733,7 +742,7 @@ class KTService:
                 self._bank.practice_skills(row, weak, among),
                 target=settings.target_success,
                 count=settings.recommendations,
-                exclude=(a.item_id,),
+                exclude=answered,
             )
             p = row[a.skills[0]]
             out.append(
