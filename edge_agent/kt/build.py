@@ -24,7 +24,7 @@ from edge_agent.kt.train import TrainOptions, evaluate, export_onnx, prior_succe
 
 log = logging.getLogger(__name__)
 
-PACKAGE_VERSION = "2026.11.1"
+PACKAGE_VERSION = "2026.12.3"
 
 
 def _now() -> str:
