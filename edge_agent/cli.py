@@ -71,7 +71,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                "reference'), or a newer release's key after a rollback")
     for key in ignored:
         logging.getLogger("edge_agent.config").warning("config %s: %s", path, ignored_key_line(key, unknown))
-    return asyncio.run(run_daemon(config, path))
+    from edge_agent.daemon import leave
+
+    return leave(asyncio.run(run_daemon(config, path)))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import Config, MqttSettings
+from edge_agent.daemon import leave
 from edge_agent.kt.package import KTPackage, load_package
 
 log = logging.getLogger(__name__)
@@ -298,4 +299,4 @@ def run_demo(args: argparse.Namespace) -> int:
         if broker is not None:
             broker.stop()
     print("demo stopped:", json.dumps(summary, ensure_ascii=False), flush=True)
-    return code
+    return leave(code)
