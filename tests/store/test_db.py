@@ -637,3 +637,24 @@ def test_a_full_disk_logs_its_first_failed_commit_then_one_line_a_minute_and_whe
             assert len(lines()) == 3, lines()  # against one per failed commit (over 200) before
     finally:
         db.close()
+
+
+def test_the_wal_grown_behind_a_long_reader_is_cut_back_once_it_has_gone(db: Database) -> None:
+    # A review: an IT person's sqlite3 shell held a read transaction for 2 minutes at 200 answers/s; the
+    # WAL grew to 190 MB and kept that size until the daemon stopped
+    wal = db.path.with_name(db.path.name + "-wal")
+    reader = sqlite3.connect(str(db.path), isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM meta").fetchone()  # the read snapshot checkpoints cannot pass
+    text = os.urandom(32 * 1024).hex()
+    for n in range(300):
+        db.write(lambda conn, n=n: conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"filler-{n % 20}", text))).result()
+    grown = wal.stat().st_size
+    reader.execute("COMMIT")
+    reader.close()
+    for n in range(200):  # the answers go on: an automatic checkpoint, then the WAL starts over
+        db.write(lambda conn, n=n: conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"filler-{n % 20}", str(n)))).result()
+    assert grown > 5 * db_module.WAL_KEEP_BYTES
+    assert wal.stat().st_size <= db_module.WAL_KEEP_BYTES + 64 * 1024
