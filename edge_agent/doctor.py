@@ -134,6 +134,9 @@ def check_outbox(path: Path, max_age_days: float, now: float | None = None) -> C
     stale = backlog and age_days >= min(STALE_BACKLOG_DAYS, max_age_days / 2)
     if drops.get("max_rows") or drops.get("max_bytes"):  # the size limits, not the age, dropped data
         fix += "; a board offline for long keeps more with higher store.max_rows / store.max_bytes"
+    if drops.get("store_error") or drops.get("queue_full"):  # the disk, not sync (a review: "check sync")
+        fix += ("; store_error and queue_full are writes the disk refused or could not keep up with (full, "
+                "failing, or held by another program for over 10 minutes): the daemon's log says which")
     return CheckResult("outbox", True, detail, fix if stale or drops else "", warning=bool(stale or drops))
 
 

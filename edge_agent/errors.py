@@ -52,6 +52,10 @@ class StoreUnwritableError(StoreError):
     pass
 
 
+class StoreLockedError(StoreError):
+    """Another program holds the database's write lock past the busy timeout: a write may succeed later."""
+
+
 class ModelError(EdgeAgentError):
     pass
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -169,7 +170,14 @@ def test_the_outbox_check_reports_drops_and_a_stale_backlog_kept_in_the_database
     )
     assert "store.max_age_days" in result.fix
     assert "higher store.max_rows / store.max_bytes" in result.fix  # the limit that dropped them (a review)
+    assert "store_error" not in result.fix
     assert doctor.check_outbox(tmp_path / "absent.db", 60.0).ok
+    # the disk refused writes: "check sync" was the fix shown (a review: the database held by a shell)
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE drop_counters SET count = 5 WHERE reason = 'max_rows'")
+        conn.execute("INSERT INTO drop_counters(reason, count) VALUES ('store_error', 5)")
+    result = doctor.check_outbox(path, 60.0, now=clock.now)
+    assert "writes the disk refused" in result.fix and "held by another program" in result.fix
 
 
 # --- camera ----------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any, Union
 import numpy as np
 
 from edge_agent.config import KTSettings
-from edge_agent.errors import EdgeAgentError, EngineError, ModelError
+from edge_agent.errors import EdgeAgentError, EngineError, ModelError, StoreLockedError
 from edge_agent.inference.engine import Engine
 from edge_agent.kt.answers import Answer
 from edge_agent.kt.applied_events import AppliedEvents
@@ -512,6 +512,8 @@ class KTService:
         if error is not None or results is None:
             if error is None:
                 error = ServiceBusy("no result")
+            elif isinstance(error, StoreLockedError):  # held for seconds, usually: not a minute's wait
+                error = ServiceBusy(f"answers could not be stored yet: {error}", retry_after_s=5)
             elif not isinstance(error, ServiceBusy):  # e.g. StoreFullError: the API answers 503 with it
                 error = ServiceBusy(f"answers could not be stored: {error}", retry_after_s=60)
         outcomes: Counter[str] = Counter()

@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edge_agent.config import StoreSettings
-from edge_agent.errors import StoreCorruptError, StoreError, StoreFullError, StoreUnwritableError
+from edge_agent.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    StoreLockedError,
+    StoreUnwritableError,
+)
 from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry, waiting_on_disk
 from edge_agent.store.schema import add_side_columns, migrate, schema_problem
 from edge_agent.telemetry import metrics
@@ -190,8 +196,9 @@ def translate(exc: sqlite3.Error, path: Path) -> StoreError:
             f"the database {path} is damaged ({exc}); restart the agent to quarantine it"
         )
     if "locked" in text or "busy" in text:
-        return StoreError(
-            f"the database {path} is locked by another process ({exc}); is a second agent running?"
+        return StoreLockedError(
+            f"the database {path} is held by another program ({exc}): a second edge-agent, or a sqlite3 "
+            "shell or backup with a transaction open; end that transaction or stop it"
         )
     return StoreError(f"database {path} error: {exc}")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
-from edge_agent.errors import InputRejected
+from edge_agent.errors import InputRejected, StoreLockedError
 from edge_agent.store import outbox_state as rules
 from edge_agent.store.db import Database, StoreQueueFull, set_meta
 from edge_agent.telemetry import metrics
@@ -74,6 +74,10 @@ def chain(inner: Future[T], transform: Callable[[T], U]) -> Future[U]:
 
     inner.add_done_callback(done)
     return outer
+
+
+# How long a message waits for a database another program holds (see enqueue)
+LOCKED_RETRY_S = 600.0
 
 
 class Outbox:
@@ -185,9 +189,33 @@ class Outbox:
                     drops[reason] = drops.get(reason, 0) + n
             return seq, drops
 
-        future = chain(self.db.write(insert), self._after_write)
-        future.add_done_callback(lambda done: self._on_enqueued(done, stream))
-        return future
+        result: Future[int] = Future()
+        result.set_running_or_notify_cancel()
+        until = time.monotonic() + LOCKED_RETRY_S
+
+        def attempt() -> None:
+            chain(self.db.write(insert), self._after_write).add_done_callback(settled)
+
+        def settled(future: Future[int]) -> None:
+            error = future.exception()
+            # Held by another program (a sqlite3 shell's transaction): tried again, each try waiting the
+            # busy timeout, instead of losing a class's window for good (a review: 5 lost to a 30-s lock)
+            if isinstance(error, StoreLockedError) and time.monotonic() < until:
+                if not retrying:
+                    retrying.append(True)
+                    log.warning("outbox: the %s message waits for the database: %s", stream, error)
+                self.db.write(self._recount)
+                attempt()
+                return
+            self._on_enqueued(future, stream)
+            if error is None:
+                result.set_result(future.result())
+            else:
+                result.set_exception(error)
+
+        retrying: list[bool] = []
+        attempt()
+        return result
 
     def _refused(self, message: str, field: str) -> InputRejected:
         """Counted like every other loss (no seq is used, so the cloud sees no gap for it)."""

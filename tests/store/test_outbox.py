@@ -461,3 +461,31 @@ def test_the_age_check_reads_the_rows_due_not_the_whole_backlog(db: Database) ->
     assert box.expire().result(5) == 0
     db.write(lambda conn: conn.set_progress_handler(None, 100)).result(5)
     assert steps[0] < 50  # 360 (36,000 steps) through the state index
+
+
+def test_a_message_waits_for_a_database_another_program_holds_and_is_stored_once_it_lets_go(
+    state_dir: Path,
+) -> None:
+    # A review: an IT person's sqlite3 shell held BEGIN IMMEDIATE for 30 s; 5 attention windows and a
+    # lesson summary past the 5-s busy timeout were counted as store_error and lost for good
+    import sqlite3
+
+    db = Database(state_dir / "edge-agent.db", StoreSettings(busy_timeout_ms=200))
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(busy_timeout_ms=200), MqttSettings())
+    box.open()
+    shell = sqlite3.connect(str(db.path), isolation_level=None)
+    shell.execute("BEGIN IMMEDIATE")
+    try:
+        waiting = box.enqueue("attention", {"window": 1})
+        time.sleep(1.5)  # several busy timeouts
+        assert not waiting.done()
+    finally:
+        shell.execute("COMMIT")
+        shell.close()
+    seq = waiting.result(10)
+    rows = db.read(lambda conn: conn.execute("SELECT seq, payload FROM outbox").fetchall())
+    drops = db.read(lambda conn: conn.execute("SELECT reason, count FROM drop_counters").fetchall())
+    db.close()
+    assert rows == [(seq, '{"window":1}')]
+    assert drops == []
