@@ -15,7 +15,7 @@ from edge_agent.errors import ModelError
 from edge_agent.inference.engine import Engine
 from edge_agent.kt.classroom import leaving_the_board
 from edge_agent.kt.package import KTPackage, load_package
-from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
+from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence, forget_open_window
 from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.service import NOT_RUNNING_FOR_SWAP, KTService, ServiceBusy, step_model_id
 from edge_agent.lifecycle import Health, HeartbeatRegistry, waiting_on_disk
@@ -30,6 +30,9 @@ PAYLOAD_VERSION = 1  # of the kt_class_window payload (docs/sync-protocol.md)
 HEARTBEAT = "kt-inference"
 PUBLISH_INTERVAL_S = 1.0
 STOP_TIMEOUT_S = 10.0
+# The teacher's lesson and the unsent synced window are saved this often while they run: a power cut
+# (a board switched off at the wall after the last lesson) has no stop to save them at
+SAVE_LESSON_EVERY_S = 15.0
 PRUNE_EVERY_S = 3600.0  # expired idempotency keys leave SQLite hourly (and at start)
 SEND_WAIT_S = 10.0  # for a lesson summary to be stored; it stays queued after that
 
@@ -208,6 +211,14 @@ class KTComponent:
                 persistence.save_lesson_view(None)
                 if service.restore_lesson_view(view):
                     log.info("the teacher's lesson goes on (%s answers so far)", view.get("answers"))
+            unsent = persistence.load_open_window()
+            if unsent is not None and moved.changed:
+                persistence.save_open_window(None)
+                log.warning("a lesson window of %s answers left unsent at the last stop is dropped: the KT "
+                            "package's skills changed", unsent.get("answers"))
+            elif unsent is not None and service.restore_open_window(unsent):
+                log.info("a lesson window left unsent at the last stop (%s answers; a power cut?) is sent "
+                         "when it ends", unsent.get("answers"))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -250,16 +261,30 @@ class KTComponent:
     async def _publish_loop(self) -> None:
         assert self.service is not None
         next_prune = time.monotonic() + PRUNE_EVERY_S
+        next_save = time.monotonic() + SAVE_LESSON_EVERY_S
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
             closed = self.service.close_lesson_if_due()
             if closed is not None and closed["answers"]:
                 await self._send(closed)
             self._publish(self.service)
+            if self._db is not None and time.monotonic() >= next_save:
+                next_save = time.monotonic() + SAVE_LESSON_EVERY_S
+                self._save_lesson(StatePersistence(self._db))
             if self._db is not None and time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY_S
                 # the service forgets expired keys as it goes; the table is trimmed to match
                 StatePersistence(self._db).prune_events(time.time() - EVENT_KEEP_S)
+
+    def _save_lesson(self, persistence: StatePersistence) -> None:
+        """Queued behind the writes before it (a window sent just now is cleared in its own transaction
+        first); not waited for: the next turn saves again."""
+        assert self.service is not None
+        view, window = self.service.lesson_view(), self.service.open_window()
+        if view is not None:
+            persistence.save_lesson_view(view)
+        if window is not None:
+            persistence.save_open_window(window)
 
     def _publish(self, service: KTService) -> None:
         if self._live is not None:
@@ -273,7 +298,8 @@ class KTComponent:
             "kind": "kt_class_window", "v": PAYLOAD_VERSION, "class_id": self.device.class_id, "model": model,
         }
         try:
-            await asyncio.wait_for(asyncio.wrap_future(self._outbox.enqueue(STREAM, payload)), SEND_WAIT_S)
+            queued = self._outbox.enqueue(STREAM, payload, also=forget_open_window)
+            await asyncio.wait_for(asyncio.wrap_future(queued), SEND_WAIT_S)
         except asyncio.TimeoutError:  # queued: the outbox logs it if it fails after all
             log.warning("the lesson summary is not stored after %g s: the disk is slow or stalled; it is "
                         "written once the disk answers", SEND_WAIT_S)

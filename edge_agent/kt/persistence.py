@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +68,16 @@ def kept_by_skill_id(state: StudentState, skills: Sequence[str], set_aside: str 
     if valid and since >= 0:
         kept = earlier + (kept[max(0, len(kept) - since):] if since else [])
     return kept[-HISTORY_CAP:]
+
+
+def _meta_json_writer(key: str, value: dict[str, Any] | None) -> Callable[[sqlite3.Connection], None]:
+    text = "" if value is None else json.dumps(value, separators=(",", ":"))
+    return lambda conn: set_meta(conn, key, text)
+
+
+def forget_open_window(conn: sqlite3.Connection) -> None:
+    """In the transaction that queues the synced window for the cloud (Outbox.enqueue's ``also``)."""
+    set_meta(conn, "kt_lesson_window", "")
 
 
 class StatePersistence:
@@ -240,19 +250,31 @@ class StatePersistence:
         return self.db.write(run)
 
     def save_lesson_view(self, view: dict[str, Any] | None) -> Future[None]:
-        """The teacher's lesson at stop (meta ``kt_lesson_view``), so a restart mid-lesson keeps it."""
-        text = "" if view is None else json.dumps(view, separators=(",", ":"))
-        return self.db.write(lambda conn: set_meta(conn, "kt_lesson_view", text))
+        """The teacher's lesson (meta ``kt_lesson_view``), so a restart mid-lesson keeps it: at stop, and
+        every SAVE_LESSON_EVERY_S while it runs (a power cut has no stop)."""
+        return self.db.write(_meta_json_writer("kt_lesson_view", view))
 
     def load_lesson_view(self) -> dict[str, Any] | None:
+        return self._meta_json("kt_lesson_view")
+
+    def save_open_window(self, window: dict[str, Any] | None) -> Future[None]:
+        """The synced window not yet sent (meta ``kt_lesson_window``): after a power cut its answers reached
+        no window the cloud got (a review: 5 bursts of 50 answers). Cleared in the transaction that queues
+        it (:func:`forget_open_window`)."""
+        return self.db.write(_meta_json_writer("kt_lesson_window", window))
+
+    def load_open_window(self) -> dict[str, Any] | None:
+        return self._meta_json("kt_lesson_window")
+
+    def _meta_json(self, key: str) -> dict[str, Any] | None:
         row = self.db.read(
-            lambda conn: conn.execute("SELECT value FROM meta WHERE key = 'kt_lesson_view'").fetchone()
+            lambda conn: conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         )
         try:
-            view = json.loads(row[0]) if row and row[0] else None
+            value = json.loads(row[0]) if row and row[0] else None
         except ValueError:
             return None
-        return view if isinstance(view, dict) else None
+        return value if isinstance(value, dict) else None
 
     def prune_events(self, before: float, keep_newest: int = EVENTS_ALWAYS_KEPT) -> Future[int]:
         """Forget the keys applied before ``before``, except the newest ``keep_newest`` (by insertion:

@@ -809,6 +809,24 @@ class KTService:
             self._view = view
             return True
 
+    def open_window(self) -> dict[str, Any] | None:
+        """The synced window not yet sent, to keep across a power cut (None when there is none)."""
+        with self._lock:
+            return None if self._lesson is None else self._lesson.to_json()
+
+    def restore_open_window(self, data: dict[str, Any]) -> bool:
+        """Before ``start``: take back the synced window a power cut left unsent; it is sent when due, at
+        once if that was before now."""
+        with self._lock:
+            probs = {s: st.probs for s, st in self._states.items()}
+            try:
+                window = LessonWindow.from_json(data, probs, self.settings.min_group_size)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.warning("the unsent lesson window could not be read; its answers reach no window")
+                return False
+            self._lesson = window
+            return True
+
     def close_lesson_if_due(self, *, now_anyway: bool = False) -> dict[str, Any] | None:
         """The synced window's summary once it has ended (or at once with ``now_anyway``: at stop); the
         next answer opens a new window."""

@@ -151,8 +151,15 @@ class Outbox:
 
     # -- enqueue -------------------------------------------------------------------------------------
 
-    def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> Future[int]:
-        """Queue ``payload`` durably for ``stream``; the future gives its seq once committed.
+    def enqueue(
+        self,
+        stream: str,
+        payload: dict[str, Any],
+        expires_at: float | None = None,
+        also: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> Future[int]:
+        """Queue ``payload`` durably for ``stream``; the future gives its seq once committed. ``also`` runs
+        in the same transaction (a sender's record that this payload is queued: both or neither).
 
         Raises InputRejected at once for a bad stream name, a payload that is not JSON, or one too large.
         """
@@ -179,6 +186,8 @@ class Outbox:
                 (uuid.uuid4().hex, seq, stream, self.topic(stream), text, now, expires_at,
                  rules.PENDING, size, unsynced),
             )
+            if also is not None:
+                also(conn)
             self._rows += 1
             self._bytes += size
             self._oldest = now if self._oldest is None else min(self._oldest, now)

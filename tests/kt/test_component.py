@@ -71,6 +71,45 @@ def test_component_runs_flushes_and_restores(
     assert "s0" not in rows[0][1] and pseudonymize("s0") not in rows[0][1]
 
 
+def test_after_a_power_cut_the_lesson_and_the_unsent_window_come_back_and_the_window_reaches_the_cloud(
+    package: KTPackage, device, db: Database, outbox: Outbox, pseudonymize, monkeypatch
+) -> None:
+    # A review: SIGKILL mid-lesson (as a power cut, the watchdog or the OOM killer): the teacher's lesson
+    # started over, and the ~250 answers of the window not yet sent reached no window the cloud got
+    from edge_agent.kt import component as component_module
+
+    monkeypatch.setattr(component_module, "SAVE_LESSON_EVERY_S", 0.5)
+    settings = KTSettings(min_group_size=2)
+
+    async def run() -> None:
+        comp = KTComponent(settings, device, None, db, outbox, LiveBoard(), HeartbeatRegistry())
+        await comp.start()
+        svc = comp.get_service()
+        assert svc is not None
+        await svc.submit_async([_answer(package, pseudonymize, f"s{n}", f"e{n}", n) for n in range(4)])
+        await asyncio.sleep(2.0)  # saved while it runs
+        # the power cut: no stop, nothing sent or saved at the end
+        assert comp._task is not None
+        comp._task.cancel()
+        svc.stop()
+
+        again = KTComponent(settings, device, None, db, outbox, LiveBoard(), HeartbeatRegistry())
+        await again.start()
+        restored = again.get_service()
+        assert restored is not None
+        assert restored.class_summary()["answers"] == 4  # the teacher's lesson goes on
+        await again.stop()  # sends the window, as partial, with the 4 answers from before the cut
+
+        third = KTComponent(settings, device, None, db, outbox, LiveBoard(), HeartbeatRegistry())
+        await third.start()  # sent: not taken back again
+        assert StatePersistence(db).load_open_window() is None
+        await third.stop()
+
+    asyncio.run(run())
+    rows = db.read(lambda c: c.execute("SELECT payload FROM outbox WHERE stream = 'kt_class'").fetchall())
+    assert [json.loads(p)["answers"] for (p,) in rows] == [4]
+
+
 def _start_answer_stop(
     package: KTPackage, device, db: Database, outbox: Outbox, event: str
 ) -> tuple[str, dict]:
