@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import select
 import socket
 import ssl
@@ -31,6 +32,9 @@ from edge_agent.config import MqttSettings
 from edge_agent.errors import SyncError
 
 log = logging.getLogger(__name__)
+
+# what paho says of a connection the TLS layer ended
+_TLS_MARKERS = re.compile(r"ssl|tls|certificate|alert|eof occurred|connection reset", re.IGNORECASE)
 
 AckCallback = Callable[[int, bool, str], None]  # mid, accepted, reason
 MessageCallback = Callable[[str, bytes], None]  # topic, payload
@@ -334,6 +338,15 @@ class MqttConnection:
             rc = self._client.loop(0.05)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._connack is None:
                 self.close()
+                waited = time.monotonic() - started
+                if waited >= s.keepalive_s and not _TLS_MARKERS.search(self._last_error or self._lost or ""):
+                    # paho gave up at its keepalive, before connect_timeout_s: a hung broker was said to
+                    # have "closed the connection" with advice about TLS (a review, keepalive_s = 5)
+                    raise SyncConnectError(
+                        f"the broker {s.host}:{s.port} took the connection but did not answer within "
+                        f"{waited:.0f} s (mqtt.keepalive_s): it is hung or overloaded, or something between "
+                        "drops its replies"
+                    )
                 raise self._connect_failure()
         accepted, reason = self._connack
         self._last_error = ""
@@ -349,8 +362,7 @@ class MqttConnection:
 
     def _connect_failure(self) -> SyncConnectError:
         text = self._last_error or self._lost or "connection closed"
-        markers = ("ssl", "tls", "certificate", "alert", "eof occurred", "connection reset")
-        if self.settings.tls and any(w in text.lower() for w in markers):
+        if self.settings.tls and _TLS_MARKERS.search(text):
             return SyncTlsError(_explain_tls(text, self.settings, self._renewal))
         # A TLS listener resets a connection that opens with a plain CONNECT
         advice = "" if self.settings.tls else "; if this port requires TLS, set mqtt.tls = true"

@@ -667,6 +667,21 @@ def test_a_port_that_accepts_but_never_completes_tls_is_named_within_the_connect
         assert time.monotonic() - started < 3
 
 
+def test_a_broker_that_takes_the_connection_and_never_answers_is_called_hung_not_closed() -> None:
+    # A review: with mqtt.keepalive_s below connect_timeout_s, paho gave up at its keepalive and a frozen
+    # broker was said to have "closed the connection", with advice to set mqtt.tls
+    from edge_agent.sync.mqtt import SyncConnectError
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        settings = MqttSettings(host="127.0.0.1", port=port, tls=False, keepalive_s=5, connect_timeout_s=20)
+        with pytest.raises(SyncConnectError) as info:
+            MqttConnection(settings, "edge-board-0001", "edge/x/y/z/status", lambda *_: None).connect()
+    said = str(info.value)
+    assert f"127.0.0.1:{port} took the connection but did not answer within 5 s" in said
+    assert "closed the connection" not in said and "mqtt.tls" not in said
+
+
 def _silent_listener(address: str, port: int) -> list[socket.socket]:
     """A listener whose accept queue is full: the kernel drops further SYNs, like a silent firewall."""
     server = socket.create_server((address, port), backlog=0)
