@@ -36,6 +36,7 @@ RESTART_EXIT = 75
 START_TIMEOUT_S = 120.0
 STOP_BUDGET_S = 9.0  # shared by the components, each 0.5 s at least; the unit kills after 30 s
 HEALTH_PERIOD_S = 1.0
+RETRY_START_S = 300.0  # a component that failed to start (and the models that failed to load) tried again
 
 
 
@@ -193,8 +194,12 @@ class Daemon:
         if self._ready_after is None:
             self.notifier.ready(self.status_line())
         log.info("daemon running: %s", self.status_line())
+        retries = asyncio.create_task(self._retry_failed_starts())
         await self._stop.wait()
         watchdog.cancel()
+        retries.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retries
         return await self._stopping()
 
     async def _stopping(self) -> int:
@@ -257,6 +262,39 @@ class Daemon:
         if self._stop.is_set():
             return False
         raise asyncio.TimeoutError
+
+    async def _retry_failed_starts(self) -> None:
+        """Every RETRY_START_S, the models that failed to load (``reload_failed``) and then the components
+        that failed to start are tried again: a cache disk full at start left the board without class
+        attention until someone restarted it, 150 s after the space was freed and for the rest of the term
+        (a review)."""
+        while True:
+            await asyncio.sleep(RETRY_START_S)
+            failed = [state for state in self._states if state.failure and not state.component.essential]
+            if not failed:
+                continue
+            for state in self._states:
+                reload = getattr(state.component, "reload_failed", None)
+                if state.started and reload is not None:
+                    await reload()
+            for state in failed:
+                component = state.component
+                with contextlib.suppress(Exception):  # what a failed start left half made
+                    await component.stop()
+                state.starting = True
+                try:
+                    done = await self._started(component)
+                except Exception as exc:
+                    state.failure = f"failed to start: {exc or 'did not start in time'}"
+                    log.info("component %s still cannot start: %s", component.name, exc)
+                    continue
+                finally:
+                    state.starting = False
+                if not done:
+                    return
+                state.failure, state.started = None, True
+                metrics.COMPONENT_UP.labels(component.name).set(1)
+                log.warning("component %s started on a later try (it had failed to start)", component.name)
 
     async def _stop_all(self) -> None:
         deadline = time.monotonic() + STOP_BUDGET_S

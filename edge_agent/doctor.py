@@ -236,7 +236,10 @@ def check_engine(entry: Manifest, config: Config, loader: EngineLoader = _select
     try:
         loaded = loader(entry, config.inference, config.paths)
     except EdgeAgentError as exc:
-        fix = 'see the build log in the cache folder, or set inference.backend = "onnxruntime"'
+        if "could not be obtained" in str(exc):  # the model file, not the build (a review: a full cache)
+            fix = "the message says what to do: free the cache folder, or copy the model into a mirror"
+        else:
+            fix = 'see the build log in the cache folder, or set inference.backend = "onnxruntime"'
         return CheckResult(name, False, str(exc), fix)
     try:
         detail = f"{loaded.backend} {loaded.precision}"

@@ -21,6 +21,29 @@ from edge_agent.thread_priority import call_at_lower_priority
 log = logging.getLogger(__name__)
 
 
+
+async def _in_a_thread_of_its_own(load: Callable[[], None]) -> None:
+    """``load`` in a daemon thread: a stop during a long TensorRT build leaves it behind and the process
+    still exits (asyncio.to_thread's pool threads are joined at exit, build or not)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(None) if error is None else done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            load()
+        except BaseException as exc:  # each model's failure is kept; this is a bug's way out
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the daemon stopped meanwhile and its loop is closed
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="engine-load", daemon=True).start()
+    await done
+
 class EngineSet:
     """Loads ``manifests`` on start (in a worker thread: a TensorRT build can take minutes).
 
@@ -50,29 +73,14 @@ class EngineSet:
         self._started = False
 
     async def start(self) -> None:
-        # A thread of its own, a daemon one: a stop during a long TensorRT build leaves it behind and the
-        # process still exits (asyncio.to_thread's pool threads are joined at exit, build or not).
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def settle(error: BaseException | None) -> None:
-            if not done.done():
-                done.set_result(None) if error is None else done.set_exception(error)
-
-        def load() -> None:
-            error: BaseException | None = None
-            try:
-                self.load_all()
-            except BaseException as exc:  # load_all keeps each model's failure; this is a bug's way out
-                error = exc
-            with contextlib.suppress(RuntimeError):  # the daemon stopped meanwhile and its loop is closed
-                loop.call_soon_threadsafe(settle, error)
-
-        threading.Thread(target=load, name="engine-load", daemon=True).start()
-        await done
+        await _in_a_thread_of_its_own(self.load_all)
 
     def load_all(self) -> None:
-        for manifest in self._manifests:
+        self._load_each(self._manifests)
+        self._started = True
+
+    def _load_each(self, manifests: list[Manifest]) -> None:
+        for manifest in manifests:
             try:
                 # created at the role's priority: ONNX Runtime's worker threads inherit it
                 self._loaded[manifest.name] = call_at_lower_priority(
@@ -86,7 +94,21 @@ class EngineSet:
                 log.error("model %s cannot run on any backend: %s", manifest.name, exc)
             else:
                 log.info("engine loaded: %s", self._loaded[manifest.name].describe())
-        self._started = True
+
+    async def reload_failed(self) -> int:
+        """Load again the models that failed to (a full cache disk at start, a mirror mounted late); how
+        many load now. Asked by the daemon before it tries the components that need them again."""
+        if not self._failed:
+            return 0
+        retry = [m for m in self._manifests if m.name in self._failed]
+        failed_before = set(self._failed)
+        for manifest in retry:
+            del self._failed[manifest.name]
+        await _in_a_thread_of_its_own(partial(self._load_each, retry))
+        loaded = failed_before - set(self._failed)
+        if loaded:
+            log.warning("models loaded on a later try: %s", ", ".join(sorted(loaded)))
+        return len(loaded)
 
     def _load(self, manifest: Manifest) -> LoadedEngine:
         return load_engine(manifest, self._settings, self._paths, tensorrt=self._tensorrt)

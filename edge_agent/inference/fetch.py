@@ -123,11 +123,13 @@ def fetch_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 3
     attempts.append(
         ("url", lambda: download_verified(source.url or "", dest, source.sha256 or "", timeout_s))
     )
+    unwritable = False
     for origin, attempt in attempts:
         try:
             try:
                 attempt()
             except OSError as exc:  # writing the cache, e.g. a full disk (the reads raise ModelError)
+                unwritable = True
                 raise ModelError(f"cannot write {dest}: {exc.strerror or exc}") from exc
         except ModelError as exc:
             log.warning("model %s not taken from %s: %s", manifest.name, origin, exc)
@@ -136,10 +138,10 @@ def fetch_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 3
         log.info("model %s fetched from %s into %s", manifest.name, origin, dest)
         return dest
     kept = " (the previous file in the cache was kept)" if dest.exists() else ""
-    raise ModelError(
-        f"model {manifest.name} could not be obtained{kept}: {'; '.join(problems)}. "
-        f"Copy {source.mirror_path} into a mirror folder and set ${MIRROR_ENV} or paths.model_mirror."
-    )
+    # the cache could not be written: copying the model into a mirror (already there, a review) is no fix
+    fix = (f"Free space on (or give write access to) {dest.parent}." if unwritable else
+           f"Copy {source.mirror_path} into a mirror folder and set ${MIRROR_ENV} or paths.model_mirror.")
+    raise ModelError(f"model {manifest.name} could not be obtained{kept}: {'; '.join(problems)}. {fix}")
 
 
 def _repo_file(manifest: Manifest) -> Path:

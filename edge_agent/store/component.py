@@ -16,6 +16,8 @@ from edge_agent.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
+DISK_REASONS = ("store_error", "queue_full")  # writes the disk refused or could not keep up with
+
 CLOSE_TIMEOUT_S = 5.0
 STALL_REPORT_S = 5.0  # a write waiting this long on the disk makes the store unhealthy (answers get 503)
 
@@ -69,10 +71,12 @@ class StoreComponent:
             return Health(False, f"a database write has waited {waiting:.0f} s for the disk: it is slow or "
                                  "stalled (a worn SD card or eMMC, or heavy writes by another program)")
         status = self.outbox.status()
-        drops = sum(status["drops"].values())
         detail = f"{status['backlog']} message{'' if status['backlog'] == 1 else 's'} waiting"
-        if drops:
-            detail += (
-                f"; {drops} dropped by limits ({', '.join(f'{k}={v}' for k, v in status['drops'].items())})"
-            )
+        # a full disk is no limit (a review: "23 dropped by limits (store_error=23)")
+        for said, reasons in (("dropped by limits", lambda k: k not in DISK_REASONS),
+                              ("lost to the disk", lambda k: k in DISK_REASONS)):
+            counts = {k: v for k, v in status["drops"].items() if v and reasons(k)}
+            if counts:
+                listed = ", ".join(f"{k}={v}" for k, v in counts.items())
+                detail += f"; {sum(counts.values())} {said} ({listed})"
         return Health(True, detail)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -162,14 +163,18 @@ def test_a_full_cache_disk_is_a_model_error_per_model_and_every_model_is_tried(
                     while True:
                         out.write(b"\0" * chunk)
         paths = paths_for(disk.path / "cache", model_mirror)
-        with pytest.raises(ModelError, match=r"cannot write .*No space left on device"):
+        with pytest.raises(ModelError, match=r"cannot write .*No space left on device") as info:
             fetch_model(MANIFESTS["yunet"], paths)
+        # the fix is the disk: "copy it into a mirror folder" was said of a model the mirror held (a review)
+        assert f"Free space on (or give write access to) {paths.cache_dir}" in str(info.value)
+        assert "into a mirror folder" not in str(info.value)
         names = ["yunet", "fsanet-1x1", "fsanet-var"]
         engines = EngineSet([MANIFESTS[n] for n in names], settings("onnxruntime"), paths)
         engines.load_all()
         assert sorted(engines._failed) == sorted(names)
         assert all("No space left on device" in reason for reason in engines._failed.values())
         filler.unlink()
-        engines = EngineSet([MANIFESTS[n] for n in names], settings("onnxruntime"), paths)
-        engines.load_all()
+        # the same engine set loads them on its next try (the daemon's, every few minutes; a review: a
+        # board stayed without attention for the term)
+        assert asyncio.run(engines.reload_failed()) == 3
         assert engines._failed == {} and engines.health().ok
