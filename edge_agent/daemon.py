@@ -66,6 +66,8 @@ class ComponentState:
     started: bool = False
     starting: bool = False  # its start() is running: its own health says what it is doing
     failure: str | None = None
+    # a start that raised may be tried again; one that timed out may still be running (its threads)
+    retry: bool = False
 
     def health(self) -> Health:
         if self.failure:
@@ -225,6 +227,7 @@ class Daemon:
             try:
                 done = await self._started(component)
             except Exception as exc:
+                state.retry = not isinstance(exc, asyncio.TimeoutError)
                 if isinstance(exc, asyncio.TimeoutError):  # its message is empty
                     exc = TimeoutError(f"did not start within {START_TIMEOUT_S:g} s")
                 state.failure = f"failed to start: {exc}"
@@ -270,7 +273,8 @@ class Daemon:
         (a review)."""
         while True:
             await asyncio.sleep(RETRY_START_S)
-            failed = [state for state in self._states if state.failure and not state.component.essential]
+            failed = [state for state in self._states if state.failure and state.retry
+                      and not hasattr(state.component, "reload_failed")]
             if not failed:
                 continue
             for state in self._states:
@@ -285,6 +289,7 @@ class Daemon:
                 try:
                     done = await self._started(component)
                 except Exception as exc:
+                    state.retry = not isinstance(exc, asyncio.TimeoutError)
                     state.failure = f"failed to start: {exc or 'did not start in time'}"
                     log.info("component %s still cannot start: %s", component.name, exc)
                     continue
