@@ -69,6 +69,11 @@ def check_config(path: Path) -> tuple[CheckResult, Config | None]:
     return CheckResult("config", True, f"{path} is valid"), config
 
 
+def _size(n: int) -> str:
+    """In GiB, or MiB below one: 47 MB free read "0.0 GiB free of 0.1 GiB" (a review)."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 def check_disk(label: str, path: Path, min_free: int = MIN_FREE_BYTES) -> CheckResult:
     name = f"disk {label}"
     probe = path
@@ -78,8 +83,7 @@ def check_disk(label: str, path: Path, min_free: int = MIN_FREE_BYTES) -> CheckR
         usage = shutil.disk_usage(probe)
     except OSError as exc:
         return CheckResult(name, False, f"cannot stat {path}: {exc}", f"check that {path} is mounted")
-    free_gib = usage.free / 2**30
-    detail = f"{path}: {free_gib:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
+    detail = f"{path}: {_size(usage.free)} free of {_size(usage.total)}"
     if probe == path and storage_read_only(path):
         fix = ("Linux remounts a file system read-only after disk errors (dmesg): the SD card or eMMC may "
                "be failing; reboot, and replace the storage if it happens again")

@@ -96,6 +96,7 @@ def test_disk_with_room_passes_and_a_full_one_fails(tmp_path: Path) -> None:
     assert doctor.check_disk("state", tmp_path / "not-yet-created", min_free=1).ok
     full = doctor.check_disk("state", tmp_path, min_free=1 << 62)
     assert not full.ok and "GiB free" in full.detail and "free space" in full.fix
+    assert doctor._size(47 * 2**20) == "47 MiB" and doctor._size(3 * 2**30) == "3.0 GiB"  # was "0.0 GiB"
 
 
 @pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
