@@ -44,8 +44,9 @@ def leave(code: int) -> int:
     """``code``, or the process ends here with it (os._exit, the logs flushed) while a thread of ours is
     still running: a stop during the start leaves the engine-load thread inside ONNX Runtime (TensorRT on
     a board), and the interpreter's exit around it ended in "terminate called without an active
-    exception", SIGABRT, 5 times in 6 (a review): systemd took that stop for a failure. Everything that
-    must be on disk is by then (the store closed at the stop)."""
+    exception", SIGABRT, 5 times in 6 (a review): systemd took that stop for a failure. What could be
+    written is by then: the store's close waited for its writer and failed, counted and logged, the writes
+    it could not run (a database held by another program, a stalled disk)."""
     running = [t.name for t in threading.enumerate() if t.daemon and t.is_alive()]
     if not running:
         return code

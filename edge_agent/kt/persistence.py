@@ -63,7 +63,7 @@ def kept_by_skill_id(state: StudentState, skills: Sequence[str], set_aside: str 
         earlier, since = aside["kept"], state.answers - int(aside["answers"])
         valid = all(isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and a[1] in (0, 1)
                     for a in earlier)
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, OverflowError):  # int(1e999): a round-2 review
         valid = False
     if valid and since >= 0:
         kept = earlier + (kept[max(0, len(kept) - since):] if since else [])

@@ -58,7 +58,7 @@ KEEP_QUARANTINED = 2
 _STOP = object()
 # Errors that say the storage, not the task, is at fault: the store reports itself unhealthy while one came
 # within the last FAILURE_WINDOW_S.
-STORAGE_FAILURES = (StoreFullError, StoreUnwritableError)
+STORAGE_FAILURES = (StoreFullError, StoreUnwritableError, StoreLockedError)
 FAILURE_WINDOW_S = 60.0
 # A full disk fails every commit, one per answer: 546 ERROR lines a minute at 10 answers/s (264 MB a day),
 # and journald deletes its oldest files, the history IT needs. After the first failure, one line a minute.
@@ -635,10 +635,15 @@ class Database:
         left: list[object] = []
         with self._intake:
             self._closed.set()
-            if finished:  # writes queued behind the stop (while it flushed) would otherwise never resolve
-                with contextlib.suppress(queue.Empty):
-                    while True:
-                        left.append(self._queue.get_nowait())
+            # Writes queued behind the stop (while it flushed), or behind a batch still waiting for the
+            # disk or for another program's lock: they would never resolve, and a stop during a 100-s lock
+            # lost a lesson window with no count and no word (a round-2 review). Failed here, so their
+            # owners count and say it.
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    left.append(self._queue.get_nowait())
+            if not finished:
+                self._queue.put_nowait(_STOP)  # the writer still ends once its batch is done
         for task in left:
             if isinstance(task, _Task) and task.future.set_running_or_notify_cancel():
                 task.future.set_exception(StoreError("the database closed before this write ran"))

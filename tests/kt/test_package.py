@@ -32,12 +32,11 @@ def test_the_default_packages_mastery_of_a_skill_does_not_fall_after_a_right_ans
     # A review: trained as plain DKT (only the next answer's skill is scored), mastery fell after a right
     # answer in 6.3 % of steps (up to 0.12): "right, and your mastery dropped". Trained with DKT+'s
     # reconstruction and waviness terms (TrainOptions): 0.00 % on the same students.
-    from edge_agent.kt.build import ITEM_KINDS
     from edge_agent.kt.curriculum import SKILLS
     from edge_agent.kt.simulator import make_curriculum, simulate
 
-    seed = package.metadata["simulator"]["seed"]
-    curriculum = make_curriculum(np.array([s.difficulty for s in SKILLS]), len(ITEM_KINDS), seed)
+    seed, per_skill = (package.metadata["simulator"][k] for k in ("seed", "items_per_skill"))
+    curriculum = make_curriculum(np.array([s.difficulty for s in SKILLS]), per_skill, seed)
     students = simulate(curriculum, 300, 60, seed + 7)  # none of the training or held-out students
     skill, correct = np.stack(students.skills).astype(np.int64), np.stack(students.correct).astype(np.int64)
     session = ort.InferenceSession(str(package.path / "kt_sequence.onnx"), providers=["CPUExecutionProvider"])

@@ -489,3 +489,30 @@ def test_a_message_waits_for_a_database_another_program_holds_and_is_stored_once
     db.close()
     assert rows == [(seq, '{"window":1}')]
     assert drops == []
+
+
+def test_a_stop_while_another_program_holds_the_database_says_and_counts_what_it_loses(
+    state_dir: Path,
+) -> None:
+    # Round-2 review: SIGTERM during a 100-s lock; the lesson window waiting for the database was never
+    # resolved, counted or named, and the process left. Meanwhile the store called itself healthy.
+    import sqlite3
+
+    db = Database(state_dir / "edge-agent.db", StoreSettings(busy_timeout_ms=200))
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(busy_timeout_ms=200), MqttSettings())
+    box.open()
+    shell = sqlite3.connect(str(db.path), isolation_level=None)
+    shell.execute("BEGIN IMMEDIATE")
+    try:
+        waiting = box.enqueue("kt_class", {"answers": 10})
+        time.sleep(1.0)
+        failing = db.write_failure()
+        assert failing is not None and "held by another program" in str(failing[1])
+        db.close(timeout=0.5)
+        with pytest.raises(Exception, match=r"closed|not open|held by another program"):
+            waiting.result(10)
+    finally:
+        shell.execute("COMMIT")
+        shell.close()
+    assert box.drop_counts().get("store_error") == 1
