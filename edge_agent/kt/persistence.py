@@ -15,6 +15,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edge_agent.kt.state import HISTORY_CAP, StudentState
 from edge_agent.store.db import Database, set_meta
 
@@ -112,10 +114,11 @@ class StatePersistence:
         of that shape gets its kept answers moved by skill id for the load to replay. Answers on skills the
         package lacks are set aside by skill id (column ``set_aside``) with the student's answer count, and
         come back, with the answers given since, under a package that has those skills again: a package
-        tried and reverted lost them for good. A state that ``model`` (the running step model's id)
-        computed is left: an older release that keeps no meta wrote it under this package, after a
-        rollback. A state with no kept answers is deleted: its figures are of other skills and nothing can
-        be replayed."""
+        tried and reverted lost them for good. A package of another size (meta ``kt_last_shape`` names
+        the last) has the states of the last size moved the same way. A state that ``model`` (the running
+        step model's id) computed is left: an older release that keeps no meta wrote it under this
+        package, after a rollback. A state with no kept answers is deleted: its figures are of other
+        skills and nothing can be replayed."""
         shape, wanted = f"{hidden}x{len(skill_ids)}", list(skill_ids)
 
         def run(conn: sqlite3.Connection) -> SkillMove:
@@ -131,21 +134,39 @@ class StatePersistence:
             assert isinstance(known, dict)
             before = known.get(shape)
             change = SkillMove(isinstance(before, list) and before != wanted)
-            if change.changed and isinstance(before, list):
+            last = conn.execute("SELECT value FROM meta WHERE key = 'kt_last_shape'").fetchone()
+            # A package of another size (hidden size or skill count): the states of the last one did not
+            # fit, were ignored, and a student answering overwrote theirs (a round-2 review: a trial of 29
+            # skills for 30, then back, lost every answer of those who answered in the trial). Their kept
+            # answers are moved by skill id too, onto a state of this size for the load to replay.
+            resized = last is not None and last[0] != shape and isinstance(known.get(last[0]), list)
+            if resized or (change.changed and isinstance(before, list)):
                 index = {skill: k for k, skill in enumerate(wanted)}
                 rows = conn.execute(
                     "SELECT student, state, answers, kept, set_aside FROM kt_student_state").fetchall()
                 asides = {student: aside for student, _, _, _, aside in rows}
-                states = self._decode((r[:4] for r in rows), hidden, len(wanted))
-                for student, state in states.items():
+                moving: list[tuple[str, StudentState, list[str]]] = []
+                if change.changed and isinstance(before, list):
+                    states = self._decode((r[:4] for r in rows), hidden, len(wanted))
+                    moving += [(student, state, before) for student, state in states.items()]
+                if resized:
+                    old_hidden, old_count = (int(n) for n in last[0].split("x"))
+                    states = self._decode((r[:4] for r in rows), old_hidden, old_count)
+                    moving += [(student, state, known[last[0]]) for student, state in states.items()]
+                    change.changed = change.changed or bool(states)
+                blank = StudentState(np.zeros(hidden, np.float32), np.zeros(hidden, np.float32),
+                                     np.full(len(wanted), 0.5, np.float32))
+                for student, state, skills in moving:
                     if state.model == model:
                         continue
-                    kept = kept_by_skill_id(state, before, asides[student])
+                    kept = kept_by_skill_id(state, skills, asides[student])
                     if not kept:
                         conn.execute("DELETE FROM kt_student_state WHERE student = ?", (student,))
                         change.started_afresh += 1
                         continue
-                    on_new = state.moved([2 * index[s] + right for s, right in kept if s in index])
+                    sized = state if state.h.size == hidden and state.probs.size == len(wanted) else \
+                        StudentState(blank.h, blank.c, blank.probs, state.answers, state.last_item)
+                    on_new = sized.moved([2 * index[s] + right for s, right in kept if s in index])
                     gone = len(kept) - len(on_new.history)
                     aside = json.dumps({"answers": state.answers, "kept": kept}) if gone else None
                     conn.execute(
@@ -154,6 +175,7 @@ class StatePersistence:
                     )
                     change.moved += 1
                     change.answers_set_aside += gone
+            set_meta(conn, "kt_last_shape", shape)
             known[shape] = wanted
             set_meta(conn, "kt_skill_ids", json.dumps(known, ensure_ascii=False))
             return change

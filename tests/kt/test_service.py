@@ -378,6 +378,37 @@ def test_a_package_tried_and_reverted_gives_back_the_answers_on_skills_the_trial
     assert {s["skill_id"]: round(s["mastery"], 5) for s in got["skills"]} == by_id
 
 
+def test_a_package_of_another_size_tried_and_reverted_keeps_every_students_answers(db: Database) -> None:
+    # Round-2 review: a trial package of 29 skills for 30 did not fit the stored states; they were ignored,
+    # and a student answering in the trial overwrote theirs: back on the 30, every answer of theirs was gone
+    from array import array
+
+    from edge_agent.kt.state import StudentState
+
+    store = StatePersistence(db)
+    thirty = [f"k{n}" for n in range(30)]
+    twenty_nine = thirty[1:]
+    assert not store.align_skills(16, thirty, b"a" * 32).changed
+    ones = np.ones(16, np.float32)
+    st = StudentState(ones, ones, np.full(30, 0.6, np.float32), 4, "i-1",
+                      b"a" * 32, array("I", [1, 2, 3, 0]))  # k0 right, k1 wrong, k1 right, k0 wrong
+    store.save([("s1", st)], [], time.time()).result(5)
+
+    trial = store.align_skills(8, twenty_nine, b"b" * 32)  # another hidden size too
+    assert (trial.changed, trial.moved, trial.answers_set_aside) == (True, 1, 2)
+    moved = store.load_states(8, 29)["s1"]
+    assert list(moved.history) == [0, 1] and moved.answers == 4  # k1 is index 0 here
+    moved.keep([1], b"b" * 32)  # one more answer in the trial: k1 right
+    moved.answers += 1
+    store.save([("s1", moved)], [], time.time()).result(5)
+
+    back = store.align_skills(16, thirty, b"a" * 32)
+    assert (back.changed, back.moved, back.answers_set_aside) == (True, 1, 0)
+    again = store.load_states(16, 30)["s1"]
+    assert list(again.history) == [1, 2, 3, 0, 3] and again.answers == 5
+    assert not store.align_skills(16, thirty, b"a" * 32).changed
+
+
 def test_a_retry_after_the_memory_window_is_still_a_duplicate_from_sqlite(
     package, engine, kt_settings, pseudonymize, db: Database
 ) -> None:
