@@ -37,6 +37,7 @@ START_TIMEOUT_S = 120.0
 STOP_BUDGET_S = 9.0  # shared by the components, each 0.5 s at least; the unit kills after 30 s
 HEALTH_PERIOD_S = 1.0
 RETRY_START_S = 300.0  # a component that failed to start (and the models that failed to load) tried again
+RETRY_START_MAX_S = 3600.0
 
 
 
@@ -272,10 +273,14 @@ class Daemon:
         that failed to start are tried again: a cache disk full at start left the board without class
         attention until someone restarted it, 150 s after the space was freed and for the rest of the term
         (a review)."""
+        delay = RETRY_START_S
         while True:
-            await asyncio.sleep(RETRY_START_S)
+            await asyncio.sleep(delay)
             failed = [state for state in self._states if state.failure and state.retry
                       and not hasattr(state.component, "reload_failed")]
+            # twice as long after each try that changed nothing, to an hour: a model missing for good
+            # logged 4 lines every 5 minutes for the rest of the term (a round-2 review)
+            delay = min(delay * 2, RETRY_START_MAX_S) if failed else RETRY_START_S
             if not failed:
                 continue
             for state in self._states:

@@ -267,6 +267,7 @@ class KTComponent:
             closed = self.service.close_lesson_if_due()
             if closed is not None and closed["answers"]:
                 await self._send(closed)
+                next_save = 0.0  # the teacher's lesson too (a round-2 review: a cut 10 s in lost it)
             self._publish(self.service)
             if self._db is not None and time.monotonic() >= next_save:
                 next_save = time.monotonic() + SAVE_LESSON_EVERY_S

@@ -309,8 +309,8 @@ class MqttConnection:
             over = f" (its {addresses} addresses, {s.connect_timeout_s:g} s each)" if addresses > 1 else ""
             raise SyncConnectError(
                 f"the broker {s.host}:{s.port} did not complete the {what} within "
-                f"{time.monotonic() - started:.0f} s{over}: is mqtt.port the broker's port, and does a "
-                f"firewall let it through? ({exc})"
+                f"{time.monotonic() - started:.0f} s{over}: is mqtt.port the broker's port, does a "
+                f"firewall let it through, and is the broker itself running (not hung)? ({exc})"
             ) from exc
         except (OSError, ValueError) as exc:
             # The TLS handshake is part of connect(): a reset there was reported as "cannot reach the
