@@ -38,6 +38,7 @@ STOP_BUDGET_S = 9.0  # shared by the components, each 0.5 s at least; the unit k
 HEALTH_PERIOD_S = 1.0
 RETRY_START_S = 300.0  # a component that failed to start (and the models that failed to load) tried again
 RETRY_START_MAX_S = 3600.0
+RECHECK_CONFIG_S = 30.0  # a config a reload refused, while it is said in the health
 
 
 
@@ -198,12 +199,14 @@ class Daemon:
         if self._ready_after is None:
             self.notifier.ready(self.status_line())
         log.info("daemon running: %s", self.status_line())
-        retries = asyncio.create_task(self._retry_failed_starts())
+        helpers = [asyncio.create_task(self._retry_failed_starts()),
+                   asyncio.create_task(self._recheck_refused_config())]
         await self._stop.wait()
         watchdog.cancel()
-        retries.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await retries
+        for task in helpers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         return await self._stopping()
 
     async def _stopping(self) -> int:
@@ -267,6 +270,14 @@ class Daemon:
         if self._stop.is_set():
             return False
         raise asyncio.TimeoutError
+
+    async def _recheck_refused_config(self) -> None:
+        """While a refused reload is said in the health, the file on disk is checked again every
+        RECHECK_CONFIG_S: mended, /readyz said "not ready" until someone sent another reload (a review)."""
+        while True:
+            await asyncio.sleep(RECHECK_CONFIG_S)
+            if self.config_refused and await asyncio.to_thread(self.restart_problems) is None:
+                log.info("the config on disk would start again: a reload (or the next restart) takes it")
 
     async def _retry_failed_starts(self) -> None:
         """Every RETRY_START_S, the models that failed to load (``reload_failed``) and then the components

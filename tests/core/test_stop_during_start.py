@@ -201,3 +201,37 @@ def test_a_model_that_could_not_be_had_at_start_and_what_needs_it_start_on_a_lat
     before, after = asyncio.run(scenario())
     assert not before["ok"] and "could not be obtained" in str(before["detail"])
     assert after == {"name": "attention", "ok": True, "detail": "analysing"}
+
+
+def test_a_refused_reload_stops_being_said_once_the_file_on_disk_is_mended(monkeypatch, tmp_path) -> None:
+    # A review: after a reload was refused (web.port = 210030), /readyz said "not ready" even once the file
+    # was mended, until someone sent another reload
+    import asyncio
+
+    from edge_agent import daemon as daemon_module
+    from edge_agent.config import start_problems
+    from edge_agent.lifecycle import HeartbeatRegistry
+    from edge_agent.live import LiveBoard
+    from tests.core.test_config import _valid_config_text
+
+    monkeypatch.setattr(daemon_module, "RECHECK_CONFIG_S", 0.2)
+    good = _valid_config_text(tmp_path)
+    path = tmp_path / "config.toml"
+    path.write_text(good.replace('token_file = ""\n', 'token_file = ""\nport = 210030\n'))
+    daemon = daemon_module.Daemon([], live=LiveBoard(), heartbeats=HeartbeatRegistry(),
+                                  restart_check=lambda: start_problems(path))
+
+    async def scenario() -> tuple[bool, bool]:
+        task = asyncio.create_task(daemon.run())
+        while daemon.state != "running":
+            await asyncio.sleep(0.05)
+        daemon.request_restart("SIGHUP (a reload)")  # refused: the board runs on
+        refused = daemon.readiness()[0]
+        path.write_text(good)  # IT mends the file
+        await asyncio.sleep(1.0)
+        mended = daemon.readiness()[0]
+        daemon.request_stop()
+        await asyncio.wait_for(task, 10)
+        return refused, mended
+
+    assert asyncio.run(scenario()) == (False, True)
