@@ -41,7 +41,6 @@ RETRY_START_MAX_S = 3600.0
 RECHECK_CONFIG_S = 30.0  # a config a reload refused, while it is said in the health
 
 
-
 def leave(code: int) -> int:
     """``code``, or the process ends here with it (os._exit, the logs flushed) while a thread of ours is
     still running: a stop during the start leaves the engine-load thread inside ONNX Runtime (TensorRT on
@@ -58,6 +57,7 @@ def leave(code: int) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(code)
+
 
 class EssentialComponentFailed(EdgeAgentError):
     pass

@@ -21,7 +21,6 @@ from edge_agent.thread_priority import call_at_lower_priority
 log = logging.getLogger(__name__)
 
 
-
 async def _in_a_thread_of_its_own(load: Callable[[], None]) -> None:
     """``load`` in a daemon thread: a stop during a long TensorRT build leaves it behind and the process
     still exits (asyncio.to_thread's pool threads are joined at exit, build or not)."""
@@ -43,6 +42,7 @@ async def _in_a_thread_of_its_own(load: Callable[[], None]) -> None:
 
     threading.Thread(target=run, name="engine-load", daemon=True).start()
     await done
+
 
 class EngineSet:
     """Loads ``manifests`` on start (in a worker thread: a TensorRT build can take minutes).

@@ -7,6 +7,7 @@ and ``kt_applied_events(event_key, applied_at)`` for idempotency across restarts
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -154,19 +155,19 @@ class StatePersistence:
                     states = self._decode((r[:4] for r in rows), old_hidden, old_count)
                     moving += [(student, state, known[last[0]]) for student, state in states.items()]
                     change.changed = change.changed or bool(states)
-                blank = StudentState(np.zeros(hidden, np.float32), np.zeros(hidden, np.float32),
-                                     np.full(len(wanted), 0.5, np.float32))
-                for student, state, skills in moving:
-                    if state.model == model:
+                for student, stored, skills in moving:
+                    if stored.model == model:
                         continue
-                    kept = kept_by_skill_id(state, skills, asides[student])
+                    kept = kept_by_skill_id(stored, skills, asides[student])
                     if not kept:
                         conn.execute("DELETE FROM kt_student_state WHERE student = ?", (student,))
                         change.started_afresh += 1
                         continue
-                    sized = state if state.h.size == hidden and state.probs.size == len(wanted) else \
-                        StudentState(blank.h, blank.c, blank.probs, state.answers, state.last_item)
-                    on_new = sized.moved([2 * index[s] + right for s, right in kept if s in index])
+                    fits = stored.h.size == hidden and stored.probs.size == len(wanted)
+                    state = stored if fits else dataclasses.replace(  # another size: replayed from nothing
+                        StudentState.initial(hidden, np.full(len(wanted), 0.5)),
+                        answers=stored.answers, last_item=stored.last_item)
+                    on_new = state.moved([2 * index[s] + right for s, right in kept if s in index])
                     gone = len(kept) - len(on_new.history)
                     aside = json.dumps({"answers": state.answers, "kept": kept}) if gone else None
                     conn.execute(

@@ -798,16 +798,22 @@ class KTService:
         """Before ``start``: take back the lesson a stop saved, unless it has ended since (lesson_gap_s
         without an answer) or the record is damaged."""
         with self._lock:
-            probs = {s: st.probs for s, st in self._states.items()}
-            try:
-                view = LessonWindow.from_json(data, probs, self.settings.min_group_size)
-            except (KeyError, TypeError, ValueError, AttributeError):
-                log.warning("the saved teacher's lesson could not be read; the view starts empty")
-                return False
-            if view.idle(self._clock(), self.settings.lesson_gap_s):
+            view = self._saved_window(data, "the saved teacher's lesson could not be read; the view starts "
+                                            "empty")
+            if view is None or view.idle(self._clock(), self.settings.lesson_gap_s):
                 return False
             self._view = view
             return True
+
+    def _saved_window(self, data: dict[str, Any], unreadable: str) -> LessonWindow | None:
+        """Under the lock: a lesson window saved by :meth:`LessonWindow.to_json`, on the students' states
+        now; None (``unreadable`` logged) when the record is damaged."""
+        probs = {s: st.probs for s, st in self._states.items()}
+        try:
+            return LessonWindow.from_json(data, probs, self.settings.min_group_size)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.warning("%s", unreadable)
+            return None
 
     def open_window(self) -> dict[str, Any] | None:
         """The synced window not yet sent, to keep across a power cut (None when there is none)."""
@@ -818,11 +824,9 @@ class KTService:
         """Before ``start``: take back the synced window a power cut left unsent; it is sent when due, at
         once if that was before now."""
         with self._lock:
-            probs = {s: st.probs for s, st in self._states.items()}
-            try:
-                window = LessonWindow.from_json(data, probs, self.settings.min_group_size)
-            except (KeyError, TypeError, ValueError, AttributeError):
-                log.warning("the unsent lesson window could not be read; its answers reach no window")
+            window = self._saved_window(data, "the unsent lesson window could not be read; its answers reach "
+                                              "no window")
+            if window is None:
                 return False
             self._lesson = window
             return True

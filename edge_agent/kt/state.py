@@ -165,15 +165,16 @@ class StudentState:
         model = UNKNOWN_MODEL if model == bytes(MODEL_ID_SIZE) else model  # as packed from b""
         if codes.size and int(codes.max()) >= 2 * skills:
             raise ValueError("state holds answers on skills the model does not have")
+        last_item = item.decode("utf-8") or None
         return cls(
             arr[:hidden].copy(),
             arr[hidden : 2 * hidden].copy(),
             arr[2 * hidden :].copy(),
             answers,
-            item.decode("utf-8") or None,
+            last_item,
             model,
             array("I", codes[-HISTORY_CAP:].tolist()),
-            (item.decode("utf-8"),) if item else (),
+            (last_item,) if last_item else (),
         )
 
 

@@ -201,17 +201,19 @@ class Outbox:
         result: Future[int] = Future()
         result.set_running_or_notify_cancel()
         until = time.monotonic() + LOCKED_RETRY_S
+        said = False  # that it waits: once
 
         def attempt() -> None:
             chain(self.db.write(insert), self._after_write).add_done_callback(settled)
 
         def settled(future: Future[int]) -> None:
+            nonlocal said
             error = future.exception()
             # Held by another program (a sqlite3 shell's transaction): tried again, each try waiting the
             # busy timeout, instead of losing a class's window for good (a review: 5 lost to a 30-s lock)
             if isinstance(error, StoreLockedError) and time.monotonic() < until:
-                if not retrying:
-                    retrying.append(True)
+                if not said:
+                    said = True
                     log.warning("outbox: the %s message waits for the database: %s", stream, error)
                 self.db.write(self._recount)
                 attempt()
@@ -222,7 +224,6 @@ class Outbox:
             else:
                 result.set_exception(error)
 
-        retrying: list[bool] = []
         attempt()
         return result
 

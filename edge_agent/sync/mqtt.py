@@ -338,16 +338,7 @@ class MqttConnection:
             rc = self._client.loop(0.05)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._connack is None:
                 self.close()
-                waited = time.monotonic() - started
-                if waited >= s.keepalive_s and not _TLS_MARKERS.search(self._last_error or self._lost or ""):
-                    # paho gave up at its keepalive, before connect_timeout_s: a hung broker was said to
-                    # have "closed the connection" with advice about TLS (a review, keepalive_s = 5)
-                    raise SyncConnectError(
-                        f"the broker {s.host}:{s.port} took the connection but did not answer within "
-                        f"{waited:.0f} s (mqtt.keepalive_s): it is hung or overloaded, or something between "
-                        "drops its replies"
-                    )
-                raise self._connect_failure()
+                raise self._connect_failure(time.monotonic() - started)
         accepted, reason = self._connack
         self._last_error = ""
         if not accepted:
@@ -360,10 +351,20 @@ class MqttConnection:
         if self._will:
             self.publish(self.status_topic, b"online", retain=True)
 
-    def _connect_failure(self) -> SyncConnectError:
+    def _connect_failure(self, waited: float) -> SyncConnectError:
+        """Why the session ended before CONNACK, ``waited`` s after the connection was opened."""
         text = self._last_error or self._lost or "connection closed"
-        if self.settings.tls and _TLS_MARKERS.search(text):
-            return SyncTlsError(_explain_tls(text, self.settings, self._renewal))
+        s = self.settings
+        tls_ended = _TLS_MARKERS.search(text)
+        if s.tls and tls_ended:
+            return SyncTlsError(_explain_tls(text, s, self._renewal))
+        if waited >= s.keepalive_s and not tls_ended:
+            # paho gave up at its keepalive, before connect_timeout_s: a hung broker was said to have
+            # "closed the connection" with advice about TLS (a review, keepalive_s = 5)
+            return SyncConnectError(
+                f"the broker {s.host}:{s.port} took the connection but did not answer within {waited:.0f} s "
+                "(mqtt.keepalive_s): it is hung or overloaded, or something between drops its replies"
+            )
         # A TLS listener resets a connection that opens with a plain CONNECT
         advice = "" if self.settings.tls else "; if this port requires TLS, set mqtt.tls = true"
         return SyncConnectError(

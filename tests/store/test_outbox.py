@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -463,26 +465,38 @@ def test_the_age_check_reads_the_rows_due_not_the_whole_backlog(db: Database) ->
     assert steps[0] < 50  # 360 (36,000 steps) through the state index
 
 
+def _store_with_a_short_busy_timeout(state_dir: Path) -> tuple[Database, Outbox]:
+    db = Database(state_dir / "edge-agent.db", StoreSettings(busy_timeout_ms=200))
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(busy_timeout_ms=200), MqttSettings())
+    box.open()
+    return db, box
+
+
+@contextlib.contextmanager
+def _held_by_a_shell(db: Database) -> Iterator[None]:
+    """Another program (an IT person's sqlite3 shell) holding the database's write lock meanwhile."""
+    import sqlite3
+
+    shell = sqlite3.connect(str(db.path), isolation_level=None)
+    shell.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        shell.execute("COMMIT")
+        shell.close()
+
+
 def test_a_message_waits_for_a_database_another_program_holds_and_is_stored_once_it_lets_go(
     state_dir: Path,
 ) -> None:
     # A review: an IT person's sqlite3 shell held BEGIN IMMEDIATE for 30 s; 5 attention windows and a
     # lesson summary past the 5-s busy timeout were counted as store_error and lost for good
-    import sqlite3
-
-    db = Database(state_dir / "edge-agent.db", StoreSettings(busy_timeout_ms=200))
-    db.open()
-    box = Outbox(db, DeviceSettings(), StoreSettings(busy_timeout_ms=200), MqttSettings())
-    box.open()
-    shell = sqlite3.connect(str(db.path), isolation_level=None)
-    shell.execute("BEGIN IMMEDIATE")
-    try:
+    db, box = _store_with_a_short_busy_timeout(state_dir)
+    with _held_by_a_shell(db):
         waiting = box.enqueue("attention", {"window": 1})
         time.sleep(1.5)  # several busy timeouts
         assert not waiting.done()
-    finally:
-        shell.execute("COMMIT")
-        shell.close()
     seq = waiting.result(10)
     rows = db.read(lambda conn: conn.execute("SELECT seq, payload FROM outbox").fetchall())
     drops = db.read(lambda conn: conn.execute("SELECT reason, count FROM drop_counters").fetchall())
@@ -496,15 +510,8 @@ def test_a_stop_while_another_program_holds_the_database_says_and_counts_what_it
 ) -> None:
     # Round-2 review: SIGTERM during a 100-s lock; the lesson window waiting for the database was never
     # resolved, counted or named, and the process left. Meanwhile the store called itself healthy.
-    import sqlite3
-
-    db = Database(state_dir / "edge-agent.db", StoreSettings(busy_timeout_ms=200))
-    db.open()
-    box = Outbox(db, DeviceSettings(), StoreSettings(busy_timeout_ms=200), MqttSettings())
-    box.open()
-    shell = sqlite3.connect(str(db.path), isolation_level=None)
-    shell.execute("BEGIN IMMEDIATE")
-    try:
+    db, box = _store_with_a_short_busy_timeout(state_dir)
+    with _held_by_a_shell(db):
         waiting = box.enqueue("kt_class", {"answers": 10})
         time.sleep(1.0)
         failing = db.write_failure()
@@ -512,7 +519,4 @@ def test_a_stop_while_another_program_holds_the_database_says_and_counts_what_it
         db.close(timeout=0.5)
         with pytest.raises(Exception, match=r"closed|not open|held by another program"):
             waiting.result(10)
-    finally:
-        shell.execute("COMMIT")
-        shell.close()
     assert box.drop_counts().get("store_error") == 1
