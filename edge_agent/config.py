@@ -138,7 +138,9 @@ class KTSettings(Section):
     )
     recommendations: int = Field(3, ge=0, le=50)
     weak_skills: int = Field(3, ge=1, le=50)
-    min_group_size: int = Field(5, ge=1, description="Class aggregates over fewer students are suppressed.")
+    min_group_size: int = Field(5, ge=1, description=(
+        "Class aggregates over fewer students are suppressed, and so is a skill's class figure when fewer "
+        "of the lesson's students have answered on it."))
     mastery_threshold: float = Field(0.6, gt=0.0, lt=1.0)
     lesson_window_s: float = Field(
         300.0, ge=10.0, description="Class aggregates are synced in windows this long."

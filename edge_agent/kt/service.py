@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Union
@@ -586,11 +586,11 @@ class KTService:
         feedback = self._feedback(answers, statuses, np.stack(rows), practised, recent)
         now = self._clock()
         with self._lock:
-            for a, status in zip(answers, statuses, strict=False):
+            for a, status, skills in zip(answers, statuses, practised, strict=False):
                 if status == "applied":
                     state = work[a.student]
                     state.answered(a.item_id)
-                    self._record_lesson(a, state, now)
+                    self._record_lesson(a, state, now, skills or ())
             for student, state in work.items():
                 state.keep(kept[student], self._model_id)
                 self._states[student] = state
@@ -697,7 +697,8 @@ class KTService:
                 out[s] = st.stepped(h[i].copy(), c[i].copy(), probs[i].astype(np.float32))
                 trail[s].append(out[s].probs)
 
-    def _record_lesson(self, answer: Answer, state: StudentState, now: float) -> None:
+    def _record_lesson(self, answer: Answer, state: StudentState, now: float, known: Iterable[int]) -> None:
+        """``known``: the skills the student has answered, this answer's included."""
         mono = self._monotonic()
         if self._lesson is not None and self._lesson.due(now, self.settings.lesson_window_s, mono):
             # not into a window the clock was stepped after (round 2: one answer in the second before its
@@ -713,7 +714,7 @@ class KTService:
             # Bounded as the states are: a flood of invented ids must not grow a lesson without end (and
             # the teacher's lesson lasts as long as answers keep coming).
             if answer.student in window.probs or len(window.probs) < self.settings.max_students:
-                window.record(answer.student, skills, state.probs, now, mono)
+                window.record(answer.student, skills, state.probs, now, mono, known=known)
 
     # -- feedback and queries ------------------------------------------------------------------------
 
@@ -809,8 +810,9 @@ class KTService:
         """Under the lock: a lesson window saved by :meth:`LessonWindow.to_json`, on the students' states
         now; None (``unreadable`` logged) when the record is damaged."""
         probs = {s: st.probs for s, st in self._states.items()}
+        known = {s: frozenset(code >> 1 for code in st.history) for s, st in self._states.items()}
         try:
-            return LessonWindow.from_json(data, probs, self.settings.min_group_size)
+            return LessonWindow.from_json(data, probs, self.settings.min_group_size, known)
         except (KeyError, TypeError, ValueError, AttributeError):
             log.warning("%s", unreadable)
             return None

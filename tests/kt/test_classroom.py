@@ -84,7 +84,7 @@ def test_a_restart_mid_lesson_keeps_the_figures_the_view_showed(package: KTPacka
     window.record("d", [0], prior * 0.2, MINUTE + 11)  # one student answers between the two readings
     current = dict(window.probs)
     saved = json.loads(json.dumps(window.to_json()))  # as the store keeps it
-    restored = LessonWindow.from_json(saved, current, 3)
+    restored = LessonWindow.from_json(saved, current, 3, dict(window.known))
     after = summarize(restored.copy(), package, settings, MINUTE + 20, window_s=math.inf)
     assert [s["mastery_mean"] for s in after["skills"]] == [s["mastery_mean"] for s in shown["skills"]]
     assert after["figures_students"] == 3 and after["figures_at"] == MINUTE + 10 and after["students"] == 4
@@ -99,12 +99,38 @@ def test_a_restart_mid_lesson_keeps_the_figures_the_view_showed(package: KTPacka
         lenient.record(student, [0], prior * (0.9 - n / 10), MINUTE + 1 + n)
     summarize(lenient.copy(), package, KTSettings(min_group_size=2), MINUTE + 10, window_s=math.inf)
     lenient.record("d", [0], prior * 0.2, MINUTE + 11)
-    stricter = LessonWindow.from_json(json.loads(json.dumps(lenient.to_json())), dict(lenient.probs), 3)
+    stricter = LessonWindow.from_json(json.loads(json.dumps(lenient.to_json())), dict(lenient.probs), 3, {})
     stricter.record("e", [0], prior * 0.5, MINUTE + 21)  # d and e since: 2, the old group, not the new 3
     held = summarize(stricter.copy(), package, settings, MINUTE + 30, window_s=math.inf)
     assert held["figures_students"] == 3
     # a record saved without figures (an earlier release), or for a model of another size: as they are
     del saved["published"]
-    assert summarize(LessonWindow.from_json(saved, current, 3).copy(), package, settings, MINUTE + 20,
+    assert summarize(LessonWindow.from_json(saved, current, 3, {}).copy(), package, settings, MINUTE + 20,
                      window_s=math.inf)["figures_students"] == 4
 
+
+def test_a_students_first_answer_on_a_skill_does_not_move_its_figure_alone(package: KTPackage) -> None:
+    # A skill's figure is the mean of the students who have answered on it. The view's figures change
+    # only once kt.min_group_size students have answered since; so must the students each skill counts,
+    # or d's first answer on skill 1 would add d's figure to its mean alone, readable by difference.
+    settings = KTSettings(min_group_size=3)
+    prior = np.asarray(package.prior_success, dtype=np.float32)
+    window = LessonWindow(started=MINUTE)
+    for n, student in enumerate("abc"):
+        window.record(student, [1], prior * (0.9 - n / 10), MINUTE + 1 + n, known=[0])
+    window.record("d", [0], prior * 0.2, MINUTE + 4, known=[0])
+
+    def skill_1(view: LessonWindow, at: float) -> tuple[int, float]:
+        entry = summarize(view.copy(), package, settings, at, window_s=math.inf)["skills"][1]
+        return entry["assessed"], entry["assessed_mean"]
+
+    shown = skill_1(window, MINUTE + 10)
+    assert shown == (3, round(float(prior[1] * 0.8), 4))  # a, b and c: 0.9, 0.8 and 0.7 of the prior
+    window.record("d", [1], prior * 0.1, MINUTE + 11, known=[0, 1])
+    assert skill_1(window, MINUTE + 12) == shown
+    saved = json.loads(json.dumps(window.to_json()))  # and across a restart
+    restored = LessonWindow.from_json(saved, dict(window.probs), 3, dict(window.known))
+    assert skill_1(restored, MINUTE + 13) == shown
+    for student in "ef":  # d, e and f since: the figures move, d's included
+        restored.record(student, [1], prior * 0.5, MINUTE + 14, known=[1])
+    assert skill_1(restored, MINUTE + 15)[0] == 6

@@ -32,7 +32,10 @@ def learning_section(students: int = 28, answers_each: int = 18, seed: int = 7) 
     skills = [
         {"id": sk.id, "name_zh": sk.name_zh, "name_en": sk.name_en,
          "mastery_mean": round(float(mastery[:, k].mean()), 4), "students": students,
-         "below_threshold": int((mastery[:, k] < MASTERY_THRESHOLD).sum())}
+         "below_threshold": int((mastery[:, k] < MASTERY_THRESHOLD).sum()),
+         # every student of the lesson has answered on its skills
+         "assessed": students, "assessed_mean": round(float(mastery[:, k].mean()), 4),
+         "assessed_below_threshold": int((mastery[:, k] < MASTERY_THRESHOLD).sum())}
         for k, sk in enumerate(LESSON_SKILLS)
     ]
     order = np.argsort(mastery.mean(axis=0))

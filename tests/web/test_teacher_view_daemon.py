@@ -139,8 +139,8 @@ def _expected_order(learning: dict[str, Any]) -> list[str]:
     weakest = learning["weakest"]
     skills = list(enumerate(learning["skills"]))
     first = [s["id"] for w in weakest for _, s in skills if s["id"] == w]
-    practised = sorted(((s["mastery_mean"], i, s["id"]) for i, s in skills
-                        if s["students"] > 0 and s["id"] not in weakest))
+    practised = sorted(((2 if s["assessed_mean"] is None else s["assessed_mean"], i, s["id"])
+                        for i, s in skills if s["students"] > 0 and s["id"] not in weakest))
     rest = [s["id"] for _, s in skills if s["students"] == 0 and s["id"] not in weakest]
     return first + [sid for _, _, sid in practised] + rest
 
@@ -182,8 +182,10 @@ def _mismatches(dom: dict[str, Any], live: dict[str, Any]) -> list[str]:
         if skill is None:
             continue
         practised = f"本节课 {skill['students']} 人练习" if skill["students"] else "本节课未练习"
-        below = f"{learning['students']} 人中 {skill['below_threshold']} 人未掌握"
-        if not all(part in row["text"] for part in (_pct(skill["mastery_mean"]), practised, below)):
+        mean = skill["assessed_mean"]
+        below = (f"{skill['assessed']} 人中 {skill['assessed_below_threshold']} 人未掌握" if mean is not None
+                 else f"{skill['assessed']} 人答过" if skill["assessed"] else "还没有人答过")
+        if not all(part in row["text"] for part in ("—" if mean is None else _pct(mean), practised, below)):
             wrong.append(f"row {row['text']!r} vs {skill}")
     if dom["weakest"] != len(learning["weakest"]) or dom["recommended"] != len(learning["recommended"]):
         wrong.append("weakest/recommended counts")

@@ -173,11 +173,13 @@
   function itemTitle(item) { return (lang === "en" ? item.title_en : item.title_zh) || item.title_en || item.title_zh || item.item_id; }
 
   // The board shows what this lesson is about first: the weakest skills, then the other skills practised
-  // this lesson (lowest mastery first), then the rest of the curriculum in its own order.
+  // this lesson (lowest mastery first), then the rest of the curriculum in its own order. A skill's
+  // mastery is that of the students who have answered on it (assessed_mean): the class-wide mean also
+  // holds the model's guesses for those who never did.
   function orderSkills(skills, weakest) {
     const practised = (s) => isNum(s.students) && s.students > 0;
     const group = (s) => (weakest.includes(s.id) ? 0 : practised(s) ? 1 : 2);
-    const mastery = (s) => (isNum(s.mastery_mean) ? s.mastery_mean : 2);
+    const mastery = (s) => (isNum(s.assessed_mean) ? s.assessed_mean : 2);
     return skills.map((s, i) => ({ s, i })).sort((a, b) => {
       const ga = group(a.s), gb = group(b.s);
       if (ga !== gb) return ga - gb;
@@ -187,17 +189,18 @@
     }).map((x) => x.s);
   }
 
-  function skillRow(s, weak, classSize) {
+  function skillRow(s, weak) {
     // The badge sits outside the name so a long name's ellipsis never hides it.
     const name = el("span", { class: "skill-label" }, [el("span", { class: "skill-name", text: skillName(s), title: skillName(s) })]);
     if (weak) name.appendChild(el("span", { class: "badge", text: t("weakest_badge") }));
     const fill = el("span");
-    fill.style.width = (isNum(s.mastery_mean) ? Math.max(0, Math.min(1, s.mastery_mean)) * 100 : 0) + "%";
+    fill.style.width = (isNum(s.assessed_mean) ? Math.max(0, Math.min(1, s.assessed_mean)) * 100 : 0) + "%";
     const practisedBy = isNum(s.students) && s.students > 0 ? t("skill_practised", { n: num(s.students) }) : t("skill_not_practised");
-    const below = isNum(classSize) ? t("skill_below_of", { n: num(s.below_threshold), total: num(classSize) }) : t("skill_below", { n: num(s.below_threshold) });
+    const below = isNum(s.assessed_mean) ? t("skill_below_of", { n: num(s.assessed_below_threshold), total: num(s.assessed) })
+      : isNum(s.assessed) && s.assessed > 0 ? t("skill_too_few", { n: num(s.assessed) }) : t("skill_unassessed");
     const meta = el("span", { class: "skill-meta", text: practisedBy + " · " + below });
     const row = el("li", { class: weak ? "skill weak" : "skill" }, [name, el("span", { class: "skill-meter" }, [fill]),
-      el("span", { class: "skill-pct", text: pct(s.mastery_mean) }), meta]);
+      el("span", { class: "skill-pct", text: pct(s.assessed_mean) }), meta]);
     row.dataset.skill = s.id;
     row.dataset.practised = String(isNum(s.students) && s.students > 0);
     return row;
@@ -229,9 +232,7 @@
     const byId = Object.fromEntries(skills.map((s) => [s.id, s]));
     const weakest = l.suppressed ? [] : Array.isArray(l.weakest) ? l.weakest : [];
     const ordered = orderSkills(skills, weakest);
-    // The skill figures describe the students of their last update (figures_students), not every one so far
-    const described = isNum(l.figures_students) ? l.figures_students : l.students;
-    const rows = ordered.map((s) => skillRow(s, weakest.includes(s.id), described));
+    const rows = ordered.map((s) => skillRow(s, weakest.includes(s.id)));
     replace("learn-skills", rows.slice(0, MAX_SKILL_ROWS));
     replace("learn-skills-more", rows.slice(MAX_SKILL_ROWS));
     const rest = rows.length - Math.min(rows.length, MAX_SKILL_ROWS);
