@@ -52,6 +52,7 @@ class StoreComponent:
     async def stop(self) -> None:
         if not self._open:
             return
+        self.outbox.close()  # what the disk refused until now is lost: counted and said
         flushed = await asyncio.to_thread(self.db.close, CLOSE_TIMEOUT_S)
         self._open = False
         if not flushed:
@@ -63,15 +64,18 @@ class StoreComponent:
         if self.alert:
             return Health(False, self.alert)
         failing = self.db.write_failure()
+        held = self.outbox.held
+        kept = f"; {held} message{'' if held == 1 else 's'} kept in memory until the disk takes them"
+        kept = kept if held else ""
         if failing is not None:
             since = time.strftime("%Y-%m-%d %H:%M", time.localtime(failing[0]))
-            return Health(False, f"writes fail since {since}: {failing[1]}")
+            return Health(False, f"writes fail since {since}: {failing[1]}{kept}")
         waiting = self.db.write_waiting_s()
         if waiting >= STALL_REPORT_S:
             return Health(False, f"a database write has waited {waiting:.0f} s for the disk: it is slow or "
                                  "stalled (a worn SD card or eMMC, or heavy writes by another program)")
         status = self.outbox.status()
-        detail = f"{status['backlog']} message{'' if status['backlog'] == 1 else 's'} waiting"
+        detail = f"{status['backlog']} message{'' if status['backlog'] == 1 else 's'} waiting{kept}"
         # a full disk is no limit (a review: "23 dropped by limits (store_error=23)")
         for said, reasons in (("dropped by limits", lambda k: k not in DISK_REASONS),
                               ("lost to the disk", lambda k: k in DISK_REASONS)):

@@ -14,6 +14,7 @@ reported as an :class:`OpenReport` alert instead of an exception so the daemon k
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
@@ -136,6 +137,7 @@ class OpenReport:
 class _Task:
     fn: WriteFn
     future: Future[Any]
+    alone: bool = False  # in a transaction of its own (see Database.write)
 
 
 def storage_read_only(folder: Path) -> bool:
@@ -316,6 +318,7 @@ class Database:
         # The writer's heartbeat, registered with ``heartbeats`` on open; it also times a batch's disk wait.
         self._beat = Heartbeat(HEARTBEAT_NAME, heartbeat_gap_s)
         self._queue: queue.Queue[_Task | object] = queue.Queue(queue_size)
+        self._carried: collections.deque[_Task] = collections.deque()  # an ``alone`` task off the queue
         self._max_page_count = max_page_count
         self._thread: threading.Thread | None = None
         self._local = threading.local()
@@ -450,8 +453,10 @@ class Database:
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def write(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        """Queue ``fn(conn)`` for the writer thread; its future resolves after the commit."""
+    def write(self, fn: Callable[[sqlite3.Connection], T], *, alone: bool = False) -> Future[T]:
+        """Queue ``fn(conn)`` for the writer thread; its future resolves after the commit. ``alone``: in a
+        transaction of its own, for a write likely to fail: on a full disk SQLite rolls back the whole
+        transaction, and the tasks batched with it (an ack that frees room, an answer) failed with it."""
         future: Future[T] = Future()
         try:
             with self._intake:  # with close(): a task queued after its drain would never be answered
@@ -459,7 +464,7 @@ class Database:
                     future.set_exception(
                         StoreError("the database is not open (the agent is starting or stopping)"))
                     return future
-                self._queue.put_nowait(_Task(fn, future))
+                self._queue.put_nowait(_Task(fn, future, alone))
         except queue.Full:
             message = f"the database write queue is full ({self._queue.maxsize} tasks): the disk is too slow"
             message += " or the writer stalled"
@@ -471,7 +476,8 @@ class Database:
             while True:
                 self._beat.beat()
                 try:
-                    first = self._queue.get(timeout=min(1.0, self._beat.max_gap_s / 3))
+                    first = self._carried.popleft() if self._carried else self._queue.get(
+                        timeout=min(1.0, self._beat.max_gap_s / 3))
                 except queue.Empty:
                     continue
                 batch, stop = self._collect(first)
@@ -495,8 +501,11 @@ class Database:
             if item is _STOP:
                 return batch, True
             assert isinstance(item, _Task)
+            if item.alone and batch:  # the next batch, on its own
+                self._carried.append(item)
+                return batch, False
             batch.append(item)
-            if len(batch) >= BATCH_TASKS:
+            if item.alone or len(batch) >= BATCH_TASKS:
                 return batch, False
             try:
                 item = self._queue.get_nowait()
@@ -639,6 +648,9 @@ class Database:
             # disk or for another program's lock: they would never resolve, and a stop during a 100-s lock
             # lost a lesson window with no count and no word (a round-2 review). Failed here, so their
             # owners count and say it.
+            with contextlib.suppress(IndexError):  # popleft: taken by this thread or the writer, not both
+                while True:
+                    left.append(self._carried.popleft())
             with contextlib.suppress(queue.Empty):
                 while True:
                     left.append(self._queue.get_nowait())

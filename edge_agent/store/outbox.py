@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
-from edge_agent.errors import InputRejected, StoreLockedError
+from edge_agent.errors import InputRejected, StoreError, StoreLockedError
 from edge_agent.store import outbox_state as rules
-from edge_agent.store.db import Database, StoreQueueFull, set_meta
+from edge_agent.store.db import STORAGE_FAILURES, Database, StoreQueueFull, set_meta
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,22 @@ def chain(inner: Future[T], transform: Callable[[T], U]) -> Future[U]:
 
 # How long a message waits for a database another program holds (see enqueue)
 LOCKED_RETRY_S = 600.0
+# Messages the disk refuses (full, read-only, held past LOCKED_RETRY_S) are kept in memory up to this many
+# bytes of payload and tried again every HELD_RETRY_S: 4 MiB is about 30 hours of the default windows
+# (an attention window a minute, ~0.6 KB; a lesson window every 5 minutes, ~8 KB)
+HELD_MAX_BYTES = 4 * 1024 * 1024
+HELD_RETRY_S = 30.0
+
+
+@dataclass
+class _Message:
+    """One enqueue on its way to the file: tried now, or kept in memory while the disk refuses it."""
+
+    stream: str
+    insert: Callable[[sqlite3.Connection], tuple[int, dict[str, int]]]
+    result: Future[int]
+    size: int
+    locked_until: float
 
 
 class Outbox:
@@ -91,6 +107,7 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         clock_synced: Callable[[], bool] = lambda: True,
         priority_streams: frozenset[str] = rules.PRIORITY_STREAMS,
+        held_max_bytes: int = HELD_MAX_BYTES,
     ) -> None:
         self.db = db
         # Rows age out only while the board's clock is known to be right (the daemon: ClockSyncFlag): a
@@ -120,6 +137,15 @@ class Outbox:
         self._unlogged_drops: collections.Counter[str] = collections.Counter()
         self._drops_logged = -float("inf")
         self.new_rows = threading.Event()  # set on enqueue and release: the publisher has work
+        # Refused by the disk, oldest first, and those queued behind them (the cloud gets them in order);
+        # any thread, under the lock. _trying: one of them is being tried (taken off the deque meanwhile).
+        self._held: collections.deque[_Message] = collections.deque()
+        self._held_bytes = 0
+        self._held_max_bytes = held_max_bytes
+        self._trying = False
+        self._held_lock = threading.Lock()
+        self._held_timer: threading.Timer | None = None
+        self._closed = False
 
     # -- start-up ------------------------------------------------------------------------------------
 
@@ -200,32 +226,106 @@ class Outbox:
 
         result: Future[int] = Future()
         result.set_running_or_notify_cancel()
-        until = time.monotonic() + LOCKED_RETRY_S
-        said = False  # that it waits: once
+        message = _Message(stream, insert, result, size, time.monotonic() + LOCKED_RETRY_S)
+        with self._held_lock:
+            behind = bool(self._held) or self._trying
+            kept = behind and self._keep(message, front=False)  # after those the disk refused: in order
+        if not behind:
+            self._attempt(message, said=False)
+        elif not kept:
+            self._lose("store_error")
+            result.set_exception(StoreError(
+                f"the disk refuses writes and {self._held_max_bytes // 1024} KiB of messages already wait "
+                "in memory; this one is lost (free space on the state directory's disk)"))
+        return result
 
-        def attempt() -> None:
-            chain(self.db.write(insert), self._after_write).add_done_callback(settled)
-
+    def _attempt(self, message: _Message, *, said: bool, held: bool = False) -> None:
         def settled(future: Future[int]) -> None:
-            nonlocal said
             error = future.exception()
             # Held by another program (a sqlite3 shell's transaction): tried again, each try waiting the
             # busy timeout, instead of losing a class's window for good (a review: 5 lost to a 30-s lock)
-            if isinstance(error, StoreLockedError) and time.monotonic() < until:
+            if isinstance(error, StoreLockedError) and time.monotonic() < message.locked_until:
                 if not said:
-                    said = True
-                    log.warning("outbox: the %s message waits for the database: %s", stream, error)
+                    log.warning("outbox: the %s message waits for the database: %s", message.stream, error)
                 self.db.write(self._recount)
-                attempt()
+                self._attempt(message, said=True, held=held)
                 return
-            self._on_enqueued(future, stream)
+            if isinstance(error, STORAGE_FAILURES):
+                # A full or read-only disk (or a lock past LOCKED_RETRY_S): kept in memory and tried again,
+                # where it was lost at once before 2026-12-04 (a review: the lesson and attention windows
+                # of a full disk's hours, "lost to the disk")
+                self.db.write(self._recount)  # the batch rolled back after the totals moved
+                with self._held_lock:
+                    if held:
+                        self._trying = False
+                    kept = self._keep(message, front=held, error=error)
+                if kept:
+                    return
+            self._on_enqueued(future, message.stream)
             if error is None:
-                result.set_result(future.result())
+                message.result.set_result(future.result())
             else:
-                result.set_exception(error)
+                message.result.set_exception(error)
+            if held:
+                with self._held_lock:
+                    self._trying = False
+                self._try_held(after_success=error is None)
 
-        attempt()
-        return result
+        # One kept in memory is tried in a transaction of its own: refused again, it would take down the
+        # writes batched with it, the acks that free the room it waits for among them
+        chain(self.db.write(message.insert, alone=held), self._after_write).add_done_callback(settled)
+
+    def _keep(self, message: _Message, *, front: bool, error: BaseException | None = None) -> bool:
+        """Under the held lock: ``message`` into memory to be tried again, at the front (one that was
+        kept already) or the back (False: there is no room, or the outbox is closing; it is lost)."""
+        if self._closed or (not front and self._held_bytes + message.size > self._held_max_bytes):
+            return False
+        if not front and not self._held and error is not None:
+            log.warning("outbox: the disk refused the %s message (%s); it and those after it are kept in "
+                        "memory (up to %d KiB) and written once the disk takes them; a stop or a power cut "
+                        "before then loses them", message.stream, error, self._held_max_bytes // 1024)
+        if front:
+            self._held.appendleft(message)
+        else:
+            self._held.append(message)
+        self._held_bytes += message.size
+        if self._held_timer is None and not self._trying:
+            self._held_timer = threading.Timer(HELD_RETRY_S, self._try_held)
+            self._held_timer.daemon = True
+            self._held_timer.start()
+        return True
+
+    def _try_held(self, *, after_success: bool = False) -> None:
+        """The oldest message kept in memory, tried again (each success tries the next at once)."""
+        with self._held_lock:
+            self._held_timer = None
+            if self._closed or self._trying or not self._held:
+                if after_success and not self._held and not self._closed:
+                    log.info("outbox: the messages kept in memory while the disk refused them are stored")
+                return
+            message = self._held.popleft()
+            self._held_bytes -= message.size
+            self._trying = True
+        message.locked_until = time.monotonic() + LOCKED_RETRY_S
+        self._attempt(message, said=True, held=True)
+
+    def close(self) -> int:
+        """At stop, before the database closes: the messages still kept in memory are lost, counted and
+        said (returns how many)."""
+        with self._held_lock:
+            self._closed = True
+            lost, self._held = list(self._held), collections.deque()
+            self._held_bytes = 0
+            if self._held_timer is not None:
+                self._held_timer.cancel()
+                self._held_timer = None
+        for message in lost:
+            self._lose("store_error")
+            message.result.set_exception(StoreError("the daemon stopped before the disk took this message"))
+        if lost:
+            log.error("outbox: %d messages kept in memory while the disk refused them are lost with this "
+                      "stop (counted as store_error)", len(lost))
+        return len(lost)
 
     def _refused(self, message: str, field: str) -> InputRejected:
         """Counted like every other loss (no seq is used, so the cloud sees no gap for it)."""
@@ -484,7 +584,14 @@ class Outbox:
         age = None if oldest is None else max(0.0, self._clock() - oldest)
         metrics.OUTBOX_OLDEST_AGE.set(age or 0.0)
         self.refresh_metrics()
-        return {"backlog": self._rows, "bytes": self._bytes, "oldest_age_s": age, "drops": self.drop_counts()}
+        return {"backlog": self._rows, "bytes": self._bytes, "oldest_age_s": age, "drops": self.drop_counts(),
+                "held": self.held}
+
+    @property
+    def held(self) -> int:
+        """Messages kept in memory while the disk refuses them."""
+        with self._held_lock:
+            return len(self._held) + self._trying
 
     @property
     def backlog(self) -> int:

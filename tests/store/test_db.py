@@ -393,7 +393,8 @@ def test_a_full_disk_gives_a_clear_error_and_no_corruption(state_dir: Path) -> N
     path = state_dir / "full.db"
     db = Database(path, StoreSettings(), max_page_count=64)  # 256 KiB file limit
     db.open()
-    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(),
+                 held_max_bytes=0)  # not kept in memory: the loss is what this tests
     box.open()
     committed = 0
     error: StoreFullError | None = None
@@ -424,6 +425,39 @@ def test_a_full_disk_gives_a_clear_error_and_no_corruption(state_dir: Path) -> N
     assert seqs == list(range(21, committed + 1))
 
 
+def test_a_write_queued_alone_that_a_full_disk_refuses_does_not_take_the_writes_beside_it_down(
+    state_dir: Path,
+) -> None:
+    # On a full disk SQLite rolls back the whole transaction: a refused insert failed every task batched
+    # with it, the acks that free room among them. The outbox tries a message the disk refused again
+    # ``alone``.
+    db = Database(state_dir / "full.db", StoreSettings(), max_page_count=40)
+    db.open()
+    try:
+        db.write(lambda c: c.execute("CREATE TABLE filler (x BLOB)")).result(5)
+        with pytest.raises(StoreFullError):
+            for _ in range(200):
+                db.write(lambda c: c.execute("INSERT INTO filler VALUES (zeroblob(2000))")).result(5)
+        for alone, freed_too in ((False, False), (True, True)):
+            stalled, release = threading.Event(), threading.Event()
+            db.write(lambda _c, s=stalled, r=release: s.set() or r.wait(10))
+            assert stalled.wait(5)  # so that the next two are queued together
+            big = "INSERT INTO filler VALUES (zeroblob(50000))"
+            refused = db.write(lambda c, sql=big: c.execute(sql), alone=alone)
+            freed = db.write(lambda c: c.execute("DELETE FROM filler WHERE rowid IN "
+                                                 "(SELECT rowid FROM filler LIMIT 2)").rowcount)
+            release.set()
+            with pytest.raises(StoreFullError):
+                refused.result(5)
+            if freed_too:
+                assert freed.result(5) == 2
+            else:
+                with pytest.raises(StoreFullError):
+                    freed.result(5)
+    finally:
+        db.close()
+
+
 def test_only_the_newest_two_damaged_databases_are_kept(
     state_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -452,7 +486,8 @@ def test_storage_the_kernel_remounts_read_only_gives_an_error_naming_the_storage
     with failing_ext4(tmp_path) as storage:
         db = Database(storage.path / "edge-agent.db", StoreSettings())
         db.open()
-        box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+        box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(),
+                     held_max_bytes=0)  # not kept in memory: the loss is what this tests
         box.open()
         box.enqueue("attention", {"i": 0}).result(5)
         storage.fail()
@@ -594,7 +629,8 @@ def test_a_full_disk_logs_its_first_failed_commit_then_one_line_a_minute_and_whe
     # Review: a full disk logged one ERROR line per failed commit, 546 a minute at 10 answers/s.
     db = Database(state_dir / "full.db", StoreSettings(), max_page_count=64)  # 256 KiB file limit
     db.open()
-    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(),
+                 held_max_bytes=0)  # not kept in memory: the loss is what this tests
     box.open()
 
     def enqueue_until_full(writes: int) -> int:

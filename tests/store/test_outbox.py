@@ -21,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from edge_agent.clock_sync import ClockSyncFlag
 from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
 from edge_agent.errors import InputRejected
+from edge_agent.store import outbox as outbox_module
 from edge_agent.store.db import Database
 from edge_agent.store.history import History
 from edge_agent.store.outbox import Outbox
@@ -409,7 +410,8 @@ def test_messages_lost_to_a_full_disk_are_counted_once(tmp_path: Path) -> None:
     # (21 for 20 lost, until a restart).
     db = Database(tmp_path / "edge-agent.db", StoreSettings(), max_page_count=40)
     db.open()
-    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(),
+                 held_max_bytes=0)  # not kept in memory: the loss is what this tests
     box.open()
     lost = 0
     try:
@@ -424,6 +426,85 @@ def test_messages_lost_to_a_full_disk_are_counted_once(tmp_path: Path) -> None:
         in_file = dict(db.read(lambda c: c.execute("SELECT reason, count FROM drop_counters").fetchall()))
         assert lost == 20 and box.drop_counts().get("store_error") == 20 == in_file.get("store_error")
     finally:
+        db.close()
+
+
+def _fill(box: Outbox) -> int:
+    """Attention windows until the database cannot grow; returns how many were stored."""
+    for n in range(5000):
+        future = box.enqueue("attention", {"n": n, "pad": "x" * 1500})
+        deadline = time.monotonic() + 10
+        while not future.done() and time.monotonic() < deadline:
+            if box.held:
+                return n  # kept in memory: the disk refused it
+            time.sleep(0.005)
+        future.result(0)
+    raise AssertionError("the size limit was never reached")
+
+
+def test_messages_a_full_disk_refuses_are_kept_in_memory_and_stored_in_order_once_it_has_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A review (storage over a board's life): the lesson and attention windows made while the disk was
+    # full were lost for good ("lost to the disk"), though the board kept running and the disk was freed
+    # an hour later. They wait in memory now, are tried again every HELD_RETRY_S, and reach the file in
+    # the order they were made.
+    monkeypatch.setattr(outbox_module, "HELD_RETRY_S", 0.2)
+    db = Database(tmp_path / "edge-agent.db", StoreSettings(), max_page_count=40)
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box.open()
+    try:
+        stored = _fill(box)
+        waiting = [box.enqueue("kt_class", {"window": n}) for n in range(3)]
+        time.sleep(1.0)  # several retries, all refused
+        assert box.held == 4 and not any(f.done() for f in waiting)
+        assert box.drop_counts() == {}
+        rows = box.claim(stored).result(5)
+        assert box.ack([r.id for r in rows]).result(5) == stored  # the board syncs: room again
+        seqs = [f.result(5) for f in waiting]
+        assert box.held == 0 and box.drop_counts() == {}
+        kept = db.read(lambda c: c.execute("SELECT seq, stream, payload FROM outbox ORDER BY seq").fetchall())
+        assert [row[1] for row in kept] == ["attention", "kt_class", "kt_class", "kt_class"]
+        assert [row[0] for row in kept] == [stored + 1, *seqs] == list(range(stored + 1, stored + 5))
+        assert [row[2] for row in kept[1:]] == [f'{{"window":{n}}}' for n in range(3)]
+    finally:
+        db.close()
+
+
+def test_a_stop_while_the_disk_refuses_counts_and_says_what_memory_held(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = Database(tmp_path / "edge-agent.db", StoreSettings(), max_page_count=40)
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box.open()
+    _fill(box)
+    waiting = box.enqueue("kt_class", {"window": 1})
+    with caplog.at_level(logging.ERROR):
+        assert box.close() == 2
+    db.close()
+    with pytest.raises(Exception, match="stopped before the disk took"):
+        waiting.result(1)
+    assert box.drop_counts().get("store_error") == 2 and box.held == 0
+    assert "2 messages kept in memory while the disk refused them are lost with this stop" in caplog.text
+
+
+def test_memory_for_messages_the_disk_refuses_is_bounded_and_what_does_not_fit_is_counted(
+    tmp_path: Path,
+) -> None:
+    db = Database(tmp_path / "edge-agent.db", StoreSettings(), max_page_count=40)
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(), held_max_bytes=4000)
+    box.open()
+    try:
+        _fill(box)  # one kept: 1.5 KB
+        box.enqueue("attention", {"pad": "y" * 1500})  # two: 3 KB
+        with pytest.raises(Exception, match="already wait in memory; this one is lost"):
+            box.enqueue("attention", {"pad": "z" * 1500}).result(1)
+        assert box.held == 2 and box.drop_counts().get("store_error") == 1
+    finally:
+        box.close()
         db.close()
 
 
