@@ -239,6 +239,10 @@ class Daemon:
                 metrics.COMPONENT_UP.labels(component.name).set(0)
                 if component.essential:
                     raise EssentialComponentFailed(f"{component.name}: {exc}") from exc
+                # What it took before it failed goes: a worker heartbeat left registered withheld the
+                # watchdog's pings for good, and systemd killed the whole board 30 s later (a review: the
+                # knowledge tracing's, its start failing on a locked database)
+                await self._release(component)
                 log.warning("component %s failed to start, continuing degraded: %s", component.name, exc)
                 self.notifier.status(f"degraded: {component.name} failed to start: {exc}")
                 continue
@@ -252,6 +256,14 @@ class Daemon:
             log.info("component %s started in %.2fs", component.name, time.monotonic() - began)
             if component.name == self._ready_after:
                 self.notifier.ready(f"starting: {component.name} ready, starting the rest")
+
+    @staticmethod
+    async def _release(component: Component) -> None:
+        """Stop what a failed start left half made (its stop copes with that; a failure is logged)."""
+        try:
+            await asyncio.wait_for(component.stop(), STOP_BUDGET_S)
+        except Exception as exc:
+            log.debug("component %s: stop after its failed start: %r", component.name, exc)
 
     async def _started(self, component: Component) -> bool:
         """Start ``component``; False when a stop was requested first (SIGTERM must not wait for a start
@@ -300,8 +312,7 @@ class Daemon:
                     await reload()
             for state in failed:
                 component = state.component
-                with contextlib.suppress(Exception):  # what a failed start left half made
-                    await component.stop()
+                await self._release(component)
                 state.starting = True
                 try:
                     done = await self._started(component)
@@ -309,6 +320,7 @@ class Daemon:
                     state.retry = not isinstance(exc, asyncio.TimeoutError)
                     state.failure = f"failed to start: {exc or 'did not start in time'}"
                     log.info("component %s still cannot start: %s", component.name, exc)
+                    await self._release(component)
                     continue
                 finally:
                     state.starting = False

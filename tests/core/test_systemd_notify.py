@@ -179,6 +179,37 @@ def test_daemon_sends_ready_status_watchdog_and_stopping_and_withholds_pings_whe
     assert notify_socket.fields("WATCHDOG")[-1][0] > ready_at + 2.0
 
 
+class FailsAfterRegisteringComponent(WorkerComponent):
+    """Knowledge tracing at start: its heartbeat registered, then the stored states do not read."""
+
+    async def start(self) -> None:
+        self._heartbeats.register(self.name, max_gap_s=0.3)
+        raise RuntimeError("database is locked: held by another program")
+
+
+def test_a_component_whose_start_fails_after_registering_a_worker_does_not_stop_the_watchdog_pings(
+    notify_socket: NotifySocket,
+) -> None:
+    # A review: KT's start failed on a database an IT person's sqlite3 shell held; its heartbeat stayed
+    # registered with no worker beating it, the pings stopped for good, and systemd would have killed the
+    # whole board (camera, sync, teacher view) 30 s later, instead of running on without KT.
+    heartbeats = HeartbeatRegistry()
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "400000"})
+    daemon = Daemon([FailsAfterRegisteringComponent("kt-inference", heartbeats)], live=LiveBoard(),
+                    heartbeats=heartbeats, notifier=notifier)
+
+    async def scenario() -> int:
+        task = asyncio.create_task(daemon.run())
+        await asyncio.sleep(1.5)
+        daemon.request_stop()
+        return await asyncio.wait_for(task, 10)
+
+    assert asyncio.run(scenario()) == 0
+    ready_at = notify_socket.fields("READY")[0][0]
+    assert len([t for t, _ in notify_socket.fields("WATCHDOG") if t > ready_at + 0.5]) >= 3  # every 0.2 s
+    assert not any("not responding" in s for _, s in notify_socket.fields("STATUS"))
+
+
 def test_an_essential_component_failure_stops_start_up_without_ready(notify_socket: NotifySocket) -> None:
     broken = BrokenComponent()
     broken.essential = True  # type: ignore[misc]
