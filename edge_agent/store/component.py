@@ -12,6 +12,7 @@ from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
 from edge_agent.store.history import History
+from edge_agent.store.instance_lock import InstanceLock
 from edge_agent.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,18 @@ class StoreComponent:
         self.db = Database(config.database_path, config.store, heartbeats)
         self.outbox = Outbox(self.db, config.device, config.store, config.mqtt, clock_synced=ClockSyncFlag())
         self.history = History(self.db)  # the teacher view's recent windows, kept across restarts
+        self._instance = InstanceLock(config.database_path.with_name("edge-agent.lock"))
         self._live = live
         self.alert: str | None = None
         self._open = False
 
     async def start(self) -> None:
-        report = await asyncio.to_thread(self.db.open)
+        await asyncio.to_thread(self._instance.acquire)
+        try:
+            report = await asyncio.to_thread(self.db.open)
+        except BaseException:
+            self._instance.release()
+            raise
         self._open = True
         if report.alert:
             # The daemon keeps running on a fresh database; the alert stays visible until restart.
@@ -55,6 +62,7 @@ class StoreComponent:
         self.outbox.close()  # what the disk refused until now is lost: counted and said
         flushed = await asyncio.to_thread(self.db.close, CLOSE_TIMEOUT_S)
         self._open = False
+        self._instance.release()
         if not flushed:
             log.error("store: pending writes did not finish within %s s", CLOSE_TIMEOUT_S)
 

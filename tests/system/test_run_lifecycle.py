@@ -232,6 +232,24 @@ def test_store_that_cannot_open_fails_the_start_without_ready(
     assert statuses and statuses[-1].startswith("failed: store"), statuses
     assert "essential component failed" in daemon.output()
 
+def test_a_second_daemon_on_the_same_state_directory_refuses_to_start_and_the_first_runs_on(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
+) -> None:
+    # A review: `edge-agent run --config <the service's file>` by hand beside the service started a second
+    # daemon on the one database; both synced, under the same MQTT client id, and the cloud got every
+    # attention window twice under two seqs.
+    cfg = local_config(tmp_path, faces=None)
+    config = write_config(tmp_path / "config.toml", cfg)
+    first = daemons(config, notify, tmp_path / "first.log").start()
+    assert notify.wait_for(lambda m: "READY" in m, timeout=30)
+    second = daemons(config, None, tmp_path / "second.log").start()
+    assert second.wait(30) == 1
+    said = second.output()
+    assert f"another edge-agent (pid {first.pid}) runs on {cfg['paths']['state_dir']}" in said, said
+    assert "systemctl stop edge-agent" in said
+    assert first.proc is not None and first.proc.poll() is None  # the service runs on
+
+
 def test_sigterm_exits_within_10_s_while_the_broker_hangs_in_connect(
     tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
 ) -> None:
