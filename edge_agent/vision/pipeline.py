@@ -37,20 +37,32 @@ LESSON_GAP_S = 600.0  # kt.lesson_gap_s's default: a break this long without win
 
 
 def this_lesson(windows: Sequence[dict[str, Any]], gap_s: float, now: float) -> list[dict[str, Any]]:
-    """The windows since the last break longer than ``gap_s`` (no window: the camera closed, the daemon
-    down, the night), oldest first; none when the last window ended longer than that before ``now``. A
-    window that starts after the one following it (the clock stepped back, by NTP after a boot) ends the
-    lesson too: the page places bars by time, and those stamped ahead stood after the newer ones.
+    """The windows since the last break longer than ``gap_s``, oldest first; none when the last measured
+    window ended longer than that before ``now``. A break is a stretch with no window (the camera closed,
+    the daemon down, the night) or only windows with too few faces to measure (``suppressed``: an empty
+    room); the lesson starts with its first measured window. A window
+    that starts after the one following it (the clock stepped back, by NTP after a boot) ends the lesson
+    too: the page places bars by time, and those stamped ahead stood after the newer ones.
 
     The timeline keeps 120 windows (2 h at 60 s) and a restart reloads them: without this the first lesson
-    of a morning showed the evening before, and its summary named a low point from before a closure."""
+    of a morning showed the evening before, and its summary named a low point from before a closure. With
+    the camera on all day, empty-room windows came through every break, and the chart held the last 2 h of
+    lessons and breaks (a review: "lowest 86 % at 07:03", a moment of the lesson before)."""
     kept: list[dict[str, Any]] = []
-    after = now  # the start of the window after (or now): a clock stepped back makes the gap negative
+    measured_after = now  # the start of the earliest measured window kept (or now)
+    next_start: float | None = None  # the start of the window after: a clock stepped back if it is earlier
     for window in reversed(windows):
-        if after - window["end"] > gap_s or (kept and window["start"] > after):
+        measured = not window.get("suppressed")
+        if next_start is not None and window["start"] > next_start:
+            break
+        if measured and measured_after - window["end"] > gap_s:
             break
         kept.append(window)
-        after = window["start"]
+        next_start = window["start"]
+        if measured:
+            measured_after = window["start"]
+    while kept and kept[-1].get("suppressed"):  # the lesson starts with its first measured window
+        kept.pop()
     kept.reverse()
     return kept
 

@@ -50,3 +50,23 @@ def test_windows_stamped_before_the_clock_was_stepped_back_are_left_out() -> Non
     # kept and the page, placing bars by time, drew the 5 current ones first and the axis ran backwards
     ahead, after_step = _windows(MORNING + 3600, 20), _windows(MORNING, 5)
     assert this_lesson(ahead + after_step, LESSON_GAP_S, MORNING + 5 * 60 + 10) == after_step
+
+
+def _empty_room(start: float, count: int, window_s: float = 60.0) -> list[dict[str, Any]]:
+    return [summarise(start + i * window_s, start + (i + 1) * window_s, [1] * 5, [1.0] * 5, 3)
+            for i in range(count)]
+
+
+def test_with_the_camera_on_all_day_an_empty_room_longer_than_the_gap_is_a_break() -> None:
+    # A review: windows with too few faces came through every break, so "This lesson" held the last 2 h
+    # of lessons and breaks, and its summary named a low point of the lesson before.
+    first, second = _windows(MORNING, 40, share=0.3), _windows(MORNING + 51 * 60, 5)
+    long_break, short_break = _empty_room(MORNING + 40 * 60, 11), _empty_room(MORNING + 40 * 60, 5)
+    assert all(w["suppressed"] for w in long_break)
+    # (the lesson starts with its first measured window, not with the empty room before it)
+    assert this_lesson(first + long_break + second, LESSON_GAP_S, MORNING + 56 * 60 + 5) == second
+    shorter = _windows(MORNING + 45 * 60, 5)
+    assert this_lesson(first + short_break + shorter, LESSON_GAP_S, MORNING + 50 * 60 + 5) \
+        == first + short_break + shorter  # a room empty for 5 minutes: the same lesson
+    # the room empty since the lesson ended: no lesson, however many empty windows came since
+    assert this_lesson(first + long_break, LESSON_GAP_S, MORNING + 51 * 60 + 5) == []
