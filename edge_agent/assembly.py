@@ -47,7 +47,7 @@ from edge_agent.updates import ModelUpdates, startup_package, updates_enabled
 from edge_agent.vision.camera_hours import board_clock
 from edge_agent.vision.component import AttentionComponent
 from edge_agent.watched_file import WatchedFile
-from edge_agent.web.answers import answer_routes
+from edge_agent.web.answers import answer_routes, switched_off_routes
 from edge_agent.web.camera_pause import camera_routes
 from edge_agent.web.health import health_routes
 from edge_agent.web.server import WebComponent
@@ -115,9 +115,12 @@ class Disabled:
         return Health(True, f"off ({self._why})")
 
 
-def _say_switched_off(live: LiveBoard, *, sync: bool, camera: bool) -> None:
+def _say_switched_off(live: LiveBoard, *, sync: bool, camera: bool, kt: bool) -> None:
     """What the page shows of a part switched off in the config: a choice, not a problem (a review: "cannot
-    reach the sync server" for ever with mqtt.enabled = false; "No data yet" with camera.enabled = false)."""
+    reach the sync server" for ever with mqtt.enabled = false; "No data yet" with camera.enabled = false;
+    "No answers yet" with kt.enabled = false, for a teacher waiting for answers that could never come)."""
+    if kt:
+        live.publish("learning", {"enabled": False})
     if sync:
         live.publish("sync", {"enabled": False, "connected": False, "backlog": 0, "oldest_age_s": None,
                               "last_success": None, "drops": {},
@@ -207,7 +210,7 @@ def build(config: Config, *, notifier: Notifier | None = None, config_path: Path
         components.insert(components.index(store) + 1, sync)
     else:
         components.insert(components.index(store) + 1, Disabled("sync", "mqtt.enabled = false"))
-    _say_switched_off(live, sync=sync is None, camera=attention is None)
+    _say_switched_off(live, sync=sync is None, camera=attention is None, kt=kt is None)
 
     components.append(TelemetryComponent(config.metrics.telemetry_interval_s, live, heartbeats))
 
@@ -216,9 +219,8 @@ def build(config: Config, *, notifier: Notifier | None = None, config_path: Path
         # The lambdas bind `daemon` late: it is made below, from these components.
         routes = [health_routes(lambda: daemon.readiness())]  # noqa: PLW0108
         roster = _roster(config) if kt is not None else None
-        if kt is not None:
-            routes.append(answer_routes(lambda: _kt_service(kt), config.kt, roster,
-                                        failure=lambda: daemon.failure_of(kt.name)))
+        routes.append(switched_off_routes() if kt is None else answer_routes(
+            lambda: _kt_service(kt), config.kt, roster, failure=lambda: daemon.failure_of(kt.name)))
         routes.append(camera_routes(lambda: _attention_component(attention)))
         web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates),
                            timezone=config.device.timezone)

@@ -53,6 +53,24 @@ def _rejected(status: int, message: str, field: str | None = None) -> web.Respon
     return _error(status, message, field)
 
 
+KT_OFF = ("knowledge tracing is switched off on this board (kt.enabled = false in its config): it takes no "
+          "answers and has no mastery to show; the school's IT can switch it on")
+
+
+def switched_off_routes() -> web.RouteTableDef:
+    """The answer API's routes on a board with knowledge tracing switched off: a 404 that says so (a review:
+    "no endpoint POST /api/v1/answers; the answer API is POST /api/v1/answers")."""
+    routes = web.RouteTableDef()
+
+    async def switched_off(request: web.Request) -> web.Response:
+        return web.json_response({"error": KT_OFF}, status=404)
+
+    routes.post("/api/v1/answers")(switched_off)
+    routes.get("/api/v1/students/{pseudonym}/mastery")(switched_off)
+    routes.get("/api/v1/class/mastery")(switched_off)
+    return routes
+
+
 def answer_routes(
     service: ServiceSource,
     settings: KTSettings,

@@ -618,6 +618,18 @@ def _page_with_camera_state(server: ServerThread, board: LiveBoard, teacher_page
     return view
 
 
+def test_a_camera_that_failed_shows_no_frame_rate(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    # A review: right after a failure or a pause the card said "Camera error · 2 frames/s analysed"
+    view = _page_with_camera_state(teacher_server, live_board, teacher_page, "running", "")
+    live_board.publish("attention", attention_section() | {"camera": {"state": "running", "fps": 2.0}})
+    view.page.wait_for_function("() => document.getElementById('att-camera').textContent.includes('每秒')",
+                                timeout=2000)
+    live_board.publish("attention", attention_section() | {"camera": {"state": "error", "fps": 1.9}})
+    view.page.wait_for_function("() => document.getElementById('att-camera').textContent === '摄像头故障'",
+                                timeout=2000)
+
+
 def test_sync_and_camera_switched_off_in_the_config_are_a_choice_not_a_problem(
         teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
     # A review: a board with mqtt.enabled = false showed "cannot reach the sync server" for ever, and one
@@ -631,11 +643,19 @@ def test_sync_and_camera_switched_off_in_the_config_are_a_choice_not_a_problem(
     assert view.text("#att-signal") == "本班牌的配置中已关闭摄像头（camera.enabled = false）"
     assert view.text("#health-camera") == "摄像头已在配置中关闭"
     assert view.text("#att-camera") == "摄像头已在配置中关闭" and view.text("#att-updated") == ""  # round 2
+    assert view.text("#att-tl-empty") == "摄像头已在配置中关闭，不做测量"  # not "once the camera works again"
     assert view.page.get_attribute("#health-camera", "data-ok") == "true"
     assert view.text("#health-state") != "运行中，有问题需处理"
     assert "同步" not in view.text("#health-issues") and "摄像头" not in view.text("#health-issues")
+    # and knowledge tracing (a review: "No answers yet" for a teacher waiting for answers that never come)
+    live_board.publish("learning", {"enabled": False})
+    view.page.wait_for_function("s => document.getElementById('learn-started').textContent === s",
+                                arg="本设备配置中已关闭知识追踪（kt.enabled = false）", timeout=2000)
+    assert view.page.is_hidden("#learn-empty") and view.text("#learn-answers") == "—"
     view.switch_language()
     assert view.text("#health-sync") == "Switched off in the config"
+    assert view.text("#learn-started") == ("Knowledge tracing is switched off in this board's config "
+                                           "(kt.enabled = false)")
     assert view.console_errors == []
 
 

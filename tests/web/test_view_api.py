@@ -442,3 +442,39 @@ def test_a_board_with_sync_and_camera_switched_off_says_so_on_its_page(tmp_path:
     live = build(Config.model_validate(data)).live
     assert live.get("sync")["enabled"] is False
     assert live.get("attention")["camera"]["state"] == "disabled"
+
+
+def test_a_board_with_knowledge_tracing_switched_off_says_so_on_its_page_and_to_clickers(
+    tmp_path: Path,
+) -> None:
+    # A review: with kt.enabled = false the page said "No answers yet" and "Everything works", and a
+    # clicker's POST /api/v1/answers got "no endpoint POST /api/v1/answers; the answer API is POST
+    # /api/v1/answers"
+    from edge_agent.assembly import build
+    from edge_agent.config import Config
+    from tests.system.harness import local_config
+
+    data = local_config(tmp_path, faces=None)
+    data["kt"]["enabled"] = False
+    assembly = build(Config.model_validate(data))
+    assert assembly.live.get("learning") == {"enabled": False}
+    web = assembly.web
+    assert web is not None
+
+    async def scenario() -> list[tuple[int, dict[str, Any]]]:
+        await web.start()
+        try:
+            said = []
+            async with aiohttp.ClientSession() as session:
+                for method, path in (("POST", "/api/v1/answers"), ("GET", "/api/v1/class/mastery"),
+                                     ("GET", "/api/v1/students/p1/mastery")):
+                    url = web.local_url + path
+                    async with session.request(method, url, json={"answers": []}) as response:
+                        said.append((response.status, await response.json()))
+            return said
+        finally:
+            await web.stop()
+
+    for status, body in asyncio.run(scenario()):
+        assert status == 404 and body["error"].startswith("knowledge tracing is switched off on this board "
+                                                          "(kt.enabled = false"), body

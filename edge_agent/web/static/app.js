@@ -115,7 +115,8 @@
     camPause.textContent = t(cam.state === "paused" ? "camera_resume" : "camera_pause", { n: LESSON_MINUTES });
     setText("att-window", isNum(a.window_s) ? t("attention_window", { s: num(a.window_s) }) : "");
     const off = cam.state === "disabled"; // no frame rate, no "updated" growing old: nothing is measured
-    setText("att-camera", cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) && !off ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : "");
+    // the rate only while it runs: just after a failure or a pause it still gave the last one for seconds
+    setText("att-camera", cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) && cam.state === "running" ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : "");
     setText("att-pose", a.pose_method ? t("pose_method", { m: tState("pose_method_", a.pose_method) }) : "");
     shownAt.attention = off ? undefined : state.updated.attention; // paused: the figures' own time
     setText("att-updated", off ? "" : t("updated_ago", { t: ago(shownAt.attention) }));
@@ -151,7 +152,8 @@
     replace("att-timeline", nodes);
     $("att-tl-empty").hidden = windows.length > 0;
     const blind = !!(a.camera && a.camera.state && a.camera.state !== "running");
-    setText("att-tl-empty", blind ? t("timeline_no_camera") : isNum(a.window_s) ? t("timeline_empty", { s: num(a.window_s) }) : t("no_data"));
+    const off = !!(a.camera && a.camera.state === "disabled");
+    setText("att-tl-empty", off ? t("timeline_camera_off") : blind ? t("timeline_no_camera") : isNum(a.window_s) ? t("timeline_empty", { s: num(a.window_s) }) : t("no_data"));
     $("att-timeline").setAttribute("aria-label", windows.length ? t("timeline_label", { n: windows.length,
       from: clockTime(windows[0].start), to: clockTime(windows[windows.length - 1].end) }) : t("attention_timeline"));
     setText("att-tl-summary", timelineSummary(windows));
@@ -212,10 +214,11 @@
     const key = JSON.stringify([lang, zone, l === undefined ? null : l]);
     if (key === learningShown) return;
     learningShown = key;
-    if (!l) {
-      setText("learn-answers", "—"); setText("learn-students", "—"); setText("learn-started", t("no_data"));
+    const off = !!l && l.enabled === false; // switched off in the config: no answer will ever come
+    if (!l || off) {
+      setText("learn-answers", "—"); setText("learn-students", "—"); setText("learn-started", t(off ? "learning_disabled" : "no_data"));
       ["learn-skills", "learn-skills-more", "learn-weakest", "learn-recommended", "learn-activity"].forEach((id) => replace(id, []));
-      $("learn-more").hidden = true; $("learn-empty").hidden = false;
+      $("learn-more").hidden = true; $("learn-empty").hidden = off; $("learn-suppressed").hidden = true;
       return;
     }
     setText("learn-answers", num(l.answers));
