@@ -9,6 +9,7 @@ their turn comes, by :class:`Deferred`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from edge_agent.systemd import Notifier
 from edge_agent.telemetry import metrics
 from edge_agent.telemetry.component import TelemetryComponent
 from edge_agent.telemetry.exporter import MetricsServer
-from edge_agent.updates import ModelUpdates, startup_package, updates_enabled
+from edge_agent.updates import ModelUpdates, set_aside_installed, startup_package, updates_enabled
 from edge_agent.vision.camera_hours import board_clock
 from edge_agent.vision.component import AttentionComponent
 from edge_agent.watched_file import WatchedFile
@@ -295,15 +296,33 @@ def _kt_component(kt: Deferred) -> KTComponent | None:
     return kt.inner if isinstance(kt.inner, KTComponent) else None
 
 
+KT_PACKAGE_DIR_SEEN = "kt-package-dir"  # in the state directory: kt.package_dir at the last start
+
+
 def _installed_kt(config: Config, manifests: dict[str, EngineManifest]) -> KTSettings:
     """KT settings (and the kt-step manifest, in place) for the signed update installed last, else for
     ``kt.package_dir``: the engine runs that package's step model, not the shipped one."""
     if not config.kt.enabled:
         return config.kt
     installed = startup_package(config.updates, config.paths.state_dir, KT_PACKAGE_NAME)
+    configured = config.kt.package_dir
+    # kt.package_dir changed since the last start is the newer choice (a review: after any signed update
+    # the setting was passed over without a word, though a refused update's message sends IT to it)
+    seen = config.paths.state_dir / KT_PACKAGE_DIR_SEEN
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        before = seen.read_text(encoding="utf-8")
+        if installed is not None and str(configured or "") != before:
+            log.warning("kt.package_dir is now %s: it runs instead of the installed update %s, set aside (a "
+                        "later update installs over it as usual)", configured or "the shipped package",
+                        installed.name)
+            set_aside_installed(config.updates, config.paths.state_dir, KT_PACKAGE_NAME)
+            installed = None
+    with contextlib.suppress(OSError):
+        seen.write_text(str(configured or ""), encoding="utf-8")
     if installed is not None:
-        log.info("knowledge tracing runs the installed update %s", installed.name)
-    package_dir = installed or config.kt.package_dir
+        log.info("knowledge tracing runs the installed update %s (kt.package_dir, if set, is passed over "
+                 "until it is changed)", installed.name)
+    package_dir = installed or configured
     if package_dir is None:
         return config.kt
     manifests[KT_MODEL] = step_manifest_for(manifests[KT_MODEL], package_dir)

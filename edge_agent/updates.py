@@ -96,6 +96,11 @@ def startup_package(settings: UpdateSettings, state_dir: Path, name: str) -> Pat
     return store.current_path(name)
 
 
+def set_aside_installed(settings: UpdateSettings, state_dir: Path, name: str) -> None:
+    models, _ = update_dirs(settings, state_dir)
+    ModelStore(models, []).set_aside(name)
+
+
 def is_package(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.endswith(PACKAGE_SUFFIXES)
 

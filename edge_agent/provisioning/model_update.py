@@ -68,6 +68,11 @@ class ModelStore:
         link = self.root / name / "current"
         return link.resolve() if link.is_symlink() else None
 
+    def set_aside(self, name: str) -> None:
+        """No installed version of ``name`` runs from now on (its files stay; a later update installs as
+        usual)."""
+        self._flip(name, None)
+
     def stage(self, package: Path) -> tuple[Manifest, Path]:
         """Copy or unpack ``package`` into a private staging folder and verify it there (not at the source,
         which a sender could still change)."""

@@ -326,6 +326,42 @@ def test_a_school_package_in_kt_package_dir_runs_its_own_step_model(
         board.stop()
 
 
+def test_kt_package_dir_changed_after_a_signed_update_runs_instead_of_it(
+    tmp_path: Path, keys: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A review: a package of other skills is refused as an update "installed with kt.package_dir and a
+    # restart"; IT set kt.package_dir and restarted, and the board ran the old update on, without a word
+    # (answers on the new package's items scored on the old skills; doctor all green)
+    board = Board(board_config(tmp_path, keys[1])).start()
+    try:
+        drop(make_package(tmp_path, keys[0], "2.0"), board.inbox)
+        wait_for(lambda: board.running_version() == "2.0", 20, "version 2.0 to run")
+    finally:
+        board.stop()
+    again = Board(board.config).start()  # the setting unchanged: the update goes on
+    try:
+        assert again.package().path.name == "2.0"
+    finally:
+        again.stop()
+    custom = tmp_path / "school-kt"
+    shutil.copytree(DEFAULT_PACKAGE_DIR, custom)
+    rename_first_skill(custom)
+    data = board.config.model_dump(mode="json")
+    data["kt"]["package_dir"] = str(custom)
+    with caplog.at_level(logging.WARNING):
+        changed = Board(Config.model_validate(data)).start()
+    try:
+        assert changed.package().path == custom and changed.running_version() is None
+        assert f"kt.package_dir is now {custom}: it runs instead of the installed update 2.0" in caplog.text
+    finally:
+        changed.stop()
+    kept = Board(Config.model_validate(data)).start()  # and stays so at the next start
+    try:
+        assert kept.package().path == custom
+    finally:
+        kept.stop()
+
+
 def test_answers_to_a_board_whose_model_could_not_load_say_so_instead_of_retry_shortly(
     tmp_path: Path, keys: tuple[Path, Path]
 ) -> None:
