@@ -22,6 +22,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -216,6 +217,7 @@ class ModelUpdater:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_max)
         self._thread: threading.Thread | None = None
         self._stop_timeout_s = stop_timeout_s
+        self.stopping = threading.Event()  # set by stop(): an install failing now may be the stop's doing
         self.dropped = 0
         self.last_result = "idle"
         self.last_ok = True
@@ -231,15 +233,20 @@ class ModelUpdater:
     async def stop(self) -> None:
         if self._thread is None:
             return
+        self.stopping.set()
         while True:
             try:
                 self._queue.put_nowait(_STOP)
                 break
             except queue.Full:  # drop pending work: an update is re-sent, not needed at shutdown
                 self._queue.get_nowait()
-        # joined off the event loop: an install in progress must not freeze the loop (and with it the
-        # daemon's stop budget for every other component); the daemon's wait_for bounds this await
-        await asyncio.to_thread(self._thread.join, self._stop_timeout_s)
+        # Waited for on the event loop, not joined in an executor thread: an install in progress must not
+        # freeze the loop, and the daemon's wait_for ends this wait at its stop budget, where a join left
+        # behind held asyncio.run's exit for its whole 30 s (a review: a stop took 30.05 s, past the unit's
+        # TimeoutStopSec). The updater thread is a daemon thread; the process leaves it (daemon.leave).
+        thread, deadline = self._thread, time.monotonic() + self._stop_timeout_s
+        while thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         self._thread = None
 
     def health(self) -> Health:

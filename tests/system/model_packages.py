@@ -90,6 +90,22 @@ def shift_output_bias(delta: float) -> Callable[[Path], None]:
     return change
 
 
+def slow_to_load(nodes: int) -> Callable[[Path], None]:
+    """A package change: a chain of ``nodes`` Relu nodes on a side output of the step model, which ONNX
+    Runtime takes seconds to load (100,000: about 7 s on a 2-core VM), as a TensorRT build takes minutes."""
+
+    def change(folder: Path) -> None:
+        model = onnx.load(str(folder / "kt_step.onnx"))
+        previous = model.graph.input[2].name  # h: any input will do
+        for n in range(nodes):
+            model.graph.node.append(onnx.helper.make_node("Relu", [previous], [f"slow{n}"]))
+            previous = f"slow{n}"
+        model.graph.output.append(onnx.helper.make_tensor_value_info(previous, onnx.TensorProto.FLOAT, None))
+        onnx.save(model, str(folder / "kt_step.onnx"))
+
+    return change
+
+
 def first_step_mastery(package_dir: Path, skill_id: str, correct: bool = True) -> float:
     """The mastery of ``skill_id`` the package gives a new student after one answer on it (as the API
     rounds it), computed directly with ONNX Runtime."""

@@ -42,6 +42,7 @@ from tests.system.model_packages import (
     first_step_mastery,
     make_package,
     shift_output_bias,
+    slow_to_load,
     tamper_after_signing,
 )
 
@@ -360,6 +361,37 @@ def test_kt_package_dir_changed_after_a_signed_update_runs_instead_of_it(
         assert kept.package().path == custom
     finally:
         kept.stop()
+
+
+def test_an_update_still_loading_at_a_stop_neither_holds_the_stop_nor_is_thrown_away(
+    tmp_path: Path, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A review (a step model ONNX Runtime took 21 s to load, as a TensorRT build takes minutes): a stop
+    # meanwhile took 30.05 s (the updater's join, left in asyncio's executor, held the exit), and once the
+    # load ended after knowledge tracing had stopped, the good package was refused, moved to .rejected and
+    # never reported. The daemon's stop budget is cut to 1 s here so that the load outlasts the stop.
+    from edge_agent import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "STOP_BUDGET_S", 1.0)
+    board = Board(board_config(tmp_path, keys[1])).start()
+    archive = make_package(tmp_path, keys[0], "3.0", slow_to_load(100_000))
+    try:
+        with caplog.at_level(logging.INFO):
+            drop(archive, board.inbox)
+            wait_for((board.config.paths.state_dir / "models" / "kt" / "trial").exists, 20,
+                     "the update's trial to begin")
+            began = time.monotonic()
+    finally:
+        board.stop()
+    assert time.monotonic() - began < 10  # the stop did not wait for the load
+    wait_for(lambda: "did not finish before the stop" in caplog.text, 90, "the load to end after the stop")
+    assert (board.inbox / "kt-3.0.tar").is_file()  # left for the next start
+    assert not list(board.inbox.glob("*.rejected"))
+    again = Board(board.config).start()
+    try:
+        wait_for(lambda: again.running_version() == "3.0", 90, "version 3.0 to run after the restart")
+    finally:
+        again.stop()
 
 
 def test_answers_to_a_board_whose_model_could_not_load_say_so_instead_of_retry_shortly(
