@@ -35,6 +35,9 @@ STOP_TIMEOUT_S = 10.0
 SAVE_LESSON_EVERY_S = 15.0
 PRUNE_EVERY_S = 3600.0  # expired idempotency keys leave SQLite hourly (and at start)
 SEND_WAIT_S = 10.0  # for a lesson summary to be stored; it stays queued after that
+# At a stop: waiting SEND_WAIT_S behind messages the disk refused ran past the daemon's stop budget (9 s)
+# and the teacher's lesson was never saved (a review). The store, stopped last, tries what waits once more.
+STOP_SEND_WAIT_S = 2.0
 
 
 def open_default_engine(package: KTPackage, intra_op_threads: int = 1) -> Engine:
@@ -234,7 +237,7 @@ class KTComponent:
             # The window not yet synced, not the teacher's whole lesson: earlier windows went out already.
             while (summary := service.close_lesson_if_due(now_anyway=True)) is not None:  # ended ones too
                 if summary["answers"]:
-                    await self._send(summary | {"partial": True})
+                    await self._send(summary | {"partial": True}, wait_s=STOP_SEND_WAIT_S)
             if self._db is not None:  # a restart mid-lesson (an update) must not empty the teacher's view
                 saving = StatePersistence(self._db).save_lesson_view(service.lesson_view())
                 try:
@@ -291,18 +294,20 @@ class KTComponent:
         if self._live is not None:
             self._live.publish("learning", service.class_summary())
 
-    async def _send(self, summary: dict[str, Any]) -> None:
+    async def _send(self, summary: dict[str, Any], wait_s: float | None = None) -> None:
         if self._outbox is None:
             return
         model = self.service.package.metadata.get("version") if self.service is not None else None
         payload = leaving_the_board(summary) | {
             "kind": "kt_class_window", "v": PAYLOAD_VERSION, "class_id": self.device.class_id, "model": model,
         }
+        wait_s = SEND_WAIT_S if wait_s is None else wait_s
         try:
             queued = self._outbox.enqueue(STREAM, payload, also=forget_open_window)
-            await asyncio.wait_for(asyncio.wrap_future(queued), SEND_WAIT_S)
+            await asyncio.wait_for(asyncio.wrap_future(queued), wait_s)
         except asyncio.TimeoutError:  # queued: the outbox logs it if it fails after all
-            log.warning("the lesson summary is not stored after %g s: the disk is slow or stalled; it is "
-                        "written once the disk answers", SEND_WAIT_S)
+            log.warning("the lesson summary is not stored after %g s: the disk is slow, stalled, full or "
+                        "read-only (the store's health says which); it is written once the disk takes it",
+                        wait_s)
         except Exception as exc:  # the store reports its own errors; a lost aggregate must not stop KT
             log.error("could not queue the lesson summary for sync: %s", exc)

@@ -59,7 +59,8 @@ class StoreComponent:
     async def stop(self) -> None:
         if not self._open:
             return
-        self.outbox.close()  # what the disk refused until now is lost: counted and said
+        # what the disk refused until now: tried once more, and what it still refuses is counted and said
+        await asyncio.to_thread(self.outbox.close)
         flushed = await asyncio.to_thread(self.db.close, CLOSE_TIMEOUT_S)
         self._open = False
         self._instance.release()

@@ -250,11 +250,12 @@ class Outbox:
                 self.db.write(self._recount)
                 self._attempt(message, said=True, held=held)
                 return
-            if isinstance(error, STORAGE_FAILURES):
-                # A full or read-only disk (or a lock past LOCKED_RETRY_S): kept in memory and tried again,
-                # where it was lost at once before 2026-12-04 (a review: the lesson and attention windows
-                # of a full disk's hours, "lost to the disk")
-                self.db.write(self._recount)  # the batch rolled back after the totals moved
+            if isinstance(error, (*STORAGE_FAILURES, StoreQueueFull)):
+                # A full or read-only disk, a lock past LOCKED_RETRY_S or a full write queue: kept in memory
+                # and tried again, where it was lost at once before 2026-12-04 (a review: the lesson and
+                # attention windows of a full disk's hours, "lost to the disk")
+                if not isinstance(error, StoreQueueFull):
+                    self.db.write(self._recount)  # the batch rolled back after the totals moved
                 with self._held_lock:
                     if held:
                         self._trying = False
@@ -269,7 +270,10 @@ class Outbox:
             if held:
                 with self._held_lock:
                     self._trying = False
-                self._try_held(after_success=error is None)
+                    if error is not None:  # the next at the next retry: at once, a chain of refusals
+                        self._schedule_retry()  # recursed through every message (RecursionError)
+                if error is None:
+                    self._try_held(after_success=True)
 
         # One kept in memory is tried in a transaction of its own: refused again, it would take down the
         # writes batched with it, the acks that free the room it waits for among them
@@ -289,11 +293,15 @@ class Outbox:
         else:
             self._held.append(message)
         self._held_bytes += message.size
-        if self._held_timer is None and not self._trying:
+        self._schedule_retry()
+        return True
+
+    def _schedule_retry(self) -> None:
+        """Under the held lock: the next try of the oldest kept message in HELD_RETRY_S."""
+        if self._held and self._held_timer is None and not self._trying and not self._closed:
             self._held_timer = threading.Timer(HELD_RETRY_S, self._try_held)
             self._held_timer.daemon = True
             self._held_timer.start()
-        return True
 
     def _try_held(self, *, after_success: bool = False) -> None:
         """The oldest message kept in memory, tried again (each success tries the next at once)."""
@@ -307,25 +315,63 @@ class Outbox:
             self._held_bytes -= message.size
             self._trying = True
         message.locked_until = time.monotonic() + LOCKED_RETRY_S
-        self._attempt(message, said=True, held=True)
+        try:
+            self._attempt(message, said=True, held=True)
+        except BaseException:  # never left "trying" with nothing tried: nothing would be written again
+            with self._held_lock:
+                self._trying = False
+                self._keep(message, front=True)
+            raise
 
-    def close(self) -> int:
-        """At stop, before the database closes: the messages still kept in memory are lost, counted and
-        said (returns how many)."""
+    def close(self, timeout: float = 3.0) -> int:
+        """At stop, before the database closes: the messages still kept in memory are tried once more, in
+        order (the disk may have been freed since the last try: a review lost 21 to a stop right after
+        IT freed space), and those the disk still refuses are lost, counted in the file and said. Returns
+        how many were lost."""
+        deadline = time.monotonic() + timeout
         with self._held_lock:
             self._closed = True
-            lost, self._held = list(self._held), collections.deque()
-            self._held_bytes = 0
             if self._held_timer is not None:
                 self._held_timer.cancel()
                 self._held_timer = None
-        for message in lost:
-            self._lose("store_error")
-            message.result.set_exception(StoreError("the daemon stopped before the disk took this message"))
+        self._wait(lambda: not self._trying, deadline)  # the one being tried settles first
+        with self._held_lock:
+            waiting, self._held = list(self._held), collections.deque()
+            self._held_bytes = 0
+        stored = 0
+        for message in waiting:
+            try:
+                seq = chain(self.db.write(message.insert, alone=True), self._after_write).result(
+                    max(0.0, deadline - time.monotonic()))
+            except Exception:  # the disk refuses still (or the time is up): this one and the rest are lost
+                break
+            message.result.set_result(seq)
+            stored += 1
+        lost = waiting[stored:]
+        if stored:
+            self.new_rows.set()
+            log.info("outbox: %d messages kept in memory while the disk refused them are stored", stored)
         if lost:
+            self._lose("store_error", len(lost))
+            for message in lost:
+                message.result.set_exception(StoreError("the daemon stopped before the disk took it"))
             log.error("outbox: %d messages kept in memory while the disk refused them are lost with this "
                       "stop (counted as store_error)", len(lost))
+        self._wait(self._counts_saved, deadline)  # in the file before the database closes
         return len(lost)
+
+    @staticmethod
+    def _wait(condition: Callable[[], bool], deadline: float) -> None:
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _counts_saved(self) -> bool:
+        with self._unstored_lock:
+            saving, left = self._saving_unstored, bool(self._unstored)
+        if left and not saving:
+            self._save_unstored()  # a save of earlier losses was under way when these were counted
+            return False
+        return not left and not saving
 
     def _refused(self, message: str, field: str) -> InputRejected:
         """Counted like every other loss (no seq is used, so the cloud sees no gap for it)."""
@@ -345,11 +391,11 @@ class Outbox:
             self.db.write(self._recount)
         log.warning("outbox: a %s message was not stored: %s", stream, error)
 
-    def _lose(self, reason: str) -> None:
-        """Count a message lost before the writer could count it with its own change."""
-        metrics.OUTBOX_DROPS.labels(reason=reason).inc()
+    def _lose(self, reason: str, count: int = 1) -> None:
+        """Count messages lost before the writer could count them with its own change."""
+        metrics.OUTBOX_DROPS.labels(reason=reason).inc(count)
         with self._unstored_lock:
-            self._unstored[reason] += 1
+            self._unstored[reason] += count
         self._save_unstored()
 
     def _save_unstored(self) -> None:

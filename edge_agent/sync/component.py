@@ -70,6 +70,8 @@ class SyncComponent:
             return Health(False, "the MQTT publisher thread is not running")
         backlog = self.outbox.backlog
         messages = "1 message waits" if backlog == 1 else f"{backlog} messages wait"
+        if self.outbox.held:  # not in the file yet: the disk refuses them (a review: "0 wait" meanwhile)
+            messages += f" (and {self.outbox.held} more in memory until the disk takes them)"
         if not state["connected"]:
             return Health(False, f"not connected to {self.mqtt.host}:{self.mqtt.port}: {state['detail']}; "
                                  f"{messages} in the outbox")

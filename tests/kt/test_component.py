@@ -318,8 +318,8 @@ def test_a_lesson_summary_held_up_by_a_stalled_disk_is_said_to_wait_and_is_store
     with caplog.at_level(logging.WARNING):
         asyncio.run(run())
     said = [r.getMessage() for r in caplog.records]
-    assert said == ["the lesson summary is not stored after 0.3 s: the disk is slow or stalled; it is "
-                    "written once the disk answers"], said
+    assert said == ["the lesson summary is not stored after 0.3 s: the disk is slow, stalled, full or "
+                    "read-only (the store's health says which); it is written once the disk takes it"], said
     rows = db.read(lambda c: c.execute("SELECT payload FROM outbox WHERE stream = 'kt_class'").fetchall())
     assert [json.loads(p)["answers"] for (p,) in rows] == [1]
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -343,7 +344,8 @@ test_outbox_state_machine = OutboxMachine.TestCase
 def test_a_full_write_queue_refuses_at_once_and_counts_the_drop(state_dir: Path) -> None:
     db = Database(state_dir / "q.db", StoreSettings(), queue_size=5)
     db.open()
-    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(),
+                 held_max_bytes=0)  # not kept in memory: the loss is what this tests
     box.open()
     before = metrics.sample("edge_outbox_drops_total", {"reason": "queue_full"})
     futures = [box.enqueue("attention", {"i": i}) for i in range(2000)]
@@ -360,7 +362,8 @@ def test_messages_refused_by_a_full_write_queue_show_in_the_drops_and_stay_there
     # They reached the metric only: the heartbeat's drops and edge-agent doctor never showed them.
     db = Database(state_dir / "q.db", StoreSettings(), queue_size=4)
     db.open()
-    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(),
+                 held_max_bytes=0)  # not kept in memory: the loss is what this tests
     box.open()
     stalled, release = threading.Event(), threading.Event()
     db.write(lambda _c: stalled.set() or release.wait(10))  # a stalled disk
@@ -488,6 +491,62 @@ def test_a_stop_while_the_disk_refuses_counts_and_says_what_memory_held(
         waiting.result(1)
     assert box.drop_counts().get("store_error") == 2 and box.held == 0
     assert "2 messages kept in memory while the disk refused them are lost with this stop" in caplog.text
+    # and in the file, for the next start's heartbeat (round 2: 1 of 21 was, the save of the first loss
+    # under way when the others were counted)
+    with contextlib.closing(sqlite3.connect(tmp_path / "edge-agent.db")) as conn:
+        assert dict(conn.execute("SELECT reason, count FROM drop_counters").fetchall()) == {"store_error": 2}
+
+
+def test_messages_kept_in_memory_are_tried_once_more_at_a_stop(tmp_path: Path) -> None:
+    # Round 2: IT freed space and restarted at once; the 21 messages waiting for the next try (every
+    # 30 s) were lost with the stop though the disk had room by then
+    db = Database(tmp_path / "edge-agent.db", StoreSettings(), max_page_count=40)
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box.open()
+    stored = _fill(box)
+    waiting = box.enqueue("kt_class", {"window": 1})
+    rows = box.claim(stored).result(5)
+    assert box.ack([r.id for r in rows]).result(5) == stored  # room again, before the next try
+    assert box.close() == 0
+    db.close()
+    assert waiting.result(1) == stored + 2
+    with contextlib.closing(sqlite3.connect(tmp_path / "edge-agent.db")) as conn:
+        streams = [r[0] for r in conn.execute("SELECT stream FROM outbox ORDER BY seq")]
+        assert streams == ["attention", "kt_class"]
+        assert conn.execute("SELECT count(*) FROM drop_counters WHERE count > 0").fetchone()[0] == 0
+
+
+def test_a_write_queue_full_at_a_retry_keeps_the_messages_and_the_retries_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Round 2: with the writer's queue full at a retry, each kept message was refused at once and lost,
+    # the next tried at once, through all of them (RecursionError); left "trying", nothing was written
+    # again until a restart
+    monkeypatch.setattr(outbox_module, "HELD_RETRY_S", 0.1)
+    db = Database(tmp_path / "edge-agent.db", StoreSettings(), max_page_count=40, queue_size=4)
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    box.open()
+    try:
+        stored = _fill(box)
+        kept = [box.enqueue("kt_class", {"window": n}) for n in range(600)]
+        stalled, release = threading.Event(), threading.Event()
+        db.write(lambda _c: stalled.set() or release.wait(10))
+        assert stalled.wait(5)
+        while not (filler := db.write(lambda _c: None)).done():  # the queue full, as a retry comes
+            pass
+        assert filler.exception() is not None
+        time.sleep(0.5)  # several retries meet the full queue
+        assert box.held == 601 and box.drop_counts() == {}
+        release.set()
+        time.sleep(0.3)
+        rows = box.claim(stored).result(5)
+        box.ack([r.id for r in rows]).result(5)
+        assert kept[0].result(10) == stored + 2  # the retries went on
+    finally:
+        box.close()
+        db.close()
 
 
 def test_memory_for_messages_the_disk_refuses_is_bounded_and_what_does_not_fit_is_counted(
