@@ -49,29 +49,79 @@ class Published:
 
     group: int | None = None  # kt.min_group_size, once a summary has been made
     probs: dict[str, np.ndarray] = field(default_factory=dict)
-    # The skills each of those students had answered then: taken with ``probs``, or a student's first
-    # answer on a skill would add their figure to its mean alone
-    known: dict[str, frozenset[int]] = field(default_factory=dict)
     since: set[str] = field(default_factory=set)  # who answered since ``probs`` was taken
     # When ``probs`` was taken: with fewer than ``group`` students still answering the figures stay as
     # they were (a second review: 80 right answers of 4 students later, the class had "not improved"),
     # and the page says since when they stand.
     at: float | None = None
+    threshold: float = 0.6  # kt.mastery_threshold, with ``group``
+    # Each skill's figure over the students who have answered on it (``assessed``), taken on its own: the
+    # whole class's ``probs`` moved once 5 students had answered, but with 4 of them on other skills one
+    # student's first answer on a skill was its figure's only change, readable by difference (round 2:
+    # 0.6517 from two readings, 0.6513 true). A skill's figure is taken anew once ``group`` of its
+    # students have answered since (``skill_since``), or when it first describes ``group`` of them.
+    skills: dict[int, SkillFigure] = field(default_factory=dict)
+    skill_since: dict[int, set[str]] = field(default_factory=dict)
+    members: dict[int, set[str]] = field(default_factory=dict)  # who has answered on each skill, now
 
     def note(self, student: str, current: dict[str, np.ndarray], known: dict[str, frozenset[int]],
              now: float) -> None:
         self.since.add(student)
         group = self.group
-        if group is not None and (len(self.since) >= group or len(self.probs) < group <= len(current)):
-            self.probs, self.known, self.since, self.at = dict(current), dict(known), set(), now
+        if group is None:
+            return
+        if len(self.since) >= group or len(self.probs) < group <= len(current):
+            self.probs, self.since, self.at = dict(current), set(), now
+        due = []
+        for k in known.get(student, ()):
+            self.members.setdefault(k, set()).add(student)
+            since = self.skill_since.setdefault(k, set())
+            since.add(student)
+            figure = self.skills.get(k)
+            hidden = figure is None or figure.students < group
+            if len(since) >= group or (hidden and len(self.members[k]) >= group):
+                due.append(k)
+        if due:
+            skills = dict(self.skills)  # replaced, never changed: summaries read it without the lock
+            for k in due:
+                skills[k] = skill_figure(current, known, k, self.threshold)
+                self.skill_since[k] = set()
+            self.skills = skills
 
     def figures(self, current: dict[str, np.ndarray], known: dict[str, frozenset[int]], group: int,
-                now: float) -> tuple[dict[str, np.ndarray], dict[str, frozenset[int]]]:
+                threshold: float, now: float) -> dict[str, np.ndarray]:
         """What the view shows from; ``current`` and ``known``: the window's now."""
         if self.group is None:  # nothing of this window shown yet
-            self.probs, self.known, self.since, self.at = dict(current), dict(known), set(), now
-            self.group = group
-        return self.probs, self.known
+            self.probs, self.since, self.at = dict(current), set(), now
+            self.group, self.threshold = group, threshold
+            self.retake_skills(current, known)
+        return self.probs
+
+    def retake_skills(self, current: dict[str, np.ndarray], known: dict[str, frozenset[int]]) -> None:
+        """Every skill's figure from ``current`` (the first summary, a restored record without them, a
+        model swap: every student changes at once)."""
+        members: dict[int, set[str]] = {}
+        for student, skills in known.items():
+            if student in current:
+                for k in skills:
+                    members.setdefault(k, set()).add(student)
+        self.members, self.skill_since = members, {}
+        self.skills = {k: skill_figure(current, known, k, self.threshold) for k in members}
+
+
+@dataclass(frozen=True)
+class SkillFigure:
+    students: int  # who have answered on the skill
+    mean: float  # their mean success probability on it
+    below: int  # how many of them under kt.mastery_threshold
+
+
+def skill_figure(current: dict[str, np.ndarray], known: dict[str, frozenset[int]], k: int,
+                 threshold: float) -> SkillFigure:
+    values = [float(probs[k]) for student, probs in current.items()
+              if k in known.get(student, ()) and 0 <= k < probs.size]
+    return SkillFigure(len(values), sum(values) / len(values) if values else 0.0,
+                       sum(v < threshold for v in values))
 
 
 @dataclass
@@ -135,7 +185,9 @@ class LessonWindow:
             data["published"] = {
                 "group": shown.group, "at": shown.at, "since": sorted(shown.since),
                 "probs": {s: [round(float(p), 6) for p in v] for s, v in shown.probs.items()},
-                "known": {s: sorted(v) for s, v in shown.known.items()},
+                "threshold": shown.threshold,
+                "skills": {str(k): [f.students, round(f.mean, 6), f.below] for k, f in shown.skills.items()},
+                "skill_since": {str(k): sorted(who) for k, who in shown.skill_since.items()},
             }
         return data
 
@@ -163,11 +215,15 @@ class LessonWindow:
             figures = {str(s): np.asarray(v, dtype=np.float32) for s, v in shown["probs"].items()}
             if all(v.ndim == 1 and {v.size} == size and np.all(np.isfinite(v)) for v in figures.values()):
                 at = shown["at"]
-                # saved by a release before 2026-12-04, which kept no answered skills: those known now
-                saved = shown.get("known") or {s: sorted(known.get(s, ())) for s in figures}
-                answered = {str(s): frozenset(int(k) for k in v) for s, v in saved.items()}
-                window.published = Published(group, figures, answered, {str(s) for s in shown["since"]},
-                                             None if at is None else float(at))
+                published = Published(group, figures, {str(s) for s in shown["since"]},
+                                      None if at is None else float(at), float(shown.get("threshold", 0.6)))
+                published.retake_skills(window.probs, window.known)  # the members; and for a record of
+                if "skills" in shown:  # a release before 2026-12-04, the figures as they are
+                    published.skills = {int(k): SkillFigure(int(n), float(m), int(b))
+                                        for k, (n, m, b) in shown["skills"].items()}
+                    published.skill_since = {int(k): {str(s) for s in who}
+                                             for k, who in shown["skill_since"].items()}
+                window.published = published
         return window
 
     def copy(self) -> LessonWindow:
@@ -224,6 +280,27 @@ def _activity(window: LessonWindow, end: float) -> list[dict[str, int]]:
     return [{"minute": m, "answers": window.activity.get(m, 0)} for m in range(first, last + 60, 60)]
 
 
+def _assessed(window: LessonWindow, view: bool, n_skills: int, settings: KTSettings
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per skill: the students who have answered on it, their mean and how many are under the threshold
+    (-1 for a skill with fewer than ``min_group_size`` of them). The synced window's from now; the
+    teacher's view's as :class:`Published` last took each."""
+    assessed, mean, below = np.zeros(n_skills, int), np.full(n_skills, -1.0), np.zeros(n_skills, int)
+    group = settings.min_group_size
+    published = window.published
+    for k in range(n_skills):
+        if view:
+            figure, live = published.skills.get(k), len(published.members.get(k, ()))
+        else:
+            figure = skill_figure(window.probs, window.known, k, settings.mastery_threshold)
+            live = figure.students
+        if figure is not None and figure.students >= group:
+            assessed[k], mean[k], below[k] = figure.students, figure.mean, figure.below
+        else:
+            assessed[k] = live  # who answered, not how well: as the skill's "students"
+    return assessed, mean, below
+
+
 def summarize(
     window: LessonWindow | None,
     package: KTPackage,
@@ -253,8 +330,8 @@ def summarize(
     # not before its last answer: closed by a clock stepped back, it "ended" before it started
     end = max(window.last, min(now, window.started + length))
     group = settings.min_group_size
-    figures, known = (window.published.figures(window.probs, window.known, group, now) if view
-                      else (window.probs, window.known))
+    figures = (window.published.figures(window.probs, window.known, group, settings.mastery_threshold, now)
+               if view else window.probs)
     summary: dict[str, Any] = {
         "lesson_started": window.started,
         "window_end": end,
@@ -275,13 +352,8 @@ def summarize(
     mean = matrix.mean(axis=0)
     below = (matrix < settings.mastery_threshold).sum(axis=0).tolist()
     histograms = skill_histograms(matrix).tolist()
-    answered = np.zeros(matrix.shape, dtype=bool)  # [students, skills]: answered on it, in any lesson
-    for row, student in enumerate(figures):
-        answered[row, [k for k in known.get(student, ()) if 0 <= k < matrix.shape[1]]] = True
-    assessed = answered.sum(axis=0)
-    shown = assessed >= group
-    assessed_mean = np.where(answered, matrix, 0.0).sum(axis=0) / np.maximum(assessed, 1)
-    assessed_below = (answered & (matrix < settings.mastery_threshold)).sum(axis=0)
+    assessed, assessed_mean, assessed_below = _assessed(window, view, len(package.skills), settings)
+    shown = assessed_mean >= 0.0  # -1: too few to show
     for k, skill in enumerate(package.skills):
         summary["skills"].append(
             {

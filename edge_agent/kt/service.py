@@ -865,6 +865,7 @@ def _reprobe(window: LessonWindow, replayed: dict[str, StudentState]) -> None:
     published = window.published
     if published.group is not None:
         published.probs = {s: replayed[s].probs if s in replayed else p for s, p in published.probs.items()}
+        published.retake_skills(window.probs, window.known)
 
 
 def _skill_text(package: KTPackage) -> list[tuple[str, str, str]]:

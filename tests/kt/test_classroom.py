@@ -134,3 +134,32 @@ def test_a_students_first_answer_on_a_skill_does_not_move_its_figure_alone(packa
     for student in "ef":  # d, e and f since: the figures move, d's included
         restored.record(student, [1], prior * 0.5, MINUTE + 14, known=[1])
     assert skill_1(restored, MINUTE + 15)[0] == 6
+
+
+def test_a_skills_figure_moves_only_once_a_group_of_its_own_students_has_answered(package: KTPackage) -> None:
+    # Round 2: the class's figures moved once 5 students had answered, any skill; with 4 of them on
+    # skill J, one student's first answer on K was the only change in K's figure: 0.6447 * 6 - 0.6433 * 5
+    # gave their mastery on K (0.6517 against 0.6513)
+    settings = KTSettings(min_group_size=5)
+    prior = np.asarray(package.prior_success, dtype=np.float32)
+    k, j = 5, 7
+    window = LessonWindow(started=MINUTE)
+    for n, student in enumerate("abcde"):
+        window.record(student, [k], prior * (0.9 - n / 20), MINUTE + n, known=[k])
+    for n, student in enumerate("uvwx"):
+        window.record(student, [j], prior * 0.5, MINUTE + 10 + n, known=[j])
+
+    def skill_k(at: float) -> tuple[int, float | None, int | None]:
+        entry = summarize(window.copy(), package, settings, at, window_s=math.inf)["skills"][k]
+        return entry["assessed"], entry["assessed_mean"], entry["assessed_below_threshold"]
+
+    shown = skill_k(MINUTE + 20)
+    assert shown[0] == 5 and shown[1] is not None
+    for n, student in enumerate("uvwx"):  # four students answer J again: the class's figures move
+        window.record(student, [j], prior * 0.7, MINUTE + 30 + n, known=[j])
+    window.record("t", [k], prior * 0.2, MINUTE + 35, known=[k])  # and t's first answer on K
+    assert skill_k(MINUTE + 40) == shown
+    for n, student in enumerate("abcd"):  # four of K's students answer again: with t, five
+        window.record(student, [k], prior * 0.6, MINUTE + 50 + n, known=[k])
+    moved = skill_k(MINUTE + 60)
+    assert moved[0] == 6 and moved[1] != shown[1]
