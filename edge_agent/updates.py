@@ -352,10 +352,15 @@ class ModelUpdates:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self.updater is not None:  # first: the daemon's stop budget may end this stop at any await
+            self.updater.stopping.set()
         if self._thread is not None:
-            # off the event loop; a download ends at its next chunk, but one stuck waiting on the server is
-            # left to die with the process (a daemon thread): its .part goes at the next start
-            await asyncio.to_thread(self._thread.join, 5.0)
+            # waited for on the event loop (a join in an executor thread held the process's exit); a
+            # download ends at its next chunk, but one stuck waiting on the server is left to die with the
+            # process (a daemon thread): its .part goes at the next start
+            thread, deadline = self._thread, time.monotonic() + 5.0
+            while thread.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             self._thread = None
         if self.updater is not None:
             await self.updater.stop()
