@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -317,8 +318,10 @@ def _installed_kt(config: Config, manifests: dict[str, EngineManifest]) -> KTSet
                         installed.name)
             set_aside_installed(config.updates, config.paths.state_dir, KT_PACKAGE_NAME)
             installed = None
-    with contextlib.suppress(OSError):
-        seen.write_text(str(configured or ""), encoding="utf-8")
+    with contextlib.suppress(OSError):  # whole or not at all: an empty one read as a change (round 3)
+        written = seen.with_name(seen.name + ".new")
+        written.write_text(str(configured or ""), encoding="utf-8")
+        os.replace(written, seen)
     if installed is not None:
         log.info("knowledge tracing runs the installed update %s (kt.package_dir, if set, is passed over "
                  "until it is changed)", installed.name)

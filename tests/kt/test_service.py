@@ -534,6 +534,9 @@ def test_a_skills_class_figure_is_of_the_students_who_have_answered_on_it_in_any
     for n in range(4, 12):
         answer(f"s{n}", on_b)
     answer("s0", on_d)
+    on_e = first[4]
+    for n in (12, 13):  # two more students, on another skill: none of the skills is answered by all but a few
+        answer(f"s{n}", on_e)
     summary = svc.class_summary()
     svc.stop()
     skills = summary["skills"]
@@ -543,7 +546,7 @@ def test_a_skills_class_figure_is_of_the_students_who_have_answered_on_it_in_any
         return float(np.mean([svc.student_mastery(pseudonymize(s))["skills"][k]["mastery"]  # type: ignore[index]
                               for s in students]))
 
-    assert summary["students"] == 12 and not summary["suppressed"]
+    assert summary["students"] == 14 and not summary["suppressed"]
     assert (a["students"], a["assessed"]) == (4, 6)  # 4 this lesson; 6 with last week's
     assert a["assessed_mean"] == pytest.approx(mean_of(["s0", "s1", "s2", "s3", "s10", "s11"], 0), abs=1e-3)
     assert (b["students"], b["assessed"]) == (8, 8)
@@ -554,6 +557,7 @@ def test_a_skills_class_figure_is_of_the_students_who_have_answered_on_it_in_any
     assert (c["students"], c["assessed"], c["assessed_mean"]) == (0, 0, None)
     assert set(summary["weakest"]) <= {a["id"], b["id"]}
     assert {r["skill_id"] for r in summary["recommended"]} <= {a["id"], b["id"]}
+    assert skills[4]["assessed"] == 2 and skills[4]["assessed_mean"] is None
 
 
 def test_the_teachers_lesson_runs_on_across_synced_windows_and_ends_after_a_break(

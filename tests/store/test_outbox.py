@@ -490,7 +490,8 @@ def test_a_stop_while_the_disk_refuses_counts_and_says_what_memory_held(
     with pytest.raises(Exception, match="stopped before the disk took"):
         waiting.result(1)
     assert box.drop_counts().get("store_error") == 2 and box.held == 0
-    assert "2 messages kept in memory while the disk refused them are lost with this stop" in caplog.text
+    assert "2 messages kept in memory while the disk refused them are lost with this stop (counted as " \
+        "store_error)" in caplog.text
     # and in the file, for the next start's heartbeat (round 2: 1 of 21 was, the save of the first loss
     # under way when the others were counted)
     with contextlib.closing(sqlite3.connect(tmp_path / "edge-agent.db")) as conn:
