@@ -59,11 +59,13 @@ class StoreComponent:
     async def stop(self) -> None:
         if not self._open:
             return
-        # what the disk refused until now: tried once more, and what it still refuses is counted and said
-        await asyncio.to_thread(self.outbox.close)
-        flushed = await asyncio.to_thread(self.db.close, CLOSE_TIMEOUT_S)
-        self._open = False
-        self._instance.release()
+        try:
+            # what the disk refused until now: tried once more, and what it still refuses is counted and said
+            await asyncio.to_thread(self.outbox.close)
+            flushed = await asyncio.to_thread(self.db.close, CLOSE_TIMEOUT_S)
+        finally:  # also when the daemon's stop budget ends this wait (the process leaves next)
+            self._open = False
+            self._instance.release()
         if not flushed:
             log.error("store: pending writes did not finish within %s s", CLOSE_TIMEOUT_S)
 
