@@ -63,6 +63,11 @@ class Published:
     skills: dict[int, SkillFigure] = field(default_factory=dict)
     skill_since: dict[int, set[str]] = field(default_factory=dict)
     members: dict[int, set[str]] = field(default_factory=dict)  # who has answered on each skill, now
+    # Restored from a record saved while the board ran (every 15 s), not at a stop: figures may have been
+    # shown after it that it does not hold, so the group counts again from the restart, with no figure
+    # taken early (a review: a power cut 1 s after a publish, and one student's answer after the restart
+    # moved the figures shown before the cut alone)
+    after_cut: bool = False
 
     def note(self, student: str, current: dict[str, np.ndarray], known: dict[str, frozenset[int]],
              now: float) -> None:
@@ -70,7 +75,7 @@ class Published:
         group = self.group
         if group is None:
             return
-        if len(self.since) >= group or len(self.probs) < group <= len(current):
+        if len(self.since) >= group or (not self.after_cut and len(self.probs) < group <= len(current)):
             self.probs, self.since, self.at = dict(current), set(), now
         due = []
         for k in known.get(student, ()):
@@ -79,7 +84,7 @@ class Published:
             since.add(student)
             figure = self.skills.get(k)
             hidden = figure is None or figure.students < group
-            if len(since) >= group or (hidden and len(self.members[k]) >= group):
+            if len(since) >= group or (hidden and not self.after_cut and len(self.members[k]) >= group):
                 due.append(k)
         if due:
             skills = dict(self.skills)  # replaced, never changed: summaries read it without the lock
@@ -92,21 +97,26 @@ class Published:
                 threshold: float, now: float) -> dict[str, np.ndarray]:
         """What the view shows from; ``current`` and ``known``: the window's now."""
         if self.group is None:  # nothing of this window shown yet
-            self.probs, self.since, self.at = dict(current), set(), now
             self.group, self.threshold = group, threshold
+            if self.after_cut:  # or nothing known of what was: none until a group has answered since
+                self.retake_skills(current, known, figures=False)
+                return self.probs
+            self.probs, self.since, self.at = dict(current), set(), now
             self.retake_skills(current, known)
         return self.probs
 
-    def retake_skills(self, current: dict[str, np.ndarray], known: dict[str, frozenset[int]]) -> None:
+    def retake_skills(self, current: dict[str, np.ndarray], known: dict[str, frozenset[int]], *,
+                      figures: bool = True) -> None:
         """Every skill's figure from ``current`` (the first summary, a restored record without them, a
-        model swap: every student changes at once)."""
+        model swap: every student changes at once); without ``figures``, only who answered on each."""
         members: dict[int, set[str]] = {}
         for student, skills in known.items():
             if student in current:
                 for k in skills:
                     members.setdefault(k, set()).add(student)
         self.members, self.skill_since = members, {}
-        self.skills = {k: skill_figure(current, known, k, self.threshold) for k in members}
+        if figures:
+            self.skills = {k: skill_figure(current, known, k, self.threshold) for k in members}
 
 
 @dataclass(frozen=True)
@@ -170,12 +180,13 @@ class LessonWindow:
             return mono >= self.last_mono + gap_s
         return now >= self.last + gap_s or now < self.last - gap_s
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, clean: bool = False) -> dict[str, Any]:
         """Who answered, on what and when (their current probabilities are kept per student in the store),
         and the figures the view shows with who answered since: without them a reading before a restart
-        and one after it gave away one student's answers (a review: 30 skills to 0.0005)."""
+        and one after it gave away one student's answers (a review: 30 skills to 0.0005). ``clean``: saved
+        at a stop, after the last answer (else while answers still came: see ``Published.after_cut``)."""
         data: dict[str, Any] = {
-            "started": self.started, "answers": self.answers, "last": self.last,
+            "clean": clean, "started": self.started, "answers": self.answers, "last": self.last,
             "students": sorted(self.probs),
             "practised": {str(k): sorted(who) for k, who in self.practised.items()},
             "activity": {str(m): n for m, n in self.activity.items()},
@@ -199,6 +210,8 @@ class LessonWindow:
         damaged record. Saved by a release that kept no figures (or for a model of another size), its
         first summary shows the figures as they are. ``group``: kt.min_group_size now, which the figures
         go on with (a larger one set at the restart was ignored until the lesson ended)."""
+        cut = data.get("clean") is False  # saved while the board ran: no stop came after it (releases
+        # before 2026-12-04 said neither, and are taken as they are)
         students = [s for s in data["students"] if s in probs]
         window = cls(
             float(data["started"]),
@@ -224,6 +237,9 @@ class LessonWindow:
                     published.skill_since = {int(k): {str(s) for s in who}
                                              for k, who in shown["skill_since"].items()}
                 window.published = published
+        if cut:
+            window.published.since, window.published.skill_since = set(), {}
+            window.published.after_cut = True
         return window
 
     def copy(self) -> LessonWindow:

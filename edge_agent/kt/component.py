@@ -239,7 +239,7 @@ class KTComponent:
                 if summary["answers"]:
                     await self._send(summary | {"partial": True}, wait_s=STOP_SEND_WAIT_S)
             if self._db is not None:  # a restart mid-lesson (an update) must not empty the teacher's view
-                saving = StatePersistence(self._db).save_lesson_view(service.lesson_view())
+                saving = StatePersistence(self._db).save_lesson_view(service.lesson_view(clean=drained))
                 try:
                     await asyncio.wrap_future(saving)
                 except Exception as exc:

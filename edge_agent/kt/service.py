@@ -790,10 +790,11 @@ class KTService:
             package, bank = self.package, self._bank
         return summarize(window, package, self.settings, now, window_s=math.inf, bank=bank)
 
-    def lesson_view(self) -> dict[str, Any] | None:
-        """The teacher's lesson, to keep across a restart (None when there is none)."""
+    def lesson_view(self, *, clean: bool = False) -> dict[str, Any] | None:
+        """The teacher's lesson, to keep across a restart (None when there is none); ``clean``: at a stop,
+        with no answer to come."""
         with self._lock:
-            return None if self._view is None else self._view.to_json()
+            return None if self._view is None else self._view.to_json(clean=clean)
 
     def restore_lesson_view(self, data: dict[str, Any]) -> bool:
         """Before ``start``: take back the lesson a stop saved, unless it has ended since (lesson_gap_s

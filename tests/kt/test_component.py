@@ -46,6 +46,8 @@ def test_component_runs_flushes_and_restores(
         assert live.get("learning")["answers"] == 5  # the teacher's lesson
         await comp.stop()
         assert not comp.health().ok
+        # saved at the stop, after the last answer: the figures' count goes on exactly after the restart
+        assert StatePersistence(db).load_lesson_view()["clean"] is True  # type: ignore[index]
 
         again = KTComponent(settings, device, None, db, outbox, live, beats)
         await again.start()
@@ -88,6 +90,7 @@ def test_after_a_power_cut_the_lesson_and_the_unsent_window_come_back_and_the_wi
         assert svc is not None
         await svc.submit_async([_answer(package, pseudonymize, f"s{n}", f"e{n}", n) for n in range(4)])
         await asyncio.sleep(2.0)  # saved while it runs
+        assert StatePersistence(db).load_lesson_view()["clean"] is False  # type: ignore[index]
         # the power cut: no stop, nothing sent or saved at the end
         assert comp._task is not None
         comp._task.cancel()
