@@ -105,6 +105,10 @@ class Published:
             self.retake_skills(current, known)
         return self.probs
 
+    def count_afresh(self) -> None:
+        """After a restart that may have lost figures shown: see ``after_cut``."""
+        self.since, self.skill_since, self.after_cut = set(), {}, True
+
     def retake_skills(self, current: dict[str, np.ndarray], known: dict[str, frozenset[int]], *,
                       figures: bool = True) -> None:
         """Every skill's figure from ``current`` (the first summary, a restored record without them, a
@@ -149,11 +153,14 @@ class LessonWindow:
     last_mono: float | None = None
     # pseudonym -> the skills the student has answered, in any lesson (their kept answers)
     known: dict[str, frozenset[int]] = field(default_factory=dict)
+    seq: int = 0  # the number of the latest answer in it (the service's journal of answers)
 
     def record(self, student: str, skills: list[int], probs: np.ndarray, now: float,
-               mono: float | None = None, *, known: Iterable[int] | None = None) -> None:
+               mono: float | None = None, *, known: Iterable[int] | None = None,
+               publish: bool = True) -> None:
         """``known``: the skills the student has answered so far, this answer's included (None: those
-        recorded here)."""
+        recorded here). Without ``publish`` (an answer from before a restart, added again) it counts toward
+        no figure: one shown before the restart may hold it."""
         self.answers += 1
         self.last, self.last_mono = now, mono
         self.probs[student] = probs
@@ -163,7 +170,8 @@ class LessonWindow:
             self.known.get(student, ()) if known is None else known)
         minute = int(now // 60 * 60)
         self.activity[minute] = self.activity.get(minute, 0) + 1
-        self.published.note(student, self.probs, self.known, now)
+        if publish:
+            self.published.note(student, self.probs, self.known, now)
 
     def due(self, now: float, window_s: float, mono: float | None = None) -> bool:
         if mono is not None and self.started_mono is not None:
@@ -186,7 +194,8 @@ class LessonWindow:
         and one after it gave away one student's answers (a review: 30 skills to 0.0005). ``clean``: saved
         at a stop, after the last answer (else while answers still came: see ``Published.after_cut``)."""
         data: dict[str, Any] = {
-            "clean": clean, "started": self.started, "answers": self.answers, "last": self.last,
+            "clean": clean, "seq": self.seq,
+            "started": self.started, "answers": self.answers, "last": self.last,
             "students": sorted(self.probs),
             "practised": {str(k): sorted(who) for k, who in self.practised.items()},
             "activity": {str(m): n for m, n in self.activity.items()},
@@ -222,6 +231,8 @@ class LessonWindow:
             float(data["last"]),
             known={s: known.get(s, frozenset()) for s in students},
         )
+        if isinstance(data.get("seq"), int):
+            window.seq = data["seq"]
         shown = data.get("published")
         size = {v.size for v in probs.values()}
         if shown is not None:
@@ -238,8 +249,7 @@ class LessonWindow:
                                              for k, who in shown["skill_since"].items()}
                 window.published = published
         if cut:
-            window.published.since, window.published.skill_since = set(), {}
-            window.published.after_cut = True
+            window.published.count_afresh()
         return window
 
     def copy(self) -> LessonWindow:
@@ -255,6 +265,7 @@ class LessonWindow:
             self.started_mono,
             self.last_mono,
             dict(self.known),
+            self.seq,
         )
 
 

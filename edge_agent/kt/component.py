@@ -204,24 +204,31 @@ class KTComponent:
                     limit, stored, stored - limit,
                 )
             persistence.prune_events(time.time() - EVENT_KEEP_S)
-            view = persistence.load_lesson_view()
-            if view is not None and moved.changed:  # its figures name skills by index too (a review)
+            view, unsent = persistence.load_lesson_view(), persistence.load_open_window()
+            journal = persistence.load_journal()
+            if moved.changed:  # the records and the journal name skills by index too (a review)
                 persistence.save_lesson_view(None)
-                log.info("the teacher's lesson view starts afresh: the KT package's skills changed")
-            elif view is not None:
-                # Taken once: left there, a crash later in the lesson (no clean stop writes a newer copy)
-                # brought back this older one: 6 students' answers gone from the teacher's view
-                persistence.save_lesson_view(None)
-                if service.restore_lesson_view(view):
-                    log.info("the teacher's lesson goes on (%s answers so far)", view.get("answers"))
-            unsent = persistence.load_open_window()
-            if unsent is not None and moved.changed:
                 persistence.save_open_window(None)
-                log.warning("a lesson window of %s answers left unsent at the last stop is dropped: the KT "
-                            "package's skills changed", unsent.get("answers"))
-            elif unsent is not None and service.restore_open_window(unsent):
+                persistence.clear_journal()
+                if view is not None and "started" in view:
+                    log.info("the teacher's lesson view starts afresh: the KT package's skills changed")
+                if unsent is not None and "started" in unsent:
+                    log.warning("a lesson window of %s answers left unsent at the last stop is dropped: the "
+                                "KT package's skills changed", unsent.get("answers"))
+                return
+            if view is not None and service.restore_lesson_view(view):
+                log.info("the teacher's lesson goes on (%s answers so far)", view.get("answers"))
+            if unsent is not None and service.restore_open_window(unsent):
                 log.info("a lesson window left unsent at the last stop (%s answers; a power cut?) is sent "
                          "when it ends", unsent.get("answers"))
+            replayed = service.replay_journal(journal)
+            if replayed:
+                log.info("%s answers applied after the lesson was last saved (a power cut?) are counted "
+                         "in it again", replayed)
+            # Saved again at once, as they are now: the old copy left there, a crash later in the lesson
+            # brought it back (6 students' answers gone from the teacher's view); a failed save leaves the
+            # old copy and the journal, which give the same again.
+            persistence.save_lesson_records(service.lesson_view(), service.open_window())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -235,9 +242,10 @@ class KTComponent:
             if not drained:
                 log.warning("knowledge tracing did not finish its queued answers within %s s", STOP_TIMEOUT_S)
             # The window not yet synced, not the teacher's whole lesson: earlier windows went out already.
-            while (summary := service.close_lesson_if_due(now_anyway=True)) is not None:  # ended ones too
+            while (closed := service.close_window_if_due(now_anyway=True)) is not None:  # ended ones too
+                summary, through = closed
                 if summary["answers"]:
-                    await self._send(summary | {"partial": True}, wait_s=STOP_SEND_WAIT_S)
+                    await self._send(summary | {"partial": True}, through, wait_s=STOP_SEND_WAIT_S)
             if self._db is not None:  # a restart mid-lesson (an update) must not empty the teacher's view
                 saving = StatePersistence(self._db).save_lesson_view(service.lesson_view(clean=drained))
                 try:
@@ -267,9 +275,9 @@ class KTComponent:
         next_save = time.monotonic() + SAVE_LESSON_EVERY_S
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
-            closed = self.service.close_lesson_if_due()
-            if closed is not None and closed["answers"]:
-                await self._send(closed)
+            closed = self.service.close_window_if_due()
+            if closed is not None and closed[0]["answers"]:
+                await self._send(*closed)
                 next_save = 0.0  # the teacher's lesson too (a round-2 review: a cut 10 s in lost it)
             self._publish(self.service)
             if self._db is not None and time.monotonic() >= next_save:
@@ -284,17 +292,14 @@ class KTComponent:
         """Queued behind the writes before it (a window sent just now is cleared in its own transaction
         first); not waited for: the next turn saves again."""
         assert self.service is not None
-        view, window = self.service.lesson_view(), self.service.open_window()
-        if view is not None:
-            persistence.save_lesson_view(view)
-        if window is not None:
-            persistence.save_open_window(window)
+        persistence.save_lesson_records(self.service.lesson_view(), self.service.open_window())
 
     def _publish(self, service: KTService) -> None:
         if self._live is not None:
             self._live.publish("learning", service.class_summary())
 
-    async def _send(self, summary: dict[str, Any], wait_s: float | None = None) -> None:
+    async def _send(self, summary: dict[str, Any], through: int, wait_s: float | None = None) -> None:
+        """``through``: the seq of the window's last answer (its record goes in the same transaction)."""
         if self._outbox is None:
             return
         model = self.service.package.metadata.get("version") if self.service is not None else None
@@ -303,7 +308,7 @@ class KTComponent:
         }
         wait_s = SEND_WAIT_S if wait_s is None else wait_s
         try:
-            queued = self._outbox.enqueue(STREAM, payload, also=forget_open_window)
+            queued = self._outbox.enqueue(STREAM, payload, also=forget_open_window(through))
             await asyncio.wait_for(asyncio.wrap_future(queued), wait_s)
         except asyncio.TimeoutError:  # queued: the outbox logs it if it fails after all
             log.warning("the lesson summary is not stored after %g s: the disk is slow, stalled, full or "

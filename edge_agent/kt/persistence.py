@@ -1,7 +1,8 @@
 """Per-student states and applied event keys in SQLite, through the store's single writer.
 
 Tables (store/schema.py): ``kt_student_state(student, state, answers, updated_at, kept)`` keyed by pseudonym,
-and ``kt_applied_events(event_key, applied_at)`` for idempotency across restarts.
+``kt_applied_events(event_key, applied_at)`` for idempotency across restarts, and ``kt_lesson_journal``: each
+answer's lesson entry, from its commit until the lesson records saved every 15 s hold it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,6 +44,16 @@ def _rows_in(conn: sqlite3.Connection, select: str, values: Sequence[str]) -> li
 
 
 KEPT_FINGERPRINTS = 4
+
+
+class JournalRow(NamedTuple):
+    """One applied answer, as the lesson windows record it: its number (seq, in order of application),
+    the student's pseudonym, the skills (indices in the package) and when it was applied."""
+
+    seq: int
+    student: str
+    skills: tuple[int, ...]
+    at: float
 
 
 @dataclass
@@ -78,9 +89,25 @@ def _meta_json_writer(key: str, value: dict[str, Any] | None) -> Callable[[sqlit
     return lambda conn: set_meta(conn, key, text)
 
 
-def forget_open_window(conn: sqlite3.Connection) -> None:
-    """In the transaction that queues the synced window for the cloud (Outbox.enqueue's ``also``)."""
-    set_meta(conn, "kt_lesson_window", "")
+def forget_open_window(through: int) -> Callable[[sqlite3.Connection], None]:
+    """For the transaction that queues the synced window with answers up to ``through`` for the cloud
+    (Outbox.enqueue's ``also``): its record goes, unless the one stored is of the window after it."""
+
+    def forget(conn: sqlite3.Connection) -> None:
+        stored = _meta_value(conn, "kt_lesson_window")
+        if not (isinstance(stored.get("seq"), int) and stored["seq"] > through):
+            set_meta(conn, "kt_lesson_window", json.dumps({"seq": through}))
+
+    return forget
+
+
+def _meta_value(conn: sqlite3.Connection, key: str) -> dict[str, Any]:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    try:
+        value = json.loads(row[0]) if row and row[0] else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class StatePersistence:
@@ -249,12 +276,15 @@ class StatePersistence:
         events: Iterable[tuple[str, float, str | None]],
         now: float,
         forget: Sequence[str] = (),
+        *,
+        journal: Sequence[JournalRow] = (),
     ) -> Future[None]:
-        """Upsert ``states``, record ``events`` (key, applied at, content) and delete the states of the
-        students in ``forget``, in one transaction."""
+        """Upsert ``states``, record ``events`` (key, applied at, content) and the answers' lesson entries
+        (``journal``), and delete the states of the students in ``forget``, in one transaction."""
         state_rows = [(s, st.to_bytes(), st.answers, now, st.kept_bytes()) for s, st in states]
         event_rows = list(events)
         forget_rows = [(s,) for s in forget]
+        journal_rows = [(r.seq, r.student, ",".join(map(str, r.skills)), r.at) for r in journal]
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -267,6 +297,10 @@ class StatePersistence:
             conn.executemany(
                 "INSERT OR IGNORE INTO kt_applied_events(event_key, applied_at, content) VALUES (?, ?, ?)",
                 event_rows,
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO kt_lesson_journal(seq, student, skills, at) VALUES (?, ?, ?, ?)",
+                journal_rows,
             )
             conn.executemany("DELETE FROM kt_student_state WHERE student = ?", forget_rows)  # after: wins
 
@@ -288,6 +322,41 @@ class StatePersistence:
 
     def load_open_window(self) -> dict[str, Any] | None:
         return self._meta_json("kt_lesson_window")
+
+    def save_lesson_records(self, view: dict[str, Any], window: dict[str, Any]) -> Future[None]:
+        """The teacher's lesson and the synced window not yet sent (``seq``: up to which answer each holds),
+        and the journal's entries both hold dropped, in one transaction."""
+        view_text, window_text = (json.dumps(r, separators=(",", ":")) for r in (view, window))
+
+        def run(conn: sqlite3.Connection) -> None:
+            set_meta(conn, "kt_lesson_view", view_text)
+            stored = _meta_value(conn, "kt_lesson_window").get("seq")
+            if not (isinstance(stored, int) and stored > window.get("seq", -1)):  # never an older copy
+                set_meta(conn, "kt_lesson_window", window_text)
+            # the window's record as stored: a window sent since it was taken left only its number there
+            seqs = [_meta_value(conn, key).get("seq") for key in ("kt_lesson_view", "kt_lesson_window")]
+            held = [seq for seq in seqs if isinstance(seq, int)]
+            if len(held) == len(seqs):
+                conn.execute("DELETE FROM kt_lesson_journal WHERE seq <= ?", (min(held),))
+
+        return self.db.write(run)
+
+    def load_journal(self) -> list[JournalRow]:
+        """The answers stored after the lesson records were last saved (damaged entries left out)."""
+        rows = self.db.read(lambda conn: conn.execute(
+            "SELECT seq, student, skills, at FROM kt_lesson_journal ORDER BY seq").fetchall())
+        out = []
+        for seq, student, skills, at in rows:
+            with contextlib.suppress(ValueError, TypeError):
+                out.append(JournalRow(int(seq), str(student),
+                                      tuple(int(k) for k in str(skills).split(",") if k), float(at)))
+        return out
+
+    def clear_journal(self) -> Future[None]:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM kt_lesson_journal")
+
+        return self.db.write(run)
 
     def _meta_json(self, key: str) -> dict[str, Any] | None:
         row = self.db.read(

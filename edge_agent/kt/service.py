@@ -40,7 +40,7 @@ from edge_agent.kt.answers import Answer
 from edge_agent.kt.applied_events import AppliedEvents
 from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
 from edge_agent.kt.package import KTPackage
-from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
+from edge_agent.kt.persistence import EVENT_KEEP_S, JournalRow, StatePersistence
 from edge_agent.kt.recommend import ItemBank, item_success, weakest_skills
 from edge_agent.kt.state import RECENT_ITEMS, UNKNOWN_MODEL, StudentState, history_code
 from edge_agent.lifecycle import Heartbeat, waiting_on_disk
@@ -191,6 +191,13 @@ class KTService:
         # the retry the client makes after its 503 (a "duplicate") is answered only once it is on disk.
         self._unsaved_students: set[str] = set()
         self._unsaved_keys: list[tuple[str, float, str | None]] = []
+        # Each applied answer's lesson entry (seq, student, skills, at), stored with its batch: the lesson
+        # records are saved every 15 s, and a power cut lost up to 15 s of a window's answers (the states
+        # had them, the window sent to the cloud did not). ``_seq`` numbers them, across restarts.
+        self._journal: list[JournalRow] = []
+        self._seq = 0
+        # up to which answer (seq) each restored record holds them ("view", "lesson"; none: all the journal)
+        self._record_seqs: dict[str, float] = {}
         # bounded by _pending (answers), see _admit; SimpleQueue: put is one C call, no Python lock dance
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -309,13 +316,21 @@ class KTService:
                 self._swap(control)
         self._save_unsaved()
 
-    def _unsaved(self) -> tuple[dict[str, StudentState], list[tuple[str, float, str | None]]]:
+    def _unsaved(
+        self,
+    ) -> tuple[dict[str, StudentState], list[tuple[str, float, str | None]], list[JournalRow]]:
         """The current states of students, and the event keys, whose commit failed, for the caller to save
         again. They stay listed until a save of them commits (:meth:`_saved`): until then a retry must still
-        find its key here (memory may have let it go, and SQLite does not have it yet)."""
+        find its key here (memory may have let it go, and SQLite does not have it yet). And the lesson
+        entries not yet stored, taken: a failed commit gives them back (:meth:`_journal_failed`)."""
         with self._lock:
             states = {s: self._states[s] for s in self._unsaved_students if s in self._states}
-            return states, list(self._unsaved_keys)
+            journal, self._journal = self._journal, []
+            return states, list(self._unsaved_keys), journal
+
+    def _journal_failed(self, rows: list[JournalRow]) -> None:
+        """Under the lock: ``rows`` were not stored; the next batch's commit carries them."""
+        self._journal[:0] = rows
 
     def _saved(self, states: dict[str, StudentState], keys: list[tuple[str, float, str | None]]) -> None:
         """Under the lock, after a commit of ``states`` and ``keys``: they are on disk. The writer commits
@@ -327,11 +342,11 @@ class KTService:
 
     def _save_unsaved(self, timeout_s: float = 5.0) -> None:
         """On stop: one more try for answers whose commit failed (no batch follows to carry them)."""
-        states, keys = self._unsaved()
-        if self._persistence is None or not (states or keys):
+        states, keys, journal = self._unsaved()
+        if self._persistence is None or not (states or keys or journal):
             return
         try:
-            self._persistence.save(states.items(), keys, self._clock()).result(timeout_s)
+            self._persistence.save(states.items(), keys, self._clock(), journal=journal).result(timeout_s)
             with self._lock:
                 self._saved(states, keys)
         except Exception as exc:  # the store is failing or stopped: say what is lost with the restart
@@ -474,10 +489,10 @@ class KTService:
                     keys.append((a.event_key, now, a.content))
                 elif f["status"] == "duplicate":
                     repeats.add(a.event_key)
-        unsaved, retry_keys = self._unsaved()
+        unsaved, retry_keys, journal = self._unsaved()
         new_keys = keys
         states, keys = {**unsaved, **changed}, retry_keys + keys
-        if not states and not keys and not repeats:
+        if not states and not keys and not repeats and not journal:
             self._finish(jobs, results)
             return
         stored = metrics.INFERENCE_LATENCY.labels(engine=self.engine.model_name, stage="store")
@@ -490,6 +505,7 @@ class KTService:
                 if error is not None:  # those saved again (still listed) stay listed
                     self._unsaved_students.update(changed)
                     self._unsaved_keys.extend(new_keys)
+                    self._journal_failed(journal)
                 else:
                     self._saved(states, keys)
                 if error is None and repeats and any(key in repeats for key, _, _ in self._unsaved_keys):
@@ -497,7 +513,8 @@ class KTService:
                     error = ServiceBusy("the first copy of this answer is not stored yet; retry", 60)
             self._finish(jobs, results, error)
 
-        self._persistence.save(states.items(), keys, now, forgotten).add_done_callback(committed)
+        saving = self._persistence.save(states.items(), keys, now, forgotten, journal=journal)
+        saving.add_done_callback(committed)
 
     def _finish(
         self,
@@ -590,7 +607,8 @@ class KTService:
                 if status == "applied":
                     state = work[a.student]
                     state.answered(a.item_id)
-                    self._record_lesson(a, state, now, skills or ())
+                    row = self._journal_row(a, now)
+                    self._record_lesson(row, state.probs, skills or (), self._monotonic())
             for student, state in work.items():
                 state.keep(kept[student], self._model_id)
                 self._states[student] = state
@@ -697,9 +715,36 @@ class KTService:
                 out[s] = st.stepped(h[i].copy(), c[i].copy(), probs[i].astype(np.float32))
                 trail[s].append(out[s].probs)
 
-    def _record_lesson(self, answer: Answer, state: StudentState, now: float, known: Iterable[int]) -> None:
-        """``known``: the skills the student has answered, this answer's included."""
-        mono = self._monotonic()
+    def _journal_row(self, answer: Answer, now: float) -> JournalRow:
+        """Under the lock: the next answer's number and lesson entry, listed to be stored with its batch."""
+        self._seq += 1
+        row = JournalRow(self._seq, answer.student, tuple(answer.skills), now)
+        if self._persistence is not None:
+            self._journal.append(row)
+        return row
+
+    def _record_lesson(self, row: JournalRow, probs: np.ndarray, known: Iterable[int], mono: float | None, *,
+                       lesson: bool = True, view: bool = True) -> None:
+        """Under the lock: one answer into the synced window and the teacher's lesson (``lesson``,
+        ``view``: only those, in a replay). ``known``: the skills the student has answered, this answer's
+        included; ``mono``: None in a replay, where the wall clock decides and no figure is taken."""
+        now = row.at
+        windows = []
+        if lesson:
+            windows.append(self._lesson_for(now, mono))
+        if view:
+            if self._view is None or self._view.idle(now, self.settings.lesson_gap_s, mono):
+                self._view = LessonWindow(started=now, started_mono=mono)
+            windows.append(self._view)
+        skills = list(row.skills)
+        for window in windows:
+            # Bounded as the states are: a flood of invented ids must not grow a lesson without end (and
+            # the teacher's lesson lasts as long as answers keep coming).
+            if row.student in window.probs or len(window.probs) < self.settings.max_students:
+                window.record(row.student, skills, probs, now, mono, known=known, publish=mono is not None)
+            window.seq = row.seq
+
+    def _lesson_for(self, now: float, mono: float | None) -> LessonWindow:
         if self._lesson is not None and self._lesson.due(now, self.settings.lesson_window_s, mono):
             # not into a window the clock was stepped after (round 2: one answer in the second before its
             # close made it "end" an hour before it started, or hold 3 h)
@@ -707,14 +752,7 @@ class KTService:
             self._lesson = None
         if self._lesson is None:
             self._lesson = LessonWindow(started=now, started_mono=mono)
-        if self._view is None or self._view.idle(now, self.settings.lesson_gap_s, mono):
-            self._view = LessonWindow(started=now, started_mono=mono)
-        skills = list(answer.skills)
-        for window in (self._lesson, self._view):
-            # Bounded as the states are: a flood of invented ids must not grow a lesson without end (and
-            # the teacher's lesson lasts as long as answers keep coming).
-            if answer.student in window.probs or len(window.probs) < self.settings.max_students:
-                window.record(answer.student, skills, state.probs, now, mono, known=known)
+        return self._lesson
 
     # -- feedback and queries ------------------------------------------------------------------------
 
@@ -790,16 +828,19 @@ class KTService:
             package, bank = self.package, self._bank
         return summarize(window, package, self.settings, now, window_s=math.inf, bank=bank)
 
-    def lesson_view(self, *, clean: bool = False) -> dict[str, Any] | None:
-        """The teacher's lesson, to keep across a restart (None when there is none); ``clean``: at a stop,
-        with no answer to come."""
+    def lesson_view(self, *, clean: bool = False) -> dict[str, Any]:
+        """The teacher's lesson, to keep across a restart (without one, only up to which answer that holds:
+        later ones are in the journal); ``clean``: at a stop, with no answer to come."""
         with self._lock:
-            return None if self._view is None else self._view.to_json(clean=clean)
+            return {"seq": self._seq} if self._view is None else self._view.to_json(clean=clean)
 
     def restore_lesson_view(self, data: dict[str, Any]) -> bool:
         """Before ``start``: take back the lesson a stop saved, unless it has ended since (lesson_gap_s
-        without an answer) or the record is damaged."""
+        without an answer) or the record is damaged. :meth:`replay_journal` adds the answers after it."""
         with self._lock:
+            self._record_seqs["view"] = _record_seq(data)
+            if "started" not in data:
+                return False
             view = self._saved_window(data, "the saved teacher's lesson could not be read; the view starts "
                                             "empty")
             if view is None or view.idle(self._clock(), self.settings.lesson_gap_s):
@@ -818,15 +859,20 @@ class KTService:
             log.warning("%s", unreadable)
             return None
 
-    def open_window(self) -> dict[str, Any] | None:
-        """The synced window not yet sent, to keep across a power cut (None when there is none)."""
+    def open_window(self) -> dict[str, Any]:
+        """The oldest synced window not yet sent, to keep across a power cut (the answers after it are in
+        the journal; without one, only up to which answer that holds)."""
         with self._lock:
-            return None if self._lesson is None else self._lesson.to_json()
+            oldest = self._ended[0] if self._ended else self._lesson
+            return {"seq": self._seq} if oldest is None else oldest.to_json()
 
     def restore_open_window(self, data: dict[str, Any]) -> bool:
         """Before ``start``: take back the synced window a power cut left unsent; it is sent when due, at
         once if that was before now."""
         with self._lock:
+            self._record_seqs["lesson"] = _record_seq(data)
+            if "started" not in data:
+                return False
             window = self._saved_window(data, "the unsent lesson window could not be read; its answers reach "
                                               "no window")
             if window is None:
@@ -834,9 +880,48 @@ class KTService:
             self._lesson = window
             return True
 
+    def replay_journal(self, rows: Sequence[JournalRow]) -> int:
+        """Before ``start``, after the restores: the answers stored after the lesson records were saved (a
+        power cut), into the windows whose records lack them, as they came; gives how many went into
+        either. Answers go on numbering after the last."""
+        replayed, into_view = 0, False
+        with self._lock:
+            view_from = self._record_seqs.get("view", 0.0)
+            # no window record (a release before the journal clears it when the window is sent): from where
+            # the view's holds them, not from the journal's first entry, which may have been sent before
+            lesson_from = self._record_seqs.get("lesson", view_from)
+            for row in sorted(rows):
+                self._seq = max(self._seq, row.seq)
+                state = self._states.get(row.student)
+                view, lesson = row.seq > view_from, row.seq > lesson_from
+                if state is None or not (view or lesson):
+                    continue
+                known = frozenset(code >> 1 for code in state.history).union(row.skills)
+                self._record_lesson(row, state.probs, known, None, lesson=lesson, view=view)
+                replayed += 1
+                into_view = into_view or view
+            for seq in self._record_seqs.values():
+                if math.isfinite(seq):
+                    self._seq = max(self._seq, int(seq))
+            # a window of a release before the journal holds what it holds: none of the journal's answers
+            # goes into it later either (a later save says it holds them all)
+            for name, window in (("view", self._view), ("lesson", self._lesson)):
+                if window is not None and self._record_seqs.get(name) == math.inf:
+                    window.seq = self._seq
+            if self._view is not None and self._view.idle(self._clock(), self.settings.lesson_gap_s):
+                self._view = None  # over since: the next answer starts the next lesson
+            if into_view and self._view is not None:  # figures shown before the cut may hold them
+                self._view.published.count_afresh()
+        return replayed
+
     def close_lesson_if_due(self, *, now_anyway: bool = False) -> dict[str, Any] | None:
         """The synced window's summary once it has ended (or at once with ``now_anyway``: at stop); the
         next answer opens a new window."""
+        closed = self.close_window_if_due(now_anyway=now_anyway)
+        return None if closed is None else closed[0]
+
+    def close_window_if_due(self, *, now_anyway: bool = False) -> tuple[dict[str, Any], int] | None:
+        """:meth:`close_lesson_if_due`, with the seq of the window's last answer."""
         now = self._clock()
         with self._lock:
             if self._ended:
@@ -849,7 +934,7 @@ class KTService:
                 self._lesson = None
             package, bank = self.package, self._bank
         assert window is not None
-        return summarize(window, package, self.settings, now, bank=bank)
+        return summarize(window, package, self.settings, now, bank=bank), window.seq
 
     def now(self) -> float:
         return self._clock()
@@ -857,6 +942,13 @@ class KTService:
     def student_count(self) -> int:
         with self._lock:
             return len(self._states)
+
+
+def _record_seq(data: dict[str, Any]) -> float:
+    """Up to which answer (seq) a lesson record holds them; infinite for one saved by a release before
+    the journal (which of the journal's answers it holds is not known: none are added to it)."""
+    seq = data.get("seq")
+    return float(seq) if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else math.inf
 
 
 def _reprobe(window: LessonWindow, replayed: dict[str, StudentState]) -> None:

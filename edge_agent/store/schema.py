@@ -6,7 +6,7 @@ to an older release refuses a newer database (clear error) instead of guessing.
 
 A nullable column that older releases can ignore is added at open instead (:func:`add_side_columns`),
 without a new version: such a release names its columns in every statement and checks only that its own
-columns exist, so a rollback keeps the board's data in use.
+columns exist, so a rollback keeps the board's data in use. So is a table only this release reads.
 """
 
 from __future__ import annotations
@@ -80,7 +80,18 @@ SIDE_COLUMNS = [
 ]
 
 
+# (table, its columns): made at open where missing, without a new version (older releases leave it)
+SIDE_TABLES = [
+    # the answers applied since the KT lesson records were last saved (StatePersistence.save): a power cut
+    # loses none of a lesson window's answers
+    ("kt_lesson_journal", "seq INTEGER PRIMARY KEY, student TEXT NOT NULL, skills TEXT NOT NULL, "
+                          "at REAL NOT NULL"),
+]
+
+
 def add_side_columns(conn: sqlite3.Connection) -> None:
+    for table, columns in SIDE_TABLES:
+        conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({columns})')
     for table, column, kind in SIDE_COLUMNS:
         have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
         if have and column not in have:

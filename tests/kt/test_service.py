@@ -587,6 +587,69 @@ def test_the_teachers_lesson_runs_on_across_synced_windows_and_ends_after_a_brea
         svc.stop()
 
 
+def test_a_window_ended_but_not_yet_sent_at_a_power_cut_is_sent_after_the_restart_with_the_next_one(
+    package, engine, pseudonymize, db: Database
+) -> None:
+    # The lesson records are saved every 15 s; the synced window one answer found over waits up to a second
+    # to be sent. Saved then, the record held the next window, and the ended one's answers were in no
+    # window the cloud got.
+    now = [1_800_000_000.0]
+    settings = KTSettings(min_group_size=3, lesson_window_s=60.0, microbatch_wait_ms=0.0)
+    store = StatePersistence(db)
+    svc = KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0])
+    svc.start()
+    for n in range(3):
+        svc.submit([_answer(package, pseudonymize, f"s{n}", f"a{n}", n, 1)]).result(5)
+    now[0] += 61
+    svc.submit([_answer(package, pseudonymize, "s0", "b0", 1, 1)]).result(5)  # the first window is over
+    store.save_lesson_records(svc.lesson_view(), svc.open_window()).result(5)  # saved before it is sent
+    svc.submit([_answer(package, pseudonymize, "s1", "b1", 2, 0)]).result(5)
+    svc.stop()  # the power cut: nothing sent
+
+    restarted = KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0])
+    restarted.load(store.load_states(package.hidden, len(package.skills)))
+    assert restarted.restore_open_window(store.load_open_window())  # type: ignore[arg-type]
+    assert restarted.restore_lesson_view(store.load_lesson_view())  # type: ignore[arg-type]
+    assert restarted.replay_journal(store.load_journal()) == 2  # b0 (the window record ends before it), b1
+    first = restarted.close_lesson_if_due()
+    second = restarted.close_lesson_if_due(now_anyway=True)
+    assert first is not None and first["answers"] == 3
+    assert second is not None and second["answers"] == 2
+    assert restarted.class_summary()["answers"] == 5
+
+
+def test_lesson_records_of_a_release_before_the_journal_take_none_of_its_entries(
+    package, engine, pseudonymize, db: Database
+) -> None:
+    # Rolled back to a release that keeps no journal and upgraded again: the journal still holds entries
+    # from before the rollback, which that release's records (no seq) may hold and the cloud may have got
+    now = [1_800_000_000.0]
+    settings = KTSettings(min_group_size=3, lesson_window_s=60.0, microbatch_wait_ms=0.0)
+    store = StatePersistence(db)
+    svc = KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0])
+    svc.start()
+    for n in range(3):
+        svc.submit([_answer(package, pseudonymize, f"s{n}", f"a{n}", n, 1)]).result(5)
+    view, window = svc.lesson_view(), svc.open_window()
+    svc.stop()
+    for record in (view, window):
+        del record["seq"], record["clean"]  # as that release saved them
+    store.save_lesson_view(view).result(5)
+    store.save_open_window(None).result(5)  # and it sent the window
+    assert len(store.load_journal()) == 3
+
+    restarted = KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0])
+    restarted.load(store.load_states(package.hidden, len(package.skills)))
+    assert restarted.restore_lesson_view(store.load_lesson_view())  # type: ignore[arg-type]
+    assert restarted.replay_journal(store.load_journal()) == 0
+    assert restarted.class_summary()["answers"] == 3
+    assert restarted.close_lesson_if_due(now_anyway=True) is None
+    restarted.start()
+    restarted.submit([_answer(package, pseudonymize, "s0", "b0", 1, 1)]).result(5)  # numbered after them
+    assert restarted.lesson_view()["seq"] == 4
+    restarted.stop()
+
+
 def _service_on_two_clocks(
     package, engine, pseudonymize, lesson_window_s: float
 ) -> tuple[KTService, list[float], list[float]]:

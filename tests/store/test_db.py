@@ -399,7 +399,10 @@ def test_a_full_disk_gives_a_clear_error_and_no_corruption(state_dir: Path) -> N
     committed = 0
     error: StoreFullError | None = None
     dropped = metrics.sample("edge_outbox_drops_total", {"reason": "store_error"})
+    claimed = []
     for i in range(2000):
+        if i == 20:  # in flight when the disk fills (a claim on a full disk may itself need a page)
+            claimed = box.claim(20).result(5)
         try:
             box.enqueue("attention", {"i": i, "pad": "x" * 500}).result(5)
             committed += 1
@@ -413,8 +416,7 @@ def test_a_full_disk_gives_a_clear_error_and_no_corruption(state_dir: Path) -> N
     assert box.backlog == committed  # totals recounted after the failed batch
     assert metrics.sample("edge_outbox_drops_total", {"reason": "store_error"}) == dropped + 1
     # still usable: acknowledged rows can be deleted, freeing room
-    rows = box.claim(20).result(5)
-    assert box.ack([r.id for r in rows]).result(5) == 20
+    assert box.ack([r.id for r in claimed]).result(5) == 20
     assert db.write_failure() is not None  # a delete went through, the inserts still fail: no flapping
     assert db.write_failure(now=time.time() + 61) is None  # a minute without a failure: healthy again
     db.close()
@@ -577,9 +579,11 @@ def test_a_board_started_on_a_full_disk_keeps_its_database_and_says_the_disk_is_
         db.write(lambda c: c.executemany("INSERT INTO meta VALUES (?, ?)", rows)).result(5)
         db.close()
         # the logs fill the disk, root's reserved blocks too
-        with (storage.path / "syslog").open("wb") as log_file, contextlib.suppress(OSError):
-            while True:
-                log_file.write(b"x" * 65536)
+        with (storage.path / "syslog").open("wb", buffering=0) as log_file:
+            for chunk in (65536, 4096, 1):  # to the last byte: 60 KiB left held the -shm
+                with contextlib.suppress(OSError):
+                    while True:
+                        log_file.write(b"x" * chunk)
         with pytest.raises(StoreError, match="disk holding it is full; free space"):
             Database(path, StoreSettings()).open()
         assert not list(storage.path.glob("*.corrupt-*"))
@@ -647,6 +651,8 @@ def test_a_full_disk_logs_its_first_failed_commit_then_one_line_a_minute_and_whe
 
     try:
         with caplog.at_level(logging.INFO, logger="edge_agent.store.db"):
+            enqueue_until_full(100)
+            claimed = box.claim(100).result(5)  # in flight when it fills: a claim may itself need a page
             failed = enqueue_until_full(800)  # one commit each: the file fills after a few hundred
             assert failed >= 200, "the size limit was reached too late for the test"
             # Some writes still commit between the refused ones (a drop counter updated in place): no
@@ -662,8 +668,7 @@ def test_a_full_disk_logs_its_first_failed_commit_then_one_line_a_minute_and_whe
             assert re.fullmatch(r"\d+ more commits failed since \d\d:\d\d: .*full.*", summary), summary
             assert int(summary.split()[0]) >= 2
 
-            rows = box.claim(100).result(5)  # acknowledged rows deleted: room again
-            assert box.ack([r.id for r in rows]).result(5) == 100
+            assert box.ack([r.id for r in claimed]).result(5) == 100  # acknowledged rows deleted: room again
             assert enqueue_until_full(5) == 0
             assert len(lines()) == 2, lines()  # a minute without failures first
             monkeypatch.setattr(db_module, "FAILURE_WINDOW_S", 0.0)  # that minute has passed
