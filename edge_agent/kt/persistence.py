@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_agent.kt.state import HISTORY_CAP, StudentState
+from edge_agent.kt.state import HISTORY_CAP, RECENT_ITEMS, StudentState
 from edge_agent.store.db import Database, set_meta
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,21 @@ def kept_by_skill_id(state: StudentState, skills: Sequence[str], set_aside: str 
     return kept[-HISTORY_CAP:]
 
 
+def _recent_items(text: str | None, state: StudentState) -> tuple[str, ...]:
+    """The items of the student's latest answers as stored beside the state; the last item alone where
+    they were written for another answer count (an older release updated the state since) or do not read
+    (before 2026-12-04 only that one was kept: one of the two before it was recommended once again)."""
+    fallback = state.recent_items
+    try:
+        answers, items = json.loads(text) if text else (None, None)
+    except (ValueError, TypeError):
+        return fallback
+    if (answers != state.answers or not isinstance(items, list) or not 0 < len(items) <= RECENT_ITEMS
+            or not all(isinstance(i, str) for i in items) or items[-1] != state.last_item):
+        return fallback
+    return tuple(items)
+
+
 def _meta_json_writer(key: str, value: dict[str, Any] | None) -> Callable[[sqlite3.Connection], None]:
     text = "" if value is None else json.dumps(value, separators=(",", ":"))
     return lambda conn: set_meta(conn, key, text)
@@ -120,7 +135,8 @@ class StatePersistence:
         Damaged or foreign-shaped states are skipped and counted."""
         rows = self.db.read(
             lambda conn: conn.execute(
-                "SELECT student, state, answers, kept FROM kt_student_state ORDER BY updated_at DESC LIMIT ?",
+                "SELECT student, state, answers, kept, recent FROM kt_student_state ORDER BY updated_at DESC "
+                "LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
         )
@@ -223,7 +239,7 @@ class StatePersistence:
         """The stored states of ``students`` (those the service does not hold: left on disk by a lower
         ``kt.max_students`` at start)."""
 
-        select = "SELECT student, state, answers, kept FROM kt_student_state WHERE student"
+        select = "SELECT student, state, answers, kept, recent FROM kt_student_state WHERE student"
         return self._decode(self.db.read(lambda conn: _rows_in(conn, select, students)), hidden, skills)
 
     def secret_fingerprints(self) -> list[str]:
@@ -257,10 +273,12 @@ class StatePersistence:
     @staticmethod
     def _decode(rows: Iterable[Any], hidden: int, skills: int) -> dict[str, StudentState]:
         states: dict[str, StudentState] = {}
-        for student, blob, answers, kept in rows:
+        for student, blob, answers, kept, *recent in rows:
             with contextlib.suppress(ValueError, TypeError):  # counted by the caller where it matters
-                states[student] = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills,
-                                                          None if kept is None else bytes(kept))
+                state = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills,
+                                                None if kept is None else bytes(kept))
+                state.recent_items = _recent_items(recent[0] if recent else None, state)
+                states[student] = state
         return states
 
     def applied_among(self, keys: Sequence[str]) -> dict[str, str | None]:
@@ -281,17 +299,18 @@ class StatePersistence:
     ) -> Future[None]:
         """Upsert ``states``, record ``events`` (key, applied at, content) and the answers' lesson entries
         (``journal``), and delete the states of the students in ``forget``, in one transaction."""
-        state_rows = [(s, st.to_bytes(), st.answers, now, st.kept_bytes()) for s, st in states]
+        state_rows = [(s, st.to_bytes(), st.answers, now, st.kept_bytes(),
+                       json.dumps([st.answers, st.recent_items], ensure_ascii=False)) for s, st in states]
         event_rows = list(events)
         forget_rows = [(s,) for s in forget]
         journal_rows = [(r.seq, r.student, ",".join(map(str, r.skills)), r.at) for r in journal]
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "INSERT INTO kt_student_state(student, state, answers, updated_at, kept) "
-                "VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO kt_student_state(student, state, answers, updated_at, kept, recent) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(student) DO UPDATE SET state=excluded.state, answers=excluded.answers, "
-                "updated_at=excluded.updated_at, kept=excluded.kept",
+                "updated_at=excluded.updated_at, kept=excluded.kept, recent=excluded.recent",
                 state_rows,
             )
             conn.executemany(

@@ -63,7 +63,8 @@ class StudentState:
     history: array[int] = field(default_factory=lambda: array("I"))
     # the items of the latest answers, newest last, never recommended (RECENT_ITEMS of them): excluding
     # only the one just answered, two items took turns (a review: the item of two answers back was
-    # recommended in 206 of 2,000 feedbacks). In memory; the store keeps last_item
+    # recommended in 206 of 2,000 feedbacks). Stored beside the state (its own column), as KTS1 keeps
+    # last_item alone
     recent_items: tuple[str, ...] = ()
 
     def answered(self, item: str) -> None:

@@ -76,6 +76,9 @@ SIDE_COLUMNS = [
     # JSON {"answers": n, "kept": [[skill id, 0/1], ...]}: kept answers by skill id, taken when the package's
     # skills changed and some had gone (StatePersistence.align_skills), for a package that has them again
     ("kt_student_state", "set_aside", "TEXT"),
+    # JSON [answers, [item id, ...]]: the items of the student's latest answers, never recommended
+    # (StudentState.recent_items); for the answer count it was written at, as ``kept``
+    ("kt_student_state", "recent", "TEXT"),
     ("outbox", "clock_unsynced", "INTEGER"),  # 1: queued while the clock was not known right (no max_age)
 ]
 
