@@ -611,6 +611,27 @@ def test_the_teachers_lesson_runs_on_across_synced_windows_and_ends_after_a_brea
         svc.stop()
 
 
+def _lesson_on_store(package, engine, pseudonymize, db: Database, now: list[float]
+                     ) -> tuple[KTService, StatePersistence]:
+    """A started service with a store, on the clock ``now``, after 3 students' answers."""
+    settings = KTSettings(min_group_size=3, lesson_window_s=60.0, microbatch_wait_ms=0.0)
+    store = StatePersistence(db)
+    svc = KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0])
+    svc.start()
+    for n in range(3):
+        svc.submit([_answer(package, pseudonymize, f"s{n}", f"a{n}", n, 1)]).result(5)
+    return svc, store
+
+
+def _restarted(stopped: KTService, store: StatePersistence, now: list[float]) -> KTService:
+    """The service after a restart: its students' states loaded, nothing else restored yet."""
+    package = stopped.package
+    restarted = KTService(package, stopped.engine, stopped.settings, stopped.pseudonymize, persistence=store,
+                          clock=lambda: now[0])
+    restarted.load(store.load_states(package.hidden, len(package.skills)))
+    return restarted
+
+
 def test_a_window_ended_but_not_yet_sent_at_a_power_cut_is_sent_after_the_restart_with_the_next_one(
     package, engine, pseudonymize, db: Database
 ) -> None:
@@ -618,20 +639,14 @@ def test_a_window_ended_but_not_yet_sent_at_a_power_cut_is_sent_after_the_restar
     # to be sent. Saved then, the record held the next window, and the ended one's answers were in no
     # window the cloud got.
     now = [1_800_000_000.0]
-    settings = KTSettings(min_group_size=3, lesson_window_s=60.0, microbatch_wait_ms=0.0)
-    store = StatePersistence(db)
-    svc = KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0])
-    svc.start()
-    for n in range(3):
-        svc.submit([_answer(package, pseudonymize, f"s{n}", f"a{n}", n, 1)]).result(5)
+    svc, store = _lesson_on_store(package, engine, pseudonymize, db, now)
     now[0] += 61
     svc.submit([_answer(package, pseudonymize, "s0", "b0", 1, 1)]).result(5)  # the first window is over
     store.save_lesson_records(svc.lesson_view(), svc.open_window()).result(5)  # saved before it is sent
     svc.submit([_answer(package, pseudonymize, "s1", "b1", 2, 0)]).result(5)
     svc.stop()  # the power cut: nothing sent
 
-    restarted = KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0])
-    restarted.load(store.load_states(package.hidden, len(package.skills)))
+    restarted = _restarted(svc, store, now)
     assert restarted.restore_open_window(store.load_open_window())  # type: ignore[arg-type]
     assert restarted.restore_lesson_view(store.load_lesson_view())  # type: ignore[arg-type]
     assert restarted.replay_journal(store.load_journal()) == 2  # b0 (the window record ends before it), b1
@@ -648,12 +663,7 @@ def test_lesson_records_of_a_release_before_the_journal_take_none_of_its_entries
     # Rolled back to a release that keeps no journal and upgraded again: the journal still holds entries
     # from before the rollback, which that release's records (no seq) may hold and the cloud may have got
     now = [1_800_000_000.0]
-    settings = KTSettings(min_group_size=3, lesson_window_s=60.0, microbatch_wait_ms=0.0)
-    store = StatePersistence(db)
-    svc = KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0])
-    svc.start()
-    for n in range(3):
-        svc.submit([_answer(package, pseudonymize, f"s{n}", f"a{n}", n, 1)]).result(5)
+    svc, store = _lesson_on_store(package, engine, pseudonymize, db, now)
     view, window = svc.lesson_view(), svc.open_window()
     svc.stop()
     for record in (view, window):
@@ -662,8 +672,7 @@ def test_lesson_records_of_a_release_before_the_journal_take_none_of_its_entries
     store.save_open_window(None).result(5)  # and it sent the window
     assert len(store.load_journal()) == 3
 
-    restarted = KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0])
-    restarted.load(store.load_states(package.hidden, len(package.skills)))
+    restarted = _restarted(svc, store, now)
     assert restarted.restore_lesson_view(store.load_lesson_view())  # type: ignore[arg-type]
     assert restarted.replay_journal(store.load_journal()) == 0
     assert restarted.class_summary()["answers"] == 3
