@@ -66,7 +66,8 @@ class Published:
     # Restored from a record saved while the board ran (every 15 s), not at a stop: figures may have been
     # shown after it that it does not hold, so the group counts again from the restart, with no figure
     # taken early (a review: a power cut 1 s after a publish, and one student's answer after the restart
-    # moved the figures shown before the cut alone)
+    # moved the figures shown before the cut alone). For the rest of the lesson, across clean restarts
+    # too (round 2: a stop in between forgot it, and the next answer gave one student's 28 skills).
     after_cut: bool = False
 
     def note(self, student: str, current: dict[str, np.ndarray], known: dict[str, frozenset[int]],
@@ -201,6 +202,8 @@ class LessonWindow:
             "activity": {str(m): n for m, n in self.activity.items()},
         }
         shown = self.published
+        if shown.after_cut:
+            data["after_cut"] = True
         if shown.group is not None:
             data["published"] = {
                 "group": shown.group, "at": shown.at, "since": sorted(shown.since),
@@ -250,6 +253,8 @@ class LessonWindow:
                 window.published = published
         if cut:
             window.published.count_afresh()
+        elif data.get("after_cut") is True:
+            window.published.after_cut = True
         return window
 
     def copy(self) -> LessonWindow:
@@ -366,7 +371,8 @@ def summarize(
         "students": students,
         # figures_at only while students have answered since: a pause in the lesson is no stale figure
         **({"figures_students": len(figures),
-            "figures_at": window.published.at if window.published.since else None} if view else {}),
+            "figures_at": window.published.at if window.published.since else None,
+            "mastery_threshold": settings.mastery_threshold} if view else {}),
         "suppressed": len(figures) < group,
         "activity": _activity(window, end),
         "skills": [],

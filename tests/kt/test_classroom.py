@@ -139,6 +139,11 @@ def test_after_a_power_cut_figures_move_only_once_a_group_has_answered_since_the
     for n, student in enumerate("fghi"):  # four answer after the restart: nothing moves
         restored.record(student, [0], prior * 0.6, MINUTE + 50 + n, known=[0])
         assert figures(restored, MINUTE + 51 + n) == first
+    # a clean stop and start in between (an update, a config reload) keeps the caution: round 2 took the
+    # figures early again after it, and one student's answer gave all their skills by difference
+    restored = LessonWindow.from_json(json.loads(json.dumps(restored.to_json(clean=True))),
+                                      dict(restored.probs), 5, dict(restored.known))
+    assert figures(restored, MINUTE + 59) == first
     restored.record("j", [0], prior * 0.7, MINUTE + 60, known=[0])  # the fifth since the restart
     assert figures(restored, MINUTE + 61) != first
     # saved at a stop (after the last answer) the count goes on as before: d, e and a new one make 3
@@ -169,9 +174,16 @@ def test_after_a_power_cut_before_any_figure_was_saved_none_is_shown_until_a_gro
     restored = LessonWindow.from_json(saved, dict(window.probs), 5, dict(window.known))
     view = summarize(restored.copy(), package, settings, MINUTE + 10, window_s=math.inf)
     assert view["suppressed"] and view["students"] == 6
-    for n, student in enumerate("abcd"):
+    for n, student in enumerate("ab"):
         restored.record(student, [0], prior * 0.5, MINUTE + 20 + n, known=[0])
     assert summarize(restored.copy(), package, settings, MINUTE + 30, window_s=math.inf)["suppressed"]
+    # and a clean restart in between: round 2 took the figures at the next answer after it (as for a
+    # lesson's first figures), and they differed from those shown before the cut by one student
+    restored = LessonWindow.from_json(json.loads(json.dumps(restored.to_json(clean=True))),
+                                      dict(restored.probs), 5, dict(restored.known))
+    for n, student in enumerate("cd"):
+        restored.record(student, [0], prior * 0.5, MINUTE + 32 + n, known=[0])
+        assert summarize(restored.copy(), package, settings, MINUTE + 35, window_s=math.inf)["suppressed"]
     restored.record("e", [0], prior * 0.5, MINUTE + 40, known=[0])
     view = summarize(restored.copy(), package, settings, MINUTE + 41, window_s=math.inf)
     assert not view["suppressed"] and view["figures_students"] == 6
