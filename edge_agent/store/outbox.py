@@ -124,6 +124,7 @@ class Outbox:
         self._rows = 0
         self._bytes = 0
         self._oldest: float | None = None  # created_at of the oldest row
+        self._last_seq = 0  # the newest message's seq (0: none yet): the heartbeat says it
         self._drops: dict[str, int] = {}  # persisted totals by reason; replaced whole, never changed in place
         # Losses the writer could not count as they happened (a full write queue, a failed write): in
         # status() at once, in the file with the next write that commits. Any thread adds; under the lock.
@@ -171,6 +172,8 @@ class Outbox:
         self._rows, self._bytes = int(rows), int(total)
         self._oldest = None if oldest is None else float(oldest)
         self._drops = _drop_totals(conn)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        self._last_seq = int(row[0]) - 1 if row else 0
 
     def topic(self, stream: str) -> str:
         return f"{self._prefix}/{stream}"
@@ -214,6 +217,7 @@ class Outbox:
             )
             if also is not None:
                 also(conn)
+            self._last_seq = seq  # a batch rolled back is counted again (_recount)
             self._rows += 1
             self._bytes += size
             self._oldest = now if self._oldest is None else min(self._oldest, now)
@@ -637,7 +641,7 @@ class Outbox:
         metrics.OUTBOX_OLDEST_AGE.set(age or 0.0)
         self.refresh_metrics()
         return {"backlog": self._rows, "bytes": self._bytes, "oldest_age_s": age, "drops": self.drop_counts(),
-                "held": self.held}
+                "held": self.held, "last_seq": self._last_seq}
 
     @property
     def held(self) -> int:

@@ -87,6 +87,7 @@ class Publisher:
         self.outbox = outbox
         self.device = device
         self.settings = settings
+        self._started_at = time.time()  # in every heartbeat: a restart shows as a new one
         self._commands = commands
         self._health_summary = health_summary
         self._heartbeats = heartbeats
@@ -381,7 +382,8 @@ class Publisher:
         doc = {
             "v": 1, "device": self.device.device_id, "store": self.outbox.db.store_id, "at": round(now, 3),
             "version": __version__, "build": __build__, "backlog": status["backlog"],
-            "oldest_age_s": status["oldest_age_s"], "drops": status["drops"],
+            "oldest_age_s": status["oldest_age_s"], "drops": status["drops"], "last_seq": status["last_seq"],
+            "started_at": round(self._started_at, 3),
             "health": self._health_summary() if self._health_summary else {},
         }
         if self._commands is not None:  # what the board did with the commands of the last 15 minutes
