@@ -202,8 +202,8 @@ class AttentionComponent:
         with self._pause_lock:  # a pause and a resume clicked at once: the file ends as the camera does
             self.loop.pause(until)
             self._write_pause(until)
-        if until is None and self.live is not None:  # the page hears "starting" now, not a turn later
-            self._publish_live(self.loop.live_section())  # (round 2); a pause is shown once it closed
+        if self.live is not None:  # the page hears "starting" or "paused" now, not a turn later (round 2)
+            self._publish_live(self.loop.live_section())
         log.info("camera %s by the teacher", "resumed" if until is None else f"paused until {until:%H:%M}")
         return until
 
@@ -248,6 +248,8 @@ class AttentionComponent:
         if closed_until is not None:
             return Health(True, f"camera closed: {self.loop.closed_text(closed_until)}")
         state, detail = self.loop.camera_state()
+        if state == "starting":  # opening (at the start, after a pause or its hours): no fault of its own
+            return Health(True, "camera starting")
         if state != "running":
             return Health(False, f"camera {state}: {detail}" if detail else f"camera {state}")
         reopens = self.camera.reopens()

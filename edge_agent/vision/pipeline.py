@@ -221,10 +221,14 @@ class AttentionLoop:
 
     def closed(self) -> datetime | None:
         """Until when the camera is closed by its hours or a pause; None while it runs or opens again. A
-        resume is the camera opening at once, not "outside camera.active_hours" until the next tick. (Not
-        through _paused(): this runs on the web's threads, and that one may write the pause file.)"""
+        resume is the camera opening at once, not "outside camera.active_hours" until the next tick, and a
+        pause is the camera closed at once, not "stopped" while it closes (a review: the page said the board
+        was restarting and listed a camera fault for IT for a second). (Not through _paused(): this runs on
+        the web's threads, and that one may write the pause file.)"""
         until = self.closed_until
-        if until is None or self.paused_until is not None:
+        if self.paused_until is not None:
+            return until or self._opens_after(self.local_now(), self.paused_until)
+        if until is None:
             return until
         return until if self.hours is not None and not self.hours.is_open(self.local_now()) else None
 
@@ -286,10 +290,14 @@ class AttentionLoop:
             self.current = {"share": None, "faces": 0}
             metrics.CAMERA_FPS.set(0.0)
         # Every tick, not only at the close: when NTP steps the clock meanwhile, the time shown follows it.
+        self.closed_until = self._opens_after(now, paused)
+        return True
+
+    def _opens_after(self, now: datetime, paused: datetime | None) -> datetime:
+        """When the camera opens again: at the pause's end, or the next of its hours after that."""
         after = now if paused is None else max(now, paused)
         opens = after if self.hours is None or self.hours.is_open(after) else self.hours.next_open(after)
-        self.closed_until = opens or after + timedelta(days=7)
-        return True
+        return opens or after + timedelta(days=7)
 
     def _run(self) -> None:
         next_tick = time.monotonic()

@@ -51,7 +51,8 @@ def learning_section(students: int = 28, answers_each: int = 18, seed: int = 7) 
     per_minute = np.bincount(np.random.default_rng(seed).integers(0, 20, size=total), minlength=20)
     activity = [{"minute": LESSON_START + 60 * m, "answers": int(n)} for m, n in enumerate(per_minute)]
     return {"lesson_started": LESSON_START, "answers": total, "students": students, "suppressed": False,
-            "skills": skills, "weakest": weakest, "recommended": recommended, "activity": activity}
+            "mastery_threshold": MASTERY_THRESHOLD, "skills": skills, "weakest": weakest,
+            "recommended": recommended, "activity": activity}
 
 
 def attention_section(current: float | None = 0.78, faces: int = 27, low: bool = False) -> dict[str, Any]:

@@ -58,7 +58,8 @@ def test_page_shows_the_numbers_on_the_board(teacher_server: ServerThread, live_
         row = rows.nth(shown.index(skill["id"])).text_content() or ""
         assert skill["name_zh"] in row and _pct(skill["assessed_mean"]) in row
         assert f"本节课 {skill['students']} 人练习" in row
-        assert f"{skill['assessed']} 人中 {skill['assessed_below_threshold']} 人未掌握" in row
+        assert f"作答过的 {skill['assessed']} 人中 {skill['assessed_below_threshold']} 人未掌握" in row
+    assert view.text("#learn-key") == "未掌握：预计正确率低于 60%"  # what the count means (a review)
     assert view.page.locator("#learn-weakest li").count() == len(learning["weakest"])
     assert view.page.locator("#learn-recommended li").count() == len(learning["recommended"])
     assert view.page.locator("#health-engines tr").count() == 3
@@ -275,6 +276,48 @@ def test_a_camera_without_pictures_is_not_shown_as_an_empty_class(teacher_server
     assert "/dev/video9" in view.text("#health-issues")
 
 
+def test_the_text_beside_the_share_stays_put_as_the_share_changes(teacher_server: ServerThread,
+                                                                  live_board: LiveBoard,
+                                                                  teacher_page: PageFactory) -> None:
+    # A review: from 57 % to 100 % the text column beside it moved about 80 px, and the pause button
+    # wrapped anew, every few seconds on the board's screen
+    view = teacher_page(teacher_server.url, width=1366, height=768)
+    view.open()
+    view.wait_live()
+    places = []
+    for share in (0.57, 1.0, 0.08):
+        live_board.publish("attention", attention_section(current=share))
+        view.page.wait_for_function("s => document.getElementById('att-share').textContent === s",
+                                    arg=_pct(share), timeout=2000)
+        box = view.page.locator("#att-faces").bounding_box()
+        assert box is not None
+        places.append(round(box["x"]))
+    assert len(set(places)) == 1, places
+
+
+def test_a_room_with_too_few_faces_and_a_camera_opening_again_say_so(teacher_server: ServerThread,
+                                                                     live_board: LiveBoard,
+                                                                     teacher_page: PageFactory) -> None:
+    # A review: with 1-2 faces in view every window is suppressed, and the empty chart kept promising
+    # "the first 15-second window appears here when it ends"; a camera opening again after the teacher's
+    # pause said "the camera sends no pictures" and hid the button the keyboard was on
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    live_board.publish("attention", attention_section(current=None, faces=1) | {"timeline": []})
+    view.page.wait_for_function("() => document.getElementById('att-tl-empty').textContent"
+                                ".includes('人数太少')", timeout=2000)
+    assert view.text("#att-tl-empty") == "画面中人数太少，为保护隐私不测量专注度；人数足够后在这里显示"
+    opening = attention_section(current=None, faces=0) | {
+        "timeline": [], "camera": {"state": "starting", "fps": 0.0, "detail": ""}}
+    live_board.publish("attention", opening)
+    view.page.wait_for_function("() => document.getElementById('attention').dataset.camera === 'down'",
+                                timeout=2000)
+    assert view.text("#att-signal") == "摄像头正在打开，稍后重新测量专注度"
+    assert view.page.is_visible("#cam-pause")
+    assert view.console_errors == []
+
+
 def test_a_camera_closed_outside_its_hours_says_when_it_opens_and_is_no_problem(
         teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
     view = teacher_page(teacher_server.url)
@@ -317,6 +360,23 @@ def test_a_camera_closed_for_a_holiday_says_the_date_it_opens(
     view.page.wait_for_function("() => document.documentElement.lang === 'en'", timeout=2000)
     english = view.text("#att-signal")
     assert time.strftime("%b", day) in english and f" {day.tm_mday}" in english
+    # later today: the time alone (a pause "till Fri 05:02" named today), and a space after a weekday
+    soon = time.time() + 120
+    live_board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
+        "state": "paused", "fps": 0.0, "detail": "paused", "opens_at": soon}})
+    view.page.wait_for_function("() => document.getElementById('att-signal').textContent.includes('teacher')",
+                                timeout=2000)
+    if time.localtime(soon).tm_mday == time.localtime().tm_mday:
+        said = view.text("#att-signal")
+        assert f"from {time.strftime('%I:%M', time.localtime(soon))}" in said
+        assert not re.search(r"Mon|Tue|Wed|Thu|Fri|Sat|Sun", said), said
+    view.page.click("#lang")
+    view.page.wait_for_function("() => document.documentElement.lang === 'zh-CN'", timeout=2000)
+    live_board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
+        "state": "off_hours", "fps": 0.0, "detail": "closed", "opens_at": time.time() + 2 * 86400}})
+    view.page.wait_for_function("() => document.getElementById('att-signal').textContent"
+                                ".includes('工作时段外')", timeout=2000)
+    assert re.search(r"周. \d\d:\d\d", view.text("#att-signal")), view.text("#att-signal")
     assert view.console_errors == []
 
 
@@ -650,12 +710,15 @@ def test_sync_and_camera_switched_off_in_the_config_are_a_choice_not_a_problem(
     # and knowledge tracing (a review: "No answers yet" for a teacher waiting for answers that never come)
     live_board.publish("learning", {"enabled": False})
     view.page.wait_for_function("s => document.getElementById('learn-started').textContent === s",
-                                arg="本设备配置中已关闭知识追踪（kt.enabled = false）", timeout=2000)
+                                arg="本班牌未开启学情分析（学校 IT 可在配置中开启：kt.enabled）",
+                                timeout=2000)
     assert view.page.is_hidden("#learn-empty") and view.text("#learn-answers") == "—"
+    # that alone: no empty headings, dashes and chart box (a review)
+    assert view.page.is_hidden("#learning .learn-grid") and view.page.is_hidden("#learn-answers")
     view.switch_language()
     assert view.text("#health-sync") == "Switched off in the config"
-    assert view.text("#learn-started") == ("Knowledge tracing is switched off in this board's config "
-                                           "(kt.enabled = false)")
+    assert view.text("#learn-started") == ("Learning analysis is switched off on this board (school IT can "
+                                           "switch it on in the config: kt.enabled)")
     assert view.console_errors == []
 
 

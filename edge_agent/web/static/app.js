@@ -43,10 +43,18 @@
   const tState = (prefix, value) => ((messages[lang] || {})[prefix + value] !== undefined ? t(prefix + value) : String(value));
   const pct = (v) => (isNum(v) ? new Intl.NumberFormat(lang, { style: "percent", maximumFractionDigits: 0 }).format(v) : "—");
   const num = (v, digits) => (isNum(v) ? new Intl.NumberFormat(lang, { maximumFractionDigits: digits || 0 }).format(v) : "—");
-  // With the date when it is a week or more away: after a holiday "Mon 07:30" reads as the coming Monday.
-  const dayTime = (epoch) => (isNum(epoch) ? new Date(epoch * 1000).toLocaleString(lang,
-    inZone({ weekday: "short", hour: "2-digit", minute: "2-digit",
-      ...(epoch * 1000 - Date.now() >= 6 * 86400000 ? { month: "short", day: "numeric" } : {}) })) : "—");
+  // The time alone later today (a pause till "Fri 05:02" named today); else the day before it, with the
+  // date when it is a week or more away: after a holiday "Mon 07:30" reads as the coming Monday.
+  const boardDate = (date) => date.toLocaleDateString("en-CA", inZone({}));
+  const dayTime = (epoch) => {
+    if (!isNum(epoch)) return "—";
+    const when = new Date(epoch * 1000);
+    const time = when.toLocaleTimeString(lang, inZone({ hour: "2-digit", minute: "2-digit" }));
+    if (boardDate(when) === boardDate(new Date())) return time;
+    const far = epoch * 1000 - Date.now() >= 6 * 86400000;
+    return when.toLocaleDateString(lang, inZone({ weekday: "short", ...(far ? { month: "short", day: "numeric" } : {}) }))
+      + " " + time;
+  };
   // Camera states that are no problem for IT: a choice (outside its hours, paused) or the camera opening.
   // "stopped" is: the analysis was stopped (edge-agent stopping or restarting), so nothing is measured.
   const CAMERA_OFF = new Set(["off_hours", "paused", "starting", "disabled"]);
@@ -107,10 +115,11 @@
     signal.textContent = blind ? (cam.state === "off_hours" ? t("attention_camera_off_hours", { when: dayTime(cam.opens_at) })
       : cam.state === "paused" ? t("attention_camera_paused", { when: dayTime(cam.opens_at) })
       : t(cam.state === "stopped" ? "attention_camera_stopped" : cam.state === "disabled" ? "attention_camera_disabled"
-        : "attention_camera_down"))
+        : cam.state === "starting" ? "attention_camera_starting" : "attention_camera_down"))
       : low ? t("attention_low") : a.current_share === null ? t("attention_suppressed") : t("attention_ok");
     const camPause = $("cam-pause");
-    camPause.hidden = cam.state !== "running" && cam.state !== "paused";
+    // kept while the camera opens again: hidden, the button took the keyboard's place with it
+    camPause.hidden = !["running", "paused", "starting"].includes(cam.state);
     camPause.dataset.action = cam.state === "paused" ? "resume" : "pause";
     camPause.textContent = t(cam.state === "paused" ? "camera_resume" : "camera_pause", { n: LESSON_MINUTES });
     setText("att-window", isNum(a.window_s) ? t("attention_window", { s: num(a.window_s) }) : "");
@@ -153,7 +162,9 @@
     $("att-tl-empty").hidden = windows.length > 0;
     const blind = !!(a.camera && a.camera.state && a.camera.state !== "running");
     const off = !!(a.camera && a.camera.state === "disabled");
-    setText("att-tl-empty", off ? t("timeline_camera_off") : blind ? t("timeline_no_camera") : isNum(a.window_s) ? t("timeline_empty", { s: num(a.window_s) }) : t("no_data"));
+    // a room with too few faces has no measured window: it is said, not promised for the next window
+    setText("att-tl-empty", off ? t("timeline_camera_off") : blind ? t("timeline_no_camera")
+      : a.current_share === null ? t("timeline_too_few") : isNum(a.window_s) ? t("timeline_empty", { s: num(a.window_s) }) : t("no_data"));
     $("att-timeline").setAttribute("aria-label", windows.length ? t("timeline_label", { n: windows.length,
       from: clockTime(windows[0].start), to: clockTime(windows[windows.length - 1].end) }) : t("attention_timeline"));
     setText("att-tl-summary", timelineSummary(windows));
@@ -215,12 +226,16 @@
     if (key === learningShown) return;
     learningShown = key;
     const off = !!l && l.enabled === false; // switched off in the config: no answer will ever come
+    $("learning").dataset.off = String(off); // then only that is said: no empty headings and dashes
     if (!l || off) {
       setText("learn-answers", "—"); setText("learn-students", "—"); setText("learn-started", t(off ? "learning_disabled" : "no_data"));
+      setText("learn-key", "");
       ["learn-skills", "learn-skills-more", "learn-weakest", "learn-recommended", "learn-activity"].forEach((id) => replace(id, []));
       $("learn-more").hidden = true; $("learn-empty").hidden = off; $("learn-suppressed").hidden = true;
       return;
     }
+    // what "below mastery" means beside each skill's count of them (a review: nothing said it)
+    setText("learn-key", isNum(l.mastery_threshold) ? t("skills_key", { p: pct(l.mastery_threshold) }) : "");
     setText("learn-answers", num(l.answers));
     setText("learn-students", num(l.students));
     // The skill figures change only once enough students have answered since: with few still answering
