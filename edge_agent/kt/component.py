@@ -227,8 +227,8 @@ class KTComponent:
                          "in it again", replayed)
             # Saved again at once, as they are now: the old copy left there, a crash later in the lesson
             # brought it back (6 students' answers gone from the teacher's view); a failed save leaves the
-            # old copy and the journal, which give the same again.
-            persistence.save_lesson_records(service.lesson_view(), service.open_window())
+            # old copy and the answers beside the states, which give the same again.
+            _save_records(service, persistence)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -292,7 +292,7 @@ class KTComponent:
         """Queued behind the writes before it (a window sent just now is cleared in its own transaction
         first); not waited for: the next turn saves again."""
         assert self.service is not None
-        persistence.save_lesson_records(self.service.lesson_view(), self.service.open_window())
+        _save_records(self.service, persistence)
 
     def _publish(self, service: KTService) -> None:
         if self._live is not None:
@@ -316,3 +316,15 @@ class KTComponent:
                         wait_s)
         except Exception as exc:  # the store reports its own errors; a lost aggregate must not stop KT
             log.error("could not queue the lesson summary for sync: %s", exc)
+
+
+def _save_records(service: KTService, persistence: StatePersistence) -> None:
+    """The lesson records as they are now; once stored, the answers they hold need not be kept beside the
+    students' states any longer."""
+
+    def stored(saving: concurrent.futures.Future[int | None]) -> None:
+        through = saving.result() if saving.exception() is None else None
+        if through is not None:
+            service.records_saved(through)
+
+    persistence.save_lesson_records(service.lesson_view(), service.open_window()).add_done_callback(stored)

@@ -1,8 +1,8 @@
 """Per-student states and applied event keys in SQLite, through the store's single writer.
 
 Tables (store/schema.py): ``kt_student_state(student, state, answers, updated_at, kept)`` keyed by pseudonym,
-``kt_applied_events(event_key, applied_at)`` for idempotency across restarts, and ``kt_lesson_journal``: each
-answer's lesson entry, from its commit until the lesson records saved every 15 s hold it.
+and ``kt_applied_events(event_key, applied_at)`` for idempotency across restarts. Beside each state, the
+student's answers the lesson records saved every 15 s may not hold yet (``lesson_tail``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -82,6 +82,12 @@ def kept_by_skill_id(state: StudentState, skills: Sequence[str], set_aside: str 
     if valid and since >= 0:
         kept = earlier + (kept[max(0, len(kept) - since):] if since else [])
     return kept[-HISTORY_CAP:]
+
+
+def _tail_text(rows: Sequence[JournalRow] | None) -> str | None:
+    if not rows:
+        return None
+    return json.dumps([[r.seq, r.skills, round(r.at, 3)] for r in rows], separators=(",", ":"))
 
 
 def _recent_items(text: str | None, state: StudentState) -> tuple[str, ...]:
@@ -295,31 +301,30 @@ class StatePersistence:
         now: float,
         forget: Sequence[str] = (),
         *,
-        journal: Sequence[JournalRow] = (),
+        tails: Mapping[str, Sequence[JournalRow]] | None = None,
     ) -> Future[None]:
-        """Upsert ``states``, record ``events`` (key, applied at, content) and the answers' lesson entries
-        (``journal``), and delete the states of the students in ``forget``, in one transaction."""
+        """Upsert ``states`` with each student's answers the lesson records may not hold yet (``tails``),
+        record ``events`` (key, applied at, content) and delete the states of the students in ``forget``,
+        in one transaction."""
+        tails = tails or {}
         state_rows = [(s, st.to_bytes(), st.answers, now, st.kept_bytes(),
-                       json.dumps([st.answers, st.recent_items], ensure_ascii=False)) for s, st in states]
+                       json.dumps([st.answers, st.recent_items], ensure_ascii=False),
+                       _tail_text(tails.get(s))) for s, st in states]
         event_rows = list(events)
         forget_rows = [(s,) for s in forget]
-        journal_rows = [(r.seq, r.student, ",".join(map(str, r.skills)), r.at) for r in journal]
 
         def run(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "INSERT INTO kt_student_state(student, state, answers, updated_at, kept, recent) "
-                "VALUES (?, ?, ?, ?, ?, ?) "
+                "INSERT INTO kt_student_state(student, state, answers, updated_at, kept, recent, "
+                "lesson_tail) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(student) DO UPDATE SET state=excluded.state, answers=excluded.answers, "
-                "updated_at=excluded.updated_at, kept=excluded.kept, recent=excluded.recent",
+                "updated_at=excluded.updated_at, kept=excluded.kept, recent=excluded.recent, "
+                "lesson_tail=excluded.lesson_tail",
                 state_rows,
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO kt_applied_events(event_key, applied_at, content) VALUES (?, ?, ?)",
                 event_rows,
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO kt_lesson_journal(seq, student, skills, at) VALUES (?, ?, ?, ?)",
-                journal_rows,
             )
             conn.executemany("DELETE FROM kt_student_state WHERE student = ?", forget_rows)  # after: wins
 
@@ -342,12 +347,13 @@ class StatePersistence:
     def load_open_window(self) -> dict[str, Any] | None:
         return self._meta_json("kt_lesson_window")
 
-    def save_lesson_records(self, view: dict[str, Any], window: dict[str, Any]) -> Future[None]:
-        """The teacher's lesson and the synced window not yet sent (``seq``: up to which answer each holds),
-        and the journal's entries both hold dropped, in one transaction."""
+    def save_lesson_records(self, view: dict[str, Any], window: dict[str, Any]) -> Future[int | None]:
+        """The teacher's lesson and the synced window not yet sent (``seq``: up to which answer each holds);
+        resolves with the answer both records stored now hold (None: not known), whose lesson entries the
+        states need keep no longer."""
         view_text, window_text = (json.dumps(r, separators=(",", ":")) for r in (view, window))
 
-        def run(conn: sqlite3.Connection) -> None:
+        def run(conn: sqlite3.Connection) -> int | None:
             set_meta(conn, "kt_lesson_view", view_text)
             stored = _meta_value(conn, "kt_lesson_window").get("seq")
             if not (isinstance(stored, int) and stored > window.get("seq", -1)):  # never an older copy
@@ -355,25 +361,25 @@ class StatePersistence:
             # the window's record as stored: a window sent since it was taken left only its number there
             seqs = [_meta_value(conn, key).get("seq") for key in ("kt_lesson_view", "kt_lesson_window")]
             held = [seq for seq in seqs if isinstance(seq, int)]
-            if len(held) == len(seqs):
-                conn.execute("DELETE FROM kt_lesson_journal WHERE seq <= ?", (min(held),))
+            return min(held) if len(held) == len(seqs) else None
 
         return self.db.write(run)
 
     def load_journal(self) -> list[JournalRow]:
-        """The answers stored after the lesson records were last saved (damaged entries left out)."""
+        """Every student's answers stored beside their state that the lesson records may not hold, in order
+        (damaged entries left out; those the records hold are told by their seq)."""
         rows = self.db.read(lambda conn: conn.execute(
-            "SELECT seq, student, skills, at FROM kt_lesson_journal ORDER BY seq").fetchall())
-        out = []
-        for seq, student, skills, at in rows:
+            "SELECT student, lesson_tail FROM kt_student_state WHERE lesson_tail IS NOT NULL").fetchall())
+        out: list[JournalRow] = []
+        for student, text in rows:
             with contextlib.suppress(ValueError, TypeError):
-                out.append(JournalRow(int(seq), str(student),
-                                      tuple(int(k) for k in str(skills).split(",") if k), float(at)))
-        return out
+                out.extend(JournalRow(int(seq), str(student), tuple(int(k) for k in skills), float(at))
+                           for seq, skills, at in json.loads(text))
+        return sorted(out)
 
     def clear_journal(self) -> Future[None]:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM kt_lesson_journal")
+            conn.execute("UPDATE kt_student_state SET lesson_tail = NULL WHERE lesson_tail IS NOT NULL")
 
         return self.db.write(run)
 

@@ -191,10 +191,11 @@ class KTService:
         # the retry the client makes after its 503 (a "duplicate") is answered only once it is on disk.
         self._unsaved_students: set[str] = set()
         self._unsaved_keys: list[tuple[str, float, str | None]] = []
-        # Each applied answer's lesson entry (seq, student, skills, at), stored with its batch: the lesson
-        # records are saved every 15 s, and a power cut lost up to 15 s of a window's answers (the states
-        # had them, the window sent to the cloud did not). ``_seq`` numbers them, across restarts.
-        self._journal: list[JournalRow] = []
+        # Each student's answers (seq, student, skills, at) the stored lesson records may not hold yet,
+        # stored beside the student's state: the records are saved every 15 s, and a power cut lost up to
+        # 15 s of a window's answers (the states had them, the window sent to the cloud did not). ``_seq``
+        # numbers the answers, across restarts; the records say up to which they hold (records_saved).
+        self._tails: dict[str, list[JournalRow]] = {}
         self._seq = 0
         # up to which answer (seq) each restored record holds them ("view", "lesson"; none: all the journal)
         self._record_seqs: dict[str, float] = {}
@@ -316,21 +317,28 @@ class KTService:
                 self._swap(control)
         self._save_unsaved()
 
-    def _unsaved(
-        self,
-    ) -> tuple[dict[str, StudentState], list[tuple[str, float, str | None]], list[JournalRow]]:
+    def _unsaved(self) -> tuple[dict[str, StudentState], list[tuple[str, float, str | None]]]:
         """The current states of students, and the event keys, whose commit failed, for the caller to save
         again. They stay listed until a save of them commits (:meth:`_saved`): until then a retry must still
-        find its key here (memory may have let it go, and SQLite does not have it yet). And the lesson
-        entries not yet stored, taken: a failed commit gives them back (:meth:`_journal_failed`)."""
+        find its key here (memory may have let it go, and SQLite does not have it yet)."""
         with self._lock:
             states = {s: self._states[s] for s in self._unsaved_students if s in self._states}
-            journal, self._journal = self._journal, []
-            return states, list(self._unsaved_keys), journal
+            return states, list(self._unsaved_keys)
 
-    def _journal_failed(self, rows: list[JournalRow]) -> None:
-        """Under the lock: ``rows`` were not stored; the next batch's commit carries them."""
-        self._journal[:0] = rows
+    def _tails_of(self, students: Iterable[str]) -> dict[str, list[JournalRow]]:
+        with self._lock:
+            return {s: list(self._tails[s]) for s in students if s in self._tails}
+
+    def records_saved(self, through: int) -> None:
+        """The lesson records stored now hold every answer up to ``through``: the states need not keep
+        them beside them from their next save on."""
+        with self._lock:
+            for student in list(self._tails):
+                kept = [row for row in self._tails[student] if row.seq > through]
+                if kept:
+                    self._tails[student] = kept
+                else:
+                    del self._tails[student]
 
     def _saved(self, states: dict[str, StudentState], keys: list[tuple[str, float, str | None]]) -> None:
         """Under the lock, after a commit of ``states`` and ``keys``: they are on disk. The writer commits
@@ -342,11 +350,12 @@ class KTService:
 
     def _save_unsaved(self, timeout_s: float = 5.0) -> None:
         """On stop: one more try for answers whose commit failed (no batch follows to carry them)."""
-        states, keys, journal = self._unsaved()
-        if self._persistence is None or not (states or keys or journal):
+        states, keys = self._unsaved()
+        if self._persistence is None or not (states or keys):
             return
         try:
-            self._persistence.save(states.items(), keys, self._clock(), journal=journal).result(timeout_s)
+            self._persistence.save(states.items(), keys, self._clock(), tails=self._tails_of(states)).result(
+                timeout_s)
             with self._lock:
                 self._saved(states, keys)
         except Exception as exc:  # the store is failing or stopped: say what is lost with the restart
@@ -489,10 +498,10 @@ class KTService:
                     keys.append((a.event_key, now, a.content))
                 elif f["status"] == "duplicate":
                     repeats.add(a.event_key)
-        unsaved, retry_keys, journal = self._unsaved()
+        unsaved, retry_keys = self._unsaved()
         new_keys = keys
         states, keys = {**unsaved, **changed}, retry_keys + keys
-        if not states and not keys and not repeats and not journal:
+        if not states and not keys and not repeats:
             self._finish(jobs, results)
             return
         stored = metrics.INFERENCE_LATENCY.labels(engine=self.engine.model_name, stage="store")
@@ -505,7 +514,6 @@ class KTService:
                 if error is not None:  # those saved again (still listed) stay listed
                     self._unsaved_students.update(changed)
                     self._unsaved_keys.extend(new_keys)
-                    self._journal_failed(journal)
                 else:
                     self._saved(states, keys)
                 if error is None and repeats and any(key in repeats for key, _, _ in self._unsaved_keys):
@@ -513,7 +521,7 @@ class KTService:
                     error = ServiceBusy("the first copy of this answer is not stored yet; retry", 60)
             self._finish(jobs, results, error)
 
-        saving = self._persistence.save(states.items(), keys, now, forgotten, journal=journal)
+        saving = self._persistence.save(states.items(), keys, now, forgotten, tails=self._tails_of(states))
         saving.add_done_callback(committed)
 
     def _finish(
@@ -646,6 +654,8 @@ class KTService:
             return []
         forgotten = [self._states.popitem(last=False)[0] for _ in range(excess)]
         self._unsaved_students.difference_update(forgotten)  # their stored states go with this batch
+        for student in forgotten:
+            self._tails.pop(student, None)
         metrics.KT_STUDENTS_FORGOTTEN.inc(excess)
         if time.monotonic() - self._forget_logged >= 60.0:
             self._forget_logged = time.monotonic()
@@ -716,11 +726,11 @@ class KTService:
                 trail[s].append(out[s].probs)
 
     def _journal_row(self, answer: Answer, now: float) -> JournalRow:
-        """Under the lock: the next answer's number and lesson entry, listed to be stored with its batch."""
+        """Under the lock: the next answer's number and lesson entry, kept to be stored beside the state."""
         self._seq += 1
         row = JournalRow(self._seq, answer.student, tuple(answer.skills), now)
         if self._persistence is not None:
-            self._journal.append(row)
+            self._tails.setdefault(answer.student, []).append(row)
         return row
 
     def _record_lesson(self, row: JournalRow, probs: np.ndarray, known: Iterable[int], mono: float | None, *,
