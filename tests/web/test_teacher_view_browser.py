@@ -487,6 +487,8 @@ def test_pausing_keeps_the_figures_still_until_the_teacher_resumes(
     view.page.click("#pause")
     assert view.page.get_attribute("#pause", "aria-pressed") == "true"
     assert view.text("#conn") == "已暂停" and view.text("#pause") == "继续更新"
+    dot = "() => getComputedStyle(document.getElementById('conn'), '::before').color"
+    assert view.page.evaluate(dot) == "rgb(245, 177, 76)"  # not the live green beside "paused" (a review)
     live_board.publish("attention", attention_section(current=0.31))
     time.sleep(1.0)  # the update arrives, and is not shown
     assert view.text("#att-share") == "78%"
@@ -498,6 +500,7 @@ def test_pausing_keeps_the_figures_still_until_the_teacher_resumes(
     assert age is not None and int(age.group(1)) >= 5, view.text("#att-updated")
     view.page.click("#pause")
     assert view.text("#att-share") == "32%" and view.text("#conn") == "实时"
+    assert view.page.evaluate(dot) == "rgb(52, 211, 153)"
 
 
 def test_a_screen_reader_hears_a_change_once_it_holds_and_not_every_update(
@@ -547,6 +550,9 @@ def test_phone_shows_whole_skill_names_without_sideways_scrolling(
     cut = view.page.locator(".skill-name").evaluate_all(clipped)
     assert cut == 0
     assert "at most" in view.text("#learn-activity-peak") or "最多" in view.text("#learn-activity-peak")
+    for button in ("#lang", "#pause", "#cam-pause"):  # a finger's size (a review: 28-32 px tall)
+        box = view.page.locator(button).bounding_box()
+        assert box is not None and box["height"] >= 44, (button, box)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     view.page.screenshot(path=str(SCREENSHOTS / f"teacher-view-{lang}-390x844.png"), full_page=True)
 

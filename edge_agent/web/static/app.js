@@ -416,6 +416,7 @@
     const conn = $("conn");
     if (live) { signedOut = false; refused = false; }
     conn.dataset.state = live ? "live" : "reconnecting";
+    conn.dataset.paused = String(paused); // "Paused" with the live green dot read as live (a review)
     conn.textContent = live ? t(paused ? "conn_paused" : "conn_live") : t("conn_reconnecting");
     document.body.dataset.conn = live ? "live" : "lost"; // dashed cards: their numbers are not current
     $("conn-lost").hidden = live;
