@@ -199,6 +199,8 @@ class KTService:
         self._seq = 0
         # up to which answer (seq) each restored record holds them ("view", "lesson"; none: all the journal)
         self._record_seqs: dict[str, float] = {}
+        # a restored lesson over by its record's last answer, which answers after the record may go on
+        self._view_before: LessonWindow | None = None
         # bounded by _pending (answers), see _admit; SimpleQueue: put is one C call, no Python lock dance
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -853,7 +855,12 @@ class KTService:
                 return False
             view = self._saved_window(data, "the saved teacher's lesson could not be read; the view starts "
                                             "empty")
-            if view is None or view.idle(self._clock(), self.settings.lesson_gap_s):
+            if view is None:
+                return False
+            if view.idle(self._clock(), self.settings.lesson_gap_s):
+                # its answers after the record (replay_journal) may be recent: the lesson goes on then
+                # (a review: a restart 16 s after the last answer, gap 20 s, showed 6 answers of 30)
+                self._view_before = view
                 return False
             self._view = view
             return True
@@ -896,6 +903,8 @@ class KTService:
         either. Answers go on numbering after the last."""
         replayed, into_view = 0, False
         with self._lock:
+            if self._view is None:
+                self._view, self._view_before = self._view_before, None
             view_from = self._record_seqs.get("view", 0.0)
             # no window record (a release before the journal clears it when the window is sent): from where
             # the view's holds them, not from the journal's first entry, which may have been sent before

@@ -675,6 +675,29 @@ def test_only_the_answers_the_lesson_records_do_not_hold_are_kept_beside_a_stude
     assert {r.seq for r in kept} == {2, 3, 4, 5}  # s1's and s2's, stale until their next answer: held
 
 
+def test_a_lesson_its_record_calls_over_goes_on_after_a_cut_when_later_answers_are_recent(
+    package, engine, pseudonymize, db: Database
+) -> None:
+    # A review: back 16.5 s after the last answer (gap 20 s) but 20.5 s after the record's, the lesson was
+    # taken as over and the view showed the 6 answers after the record, not 30
+    now = [1_800_000_000.0]
+    svc, store = _lesson_on_store(package, engine, pseudonymize, db, now)  # kt.lesson_gap_s 600
+    store.save_lesson_records(svc.lesson_view(), svc.open_window()).result(5)
+    now[0] += 300
+    for n in range(2):
+        svc.submit([_answer(package, pseudonymize, f"s{n}", f"b{n}", n, 1)]).result(5)
+    svc.stop()  # the power cut
+    now[0] += 400  # 700 s after the record's last answer, 400 s after the last one
+    restarted = _restarted(svc, store, now)
+    restarted.restore_lesson_view(store.load_lesson_view())  # type: ignore[arg-type]
+    restarted.restore_open_window(store.load_open_window())  # type: ignore[arg-type]
+    restarted.replay_journal(store.load_journal())
+    lesson = restarted.class_summary()
+    assert lesson["answers"] == 5 and lesson["lesson_started"] == 1_800_000_000.0
+    now[0] += 601  # and a real break ends it
+    assert restarted.class_summary()["answers"] == 0
+
+
 def test_lesson_records_of_a_release_before_the_journal_take_none_of_its_entries(
     package, engine, pseudonymize, db: Database
 ) -> None:
