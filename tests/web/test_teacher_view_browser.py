@@ -58,8 +58,11 @@ def test_page_shows_the_numbers_on_the_board(teacher_server: ServerThread, live_
         row = rows.nth(shown.index(skill["id"])).text_content() or ""
         assert skill["name_zh"] in row and _pct(skill["assessed_mean"]) in row
         assert f"本节课 {skill['students']} 人练习" in row
-        assert f"作答过的 {skill['assessed']} 人中 {skill['assessed_below_threshold']} 人未掌握" in row
-    assert view.text("#learn-key") == "未掌握：预计正确率低于 60%"  # what the count means (a review)
+        assert f"{skill['assessed']} 人中 {skill['assessed_below_threshold']} 人未掌握" in row
+    # what the count means and whom it counts (a review; round 2: "of the N who answered" was false
+    # where the whole class is counted, all but a few having answered)
+    assert view.text("#learn-key") == ("未掌握：预计正确率低于 60%；按作答过该知识点的学生计算"
+                                       "（只差几人时按全班）")
     assert view.page.locator("#learn-weakest li").count() == len(learning["weakest"])
     assert view.page.locator("#learn-recommended li").count() == len(learning["recommended"])
     assert view.page.locator("#health-engines tr").count() == 3
@@ -224,8 +227,10 @@ def test_empty_and_malformed_sections_render_placeholders_without_errors(teacher
         assert view.text("#att-share") == "—"
         assert view.text("#learn-started") == "暂无数据"
         board.publish("learning", {"lesson_started": 1.7e9, "answers": 9, "students": 2, "suppressed": True,
-                                   "skills": [], "weakest": [], "recommended": [], "activity": []})
+                                   "mastery_threshold": 0.6, "skills": [], "weakest": [], "recommended": [],
+                                   "activity": []})
         view.page.wait_for_function("() => !document.getElementById('learn-suppressed').hidden", timeout=1000)
+        assert view.text("#learn-key") == ""  # no key over no rows (round 2)
         board.publish("attention", {"current_share": "bad", "faces": None, "timeline": "nope",
                                     "camera": {"state": "teleporting", "fps": "x", "detail": "odd"}})
         board.publish("health", ["not", "a", "dict"])

@@ -235,7 +235,8 @@
       return;
     }
     // what "below mastery" means beside each skill's count of them (a review: nothing said it)
-    setText("learn-key", isNum(l.mastery_threshold) ? t("skills_key", { p: pct(l.mastery_threshold) }) : "");
+    const figures = !l.suppressed && Array.isArray(l.skills) && l.skills.length > 0; // no key over no rows
+    setText("learn-key", figures && isNum(l.mastery_threshold) ? t("skills_key", { p: pct(l.mastery_threshold) }) : "");
     setText("learn-answers", num(l.answers));
     setText("learn-students", num(l.students));
     // The skill figures change only once enough students have answered since: with few still answering
@@ -555,8 +556,10 @@
   // restart, and the next update shows it. JSON, so no other web page can send it as a plain form.
   $("cam-pause").addEventListener("click", async () => {
     const button = $("cam-pause");
+    // aria-disabled, not disabled: a disabled button loses the keyboard's focus (a review: on every press)
+    if (button.getAttribute("aria-disabled") === "true") return; // a second press while the first is sent
     const resume = button.dataset.action === "resume";
-    button.disabled = true;
+    button.setAttribute("aria-disabled", "true");
     try {
       const response = await fetch("/api/v1/camera/" + (resume ? "resume" : "pause"), {
         method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
@@ -565,7 +568,7 @@
     } catch (err) {
       button.title = t("camera_pause_failed");
     } finally {
-      button.disabled = false;
+      button.removeAttribute("aria-disabled");
     }
   });
 
