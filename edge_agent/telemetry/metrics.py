@@ -177,7 +177,7 @@ CAMERA_FRAMES_ANALYSED = Counter(
 )
 CAMERA_FRAMES_DROPPED = Counter(
     "edge_camera_frames_dropped",
-    "Frames skipped because analysis was busy, or corrupt.",
+    "Frames skipped: analysis busy, a corrupt frame, analysis failed, or the teacher paused meanwhile.",
     ["reason"],
     registry=REGISTRY,
 )

@@ -190,10 +190,17 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     (fleet / "inventory.csv").write_text(f"{columns}\n{board}\n")
 
     def provision() -> str:
-        return booted.run(f"{BIN}/edge-agent-provision", "--inventory", str(fleet / "inventory.csv"),
-                          "--template", str(REPO / "provisioning/fleet-template.toml"),
-                          "--device-id", "board-1", "--ca-dir", str(fleet / "fleet-ca"),
-                          "--enroll", "localhost:8883").stdout
+        try:
+            return booted.run(f"{BIN}/edge-agent-provision", "--inventory", str(fleet / "inventory.csv"),
+                              "--template", str(REPO / "provisioning/fleet-template.toml"),
+                              "--device-id", "board-1", "--ca-dir", str(fleet / "fleet-ca"),
+                              "--enroll", "localhost:8883").stdout
+        except AssertionError as exc:
+            # Once in ~40 CI runs (jetpack7, 2026-12-04) the broker closed the enrolment before its hello
+            # right after the CRL reload, and 300 enrolments under SIGHUPs and CRL rebuilds did not do it
+            # again: the broker's side, for next time
+            log = booted.run("tail", "-n", "30", "/var/log/mosquitto/mosquitto.log", check=False).stdout
+            raise AssertionError(f"{exc}\nmosquitto.log:\n{log}") from exc
 
     assert "board-1: enrolled" in provision()
     # Faster restarts than the shipped 10 s; the watchdog's 30 s stay as shipped.

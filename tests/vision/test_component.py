@@ -507,6 +507,43 @@ def test_a_teachers_pause_closes_the_camera_survives_a_restart_and_ends_on_time(
     asyncio.run(run())
 
 
+def test_a_frame_whose_analysis_the_teachers_pause_interrupts_is_not_counted(
+    photo_folder, face_engine, pose_engines
+):
+    # A CI run: the page said paused, and a frame analysed after that still counted (its analysis had begun
+    # before the press). The pause holds from the press: that frame is dropped, counted as such.
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0),
+        AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=ListOutbox(),
+        heartbeats=HeartbeatRegistry(), live=LiveBoard(), opener=CountingOpener(photo_folder),
+    )
+    pressed: dict[str, float] = {}
+
+    async def run() -> None:
+        analysed0 = _value("edge_camera_frames_analysed_total")
+        await component.start()
+        await wait_for(lambda: _value("edge_camera_frames_analysed_total") >= analysed0 + 2)
+        analyser = component.loop.analyser  # type: ignore[union-attr]
+        analyse = analyser.analyse_tracked
+
+        def pressed_meanwhile(*args: Any) -> Any:
+            result = analyse(*args)
+            if not pressed:  # the teacher's press lands while this frame is analysed
+                pressed["analysed"] = _value("edge_camera_frames_analysed_total")
+                pressed["dropped"] = _value("edge_camera_frames_dropped_total", reason="paused")
+                component.pause(45)
+            return result
+
+        analyser.analyse_tracked = pressed_meanwhile  # type: ignore[method-assign]
+        await wait_for(lambda: component.loop.closed_until is not None)  # type: ignore[union-attr]
+        await asyncio.sleep(0.3)
+        assert _value("edge_camera_frames_analysed_total") == pressed["analysed"]
+        assert _value("edge_camera_frames_dropped_total", reason="paused") == pressed["dropped"] + 1
+        await component.stop()
+
+    asyncio.run(run())
+
+
 def test_a_teachers_pause_lasts_its_minutes_whatever_ntp_does_to_the_clock(
     photo_folder, face_engine, pose_engines, tmp_path
 ):
