@@ -115,20 +115,21 @@ def forget_open_window(through: int) -> Callable[[sqlite3.Connection], None]:
     (Outbox.enqueue's ``also``): its record goes, unless the one stored is of the window after it."""
 
     def forget(conn: sqlite3.Connection) -> None:
-        stored = _meta_value(conn, "kt_lesson_window")
-        if not (isinstance(stored.get("seq"), int) and stored["seq"] > through):
+        stored = (_meta_value(conn, "kt_lesson_window") or {}).get("seq")
+        if not (isinstance(stored, int) and stored > through):
             set_meta(conn, "kt_lesson_window", json.dumps({"seq": through}))
 
     return forget
 
 
-def _meta_value(conn: sqlite3.Connection, key: str) -> dict[str, Any]:
+def _meta_value(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
+    """The JSON object stored under ``key``; None when there is none or it is damaged."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     try:
-        value = json.loads(row[0]) if row and row[0] else {}
+        value = json.loads(row[0]) if row and row[0] else None
     except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class StatePersistence:
@@ -355,11 +356,12 @@ class StatePersistence:
 
         def run(conn: sqlite3.Connection) -> int | None:
             set_meta(conn, "kt_lesson_view", view_text)
-            stored = _meta_value(conn, "kt_lesson_window").get("seq")
-            if not (isinstance(stored, int) and stored > window.get("seq", -1)):  # never an older copy
+            stored = (_meta_value(conn, "kt_lesson_window") or {}).get("seq")
+            # a window sent since this one was taken left only its number there: never an older copy
+            if not (isinstance(stored, int) and stored > window.get("seq", -1)):
                 set_meta(conn, "kt_lesson_window", window_text)
-            # the window's record as stored: a window sent since it was taken left only its number there
-            seqs = [_meta_value(conn, key).get("seq") for key in ("kt_lesson_view", "kt_lesson_window")]
+                stored = window.get("seq")
+            seqs = [view.get("seq"), stored]
             held = [seq for seq in seqs if isinstance(seq, int)]
             return min(held) if len(held) == len(seqs) else None
 
@@ -384,14 +386,7 @@ class StatePersistence:
         return self.db.write(run)
 
     def _meta_json(self, key: str) -> dict[str, Any] | None:
-        row = self.db.read(
-            lambda conn: conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        )
-        try:
-            value = json.loads(row[0]) if row and row[0] else None
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
+        return self.db.read(lambda conn: _meta_value(conn, key))
 
     def prune_events(self, before: float, keep_newest: int = EVENTS_ALWAYS_KEPT) -> Future[int]:
         """Forget the keys applied before ``before``, except the newest ``keep_newest`` (by insertion:

@@ -172,8 +172,7 @@ class Outbox:
         self._rows, self._bytes = int(rows), int(total)
         self._oldest = None if oldest is None else float(oldest)
         self._drops = _drop_totals(conn)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
-        self._last_seq = int(row[0]) - 1 if row else 0
+        self._last_seq = _stored_next_seq(conn) - 1
 
     def topic(self, stream: str) -> str:
         return f"{self._prefix}/{stream}"
@@ -666,9 +665,13 @@ def _drop_totals(conn: sqlite3.Connection) -> dict[str, int]:
     return {str(r): int(n) for r, n in conn.execute("SELECT reason, count FROM drop_counters")}
 
 
-def _next_seq(conn: sqlite3.Connection) -> int:
+def _stored_next_seq(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
-    seq = int(row[0]) if row else 1
+    return int(row[0]) if row else 1
+
+
+def _next_seq(conn: sqlite3.Connection) -> int:
+    seq = _stored_next_seq(conn)
     set_meta(conn, "next_seq", str(seq + 1))
     return seq
 
