@@ -8,7 +8,6 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from typing import Any
 
 from edge_agent.config import DeviceSettings, KTSettings
 from edge_agent.errors import ModelError
@@ -242,12 +241,13 @@ class KTComponent:
             if not drained:
                 log.warning("knowledge tracing did not finish its queued answers within %s s", STOP_TIMEOUT_S)
             # The window not yet synced, not the teacher's whole lesson: earlier windows went out already.
-            while (closed := service.close_window_if_due(now_anyway=True)) is not None:  # ended ones too
-                summary, through = closed
-                if summary["answers"]:
-                    await self._send(summary | {"partial": True}, through, wait_s=STOP_SEND_WAIT_S)
+            # (A batch not drained in time may still be stored: lesson_order orders the windows after it.)
+            while (queued := self._queue_window(service, now_anyway=True, partial=True)) is not None:
+                await self._stored(queued, STOP_SEND_WAIT_S)  # ended ones too
             if self._db is not None:  # a restart mid-lesson (an update) must not empty the teacher's view
-                saving = StatePersistence(self._db).save_lesson_view(service.lesson_view(clean=drained))
+                with service.lesson_order:
+                    view = service.lesson_view(clean=drained)
+                    saving = StatePersistence(self._db).save_lesson_view(view)
                 try:
                     await asyncio.wrap_future(saving)
                 except Exception as exc:
@@ -275,9 +275,9 @@ class KTComponent:
         next_save = time.monotonic() + SAVE_LESSON_EVERY_S
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
-            closed = self.service.close_window_if_due()
-            if closed is not None and closed[0]["answers"]:
-                await self._send(*closed)
+            queued = self._queue_window(self.service)
+            if queued is not None:
+                await self._stored(queued, SEND_WAIT_S)
                 next_save = 0.0  # the teacher's lesson too (a round-2 review: a cut 10 s in lost it)
             self._publish(self.service)
             if self._db is not None and time.monotonic() >= next_save:
@@ -298,17 +298,34 @@ class KTComponent:
         if self._live is not None:
             self._live.publish("learning", service.class_summary())
 
-    async def _send(self, summary: dict[str, Any], through: int, wait_s: float | None = None) -> None:
-        """``through``: the seq of the window's last answer (its record goes in the same transaction)."""
-        if self._outbox is None:
-            return
-        model = self.service.package.metadata.get("version") if self.service is not None else None
-        payload = leaving_the_board(summary) | {
-            "kind": "kt_class_window", "v": PAYLOAD_VERSION, "class_id": self.device.class_id, "model": model,
-        }
-        wait_s = SEND_WAIT_S if wait_s is None else wait_s
+    def _queue_window(
+        self, service: KTService, *, now_anyway: bool = False, partial: bool = False
+    ) -> concurrent.futures.Future[int] | None:
+        """Close the synced window if it is due (or ``now_anyway``) and queue it for the cloud; None when
+        none was due. Its record goes in the same transaction (forget_open_window); both after the states
+        of its answers (KTService.lesson_order)."""
+        with service.lesson_order:
+            closed = service.close_window_if_due(now_anyway=now_anyway)
+            if closed is None:
+                return None
+            summary, through = closed
+            done: concurrent.futures.Future[int] = concurrent.futures.Future()
+            if not summary["answers"] or self._outbox is None:  # nothing to send
+                done.set_result(0)
+                return done
+            payload = leaving_the_board(summary | ({"partial": True} if partial else {})) | {
+                "kind": "kt_class_window", "v": PAYLOAD_VERSION, "class_id": self.device.class_id,
+                "model": service.package.metadata.get("version"),
+            }
+            try:
+                return self._outbox.enqueue(STREAM, payload, also=forget_open_window(through))
+            except Exception as exc:  # refused at once (too large, not JSON): said where it is awaited
+                done.set_exception(exc)
+                return done
+
+    @staticmethod
+    async def _stored(queued: concurrent.futures.Future[int], wait_s: float) -> None:
         try:
-            queued = self._outbox.enqueue(STREAM, payload, also=forget_open_window(through))
             await asyncio.wait_for(asyncio.wrap_future(queued), wait_s)
         except asyncio.TimeoutError:  # queued: the outbox logs it if it fails after all
             log.warning("the lesson summary is not stored after %g s: the disk is slow, stalled, full or "
@@ -327,4 +344,6 @@ def _save_records(service: KTService, persistence: StatePersistence) -> None:
         if through is not None:
             service.records_saved(through)
 
-    persistence.save_lesson_records(service.lesson_view(), service.open_window()).add_done_callback(stored)
+    with service.lesson_order:  # after the states of the answers they hold (KTService.lesson_order)
+        saving = persistence.save_lesson_records(service.lesson_view(), service.open_window())
+    saving.add_done_callback(stored)

@@ -182,6 +182,12 @@ class KTService:
         # memory then stays flat however many answers a board takes between restarts
         self._applied = AppliedEvents(RECENT_KEEP_S if persistence is not None else EVENT_KEEP_S)
         self._lock = threading.Lock()  # guards _states, _lesson, _pending, _unsaved_*
+        # Held from an answer's entry into the lesson until its student's state is queued for the disk, and
+        # by whoever takes the lesson for the disk (its records, a synced window) until that is queued: the
+        # single writer then commits a record after the states of the answers it holds. Taken in between, a
+        # power cut between the two commits left a record holding an answer whose state and event key were
+        # lost, and the client's retry counted it twice.
+        self.lesson_order = threading.Lock()
         self._lesson: LessonWindow | None = None  # the synced window: lesson_window_s from its first answer
         # windows an answer found over (their time up, or the clock stepped): closed at once, sent next
         self._ended: list[LessonWindow] = []
@@ -475,13 +481,24 @@ class KTService:
         for job in jobs:
             queued.observe(started - job.arrived)
         try:
-            outcomes, changed, forgotten = self._apply([a for job in jobs for a in job.answers])
+            outcomes, changed, keep = self._apply([a for job in jobs for a in job.answers])
         except Exception as exc:  # engine failures must not kill the thread; the callers get a 503
             self.last_error = f"KT inference failed: {exc}"
             log.error("knowledge-tracing inference failed: %s", exc)
             self._finish(jobs, error=ServiceBusy(f"inference failed: {exc}"))
             return
         self.last_error = None
+        with self.lesson_order:
+            self._store(jobs, outcomes, changed, keep())
+
+    def _store(
+        self,
+        jobs: list[_Job],
+        outcomes: list[Feedback],
+        changed: dict[str, StudentState],
+        forgotten: list[str],
+    ) -> None:
+        """Queue the batch's states and event keys for the disk; the callers are answered once committed."""
         results, n = [], 0
         for job in jobs:
             results.append(outcomes[n : n + len(job.answers)])
@@ -564,9 +581,9 @@ class KTService:
 
     def _apply(
         self, answers: list[Answer]
-    ) -> tuple[list[Feedback], dict[str, StudentState], list[str]]:
-        """Run the steps, then commit states and lesson records; returns feedback, changed states and
-        the students forgotten to stay within ``max_students``."""
+    ) -> tuple[list[Feedback], dict[str, StudentState], Callable[[], list[str]]]:
+        """Run the steps; returns feedback, the changed states and what keeps them in memory with the
+        lesson's answers (returning the students forgotten to stay within ``max_students``)."""
         steps: OrderedDict[str, deque[tuple[int, int]]] = OrderedDict()
         statuses: list[str] = []
         # Per answer, (student, index of its last step among the student's steps in this batch): its
@@ -611,23 +628,27 @@ class KTService:
         rows, practised, recent = self._after_each(answers, ends, work=work, held=held, trail=trail,
                                                    kept=kept)
         feedback = self._feedback(answers, statuses, np.stack(rows), practised, recent)
-        now = self._clock()
-        with self._lock:
-            for a, status, skills in zip(answers, statuses, practised, strict=False):
-                if status == "applied":
-                    state = work[a.student]
-                    state.answered(a.item_id)
-                    row = self._journal_row(a, now)
-                    self._record_lesson(row, state.probs, skills or (), self._monotonic())
-            for student, state in work.items():
-                state.keep(kept[student], self._model_id)
-                self._states[student] = state
-                self._states.move_to_end(student)
-            forgotten = self._forget_oldest()
-            for key, content in seen.items():
-                self._applied.add(key, now, content)
-            self._applied.expire(now)
-        return feedback, work, forgotten
+
+        def keep() -> list[str]:
+            now = self._clock()
+            with self._lock:
+                for a, status, skills in zip(answers, statuses, practised, strict=False):
+                    if status == "applied":
+                        state = work[a.student]
+                        state.answered(a.item_id)
+                        row = self._journal_row(a, now)
+                        self._record_lesson(row, state.probs, skills or (), self._monotonic())
+                for student, state in work.items():
+                    state.keep(kept[student], self._model_id)
+                    self._states[student] = state
+                    self._states.move_to_end(student)
+                forgotten = self._forget_oldest()
+                for key, content in seen.items():
+                    self._applied.add(key, now, content)
+                self._applied.expire(now)
+            return forgotten
+
+        return feedback, work, keep
 
     def _start_states(self, students: list[str]) -> dict[str, StudentState]:
         with self._lock:
