@@ -192,6 +192,9 @@ class KTService:
         # windows an answer found over (their time up, or the clock stepped): closed at once, sent next
         self._ended: list[LessonWindow] = []
         self._view: LessonWindow | None = None  # the teacher's lesson: until lesson_gap_s without an answer
+        # the teacher's lesson once it ended (started, ended, answers): the page said "no answers yet" for
+        # the lesson just given until the next one began
+        self._last_lesson: dict[str, float] | None = None
         self._pending = 0
         # Applied in memory, but their commit failed (a full disk): saved again with the next batch, so
         # the retry the client makes after its 503 (a "duplicate") is answered only once it is on disk.
@@ -856,10 +859,16 @@ class KTService:
         # Summarised outside the lock: the inference thread must not wait on the class view.
         with self._lock:
             if self._view is not None and self._view.idle(now, self.settings.lesson_gap_s, self._monotonic()):
-                self._view = None  # the lesson is over: the board waits for the next one's first answer
+                self._end_view()  # the lesson is over: the board waits for the next one's first answer
             window = None if self._view is None else self._view.copy()
-            package, bank = self.package, self._bank
-        return summarize(window, package, self.settings, now, window_s=math.inf, bank=bank)
+            package, bank, last = self.package, self._bank, self._last_lesson
+        summary = summarize(window, package, self.settings, now, window_s=math.inf, bank=bank)
+        return summary | {"last_lesson": last} if window is None and last is not None else summary
+
+    def _end_view(self) -> None:
+        """Under the lock: the teacher's lesson has ended."""
+        assert self._view is not None
+        self._last_lesson, self._view = _ended(self._view), None
 
     def lesson_view(self, *, clean: bool = False) -> dict[str, Any]:
         """The teacher's lesson, to keep across a restart (without one, only up to which answer that holds:
@@ -882,6 +891,7 @@ class KTService:
                 # its answers after the record (replay_journal) may be recent: the lesson goes on then
                 # (a review: a restart 16 s after the last answer, gap 20 s, showed 6 answers of 30)
                 self._view_before = view
+                self._last_lesson = _ended(view)
                 return False
             self._view = view
             return True
@@ -949,7 +959,7 @@ class KTService:
                 if window is not None and self._record_seqs.get(name) == math.inf:
                     window.seq = self._seq
             if self._view is not None and self._view.idle(self._clock(), self.settings.lesson_gap_s):
-                self._view = None  # over since: the next answer starts the next lesson
+                self._end_view()  # over since: the next answer starts the next lesson
             if into_view and self._view is not None:  # figures shown before the cut may hold them
                 self._view.published.count_afresh()
         return replayed
@@ -982,6 +992,10 @@ class KTService:
     def student_count(self) -> int:
         with self._lock:
             return len(self._states)
+
+
+def _ended(view: LessonWindow) -> dict[str, float]:
+    return {"started": view.started, "ended": view.last, "answers": view.answers}
 
 
 def _record_seq(data: dict[str, Any]) -> float:

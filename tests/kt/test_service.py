@@ -778,6 +778,27 @@ def test_a_clock_stepped_forward_mid_lesson_is_no_break(package, engine, pseudon
         svc.stop()
 
 
+def test_a_lesson_that_has_ended_says_when_until_the_next_one_begins(package, engine, pseudonymize) -> None:
+    # A review: kt.lesson_gap_s after the last answer the page said "no answers yet", as if the lesson just
+    # given had had none
+    svc, now, mono = _service_on_two_clocks(package, engine, pseudonymize, lesson_window_s=300.0)
+    try:
+        for n in range(4):
+            now[0] += 10
+            svc.submit([_answer(package, pseudonymize, f"s{n}", f"a{n}", n, 1)]).result(5)
+        assert "last_lesson" not in svc.class_summary()
+        now[0] += svc.settings.lesson_gap_s
+        mono[0] += svc.settings.lesson_gap_s
+        summary = svc.class_summary()
+        assert summary["answers"] == 0
+        assert summary["last_lesson"] == {"started": 1_800_000_010.0, "ended": 1_800_000_040.0, "answers": 4}
+        svc.submit([_answer(package, pseudonymize, "s0", "next", 1, 1)]).result(5)
+        summary = svc.class_summary()
+        assert summary["answers"] == 1 and "last_lesson" not in summary
+    finally:
+        svc.stop()
+
+
 def test_engine_failure_answers_503_and_thread_survives(package, kt_settings, pseudonymize) -> None:
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 

@@ -260,6 +260,35 @@ def test_empty_and_malformed_sections_render_placeholders_without_errors(teacher
         server.stop()
 
 
+def test_a_lesson_that_has_ended_says_when_and_that_the_next_answer_starts_one(
+    teacher_page: PageFactory,
+) -> None:
+    # A review: after kt.lesson_gap_s the page said "no answers yet" for the lesson just given
+    board = LiveBoard()
+    server = ServerThread(board).start()
+    try:
+        ended = datetime(2026, 12, 7, 10, 40, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+        board.publish("learning", {"lesson_started": None, "answers": 0, "students": 0, "suppressed": False,
+                                   "skills": [], "weakest": [], "recommended": [], "activity": [],
+                                   "last_lesson": {"started": ended - 2400, "ended": ended, "answers": 312}})
+        view = teacher_page(server.url)
+        view.open()
+        view.wait_live()
+        assert "上一节课结束于" in view.text("#learn-started")
+        assert "（312 次作答）" in view.text("#learn-started")
+        assert view.text("#learn-empty") == "下一次作答将开始新的一节课"
+        view.switch_language()
+        assert "(312 answers)" in view.text("#learn-started")
+        assert view.text("#learn-empty") == "The next answer starts a new lesson"
+        board.publish("learning", {"answers": 0, "students": 0, "skills": [], "last_lesson": "garbage"})
+        empty = "() => document.getElementById('learn-empty').textContent === 'No answers yet'"
+        view.page.wait_for_function(empty, timeout=2000)
+        assert view.text("#learn-started") == ""
+        assert view.console_errors == []
+    finally:
+        server.stop()
+
+
 def test_a_camera_without_pictures_is_not_shown_as_an_empty_class(teacher_server: ServerThread,
                                                                    live_board: LiveBoard,
                                                                    teacher_page: PageFactory) -> None:
@@ -320,6 +349,11 @@ def test_a_room_with_too_few_faces_and_a_camera_opening_again_say_so(teacher_ser
                                 timeout=2000)
     assert view.text("#att-signal") == "摄像头正在打开，稍后重新测量专注度"
     assert view.page.is_visible("#cam-pause")
+    assert view.page.locator("#att-timeline line").count() == 0  # no grid line through the sentence
+    # open, before its second frame: no "0 frames/s" (it read so for a second after every resume)
+    live_board.publish("attention", opening | {"camera": {"state": "running", "fps": 0.0, "detail": ""}})
+    view.page.wait_for_function("() => document.getElementById('att-camera').textContent === '摄像头正常'",
+                                timeout=2000)
     assert view.console_errors == []
 
 

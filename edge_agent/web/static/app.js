@@ -124,12 +124,18 @@
     camPause.textContent = t(cam.state === "paused" ? "camera_resume" : "camera_pause", { n: LESSON_MINUTES });
     setText("att-window", isNum(a.window_s) ? t("attention_window", { s: num(a.window_s) }) : "");
     const off = cam.state === "disabled"; // no frame rate, no "updated" growing old: nothing is measured
-    // the rate only while it runs: just after a failure or a pause it still gave the last one for seconds
-    setText("att-camera", cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) && cam.state === "running" ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : "");
+    setText("att-camera", cam.state ? cameraText(cam) : "");
     setText("att-pose", a.pose_method ? t("pose_method", { m: tState("pose_method_", a.pose_method) }) : "");
     shownAt.attention = off ? undefined : state.updated.attention; // paused: the figures' own time
     setText("att-updated", off ? "" : t("updated_ago", { t: ago(shownAt.attention) }));
     renderTimeline(Array.isArray(a.timeline) ? a.timeline : []);
+  }
+
+  // The rate only while it runs and has one: just after a failure or a pause it still gave the last one for
+  // seconds, and just after a resume "0 frames/s" for a second (the rate needs two frames).
+  function cameraText(cam) {
+    const rate = cam.state === "running" && isNum(cam.fps) && cam.fps > 0 ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "";
+    return tState("camera_state_", cam.state) + rate;
   }
 
   function renderTimeline(all) {
@@ -142,7 +148,8 @@
     const t1 = Math.max(t0 + 12 * length, ...windows.map((w) => w.end));
     const scale = W / (t1 - t0), gap = Math.min(4, length * scale * 0.2);
     const nodes = [];
-    for (const level of [0.25, 0.5, 0.75]) {
+    // no grid on an empty chart: its middle line ran through the sentence saying why it is empty
+    for (const level of windows.length ? [0.25, 0.5, 0.75] : []) {
       nodes.push(el("svg:line", { class: "grid", x1: 0, x2: W, y1: H * (1 - level), y2: H * (1 - level) }));
     }
     windows.forEach((w) => {
@@ -232,6 +239,7 @@
       setText("learn-key", "");
       ["learn-skills", "learn-skills-more", "learn-weakest", "learn-recommended", "learn-activity"].forEach((id) => replace(id, []));
       $("learn-more").hidden = true; $("learn-empty").hidden = off; $("learn-suppressed").hidden = true;
+      setText("learn-empty", t("skills_none"));
       return;
     }
     // what "below mastery" means beside each skill's count of them (a review: nothing said it)
@@ -242,10 +250,14 @@
     // The skill figures change only once enough students have answered since: with few still answering
     // they can stand for long, so past two minutes the page says since when.
     const stale = isNum(l.figures_at) && isNum(l.window_end) && l.window_end - l.figures_at >= 120;
+    // after a lesson: when it ended, not "no answers yet" as if none had been given (a review)
+    const last = !isNum(l.lesson_started) && l.last_lesson && isNum(l.last_lesson.ended) ? l.last_lesson : null;
     setText("learn-started", [
       isNum(l.lesson_started) ? t("lesson_started", { t: clockTime(l.lesson_started) }) : "",
+      last ? t("last_lesson", { t: dayTime(last.ended), n: num(last.answers) }) : "",
       stale && !l.suppressed ? t("figures_as_of", { t: clockTime(l.figures_at) }) : "",
     ].filter(Boolean).join(" · "));
+    setText("learn-empty", t(last ? "skills_next_lesson" : "skills_none"));
     $("learn-suppressed").hidden = l.suppressed !== true;
     const skills = l.suppressed ? [] : Array.isArray(l.skills) ? l.skills.filter((s) => s && typeof s === "object") : [];
     const byId = Object.fromEntries(skills.map((s) => [s.id, s]));
@@ -364,7 +376,7 @@
     const cam = (state.sections.attention || {}).camera;
     const camNode = $("health-camera");
     camNode.dataset.ok = String(!cam || cam.state === "running" || CAMERA_OFF.has(cam.state));
-    camNode.textContent = cam && cam.state ? tState("camera_state_", cam.state) + (isNum(cam.fps) && cam.state === "running" ? " · " + t("camera_fps", { fps: num(cam.fps, 1) }) : "") : t("no_data");
+    camNode.textContent = cam && cam.state ? cameraText(cam) : t("no_data");
     renderSync();
     renderDevice();
   }
