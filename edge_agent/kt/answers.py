@@ -123,8 +123,10 @@ _BASIC_OFFSET = re.compile(r"(:\d\d(?:\.\d+)?)([+-]\d\d)(\d\d)$")
 
 
 def _iso(text: str) -> dt.datetime:
-    """ISO 8601 text as sent ("Z" for UTC too); ValueError when it is not."""
-    text = text.strip().replace("Z", "+00:00")
+    """ISO 8601 text as sent ("Z" or "z" for UTC too: RFC 3339 allows both); ValueError when it is not."""
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
     try:
         return dt.datetime.fromisoformat(text)
     except ValueError:  # rewritten only then: the two substitutions cost 3.8 µs an answer

@@ -704,7 +704,7 @@ class KTService:
     ) -> tuple[list[np.ndarray], list[set[int] | None], list[tuple[str, ...]]]:
         """Per answer, its student's probabilities after it (a repeat: after the batch), the skills the
         student has answered (the kept answers' and this batch's) and the items not to recommend (the
-        latest RECENT_ITEMS answered, this one included)."""
+        latest RECENT_ITEMS answered: up to this one, a repeat's after the batch)."""
         rows: list[np.ndarray] = []
         practised: list[set[int] | None] = []
         recent: list[tuple[str, ...]] = []
@@ -721,6 +721,13 @@ class KTService:
             recent.append((*before[1 - RECENT_ITEMS:], a.item_id))
             if end is not None:
                 in_batch[a.student] = recent[-1]
+        # A repeat's: the student's latest as they stand after the batch. Its own item added again pushed
+        # out the third latest, which a retry then recommended (a review: the answer before last's item)
+        for n, (a, end) in enumerate(zip(answers, ends, strict=True)):
+            if end is None:
+                state = work.get(a.student) or held[a.student]
+                latest = in_batch.get(a.student) or (state.recent_items if state is not None else ())
+                recent[n] = latest or (a.item_id,)
         return rows, practised, recent
 
     def _run_rounds(

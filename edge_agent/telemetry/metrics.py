@@ -128,6 +128,10 @@ WEB_AUTH_FAILURES = Counter(
     "edge_web_auth_failures", "Wrong web tokens presented (header, cookie, query or sign-in form).",
     registry=REGISTRY,
 )
+WEB_CROSS_SITE_REFUSED = Counter(
+    "edge_web_cross_site_refused", "Requests refused because a page of another web site made them.",
+    ["server"], registry=REGISTRY,
+)
 WEB_CLIENT_REQUESTS = Counter(
     "edge_web_client_requests", "Answer posts let in by a clicker's own token, by client name "
     "(web.client_tokens_file).", ["client"], registry=REGISTRY,

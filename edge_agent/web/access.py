@@ -22,9 +22,9 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 COOKIE_NAME = "edge_agent_session"
 LOGIN_PATH = "/login"
+LOGOUT_PATH = "/logout"
 EVENTS_PATH = "/api/v1/events"  # the teacher view's stream (view.py)
 # The page's own words are no board data: a page whose sign-in ended (or whose board cannot be reached)
 # must still switch language (a review: the button did nothing, all left in English)
@@ -93,6 +94,31 @@ def is_local_host(host: str | None) -> bool:
     return name in ("localhost", socket.gethostname().lower()) or is_loopback(name)
 
 
+def from_another_site(headers: Mapping[str, str], method: str) -> bool:
+    """Whether a browser sent this request for a page of another site (its Fetch Metadata says so, or, from
+    a browser without it, an Origin that is not the Host). The board's own browser reaches loopback, which
+    needs no token: a page of any site open there used the board's API as the board (a review: 40 event
+    streams a page kept opening took every place of the teachers' views; uncached /metrics 142 times a
+    second took answer p99 from 6 to 229 ms). A link followed to the board (a GET navigation) is no request
+    of that page's, and a client that is no browser sends neither header."""
+    site = headers.get("Sec-Fetch-Site", "").lower()
+    if site in ("cross-site", "same-site"):  # same-site: another port of the board, or of its domain
+        return not (method == "GET" and headers.get("Sec-Fetch-Mode", "").lower() == "navigate")
+    origin = headers.get("Origin")
+    # "null" tells nothing: the board's own sign-in form says so (its pages send no referrer), and over
+    # plain http to a LAN address browsers send no Fetch Metadata (loopback gets it: it counts as secure)
+    if origin is None or origin == "null" or site in ("same-origin", "none"):
+        return False
+    return urlsplit(origin).netloc.lower() != headers.get("Host", "").lower()
+
+
+def refuse_another_site(server: str) -> web.Response:
+    metrics.WEB_CROSS_SITE_REFUSED.labels(server=server).inc()
+    return web.json_response({"error": "cross_site", "detail": (
+        "this board answers no request a page of another web site makes: open the board's own page")},
+        status=403)
+
+
 def decide(
     remote_ip: str | None, presented_token: str | None, token: str | None, host: str | None = None
 ) -> Decision:
@@ -139,12 +165,13 @@ def _bearer(request: web.Request) -> str | None:
     return None
 
 
-def _presented(request: web.Request, token: str | None) -> str | None:
-    """The token the request carries, with a valid session cookie counting as the token."""
+def _presented(request: web.Request, token: str | None, *, cookie_counts: bool = True) -> str | None:
+    """The token the request carries, with a valid session cookie counting as the token (unless not
+    ``cookie_counts``)."""
     bearer = _bearer(request)
     if bearer is not None:
         return bearer
-    cookie = request.cookies.get(COOKIE_NAME)
+    cookie = request.cookies.get(COOKIE_NAME) if cookie_counts else None
     if cookie is not None and token is not None and len(cookie) <= MAX_TOKEN_CHARS:
         if session_valid(cookie, token, time.time()):
             return token
@@ -152,8 +179,9 @@ def _presented(request: web.Request, token: str | None) -> str | None:
             return None  # a sign-in that ended: sign in again, not "that token is not right"
         return cookie  # a stale cookie (token rotated) is a wrong token, not a missing one
     # Only a page opened from a link takes ?token= (and moves it to the cookie at once); an API call
-    # with it would leave the token in proxy and server logs.
-    return request.query.get("token") if request.method == "GET" else None
+    # with it would leave the token in proxy and server logs (a review: GET /api/v1/status?token= did).
+    page = request.method == "GET" and not request.path.startswith("/api/")
+    return request.query.get("token") if page else None
 
 
 def _session_end(request: web.Request, token: str | None) -> float | None:
@@ -324,6 +352,17 @@ async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
     raise response
 
 
+def _logout(request: web.Request) -> web.StreamResponse:
+    """Forget this browser's sign-in (a form post: a link followed is no sign-out) and show the sign-in
+    form. A copy of the cookie taken elsewhere stays good until it ends; a new web token ends them all."""
+    if request.method != "POST":
+        return web.json_response({"error": "method", "detail": f"sign out with POST {LOGOUT_PATH}"},
+                                 status=405, headers={"Allow": "POST"})
+    response = web.HTTPSeeOther(f"{LOGIN_PATH}?next=/")
+    response.del_cookie(COOKIE_NAME, path="/")
+    raise response
+
+
 def access_middleware(
     token: str | None, public_paths: Collection[str] = PUBLIC_PATHS, clients: Clients | None = None
 ) -> Middleware:
@@ -336,9 +375,16 @@ def access_middleware(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in public_paths:
             return await handler(request)
+        if from_another_site(request.headers, request.method):
+            return refuse_another_site("web")
         if request.path == LOGIN_PATH:
             return await _login(request, token)
-        presented = _presented(request, token)
+        if request.path == LOGOUT_PATH:
+            return _logout(request)
+        answers = request.method == "POST" and request.path == ANSWERS_PATH
+        # A teacher's sign-in opens the view and the camera's pause, not the answers: a classroom PC left
+        # signed in let its next user post answers for any student for the rest of the 12 h (a review)
+        presented = _presented(request, token, cookie_counts=not answers)
         # The header itself: request.host falls back to socket.getfqdn(), a DNS lookup on the event loop
         decision = decide(request.remote, presented, token, request.headers.get("Host"))
         if decision is not Decision.ALLOW and clients is not None:
@@ -351,7 +397,6 @@ def access_middleware(
                     f"this token belongs to the client {client!r}, which may only post answers "
                     f"(POST {ANSWERS_PATH}); the teacher view needs the board's web token")}, status=403)
         if decision is not Decision.ALLOW:
-            answers = request.method == "POST" and request.path == ANSWERS_PATH
             (_failed_answers if answers else _failed).note(request.remote, decision)
             if answers and clients is not None and decision in (Decision.BAD_TOKEN, Decision.NEED_TOKEN):
                 detail = _NOT_A_CLIENT if decision is Decision.BAD_TOKEN else _NO_CLIENT_TOKEN
@@ -363,7 +408,7 @@ def access_middleware(
             if tokens_match(request.query.get("token"), token):
                 _set_session(request, response, token)
             raise response
-        if request.path == EVENTS_PATH:  # only a stream outlives its sign-in: not for every answer posted
+        if request.path in (EVENTS_PATH, "/"):  # a stream ends with its sign-in; the page offers a sign-out
             request[SESSION_ENDS_KEY] = _session_end(request, token)
         return await handler(request)
 

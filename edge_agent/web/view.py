@@ -149,6 +149,8 @@ class TeacherView:
             "snapshot": self._snapshot(),
             "retry_refused_s": REFUSED_RETRY_S,
             "keepalive_s": self._keepalive_s,  # app.js reconnects after 2.5 of these without a byte
+            # signed in from another computer: the page offers to sign out (a shared classroom PC)
+            "signed_in": request.get(SESSION_ENDS_KEY) is not None,
         }
         page = self._template.replace("{{LANG}}", lang).replace(
             "{{BOOT_JSON}}", script_json(boot)

@@ -335,6 +335,7 @@ def test_class_summary_suppresses_small_groups(package: KTPackage) -> None:
         "2026-12-03T04:05:06.123456789Z",  # Java, nanoseconds
         "2026-12-03T12:05:06.12+0800",  # strftime %z
         "2026-12-03T12:05:06,12+08:00",  # ISO's decimal comma
+        "2026-12-03T04:05:06.12z",  # RFC 3339's lower-case z (a review: refused with 400)
     ],
 )
 def test_answer_times_from_common_clients_read_the_same_on_every_supported_python(sent: str) -> None:

@@ -103,6 +103,26 @@ def test_the_items_of_a_students_last_three_answers_are_not_recommended(
     assert len(set(answered)) >= 4  # following the recommendations goes round the skill's items
 
 
+def test_a_retry_is_answered_as_the_first_was_when_nothing_came_since(
+    package, engine, kt_settings, pseudonymize
+) -> None:
+    # A review: the retry of a student's third answer recommended the item of the first (the repeat's own
+    # item, added again to the last three, pushed it out)
+    skill = package.items[0].skill_id
+    same = [n for n, item in enumerate(package.items) if item.skill_id == skill][:3]
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    try:
+        firsts = [svc.submit([_answer(package, pseudonymize, "s1", f"e{n}", item=i)]).result(5)[0]
+                  for n, i in enumerate(same)]
+        (retry,) = svc.submit([_answer(package, pseudonymize, "s1", "e2", item=same[2])]).result(5)
+    finally:
+        svc.stop()
+    assert retry["status"] == "duplicate"
+    assert retry["recommended"] == firsts[-1]["recommended"] and retry["p_next_correct"] == \
+        firsts[-1]["p_next_correct"]
+    assert not {package.items[i].id for i in same} & {r["item_id"] for r in retry["recommended"]}
+
+
 def test_the_items_of_the_last_three_answers_are_kept_across_a_restart(
     package, engine, kt_settings, pseudonymize, db: Database
 ) -> None:

@@ -231,6 +231,55 @@ def test_another_host_scraping_many_times_a_second_gets_one_exposition_a_second(
     assert cached == first and local == later == first + 1
 
 
+def test_a_page_of_another_site_gets_no_metrics_and_a_rebinding_name_no_fresh_ones() -> None:
+    # A review: a page open in the board's own browser fetched /metrics over loopback 142 times a second,
+    # where each body is made afresh (~6 ms of Python): answer p99 went from 6 to 229 ms. A page on a DNS
+    # name rebinding to 127.0.0.1 reached it as the board too.
+    import urllib.error
+    import urllib.request
+
+    from edge_agent.telemetry import metrics
+
+    server = MetricsServer("127.0.0.1", 0)
+
+    def get(headers: dict[str, str]) -> tuple[int, float | None, dict[str, str]]:
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}/metrics", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                text = response.read().decode()
+                return int(response.status), sample_from_text(text, "edge_kt_students_forgotten_total"), \
+                    dict(response.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, None, dict(exc.headers)
+
+    async def scenario() -> list[tuple[int, float | None, dict[str, str]]]:
+        await server.start()
+        try:
+            seen = [await asyncio.to_thread(get, {"Host": "evil.test:9108"})]
+            metrics.KT_STUDENTS_FORGOTTEN.inc()
+            for headers in ({"Host": "evil.test:9108"}, {},
+                            {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"},
+                            {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors"},
+                            {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}):
+                seen.append(await asyncio.to_thread(get, headers))
+            return seen
+        finally:
+            await server.stop()
+
+    def refused() -> float:
+        value = metrics.REGISTRY.get_sample_value("edge_web_cross_site_refused_total", {"server": "metrics"})
+        return value or 0.0
+
+    before = refused()
+    rebound, rebound_again, board, cross, same_site, typed = asyncio.run(scenario())
+    assert rebound[0] == rebound_again[0] == 200 and rebound_again[1] == rebound[1]  # the cached body
+    assert board[1] == rebound[1] + 1  # the board itself, by its own name: fresh
+    assert cross[0] == same_site[0] == 403  # the board's view is another port: same-site
+    assert typed[0] == 200  # /metrics typed into the board's browser
+    assert refused() == before + 2
+    assert board[2]["Server"] == "edge-agent" and board[2]["X-Content-Type-Options"] == "nosniff"
+
+
 PROMETHEUS = shutil.which("prometheus")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from edge_agent.web.access import (
     Decision,
     access_middleware,
     decide,
+    from_another_site,
     is_loopback,
 )
 from tests.web.conftest import WEB_TOKEN
@@ -73,6 +75,36 @@ def test_loopback_is_exempt_only_when_the_host_names_the_board_itself(
     # Found by the security audit: a page on a DNS name that rebinds to 127.0.0.1, opened in the board's
     # own browser, posted answers and read the status with no token.
     assert decide("127.0.0.1", None, TOKEN, host) is expected
+
+
+BOARD = "127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("headers", "method", "expected"),
+    [
+        ({}, "POST", False),  # no browser: a clicker's app, curl, Prometheus
+        ({"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}, "POST", False),  # the view's own
+        ({"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}, "GET", False),  # typed into the bar
+        ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, "GET", False),  # a link followed
+        ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}, "GET", True),  # an event stream
+        ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}, "GET", True),
+        ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, "POST", True),  # a form sent there
+        ({"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors"}, "GET", True),  # another port
+        ({"Sec-Fetch-Site": "CROSS-SITE"}, "GET", True),
+        ({"Origin": "http://evil.test", "Host": BOARD}, "POST", True),  # a browser without Fetch Metadata
+        ({"Origin": "null", "Host": BOARD}, "POST", False),  # the board's sign-in form over plain http
+        ({"Origin": f"http://{BOARD}", "Host": BOARD}, "POST", False),
+        ({"Origin": "HTTP://127.0.0.1:8080", "Host": BOARD}, "POST", False),
+        ({"Origin": "http://evil.test", "Host": BOARD, "Sec-Fetch-Site": "same-origin"}, "POST", False),
+    ],
+)
+def test_a_request_a_page_of_another_site_makes_is_told_apart(
+    headers: dict[str, str], method: str, expected: bool
+) -> None:
+    # A review: the board's own browser reaches loopback, which needs no token, so a page of any site
+    # open there used the board's API as the board
+    assert from_another_site(headers, method) is expected
 
 
 def test_a_session_cookie_holds_no_token_and_ends_after_a_school_day() -> None:
@@ -231,6 +263,56 @@ def test_a_query_token_opens_pages_but_not_api_posts(lan_server: ServerThread, r
     status, _, body = _request(remote_ip, lan_server.port, f"/api/v1/answers?token={WEB_TOKEN}", json_body,
                                "POST", "{}")
     assert status == 401 and json.loads(body)["error"] == "need_token"
+
+
+def test_a_page_of_another_site_open_on_the_boards_screen_is_refused_and_a_link_to_the_board_is_not(
+    lan_server: ServerThread,
+) -> None:
+    # A review: a page of another site open in the board's browser kept opening 40 teacher-view streams
+    # over loopback (no token, no per-address limit) and every teacher got "too many open teacher views"
+    refused = metrics.REGISTRY.get_sample_value("edge_web_cross_site_refused_total", {"server": "web"}) or 0
+    stream = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty",
+              "Origin": "http://localhost:9", "Accept": "text/event-stream"}
+    status, _, body = _request("127.0.0.1", lan_server.port, "/api/v1/events", stream)
+    assert status == 403 and json.loads(body)["error"] == "cross_site"
+    pause = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Content-Type": "text/plain"}
+    assert _request("127.0.0.1", lan_server.port, "/api/v1/camera/pause", pause, "POST", "{}")[0] == 403
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    assert _request("127.0.0.1", lan_server.port, "/", link)[0] == 200
+    own = {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}
+    assert _request("127.0.0.1", lan_server.port, "/api/v1/live", own)[0] == 200
+    assert metrics.REGISTRY.get_sample_value("edge_web_cross_site_refused_total", {"server": "web"}) == \
+        refused + 2
+
+
+def test_a_teacher_signs_out_and_a_teachers_sign_in_posts_no_answers(
+    lan_server: ServerThread, remote_ip: str
+) -> None:
+    # A review: a classroom PC left signed in let its next user post answers for any student for 12 h,
+    # and nothing on the page ended the sign-in
+    session = _request(remote_ip, lan_server.port, f"/?token={WEB_TOKEN}")[1]["set-cookie"].split(";", 1)[0]
+    def signed_in(page: bytes) -> bool:
+        boot = re.search(rb'<script type="application/json" id="boot">(.*?)</script>', page, re.S)
+        assert boot is not None
+        return bool(json.loads(boot.group(1))["signed_in"])
+
+    assert signed_in(_request(remote_ip, lan_server.port, "/", {"Cookie": session})[2])  # offers to sign out
+    assert not signed_in(_request("127.0.0.1", lan_server.port, "/")[2])  # the board's own screen
+    answer = {"Cookie": session, "Content-Type": "application/json"}
+    status, _, body = _request(remote_ip, lan_server.port, "/api/v1/answers", answer, "POST", "{}")
+    assert status == 401 and json.loads(body)["error"] == "need_token"
+    bearer = {"Authorization": f"Bearer {WEB_TOKEN}", "Content-Type": "application/json"}
+    assert _request(remote_ip, lan_server.port, "/api/v1/answers", bearer, "POST", "{}")[0] != 401
+    assert _request(remote_ip, lan_server.port, "/logout", {"Cookie": session})[0] == 405  # not by a link
+    status, headers, _ = _request(remote_ip, lan_server.port, "/logout", {"Cookie": session}, "POST")
+    assert status == 303 and headers["location"] == "/login?next=/"
+    assert headers["set-cookie"].startswith(f'{COOKIE_NAME}=""') and "Max-Age=0" in headers["set-cookie"]
+
+
+def test_a_query_token_does_not_open_the_api(lan_server: ServerThread, remote_ip: str) -> None:
+    # A review: GET /api/v1/status?token= answered with a cookie, leaving the token in proxy logs
+    status, headers, body = _request(remote_ip, lan_server.port, f"/api/v1/live?token={WEB_TOKEN}")
+    assert status == 401 and "set-cookie" not in headers and json.loads(body)["error"] == "need_token"
 
 
 def test_login_form_sets_the_cookie_and_refuses_foreign_redirects(lan_server: ServerThread,

@@ -16,6 +16,7 @@ import pytest
 
 from edge_agent import live as live_module
 from edge_agent.live import LiveBoard
+from edge_agent.telemetry import metrics
 from edge_agent.web import view as view_module
 from tests.web.conftest import WEB_TOKEN
 from tests.web.harness import ServerThread, TeacherViewPage, non_loopback_ipv4
@@ -213,8 +214,51 @@ def test_remote_browser_needs_the_token(live_board: LiveBoard, teacher_page: Pag
         cookies = view.context.cookies()
         assert [c["httpOnly"] for c in cookies] == [True] and cookies[0]["sameSite"] == "Strict"
         assert WEB_TOKEN not in cookies[0]["value"]
+        # and signs out (a review: a shared classroom PC stayed signed in for the next user, 12 h)
+        assert view.text("#sign-out") == "退出登录"
+        view.page.click("#sign-out button")
+        view.page.wait_for_selector("main input[name=token]", timeout=5000)
+        assert view.context.cookies() == []
+        assert view.open().status == 401
     finally:
         server.stop()
+
+
+def test_a_page_of_another_site_in_the_boards_browser_takes_no_teacher_view_stream(
+    teacher_server: ServerThread, teacher_page: PageFactory, tmp_path: Path
+) -> None:
+    # A review: such a page kept opening 40 event streams to the board over loopback (no token, no limit
+    # per address) and every teacher got "too many open teacher views". The page is on localhost, the
+    # board on 127.0.0.1: another site to the browser, both on this machine.
+    import http.server
+    import threading
+    from functools import partial
+
+    (tmp_path / "evil.html").write_text(f"""<!doctype html><script>
+      for (let i = 0; i < 8; i++) new EventSource("{teacher_server.url}/api/v1/events");
+    </script>""")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    try:
+        streams, refused = sample("edge_teacher_view_streams"), sample("edge_web_cross_site_refused_total",
+                                                                        {"server": "web"})
+        view = teacher_page(f"http://localhost:{site.server_address[1]}")
+        view.page.goto(f"http://localhost:{site.server_address[1]}/evil.html")
+        most = streams
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            most = max(most, sample("edge_teacher_view_streams"))
+            time.sleep(0.01)
+        assert most == streams
+        assert sample("edge_web_cross_site_refused_total", {"server": "web"}) >= refused + 8
+    finally:
+        site.shutdown()
+        site.server_close()
 
 
 def test_empty_and_malformed_sections_render_placeholders_without_errors(teacher_page: PageFactory) -> None:

@@ -29,6 +29,7 @@
   const inZone = (options) => (zone ? { ...options, timeZone: zone } : options);
 
   const $ = (id) => document.getElementById(id);
+  $("sign-out").hidden = boot.signed_in !== true;
   const now = () => Date.now() / 1000 + clockSkew;
   const isNum = (v) => typeof v === "number" && isFinite(v);
   syncClock(boot.snapshot.server_time);
