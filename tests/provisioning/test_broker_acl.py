@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning.ca import FleetCA, key_to_pem, make_csr, new_ec_key
 from edge_agent.provisioning.cli import main as provision_main
-from edge_agent.provisioning.enroll import check_enrollment
+from edge_agent.provisioning.enroll import check_enrollment, tls_client
 from edge_agent.provisioning.files import write_private, write_public
 from tests.black_holes import name_of_silent_addresses
 from tests.ports import free_port
@@ -125,6 +126,87 @@ def test_enrollment_hello_is_accepted_with_the_provisioned_certificate(fleet: Fl
         device_id="board-b",
         timeout_s=5,
     )
+
+
+class _SlowLink:
+    """A TCP relay to the broker holding each chunk the client sends for ``delay_s``: a slow classroom
+    link, which leaves the hello's connection open long enough for another client to take it."""
+
+    def __init__(self, port: int, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self._target = port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._server.accept()
+                broker = socket.create_connection(("127.0.0.1", self._target))
+                threading.Thread(target=self._pipe, args=(client, broker, self.delay_s), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(broker, client, 0.0), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, delay_s: float) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                time.sleep(delay_s)
+                sink.sendall(chunk)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_enrollment_goes_through_while_the_boards_own_client_takes_its_connection(
+    fleet: Fleet, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI, 2 runs in 3: a provisioning run restarted the board's edge-agent, whose client (the same
+    # certificate: the same client id under the shipped conf) took the hello's connection, and the run
+    # failed saying "TLS refused: certificate revoked, expired or from another CA?"
+    from edge_agent.provisioning import enroll
+
+    monkeypatch.setattr(enroll, "HELLO_RETRY_S", 0.2)
+    etc = fleet.etc("board-b")
+    files = (etc / "certs/ca.pem", etc / "certs/device.pem", etc / "secrets/device.key")
+    link = _SlowLink(broker.port, 0.5)
+
+    def the_boards_edge_agent(waits: list[float], pushed_off: list[int]) -> None:
+        for wait in waits:  # connects again this long after each time it is pushed off
+            client = tls_client("board-b", *files)
+            gone: list[object] = []
+            client.on_disconnect = lambda *args, gone=gone: gone.append(args[3])
+            client.connect("127.0.0.1", broker.port, keepalive=10)
+            deadline = time.monotonic() + 30
+            while not gone and time.monotonic() < deadline:
+                client.loop(0.02)
+            pushed_off.append(len(gone))
+            time.sleep(wait)
+
+    def enrol() -> None:
+        check_enrollment("127.0.0.1", link.port, *files, tenant="district-a", site="school-1",
+                         device_id="board-b", timeout_s=10)
+
+    try:
+        always: list[int] = []  # connects again at once, every time: each of the 3 tries is pushed off
+        threading.Thread(target=the_boards_edge_agent, args=([0.05] * 4, always), daemon=True).start()
+        time.sleep(0.5)
+        with pytest.raises(ProvisioningError) as refused:
+            enrol()
+        assert "accepted this board's certificate, but closed the connection before the hello each time" \
+            in str(refused.value) and "'board-b' took it" in str(refused.value)
+        assert always == [1, 1, 1]
+        backing_off: list[int] = []  # pushed off a third time, it waits: the third try goes through
+        threading.Thread(target=the_boards_edge_agent, args=([0.05, 0.05, 30.0], backing_off),
+                         daemon=True).start()
+        time.sleep(0.5)
+        enrol()
+        assert backing_off == [1, 1, 1]
+    finally:
+        link.close()
 
 
 def test_enrollment_under_another_boards_id_is_refused_naming_the_acl_and_the_cn(
