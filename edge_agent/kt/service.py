@@ -107,7 +107,9 @@ def _settle(outcomes: list[_Outcome]) -> None:
 
 def _expire(future: asyncio.Future[list[Feedback]], seconds: float) -> None:
     if not future.done():
-        future.set_exception(ServiceBusy(f"no feedback within {seconds} s; retry"))
+        # the answers wait behind a slow or held disk, mostly: a second later they would wait again (a
+        # review: 9 of 14 batches behind another program's lock were told to come back in 1 s)
+        future.set_exception(ServiceBusy(f"no feedback within {seconds} s; retry", retry_after_s=5))
 
 
 def _bank_of(package: KTPackage) -> ItemBank:

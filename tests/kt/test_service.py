@@ -875,8 +875,9 @@ def test_async_caller_that_waits_too_long_gets_busy_and_the_service_goes_on(
     svc._accepting = True
 
     async def late() -> None:
-        with pytest.raises(ServiceBusy, match="no feedback within"):
+        with pytest.raises(ServiceBusy, match="no feedback within") as busy:
             await svc.submit_async([_answer(package, pseudonymize, "s1", "late")])
+        assert busy.value.retry_after_s == 5  # behind a slow disk, mostly: not again in a second
 
     asyncio.run(late())
     svc.start()  # the expired job is still processed; settling it on the closed loop must not fail
