@@ -125,7 +125,7 @@ _BASIC_OFFSET = re.compile(r"(:\d\d(?:\.\d+)?)([+-]\d\d)(\d\d)$")
 def _iso(text: str) -> dt.datetime:
     """ISO 8601 text as sent ("Z" or "z" for UTC too: RFC 3339 allows both); ValueError when it is not."""
     text = text.strip()
-    if text.endswith(("Z", "z")):
+    if text[-1:] in ("Z", "z") and text[-2:-1].isdigit():  # "zz" is no time zone (a review)
         text = text[:-1] + "+00:00"
     try:
         return dt.datetime.fromisoformat(text)

@@ -883,7 +883,12 @@ class KTService:
         """The teacher's lesson, to keep across a restart (without one, only up to which answer that holds:
         later ones are in the journal); ``clean``: at a stop, with no answer to come."""
         with self._lock:
-            return {"seq": self._seq} if self._view is None else self._view.to_json(clean=clean)
+            if self._view is not None:
+                return self._view.to_json(clean=clean)
+            # the lesson that ended, for the page to say so after a restart too (a review: it said "no
+            # answers yet" again)
+            last = {} if self._last_lesson is None else {"last_lesson": self._last_lesson}
+            return {"seq": self._seq} | last
 
     def restore_lesson_view(self, data: dict[str, Any]) -> bool:
         """Before ``start``: take back the lesson a stop saved, unless it has ended since (lesson_gap_s
@@ -891,6 +896,7 @@ class KTService:
         with self._lock:
             self._record_seqs["view"] = _record_seq(data)
             if "started" not in data:
+                self._last_lesson = _last_lesson_in(data)
                 return False
             view = self._saved_window(data, "the saved teacher's lesson could not be read; the view starts "
                                             "empty")
@@ -1005,6 +1011,15 @@ class KTService:
 
 def _ended(view: LessonWindow) -> dict[str, float]:
     return {"started": view.started, "ended": view.last, "answers": view.answers}
+
+
+def _last_lesson_in(data: dict[str, Any]) -> dict[str, float] | None:
+    """The ended lesson a record holds; None when it holds none or a damaged one."""
+    last = data.get("last_lesson")
+    keys = ("started", "ended", "answers")
+    if not isinstance(last, dict) or not all(isinstance(last.get(k), (int, float)) for k in keys):
+        return None
+    return {k: last[k] for k in keys}
 
 
 def _record_seq(data: dict[str, Any]) -> float:

@@ -86,7 +86,7 @@ def metrics_app(registry: CollectorRegistry = REGISTRY, token: str | None = None
 @web.middleware
 async def _no_other_site(request: web.Request, handler: Any) -> web.StreamResponse:
     """No request a page of another site makes (web/access.py: from_another_site): Prometheus is none."""
-    if from_another_site(request.headers, request.method):
+    if from_another_site(request.headers, request.method, links=False):
         return refuse_another_site("metrics")
     response: web.StreamResponse = await handler(request)
     return response

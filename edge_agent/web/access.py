@@ -94,19 +94,30 @@ def is_local_host(host: str | None) -> bool:
     return name in ("localhost", socket.gethostname().lower()) or is_loopback(name)
 
 
-def from_another_site(headers: Mapping[str, str], method: str) -> bool:
+def from_this_site(headers: Mapping[str, str]) -> bool:
+    """Whether a browser says the request comes from the board's own page (Fetch Metadata, or an Origin
+    naming the Host): what a sign-out needs, since a page of another site may send "Origin: null"."""
+    if headers.get("Sec-Fetch-Site", "").lower() == "same-origin":
+        return True
+    origin = headers.get("Origin")
+    return origin is not None and urlsplit(origin).netloc.lower() == headers.get("Host", "").lower() != ""
+
+
+def from_another_site(headers: Mapping[str, str], method: str, *, links: bool = True) -> bool:
     """Whether a browser sent this request for a page of another site (its Fetch Metadata says so, or, from
     a browser without it, an Origin that is not the Host). The board's own browser reaches loopback, which
     needs no token: a page of any site open there used the board's API as the board (a review: 40 event
     streams a page kept opening took every place of the teachers' views; uncached /metrics 142 times a
     second took answer p99 from 6 to 229 ms). A link followed to the board (a GET navigation) is no request
-    of that page's, and a client that is no browser sends neither header."""
+    of that page's (unless not ``links``: /metrics, which iframes of such a page loaded afresh), and a
+    client that is no browser sends neither header."""
     site = headers.get("Sec-Fetch-Site", "").lower()
     if site in ("cross-site", "same-site"):  # same-site: another port of the board, or of its domain
-        return not (method == "GET" and headers.get("Sec-Fetch-Mode", "").lower() == "navigate")
+        return not (links and method == "GET" and headers.get("Sec-Fetch-Mode", "").lower() == "navigate")
     origin = headers.get("Origin")
-    # "null" tells nothing: the board's own sign-in form says so (its pages send no referrer), and over
-    # plain http to a LAN address browsers send no Fetch Metadata (loopback gets it: it counts as secure)
+    # "null" tells nothing: a page left open from an older release (no-referrer) posts so, and over plain
+    # http to a LAN address browsers send no Fetch Metadata (loopback gets it: it counts as secure). Only
+    # the sign-out asks for more (from_this_site).
     if origin is None or origin == "null" or site in ("same-origin", "none"):
         return False
     return urlsplit(origin).netloc.lower() != headers.get("Host", "").lower()
@@ -358,6 +369,8 @@ def _logout(request: web.Request) -> web.StreamResponse:
     if request.method != "POST":
         return web.json_response({"error": "method", "detail": f"sign out with POST {LOGOUT_PATH}"},
                                  status=405, headers={"Allow": "POST"})
+    if not from_this_site(request.headers):  # another site's form signed the teacher out (a review)
+        return refuse_another_site("web")
     response = web.HTTPSeeOther(f"{LOGIN_PATH}?next=/")
     response.del_cookie(COOKIE_NAME, path="/")
     raise response

@@ -46,7 +46,9 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     )
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    # No address leaves the board for another site; the board's own posts carry their Origin (with
+    # no-referrer its sign-out form said "Origin: null", as a page of another site can: a review)
+    response.headers.setdefault("Referrer-Policy", "same-origin")
     if request.path.startswith("/api/"):  # class and student data: never kept by a browser or proxy
         response.headers.setdefault("Cache-Control", "no-store")
     response.headers["Server"] = "edge-agent"  # not the Python and aiohttp versions

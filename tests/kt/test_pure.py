@@ -341,3 +341,9 @@ def test_class_summary_suppresses_small_groups(package: KTPackage) -> None:
 def test_answer_times_from_common_clients_read_the_same_on_every_supported_python(sent: str) -> None:
     # Python 3.10, JetPack 6's, refused all of these with 400 where 3.11 took them
     assert parse_timestamp(sent, "answer 0") == pytest.approx(1796270706.12, abs=0.01)
+
+
+@pytest.mark.parametrize("sent", ["2026-12-03T04:05:06zz", "2026-12-03T04:05:06Zz", "z", "Z", ""])
+def test_a_time_zone_letter_is_taken_once_after_a_time(sent: str) -> None:
+    with pytest.raises(InputRejected, match="answered_at"):  # "zz" read as UTC (round 2)
+        parse_timestamp(sent, "answer 0")

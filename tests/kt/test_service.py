@@ -819,6 +819,42 @@ def test_a_lesson_that_has_ended_says_when_until_the_next_one_begins(package, en
         svc.stop()
 
 
+def test_a_lesson_that_ended_is_still_said_after_a_restart_and_a_damaged_record_of_it_is_ignored(
+    package, engine, pseudonymize, db: Database
+) -> None:
+    # Round 2: once the lesson had ended, the record kept only up to which answer it held, and after any
+    # restart the page said "no answers yet" again for the lesson just given
+    now, mono = [1_800_000_000.0], [5_000.0]
+    settings = KTSettings(min_group_size=3, microbatch_wait_ms=0.0)
+    store = StatePersistence(db)
+
+    def service() -> KTService:
+        return KTService(package, engine, settings, pseudonymize, persistence=store, clock=lambda: now[0],
+                         monotonic=lambda: mono[0])
+
+    svc = service()
+    svc.start()
+    for n in range(4):
+        now[0] += 10
+        svc.submit([_answer(package, pseudonymize, f"s{n}", f"a{n}", n, 1)]).result(5)
+    now[0] += settings.lesson_gap_s
+    mono[0] += settings.lesson_gap_s
+    ended = svc.class_summary()["last_lesson"]
+    svc.stop()
+    store.save_lesson_view(svc.lesson_view(clean=True)).result(5)
+    for record, expected in ((store.load_lesson_view(), ended),
+                             ({"seq": 4, "last_lesson": {"started": "x", "ended": 1, "answers": 4}}, None),
+                             ({"seq": 4, "last_lesson": [1, 2, 3]}, None)):
+        again = service()
+        assert record is not None and again.restore_lesson_view(record) is False
+        again.start()
+        try:
+            assert again.class_summary().get("last_lesson") == expected
+        finally:
+            again.stop()
+    assert ended == {"started": 1_800_000_010.0, "ended": 1_800_000_040.0, "answers": 4}
+
+
 def test_engine_failure_answers_503_and_thread_survives(package, kt_settings, pseudonymize) -> None:
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 

@@ -304,7 +304,11 @@ def test_a_teacher_signs_out_and_a_teachers_sign_in_posts_no_answers(
     bearer = {"Authorization": f"Bearer {WEB_TOKEN}", "Content-Type": "application/json"}
     assert _request(remote_ip, lan_server.port, "/api/v1/answers", bearer, "POST", "{}")[0] != 401
     assert _request(remote_ip, lan_server.port, "/logout", {"Cookie": session})[0] == 405  # not by a link
-    status, headers, _ = _request(remote_ip, lan_server.port, "/logout", {"Cookie": session}, "POST")
+    # nor by a form of another site: over plain http to a LAN address it says "Origin: null" (round 2)
+    for other in ({"Origin": "null"}, {}, {"Origin": "http://evil.test"}):
+        assert _request(remote_ip, lan_server.port, "/logout", {"Cookie": session} | other, "POST")[0] == 403
+    own = {"Cookie": session, "Origin": f"http://{remote_ip}:{lan_server.port}"}
+    status, headers, _ = _request(remote_ip, lan_server.port, "/logout", own, "POST")
     assert status == 303 and headers["location"] == "/login?next=/"
     assert headers["set-cookie"].startswith(f'{COOKIE_NAME}=""') and "Max-Age=0" in headers["set-cookie"]
 
