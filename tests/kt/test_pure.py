@@ -14,7 +14,7 @@ import pytest
 
 from edge_agent.config import ConfigError, KTSettings
 from edge_agent.errors import InputRejected
-from edge_agent.kt.answers import parse_timestamp
+from edge_agent.kt.answers import parse_answer, parse_timestamp
 from edge_agent.kt.classroom import (
     HISTOGRAM_BINS,
     LessonWindow,
@@ -26,7 +26,7 @@ from edge_agent.kt.data import parse_dkt_csv, parse_pykt_csv, read_sequences, sp
 from edge_agent.kt.metrics import auc
 from edge_agent.kt.package import ItemInfo, KTPackage
 from edge_agent.kt.persistence import kept_by_skill_id
-from edge_agent.kt.pseudonym import Pseudonymizer
+from edge_agent.kt.pseudonym import BOM, Pseudonymizer
 from edge_agent.kt.recommend import ItemBank, item_success, recommend, weakest_skills
 from edge_agent.kt.simulator import make_curriculum, simulate
 from edge_agent.kt.state import HISTORY_CAP, UNKNOWN_MODEL, StudentState, history_code
@@ -347,3 +347,55 @@ def test_answer_times_from_common_clients_read_the_same_on_every_supported_pytho
 def test_a_time_zone_letter_is_taken_once_after_a_time(sent: str) -> None:
     with pytest.raises(InputRejected, match="answered_at"):  # "zz" read as UTC (round 2)
         parse_timestamp(sent, "answer 0")
+
+
+# -- found by a mutation review (2026-12-04): behaviour no test pinned ----------------------------------
+
+
+def _answer_object(package: KTPackage, **fields: object) -> dict[str, object]:
+    item = package.items[0]
+    return {"student_id": "s1", "client_event_id": "1", "item_id": item.id, "correct": 1,
+            "answered_at": 1_800_000_000.0, **fields}
+
+
+@pytest.mark.parametrize("value", [2, -1, 10])
+def test_correct_other_than_0_or_1_is_refused(package: KTPackage, pseudonymize: Pseudonymizer,
+                                              value: int) -> None:
+    with pytest.raises(InputRejected, match="correct"):
+        parse_answer(_answer_object(package, correct=value), "answer", package, settings=KTSettings(),
+                     pseudonym=pseudonymize, now=1_800_000_000.0)
+
+
+def test_a_skill_named_twice_in_one_answer_is_one_step(
+    package: KTPackage, pseudonymize: Pseudonymizer
+) -> None:
+    skill = package.items[0].skill_id
+    answer = parse_answer(_answer_object(package, skill_ids=[skill, skill]), "answer", package,
+                          settings=KTSettings(), pseudonym=pseudonymize, now=1_800_000_000.0)
+    assert answer.skills == (package.skill_index[skill],)
+
+
+def test_a_skill_answered_by_one_student_fewer_than_the_group_shows_no_figure(package: KTPackage) -> None:
+    settings = KTSettings(min_group_size=5)
+    window = LessonWindow(started=1_800_000_000.0)
+    rng = np.random.default_rng(0)
+    for s in range(10):  # 10 students: 4 on skill 0, 6 on skill 1 (4 of 10 is not "all but a few")
+        window.record(f"p{s}", [0 if s < 4 else 1], rng.random(len(package.skills)).astype(np.float32),
+                      1_800_000_000.0 + s)
+    summary = summarize(window, package, settings, 1_800_000_100.0)
+    assert not summary["suppressed"]
+    assert summary["skills"][0]["assessed"] == 4 and summary["skills"][0]["assessed_mean"] is None
+    assert summary["skills"][1]["assessed_mean"] is not None
+
+
+def test_pseudonyms_and_the_secrets_fingerprint_stay_the_same_across_releases() -> None:
+    # Another derivation would orphan every stored student without the "secret changed" warning (the
+    # fingerprint is apart from it); lower-casing ids would merge two students.
+    secret = b"0123456789abcdef0123456789abcdeX"
+    pseudonym = Pseudonymizer(secret)
+    assert pseudonym("stu-1") == "991874643393506b9a243c4366ee659a"
+    assert pseudonym.fingerprint == "8a283bd734fbc564"
+    assert pseudonym("Stu-1") != pseudonym("stu-1")
+    marked = Pseudonymizer(BOM + secret)("stu-1")
+    assert pseudonym.with_mark()("stu-1") == marked != pseudonym("stu-1")
+

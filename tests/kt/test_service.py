@@ -13,7 +13,7 @@ import pytest
 
 from edge_agent.config import KTSettings, StoreSettings
 from edge_agent.errors import InputRejected
-from edge_agent.kt.answers import Answer, parse_answer
+from edge_agent.kt.answers import Answer, parse_answer, parse_batch
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
@@ -853,6 +853,23 @@ def test_a_lesson_that_ended_is_still_said_after_a_restart_and_a_damaged_record_
         finally:
             again.stop()
     assert ended == {"started": 1_800_000_010.0, "ended": 1_800_000_040.0, "answers": 4}
+
+
+def test_two_students_answering_under_the_same_client_event_id_are_two_answers(
+    package, engine, kt_settings, pseudonymize
+) -> None:
+    # A mutation review: nothing pinned that the event key holds the student; clickers that number their
+    # own events 1, 2, 3 would have had one student's answer taken as another's retry
+    item = package.items[0]
+    body = {"answers": [{"student_id": student, "client_event_id": "1", "item_id": item.id, "correct": 1,
+                         "answered_at": time.time()} for student in ("s1", "s2")]}
+    answers = parse_batch(body, package, kt_settings, pseudonymize, time.time())
+    assert answers[0].event_key != answers[1].event_key
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    try:
+        assert [r["status"] for r in svc.submit(answers).result(5)] == ["applied", "applied"]
+    finally:
+        svc.stop()
 
 
 def test_engine_failure_answers_503_and_thread_survives(package, kt_settings, pseudonymize) -> None:

@@ -661,3 +661,46 @@ def test_a_stop_while_another_program_holds_the_database_says_and_counts_what_it
         with pytest.raises(Exception, match=r"closed|not open|held by another program"):
             waiting.result(10)
     assert box.drop_counts().get("store_error") == 1
+
+
+# -- found by a mutation review (2026-12-04) ------------------------------------------------------------
+
+
+def test_rows_queued_with_a_right_clock_survive_a_reboot_with_the_rtc_far_ahead(db: Database) -> None:
+    clock, synced = Clock(), [True]
+    box = Outbox(db, DeviceSettings(), StoreSettings(max_age_days=7.0), MqttSettings(),
+                 clock=clock, clock_synced=lambda: synced[0])
+    box.open()
+    box.enqueue("attention", {"a": 1}).result(5)
+    box.enqueue("kt_class", {"b": 1}, expires_at=clock.now + 3600).result(5)
+    synced[0], clock.now = False, clock.now + 70 * 86400  # RTC 70 days ahead, NTP not answered yet
+    assert box.expire().result(5) == 0 and box.backlog == 2 and box.drop_counts() == {}
+
+
+def test_memory_for_refused_messages_is_given_back_once_they_are_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only one disk-full episode was tested: memory never given back would lose every refused window of
+    # the next episode at once ("already wait in memory")
+    monkeypatch.setattr(outbox_module, "HELD_RETRY_S", 0.1)
+    db = Database(tmp_path / "edge-agent.db", StoreSettings(), max_page_count=40)
+    db.open()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(), held_max_bytes=4000)
+    box.open()
+    try:
+        for _episode in range(3):  # three disk-full episodes, each holding 3 KB at most
+            _fill(box)
+            waiting = box.enqueue("attention", {"pad": "y" * 1500})
+            assert box.held == 2
+            rows = box.claim(10_000).result(5)
+            box.ack([r.id for r in rows]).result(5)  # synced: room again
+            waiting.result(10)
+            deadline = time.monotonic() + 5
+            while box.held and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert box.held == 0
+        assert box.drop_counts() == {}
+    finally:
+        box.close()
+        db.close()
+

@@ -194,3 +194,26 @@ def test_a_window_longer_than_an_hour_is_refused_with_the_key(window_s: str):
         parse_config(f"[attention]\nwindow_s = {window_s}\n")
     assert [path for path, _ in caught.value.problems] == ["attention.window_s (line 2)"]
     assert parse_config("[attention]\nwindow_s = 3600\n").attention.window_s == 3600.0
+
+
+# -- found by a mutation review (2026-12-04) ------------------------------------------------------------
+
+
+def test_a_window_with_too_few_faces_on_average_withholds_its_shares_live_and_closed() -> None:
+    windows = WindowAggregator(window_s=60.0, min_faces=3)
+    windows.add(0.0, 3, 0)  # one frame of three faces, then the room empties
+    for t in range(1, 10):
+        windows.add(float(t), 0, 0)
+    live = windows.current_partial()
+    assert live is not None and live["suppressed"] and live["attentive_mean"] is None
+    (closed,) = windows.add(61.0, 0, 0)
+    assert closed["suppressed"] and closed["attentive_mean"] is None and closed["attentive_p10"] is None
+
+
+def test_a_window_just_under_min_faces_on_average_is_suppressed() -> None:
+    windows = WindowAggregator(window_s=60.0, min_faces=3)
+    for t in range(10):
+        windows.add(float(t), 3 if t % 2 else 2, 1)  # 2.5 faces on average
+    (closed,) = windows.add(61.0, 0, 0)
+    assert closed["faces_mean"] == 2.5 and closed["suppressed"] and closed["attentive_mean"] is None
+
