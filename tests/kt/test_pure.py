@@ -18,6 +18,7 @@ from edge_agent.kt.answers import parse_answer, parse_timestamp
 from edge_agent.kt.classroom import (
     HISTOGRAM_BINS,
     LessonWindow,
+    Published,
     leaving_the_board,
     skill_histograms,
     summarize,
@@ -398,4 +399,21 @@ def test_pseudonyms_and_the_secrets_fingerprint_stay_the_same_across_releases() 
     assert pseudonym("Stu-1") != pseudonym("stu-1")
     marked = Pseudonymizer(BOM + secret)("stu-1")
     assert pseudonym.with_mark()("stu-1") == marked != pseudonym("stu-1")
+
+
+def test_after_a_cut_a_hidden_skill_shows_no_figure_until_a_group_has_answered_on_it_since() -> None:
+    # Restored from a record saved while the board ran: figures shown after it may be lost, so a skill
+    # hidden then (2 of its students, fewer than the group) gets no figure from one new student's answer,
+    # which alone would move it (a mutation review: nothing tested this branch)
+    probs = np.array([0.4, 0.7], dtype=np.float32)
+    current = {"a": probs, "b": probs}
+    known: dict[str, frozenset[int]] = {"a": frozenset({0}), "b": frozenset({0})}
+    published = Published(group=3, after_cut=True)
+    published.retake_skills(current, known, figures=False)
+    current["c"], known["c"] = probs * 0.5, frozenset({0})
+    published.note("c", current, known, 1_800_000_000.0)
+    assert 0 not in published.skills  # 3 students on it now, but 1 since the cut
+    for student in ("a", "b"):
+        published.note(student, current, known, 1_800_000_001.0)
+    assert published.skills[0].students == 3  # a group since the cut: shown
 

@@ -113,6 +113,7 @@ def test_a_session_cookie_holds_no_token_and_ends_after_a_school_day() -> None:
     now = 1_800_000_000
     cookie = session_value(TOKEN, now)
     assert TOKEN not in cookie and session_valid(cookie, TOKEN, now + 60)
+    assert COOKIE_MAX_AGE_S <= 12 * 3600  # a school day (a mutation review: 15 days passed every test)
     assert not session_valid(cookie, TOKEN, now + COOKIE_MAX_AGE_S + 1)  # replayed the next day
     # the board's clock stepped back by NTP (it ran 10 minutes fast): the sign-in goes on
     assert session_valid(cookie, TOKEN, now - 600)
