@@ -217,3 +217,20 @@ def test_a_window_just_under_min_faces_on_average_is_suppressed() -> None:
     (closed,) = windows.add(61.0, 0, 0)
     assert closed["faces_mean"] == 2.5 and closed["suppressed"] and closed["attentive_mean"] is None
 
+
+def test_a_face_split_evenly_between_attentive_and_not_counts_as_attentive() -> None:
+    # ties go to the student: one look away after one look at the board is no inattention
+    tracker = FaceTracker(smoothing_frames=4)
+    box = (100.0, 100.0, 50.0, 50.0)
+    assert tracker.update([box], [True]) == [True]
+    assert tracker.update([box], [False]) == [True]
+
+
+def test_skipping_exactly_one_window_ends_the_weak_run() -> None:
+    windows = WindowAggregator(window_s=10.0, min_faces=1, low_share=0.5, low_windows=2)
+    lows = [w["low"] for t in (0.0, 10.0) for w in windows.add(t, 4, 1)]  # one weak window closed
+    assert lows == [False]
+    windows.add(30.0, 4, 1)  # no frame from 20 to 30: the window between is missing
+    (after_gap,) = windows.expire(45.0)
+    assert after_gap["start"] == 30.0 and not after_gap["low"]
+
