@@ -704,3 +704,16 @@ def test_memory_for_refused_messages_is_given_back_once_they_are_stored(
         box.close()
         db.close()
 
+
+def test_a_message_being_sent_is_not_expired_under_the_sender(db: Database) -> None:
+    # its PUBACK may still come: deleting it would count it lost and sent (a mutation review)
+    clock = Clock()
+    box = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(), clock=clock)
+    box.open()
+    box.enqueue("kt_class", {"b": 1}, expires_at=clock.now + 60).result(5)
+    (row,) = box.claim(10).result(5)
+    clock.now += 3600
+    assert box.expire().result(5) == 0 and box.backlog == 1 and box.drop_counts() == {}
+    box.ack([row.id]).result(5)
+    assert box.backlog == 0
+
