@@ -109,8 +109,9 @@ def check_enrollment(
     revoked, expired or from another CA?", 2 runs in 3."""
     for attempt in range(1, HELLO_TRIES + 1):
         try:
-            _send_hello(host, port, ca_file, cert_file, key_file, tenant=tenant, site=site,
-                        device_id=device_id, timeout_s=timeout_s)
+            client = tls_client(f"{device_id}-enroll", ca_file, cert_file, key_file)
+            _send_hello(client, host, port, topic=hello_topic(tenant, site, device_id), device_id=device_id,
+                        timeout_s=timeout_s)
             return
         except _ClosedBeforeHello as exc:
             if attempt == HELLO_TRIES:
@@ -125,18 +126,8 @@ def check_enrollment(
 
 
 def _send_hello(
-    host: str,
-    port: int,
-    ca_file: Path,
-    cert_file: Path,
-    key_file: Path,
-    *,
-    tenant: str,
-    site: str,
-    device_id: str,
-    timeout_s: float,
+    client: mqtt.Client, host: str, port: int, *, topic: str, device_id: str, timeout_s: float
 ) -> None:
-    client = tls_client(f"{device_id}-enroll", ca_file, cert_file, key_file)
     done = threading.Event()
     outcome: dict[str, object] = {}
 
@@ -146,7 +137,7 @@ def _send_hello(
             done.set()
             return
         payload = json.dumps({"device_id": device_id, "ts": time.time(), "kind": "enrollment"})
-        outcome["mid"] = client.publish(hello_topic(tenant, site, device_id), payload, qos=1).mid
+        outcome["mid"] = client.publish(topic, payload, qos=1).mid
 
     def on_publish(_c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties) -> None:
         outcome["puback"] = rc
@@ -192,7 +183,7 @@ def _send_hello(
     puback = outcome.get("puback")
     if isinstance(puback, ReasonCode) and puback.is_failure:
         raise ProvisioningError(
-            f"the broker refused the hello on {hello_topic(tenant, site, device_id)}: "
+            f"the broker refused the hello on {topic}: "
             f"{puback} (check the ACL and that the certificate CN is the device id)"
         )
 
