@@ -719,17 +719,18 @@ class KTService:
             batch = kept.get(a.student, [])  # one code a step: up to this answer's last (a repeat: all)
             skills.update(code >> 1 for code in (batch if end is None else batch[: end[1] + 1]))
             practised.append(skills or None)  # none known (a repeat of a student forgotten): all
-            before = in_batch.get(a.student) or (state.recent_items if state is not None else ())
+            stored = state.recent_items if state is not None else ()
+            if end is None:
+                recent.append(stored)  # a repeat's: filled in below, after the batch
+                continue
+            before = in_batch.get(a.student) or stored
             recent.append((*before[1 - RECENT_ITEMS:], a.item_id))
-            if end is not None:
-                in_batch[a.student] = recent[-1]
+            in_batch[a.student] = recent[-1]
         # A repeat's: the student's latest as they stand after the batch. Its own item added again pushed
         # out the third latest, which a retry then recommended (a review: the answer before last's item)
         for n, (a, end) in enumerate(zip(answers, ends, strict=True)):
             if end is None:
-                state = work.get(a.student) or held[a.student]
-                latest = in_batch.get(a.student) or (state.recent_items if state is not None else ())
-                recent[n] = latest or (a.item_id,)
+                recent[n] = in_batch.get(a.student) or recent[n] or (a.item_id,)
         return rows, practised, recent
 
     def _run_rounds(

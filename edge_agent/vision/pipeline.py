@@ -322,8 +322,7 @@ class AttentionLoop:
 
     def step(self, image: np.ndarray, now: float) -> None:
         """Analyse one frame and update tracks and windows; an engine failure degrades, never raises."""
-        if self.paused_until is not None:  # asked while the frame was read: the pause holds from the ask
-            metrics.CAMERA_FRAMES_DROPPED.labels("paused").inc()
+        if self._dropped_for_pause():  # asked while the frame was read: the pause holds from the ask
             return
         try:
             smoothed = self.analyser.analyse_tracked(image, self.tracker, self.pose_refresh_frames)
@@ -333,11 +332,10 @@ class AttentionLoop:
             self.error = f"analysis failed: {exc}"
             metrics.CAMERA_FRAMES_DROPPED.labels("analysis_error").inc()
             return
-        if self.paused_until is not None:
+        if self._dropped_for_pause():
             # The teacher paused during the analysis: the page says paused from the press, so a frame
             # counted after it would be the camera measuring the class after the teacher stopped it (a CI
             # run: 1 frame analysed after the page said paused)
-            metrics.CAMERA_FRAMES_DROPPED.labels("paused").inc()
             return
         if self.error is not None:
             log.info("attention analysis works again")
@@ -349,6 +347,14 @@ class AttentionLoop:
         metrics.CAMERA_FPS.set(self.fps())
         for closed in self.windows.add(now, faces, attentive):
             self._emit(closed)
+
+    def _dropped_for_pause(self) -> bool:
+        """Whether a teacher's pause was asked (the loop closes the camera at its next tick): the frame in
+        hand is dropped, and counted."""
+        if self.paused_until is None:
+            return False
+        metrics.CAMERA_FRAMES_DROPPED.labels("paused").inc()
+        return True
 
     def _emit(self, window: dict[str, Any]) -> None:
         self.timeline.append(window)

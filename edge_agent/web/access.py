@@ -100,7 +100,7 @@ def from_this_site(headers: Mapping[str, str]) -> bool:
     if headers.get("Sec-Fetch-Site", "").lower() == "same-origin":
         return True
     origin = headers.get("Origin")
-    return origin is not None and urlsplit(origin).netloc.lower() == headers.get("Host", "").lower() != ""
+    return origin is not None and headers.get("Host", "") != "" and _names_the_host(origin, headers)
 
 
 def from_another_site(headers: Mapping[str, str], method: str, *, links: bool = True) -> bool:
@@ -120,7 +120,11 @@ def from_another_site(headers: Mapping[str, str], method: str, *, links: bool = 
     # the sign-out asks for more (from_this_site).
     if origin is None or origin == "null" or site in ("same-origin", "none"):
         return False
-    return urlsplit(origin).netloc.lower() != headers.get("Host", "").lower()
+    return not _names_the_host(origin, headers)
+
+
+def _names_the_host(origin: str, headers: Mapping[str, str]) -> bool:
+    return urlsplit(origin).netloc.lower() == headers.get("Host", "").lower()
 
 
 def refuse_another_site(server: str) -> web.Response:
