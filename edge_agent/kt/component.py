@@ -247,9 +247,11 @@ class KTComponent:
             if self._db is not None:  # a restart mid-lesson (an update) must not empty the teacher's view
                 with service.lesson_order:
                     view = service.lesson_view(clean=drained)
-                    saving = StatePersistence(self._db).save_lesson_view(view)
+                    unsaved, carried = service.unsaved_writer()
+                    saving = StatePersistence(self._db).save_lesson_view(view, first=unsaved)
                 try:
                     await asyncio.wrap_future(saving)
+                    carried()
                 except Exception as exc:
                     log.error("could not keep the teacher's lesson for the next start: %s", exc)
             self._publish(service)
@@ -317,11 +319,15 @@ class KTComponent:
                 "kind": "kt_class_window", "v": PAYLOAD_VERSION, "class_id": self.device.class_id,
                 "model": service.package.metadata.get("version"),
             }
+            unsaved, carried = service.unsaved_writer()
+            also = forget_open_window(through, first=unsaved)
             try:
-                return self._outbox.enqueue(STREAM, payload, also=forget_open_window(through))
+                queued = self._outbox.enqueue(STREAM, payload, also=also)
             except Exception as exc:  # refused at once (too large, not JSON): said where it is awaited
                 done.set_exception(exc)
                 return done
+            queued.add_done_callback(lambda f: f.exception() is None and carried())
+            return queued
 
     @staticmethod
     async def _stored(queued: concurrent.futures.Future[int], wait_s: float) -> None:
@@ -340,10 +346,14 @@ def _save_records(service: KTService, persistence: StatePersistence) -> None:
     students' states any longer."""
 
     def stored(saving: concurrent.futures.Future[int | None]) -> None:
-        through = saving.result() if saving.exception() is None else None
+        if saving.exception() is not None:
+            return
+        carried()
+        through = saving.result()
         if through is not None:
             service.records_saved(through)
 
     with service.lesson_order:  # after the states of the answers they hold (KTService.lesson_order)
-        saving = persistence.save_lesson_records(service.lesson_view(), service.open_window())
+        unsaved, carried = service.unsaved_writer()  # and with those whose own commit failed
+        saving = persistence.save_lesson_records(service.lesson_view(), service.open_window(), first=unsaved)
     saving.add_done_callback(stored)

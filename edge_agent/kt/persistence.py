@@ -22,6 +22,8 @@ import numpy as np
 from edge_agent.kt.state import HISTORY_CAP, RECENT_ITEMS, StudentState
 from edge_agent.store.db import Database, set_meta
 
+Writer = Callable[[sqlite3.Connection], None]  # a part of one transaction, run on the writer thread
+
 log = logging.getLogger(__name__)
 
 EVENT_KEEP_S = 7 * 86400.0  # a client retries within minutes; a week covers a board that was off
@@ -110,11 +112,48 @@ def _meta_json_writer(key: str, value: dict[str, Any] | None) -> Callable[[sqlit
     return lambda conn: set_meta(conn, key, text)
 
 
-def forget_open_window(through: int) -> Callable[[sqlite3.Connection], None]:
+def state_writer(
+    states: Iterable[tuple[str, StudentState]],
+    events: Iterable[tuple[str, float, str | None]],
+    now: float,
+    forget: Sequence[str] = (),
+    *,
+    tails: Mapping[str, Sequence[JournalRow]] | None = None,
+) -> Writer:
+    """StatePersistence.save's transaction, for another one to hold too (the rows are taken now)."""
+    tails = tails or {}
+    state_rows = [(s, st.to_bytes(), st.answers, now, st.kept_bytes(),
+                   json.dumps([st.answers, st.recent_items], ensure_ascii=False),
+                   _tail_text(tails.get(s))) for s, st in states]
+    event_rows = list(events)
+    forget_rows = [(s,) for s in forget]
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT INTO kt_student_state(student, state, answers, updated_at, kept, recent, "
+            "lesson_tail) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(student) DO UPDATE SET state=excluded.state, answers=excluded.answers, "
+            "updated_at=excluded.updated_at, kept=excluded.kept, recent=excluded.recent, "
+            "lesson_tail=excluded.lesson_tail",
+            state_rows,
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO kt_applied_events(event_key, applied_at, content) VALUES (?, ?, ?)",
+            event_rows,
+        )
+        conn.executemany("DELETE FROM kt_student_state WHERE student = ?", forget_rows)  # after: wins
+
+    return run
+
+
+def forget_open_window(through: int, *, first: Writer | None = None) -> Writer:
     """For the transaction that queues the synced window with answers up to ``through`` for the cloud
-    (Outbox.enqueue's ``also``): its record goes, unless the one stored is of the window after it."""
+    (Outbox.enqueue's ``also``): its record goes, unless the one stored is of the window after it.
+    ``first`` runs before it (KTService.unsaved_writer)."""
 
     def forget(conn: sqlite3.Connection) -> None:
+        if first is not None:
+            first(conn)
         stored = (_meta_value(conn, "kt_lesson_window") or {}).get("seq")
         if not (isinstance(stored, int) and stored > through):
             set_meta(conn, "kt_lesson_window", json.dumps({"seq": through}))
@@ -307,34 +346,20 @@ class StatePersistence:
         """Upsert ``states`` with each student's answers the lesson records may not hold yet (``tails``),
         record ``events`` (key, applied at, content) and delete the states of the students in ``forget``,
         in one transaction."""
-        tails = tails or {}
-        state_rows = [(s, st.to_bytes(), st.answers, now, st.kept_bytes(),
-                       json.dumps([st.answers, st.recent_items], ensure_ascii=False),
-                       _tail_text(tails.get(s))) for s, st in states]
-        event_rows = list(events)
-        forget_rows = [(s,) for s in forget]
+        return self.db.write(state_writer(states, events, now, forget, tails=tails))
+
+    def save_lesson_view(self, view: dict[str, Any] | None, *, first: Writer | None = None) -> Future[None]:
+        """The teacher's lesson (meta ``kt_lesson_view``), so a restart mid-lesson keeps it: at stop, and
+        every SAVE_LESSON_EVERY_S while it runs (a power cut has no stop). ``first`` runs in the same
+        transaction (KTService.unsaved_writer)."""
+        record = _meta_json_writer("kt_lesson_view", view)
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO kt_student_state(student, state, answers, updated_at, kept, recent, "
-                "lesson_tail) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(student) DO UPDATE SET state=excluded.state, answers=excluded.answers, "
-                "updated_at=excluded.updated_at, kept=excluded.kept, recent=excluded.recent, "
-                "lesson_tail=excluded.lesson_tail",
-                state_rows,
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO kt_applied_events(event_key, applied_at, content) VALUES (?, ?, ?)",
-                event_rows,
-            )
-            conn.executemany("DELETE FROM kt_student_state WHERE student = ?", forget_rows)  # after: wins
+            if first is not None:
+                first(conn)
+            record(conn)
 
         return self.db.write(run)
-
-    def save_lesson_view(self, view: dict[str, Any] | None) -> Future[None]:
-        """The teacher's lesson (meta ``kt_lesson_view``), so a restart mid-lesson keeps it: at stop, and
-        every SAVE_LESSON_EVERY_S while it runs (a power cut has no stop)."""
-        return self.db.write(_meta_json_writer("kt_lesson_view", view))
 
     def load_lesson_view(self) -> dict[str, Any] | None:
         return self._meta_json("kt_lesson_view")
@@ -348,13 +373,17 @@ class StatePersistence:
     def load_open_window(self) -> dict[str, Any] | None:
         return self._meta_json("kt_lesson_window")
 
-    def save_lesson_records(self, view: dict[str, Any], window: dict[str, Any]) -> Future[int | None]:
+    def save_lesson_records(
+        self, view: dict[str, Any], window: dict[str, Any], *, first: Writer | None = None
+    ) -> Future[int | None]:
         """The teacher's lesson and the synced window not yet sent (``seq``: up to which answer each holds);
         resolves with the answer both records stored now hold (None: not known), whose lesson entries the
-        states need keep no longer."""
+        states need keep no longer. ``first`` runs in the same transaction (KTService.unsaved_writer)."""
         view_text, window_text = (json.dumps(r, separators=(",", ":")) for r in (view, window))
 
         def run(conn: sqlite3.Connection) -> int | None:
+            if first is not None:
+                first(conn)
             set_meta(conn, "kt_lesson_view", view_text)
             stored = (_meta_value(conn, "kt_lesson_window") or {}).get("seq")
             # a window sent since this one was taken left only its number there: never an older copy

@@ -40,7 +40,7 @@ from edge_agent.kt.answers import Answer
 from edge_agent.kt.applied_events import AppliedEvents
 from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
 from edge_agent.kt.package import KTPackage
-from edge_agent.kt.persistence import EVENT_KEEP_S, JournalRow, StatePersistence
+from edge_agent.kt.persistence import EVENT_KEEP_S, JournalRow, StatePersistence, Writer, state_writer
 from edge_agent.kt.recommend import ItemBank, item_success, weakest_skills
 from edge_agent.kt.state import RECENT_ITEMS, UNKNOWN_MODEL, StudentState, history_code
 from edge_agent.lifecycle import Heartbeat, waiting_on_disk
@@ -337,6 +337,21 @@ class KTService:
         with self._lock:
             states = {s: self._states[s] for s in self._unsaved_students if s in self._states}
             return states, list(self._unsaved_keys)
+
+    def unsaved_writer(self) -> tuple[Writer | None, Callable[[], None]]:
+        """For a transaction that stores lesson records (taken under :attr:`lesson_order`): the states and
+        event keys whose own commit failed, to store first in it, and what to call once it committed.
+        Records holding an answer without its state and key would, after a power cut, count the client's
+        retry of it (its answer got a 503) a second time."""
+        states, keys = self._unsaved()
+        if not (states or keys):
+            return None, lambda: None
+
+        def stored() -> None:
+            with self._lock:
+                self._saved(states, keys)
+
+        return state_writer(states.items(), keys, self._clock(), tails=self._tails_of(states)), stored
 
     def _tails_of(self, students: Iterable[str]) -> dict[str, list[JournalRow]]:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -185,6 +186,72 @@ def test_a_power_cut_right_after_a_lesson_save_does_not_count_the_clients_retry_
     cut.open()
     try:
         assert asyncio.run(after(cut)) == 4  # 5 before: the answer in the records, and its retry
+    finally:
+        cut.close()
+
+
+@pytest.mark.parametrize("taken_by", ["the lesson records", "the synced window"])
+def test_a_power_cut_after_a_failed_state_commit_does_not_count_the_clients_retry_twice(
+    package: KTPackage, device, db: Database, outbox: Outbox, pseudonymize, tmp_path, monkeypatch, taken_by: str
+) -> None:
+    # Left by the last round's review: a state commit that fails (a full disk, an I/O error) keeps the answer
+    # in the teacher's lesson in memory and answers the client 503. Lesson records (or a synced window) stored
+    # next held the answer; a power cut before its state was stored again lost the state and its event key,
+    # so the client's retry counted a second time: 5 answers for 4. Those states now go in the same commit.
+    from edge_agent.errors import StoreFullError
+    from edge_agent.kt import component as component_module
+
+    settings = KTSettings(min_group_size=2)
+    image = tmp_path / "after-the-cut"
+    retry = [_answer(package, pseudonymize, "s9", "cut", 1)]
+
+    async def before() -> None:
+        comp = KTComponent(settings, device, None, db, outbox, LiveBoard(), HeartbeatRegistry())
+        await comp.start()
+        svc = comp.get_service()
+        assert svc is not None and svc._persistence is not None
+        await svc.submit_async([_answer(package, pseudonymize, f"s{n}", f"e{n}", n) for n in range(3)])
+        persistence, save = svc._persistence, svc._persistence.save
+
+        def fails_once(*args: Any, **kwargs: Any) -> Any:
+            monkeypatch.setattr(persistence, "save", save)  # the disk takes the next writes again
+            failed: concurrent.futures.Future[None] = concurrent.futures.Future()
+            failed.set_exception(StoreFullError("database or disk is full"))
+            return failed
+
+        monkeypatch.setattr(persistence, "save", fails_once)
+        with pytest.raises(ServiceBusy):
+            await svc.submit_async(retry)
+        if taken_by == "the lesson records":
+            component_module._save_records(svc, StatePersistence(db))
+        else:
+            queued = comp._queue_window(svc, now_anyway=True)
+            assert queued is not None and queued.result(5) > 0
+        db.write(lambda conn: None).result(5)  # all the writer was given is committed: the cut
+        image.mkdir()
+        for suffix in ("", "-wal"):
+            shutil.copy(f"{db.path}{suffix}", image / f"{db.path.name}{suffix}")
+        await comp.stop()
+
+    async def after(cut: Database, box: Outbox) -> int:
+        comp = KTComponent(settings, device, None, cut, box, LiveBoard(), HeartbeatRegistry())
+        await comp.start()
+        svc = comp.get_service()
+        assert svc is not None
+        await svc.submit_async(retry)  # the client sends it again
+        answers = int(svc.class_summary()["answers"])
+        await comp.stop()  # sends the window not synced yet
+        return answers
+
+    asyncio.run(before())
+    cut = Database(image / db.path.name, StoreSettings())
+    cut.open()
+    try:
+        box = Outbox(cut, device, StoreSettings(), MqttSettings())
+        box.open()
+        assert asyncio.run(after(cut, box)) == 4  # the teacher's lesson
+        rows = cut.read(lambda c: c.execute("SELECT payload FROM outbox WHERE stream = 'kt_class'").fetchall())
+        assert sum(json.loads(p)["answers"] for (p,) in rows) == 4  # and the cloud's windows
     finally:
         cut.close()
 
