@@ -100,6 +100,7 @@ class Camera:
             lambda stop: open_source(source, width, height, stop, folder_fps=folder_fps))
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # a new frame (latest's wait)
         self._frame: Frame | None = None
         self._taken_seq = 0
         self._seq = 0
@@ -179,9 +180,11 @@ class Camera:
         with self._lock:
             return self._state, self._detail
 
-    def latest(self, after_seq: int = 0) -> Frame | None:
-        """The newest frame if it is newer than ``after_seq``."""
-        with self._lock:
+    def latest(self, after_seq: int = 0, wait_s: float = 0.0) -> Frame | None:
+        """The newest frame if it is newer than ``after_seq``, waiting up to ``wait_s`` for one."""
+        with self._arrived:
+            if wait_s > 0:
+                self._arrived.wait_for(lambda: (self._frame.seq if self._frame else 0) > after_seq, wait_s)
             frame = self._frame
             if frame is None or frame.seq <= after_seq:
                 return None
@@ -293,6 +296,7 @@ class Camera:
                 metrics.CAMERA_FRAMES_DROPPED.labels("busy").inc()
             self._seq += 1
             self._frame = Frame(self._seq, time.time(), image)
+            self._arrived.notify_all()
             state = self._state
         if state == "stalled":
             self._set_state("running", "frames arriving again")
