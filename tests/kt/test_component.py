@@ -192,7 +192,8 @@ def test_a_power_cut_right_after_a_lesson_save_does_not_count_the_clients_retry_
 
 @pytest.mark.parametrize("taken_by", ["the lesson records", "the synced window"])
 def test_a_power_cut_after_a_failed_state_commit_does_not_count_the_clients_retry_twice(
-    package: KTPackage, device, db: Database, outbox: Outbox, pseudonymize, tmp_path, monkeypatch, taken_by: str
+    package: KTPackage, device, db: Database, outbox: Outbox, pseudonymize, tmp_path, monkeypatch,
+    taken_by: str,
 ) -> None:
     # Left by the last round's review: a state commit that fails (a full disk, an I/O error) keeps the answer
     # in the teacher's lesson in memory and answers the client 503. Lesson records (or a synced window) stored
@@ -250,7 +251,8 @@ def test_a_power_cut_after_a_failed_state_commit_does_not_count_the_clients_retr
         box = Outbox(cut, device, StoreSettings(), MqttSettings())
         box.open()
         assert asyncio.run(after(cut, box)) == 4  # the teacher's lesson
-        rows = cut.read(lambda c: c.execute("SELECT payload FROM outbox WHERE stream = 'kt_class'").fetchall())
+        sql = "SELECT payload FROM outbox WHERE stream = 'kt_class'"
+        rows = cut.read(lambda c: c.execute(sql).fetchall())
         assert sum(json.loads(p)["answers"] for (p,) in rows) == 4  # and the cloud's windows
     finally:
         cut.close()
