@@ -254,6 +254,9 @@ class KTComponent:
                     carried()
                 except Exception as exc:
                     log.error("could not keep the teacher's lesson for the next start: %s", exc)
+                if lost := service.unsaved_count():
+                    log.error("%s answers or student states applied in memory are not stored, and are lost "
+                              "with this stop: their clients were answered 503 and send them again", lost)
             self._publish(service)
         self._heartbeats.unregister(HEARTBEAT)
         if self._own_engine and self._engine is not None:
@@ -343,7 +346,9 @@ class KTComponent:
 
 def _save_records(service: KTService, persistence: StatePersistence) -> None:
     """The lesson records as they are now; once stored, the answers they hold need not be kept beside the
-    students' states any longer."""
+    students' states any longer. (Saved again unchanged every 15 s they cost no flash writes: SQLite
+    leaves pages whose content is unchanged alone; the daemon's wchar in a lesson with no new answers was
+    36 KiB per 15 s whether this save ran or was skipped, 2026-12-04.)"""
 
     def stored(saving: concurrent.futures.Future[int | None]) -> None:
         if saving.exception() is not None:
@@ -356,4 +361,5 @@ def _save_records(service: KTService, persistence: StatePersistence) -> None:
     with service.lesson_order:  # after the states of the answers they hold (KTService.lesson_order)
         unsaved, carried = service.unsaved_writer()  # and with those whose own commit failed
         saving = persistence.save_lesson_records(service.lesson_view(), service.open_window(), first=unsaved)
-    saving.add_done_callback(stored)
+        # inside: a save done already runs it here and now, before a later batch's failure is listed
+        saving.add_done_callback(stored)

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import queue
+import sqlite3
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -342,16 +343,29 @@ class KTService:
         """For a transaction that stores lesson records (taken under :attr:`lesson_order`): the states and
         event keys whose own commit failed, to store first in it, and what to call once it committed.
         Records holding an answer without its state and key would, after a power cut, count the client's
-        retry of it (its answer got a 503) a second time."""
-        states, keys = self._unsaved()
-        if not (states or keys):
+        retry of it (its answer got a 503) a second time. They are read when the writer runs it: a message
+        the outbox holds through a full disk runs it again later, and a copy taken at the queuing wrote a
+        student's older state over the newer ones committed meanwhile (a review: an answer lost)."""
+        if self.unsaved_count() == 0:
             return None, lambda: None
+        written: list[tuple[dict[str, StudentState], list[tuple[str, float, str | None]]]] = []
 
-        def stored() -> None:
-            with self._lock:
-                self._saved(states, keys)
+        def write(conn: sqlite3.Connection) -> None:
+            states, keys = self._unsaved()
+            written[:] = [(states, keys)]
+            state_writer(states.items(), keys, self._clock(), tails=self._tails_of(states))(conn)
 
-        return state_writer(states.items(), keys, self._clock(), tails=self._tails_of(states)), stored
+        def stored() -> None:  # on the writer thread, in commit order (or before any later batch queued)
+            if written:
+                with self._lock:
+                    self._saved(*written[0])
+
+        return write, stored
+
+    def unsaved_count(self) -> int:
+        """Answers applied in memory whose commit failed and that no later commit has stored yet."""
+        with self._lock:
+            return len(self._unsaved_keys) + len(self._unsaved_students)
 
     def _tails_of(self, students: Iterable[str]) -> dict[str, list[JournalRow]]:
         with self._lock:
@@ -386,9 +400,9 @@ class KTService:
                 timeout_s)
             with self._lock:
                 self._saved(states, keys)
-        except Exception as exc:  # the store is failing or stopped: say what is lost with the restart
-            log.error("%s answers are applied in memory but not stored, and are lost with this stop: %s",
-                      len(keys), exc)
+        except Exception as exc:  # the store is failing or stopped: the component's lesson save tries again
+            log.warning("%s answers applied in memory are not stored yet (%s); the lesson's save at this "
+                        "stop tries once more", len(keys), exc)
 
     def _swap(self, swap: _Swap) -> None:
         """Between micro-batches, on this thread: nothing else uses the engine or package now."""
