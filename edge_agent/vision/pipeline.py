@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 
 FPS_WINDOW_S = 10.0  # the recent past the analysis rate is measured over
+MAX_FRAME_WAIT_S = 0.25  # a frame due just after the tick, waited for (AttentionLoop._run)
 PAUSE_MOVED_S = 60.0  # a pause's end in the board's time moved this far: the clock was stepped
 LESSON_GAP_S = 600.0  # kt.lesson_gap_s's default: a break this long without windows ends the lesson
 
@@ -312,8 +313,9 @@ class AttentionLoop:
             self.camera.check_stall()
             # A frame due any moment is waited for: a source at about the analysis rate (a folder, an IP
             # camera set to 5 frames/s) is otherwise missed whenever it comes just after the tick, and the
-            # next tick finds two (4.1-4.3 of 5 frames/s analysed in the lesson benchmark)
-            frame = self.camera.latest(self._last_seq, wait_s=self.period / 2)
+            # next tick finds two (4.1-4.3 of 5 frames/s analysed in the lesson benchmark). Not for longer
+            # than MAX_FRAME_WAIT_S: nothing ends the wait at a stop (5 s at 0.1 frames/s, a review).
+            frame = self.camera.latest(self._last_seq, wait_s=min(self.period / 2, MAX_FRAME_WAIT_S))
             if frame is not None:
                 self._last_seq = frame.seq
                 self.step(frame.image, frame.captured_at)

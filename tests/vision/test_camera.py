@@ -606,3 +606,28 @@ def test_a_frame_that_comes_just_after_the_analysis_tick_is_analysed_not_superse
         camera.stop()
     analysed = _value("edge_camera_frames_analysed_total") - analysed_before
     assert analysed >= len(published) - 1, (analysed, len(published))  # the last may still be unanalysed
+
+
+def test_the_analysis_stops_at_once_at_a_slow_rate_with_no_frame_coming(detector, tmp_path: Path) -> None:
+    # A review: waiting for a frame due just after the tick for half a period made a stop wait out the
+    # rest of it with the camera down: 4.9 s at 0.1 frames/s (0.00 s before).
+    from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
+    from edge_agent.vision.pipeline import AttentionLoop, FrameAnalyser
+    from edge_agent.vision.pose import LandmarkPose
+
+    camera = Camera(str(tmp_path / "absent.mp4"), reconnect_min_s=0.1, reconnect_max_s=0.2)
+    ticks: list[float] = []
+    loop = AttentionLoop(camera, FrameAnalyser(detector, LandmarkPose(), AttentionRules()), FaceTracker(),
+                         WindowAggregator(), analysis_fps=0.1, on_window=lambda _w: None,
+                         beat=lambda: ticks.append(time.monotonic()))
+    camera.start()
+    loop.start()
+    try:
+        assert _wait(lambda: bool(ticks))
+        time.sleep(0.05)  # inside the first tick's wait for a frame
+        started = time.monotonic()
+        loop.stop()
+        took = time.monotonic() - started
+    finally:
+        camera.stop()
+    assert took < 1.0, took
