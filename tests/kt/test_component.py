@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -132,6 +133,42 @@ def test_answers_after_the_last_save_of_the_lesson_are_in_it_after_a_power_cut(
     assert [json.loads(p)["answers"] for (p,) in rows] == [7]
 
 
+def _cut(db: Database, image: Path) -> None:
+    """An image of the files as a power cut now leaves them: all the writer was given is committed."""
+    db.write(lambda conn: None).result(5)
+    image.mkdir()
+    for suffix in ("", "-wal"):
+        shutil.copy(f"{db.path}{suffix}", image / f"{db.path.name}{suffix}")
+
+
+def _retried_after_the_cut(image: Path, db: Database, device, retry: list) -> tuple[int, int]:
+    """The board started from the image, the client's retry sent again, the board stopped: (answers in
+    the teacher's lesson, answers in the windows queued for the cloud)."""
+    cut = Database(image / db.path.name, StoreSettings())
+    cut.open()
+
+    async def run() -> int:
+        box = Outbox(cut, device, StoreSettings(), MqttSettings())
+        box.open()
+        comp = KTComponent(KTSettings(min_group_size=2), device, None, cut, box, LiveBoard(),
+                           HeartbeatRegistry())
+        await comp.start()
+        svc = comp.get_service()
+        assert svc is not None
+        await svc.submit_async(retry)
+        answers = int(svc.class_summary()["answers"])
+        await comp.stop()  # sends the window not synced yet
+        return answers
+
+    try:
+        answers = asyncio.run(run())
+        sql = "SELECT payload FROM outbox WHERE stream = 'kt_class'"
+        windows = sum(json.loads(p)["answers"] for (p,) in cut.read(lambda c: c.execute(sql).fetchall()))
+        return answers, windows
+    finally:
+        cut.close()
+
+
 def test_a_power_cut_right_after_a_lesson_save_does_not_count_the_clients_retry_twice(
     package: KTPackage, device, db: Database, outbox: Outbox, pseudonymize, tmp_path, monkeypatch
 ) -> None:
@@ -159,35 +196,16 @@ def test_a_power_cut_right_after_a_lesson_save_does_not_count_the_clients_retry_
                 taker = threading.Thread(target=component_module._save_records, args=(svc, records))
                 taker.start()
                 taker.join(0.5)
-                db.write(lambda conn: None).result(5)  # all the writer was given is committed: the cut
-                image.mkdir()
-                for suffix in ("", "-wal"):
-                    shutil.copy(f"{db.path}{suffix}", image / f"{db.path.name}{suffix}")
+                _cut(db, image)
             return save(*args, **kwargs)
 
         monkeypatch.setattr(svc._persistence, "save", records_taken_meanwhile)
         await svc.submit_async(retry)
         await comp.stop()
 
-    async def after(cut: Database) -> int:
-        box = Outbox(cut, device, StoreSettings(), MqttSettings())
-        box.open()
-        comp = KTComponent(settings, device, None, cut, box, LiveBoard(), HeartbeatRegistry())
-        await comp.start()
-        svc = comp.get_service()
-        assert svc is not None
-        await svc.submit_async(retry)  # the client sends it again
-        answers = int(svc.class_summary()["answers"])
-        await comp.stop()
-        return answers
-
     asyncio.run(before())
-    cut = Database(image / db.path.name, StoreSettings())
-    cut.open()
-    try:
-        assert asyncio.run(after(cut)) == 4  # 5 before: the answer in the records, and its retry
-    finally:
-        cut.close()
+    # 5 before: the answer in the records, and its retry
+    assert _retried_after_the_cut(image, db, device, retry)[0] == 4
 
 
 @pytest.mark.parametrize("taken_by", ["the lesson records", "the synced window"])
@@ -228,34 +246,11 @@ def test_a_power_cut_after_a_failed_state_commit_does_not_count_the_clients_retr
         else:
             queued = comp._queue_window(svc, now_anyway=True)
             assert queued is not None and queued.result(5) > 0
-        db.write(lambda conn: None).result(5)  # all the writer was given is committed: the cut
-        image.mkdir()
-        for suffix in ("", "-wal"):
-            shutil.copy(f"{db.path}{suffix}", image / f"{db.path.name}{suffix}")
+        _cut(db, image)
         await comp.stop()
 
-    async def after(cut: Database, box: Outbox) -> int:
-        comp = KTComponent(settings, device, None, cut, box, LiveBoard(), HeartbeatRegistry())
-        await comp.start()
-        svc = comp.get_service()
-        assert svc is not None
-        await svc.submit_async(retry)  # the client sends it again
-        answers = int(svc.class_summary()["answers"])
-        await comp.stop()  # sends the window not synced yet
-        return answers
-
     asyncio.run(before())
-    cut = Database(image / db.path.name, StoreSettings())
-    cut.open()
-    try:
-        box = Outbox(cut, device, StoreSettings(), MqttSettings())
-        box.open()
-        assert asyncio.run(after(cut, box)) == 4  # the teacher's lesson
-        sql = "SELECT payload FROM outbox WHERE stream = 'kt_class'"
-        rows = cut.read(lambda c: c.execute(sql).fetchall())
-        assert sum(json.loads(p)["answers"] for (p,) in rows) == 4  # and the cloud's windows
-    finally:
-        cut.close()
+    assert _retried_after_the_cut(image, db, device, retry) == (4, 4)  # the teacher's lesson, the cloud's
 
 
 @pytest.mark.parametrize("fails_again", [False, True])
@@ -315,9 +310,7 @@ def test_a_window_the_full_disk_held_stores_the_students_newest_state_not_the_on
         mastery = svc.student_mastery(star)
         assert mastery is not None
         assert stored_answers(small_disk) == mastery["answers"]  # 2 before: a2's state overwritten
-        image.mkdir()
-        for suffix in ("", "-wal"):
-            shutil.copy(f"{small_disk.path}{suffix}", image / f"{small_disk.path.name}{suffix}")
+        _cut(small_disk, image)
         await comp.stop()
         return int(mastery["answers"])
 
