@@ -151,7 +151,7 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
                            f"cp -r {faces_dir / 'pexels'} {STAGE}/camera")
 
     # The broker example exactly as its README says, under Debian's own mosquitto.service
-    booted.run("sh", "-c", f"""set -e
+    broker_setup = (f"""set -e
         cd {fleet}
         {BIN}/edge-agent-ca init ./fleet-ca
         mkdir -p /etc/mosquitto/edge
@@ -164,6 +164,12 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
         openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout fc.key \
             -subj /CN=fleet-controller -out fc.csr 2>/dev/null
         {BIN}/edge-agent-ca sign ./fleet-ca fc.csr --out fc.pem""")
+    try:
+        booted.run("sh", "-c", broker_setup)
+    except AssertionError as exc:
+        # once in CI (jetpack6, 2026-12-04) "Job for mosquitto.service failed": say why the next time
+        log = booted.run("sh", "-c", "ss -ltnp; cat /var/log/mosquitto/mosquitto.log", check=False).stdout
+        raise AssertionError(f"{exc}\n{booted.journal('mosquitto.service')[-3000:]}\n{log[-3000:]}") from exc
     assert booted.show("mosquitto.service", "ActiveState")["ActiveState"] == "active"
     # The broker machine's CRL timer (provisioning/README.md): its service rebuilds the CRL, installs it for
     # Mosquitto and reloads it (Mosquitto refuses every board once its CRL has expired)
