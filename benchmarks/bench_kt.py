@@ -40,6 +40,7 @@ from edge_agent.inference.bench import time_calls
 from edge_agent.inference.engine import Engine, TensorSpec
 from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 from edge_agent.kt.answers import Answer
+from edge_agent.kt.component import SAVE_LESSON_EVERY_S, save_records
 from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.kt.persistence import StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
@@ -428,13 +429,25 @@ def _service_app(
         engine or OnnxRuntimeEngine(package.step_model),
         settings,
         pseudo,
-        persistence=StatePersistence(db),
+        persistence=(persistence := StatePersistence(db)),
     )
     svc.start()
     app = web.Application()
     app.add_routes(answer_routes(svc, settings))
+    # the lesson records saved every 15 s, as the daemon's KT component does: the answers each student's
+    # state carries beside it until then grow without that (the rate fell by half in 60 s, 2026-12-04)
+    stopping = threading.Event()
+
+    def save_the_lesson() -> None:
+        while not stopping.wait(SAVE_LESSON_EVERY_S):
+            save_records(svc, persistence)
+
+    saver = threading.Thread(target=save_the_lesson)
+    saver.start()
 
     def close() -> None:
+        stopping.set()
+        saver.join()
         svc.stop()
         db.close()
 

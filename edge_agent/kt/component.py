@@ -227,7 +227,7 @@ class KTComponent:
             # Saved again at once, as they are now: the old copy left there, a crash later in the lesson
             # brought it back (6 students' answers gone from the teacher's view); a failed save leaves the
             # old copy and the answers beside the states, which give the same again.
-            _save_records(service, persistence)
+            save_records(service, persistence)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -297,7 +297,7 @@ class KTComponent:
         """Queued behind the writes before it (a window sent just now is cleared in its own transaction
         first); not waited for: the next turn saves again."""
         assert self.service is not None
-        _save_records(self.service, persistence)
+        save_records(self.service, persistence)
 
     def _publish(self, service: KTService) -> None:
         if self._live is not None:
@@ -344,7 +344,7 @@ class KTComponent:
             log.error("could not queue the lesson summary for sync: %s", exc)
 
 
-def _save_records(service: KTService, persistence: StatePersistence) -> None:
+def save_records(service: KTService, persistence: StatePersistence) -> None:
     """The lesson records as they are now; once stored, the answers they hold need not be kept beside the
     students' states any longer. (Saved again unchanged every 15 s they cost no flash writes: SQLite
     leaves pages whose content is unchanged alone; the daemon's wchar in a lesson with no new answers was

@@ -7,6 +7,7 @@ student's answers the lesson records saved every 15 s may not hold yet (``lesson
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import json
@@ -86,10 +87,34 @@ def kept_by_skill_id(state: StudentState, skills: Sequence[str], set_aside: str 
     return kept[-HISTORY_CAP:]
 
 
-def _tail_text(rows: Sequence[JournalRow] | None) -> str | None:
-    if not rows:
-        return None
-    return json.dumps([[r.seq, r.skills, round(r.at, 3)] for r in rows], separators=(",", ":"))
+class Tail:
+    """A student's answers the stored lesson records may not hold yet (kept beside the state, up to 15 s
+    of them), with each one's JSON made once: every save of the state writes them all again. With
+    json.dumps of the whole tail at each save, the answer API under 32 clients (300 students, about 1,900
+    answers/s) cost the server 495-507 µs of CPU per answer, 449-468 with this (2026-12-04)."""
+
+    __slots__ = ("_seqs", "_texts")
+
+    def __init__(self) -> None:
+        self._seqs: list[int] = []  # rising: the service numbers answers in the order it applies them
+        self._texts: list[str] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._seqs)
+
+    def append(self, row: JournalRow) -> None:
+        self._seqs.append(row.seq)
+        self._texts.append(json.dumps([row.seq, row.skills, round(row.at, 3)], separators=(",", ":")))
+
+    def after(self, seq: int) -> Tail:
+        """The rows after answer ``seq`` (those the records saved through it do not hold)."""
+        kept, cut = Tail(), bisect.bisect_right(self._seqs, seq)
+        kept._seqs, kept._texts = self._seqs[cut:], self._texts[cut:]
+        return kept
+
+    def text(self) -> str | None:
+        """As stored in kt_student_state.lesson_tail (load_journal reads it); None when empty."""
+        return f"[{','.join(self._texts)}]" if self._texts else None
 
 
 def _recent_items(text: str | None, state: StudentState) -> tuple[str, ...]:
@@ -118,13 +143,13 @@ def state_writer(
     now: float,
     forget: Sequence[str] = (),
     *,
-    tails: Mapping[str, Sequence[JournalRow]] | None = None,
+    tails: Mapping[str, str | None] | None = None,
 ) -> Writer:
     """StatePersistence.save's transaction, for another one to hold too (the rows are taken now)."""
     tails = tails or {}
     state_rows = [(s, st.to_bytes(), st.answers, now, st.kept_bytes(),
                    json.dumps([st.answers, st.recent_items], ensure_ascii=False),
-                   _tail_text(tails.get(s))) for s, st in states]
+                   tails.get(s)) for s, st in states]
     event_rows = list(events)
     forget_rows = [(s,) for s in forget]
 
@@ -341,11 +366,11 @@ class StatePersistence:
         now: float,
         forget: Sequence[str] = (),
         *,
-        tails: Mapping[str, Sequence[JournalRow]] | None = None,
+        tails: Mapping[str, str | None] | None = None,
     ) -> Future[None]:
-        """Upsert ``states`` with each student's answers the lesson records may not hold yet (``tails``),
-        record ``events`` (key, applied at, content) and delete the states of the students in ``forget``,
-        in one transaction."""
+        """Upsert ``states`` with each student's answers the lesson records may not hold yet (``tails``:
+        their ``Tail.text()``), record ``events`` (key, applied at, content) and delete the states of the
+        students in ``forget``, in one transaction."""
         return self.db.write(state_writer(states, events, now, forget, tails=tails))
 
     def save_lesson_view(self, view: dict[str, Any] | None, *, first: Writer | None = None) -> Future[None]:

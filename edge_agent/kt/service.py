@@ -41,7 +41,7 @@ from edge_agent.kt.answers import Answer
 from edge_agent.kt.applied_events import AppliedEvents
 from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
 from edge_agent.kt.package import KTPackage
-from edge_agent.kt.persistence import EVENT_KEEP_S, JournalRow, StatePersistence, Writer, state_writer
+from edge_agent.kt.persistence import EVENT_KEEP_S, JournalRow, StatePersistence, Tail, Writer, state_writer
 from edge_agent.kt.recommend import ItemBank, item_success, weakest_skills
 from edge_agent.kt.state import RECENT_ITEMS, UNKNOWN_MODEL, StudentState, history_code
 from edge_agent.lifecycle import Heartbeat, waiting_on_disk
@@ -207,7 +207,7 @@ class KTService:
         # stored beside the student's state: the records are saved every 15 s, and a power cut lost up to
         # 15 s of a window's answers (the states had them, the window sent to the cloud did not). ``_seq``
         # numbers the answers, across restarts; the records say up to which they hold (records_saved).
-        self._tails: dict[str, list[JournalRow]] = {}
+        self._tails: dict[str, Tail] = {}
         self._seq = 0
         # up to which answer (seq) each restored record holds them ("view", "lesson"; none: all the journal)
         self._record_seqs: dict[str, float] = {}
@@ -367,16 +367,16 @@ class KTService:
         with self._lock:
             return len(self._unsaved_keys) + len(self._unsaved_students)
 
-    def _tails_of(self, students: Iterable[str]) -> dict[str, list[JournalRow]]:
+    def _tails_of(self, students: Iterable[str]) -> dict[str, str | None]:
         with self._lock:
-            return {s: list(self._tails[s]) for s in students if s in self._tails}
+            return {s: self._tails[s].text() for s in students if s in self._tails}
 
     def records_saved(self, through: int) -> None:
         """The lesson records stored now hold every answer up to ``through``: the states need not keep
         them beside them from their next save on."""
         with self._lock:
             for student in list(self._tails):
-                kept = [row for row in self._tails[student] if row.seq > through]
+                kept = self._tails[student].after(through)
                 if kept:
                     self._tails[student] = kept
                 else:
@@ -795,7 +795,7 @@ class KTService:
         self._seq += 1
         row = JournalRow(self._seq, answer.student, tuple(answer.skills), now)
         if self._persistence is not None:
-            self._tails.setdefault(answer.student, []).append(row)
+            self._tails.setdefault(answer.student, Tail()).append(row)
         return row
 
     def _record_lesson(self, row: JournalRow, probs: np.ndarray, known: Iterable[int], mono: float | None, *,

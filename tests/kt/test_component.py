@@ -193,7 +193,7 @@ def test_a_power_cut_right_after_a_lesson_save_does_not_count_the_clients_retry_
         def records_taken_meanwhile(*args: Any, **kwargs: Any) -> Any:
             if not image.exists():  # the answer is in the lesson; its state is not queued yet
                 records = StatePersistence(db)
-                taker = threading.Thread(target=component_module._save_records, args=(svc, records))
+                taker = threading.Thread(target=component_module.save_records, args=(svc, records))
                 taker.start()
                 taker.join(0.5)
                 _cut(db, image)
@@ -242,7 +242,7 @@ def test_a_power_cut_after_a_failed_state_commit_does_not_count_the_clients_retr
         with pytest.raises(ServiceBusy):
             await svc.submit_async(retry)
         if taken_by == "the lesson records":
-            component_module._save_records(svc, StatePersistence(db))
+            component_module.save_records(svc, StatePersistence(db))
         else:
             queued = comp._queue_window(svc, now_anyway=True)
             assert queued is not None and queued.result(5) > 0

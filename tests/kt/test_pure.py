@@ -26,7 +26,7 @@ from edge_agent.kt.classroom import (
 from edge_agent.kt.data import parse_dkt_csv, parse_pykt_csv, read_sequences, split_students
 from edge_agent.kt.metrics import auc
 from edge_agent.kt.package import ItemInfo, KTPackage
-from edge_agent.kt.persistence import kept_by_skill_id
+from edge_agent.kt.persistence import JournalRow, Tail, kept_by_skill_id
 from edge_agent.kt.pseudonym import BOM, Pseudonymizer
 from edge_agent.kt.recommend import ItemBank, item_success, recommend, weakest_skills
 from edge_agent.kt.simulator import make_curriculum, simulate
@@ -417,3 +417,18 @@ def test_after_a_cut_a_hidden_skill_shows_no_figure_until_a_group_has_answered_o
         published.note(student, current, known, 1_800_000_001.0)
     assert published.skills[0].students == 3  # a group since the cut: shown
 
+
+
+def test_a_students_tail_is_stored_as_releases_read_it_and_keeps_only_answers_after_a_records_save() -> None:
+    # each answer's JSON is made once (json.dumps of the whole tail at every save cost half the answer
+    # API's rate in 60 s of load); the stored text must stay what load_journal and older releases read
+    rows = [JournalRow(7, "p", (0, 3), 1_800_000_000.12345), JournalRow(9, "p", (), 1_800_000_001.0),
+            JournalRow(12, "p", (2,), 1_800_000_002.5)]
+    tail = Tail()
+    assert not tail and tail.text() is None
+    for row in rows:
+        tail.append(row)
+    before = json.dumps([[r.seq, r.skills, round(r.at, 3)] for r in rows], separators=(",", ":"))
+    assert tail.text() == before == "[[7,[0,3],1800000000.123],[9,[],1800000001.0],[12,[2],1800000002.5]]"
+    assert tail.after(9).text() == "[[12,[2],1800000002.5]]" and tail.after(8).text().startswith("[[9,")
+    assert not tail.after(12) and tail.text() == before  # the kept tail is a new one
