@@ -284,6 +284,7 @@ def _attention(
             local_now=board_clock(config.device.timezone),
             pause_file=config.paths.state_dir / "camera-pause",
             lesson_gap_s=config.kt.lesson_gap_s,
+            db=store.db,
         ),
     )
 

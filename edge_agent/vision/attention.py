@@ -9,8 +9,8 @@ would describe individuals.
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,8 @@ from edge_agent.vision.pose import Pose
 from edge_agent.vision.yunet import iou
 
 Box = tuple[float, float, float, float]
+MAX_FACES = 1000  # more than any classroom camera sees at once: a saved window with more is damaged
+MAX_WINDOW_FRAMES = 3600 * 60  # attention.window_s at most 3600, camera.analysis_fps at most 60
 
 
 @dataclass(frozen=True)
@@ -238,12 +240,64 @@ class WindowAggregator:
         summary["low"] = self.low_attention
         return summary
 
+    def snapshot(self) -> dict[str, Any] | None:
+        """The open window's frames so far, for the store (a crash or a power cut would lose up to a whole
+        window of them); None when none is open. Counts and shares only, as [value, frames] pairs: the
+        summary does not depend on their order, and the record stays small whatever the window's length
+        (20-35 faces a frame at 5 frames/s: 4.3 KB at the end of a 60-s window, 8.1 KB of an hour's,
+        against 5.5 and 330 KB as lists; stored every 15 s)."""
+        w = self._current
+        if w is None:
+            return None
+        return {"window_s": self.window_s, "start": w.start, "last_t": w.last_t,
+                "faces": _pairs(w.faces), "shares": _pairs(w.shares)}
+
+    def restore(self, saved: Mapping[str, Any], t: float) -> list[dict[str, Any]]:
+        """Before any frame: the open window a :meth:`snapshot` saved before a crash or power cut. Going on
+        when ``t`` (now) is still in it; else closed at once, marked ``partial`` (the frames after the save
+        and the outage are missing), which is returned. ValueError for a record that does not read."""
+        if self._current is not None:
+            raise ValueError("a window is open already: restore before the first frame")
+        window_s, start, last_t = (_finite(saved.get(key), key) for key in ("window_s", "start", "last_t"))
+        faces = _counted(saved.get("faces"), "faces", lambda f: type(f) is int and 0 <= f <= MAX_FACES)
+        shares = _counted(saved.get("shares"), "shares", lambda x: type(x) is float and 0.0 <= x <= 1.0)
+        if not faces or len(shares) > len(faces) or window_s <= 0 or not start <= last_t <= start + window_s:
+            raise ValueError(f"a window of {window_s} s from {start} with its last frame at {last_t}, "
+                             f"{len(faces)} frames and {len(shares)} shares")
+        if window_s != self.window_s:  # attention.window_s changed meanwhile: closed as the window it was
+            return [summarise(start, start + window_s, faces, shares, self.min_faces) | {"partial": True}]
+        self._current = _Window(start, last_t, faces, shares)
+        if self._ended(self._window_start(t), t):
+            return [self._close() | {"partial": True}]
+        return []
+
     def current_partial(self) -> dict[str, Any] | None:
         """The open window so far (for the live view), without touching the low-attention run."""
         if self._current is None:
             return None
         w = self._current
         return summarise(w.start, w.start + self.window_s, w.faces, w.shares, self.min_faces)
+
+
+def _pairs(values: Sequence[float]) -> list[list[float]]:
+    return [[value, frames] for value, frames in sorted(Counter(values).items())]
+
+
+def _counted(pairs: object, key: str, fits: Callable[[object], bool]) -> list[Any]:
+    """The values of :meth:`WindowAggregator.snapshot`'s [value, frames] pairs, each as often as it came."""
+    values: list[Any] = []
+    for pair in pairs if isinstance(pairs, list) else [None]:
+        if not (isinstance(pair, list) and len(pair) == 2 and fits(pair[0]) and type(pair[1]) is int
+                and 0 < pair[1] <= MAX_WINDOW_FRAMES - len(values)):
+            raise ValueError(f"{key} is not a list of [value, frames] pairs: {pair!r}")
+        values += [pair[0]] * pair[1]
+    return values
+
+
+def _finite(value: object, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{key} is not a number: {value!r}")
+    return float(value)
 
 
 def summarise(

@@ -8,7 +8,9 @@ the camera (the grabber may sit in a blocking read of a dead stream; that shows 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,11 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent.config import AttentionSettings, CameraSettings
-from edge_agent.errors import CameraError
+from edge_agent.errors import CameraError, EdgeAgentError
 from edge_agent.inference.engine import Engine
 from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.provisioning.files import write_private
+from edge_agent.store.db import Database, set_meta
 from edge_agent.store.history import History
 from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
@@ -37,8 +40,20 @@ PAYLOAD_VERSION = 1
 PRUNE_EVERY_S = 3600.0  # history keeps 14 days; a board may run for weeks between restarts
 
 
+OPEN_WINDOW_KEY = "attention_open_window"  # in the store's meta table: the open window's frames so far
+
+
 class OutboxLike(Protocol):
-    def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> Any: ...
+    def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None,
+                also: Callable[[sqlite3.Connection], object] | None = None) -> Any: ...
+
+
+def _forget_open_window(conn: sqlite3.Connection) -> None:
+    """In the transaction that queues a window for the cloud: the frames stored of it go (a crash right
+    after must not send them again). Only one window is open at a time, and it is stored after the
+    windows before it are queued: what is stored is of this window, or of the one after where this one
+    waited in memory for a full disk (stored again 15 s later)."""
+    conn.execute("DELETE FROM meta WHERE key = ?", (OPEN_WINDOW_KEY,))
 
 
 def rules_from(settings: AttentionSettings) -> AttentionRules:
@@ -106,7 +121,9 @@ class AttentionComponent:
         pause_file: Path | None = None,
         lesson_gap_s: float = LESSON_GAP_S,
         monotonic: Callable[[], float] = time.monotonic,
+        db: Database | None = None,
     ) -> None:
+        self.db = db  # the open window's frames are kept there every 15 s (None: not kept)
         self.monotonic = monotonic  # what a teacher's pause lasts by (tests step the wall clock apart)
         self.lesson_gap_s = lesson_gap_s  # the timeline: windows since a break this long (kt.lesson_gap_s)
         self.camera_settings = camera_settings
@@ -155,6 +172,7 @@ class AttentionComponent:
             monotonic=self.monotonic,
             lesson_gap_s=self.lesson_gap_s,
             on_pause_moved=self._keep_pause if self.pause_file is not None else None,
+            on_open_window=self._keep_open_window if self.db is not None else None,
         )
         paused = self._load_pause()
         if paused is not None:
@@ -164,6 +182,8 @@ class AttentionComponent:
             since = time.time() - self.loop.timeline.maxlen * settings.window_s  # type: ignore[operator]
             earlier = await asyncio.to_thread(self.history.recent, STREAM, since)
             self.loop.timeline.extend(row["data"] for row in earlier)
+        if self.db is not None:
+            await asyncio.to_thread(self._resume_open_window, self.loop, self.db)
         # Threads inherit the nice value of the thread that starts them (the pose pool and the capture
         # backend's threads are started later by these two).
         call_at_lower_priority(settings.nice, self._start_threads)
@@ -259,9 +279,42 @@ class AttentionComponent:
                                  "journal says why each time")
         return Health(True, f"camera running, {self.loop.fps():.1f} frames/s analysed")
 
+    def _keep_open_window(self, saved: dict[str, Any]) -> None:
+        """On the analysis thread, every 15 s: a crash or a power cut lost up to a window (60 s) of frames.
+        Not waited for; a refused write is the store's to report, and the next one tries again."""
+        assert self.db is not None
+        text = json.dumps(saved, separators=(",", ":"))
+        self.db.write(lambda conn: set_meta(conn, OPEN_WINDOW_KEY, text))
+
+    @staticmethod
+    def _resume_open_window(loop: AttentionLoop, db: Database) -> None:
+        """Before the threads start: the window open at a crash or a power cut goes on, or is queued now."""
+        try:
+            row = db.read(lambda conn: conn.execute("SELECT value FROM meta WHERE key = ?",
+                                                    (OPEN_WINDOW_KEY,)).fetchone())
+        except EdgeAgentError as exc:  # the store's health says what is wrong with it
+            log.warning("could not read the attention window open at the last stop: %s", exc)
+            return
+        if row is None:
+            return
+        try:
+            saved = json.loads(row[0])
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+            goes_on = loop.resume(saved)
+        except (ValueError, TypeError) as exc:  # a damaged record: its frames are lost, not the analysis
+            log.warning("the attention window open at the last stop does not read (%s): its frames are "
+                        "left out", exc)
+            db.write(_forget_open_window)
+            return
+        log.info("the attention window open at a crash or a power cut (%d frames) %s",
+                 sum(frames for _, frames in saved["faces"]),
+                 "goes on" if goes_on else "had ended: queued for the cloud, marked partial")
+
     def _store_window(self, window: dict[str, Any]) -> None:
         self.outbox.enqueue(STREAM, window_payload(window, self.analyser.pose.method, self.class_id,
-                                                   self.camera_settings.analysis_fps))
+                                                   self.camera_settings.analysis_fps),
+                            also=None if self.db is None else _forget_open_window)
         if self.history is not None:
             self.history.record(STREAM, window)
             if time.monotonic() - self._pruned >= PRUNE_EVERY_S:

@@ -35,6 +35,7 @@ FPS_WINDOW_S = 10.0  # the recent past the analysis rate is measured over
 MAX_FRAME_WAIT_S = 0.25  # a frame due just after the tick, waited for (AttentionLoop._run)
 PAUSE_MOVED_S = 60.0  # a pause's end in the board's time moved this far: the clock was stepped
 LESSON_GAP_S = 600.0  # kt.lesson_gap_s's default: a break this long without windows ends the lesson
+KEEP_OPEN_WINDOW_EVERY_S = 15.0  # the open window's frames handed to on_open_window (the store) this often
 
 
 def this_lesson(windows: Sequence[dict[str, Any]], gap_s: float, now: float) -> list[dict[str, Any]]:
@@ -160,8 +161,11 @@ class AttentionLoop:
         local_now: Callable[[], datetime] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         on_pause_moved: Callable[[datetime | None, float], None] | None = None,
+        on_open_window: Sink | None = None,
     ) -> None:
         self.camera = camera
+        self.on_open_window = on_open_window  # the open window's frames so far, to be stored (a power cut)
+        self._kept_open = monotonic()
         self.monotonic = monotonic
         self.on_pause_moved = on_pause_moved  # the pause ended by itself, or its end moved with the clock
         self.hours = hours  # None: the camera may always run
@@ -356,6 +360,18 @@ class AttentionLoop:
         metrics.CAMERA_FPS.set(self.fps())
         for closed in self.windows.add(now, faces, attentive):
             self._emit(closed)
+        if self.on_open_window is not None and self.monotonic() - self._kept_open >= KEEP_OPEN_WINDOW_EVERY_S:
+            self._kept_open = self.monotonic()
+            if (saved := self.windows.snapshot()) is not None:
+                self.on_open_window(saved)
+
+    def resume(self, saved: dict[str, Any]) -> bool:
+        """Before :meth:`start`: the open window stored before a crash or a power cut goes on (True), or is
+        sent now as a partial window when it is over (WindowAggregator.restore; ValueError when damaged)."""
+        closed = self.windows.restore(saved, time.time())
+        for window in closed:
+            self._emit(window)
+        return not closed
 
     def _dropped_for_pause(self) -> bool:
         """Whether a teacher's pause was asked (the loop closes the camera at its next tick): the frame in

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -234,3 +236,55 @@ def test_skipping_exactly_one_window_ends_the_weak_run() -> None:
     (after_gap,) = windows.expire(45.0)
     assert after_gap["start"] == 30.0 and not after_gap["low"]
 
+
+
+def _saved_after(frames: list[tuple[float, int, int]], window_s: float = 60.0) -> dict:
+    windows = WindowAggregator(window_s=window_s, min_faces=3)
+    for t, faces, attentive in frames:
+        assert windows.add(t, faces, attentive) == []
+    saved = windows.snapshot()
+    assert saved is not None
+    return saved
+
+
+def test_a_window_stored_before_a_crash_goes_on_after_the_restart_with_its_frames():
+    # A power cut lost up to a whole window (60 s) of the class's attention: the open one is stored every
+    # 15 s and, back within it, the window goes on from there
+    saved = _saved_after([(1000.0, 4, 4), (1010.0, 4, 2)])
+    assert saved["faces"] == [[4, 2]] and saved["shares"] == [[0.5, 1], [1.0, 1]]  # [value, frames]
+    windows = WindowAggregator(window_s=60.0, min_faces=3)
+    assert windows.restore(json.loads(json.dumps(saved)), 1015.0) == []  # as stored
+    assert windows.add(1018.0, 4, 0) == []
+    (closed,) = windows.add(1021.0, 4, 4)
+    assert closed["frames"] == 3 and closed["attentive_mean"] == 0.5 and "partial" not in closed
+
+
+def test_a_window_stored_before_a_power_cut_that_ended_meanwhile_is_closed_as_partial():
+    saved = _saved_after([(1000.0, 4, 4), (1010.0, 4, 2)])
+    windows = WindowAggregator(window_s=60.0, min_faces=3)
+    (closed,) = windows.restore(saved, 5000.0)  # back an hour later: its last frames and the outage missing
+    assert closed | {"partial": True} == closed and closed["frames"] == 2 and closed["attentive_mean"] == 0.75
+    assert (closed["start"], closed["end"]) == (960.0, 1020.0) and windows.snapshot() is None
+    (stepped,) = WindowAggregator(window_s=60.0, min_faces=3).restore(saved, 900.0)  # the clock stepped back
+    assert stepped["partial"] and stepped["frames"] == 2
+    # attention.window_s changed meanwhile: the stored one closes as the window it was
+    (other,) = WindowAggregator(window_s=30.0, min_faces=3).restore(saved, 1011.0)
+    assert (other["start"], other["end"], other["frames"], other["partial"]) == (960.0, 1020.0, 2, True)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"faces": [[4, 1], [-1, 1]]}, "faces"), ({"faces": [[4, 1], ["4", 1]]}, "faces"),
+    ({"faces": [[True, 2]]}, "faces"), ({"faces": "44"}, "faces"), ({"faces": [[10**6, 2]]}, "faces"),
+    ({"faces": [[4, 0]]}, "faces"), ({"faces": [[4, 2.0]]}, "faces"), ({"faces": [[4, 10**9]]}, "faces"),
+    ({"faces": [[4]]}, "faces"), ({"faces": [], "shares": []}, "window of"),
+    ({"shares": [[1.5, 1]]}, "shares"), ({"shares": [[0.5, 3]]}, "window of"),
+    ({"shares": [[1, 1]]}, "shares"), ({"shares": None}, "shares"),
+    ({"start": float("nan")}, "start"), ({"start": "960"}, "start"), ({"last_t": None}, "last_t"),
+    ({"window_s": 0}, "window of"), ({"last_t": 900.0}, "window of"), ({"last_t": 1100.0}, "window of"),
+])
+def test_a_stored_window_that_does_not_read_is_refused_and_nothing_is_opened(change, says):
+    saved = _saved_after([(1000.0, 4, 4), (1010.0, 4, 2)]) | change
+    windows = WindowAggregator(window_s=60.0, min_faces=3)
+    with pytest.raises(ValueError, match=says):
+        windows.restore(saved, 1015.0)
+    assert windows.snapshot() is None

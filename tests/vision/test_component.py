@@ -24,13 +24,13 @@ from edge_agent.config import AttentionSettings, CameraSettings, DeviceSettings,
 from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
 from edge_agent.lifecycle import HeartbeatRegistry
 from edge_agent.live import LiveBoard
-from edge_agent.store.db import Database
+from edge_agent.store.db import Database, set_meta
 from edge_agent.store.history import History
 from edge_agent.store.outbox import Outbox
 from edge_agent.telemetry import metrics
 from edge_agent.vision import pipeline
 from edge_agent.vision.attention import summarise
-from edge_agent.vision.component import AttentionComponent
+from edge_agent.vision.component import OPEN_WINDOW_KEY, AttentionComponent
 from edge_agent.vision.sources import open_source
 
 WINDOW_KEYS = {"start", "end", "frames", "frames_expected", "faces_mean", "faces_max", "attentive_mean",
@@ -235,7 +235,8 @@ class ListOutbox:
     def __init__(self) -> None:
         self.stored: list[dict[str, Any]] = []
 
-    def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None) -> None:
+    def enqueue(self, stream: str, payload: dict[str, Any], expires_at: float | None = None,
+                also: object = None) -> None:
         self.stored.append(payload)
 
 
@@ -810,3 +811,108 @@ def test_a_camera_lost_after_every_frame_or_two_is_unstable_not_working(
     healths = asyncio.run(run())
     assert "down camera unstable" in healths, healths
     assert component.camera.reopens() >= 3
+
+
+def _open_window(db: Database) -> dict[str, Any] | None:
+    row = db.read(lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (OPEN_WINDOW_KEY,)).fetchone())
+    return None if row is None else json.loads(row[0])
+
+
+def _frames_in(saved: dict[str, Any] | None) -> int:
+    return 0 if saved is None else sum(frames for _, frames in saved["faces"])
+
+
+def _attention_windows(db: Database) -> list[dict[str, Any]]:
+    rows = db.read(lambda c: c.execute("SELECT payload FROM outbox WHERE stream = 'attention' ORDER BY seq")
+                   .fetchall())
+    return [json.loads(p) for (p,) in rows]
+
+
+@pytest.mark.parametrize("back_after_s", [0.0, 3600.0])
+def test_the_attention_window_open_at_a_power_cut_is_not_lost(
+    photo_folder, state_dir, face_engine, pose_engines, monkeypatch, back_after_s
+):
+    # A crash or a power cut lost the frames of the window in progress, up to a whole window (60 s) of the
+    # class's attention. They are stored every 15 s: back within the window it goes on with them; back
+    # after it (the board was off an hour), it is sent at once, marked partial.
+    monkeypatch.setattr(pipeline, "KEEP_OPEN_WINDOW_EVERY_S", 0.3)
+    if time.time() % 3600 > 3570:  # no hour's end, where the test's hour-long window would close, in it
+        time.sleep(3600 - time.time() % 3600 + 1)
+    db = Database(state_dir / "edge-agent.db", StoreSettings())
+    db.open()
+    outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    outbox.open()
+
+    def component() -> AttentionComponent:
+        return AttentionComponent(
+            CameraSettings(source=str(photo_folder), analysis_fps=10.0),
+            AttentionSettings(min_faces=1).model_copy(update={"window_s": 3600.0}),
+            face_engine, pose_engines, outbox=outbox, heartbeats=HeartbeatRegistry(),
+            opener=_folder_opener(photo_folder), db=db,
+        )
+
+    async def run() -> tuple[int, float]:
+        first = component()
+        await first.start()
+        assert first.loop is not None and first.loop._thread is not None
+        await wait_for(lambda: _frames_in(_open_window(db)) >= 5)
+        first.loop._stop.set()  # the cut: the analysis ends where it is, no window is closed or sent
+        first.loop._thread.join(5)
+        first.camera.stop()
+        db.write(lambda _conn: None).result(5)  # all the writer was given is committed (the cut's image)
+        saved = _open_window(db)
+        assert saved is not None and _attention_windows(db) == []
+        if back_after_s:
+            db.write(lambda c: set_meta(c, OPEN_WINDOW_KEY, json.dumps(
+                saved | {"start": saved["start"] - back_after_s, "last_t": saved["last_t"] - back_after_s}))
+            ).result(5)
+        analysed = _value("edge_camera_frames_analysed_total")
+        second = component()
+        await second.start()
+        await asyncio.sleep(1.0)
+        await second.stop()
+        db.write(lambda _conn: None).result(5)
+        return _frames_in(saved), _value("edge_camera_frames_analysed_total") - analysed
+
+    try:
+        saved, after = asyncio.run(run())
+        windows = _attention_windows(db)
+        assert _open_window(db) is None  # sent: not sent again after another cut
+    finally:
+        db.close()
+    if back_after_s:
+        assert [(w["frames"], w.get("partial")) for w in windows] == [(saved, True), (after, True)]
+        assert windows[0]["start"] == windows[1]["start"] - back_after_s
+    else:  # the stop sends it, partial: the daemon stopped within its hour
+        assert [(w["frames"], w.get("partial")) for w in windows] == [(saved + after, True)]
+
+
+@pytest.mark.parametrize("stored", ["{not json", "[1, 2]", '{"faces": [4], "shares": [], "start": "x"}'])
+def test_an_open_window_stored_damaged_is_left_out_said_and_the_analysis_goes_on(
+    photo_folder, state_dir, face_engine, pose_engines, caplog, stored
+):
+    db = Database(state_dir / "edge-agent.db", StoreSettings())
+    db.open()
+    outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    outbox.open()
+    db.write(lambda c: set_meta(c, OPEN_WINDOW_KEY, stored)).result(5)
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0), AttentionSettings(min_faces=1),
+        face_engine, pose_engines, outbox=outbox, heartbeats=HeartbeatRegistry(),
+        opener=_folder_opener(photo_folder), db=db,
+    )
+
+    async def run() -> None:
+        await component.start()
+        assert component.loop is not None
+        await wait_for(lambda: component.loop.windows.current_partial() is not None)  # type: ignore[union-attr]
+        await component.stop()
+        db.write(lambda _conn: None).result(5)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_agent.vision.component"):
+            asyncio.run(run())
+        assert _open_window(db) is None and len(_attention_windows(db)) == 1
+    finally:
+        db.close()
+    assert "the attention window open at the last stop does not read" in caplog.text
