@@ -442,7 +442,7 @@ def _service_app(
         while not stopping.wait(SAVE_LESSON_EVERY_S):
             save_records(svc, persistence)
 
-    saver = threading.Thread(target=save_the_lesson)
+    saver = threading.Thread(target=save_the_lesson, daemon=True)
     saver.start()
 
     def close() -> None:

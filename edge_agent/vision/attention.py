@@ -19,7 +19,8 @@ from edge_agent.vision.yunet import iou
 
 Box = tuple[float, float, float, float]
 MAX_FACES = 1000  # more than any classroom camera sees at once: a saved window with more is damaged
-MAX_WINDOW_FRAMES = 3600 * 60  # attention.window_s at most 3600, camera.analysis_fps at most 60
+MAX_FPS = 60  # camera.analysis_fps at most
+MAX_WINDOW_FRAMES = 3600 * MAX_FPS  # and attention.window_s at most 3600
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,9 @@ class WindowAggregator:
         window_s, start, last_t = (_finite(saved.get(key), key) for key in ("window_s", "start", "last_t"))
         faces = _counted(saved.get("faces"), "faces", lambda f: type(f) is int and 0 <= f <= MAX_FACES)
         shares = _counted(saved.get("shares"), "shares", lambda x: type(x) is float and 0.0 <= x <= 1.0)
-        if not faces or len(shares) > len(faces) or window_s <= 0 or not start <= last_t <= start + window_s:
+        # its last frame may be up to a window before its start: add() takes a clock stepped back that far
+        if (not 0 < len(faces) <= window_s * MAX_FPS or len(shares) > len(faces) or window_s <= 0
+                or start != math.floor(start / window_s) * window_s or abs(last_t - start) > window_s):
             raise ValueError(f"a window of {window_s} s from {start} with its last frame at {last_t}, "
                              f"{len(faces)} frames and {len(shares)} shares")
         if window_s != self.window_s:  # attention.window_s changed meanwhile: closed as the window it was
@@ -295,9 +298,13 @@ def _counted(pairs: object, key: str, fits: Callable[[object], bool]) -> list[An
 
 
 def _finite(value: object, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{key} is not a number: {value!r}")
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int of 400 digits
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{key} is not a number: {value!r:.40}")
+    return number
 
 
 def summarise(

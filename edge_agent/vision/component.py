@@ -48,12 +48,24 @@ class OutboxLike(Protocol):
                 also: Callable[[sqlite3.Connection], object] | None = None) -> Any: ...
 
 
-def _forget_open_window(conn: sqlite3.Connection) -> None:
-    """In the transaction that queues a window for the cloud: the frames stored of it go (a crash right
-    after must not send them again). Only one window is open at a time, and it is stored after the
-    windows before it are queued: what is stored is of this window, or of the one after where this one
-    waited in memory for a full disk (stored again 15 s later)."""
-    conn.execute("DELETE FROM meta WHERE key = ?", (OPEN_WINDOW_KEY,))
+def _forget_open_window(start: float | None) -> Callable[[sqlite3.Connection], None]:
+    """For the transaction that queues the window of ``start`` for the cloud: the frames stored of it go (a
+    crash right after must not send them again); None: whatever is stored. Not those of the window after
+    it, stored while this one waited in memory for a full disk (a round-2 review: cleared when this one was
+    written at last, a cut then lost the next window's frames)."""
+
+    def forget(conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (OPEN_WINDOW_KEY,)).fetchone()
+        if row is None:
+            return
+        try:
+            stored = json.loads(row[0])["start"]
+        except Exception:  # damaged: nothing to keep
+            stored = start
+        if stored == start or start is None:
+            conn.execute("DELETE FROM meta WHERE key = ?", (OPEN_WINDOW_KEY,))
+
+    return forget
 
 
 def rules_from(settings: AttentionSettings) -> AttentionRules:
@@ -302,10 +314,12 @@ class AttentionComponent:
             if not isinstance(saved, dict):
                 raise ValueError("not a JSON object")
             goes_on = loop.resume(saved)
-        except (ValueError, TypeError) as exc:  # a damaged record: its frames are lost, not the analysis
+        # a damaged record costs its frames, never the analysis: a deep nesting (RecursionError) or a huge
+        # number (OverflowError) stopped every start (a round-2 review)
+        except Exception as exc:
             log.warning("the attention window open at the last stop does not read (%s): its frames are "
-                        "left out", exc)
-            db.write(_forget_open_window)
+                        "left out", f"{exc!r:.200}")
+            db.write(_forget_open_window(None))
             return
         log.info("the attention window open at a crash or a power cut (%d frames) %s",
                  sum(frames for _, frames in saved["faces"]),
@@ -314,7 +328,7 @@ class AttentionComponent:
     def _store_window(self, window: dict[str, Any]) -> None:
         self.outbox.enqueue(STREAM, window_payload(window, self.analyser.pose.method, self.class_id,
                                                    self.camera_settings.analysis_fps),
-                            also=None if self.db is None else _forget_open_window)
+                            also=None if self.db is None else _forget_open_window(window["start"]))
         if self.history is not None:
             self.history.record(STREAM, window)
             if time.monotonic() - self._pruned >= PRUNE_EVERY_S:

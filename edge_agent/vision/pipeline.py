@@ -166,6 +166,8 @@ class AttentionLoop:
         self.camera = camera
         self.on_open_window = on_open_window  # the open window's frames so far, to be stored (a power cut)
         self._kept_open = monotonic()
+        self._windows_lock = threading.Lock()  # the analysis thread's adds and stores against stop's flush
+        self._flushed = False
         self.monotonic = monotonic
         self.on_pause_moved = on_pause_moved  # the pause ended by itself, or its end moved with the clock
         self.hours = hours  # None: the camera may always run
@@ -198,6 +200,7 @@ class AttentionLoop:
 
     def start(self) -> None:
         self._stop.clear()
+        self._flushed = False
         self._thread = threading.Thread(target=self._run, name="attention-analysis", daemon=True)
         self._thread.start()
 
@@ -205,7 +208,9 @@ class AttentionLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        closed = self.windows.flush()
+        with self._windows_lock:  # a thread that outlived the join adds and stores nothing after this
+            self._flushed = True
+            closed = self.windows.flush()
         if closed is not None:
             self._emit(closed)
 
@@ -290,7 +295,8 @@ class AttentionLoop:
             why = "paused by the teacher" if paused else "outside camera.active_hours or camera.closed_dates"
             log.info("%s: closing the camera", why)
             self.camera.stop()
-            closed = self.windows.flush()
+            with self._windows_lock:
+                closed = self.windows.flush()
             if closed is not None:
                 self._emit(closed)
             self.tracker.clear()  # tomorrow's faces are not today's tracks
@@ -358,12 +364,18 @@ class AttentionLoop:
         metrics.CAMERA_FRAMES_ANALYSED.inc()
         self._analysed_at.append(time.monotonic())
         metrics.CAMERA_FPS.set(self.fps())
-        for closed in self.windows.add(now, faces, attentive):
-            self._emit(closed)
-        if self.on_open_window is not None and self.monotonic() - self._kept_open >= KEEP_OPEN_WINDOW_EVERY_S:
-            self._kept_open = self.monotonic()
-            if (saved := self.windows.snapshot()) is not None:
-                self.on_open_window(saved)
+        with self._windows_lock:
+            if self._flushed:  # stopped meanwhile (a stall past stop's join): its window is sent already
+                return
+            for closed in self.windows.add(now, faces, attentive):
+                self._emit(closed)
+            # under the lock: a store of the window landing after the stop's flush sent it would bring its
+            # frames back after a restart, counted twice (a round-2 review, with a stall forced there)
+            keep = self.on_open_window
+            if keep is not None and self.monotonic() - self._kept_open >= KEEP_OPEN_WINDOW_EVERY_S:
+                self._kept_open = self.monotonic()
+                if (saved := self.windows.snapshot()) is not None:
+                    keep(saved)
 
     def resume(self, saved: dict[str, Any]) -> bool:
         """Before :meth:`start`: the open window stored before a crash or a power cut goes on (True), or is

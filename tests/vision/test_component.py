@@ -30,7 +30,7 @@ from edge_agent.store.outbox import Outbox
 from edge_agent.telemetry import metrics
 from edge_agent.vision import pipeline
 from edge_agent.vision.attention import summarise
-from edge_agent.vision.component import OPEN_WINDOW_KEY, AttentionComponent
+from edge_agent.vision.component import OPEN_WINDOW_KEY, AttentionComponent, _forget_open_window
 from edge_agent.vision.sources import open_source
 
 WINDOW_KEYS = {"start", "end", "frames", "frames_expected", "faces_mean", "faces_max", "attentive_mean",
@@ -887,7 +887,8 @@ def test_the_attention_window_open_at_a_power_cut_is_not_lost(
         assert [(w["frames"], w.get("partial")) for w in windows] == [(saved + after, True)]
 
 
-@pytest.mark.parametrize("stored", ["{not json", "[1, 2]", '{"faces": [4], "shares": [], "start": "x"}'])
+@pytest.mark.parametrize("stored", ["{not json", "[1, 2]", '{"faces": [4], "shares": [], "start": "x"}',
+                                    '{"start": 1%s}' % ("0" * 400), "[" * 100_000 + "]" * 100_000])
 def test_an_open_window_stored_damaged_is_left_out_said_and_the_analysis_goes_on(
     photo_folder, state_dir, face_engine, pose_engines, caplog, stored
 ):
@@ -916,3 +917,50 @@ def test_an_open_window_stored_damaged_is_left_out_said_and_the_analysis_goes_on
     finally:
         db.close()
     assert "the attention window open at the last stop does not read" in caplog.text
+
+
+def test_a_window_written_at_last_after_a_full_disk_leaves_the_next_windows_stored_frames(state_dir):
+    # The outbox holds a window the full disk refused and writes it later; the next window's frames were
+    # stored meanwhile, and that write cleared them: a cut then lost them (a round-2 review, real SQLITE_FULL)
+    db = Database(state_dir / "edge-agent.db", StoreSettings())
+    db.open()
+    try:
+        db.write(lambda c: set_meta(c, OPEN_WINDOW_KEY, json.dumps({"start": 1020.0}))).result(5)
+        db.write(_forget_open_window(960.0)).result(5)  # the held window, written at last
+        assert _open_window(db) == {"start": 1020.0}
+        db.write(_forget_open_window(1020.0)).result(5)  # its own window queued
+        assert _open_window(db) is None
+    finally:
+        db.close()
+
+
+def test_a_stopped_analysis_stores_and_counts_no_frame_it_finishes_late(
+    photo_folder, state_dir, face_engine, pose_engines, monkeypatch
+):
+    # A thread that outlived the stop's 5-s join stored its window after the stop had sent it: a restart
+    # sent those frames again (a round-2 review forced a 6-s stall there: 10 frames twice)
+    monkeypatch.setattr(pipeline, "KEEP_OPEN_WINDOW_EVERY_S", 0.0)
+    db = Database(state_dir / "edge-agent.db", StoreSettings())
+    db.open()
+    outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
+    outbox.open()
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0), AttentionSettings(min_faces=1),
+        face_engine, pose_engines, outbox=outbox, heartbeats=HeartbeatRegistry(),
+        opener=_folder_opener(photo_folder), db=db,
+    )
+    image = cv2.imread(str(next(photo_folder.glob("*.jpg"))))
+
+    async def run() -> None:
+        await component.start()
+        assert component.loop is not None
+        await wait_for(lambda: _open_window(db) is not None)
+        await component.stop()
+        component.loop.step(image, time.time())  # the late frame
+        db.write(lambda _conn: None).result(5)
+
+    try:
+        asyncio.run(run())
+        assert _open_window(db) is None and len(_attention_windows(db)) == 1
+    finally:
+        db.close()
