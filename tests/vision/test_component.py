@@ -80,9 +80,10 @@ def photo_folder(tmp_path: Path, faces_dir: Path) -> Path:
 
 
 def test_pipeline_on_real_photos_stores_only_class_numbers(
-    photo_folder, state_dir, face_engine, pose_engines, caplog
+    photo_folder, state_dir, face_engine, pose_engines, caplog, monkeypatch
 ):
     caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(pipeline, "KEEP_OPEN_WINDOW_EVERY_S", 0.2)  # the open window stored, as for a cut
     db = Database(state_dir / "edge-agent.db", StoreSettings())
     db.open()
     outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings())
@@ -95,11 +96,14 @@ def test_pipeline_on_real_photos_stores_only_class_numbers(
         CameraSettings(source=str(photo_folder), analysis_fps=10.0),
         AttentionSettings(window_s=5.0, min_faces=1),
         face_engine, pose_engines, outbox=outbox, heartbeats=beats, live=live,
-        opener=_folder_opener(photo_folder),
+        opener=_folder_opener(photo_folder), db=db,
     )
+    stored: list[dict[str, Any]] = []
 
     async def run() -> None:
         await component.start()
+        await wait_for(lambda: _open_window(db) is not None)
+        stored.append(_open_window(db))  # type: ignore[arg-type]
         deadline = time.monotonic() + 10
         while _value("edge_camera_frames_analysed_total") < analysed0 + 8 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -125,6 +129,11 @@ def test_pipeline_on_real_photos_stores_only_class_numbers(
     rows = db.read(lambda conn: conn.execute("SELECT stream, payload FROM outbox").fetchall())
     db.close()
     assert rows, "stopping flushes the open window into the outbox"
+    kept = stored[-1]  # the open window as stored: counts and shares, with how many frames had each
+    assert set(kept) == {"window_s", "start", "last_t", "faces", "shares"}
+    assert all(len(pair) == 2 and isinstance(pair[1], int) for pair in kept["faces"] + kept["shares"])
+    assert all(isinstance(pair[0], int) for pair in kept["faces"])
+    assert all(isinstance(pair[0], float) and 0 <= pair[0] <= 1 for pair in kept["shares"])
     assert json.loads(rows[-1][1])["partial"] is True  # the window the stop cut short says so
     for stream, text in rows:
         assert stream == "attention"
