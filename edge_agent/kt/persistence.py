@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from edge_agent.kt.state import HISTORY_CAP, RECENT_ITEMS, StudentState
-from edge_agent.store.db import Database, set_meta
+from edge_agent.store.db import Database, meta_object, set_meta
 
 Writer = Callable[[sqlite3.Connection], None]  # a part of one transaction, run on the writer thread
 
@@ -179,21 +179,11 @@ def forget_open_window(through: int, *, first: Writer | None = None) -> Writer:
     def forget(conn: sqlite3.Connection) -> None:
         if first is not None:
             first(conn)
-        stored = (_meta_value(conn, "kt_lesson_window") or {}).get("seq")
+        stored = (meta_object(conn, "kt_lesson_window") or {}).get("seq")
         if not (isinstance(stored, int) and stored > through):
             set_meta(conn, "kt_lesson_window", json.dumps({"seq": through}))
 
     return forget
-
-
-def _meta_value(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
-    """The JSON object stored under ``key``; None when there is none or it is damaged."""
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    try:
-        value = json.loads(row[0]) if row and row[0] else None
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class StatePersistence:
@@ -410,7 +400,7 @@ class StatePersistence:
             if first is not None:
                 first(conn)
             set_meta(conn, "kt_lesson_view", view_text)
-            stored = (_meta_value(conn, "kt_lesson_window") or {}).get("seq")
+            stored = (meta_object(conn, "kt_lesson_window") or {}).get("seq")
             # a window sent since this one was taken left only its number there: never an older copy
             if not (isinstance(stored, int) and stored > window.get("seq", -1)):
                 set_meta(conn, "kt_lesson_window", window_text)
@@ -440,7 +430,7 @@ class StatePersistence:
         return self.db.write(run)
 
     def _meta_json(self, key: str) -> dict[str, Any] | None:
-        return self.db.read(lambda conn: _meta_value(conn, key))
+        return self.db.read(lambda conn: meta_object(conn, key))
 
     def prune_events(self, before: float, keep_newest: int = EVENTS_ALWAYS_KEPT) -> Future[int]:
         """Forget the keys applied before ``before``, except the newest ``keep_newest`` (by insertion:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import json
 import logging
 import os
 import queue
@@ -289,6 +290,17 @@ def _store_id(conn: sqlite3.Connection) -> str:
     store = uuid.uuid4().hex
     set_meta(conn, "store_id", store)
     return store
+
+
+def meta_object(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
+    """The JSON object stored under ``key`` in the ``meta`` table; None when there is none or it is damaged
+    (not JSON, not an object, nested past the parser's depth)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    try:
+        value = json.loads(row[0]) if row and row[0] else None
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:

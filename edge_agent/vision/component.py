@@ -24,7 +24,7 @@ from edge_agent.inference.engine import Engine
 from edge_agent.lifecycle import Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.provisioning.files import write_private
-from edge_agent.store.db import Database, set_meta
+from edge_agent.store.db import Database, meta_object, set_meta
 from edge_agent.store.history import History
 from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
@@ -55,14 +55,8 @@ def _forget_open_window(start: float | None) -> Callable[[sqlite3.Connection], N
     written at last, a cut then lost the next window's frames)."""
 
     def forget(conn: sqlite3.Connection) -> None:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (OPEN_WINDOW_KEY,)).fetchone()
-        if row is None:
-            return
-        try:
-            stored = json.loads(row[0])["start"]
-        except Exception:  # damaged: nothing to keep
-            stored = start
-        if stored == start or start is None:
+        stored = meta_object(conn, OPEN_WINDOW_KEY)  # None: none, or damaged (nothing to keep)
+        if start is None or stored is None or stored.get("start") == start:
             conn.execute("DELETE FROM meta WHERE key = ?", (OPEN_WINDOW_KEY,))
 
     return forget
