@@ -6,6 +6,7 @@ fetched or installed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,8 +17,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 JETPACKS = {"JetPack 6": "jetpack6", "JetPack 7": "jetpack7"}  # board-wheels.sh's names for them
-
-pytestmark = pytest.mark.slow
+_SPEC = importlib.util.spec_from_file_location("board_wheels_missing",
+                                               REPO / "provisioning/board_wheels_missing.py")
+assert _SPEC is not None and _SPEC.loader is not None
+board_wheels_missing = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(board_wheels_missing)
 
 
 def resolve_for(jetpack: str, tmp_path: Path) -> dict[str, str]:
@@ -34,6 +38,7 @@ def resolve_for(jetpack: str, tmp_path: Path) -> dict[str, str]:
     return {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in installs}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jetpack", JETPACKS)
 def test_the_jetson_install_resolves_to_wheels_with_cuda_12_bindings(jetpack: str, tmp_path: Path) -> None:
     versions = resolve_for(jetpack, tmp_path)
@@ -45,3 +50,31 @@ def test_the_jetson_install_resolves_to_wheels_with_cuda_12_bindings(jetpack: st
     for bindings in ("cuda-python", "cuda-bindings"):
         if bindings in versions:
             assert versions[bindings].startswith("12."), versions[bindings]
+    # pip applies markers for the Python that runs it: fetched with 3.11 for JetPack 6's 3.10, the folder
+    # lacked both and the board's offline install failed (a review: "No matching distribution found for
+    # tomli>=2.0")
+    if jetpack == "JetPack 6":
+        assert "tomli" in versions and "async-timeout" in versions, sorted(versions)
+
+
+def _report(*items: tuple[str, list[str], bool]) -> dict[str, object]:
+    """A pip --report of these (name, requires_dist, requested)."""
+    return {"install": [{"metadata": {"name": name, "version": "1.0", "requires_dist": requires},
+                         "requested": requested} for name, requires, requested in items]}
+
+
+def test_requirements_the_boards_python_and_architecture_need_are_named() -> None:
+    report = _report(
+        ("edge-agent", ['tomli>=2.0; python_version < "3.11"', "aiohttp>=3.9"], True),
+        ("aiohttp", ['async-timeout<6.0,>=4.0; python_version < "3.11"', "yarl",
+                     'brotli; extra == "speedups"'], False),
+        ("yarl", ['cuda-bindings~=12.6; platform_machine == "aarch64"'], False),
+    )
+    missing = board_wheels_missing.missing_requirements
+    jetpack6 = missing(report, board_wheels_missing.board_environment("3.10", "aarch64"))
+    assert jetpack6 == ["async-timeout<6.0,>=4.0", "cuda-bindings~=12.6", "tomli>=2.0"]
+    assert missing(report, board_wheels_missing.board_environment("3.12", "x86_64")) == []
+    # a requested extra's requirements count; another's do not
+    report["install"][1]["requested"] = True  # type: ignore[index]
+    report["install"][1]["requested_extras"] = ["speedups"]  # type: ignore[index]
+    assert "brotli" in missing(report, board_wheels_missing.board_environment("3.12", "x86_64"))
