@@ -21,16 +21,22 @@ from edge_agent.config import (
     load_config_ignoring_unknown,
     masked_dump,
     to_toml,
+    unreadable_config,
 )
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else find_config_path(args.config)
+    problems = []
     try:
         load_config(path, check_files_exist=not args.no_files)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for where, message in exc.problems:
+        problems = list(exc.problems)
+    if not args.no_files and (unreadable := unreadable_config(path)):
+        problems.insert(0, (str(path), unreadable))
+    if problems:
+        print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+        for where, message in problems:
             print(f"  {where}: {message}", file=sys.stderr)
         return 1
     print(f"{path}: OK")

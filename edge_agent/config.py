@@ -727,6 +727,13 @@ def unreadable_by_daemon(path: Path, fix: str, user: str = DAEMON_USER) -> str |
     return None
 
 
+def unreadable_config(path: Path) -> str | None:
+    """Why the daemon's user cannot read the config file at ``path`` (asked as root, as config check and
+    doctor are), or None. A review: its group set to root, the daemon stopped on Permission denied while
+    both said it was valid."""
+    return unreadable_by_daemon(path, f"chgrp {DAEMON_USER} {path} && chmod 640 {path}", DAEMON_USER)
+
+
 MIN_SECRET_BYTES = 32
 MIN_DISTINCT_BYTES = 8  # provisioning writes 64 hex digits (16 different bytes); random bytes have ~30
 BOM = b"\xef\xbb\xbf"

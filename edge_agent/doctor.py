@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import sqlite3
 import ssl
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import (
+    DAEMON_USER,
     Config,
     InferenceSettings,
     PathSettings,
     find_config_path,
     load_config_ignoring_unknown,
+    unreadable_config,
     without_credentials,
 )
 from edge_agent.errors import CameraError, ConfigError, EdgeAgentError
@@ -52,10 +55,18 @@ class CheckResult:
 
 def check_config(path: Path) -> tuple[CheckResult, Config | None]:
     """The config, also when only the files it names are missing, so the other checks still run."""
+    if _unreadable_to_this_user(path):
+        # a review: run without sudo, "Permission denied ... fix: edit config.toml" sent IT to the editor
+        detail = f"{path}: permission denied (only root and the {DAEMON_USER} user may read the config)"
+        return CheckResult("config", False, detail, f"run it as root: sudo {_own_command()} doctor"), None
+    unreadable = unreadable_config(path)
     try:
         config, ignored = load_config_ignoring_unknown(path)
+        if unreadable:
+            raise ConfigError([])
     except ConfigError as exc:
-        problems = "; ".join(f"{key}: {msg}" for key, msg in exc.problems)
+        found = [(str(path), unreadable)] if unreadable else []
+        problems = "; ".join(f"{key}: {msg}" for key, msg in found + list(exc.problems))
         try:
             usable: Config | None = load_config_ignoring_unknown(path, check_files_exist=False)[0]
         except ConfigError:
@@ -67,6 +78,26 @@ def check_config(path: Path) -> tuple[CheckResult, Config | None]:
         fix = f"correct a typo, or remove keys of a newer release from {path}"
         return CheckResult("config", True, detail, fix, warning=True), config
     return CheckResult("config", True, f"{path} is valid"), config
+
+
+def _unreadable_to_this_user(path: Path) -> bool:
+    """Not root, and the config is there (or in a folder this user cannot enter) but not readable."""
+    if os.geteuid() == 0 or os.access(path, os.R_OK):
+        return False
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _own_command() -> str:
+    """This command's whole path: sudo's PATH lacks the release's venv (install.sh links nothing into
+    /usr/bin)."""
+    run = sys.argv[0]
+    return os.path.abspath(run) if Path(run).name == "edge-agent" else "/opt/edge-agent/venv/bin/edge-agent"
 
 
 def _size(n: int) -> str:

@@ -92,6 +92,30 @@ def test_config_naming_missing_files_fails_but_still_yields_the_settings(tmp_pat
     assert config is not None and config.mqtt.host == "broker.example"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops root in a child to be an IT user without sudo")
+def test_doctor_without_root_says_to_run_it_as_root_not_to_edit_the_config(tmp_path: Path) -> None:
+    # A review: run without sudo (as the README's board lines then showed it), "FAIL config ... Permission
+    # denied ... fix: edit /etc/edge-agent/config.toml" sent IT to an editor that could not open it either.
+    path = write_config(tmp_path)
+    path.chmod(0o640)  # root:root here; root:edge-agent on a board
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            result, config = doctor.check_config(path)
+            os.write(write, json.dumps([result.ok, result.detail, result.fix, config is None]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as said:
+        ok, detail, fix, no_config = json.loads(said.read())
+    os.waitpid(child, 0)
+    assert not ok and no_config and "permission denied" in detail and str(path) in detail
+    assert fix.startswith("run it as root: sudo /") and fix.endswith("edge-agent doctor")
+
+
 def test_disk_with_room_passes_and_a_full_one_fails(tmp_path: Path) -> None:
     assert doctor.check_disk("state", tmp_path / "not-yet-created", min_free=1).ok
     full = doctor.check_disk("state", tmp_path, min_free=1 << 62)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -249,6 +250,31 @@ def test_config_check_as_root_names_a_secret_the_daemons_user_cannot_read(
     said = unreadable_by_daemon(secret, "", "nobody")
     assert said is not None and f"cannot enter {folder} (owner root, mode 700)" in said
     assert unreadable_by_daemon(secret, "", "no-such-user-here") is None  # a development machine
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="asked only as root (config check under sudo)")
+def test_config_check_as_root_names_a_config_file_the_daemons_user_cannot_read(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: config.toml's group set to root; the daemon stopped on "Permission denied" while config
+    # check and doctor (as root) said it was valid. "nobody" stands in for the edge-agent user.
+    import edge_agent.config as config_module
+    from edge_agent import doctor
+
+    monkeypatch.setattr(config_module, "DAEMON_USER", "nobody")
+    folder = Path(tempfile.mkdtemp(prefix="edge-agent-test-", dir="/tmp"))  # pytest's base folder is 0700
+    request.addfinalizer(lambda: shutil.rmtree(folder))
+    folder.chmod(0o755)
+    path = folder / "config.toml"
+    path.write_text(_valid_config_text(folder))
+    path.chmod(0o640)
+    assert main(["config", "check", str(path)]) == 1
+    said = capsys.readouterr().err
+    assert "who cannot read" in said and f"chgrp nobody {path} && chmod 640 {path}" in said
+    result, config = doctor.check_config(path)
+    assert not result.ok and f"chgrp nobody {path}" in result.detail and config is not None
+    os.chown(path, 0, pwd.getpwnam("nobody").pw_gid)  # root:edge-agent 0640, as provisioning writes it
+    assert doctor.check_config(path)[0].ok
 
 
 def test_a_missing_secret_file_is_named(tmp_path: Path) -> None:
