@@ -214,3 +214,18 @@ def test_the_broker_hosts_crl_timer_passes_systemd_analyze_verify(tmp_path: Path
                      "/etc/systemd/system/edge-agent-crl.service")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stderr
+
+
+def test_each_units_documentation_is_a_file_install_sh_puts_on_the_board() -> None:
+    # A review: Documentation= named /usr/share/doc/edge-agent/README.md, which nothing installs, so
+    # `systemctl help edge-agent` on a board found nothing. install.sh copies the README into the release,
+    # reached as /opt/edge-agent/app.
+    copied = re.search(r"^for part in (.*); do$", (REPO / "provisioning/install.sh").read_text(), re.M)
+    assert copied is not None
+    for name in SHIPPED:
+        docs = re.findall(r"^Documentation=file:(\S+)$", (UNITS / name).read_text(), re.M)
+        assert docs, name
+        for doc in docs:
+            part = doc.removeprefix("/opt/edge-agent/app/")
+            assert part != doc and part.split("/")[0] in copied.group(1).split(), (name, doc)
+            assert (REPO / part).is_file(), (name, doc)
