@@ -45,6 +45,8 @@ DEVICE_DAYS = 825
 # days leave a monthly rebuild 14 days of slack and the weekly timer (provisioning/mosquitto) 38.
 CRL_DAYS = 45
 RENEW_WITHIN_DAYS = 30  # re-running provisioning renews from here on; doctor.CERT_WARN_DAYS warns from here
+# How far the clock may be behind the CA's last signature: two machines sharing a CA folder, each on NTP
+CLOCK_SLACK = dt.timedelta(minutes=5)
 
 
 def utcnow() -> dt.datetime:
@@ -216,13 +218,15 @@ class IssuedCert:
     revoked: bool = False
     key_sha256: str = ""  # of the certified public key; empty in indexes written before it was kept
     revoked_at: str = ""
+    issued_at: str = ""  # empty in indexes written before it was kept
 
 
 class FleetCA:
     """The CA directory; every method re-reads it, so two commands never work from stale state."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.dir = directory
+        self.clock = clock  # None: the machine's clock (utcnow)
         self.key_path = directory / "ca.key"
         self.cert_path = directory / "ca.pem"
         self.index_path = directory / "index.json"
@@ -258,15 +262,17 @@ class FleetCA:
             os.close(held)  # closing the descriptor releases the lock
 
     @classmethod
-    def create(cls, directory: Path, name: str, days: int = CA_DAYS) -> FleetCA:
-        ca = cls(directory)
+    def create(
+        cls, directory: Path, name: str, days: int = CA_DAYS, clock: Callable[[], dt.datetime] | None = None
+    ) -> FleetCA:
+        ca = cls(directory, clock)
         if ca.key_path.exists():
             raise ProvisioningError(f"a CA already exists in {directory}; refusing to overwrite its key")
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         key = new_ec_key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = utcnow()
+        now = ca._time()
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -296,6 +302,31 @@ class FleetCA:
                 f"new fleet, create one with `edge-agent-ca init {self.dir}` (its boards all need signing)"
             )
         return load_private_key(self.key_path), load_cert(self.cert_path.read_bytes(), str(self.cert_path))
+
+    def _time(self) -> dt.datetime:
+        return self.clock() if self.clock else utcnow()
+
+    def _now(self, ca_cert: x509.Certificate) -> dt.datetime:
+        """The time to sign at, refused when the clock is behind what this CA has already signed: with the
+        clock at 2024-06-01 a CA of 2026 issued certificates expired in real time and a CRL whose next
+        update had passed, and Mosquitto refused every board with it (school IT review)."""
+        now = self._time()
+        seen = [(ca_cert.not_valid_before_utc, "the CA certificate's start")]
+        for row in self.index():
+            if row.issued_at:
+                seen.append((dt.datetime.fromisoformat(row.issued_at), "the CA's last signature"))
+            if row.revoked_at:
+                seen.append((dt.datetime.fromisoformat(row.revoked_at), "the CA's last revocation"))
+        with contextlib.suppress(OSError, ValueError):
+            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+            seen.append((crl.last_update_utc, "the last CRL's start"))
+        at, what = max(seen, key=lambda when_what: when_what[0])
+        if now < at - CLOCK_SLACK:
+            raise ProvisioningError(
+                f"this machine's clock says {now:%Y-%m-%d %H:%M} UTC, before {what} at {at:%Y-%m-%d %H:%M} "
+                "UTC: set the clock (NTP: `timedatectl set-ntp true`) and run again; nothing was signed"
+            )
+        return now
 
     def ca_pem(self) -> bytes:
         return self.cert_path.read_bytes()
@@ -429,7 +460,7 @@ class FleetCA:
         not_after: dt.datetime | None = None,
     ) -> x509.Certificate:
         key, ca_cert = self._key_and_cert()
-        now = utcnow()
+        now = self._now(ca_cert)
         start = not_before or now - dt.timedelta(minutes=5)
         # never past the CA's own end: verification fails there anyway, and the boards' certificates said
         # "valid for 424 more days" while the whole fleet was cut off
@@ -459,7 +490,11 @@ class FleetCA:
         rows = self.index()
         rows.append(
             IssuedCert(
-                cert.serial_number, common_name(subject), end.isoformat(), key_sha256=key_sha256(public_key)
+                cert.serial_number,
+                common_name(subject),
+                end.isoformat(),
+                key_sha256=key_sha256(public_key),
+                issued_at=now.isoformat(),
             )
         )
         self._save_index(rows)
@@ -477,7 +512,7 @@ class FleetCA:
                 "`edge-agent-ca list` shows them)"
             )
         serials = {r.serial for r in hits}
-        now = utcnow().isoformat()
+        now = self._now(self._key_and_cert()[1]).isoformat()
         self._save_index(
             [dataclasses.replace(r, revoked=True, revoked_at=now) if r.serial in serials else r for r in rows]
         )
@@ -489,7 +524,7 @@ class FleetCA:
         """Rebuild crl.pem; returns its next-update time. Mosquitto refuses every client once that has
         passed: `edge-agent-ca crl` runs weekly from edge-agent-crl.timer (provisioning/mosquitto)."""
         key, ca_cert = self._key_and_cert()
-        now = utcnow()
+        now = self._now(ca_cert)
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(ca_cert.subject)

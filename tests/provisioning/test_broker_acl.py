@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning.ca import FleetCA, key_to_pem, make_csr, new_ec_key
@@ -345,9 +347,7 @@ def _connects_after_reload(fleet: Fleet, broker: Broker, device_id: str, want: b
         time.sleep(0.1)
 
 
-def test_an_expired_crl_cuts_every_board_off_until_the_crl_command_installs_a_new_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_expired_crl_cuts_every_board_off_until_the_crl_command_installs_a_new_one(tmp_path: Path) -> None:
     """What the weekly edge-agent-crl.timer prevents: the service's own command line mends it."""
     from edge_agent.provisioning import ca as ca_module
     from edge_agent.provisioning.ca import main as ca_main
@@ -356,11 +356,15 @@ def test_an_expired_crl_cuts_every_board_off_until_the_crl_command_installs_a_ne
     broker = start_broker(fleet, tmp_path / "broker")
     try:
         assert _connects_after_reload(fleet, broker, "board-a", want=True)
-        built = ca_module.utcnow() - dt.timedelta(days=ca_module.CRL_DAYS + 1)  # lapsed yesterday
-        with monkeypatch.context() as patch:
-            patch.setattr(ca_module, "utcnow", lambda: built)
-            fleet.ca.write_crl()
-        shutil.copy(fleet.ca.crl_path, broker.dir / "crl.pem")
+        # a CRL built 46 days ago, lapsed yesterday (the CA itself no longer signs with its clock set back)
+        built = ca_module.utcnow() - dt.timedelta(days=ca_module.CRL_DAYS + 1)
+        ca_cert = x509.load_pem_x509_certificate(fleet.ca.ca_pem())
+        lapsed = (
+            x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(built)
+            .next_update(built + dt.timedelta(days=ca_module.CRL_DAYS))
+            .sign(ca_module.load_private_key(fleet.ca.key_path), hashes.SHA256())
+        )
+        (broker.dir / "crl.pem").write_bytes(lapsed.public_bytes(serialization.Encoding.PEM))
         assert not _connects_after_reload(fleet, broker, "board-a", want=False)
         assert "certificate verify failed" in broker.log()  # Mosquitto 2.0.11 says no more than this
         # the board names the broker's CRL, not "re-provision the board" (a review: the fix for every

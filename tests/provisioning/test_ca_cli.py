@@ -131,9 +131,9 @@ def test_a_monthly_crl_rebuild_never_lets_the_broker_refuse_the_fleet(
     from edge_agent.provisioning import ca as ca_module
 
     ca_dir = tmp_path / "fleet-ca"
-    assert main(["init", str(ca_dir)]) == 0
     first = dt.datetime(2027, 1, 1, 3, 0, tzinfo=dt.timezone.utc)
     monkeypatch.setattr(ca_module, "utcnow", lambda: first)
+    assert main(["init", str(ca_dir)]) == 0
     installed = tmp_path / "mosquitto" / "crl.pem"
     capsys.readouterr()
     assert main(["crl", str(ca_dir), "--install", str(installed)]) == 0
@@ -251,3 +251,37 @@ def _operator_and_root_share_a_ca(tmp_path: Path, operator: int) -> None:
     assert as_operator("sign", str(ca_dir), str(csr), "--out", str(ca_dir / "b.pem")) == 0
     assert as_operator("revoke", str(ca_dir), "np-3a-01") == 0
     assert not list(ca_dir.glob(".*lock*"))
+
+
+def test_a_ca_machine_whose_clock_is_set_back_signs_and_writes_nothing(tmp_path: Path) -> None:
+    """With the clock at 2024-06-01 (faketime) a CA of 2026 signed a certificate already expired in real
+    time and wrote a CRL whose next update had passed: Mosquitto refused every board (school IT review)."""
+    import datetime as dt
+
+    from edge_agent.errors import ProvisioningError
+    from edge_agent.provisioning.ca import FleetCA
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_dir = FleetCA.create(tmp_path / "fleet-ca", "fleet CA", clock=lambda: now - dt.timedelta(days=30)).dir
+    FleetCA(ca_dir).sign_csr(make_csr(new_ec_key(), "np-3a-01", "d", "s"))
+    last = dt.datetime.fromisoformat(FleetCA(ca_dir).index()[-1].issued_at)  # the CA's last signature: now
+    before = {path.name: path.read_bytes() for path in ca_dir.iterdir()}
+    csr = make_csr(new_ec_key(), "np-3a-02", "d", "s")
+    june = dt.datetime(2024, 6, 1, 8, 0, tzinfo=dt.timezone.utc)
+    for clock in (june, now - dt.timedelta(days=10)):  # before the CA's start; after it, before its last use
+        ca = FleetCA(ca_dir, clock=lambda clock=clock: clock)
+        for method, args in ((ca.sign_csr, (csr,)), (ca.write_crl, ()), (ca.revoke, ("np-3a-01",)),
+                             (ca.issue_server, ("mqtt.district.example",))):
+            with pytest.raises(ProvisioningError) as error:
+                method(*args)
+            assert (f"this machine's clock says {clock:%Y-%m-%d %H:%M} UTC, before the CA's last signature "
+                    f"at {last:%Y-%m-%d %H:%M} UTC: set the clock (NTP") in str(error.value)
+            assert "nothing was signed" in str(error.value)
+    assert {path.name: path.read_bytes() for path in ca_dir.iterdir()} == before
+    # the last CRL counts too (the weekly timer may be all that ran since), and a clock a minute behind
+    # the CA's last use, two machines on NTP, still signs
+    FleetCA(ca_dir, clock=lambda: now + dt.timedelta(days=7)).write_crl()
+    with pytest.raises(ProvisioningError, match="before the last CRL's start at"):
+        FleetCA(ca_dir).sign_csr(csr)
+    signed = FleetCA(ca_dir, clock=lambda: now + dt.timedelta(days=7, minutes=-6)).sign_csr(csr)
+    assert x509.load_pem_x509_certificate(signed).not_valid_after_utc > now + dt.timedelta(days=800)
