@@ -35,7 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.config import HOST_NAME
 from edge_agent.errors import ProvisioningError
-from edge_agent.provisioning.files import write_private, write_public
+from edge_agent.provisioning.files import write_atomic, write_private, write_public
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CA_DAYS = 3650
@@ -599,8 +599,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"signed: {args.out}")
         elif args.command == "server":
             key, cert = FleetCA(args.ca_dir).issue_server(args.host, names=args.names)
-            write_private(args.out_dir / "server.key", key)
-            write_public(args.out_dir / "server.pem", cert)
+            # a renewal keeps the owner the broker's README gives them (mosquitto) and the key's mode up to
+            # 0640: replaced as root's 0600, Mosquitto could not read its key and did not start
+            write_atomic(args.out_dir / "server.key", key, 0o600, keep_within=0o640)
+            write_atomic(args.out_dir / "server.pem", cert, 0o644, keep_within=0o644)
             print(f"broker key and certificate written to {args.out_dir}")
         elif args.command == "revoke":
             ca = FleetCA(args.ca_dir)

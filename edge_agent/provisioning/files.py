@@ -3,15 +3,25 @@ and only when the content changes, so re-running provisioning leaves an identica
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from edge_agent.errors import ProvisioningError
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> bool:
-    """Write ``data`` to ``path`` with ``mode``; return False (and touch nothing) if it is already so."""
+def write_atomic(path: Path, data: bytes, mode: int, *, keep_within: int | None = None) -> bool:
+    """Write ``data`` to ``path`` with ``mode``; return False (and touch nothing) if it is already so.
+    With ``keep_within``, a file replaced keeps its owner, group and mode, the mode narrowed to
+    ``keep_within``: the broker's key, given to mosquitto with `chown` as its README says, came back from
+    `edge-agent-ca server` as root's 0600 and Mosquitto did not start (school IT review)."""
+    owner = None
+    if keep_within is not None:
+        with contextlib.suppress(FileNotFoundError):
+            old = path.stat()
+            mode, owner = stat.S_IMODE(old.st_mode) & keep_within, (old.st_uid, old.st_gid)
     try:
         if path.read_bytes() == data:
             if (path.stat().st_mode & 0o7777) != mode:
@@ -23,6 +33,8 @@ def write_atomic(path: Path, data: bytes, mode: int) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)  # before the mode: a chown clears set-id bits
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -285,3 +285,22 @@ def test_a_ca_machine_whose_clock_is_set_back_signs_and_writes_nothing(tmp_path:
         FleetCA(ca_dir).sign_csr(csr)
     signed = FleetCA(ca_dir, clock=lambda: now + dt.timedelta(days=7, minutes=-6)).sign_csr(csr)
     assert x509.load_pem_x509_certificate(signed).not_valid_after_utc > now + dt.timedelta(days=800)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the broker's files to another account")
+def test_renewing_the_brokers_certificate_keeps_the_owner_the_broker_reads_it_as(tmp_path: Path) -> None:
+    """After the broker README's `chown -R mosquitto: /etc/mosquitto/edge`, a renewal wrote server.key as
+    root's 0600: "Unable to load server key file ... Permission denied", Mosquitto did not start."""
+    ca_dir, edge = tmp_path / "fleet-ca", tmp_path / "mosquitto" / "edge"
+    assert main(["init", str(ca_dir)]) == 0
+    assert main(["server", str(ca_dir), "localhost", "--out-dir", str(edge)]) == 0
+    mosquitto = (65534, 100)  # as the README's chown (a user, and a group of another number)
+    for path in edge.iterdir():
+        os.chown(path, *mosquitto)
+    (edge / "server.key").chmod(0o644)  # too wide for a key: narrowed, never widened
+    before = (edge / "server.pem").read_bytes()
+    assert main(["server", str(ca_dir), "localhost", "--out-dir", str(edge)]) == 0
+    assert (edge / "server.pem").read_bytes() != before
+    kept = {path.name: (path.stat().st_uid, path.stat().st_gid, stat.S_IMODE(path.stat().st_mode))
+            for path in edge.iterdir()}
+    assert kept == {"server.key": (*mosquitto, 0o640), "server.pem": (*mosquitto, 0o644)}
