@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -219,6 +219,7 @@ class IssuedCert:
     key_sha256: str = ""  # of the certified public key; empty in indexes written before it was kept
     revoked_at: str = ""
     issued_at: str = ""  # empty in indexes written before it was kept
+    superseded_by: int | None = None  # a later certificate for the same key and id; valid, in no CRL
 
 
 class FleetCA:
@@ -370,9 +371,11 @@ class FleetCA:
         not_after: dt.datetime | None = None,
     ) -> tuple[bytes, list[IssuedCert]]:
         """Sign a device CSR (CN = device id), for the broker and for HTTPS on the board's web port under
-        :func:`board_names` plus ``names``. The device id's live certificates for the
-        same key (a renewal, or a board re-provisioned) are revoked; one for another key belongs to another
-        board and is refused unless ``replace``, which revokes it: two boards must never share an identity.
+        :func:`board_names` plus ``names``. The device id's live certificates for the same key (a renewal,
+        or a board re-provisioned) are superseded, not revoked: revoking them protected nothing (the key
+        holds the new one) and cut the board off once the broker had the CRL, until the new one was
+        installed on it (school IT review). One for another key belongs to another board and is refused
+        unless ``replace``, which revokes it: two boards must never share an identity.
         Returns the certificate and the rows it revoked (callers say which: a copy of a revoked certificate
         installed later looks fine until the broker refuses it)."""
         try:
@@ -389,9 +392,9 @@ class FleetCA:
         this_key = key_sha256(csr.public_key())
         index = self.index()
         rows = [row for row in index if not row.revoked]
-        # A key whose certificate was revoked, with none live since (a renewal revokes the old one of the
-        # same key, but leaves the new one): revoked on purpose, a stolen or retired board's. Signed again
-        # it was back on the broker (a review: `edge-agent-ca sign` took the same CSR at once)
+        # A key whose certificate was revoked, with none live since: revoked on purpose, a stolen or
+        # retired board's. Signed again it was back on the broker (a review: `edge-agent-ca sign` took the
+        # same CSR at once)
         gone = [row for row in index if row.revoked and row.key_sha256 == this_key]
         if gone and not any(row.key_sha256 == this_key for row in rows):
             raise ProvisioningError(
@@ -417,7 +420,6 @@ class FleetCA:
                 "secrets (delete /etc/edge-agent/secrets on it first); if the board was renamed, re-run with "
                 "--replace to revoke the old id's certificate"
             )
-        live += cloned
         # Built before anything is revoked: a bad --name used to revoke the board's live certificate and
         # then fail, leaving it none
         cert = self._build(
@@ -430,9 +432,11 @@ class FleetCA:
             not_before=not_before,
             not_after=not_after,
         )
-        for row in live:
-            self.revoke(row.serial)
-        return cert.public_bytes(serialization.Encoding.PEM), live
+        self._mark({row.serial for row in live if row.key_sha256 == this_key and row.superseded_by is None},
+                   superseded_by=cert.serial_number)
+        if others or cloned:
+            self._revoke({row.serial for row in others + cloned})
+        return cert.public_bytes(serialization.Encoding.PEM), others + cloned
 
     def issue_server(
         self, host: str, days: int = DEVICE_DAYS, names: Sequence[str] = ()
@@ -511,13 +515,21 @@ class FleetCA:
                 f"no live certificate with serial or device id {serial_or_cn!r} (already revoked, or a typo: "
                 "`edge-agent-ca list` shows them)"
             )
-        serials = {r.serial for r in hits}
-        now = self._now(self._key_and_cert()[1]).isoformat()
-        self._save_index(
-            [dataclasses.replace(r, revoked=True, revoked_at=now) if r.serial in serials else r for r in rows]
-        )
+        # and every other certificate of their keys: one a renewal superseded is valid, in no CRL, and
+        # whoever holds the key holds it too
+        keys = {r.key_sha256 for r in hits if r.key_sha256}
+        hits += [r for r in rows if not r.revoked and r.key_sha256 in keys]
+        return self._revoke({r.serial for r in hits})
+
+    def _revoke(self, serials: set[int]) -> list[int]:
+        self._mark(serials, revoked=True, revoked_at=self._now(self._key_and_cert()[1]).isoformat())
         self.write_crl()
         return sorted(serials)
+
+    def _mark(self, serials: set[int], **changes: Any) -> None:
+        if serials:
+            rows = self.index()
+            self._save_index([dataclasses.replace(r, **changes) if r.serial in serials else r for r in rows])
 
     @_holding_lock
     def write_crl(self, days: int = CRL_DAYS) -> dt.datetime:
@@ -595,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
             for row in revoked:
                 print(f"revoked certificate {row.serial} of {row.common_name}: copy {ca.crl_path} to "
                       "the broker")
+            serial = load_cert(cert, "certificate").serial_number
+            for row in ca.index():
+                if row.superseded_by == serial:
+                    print(f"certificate {row.serial} of {row.common_name} (the same key) is superseded, not "
+                          f"revoked: valid until {row.not_after[:10]}; install {args.out} on the board")
             write_public(args.out, cert)
             print(f"signed: {args.out}")
         elif args.command == "server":
@@ -622,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in FleetCA(args.ca_dir).index():
                 print(
                     f"{row.serial}\t{row.common_name}\t{row.not_after}\t"
-                    + ("revoked" if row.revoked else "live")
+                    + ("revoked" if row.revoked else "superseded" if row.superseded_by else "live")
                 )
     except (ProvisioningError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

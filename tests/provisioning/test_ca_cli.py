@@ -146,28 +146,40 @@ def test_a_monthly_crl_rebuild_never_lets_the_broker_refuse_the_fleet(
     assert crl.next_update_utc - next_rebuild >= dt.timedelta(days=14)
 
 
-def test_signing_a_boards_key_again_says_which_certificate_it_revoked(
+def test_signing_a_boards_key_again_supersedes_its_certificate_and_revokes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A renewal on the same key revoked the board's certificate ("copy crl.pem to the broker"): once the
+    broker had the CRL (the weekly timer), the board was cut off until someone installed the new one on
+    it, and the revocation protected nothing, the key holding the new one (school IT review)."""
     ca_dir = tmp_path / "fleet-ca"
     assert main(["init", str(ca_dir)]) == 0
-    csr = _board_csr(tmp_path / "board.csr", "np-3a-01")
-    assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "first.pem")]) == 0
-    first = x509.load_pem_x509_certificate((tmp_path / "first.pem").read_bytes())
-    assert "revoked" not in capsys.readouterr().out
-    assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "second.pem")]) == 0
-    assert f"revoked certificate {first.serial_number} of np-3a-01" in capsys.readouterr().out
+    certs: dict[str, list[int]] = {}
+    for board in ("np-3a-01", "np-3a-02"):
+        csr = _board_csr(tmp_path / f"{board}.csr", board)
+        for out in (tmp_path / f"{board}-1.pem", tmp_path / f"{board}-2.pem"):
+            assert main(["sign", str(ca_dir), str(csr), "--out", str(out)]) == 0
+            certs.setdefault(board, []).append(x509.load_pem_x509_certificate(out.read_bytes()).serial_number)
+        said = capsys.readouterr().out
+        assert "revoked certificate" not in said and "copy" not in said
+        assert f"certificate {certs[board][0]} of {board} (the same key) is superseded, not revoked" in said
     missing = tmp_path / "no-such-folder" / "third.pem"
     assert main(["sign", str(ca_dir), str(csr), "--out", str(missing)]) == 2  # refused before signing
     assert "cannot write into" in capsys.readouterr().err
-    second = x509.load_pem_x509_certificate((tmp_path / "second.pem").read_bytes())
-    capsys.readouterr()
     assert main(["list", str(ca_dir)]) == 0
     states = {line.split("\t")[0]: line.split("\t")[3] for line in capsys.readouterr().out.splitlines()}
-    assert states[str(second.serial_number)] == "live"  # the refused signing revoked nothing
+    assert [states[str(serial)] for serial in certs["np-3a-01"] + certs["np-3a-02"]] == [
+        "superseded", "live", "superseded", "live"
+    ]
+    assert main(["crl", str(ca_dir)]) == 0
+    assert list(x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes())) == []  # the board keeps working
+    # revoking a board, by its id or by its certificate's serial, revokes every certificate of its key
+    assert main(["revoke", str(ca_dir), "np-3a-01"]) == 0
+    assert main(["revoke", str(ca_dir), str(certs["np-3a-02"][1])]) == 0
+    crl = x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes())
+    assert sorted(r.serial_number for r in crl) == sorted(certs["np-3a-01"] + certs["np-3a-02"])
     # a key whose certificate was revoked on purpose is not signed again (a review: a stolen board's CSR
     # was taken at once, back on the broker)
-    assert main(["revoke", str(ca_dir), "np-3a-01"]) == 0
     capsys.readouterr()
     assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "again.pem")]) == 2
     assert "was revoked: the key may be in someone else's hands" in capsys.readouterr().err

@@ -329,7 +329,9 @@ def _cli(fleet: Fleet, *args: str) -> list[str]:
 
 
 def _live(ca: FleetCA, device_id: str) -> list[int]:
-    return [row.serial for row in ca.index() if row.common_name == device_id and not row.revoked]
+    """The device id's current certificates: neither revoked nor superseded by a renewal."""
+    return [row.serial for row in ca.index()
+            if row.common_name == device_id and not row.revoked and row.superseded_by is None]
 
 
 def test_a_second_board_with_a_live_device_id_is_refused_unless_it_replaces_the_first(
@@ -360,7 +362,8 @@ def test_rerunning_provisioning_renews_a_certificate_within_30_days_of_expiry(tm
     assert result.changes == ["device.pem"]
     renewed = x509.load_pem_x509_certificate((certs / "device.pem").read_bytes())
     assert renewed.not_valid_after_utc > now + dt.timedelta(days=800)
-    assert _live(fleet.ca, "board-a") == [renewed.serial_number]  # the short one is revoked
+    assert _live(fleet.ca, "board-a") == [renewed.serial_number]  # the short one is superseded
+    assert not any(row.revoked for row in fleet.ca.index() if row.common_name == "board-a")  # in no CRL
     check_root(fleet.roots / "board-a")
     # Outside the renewal window nothing changes.
     assert provision_inventory(fleet.inventory, fleet.roots, fleet.options)[0].changes == []
