@@ -19,8 +19,10 @@ import functools
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from edge_agent.config import HOST_NAME
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning.files import write_atomic, write_private, write_public
+
+log = logging.getLogger(__name__)
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CA_DAYS = 3650
@@ -296,12 +300,20 @@ class FleetCA:
             ca.write_crl()
         return ca
 
-    def _key_and_cert(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    def _key_and_cert(self, loose_key: bool = False) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """The CA's key and certificate; a key others can read is refused (``loose_key``: warned of)."""
         if not self.key_path.is_file():
             raise ProvisioningError(
                 f"no CA in {self.dir}: check the path (FLEET_CA for edge-agent-crl.service); only for a "
                 f"new fleet, create one with `edge-agent-ca init {self.dir}` (its boards all need signing)"
             )
+        mode = stat.S_IMODE(self.key_path.stat().st_mode)
+        if mode & 0o077:  # ca.key at 0644 in a 0755 folder signed without a word (school IT review)
+            says = (f"CA key {self.key_path} is readable by group or others (mode {mode:o}); "
+                    f"run: chmod 600 {self.key_path}")
+            if not loose_key:
+                raise ProvisioningError(f"{says}; nothing was signed")
+            log.warning("%s (the CRL is signed all the same: lapsed, it would cut every board off)", says)
         return load_private_key(self.key_path), load_cert(self.cert_path.read_bytes(), str(self.cert_path))
 
     def _time(self) -> dt.datetime:
@@ -535,7 +547,9 @@ class FleetCA:
     def write_crl(self, days: int = CRL_DAYS) -> dt.datetime:
         """Rebuild crl.pem; returns its next-update time. Mosquitto refuses every client once that has
         passed: `edge-agent-ca crl` runs weekly from edge-agent-crl.timer (provisioning/mosquitto)."""
-        key, ca_cert = self._key_and_cert()
+        # a key others can read is only warned of here: refused, the unattended timer would let the CRL
+        # lapse, and Mosquitto then refuses every board (revoke and sign refuse it before they get here)
+        key, ca_cert = self._key_and_cert(loose_key=True)
         now = self._now(ca_cert)
         builder = (
             x509.CertificateRevocationListBuilder()

@@ -316,3 +316,33 @@ def test_renewing_the_brokers_certificate_keeps_the_owner_the_broker_reads_it_as
     kept = {path.name: (path.stat().st_uid, path.stat().st_gid, stat.S_IMODE(path.stat().st_mode))
             for path in edge.iterdir()}
     assert kept == {"server.key": (*mosquitto, 0o640), "server.pem": (*mosquitto, 0o644)}
+
+
+def test_a_ca_key_others_can_read_signs_nothing_until_it_is_chmod_600(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """ca.key at 0644 in a 0755 folder: `sign` worked without a word (school IT review)."""
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    csr = _board_csr(tmp_path / "board.csr", "np-3a-01")
+    assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "board.pem")]) == 0
+    key = ca_dir / "ca.key"
+    ca_dir.chmod(0o755)
+    key.chmod(0o644)
+    before = {path.name: path.read_bytes() for path in ca_dir.iterdir()}
+    says = f"CA key {key} is readable by group or others (mode 644); run: chmod 600 {key}"
+    other = _board_csr(tmp_path / "other.csr", "np-3a-02")
+    for argv in (["sign", str(ca_dir), str(other), "--out", str(tmp_path / "other.pem")],
+                 ["server", str(ca_dir), "localhost", "--out-dir", str(tmp_path / "broker")],
+                 ["revoke", str(ca_dir), "np-3a-01"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"error: {says}; nothing was signed\n"
+    assert not (tmp_path / "other.pem").exists() and not (tmp_path / "broker").exists()
+    assert {path.name: path.read_bytes() for path in ca_dir.iterdir()} == before
+    # the weekly CRL rebuild (a timer, nobody at the keyboard) warns and goes on: refused, the CRL would
+    # lapse and Mosquitto refuse every board
+    assert main(["crl", str(ca_dir)]) == 0
+    assert says in caplog.text
+    key.chmod(0o600)
+    assert main(["sign", str(ca_dir), str(other), "--out", str(tmp_path / "other.pem")]) == 0
