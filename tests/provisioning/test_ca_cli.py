@@ -299,6 +299,29 @@ def test_a_ca_machine_whose_clock_is_set_back_signs_and_writes_nothing(tmp_path:
     assert x509.load_pem_x509_certificate(signed).not_valid_after_utc > now + dt.timedelta(days=800)
 
 
+def test_a_ca_run_once_with_its_clock_ahead_signs_again_when_it_is_told_the_clock_is_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # else a record from a clock set to 2031 would stop the CA until 2031 (round 2 of the review's fix)
+    import datetime as dt
+
+    from edge_agent.errors import ProvisioningError
+    from edge_agent.provisioning.ca import CLOCK_IS_RIGHT_ENV, FleetCA
+
+    ca_dir = FleetCA.create(tmp_path / "fleet-ca", "fleet CA").dir
+    ahead = dt.datetime(2031, 3, 1, tzinfo=dt.timezone.utc)
+    FleetCA(ca_dir, clock=lambda: ahead).sign_csr(make_csr(new_ec_key(), "np-3a-01", "d", "s"))
+    csr = make_csr(new_ec_key(), "np-3a-02", "d", "s")
+    with pytest.raises(ProvisioningError, match=f"run with {CLOCK_IS_RIGHT_ENV}=1"):
+        FleetCA(ca_dir).sign_csr(csr)
+    monkeypatch.setenv(CLOCK_IS_RIGHT_ENV, "1")
+    signed = x509.load_pem_x509_certificate(FleetCA(ca_dir).sign_csr(csr))
+    assert signed.not_valid_before_utc < dt.datetime.now(dt.timezone.utc)
+    # never before the CA certificate's own start
+    with pytest.raises(ProvisioningError, match="before the CA certificate's start"):
+        FleetCA(ca_dir, clock=lambda: dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)).sign_csr(csr)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the broker's files to another account")
 def test_renewing_the_brokers_certificate_keeps_the_owner_the_broker_reads_it_as(tmp_path: Path) -> None:
     """After the broker README's `chown -R mosquitto: /etc/mosquitto/edge`, a renewal wrote server.key as
