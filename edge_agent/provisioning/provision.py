@@ -13,6 +13,7 @@ a certificate the fleet CA signed, and without either the run ends in state "awa
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import os
 import secrets
@@ -63,6 +64,10 @@ class Options:
     one_board: bool = False  # a run for one board (--root, --device-id): may bring a revoked one back
     web_domain: str | None = None  # the certificate also names <device id>.<web_domain> (HTTPS)
     metrics_token_file: Path | None = None  # the fleet's Prometheus token, installed on every board
+    now: dt.datetime | None = None  # the board's clock (tests set it); None: read it
+
+    def clock(self) -> dt.datetime:
+        return self.now or utcnow()
 
     def web_names(self, device_id: str) -> list[str]:
         """Names the certificate must serve HTTPS under, beyond :func:`board_names`' own."""
@@ -132,7 +137,40 @@ def _preflight(board: Board, opts: Options, root: Path) -> tuple[str, bytes | No
     if opts.ca_dir is not None:
         ca_pem = FleetCA(opts.ca_dir).ca_pem()
         _ca_would_refuse(board, opts, root)
+    _check_clock(board, opts, root)
     return text, ca_pem
+
+
+def _check_clock(board: Board, opts: Options, root: Path) -> None:
+    """The certificate's dates against the board's clock, before anything is written. A clock behind took
+    the installed certificate for "not valid yet", unusable: it was revoked and another signed (a review,
+    under faketime 2024). Not valid yet means the clock is behind (the CA signed it in the past): refused,
+    naming both times. A given certificate expired by the clock is refused naming the clock, which may be
+    ahead; the installed one's expiry is the renewal's (_install_cert)."""
+    now = opts.clock()
+    given = opts.ca_dir is None and opts.cert_file is not None  # it replaces the installed one
+    path = opts.cert_file if given else _layout(root)["cert"]
+    if path is None or not path.is_file():
+        return
+    try:
+        cert = load_cert(path.read_bytes(), str(path))
+    except ProvisioningError:
+        return  # an installed one is replaced as unusable; a given one is refused by check_device_cert
+    clock = f"board {board.device_id} (inventory line {board.line}): this board's clock says "
+    clock += f"{now:%Y-%m-%d %H:%M} UTC"
+    set_it = "(timedatectl set-ntp true, or timedatectl set-time 'YYYY-MM-DD HH:MM:SS') and run again"
+    if cert.not_valid_before_utc > now + dt.timedelta(minutes=5):  # check_device_cert's allowance
+        raise ProvisioningError(
+            f"{clock}, but the certificate {path} is valid only from "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC, when the CA signed it: the clock is behind. "
+            f"Set it {set_it}; nothing was changed. Only if the clock is right (the CA's ran ahead): "
+            + ("have the fleet CA sign it again" if given else f"delete {path} and run again")
+        )
+    if given and cert.not_valid_after_utc <= now:
+        raise ProvisioningError(
+            f"{clock}, by which the certificate {path} expired on {cert.not_valid_after_utc:%Y-%m-%d}: if "
+            f"the clock is wrong, set it {set_it}; otherwise ask the fleet CA for a new one"
+        )
 
 
 def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
@@ -287,6 +325,7 @@ def _install_cert(
     current = paths["cert"].read_bytes() if paths["cert"].exists() else None
     installed_ca = paths["ca"].read_bytes() if paths["ca"].exists() else None
     supplied = _read(opts.cert_file, "device certificate") if opts.cert_file is not None else None
+    now = opts.clock()
     revoked = current is not None and opts.ca_dir is not None and _revoked(current, opts.ca_dir)
     if revoked and not (opts.replace and opts.one_board):
         # kept, whether in date or not: a revocation is usually meant, and renewing it (near or past its
@@ -314,20 +353,29 @@ def _install_cert(
         not revoked
     ):
         try:
-            check_device_cert(current, installed_ca, key, board.device_id)
-            days = (load_cert(current, "device certificate").not_valid_after_utc - utcnow()).days
+            end = load_cert(current, "device certificate").not_valid_after_utc
+            # an expired one is checked as of its last second: its expiry is the renewal's, below (it was
+            # "unusable, replacing it", with no word of the clock that said so)
+            check_device_cert(current, installed_ca, key, board.device_id,
+                              now=min(now, end - dt.timedelta(seconds=1)))
+            days = (end - now).days
             why = reissue_reason(current, board_names(board.device_id, opts.web_names(board.device_id)))
             if supplied in (None, current):
                 if days > RENEW_WITHIN_DAYS and why is None:
                     return True
+                expired = end <= now
+                if expired:  # the clock named, as it may be the one that is wrong (ahead)
+                    why = (f"it expired on {end:%Y-%m-%d} by this board's clock, which says "
+                           f"{now:%Y-%m-%d %H:%M} UTC (if that is wrong, set it: timedatectl set-ntp true, "
+                           "or timedatectl set-time)")
                 why = why or f"it expires in {days} days"
                 if opts.ca_dir is None:
                     log.warning(
                         "the device certificate needs signing again (%s): have the fleet CA sign %s "
                         "again, then re-run with --cert and --ca-cert", why, paths["csr"],
                     )
-                    return True
-                log.info("renewing the device certificate: %s", why)
+                    return not expired
+                (log.warning if expired else log.info)("renewing the device certificate: %s", why)
         except ProvisioningError as exc:
             log.warning("installed certificate unusable, replacing it: %s", exc)
     if opts.ca_dir is not None:
@@ -346,7 +394,7 @@ def _install_cert(
         )
         return False
     assert ca_pem is not None
-    check_device_cert(cert, ca_pem, key, board.device_id)  # refuse before installing anything
+    check_device_cert(cert, ca_pem, key, board.device_id, now=now)  # refuse before installing anything
     _note(result, write_public(paths["ca"], ca_pem), "ca.pem")
     _note(result, write_public(paths["cert"], cert), "device.pem")
     return True

@@ -383,6 +383,63 @@ def test_a_newer_certificate_from_the_fleet_ca_replaces_the_installed_one(tmp_pa
     assert (root / "etc/edge-agent/certs/device.pem").read_bytes() == second.read_bytes()
 
 
+def test_a_board_whose_clock_is_behind_keeps_its_good_certificate_and_is_told_to_set_the_clock(
+    tmp_path: Path,
+) -> None:
+    # Review: under faketime 2024 the certificate was "not valid yet", so "unusable": it was revoked and
+    # another signed, exit 0
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    root = tmp_path / "root"
+    opts = Options(template(), ca_dir=ca.dir)
+    provision_board(BOARD, root, opts)
+    before, index = snapshot(root), ca.index()
+    behind = dataclasses.replace(opts, now=dt.datetime(2024, 6, 1, 8, 0, tzinfo=dt.timezone.utc))
+    says = (r"board board-x \(inventory line 0\): this board's clock says 2024-06-01 08:00 UTC, but the "
+            r"certificate .*device\.pem is valid only from 20\d\d-\d\d-\d\d \d\d:\d\d UTC, when the CA "
+            r"signed it: the clock is behind\. Set it \(timedatectl set-ntp true")
+    with pytest.raises(ProvisioningError, match=says):
+        provision_board(BOARD, root, behind)
+    assert snapshot(root) == before and ca.index() == index  # nothing revoked, signed or written
+
+
+def test_a_certificate_expired_by_the_boards_clock_names_the_clock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review: with the clock ahead (2031) a given certificate "expired on 2029-03-08; ask the fleet CA for
+    # a new one", blaming the certificate
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    root = tmp_path / "root"
+    provision_board(BOARD, root, Options(template()))
+    certs = root / "etc/edge-agent/certs"
+    signed = tmp_path / "signed.pem"
+    signed.write_bytes(ca.sign_csr((certs / "device.csr").read_bytes()))
+    given = Options(template(), cert_file=signed, ca_file=ca.cert_path)
+    provision_board(BOARD, root, given)
+    before = snapshot(root)
+    ahead = dt.datetime(2031, 6, 1, 8, 0, tzinfo=dt.timezone.utc)
+    says = (r"this board's clock says 2031-06-01 08:00 UTC, by which the certificate .*signed\.pem expired "
+            r"on 20\d\d-\d\d-\d\d: if the clock is wrong, set it \(timedatectl")
+    with pytest.raises(ProvisioningError, match=says):
+        provision_board(BOARD, root, dataclasses.replace(given, now=ahead))
+    # without --cert it is kept, awaiting a new one, and the clock is named
+    caplog.clear()
+    result = provision_board(BOARD, root, Options(template(), now=ahead))
+    assert (result.state, result.changes) == ("awaiting-certificate", [])
+    assert "by this board's clock, which says 2031-06-01 08:00 UTC (if that is wrong, set it" in caplog.text
+    assert snapshot(root) == before
+    # with the CA, one expired by the clock is renewed (the usual renewal of a board long off), clock named
+    now = dt.datetime.now(dt.timezone.utc)
+    ended = now - dt.timedelta(days=1)
+    csr = (certs / "device.csr").read_bytes()
+    expired = ca.sign_csr(csr, not_before=now - dt.timedelta(days=900), not_after=ended)
+    (certs / "device.pem").write_bytes(expired)
+    caplog.clear()
+    result = provision_board(BOARD, root, Options(template(), ca_dir=ca.dir))
+    assert result.state == "provisioned" and "device.pem" in result.changes
+    assert f"renewing the device certificate: it expired on {ended:%Y-%m-%d} by this board's" in caplog.text
+    check_root(root)
+
+
 def test_a_device_id_that_begins_another_gets_a_request_for_itself(tmp_path: Path) -> None:
     ca = FleetCA.create(tmp_path / "ca", "ca")
     root = tmp_path / "root"
