@@ -1,10 +1,12 @@
 """The operating-system side of provisioning: the system user, file ownership, systemd units.
 
 On the running board (root ``/``) it uses the system's own tools (``systemd-sysusers``, ``systemctl``).
-On a target root (an image being built, or a test) it edits ``ROOT/etc/passwd`` and ``ROOT/etc/group``
-itself and enables units with the same symlinks ``systemctl enable`` makes; the sysusers.d and tmpfiles.d
-snippets it installs make the image's first boot create the user and fix ownership again, which is what
-makes an unprivileged image build correct.
+On a target root it enables units with the same symlinks ``systemctl enable`` makes, and where the root is
+a userland (an image being built: it has ``etc/passwd`` and ``etc/group``) it adds the user there itself.
+A root without them (a folder of files to copy onto an installed board) gets no user database. The
+sysusers.d and tmpfiles.d snippets it installs create the user and fix ownership at an image's first boot,
+or when run on the board after the copy (provisioning/README.md), which is also what makes an unprivileged
+image build correct.
 """
 
 from __future__ import annotations
@@ -39,10 +41,7 @@ def units_dir() -> Path:
 
 
 def _read_db(path: Path) -> list[list[str]]:
-    try:
-        return [line.split(":") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except FileNotFoundError:
-        return []
+    return [line.split(":") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _write_db(path: Path, rows: list[list[str]]) -> bool:
@@ -51,8 +50,14 @@ def _write_db(path: Path, rows: list[list[str]]) -> bool:
 
 def ensure_user_in_root(root: Path) -> tuple[int, int, bool]:
     """Add the edge-agent group and user to ROOT/etc/{group,passwd} and to video/render where those
-    groups exist; returns (uid, gid, changed)."""
+    groups exist; returns (uid, gid, changed). A root without both files is not a userland: it gets
+    neither, and (0, 0): its files stay as written until sysusers.d and tmpfiles.d give them to the user."""
     passwd_path, group_path = root / "etc/passwd", root / "etc/group"
+    if not (passwd_path.is_file() and group_path.is_file()):
+        # Made here they held edge-agent alone, and copied onto a board (`cp -a roots/<id>/. /`) they
+        # replaced its own: no root, no sudo group, a reflash. On the board sysusers.d makes the user,
+        # tmpfiles.d and the units' StateDirectory= give it its files.
+        return 0, 0, False
     users, groups = _read_db(passwd_path), _read_db(group_path)
     if any(len(r) < 4 for r in users) or any(len(r) < 4 for r in groups):
         raise ProvisioningError(f"{passwd_path} or {group_path} has malformed lines; fix them first")

@@ -58,9 +58,43 @@ def test_bulk_provisioning_builds_one_complete_root_per_board(fleet: Fleet) -> N
         # installed, not enabled: only the daemon's OnFailure= starts the retry timer
         assert (root / "etc/systemd/system/edge-agent-retry.timer").is_file()
         assert not list(root.glob("etc/systemd/system/*.wants/edge-agent-retry.*"))
-        assert "edge-agent:x:" in (root / "etc/passwd").read_text()
+        assert not (root / "etc/passwd").exists()  # files, not a userland: sysusers.d makes the user
         assert "edge-agent" in (root / "etc/sysusers.d/edge-agent.conf").read_text()
         check_root(root)  # the installed config, re-rooted, passes edge_agent.config.load_config
+
+
+def test_a_root_without_a_userland_gets_no_user_database_and_a_userlands_keeps_its_users(
+    tmp_path: Path,
+) -> None:
+    # Review: `--roots` into empty folders wrote etc/passwd and etc/group holding edge-agent alone; copied
+    # onto a board (`cp -a roots/<id>/. /`) they replaced its own: no root user, no sudo group, a reflash
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    opts = Options(template(), ca_dir=ca.dir)
+    files = tmp_path / "files"
+    assert provision_board(BOARD, files, opts).state == "provisioned"
+    assert [n for n in ("passwd", "group", "shadow", "gshadow") if (files / "etc" / n).exists()] == []
+    assert (files / "etc/sysusers.d/edge-agent.conf").is_file()  # the board's boot makes the user
+    assert (files / "etc/tmpfiles.d/edge-agent.conf").is_file()  # and gives it its files
+    assert (files / "etc/edge-agent/certs/device.pem").is_file()
+    assert (files / "etc/systemd/system/multi-user.target.wants/edge-agent.service").is_symlink()
+    check_root(files)
+    # an image's userland (a copy of this machine's): edge-agent is added, every other line kept
+    image = tmp_path / "image"
+    (image / "etc").mkdir(parents=True)
+    passwd, group = Path("/etc/passwd").read_text(), Path("/etc/group").read_text()
+    (image / "etc/passwd").write_text(passwd)
+    (image / "etc/group").write_text(group)
+    result = provision_board(dataclasses.replace(BOARD, device_id="board-y"), image, opts)
+    assert "system user edge-agent" in result.changes
+    users = (image / "etc/passwd").read_text().splitlines()
+    assert users[:-1] == passwd.splitlines() and users[-1].startswith("edge-agent:x:")
+    groups = (image / "etc/group").read_text().splitlines()
+    assert len(groups) == len(group.splitlines()) + 1 and groups[-1].startswith("edge-agent:x:")
+    for before, after in zip(group.splitlines(), groups, strict=False):
+        name = before.split(":")[0]
+        assert after == (before + ("," if not before.endswith(":") else "") + "edge-agent"
+                         if name in ("video", "render") else before)
+    check_root(image)
 
 
 def test_secrets_differ_between_boards_and_the_csr_is_signed_with_cn_device_id(fleet: Fleet) -> None:
