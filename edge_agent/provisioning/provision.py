@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent.config import MAX_TOKEN_CHARS, token_fits
+from edge_agent.config import MAX_TOKEN_CHARS, Config, token_fits
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning import system
 from edge_agent.provisioning.ca import (
@@ -43,11 +43,16 @@ from edge_agent.provisioning.ca import (
 from edge_agent.provisioning.files import ensure_dir, write_atomic, write_private, write_public
 from edge_agent.provisioning.inventory import Board, load_inventory, render_config
 from edge_agent.provisioning.model_package import load_public_key
+from edge_agent.updates import update_dirs
 
 log = logging.getLogger(__name__)
 
 ETC = Path("etc/edge-agent")
 METRICS_TOKEN = ETC / "secrets/metrics.token"
+# What the daemon reads only when it starts, as Result.changes names it (its config, certificate and CA,
+# keys, secrets and tokens): a change to any restarts it. A new model signing key or metrics token did
+# nothing until a restart by hand (a review: the old token still worked, updates were ignored).
+READ_AT_START = ("config.toml", "device.pem", "ca.pem", "secret ", "model signing key", "metrics token")
 
 
 @dataclass
@@ -103,7 +108,7 @@ def _layout(root: Path) -> dict[str, Path]:
     }
 
 
-def _preflight(board: Board, opts: Options, root: Path) -> tuple[str, bytes | None]:
+def _preflight(board: Board, opts: Options, root: Path) -> tuple[str, Config, bytes | None]:
     """Everything that can be checked before writing: the config renders, given files are readable."""
     text, config = render_config(opts.template_text, board)
     general_names(opts.web_names(board.device_id))  # a bad --web-domain stops here
@@ -138,7 +143,7 @@ def _preflight(board: Board, opts: Options, root: Path) -> tuple[str, bytes | No
         ca_pem = FleetCA(opts.ca_dir).ca_pem()
         _ca_would_refuse(board, opts, root)
     _check_clock(board, opts, root)
-    return text, ca_pem
+    return text, config, ca_pem
 
 
 def _check_clock(board: Board, opts: Options, root: Path) -> None:
@@ -207,15 +212,16 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def provision_board(board: Board, root: Path, opts: Options) -> Result:
-    config_text, ca_pem = _preflight(board, opts, root)
+    config_text, config, ca_pem = _preflight(board, opts, root)
     root = root.absolute()  # a relative root would be re-rooted at "/" by the config check
     result = Result(board.device_id, root)
     on_host = root.resolve() == Path("/")
     units_src = opts.units_dir or system.units_dir()
     paths = _layout(root)
+    inbox = root / str(update_dirs(config.updates, config.paths.state_dir)[1]).lstrip("/")
     if not on_host:
         written = ("etc/passwd", "etc/group", "etc/systemd/system", "etc/sysusers.d", "etc/tmpfiles.d")
-        _refuse_links_out_of(root, [*paths.values(), *(root / p for p in written)])
+        _refuse_links_out_of(root, [*paths.values(), inbox, *(root / p for p in written)])
     if on_host:
         uid, gid, changed = system.ensure_user_on_host(units_src / "edge-agent.sysusers.conf")
     else:
@@ -233,6 +239,8 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
             write_public(paths["signing"], _read(opts.signing_pubkey, "model signing key")),
             "model signing key",
         )
+    if paths["signing"].is_file():
+        _make_inbox(inbox, uid, gid, result)
     if opts.metrics_token_file is not None:
         token = _read(opts.metrics_token_file, "metrics token").strip() + b"\n"
         _note(result, write_private(paths["metrics_token"], token), "metrics token")
@@ -241,11 +249,15 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
         system.chown_if_root(path, 0, gid)
     result.changes += system.install_units(root, units_src, opts.agent_bin)
     if on_host and opts.activate and result.state != "awaiting-certificate":
-        # A renewed certificate too: HTTPS on the web and metrics ports loads it at start only (a review:
-        # the board served the old, revoked one until it expired, and every HTTPS client failed)
-        renewed = [what for what in ("config.toml", "device.pem") if what in result.changes]
-        system.activate_on_host(config_changed=bool(renewed), changed=" and ".join(renewed) or "config")
+        system.activate_on_host(restart_for(result.changes))
     return result
+
+
+def restart_for(changes: list[str]) -> list[str]:
+    """The changes a running daemon takes only by a restart (READ_AT_START). A renewed certificate too:
+    HTTPS on the web and metrics ports loads it at start only (a review: the board served the old, revoked
+    one until it expired, and every HTTPS client failed)."""
+    return [what for what in changes if what.startswith(READ_AT_START)]
 
 
 def _refuse_links_out_of(root: Path, paths: list[Path]) -> None:
@@ -283,6 +295,15 @@ def _make_dirs(paths: dict[str, Path], uid: int, gid: int, result: Result) -> No
         _note(result, ensure_dir(paths[key], mode), f"directory {paths[key]}")
         owner = (0, gid) if key in ("etc", "certs") else (uid, gid)
         system.chown_if_root(paths[key], *owner)
+
+
+def _make_inbox(inbox: Path, uid: int, gid: int, result: Result) -> None:
+    """The model inbox and its done/, owned by the daemon as its own mkdir makes them: one made by root
+    (by hand, the daemon not restarted) stopped every package with "could not move ... Permission denied:
+    .../inbox/done"."""
+    for folder in (inbox, inbox / "done"):
+        _note(result, ensure_dir(folder, 0o700), f"directory {folder}")
+        system.chown_if_root(folder, uid, gid)
 
 
 def _make_secrets(paths: dict[str, Path], uid: int, gid: int, result: Result) -> None:

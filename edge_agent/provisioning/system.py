@@ -154,16 +154,16 @@ def run(argv: list[str]) -> None:
         raise ProvisioningError(f"`{' '.join(argv)}` did not finish in {COMMAND_TIMEOUT_S} s") from exc
 
 
-def activate_on_host(*, config_changed: bool = False, changed: str = "config") -> None:
+def activate_on_host(restart: list[str]) -> None:
     """On the board itself: reload units, apply tmpfiles, enable, and start the engine build (no wait).
-    A running daemon whose config (or certificate: ``changed`` says which) changed is restarted (no wait),
-    so provisioning again applies it."""
+    A running daemon is restarted (no wait) when ``restart`` names changes it reads only at start (its
+    config, certificate, keys, tokens), so provisioning again applies them."""
     run(["systemctl", "daemon-reload"])
     run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/edge-agent.conf"])
     run(["systemctl", "enable", *UNITS])
     run(["systemctl", "start", "--no-block", UNITS[1]])
     log.info("engine build started in the background: journalctl -u %s", UNITS[1])
-    if config_changed:
+    if restart:
         # A daemon that failed (a crash loop on the old config, or systemd's start limit) is started
         # again; a running one restarted; a stopped one left stopped. Restarts by hand count against the
         # start limit too: reset it, this is not a crash loop.
@@ -172,4 +172,4 @@ def activate_on_host(*, config_changed: bool = False, changed: str = "config") -
         run(["systemctl", "reset-failed", UNITS[0]])
         run(["systemctl", "start" if failed else "try-restart", "--no-block", UNITS[0]])
         how = "starts" if failed else "restarts (if running)"
-        log.info("%s changed: edge-agent %s with it", changed, how)
+        log.info("%s changed: edge-agent %s with it", " and ".join(restart), how)

@@ -18,7 +18,14 @@ from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning.ca import FleetCA, key_to_pem, make_csr, new_ec_key
 from edge_agent.provisioning.cli import main as provision_main
 from edge_agent.provisioning.inventory import Board, parse_inventory, render_config
-from edge_agent.provisioning.provision import Options, check_root, provision_board, provision_inventory
+from edge_agent.provisioning.model_package import generate_signing_key
+from edge_agent.provisioning.provision import (
+    Options,
+    check_root,
+    provision_board,
+    provision_inventory,
+    restart_for,
+)
 from tests.provisioning.fleet_helpers import INVENTORY, TEMPLATE, Fleet, make_fleet
 
 BOARD = Board("district-a", "school-1", "class-1", "board-x")
@@ -598,6 +605,43 @@ def test_the_fleets_metrics_token_is_installed_private_and_its_absence_stops_bef
     check_root(root)
     # later runs need not carry the token again; the installed one stays
     assert provision_board(BOARD, root, Options(template_text=text, ca_dir=ca.dir)).changes == []
+
+
+def test_a_new_signing_key_or_token_restarts_the_daemon_and_the_inbox_is_the_daemons(tmp_path: Path) -> None:
+    # Review: a new --model-signing-key or --metrics-token-file was reported changed but did nothing until
+    # a restart by hand (the old token still worked); an inbox made by root then stopped every package
+    # with "could not move ... Permission denied: .../inbox/done"
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    image = tmp_path / "image"  # a userland, so that the user has an id here
+    (image / "etc").mkdir(parents=True)
+    for name in ("passwd", "group"):
+        (image / "etc" / name).write_text(Path("/etc", name).read_text())
+    text = template() + '\n[metrics]\ntoken_file = "/etc/edge-agent/secrets/metrics.token"\n'
+    token = tmp_path / "metrics.token"
+    token.write_text("9f2c6a0e4b7d1f3a5c8e2b4d6f8a0c1e\n")
+    opts = Options(text, ca_dir=ca.dir, metrics_token_file=token)
+    first = provision_board(BOARD, image, opts)
+    assert {"config.toml", "device.pem", "ca.pem", "secret web.token", "metrics token"} <= set(
+        restart_for(first.changes))
+    inbox = image / "var/lib/edge-agent/inbox"
+    inbox.mkdir()  # made by hand, as root, before the key came
+    assert provision_board(BOARD, image, opts).changes == []
+    generate_signing_key(tmp_path / "fleet-signing.key", tmp_path / "fleet-signing.pub")
+    keyed = dataclasses.replace(opts, signing_pubkey=tmp_path / "fleet-signing.pub")
+    changes = provision_board(BOARD, image, keyed).changes
+    assert restart_for(changes) == ["model signing key"], changes
+    users = (image / "etc/passwd").read_text().splitlines()
+    uid, gid = (int(n) for n in next(u for u in users if u.startswith("edge-agent:")).split(":")[2:4])
+    for folder in (inbox, inbox / "done"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        if os.geteuid() == 0:  # only root sets owners (tmpfiles.d and StateDirectory= do on the board)
+            assert (folder.stat().st_uid, folder.stat().st_gid) == (uid, gid)
+    token.write_text("0123456789abcdef0123456789abcdef\n")  # the fleet's token rotated
+    assert restart_for(provision_board(BOARD, image, keyed).changes) == ["metrics token"]
+    (image / "etc/edge-agent/secrets/web.token").chmod(0o644)  # a mode mended: the daemon read it already
+    (image / "etc/edge-agent/certs/device.csr").unlink()  # the daemon never reads the request
+    changes = provision_board(BOARD, image, keyed).changes
+    assert changes == ["mode of web.token", "device.csr"] and restart_for(changes) == []
 
 
 def test_provisioning_an_image_refuses_links_that_lead_out_of_it(tmp_path: Path) -> None:
