@@ -181,13 +181,25 @@ def _check_clock(board: Board, opts: Options, root: Path) -> None:
 def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
     """FleetCA.sign_and_revoke's refusals, for a board it will be asked to sign (none installed yet): found
     only when signing, in a bulk run one such row stopped the batch after the rows before it were
-    provisioned, left its own root half-made and named no inventory line."""
+    provisioned, left its own root half-made and named no inventory line. And a device id revoked with
+    none live since, which the CA would sign: its board was taken out of service."""
     paths = _layout(root)
     if opts.replace or paths["cert"].exists():
         return
     this_key = key_sha256(load_private_key(paths["key"]).public_key()) if paths["key"].exists() else None
     where = f"board {board.device_id} (inventory line {board.line})"
-    for row in FleetCA(opts.ca_dir).index():  # type: ignore[arg-type]
+    index = FleetCA(opts.ca_dir).index()  # type: ignore[arg-type]
+    ours = [row for row in index if row.common_name == board.device_id]
+    if ours and all(row.revoked for row in ours):
+        # A board taken out of service (revoked, its folder deleted) got a new live certificate from the
+        # next run for the whole inventory, without a word (a review)
+        raise ProvisioningError(
+            f"{where}: device id {board.device_id!r} was revoked (certificate {ours[-1].serial}"
+            + (f", on {ours[-1].revoked_at[:10]}" if ours[-1].revoked_at else "")
+            + ") and has no live certificate: a board taken out of service? Delete its row from the "
+            "inventory; if a new board takes this id, re-run with --replace"
+        )
+    for row in index:
         if row.revoked:
             continue
         if row.common_name == board.device_id and row.key_sha256 != this_key:

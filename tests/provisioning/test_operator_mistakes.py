@@ -270,7 +270,8 @@ def test_a_replaced_board_is_named_before_replace_would_revoke_it(
     new = ("--device-id", "board-a", "--root", str(tmp_path / "new"), "--ca-dir", str(ca.dir))
     assert _provision(tmp_path, *old) == 0
     ca.revoke("board-a")
-    assert _provision(tmp_path, *new) == 0  # the new hardware takes the id (the old one is revoked)
+    assert _provision(tmp_path, *new) == 2  # a revoked id is not signed again without a word
+    assert _provision(tmp_path, *new, "--replace") == 0  # the new hardware takes the id
     (live,) = [row.serial for row in ca.index() if not row.revoked]
     caplog.clear()
     assert _provision(tmp_path, *old) == 0
@@ -278,3 +279,28 @@ def test_a_replaced_board_is_named_before_replace_would_revoke_it(
     caplog.clear()
     assert _provision(tmp_path, *old, "--replace") == 0
     assert f"revoked certificate {live} of board-a" in caplog.text
+
+
+def test_a_decommissioned_boards_id_is_not_signed_again_by_a_run_for_the_whole_inventory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Review: `edge-agent-ca revoke fleet-ca sm-204-01`, its folder removed, the bulk run again: "sm-204-01
+    # ... provisioned" with a new live certificate, where the README says it stays revoked
+    from edge_agent.provisioning.ca import FleetCA
+
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    roots = tmp_path / "roots"
+    bulk = ("--roots", str(roots), "--ca-dir", str(ca.dir))
+    assert _provision(tmp_path, *bulk) == 0
+    ca.revoke("board-b")
+    shutil.rmtree(roots / "board-b")
+    index, others = ca.index(), {p.name: sorted(p.rglob("*")) for p in roots.iterdir()}
+    capsys.readouterr()
+    assert _provision(tmp_path, *bulk) == 2
+    err = capsys.readouterr().err
+    assert "board board-b (inventory line 3): device id 'board-b' was revoked (certificate " in err, err
+    assert "Delete its row from the inventory; if a new board takes this id, re-run with --replace" in err
+    assert ca.index() == index and not (roots / "board-b").exists()  # nothing signed, nothing written
+    assert {p.name: sorted(p.rglob("*")) for p in roots.iterdir()} == others
+    assert _provision(tmp_path, *bulk, "--replace") == 0  # a new board takes the id
+    assert [row.common_name for row in ca.index() if not row.revoked] == ["board-a", "board-c", "board-b"]
