@@ -94,7 +94,7 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
         problems.append(f"line 1: unknown column(s) {', '.join(bad_columns)}; extra columns must be config "
                         "keys like camera.source (README, 'Config reference')")
     boards: list[Board] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[str, int]] = {}  # by the id in lower case: its first spelling and line
     for row in reader:
         line = reader.line_num
         if None in row or any(v is None for v in row.values()):
@@ -103,6 +103,10 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
         values = {k: (v or "").strip() for k, v in row.items()}
         if not any(values.values()):
             continue  # ",,," : a spreadsheet's empty row
+        if all(values[c] == c for c in REQUIRED):  # it became a board named "device_id", live on the broker
+            problems.append(f"line {line}: the header row again (two inventories pasted together?): "
+                            "delete it")
+            continue
         bad = [c for c in REQUIRED if not _ID.match(values[c])]
         if bad:
             problems.append(
@@ -115,10 +119,14 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
                             "back end (provisioning/mosquitto/acl): a board under it would read every "
                             "board's data; choose another id")
             continue
-        if device in seen:
-            problems.append(f"line {line}: device id {device!r} already used on line {seen[device]}")
+        # B-01 and b-01 are one board's names: its .local and HTTPS names, and its folder on a disk that
+        # ignores case
+        if device.lower() in seen:
+            first, at = seen[device.lower()]
+            same = "" if first == device else f" as {first!r} (ids that differ only in case name one board)"
+            problems.append(f"line {line}: device id {device!r} already used on line {at}{same}")
             continue
-        seen[device] = line
+        seen[device.lower()] = (device, line)
         overrides = {k: v for k, v in values.items() if k not in REQUIRED and v != ""}
         boards.append(Board(values["tenant"], values["site"], values["class_id"], device, overrides, line))
     if problems:

@@ -224,6 +224,11 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def provision_board(board: Board, root: Path, opts: Options) -> Result:
+    if root.resolve() == Path("/") and os.geteuid() != 0:  # was "Failed to take /etc/passwd lock"
+        raise ProvisioningError(
+            "provisioning this board (--root /) creates its system user, writes /etc and runs systemctl: "
+            "run it as root (sudo edge-agent-provision ...)"
+        )
     config_text, config, ca_pem = _preflight(board, opts, root)
     root = root.absolute()  # a relative root would be re-rooted at "/" by the config check
     result = Result(board.device_id, root)

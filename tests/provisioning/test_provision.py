@@ -201,6 +201,11 @@ def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None
         ("tenant,site,class_id,device_id\nt,s,c\n", "wrong number of fields"),
         ("tenant,site,class_id,device_id\nt,s,c,bad/id\n", "invalid device_id"),
         ("tenant,site,class_id,device_id\nt,s,c,d1\nt,s,c,d1\n", "already used on line 2"),
+        # a review: B-01 and b-01 were two boards; a header pasted in mid-file a board named "device_id"
+        ("tenant,site,class_id,device_id\nt,s,c,B-01\nt,s,c,b-01\n",
+         "line 3: device id 'b-01' already used on line 2 as 'B-01' .ids that differ only in case"),
+        ("tenant,site,class_id,device_id\nt,s,c,d1\ntenant,site,class_id,device_id\nt,s,c,d2\n",
+         "line 3: the header row again .two inventories pasted together.\\): delete it"),
         # the shipped ACL gives these CNs every board's data: a board must never get a certificate for one
         ("tenant,site,class_id,device_id\nt,s,c,fleet-controller\n", "line 2: device id 'fleet-controller'"),
         ("tenant,site,class_id,device_id\nt,s,c,edge-receiver\n", "back end"),
