@@ -370,7 +370,7 @@ def _install_cert(
         # expiry) let a revoked board back without a word; so did --replace in a run for the whole
         # inventory, meant for another board (a review: a stolen board's key certified again, live)
         live = [row.serial for row in FleetCA(opts.ca_dir).index()  # type: ignore[arg-type]
-                if row.common_name == board.device_id and not row.revoked]
+                if row.common_name == board.device_id and not row.revoked and row.superseded_by is None]
         log.warning(
             "%s: its installed certificate is revoked in the fleet CA, so the broker refuses this board; %s",
             board.device_id,
@@ -420,7 +420,7 @@ def _install_cert(
         cert, revoked_now = FleetCA(opts.ca_dir).sign_and_revoke(
             paths["csr"].read_bytes(), replace=opts.replace, names=opts.web_names(board.device_id)
         )
-        for row in revoked_now:  # --replace and renewals revoke: say which, or another board just stops
+        for row in revoked_now:  # --replace revokes: say which, or another board just stops
             log.warning("%s: revoked certificate %s of %s; the broker accepts it until it has the new CRL: "
                         "copy %s to the broker and `systemctl reload mosquitto`", board.device_id, row.serial,
                         row.common_name, FleetCA(opts.ca_dir).crl_path)
