@@ -229,6 +229,11 @@ class IssuedCert:
     superseded_by: int | None = None  # a later certificate for the same key and id; valid, in no CRL
 
 
+def _times(row: IssuedCert) -> list[dt.datetime]:
+    """When the CA signed and revoked ``row``, where its index kept it."""
+    return [dt.datetime.fromisoformat(t) for t in (row.issued_at, row.revoked_at) if t]
+
+
 class FleetCA:
     """The CA directory; every method re-reads it, so two commands never work from stale state."""
 
@@ -322,25 +327,30 @@ class FleetCA:
     def _time(self) -> dt.datetime:
         return self.clock() if self.clock else utcnow()
 
-    def _now(self, ca_cert: x509.Certificate) -> dt.datetime:
-        """The time to sign at, refused when the clock is behind what this CA has already signed: with the
-        clock at 2024-06-01 a CA of 2026 issued certificates expired in real time and a CRL whose next
-        update had passed, and Mosquitto refused every board with it (school IT review)."""
+    def _now(self, ca_cert: x509.Certificate, *, records: bool = True) -> dt.datetime:
+        """The time to sign at, refused when the clock is behind the CA certificate's start or (``records``)
+        the times in its index: with the clock at 2024-06-01 a CA of 2026 issued certificates expired in
+        real time and a CRL whose next update had passed, and Mosquitto refused every board with it (school
+        IT review). With CLOCK_IS_RIGHT_ENV the index's times after this clock are taken as a clock's that
+        ran ahead, and dated now, so that later runs sign without it."""
         now = self._time()
-        seen = [(ca_cert.not_valid_before_utc, "the CA certificate's start")]
-        for row in self.index():
-            if row.issued_at:
-                seen.append((dt.datetime.fromisoformat(row.issued_at), "the CA's last signature"))
-            if row.revoked_at:
-                seen.append((dt.datetime.fromisoformat(row.revoked_at), "the CA's last revocation"))
-        with contextlib.suppress(OSError, ValueError):
-            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
-            seen.append((crl.last_update_utc, "the last CRL's start"))
-        if os.environ.get(CLOCK_IS_RIGHT_ENV):
-            seen = seen[:1]
-        at, what = max(seen, key=lambda when_what: when_what[0])
+        at, what = ca_cert.not_valid_before_utc, "the CA certificate's start"
+        if records and now >= at - CLOCK_SLACK:  # before the CA's start: that is the one to name
+            rows = self.index()
+            ahead = [row for row in rows if max(_times(row), default=now) > now + CLOCK_SLACK]
+            if ahead and os.environ.get(CLOCK_IS_RIGHT_ENV):
+                log.warning("%d certificate record(s) dated up to %s, after this clock: taken as from a "
+                            "clock that ran ahead, dated now", len(ahead), max(max(_times(r)) for r in ahead))
+
+                def clamped(time: str) -> str:
+                    return now.isoformat() if time and dt.datetime.fromisoformat(time) > now else time
+
+                self._save_index([dataclasses.replace(row, issued_at=clamped(row.issued_at),
+                                                      revoked_at=clamped(row.revoked_at)) for row in rows])
+            elif ahead:
+                at, what = max(max(_times(row)) for row in ahead), "the CA's last signature or revocation"
         if now < at - CLOCK_SLACK:
-            hatch = "" if (at, what) == seen[0] else (
+            hatch = "" if what.startswith("the CA certificate") else (
                 f". If this clock is right and that time came from a clock that was ahead, run with "
                 f"{CLOCK_IS_RIGHT_ENV}=1")
             raise ProvisioningError(
@@ -559,7 +569,11 @@ class FleetCA:
         # a key others can read is only warned of here: refused, the unattended timer would let the CRL
         # lapse, and Mosquitto then refuses every board (revoke and sign refuse it before they get here)
         key, ca_cert = self._key_and_cert(loose_key=True)
-        now = self._now(ca_cert)
+        # Against the CA's start only: this run is the weekly timer's, unattended, and must heal a CRL that a
+        # clock ahead dated in the future (Mosquitto: "CRL not yet valid", every board refused) once the
+        # clock is right; refused by the index's times it let the CRL lapse (round 2). One written behind
+        # by less than its 45 days is still in date.
+        now = self._now(ca_cert, records=False)
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(ca_cert.subject)

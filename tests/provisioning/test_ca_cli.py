@@ -275,28 +275,48 @@ def test_a_ca_machine_whose_clock_is_set_back_signs_and_writes_nothing(tmp_path:
 
     now = dt.datetime.now(dt.timezone.utc)
     ca_dir = FleetCA.create(tmp_path / "fleet-ca", "fleet CA", clock=lambda: now - dt.timedelta(days=30)).dir
+    ca_start = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes()).not_valid_before_utc
     FleetCA(ca_dir).sign_csr(make_csr(new_ec_key(), "np-3a-01", "d", "s"))
     last = dt.datetime.fromisoformat(FleetCA(ca_dir).index()[-1].issued_at)  # the CA's last signature: now
     before = {path.name: path.read_bytes() for path in ca_dir.iterdir()}
     csr = make_csr(new_ec_key(), "np-3a-02", "d", "s")
+    args = {"sign_csr": (csr,), "revoke": ("np-3a-01",), "issue_server": ("mqtt.district.example",),
+            "write_crl": ()}
     june = dt.datetime(2024, 6, 1, 8, 0, tzinfo=dt.timezone.utc)
-    for clock in (june, now - dt.timedelta(days=10)):  # before the CA's start; after it, before its last use
+    cases = (  # before the CA's start: nothing; after it, before its last signature: no signature
+        (june, ("sign_csr", "revoke", "issue_server", "write_crl"), "the CA certificate's start", ca_start),
+        (now - dt.timedelta(days=10), ("sign_csr", "revoke", "issue_server"),
+         "the CA's last signature or revocation", last),
+    )
+    for clock, refused, what, at in cases:
         ca = FleetCA(ca_dir, clock=lambda clock=clock: clock)
-        for method, args in ((ca.sign_csr, (csr,)), (ca.write_crl, ()), (ca.revoke, ("np-3a-01",)),
-                             (ca.issue_server, ("mqtt.district.example",))):
+        for method in refused:
             with pytest.raises(ProvisioningError) as error:
-                method(*args)
-            assert (f"this machine's clock says {clock:%Y-%m-%d %H:%M} UTC, before the CA's last signature "
-                    f"at {last:%Y-%m-%d %H:%M} UTC: set the clock (NTP") in str(error.value)
+                getattr(ca, method)(*args[method])
+            assert (f"this machine's clock says {clock:%Y-%m-%d %H:%M} UTC, before {what} at "
+                    f"{at:%Y-%m-%d %H:%M} UTC: set the clock (NTP") in str(error.value)
             assert "nothing was signed" in str(error.value)
     assert {path.name: path.read_bytes() for path in ca_dir.iterdir()} == before
-    # the last CRL counts too (the weekly timer may be all that ran since), and a clock a minute behind
-    # the CA's last use, two machines on NTP, still signs
-    FleetCA(ca_dir, clock=lambda: now + dt.timedelta(days=7)).write_crl()
-    with pytest.raises(ProvisioningError, match="before the last CRL's start at"):
-        FleetCA(ca_dir).sign_csr(csr)
-    signed = FleetCA(ca_dir, clock=lambda: now + dt.timedelta(days=7, minutes=-6)).sign_csr(csr)
+    # a clock a minute behind the CA's last use (two machines on NTP) still signs
+    signed = FleetCA(ca_dir, clock=lambda: last - dt.timedelta(minutes=1)).sign_csr(csr)
     assert x509.load_pem_x509_certificate(signed).not_valid_after_utc > now + dt.timedelta(days=800)
+
+
+def test_the_weekly_crl_heals_a_crl_a_clock_ahead_dated_in_the_future(tmp_path: Path) -> None:
+    # Round 2: refused by the index's times from a clock that ran ahead, the unattended weekly `crl` let
+    # the CRL lapse, and one dated in the future is "not yet valid" to Mosquitto: every board refused
+    import datetime as dt
+
+    from edge_agent.provisioning.ca import FleetCA
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_dir = FleetCA.create(tmp_path / "fleet-ca", "fleet CA").dir
+    ahead = FleetCA(ca_dir, clock=lambda: now + dt.timedelta(days=60))
+    ahead.sign_csr(make_csr(new_ec_key(), "np-3a-01", "d", "s"))
+    ahead.write_crl()
+    week = now + dt.timedelta(days=7)
+    assert FleetCA(ca_dir, clock=lambda: week).write_crl() == week + dt.timedelta(days=45)
+    assert x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes()).last_update_utc <= week
 
 
 def test_a_ca_run_once_with_its_clock_ahead_signs_again_when_it_is_told_the_clock_is_right(
@@ -317,9 +337,15 @@ def test_a_ca_run_once_with_its_clock_ahead_signs_again_when_it_is_told_the_cloc
     monkeypatch.setenv(CLOCK_IS_RIGHT_ENV, "1")
     signed = x509.load_pem_x509_certificate(FleetCA(ca_dir).sign_csr(csr))
     assert signed.not_valid_before_utc < dt.datetime.now(dt.timezone.utc)
-    # never before the CA certificate's own start
+    # once told, the 2031 record is dated now: later runs sign without being told again (round 2)
+    monkeypatch.delenv(CLOCK_IS_RIGHT_ENV)
+    FleetCA(ca_dir).sign_csr(make_csr(new_ec_key(), "np-3a-03", "d", "s"))
+    monkeypatch.setenv(CLOCK_IS_RIGHT_ENV, "1")
+    # never before the CA certificate's own start, and then its index is left as it was
+    index = (ca_dir / "index.json").read_bytes()
     with pytest.raises(ProvisioningError, match="before the CA certificate's start"):
         FleetCA(ca_dir, clock=lambda: dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)).sign_csr(csr)
+    assert (ca_dir / "index.json").read_bytes() == index
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the broker's files to another account")
