@@ -53,6 +53,14 @@ def ensure_user_in_root(root: Path) -> tuple[int, int, bool]:
     groups exist; returns (uid, gid, changed). A root without both files is not a userland: it gets
     neither, and (0, 0): its files stay as written until sysusers.d and tmpfiles.d give them to the user."""
     passwd_path, group_path = root / "etc/passwd", root / "etc/group"
+    if passwd_path.is_file() and not any(r[:1] == ["root"] for r in _read_db(passwd_path)):
+        # a tree an older release made (edge-agent alone): copied onto a board it still wipes its users
+        # (round 2 of the review)
+        for path in (passwd_path, group_path):
+            path.unlink(missing_ok=True)
+        log.warning("removed %s and %s, which held edge-agent alone (made by a release before 2026-12-04): "
+                    "copied onto a board they replaced its users", passwd_path, group_path)
+        return 0, 0, True
     if not (passwd_path.is_file() and group_path.is_file()):
         # Made here they held edge-agent alone, and copied onto a board (`cp -a roots/<id>/. /`) they
         # replaced its own: no root, no sudo group, a reflash. On the board sysusers.d makes the user,

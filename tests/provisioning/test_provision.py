@@ -85,6 +85,11 @@ def test_a_root_without_a_userland_gets_no_user_database_and_a_userlands_keeps_i
     assert (files / "etc/edge-agent/certs/device.pem").is_file()
     assert (files / "etc/systemd/system/multi-user.target.wants/edge-agent.service").is_symlink()
     check_root(files)
+    # a tree an older release made holds them with edge-agent alone: run again, they go (round 2)
+    (files / "etc/passwd").write_text("edge-agent:x:999:999::/var/lib/edge-agent:/usr/sbin/nologin\n")
+    (files / "etc/group").write_text("edge-agent:x:999:\n")
+    assert "system user edge-agent" in provision_board(BOARD, files, opts).changes
+    assert [n for n in ("passwd", "group") if (files / "etc" / n).exists()] == []
     # an image's userland (a copy of this machine's): edge-agent is added, every other line kept
     image = tmp_path / "image"
     (image / "etc").mkdir(parents=True)
