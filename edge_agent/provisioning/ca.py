@@ -422,7 +422,9 @@ class FleetCA:
             raise ProvisioningError(f"CSR common name {cn!r} is not a valid device id (letters, digits, _.-)")
         this_key = key_sha256(csr.public_key())
         index = self.index()
-        rows = [row for row in index if not row.revoked]
+        # the current certificates first: the refusals below name them, not one a renewal superseded (round
+        # 2: "valid until 2029" of a board whose certificate ran to 2033, read as stale)
+        rows = sorted((row for row in index if not row.revoked), key=lambda r: r.superseded_by is not None)
         # A key whose certificate was revoked, with none live since: revoked on purpose, a stolen or
         # retired board's. Signed again it was back on the broker (a review: `edge-agent-ca sign` took the
         # same CSR at once)

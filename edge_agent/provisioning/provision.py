@@ -199,7 +199,7 @@ def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
             + ") and has no live certificate: a board taken out of service? Delete its row from the "
             "inventory; if a new board takes this id, re-run with --replace"
         )
-    for row in index:
+    for row in sorted(index, key=lambda row: row.superseded_by is not None):  # named: the current ones
         if row.revoked:
             continue
         if row.common_name == board.device_id and row.key_sha256 != this_key:

@@ -173,6 +173,11 @@ def test_signing_a_boards_key_again_supersedes_its_certificate_and_revokes_nothi
     ]
     assert main(["crl", str(ca_dir)]) == 0
     assert list(x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes())) == []  # the board keeps working
+    # another board's key under that id is refused naming the current certificate, not the superseded one
+    # (round 2: "valid until 2029" of a board whose certificate ran to 2033, read as stale)
+    other = _board_csr(tmp_path / "other.csr", "np-3a-02")
+    assert main(["sign", str(ca_dir), str(other), "--out", str(tmp_path / "other.pem")]) == 2
+    assert f"(serial {certs['np-3a-02'][1]}," in capsys.readouterr().err
     # revoking a board, by its id or by its certificate's serial, revokes every certificate of its key
     assert main(["revoke", str(ca_dir), "np-3a-01"]) == 0
     assert main(["revoke", str(ca_dir), str(certs["np-3a-02"][1])]) == 0
