@@ -103,7 +103,9 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
         values = {k: (v or "").strip() for k, v in row.items()}
         if not any(values.values()):
             continue  # ",,," : a spreadsheet's empty row
-        if all(values[c] == c for c in REQUIRED):  # it became a board named "device_id", live on the broker
+        # it became a board named "device_id", live on the broker; in another order, in capitals or after a
+        # BOM too (round 2: "device_id,tenant,site,class_id" gave a board "class_id")
+        if sum(values[c].lstrip("\ufeff").lower() in REQUIRED for c in REQUIRED) >= 2:
             problems.append(f"line {line}: the header row again (two inventories pasted together?): "
                             "delete it")
             continue

@@ -211,6 +211,13 @@ def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None
          "line 3: device id 'b-01' already used on line 2 as 'B-01' .ids that differ only in case"),
         ("tenant,site,class_id,device_id\nt,s,c,d1\ntenant,site,class_id,device_id\nt,s,c,d2\n",
          "line 3: the header row again .two inventories pasted together.\\): delete it"),
+        # round 2: in another order, in capitals, after a BOM
+        ("tenant,site,class_id,device_id\nt,s,c,d1\ndevice_id,tenant,site,class_id\nd2,t,s,c\n",
+         "line 3: the header row again"),
+        ("tenant,site,class_id,device_id\nt,s,c,d1\nTenant,Site,Class_ID,Device_ID\n",
+         "line 3: the header row"),
+        ("tenant,site,class_id,device_id\nt,s,c,d1\n\ufefftenant,site,class_id,device_id\n",
+         "line 3: the header row again"),
         # the shipped ACL gives these CNs every board's data: a board must never get a certificate for one
         ("tenant,site,class_id,device_id\nt,s,c,fleet-controller\n", "line 2: device id 'fleet-controller'"),
         ("tenant,site,class_id,device_id\nt,s,c,edge-receiver\n", "back end"),
