@@ -387,6 +387,10 @@ def _install_cert(
         key = load_private_key(paths["key"])
         _make_csr(paths, board, result)
         result.changes.append("secret device.key (new: its certificate was revoked)")
+        # and a new teacher-view token: a thief's copy opened the returned or replacing board's view (round
+        # 2 of the review). The pseudonym key stays: a new one would orphan every student's history.
+        write_private(paths["token"], secrets.token_urlsafe(32).encode() + b"\n")
+        result.changes.append(f"secret {paths['token'].name} (new: the certificate was revoked)")
     if current is not None and installed_ca is not None and (ca_pem is None or ca_pem == installed_ca) and (
         not revoked
     ):

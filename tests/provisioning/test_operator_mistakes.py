@@ -278,8 +278,14 @@ def test_a_replaced_board_is_named_before_replace_would_revoke_it(
     assert _provision(tmp_path, *old) == 0
     assert f"another board now holds this id (certificate {live}), which --replace" in caplog.text
     caplog.clear()
+    secrets = tmp_path / "old/etc/edge-agent/secrets"
+    before = {name: (secrets / name).read_bytes() for name in ("web.token", "pseudonym.key", "device.key")}
     assert _provision(tmp_path, *old, "--replace") == 0
     assert f"revoked certificate {live} of board-a" in caplog.text
+    # back on a new key and a new teacher-view token (round 2: a thief's copy of the token still opened
+    # its view); the students' pseudonyms go on
+    after = {name: (secrets / name).read_bytes() for name in before}
+    assert [name for name in before if before[name] != after[name]] == ["web.token", "device.key"]
 
 
 def test_a_decommissioned_boards_id_is_not_signed_again_by_a_run_for_the_whole_inventory(
