@@ -184,7 +184,7 @@ def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
     provisioned, left its own root half-made and named no inventory line. And a device id revoked with
     none live since, which the CA would sign: its board was taken out of service."""
     paths = _layout(root)
-    if opts.replace or paths["cert"].exists():
+    if opts.replace or _installed_for(paths["cert"], board.device_id):
         return
     this_key = key_sha256(load_private_key(paths["key"]).public_key()) if paths["key"].exists() else None
     where = f"board {board.device_id} (inventory line {board.line})"
@@ -214,6 +214,16 @@ def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
                 f"{row.serial}): was this root copied from that board's? Delete its etc/edge-agent/secrets "
                 "first; if the board was renamed, re-run with --replace to revoke the old id's certificate"
             )
+
+
+def _installed_for(cert: Path, device_id: str) -> bool:
+    """Whether ``cert`` is a certificate for ``device_id``: one for another id (a board renamed in the
+    inventory, its folder with it) is signed again, and the CA's refusal of that came after the rows
+    before it were written, naming no line (round 2 of a review)."""
+    try:
+        return common_name(load_cert(cert.read_bytes(), str(cert)).subject) == device_id
+    except (OSError, ProvisioningError):
+        return False
 
 
 def _read(path: Path, what: str) -> bytes:

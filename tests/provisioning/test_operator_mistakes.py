@@ -313,6 +313,35 @@ def test_a_decommissioned_boards_id_is_not_signed_again_by_a_run_for_the_whole_i
     assert [row.common_name for row in ca.index() if not row.revoked] == ["board-a", "board-c", "board-b"]
 
 
+def test_a_board_renamed_in_the_inventory_is_refused_before_any_board_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Round 2 of a review: board-b renamed board-b2 (its row and its folder): the check before writing
+    # was skipped as a certificate was installed; board-a's files were written, then the CA refused the
+    # key live as board-b with no inventory line
+    from edge_agent.provisioning.ca import FleetCA
+
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    roots = tmp_path / "roots"
+    bulk = ("--roots", str(roots), "--ca-dir", str(ca.dir))
+    assert _provision(tmp_path, *bulk) == 0
+    (roots / "board-b").rename(roots / "board-b2")
+    inventory = tmp_path / "renamed.csv"
+    inventory.write_text(INVENTORY.replace("board-b,", "board-b2,"))
+    files = {p: p.read_bytes() for p in sorted(roots.rglob("*")) if p.is_file()}
+    index = ca.index()
+    capsys.readouterr()
+    assert provision_main(["--inventory", str(inventory), "--template", str(TEMPLATE), *bulk]) == 2
+    err = capsys.readouterr().err
+    assert "board board-b2 (inventory line 3): its key in" in err and "as 'board-b'" in err, err
+    assert "if the board was renamed, re-run with --replace" in err
+    assert {p: p.read_bytes() for p in sorted(roots.rglob("*")) if p.is_file()} == files
+    assert ca.index() == index
+    renamed = ["--inventory", str(inventory), "--template", str(TEMPLATE), *bulk, "--replace"]
+    assert provision_main(renamed) == 0  # renamed on purpose
+    assert [row.common_name for row in ca.index() if not row.revoked] == ["board-a", "board-c", "board-b2"]
+
+
 def test_provisioning_this_board_without_root_says_to_run_it_as_root(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
