@@ -151,7 +151,12 @@ def _is_config_key(column: str) -> bool:
 def load_inventory(path: Path) -> list[Board]:
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # Excel's "CSV" on a Chinese Windows is GBK, "Unicode text" UTF-16
+        raise ProvisioningError(
+            f"cannot read inventory {path}: it is not UTF-8 text ({exc}); in Excel save it as "
+            "\"CSV UTF-8 (Comma delimited)\", or convert it: iconv -f GBK -t UTF-8"
+        ) from exc
+    except OSError as exc:
         raise ProvisioningError(f"cannot read inventory {path}: {exc}") from exc
     return parse_inventory(text, str(path))
 

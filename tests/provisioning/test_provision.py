@@ -17,7 +17,7 @@ from edge_agent.config import load_config
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning.ca import FleetCA, key_to_pem, make_csr, new_ec_key
 from edge_agent.provisioning.cli import main as provision_main
-from edge_agent.provisioning.inventory import Board, parse_inventory, render_config
+from edge_agent.provisioning.inventory import Board, load_inventory, parse_inventory, render_config
 from edge_agent.provisioning.model_package import generate_signing_key
 from edge_agent.provisioning.provision import (
     Options,
@@ -235,6 +235,18 @@ def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None
 def test_malformed_inventory_is_refused_with_the_line(text: str, message: str) -> None:
     with pytest.raises(ProvisioningError, match=message):
         parse_inventory(text)
+
+
+@pytest.mark.parametrize("encoding", ["gbk", "utf-16"])
+def test_an_inventory_excel_saved_in_another_encoding_says_how_to_save_it(
+    encoding: str, tmp_path: Path
+) -> None:
+    # A review: Excel's CSV on a Chinese Windows (GBK) or its "Unicode text" gave a bare codec error
+    inventory = tmp_path / "fleet.csv"
+    inventory.write_bytes(INVENTORY.replace("board-a,0", "board-a,0,三年级一班").encode(encoding))
+    saved_so = r'not UTF-8 text .*save it as "CSV UTF-8 \(Comma delimited\)"'
+    with pytest.raises(ProvisioningError, match=saved_so):
+        load_inventory(inventory)
 
 
 def test_bad_row_anywhere_means_no_board_is_touched(tmp_path: Path) -> None:
