@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,13 @@ class Ext4:
 
     def read_back(self, mount: Path) -> None:
         """After the context: e2fsck the image as a boot does (the journal replayed), mount it read-only."""
+        # The lazy unmount lets the file system go after the last file closes, and the kernel clears the
+        # loop device later still: under load this mount failed (exit 32, twice in CI beside other work on
+        # 2026-12-04), most likely as e2fsck had checked an image still in use, leaving a journal that a
+        # read-only mount cannot replay. Wait until the kernel has let go of it, as a boot would find it.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _attached(self.image):
+            time.sleep(0.2)
         subprocess.run(["e2fsck", "-fy", str(self.image)], check=False, capture_output=True, timeout=120)
         mount.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "-o", "loop,ro", str(self.image), str(mount)], check=True,
@@ -70,6 +78,13 @@ class Ext4:
             yield mount
         finally:
             subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True, timeout=60)
+
+
+def _attached(image: Path) -> bool:
+    """Whether a loop device still has ``image``."""
+    found = subprocess.run(["losetup", "-j", str(image)], check=False, capture_output=True, text=True,
+                           timeout=10)
+    return bool(found.stdout.strip())
 
 
 @contextlib.contextmanager
