@@ -51,8 +51,8 @@ CRL_DAYS = 45
 RENEW_WITHIN_DAYS = 30  # re-running provisioning renews from here on; doctor.CERT_WARN_DAYS warns from here
 # How far the clock may be behind the CA's last signature: two machines sharing a CA folder, each on NTP
 CLOCK_SLACK = dt.timedelta(minutes=5)
-# Set to sign all the same after a run with the clock ahead (else refused until real time passed it; never
-# before the CA certificate's own start, where every check of its certificates fails anyway)
+# Set to this clock's date (UTC, YYYY-MM-DD) to sign after a run with the clock ahead (else refused until
+# real time passed it; never before the CA certificate's own start, where every check of it fails anyway)
 CLOCK_IS_RIGHT_ENV = "EDGE_AGENT_CA_CLOCK_IS_RIGHT"
 
 
@@ -338,7 +338,9 @@ class FleetCA:
         if records and now >= at - CLOCK_SLACK:  # before the CA's start: that is the one to name
             rows = self.index()
             ahead = [row for row in rows if max(_times(row), default=now) > now + CLOCK_SLACK]
-            if ahead and os.environ.get(CLOCK_IS_RIGHT_ENV):
+            # the date this clock shows, not just "1": a clock that was wrong re-dated the records for good
+            # and signed on (round 3 of the review); asked for its own date, the operator sees it
+            if ahead and os.environ.get(CLOCK_IS_RIGHT_ENV) == f"{now:%Y-%m-%d}":
                 log.warning("%d certificate record(s) dated up to %s, after this clock: taken as from a "
                             "clock that ran ahead, dated now", len(ahead), max(max(_times(r)) for r in ahead))
 
@@ -351,8 +353,8 @@ class FleetCA:
                 at, what = max(max(_times(row)) for row in ahead), "the CA's last signature or revocation"
         if now < at - CLOCK_SLACK:
             hatch = "" if what.startswith("the CA certificate") else (
-                f". If this clock is right and that time came from a clock that was ahead, run with "
-                f"{CLOCK_IS_RIGHT_ENV}=1")
+                f". Only if today is {now:%Y-%m-%d} (UTC) and that time came from a clock that was ahead, "
+                f"run with {CLOCK_IS_RIGHT_ENV}={now:%Y-%m-%d}")
             raise ProvisioningError(
                 f"this machine's clock says {now:%Y-%m-%d %H:%M} UTC, before {what} at {at:%Y-%m-%d %H:%M} "
                 "UTC: set the clock (NTP: `timedatectl set-ntp true`) and run again; nothing was signed"
@@ -576,11 +578,21 @@ class FleetCA:
         # clock is right; refused by the index's times it let the CRL lapse (round 2). One written behind
         # by less than its 45 days is still in date.
         now = self._now(ca_cert, records=False)
+        until = now + dt.timedelta(days=days)
+        with contextlib.suppress(OSError, ValueError):
+            last = x509.load_pem_x509_crl(self.crl_path.read_bytes()).next_update_utc
+            if last is not None and last > until:
+                # Never one that lapses before the last: with the clock 50 days behind it wrote one already
+                # lapsed, and Mosquitto refused every board (round 3 of the review)
+                log.warning("the last CRL ran to %s, after this clock's %d days (%s): kept to then; a clock "
+                            "behind now (or ahead then)? timedatectl shows it", f"{last:%Y-%m-%d %H:%M}",
+                            days, f"{until:%Y-%m-%d %H:%M}")
+                until = last
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(ca_cert.subject)
             .last_update(now - dt.timedelta(minutes=5))
-            .next_update(now + dt.timedelta(days=days))
+            .next_update(until)
         )
         for row in self.index():
             if row.revoked:
@@ -590,7 +602,7 @@ class FleetCA:
                 )
         crl = builder.sign(key, hashes.SHA256())
         write_public(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
-        return now + dt.timedelta(days=days)
+        return until
 
 
 def _parser() -> argparse.ArgumentParser:

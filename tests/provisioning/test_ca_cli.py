@@ -320,8 +320,27 @@ def test_the_weekly_crl_heals_a_crl_a_clock_ahead_dated_in_the_future(tmp_path: 
     ahead.sign_csr(make_csr(new_ec_key(), "np-3a-01", "d", "s"))
     ahead.write_crl()
     week = now + dt.timedelta(days=7)
-    assert FleetCA(ca_dir, clock=lambda: week).write_crl() == week + dt.timedelta(days=45)
+    FleetCA(ca_dir, clock=lambda: week).write_crl()
     assert x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes()).last_update_utc <= week
+
+
+def test_a_crl_written_with_the_clock_behind_never_lapses_before_the_last_one(tmp_path: Path) -> None:
+    # Round 3: checked against the CA's start only, a clock 50 days behind wrote a CRL already lapsed
+    # (weekly `crl`, or a `revoke`), and Mosquitto refused every board
+    import datetime as dt
+
+    from edge_agent.provisioning.ca import FleetCA
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_dir = FleetCA.create(tmp_path / "fleet-ca", "fleet CA", clock=lambda: now - dt.timedelta(days=400)).dir
+    old = FleetCA(ca_dir, clock=lambda: now - dt.timedelta(days=100))
+    old.sign_csr(make_csr(new_ec_key(), "np-01", "d", "s"))
+    last = FleetCA(ca_dir, clock=lambda: now).write_crl()
+    behind = FleetCA(ca_dir, clock=lambda: now - dt.timedelta(days=50))
+    assert behind.write_crl() == last.replace(microsecond=0)
+    behind.revoke("np-01")
+    crl = x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes())
+    assert crl.next_update_utc == last.replace(microsecond=0) and len(list(crl)) == 1
 
 
 def test_a_ca_run_once_with_its_clock_ahead_signs_again_when_it_is_told_the_clock_is_right(
@@ -333,19 +352,29 @@ def test_a_ca_run_once_with_its_clock_ahead_signs_again_when_it_is_told_the_cloc
     from edge_agent.errors import ProvisioningError
     from edge_agent.provisioning.ca import CLOCK_IS_RIGHT_ENV, FleetCA
 
-    ca_dir = FleetCA.create(tmp_path / "fleet-ca", "fleet CA").dir
+    today = dt.datetime.now(dt.timezone.utc)
+    ca_dir = FleetCA.create(tmp_path / "fleet-ca", "fleet CA", clock=lambda: today).dir
     ahead = dt.datetime(2031, 3, 1, tzinfo=dt.timezone.utc)
     FleetCA(ca_dir, clock=lambda: ahead).sign_csr(make_csr(new_ec_key(), "np-3a-01", "d", "s"))
     csr = make_csr(new_ec_key(), "np-3a-02", "d", "s")
-    with pytest.raises(ProvisioningError, match=f"run with {CLOCK_IS_RIGHT_ENV}=1"):
-        FleetCA(ca_dir).sign_csr(csr)
-    monkeypatch.setenv(CLOCK_IS_RIGHT_ENV, "1")
-    signed = x509.load_pem_x509_certificate(FleetCA(ca_dir).sign_csr(csr))
-    assert signed.not_valid_before_utc < dt.datetime.now(dt.timezone.utc)
+    ca = FleetCA(ca_dir, clock=lambda: today)
+    with pytest.raises(ProvisioningError, match=f"Only if today is {today:%Y-%m-%d} .UTC. and that time came "
+                                                f"from a clock that was ahead, run with {CLOCK_IS_RIGHT_ENV}="
+                                                f"{today:%Y-%m-%d}"):
+        ca.sign_csr(csr)
+    # "1", or another day than this clock's, is not the word (round 3: a wrong clock re-dated the records
+    # for good and signed on)
+    for word in ("1", f"{today - dt.timedelta(days=50):%Y-%m-%d}"):
+        monkeypatch.setenv(CLOCK_IS_RIGHT_ENV, word)
+        with pytest.raises(ProvisioningError, match="before the CA's last signature"):
+            ca.sign_csr(csr)
+    monkeypatch.setenv(CLOCK_IS_RIGHT_ENV, f"{today:%Y-%m-%d}")
+    signed = x509.load_pem_x509_certificate(ca.sign_csr(csr))
+    assert signed.not_valid_before_utc < today
     # once told, the 2031 record is dated now: later runs sign without being told again (round 2)
     monkeypatch.delenv(CLOCK_IS_RIGHT_ENV)
-    FleetCA(ca_dir).sign_csr(make_csr(new_ec_key(), "np-3a-03", "d", "s"))
-    monkeypatch.setenv(CLOCK_IS_RIGHT_ENV, "1")
+    ca.sign_csr(make_csr(new_ec_key(), "np-3a-03", "d", "s"))
+    monkeypatch.setenv(CLOCK_IS_RIGHT_ENV, "2024-06-01")
     # never before the CA certificate's own start, and then its index is left as it was
     index = (ca_dir / "index.json").read_bytes()
     with pytest.raises(ProvisioningError, match="before the CA certificate's start"):
