@@ -104,8 +104,9 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
         if not any(values.values()):
             continue  # ",,," : a spreadsheet's empty row
         # it became a board named "device_id", live on the broker; in another order, in capitals or after a
-        # BOM too (round 2: "device_id,tenant,site,class_id" gave a board "class_id")
-        if sum(values[c].lstrip("\ufeff").lower() in REQUIRED for c in REQUIRED) >= 2:
+        # BOM too (round 2: "device_id,tenant,site,class_id" gave a board "class_id"); three names, as a
+        # site may be called "site" (round 3)
+        if len({values[c].lstrip("\ufeff").lower() for c in REQUIRED} & set(REQUIRED)) >= 3:
             problems.append(f"line {line}: the header row again (two inventories pasted together?): "
                             "delete it")
             continue
@@ -153,12 +154,25 @@ def load_inventory(path: Path) -> list[Board]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:  # Excel's "CSV" on a Chinese Windows is GBK, "Unicode text" UTF-16
         raise ProvisioningError(
-            f"cannot read inventory {path}: it is not UTF-8 text ({exc}); in Excel save it as "
-            "\"CSV UTF-8 (Comma delimited)\", or convert it: iconv -f GBK -t UTF-8"
+            f"cannot read inventory {path}: it is not UTF-8 text ({_encoding_of(path)}); in Excel save it "
+            "as \"CSV UTF-8 (Comma delimited)\""
         ) from exc
     except OSError as exc:
         raise ProvisioningError(f"cannot read inventory {path}: {exc}") from exc
     return parse_inventory(text, str(path))
+
+
+def _encoding_of(path: Path) -> str:
+    """What a file that is not UTF-8 most likely is, with the conversion to name (round 3: GBK was named
+    for every file, and iconv -f GBK failed on UTF-16 and garbled Western Windows text)."""
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return f"UTF-16, Excel's \"Unicode text\"; or convert it: iconv -f UTF-16 -t UTF-8 {path}"
+    try:
+        data.decode("gbk")
+    except UnicodeDecodeError:
+        return "an unknown encoding, perhaps Windows-1252"
+    return f"GBK, perhaps, a Chinese Windows' CSV; or convert it: iconv -f GBK -t UTF-8 {path}"
 
 
 def _coerce(section: str, name: str, text: str) -> Any:

@@ -53,9 +53,10 @@ def ensure_user_in_root(root: Path) -> tuple[int, int, bool]:
     groups exist; returns (uid, gid, changed). A root without both files is not a userland: it gets
     neither, and (0, 0): its files stay as written until sysusers.d and tmpfiles.d give them to the user."""
     passwd_path, group_path = root / "etc/passwd", root / "etc/group"
-    if passwd_path.is_file() and not any(r[:1] == ["root"] for r in _read_db(passwd_path)):
+    if passwd_path.is_file() and all(r[:1] == [USER] for r in _read_db(passwd_path)) and all(
+            r[:1] == [USER] for r in (_read_db(group_path) if group_path.is_file() else [])):
         # a tree an older release made (edge-agent alone): copied onto a board it still wipes its users
-        # (round 2 of the review)
+        # (round 2 of the review; round 3: only then, a userland's root may be called toor)
         for path in (passwd_path, group_path):
             path.unlink(missing_ok=True)
         log.warning("removed %s and %s, which held edge-agent alone (made by a release before 2026-12-04): "

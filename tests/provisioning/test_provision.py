@@ -90,6 +90,14 @@ def test_a_root_without_a_userland_gets_no_user_database_and_a_userlands_keeps_i
     (files / "etc/group").write_text("edge-agent:x:999:\n")
     assert "system user edge-agent" in provision_board(BOARD, files, opts).changes
     assert [n for n in ("passwd", "group") if (files / "etc" / n).exists()] == []
+    # but a userland whose root is called toor keeps its users (round 3: both files were deleted)
+    (files / "etc/passwd").write_text("toor:x:0:0:root:/root:/bin/sh\nubuntu:x:1000:1000::/home/u:/bin/sh\n")
+    (files / "etc/group").write_text("root:x:0:\nsudo:x:27:ubuntu\n")
+    provision_board(BOARD, files, opts)
+    assert (files / "etc/passwd").read_text().splitlines()[:2] == ["toor:x:0:0:root:/root:/bin/sh",
+                                                                   "ubuntu:x:1000:1000::/home/u:/bin/sh"]
+    for name in ("passwd", "group"):
+        (files / "etc" / name).unlink()
     # an image's userland (a copy of this machine's): edge-agent is added, every other line kept
     image = tmp_path / "image"
     (image / "etc").mkdir(parents=True)
@@ -244,9 +252,20 @@ def test_an_inventory_excel_saved_in_another_encoding_says_how_to_save_it(
     # A review: Excel's CSV on a Chinese Windows (GBK) or its "Unicode text" gave a bare codec error
     inventory = tmp_path / "fleet.csv"
     inventory.write_bytes(INVENTORY.replace("board-a,0", "board-a,0,三年级一班").encode(encoding))
-    saved_so = r'not UTF-8 text .*save it as "CSV UTF-8 \(Comma delimited\)"'
-    with pytest.raises(ProvisioningError, match=saved_so):
+    with pytest.raises(ProvisioningError) as error:
         load_inventory(inventory)
+    said = str(error.value)
+    assert 'not UTF-8 text' in said and 'save it as "CSV UTF-8 (Comma delimited)"' in said
+    # and the conversion for what it is (round 3: GBK was named for a UTF-16 file, where iconv failed)
+    assert f"iconv -f {'GBK' if encoding == 'gbk' else 'UTF-16'} -t UTF-8 {inventory}" in said
+
+
+def test_an_inventory_row_whose_names_happen_to_be_column_names_is_a_board() -> None:
+    # round 3: a site called "site" or a tenant "tenant" was refused as the header row again
+    text = "tenant,site,class_id,device_id\ntenant,site,class-1,np-01\nlab,north,site,np-02\n"
+    boards = parse_inventory(text)
+    assert [(b.tenant, b.site, b.class_id) for b in boards] == [("tenant", "site", "class-1"),
+                                                                 ("lab", "north", "site")]
 
 
 def test_bad_row_anywhere_means_no_board_is_touched(tmp_path: Path) -> None:
