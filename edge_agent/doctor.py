@@ -36,6 +36,7 @@ from edge_agent.config import (
 from edge_agent.errors import CameraError, ConfigError, EdgeAgentError
 from edge_agent.inference.manifest import Manifest
 from edge_agent.provisioning.enroll import connect_tcp_within
+from edge_agent.provisioning.system import DEFAULT_BIN
 from edge_agent.store.db import storage_read_only
 from edge_agent.vision.camera_hours import CameraHours, board_clock, opening_text
 
@@ -59,25 +60,27 @@ def check_config(path: Path) -> tuple[CheckResult, Config | None]:
         # a review: run without sudo, "Permission denied ... fix: edit config.toml" sent IT to the editor
         detail = f"{path}: permission denied (only root and the {DAEMON_USER} user may read the config)"
         return CheckResult("config", False, detail, f"run it as root: sudo {_own_command()} doctor"), None
-    unreadable = unreadable_config(path)
+    found = [(str(path), unreadable)] if (unreadable := unreadable_config(path)) else []
     try:
         config, ignored = load_config_ignoring_unknown(path)
-        if unreadable:
-            raise ConfigError([])
     except ConfigError as exc:
-        found = [(str(path), unreadable)] if unreadable else []
-        problems = "; ".join(f"{key}: {msg}" for key, msg in found + list(exc.problems))
+        found += exc.problems
         try:
-            usable: Config | None = load_config_ignoring_unknown(path, check_files_exist=False)[0]
+            config, ignored = load_config_ignoring_unknown(path, check_files_exist=False)
         except ConfigError:
-            usable = None
-        fix = f"edit {path}, then run: edge-agent config check"
-        return CheckResult("config", False, problems, fix), usable
+            return _config_failed(path, found), None
+    if found:
+        return _config_failed(path, found), config
     if ignored:  # the daemon runs without them (a typo, or a newer release's keys after a rollback)
         detail = f"{path}: this release ignores {', '.join(ignored)}"
         fix = f"correct a typo, or remove keys of a newer release from {path}"
         return CheckResult("config", True, detail, fix, warning=True), config
     return CheckResult("config", True, f"{path} is valid"), config
+
+
+def _config_failed(path: Path, problems: list[tuple[str, str]]) -> CheckResult:
+    detail = "; ".join(f"{key}: {msg}" for key, msg in problems)
+    return CheckResult("config", False, detail, f"edit {path}, then run: edge-agent config check")
 
 
 def _unreadable_to_this_user(path: Path) -> bool:
@@ -89,7 +92,7 @@ def _unreadable_to_this_user(path: Path) -> bool:
     except FileNotFoundError:
         return False
     except OSError:
-        return True
+        pass
     return True
 
 
@@ -97,7 +100,7 @@ def _own_command() -> str:
     """This command's whole path: sudo's PATH lacks the release's venv (install.sh links nothing into
     /usr/bin)."""
     run = sys.argv[0]
-    return os.path.abspath(run) if Path(run).name == "edge-agent" else "/opt/edge-agent/venv/bin/edge-agent"
+    return os.path.abspath(run) if Path(run).name == "edge-agent" else DEFAULT_BIN
 
 
 def _size(n: int) -> str:
