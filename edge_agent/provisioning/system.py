@@ -53,8 +53,9 @@ def ensure_user_in_root(root: Path) -> tuple[int, int, bool]:
     groups exist; returns (uid, gid, changed). A root without both files is not a userland: it gets
     neither, and (0, 0): its files stay as written until sysusers.d and tmpfiles.d give them to the user."""
     passwd_path, group_path = root / "etc/passwd", root / "etc/group"
-    if passwd_path.is_file() and all(r[:1] == [USER] for r in _read_db(passwd_path)) and all(
-            r[:1] == [USER] for r in (_read_db(group_path) if group_path.is_file() else [])):
+    users = _read_db(passwd_path) if passwd_path.is_file() else None
+    groups = _read_db(group_path) if group_path.is_file() else None
+    if users is not None and all(r[:1] == [USER] for r in users + (groups or [])):
         # a tree an older release made (edge-agent alone): copied onto a board it still wipes its users
         # (round 2 of the review; round 3: only then, a userland's root may be called toor)
         for path in (passwd_path, group_path):
@@ -62,12 +63,11 @@ def ensure_user_in_root(root: Path) -> tuple[int, int, bool]:
         log.warning("removed %s and %s, which held edge-agent alone (made by a release before 2026-12-04): "
                     "copied onto a board they replaced its users", passwd_path, group_path)
         return 0, 0, True
-    if not (passwd_path.is_file() and group_path.is_file()):
+    if users is None or groups is None:
         # Made here they held edge-agent alone, and copied onto a board (`cp -a roots/<id>/. /`) they
         # replaced its own: no root, no sudo group, a reflash. On the board sysusers.d makes the user,
         # tmpfiles.d and the units' StateDirectory= give it its files.
         return 0, 0, False
-    users, groups = _read_db(passwd_path), _read_db(group_path)
     if any(len(r) < 4 for r in users) or any(len(r) < 4 for r in groups):
         raise ProvisioningError(f"{passwd_path} or {group_path} has malformed lines; fix them first")
     changed = False
