@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.provisioning.ca import FleetCA
 from edge_agent.provisioning.cli import main as provision_main
 from edge_agent.provisioning.cli import model_main
 from tests.provisioning.fleet_helpers import INVENTORY, TEMPLATE
@@ -288,17 +289,21 @@ def test_a_replaced_board_is_named_before_replace_would_revoke_it(
     assert [name for name in before if before[name] != after[name]] == ["web.token", "device.key"]
 
 
+def _provisioned_fleet(tmp_path: Path) -> tuple[FleetCA, Path, tuple[str, ...]]:
+    """A fleet CA, the inventory's boards provisioned into roots/ by one run, and that run's arguments."""
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    roots = tmp_path / "roots"
+    bulk = ("--roots", str(roots), "--ca-dir", str(ca.dir))
+    assert _provision(tmp_path, *bulk) == 0
+    return ca, roots, bulk
+
+
 def test_a_decommissioned_boards_id_is_not_signed_again_by_a_run_for_the_whole_inventory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Review: `edge-agent-ca revoke fleet-ca sm-204-01`, its folder removed, the bulk run again: "sm-204-01
     # ... provisioned" with a new live certificate, where the README says it stays revoked
-    from edge_agent.provisioning.ca import FleetCA
-
-    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
-    roots = tmp_path / "roots"
-    bulk = ("--roots", str(roots), "--ca-dir", str(ca.dir))
-    assert _provision(tmp_path, *bulk) == 0
+    ca, roots, bulk = _provisioned_fleet(tmp_path)
     ca.revoke("board-b")
     shutil.rmtree(roots / "board-b")
     index, others = ca.index(), {p.name: sorted(p.rglob("*")) for p in roots.iterdir()}
@@ -319,12 +324,7 @@ def test_a_board_renamed_in_the_inventory_is_refused_before_any_board_is_written
     # Round 2 of a review: board-b renamed board-b2 (its row and its folder): the check before writing
     # was skipped as a certificate was installed; board-a's files were written, then the CA refused the
     # key live as board-b with no inventory line
-    from edge_agent.provisioning.ca import FleetCA
-
-    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
-    roots = tmp_path / "roots"
-    bulk = ("--roots", str(roots), "--ca-dir", str(ca.dir))
-    assert _provision(tmp_path, *bulk) == 0
+    ca, roots, bulk = _provisioned_fleet(tmp_path)
     (roots / "board-b").rename(roots / "board-b2")
     inventory = tmp_path / "renamed.csv"
     inventory.write_text(INVENTORY.replace("board-b,", "board-b2,"))
