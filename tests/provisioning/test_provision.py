@@ -260,6 +260,17 @@ def test_an_inventory_excel_saved_in_another_encoding_says_how_to_save_it(
     assert f"iconv -f {'GBK' if encoding == 'gbk' else 'UTF-16'} -t UTF-8 {inventory}" in said
 
 
+@pytest.mark.parametrize("ending", ["\r\n", "\r"])
+def test_an_inventory_with_windows_or_old_mac_line_endings_and_a_bom_is_read(
+    ending: str, tmp_path: Path
+) -> None:
+    # read as text with universal newlines: a file's bytes given to the csv module raised its own error for
+    # a lone CR (a read-through nearly made it so)
+    inventory = tmp_path / "fleet.csv"
+    inventory.write_bytes(b"\xef\xbb\xbf" + INVENTORY.replace("\n", ending).encode())
+    assert [b.device_id for b in load_inventory(inventory)] == ["board-a", "board-b", "board-c"]
+
+
 def test_an_inventory_row_whose_names_happen_to_be_column_names_is_a_board() -> None:
     # round 3: a site called "site" or a tenant "tenant" was refused as the header row again
     text = "tenant,site,class_id,device_id\ntenant,site,class-1,np-01\nlab,north,site,np-02\n"
