@@ -10,6 +10,7 @@ import functools
 import hashlib
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +172,14 @@ def _skills(obj: dict[str, Any], item_skill: str, index: dict[str, int], where: 
     return tuple(dict.fromkeys(index[s] for s in ids))
 
 
+def student_id_key(text: str) -> str:
+    """The student id that names one student, whichever way it was typed: NFKC, then spaces around it
+    dropped. A Chinese IME in full-width mode types "２０２３０１０１" for 20230101, and a combining accent
+    is another form of "é": each was a second student, in the class's figures beside the real one (a
+    review: "7 students answered" in a class of 6). Spaces inside an id are kept: "2023 01" may be an id."""
+    return unicodedata.normalize("NFKC", text).strip()
+
+
 def parse_answer(
     obj: Any,
     where: str,
@@ -183,10 +192,10 @@ def parse_answer(
 ) -> Answer:
     if not isinstance(obj, dict):
         raise InputRejected(f"{where}: an answer must be a JSON object")
-    # Stripped, as `edge-agent kt roster` strips the school's ids: " stu-4" was another student than
-    # "stu-4" and, with a roster, refused as not on it, though IT could never add it so. The client event
-    # id stays as sent: a retry's idempotency key must match byte for byte.
-    student = _text(obj, "student_id", where, strip=True)
+    # As `edge-agent kt roster` reads the school's ids (student_id_key): " stu-4" was another student
+    # than "stu-4" and, with a roster, refused as not on it, though IT could never add it so. The client
+    # event id stays as sent: a retry's idempotency key must match byte for byte.
+    student = student_id_key(_text(obj, "student_id", where, strip=True))
     event_id = _text(obj, "client_event_id", where)
     item_id = _text(obj, "item_id", where)
     item = package.item_index.get(item_id)

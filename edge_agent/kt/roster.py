@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from edge_agent.errors import ConfigError
-from edge_agent.kt.answers import MAX_TEXT, NOT_TEXT
+from edge_agent.kt.answers import MAX_TEXT, NOT_TEXT, student_id_key
 from edge_agent.watched_file import WatchedFile
 
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
@@ -79,7 +79,7 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
             columns = ", ".join(reader.fieldnames or [])
             raise ValueError(f"{source} has no column {column!r} (its columns: {columns})")
         ids = [(row.get(column) or "").strip() for row in reader]
-    ids = [i for i in ids if i]
+    ids = [key for key in map(student_id_key, ids) if key]
     if not ids:
         raise ValueError(f"{source} holds no student ids")
     # As the answer API takes them: else the roster lists students no clicker can ever be accepted as

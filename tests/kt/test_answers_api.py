@@ -240,6 +240,39 @@ def test_a_padded_student_id_is_measured_after_its_spaces_are_dropped(api) -> No
     assert status == 400 and "longer than 128" in body["error"] and body["field"] == "student_id"
 
 
+def test_a_student_id_typed_full_width_or_with_a_combining_accent_is_the_same_student_and_on_the_roster(
+    api, tmp_path: Path
+) -> None:
+    # A review (a Chinese school): "２０２３０１０１", typed by an IME in full-width mode, was a second
+    # student beside 20230101 ("7 students answered" in a class of 6), and so was "José" with a combining
+    # accent beside the composed one; with a roster both were refused though IT listed the student.
+    from edge_agent.kt.roster import format_roster, read_student_ids, watch_roster
+
+    server, svc = api
+    students = svc.student_count()
+    forms = {"20230101": ("２０２３０１０１", "\u3000２０２３０１０１\u3000"), "José": ("Jose\u0301",)}
+    for plain, others in forms.items():
+        first = server.request("POST", "/api/v1/answers", _good(svc.package, plain, f"{plain}-1"))[1]
+        for n, typed in enumerate(others, 2):
+            body = server.request("POST", "/api/v1/answers", _good(svc.package, typed, f"{plain}-{n}"))[1]
+            assert body["status"] == "applied" and body["student"] == first["student"], (typed, body)
+    assert svc.student_count() == students + 2
+
+    listed = tmp_path / "class.txt"
+    listed.write_text("２０２３０１０１\nJose\u0301\n", encoding="utf-8")  # the school's list, typed so too
+    assert read_student_ids(listed) == ["20230101", "José"]
+    roster = tmp_path / "roster.txt"
+    roster.write_text(format_roster(svc.pseudonymize(i) for i in read_student_ids(listed)))
+    app = web.Application()
+    app.add_routes(answer_routes(svc, svc.settings, watch_roster(roster)))
+    with_roster = Server(app)
+    try:
+        status, body = with_roster.request("POST", "/api/v1/answers", _good(svc.package, "20230101", "r-1"))
+        assert status == 200 and body["status"] == "applied", body
+    finally:
+        with_roster.close()
+
+
 def test_two_class_readings_around_one_answer_do_not_give_away_that_students_mastery() -> None:
     # A review (rev/differencing.py): read the class with 5 students, let a 6th answer, read again:
     # mean_after * 6 - mean_before * 5 gave that student's 30 skills to 0.0005, and on the classroom's
