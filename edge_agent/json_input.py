@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
 
 MAX_DEPTH = 64
@@ -57,6 +58,21 @@ def loads(data: str | bytes) -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH and _nesting_over(text, MAX_DEPTH):
         raise JSONRefused(f"JSON nested deeper than {MAX_DEPTH} levels; this board does not parse it")
     return _DECODER.decode(text)
+
+
+def where_invalid(exc: json.JSONDecodeError) -> str:
+    """Where the text stops being JSON and the character there, for a client's developer: a Chinese
+    system's full-width punctuation ('"student_id"：' or “…”) was only "not valid JSON"."""
+    char = exc.doc[exc.pos] if exc.pos < len(exc.doc) else ""
+    at = f"at line {exc.lineno} column {exc.colno}"
+    if not char:
+        return f"{at}: the text ends there ({exc.msg})"
+    name = unicodedata.name(char, "").lower()
+    shown = f"{char!r} (U+{ord(char):04X}{' ' + name if name else ''})"
+    wide_punctuation = unicodedata.east_asian_width(char) in "FW" and unicodedata.category(char)[0] == "P"
+    if wide_punctuation or char in "“”‘’":
+        return f"{at}: {shown}; JSON needs half-width (ASCII) punctuation and straight quotes"
+    return f"{at}: {shown} ({exc.msg})"
 
 
 def _nesting_over(text: str, depth: int) -> bool:

@@ -7,6 +7,7 @@ intake returns 503 with ``Retry-After``. Access control is the server's middlewa
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -178,6 +179,8 @@ async def _json_body(request: web.Request) -> tuple[Any, web.Response | None]:
     except UnicodeDecodeError:  # a GBK or Latin-1 body read as "not valid JSON", leaving vendors guessing
         return None, _rejected(400, "the request body is not UTF-8 text; send UTF-8 JSON (or name its "
                                     "charset in Content-Type)")
+    except json.JSONDecodeError as exc:
+        return None, _rejected(400, f"the request body is not valid JSON {json_input.where_invalid(exc)}")
     except ValueError:
         return None, _rejected(400, "the request body is not valid JSON")
 

@@ -378,6 +378,12 @@ def test_what_json_leaves_open_is_refused_by_name_and_applies_nothing(api) -> No
         (good.replace("visible-student", "\\u3164\\u202e\\ufe0f").encode(), "of visible characters"),
         (good.replace('"2026-11-25T08:00:00+08:00"', "1e308").encode(),
          "'answered_at' is not a plausible time"),
+        # A Chinese system's full-width punctuation was only "not valid JSON" (a review): where, and why
+        (good.replace('"student_id": ', '"student_id"：').encode(),
+         "not valid JSON at line 1 column 14: '：' (U+FF1A fullwidth colon); JSON needs half-width"),
+        (good.replace('"visible-student"', "“visible-student”").encode(),
+         "(U+201C left double quotation mark); JSON needs half-width (ASCII) punctuation and straight"),
+        (good[:-1].encode(), "at line 1 column"),
     ]
     for raw, said in cases:
         status, body = server.request("POST", "/api/v1/answers", raw=raw)
