@@ -577,6 +577,31 @@ def check_camera_hours(hours: CameraHours, now: dt.datetime, zone_set: bool = Fa
     return CheckResult("camera hours", True, detail)
 
 
+def check_chinese_font(timeout_s: float = 10.0, env: dict[str, str] | None = None) -> CheckResult:
+    """Whether a browser on this board's own screen can draw the teacher view's Chinese: the page names
+    fonts it does not carry (Noto Sans CJK SC, Microsoft YaHei...), so a board image without one showed
+    every Chinese word as empty boxes (a review). A teacher's laptop brings its own fonts."""
+    command = ["fc-list", ":lang=zh-cn", "family"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False,
+                              env=env)
+    except FileNotFoundError:
+        return CheckResult("Chinese font", True, "no fontconfig: no browser on this board's own screen "
+                           "(laptops and PCs show the teacher view with their own fonts)")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return CheckResult("Chinese font", True, f"fc-list did not answer: {exc}", warning=True,
+                           fix="check fontconfig: fc-list :lang=zh-cn")
+    families = sorted({f.split(",")[0].strip() for f in done.stdout.splitlines() if f.strip()})
+    if not families:
+        return CheckResult(
+            "Chinese font", True, "no font with Chinese glyphs: the teacher view on this board's own screen "
+            "shows Chinese as empty boxes", warning=True,
+            fix="apt install fonts-noto-cjk (or copy a font with Chinese glyphs to /usr/local/share/fonts)",
+        )
+    more = f" and {len(families) - 1} more" if len(families) > 1 else ""
+    return CheckResult("Chinese font", True, f"{families[0]}{more}")
+
+
 def run_checks(
     config_path: Path,
     *,
@@ -623,6 +648,8 @@ def run_checks(
         results.append(check_https_certificate(web.tls_cert_file, web.tls_key_file, config.device.device_id))
     if web.enabled and web.client_tokens_file is not None:
         results.append(check_client_tokens(web.client_tokens_file))
+    if web.enabled:
+        results.append(check_chinese_font())
     metrics = config.metrics
     if metrics.enabled and metrics.tls_cert_file is not None and metrics.tls_key_file is not None:
         results.append(check_https_certificate(metrics.tls_cert_file, metrics.tls_key_file,

@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import ssl
@@ -682,7 +683,7 @@ def test_doctor_on_a_healthy_board_exits_0(
     assert all(r.ok for r in results), doctor.render_table(results)
     names = [r.name for r in results]
     assert names == ["config", "clock", "disk state", "disk cache", "database", "outbox", "models",
-                     "engine fsanet-1x1"]
+                     "engine fsanet-1x1", "Chinese font"]
 
 
 def test_doctor_reads_camera_hours_in_the_configured_zone_not_the_systems(
@@ -752,3 +753,29 @@ def test_a_usb_camera_the_running_daemon_holds_is_not_opened_again_and_a_missing
     # a file or a network camera (which takes a second viewer) is still opened while the daemon runs
     url = doctor.check_camera(str(tmp_path / "no-such-camera.avi"), timeout_s=10, service_running=True)
     assert not url.ok
+
+
+@pytest.mark.skipif(shutil.which("fc-list") is None, reason="fontconfig is not installed here")
+def test_a_board_without_a_chinese_font_warns_that_its_screen_shows_empty_boxes(tmp_path: Path) -> None:
+    # A review: with DejaVu alone every Chinese word of the teacher view was an empty box, and nothing said so
+    conf = tmp_path / "fonts.conf"
+    fonts = tmp_path / "fonts"
+    (fonts / "dejavu").mkdir(parents=True)
+    for latin in Path("/usr/share/fonts/truetype/dejavu").glob("DejaVuSans.ttf"):
+        (fonts / "dejavu" / latin.name).write_bytes(latin.read_bytes())
+    conf.write_text(f'<?xml version="1.0"?><fontconfig><dir>{fonts}</dir>'
+                    f"<cachedir>{tmp_path / 'cache'}</cachedir></fontconfig>")
+    result = doctor.check_chinese_font(env={**os.environ, "FONTCONFIG_FILE": str(conf)})
+    assert result.ok and result.warning and "empty boxes" in result.detail
+    assert "fonts-noto-cjk" in result.fix
+    # the same folder with a Chinese font in it passes, naming it
+    cjk = next(Path("/usr/share/fonts").rglob("NotoSansCJK-Regular.ttc"), None)
+    if cjk is not None:
+        (fonts / cjk.name).symlink_to(cjk)
+        result = doctor.check_chinese_font(env={**os.environ, "FONTCONFIG_FILE": str(conf)})
+        assert result.ok and not result.warning and "Noto Sans CJK" in result.detail, result
+
+
+def test_a_board_without_fontconfig_has_no_screen_to_warn_about(tmp_path: Path) -> None:
+    result = doctor.check_chinese_font(env={"PATH": str(tmp_path)})
+    assert result.ok and not result.warning and "no fontconfig" in result.detail
