@@ -19,6 +19,7 @@ from edge_agent.kt.curriculum import ITEM_KINDS, SKILLS
 from edge_agent.kt.data import Sequences, split_students
 from edge_agent.kt.metrics import auc
 from edge_agent.kt.package import write_package_files
+from edge_agent.kt.school_bank import SchoolBank, package_entries
 from edge_agent.kt.simulator import make_curriculum, simulate, to_dkt_csv
 from edge_agent.kt.train import TrainOptions, evaluate, export_onnx, prior_success, train_model
 
@@ -49,9 +50,11 @@ def _check_held_out(test: Sequences, known: set[str]) -> None:
 
 
 def build_from_sequences(
-    train: Sequences, test: Sequences | None, out_dir: Path, opts: TrainOptions, test_share: float = 0.2
+    train: Sequences, test: Sequences | None, out_dir: Path, opts: TrainOptions, test_share: float = 0.2,
+    *, bank: SchoolBank | None = None,
 ) -> dict[str, Any]:
-    """Train on a school's log; without ``test``, hold out ``test_share`` of the students."""
+    """Train on a school's log; without ``test``, hold out ``test_share`` of the students. ``bank``: the
+    school's skill names and exercises (school_bank.py); without it skills are named by their ids."""
     import hashlib
 
     if test is None:
@@ -69,17 +72,7 @@ def build_from_sequences(
     export_onnx(model, out_dir)
     digest = hashlib.sha256(to_dkt_csv(tr_s, tr_c).encode()).hexdigest()
     names = [train.name(s) for s in vocab]  # as the school's file spells them: its clicker sends those
-    skills = [{"id": s, "name_zh": s, "name_en": s} for s in names]
-    items = [
-        {
-            "id": f"skill-{s}",
-            "skill_id": s,
-            "difficulty": 0.0,
-            "title_zh": f"知识点 {s} 练习",
-            "title_en": f"practice on skill {s}",
-        }
-        for s in names
-    ]
+    skills, items = package_entries(bank or SchoolBank(), names)
     meta = {
         # two packages of one day told apart by their weights (data, options or seed: round 2)
         "version": f"{_now()[:10]}.{hashlib.sha256((out_dir / 'kt_step.onnx').read_bytes()).hexdigest()[:8]}",

@@ -21,6 +21,11 @@ def add_kt_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     train.add_argument("--train", type=Path, required=True, help="answer log to train on")
     train.add_argument("--test", type=Path, help="held-out students (default: 20%% of --train)")
     train.add_argument("--out", type=Path, required=True, help="package directory to write")
+    train.add_argument("--skills", type=Path, metavar="SKILLS.csv",
+                       help="the skills' names: columns skill_id, name_zh and optionally name_en (UTF-8)")
+    train.add_argument("--items", type=Path, metavar="ITEMS.csv",
+                       help="the exercises recommendations name: columns item_id, skill_id, title_zh and "
+                            "optionally title_en, difficulty (UTF-8)")
     _train_options(train, epochs=10, hidden=96)
     train.set_defaults(func=cmd_kt_train)
     default = sub.add_parser("build-default", help="rebuild engines/kt-default from simulated students")
@@ -62,15 +67,17 @@ def cmd_kt_train(args: argparse.Namespace) -> int:
     try:
         from edge_agent.kt.build import build_from_sequences
         from edge_agent.kt.data import read_sequences
+        from edge_agent.kt.school_bank import read_school_bank
     except ImportError as exc:
         print(f"training needs the train extra (pip install 'edge-agent[train]'): {exc}")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         _writable_out(args.out)
+        bank = read_school_bank(args.skills, args.items)  # its mistakes before minutes of training
         train = read_sequences(args.train, args.format)
         test = read_sequences(args.test, args.format) if args.test else None
-        result = build_from_sequences(train, test, args.out, _options(args, 64))  # type: ignore[arg-type]
+        result = build_from_sequences(train, test, args.out, _options(args, 64), bank=bank)  # type: ignore[arg-type]
     except (EdgeAgentError, ValueError) as exc:
         print(f"error: {exc}")
         return 1

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge_agent.errors import ConfigError
 from edge_agent.kt.answers import MAX_TEXT, NOT_TEXT, student_id_key
+from edge_agent.spreadsheet_text import read_spreadsheet_text
 from edge_agent.watched_file import WatchedFile
 
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
@@ -59,17 +60,13 @@ def watch_roster(path: Path, recheck_s: float = 2.0, clock: Callable[[], float] 
 
 def read_student_ids(source: Path, column: str | None = None) -> list[str]:
     """Student ids from a text file (one per line; ``#`` at the start of a line or after a space starts a
-    comment) or, with ``column``, a CSV with a header row; ``-`` reads standard input. ValueError names
-    what is wrong."""
+    comment) or, with ``column``, a CSV with a header row; ``-`` reads standard input. ValueError or
+    InputRejected (a file not in UTF-8) names what is wrong."""
     import csv
     import io
     import sys
 
-    try:
-        text = sys.stdin.read() if str(source) == "-" else source.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:  # zh-CN Excel's "CSV" is GBK, its "Unicode text" UTF-16
-        raise ValueError(f"{source} is not UTF-8 ({exc.reason} at byte {exc.start}): in Excel save it as "
-                         f"'CSV UTF-8', or convert it: iconv -f gbk -t utf-8 {source} > list.csv") from exc
+    text = sys.stdin.read() if str(source) == "-" else read_spreadsheet_text(source)
     if column is None:
         # "#" inside an id is kept: the answer API takes "3A#07", which a cut at any "#" listed as "3A"
         ids = [_unquoted(_COMMENT.split(line, 1)[0].strip()) for line in text.splitlines()]

@@ -284,7 +284,7 @@ def test_a_class_list_that_is_not_utf8_says_how_to_convert_it(
     gbk.write_bytes("学号\n20260001\n".encode("gbk"))
     assert cli_main(["kt", "roster", "set", str(gbk), "--config", str(_board_config(tmp_path))]) == 1
     out = capsys.readouterr().out
-    assert "is not UTF-8" in out and "CSV UTF-8" in out and "iconv -f gbk" in out
+    assert "is not UTF-8 text (GBK, perhaps" in out and "CSV UTF-8" in out and "iconv -f GBK" in out
 
 
 def test_a_quoted_one_column_list_is_read_unquoted_and_set_replaces_a_roster_of_anything(

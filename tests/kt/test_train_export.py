@@ -271,3 +271,88 @@ def test_a_package_trained_from_07_takes_07_and_a_test_file_spelling_it_7_is_all
     package = load_package(out)
     assert [s.id for s in package.skills] == ["3", "07", "12"]
     assert {i.id for i in package.items} == {"skill-3", "skill-07", "skill-12"}
+
+
+def test_kt_train_names_skills_and_exercises_from_the_schools_spreadsheets_in_chinese(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review (a Chinese school): a trained package named each skill by its id and held one exercise per
+    # skill, "知识点 一元一次方程 练习" / "practice on skill 一元一次方程"; the JSON could only be edited by
+    # hand, with an English name invented for every skill.
+    from edge_agent.cli import main
+    from edge_agent.kt.package import load_package
+
+    train = tmp_path / "answers.csv"
+    log = "4\n一元一次方程,有理数,一元一次方程,整式\n1,0,1,1\n"
+    train.write_text(log * 6, encoding="utf-8")
+    skills = tmp_path / "skills.csv"  # Excel's "CSV UTF-8" writes a BOM; English left empty or out
+    skills.write_text("\ufeffskill_id,name_zh,name_en\n"
+                      "一元一次方程,一元一次方程,linear equations\n"
+                      "有理数,有理数的运算,\n"
+                      "二次函数,二次函数,quadratic functions\n", encoding="utf-8")
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,skill_id,title_zh,difficulty\nQ-101,一元一次方程,解方程 2x+3=7,-1\n"
+                     "Q-102, 一元一次方程 ,应用题：行程问题,1.5\n\nQ-201,有理数,有理数混合运算,\n"
+                     "Q-301,二次函数,顶点坐标,0\n", encoding="utf-8")
+    out = tmp_path / "pkg"
+    args = ["kt", "train", "--train", str(train), "--out", str(out), "--epochs", "1", "--hidden", "8",
+            "--skills", str(skills), "--items", str(items)]
+    assert main(args) == 0, capsys.readouterr().out
+    package = load_package(out)
+    names = {s.id: (s.name_zh, s.name_en) for s in package.skills}
+    assert names == {"一元一次方程": ("一元一次方程", "linear equations"),
+                     "有理数": ("有理数的运算", "有理数的运算"), "整式": ("整式", "整式")}
+    bank = {i.id: (i.skill_id, i.title_zh, i.title_en, i.difficulty) for i in package.items}
+    assert bank == {
+        "Q-101": ("一元一次方程", "解方程 2x+3=7", "解方程 2x+3=7", -1.0),
+        "Q-102": ("一元一次方程", "应用题：行程问题", "应用题：行程问题", 1.5),
+        "Q-201": ("有理数", "有理数混合运算", "有理数混合运算", 0.0),
+        "skill-整式": ("整式", "整式·练习", "practice: 整式", 0.0),  # a skill without an exercise gets one
+    }  # 二次函数 is not in the answer log: the model has no output for it, so neither it nor Q-301 is in
+
+
+@pytest.mark.parametrize(
+    ("skills_csv", "items_csv", "said"),
+    [
+        ("skill_id,name\n1,一\n", None, "has no column 'name_zh'"),
+        ("skill_id,name_zh\n1,一\n1,二\n", None, "line 3: skill '1' is listed twice"),
+        ("skill_id,name_zh\n1,\n", None, "line 2: 'name_zh' is empty"),
+        (None, "item_id,skill_id,title_zh\nQ1,1,一\nQ1,1,二\n",
+         "line 3: item 'Q1' is listed twice (first on line 2)"),
+        (None, "item_id,skill_id,title_zh,difficulty\nQ1,1,一,1200\n",
+         "difficulty '1200' is not a number from -10"),
+        (None, "item_id,skill_id,title_zh,difficulty\nQ1,1,一,难\n", "difficulty '难' is not a number"),
+    ],
+)
+def test_kt_train_refuses_a_malformed_school_spreadsheet_by_file_and_line_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], skills_csv: str | None, items_csv: str | None,
+    said: str,
+) -> None:
+    from edge_agent.cli import main
+
+    train = tmp_path / "answers.csv"
+    train.write_text("".join("3\n1,2,1\n1,0,1\n" for _ in range(4)), encoding="utf-8")
+    args = ["kt", "train", "--train", str(train), "--out", str(tmp_path / "pkg")]
+    for option, text in (("--skills", skills_csv), ("--items", items_csv)):
+        if text is not None:
+            (tmp_path / option[2:]).write_text(text, encoding="utf-8")
+            args += [option, str(tmp_path / option[2:])]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert said in out and "epoch" not in out, out
+
+
+def test_kt_train_names_a_gbk_or_utf16_spreadsheet_and_how_to_convert_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.cli import main
+
+    train = tmp_path / "answers.csv"
+    train.write_text("".join("3\n1,2,1\n1,0,1\n" for _ in range(4)), encoding="utf-8")
+    skills = tmp_path / "skills.csv"
+    for encoding, said in (("gbk", "GBK, perhaps"), ("utf-16", "UTF-16")):
+        skills.write_text("skill_id,name_zh\n1,一元一次方程\n", encoding=encoding)
+        args = ["kt", "train", "--train", str(train), "--out", str(tmp_path / "pkg"), "--skills", str(skills)]
+        assert main(args) == 1
+        out = capsys.readouterr().out
+        assert f"{skills} is not UTF-8 text ({said}" in out and "iconv" in out and "CSV UTF-8" in out, out

@@ -1,0 +1,138 @@
+"""A school's skill names and exercises from two spreadsheets, for ``edge-agent kt train --skills --items``.
+
+    skills.csv   skill_id, name_zh [, name_en]          skill_id as the answer log spells it
+    items.csv    item_id, skill_id, title_zh [, title_en] [, difficulty]
+
+Before these, a trained package named every skill by its id and held one exercise per skill, titled
+"知识点 一元一次方程 练习" / "practice on skill 一元一次方程" (a review): a school could only edit the JSON by
+hand, and had to invent an English name for each. An English column left out or empty takes the Chinese
+text. Every problem is found before the training starts, named by file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import InputRejected
+from edge_agent.kt.package import MAX_DIFFICULTY
+from edge_agent.spreadsheet_text import read_spreadsheet_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SchoolBank:
+    skill_names: dict[str, tuple[str, str]] = field(default_factory=dict)  # skill id -> (name_zh, name_en)
+    items: tuple[dict[str, Any], ...] = ()  # as items.json holds them
+    item_lines: tuple[str, ...] = ()  # "items.csv line 7" for each item, to name in warnings
+
+
+def _rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    text = read_spreadsheet_text(path)
+    reader = csv.DictReader(io.StringIO(text))
+    columns = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise InputRejected(f"{path} has no column {', '.join(map(repr, missing))} (its first line should "
+                            f"name the columns: {', '.join(required)}; it names: {', '.join(columns)})")
+    reader.fieldnames = columns
+    rows = []
+    for row in reader:
+        cells = {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+        line = reader.line_num
+        if not any(cells.values()):
+            continue
+        for column in required:
+            if not cells.get(column):
+                raise InputRejected(f"{path} line {line}: {column!r} is empty")
+        rows.append((line, cells))
+    return rows
+
+
+def _difficulty(text: str, where: str) -> float:
+    if not text:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or abs(value) > MAX_DIFFICULTY:
+        raise InputRejected(f"{where}: difficulty {text!r} is not a number from -{MAX_DIFFICULTY:g} to "
+                            f"{MAX_DIFFICULTY:g} (a logit offset from the skill's typical item: 0 typical, "
+                            "1 harder, -1 easier)")
+    return value
+
+
+def read_school_bank(skills_csv: Path | None, items_csv: Path | None) -> SchoolBank:
+    """The two files read and checked on their own (InputRejected names file and line); either may be
+    absent."""
+    names: dict[str, tuple[str, str]] = {}
+    for line, row in _rows(skills_csv, ("skill_id", "name_zh")) if skills_csv else ():
+        skill = row["skill_id"]
+        if skill in names:
+            raise InputRejected(f"{skills_csv} line {line}: skill {skill!r} is listed twice")
+        names[skill] = (row["name_zh"], row.get("name_en") or row["name_zh"])
+    items: list[dict[str, Any]] = []
+    lines: list[str] = []
+    seen: dict[str, int] = {}
+    for line, row in _rows(items_csv, ("item_id", "skill_id", "title_zh")) if items_csv else ():
+        item = row["item_id"]
+        if item in seen:
+            raise InputRejected(f"{items_csv} line {line}: item {item!r} is listed twice (first on line "
+                                f"{seen[item]}); the clickers name an exercise by its id")
+        seen[item] = line
+        items.append({
+            "id": item,
+            "skill_id": row["skill_id"],
+            "difficulty": _difficulty(row.get("difficulty", ""), f"{items_csv} line {line}"),
+            "title_zh": row["title_zh"],
+            "title_en": row.get("title_en") or row["title_zh"],
+        })
+        lines.append(f"{items_csv} line {line}")
+    return SchoolBank(names, tuple(items), tuple(lines))
+
+
+def package_entries(
+    bank: SchoolBank, trained: Sequence[str]
+) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """skills.json's and items.json's entries for the skills the model was trained on (``trained``, as the
+    answer log spells them, in output order). A skill or exercise the log never practised cannot be in
+    the model: left out with a warning. A skill without an exercise gets one, so recommendations can name
+    something to practise."""
+    known = set(trained)
+    unused = [s for s in bank.skill_names if s not in known]
+    if unused:
+        shown = ", ".join(unused[:5]) + " ..." * (len(unused) > 5)
+        log.warning("%s skills in the skills file are not in the answer log and are left out (the model has "
+                    "no output for them): %s", len(unused), shown)
+    skills = []
+    for s in trained:
+        zh, en = bank.skill_names.get(s, (s, s))
+        skills.append({"id": s, "name_zh": zh, "name_en": en})
+    items = []
+    for item, where in zip(bank.items, bank.item_lines, strict=True):
+        if item["skill_id"] in known:
+            items.append(item)
+        else:
+            log.warning("%s: exercise %r is on skill %r, which is not in the answer log: left out", where,
+                        item["id"], item["skill_id"])
+    practised = {i["skill_id"] for i in items}
+    taken = {i["id"] for i in items}
+    for skill in skills:
+        if skill["id"] not in practised:
+            item_id = base = f"skill-{skill['id']}"
+            n = 1
+            while item_id in taken:  # a school's own exercise called so
+                n += 1
+                item_id = f"{base}-{n}"
+            items.append({"id": item_id, "skill_id": skill["id"], "difficulty": 0.0,
+                          "title_zh": f"{skill['name_zh']}·练习",
+                          "title_en": f"practice: {skill['name_en']}"})
+    return skills, items

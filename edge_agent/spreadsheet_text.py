@@ -1,0 +1,37 @@
+"""Text files a school makes in a spreadsheet (the fleet inventory, student lists, the item bank): UTF-8, or a
+refusal that names what the file most likely is and how to convert it.
+
+Excel's "CSV" on a Chinese Windows is GBK and its "Unicode text" UTF-16; read as UTF-8 either failed with
+a codec error, and GBK was named for every file, where iconv -f GBK failed on UTF-16 (a review).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_agent.errors import InputRejected
+
+SAVE_AS = "in Excel save it as \"CSV UTF-8 (Comma delimited)\""
+
+
+def likely_encoding(data: bytes, path: Path) -> str:
+    """What bytes that are not UTF-8 most likely are, with the conversion to name."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return f"UTF-16, Excel's \"Unicode text\"; or convert it: iconv -f UTF-16 -t UTF-8 {path}"
+    try:
+        data.decode("gbk")
+    except UnicodeDecodeError:
+        return "an unknown encoding, perhaps Windows-1252"
+    return f"GBK, perhaps, a Chinese Windows' CSV; or convert it: iconv -f GBK -t UTF-8 {path}"
+
+
+def read_spreadsheet_text(path: Path) -> str:
+    """The file's text (a UTF-8 byte-order mark dropped); InputRejected when it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputRejected(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputRejected(f"{path} is not UTF-8 text ({likely_encoding(data, path)}); {SAVE_AS}") from exc
