@@ -51,6 +51,7 @@ from edge_agent.vision.component import AttentionComponent
 from edge_agent.watched_file import WatchedFile
 from edge_agent.web.answers import answer_routes, switched_off_routes
 from edge_agent.web.camera_pause import camera_routes
+from edge_agent.web.erase import erase_routes
 from edge_agent.web.health import health_routes
 from edge_agent.web.server import WebComponent
 
@@ -221,8 +222,9 @@ def build(config: Config, *, notifier: Notifier | None = None, config_path: Path
         # The lambdas bind `daemon` late: it is made below, from these components.
         routes = [health_routes(lambda: daemon.readiness())]  # noqa: PLW0108
         roster = _roster(config) if kt is not None else None
-        routes.append(switched_off_routes() if kt is None else answer_routes(
-            lambda: _kt_service(kt), config.kt, roster, failure=lambda: daemon.failure_of(kt.name)))
+        routes.extend([switched_off_routes()] if kt is None else [answer_routes(
+            lambda: _kt_service(kt), config.kt, roster, failure=lambda: daemon.failure_of(kt.name)),
+            erase_routes(lambda: _kt_service(kt))])
         routes.append(camera_routes(lambda: _attention_component(attention)))
         web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates),
                            timezone=config.device.timezone)

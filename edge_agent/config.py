@@ -162,6 +162,13 @@ class KTSettings(Section):
         description="Student states kept (about 1.7 KB of memory each, with its last 100 answers); beyond it "
         "the one not seen longest is forgotten and starts again from the model's prior.",
     )
+    student_state_max_age_days: int = Field(
+        400, ge=0, le=36_500,
+        description="A student's learning state not updated for this many days is deleted (checked daily; a "
+        "school year and the summer); 0 keeps them for ever. States updated since the daemon started are "
+        "kept, and none is deleted while the clock would make even the newest look expired (README "
+        "'Privacy').",
+    )
     roster_file: OptionalFile = Field(
         None,
         description="The class roster (student pseudonyms, made by `edge-agent kt roster`): answers for "

@@ -81,6 +81,19 @@ def _text(obj: dict[str, Any], key: str, where: str, *, strip: bool = False) -> 
     return value
 
 
+def student_id_key(text: str) -> str:
+    """The student id that names one student, whichever way it was typed: NFKC, then spaces around it
+    dropped. A Chinese IME in full-width mode types "２０２３０１０１" for 20230101, and a combining accent
+    is another form of "é": each was a second student, in the class's figures beside the real one (a
+    review: "7 students answered" in a class of 6). Spaces inside an id are kept: "2023 01" may be an id."""
+    return unicodedata.normalize("NFKC", text).strip()
+
+
+def student_id(obj: dict[str, Any], where: str) -> str:
+    """``obj["student_id"]`` as the board takes a student id: text or a number, read by student_id_key."""
+    return student_id_key(_text(obj, "student_id", where, strip=True))
+
+
 def parse_timestamp(value: Any, where: str) -> float:
     """ISO 8601 (with or without zone; without means UTC) or epoch seconds."""
     if isinstance(value, bool) or value is None:
@@ -172,14 +185,6 @@ def _skills(obj: dict[str, Any], item_skill: str, index: dict[str, int], where: 
     return tuple(dict.fromkeys(index[s] for s in ids))
 
 
-def student_id_key(text: str) -> str:
-    """The student id that names one student, whichever way it was typed: NFKC, then spaces around it
-    dropped. A Chinese IME in full-width mode types "２０２３０１０１" for 20230101, and a combining accent
-    is another form of "é": each was a second student, in the class's figures beside the real one (a
-    review: "7 students answered" in a class of 6). Spaces inside an id are kept: "2023 01" may be an id."""
-    return unicodedata.normalize("NFKC", text).strip()
-
-
 def parse_answer(
     obj: Any,
     where: str,
@@ -195,7 +200,7 @@ def parse_answer(
     # As `edge-agent kt roster` reads the school's ids (student_id_key): " stu-4" was another student
     # than "stu-4" and, with a roster, refused as not on it, though IT could never add it so. The client
     # event id stays as sent: a retry's idempotency key must match byte for byte.
-    student = student_id_key(_text(obj, "student_id", where, strip=True))
+    student = student_id(obj, where)
     event_id = _text(obj, "client_event_id", where)
     item_id = _text(obj, "item_id", where)
     item = package.item_index.get(item_id)

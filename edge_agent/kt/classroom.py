@@ -106,6 +106,14 @@ class Published:
             self.retake_skills(current, known)
         return self.probs
 
+    def forget(self, students: set[str]) -> None:
+        """Under the service's lock: an erased student's entries go. The skill figures already taken stay:
+        they are class-level, as the windows already sent are."""
+        self.probs = {s: p for s, p in self.probs.items() if s not in students}
+        self.since -= students
+        for who in (*self.skill_since.values(), *self.members.values()):
+            who.difference_update(students)
+
     def count_afresh(self) -> None:
         """After a restart that may have lost figures shown: see ``after_cut``."""
         self.since, self.skill_since, self.after_cut = set(), {}, True
@@ -173,6 +181,16 @@ class LessonWindow:
         self.activity[minute] = self.activity.get(minute, 0) + 1
         if publish:
             self.published.note(student, self.probs, self.known, now)
+
+    def forget(self, students: set[str]) -> None:
+        """Under the service's lock: the erased ``students``' entries go; the window's counts (answers,
+        activity) stay, holding no student."""
+        for student in students:
+            self.probs.pop(student, None)
+            self.known.pop(student, None)
+        for who in self.practised.values():
+            who.difference_update(students)
+        self.published.forget(students)
 
     def due(self, now: float, window_s: float, mono: float | None = None) -> bool:
         if mono is not None and self.started_mono is not None:
@@ -272,6 +290,27 @@ class LessonWindow:
             dict(self.known),
             self.seq,
         )
+
+
+def record_without(data: dict[str, Any], students: set[str]) -> dict[str, Any]:
+    """A stored lesson record (:meth:`LessonWindow.to_json`) with the erased ``students`` left out."""
+    out = dict(data)
+    if isinstance(data.get("students"), list):
+        out["students"] = [s for s in data["students"] if s not in students]
+    if isinstance(data.get("practised"), dict):
+        out["practised"] = {k: [s for s in who if s not in students] if isinstance(who, list) else who
+                            for k, who in data["practised"].items()}
+    shown = data.get("published")
+    if isinstance(shown, dict):
+        shown = out["published"] = dict(shown)
+        if isinstance(shown.get("probs"), dict):
+            shown["probs"] = {s: p for s, p in shown["probs"].items() if s not in students}
+        if isinstance(shown.get("since"), list):
+            shown["since"] = [s for s in shown["since"] if s not in students]
+        if isinstance(shown.get("skill_since"), dict):
+            shown["skill_since"] = {k: [s for s in who if s not in students] if isinstance(who, list) else who
+                                    for k, who in shown["skill_since"].items()}
+    return out
 
 
 def leaving_the_board(summary: dict[str, Any]) -> dict[str, Any]:

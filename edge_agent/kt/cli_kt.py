@@ -43,6 +43,15 @@ def add_kt_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     roster.add_argument("--column", help="in a CSV with a header row: the column holding the student ids")
     roster.add_argument("--config", default=argparse.SUPPRESS, help="config file")
     roster.set_defaults(func=cmd_kt_roster)
+    erase = sub.add_parser(
+        "erase", help="erase students' learning data on this board (a parent's request), through the daemon"
+    )
+    erase.add_argument("student_ids", nargs="*", help="the school's student ids")
+    erase.add_argument("--file", type=Path,
+                       help="student ids, one per line, or a CSV with --column; '-' reads standard input")
+    erase.add_argument("--column", help="in a CSV with a header row: the column holding the student ids")
+    erase.add_argument("--config", default=argparse.SUPPRESS, help="config file")
+    erase.set_defaults(func=cmd_kt_erase)
     return kt
 
 
@@ -141,4 +150,37 @@ def cmd_kt_roster(args: argparse.Namespace) -> int:
         print(f"{config.kt.roster_file}: {after} students")
     else:
         print(f"{config.kt.roster_file}: {after} students (was {before}); the daemon reads it within seconds")
+    return 0
+
+
+def cmd_kt_erase(args: argparse.Namespace) -> int:
+    """Ask the daemon on this board to erase the students (it holds their states and is the one writer)."""
+    from edge_agent.config import find_config_path, load_config_for_command
+    from edge_agent.kt.erasure import MAX_ERASE_IDS
+    from edge_agent.kt.roster import read_student_ids
+    from edge_agent.web.erase import ERASE_PATH
+    from edge_agent.web.local_api import LocalAPIError, post_local
+
+    try:
+        config = load_config_for_command(find_config_path(getattr(args, "config", None)))
+        ids = [*args.student_ids, *([] if args.file is None else read_student_ids(args.file, args.column))]
+    except (EdgeAgentError, OSError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 1
+    if not ids:
+        print("error: name the students to erase (their school ids), or give --file")
+        return 2
+    totals = {"erased": 0, "without_data": 0}
+    try:
+        for start in range(0, len(ids), MAX_ERASE_IDS):
+            reply = post_local(config.web, ERASE_PATH, {"student_ids": ids[start : start + MAX_ERASE_IDS]})
+            for key in totals:
+                totals[key] += int(reply[key])
+    except LocalAPIError as exc:
+        done = f" ({totals['erased']} students erased before it)" if totals["erased"] else ""
+        print(f"error: {exc}{done}")
+        return 1
+    print(f"{totals['erased']} students had learning data on this board and it is erased; "
+          f"{totals['without_data']} had none")
+    print(reply["kept"])
     return 0

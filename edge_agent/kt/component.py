@@ -13,6 +13,7 @@ from edge_agent.config import DeviceSettings, KTSettings
 from edge_agent.errors import ModelError
 from edge_agent.inference.engine import Engine
 from edge_agent.kt.classroom import leaving_the_board
+from edge_agent.kt.erasure import DAY_S, newest_before, retention_cutoff, retire_states
 from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence, forget_open_window
 from edge_agent.kt.pseudonym import Pseudonymizer
@@ -21,6 +22,7 @@ from edge_agent.lifecycle import Health, HeartbeatRegistry, waiting_on_disk
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
 from edge_agent.store.outbox import Outbox
+from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ STOP_TIMEOUT_S = 10.0
 # (a board switched off at the wall after the last lesson) has no stop to save them at
 SAVE_LESSON_EVERY_S = 15.0
 PRUNE_EVERY_S = 3600.0  # expired idempotency keys leave SQLite hourly (and at start)
+RETIRE_EVERY_S = 86400.0  # states past kt.student_state_max_age_days leave daily (and soon after start)
 SEND_WAIT_S = 10.0  # for a lesson summary to be stored; it stays queued after that
 # At a stop: waiting SEND_WAIT_S behind messages the disk refused ran past the daemon's stop budget (9 s)
 # and the teacher's lesson was never saved (a review). The store, stopped last, tries what waits once more.
@@ -92,6 +95,7 @@ class KTComponent:
         self._task: asyncio.Task[None] | None = None
         self._problem: str | None = "not started"
         self._secret_changed = False
+        self._run_started = time.time()  # states updated since are never deleted by retention
 
     def get_service(self) -> KTService | None:
         return self.service
@@ -117,6 +121,7 @@ class KTComponent:
         self._engine, self._own_engine = engine, True
 
     async def start(self) -> None:
+        self._run_started = time.time()
         self.service = await asyncio.to_thread(self._build)
         self.service.start()
         self._problem = None
@@ -278,6 +283,7 @@ class KTComponent:
         assert self.service is not None
         next_prune = time.monotonic() + PRUNE_EVERY_S
         next_save = time.monotonic() + SAVE_LESSON_EVERY_S
+        next_retire = 0.0
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
             queued = self._queue_window(self.service)
@@ -292,6 +298,28 @@ class KTComponent:
                 next_prune = time.monotonic() + PRUNE_EVERY_S
                 # the service forgets expired keys as it goes; the table is trimmed to match
                 StatePersistence(self._db).prune_events(time.time() - EVENT_KEEP_S)
+            if self._db is not None and time.monotonic() >= next_retire:
+                next_retire = time.monotonic() + RETIRE_EVERY_S
+                await self._retire_old_states(self._db, self.service)
+
+    async def _retire_old_states(self, db: Database, service: KTService) -> None:
+        """Delete the states not updated for kt.student_state_max_age_days (retention_cutoff says which may
+        go); not waited for: in pieces, between answers."""
+        max_age_s = self.settings.student_state_max_age_days * DAY_S
+        if max_age_s <= 0:
+            return
+        newest = await asyncio.to_thread(newest_before, db, self._run_started)
+        now = time.time()
+        cutoff = retention_cutoff(now, max_age_s, self._run_started, newest)
+        if cutoff is None:
+            if newest is not None and newest < now - max_age_s:
+                log.warning(
+                    "student states are not deleted by retention: even the newest stored before this start "
+                    "is %.0f days old by this board's clock, which may be wrong (set ahead: no RTC battery, "
+                    "no NTP); check it with timedatectl. States updated since the start are kept either way",
+                    (now - newest) / DAY_S)
+            return
+        retire_states(db, cutoff, self._run_started, service.forget_students).add_done_callback(_retired)
 
     def _save_lesson(self, persistence: StatePersistence) -> None:
         """Queued behind the writes before it (a window sent just now is cleared in its own transaction
@@ -342,6 +370,15 @@ class KTComponent:
                         wait_s)
         except Exception as exc:  # the store reports its own errors; a lost aggregate must not stop KT
             log.error("could not queue the lesson summary for sync: %s", exc)
+
+
+def _retired(done: concurrent.futures.Future[int]) -> None:
+    error = done.exception()
+    if error is not None:  # the store reports its own errors; tried again tomorrow
+        log.warning("deleting old student states failed (tried again in a day): %s", error)
+    elif count := done.result():
+        metrics.KT_STUDENTS_ERASED.labels(reason="retention").inc(count)
+        log.info("deleted %s student states not updated for kt.student_state_max_age_days", count)
 
 
 def save_records(service: KTService, persistence: StatePersistence) -> None:

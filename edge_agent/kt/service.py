@@ -40,6 +40,7 @@ from edge_agent.inference.engine import Engine
 from edge_agent.kt.answers import Answer
 from edge_agent.kt.applied_events import AppliedEvents
 from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
+from edge_agent.kt.erasure import erase_writer
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import EVENT_KEEP_S, JournalRow, StatePersistence, Tail, Writer, state_writer
 from edge_agent.kt.recommend import ItemBank, item_success, weakest_skills
@@ -79,6 +80,20 @@ class _Swap:
     engine: Engine
     model: bytes  # step_model_id(package)
     future: Future[Engine]  # resolves to the engine taken out of service
+
+
+@dataclass
+class _Erase:
+    students: set[str]  # pseudonyms
+    future: Future[Erased]
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What an erase found: students with learning data on the board (now erased), and those without."""
+
+    had_data: int
+    had_none: int
 
 
 CONFLICT_MESSAGE = (
@@ -215,6 +230,9 @@ class KTService:
         self._view_before: LessonWindow | None = None
         # bounded by _pending (answers), see _admit; SimpleQueue: put is one C call, no Python lock dance
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        # Students being erased, until the delete commits: a next answer of theirs starts from the prior
+        # instead of reading the stored state the delete has not removed yet
+        self._erasing: Counter[str] = Counter()
         self._thread: threading.Thread | None = None
         self._accepting = False
         self.last_error: str | None = None
@@ -321,15 +339,75 @@ class KTService:
                 continue
             if first is _STOP:
                 break
-            if isinstance(first, _Swap):
-                self._swap(first)
+            if isinstance(first, (_Swap, _Erase)):
+                self._control(first)
                 continue
             jobs, control = self._gather(first)  # type: ignore[arg-type]
             self._process(jobs)
             stopping = control is _STOP
-            if isinstance(control, _Swap):
-                self._swap(control)
+            if isinstance(control, (_Swap, _Erase)):
+                self._control(control)
         self._save_unsaved()
+
+    def _control(self, item: _Swap | _Erase) -> None:
+        if isinstance(item, _Swap):
+            self._swap(item)
+        else:
+            self._erase(item)
+
+    def erase(self, students: Iterable[str]) -> Future[Erased]:
+        """Erase the learning data of ``students`` (pseudonyms), in memory and on disk; the future resolves
+        after the delete committed. Run on the inference thread between micro-batches, after the answers
+        queued before it: an answer of theirs is never half applied across it (its state, taken before,
+        put back after), and one queued after it starts from the prior."""
+        future: Future[Erased] = Future()
+        if not self.running:
+            future.set_exception(ServiceBusy("knowledge tracing is not running (starting or stopping); "
+                                             "nothing was erased: retry shortly"))
+            return future
+        self._queue.put(_Erase(set(students), future))
+        return future
+
+    def forget_students(self, students: Iterable[str]) -> set[str]:
+        """Drop ``students`` from memory: states, lesson entries, answers kept for the lesson records, and
+        states waiting to be saved again; gives those whose state was held."""
+        gone = set(students)
+        with self._lock:
+            held = {s for s in gone if self._states.pop(s, None) is not None}
+            for student in gone:
+                self._tails.pop(student, None)
+            self._unsaved_students -= gone
+            for window in (self._lesson, self._view, self._view_before, *self._ended):
+                if window is not None:
+                    window.forget(gone)
+        return held
+
+    def _erase(self, job: _Erase) -> None:
+        """On this thread, between micro-batches. Queued under lesson_order, so the lesson records saved
+        after it are taken without the students, and the delete also rewrites those saved before it."""
+        if not job.future.set_running_or_notify_cancel():
+            return
+        students = job.students
+        with self.lesson_order:
+            held = self.forget_students(students)
+            if self._persistence is None:
+                job.future.set_result(_erased(held, students))
+                return
+            with self._lock:
+                self._erasing.update(students)
+            saving = self._persistence.db.write(erase_writer(sorted(students)))
+
+        def committed(f: Future[set[str]]) -> None:  # on the writer thread
+            with self._lock:
+                self._erasing.subtract(students)
+                self._erasing += Counter()  # drops those at zero
+            error = f.exception()
+            if error is not None:  # memory forgot them; the stored states stay, and are read again
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(_erased(held | f.result(), students))
+
+        saving.add_done_callback(committed)
 
     def _unsaved(self) -> tuple[dict[str, StudentState], list[tuple[str, float, str | None]]]:
         """The current states of students, and the event keys, whose commit failed, for the caller to save
@@ -502,7 +580,7 @@ class KTService:
                     job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is _STOP or isinstance(job, _Swap):
+            if job is _STOP or isinstance(job, (_Swap, _Erase)):
                 return jobs, job
             assert isinstance(job, _Job)
             jobs.append(job)
@@ -687,12 +765,13 @@ class KTService:
     def _start_states(self, students: list[str]) -> dict[str, StudentState]:
         with self._lock:
             start = {s: self._states[s] for s in students if s in self._states}
-        missing = [s for s in students if s not in start]
-        if missing and self._persistence is not None:
+            missing = [s for s in students if s not in start]
+            on_disk = [s for s in missing if s not in self._erasing]
+        if on_disk and self._persistence is not None:
             # Not in memory: new, or left on disk by a lower kt.max_students at start (answered since
             # then, the stored state goes on instead of starting again from the prior).
             with waiting_on_disk(self._heartbeat):
-                stored = self._persistence.states_of(missing, self.package.hidden, len(self.package.skills))
+                stored = self._persistence.states_of(on_disk, self.package.hidden, len(self.package.skills))
             # stored before a model update: replayed through this model
             start |= stored | self._replay_stale(stored, self.engine, self._model_id)
         for s in missing:
@@ -1037,6 +1116,13 @@ class KTService:
     def student_count(self) -> int:
         with self._lock:
             return len(self._states)
+
+
+def _erased(had: set[str], asked: set[str]) -> Erased:
+    metrics.KT_STUDENTS_ERASED.labels(reason="request").inc(len(had))
+    log.info("erased the learning data of %s students on request (%s more had none on this board)",
+             len(had), len(asked) - len(had))
+    return Erased(len(had), len(asked) - len(had))
 
 
 def _ended(view: LessonWindow) -> dict[str, float]:

@@ -119,6 +119,13 @@ ANSWERS_CLOCK_AHEAD = Counter(
 TEACHER_VIEW_STREAMS = Gauge(
     "edge_teacher_view_streams", "Open teacher-view event streams (browsers watching).", registry=REGISTRY
 )
+KT_STUDENTS_ERASED = Counter(
+    "edge_kt_students_erased",
+    "Students whose learning data was erased: on request (POST /api/v1/students/erase) or by retention "
+    "(kt.student_state_max_age_days without an answer).",
+    ["reason"],
+    registry=REGISTRY,
+)
 KT_STUDENTS_FORGOTTEN = Counter(
     "edge_kt_students_forgotten",
     "Student states forgotten because kt.max_students were kept (the one not seen longest goes).",

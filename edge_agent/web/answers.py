@@ -69,6 +69,7 @@ def switched_off_routes() -> web.RouteTableDef:
     routes.post("/api/v1/answers")(switched_off)
     routes.get("/api/v1/students/{pseudonym}/mastery")(switched_off)
     routes.get("/api/v1/class/mastery")(switched_off)
+    routes.post("/api/v1/students/erase")(switched_off)  # no student data is kept then
     return routes
 
 

@@ -1,0 +1,80 @@
+"""``POST /api/v1/students/erase``: erase students' learning data on a parent's request.
+
+Carried out by the running daemon: it holds the states in memory and is the database's only writer, so a
+row deleted behind its back came back with the student's next save. The reply comes after the delete has
+committed. Access is the server's middleware: loopback or the board's web token, as for the class data;
+a clicker's token is refused (it may only post answers). JSON only, as the answer API: a page open in the
+board's own browser cannot post a form here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from edge_agent import json_input
+from edge_agent.errors import EdgeAgentError, InputRejected
+from edge_agent.kt.erasure import parse_student_ids
+from edge_agent.kt.persistence import EVENT_KEEP_S
+from edge_agent.kt.service import KTService
+from edge_agent.web.request_body import read_within
+
+ERASE_PATH = "/api/v1/students/erase"
+ERASE_TIMEOUT_S = 30.0
+KEPT = (
+    "Class aggregates already computed or sent to the school's cloud hold no student and stay. The board "
+    f"keeps the answers' idempotency keys (hashes of student and client event id, nothing of the answer) for "
+    f"up to {EVENT_KEEP_S / 86400:.0f} days. The class roster file is the school's: `edge-agent kt roster "
+    "remove` takes a student off it."
+)
+
+
+def _error(status: int, message: str, field: str | None = None, retry_after_s: int = 5) -> web.Response:
+    body: dict[str, Any] = {"error": message} | ({"field": field} if field else {})
+    headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def _body(request: web.Request) -> Any:
+    """The JSON body; InputRejected says what is wrong with it."""
+    try:
+        return await read_within(request, request.json(loads=json_input.loads))
+    except LookupError:
+        raise InputRejected(f"unknown charset {request.charset!r}; send UTF-8 JSON") from None
+    except ValueError as exc:  # not JSON, not UTF-8, refused by the board's parser
+        raise InputRejected(f"the request body is not valid JSON: {exc}") from None
+
+
+def erase_routes(service: Callable[[], KTService | None]) -> web.RouteTableDef:
+    """The erase route over the running service (None while knowledge tracing starts)."""
+    routes = web.RouteTableDef()
+
+    @routes.post(ERASE_PATH)
+    async def erase(request: web.Request) -> web.Response:
+        svc = service()
+        if svc is None or not svc.running:
+            return _error(503, "knowledge tracing is not running (starting or stopping); nothing was erased: "
+                               "retry shortly")
+        if request.content_type != "application/json":
+            return _error(415, 'send {"student_ids": [...]} as JSON with Content-Type: application/json')
+        try:
+            ids = parse_student_ids(await _body(request))
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"the request body is over {request.client_max_size} bytes; send fewer ids")
+        except InputRejected as exc:
+            return _error(400, f"{exc}; nothing was erased", exc.field)
+        try:
+            erased = await asyncio.wait_for(asyncio.wrap_future(svc.erase(svc.pseudonymize(i) for i in ids)),
+                                            ERASE_TIMEOUT_S)
+        except asyncio.TimeoutError:  # still queued: withdrawn; under way: it completes
+            return _error(503, f"the erase was not confirmed within {ERASE_TIMEOUT_S:g} s (a slow or stalled "
+                               "disk?); send the same request again: erasing twice is harmless")
+        except EdgeAgentError as exc:  # ServiceBusy, StoreError (a full or read-only disk)
+            return _error(503, f"nothing was erased: {exc}")
+        return web.json_response({"students": len(ids), "erased": erased.had_data,
+                                  "without_data": erased.had_none, "kept": KEPT})
+
+    return routes

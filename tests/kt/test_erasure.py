@@ -1,0 +1,203 @@
+"""Erasing students' learning data and retention: the real service, engine and SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from edge_agent.config import KTSettings
+from edge_agent.errors import InputRejected
+from edge_agent.kt.component import KTComponent, save_records
+from edge_agent.kt.erasure import DAY_S, RETENTION_MARGIN_S, parse_student_ids, retention_cutoff
+from edge_agent.kt.package import KTPackage
+from edge_agent.kt.persistence import StatePersistence
+from edge_agent.kt.service import KTService
+from edge_agent.lifecycle import HeartbeatRegistry
+from edge_agent.live import LiveBoard
+from edge_agent.store.db import Database
+from tests.kt.test_service import _answer, _service
+
+
+def _rows(db: Database) -> set[str]:
+    return {r[0] for r in db.read(lambda c: c.execute("SELECT student FROM kt_student_state").fetchall())}
+
+
+def test_student_ids_are_taken_as_the_answer_api_takes_them_each_once() -> None:
+    assert parse_student_ids({"student_ids": ["stu-4", " stu-4 ", 17, "17", "\u5f20\u4e09"]}) == [
+        "stu-4", "17", "\u5f20\u4e09"]
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (["stu-1"], "student_ids"),
+    ({"ids": ["stu-1"]}, "student_ids"),
+    ({"student_ids": "stu-1"}, "non-empty list"),
+    ({"student_ids": []}, "non-empty list"),
+    ({"student_ids": ["stu-1", " "]}, "student_ids[1]"),
+    ({"student_ids": ["stu-1", None]}, "student_ids[1]"),
+    ({"student_ids": ["a\x00b"]}, "control character"),
+    ({"student_ids": [f"s{n}" for n in range(1001)]}, "limit is 1000"),
+])
+def test_a_malformed_erase_request_is_refused_naming_what_is_wrong(body: Any, says: str) -> None:
+    with pytest.raises(InputRejected, match=says.replace("[", r"\[")):
+        parse_student_ids(body)
+
+
+NOW, YEAR = 2_000_000_000.0, 400 * DAY_S
+
+
+@pytest.mark.parametrize(("newest_before_run", "cutoff"), [
+    (None, None),  # nothing stored before this run
+    (NOW - 1 * DAY_S, NOW - YEAR),  # a class in use: states past 400 days go
+    (NOW - YEAR + RETENTION_MARGIN_S, NOW - YEAR),  # just within the margin
+    # the clock jumped ahead (or the board was unused for over a year): even the newest looks expired
+    (NOW - YEAR + RETENTION_MARGIN_S - 1, None),
+    (NOW - 3 * YEAR, None),
+])
+def test_retention_deletes_nothing_when_even_the_newest_state_looks_expired(
+    newest_before_run: float | None, cutoff: float | None
+) -> None:
+    assert retention_cutoff(NOW, YEAR, NOW - DAY_S, newest_before_run) == cutoff
+    assert retention_cutoff(NOW, 0.0, NOW - DAY_S, newest_before_run) is None  # 0: kept for ever
+
+
+def _class(package: KTPackage, pseudonymize: Any, svc: KTService, students: list[str], tag: str) -> None:
+    svc.submit([_answer(package, pseudonymize, s, f"{tag}-{s}", n % 3) for n, s in enumerate(students)]
+               ).result(10)
+
+
+def test_an_erased_student_is_gone_from_the_file_and_memory_and_starts_again_from_the_prior(
+    package: KTPackage, engine: Any, kt_settings: KTSettings, pseudonymize: Any, db: Database
+) -> None:
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    try:
+        students = [f"stu-{n}" for n in range(5)]
+        for round_ in range(3):
+            _class(package, pseudonymize, svc, students, f"r{round_}")
+        gone = pseudonymize("stu-1")
+        others = {s: svc.student_mastery(pseudonymize(s)) for s in students if s != "stu-1"}
+        persistence = StatePersistence(db)
+        db.write(lambda c: None).result(5)
+        save_records(svc, persistence)  # the lesson records hold the student too
+        db.write(lambda c: None).result(5)
+        assert gone in str(persistence.load_lesson_view()) and gone in str(persistence.load_open_window())
+
+        erased = svc.erase([gone, pseudonymize("never-answered")]).result(10)
+
+        assert (erased.had_data, erased.had_none) == (1, 1)
+        assert gone not in _rows(db) and len(_rows(db)) == 4  # committed before the reply
+        assert svc.student_mastery(gone) is None
+        assert gone not in str(persistence.load_lesson_view())
+        assert gone not in str(persistence.load_open_window())
+        assert gone not in str(svc.lesson_view()) and gone not in str(svc.open_window())
+        assert {s: svc.student_mastery(pseudonymize(s)) for s in others} == others  # untouched
+        lesson = svc.class_summary()
+        assert lesson["answers"] == 15 and lesson["students"] == 4  # the class's count stays
+
+        fresh = svc.submit([_answer(package, pseudonymize, "stu-1", "after", 0)]).result(10)[0]
+        first = KTService(package, engine, kt_settings, pseudonymize)  # a board that never saw stu-1
+        first.start()
+        try:
+            never_seen = first.submit([_answer(package, pseudonymize, "stu-1", "after", 0)]).result(10)[0]
+        finally:
+            first.stop()
+        assert fresh["mastery"] == never_seen["mastery"]
+        assert svc.student_mastery(gone)["answers"] == 1  # type: ignore[index]
+    finally:
+        svc.stop()
+
+
+def test_an_erase_racing_the_students_answers_leaves_nothing_of_them(
+    package: KTPackage, engine: Any, kt_settings: KTSettings, pseudonymize: Any, db: Database
+) -> None:
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    try:
+        _class(package, pseudonymize, svc, ["stu-1", "stu-2"], "warm")
+        for trial in range(20):
+            answering = [svc.submit([_answer(package, pseudonymize, "stu-1", f"t{trial}-{n}", n % 3)])
+                         for n in range(8)]
+            erased = svc.erase([pseudonymize("stu-1")]).result(10)
+            # the answers queued before the erase were applied and stored before it, then erased with it
+            assert all(f.done() for f in answering) and erased.had_data == 1
+            assert pseudonymize("stu-1") not in _rows(db)
+            assert svc.student_mastery(pseudonymize("stu-1")) is None
+            assert pseudonymize("stu-1") not in str(svc.lesson_view())
+        assert pseudonymize("stu-2") in _rows(db)
+    finally:
+        svc.stop()
+
+
+def test_answers_queued_right_after_an_erase_start_from_the_prior_not_the_stored_state(
+    package: KTPackage, engine: Any, kt_settings: KTSettings, pseudonymize: Any, db: Database
+) -> None:
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    try:
+        for n in range(10):
+            _class(package, pseudonymize, svc, ["stu-1"], f"w{n}")
+        erasing = svc.erase([pseudonymize("stu-1")])
+        after = svc.submit([_answer(package, pseudonymize, "stu-1", "next", 0)])
+        assert erasing.result(10).had_data == 1
+        after.result(10)
+        assert svc.student_mastery(pseudonymize("stu-1"))["answers"] == 1  # type: ignore[index]
+        stored = StatePersistence(db).states_of([pseudonymize("stu-1")], package.hidden, len(package.skills))
+        assert stored[pseudonymize("stu-1")].answers == 1
+    finally:
+        svc.stop()
+
+
+def _stamp(db: Database, students: dict[str, float]) -> None:
+    db.write(lambda c: c.executemany("UPDATE kt_student_state SET updated_at = ? WHERE student = ?",
+                                     [(at, s) for s, at in students.items()])).result(5)
+
+
+def _start_after_stamping(package: KTPackage, engine: Any, device: Any, db: Database, pseudonymize: Any,
+                          stamps: dict[str, float]) -> tuple[set[str], KTComponent, Any]:
+    """Students answered (stored), their rows stamped ``stamps`` days ago; then the daemon's KT starts and
+    runs its first retention turn. Gives the stored students after it."""
+    settings = KTSettings(min_group_size=1, student_state_max_age_days=400)
+    svc = _service(package, engine, settings, pseudonymize, db)
+    _class(package, pseudonymize, svc, list(stamps), "before")
+    svc.stop()
+    now = time.time()
+    _stamp(db, {pseudonymize(s): now - days * DAY_S for s, days in stamps.items()})
+    component = KTComponent(settings, device, None, db, None, LiveBoard(), HeartbeatRegistry())
+
+    async def run() -> Any:
+        await component.start()
+        await asyncio.sleep(2.5)  # the first publish turns: retention runs in the first
+        db.write(lambda c: None).result(5)
+        return component.get_service()
+
+    service = asyncio.run(run())
+    return _rows(db), component, service
+
+
+def test_retention_deletes_only_states_not_updated_for_the_configured_days(
+    package: KTPackage, engine: Any, device: Any, db: Database, pseudonymize: Any
+) -> None:
+    rows, component, svc = _start_after_stamping(
+        package, engine, device, db, pseudonymize, {"old-1": 401, "old-2": 900, "recent": 399, "today": 0})
+    try:
+        assert rows == {pseudonymize("recent"), pseudonymize("today")}
+        assert svc.student_mastery(pseudonymize("old-1")) is None  # out of memory too
+        assert svc.student_mastery(pseudonymize("recent")) is not None
+    finally:
+        asyncio.run(component.stop())
+
+
+def test_a_clock_jumped_years_ahead_deletes_no_student(
+    package: KTPackage, engine: Any, device: Any, db: Database, pseudonymize: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # every stored state 3 years old by the board's clock: a clock set ahead, not a class unused
+    caplog.set_level(logging.WARNING, "edge_agent.kt.component")
+    rows, component, svc = _start_after_stamping(
+        package, engine, device, db, pseudonymize, {"a": 3 * 365 + 2, "b": 3 * 365 + 1, "c": 3 * 365})
+    try:
+        assert len(rows) == 3 and svc.student_count() == 3
+        assert "may be wrong" in caplog.text
+    finally:
+        asyncio.run(component.stop())

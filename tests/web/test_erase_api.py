@@ -1,0 +1,140 @@
+"""POST /api/v1/students/erase and `edge-agent kt erase` over the real web server, service and SQLite file."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.cli import main as cli_main
+from edge_agent.config import KTSettings, StoreSettings
+from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+from edge_agent.kt.package import load_package
+from edge_agent.kt.persistence import StatePersistence
+from edge_agent.kt.pseudonym import Pseudonymizer
+from edge_agent.kt.service import KTService
+from edge_agent.live import LiveBoard
+from edge_agent.store.db import Database
+from edge_agent.telemetry import metrics
+from edge_agent.web.answers import answer_routes
+from edge_agent.web.erase import ERASE_PATH, erase_routes
+from tests.web.conftest import WEB_TOKEN
+from tests.web.harness import ServerThread, non_loopback_ipv4
+from tests.web.test_access import _request
+from tests.web.test_clients import SECRET, _add, _board_config
+
+
+@pytest.fixture()
+def board(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[dict[str, Any]]:
+    config = _board_config(tmp_path)
+    clicker = _add(config, "acme-3a", capsys)
+    db = Database(tmp_path / "edge-agent.db", StoreSettings())
+    db.open()
+    package = load_package()
+    settings = KTSettings(min_group_size=1)
+    engine = OnnxRuntimeEngine(package.step_model)
+    svc = KTService(package, engine, settings, Pseudonymizer(SECRET), persistence=StatePersistence(db))
+    svc.start()
+    routes = [answer_routes(svc, settings), erase_routes(lambda: svc)]
+    clients = tmp_path / "web-clients"
+    server = ServerThread(LiveBoard(), token=WEB_TOKEN, host="0.0.0.0", client_tokens=clients,
+                          route_tables=routes).start()
+    with config.open("a") as out:  # where `edge-agent kt erase` finds the daemon
+        out.write(f'host = "0.0.0.0"\nport = {server.port}\ntoken_file = ""\n')
+    item = package.items[0].id
+    answers = [{"student_id": f"stu-{n}", "item_id": item, "correct": True, "answered_at": time.time(),
+                "client_event_id": f"e-{n}"} for n in range(4)]
+    status, _, _ = _request("127.0.0.1", server.port, "/api/v1/answers", {"Content-Type": "application/json"},
+                            "POST", json.dumps({"answers": answers}))
+    assert status == 200
+    yield {"server": server, "svc": svc, "db": db, "config": config, "clicker": clicker, "tmp": tmp_path}
+    server.stop()
+    svc.stop()
+    engine.close()
+    db.close()
+
+
+def _stored(board: dict[str, Any]) -> set[str]:
+    db = board["db"]
+    return {r[0] for r in db.read(lambda c: c.execute("SELECT student FROM kt_student_state").fetchall())}
+
+
+def _erase(board: dict[str, Any], body: Any, *, host: str = "127.0.0.1",
+           headers: dict[str, str] | None = None, raw: str | None = None) -> tuple[int, dict[str, Any]]:
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    status, _, reply = _request(host, board["server"].port, ERASE_PATH, sent, "POST",
+                                raw if raw is not None else json.dumps(body))
+    return status, json.loads(reply)
+
+
+def test_an_erase_on_the_board_removes_the_students_row_before_it_replies(board: dict[str, Any]) -> None:
+    pseudo = Pseudonymizer(SECRET)
+    before = metrics.REGISTRY.get_sample_value("edge_kt_students_erased_total", {"reason": "request"}) or 0.0
+    status, reply = _erase(board, {"student_ids": ["stu-1", " stu-1 ", "nobody"]})
+    assert status == 200, reply
+    assert (reply["students"], reply["erased"], reply["without_data"]) == (2, 1, 1)
+    assert "aggregates" in reply["kept"] and "7 days" in reply["kept"]
+    assert _stored(board) == {pseudo(f"stu-{n}") for n in (0, 2, 3)}
+    after = metrics.REGISTRY.get_sample_value("edge_kt_students_erased_total", {"reason": "request"})
+    assert after == before + 1
+
+
+@pytest.mark.parametrize(("raw", "content_type", "status", "says"), [
+    ("stu-1", "application/json", 400, "not valid JSON"),
+    ('["stu-1"]', "application/json", 400, "student_ids"),
+    ('{"student_ids": "stu-1"}', "application/json", 400, "non-empty list"),
+    ('{"student_ids": []}', "application/json", 400, "non-empty list"),
+    ('{"student_ids": ["stu-1", ""]}', "application/json", 400, "student_ids[1]"),
+    (json.dumps({"student_ids": [f"s{n}" for n in range(1001)]}), "application/json", 400, "limit is 1000"),
+    ('{"student_ids": ["stu-1"]}', "text/plain", 415, "application/json"),
+])
+def test_a_malformed_erase_request_gets_a_clear_refusal_and_erases_nothing(
+    board: dict[str, Any], raw: str, content_type: str, status: int, says: str
+) -> None:
+    stored = _stored(board)
+    got, reply = _erase(board, None, raw=raw, headers={"Content-Type": content_type})
+    assert got == status and says in reply["error"], reply
+    if status == 400:
+        assert "nothing was erased" in reply["error"]
+    assert _stored(board) == stored
+
+
+def test_a_clicker_token_cannot_erase_and_the_web_token_can(board: dict[str, Any]) -> None:
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    stored = _stored(board)
+    for bearer, status in ((board["clicker"], 403), (None, 401), ("wrong-token-of-some-length", 401)):
+        headers = {} if bearer is None else {"Authorization": f"Bearer {bearer}"}
+        assert _erase(board, {"student_ids": ["stu-1"]}, host=address, headers=headers)[0] == status
+    assert _stored(board) == stored
+    status, reply = _erase(board, {"student_ids": ["stu-1"]}, host=address,
+                           headers={"Authorization": f"Bearer {WEB_TOKEN}"})
+    assert status == 200 and reply["erased"] == 1
+
+
+def test_the_erase_command_goes_through_the_daemon_and_says_how_many_had_data(
+    board: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pseudo = Pseudonymizer(SECRET)
+    ids = board["tmp"] / "leavers.txt"
+    ids.write_text("stu-2\n# left in June\nstu-3\n", encoding="utf-8")
+    config = str(board["config"])
+    assert cli_main(["kt", "erase", "stu-0", "nobody", "--file", str(ids), "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "3 students had learning data on this board and it is erased; 1 had none" in out
+    assert _stored(board) == {pseudo("stu-1")}
+    assert board["svc"].student_mastery(pseudo("stu-0")) is None
+
+
+def test_the_erase_command_says_when_the_daemon_cannot_be_reached(
+    board: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    board["server"].stop()
+    assert cli_main(["kt", "erase", "stu-0", "--config", str(board["config"])]) == 1
+    assert "is edge-agent running?" in capsys.readouterr().out
+    board["server"].stop = lambda: None  # stopped already
