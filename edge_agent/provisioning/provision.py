@@ -40,7 +40,13 @@ from edge_agent.provisioning.ca import (
     same_public_key,
     utcnow,
 )
-from edge_agent.provisioning.files import ensure_dir, write_atomic, write_private, write_public
+from edge_agent.provisioning.files import (
+    ensure_dir,
+    write_atomic,
+    write_private,
+    write_private_for_daemon,
+    write_public,
+)
 from edge_agent.provisioning.inventory import Board, load_inventory, render_config
 from edge_agent.provisioning.model_package import load_public_key
 from edge_agent.updates import update_dirs
@@ -391,16 +397,15 @@ def _install_cert(
         )
         result.state = "revoked"  # not "provisioned" in the run's summary (a review: read as ready)
         return True
+    csr = paths["csr"].read_bytes()
     if revoked:
-        # brought back on purpose: on a new key, as the old one may have left with the stolen board
-        write_private(paths["key"], key_to_pem(new_ec_key()))
-        key = load_private_key(paths["key"])
-        _make_csr(paths, board, result)
-        result.changes.append("secret device.key (new: its certificate was revoked)")
-        # and a new teacher-view token: a thief's copy opened the returned or replacing board's view (round
-        # 2 of the review). The pseudonym key stays: a new one would orphan every student's history.
-        write_private(paths["token"], secrets.token_urlsafe(32).encode() + b"\n")
-        result.changes.append(f"secret {paths['token'].name} (new: the certificate was revoked)")
+        # brought back on purpose: on a new key, as the old one may have left with the stolen board, and a
+        # new teacher-view token, as a thief's copy opened the returned or replacing board's view (round 2
+        # of the review). The pseudonym key stays: a new one would orphan every student's history. Made in
+        # memory and written once the certificate is signed: a CA that refused (a ca.key others can read)
+        # left the board a new key and token, and every retry rotated them again.
+        key = new_ec_key()
+        csr = make_csr(key, board.device_id, board.tenant, board.site)
     if current is not None and installed_ca is not None and (ca_pem is None or ca_pem == installed_ca) and (
         not revoked
     ):
@@ -432,7 +437,7 @@ def _install_cert(
             log.warning("installed certificate unusable, replacing it: %s", exc)
     if opts.ca_dir is not None:
         cert, revoked_now = FleetCA(opts.ca_dir).sign_and_revoke(
-            paths["csr"].read_bytes(), replace=opts.replace, names=opts.web_names(board.device_id)
+            csr, replace=opts.replace, names=opts.web_names(board.device_id)
         )
         for row in revoked_now:  # --replace revokes: say which, or another board just stops
             log.warning("%s: revoked certificate %s of %s; the broker accepts it until it has the new CRL: "
@@ -447,6 +452,15 @@ def _install_cert(
         return False
     assert ca_pem is not None
     check_device_cert(cert, ca_pem, key, board.device_id, now=now)  # refuse before installing anything
+    if revoked:
+        # owned as _make_secrets left the old ones: root's 0600 file was one the daemon could not read
+        write_private_for_daemon(paths["key"], key_to_pem(key), owner_of=paths["pseudonym"])
+        result.changes.append("secret device.key (new: its certificate was revoked)")
+        token = secrets.token_urlsafe(32).encode() + b"\n"
+        write_private_for_daemon(paths["token"], token, owner_of=paths["pseudonym"])
+        result.changes.append(f"secret {paths['token'].name} (new: the certificate was revoked)")
+        write_public(paths["csr"], csr)
+        result.changes.append("device.csr")
     _note(result, write_public(paths["ca"], ca_pem), "ca.pem")
     _note(result, write_public(paths["cert"], cert), "device.pem")
     return True

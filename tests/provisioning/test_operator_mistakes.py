@@ -289,6 +289,36 @@ def test_a_replaced_board_is_named_before_replace_would_revoke_it(
     assert [name for name in before if before[name] != after[name]] == ["web.token", "device.key"]
 
 
+def test_a_revoked_board_brought_back_keeps_its_key_and_token_until_the_ca_signs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A --replace run the CA refused (its ca.key readable by others) had written a new device.key and
+    # web.token already; each retry rotated them again
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)  # a userland (this machine's users): secrets get edge-agent as owner
+    for name in ("passwd", "group"):
+        shutil.copy(f"/etc/{name}", root / "etc" / name)
+    common = ("--device-id", "board-a", "--root", str(root), "--ca-dir", str(ca.dir), "--replace")
+    assert _provision(tmp_path, *common) == 0
+    ca.revoke("board-a")
+    etc = root / "etc/edge-agent"
+    kept = ("secrets/device.key", "secrets/web.token", "certs/device.csr", "certs/device.pem")
+    before = {name: (etc / name).read_bytes() for name in kept}
+    ca.key_path.chmod(0o644)
+    for _ in range(2):
+        assert _provision(tmp_path, *common) == 2
+        assert f"run: chmod 600 {ca.key_path}" in capsys.readouterr().err
+        assert {name: (etc / name).read_bytes() for name in kept} == before
+    ca.key_path.chmod(0o600)
+    assert _provision(tmp_path, *common) == 0
+    after = {name: (etc / name).read_bytes() for name in kept}
+    assert [name for name in kept if after[name] == before[name]] == []
+    if os.geteuid() == 0:  # the new ones are the daemon's to read, as the old ones were
+        owner = (etc / "secrets/pseudonym.key").stat().st_uid
+        assert owner != 0 and {(etc / n).stat().st_uid for n in kept[:2]} == {owner}
+
+
 def _provisioned_fleet(tmp_path: Path) -> tuple[FleetCA, Path, tuple[str, ...]]:
     """A fleet CA, the inventory's boards provisioned into roots/ by one run, and that run's arguments."""
     ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
