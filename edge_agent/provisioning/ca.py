@@ -473,6 +473,15 @@ class FleetCA:
             self._revoke({row.serial for row in others + cloned})
         return cert.public_bytes(serialization.Encoding.PEM), others + cloned
 
+    @_holding_lock
+    def withdraw(self, serial: int) -> None:
+        """Forget certificate ``serial``, signed but never installed (its board's disk was full): its bytes
+        went with the run that signed it, yet the index listed it live, and the next run's renewal left it
+        valid for years beside the board's real one. Those it superseded are current again; any it revoked
+        (``replace``) stay revoked, as was asked."""
+        self._save_index([dataclasses.replace(row, superseded_by=None) if row.superseded_by == serial else row
+                          for row in self.index() if row.serial != serial])
+
     def issue_server(
         self, host: str, days: int = DEVICE_DAYS, names: Sequence[str] = ()
     ) -> tuple[bytes, bytes]:

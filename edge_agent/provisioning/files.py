@@ -4,6 +4,7 @@ and only when the content changes, so re-running provisioning leaves an identica
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -30,8 +31,11 @@ def write_atomic(path: Path, data: bytes, mode: int, *, keep_within: int | None 
             return False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise _with_path(exc, path) from exc
     try:
         if owner is not None:
             os.fchown(fd, *owner)  # before the mode: a chown clears set-id bits
@@ -41,10 +45,21 @@ def write_atomic(path: Path, data: bytes, mode: int, *, keep_within: int | None 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _with_path(exc, path) from exc
         raise
     return True
+
+
+def _with_path(exc: OSError, path: Path) -> OSError:
+    """``exc`` (of the same OSError subclass) naming ``path``, and on a full disk what to do: a write()
+    fails without a file name, and provisioning said only "[Errno 28] No space left on device"."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(exc.errno, f"{exc.strerror} writing {path}: free space on its disk (df -h "
+                                  f"{path.parent}), then try again")
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 def write_private(path: Path, data: bytes) -> bool:
@@ -75,7 +90,10 @@ def ensure_dir(path: Path, mode: int) -> bool:
     """Create ``path`` (and parents) and set its mode; True if anything changed."""
     changed = False
     if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _with_path(exc, path) from exc
         changed = True
     if (path.stat().st_mode & 0o7777) != mode:
         os.chmod(path, mode)

@@ -20,6 +20,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from edge_agent.config import MAX_TOKEN_CHARS, Config, token_fits
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning import system
@@ -452,18 +454,30 @@ def _install_cert(
         return False
     assert ca_pem is not None
     check_device_cert(cert, ca_pem, key, board.device_id, now=now)  # refuse before installing anything
-    if revoked:
-        # owned as _make_secrets left the old ones: root's 0600 file was one the daemon could not read
-        write_private_for_daemon(paths["key"], key_to_pem(key), owner_of=paths["pseudonym"])
-        result.changes.append("secret device.key (new: its certificate was revoked)")
-        token = secrets.token_urlsafe(32).encode() + b"\n"
-        write_private_for_daemon(paths["token"], token, owner_of=paths["pseudonym"])
-        result.changes.append(f"secret {paths['token'].name} (new: the certificate was revoked)")
-        write_public(paths["csr"], csr)
-        result.changes.append("device.csr")
-    _note(result, write_public(paths["ca"], ca_pem), "ca.pem")
-    _note(result, write_public(paths["cert"], cert), "device.pem")
+    try:
+        if revoked:
+            _write_new_identity(paths, key, csr, result)
+        _note(result, write_public(paths["ca"], ca_pem), "ca.pem")
+        _note(result, write_public(paths["cert"], cert), "device.pem")
+    except OSError:
+        if opts.ca_dir is not None:  # signed by this run and installed nowhere: not left live in the index
+            FleetCA(opts.ca_dir).withdraw(load_cert(cert, "device certificate").serial_number)
+        raise
     return True
+
+
+def _write_new_identity(
+    paths: dict[str, Path], key: ec.EllipticCurvePrivateKey, csr: bytes, result: Result
+) -> None:
+    """A revoked board's new key, teacher-view token and CSR, owned as _make_secrets left the old ones:
+    written as root's 0600, the daemon could not read its new key."""
+    write_private_for_daemon(paths["key"], key_to_pem(key), owner_of=paths["pseudonym"])
+    result.changes.append("secret device.key (new: its certificate was revoked)")
+    token = secrets.token_urlsafe(32).encode() + b"\n"
+    write_private_for_daemon(paths["token"], token, owner_of=paths["pseudonym"])
+    result.changes.append(f"secret {paths['token'].name} (new: the certificate was revoked)")
+    write_public(paths["csr"], csr)
+    result.changes.append("device.csr")
 
 
 def _revoked(cert_pem: bytes, ca_dir: Path) -> bool:

@@ -3,14 +3,18 @@ nothing half-installed."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import os
 import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from edge_agent.config import load_config
@@ -165,6 +169,62 @@ def test_interrupted_run_finishes_on_the_next_one(tmp_path: Path) -> None:
     assert set(result.changes) == {"device.pem", "config.toml"}
     assert (etc / "secrets/device.key").read_bytes() == key_before  # secrets are never regenerated
     check_root(fleet.roots / "board-a")
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path) -> Iterator[Path]:
+    """A small tmpfs at ``folder`` and a file ``filler`` that takes all of it (delete it to free it): a
+    full disk that fails a write at once (ext4 keeps blocks back, and gives some back after a write-back)."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], check=True, timeout=30)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False, timeout=30)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("ab", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+    return filler
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_disk_names_the_file_and_leaves_no_certificate_in_the_ca_that_was_never_installed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: "error: [Errno 28] No space left on device", no path; the certificate signed for the board
+    # stayed live in the CA's index, and the next run's left it valid for years beside the installed one
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text(INVENTORY)
+    with full_disk(tmp_path / "disk") as disk:
+        etc = disk / "root/etc/edge-agent"
+        args = ["--inventory", str(inventory), "--template", str(TEMPLATE), "--device-id", "board-a",
+                "--root", str(disk / "root"), "--no-activate"]
+        assert provision_main(args) == 3  # awaiting its certificate: the key and CSR are on the board
+        filler = fill(disk)
+        assert provision_main([*args, "--ca-dir", str(ca.dir)]) == 2
+        said = capsys.readouterr().err
+        assert f"No space left on device writing {etc}/certs/" in said and "free space on its disk" in said
+        assert not (etc / "certs/device.pem").exists() and ca.index() == []
+        filler.unlink()
+        assert provision_main([*args, "--ca-dir", str(ca.dir)]) == 0
+        (installed,) = [row.serial for row in ca.index()]
+        cert = x509.load_pem_x509_certificate((etc / "certs/device.pem").read_bytes())
+        assert cert.serial_number == installed
+        # a renewal that cannot be installed leaves the installed certificate the current one
+        now = dt.datetime.now(dt.timezone.utc)
+        (etc / "certs/device.pem").write_bytes(
+            ca.sign_csr((etc / "certs/device.csr").read_bytes(), not_after=now + dt.timedelta(days=10)))
+        (expiring,) = [row.serial for row in ca.index() if row.superseded_by is None]
+        filler = fill(disk)
+        assert provision_main([*args, "--ca-dir", str(ca.dir)]) == 2
+        rows = [(row.serial, row.superseded_by) for row in ca.index()]
+        assert rows == [(installed, expiring), (expiring, None)]
+        filler.unlink()
 
 
 def test_a_classroom_gets_its_own_camera_hours_closed_days_and_zone_from_inventory_columns() -> None:
