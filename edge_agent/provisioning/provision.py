@@ -282,7 +282,8 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
         system.chown_if_root(paths["metrics_token"], uid, gid)
     for path in (paths["config"], paths["certs"], paths["etc"]):
         system.chown_if_root(path, 0, gid)
-    result.changes += system.install_units(root, units_src, opts.agent_bin)
+    has_cert = paths["cert"].is_file()  # without one the daemon refuses to start: not enabled
+    result.changes += system.install_units(root, units_src, opts.agent_bin, daemon_enabled=has_cert)
     if on_host and opts.activate and result.state != "awaiting-certificate":
         system.activate_on_host(restart_for(result.changes))
     return result

@@ -126,8 +126,10 @@ def chown_if_root(path: Path, uid: int, gid: int) -> bool:
     return True
 
 
-def install_units(root: Path, source: Path, agent_bin: str) -> list[str]:
-    """Copy units, sysusers.d and tmpfiles.d snippets into ROOT/etc and enable the daemon and the build."""
+def install_units(root: Path, source: Path, agent_bin: str, *, daemon_enabled: bool = True) -> list[str]:
+    """Copy units, sysusers.d and tmpfiles.d snippets into ROOT/etc and enable the daemon and the build.
+    Without ``daemon_enabled`` (no certificate yet) the daemon is not enabled, and disabled where it was:
+    it refuses to start without its certificate, and systemd started it again and again, every boot."""
     changed = []
     system = root / "etc/systemd/system"
     for unit in (*UNITS, *RETRY_UNITS):
@@ -138,6 +140,11 @@ def install_units(root: Path, source: Path, agent_bin: str) -> list[str]:
             continue
         link = system / "multi-user.target.wants" / unit
         target = f"/etc/systemd/system/{unit}"
+        if unit == UNITS[0] and not daemon_enabled:
+            if link.is_symlink():
+                link.unlink()
+                changed.append(f"disabled {unit}")
+            continue
         if not link.is_symlink() or os.readlink(link) != target:
             link.parent.mkdir(parents=True, exist_ok=True)
             link.unlink(missing_ok=True)

@@ -368,8 +368,36 @@ def test_board_without_ca_waits_for_its_certificate_then_installs_it(tmp_path: P
     cert = tmp_path / "signed.pem"
     cert.write_bytes(ca.sign_csr(csr.read_bytes()))  # what the district's CA operator does
     second = provision_board(BOARD, root, Options(template(), cert_file=cert, ca_file=ca.cert_path))
-    assert second.state == "provisioned" and set(second.changes) == {"ca.pem", "device.pem"}
+    assert second.state == "provisioned"
+    assert set(second.changes) == {"ca.pem", "device.pem", "enabled edge-agent.service"}
     check_root(root)
+
+
+def test_a_board_awaiting_its_certificate_gets_the_daemon_enabled_only_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: the daemon was enabled with no certificate on the board; it refuses to start without one
+    # (config check: "mqtt.cert_file: file ... does not exist") and systemd started it again every 10 s,
+    # then every quarter hour (edge-agent-retry.timer), at every boot
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text(INVENTORY)
+    root = tmp_path / "root"
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    args = ["--inventory", str(inventory), "--template", str(TEMPLATE), "--device-id", "board-a",
+            "--root", str(root)]
+    wants.mkdir(parents=True)
+    (wants / "edge-agent.service").symlink_to("/etc/systemd/system/edge-agent.service")  # an older release's
+    assert provision_main(args) == 3
+    said = capsys.readouterr().out
+    assert "edge-agent.service is installed but not enabled" in said and "disabled edge-agent.service" in said
+    assert sorted(p.name for p in wants.iterdir()) == ["edge-agent-engines.service"]  # engines build anyway
+    assert (root / "etc/systemd/system/edge-agent.service").is_file()
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    cert = tmp_path / "signed.pem"
+    cert.write_bytes(ca.sign_csr((root / "etc/edge-agent/certs/device.csr").read_bytes()))
+    assert provision_main([*args, "--cert", str(cert), "--ca-cert", str(ca.cert_path)]) == 0
+    assert "enabled edge-agent.service" in capsys.readouterr().out
+    assert os.readlink(wants / "edge-agent.service") == "/etc/systemd/system/edge-agent.service"
 
 
 def signed_for_other_key(ca: FleetCA, device_id: str, **kwargs: dt.datetime) -> bytes:
