@@ -15,7 +15,8 @@
 #                                       changes, edge-agent-engines.service rebuilds the engines
 # Nothing that runs is touched until the new release installed and imports: a failed pip, a missing
 # wheel or a power cut leaves the running release as it was (an unfinished release is rebuilt next time).
-# The last two releases are kept. A running edge-agent is restarted on the new release (real /opt only).
+# The last two releases are kept. A running edge-agent is restarted on the new release (real /opt only);
+# run again on the release that is current, it checks that release and restarts nothing.
 # Offline boards: PIP_NO_INDEX=1 PIP_FIND_LINKS=/media/usb/wheels sudo -E sh provisioning/install.sh
 # Then provision the board (provisioning/README.md): identity, certificates, config, units.
 set -eu
@@ -142,7 +143,24 @@ release="releases/$id"
 dir="$PREFIX/$release"
 mkdir -p "$PREFIX/releases"
 
-if [ -e "$dir/.complete" ]; then
+imports() {  # $1: a release's venv; the daemon's own imports, from outside the source tree
+    (cd / && "$1/bin/python" -c 'import edge_agent.assembly, edge_agent.cli') >/dev/null
+}
+
+if [ "$(readlink "$PREFIX/current" 2>/dev/null || true)" = "$release" ] && [ -e "$dir/.complete" ]; then
+    # Run again on the release that runs: checked and its units put back, but the daemon not restarted (it
+    # was, for nothing, in the middle of a lesson)
+    if ! imports "$dir/venv"; then
+        say "release $id, the current one, does not import: sh $0 --rollback goes back to the release before"
+        exit 1
+    fi
+    if [ "$PREFIX" = /opt/edge-agent ] && [ -d /run/systemd/system ]; then
+        update_units
+    fi
+    echo "edge-agent $(cut -d' ' -f1 "$PREFIX/VERSION") is already installed and current in $PREFIX (VERSION:"\
+        "$(cat "$PREFIX/VERSION")): nothing switched, edge-agent not restarted"
+    exit 0
+elif [ -e "$dir/.complete" ]; then
     say "release $id is already installed; switching to it"
 else
     rm -rf "$dir"  # an earlier attempt that did not finish
@@ -179,8 +197,8 @@ else
             say "has GStreamer but does not work in the venv (${why:-no GStreamer there})"
         fi
     fi
-    # The daemon's own imports, from outside the source tree, before anything switches to it.
-    if ! (cd / && "$dir/venv/bin/python" -c 'import edge_agent.assembly, edge_agent.cli') >/dev/null; then
+    # The daemon's own imports, before anything switches to it.
+    if ! imports "$dir/venv"; then
         rm -rf "$dir"
         say "the new release does not import; nothing was switched"
         exit 1

@@ -62,3 +62,42 @@ def test_an_upgrade_installs_the_releases_changed_units_and_reloads_systemd(
     assert "restart edge-agent to run it" in said, said
     assert booted.run("cat", UNIT).stdout == (tmp_path / "r1/systemd/edge-agent.service").read_text()
     assert "EDGE_TEST=2" not in booted.show("edge-agent.service", "Environment")["Environment"]
+
+
+# The shipped unit's command, as a process that runs until stopped: what a restart would replace
+STAND_IN = """[Service]
+Type=simple
+ExecStart=
+ExecStart=/bin/sleep infinity
+WatchdogSec=0
+User=root
+Group=root
+SupplementaryGroups=
+"""
+
+
+def test_installing_the_running_release_again_leaves_the_daemon_running(
+    booted: BootedSystemd, tmp_path: Path
+) -> None:
+    # A review: a second run of install.sh on the same release restarted edge-agent (try-restart), for
+    # nothing, in the middle of a lesson
+    fits = "import sys, ensurepip, venv; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))"
+    if booted.run("/usr/bin/python3", "-c", fits, check=False).returncode != 0:
+        pytest.skip("/usr/bin/python3 (3.10-3.12, with venv) is needed to build the board's venv")
+    release = _release(tmp_path, "r1", "one\n")
+    command = f"cd {release} && PYTHON=/usr/bin/python3 EDGE_AGENT_EXTRAS= sh provisioning/install.sh"
+    booted.run("sh", "-c", command, timeout_s=600)
+    booted.run("/opt/edge-agent/venv/bin/python", "-c",
+               "from pathlib import Path; from edge_agent.provisioning import system;"
+               "system.install_units(Path('/'), system.units_dir(), system.DEFAULT_BIN)")
+    booted.run("sh", "-c", f"mkdir -p {UNIT}.d && printf '%s' '{STAND_IN}' > {UNIT}.d/stand-in.conf")
+    booted.run("systemctl", "daemon-reload")
+    booted.run("systemctl", "start", "edge-agent")
+    before = booted.show("edge-agent.service", "InvocationID", "ActiveState")
+    assert before["ActiveState"] == "active", before
+    version = booted.run("cat", "/opt/edge-agent/VERSION").stdout
+
+    again = booted.run("sh", "-c", command, timeout_s=600)
+    assert booted.show("edge-agent.service", "InvocationID", "ActiveState") == before, again.stderr
+    assert "nothing switched, edge-agent not restarted" in again.stdout
+    assert booted.run("cat", "/opt/edge-agent/VERSION").stdout == version
