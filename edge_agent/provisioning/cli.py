@@ -123,7 +123,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
                 check_root(result.root)
         if args.enroll:
             host, port = args.enroll
-            for result, board in zip(results, _boards_of(results, args.inventory), strict=True):
+            for result in results:
+                board = result.board
                 if result.state != "provisioned":  # nothing to enrol with (was a bare "[Errno 2]", rc 2)
                     revoked = result.state == "revoked"
                     why = "its certificate is revoked" if revoked else "awaiting its certificate"
@@ -152,11 +153,6 @@ def _read_template(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ProvisioningError(f"--template {path}: cannot read the fleet template ({exc})") from exc
-
-
-def _boards_of(results: list[Result], inventory: Path) -> list:  # type: ignore[type-arg]
-    by_id = {b.device_id: b for b in load_inventory(inventory)}
-    return [by_id[r.device_id] for r in results]
 
 
 def _report(result: Result) -> None:

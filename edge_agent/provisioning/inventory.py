@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from edge_agent.config import Config, ConfigError, parse_config, to_toml, tomllib
 from edge_agent.errors import ProvisioningError
+
+log = logging.getLogger(__name__)
 
 REQUIRED = ("tenant", "site", "class_id", "device_id")
 # The certificate CNs the shipped ACL gives back-end rights (its `user` blocks): never a board's id
@@ -136,7 +139,24 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
         raise ProvisioningError(f"{source}: " + "; ".join(problems))
     if not boards:
         raise ProvisioningError(f"{source}: no boards listed")
+    _warn_of_shared_classrooms(boards, source)
     return boards
+
+
+def _warn_of_shared_classrooms(boards: list[Board], source: str) -> None:
+    """A class_id on two boards of one site is two boards in one room, or a row copied and not changed:
+    their windows are reported as one class's. Warned of, not refused (a big room may have two cameras)."""
+    first: dict[tuple[str, str, str], Board] = {}
+    for board in boards:
+        room = (board.tenant, board.site, board.class_id)
+        if room not in first:
+            first[room] = board
+            continue
+        other = first[room]
+        log.warning("%s: line %d (%s) and line %d (%s) both have class_id %r at %s/%s: two boards in one "
+                    "room? If not, correct the class_id of one (their data would count as one class's)",
+                    source, other.line, other.device_id, board.line, board.device_id, board.class_id,
+                    board.tenant, board.site)
 
 
 def _is_config_key(column: str) -> bool:

@@ -89,10 +89,14 @@ class Options:
 
 @dataclass
 class Result:
-    device_id: str
+    board: Board
     root: Path
     state: str = "provisioned"  # or "awaiting-certificate", or "revoked" (kept so: the broker refuses it)
     changes: list[str] = field(default_factory=list)
+
+    @property
+    def device_id(self) -> str:
+        return self.board.device_id
 
 
 def _layout(root: Path) -> dict[str, Path]:
@@ -249,7 +253,7 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
         )
     config_text, config, ca_pem = _preflight(board, opts, root)
     root = root.absolute()  # a relative root would be re-rooted at "/" by the config check
-    result = Result(board.device_id, root)
+    result = Result(board, root)
     on_host = root.resolve() == Path("/")
     units_src = opts.units_dir or system.units_dir()
     paths = _layout(root)

@@ -192,6 +192,24 @@ def test_re_provisioning_a_revoked_board_warns_that_the_broker_refuses_it(
     assert "revoked" not in caplog.text
 
 
+def test_one_class_id_on_two_boards_of_a_site_is_warned_of_with_both_lines_and_provisioned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: a row copied for a new board and its class_id left unchanged went unnoticed, and two
+    # classrooms' windows counted as one class's. Two cameras in one big room are meant, so not refused.
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text(INVENTORY + "district-a,school-1,class-1,board-d,0\n"
+                         "district-b,school-9,class-1,board-e,0\n")  # class-1 of another school: its own
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    assert provision_main(["--inventory", str(inventory), "--template", str(TEMPLATE),
+                           "--ca-dir", str(ca.dir), "--roots", str(tmp_path / "roots")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{inventory}: line 2 (board-a) and line 5 (board-d) both have class_id 'class-1' at "
+                        "district-a/school-1: two boards in one room? If not, correct the class_id of one "
+                        "(their data would count as one class's)"]
+    assert capsys.readouterr().out.count(": provisioned;") == 5
+
+
 def test_every_boards_bad_value_is_reported_in_one_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
