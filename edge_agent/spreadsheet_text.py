@@ -26,12 +26,14 @@ def likely_encoding(data: bytes, path: Path) -> str:
 
 
 def read_spreadsheet_text(path: Path) -> str:
-    """The file's text (a UTF-8 byte-order mark dropped); InputRejected when it cannot be read."""
+    """The file's text (a UTF-8 byte-order mark dropped, line ends made "\n" as Python's text mode does: the
+    csv module refuses an old Mac's lone CR); InputRejected when it cannot be read."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputRejected(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputRejected(f"{path} is not UTF-8 text ({likely_encoding(data, path)}); {SAVE_AS}") from exc
+    return text.replace("\r\n", "\n").replace("\r", "\n")

@@ -17,7 +17,8 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 from edge_agent.config import Config, ConfigError, parse_config, to_toml, tomllib
-from edge_agent.errors import ProvisioningError
+from edge_agent.errors import InputRejected, ProvisioningError
+from edge_agent.spreadsheet_text import read_spreadsheet_text
 
 log = logging.getLogger(__name__)
 
@@ -171,28 +172,10 @@ def _is_config_key(column: str) -> bool:
 
 def load_inventory(path: Path) -> list[Board]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:  # Excel's "CSV" on a Chinese Windows is GBK, "Unicode text" UTF-16
-        raise ProvisioningError(
-            f"cannot read inventory {path}: it is not UTF-8 text ({_encoding_of(path)}); in Excel save it "
-            "as \"CSV UTF-8 (Comma delimited)\""
-        ) from exc
-    except OSError as exc:
-        raise ProvisioningError(f"cannot read inventory {path}: {exc}") from exc
+        text = read_spreadsheet_text(path)
+    except InputRejected as exc:
+        raise ProvisioningError(f"cannot read inventory: {exc}") from exc
     return parse_inventory(text, str(path))
-
-
-def _encoding_of(path: Path) -> str:
-    """What a file that is not UTF-8 most likely is, with the conversion to name (round 3: GBK was named
-    for every file, and iconv -f GBK failed on UTF-16 and garbled Western Windows text)."""
-    data = path.read_bytes()
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return f"UTF-16, Excel's \"Unicode text\"; or convert it: iconv -f UTF-16 -t UTF-8 {path}"
-    try:
-        data.decode("gbk")
-    except UnicodeDecodeError:
-        return "an unknown encoding, perhaps Windows-1252"
-    return f"GBK, perhaps, a Chinese Windows' CSV; or convert it: iconv -f GBK -t UTF-8 {path}"
 
 
 def _coerce(section: str, name: str, text: str) -> Any:
