@@ -973,3 +973,38 @@ def test_updated_ago_follows_the_boards_clock_when_ntp_steps_it(live_board: Live
         assert view.text("#att-updated") in {"更新于 0 秒前", "更新于 1 秒前"}, view.text("#att-updated")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_every_skill_below_the_mastery_line_is_marked_in_words_not_only_the_weakest(
+    teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory, lang: str
+) -> None:
+    # A review: with kt.weak_skills = 3 a skill at 50 % (27 of 30 below mastery) had a blue bar and no
+    # label, while one at 47.5 % was "weak". Each skill under mastery_threshold gets the low colour and
+    # "below mastery" in words (a colour-blind reader); the weakest keep a stronger label.
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    if lang == "en":
+        view.switch_language()
+    learning = learning_section()
+    skills = learning["skills"]
+    for skill, mean in zip(skills, (0.40, 0.45, 0.475, 0.50, 0.59, 0.70), strict=True):
+        skill |= {"assessed_mean": mean, "mastery_mean": mean, "assessed": 30, "assessed_below_threshold": 27}
+    weakest = [s["id"] for s in skills[:3]]
+    live_board.publish("learning", learning | {"weakest": weakest, "mastery_threshold": 0.6})
+    first = "() => document.querySelector('#learn-skills li .skill-pct').textContent === '40%'"
+    view.page.wait_for_function(first, timeout=2000)
+    rows = view.page.locator("#learn-skills li")
+    labels = {rows.nth(i).get_attribute("data-skill"): (rows.nth(i).locator(".badge").all_text_contents(),
+                                                        rows.nth(i).locator(".skill-meter > span").evaluate(
+                                                            "n => getComputedStyle(n).backgroundColor"))
+              for i in range(rows.count())}
+    strong, below = ("最薄弱", "未达掌握线") if lang == "zh" else ("weakest", "below mastery")
+    low = labels[skills[0]["id"]][1]
+    for skill in skills[:3]:
+        assert labels[skill["id"]] == ([strong], low)
+    for skill in skills[3:5]:  # 50 % and 59 %: under the 60 % line, not among the three weakest
+        assert labels[skill["id"]] == ([below], low)
+    assert labels[skills[5]["id"]][0] == [] and labels[skills[5]["id"]][1] != low
+    assert view.console_errors == []

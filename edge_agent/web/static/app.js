@@ -210,17 +210,21 @@
     }).map((x) => x.s);
   }
 
-  function skillRow(s, weak) {
+  // Every skill under the mastery line is marked, in words as well as in the bar's colour (a colour-blind
+  // reader, a projector's washed-out red): a skill at 50 % with 27 of 30 below the line showed a blue bar
+  // and no word while one at 47.5 % read "weak" (a review). The weakest few keep a stronger label.
+  function skillRow(s, weak, threshold) {
+    const low = weak || (isNum(s.assessed_mean) && isNum(threshold) && s.assessed_mean < threshold);
     // The badge sits outside the name so a long name's ellipsis never hides it.
     const name = el("span", { class: "skill-label" }, [el("span", { class: "skill-name", text: skillName(s), title: skillName(s) })]);
-    if (weak) name.appendChild(el("span", { class: "badge", text: t("weakest_badge") }));
+    if (low) name.appendChild(el("span", { class: weak ? "badge" : "badge badge-below", text: t(weak ? "weakest_badge" : "below_mastery_badge") }));
     const fill = el("span");
     fill.style.width = (isNum(s.assessed_mean) ? Math.max(0, Math.min(1, s.assessed_mean)) * 100 : 0) + "%";
     const practisedBy = isNum(s.students) && s.students > 0 ? t("skill_practised", { n: num(s.students) }) : t("skill_not_practised");
     const below = isNum(s.assessed_mean) ? t("skill_below_of", { n: num(s.assessed_below_threshold), total: num(s.assessed) })
       : isNum(s.assessed) && s.assessed > 0 ? t("skill_too_few", { n: num(s.assessed) }) : t("skill_unassessed");
     const meta = el("span", { class: "skill-meta", text: practisedBy + " · " + below });
-    const row = el("li", { class: weak ? "skill weak" : "skill" }, [name, el("span", { class: "skill-meter" }, [fill]),
+    const row = el("li", { class: "skill" + (low ? " low" : "") + (weak ? " weak" : "") }, [name, el("span", { class: "skill-meter" }, [fill]),
       el("span", { class: "skill-pct", text: pct(s.assessed_mean) }), meta]);
     row.dataset.skill = s.id;
     row.dataset.practised = String(isNum(s.students) && s.students > 0);
@@ -264,7 +268,7 @@
     const byId = Object.fromEntries(skills.map((s) => [s.id, s]));
     const weakest = l.suppressed ? [] : Array.isArray(l.weakest) ? l.weakest : [];
     const ordered = orderSkills(skills, weakest);
-    const rows = ordered.map((s) => skillRow(s, weakest.includes(s.id)));
+    const rows = ordered.map((s) => skillRow(s, weakest.includes(s.id), l.mastery_threshold));
     replace("learn-skills", rows.slice(0, MAX_SKILL_ROWS));
     replace("learn-skills-more", rows.slice(MAX_SKILL_ROWS));
     const rest = rows.length - Math.min(rows.length, MAX_SKILL_ROWS);
