@@ -227,7 +227,8 @@ def build(config: Config, *, notifier: Notifier | None = None, config_path: Path
             erase_routes(lambda: _kt_service(kt))])
         routes.append(camera_routes(lambda: _attention_component(attention)))
         web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates),
-                           timezone=config.device.timezone)
+                           timezone=config.device.timezone,
+                           board_name=config.device.display_name or config.device.class_id)
         # Before the engines: a TensorRT build takes minutes (after a TensorRT update, or a precision
         # change), and meanwhile the teacher view and /api/v1/status say what is starting instead of
         # refusing connections; answers get 503 "starting" until knowledge tracing runs.

@@ -18,6 +18,7 @@ import re
 import stat
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,6 +46,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.toml")
 CONFIG_ENV = "EDGE_AGENT_CONFIG"
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe inside MQTT topics and file names
+MAX_DISPLAY_NAME_CHARS = 32  # device.display_name: fits the teacher view's header and a browser tab
 HOST_NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*$")
 
 
@@ -74,6 +76,11 @@ class DeviceSettings(Section):
     tenant: str = Field("demo-district", pattern=_ID)
     site: str = Field("demo-school", pattern=_ID)
     class_id: str = Field("class-1", pattern=_ID, description="The classroom this board hangs in.")
+    display_name: str | None = Field(
+        None,
+        description='The class as the teacher view names it in its header and browser tab, in any '
+        'script, e.g. "初一（3）班" (1-32 characters, no control characters). Unset: device.class_id.',
+    )
     device_id: str = Field("board-0001", pattern=_ID)
     pseudonym_secret_file: Path = Field(
         Path("/etc/edge-agent/secrets/pseudonym.key"),
@@ -84,6 +91,30 @@ class DeviceSettings(Section):
         description='The school\'s time zone for camera.active_hours and camera.closed_dates, e.g. '
         '"Asia/Shanghai". Empty: the operating system\'s zone (often UTC on a freshly flashed board).',
     )
+
+    @field_validator("class_id", mode="before")
+    @classmethod
+    def _ascii_class_id(cls, value: Any) -> Any:
+        # Before the pattern, which said only "should match pattern '^[A-Za-z0-9]...'" to IT who had
+        # typed the class's Chinese name (a review)
+        if isinstance(value, str) and not value.isascii():
+            raise ValueError("class_id may hold letters, digits and _ . - only (it goes into MQTT topics and "
+                             f"file names); put a Chinese class name in device.display_name (the file says "
+                             f"{value!r})")
+        return value
+
+    @field_validator("display_name")
+    @classmethod
+    def _display_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value.strip()
+        if not 1 <= len(name) <= MAX_DISPLAY_NAME_CHARS:
+            raise ValueError(f"must hold 1 to {MAX_DISPLAY_NAME_CHARS} characters besides spaces, not "
+                             f"{len(name)} (leave it out to show device.class_id)")
+        if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+            raise ValueError("must not hold control characters (a tab, a line break, an invisible mark)")
+        return name
 
     @field_validator("timezone")
     @classmethod

@@ -114,15 +114,17 @@ def build_app(
     keepalive_s: float = 15.0,
     clients: Clients | None = None,
     timezone: str = "",
+    board_name: str = "",
 ) -> web.Application:
     """The web app: access middleware, teacher view, and every table in ``route_tables``; the view shows
-    times in ``timezone`` (device.timezone; empty: the browser's zone)."""
+    times in ``timezone`` (device.timezone; empty: the browser's zone) and names the class ``board_name``
+    (device.display_name, else device.class_id) in its header and title."""
     app = web.Application(
         middlewares=[_json_errors, access_middleware(token, public_paths, clients)],
         client_max_size=MAX_BODY_BYTES,
     )
     view = TeacherView(live, settings.default_language, status=status, keepalive_s=keepalive_s,
-                       timezone=timezone)
+                       timezone=timezone, board_name=board_name)
     app[VIEW_KEY] = view
     app.add_routes(view.routes())
     for table in route_tables:
@@ -161,9 +163,11 @@ class WebComponent:
         port: int | None = None,
         keepalive_s: float = 15.0,
         timezone: str = "",
+        board_name: str = "",
     ) -> None:
         self._settings = settings
         self._timezone = timezone
+        self._board_name = board_name
         self._live = live
         self._token = token
         self._route_tables = tuple(route_tables)
@@ -181,7 +185,8 @@ class WebComponent:
     async def start(self) -> None:
         self._live.bind_loop(asyncio.get_running_loop())
         app = build_app(self._live, self._settings, self._token, self._route_tables, self._status,
-                        keepalive_s=self._keepalive_s, clients=self.clients, timezone=self._timezone)
+                        keepalive_s=self._keepalive_s, clients=self.clients, timezone=self._timezone,
+                        board_name=self._board_name)
         runner = web.AppRunner(
             app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None,
             keepalive_timeout=KEEPALIVE_S,

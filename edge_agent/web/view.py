@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import html
 import json
 import logging
 import math
@@ -97,6 +98,7 @@ class TeacherView:
         max_streams: int = 32,
         *,
         timezone: str = "",
+        board_name: str = "",
     ) -> None:
         if default_language not in LANGUAGES:
             raise ValueError(f"web.default_language must be one of {', '.join(LANGUAGES)}")
@@ -109,6 +111,8 @@ class TeacherView:
         # device.timezone (IANA): the page shows times in it, not in the browser's zone. Boards are often
         # left on UTC, and so is the board's own screen; empty: the browser's zone.
         self._timezone = timezone
+        # device.display_name (else class_id): two boards open in two tabs looked the same (a review)
+        self._board_name = board_name
         self._closing = asyncio.Event()
         self.open_streams = 0
         self._streams_of: collections.Counter[str] = collections.Counter()  # open streams per address
@@ -148,16 +152,24 @@ class TeacherView:
             "messages": {lang: self._messages[lang]},
             "snapshot": self._snapshot(),
             "retry_refused_s": REFUSED_RETRY_S,
+            "board_name": self._board_name,
             "keepalive_s": self._keepalive_s,  # app.js reconnects after 2.5 of these without a byte
             # signed in from another computer: the page offers to sign out (a shared classroom PC)
             "signed_in": request.get(SESSION_ENDS_KEY) is not None,
         }
-        page = self._template.replace("{{LANG}}", lang).replace(
-            "{{BOOT_JSON}}", script_json(boot)
-        )
+        # One pass: a class named "{{BOOT_JSON}}" must stay a name
+        fills = {"LANG": lang, "TITLE": html.escape(self.page_title(lang)), "BOOT_JSON": script_json(boot)}
+        page = re.sub(r"\{\{(LANG|TITLE|BOOT_JSON)\}\}", lambda m: fills[m.group(1)], self._template)
         return web.Response(
             text=page, content_type="text/html", headers={"Cache-Control": "no-store"}, charset="utf-8"
         )
+
+    def page_title(self, lang: str) -> str:
+        """The browser tab's title (app.js writes the same): the class first, as tabs cut the end off."""
+        messages = self._messages[lang]
+        if self._board_name:
+            return messages["page_title_named"].replace("{name}", self._board_name)
+        return messages["page_title"]
 
     async def i18n(self, request: web.Request) -> web.Response:
         lang = request.match_info["lang"]

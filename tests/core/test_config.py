@@ -578,3 +578,40 @@ def test_a_secret_path_through_a_file_is_named_not_a_traceback(
     path.write_text(through)
     assert main(["config", "check", str(path)]) == 1
     assert "web.token_file" in capsys.readouterr().err
+
+
+def test_a_chinese_class_name_goes_in_display_name_and_class_id_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: IT typed the class's Chinese name as class_id and `config check` said only "String should
+    # match pattern '^[A-Za-z0-9]...'"; the name has its own key, shown by the teacher view.
+    path = tmp_path / "config.toml"
+    text = _valid_config_text(tmp_path)
+    path.write_text(text.replace('class_id = "grade7-2"', 'class_id = "初一3班"'))
+    assert main(["config", "check", str(path)]) == 1
+    said = capsys.readouterr().err
+    assert "device.class_id (line 5)" in said
+    assert "class_id may hold letters, digits and _ . - only" in said
+    assert "put a Chinese class name in device.display_name" in said
+    named = 'class_id = "grade7-2"\ndisplay_name = " 初一（3）班 "'
+    path.write_text(text.replace('class_id = "grade7-2"', named))
+    assert main(["config", "check", str(path)]) == 0
+    assert load_config(path).device.display_name == "初一（3）班"  # spaces around it stripped
+    assert parse_config("").device.display_name is None  # unset: the view shows class_id
+
+
+@pytest.mark.parametrize(("name", "said"), [
+    ("   ", "1 to 32 characters"),
+    ("一" * 33, "1 to 32 characters"),
+    (r"初一\t3班", "control characters"),  # TOML escapes: a tab, a line break, a zero-width space
+    (r"初一\n3班", "control characters"),
+    (r"初一\u200b3班", "control characters"),
+])
+def test_a_display_name_too_long_empty_or_with_control_characters_is_refused(name: str, said: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f'[device]\ndisplay_name = "{name}"\n')
+    assert "device.display_name" in str(info.value) and said in str(info.value)
+
+
+def test_a_display_name_of_32_characters_is_taken() -> None:
+    assert parse_config('[device]\ndisplay_name = "' + "班" * 32 + '"\n').device.display_name == "班" * 32

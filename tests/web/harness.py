@@ -48,12 +48,13 @@ class ServerThread:
     def __init__(self, live: LiveBoard, token: str | None = None, host: str = "127.0.0.1",
                  route_tables: Sequence[web.RouteTableDef] = (), keepalive_s: float = 15.0,
                  default_language: str = "zh-CN", tls: tuple[Path, Path] | None = None,
-                 client_tokens: Path | None = None, port: int = 0, timezone: str = "") -> None:
+                 client_tokens: Path | None = None, port: int = 0, timezone: str = "",
+                 board_name: str = "") -> None:
         cert, key = tls or (None, None)
         settings = WebSettings(host=host, port=8080, token_file=None, default_language=default_language,
                                tls_cert_file=cert, tls_key_file=key, client_tokens_file=client_tokens)
         self.component = WebComponent(settings, live, token, route_tables, port=port, keepalive_s=keepalive_s,
-                                      timezone=timezone)
+                                      timezone=timezone, board_name=board_name)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="web-test-server", daemon=True)
 

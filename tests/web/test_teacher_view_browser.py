@@ -1008,3 +1008,33 @@ def test_every_skill_below_the_mastery_line_is_marked_in_words_not_only_the_weak
         assert labels[skill["id"]] == ([below], low)
     assert labels[skills[5]["id"]][0] == [] and labels[skills[5]["id"]][1] != low
     assert view.console_errors == []
+
+
+def test_the_page_names_its_class_in_the_header_and_the_tab(live_board: LiveBoard,
+                                                            teacher_page: PageFactory) -> None:
+    # A review: two boards open in two tabs looked the same ("课堂实时视图 · edge-agent" everywhere), and a
+    # class_id cannot hold a Chinese class name; device.display_name names it, from the first byte on.
+    server = ServerThread(live_board, token=WEB_TOKEN, board_name="初一（3）班 <b>").start()
+    try:
+        view = teacher_page(server.url)
+        response = view.open()
+        assert "<title>初一（3）班 &lt;b&gt; · 课堂实时视图</title>" in response.text()
+        view.wait_live()
+        assert view.page.title() == "初一（3）班 <b> · 课堂实时视图"
+        assert view.text("#board-name") == "初一（3）班 <b>" and view.page.locator("h1 b").count() == 0
+        assert view.page.locator("#board-name").is_visible()
+        view.switch_language()
+        assert view.page.title() == "初一（3）班 <b> · Class live view"
+        assert "初一（3）班" in view.text("h1") and "Class live view" in view.text("h1")
+        assert view.console_errors == []
+    finally:
+        server.stop()
+
+
+def test_a_page_without_a_class_name_keeps_its_plain_title(teacher_server: ServerThread,
+                                                           teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    assert view.page.title() == "课堂实时视图 · edge-agent"
+    assert not view.page.locator("#board-name").is_visible()

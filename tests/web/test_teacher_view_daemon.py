@@ -205,6 +205,10 @@ def test_page_matches_the_running_daemon_and_fits_one_screen(daemon: RunningDaem
     # runs on one core); the 1 s target is asserted against a quiet server in test_teacher_view_browser.
     print(f"first contentful paint: {view.page.evaluate(f'() => {entry}.startTime'):.0f} ms")
     view.wait_live()
+    # no device.display_name: the page names the class by its device.class_id (a review: two boards in
+    # two tabs looked the same)
+    class_id = daemon.assembly.config.device.class_id
+    assert view.page.title() == f"{class_id} · 课堂实时视图" and view.text("#board-name") == class_id
     # The daemon changes every second (answers, camera frames): compare until one reading agrees.
     deadline, wrong = time.monotonic() + 12, ["not compared"]
     while wrong and time.monotonic() < deadline:

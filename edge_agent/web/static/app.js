@@ -86,7 +86,12 @@
 
   function renderStatic() {
     document.documentElement.lang = lang;
-    document.title = t("page_title");
+    // Which class: two boards open in two tabs looked the same (a review). The class first, as a tab
+    // shows the start of its title.
+    const board = typeof boot.board_name === "string" ? boot.board_name : "";
+    document.title = board ? t("page_title_named", { name: board }) : t("page_title");
+    $("board-name").hidden = !board;
+    $("board-name").textContent = board;
     for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
     $("lang").textContent = t("switch_language");
     $("lang").title = t("switch_language_title");
