@@ -20,7 +20,7 @@ from edge_agent.telemetry import metrics
 from edge_agent.web import view as view_module
 from tests.web.conftest import WEB_TOKEN
 from tests.web.harness import ServerThread, TeacherViewPage, non_loopback_ipv4
-from tests.web.sample import LESSON_START, attention_section, fill_board, learning_section
+from tests.web.sample import LESSON_START, attention_section, fill_board, learning_section, sync_section
 
 pytestmark = pytest.mark.browser
 
@@ -1038,3 +1038,34 @@ def test_a_page_without_a_class_name_keeps_its_plain_title(teacher_server: Serve
     view.wait_live()
     assert view.page.title() == "课堂实时视图 · edge-agent"
     assert not view.page.locator("#board-name").is_visible()
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_sync_drop_reasons_are_in_the_teachers_words(teacher_server: ServerThread, live_board: LiveBoard,
+                                                    teacher_page: PageFactory, lang: str) -> None:
+    # A review: "已丢弃 3 条（max_age）" on the zh-CN page. Every code of the outbox is translated (the two
+    # size limits read alike and are counted together); a code this page does not know is shown as sent.
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    if lang == "en":
+        view.switch_language()
+    drops = {"max_age": 3, "max_rows": 2, "max_bytes": 1, "store_error": 4, "damaged": 5,
+             "too_large_for_broker": 6, "expired": 7, "queue_full": 8, "rejected": 9, "brand_new": 10}
+    live_board.publish("sync", sync_section(time.time()) | {"drops": drops})
+    shown = "() => document.getElementById('health-sync-detail').textContent.includes('brand_new')"
+    view.page.wait_for_function(shown, timeout=2000)
+    detail = view.text("#health-sync-detail")
+    if lang == "zh":
+        expected = ["已丢弃 3 条（超过保存期限）", "已丢弃 3 条（超出本机存储上限）",
+                    "已丢弃 4 条（写入本地存储失败）", "已丢弃 5 条（数据库损坏）",
+                    "已丢弃 6 条（超出服务器消息大小限制）", "已丢弃 10 条（brand_new）"]
+    else:
+        expected = ["3 dropped (older than the keep limit)", "3 dropped (over this board's storage limit)",
+                    "4 dropped (could not be written to local storage)", "5 dropped (database damaged)",
+                    "6 dropped (over the server's message size limit)", "10 dropped (brand_new)"]
+    for line in expected:
+        assert line in detail, (line, detail)
+    # no code left raw ("damaged" is an English word: only the codes with "_" are looked for there)
+    codes = [c for c in drops if c != "brand_new" and (lang == "zh" or "_" in c)]
+    assert not any(re.search(rf"\b{code}\b", detail) for code in codes), detail

@@ -402,7 +402,15 @@
     node.textContent = parts.join(" · ");
     const nothingYet = s.connected === true && !(s.backlog > 0);
     const detail = [isNum(s.last_success) ? t("sync_last", { t: ago(s.last_success) }) : nothingYet ? t("sync_nothing_yet") : t("sync_never")];
-    for (const [reason, n] of Object.entries(s.drops || {})) if (isNum(n) && n > 0) detail.push(t("sync_drops", { n: num(n), r: reason }));
+    // The outbox's reason codes (store/outbox.py, sync/publisher.py, store/db.py) in the teacher's words; one
+    // line per wording (max_rows and max_bytes are both the board's storage limit); a new code as sent.
+    const drops = new Map();
+    for (const [reason, n] of Object.entries(s.drops || {})) {
+      if (!isNum(n) || n <= 0) continue;
+      const why = tState("drop_reason_", reason);
+      drops.set(why, (drops.get(why) || 0) + n);
+    }
+    for (const [why, n] of drops) detail.push(t("sync_drops", { n: num(n), r: why }));
     // While connected the detail only repeats "connected"; when not, the issue list already says why.
     $("health-sync-detail").textContent = detail.join(" · "); // why it is down: in the issue list
   }
