@@ -295,6 +295,25 @@ aria-describedby="msg"{invalid}></label><input type="hidden" name="next" value="
 </form></main></body></html>"""
 
 
+# A browser on a board without a web token: a teacher's laptop got raw English JSON (a review). Words for
+# the teacher, zh-CN first, and the fix for IT below them.
+_REMOTE_DISABLED_ZH = "本班牌只允许在班牌本机查看。如需在其他电脑查看，请联系学校 IT 人员设置网页令牌。"
+_REMOTE_DISABLED_EN = ("This board's teacher view opens only on the board itself. To view it on another "
+                       "computer, ask your school IT to set a web token.")
+_REMOTE_DISABLED_PAGE = """<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>edge-agent · 仅限本机 / on the board only</title>
+<style>body{{font-family:system-ui,"Noto Sans CJK SC","Microsoft YaHei","PingFang SC",sans-serif;
+max-width:34rem;margin:10vh auto;padding:0 1rem;font-size:1.2rem}}
+small{{color:#555;font-size:.85rem}}</style></head>
+<body><main><h1>教师视图 · <span lang="en">Teacher view</span></h1>
+<p>{zh}</p><p lang="en">{en}</p>
+<p lang="en"><small>For IT: {detail}</small></p>
+</main></body></html>"""
+_HTML_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                 "form-action 'self'; frame-ancestors 'none'", "Cache-Control": "no-store"}
+
+
 def _wants_html(request: web.Request) -> bool:
     return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
 
@@ -303,7 +322,11 @@ def _refusal(
     request: web.Request, decision: Decision, form: bool = False, target: str | None = None
 ) -> web.Response:
     status, message = _REFUSALS[decision]
-    if decision is not Decision.REMOTE_DISABLED and (form or _wants_html(request)):
+    if decision is Decision.REMOTE_DISABLED and (form or _wants_html(request)):
+        page = _REMOTE_DISABLED_PAGE.format(zh=html.escape(_REMOTE_DISABLED_ZH),
+                                            en=html.escape(_REMOTE_DISABLED_EN), detail=html.escape(message))
+        return web.Response(status=status, text=page, content_type="text/html", headers=_HTML_HEADERS)
+    if form or _wants_html(request):
         wrong = decision is Decision.BAD_TOKEN
         page = _LOGIN_PAGE.format(
             title=("错误 / Error: " if wrong else "") + "edge-agent · 登录 / sign in",
@@ -312,9 +335,7 @@ def _refusal(
             message_zh=html.escape(_LOGIN_ZH[decision]), message=html.escape(message), login=LOGIN_PATH,
             maxlen=MAX_TOKEN_CHARS, next=html.escape(target or _without_token(request)),
         )
-        return web.Response(status=status, text=page, content_type="text/html", headers={
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-            "frame-ancestors 'none'", "Cache-Control": "no-store"})
+        return web.Response(status=status, text=page, content_type="text/html", headers=_HTML_HEADERS)
     return web.json_response({"error": decision.value, "detail": message}, status=status)
 
 

@@ -381,8 +381,17 @@ def test_without_a_token_remote_is_refused_with_how_to_fix(remote_ip: str) -> No
     board = LiveBoard()
     server = ServerThread(board, token=None, host="0.0.0.0").start()
     try:
-        status, _, body = _request(remote_ip, server.port, "/", {"Accept": "text/html"})
+        status, headers, body = _request(remote_ip, server.port, "/", {"Accept": "text/html"})
         assert status == 403 and b"web.token_file" in body
+        # a teacher's laptop got raw English JSON (a review): a small page, in Chinese first, then English
+        assert headers["content-type"].startswith("text/html")
+        page = body.decode("utf-8")
+        assert "本班牌只允许在班牌本机查看。如需在其他电脑查看，请联系学校 IT 人员设置网页令牌。" in page
+        assert "opens only on the board itself" in page and '<html lang="zh-CN">' in page
+        assert "default-src 'none'" in headers["content-security-policy"]
+        # an API client keeps the JSON
+        status, _, body = _request(remote_ip, server.port, "/api/v1/live", {"Accept": "application/json"})
+        assert status == 403 and json.loads(body)["error"] == "remote_disabled"
         status, _, _ = _request(remote_ip, server.port, "/", {"Authorization": "Bearer anything"})
         assert status == 403
         status, _, _ = _request("127.0.0.1", server.port, "/")
