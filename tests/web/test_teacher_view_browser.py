@@ -1069,3 +1069,19 @@ def test_sync_drop_reasons_are_in_the_teachers_words(teacher_server: ServerThrea
     # no code left raw ("damaged" is an English word: only the codes with "_" are looked for there)
     codes = [c for c in drops if c != "brand_new" and (lang == "zh" or "_" in c)]
     assert not any(re.search(rf"\b{code}\b", detail) for code in codes), detail
+
+
+@pytest.mark.parametrize(("lang", "sep"), [("zh", "、"), ("en", ", ")])
+def test_temperatures_are_listed_with_the_languages_separator(
+    teacher_server: ServerThread, teacher_page: PageFactory, lang: str, sep: str
+) -> None:
+    # A review: "cpu 59 °C, gpu 56 °C" on the zh-CN page, where a list takes "、"
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    if lang == "en":
+        view.switch_language()
+    temps = view.page.locator("#health-device dd").nth(2).text_content() or ""
+    nb = "\u00a0"
+    readings = (("cpu", 59), ("gpu", 56), ("soc0", 57))  # sample.py's, rounded
+    assert temps == sep.join(f"{zone}{nb}{c}{nb}°C" for zone, c in readings), temps

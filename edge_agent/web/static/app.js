@@ -429,7 +429,8 @@
     }
     const rows = [[t("gpu_load"), pct(d.gpu_load)],
       [t("gpu_memory"), isNum(d.gpu_memory_bytes) ? num(d.gpu_memory_bytes / 1048576) + " MiB" : "—"]];
-    rows.push([t("temperatures"), temps.join(", ") || "—"], [t("power"), power.join(", ") || "—"]);
+    // "、" between the readings in Chinese, ", " in English (a review: ", " on the zh-CN page)
+    rows.push([t("temperatures"), temps.join(t("list_sep")) || "—"], [t("power"), power.join(t("list_sep")) || "—"]);
     replace("health-device", rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   }
 
