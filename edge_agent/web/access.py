@@ -277,8 +277,8 @@ _NO_CLIENT_TOKEN = (
 
 # zh-CN first (the teachers'), English beside it; the form names its error for screen readers.
 _LOGIN_ZH = {
-    Decision.NEED_TOKEN: "请输入班牌的网页令牌登录（向学校信息技术老师索取）。",
-    Decision.BAD_TOKEN: "令牌不正确。请向学校信息技术老师索取班牌的网页令牌。",
+    Decision.NEED_TOKEN: "请输入班牌的访问令牌登录（向学校 IT 人员索取）。",
+    Decision.BAD_TOKEN: "令牌不正确。请向学校 IT 人员索取班牌的访问令牌。",
 }
 _LOGIN_PAGE = """<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">

@@ -375,6 +375,14 @@ def test_html_request_without_token_gets_the_login_form(lan_server: ServerThread
     status, _, body = _request(remote_ip, lan_server.port, "/", {"Accept": "text/html"})
     assert status == 401 and b'name="token"' in body
     assert b"78%" not in body and b"boot" not in body
+    # the words the teacher view uses elsewhere (a review: "网页令牌", "学校信息技术老师")
+    page = body.decode("utf-8")
+    assert "请输入班牌的访问令牌登录（向学校 IT 人员索取）。" in page
+    assert "网页令牌" not in page and "信息技术老师" not in page
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _, body = _request(remote_ip, lan_server.port, "/login", form, method="POST",
+                               body="token=wrong&next=/")
+    assert status == 401 and "令牌不正确。请向学校 IT 人员索取班牌的访问令牌。" in body.decode("utf-8")
 
 
 def test_without_a_token_remote_is_refused_with_how_to_fix(remote_ip: str) -> None:

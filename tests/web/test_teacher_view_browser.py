@@ -62,8 +62,8 @@ def test_page_shows_the_numbers_on_the_board(teacher_server: ServerThread, live_
         assert f"{skill['assessed']} 人中 {skill['assessed_below_threshold']} 人未掌握" in row
     # what the count means and whom it counts (a review; round 2: "of the N who answered" was false
     # where the whole class is counted, all but a few having answered)
-    assert view.text("#learn-key") == ("未掌握：预计正确率低于 60%；按作答过该知识点的学生计算"
-                                       "（只差几人时按全班）")
+    assert view.text("#learn-key") == ("未掌握：预计正确率低于 60%。只统计答过该知识点的学生"
+                                       "（仅少数学生未答时按全班统计）")
     assert view.page.locator("#learn-weakest li").count() == len(learning["weakest"])
     assert view.page.locator("#learn-recommended li").count() == len(learning["recommended"])
     assert view.page.locator("#health-engines tr").count() == 3
@@ -415,8 +415,8 @@ def test_a_camera_closed_outside_its_hours_says_when_it_opens_and_is_no_problem(
     view.page.wait_for_function("() => document.getElementById('attention').dataset.camera === 'down'",
                                 timeout=2000)
     assert view.text("#att-share") == "—"
-    assert view.text("#att-faces") == "摄像头在工作时段外关闭"
-    assert view.text("#att-signal").startswith("摄像头在工作时段外关闭：")
+    assert view.text("#att-faces") == "非上课时段，摄像头已关闭"
+    assert view.text("#att-signal").startswith("非上课时段，摄像头已关闭：")
     assert "07:30" in view.text("#att-signal") and "周一" in view.text("#att-signal")
     assert "摄像头" not in view.text("#health-issues")  # a choice of the school, not a fault
     assert view.page.get_attribute("#health-camera", "data-ok") == "true"
@@ -458,7 +458,7 @@ def test_a_camera_closed_for_a_holiday_says_the_date_it_opens(
     live_board.publish("attention", attention_section(current=None, faces=0) | {"camera": {
         "state": "off_hours", "fps": 0.0, "detail": "closed", "opens_at": time.time() + 2 * 86400}})
     view.page.wait_for_function("() => document.getElementById('att-signal').textContent"
-                                ".includes('工作时段外')", timeout=2000)
+                                ".includes('非上课时段')", timeout=2000)
     assert re.search(r"周. \d\d:\d\d", view.text("#att-signal")), view.text("#att-signal")
     assert view.console_errors == []
 
@@ -970,7 +970,7 @@ def test_updated_ago_follows_the_boards_clock_when_ntp_steps_it(live_board: Live
         live_board.publish("attention", attention_section(current=0.41, faces=25))
         view.page.wait_for_function("() => document.getElementById('att-share').textContent === '41%'",
                                     timeout=2000)
-        assert view.text("#att-updated") in {"更新于 0 秒前", "更新于 1 秒前"}, view.text("#att-updated")
+        assert view.text("#att-updated") in {"刚刚更新", "更新于 1 秒前"}, view.text("#att-updated")
     finally:
         server.stop()
 
@@ -1085,3 +1085,38 @@ def test_temperatures_are_listed_with_the_languages_separator(
     nb = "\u00a0"
     readings = (("cpu", 59), ("gpu", 56), ("soc0", 57))  # sample.py's, rounded
     assert temps == sep.join(f"{zone}{nb}{c}{nb}°C" for zone, c in readings), temps
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_wording_just_now_days_and_the_share_label(live_board: LiveBoard, teacher_page: PageFactory,
+                                                   lang: str) -> None:
+    # A review of the Chinese: "更新于 0 秒前" for figures of this second, "50 小时" for two days, and
+    # "画面中的学生目前专注" beside the big share (what the number is: the share of the students in view)
+    server = ServerThread(live_board).start()
+    try:
+        view = teacher_page(server.url)
+        view.page.clock.install()
+        view.open()
+        view.wait_live()
+        if lang == "en":
+            view.switch_language()
+        now = time.time()
+        waiting = {"oldest_age_s": 3 * 86400.0, "last_success": now - 50 * 3600}
+        live_board.publish("sync", sync_section(now) | waiting)
+        live_board.publish("attention", attention_section(current=0.41))
+        view.page.wait_for_function("() => document.getElementById('att-share').textContent === '41%'",
+                                    timeout=2000)
+        zh = lang == "zh"
+        assert view.text("#att-updated") == ("刚刚更新" if zh else "updated just now")
+        oldest, last = (("最早一条已等待 3 天", "上次成功同步：2.1 天前") if zh
+                        else ("oldest waiting 3 days", "2.1 days ago"))
+        assert oldest in view.text("#health-sync"), view.text("#health-sync")
+        assert last in view.text("#health-sync-detail"), view.text("#health-sync-detail")
+        label = "画面中目前专注的学生占比" if zh else "of visible students are attentive now"
+        assert view.text(".share-label") == label
+        view.page.clock.run_for(12000)  # the page's 5-s tick says how old they are now
+        pattern = r"更新于 (\d+) 秒前" if zh else r"updated (\d+) s ago"
+        later = re.fullmatch(pattern, view.text("#att-updated"))
+        assert later is not None and int(later.group(1)) >= 5, view.text("#att-updated")
+    finally:
+        server.stop()

@@ -311,7 +311,7 @@ def test_translations_cover_every_key_the_page_uses() -> None:
     cameras = ("starting", "running", "reconnecting", "stalled", "stopped", "off_hours", "paused", "error")
     for prefix, values in (("camera_state_", cameras),
                            ("health_state_", ("starting", "ok", "degraded", "stopping")),
-                           ("ago", ("_s", "_m", "_h")), ("duration", ("_s", "_m", "_h"))):
+                           ("ago", ("_s", "_m", "_h", "_d")), ("duration", ("_s", "_m", "_h", "_d"))):
         used |= {prefix + v for v in values}
     assert used - set(tables["en"]) == set()
     for text in tables["zh-CN"].values():

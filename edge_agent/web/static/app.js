@@ -67,9 +67,12 @@
     const s = Math.max(0, seconds);
     if (s < 90) return t(prefix + "_s", { n: Math.round(s) });
     if (s < 5400) return t(prefix + "_m", { n: Math.round(s / 60) });
-    return t(prefix + "_h", { n: num(s / 3600, 1) });
+    if (s < 48 * 3600) return t(prefix + "_h", { n: num(s / 3600, 1) });
+    return t(prefix + "_d", { n: num(s / 86400, 1) }); // "2 天", not "48 小时" (a review)
   }
-  const ago = (epoch) => (isNum(epoch) ? duration(now() - epoch, "ago") : "—");
+  const ago = (epoch) => (!isNum(epoch) ? "—" : Math.round(now() - epoch) <= 0 ? t("ago_now") : duration(now() - epoch, "ago"));
+  // "刚刚更新" / "updated just now", not "更新于 0 秒前" (a review)
+  const updatedAgo = (epoch) => (isNum(epoch) && Math.round(now() - epoch) <= 0 ? t("updated_now") : t("updated_ago", { t: ago(epoch) }));
 
   function el(tag, props, children) {
     const node = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
@@ -133,7 +136,7 @@
     setText("att-camera", cam.state ? cameraText(cam) : "");
     setText("att-pose", a.pose_method ? t("pose_method", { m: tState("pose_method_", a.pose_method) }) : "");
     shownAt.attention = off ? undefined : state.updated.attention; // paused: the figures' own time
-    setText("att-updated", off ? "" : t("updated_ago", { t: ago(shownAt.attention) }));
+    setText("att-updated", off ? "" : updatedAgo(shownAt.attention));
     renderTimeline(Array.isArray(a.timeline) ? a.timeline : []);
   }
 
@@ -615,7 +618,7 @@
   let saved = null;
   try { saved = localStorage.getItem(LANG_KEY); } catch (err) { saved = null; }
   if (saved && saved !== lang) useLanguage(saved);
-  setInterval(() => { renderClock(); if (state.sections.attention && shownAt.attention !== undefined) setText("att-updated", t("updated_ago", { t: ago(shownAt.attention) })); }, 5000);
+  setInterval(() => { renderClock(); if (state.sections.attention && shownAt.attention !== undefined) setText("att-updated", updatedAgo(shownAt.attention)); }, 5000);
   setInterval(announceTick, 1000);
   connect();
 })();
