@@ -594,13 +594,21 @@
     if (button.getAttribute("aria-disabled") === "true") return; // a second press while the first is sent
     const resume = button.dataset.action === "resume";
     button.setAttribute("aria-disabled", "true");
+    // A failure is said in a visible line (an alert), not a tooltip: a touch board shows no tooltip, and
+    // the teacher saw nothing happen (a review); the next success clears it.
+    const failed = (yes) => {
+      const line = $("cam-pause-failed");
+      line.hidden = !yes;
+      if (yes) line.setAttribute("role", "alert"); else line.removeAttribute("role");
+      line.textContent = yes ? t(resume ? "camera_resume_failed" : "camera_pause_failed") : "";
+    };
     try {
       const response = await fetch("/api/v1/camera/" + (resume ? "resume" : "pause"), {
         method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
         body: resume ? "{}" : JSON.stringify({ minutes: LESSON_MINUTES }) });
-      button.title = response.ok ? "" : t("camera_pause_failed");
+      failed(!response.ok);
     } catch (err) {
-      button.title = t("camera_pause_failed");
+      failed(true);
     } finally {
       button.removeAttribute("aria-disabled");
     }
