@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from edge_agent import live as live_module
+from edge_agent.kt.curriculum import SKILLS
 from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
 from edge_agent.web import view as view_module
@@ -73,7 +74,11 @@ def test_page_shows_the_numbers_on_the_board(teacher_server: ServerThread, live_
     assert "certificate expired" in issues and "kt-step" in issues
     # The board names the fallback in a short phrase; the reason for IT opens under it (by touch and
     # keyboard, not only a mouse's tooltip), marked as English.
-    assert view.page.locator("#health-issues [title], #health-engines [title]").count() == 0
+    # (a title only where a narrow column cuts the phrase with an ellipsis: the phrase itself, whole)
+    assert view.page.locator("#health-issues [title]").count() == 0
+    titled = view.page.locator("#health-engines [title]")
+    assert titled.count() == 1 and titled.evaluate("n => n.tagName") == "SUMMARY"
+    assert titled.get_attribute("title") == titled.text_content() == "TensorRT 未能使用"
     reason = view.page.locator("#health-engines td.fallback details span")
     assert reason.text_content() == "TensorRT engine build failed: out of workspace"
     assert reason.get_attribute("lang") == "en" and not reason.is_visible()
@@ -294,7 +299,9 @@ def test_empty_and_malformed_sections_render_placeholders_without_errors(teacher
                                  "engines": [None, {"name": "e", "backend": "onnxruntime", "fallback": 42}]})
         view.page.wait_for_function("() => document.querySelectorAll('#learn-skills-more li').length > 0",
                                     timeout=1000)
-        assert view.page.locator("#learn-skills li").count() == 8
+        # the six practised (students 1); the seven others fold into one line
+        assert view.page.locator("#learn-skills li").count() == 6
+        assert view.page.locator("#learn-skills-more li").count() == 7
         # a long detail shows cut; the whole of it opens below
         assert len(view.page.inner_text("#health-issues")) < 400
         assert "x" * 500 in view.text("#health-issues details.detail")
@@ -897,7 +904,7 @@ def test_a_skills_mastery_is_of_the_students_who_answered_on_it_and_hidden_for_t
     live_board.publish("learning", learning | {"weakest": [], "figures_students": 28})
     shows = "() => document.getElementById('learn-skills').textContent.includes('25 人中 3 人未掌握')"
     view.page.wait_for_function(shows, timeout=2000)
-    rows = view.page.locator("#learn-skills li")
+    rows = view.page.locator("#learn-skills li, #learn-skills-more li")  # not practised: folded
     text = {rows.nth(i).get_attribute("data-skill"): rows.nth(i).text_content() or ""
             for i in range(rows.count())}
     assert "81%" in text[skills[0]["id"]] and "52%" not in text[skills[0]["id"]]
@@ -1146,3 +1153,73 @@ def test_a_camera_pause_that_failed_says_so_in_a_visible_line_until_one_succeeds
     view.page.click("#cam-pause")
     line.wait_for(state="hidden", timeout=2000)
     assert view.text("#cam-pause-failed") == ""
+
+
+def _laptop_board(board: LiveBoard) -> None:
+    """The board a review looked at on a school laptop: four engines without TensorRT, as the daemon
+    reports them, and this lesson's six skills among ten of the curriculum nobody practised."""
+    reason = ("TensorRT unavailable: the tensorrt Python package does not import (only the tensorrt-stubs "
+              "type stubs are installed, not TensorRT); on a Jetson install JetPack's python3-libnvinfer")
+    engines = [{"name": name, "backend": "onnxruntime", "precision": "fp32", "fallback": reason}
+               for name in ("kt-step", "yunet", "fsanet-1x1", "fsanet-var")]
+    board.publish("health", {"state": "ok", "engines": engines,
+                             "components": [{"name": "kt", "ok": True, "detail": ""}]})
+    connected = {"connected": True, "backlog": 0, "detail": "connected"}
+    board.publish("sync", sync_section(time.time()) | connected)
+    learning = learning_section()
+    unpractised = [{"id": sk.id, "name_zh": sk.name_zh, "name_en": sk.name_en, "mastery_mean": 0.55,
+                    "students": 0, "below_threshold": 16, "assessed": 0, "assessed_mean": None,
+                    "assessed_below_threshold": None} for sk in SKILLS[:10]]
+    board.publish("learning", learning | {"skills": unpractised + learning["skills"]})
+
+
+_VISIBLE = """(sel) => { const n = document.querySelector(sel); const b = n.getBoundingClientRect();
+    const card = n.closest('.card').getBoundingClientRect();
+    return b.height > 0 && b.top >= card.top && b.bottom <= card.bottom
+      && b.bottom <= window.innerHeight; }"""
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_school_laptop_shows_the_legend_and_the_practised_skills_without_scrolling(
+    live_board: LiveBoard, teacher_page: PageFactory, lang: str
+) -> None:
+    # A review at 1366x768: the learning card scrolled (skills cut), the attention card's legend was cut,
+    # and "TensorRT unavailable" wrapped onto two lines in every engine row, more so in English.
+    _laptop_board(live_board)
+    server = ServerThread(live_board, token=WEB_TOKEN).start()
+    try:
+        view = teacher_page(server.url, 1366, 768)
+        view.open()
+        view.wait_live()
+        if lang == "en":
+            view.switch_language()
+        assert view.page.evaluate(_VISIBLE, ".legend"), "the attention legend is cut"
+        practised = view.page.locator('#learn-skills li[data-practised="true"]')
+        assert practised.count() == 6
+        for i in range(6):
+            skill = practised.nth(i).get_attribute("data-skill")
+            assert view.page.evaluate(_VISIBLE, f'#learn-skills li[data-skill="{skill}"]'), f"{skill} is cut"
+        # the ten skills nobody practised: one line naming them, opened by touch or keyboard
+        assert view.page.locator('#learn-skills li[data-practised="false"]').count() == 0
+        summary = view.page.locator("#learn-more-summary")
+        said = summary.text_content() or ""
+        assert ("本节课未练习" if lang == "zh" else "not practised this lesson") in said
+        assert (SKILLS[0].name_zh if lang == "zh" else SKILLS[0].name_en) in said
+        line = summary.evaluate("n => parseFloat(getComputedStyle(n).fontSize)") * 2.2  # two lines: 3+
+        box = summary.bounding_box()
+        assert box is not None and box["height"] < line, box
+        assert view.page.evaluate(_VISIBLE, "#learn-more-summary")
+        # each engine's reason on one line: as tall as a row without one, the phrase whole in its title
+        cells = view.page.locator("#health-engines td.fallback summary")
+        assert cells.count() == 4
+        heights = {round((cells.nth(i).bounding_box() or {"height": 0})["height"]) for i in range(4)}
+        plain = view.page.locator("#health-engines td").first.bounding_box()
+        assert plain is not None and max(heights) <= plain["height"], (heights, plain)
+        phrase = "TensorRT 不可用" if lang == "zh" else "TensorRT unavailable"
+        assert all(cells.nth(i).get_attribute("title") == phrase for i in range(4))
+        assert view.page.evaluate("document.documentElement.scrollHeight") <= 768
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        view.page.screenshot(path=str(SCREENSHOTS / f"teacher-view-{lang}-laptop-1366x768.png"))
+        assert view.console_errors == []
+    finally:
+        server.stop()

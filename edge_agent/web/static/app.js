@@ -223,15 +223,16 @@
   // and no word while one at 47.5 % read "weak" (a review). The weakest few keep a stronger label.
   function skillRow(s, weak, threshold) {
     const low = weak || (isNum(s.assessed_mean) && isNum(threshold) && s.assessed_mean < threshold);
-    // The badge sits outside the name so a long name's ellipsis never hides it.
     const name = el("span", { class: "skill-label" }, [el("span", { class: "skill-name", text: skillName(s), title: skillName(s) })]);
-    if (low) name.appendChild(el("span", { class: weak ? "badge" : "badge badge-below", text: t(weak ? "weakest_badge" : "below_mastery_badge") }));
     const fill = el("span");
     fill.style.width = (isNum(s.assessed_mean) ? Math.max(0, Math.min(1, s.assessed_mean)) * 100 : 0) + "%";
     const practisedBy = isNum(s.students) && s.students > 0 ? t("skill_practised", { n: num(s.students) }) : t("skill_not_practised");
     const below = isNum(s.assessed_mean) ? t("skill_below_of", { n: num(s.assessed_below_threshold), total: num(s.assessed) })
       : isNum(s.assessed) && s.assessed > 0 ? t("skill_too_few", { n: num(s.assessed) }) : t("skill_unassessed");
-    const meta = el("span", { class: "skill-meta", text: practisedBy + " · " + below });
+    // The label starts the line under the name, not beside it: beside it, it took the name's room and
+    // names broke mid-word over three lines at 1366x768.
+    const meta = el("span", { class: "skill-meta" }, (low ? [el("span", { class: weak ? "badge" : "badge badge-below",
+      text: t(weak ? "weakest_badge" : "below_mastery_badge") })] : []).concat([document.createTextNode(practisedBy + " · " + below)]));
     const row = el("li", { class: "skill" + (low ? " low" : "") + (weak ? " weak" : "") }, [name, el("span", { class: "skill-meter" }, [fill]),
       el("span", { class: "skill-pct", text: pct(s.assessed_mean) }), meta]);
     row.dataset.skill = s.id;
@@ -277,11 +278,19 @@
     const weakest = l.suppressed ? [] : Array.isArray(l.weakest) ? l.weakest : [];
     const ordered = orderSkills(skills, weakest);
     const rows = ordered.map((s) => skillRow(s, weakest.includes(s.id), l.mastery_threshold));
-    replace("learn-skills", rows.slice(0, MAX_SKILL_ROWS));
-    replace("learn-skills-more", rows.slice(MAX_SKILL_ROWS));
-    const rest = rows.length - Math.min(rows.length, MAX_SKILL_ROWS);
-    $("learn-more").hidden = rest === 0;
-    setText("learn-more-summary", t("skills_more", { n: num(rest) }));
+    // The skills not practised this lesson fold into one line naming them (a review: at 1366x768 their
+    // rows of "—" pushed the practised ones out of the card); with none practised yet, the list as before.
+    const practisedCount = ordered.filter((s) => weakest.includes(s.id) || (isNum(s.students) && s.students > 0)).length;
+    const shown = practisedCount > 0 ? Math.min(practisedCount, MAX_SKILL_ROWS) : MAX_SKILL_ROWS;
+    replace("learn-skills", rows.slice(0, shown));
+    replace("learn-skills-more", rows.slice(shown));
+    const rest = ordered.slice(shown);
+    $("learn-more").hidden = rest.length === 0;
+    const unpractised = practisedCount > 0 && practisedCount <= shown;
+    const summary = unpractised ? t("skills_unpractised_more", { n: num(rest.length), names: rest.map(skillName).join(t("list_sep")) })
+      : t("skills_more", { n: num(rest.length) });
+    setText("learn-more-summary", summary);
+    $("learn-more-summary").title = summary; // cut to one line: the whole of it for a mouse, and it opens
     $("learn-empty").hidden = skills.length > 0 || l.suppressed === true;
     replace("learn-weakest", weakest.map((id) => el("li", { text: byId[id] ? skillName(byId[id]) : id })));
     // No skill under the mastery threshold is good news, and says so rather than leaving a blank list.
@@ -357,6 +366,8 @@
   // touch and keyboard, which a tooltip does not.
   const folded = (summary, detail, props) => el("details", props || {}, [el("summary", { text: summary }),
     el("span", { lang: "en", text: detail })]);
+  // the phrase whole in its summary's title, where a narrow column cuts it with an ellipsis
+  const titled = (details) => { const summary = details.querySelector("summary"); summary.title = summary.textContent; return details; };
   function detailNode(detail) {
     if (String(detail).length <= MAX_DETAIL_CHARS) return el("span", { class: "detail", text: t("issue_detail", { d: detail }) });
     return folded(t("issue_detail", { d: shorten(detail) }), detail, { class: "detail" });
@@ -383,7 +394,7 @@
     }
     const engines = ((h && h.engines) || []).filter((e) => e && typeof e === "object");
     replace("health-engines", engines.length ? engines.map((e) => el("tr", {}, [el("td", { text: e.name }), el("td", { text: e.backend }),
-      el("td", { text: e.precision }), e.fallback ? el("td", { class: "fallback" }, [folded(fallbackPhrase(e.fallback), e.fallback)])
+      el("td", { text: e.precision }), e.fallback ? el("td", { class: "fallback" }, [titled(folded(fallbackPhrase(e.fallback), e.fallback))])
         : el("td", { text: "—" })]))
       : [el("tr", {}, [el("td", { colspan: 4, class: "muted", text: t("engines_none") })])]);
     const cam = (state.sections.attention || {}).camera;
