@@ -297,7 +297,7 @@ aria-describedby="msg"{invalid}></label><input type="hidden" name="next" value="
 
 # A browser on a board without a web token: a teacher's laptop got raw English JSON (a review). Words for
 # the teacher, zh-CN first, and the fix for IT below them.
-_REMOTE_DISABLED_ZH = "本班牌只允许在班牌本机查看。如需在其他电脑查看，请联系学校 IT 人员设置网页令牌。"
+_REMOTE_DISABLED_ZH = "本班牌只允许在班牌本机查看。如需在其他电脑查看，请联系学校 IT 人员设置访问令牌。"
 _REMOTE_DISABLED_EN = ("This board's teacher view opens only on the board itself. To view it on another "
                        "computer, ask your school IT to set a web token.")
 _REMOTE_DISABLED_PAGE = """<!doctype html>

@@ -394,7 +394,7 @@ def test_without_a_token_remote_is_refused_with_how_to_fix(remote_ip: str) -> No
         # a teacher's laptop got raw English JSON (a review): a small page, in Chinese first, then English
         assert headers["content-type"].startswith("text/html")
         page = body.decode("utf-8")
-        assert "本班牌只允许在班牌本机查看。如需在其他电脑查看，请联系学校 IT 人员设置网页令牌。" in page
+        assert "本班牌只允许在班牌本机查看。如需在其他电脑查看，请联系学校 IT 人员设置访问令牌。" in page
         assert "opens only on the board itself" in page and '<html lang="zh-CN">' in page
         assert "default-src 'none'" in headers["content-security-policy"]
         # an API client keeps the JSON
