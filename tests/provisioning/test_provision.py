@@ -262,6 +262,15 @@ def test_text_columns_that_look_like_numbers_stay_text() -> None:
     assert render_config(template(), old)[1].mqtt.protocol == "3.1.1"
 
 
+def test_the_shipped_example_inventory_names_each_class_in_chinese_for_the_teacher_view() -> None:
+    # A review: class_id holds letters, digits and _ . - only, and the page named no class at all;
+    # device.display_name is the class's name, a column like any other key
+    example = Path(__file__).parents[2] / "provisioning" / "inventory.example.csv"
+    boards = parse_inventory(example.read_text(encoding="utf-8"))
+    names = [render_config(template(), board)[1].device.display_name for board in boards]
+    assert names == ["三年级（1）班", "三年级（2）班", "初二（4）班"]
+
+
 def test_a_fleet_template_that_is_not_toml_is_refused_before_any_board() -> None:
     with pytest.raises(ProvisioningError, match="fleet template is not valid TOML"):
         render_config('[mqtt\nhost = "broker"\n', BOARD)
