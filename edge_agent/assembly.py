@@ -206,7 +206,7 @@ def build(config: Config, *, notifier: Notifier | None = None, config_path: Path
             live=live,
             commands=commands,
             heartbeats=heartbeats,
-            health_summary=lambda: _health_summary(daemon, updates),
+            health_summary=lambda: _health_summary(daemon, updates, clock_synced=store.clock_synced),
         )
         # Started right after the store and so stopped just before it: the backlog goes out while the
         # engines load, and the last, partial windows KT and attention write as they stop still go out.
@@ -226,7 +226,8 @@ def build(config: Config, *, notifier: Notifier | None = None, config_path: Path
             lambda: _kt_service(kt), config.kt, roster, failure=lambda: daemon.failure_of(kt.name)),
             erase_routes(lambda: _kt_service(kt))])
         routes.append(camera_routes(lambda: _attention_component(attention)))
-        web = WebComponent(config.web, live, token, routes, status=lambda: _web_status(daemon, updates),
+        web = WebComponent(config.web, live, token, routes,
+                           status=lambda: _web_status(daemon, updates, store.clock_synced),
                            timezone=config.device.timezone,
                            board_name=config.device.display_name or config.device.class_id)
         # Before the engines: a TensorRT build takes minutes (after a TensorRT update, or a precision
@@ -364,21 +365,30 @@ def _engine_rows(
 
 
 def _health_summary(
-    daemon: Daemon, updates: ModelUpdates | None = None, components: list[dict[str, object]] | None = None
+    daemon: Daemon,
+    updates: ModelUpdates | None = None,
+    components: list[dict[str, object]] | None = None,
+    *,
+    clock_synced: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     ready, reasons = daemon.readiness(components)
     summary = {"state": daemon.state, "ready": ready, "reasons": reasons, "at": time.time()}
+    if clock_synced is not None:  # False: "at", and the times the board stamps, may be off (by days)
+        summary["clock_synced"] = clock_synced()
     if updates is not None:
         summary["models"] = updates.versions()
         summary["model_update"] = updates.last_outcome()
     return summary
 
 
-def _web_status(daemon: Daemon, updates: ModelUpdates | None) -> dict[str, Any]:
+def _web_status(
+    daemon: Daemon, updates: ModelUpdates | None, clock_synced: Callable[[], bool] | None = None
+) -> dict[str, Any]:
     """The status API: the health summary, and every component's health, the healthy ones too (their
     details say e.g. what the store dropped while the board was offline, also after a restart)."""
     components = daemon.component_health()
-    return {**_health_summary(daemon, updates, components), "components": components}
+    summary = _health_summary(daemon, updates, components, clock_synced=clock_synced)
+    return {**summary, "components": components}
 
 
 def _reload(daemon: Daemon, request_id: str) -> None:

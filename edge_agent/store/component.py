@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from edge_agent.clock_sync import ClockSyncFlag
 from edge_agent.config import Config
@@ -14,6 +15,7 @@ from edge_agent.store.db import Database
 from edge_agent.store.history import History
 from edge_agent.store.instance_lock import InstanceLock
 from edge_agent.store.outbox import Outbox
+from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +32,27 @@ class StoreComponent:
     essential = True
 
     def __init__(
-        self, config: Config, *, heartbeats: HeartbeatRegistry, live: LiveBoard | None = None
+        self,
+        config: Config,
+        *,
+        heartbeats: HeartbeatRegistry,
+        live: LiveBoard | None = None,
+        clock_synced: Callable[[], bool] | None = None,
     ) -> None:
         self.db = Database(config.database_path, config.store, heartbeats)
-        self.outbox = Outbox(self.db, config.device, config.store, config.mqtt, clock_synced=ClockSyncFlag())
+        # whether the board's clock is known to be right: what the outbox stamps its rows with, and what the
+        # health summary, the heartbeat and edge_clock_synchronised say
+        self.clock_synced = clock_synced or ClockSyncFlag()
+        self.outbox = Outbox(
+            self.db, config.device, config.store, config.mqtt, clock_synced=self.clock_synced
+        )
         self.history = History(self.db)  # the teacher view's recent windows, kept across restarts
         self._instance = InstanceLock(config.database_path.with_name("edge-agent.lock"))
         self._live = live
         self.alert: str | None = None
         self._open = False
+        # read at each scrape (the flag looks at most once a minute)
+        metrics.CLOCK_SYNCHRONISED.set_function(lambda: 1.0 if self.clock_synced() else 0.0)
 
     async def start(self) -> None:
         await asyncio.to_thread(self._instance.acquire)

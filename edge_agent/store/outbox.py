@@ -37,7 +37,10 @@ STREAM_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 RESERVED_STREAMS = frozenset({"cmd", "status", "heartbeat"})
 MAX_PAYLOAD_BYTES = 128 * 1024
 EXPIRE_INTERVAL_S = 60.0
-_COLUMNS = "id, seq, message_id, stream, topic, payload, created_at, expires_at, attempts, bytes"
+_COLUMNS = (
+    "id, seq, message_id, stream, topic, payload, created_at, expires_at, attempts, bytes, "
+    "clock_unsynced IS NULL"
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class OutboxRow:
     expires_at: float | None
     attempts: int
     bytes: int
+    clock_synced: bool = True  # False: queued while the clock was not known right (its created_at may be off)
 
 
 def topic_prefix(device: DeviceSettings) -> str:
@@ -552,6 +556,10 @@ class Outbox:
                 self._count_drop(conn, reason, len(ids))
                 drops[reason] = len(ids)
         return drops
+
+    def clock_synced(self) -> bool:
+        """Whether the board's clock is known to be right now (the flag rows are stamped with)."""
+        return self._clock_synced()
 
     # -- publishing ----------------------------------------------------------------------------------
 

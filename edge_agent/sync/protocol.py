@@ -5,6 +5,11 @@ A message carries one or more items of one stream (several while draining a back
     {"v": 1, "tenant": ..., "site": ..., "device": ..., "stream": ..., "store": hex, "sent_at": epoch,
      "items": [{"seq": int, "id": message_id, "at": epoch, "data": {...}}, ...]}
 
+An item stamped while the board's clock was not known to be right (not NTP-synchronised: ``at`` may be
+days off, e.g. a board without an RTC battery booted on the time saved at its last shutdown) also carries
+``"clock_synced": false``; an item without the field is one stamped on a synchronised clock, or sent by a
+release before the field. Receivers that predate it ignore it (they read only the fields above).
+
 ``seq`` is per board database (``store``), gap-free as allocated, so a receiver deduplicates by
 (device, store, seq) and any hole is a real loss (a counted drop on the board). Boards of releases before
 the store id send none; it reads as "".
@@ -25,6 +30,7 @@ from edge_agent.errors import InputRejected
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
+UNSYNCED_FIELD = '"clock_synced":false,'  # only on an item stamped on a clock not known to be right
 STORE_RE = re.compile(r"[A-Za-z0-9_.-]{0,64}")  # "" for boards that predate it
 
 
@@ -34,6 +40,7 @@ class Item:
     message_id: str
     created_at: float
     payload_json: str  # the stored JSON text, inserted verbatim (no re-encoding per send)
+    clock_synced: bool = True  # False: ``created_at`` was read from a clock not known to be right
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ def encode_message(envelope: Envelope, items: Sequence[Item], sent_at: float) ->
     )
     parts = [
         f'{{"seq":{item.seq},"id":{json.dumps(item.message_id)},"at":{round(item.created_at, 3)!r},'
-        f'"data":{item.payload_json}}}'
+        f'{"" if item.clock_synced else UNSYNCED_FIELD}"data":{item.payload_json}}}'
         for item in items
     ]
     return (head[:-1] + ',"items":[' + ",".join(parts) + "]}").encode("utf-8")
@@ -65,6 +72,7 @@ class DecodedItem:
     message_id: str
     created_at: float
     data: Any
+    clock_synced: bool = True  # the item's "clock_synced" (absent: True)
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,9 @@ def decode_message(payload: bytes) -> DecodedMessage:
         _require(isinstance(mid, str) and bool(mid) and _is_utf8(mid), "item id invalid")
         _require(_is_time(at), "item time invalid")
         _require("data" in item, "item data missing")
-        decoded.append(DecodedItem(seq, mid, float(at), item["data"]))
+        synced = item.get("clock_synced", True)
+        _require(isinstance(synced, bool), "item clock_synced is not true or false")
+        decoded.append(DecodedItem(seq, mid, float(at), item["data"], synced))
     return DecodedMessage(tenant, site, device, stream, float(sent_at), decoded, store)
 
 

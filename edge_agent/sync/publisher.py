@@ -30,7 +30,14 @@ from edge_agent.store.outbox import Outbox, OutboxRow, topic_prefix
 from edge_agent.sync.commands import CommandDispatcher
 from edge_agent.sync.message_size import MessageSizer
 from edge_agent.sync.mqtt import MqttConnection, address_count, connect_allowance_s
-from edge_agent.sync.protocol import MAX_MESSAGE_BYTES, Envelope, Item, backoff_delay, encode_message
+from edge_agent.sync.protocol import (
+    MAX_MESSAGE_BYTES,
+    UNSYNCED_FIELD,
+    Envelope,
+    Item,
+    backoff_delay,
+    encode_message,
+)
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -334,7 +341,8 @@ class Publisher:
 
     def _queue_batches(self, rows: list[OutboxRow], max_bytes: int) -> None:
         by_id = {r.id: r for r in rows}
-        sized = [rules.Sized(r.id, r.stream, r.bytes + 96) for r in rows]
+        sized = [rules.Sized(r.id, r.stream, r.bytes + 96 + (0 if r.clock_synced else len(UNSYNCED_FIELD)))
+                 for r in rows]
         for ids in rules.group_batches(sized, self.settings.batch_max, max_bytes):
             batch = [by_id[i] for i in ids]
             self._unsent.append((batch[0].stream, batch))
@@ -345,7 +353,7 @@ class Publisher:
             self.device.tenant, self.device.site, self.device.device_id, stream, self.outbox.db.store_id
         )
         payload = encode_message(
-            envelope, [Item(r.seq, r.message_id, r.created_at, r.payload) for r in rows], now
+            envelope, [Item(r.seq, r.message_id, r.created_at, r.payload, r.clock_synced) for r in rows], now
         )
         # The topic of the board as it is now, like the envelope: a row queued before the board was
         # re-provisioned under another id, site or tenant would otherwise go where the payload says it
@@ -384,6 +392,8 @@ class Publisher:
             "version": __version__, "build": __build__, "backlog": status["backlog"],
             "oldest_age_s": status["oldest_age_s"], "drops": status["drops"], "last_seq": status["last_seq"],
             "started_at": round(self._started_at, 3),
+            # False: "at", "started_at" and the items' times come from a clock not known to be right
+            "clock_synced": self.outbox.clock_synced(),
             "health": self._health_summary() if self._health_summary else {},
         }
         if self._commands is not None:  # what the board did with the commands of the last 15 minutes

@@ -33,18 +33,23 @@ from edge_agent.sync.mqtt import MqttConnection
 from edge_agent.sync.protocol import backoff_delay, decode_message, missing_ranges
 
 log = logging.getLogger(__name__)
+_ITEM_COLUMNS = "device, store, seq, stream, message_id, created_at, received_at, data, clock_unsynced"
 MAX_HEARTBEAT_BYTES = 65536  # a board's is about 2 KB
 RECEIVER_RENEWAL = "issue the receiver a new certificate from the fleet CA (--cert, --key)"
 
-# store: the board database's id (protocol.py); "" for boards that predate it
+# store: the board database's id (protocol.py); "" for boards that predate it. clock_unsynced: 1 where the
+# board said its clock was not known to be right when it stamped created_at (the item's "clock_synced":
+# false); NULL otherwise, and for items stored before the column
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     device TEXT NOT NULL, store TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
     message_id TEXT NOT NULL, created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
+    clock_unsynced INTEGER,
     PRIMARY KEY (device, store, seq));
 CREATE TABLE IF NOT EXISTS conflicts (
     device TEXT NOT NULL, store TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
     message_id TEXT NOT NULL, created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
+    clock_unsynced INTEGER,
     PRIMARY KEY (device, store, seq, message_id));
 CREATE INDEX IF NOT EXISTS items_by_message ON items (device, message_id);
 -- a store's seqs across device ids, and a device's newest item: the report read the whole table per
@@ -70,6 +75,7 @@ class Receiver:
         # acknowledged messages to a power cut in the tests)
         self._conn.execute("PRAGMA synchronous = FULL")
         _add_store_column(self._conn)
+        _add_clock_column(self._conn)
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -200,14 +206,16 @@ class Receiver:
                     continue
                 where = self._continued_store(device, item.seq) if store == "" else store
                 row = (device, where, item.seq, stream, item.message_id, item.created_at, now,
-                       json.dumps(item.data, separators=(",", ":")))
-                added = self._conn.execute("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                       json.dumps(item.data, separators=(",", ":")), None if item.clock_synced else 1)
+                added = self._conn.execute(f"INSERT OR IGNORE INTO items ({_ITEM_COLUMNS}) VALUES "
+                                           "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
                 if added.rowcount:
                     continue
                 # The same seq with another id is new data from a board whose sequence started again
                 # without a new store id (a release before store ids, re-imaged or replaced under its
                 # device id): kept apart, never taken for a repeat.
-                self._conn.execute("INSERT OR IGNORE INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                self._conn.execute(f"INSERT OR IGNORE INTO conflicts ({_ITEM_COLUMNS}) VALUES "
+                                   "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
                 log.warning("receiver: %s seq %s arrived again with another id", device, item.seq)
             if repeats:
                 self._conn.execute("UPDATE devices SET duplicates = duplicates + ? WHERE device = ?",
@@ -292,6 +300,9 @@ class Receiver:
             conflicts = self._conn.execute(
                 "SELECT count(*) FROM conflicts WHERE device = ?", (device,)
             ).fetchone()[0]
+            unsynced = self._conn.execute(
+                "SELECT count(*) FROM items WHERE device = ? AND clock_unsynced = 1", (device,)
+            ).fetchone()[0]
             stores = [str(r[0]) for r in self._conn.execute(
                 "SELECT store FROM items WHERE device = ? GROUP BY store ORDER BY min(received_at)", (device,)
             )]
@@ -307,7 +318,7 @@ class Receiver:
         return {
             "device": device, "store": current, "unique": latest["unique"], "max_seq": latest["max_seq"],
             "gaps": latest["gaps"], "stores": per_store, "duplicates": int(duplicates),
-            "rejected": int(rejected), "conflicts": int(conflicts),
+            "rejected": int(rejected), "conflicts": int(conflicts), "clock_unsynced": int(unsynced),
             "status": status, "heartbeat": _heartbeat_doc(heartbeat),
         }
 
@@ -359,12 +370,23 @@ def _add_store_column(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
     for table in ("items", "conflicts"):
         conn.execute(
-            f"INSERT INTO {table} SELECT device, '', seq, stream, message_id, created_at, received_at, data "
+            f"INSERT INTO {table} (device, store, seq, stream, message_id, created_at, received_at, data) "
+            f"SELECT device, '', seq, stream, message_id, created_at, received_at, data "
             f"FROM {table}_before_store"
         )
         conn.execute(f"DROP TABLE {table}_before_store")
     conn.execute("COMMIT")
     log.info("receiver database: added the store column to items and conflicts")
+
+
+def _add_clock_column(conn: sqlite3.Connection) -> None:
+    """A receiver database from before the items' clock flag: the column added, NULL in the rows it holds
+    (the boards said nothing of their clocks then)."""
+    for table in ("items", "conflicts"):
+        columns = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
+        if columns and "clock_unsynced" not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN clock_unsynced INTEGER")
+            log.info("receiver database: added the clock_unsynced column to %s", table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,6 +116,13 @@ ANSWERS_CLOCK_AHEAD = Counter(
     registry=REGISTRY,
 )
 
+CLOCK_SYNCHRONISED = Gauge(
+    "edge_clock_synchronised",
+    "1 while the board's clock is known to be right (systemd-timesyncd or chrony synchronised), else 0: the "
+    "times it stamps (windows, the items it syncs) may be off, by days on a board without an RTC battery.",
+    registry=REGISTRY,
+)
+
 TEACHER_VIEW_STREAMS = Gauge(
     "edge_teacher_view_streams", "Open teacher-view event streams (browsers watching).", registry=REGISTRY
 )

@@ -153,6 +153,40 @@ def test_every_message_arrives_once_in_batches_within_the_window(
     assert wait_until(lambda: metrics.sample("edge_mqtt_connected") == 0, 2)
 
 
+def test_items_queued_on_an_unsynchronised_clock_reach_the_receiver_flagged_and_the_heartbeat_says_so(
+    broker: Broker, state_dir: Path, tmp_path: Path
+) -> None:
+    # A board booted on the time saved at its last shutdown (no RTC battery, NTP not yet through) sent its
+    # windows as real times: Monday's lesson was filed under Friday in the cloud (a review).
+    synced = [False]
+    db = Database(state_dir / "edge-agent.db", StoreSettings())
+    db.open()
+    outbox = Outbox(db, DeviceSettings(), StoreSettings(), MqttSettings(), clock_synced=lambda: synced[0])
+    outbox.open()
+    for i in range(3):
+        outbox.enqueue("attention", {"i": i}).result(5)  # the flag is read as the row is written
+    synced[0] = True
+    for i in range(3, 5):
+        outbox.enqueue("attention", {"i": i}).result(5)
+    synced[0] = False  # the heartbeat says how the clock is now
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        report = assert_exactly_once(receiver, 5)
+        assert report["clock_unsynced"] == 3
+        assert wait_until(lambda: receiver.report(DEVICE)["heartbeat"] is not None, 10)
+        assert receiver.report(DEVICE)["heartbeat"]["clock_synced"] is False
+    finally:
+        publisher.stop()
+        receiver.stop()
+        db.close()
+    with sqlite3.connect(tmp_path / "recv.db") as conn:
+        rows = conn.execute("SELECT seq, clock_unsynced FROM items ORDER BY seq").fetchall()
+    assert rows == [(1, 1), (2, 1), (3, 1), (4, None), (5, None)]
+
+
 def test_a_broker_packet_limit_sizes_the_batches_instead_of_a_reconnect_storm(
     tmp_path: Path, outbox: Outbox
 ) -> None:

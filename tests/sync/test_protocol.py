@@ -43,6 +43,20 @@ def test_the_store_id_round_trips_and_a_message_without_one_reads_as_the_empty_s
     assert decode_message(json.dumps(doc).encode()).store == ""
 
 
+def test_an_item_stamped_on_an_unsynchronised_clock_says_so_and_one_without_it_reads_as_synced() -> None:
+    # A board without an RTC battery boots on the time saved at its last shutdown: Monday's lesson went to
+    # the cloud stamped as Friday evening, with nothing saying the time might be wrong (a review).
+    raw = encode_message(ENV, [Item(1, "a", 1.0, "{}", clock_synced=False), Item(2, "b", 2.0, "{}")], 3.0)
+    doc = json.loads(raw)
+    assert doc["items"][0]["clock_synced"] is False
+    assert "clock_synced" not in doc["items"][1]  # as before: receivers that predate the field see no change
+    assert [i.clock_synced for i in decode_message(raw).items] == [False, True]
+    for value in ("false", 0, None):
+        doc["items"][0]["clock_synced"] = value
+        with pytest.raises(InputRejected, match="clock_synced"):
+            decode_message(json.dumps(doc).encode())
+
+
 @pytest.mark.parametrize("store", [7, None, ["a"], "x" * 65, "a/b", "a b", "仓"])
 def test_a_malformed_store_id_is_rejected_naming_the_field(store: object) -> None:
     doc = json.loads(encode_message(ENV, [Item(1, "a", 1.0, "{}")], 2.0))

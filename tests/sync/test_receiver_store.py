@@ -27,9 +27,50 @@ INSERT INTO conflicts VALUES ('b1', 1, 'kt_class', 'ccc', 3.0, 3.0, '{"n":3}');
 """
 
 
-def _message(store: str, seq: int, message_id: str, n: int) -> bytes:
+def _message(store: str, seq: int, message_id: str, n: int, *, clock_synced: bool = True) -> bytes:
     envelope = Envelope("t", "s", "b1", "kt_class", store)
-    return encode_message(envelope, [Item(seq, message_id, 5.0, f'{{"n":{n}}}')], 5.0)
+    return encode_message(envelope, [Item(seq, message_id, 5.0, f'{{"n":{n}}}', clock_synced)], 5.0)
+
+
+# a receiver database of the release before the items' clock flag (store ids, no clock_unsynced)
+STORE_SCHEMA = """
+CREATE TABLE items (
+    device TEXT NOT NULL, store TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
+    message_id TEXT NOT NULL, created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (device, store, seq));
+CREATE TABLE conflicts (
+    device TEXT NOT NULL, store TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
+    message_id TEXT NOT NULL, created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (device, store, seq, message_id));
+CREATE TABLE devices (
+    device TEXT PRIMARY KEY, status TEXT, status_at REAL, heartbeat TEXT, heartbeat_at REAL,
+    duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
+INSERT INTO devices (device) VALUES ('b1');
+INSERT INTO items VALUES ('b1', 'ffffffffffffffffffffffffffffffff', 1, 'kt_class', 'aaa', 1.0, 1.0, '{}');
+"""
+
+
+def test_items_stamped_on_an_unsynchronised_clock_are_stored_flagged_also_in_an_older_receiver_database(
+    tmp_path: Path,
+) -> None:
+    # Monday's lesson from a board booted on Friday's saved time was filed under Friday, with nothing to
+    # tell it from a real Friday window (a review): the receiver keeps the board's word on its clock.
+    path = tmp_path / "received.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(STORE_SCHEMA)
+    receiver = Receiver(path, MqttSettings())
+    try:
+        receiver._take("edge/t/s/b1/kt_class", _message("f" * 32, 2, "bbb", 2, clock_synced=False))
+        receiver._take("edge/t/s/b1/kt_class", _message("f" * 32, 3, "ccc", 3))
+        report = receiver.report("b1")
+        assert (report["unique"], report["gaps"], report["clock_unsynced"]) == (3, [], 1)
+    finally:
+        receiver.stop()
+    Receiver(path, MqttSettings()).stop()  # opening an upgraded file again changes nothing
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT seq, clock_unsynced FROM items ORDER BY seq").fetchall()
+        assert rows == [(1, None), (2, 1), (3, None)]
+        assert "clock_unsynced" in {r[1] for r in conn.execute("PRAGMA table_info(conflicts)")}
 
 
 def test_a_receiver_database_from_before_store_ids_is_upgraded_keeping_every_item(tmp_path: Path) -> None:

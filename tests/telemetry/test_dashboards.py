@@ -149,7 +149,7 @@ def test_every_alert_rule_uses_only_exported_metrics_and_says_what_to_do() -> No
     needed = " ".join(str(r["expr"]) for r in rules)
     for metric in ("edge_engine_load_failures_total", "edge_answer_feedback_seconds_bucket",
                    "edge_outbox_drops_total", "edge_outbox_oldest_age_seconds",
-                   "process_resident_memory_bytes"):
+                   "process_resident_memory_bytes", "edge_clock_synchronised"):
         assert metric in needed
 
 
