@@ -289,6 +289,7 @@ def _attention(
             pause_file=config.paths.state_dir / "camera-pause",
             lesson_gap_s=config.kt.lesson_gap_s,
             db=store.db,
+            clock_synced=store.clock_synced,
         ),
     )
 

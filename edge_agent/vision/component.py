@@ -29,6 +29,7 @@ from edge_agent.store.history import History
 from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
 from edge_agent.vision.camera import UNSTABLE_REOPENS, UNSTABLE_WINDOW_S, Camera, Opener
+from edge_agent.vision.camera_hours import opening_text
 from edge_agent.vision.pipeline import LESSON_GAP_S, AttentionLoop, FrameAnalyser
 from edge_agent.vision.pose import FsaNetPose, LandmarkPose, PoseEstimator
 from edge_agent.vision.yunet import YuNetDetector
@@ -128,7 +129,9 @@ class AttentionComponent:
         lesson_gap_s: float = LESSON_GAP_S,
         monotonic: Callable[[], float] = time.monotonic,
         db: Database | None = None,
+        clock_synced: Callable[[], bool] = lambda: True,
     ) -> None:
+        self.clock_synced = clock_synced  # the board's clock known to be right (the daemon: the store's flag)
         self.db = db  # the open window's frames are kept there every 15 s (None: not kept)
         self.monotonic = monotonic  # what a teacher's pause lasts by (tests step the wall clock apart)
         self.lesson_gap_s = lesson_gap_s  # the timeline: windows since a break this long (kt.lesson_gap_s)
@@ -179,6 +182,7 @@ class AttentionComponent:
             lesson_gap_s=self.lesson_gap_s,
             on_pause_moved=self._keep_pause if self.pause_file is not None else None,
             on_open_window=self._keep_open_window if self.db is not None else None,
+            clock_synced=self.clock_synced,
         )
         paused = self._load_pause()
         if paused is not None:
@@ -271,6 +275,13 @@ class AttentionComponent:
         if self.loop.error is not None:
             return Health(False, self.loop.error)
         closed_until = self.loop.closed()
+        if closed_until is not None and self.loop.paused_until is None and self.loop.hours_on_unsynced_clock:
+            # degraded, not OK: the hours may keep the camera closed through a lesson (IT can act on it)
+            now = self.loop.local_now()
+            return Health(False, "camera closed by camera.active_hours judged on a clock not yet "
+                                 f"synchronised (board says {now:%a %H:%M}, {now:%Y-%m-%d}; it opens "
+                                 f"{opening_text(closed_until, now)} by that clock); check NTP: timedatectl "
+                                 "timesync-status")
         if closed_until is not None:
             return Health(True, f"camera closed: {self.loop.closed_text(closed_until)}")
         state, detail = self.loop.camera_state()

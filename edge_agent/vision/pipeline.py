@@ -162,8 +162,14 @@ class AttentionLoop:
         monotonic: Callable[[], float] = time.monotonic,
         on_pause_moved: Callable[[datetime | None, float], None] | None = None,
         on_open_window: Sink | None = None,
+        clock_synced: Callable[[], bool] = lambda: True,
     ) -> None:
         self.camera = camera
+        # whether the board's clock is known to be right (the daemon: ClockSyncFlag): the hours are judged
+        # on it, and a board booted on the time saved at its last shutdown keeps the camera closed all
+        # morning; True (set on the analysis thread) while the hours keep it closed on such a clock
+        self.clock_synced = clock_synced
+        self.hours_on_unsynced_clock = False
         self.on_open_window = on_open_window  # the open window's frames so far, to be stored (a power cut)
         self._kept_open = monotonic()
         self._windows_lock = threading.Lock()  # the analysis thread's adds and stores against stop's flush
@@ -285,6 +291,7 @@ class AttentionLoop:
         paused = self._paused()
         hours_open = self.hours is None or self.hours.is_open(now)
         if hours_open and paused is None:
+            self.hours_on_unsynced_clock = False
             if self.closed_until is not None or (self.hours is not None and not self.camera.started):
                 self.closed_until = None
                 log.info("camera hours begin, or the pause ended: opening the camera")
@@ -304,7 +311,23 @@ class AttentionLoop:
             metrics.CAMERA_FPS.set(0.0)
         # Every tick, not only at the close: when NTP steps the clock meanwhile, the time shown follows it.
         self.closed_until = self._opens_after(now, paused)
+        self._note_clock(by_hours=paused is None, now=now)
         return True
+
+    def _note_clock(self, *, by_hours: bool, now: datetime) -> None:
+        """While the hours keep the camera closed on a clock not known to be right, said once a period (a
+        review: a board booted at Monday 07:50 on Friday 17:45's saved time, NTP blocked, kept the camera
+        closed all day with health OK). The camera stays closed: closing it at night is a promise, and an
+        unknown clock does not say it is day."""
+        unsure = by_hours and not self.clock_synced()
+        if unsure and not self.hours_on_unsynced_clock:
+            log.warning("camera closed by camera.active_hours judged on a clock not yet synchronised (the "
+                        "board says %s); it stays closed until the clock is synchronised or says the hours "
+                        "begin: check NTP (timedatectl timesync-status)", f"{now:%a %Y-%m-%d %H:%M}")
+        elif by_hours and self.hours_on_unsynced_clock:  # not a pause's start: the clock is synchronised
+            log.info("the clock is synchronised now: the camera stays closed by camera.active_hours (the "
+                     "board says %s)", f"{now:%a %Y-%m-%d %H:%M}")
+        self.hours_on_unsynced_clock = unsure
 
     def _opens_after(self, now: datetime, paused: datetime | None) -> datetime:
         """When the camera opens again: at the pause's end, or the next of its hours after that."""

@@ -348,6 +348,46 @@ def test_analysis_rate_gauge_falls_to_zero_when_the_camera_stops_delivering(
     assert running > 0 and gone == 0.0  # was frozen at the last rate while the camera was away
 
 
+def test_hours_that_keep_the_camera_closed_on_an_unsynchronised_clock_degrade_its_health_said_once(
+    photo_folder, face_engine, pose_engines, caplog
+):
+    # A review: a board booted at Monday 07:50 on the time timesyncd saved on Friday at 17:45 (no RTC
+    # battery), NTP blocked, kept the camera closed all day by its hours, and reported OK.
+    clock = {"now": datetime(2026, 12, 4, 17, 45)}  # Friday evening, by the board's clock
+    synced = [False]
+    opener = CountingOpener(photo_folder)
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0, active_hours=["mon-fri 07:30-17:30"]),
+        AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=ListOutbox(),
+        heartbeats=HeartbeatRegistry(), live=LiveBoard(), opener=opener, local_now=lambda: clock["now"],
+        clock_synced=lambda: synced[0],
+    )
+    caplog.set_level(logging.INFO, logger="edge_agent.vision.pipeline")
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "not yet synchronised" in r.getMessage()]
+
+    async def run() -> None:
+        await component.start()
+        await wait_for(lambda: not component.health().ok)
+        health = component.health()
+        assert "camera.active_hours judged on a clock not yet synchronised" in health.detail, health
+        assert "board says Fri 17:45" in health.detail and "timedatectl timesync-status" in health.detail
+        await asyncio.sleep(0.5)  # several ticks: said once
+        assert len(said()) == 1 and not component.camera.started and opener.opened == []  # still closed
+        synced[0] = True  # NTP got through, and it really is Friday evening
+        await wait_for(lambda: component.health().ok)
+        assert "camera closed:" in component.health().detail and not component.camera.started
+        synced[0] = False  # a new period (timesyncd lost its sync): said again
+        await wait_for(lambda: not component.health().ok)
+        assert len(said()) == 2
+        component.pause(30)  # a teacher's pause is no question of the clock
+        await wait_for(lambda: component.health().ok)
+        await component.stop()
+
+    asyncio.run(run())
+
+
 def test_the_camera_stays_closed_outside_its_hours_and_opens_when_they_begin(
     photo_folder, face_engine, pose_engines
 ):
