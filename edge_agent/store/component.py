@@ -46,7 +46,8 @@ class StoreComponent:
         self.outbox = Outbox(
             self.db, config.device, config.store, config.mqtt, clock_synced=self.clock_synced
         )
-        self.history = History(self.db)  # the teacher view's recent windows, kept across restarts
+        # the teacher view's recent windows, kept across restarts
+        self.history = History(self.db, clock_synced=self.clock_synced)
         self._instance = InstanceLock(config.database_path.with_name("edge-agent.lock"))
         self._live = live
         self.alert: str | None = None

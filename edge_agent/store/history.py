@@ -9,17 +9,27 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 from edge_agent.errors import InputRejected
 from edge_agent.store.db import Database
 
+# Rows recorded while the clock was not known right are kept out of the age prune; the newest this many
+# of them are kept (about 14 days of the default windows), so a board that never syncs does not grow for ever
+MAX_UNSYNCED_ROWS = 25_000
+
 
 class History:
-    def __init__(self, db: Database, keep_days: float = 14.0) -> None:
+    def __init__(
+        self, db: Database, keep_days: float = 14.0, clock_synced: Callable[[], bool] = lambda: True
+    ) -> None:
         self.db = db
         self.keep_s = keep_days * 86400.0
+        # As the outbox's rows: stamped on a clock not known to be right (a board booted on the time saved
+        # 24 days before), a window's age says nothing, and NTP's step pruned the teacher's timeline at once
+        self._clock_synced = clock_synced
 
     def record(self, stream: str, payload: dict[str, Any], at: float | None = None) -> Future[int]:
         try:
@@ -29,8 +39,10 @@ class History:
         when = time.time() if at is None else at
 
         def run(conn: sqlite3.Connection) -> int:
+            unsynced = None if self._clock_synced() else 1  # on the writer thread: chronyd may be asked
             cur = conn.execute(
-                "INSERT INTO aggregates (stream, created_at, payload) VALUES (?, ?, ?)", (stream, when, text)
+                "INSERT INTO aggregates (stream, created_at, payload, clock_unsynced) VALUES (?, ?, ?, ?)",
+                (stream, when, text, unsynced),
             )
             return int(cur.lastrowid or 0)
 
@@ -48,7 +60,19 @@ class History:
         return [{"at": at, "data": json.loads(text)} for at, text in reversed(rows)]
 
     def prune(self, now: float | None = None) -> Future[int]:
+        """Rows older than ``keep_days``, only while the clock is known right and only those recorded on
+        such a clock; of the others, those beyond the newest MAX_UNSYNCED_ROWS."""
         cutoff = (time.time() if now is None else now) - self.keep_s
-        return self.db.write(
-            lambda c: c.execute("DELETE FROM aggregates WHERE created_at < ?", (cutoff,)).rowcount
-        )
+
+        def run(conn: sqlite3.Connection) -> int:
+            pruned = conn.execute(
+                "DELETE FROM aggregates WHERE clock_unsynced IS NOT NULL AND id NOT IN (SELECT id FROM "
+                "aggregates WHERE clock_unsynced IS NOT NULL ORDER BY id DESC LIMIT ?)", (MAX_UNSYNCED_ROWS,)
+            ).rowcount
+            if self._clock_synced():
+                pruned += conn.execute(
+                    "DELETE FROM aggregates WHERE created_at < ? AND clock_unsynced IS NULL", (cutoff,)
+                ).rowcount
+            return pruned
+
+        return self.db.write(run)

@@ -84,6 +84,7 @@ SIDE_COLUMNS = [
     # Beside the state, which each answer rewrites anyway: a table of its own cost a page a commit (+19 %)
     ("kt_student_state", "lesson_tail", "TEXT"),
     ("outbox", "clock_unsynced", "INTEGER"),  # 1: queued while the clock was not known right (no max_age)
+    ("aggregates", "clock_unsynced", "INTEGER"),  # 1: recorded while the clock was not known right (kept)
 ]
 
 

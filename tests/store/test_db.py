@@ -79,6 +79,9 @@ def test_a_database_of_an_earlier_release_gains_the_side_columns_and_stays_reada
         columns = db.read(lambda c: {r[1] for r in c.execute("PRAGMA table_info(kt_applied_events)")})
         assert "content" in columns
         assert db.read(lambda c: c.execute("SELECT content FROM kt_applied_events").fetchall()) == [(None,)]
+        # the history's clock flag (its rows before it: written on a clock taken as right, as before)
+        aggregates = db.read(lambda c: {r[1] for r in c.execute("PRAGMA table_info(aggregates)")})
+        assert "clock_unsynced" in aggregates
         # rolled back, the earlier release checks only that its own columns exist, and inserts by name
         assert db.read(schema_problem) is None
         db.write(lambda c: c.execute(

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import settings as hsettings
@@ -267,6 +268,24 @@ def test_history_keeps_aggregates_for_the_teacher_view(db: Database) -> None:
     assert history.prune(now=1000.0 + 86400 + 1).result(5) == 1
     with pytest.raises(InputRejected):
         history.record("attention", {"x": math.inf})
+
+
+def test_history_keeps_windows_recorded_on_an_unsynchronised_clock_out_of_the_age_prune(db: Database) -> None:
+    # A review: 5 windows recorded on a clock 24 days behind (a board booted on an old saved time), then
+    # NTP stepped it and the prune deleted all 5: the teacher's timeline was gone after a restart.
+    synced = [False]
+    history = History(db, keep_days=14.0, clock_synced=lambda: synced[0])
+    behind = 1_796_000_000.0 - 24 * 86400
+    for i in range(5):
+        history.record("attention", {"i": i}, at=behind + 60 * i).result(5)
+    assert history.prune(now=behind + 600).result(5) == 0
+    synced[0] = True
+    history.record("attention", {"i": 5}, at=1_796_000_000.0 - 20 * 86400).result(5)  # a synced old one
+    assert history.prune(now=1_796_000_000.0).result(5) == 1  # only the row stamped on a synced clock
+    assert [r["data"]["i"] for r in history.recent("attention", since=0)] == [0, 1, 2, 3, 4]
+    with mock.patch("edge_agent.store.history.MAX_UNSYNCED_ROWS", 3):  # bounded all the same
+        assert history.prune(now=1_796_000_000.0).result(5) == 2
+    assert [r["data"]["i"] for r in history.recent("attention", since=0)] == [2, 3, 4]
 
 
 class OutboxMachine(RuleBasedStateMachine):
