@@ -170,6 +170,10 @@ class LessonWindow:
         """``known``: the skills the student has answered so far, this answer's included (None: those
         recorded here). Without ``publish`` (an answer from before a restart, added again) it counts toward
         no figure: one shown before the restart may hold it."""
+        if mono is not None and self.last_mono is not None:
+            step = (now - self.last) - (mono - self.last_mono)
+            if abs(step) > CLOCK_STEP_S:  # the wall clock was stepped since the last answer (NTP)
+                self._follow_step(step)
         self.answers += 1
         self.last, self.last_mono = now, mono
         self.probs[student] = probs
@@ -191,6 +195,18 @@ class LessonWindow:
         for who in self.practised.values():
             who.difference_update(students)
         self.published.forget(students)
+
+    def _follow_step(self, step: float) -> None:
+        """The lesson's minutes and start moved onto the stepped clock: on the old one, after a +3-day step
+        the chart's last ACTIVITY_MINUTES held none of the 83 answers before it ("peak 7" of 90 answers, a
+        review). Only the teacher's lesson sees it: a synced window the clock was stepped in closes first
+        (:meth:`due`), so its minutes and times stay those of one clock."""
+        moved: dict[int, int] = {}
+        for minute, answers in self.activity.items():
+            key = int((minute + step) // 60 * 60)
+            moved[key] = moved.get(key, 0) + answers
+        self.activity = moved
+        self.started += step
 
     def due(self, now: float, window_s: float, mono: float | None = None) -> bool:
         if mono is not None and self.started_mono is not None:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 FPS_WINDOW_S = 10.0  # the recent past the analysis rate is measured over
 MAX_FRAME_WAIT_S = 0.25  # a frame due just after the tick, waited for (AttentionLoop._run)
 PAUSE_MOVED_S = 60.0  # a pause's end in the board's time moved this far: the clock was stepped
+CLOCK_STEP_S = 10.0  # the wall clock this far off the monotonic one between two windows: stepped (NTP)
 LESSON_GAP_S = 600.0  # kt.lesson_gap_s's default: a break this long without windows ends the lesson
 KEEP_OPEN_WINDOW_EVERY_S = 15.0  # the open window's frames handed to on_open_window (the store) this often
 
@@ -67,6 +68,10 @@ def this_lesson(windows: Sequence[dict[str, Any]], gap_s: float, now: float) -> 
         kept.pop()
     kept.reverse()
     return kept
+
+
+def _moved(window: dict[str, Any], step: float) -> dict[str, Any]:
+    return {**window, "start": window["start"] + step, "end": window["end"] + step}
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,9 @@ class AttentionLoop:
         self.live_every_s = live_every_s
         self.pose_refresh_frames = pose_refresh_frames
         self.timeline: deque[dict[str, Any]] = deque(maxlen=timeline_max)
+        # (wall, monotonic) at the last window into the timeline: a clock stepped since then moves the
+        # timeline onto the new clock, and "now" for it runs on the monotonic clock from there
+        self._timeline_clock = (time.time(), time.monotonic())
         # Longer than a window, or the gap between two windows' ends would cut every lesson at each one.
         self.lesson_gap_s = max(lesson_gap_s, 2 * windows.window_s)
         self.error: str | None = None
@@ -417,12 +425,37 @@ class AttentionLoop:
         return True
 
     def _emit(self, window: dict[str, Any]) -> None:
-        self.timeline.append(window)
+        kept = self._on_timeline_clock(window)  # first: it may replace the timeline
+        self.timeline.append(kept)
         try:
             self.on_window(window)
         except EdgeAgentError as exc:  # a full or broken store must not stop the analysis
             log.error("could not store an attention window: %s", exc)
         self._maybe_live(force=True)
+
+    def _on_timeline_clock(self, window: dict[str, Any]) -> dict[str, Any]:
+        """After a clock step (NTP) the timeline's windows move onto the new clock: on the old one a +3-day
+        step left the teacher's timeline empty (every window "days ago"), and a step back ended the lesson
+        at the step. ``window`` comes as the timeline keeps it (a copy when moved: the one sent is as
+        measured)."""
+        wall, mono = time.time(), time.monotonic()
+        before_wall, before_mono = self._timeline_clock
+        self._timeline_clock = (wall, mono)
+        step = (wall - before_wall) - (mono - before_mono)
+        if abs(step) <= CLOCK_STEP_S:
+            return window
+        log.info("the clock was stepped by %+.0f s: the attention timeline moves with it", step)
+        # a new deque, not cleared and refilled: the web's threads read it meanwhile
+        self.timeline = deque((_moved(w, step) for w in self.timeline), maxlen=self.timeline.maxlen)
+        # the window the step closed holds the old clock's times (WindowAggregator): moved too
+        old_clock = abs(window["end"] - (wall - step)) < abs(window["end"] - wall)
+        return _moved(window, step) if old_clock else window
+
+    def timeline_now(self) -> float:
+        """Now on the timeline's clock: the wall clock, unless it was stepped since the last window (then
+        the timeline moves at the next one)."""
+        wall, mono = self._timeline_clock
+        return wall + (time.monotonic() - mono)
 
     def camera_state(self) -> tuple[str, str]:
         """(state, detail) of the camera as the teacher and IT see it: the grabber's, or closed, or the
@@ -451,7 +484,7 @@ class AttentionLoop:
             "faces": faces,
             "window_s": self.windows.window_s,
             "low_attention": low,
-            "timeline": this_lesson(list(self.timeline), self.lesson_gap_s, time.time()),
+            "timeline": this_lesson(list(self.timeline), self.lesson_gap_s, self.timeline_now()),
             "camera": {"state": state, "fps": round(self.fps(), 2), "detail": detail}
             | ({} if closed_until is None else {"opens_at": closed_until.timestamp()}),
             "pose_method": self.analyser.pose.method,

@@ -37,6 +37,23 @@ def test_the_answers_per_minute_count_the_quiet_minutes_of_a_lesson(package: KTP
     assert len(long) == ACTIVITY_MINUTES and long[-1] == {"minute": MINUTE + 600 * 60, "answers": 1}
 
 
+def test_the_teachers_lesson_keeps_its_answers_per_minute_across_a_clock_step(package: KTPackage) -> None:
+    # A review: NTP stepped the clock 3 days forward mid-lesson; the chart keyed on wall-clock minutes
+    # showed only the last 2 hours on the new clock: "peak 7 in 120 minutes" of 90 answers.
+    probs = np.asarray(package.prior_success, dtype=np.float32)
+    behind = MINUTE - 3 * 86400
+    window = LessonWindow(started=behind, started_mono=1000.0)
+    for n in range(83):
+        window.record(f"p{n % 9}", [0], probs, behind + 20 * n, 1000.0 + 20 * n)
+    step_at = 83 * 20
+    for n in range(7):  # the same lesson, on the stepped clock
+        window.record(f"p{n}", [0], probs, MINUTE + step_at + 10 * n, 1000.0 + step_at + 10 * n)
+    view = summarize(window, package, KTSettings(), MINUTE + step_at + 80, window_s=math.inf)
+    assert sum(m["answers"] for m in view["activity"]) == 90
+    assert view["activity"][0]["minute"] == MINUTE and len(view["activity"]) <= 30
+    assert window.started == MINUTE  # the lesson's start on the clock it ends on
+
+
 def test_the_teachers_view_changes_only_once_a_group_of_students_has_answered(package: KTPackage) -> None:
     settings = KTSettings(min_group_size=3)
     prior = np.asarray(package.prior_success, dtype=np.float32)

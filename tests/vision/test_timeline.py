@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+from types import SimpleNamespace
 from typing import Any
 
-from edge_agent.vision.attention import summarise
-from edge_agent.vision.pipeline import LESSON_GAP_S, this_lesson
+from edge_agent.vision import pipeline
+from edge_agent.vision.attention import FaceTracker, WindowAggregator, summarise
+from edge_agent.vision.pipeline import LESSON_GAP_S, AttentionLoop, this_lesson
 
 EVENING = 1_764_086_400.0  # 2025-11-25 16:00 UTC
 MORNING = EVENING + 15.5 * 3600  # the next day 07:30
@@ -70,3 +73,47 @@ def test_with_the_camera_on_all_day_an_empty_room_longer_than_the_gap_is_a_break
         == first + short_break + shorter  # a room empty for 5 minutes: the same lesson
     # the room empty since the lesson ended: no lesson, however many empty windows came since
     assert this_lesson(first + long_break, LESSON_GAP_S, MORNING + 51 * 60 + 5) == []
+
+
+class _Clock:
+    def __init__(self, wall: float) -> None:
+        self.wall, self.mono = wall, 5000.0
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def tick(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+def test_a_clock_step_mid_lesson_moves_the_timeline_with_it_instead_of_emptying_it(monkeypatch) -> None:
+    # A review: NTP stepped the clock 3 days forward mid-lesson and the teacher's timeline went empty (its
+    # windows were "3 days ago"); a step back ended the lesson at the step.
+    clock = _Clock(MORNING)
+    monkeypatch.setattr(pipeline, "time", clock)
+    camera = SimpleNamespace(state=lambda: ("running", ""))
+    analyser = SimpleNamespace(pose=SimpleNamespace(method="landmarks"))
+    loop = AttentionLoop(camera, analyser, FaceTracker(), WindowAggregator(), on_window=lambda _w: None)  # type: ignore[arg-type]
+    for window in _windows(MORNING, 30):
+        clock.tick(60.0)
+        loop._emit(window)
+    assert len(loop.live_section()["timeline"]) == 30
+    clock.tick(20.0)
+    clock.wall += 3 * 86400  # NTP
+    assert len(loop.live_section()["timeline"]) == 30  # before the next window: on the monotonic clock
+    closed_at_step = summarise(MORNING + 30 * 60, MORNING + 30 * 60 + 20, [20] * 5, [0.8] * 5, 3)
+    loop._emit(closed_at_step)  # the window the step closed, in the old clock's times
+    clock.tick(60.0)
+    loop._emit(_windows(clock.wall - 60, 1)[0])
+    shown = loop.live_section()["timeline"]
+    assert len(shown) == 32 and shown[0]["start"] == MORNING + 3 * 86400
+    assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(shown))
+    for step in (-3 * 86400, 3600):  # a step back (an RTC that ran ahead) and a DST-like hour keep it too
+        clock.wall += step
+        clock.tick(60.0)
+        loop._emit(_windows(clock.wall - 60, 1)[0])
+        assert len(loop.live_section()["timeline"]) == len(shown) + (1 if step < 0 else 2)
