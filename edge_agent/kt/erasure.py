@@ -46,6 +46,15 @@ def parse_student_ids(body: Any, limit: int = MAX_ERASE_IDS) -> list[str]:
     return list(dict.fromkeys(student_id({"student_id": i}, f"student_ids[{n}]") for n, i in enumerate(ids)))
 
 
+def earlier_forms(body: dict[str, Any], ids: Sequence[str]) -> list[str]:
+    """The ids as sent and with only their spaces dropped, where those differ from ``ids`` (the keys
+    :func:`parse_student_ids` gave): a release before 2026-12-05 stored "２０２３０１０１" (or, before
+    2026-12-03, " stu-4") under its own pseudonym, which the key's cannot reach (a review: the reply said
+    "no data" and the state stayed)."""
+    texts = [str(i) for i in body["student_ids"] if isinstance(i, (str, int)) and not isinstance(i, bool)]
+    return list(dict.fromkeys(f for t in texts for f in (t, t.strip()) if f and f not in ids))
+
+
 def retention_cutoff(now: float, max_age_s: float, run_started: float, newest_before_run: float | None
                      ) -> float | None:
     """States updated before the returned time (and before ``run_started``) may be deleted; None: none may.

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from edge_agent import json_input
 from edge_agent.errors import EdgeAgentError, InputRejected
-from edge_agent.kt.erasure import parse_student_ids
+from edge_agent.kt.erasure import earlier_forms, parse_student_ids
 from edge_agent.kt.persistence import EVENT_KEEP_S
 from edge_agent.kt.service import KTService
 from edge_agent.web.request_body import read_within
@@ -61,20 +61,23 @@ def erase_routes(service: Callable[[], KTService | None]) -> web.RouteTableDef:
         if request.content_type != "application/json":
             return _error(415, 'send {"student_ids": [...]} as JSON with Content-Type: application/json')
         try:
-            ids = parse_student_ids(await _body(request))
+            body = await _body(request)
+            ids = parse_student_ids(body)
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"the request body is over {request.client_max_size} bytes; send fewer ids")
         except InputRejected as exc:
             return _error(400, f"{exc}; nothing was erased", exc.field)
+        pseudonyms = {svc.pseudonymize(i) for i in [*ids, *earlier_forms(body, ids)]}
         try:
-            erased = await asyncio.wait_for(asyncio.wrap_future(svc.erase(svc.pseudonymize(i) for i in ids)),
-                                            ERASE_TIMEOUT_S)
+            erased = await asyncio.wait_for(asyncio.wrap_future(svc.erase(pseudonyms)), ERASE_TIMEOUT_S)
         except asyncio.TimeoutError:  # still queued: withdrawn; under way: it completes
             return _error(503, f"the erase was not confirmed within {ERASE_TIMEOUT_S:g} s (a slow or stalled "
                                "disk?); send the same request again: erasing twice is harmless")
         except EdgeAgentError as exc:  # ServiceBusy, StoreError (a full or read-only disk)
             return _error(503, f"nothing was erased: {exc}")
-        return web.json_response({"students": len(ids), "erased": erased.had_data,
-                                  "without_data": erased.had_none, "kept": KEPT})
+        # per student, not per form: one stored under two forms of its id counts once
+        had_data = min(erased.had_data, len(ids))
+        return web.json_response({"students": len(ids), "erased": had_data,
+                                  "without_data": len(ids) - had_data, "kept": KEPT})
 
     return routes

@@ -83,6 +83,28 @@ def test_an_erase_on_the_board_removes_the_students_row_before_it_replies(board:
     assert after == before + 1
 
 
+def test_an_erase_reaches_a_state_an_older_release_stored_under_the_id_as_typed(
+    board: dict[str, Any],
+) -> None:
+    # Round 2: a release before 2026-12-05 stored "２０２３０１０１" (full-width, a Chinese IME) under its own
+    # pseudonym, and one before 2026-12-03 " stu-9" with its space; the erase of 20230101 or stu-9 reached
+    # neither, and replied "no data" while the state stayed
+    pseudo = Pseudonymizer(SECRET)
+    columns = "state, answers, updated_at, kept, recent, lesson_tail"
+
+    def stored_as(typed: str) -> None:
+        board["db"].write(lambda c: c.execute(
+            f"INSERT INTO kt_student_state(student, {columns}) SELECT ?, {columns} FROM kt_student_state "
+            "WHERE student = ?", (pseudo(typed), pseudo("stu-0")))).result(10)
+
+    stored_as("２０２３０１０１")
+    stored_as(" stu-9")
+    status, reply = _erase(board, {"student_ids": ["２０２３０１０１", " stu-9", "stu-8"]})
+    assert status == 200, reply
+    assert (reply["students"], reply["erased"], reply["without_data"]) == (3, 2, 1)
+    assert _stored(board) == {pseudo(f"stu-{n}") for n in range(4)}
+
+
 @pytest.mark.parametrize(("raw", "content_type", "status", "says"), [
     ("stu-1", "application/json", 400, "not valid JSON"),
     ('["stu-1"]', "application/json", 400, "student_ids"),
