@@ -395,7 +395,7 @@ class KTService:
                 return
             with self._lock:
                 self._erasing.update(students)
-            saving = self._persistence.db.write(erase_writer(sorted(students)))
+            saving = self._persistence.db.write(erase_writer(sorted(students)), wipe_wal=True)
 
         def committed(f: Future[set[str]]) -> None:  # on the writer thread
             with self._lock:

@@ -139,6 +139,7 @@ class _Task:
     fn: WriteFn
     future: Future[Any]
     alone: bool = False  # in a transaction of its own (see Database.write)
+    wipe_wal: bool = False  # the WAL emptied after its commit (see Database.write)
 
 
 def storage_read_only(folder: Path) -> bool:
@@ -355,6 +356,9 @@ class Database:
         conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
         conn.execute("PRAGMA synchronous = FULL")  # an acknowledged enqueue must survive power loss
         conn.execute("PRAGMA foreign_keys = ON")
+        # Deleted rows' bytes overwritten, not left in free pages: an erased student's state stayed readable
+        # in the file where SQLite is built without SECURE_DELETE (Debian's is built with it; a review)
+        conn.execute("PRAGMA secure_delete = ON")
         conn.execute(f"PRAGMA cache_size = -{int(self.settings.cache_kib)}")  # negative: KiB, not pages
         # A reader holding a transaction (an IT person's sqlite3 shell) stops checkpoints from going past
         # it, and the WAL grew 190 MB in 2 minutes at 200 answers/s and kept that size until a stop (a
@@ -465,10 +469,15 @@ class Database:
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def write(self, fn: Callable[[sqlite3.Connection], T], *, alone: bool = False) -> Future[T]:
+    def write(
+        self, fn: Callable[[sqlite3.Connection], T], *, alone: bool = False, wipe_wal: bool = False
+    ) -> Future[T]:
         """Queue ``fn(conn)`` for the writer thread; its future resolves after the commit. ``alone``: in a
         transaction of its own, for a write likely to fail: on a full disk SQLite rolls back the whole
-        transaction, and the tasks batched with it (an ack that frees room, an answer) failed with it."""
+        transaction, and the tasks batched with it (an ack that frees room, an answer) failed with it.
+        ``wipe_wal``: the commit is checkpointed and the WAL truncated before the future resolves, for a
+        delete that must leave no copy of the rows behind (an erase: a quiet board kept the erased state in
+        its WAL for hours, a review)."""
         future: Future[T] = Future()
         try:
             with self._intake:  # with close(): a task queued after its drain would never be answered
@@ -476,7 +485,7 @@ class Database:
                     future.set_exception(
                         StoreError("the database is not open (the agent is starting or stopping)"))
                     return future
-                self._queue.put_nowait(_Task(fn, future, alone))
+                self._queue.put_nowait(_Task(fn, future, alone, wipe_wal))
         except queue.Full:
             message = f"the database write queue is full ({self._queue.maxsize} tasks): the disk is too slow"
             message += " or the writer stalled"
@@ -546,6 +555,8 @@ class Database:
                 if task.future.set_running_or_notify_cancel():
                     task.future.set_exception(failure)
             return
+        if any(task.wipe_wal for task in batch):
+            self._wipe_wal(conn)
         failures = [error for _, _, error in results if isinstance(error, STORAGE_FAILURES)]
         if failures:  # e.g. an insert the read-only file system refused; the savepoint rolled it back
             self._note_failure(failures[-1])
@@ -560,6 +571,19 @@ class Database:
                 task.future.set_exception(error)
             else:
                 task.future.set_result(value)
+
+    def _wipe_wal(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the database and truncate it; a reader in the way (busy) leaves it for the
+        next checkpoint, said in the log."""
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            busy, detail = 1, str(exc)
+        else:
+            detail = "a reader held it"
+        if busy:
+            log.warning("the write-ahead log of %s was not emptied after an erase (%s); the next checkpoint "
+                        "empties it", self.path, detail)
 
     def _note_failure(self, error: StoreError) -> None:
         now, last = time.time(), self._failures

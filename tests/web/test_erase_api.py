@@ -83,6 +83,20 @@ def test_an_erase_on_the_board_removes_the_students_row_before_it_replies(board:
     assert after == before + 1
 
 
+def test_an_erased_students_pseudonym_is_nowhere_in_the_database_files_when_the_erase_replies(
+    board: dict[str, Any],
+) -> None:
+    # Round 2: on a quiet board the write-ahead log kept the erased state's pages for hours after the
+    # reply, and where SQLite is built without SECURE_DELETE the free pages of the file kept the row
+    pseudo = Pseudonymizer(SECRET)
+    status, reply = _erase(board, {"student_ids": ["stu-2"]})
+    assert status == 200 and reply["erased"] == 1, reply
+    files = {p.name: p.read_bytes() for p in board["tmp"].glob("edge-agent.db*")}
+    assert files and all(pseudo("stu-2").encode() not in data for data in files.values())
+    assert pseudo("stu-3").encode() in files["edge-agent.db"]  # the others' states, checkpointed into it
+    assert board["db"].read(lambda c: c.execute("PRAGMA secure_delete").fetchone()[0]) == 1
+
+
 def test_an_erase_reaches_a_state_an_older_release_stored_under_the_id_as_typed(
     board: dict[str, Any],
 ) -> None:
