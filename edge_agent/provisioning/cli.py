@@ -164,10 +164,10 @@ def _report(result: Result) -> None:
             f"  send {result.root / 'etc/edge-agent/certs/device.csr'} to the fleet CA, then re-run with "
             "--cert FILE --ca-cert FILE"
         )
-        if not (result.root / "etc/edge-agent/certs/device.pem").is_file():
-            print("  edge-agent.service is installed but not enabled: the daemon cannot start without its "
-                  "certificate. The re-run enables it; then `systemctl start edge-agent` on the board (or "
-                  "reboot it)")
+    if result.daemon_waits_for:
+        print(f"  edge-agent.service is installed but not enabled: the daemon cannot start without "
+              f"{', '.join(result.daemon_waits_for)}. The re-run that installs it enables it; then "
+              "`systemctl start edge-agent` on the board (or reboot it)")
 
 
 def add_model_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]

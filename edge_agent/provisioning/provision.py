@@ -93,6 +93,8 @@ class Result:
     root: Path
     state: str = "provisioned"  # or "awaiting-certificate", or "revoked" (kept so: the broker refuses it)
     changes: list[str] = field(default_factory=list)
+    # the config's files not on the board yet (its certificate): the daemon would refuse to start
+    daemon_waits_for: list[str] = field(default_factory=list)
 
     @property
     def device_id(self) -> str:
@@ -286,8 +288,13 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
         system.chown_if_root(paths["metrics_token"], uid, gid)
     for path in (paths["config"], paths["certs"], paths["etc"]):
         system.chown_if_root(path, 0, gid)
-    has_cert = paths["cert"].is_file()  # without one the daemon refuses to start: not enabled
-    result.changes += system.install_units(root, units_src, opts.agent_bin, daemon_enabled=has_cert)
+    # Not enabled while a file its config needs is missing: it would refuse to start, and systemd start it
+    # again every 10 s. Judged by the config, not the certificate file: a board without MQTT needs none
+    # (round 2: such a board was never enabled, and never ran)
+    result.daemon_waits_for = [key for key, path in config.required_files()
+                               if not (root / str(path).lstrip("/")).is_file()]
+    result.changes += system.install_units(root, units_src, opts.agent_bin,
+                                           daemon_enabled=not result.daemon_waits_for)
     if on_host and opts.activate and result.state != "awaiting-certificate":
         system.activate_on_host(restart_for(result.changes))
     return result

@@ -409,6 +409,22 @@ def test_a_board_awaiting_its_certificate_gets_the_daemon_enabled_only_with_it(
     assert os.readlink(wants / "edge-agent.service") == "/etc/systemd/system/edge-agent.service"
 
 
+def test_a_board_without_mqtt_needs_no_certificate_and_gets_its_daemon_enabled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Round 2: the daemon was enabled only with a certificate file; a school without a cloud
+    # (mqtt.enabled = false) never has one, so its board never started: no answers, no teacher view
+    inventory = tmp_path / "inv.csv"
+    inventory.write_text("tenant,site,class_id,device_id,mqtt.enabled\nd,s,class-1,board-a,false\n")
+    root = tmp_path / "root"
+    args = ["--inventory", str(inventory), "--template", str(TEMPLATE), "--device-id", "board-a",
+            "--root", str(root)]
+    provision_main(args)
+    assert "not enabled" not in capsys.readouterr().out
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    assert sorted(p.name for p in wants.iterdir()) == ["edge-agent-engines.service", "edge-agent.service"]
+
+
 def signed_for_other_key(ca: FleetCA, device_id: str, **kwargs: dt.datetime) -> bytes:
     return ca.sign_csr(make_csr(new_ec_key(), device_id, "t", "s"), **kwargs)
 
