@@ -57,6 +57,17 @@ class Sequences:
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d*)?")
 
 
+def skill_key(text: str) -> str:
+    """The skill a spelling names: a whole number as its value ("07", "7.0" and " 7" are "7"), a code such
+    as "1.1" or a name as written (spaces around it dropped)."""
+    text = text.strip()
+    if _NUMBER.fullmatch(text):
+        whole, _, fraction = text.partition(".")
+        if not fraction.strip("0"):
+            return str(int(whole))
+    return text
+
+
 class _SkillIds:
     """The skill ids of one file, a whole number as its value; the file's first id says whether all are
     numbers or all are names. Each distinct spelling is checked once and then shared."""
@@ -93,13 +104,9 @@ class _SkillIds:
                 f"{where}: skill id {text!r} is {kind}, but the file's skill ids are {other} (the first, "
                 f"{first!r}, is on line {first_line}); use numbers throughout or names throughout"
             )
-        key = text
-        if number:
-            whole, dot, fraction = text.partition(".")
-            if not fraction.strip("0"):
-                key = str(int(whole))
-                if not dot:
-                    self.names.setdefault(key, text)
+        key = skill_key(text)
+        if number and "." not in text:
+            self.names.setdefault(key, text)
         return self._ids.setdefault(key, key)
 
     def renamed(self) -> dict[str, str]:

@@ -6,7 +6,8 @@
 Before these, a trained package named every skill by its id and held one exercise per skill, titled
 "知识点 一元一次方程 练习" / "practice on skill 一元一次方程" (a review): a school could only edit the JSON by
 hand, and had to invent an English name for each. An English column left out or empty takes the Chinese
-text. Every problem is found before the training starts, named by file and line.
+text. A malformed file is refused before the training starts, named by file and line; a skill or exercise
+the answer log never practised is left out with a warning once the model is trained.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import InputRejected
+from edge_agent.kt.data import skill_key
 from edge_agent.kt.package import MAX_DIFFICULTY
 from edge_agent.spreadsheet_text import read_spreadsheet_text
 
@@ -106,20 +108,22 @@ def package_entries(
     answer log spells them, in output order). A skill or exercise the log never practised cannot be in
     the model: left out with a warning. A skill without an exercise gets one, so recommendations can name
     something to practise."""
-    known = set(trained)
-    unused = [s for s in bank.skill_names if s not in known]
+    # matched as the answer log's ids are (data.skill_key): the log's "07" is the skills file's "7"
+    known = {skill_key(s): s for s in trained}
+    unused = [s for s in bank.skill_names if skill_key(s) not in known]
     if unused:
         shown = ", ".join(unused[:5]) + " ..." * (len(unused) > 5)
         log.warning("%s skills in the skills file are not in the answer log and are left out (the model has "
                     "no output for them): %s", len(unused), shown)
+    names = {skill_key(s): n for s, n in bank.skill_names.items()}
     skills = []
     for s in trained:
-        zh, en = bank.skill_names.get(s, (s, s))
+        zh, en = names.get(skill_key(s), (s, s))
         skills.append({"id": s, "name_zh": zh, "name_en": en})
     items = []
     for item, where in zip(bank.items, bank.item_lines, strict=True):
-        if item["skill_id"] in known:
-            items.append(item)
+        if skill_key(item["skill_id"]) in known:
+            items.append(item | {"skill_id": known[skill_key(item["skill_id"])]})  # as the package names it
         else:
             log.warning("%s: exercise %r is on skill %r, which is not in the answer log: left out", where,
                         item["id"], item["skill_id"])
@@ -129,9 +133,10 @@ def package_entries(
         if skill["id"] not in practised:
             item_id = base = f"skill-{skill['id']}"
             n = 1
-            while item_id in taken:  # a school's own exercise called so
+            while item_id in taken:  # a school's own exercise called so, or one made here (round 2)
                 n += 1
                 item_id = f"{base}-{n}"
+            taken.add(item_id)
             items.append({"id": item_id, "skill_id": skill["id"], "difficulty": 0.0,
                           "title_zh": f"{skill['name_zh']}·练习",
                           "title_en": f"practice: {skill['name_en']}"})

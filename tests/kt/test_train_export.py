@@ -356,3 +356,20 @@ def test_kt_train_names_a_gbk_or_utf16_spreadsheet_and_how_to_convert_it(
         assert main(args) == 1
         out = capsys.readouterr().out
         assert f"{skills} is not UTF-8 text ({said}" in out and "iconv" in out and "CSV UTF-8" in out, out
+
+
+def test_the_schools_spreadsheets_name_skills_as_the_answer_log_does_and_made_ids_never_collide() -> None:
+    # Round 2: a log's "01" was not the skills file's "1" (its names and exercise dropped, after training),
+    # and an exercise made for a skill without one took an id already made for another (a package the
+    # daemon then refused: "item ids must be unique")
+    from edge_agent.kt.school_bank import SchoolBank, package_entries
+
+    titles = {"difficulty": 0.0, "title_zh": "练习", "title_en": "practice"}
+    bank = SchoolBank({"1": ("有理数", "rationals")},
+                      ({"id": "q1", "skill_id": "1.0", **titles},
+                       {"id": "skill-A", "skill_id": "B", **titles}),
+                      ("items.csv line 2", "items.csv line 3"))
+    skills, items = package_entries(bank, ["01", "A", "A-2", "B"])
+    assert skills[0] == {"id": "01", "name_zh": "有理数", "name_en": "rationals"}
+    assert [(i["id"], i["skill_id"]) for i in items] == [
+        ("q1", "01"), ("skill-A", "B"), ("skill-A-2", "A"), ("skill-A-2-2", "A-2")]
