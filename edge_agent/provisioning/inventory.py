@@ -174,7 +174,7 @@ def load_inventory(path: Path) -> list[Board]:
     try:
         text = read_spreadsheet_text(path)
     except InputRejected as exc:
-        raise ProvisioningError(f"cannot read inventory: {exc}") from exc
+        raise ProvisioningError(f"fleet inventory: {exc}") from exc
     return parse_inventory(text, str(path))
 
 
