@@ -1,10 +1,13 @@
 """Removing students' learning data: on a parent's request (PIPL art. 47, GDPR art. 17) and by retention.
 
-What goes: the student's row of ``kt_student_state`` (state, kept answers, recent items, lesson_tail) and
-their entries in the stored lesson records (meta ``kt_lesson_view``, ``kt_lesson_window``); the service
-drops the same from memory (KTService.erase). What stays: class aggregates (no student in them), and the
-idempotency keys of ``kt_applied_events``, hashes of (pseudonym, client event id) that say nothing of an
-answer and expire after EVENT_KEEP_S (7 days).
+What goes: the student's row of ``kt_student_state`` (state, kept answers, recent items, lesson_tail),
+their entries in the stored lesson records (meta ``kt_lesson_view``, ``kt_lesson_window``), and from their
+answers' rows of ``kt_applied_events`` what each answer said (``content``, an unkeyed hash of item and
+correctness: trying the package's items gave both back) and whose it was (``student``); the service drops
+the same from memory (KTService.erase). What stays: class aggregates (no student in them), and the
+idempotency keys, keyed hashes of (student id, client event id), so a client's retry is still answered as
+a duplicate; they expire after EVENT_KEEP_S (7 days). Rows stored by a release before the student column
+have nothing to find them by and keep their content until they expire, within 7 days of the upgrade.
 
 The decisions are pure functions (:func:`parse_student_ids`, :func:`retention_cutoff`); the transactions
 are writers for the store's single writer thread.
@@ -21,6 +24,7 @@ from typing import Any
 from edge_agent.errors import InputRejected
 from edge_agent.kt.answers import student_id
 from edge_agent.kt.classroom import record_without
+from edge_agent.kt.persistence import KEYS_PER_QUERY
 from edge_agent.store.db import Database, meta_object, set_meta
 
 MAX_ERASE_IDS = 1000  # a whole school's leavers at once; a larger list is a mistake (and one long write)
@@ -82,6 +86,14 @@ def erase_writer(students: Sequence[str]) -> Callable[[sqlite3.Connection], set[
         for student in gone:
             if conn.execute("DELETE FROM kt_student_state WHERE student = ?", (student,)).rowcount:
                 had.add(student)
+        # Their answers' idempotency keys stay (a retry within minutes is still a duplicate), without what
+        # each answer said or whose it was; keys stored before the student column was added have none to
+        # find them by, and expire within EVENT_KEEP_S of the upgrade
+        students = sorted(gone)
+        for i in range(0, len(students), KEYS_PER_QUERY):
+            chunk = students[i : i + KEYS_PER_QUERY]
+            conn.execute("UPDATE kt_applied_events SET content = NULL, student = NULL "
+                         f"WHERE student IN ({','.join('?' * len(chunk))})", chunk)
         for key in _RECORDS:
             record = meta_object(conn, key)
             if record is not None:

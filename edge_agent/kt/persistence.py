@@ -1,8 +1,8 @@
 """Per-student states and applied event keys in SQLite, through the store's single writer.
 
 Tables (store/schema.py): ``kt_student_state(student, state, answers, updated_at, kept)`` keyed by pseudonym,
-and ``kt_applied_events(event_key, applied_at)`` for idempotency across restarts. Beside each state, the
-student's answers the lesson records saved every 15 s may not hold yet (``lesson_tail``).
+and ``kt_applied_events(event_key, applied_at, content, student)`` for idempotency across restarts. Beside
+each state, the student's answers the lesson records saved every 15 s may not hold yet (``lesson_tail``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from edge_agent.kt.state import HISTORY_CAP, RECENT_ITEMS, StudentState
 from edge_agent.store.db import Database, meta_object, set_meta
 
 Writer = Callable[[sqlite3.Connection], None]  # a part of one transaction, run on the writer thread
+# An applied answer's row of kt_applied_events: (event key, applied at, content, student's pseudonym)
+EventRow = tuple[str, float, str | None, str | None]
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +36,14 @@ EVENT_KEEP_S = 7 * 86400.0  # a client retries within minutes; a week covers a b
 EVENTS_ALWAYS_KEPT = 20_000
 # Keys deleted per write task by prune_events: a few milliseconds on a Jetson's SD card
 PRUNE_PIECE = 2_000
-_KEYS_PER_QUERY = 500  # under SQLite's bound-parameter limit on every version JetPack ships
+KEYS_PER_QUERY = 500  # under SQLite's bound-parameter limit on every version JetPack ships
 
 
 def _rows_in(conn: sqlite3.Connection, select: str, values: Sequence[str]) -> list[Any]:
     """The rows of ``select`` (ending in the column to match) IN ``values``, queried in chunks."""
     rows: list[Any] = []
-    for i in range(0, len(values), _KEYS_PER_QUERY):
-        chunk = list(values[i : i + _KEYS_PER_QUERY])
+    for i in range(0, len(values), KEYS_PER_QUERY):
+        chunk = list(values[i : i + KEYS_PER_QUERY])
         rows.extend(conn.execute(f"{select} IN ({','.join('?' * len(chunk))})", chunk))
     return rows
 
@@ -139,7 +141,7 @@ def _meta_json_writer(key: str, value: dict[str, Any] | None) -> Callable[[sqlit
 
 def state_writer(
     states: Iterable[tuple[str, StudentState]],
-    events: Iterable[tuple[str, float, str | None]],
+    events: Iterable[EventRow],
     now: float,
     forget: Sequence[str] = (),
     *,
@@ -163,7 +165,8 @@ def state_writer(
             state_rows,
         )
         conn.executemany(
-            "INSERT OR IGNORE INTO kt_applied_events(event_key, applied_at, content) VALUES (?, ?, ?)",
+            "INSERT OR IGNORE INTO kt_applied_events(event_key, applied_at, content, student) "
+            "VALUES (?, ?, ?, ?)",
             event_rows,
         )
         conn.executemany("DELETE FROM kt_student_state WHERE student = ?", forget_rows)  # after: wins
@@ -352,15 +355,15 @@ class StatePersistence:
     def save(
         self,
         states: Iterable[tuple[str, StudentState]],
-        events: Iterable[tuple[str, float, str | None]],
+        events: Iterable[EventRow],
         now: float,
         forget: Sequence[str] = (),
         *,
         tails: Mapping[str, str | None] | None = None,
     ) -> Future[None]:
         """Upsert ``states`` with each student's answers the lesson records may not hold yet (``tails``:
-        their ``Tail.text()``), record ``events`` (key, applied at, content) and delete the states of the
-        students in ``forget``, in one transaction."""
+        their ``Tail.text()``), record ``events`` (key, applied at, content, student) and delete the states
+        of the students in ``forget``, in one transaction."""
         return self.db.write(state_writer(states, events, now, forget, tails=tails))
 
     def save_lesson_view(self, view: dict[str, Any] | None, *, first: Writer | None = None) -> Future[None]:

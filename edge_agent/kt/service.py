@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Union
@@ -42,7 +42,15 @@ from edge_agent.kt.applied_events import AppliedEvents
 from edge_agent.kt.classroom import LessonWindow, items_by_skill, summarize
 from edge_agent.kt.erasure import erase_writer
 from edge_agent.kt.package import KTPackage
-from edge_agent.kt.persistence import EVENT_KEEP_S, JournalRow, StatePersistence, Tail, Writer, state_writer
+from edge_agent.kt.persistence import (
+    EVENT_KEEP_S,
+    EventRow,
+    JournalRow,
+    StatePersistence,
+    Tail,
+    Writer,
+    state_writer,
+)
 from edge_agent.kt.recommend import ItemBank, item_success, weakest_skills
 from edge_agent.kt.state import RECENT_ITEMS, UNKNOWN_MODEL, StudentState, history_code
 from edge_agent.lifecycle import Heartbeat, waiting_on_disk
@@ -217,7 +225,7 @@ class KTService:
         # Applied in memory, but their commit failed (a full disk): saved again with the next batch, so
         # the retry the client makes after its 503 (a "duplicate") is answered only once it is on disk.
         self._unsaved_students: set[str] = set()
-        self._unsaved_keys: list[tuple[str, float, str | None]] = []
+        self._unsaved_keys: list[EventRow] = []
         # Each student's answers (seq, student, skills, at) the stored lesson records may not hold yet,
         # stored beside the student's state: the records are saved every 15 s, and a power cut lost up to
         # 15 s of a window's answers (the states had them, the window sent to the cloud did not). ``_seq``
@@ -390,11 +398,18 @@ class KTService:
         students = job.students
         with self.lesson_order:
             held = self.forget_students(students)
+            with self._lock:
+                # Their answers' keys stay (a client's retry is still a duplicate), without what the answers
+                # said or whose they were: the content, an unkeyed hash of item and correctness, gave both
+                # back to anyone trying the package's items (a review: 667 of 667). The delete does the same
+                # to the stored keys; those whose commit failed are stored again so (see _store)
+                self._applied.erase(students)
+                self._unsaved_keys = _without(self._unsaved_keys, students)
+                if self._persistence is not None:
+                    self._erasing.update(students)
             if self._persistence is None:
                 job.future.set_result(_erased(held, students))
                 return
-            with self._lock:
-                self._erasing.update(students)
             saving = self._persistence.db.write(erase_writer(sorted(students)), wipe_wal=True)
 
         def committed(f: Future[set[str]]) -> None:  # on the writer thread
@@ -409,7 +424,7 @@ class KTService:
 
         saving.add_done_callback(committed)
 
-    def _unsaved(self) -> tuple[dict[str, StudentState], list[tuple[str, float, str | None]]]:
+    def _unsaved(self) -> tuple[dict[str, StudentState], list[EventRow]]:
         """The current states of students, and the event keys, whose commit failed, for the caller to save
         again. They stay listed until a save of them commits (:meth:`_saved`): until then a retry must still
         find its key here (memory may have let it go, and SQLite does not have it yet)."""
@@ -426,7 +441,7 @@ class KTService:
         student's older state over the newer ones committed meanwhile (a review: an answer lost)."""
         if self.unsaved_count() == 0:
             return None, lambda: None
-        written: list[tuple[dict[str, StudentState], list[tuple[str, float, str | None]]]] = []
+        written: list[tuple[dict[str, StudentState], list[EventRow]]] = []
 
         def write(conn: sqlite3.Connection) -> None:
             states, keys = self._unsaved()
@@ -460,12 +475,12 @@ class KTService:
                 else:
                     del self._tails[student]
 
-    def _saved(self, states: dict[str, StudentState], keys: list[tuple[str, float, str | None]]) -> None:
+    def _saved(self, states: dict[str, StudentState], keys: list[EventRow]) -> None:
         """Under the lock, after a commit of ``states`` and ``keys``: they are on disk. The writer commits
         in order, so no later failure can have listed one of them again in between."""
         self._unsaved_students.difference_update(states)
         if self._unsaved_keys:
-            stored = {key for key, _, _ in keys}
+            stored = {row[0] for row in keys}
             self._unsaved_keys = [k for k in self._unsaved_keys if k[0] not in stored]
 
     def _save_unsaved(self, timeout_s: float = 5.0) -> None:
@@ -619,14 +634,14 @@ class KTService:
             self._finish(jobs, results)
             return
         now = self._clock()
-        keys: list[tuple[str, float, str | None]] = []
+        keys: list[EventRow] = []
         # A duplicate's first copy may still wait for its commit (a slow disk made the client give up and
         # retry): the retry is answered after that commit, through the same single writer, never before.
         repeats: set[str] = set()
         for job, res in zip(jobs, results, strict=False):
             for a, f in zip(job.answers, res, strict=False):
                 if f["status"] == "applied":
-                    keys.append((a.event_key, now, a.content))
+                    keys.append((a.event_key, now, a.content, a.student))
                 elif f["status"] == "duplicate":
                     repeats.add(a.event_key)
         unsaved, retry_keys = self._unsaved()
@@ -644,10 +659,11 @@ class KTService:
             with self._lock:
                 if error is not None:  # those saved again (still listed) stay listed
                     self._unsaved_students.update(changed)
-                    self._unsaved_keys.extend(new_keys)
+                    # an erase queued since: stored again without what they said or whose (_erase)
+                    self._unsaved_keys.extend(_without(new_keys, self._erasing))
                 else:
                     self._saved(states, keys)
-                if error is None and repeats and any(key in repeats for key, _, _ in self._unsaved_keys):
+                if error is None and repeats and any(row[0] in repeats for row in self._unsaved_keys):
                     # its first copy's commit, queued before this one, failed
                     error = ServiceBusy("the first copy of this answer is not stored yet; retry", 60)
             self._finish(jobs, results, error)
@@ -701,18 +717,18 @@ class KTService:
         # Per answer, (student, index of its last step among the student's steps in this batch): its
         # feedback is the state after it, not after the student's later answers in the same micro-batch.
         ends: list[tuple[str, int] | None] = []
-        seen: dict[str, str] = {}  # applied in this batch: key -> content
+        seen: dict[str, Answer] = {}  # applied in this batch: key -> the answer
         unseen = [a.event_key for a in answers if a.event_key not in self._applied]
         stored: dict[str, str | None] = {}
         with self._lock:  # applied, but their commit failed: memory may have let them go (a long full disk)
-            unsaved = {key: content for key, _, content in self._unsaved_keys}
+            unsaved = {row[0]: row[2] for row in self._unsaved_keys}
         if self._persistence is not None and unseen:
             with waiting_on_disk(self._heartbeat):  # a read of a WAL database waits on a stalled disk
                 stored = self._persistence.applied_among(unseen)
         for a in answers:
             key = a.event_key
             if key in seen:
-                before: str | None = seen[key]
+                before: str | None = seen[key].content
             elif key in self._applied:
                 before = self._applied.content_of(key)
             elif key in stored:
@@ -720,7 +736,7 @@ class KTService:
             elif key in unsaved:
                 before = unsaved[key]
             else:
-                seen[key] = a.content
+                seen[key] = a
                 statuses.append("applied")
                 queue = steps.setdefault(a.student, deque())
                 queue.extend((k, a.correct) for k in a.skills)
@@ -755,8 +771,8 @@ class KTService:
                     self._states[student] = state
                     self._states.move_to_end(student)
                 forgotten = self._forget_oldest()
-                for key, content in seen.items():
-                    self._applied.add(key, now, content)
+                for key, a in seen.items():
+                    self._applied.add(key, now, a.content, a.student)
                 self._applied.expire(now)
             return forgotten
 
@@ -1116,6 +1132,12 @@ class KTService:
     def student_count(self) -> int:
         with self._lock:
             return len(self._states)
+
+
+def _without(keys: list[EventRow], students: Container[str]) -> list[EventRow]:
+    """``keys`` with the content and student of those of ``students`` set to None."""
+    return [(key, at, None, None) if student in students else (key, at, content, student)
+            for key, at, content, student in keys]
 
 
 def _erased(had: set[str], asked: set[str]) -> Erased:

@@ -72,6 +72,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # (table, column, type): added where missing, NULL in rows written before or by an older release
 SIDE_COLUMNS = [
     ("kt_applied_events", "content", "TEXT"),  # what the event said, to tell a reused client event id
+    # the student's pseudonym, so that an erase finds the student's rows (and sets it and content to NULL)
+    ("kt_applied_events", "student", "TEXT"),
     ("kt_student_state", "kept", "BLOB"),  # the model id and kept answers (StudentState.kept_bytes)
     # JSON {"answers": n, "kept": [[skill id, 0/1], ...]}: kept answers by skill id, taken when the package's
     # skills changed and some had gone (StatePersistence.align_skills), for a package that has them again

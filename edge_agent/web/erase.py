@@ -26,9 +26,11 @@ ERASE_PATH = "/api/v1/students/erase"
 ERASE_TIMEOUT_S = 30.0
 KEPT = (
     "Class aggregates already computed or sent to the school's cloud hold no student and stay. The board "
-    f"keeps the answers' idempotency keys (hashes of student and client event id, nothing of the answer) for "
-    f"up to {EVENT_KEEP_S / 86400:.0f} days. The class roster file is the school's: `edge-agent kt roster "
-    "remove` takes a student off it."
+    "keeps the answers' idempotency keys (keyed hashes of student and client event id, so that a client's "
+    "retry is not counted again), without what each answer said or whose it was, for up to "
+    f"{EVENT_KEEP_S / 86400:.0f} days; keys stored before this release have no student to find them by "
+    "and keep what the answer said until they expire. The class roster file is the school's: `edge-agent "
+    "kt roster remove` takes a student off it."
 )
 
 

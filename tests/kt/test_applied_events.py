@@ -44,3 +44,15 @@ def test_memory_stays_bounded_under_a_steady_stream() -> None:
 def test_a_window_that_is_not_positive_is_refused() -> None:
     with pytest.raises(ValueError):
         AppliedEvents(keep_s=0)
+
+
+def test_an_erase_keeps_the_students_keys_without_what_they_said_or_whose() -> None:
+    events = AppliedEvents(keep_s=10.0)
+    events.add("a1", 0.0, "c-a1", "stu-a")
+    events.add("b1", 1.0, "c-b1", "stu-b")
+    events.add("a2", 2.0, "c-a2", "stu-a")
+    assert events.erase({"stu-a", "stu-x"}) == 2
+    assert "a1" in events and "a2" in events  # a retry is still found, as a duplicate
+    assert (events.content_of("a1"), events.content_of("a2"), events.content_of("b1")) == (None, None, "c-b1")
+    assert events.erase({"stu-a"}) == 0 and "stu-a" not in str(vars(events))
+    assert events.expire(11.5) == 2 and "stu-b" not in str(vars(events))

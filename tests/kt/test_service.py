@@ -1120,13 +1120,13 @@ def test_old_event_keys_are_pruned_but_the_newest_stay_whatever_the_clock_said(d
     # those keys look older than the week kept, but a client may still retry them.
     store = StatePersistence(db)
     now = time.time()
-    old = [(f"old{n}", now - EVENT_KEEP_S - 3600, None) for n in range(30)]
-    recent = [(f"recent{n}", now - 10 * 86400, None) for n in range(5)]
+    old = [(f"old{n}", now - EVENT_KEEP_S - 3600, None, None) for n in range(30)]
+    recent = [(f"recent{n}", now - 10 * 86400, None, None) for n in range(5)]
     store.save([], old, now).result(5)
     store.save([], recent, now).result(5)
     assert store.prune_events(now - EVENT_KEEP_S, keep_newest=5).result(5) == 30
-    keys = [key for key, _, _ in old + recent]
-    assert sorted(store.applied_among(keys)) == sorted(key for key, _, _ in recent)
+    keys = [row[0] for row in old + recent]
+    assert sorted(store.applied_among(keys)) == sorted(row[0] for row in recent)
 
 
 class _WriteLog(Database):
@@ -1153,7 +1153,8 @@ def test_the_event_key_prune_deletes_in_pieces_that_let_answers_run_between(tmp_
     try:
         store = StatePersistence(db)
         now = time.time()
-        store.save([], [(f"old{n}", now - EVENT_KEEP_S - 3600, None) for n in range(5_000)], now).result(5)
+        old = [(f"old{n}", now - EVENT_KEEP_S - 3600, None, None) for n in range(5_000)]
+        store.save([], old, now).result(5)
         db.ran.clear()
         pruning = store.prune_events(now - EVENT_KEEP_S, keep_newest=10)
         answer = db.write(lambda conn: None, name="answer")  # queued while the first piece runs

@@ -77,8 +77,9 @@ def test_a_database_of_an_earlier_release_gains_the_side_columns_and_stays_reada
     assert db.open().migrations_applied == 0
     try:
         columns = db.read(lambda c: {r[1] for r in c.execute("PRAGMA table_info(kt_applied_events)")})
-        assert "content" in columns
-        assert db.read(lambda c: c.execute("SELECT content FROM kt_applied_events").fetchall()) == [(None,)]
+        assert {"content", "student"} <= columns
+        assert db.read(lambda c: c.execute("SELECT content, student FROM kt_applied_events").fetchall()
+                       ) == [(None, None)]
         # the history's clock flag (its rows before it: written on a clock taken as right, as before)
         aggregates = db.read(lambda c: {r[1] for r in c.execute("PRAGMA table_info(aggregates)")})
         assert "clock_unsynced" in aggregates

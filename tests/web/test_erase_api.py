@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,6 +118,54 @@ def test_an_erase_reaches_a_state_an_older_release_stored_under_the_id_as_typed(
     assert status == 200, reply
     assert (reply["students"], reply["erased"], reply["without_data"]) == (3, 2, 1)
     assert _stored(board) == {pseudo(f"stu-{n}") for n in range(4)}
+
+
+def _answer_api(board: dict[str, Any], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    status, _, reply = _request("127.0.0.1", board["server"].port, "/api/v1/answers",
+                                {"Content-Type": "application/json"}, "POST",
+                                json.dumps({"answers": answers}))
+    assert status == 200, reply
+    return list(json.loads(reply)["results"])
+
+
+def test_an_erase_leaves_nothing_of_the_students_answers_in_the_event_keys_and_a_retry_is_a_duplicate(
+    board: dict[str, Any]
+) -> None:
+    # The content of an applied event was an unkeyed hash of item and correctness, kept 7 days after an
+    # erase: trying the package's items x {0, 1} gave back 667 of 667 answers (a round-2 review)
+    pseudo, package = Pseudonymizer(SECRET), load_package()
+    items = [package.items[n].id for n in range(6)]
+    answers = [{"student_id": s, "item_id": item, "correct": n % 2 == 0, "answered_at": time.time(),
+                "client_event_id": f"{s}-q{n}"} for s in ("stu-1", "stu-2") for n, item in enumerate(items)]
+    assert {r["status"] for r in _answer_api(board, answers)} == {"applied"}
+    mine = {pseudo(f"event\0stu-1\0{eid}") for eid in ["e-1", *(f"stu-1-q{n}" for n in range(6))]}
+
+    def rows() -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(board["tmp"] / "edge-agent.db")  # the file, as anyone who has it reads it
+        try:
+            return conn.execute("SELECT event_key, applied_at, content, student FROM kt_applied_events"
+                                ).fetchall()
+        finally:
+            conn.close()
+
+    before = {r[0]: r for r in rows()}
+    assert all(before[key][2] is not None for key in mine)
+    status, reply = _erase(board, {"student_ids": ["stu-1"]})
+    assert status == 200 and reply["erased"] == 1
+    assert "nothing of the answer" not in reply["kept"]
+
+    after = {r[0]: r for r in rows()}
+    assert set(after) == set(before)  # every key stays: a retry must still read as a duplicate
+    assert all(after[key][2:] == (None, None) for key in mine)
+    assert not any(pseudo("stu-1") in str(row) for row in after.values())
+    others = [k for k in before if k not in mine]
+    assert [after[k] for k in others] == [before[k] for k in others]
+    assert all(r[2] is not None for k, r in after.items() if k not in mine)  # the others' contents untouched
+
+    retried = _answer_api(board, answers[:6])  # the erased student's answers sent again: not applied again
+    assert [r["status"] for r in retried] == ["duplicate"] * 6
+    assert board["svc"].student_mastery(pseudo("stu-1")) is None and pseudo("stu-1") not in _stored(board)
+    assert {r[0]: r for r in rows()} == after
 
 
 @pytest.mark.parametrize(("raw", "content_type", "status", "says"), [
