@@ -201,3 +201,39 @@ def test_a_clock_jumped_years_ahead_deletes_no_student(
         assert "may be wrong" in caplog.text
     finally:
         asyncio.run(component.stop())
+
+
+def _figures(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("mastery_mean", "below_threshold", "histogram", "assessed", "assessed_mean",
+            "assessed_below_threshold")
+    return {"students": summary["figures_students"], "weakest": summary["weakest"],
+            "skills": [{k: s[k] for k in keys} for s in summary["skills"]]}
+
+
+def test_an_erase_leaves_the_published_class_figures_until_a_group_has_answered_since(
+    package: KTPackage, engine: Any, pseudonymize: Any
+) -> None:
+    # Dropping the erased student from the figures at once gave their mastery of every skill by
+    # difference (a round-2 review: mean_before * N - mean_after * (N - 1), 0.4790 for 0.4793 true)
+    settings = KTSettings(min_group_size=3, microbatch_wait_ms=0.0)
+    svc = KTService(package, engine, settings, pseudonymize)
+    svc.start()
+    try:
+        students = [f"stu-{n}" for n in range(6)]
+        for round_ in range(2):
+            _class(package, pseudonymize, svc, students, f"r{round_}")
+        before = _figures(svc.class_summary())
+        assert before["students"] == 6
+        assert svc.erase([pseudonymize("stu-1")]).result(10).had_data == 1
+        assert _figures(svc.class_summary()) == before
+        _class(package, pseudonymize, svc, ["stu-2", "stu-3"], "after")
+        assert _figures(svc.class_summary()) == before  # two of a group of three have answered since
+        _class(package, pseudonymize, svc, ["stu-4"], "after")
+        now = _figures(svc.class_summary())
+        assert now["students"] == 5  # taken anew, over those who remain
+        left = [svc.student_mastery(pseudonymize(s)) for s in students if s != "stu-1"]
+        mean = sum(m["skills"][0]["mastery"] for m in left) / 5  # type: ignore[index]
+        assert now["skills"][0]["mastery_mean"] == pytest.approx(mean, abs=1e-3)
+        assert pseudonymize("stu-1") not in str(vars(svc._view.published))  # type: ignore[union-attr]
+    finally:
+        svc.stop()
