@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -253,11 +254,23 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     assert engines.count(starting_build) == builds + 1
     assert "Skipped due to 'exec-condition'" in engines, engines[-1500:]
 
-    # Restarts by hand count against StartLimitBurst (5 in 10 minutes); install.sh's restart still works
+    # Restarts by hand count against StartLimitBurst (5 in 10 minutes); install.sh's restart on an upgrade
+    # still works. The upgrade: this release with one file changed, another release (run again on the
+    # release that is current, install.sh restarts nothing)
+    newer = tmp_path / "newer"
+    for part in ("pyproject.toml", "README.md", "edge_agent", "engines", "systemd", "provisioning"):
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, newer / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            newer.mkdir(exist_ok=True)
+            shutil.copy2(source, newer / part)
+    with (newer / "README.md").open("a") as readme:
+        readme.write("\n")
     for _ in range(3):
         booted.run("systemctl", "restart", "edge-agent", timeout_s=200)
-    upgrade = booted.run("sh", "-c", install, timeout_s=600)
-    assert "edge-agent restarted" in upgrade.stderr
+    upgrade = booted.run("sh", "-c", install.replace(f"cd {REPO} ", f"cd {newer} "), timeout_s=600)
+    assert "edge-agent restarted" in upgrade.stderr, upgrade.stdout + upgrade.stderr
     assert booted.show("edge-agent.service", "ActiveState")["ActiveState"] == "active"
 
     # Provisioning again: nothing changed, nothing restarted; a changed config restarts the daemon with it
