@@ -131,6 +131,14 @@ class TeacherViewPage:
     def text(self, selector: str) -> str:
         return str(self.page.locator(selector).first.text_content() or "").strip()
 
+    def open_live_in(self, lang: str) -> None:
+        """Open the page, wait until it is live, and show it in ``lang`` ("zh", the board's default, or
+        "en")."""
+        self.open()
+        self.wait_live()
+        if lang == "en":
+            self.switch_language()
+
     def switch_language(self) -> None:
         before = self.page.evaluate("document.documentElement.lang")
         self.page.click("#lang")

@@ -628,10 +628,7 @@ def test_phone_shows_whole_skill_names_without_sideways_scrolling(
     teacher_server: ServerThread, teacher_page: PageFactory, lang: str
 ) -> None:
     view = teacher_page(teacher_server.url, 390, 844)
-    view.open()
-    view.wait_live()
-    if lang == "en":
-        view.switch_language()
+    view.open_live_in(lang)
     assert view.page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
     title = view.page.locator("h1").bounding_box()
     size = view.page.evaluate("parseFloat(getComputedStyle(document.querySelector('h1')).fontSize)")
@@ -990,10 +987,7 @@ def test_every_skill_below_the_mastery_line_is_marked_in_words_not_only_the_weak
     # label, while one at 47.5 % was "weak". Each skill under mastery_threshold gets the low colour and
     # "below mastery" in words (a colour-blind reader); the weakest keep a stronger label.
     view = teacher_page(teacher_server.url)
-    view.open()
-    view.wait_live()
-    if lang == "en":
-        view.switch_language()
+    view.open_live_in(lang)
     learning = learning_section()
     skills = learning["skills"]
     for skill, mean in zip(skills, (0.40, 0.45, 0.475, 0.50, 0.59, 0.70), strict=True):
@@ -1053,10 +1047,7 @@ def test_sync_drop_reasons_are_in_the_teachers_words(teacher_server: ServerThrea
     # A review: "已丢弃 3 条（max_age）" on the zh-CN page. Every code of the outbox is translated (the two
     # size limits read alike and are counted together); a code this page does not know is shown as sent.
     view = teacher_page(teacher_server.url)
-    view.open()
-    view.wait_live()
-    if lang == "en":
-        view.switch_language()
+    view.open_live_in(lang)
     drops = {"max_age": 3, "max_rows": 2, "max_bytes": 1, "store_error": 4, "damaged": 5,
              "too_large_for_broker": 6, "expired": 7, "queue_full": 8, "rejected": 9, "brand_new": 10}
     live_board.publish("sync", sync_section(time.time()) | {"drops": drops})
@@ -1084,10 +1075,7 @@ def test_temperatures_are_listed_with_the_languages_separator(
 ) -> None:
     # A review: "cpu 59 °C, gpu 56 °C" on the zh-CN page, where a list takes "、"
     view = teacher_page(teacher_server.url)
-    view.open()
-    view.wait_live()
-    if lang == "en":
-        view.switch_language()
+    view.open_live_in(lang)
     temps = view.page.locator("#health-device dd").nth(2).text_content() or ""
     nb = "\u00a0"
     readings = (("cpu", 59), ("gpu", 56), ("soc0", 57))  # sample.py's, rounded
@@ -1136,10 +1124,7 @@ def test_a_camera_pause_that_failed_says_so_in_a_visible_line_until_one_succeeds
     # A review: a failed pause set only the button's tooltip, which a touch board never shows. The test
     # server has no camera routes: the pause answers 404, as a board whose camera API fails would.
     view = teacher_page(teacher_server.url)
-    view.open()
-    view.wait_live()
-    if lang == "en":
-        view.switch_language()
+    view.open_live_in(lang)
     line = view.page.locator("#cam-pause-failed")
     assert not line.is_visible()
     view.page.click("#cam-pause")
