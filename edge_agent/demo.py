@@ -67,6 +67,7 @@ def demo_config(
             "tenant": "demo-district",
             "site": "demo-school",
             "class_id": "grade7-2",
+            "display_name": "初一（2）班",  # the class as the teacher view names it
             "device_id": "demo-board",
             "pseudonym_secret_file": str(secret),
         },
