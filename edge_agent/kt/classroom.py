@@ -72,7 +72,9 @@ class Published:
     # The class figures as published when students in ``probs`` were erased since it was taken: shown as
     # they are until ``probs`` is taken anew (a group has answered since). Dropping the students at once
     # gave their figure on every skill by difference (a round-2 review: 0.4790 from two readings, 0.4793
-    # true). Class means and counts only: nothing of the erased students is kept apart.
+    # true). Class means and counts only: nothing of the erased students is kept apart. Saved with the
+    # lesson record (:func:`record_without` adds it to one saved before the erase): kept in memory only, a
+    # restart in between showed the figures over those who remain, the same difference.
     frozen: Frozen | None = None
 
     def note(self, student: str, current: dict[str, np.ndarray], known: dict[str, frozenset[int]],
@@ -157,6 +159,22 @@ class Frozen:
         matrix = np.stack(list(probs.values()))
         return cls(len(probs), matrix.mean(axis=0), (matrix < threshold).sum(axis=0).tolist(),
                    skill_histograms(matrix).tolist())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"students": self.students, "mean": [float(m) for m in self.mean], "below": list(self.below),
+                "histograms": [list(h) for h in self.histograms]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Frozen:
+        """Raises KeyError, TypeError or ValueError on a damaged record."""
+        mean = np.asarray(data["mean"], dtype=np.float64)
+        below = [int(n) for n in data["below"]]
+        histograms = [[int(n) for n in h] for h in data["histograms"]]
+        bins = len(HISTOGRAM_BINS) - 1
+        if (mean.ndim != 1 or not mean.size == len(below) == len(histograms) or not np.all(np.isfinite(mean))
+                or any(len(h) != bins for h in histograms)):
+            raise ValueError("damaged published figures")
+        return cls(int(data["students"]), mean, below, histograms)
 
 
 @dataclass(frozen=True)
@@ -272,6 +290,7 @@ class LessonWindow:
                 "threshold": shown.threshold,
                 "skills": {str(k): [f.students, round(f.mean, 6), f.below] for k, f in shown.skills.items()},
                 "skill_since": {str(k): sorted(who) for k, who in shown.skill_since.items()},
+                **({"frozen": shown.frozen.to_json()} if shown.frozen is not None else {}),
             }
         return data
 
@@ -301,10 +320,14 @@ class LessonWindow:
         size = {v.size for v in probs.values()}
         if shown is not None:
             figures = {str(s): np.asarray(v, dtype=np.float32) for s, v in shown["probs"].items()}
-            if all(v.ndim == 1 and {v.size} == size and np.all(np.isfinite(v)) for v in figures.values()):
+            # as published before an erase (a release before 2026-12-05 kept none)
+            frozen = None if shown.get("frozen") is None else Frozen.from_json(shown["frozen"])
+            if (all(v.ndim == 1 and {v.size} == size and np.all(np.isfinite(v)) for v in figures.values())
+                    and (frozen is None or not frozen.students or {frozen.mean.size} == size)):
                 at = shown["at"]
                 published = Published(group, figures, {str(s) for s in shown["since"]},
                                       None if at is None else float(at), float(shown.get("threshold", 0.6)))
+                published.frozen = frozen
                 published.retake_skills(window.probs, window.known)  # the members; and for a record of
                 if "skills" in shown:  # a release before 2026-12-04, the figures as they are
                     published.skills = {int(k): SkillFigure(int(n), float(m), int(b))
@@ -346,6 +369,16 @@ def record_without(data: dict[str, Any], students: set[str]) -> dict[str, Any]:
     shown = data.get("published")
     if isinstance(shown, dict):
         shown = out["published"] = dict(shown)
+        figures = shown.get("probs")
+        if shown.get("frozen") is None and isinstance(figures, dict) and students & figures.keys():
+            # the figures as published stay until taken anew, across a restart too (Published.frozen)
+            try:
+                probs = {s: np.asarray(p, dtype=np.float32) for s, p in figures.items()}
+                frozen = Frozen.of(probs, float(shown.get("threshold", 0.6)))
+            except (TypeError, ValueError):  # a damaged record, which is not restored either
+                frozen = None
+            if frozen is not None:
+                shown["frozen"] = frozen.to_json()
         if isinstance(shown.get("probs"), dict):
             shown["probs"] = {s: p for s, p in shown["probs"].items() if s not in students}
         if isinstance(shown.get("since"), list):
