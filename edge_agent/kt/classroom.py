@@ -116,9 +116,7 @@ class Published:
     def forget(self, students: set[str]) -> None:
         """Under the service's lock: an erased student's entries go. The skill figures already taken stay:
         they are class-level, as the windows already sent are; so are the class figures published from
-        ``probs`` (``frozen``) until they are taken anew."""
-        if self.frozen is None and self.group is not None and students & self.probs.keys():
-            self.frozen = Frozen.of(self.probs, self.threshold)
+        ``probs`` (``frozen``, which :meth:`LessonWindow.forget` takes) until they are taken anew."""
         self.probs = {s: p for s, p in self.probs.items() if s not in students}
         self.since -= students
         for who in (*self.skill_since.values(), *self.members.values()):
@@ -145,24 +143,37 @@ class Published:
 @dataclass(frozen=True)
 class Frozen:
     """Class figures over ``students`` students: per skill the mean, how many under the threshold and
-    the histogram, as :func:`summarize` computes them."""
+    the histogram, as :func:`summarize` computes them; and the counts shown beside them: the lesson's
+    students (``lesson``), who practised each skill in it (``practised``) and who has answered on it
+    (``members``; None: not known, those now). Dropping an erased student from the counts at once told
+    which skills they had practised."""
 
     students: int
     mean: np.ndarray
     below: list[int]
     histograms: list[list[int]]
+    lesson: int
+    practised: dict[int, int]
+    members: dict[int, int] | None
 
     @classmethod
-    def of(cls, probs: dict[str, np.ndarray], threshold: float) -> Frozen | None:
+    def of(cls, probs: dict[str, np.ndarray], threshold: float, lesson: int, practised: dict[int, int],
+           members: dict[int, int] | None) -> Frozen:
         if not probs:
-            return None
+            return cls(0, np.zeros(0), [], [], lesson, practised, members)
         matrix = np.stack(list(probs.values()))
         return cls(len(probs), matrix.mean(axis=0), (matrix < threshold).sum(axis=0).tolist(),
-                   skill_histograms(matrix).tolist())
+                   skill_histograms(matrix).tolist(), lesson, practised, members)
 
     def to_json(self) -> dict[str, Any]:
-        return {"students": self.students, "mean": [float(m) for m in self.mean], "below": list(self.below),
-                "histograms": [list(h) for h in self.histograms]}
+        data: dict[str, Any] = {
+            "students": self.students, "mean": [float(m) for m in self.mean], "below": list(self.below),
+            "histograms": [list(h) for h in self.histograms], "lesson": self.lesson,
+            "practised": {str(k): n for k, n in self.practised.items()},
+        }
+        if self.members is not None:
+            data["members"] = {str(k): n for k, n in self.members.items()}
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Frozen:
@@ -174,7 +185,10 @@ class Frozen:
         if (mean.ndim != 1 or not mean.size == len(below) == len(histograms) or not np.all(np.isfinite(mean))
                 or any(len(h) != bins for h in histograms)):
             raise ValueError("damaged published figures")
-        return cls(int(data["students"]), mean, below, histograms)
+        members = data.get("members")
+        return cls(int(data["students"]), mean, below, histograms, int(data["lesson"]),
+                   {int(k): int(n) for k, n in data["practised"].items()},
+                   None if members is None else {int(k): int(n) for k, n in members.items()})
 
 
 @dataclass(frozen=True)
@@ -233,7 +247,13 @@ class LessonWindow:
 
     def forget(self, students: set[str]) -> None:
         """Under the service's lock: the erased ``students``' entries go; the window's counts (answers,
-        activity) stay, holding no student."""
+        activity) stay, holding no student. Once the view has shown the lesson, its figures and counts stay
+        as published until taken anew (``Published.frozen``)."""
+        shown = self.published
+        held = set(self.probs).union(shown.probs, *self.practised.values(), *shown.members.values())
+        if shown.frozen is None and shown.group is not None and students & held:
+            shown.frozen = Frozen.of(shown.probs, shown.threshold, len(self.probs), _counts(self.practised),
+                                     _counts(shown.members))
         for student in students:
             self.probs.pop(student, None)
             self.known.pop(student, None)
@@ -290,6 +310,8 @@ class LessonWindow:
                 "threshold": shown.threshold,
                 "skills": {str(k): [f.students, round(f.mean, 6), f.below] for k, f in shown.skills.items()},
                 "skill_since": {str(k): sorted(who) for k, who in shown.skill_since.items()},
+                # how many have answered on each skill: an erase keeps it as shown (record_without)
+                "members": {str(k): n for k, n in _counts(shown.members).items()},
                 **({"frozen": shown.frozen.to_json()} if shown.frozen is not None else {}),
             }
         return data
@@ -369,16 +391,21 @@ def record_without(data: dict[str, Any], students: set[str]) -> dict[str, Any]:
     shown = data.get("published")
     if isinstance(shown, dict):
         shown = out["published"] = dict(shown)
-        figures = shown.get("probs")
-        if shown.get("frozen") is None and isinstance(figures, dict) and students & figures.keys():
-            # the figures as published stay until taken anew, across a restart too (Published.frozen)
+        figures, members = shown.get("probs"), shown.get("members")
+        if shown.get("frozen") is None and isinstance(figures, dict):
+            # the figures and counts as published stay until taken anew, across a restart too
+            # (Published.frozen)
             try:
-                probs = {s: np.asarray(p, dtype=np.float32) for s, p in figures.items()}
-                frozen = Frozen.of(probs, float(shown.get("threshold", 0.6)))
-            except (TypeError, ValueError):  # a damaged record, which is not restored either
-                frozen = None
-            if frozen is not None:
-                shown["frozen"] = frozen.to_json()
+                held = set(figures).union(data["students"], *data["practised"].values())
+                if students & held:
+                    probs = {s: np.asarray(p, dtype=np.float32) for s, p in figures.items()}
+                    shown["frozen"] = Frozen.of(
+                        probs, float(shown.get("threshold", 0.6)), len(data["students"]),
+                        {int(k): len(who) for k, who in data["practised"].items() if who},
+                        None if members is None else {int(k): int(n) for k, n in members.items()},
+                    ).to_json()
+            except (KeyError, TypeError, ValueError, AttributeError):  # damaged: not restored either
+                pass
         if isinstance(shown.get("probs"), dict):
             shown["probs"] = {s: p for s, p in shown["probs"].items() if s not in students}
         if isinstance(shown.get("since"), list):
@@ -387,6 +414,10 @@ def record_without(data: dict[str, Any], students: set[str]) -> dict[str, Any]:
             shown["skill_since"] = {k: [s for s in who if s not in students] if isinstance(who, list) else who
                                     for k, who in shown["skill_since"].items()}
     return out
+
+
+def _counts(who: dict[int, set[str]]) -> dict[int, int]:
+    return {k: len(students) for k, students in who.items() if students}
 
 
 def leaving_the_board(summary: dict[str, Any]) -> dict[str, Any]:
@@ -435,9 +466,11 @@ def _assessed(window: LessonWindow, view: bool, n_skills: int, settings: KTSetti
     assessed, mean, below = np.zeros(n_skills, int), np.full(n_skills, -1.0), np.zeros(n_skills, int)
     group = settings.min_group_size
     published = window.published
+    members = None if published.frozen is None else published.frozen.members  # as published before an erase
     for k in range(n_skills):
         if view:
-            figure, live = published.skills.get(k), len(published.members.get(k, ()))
+            figure = published.skills.get(k)
+            live = len(published.members.get(k, ())) if members is None else members.get(k, 0)
         else:
             figure = skill_figure(window.probs, window.known, k, settings.mastery_threshold)
             live = figure.students
@@ -473,14 +506,15 @@ def summarize(
             "recommended": [],
             "activity": [],
         }
-    students = len(window.probs)
     # not before its last answer: closed by a clock stepped back, it "ended" before it started
     end = max(window.last, min(now, window.started + length))
     group = settings.min_group_size
     figures = (window.published.figures(window.probs, window.known, group, settings.mastery_threshold, now)
                if view else window.probs)
-    frozen = window.published.frozen if view else None
+    frozen = window.published.frozen if view else None  # as published before an erase
     described = len(figures) if frozen is None else frozen.students
+    students = len(window.probs) if frozen is None else frozen.lesson
+    practised_by = _counts(window.practised) if frozen is None else frozen.practised
     summary: dict[str, Any] = {
         "lesson_started": window.started,
         "window_end": end,
@@ -521,7 +555,7 @@ def summarize(
                 "name_zh": skill.name_zh,
                 "name_en": skill.name_en,
                 "mastery_mean": round(float(mean[k]), 4),
-                "students": len(window.practised.get(k, ())),
+                "students": practised_by.get(k, 0),
                 "below_threshold": below[k],
                 "histogram": histograms[k],
                 "assessed": int(assessed[k]),
@@ -531,7 +565,7 @@ def summarize(
         )
     # The weakest of the skills practised in this window whose figure is shown: a mean over students
     # most of whom never answered a skill is the model's guess, not the class's mastery.
-    practised = [k for k, who in window.practised.items() if who and shown[k]]
+    practised = [k for k, n in practised_by.items() if n and shown[k]]
     weak = weakest_skills(assessed_mean, settings.weak_skills, practised)
     # Only skills the class has not mastered are called weak; practice is still recommended on the lowest.
     summary["weakest"] = [package.skills[k].id for k in weak if assessed_mean[k] < settings.mastery_threshold]

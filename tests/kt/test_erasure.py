@@ -261,7 +261,7 @@ def test_after_a_restart_an_erase_still_leaves_the_published_class_figures_until
     component, svc = started()
     for round_ in range(2):
         _class(package, pseudonymize, svc, [f"stu-{n}" for n in range(6)], f"r{round_}")
-    before = _figures(svc.class_summary())
+    before, counts = _figures(svc.class_summary()), _counts(svc.class_summary())
     save_records(svc, StatePersistence(db))  # the record holds the student: the erase rewrites it
     db.write(lambda c: None).result(5)
     assert svc.erase([pseudonymize("stu-1")]).result(10).had_data == 1
@@ -271,11 +271,48 @@ def test_after_a_restart_an_erase_still_leaves_the_published_class_figures_until
         svc.stop()
     component, svc = started()
     try:
-        assert _figures(svc.class_summary()) == before
+        assert _figures(svc.class_summary()) == before and _counts(svc.class_summary()) == counts
         _class(package, pseudonymize, svc, ["stu-2", "stu-3"], "after")
         assert _figures(svc.class_summary()) == before  # two of a group of three have answered since
         _class(package, pseudonymize, svc, ["stu-4"], "after")
         assert _figures(svc.class_summary())["students"] == 5  # taken anew, over those who remain
+        assert _counts(svc.class_summary())["students"] == 5
         assert pseudonymize("stu-1") not in str(StatePersistence(db).load_lesson_view())
     finally:
         asyncio.run(component.stop())
+
+
+def _counts(summary: dict[str, Any]) -> dict[str, Any]:
+    return {"students": summary["students"], "weakest": summary["weakest"],
+            "practised": [s["students"] for s in summary["skills"]],
+            "assessed": [s["assessed"] for s in summary["skills"]]}
+
+
+def test_an_erase_leaves_the_published_counts_of_students_until_a_group_has_answered_since(
+    package: KTPackage, engine: Any, pseudonymize: Any
+) -> None:
+    # The lesson's count of students, each skill's count of those who practised it and, for a skill too
+    # few have answered on to show, of those who have, dropped at once: which skills the erased student
+    # had practised. They stand as published, with the figures, until those are taken anew
+    settings = KTSettings(min_group_size=3, microbatch_wait_ms=0.0)
+    svc = KTService(package, engine, settings, pseudonymize)
+    svc.start()
+    try:
+        students = [f"stu-{n}" for n in range(6)]
+        for round_ in range(2):
+            _class(package, pseudonymize, svc, students, f"r{round_}")
+        skill_of = [package.skill_index[item.skill_id] for item in package.items]
+        alone = next(n for n, k in enumerate(skill_of) if k not in skill_of[:3])
+        skill = skill_of[alone]
+        svc.submit([_answer(package, pseudonymize, "stu-1", "alone", alone)]).result(10)  # only stu-1 on it
+        before = _counts(svc.class_summary())
+        assert before["students"] == 6 and before["practised"][skill] == before["assessed"][skill] == 1
+        assert svc.erase([pseudonymize("stu-1")]).result(10).had_data == 1
+        assert _counts(svc.class_summary()) == before
+        _class(package, pseudonymize, svc, ["stu-2", "stu-3"], "after")
+        assert _counts(svc.class_summary()) == before  # two of a group of three have answered since
+        _class(package, pseudonymize, svc, ["stu-4"], "after")
+        now = _counts(svc.class_summary())  # taken anew, over those who remain
+        assert now["students"] == 5 and now["practised"][skill] == now["assessed"][skill] == 0
+    finally:
+        svc.stop()
