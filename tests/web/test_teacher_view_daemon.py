@@ -74,6 +74,7 @@ def _board_config(state_dir: Path, faces_dir: Path, port: int, broker_port: int 
     data["web"].update(host="0.0.0.0", token_file=token_file)  # as on a board: remote with the token
     data["camera"]["analysis_fps"] = 2.0  # enough for 15 s windows; the CI machine has two cores
     data["kt"]["lesson_gap_s"] = 1200.0  # not the default: the attention chart must take it from the config
+    data["device"]["display_name"] = None  # the page must fall back to the class_id (the demo names it)
     return Config.model_validate(data), token
 
 
