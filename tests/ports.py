@@ -13,6 +13,10 @@ import socket
 from pathlib import Path
 
 _random = random.SystemRandom()
+# Ports already handed out in this process: a probed port is not held, and two picks in a row gave one
+# daemon the same port for web and metrics (1 in 22,768 a pair; CI 2026-12-04: "web.port and metrics.port
+# are both 12836")
+_given: set[int] = set()
 
 
 def _span() -> tuple[int, int]:
@@ -27,10 +31,13 @@ def free_port() -> int:
     first, last = _span()
     for _ in range(200):
         port = _random.randint(first, last)
+        if port in _given:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _given.add(port)
+        return port
     raise RuntimeError(f"no free port found between {first} and {last}")
