@@ -7,7 +7,6 @@ intake returns 503 with ``Retry-After``. Access control is the server's middlewa
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -16,7 +15,6 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_agent import json_input
 from edge_agent.clock_sync import ClockSyncFlag
 from edge_agent.config import KTSettings
 from edge_agent.errors import ConfigError, InputRejected
@@ -24,7 +22,7 @@ from edge_agent.kt.answers import MAX_ZONE_AHEAD_S, NO_ZONE_HINT, Answer, parse_
 from edge_agent.kt.roster import Roster
 from edge_agent.kt.service import KTService, ServiceBusy
 from edge_agent.telemetry import metrics
-from edge_agent.web.request_body import defer_continue, read_within, send_continue
+from edge_agent.web.request_body import defer_continue, read_json, send_continue
 
 ServiceSource = KTService | Callable[[], KTService | None]
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
@@ -170,20 +168,11 @@ def answer_routes(
 async def _json_body(request: web.Request) -> tuple[Any, web.Response | None]:
     """The body as JSON, or the refusal that says what is wrong with it."""
     try:
-        return await read_within(request, request.json(loads=json_input.loads)), None
+        return await read_json(request), None
     except web.HTTPRequestEntityTooLarge:
         return None, _too_large(request)
-    except LookupError:  # an unknown charset in Content-Type
-        return None, _rejected(400, f"unknown charset {request.charset!r}; send UTF-8 JSON")
-    except json_input.JSONRefused as exc:  # a name twice, NaN, nested deeper than the board parses
-        return None, _rejected(400, f"the request body is not accepted: {exc}")
-    except UnicodeDecodeError:  # a GBK or Latin-1 body read as "not valid JSON", leaving vendors guessing
-        return None, _rejected(400, "the request body is not UTF-8 text; send UTF-8 JSON (or name its "
-                                    "charset in Content-Type)")
-    except json.JSONDecodeError as exc:
-        return None, _rejected(400, f"the request body is not valid JSON {json_input.where_invalid(exc)}")
-    except ValueError:
-        return None, _rejected(400, "the request body is not valid JSON")
+    except InputRejected as exc:
+        return None, _rejected(400, str(exc))
 
 
 def _not_running(failure: str | None) -> web.Response:

@@ -15,12 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_agent import json_input
 from edge_agent.errors import EdgeAgentError, InputRejected
 from edge_agent.kt.erasure import earlier_forms, parse_student_ids
 from edge_agent.kt.persistence import EVENT_KEEP_S
 from edge_agent.kt.service import KTService
-from edge_agent.web.request_body import read_within
+from edge_agent.web.request_body import read_json
 
 ERASE_PATH = "/api/v1/students/erase"
 ERASE_TIMEOUT_S = 30.0
@@ -40,16 +39,6 @@ def _error(status: int, message: str, field: str | None = None, retry_after_s: i
     return web.json_response(body, status=status, headers=headers)
 
 
-async def _body(request: web.Request) -> Any:
-    """The JSON body; InputRejected says what is wrong with it."""
-    try:
-        return await read_within(request, request.json(loads=json_input.loads))
-    except LookupError:
-        raise InputRejected(f"unknown charset {request.charset!r}; send UTF-8 JSON") from None
-    except ValueError as exc:  # not JSON, not UTF-8, refused by the board's parser
-        raise InputRejected(f"the request body is not valid JSON: {exc}") from None
-
-
 def erase_routes(service: Callable[[], KTService | None]) -> web.RouteTableDef:
     """The erase route over the running service (None while knowledge tracing starts)."""
     routes = web.RouteTableDef()
@@ -63,7 +52,7 @@ def erase_routes(service: Callable[[], KTService | None]) -> web.RouteTableDef:
         if request.content_type != "application/json":
             return _error(415, 'send {"student_ids": [...]} as JSON with Content-Type: application/json')
         try:
-            body = await _body(request)
+            body = await read_json(request)
             ids = parse_student_ids(body)
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"the request body is over {request.client_max_size} bytes; send fewer ids")

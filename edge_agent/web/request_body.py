@@ -17,10 +17,14 @@ send the body anyway, and on a kept-alive connection it was read as the next req
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from aiohttp import HttpVersion11, hdrs, web
+
+from edge_agent import json_input
+from edge_agent.errors import InputRejected
 
 # Request key: the client was asked to wait for "100 Continue", not yet sent it (aiohttp 3.14 warns about
 # plain string keys; earlier releases, which Python 3.10 may get, have no RequestKey)
@@ -73,3 +77,21 @@ async def read_within(request: web.Request, read: Awaitable[T]) -> T:
         return await asyncio.wait_for(read, BODY_TIMEOUT_S)
     except asyncio.TimeoutError:
         raise BodyTooSlow(BODY_TIMEOUT_S) from None
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON (within the deadline, by the board's one parser); InputRejected says what is wrong
+    with it. A body over the size limit raises aiohttp's HTTPRequestEntityTooLarge."""
+    try:
+        return await read_within(request, request.json(loads=json_input.loads))
+    except LookupError:  # an unknown charset in Content-Type
+        raise InputRejected(f"unknown charset {request.charset!r}; send UTF-8 JSON") from None
+    except json_input.JSONRefused as exc:  # a name twice, NaN, nested deeper than the board parses
+        raise InputRejected(f"the request body is not accepted: {exc}") from None
+    except UnicodeDecodeError:  # a GBK or Latin-1 body read as "not valid JSON", leaving clients guessing
+        raise InputRejected("the request body is not UTF-8 text; send UTF-8 JSON (or name its charset in "
+                            "Content-Type)") from None
+    except json.JSONDecodeError as exc:
+        raise InputRejected(f"the request body is not valid JSON {json_input.where_invalid(exc)}") from None
+    except ValueError:
+        raise InputRejected("the request body is not valid JSON") from None
