@@ -15,7 +15,6 @@ import io
 import os
 import platform
 import shutil
-import ssl
 import subprocess
 import tarfile
 import time
@@ -32,7 +31,7 @@ from edge_agent.config import (
     read_token_file,
     to_toml,
 )
-from edge_agent.web.server import local_host
+from edge_agent.web.local_api import board_tls, local_url, readable_token
 
 COMMAND_TIMEOUT_S = 20.0
 HTTP_TIMEOUT_S = 3.0
@@ -56,28 +55,14 @@ def _command(argv: list[str]) -> str:
     return done.stdout + (f"\n[exit {done.returncode}] {done.stderr}" if done.returncode else "")
 
 
-def _web_token(path: Path | None) -> str | None:
-    """The web token, or None when there is none or it cannot be read (not run as root): on loopback the
-    status needs none."""
-    try:
-        return read_token_file(path)
-    except ConfigError:
-        return None
-
-
 def _local_get(url: str, tls: bool, token: str | None = None) -> str:
     """GET from the daemon on this board (the web port needs no token on loopback, its own token on any other
     address; the metrics port needs its own when metrics.token_file is set); its own certificate is not
     checked."""
-    context = None
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     try:
         request = urllib.request.Request(url, headers=headers)
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=context) as response:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S, context=board_tls(tls)) as response:
             return response.read(4 * 2**20).decode("utf-8", "replace")  # type: ignore[no-any-return]
     except (OSError, ValueError) as exc:
         return f"GET {url} failed: {exc} (is the daemon running and listening there?)\n"
@@ -112,10 +97,8 @@ def collect(config_path: Path, doctor_json: str) -> dict[str, str]:
     parts["systemctl.txt"] = _command(["systemctl", "status", "--no-pager", "--lines=0", *UNITS])
     if config is not None:
         web, metrics = config.web, config.metrics
-        web_url = f"{'https' if web.tls_cert_file else 'http'}://{local_host(web.host)}:{web.port}"
-        metrics_url = f"{'https' if metrics.tls_cert_file else 'http'}://{local_host(metrics.host)}:{metrics.port}"
-        parts["status.json"] = _local_get(f"{web_url}/api/v1/status", web.tls_cert_file is not None,
-                                          _web_token(web.token_file))
+        parts["status.json"] = _local_get(local_url(web, "/api/v1/status"), web.tls_cert_file is not None,
+                                          readable_token(web.token_file))
         try:
             token = read_token_file(metrics.token_file, "metrics.token_file")
         except ConfigError as exc:  # e.g. not run as root: the file is the daemon's, mode 0600
@@ -123,7 +106,7 @@ def collect(config_path: Path, doctor_json: str) -> dict[str, str]:
             parts["metrics.txt"] += "the metrics need that token: run doctor --bundle as root (sudo)\n"
         else:
             tls = metrics.tls_cert_file is not None
-            parts["metrics.txt"] = _local_get(f"{metrics_url}/metrics", tls, token)
+            parts["metrics.txt"] = _local_get(local_url(metrics, "/metrics"), tls, token)
     return parts
 
 

@@ -12,9 +12,10 @@ import json
 import ssl
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
-from edge_agent.config import WebSettings, read_token_file
+from edge_agent.config import MetricsSettings, WebSettings, read_token_file
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.web.server import local_host
 
@@ -25,8 +26,29 @@ class LocalAPIError(EdgeAgentError):
     """The daemon could not be reached, or refused the request; the message says which and why."""
 
 
-def local_url(web: WebSettings, path: str) -> str:
-    return f"{'https' if web.tls_cert_file else 'http'}://{local_host(web.host)}:{web.port}{path}"
+def local_url(listener: WebSettings | MetricsSettings, path: str) -> str:
+    """The daemon's ``path`` on this board, at the web (or metrics) listener as its config binds it."""
+    scheme = "https" if listener.tls_cert_file else "http"
+    return f"{scheme}://{local_host(listener.host)}:{listener.port}{path}"
+
+
+def readable_token(path: Path | None) -> str | None:
+    """The web token, or None when there is none or it cannot be read (not run as root): loopback needs
+    none."""
+    try:
+        return read_token_file(path)
+    except ConfigError:
+        return None
+
+
+def board_tls(tls: bool) -> ssl.SSLContext | None:
+    """For HTTPS to the daemon on this board: its own certificate is not checked (the request never leaves
+    the board)."""
+    if not tls:
+        return None
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    return context
 
 
 def post_local(web: WebSettings, path: str, body: Any) -> dict[str, Any]:
@@ -36,19 +58,13 @@ def post_local(web: WebSettings, path: str, body: Any) -> dict[str, Any]:
                             "command reaches the daemon through it")
     url = local_url(web, path)
     headers = {"Content-Type": "application/json"}
-    try:
-        token = read_token_file(web.token_file)
-    except ConfigError:  # not readable (not root): loopback needs none
-        token = None
+    token = readable_token(web.token_file)
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    context = None
-    if web.tls_cert_file:
-        context = ssl.create_default_context()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context) as response:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S,
+                                    context=board_tls(web.tls_cert_file is not None)) as response:
             return dict(json.loads(response.read()))
     except urllib.error.HTTPError as exc:
         raise LocalAPIError(f"the daemon answered {exc.code}: {_said(exc.read())}") from exc
