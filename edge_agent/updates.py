@@ -469,8 +469,11 @@ class ModelUpdates:
             if self._stop.is_set():  # cut short by a stop: not a refusal to alert anyone about
                 log.info("model update %s not downloaded: the agent is stopping", command.request_id)
                 return
-            self._note(False, self.last_download)
+            # counted before the outcome is published: whoever sees the refusal in the status (the
+            # operator, a test reading both) must find it in edge_alerts too; counted after, a scrape
+            # between the two missed it (with a 0.5 s sleep there, the MQTT update test did every time)
             metrics.ALERTS.labels(kind="model_update_refused").inc()
+            self._note(False, self.last_download)
             log.warning("model update %s not downloaded: %s", command.request_id, getattr(exc, "detail", exc))
             return
         self.last_download = f"request {command.request_id}: downloaded {dest.name}"
