@@ -439,7 +439,12 @@ def test_refused_and_failing_packages_leave_the_running_version(
     # every reason stays; of the refused packages themselves only the newest two (each may be 512 MiB).
     # Waited for, not read at once: the last reason is written just before its package is moved and the
     # older ones pruned (CI once counted 3 in that window)
-    wait_for(lambda: len(list(running.inbox.glob("*.rejected"))) == 2, 10, "refused packages pruned to 2")
+    wait_for(
+        lambda: not any((running.inbox / n).exists() for n in names)
+        and len(list(running.inbox.glob("*.rejected"))) == 2,
+        10,
+        "every refused package moved aside and the older ones pruned to 2",
+    )
 
     for case, (_, reason) in BAD_PACKAGES.items():
         text = (running.inbox / f"{archives[case].name}.rejected.reason").read_text()
