@@ -592,7 +592,9 @@ def test_model_update_command_downloads_checks_sha256_and_activates(
             updates.handle_command(command(running, server.url(archive.name), sha, "3.0", model="headpose"))
         assert "does not update 'headpose'" in (updates.last_download or "")
         updates.handle_command(command(running, server.url(archive.name), "0" * 64, "3.0"))
-        wait_for(lambda: "sha256" in (updates.last_download or ""), 20, "the sha256 mismatch")
+        # the outcome, not last_download: that is set first, and the headpose refusal above already left an
+        # outcome naming req-3.0
+        wait_for(lambda: "sha256" in str(updates.last_outcome()["result"]), 20, "the sha256 mismatch")
         assert not any(running.inbox.glob("kt-3.0*")) and running.running_version() != "3.0"
         assert updates.last_outcome()["ok"] is False and "req-3.0" in str(updates.last_outcome()["result"])
         assert "REFUSED: request req-3.0" in updates.health().detail  # a failed download is visible too
