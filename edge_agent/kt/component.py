@@ -349,6 +349,10 @@ class KTComponent:
             payload = leaving_the_board(summary | ({"partial": True} if partial else {})) | {
                 "kind": "kt_class_window", "v": PAYLOAD_VERSION, "class_id": self.device.class_id,
                 "model": service.package.metadata.get("version"),
+                # the rules the figures were made by, in every window, suppressed or not: a cloud cannot
+                # know a board's config, and a min_group_size set below its policy must show
+                "min_group_size": self.settings.min_group_size,
+                "mastery_threshold": self.settings.mastery_threshold,
             }
             unsaved, carried = service.unsaved_writer()
             also = forget_open_window(through, first=unsaved)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from edge_agent import __build__, __version__
@@ -39,6 +40,7 @@ from edge_agent.sync.protocol import (
     encode_message,
 )
 from edge_agent.telemetry import metrics
+from edge_agent.vision.camera_hours import board_clock, zone_name
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class Publisher:
         self.device = device
         self.settings = settings
         self._started_at = time.time()  # in every heartbeat: a restart shows as a new one
+        self._local_now = board_clock(device.timezone)
         self._commands = commands
         self._health_summary = health_summary
         self._heartbeats = heartbeats
@@ -394,6 +397,9 @@ class Publisher:
             "started_at": round(self._started_at, 3),
             # False: "at", "started_at" and the items' times come from a clock not known to be right
             "clock_synced": self.outbox.clock_synced(),
+            # the school's zone, for the cloud's "day" and "lesson" (every time sent is UTC)
+            "timezone": zone_name(self.device.timezone),
+            "utc_offset_s": _offset_s(self._local_now()),
             "health": self._health_summary() if self._health_summary else {},
         }
         if self._commands is not None:  # what the board did with the commands of the last 15 minutes
@@ -466,6 +472,11 @@ class Publisher:
 
     def _on_retained(self, topic: str, payload: bytes) -> None:
         self._on_message(topic, payload, retained=True)
+
+
+def _offset_s(local: datetime) -> int | None:
+    offset = local.utcoffset()
+    return None if offset is None else round(offset.total_seconds())
 
 
 def _stored(future: Future[T]) -> T:

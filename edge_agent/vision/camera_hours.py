@@ -159,6 +159,22 @@ def system_zone() -> tzinfo | None:
         return None
 
 
+def zone_name(name: str) -> str | None:
+    """The IANA name of the board's zone: ``device.timezone``, else the system's ($TZ, else the zone file
+    /etc/localtime links to); None where it has no name (a POSIX rule, a copied file)."""
+    if name:
+        return name
+    system = os.environ.get("TZ", "").lstrip(":")
+    if not system or system.startswith("/"):
+        _, found, system = os.path.realpath(system or "/etc/localtime").partition("/zoneinfo/")
+        if not found:
+            return None
+    try:
+        return ZoneInfo(system).key
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
 def board_clock(name: str) -> Callable[[], datetime]:
     """The board's local time, aware: in ``device.timezone`` when set, else in the system's zone."""
     zone = board_zone(name) or system_zone()

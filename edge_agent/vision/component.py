@@ -79,7 +79,11 @@ def make_pose(settings: AttentionSettings, pose_engines: Sequence[Engine]) -> Po
 
 
 def window_payload(
-    window: dict[str, Any], pose_method: str, class_id: str = "", analysis_fps: float | None = None
+    window: dict[str, Any],
+    pose_method: str,
+    class_id: str = "",
+    analysis_fps: float | None = None,
+    min_faces: int | None = None,
 ) -> dict[str, Any]:
     """The outbox row for one window: class-level numbers only."""
     keys = (
@@ -101,6 +105,10 @@ def window_payload(
         # what a window with the camera working all along holds: a camera out for part of it (a review:
         # 7 frames of 20 sent as a full window) shows in frames / frames_expected
         payload["frames_expected"] = round((window["end"] - window["start"]) * analysis_fps)
+    if min_faces is not None:
+        # the suppression rule the window was judged by: a cloud cannot know a board's config, and one set
+        # lower than its policy must show (a review: a cloud built from the docs alone could not tell)
+        payload["min_faces"] = min_faces
     payload.update(
         {"kind": "attention_window", "v": PAYLOAD_VERSION, "pose_method": pose_method, "class_id": class_id}
     )
@@ -332,7 +340,8 @@ class AttentionComponent:
 
     def _store_window(self, window: dict[str, Any]) -> None:
         self.outbox.enqueue(STREAM, window_payload(window, self.analyser.pose.method, self.class_id,
-                                                   self.camera_settings.analysis_fps),
+                                                   self.camera_settings.analysis_fps,
+                                                   self.settings.min_faces),
                             also=None if self.db is None else _forget_open_window(window["start"]))
         if self.history is not None:
             self.history.record(STREAM, window)

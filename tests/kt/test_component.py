@@ -76,6 +76,9 @@ def test_component_runs_flushes_and_restores(
     assert kt_rows[0]["class_id"] == device.class_id
     assert kt_rows[0]["kind"] == "kt_class_window" and kt_rows[0]["v"] == 1
     assert kt_rows[0]["model"] == package.metadata["version"]  # models change mid-term by remote update
+    # the rules its figures were made by: a cloud built from the docs could not tell a board whose
+    # min_group_size was set below its policy (a review)
+    assert (kt_rows[0]["min_group_size"], kt_rows[0]["mastery_threshold"]) == (2, settings.mastery_threshold)
     assert "s0" not in rows[0][1] and pseudonymize("s0") not in rows[0][1]
 
 

@@ -171,13 +171,17 @@ def test_items_queued_on_an_unsynchronised_clock_reach_the_receiver_flagged_and_
     synced[0] = False  # the heartbeat says how the clock is now
     settings = plain_settings(broker)
     receiver = Receiver(tmp_path / "recv.db", settings).start()
-    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher = Publisher(outbox, DeviceSettings(timezone="Asia/Shanghai"), settings)
     publisher.start()
     try:
         report = assert_exactly_once(receiver, 5)
         assert report["clock_unsynced"] == 3
         assert wait_until(lambda: receiver.report(DEVICE)["heartbeat"] is not None, 10)
-        assert receiver.report(DEVICE)["heartbeat"]["clock_synced"] is False
+        heartbeat = receiver.report(DEVICE)["heartbeat"]
+        assert heartbeat["clock_synced"] is False
+        # every time sent is UTC: the school's zone, for the cloud's days and lessons (a review: no
+        # message said it, so a cloud could not tell a lesson at 08:00 Beijing from one at 00:00 UTC)
+        assert (heartbeat["timezone"], heartbeat["utc_offset_s"]) == ("Asia/Shanghai", 28800)
     finally:
         publisher.stop()
         receiver.stop()

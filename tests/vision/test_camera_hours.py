@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge_agent.vision.camera_hours import CameraHours, board_clock, board_zone, opening_text
+from edge_agent.vision.camera_hours import CameraHours, board_clock, board_zone, opening_text, zone_name
 
 SCHOOL = CameraHours.parse(["mon-fri 07:30-17:30", "sat 08:00-12:00"])
 MONDAY = datetime(2026, 11, 30)  # 2026-11-30 is a Monday
@@ -159,3 +159,21 @@ def test_without_device_timezone_the_opening_after_a_daylight_saving_change_is_a
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_the_zone_the_board_reports_is_the_configured_one_else_the_systems_iana_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    assert zone_name("Asia/Shanghai") == "Asia/Shanghai"
+    monkeypatch.setenv("TZ", ":Europe/Berlin")
+    assert zone_name("") == "Europe/Berlin"
+    monkeypatch.setenv("TZ", "CST-8")  # a POSIX rule names no zone: the heartbeat's offset says it
+    assert zone_name("") is None
+    linked = tmp_path / "localtime"
+    linked.symlink_to("/usr/share/zoneinfo/Asia/Shanghai")
+    monkeypatch.setenv("TZ", str(linked))  # as /etc/localtime is on a board (timedatectl set-timezone)
+    assert zone_name("") == "Asia/Shanghai"
+    copied = tmp_path / "copied"
+    copied.write_bytes(b"TZif")
+    monkeypatch.setenv("TZ", str(copied))
+    assert zone_name("") is None

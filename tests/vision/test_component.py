@@ -929,6 +929,7 @@ def test_the_attention_window_open_at_a_power_cut_is_not_lost(
         assert _open_window(db) is None  # sent: not sent again after another cut
     finally:
         db.close()
+    assert {w["min_faces"] for w in windows} == {1}  # the suppression rule each was judged by, for the cloud
     if back_after_s:
         assert [(w["frames"], w.get("partial")) for w in windows] == [(saved, True), (after, True)]
         assert windows[0]["start"] == windows[1]["start"] - back_after_s
