@@ -60,6 +60,16 @@ _ADAPTER: TypeAdapter[ConfigReload | ModelUpdate] = TypeAdapter(Command)
 Handler = Callable[[Any], None]
 
 
+def _problem(error: Any) -> str:
+    """One field's problem, named by its path: the command's type has none (pydantic's discriminator), and
+    an unknown or missing type said only ": union_tag_invalid" (a review). Never the value sent."""
+    if error["type"] == "union_tag_not_found":
+        return "type: missing"
+    if error["type"] == "union_tag_invalid":
+        return f"type: not one of {', '.join(TYPES)}"
+    return ".".join(str(p) for p in error["loc"]) + ": " + error["type"]
+
+
 class CommandDispatcher:
     def __init__(self, device: DeviceSettings) -> None:
         self.topic = f"edge/{device.tenant}/{device.site}/{device.device_id}/cmd"
@@ -111,8 +121,7 @@ class CommandDispatcher:
         try:
             return _ADAPTER.validate_python(doc)
         except ValidationError as exc:
-            errors = exc.errors()[:5]
-            fields = ", ".join(".".join(str(p) for p in e["loc"]) + ": " + e["type"] for e in errors)
+            fields = ", ".join(_problem(e) for e in exc.errors()[:5])
             self._reject("invalid", fields or "schema", payload)
             return None
 

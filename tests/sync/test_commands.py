@@ -85,6 +85,25 @@ def test_bad_commands_are_rejected_counted_and_never_dispatched(
     assert metrics.sample("edge_mqtt_rejected_total", {"reason": reason}) == before + 1
 
 
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        (b'{"type":"reboot","request_id":"r-9"}', "type: not one of config_reload, model_update"),
+        (b'{"type":5,"request_id":"r-9"}', "type: not one of config_reload, model_update"),
+        (b'{"request_id":"r-9"}', "type: missing"),
+    ],
+)
+def test_a_command_of_an_unknown_or_missing_type_names_the_type_field(
+    dispatcher: tuple[CommandDispatcher, list[object]], payload: bytes, detail: str
+) -> None:
+    # A review from the cloud's side: the outcome said only ": union_tag_invalid", naming no field
+    d, _ = dispatcher
+    assert not d.handle(TOPIC, payload)
+    outcome = d.recent_outcomes()[-1]
+    assert (outcome["reason"], outcome["detail"], outcome["request_id"]) == ("invalid", detail, "r-9")
+    assert "reboot" not in outcome["detail"]  # the value sent is never repeated
+
+
 def test_a_command_without_a_handler_is_rejected() -> None:
     d = CommandDispatcher(DeviceSettings())
     before = metrics.sample("edge_mqtt_rejected_total", {"reason": "no_handler"})
