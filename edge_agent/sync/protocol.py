@@ -22,7 +22,7 @@ import math
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edge_agent import json_input
@@ -92,7 +92,17 @@ def _require(cond: bool, message: str) -> None:
 
 
 def decode_message(payload: bytes) -> DecodedMessage:
-    """Parse and check a message; InputRejected says what is wrong with a malformed one."""
+    """Parse and check a message; InputRejected says what is wrong with a malformed one (its envelope or
+    any one of its items)."""
+    message, items = decode_envelope(payload)
+    return replace(message, items=[decode_item(item) for item in items])
+
+
+def decode_envelope(payload: bytes) -> tuple[DecodedMessage, list[Any]]:
+    """Parse and check all of a message but its items: the message without items, and its items as they
+    came, for decode_item one at a time. A drained backlog sends up to 100 items a message, and a
+    receiver that refused the whole message for one bad item lost the other 99 (the board deletes what
+    the broker acknowledged). InputRejected says what is wrong with a malformed envelope."""
     _require(len(payload) <= MAX_MESSAGE_BYTES * 4, "message too large")
     try:
         doc = json_input.loads(payload)
@@ -111,19 +121,21 @@ def decode_message(payload: bytes) -> DecodedMessage:
     store = doc.get("store", "")
     _require(isinstance(store, str) and STORE_RE.fullmatch(store) is not None,
              "store is not an id of up to 64 letters, digits, '.', '_' or '-'")
-    decoded = []
-    for item in items:
-        _require(isinstance(item, dict), "item is not an object")
-        seq, mid, at = item.get("seq"), item.get("id"), item.get("at")
-        # SQLite stores a signed 64-bit seq; a larger one would end a receiver's thread.
-        _require(isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**63, "item seq invalid")
-        _require(isinstance(mid, str) and bool(mid) and _is_utf8(mid), "item id invalid")
-        _require(_is_time(at), "item time invalid")
-        _require("data" in item, "item data missing")
-        synced = item.get("clock_synced", True)
-        _require(isinstance(synced, bool), "item clock_synced is not true or false")
-        decoded.append(DecodedItem(seq, mid, float(at), item["data"], synced))
-    return DecodedMessage(tenant, site, device, stream, float(sent_at), decoded, store)
+    return DecodedMessage(tenant, site, device, stream, float(sent_at), [], store), items
+
+
+def decode_item(item: Any) -> DecodedItem:
+    """Check one item of a message; InputRejected says what is wrong with it."""
+    _require(isinstance(item, dict), "item is not an object")
+    seq, mid, at = item.get("seq"), item.get("id"), item.get("at")
+    # SQLite stores a signed 64-bit seq; a larger one would end a receiver's thread.
+    _require(isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**63, "item seq invalid")
+    _require(isinstance(mid, str) and bool(mid) and _is_utf8(mid), "item id invalid")
+    _require(_is_time(at), "item time invalid")
+    _require("data" in item, "item data missing")
+    synced = item.get("clock_synced", True)
+    _require(isinstance(synced, bool), "item clock_synced is not true or false")
+    return DecodedItem(seq, mid, float(at), item["data"], synced)
 
 
 def _is_time(value: object) -> bool:

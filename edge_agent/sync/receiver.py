@@ -10,8 +10,9 @@ It keeps a persistent MQTT session (clean start false, no session expiry, QoS 1:
 it is away wait at the broker, up to the broker's per-client queue caps: past them Mosquitto drops them
 silently) under client id ``edge-receiver``, the CN provisioning/mosquitto/acl gives its certificate (the
 shipped broker names every session by its certificate's CN, whatever the client asks), and
-commits each message before its PUBACK goes out, so nothing acknowledged is lost. The test-suite uses it
-to prove exactly-once delivery after deduplication.
+commits each message before its PUBACK goes out, so nothing acknowledged is lost: a message, or an item of
+one, that it cannot take is kept as it came in ``rejected_messages``, with the reason (the board deleted it
+once the broker acknowledged it). The test-suite uses it to prove exactly-once delivery after deduplication.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,14 @@ from edge_agent import json_input
 from edge_agent.config import MqttSettings
 from edge_agent.errors import InputRejected, SyncError
 from edge_agent.sync.mqtt import MqttConnection
-from edge_agent.sync.protocol import backoff_delay, decode_message, missing_ranges
+from edge_agent.sync.protocol import (
+    SCHEMA_VERSION,
+    DecodedMessage,
+    backoff_delay,
+    decode_envelope,
+    decode_item,
+    missing_ranges,
+)
 
 log = logging.getLogger(__name__)
 _ITEM_COLUMNS = "device, store, seq, stream, message_id, created_at, received_at, data, clock_unsynced"
@@ -59,6 +69,15 @@ CREATE INDEX IF NOT EXISTS items_by_arrival ON items (device, received_at);
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY, status TEXT, status_at REAL, heartbeat TEXT, heartbeat_at REAL,
     duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
+-- What the receiver could not take, as it came, for replay once the cause is fixed (a receiver upgraded
+-- to a new "v", a board's bug understood): the board deleted it when the broker acknowledged it, so this
+-- is the only copy. item: the item's place in its message (0 first), payload then that item alone in its
+-- message's envelope (the other items are in items), or NULL: the whole message, payload its bytes.
+-- device: the topic's, NULL for a topic not of the edge/<tenant>/<site>/<device>/<stream> form. Never
+-- pruned. (No semicolon in these comments: _add_store_column splits this text on them.)
+CREATE TABLE IF NOT EXISTS rejected_messages (
+    received_at REAL NOT NULL, topic TEXT NOT NULL, device TEXT, item INTEGER, reason TEXT NOT NULL,
+    payload BLOB NOT NULL);
 """
 
 
@@ -139,96 +158,118 @@ class Receiver:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:
-            self._take(topic, payload)
+            try:
+                self._take(topic, payload)
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # a payload no check foresaw: kept as it came and acknowledged
+                # Raised out of paho's callback it ended this thread, and the broker redelivered the same
+                # message to every restart (a 401-digit "at", a lone surrogate in an id, 2026-12-02).
+                parts = topic.split("/")
+                with self._transaction():
+                    self._keep_rejected(topic, payload, parts[3] if len(parts) == 5 else None,
+                                        f"{type(exc).__name__}: {exc}")
         except sqlite3.Error as exc:
             # Not acknowledged: raised out of paho's callback before its PUBACK, it ends this connection;
             # the broker redelivers the message after the reconnect (a persistent session, QoS 1).
-            self._roll_back()
             message = f"receiver database {self.db_path}: {exc}; the message will be redelivered"
             raise SyncError(message) from exc
-        except Exception as exc:  # a payload no check foresaw: rejected and acknowledged, never redelivered
-            # Raised out of paho's callback it ended this thread, and the broker redelivered the same
-            # message to every restart (a 401-digit "at", a lone surrogate in an id, 2026-12-02).
-            self._roll_back()
-            parts = topic.split("/")
-            self._reject(parts[3] if len(parts) == 5 else None, f"{type(exc).__name__}: {exc}")
 
-    def _roll_back(self) -> None:
-        """End a transaction a failed message left open (its writes are not kept)."""
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One message's writes, all committed (before its PUBACK) or, on an error, none."""
         with self._lock:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+            self._conn.execute("BEGIN")
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # a COMMIT that failed (busy) leaves it open too
+                    self._conn.execute("ROLLBACK")
+                raise
 
     def _take(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
-        if len(parts) != 5 or parts[0] != "edge":
-            self._reject(None, f"unexpected topic {topic!r}")
-            return
-        device, stream = parts[3], parts[4]
         now = time.time()
-        with self._lock:
+        with self._transaction():
+            if len(parts) != 5 or parts[0] != "edge":
+                self._keep_rejected(topic, payload, None, f"unexpected topic {topic!r}")
+                return
+            device, stream = parts[3], parts[4]
             self._conn.execute("INSERT OR IGNORE INTO devices (device) VALUES (?)", (device,))
             if stream == "status":
                 self._conn.execute("UPDATE devices SET status = ?, status_at = ? WHERE device = ?",
                                    (payload.decode("utf-8", "replace")[:32], now, device))
                 return
-            heartbeat = _heartbeat_text(payload) if stream == "heartbeat" else None
-            if heartbeat is not None:
+            if stream in ("cmd", "hello"):
+                return  # commands flow to boards, and a hello only proves enrollment: nothing to store
+            if stream == "heartbeat":
+                heartbeat = _heartbeat_text(payload)
+                if heartbeat is None:
+                    why = f"heartbeat is not a JSON object of up to {MAX_HEARTBEAT_BYTES} bytes"
+                    self._keep_rejected(topic, payload, device, why)
+                    return
                 self._conn.execute("UPDATE devices SET heartbeat = ?, heartbeat_at = ? WHERE device = ?",
                                    (heartbeat, now, device))
                 return
-            if stream in ("cmd", "hello"):
-                return  # commands flow to boards, and a hello only proves enrollment: nothing to store
-        if stream == "heartbeat":
-            self._reject(device, f"heartbeat is not a JSON object of up to {MAX_HEARTBEAT_BYTES} bytes")
-            return
-        try:
-            message = decode_message(payload)
-        except InputRejected as exc:
-            self._reject(device, str(exc))
-            return
-        if (message.tenant, message.site, message.device, message.stream) != tuple(parts[1:]):
-            self._reject(device, "topic and payload disagree on tenant, site, device or stream")
-            return
-        self._store(message.device, message.store, message.stream, message.items, now)
+            try:
+                message, items = decode_envelope(payload)
+            except InputRejected as exc:
+                self._keep_rejected(topic, payload, device, str(exc))
+                return
+            if (message.tenant, message.site, message.device, message.stream) != tuple(parts[1:]):
+                why = "topic and payload disagree on tenant, site, device or stream"
+                self._keep_rejected(topic, payload, device, why)
+                return
+            self._store(topic, message, items, now)
 
-    def _store(self, device: str, store: str, stream: str, items: list[Any], now: float) -> None:
-        with self._lock:
-            self._conn.execute("BEGIN")
-            repeats = 0
-            for item in items:
-                # The item's id first: a rolled-back board (a release before store ids) re-sends an item
-                # whose PUBACK it lost under store "" although it is stored under the database's id.
-                if self._conn.execute(
-                    "SELECT 1 FROM items WHERE device = ? AND message_id = ?", (device, item.message_id)
-                ).fetchone():
-                    repeats += 1
-                    continue
-                where = self._continued_store(device, item.seq) if store == "" else store
-                row = (device, where, item.seq, stream, item.message_id, item.created_at, now,
-                       json.dumps(item.data, separators=(",", ":")), None if item.clock_synced else 1)
-                added = self._conn.execute(f"INSERT OR IGNORE INTO items ({_ITEM_COLUMNS}) VALUES "
-                                           "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-                if added.rowcount:
-                    continue
-                # The same seq with another id is new data from a board whose sequence started again
-                # without a new store id (a release before store ids, re-imaged or replaced under its
-                # device id): kept apart, never taken for a repeat.
-                self._conn.execute(f"INSERT OR IGNORE INTO conflicts ({_ITEM_COLUMNS}) VALUES "
-                                   "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-                log.warning("receiver: %s seq %s arrived again with another id", device, item.seq)
-            if repeats:
-                self._conn.execute("UPDATE devices SET duplicates = duplicates + ? WHERE device = ?",
-                                   (repeats, device))
-            self._conn.execute("COMMIT")
-            self.messages += 1
+    def _store(self, topic: str, message: DecodedMessage, items: list[Any], now: float) -> None:
+        """The message's items, each checked on its own: a bad one is kept apart, the others stored."""
+        device, store, stream = message.device, message.store, message.stream
+        repeats = 0
+        for index, raw in enumerate(items):
+            try:
+                item = decode_item(raw)
+            except InputRejected as exc:
+                self._keep_rejected(topic, _item_alone(message, raw), device, f"item {index}: {exc}", index)
+                continue
+            # The item's id first: a rolled-back board (a release before store ids) re-sends an item
+            # whose PUBACK it lost under store "" although it is stored under the database's id.
+            if self._conn.execute(
+                "SELECT 1 FROM items WHERE device = ? AND message_id = ?", (device, item.message_id)
+            ).fetchone():
+                repeats += 1
+                continue
+            where = self._continued_store(device, item.seq) if store == "" else store
+            row = (device, where, item.seq, stream, item.message_id, item.created_at, now,
+                   json.dumps(item.data, separators=(",", ":")), None if item.clock_synced else 1)
+            added = self._conn.execute(f"INSERT OR IGNORE INTO items ({_ITEM_COLUMNS}) VALUES "
+                                       "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            if added.rowcount:
+                continue
+            # The same seq with another id is new data from a board whose sequence started again
+            # without a new store id (a release before store ids, re-imaged or replaced under its
+            # device id): kept apart, never taken for a repeat.
+            self._conn.execute(f"INSERT OR IGNORE INTO conflicts ({_ITEM_COLUMNS}) VALUES "
+                               "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            log.warning("receiver: %s seq %s arrived again with another id", device, item.seq)
+        if repeats:
+            self._conn.execute("UPDATE devices SET duplicates = duplicates + ? WHERE device = ?",
+                               (repeats, device))
+        self.messages += 1
 
-    def _reject(self, device: str | None, why: str) -> None:
+    def _keep_rejected(self, topic: str, payload: bytes, device: str | None, why: str,
+                       item: int | None = None) -> None:
+        """Keep what cannot be taken, in the message's transaction: acknowledged, it exists nowhere else."""
         self.rejected += 1
-        log.warning("receiver rejected a message: %s", why)
+        self._conn.execute(
+            "INSERT INTO rejected_messages (received_at, topic, device, item, reason, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (time.time(), topic, device, item, why, payload))
         if device is not None:
-            with self._lock:
-                self._conn.execute("UPDATE devices SET rejected = rejected + 1 WHERE device = ?", (device,))
+            self._conn.execute("UPDATE devices SET rejected = rejected + 1 WHERE device = ?", (device,))
+        what = "a message" if item is None else f"item {item} of a message"
+        log.warning("receiver rejected %s on %s: %s; kept as it came in table rejected_messages of %s, "
+                    "to replay once the cause is fixed", what, topic, why, self.db_path)
 
     def _continued_store(self, device: str, seq: int) -> str:
         """Where an item without a store id belongs: a board whose database has an id, rolled back to a
@@ -334,6 +375,14 @@ class Receiver:
                 return True
             time.sleep(0.05)
         return self.count(device) >= count
+
+
+def _item_alone(message: DecodedMessage, item: Any) -> bytes:
+    """A rejected item as a message of its own, in its message's envelope: the form the receiver takes,
+    so it can be replayed on its own once its fault is understood."""
+    doc = {"v": SCHEMA_VERSION, "tenant": message.tenant, "site": message.site, "device": message.device,
+           "stream": message.stream, "store": message.store, "sent_at": message.sent_at, "items": [item]}
+    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
 def _heartbeat_text(payload: bytes) -> str | None:

@@ -986,6 +986,37 @@ def test_payloads_that_passed_every_check_but_failed_to_store_are_rejected_and_a
         sender.disconnect()
 
 
+def test_a_message_of_a_newer_version_and_a_bad_item_are_kept_as_they_came_and_the_good_items_stored(
+    broker: Broker, tmp_path: Path
+) -> None:
+    # A review: the receiver acknowledged and dropped a message with "v" other than 1, and a whole message
+    # for one bad item; the board deletes what the broker acknowledged, so both were lost for good.
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    sender = MqttConnection(settings, "board", "", lambda *_: None, will=False)
+    topic = f"edge/demo-district/demo-school/{DEVICE}/attention"
+    newer = json.dumps({"v": 2, "device": DEVICE, "windows": [{"n": 1}]}).encode()
+    items = [{"seq": seq, "id": f"i{seq}", "at": 1, "data": {}} for seq in (1, 2, 3)]
+    items[1]["at"] = "yesterday"
+    mixed = json.dumps({"v": 1, "tenant": "demo-district", "site": "demo-school", "device": DEVICE,
+                        "stream": "attention", "sent_at": 1, "items": items}).encode()
+    try:
+        sender.connect()
+        sender.publish(topic, newer)
+        sender.publish(topic, mixed)
+        assert wait_until(lambda: receiver.count(DEVICE) == 2 and receiver.rejected == 2, 10)
+        assert receiver.report(DEVICE)["gaps"] == [(2, 2)]
+    finally:
+        sender.disconnect()
+        receiver.stop()
+    with sqlite3.connect(tmp_path / "recv.db") as conn:
+        rows = conn.execute("SELECT topic, item, reason, payload FROM rejected_messages ORDER BY rowid")
+        rows = rows.fetchall()
+    assert [(t, item) for t, item, _, _ in rows] == [(topic, None), (topic, 1)]
+    assert rows[0][3] == newer and "unsupported schema version 2" in rows[0][2]
+    assert json.loads(rows[1][3])["items"] == [items[1]] and "item time invalid" in rows[1][2]
+
+
 def test_a_stop_with_bytes_unread_still_gets_its_acknowledgements_to_the_broker(
     broker: Broker, tmp_path: Path
 ) -> None:

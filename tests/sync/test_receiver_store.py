@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from edge_agent.config import MqttSettings
 from edge_agent.sync.protocol import Envelope, Item, encode_message
@@ -164,3 +166,55 @@ def test_a_heartbeat_nested_too_deep_is_not_json_to_the_receiver_not_a_crash_of_
 
     assert _heartbeat_text(b"[" * 5_000 + b"]" * 5_000) is None  # 10 KB, under the size limit
     assert _heartbeat_text(b'{"status":"online"}') == '{"status":"online"}'
+
+
+def _rejected_rows(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT topic, device, item, reason, payload FROM rejected_messages "
+                            "ORDER BY rowid").fetchall()
+
+
+def test_one_bad_item_of_a_drained_backlog_is_kept_apart_and_the_other_99_are_stored(tmp_path: Path) -> None:
+    # A review: the receiver refused a whole message for one bad item and acknowledged it; a backlog
+    # drains 100 items a message, and the board deletes what the broker acknowledged: 99 good items lost.
+    path = tmp_path / "received.db"
+    envelope = Envelope("t", "s", "b1", "kt_class", "a" * 32)
+    doc = json.loads(encode_message(envelope, [Item(seq, f"id{seq}", 5.0, f'{{"n":{seq}}}')
+                                               for seq in range(1, 101)], 5.0))
+    doc["items"][41]["id"] = 7  # item 41 (seq 42) is bad
+    receiver = Receiver(path, MqttSettings())
+    try:
+        receiver._take("edge/t/s/b1/kt_class", json.dumps(doc).encode())
+        report = receiver.report("b1")
+        assert (report["unique"], report["gaps"], report["rejected"]) == (99, [(42, 42)], 1)
+    finally:
+        receiver.stop()
+    [(topic, device, item, reason, payload)] = _rejected_rows(path)
+    assert (topic, device, item) == ("edge/t/s/b1/kt_class", "b1", 41) and "item id invalid" in reason
+    kept = json.loads(payload)  # the bad item alone in its message's envelope, to replay once fixed
+    assert kept["items"] == [doc["items"][41]] and (kept["device"], kept["store"]) == ("b1", "a" * 32)
+
+
+def test_a_message_the_receiver_cannot_read_is_kept_as_it_came_with_the_reason(tmp_path: Path) -> None:
+    # "Refuse other values of v" meant lost for good: the broker had acknowledged it, the board deleted it.
+    path = tmp_path / "received.db"
+    newer = json.dumps({"v": 2, "tenant": "t", "site": "s", "device": "b1", "stream": "kt_class",
+                        "records": [{"seq": 1}]}).encode()
+    elsewhere = _message("", 1, "x", 1).replace(b'"tenant":"t"', b'"tenant":"u"')  # not the topic's tenant
+    receiver = Receiver(path, MqttSettings())
+    try:
+        receiver._take("edge/t/s/b1/kt_class", newer)
+        receiver._take("edge/t/s/b1/kt_class", b"\xff\xfe not json")
+        receiver._take("edge/t/s/b1/kt_class", elsewhere)
+        receiver._take("edge/not/a/topic", b"{}")
+        assert receiver.report("b1")["rejected"] == 3 and receiver.rejected == 4
+        assert receiver.count("b1") == 0
+    finally:
+        receiver.stop()
+    rows = _rejected_rows(path)
+    assert [(device, item, payload) for _, device, item, _, payload in rows] == [
+        ("b1", None, newer), ("b1", None, b"\xff\xfe not json"),
+        ("b1", None, elsewhere), (None, None, b"{}"),
+    ]
+    assert "unsupported schema version 2" in rows[0][3] and "not JSON" in rows[1][3]
+    assert "disagree" in rows[2][3] and rows[3][0] == "edge/not/a/topic"
