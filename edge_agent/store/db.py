@@ -234,7 +234,7 @@ def _nearly_full(folder: Path) -> bool:
 def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> int | None:
     """Carry the damaged database's store id, message sequence and drop totals over to the fresh one.
 
-    The cloud deduplicates by (device, store, seq): restarting at seq 1 under the old store id would make
+    The cloud deduplicates by (store, seq): restarting at seq 1 under the old store id would make
     it drop new aggregates as repeats. The rows the damaged file still held were never acknowledged: their
     seqs never come, so they are counted as dropped (``damaged``) and the receiver's gap has a reason; the
     old totals come along, as a store's drops only ever grow. When any of that does not read, the fresh

@@ -11,8 +11,9 @@ days off, e.g. a board without an RTC battery booted on the time saved at its la
 release before the field. Receivers that predate it ignore it (they read only the fields above).
 
 ``seq`` is per board database (``store``), gap-free as allocated, so a receiver deduplicates by
-(device, store, seq) and any hole is a real loss (a counted drop on the board). Boards of releases before
-the store id send none; it reads as "".
+(store, seq) with the item's ``id``, whatever the device id (a renamed board keeps its store), and any
+hole is a real loss (a counted drop on the board). Boards of releases before the store id send none; it
+reads as "".
 """
 
 from __future__ import annotations

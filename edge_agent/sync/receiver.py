@@ -1,5 +1,5 @@
-"""The reference cloud receiver: subscribes ``edge/#``, deduplicates by (device, store, seq), stores, finds
-gaps.
+"""The reference cloud receiver: subscribes ``edge/#``, deduplicates by the item id within its store (whatever
+the device id: a renamed board keeps its store) and within its device, stores, finds gaps.
 
 Run it next to a broker to see what boards deliver::
 
@@ -66,6 +66,9 @@ CREATE INDEX IF NOT EXISTS items_by_message ON items (device, message_id);
 -- device without them (0.47 s a report at 2 M items: a review)
 CREATE INDEX IF NOT EXISTS items_by_store ON items (store, seq);
 CREATE INDEX IF NOT EXISTS items_by_arrival ON items (device, received_at);
+-- a repeat is found by its id in its store under any device id (a renamed board): the primary key, of
+-- older receiver databases too, stays (device, store, seq)
+CREATE INDEX IF NOT EXISTS items_by_store_id ON items (store, message_id);
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY, status TEXT, status_at REAL, heartbeat TEXT, heartbeat_at REAL,
     duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
@@ -233,11 +236,7 @@ class Receiver:
             except InputRejected as exc:
                 self._keep_rejected(topic, _item_alone(message, raw), device, f"item {index}: {exc}", index)
                 continue
-            # The item's id first: a rolled-back board (a release before store ids) re-sends an item
-            # whose PUBACK it lost under store "" although it is stored under the database's id.
-            if self._conn.execute(
-                "SELECT 1 FROM items WHERE device = ? AND message_id = ?", (device, item.message_id)
-            ).fetchone():
+            if self._stored_before(device, store, item.message_id):
                 repeats += 1
                 continue
             where = self._continued_store(device, item.seq) if store == "" else store
@@ -270,6 +269,20 @@ class Receiver:
         what = "a message" if item is None else f"item {item} of a message"
         log.warning("receiver rejected %s on %s: %s; kept as it came in table rejected_messages of %s, "
                     "to replay once the cause is fixed", what, topic, why, self.db_path)
+
+    def _stored_before(self, device: str, store: str, message_id: str) -> bool:
+        """Whether the item is a repeat, by its id: within its store whatever the device id, as a board
+        renamed keeps its store and re-sends under the new name what lost its PUBACK at the rename (the
+        cloud review: seq 5 stored twice, 0 duplicates); within its device whatever the store, as a
+        rolled-back board (a release before store ids) re-sends under store "" what is stored under the
+        database's id."""
+        if self._conn.execute(
+            "SELECT 1 FROM items WHERE device = ? AND message_id = ?", (device, message_id)
+        ).fetchone():
+            return True
+        return store != "" and self._conn.execute(
+            "SELECT 1 FROM items WHERE store = ? AND message_id = ?", (store, message_id)
+        ).fetchone() is not None
 
     def _continued_store(self, device: str, seq: int) -> str:
         """Where an item without a store id belongs: a board whose database has an id, rolled back to a

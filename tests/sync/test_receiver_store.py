@@ -218,3 +218,45 @@ def test_a_message_the_receiver_cannot_read_is_kept_as_it_came_with_the_reason(t
     ]
     assert "unsupported schema version 2" in rows[0][3] and "not JSON" in rows[1][3]
     assert "disagree" in rows[2][3] and rows[3][0] == "edge/not/a/topic"
+
+
+def _send(receiver: Receiver, device: str, store: str, seq: int, message_id: str) -> None:
+    envelope = Envelope("t", "s", device, "kt_class", store)
+    receiver._take(f"edge/t/s/{device}/kt_class",
+                   encode_message(envelope, [Item(seq, message_id, 5.0, f'{{"n":{seq}}}')], 5.0))
+
+
+def test_an_item_re_sent_under_a_renamed_boards_new_id_is_a_duplicate_not_stored_twice(
+    tmp_path: Path,
+) -> None:
+    # The cloud review: old-id sent seq 1-5; renamed, the board sent seq 5 again under new-id with the same
+    # id (its PUBACK lost at the rename), then seq 6: seq 5 was stored twice, with 0 duplicates counted.
+    store = "d" * 32
+    receiver = Receiver(tmp_path / "received.db", MqttSettings())
+    try:
+        for seq in (1, 2, 3, 4, 5):
+            _send(receiver, "old-id", store, seq, f"id{seq}")
+        for seq in (5, 6):
+            _send(receiver, "new-id", store, seq, f"id{seq}")
+        report = receiver.report("new-id")
+        assert (report["duplicates"], report["unique"], report["max_seq"], report["gaps"]) == (1, 6, 6, [])
+        assert (receiver.count("old-id"), receiver.count("new-id")) == (5, 1)
+    finally:
+        receiver.stop()
+
+
+def test_a_receiver_database_from_before_the_store_wide_id_check_finds_a_renamed_boards_repeat(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "received.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(STORE_SCHEMA)  # b1 sent seq 1 ('aaa') from store f...f
+    receiver = Receiver(path, MqttSettings())
+    try:
+        _send(receiver, "b2", "f" * 32, 1, "aaa")  # renamed b2, its PUBACK lost at the rename
+        _send(receiver, "b2", "f" * 32, 2, "bbb")
+        assert (receiver.report("b2")["duplicates"], receiver.count("b1"), receiver.count("b2")) == (1, 1, 1)
+    finally:
+        receiver.stop()
+    with sqlite3.connect(path) as conn:  # the old file was given the index the check reads
+        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'items_by_store_id'").fetchone()
