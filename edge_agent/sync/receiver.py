@@ -35,6 +35,7 @@ from edge_agent.errors import InputRejected, SyncError
 from edge_agent.sync.mqtt import MqttConnection
 from edge_agent.sync.protocol import (
     SCHEMA_VERSION,
+    STORE_RE,
     DecodedMessage,
     backoff_delay,
     decode_envelope,
@@ -72,6 +73,13 @@ CREATE INDEX IF NOT EXISTS items_by_store_id ON items (store, message_id);
 CREATE TABLE IF NOT EXISTS devices (
     device TEXT PRIMARY KEY, status TEXT, status_at REAL, heartbeat TEXT, heartbeat_at REAL,
     duplicates INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0);
+-- The highest last_seq the heartbeats of each (device, store) gave: how far the board had got, so seqs
+-- up to it that never came are lost at the tail (the broker lost the last ones before the board went
+-- quiet). Kept per store: the heartbeat in devices is replaced by the next, of a new store too after a
+-- board lost its database, and the old store's last word went with it. first_at orders the report.
+CREATE TABLE IF NOT EXISTS heartbeat_seqs (
+    device TEXT NOT NULL, store TEXT NOT NULL, last_seq INTEGER NOT NULL, first_at REAL NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (device, store));
 -- What the receiver could not take, as it came, for replay once the cause is fixed (a receiver upgraded
 -- to a new "v", a board's bug understood): the board deleted it when the broker acknowledged it, so this
 -- is the only copy. item: the item's place in its message (0 first), payload then that item alone in its
@@ -214,6 +222,7 @@ class Receiver:
                     return
                 self._conn.execute("UPDATE devices SET heartbeat = ?, heartbeat_at = ? WHERE device = ?",
                                    (heartbeat, now, device))
+                self._note_last_seq(device, json.loads(heartbeat), now)
                 return
             try:
                 message, items = decode_envelope(payload)
@@ -256,6 +265,17 @@ class Receiver:
             self._conn.execute("UPDATE devices SET duplicates = duplicates + ? WHERE device = ?",
                                (repeats, device))
         self.messages += 1
+
+    def _note_last_seq(self, device: str, heartbeat: dict[str, Any], now: float) -> None:
+        last_seq, store = heartbeat.get("last_seq"), heartbeat.get("store", "")
+        # none from boards before 2026-12-04; 0 before a store's first item
+        if not (isinstance(last_seq, int) and not isinstance(last_seq, bool) and 0 < last_seq < 2**63
+                and isinstance(store, str) and STORE_RE.fullmatch(store)):
+            return
+        self._conn.execute(
+            "INSERT INTO heartbeat_seqs (device, store, last_seq, first_at, at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (device, store) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq), "
+            "at = excluded.at", (device, store, last_seq, now, now))
 
     def _keep_rejected(self, topic: str, payload: bytes, device: str | None, why: str,
                        item: int | None = None) -> None:
@@ -345,8 +365,11 @@ class Receiver:
         return [(int(seq), str(stream), json.loads(data)) for seq, stream, data in rows]
 
     def report(self, device: str) -> dict[str, Any]:
-        """Delivery per device. ``unique``, ``gaps`` and ``max_seq`` are those of its current store (the
-        database it sends from now); ``stores`` lists each one it has used, oldest first."""
+        """Delivery per device. ``unique``, ``gaps``, ``max_seq`` and ``tail`` are those of its current
+        store (the database it sends from now); ``stores`` lists each one it has used, oldest first, a
+        store known only from its heartbeats too. ``gaps`` are the seqs missing below ``max_seq``;
+        ``tail`` those above it up to ``last_seq``, the highest its heartbeats gave (null before any):
+        not yet arrived, or, still missing after a heartbeat with ``backlog`` 0, lost at the broker."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT status, duplicates, rejected, heartbeat FROM devices WHERE device = ?", (device,)
@@ -357,21 +380,20 @@ class Receiver:
             unsynced = self._conn.execute(
                 "SELECT count(*) FROM items WHERE device = ? AND clock_unsynced = 1", (device,)
             ).fetchone()[0]
-            stores = [str(r[0]) for r in self._conn.execute(
-                "SELECT store FROM items WHERE device = ? GROUP BY store ORDER BY min(received_at)", (device,)
-            )]
+            stores = self._conn.execute(
+                "SELECT store, max(last_seq) FROM (SELECT store, min(received_at) AS since, NULL AS last_seq "
+                "FROM items WHERE device = ? GROUP BY store UNION ALL SELECT store, first_at, last_seq "
+                "FROM heartbeat_seqs WHERE device = ?) GROUP BY store ORDER BY min(since)", (device, device)
+            ).fetchall()
             current = self._current_store(device)
-        per_store = []
-        for store in stores:
-            seqs = self.seqs(device, store)
-            per_store.append({"store": store, "unique": len(seqs), "max_seq": seqs[-1],
-                              "gaps": missing_ranges(seqs)})
+        per_store = [_store_report(store, self.seqs(device, store), last_seq) for store, last_seq in stores]
         latest = next((s for s in per_store if s["store"] == current),
-                      {"store": current, "unique": 0, "max_seq": 0, "gaps": []})
+                      {"store": current, "unique": 0, "max_seq": 0, "gaps": [], "tail": []})
         status, duplicates, rejected, heartbeat = row if row else (None, 0, 0, None)
         return {
             "device": device, "store": current, "unique": latest["unique"], "max_seq": latest["max_seq"],
-            "gaps": latest["gaps"], "stores": per_store, "duplicates": int(duplicates),
+            "gaps": latest["gaps"], "tail": latest["tail"], "stores": per_store,
+            "duplicates": int(duplicates),
             "rejected": int(rejected), "conflicts": int(conflicts), "clock_unsynced": int(unsynced),
             "status": status, "heartbeat": _heartbeat_doc(heartbeat),
         }
@@ -388,6 +410,13 @@ class Receiver:
                 return True
             time.sleep(0.05)
         return self.count(device) >= count
+
+
+def _store_report(store: str, seqs: list[int], last_seq: int | None) -> dict[str, Any]:
+    top = seqs[-1] if seqs else 0
+    tail = [(top + 1, last_seq)] if last_seq is not None and last_seq > top else []
+    return {"store": store, "unique": len(seqs), "max_seq": top, "gaps": missing_ranges(seqs),
+            "last_seq": last_seq, "tail": tail}
 
 
 def _item_alone(message: DecodedMessage, item: Any) -> bytes:

@@ -880,6 +880,35 @@ def test_a_seq_that_comes_again_with_another_id_is_kept_apart_not_taken_for_a_re
         receiver.stop()
 
 
+def test_the_last_items_a_broker_lost_before_the_board_went_quiet_show_at_the_tail_of_the_report(
+    broker: Broker, outbox: Outbox, tmp_path: Path
+) -> None:
+    # The cloud review: the receiver never read the heartbeat's last_seq, so items the broker acknowledged
+    # and lost (here the consumer's session wiped while it was away) after a board's last delivered item
+    # showed as no gap at all until the board sent again.
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        for i in range(3):
+            outbox.enqueue("attention", {"i": i})
+        assert receiver.wait_for_count(DEVICE, 3, 10)
+        receiver.stop(30)
+        wipe = MqttConnection(settings, "edge-receiver", "", lambda *_: None, will=False)
+        wipe.connect()  # clean start, session expiry 0: the receiver's session is gone
+        wipe.disconnect()
+        outbox.enqueue("attention", {"i": 3})
+        outbox.enqueue("attention", {"i": 4}).result(5)
+        assert wait_until(lambda: outbox.backlog == 0, 10)  # acknowledged by the broker, deleted here
+        receiver = Receiver(tmp_path / "recv.db", settings).start()
+        assert wait_until(lambda: receiver.report(DEVICE)["tail"] == [(4, 5)], 15), receiver.report(DEVICE)
+        assert receiver.report(DEVICE)["gaps"] == []
+    finally:
+        publisher.stop()
+        receiver.stop()
+
+
 def test_a_locked_receiver_database_gets_the_message_redelivered_and_stored_once(
     broker: Broker, outbox: Outbox, tmp_path: Path
 ) -> None:

@@ -260,3 +260,34 @@ def test_a_receiver_database_from_before_the_store_wide_id_check_finds_a_renamed
         receiver.stop()
     with sqlite3.connect(path) as conn:  # the old file was given the index the check reads
         assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'items_by_store_id'").fetchone()
+
+
+def _heartbeat(receiver: Receiver, device: str, store: str, last_seq: int) -> None:
+    doc = {"v": 1, "device": device, "store": store, "backlog": 0, "last_seq": last_seq}
+    receiver._take(f"edge/t/s/{device}/heartbeat", json.dumps(doc).encode())
+
+
+def test_seqs_a_board_stored_that_never_came_show_at_the_tail_of_each_store_even_one_it_lost(
+    tmp_path: Path,
+) -> None:
+    # The cloud review: the receiver never read the heartbeat's last_seq, and kept one heartbeat per device,
+    # replaced by the new store's after the board lost its database: the old store's last items, lost at
+    # the broker before the board went quiet, showed nowhere.
+    old, new, unseen = "a" * 32, "b" * 32, "c" * 32
+    receiver = Receiver(tmp_path / "received.db", MqttSettings())
+    try:
+        for seq in (1, 2, 3):
+            _send(receiver, "b1", old, seq, f"o{seq}")
+        _heartbeat(receiver, "b1", old, 5)  # 4 and 5 stored on the board, lost at the broker
+        _heartbeat(receiver, "b1", old, 4)  # an older heartbeat come late: the highest is kept
+        _heartbeat(receiver, "b1", new, 0)  # the database lost: a new store, nothing in it yet
+        _send(receiver, "b1", new, 1, "n1")
+        _heartbeat(receiver, "b1", new, 2)
+        _heartbeat(receiver, "b1", unseen, 7)  # a store none of whose items came
+        report = receiver.report("b1")
+        assert (report["store"], report["gaps"], report["tail"]) == (new, [], [(2, 2)])
+        assert [(s["store"], s["max_seq"], s["last_seq"], s["tail"]) for s in report["stores"]] == [
+            (old, 3, 5, [(4, 5)]), (new, 1, 2, [(2, 2)]), (unseen, 0, 7, [(1, 7)]),
+        ]
+    finally:
+        receiver.stop()
