@@ -44,23 +44,28 @@ from edge_agent.sync.protocol import (
 )
 
 log = logging.getLogger(__name__)
-_ITEM_COLUMNS = "device, store, seq, stream, message_id, created_at, received_at, data, clock_unsynced"
+_ITEM_COLUMNS = ("device, store, seq, stream, message_id, created_at, received_at, data, clock_unsynced, "
+                 "tenant, site")
+# into items or conflicts (the same columns): named, so a receiver database with more columns still takes it
+_INSERT_ITEM = f"INSERT OR IGNORE INTO {{}} ({_ITEM_COLUMNS}) VALUES ({', '.join('?' * 11)})"
 MAX_HEARTBEAT_BYTES = 65536  # a board's is about 2 KB
 RECEIVER_RENEWAL = "issue the receiver a new certificate from the fleet CA (--cert, --key)"
 
 # store: the board database's id (protocol.py); "" for boards that predate it. clock_unsynced: 1 where the
 # board said its clock was not known to be right when it stamped created_at (the item's "clock_synced":
-# false); NULL otherwise, and for items stored before the column
+# false); NULL otherwise, and for items stored before the column. tenant, site: the topic's, the board's
+# claim (the broker's ACL checks only the device id), kept so that two districts that use one device id,
+# or a board whose config moved it to another site, can be told apart; NULL for items stored before them
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     device TEXT NOT NULL, store TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
     message_id TEXT NOT NULL, created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
-    clock_unsynced INTEGER,
+    clock_unsynced INTEGER, tenant TEXT, site TEXT,
     PRIMARY KEY (device, store, seq));
 CREATE TABLE IF NOT EXISTS conflicts (
     device TEXT NOT NULL, store TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
     message_id TEXT NOT NULL, created_at REAL NOT NULL, received_at REAL NOT NULL, data TEXT NOT NULL,
-    clock_unsynced INTEGER,
+    clock_unsynced INTEGER, tenant TEXT, site TEXT,
     PRIMARY KEY (device, store, seq, message_id));
 CREATE INDEX IF NOT EXISTS items_by_message ON items (device, message_id);
 -- a store's seqs across device ids, and a device's newest item: the report read the whole table per
@@ -105,7 +110,7 @@ class Receiver:
         # acknowledged messages to a power cut in the tests)
         self._conn.execute("PRAGMA synchronous = FULL")
         _add_store_column(self._conn)
-        _add_clock_column(self._conn)
+        _add_columns(self._conn)
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -250,16 +255,15 @@ class Receiver:
                 continue
             where = self._continued_store(device, item.seq) if store == "" else store
             row = (device, where, item.seq, stream, item.message_id, item.created_at, now,
-                   json.dumps(item.data, separators=(",", ":")), None if item.clock_synced else 1)
-            added = self._conn.execute(f"INSERT OR IGNORE INTO items ({_ITEM_COLUMNS}) VALUES "
-                                       "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                   json.dumps(item.data, separators=(",", ":")), None if item.clock_synced else 1,
+                   message.tenant, message.site)
+            added = self._conn.execute(_INSERT_ITEM.format("items"), row)
             if added.rowcount:
                 continue
             # The same seq with another id is new data from a board whose sequence started again
             # without a new store id (a release before store ids, re-imaged or replaced under its
             # device id): kept apart, never taken for a repeat.
-            self._conn.execute(f"INSERT OR IGNORE INTO conflicts ({_ITEM_COLUMNS}) VALUES "
-                               "(?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            self._conn.execute(_INSERT_ITEM.format("conflicts"), row)
             log.warning("receiver: %s seq %s arrived again with another id", device, item.seq)
         if repeats:
             self._conn.execute("UPDATE devices SET duplicates = duplicates + ? WHERE device = ?",
@@ -365,11 +369,13 @@ class Receiver:
         return [(int(seq), str(stream), json.loads(data)) for seq, stream, data in rows]
 
     def report(self, device: str) -> dict[str, Any]:
-        """Delivery per device. ``unique``, ``gaps``, ``max_seq`` and ``tail`` are those of its current
-        store (the database it sends from now); ``stores`` lists each one it has used, oldest first, a
-        store known only from its heartbeats too. ``gaps`` are the seqs missing below ``max_seq``;
-        ``tail`` those above it up to ``last_seq``, the highest its heartbeats gave (null before any):
-        not yet arrived, or, still missing after a heartbeat with ``backlog`` 0, lost at the broker."""
+        """Delivery per device. ``places``: each (tenant, site) its items came under, oldest first (more
+        than one: its config moved it, or two boards use its device id). ``unique``, ``gaps``, ``max_seq``
+        and ``tail`` are those of its current store (the database it sends from now); ``stores`` lists
+        each one it has used, oldest first, a store known only from its heartbeats too. ``gaps`` are the
+        seqs missing below ``max_seq``, ``tail`` those above it up to ``last_seq``, the highest its
+        heartbeats gave (null before any): not yet arrived, or, still missing after a heartbeat with
+        ``backlog`` 0, lost at the broker."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT status, duplicates, rejected, heartbeat FROM devices WHERE device = ?", (device,)
@@ -380,6 +386,13 @@ class Receiver:
             unsynced = self._conn.execute(
                 "SELECT count(*) FROM items WHERE device = ? AND clock_unsynced = 1", (device,)
             ).fetchone()[0]
+            places = [
+                {"tenant": tenant, "site": site, "items": int(n), "first_at": first, "last_at": last}
+                for tenant, site, n, first, last in self._conn.execute(
+                    "SELECT tenant, site, count(*), min(received_at), max(received_at) FROM items "
+                    "WHERE device = ? AND tenant IS NOT NULL GROUP BY tenant, site ORDER BY min(received_at)",
+                    (device,))
+            ]
             stores = self._conn.execute(
                 "SELECT store, max(last_seq) FROM (SELECT store, min(received_at) AS since, NULL AS last_seq "
                 "FROM items WHERE device = ? GROUP BY store UNION ALL SELECT store, first_at, last_seq "
@@ -393,9 +406,9 @@ class Receiver:
         return {
             "device": device, "store": current, "unique": latest["unique"], "max_seq": latest["max_seq"],
             "gaps": latest["gaps"], "tail": latest["tail"], "stores": per_store,
-            "duplicates": int(duplicates),
-            "rejected": int(rejected), "conflicts": int(conflicts), "clock_unsynced": int(unsynced),
-            "status": status, "heartbeat": _heartbeat_doc(heartbeat),
+            "duplicates": int(duplicates), "rejected": int(rejected), "conflicts": int(conflicts),
+            "clock_unsynced": int(unsynced),
+            "status": status, "heartbeat": _heartbeat_doc(heartbeat), "places": places,
         }
 
     def devices(self) -> list[str]:
@@ -470,14 +483,26 @@ def _add_store_column(conn: sqlite3.Connection) -> None:
     log.info("receiver database: added the store column to items and conflicts")
 
 
-def _add_clock_column(conn: sqlite3.Connection) -> None:
-    """A receiver database from before the items' clock flag: the column added, NULL in the rows it holds
-    (the boards said nothing of their clocks then)."""
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """A receiver database from before the items' clock flag, or their tenant and site: the columns added,
+    NULL in the rows it holds (nothing was kept of them then)."""
     for table in ("items", "conflicts"):
         columns = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
-        if columns and "clock_unsynced" not in columns:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN clock_unsynced INTEGER")
-            log.info("receiver database: added the clock_unsynced column to %s", table)
+        for column, kind in (("clock_unsynced", "INTEGER"), ("tenant", "TEXT"), ("site", "TEXT")):
+            if columns and column not in columns:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                log.info("receiver database: added the %s column to %s", column, table)
+
+
+def places_warning(report: dict[str, Any]) -> str | None:
+    """What to check when a device's items came under more than one tenant or site; None when not."""
+    places = report["places"]
+    if len(places) < 2:
+        return None
+    seen = ", then ".join(f"{p['tenant']}/{p['site']} ({p['items']} items)" for p in places)
+    return (f"{report['device']} sent as {seen}: either its config moved it (check the board's "
+            "/etc/edge-agent/config.toml and the inventory) or two boards use this device id (the broker's "
+            "ACL checks only the device id, not the tenant or site)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,12 +532,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     receiver = Receiver(args.db, settings, client_id=args.client_id)
+    warned: dict[str, str] = {}  # the places warning, once per device until its places change
     try:
         receiver.start(wait_connected_s=None)
         while True:
             time.sleep(args.report_every)
             for device in receiver.devices():
-                log.info("receiver: %s", json.dumps(receiver.report(device)))
+                report = receiver.report(device)
+                log.info("receiver: %s", json.dumps(report))
+                if (moved := places_warning(report)) and warned.get(device) != moved:
+                    warned[device] = moved
+                    log.warning("receiver: %s", moved)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -851,6 +851,38 @@ def test_a_backlog_queued_before_the_board_was_re_provisioned_goes_out_under_its
         db.close()
 
 
+def test_a_board_whose_config_moved_it_to_another_site_shows_both_sites_in_the_receivers_report(
+    broker: Broker, state_dir: Path, tmp_path: Path
+) -> None:
+    # The cloud review: the receiver kept no tenant or site, so a board moved from school-1 to school-2
+    # (or two districts' boards on one device id: the ACL checks only the device id) could not be seen.
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    db = Database(state_dir / "moved.db", StoreSettings())
+    db.open()
+    try:
+        for site, count in (("school-1", 2), ("school-2", 3)):
+            device = DeviceSettings(site=site)
+            box = Outbox(db, device, StoreSettings(), MqttSettings())
+            box.open()
+            for i in range(count):
+                box.enqueue("attention", {"i": i}).result(5)
+            publisher = Publisher(box, device, settings)
+            publisher.start()
+            try:
+                assert wait_until(lambda box=box: box.backlog == 0, 10)
+            finally:
+                publisher.stop()
+        assert_exactly_once(receiver, 5)
+        places = receiver.report(DEVICE)["places"]
+        assert [(p["tenant"], p["site"], p["items"]) for p in places] == [
+            ("demo-district", "school-1", 2), ("demo-district", "school-2", 3)
+        ]
+    finally:
+        receiver.stop()
+        db.close()
+
+
 def test_a_seq_that_comes_again_with_another_id_is_kept_apart_not_taken_for_a_repeat(
     broker: Broker, tmp_path: Path
 ) -> None:

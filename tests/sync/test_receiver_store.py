@@ -9,7 +9,7 @@ from typing import Any
 
 from edge_agent.config import MqttSettings
 from edge_agent.sync.protocol import Envelope, Item, encode_message
-from edge_agent.sync.receiver import Receiver
+from edge_agent.sync.receiver import Receiver, places_warning
 
 OLD_SCHEMA = """
 CREATE TABLE items (
@@ -291,3 +291,34 @@ def test_seqs_a_board_stored_that_never_came_show_at_the_tail_of_each_store_even
         ]
     finally:
         receiver.stop()
+
+
+def test_the_tenant_and_site_of_each_item_are_kept_and_a_device_seen_under_two_sites_is_named(
+    tmp_path: Path,
+) -> None:
+    # The cloud review: the broker checks only the device id, so tenant and site are the board's claim, and
+    # the receiver kept neither: two districts using one device id merged, a board moved to another site
+    # could not be seen. An older receiver file gets the columns (NULL for what it holds).
+    path = tmp_path / "received.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(STORE_SCHEMA)  # b1's seq 1, stored before the columns
+    receiver = Receiver(path, MqttSettings())
+    try:
+        for seq, site in ((2, "school-1"), (3, "school-1"), (4, "school-2")):
+            envelope = Envelope("t", site, "b1", "kt_class", "f" * 32)
+            receiver._take(f"edge/t/{site}/b1/kt_class",
+                           encode_message(envelope, [Item(seq, f"id{seq}", 5.0, "{}")], 5.0))
+        report = receiver.report("b1")
+        assert [(p["tenant"], p["site"], p["items"]) for p in report["places"]] == [
+            ("t", "school-1", 2), ("t", "school-2", 1)
+        ]
+        warning = places_warning(report)
+        assert warning is not None and "t/school-1 (2 items), then t/school-2 (1 items)" in warning
+        assert places_warning(receiver.report("nobody")) is None
+    finally:
+        receiver.stop()
+    Receiver(path, MqttSettings()).stop()  # opening an upgraded file again changes nothing
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT seq, tenant, site FROM items ORDER BY seq").fetchall()
+        assert rows == [(1, None, None), (2, "t", "school-1"), (3, "t", "school-1"), (4, "t", "school-2")]
+        assert {"tenant", "site"} <= {r[1] for r in conn.execute("PRAGMA table_info(conflicts)")}
