@@ -22,6 +22,7 @@ from edge_agent.lifecycle import Health, HeartbeatRegistry, waiting_on_disk
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
 from edge_agent.store.outbox import Outbox
+from edge_agent.sync.protocol import STREAM_KINDS
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -347,7 +348,7 @@ class KTComponent:
                 done.set_result(0)
                 return done
             payload = leaving_the_board(summary | ({"partial": True} if partial else {})) | {
-                "kind": "kt_class_window", "v": PAYLOAD_VERSION, "class_id": self.device.class_id,
+                "kind": STREAM_KINDS[STREAM], "v": PAYLOAD_VERSION, "class_id": self.device.class_id,
                 "model": service.package.metadata.get("version"),
                 # the rules the figures were made by, in every window, suppressed or not: a cloud cannot
                 # know a board's config, and a min_group_size set below its policy must show

@@ -33,6 +33,9 @@ SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
 UNSYNCED_FIELD = '"clock_synced":false,'  # only on an item stamped on a clock not known to be right
 STORE_RE = re.compile(r"[A-Za-z0-9_.-]{0,64}")  # "" for boards that predate it
+# The record each data stream carries (its "kind"; docs/sync-protocol.md): the components that queue them
+# and the receiver that checks them read it here
+STREAM_KINDS = {"attention": "attention_window", "kt_class": "kt_class_window"}
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from edge_agent.sync.mqtt import MqttConnection
 from edge_agent.sync.protocol import (
     SCHEMA_VERSION,
     STORE_RE,
+    STREAM_KINDS,
     DecodedMessage,
     backoff_delay,
     decode_envelope,
@@ -225,9 +226,14 @@ class Receiver:
                     why = f"heartbeat is not a JSON object of up to {MAX_HEARTBEAT_BYTES} bytes"
                     self._keep_rejected(topic, payload, device, why)
                     return
+                doc = json.loads(heartbeat)
+                if doc.get("device") != device:  # another board's backlog and last_seq filed under this one
+                    why = f"heartbeat names device {str(doc.get('device'))[:64]!r}, its topic {device!r}"
+                    self._keep_rejected(topic, payload, device, why)
+                    return
                 self._conn.execute("UPDATE devices SET heartbeat = ?, heartbeat_at = ? WHERE device = ?",
                                    (heartbeat, now, device))
-                self._note_last_seq(device, json.loads(heartbeat), now)
+                self._note_last_seq(device, doc, now)
                 return
             try:
                 message, items = decode_envelope(payload)
@@ -247,6 +253,7 @@ class Receiver:
         for index, raw in enumerate(items):
             try:
                 item = decode_item(raw)
+                _check_kind(stream, item.data)
             except InputRejected as exc:
                 self._keep_rejected(topic, _item_alone(message, raw), device, f"item {index}: {exc}", index)
                 continue
@@ -423,6 +430,17 @@ class Receiver:
                 return True
             time.sleep(0.05)
         return self.count(device) >= count
+
+
+def _check_kind(stream: str, data: Any) -> None:
+    """Refuse a record of one stream sent on another's (filed under the wrong stream, a cloud would read
+    an attention window as a lesson's). A record without "kind" is taken: only one naming another stream's
+    kind is known to be wrong."""
+    expected = STREAM_KINDS.get(stream)
+    if expected is None or not isinstance(data, dict):  # a stream of its own (a tool's, a later release's)
+        return
+    if (kind := data.get("kind", expected)) != expected:
+        raise InputRejected(f"item kind {str(kind)[:64]!r} on stream {stream!r}, which carries {expected!r}")
 
 
 def _store_report(store: str, seqs: list[int], last_seq: int | None) -> dict[str, Any]:

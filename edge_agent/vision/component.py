@@ -26,6 +26,7 @@ from edge_agent.live import LiveBoard
 from edge_agent.provisioning.files import write_private
 from edge_agent.store.db import Database, meta_object, set_meta
 from edge_agent.store.history import History
+from edge_agent.sync.protocol import STREAM_KINDS
 from edge_agent.thread_priority import call_at_lower_priority
 from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
 from edge_agent.vision.camera import UNSTABLE_REOPENS, UNSTABLE_WINDOW_S, Camera, Opener
@@ -110,7 +111,7 @@ def window_payload(
         # lower than its policy must show (a review: a cloud built from the docs alone could not tell)
         payload["min_faces"] = min_faces
     payload.update(
-        {"kind": "attention_window", "v": PAYLOAD_VERSION, "pose_method": pose_method, "class_id": class_id}
+        {"kind": STREAM_KINDS[STREAM], "v": PAYLOAD_VERSION, "pose_method": pose_method, "class_id": class_id}
     )
     return payload
 

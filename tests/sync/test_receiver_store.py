@@ -322,3 +322,32 @@ def test_the_tenant_and_site_of_each_item_are_kept_and_a_device_seen_under_two_s
         rows = conn.execute("SELECT seq, tenant, site FROM items ORDER BY seq").fetchall()
         assert rows == [(1, None, None), (2, "t", "school-1"), (3, "t", "school-1"), (4, "t", "school-2")]
         assert {"tenant", "site"} <= {r[1] for r in conn.execute("PRAGMA table_info(conflicts)")}
+
+
+def test_a_heartbeat_naming_another_device_and_a_record_of_another_stream_are_kept_apart(
+    tmp_path: Path,
+) -> None:
+    # The cloud review: the receiver filed a heartbeat under its topic's device whatever device it named,
+    # and an item under its stream whatever its data's kind said.
+    path = tmp_path / "received.db"
+    receiver = Receiver(path, MqttSettings())
+    try:
+        _heartbeat(receiver, "b1", "a" * 32, 3)
+        foreign = {"v": 1, "device": "b2", "store": "a" * 32, "backlog": 0, "last_seq": 9}
+        receiver._take("edge/t/s/b1/heartbeat", json.dumps(foreign).encode())
+        envelope = Envelope("t", "s", "b1", "kt_class", "a" * 32)
+        items = [Item(1, "k1", 5.0, '{"kind":"kt_class_window","v":1}'),
+                 Item(2, "k2", 5.0, '{"kind":"attention_window","v":1}')]
+        receiver._take("edge/t/s/b1/kt_class", encode_message(envelope, items, 5.0))
+        other = Envelope("t", "s", "b1", "alert", "a" * 32)  # a stream with no kind of its own: any is taken
+        receiver._take("edge/t/s/b1/alert", encode_message(other, [Item(3, "k3", 5.0, '{"kind":"x"}')], 5.0))
+        report = receiver.report("b1")
+        assert (report["heartbeat"]["device"], report["stores"][0]["last_seq"]) == ("b1", 3)
+        assert (report["unique"], report["rejected"]) == (2, 2)
+    finally:
+        receiver.stop()
+    reasons = [(item, reason) for _, _, item, reason, _ in _rejected_rows(path)]
+    assert reasons == [
+        (None, "heartbeat names device 'b2', its topic 'b1'"),
+        (1, "item 1: item kind 'attention_window' on stream 'kt_class', which carries 'kt_class_window'"),
+    ]
