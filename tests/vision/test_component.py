@@ -35,7 +35,7 @@ from edge_agent.vision.sources import open_source
 
 WINDOW_KEYS = {"start", "end", "frames", "frames_expected", "faces_mean", "faces_max", "attentive_mean",
                "attentive_p10", "attentive_median", "suppressed", "low", "kind", "v", "pose_method",
-               "class_id"}
+               "class_id", "min_faces"}
 IMAGE_SIGNATURES = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"]
 BASE64_SIGNATURES = [base64.b64encode(b"\xff\xd8\xff")[:4], base64.b64encode(b"\x89PNG\r\n\x1a\n")[:8]]
 
