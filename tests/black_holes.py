@@ -9,6 +9,7 @@ a real one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 from collections.abc import Iterator
 
@@ -24,13 +25,8 @@ def name_of_silent_addresses(
     name = "broker.school.invalid"
     opened: list[socket.socket] = []
     try:
-        port = 0
-        for address in [*silent, *answering]:
-            listener = socket.socket()
-            listener.bind((address, port))
-            listener.listen(0 if address in silent else 8)
-            port = listener.getsockname()[1]
-            opened.append(listener)
+        opened.extend(_listeners_on_one_port(silent, answering))
+        port = opened[0].getsockname()[1]
         for address in silent:  # fill the backlog: connect until one gets no answer
             for _ in range(8):
                 probe = socket.socket()
@@ -56,3 +52,27 @@ def name_of_silent_addresses(
     finally:
         for sock in opened:
             sock.close()
+
+
+def _listeners_on_one_port(
+    silent: list[str], answering: tuple[str, ...], tries: int = 20
+) -> list[socket.socket]:
+    """A listener on each address, all on one port: the first's free port may be taken on another address
+    (the suite runs on two Pythons at once; CI: "[Errno 98] Address already in use"), then all go again."""
+    for _ in range(tries):
+        listeners: list[socket.socket] = []
+        port = 0  # the first listener's free port, then that one for the others
+        try:
+            for address in [*silent, *answering]:
+                listener = socket.socket()
+                listeners.append(listener)
+                listener.bind((address, port))
+                listener.listen(0 if address in silent else 8)
+                port = listener.getsockname()[1]
+            return listeners
+        except OSError as exc:
+            for listener in listeners:
+                listener.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, f"no port free on all of {[*silent, *answering]} in {tries} tries")
