@@ -154,45 +154,76 @@ class Receiver:
                 raise
 
     def _take(self, topic: str, payload: bytes) -> None:
+        with self._transaction():
+            self._take_in_transaction(topic, payload)
+
+    def replay_rejected(self) -> tuple[int, int]:
+        """Take the kept data messages and items again, once the cause is fixed (this receiver upgraded to
+        read them, a board's fault mended): each in a transaction of its own, deleted as it is taken, or
+        kept again with the reason it still fails. Heartbeats and statuses are not replayed (an old one
+        would replace the newer). Returns (taken, kept again); the report's rejected counts follow."""
+        rows = self._conn.execute(
+            "SELECT rowid, topic, device, payload FROM rejected_messages WHERE topic NOT LIKE '%/heartbeat' "
+            "AND topic NOT LIKE '%/status' ORDER BY rowid").fetchall()
+        taken = again = 0
+        for rowid, topic, device, payload in rows:
+            before = self.rejected
+            with self._transaction():
+                self._conn.execute("DELETE FROM rejected_messages WHERE rowid = ?", (rowid,))
+                if device is not None:  # counted again below if it still fails
+                    self._conn.execute("UPDATE devices SET rejected = rejected - 1 WHERE device = ?",
+                                       (device,))
+                try:
+                    self._take_in_transaction(topic, bytes(payload))
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:  # as _on_message: kept again, with why
+                    self._keep_rejected(topic, bytes(payload), device, f"{type(exc).__name__}: {exc}")
+            if self.rejected > before:
+                again += 1
+            else:
+                taken += 1
+        return taken, again
+
+    def _take_in_transaction(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
         now = time.time()
-        with self._transaction():
-            if len(parts) != 5 or parts[0] != "edge":
-                self._keep_rejected(topic, payload, None, f"unexpected topic {topic!r}")
-                return
-            device, stream = parts[3], parts[4]
-            self._conn.execute("INSERT OR IGNORE INTO devices (device) VALUES (?)", (device,))
-            if stream == "status":
-                self._conn.execute("UPDATE devices SET status = ?, status_at = ? WHERE device = ?",
-                                   (payload.decode("utf-8", "replace")[:32], now, device))
-                return
-            if stream in ("cmd", "hello"):
-                return  # commands flow to boards, and a hello only proves enrollment: nothing to store
-            if stream == "heartbeat":
-                heartbeat = _heartbeat_text(payload)
-                if heartbeat is None:
-                    why = f"heartbeat is not a JSON object of up to {MAX_HEARTBEAT_BYTES} bytes"
-                    self._keep_rejected(topic, payload, device, why)
-                    return
-                doc = json.loads(heartbeat)
-                if doc.get("device") != device:  # another board's backlog and last_seq filed under this one
-                    why = f"heartbeat names device {str(doc.get('device'))[:64]!r}, its topic {device!r}"
-                    self._keep_rejected(topic, payload, device, why)
-                    return
-                self._conn.execute("UPDATE devices SET heartbeat = ?, heartbeat_at = ? WHERE device = ?",
-                                   (heartbeat, now, device))
-                self._note_last_seq(device, doc, now)
-                return
-            try:
-                message, items = decode_envelope(payload)
-            except InputRejected as exc:
-                self._keep_rejected(topic, payload, device, str(exc))
-                return
-            if (message.tenant, message.site, message.device, message.stream) != tuple(parts[1:]):
-                why = "topic and payload disagree on tenant, site, device or stream"
+        if len(parts) != 5 or parts[0] != "edge":
+            self._keep_rejected(topic, payload, None, f"unexpected topic {topic!r}")
+            return
+        device, stream = parts[3], parts[4]
+        self._conn.execute("INSERT OR IGNORE INTO devices (device) VALUES (?)", (device,))
+        if stream == "status":
+            self._conn.execute("UPDATE devices SET status = ?, status_at = ? WHERE device = ?",
+                               (payload.decode("utf-8", "replace")[:32], now, device))
+            return
+        if stream in ("cmd", "hello"):
+            return  # commands flow to boards, and a hello only proves enrollment: nothing to store
+        if stream == "heartbeat":
+            heartbeat = _heartbeat_text(payload)
+            if heartbeat is None:
+                why = f"heartbeat is not a JSON object of up to {MAX_HEARTBEAT_BYTES} bytes"
                 self._keep_rejected(topic, payload, device, why)
                 return
-            self._store(topic, message, items, now)
+            doc = json.loads(heartbeat)
+            if doc.get("device") != device:  # another board's backlog and last_seq filed under this one
+                why = f"heartbeat names device {str(doc.get('device'))[:64]!r}, its topic {device!r}"
+                self._keep_rejected(topic, payload, device, why)
+                return
+            self._conn.execute("UPDATE devices SET heartbeat = ?, heartbeat_at = ? WHERE device = ?",
+                               (heartbeat, now, device))
+            self._note_last_seq(device, doc, now)
+            return
+        try:
+            message, items = decode_envelope(payload)
+        except InputRejected as exc:
+            self._keep_rejected(topic, payload, device, str(exc))
+            return
+        if (message.tenant, message.site, message.device, message.stream) != tuple(parts[1:]):
+            why = "topic and payload disagree on tenant, site, device or stream"
+            self._keep_rejected(topic, payload, device, why)
+            return
+        self._store(topic, message, items, now)
 
     def _store(self, topic: str, message: DecodedMessage, items: list[Any], now: float) -> None:
         """The message's items, each checked on its own: a bad one is kept apart, the others stored."""
@@ -455,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the session's name (default edge-receiver); the shipped broker uses the "
                         "certificate's CN whatever is asked")
     parser.add_argument("--report-every", type=float, default=10.0, help="seconds between gap reports")
+    parser.add_argument("--replay-rejected", action="store_true",
+                        help="take the messages and items kept in rejected_messages again (after an upgrade "
+                        "that reads them), print what was taken and what was kept again, and exit")
     args = parser.parse_args(argv)
     tls = args.ca is not None
     if tls and (args.cert is None or args.key is None):
@@ -465,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     receiver = Receiver(args.db, settings, client_id=args.client_id)
+    if args.replay_rejected:  # no broker: the database alone
+        taken, again = receiver.replay_rejected()
+        receiver.stop()
+        print(json.dumps({"taken": taken, "kept_again": again}))
+        return 0
     warned: dict[str, str] = {}  # the places warning, once per device until its places change
     try:
         receiver.start(wait_connected_s=None)

@@ -7,7 +7,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge_agent.config import MqttSettings
+from edge_agent.sync import protocol
+from edge_agent.sync import receiver as receiver_cli
 from edge_agent.sync.protocol import Envelope, Item, encode_message
 from edge_agent.sync.receiver import Receiver, places_warning
 
@@ -351,3 +355,31 @@ def test_a_heartbeat_naming_another_device_and_a_record_of_another_stream_are_ke
         (None, "heartbeat names device 'b2', its topic 'b1'"),
         (1, "item 1: item kind 'attention_window' on stream 'kt_class', which carries 'kt_class_window'"),
     ]
+
+
+def test_what_was_kept_is_taken_once_the_receiver_reads_it_and_the_rest_stays_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The doc says keep what cannot be read and replay it after an upgrade; the receiver had no replay
+    path = tmp_path / "received.db"
+    newer = _message("a" * 32, 1, "x1", 1).replace(b'"v":1', b'"v":2')  # from a board of a later release
+    receiver = Receiver(path, MqttSettings())
+    try:
+        receiver._take("edge/t/s/b1/kt_class", newer)
+        receiver._take("edge/t/s/b1/kt_class", b"not json")
+        receiver._take("edge/t/s/b1/heartbeat", b"[]")  # a heartbeat is not replayed: a newer one came since
+        assert receiver.report("b1")["rejected"] == 3 and receiver.count("b1") == 0
+    finally:
+        receiver.stop()
+    monkeypatch.setattr(protocol, "SCHEMA_VERSION", 2)  # the receiver upgraded to read version 2
+    assert receiver_cli.main(["--db", str(path), "--replay-rejected"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"taken": 1, "kept_again": 1}
+    rows = _rejected_rows(path)
+    assert [(topic.rsplit("/", 1)[1], payload) for topic, _, _, _, payload in rows] == [
+        ("heartbeat", b"[]"), ("kt_class", b"not json")]
+    receiver = Receiver(path, MqttSettings())
+    try:
+        assert receiver.items("b1") == [(1, "kt_class", {"n": 1})]
+        assert receiver.report("b1")["rejected"] == 2
+    finally:
+        receiver.stop()
