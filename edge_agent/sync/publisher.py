@@ -97,6 +97,9 @@ class Publisher:
         self.device = device
         self.settings = settings
         self._started_at = time.time()  # in every heartbeat: a restart shows as a new one
+        # read once, as the camera's hours read theirs: name and offset from the same zone (a zone changed
+        # under a running board named Berlin beside Shanghai's offset); a restart reads them again
+        self._zone_name = zone_name(device.timezone)
         self._local_now = board_clock(device.timezone)
         self._commands = commands
         self._health_summary = health_summary
@@ -398,7 +401,7 @@ class Publisher:
             # False: "at", "started_at" and the items' times come from a clock not known to be right
             "clock_synced": self.outbox.clock_synced(),
             # the school's zone, for the cloud's "day" and "lesson" (every time sent is UTC)
-            "timezone": zone_name(self.device.timezone),
+            "timezone": self._zone_name,
             "utc_offset_s": _offset_s(self._local_now()),
             "health": self._health_summary() if self._health_summary else {},
         }

@@ -138,7 +138,7 @@ def board_zone(name: str) -> tzinfo | None:
         return None
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Asia" is a folder of zones
         raise ValueError(
             f"{name!r} is not a time zone; use an IANA name such as Asia/Shanghai or Europe/London "
             "(timedatectl list-timezones lists them)"
@@ -169,10 +169,12 @@ def zone_name(name: str) -> str | None:
         _, found, system = os.path.realpath(system or "/etc/localtime").partition("/zoneinfo/")
         if not found:
             return None
+    # the same zones under tzdata's posix/ and right/ folders: the IANA name is the rest
+    system = system.removeprefix("posix/").removeprefix("right/")
     try:
         return ZoneInfo(system).key
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: TZ=Asia, a folder (a review: it
+        return None  # raised in the heartbeat, and the board sent nothing at all)
 
 
 def board_clock(name: str) -> Callable[[], datetime]:

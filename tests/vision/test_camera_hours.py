@@ -177,3 +177,11 @@ def test_the_zone_the_board_reports_is_the_configured_one_else_the_systems_iana_
     copied.write_bytes(b"TZif")
     monkeypatch.setenv("TZ", str(copied))
     assert zone_name("") is None
+    monkeypatch.setenv("TZ", "posix/Europe/Berlin")  # tzdata's second copy of the zones
+    assert zone_name("") == "Europe/Berlin"
+    # a folder of zones: it raised IsADirectoryError in the heartbeat, and such a board sent nothing
+    for folder in ("Asia", "posix", "x" * 300):
+        monkeypatch.setenv("TZ", folder)
+        assert zone_name("") is None
+        with pytest.raises(ValueError, match="is not a time zone"):  # device.timezone: a config error
+            board_zone(folder)
