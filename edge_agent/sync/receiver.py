@@ -18,6 +18,7 @@ once the broker acknowledged it). The test-suite uses it to prove exactly-once d
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import random
@@ -159,37 +160,49 @@ class Receiver:
 
     def replay_rejected(self) -> tuple[int, int]:
         """Take the kept data messages and items again, once the cause is fixed (this receiver upgraded to
-        read them, a board's fault mended): each in a transaction of its own, deleted as it is taken, or
-        kept again with the reason it still fails. Heartbeats and statuses are not replayed (an old one
-        would replace the newer). Returns (taken, kept again); the report's rejected counts follow."""
+        read them, a board's fault mended): each in a transaction of its own, deleted as it is taken, with
+        its first receive time (the report orders stores by it) and its place in its message. What still
+        fails is kept again as it was, with the new reason; a take that raises leaves nothing of itself.
+        Heartbeats and statuses are not replayed (an old one would replace the newer). Returns (taken,
+        kept again); the report's rejected counts follow."""
         rows = self._conn.execute(
-            "SELECT rowid, topic, device, payload FROM rejected_messages WHERE topic NOT LIKE '%/heartbeat' "
-            "AND topic NOT LIKE '%/status' ORDER BY rowid").fetchall()
+            "SELECT rowid, received_at, topic, device, item, payload FROM rejected_messages WHERE topic NOT "
+            "LIKE '%/heartbeat' AND topic NOT LIKE '%/status' ORDER BY rowid").fetchall()
         taken = again = 0
-        for rowid, topic, device, payload in rows:
-            before = self.rejected
+        for rowid, received_at, topic, device, item, payload in rows:
+            kept = self.rejected
             with self._transaction():
-                self._conn.execute("DELETE FROM rejected_messages WHERE rowid = ?", (rowid,))
-                if device is not None:  # counted again below if it still fails
-                    self._conn.execute("UPDATE devices SET rejected = rejected - 1 WHERE device = ?",
+                if not self._conn.execute("DELETE FROM rejected_messages WHERE rowid = ?", (rowid,)).rowcount:
+                    continue  # another replay took it
+                if device is not None:  # counted again if it is kept again
+                    self._conn.execute("UPDATE devices SET rejected = max(rejected - 1, 0) WHERE device = ?",
                                        (device,))
+                self._conn.execute("SAVEPOINT replay")
                 try:
-                    self._take_in_transaction(topic, bytes(payload))
+                    self._take_in_transaction(topic, bytes(payload), received_at, item or 0)
                 except sqlite3.Error:
                     raise
-                except Exception as exc:  # as _on_message: kept again, with why
-                    self._keep_rejected(topic, bytes(payload), device, f"{type(exc).__name__}: {exc}")
-            if self.rejected > before:
+                except Exception as exc:  # as _on_message: nothing of the take stays; the row, with why
+                    self._conn.execute("ROLLBACK TO replay")
+                    self.rejected = kept
+                    self._keep_rejected(topic, bytes(payload), device, f"{type(exc).__name__}: {exc}", item,
+                                        at=received_at)
+                self._conn.execute("RELEASE replay")
+            if self.rejected > kept:
                 again += 1
             else:
                 taken += 1
         return taken, again
 
-    def _take_in_transaction(self, topic: str, payload: bytes) -> None:
+    def _take_in_transaction(
+        self, topic: str, payload: bytes, now: float | None = None, first_item: int = 0
+    ) -> None:
+        """``now``: the receive time to store (a replay: the first one); ``first_item``: the place in its
+        message of the payload's first item (a replayed item kept alone: its own)."""
         parts = topic.split("/")
-        now = time.time()
+        now = time.time() if now is None else now
         if len(parts) != 5 or parts[0] != "edge":
-            self._keep_rejected(topic, payload, None, f"unexpected topic {topic!r}")
+            self._keep_rejected(topic, payload, None, f"unexpected topic {topic!r}", at=now)
             return
         device, stream = parts[3], parts[4]
         self._conn.execute("INSERT OR IGNORE INTO devices (device) VALUES (?)", (device,))
@@ -203,12 +216,12 @@ class Receiver:
             heartbeat = _heartbeat_text(payload)
             if heartbeat is None:
                 why = f"heartbeat is not a JSON object of up to {MAX_HEARTBEAT_BYTES} bytes"
-                self._keep_rejected(topic, payload, device, why)
+                self._keep_rejected(topic, payload, device, why, at=now)
                 return
             doc = json.loads(heartbeat)
             if doc.get("device") != device:  # another board's backlog and last_seq filed under this one
                 why = f"heartbeat names device {str(doc.get('device'))[:64]!r}, its topic {device!r}"
-                self._keep_rejected(topic, payload, device, why)
+                self._keep_rejected(topic, payload, device, why, at=now)
                 return
             self._conn.execute("UPDATE devices SET heartbeat = ?, heartbeat_at = ? WHERE device = ?",
                                (heartbeat, now, device))
@@ -217,24 +230,27 @@ class Receiver:
         try:
             message, items = decode_envelope(payload)
         except InputRejected as exc:
-            self._keep_rejected(topic, payload, device, str(exc))
+            self._keep_rejected(topic, payload, device, str(exc), at=now)
             return
         if (message.tenant, message.site, message.device, message.stream) != tuple(parts[1:]):
             why = "topic and payload disagree on tenant, site, device or stream"
-            self._keep_rejected(topic, payload, device, why)
+            self._keep_rejected(topic, payload, device, why, at=now)
             return
-        self._store(topic, message, items, now)
+        self._store(topic, message, items, now, first_item)
 
-    def _store(self, topic: str, message: DecodedMessage, items: list[Any], now: float) -> None:
+    def _store(
+        self, topic: str, message: DecodedMessage, items: list[Any], now: float, first_item: int = 0
+    ) -> None:
         """The message's items, each checked on its own: a bad one is kept apart, the others stored."""
         device, store, stream = message.device, message.store, message.stream
         repeats = 0
-        for index, raw in enumerate(items):
+        for index, raw in enumerate(items, first_item):
             try:
                 item = decode_item(raw)
                 _check_kind(stream, item.data)
             except InputRejected as exc:
-                self._keep_rejected(topic, _item_alone(message, raw), device, f"item {index}: {exc}", index)
+                self._keep_rejected(topic, _item_alone(message, raw), device, f"item {index}: {exc}", index,
+                                    at=now)
                 continue
             if self._stored_before(device, store, item.message_id):
                 repeats += 1
@@ -268,13 +284,19 @@ class Receiver:
             "at = excluded.at", (device, store, last_seq, now, now))
 
     def _keep_rejected(self, topic: str, payload: bytes, device: str | None, why: str,
-                       item: int | None = None) -> None:
-        """Keep what cannot be taken, in the message's transaction: acknowledged, it exists nowhere else."""
+                       item: int | None = None, *, at: float | None = None) -> None:
+        """Keep what cannot be taken, in the message's transaction: acknowledged, it exists nowhere else.
+        Once: a message redelivered (its PUBACK lost after the commit) is the same row (its digest)."""
+        digest = hashlib.sha256(f"{topic}\0{item}\0".encode() + payload).hexdigest()
+        if not self._conn.execute(
+            "INSERT OR IGNORE INTO rejected_messages (received_at, topic, device, item, reason, payload, "
+            "digest) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (time.time() if at is None else at, topic, device, item, why, payload, digest),
+        ).rowcount:
+            return
         self.rejected += 1
-        self._conn.execute(
-            "INSERT INTO rejected_messages (received_at, topic, device, item, reason, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?)", (time.time(), topic, device, item, why, payload))
-        if device is not None:
+        if device is not None:  # the device's row too: the catch-all's transaction had none
+            self._conn.execute("INSERT OR IGNORE INTO devices (device) VALUES (?)", (device,))
             self._conn.execute("UPDATE devices SET rejected = rejected + 1 WHERE device = ?", (device,))
         what = "a message" if item is None else f"item {item} of a message"
         log.warning("receiver rejected %s on %s: %s; kept as it came in table rejected_messages of %s, "

@@ -47,10 +47,11 @@ CREATE TABLE IF NOT EXISTS heartbeat_seqs (
 -- is the only copy. item: the item's place in its message (0 first), payload then that item alone in its
 -- message's envelope (the other items are in items), or NULL: the whole message, payload its bytes.
 -- device: the topic's, NULL for a topic not of the edge/<tenant>/<site>/<device>/<stream> form. Never
--- pruned. (No semicolon in these comments: _add_store_column splits this text on them.)
+-- pruned. digest: sha256 of topic, item and payload, so that a message redelivered (its PUBACK lost after
+-- the commit) is kept once. (No semicolon in these comments: _add_store_column splits this text on them.)
 CREATE TABLE IF NOT EXISTS rejected_messages (
     received_at REAL NOT NULL, topic TEXT NOT NULL, device TEXT, item INTEGER, reason TEXT NOT NULL,
-    payload BLOB NOT NULL);
+    payload BLOB NOT NULL, digest TEXT NOT NULL UNIQUE);
 """
 
 

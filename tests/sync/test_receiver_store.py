@@ -191,6 +191,10 @@ def test_one_bad_item_of_a_drained_backlog_is_kept_apart_and_the_other_99_are_st
         receiver._take("edge/t/s/b1/kt_class", json.dumps(doc).encode())
         report = receiver.report("b1")
         assert (report["unique"], report["gaps"], report["rejected"]) == (99, [(42, 42)], 1)
+        # redelivered (its PUBACK lost after the commit): the bad item is kept once, not twice (round 2)
+        receiver._take("edge/t/s/b1/kt_class", json.dumps(doc).encode())
+        report = receiver.report("b1")
+        assert (report["unique"], report["duplicates"], report["rejected"]) == (99, 99, 1)
     finally:
         receiver.stop()
     [(topic, device, item, reason, payload)] = _rejected_rows(path)
@@ -383,3 +387,61 @@ def test_what_was_kept_is_taken_once_the_receiver_reads_it_and_the_rest_stays_wi
         assert receiver.report("b1")["rejected"] == 2
     finally:
         receiver.stop()
+
+
+def test_a_replay_keeps_each_rows_receive_time_and_place_and_undoes_a_take_that_fails_halfway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Round 2: replayed items took the replay's time as received_at, and the report's current store went
+    # back to the board's old database; a row kept again lost its place in its message; a take that raised
+    # halfway kept the items before the fault; and a count went below 0
+    path = tmp_path / "received.db"
+    old, new = "a" * 32, "b" * 32
+    receiver = Receiver(path, MqttSettings())
+    try:
+        for seq in range(1, 4):
+            receiver._take("edge/t/s/b1/kt_class", _message(old, seq, f"o{seq}", seq))
+        receiver._take("edge/t/s/b1/kt_class", _message(old, 4, "o4", 4).replace(b'"v":1', b'"v":2'))
+        envelope = Envelope("t", "s", "b1", "kt_class", old)
+        pair = json.loads(encode_message(envelope, [Item(5, "o5", 5.0, '{"n":5}'), Item(6, "o6", 5.0, "{}")],
+                                         5.0))
+        pair["items"][1]["id"] = 7  # kept alone, as item 1
+        receiver._take("edge/t/s/b1/kt_class", json.dumps(pair).encode())
+        for seq in range(1, 11):  # the board's database lost: a new store
+            receiver._take("edge/t/s/b1/kt_class", _message(new, seq, f"n{seq}", seq))
+        assert receiver.report("b1")["store"] == new
+        first_seen = dict(receiver._conn.execute("SELECT item IS NULL, received_at FROM rejected_messages"))
+        monkeypatch.setattr("edge_agent.sync.receiver.decode_envelope", _reads_newer)  # the upgrade
+        assert receiver.replay_rejected() == (1, 1)
+        report = receiver.report("b1")
+        assert (report["store"], report["unique"], report["rejected"]) == (new, 10, 1)
+        assert receiver.seqs("b1", old) == [1, 2, 3, 4, 5]
+        stored_at = receiver._conn.execute("SELECT received_at FROM items WHERE message_id = 'o4'").fetchone()
+        assert stored_at == (first_seen[1],)  # the whole message's first receive time
+        [(item, at)] = receiver._conn.execute("SELECT item, received_at FROM rejected_messages").fetchall()
+        assert (item, at) == (1, first_seen[0])  # still item 1 of its message, first seen then
+
+        later = encode_message(envelope, [Item(7, "o7", 5.0, "{}"), Item(8, "o8", 5.0, "{}")], 5.0)
+        receiver._take("edge/t/s/b1/kt_class", later.replace(b'"v":1', b'"v":4'))  # not read yet
+        real_item = receiver_cli.decode_item
+
+        def second_fails(raw: Any) -> Any:
+            if raw["id"] == "o8":
+                raise RuntimeError("a fault of this receiver")
+            return real_item(raw)
+
+        monkeypatch.setattr("edge_agent.sync.receiver.decode_envelope",
+                            lambda payload: _reads_newer(payload.replace(b'"v":4', b'"v":1')))
+        monkeypatch.setattr("edge_agent.sync.receiver.decode_item", second_fails)
+        assert receiver.replay_rejected() == (0, 2)  # the item kept alone still fails on its own id
+        assert receiver.seqs("b1", old) == [1, 2, 3, 4, 5]  # not seq 7, read before the fault
+        assert receiver.report("b1")["rejected"] == 2
+        reasons = [r for (r,) in receiver._conn.execute("SELECT reason FROM rejected_messages")]
+        assert "item 1: item id invalid" in reasons[0] and "a fault of this receiver" in reasons[1], reasons
+    finally:
+        receiver.stop()
+
+
+def _reads_newer(payload: bytes) -> Any:
+    """A receiver upgraded to read versions 2 and 3 (as version 1 here)."""
+    return protocol.decode_envelope(payload.replace(b'"v":2', b'"v":1').replace(b'"v":3', b'"v":1'))
