@@ -234,13 +234,14 @@ def _nearly_full(folder: Path) -> bool:
 def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> int | None:
     """Carry the damaged database's store id, message sequence and drop totals over to the fresh one.
 
-    The cloud deduplicates by (store, seq): restarting at seq 1 under the old store id would make
-    it drop new aggregates as repeats. The rows the damaged file still held were never acknowledged: their
-    seqs never come, so they are counted as dropped (``damaged``) and the receiver's gap has a reason; the
-    old totals come along, as a store's drops only ever grow. When any of that does not read, the fresh
-    file gets a store id of its own (_store_id) and starts at seq 1 with no drops: a new sequence, which
-    the receiver keeps apart, rather than a gap nobody accounts for. Returns the rows lost with the file,
-    or None when a new sequence starts.
+    The cloud keys items by (store, seq): restarting at seq 1 under the old store id would give new aggregates
+    the seqs of old ones (the reference receiver keeps them apart as conflicts, by their ids; a cloud that
+    takes (store, seq) alone drops them as repeats). The rows the damaged file still held were never
+    acknowledged: their seqs never come, so they are counted as dropped (``damaged``) and the receiver's gap
+    has a reason; the old totals come along, as a store's drops only ever grow. When any of that does not
+    read, the fresh file gets a store id of its own (_store_id) and starts at seq 1 with no drops: a new
+    sequence, which the receiver keeps apart, rather than a gap nobody accounts for. Returns the rows lost
+    with the file, or None when a new sequence starts.
     """
     try:
         old = sqlite3.connect(f"file:{quarantined}?mode=ro", uri=True)

@@ -1,10 +1,11 @@
 """The outbox rules as pure functions: row states, drop choice and batching.
 
-A row lives ``pending`` → ``inflight`` (handed to MQTT) → deleted (its PUBACK arrived). A lost connection
-or a crash returns ``inflight`` rows to ``pending``; they are sent again and the receiver deduplicates
-by (store, seq). Only ``pending`` rows may be dropped (limits, age, expiry): an ``inflight`` row may
-already be at the broker, and dropping it would only hide that from the counters. :class:`Outbox` does these
-moves in SQL; ``tests/store/test_outbox.py`` (OutboxMachine) checks them on a real database.
+A row lives ``pending`` → ``inflight`` (handed to MQTT) → deleted (its PUBACK arrived). A lost connection or a
+crash returns ``inflight`` rows to ``pending``; they are sent again and the receiver deduplicates them by
+their ids within a store (docs/sync-protocol.md). Only ``pending`` rows may be dropped (limits, age, expiry):
+an ``inflight`` row may already be at the broker, and dropping it would only hide that from the counters.
+:class:`Outbox` does these moves in SQL; ``tests/store/test_outbox.py`` (OutboxMachine) checks them on a real
+database.
 Expiry (a row past its MQTT expiry or ``store.max_age_days``, never one stamped before ``CLOCK_FLOOR``) is
 done in SQL by ``Outbox._expire`` and tested there on a real database.
 """

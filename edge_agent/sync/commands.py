@@ -118,6 +118,9 @@ class CommandDispatcher:
             refused = isinstance(exc, json_input.JSONRefused)
             self._reject("malformed", str(exc) if refused else f"not JSON: {exc.__class__.__name__}", payload)
             return None
+        if not isinstance(doc, dict):  # pydantic's error for it has no path: ": model_attributes_type"
+            self._reject("invalid", "the command is not a JSON object", payload)
+            return None
         try:
             return _ADAPTER.validate_python(doc)
         except ValidationError as exc:

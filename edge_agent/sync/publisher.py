@@ -3,8 +3,8 @@
 One thread owns everything here: it connects (with exponential backoff and jitter), claims pending rows,
 publishes them QoS 1 with at most ``inflight_max`` messages unacknowledged, and deletes a row only when
 its PUBACK arrives. When the connection drops, rows in flight return to pending and are sent again on the
-next connection; the receiver deduplicates by (store, seq). Every wait is bounded, the wait for a
-PUBACK too (PUBACK_KEEPALIVES).
+next connection; the receiver deduplicates them by their ids within a store (docs/sync-protocol.md).
+Every wait is bounded, the wait for a PUBACK too (PUBACK_KEEPALIVES).
 """
 
 from __future__ import annotations
