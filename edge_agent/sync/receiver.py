@@ -68,6 +68,7 @@ class Receiver:
         self._thread: threading.Thread | None = None
         self.messages = 0
         self.rejected = 0
+        self._kept_in_take = 0  # rows kept by the take in progress (replay_rejected reads it)
 
     # -- running -------------------------------------------------------------------------------------
 
@@ -163,44 +164,51 @@ class Receiver:
         read them, a board's fault mended): each in a transaction of its own, deleted as it is taken, with
         its first receive time (the report orders stores by it) and its place in its message. What still
         fails is kept again as it was, with the new reason; a take that raises leaves nothing of itself.
-        Heartbeats and statuses are not replayed (an old one would replace the newer). Returns (taken,
-        kept again); the report's rejected counts follow."""
-        rows = self._conn.execute(
-            "SELECT rowid, received_at, topic, device, item, payload FROM rejected_messages WHERE topic NOT "
-            "LIKE '%/heartbeat' AND topic NOT LIKE '%/status' ORDER BY rowid").fetchall()
+        Heartbeats are not replayed (an old one would replace the newer). Returns (taken: rows of which
+        nothing is kept again, kept again: rows of which something is, all of it or a bad item of a message
+        now read); each device's rejected count is then its kept rows."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT rowid, digest, received_at, topic, device, item, payload FROM rejected_messages "
+                "WHERE topic NOT LIKE '%/heartbeat' ORDER BY rowid").fetchall()
         taken = again = 0
-        for rowid, received_at, topic, device, item, payload in rows:
-            kept = self.rejected
+        for rowid, digest, received_at, topic, device, item, payload in rows:
             with self._transaction():
-                if not self._conn.execute("DELETE FROM rejected_messages WHERE rowid = ?", (rowid,)).rowcount:
+                # by its digest too: a rowid freed by another replay may hold another row now (a review:
+                # two replays at once deleted the only copy of a row the first had kept again)
+                if not self._conn.execute("DELETE FROM rejected_messages WHERE rowid = ? AND digest = ?",
+                                          (rowid, digest)).rowcount:
                     continue  # another replay took it
-                if device is not None:  # counted again if it is kept again
-                    self._conn.execute("UPDATE devices SET rejected = max(rejected - 1, 0) WHERE device = ?",
-                                       (device,))
+                self._kept_in_take = 0
                 self._conn.execute("SAVEPOINT replay")
                 try:
-                    self._take_in_transaction(topic, bytes(payload), received_at, item or 0)
+                    self._take_in_transaction(topic, bytes(payload), received_at, item)
                 except sqlite3.Error:
                     raise
                 except Exception as exc:  # as _on_message: nothing of the take stays; the row, with why
                     self._conn.execute("ROLLBACK TO replay")
-                    self.rejected = kept
+                    self.rejected -= self._kept_in_take
+                    self._kept_in_take = 0
                     self._keep_rejected(topic, bytes(payload), device, f"{type(exc).__name__}: {exc}", item,
                                         at=received_at)
                 self._conn.execute("RELEASE replay")
-            if self.rejected > kept:
-                again += 1
-            else:
-                taken += 1
+                if self._kept_in_take:
+                    again += 1
+                else:
+                    taken += 1
+        with self._transaction():  # what is kept now, also where an older release's count was off
+            self._conn.execute("UPDATE devices SET rejected = (SELECT count(*) FROM rejected_messages AS r "
+                               "WHERE r.device = devices.device)")
         return taken, again
 
     def _take_in_transaction(
-        self, topic: str, payload: bytes, now: float | None = None, first_item: int = 0
+        self, topic: str, payload: bytes, now: float | None = None, kept_item: int | None = None
     ) -> None:
-        """``now``: the receive time to store (a replay: the first one); ``first_item``: the place in its
-        message of the payload's first item (a replayed item kept alone: its own)."""
+        """``now``: the receive time to store (a replay: the first one); ``kept_item``: a replayed item kept
+        alone, its place in its message (kept so again if its envelope still does not read)."""
         parts = topic.split("/")
         now = time.time() if now is None else now
+        first_item = kept_item or 0
         if len(parts) != 5 or parts[0] != "edge":
             self._keep_rejected(topic, payload, None, f"unexpected topic {topic!r}", at=now)
             return
@@ -230,11 +238,11 @@ class Receiver:
         try:
             message, items = decode_envelope(payload)
         except InputRejected as exc:
-            self._keep_rejected(topic, payload, device, str(exc), at=now)
+            self._keep_rejected(topic, payload, device, str(exc), kept_item, at=now)
             return
         if (message.tenant, message.site, message.device, message.stream) != tuple(parts[1:]):
             why = "topic and payload disagree on tenant, site, device or stream"
-            self._keep_rejected(topic, payload, device, why, at=now)
+            self._keep_rejected(topic, payload, device, why, kept_item, at=now)
             return
         self._store(topic, message, items, now, first_item)
 
@@ -295,6 +303,7 @@ class Receiver:
         ).rowcount:
             return
         self.rejected += 1
+        self._kept_in_take += 1
         if device is not None:  # the device's row too: the catch-all's transaction had none
             self._conn.execute("INSERT OR IGNORE INTO devices (device) VALUES (?)", (device,))
             self._conn.execute("UPDATE devices SET rejected = rejected + 1 WHERE device = ?", (device,))

@@ -166,11 +166,15 @@ def zone_name(name: str) -> str | None:
         return name
     system = os.environ.get("TZ", "").lstrip(":")
     if not system or system.startswith("/"):
-        _, found, system = os.path.realpath(system or "/etc/localtime").partition("/zoneinfo/")
-        if not found:
+        path = os.path.realpath(system or "/etc/localtime")
+        _, found, system = path.partition("/zoneinfo/")
+        if not found or not os.path.isfile(path):  # a missing file: the clock runs on UTC, not on its name
             return None
     # the same zones under tzdata's posix/ and right/ folders: the IANA name is the rest
-    system = system.removeprefix("posix/").removeprefix("right/")
+    while system.startswith(("posix/", "right/")):
+        system = system.split("/", 1)[1]
+    if system in ("posixrules", "localtime", "Factory"):  # files of tzdata, not places
+        return None
     try:
         return ZoneInfo(system).key
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: TZ=Asia, a folder (a review: it

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_agent.config import MqttSettings
+from edge_agent.errors import InputRejected
 from edge_agent.sync import protocol
 from edge_agent.sync import receiver as receiver_cli
 from edge_agent.sync.protocol import Envelope, Item, encode_message
@@ -411,6 +414,15 @@ def test_a_replay_keeps_each_rows_receive_time_and_place_and_undoes_a_take_that_
             receiver._take("edge/t/s/b1/kt_class", _message(new, seq, f"n{seq}", seq))
         assert receiver.report("b1")["store"] == new
         first_seen = dict(receiver._conn.execute("SELECT item IS NULL, received_at FROM rejected_messages"))
+
+        def reads_none(payload: bytes) -> Any:
+            raise InputRejected("unsupported schema version 1")  # a receiver that reads only a later one
+
+        monkeypatch.setattr("edge_agent.sync.receiver.decode_envelope", reads_none)
+        assert receiver.replay_rejected() == (0, 2)
+        kept = receiver._conn.execute("SELECT item, received_at FROM rejected_messages ORDER BY item")
+        kept = kept.fetchall()
+        assert kept == [(None, first_seen[1]), (1, first_seen[0])]  # round 3: item 1 became a whole message
         monkeypatch.setattr("edge_agent.sync.receiver.decode_envelope", _reads_newer)  # the upgrade
         assert receiver.replay_rejected() == (1, 1)
         report = receiver.report("b1")
@@ -445,3 +457,32 @@ def test_a_replay_keeps_each_rows_receive_time_and_place_and_undoes_a_take_that_
 def _reads_newer(payload: bytes) -> Any:
     """A receiver upgraded to read versions 2 and 3 (as version 1 here)."""
     return protocol.decode_envelope(payload.replace(b'"v":2', b'"v":1').replace(b'"v":3', b'"v":1'))
+
+
+def test_two_replays_at_once_lose_no_kept_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Round 3: a replay deletes by rowid from a list read before; a row another replay kept again took a
+    # freed rowid, and was deleted as the row listed there (14 of 15 runs of two replays left 0 of 1 bad rows)
+    path = tmp_path / "received.db"
+    first, second = Receiver(path, MqttSettings()), Receiver(path, MqttSettings())
+    try:
+        for seq in (1, 2):
+            newer = _message("a" * 32, seq, f"x{seq}", seq).replace(b'"v":1', b'"v":2')
+            first._take("edge/t/s/b1/kt_class", newer)
+        first._take("edge/t/s/b1/kt_class", b"still not json")
+        monkeypatch.setattr("edge_agent.sync.receiver.decode_envelope", _reads_newer)
+        listed_then_waits = second._transaction
+
+        @contextlib.contextmanager
+        def after_the_first_replay() -> Iterator[None]:
+            if first.report("b1")["unique"] == 0:  # the second has its list; the first replays all now
+                assert first.replay_rejected() == (2, 1)
+            with listed_then_waits():
+                yield
+
+        monkeypatch.setattr(second, "_transaction", after_the_first_replay)
+        assert second.replay_rejected() == (0, 0)
+        assert [payload for *_, payload in _rejected_rows(path)] == [b"still not json"]
+        assert first.report("b1")["unique"] == 2 and first.report("b1")["rejected"] == 1
+    finally:
+        first.stop()
+        second.stop()

@@ -179,6 +179,11 @@ def test_the_zone_the_board_reports_is_the_configured_one_else_the_systems_iana_
     assert zone_name("") is None
     monkeypatch.setenv("TZ", "posix/Europe/Berlin")  # tzdata's second copy of the zones
     assert zone_name("") == "Europe/Berlin"
+    monkeypatch.setenv("TZ", "right/posix/Asia/Shanghai")
+    assert zone_name("") == "Asia/Shanghai"
+    for none in ("posixrules", "/nonexistent/zoneinfo/Asia/Shanghai"):  # the latter: the clock runs on UTC
+        monkeypatch.setenv("TZ", none)
+        assert zone_name("") is None
     # a folder of zones: it raised IsADirectoryError in the heartbeat, and such a board sent nothing
     for folder in ("Asia", "posix", "x" * 300):
         monkeypatch.setenv("TZ", folder)
