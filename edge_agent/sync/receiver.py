@@ -125,17 +125,7 @@ class Receiver:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         try:
-            try:
-                self._take(topic, payload)
-            except sqlite3.Error:
-                raise
-            except Exception as exc:  # a payload no check foresaw: kept as it came and acknowledged
-                # Raised out of paho's callback it ended this thread, and the broker redelivered the same
-                # message to every restart (a 401-digit "at", a lone surrogate in an id, 2026-12-02).
-                parts = topic.split("/")
-                with self._transaction():
-                    self._keep_rejected(topic, payload, parts[3] if len(parts) == 5 else None,
-                                        f"{type(exc).__name__}: {exc}")
+            self._take(topic, payload)
         except sqlite3.Error as exc:
             # Not acknowledged: raised out of paho's callback before its PUBACK, it ends this connection;
             # the broker redelivers the message after the reconnect (a persistent session, QoS 1).
@@ -157,7 +147,30 @@ class Receiver:
 
     def _take(self, topic: str, payload: bytes) -> None:
         with self._transaction():
-            self._take_in_transaction(topic, payload)
+            self._take_or_keep(topic, payload)
+
+    def _take_or_keep(
+        self, topic: str, payload: bytes, now: float | None = None, kept_item: int | None = None
+    ) -> None:
+        """In the caller's transaction: take the payload, or, when the take raises (a payload no check
+        foresaw), keep nothing of the take but the payload as it came, with why. Raised out of paho's
+        callback it ended the receiver's thread, and the broker redelivered the same message to every
+        restart (a 401-digit "at", a lone surrogate in an id, 2026-12-02). An sqlite3.Error goes to the
+        caller: not acknowledged, the message comes again."""
+        self._kept_in_take = 0
+        self._conn.execute("SAVEPOINT take")
+        try:
+            self._take_in_transaction(topic, payload, now, kept_item)
+        except sqlite3.Error:
+            raise
+        except Exception as exc:
+            self._conn.execute("ROLLBACK TO take")
+            self.rejected -= self._kept_in_take
+            self._kept_in_take = 0
+            parts = topic.split("/")
+            self._keep_rejected(topic, payload, parts[3] if len(parts) == 5 else None,
+                                f"{type(exc).__name__}: {exc}", kept_item, at=now)
+        self._conn.execute("RELEASE take")
 
     def replay_rejected(self) -> tuple[int, int]:
         """Take the kept data messages and items again, once the cause is fixed (this receiver upgraded to
@@ -169,29 +182,17 @@ class Receiver:
         now read); each device's rejected count is then its kept rows."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT rowid, digest, received_at, topic, device, item, payload FROM rejected_messages "
+                "SELECT rowid, digest, received_at, topic, item, payload FROM rejected_messages "
                 "WHERE topic NOT LIKE '%/heartbeat' ORDER BY rowid").fetchall()
         taken = again = 0
-        for rowid, digest, received_at, topic, device, item, payload in rows:
+        for rowid, digest, received_at, topic, item, payload in rows:
             with self._transaction():
                 # by its digest too: a rowid freed by another replay may hold another row now (a review:
                 # two replays at once deleted the only copy of a row the first had kept again)
                 if not self._conn.execute("DELETE FROM rejected_messages WHERE rowid = ? AND digest = ?",
                                           (rowid, digest)).rowcount:
                     continue  # another replay took it
-                self._kept_in_take = 0
-                self._conn.execute("SAVEPOINT replay")
-                try:
-                    self._take_in_transaction(topic, bytes(payload), received_at, item)
-                except sqlite3.Error:
-                    raise
-                except Exception as exc:  # as _on_message: nothing of the take stays; the row, with why
-                    self._conn.execute("ROLLBACK TO replay")
-                    self.rejected -= self._kept_in_take
-                    self._kept_in_take = 0
-                    self._keep_rejected(topic, bytes(payload), device, f"{type(exc).__name__}: {exc}", item,
-                                        at=received_at)
-                self._conn.execute("RELEASE replay")
+                self._take_or_keep(topic, bytes(payload), received_at, item)
                 if self._kept_in_take:
                     again += 1
                 else:
