@@ -251,7 +251,8 @@
     if (!l || off) {
       setText("learn-answers", "—"); setText("learn-students", "—"); setText("learn-started", t(off ? "learning_disabled" : "no_data"));
       setText("learn-key", "");
-      ["learn-skills", "learn-skills-more", "learn-weakest", "learn-recommended", "learn-activity"].forEach((id) => replace(id, []));
+      ["learn-skills", "learn-skills-more", "learn-weakest", "learn-recommended"].forEach((id) => replace(id, []));
+      renderActivity([]); // an empty chart named too: a screen reader read an image with no name (axe: svg-img-alt)
       $("learn-more").hidden = true; $("learn-empty").hidden = off; $("learn-suppressed").hidden = true;
       setText("learn-empty", t("skills_none"));
       return;
