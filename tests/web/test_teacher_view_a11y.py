@@ -74,3 +74,59 @@ def test_axe_finds_no_violation_on_a_board_with_no_figures_yet(teacher_page: Pag
         assert _axe_violations(view.page) == [], "en, nothing published"
     finally:
         server.stop()
+
+
+def test_opening_the_page_never_shows_or_says_connection_lost(teacher_server: ServerThread,
+                                                              teacher_page: PageFactory) -> None:
+    # The banner is an alert: shown for the 0.15 s before the stream opened, a screen reader read
+    # "connection to the board lost" on every opening of the page, and the board flashed it.
+    view = teacher_page(teacher_server.url)
+    view.page.add_init_script("""window.__lost = []; window.__conn = [];
+      new MutationObserver((changes) => { for (const c of changes) {
+        const lost = document.getElementById('conn-lost'), conn = document.getElementById('conn');
+        if (lost && !lost.hidden && !window.__lost.length) window.__lost.push(lost.textContent);
+        if (conn && conn.textContent && window.__conn[window.__conn.length - 1] !== conn.textContent)
+          window.__conn.push(conn.textContent); } })
+        .observe(document, { subtree: true, childList: true, characterData: true, attributes: true });""")
+    view.open()
+    view.wait_live()
+    assert view.page.evaluate("window.__lost") == []
+    assert view.page.evaluate("window.__conn") == ["正在连接…", "实时"]
+    assert view.console_errors == []
+
+
+def test_a_paused_page_says_nothing_aloud_until_the_teacher_resumes(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    # Paused to read the page, the teacher heard "attention has been low" while the screen still showed
+    # 78 % and "attention is normal".
+    view = teacher_page(teacher_server.url)
+    view.page.clock.install()
+    view.open()
+    view.wait_live()
+    view.page.clock.run_for(1500)  # what the page shows on opening is not news
+    view.page.click("#pause")
+    live_board.publish("attention", attention_section(current=0.3, low=True))
+    time.sleep(1.0)  # the update arrives while paused, and is not shown
+    view.page.clock.run_for(60000)  # well past the 10 s hold and the 30 s gap
+    assert view.text("#att-share") == "78%"
+    assert view.text("#announce") == ""
+    view.page.click("#pause")
+    assert view.text("#att-share") == "30%"
+    view.page.clock.run_for(12000)
+    assert view.text("#announce") == "专注度已持续偏低几分钟"
+
+
+def test_the_pause_button_says_what_a_press_does_and_no_contradicting_state(
+        teacher_server: ServerThread, teacher_page: PageFactory) -> None:
+    # With aria-pressed a screen reader read the paused button as "继续更新, 已按下" (resume updates,
+    # pressed): the label already changes with the state, so the state is not said twice and against it.
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    assert view.page.locator("header").aria_snapshot().count("button") == 2
+    assert '- button "暂停更新"' in view.page.locator("header").aria_snapshot()
+    view.page.keyboard.press("Tab")
+    view.page.keyboard.press("Enter")  # the keyboard alone operates it
+    snapshot = view.page.locator("header").aria_snapshot()
+    assert '- button "继续更新"' in snapshot and "pressed" not in snapshot, snapshot
+    assert view.text("#conn") == "已暂停"

@@ -472,6 +472,14 @@
     $("sign-in").hidden = !signedOut;
   }
 
+  // The connection's state again, in the current language. Before the stream first opens it is
+  // "connecting", not lost: the page opened with the "connection lost" alert shown for its first 0.15 s,
+  // and a screen reader said it on every opening (an accessibility review).
+  function showConnection() {
+    if ($("conn").dataset.state === "connecting") { $("conn").textContent = t("conn_connecting"); return; }
+    setConnection($("conn").dataset.state === "live");
+  }
+
   // The stream cannot say why it failed: a sign-in that ended (12 h) would read "reconnecting" for ever.
   // True when the board answered.
   async function checkSignedIn() {
@@ -502,6 +510,9 @@
     return out.join(". ");
   }
   function announceTick() {
+    // Paused, the reader holds still too: it told of changes the frozen screen did not show, to a teacher
+    // who had paused to read it. A change that holds is said once the teacher resumes.
+    if (paused) return;
     const current = situation();
     const key = JSON.stringify(current);
     if (spoken.shown === null) { spoken.shown = current; return; } // nothing is news when the page opens
@@ -582,7 +593,7 @@
     }
     lang = next;
     renderAll();
-    setConnection($("conn").dataset.state === "live");
+    showConnection();
   }
 
   // Opening the other skills scrolls the learning card (never the page) to show them.
@@ -592,9 +603,10 @@
 
   $("pause").addEventListener("click", () => {
     paused = !paused;
-    $("pause").setAttribute("aria-pressed", String(paused));
+    // The label names what a press does; no aria-pressed beside it: "Resume updates, pressed" contradicts
+    // itself to a screen reader (a toggle's label must not change with its state).
     $("pause").textContent = t(paused ? "resume_updates" : "pause_updates");
-    setConnection($("conn").dataset.state === "live");
+    showConnection();
     if (!paused) { renderAttention(); renderLearning(); renderHealth(); }
   });
 
@@ -634,7 +646,7 @@
   });
 
   renderAll();
-  setConnection(false);
+  showConnection();
   let saved = null;
   try { saved = localStorage.getItem(LANG_KEY); } catch (err) { saved = null; }
   if (saved && saved !== lang) useLanguage(saved);
