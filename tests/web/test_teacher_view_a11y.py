@@ -130,3 +130,48 @@ def test_the_pause_button_says_what_a_press_does_and_no_contradicting_state(
     snapshot = view.page.locator("header").aria_snapshot()
     assert '- button "继续更新"' in snapshot and "pressed" not in snapshot, snapshot
     assert view.text("#conn") == "已暂停"
+
+
+def test_the_class_and_the_title_are_whole_at_200_percent_zoom_on_a_laptop(
+        live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    # 1366x768 at 200 %: 683x384 CSS pixels. "初一（2）班 · Class li…" was cut (313 px of text in 254).
+    server = ServerThread(live_board, token=WEB_TOKEN, board_name="初一（2）班").start()
+    try:
+        for lang in ("zh", "en"):
+            view = teacher_page(server.url, width=683, height=384)
+            view.open_live_in(lang)
+            h1 = view.page.evaluate("() => { const h = document.querySelector('h1');"
+                                    " return [h.scrollWidth, h.clientWidth]; }")
+            assert h1[0] <= h1[1], (lang, h1)
+            # the clock and the buttons wrapped under it, whole and on the screen
+            for selector in ("#clock", "#conn", "#pause", "#lang"):
+                box = view.page.locator(selector).bounding_box()
+                assert box is not None and 0 <= box["x"] <= 683 - box["width"], (lang, selector, box)
+            assert view.page.evaluate("document.documentElement.scrollWidth") <= 683
+    finally:
+        server.stop()
+
+
+def test_the_legend_keys_and_mastery_meters_keep_their_colours_in_windows_high_contrast(
+        teacher_server: ServerThread, teacher_page: PageFactory) -> None:
+    # Forced colours drop backgrounds: the legend's keys went blank beside a chart that keeps its colours
+    # (SVG fills are not forced), and the skills' meters were empty tracks.
+    view = teacher_page(teacher_server.url)
+    view.page.emulate_media(forced_colors="active", color_scheme="dark")
+    view.open()
+    view.wait_live()
+    colours = view.page.evaluate("""() => {
+      const bg = (sel) => getComputedStyle(document.querySelector(sel)).backgroundColor;
+      const fill = (sel) => getComputedStyle(document.querySelector(sel)).fill;
+      const low = getComputedStyle(document.querySelector('.key-low')).backgroundImage;
+      return { normal: bg('.key-normal'), bar: fill('#att-timeline .bar-normal'),
+        suppressed: bg('.key-suppressed'), barSuppressed: fill('#att-timeline .bar-suppressed'), low,
+        meter: bg('.skill.low .skill-meter > span'),
+        track: getComputedStyle(document.querySelector('.skill-meter')).borderTopStyle };
+    }""")
+    assert colours["normal"] == colours["bar"] == "rgb(21, 113, 91)", colours
+    assert colours["suppressed"] == colours["barSuppressed"], colours
+    assert "repeating-linear-gradient" in colours["low"], colours  # hatched, as the low bars are
+    assert colours["meter"] == "rgb(194, 65, 12)", colours  # a skill below the mastery line, orange
+    assert colours["track"] == "solid", colours
+    assert view.console_errors == []
