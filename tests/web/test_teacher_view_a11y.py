@@ -5,6 +5,7 @@ only that file is used)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from importlib.resources import files
@@ -175,3 +176,25 @@ def test_the_legend_keys_and_mastery_meters_keep_their_colours_in_windows_high_c
     assert colours["meter"] == "rgb(194, 65, 12)", colours  # a skill below the mastery line, orange
     assert colours["track"] == "solid", colours
     assert view.console_errors == []
+
+
+def test_the_attention_charts_words_count_the_same_windows_as_its_summary(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    # The chart's name said "14 windows" and its description "low in 3 of 13": the 14th, a grey bar with too
+    # few faces, cannot be seen by a screen reader, so it is named.
+    timeline = live_board.get("attention")["timeline"]
+    few = sum(1 for w in timeline if w["suppressed"])
+    low = sum(1 for w in timeline if w["low"])
+    assert (len(timeline), few, low) == (14, 1, 3)
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    chart = view.page.get_by_role("img", name=re.compile(r"^本节课的专注度，14 个时段（1 个人数太少），"
+                                                          r"\d\d:\d\d–\d\d:\d\d$"))
+    assert chart.count() == 1
+    assert chart.get_attribute("id") == "att-timeline"
+    assert view.text("#att-tl-summary").startswith("13 个时段中 3 个偏低")  # its aria-describedby
+    view.switch_language()
+    assert re.fullmatch(r"Attention this lesson, 14 windows \(1 with too few faces\), .+–.+",
+                        view.page.get_attribute("#att-timeline", "aria-label") or "")
+    assert view.text("#att-tl-summary").startswith("Low in 3 of 13 windows")

@@ -181,8 +181,12 @@
     // a room with too few faces has no measured window: it is said, not promised for the next window
     setText("att-tl-empty", off ? t("timeline_camera_off") : blind ? t("timeline_no_camera")
       : a.current_share === null ? t("timeline_too_few") : isNum(a.window_s) ? t("timeline_empty", { s: num(a.window_s) }) : t("no_data"));
-    $("att-timeline").setAttribute("aria-label", windows.length ? t("timeline_label", { n: windows.length,
-      from: clockTime(windows[0].start), to: clockTime(windows[windows.length - 1].end) }) : t("attention_timeline"));
+    // The windows with too few faces named in the label: it said "14 windows" and the summary under it
+    // "low in 3 of 13", the 14th a grey bar a screen reader cannot see.
+    const few = windows.filter((w) => w.suppressed === true || !isNum(w.attentive_mean)).length;
+    $("att-timeline").setAttribute("aria-label", windows.length ? t(few ? "timeline_label_few" : "timeline_label", {
+      n: num(windows.length), few: num(few), from: clockTime(windows[0].start), to: clockTime(windows[windows.length - 1].end) })
+      : t("attention_timeline"));
     setText("att-tl-summary", timelineSummary(windows));
     setText("att-tl-start", windows.length ? clockTime(windows[0].start) : "");
     setText("att-tl-end", windows.length ? clockTime(windows[windows.length - 1].end) : "");
