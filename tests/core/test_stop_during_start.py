@@ -24,17 +24,19 @@ class Building(EngineSet):  # the real EngineSet, whose one model builds for 10 
         time.sleep(600)
 
 from edge_agent.inference.manifest import load_manifests
-engines = Building([load_manifests()["yunet"]], InferenceSettings(), PathSettings())
+engines = Building([load_manifests()["yunet"]], InferenceSettings(), PathSettings(cache_dir=sys.argv[1]))
 daemon = Daemon([engines], live=LiveBoard(), heartbeats=HeartbeatRegistry())
 print("started", flush=True)
 sys.exit(asyncio.run(daemon.run()))
 """
 
 
-def test_sigterm_during_a_long_engine_load_stops_the_daemon_within_seconds() -> None:
+def test_sigterm_during_a_long_engine_load_stops_the_daemon_within_seconds(tmp_path: Path) -> None:
     # Found by a review: SIGTERM 4 s into a 40-s engine load was acted on at 41 s; under systemd that is
     # SIGKILL at TimeoutStopSec (30 s), before the store is closed.
-    proc = subprocess.Popen([sys.executable, "-c", DAEMON], stdout=subprocess.PIPE, text=True)
+    # the cache in tmp_path: PathSettings() alone is /var/cache/edge-agent, this machine's own (run as root,
+    # the test left yunet there 0600, which failed the units test under this machine's systemd)
+    proc = subprocess.Popen([sys.executable, "-c", DAEMON, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
         time.sleep(2.0)  # into the load
@@ -62,19 +64,20 @@ class Reloading(EngineSet):  # ONNX Runtime sessions made one after another: a s
         while True:
             super()._load(manifest)
 
-engines = Reloading([load_manifests()["yunet"]], InferenceSettings(backend="onnxruntime"), PathSettings())
+engines = Reloading([load_manifests()["yunet"]], InferenceSettings(backend="onnxruntime"),
+                    PathSettings(cache_dir=sys.argv[1]))
 daemon = Daemon([engines], live=LiveBoard(), heartbeats=HeartbeatRegistry())
 sys.exit(leave(asyncio.run(daemon.run())))
 """
 
 
-def test_sigterm_while_onnx_runtime_loads_a_model_exits_cleanly_not_with_sigabrt() -> None:
+def test_sigterm_while_onnx_runtime_loads_a_model_exits_cleanly_not_with_sigabrt(tmp_path: Path) -> None:
     # A review: SIGTERM 10-60 ms after an engine loaded, while the next loaded, ended in "terminate called
     # without an active exception" and exit status 134 (SIGABRT) in 5 of 6 runs: the interpreter exited
     # around the engine-load thread inside ONNX Runtime, and systemd took the stop for a failure
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", LOADING_FOR_REAL], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-c", LOADING_FOR_REAL, str(tmp_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "loading"
             time.sleep(0.5)
@@ -87,7 +90,9 @@ def test_sigterm_while_onnx_runtime_loads_a_model_exits_cleanly_not_with_sigabrt
             proc.wait()
 
 
-def test_the_engines_may_load_longer_than_a_start_and_a_slow_start_says_how_long(monkeypatch) -> None:
+def test_the_engines_may_load_longer_than_a_start_and_a_slow_start_says_how_long(
+    monkeypatch, tmp_path
+) -> None:
     # Found by a review: past 120 s the engines were marked 'failed to start: ' (an empty reason) while
     # they went on loading, and attention and KT, started next, found no engine until a restart.
     import asyncio
@@ -118,7 +123,8 @@ def test_the_engines_may_load_longer_than_a_start_and_a_slow_start_says_how_long
         def health(self) -> Health:
             return Health(True)
 
-    engines = Loading([load_manifests()["kt-step"]], InferenceSettings(backend="onnxruntime"), PathSettings())
+    engines = Loading([load_manifests()["kt-step"]], InferenceSettings(backend="onnxruntime"),
+                      PathSettings(cache_dir=tmp_path))
     daemon = daemon_module.Daemon([engines, SlowCamera()], live=LiveBoard(), heartbeats=HeartbeatRegistry())
 
     async def scenario() -> list[dict[str, object]]:

@@ -60,6 +60,9 @@ BOOT = r"""
 mount -t tmpfs tmpfs /run
 : > /etc/fstab
 rm -rf /var/log/journal/*  # this machine's own journal (in the overlay: only hidden, not deleted)
+# a fresh board has no cache or state yet; what a run as root left on this machine (a model fetched
+# 0600 as root: the daemon's user got 'Permission denied' on it, all components never healthy) is hidden
+rm -rf /var/cache/edge-agent /var/lib/edge-agent
 mask() { rm -f "/etc/systemd/system/$1"; ln -s /dev/null "/etc/systemd/system/$1"; }
 for wants in /lib/systemd/system/*.wants /etc/systemd/system/*.wants; do
     [ -d "$wants" ] || continue
