@@ -68,10 +68,12 @@ def booted(request: pytest.FixtureRequest, tmp_path: Path, model_mirror: Path, f
         yield system
 
 
-def wait_until(condition, seconds: float, what: str) -> None:
+def wait_until(condition, seconds: float, what: str, now=None) -> None:
+    """Wait for ``condition``; ``now`` (a callable) says on a timeout how things stood instead."""
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, f"timed out after {seconds:.0f} s waiting for {what}"
+        assert time.monotonic() < deadline, (f"timed out after {seconds:.0f} s waiting for {what}"
+                                             + (f"; now: {now()!r}" if now is not None else ""))
         time.sleep(0.25)
 
 
@@ -221,8 +223,13 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     assert booted.show("edge-agent.service", "ActiveState")["ActiveState"] == "active"
     # built (0), or 3: no TensorRT on this machine, and the daemon runs on ONNX Runtime
     assert booted.show("edge-agent-engines.service", "ExecMainStatus")["ExecMainStatus"] in ("0", "3")
-    wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
-               == "running: all components healthy", 60, "every component")
+
+    def status() -> str:
+        return booted.show("edge-agent.service", "StatusText")["StatusText"]
+
+    # what it said at a timeout: which component was not healthy yet (a full run with 2 xdist workers
+    # beside other load on 2 cores timed out here once, and the message did not say)
+    wait_until(lambda: status() == "running: all components healthy", 60, "every component", status)
     service = booted.show("edge-agent.service", "MainPID")
     results = post_answers(web_port, 6)
     assert [r["status"] for r in results] == ["applied"] * 6
@@ -281,8 +288,8 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     assert "config.toml" in provision()
     wait_until(lambda: booted.show("edge-agent.service", "MainPID")["MainPID"] not in (pid, "0"), 60,
                "the restart with the new config")
-    wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
-               == "running: all components healthy", 60, "every component on the new config")
+    wait_until(lambda: status() == "running: all components healthy", 60, "every component on the new config",
+               status)
 
     # A certificate renewed within 30 days of its end restarts the daemon too: HTTPS on the web and metrics
     # ports loads it at start (fleet review: the board served the old, revoked one until it expired)
@@ -293,8 +300,8 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     assert "device.pem" in provision()
     wait_until(lambda: booted.show("edge-agent.service", "MainPID")["MainPID"] not in (pid, "0"), 60,
                "the restart with the renewed certificate")
-    wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
-               == "running: all components healthy", 60, "every component with the renewed certificate")
+    wait_until(lambda: status() == "running: all components healthy", 60,
+               "every component with the renewed certificate", status)
 
     # A config the daemon cannot run on: systemd gives up after 5 starts in 10 minutes, OnFailure= starts
     # edge-agent-retry.timer (seconds here, 15 min as shipped), and once the config is mended the retry
@@ -317,8 +324,8 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     service_check = next(c for c in json.loads(doctor.stdout) if c["name"] == "service")
     assert "starts it again within 15 minutes" in service_check["fix"], service_check
     booted.run("cp", "/run/config.good", "/etc/edge-agent/config.toml")
-    wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
-               == "running: all components healthy", 90, "the retry to start the mended daemon")
+    wait_until(lambda: status() == "running: all components healthy", 90,
+               "the retry to start the mended daemon", status)
     assert "edge-agent: start the daemon again after systemd gave up on it..." in booted.journal(
         "edge-agent-retry.service")
     assert booted.show("edge-agent-retry.timer", "ActiveState")["ActiveState"] == "inactive"
@@ -339,8 +346,8 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     booted.run("systemctl", "kill", "-s", "HUP", "edge-agent", timeout_s=60)
     wait_until(lambda: booted.show("edge-agent.service", "MainPID")["MainPID"] not in (pid, "0"), 90,
                "the daemon started again after the reload")
-    wait_until(lambda: booted.show("edge-agent.service", "StatusText")["StatusText"]
-               == "running: all components healthy", 90, "every component after the reload")
+    wait_until(lambda: status() == "running: all components healthy", 90, "every component after the reload",
+               status)
     assert "SIGHUP (a reload): stopping cleanly" in booted.journal("edge-agent.service")
 
     booted.run("systemctl", "stop", "edge-agent", timeout_s=60)
