@@ -246,8 +246,11 @@ def test_only_the_newest_frame_is_kept_and_superseded_frames_are_counted(folder:
     camera = _camera(str(folder), fps=200.0)
     camera.start()
     try:
-        assert _wait(lambda: camera.latest(0) is not None)
-        time.sleep(0.2)
+        assert _wait(lambda: camera.latest(0) is not None)  # seq 1 taken; nobody takes the next ones
+        # Each frame replaced untaken counts as busy, so 4 counted means seq 6 is out. It was a 0.2 s sleep
+        # (40 frames at 200/s), but a 1024x1024 JPEG decoded on a loaded machine gave 1 frame in that time
+        # (seq 1, a full run with 2 xdist workers beside another run on 2 cores)
+        assert _wait(lambda: _value("edge_camera_frames_dropped_total", reason="busy") >= busy0 + 4, 30)
         first = camera.latest(0)
         assert first is not None and first.seq > 5
         assert camera.latest(first.seq) is None or camera.latest(first.seq).seq > first.seq
