@@ -313,6 +313,28 @@ def test_engine_loads_through_the_selection_code_and_reports_its_backend(
     assert result.detail.split()[0] in {"onnxruntime", "tensorrt"}
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="doctor run as root, as the README's board steps run it")
+def test_doctor_run_as_root_leaves_what_it_fetches_into_the_daemons_cache_to_the_daemon(
+    tmp_path: Path, model_mirror: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by a review: `sudo edge-agent doctor` on a board whose cache lacked a model (an engines run
+    # that failed offline) fetched it from the mirror as root:root 0600, in folders root owned; the daemon
+    # (edge-agent, the cache folder's owner) then failed on 'Permission denied' and could not write beside.
+    monkeypatch.delenv("EDGE_AGENT_MODEL_MIRROR", raising=False)
+    daemon = 65534  # the cache folder's owner, as systemd's CacheDirectory= makes it the service user's
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    os.chown(cache, daemon, daemon)
+    config = config_for(tmp_path, model_mirror)
+    for name in ("fsanet-var", "yunet"):  # fsanet-var: a copy derived beside the fetched file
+        result = doctor.check_engine(load_manifest(REPO / "engines" / f"{name}.toml"), config)
+        assert result.ok, result.detail
+    written = list(cache.rglob("*"))
+    assert any(p.name.endswith(".derived.onnx") for p in written) and any(p.is_dir() for p in written)
+    assert [(str(p), p.stat().st_uid, p.stat().st_gid) for p in written if (p.stat().st_uid, p.stat().st_gid)
+            != (daemon, daemon)] == []
+
+
 def test_engine_that_cannot_load_fails(tmp_path: Path, one_manifest: Path) -> None:
     (one_manifest / "bad.onnx").write_bytes(b"\x08\x07garbage")
     manifest = one_manifest / "bad.toml"

@@ -166,7 +166,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edge_agent.inference.fetch import engine_model, sha256_file
+    from edge_agent.inference.fetch import atomic_writer, engine_model, sha256_file
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
     from edge_agent.inference.quantize import calibration_inputs, compare_outputs, quantize_qdq
     from edge_agent.inference.select import qdq_model_path, qdq_source_record
@@ -198,7 +198,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         problem = report.problem(manifest.role)
         if problem is None or args.force:
             os.replace(trial, dest)
-            qdq_source_record(dest).write_text(sha256_file(source) + "\n", encoding="utf-8")
+            with atomic_writer(qdq_source_record(dest)) as out:  # run as root, the cache owner's too
+                out.write((sha256_file(source) + "\n").encode())
     finally:
         trial.unlink(missing_ok=True)
     for line in report.lines():

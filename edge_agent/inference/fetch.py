@@ -55,12 +55,42 @@ def cached_model_path(manifest: Manifest, paths: PathSettings) -> Path:
     return paths.cache_dir / "models" / manifest.source.mirror_path
 
 
+def folder_owner(folder: Path) -> tuple[int, int] | None:
+    """Run as root, the (uid, gid) of the account that ``folder`` (or its nearest existing parent) belongs
+    to, where that is not root: what root writes into the daemon's cache is given to the daemon's account.
+    `sudo edge-agent doctor` (the README's board steps run it as root) fetched the models into
+    /var/cache/edge-agent as root:root 0600, in folders root owned, and the daemon (edge-agent, whose
+    folder systemd makes it) could then neither read them nor write beside them. None otherwise."""
+    if os.geteuid() != 0:
+        return None
+    for candidate in (folder, *folder.parents):
+        try:
+            info = candidate.stat()
+        except FileNotFoundError:
+            continue
+        return None if info.st_uid == 0 else (info.st_uid, info.st_gid)
+    return None
+
+
+def make_folder(folder: Path, owner: tuple[int, int] | None) -> None:
+    """``mkdir -p folder``, the folders it makes given to ``owner`` (from :func:`folder_owner`)."""
+    missing = [f for f in (folder, *folder.parents) if not f.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        for made in reversed(missing):
+            os.chown(made, *owner, follow_symlinks=False)
+
+
 @contextmanager
 def atomic_writer(dest: Path) -> Iterator[BinaryIO]:
-    """A file handle whose content replaces ``dest`` only if the block finishes without an exception."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """A file handle whose content replaces ``dest`` only if the block finishes without an exception;
+    run as root, the file (and any folder made for it) belongs to the owner of the folder it is in."""
+    owner = folder_owner(dest.parent)
+    make_folder(dest.parent, owner)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
+    if owner is not None:
+        os.fchown(fd, *owner)  # the descriptor, not the name: nothing can swap the file under it
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle

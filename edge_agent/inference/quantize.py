@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from edge_agent.errors import ModelError
+from edge_agent.inference.fetch import folder_owner, make_folder
 from edge_agent.inference.manifest import InputProfile, Manifest
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,8 @@ def quantize_qdq(
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    owner = folder_owner(dest.parent)  # run as root: the daemon's cache stays the daemon's (fetch.py)
+    make_folder(dest.parent, owner)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part.onnx", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -224,6 +226,8 @@ def quantize_qdq(
                 "QuantizeBias": False,
             },
         )
+        if owner is not None:  # written by quantize_static by name: the name, not followed if a link
+            os.chown(tmp, *owner, follow_symlinks=False)
         os.replace(tmp, dest)
     except ModelError:
         raise

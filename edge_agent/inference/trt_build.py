@@ -16,13 +16,14 @@ one minute); the plan is returned as bytes and stored by the caller; the TensorR
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from edge_agent.errors import TENSORRT_UNAVAILABLE, EngineLoadError
-from edge_agent.inference.fetch import atomic_writer
+from edge_agent.inference.fetch import atomic_writer, folder_owner, make_folder
 from edge_agent.inference.manifest import InputProfile
 
 _IMPORT_ERROR = ""
@@ -61,7 +62,13 @@ class FileLogger(_LoggerBase):
 
     def __init__(self, path: Path | None = None) -> None:
         trt.ILogger.__init__(self)
-        self._file = path.open("a", encoding="utf-8") if path is not None else None
+        self._file: TextIO | None = None
+        if path is not None:
+            owner = folder_owner(path.parent)  # run as root, the daemon must still append to it (fetch.py)
+            make_folder(path.parent, owner)
+            self._file = path.open("a", encoding="utf-8")
+            if owner is not None and os.fstat(self._file.fileno()).st_uid == 0:
+                os.fchown(self._file.fileno(), *owner)
         self.errors: list[str] = []
 
     def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
@@ -166,7 +173,6 @@ def build_plan(
         raise EngineLoadError(
             "this TensorRT has no FP16 builder flag; fp16 needs an fp16 ONNX model", "fp16_unsupported"
         )
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     logger = FileLogger(log_path)
     try:
         builder = trt.Builder(logger)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -75,3 +77,20 @@ def test_quantizing_a_broken_model_is_a_model_error(tmp_path):
     with pytest.raises(ModelError, match=r"quantization of broken\.onnx failed"):
         quantize_qdq(broken, tmp_path / "out.onnx", [{"input": np.zeros((1, 3, 64, 64), np.float32)}])
     assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="`sudo edge-agent engines quantize`: run as root")
+def test_a_model_quantized_as_root_into_the_daemons_cache_belongs_to_the_daemon(
+    tmp_path, model_mirror, faces_dir
+):
+    # as `sudo edge-agent doctor` fetching models (tests/test_doctor.py): a root-owned 0600 file in the
+    # daemon's cache is one the daemon cannot read
+    daemon = 65534
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    os.chown(cache, daemon, daemon)
+    dest = cache / "int8" / "fsanet-var-int8-qdq.onnx"
+    samples = calibration_inputs(FSANET, FSANET.inputs, faces_dir / "voc_dlib", 4)
+    quantize_qdq(model_mirror / FSANET.source.mirror_path, dest, samples)
+    assert [(p.name, p.stat().st_uid) for p in cache.rglob("*")] == [
+        ("int8", daemon), ("fsanet-var-int8-qdq.onnx", daemon)]
