@@ -15,12 +15,13 @@ import hashlib
 import http.client
 import logging
 import os
+import stat
 import tempfile
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from edge_agent.config import PathSettings
 from edge_agent.errors import ModelError
@@ -79,6 +80,37 @@ def make_folder(folder: Path, owner: tuple[int, int] | None) -> None:
     if owner is not None:
         for made in reversed(missing):
             os.chown(made, *owner, follow_symlinks=False)
+
+
+def give_file(path: Path, owner: tuple[int, int]) -> None:
+    """Give the file at ``path``, which root just wrote by name in the owner's folder, to ``owner``:
+    through a descriptor opened without following a link, and only a plain file with one name. The folder
+    is the daemon's account's, which could put a link to, or a second name of, a file of root's there."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise ModelError(f"{path} is not the file just written (a link or another name): not given to "
+                             f"uid {owner[0]}; remove it and run the command again")
+        os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
+
+
+def open_log(path: Path) -> TextIO:
+    """``path`` opened to append; run as root, a log it makes is given to the folder's owner (the daemon
+    appends to it later). Never through a link: root appending to, or giving away, a file the daemon's
+    account linked there would hand it that file."""
+    owner = folder_owner(path.parent)
+    make_folder(path.parent, owner)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        if owner is not None:
+            os.fchown(fd, *owner)
+    except FileExistsError:
+        fd = os.open(path, flags)
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 @contextmanager

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from edge_agent.errors import ModelError
-from edge_agent.inference.fetch import folder_owner, make_folder
+from edge_agent.inference.fetch import folder_owner, give_file, make_folder
 from edge_agent.inference.manifest import InputProfile, Manifest
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,8 @@ def quantize_qdq(
                 "QuantizeBias": False,
             },
         )
-        if owner is not None:  # written by quantize_static by name: the name, not followed if a link
-            os.chown(tmp, *owner, follow_symlinks=False)
+        if owner is not None:  # written by quantize_static by name
+            give_file(tmp, owner)
         os.replace(tmp, dest)
     except ModelError:
         raise

@@ -16,14 +16,13 @@ one minute); the plan is returned as bytes and stored by the caller; the TensorR
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from edge_agent.errors import TENSORRT_UNAVAILABLE, EngineLoadError
-from edge_agent.inference.fetch import atomic_writer, folder_owner, make_folder
+from edge_agent.inference.fetch import atomic_writer, open_log
 from edge_agent.inference.manifest import InputProfile
 
 _IMPORT_ERROR = ""
@@ -62,13 +61,7 @@ class FileLogger(_LoggerBase):
 
     def __init__(self, path: Path | None = None) -> None:
         trt.ILogger.__init__(self)
-        self._file: TextIO | None = None
-        if path is not None:
-            owner = folder_owner(path.parent)  # run as root, the daemon must still append to it (fetch.py)
-            make_folder(path.parent, owner)
-            self._file = path.open("a", encoding="utf-8")
-            if owner is not None and os.fstat(self._file.fileno()).st_uid == 0:
-                os.fchown(self._file.fileno(), *owner)
+        self._file: TextIO | None = open_log(path) if path is not None else None
         self.errors: list[str] = []
 
     def log(self, severity: trt.ILogger.Severity, msg: str) -> None:

@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import hashlib
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import ModelError
-from edge_agent.inference.fetch import MIRROR_ENV, cached_model_path, fetch_model, sha256_file
+from edge_agent.inference.fetch import (
+    MIRROR_ENV,
+    cached_model_path,
+    fetch_model,
+    give_file,
+    open_log,
+    sha256_file,
+)
 from edge_agent.inference.manifest import Manifest
 from tests.ext4 import ext4_unavailable, failing_ext4
 
@@ -178,3 +186,52 @@ def test_a_full_cache_disk_is_a_model_error_per_model_and_every_model_is_tried(
         # board stayed without attention for the term)
         assert asyncio.run(engines.reload_failed()) == 3
         assert engines._failed == {} and engines.health().ok
+
+
+@pytest.fixture()
+def daemons_folder(tmp_path: Path) -> tuple[Path, int]:
+    """A folder of the daemon's account (65534 here), as systemd's CacheDirectory= makes it."""
+    if os.geteuid() != 0:
+        pytest.skip("what root writes into the daemon's cache: run as root")
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 65534, 65534)
+    return folder, 65534
+
+
+def test_a_log_root_opens_in_the_daemons_cache_is_the_daemons_and_never_opened_through_a_link(
+    tmp_path: Path, daemons_folder: tuple[Path, int]
+) -> None:
+    # TensorRT's build log (trt_build.FileLogger): `sudo edge-agent engines build` made it root's, and the
+    # daemon's next build could not append to it; and root must not follow a link the daemon's account put
+    # there (it would write to, and give away, root's file)
+    folder, daemon = daemons_folder
+    log = folder / "build" / "yunet.log"
+    with open_log(log) as out:
+        out.write("first\n")
+    with open_log(log) as out:
+        out.write("second\n")
+    assert log.read_text() == "first\nsecond\n"
+    assert (log.stat().st_uid, log.parent.stat().st_uid) == (daemon, daemon)
+    roots = tmp_path / "roots-file"
+    roots.write_text("root's\n")
+    (folder / "build" / "fsanet.log").symlink_to(roots)
+    with pytest.raises(OSError):
+        open_log(folder / "build" / "fsanet.log")
+    assert roots.read_text() == "root's\n" and roots.stat().st_uid == 0
+
+
+def test_root_gives_the_daemon_only_the_file_it_wrote_never_a_second_name_of_roots(
+    tmp_path: Path, daemons_folder: tuple[Path, int]
+) -> None:
+    folder, daemon = daemons_folder
+    written = folder / "model.onnx"
+    written.write_bytes(b"onnx")
+    give_file(written, (daemon, daemon))
+    assert written.stat().st_uid == daemon
+    roots = tmp_path / "roots-file"
+    roots.write_text("root's\n")
+    os.link(roots, folder / "other.onnx")  # what the folder's owner could leave under the name root writes
+    with pytest.raises(ModelError, match="not the file just written"):
+        give_file(folder / "other.onnx", (daemon, daemon))
+    assert roots.stat().st_uid == 0
