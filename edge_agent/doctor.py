@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import grp
 import json
 import os
+import pwd
 import shutil
 import sqlite3
 import ssl
@@ -125,6 +127,32 @@ def check_disk(label: str, path: Path, min_free: int = MIN_FREE_BYTES) -> CheckR
     if usage.free < min_free:
         return CheckResult(name, False, detail, f"free space on the filesystem of {path} (old logs, journal)")
     return CheckResult(name, True, detail)
+
+
+def check_cache_owner(cache: Path) -> CheckResult | None:
+    """Files in the daemon's cache folder that are not the folder owner's (the daemon's account, which
+    systemd's CacheDirectory= gives it): a model or plan root wrote there with a release before
+    2026-12-05 (`sudo edge-agent doctor` fetching a missing model) was root's, mode 0600, and the daemon
+    failed on 'Permission denied'. None where the folder is root's (a development machine) or unreadable."""
+    try:
+        owner = cache.stat()
+        if owner.st_uid == 0:
+            return None
+        foreign = [p for p in cache.rglob("*") if p.lstat().st_uid != owner.st_uid]
+    except OSError:
+        return None
+    if not foreign:
+        return CheckResult("cache owner", True, f"{cache}: every file is the daemon's account's")
+    try:
+        user = f"{pwd.getpwuid(owner.st_uid).pw_name}:{grp.getgrgid(owner.st_gid).gr_name}"
+    except KeyError:
+        user = f"{owner.st_uid}:{owner.st_gid}"
+    return CheckResult(
+        "cache owner", False,
+        f"{len(foreign)} file(s) in {cache} belong to another account than the daemon's ({user}), such as "
+        f"{foreign[0]}: the daemon may not read them",
+        f"chown -R {user} {cache}",
+    )
 
 
 def check_database(path: Path) -> CheckResult:
@@ -620,6 +648,9 @@ def run_checks(
     if config is None:
         return results
     results += [check_disk("state", config.paths.state_dir), check_disk("cache", config.paths.cache_dir)]
+    cache_owner = check_cache_owner(config.paths.cache_dir)
+    if cache_owner is not None:
+        results.append(cache_owner)
     results.append(check_database(config.database_path))
     results.append(check_outbox(config.database_path, config.store.max_age_days))
     if config.camera.enabled:

@@ -335,6 +335,27 @@ def test_doctor_run_as_root_leaves_what_it_fetches_into_the_daemons_cache_to_the
             != (daemon, daemon)] == []
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="files of root's in a cache another account owns")
+def test_doctor_names_cache_files_the_daemon_does_not_own_and_the_chown_that_mends_them(
+    tmp_path: Path,
+) -> None:
+    # what a release before 2026-12-05 left on a board where doctor fetched a model as root (above)
+    cache = tmp_path / "cache"
+    (cache / "models" / "yunet").mkdir(parents=True)
+    for path in (cache, cache / "models", cache / "models" / "yunet"):
+        os.chown(path, 65534, 65534)
+    assert doctor.check_cache_owner(cache) == doctor.CheckResult(
+        "cache owner", True, f"{cache}: every file is the daemon's account's")
+    roots = cache / "models" / "yunet" / "yunet_s_dynamic.onnx"
+    roots.write_bytes(b"onnx")
+    result = doctor.check_cache_owner(cache)
+    assert result is not None and not result.ok
+    assert result.detail.startswith(f"1 file(s) in {cache}") and str(roots) in result.detail
+    assert result.fix.startswith("chown -R ") and result.fix.endswith(f" {cache}")
+    os.chown(cache, 0, 0)  # a development machine's root-owned cache: nothing to say
+    assert doctor.check_cache_owner(cache) is None
+
+
 def test_engine_that_cannot_load_fails(tmp_path: Path, one_manifest: Path) -> None:
     (one_manifest / "bad.onnx").write_bytes(b"\x08\x07garbage")
     manifest = one_manifest / "bad.toml"
