@@ -555,7 +555,9 @@ def test_a_frame_that_comes_just_after_the_analysis_tick_is_analysed_not_superse
     # The lesson benchmark analysed 4.0-4.7 of its folder's 5 pictures a second: the folder plays at the
     # analysis rate, and a picture that came just after a tick was found only at the next one, beside the
     # picture after it, and dropped as superseded. Here every other tick has two pictures between it and
-    # the next: one 20 ms after it, one 20 ms before the next; each must be analysed.
+    # the next: one 20 ms after it, one 20 ms before the next; each must be analysed. A picture that this
+    # machine's scheduler let out later than the loop waits after its tick (half a period) is not the
+    # promise (a fresh-clone CI with 4 test workers on 2 cores: 1 of 12 came too late)
     from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
     from edge_agent.vision.pipeline import AttentionLoop, FrameAnalyser
     from edge_agent.vision.pose import LandmarkPose
@@ -565,12 +567,14 @@ def test_a_frame_that_comes_just_after_the_analysis_tick_is_analysed_not_superse
     ticks: list[float] = []
     ticked = threading.Condition()
     published: list[float] = []
+    late: list[float] = []  # pictures due just after a tick that came after the loop's wait for them
 
     class TickedSource:
         description = "pictures timed against the analysis ticks"
 
         def __init__(self, stop: threading.Event) -> None:
-            self.stop, self.due = stop, []  # type: list[float]
+            self.stop, self.tick = stop, 0.0
+            self.due: list[float] = []
 
         def read(self) -> np.ndarray | None:
             while not self.due:
@@ -583,9 +587,13 @@ def test_a_frame_that_comes_just_after_the_analysis_tick_is_analysed_not_superse
                     ticked.wait_for(next_even_tick, 2)
                     if self.stop.is_set():
                         return None
-                    self.due = [ticks[-1] + 0.02, ticks[-1] + period - 0.02]
+                    self.tick = ticks[-1]
+                    self.due = [self.tick + 0.02, self.tick + period - 0.02]
+            after_tick = len(self.due) == 2
             self.stop.wait(max(0.0, self.due.pop(0) - time.monotonic()))
             published.append(time.monotonic())
+            if after_tick and published[-1] - self.tick > period / 2 - 0.02:
+                late.append(published[-1] - self.tick)
             return image.copy()
 
         def release(self) -> None:
@@ -603,12 +611,14 @@ def test_a_frame_that_comes_just_after_the_analysis_tick_is_analysed_not_superse
     camera.start()
     loop.start()
     try:
-        assert _wait(lambda: len(published) >= 12, timeout=10)
+        # six pairs whose first picture came in time (each late one's pair is one more)
+        assert _wait(lambda: len(published) >= 12 + 2 * len(late), timeout=20)
     finally:
         loop.stop()
         camera.stop()
     analysed = _value("edge_camera_frames_analysed_total") - analysed_before
-    assert analysed >= len(published) - 1, (analysed, len(published))  # the last may still be unanalysed
+    # the last may still be unanalysed
+    assert analysed >= len(published) - 1 - len(late), (analysed, len(published), late)
 
 
 def test_the_analysis_stops_at_once_at_a_slow_rate_with_no_frame_coming(detector, tmp_path: Path) -> None:
