@@ -22,7 +22,13 @@ import numpy as np
 from edge_agent.errors import EdgeAgentError, EngineError
 from edge_agent.inference.guarded import GuardedEngine
 from edge_agent.telemetry import metrics
-from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator, is_attentive
+from edge_agent.vision.attention import (
+    AttentionRules,
+    FaceTracker,
+    LiveShare,
+    WindowAggregator,
+    is_attentive,
+)
 from edge_agent.vision.camera import Camera
 from edge_agent.vision.camera_hours import CameraHours, board_clock, opening_text
 from edge_agent.vision.pose import Pose, PoseEstimator
@@ -204,7 +210,7 @@ class AttentionLoop:
         # Longer than a window, or the gap between two windows' ends would cut every lesson at each one.
         self.lesson_gap_s = max(lesson_gap_s, 2 * windows.window_s)
         self.error: str | None = None
-        self.current: dict[str, Any] = {"share": None, "faces": 0}
+        self.live = LiveShare(min_faces=windows.min_faces)
         self._analysed_at: deque[float] = deque(maxlen=20)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -315,7 +321,7 @@ class AttentionLoop:
             if closed is not None:
                 self._emit(closed)
             self.tracker.clear()  # tomorrow's faces are not today's tracks
-            self.current = {"share": None, "faces": 0}
+            self.live.clear()
             metrics.CAMERA_FPS.set(0.0)
         # Every tick, not only at the close: when NTP steps the clock meanwhile, the time shown follows it.
         self.closed_until = self._opens_after(now, paused)
@@ -391,7 +397,7 @@ class AttentionLoop:
             log.info("attention analysis works again")
             self.error = None
         faces, attentive = len(smoothed), sum(smoothed)
-        self.current = {"share": attentive / faces if faces else None, "faces": faces}
+        self.live.add(self.monotonic(), faces, attentive)
         metrics.CAMERA_FRAMES_ANALYSED.inc()
         self._analysed_at.append(time.monotonic())
         metrics.CAMERA_FPS.set(self.fps())
@@ -472,11 +478,10 @@ class AttentionLoop:
     def live_section(self) -> dict[str, Any]:
         state, detail = self.camera_state()
         closed_until = self.closed()
-        partial = self.windows.current_partial()
-        share, faces = self.current["share"], self.current["faces"]
+        # over the last seconds, by the windows' rules: too few faces give no share (it would describe
+        # individuals)
+        share, faces = self.live.figures(self.monotonic())
         low = self.windows.low_attention
-        if (partial is not None and partial["suppressed"]) or faces < self.windows.min_faces:
-            share = None  # too few faces: a live share would describe individuals
         if state != "running":
             share, faces, low = None, 0, False  # the last numbers are stale while the camera is away
         return {

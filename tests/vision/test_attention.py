@@ -12,6 +12,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.vision.attention import (
     AttentionRules,
     FaceTracker,
+    LiveShare,
     WindowAggregator,
     is_attentive,
     percentile,
@@ -299,3 +300,43 @@ def test_a_window_whose_clock_stepped_back_a_little_is_stored_and_goes_on():
     windows = WindowAggregator(window_s=60.0, min_faces=3)
     assert windows.restore(json.loads(json.dumps(saved)), 956.0) == []
     assert windows.current_partial()["frames"] == 3  # type: ignore[index]
+
+
+# -- the teacher view's share "now" ---------------------------------------------------------------------
+
+
+def test_the_share_shown_now_is_the_last_ten_seconds_not_the_newest_frame() -> None:
+    live = LiveShare(span_s=10.0, min_faces=3)
+    for t in range(50):  # 5 frames a second: 30 faces, 24 or 21 attentive in turn (80 % and 70 %)
+        live.add(t / 5, 30, 24 if t % 2 else 21)
+    share, faces = live.figures(49 / 5)
+    assert share == pytest.approx(0.75) and faces == 30
+
+
+def test_one_frame_of_two_faces_in_a_full_room_does_not_hide_the_share() -> None:
+    # the demo: its pictures of one or two faces put "too few faces" on the page 23 times in 150 s
+    live = LiveShare(span_s=10.0, min_faces=3)
+    for t in range(20):
+        live.add(float(t) / 5, 2 if t == 19 else 20, 1 if t == 19 else 15)
+    share, faces = live.figures(19 / 5)
+    assert share == pytest.approx(0.75)  # the frame of two faces gives no share of its own
+    assert faces == 19  # (19 * 20 + 2) / 20 = 19.1, rounded down
+
+
+def test_a_room_of_too_few_faces_over_the_span_shows_no_share_and_no_count_of_enough() -> None:
+    live = LiveShare(span_s=10.0, min_faces=3)
+    for t in range(10):
+        live.add(float(t), 3 if t % 2 else 2, 3 if t % 2 else 2)  # 2.5 faces on average
+    assert live.figures(9.0) == (None, 2)
+
+
+def test_frames_older_than_the_span_are_forgotten_and_no_frame_shows_nothing() -> None:
+    live = LiveShare(span_s=10.0, min_faces=3)
+    live.add(0.0, 30, 0)
+    live.add(5.0, 30, 30)
+    assert live.figures(5.0) == (pytest.approx(0.5), 30)
+    assert live.figures(12.0) == (1.0, 30)  # the frame at 0 s is past the span
+    assert live.figures(16.0) == (None, 0)  # the camera sent nothing for ten seconds
+    live.add(20.0, 30, 30)
+    live.clear()  # the camera closed for a pause: the class after it is a new measurement
+    assert live.figures(20.0) == (None, 0)

@@ -198,3 +198,56 @@ def test_the_attention_charts_words_count_the_same_windows_as_its_summary(
     assert re.fullmatch(r"Attention this lesson, 14 windows \(1 with too few faces\), .+–.+",
                         view.page.get_attribute("#att-timeline", "aria-label") or "")
     assert view.text("#att-tl-summary").startswith("Low in 3 of 13 windows")
+
+
+def test_the_engines_table_is_a_tab_stop_only_where_it_scrolls(
+        teacher_server: ServerThread, teacher_page: PageFactory) -> None:
+    # On the board's 1080p screen the table fits, and Tab stopped on it for nothing; where it scrolls
+    # sideways (long fallback reasons on a narrow screen), the keyboard must reach it to scroll it.
+    tab_stop = "() => document.querySelector('.table-scroll').getAttribute('tabindex')"
+    widen = "(px) => { document.querySelector('table.engines').style.minWidth = px; }"
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    assert view.page.evaluate(tab_stop) is None
+    view.page.evaluate(widen, "2400px")  # wider than the card: it scrolls now
+    view.page.wait_for_function(tab_stop + " === '0'")
+    assert _axe_violations(view.page) == []  # scrollable-region-focusable
+    view.page.evaluate(widen, "")
+    view.page.wait_for_function(tab_stop + " === null")
+    assert view.console_errors == []
+
+
+def test_a_chinese_class_name_on_the_english_page_is_read_in_chinese(
+        live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    server = ServerThread(live_board, token=WEB_TOKEN, board_name="初一（2）班").start()
+    try:
+        view = teacher_page(server.url)
+        view.open_live_in("en")
+        assert view.page.get_attribute("#board-name", "lang") == "zh-CN"
+        assert view.page.evaluate("document.documentElement.lang") == "en"
+    finally:
+        server.stop()
+    latin = ServerThread(live_board, token=WEB_TOKEN, board_name="Class 7B").start()
+    try:
+        view = teacher_page(latin.url)
+        view.open_live_in("zh")
+        assert view.page.get_attribute("#board-name", "lang") == "en"
+    finally:
+        latin.stop()
+
+
+def test_switching_language_does_not_leave_the_last_announcement_in_the_old_one(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    view = teacher_page(teacher_server.url)
+    view.page.clock.install()
+    view.open()
+    view.wait_live()
+    view.page.clock.run_for(1500)
+    live_board.publish("attention", attention_section(current=0.3, low=True))
+    view.page.wait_for_function("() => document.getElementById('att-share').textContent === '30%'")
+    view.page.clock.run_for(12000)
+    assert view.text("#announce") == "专注度已持续偏低几分钟"
+    view.switch_language()
+    assert view.text("#announce") == ""
+    assert view.console_errors == []

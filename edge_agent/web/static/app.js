@@ -95,6 +95,8 @@
     document.title = board ? t("page_title_named", { name: board }) : t("page_title");
     $("board-name").hidden = !board;
     $("board-name").textContent = board;
+    // the class's name in its own script's voice: "初一（2）班" on the English page was read as English
+    $("board-name").lang = /[\u3400-\u9fff\uf900-\ufaff]/.test(board) ? "zh-CN" : /[A-Za-z]/.test(board) ? "en" : lang;
     for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
     $("lang").textContent = t("switch_language");
     $("lang").title = t("switch_language_title");
@@ -596,6 +598,7 @@
       }
     }
     lang = next;
+    setText("announce", ""); // the last announcement, in the other language, is not read again in it
     renderAll();
     showConnection();
   }
@@ -648,6 +651,18 @@
     try { localStorage.setItem(LANG_KEY, next); } catch (err) { /* private mode: not remembered */ }
     useLanguage(next);
   });
+
+  // The engines table scrolls sideways on a narrow screen, and a keyboard reaches it there to scroll it;
+  // on a wide one it was a tab stop that did nothing. (Its size changes with the window, the zoom and a
+  // fallback's reason unfolded.)
+  function fitEnginesScroll() {
+    const wrap = $("health-engines").closest(".table-scroll");
+    if (wrap.scrollWidth > wrap.clientWidth) wrap.tabIndex = 0;
+    else wrap.removeAttribute("tabindex");
+  }
+  const enginesResized = new ResizeObserver(fitEnginesScroll);
+  enginesResized.observe($("health-engines").closest(".table-scroll"));
+  enginesResized.observe($("health-engines").closest("table"));
 
   renderAll();
   showConnection();
