@@ -644,3 +644,31 @@ def test_the_analysis_stops_at_once_at_a_slow_rate_with_no_frame_coming(detector
     finally:
         camera.stop()
     assert took < 1.0, took
+
+
+def test_one_photo_of_two_faces_in_a_lesson_keeps_the_share_shown_and_a_silent_camera_clears_it(
+    detector, faces_dir: Path
+) -> None:
+    # The demo's folder holds photos of two faces beside classes: each one put "too few faces" on the
+    # teacher's page for a second, 23 times in 150 s. The share shown is over the last 10 s of frames.
+    from types import SimpleNamespace
+
+    from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
+    from edge_agent.vision.pipeline import AttentionLoop, FrameAnalyser
+    from edge_agent.vision.pose import LandmarkPose
+
+    class_photo = cv2.imread(str(faces_dir / "voc_dlib" / "2008_004176.jpg"))  # 7 labelled faces
+    two_faces = cv2.imread(str(faces_dir / "voc_dlib" / "2009_004587.jpg"))
+    now = [1000.0]
+    camera = SimpleNamespace(state=lambda: ("running", ""))
+    loop = AttentionLoop(camera, FrameAnalyser(detector, LandmarkPose(), AttentionRules()),  # type: ignore[arg-type]
+                         FaceTracker(), WindowAggregator(), on_window=lambda _w: None,
+                         monotonic=lambda: now[0])
+    for image in [class_photo] * 9 + [two_faces]:
+        now[0] += 0.2
+        loop.step(image, time.time())
+    live = loop.live_section()
+    assert 0.0 <= live["current_share"] <= 1.0 and live["faces"] >= 3, live
+    now[0] += 10.0  # no frame for 10 s
+    live = loop.live_section()
+    assert live["current_share"] is None and live["faces"] == 0
