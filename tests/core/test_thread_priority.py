@@ -24,7 +24,10 @@ def _nice(tid: int) -> int:
 
 
 def _tasks() -> set[int]:
-    return {int(name) for name in os.listdir("/proc/self/task")}
+    """This process's threads but its Python ones: another test's thread left running in this worker is
+    not a session's worker (ONNX Runtime's are native threads)."""
+    python = {thread.native_id for thread in threading.enumerate()}
+    return {int(name) for name in os.listdir("/proc/self/task")} - python
 
 
 def _nices(tids: set[int]) -> set[int]:
