@@ -341,9 +341,11 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
         assert ahead[0]["status"] == 400 and "s in the future" in ahead[0]["error"], ahead
 
     # A reload (SIGHUP, as the fleet's config_reload command does it): a clean stop with exit status 75,
-    # which RestartForceExitStatus= starts again after RestartSec
+    # which RestartForceExitStatus= starts again after RestartSec. To the main process only, as the README
+    # says: signalling the unit's other processes too failed once under JetPack 6's systemd 249 ("Failed to
+    # send signal SIGHUP to auxiliary processes: Input/output error", a fresh-clone CI with 2 test workers).
     pid = booted.show("edge-agent.service", "MainPID")["MainPID"]
-    booted.run("systemctl", "kill", "-s", "HUP", "edge-agent", timeout_s=60)
+    booted.run("systemctl", "kill", "--kill-who=main", "-s", "HUP", "edge-agent", timeout_s=60)
     wait_until(lambda: booted.show("edge-agent.service", "MainPID")["MainPID"] not in (pid, "0"), 90,
                "the daemon started again after the reload")
     wait_until(lambda: status() == "running: all components healthy", 90, "every component after the reload",
