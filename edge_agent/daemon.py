@@ -27,8 +27,9 @@ from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-# A reload (SIGHUP: systemctl kill --kill-who=main -s HUP; the fleet's config_reload command) is a clean stop with this exit
-# status (EX_TEMPFAIL), which the unit's RestartForceExitStatus= starts again: the config is read at start.
+# A reload (SIGHUP: systemctl kill --kill-who=main -s HUP; the fleet's config_reload command) is a clean stop
+# with this exit status (EX_TEMPFAIL), which the unit's RestartForceExitStatus= starts again: the config is
+# read at start.
 RESTART_EXIT = 75
 # A start is normally seconds. A component whose start may take longer (the engines: a TensorRT build after
 # a config change takes minutes) sets ``start_timeout_s = None``: READY went out with the store, the
