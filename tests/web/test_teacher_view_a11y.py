@@ -34,6 +34,16 @@ def _axe_violations(page: Any) -> list[str]:
           + n.failureSummary.replace(/\\s+/g, ' ').trim() + ')'))"""))
 
 
+def _opened_on_a_test_clock(view: TeacherViewPage) -> TeacherViewPage:
+    """The page open and live on Playwright's clock, past its first 1.5 s (what it shows on opening is not
+    news to be spoken)."""
+    view.page.clock.install()
+    view.open()
+    view.wait_live()
+    view.page.clock.run_for(1500)
+    return view
+
+
 def test_axe_finds_no_violation_in_either_language_while_live_paused_or_cut_off(
         live_board: LiveBoard, teacher_page: PageFactory) -> None:
     # Low attention: the card's tinted background is where the grey text has the least contrast.
@@ -100,11 +110,7 @@ def test_a_paused_page_says_nothing_aloud_until_the_teacher_resumes(
         teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
     # Paused to read the page, the teacher heard "attention has been low" while the screen still showed
     # 78 % and "attention is normal".
-    view = teacher_page(teacher_server.url)
-    view.page.clock.install()
-    view.open()
-    view.wait_live()
-    view.page.clock.run_for(1500)  # what the page shows on opening is not news
+    view = _opened_on_a_test_clock(teacher_page(teacher_server.url))
     view.page.click("#pause")
     live_board.publish("attention", attention_section(current=0.3, low=True))
     time.sleep(1.0)  # the update arrives while paused, and is not shown
@@ -239,11 +245,7 @@ def test_a_chinese_class_name_on_the_english_page_is_read_in_chinese(
 
 def test_switching_language_does_not_leave_the_last_announcement_in_the_old_one(
         teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
-    view = teacher_page(teacher_server.url)
-    view.page.clock.install()
-    view.open()
-    view.wait_live()
-    view.page.clock.run_for(1500)
+    view = _opened_on_a_test_clock(teacher_page(teacher_server.url))
     live_board.publish("attention", attention_section(current=0.3, low=True))
     view.page.wait_for_function("() => document.getElementById('att-share').textContent === '30%'")
     view.page.clock.run_for(12000)
