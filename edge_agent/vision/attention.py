@@ -198,10 +198,9 @@ class WindowAggregator:
             self._current = _Window(start, last_t=t)
         self._current.last_t = t
         self._current.faces.append(faces)
-        # A frame with fewer than min_faces faces describes one or two people: it counts as a frame, but
-        # its share stays out of the statistics (the window's mean face count alone would let it in).
-        if faces > 0 and faces >= self.min_faces:
-            self._current.shares.append(attentive / faces)
+        share = frame_share(faces, attentive, self.min_faces)
+        if share is not None:
+            self._current.shares.append(share)
         return closed
 
     def expire(self, t: float) -> list[dict[str, Any]]:
@@ -274,13 +273,6 @@ class WindowAggregator:
             return [self._close() | {"partial": True}]
         return []
 
-    def current_partial(self) -> dict[str, Any] | None:
-        """The open window so far, without touching the low-attention run."""
-        if self._current is None:
-            return None
-        w = self._current
-        return summarise(w.start, w.start + self.window_s, w.faces, w.shares, self.min_faces)
-
 
 LIVE_SPAN_S = 10.0  # the teacher view's "now": long enough to be steady, short enough to follow a lesson
 
@@ -302,8 +294,7 @@ class LiveShare:
         self._frames: deque[tuple[float, int, float | None]] = deque(maxlen=math.ceil(span_s * MAX_FPS))
 
     def add(self, t: float, faces: int, attentive: int) -> None:
-        share = attentive / faces if faces > 0 and faces >= self.min_faces else None
-        self._frames.append((t, faces, share))
+        self._frames.append((t, faces, frame_share(faces, attentive, self.min_faces)))
         while self._frames and self._frames[0][0] <= t - self.span_s:
             self._frames.popleft()
 
@@ -318,9 +309,8 @@ class LiveShare:
             return None, 0
         faces_mean = sum(faces for _t, faces, _share in frames) / len(frames)
         shares = [share for _t, _faces, share in frames if share is not None]
-        if faces_mean < self.min_faces or not shares:
-            return None, math.floor(faces_mean)
-        return sum(shares) / len(shares), math.floor(faces_mean)
+        shown = sum(shares) / len(shares) if shares_shown(faces_mean, shares, self.min_faces) else None
+        return shown, math.floor(faces_mean)
 
 
 def _pairs(values: Sequence[float]) -> list[list[float]]:
@@ -348,13 +338,26 @@ def _finite(value: object, key: str) -> float:
     return number
 
 
+def frame_share(faces: int, attentive: int, min_faces: int) -> float | None:
+    """A frame's share of attentive faces; None for a frame of fewer than ``min_faces`` faces: it
+    describes one or two people, so its share stays out (it still counts towards the mean face count,
+    which alone would let it in)."""
+    return attentive / faces if faces >= max(min_faces, 1) else None
+
+
+def shares_shown(faces_mean: float, shares: Sequence[float], min_faces: int) -> bool:
+    """Whether frames' shares may be shown: not when too few faces were there on average (a window, or
+    the teacher view's last seconds, of one or two people), nor when no frame gave a share."""
+    return bool(shares) and faces_mean >= min_faces
+
+
 def summarise(
     start: float, end: float, faces: Sequence[int], shares: Sequence[float], min_faces: int
 ) -> dict[str, Any]:
     frames = len(faces)
     faces_mean = sum(faces) / frames if frames else 0.0
     suppressed = faces_mean < min_faces
-    keep = bool(shares) and not suppressed
+    keep = shares_shown(faces_mean, shares, min_faces)
     return {
         "start": start,
         "end": end,

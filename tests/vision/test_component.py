@@ -966,7 +966,7 @@ def test_an_open_window_stored_damaged_is_left_out_said_and_the_analysis_goes_on
     async def run() -> None:
         await component.start()
         assert component.loop is not None
-        await wait_for(lambda: component.loop.windows.current_partial() is not None)  # type: ignore[union-attr]
+        await wait_for(lambda: component.loop.windows.snapshot() is not None)  # type: ignore[union-attr]
         await component.stop()
         db.write(lambda _conn: None).result(5)
 
