@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Create .venv and install edge-agent with its test and training extras. Idempotent and quick when
-# nothing changed (a stamp keyed by pyproject.toml's hash).
+# Create .venv and install edge-agent with its test and training extras; `setup.sh demo` installs only
+# what the daemon itself needs (the demo: no torch, no test tools). Idempotent and quick when nothing
+# changed (a stamp keyed by pyproject.toml's hash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="${1:-all}"
 
 pick_python() {
   # 3.11 first: the CPU build of torch that the training tests use is published for it.
@@ -17,15 +19,33 @@ pick_python() {
 }
 
 stamp=.venv/.edge-agent-installed
+runtime_stamp=.venv/.edge-agent-runtime-installed
 want="$(sha256sum pyproject.toml | cut -c1-16)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+stamped() { [ -f "$1" ] && [ "$(cat "$1")" = "$want" ]; }
+if stamped "$stamp" || { [ "$mode" = demo ] && stamped "$runtime_stamp"; }; then
   exit 0
 fi
 
 python=$(pick_python)
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+# A venv made where Python's venv module lacks ensurepip (Debian and Ubuntu without python3-venv) has a
+# python but no pip: made anew, or installing python3-venv as Python's message says would not mend it
+# (on a fresh Ubuntu 22.04 the second try failed "No module named pip").
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  if ! "$python" -m venv --clear .venv; then
+    rm -rf .venv
+    version="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    echo "$python cannot make a virtual environment: on Debian or Ubuntu install its venv module" \
+      "(as root: apt-get install python$version-venv), then run this again" >&2
+    exit 1
+  fi
+fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --upgrade pip
+if [ "$mode" = demo ]; then
+  "${pip[@]}" -e .
+  echo "$want" > "$runtime_stamp"
+  exit 0
+fi
 # Training tests need torch; take the CPU build (a plain `torch` would pull a multi-GB CUDA build).
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   "${pip[@]}" "torch==2.13.0" || "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu torch
