@@ -53,4 +53,11 @@ fi
 "${pip[@]}" -e ".[dev,train,quantize]"
 # Type stubs for the static TensorRT check; --no-deps because tensorrt itself cannot install here.
 "${pip[@]}" --no-deps "tensorrt-stubs==10.13.*" 2>/dev/null || "${pip[@]}" --no-deps tensorrt-stubs
+# The browser tests drive Debian's chromium; where there is none (Ubuntu's is a snap), Playwright's own,
+# with the libraries it needs when run as root. Without either they are skipped, saying so.
+if [ ! -x /usr/bin/chromium ]; then
+  deps=(); [ "$(id -u)" -ne 0 ] || deps=(--with-deps)
+  .venv/bin/python -m playwright install "${deps[@]}" chromium \
+    || echo "could not fetch Playwright's Chromium: the browser tests will be skipped" >&2
+fi
 echo "$want" > "$stamp"

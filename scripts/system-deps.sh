@@ -6,7 +6,10 @@
 set -euo pipefail
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# Where the distribution has no chromium package (Ubuntu's is a snap), Playwright's own, which setup.sh
+# fetches, stands in.
+command -v chromium >/dev/null 2>&1 || compgen -G "$HOME/.cache/ms-playwright/chromium-*/chrome-linux*/chrome" \
+  >/dev/null || missing+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
@@ -38,6 +41,16 @@ if [ $need_chrony -eq 1 ]; then
     || echo "could not unpack chrony: the chronyd tests will be skipped" >&2
   rm -rf "$scratch"
 fi
+packaged=()
+for package in "${missing[@]}"; do
+  if [ "$package" = chromium ] &&
+     [[ "$(apt-cache policy chromium 2>/dev/null | awk '/Candidate:/ {print $2}')" =~ ^(\(none\))?$ ]]; then
+    echo "no chromium package here (Ubuntu's is a snap): scripts/setup.sh fetches Playwright's Chromium"
+  else
+    packaged+=("$package")
+  fi
+done
+missing=("${packaged[@]}")
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing system packages: ${missing[*]}"
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -33,12 +33,15 @@ def teacher_server(live_board: LiveBoard) -> Iterator[ServerThread]:
 # would make asyncio.run() fail in every test collected after this module.
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is absent (install Debian's chromium package to run browser tests)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        path = CHROMIUM or p.chromium.executable_path
+        if not os.path.exists(path):
+            pytest.skip(f"no Chromium for the browser tests (neither Debian's chromium package nor "
+                        f"Playwright's {path}): apt-get install chromium, or "
+                        ".venv/bin/python -m playwright install chromium")
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
         yield browser
         browser.close()
 

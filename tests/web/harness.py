@@ -6,6 +6,7 @@ The lead's full-daemon test reuses :class:`TeacherViewPage` with the daemon's ow
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,9 @@ from edge_agent.config import WebSettings
 from edge_agent.live import LiveBoard
 from edge_agent.web.server import WebComponent
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium; where the system has none (Ubuntu's is a snap), None: Playwright's own, which
+# scripts/setup.sh fetches there
+CHROMIUM: str | None = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
