@@ -46,9 +46,17 @@ if [ "$mode" = demo ]; then
   echo "$want" > "$runtime_stamp"
   exit 0
 fi
-# Training tests need torch; take the CPU build (a plain `torch` would pull a multi-GB CUDA build).
+# Training tests need torch, the CPU build: PyPI's Linux torch is the CUDA one (several GB of nvidia-*
+# wheels), so this machine's own wheel (pip's find-links) where it has one, else PyTorch's CPU index, and
+# PyPI's only where neither answers. No retries for the CPU index: where it cannot be reached (as from
+# our machines) pip retried it for each of torch's dependencies, 3m54s before taking PyPI's.
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
-  "${pip[@]}" "torch==2.13.0" || "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu torch
+  if "${pip[@]}" --dry-run --no-deps --no-index "torch==2.13.0" >/dev/null 2>&1; then
+    "${pip[@]}" "torch==2.13.0"
+  else
+    "${pip[@]}" --retries 0 --timeout 20 --index-url https://download.pytorch.org/whl/cpu \
+      --extra-index-url https://pypi.org/simple torch || "${pip[@]}" torch
+  fi
 fi
 "${pip[@]}" -e ".[dev,train,quantize]"
 # Type stubs for the static TensorRT check; --no-deps because tensorrt itself cannot install here.
