@@ -8,7 +8,7 @@ missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 # Where the distribution has no chromium package (Ubuntu's is a snap), Playwright's own, which setup.sh
 # fetches, stands in.
-command -v chromium >/dev/null 2>&1 || compgen -G "$HOME/.cache/ms-playwright/chromium-*/chrome-linux*/chrome" \
+command -v chromium >/dev/null 2>&1 || compgen -G "${HOME:-}/.cache/ms-playwright/chromium-*/chrome-linux*/chrome" \
   >/dev/null || missing+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
