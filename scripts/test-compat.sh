@@ -12,7 +12,8 @@ if [ -z "$py" ]; then
 fi
 echo "== Python $ver compatibility run ($("$py" --version))"
 venv=".venv${ver//./}"
-[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+# made anew when an earlier try left it without pip (a Python without ensurepip: see setup.sh)
+"$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$py" -m venv --clear "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 export EDGE_AGENT_MODEL_MIRROR="${EDGE_AGENT_MODEL_MIRROR:-$(cd .. && pwd)/shared/models}"
 # Like the e2e kill loop and the benchmarks, slow tests run once, in the main run; but those marked
