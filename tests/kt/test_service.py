@@ -237,7 +237,7 @@ def test_full_intake_is_refused_without_blocking(package, engine, pseudonymize) 
     t0 = time.perf_counter()
     with pytest.raises(ServiceBusy, match="limit 3"):
         svc.submit([_answer(package, pseudonymize, "s1", "c"), _answer(package, pseudonymize, "s1", "d")])
-    assert time.perf_counter() - t0 < 0.05
+    assert time.perf_counter() - t0 < 0.5  # refused at once, not after a wait for room
     assert metrics.ANSWERS.labels(outcome="overloaded")._value.get() == before + 2
 
 
