@@ -113,7 +113,10 @@ NOT_RUNNING_FOR_SWAP = (
     "knowledge tracing is not running, so the new model cannot be tried on an answer: it is refused and "
     "removed; send it again once knowledge tracing runs (/api/v1/status)"
 )
-RECENT_KEEP_S = 600.0  # in memory: a client retry comes within seconds; older ones are found in SQLite
+# In memory, besides the keys not committed yet: a client retry comes within seconds; older ones are read
+# from SQLite like every new key. At most RECENT_MAX_KEYS of them (about 340 bytes each).
+RECENT_KEEP_S = 60.0
+RECENT_MAX_KEYS = 10_000
 _STOP = object()
 _Outcome = tuple[_AnyFuture, "list[Feedback] | None", "BaseException | None"]
 
@@ -204,9 +207,10 @@ class KTService:
         # least recently answered first: over settings.max_students the front is forgotten (_forget_oldest)
         self._states: OrderedDict[str, StudentState] = OrderedDict()
         self._forget_logged = 0.0  # monotonic time of the last "forgot students" warning
-        # with a store, memory covers the recent keys (and those not committed yet), SQLite the week;
-        # memory then stays flat however many answers a board takes between restarts
-        self._applied = AppliedEvents(RECENT_KEEP_S if persistence is not None else EVENT_KEEP_S)
+        # with a store, memory covers the keys not committed yet and a minute of recent ones, SQLite the
+        # week; memory then stays flat however many answers a board takes, and however fast
+        self._applied = (AppliedEvents(RECENT_KEEP_S, RECENT_MAX_KEYS) if persistence is not None
+                         else AppliedEvents(EVENT_KEEP_S))
         self._lock = threading.Lock()  # guards _states, _lesson, _pending, _unsaved_*
         # Held from an answer's entry into the lesson until its student's state is queued for the disk, and
         # by whoever takes the lesson for the disk (its records, a synced window) until that is queued: the
@@ -630,7 +634,12 @@ class KTService:
         for job in jobs:
             results.append(outcomes[n : n + len(job.answers)])
             n += len(job.answers)
+        # every key added so far is in this save or an earlier one (one writer, in order); added changes
+        # only on this thread
+        added = self._applied.added
         if self._persistence is None:
+            with self._lock:
+                self._applied.stored(added)  # memory is all there is: only time lets a key go
             self._finish(jobs, results)
             return
         now = self._clock()
@@ -663,6 +672,7 @@ class KTService:
                     self._unsaved_keys.extend(_without(new_keys, self._erasing))
                 else:
                     self._saved(states, keys)
+                self._applied.stored(added)  # on disk, or listed in _unsaved_keys for the next save
                 if error is None and repeats and any(row[0] in repeats for row in self._unsaved_keys):
                     # its first copy's commit, queued before this one, failed
                     error = ServiceBusy("the first copy of this answer is not stored yet; retry", 60)

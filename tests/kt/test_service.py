@@ -1072,6 +1072,31 @@ def test_a_retry_is_answered_only_once_its_first_copy_is_on_disk(
     svc.stop()
 
 
+def test_a_retry_while_the_disk_stalls_longer_than_the_memory_window_is_applied_once(
+    package, engine, kt_settings, pseudonymize, db: Database
+) -> None:
+    # Before: memory let a key go RECENT_KEEP_S after its answer, committed or not; during a longer stall
+    # a retry found its key neither in memory nor in SQLite and was applied a second time.
+    svc, store, now = _clocked_service(package, engine, kt_settings, pseudonymize, db)
+    release = threading.Event()
+    db.write(lambda conn: release.wait(10))  # the one writer is stuck
+    try:
+        answer = _answer(package, pseudonymize, "s1", "e1")
+        first = svc.submit([answer])
+        time.sleep(0.3)
+        now[0] += RECENT_KEEP_S + 1
+        later = svc.submit([_answer(package, pseudonymize, "s2", "e2")])  # a batch that expires what it may
+        time.sleep(0.3)
+        retry = svc.submit([answer])
+        time.sleep(0.3)
+    finally:
+        release.set()
+    assert first.result(5)[0]["status"] == "applied" and later.result(5)[0]["status"] == "applied"
+    assert retry.result(5)[0]["status"] == "duplicate"
+    svc.stop()
+    assert store.states_of([answer.student], package.hidden, len(package.skills))[answer.student].answers == 1
+
+
 def test_an_answer_for_an_item_a_model_update_dropped_is_applied_and_stored(
     package, engine, kt_settings, pseudonymize, db: Database
 ) -> None:
