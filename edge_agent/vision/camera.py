@@ -109,6 +109,9 @@ class Camera:
         self._description = ""  # the open source's, shown once its first usable frame came
         self._opened = -1  # the grabber generation whose source is open (not opening): no frame is a stall
         self._last_good = time.monotonic()
+        # the last read that gave a frame, usable or not: frames that keep coming, all bad, are the
+        # grabber's to judge (it says why), not a stall
+        self._last_read = 0.0
         self._thread: threading.Thread | None = None
         self._generation = 0  # a grabber thread whose generation is behind has been replaced
         self._reading_since: float | None = None  # monotonic start of the read in progress
@@ -270,6 +273,7 @@ class Camera:
             if image is None:
                 how = "ended"
                 break
+            self._last_read = time.monotonic()
             image = as_bgr(image)
             problem = frame_problem(image)
             if problem is not None:
@@ -325,7 +329,7 @@ class Camera:
             # opened and waiting for its first frame counts too (it said "running" then)
             opened = self._opened == self._generation
             running = self._state == "running" or (opened and self._state != "stalled")
-        if running and now - self._last_good > self.stall_timeout_s:
+        if running and now - max(self._last_good, self._last_read) > self.stall_timeout_s:
             metrics.CAMERA_STALLS.inc()
             self._last_good = now  # count each stall once per timeout
             self._set_state("stalled", f"no frame for {self.stall_timeout_s:.0f} s")

@@ -192,7 +192,8 @@ def test_a_camera_sending_only_corrupt_frames_is_never_running_and_says_why(tmp_
         state, detail = camera.state()
     finally:
         camera.stop()
-    assert "running" not in seen, seen
+    # nor "stalled" ("no frame for 0 s") while its frames came: CI once ended the 3 s in it
+    assert not {"running", "stalled"} & seen, seen
     assert state == "reconnecting" and "sent only frames that cannot be decoded (corrupt)" in detail, detail
 
 
