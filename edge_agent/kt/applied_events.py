@@ -31,8 +31,7 @@ class AppliedEvents:
         self._keys: dict[str, str | None] = {}
         self._students: dict[str, str] = {}  # key -> the student's pseudonym, for an erase to find them
         self._order: deque[tuple[float, str]] = deque()
-        self.added = 0  # keys ever added
-        self._gone = 0  # keys ever expired: the oldest kept is number _gone
+        self.added = 0  # keys ever added; the oldest kept is number added - len(_order)
         self._stored = 0  # keys numbered below this are on disk
 
     def __contains__(self, key: object) -> bool:
@@ -72,12 +71,11 @@ class AppliedEvents:
         cutoff = now - self.keep_s
         limit = len(self._order) if self.max_keys is None else self.max_keys
         gone = 0
-        while self._order and self._gone < self._stored and (
+        while self._order and self.added - len(self._order) < self._stored and (
             self._order[0][0] < cutoff or len(self._order) > limit
         ):
             key = self._order.popleft()[1]
             self._keys.pop(key, None)
             self._students.pop(key, None)
-            self._gone += 1
             gone += 1
         return gone

@@ -332,7 +332,7 @@ class Camera:
         if running and now - max(self._last_good, self._last_read) > self.stall_timeout_s:
             metrics.CAMERA_STALLS.inc()
             self._last_good = now  # count each stall once per timeout
-            self._set_state("stalled", f"no frame for {self.stall_timeout_s:.0f} s")
+            self._set_state("stalled", f"no frame for {self.stall_timeout_s:g} s")
             stalled = True
         reading_since = self._reading_since
         if (

@@ -548,6 +548,7 @@ def test_a_stalled_camera_is_logged_as_a_warning(caplog: pytest.LogCaptureFixtur
         unblock.set()
         camera.stop()
     assert ("stalled", "WARNING") in _state_levels(caplog), _state_levels(caplog)
+    assert "camera stalled: no frame for 0.2 s" in caplog.messages  # not "0 s"
 
 
 def test_a_frame_that_comes_just_after_the_analysis_tick_is_analysed_not_superseded(
