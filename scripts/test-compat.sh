@@ -18,6 +18,6 @@ venv=".venv${ver//./}"
 export EDGE_AGENT_MODEL_MIRROR="${EDGE_AGENT_MODEL_MIRROR:-$(cd .. && pwd)/shared/models}"
 # Like the e2e kill loop and the benchmarks, slow tests run once, in the main run; but those marked
 # second_python run here instead (test.sh leaves them out there), to balance the two runs' times.
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${EDGE_AGENT_TEST_WORKERS:-0}" --dist loadfile \
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${EDGE_AGENT_TEST_WORKERS:-2}" --dist loadfile \
   --ignore=tests/bench --ignore=tests/e2e \
   -m "not slow or second_python" "$@"

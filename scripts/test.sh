@@ -43,7 +43,7 @@ fi
 echo "== pytest"
 status=0
 # the slowest tests, so that CI time can be kept in check (aim: under 15 minutes on 2 cores)
-.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -n "${EDGE_AGENT_TEST_WORKERS:-0}" \
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -n "${EDGE_AGENT_TEST_WORKERS:-2}" \
   --dist loadfile "${here[@]}" "$@" || status=$?
 if [ -n "$beside" ]; then
   also=0
