@@ -5,8 +5,8 @@ atomically (temporary file in the same folder, fsync, ``os.replace``), so a wron
 never displaces the previous good one. Files live in ``cache_dir/models/<mirror_path>``.
 
 Engines are made from :func:`engine_model`: the verified file itself, or, where the manifest sets
-``source.dynamic_batch`` or ``source.fold_input_depthwise``, a copy derived from exactly the pinned bytes
-and kept beside it (``<stem>.derived.onnx``).
+``source.dynamic_batch``, ``fold_input_depthwise`` or ``merge_sibling_convs``, a copy derived from exactly
+the pinned bytes and kept beside it (``<stem>.derived.onnx``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import BinaryIO, TextIO
 from edge_agent.config import PathSettings
 from edge_agent.errors import ModelError
 from edge_agent.inference.batch_dim import make_batch_dynamic
-from edge_agent.inference.conv_fold import fold_input_depthwise_convs
+from edge_agent.inference.conv_fold import fold_input_depthwise_convs, merge_sibling_separable_convs
 from edge_agent.inference.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,8 @@ def engine_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 
         derived = make_batch_dynamic(derived, where=where)
     if manifest.source.fold_input_depthwise:
         derived = fold_input_depthwise_convs(derived, where=where)
+    if manifest.source.merge_sibling_convs:
+        derived = merge_sibling_separable_convs(derived, where=where)
     dest = derived_model_path(manifest, paths)
     if not (dest.is_file() and dest.read_bytes() == derived):
         try:

@@ -2,8 +2,9 @@
 
 A manifest names the ONNX source (an official URL pinned by sha256, or a file in the repository), the
 path the model has inside a local mirror, whether engines run a derived copy with a symbolic batch
-dimension (``dynamic_batch``, for exports that fix it at 1) and with a depthwise convolution on the input
-folded into the next one (``fold_input_depthwise``), the optimization profile of every input
+dimension (``dynamic_batch``, for exports that fix it at 1), with a depthwise convolution on the input
+folded into the next one (``fold_input_depthwise``) and with sibling separable heads stacked into one
+(``merge_sibling_convs``), the optimization profile of every input
 (min/opt/max shapes), the precisions it may run at, and for INT8 the calibration data it needs. Parsing
 is pure; every problem is reported with the manifest's file name and the key, so a typo is fixed without
 reading code.
@@ -37,6 +38,7 @@ CALIBRATION_KINDS = ("frames", "face_crops", "sequences")
 ENGINES_DIR = Path(__file__).resolve().parents[2] / "engines"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
+_DERIVING = ("dynamic_batch", "fold_input_depthwise", "merge_sibling_convs")  # source flags: a derived copy
 
 # The manifests the daemon loads; engines/ holds others (yunet-2023mar: the official file, for comparison)
 KT_MODEL = "kt-step"
@@ -83,13 +85,15 @@ class Source:
     sha256: str | None
     mirror_path: str
     # Engines run a derived copy whose batch dimension is symbolic (inference/batch_dim.py) and/or whose
-    # depthwise convolutions on the input are folded into the 1x1 ones after them (inference/conv_fold.py).
+    # depthwise convolutions on the input are folded into the 1x1 ones after them, and/or whose sibling
+    # separable heads on one tensor are stacked into one pair (inference/conv_fold.py).
     dynamic_batch: bool = False
     fold_input_depthwise: bool = False
+    merge_sibling_convs: bool = False
 
     @property
     def derived(self) -> bool:
-        return self.dynamic_batch or self.fold_input_depthwise
+        return self.dynamic_batch or self.fold_input_depthwise or self.merge_sibling_convs
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ def _dynamic(raw: Mapping[str, Any], where: str) -> DynamicRange:
 def _source(raw: Mapping[str, Any], where: str, base: Path) -> Source:
     _reject_unknown(
         raw,
-        {"url", "repo_path", "sha256", "mirror_path", "licence", "dynamic_batch", "fold_input_depthwise"},
+        {"url", "repo_path", "sha256", "mirror_path", "licence", *_DERIVING},
         where,
         "source",
     )
@@ -203,7 +207,7 @@ def _source(raw: Mapping[str, Any], where: str, base: Path) -> Source:
         raise _problem(where, "source.sha256", "must be 64 lowercase hex digits")
     if mirror.startswith("/") or ".." in Path(mirror).parts:
         raise _problem(where, "source.mirror_path", "must be a relative path inside the mirror")
-    flags = {key: raw.get(key, False) for key in ("dynamic_batch", "fold_input_depthwise")}
+    flags = {key: raw.get(key, False) for key in _DERIVING}
     for key, value in flags.items():
         if not isinstance(value, bool):
             raise _problem(where, f"source.{key}", "must be true or false")
