@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from edge_agent.errors import ModelError
 from edge_agent.inference.batch_dim import make_batch_dynamic
-from edge_agent.inference.conv_fold import fold_input_depthwise_convs, merge_sibling_separable_convs
+from edge_agent.inference.conv_fold import STACKED, fold_input_depthwise_convs, merge_sibling_separable_convs
 from edge_agent.inference.quantize import calibration_inputs
 
 from .helpers import MANIFESTS
@@ -123,7 +123,7 @@ def test_merged_yunet_gives_the_same_outputs_on_every_shared_photo(name, size, m
     old = [n.op_type for n in onnx.load_from_string(export).graph.node]
     # per stride: four 1x1 + four depthwise (64 -> 1, 1, 4, 10) became one of each (64 -> 16) and a Split
     assert (ops.count("Conv"), ops.count("Split")) == (old.count("Conv") - 18, 3)
-    stacked = [n for n in model.graph.node if n.op_type == "Conv" and n.name.endswith(".merged")]
+    stacked = [n for n in model.graph.node if n.op_type == "Conv" and STACKED in n.name]
     groups = [{a.name: a.i for a in n.attribute}.get("group", 1) for n in stacked]
     assert sorted(groups) == [1, 1, 1, 16, 16, 16]  # three 1x1 (64 -> 16), three depthwise over 16 channels
     assert merge_sibling_separable_convs(merged) == merged  # nothing left to merge
