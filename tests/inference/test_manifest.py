@@ -63,6 +63,7 @@ def test_good_manifest_parses():
         (("source", "mirror_path"), "../../etc/passwd", "inside the mirror"),
         (("source", "dynamic_batch"), "yes", "true or false"),
         (("source", "fold_input_depthwise"), 1, "true or false"),
+        (("source", "merge_sibling_convs"), "true", "true or false"),
         (("inputs",), {"name": "x"}, "array of tables"),
         (("inputs", "0", "min"), [1, 3, 128, 64], "min <= opt <= max"),
         (("inputs", "0", "max"), [1, 3, 64], "same number of dimensions"),
