@@ -109,6 +109,10 @@ class _Node:
         found = self.attributes.get(name)
         return default if found is None else (ints(found, ATTRIBUTE_INT) or [default])[-1]
 
+    def window(self) -> list[list[Field]]:
+        """A Conv's attributes but its group: kernel, pads, strides, dilations."""
+        return [attribute for name, attribute in self.attributes.items() if name != "group"]
+
     def ints_attribute(self, name: str) -> list[int] | None:
         found = self.attributes.get(name)
         return None if found is None else ints(found, ATTRIBUTE_INTS)
@@ -228,7 +232,7 @@ class _Graph:
         """Edits that remove ``removed`` and the weights nothing else reads."""
         gone = {node.index for node in removed}
         for node in removed:
-            edits[node.index] = edits.get(node.index, [])
+            edits.setdefault(node.index, [])
             for name in node.inputs[1:]:
                 if name in self.tensors and all(r.index in gone for r in self.readers.get(name, [])):
                     edits[self.tensors[name][0]] = []
@@ -293,9 +297,8 @@ def _fold(model: bytes) -> bytes:
         names = [f"{pointwise.inputs[1]}.folded", f"{pointwise.inputs[1]}.folded_bias"]
         g.drop([depthwise, pointwise], edits)
         # the pointwise conv reading the graph input through the depthwise one's window
-        spatial = [a for name, a in depthwise.attributes.items() if name != "group"]
         edits[pointwise.index] = [(GRAPH_NODE, LENGTH, _rewritten(pointwise, [depthwise.inputs[0], *names],
-                                                                  attributes=spatial))]
+                                                                  attributes=depthwise.window()))]
         added += [
             (GRAPH_INITIALIZER, LENGTH, _encode_tensor(names[0], weight)),
             (GRAPH_INITIALIZER, LENGTH, _encode_tensor(names[1], bias)),
@@ -347,13 +350,13 @@ def _merge(model: bytes) -> bytes:
     for node in g.nodes:
         branch = _branch(g, node)
         if branch is not None:
-            window = sorted((name, encode_fields(a)) for name, a in branch.depthwise.attributes.items()
-                            if name != "group")
-            key = (node.inputs[0], branch.weights[0].shape[1], branch.weights[2].shape[2:], tuple(window))
+            window = tuple(sorted(encode_fields(a) for a in branch.depthwise.window()))
+            key = (node.inputs[0], branch.weights[0].shape[1], branch.weights[2].shape[2:], window)
             siblings.setdefault(key, []).append(branch)
     taken = set(g.tensors) | {name for node in g.nodes for name in node.inputs + node.outputs}
     edits: dict[int, list[Field]] = {}
     added: list[Field] = []
+    gone: set[str] = set()  # the 1x1 outputs stacked away
     for branches in siblings.values():
         first = branches[0]
         stem = f"{first.pointwise.outputs[0]}{STACKED}"
@@ -374,23 +377,22 @@ def _merge(model: bytes) -> bytes:
         split += [(NODE_OUTPUT, LENGTH, b.depthwise.outputs[0].encode()) for b in branches]
         split += [(NODE_NAME, LENGTH, f"{stem}split".encode()), (NODE_OP_TYPE, LENGTH, b"Split")]
         split += [(NODE_ATTRIBUTE, LENGTH, encode_fields(a)) for a in split_attributes]
-        group = [a for name, a in first.depthwise.attributes.items() if name != "group"]
         g.drop([n for b in branches for n in (b.pointwise, b.depthwise)], edits)
         # the three in place of the first 1x1: its input exists there, the Split's outputs are read later
         edits[first.pointwise.index] = [
             (GRAPH_NODE, LENGTH, _rewritten(first.pointwise, [first.pointwise.inputs[0], w1, b1],
                                             [pointwise_out], name=pointwise_out)),
             (GRAPH_NODE, LENGTH, _rewritten(first.depthwise, [pointwise_out, w2, b2], [depthwise_out],
-                                            [*group, _attribute("group", sum(sizes))], name=depthwise_out)),
+                                            [*first.depthwise.window(), _attribute("group", sum(sizes))],
+                                            name=depthwise_out)),
             (GRAPH_NODE, LENGTH, encode_fields(split)),
         ]
         added += [(GRAPH_INITIALIZER, LENGTH, _encode_tensor(name, array))
                   for name, array in zip((w1, b1, w2, b2), stacked, strict=True)]
-        # shapes recorded for the 1x1 outputs that are gone
-        gone = {b.pointwise.outputs[0] for b in branches}
-        for index, (number, _, value) in enumerate(g.fields):
-            if number == GRAPH_VALUE_INFO and string(parse_fields(value), VALUE_NAME) in gone:
-                edits[index] = []
+        gone |= {b.pointwise.outputs[0] for b in branches}
+    for index, (number, _, value) in enumerate(g.fields):  # shapes recorded for tensors no longer made
+        if number == GRAPH_VALUE_INFO and gone and string(parse_fields(value), VALUE_NAME) in gone:
+            edits[index] = []
     return g.rebuilt(edits, added) if edits else model
 
 
