@@ -383,3 +383,46 @@ def test_every_measured_target_gets_a_row_in_the_table_and_in_results_md() -> No
     assert verdicts["CPU at 5 analysed frames/s < 0.5 core"] is None
     assert verdicts["KT step median <= 0.1 ms at batch 1"] is None
     assert verdicts["soak p99, last third <= 2x the first third"] is None
+
+
+# The first processor's block of /proc/cpuinfo on the Zen 4 VM of 2026-12-05 and on a Jetson AGX Orin
+# (flags trimmed to the ones that matter and a few neighbours)
+ZEN4_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx fma avx2 avx512f avx512dq avx512_vnni
+
+processor\t: 1
+model name\t: Another CPU
+"""
+ORIN_CPUINFO = """processor\t: 0
+BogoMIPS\t: 62.50
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc asimddp
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x1
+CPU part\t: 0xd42
+CPU revision\t: 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [
+        (ZEN4_CPUINFO, "AMD EPYC (cpu family 25, model 17, AVX-512)"),
+        (ZEN4_CPUINFO.replace(" avx512f", ""), "AMD EPYC (cpu family 25, model 17, AVX2)"),
+        (ORIN_CPUINFO, "Arm CPU part 0xd42 (NEON)"),
+        ("", "unknown"),
+        ("no colon here\n\x00\xff\n", "unknown"),
+    ],
+)
+def test_the_cpu_is_named_with_its_family_model_and_vector_unit_from_the_first_processor(
+    cpuinfo: str, expected: str
+) -> None:
+    assert bench_report.cpu_description(cpuinfo) == expected
+
+
+def test_the_machine_line_names_this_machines_cpu() -> None:
+    assert bench_report.machine()["cpu"] != "unknown"
