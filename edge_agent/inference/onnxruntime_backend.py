@@ -49,11 +49,12 @@ def onnx_input_shapes(model_path: Path) -> dict[str, tuple[int, ...]]:
     return {a.name: _spec(a).shape for a in session.get_inputs()}
 
 
-# Small calls spend a sixth of their time turning arrays into ONNX Runtime's values and back; a binding to
-# input buffers kept between calls skips most of that. KT step, Engine.infer, AMD Zen 4: batch 1 14.05 ->
-# 11.86 µs, batch 8 19.3 -> 16.6, batch 16 1.07x faster, batch 32 even, batch 64 (33 KiB of feeds) 4 % slower
-# (the copy into the buffers costs more than it saves). So: feeds up to 16 KiB, a few shapes per engine (a
-# micro-batch's size varies), first come.
+# Small calls spend a quarter of the session's run turning arrays into ONNX Runtime's values and back (KT
+# step at batch 1: run 12.0 µs, bound run 8.9); a binding to input buffers kept between calls skips that,
+# less its own checks and copies. KT step, Engine.infer, AMD Zen 4: batch 1 14.05 -> 11.86 µs, batch 8
+# 19.3 -> 16.6, batch 16 1.07x faster, batch 32 even, batch 64 (33 KiB of feeds) 4 % slower (the copy into
+# the buffers costs more than it saves). So: feeds up to 16 KiB, a few shapes per engine (a micro-batch's
+# size varies), first come.
 _BOUND_FEED_BYTES = 16 * 1024
 _BOUND_SHAPES = 8
 
