@@ -291,11 +291,16 @@ class Camera:
             self._last_good = self._last_frame = time.monotonic()  # check_stall moves _last_good on
             if self._first_good is None:
                 self._first_good = self._last_good
-            self._publish(image)
+            self._publish(image, generation)
         return how, 0.0 if self._first_good is None else self._last_good - self._first_good
 
-    def _publish(self, image: np.ndarray) -> None:
+    def _publish(self, image: np.ndarray, generation: int) -> None:
         with self._lock:
+            # stop() may have come since the read (the checks of a 1024x1024 frame take milliseconds): it
+            # cleared the frame under this lock after setting its flag, so a frame kept now would stay in
+            # memory while the camera is closed (a CI run kept one through a teacher's pause)
+            if not self._current(generation):
+                return
             if self._frame is not None and self._frame.seq > self._taken_seq:
                 metrics.CAMERA_FRAMES_DROPPED.labels("busy").inc()
             self._seq += 1

@@ -674,3 +674,32 @@ def test_one_photo_of_two_faces_in_a_lesson_keeps_the_share_shown_and_a_silent_c
     now[0] += 10.0  # no frame for 10 s
     live = loop.live_section()
     assert live["current_share"] is None and live["faces"] == 0
+
+
+def test_a_frame_read_as_the_camera_stops_is_not_kept_in_memory(folder: Path, monkeypatch) -> None:
+    # A CI run kept a frame through a teacher's pause: stop() cleared the frame while the grabber was
+    # checking one it had just read, which it then published into the closed camera
+    import edge_agent.vision.camera as camera_module
+
+    camera = _camera(str(folder), fps=50.0)
+    checked = frame_problem
+    calls: list[int] = []
+    stopper = threading.Thread(target=camera.stop)
+
+    def stop_during_the_check(image: np.ndarray) -> str | None:
+        calls.append(1)
+        if len(calls) == 3:  # a frame published already, the next one read: stop now, from outside
+            stopper.start()
+            assert _wait(lambda: not camera.started and camera.latest() is None)
+        return checked(image)
+
+    monkeypatch.setattr(camera_module, "frame_problem", stop_during_the_check)
+    camera.start()
+    try:
+        assert _wait(lambda: stopper.ident is not None)
+        stopper.join(5)
+        assert not stopper.is_alive()
+        assert camera.latest() is None
+        assert camera.state() == ("stopped", "")
+    finally:
+        camera.stop()
