@@ -111,10 +111,10 @@ class OnnxRuntimeEngine:
         # ~16 µs for the KT step at batch 1) that the feeds' check below already covers, and a fallback
         # between execution providers a CPU-only session never takes. Private in onnxruntime (as
         # InferenceSession._sess since 1.0): where it is missing, or a GPU provider is there, the public run.
-        own_run = getattr(getattr(self._session, "_sess", None), "run", None)
+        own = getattr(self._session, "_sess", None)
+        own_run, own_bound_run = getattr(own, "run", None), getattr(own, "run_with_iobinding", None)
         cpu_only = self._session.get_providers() == ["CPUExecutionProvider"]
         self._run = own_run if cpu_only and callable(own_run) else self._session.run
-        own_bound_run = getattr(getattr(self._session, "_sess", None), "run_with_iobinding", None)
         self._bound_run = own_bound_run if cpu_only and callable(own_bound_run) else None
         self._bindings: dict[tuple[int, ...], _Binding] = {}
         self._input_names = {spec.name for spec in self._inputs}
