@@ -263,6 +263,15 @@ def comparison_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             )
         rows.append(
             (
+                "KT µs per answer, model at a lesson's pace (batch 1, a call every 20 ms: cold caches)",
+                _fmt(kt.get("step_paced_median_us"), "µs"),
+                _fmt(kt.get("torch_paced_median_us"), "µs"),
+                _fmt(kt.get("model_paced_ratio"), "x") + _spread(kt, "model_paced_ratio")
+                + f"; a 64x256 matmul at that pace {_fmt(kt.get('floor_paced_median_us'), 'µs')}",
+            )
+        )
+        rows.append(
+            (
                 "KT answers/s, service vs torch model-only",
                 _fmt(kt.get("service_answers_per_s"), "/s"),
                 _fmt(kt.get("torch_answers_per_s"), "/s"),
