@@ -16,8 +16,8 @@ venv=".venv${ver//./}"
 "$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$py" -m venv --clear "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 export EDGE_AGENT_MODEL_MIRROR="${EDGE_AGENT_MODEL_MIRROR:-$(cd .. && pwd)/shared/models}"
-# Like the e2e kill loop and the benchmarks, slow tests run once, in the main run; but those marked
-# second_python run here instead (test.sh leaves them out there), to balance the two runs' times.
+# Like the benchmarks, slow tests run once, in the main run; but those marked second_python (the e2e
+# kill loop among them) run here instead (test.sh leaves them out there), to balance the two runs' times.
 "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${EDGE_AGENT_TEST_WORKERS:-2}" --dist loadfile \
-  --ignore=tests/bench --ignore=tests/e2e \
+  --ignore=tests/bench \
   -m "not slow or second_python" "$@"

@@ -17,7 +17,8 @@ from edge_agent.config import MqttSettings
 from edge_agent.sync.receiver import Receiver
 from tests.brokers import Broker, mosquitto_available
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+# second_python: about 50 s, on JetPack 6's Python beside the main run in CI (which ended 105 s after it)
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.second_python]
 CHILD = Path(__file__).with_name("kill_child.py")
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 50
