@@ -168,3 +168,15 @@ def test_quantize_then_bench_shows_fp32_and_int8_side_by_side(common, faces_dir,
     assert "TensorRT" in notes
     torch_rows = [r for r in rows if r["backend"].startswith("pytorch")]
     assert torch_rows  # measured, or a row saying why it was skipped
+
+
+def test_bench_takes_the_larger_batch_only_as_far_as_each_profile_goes(common, tmp_path):
+    # --batch's default 16: fsanet's profile stops at 8 faces a call and yunet's at 1 frame, which gave rows
+    # saying "batch outside the engine profile" in place of fsanet's batched figure
+    report = tmp_path / "bench.json"
+    assert _run(["engines", "bench", "fsanet-var", "yunet", "--iterations", "3", "--json", str(report),
+                 *common]) == 0
+    rows = json.loads(report.read_text())
+    measured = {(r["model"], r["batch"]) for r in rows if r["backend"] == "onnxruntime" and r["median_ms"]}
+    assert measured == {("fsanet-var", 1), ("fsanet-var", 8), ("yunet", 1)}
+    assert not [r for r in rows if "outside the engine profile" in r["note"]]
