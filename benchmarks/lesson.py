@@ -75,6 +75,13 @@ def _http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return 0, ""
 
 
+# The daemon's start, each stage: seconds on ONNX Runtime (startup_s in the results), but where TensorRT
+# imports, its first start builds every plan into a fresh cache (YuNet's profile reaches 1088x1920), which
+# the loader warns "can take minutes" (not timed: no Jetson here), longer than the 120 s this waited before.
+# A daemon that exits ends the wait at once.
+STARTUP_S = 900.0
+
+
 def _wait_until(check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -237,8 +244,9 @@ def run_lesson(
     load: subprocess.Popen[bytes] | None = None
     try:
         mastery = base + "/api/v1/class/mastery"
-        _wait_until(lambda: _http_get(mastery)[0] == 200, 120, "knowledge tracing", daemon)
-        _wait_until(lambda: _sample(daemon.pid, metrics_url)[3] > 0, 60, "the first analysed frame", daemon)
+        _wait_until(lambda: _http_get(mastery)[0] == 200, STARTUP_S, "knowledge tracing", daemon)
+        first_frame = "the first analysed frame"
+        _wait_until(lambda: _sample(daemon.pid, metrics_url)[3] > 0, STARTUP_S, first_frame, daemon)
         run.startup_s = time.monotonic() - t_start
         log(f"lesson: daemon pid {daemon.pid} ready in {run.startup_s:.1f} s; {students} students")
         result = work / "load.json"
