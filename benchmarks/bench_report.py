@@ -51,8 +51,17 @@ def cpu_description(cpuinfo: str) -> str:
     return f"{name} ({', '.join(details)})" if details else name
 
 
+def board_model(device_tree_model: Path = Path("/proc/device-tree/model")) -> str | None:
+    """The board as its device tree names it ("NVIDIA Jetson Orin NX ..."; NUL-terminated), or None off
+    one: on an Orin /proc/cpuinfo names only the Arm core ("CPU part 0xd42")."""
+    try:
+        return device_tree_model.read_bytes().rstrip(b"\0").decode(errors="replace").strip() or None
+    except OSError:
+        return None
+
+
 def machine() -> dict[str, Any]:
-    """CPU (see cpu_description), cores, Python, onnxruntime version and the load average right now."""
+    """CPU (see cpu_description), board, cores, Python, onnxruntime version and the load average now."""
     try:
         model = cpu_description(Path("/proc/cpuinfo").read_text())
     except OSError:
@@ -65,6 +74,7 @@ def machine() -> dict[str, Any]:
         ort = "not installed"
     return {
         "cpu": model,
+        "board": board_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "onnxruntime": ort,
@@ -411,6 +421,7 @@ def lesson_rows(lesson: dict[str, Any]) -> list[tuple[str, str]]:
             or "-",
         ),
         ("frames analysed per second", _fmt(lesson.get("frames_per_s"), "/s")),
+        ("the daemon's engines (model, backend, precision)", ", ".join(lesson.get("engines") or []) or "-"),
         (
             "sync messages / gaps / duplicates",
             f"{lesson.get('sync_messages')} / {len(lesson.get('sync_gaps') or [])} / "
@@ -469,8 +480,8 @@ def render(results: dict[str, Any]) -> str:
     out.append(_table(["target", "measured", "verdict", "detail"], rows))
     m = results.get("machine") or {}
     out.append(
-        f"machine: {m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, onnxruntime "
-        f"{m.get('onnxruntime')}, load average at the end {m.get('load_avg_1_5_15')}"
+        f"machine: {_on_board(m)}{m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, "
+        f"onnxruntime {m.get('onnxruntime')}, load average at the end {m.get('load_avg_1_5_15')}"
     )
     return "\n\n".join(out)
 
@@ -502,13 +513,28 @@ def soak_rows(soak: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _on_board(m: dict[str, Any]) -> str:
+    return f"{m['board']}: " if m.get("board") else ""
+
+
+def backends(results: dict[str, Any]) -> str:
+    """Where the figures ran: the KT and vision parts on ONNX Runtime always, the lesson's daemon on what
+    its engines loaded (TensorRT where it imported: a board)."""
+    engines = (results.get("lesson") or {}).get("engines") or []
+    on_tensorrt = [model for model, backend, *_ in map(str.split, engines) if backend == "tensorrt"]
+    if not on_tensorrt:
+        return "CPU only (no TensorRT)"
+    return (f"the lesson's daemon with {', '.join(on_tensorrt)} on TensorRT, the other parts on ONNX Runtime "
+            "on the CPU")
+
+
 def markdown(results: dict[str, Any], command: str) -> str:
     """The README section: figures, machine and load, how to reproduce."""
     m, before = results.get("machine") or {}, results.get("machine_before") or {}
     lines = [
         f"Measured with `{command}` ({results.get('started', '?')} to {results.get('finished', '?')}) on "
-        f"{m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, onnxruntime "
-        f"{m.get('onnxruntime')}, CPU only (no TensorRT). Load average (1/5/15 min) at the start "
+        f"{_on_board(m)}{m.get('cpu')}, {m.get('cores')} cores, Python {m.get('python')}, onnxruntime "
+        f"{m.get('onnxruntime')}, {backends(results)}. Load average (1/5/15 min) at the start "
         f"{before.get('load_avg_1_5_15')}, at the end {m.get('load_avg_1_5_15')}.",
         "",
         "| target | measured | verdict |",

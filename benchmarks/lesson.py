@@ -44,6 +44,7 @@ from lesson_figures import (  # noqa: E402
     LessonRun,
     answer_stage_buckets,
     cpu_seconds,
+    engines_up,
     error_counts,
     histogram,
     metric_sum,
@@ -248,6 +249,7 @@ def run_lesson(
         first_frame = "the first analysed frame"
         _wait_until(lambda: _sample(daemon.pid, metrics_url)[3] > 0, STARTUP_S, first_frame, daemon)
         run.startup_s = time.monotonic() - t_start
+        run.engines = engines_up(_scrape(metrics_url))
         log(f"lesson: daemon pid {daemon.pid} ready in {run.startup_s:.1f} s; {students} students")
         result = work / "load.json"
         load = _child(

@@ -69,6 +69,16 @@ def metric_sum(
     )
 
 
+def engines_up(samples: list[tuple[str, dict[str, str], float]]) -> list[str]:
+    """Each engine the daemon loaded (``edge_engines_up`` at 1) as "model backend precision", sorted: which
+    backend a lesson's figures are from (TensorRT where it imported, else ONNX Runtime)."""
+    return sorted(
+        f"{labels.get('engine')} {labels.get('backend')} {labels.get('precision')}"
+        for name, labels, value in samples
+        if name == "edge_engines_up" and value == 1
+    )
+
+
 def histogram(
     samples: list[tuple[str, dict[str, str], float]], name: str, **where: str
 ) -> dict[float, float]:
@@ -194,6 +204,7 @@ class LessonRun:
     # (epoch, bytes the daemon had written to storage (/proc/PID/io write_bytes), answers it had applied)
     # at load start and end: a board's eMMC or SD card wears with what is written to it
     disk_written: tuple[tuple[float, int, float], tuple[float, int, float]] | None = None
+    engines: list[str] = field(default_factory=list)  # engines_up once the daemon started
 
 
 def run_from_json(data: dict[str, Any]) -> LessonRun:
@@ -250,6 +261,7 @@ def summarize(run: LessonRun) -> dict[str, Any]:
         "seconds": run.seconds,
         "students": run.students,
         "startup_s": round(run.startup_s, 2),
+        "engines": run.engines,
         "answers_sent": len(run.answers),
         "answers_ok": len(ok),
         # each answer of a lesson has its own client event id: all must be applied, none duplicates

@@ -184,6 +184,29 @@ def test_targets_report_miss_and_not_measured_instead_of_hiding_them() -> None:
     assert "| daemon RSS <= 300 MB" in bench_report.markdown(results, "edge-agent bench")
 
 
+ENGINES_UP = """# TYPE edge_engines_up gauge
+edge_engines_up{backend="onnxruntime",engine="kt-step",precision="fp32"} 1.0
+edge_engines_up{backend="tensorrt",engine="yunet",precision="fp16"} 1.0
+edge_engines_up{backend="tensorrt",engine="fsanet-var",precision="fp16"} 0.0
+"""
+
+
+def test_the_report_says_which_backend_the_lessons_daemon_ran_on() -> None:
+    # The README section said "CPU only (no TensorRT)" whatever ran; on a board the lesson's daemon loads
+    # TensorRT (backend "auto"), while the KT and vision parts stay on ONNX Runtime
+    engines = figures.engines_up(figures.parse_metrics(ENGINES_UP))
+    assert engines == ["kt-step onnxruntime fp32", "yunet tensorrt fp16"]  # an engine closed again: not up
+    run = _run(2, 0.0)
+    run.engines = engines
+    lesson = figures.summarize(figures.run_from_json(json.loads(json.dumps(dataclasses.asdict(run)))))
+    assert lesson["engines"] == engines
+    board = bench_report.markdown({"lesson": lesson}, "edge-agent bench")
+    assert "the lesson's daemon with yunet on TensorRT" in board and "CPU only" not in board
+    assert "yunet tensorrt fp16" in bench_report.render({"lesson": lesson})
+    lesson["engines"] = ["kt-step onnxruntime fp32", "yunet onnxruntime fp32"]
+    assert "CPU only (no TensorRT)" in bench_report.markdown({"lesson": lesson}, "edge-agent bench")
+
+
 def test_a_run_whose_answers_came_back_as_duplicates_gets_no_verdict() -> None:
     run = _run(2, 0.0)
     run.answers = [(t, lat, code, "duplicate") for t, lat, code, _ in run.answers]
@@ -426,3 +449,14 @@ def test_the_cpu_is_named_with_its_family_model_and_vector_unit_from_the_first_p
 
 def test_the_machine_line_names_this_machines_cpu() -> None:
     assert bench_report.machine()["cpu"] != "unknown"
+
+
+def test_a_jetson_is_named_by_its_device_tree_and_other_machines_by_their_cpu_alone(tmp_path) -> None:
+    model = tmp_path / "model"
+    model.write_bytes(b"NVIDIA Jetson Orin NX Engineering Reference Developer Kit\x00")
+    assert bench_report.board_model(model) == "NVIDIA Jetson Orin NX Engineering Reference Developer Kit"
+    assert bench_report.board_model(tmp_path / "absent") is None  # this VM: no device tree
+    results = {"machine": {"board": "NVIDIA Jetson Orin NX", "cpu": "Arm CPU part 0xd42 (NEON)", "cores": 8}}
+    line = "machine: NVIDIA Jetson Orin NX: Arm CPU part 0xd42 (NEON), 8 cores"
+    assert line in bench_report.render(results)
+    assert "on NVIDIA Jetson Orin NX: Arm CPU part" in bench_report.markdown(results, "edge-agent bench")

@@ -31,6 +31,7 @@ def test_lesson_scenario_applies_answers_analyses_frames_and_syncs_without_gaps(
     assert figures["answers_ok"] == figures["answers_applied"] == figures["answers_sent"]
     assert figures["answers_applied_daemon"] >= figures["answers_ok"]
     assert figures["frames_per_s"] and figures["frames_per_s"] > 0
+    assert {"kt-step onnxruntime fp32", "yunet onnxruntime fp32"} <= set(figures["engines"])
     assert figures["sync_messages"] >= 2
     assert figures["sync_gaps"] == []
     assert figures["rss_max_mib"] and figures["cpu_cores"] is not None
