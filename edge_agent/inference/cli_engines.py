@@ -335,10 +335,10 @@ def add_engines_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     ) -> argparse.ArgumentParser:
         parser = sub.add_parser(name, help=help_text)
         _common(parser)
-        if default:
-            parser.add_argument("names", nargs=names, help=f"model names (default: {default})")
+        if names == 1:  # exactly one model, no default
+            parser.add_argument("names", nargs=1, metavar="name", help="model name")
         else:
-            parser.add_argument("names", nargs=names, metavar="name", help="model name")
+            parser.add_argument("names", nargs=names, help=f"model names (default: {default})")
         parser.set_defaults(func=_guarded(func))
         return parser
 
@@ -357,9 +357,7 @@ def add_engines_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         default=BOARD_MODELS,
     )
     build.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: from the config")
-    quantize = command(
-        "quantize", cmd_quantize, "write an INT8 Q/DQ model and report its accuracy change", 1, default=""
-    )
+    quantize = command("quantize", cmd_quantize, "write an INT8 Q/DQ model and report its accuracy change", 1)
     quantize.add_argument("--data", required=True, help="folder of photos (frames or faces) for calibration")
     quantize.add_argument("--samples", type=int, default=64, help="calibration samples")
     quantize.add_argument("--held-out", type=int, default=8, help="samples kept out to measure accuracy")
