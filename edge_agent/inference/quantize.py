@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from edge_agent.errors import ModelError
+from edge_agent.image_files import read_image
 from edge_agent.inference.conv_fold import STACKED
 from edge_agent.inference.fetch import folder_owner, give_file, make_folder
 from edge_agent.inference.manifest import InputProfile, Manifest
@@ -84,7 +85,7 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _read(path: Path) -> np.ndarray | None:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = read_image(path)  # by its bytes: OpenCV's imread crashes on a name that is not UTF-8
     if image is None:
         log.warning("calibration image %s cannot be decoded; skipped", path.name)
     return image

@@ -26,6 +26,7 @@ import numpy as np
 
 from edge_agent.config import Config, find_config_path, load_config_for_command
 from edge_agent.errors import CameraError, EdgeAgentError
+from edge_agent.image_files import opencv_file_name, read_image, write_image
 from edge_agent.vision.attention import is_attentive
 from edge_agent.vision.calibration import CalibrationError, fit_calibration
 from edge_agent.vision.camera import Camera
@@ -35,6 +36,8 @@ from edge_agent.vision.sources import IMAGE_SUFFIXES, folder_images
 from edge_agent.vision.yunet import YuNetDetector
 
 log = logging.getLogger(__name__)
+
+MIN_SIDE = 32  # px: a smaller picture or frame holds no face YuNet can find
 
 
 def add_attention_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -112,26 +115,28 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _each_file(path: Path) -> list[Path]:
+    """A folder's photos one by one (an unreadable one is counted, the rest still analysed; the whole
+    folder was given up at the first, a review), as the daemon's folder source reads them (subfolders
+    included); any other path as it is."""
+    photos = [p for p in folder_images(path) if p.is_file()] if path.is_dir() else []
+    return photos or [path]
+
+
 def _frames(path: Path, every_s: float, max_frames: int) -> Iterator[tuple[str, np.ndarray]]:
-    """(label, BGR image) for an image, each image of a folder, or sampled frames of a video; raises
-    EdgeAgentError if unreadable."""
+    """(label, BGR image) for an image, or sampled frames of a video; raises EdgeAgentError if unreadable."""
     if path.is_dir():
-        # as the daemon's folder source reads it (subfolders included): the folder camera.source names
-        photos = [p for p in folder_images(path) if p.is_file()]
-        if not photos:
-            raise EdgeAgentError(f"{path}: a folder with no {'/'.join(sorted(IMAGE_SUFFIXES))} image in it")
-        for photo in photos:
-            yield from _frames(photo, every_s, max_frames)
-        return
+        raise EdgeAgentError(f"{path}: a folder with no {'/'.join(sorted(IMAGE_SUFFIXES))} image in it")
     if not path.is_file():
         raise EdgeAgentError(f"{path}: no such file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None or min(image.shape[:2]) < 32:
-            raise EdgeAgentError(f"{path}: not a readable image (corrupt, empty or smaller than 32 px)")
+        image = read_image(path)
+        if image is None or min(image.shape[:2]) < MIN_SIDE:
+            raise EdgeAgentError(
+                f"{path}: not a readable image (corrupt, empty or smaller than {MIN_SIDE} px)")
         yield str(path), image
         return
-    capture = cv2.VideoCapture(str(path))
+    capture = cv2.VideoCapture(opencv_file_name(path))
     try:
         if not capture.isOpened():
             raise EdgeAgentError(f"{path}: neither an image nor a video OpenCV can read")
@@ -142,12 +147,12 @@ def _frames(path: Path, every_s: float, max_frames: int) -> Iterator[tuple[str, 
             ok, frame = capture.read()
             if not ok:
                 break
-            if index % step == 0:
+            if index % step == 0 and min(frame.shape[:2]) >= MIN_SIDE:
                 analysed += 1
                 yield f"{path}#frame{index}", frame
             index += 1
         if analysed == 0:
-            raise EdgeAgentError(f"{path}: the video holds no readable frame")
+            raise EdgeAgentError(f"{path}: the video holds no readable frame of at least {MIN_SIDE} px")
     finally:
         capture.release()
 
@@ -174,11 +179,9 @@ def annotate(image: np.ndarray, results: list[FaceResult], out: Path) -> None:
     cant = f"could not write {out} (check the folder and that the name ends in .png)"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        written = cv2.imwrite(str(out), canvas)
+        write_image(out, canvas)
     except (OSError, cv2.error) as exc:  # OpenCV raises for a name without a known image extension
         raise EdgeAgentError(cant) from exc
-    if not written:
-        raise EdgeAgentError(cant)
 
 
 def _annotate_path(base: Path, number: int, total: int) -> Path:
@@ -204,7 +207,8 @@ def _analyse_inputs(
     analyser = FrameAnalyser(detector, make_pose(settings, engines.pose), rules_from(settings))
     analysed: list[tuple[str, np.ndarray, list[FaceResult]]] = []
     failed = 0
-    sources = [partial(_frames, Path(path), args.every_s, args.max_frames) for path in args.inputs]
+    sources = [partial(_frames, file, args.every_s, args.max_frames)
+               for path in args.inputs for file in _each_file(Path(path))]
     if getattr(args, "camera", False):
         sources.append(partial(_camera_frames, config, args.seconds, args.max_frames))
     try:

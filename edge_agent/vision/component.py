@@ -240,7 +240,11 @@ class AttentionComponent:
         until = None if minutes is None else self.loop.local_now() + timedelta(minutes=minutes)
         with self._pause_lock:  # a pause and a resume clicked at once: the file ends as the camera does
             self.loop.pause(until)
-            self._write_pause(until)
+            try:
+                self._write_pause(until)
+            except OSError as exc:  # the camera did what the teacher asked: a full disk made that a 500
+                log.warning("the camera pause holds, but could not be kept in %s for a restart: %s",
+                            self.pause_file, exc)
         if self.live is not None:  # the page hears "starting" or "paused" now, not a turn later (round 2)
             self._publish_live(self.loop.live_section())
         log.info("camera %s by the teacher", "resumed" if until is None else f"paused until {until:%H:%M}")

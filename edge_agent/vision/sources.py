@@ -12,6 +12,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from edge_agent.config import without_credentials
 from edge_agent.errors import CameraError
+from edge_agent.image_files import decode_image, jpeg_complete, opencv_file_name, read_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -51,11 +53,19 @@ def classify(source: str) -> str:
     # was taken for a file name, and the "not an existing file" message showed the password: a review)
     if re.match(r"^(rtsp|rtsps|http|https)://", text, re.IGNORECASE) and not re.search(r"\s!\s", text):
         return "url"
-    if "!" in text:
-        return "gstreamer"
-    if Path(text).is_dir():
+    # a folder or file first: a path may hold a "!" ("lesson!1.mp4", a review), a pipeline never exists
+    if _is(Path.is_dir, text):
         return "folder"
-    return "file"
+    if _is(Path.is_file, text) or "!" not in text:
+        return "file"
+    return "gstreamer"
+
+
+def _is(test: Callable[[Path], bool], text: str) -> bool:
+    try:
+        return test(Path(text))
+    except (OSError, ValueError):  # a long pipeline is too long a name (ENAMETOOLONG), a NUL in it
+        return False
 
 
 class _Pacer:
@@ -100,14 +110,16 @@ class ImageFolderSource:
         unusable = np.zeros((0, 0, 3), np.uint8)
         try:
             stamp = path.stat().st_mtime_ns
-            if self._damaged.get(path) == stamp:
-                return unusable
-            # a JPEG without its end marker is cut short: libjpeg decodes it grey below the cut, and
-            # complains (only its tail is read: a whole 4K picture in Python's memory is 10 MB more)
-            truncated = path.suffix.lower() in (".jpg", ".jpeg") and not _ends_a_jpeg(path)
         except OSError:
             return unusable
-        image = None if truncated else cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if self._damaged.get(path) == stamp:
+            return unusable
+        data = read_bytes(path)  # by its bytes: OpenCV's imread crashed the process on a non-UTF-8 name
+        if data is None:
+            return unusable
+        # a JPEG without its end marker is cut short: libjpeg decodes it grey below the cut, and complains
+        truncated = path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_complete(data)
+        image = None if truncated else decode_image(data)
         if image is None:
             self._damaged[path] = stamp
             return unusable
@@ -115,13 +127,6 @@ class ImageFolderSource:
 
     def release(self) -> None:
         self._index = 0
-
-
-def _ends_a_jpeg(path: Path) -> bool:
-    """Whether the file ends with JPEG's end-of-image marker (padding after it allowed)."""
-    with path.open("rb") as file:
-        file.seek(max(0, file.seek(0, os.SEEK_END) - 64))  # the file's own size: no second stat
-        return file.read().rstrip(b"\0\r\n ").endswith(b"\xff\xd9")
 
 
 class OpenCvSource:
@@ -199,7 +204,7 @@ def _open_capture(source: str, kind: str, width: int, height: int, timeout_s: fl
             raise CameraError(
                 f"camera source {without_credentials(source)!r} is neither a device, URL, folder nor an "
                 "existing file")
-        capture = cv2.VideoCapture(source)
+        capture = cv2.VideoCapture(opencv_file_name(source))
         hint = "check that the file is a readable video"
     if not capture.isOpened():
         capture.release()

@@ -215,6 +215,69 @@ def test_a_truncated_jpeg_in_a_folder_is_dropped_without_a_line_on_stderr_at_eve
     assert len(capfd.readouterr().err.splitlines()) <= 1  # the damaged one decoded once, at most
 
 
+def test_a_photo_whose_name_is_not_utf8_is_shown_and_crashes_nothing(tmp_path: Path, faces_dir: Path):
+    # A review: OpenCV 5.1's imread took a Latin-1 name ("clé.jpg" from a camera's SD card) and the whole
+    # daemon died with SIGSEGV. In a child process, so that a crash fails this test, not the suite.
+    import os
+    import subprocess
+    import sys
+
+    folder = os.fsencode(tmp_path)
+    with open(folder + b"/cl\xe9.jpg", "wb") as photo:
+        photo.write((faces_dir / "pexels" / "Test3.jpg").read_bytes())
+    code = ("import sys; from edge_agent.vision.sources import open_source; "
+            "print(open_source(sys.argv[1], folder_fps=1000).read().shape)")
+    done = subprocess.run([sys.executable, "-c", code, os.fsdecode(folder)], check=False, capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert done.stdout.split() == [b"(1024,", b"1024,", b"3)"]
+
+
+def test_a_video_whose_name_is_not_utf8_is_refused_with_a_fix_not_a_crash(tmp_path: Path):
+    import os
+
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/le\xe7on.avi")
+    Path(name).write_bytes(b"RIFF")
+    with pytest.raises(CameraError, match=r"le\\udce7on.avi: OpenCV cannot open a file whose name is not "
+                                          r"UTF-8 .*rename it"):
+        open_source(name)
+
+
+def test_a_folder_or_video_with_a_bang_in_its_name_is_no_gstreamer_pipeline(tmp_path: Path, faces_dir: Path):
+    # A review: "lesson!1.avi" was handed to GStreamer, which cannot open it
+    folder = tmp_path / "demo!"
+    folder.mkdir()
+    shutil.copy(faces_dir / "pexels" / "Test3.jpg", folder / "a.jpg")
+    video = tmp_path / "lesson!1.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for _ in range(3):
+        writer.write(np.full((48, 64, 3), 128, np.uint8))
+    writer.release()
+    assert (classify(str(folder)), classify(str(video))) == ("folder", "file")
+    assert open_source(str(folder), folder_fps=1000).read().shape == (1024, 1024, 3)  # type: ignore[union-attr]
+    assert open_source(str(video)).read().shape == (48, 64, 3)  # type: ignore[union-attr]
+    assert classify("x" * 300 + " ! appsink") == "gstreamer"  # too long a name for a file: no OSError
+
+
+def test_a_phone_photo_with_data_after_its_picture_is_shown_and_a_cut_one_is_not(
+    tmp_path: Path, faces_dir: Path
+):
+    # A review: a "motion photo" (a video after the JPEG's end) was dropped as corrupt. An EXIF
+    # thumbnail's end marker does not make a cut photo whole.
+    from edge_agent.image_files import jpeg_complete
+    from edge_agent.vision.sources import ImageFolderSource
+
+    photo = (faces_dir / "pexels" / "Test3.jpg").read_bytes()
+    (tmp_path / "motion.jpg").write_bytes(photo + b"\0\0\0\x18ftypmp42" + bytes(range(256)) * 64)
+    source = ImageFolderSource(tmp_path, fps=1000)
+    assert source.read().shape == (1024, 1024, 3)  # type: ignore[union-attr]
+    _, progressive = cv2.imencode(".jpg", cv2.imread(str(faces_dir / "pexels" / "Test1.jpg")),
+                                   [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_RST_INTERVAL, 4])
+    for whole in (photo, (faces_dir / "pexels" / "Test1.jpg").read_bytes(), progressive.tobytes()):
+        assert jpeg_complete(whole) and jpeg_complete(whole + b"trailer" * 100)
+        assert not any(jpeg_complete(whole[: len(whole) * k // 10]) for k in range(1, 10))
+
+
 def test_four_channel_frames_are_analysed_as_colour_and_one_channel_ones_are_not():
     # A GStreamer appsink in BGRx: every frame was dropped as "format", the camera "stalled". One plane
     # stays refused (round 2: an I420 frame is one plane 1.5 times the height, read as grey it had faces

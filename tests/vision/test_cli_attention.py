@@ -76,6 +76,52 @@ def test_unreadable_inputs_are_reported_and_the_rest_still_analysed(faces_dir, c
     assert "3 faces, 3 attentive" in captured.out
 
 
+def test_an_unreadable_photo_in_a_folder_is_reported_and_the_folders_other_photos_analysed(
+    faces_dir, cli_args, tmp_path, capsys
+):
+    # A review: the first unreadable photo ended the whole folder, "images": [] for the two good ones after it
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a_broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    shutil.copy(faces_dir / "pexels" / "Test3.jpg", folder / "b.jpg")
+    shutil.copy(faces_dir / "pexels" / "Test7.jpg", folder / "c.jpg")
+    code = _run([str(folder), "--json", *cli_args])
+    captured = capsys.readouterr()
+    assert code == 1 and "a_broken.jpg: not a readable image" in captured.err
+    assert [Path(image["input"]).name for image in json.loads(captured.out)["images"]] == ["b.jpg", "c.jpg"]
+
+
+def test_photos_and_videos_whose_names_are_not_utf8_are_analysed_or_refused_not_a_crash(
+    faces_dir, cli_args, tmp_path
+):
+    # A review: OpenCV's imread and VideoCapture crashed the process (SIGSEGV) on a Latin-1 name; the
+    # annotated picture is written by its bytes too. A child process, so that a crash fails only this test.
+    root = os.fsencode(tmp_path)
+    photo, video = root + b"/cl\xe9.jpg", root + b"/le\xe7on.avi"
+    shutil.copy(faces_dir / "pexels" / "Test3.jpg", os.fsdecode(photo))
+    Path(os.fsdecode(video)).write_bytes(b"RIFF")
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "attention", "analyze", os.fsdecode(photo), os.fsdecode(video),
+         "--annotate", os.fsdecode(root + b"/not\xe9.png"), *cli_args],
+        check=False, capture_output=True, timeout=300,
+    )
+    assert done.returncode == 1, done.stderr.decode(errors="replace")[-2000:]
+    assert b"3 faces, 3 attentive" in done.stdout
+    assert b"OpenCV cannot open a file whose name is not UTF-8" in done.stderr
+    annotated = np.fromfile(os.fsdecode(root + b"/not\xe9.png"), np.uint8)
+    assert cv2.imdecode(annotated, cv2.IMREAD_COLOR).shape == (1024, 1024, 3)
+
+
+def test_tiny_video_frames_are_refused_as_tiny_photos_are(cli_args, tmp_path, capsys):
+    video = tmp_path / "tiny.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (16, 16))
+    for _ in range(5):
+        writer.write(np.full((16, 16, 3), 200, np.uint8))
+    writer.release()
+    assert _run([str(video), *cli_args]) == 1
+    assert "tiny.avi: the video holds no readable frame of at least 32 px" in capsys.readouterr().err
+
+
 def test_video_frames_are_sampled(faces_dir, cli_args, tmp_path, capsys):
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 640))

@@ -557,6 +557,32 @@ def test_a_teachers_pause_closes_the_camera_survives_a_restart_and_ends_on_time(
     asyncio.run(run())
 
 
+def test_a_pause_that_cannot_be_saved_still_closes_the_camera_and_says_why(
+    photo_folder, face_engine, pose_engines, tmp_path, caplog
+):
+    # A review: a full or read-only disk made the teacher's pause a bare HTTP 500 while the camera was in
+    # fact paused. It holds, and the log says a restart would not keep it.
+    (tmp_path / "state").write_text("a file where the state folder should be: writing under it fails")
+    live = LiveBoard()
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0), AttentionSettings(window_s=5.0),
+        face_engine, pose_engines, outbox=ListOutbox(), heartbeats=HeartbeatRegistry(), live=live,
+        pause_file=tmp_path / "state" / "camera-pause",
+    )
+
+    async def run() -> None:
+        await component.start()
+        try:
+            assert component.pause(45) is not None
+            await wait_for(lambda: (live.get("attention") or {}).get("camera", {}).get("state") == "paused")
+        finally:
+            await component.stop()
+
+    with caplog.at_level(logging.WARNING, logger="edge_agent.vision.component"):
+        asyncio.run(run())
+    assert any("the camera pause holds, but could not be kept" in r.getMessage() for r in caplog.records)
+
+
 def test_a_frame_whose_analysis_the_teachers_pause_interrupts_is_not_counted(
     photo_folder, face_engine, pose_engines
 ):
