@@ -10,12 +10,14 @@ skipped, in text as in bytes.
 What JSON leaves open is refused too (JSONRefused, a ValueError): a name twice in one object with
 different values (Python keeps the last, so {"student_id": "a", "student_id": "b"} was applied to b
 without a word; the same value twice is taken) and NaN /
-Infinity, which are not JSON at all (Python reads them: "answered_at": Infinity was "milliseconds").
+Infinity, which are not JSON at all (Python reads them: "answered_at": Infinity was "milliseconds"), nor
+a number too large for a float (1e999 is JSON, and Python reads it as infinity).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from typing import Any
@@ -46,8 +48,15 @@ def _constant(name: str) -> Any:
     raise JSONRefused(f"{name} is not a JSON number")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 is JSON, but read as a float it is infinity (a review: stored as
+        raise JSONRefused(f"the number {text[:40]} is too large")  # "Infinity", which is not JSON)
+    return value
+
+
 # One decoder, made once: json.loads(text, object_pairs_hook=...) builds a new one per call (+3 us a body)
-_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_finite)
 
 
 def loads(data: str | bytes) -> Any:

@@ -246,11 +246,10 @@ def parse_batch(
         items = body["answers"]
         if not isinstance(items, list) or not items:
             raise InputRejected("'answers' must be a non-empty list", field="answers")
-        if len(items) > settings.max_answers_per_request:
-            raise InputRejected(
-                f"{len(items)} answers in one request; the limit is {settings.max_answers_per_request}",
-                field="answers",
-            )
+        # a request larger than the queue could never be admitted: it got 503 "retry in a moment" for ever
+        limit = min(settings.max_answers_per_request, settings.queue_max)
+        if len(items) > limit:
+            raise InputRejected(f"{len(items)} answers in one request; the limit is {limit}", field="answers")
         return [
             parse_answer(a, f"answers[{n}]", package, settings=settings, pseudonym=pseudonym, now=now,
                          board_clock_synced=board_clock_synced)

@@ -878,22 +878,26 @@ class KTService:
             round_ = [(s, q.popleft()) for s, q in steps.items() if q]
             if not round_:
                 return out, trail
-            students = [s for s, _ in round_]
-            feeds = {
-                "skill": np.array([k for _, (k, _) in round_], dtype=np.int64),
-                "correct": np.array([c for _, (_, c) in round_], dtype=np.int64),
-                "h": np.stack([out[s].h for s in students]),
-                "c": np.stack([out[s].c for s in students]),
-            }
-            # The engine counts its own calls and infer latency (GuardedEngine, one place for all models).
-            result = self.engine.infer(feeds)
-            probs, h, c = result["probs"], result["h_out"], result["c_out"]
-            if not np.all(np.isfinite(probs)):
-                raise EngineError("the KT engine returned non-finite probabilities")
-            for i, s in enumerate(students):
-                st = out[s]
-                out[s] = st.stepped(h[i].copy(), c[i].copy(), probs[i].astype(np.float32))
-                trail[s].append(out[s].probs)
+            # microbatch_max students a call at most: the engine's profile ends at 1024, and a micro-batch
+            # can exceed microbatch_max by its last request (a review: 1,100 students in one call, 503s)
+            for first in range(0, len(round_), self.settings.microbatch_max):
+                part = round_[first : first + self.settings.microbatch_max]
+                students = [s for s, _ in part]
+                feeds = {
+                    "skill": np.array([k for _, (k, _) in part], dtype=np.int64),
+                    "correct": np.array([c for _, (_, c) in part], dtype=np.int64),
+                    "h": np.stack([out[s].h for s in students]),
+                    "c": np.stack([out[s].c for s in students]),
+                }
+                # The engine counts its own calls and infer latency (GuardedEngine, one place for all models).
+                result = self.engine.infer(feeds)
+                probs, h, c = result["probs"], result["h_out"], result["c_out"]
+                if not np.all(np.isfinite(probs)):
+                    raise EngineError("the KT engine returned non-finite probabilities")
+                for i, s in enumerate(students):
+                    st = out[s]
+                    out[s] = st.stepped(h[i].copy(), c[i].copy(), probs[i].astype(np.float32))
+                    trail[s].append(out[s].probs)
 
     def _journal_row(self, answer: Answer, now: float) -> JournalRow:
         """Under the lock: the next answer's number and lesson entry, kept to be stored beside the state."""

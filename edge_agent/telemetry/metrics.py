@@ -155,7 +155,8 @@ HTTP_CONNECTIONS_REFUSED = Counter(
     "Connections closed on the web or metrics port (port) by reason: per_peer (over the limit from one "
     "address), total (over the limit in all), head_timeout (no complete request head in time), "
     "body_timeout (a request body not all there in time: answered 408), bad_body (a body that cannot be "
-    "decoded, e.g. Content-Encoding: gzip over bytes that are not: answered 400).",
+    "decoded, e.g. Content-Encoding: gzip over bytes that are not: answered 400), client_gone (the client "
+    "closed its connection before its request body was all there).",
     ["port", "reason"],
     registry=REGISTRY,
 )
@@ -249,7 +250,7 @@ for _reason in ("max_rows", "max_bytes", "max_age", "expired", "queue_full", "st
 for _reason in ("slow_subscriber", "stream_refused", "stream_stalled"):
     TEACHER_VIEW_DROPS.labels(_reason)
 for _port in ("web", "metrics"):
-    for _reason in ("per_peer", "total", "head_timeout", "body_timeout", "bad_body"):
+    for _reason in ("per_peer", "total", "head_timeout", "body_timeout", "bad_body", "client_gone"):
         HTTP_CONNECTIONS_REFUSED.labels(_port, _reason)
 for _kind in ("start", "store_corrupt", "model_rollback", "model_update_refused", "model_update_dropped"):
     ALERTS.labels(_kind)

@@ -8,6 +8,7 @@ The board's own certificate is not checked: the request never leaves the board.
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -71,6 +72,9 @@ def post_local(web: WebSettings, path: str, body: Any) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise LocalAPIError(f"cannot reach the daemon at {url} ({exc}): is edge-agent running? "
                             "(systemctl status edge-agent)") from exc
+    except (http.client.HTTPException, TypeError) as exc:  # no HTTP, a reply cut short, JSON not an object
+        raise LocalAPIError(f"what answered at {url} is not edge-agent's answer ({exc!r}): check web.port "
+                            "in the config and that no other program listens there") from exc
 
 
 def _said(raw: bytes) -> str:

@@ -77,6 +77,14 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
         refused.force_close()  # what is left of the body on the connection is not a next request
         request.content.feed_eof()  # else aiohttp reads on after the answer, meets the error again, logs it
         return refused
+    except ConnectionResetError:
+        # The client went away mid-body (a tablet closed, an app killed): nobody to answer, nothing applied,
+        # and no failure of the board's (a review: a traceback logged as ERROR for each)
+        metrics.HTTP_CONNECTIONS_REFUSED.labels(port="web", reason="client_gone").inc()
+        gone = web.json_response({"error": "the connection closed before the request body was all there"},
+                                 status=400)
+        gone.force_close()
+        return gone
     except web.HTTPException as exc:
         if request.path.startswith("/api/") and exc.status in (404, 405) and exc.content_type == "text/plain":
             return _api_route_error(request, exc)

@@ -25,3 +25,13 @@ def test_brackets_inside_strings_are_text_not_nesting() -> None:
     assert loads(b"\xef\xbb\xbf" + text.encode())["answers"][0]["student_id"].startswith("[[")
     with pytest.raises(ValueError):  # broken JSON is still refused by the parser
         loads("[" * 200)
+
+
+def test_numbers_too_large_for_a_float_are_refused_not_read_as_infinity() -> None:
+    # A review: 1e999 is JSON, Python read it as inf, and the receiver stored "Infinity" (not JSON) in its
+    # items table; NaN and Infinity themselves were refused already
+    for text in ('{"share": 1e999}', "[-1E400]", '{"at": 1.0e309}'):
+        with pytest.raises(ValueError, match=r"the number -?1\.?0?[eE]\d+ is too large"):
+            loads(text)
+    assert loads('{"share": 1.7976931348623157e308, "small": 1e-999}') == {"share": 1.7976931348623157e308,
+                                                                           "small": 0.0}

@@ -1291,3 +1291,39 @@ def test_a_null_skill_ids_beside_a_skill_id_uses_the_skill_sent(package, kt_sett
     with pytest.raises(InputRejected, match="not both"):
         parse_answer({**sent, "skill_ids": [item.skill_id]}, "answer 0", package, settings=kt_settings,
                      pseudonym=pseudonymize, now=1_800_000_000)
+
+
+def test_more_students_at_once_than_the_engine_profile_takes_are_stepped_in_parts(
+    package, pseudonymize, model_mirror, tmp_path
+) -> None:
+    # A review: 1,100 students in one request (max_answers_per_request may be 10,000) went to the engine in
+    # one call, past its profile's 1,024, and every request of that micro-batch got 503, retries too.
+    from edge_agent.config import InferenceSettings, PathSettings
+    from edge_agent.inference.manifest import load_manifests
+    from edge_agent.inference.select import load_engine
+
+    paths = PathSettings(state_dir=tmp_path, cache_dir=tmp_path, model_mirror=model_mirror)
+    loaded = load_engine(load_manifests()["kt-step"], InferenceSettings(backend="onnxruntime"), paths)
+    settings = KTSettings(microbatch_max=1024, max_answers_per_request=2000, queue_max=4096)
+    svc = _service(package, loaded.engine, settings, pseudonymize)
+    try:
+        results = svc.submit([_answer(package, pseudonymize, f"s{n}", "e1") for n in range(1100)]).result(30)
+    finally:
+        svc.stop()
+        loaded.engine.close()
+    assert [r["status"] for r in results] == ["applied"] * 1100 and svc.student_count() == 1100
+    assert len({r["p_next_correct"] for r in results}) == 1  # the same first answer: the same prediction
+
+
+
+def test_a_request_larger_than_the_queue_is_refused_as_too_large_not_answered_busy_for_ever(
+    package, pseudonymize
+) -> None:
+    # A review: with kt.queue_max below kt.max_answers_per_request, such a request got 503 "retry in a
+    # moment" on an idle board, and its client retried for ever
+    settings = KTSettings(max_answers_per_request=500, queue_max=256)
+    body = {"answers": [{"student_id": f"s{n}", "client_event_id": "e", "item_id": package.items[0].id,
+                         "correct": True, "answered_at": time.time()} for n in range(300)]}
+    with pytest.raises(InputRejected, match="300 answers in one request; the limit is 256") as refused:
+        parse_batch(body, package, settings=settings, pseudonym=pseudonymize, now=time.time())
+    assert refused.value.field == "answers"

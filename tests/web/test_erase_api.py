@@ -223,3 +223,36 @@ def test_the_erase_command_says_when_the_daemon_cannot_be_reached(
     assert cli_main(["kt", "erase", "stu-0", "--config", str(board["config"])]) == 1
     assert "is edge-agent running?" in capsys.readouterr().out
     board["server"].stop = lambda: None  # stopped already
+
+
+@pytest.mark.parametrize(("reply", "said"), [
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "BadStatusLine"),  # another program on the web port
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"erased\": ",
+     "IncompleteRead"),  # a reply cut short
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n[1,2,3]", "TypeError"),
+])
+def test_kt_erase_says_what_answered_when_it_is_not_the_daemon(reply: bytes, said: str) -> None:
+    # A review: http.client's errors are not OSErrors, and `edge-agent kt erase` ended in a traceback
+    import socket
+    import threading
+
+    from edge_agent.config import WebSettings
+    from edge_agent.web.local_api import LocalAPIError, post_local
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_once() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(reply)
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(LocalAPIError, match=rf"is not edge-agent's answer \({said}.*check web.port"):
+            post_local(WebSettings(port=listener.getsockname()[1], token_file=None), ERASE_PATH,
+                       {"student_ids": ["stu-1"]})
+    finally:
+        thread.join(5)
+        listener.close()
