@@ -10,6 +10,7 @@ Errors are translated here into :class:`SyncError` subclasses whose messages say
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -237,6 +238,7 @@ class MqttConnection:
         self._client.on_log = self._handle_log
         self._client.on_socket_close = self._drain_before_close
         self._drain_until: float | None = None  # set by disconnect(): read until the broker closes
+        self._offline_mid: int | None = None  # disconnect()'s "offline" until its PUBACK
         if will:
             self._client.will_set(status_topic, b"offline", qos=1, retain=True)
         self._will = will
@@ -255,6 +257,8 @@ class MqttConnection:
         self._lost = str(reason)
 
     def _handle_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _props: Any) -> None:
+        if mid == self._offline_mid and not reason.is_failure:
+            self._offline_mid = None  # the broker holds "offline": a DISCONNECT may now discard the will
         self._on_ack(mid, not reason.is_failure, str(reason))
 
     def _handle_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
@@ -417,24 +421,38 @@ class MqttConnection:
             raise SyncConnectError(f"subscribe to {topic} failed: {paho.error_string(rc)}")
 
     def disconnect(self, timeout: float = 2.0) -> None:
-        """Say ``offline`` (retained) and close cleanly; bounded by ``timeout``."""
+        """Say ``offline`` (retained) and close cleanly; bounded by ``timeout``.
+
+        A DISCONNECT makes the broker discard the will, so it is sent only once the broker acknowledged
+        "offline": over a slow link the message waited behind a full in-flight window, the DISCONNECT went
+        first, and the stopped board stayed "online" (a review). Else the session is dropped (close()).
+        """
         if self.connected:
             try:
-                if self._will:
-                    self.publish(self.status_topic, b"offline", retain=True)
                 deadline = time.monotonic() + timeout
-                self._drain_until = deadline
-                self._client.disconnect()
-                while self._lost is None and time.monotonic() < deadline:
-                    self._client.loop(0.05)
+                if self._will:
+                    self._offline_mid = self.publish(self.status_topic, b"offline", retain=True)
+                    while self._offline_mid is not None and time.monotonic() < deadline:
+                        self.loop(0.05)
+                if self._offline_mid is None:
+                    self._drain_until = deadline
+                    self._client.disconnect()
+                    while self._lost is None and time.monotonic() < deadline:
+                        self._client.loop(0.05)
             except SyncError as exc:
                 log.info("clean MQTT disconnect did not complete: %s", exc)
         self.close()
 
     def close(self) -> None:
+        """Drop the session without a DISCONNECT, so that the broker publishes the will ("offline"): after
+        an error a DISCONNECT left the board "online" at the broker for good (a review)."""
         self._lost = self._lost or "closed"
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):  # an ssl.SSLSocket too; None once paho closed it
+            with contextlib.suppress(OSError):  # already reset or closed
+                sock.shutdown(socket.SHUT_RDWR)  # a FIN after all that was sent; no DISCONNECT can follow
         try:
-            self._client.disconnect()
+            self._client.disconnect()  # paho's own state: its DISCONNECT cannot be sent any more
         except Exception:  # paho raises assorted errors on a half-open socket; we are discarding it
             log.debug("closing the MQTT socket raised", exc_info=True)
         self._client.loop(0)  # releases the socket

@@ -684,6 +684,76 @@ def test_a_broker_acl_that_refuses_a_stream_loses_nothing_over_mqtt_5_and_the_ot
         broker.stop()
 
 
+def _retained_status(broker: Broker) -> list[bytes]:
+    """The board's retained status at the broker, as a new subscriber gets it."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[bytes] = []
+    probe = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"status-probe-{time.time_ns()}")
+    probe.on_message = lambda _c, _u, message: got.append(bytes(message.payload))
+    probe.connect("127.0.0.1", broker.port)
+    probe.subscribe(f"edge/+/+/{DEVICE}/status", qos=1)
+    deadline = time.monotonic() + 3
+    while not got and time.monotonic() < deadline:
+        probe.loop(0.05)
+    probe.disconnect()
+    return got
+
+
+def test_a_board_stopped_after_a_session_ended_on_an_error_is_offline_at_the_broker(
+    outbox: Outbox, tmp_path: Path
+) -> None:
+    # A review: after an error the session ended with a DISCONNECT, which makes the broker discard the will,
+    # and a board stopped (or its power cut) during the backoff stayed "online" for good
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\npattern write edge/+/+/+/attention\npattern write edge/+/+/+/status\n")
+    broker = Broker(tmp_path / "acl-broker", extra=(f"acl_file {acl}", "max_queued_messages 10000")).start()
+    outbox.enqueue("kt_class", {"i": 1}).result(5)  # refused by the ACL: the session ends on an error
+    settings = plain_settings(broker, backoff_min_s=5.0, backoff_max_s=10.0)
+    publisher = Publisher(outbox, DeviceSettings(), settings)
+    publisher.start()
+    try:
+        assert wait_until(lambda: "refused" in publisher.status()["detail"], 10), publisher.status()
+        assert publisher.stop()
+        assert wait_until(lambda: _retained_status(broker) == [b"offline"], 5), _retained_status(broker)
+    finally:
+        publisher.stop()
+        broker.stop()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_session_closed_on_an_error_leaves_the_will_to_say_offline(broker: Broker, protocol: str) -> None:
+    conn = MqttConnection(plain_settings(broker, protocol=protocol), DEVICE, f"edge/t/s/{DEVICE}/status",
+                          lambda *_: None, will=True)
+    conn.connect()
+    assert wait_until(lambda: _retained_status(broker) == [b"online"], 5)
+    conn.close()  # what the publisher does after an error: no DISCONNECT, which would discard the will
+    assert wait_until(lambda: _retained_status(broker) == [b"offline"], 5), _retained_status(broker)
+
+
+def test_a_board_stopped_while_its_messages_wait_for_acknowledgement_is_offline_at_the_broker(
+    outbox: Outbox, broker: Broker
+) -> None:
+    # A review: with every in-flight place taken by a message whose PUBACK was late (a slow uplink), the
+    # stop's "offline" waited in paho behind them, the DISCONNECT went first and discarded the will
+    link = SlowLink(broker.port, 1_000_000, latency_s=1.5).start()
+    for i in range(100):
+        stored = outbox.enqueue("attention", {"i": i})
+    stored.result(5)
+    publisher = Publisher(outbox, DeviceSettings(), plain_settings(broker, port=link.port, batch_max=1,
+                                                                  keepalive_s=30))
+    publisher.start()
+    try:
+        assert wait_until(lambda: publisher.status()["connected"], 10)
+        time.sleep(2.0)  # every in-flight place taken, the PUBACKs 3 s behind
+        assert publisher.stop()
+        assert wait_until(lambda: _retained_status(broker) == [b"offline"], 8), _retained_status(broker)
+    finally:
+        publisher.stop()
+        link.stop()
+
+
 def test_a_plain_client_cannot_talk_to_the_tls_listener(tls_broker: Broker) -> None:
     from edge_agent.sync.mqtt import SyncConnectError
 
