@@ -43,7 +43,7 @@ class ClientTokens:
 
 
 def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()  # header bytes not UTF-8
 
 
 def parse_clients(text: str, where: str) -> ClientTokens:

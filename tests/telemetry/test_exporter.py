@@ -199,6 +199,29 @@ def test_a_metrics_token_keeps_scrapers_without_it_out(tmp_path: Path) -> None:
     assert asyncio.run(scenario()) == [401, 401, 200, 200, 401]  # the scheme is case-insensitive
 
 
+def test_garbled_metrics_requests_are_refused_not_answered_500(tmp_path: Path) -> None:
+    # A review: a token with bytes that are not UTF-8, and an Origin urlsplit cannot read, answered 500
+    import socket
+
+    server = MetricsServer("127.0.0.1", 0, token="m" * 24)
+
+    def status(header: bytes) -> int:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + header
+                         + b"\r\n\r\n")
+            return int(sock.recv(65536).split(b" ", 2)[1])
+
+    async def scenario() -> list[int]:
+        await server.start()
+        try:
+            return [await asyncio.to_thread(status, h) for h in (
+                b"Authorization: Bearer \xff\xfe" + b"m" * 22, b"Origin: http://[oops")]
+        finally:
+            await server.stop()
+
+    assert asyncio.run(scenario()) == [401, 403]
+
+
 def test_another_host_scraping_many_times_a_second_gets_one_exposition_a_second() -> None:
     # Security audit: a LAN client at 129 scrapes/s took answer p99 from 13.6 to 248 ms.
     import urllib.request
