@@ -62,6 +62,10 @@ class Section(BaseModel):
         field = cls.model_fields.get(info.field_name or "")
         if isinstance(value, bool) and field is not None and field.annotation in (int, float):
             raise ValueError(f"must be a number, not {str(value).lower()}")
+        # no file name holds a NUL (TOML writes one as \u0000): every stat() raised ValueError, a traceback
+        # from `config check` and the daemon's start (a review)
+        if isinstance(value, (str, Path)) and "\x00" in str(value):
+            raise ValueError("holds a NUL character (\\u0000), which no file name or text here may hold")
         return value
 
 # The longest wait a time key may ask for: each reaches an Event.wait, a socket timeout or an int(), which

@@ -7,6 +7,8 @@ a codec error, and GBK was named for every file, where iconv -f GBK failed on UT
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 from edge_agent.errors import InputRejected
@@ -37,3 +39,28 @@ def read_spreadsheet_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise InputRejected(f"{path} is not UTF-8 text ({likely_encoding(data, path)}); {SAVE_AS}") from exc
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def csv_rows(text: str, where: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header row's column names (stripped) and each row after it with the line it starts on.
+
+    InputRejected where the csv module cannot split the text, or a cell runs over several lines: a '"'
+    without its closing one swallows the lines after it into one cell (a review: 5 item rows read as 2
+    without a word, and past 131,072 characters csv.Error, a traceback)."""
+    reader = csv.DictReader(io.StringIO(text))
+    rows: list[tuple[int, dict[str, str]]] = []
+    start = 1
+    try:
+        columns = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = columns
+        start = reader.line_num + 1
+        for row in reader:
+            cells = {k: v or "" for k, v in row.items() if isinstance(k, str)}
+            if any("\n" in v for v in cells.values()):
+                raise InputRejected(f"{where} line {start}: a cell runs over several lines; a '\"' without "
+                                    "its closing one, perhaps")
+            rows.append((start, cells))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise InputRejected(f"{where} line {start}: {exc}; a '\"' without its closing one, perhaps") from exc
+    return columns, rows

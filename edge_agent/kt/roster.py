@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edge_agent.errors import ConfigError
 from edge_agent.kt.answers import MAX_TEXT, NOT_TEXT, student_id_key
-from edge_agent.spreadsheet_text import read_spreadsheet_text
+from edge_agent.spreadsheet_text import csv_rows, read_spreadsheet_text
 from edge_agent.watched_file import WatchedFile
 
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
@@ -62,8 +62,6 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
     """Student ids from a text file (one per line; ``#`` at the start of a line or after a space starts a
     comment) or, with ``column``, a CSV with a header row; ``-`` reads standard input. ValueError or
     InputRejected (a file not in UTF-8) names what is wrong."""
-    import csv
-    import io
     import sys
 
     text = sys.stdin.read() if str(source) == "-" else read_spreadsheet_text(source)
@@ -71,11 +69,10 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
         # "#" inside an id is kept: the answer API takes "3A#07", which a cut at any "#" listed as "3A"
         ids = [_unquoted(_COMMENT.split(line, 1)[0].strip()) for line in text.splitlines()]
     else:
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is None or column not in reader.fieldnames:
-            columns = ", ".join(reader.fieldnames or [])
-            raise ValueError(f"{source} has no column {column!r} (its columns: {columns})")
-        ids = [(row.get(column) or "").strip() for row in reader]
+        columns, rows = csv_rows(text, str(source))
+        if column not in columns:
+            raise ValueError(f"{source} has no column {column!r} (its columns: {', '.join(columns)})")
+        ids = [row.get(column, "").strip() for _line, row in rows]
     ids = [key for key in map(student_id_key, ids) if key]
     if not ids:
         raise ValueError(f"{source} holds no student ids")

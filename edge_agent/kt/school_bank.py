@@ -12,8 +12,6 @@ the answer log never practised is left out with a warning once the model is trai
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from collections.abc import Sequence
@@ -24,7 +22,7 @@ from typing import Any
 from edge_agent.errors import InputRejected
 from edge_agent.kt.data import skill_key
 from edge_agent.kt.package import MAX_DIFFICULTY
-from edge_agent.spreadsheet_text import read_spreadsheet_text
+from edge_agent.spreadsheet_text import csv_rows, read_spreadsheet_text
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +35,14 @@ class SchoolBank:
 
 
 def _rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    text = read_spreadsheet_text(path)
-    reader = csv.DictReader(io.StringIO(text))
-    columns = [c.strip() for c in reader.fieldnames or []]
+    columns, read = csv_rows(read_spreadsheet_text(path), str(path))
     missing = [c for c in required if c not in columns]
     if missing:
         raise InputRejected(f"{path} has no column {', '.join(map(repr, missing))} (its first line should "
                             f"name the columns: {', '.join(required)}; it names: {', '.join(columns)})")
-    reader.fieldnames = columns
     rows = []
-    for row in reader:
-        cells = {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)}
-        line = reader.line_num
+    for line, row in read:
+        cells = {k: v.strip() for k, v in row.items()}
         if not any(cells.values()):
             continue
         for column in required:

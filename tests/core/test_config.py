@@ -186,6 +186,16 @@ def test_a_broken_config_names_the_key_path_and_line(
     assert f"  {key} (line {line}):" in err, err
 
 
+def test_a_nul_in_a_file_name_is_named_at_its_key_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: stat() raises ValueError for "embedded null byte", which config check did not catch
+    path = tmp_path / "config.toml"
+    path.write_text('[web]\ntoken_file = "/etc/edge-agent/secrets/web.token\\u0000"\n')
+    assert main(["config", "check", str(path)]) == 1
+    assert "web.token_file (line 2): Value error, holds a NUL character" in capsys.readouterr().err
+
+
 def test_malformed_toml_reports_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "config.toml"
     path.write_text('[device]\ntenant = "a"\nsite = \n')

@@ -322,6 +322,12 @@ def test_kt_train_names_skills_and_exercises_from_the_schools_spreadsheets_in_ch
         (None, "item_id,skill_id,title_zh,difficulty\nQ1,1,一,1200\n",
          "difficulty '1200' is not a number from -10"),
         (None, "item_id,skill_id,title_zh,difficulty\nQ1,1,一,难\n", "difficulty '难' is not a number"),
+        # a review: a stray '"' swallowed the rows after it into one title (5 items read as 2, no word) ...
+        (None, 'item_id,skill_id,title_zh\nQ1,1,一\nQ2,1,"二\nQ3,1,三\nQ4,1,四\n',
+         "line 3: a cell runs over several lines; a '\"' without its closing one, perhaps"),
+        # ... and past 131,072 characters ended in a traceback (csv.Error)
+        (None, 'item_id,skill_id,title_zh\nQ1,1,"一\n' + "".join(f"Q{n},1,{'x' * 60}\n" for n in range(3000)),
+         "line 2: field larger than field limit (131072); a '\"' without its closing one, perhaps"),
     ],
 )
 def test_kt_train_refuses_a_malformed_school_spreadsheet_by_file_and_line_before_training(
