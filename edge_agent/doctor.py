@@ -39,7 +39,7 @@ from edge_agent.errors import CameraError, ConfigError, EdgeAgentError
 from edge_agent.inference.manifest import Manifest
 from edge_agent.provisioning.enroll import connect_tcp_within
 from edge_agent.provisioning.system import DEFAULT_BIN
-from edge_agent.store.db import storage_read_only
+from edge_agent.store.db import environment_error, storage_read_only
 from edge_agent.vision.camera_hours import CameraHours, board_clock, opening_text
 
 MIN_FREE_BYTES = 1 << 30  # engines and the outbox need room; below 1 GiB the store starts refusing
@@ -165,6 +165,13 @@ def check_database(path: Path) -> CheckResult:
             rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
         finally:
             conn.close()
+    except sqlite3.OperationalError as exc:
+        if environment_error(exc):  # not damage: this account, the disk (a review: "unable to open" as
+            return CheckResult(      # a non-root user was "damaged", with advice to stop the daemon)
+                "database", False, f"{path} cannot be read here: {exc}",
+                "run edge-agent doctor as root (sudo), or as the daemon's user; if it says the same, check "
+                "the disk (dmesg)")
+        rows = [str(exc)]
     except sqlite3.DatabaseError as exc:
         rows = [str(exc)]
     if rows == ["ok"]:

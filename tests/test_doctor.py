@@ -165,6 +165,16 @@ def test_corrupt_database_fails(tmp_path: Path) -> None:
     assert not result.ok and "damaged" in result.detail and "moves a corrupt database aside" in result.fix
 
 
+def test_a_database_this_account_cannot_open_is_not_called_damaged(tmp_path: Path) -> None:
+    # A review: "unable to open database file" (doctor run as a user who may not read the 0600 file) was
+    # "damaged", with the advice to stop the daemon so that it moves the database aside
+    path = tmp_path / "edge-agent.db"
+    path.mkdir()  # what SQLite cannot read ("disk I/O error"), as it cannot a file this account may not
+    result = doctor.check_database(path)
+    assert not result.ok and "cannot be read here: " in result.detail
+    assert "damaged" not in result.detail and "run edge-agent doctor as root" in result.fix
+
+
 def test_garbage_file_as_database_fails(tmp_path: Path) -> None:
     path = tmp_path / "edge-agent.db"
     path.write_bytes(b"this is not sqlite" * 100)

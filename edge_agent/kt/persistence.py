@@ -28,6 +28,9 @@ Writer = Callable[[sqlite3.Connection], None]  # a part of one transaction, run 
 EventRow = tuple[str, float, str | None, str | None]
 
 log = logging.getLogger(__name__)
+# What a damaged row raises as it is read: 1e999 where an int belongs is OverflowError, text nested past the
+# parser's depth RecursionError, NULL TypeError; each stopped knowledge tracing's start (a review)
+DAMAGED = (ValueError, TypeError, OverflowError, RecursionError)
 
 EVENT_KEEP_S = 7 * 86400.0  # a client retries within minutes; a week covers a board that was off
 # The newest keys are kept whatever their times say: a board that applied answers on a clock days behind
@@ -126,7 +129,7 @@ def _recent_items(text: str | None, state: StudentState) -> tuple[str, ...]:
     fallback = state.recent_items
     try:
         answers, items = json.loads(text) if text else (None, None)
-    except (ValueError, TypeError):
+    except DAMAGED:
         return fallback
     if (answers != state.answers or not isinstance(items, list) or not 0 < len(items) <= RECENT_ITEMS
             or not all(isinstance(i, str) for i in items) or items[-1] != state.last_item):
@@ -233,7 +236,7 @@ class StatePersistence:
             row = conn.execute("SELECT value FROM meta WHERE key = 'kt_skill_ids'").fetchone()
             try:
                 known = json.loads(row[0]) if row else {}
-            except ValueError:
+            except DAMAGED:
                 known = None
             if row and not isinstance(known, dict):
                 log.warning("meta kt_skill_ids in the store is damaged: the skills the student states were "
@@ -338,7 +341,7 @@ class StatePersistence:
     def _decode(rows: Iterable[Any], hidden: int, skills: int) -> dict[str, StudentState]:
         states: dict[str, StudentState] = {}
         for student, blob, answers, kept, *recent in rows:
-            with contextlib.suppress(ValueError, TypeError):  # counted by the caller where it matters
+            with contextlib.suppress(*DAMAGED):  # counted by the caller where it matters
                 state = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills,
                                                 None if kept is None else bytes(kept))
                 state.recent_items = _recent_items(recent[0] if recent else None, state)
@@ -421,7 +424,7 @@ class StatePersistence:
             "SELECT student, lesson_tail FROM kt_student_state WHERE lesson_tail IS NOT NULL").fetchall())
         out: list[JournalRow] = []
         for student, text in rows:
-            with contextlib.suppress(ValueError, TypeError):
+            with contextlib.suppress(*DAMAGED):
                 out.extend(JournalRow(int(seq), str(student), tuple(int(k) for k in skills), float(at))
                            for seq, skills, at in json.loads(text))
         return sorted(out)

@@ -216,7 +216,8 @@ _ENVIRONMENT_ERRORS = re.compile(  # SQLite's own sentences, whole: no name from
 _ENVIRONMENT_CODES = {5, 6, 8, 10, 13, 14}
 
 
-def _environment_error(exc: sqlite3.OperationalError) -> bool:
+def environment_error(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` is about this account, the disk or a lock, not damage in the file."""
     code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(code, int):
         return code & 0xFF in _ENVIRONMENT_CODES
@@ -387,7 +388,7 @@ class Database:
             # -shm, a file of another user, a lock): moved aside, a good database was replaced by an empty
             # one for good. Other operational errors come from the content ("unsupported file format",
             # "no such module" of another program's virtual table): damage.
-            if _environment_error(exc):
+            if environment_error(exc):
                 raise translate(exc, self.path) from exc
             return str(exc)
         except (sqlite3.DatabaseError, ValueError, IndexError) as exc:  # CORRUPT, NOTADB; a garbled schema

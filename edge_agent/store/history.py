@@ -7,6 +7,7 @@ rows for ``keep_days`` whatever the network does. Only class-level aggregates be
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from typing import Any
 
 from edge_agent.errors import InputRejected
 from edge_agent.store.db import Database
+
+log = logging.getLogger(__name__)
 
 # Rows recorded while the clock was not known right are kept out of the age prune; the newest this many
 # of them are kept (about 14 days of the default windows), so a board that never syncs does not grow for ever
@@ -57,7 +60,13 @@ class History:
                 (stream, since, limit),
             ).fetchall()
         )
-        return [{"at": at, "data": json.loads(text)} for at, text in reversed(rows)]
+        out = []
+        for at, text in reversed(rows):
+            try:
+                out.append({"at": at, "data": json.loads(text)})
+            except (ValueError, TypeError, RecursionError):  # one torn row stopped attention's start
+                log.warning("a %s record of %s in the store is damaged; it is left out", stream, at)
+        return out
 
     def prune(self, now: float | None = None) -> Future[int]:
         """Rows older than ``keep_days``, only while the clock is known right and only those recorded on

@@ -28,6 +28,10 @@ class InstanceLock:
     def acquire(self) -> None:
         """Raises AlreadyRunningError while another process holds it. A folder it cannot be made in is
         left to the database's own open, which says why."""
+        # the folder first, as the database's open makes it: on a fresh state_dir the lock was skipped, and
+        # the first daemon ran unlocked for its whole life beside a second one (a review)
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:

@@ -532,6 +532,33 @@ def test_damaged_stored_state_is_skipped(package, engine, db: Database) -> None:
     assert StatePersistence(db).load_states(package.hidden, len(package.skills)) == {}
 
 
+def test_rows_damaged_past_what_json_reads_are_left_out_not_the_end_of_knowledge_tracing(
+    package, db: Database
+) -> None:
+    # A review: 1e999 where an int belongs (OverflowError), text nested past the parser's depth
+    # (RecursionError) or a NULL meta (TypeError) raised out of the loads and stopped KT's start
+    from edge_agent.kt.state import StudentState
+
+    persistence = StatePersistence(db)
+    good = StudentState.initial(package.hidden, np.full(len(package.skills), 0.5))
+    persistence.save([("good", good)], [], 1.0).result(5)
+    insert = ("INSERT INTO kt_student_state(student, state, answers, updated_at, lesson_tail, recent) "
+              "VALUES (?, ?, ?, 2.0, ?, ?)")
+    blob = good.to_bytes()
+    rows = [("seq", blob, 0, "[[1e999, [0], 1.0]]", None), ("skill", blob, 0, "[[1, [1e999], 1.0]]", None),
+            ("deep", blob, 0, "[" * 100_000, None), ("recent", blob, 0, None, "[" * 100_000),
+            ("inf", blob, float("inf"), None, None)]
+    for row in rows:
+        db.write(lambda c, r=row: c.execute(insert, r)).result(5)
+    assert persistence.load_journal() == []
+    loaded = persistence.load_states(package.hidden, len(package.skills))
+    assert set(loaded) == {"good", "seq", "skill", "deep", "recent"}  # "inf" has no answer count
+    for damaged in ("{oops", None, "[" * 100_000):
+        db.write(lambda c, v=damaged: c.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('kt_skill_ids', ?)", (v,))).result(5)
+        persistence.align_skills(package.hidden, [s.id for s in package.skills], b"m" * 16)  # warns, goes on
+
+
 def test_class_summary_and_lesson_close(package, engine, pseudonymize) -> None:
     now = [1_800_000_000.0]
     # A threshold every skill is below: "weakest" only ever names skills the class has not mastered.

@@ -260,6 +260,16 @@ def test_status_reports_backlog_bytes_and_age(db: Database) -> None:
     assert metrics.sample("edge_outbox_oldest_age_seconds") == pytest.approx(30.0)
 
 
+def test_a_damaged_history_row_is_left_out_and_the_rest_read(db: Database) -> None:
+    # A review: one torn payload raised out of recent(), and attention analysis did not start
+    history = History(db)
+    for n, share in enumerate((0.5, 0.6, 0.7)):
+        history.record("attention", {"share": share}, at=1000.0 + n).result(5)
+    db.write(lambda c: c.execute("UPDATE aggregates SET payload = '{\"share\": 0.6' WHERE created_at = 1001")
+             ).result(5)
+    assert [r["data"]["share"] for r in history.recent("attention", since=0)] == [0.5, 0.7]
+
+
 def test_history_keeps_aggregates_for_the_teacher_view(db: Database) -> None:
     history = History(db, keep_days=1.0)
     history.record("attention", {"share": 0.5}, at=1000.0).result(5)
