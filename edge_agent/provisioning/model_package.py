@@ -33,6 +33,22 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FILE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 MAX_TAR_BYTES = 512 * 1024**2  # as updates.max_download_bytes: a KT package is a few MB
 MAX_TAR_MEMBERS = 256
+MAX_TAR_HEADER_BYTES = 64 * 1024  # a long name's or pax header's own body: a package's names are short
+
+
+class _BoundedHeaders(tarfile.TarInfo):
+    """tarfile reads a GNU long-name or pax header's body whole, by the size it declares, before any member
+    is seen: a 261 KB .tar.gz in the inbox had the daemon take 2 GiB (a review). Such a header over
+    MAX_TAR_HEADER_BYTES is refused first (TarInfo._proc_member: the same in Python 3.10 to 3.13)."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        extended = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                    tarfile.SOLARIS_XHDTYPE)
+        if self.type in extended and self.size > MAX_TAR_HEADER_BYTES:
+            raise tarfile.HeaderError(f"an extended header of {self.size} bytes "
+                                      f"(at most {MAX_TAR_HEADER_BYTES})")
+        proc: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
+        return proc
 
 
 class PackageRejected(ProvisioningError):
@@ -105,7 +121,14 @@ def sign_package(directory: Path, private_key_path: Path, name: str, version: st
         raise ProvisioningError(f"cannot read signing key {private_key_path}: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ProvisioningError(f"{private_key_path} is not an ed25519 private key")
-    files = {p.relative_to(directory).as_posix(): sha256_file(p) for p in _payload_files(directory)}
+    payload = _payload_files(directory)
+    # what verify_package refuses is refused here: signed, such a package could never be installed
+    links = [p.name for p in directory.rglob("*") if p.is_symlink()]
+    unsafe = [rel for p in payload if not _FILE.match(rel := p.relative_to(directory).as_posix())]
+    if links or unsafe:
+        raise ProvisioningError(f"{directory}: no board would install it: links {links[:3]}, names of other "
+                                f"than letters, digits, _ . - and / {unsafe[:3]}")
+    files = {p.relative_to(directory).as_posix(): sha256_file(p) for p in payload}
     if not files:
         raise ProvisioningError(f"{directory} holds no model files to sign")
     body = {
@@ -149,6 +172,9 @@ def verify_package(directory: Path, trusted: list[Ed25519PublicKey], source: str
         signature = (directory / SIGNATURE).read_bytes()
     except FileNotFoundError as exc:
         raise PackageRejected(f"package {source} is unsigned (no {Path(exc.filename).name})") from exc
+    except OSError as exc:  # a folder named manifest.json (a review: a traceback from verify)
+        raise PackageRejected(f"package {source}: cannot read {Path(exc.filename or MANIFEST).name}: "
+                              f"{exc.strerror or exc}") from exc
     if not trusted:
         raise PackageRejected("no trusted model signing key is installed (model-signing.pub)")
     for key in trusted:
@@ -197,7 +223,7 @@ def extract_tar(archive: Path, destination: Path) -> None:
     starting with "/", and both were written outside ``destination``. Each target is checked to lie inside
     it as well."""
     try:
-        with tarfile.open(archive) as tar:
+        with tarfile.open(archive, tarinfo=_BoundedHeaders) as tar:
             members: list[tuple[tarfile.TarInfo, Path]] = []
             total = 0
             for count, member in enumerate(tar):
@@ -209,7 +235,7 @@ def extract_tar(archive: Path, destination: Path) -> None:
                     continue  # "./", the top folder itself, written by tar -C <folder> -cf x.tar .
                 if (not (member.isfile() or member.isdir()) or not parts or name.is_absolute()
                         or ".." in parts or "\\" in member.name):
-                    raise PackageRejected(f"{archive.name}: unsafe entry {member.name!r}")
+                    raise PackageRejected(f"{archive.name}: unsafe entry {member.name[:100]!r}")
                 total += member.size
                 if total > MAX_TAR_BYTES:
                     raise PackageRejected(f"{archive.name}: unpacks to more than {MAX_TAR_BYTES} bytes")
@@ -227,18 +253,18 @@ def extract_tar(archive: Path, destination: Path) -> None:
             for member, relative in members:
                 target = destination / relative
                 if not target.resolve().is_relative_to(inside):
-                    raise PackageRejected(f"{archive.name}: unsafe entry {member.name!r}")
+                    raise PackageRejected(f"{archive.name}: unsafe entry {member.name[:100]!r}")
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 source = tar.extractfile(member)
                 if source is None:
-                    raise PackageRejected(f"{archive.name}: cannot read {member.name!r}")
+                    raise PackageRejected(f"{archive.name}: cannot read {member.name[:100]!r}")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with source, target.open("wb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)  # not source.read(): a member may be huge
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise PackageRejected(
-            f"{archive.name} is not a readable tar archive: {exc} (a copy still being written? copy under a "
-            "hidden name such as .x.tar, then mv it into the inbox)"
+            f"{archive.name} is not a readable tar archive: {str(exc)[:300]} (a copy still being written? "
+            "copy under a hidden name such as .x.tar, then mv it into the inbox)"
         ) from exc

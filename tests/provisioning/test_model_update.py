@@ -278,6 +278,54 @@ def test_a_tar_entry_that_climbs_out_after_a_dot_prefix_is_refused_and_nothing_i
     assert [p for p in tmp_path.rglob("*") if p.name == "evil.txt"] == []
 
 
+def test_signing_refuses_what_no_board_would_install_and_a_folder_as_manifest_is_refused_not_a_traceback(
+    tmp_path: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: `sign` said "signed" for names with a space or Chinese and for a link, which verify refuses
+    # on every board; a package whose manifest.json is a folder ended `verify` in a traceback
+    from edge_agent.errors import ProvisioningError
+
+    for name in ("kt step.onnx", "模型.onnx"):
+        package = tmp_path / f"pkg-{len(name)}"
+        package.mkdir()
+        (package / name).write_bytes(b"weights")
+        with pytest.raises(ProvisioningError, match="no board would install it"):
+            sign_package(package, keys[0], "kt", "2.0")
+        assert not (package / "manifest.json").exists()
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (tmp_path / "elsewhere.onnx").write_bytes(b"weights")
+    (linked / "kt_step.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    with pytest.raises(ProvisioningError, match=r"links \['kt_step.onnx'\]"):
+        sign_package(linked, keys[0], "kt", "2.0")
+    odd = tmp_path / "odd"
+    (odd / "manifest.json").mkdir(parents=True)
+    (odd / "manifest.sig").write_bytes(b"x")
+    assert model_main(["verify", str(odd), "--pubkey", str(keys[1])]) == 2
+    assert "cannot read manifest.json: Is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE], ids=["gnu-long-name", "pax"])
+def test_a_tar_whose_name_header_claims_gigabytes_is_refused_before_it_is_read(
+    tmp_path: Path, kind: bytes
+) -> None:
+    # A review: tarfile reads a long-name header's body whole, by its declared size, before any member is
+    # seen: a 261 KB .tar.gz took the daemon 2 GiB. Sparse here: the header alone says 1 GiB is coming.
+    import resource
+
+    archive = tmp_path / "kt-9.9.tar"
+    header = tarfile.TarInfo("././@LongLink")
+    header.type, header.size = kind, 2**30
+    with archive.open("wb") as out:
+        out.write(header.tobuf(tarfile.GNU_FORMAT)[:512])
+        out.truncate(512 + header.size + 1024)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(PackageRejected, match=r"an extended header of 1073741824 bytes \(at most 65536\)"):
+        extract_tar(archive, tmp_path / "unpacked")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: no GiB read
+    assert not (tmp_path / "unpacked").exists()
+
+
 @pytest.mark.parametrize("entry", ["f{n}", "./"], ids=["files", "top-folder-entries"])
 def test_a_tar_with_too_many_entries_is_refused(tmp_path: Path, entry: str) -> None:
     # "./" entries are skipped when unpacking, but still counted: 300 of them are as many as 300 files
