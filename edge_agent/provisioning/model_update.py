@@ -126,6 +126,9 @@ class ModelStore:
             self._flip(name, previous)
             trial.unlink(missing_ok=True)
             shutil.rmtree(target, ignore_errors=True)
+            # made by this install alone: a package for a model the board does not run stayed in every status
+            if previous is None and not any(versions.iterdir()):
+                shutil.rmtree(self.root / name, ignore_errors=True)
             if isinstance(exc, ModelUpdateFailed):
                 raise
             raise ModelUpdateFailed(

@@ -118,6 +118,20 @@ def test_engine_that_fails_to_load_is_rolled_back(
     assert sane(load(store.current_path("headpose")))
 
 
+def test_a_first_package_of_a_model_that_fails_to_load_leaves_no_trace_of_that_model(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    # A review: a signed package for a model this board does not run ("vision") was refused by the loader,
+    # and its empty folder listed "vision" in every status and heartbeat from then on
+    def refuse(path: Path) -> OnnxRuntimeEngine:
+        raise ValueError("this board updates only the 'kt' model, not 'vision'")
+
+    store = store_with_v1(tmp_path, keys, headpose)
+    with pytest.raises(ModelUpdateFailed, match="failed to load"):
+        store.install(make_package(tmp_path, headpose[1], keys[0], "3.0", name="vision"), refuse, sane)
+    assert sorted(p.name for p in store.root.iterdir() if not p.name.startswith(".")) == ["headpose"]
+
+
 def test_engine_that_fails_its_sanity_check_is_rolled_back(
     tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
 ) -> None:
