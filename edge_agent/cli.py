@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -77,9 +76,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                "reference'), or a newer release's key after a rollback")
     for key in ignored:
         logging.getLogger("edge_agent.config").warning("config %s: %s", path, ignored_key_line(key, unknown))
-    from edge_agent.daemon import leave
+    from edge_agent.daemon import leave, run_to_exit
 
-    return leave(asyncio.run(run_daemon(config, path)))
+    return leave(run_to_exit(run_daemon(config, path)))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -15,8 +15,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from edge_agent.errors import EdgeAgentError
 from edge_agent.heap import freeze_startup_objects, time_collections
@@ -42,6 +44,38 @@ RETRY_START_MAX_S = 3600.0
 RECHECK_CONFIG_S = 30.0  # a config a reload refused, while it is said in the health
 
 
+EXECUTOR_WAIT_S = 5.0
+
+
+def run_to_exit(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)`` less its wait for every executor thread, which has no limit: a thread stuck in
+    a component's stop (asyncio.to_thread around a pose pool joined while an engine call hung) held the
+    process after SIGTERM until systemd's SIGKILL (a review). The threads get EXECUTOR_WAIT_S; one still
+    running then is left to leave(). (loop.shutdown_default_executor cannot be bounded before Python 3.12:
+    cancelled, it joins its helper thread anyway.)"""
+    loop = asyncio.new_event_loop()
+    executor = ThreadPoolExecutor(thread_name_prefix="asyncio")
+    loop.set_default_executor(executor)
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in left:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+            waiting = threading.Thread(target=executor.shutdown, name="executor-shutdown", daemon=True)
+            waiting.start()
+            waiting.join(EXECUTOR_WAIT_S)
+            if waiting.is_alive():
+                log.error("a worker thread still busy %.0f s after the stop is left behind", EXECUTOR_WAIT_S)
+
+
 def leave(code: int) -> int:
     """``code``, or the process ends here with it (os._exit, the logs flushed) while a thread of ours is
     still running: a stop during the start leaves the engine-load thread inside ONNX Runtime (TensorRT on
@@ -49,7 +83,9 @@ def leave(code: int) -> int:
     exception", SIGABRT, 5 times in 6 (a review): systemd took that stop for a failure. What could be
     written is by then: the store's close waited for its writer and failed, counted and logged, the writes
     it could not run (a database held by another program, a stalled disk)."""
-    running = [t.name for t in threading.enumerate() if t.daemon and t.is_alive()]
+    # any thread but this one: a non-daemon one stuck (an executor's, in a hung engine call) is joined by the
+    # interpreter's exit for ever, as systemd's SIGKILL ends it
+    running = [t.name for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
     if not running:
         return code
     log.info("leaving %s behind (exit status %s)", ", ".join(running), code)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.config import Config, MqttSettings
-from edge_agent.daemon import leave
+from edge_agent.daemon import leave, run_to_exit
 from edge_agent.kt.package import KTPackage, load_package
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     summary: dict[str, Any] = {}
     try:
-        code = asyncio.run(main())
+        code = run_to_exit(main())
     finally:
         classroom.stop()
         summary["answers_sent"] = classroom.sent

@@ -141,16 +141,17 @@ class _DeadlineConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         super().connect()
+        # The socket itself, and the timer runs on past close(): http.client closes the connection once
+        # the headers are in (the response holds the socket from then), and the timer was cancelled or
+        # found no socket while the body came (a review: a body stalled at the deadline took 1.9x as long).
+        # Shut after the download, the socket is closed already: nothing happens.
+        self._deadline_sock = self.sock
         if self._timer.ident is None:  # http.client may connect again on the same object
             self._timer.start()
 
     def _expire(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._timer.cancel()
-        super().close()
+            self._deadline_sock.shutdown(socket.SHUT_RDWR)
 
 
 class _DeadlineHttpsHandler(urllib.request.HTTPSHandler):

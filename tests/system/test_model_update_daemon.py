@@ -708,6 +708,20 @@ class _RedirectToPlainHttp(QuietHandler):
         self.end_headers()
 
 
+class _StallBeforeTheDeadline(QuietHandler):
+    """Silent for most of the deadline, one byte, then silent again: no read times out before it."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "10000")
+        self.end_headers()
+        self.wfile.flush()
+        time.sleep(0.8)
+        self.wfile.write(b"x")
+        self.wfile.flush()
+        time.sleep(3)
+
+
 class _Stall(QuietHandler):
     def do_GET(self) -> None:
         self.send_response(200)
@@ -795,6 +809,14 @@ def test_download_refuses_a_redirect_to_plain_http_a_garbled_reply_and_slow_serv
         with pytest.raises(DownloadFailed, match=r"took longer than 1 s"):
             download(trickling_head.url("pkg.tar"), dest, sha, timeout_s=1.0, max_bytes=10_000, context=trust)
         assert time.monotonic() - started < 2.5  # also while the head trickles in (it held 300 s)
+        late = HttpsFileServer(served, ca, _StallBeforeTheDeadline)
+        started = time.monotonic()
+        with pytest.raises(DownloadFailed, match=r"took longer than 1 s"):
+            download(late.url("pkg.tar"), dest, sha, timeout_s=1.0, max_bytes=10_000, context=trust)
+        late.close()
+        # and while the body comes (a review: the timer was cancelled once the headers were in, and a body
+        # silent from just before the deadline was waited on for another whole timeout: 1.9 s)
+        assert time.monotonic() - started < 1.5
     finally:
         trickling_head.close()
         redirecting.close()
