@@ -256,8 +256,8 @@ class _Graph:
 def _edited(edit: Callable[[bytes], bytes], model: bytes, where: str) -> bytes:
     try:
         return edit(model)
-    except ValueError as exc:
-        raise ModelError(f"{where} is not a well-formed ONNX model: {exc}") from exc
+    except (ValueError, IndexError) as exc:  # IndexError: a node without the inputs or outputs its kind has
+        raise ModelError(f"{where} is not a well-formed ONNX model: {exc!r}") from exc
 
 
 def _value_names(graph: list[Field], number: int) -> set[str]:

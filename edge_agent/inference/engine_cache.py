@@ -92,8 +92,12 @@ class PlanCache:
         path = self.path_for(model, precision, key)
         metrics.ENGINE_CACHE_MISSES.labels(model, reason).inc()
         log.warning("engine plan %s is %s; moved aside and rebuilding", path, reason)
-        if path.exists():
+        try:
             os.replace(path, path.with_suffix(".plan.bad"))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a read-only cache: still a miss, not an error that ends the engine's load
+            log.warning("engine plan %s could not be moved aside: %s", path, exc.strerror or exc)
 
     def store(self, model: str, precision: str, key: str, plan: bytes) -> Path:
         path = self.path_for(model, precision, key)

@@ -133,28 +133,47 @@ def atomic_writer(dest: Path) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
 
 
+class CacheUnwritable(ModelError):
+    """The model cache could not be written (a full disk, another account's folder)."""
+
+
+def _read(stream: BinaryIO, origin: str) -> bytes:
+    try:
+        return stream.read(_CHUNK)
+    except OSError as exc:  # a reset download, an unreadable mirror file: not the cache's fault
+        raise ModelError(f"reading {origin} failed: {exc.strerror or exc}") from exc
+
+
 def _verified_copy(stream: BinaryIO, dest: Path, want_sha: str, origin: str) -> None:
     digest = hashlib.sha256()
     size = 0
-    with atomic_writer(dest) as out:
-        for chunk in iter(lambda: stream.read(_CHUNK), b""):
-            size += len(chunk)
-            if size > MAX_MODEL_BYTES:
-                raise ModelError(f"{origin} is larger than {MAX_MODEL_BYTES} bytes; refused")
-            digest.update(chunk)
-            out.write(chunk)
-        got = digest.hexdigest()
-        if got != want_sha:
-            raise ModelError(
-                f"{origin} has sha256 {got}, the manifest pins {want_sha}; refused, previous file kept"
-            )
+    try:
+        with atomic_writer(dest) as out:
+            while chunk := _read(stream, origin):
+                size += len(chunk)
+                if size > MAX_MODEL_BYTES:
+                    raise ModelError(f"{origin} is larger than {MAX_MODEL_BYTES} bytes; refused")
+                digest.update(chunk)
+                out.write(chunk)
+            got = digest.hexdigest()
+            if got != want_sha:
+                raise ModelError(
+                    f"{origin} has sha256 {got}, the manifest pins {want_sha}; refused, previous file kept"
+                )
+    except OSError as exc:  # the reads raise ModelError: this is the cache (a review: a read-only cache was
+        raise CacheUnwritable(f"cannot write {dest}: {exc.strerror or exc}") from exc  # "copy into a mirror")
 
 
 def _from_mirror(manifest: Manifest, mirror: Path, dest: Path, sha: str) -> None:
     candidate = mirror / manifest.source.mirror_path
-    if not candidate.is_file():
-        raise ModelError(f"mirror has no {candidate}")
-    with candidate.open("rb") as stream:
+    try:
+        if not candidate.is_file():
+            raise ModelError(f"mirror has no {candidate}")
+        stream = candidate.open("rb")
+    except OSError as exc:  # a review: a mirror file of another account was "cannot write" the cache
+        raise ModelError(f"mirror file {candidate} cannot be read: {exc.strerror or exc}; give the daemon's "
+                         "user read access to the mirror") from exc
+    with stream:
         _verified_copy(stream, dest, sha, f"mirror file {candidate}")
 
 
@@ -175,8 +194,11 @@ def fetch_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 3
         return _repo_file(manifest)
     assert source.sha256 is not None and source.url is not None  # guaranteed by the manifest parser
     dest = cached_model_path(manifest, paths)
-    if dest.is_file() and sha256_file(dest) == source.sha256:
-        return dest
+    try:
+        if dest.is_file() and sha256_file(dest) == source.sha256:
+            return dest
+    except OSError:  # unreadable to this account (a review: a PermissionError traceback): fetched again
+        log.warning("the cached model %s cannot be read; fetching it again", dest)
     problems: list[str] = []
     mirror = mirror_dir(paths)
     attempts = (
@@ -188,12 +210,9 @@ def fetch_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 3
     unwritable = False
     for origin, attempt in attempts:
         try:
-            try:
-                attempt()
-            except OSError as exc:  # writing the cache, e.g. a full disk (the reads raise ModelError)
-                unwritable = True
-                raise ModelError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+            attempt()
         except ModelError as exc:
+            unwritable = unwritable or isinstance(exc, CacheUnwritable)
             log.warning("model %s not taken from %s: %s", manifest.name, origin, exc)
             problems.append(str(exc))
             continue

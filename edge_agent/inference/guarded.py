@@ -41,12 +41,28 @@ def check_inputs(model: str, profiles: Sequence[InputProfile], feeds: Mapping[st
             )
 
 
+def check_dtypes(model: str, specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`EngineInputError` for a feed whose values its input's type cannot hold: the backends
+    cast unsafely (a review: skill ids 0.9 and 1.7 ran as 0 and 1, a complex state lost its imaginary part,
+    text ended in a ValueError)."""
+    for spec in specs:
+        value = feeds.get(spec.name)
+        dtype = getattr(value, "dtype", None)
+        if dtype == spec.dtype:  # what every caller in the product sends: one comparison
+            continue
+        dtype = np.asarray(value).dtype if dtype is None else dtype
+        if not np.can_cast(dtype, spec.dtype, casting="same_kind"):
+            raise EngineInputError(f"{model}: input {spec.name!r} is {dtype}, which {spec.dtype} cannot hold "
+                                   "without losing values")
+
+
 class GuardedEngine:
     """An :class:`Engine` that checks the profile, serialises calls and reports metrics."""
 
     def __init__(self, inner: Engine, profiles: Sequence[InputProfile]) -> None:
         self._inner = inner
         self._profiles = tuple(profiles)
+        self._specs = tuple(inner.inputs)
         self._lock = threading.Lock()
         self.model_name = inner.model_name
         self.backend = inner.backend
@@ -72,6 +88,7 @@ class GuardedEngine:
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             check_inputs(self.model_name, self._profiles, feeds)
+            check_dtypes(self.model_name, self._specs, feeds)
         except EngineInputError:
             self._requests["rejected"].inc()
             raise

@@ -76,6 +76,17 @@ def test_damaged_plan_is_a_counted_miss_and_moved_aside(tmp_path, damage):
     assert not path.exists() and path.with_suffix(".plan.bad").exists()
 
 
+def test_a_damaged_plan_that_cannot_be_moved_aside_is_still_a_miss(tmp_path):
+    # A review: in a cache the daemon cannot write, moving it aside raised out of load(), which promises
+    # None for a miss (and the engine then had no ONNX Runtime fallback). A folder in the way does the same.
+    cache = PlanCache(tmp_path)
+    key = _key()
+    path = cache.store("stuck", "fp16", key, b"x" * 1000)
+    path.write_bytes(b"damaged")
+    (path.with_suffix(".plan.bad") / "in-the-way").mkdir(parents=True)
+    assert cache.load("stuck", "fp16", key) is None
+
+
 def test_absent_plan_is_a_counted_miss(tmp_path):
     before = sample("edge_engine_cache_misses_total", {"engine": "new", "reason": "absent"})
     assert PlanCache(tmp_path).load("new", "fp32", _key()) is None

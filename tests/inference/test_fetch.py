@@ -235,3 +235,72 @@ def test_root_gives_the_daemon_only_the_file_it_wrote_never_a_second_name_of_roo
     with pytest.raises(ModelError, match="not the file just written"):
         give_file(folder / "other.onnx", (daemon, daemon))
     assert roots.stat().st_uid == 0
+
+
+def test_a_cache_that_cannot_be_written_during_a_download_says_so_not_copy_into_a_mirror(
+    tmp_path: Path, model_mirror: Path, server: _Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A review: the download's own except took the cache's OSError for a failed download, and the fix it
+    # gave was "copy it into a mirror folder"
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    manifest = MANIFESTS["fsanet-1x1"]
+    server.payload = (model_mirror / manifest.source.mirror_path).read_bytes()
+    paths = paths_for(tmp_path / "cache", None)
+    paths.cache_dir.mkdir()
+    (paths.cache_dir / "models").write_text("a file where the models folder goes")
+    with pytest.raises(ModelError, match=r"cannot write .*Not a directory") as info:
+        fetch_model(_served(manifest, server), paths)
+    assert "Free space on (or give write access to)" in str(info.value)
+    assert "into a mirror folder" not in str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to make files the daemon's user cannot read")
+def test_a_mirror_or_cached_model_the_daemons_user_cannot_read_is_named_as_such(
+    model_mirror: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A review: an unreadable mirror file was "cannot write" the cache (the wrong file, the wrong fix),
+    # and an unreadable cached file escaped as a PermissionError traceback. "nobody" stands in for the
+    # daemon's user, as this process's effective user for the two fetches.
+    import pwd
+    import shutil
+    import tempfile
+
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="edge-agent-test-", dir="/tmp"))  # pytest's base folder is 0700
+    request.addfinalizer(lambda: shutil.rmtree(base))
+    base.chmod(0o755)
+    manifest = MANIFESTS["fsanet-1x1"]
+    mirror = base / "mirror"
+    (mirror / manifest.source.mirror_path).parent.mkdir(parents=True)
+    shutil.copy(model_mirror / manifest.source.mirror_path, mirror / manifest.source.mirror_path)
+    for folder in (mirror, (mirror / manifest.source.mirror_path).parent):
+        folder.chmod(0o755)
+    (mirror / manifest.source.mirror_path).chmod(0o600)  # root's alone
+    writable, stale = base / "cache", base / "stale"
+    writable.mkdir()
+    os.chown(writable, nobody.pw_uid, nobody.pw_gid)
+    cached = stale / "models" / manifest.source.mirror_path
+    cached.parent.mkdir(parents=True)
+    shutil.copy(model_mirror / manifest.source.mirror_path, cached)
+    cached.chmod(0o600)
+    for folder in (stale, stale / "models", cached.parent):
+        folder.chmod(0o755)
+
+    def as_nobody(cache: Path, from_mirror: Path | None) -> str:
+        os.setegid(nobody.pw_gid)
+        os.seteuid(nobody.pw_uid)
+        try:
+            fetch_model(manifest, paths_for(cache, from_mirror), timeout_s=1)
+        except ModelError as exc:
+            return str(exc)
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+        return "fetched"
+
+    said = as_nobody(writable, mirror)
+    assert f"mirror file {mirror / manifest.source.mirror_path} cannot be read: Permission denied" in said
+    assert "cannot write" not in said
+    said = as_nobody(stale, None)  # the cached copy unreadable, and no network: a ModelError, no traceback
+    assert said.startswith("model fsanet-1x1 could not be obtained"), said
