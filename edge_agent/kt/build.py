@@ -32,7 +32,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _check_held_out(test: Sequences, known: set[str]) -> None:
+def _check_held_out(test: Sequences, known: set[str], given: bool) -> None:
     """Held-out answers on skills the training data lacks are left out of the scores: said, with how many,
     and refused when none is left (the bare "need a held-out student" sent IT looking at the wrong file)."""
     answers = sum(len(seq) for seq in test.skills)
@@ -45,7 +45,9 @@ def _check_held_out(test: Sequences, known: set[str]) -> None:
         f"(e.g. {example})"
     )
     if len(unknown) == answers:
-        raise ValueError(f"{what}: the test file must use the training file's skill ids")
+        fix = ("the test file must use the training file's skill ids" if given else
+               "the held-out students practised skills no other student did; give more students or --test")
+        raise ValueError(f"{what}: {fix}")
     log.warning("%s; they are left out of the AUC and accuracy", what)
 
 
@@ -57,14 +59,20 @@ def build_from_sequences(
     school's skill names and exercises (school_bank.py); without it skills are named by their ids."""
     import hashlib
 
+    given = test is not None
     if test is None:
+        # one student went all to the held-out side, and the error blamed a test file never given (a review)
+        usable = sum(len(seq) >= 2 for seq in train.skills)
+        if usable < 2:
+            raise ValueError(f"the training data holds {usable} student(s) with 2 or more answers: at least "
+                             "2 are needed, one to train on and one held out (or give --test)")
         tr_idx, te_idx = split_students(len(train), test_share, opts.seed)
         test = Sequences([train.skills[i] for i in te_idx], [train.correct[i] for i in te_idx])
         train = Sequences([train.skills[i] for i in tr_idx], [train.correct[i] for i in tr_idx], train.names)
     vocab = train.vocabulary()
     tr_s, tr_c = train.encode(vocab)
     te_s, te_c = test.encode(vocab)
-    _check_held_out(test, set(vocab))
+    _check_held_out(test, set(vocab), given)
     if not tr_s or not te_s:
         raise ValueError("need at least one training and one held-out student with 2+ answers")
     model = train_model(tr_s, tr_c, len(vocab), opts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_agent.errors import EdgeAgentError
@@ -30,7 +31,8 @@ def add_kt_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     train.set_defaults(func=cmd_kt_train)
     default = sub.add_parser("build-default", help="rebuild engines/kt-default from simulated students")
     default.add_argument("--out", type=Path, required=True)
-    default.add_argument("--students", type=int, default=8000)
+    default.add_argument("--students", type=_at_least(20), default=8000,
+                         help="simulated students (at least 20: some are held out to measure the AUC)")
     _train_options(default, epochs=15, hidden=64)
     default.set_defaults(func=cmd_kt_build_default)
     roster = sub.add_parser(
@@ -55,9 +57,20 @@ def add_kt_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     return kt
 
 
+def _at_least(least: int) -> Callable[[str], int]:
+    def number(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least {least}")
+        return value
+
+    return number
+
+
 def _train_options(parser: argparse.ArgumentParser, epochs: int, hidden: int) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs, help="the most epochs trained")
-    parser.add_argument("--hidden", type=int, default=hidden)
+    # at least 1 (a review: --hidden 0 ended build-default in a traceback, --epochs 0 trained nothing)
+    parser.add_argument("--epochs", type=_at_least(1), default=epochs, help="the most epochs trained")
+    parser.add_argument("--hidden", type=_at_least(1), default=hidden)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patience", type=int, default=2,
                         help="stop after this many epochs without a better AUC on the validation students "
@@ -86,6 +99,9 @@ def cmd_kt_train(args: argparse.Namespace) -> int:
         bank = read_school_bank(args.skills, args.items)  # its mistakes before minutes of training
         train = read_sequences(args.train, args.format)
         test = read_sequences(args.test, args.format) if args.test else None
+        for path, read in ((args.train, train), (args.test, test)):
+            if read is not None and len(read) == 0:  # the error named no file (a review)
+                raise EdgeAgentError(f"{path} holds no student's answers (empty, or only blank lines)")
         result = build_from_sequences(train, test, args.out, _options(args, 64), bank=bank)  # type: ignore[arg-type]
     except (EdgeAgentError, ValueError) as exc:
         print(f"error: {exc}")
@@ -106,7 +122,11 @@ def cmd_kt_build_default(args: argparse.Namespace) -> int:
     except EdgeAgentError as exc:
         print(f"error: {exc}")
         return 1
-    result = build_default(args.out, students=args.students, opts=_options(args, 32))  # type: ignore[arg-type]
+    try:
+        result = build_default(args.out, students=args.students, opts=_options(args, 32))  # type: ignore[arg-type]
+    except (EdgeAgentError, ValueError) as exc:  # as kt train says them
+        print(f"error: {exc}")
+        return 1
     print(json.dumps(result))
     return 0
 

@@ -37,7 +37,8 @@ class Sequences:
 
     def vocabulary(self) -> list[str]:
         ids = {s for seq in self.skills for s in seq}
-        return sorted(ids, key=lambda s: (0, int(s), s) if s.lstrip("-").isdigit() else (1, 0, s))
+        # numbers by value, names after: "①" and "²" are digits to str.isdigit, not to int (a review)
+        return sorted(ids, key=lambda s: (0, int(s), s) if _WHOLE.fullmatch(s) else (1, 0, s))
 
     def encode(self, vocab: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Skill ids mapped to indices of ``vocab``; answers on skills outside it are dropped."""
@@ -55,6 +56,7 @@ class Sequences:
 # floats, "7.0"; read as written, 7 and 7.0 were two skills, a doubled vocabulary, silently), or a
 # chapter.section code ("1.1", "1.10"), which is kept as written.
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d*)?")
+_WHOLE = re.compile(r"[0-9]+")  # a skill key that is a whole number (skill_key made it so)
 
 
 def skill_key(text: str) -> str:
@@ -95,6 +97,9 @@ class _SkillIds:
         if not text:
             raise InputRejected(f"{where}: skill id {n} of {of} is empty; every answer needs its skill id")
         number = _NUMBER.fullmatch(text) is not None
+        if number and text.startswith("-"):  # a review: trained into a package as skills '-3', '-2', '-1'
+            raise InputRejected(f"{where}: skill id {text!r} is negative; skill ids are numbers from 0, "
+                                "or names")
         if self._first is None:
             self._first = (number, line, text)
         elif self._first[0] != number:
@@ -195,6 +200,8 @@ def _read_pykt(lines: Iterable[str], source: str) -> Sequences:
     row_of_uid: dict[str, int] = {}
     for row in reader:
         where = f"{source} line {reader.line_num}"
+        if row["concepts"] is None or row["responses"] is None:  # a short row: skipped unseen (a review)
+            raise InputRejected(f"{where}: the row ends before its 'concepts' and 'responses' columns")
         concepts = [c.strip() for c in (row["concepts"] or "").split(",")]
         responses = [r.strip() for r in (row["responses"] or "").split(",")]
         if len(concepts) != len(responses):
@@ -212,8 +219,9 @@ def _read_pykt(lines: Iterable[str], source: str) -> Sequences:
                 keep = [k and kept(v) for k, v in zip(keep, marks, strict=True)]
         # an answer without its concept was dropped unseen
         for n, (c, r) in enumerate(zip(concepts, responses, strict=True), 1):
-            if not c and r not in ("", "-1"):
-                raise InputRejected(f"{where}: concept {n} of {len(concepts)} is empty but has a response")
+            if c in ("", "-1") and r not in ("", "-1"):  # -1 pads a row, both columns alike
+                raise InputRejected(f"{where}: concept {n} of {len(concepts)} is {c or 'empty'} but has a "
+                                    "response")
         pairs = [
             (_first_concept(c), r)
             for c, r, k in zip(concepts, responses, keep, strict=False)

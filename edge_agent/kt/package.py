@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from edge_agent import json_input
 from edge_agent.errors import ModelError
 
 FORMAT = 1
@@ -74,8 +75,8 @@ class KTPackage:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json_input.loads(path.read_text(encoding="utf-8"))  # depth, 1e999, NaN refused as ValueError
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError among them
         raise ModelError(f"KT package file {path} is not valid JSON: {exc}") from exc
 
 
@@ -116,7 +117,9 @@ def _items(data: Any, path: Path, skill_ids: set[str]) -> tuple[ItemInfo, ...]:
         if skill not in skill_ids:
             raise ModelError(f"{where}: skill {skill!r} is not in skills.json")
         diff = e.get("difficulty", 0.0)
-        if isinstance(diff, bool) or not isinstance(diff, (int, float)) or not math.isfinite(diff):
+        # isfinite of an int past a float's range raised OverflowError (a review): the bound below takes it
+        if isinstance(diff, bool) or not isinstance(diff, (int, float)) or (
+                isinstance(diff, float) and not math.isfinite(diff)):
             raise ModelError(f"{where}: difficulty must be a finite number")
         # A logit offset: a rating on another scale (Elo's 1200) overflowed exp() in every answer's
         # recommendations, and each answer on that skill got 503 (a review)
@@ -151,12 +154,12 @@ def load_package(path: Path | None = None) -> KTPackage:
     skills = _skills(_read_json(path / "skills.json"), path / "skills.json")
     items = _items(_read_json(path / "items.json"), path / "items.json", {s.id for s in skills})
     hidden, prior = meta.get("hidden"), meta.get("prior_success")
-    if not isinstance(hidden, int) or hidden <= 0:
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0:  # true is an int to Python
         raise ModelError(f"{path / 'metadata.json'}: 'hidden' must be a positive integer")
     if (
         not isinstance(prior, list)
         or len(prior) != len(skills)
-        or not all(isinstance(p, (int, float)) and 0.0 <= p <= 1.0 for p in prior)
+        or not all(type(p) in (int, float) and 0.0 <= p <= 1.0 for p in prior)  # not true or false
     ):
         raise ModelError(f"{path / 'metadata.json'}: 'prior_success' needs one probability per skill")
     if meta.get("n_skills") != len(skills):

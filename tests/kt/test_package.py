@@ -99,12 +99,23 @@ def test_missing_directory_and_files_are_named(tmp_path: Path) -> None:
         # an Elo rating: exp() overflowed in the recommendations and every answer got 503 (a review)
         ("items.json", lambda d: d["items"][0].update(difficulty=1200), "not a rating on another scale"),
         ("items.json", lambda d: d.update(items={}), "items"),
+        # a review: OverflowError from math.isfinite, and true taken as an int
+        ("items.json", lambda d: d["items"][0].update(difficulty=10**400), "not a rating on another scale"),
+        ("metadata.json", lambda d: d.update(hidden=True), "hidden"),
+        ("metadata.json", lambda d: d.update(prior_success=[True for _ in d["prior_success"]]), "prior"),
     ],
 )
 def test_malformed_package_files_are_rejected(tmp_path: Path, file: str, change: object, words: str) -> None:
     pkg = _copy(tmp_path)
     _edit(pkg / file, change)
     with pytest.raises(ModelError, match=words):
+        load_package(pkg)
+
+
+def test_json_nested_past_the_parsers_depth_is_a_model_error(tmp_path: Path) -> None:
+    pkg = _copy(tmp_path)
+    (pkg / "skills.json").write_text("[" * 100_000 + "]" * 100_000)  # RecursionError before (a review)
+    with pytest.raises(ModelError, match=r"skills\.json is not valid JSON: JSON nested deeper than 64"):
         load_package(pkg)
 
 

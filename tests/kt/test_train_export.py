@@ -379,3 +379,35 @@ def test_the_schools_spreadsheets_name_skills_as_the_answer_log_does_and_made_id
     assert skills[0] == {"id": "01", "name_zh": "有理数", "name_en": "rationals"}
     assert [(i["id"], i["skill_id"]) for i in items] == [
         ("q1", "01"), ("skill-A", "B"), ("skill-A-2", "A"), ("skill-A-2-2", "A-2")]
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [("3\n1,2,3\n1,0,1\n", "the training data holds 1 student(s) with 2 or more answers: at least 2"),
+     ("", "holds no student's answers (empty, or only blank lines)")],
+    ids=["one-student", "empty"],
+)
+def test_kt_train_says_what_a_file_too_small_to_split_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, said: str
+) -> None:
+    # A review: one student went all to the held-out side, and the error blamed a test file never given;
+    # an empty file's error named no file
+    from edge_agent.cli import main
+
+    train = tmp_path / "answers.csv"
+    train.write_text(text, encoding="utf-8")
+    assert main(["kt", "train", "--train", str(train), "--out", str(tmp_path / "pkg"), "--epochs", "1"]) == 1
+    out = capsys.readouterr().out
+    assert said in out and "test file" not in out, out
+
+
+def test_kt_build_default_refuses_numbers_that_build_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A review: --hidden 0 ended in a traceback, --students 0 wrote an untrained package
+    from edge_agent.cli import main
+
+    for option, value in (("--hidden", "0"), ("--students", "2"), ("--epochs", "0")):
+        with pytest.raises(SystemExit):
+            main(["kt", "build-default", "--out", str(tmp_path / "pkg"), option, value])
+        assert f"argument {option}: '{value}': give at least" in capsys.readouterr().err

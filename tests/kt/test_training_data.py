@@ -52,6 +52,8 @@ def test_a_file_of_named_skills_keeps_the_names(tmp_path: Path) -> None:
         ("2\n1,2\n1,0\n3\n1,,2\n1,0,1\n", 5, "skill id 2 of 3 is empty"),
         ("2\n1,2\n1,0\n3\n1,abc,2\n1,0,1\n", 5, "'abc' is a name, but the file's skill ids are numbers"),
         ("3\nfractions,algebra,7\n1,0,1\n", 2, "'7' is a number, but the file's skill ids are names"),
+        # a review: trained into a package as skills '-3', '-2', '-1'
+        ("2\n1,2\n1,0\n3\n-1,-2,-1\n1,0,1\n", 5, "'-1' is negative; skill ids are numbers from 0"),
     ],
 )
 def test_a_bad_skill_id_is_named_with_file_and_line(tmp_path: Path, text: str, line: int, words: str) -> None:
@@ -64,6 +66,29 @@ def test_a_bad_skill_id_is_named_with_file_and_line(tmp_path: Path, text: str, l
 def test_a_pykt_answer_without_its_concept_is_refused_not_dropped(tmp_path: Path) -> None:
     path = _file(tmp_path, 'uid,concepts,responses\n1,"3,4","1,0"\n2,"3,,4","1,0,1"\n')
     with pytest.raises(InputRejected, match=re.escape(f"{path} line 3: concept 2 of 3 is empty")):
+        read_sequences(path, "pykt-csv")
+
+
+def test_skills_named_with_characters_python_calls_digits_are_names(tmp_path: Path) -> None:
+    # A review: "①" and "²" are digits to str.isdigit, not to int: the vocabulary's sort raised ValueError
+    from edge_agent.kt.data import Sequences
+
+    path = _file(tmp_path, "3\n①,②,①\n1,0,1\n3\n②,10,②\n0,1,1\n")
+    with pytest.raises(InputRejected, match="is a number, but the file's skill ids are names"):
+        read_sequences(path, "dkt-csv")
+    assert Sequences([["①", "²", "10", "9"]], [[1, 0, 1, 1]]).vocabulary() == ["9", "10", "²", "①"]
+
+
+@pytest.mark.parametrize(
+    ("row", "said"),
+    [('1,"3,-1,4","1,1,0"', "line 2: concept 2 of 3 is -1 but has a response"),
+     ("2", "line 2: the row ends before its 'concepts' and 'responses' columns")],
+)
+def test_a_pykt_answer_on_a_padding_concept_or_a_short_row_is_refused_not_dropped(
+    tmp_path: Path, row: str, said: str
+) -> None:
+    path = _file(tmp_path, f'uid,concepts,responses\n{row}\n3,"3,4","0,1"\n')
+    with pytest.raises(InputRejected, match=re.escape(f"{path} {said}")):
         read_sequences(path, "pykt-csv")
 
 
