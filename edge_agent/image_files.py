@@ -1,14 +1,16 @@
-"""Picture files read and written through their bytes, never through OpenCV's file-name calls.
+"""Picture files read and written without crashing on their names.
 
 OpenCV 5.1's ``imread``, ``imwrite`` and ``VideoCapture`` pass the name on as UTF-8, and a name that is not
 (a folder copied from a camera's SD card or an old Windows share: ``cl\\xe9.jpg`` in Latin-1 reaches Python as
 a lone surrogate) crashed the whole process with SIGSEGV, not an exception: one such photo in the camera's
-image folder stopped the daemon, answers and all (a review). Decoding the file's bytes
-(``cv2.imdecode``: EXIF orientation applied the same as ``imread``) needs no name at all.
+image folder stopped the daemon, answers and all (a review). Such a picture is decoded from its bytes
+(``cv2.imdecode``: EXIF orientation applied the same as ``imread``); any other through its name, which
+holds no copy of the file in memory (a 4K PNG's bytes, 15-20 MB, were one more frame's worth).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -21,8 +23,19 @@ _JPEG_EOI = b"\xff\xd9"
 
 def read_image(path: Path) -> np.ndarray | None:
     """The BGR picture in ``path``; None when it cannot be read or decoded."""
+    name = str(path)
+    if _utf8(name):
+        return cv2.imread(name, cv2.IMREAD_COLOR)  # type: ignore[no-any-return]
     data = read_bytes(path)
     return None if data is None else decode_image(data)
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_bytes(path: Path) -> bytes | None:
@@ -49,14 +62,22 @@ def write_image(path: Path, image: np.ndarray) -> None:
 def opencv_file_name(path: Path | str) -> str:
     """``path`` as a name OpenCV's video capture can be given; CameraError where it would crash on it."""
     name = str(path)
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
+    if not _utf8(name):
         raise CameraError(
             f"{name.encode('utf-8', 'backslashreplace').decode()}: OpenCV cannot open a file whose name is "
             "not UTF-8 (it was named on a system with another encoding): rename it"
-        ) from None
+        )
     return name
+
+
+def jpeg_file_complete(path: Path) -> bool:
+    """jpeg_complete of the file, reading only its tail where its end marker is there (the usual case)."""
+    with path.open("rb") as file:
+        file.seek(max(0, file.seek(0, os.SEEK_END) - 64))  # the file's own size: no second stat
+        if file.read().rstrip(b"\0\r\n ").endswith(_JPEG_EOI):
+            return True
+        file.seek(0)
+        return jpeg_complete(file.read())
 
 
 def jpeg_complete(data: bytes) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 
 from edge_agent.config import without_credentials
 from edge_agent.errors import CameraError
-from edge_agent.image_files import decode_image, jpeg_complete, opencv_file_name, read_bytes
+from edge_agent.image_files import jpeg_file_complete, opencv_file_name, read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -114,12 +114,13 @@ class ImageFolderSource:
             return unusable
         if self._damaged.get(path) == stamp:
             return unusable
-        data = read_bytes(path)  # by its bytes: OpenCV's imread crashed the process on a non-UTF-8 name
-        if data is None:
+        try:
+            # a JPEG without its end marker is cut short: libjpeg decodes it grey below the cut, and
+            # complains (only its tail is read, unless data follows the picture: a phone's motion photo)
+            truncated = path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_file_complete(path)
+        except OSError:
             return unusable
-        # a JPEG without its end marker is cut short: libjpeg decodes it grey below the cut, and complains
-        truncated = path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_complete(data)
-        image = None if truncated else decode_image(data)
+        image = None if truncated else read_image(path)
         if image is None:
             self._damaged[path] = stamp
             return unusable
