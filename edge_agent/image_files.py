@@ -26,8 +26,13 @@ def read_image(path: Path) -> np.ndarray | None:
     name = str(path)
     if _utf8(name):
         return cv2.imread(name, cv2.IMREAD_COLOR)  # type: ignore[no-any-return]
-    data = read_bytes(path)
-    return None if data is None else decode_image(data)
+    try:
+        data = path.read_bytes()
+    except (OSError, ValueError):  # ValueError: a NUL in the name
+        return None
+    if not data:  # imdecode asserts on an empty buffer
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # type: ignore[no-any-return]
 
 
 def _utf8(name: str) -> bool:
@@ -36,19 +41,6 @@ def _utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except (OSError, ValueError):  # ValueError: a NUL in the name
-        return None
-
-
-def decode_image(data: bytes) -> np.ndarray | None:
-    if not data:  # imdecode asserts on an empty buffer
-        return None
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # type: ignore[no-any-return]
 
 
 def write_image(path: Path, image: np.ndarray) -> None:
@@ -74,10 +66,10 @@ def jpeg_file_complete(path: Path) -> bool:
     """jpeg_complete of the file, reading only its tail where its end marker is there (the usual case)."""
     with path.open("rb") as file:
         file.seek(max(0, file.seek(0, os.SEEK_END) - 64))  # the file's own size: no second stat
-        if file.read().rstrip(b"\0\r\n ").endswith(_JPEG_EOI):
+        if _ends_with_the_picture(file.read()):
             return True
         file.seek(0)
-        return jpeg_complete(file.read())
+        return _walks_to_the_end(file.read())
 
 
 def jpeg_complete(data: bytes) -> bool:
@@ -87,8 +79,14 @@ def jpeg_complete(data: bytes) -> bool:
     (a "motion photo" carries a video there), so where it does not, the file's segments are walked to the
     marker that ends the picture; an EXIF thumbnail's own end marker, inside a segment, does not count.
     """
-    if data[-64:].rstrip(b"\0\r\n ").endswith(_JPEG_EOI):
-        return True
+    return _ends_with_the_picture(data[-64:]) or _walks_to_the_end(data)
+
+
+def _ends_with_the_picture(tail: bytes) -> bool:
+    return tail.rstrip(b"\0\r\n ").endswith(_JPEG_EOI)  # padding after the end marker allowed
+
+
+def _walks_to_the_end(data: bytes) -> bool:
     pos = 2  # after the start-of-image marker
     while pos + 2 <= len(data):
         if data[pos] != 0xFF:

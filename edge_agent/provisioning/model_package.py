@@ -41,10 +41,11 @@ class _BoundedHeaders(tarfile.TarInfo):
     is seen: a 261 KB .tar.gz in the inbox had the daemon take 2 GiB (a review). Such a header over
     MAX_TAR_HEADER_BYTES is refused first (TarInfo._proc_member: the same in Python 3.10 to 3.13)."""
 
+    EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                tarfile.SOLARIS_XHDTYPE)
+
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
-        extended = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-                    tarfile.SOLARIS_XHDTYPE)
-        if self.type in extended and self.size > MAX_TAR_HEADER_BYTES:
+        if self.type in self.EXTENDED and self.size > MAX_TAR_HEADER_BYTES:
             raise tarfile.HeaderError(f"an extended header of {self.size} bytes "
                                       f"(at most {MAX_TAR_HEADER_BYTES})")
         proc: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
@@ -111,6 +112,10 @@ def _payload_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p not in top and not p.is_dir())
 
 
+def _links(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_symlink()]
+
+
 def sign_package(directory: Path, private_key_path: Path, name: str, version: str) -> Manifest:
     """Write manifest.json (every file's sha256) and manifest.sig for the package in ``directory``."""
     if not (_NAME.match(name) and _NAME.match(version)):
@@ -121,14 +126,14 @@ def sign_package(directory: Path, private_key_path: Path, name: str, version: st
         raise ProvisioningError(f"cannot read signing key {private_key_path}: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ProvisioningError(f"{private_key_path} is not an ed25519 private key")
-    payload = _payload_files(directory)
+    payload = {p.relative_to(directory).as_posix(): p for p in _payload_files(directory)}
     # what verify_package refuses is refused here: signed, such a package could never be installed
-    links = [p.name for p in directory.rglob("*") if p.is_symlink()]
-    unsafe = [rel for p in payload if not _FILE.match(rel := p.relative_to(directory).as_posix())]
+    links = [p.name for p in _links(directory)]
+    unsafe = [rel for rel in payload if not _FILE.match(rel)]
     if links or unsafe:
         raise ProvisioningError(f"{directory}: no board would install it: links {links[:3]}, names of other "
                                 f"than letters, digits, _ . - and / {unsafe[:3]}")
-    files = {p.relative_to(directory).as_posix(): sha256_file(p) for p in payload}
+    files = {rel: sha256_file(p) for rel, p in payload.items()}
     if not files:
         raise ProvisioningError(f"{directory} holds no model files to sign")
     body = {
@@ -187,7 +192,7 @@ def verify_package(directory: Path, trusted: list[Ed25519PublicKey], source: str
         raise PackageRejected(f"package {source}: the signature does not verify with any trusted key")
     manifest = _parse_manifest(data)
     present = {p.relative_to(directory).as_posix() for p in _payload_files(directory)}
-    links = [p for p in directory.rglob("*") if p.is_symlink()]
+    links = _links(directory)
     if links:
         raise PackageRejected(f"package contains links: {links[0].name}")
     if present != set(manifest.files):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -620,32 +621,43 @@ def test_a_reused_client_event_id_gets_409_alone_and_its_own_status_in_a_batch(a
     assert status == 200 and [r["status"] for r in body["results"]] == ["conflict", "applied"]
 
 
+@contextlib.contextmanager
+def _answer_server(package: KTPackage) -> Iterator[tuple[ServerThread, KTService]]:
+    """The answer API on loopback over a service of its own, with the default settings."""
+    settings = KTSettings()
+    svc = KTService(package, OnnxRuntimeEngine(package.step_model), settings, Pseudonymizer(b"k" * 32))
+    svc.start()
+    server = ServerThread(LiveBoard(), route_tables=[answer_routes(svc, settings)]).start()
+    try:
+        yield server, svc
+    finally:
+        server.stop()
+        svc.stop()
+
+
+def _post_head(body: bytes) -> bytes:
+    return (f"POST /api/v1/answers HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+
+
 def test_a_client_that_hangs_up_mid_body_is_counted_not_logged_as_the_boards_failure(
     package: KTPackage, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A review: each upload cut short by a closing tablet logged an ERROR with a traceback ("the web
     # server failed on POST /api/v1/answers", ConnectionResetError), as a failure of the board's
-    settings = KTSettings()
-    svc = KTService(package, OnnxRuntimeEngine(package.step_model), settings, Pseudonymizer(b"k" * 32))
-    svc.start()
-    server = ServerThread(LiveBoard(), route_tables=[answer_routes(svc, settings)]).start()
     gone = {"port": "web", "reason": "client_gone"}
     before = metrics.sample("edge_http_connections_refused_total", gone)
-    try:
+    with _answer_server(package) as (server, svc):
         body = json.dumps(_good(package, event="hung-up")).encode()
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-                sock.sendall(f"POST /api/v1/answers HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                             f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:20])
+                sock.sendall(_post_head(body) + body[:20])
                 time.sleep(0.05)
         deadline = time.monotonic() + 5
         while metrics.sample("edge_http_connections_refused_total", gone) < before + 3:
             assert time.monotonic() < deadline, "the hang-ups were not counted"
             time.sleep(0.02)
         assert svc.student_count() == 0  # nothing of it applied
-    finally:
-        server.stop()
-        svc.stop()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
@@ -656,18 +668,12 @@ def test_an_answer_whose_body_stops_arriving_gets_408_its_connection_closed_and_
     # A tablet whose battery died in the middle of a POST held its connection, and one of the 32 places its
     # address gets, until TCP keepalive gave up 2 h 11 min later (a client trickling bytes: for ever).
     monkeypatch.setattr(request_body, "BODY_TIMEOUT_S", 0.5)  # 30 s on a board
-    settings = KTSettings()
-    svc = KTService(package, OnnxRuntimeEngine(package.step_model), settings, Pseudonymizer(b"k" * 32))
-    svc.start()
-    server = ServerThread(LiveBoard(), route_tables=[answer_routes(svc, settings)]).start()
     refused = {"port": "web", "reason": "body_timeout"}
     before = metrics.sample("edge_http_connections_refused_total", refused)
-    try:
+    with _answer_server(package) as (server, _svc):
         body = json.dumps(_good(package, event="cut-short")).encode()
-        head = (f"POST /api/v1/answers HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
         with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
-            sock.sendall(head + body[:20])  # and then nothing more
+            sock.sendall(_post_head(body) + body[:20])  # and then nothing more
             started = time.monotonic()
             reply = sock.recv(4096)
             answered = time.monotonic() - started
@@ -687,7 +693,4 @@ def test_an_answer_whose_body_stops_arriving_gets_408_its_connection_closed_and_
         # sent again, whole: applied now, and once
         status, feedback = harness.http("POST", f"{server.url}/api/v1/answers", json.loads(body))
         assert status == 200 and feedback["status"] == "applied"
-    finally:
-        server.stop()
-        svc.stop()
 
