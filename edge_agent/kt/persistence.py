@@ -21,16 +21,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from edge_agent.kt.state import HISTORY_CAP, RECENT_ITEMS, StudentState
-from edge_agent.store.db import Database, meta_object, set_meta
+from edge_agent.store.db import DAMAGED_ROW, Database, meta_object, set_meta
 
 Writer = Callable[[sqlite3.Connection], None]  # a part of one transaction, run on the writer thread
 # An applied answer's row of kt_applied_events: (event key, applied at, content, student's pseudonym)
 EventRow = tuple[str, float, str | None, str | None]
 
 log = logging.getLogger(__name__)
-# What a damaged row raises as it is read: 1e999 where an int belongs is OverflowError, text nested past the
-# parser's depth RecursionError, NULL TypeError; each stopped knowledge tracing's start (a review)
-DAMAGED = (ValueError, TypeError, OverflowError, RecursionError)
 
 EVENT_KEEP_S = 7 * 86400.0  # a client retries within minutes; a week covers a board that was off
 # The newest keys are kept whatever their times say: a board that applied answers on a clock days behind
@@ -85,7 +82,7 @@ def kept_by_skill_id(state: StudentState, skills: Sequence[str], set_aside: str 
         earlier, since = aside["kept"], state.answers - int(aside["answers"])
         valid = all(isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and a[1] in (0, 1)
                     for a in earlier)
-    except (ValueError, TypeError, KeyError, OverflowError):  # int(1e999): a round-2 review
+    except (*DAMAGED_ROW, KeyError):  # int(1e999): a round-2 review; nesting past the parser's depth too
         valid = False
     if valid and since >= 0:
         kept = earlier + (kept[max(0, len(kept) - since):] if since else [])
@@ -129,7 +126,7 @@ def _recent_items(text: str | None, state: StudentState) -> tuple[str, ...]:
     fallback = state.recent_items
     try:
         answers, items = json.loads(text) if text else (None, None)
-    except DAMAGED:
+    except DAMAGED_ROW:
         return fallback
     if (answers != state.answers or not isinstance(items, list) or not 0 < len(items) <= RECENT_ITEMS
             or not all(isinstance(i, str) for i in items) or items[-1] != state.last_item):
@@ -236,7 +233,7 @@ class StatePersistence:
             row = conn.execute("SELECT value FROM meta WHERE key = 'kt_skill_ids'").fetchone()
             try:
                 known = json.loads(row[0]) if row else {}
-            except DAMAGED:
+            except DAMAGED_ROW:
                 known = None
             if row and not isinstance(known, dict):
                 log.warning("meta kt_skill_ids in the store is damaged: the skills the student states were "
@@ -341,7 +338,7 @@ class StatePersistence:
     def _decode(rows: Iterable[Any], hidden: int, skills: int) -> dict[str, StudentState]:
         states: dict[str, StudentState] = {}
         for student, blob, answers, kept, *recent in rows:
-            with contextlib.suppress(*DAMAGED):  # counted by the caller where it matters
+            with contextlib.suppress(*DAMAGED_ROW):  # counted by the caller where it matters
                 state = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills,
                                                 None if kept is None else bytes(kept))
                 state.recent_items = _recent_items(recent[0] if recent else None, state)
@@ -424,7 +421,7 @@ class StatePersistence:
             "SELECT student, lesson_tail FROM kt_student_state WHERE lesson_tail IS NOT NULL").fetchall())
         out: list[JournalRow] = []
         for student, text in rows:
-            with contextlib.suppress(*DAMAGED):
+            with contextlib.suppress(*DAMAGED_ROW):
                 out.extend(JournalRow(int(seq), str(student), tuple(int(k) for k in skills), float(at))
                            for seq, skills, at in json.loads(text))
         return sorted(out)

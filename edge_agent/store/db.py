@@ -57,6 +57,9 @@ HEARTBEAT_NAME = "store-writer"
 # Damaged databases moved aside and kept for a look (each up to store.max_bytes): a failing SD card that
 # damages the file again and again must not fill the disk with them.
 KEEP_QUARANTINED = 2
+# What a stored text raises as it is read back where its row is damaged: not JSON (ValueError), NULL
+# (TypeError), nested past the parser's depth (RecursionError), 1e999 where an int belongs (OverflowError)
+DAMAGED_ROW = (ValueError, TypeError, OverflowError, RecursionError)
 _STOP = object()
 # Errors that say the storage, not the task, is at fault: the store reports itself unhealthy while one came
 # within the last FAILURE_WINDOW_S.
@@ -301,7 +304,7 @@ def meta_object(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     try:
         value = json.loads(row[0]) if row and row[0] else None
-    except (ValueError, TypeError, RecursionError):
+    except DAMAGED_ROW:
         return None
     return value if isinstance(value, dict) else None
 

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from edge_agent.errors import InputRejected
-from edge_agent.store.db import Database
+from edge_agent.store.db import DAMAGED_ROW, Database
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class History:
         for at, text in reversed(rows):
             try:
                 out.append({"at": at, "data": json.loads(text)})
-            except (ValueError, TypeError, RecursionError):  # one torn row stopped attention's start
+            except DAMAGED_ROW:  # one torn row stopped attention's start (a review)
                 log.warning("a %s record of %s in the store is damaged; it is left out", stream, at)
         return out
 

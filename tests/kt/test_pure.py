@@ -128,7 +128,7 @@ def test_answers_set_aside_at_a_skill_change_come_first_and_damaged_ones_are_pas
     assert kept_by_skill_id(st, ["a", "b", "c"], aside) == [["x", 1], ["a", 0], ["c", 0]]
     for bad in ("{", "[]", '{"answers": 11}', '{"answers": "x", "kept": []}', '{"answers": 11, "kept": [1]}',
                 '{"answers": 11, "kept": [[3, 1]]}', '{"answers": 13, "kept": []}',
-                '{"answers": 1e999, "kept": []}', '{"answers": Infinity, "kept": []}'):
+                '{"answers": 1e999, "kept": []}', '{"answers": Infinity, "kept": []}', "[" * 100_000):
         assert kept_by_skill_id(st, ["a", "b", "c"], bad) == [["b", 1], ["c", 0]], bad
 
 
