@@ -35,7 +35,7 @@ class JsonFormatter(logging.Formatter):
                 event[key] = value
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
-        return json.dumps(event, ensure_ascii=False, default=str)
+        return _encodable(json.dumps(event, ensure_ascii=False, default=str))
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -44,7 +44,16 @@ class KeyValueFormatter(logging.Formatter):
         line = f"level={record.levelname.lower()} logger={record.name} msg={message}"
         if record.exc_info:
             line += " exc=" + json.dumps(self.formatException(record.exc_info))
+        return _encodable(line)
+
+
+def _encodable(line: str) -> str:
+    """``line`` with a lone surrogate (from a file name that is not UTF-8) as its ``\\udcxx`` escape, which
+    in a JSON string reads back as the same character: a systemd unit gets the board's locale (en_US.UTF-8),
+    where stdout encodes strictly, and such a line raised there and was lost, with a traceback on stderr."""
+    if line.isascii():
         return line
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class JournalPriorityFormatter(logging.Formatter):

@@ -82,3 +82,25 @@ def test_journalctl_priority_warning_finds_the_warnings_of_a_service(tmp_path: P
         warnings = messages("warning")
         assert [json.loads(line)["msg"] for line in warnings] == ["w", "e", "c"], warnings
         assert len(messages("debug")) == 5
+
+
+@pytest.mark.parametrize("fmt", ["json", "kv"])
+def test_a_file_name_that_is_not_utf8_is_logged_under_a_strict_utf8_locale(fmt: str) -> None:
+    program = """
+import logging, os, sys
+from edge_agent.logs import configure_logging
+configure_logging("INFO", sys.argv[1])
+logging.getLogger("edge_agent.test").warning("skipping %s", os.fsdecode(b"/srv/\\xd5\\xc5.jpg"))
+logging.getLogger("edge_agent.test").warning("照片 after")
+"""
+    # en_US.UTF-8, the board's locale under systemd, makes Python's stdout strict (C.UTF-8 does not).
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop("JOURNAL_STREAM", None)
+    done = subprocess.run([sys.executable, "-c", program, fmt], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "Logging error" not in done.stderr, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and "照片 after" in lines[1]
+    if fmt == "json":
+        assert json.loads(lines[0])["msg"] == "skipping " + os.fsdecode(b"/srv/\xd5\xc5.jpg")
+    else:
+        assert "skipping /srv/\\udcd5\\udcc5.jpg" in lines[0]
