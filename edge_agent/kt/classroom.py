@@ -83,7 +83,10 @@ class Published:
         group = self.group
         if group is None:
             return
-        if len(self.since) >= group or (not self.after_cut and len(self.probs) < group <= len(current)):
+        # Early only while nothing of the figures was shown: figures frozen at an erase were (a review: a
+        # new student's first answer after one of 5 was erased gave the erased one's figures, to 0.0004).
+        early = not self.after_cut and (self.frozen is None or self.frozen.students < group)
+        if len(self.since) >= group or (early and len(self.probs) < group <= len(current)):
             self.probs, self.since, self.at, self.frozen = dict(current), set(), now, None
         due = []
         for k in known.get(student, ()):
@@ -544,7 +547,10 @@ def summarize(
     # All but a few of the lesson's students have answered on a skill: its figures over them beside the
     # whole lesson's gave those few by difference (round 3: one absent student's mastery, 0.7625 against
     # 0.763, from one reading, and in the synced window). Then the whole lesson's figures stand for them.
-    few = shown & (np.abs(described - assessed) > 0) & (np.abs(described - assessed) < group)
+    # So too when all have: the view takes a skill's figure at another answer than the class's, and over
+    # the same students the two differed by the change of whoever answered in between, one student's (a
+    # review: -0.094 read, -0.0937 true); taken at one moment over the same students they are equal.
+    few = shown & (np.abs(described - assessed) < group)
     assessed = np.where(few, described, assessed)
     assessed_mean = np.where(few, mean, assessed_mean)
     assessed_below = np.where(few, np.asarray(below), assessed_below)

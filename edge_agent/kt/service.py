@@ -535,7 +535,7 @@ class KTService:
             self._states.update(replayed)  # same keys: the order (least recently answered first) stays
             for window in (self._lesson, self._view, *self._ended):
                 if window is not None:
-                    _reprobe(window, replayed)
+                    _reprobe(window, replayed, self._clock())
         log.info(
             "knowledge tracing now runs model version %s; %s students' states replayed through it in %.1f s",
             swap.package.metadata.get("version", "?"), len(replayed), time.perf_counter() - started,
@@ -1181,13 +1181,16 @@ def _record_seq(data: dict[str, Any]) -> float:
     return float(seq) if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else math.inf
 
 
-def _reprobe(window: LessonWindow, replayed: dict[str, StudentState]) -> None:
+def _reprobe(window: LessonWindow, replayed: dict[str, StudentState], now: float) -> None:
     """Under the service's lock, after a model swap: the window's students' probabilities from the new
-    model; the figures the teacher's view shows too, for the same students (all change at once)."""
+    model; the figures the teacher's view shows are taken anew over all of them (all change at once). Over
+    only those published before, replayed with the answers given since, the next single answer completed
+    the group and moved the figures by its student alone (a review: a new student's 30 skills to 0.0006)."""
     window.probs.update((s, replayed[s].probs) for s in window.probs if s in replayed)
     published = window.published
     if published.group is not None:
-        published.probs = {s: replayed[s].probs if s in replayed else p for s, p in published.probs.items()}
+        published.probs, published.since, published.at = dict(window.probs), set(), now
+        published.frozen = None
         published.retake_skills(window.probs, window.known)
 
 

@@ -239,6 +239,32 @@ def test_an_erase_leaves_the_published_class_figures_until_a_group_has_answered_
         svc.stop()
 
 
+def test_after_an_erase_a_new_students_first_answer_leaves_the_published_figures(
+    package: KTPackage, engine: Any, pseudonymize: Any
+) -> None:
+    # With one of 5 erased, the figures were taken anew at the next new student's first answer (4 left,
+    # 5 with them): that student's probabilities are one step of the package's model from the empty
+    # state, so two readings gave the erased student's 30 skills (a review: to 0.0004).
+    settings = KTSettings(min_group_size=5, microbatch_wait_ms=0.0)
+    svc = KTService(package, engine, settings, pseudonymize)
+    svc.start()
+    try:
+        students = [f"stu-{n}" for n in range(5)]
+        for round_ in range(3):
+            _class(package, pseudonymize, svc, students, f"r{round_}")
+        before = _figures(svc.class_summary())
+        assert before["students"] == 5 and before["skills"][0]["mastery_mean"] is not None
+        assert svc.erase([pseudonymize("stu-0")]).result(10).had_data == 1
+        _class(package, pseudonymize, svc, ["new-1"], "first")
+        assert _figures(svc.class_summary()) == before
+        _class(package, pseudonymize, svc, ["new-2", "stu-1", "stu-2"], "more")
+        assert _figures(svc.class_summary()) == before  # 4 of a group of 5 have answered since
+        _class(package, pseudonymize, svc, ["stu-3"], "more")
+        assert _figures(svc.class_summary())["students"] == 6  # taken anew, without stu-0
+    finally:
+        svc.stop()
+
+
 @pytest.mark.parametrize("restart", ["stop", "power cut"])
 def test_after_a_restart_an_erase_still_leaves_the_published_class_figures_until_a_group_has_answered(
     package: KTPackage, device: Any, db: Database, pseudonymize: Any, monkeypatch: pytest.MonkeyPatch,

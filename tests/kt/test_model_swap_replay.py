@@ -223,3 +223,27 @@ def test_a_swap_whose_replay_fails_is_refused_and_the_running_model_stays(
     finally:
         svc.stop()
         new_engine.close()
+
+
+def test_after_a_model_swap_one_students_answer_does_not_move_the_class_figures(
+    package: KTPackage, engine, pseudonymize: Pseudonymizer, retrained: KTPackage
+) -> None:
+    # The swap replayed only the students published before, with the answers 4 of them gave since, and
+    # kept those 4 as "answered since": the next single answer completed the group of 5 and moved the
+    # figures by that student alone (a review: a new student's 30 skills to 0.0006).
+    svc = KTService(package, engine, KTSettings(min_group_size=5, microbatch_wait_ms=0.0), pseudonymize)
+    svc.start()
+    try:
+        for n, student in enumerate("ABCDEF"):
+            _submit(svc, [_answer(package, pseudonymize, student, 0, n * 7, n % 2)])
+        assert svc.class_summary()["figures_students"] == 6
+        for n, student in enumerate("ABCD"):
+            _submit(svc, [_answer(package, pseudonymize, student, 1, 40 + n, 1)])
+        svc.swap(retrained, OnnxRuntimeEngine(retrained.step_model, model_name="kt_step")).result(30)
+        swapped = svc.class_summary()
+        assert swapped["figures_students"] == 6
+        _submit(svc, [_answer(package, pseudonymize, "X", 0, 100, 1)])
+        after = svc.class_summary()
+        assert [s["mastery_mean"] for s in after["skills"]] == [s["mastery_mean"] for s in swapped["skills"]]
+    finally:
+        svc.stop()

@@ -631,6 +631,36 @@ def test_a_skills_class_figure_is_of_the_students_who_have_answered_on_it_in_any
     assert skills[4]["assessed"] == 2 and skills[4]["assessed_mean"] is None
 
 
+def test_a_skills_figure_beside_the_class_figure_over_the_same_students_shows_no_ones_answer(
+    package, engine, pseudonymize
+) -> None:
+    # The view takes the class figures and a skill's at different answers: with all 5 students on skill 0,
+    # the class figures taken at E's answer and skill 0's at A's next one, one reading's
+    # 5 * (assessed_mean - mastery_mean) was A's change from that answer (a review: -0.094, -0.0937 true).
+    svc = _service(package, engine, KTSettings(min_group_size=5, microbatch_wait_ms=0.0), pseudonymize)
+    on = {k: [n for n, it in enumerate(package.items) if package.skill_index[it.skill_id] == k]
+          for k in (0, 1)}
+    count = iter(range(100))
+
+    def answer(student: str, item: int, correct: int) -> dict:
+        svc.submit([_answer(package, pseudonymize, student, f"e{next(count)}", item, correct)]).result(5)
+        return svc.class_summary()
+
+    try:
+        answer("A", on[1][0], 1)
+        for student in "BCDE":
+            answer(student, on[0][0], 1)
+        answer("A", on[0][1], 1)  # A's first answer on skill 0: its figure is shown from here
+        for student in "BCD":
+            answer(student, on[0][2], 0)
+        answer("E", on[0][2], 1)  # 5 answered since: the class figures are taken anew
+        skill = answer("A", on[0][3], 0)["skills"][0]  # 5 of skill 0's students since: taken anew
+        assert skill["assessed"] == 5
+        assert skill["assessed_mean"] == skill["mastery_mean"]
+    finally:
+        svc.stop()
+
+
 def test_the_teachers_lesson_runs_on_across_synced_windows_and_ends_after_a_break(
     package, engine, pseudonymize
 ) -> None:
