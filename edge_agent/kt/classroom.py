@@ -245,6 +245,12 @@ class LessonWindow:
             self.known.get(student, ()) if known is None else known)
         minute = int(now // 60 * 60)
         self.activity[minute] = self.activity.get(minute, 0) + 1
+        if len(self.activity) > 2 * ACTIVITY_MINUTES:
+            # Only the chart's minutes are read: a lesson never ended by a break (a practice kiosk
+            # answering every few minutes) kept every minute, and its record, saved every 15 s, grew 80 KB
+            # a month (a review).
+            oldest = max(self.activity) - 60 * ACTIVITY_MINUTES
+            self.activity = {m: n for m, n in self.activity.items() if m > oldest}
         if publish:
             self.published.note(student, self.probs, self.known, now)
 

@@ -16,6 +16,7 @@ from edge_agent.config import ConfigError, KTSettings
 from edge_agent.errors import InputRejected
 from edge_agent.kt.answers import parse_answer, parse_timestamp
 from edge_agent.kt.classroom import (
+    ACTIVITY_MINUTES,
     HISTOGRAM_BINS,
     LessonWindow,
     Published,
@@ -325,6 +326,21 @@ def test_class_summary_suppresses_small_groups(package: KTPackage) -> None:
     assert sum(full["skills"][0]["histogram"]) == 3
     assert leaving_the_board(full) is full
     assert summarize(None, package, settings, 0.0)["answers"] == 0
+
+
+
+def test_a_lesson_without_a_break_for_a_month_keeps_only_the_charts_minutes(package: KTPackage) -> None:
+    # A practice kiosk answering every 9 minutes never leaves the 10-minute break that ends a lesson: every
+    # minute was kept, and the lesson record saved every 15 s grew by 80 KB a month (a review).
+    window = LessonWindow(started=0.0)
+    probs = np.asarray(package.prior_success, dtype=np.float32)
+    times = [n * 540.0 for n in range(30 * 24 * 60 // 9)]
+    for at in times:
+        window.record("kiosk", [0], probs, at)
+    assert len(window.activity) <= 2 * ACTIVITY_MINUTES
+    chart = summarize(window, package, KTSettings(min_group_size=1), times[-1])["activity"]
+    assert len(chart) == ACTIVITY_MINUTES and chart[-1] == {"minute": int(times[-1]), "answers": 1}
+    assert sum(m["answers"] for m in chart) == sum(at >= chart[0]["minute"] for at in times)
 
 
 @pytest.mark.parametrize(
