@@ -17,6 +17,8 @@ from typing import Any
 from edge_agent.telemetry import metrics
 
 SECTIONS = ("attention", "learning", "health", "sync", "device")
+# In a subscriber's queue in place of the updates it fell behind on: send it the whole board again.
+RESYNC: dict[str, Any] = {"resync": True}
 
 
 class LiveBoard:
@@ -27,7 +29,7 @@ class LiveBoard:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue_size = queue_size
-        self.dropped_updates = 0  # updates a slow subscriber did not take (it gets the next one)
+        self.dropped_updates = 0  # updates a slow subscriber did not take (it gets the board again)
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -66,5 +68,13 @@ class LiveBoard:
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
-                self.dropped_updates += 1
-                metrics.TEACHER_VIEW_DROPS.labels(reason="slow_subscriber").inc()
+                # Dropping this update alone left its section stale on the page until the next one, which
+                # after a lesson's last answer never came (a review: 64 dropped, the final count never
+                # shown). What it missed is replaced by the whole board, which holds every latest value.
+                missed = 1
+                while not queue.empty():
+                    queue.get_nowait()
+                    missed += 1
+                queue.put_nowait(RESYNC)
+                self.dropped_updates += missed
+                metrics.TEACHER_VIEW_DROPS.labels(reason="slow_subscriber").inc(missed)

@@ -163,7 +163,8 @@ HTTP_CONNECTIONS_REFUSED = Counter(
 TEACHER_VIEW_DROPS = Counter(
     "edge_teacher_view_drops",
     "Teacher-view losses by reason: slow_subscriber (an update a busy browser did not take; it gets the "
-    "next), stream_refused (over the limit of open views), stream_stalled (a browser that took no data).",
+    "whole board instead), stream_refused (over the limit of open views), stream_stalled (a browser that "
+    "took no data).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -51,6 +51,10 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers.setdefault("Referrer-Policy", "same-origin")
     if request.path.startswith("/api/"):  # class and student data: never kept by a browser or proxy
         response.headers.setdefault("Cache-Control", "no-store")
+    elif request.path.startswith("/static/"):
+        # Asked again each time (a 304 while unchanged): without it browsers kept app.js for a tenth of
+        # its age, and after an upgrade the new page ran the old script for days (a review).
+        response.headers.setdefault("Cache-Control", "no-cache")
     response.headers["Server"] = "edge-agent"  # not the Python and aiohttp versions
 
 

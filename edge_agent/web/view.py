@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_agent.live import LiveBoard
+from edge_agent.live import RESYNC, LiveBoard
 from edge_agent.telemetry import metrics
 from edge_agent.web.access import EVENTS_PATH, SESSION_ENDS_KEY, is_loopback
 
@@ -271,6 +271,9 @@ class TeacherView:
                     await self._send(response, sse_event({"server_time": time.time()}, "keepalive"))
                     continue
                 event_id += 1
+                if getter.result() is RESYNC:  # it fell behind: the whole board, as a reconnect gets
+                    await self._send(response, sse_event(self._snapshot(), "snapshot", event_id))
+                    continue
                 update = _json_safe(getter.result()) | {"server_time": time.time()}
                 await self._send(response, sse_event(update, "update", event_id))
         finally:

@@ -27,7 +27,7 @@ from tests.web.harness import ServerThread, run_async
 from tests.web.sample import attention_section
 
 
-def _get(url: str) -> tuple[int, dict[str, str], bytes]:
+def _get(url: str | urllib.request.Request) -> tuple[int, dict[str, str], bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             return response.status, dict(response.headers), response.read()
@@ -216,6 +216,39 @@ def test_a_browser_that_stops_reading_loses_its_stream_and_frees_its_place() -> 
 
 
 
+def test_a_browser_that_falls_behind_gets_the_whole_board_and_so_the_latest_of_every_section() -> None:
+    # Weak Wi-Fi: the reader takes nothing for a while and its 64 queued updates fill. The update that
+    # did not fit was dropped alone, and when it was a lesson's last answer the page kept the old count
+    # for as long as no other came (a review: 64 dropped, 999,999 answers never shown).
+    live = LiveBoard()
+    server = ServerThread(live, keepalive_s=30).start()
+    drops_before = _drops("slow_subscriber")
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        slow.connect(("127.0.0.1", server.port))
+        slow.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        time.sleep(0.3)
+        for n in range(120):  # about 50 KB each: the socket's buffers fill, then the queue
+            live.publish("attention", {"faces": n, "note": "x" * 50_000})
+        live.publish("learning", {"answers": 999_999})  # the last update of its section
+        deadline = time.monotonic() + 10
+        while live.dropped_updates == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live.dropped_updates > 0 and _drops("slow_subscriber") > drops_before
+        slow.settimeout(3)
+        received = b""
+        while b"999999" not in received:  # now it reads, as a link that recovered does
+            chunk = slow.recv(1 << 20)
+            assert chunk, "the stream ended"
+            received += chunk
+        # the first, then the whole board in place of what it missed
+        assert received.count(b"event: snapshot") >= 2
+    finally:
+        slow.close()
+        server.stop()
+
+
 def test_a_browser_gone_while_the_board_waits_to_send_is_forgotten_without_an_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -355,6 +388,21 @@ def test_page_and_assets_load_nothing_from_outside() -> None:
         assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', text), path.name
         assert not re.search(r"url\(\s*['\"]?(https?:)?//", text), path.name
         assert "@import" not in text and "fetch(\"http" not in text, path.name
+
+
+def test_the_pages_script_and_style_are_checked_again_on_every_load_so_an_upgrade_is_seen() -> None:
+    # With no Cache-Control, browsers kept app.js for a tenth of its age (days for a month-old install)
+    # and ran the old script under the upgraded page (a review).
+    server = ServerThread(LiveBoard()).start()
+    try:
+        for name in ("app.js", "app.css"):
+            status, headers, _ = _get(f"{server.url}/static/{name}")
+            etag = headers["Etag"]  # aiohttp's spelling
+            assert status == 200 and headers["Cache-Control"] == "no-cache" and etag
+            again = urllib.request.Request(f"{server.url}/static/{name}", headers={"If-None-Match": etag})
+            assert _get(again)[0] == 304  # unchanged: nothing sent again
+    finally:
+        server.stop()
 
 
 def test_hostile_text_from_a_producer_cannot_break_out_of_the_page() -> None:
