@@ -214,6 +214,11 @@ class Receiver:
             self._keep_rejected(topic, payload, None, f"unexpected topic {topic!r}", at=now)
             return
         device, stream = parts[3], parts[4]
+        if stream == "status" and not payload:
+            # An empty retained message clears the retained status at the broker (docs/sync-protocol.md:
+            # how an operator clears the old topic of a board moved to another site), and the broker
+            # forwards the clear: it is no status. Stored, a board online at its new site showed ''.
+            return
         self._conn.execute("INSERT OR IGNORE INTO devices (device) VALUES (?)", (device,))
         if stream == "status":
             self._conn.execute("UPDATE devices SET status = ?, status_at = ? WHERE device = ?",
@@ -259,7 +264,7 @@ class Receiver:
                 _check_kind(stream, item.data)
             except InputRejected as exc:
                 self._keep_rejected(topic, _item_alone(message, raw), device, f"item {index}: {exc}", index,
-                                    at=now)
+                                    at=now, digest=_item_digest(topic, store, raw))
                 continue
             if self._stored_before(device, store, item.message_id):
                 repeats += 1
@@ -292,11 +297,15 @@ class Receiver:
             "ON CONFLICT (device, store) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq), "
             "at = excluded.at", (device, store, last_seq, now, now))
 
-    def _keep_rejected(self, topic: str, payload: bytes, device: str | None, why: str,
-                       item: int | None = None, *, at: float | None = None) -> None:
+    def _keep_rejected(
+        self, topic: str, payload: bytes, device: str | None, why: str, item: int | None = None, *,
+        at: float | None = None, digest: str | None = None,
+    ) -> None:
         """Keep what cannot be taken, in the message's transaction: acknowledged, it exists nowhere else.
-        Once: a message redelivered (its PUBACK lost after the commit) is the same row (its digest)."""
-        digest = hashlib.sha256(f"{topic}\0{item}\0".encode() + payload).hexdigest()
+        Once: a message redelivered (its PUBACK lost after the commit) or re-sent by its board is the same
+        row (its digest: ``digest``, an item's, or the message's, _message_digest)."""
+        if digest is None:
+            digest = _message_digest(topic, item, payload)
         if not self._conn.execute(
             "INSERT OR IGNORE INTO rejected_messages (received_at, topic, device, item, reason, payload, "
             "digest) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -467,6 +476,31 @@ def _item_alone(message: DecodedMessage, item: Any) -> bytes:
     doc = {"v": SCHEMA_VERSION, "tenant": message.tenant, "site": message.site, "device": message.device,
            "stream": message.stream, "store": message.store, "sent_at": message.sent_at, "items": [item]}
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def _canonical(doc: Any) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _message_digest(topic: str, item: int | None, payload: bytes) -> str:
+    """A kept message's digest: of its topic, its item's place (a replayed item kept alone) and what it
+    says, without its "sent_at", which the board sets anew at every send: a message re-sent after a lost
+    PUBACK was kept and counted again (a review: "rejected" grew with each re-send). A payload that is not
+    JSON, by its bytes."""
+    head = f"{topic}\0{item}\0".encode()
+    try:
+        doc = json_input.loads(payload)
+        if isinstance(doc, dict):
+            doc.pop("sent_at", None)
+        return hashlib.sha256(head + b"json\0" + _canonical(doc)).hexdigest()
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONRefused are ValueErrors
+        return hashlib.sha256(head + b"raw\0" + payload).hexdigest()
+
+
+def _item_digest(topic: str, store: str, item: Any) -> str:
+    """A kept item's digest: of its topic, its store and the item, not its place in its message (a re-send
+    may batch the board's rows otherwise) nor the message's "sent_at"."""
+    return hashlib.sha256(f"{topic}\0item\0{store}\0".encode() + _canonical(item)).hexdigest()
 
 
 def _heartbeat_text(payload: bytes) -> str | None:

@@ -47,8 +47,11 @@ CREATE TABLE IF NOT EXISTS heartbeat_seqs (
 -- is the only copy. item: the item's place in its message (0 first), payload then that item alone in its
 -- message's envelope (the other items are in items), or NULL: the whole message, payload its bytes.
 -- device: the topic's, NULL for a topic not of the edge/<tenant>/<site>/<device>/<stream> form. Never
--- pruned. digest: sha256 of topic, item and payload, so that a message redelivered (its PUBACK lost after
--- the commit) is kept once. (No semicolon in these comments: _add_store_column splits this text on them.)
+-- pruned. digest: sha256 of the topic, item and the message without its sent_at (set anew at every send),
+-- or of a bad item's topic, store and the item, not its place, so that a message redelivered or re-sent
+-- after a lost PUBACK is kept once (receiver.py, _message_digest and _item_digest). Rows an earlier
+-- receiver kept hold one of topic, item and payload, sent_at included, which only a replay or a delete
+-- reads. (No semicolon in these comments: _add_store_column splits this text on them.)
 CREATE TABLE IF NOT EXISTS rejected_messages (
     received_at REAL NOT NULL, topic TEXT NOT NULL, device TEXT, item INTEGER, reason TEXT NOT NULL,
     payload BLOB NOT NULL, digest TEXT NOT NULL UNIQUE);

@@ -732,6 +732,85 @@ def test_a_session_closed_on_an_error_leaves_the_will_to_say_offline(broker: Bro
     assert wait_until(lambda: _retained_status(broker) == [b"offline"], 5), _retained_status(broker)
 
 
+class LosesFirstDataPuback(MqttConnection):
+    """A real connection whose first data message's PUBACK is lost, as when the link drops after the broker
+    (and the receiver) took it: the board sends the message again, with a new "sent_at"."""
+
+    dropped = 0
+
+    def publish(self, topic: str, payload: bytes, **kwargs: Any) -> int:
+        mid = super().publish(topic, payload, **kwargs)
+        if topic.endswith("/attention") and LosesFirstDataPuback.dropped == 0:
+            self._drop_mid = mid
+        return mid
+
+    def _handle_publish(self, *args: Any) -> None:
+        if args[2] == getattr(self, "_drop_mid", None) and LosesFirstDataPuback.dropped == 0:
+            LosesFirstDataPuback.dropped += 1
+            self._lost = "simulated: the link dropped before the PUBACK reached the board"
+            return
+        super()._handle_publish(*args)
+
+
+def test_a_bad_item_re_sent_after_a_lost_puback_is_kept_and_counted_once(
+    broker: Broker, outbox: Outbox, tmp_path: Path
+) -> None:
+    # A review: the kept row's digest covered the message's "sent_at", which the board sets at every send,
+    # so each re-send kept the bad item again and the report's "rejected" grew with it (2 for 1)
+    LosesFirstDataPuback.dropped = 0
+    settings = plain_settings(broker, backoff_min_s=0.05, backoff_max_s=0.2)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    outbox.enqueue("attention", {"kind": "attention_window", "n": 1}).result(5)
+    outbox.enqueue("attention", {"kind": "kt_class_window", "n": 2}).result(5)  # the board's fault
+    publisher = Publisher(outbox, DeviceSettings(), settings, connection_factory=LosesFirstDataPuback)
+    publisher.start()
+    try:
+        assert wait_until(lambda: outbox.backlog == 0, 20), outbox.backlog
+        assert LosesFirstDataPuback.dropped == 1
+        # the good item came twice (a duplicate), the bad one is kept once
+        assert wait_until(lambda: receiver.report(DEVICE)["duplicates"] == 1, 10), receiver.report(DEVICE)
+        report = receiver.report(DEVICE)
+        assert (report["unique"], report["rejected"], receiver.rejected) == (1, 1, 1), report
+        with sqlite3.connect(tmp_path / "recv.db") as conn:
+            assert conn.execute("SELECT item FROM rejected_messages").fetchall() == [(1,)]
+    finally:
+        publisher.stop()
+        receiver.stop()
+
+
+def test_clearing_a_moved_boards_old_retained_status_leaves_its_status_as_it_is(
+    broker: Broker, tmp_path: Path
+) -> None:
+    # docs/sync-protocol.md: a board moved to another site in its config leaves "offline" retained under
+    # the old topic, cleared with an empty retained message. The broker forwards the clear, and the
+    # receiver stored it as the device's status: a board online at its new site showed status ''.
+    import paho.mqtt.publish as paho_publish
+
+    settings = plain_settings(broker)
+    receiver = Receiver(tmp_path / "recv.db", settings).start()
+    try:
+        old = MqttConnection(settings, DEVICE, f"edge/t/school-1/{DEVICE}/status", lambda *_: None, will=True)
+        old.connect()
+        old.close()  # the will: "offline", retained under the old site
+        assert wait_until(lambda: _retained_status(broker) == [b"offline"], 5), _retained_status(broker)
+        new = MqttConnection(settings, DEVICE, f"edge/t/school-2/{DEVICE}/status", lambda *_: None, will=True)
+        new.connect()
+        try:
+            assert wait_until(lambda: receiver.report(DEVICE)["status"] == "online", 5), receiver.devices()
+            paho_publish.single(f"edge/t/school-1/{DEVICE}/status", payload=b"", qos=1, retain=True,
+                                hostname="127.0.0.1", port=broker.port)
+            # a status after the clear, from another device: once it is in, so is the clear (one session)
+            paho_publish.single("edge/t/s/marker/status", payload=b"online", qos=1, hostname="127.0.0.1",
+                                port=broker.port)
+            assert wait_until(lambda: "marker" in receiver.devices(), 5)
+            assert receiver.report(DEVICE)["status"] == "online"
+            assert _retained_status(broker) == [b"online"]  # the old topic's retained status is gone
+        finally:
+            new.close()
+    finally:
+        receiver.stop()
+
+
 def test_a_board_stopped_while_its_messages_wait_for_acknowledgement_is_offline_at_the_broker(
     outbox: Outbox, broker: Broker
 ) -> None:

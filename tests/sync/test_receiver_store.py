@@ -231,6 +231,43 @@ def test_a_message_the_receiver_cannot_read_is_kept_as_it_came_with_the_reason(t
     assert "disagree" in rows[2][3] and rows[3][0] == "edge/not/a/topic"
 
 
+def test_a_kept_message_or_item_re_sent_with_a_new_sent_at_is_kept_and_counted_once(tmp_path: Path) -> None:
+    # A review: the digest that keeps a rejected message once covered its "sent_at", which the board sets
+    # at every send: a re-send after a lost PUBACK was kept and counted again. An item is the same item
+    # in another place of its message too (a re-send batches the board's rows anew).
+    path = tmp_path / "received.db"
+    envelope = Envelope("t", "s", "b1", "kt_class", "a" * 32)
+
+    def newer(sent_at: float) -> bytes:
+        return json.dumps({"v": 2, "tenant": "t", "site": "s", "device": "b1", "stream": "kt_class",
+                           "sent_at": sent_at, "records": [{"seq": 1}]}).encode()
+
+    def with_bad_item(sent_at: float, seqs: range) -> bytes:
+        doc = json.loads(encode_message(envelope, [Item(seq, f"id{seq}", 5.0, f'{{"n":{seq}}}')
+                                                   for seq in seqs], sent_at))
+        for item in doc["items"]:
+            if item["seq"] == 3:
+                item["id"] = 7  # seq 3 is bad
+        return json.dumps(doc).encode()
+
+    receiver = Receiver(path, MqttSettings())
+    try:
+        receiver._take("edge/t/s/b1/kt_class", newer(10.0))
+        receiver._take("edge/t/s/b1/kt_class", newer(11.5))  # re-sent
+        receiver._take("edge/t/s/b1/kt_class", b"not json")
+        receiver._take("edge/t/s/b1/kt_class", b"not json")  # redelivered: the same bytes
+        receiver._take("edge/t/s/b1/kt_class", with_bad_item(10.0, range(3, 5)))  # seq 3 item 0
+        receiver._take("edge/t/s/b1/kt_class", with_bad_item(12.0, range(1, 6)))  # seq 3 item 2
+        report = receiver.report("b1")
+        assert (report["unique"], report["rejected"], receiver.rejected) == (4, 3, 3), report
+    finally:
+        receiver.stop()
+    rows = _rejected_rows(path)
+    assert [(item, payload) for _, _, item, _, payload in rows] == [
+        (None, newer(10.0)), (None, b"not json"), (0, rows[2][4])]
+    assert json.loads(rows[2][4])["items"][0]["seq"] == 3
+
+
 def _send(receiver: Receiver, device: str, store: str, seq: int, message_id: str) -> None:
     envelope = Envelope("t", "s", device, "kt_class", store)
     receiver._take(f"edge/t/s/{device}/kt_class",
