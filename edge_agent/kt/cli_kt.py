@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
+from edge_agent.argument_types import at_least
 from edge_agent.errors import EdgeAgentError
 
 
@@ -31,7 +31,7 @@ def add_kt_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     train.set_defaults(func=cmd_kt_train)
     default = sub.add_parser("build-default", help="rebuild engines/kt-default from simulated students")
     default.add_argument("--out", type=Path, required=True)
-    default.add_argument("--students", type=_at_least(20), default=8000,
+    default.add_argument("--students", type=at_least(20), default=8000,
                          help="simulated students (at least 20: some are held out to measure the AUC)")
     _train_options(default, epochs=15, hidden=64)
     default.set_defaults(func=cmd_kt_build_default)
@@ -57,20 +57,10 @@ def add_kt_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     return kt
 
 
-def _at_least(least: int) -> Callable[[str], int]:
-    def number(text: str) -> int:
-        value = int(text)
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{text!r}: give at least {least}")
-        return value
-
-    return number
-
-
 def _train_options(parser: argparse.ArgumentParser, epochs: int, hidden: int) -> None:
     # at least 1 (a review: --hidden 0 ended build-default in a traceback, --epochs 0 trained nothing)
-    parser.add_argument("--epochs", type=_at_least(1), default=epochs, help="the most epochs trained")
-    parser.add_argument("--hidden", type=_at_least(1), default=hidden)
+    parser.add_argument("--epochs", type=at_least(1), default=epochs, help="the most epochs trained")
+    parser.add_argument("--hidden", type=at_least(1), default=hidden)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patience", type=int, default=2,
                         help="stop after this many epochs without a better AUC on the validation students "

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edge_agent.argument_types import at_least
 from edge_agent.config import HOST_NAME
 from edge_agent.errors import ProvisioningError
 from edge_agent.provisioning.files import write_atomic, write_private, write_public
@@ -285,15 +286,15 @@ class FleetCA:
         os.chmod(directory, 0o700)
         key = new_ec_key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = ca._time()
+        start = ca._time() - dt.timedelta(minutes=5)
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(start)
+            .not_valid_after(start + dt.timedelta(days=days))  # ``days`` long, as _build's
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
@@ -510,9 +511,11 @@ class FleetCA:
         key, ca_cert = self._key_and_cert()
         now = self._now(ca_cert)
         start = not_before or now - dt.timedelta(minutes=5)
-        # never past the CA's own end: verification fails there anyway, and the boards' certificates said
-        # "valid for 424 more days" while the whole fleet was cut off
-        end = min(not_after or now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+        # ``days`` from its start, not from now: 825 days and 5 minutes, and Apple's platforms refuse a TLS
+        # server certificate valid for more than 825 days (the board's serves the teacher view over HTTPS;
+        # the broker's, MQTT). Never past the CA's own end: verification fails there anyway, and the boards'
+        # certificates said "valid for 424 more days" while the whole fleet was cut off
+        end = min(not_after or start + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
         if end <= start:
             raise ProvisioningError(
                 f"the fleet CA expired on {ca_cert.not_valid_after_utc:%Y-%m-%d}: it can sign nothing; "
@@ -622,12 +625,14 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create a CA directory")
     init.add_argument("ca_dir", type=Path)
     init.add_argument("--name", default="edge-agent fleet CA")
-    init.add_argument("--days", type=int, default=CA_DAYS)
+    # at least 1 (a review): 0 or less was a traceback (init), or "the fleet CA expired" and a certificate
+    # valid for 5 minutes (sign)
+    init.add_argument("--days", type=at_least(1), default=CA_DAYS)
     sign = sub.add_parser("sign", help="sign a device CSR (CN = device id)")
     sign.add_argument("ca_dir", type=Path)
     sign.add_argument("csr", type=Path)
     sign.add_argument("--out", type=Path, required=True)
-    sign.add_argument("--days", type=int, default=DEVICE_DAYS)
+    sign.add_argument("--days", type=at_least(1), default=DEVICE_DAYS)
     sign.add_argument("--replace", action="store_true", help="revoke the device id's live certificate first")
     sign.add_argument("--name", action="append", default=[], dest="names",
                       help="another DNS name or IP address for HTTPS on the board (repeatable)")

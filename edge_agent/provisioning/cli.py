@@ -57,7 +57,8 @@ def _provision_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-dir", type=Path, help="lab CA directory: sign the board's CSR at once")
     p.add_argument(
         "--replace", action="store_true",
-        help="with --ca-dir: this board replaces another with its device id; revoke that board's certificate",
+        help="with --ca-dir, in a run for one board (--root, or a one-board inventory): this board replaces "
+        "another with its device id; revoke that board's certificate",
     )
     p.add_argument("--cert", type=Path, help="the board's certificate, signed by the fleet CA")
     p.add_argument("--ca-cert", type=Path, help="the fleet CA certificate (with --cert)")

@@ -51,12 +51,39 @@ class Board:
     line: int = 0
 
 
+def _rows(text: str, source: str) -> list[tuple[int, list[str]]]:
+    """Every row with the line it starts on. A '"' without its closing one takes in the lines after it as
+    one cell: past 131,072 characters (a stray '"' in a big inventory) csv.Error, a traceback (a review);
+    before that, in the last column, those lines' boards became one board's value, refused (if at all) as
+    "TOML syntax" at a line after them. Both are refused, naming the line; no config value spans lines."""
+    reader = csv.reader(io.StringIO(text))
+    rows: list[tuple[int, list[str]]] = []
+    start = 1
+    try:
+        for row in reader:
+            if any("\n" in cell for cell in row):
+                raise ProvisioningError(f"{source}: line {start}: a cell runs over several lines"
+                                        + _unclosed_quote(text, start))
+            rows.append((reader.line_num, row))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise ProvisioningError(f"{source}: line {start}: {exc}" + _unclosed_quote(text, start)) from exc
+    return rows
+
+
+def _unclosed_quote(text: str, line: int) -> str:
+    lines = text.splitlines()
+    if line > len(lines) or '"' not in lines[line - 1]:
+        return ""
+    return ("; a '\"' there without its closing one, perhaps, which takes in the lines after it: close it "
+            "or delete it")
+
+
 def _without_unnamed_columns(text: str, source: str) -> str:
     """Spreadsheets export the empty columns after the last one used (``...,device_id,,``); they were refused
     as "column(s)  appear twice" or "unknown column(s) ;". Unnamed columns with no value are dropped; one
     holding a value is refused by its number."""
-    reader = csv.reader(io.StringIO(text))
-    rows = [(reader.line_num, row) for row in reader]
+    rows = _rows(text, source)
     header = rows[0][1] if rows else []
     unnamed = {i for i, name in enumerate(header) if not name.strip()}
     if not unnamed:

@@ -82,6 +82,13 @@ class Options:
     def clock(self) -> dt.datetime:
         return self.now or utcnow()
 
+    @property
+    def replaces(self) -> bool:
+        """Whether ``replace`` acts: in a run for one board only. In a run for the whole inventory it re-keyed
+        every board whose folder was missing from ROOTS and revoked that board's live certificate, the
+        real board's (a review: --replace meant for one board revoked every board missing from ROOTS)."""
+        return self.replace and self.one_board
+
     def web_names(self, device_id: str) -> list[str]:
         """Names the certificate must serve HTTPS under, beyond :func:`board_names`' own."""
         return [] if not self.web_domain else [f"{device_id}.{self.web_domain}"]
@@ -198,8 +205,9 @@ def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
     provisioned, left its own root half-made and named no inventory line. And a device id revoked with
     none live since, which the CA would sign: its board was taken out of service."""
     paths = _layout(root)
-    if opts.replace or _installed_for(paths["cert"], board.device_id):
+    if opts.replaces or _installed_for(paths["cert"], board.device_id):
         return
+    rerun = _rerun_with_replace(board, opts, root)
     this_key = key_sha256(load_private_key(paths["key"]).public_key()) if paths["key"].exists() else None
     where = f"board {board.device_id} (inventory line {board.line})"
     index = FleetCA(opts.ca_dir).index()  # type: ignore[arg-type]
@@ -211,7 +219,7 @@ def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
             f"{where}: device id {board.device_id!r} was revoked (certificate {ours[-1].serial}"
             + (f", on {ours[-1].revoked_at[:10]}" if ours[-1].revoked_at else "")
             + ") and has no live certificate: a board taken out of service? Delete its row from the "
-            "inventory; if a new board takes this id, re-run with --replace"
+            f"inventory; if a new board takes this id, {rerun}"
         )
     for row in sorted(index, key=lambda row: row.superseded_by is not None):  # named: the current ones
         if row.revoked:
@@ -220,14 +228,22 @@ def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
             raise ProvisioningError(
                 f"{where}: device id {board.device_id!r} already has a live certificate for another board's "
                 f"key (serial {row.serial}, valid until {row.not_after[:10]}): two boards with one id? If "
-                "this board replaces that one, re-run with --replace to revoke its certificate"
+                f"this board replaces that one, {rerun} to revoke its certificate"
             )
         if this_key is not None and row.key_sha256 == this_key and row.common_name != board.device_id:
             raise ProvisioningError(
                 f"{where}: its key in {root} already has a live certificate as {row.common_name!r} (serial "
                 f"{row.serial}): was this root copied from that board's? Delete its etc/edge-agent/secrets "
-                "first; if the board was renamed, re-run with --replace to revoke the old id's certificate"
+                f"first; if the board was renamed, {rerun} to revoke the old id's certificate"
             )
+
+
+def _rerun_with_replace(board: Board, opts: Options, root: Path) -> str:
+    """How to give --replace so that it acts: not in a run for the whole inventory (Options.replaces)."""
+    if opts.one_board:
+        return "re-run with --replace"
+    return (f"run for this board alone with --replace (--root {root} --device-id {board.device_id}, or a "
+            "one-board inventory)")
 
 
 def _installed_for(cert: Path, device_id: str) -> bool:
@@ -296,7 +312,7 @@ def provision_board(board: Board, root: Path, opts: Options) -> Result:
     result.changes += system.install_units(root, units_src, opts.agent_bin,
                                            daemon_enabled=not result.daemon_waits_for)
     if on_host and opts.activate and result.state != "awaiting-certificate":
-        system.activate_on_host(restart_for(result.changes))
+        system.activate_on_host(restart_for(result.changes), daemon_enabled=not result.daemon_waits_for)
     return result
 
 
@@ -395,7 +411,7 @@ def _install_cert(
     supplied = _read(opts.cert_file, "device certificate") if opts.cert_file is not None else None
     now = opts.clock()
     revoked = current is not None and opts.ca_dir is not None and _revoked(current, opts.ca_dir)
-    if revoked and not (opts.replace and opts.one_board):
+    if revoked and not opts.replaces:
         # kept, whether in date or not: a revocation is usually meant, and renewing it (near or past its
         # expiry) let a revoked board back without a word; so did --replace in a run for the whole
         # inventory, meant for another board (a review: a stolen board's key certified again, live)
@@ -404,7 +420,8 @@ def _install_cert(
         log.warning(
             "%s: its installed certificate is revoked in the fleet CA, so the broker refuses this board; %s",
             board.device_id,
-            f"another board now holds this id (certificate {live[0]}), which --replace here would revoke"
+            f"another board now holds this id (certificate {live[0]}), which --replace "
+            + ("here" if opts.one_board else "in a run for this board alone") + " would revoke"
             if live else "to bring it back, run for it alone with --replace (--root <its folder> "
                          f"--device-id {board.device_id}, or a one-board inventory): it gets a new key, as "
                          "the revoked one may be in someone else's hands",
@@ -451,7 +468,7 @@ def _install_cert(
             log.warning("installed certificate unusable, replacing it: %s", exc)
     if opts.ca_dir is not None:
         cert, revoked_now = FleetCA(opts.ca_dir).sign_and_revoke(
-            csr, replace=opts.replace, names=opts.web_names(board.device_id)
+            csr, replace=opts.replaces, names=opts.web_names(board.device_id)
         )
         for row in revoked_now:  # --replace revokes: say which, or another board just stops
             log.warning("%s: revoked certificate %s of %s; the broker accepts it until it has the new CRL: "
@@ -508,6 +525,12 @@ def _revoked(cert_pem: bytes, ca_dir: Path) -> bool:
 def provision_inventory(inventory: Path, roots: Path, opts: Options) -> list[Result]:
     """Bulk: each board of the inventory into ``roots/<device_id>`` (image builds, labs, tests)."""
     boards = load_inventory(inventory)
+    # a one-board inventory is a run for that board alone, as --root is (round 3: the way the warning
+    # gave to bring a revoked board back did nothing); known before the checks, which judge --replace by it
+    opts = dataclasses.replace(opts, one_board=len(boards) == 1)
+    if opts.replace and not opts.one_board:
+        log.warning("--replace acts in a run for one board only (--root ROOTS/<device id> --device-id ID, or "
+                    "a one-board inventory): this run for %d boards revokes no certificate", len(boards))
     problems: list[str] = []
     for board in boards:  # every config must render before the first board is touched
         try:
@@ -517,9 +540,6 @@ def provision_inventory(inventory: Path, roots: Path, opts: Options) -> list[Res
                 problems.append(str(exc))
     if problems:
         raise ProvisioningError("\n".join(problems))
-    # a one-board inventory is a run for that board alone, as --root is (round 3: the way the warning
-    # gave to bring a revoked board back did nothing)
-    opts = dataclasses.replace(opts, one_board=len(boards) == 1)
     return [provision_board(board, roots / board.device_id, opts) for board in boards]
 
 

@@ -170,15 +170,22 @@ def run(argv: list[str]) -> None:
         raise ProvisioningError(f"`{' '.join(argv)}` did not finish in {COMMAND_TIMEOUT_S} s") from exc
 
 
-def activate_on_host(restart: list[str]) -> None:
+def activate_on_host(restart: list[str], *, daemon_enabled: bool = True) -> None:
     """On the board itself: reload units, apply tmpfiles, enable, and start the engine build (no wait).
     A running daemon is restarted (no wait) when ``restart`` names changes it reads only at start (its
-    config, certificate, keys, tokens), so provisioning again applies them."""
+    config, certificate, keys, tokens), so provisioning again applies them. Without ``daemon_enabled``
+    (its config names files not on the board yet: install_units left it disabled) only the engine build is
+    enabled, and the daemon is neither started nor restarted: `systemctl enable` linked it again, and it
+    refused to start, again every 10 s (a review)."""
     run(["systemctl", "daemon-reload"])
     run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/edge-agent.conf"])
-    run(["systemctl", "enable", *UNITS])
+    run(["systemctl", "enable", *(UNITS if daemon_enabled else UNITS[1:])])
     run(["systemctl", "start", "--no-block", UNITS[1]])
     log.info("engine build started in the background: journalctl -u %s", UNITS[1])
+    if not daemon_enabled:
+        log.info("%s not enabled, started or restarted: its config names files not on this board yet",
+                 UNITS[0])
+        return
     if restart:
         # A daemon that failed (a crash loop on the old config, or systemd's start limit) is started
         # again; a running one restarted; a stopped one left stopped. Restarts by hand count against the

@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_agent.argument_types import at_least
 from edge_agent.config import Config, find_config_path, load_config_for_command
 from edge_agent.errors import CameraError, EdgeAgentError
 from edge_agent.image_files import opencv_file_name, read_image, write_image
@@ -68,7 +69,7 @@ def add_attention_parser(subparsers: Any) -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="one JSON document on stdout")
         sub.add_argument("--every-s", type=_positive, default=1.0,
                          help="video: analyse one frame per this many seconds")
-        sub.add_argument("--max-frames", type=_at_least_one, default=120,
+        sub.add_argument("--max-frames", type=at_least(1), default=120,
                          help="video or --camera: stop after this many frames")
         sub.add_argument("--model-mirror", type=Path,
                          help="folder mirroring the model files (overrides the config)")
@@ -87,13 +88,6 @@ def _positive(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give at least 1")
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import stat
 import subprocess
@@ -189,6 +190,47 @@ def test_signing_a_boards_key_again_supersedes_its_certificate_and_revokes_nothi
     assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "again.pem")]) == 2
     assert "was revoked: the key may be in someone else's hands" in capsys.readouterr().err
     assert not (tmp_path / "again.pem").exists()
+
+
+def test_board_and_broker_certificates_are_valid_for_825_days_at_most_as_apple_platforms_require(
+    tmp_path: Path,
+) -> None:
+    # A review: valid from 5 minutes before signing to 825 days after it, 825 days and 5 minutes, where
+    # Apple's platforms refuse a TLS server certificate valid for more than 825 days: the board's serves
+    # the teacher view over HTTPS, the broker's MQTT
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    out = tmp_path / "board.pem"
+    csr = _board_csr(tmp_path / "board.csr", "np-3a-01")
+    assert main(["sign", str(ca_dir), str(csr), "--out", str(out)]) == 0
+    assert main(["server", str(ca_dir), "mqtt.district.example", "--out-dir", str(tmp_path / "broker")]) == 0
+    lifetimes = {}
+    for path in (ca_dir / "ca.pem", out, tmp_path / "broker/server.pem"):
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        lifetimes[path.name] = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert lifetimes == {"ca.pem": dt.timedelta(days=3650), "board.pem": dt.timedelta(days=825),
+                         "server.pem": dt.timedelta(days=825)}
+
+
+@pytest.mark.parametrize("days", ["0", "-30"])
+def test_a_lifetime_of_no_days_is_refused_by_init_and_sign_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], days: str
+) -> None:
+    # A review: `init --days 0` was a traceback, `sign --days -30` said "the fleet CA expired" of a CA
+    # years from its end, and `sign --days 0` signed a certificate valid for 5 minutes
+    ca_dir = tmp_path / "fleet-ca"
+    with pytest.raises(SystemExit) as exited:
+        main(["init", str(tmp_path / "no-ca"), "--days", days])
+    assert exited.value.code == 2 and not (tmp_path / "no-ca").exists()
+    assert f"argument --days: '{days}': give at least 1" in capsys.readouterr().err
+    assert main(["init", str(ca_dir)]) == 0
+    index = (ca_dir / "index.json").read_bytes()
+    out = tmp_path / "board.pem"
+    with pytest.raises(SystemExit) as exited:
+        main(["sign", str(ca_dir), str(_board_csr(tmp_path / "b.csr", "np-3a-01")), "--out", str(out),
+              "--days", days])
+    assert exited.value.code == 2 and not out.exists() and (ca_dir / "index.json").read_bytes() == index
+    assert f"argument --days: '{days}': give at least 1" in capsys.readouterr().err
 
 
 def test_the_brokers_certificate_can_carry_its_address_as_well_as_its_name(tmp_path: Path) -> None:

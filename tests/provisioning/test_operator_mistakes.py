@@ -143,6 +143,31 @@ def test_a_spreadsheets_empty_trailing_columns_are_ignored_and_a_used_unnamed_on
     assert says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("quoted", "says"),
+    [(5, "line 7: field larger than field limit (131072); a '\"' there without its closing one"),
+     (2998, "line 3000: a cell runs over several lines; a '\"' there without its closing one")],
+    ids=["big-inventory", "last-rows"],
+)
+def test_a_stray_quote_in_the_inventory_is_refused_naming_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], quoted: int, says: str
+) -> None:
+    # A review: a '"' without its closing one in a 3,000-board inventory ended the run in a traceback
+    # (_csv.Error: field larger than field limit); near the end, the boards after it became one board's
+    # display name, refused as "TOML syntax" on the last line, which named neither the quote nor its line
+    rows = [f"district,school-{i // 40},class-{i},b-{i:05d},0,Class {i}" for i in range(3000)]
+    rows[quoted] = rows[quoted].replace(",Class", ',"Class')
+    inventory = tmp_path / "fleet.csv"
+    inventory.write_text("tenant,site,class_id,device_id,camera.source,device.display_name\n"
+                         + "\n".join(rows) + "\n")
+    roots = tmp_path / "roots"
+    assert provision_main(["--inventory", str(inventory), "--template", str(TEMPLATE),
+                           "--roots", str(roots)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {inventory}: {says}") and "close it or delete it" in err, err
+    assert not roots.exists()
+
+
 def test_the_model_commands_usage_names_the_command_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         model_main(["sign"])
@@ -359,11 +384,42 @@ def test_a_decommissioned_boards_id_is_not_signed_again_by_a_run_for_the_whole_i
     assert _provision(tmp_path, *bulk) == 2
     err = capsys.readouterr().err
     assert "board board-b (inventory line 3): device id 'board-b' was revoked (certificate " in err, err
-    assert "Delete its row from the inventory; if a new board takes this id, re-run with --replace" in err
+    assert ("Delete its row from the inventory; if a new board takes this id, run for this board alone with "
+            f"--replace (--root {roots / 'board-b'} --device-id board-b, or a one-board inventory)") in err
     assert ca.index() == index and not (roots / "board-b").exists()  # nothing signed, nothing written
     assert {p.name: sorted(p.rglob("*")) for p in roots.iterdir()} == others
-    assert _provision(tmp_path, *bulk, "--replace") == 0  # a new board takes the id
+    # a new board takes the id: --replace acts in a run for it alone
+    assert _provision(tmp_path, *bulk, "--replace") == 2
+    assert f"run for this board alone with --replace (--root {roots / 'board-b'} --device-id board-b" in (
+        capsys.readouterr().err)
+    assert ca.index() == index and not (roots / "board-b").exists()
+    alone = ("--root", str(roots / "board-b"), "--device-id", "board-b", "--ca-dir", str(ca.dir))
+    assert _provision(tmp_path, *alone, "--replace") == 0
     assert [row.common_name for row in ca.index() if not row.revoked] == ["board-a", "board-c", "board-b"]
+    assert _provision(tmp_path, *bulk) == 0
+
+
+def test_replace_in_a_run_for_the_whole_inventory_revokes_no_board_whose_folder_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A review: board-b's new hardware, and the bulk run with --replace into ROOTS that no longer held
+    # board-a's and board-c's folders (copied onto their boards): each got a new key and its live
+    # certificate, the real board's, was revoked; the whole fleet cut off at the broker's next CRL
+    ca, roots, bulk = _provisioned_fleet(tmp_path)
+    for name in ("board-a", "board-b", "board-c"):
+        shutil.rmtree(roots / name)
+    index = ca.index()
+    capsys.readouterr()
+    assert _provision(tmp_path, *bulk, "--replace") == 2
+    err = capsys.readouterr().err
+    for line, name in ((2, "board-a"), (3, "board-b"), (4, "board-c")):
+        assert f"board {name} (inventory line {line}): device id {name!r} already has a live cert" in err
+        assert f"run for this board alone with --replace (--root {roots / name} --device-id {name}" in err
+    assert "--replace acts in a run for one board only" in caplog.text
+    assert ca.index() == index and list(roots.iterdir()) == []  # nothing revoked, signed or written
+    alone = ("--root", str(roots / "board-b"), "--device-id", "board-b", "--ca-dir", str(ca.dir))
+    assert _provision(tmp_path, *alone, "--replace") == 0  # the one board that replaces another
+    assert [row.common_name for row in ca.index() if row.revoked] == ["board-b"]
 
 
 def test_a_board_renamed_in_the_inventory_is_refused_before_any_board_is_written(
@@ -382,11 +438,16 @@ def test_a_board_renamed_in_the_inventory_is_refused_before_any_board_is_written
     assert provision_main(["--inventory", str(inventory), "--template", str(TEMPLATE), *bulk]) == 2
     err = capsys.readouterr().err
     assert "board board-b2 (inventory line 3): its key in" in err and "as 'board-b'" in err, err
-    assert "if the board was renamed, re-run with --replace" in err
+    assert "if the board was renamed, run for this board alone with --replace" in err
     assert {p: p.read_bytes() for p in sorted(roots.rglob("*")) if p.is_file()} == files
     assert ca.index() == index
-    renamed = ["--inventory", str(inventory), "--template", str(TEMPLATE), *bulk, "--replace"]
-    assert provision_main(renamed) == 0  # renamed on purpose
+    renamed = ["--inventory", str(inventory), "--template", str(TEMPLATE), "--ca-dir", str(ca.dir)]
+    assert provision_main([*renamed, "--roots", str(roots), "--replace"]) == 2  # for one board only
+    assert "if the board was renamed, run for this board alone with --replace (--root " in (
+        capsys.readouterr().err)
+    assert ca.index() == index
+    alone = ["--root", str(roots / "board-b2"), "--device-id", "board-b2", "--replace"]
+    assert provision_main([*renamed, *alone]) == 0  # renamed on purpose
     assert [row.common_name for row in ca.index() if not row.revoked] == ["board-a", "board-c", "board-b2"]
 
 

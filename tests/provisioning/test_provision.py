@@ -11,7 +11,7 @@ import os
 import stat
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PosixPath
 
 import pytest
 from cryptography import x509
@@ -425,6 +425,54 @@ def test_a_board_without_mqtt_needs_no_certificate_and_gets_its_daemon_enabled(
     assert sorted(p.name for p in wants.iterdir()) == ["edge-agent-engines.service", "edge-agent.service"]
 
 
+class _ThisBoard(PosixPath):
+    """A folder standing in for the board's own "/" (provisioning on the board runs systemctl there)."""
+
+    def resolve(self, strict: bool = False) -> _ThisBoard:
+        return _ThisBoard("/")
+
+    def absolute(self) -> _ThisBoard:
+        return self
+
+
+def test_on_the_board_a_daemon_waiting_for_a_file_is_neither_enabled_nor_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A review: the config names a web certificate not on the board yet; install_units left the daemon
+    # unlinked, and then `systemctl enable edge-agent.service ...` linked it again and try-restart ran it:
+    # it refused to start (the file missing), and systemd started it again every 10 s
+    from edge_agent.provisioning import system
+
+    ran: list[list[str]] = []
+
+    def recorded(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 1)  # `systemctl is-failed`: not failed
+
+    monkeypatch.setattr(system, "run", recorded)
+    monkeypatch.setattr(system.subprocess, "run", recorded)
+    monkeypatch.setattr(system, "ensure_user_on_host", lambda conf: (0, 0, False))
+    monkeypatch.setattr(system, "chown_if_root", lambda *_: False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    ca = FleetCA.create(tmp_path / "ca", "ca")
+    board = dataclasses.replace(BOARD, overrides={"web.tls_cert_file": "/etc/edge-agent/certs/web.pem",
+                                                  "web.tls_key_file": "/etc/edge-agent/secrets/device.key"})
+    root = _ThisBoard(tmp_path / "board")
+    opts = Options(template(), ca_dir=ca.dir, one_board=True)
+    result = provision_board(board, root, opts)
+    assert result.state == "provisioned" and result.daemon_waits_for == ["web.tls_cert_file"]
+    assert "config.toml" in restart_for(result.changes)  # would restart a running daemon, had it one
+    assert not (tmp_path / "board/etc/systemd/system/multi-user.target.wants/edge-agent.service").is_symlink()
+    assert ["systemctl", "enable", "edge-agent-engines.service"] in ran
+    assert [argv for argv in ran if "edge-agent.service" in argv] == [], ran
+    # the re-run once the file is there enables the daemon
+    certs = tmp_path / "board/etc/edge-agent/certs"
+    (certs / "web.pem").write_bytes((certs / "device.pem").read_bytes())
+    ran.clear()
+    assert provision_board(board, root, opts).daemon_waits_for == []
+    assert ["systemctl", "enable", "edge-agent.service", "edge-agent-engines.service"] in ran
+
+
 def signed_for_other_key(ca: FleetCA, device_id: str, **kwargs: dt.datetime) -> bytes:
     return ca.sign_csr(make_csr(new_ec_key(), device_id, "t", "s"), **kwargs)
 
@@ -663,7 +711,7 @@ def test_a_device_id_that_begins_another_gets_a_request_for_itself(tmp_path: Pat
     with pytest.raises(ProvisioningError, match="live certificate as 'b-10'"):
         provision_board(Board("t", "s", "c", "b-1"), root, opts)
     assert _live(ca, "b-10") and not _live(ca, "b-1")
-    relabel = Options(template(), ca_dir=ca.dir, replace=True)
+    relabel = Options(template(), ca_dir=ca.dir, replace=True, one_board=True)
     result = provision_board(Board("t", "s", "c", "b-1"), root, relabel)
     assert result.state == "provisioned" and "device.pem" in result.changes  # its request made above
     assert _live(ca, "b-1") and not _live(ca, "b-10")
@@ -855,6 +903,11 @@ def test_a_bulk_row_whose_id_another_board_holds_in_the_ca_stops_the_run_before_
     err = capsys.readouterr().err
     assert "board np-3b-01 (inventory line 3)" in err and "already has a live certificate" in err, err
     assert not (tmp_path / "east").exists() and ca.index() == index  # nothing touched
-    assert provision_main([*east, "--replace"]) == 0  # the board moved east: it takes the id over
+    assert provision_main([*east, "--replace"]) == 2  # --replace acts in a run for one board only
+    assert "run for this board alone with --replace" in capsys.readouterr().err
+    assert not (tmp_path / "east").exists() and ca.index() == index
+    moved = ["--root", str(tmp_path / "east/np-3b-01"), "--device-id", "np-3b-01", "--replace"]
+    assert provision_main([*east[:2], *common, *moved]) == 0  # the board moved east: it takes the id over
+    assert provision_main(east) == 0
     made = sorted(p.name for p in (tmp_path / "east").iterdir())
     assert made == ["east-01", "east-03", "east-04", "np-3b-01"]
