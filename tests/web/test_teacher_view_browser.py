@@ -1209,3 +1209,151 @@ def test_a_school_laptop_shows_the_legend_and_the_practised_skills_without_scrol
         assert view.console_errors == []
     finally:
         server.stop()
+
+
+def test_an_opened_diagnostic_stays_open_and_focused_while_the_figures_update(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    # A review: the camera's frame rate (every second) and the sync status's time rebuilt the status
+    # lists, and every rebuild closed the diagnostic IT had opened and took the keyboard's focus off it.
+    long_detail = ("TLS handshake failed: certificate verify failed: unable to get local issuer certificate "
+                   "(_ssl.c:1006) for mqtt.school.example:8883")
+    live_board.publish("sync", sync_section(time.time()) | {"detail": long_detail})
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    # one diagnostic opened by touch (the issue's), one by keyboard (the engine's), which keeps the focus
+    view.page.click("#health-issues details summary")
+    view.page.focus("#health-engines details summary")
+    view.page.keyboard.press("Enter")
+    view.page.evaluate("""() => {
+        window.issueSummary = document.querySelector('#health-issues details summary');
+        window.engineSummary = document.querySelector('#health-engines details summary'); }""")
+    kept = """() => window.issueSummary.isConnected && window.issueSummary.parentElement.open
+        && window.engineSummary.isConnected && window.engineSummary.parentElement.open
+        && document.activeElement === window.engineSummary"""
+    assert view.page.evaluate(kept)
+    for second in range(3):  # what the board publishes every second or so: the same lists
+        camera = {"state": "running", "fps": 4.2 + second / 10, "detail": ""}
+        live_board.publish("attention", attention_section() | {"camera": camera})
+        sync = sync_section(time.time()) | {"detail": long_detail, "backlog": 150 + second}
+        live_board.publish("sync", sync)
+        view.page.wait_for_function(
+            f"() => document.getElementById('health-sync').textContent.includes('{150 + second}')"
+            f" && document.getElementById('health-camera').textContent.includes('4.{2 + second}')",
+            timeout=2000)
+        assert view.page.evaluate(kept), f"closed or unfocused by update {second + 1}"
+    # a change of what a list shows rebuilds it
+    live_board.publish("health", {"state": "ok", "engines": [], "components": []})
+    view.page.wait_for_function(
+        "() => document.getElementById('health-engines').textContent === '没有加载推理引擎'"
+        " && !window.engineSummary.isConnected", timeout=2000)
+    assert view.console_errors == []
+
+
+def test_switching_language_while_paused_shows_the_paused_figures_in_the_other_language(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    # A review: the switch drew the newest figures while the pill still said "Paused" (WCAG 2.2.2).
+    view = teacher_page(teacher_server.url)
+    view.open()
+    view.wait_live()
+    answers = live_board.get("learning")["answers"]
+    view.page.click("#pause")
+    live_board.publish("attention", attention_section(current=0.31, faces=12))
+    live_board.publish("learning", learning_section() | {"answers": 2999})
+    live_board.publish("health", {"state": "ok", "engines": [], "components": []})
+    time.sleep(1.0)  # the updates arrive, and are not shown
+    assert view.text("#att-share") == "78%" and view.text("#learn-answers") == f"{answers:,}"
+    view.switch_language()
+    assert view.text("#attention-h") == "Class attention" and view.text("#conn") == "Paused"
+    assert view.text("#att-share") == "78%" and "27" in view.text("#att-faces")
+    assert view.text("#learn-answers") == f"{answers:,}"
+    assert "kt-step" in view.text("#health-issues") and "onnxruntime" in view.text("#health-engines")
+    view.page.click("#pause")  # resumed: the newest figures, in English
+    assert view.text("#att-share") == "31%" and view.text("#learn-answers") == "2,999"
+    assert view.text("#health-engines") == "No inference engines loaded"
+    assert view.console_errors == []
+
+
+def test_a_stream_refused_with_403_says_what_to_do_and_is_not_retried_for_ever(
+        live_board: LiveBoard, teacher_page: PageFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A review: the board restarted with remote viewing switched off (no web.token_file) answers 403, and
+    # the page said "too many teacher views are open, close a tab" and asked again every 10 s for ever.
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    monkeypatch.setattr(view_module, "REFUSED_RETRY_S", 1)
+    server = ServerThread(live_board, token=WEB_TOKEN, host="0.0.0.0").start()
+    port = server.port
+    view = teacher_page(f"http://{address}:{port}")
+    streams: list[str] = []
+    view.page.on("request", lambda r: streams.append(r.url) if r.resource_type == "eventsource" else None)
+    try:
+        view.open(f"/?token={WEB_TOKEN}")
+        view.wait_live()
+    finally:
+        server.stop()
+    server = ServerThread(live_board, token=None, host="0.0.0.0", port=port).start()  # remote viewing off
+    try:
+        view.page.wait_for_function(
+            "() => document.getElementById('conn-lost-text').textContent.includes('HTTP 403')", timeout=15000)
+        said = view.text("#conn-lost-text")
+        assert said.startswith("班牌拒绝了本页面（HTTP 403）") and "刷新本页面" in said, said
+        assert "太多" not in said and view.page.locator("#conn-lost").is_visible()
+        assert view.text("#conn") == "未连接"  # not "reconnecting": the page does not try again
+        tried = len(streams)
+        time.sleep(3.5)  # past three retry periods
+        assert len(streams) == tried, streams[tried:]
+        view.switch_language()
+        assert view.text("#conn-lost-text").startswith("The board refused this page (HTTP 403)")
+        assert view.text("#conn") == "Not connected"
+    finally:
+        server.stop()
+
+
+def test_a_stream_refused_with_another_status_names_it_and_is_retried(
+        teacher_server: ServerThread, live_board: LiveBoard, teacher_page: PageFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy in front of the board answering 502 is not "too many teacher views are open" (a review).
+    monkeypatch.setattr(view_module, "REFUSED_RETRY_S", 1)
+    view = teacher_page(teacher_server.url)
+    view.page.route("**/api/v1/events", lambda route: route.fulfill(status=502, body="Bad Gateway"))
+    view.open()
+    view.page.wait_for_function(
+        "() => document.getElementById('conn-lost-text').textContent.includes('HTTP 502')", timeout=5000)
+    assert view.text("#conn-lost-text") == "班牌拒绝了本页面（HTTP 502）；本页面每 1 秒重试一次"
+    assert view.text("#conn") == "正在重新连接…"
+    view.page.unroute("**/api/v1/events")
+    view.wait_live(timeout_ms=5000)  # retried: live once the board lets the stream through
+    assert view.page.locator("#conn-lost").is_hidden()
+    assert [e for e in view.console_errors if "status of 502" not in e] == []
+
+
+def test_a_last_lesson_weeks_ago_is_named_with_its_date_not_its_weekday_alone(
+        live_board: LiveBoard, teacher_page: PageFactory) -> None:
+    # A review: a lesson three weeks ago (a holiday since) read "last lesson ended Sun 18:33", as if this
+    # past Sunday; only a time six days or more ahead had its date.
+    zone = ZoneInfo("Asia/Shanghai")
+    ended = datetime.now(zone) - timedelta(days=21)
+    live_board.publish("learning", learning_section() | {"lesson_started": None, "last_lesson": {
+        "started": ended.timestamp() - 2400, "ended": ended.timestamp(), "answers": 412}})
+    server = ServerThread(live_board, timezone="Asia/Shanghai").start()
+    try:
+        view = teacher_page(server.url, timezone_id="UTC")
+        view.open()
+        view.wait_live()
+        said = view.text("#learn-started")
+        assert f"{ended.month}月{ended.day}日" in said and ended.strftime("%H:%M") in said, said
+        view.switch_language()
+        said = view.text("#learn-started")
+        assert f"{ended.strftime('%b')} {ended.day}" in said, said
+        # two days ago: the weekday is enough
+        recent = datetime.now(zone) - timedelta(days=2)
+        live_board.publish("learning", learning_section() | {"lesson_started": None, "last_lesson": {
+            "started": recent.timestamp() - 2400, "ended": recent.timestamp(), "answers": 98}})
+        view.page.wait_for_function(
+            "() => document.getElementById('learn-started').textContent.includes('98')", timeout=2000)
+        said = view.text("#learn-started")
+        assert recent.strftime("%a") in said and recent.strftime("%b") not in said, said
+        assert view.console_errors == []
+    finally:
+        server.stop()

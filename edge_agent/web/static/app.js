@@ -12,7 +12,13 @@
   const ANNOUNCE_GAP_S = 30; // ... and at most this often: the figures themselves update every second
   const boot = JSON.parse(document.getElementById("boot").textContent);
   const messages = boot.messages;
-  const state = { sections: boot.snapshot.sections || {}, updated: boot.snapshot.updated || {} };
+  // What the page shows (state), and what the board sent last (latest): the same but while the teacher
+  // has paused updates, when state keeps the figures of the moment of the pause, whatever is drawn again
+  // meanwhile (a switch of language redrew them with the newest: a review).
+  const latest = { sections: boot.snapshot.sections || {}, updated: boot.snapshot.updated || {} };
+  const state = { sections: {}, updated: {} };
+  const showLatest = () => { state.sections = { ...latest.sections }; state.updated = { ...latest.updated }; };
+  showLatest();
   // The board's clock against this computer's, taken again from every event: NTP may step the board's
   // clock while the page is open (an hour back made fresh figures read "updated 1 h ago", forward made
   // stale ones read "0 s ago" for the hour).
@@ -45,14 +51,15 @@
   const pct = (v) => (isNum(v) ? new Intl.NumberFormat(lang, { style: "percent", maximumFractionDigits: 0 }).format(v) : "—");
   const num = (v, digits) => (isNum(v) ? new Intl.NumberFormat(lang, { maximumFractionDigits: digits || 0 }).format(v) : "—");
   // The time alone later today (a pause till "Fri 05:02" named today); else the day before it, with the
-  // date when it is a week or more away: after a holiday "Mon 07:30" reads as the coming Monday.
+  // date when it is six days or more away, either way: after a holiday "Mon 07:30" reads as the coming
+  // Monday, and a last lesson three weeks ago as this past Sunday's (a review). On the board's clock.
   const boardDate = (date) => date.toLocaleDateString("en-CA", inZone({}));
   const dayTime = (epoch) => {
     if (!isNum(epoch)) return "—";
     const when = new Date(epoch * 1000);
     const time = when.toLocaleTimeString(lang, inZone({ hour: "2-digit", minute: "2-digit" }));
-    if (boardDate(when) === boardDate(new Date())) return time;
-    const far = epoch * 1000 - Date.now() >= 6 * 86400000;
+    if (boardDate(when) === boardDate(new Date(now() * 1000))) return time;
+    const far = Math.abs(epoch - now()) >= 6 * 86400;
     return when.toLocaleDateString(lang, inZone({ weekday: "short", ...(far ? { month: "short", day: "numeric" } : {}) }))
       + " " + time;
   };
@@ -380,30 +387,36 @@
     return folded(t("issue_detail", { d: shorten(detail) }), detail, { class: "detail" });
   }
 
-  let healthShown = null;
+  // The lists are rebuilt only when what they show changes, not when any figure of their sections does:
+  // the camera's frame rate and the sync status's time change every second or so, and each rebuild closed
+  // the diagnostic a teacher or IT had opened and took the keyboard's focus off its line (a review).
+  const shownLists = { issues: null, engines: null, device: null };
+  function replaceIfChanged(id, list, key, nodes) {
+    if (shownLists[list] === key) return;
+    shownLists[list] = key;
+    replace(id, nodes());
+  }
   function renderHealth() {
     const h = state.sections.health;
-    const a = state.sections.attention || {};
-    const key = JSON.stringify([lang, h || null, a.camera || null, state.sections.sync || null, state.sections.device || null]);
-    if (key === healthShown) return; // attention updates every second; the status seldom changes
-    healthShown = key;
     const pill = $("health-state");
     pill.dataset.state = h && h.state ? h.state : "";
     pill.textContent = h && h.state ? tState("health_state_", h.state) : t("no_data");
     const problems = issues();
-    replace("health-issues", problems.length ? problems.map((p) => el("li", { class: "problem" },
-      [document.createTextNode(p.text)].concat(p.detail ? [detailNode(p.detail)] : [])))
-      : [el("li", { class: "none", text: t("issues_none") })]);
+    replaceIfChanged("health-issues", "issues", JSON.stringify([lang, problems]), () => (problems.length
+      ? problems.map((p) => el("li", { class: "problem" }, [document.createTextNode(p.text)].concat(p.detail ? [detailNode(p.detail)] : [])))
+      : [el("li", { class: "none", text: t("issues_none") })]));
     // "Everything works" next to a list of problems contradicts itself: running, with problems to check.
     if (h && h.state === "ok" && problems.length) {
       pill.dataset.state = "attention";
       pill.textContent = t("health_state_attention");
     }
     const engines = ((h && h.engines) || []).filter((e) => e && typeof e === "object");
-    replace("health-engines", engines.length ? engines.map((e) => el("tr", {}, [el("td", { text: e.name }), el("td", { text: e.backend }),
-      el("td", { text: e.precision }), e.fallback ? el("td", { class: "fallback" }, [titled(folded(fallbackPhrase(e.fallback), e.fallback))])
-        : el("td", { text: "—" })]))
-      : [el("tr", {}, [el("td", { colspan: 4, class: "muted", text: t("engines_none") })])]);
+    const engineRows = engines.map((e) => [e.name, e.backend, e.precision, e.fallback || null]);
+    replaceIfChanged("health-engines", "engines", JSON.stringify([lang, engineRows]), () => (engines.length
+      ? engines.map((e) => el("tr", {}, [el("td", { text: e.name }), el("td", { text: e.backend }),
+        el("td", { text: e.precision }), e.fallback ? el("td", { class: "fallback" }, [titled(folded(fallbackPhrase(e.fallback), e.fallback))])
+          : el("td", { text: "—" })]))
+      : [el("tr", {}, [el("td", { colspan: 4, class: "muted", text: t("engines_none") })])]));
     const cam = (state.sections.attention || {}).camera;
     const camNode = $("health-camera");
     camNode.dataset.ok = String(!cam || cam.state === "running" || CAMERA_OFF.has(cam.state));
@@ -439,7 +452,7 @@
   function renderDevice() {
     const d = state.sections.device;
     const note = $("health-device-note");
-    const noReadings = (text) => { replace("health-device", []); note.hidden = false; note.textContent = text; };
+    const noReadings = (text) => { replaceIfChanged("health-device", "device", "[]", () => []); note.hidden = false; note.textContent = text; };
     note.hidden = true;
     if (!d) { noReadings(t("no_data")); return; }
     const temps = Object.entries(d.temperatures || {}).filter(([, c]) => isNum(c)).map(([z, c]) => z + "\u00a0" + num(c, 0) + "\u00a0°C");
@@ -452,7 +465,7 @@
       [t("gpu_memory"), isNum(d.gpu_memory_bytes) ? num(d.gpu_memory_bytes / 1048576) + " MiB" : "—"]];
     // "、" between the readings in Chinese, ", " in English (a review: ", " on the zh-CN page)
     rows.push([t("temperatures"), temps.join(t("list_sep")) || "—"], [t("power"), power.join(t("list_sep")) || "—"]);
-    replace("health-device", rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
+    replaceIfChanged("health-device", "device", JSON.stringify(rows), () => rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   }
 
   const renderers = { attention: [renderAttention, renderHealth], learning: [renderLearning], health: [renderHealth],
@@ -463,18 +476,24 @@
   // Paused (WCAG 2.2.2): updates are kept, not shown, until the teacher resumes; the pill says so.
   let paused = false;
   let signedOut = false;
-  let refused = false; // the board answers but refused this view's stream (503: its places are taken)
+  // The status the board refused this view's stream with (null: not refused). Only a 503 means its places
+  // are taken; every refusal read "too many teacher views" and was retried for ever (a review: a 403 from
+  // a board restarted with viewing from other computers switched off told the teacher to close a tab).
+  let refused = null;
   const shownAt = { attention: undefined };
   function setConnection(live) {
     const conn = $("conn");
-    if (live) { signedOut = false; refused = false; }
+    if (live) { signedOut = false; refused = null; }
     conn.dataset.state = live ? "live" : "reconnecting";
     conn.dataset.paused = String(paused); // "Paused" with the live green dot read as live (a review)
-    conn.textContent = live ? t(paused ? "conn_paused" : "conn_live") : t("conn_reconnecting");
+    // refused with 403 the page does not try again: "reconnecting" would promise what does not come
+    conn.textContent = live ? t(paused ? "conn_paused" : "conn_live") : t(refused === 403 ? "conn_not_connected" : "conn_reconnecting");
     document.body.dataset.conn = live ? "live" : "lost"; // dashed cards: their numbers are not current
     $("conn-lost").hidden = live;
     setText("conn-lost-text", signedOut ? t("session_ended")
-      : refused ? t("conn_refused", { s: num(boot.retry_refused_s) }) : t("conn_lost"));
+      : refused === 503 ? t("conn_refused", { s: num(boot.retry_refused_s) })
+      : refused === 403 ? t("conn_forbidden")
+      : refused !== null ? t("conn_refused_status", { n: String(refused), s: num(boot.retry_refused_s) }) : t("conn_lost"));
     $("sign-in").hidden = !signedOut;
   }
 
@@ -487,16 +506,18 @@
   }
 
   // The stream cannot say why it failed: a sign-in that ended (12 h) would read "reconnecting" for ever.
-  // True when the board answered.
-  async function checkSignedIn() {
+  // The status the board answers a request for path with (only its head is read: a stream that opens is
+  // closed at once); null when the board does not answer.
+  async function statusOf(path) {
+    const abort = new AbortController();
     try {
-      const response = await fetch("/api/v1/live", { credentials: "same-origin", cache: "no-store" });
-      signedOut = response.status === 401;
+      const response = await fetch(path, { credentials: "same-origin", cache: "no-store", signal: abort.signal });
+      return response.status;
     } catch (err) {
-      return false; // the board is unreachable: reconnecting is the truth
+      return null; // the board is unreachable: reconnecting is the truth
+    } finally {
+      abort.abort();
     }
-    if ($("conn").dataset.state !== "live") setConnection(false);
-    return true;
   }
 
   // Screen readers hear what changed (low attention, the camera, the board's state), not every figure.
@@ -551,38 +572,45 @@
     mine.addEventListener("open", () => { heard(); setConnection(true); });
     mine.addEventListener("keepalive", (ev) => { heard(); syncClock(JSON.parse(ev.data).server_time); });
     mine.addEventListener("error", async () => {
-      refused = false; // said again below only if the board answers and refused this stream (round 2:
+      refused = null; // said again below only if the board answers and refused this stream (round 2:
       setConnection(false); // "close a tab" stayed up over a board that had gone down)
-      const answered = await checkSignedIn();
+      // A refused stream is closed for good, and the browser never tries again by itself: asked again,
+      // the board says with what it refused it. Otherwise the browser reconnects; the board may answer 401.
+      const closed = mine.readyState === EventSource.CLOSED;
+      const status = await statusOf(closed ? "/api/v1/events" : "/api/v1/live");
       if (mine !== source) return; // replaced meanwhile (the silence timer): the new one is in charge
-      // A refused stream (503: the board's places are taken) is closed for good, and the browser never
-      // tries again by itself; a page whose sign-in ended waits for the teacher instead.
-      if (mine.readyState === EventSource.CLOSED) {
-        clearTimeout(silence);
-        // the board answers, yet refused the stream: not "connection lost" (a review: the 5th view from
-        // one computer told the teacher the network was down, when closing a tab was the fix)
-        refused = answered && !signedOut;
-        if (refused) setConnection(false);
-        if (!signedOut) setTimeout(connect, boot.retry_refused_s * 1000);
-      }
+      if (status !== null) signedOut = status === 401;
+      if ($("conn").dataset.state !== "live") setConnection(false);
+      if (!closed) return;
+      clearTimeout(silence);
+      if (signedOut) return; // a page whose sign-in ended waits for the teacher instead
+      // the board answers, yet refused the stream: not "connection lost" (a review: the 5th view from
+      // one computer told the teacher the network was down, when closing a tab was the fix)
+      refused = status !== null && (status < 200 || status >= 300) ? status : null;
+      if (refused !== null) setConnection(false);
+      // 403: the board no longer lets this computer in, and asking again every 10 s will not change that;
+      // the alert says what to do, then to reload the page.
+      if (refused !== 403) setTimeout(connect, boot.retry_refused_s * 1000);
     });
     mine.addEventListener("snapshot", (ev) => {
       heard();
       const snap = JSON.parse(ev.data);
       syncClock(snap.server_time);
       zone = knownZone(snap.timezone);
-      state.sections = snap.sections || {};
-      state.updated = snap.updated || {};
-      if (!paused) { renderAttention(); renderLearning(); renderHealth(); }
+      latest.sections = snap.sections || {};
+      latest.updated = snap.updated || {};
+      if (!paused) { showLatest(); renderAttention(); renderLearning(); renderHealth(); }
     });
     mine.addEventListener("update", (ev) => {
       heard();
       const update = JSON.parse(ev.data);
       syncClock(update.server_time);
       if (!(update.section in renderers)) return;
-      state.sections[update.section] = update.data;
-      state.updated[update.section] = update.at;
-      if (!paused) for (const render of renderers[update.section]) render();
+      latest.sections[update.section] = update.data;
+      latest.updated[update.section] = update.at;
+      if (paused) return;
+      showLatest();
+      for (const render of renderers[update.section]) render();
     });
   }
 
@@ -614,7 +642,7 @@
     // itself to a screen reader (a toggle's label must not change with its state).
     $("pause").textContent = t(paused ? "resume_updates" : "pause_updates");
     showConnection();
-    if (!paused) { renderAttention(); renderLearning(); renderHealth(); }
+    if (!paused) { showLatest(); renderAttention(); renderLearning(); renderHealth(); }
   });
 
   // The teacher closes the camera for a lesson (or opens it again); the board keeps the pause across a
