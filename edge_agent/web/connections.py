@@ -6,12 +6,16 @@ sockets with no token (security audit); at the systemd default of 1,024 files th
 the MQTT reconnect and the model inbox. :class:`GuardedTCPSite` therefore closes a connection whose first
 request head is not complete within ``head_timeout_s``, allows ``per_peer`` open connections per remote
 address and ``total`` from other hosts in all (loopback, the board itself, is not limited), and counts
-what it refuses. Idle keep-alive connections close after ``KEEPALIVE_S``.
+what it refuses. Idle keep-alive connections close after ``KEEPALIVE_S``. With HTTPS a connection is counted
+and timed from its accept, its TLS handshake within the head's deadline: served by asyncio's ``ssl=``, the
+guard saw it only once its handshake was done, and one address held 650 unfinished handshakes, past the
+process's open-file limit, while the limits counted none (a review).
 """
 
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import collections
 import errno
 import logging
@@ -115,11 +119,13 @@ class ConnectionLimits:
 
 
 class _Guard(asyncio.Protocol):
-    """Stands between the event loop and aiohttp's protocol for one connection."""
+    """Stands between the event loop and aiohttp's protocol for one connection. With ``tls``, between
+    asyncio's TLS layer and aiohttp's: the accepted socket is counted first, then its handshake starts."""
 
-    def __init__(self, inner: Any, limits: ConnectionLimits) -> None:
+    def __init__(self, inner: Any, limits: ConnectionLimits, tls: ssl.SSLContext | None = None) -> None:
         self._inner = inner
         self._limits = limits
+        self._tls = tls
         self._peer: str | None = None
         self._head = b""  # the last bytes of the first request head, until its end is seen
         self._timer: asyncio.TimerHandle | None = None
@@ -127,6 +133,10 @@ class _Guard(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if self._peer is not None:  # the TLS session over the counted socket, its handshake done
+            self._transport = transport
+            self._inner.connection_made(transport)
+            return
         address = transport.get_extra_info("peername")
         peer = str(address[0]) if isinstance(address, tuple) and address else "unknown"
         refused = self._limits.admit(peer)
@@ -137,7 +147,24 @@ class _Guard(asyncio.Protocol):
         self._peer = peer
         self._transport = transport
         self._timer = asyncio.get_running_loop().call_later(self._limits.head_timeout_s, self._too_slow)
-        self._inner.connection_made(transport)
+        if self._tls is None:
+            self._inner.connection_made(transport)
+            return
+        # What create_server(ssl=...) does at accept, here after the count: the TLS layer calls this
+        # protocol's connection_made again once its handshake is done, and its connection_lost only then;
+        # a handshake that fails or is cut off (the head's deadline) ends in the waiter.
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        waiter.add_done_callback(self._handshake_ended)
+        deadline: Any = self._limits.head_timeout_s  # typeshed says int; asyncio takes seconds as a float
+        layer = asyncio.sslproto.SSLProtocol(loop, self, self._tls, waiter, server_side=True,
+                                             ssl_handshake_timeout=deadline)
+        transport.set_protocol(layer)
+        layer.connection_made(transport)
+
+    def _handshake_ended(self, waiter: asyncio.Future[None]) -> None:
+        if (waiter.cancelled() or waiter.exception() is not None) and self._peer is not None:
+            self._forget()
 
     def _too_slow(self) -> None:
         if self._transport is not None and self._timer is not None:
@@ -160,12 +187,15 @@ class _Guard(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._peer is None:
             return  # refused in connection_made: aiohttp never saw this connection
+        self._forget()
+        self._inner.connection_lost(exc)
+
+    def _forget(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._limits.release(self._peer)
+        self._limits.release(self._peer)  # type: ignore[arg-type]
         self._peer = None
-        self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()
@@ -187,11 +217,8 @@ class GuardedTCPSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Guard(server(), self.limits), self._host, self._port, backlog=self._backlog,
-            reuse_address=self._reuse_address, ssl=self._ssl_context,
-            # With HTTPS the guard sees a connection only once its handshake is done: one that never
-            # finishes it is closed by the loop after the same time a request head gets.
-            ssl_handshake_timeout=self.limits.head_timeout_s if self._ssl_context is not None else None,
+            lambda: _Guard(server(), self.limits, self._ssl_context), self._host, self._port,
+            backlog=self._backlog, reuse_address=self._reuse_address,
         )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

@@ -127,6 +127,49 @@ def test_a_connection_that_never_starts_its_tls_handshake_is_closed(tmp_path: Pa
     run_async(run())
 
 
+def test_connections_still_in_their_tls_handshake_count_against_the_limits(tmp_path: Path) -> None:
+    # asyncio's ssl= server showed the guard a connection only once its handshake was done: one address
+    # held 300 unfinished handshakes where plain HTTP allowed 32, 650 past the open-file limit (a review).
+    ca, cert, key = _board_files(tmp_path)
+    tls = server_tls_context(cert, key, "web.tls_cert_file")
+
+    async def run() -> None:
+        app = web.Application()
+
+        async def ok(_request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app.router.add_get("/", ok)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        limits = ConnectionLimits("web", per_peer=3, limit_loopback=True)
+        await GuardedTCPSite(runner, "127.0.0.1", 0, limits, tls).start()
+        port = runner.addresses[0][1]
+        try:
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]  # no handshake
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(1024), 3) == b""  # the 4th: closed at once
+            assert limits.open["127.0.0.1"] == 3
+            for _, held_writer in [*held, (reader, writer)]:
+                held_writer.close()
+            for _ in range(50):  # their handshakes end with them, and so do their places
+                if not limits.open:
+                    break
+                await asyncio.sleep(0.05)
+            assert not limits.open
+            async with aiohttp.ClientSession() as session, session.get(
+                f"https://127.0.0.1:{port}/", ssl=_client_tls(ca), server_hostname="board-7"
+            ) as resp:
+                assert resp.status == 200 and await resp.text() == "ok"
+            await asyncio.sleep(0.1)
+            assert not limits.open
+        finally:
+            await runner.cleanup()
+
+    run_async(run())
+
+
 def test_a_key_that_is_not_the_certificates_or_a_damaged_file_is_a_config_error_naming_both(
     tmp_path: Path,
 ) -> None:
