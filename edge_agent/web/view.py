@@ -126,7 +126,9 @@ class TeacherView:
         routes.get("/")(self.index)
         routes.get("/i18n/{lang}.json")(self.i18n)
         routes.get("/api/v1/live")(self.snapshot)
-        routes.get(EVENTS_PATH)(self.events)
+        # no HEAD: its answer was the endless stream, written after a head that promised no body (a
+        # review: the next request on the connection read "retry: 3000" as its status line)
+        routes.get(EVENTS_PATH, allow_head=False)(self.events)
         routes.get("/api/v1/status")(self.status)
         routes.static("/static", STATIC_DIR, append_version=False)
         return routes

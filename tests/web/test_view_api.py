@@ -249,6 +249,24 @@ def test_a_browser_that_falls_behind_gets_the_whole_board_and_so_the_latest_of_e
         server.stop()
 
 
+def test_head_of_the_event_stream_is_refused_and_the_connection_serves_the_next_request() -> None:
+    # HEAD was answered with the stream itself after the head, for ever, and held one of the places.
+    import http.client
+
+    server = ServerThread(LiveBoard()).start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        connection.request("HEAD", "/api/v1/events")
+        head = connection.getresponse()
+        head.read()
+        assert head.status == 405 and "GET" in head.headers["Allow"]
+        connection.request("GET", "/api/v1/live")
+        assert connection.getresponse().status == 200
+        connection.close()
+    finally:
+        server.stop()
+
+
 def test_a_browser_gone_while_the_board_waits_to_send_is_forgotten_without_an_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
