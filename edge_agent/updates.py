@@ -5,7 +5,11 @@ by the command handler after checking the sha256 the command names), the ``model
 to :class:`~edge_agent.provisioning.model_update.ModelUpdater`, and after the attempt the file is moved
 aside: ``inbox/done/`` when the version runs, ``<name>.rejected`` plus ``<name>.rejected.reason`` when it
 was refused or rolled back. Files are taken only once their size and mtime held still for a poll interval,
-so a slow copy is not read half-written; downloads are written under a hidden name and renamed when complete.
+so a slow copy is not read half-written, oldest (by mtime) first; downloads are written under a hidden name
+and renamed when complete, beside a hidden ``.<name>.command`` note of the model and version the command asked
+for: a package signed as another version is refused. A package whose load killed the daemon (a crash, the
+out-of-memory killer) is rolled back at the next start, reported, and filed away as refused, so that it does
+not stop the daemon again at every start.
 
 The command's ``signature`` field is not relied on: every package carries its own ``manifest.sig``, which
 the store verifies against the installed key whatever the delivery path. The outcome of the latest attempt,
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import http.client
+import json
 import logging
 import os
 import queue
@@ -41,7 +46,7 @@ from edge_agent.errors import CommandRefused, ProvisioningError
 from edge_agent.lifecycle import Health
 from edge_agent.provisioning.files import write_public
 from edge_agent.provisioning.model_package import load_public_key
-from edge_agent.provisioning.model_update import Loader, ModelStore, ModelUpdater, Sanity
+from edge_agent.provisioning.model_update import Loader, ModelStore, ModelUpdater, Rollback, Sanity
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -86,9 +91,8 @@ def startup_package(settings: UpdateSettings, state_dir: Path, name: str) -> Pat
         log.error("installed model updates are not used: %s", exc)
         return None
     store = ModelStore(models, [key])
-    for rolled in store.recover():
+    for _rolled in store.recover():  # logged there; reported (and its package filed away) by ModelUpdates
         metrics.ALERTS.labels(kind="model_rollback").inc()
-        log.warning("model %s: an update was interrupted; the previous version runs", rolled)
     problem = store.verify_current(name)
     if problem is not None:
         metrics.ALERTS.labels(kind="model_rollback").inc()
@@ -103,6 +107,11 @@ def set_aside_installed(settings: UpdateSettings, state_dir: Path, name: str) ->
 
 def is_package(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.endswith(PACKAGE_SUFFIXES)
+
+
+def command_note(package: Path) -> Path:
+    """Beside a downloaded package: the model and version its model_update command asked for."""
+    return package.with_name(f".{package.name}.command")
 
 
 def check_host(url: str, allowed_hosts: Collection[str]) -> None:
@@ -239,10 +248,42 @@ class _InboxUpdater(ModelUpdater):
     reports the outcome through ``on_result``."""
 
     def __init__(
-        self, store: ModelStore, loader: Loader, sanity: Sanity, on_result: Callable[[bool, str], None]
+        self,
+        store: ModelStore,
+        loader: Loader,
+        sanity: Sanity,
+        on_result: Callable[[bool, str], None],
+        inbox: Path | None = None,
     ) -> None:
         super().__init__(store, loader, sanity, lambda manifest, engine: None)
         self.on_result = on_result
+        self.inbox = inbox
+
+    def _rolled_back(self, rollback: Rollback) -> None:
+        super()._rolled_back(rollback)
+        if rollback.by_stop or rollback.source is None or self.inbox is None:
+            return  # cut short by a stop: it stays in the inbox and is tried again
+        package = Path(rollback.source)
+        try:
+            info = package.stat()
+        except OSError:
+            return  # removed meanwhile
+        # the very file that was being installed, not another copied since under the same name
+        if package.parent.absolute() == self.inbox.absolute() and rollback.source_id == (
+            info.st_size, info.st_mtime_ns
+        ):
+            file_away(package, False, rollback.reason())
+            self.last_result = f"{package.name}: {self.last_result}"
+
+    def _expected(self, package: Path) -> tuple[str, str] | None:
+        try:
+            data = json.loads(command_note(package).read_text(encoding="utf-8"))
+            return str(data["model"]), str(data["version"])
+        except FileNotFoundError:
+            return None  # copied in by hand: no command named a version
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            # unreadable: what the command asked for cannot be checked, so it is not installed
+            raise ProvisioningError(f"cannot read what the model_update command asked for: {exc}") from exc
 
     def _install(self, package: Path) -> None:
         try:
@@ -288,6 +329,7 @@ def file_away(package: Path, ok: bool, result: str) -> None:
                 path.unlink(missing_ok=True)
     except OSError as exc:
         log.error("could not move %s out of the model inbox: %s", package.name, exc)
+    command_note(package).unlink(missing_ok=True)
 
 
 NOT_STARTED = "not started"
@@ -343,7 +385,7 @@ class ModelUpdates:
             return
         self._remove_leftover_parts()
         store = ModelStore(self.models_dir, [key])
-        self.updater = _InboxUpdater(store, self._loader, self._sanity, self._note)
+        self.updater = _InboxUpdater(store, self._loader, self._sanity, self._note, self.inbox)
         await self.updater.start()
         self._note(self.updater.last_ok, self.updater.last_result)
         self._stop.clear()
@@ -354,6 +396,7 @@ class ModelUpdates:
     async def stop(self) -> None:
         self._stop.set()
         if self.updater is not None:  # first: the daemon's stop budget may end this stop at any await
+            self.updater.store.note_stopping()  # a load this stop cuts short is tried again at the next start
             self.updater.stopping.set()
         if self._thread is not None:
             # waited for on the event loop (a join in an executor thread held the process's exit); a
@@ -403,6 +446,9 @@ class ModelUpdates:
                 size = part.stat().st_size
                 part.unlink()
                 freed += size
+        for note in self.inbox.glob(".*.command"):  # its download never completed
+            if not note.with_name(note.name[1 : -len(".command")]).exists():
+                note.unlink(missing_ok=True)
         if freed:
             log.info("model inbox: removed unfinished downloads (%d bytes)", freed)
 
@@ -450,7 +496,13 @@ class ModelUpdates:
 
     def _download(self, command: Any) -> None:
         dest = self.inbox / f"{command.model}-{command.version}.tar"
+        note = command_note(dest)
         try:
+            # before the package can appear: whatever installs it must check it is the version asked for
+            # (a URL serving a validly signed package of another version was installed as a success)
+            write_public(note, json.dumps({
+                "model": command.model, "version": command.version, "request_id": command.request_id,
+            }).encode())
             context = None
             if self.settings.download_ca_file is not None:
                 context = ssl.create_default_context()
@@ -466,6 +518,8 @@ class ModelUpdates:
                 stop=self._stop,
             )
         except (DownloadFailed, OSError) as exc:
+            if not dest.exists():
+                note.unlink(missing_ok=True)
             self.last_download = f"request {command.request_id}: {exc}"
             if self._stop.is_set():  # cut short by a stop: not a refusal to alert anyone about
                 log.info("model update %s not downloaded: the agent is stopping", command.request_id)
@@ -491,7 +545,9 @@ class ModelUpdates:
         self._taken &= set(found)  # filed away by the updater, or removed by hand
         now = time.monotonic()
         seen: dict[Path, tuple[tuple[int, float], float]] = {}
-        for path, signature in found.items():
+        # oldest first (then by name): two packages arriving together install in the order they came, not
+        # in the directory's hash order (the board ended on whichever the listing gave last)
+        for path, signature in sorted(found.items(), key=lambda item: (item[1][1], item[0].name)):
             previous, since = self._seen.get(path, (None, now))
             seen[path] = (signature, since if previous == signature else now)
             # by elapsed time, not by scans: every command brings a scan, and two commands a few ms apart

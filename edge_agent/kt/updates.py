@@ -57,24 +57,38 @@ def package_name(package_dir: Path) -> str:
 
 
 def trial_inference(engine: Engine, package: KTPackage) -> None:
-    """One step from the empty state must give a probability per skill and a state of the right size."""
-    feeds: dict[str, np.ndarray] = {
-        "skill": np.zeros(1, np.int64),
-        "correct": np.ones(1, np.int64),
-        "h": np.zeros((1, package.hidden), np.float32),
-        "c": np.zeros((1, package.hidden), np.float32),
-    }
-    out = engine.infer(feeds)
-    probs, h = out.get("probs"), out.get("h_out")
-    if probs is None or h is None:
-        raise ModelError("the KT step model gave no probs/h_out output")
-    if probs.shape != (1, len(package.skills)) or h.shape != (1, package.hidden):
-        raise ModelError(
-            f"the KT step model gave probs {probs.shape} and state {h.shape}; "
-            f"expected (1, {len(package.skills)}) and (1, {package.hidden})"
-        )
-    if not (np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()):
-        raise ModelError("the KT step model gave probabilities outside [0, 1] on a trial answer")
+    """One step from the empty state, then a second from the state it returned, must each give a probability
+    per skill and a finite state of the right size: a model whose state goes NaN passed a check of the
+    probabilities alone, was swapped in, and then failed every student's second answer (a review)."""
+    h = np.zeros((1, package.hidden), np.float32)
+    c = np.zeros((1, package.hidden), np.float32)
+    for step in ("first", "second"):
+        out = engine.infer({
+            "skill": np.zeros(1, np.int64),
+            "correct": np.ones(1, np.int64),
+            "h": h,
+            "c": c,
+        })
+        probs, h_out, c_out = out.get("probs"), out.get("h_out"), out.get("c_out")
+        if probs is None or h_out is None or c_out is None:
+            raise ModelError("the KT step model gave no probs/h_out/c_out output")
+        if probs.shape != (1, len(package.skills)) or h_out.shape != (1, package.hidden):
+            raise ModelError(
+                f"the KT step model gave probs {probs.shape} and state {h_out.shape}; "
+                f"expected (1, {len(package.skills)}) and (1, {package.hidden})"
+            )
+        if c_out.shape != (1, package.hidden):
+            raise ModelError(
+                f"the KT step model gave cell state {c_out.shape}; expected (1, {package.hidden})"
+            )
+        if not (np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()):
+            raise ModelError(f"the KT step model gave probabilities outside [0, 1] on a {step} trial answer")
+        if not (np.isfinite(h_out).all() and np.isfinite(c_out).all()):
+            raise ModelError(
+                f"the KT step model gave a non-finite state (h_out/c_out) on a {step} trial answer: every "
+                "student's next answer would fail"
+            )
+        h, c = np.asarray(h_out, np.float32), np.asarray(c_out, np.float32)
 
 
 class KTModelActivator:

@@ -4,11 +4,17 @@ Layout under the models root (e.g. /var/lib/edge-agent/models)::
 
     <name>/versions/<version>/...   verified package contents (read-only once installed)
     <name>/current -> versions/<version>
-    <name>/trial                     previous version, present only while a new one is being tried
+    <name>/trial                     previous and new version (and the package file), present only while
+                                     a new one is being installed and tried
+    <name>/rolled-back               what recover() rolled back, until the updater has reported it
 
 The flip is one ``rename`` of a symlink, so a power cut leaves either the old or the new version current.
-If the daemon dies while trying a new version (a TensorRT crash, say), ``trial`` is still there at the next
-start and :meth:`ModelStore.recover` puts the previous version back.
+The trial marker is written before the new version is moved into ``versions/``: if the daemon dies while
+installing or trying a new version (a TensorRT crash, the OOM killer, kill -9), ``trial`` is still there at
+the next start and :meth:`ModelStore.recover` puts the previous version back and deletes the new one's files.
+The updater then reports the rollback, and the inbox files the package away as refused, so that a package
+which kills the daemon is not installed again at every start (a crash loop). A package whose load was cut
+short by the daemon's own stop (``.stopping``, written as a stop begins) is tried again instead.
 
 Thread affinity: :class:`ModelUpdater` runs installs on its own worker thread fed by a bounded queue; the
 ``loader``, ``sanity`` and ``on_activated`` callables the daemon passes are called on that thread.
@@ -17,6 +23,8 @@ Thread affinity: :class:`ModelUpdater` runs installs on its own worker thread fe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import queue
@@ -25,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +50,59 @@ log = logging.getLogger(__name__)
 Loader = Callable[[Path], Any]
 Sanity = Callable[[Any], bool]
 KEEP_VERSIONS = 2
+TRIAL = "trial"
+ROLLED_BACK = "rolled-back"
+# in the models root: the daemon began to stop (a load cut short then is not the package's fault)
+STOPPING = ".stopping"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """The trial marker: the version to go back to, the one being installed, and the package it came from
+    (with its size and mtime_ns then, so that another file of the same name is never blamed)."""
+
+    previous: str | None
+    version: str | None
+    source: str | None = None
+    source_id: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """An install that never finished (the daemon died or stopped meanwhile), rolled back at a start."""
+
+    name: str
+    version: str | None
+    previous: str | None
+    source: str | None
+    source_id: tuple[int, int] | None
+    by_stop: bool
+
+    def reason(self) -> str:
+        kept = self.previous or "the built-in model"
+        if self.by_stop:
+            return (f"{self.name} {self.version}: the daemon stopped before it finished loading; rolled back "
+                    f"to {kept}; the package is tried again")
+        return (f"{self.name} {self.version}: the daemon stopped while loading it (a crash, the "
+                f"out-of-memory killer or a power cut); rolled back to {kept}. The package is refused so "
+                "that it cannot stop the daemon at every start: send it again to retry")
+
+
+def _read_trial(path: Path) -> Trial:
+    """The marker as written by install(); an older marker holds only the previous version's name."""
+    text = path.read_text(encoding="utf-8")
+    with contextlib.suppress(ValueError):
+        data = json.loads(text)
+        if isinstance(data, dict):
+            source_id = data.get("source_id")
+            return Trial(
+                data.get("previous") or None,
+                data.get("version") or None,
+                data.get("source") or None,
+                (int(source_id[0]), int(source_id[1])) if isinstance(source_id, list) and len(source_id) == 2
+                else None,
+            )
+    return Trial(text.strip() or None, None)
 
 
 class ModelUpdateFailed(ProvisioningError):
@@ -59,9 +121,9 @@ class ModelStore:
     def running_version(self, name: str) -> str | None:
         """The version that answers: ``current``, except while a new version is on trial (loading and
         its sanity check), when the previous one still runs and ``current`` already names the new one."""
-        trial = self.root / name / "trial"
+        trial = self.root / name / TRIAL
         try:
-            return trial.read_text(encoding="utf-8").strip() or None
+            return _read_trial(trial).previous
         except (OSError, UnicodeDecodeError):  # none, or unreadable: the health page must still be drawn
             return self.current_version(name)
 
@@ -98,12 +160,21 @@ class ModelStore:
         tmp.symlink_to(Path("versions") / version)
         os.replace(tmp, link)
 
-    def install(self, package: Path, loader: Loader, sanity: Sanity) -> tuple[Manifest, Any]:
-        """Verify, flip, load and check; on any failure after the flip, flip back.
+    def install(
+        self, package: Path, loader: Loader, sanity: Sanity, *, expected: tuple[str, str] | None = None
+    ) -> tuple[Manifest, Any]:
+        """Verify, flip, load and check; on any failure after the flip, flip back. With ``expected``
+        (the model and version a model_update command named), a package signed as anything else is refused.
 
         Returns (manifest, engine)."""
         manifest, staging = self.stage(package)
         name = manifest.name
+        if expected is not None and (name, manifest.version) != expected:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise PackageRejected(
+                f"the package is signed as {name} {manifest.version}, but the model_update command asked for "
+                f"{expected[0]} {expected[1]}: refused (check the command's url and version)"
+            )
         versions = self.root / name / "versions"
         target = versions / manifest.version
         previous = self.current_version(name)
@@ -111,12 +182,14 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise PackageRejected(f"{name} {manifest.version} is already running")
         versions.mkdir(parents=True, exist_ok=True)
+        trial = self.root / name / TRIAL
+        # Written, and fsynced, before the new version enters versions/: killed after that move but before the
+        # flip, its never-run files stayed, a later prune kept them and deleted the version that ran (a
+        # review). Left empty by a power cut, it would read "no previous version", and the next start would
+        # run the built-in model and delete the one that ran.
+        write_public(trial, self._trial_record(previous, manifest.version, package))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
-        trial = self.root / name / "trial"
-        # fsynced before the flip: left empty by a power cut, it would read "no previous version", and the
-        # next start would run the built-in model and delete the one that ran
-        write_public(trial, (previous or "").encode())
         self._flip(name, manifest.version)
         try:
             engine = loader(target)
@@ -124,8 +197,8 @@ class ModelStore:
                 raise ModelUpdateFailed(f"{name} {manifest.version} failed its sanity check")
         except Exception as exc:
             self._flip(name, previous)
+            shutil.rmtree(target, ignore_errors=True)  # before the marker goes: it is what names them
             trial.unlink(missing_ok=True)
-            shutil.rmtree(target, ignore_errors=True)
             # made by this install alone: a package for a model the board does not run stayed in every status
             if previous is None and not any(versions.iterdir()):
                 shutil.rmtree(self.root / name, ignore_errors=True)
@@ -141,23 +214,72 @@ class ModelStore:
         self._prune(name)
         return manifest, engine
 
+    @staticmethod
+    def _trial_record(previous: str | None, version: str, package: Path) -> bytes:
+        source: dict[str, object] = {}
+        with contextlib.suppress(OSError):
+            info = package.stat()
+            source = {"source": str(package.absolute()), "source_id": [info.st_size, info.st_mtime_ns]}
+        return json.dumps({"previous": previous, "version": version} | source).encode()
+
+    def note_stopping(self) -> None:
+        """The daemon begins to stop: an install it cuts short is rolled back at the next start but not
+        blamed on its package (tried again)."""
+        if self.root.is_dir():
+            with contextlib.suppress(OSError):
+                write_public(self.root / STOPPING, b"")
+
     def recover(self) -> list[str]:
-        """Roll back any version whose trial never finished (the daemon died while loading it)."""
+        """Roll back any version whose install or trial never finished (the daemon died or stopped while
+        installing or loading it): ``current`` goes back to the previous version and the new version's files
+        are deleted. Each rollback is left in ``<name>/rolled-back`` for :meth:`take_rollbacks`."""
+        stopping = self.root / STOPPING
+        by_stop = stopping.exists()
         rolled = []
-        for trial in self.root.glob("*/trial"):
+        for trial in sorted(self.root.glob(f"*/{TRIAL}")):
             name = trial.parent.name
-            previous = trial.read_text(encoding="utf-8").strip() or None
-            failed = self.current_version(name)
-            self._flip(name, previous)
-            if failed and failed != previous:
-                shutil.rmtree(trial.parent / "versions" / failed, ignore_errors=True)
+            try:
+                record = _read_trial(trial)
+            except (OSError, UnicodeDecodeError) as exc:
+                log.error("model %s: cannot read its trial marker (%s); current is kept", name, exc)
+                trial.unlink(missing_ok=True)
+                continue
+            current = self.current_version(name)
+            tried = record.version or current  # an older marker named only the previous version
+            if current != record.previous:
+                self._flip(name, record.previous)
+            if tried and tried != record.previous:
+                shutil.rmtree(trial.parent / "versions" / tried, ignore_errors=True)
+            rollback = Rollback(name, tried, record.previous, record.source, record.source_id, by_stop)
+            with contextlib.suppress(OSError):
+                write_public(trial.parent / ROLLED_BACK, json.dumps(rollback.__dict__).encode())
             trial.unlink()
             rolled.append(name)
             log.warning(
-                "model %s: version %s never finished loading; rolled back to %s", name, failed, previous
+                "model %s: version %s never finished %s; rolled back to %s", name, tried,
+                "loading before the daemon stopped" if by_stop else "loading (the daemon died meanwhile)",
+                record.previous or "the built-in model",
             )
+        stopping.unlink(missing_ok=True)
         shutil.rmtree(self.root / ".staging", ignore_errors=True)
         return rolled
+
+    def take_rollbacks(self) -> list[Rollback]:
+        """The rollbacks recover() made (at this start, maybe by another ModelStore), each returned once."""
+        found = []
+        for path in sorted(self.root.glob(f"*/{ROLLED_BACK}")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                source_id = data.get("source_id")
+                found.append(Rollback(
+                    str(data["name"]), data.get("version"), data.get("previous"), data.get("source"),
+                    (int(source_id[0]), int(source_id[1])) if isinstance(source_id, list) else None,
+                    bool(data.get("by_stop")),
+                ))
+            except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+                log.error("model %s: cannot read what was rolled back (%s)", path.parent.name, exc)
+            path.unlink(missing_ok=True)
+        return found
 
     def verify_current(self, name: str) -> str | None:
         """At start: check the installed version's files against its signed manifest again. One that fails
@@ -226,9 +348,11 @@ class ModelUpdater:
         self.last_ok = True
 
     async def start(self) -> None:
-        for name in self.store.recover():
+        for _name in self.store.recover():
             metrics.ALERTS.labels(kind="model_rollback").inc()
-            self.last_result = f"{name}: rolled back after an interrupted update"
+        # made here or already by the daemon's startup_package (which runs first): reported either way
+        for rollback in self.store.take_rollbacks():
+            self._rolled_back(rollback)
         self._publish_versions()
         self._thread = threading.Thread(target=self._run, name="model-updater", daemon=True)
         self._thread.start()
@@ -236,6 +360,7 @@ class ModelUpdater:
     async def stop(self) -> None:
         if self._thread is None:
             return
+        self.store.note_stopping()
         self.stopping.set()
         while True:
             try:
@@ -306,9 +431,19 @@ class ModelUpdater:
             finally:
                 self._queue.task_done()
 
+    def _rolled_back(self, rollback: Rollback) -> None:
+        """Report an install that the daemon's death or stop cut short (rolled back at this start)."""
+        self.last_ok, self.last_result = False, rollback.reason()
+
+    def _expected(self, package: Path) -> tuple[str, str] | None:
+        """The (model, version) that ``package`` must be signed as, when something asked for it."""
+        return None
+
     def _install(self, package: Path) -> None:
         try:
-            manifest, engine = self.store.install(package, self._loader, self._sanity)
+            manifest, engine = self.store.install(
+                package, self._loader, self._sanity, expected=self._expected(package)
+            )
         except ProvisioningError as exc:
             self.last_ok, self.last_result = False, str(exc)
             metrics.ALERTS.labels(kind="model_update_refused").inc()

@@ -16,16 +16,26 @@ from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.kt.updates import trial_inference
 
 
-def _step_model(path: Path, hidden: int, skills: int, probs_value: float) -> Path:
-    """skill, correct, h, c -> probs (every entry ``probs_value``), h_out = h, c_out = c."""
+def _step_model(
+    path: Path,
+    hidden: int,
+    skills: int,
+    probs_value: float,
+    state_scale: float = 1.0,
+    state_shift: float = 0.0,
+) -> Path:
+    """skill, correct, h, c -> probs (every entry ``probs_value``, NaN where h is not finite),
+    h_out = h * state_scale + state_shift, c_out = c * state_scale + state_shift."""
     n = "N"
     graph = helper.make_graph(
         [
             helper.make_node("Slice", ["h", "zero", "width", "one"], ["cols"]),  # [N, skills]
             helper.make_node("Mul", ["cols", "nothing"], ["zeros"]),
             helper.make_node("Add", ["zeros", "value"], ["probs"]),
-            helper.make_node("Identity", ["h"], ["h_out"]),
-            helper.make_node("Identity", ["c"], ["c_out"]),
+            helper.make_node("Mul", ["h", "scale"], ["h_scaled"]),
+            helper.make_node("Add", ["h_scaled", "shift"], ["h_out"]),
+            helper.make_node("Mul", ["c", "scale"], ["c_scaled"]),
+            helper.make_node("Add", ["c_scaled", "shift"], ["c_out"]),
         ],
         "bad_kt_step",
         [
@@ -45,6 +55,8 @@ def _step_model(path: Path, hidden: int, skills: int, probs_value: float) -> Pat
             helper.make_tensor("one", TensorProto.INT64, [1], [1]),
             helper.make_tensor("nothing", TensorProto.FLOAT, [], [0.0]),
             helper.make_tensor("value", TensorProto.FLOAT, [], [probs_value]),
+            helper.make_tensor("scale", TensorProto.FLOAT, [], [state_scale]),
+            helper.make_tensor("shift", TensorProto.FLOAT, [], [state_shift]),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -95,4 +107,25 @@ def test_a_model_for_other_skills_than_the_package_lists_is_refused_before_any_a
         check_engine(engine, package)
     # and the trial answer, which a model update also makes, says the same in its own words
     with pytest.raises(ModelError, match=r"gave probs \(1, 29\) and state \(1, 64\); expected \(1, 30\)"):
+        trial_inference(engine, package)
+
+
+@pytest.mark.parametrize(
+    ("scale", "shift", "says"),
+    [
+        (1.0, float("nan"), "non-finite state \\(h_out/c_out\\) on a first trial answer"),
+        # finite after one step from the empty state, infinite after the second: only a second step shows it
+        (1e30, 1e30, "on a second trial answer"),
+    ],
+    ids=["nan-state", "state-overflows-on-the-second-step"],
+)
+def test_a_step_model_whose_state_is_not_finite_is_refused_by_its_trial_answers(
+    package: KTPackage, tmp_path: Path, scale: float, shift: float, says: str
+) -> None:
+    # A review: a signed package whose step model returned a NaN state passed the trial (which checked only
+    # the probabilities), was swapped in, and then every student's second answer failed with a 503.
+    path = _step_model(tmp_path / "nan.onnx", package.hidden, len(package.skills), 0.5, scale, shift)
+    engine = OnnxRuntimeEngine(path)
+    check_engine(engine, package)
+    with pytest.raises(ModelError, match=says):
         trial_inference(engine, package)

@@ -611,3 +611,164 @@ def test_cli_signs_and_verifies(
     assert model_main(["verify", str(package), "--pubkey", str(keys[1])]) == 2
     assert "sha256 does not match" in capsys.readouterr().err
     assert verify_package  # the same function the board uses
+
+
+# -- an install the daemon died in; a command's version (edge_agent.updates) -------------------------------
+
+
+def inbox_settings(tmp_path: Path, keys: tuple[Path, Path]) -> Any:
+    from edge_agent.config import UpdateSettings
+
+    return UpdateSettings(
+        public_key_file=keys[1],
+        models_dir=tmp_path / "models",
+        inbox_dir=tmp_path / "inbox",
+        poll_interval_s=0.1,
+    )
+
+
+def inbox_package(archive: Path, settings: Any) -> Path:
+    settings.inbox_dir.mkdir(exist_ok=True)
+    return Path(shutil.move(archive, settings.inbox_dir))
+
+
+def die_installing(store: ModelStore, package: Path) -> None:
+    """What a daemon killed inside the new version's load (a segfault, the OOM killer) leaves behind."""
+    with pytest.raises(Crash):
+        store.install(package, crashing_loader, sane)
+
+
+def test_a_package_whose_load_kills_the_daemon_is_rolled_back_reported_and_not_installed_again(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    # A review: the rollback at the next start left the tar in the inbox, so it was installed again and
+    # killed the daemon at every start (a crash loop), and the status said "idle" all along.
+    from edge_agent.updates import ModelUpdates, startup_package
+
+    settings = inbox_settings(tmp_path, keys)
+    store = store_with_v1(tmp_path, keys, headpose)
+    package = inbox_package(tar_of(make_package(tmp_path, headpose[1], keys[0], "2.0")), settings)
+    die_installing(store, package)
+    rollbacks = metrics.REGISTRY.get_sample_value("edge_alerts_total", {"kind": "model_rollback"}) or 0
+    tried: list[Path] = []
+
+    def loading(path: Path) -> OnnxRuntimeEngine:
+        tried.append(path)
+        return load(path)
+
+    # the next start: the daemon picks the installed version first, then starts the updates component
+    assert startup_package(settings, tmp_path, "headpose") == store.root / "headpose/versions/1.0"
+    updates = ModelUpdates(settings, tmp_path, loading, sane, accepted=frozenset({"headpose"}))
+
+    async def scenario() -> None:
+        await updates.start()
+        try:
+            await asyncio.sleep(1.0)  # ten polls: the package must not be tried again
+        finally:
+            await updates.stop()
+
+    asyncio.run(scenario())
+    assert tried == [] and updates.versions() == {"headpose": "1.0"}
+    outcome = updates.last_outcome()
+    assert outcome["ok"] is False and "the daemon stopped while loading it" in str(outcome["result"])
+    assert str(outcome["result"]).startswith(f"{package.name}: headpose 2.0: ")
+    assert not package.exists()
+    reason = package.with_name(package.name + ".rejected.reason").read_text()
+    assert "the daemon stopped while loading it" in reason and "rolled back to 1.0" in reason
+    assert metrics.REGISTRY.get_sample_value("edge_alerts_total", {"kind": "model_rollback"}) == rollbacks + 1
+    assert sorted(p.name for p in (store.root / "headpose/versions").iterdir()) == ["1.0"]
+
+
+def test_a_package_whose_load_the_daemons_stop_cut_short_is_tried_again_at_the_next_start(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    from edge_agent.updates import ModelUpdates, startup_package
+
+    settings = inbox_settings(tmp_path, keys)
+    store = store_with_v1(tmp_path, keys, headpose)
+    package = inbox_package(tar_of(make_package(tmp_path, headpose[1], keys[0], "2.0")), settings)
+    store.note_stopping()  # the daemon was stopping: its process left the load unfinished
+    die_installing(store, package)
+    startup_package(settings, tmp_path, "headpose")
+    updates = ModelUpdates(settings, tmp_path, load, sane, accepted=frozenset({"headpose"}))
+
+    async def scenario() -> None:
+        await updates.start()
+        try:
+            for _ in range(100):
+                if updates.versions() == {"headpose": "2.0"}:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await updates.stop()
+
+    asyncio.run(scenario())
+    assert updates.versions() == {"headpose": "2.0"} and updates.last_outcome()["ok"] is True
+    assert (settings.inbox_dir / "done" / package.name).exists()
+    assert not list(settings.inbox_dir.glob("*.rejected*"))
+
+
+def test_killed_between_moving_a_version_in_and_the_flip_leaves_no_untried_version_behind(
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    headpose: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A review: 3.0 stayed in versions/ never tried; the next install's prune (by mtime) kept it and deleted
+    # 2.0, the version that had run, and recover's log named 2.0 as the version that never loaded.
+    store = store_with_v1(tmp_path, keys, headpose)
+    store.install(make_package(tmp_path, headpose[1], keys[0], "2.0"), load, sane)
+    v3 = make_package(tmp_path, headpose[0], keys[0], "3.0")
+
+    def killed(self: ModelStore, name: str, version: str | None) -> None:
+        raise Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelStore, "_flip", killed)
+        die_installing(store, v3)
+    assert store.current_version("headpose") == "2.0"
+    with caplog.at_level("WARNING"):
+        assert ModelStore(store.root, store.trusted).recover() == ["headpose"]
+    assert "version 3.0 never finished loading" in caplog.text and "rolled back to 2.0" in caplog.text
+    assert store.current_version("headpose") == "2.0"
+    assert sorted(p.name for p in (store.root / "headpose/versions").iterdir()) == ["1.0", "2.0"]
+    store.install(make_package(tmp_path, headpose[1], keys[0], "4.0"), load, sane)
+    assert sorted(p.name for p in (store.root / "headpose/versions").iterdir()) == ["2.0", "4.0"]
+
+
+def test_a_downloaded_package_signed_as_another_version_than_the_command_named_is_refused(
+    tmp_path: Path, keys: tuple[Path, Path], headpose: tuple[Path, Path]
+) -> None:
+    # A review: a command for 3.0 whose URL served the (validly signed) 2.0 package installed 2.0 as a success
+    import hashlib
+    from types import SimpleNamespace
+
+    from edge_agent.updates import ModelUpdates
+
+    settings = inbox_settings(tmp_path, keys)
+    store_with_v1(tmp_path, keys, headpose)
+    served = tar_of(make_package(tmp_path, headpose[1], keys[0], "2.0"))
+    command = SimpleNamespace(request_id="r-42", model="headpose", version="3.0", url=served.as_uri(),
+                              sha256=hashlib.sha256(served.read_bytes()).hexdigest())
+    updates = ModelUpdates(settings, tmp_path, load, sane, accepted=frozenset({"headpose"}))
+    reason = settings.inbox_dir / "headpose-3.0.tar.rejected.reason"
+
+    async def scenario() -> None:
+        await updates.start()
+        try:
+            updates.handle_command(command)
+            for _ in range(100):
+                if reason.exists() or updates.versions() != {"headpose": "1.0"}:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await updates.stop()
+
+    asyncio.run(scenario())
+    assert updates.versions() == {"headpose": "1.0"}
+    outcome = updates.last_outcome()
+    assert outcome["ok"] is False
+    says = "signed as headpose 2.0, but the model_update command asked for headpose 3.0"
+    assert says in str(outcome["result"]) and says in reason.read_text()
+    assert not list(settings.inbox_dir.glob(".*.command"))  # the note goes with its package
