@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from edge_agent.errors import InputRejected
-from edge_agent.kt.answers import student_id
+from edge_agent.kt.answers import student_id, student_id_key
 from edge_agent.kt.classroom import record_without
 from edge_agent.kt.persistence import KEYS_PER_QUERY
 from edge_agent.store.db import Database, meta_object, set_meta
@@ -50,13 +50,23 @@ def parse_student_ids(body: Any, limit: int = MAX_ERASE_IDS) -> list[str]:
     return list(dict.fromkeys(student_id({"student_id": i}, f"student_ids[{n}]") for n, i in enumerate(ids)))
 
 
-def earlier_forms(body: dict[str, Any], ids: Sequence[str]) -> list[str]:
-    """The ids as sent and with only their spaces dropped, where those differ from ``ids`` (the keys
-    :func:`parse_student_ids` gave): a release before 2026-12-05 stored "２０２３０１０１" (or, before
-    2026-12-03, " stu-4") under its own pseudonym, which the key's cannot reach (a review: the reply said
-    "no data" and the state stayed)."""
-    texts = [str(i) for i in body["student_ids"] if isinstance(i, (str, int)) and not isinstance(i, bool)]
-    return list(dict.fromkeys(f for t in texts for f in (t, t.strip()) if f and f not in ids))
+def id_forms(body: dict[str, Any], ids: Sequence[str]) -> dict[str, list[str]]:
+    """Each of ``ids`` (the keys :func:`parse_student_ids` gave) with the forms it was sent in, where those
+    differ: as sent, and with only its spaces dropped. A release before 2026-12-05 stored
+    "２０２３０１０１" (or, before 2026-12-03, " stu-4") under its own pseudonym, which the key's cannot reach
+    (a review: the reply said "no data" and the state stayed). Kept per student: one whose data is under
+    two of its forms is one student erased, not two (a review: the reply counted one that never answered
+    as erased)."""
+    forms = {i: [i] for i in ids}
+    for sent in body["student_ids"]:
+        if not isinstance(sent, (str, int)) or isinstance(sent, bool):
+            continue
+        text = str(sent)
+        mine = forms.get(student_id_key(text.strip()))  # the key parse_student_ids gave it
+        for form in (text, text.strip()):
+            if mine is not None and form and form not in mine:
+                mine.append(form)
+    return forms
 
 
 def retention_cutoff(now: float, max_age_s: float, run_started: float, newest_before_run: float | None

@@ -33,7 +33,7 @@ from edge_agent.config import MAX_TOKEN_CHARS
 from edge_agent.errors import ConfigError
 from edge_agent.telemetry import metrics
 from edge_agent.web.clients import ANSWERS_PATH, Clients
-from edge_agent.web.request_body import read_within
+from edge_agent.web.request_body import defer_continue, read_within, send_continue
 
 log = logging.getLogger(__name__)
 
@@ -367,15 +367,40 @@ def _safe_next(value: str) -> str:
     return "/"
 
 
+def login_routes() -> web.RouteTableDef:
+    """The sign-in form's route, for its ``Expect: 100-continue``: aiohttp answers that before any
+    middleware runs (request_body.py), so the form, answered by the access middleware (:func:`_login`),
+    needs a route that defers it; else a client was told to send its body, up to 1 MiB, only to get 413 or
+    403. The handler is never reached: the middleware answers every method on this path."""
+    routes = web.RouteTableDef()
+
+    async def answered_by_the_middleware(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPNotFound()
+
+    routes.route("*", LOGIN_PATH, expect_handler=defer_continue)(answered_by_the_middleware)
+    return routes
+
+
+def _form_too_large() -> web.Response:
+    refused = web.json_response({"error": "bad_form", "detail": (
+        f"the login form is too large (over {MAX_LOGIN_BYTES} bytes)")}, status=413)
+    refused.force_close()  # what is left of it on the connection is not a next request
+    return refused
+
+
 async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
     if request.method != "POST":  # the form; after it, the page named by ?next= (the teacher view by default)
         target = _safe_next(request.query.get("next", "/"))
         return _refusal(request, Decision.NEED_TOKEN if token else Decision.REMOTE_DISABLED, target=target)
-    if request.content_length is None or request.content_length > MAX_LOGIN_BYTES:
-        # Read up to 1 MiB and held through the delay, 1,200 such posts took the daemon to 1.1 GiB.
-        return web.json_response({"error": "bad_form", "detail": "the login form is too large"}, status=413)
+    if request.content_length is not None and request.content_length > MAX_LOGIN_BYTES:
+        return _form_too_large()  # before "100 Continue" (login_routes): the client sends no body
+    await send_continue(request)
     try:
-        form = await read_within(request, request.post())
+        # Read up to 1 MiB and held through the delay, 1,200 such posts took the daemon to 1.1 GiB: at most
+        # MAX_LOGIN_BYTES, whatever the framing (a chunked form, with no Content-Length, was refused whole)
+        form = await read_within(request, request.clone(client_max_size=MAX_LOGIN_BYTES + 1).post())
+    except web.HTTPRequestEntityTooLarge:
+        return _form_too_large()
     except (ValueError, LookupError):  # LookupError: an unknown charset in Content-Type
         return web.json_response({"error": "bad_form", "detail": "the login form could not be read"},
                                  status=400)

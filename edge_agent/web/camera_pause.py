@@ -17,7 +17,7 @@ from aiohttp import web
 from edge_agent import json_input
 from edge_agent.errors import CameraError
 from edge_agent.vision.component import AttentionComponent
-from edge_agent.web.request_body import read_within
+from edge_agent.web.request_body import defer_continue, read_within, send_continue
 
 MAX_PAUSE_MINUTES = 240  # a school day's afternoon; longer closures are camera.closed_dates' job
 
@@ -32,6 +32,10 @@ def _not_json(request: web.Request) -> web.Response:
     return _error(415, f"send JSON, Content-Type: application/json (got {request.content_type!r})")
 
 
+def _too_large(request: web.Request) -> web.Response:
+    return _error(413, f'the request body is over {request.client_max_size} bytes; send {{"minutes": 45}}')
+
+
 def _paused(until: datetime | None) -> web.Response:
     return web.json_response({"paused_until": None if until is None else until.timestamp()})
 
@@ -39,12 +43,18 @@ def _paused(until: datetime | None) -> web.Response:
 def camera_routes(attention: AttentionSource) -> web.RouteTableDef:
     routes = web.RouteTableDef()
 
-    @routes.post("/api/v1/camera/pause")
+    # "100 Continue" only past the token (request_body.py): the default sent it to anyone on the LAN
+    @routes.post("/api/v1/camera/pause", expect_handler=defer_continue)
     async def pause(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
             return _not_json(request)
+        if (request.content_length or 0) > request.client_max_size:  # before "100 Continue": not sent
+            return _too_large(request)
+        await send_continue(request)
         try:
             body = await read_within(request, request.json(loads=json_input.loads))
+        except web.HTTPRequestEntityTooLarge:  # chunked past the limit: JSON, as the other /api/ errors
+            return _too_large(request)
         except (ValueError, LookupError):
             return _error(400, 'the request body is not valid JSON; send {"minutes": 45}')
         minutes = body.get("minutes") if isinstance(body, dict) else None
@@ -53,7 +63,7 @@ def camera_routes(attention: AttentionSource) -> web.RouteTableDef:
                                f"{minutes!r}); for whole days use camera.closed_dates")
         return await _set_pause(attention, minutes)
 
-    @routes.post("/api/v1/camera/resume")
+    @routes.post("/api/v1/camera/resume", expect_handler=defer_continue)  # its body is never read
     async def resume(request: web.Request) -> web.Response:
         if request.content_type != "application/json":  # else a page could reopen a paused camera
             return _not_json(request)

@@ -10,16 +10,20 @@ board's own browser cannot post a form here.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from edge_agent.errors import EdgeAgentError, InputRejected
-from edge_agent.kt.erasure import earlier_forms, parse_student_ids
+from edge_agent.kt.erasure import id_forms, parse_student_ids
 from edge_agent.kt.persistence import EVENT_KEEP_S
 from edge_agent.kt.service import KTService
-from edge_agent.web.request_body import read_json
+from edge_agent.telemetry import metrics
+from edge_agent.web.request_body import defer_continue, read_json, send_continue
+
+log = logging.getLogger(__name__)
 
 ERASE_PATH = "/api/v1/students/erase"
 ERASE_TIMEOUT_S = 30.0
@@ -39,11 +43,16 @@ def _error(status: int, message: str, field: str | None = None, retry_after_s: i
     return web.json_response(body, status=status, headers=headers)
 
 
+def _too_large(request: web.Request) -> web.Response:
+    return _error(413, f"the request body is over {request.client_max_size} bytes; send fewer ids; nothing "
+                       "was erased")
+
+
 def erase_routes(service: Callable[[], KTService | None]) -> web.RouteTableDef:
     """The erase route over the running service (None while knowledge tracing starts)."""
     routes = web.RouteTableDef()
 
-    @routes.post(ERASE_PATH)
+    @routes.post(ERASE_PATH, expect_handler=defer_continue)  # 100 Continue only past the token
     async def erase(request: web.Request) -> web.Response:
         svc = service()
         if svc is None or not svc.running:
@@ -51,23 +60,31 @@ def erase_routes(service: Callable[[], KTService | None]) -> web.RouteTableDef:
                                "retry shortly")
         if request.content_type != "application/json":
             return _error(415, 'send {"student_ids": [...]} as JSON with Content-Type: application/json')
+        if (request.content_length or 0) > request.client_max_size:  # before "100 Continue": not sent
+            return _too_large(request)
+        await send_continue(request)
         try:
             body = await read_json(request)
             ids = parse_student_ids(body)
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"the request body is over {request.client_max_size} bytes; send fewer ids")
+            return _too_large(request)
         except InputRejected as exc:
             return _error(400, f"{exc}; nothing was erased", exc.field)
-        pseudonyms = {svc.pseudonymize(i) for i in [*ids, *earlier_forms(body, ids)]}
+        # each student with the pseudonyms of every form of its id an earlier release may have stored
+        students = [{svc.pseudonymize(f) for f in forms} for forms in id_forms(body, ids).values()]
         try:
-            erased = await asyncio.wait_for(asyncio.wrap_future(svc.erase(pseudonyms)), ERASE_TIMEOUT_S)
+            erased = await asyncio.wait_for(asyncio.wrap_future(svc.erase(set().union(*students))),
+                                            ERASE_TIMEOUT_S)
         except asyncio.TimeoutError:  # still queued: withdrawn; under way: it completes
             return _error(503, f"the erase was not confirmed within {ERASE_TIMEOUT_S:g} s (a slow or stalled "
                                "disk?); send the same request again: erasing twice is harmless")
         except EdgeAgentError as exc:  # ServiceBusy, StoreError (a full or read-only disk)
             return _error(503, f"nothing was erased: {exc}")
         # per student, not per form: one stored under two forms of its id counts once
-        had_data = min(erased.had_data, len(ids))
+        had_data = erased.students_with_data(students)
+        metrics.KT_STUDENTS_ERASED.labels(reason="request").inc(had_data)
+        log.info("erased the learning data of %s students on request (%s more had none on this board)",
+                 had_data, len(ids) - had_data)
         return web.json_response({"students": len(ids), "erased": had_data,
                                   "without_data": len(ids) - had_data, "kept": KEPT})
 

@@ -19,7 +19,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
 from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
-from edge_agent.web.access import PUBLIC_PATHS, access_middleware
+from edge_agent.web.access import PUBLIC_PATHS, access_middleware, login_routes
 from edge_agent.web.clients import Clients, watch_clients
 from edge_agent.web.connections import (
     KEEPALIVE_S,
@@ -139,6 +139,7 @@ def build_app(
                        timezone=timezone, board_name=board_name)
     app[VIEW_KEY] = view
     app.add_routes(view.routes())
+    app.add_routes(login_routes())
     for table in route_tables:
         app.add_routes(table)
     app.on_response_prepare.append(_security_headers)

@@ -12,10 +12,10 @@ import pytest
 from edge_agent.config import KTSettings
 from edge_agent.errors import InputRejected
 from edge_agent.kt.component import KTComponent, save_records
-from edge_agent.kt.erasure import DAY_S, RETENTION_MARGIN_S, parse_student_ids, retention_cutoff
+from edge_agent.kt.erasure import DAY_S, RETENTION_MARGIN_S, id_forms, parse_student_ids, retention_cutoff
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import StatePersistence
-from edge_agent.kt.service import KTService
+from edge_agent.kt.service import Erased, KTService
 from edge_agent.lifecycle import HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
@@ -29,6 +29,18 @@ def _rows(db: Database) -> set[str]:
 def test_student_ids_are_taken_as_the_answer_api_takes_them_each_once() -> None:
     assert parse_student_ids({"student_ids": ["stu-4", " stu-4 ", 17, "17", "\u5f20\u4e09"]}) == [
         "stu-4", "17", "\u5f20\u4e09"]
+
+
+def test_each_student_id_is_erased_in_every_form_it_was_sent_in_and_counted_once() -> None:
+    # A review: a student stored under "carol" and "ｃａｒｏｌ" counted as two students erased, and one of
+    # the same request who had never answered was reported erased
+    body = {"student_ids": ["ｃａｒｏｌ", " stu-4 ", "never-answered", 17, "carol"]}
+    ids = parse_student_ids(body)
+    assert id_forms(body, ids) == {"carol": ["carol", "ｃａｒｏｌ"], "stu-4": ["stu-4", " stu-4 "],
+                                   "never-answered": ["never-answered"], "17": ["17"]}
+    carol = {"p-carol", "p-ｃａｒｏｌ"}
+    erased = Erased(had=frozenset(carol), asked=frozenset({*carol, "p-never"}))
+    assert erased.students_with_data([carol, {"p-never"}]) == 1
 
 
 @pytest.mark.parametrize(("body", "says"), [
@@ -87,7 +99,7 @@ def test_an_erased_student_is_gone_from_the_file_and_memory_and_starts_again_fro
 
         erased = svc.erase([gone, pseudonymize("never-answered")]).result(10)
 
-        assert (erased.had_data, erased.had_none) == (1, 1)
+        assert (erased.had, erased.asked - erased.had) == ({gone}, {pseudonymize("never-answered")})
         assert gone not in _rows(db) and len(_rows(db)) == 4  # committed before the reply
         assert svc.student_mastery(gone) is None
         assert gone not in str(persistence.load_lesson_view())
@@ -121,7 +133,7 @@ def test_an_erase_racing_the_students_answers_leaves_nothing_of_them(
                          for n in range(8)]
             erased = svc.erase([pseudonymize("stu-1")]).result(10)
             # the answers queued before the erase were applied and stored before it, then erased with it
-            assert all(f.done() for f in answering) and erased.had_data == 1
+            assert all(f.done() for f in answering) and erased.had == {pseudonymize("stu-1")}
             assert pseudonymize("stu-1") not in _rows(db)
             assert svc.student_mastery(pseudonymize("stu-1")) is None
             assert pseudonymize("stu-1") not in str(svc.lesson_view())
@@ -139,7 +151,7 @@ def test_answers_queued_right_after_an_erase_start_from_the_prior_not_the_stored
             _class(package, pseudonymize, svc, ["stu-1"], f"w{n}")
         erasing = svc.erase([pseudonymize("stu-1")])
         after = svc.submit([_answer(package, pseudonymize, "stu-1", "next", 0)])
-        assert erasing.result(10).had_data == 1
+        assert erasing.result(10).had == {pseudonymize("stu-1")}
         after.result(10)
         assert svc.student_mastery(pseudonymize("stu-1"))["answers"] == 1  # type: ignore[index]
         stored = StatePersistence(db).states_of([pseudonymize("stu-1")], package.hidden, len(package.skills))
@@ -224,7 +236,7 @@ def test_an_erase_leaves_the_published_class_figures_until_a_group_has_answered_
             _class(package, pseudonymize, svc, students, f"r{round_}")
         before = _figures(svc.class_summary())
         assert before["students"] == 6
-        assert svc.erase([pseudonymize("stu-1")]).result(10).had_data == 1
+        assert svc.erase([pseudonymize("stu-1")]).result(10).had == {pseudonymize("stu-1")}
         assert _figures(svc.class_summary()) == before
         _class(package, pseudonymize, svc, ["stu-2", "stu-3"], "after")
         assert _figures(svc.class_summary()) == before  # two of a group of three have answered since
@@ -254,7 +266,7 @@ def test_after_an_erase_a_new_students_first_answer_leaves_the_published_figures
             _class(package, pseudonymize, svc, students, f"r{round_}")
         before = _figures(svc.class_summary())
         assert before["students"] == 5 and before["skills"][0]["mastery_mean"] is not None
-        assert svc.erase([pseudonymize("stu-0")]).result(10).had_data == 1
+        assert svc.erase([pseudonymize("stu-0")]).result(10).had == {pseudonymize("stu-0")}
         _class(package, pseudonymize, svc, ["new-1"], "first")
         assert _figures(svc.class_summary()) == before
         _class(package, pseudonymize, svc, ["new-2", "stu-1", "stu-2"], "more")
@@ -290,7 +302,7 @@ def test_after_a_restart_an_erase_still_leaves_the_published_class_figures_until
     before, counts = _figures(svc.class_summary()), _counts(svc.class_summary())
     save_records(svc, StatePersistence(db))  # the record holds the student: the erase rewrites it
     db.write(lambda c: None).result(5)
-    assert svc.erase([pseudonymize("stu-1")]).result(10).had_data == 1
+    assert svc.erase([pseudonymize("stu-1")]).result(10).had == {pseudonymize("stu-1")}
     if restart == "stop":
         asyncio.run(component.stop())
     else:  # nothing saved after the erase (no stop: the record the erase rewrote is read again)
@@ -333,7 +345,7 @@ def test_an_erase_leaves_the_published_counts_of_students_until_a_group_has_answ
         svc.submit([_answer(package, pseudonymize, "stu-1", "alone", alone)]).result(10)  # only stu-1 on it
         before = _counts(svc.class_summary())
         assert before["students"] == 6 and before["practised"][skill] == before["assessed"][skill] == 1
-        assert svc.erase([pseudonymize("stu-1")]).result(10).had_data == 1
+        assert svc.erase([pseudonymize("stu-1")]).result(10).had == {pseudonymize("stu-1")}
         assert _counts(svc.class_summary()) == before
         _class(package, pseudonymize, svc, ["stu-2", "stu-3"], "after")
         assert _counts(svc.class_summary()) == before  # two of a group of three have answered since

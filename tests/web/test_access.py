@@ -6,6 +6,7 @@ import http.client
 import json
 import logging
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -405,6 +406,31 @@ def test_sign_in_refuses_a_big_form_a_tab_redirect_and_counts_wrong_tokens(
     assert _request(remote_ip, lan_server.port, "/login", form, "POST", "token=wrong&next=/")[0] == 401
     assert _request(remote_ip, lan_server.port, "/api/v1/live")[0] == 401  # no token: not a guess
     assert metrics.sample("edge_web_auth_failures_total") == before + 2
+
+
+def _chunked_sign_in(host: str, port: int, form: bytes) -> bytes:
+    """POST /login with ``form`` chunked (no Content-Length, as some clients and proxies send); the reply."""
+    head = (b"POST /login HTTP/1.1\r\nHost: board\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(form), form))
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_a_chunked_sign_in_form_signs_in_and_only_one_over_the_limit_is_too_large(
+    lan_server: ServerThread, remote_ip: str
+) -> None:
+    # A review: a 60-byte sign-in form sent chunked (no Content-Length) was refused as "too large"
+    reply = _chunked_sign_in(remote_ip, lan_server.port, f"token={WEB_TOKEN}&next=/".encode())
+    head = reply.partition(b"\r\n\r\n")[0].decode()
+    assert head.startswith("HTTP/1.1 303") and f"Set-Cookie: {COOKIE_NAME}=" in head, reply[:300]
+    reply = _chunked_sign_in(remote_ip, lan_server.port, f"token={WEB_TOKEN}&next=/{'x' * 5000}".encode())
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and "Set-Cookie" not in head.decode(), reply[:300]
+    assert json.loads(body)["error"] == "bad_form"
 
 
 def test_html_request_without_token_gets_the_login_form(lan_server: ServerThread, remote_ip: str) -> None:

@@ -120,6 +120,44 @@ def test_an_erase_reaches_a_state_an_older_release_stored_under_the_id_as_typed(
     assert _stored(board) == {pseudo(f"stu-{n}") for n in range(4)}
 
 
+def _stored_also_as(board: dict[str, Any], typed: str, student: str) -> None:
+    """A copy of ``student``'s stored state under the pseudonym of ``typed``, as a release before 2026-12-05
+    stored an id typed in full-width (the board has both once the student answered again since)."""
+    pseudo, columns = Pseudonymizer(SECRET), "state, answers, updated_at, kept, recent, lesson_tail"
+    board["db"].write(lambda c: c.execute(
+        f"INSERT INTO kt_student_state(student, {columns}) SELECT ?, {columns} FROM kt_student_state "
+        "WHERE student = ?", (pseudo(typed), pseudo(student)))).result(10)
+
+
+def test_a_student_stored_under_two_forms_of_its_id_counts_as_one_erased_beside_one_without_data(
+    board: dict[str, Any],
+) -> None:
+    # A review: stored under "stu-1" and "ｓｔｕ－１", the student counted two, and the reply to
+    # ["ｓｔｕ－１", "never-answered"] said erased 2, without_data 0: a parent was told the board had held
+    # learning data of a child who never answered on it
+    pseudo = Pseudonymizer(SECRET)
+    _stored_also_as(board, "ｓｔｕ－１", "stu-1")
+    before = metrics.REGISTRY.get_sample_value("edge_kt_students_erased_total", {"reason": "request"}) or 0.0
+    status, reply = _erase(board, {"student_ids": ["ｓｔｕ－１", "never-answered"]})
+    assert status == 200, reply
+    assert (reply["students"], reply["erased"], reply["without_data"]) == (2, 1, 1)
+    assert _stored(board) == {pseudo(f"stu-{n}") for n in (0, 2, 3)}  # both of its forms are gone
+    after = metrics.REGISTRY.get_sample_value("edge_kt_students_erased_total", {"reason": "request"})
+    assert after == before + 1
+
+
+def test_the_erase_command_counts_a_student_stored_under_two_forms_of_its_id_once(
+    board: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pseudo = Pseudonymizer(SECRET)
+    _stored_also_as(board, "ｓｔｕ－２", "stu-2")
+    config = str(board["config"])
+    assert cli_main(["kt", "erase", "ｓｔｕ－２", "never-answered", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "1 students had learning data on this board and it is erased; 1 had none" in out, out
+    assert _stored(board) == {pseudo(f"stu-{n}") for n in (0, 1, 3)}
+
+
 def _answer_api(board: dict[str, Any], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     status, _, reply = _request("127.0.0.1", board["server"].port, "/api/v1/answers",
                                 {"Content-Type": "application/json"}, "POST",
