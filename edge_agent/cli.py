@@ -82,8 +82,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from edge_agent.core_dumps import forbid_core_dumps
     from edge_agent.demo import run_demo
 
+    forbid_core_dumps()  # the demo runs the daemon, on a real camera with --camera (a review: no core limit)
     return run_demo(args)
 
 

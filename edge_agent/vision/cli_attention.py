@@ -225,6 +225,11 @@ def _camera_frames(config: Config, seconds: float, max_frames: int) -> Iterator[
     against the window, and a "10 s" look at 2.5 s an analysis took 4 frames, not 10. They wait as JPEG
     in memory (quality 95): raw, 120 frames of a 4K stream held 3 GB on an 8 GB board (a review measured
     1.18 GB of RSS for 40 against 0.27 GB before)."""
+    from edge_agent.core_dumps import forbid_core_dumps
+
+    # The class's faces in memory, as in the daemon: a crash must not write them to a core file (a review
+    # rebuilt 13 frames from the core of an aborted calibration)
+    forbid_core_dumps()
     camera = Camera.from_settings(config.camera)
     camera.start()
     taken: collections.deque[tuple[str, np.ndarray]] = collections.deque()
