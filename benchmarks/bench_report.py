@@ -23,6 +23,8 @@ _VERDICT: dict[bool | None, str] = {True: "PASS", False: "MISS", None: "NOT MEAS
 # spread 1.6x (12.2 / 19.4 / 13.7 ms), and the quiet 19:53 soak drifted 1.6x (8.8 -> 14.1 ms) with the
 # hypervisor's steal: 1.5x failed that noise (round-2 review); a leak or a growing queue goes past 2x.
 P99_DRIFT_MAX = 2.0
+# The CPU target's pace, 5 analysed frames/s: its share is judged only where the loop reached 95 % of it.
+CPU_FPS_MIN = 0.95 * 5.0
 Row = tuple[str, str, str, bool | None]  # target, measured, detail, passed (None: not measured)
 
 
@@ -144,12 +146,13 @@ def targets(results: dict[str, Any]) -> list[Row]:
         ("http_model_choice_ratio", "over HTTP, same service, step engine vs eager window-10"),
     ):
         ratio = kt.get(key)
+        lower, p99_detail = _lower_p99(kt, key)
         rows.append(
             (
                 f"KT throughput >= 10x PyTorch ({label})",
                 _fmt(ratio, "x"),
-                key + _spread(kt, key),
-                None if ratio is None else ratio >= 10,
+                key + _spread(kt, key) + p99_detail,
+                None if ratio is None else ratio >= 10 and lower,
             )
         )
     rows += _kt_targets(kt) + _vision_targets(results.get("vision") or {})
@@ -186,6 +189,27 @@ def targets(results: dict[str, Any]) -> list[Row]:
         )
     )
     return rows
+
+
+# Issue 4's target is "at least 10x the throughput at lower p99": the p99s measured for a ratio's two
+# sides (ours, baseline); the ratios without a pair (batch 64, the service alone) are judged on throughput.
+RATIO_P99S = {
+    "model_b1_ratio": ("step_b1_p99_ms", "torch_window10_p99_ms", "per call"),
+    "http_throughput_ratio": ("ours_http200_p99_ms", "torch_http200_p99_ms", "at 200 answers/s"),
+    "http_model_choice_ratio": ("ours_http200_p99_ms", "eager_svc_http200_p99_ms", "at 200 answers/s"),
+}
+
+
+def _lower_p99(kt: dict[str, Any], key: str) -> tuple[bool, str]:
+    """Whether ours had the lower p99 beside a 10x ratio (True where the pair was not measured), and the
+    detail to print."""
+    ours_key, baseline_key, where = RATIO_P99S.get(key, ("", "", ""))
+    ours, baseline = kt.get(ours_key), kt.get(baseline_key)
+    if ours is None or baseline is None:
+        return True, ""
+    lower = ours < baseline
+    detail = f"; p99 {where}, ours / baseline: {_pair(ours, baseline, 'ms')}"
+    return lower, detail + ("" if lower else ", not lower")
 
 
 def _row(name: str, value: float | None, unit: str, detail: str, ok: bool) -> Row:
@@ -237,13 +261,16 @@ def _vision_targets(vision: dict[str, Any]) -> list[Row]:
         ok = median is not None and median <= limit
         rows.append(_row(name, median, "ms", f"back to back; at 5 frames/s {at_5fps}", ok))
     cpu, fps = vision.get("cpu_cores_at_5fps"), vision.get("achieved_fps_for_cpu")
+    # the CPU share counts only at the pace it names: a loop that analysed no frames used no CPU
+    slow = fps is None or fps < CPU_FPS_MIN
     rows.append(
         _row(
             "CPU at 5 analysed frames/s < 0.5 core",
             cpu,
             "cores",
-            f"crowd frame, default pose refresh; achieved {_fmt(fps, 'frames/s')}",
-            cpu is not None and cpu < 0.5,
+            f"crowd frame, default pose refresh; achieved {_fmt(fps, 'frames/s')}"
+            + (f", under {CPU_FPS_MIN:g}: not the pace the target names" if slow else ""),
+            cpu is not None and cpu < 0.5 and not slow,
         )
     )
     return rows
@@ -344,7 +371,7 @@ def comparison_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if ours and cv:
             rows.append(
                 (
-                    label,
+                    label + _calls(vision.get(f"{ours_key}_n")),
                     f"{_fmt(ours[0], 'ms')} / {_fmt(ours[1], 'ms')}",
                     f"{_fmt(cv[0], 'ms')} / {_fmt(cv[1], 'ms')}",
                     _ratio(cv[0], ours[0]),
@@ -373,6 +400,13 @@ def comparison_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 )
             )
     return rows
+
+
+def _calls(n: int | None) -> str:
+    """How many calls a p50 / p99 comes from: under 100 the p99 is in effect the slowest call."""
+    if n is None:
+        return ""
+    return f" ({n} calls each: the p99 is in effect the max)" if n < 100 else f" ({n} calls each)"
 
 
 def _spread(results: dict[str, Any], key: str) -> str:
