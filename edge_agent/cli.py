@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent import __build__, __version__
+from edge_agent.argument_types import at_least
 from edge_agent.config import (
     ConfigError,
     find_config_path,
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)"
     )
-    demo.add_argument("--students", type=int, default=30, help="simulated students in the class")
+    demo.add_argument("--students", type=at_least(1), default=30, help="simulated students in the class")
     demo.set_defaults(func=_cmd_demo)
 
     config = sub.add_parser("config", help="check or show the configuration")

@@ -74,6 +74,15 @@ MAX_WAIT_S = 3600.0
 MAX_DAYS = 3650.0  # ten years
 
 
+def _empty_means_none(value: object) -> object:
+    return None if value == "" else value
+
+
+# A file a key may leave unset: in TOML (which has no null) an empty string unsets it (a review: "" was
+# Path("."), refused as a relative path, where the README said "empty means ...").
+OptionalFile = Annotated[Path | None, BeforeValidator(_empty_means_none)]
+
+
 class DeviceSettings(Section):
     """Who this board is; the ids become the MQTT topic prefix edge/{tenant}/{site}/{device_id}."""
 
@@ -130,7 +139,7 @@ class DeviceSettings(Section):
 class PathSettings(Section):
     state_dir: Path = Path("/var/lib/edge-agent")
     cache_dir: Path = Field(Path("/var/cache/edge-agent"), description="Fetched models and built engines.")
-    model_mirror: Path | None = Field(
+    model_mirror: OptionalFile = Field(
         None, description="Local directory mirroring model files; tried before the official URLs."
     )
 
@@ -158,7 +167,7 @@ class InferenceSettings(Section):
 
 class KTSettings(Section):
     enabled: bool = True
-    package_dir: Path | None = Field(
+    package_dir: OptionalFile = Field(
         None, description="Knowledge-tracing model package; empty means the one shipped in engines/."
     )
     microbatch_max: int = Field(64, ge=1, le=1024)
@@ -215,17 +224,17 @@ class UpdateSettings(Section):
     """Signed model updates (knowledge tracing): a package tar dropped into the inbox or sent by command."""
 
     enabled: bool | None = Field(
-        None, description="Empty means on when public_key_file exists; false switches updates off."
+        None, description="Left out: on when public_key_file exists; false switches updates off."
     )
     public_key_file: Path = Field(
         Path("/etc/edge-agent/model-signing.pub"), description="Trusted ed25519 key of the fleet's signer."
     )
-    models_dir: Path | None = Field(None, description="Installed versions; empty means state_dir/models.")
-    inbox_dir: Path | None = Field(None, description="Drop package tars here; empty means state_dir/inbox.")
+    models_dir: OptionalFile = Field(None, description="Installed versions; empty means state_dir/models.")
+    inbox_dir: OptionalFile = Field(None, description="Drop package tars here; empty means state_dir/inbox.")
     poll_interval_s: float = Field(5.0, ge=0.1, le=3600.0)
     download_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
     max_download_bytes: int = Field(512 * 1024 * 1024, ge=1024, le=4 * 1024**3)
-    download_ca_file: Path | None = Field(
+    download_ca_file: OptionalFile = Field(
         None, description="Extra CA for the update server (private PKI); the system store is always used."
     )
     allowed_hosts: list[str] = Field(
@@ -369,6 +378,35 @@ class StoreSettings(Section):
     )
 
 
+def _bare_host(value: str, info: ValidationInfo, example: str) -> str:
+    """``value`` stripped, when it is an IP address or a host name; else ValueError saying what to write.
+    A review: "127.0.0.1 " (a copy-paste's space), "http://127.0.0.1" and "mqtts://broker:8883" passed
+    config check, and the listener or the broker connection failed at run time."""
+    host = value.strip()
+    if not host:
+        if info.data.get("enabled", True):
+            raise ValueError(f"is empty: name a host name or an IP address, e.g. {example}")
+        return host
+    rest = host.split("://", 1)[1] if "://" in host else host
+    rest = rest.split("/", 1)[0].rsplit("@", 1)[-1]  # no path, no user
+    bare, port = rest, ""
+    if rest.startswith("[") and "]" in rest:  # [::1] or [::1]:8883
+        bare, _, after = rest[1:].partition("]")
+        port = after.removeprefix(":")
+    elif rest.count(":") == 1:  # host:port (an IPv6 address holds more than one)
+        bare, port = rest.split(":")
+    if bare != host:
+        said = f'write host = "{bare}"' + (f" and port = {port}" if port.isdigit() else "")
+        what = "a scheme" if "://" in host else "a port" if port else "more than the host"
+        raise ValueError(f"{value!r} holds {what}: the host alone goes here; {said}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not HOST_NAME.match(host.removesuffix(".")):  # a trailing dot: a fully qualified name
+            raise ValueError(f"{value!r} is not a host name or an IP address (e.g. {example})") from None
+    return host
+
+
 class MqttSettings(Section):
     enabled: bool = True
     host: str = "localhost"
@@ -396,19 +434,16 @@ class MqttSettings(Section):
         "counted from sending). The board keeps unsent data for store.max_age_days."
     )
 
+    @field_validator("host")
+    @classmethod
+    def _broker_host(cls, value: str, info: ValidationInfo) -> str:
+        return _bare_host(value, info, "broker.district.example")
+
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttSettings:
         if self.backoff_max_s < self.backoff_min_s:
             raise ValueError("backoff_max_s must be >= backoff_min_s")
         return self
-
-
-def _empty_means_none(value: object) -> object:
-    return None if value == "" else value
-
-
-# A file a key may leave unset: in TOML (which has no null) an empty string unsets it.
-OptionalFile = Annotated[Path | None, BeforeValidator(_empty_means_none)]
 
 
 def _check_tls_pair(cert_file: Path | None, key_file: Path | None) -> None:
@@ -437,6 +472,11 @@ class WebSettings(Section):
         "clients add NAME`): each may only post answers. The web token stays the teacher's.",
     )
 
+    @field_validator("host")
+    @classmethod
+    def _listen_host(cls, value: str, info: ValidationInfo) -> str:
+        return _bare_host(value, info, "0.0.0.0 (every address) or 127.0.0.1 (this board only)")
+
     @model_validator(mode="after")
     def _tls_pair(self) -> WebSettings:
         _check_tls_pair(self.tls_cert_file, self.tls_key_file)
@@ -458,6 +498,11 @@ class MetricsSettings(Section):
         "https and tls_config ca_file (the fleet CA) and server_name edge-agent-board.",
     )
     tls_key_file: OptionalFile = Field(None, description="Its private key (mode 0600).")
+
+    @field_validator("host")
+    @classmethod
+    def _listen_host(cls, value: str, info: ValidationInfo) -> str:
+        return _bare_host(value, info, "0.0.0.0 (every address) or 127.0.0.1 (this board only)")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> MetricsSettings:
@@ -528,6 +573,9 @@ class Config(Section):
             secrets.append(("web.client_tokens_file", tokens))
         if self.metrics.enabled and self.metrics.token_file is not None:
             secrets.append(("metrics.token_file", self.metrics.token_file))
+        # as web's: a missing or world-readable metrics key passed config check (a review)
+        if self.metrics.enabled and self.metrics.tls_key_file is not None:
+            secrets.append(("metrics.tls_key_file", self.metrics.tls_key_file))
         return secrets
 
     def required_files(self) -> list[tuple[str, Path]]:
@@ -537,6 +585,8 @@ class Config(Section):
             files += [("mqtt.ca_file", self.mqtt.ca_file), ("mqtt.cert_file", self.mqtt.cert_file)]
         if self.web.enabled and self.web.tls_cert_file is not None:
             files.append(("web.tls_cert_file", self.web.tls_cert_file))
+        if self.metrics.enabled and self.metrics.tls_cert_file is not None:
+            files.append(("metrics.tls_cert_file", self.metrics.tls_cert_file))
         return files
 
 
@@ -844,7 +894,50 @@ def check_files(config: Config) -> list[tuple[str, str]]:
         if not path.is_absolute():  # passed where IT checked it (the config's folder), missing under systemd
             problems.append((key, f"{path} is a relative path: the daemon runs from / (its unit's working "
                                   "directory), so give the whole path, e.g. /etc/edge-agent/..."))
+    folders = (("paths.state_dir", config.paths.state_dir), ("paths.cache_dir", config.paths.cache_dir))
+    for key, folder in folders:
+        if reason := _not_a_folder(folder):  # a review: state_dir named the database file; doctor said OK
+            problems.append((key, reason))
+    if config.camera.enabled and _relative_camera_source(config.camera.source):
+        # a review: source = "faces" (a folder where IT stood) passed config check and doctor; the daemon,
+        # run from /, found no camera
+        shown = without_credentials(config.camera.source)
+        problems.append(("camera.source", f"{shown!r} is a relative path: the daemon runs from / (its unit's "
+                                          "working directory), so give the whole path of the file or folder, "
+                                          "e.g. /srv/edge-agent/faces"))
     return problems
+
+
+def _not_a_folder(folder: Path) -> str | None:
+    """Why the daemon cannot make or use ``folder`` as a folder (it or a folder above it is a file), or None;
+    one not made yet is made at start."""
+    probe = folder
+    try:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if probe.is_dir():
+            return None
+    except OSError as exc:
+        return f"{folder} cannot be reached: {exc.strerror or exc}"
+    if probe == folder:
+        return f"{folder} is a file, not a folder: name the folder the daemon keeps its files in"
+    return f"{folder} cannot be made: {probe} is a file, not a folder"
+
+
+def _relative_camera_source(source: str) -> bool:
+    """Whether a camera source names a file or folder by a relative path: not a V4L2 index, a URL, a
+    GStreamer pipeline (a "!" in what is no file here) or an absolute path."""
+    text = source.strip()
+    if not text or re.fullmatch(r"\d+", text) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        return False
+    path = Path(text)
+    if path.is_absolute():
+        return False
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a long pipeline is too long a name for a file
+        exists = False
+    return exists or "!" not in text
 
 
 def _paths_of(config: Config) -> list[tuple[str, Path]]:
@@ -920,6 +1013,8 @@ def load_config_ignoring_unknown(
                                        "UTF-8 (Notepad: Save As, Encoding UTF-8)")]) from exc
     except (PermissionError, IsADirectoryError) as exc:
         raise ConfigError([(str(path), f"cannot read config file: {exc}")]) from exc
+    except OSError as exc:  # a link loop, a name too long, a path through a file: a traceback before
+        raise ConfigError([(str(path), f"cannot read config file: {exc.strerror or exc}")]) from exc
     config, ignored = read_config(text, source=str(path), ignore_unknown=ignore_unknown)
     if check_files_exist:
         problems = check_files(config)

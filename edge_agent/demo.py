@@ -24,13 +24,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.config import Config, MqttSettings
 from edge_agent.daemon import leave, run_to_exit
 from edge_agent.kt.package import KTPackage, load_package
+
+if TYPE_CHECKING:
+    from edge_agent.assembly import Assembly
 
 log = logging.getLogger(__name__)
 
@@ -236,64 +239,27 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     configure_logging(config.logging.level, config.logging.format)
     receiver = None
-    if broker is not None:
-        broker.start()
-        receiver = Receiver(
-            state_dir / "cloud-receiver.db", MqttSettings(host="127.0.0.1", port=broker.port, tls=False)
-        )
-        receiver.start()
-
-    assembly = build(config)
-    package = load_package(config.kt.package_dir)
-    classroom = SimulatedClassroom(f"http://127.0.0.1:{args.port}/api/v1/answers", package, args.students)
-
-    async def main() -> int:
-        task = asyncio.create_task(assembly.daemon.run())
-        while assembly.daemon.state == "starting" and not task.done():
-            await asyncio.sleep(0.1)
-        if task.done():
-            return task.result()
-        # A non-essential listener that failed leaves the daemon running degraded: the demo would then
-        # post its answers to whatever program holds the port (a review: answers_sent 0, "demo is running").
-        for server, option, port in ((assembly.web, "--port", args.port),
-                                     (assembly.metrics_server, "--metrics-port", args.metrics_port)):
-            health = server.health() if server is not None else None
-            if health is not None and not health.ok:
-                print(f"edge-agent demo cannot start: {health.detail}\n"
-                      f"  another program uses port {port}? pick another with {option}, e.g. "
-                      f"edge-agent demo {option} {_free_port()}", file=sys.stderr, flush=True)
-                assembly.daemon.request_stop()
-                await task
-                return 1
-        classroom.start()
-        sync_line = (
-            f"local Mosquitto on 127.0.0.1:{broker.port} -> reference receiver"
-            if broker
-            else "off (mosquitto not installed)"
-        )
-        print(
-            "\nedge-agent demo is running\n"
-            f"  teacher view:  http://127.0.0.1:{args.port}/   (中文; English via the button)\n"
-            f"  metrics:       http://127.0.0.1:{args.metrics_port}/metrics\n"
-            f"  health:        http://127.0.0.1:{args.port}/readyz\n"
-            f"  state:         {state_dir}\n"
-            f"  camera:        {camera or 'off (no image folder found; pass --camera)'}\n"
-            f"  sync:          {sync_line}\n"
-            f"  classroom:     {args.students} simulated students answering every ~8 s\n"
-            "Stop with Ctrl-C.\n",
-            flush=True,
-        )
-        if args.duration:
-            asyncio.get_running_loop().call_later(args.duration, assembly.daemon.request_stop)
-        return await task
-
+    classroom: SimulatedClassroom | None = None
     summary: dict[str, Any] = {}
+    # Everything after the broker's start inside the try: a classroom or a daemon that could not be built
+    # ended in a traceback that left the demo's Mosquitto running (a review)
     try:
-        code = run_to_exit(main())
+        if broker is not None:
+            broker.start()
+            receiver = Receiver(
+                state_dir / "cloud-receiver.db", MqttSettings(host="127.0.0.1", port=broker.port, tls=False)
+            )
+            receiver.start()
+        assembly = build(config)
+        package = load_package(config.kt.package_dir)
+        room = SimulatedClassroom(f"http://127.0.0.1:{args.port}/api/v1/answers", package, args.students)
+        classroom = room
+        code = run_to_exit(_main(args, assembly, room, broker=broker, state_dir=state_dir, camera=camera))
     finally:
-        classroom.stop()
-        summary["answers_sent"] = classroom.sent
-        summary["answers_applied"] = classroom.applied
+        if classroom is not None:
+            classroom.stop()
+            summary["answers_sent"] = classroom.sent
+            summary["answers_applied"] = classroom.applied
         if receiver is not None:
             summary["cloud_receiver"] = receiver.report(config.device.device_id)
             receiver.stop()
@@ -301,3 +267,45 @@ def run_demo(args: argparse.Namespace) -> int:
             broker.stop()
     print("demo stopped:", json.dumps(summary, ensure_ascii=False), flush=True)
     return leave(code)
+
+
+async def _main(args: argparse.Namespace, assembly: Assembly, classroom: SimulatedClassroom, *,
+                broker: LocalBroker | None, state_dir: Path, camera: str | None) -> int:
+    task = asyncio.create_task(assembly.daemon.run())
+    while assembly.daemon.state == "starting" and not task.done():
+        await asyncio.sleep(0.1)
+    if task.done():
+        return task.result()
+    # A non-essential listener that failed leaves the daemon running degraded: the demo would then
+    # post its answers to whatever program holds the port (a review: answers_sent 0, "demo is running").
+    for server, option, port in ((assembly.web, "--port", args.port),
+                                 (assembly.metrics_server, "--metrics-port", args.metrics_port)):
+        health = server.health() if server is not None else None
+        if health is not None and not health.ok:
+            print(f"edge-agent demo cannot start: {health.detail}\n"
+                  f"  another program uses port {port}? pick another with {option}, e.g. "
+                  f"edge-agent demo {option} {_free_port()}", file=sys.stderr, flush=True)
+            assembly.daemon.request_stop()
+            await task
+            return 1
+    classroom.start()
+    sync_line = (
+        f"local Mosquitto on 127.0.0.1:{broker.port} -> reference receiver"
+        if broker
+        else "off (mosquitto not installed)"
+    )
+    print(
+        "\nedge-agent demo is running\n"
+        f"  teacher view:  http://127.0.0.1:{args.port}/   (中文; English via the button)\n"
+        f"  metrics:       http://127.0.0.1:{args.metrics_port}/metrics\n"
+        f"  health:        http://127.0.0.1:{args.port}/readyz\n"
+        f"  state:         {state_dir}\n"
+        f"  camera:        {camera or 'off (no image folder found; pass --camera)'}\n"
+        f"  sync:          {sync_line}\n"
+        f"  classroom:     {args.students} simulated students answering every ~8 s\n"
+        "Stop with Ctrl-C.\n",
+        flush=True,
+    )
+    if args.duration:
+        asyncio.get_running_loop().call_later(args.duration, assembly.daemon.request_stop)
+    return await task

@@ -84,11 +84,17 @@ def collect(config_path: Path, doctor_json: str) -> dict[str, str]:
     """Every part of the bundle by file name; ``doctor_json``: doctor's results as `doctor --json` prints."""
     parts = {"versions.txt": _versions(config_path), "doctor.json": doctor_json}
     config: Config | None = None
+    ignored: list[str] = []
     try:
         config, ignored = load_config_ignoring_unknown(config_path)
-        parts["config.toml"] = to_toml(masked_dump(config)) + "".join(f"# ignored: {k}\n" for k in ignored)
     except ConfigError as exc:
         parts["config-problems.txt"] = "".join(f"{where}: {message}\n" for where, message in exc.problems)
+        # as doctor does: a file it names missing (a device certificate: exactly when IT sends a bundle)
+        # left the config, status and metrics out (a review)
+        with contextlib.suppress(ConfigError):
+            config, ignored = load_config_ignoring_unknown(config_path, check_files_exist=False)
+    if config is not None:
+        parts["config.toml"] = to_toml(masked_dump(config)) + "".join(f"# ignored: {k}\n" for k in ignored)
     units = [arg for unit in UNITS for arg in ("-u", unit)]
     parts["journal.txt"] = _command(["journalctl", "-b", *units, "--no-pager", "-o", "short-iso",
                                      "-n", str(JOURNAL_LINES)])

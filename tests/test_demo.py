@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -66,3 +67,62 @@ def test_a_demo_on_a_port_another_program_holds_says_so_and_exits(
     assert f"cannot listen on 127.0.0.1:{taken}" in done.stderr and "address already in use" in done.stderr
     assert f"pick another with {busy}" in done.stderr
     assert foreign_server.posts == []
+
+
+def _mosquittos_of(state: Path) -> list[int]:
+    """The processes running the demo's Mosquitto of ``state`` (its config file is named on the line)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            line = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and str(state / "mosquitto-demo.conf").encode() in line:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.fixture()
+def demo_state(tmp_path: Path) -> Iterator[Path]:
+    state = tmp_path / "state"
+    yield state
+    for pid in _mosquittos_of(state):  # left by a demo that failed to stop it
+        os.kill(pid, 9)
+
+
+def test_a_demo_for_fewer_than_one_student_is_refused_before_it_starts_anything(
+    demo_state: Path, model_mirror: Path
+) -> None:
+    # A review: `demo --students -1` ended in a traceback and left its Mosquitto running
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "demo", "--state-dir", str(demo_state), "--students", "-1",
+         "--duration", "3", "--port", str(free_port()), "--metrics-port", str(free_port())],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        env=dict(os.environ, EDGE_AGENT_MODEL_MIRROR=str(model_mirror)),
+    )
+    assert done.returncode == 2 and "--students: '-1': give at least 1" in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and _mosquittos_of(demo_state) == []
+
+
+@pytest.mark.skipif(not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()),
+                    reason="the demo starts a Mosquitto only where one is installed")
+def test_a_demo_that_fails_after_starting_its_mosquitto_stops_it(
+    demo_state: Path, model_mirror: Path
+) -> None:
+    # A review: the classroom was built after broker.start(), outside the try/finally that stops it, so a
+    # failure there left the demo's Mosquitto running. Here the classroom cannot be built.
+    fail_the_classroom = (
+        "import sys\nimport edge_agent.demo as demo\n"
+        "def refused(*args, **kwargs):\n    raise ValueError('no classroom here')\n"
+        "demo.SimulatedClassroom = refused\n"
+        "from edge_agent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", fail_the_classroom, "demo", "--state-dir", str(demo_state), "--duration", "3",
+         "--port", str(free_port()), "--metrics-port", str(free_port())],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        env=dict(os.environ, EDGE_AGENT_MODEL_MIRROR=str(model_mirror)),
+    )
+    assert done.returncode != 0 and "no classroom here" in done.stderr, done.stderr[-3000:]
+    assert (demo_state / "mosquitto-demo.conf").exists()  # it was started
+    assert _mosquittos_of(demo_state) == []

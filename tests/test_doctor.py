@@ -306,6 +306,28 @@ def test_missing_or_tampered_models_fail(
     assert "fsanet-1x1" in result.detail and "EDGE_AGENT_MODEL_MIRROR" in result.fix
 
 
+def test_models_check_asks_only_for_the_models_this_config_loads(
+    tmp_path: Path, model_mirror: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A review: every manifest known was asked for, so a board whose models came from the internet
+    # (engines fetch gets board_model_names) failed doctor for ever: yunet-2023mar is never fetched.
+    monkeypatch.delenv("EDGE_AGENT_MODEL_MIRROR", raising=False)
+    mirror = tmp_path / "mirror"
+    for name in ("yunet/yunet_s_dynamic.onnx", "headpose/fsanet-1x1-iter-688590.onnx",
+                 "headpose/fsanet-var-iter-688590.onnx"):  # what `engines fetch` gets; no 2023mar
+        (mirror / name).parent.mkdir(parents=True, exist_ok=True)
+        (mirror / name).symlink_to(model_mirror / name)
+    result, found = doctor.check_models(config_for(tmp_path, mirror))
+    assert result.ok, result.detail
+    assert sorted(m.name for m in found) == ["fsanet-1x1", "fsanet-var", "kt-step", "yunet"]
+    # with the camera off, neither the face nor the pose models are fetched, nor asked for
+    camera_off = parse_config(f'[paths]\nstate_dir = "{tmp_path}"\ncache_dir = "{tmp_path / "cache"}"\n'
+                              "[camera]\nenabled = false\n")
+    result, found = doctor.check_models(camera_off)
+    assert result.ok, result.detail
+    assert [m.name for m in found] == ["kt-step"]
+
+
 def test_broken_manifest_fails(tmp_path: Path, one_manifest: Path) -> None:
     (one_manifest / "broken.toml").write_text("[model\nname=")
     result, _ = doctor.check_models(config_for(tmp_path, None), one_manifest)
@@ -732,11 +754,14 @@ def test_doctor_on_a_healthy_board_exits_0(
 ) -> None:
     monkeypatch.delenv("EDGE_AGENT_MODEL_MIRROR", raising=False)
     config = write_config(tmp_path, mirror=model_mirror)
+    # the camera is off: the board loads the knowledge-tracing model only, and only it is checked
+    (one_manifest / "kt-step.toml").write_text((REPO / "engines/kt-step.toml").read_text())
+    (one_manifest / "kt-default").symlink_to(REPO / "engines/kt-default")
     results = doctor.run_checks(config, root=synced_root(tmp_path), manifests_dir=one_manifest)
     assert all(r.ok for r in results), doctor.render_table(results)
     names = [r.name for r in results]
     assert names == ["config", "clock", "disk state", "disk cache", "database", "outbox", "models",
-                     "engine fsanet-1x1", "Chinese font"]
+                     "engine kt-step", "Chinese font"]
 
 
 def test_doctor_reads_camera_hours_in_the_configured_zone_not_the_systems(

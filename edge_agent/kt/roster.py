@@ -111,7 +111,8 @@ def update_roster(path: Path, action: str, pseudonyms: set[str], owner_of: Path)
     with open(lock, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         try:
-            text = path.read_text(encoding="utf-8") if path.exists() else ""
+            # utf-8-sig, as the daemon reads it: once saved by Notepad (a BOM), it was refused here only
+            text = path.read_text(encoding="utf-8-sig") if path.exists() else ""
             current = parse_roster(text, str(path))
         except (ConfigError, UnicodeDecodeError):
             if action != "set":

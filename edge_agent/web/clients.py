@@ -11,12 +11,13 @@ daemon reads the file again within seconds of a change (edge_agent/watched_file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,16 @@ def add_web_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     return web
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Held while the tokens file at ``path`` is read, changed and replaced (the roster's lock)."""
+    import fcntl
+
+    with open(path.with_name(f".{path.name}.lock"), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
 def cmd_web_clients(args: argparse.Namespace) -> int:
     from edge_agent.config import check_secret_file, find_config_path, load_config_for_command
     from edge_agent.provisioning.files import write_private_for_daemon
@@ -151,31 +162,34 @@ def cmd_web_clients(args: argparse.Namespace) -> int:
         if args.name is not None and not _NAME.match(args.name):
             print("error: a client name is letters, digits, '_', '.', '-' (up to 64)")
             return 2
-        if not path.exists() and args.action != "add":  # deleted: the daemon takes that as no tokens
-            print(f"{path} does not exist: a running edge-agent refuses every clicker token; "
-                  "`edge-agent web clients add NAME` makes the file with a new token")
-            return 0 if args.action == "list" else 1
-        if path.exists() and (problem := check_secret_file("web.client_tokens_file", path)):
-            raise ConfigError([("web.client_tokens_file", problem)])
-        entries = _entries(path.read_text(encoding="utf-8-sig"), str(path)) if path.exists() else []
-        names = [name for name, _ in entries]
-        if args.action == "list":
-            print("\n".join(names) if names else f"{path}: no clients")
-            return 0
-        if args.action == "add":
-            if args.name in names:
-                print(f"error: {args.name} already has a token; remove it first to issue a new one")
-                return 1
-            token = secrets.token_urlsafe(32)
-            entries.append((args.name, token))
-        else:
-            if args.name not in names:
-                print(f"error: no client named {args.name} in {path}")
-                return 1
-            entries = [(n, t) for n, t in entries if n != args.name]
-        header = "# edge-agent clicker tokens: name token (edge-agent web clients add NAME)\n"
-        text = header + "".join(f"{n} {t}\n" for n, t in entries)
-        write_private_for_daemon(path, text.encode(), config.device.pseudonym_secret_file)
+        # One change at a time, as `kt roster` does: six `add`s run together each read the old file and
+        # the last rename won, keeping fewer clients than the tokens they printed (a review)
+        with _locked(path) if args.action != "list" else contextlib.nullcontext():
+            if not path.exists() and args.action != "add":  # deleted: the daemon takes that as no tokens
+                print(f"{path} does not exist: a running edge-agent refuses every clicker token; "
+                      "`edge-agent web clients add NAME` makes the file with a new token")
+                return 0 if args.action == "list" else 1
+            if path.exists() and (problem := check_secret_file("web.client_tokens_file", path)):
+                raise ConfigError([("web.client_tokens_file", problem)])
+            entries = _entries(path.read_text(encoding="utf-8-sig"), str(path)) if path.exists() else []
+            names = [name for name, _ in entries]
+            if args.action == "list":
+                print("\n".join(names) if names else f"{path}: no clients")
+                return 0
+            if args.action == "add":
+                if args.name in names:
+                    print(f"error: {args.name} already has a token; remove it first to issue a new one")
+                    return 1
+                token = secrets.token_urlsafe(32)
+                entries.append((args.name, token))
+            else:
+                if args.name not in names:
+                    print(f"error: no client named {args.name} in {path}")
+                    return 1
+                entries = [(n, t) for n, t in entries if n != args.name]
+            header = "# edge-agent clicker tokens: name token (edge-agent web clients add NAME)\n"
+            text = header + "".join(f"{n} {t}\n" for n, t in entries)
+            write_private_for_daemon(path, text.encode(), config.device.pseudonym_secret_file)
     except (EdgeAgentError, OSError, ValueError) as exc:  # ValueError: a file that is not UTF-8
         print(f"error: {exc}")
         return 1

@@ -625,3 +625,154 @@ def test_a_display_name_too_long_empty_or_with_control_characters_is_refused(nam
 
 def test_a_display_name_of_32_characters_is_taken() -> None:
     assert parse_config('[device]\ndisplay_name = "' + "班" * 32 + '"\n').device.display_name == "班" * 32
+
+
+def test_metrics_tls_files_are_checked_as_the_web_ones_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: a missing metrics certificate or key, or a world-readable key, passed config check (and the
+    # check before a reload) while the same under [web] was refused; the metrics listener then failed.
+    from edge_agent.config import start_problems
+
+    path = tmp_path / "config.toml"
+    base = _valid_config_text(tmp_path)
+    missing = tmp_path / "missing"
+    path.write_text(base + f'[metrics]\ntls_cert_file = "{missing}/cert.pem"\n'
+                           f'tls_key_file = "{missing}/key.pem"\n')
+    assert main(["config", "check", str(path)]) == 1
+    said = capsys.readouterr().err
+    assert "metrics.tls_cert_file" in said and "metrics.tls_key_file" in said
+    assert {key for key, _ in start_problems(path)} >= {"metrics.tls_cert_file", "metrics.tls_key_file"}
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(0o644)  # world-readable private key
+    path.write_text(base + f'[metrics]\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\n')
+    assert main(["config", "check", str(path)]) == 1
+    said = capsys.readouterr().err
+    assert "metrics.tls_key_file" in said and f"chmod 600 {key}" in said
+    key.chmod(0o600)
+    assert main(["config", "check", str(path)]) == 0
+
+
+@pytest.mark.parametrize(("section", "key"), [
+    ("kt", "package_dir"),
+    ("updates", "models_dir"),
+    ("updates", "inbox_dir"),
+    ("updates", "download_ca_file"),
+    ("paths", "model_mirror"),
+])
+def test_an_empty_optional_path_means_unset_as_the_readme_says(
+    tmp_path: Path, section: str, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: the README says "empty means ..." of these, but "" was Path("."), and config check refused
+    # it as a relative path.
+    text = _valid_config_text(tmp_path)
+    if section == "paths":
+        text = text.replace("[paths]\n", f'[paths]\n{key} = ""\n')
+    else:
+        text += f'[{section}]\n{key} = ""\n'
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert main(["config", "check", str(path)]) == 0, capsys.readouterr().err
+    assert getattr(getattr(load_config(path), section), key) is None
+
+
+def test_a_relative_camera_source_is_refused_by_config_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: source = "faces" (a folder where IT stood) passed config check and doctor; the daemon runs
+    # from / under systemd and found no camera.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "lesson.mp4").write_bytes(b"\0")
+    path = tmp_path / "config.toml"
+    base = _valid_config_text(tmp_path)
+    for source in ("faces", "lesson.mp4", "./faces"):
+        path.write_text(base + f'[camera]\nsource = "{source}"\n')
+        assert main(["config", "check", str(path)]) == 1, source
+        said = capsys.readouterr().err
+        assert "camera.source" in said and "is a relative path" in said
+    for source in (str(tmp_path / "faces"), "0", "/dev/video0", "rtsp://admin:pw@10.0.0.5/stream",
+                   "v4l2src device=/dev/video0 ! videoconvert ! appsink"):
+        path.write_text(base + f'[camera]\nsource = "{source}"\n')
+        assert main(["config", "check", str(path)]) == 0, (source, capsys.readouterr().err)
+    path.write_text(base + '[camera]\nenabled = false\nsource = "faces"\n')  # never opened
+    assert main(["config", "check", str(path)]) == 0
+
+
+@pytest.mark.parametrize(("section", "written", "said"), [
+    ("web", "http://127.0.0.1", 'holds a scheme: the host alone goes here; write host = "127.0.0.1"'),
+    ("mqtt", "mqtts://broker.district.example:8883",
+     'write host = "broker.district.example" and port = 8883'),
+    ("metrics", "127.0.0.1:9108", 'holds a port: the host alone goes here; write host = "127.0.0.1" and '
+                                  "port = 9108"),
+    ("mqtt", "broker district", "is not a host name or an IP address"),
+    ("web", "", "is empty"),
+])
+def test_a_host_with_a_scheme_or_a_port_is_refused_by_config_check_saying_what_to_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, written: str, said: str
+) -> None:
+    # A review: host keys were free text; "http://127.0.0.1" or "mqtts://broker:8883" passed config check,
+    # and the listener (or the broker connection) failed at run time.
+    path = tmp_path / "config.toml"
+    text = _valid_config_text(tmp_path).replace("[mqtt]\nenabled = false\n", "")
+    if section == "web":
+        path.write_text(text.replace("[web]\n", f'[web]\nhost = "{written}"\n'))
+    else:
+        path.write_text(text + f'[{section}]\nhost = "{written}"\n')
+    assert main(["config", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{section}.host" in err and said in err, err
+
+
+def test_spaces_around_a_host_are_no_part_of_it() -> None:
+    # A review: web.host = "127.0.0.1 " (copy-pasted) passed config check, and the teacher view did not
+    # start ("component web failed")
+    config = parse_config('[web]\nhost = " 127.0.0.1 "\n[metrics]\nhost = "::1 "\n'
+                          '[mqtt]\nhost = " broker.district.example."\n')
+    assert (config.web.host, config.metrics.host) == ("127.0.0.1", "::1")
+    assert config.mqtt.host == "broker.district.example."
+    assert parse_config('[web]\nenabled = false\nhost = ""\n').web.enabled is False  # off: never bound
+
+
+def test_a_state_dir_that_is_a_file_is_refused_by_config_check_and_doctor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: paths.state_dir named a file (the database's path): config check and doctor said OK, and
+    # the daemon did not start.
+    from edge_agent import doctor
+
+    state = tmp_path / "state"
+    state.write_text("x\n")
+    path = tmp_path / "config.toml"
+    path.write_text(_valid_config_text(tmp_path) + "[camera]\nenabled = false\n")
+    assert main(["config", "check", str(path)]) == 1
+    assert f"paths.state_dir: {state} is a file, not a folder" in capsys.readouterr().err
+    result, config = doctor.check_config(path)
+    assert not result.ok and "paths.state_dir" in result.detail and config is not None
+    path.write_text(path.read_text().replace(f'"{state}"', f'"{state / "sub"}"'))  # under a file
+    assert main(["config", "check", str(path)]) == 1
+    assert f"cannot be made: {state} is a file" in capsys.readouterr().err
+    state.unlink()  # not made yet: the daemon makes it
+    assert main(["config", "check", str(path)]) == 0
+
+
+def test_a_config_path_in_a_link_loop_or_too_long_is_refused_by_name_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: only not-found, permission and is-a-directory were caught; a symlink loop or a name too
+    # long was a traceback from config check, show, run and doctor.
+    from edge_agent import doctor
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    long = tmp_path / ("c" * 300 + ".toml")
+    for path in (loop, long):
+        assert main(["config", "check", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert str(path) in err and "cannot read config file" in err and "Traceback" not in err
+        with pytest.raises(ConfigError):
+            load_config(path)
+        result, config = doctor.check_config(path)
+        assert not result.ok and "cannot read config file" in result.detail and config is None

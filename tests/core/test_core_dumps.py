@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +50,7 @@ def _core_limit_while_running(argv: list[str], cwd: Path) -> str:
     allow = lambda: resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))  # noqa: E731
     proc = subprocess.Popen([sys.executable, "-m", "edge_agent", *argv], cwd=cwd,
                             preexec_fn=allow,  # noqa: PLW1509 (one setrlimit call)
+                            start_new_session=True,  # killed with its group: the demo's Mosquitto too
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     limit = ""
     try:
@@ -59,7 +62,7 @@ def _core_limit_while_running(argv: list[str], cwd: Path) -> str:
                 break
             time.sleep(0.1)
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     return limit
 

@@ -301,3 +301,19 @@ def test_a_quoted_one_column_list_is_read_unquoted_and_set_replaces_a_roster_of_
     assert cli_main(["kt", "roster", "set", str(quoted), "--config", str(config)]) == 0
     assert "2 students (was 0)" in capsys.readouterr().out
     assert parse_roster(roster.read_text(), "r") == {PSEUDO("20260001"), PSEUDO("20260002")}
+
+
+def test_a_roster_saved_with_a_bom_is_changed_as_the_daemon_reads_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: a roster saved once by Notepad (UTF-8 with a BOM) was read by the daemon and doctor, but
+    # `kt roster add` and `count` refused it ("line 1 is not a student pseudonym")
+    config = _board_config(tmp_path)
+    roster = tmp_path / "roster.txt"
+    roster.write_bytes(b"\xef\xbb\xbf" + format_roster([PSEUDO("stu-01"), PSEUDO("stu-02")]).encode())
+    assert watch_roster(roster).current() == {PSEUDO("stu-01"), PSEUDO("stu-02")}  # as the daemon reads it
+    more = tmp_path / "more.txt"
+    more.write_text("stu-03\n")
+    assert cli_main(["kt", "roster", "add", str(more), "--config", str(config)]) == 0, capsys.readouterr()
+    assert cli_main(["kt", "roster", "count", "--config", str(config)]) == 0
+    assert parse_roster(roster.read_text(), "r") == {PSEUDO(f"stu-0{n}") for n in (1, 2, 3)}

@@ -165,3 +165,24 @@ def test_a_bundle_from_a_board_whose_ports_listen_on_one_address_has_its_status_
     parts = unpack(doctor_bundle_into(config, tmp_path / "board-t-support.tar.gz"))
     assert b"edge_answers_total" in parts["metrics.txt"], parts["metrics.txt"][:300]
     assert {c["name"] for c in json.loads(parts["status.json"])["components"]} >= {"kt"}, parts["status.json"]
+
+
+def test_a_bundle_from_a_board_missing_its_device_certificate_still_has_its_config_status_and_metrics(
+    tmp_path: Path,
+) -> None:
+    # A review: the bundle read the config with its file checks on, so a missing device certificate
+    # (exactly when IT sends one) left config.toml, status.json and metrics.txt out; doctor retries
+    # without the file checks, and now so does the bundle.
+    from edge_agent.support_bundle import collect
+
+    cfg = local_config(tmp_path, faces=None)
+    missing = tmp_path / "certs"
+    cfg["mqtt"] |= {"enabled": True, "tls": True, "host": "broker.district.example",
+                    "ca_file": str(missing / "ca.pem"), "cert_file": str(missing / "device.pem"),
+                    "key_file": str(missing / "device.key")}
+    config = write_config(tmp_path / "config.toml", cfg)
+    parts = collect(config, "[]")
+    assert f"mqtt.cert_file: file {missing / 'device.pem'} does not exist" in parts["config-problems.txt"]
+    assert 'host = "broker.district.example"' in parts["config.toml"]
+    assert f"127.0.0.1:{cfg['web']['port']}/api/v1/status" in parts["status.json"]  # asked, not left out
+    assert f"127.0.0.1:{cfg['metrics']['port']}/metrics" in parts["metrics.txt"]

@@ -348,3 +348,22 @@ def test_a_wrong_clicker_token_is_told_to_get_a_clicker_token_not_the_boards_web
     status, _, raw = _request(lan["address"], lan["port"], "/api/v1/live",
                               {"Authorization": "Bearer mistyped-clicker-token"})
     assert status == 401 and "the board's web token" in json.loads(raw)["detail"]
+
+
+def test_clients_added_together_are_all_kept_with_the_tokens_they_printed(tmp_path: Path) -> None:
+    # A review: six `web clients add` run at once each printed a token, but the file kept fewer of them
+    # (each read the old file and the last rename won); they now take the lock `kt roster` takes.
+    import subprocess
+    import sys
+
+    config = _board_config(tmp_path)
+    runs = [subprocess.Popen([sys.executable, "-m", "edge_agent", "web", "clients", "add", f"room-{n}",
+                              "--config", str(config)], stdout=subprocess.PIPE, text=True) for n in range(8)]
+    printed = {}
+    for run in runs:
+        out, _ = run.communicate(timeout=60)
+        assert run.returncode == 0, out
+        name, token = out.splitlines()[0].split(": ", 1)
+        printed[name] = token
+    kept = parse_clients((tmp_path / "web-clients").read_text(), "f")
+    assert {kept.name_of(token) for token in printed.values()} == {f"room-{n}" for n in range(8)}
