@@ -620,6 +620,22 @@ def check_camera_hours(hours: CameraHours, now: dt.datetime, zone_set: bool = Fa
     return CheckResult("camera hours", True, detail)
 
 
+def camera_closed_now(hours: CameraHours | None, pause_file: Path, now: dt.datetime) -> str | None:
+    """Why the camera is closed at ``now`` (aware, the board's time), or None when it is open: the README
+    says no frame is read then, and doctor opened it anyway and read one (a review: a closed date, and a
+    teacher's pause of an RTSP camera the running daemon held closed)."""
+    if hours is not None and not hours.is_open(now.replace(tzinfo=None)):
+        return "camera.active_hours / camera.closed_dates"
+    try:
+        text = pause_file.read_text(encoding="utf-8").strip()
+        until = dt.datetime.fromisoformat(text) if text else None
+    except (OSError, ValueError):  # none, or not a pause: the daemon does not pause on it either
+        return None
+    if until is not None and until.tzinfo is not None and until > now:
+        return f"paused by the teacher until {until:%H:%M}"
+    return None
+
+
 def check_chinese_font(timeout_s: float = 10.0, env: dict[str, str] | None = None) -> CheckResult:
     """Whether a browser on this board's own screen can draw the teacher view's Chinese: the page names
     fonts it does not carry (Noto Sans CJK SC, Microsoft YaHei...), so a board image without one showed
@@ -670,10 +686,17 @@ def run_checks(
     results.append(check_outbox(config.database_path, config.store.max_age_days))
     if config.camera.enabled:
         running = props is not None and props.get("ActiveState") == "active"
-        results.append(check_camera(config.camera.source, service_running=running))
         hours = config.camera.hours()
+        now = board_clock(config.device.timezone)()
+        closed = camera_closed_now(hours, config.paths.state_dir / "camera-pause", now)
+        if closed is not None:
+            shown = without_credentials(config.camera.source.strip())
+            results.append(CheckResult("camera", True, f"{shown!r} not opened: the camera is closed now "
+                                       f"({closed}), and no frame is read while it is; run doctor again "
+                                       "while it is open to check it"))
+        else:
+            results.append(check_camera(config.camera.source, service_running=running))
         if hours is not None:
-            now = board_clock(config.device.timezone)()
             results.append(check_camera_hours(hours, now, zone_set=bool(config.device.timezone)))
     if config.kt.enabled and config.kt.roster_file is not None:
         results.append(check_roster(config.kt.roster_file))

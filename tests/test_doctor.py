@@ -780,6 +780,33 @@ closed_dates = ["2020-01-01"]""").replace("[device]\n", '[device]\ntimezone = "A
     assert hours.warning and "add the coming holidays" in hours.fix  # 2020's closed day is long past
 
 
+@pytest.mark.parametrize("closed_by", ["a closed date", "the teacher's pause"])
+def test_doctor_reads_no_frame_from_a_camera_closed_now(
+    tmp_path: Path, model_mirror: Path, one_manifest: Path, closed_by: str
+) -> None:
+    # The README: outside the hours or in a pause "the camera device is closed: no frame is read"; doctor
+    # opened it and read one (a review: "delivered a 640x480 frame" on a closed date).
+    video = _class_video(tmp_path / "class.avi")
+    config = write_config(tmp_path, mirror=model_mirror)
+    shanghai = ZoneInfo("Asia/Shanghai")
+    today = dt.datetime.now(shanghai)
+    closed = f'\nclosed_dates = ["{today:%Y-%m-%d}"]' if closed_by == "a closed date" else ""
+    text = config.read_text().replace("[camera]\nenabled = false", f'[camera]\nsource = "{video}"' + closed)
+    config.write_text(text.replace("[device]\n", '[device]\ntimezone = "Asia/Shanghai"\n'))
+    root = synced_root(tmp_path)
+    state_dir = parse_config(config.read_text()).paths.state_dir
+    if closed_by != "a closed date":
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "camera-pause").write_text((today + dt.timedelta(minutes=40)).isoformat())
+    results = {r.name: r for r in doctor.run_checks(config, root=root, manifests_dir=one_manifest)}
+    camera = results["camera"]
+    assert camera.ok and "not opened: the camera is closed now" in camera.detail, camera.detail
+    (state_dir / "camera-pause").unlink(missing_ok=True)
+    if closed_by != "a closed date":  # the pause over: opened, a frame read
+        results = {r.name: r for r in doctor.run_checks(config, root=root, manifests_dir=one_manifest)}
+        assert "delivered a 160x120 frame" in results["camera"].detail
+
+
 def test_doctor_cli_prints_json_and_exits_1_when_the_config_is_missing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
