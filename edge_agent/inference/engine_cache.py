@@ -3,11 +3,14 @@
 A plan is only valid for the TensorRT version, GPU and builder inputs it was built with, so its file name
 carries a key over all of them (:func:`engine_cache_key`, pure). Each plan is stored with a small header
 (magic, key, payload sha256) so truncation or bit rot is seen before TensorRT is handed the bytes; such a
-file is a cache miss ("corrupt"), moved aside and counted, and the engine is rebuilt.
+file is a cache miss ("corrupt"), moved aside and counted, and the engine is rebuilt. So is an intact plan
+TensorRT cannot deserialize (:data:`PLAN_UNREADABLE`), unless it is the plan this TensorRT had just built
+for the same key (:meth:`PlanCache.mark_unloadable`): building it again would end alike, at every start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +31,11 @@ log = logging.getLogger(__name__)
 KEEP_PLANS = 2
 _MAGIC = b"EAPLAN1\n"
 _HEADER = len(_MAGIC) + 64 + 64  # magic, key (hex), payload sha256 (hex)
+_UNLOADABLE = ".unloadable"  # beside a plan: this TensorRT could not deserialize it just after building it
+
+# EngineLoadError.reason when TensorRT could not deserialize a plan: the one load failure that condemns the
+# plan itself. Any other (CUDA memory, an unsupported I/O type) would fail a new plan alike: it is kept.
+PLAN_UNREADABLE = "deserialize"
 
 
 @dataclass(frozen=True)
@@ -103,8 +111,33 @@ class PlanCache:
         path = self.path_for(model, precision, key)
         with atomic_writer(path) as out:
             out.write(_MAGIC + key.encode() + hashlib.sha256(plan).hexdigest().encode() + plan)
+        with contextlib.suppress(OSError):  # a new plan: whether it loads is not known yet
+            self._unloadable_path(path).unlink(missing_ok=True)
         self._drop_old_plans(model, precision)
         return path
+
+    def mark_unloadable(self, model: str, precision: str, key: str, why: str) -> None:
+        """Remember that TensorRT could not deserialize the plan it had just built for ``key``: the next
+        start loads it once more (a failure for lack of memory may pass) but neither discards it as corrupt
+        nor builds it again, minutes for the same end. A change of TensorRT, GPU or model is a new key."""
+        marker = self._unloadable_path(self.path_for(model, precision, key))
+        try:
+            with atomic_writer(marker) as out:
+                out.write(f"{key}\n{why}\n".encode())
+        except OSError as exc:  # then it is built again at the next start; nothing worse
+            log.warning("could not record %s: %s", marker, exc.strerror or exc)
+
+    def unloadable(self, model: str, precision: str, key: str) -> bool:
+        """Whether :meth:`mark_unloadable` recorded the plan for ``key``."""
+        marker = self._unloadable_path(self.path_for(model, precision, key))
+        try:
+            return marker.read_text(encoding="utf-8").split("\n", 1)[0] == key
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    @staticmethod
+    def _unloadable_path(plan: Path) -> Path:
+        return plan.with_name(plan.name + _UNLOADABLE)
 
     def _drop_old_plans(self, model: str, precision: str) -> None:
         name = re.compile(rf"{re.escape(model)}-{re.escape(precision)}-[0-9a-f]{{16}}\.plan")
@@ -117,9 +150,11 @@ class PlanCache:
             old.unlink(missing_ok=True)
             log.info("deleted the engine plan %s (built for an earlier model or TensorRT)", old.name)
         kept = {p.name for p in plans[:KEEP_PLANS]}
-        for bad in self.directory.glob("*.plan.bad"):  # a damaged plan moved aside, kept while its key is
-            if name.fullmatch(bad.name[: -len(".bad")]) and bad.name[: -len(".bad")] not in kept:
-                bad.unlink(missing_ok=True)
+        for suffix in (".bad", _UNLOADABLE):  # a damaged plan moved aside, a marker: kept while their key is
+            for extra in self.directory.glob(f"*.plan{suffix}"):
+                plan_name = extra.name[: -len(suffix)]
+                if name.fullmatch(plan_name) and plan_name not in kept:
+                    extra.unlink(missing_ok=True)
 
 
 def _unwrap(blob: bytes, key: str) -> bytes | None:

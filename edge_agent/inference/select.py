@@ -6,6 +6,10 @@ importable, no GPU, build or deserialize error, INT8 without a Q/DQ model) falls
 the reason travels with the engine in :class:`LoadedEngine` for the health page. Only a model that ONNX
 Runtime cannot run either raises (:class:`ModelError` or :class:`EngineLoadError`).
 
+A cached plan is discarded and built again only when TensorRT cannot deserialize it (``PLAN_UNREADABLE``),
+and not even then when it is the plan this TensorRT had just built for the same key (it would fail alike at
+every start); any other load failure (CUDA memory, an unsupported I/O type) keeps the plan and falls back.
+
 TensorRT is reached through :class:`TensorRTPort`, the hardware port; ``tensorrt_backend.open_tensorrt``
 is the real one.
 """
@@ -21,7 +25,7 @@ from typing import Protocol
 from edge_agent.config import InferenceSettings, PathSettings
 from edge_agent.errors import TENSORRT_UNAVAILABLE, EngineLoadError
 from edge_agent.inference.engine import Engine
-from edge_agent.inference.engine_cache import BuildTarget, PlanCache, engine_cache_key
+from edge_agent.inference.engine_cache import PLAN_UNREADABLE, BuildTarget, PlanCache, engine_cache_key
 from edge_agent.inference.fetch import engine_model, sha256_file
 from edge_agent.inference.guarded import GuardedEngine
 from edge_agent.inference.manifest import InputProfile, Manifest, resolve_profiles
@@ -218,7 +222,15 @@ def _load_tensorrt(
         try:
             return port.load_plan(plan, manifest.name, precision, profiles), None
         except EngineLoadError as exc:
-            metrics.ENGINE_LOAD_FAILURES.labels(manifest.name, "tensorrt", "deserialize").inc()
+            if exc.reason != PLAN_UNREADABLE:  # the plan is sound (sha256 checked): a new one fails alike
+                raise
+            if cache.unloadable(manifest.name, precision, key):
+                raise EngineLoadError(
+                    f"{exc}; this TensorRT could not deserialize it just after building it either, so it is "
+                    f"not built again (delete {cache.path_for(manifest.name, precision, key)} to retry)",
+                    exc.reason,
+                ) from exc
+            metrics.ENGINE_LOAD_FAILURES.labels(manifest.name, "tensorrt", exc.reason).inc()
             log.warning("model %s: cached plan failed to load (%s); rebuilding", manifest.name, exc)
             cache.discard(manifest.name, precision, key, "corrupt")
     log.info("model %s: building a TensorRT %s engine; this can take minutes", manifest.name, precision)
@@ -230,7 +242,12 @@ def _load_tensorrt(
         uncached = (f"built but not cached ({exc.strerror or exc}): built again at the next start unless "
                     f"space is freed in {engines_dir}")
         log.warning("model %s: %s", manifest.name, uncached)
-    return port.load_plan(plan, manifest.name, precision, profiles), uncached
+    try:
+        return port.load_plan(plan, manifest.name, precision, profiles), uncached
+    except EngineLoadError as exc:  # the stored plan stays: see the cache-hit branch above
+        if exc.reason == PLAN_UNREADABLE and uncached is None:
+            cache.mark_unloadable(manifest.name, precision, key, str(exc))
+        raise
 
 
 def _load_onnxruntime(

@@ -20,7 +20,7 @@ import numpy as np
 from edge_agent.errors import TENSORRT_UNAVAILABLE, EngineError, EngineInputError, EngineLoadError
 from edge_agent.inference.cuda_memory import CudaMemory, DeviceBuffer
 from edge_agent.inference.engine import TensorSpec
-from edge_agent.inference.engine_cache import BuildTarget
+from edge_agent.inference.engine_cache import PLAN_UNREADABLE, BuildTarget
 from edge_agent.inference.manifest import InputProfile
 from edge_agent.inference.trt_build import build_plan, require_tensorrt, trt
 
@@ -71,9 +71,17 @@ class TensorRTEngine:
         self.model_name = model_name
         self.precision = precision
         self._memory = memory
-        self._engine: trt.ICudaEngine = runtime.deserialize_cuda_engine(plan)
-        if self._engine is None:
-            raise EngineLoadError(f"TensorRT could not deserialize the {model_name} plan", "deserialize")
+        # Only this step judges the plan itself (PLAN_UNREADABLE: the loader discards it and builds again);
+        # every later failure (CUDA memory, an I/O type) is of this board or model: a new plan fails alike.
+        try:
+            engine = runtime.deserialize_cuda_engine(plan)
+        except Exception as exc:  # a damaged or foreign plan can raise untyped errors
+            raise EngineLoadError(
+                f"TensorRT could not deserialize the {model_name} plan: {exc}", PLAN_UNREADABLE
+            ) from exc
+        if engine is None:
+            raise EngineLoadError(f"TensorRT could not deserialize the {model_name} plan", PLAN_UNREADABLE)
+        self._engine: trt.ICudaEngine = engine
         self._context: trt.IExecutionContext = self._engine.create_execution_context()
         if self._context is None:
             raise EngineLoadError(
@@ -165,15 +173,23 @@ class TensorRTAdapter:
     def build_plan(
         self, onnx_path: Path, profiles: Sequence[InputProfile], precision: str, settings: Any
     ) -> bytes:
-        return build_plan(
-            onnx_path,
-            profiles,
-            precision,
-            workspace_mib=settings.workspace_mib,
-            timing_cache=settings.timing_cache,
-            log_path=settings.log_path,
-            model_name=onnx_path.stem,
-        )
+        try:
+            return build_plan(
+                onnx_path,
+                profiles,
+                precision,
+                workspace_mib=settings.workspace_mib,
+                timing_cache=settings.timing_cache,
+                log_path=settings.log_path,
+                model_name=onnx_path.stem,
+            )
+        except EngineLoadError:
+            raise
+        except Exception as exc:  # TensorRT's untyped errors, an OSError of the cache's disk: ONNX Runtime
+            # still runs the model, which only an EngineLoadError tells the loader (select.py)
+            raise EngineLoadError(
+                f"TensorRT could not build the {onnx_path.stem} plan: {exc}", "build_failed"
+            ) from exc
 
     def load_plan(
         self, plan: bytes, model_name: str, precision: str, profiles: Sequence[InputProfile]
@@ -185,10 +201,11 @@ class TensorRTAdapter:
         except EngineLoadError:
             memory.close()
             raise
-        except Exception as exc:  # deserialization of a damaged or foreign plan raises untyped errors
+        except Exception as exc:  # past deserialization (an EngineError of cudaMalloc on Orin's shared
+            # memory, TensorRT's untyped errors): the plan is sound, so not PLAN_UNREADABLE; it is kept
             memory.close()
             raise EngineLoadError(
-                f"TensorRT could not load the {model_name} plan: {exc}", "deserialize"
+                f"TensorRT could not load the {model_name} plan: {exc}", "load_failed"
             ) from exc
 
 

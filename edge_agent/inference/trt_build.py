@@ -10,11 +10,15 @@ The one module importing tensorrt (guarded, so the package loads on machines wit
   exists (TensorRT 11) an fp16 build needs an fp16 ONNX and is refused with a clear reason.
 
 The timing cache is loaded before and saved after each build (it turns a 10-minute Orin build into about
-one minute); the plan is returned as bytes and stored by the caller; the TensorRT log goes to a file.
+one minute); the plan is returned as bytes and stored by the caller; the TensorRT log goes to a file when
+it can (:class:`BuildLog`: a cache folder gone read-only or full loses the log, never the build).
+Errors TensorRT refuses with are :class:`EngineLoadError`; anything else a build raises (an untyped TensorRT
+error, an OSError of the cache's disk) is turned into one by the adapter, ``TensorRTAdapter.build_plan``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -56,12 +60,66 @@ _LoggerBase: Any = trt.ILogger if trt is not None else object
 _ProgressBase: Any = trt.IProgressMonitor if trt is not None else object
 
 
+class BuildLog:
+    """The build log file, which is optional: a folder it cannot be opened in (a cache gone read-only after
+    I/O errors) or a write that fails (a full disk, often seen only when the buffer is flushed at close) is
+    warned about once and the build goes on without the file. It never raises."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+        if path is not None:
+            try:
+                self._file = open_log(path)
+            except OSError as exc:
+                log.warning(
+                    "TensorRT build log %s cannot be opened (%s); building without it",
+                    path,
+                    exc.strerror or exc,
+                )
+
+    @property
+    def is_open(self) -> bool:
+        return self._file is not None
+
+    def write(self, line: str) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(line)
+        except OSError as exc:
+            self._give_up(exc)
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        try:
+            file.close()  # flushes: a full disk shows here
+        except OSError as exc:
+            self._warn(exc)
+
+    def _give_up(self, exc: OSError) -> None:
+        file, self._file = self._file, None
+        self._warn(exc)
+        if file is not None:
+            with contextlib.suppress(OSError):  # the buffered rest fails alike; the descriptor still closes
+                file.close()
+
+    def _warn(self, exc: OSError) -> None:
+        log.warning(
+            "TensorRT build log %s: %s; it is incomplete and no more is written to it",
+            self.path,
+            exc.strerror or exc,
+        )
+
+
 class FileLogger(_LoggerBase):
     """TensorRT's log: warnings and errors to our log, everything from INFO up to the build log file."""
 
     def __init__(self, path: Path | None = None) -> None:
         trt.ILogger.__init__(self)
-        self._file: TextIO | None = open_log(path) if path is not None else None
+        self.file = BuildLog(path)
         self.errors: list[str] = []
 
     def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
@@ -71,13 +129,11 @@ class FileLogger(_LoggerBase):
             log.error("TensorRT: %s", msg)
         elif level <= int(trt.ILogger.Severity.WARNING):
             log.warning("TensorRT: %s", msg)
-        if self._file is not None and level <= int(trt.ILogger.Severity.INFO):
-            self._file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {severity} {msg}\n")
+        if level <= int(trt.ILogger.Severity.INFO):
+            self.file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {severity} {msg}\n")
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self.file.close()
 
 
 class ProgressLogger(_ProgressBase):
@@ -178,7 +234,8 @@ def build_plan(
         started = time.monotonic()
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
-            detail = "; ".join(logger.errors[-3:]) or f"see {log_path}"
+            where = f"see {log_path}" if logger.file.is_open else "no error logged"
+            detail = "; ".join(logger.errors[-3:]) or where
             raise EngineLoadError(f"TensorRT could not build {onnx_path.name}: {detail}", "build_failed")
         _save_timing_cache(config, timing_cache)
         log.info(

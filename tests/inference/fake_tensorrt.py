@@ -20,9 +20,18 @@ _MAGIC = b"FAKEPLAN:"
 
 
 class FakeTensorRT:
-    def __init__(self, *, fail_build: str | None = None, target: BuildTarget | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fail_build: str | None = None,
+        fail_load: str | None = None,
+        target: BuildTarget | None = None,
+    ) -> None:
+        """``fail_load``: every load fails with this EngineLoadError reason, as the real adapter reports
+        one (``"deserialize"``: TensorRT could not deserialize; ``"load_failed"``: CUDA memory after it)."""
         self.target = target or BuildTarget("10.3.0-fake", "fake GPU", (8, 7))
         self.fail_build = fail_build
+        self.fail_load = fail_load
         self.builds: list[tuple[str, str]] = []
         self.loads = 0
 
@@ -41,6 +50,10 @@ class FakeTensorRT:
         self, plan: bytes, model_name: str, precision: str, profiles: Sequence[InputProfile]
     ) -> Engine:
         self.loads += 1
+        if self.fail_load:
+            raise EngineLoadError(
+                f"fake load failure of the {model_name} plan ({self.fail_load})", self.fail_load
+            )
         if not plan.startswith(_MAGIC):
             raise EngineLoadError(f"the {model_name} plan is not a plan this runtime can read", "deserialize")
         engine = OnnxRuntimeEngine(

@@ -3,14 +3,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import hashlib
+import os
 
 import numpy as np
 import pytest
 
 from edge_agent.errors import EngineError, EngineInputError, ModelError
+from edge_agent.inference import tensorrt_backend
+from edge_agent.inference.engine_cache import BuildTarget
 from edge_agent.inference.engine_set import EngineSet
 from edge_agent.inference.select import load_engine, precision_for, qdq_model_path
+from edge_agent.inference.tensorrt_backend import TensorRTAdapter
 from edge_agent.inference.tensorrt_backend import trt as real_trt
 from edge_agent.telemetry import metrics
 from edge_agent.telemetry.metrics import sample
@@ -106,6 +111,83 @@ def test_corrupt_plan_and_failed_rebuild_fall_back_to_onnxruntime(tmp_path, mode
     )
     assert _failures(FSANET.name, "build_failed") == failures + 1
     assert loaded.engine.infer({"input": CROP})["output"].shape == (1, 3)
+
+
+class _RealAdapterBuild(FakeTensorRT):
+    """The fake's target and loads with the real adapter's build_plan: its handling of errors is under test;
+    what it calls (trt_build.build_plan) is replaced per test by a function that only raises."""
+
+    build_plan = TensorRTAdapter.build_plan  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # the build log's folder on a cache gone read-only (before the log became optional, r2 of the review)
+        OSError(errno.EROFS, os.strerror(errno.EROFS), "/var/cache/edge-agent/engines"),
+        RuntimeError("pybind11::error_already_set: std::bad_alloc"),  # TensorRT's own untyped errors
+    ],
+    ids=["oserror", "runtimeerror"],
+)
+def test_an_untyped_error_during_a_tensorrt_build_falls_back_to_onnxruntime(
+    tmp_path, model_mirror, monkeypatch, error
+):
+    # Review r2: only EngineLoadError was caught, so the model ran on no backend (EngineSet: "none").
+    def build_raising(*args: object, **kwargs: object) -> bytes:
+        raise error
+
+    monkeypatch.setattr(tensorrt_backend, "build_plan", build_raising)
+    before = _failures(FSANET.name, "build_failed")
+    paths = paths_for(tmp_path, model_mirror)
+    loaded = load_engine(FSANET, settings("auto"), paths, tensorrt=_RealAdapterBuild())
+    assert loaded.backend == "onnxruntime"
+    assert loaded.fallback is not None and loaded.fallback.startswith("TensorRT build failed: ")
+    assert str(error) in loaded.fallback
+    assert _failures(FSANET.name, "build_failed") == before + 1
+    assert loaded.engine.infer({"input": CROP})["output"].shape == (1, 3)
+
+
+def test_a_cached_plan_that_fails_to_load_after_deserializing_is_kept_and_not_rebuilt(tmp_path, model_mirror):
+    # Review r1: CUDA out of memory at buffer allocation (Orin's shared memory) was reported as "deserialize",
+    # the sound plan moved aside as corrupt and built again (minutes), at every start.
+    paths = paths_for(tmp_path, model_mirror)
+    load_engine(FSANET, settings("tensorrt"), paths, tensorrt=FakeTensorRT())
+    plan_file = next((tmp_path / "engines").glob("*.plan"))
+    stored = plan_file.read_bytes()
+    misses = sample("edge_engine_cache_misses_total", {"engine": FSANET.name, "reason": "corrupt"})
+    failures = _failures(FSANET.name, "load_failed")
+    port = FakeTensorRT(fail_load="load_failed")
+    for _start in range(2):
+        loaded = load_engine(FSANET, settings("tensorrt"), paths, tensorrt=port)
+        assert loaded.backend == "onnxruntime"
+        assert loaded.fallback is not None and loaded.fallback.startswith("TensorRT load failed: ")
+    assert port.builds == [] and port.loads == 2
+    assert plan_file.read_bytes() == stored and not list((tmp_path / "engines").glob("*.bad"))
+    assert sample("edge_engine_cache_misses_total", {"engine": FSANET.name, "reason": "corrupt"}) == misses
+    assert _failures(FSANET.name, "load_failed") == failures + 2
+    # once the memory is there, the same plan loads: no build either
+    working = FakeTensorRT()
+    assert load_engine(FSANET, settings("tensorrt"), paths, tensorrt=working).backend == "fake-tensorrt"
+    assert working.builds == []
+
+
+def test_a_freshly_built_plan_tensorrt_cannot_deserialize_is_not_rebuilt_at_every_start(
+    tmp_path, model_mirror
+):
+    paths = paths_for(tmp_path, model_mirror)
+    port = FakeTensorRT(fail_load="deserialize")
+    failures = _failures(FSANET.name, "deserialize")
+    for _start in range(3):
+        loaded = load_engine(FSANET, settings("tensorrt"), paths, tensorrt=port)
+        assert loaded.backend == "onnxruntime" and loaded.fallback is not None
+    assert len(port.builds) == 1 and port.loads == 3  # each start tries the kept plan once, builds none
+    assert "not built again" in loaded.fallback and "delete " in loaded.fallback
+    assert _failures(FSANET.name, "deserialize") == failures + 3
+    assert len(list((tmp_path / "engines").glob("*.plan"))) == 1
+    # another TensorRT (a new cache key) builds its own plan
+    upgraded = FakeTensorRT(target=BuildTarget("10.3.1-fake", "fake GPU", (8, 7)))
+    assert load_engine(FSANET, settings("tensorrt"), paths, tensorrt=upgraded).backend == "fake-tensorrt"
+    assert len(upgraded.builds) == 1
 
 
 def test_int8_without_a_qdq_model_falls_back_with_instructions(tmp_path, model_mirror):
