@@ -54,9 +54,12 @@ missing=("${packaged[@]}")
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing system packages: ${missing[*]}"
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The Debian package starts a system-wide broker on 1883; tests run their own on free ports.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
-pkill -x mosquitto 2>/dev/null || true
-# The same for the Prometheus server that comes with promtool: the tests only need promtool.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
-pkill -x prometheus 2>/dev/null || true
+# The Debian package starts a system-wide broker on 1883, and the one with promtool a Prometheus server;
+# the tests run their own broker on free ports and need only promtool. Only what this run installed is
+# stopped, and only the package's own process (its user): a machine's broker, and the tests' brokers of
+# another run, were stopped whenever anything was installed (a review).
+for service in mosquitto prometheus; do
+  [[ " ${missing[*]} " == *" $service "* ]] || continue
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
+  pkill -x -u "$service" "$service" 2>/dev/null || true
+done

@@ -10,11 +10,17 @@ bash scripts/system-deps.sh
 mkdir -p artifacts
 declare -A making
 for jetpack in 6 7; do
-  bash scripts/jetpack-userland.sh "$jetpack" >"artifacts/jetpack$jetpack-userland.log" 2>&1 &
+  # each in its own session, stopped with its debootstrap (a review: killing the script alone left
+  # debootstrap writing into the folder a rerun removes, for up to 15 minutes)
+  setsid -w bash scripts/jetpack-userland.sh "$jetpack" >"artifacts/jetpack$jetpack-userland.log" 2>&1 &
   making[$jetpack]=$!
 done
 beside=""
-trap 'kill "${making[@]}" 2>/dev/null || true; [ -z "$beside" ] || kill -- "-$beside" 2>/dev/null || true' EXIT
+stop_beside() {
+  local pid
+  for pid in "${making[@]}" $beside; do kill -- "-$pid" 2>/dev/null || true; done
+}
+trap stop_beside EXIT
 bash scripts/setup.sh
 echo "== README config reference"
 .venv/bin/python scripts/gen_config_reference.py --check README.md
@@ -28,6 +34,7 @@ echo "== TensorRT adapter against tensorrt-stubs and the TensorRT 10.3 API names
 for jetpack in 6 7; do
   made=0
   wait "${making[$jetpack]}" || made=$?
+  unset "making[$jetpack]"  # ended: its number may be another's by the EXIT trap
   cat "artifacts/jetpack$jetpack-userland.log"
   [ "$made" -eq 0 ] || echo "== no JetPack $jetpack userland: the units do not run under its systemd"
 done

@@ -288,6 +288,14 @@ def load_manifest(path: Path) -> Manifest:
 
 def load_manifests(directory: Path = ENGINES_DIR) -> dict[str, Manifest]:
     """Every ``*.toml`` manifest of a folder, by model name; duplicate names are an error."""
+    if directory == ENGINES_DIR and not directory.is_dir():
+        # A wheel, or `pip install .`, holds no engines/ (a review: "no engine manifest ...; reinstall
+        # edge-agent", which cannot help)
+        raise ModelError(
+            f"{directory} is not there: edge-agent runs from its source tree, with engines/ beside "
+            "edge_agent/; install it with `pip install -e <checkout>` (as provisioning/install.sh does), "
+            "not from a wheel or `pip install .`"
+        )
     found: dict[str, Manifest] = {}
     for path in sorted(directory.glob("*.toml")):
         manifest = load_manifest(path)

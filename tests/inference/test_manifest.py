@@ -117,3 +117,21 @@ def test_profile_must_agree_with_the_onnx_model():
         resolve_profiles(fsanet, {"input": (-1, 3, 64, 64), "extra": (1,)})
     with pytest.raises(ModelError, match="not inputs of the ONNX"):
         resolve_profiles(fsanet, {})
+
+
+def test_an_install_without_engines_beside_the_package_says_to_install_from_the_checkout(
+    tmp_path: Path,
+) -> None:
+    # A wheel (or `pip install .`) holds edge_agent/ but not engines/: the daemon and the demo ended in
+    # "no engine manifest for ['kt-step'] in .../site-packages/engines; reinstall edge-agent" (a review).
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "edge_agent", tmp_path / "edge_agent",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    program = ("from edge_agent.inference.manifest import load_manifests\n"
+               "try:\n    load_manifests()\nexcept Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    done = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, check=False, timeout=60)
+    assert done.stdout.startswith("ModelError") and "pip install -e <checkout>" in done.stdout, done.stderr
