@@ -222,9 +222,9 @@ def test_store_that_cannot_open_fails_the_start_without_ready(
     tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
 ) -> None:
     cfg = local_config(tmp_path, faces=None)
-    state = Path(cfg["paths"]["state_dir"])
-    state.rmdir()
-    state.write_text("not a directory\n")  # e.g. a botched image build: nothing can be stored
+    # a folder where the database goes (a botched image build): nothing can be stored. (A state_dir that
+    # is a file is refused by the config check, before any start.)
+    (Path(cfg["paths"]["state_dir"]) / "edge-agent.db").mkdir()
     daemon = daemons(write_config(tmp_path / "config.toml", cfg), notify, tmp_path / "run.log").start()
     assert daemon.wait(20) == 1
     assert notify.with_key("READY") == []
@@ -497,7 +497,7 @@ def test_a_reload_onto_a_config_that_would_not_start_is_refused_and_the_board_ru
         write_config(config, {**cfg, "paths": {**cfg["paths"], "state_dir": str(blocked / "state")}})
         daemon.signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
-        refusal = "(paths.state_dir: edge-agent cannot write in"
+        refusal = f"(paths.state_dir: {blocked / 'state'} cannot be made: {blocked} is a file, not a folder"
         while refusal not in daemon.output() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert refusal in daemon.output()
