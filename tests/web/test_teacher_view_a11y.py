@@ -120,7 +120,7 @@ def test_a_paused_page_says_nothing_aloud_until_the_teacher_resumes(
     view.page.click("#pause")
     assert view.text("#att-share") == "30%"
     view.page.clock.run_for(12000)
-    assert view.text("#announce") == "专注度已持续偏低几分钟"
+    assert view.text("#announce") == "专注度已连续几分钟偏低"
 
 
 def test_the_pause_button_says_what_a_press_does_and_no_contradicting_state(
@@ -249,7 +249,7 @@ def test_switching_language_does_not_leave_the_last_announcement_in_the_old_one(
     live_board.publish("attention", attention_section(current=0.3, low=True))
     view.page.wait_for_function("() => document.getElementById('att-share').textContent === '30%'")
     view.page.clock.run_for(12000)
-    assert view.text("#announce") == "专注度已持续偏低几分钟"
+    assert view.text("#announce") == "专注度已连续几分钟偏低"
     view.switch_language()
     assert view.text("#announce") == ""
     assert view.console_errors == []

@@ -484,7 +484,7 @@ def test_issues_read_in_the_teachers_language_and_each_once(teacher_server: Serv
     assert view.text("#health-state") == "运行中，有问题需处理"  # not "everything works" beside problems
     first_lines = "lis => lis.map(li => li.firstChild.textContent)"
     lines = view.page.locator("#health-issues li").evaluate_all(first_lines)
-    assert lines == ["本地存储未正常工作", "设备无法连接数据同步服务器，数据暂存在设备上"]
+    assert lines == ["本地存储未正常工作", "班牌无法连接数据同步服务器，数据暂存在班牌上"]
     assert all(not any("a" <= c <= "z" for c in line) for line in lines)
     details = view.page.locator("#health-issues .detail").evaluate_all("ds => ds.map(d => d.textContent)")
     assert details == ["技术信息：disk full", "技术信息：TLS handshake failed: certificate expired"]
@@ -607,7 +607,7 @@ def test_a_screen_reader_hears_a_change_once_it_holds_and_not_every_update(
     view.page.clock.run_for(3000)
     assert view.text("#announce") == ""  # not yet: it must hold for 10 s
     view.page.clock.run_for(12000)
-    assert view.text("#announce") == "专注度已持续偏低几分钟"
+    assert view.text("#announce") == "专注度已连续几分钟偏低"
     assert view.page.get_attribute("#announce", "aria-live") == "polite"
     assert view.page.locator("[aria-live], [role=status], [role=alert]").count() == 2  # no live card
 
@@ -738,7 +738,7 @@ def test_a_page_refused_a_stream_goes_live_once_a_place_frees(
         assert view.page.get_attribute("#conn", "data-state") == "reconnecting"
         # the board answers: not "connection lost" (a review: the teacher was told the network was down)
         refused = view.text("#conn-lost-text")
-        assert refused.startswith("班牌拒绝了本页面：打开的教师页面太多"), refused
+        assert refused.startswith("班牌拒绝了本页面：打开的课堂实时视图页面太多"), refused
         # the board going down meanwhile is a lost connection, not "close a tab" (round 2)
         port = server.port
         server.stop()
@@ -804,7 +804,7 @@ def test_sync_and_camera_switched_off_in_the_config_are_a_choice_not_a_problem(
     # and knowledge tracing (a review: "No answers yet" for a teacher waiting for answers that never come)
     live_board.publish("learning", {"enabled": False})
     view.page.wait_for_function("s => document.getElementById('learn-started').textContent === s",
-                                arg="本班牌未开启学情分析（学校 IT 可在配置中开启：kt.enabled）",
+                                arg="本班牌未开启学情分析（学校 IT 人员可在配置中开启：kt.enabled）",
                                 timeout=2000)
     assert view.page.is_hidden("#learn-empty") and view.text("#learn-answers") == "—"
     # that alone: no empty headings, dashes and chart box (a review)
@@ -1002,7 +1002,7 @@ def test_every_skill_below_the_mastery_line_is_marked_in_words_not_only_the_weak
                                                         rows.nth(i).locator(".skill-meter > span").evaluate(
                                                             "n => getComputedStyle(n).backgroundColor"))
               for i in range(rows.count())}
-    strong, below = ("最薄弱", "未达掌握线") if lang == "zh" else ("weakest", "below mastery")
+    strong, below = ("最薄弱", "未掌握") if lang == "zh" else ("weakest", "below mastery")
     low = labels[skills[0]["id"]][1]
     for skill in skills[:3]:
         assert labels[skill["id"]] == ([strong], low)
@@ -1056,7 +1056,7 @@ def test_sync_drop_reasons_are_in_the_teachers_words(teacher_server: ServerThrea
     view.page.wait_for_function(shown, timeout=2000)
     detail = view.text("#health-sync-detail")
     if lang == "zh":
-        expected = ["已丢弃 3 条（超过保存期限）", "已丢弃 3 条（超出本机存储上限）",
+        expected = ["已丢弃 3 条（超过保存期限）", "已丢弃 3 条（超出班牌存储上限）",
                     "已丢弃 4 条（写入本地存储失败）", "已丢弃 5 条（数据库损坏）",
                     "已丢弃 6 条（超出服务器消息大小限制）", "已丢弃 10 条（brand_new）"]
     else:

@@ -241,7 +241,7 @@ def test_page_matches_the_running_daemon_and_fits_one_screen(daemon: RunningDaem
     if sync["connected"]:
         assert dom["sync"].startswith("已连接") and f"{sync['backlog']} 条待发送" in dom["sync"]
     if live["sections"]["device"]["source"] == "none":
-        assert dom["device"] == "此设备未提供硬件读数"
+        assert dom["device"] == "此班牌未提供硬件读数"
     size = view.page.evaluate("() => [document.documentElement.scrollHeight, window.innerHeight, "
                               "document.getElementById('health').getBoundingClientRect().bottom]")
     assert size[0] <= size[1] and size[2] <= 1080, f"page scrolls at 1920x1080: {size}"
@@ -421,7 +421,7 @@ def test_the_teacher_pauses_the_camera_for_the_lesson_and_resumes_it(
     analysed = metrics.sample("edge_camera_frames_analysed_total")
     time.sleep(1.5)  # 3 frames' time at 2 frames/s: none read
     assert metrics.sample("edge_camera_frames_analysed_total") == analysed
-    assert view.text("#att-share") == "—" and "设备状态" in view.text("#health")
+    assert view.text("#att-share") == "—" and "班牌状态" in view.text("#health")
     assert "摄像头" not in view.text("#health-issues")  # a teacher's choice, not a problem for IT
     pause_file = daemon.assembly.config.paths.state_dir / "camera-pause"
     assert pause_file.read_text()  # kept across a restart

@@ -533,8 +533,8 @@
     const out = [];
     if (after.low !== before.low) out.push(t(after.low ? "attention_low" : "attention_ok"));
     if (after.camera !== before.camera && after.camera) out.push(tState("camera_state_", after.camera));
-    if (after.health !== before.health && after.health) out.push(t("health_title") + ": " + tState("health_state_", after.health));
-    return out.join(". ");
+    if (after.health !== before.health && after.health) out.push(t("label_value", { k: t("health_title"), v: tState("health_state_", after.health) }));
+    return out.join(t("announce_sep")); // "。" in Chinese: a screen reader read ". " there (a review)
   }
   function announceTick() {
     // Paused, the reader holds still too: it told of changes the frozen screen did not show, to a teacher
