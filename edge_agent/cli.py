@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,9 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # Until the daemon's loop takes SIGHUP as a reload, its default would end the process, which
+    # Restart=on-failure takes for a clean end: a reload signal during the start left the board off
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from edge_agent.assembly import run_daemon
     from edge_agent.core_dumps import forbid_core_dumps
     from edge_agent.logs import configure_logging

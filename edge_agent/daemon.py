@@ -68,6 +68,13 @@ def run_to_exit(main: Coroutine[Any, Any, int]) -> int:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             asyncio.set_event_loop(None)
+            # Closing the loop gives SIGHUP back its default, which ends the process: a second reload
+            # signal while the threads were waited for killed it by SIGHUP, which Restart=on-failure takes
+            # for a clean end, and the board stayed off (a review). It is leaving with its code anyway.
+            # (close() would set it to SIG_DFL after a SIG_IGN: the loop lets it go first)
+            with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (tests)
+                loop.remove_signal_handler(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             loop.close()
             waiting = threading.Thread(target=executor.shutdown, name="executor-shutdown", daemon=True)
             waiting.start()
@@ -154,6 +161,10 @@ class Daemon:
 
     # -- public -----------------------------------------------------------------------------------
     def request_stop(self) -> None:
+        # A stop wins over a reload already under way: exit 75 in systemd's stop job failed the unit, and
+        # OnFailure='s retry timer started the daemon the admin had stopped 15 minutes later (a review)
+        if self.exit_code == RESTART_EXIT:
+            self.exit_code = 0
         self._stop.set()
 
     def restart_problems(self) -> str | None:
@@ -167,6 +178,9 @@ class Daemon:
         """On the loop: stop cleanly and exit with RESTART_EXIT, so that systemd starts the daemon again
         and it reads its config anew (nothing is reloaded in place). Not while the config on disk would
         not start: the board runs on as it is, and the log says why."""
+        if self._stop.is_set():  # stopping already (an admin's stop, a reload): that stop stands
+            log.warning("%s: ignored, the daemon is already stopping", why)
+            return
         if said := self.restart_problems():
             log.error("%s: not restarting, the config on disk would not start (%s); running on with the "
                       "config read at the start", why, said)

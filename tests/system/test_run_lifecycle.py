@@ -434,6 +434,36 @@ def test_a_reload_is_a_clean_restart_that_reads_the_config_again(
         broker.stop()
 
 
+def test_a_reload_signal_during_a_stop_leaves_the_stop_a_clean_one(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
+) -> None:
+    # A review: SIGTERM then SIGHUP (a config_reload arriving while an admin stops the board) exited 75;
+    # in systemd's stop job that failed the unit, and the retry timer started it again 15 minutes later.
+    config = write_config(tmp_path / "config.toml", local_config(tmp_path, faces=None))
+    daemon = daemons(config, notify, tmp_path / "run.log").start()
+    daemon.wait_running()
+    daemon.signal(signal.SIGTERM)
+    daemon.signal(signal.SIGHUP)
+    assert daemon.wait(20) == 0, daemon.output()[-3000:]
+
+
+def test_reload_signals_until_the_process_ends_never_kill_it(
+    tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess]
+) -> None:
+    # A review: once the loop was closed SIGHUP had its default again, and a second one (an admin repeating
+    # the reload) killed the process by SIGHUP, which Restart=on-failure takes for a clean end: board off.
+    config = write_config(tmp_path / "config.toml", local_config(tmp_path, faces=None))
+    daemon = daemons(config, notify, tmp_path / "run.log").start()
+    daemon.wait_running()
+    assert daemon.proc is not None
+    deadline = time.monotonic() + 20
+    while daemon.proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            daemon.signal(signal.SIGHUP)
+        time.sleep(0.002)
+    assert daemon.wait(5) == 75, daemon.output()[-3000:]
+
+
 @pytest.mark.broker
 def test_a_reload_onto_a_config_that_would_not_start_is_refused_and_the_board_runs_on(
     tmp_path: Path, notify: NotifySocket, daemons: Callable[..., DaemonProcess],
