@@ -235,6 +235,15 @@ def _nearly_full(folder: Path) -> bool:
     return stats.f_bavail * stats.f_frsize < 1024 * 1024
 
 
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder: the renames in it survive a power cut, in the order they were made."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> int | None:
     """Carry the damaged database's store id, message sequence and drop totals over to the fresh one.
 
@@ -270,7 +279,6 @@ def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> int | Non
         set_meta(conn, "store_id", store)
     if lost:
         drops["damaged"] = drops.get("damaged", 0) + lost
-        metrics.OUTBOX_DROPS.labels(reason="damaged").inc(lost)
     conn.executemany("INSERT INTO drop_counters (reason, count) VALUES (?, ?)", sorted(drops.items()))
     log.warning("message sequence continues at %s after the damaged database; its %s unsent messages are "
                 "counted as dropped (damaged)", salvaged, lost)
@@ -278,6 +286,10 @@ def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> int | Non
 
 
 STORE_ID_RE = re.compile(r"[0-9a-f]{32}")
+# The meta key of a database made to replace a damaged one: {"file": the damaged file's name once moved
+# aside, "lost": its unsent rows, or null where a new sequence started}. Written last, in the transaction
+# that continues the sequence: a replacement without it was cut off while it was being made.
+REPLACES_KEY = "replaces_damaged"
 
 
 def _store_id(conn: sqlite3.Connection) -> str:
@@ -353,9 +365,9 @@ class Database:
 
     # -- opening -------------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, path: Path | None = None) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            str(self.path), isolation_level=None, check_same_thread=False,
+            str(path or self.path), isolation_level=None, check_same_thread=False,
             timeout=self.settings.busy_timeout_ms / 1000,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
@@ -397,27 +409,116 @@ class Database:
         except (sqlite3.DatabaseError, ValueError, IndexError) as exc:  # CORRUPT, NOTADB; a garbled schema
             return str(exc) or type(exc).__name__
 
-    def _quarantine(self, problem: str) -> Path:
+    def _quarantine_target(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         n = 1
         while target.exists():
             target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
             n += 1
+        return target
+
+    def _replacement(self) -> Path:
+        """Where the database that replaces a damaged one is made before it takes the damaged one's name."""
+        return self.path.with_name(self.path.name + ".new")
+
+    def _remove_replacement(self) -> None:
+        new = self._replacement()
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            new.with_name(new.name + suffix).unlink(missing_ok=True)
+
+    def _replace(self, problem: str) -> tuple[Path, int | None]:
+        """Move the damaged database aside and put a new one in its place; (where it went, its unsent rows
+        counted as lost, or None where a new sequence starts).
+
+        The new database is made whole first (its sequence continued: _continue_sequence) under another name,
+        then the damaged one is moved aside and the new one renamed into its place. A kill -9 or power cut
+        between the two leaves the finished new file, which the next start puts in place
+        (_finish_replacement). Before 2026-12-06 the damaged file was moved first and the new one made in its
+        place after: a cut between left no database, and the next start began a new store at seq 1 with no
+        drops and no alert, the damaged file's unsent rows uncounted (a review)."""
+        target, new = self._quarantine_target(), self._replacement()
+        try:
+            self._remove_replacement()  # one a cut left half made
+            conn = self._connect(new)
+            try:
+                conn.execute("PRAGMA journal_mode = DELETE")  # one file to rename; WAL once in place
+                migrate(conn)
+                add_side_columns(conn)
+                conn.execute("BEGIN IMMEDIATE")
+                lost = _continue_sequence(conn, self.path)
+                _store_id(conn)
+                set_meta(conn, REPLACES_KEY, json.dumps({"file": target.name, "lost": lost}))
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            _sync_folder(self.path.parent)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(OSError):
+                self._remove_replacement()
+            raise translate(exc, self.path) from exc
+        except OSError as exc:
+            raise translate(sqlite3.OperationalError(f"disk I/O error: {exc}"), self.path) from exc
         try:
             self.path.rename(target)
             for suffix in ("-wal", "-shm"):
                 side = self.path.with_name(self.path.name + suffix)
                 if side.exists():
                     side.rename(target.with_name(target.name + suffix))
+            os.replace(new, self.path)
+            _sync_folder(self.path.parent)
         except OSError as exc:
             raise translate(sqlite3.OperationalError(f"disk I/O error: {exc}"), self.path) from exc
         log.error(
             "database %s failed its integrity check (%s); moved aside to %s", self.path, problem, target
         )
+        self._quarantined(target)
+        return target, lost
+
+    def _quarantined(self, target: Path) -> None:
         metrics.ALERTS.labels(kind="store_corrupt").inc()
         self._drop_old_quarantines()
-        return target
+
+    def _finish_replacement(self) -> tuple[Path, int | None] | None:
+        """Put in place a new database that a kill or power cut left finished beside the damaged one it
+        replaces, already moved aside (see _replace); (where that one went, its unsent rows) or None."""
+        new = self._replacement()
+        if not new.exists():
+            return None
+        done: dict[str, Any] | None = None
+        if not self.path.exists():
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{new}?mode=ro", uri=True)) as conn:
+                    done = meta_object(conn, REPLACES_KEY)
+            except sqlite3.Error:
+                done = None
+        file, lost = (done or {}).get("file"), (done or {}).get("lost")
+        named = isinstance(file, str) and file.startswith(f"{self.path.name}.corrupt-") and "/" not in file
+        if not named or not (lost is None or isinstance(lost, int)):
+            # cut off while it was being made: the damaged file is still in place, and is checked again
+            if not self.path.exists():
+                log.warning("%s, a database begun to replace a damaged one, was never finished; a new one "
+                            "is created", new)
+            try:
+                self._remove_replacement()
+            except OSError as exc:
+                raise translate(sqlite3.OperationalError(f"disk I/O error: {exc}"), self.path) from exc
+            return None
+        assert isinstance(file, str)
+        target = self.path.with_name(file)
+        try:
+            for suffix in ("-wal", "-shm"):  # the damaged file's, where the cut came between its renames
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    side.rename(target.with_name(target.name + suffix))
+            os.replace(new, self.path)
+            _sync_folder(self.path.parent)
+        except OSError as exc:
+            raise translate(sqlite3.OperationalError(f"disk I/O error: {exc}"), self.path) from exc
+        log.error("database %s was damaged and moved aside to %s; the new one made to replace it is put in "
+                  "place (the agent was stopped in between)", self.path, target)
+        self._quarantined(target)
+        return target, lost
 
     def _drop_old_quarantines(self) -> None:
         # Newest first by the time of the move (a rename sets ctime): the mtime is the file's last write,
@@ -440,9 +541,12 @@ class Database:
         if self._thread is not None:
             raise StoreError("database already open")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        replaced = self._finish_replacement()
+        created = replaced is not None or not self.path.exists()
         problem = self._check()
-        quarantined = self._quarantine(problem) if problem else None
-        created = not self.path.exists()
+        if problem:
+            replaced, created = self._replace(problem), True
+        quarantined, lost = replaced if replaced is not None else (None, None)
         try:
             conn = self._connect()
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -450,11 +554,12 @@ class Database:
                 log.warning("database %s runs in journal mode %s, not WAL", self.path, mode)
             applied = migrate(conn)
             add_side_columns(conn)
-            lost = None if quarantined is None else _continue_sequence(conn, quarantined)
             self.store_id = _store_id(conn)
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from exc
         alert = None
+        if lost:
+            metrics.OUTBOX_DROPS.labels(reason="damaged").inc(lost)
         if quarantined is not None:
             lost_text = (
                 "its unsent messages and local history are not used, and a new message sequence starts"
@@ -540,6 +645,13 @@ class Database:
 
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Task]) -> None:
         results: list[tuple[_Task, Any, BaseException | None]] = []
+        refused = self._failures
+        if batch[0].alone and refused is not None and isinstance(refused[2], StoreFullError) and (
+            time.time() - refused[1] < FAILURE_WINDOW_S
+        ):
+            # a message held through a full disk: each commit then starts the WAL again, and the database
+            # file grows by its pages alone, not by them twice (in the WAL and in the file)
+            self._make_room(conn)
         changes = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -556,6 +668,8 @@ class Database:
             self._commit_failures.failure(failure)
             if isinstance(failure, STORAGE_FAILURES):
                 self._note_failure(failure)
+            if isinstance(failure, StoreFullError):
+                self._make_room(conn)
             for task in batch:
                 if task.future.set_running_or_notify_cancel():
                     task.future.set_exception(failure)
@@ -565,6 +679,8 @@ class Database:
         failures = [error for _, _, error in results if isinstance(error, STORAGE_FAILURES)]
         if failures:  # e.g. an insert the read-only file system refused; the savepoint rolled it back
             self._note_failure(failures[-1])
+            if any(isinstance(error, StoreFullError) for error in failures):
+                self._make_room(conn)
         elif conn.total_changes > changes:
             # Only a commit that changed rows says the storage writes again: on a full disk the outbox's
             # recount (a read) commits after every refused insert, and a line each time undid the limit.
@@ -576,6 +692,17 @@ class Database:
                 task.future.set_exception(error)
             else:
                 task.future.set_result(value)
+
+    def _make_room(self, conn: sqlite3.Connection) -> None:
+        """After a full disk: copy the WAL into the database so that the next commit starts it again at its
+        first frame and reuses its bytes. SQLite checkpoints only after a commit that succeeds once the WAL
+        has 1000 pages (4 MiB): when IT freed less, every held message written alone added its frames to the
+        WAL until the freed space was gone again, each commit then failed, none checkpointed, and writing
+        stopped for good with the disk full for every other service (a review). PASSIVE: it waits for no
+        reader; a checkpoint the disk refuses too (the database file must grow) is tried at the next failure.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def _wipe_wal(self, conn: sqlite3.Connection) -> None:
         """Copy the WAL into the database and truncate it; a reader in the way (busy) leaves it for the

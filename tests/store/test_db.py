@@ -7,6 +7,8 @@ import logging
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from edge_agent.config import DeviceSettings, MqttSettings, StoreSettings
 from edge_agent.errors import StoreError, StoreFullError
 from edge_agent.lifecycle import HeartbeatRegistry
 from edge_agent.store import db as db_module
-from edge_agent.store.db import Database, translate
+from edge_agent.store.db import Database, set_meta, translate
 from edge_agent.store.outbox import Outbox
 from edge_agent.store.schema import SCHEMA_VERSION
 from edge_agent.telemetry import metrics
@@ -703,3 +705,123 @@ def test_the_wal_grown_behind_a_long_reader_is_cut_back_once_it_has_gone(db: Dat
             "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"filler-{n % 20}", str(n)))).result()
     assert grown > 5 * db_module.WAL_KEEP_BYTES
     assert wal.stat().st_size <= db_module.WAL_KEEP_BYTES + 64 * 1024
+
+
+def _wal_frames(path: Path) -> int:
+    """The frames of the WAL's current generation up to its last commit: where the next commit writes."""
+    wal = path.with_name(path.name + "-wal")
+    data = wal.read_bytes() if wal.exists() else b""
+    if len(data) < 32:
+        return 0
+    page, salt = int.from_bytes(data[8:12], "big"), data[16:24]
+    frames = last_commit = 0
+    while 32 + (frames + 1) * (24 + page) <= len(data):
+        header = data[32 + frames * (24 + page):][:24]
+        if header[8:16] != salt:  # a frame of an earlier generation: the WAL was started again before it
+            break
+        frames += 1
+        if int.from_bytes(header[4:8], "big"):  # a commit frame: the database's size after it
+            last_commit = frames
+    return last_commit
+
+
+def test_after_a_full_disk_the_next_commit_starts_the_wal_again_and_reuses_its_space(state_dir: Path) -> None:
+    # Review: SQLite checkpoints only after a commit that succeeds once the WAL has 1000 pages (4 MiB). After
+    # a full disk with less freed, each held message written alone added its frames to the WAL until the
+    # freed space was gone again; every commit failed from then on, none checkpointed, and writing stopped
+    # for good (1 MiB freed on a real tmpfs: 34 messages stored, then none). A refused write checkpoints,
+    # so the next commit writes the WAL from its first frame, over the bytes it already has.
+    path = state_dir / "full.db"
+    db = Database(path, StoreSettings(), max_page_count=40)
+    db.open()
+    try:
+        for i in range(30):
+            db.write(lambda c, i=i: set_meta(c, f"k{i}", "v")).result(5)
+        grown = _wal_frames(path)
+        assert grown >= 30
+        with pytest.raises(StoreFullError):
+            db.write(lambda c: set_meta(c, "big", "x" * 400_000), alone=True).result(5)
+        db.write(lambda c: set_meta(c, "small", "v")).result(5)
+        assert _wal_frames(path) < 5  # started again; without the checkpoint: grown + its frames
+        kept = db.read(lambda c: c.execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone()[0])
+        assert kept == 30
+    finally:
+        db.close()
+
+
+def test_messages_held_through_a_full_disk_are_written_without_growing_the_wal(state_dir: Path) -> None:
+    # Review: with the WAL started again after a refused write, the held messages written alone after it
+    # still added their frames to it until freed space was gone; and a database file with no free pages
+    # then had no room to take them at a checkpoint (1 MiB freed on a real tmpfs: 32 of 300 stored, then
+    # none). After a full disk, each write alone comes after a checkpoint: the WAL holds one commit.
+    path = state_dir / "full.db"
+    db = Database(path, StoreSettings(), max_page_count=40)
+    db.open()
+    try:
+        with pytest.raises(StoreFullError):
+            db.write(lambda c: set_meta(c, "big", "x" * 400_000), alone=True).result(5)
+        for i in range(20):  # the held messages, tried again one by one
+            db.write(lambda c, i=i: set_meta(c, f"held{i}", "v"), alone=True).result(5)
+            assert _wal_frames(path) < 5, i
+        kept = db.read(lambda c: c.execute("SELECT count(*) FROM meta WHERE key LIKE 'held%'").fetchone()[0])
+        assert kept == 20
+    finally:
+        db.close()
+
+
+_KILLED_OPEN = """
+import os, sys
+from pathlib import Path
+from edge_agent.config import StoreSettings
+from edge_agent.store.db import Database
+path, point = Path(sys.argv[1]), sys.argv[2]
+rename, replace = Path.rename, os.replace
+def killed_rename(self, target):
+    if point == "before_the_move" and self == path:
+        os._exit(9)
+    moved = rename(self, target)
+    if point == "after_the_move" and self == path:  # the damaged file moved aside, its -wal/-shm not yet
+        os._exit(9)
+    return moved
+def killed_replace(source, target):
+    if point == "before_the_swap":
+        os._exit(9)
+    return replace(source, target)
+Path.rename = killed_rename
+os.replace = killed_replace
+Database(path, StoreSettings(max_rows=100)).open()
+"""
+
+
+@pytest.mark.parametrize("point", ["before_the_move", "after_the_move", "before_the_swap"])
+def test_a_kill_while_a_damaged_database_is_replaced_keeps_its_store_sequence_drops_and_alert(
+    state_dir: Path, point: str
+) -> None:
+    # Review: the damaged file was moved aside first and the new one made after; a kill -9 or power cut in
+    # between left no edge-agent.db, and the next start made a new store at seq 1 with no drops and no
+    # alert, never looking at the damaged file (its 100 unsent rows uncounted).
+    path = state_dir / "edge-agent.db"
+    store, _ = _board_with_drops(path)
+    _garble_outbox(path, everything=False)
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_OPEN, str(path), point], cwd=Path(__file__).resolve().parents[2],
+        capture_output=True, timeout=60, check=False,
+    )
+    assert child.returncode == 9, child.stderr.decode()
+    before = metrics.sample("edge_alerts_total", {"kind": "store_corrupt"})
+    again = Database(path, StoreSettings(max_rows=100))
+    report = again.open()
+    try:
+        assert report.created and report.quarantined is not None and report.quarantined.exists()
+        assert report.alert is not None
+        assert "its 100 unsent messages (counted as dropped: damaged)" in report.alert
+        assert metrics.sample("edge_alerts_total", {"kind": "store_corrupt"}) == before + 1
+        box = Outbox(again, DeviceSettings(), StoreSettings(max_rows=100), MqttSettings())
+        box.open()
+        assert box.drop_counts() == {"max_rows": 50, "damaged": 100}
+        assert (again.store_id, box.enqueue("attention", {"ok": True}).result(5)) == (store, 151)
+        assert again.read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0]) == "ok"
+        assert len(list(state_dir.glob("edge-agent.db.corrupt-*[0-9]"))) == 1
+        assert not list(state_dir.glob("edge-agent.db.new*"))
+    finally:
+        again.close()
