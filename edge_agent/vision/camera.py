@@ -3,12 +3,16 @@
 The grabber thread reads as fast as the source delivers and overwrites a one-frame slot, so analysis always
 sees the latest picture and never a backlog (superseded frames are counted as dropped, reason "busy").
 A source that cannot be opened, ends, or delivers no usable frame for ``stall_timeout_s`` (counted as a
-stall) is reopened with exponential backoff; the backoff starts again from ``reconnect_min_s`` only after
-a session that delivered frames for ``stall_timeout_s``, so a camera that drops every stream at once is not
-reopened every second for ever, and one that glitches after hours of frames is reopened soon. A read that
+stall) is reopened with exponential backoff (a video file does not end: it plays again from its start, as
+a folder loops); the backoff starts again from ``reconnect_min_s`` only after a session that delivered
+frames for ``stall_timeout_s``, so a camera that drops every stream at once is not reopened every second
+for ever, and one that glitches after hours of frames is reopened soon. A read that
 blocks for ``stall_timeout_s`` (a hung GStreamer pipeline or V4L2 driver; read timeouts are set only for
 network streams) is left to finish on its own thread while a new grabber thread reopens the source; one
-such thread at a time.
+such thread at a time. So is an open that blocks for ``stall_timeout_s`` (V4L2 and GStreamer opens have no
+timeout: a wedged nvargus-daemon), which makes the camera an error; and a grabber that ``stop`` left inside
+a blocking read or open is the one such thread when ``start`` comes: with one already left behind, no
+reader starts until one of them returns.
 """
 
 from __future__ import annotations
@@ -97,7 +101,10 @@ class Camera:
         self.reconnect_max_s = reconnect_max_s
         self.stall_timeout_s = stall_timeout_s
         self._opener: Opener = opener or (
-            lambda stop: open_source(source, width, height, stop, folder_fps=folder_fps))
+            # a file slower than 2 frames a stall timeout (a slideshow) stalled and played from its first
+            # frame for ever: files and folders play at least that fast
+            lambda stop: open_source(source, width, height, stop, folder_fps=folder_fps,
+                                     min_fps=2.0 / stall_timeout_s))
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)  # a new frame (latest's wait)
@@ -115,7 +122,10 @@ class Camera:
         self._thread: threading.Thread | None = None
         self._generation = 0  # a grabber thread whose generation is behind has been replaced
         self._reading_since: float | None = None  # monotonic start of the read in progress
-        self._abandoned: threading.Thread | None = None  # a replaced grabber still inside its read
+        self._opening_since: float | None = None  # monotonic start of the open in progress
+        self._open_blocked_since: float | None = None  # the start of the first of the opens now blocked
+        self._start_pending = False  # start() found its grabber blocked beside an abandoned one
+        self._abandoned: threading.Thread | None = None  # a replaced grabber still inside its read/open
         self._reopens: collections.deque[float] = collections.deque(maxlen=64)  # monotonic times
         self._first_good: float | None = None  # the open session's first usable frame (monotonic)
         self._last_frame = 0.0  # its latest usable frame (monotonic; _last_good is moved by check_stall)
@@ -144,33 +154,48 @@ class Camera:
 
     def start(self) -> None:
         """Open the source on a grabber thread; again after ``stop`` (the camera's hours)."""
-        if self._thread is not None:
+        old = self._thread
+        if old is not None:
             # A grabber that stop() left inside a blocking read must not come back to life with the
             # cleared stop flag: a new generation replaces it.
             self._generation += 1
         # the stall clocks start again: a read or frame of before the stop is not a stall now
         self._last_good = time.monotonic()
-        self._reading_since = None
+        self._reading_since = self._opening_since = self._open_blocked_since = None
         self._blocked_backoff = 0.0
         self._stop.clear()
+        if old is not None and old.is_alive():
+            # stop() left it inside a blocking read or open: it is the thread left behind now (each pause or
+            # close of the hours while a read hung left one more for good, a review)
+            if self._abandoned is not None and self._abandoned.is_alive() and self._abandoned is not old:
+                self._start_pending = True  # check_stall starts the grabber once one of them returns
+                self._set_state("error", "blocked in a read or open of the camera since before it was "
+                                         "closed, beside an earlier one; it opens again when one returns")
+                return
+            self._abandoned = old
+        self._start_pending = False
         # Not the "stopped" the last stop left: opening again as its hours begin or a pause ends (the
         # component's health said "camera stopped" until the grabber had opened)
         self._set_state("starting", "")
-        self._start_grabber()
+        self._start_grabber(0.0)
 
     @property
     def started(self) -> bool:
         """Between start() and stop()."""
         return self._thread is not None and not self._stop.is_set()
 
-    def _start_grabber(self) -> None:
+    def _start_grabber(self, wait_s: float) -> None:
+        """A new grabber of the current generation, opening after ``wait_s``."""
         self._thread = threading.Thread(
-            target=self._run, args=(self._generation,), name="camera-grabber", daemon=True
+            target=self._run, args=(self._generation, wait_s), name="camera-grabber", daemon=True
         )
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self._start_pending:  # no grabber of its own to say so
+            self._start_pending = False
+            self._set_state("stopped", "")
         with self._lock:
             self._frame = None  # the last image does not stay in memory while the camera is closed
         if self._thread is not None:
@@ -205,19 +230,21 @@ class Camera:
     def _current(self, generation: int) -> bool:
         return generation == self._generation and not self._stop.is_set()
 
-    def _run(self, generation: int) -> None:
+    def _run(self, generation: int, wait_s: float) -> None:
         # A new reader after a hung read waits first if the hung session was short: a camera that hangs
         # after every frame or two was reopened every stall timeout for ever (round 2)
-        backoff = self._blocked_backoff
+        backoff = wait_s
         if backoff:
             self._set_state("reconnecting", f"{self._description} read blocked soon after it opened; "
                                             f"reopening in {backoff:.1f} s")
             self._stop.wait(backoff)
         while self._current(generation):
             self.on_beat()
+            self._opening_since = time.monotonic()  # check_stall's to judge: an open may never return
             try:
                 source = self._opener(self._stop)
             except Exception as exc:  # anything else ended this thread for good (a review)
+                self._open_returned(generation)
                 backoff = next_backoff(backoff, self.reconnect_min_s, self.reconnect_max_s)
                 why = str(exc) if isinstance(exc, CameraError) else (
                     f"cannot open the camera: {type(exc).__name__}: {without_credentials(str(exc))}")
@@ -225,6 +252,7 @@ class Camera:
                 self._reopened()
                 self._stop.wait(backoff)
                 continue
+            self._open_returned(generation)
             if not self._current(generation):  # stopping, or replaced while opening
                 source.release()
                 break
@@ -255,6 +283,11 @@ class Camera:
             self._stop.wait(backoff)
         if generation == self._generation:  # a replaced grabber leaves the state to the new one
             self._set_state("stopped", "")
+
+    def _open_returned(self, generation: int) -> None:
+        with self._lock:  # a replaced grabber leaves the new one's marks alone
+            if generation == self._generation:
+                self._opening_since = self._open_blocked_since = None
 
     def _grab_until_lost(self, source: FrameSource, generation: int) -> tuple[str, float]:
         """Read until the source ends ("ended") or stalls ("stalled"), stop is requested, or this grabber
@@ -330,6 +363,14 @@ class Camera:
         a grabber stuck inside one read for that long is replaced by a new one that reopens the source."""
         now = time.monotonic()
         stalled = False
+        if self._start_pending and not self._stop.is_set():
+            left = [t for t in (self._abandoned, self._thread) if t is not None and t.is_alive()]
+            if len(left) < 2:  # one of the blocked threads returned: the other is the one left behind
+                self._abandoned = left[0] if left else None
+                self._start_pending = False
+                self._set_state("starting", "")
+                self._start_grabber(0.0)
+        stalled = self._check_open(now)
         with self._lock:
             # opened and waiting for its first frame counts too (it said "running" then)
             opened = self._opened == self._generation
@@ -358,5 +399,41 @@ class Camera:
             self._abandoned = self._thread
             self._generation += 1
             self._reading_since = None
-            self._start_grabber()
+            self._start_grabber(self._blocked_backoff)
         return stalled
+
+    def _check_open(self, now: float) -> bool:
+        """An open blocked for ``stall_timeout_s`` (V4L2 and GStreamer opens have no timeout) makes the
+        camera an error, and is tried again on a new grabber thread, the blocked one left to return on its
+        own (one such thread at a time); True when it is first counted as a stall. Before, the camera read
+        "starting", and the component was healthy, for as long as the open blocked."""
+        with self._lock:
+            opening_since, blocked_since = self._opening_since, self._open_blocked_since
+            if opening_since is None or self._stop.is_set():
+                return False
+            since = opening_since if blocked_since is None else blocked_since
+            if now - since <= self.stall_timeout_s:
+                return False
+            first = blocked_since is None
+            if first:
+                self._open_blocked_since = opening_since
+        if first:
+            metrics.CAMERA_STALLS.inc()
+        self._set_state("error", f"camera open blocked for {now - since:.0f} s: the driver does not answer "
+                                 "(a wedged nvargus-daemon or V4L2 driver: restart it, or the board)")
+        with self._lock:  # still the same open (an open that returns meanwhile clears it under this lock)
+            retry = (
+                self._opening_since == opening_since
+                and now - opening_since > self.stall_timeout_s
+                and (self._abandoned is None or not self._abandoned.is_alive())
+            )
+            if retry:
+                self._abandoned = self._thread
+                self._generation += 1
+                self._opening_since = None
+                self._start_grabber(0.0)
+        if retry:
+            log.warning("camera open blocked for %.0f s; opening it again on a new thread (the blocked one "
+                        "ends when its open returns)", now - opening_since)
+            self._reopened()
+        return first

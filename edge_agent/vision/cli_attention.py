@@ -220,7 +220,8 @@ def _analyse_inputs(
 
 def _camera_frames(config: Config, seconds: float, max_frames: int) -> Iterator[tuple[str, np.ndarray]]:
     """The configured camera's newest frame once a second for ``seconds`` (at most ``max_frames``), taken as
-    the daemon takes them (its grabber keeps only the latest frame, a video file plays in real time); never
+    the daemon takes them (its grabber keeps only the latest frame, a video file plays in real time, or at
+    2 frames a stall timeout when slower); never
     written anywhere. All are taken before the first is analysed: analysed as taken, each analysis counted
     against the window, and a "10 s" look at 2.5 s an analysis took 4 frames, not 10. They wait as JPEG
     in memory (quality 95): raw, 120 frames of a 4K stream held 3 GB on an 8 GB board (a review measured

@@ -3,7 +3,9 @@
 ``open_source`` understands a V4L2 index or /dev/videoN, a GStreamer pipeline (contains ``!``, e.g. a CSI
 camera through nvarguscamerasrc), an rtsp:// or http(s):// URL, a video file, and a folder of images
 (tests and demos). ``read`` returns a frame, an empty array for a frame that could not be decoded, or None
-when the source has ended or dropped (the camera thread then reconnects).
+when the source has ended or dropped (the camera thread then reconnects). A video file and a folder loop:
+at its end a file plays again from its start (before, its end was taken for a dropped camera: "camera
+unstable", and ever longer waits between plays).
 """
 
 from __future__ import annotations
@@ -135,24 +137,28 @@ class OpenCvSource:
 
     def __init__(
         self, source: str, kind: str, *, width: int, height: int, stop: threading.Event | None = None,
-        open_timeout_s: float = 10.0,
+        open_timeout_s: float = 10.0, min_fps: float = 0.0,
     ) -> None:
+        """``min_fps``: a file plays at least this fast (the camera's 2 frames a stall timeout)."""
         self.description = _describe(source, kind)
         self._capture = _open_capture(source, kind, width, height, open_timeout_s)
         self._pacer: _Pacer | None = None
         if kind == "file":
             fps = self._capture.get(cv2.CAP_PROP_FPS)
-            self._pacer = _Pacer(fps if 0 < fps <= 240 else 30.0, stop)
+            self._pacer = _Pacer(max(fps if 0 < fps <= 240 else 30.0, min_fps), stop)
 
     def read(self) -> np.ndarray | None:
         if self._pacer is not None:
             self._pacer.wait()
         try:
             ok, frame = self._capture.read()
+            if not ok and self._pacer is not None:  # a file's end: it plays again from its first frame
+                self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                ok, frame = self._capture.read()
         except cv2.error:
             return np.zeros((0, 0, 3), np.uint8)
         if not ok:
-            return None
+            return None  # a file with no frame to read from its start either: ended
         return frame  # type: ignore[no-any-return]
 
     def release(self) -> None:
@@ -215,11 +221,12 @@ def _open_capture(source: str, kind: str, width: int, height: int, timeout_s: fl
 
 def open_source(
     source: str, width: int = 640, height: int = 480, stop: threading.Event | None = None,
-    folder_fps: float = 30.0,
+    *, folder_fps: float = 30.0, min_fps: float = 0.0,
 ) -> FrameSource:
-    """Open a source by its config string; raises CameraError with a fix when it cannot be opened."""
+    """Open a source by its config string; raises CameraError with a fix when it cannot be opened. Files
+    and folders play at least ``min_fps`` frames a second."""
     source = source.strip()
     kind = classify(source)
     if kind == "folder":
-        return ImageFolderSource(Path(source), folder_fps, stop)
-    return OpenCvSource(source, kind, width=width, height=height, stop=stop)
+        return ImageFolderSource(Path(source), max(folder_fps, min_fps), stop)
+    return OpenCvSource(source, kind, width=width, height=height, stop=stop, min_fps=min_fps)

@@ -287,6 +287,34 @@ def test_missing_camera_degrades_health_and_keeps_retrying(tmp_path, face_engine
     assert outbox.stored == []  # no frames, no window
 
 
+def test_a_camera_whose_open_never_returns_degrades_health_instead_of_starting_for_ever(
+    face_engine, pose_engines
+):
+    # A review: an open that never returned (a wedged nvargus-daemon) kept "camera starting", health OK.
+    answer = threading.Event()
+
+    def opener(stop: threading.Event) -> Any:
+        answer.wait(10.0)  # the driver does not answer
+        raise OSError("the driver answered at last")
+
+    component = AttentionComponent(
+        CameraSettings(source="0", analysis_fps=10.0, stall_timeout_s=0.3), AttentionSettings(),
+        face_engine, pose_engines, outbox=ListOutbox(), heartbeats=HeartbeatRegistry(), opener=opener,
+    )
+
+    async def run() -> None:
+        await component.start()
+        try:
+            assert component.health().detail == "camera starting"
+            await wait_for(lambda: not component.health().ok, 5.0)
+            assert "camera error: camera open blocked for" in component.health().detail
+        finally:
+            answer.set()
+            await component.stop()
+
+    asyncio.run(run())
+
+
 def test_engine_failure_degrades_health_without_crashing(photo_folder, model_mirror, pose_engines):
     # The fixed 640x640 export refuses the 640x416 padded crowd frame: a real engine error, no mock.
     fixed = OnnxRuntimeEngine(model_mirror / "yunet" / "face_detection_yunet_2023mar.onnx",
@@ -320,15 +348,30 @@ def test_analysis_rate_gauge_falls_to_zero_when_the_camera_stops_delivering(
     tmp_path, faces_dir, face_engine, pose_engines, monkeypatch
 ):
     monkeypatch.setattr(pipeline, "FPS_WINDOW_S", 1.0)
-    video = tmp_path / "short.avi"  # 1.5 s of a class, then the source ends and stays away
+    video = tmp_path / "short.avi"  # 1.5 s of a class, then the camera drops and stays away
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
     image = cv2.resize(cv2.imread(str(faces_dir / "pexels" / "Test3.jpg")), (640, 480))
     for _ in range(15):
         writer.write(image)
     writer.release()
+
+    class OnePlay:  # a video file plays again at its end: this camera drops after one play
+        def __init__(self, stop: threading.Event) -> None:
+            self.source = open_source(str(video), stop=stop)
+            self.description = self.source.description
+            self.left = 15
+
+        def read(self) -> Any:
+            self.left -= 1
+            return self.source.read() if self.left >= 0 else None
+
+        def release(self) -> None:
+            self.source.release()
+
     component = AttentionComponent(
         CameraSettings(source=str(video), analysis_fps=5.0, reconnect_min_s=60.0, reconnect_max_s=60.0),
         AttentionSettings(), face_engine, pose_engines, outbox=ListOutbox(), heartbeats=HeartbeatRegistry(),
+        opener=OnePlay,
     )
 
     async def run() -> tuple[float, float]:
