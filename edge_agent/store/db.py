@@ -458,9 +458,22 @@ class Database:
                 self._remove_replacement()
             raise translate(exc, self.path) from exc
         except OSError as exc:
-            raise translate(sqlite3.OperationalError(f"disk I/O error: {exc}"), self.path) from exc
+            raise self._disk_error(exc) from exc
         try:
             self.path.rename(target)
+        except OSError as exc:
+            raise self._disk_error(exc) from exc
+        self._swap_in(new, target)
+        log.error(
+            "database %s failed its integrity check (%s); moved aside to %s", self.path, problem, target
+        )
+        self._quarantined(target)
+        return target, lost
+
+    def _swap_in(self, new: Path, target: Path) -> None:
+        """The damaged database's -wal and -shm beside it, moved aside to ``target``; then ``new`` in its
+        place, the renames synced."""
+        try:
             for suffix in ("-wal", "-shm"):
                 side = self.path.with_name(self.path.name + suffix)
                 if side.exists():
@@ -468,12 +481,10 @@ class Database:
             os.replace(new, self.path)
             _sync_folder(self.path.parent)
         except OSError as exc:
-            raise translate(sqlite3.OperationalError(f"disk I/O error: {exc}"), self.path) from exc
-        log.error(
-            "database %s failed its integrity check (%s); moved aside to %s", self.path, problem, target
-        )
-        self._quarantined(target)
-        return target, lost
+            raise self._disk_error(exc) from exc
+
+    def _disk_error(self, exc: OSError) -> StoreError:
+        return translate(sqlite3.OperationalError(f"disk I/O error: {exc}"), self.path)
 
     def _quarantined(self, target: Path) -> None:
         metrics.ALERTS.labels(kind="store_corrupt").inc()
@@ -502,19 +513,11 @@ class Database:
             try:
                 self._remove_replacement()
             except OSError as exc:
-                raise translate(sqlite3.OperationalError(f"disk I/O error: {exc}"), self.path) from exc
+                raise self._disk_error(exc) from exc
             return None
         assert isinstance(file, str)
         target = self.path.with_name(file)
-        try:
-            for suffix in ("-wal", "-shm"):  # the damaged file's, where the cut came between its renames
-                side = self.path.with_name(self.path.name + suffix)
-                if side.exists():
-                    side.rename(target.with_name(target.name + suffix))
-            os.replace(new, self.path)
-            _sync_folder(self.path.parent)
-        except OSError as exc:
-            raise translate(sqlite3.OperationalError(f"disk I/O error: {exc}"), self.path) from exc
+        self._swap_in(new, target)  # its -wal and -shm too, where the cut came between the renames
         log.error("database %s was damaged and moved aside to %s; the new one made to replace it is put in "
                   "place (the agent was stopped in between)", self.path, target)
         self._quarantined(target)
