@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from aiohttp import web
 
@@ -10,7 +11,8 @@ from edge_agent.telemetry import metrics
 from edge_agent.web.connections import ConnectionLimits, GuardedTCPSite
 
 
-async def _serve(limits: ConnectionLimits) -> tuple[web.AppRunner, int]:
+async def _serve(limits: ConnectionLimits, tls: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
+    """A real aiohttp app answering "ok" on /, behind the guard (with HTTPS where ``tls``)."""
     app = web.Application()
     async def ok(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -18,7 +20,7 @@ async def _serve(limits: ConnectionLimits) -> tuple[web.AppRunner, int]:
     app.router.add_get("/", ok)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = GuardedTCPSite(runner, "127.0.0.1", 0, limits)
+    site = GuardedTCPSite(runner, "127.0.0.1", 0, limits, tls)
     await site.start()
     port = runner.addresses[0][1]
     return runner, port

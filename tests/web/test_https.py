@@ -22,6 +22,7 @@ from edge_agent.web.connections import ConnectionLimits, GuardedTCPSite, server_
 from edge_agent.web.server import WebComponent
 
 from .harness import run_async
+from .test_connections import _serve
 
 TOKEN = "t" * 32
 DEVICE = "board-7"
@@ -134,17 +135,8 @@ def test_connections_still_in_their_tls_handshake_count_against_the_limits(tmp_p
     tls = server_tls_context(cert, key, "web.tls_cert_file")
 
     async def run() -> None:
-        app = web.Application()
-
-        async def ok(_request: web.Request) -> web.Response:
-            return web.Response(text="ok")
-
-        app.router.add_get("/", ok)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
         limits = ConnectionLimits("web", per_peer=3, limit_loopback=True)
-        await GuardedTCPSite(runner, "127.0.0.1", 0, limits, tls).start()
-        port = runner.addresses[0][1]
+        runner, port = await _serve(limits, tls)
         try:
             held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]  # no handshake
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
