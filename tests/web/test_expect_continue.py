@@ -93,14 +93,20 @@ def _rest(sock: socket.socket, first: bytes) -> bytes:
     return reply
 
 
+def _final_reply(lan: dict[str, Any], body: bytes, token: str | None, path: str = "/api/v1/answers",
+                 content_type: str = "application/json") -> bytes:
+    """Send a POST's head with Expect: 100-continue and no body; the final response it gets (not a 100)."""
+    sock, first = _head(lan, body, token, path, content_type)
+    try:
+        return _rest(sock, first)
+    finally:
+        sock.close()
+
+
 def test_a_refusal_before_the_body_was_asked_for_closes_the_connection(lan: dict[str, Any]) -> None:
     # Round 2: the 401 kept the connection open, aiohttp then read the body the client sent anyway as
     # the next request, and the client's real next request got 400 "Invalid method"
-    sock, first = _head(lan, b"{}", token=None)
-    try:
-        reply = _rest(sock, first)
-    finally:
-        sock.close()
+    reply = _final_reply(lan, b"{}", token=None)
     head = reply.split(b"\r\n\r\n", 1)[0].lower()
     assert head.startswith(b"http/1.1 401") and b"connection: close" in head, reply[:300]
 
@@ -114,11 +120,7 @@ def test_erase_and_the_camera_pause_are_refused_without_a_token_before_the_body_
 ) -> None:
     # A review: every route but the answers' sent "100 Continue" to a client without a token, which then
     # sent its body (up to 1 MiB) only to get 401
-    sock, first = _head(lan, body, token=None, path=path)
-    try:
-        reply = _rest(sock, first)
-    finally:
-        sock.close()
+    reply = _final_reply(lan, body, token=None, path=path)
     head = reply.split(b"\r\n\r\n", 1)[0].lower()
     assert head.startswith(b"http/1.1 401") and b"connection: close" in head, reply[:300]
 
@@ -136,11 +138,7 @@ def test_a_camera_resume_is_refused_without_a_token_and_answered_with_one_withou
     lan: dict[str, Any],
 ) -> None:
     for token, status in ((None, b"401"), (WEB_TOKEN, b"409")):  # 409: no camera on this board
-        sock, first = _head(lan, b"{}", token=token, path="/api/v1/camera/resume")
-        try:
-            reply = _rest(sock, first)
-        finally:
-            sock.close()
+        reply = _final_reply(lan, b"{}", token=token, path="/api/v1/camera/resume")
         head = reply.split(b"\r\n\r\n", 1)[0].lower()
         assert head.startswith(b"http/1.1 " + status) and b"connection: close" in head, reply[:300]
 
@@ -148,11 +146,7 @@ def test_a_camera_resume_is_refused_without_a_token_and_answered_with_one_withou
 def test_the_sign_in_form_is_asked_for_only_within_its_limit(lan: dict[str, Any]) -> None:
     # A review: /login sent "100 Continue" for any size, and the client sent up to 1 MiB to get 413
     form = "application/x-www-form-urlencoded"
-    sock, first = _head(lan, b"token=" + b"A" * 10_000, token=None, path="/login", content_type=form)
-    try:
-        reply = _rest(sock, first)
-    finally:
-        sock.close()
+    reply = _final_reply(lan, b"token=" + b"A" * 10_000, token=None, path="/login", content_type=form)
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.lower().startswith(b"http/1.1 413") and b"connection: close" in head.lower(), reply[:300]
     assert json.loads(body)["error"] == "bad_form"
