@@ -187,17 +187,23 @@ def test_one_computer_on_the_lan_holds_at_most_four_teacher_views() -> None:
         server.stop()
 
 
+def _events_with_a_small_buffer(port: int) -> socket.socket:
+    """An event stream asked for on a socket with a 4 KiB receive buffer, full as soon as it stops reading."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    return sock
+
+
 def test_a_browser_that_stops_reading_loses_its_stream_and_frees_its_place() -> None:
     # A frozen tab or a half-dead Wi-Fi client keeps its TCP connection open but takes no data; without
     # a deadline on each write its stream (one of 32) would be held until the connection dies.
     live = LiveBoard()
     server = ServerThread(live, keepalive_s=0.2).start()
     stalled_before = _drops("stream_stalled")
-    stuck = socket.socket()
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck = _events_with_a_small_buffer(server.port)
     try:
-        stuck.connect(("127.0.0.1", server.port))
-        stuck.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         big = {"note": "x" * 100_000}
         status: dict[str, Any] = {}
         deadline = time.monotonic() + 15
@@ -215,7 +221,6 @@ def test_a_browser_that_stops_reading_loses_its_stream_and_frees_its_place() -> 
         server.stop()
 
 
-
 def test_a_browser_that_falls_behind_gets_the_whole_board_and_so_the_latest_of_every_section() -> None:
     # Weak Wi-Fi: the reader takes nothing for a while and its 64 queued updates fill. The update that
     # did not fit was dropped alone, and when it was a lesson's last answer the page kept the old count
@@ -223,11 +228,8 @@ def test_a_browser_that_falls_behind_gets_the_whole_board_and_so_the_latest_of_e
     live = LiveBoard()
     server = ServerThread(live, keepalive_s=30).start()
     drops_before = _drops("slow_subscriber")
-    slow = socket.socket()
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow = _events_with_a_small_buffer(server.port)
     try:
-        slow.connect(("127.0.0.1", server.port))
-        slow.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         time.sleep(0.3)
         for n in range(120):  # about 50 KB each: the socket's buffers fill, then the queue
             live.publish("attention", {"faces": n, "note": "x" * 50_000})
@@ -272,10 +274,7 @@ def test_a_browser_gone_while_the_board_waits_to_send_is_forgotten_without_an_er
 ) -> None:
     live = LiveBoard()
     server = ServerThread(live).start()  # 15-s keepalive: the stall deadline (30 s) does not come first
-    stuck = socket.socket()
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.connect(("127.0.0.1", server.port))
-    stuck.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    stuck = _events_with_a_small_buffer(server.port)
     try:
         for _ in range(150):  # about 15 MB: more than the socket buffers hold, so the board waits to send
             live.publish("health", {"note": "x" * 100_000})
