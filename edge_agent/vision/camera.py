@@ -147,9 +147,9 @@ class Camera:
             stall_timeout_s=settings.stall_timeout_s,
             opener=opener,
             # a folder's pictures at the analysis rate, each analysed in turn (a review: at 30 a second
-            # the demo analysed one in six, the same three always, and showed a share of 100%), but at
-            # least two within the stall timeout: slower, it stalled and reopened for ever (0.05 a second)
-            folder_fps=max(settings.analysis_fps, 2.0 / settings.stall_timeout_s),
+            # the demo analysed one in six, the same three always, and showed a share of 100%); the opener
+            # plays it at two frames a stall timeout at least, as a file (slower, it stalled for ever)
+            folder_fps=settings.analysis_fps,
         )
 
     def start(self) -> None:
@@ -362,7 +362,6 @@ class Camera:
         """Called by the analysis loop: a source with no frame for too long is marked stalled (True), and
         a grabber stuck inside one read for that long is replaced by a new one that reopens the source."""
         now = time.monotonic()
-        stalled = False
         if self._start_pending and not self._stop.is_set():
             left = [t for t in (self._abandoned, self._thread) if t is not None and t.is_alive()]
             if len(left) < 2:  # one of the blocked threads returned: the other is the one left behind
