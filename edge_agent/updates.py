@@ -396,8 +396,7 @@ class ModelUpdates:
     async def stop(self) -> None:
         self._stop.set()
         if self.updater is not None:  # first: the daemon's stop budget may end this stop at any await
-            self.updater.store.note_stopping()  # a load this stop cuts short is tried again at the next start
-            self.updater.stopping.set()
+            self.updater.begin_stop()  # a load this stop cuts short is tried again at the next start
         if self._thread is not None:
             # waited for on the event loop (a join in an executor thread held the process's exit); a
             # download ends at its next chunk, but one stuck waiting on the server is left to die with the

@@ -357,11 +357,17 @@ class ModelUpdater:
         self._thread = threading.Thread(target=self._run, name="model-updater", daemon=True)
         self._thread.start()
 
+    def begin_stop(self) -> None:
+        """The stop's first, synchronous step (an install cut short from here is tried again at the next
+        start); once, whoever calls it first."""
+        if not self.stopping.is_set():
+            self.store.note_stopping()
+            self.stopping.set()
+
     async def stop(self) -> None:
         if self._thread is None:
             return
-        self.store.note_stopping()
-        self.stopping.set()
+        self.begin_stop()
         while True:
             try:
                 self._queue.put_nowait(_STOP)
