@@ -252,9 +252,10 @@ def run_demo(args: argparse.Namespace) -> int:
             receiver.start()
         assembly = build(config)
         package = load_package(config.kt.package_dir)
-        room = SimulatedClassroom(f"http://127.0.0.1:{args.port}/api/v1/answers", package, args.students)
-        classroom = room
-        code = run_to_exit(_main(args, assembly, room, broker=broker, state_dir=state_dir, camera=camera))
+        classroom = SimulatedClassroom(f"http://127.0.0.1:{args.port}/api/v1/answers", package, args.students)
+        code = run_to_exit(
+            _main(args, assembly, classroom, broker=broker, state_dir=state_dir, camera=camera)
+        )
     finally:
         if classroom is not None:
             classroom.stop()
