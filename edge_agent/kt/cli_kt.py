@@ -166,7 +166,7 @@ def cmd_kt_roster(args: argparse.Namespace) -> int:
 def cmd_kt_erase(args: argparse.Namespace) -> int:
     """Ask the daemon on this board to erase the students (it holds their states and is the one writer)."""
     from edge_agent.config import find_config_path, load_config_for_command
-    from edge_agent.kt.erasure import MAX_ERASE_IDS
+    from edge_agent.kt.erasure import erase_requests
     from edge_agent.kt.roster import read_student_ids
     from edge_agent.web.erase import ERASE_PATH
     from edge_agent.web.local_api import LocalAPIError, post_local
@@ -182,8 +182,8 @@ def cmd_kt_erase(args: argparse.Namespace) -> int:
         return 2
     totals = {"erased": 0, "without_data": 0}
     try:
-        for start in range(0, len(ids), MAX_ERASE_IDS):
-            reply = post_local(config.web, ERASE_PATH, {"student_ids": ids[start : start + MAX_ERASE_IDS]})
+        for request in erase_requests(ids):
+            reply = post_local(config.web, ERASE_PATH, {"student_ids": request})
             for key in totals:
                 totals[key] += int(reply[key])
     except LocalAPIError as exc:

@@ -12,7 +12,14 @@ import pytest
 from edge_agent.config import KTSettings
 from edge_agent.errors import InputRejected
 from edge_agent.kt.component import KTComponent, save_records
-from edge_agent.kt.erasure import DAY_S, RETENTION_MARGIN_S, id_forms, parse_student_ids, retention_cutoff
+from edge_agent.kt.erasure import (
+    DAY_S,
+    RETENTION_MARGIN_S,
+    erase_requests,
+    id_forms,
+    parse_student_ids,
+    retention_cutoff,
+)
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import StatePersistence
 from edge_agent.kt.service import Erased, KTService
@@ -354,3 +361,11 @@ def test_an_erase_leaves_the_published_counts_of_students_until_a_group_has_answ
         assert now["students"] == 5 and now["practised"][skill] == now["assessed"][skill] == 0
     finally:
         svc.stop()
+
+
+def test_erase_requests_keep_every_form_of_a_student_in_one_request_and_each_form_once() -> None:
+    ids = ["a", "b", "c", "ａ", "d", "a", "e"]
+    assert erase_requests(ids, limit=3) == [["a", "ａ", "b"], ["c", "d", "e"]]
+    assert erase_requests(["a", "b", "c", "ａ"], limit=3) == [["a", "ａ", "b"], ["c"]]
+    assert erase_requests(ids, limit=1000) == [["a", "ａ", "b", "c", "d", "e"]]
+

@@ -158,6 +158,20 @@ def test_the_erase_command_counts_a_student_stored_under_two_forms_of_its_id_onc
     assert _stored(board) == {pseudo(f"stu-{n}") for n in (0, 1, 3)}
 
 
+def test_the_erase_command_counts_a_student_listed_in_two_forms_a_thousand_lines_apart_once(
+    board: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: over 1,000 ids go in parts of 1,000; cut where they fell, "stu-2" in the first part and
+    # "ｓｔｕ－２" in the second were two erased students (the copy under the full-width form found alone)
+    pseudo = Pseudonymizer(SECRET)
+    _stored_also_as(board, "ｓｔｕ－２", "stu-2")
+    ids = ["stu-2", *(f"nobody-{n}" for n in range(999)), "ｓｔｕ－２", "stu-2"]
+    assert cli_main(["kt", "erase", *ids, "--config", str(board["config"])]) == 0
+    out = capsys.readouterr().out
+    assert "1 students had learning data on this board and it is erased; 999 had none" in out, out
+    assert _stored(board) == {pseudo(f"stu-{n}") for n in (0, 1, 3)}
+
+
 def _answer_api(board: dict[str, Any], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     status, _, reply = _request("127.0.0.1", board["server"].port, "/api/v1/answers",
                                 {"Content-Type": "application/json"}, "POST",
