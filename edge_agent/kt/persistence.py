@@ -8,11 +8,11 @@ each state, the student's answers the lesson records saved every 15 s may not ho
 from __future__ import annotations
 
 import bisect
-import contextlib
 import dataclasses
 import json
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_agent.kt.state import HISTORY_CAP, RECENT_ITEMS, StudentState
+from edge_agent.kt.state import HISTORY_CAP, RECENT_ITEMS, StateOfAnotherShape, StudentState
 from edge_agent.store.db import DAMAGED_ROW, Database, meta_object, set_meta
 
 Writer = Callable[[sqlite3.Connection], None]  # a part of one transaction, run on the writer thread
@@ -87,6 +87,16 @@ def kept_by_skill_id(state: StudentState, skills: Sequence[str], set_aside: str 
     if valid and since >= 0:
         kept = earlier + (kept[max(0, len(kept) - since):] if since else [])
     return kept[-HISTORY_CAP:]
+
+
+def _warn_skipped(skipped: Counter[str], what: str, then: str) -> None:
+    """One line for the states a read left out, by cause (never naming a student)."""
+    if skipped:
+        log.warning(
+            "%s stored student states %s: %s made for a KT model of another hidden size or skill count "
+            "(the model package changed?), %s damaged (cut short or garbled: a power cut or a failing SD "
+            "card?); %s", sum(skipped.values()), what, skipped["another shape"], skipped["damaged"], then,
+        )
 
 
 class Tail:
@@ -204,14 +214,9 @@ class StatePersistence:
                 (-1 if limit is None else limit,),
             ).fetchall()
         )
-        states = self._decode(reversed(rows), hidden, skills)
-        skipped = len(rows) - len(states)
-        if skipped:
-            log.warning(
-                "ignored %s stored student states that do not fit the current KT model "
-                "(model package changed?); those students start fresh",
-                skipped,
-            )
+        skipped: Counter[str] = Counter()
+        states = self._decode(reversed(rows), hidden, skills, skipped)
+        _warn_skipped(skipped, "ignored at start", "those students start fresh")
         return states
 
     def align_skills(self, hidden: int, skill_ids: Sequence[str], model: bytes) -> SkillMove:
@@ -301,10 +306,16 @@ class StatePersistence:
 
     def states_of(self, students: Sequence[str], hidden: int, skills: int) -> dict[str, StudentState]:
         """The stored states of ``students`` (those the service does not hold: left on disk by a lower
-        ``kt.max_students`` at start)."""
+        ``kt.max_students`` at start). Those that do not read are left out and logged: their students
+        start again from the model's prior, and their next save replaces them."""
 
         select = "SELECT student, state, answers, kept, recent FROM kt_student_state WHERE student"
-        return self._decode(self.db.read(lambda conn: _rows_in(conn, select, students)), hidden, skills)
+        skipped: Counter[str] = Counter()
+        rows = self.db.read(lambda conn: _rows_in(conn, select, students))
+        states = self._decode(rows, hidden, skills, skipped)
+        _warn_skipped(skipped, "of answering students not used",
+                      "those students start again from the model's prior")
+        return states
 
     def secret_fingerprints(self) -> list[str]:
         """The fingerprints of the pseudonym secrets the stored students were made under, newest first
@@ -335,14 +346,27 @@ class StatePersistence:
         return int(row[0])
 
     @staticmethod
-    def _decode(rows: Iterable[Any], hidden: int, skills: int) -> dict[str, StudentState]:
+    def _decode(
+        rows: Iterable[Any], hidden: int, skills: int, skipped: Counter[str] | None = None
+    ) -> dict[str, StudentState]:
+        """The states of ``rows`` that read under this shape; those that do not are counted in ``skipped``
+        by cause ("another shape", "damaged"): a state cut short by a power cut was logged as one of another
+        model ("model package changed?"), which points the school the wrong way (a review)."""
         states: dict[str, StudentState] = {}
         for student, blob, answers, kept, *recent in rows:
-            with contextlib.suppress(*DAMAGED_ROW):  # counted by the caller where it matters
+            try:
                 state = StudentState.from_bytes(bytes(blob), int(answers), hidden, skills,
                                                 None if kept is None else bytes(kept))
-                state.recent_items = _recent_items(recent[0] if recent else None, state)
-                states[student] = state
+            except StateOfAnotherShape:
+                if skipped is not None:
+                    skipped["another shape"] += 1
+                continue
+            except DAMAGED_ROW:
+                if skipped is not None:
+                    skipped["damaged"] += 1
+                continue
+            state.recent_items = _recent_items(recent[0] if recent else None, state)
+            states[student] = state
         return states
 
     def applied_among(self, keys: Sequence[str]) -> dict[str, str | None]:
@@ -416,14 +440,22 @@ class StatePersistence:
 
     def load_journal(self) -> list[JournalRow]:
         """Every student's answers stored beside their state that the lesson records may not hold, in order
-        (damaged entries left out; those the records hold are told by their seq)."""
+        (damaged entries left out, and counted in a warning; those the records hold are told by their
+        seq)."""
         rows = self.db.read(lambda conn: conn.execute(
             "SELECT student, lesson_tail FROM kt_student_state WHERE lesson_tail IS NOT NULL").fetchall())
         out: list[JournalRow] = []
+        damaged = 0
         for student, text in rows:
-            with contextlib.suppress(*DAMAGED_ROW):
+            try:  # the entries before a damaged one are kept
                 out.extend(JournalRow(int(seq), str(student), tuple(int(k) for k in skills), float(at))
                            for seq, skills, at in json.loads(text))
+            except DAMAGED_ROW:
+                damaged += 1
+        if damaged:
+            log.warning("the latest lesson answers stored beside %s students' states are damaged (cut short "
+                        "or garbled: a power cut or a failing SD card?) and left out: the restored lesson "
+                        "may lack some of their answers", damaged)
         return sorted(out)
 
     def clear_journal(self) -> Future[None]:

@@ -96,6 +96,15 @@ class _Erase:
     future: Future[Erased]
 
 
+@dataclass
+class _Taken:
+    """What an erase took out of memory (KTService._take), put back if its delete does not commit."""
+
+    states: dict[str, StudentState]
+    tails: dict[str, Tail]
+    unsaved: set[str]  # of those, the states whose own commit had failed
+
+
 @dataclass(frozen=True)
 class Erased:
     """What an erase found: of the pseudonyms asked for, those with learning data on the board (now erased).
@@ -391,25 +400,45 @@ class KTService:
     def forget_students(self, students: Iterable[str]) -> set[str]:
         """Drop ``students`` from memory: states, lesson entries, answers kept for the lesson records, and
         states waiting to be saved again; gives those whose state was held."""
-        gone = set(students)
+        return set(self._take(set(students)).states)
+
+    def _take(self, gone: set[str]) -> _Taken:
+        """:meth:`forget_students`, giving what it took for :meth:`_put_back`."""
         with self._lock:
-            held = {s for s in gone if self._states.pop(s, None) is not None}
-            for student in gone:
-                self._tails.pop(student, None)
+            taken = _Taken({s: st for s in gone if (st := self._states.pop(s, None)) is not None},
+                           {s: tail for s in gone if (tail := self._tails.pop(s, None)) is not None},
+                           self._unsaved_students & gone)
             self._unsaved_students -= gone
             for window in (self._lesson, self._view, self._view_before, *self._ended):
                 if window is not None:
                     window.forget(gone)
-        return held
+        return taken
+
+    def _put_back(self, taken: _Taken) -> int:
+        """Under the lock, after an erase's delete failed: the states it took from memory, with their lesson
+        entries kept for the records and their marks of a failed commit, so that "nothing was erased" holds
+        (a review: answers a full disk had refused, waiting in memory to be stored again, were gone for
+        good, and the clients' retries of them were told "duplicate"). A student who answered meanwhile
+        started from the prior, and that state is saved over the stored one: it stays. The lesson windows'
+        entries are not put back: the student's next answer records them again. Gives how many came back."""
+        back = [s for s in taken.states if s not in self._states]
+        for student in back:
+            self._states[student] = taken.states[student]  # as answered now: forgotten last
+            if student in taken.tails:
+                self._tails[student] = taken.tails[student]
+        self._unsaved_students.update(taken.unsaved.intersection(back))
+        return len(back)
 
     def _erase(self, job: _Erase) -> None:
         """On this thread, between micro-batches. Queued under lesson_order, so the lesson records saved
-        after it are taken without the students, and the delete also rewrites those saved before it."""
+        after it are taken without the students, and the delete also rewrites those saved before it. If the
+        delete fails, memory gets the students back (:meth:`_put_back`)."""
         if not job.future.set_running_or_notify_cancel():
             return
         students = job.students
         with self.lesson_order:
-            held = self.forget_students(students)
+            taken = self._take(students)
+            held = set(taken.states)
             with self._lock:
                 # Their answers' keys stay (a client's retry is still a duplicate), without what the answers
                 # said or whose they were: the content, an unkeyed hash of item and correctness, gave both
@@ -425,11 +454,14 @@ class KTService:
             saving = self._persistence.db.write(erase_writer(sorted(students)), wipe_wal=True)
 
         def committed(f: Future[set[str]]) -> None:  # on the writer thread
-            with self._lock:
+            error = f.exception()
+            with self._lock:  # put back before the erasing mark goes: a next answer must not read the disk
+                back = 0 if error is None else self._put_back(taken)
                 self._erasing.subtract(students)
                 self._erasing += Counter()  # drops those at zero
-            error = f.exception()
-            if error is not None:  # memory forgot them; the stored states stay, and are read again
+            if error is not None:  # the stored states stay, and memory holds what it held
+                log.warning("an erase of learning data failed (%s): nothing was erased; %s students' states "
+                            "stay in memory", error, back)
                 job.future.set_exception(error)
             else:
                 job.future.set_result(_erased(held | f.result(), students))

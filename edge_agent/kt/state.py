@@ -48,6 +48,11 @@ def history_code(skill: int, correct: int) -> int:
     return 2 * skill + correct
 
 
+class StateOfAnotherShape(ValueError):
+    """A stored state that reads whole but was made for a model of another hidden size or skill count (not
+    damaged: the model package changed)."""
+
+
 @dataclass
 class StudentState:
     h: np.ndarray  # [hidden] float32
@@ -141,7 +146,8 @@ class StudentState:
         else:
             raise ValueError("not a student state (damaged, or from an unknown release)")
         if (h_size, s_size) != (hidden, skills):
-            raise ValueError(f"state is for hidden={h_size}, skills={s_size}; model has {hidden}, {skills}")
+            raise StateOfAnotherShape(f"state is for hidden={h_size}, skills={s_size}; model has {hidden}, "
+                                      f"{skills}")
         floats = 2 * hidden + skills
         n = 4 * (floats + count)  # KTS2: the kept answers come before the item
         if len(data) < off + n + 4:

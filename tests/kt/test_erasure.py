@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge_agent.config import KTSettings
-from edge_agent.errors import InputRejected
+from edge_agent.config import KTSettings, StoreSettings
+from edge_agent.errors import InputRejected, StoreError
 from edge_agent.kt.component import KTComponent, save_records
 from edge_agent.kt.erasure import (
     DAY_S,
@@ -22,7 +24,7 @@ from edge_agent.kt.erasure import (
 )
 from edge_agent.kt.package import KTPackage
 from edge_agent.kt.persistence import StatePersistence
-from edge_agent.kt.service import Erased, KTService
+from edge_agent.kt.service import Erased, KTService, ServiceBusy
 from edge_agent.lifecycle import HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
@@ -165,6 +167,43 @@ def test_answers_queued_right_after_an_erase_start_from_the_prior_not_the_stored
         assert stored[pseudonymize("stu-1")].answers == 1
     finally:
         svc.stop()
+
+
+def test_an_erase_the_store_refuses_keeps_the_students_answers_it_had_not_stored_yet(
+    package: KTPackage, engine: Any, kt_settings: KTSettings, pseudonymize: Any, tmp_path: Path
+) -> None:
+    # A review: an erase refused by a full disk replied "nothing was erased", yet memory had already dropped
+    # the student with the answers the disk had refused (503, kept in memory to be stored again): the
+    # clients' retries were told "duplicate" and those answers were gone for good (5 stored of 10). A
+    # 40-page store lets a delete through (it needs no new page), so the store refuses here as it does for
+    # a sqlite3 shell with a write transaction open: every commit, the erase's too, fails.
+    db = Database(tmp_path / "edge-agent.db", StoreSettings(busy_timeout_ms=200))
+    db.open()
+    svc = _service(package, engine, kt_settings, pseudonymize, db)
+    star = pseudonymize("star")
+    try:
+        for n in range(5):
+            svc.submit([_answer(package, pseudonymize, "star", f"a{n}", n % 3)]).result(10)
+        shell = sqlite3.connect(db.path, isolation_level=None)
+        shell.execute("BEGIN IMMEDIATE")
+        refused = [_answer(package, pseudonymize, "star", f"b{n}", n % 3) for n in range(3)]
+        for answer in refused:
+            with pytest.raises(ServiceBusy):
+                svc.submit([answer]).result(10)
+        with pytest.raises(StoreError):
+            svc.erase([star]).result(10)
+        assert (svc.student_mastery(star) or {}).get("answers") == 8  # nothing was erased
+        shell.execute("ROLLBACK")
+        shell.close()
+        assert [svc.submit([a]).result(10)[0]["status"] for a in refused] == ["duplicate"] * 3
+    finally:
+        svc.stop()
+    try:
+        persistence = StatePersistence(db)
+        assert persistence.states_of([star], package.hidden, len(package.skills))[star].answers == 8
+        assert len([row for row in persistence.load_journal() if row.student == star]) == 8  # for the records
+    finally:
+        db.close()
 
 
 def _stamp(db: Database, students: dict[str, float]) -> None:
