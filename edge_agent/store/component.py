@@ -96,9 +96,9 @@ class StoreComponent:
         if failing is not None:
             since = time.strftime("%Y-%m-%d %H:%M", time.localtime(failing[0]))
             return Health(False, f"writes fail since {since}: {failing[1]}{kept}")
-        waiting = self.db.write_waiting_s()
+        waiting, what = max((self.db.write_waiting_s(), "write"), (self.db.read_waiting_s(), "read"))
         if waiting >= STALL_REPORT_S:
-            return Health(False, f"a database write has waited {waiting:.0f} s for the disk: it is slow or "
+            return Health(False, f"a database {what} has waited {waiting:.0f} s for the disk: it is slow or "
                                  "stalled (a worn SD card or eMMC, or heavy writes by another program)")
         status = self.outbox.status()
         detail = f"{status['backlog']} message{'' if status['backlog'] == 1 else 's'} waiting{kept}"

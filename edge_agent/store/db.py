@@ -8,8 +8,9 @@ read connection (WAL lets them proceed while the writer commits).
 
 Failures are handled by category (as Home Assistant's recorder does): a full disk becomes
 :class:`StoreFullError` for the affected tasks (SQLite rolls back, the file stays consistent); a file that
-fails its integrity check at :meth:`open` is moved aside with a timestamp and a fresh one is created,
-reported as an :class:`OpenReport` alert instead of an exception so the daemon keeps running.
+fails its integrity check at :meth:`open` is moved aside with a timestamp and a fresh one is created, with
+the students' states and answer keys that still read carried over (store/salvage.py), reported as an
+:class:`OpenReport` alert instead of an exception so the daemon keeps running.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from edge_agent.errors import (
     StoreUnwritableError,
 )
 from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry, waiting_on_disk
-from edge_agent.store.schema import add_side_columns, migrate, schema_problem
+from edge_agent.store.salvage import Salvaged, salvage
+from edge_agent.store.schema import add_side_columns, migrate, schema_problem, set_meta
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -321,14 +323,6 @@ def meta_object(conn: sqlite3.Connection, key: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-    """Set one key of the ``meta`` table (on the writer's connection, inside its transaction)."""
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (key, value),
-    )
-
-
 class Database:
     def __init__(
         self,
@@ -355,6 +349,7 @@ class Database:
         self._readers: set[sqlite3.Connection] = set()
         self._reading: set[sqlite3.Connection] = set()  # in a read now: their own thread closes them
         self._readers_lock = threading.Lock()
+        self._read_started: dict[int, float] = {}  # by thread: when its read in progress began (monotonic)
         self._closed = threading.Event()
         self._intake = threading.Lock()  # write()'s check and put, against close()'s drain
         self.store_id = ""  # set by open(): see _store_id
@@ -427,9 +422,9 @@ class Database:
         for suffix in ("", "-journal", "-wal", "-shm"):
             new.with_name(new.name + suffix).unlink(missing_ok=True)
 
-    def _replace(self, problem: str) -> tuple[Path, int | None]:
+    def _replace(self, problem: str) -> tuple[Path, int | None, Salvaged | None]:
         """Move the damaged database aside and put a new one in its place; (where it went, its unsent rows
-        counted as lost, or None where a new sequence starts).
+        counted as lost or None where a new sequence starts, what it took over: store/salvage.py).
 
         The new database is made whole first (its sequence continued: _continue_sequence) under another name,
         then the damaged one is moved aside and the new one renamed into its place. A kill -9 or power cut
@@ -448,7 +443,11 @@ class Database:
                 conn.execute("BEGIN IMMEDIATE")
                 lost = _continue_sequence(conn, self.path)
                 _store_id(conn)
-                set_meta(conn, REPLACES_KEY, json.dumps({"file": target.name, "lost": lost}))
+                salvaged = salvage(conn, self.path)
+                record: dict[str, Any] = {"file": target.name, "lost": lost, "salvaged": None}
+                if salvaged is not None:
+                    record["salvaged"] = salvaged.record()
+                set_meta(conn, REPLACES_KEY, json.dumps(record))
                 conn.execute("COMMIT")
             finally:
                 conn.close()
@@ -468,7 +467,7 @@ class Database:
             "database %s failed its integrity check (%s); moved aside to %s", self.path, problem, target
         )
         self._quarantined(target)
-        return target, lost
+        return target, lost, salvaged
 
     def _swap_in(self, new: Path, target: Path) -> None:
         """The damaged database's -wal and -shm beside it, moved aside to ``target``; then ``new`` in its
@@ -490,9 +489,10 @@ class Database:
         metrics.ALERTS.labels(kind="store_corrupt").inc()
         self._drop_old_quarantines()
 
-    def _finish_replacement(self) -> tuple[Path, int | None] | None:
+    def _finish_replacement(self) -> tuple[Path, int | None, Salvaged | None] | None:
         """Put in place a new database that a kill or power cut left finished beside the damaged one it
-        replaces, already moved aside (see _replace); (where that one went, its unsent rows) or None."""
+        replaces, already moved aside (see _replace); (where that one went, its unsent rows, what the new
+        one took over from it) or None."""
         new = self._replacement()
         if not new.exists():
             return None
@@ -521,7 +521,7 @@ class Database:
         log.error("database %s was damaged and moved aside to %s; the new one made to replace it is put in "
                   "place (the agent was stopped in between)", self.path, target)
         self._quarantined(target)
-        return target, lost
+        return target, lost, Salvaged.from_record((done or {}).get("salvaged"))
 
     def _drop_old_quarantines(self) -> None:
         # Newest first by the time of the move (a rename sets ctime): the mtime is the file's last write,
@@ -549,7 +549,7 @@ class Database:
         problem = self._check()
         if problem:
             replaced, created = self._replace(problem), True
-        quarantined, lost = replaced if replaced is not None else (None, None)
+        quarantined, lost, salvaged = replaced if replaced is not None else (None, None, None)
         try:
             conn = self._connect()
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -569,9 +569,12 @@ class Database:
                 if lost is None else
                 f"its {lost} unsent messages (counted as dropped: damaged) and local history are not used"
             )
+            kept = salvaged.sentence() if salvaged is not None else (
+                "no student learning state or answer key was carried over from it: every student starts "
+                "afresh")
             alert = (
-                f"the database was damaged and has been moved to {quarantined}; a new empty one was "
-                f"created: {lost_text}"
+                f"the database was damaged and has been moved to {quarantined}; a new one was created: "
+                f"{kept}; {lost_text}"
             )
         self.report = OpenReport(self.path, created, applied, quarantined, alert)
         if self._heartbeats is not None:
@@ -730,6 +733,14 @@ class Database:
         where no error ever comes)."""
         return self._beat.disk_wait_s()
 
+    def read_waiting_s(self) -> float:
+        """How long the oldest read in progress has lasted; 0 when none is. A read of a WAL database waits
+        on a stalled disk too (it marks its snapshot in the -shm file), and the answers' duplicate check
+        reads before their write is queued: the writer alone never saw that stall."""
+        with self._readers_lock:
+            oldest = min(self._read_started.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
+
     def write_failure(self, now: float | None = None) -> tuple[float, StoreError] | None:
         """(since, error) while the storage refused a write in the last FAILURE_WINDOW_S, else None.
 
@@ -774,12 +785,15 @@ class Database:
     def _start_read(self) -> sqlite3.Connection:
         if self._closed.is_set():
             raise StoreError("the database is closed")
+        with self._readers_lock:  # timed from here: a first read opens its connection, which waits too
+            self._read_started[threading.get_ident()] = time.monotonic()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
                 conn = self._connect()
                 conn.execute("PRAGMA query_only = ON")
             except sqlite3.Error as exc:
+                self._read_ended()
                 raise translate(exc, self.path) from exc
             self._local.conn = conn
         with self._readers_lock:
@@ -787,12 +801,18 @@ class Database:
                 self._readers.add(conn)
                 self._reading.add(conn)
                 return conn
+        self._read_ended()
         conn.close()
         raise StoreError("the database is closed")
+
+    def _read_ended(self) -> None:
+        with self._readers_lock:
+            self._read_started.pop(threading.get_ident(), None)
 
     def _end_read(self, conn: sqlite3.Connection) -> None:
         with self._readers_lock:
             self._reading.discard(conn)
+            self._read_started.pop(threading.get_ident(), None)
             if not self._closed.is_set():
                 return
             self._readers.discard(conn)

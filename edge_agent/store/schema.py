@@ -160,3 +160,11 @@ def schema_problem(conn: sqlite3.Connection) -> str | None:
     if missing:
         return f"schema version {version} but tables or columns are missing: {missing}"
     return None
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    """Set one key of the ``meta`` table (on the writer's connection, inside its transaction)."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
