@@ -45,7 +45,13 @@ from edge_agent.systemd import Notifier
 from edge_agent.telemetry import metrics
 from edge_agent.telemetry.component import TelemetryComponent
 from edge_agent.telemetry.exporter import MetricsServer
-from edge_agent.updates import ModelUpdates, set_aside_installed, startup_package, updates_enabled
+from edge_agent.updates import (
+    ModelUpdates,
+    next_startup_package,
+    set_aside_installed,
+    startup_package,
+    updates_enabled,
+)
 from edge_agent.vision.camera_hours import board_clock
 from edge_agent.vision.component import AttentionComponent
 from edge_agent.watched_file import WatchedFile
@@ -306,6 +312,28 @@ def _kt_component(kt: Deferred) -> KTComponent | None:
 KT_PACKAGE_DIR_SEEN = "kt-package-dir"  # in the state directory: kt.package_dir at the last start
 
 
+def _kt_package_dir_changed(config: Config) -> bool:
+    """Whether kt.package_dir differs from its value at the last start: then it is the newer choice and
+    runs instead of an installed signed update (a review: after any signed update the setting was passed
+    over without a word, though a refused update's message sends IT to it). Not known: False."""
+    try:
+        before = (config.paths.state_dir / KT_PACKAGE_DIR_SEEN).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return str(config.kt.package_dir or "") != before
+
+
+def next_kt_package_dir(config: Config) -> Path | None:
+    """The KT package folder whose step model the daemon runs at its next start (None: the shipped one):
+    the signed update installed last, unless kt.package_dir changed since the last start, else
+    kt.package_dir. Decided as :func:`_installed_kt` decides, changing nothing: for `edge-agent engines`,
+    which must build and check the model the daemon will load."""
+    installed = next_startup_package(config.updates, config.paths.state_dir, KT_PACKAGE_NAME)
+    if installed is not None and not _kt_package_dir_changed(config):
+        return installed
+    return config.kt.package_dir
+
+
 def _installed_kt(config: Config, manifests: dict[str, EngineManifest]) -> KTSettings:
     """KT settings (and the kt-step manifest, in place) for the signed update installed last, else for
     ``kt.package_dir``: the engine runs that package's step model, not the shipped one."""
@@ -313,12 +341,9 @@ def _installed_kt(config: Config, manifests: dict[str, EngineManifest]) -> KTSet
         return config.kt
     installed = startup_package(config.updates, config.paths.state_dir, KT_PACKAGE_NAME)
     configured = config.kt.package_dir
-    # kt.package_dir changed since the last start is the newer choice (a review: after any signed update
-    # the setting was passed over without a word, though a refused update's message sends IT to it)
     seen = config.paths.state_dir / KT_PACKAGE_DIR_SEEN
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        before = seen.read_text(encoding="utf-8")
-        if installed is not None and str(configured or "") != before:
+    if installed is not None and _kt_package_dir_changed(config):
+        with contextlib.suppress(OSError):  # not set aside (a read-only state folder): the update runs on
             log.warning("kt.package_dir is now %s: it runs instead of the installed update %s, set aside (a "
                         "later update installs over it as usual)", configured or "the shipped package",
                         installed.name)

@@ -100,6 +100,19 @@ def startup_package(settings: UpdateSettings, state_dir: Path, name: str) -> Pat
     return store.current_path(name)
 
 
+def next_startup_package(settings: UpdateSettings, state_dir: Path, name: str) -> Path | None:
+    """What :func:`startup_package` will give at the next start, found without its side effects (rolling an
+    unfinished install back, re-pointing ``current`` away from a version that fails its check)."""
+    models, _ = update_dirs(settings, state_dir)
+    if not updates_enabled(settings) or not models.is_dir():
+        return None
+    try:
+        key = load_public_key(settings.public_key_file)
+    except ProvisioningError:
+        return None
+    return ModelStore(models, [key]).path_at_next_start(name)
+
+
 def set_aside_installed(settings: UpdateSettings, state_dir: Path, name: str) -> None:
     models, _ = update_dirs(settings, state_dir)
     ModelStore(models, []).set_aside(name)

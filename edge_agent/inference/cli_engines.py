@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from edge_agent.argument_types import positive_seconds
 from edge_agent.config import Config, InferenceSettings, PathSettings
 from edge_agent.errors import EdgeAgentError
 from edge_agent.inference import bench
@@ -19,6 +20,7 @@ from edge_agent.inference.bench import BenchRow
 from edge_agent.inference.engine import Engine
 from edge_agent.inference.manifest import (
     ENGINES_DIR,
+    KT_MODEL,
     InputProfile,
     Manifest,
     board_model_names,
@@ -71,14 +73,34 @@ def _selected(args: argparse.Namespace, board: Config | None = None) -> list[Man
     return [manifests[n] for n in names]
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from edge_agent.inference.fetch import cached_model_path
+def _as_the_daemon_runs(manifests: list[Manifest], board: Config) -> list[Manifest]:
+    """``manifests`` with kt-step pointed at the KT package the daemon runs at its next start (the signed
+    update installed last, or kt.package_dir): the commands built and checked the shipped model while the
+    daemon loaded another, and built its own plan for minutes at every start after an update."""
+    if all(m.name != KT_MODEL for m in manifests):
+        return manifests
+    from edge_agent.assembly import next_kt_package_dir
+    from edge_agent.kt.updates import step_manifest_for
 
-    _, paths = _config(args)
-    for m in _selected(args):
+    package_dir = next_kt_package_dir(board)
+    return [
+        step_manifest_for(m, package_dir) if m.name == KT_MODEL and package_dir is not None else m
+        for m in manifests
+    ]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from edge_agent.inference.fetch import cached_model_path, sha256_file
+
+    board = _board_config(args)
+    _, paths = _config(args, board)
+    for m in _as_the_daemon_runs(_selected(args), board):
         origin = m.source.url or str(m.source.repo_path)
         local = m.source.repo_path if m.source.repo_path else cached_model_path(m, paths)
         state = "present" if local and local.is_file() else "not fetched"
+        # only a pinned file is hashed (a few MB at most); a damaged one read "present" as a good one
+        if state == "present" and m.source.sha256 and sha256_file(local) != m.source.sha256:
+            state = "present (sha256 mismatch)"
         print(
             f"{m.name:15} {m.role:5} {m.default_precision:5} [{', '.join(m.precisions)}] {state:11} {origin}"
         )
@@ -110,7 +132,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     board = _board_config(args)
     _, paths = _config(args, board)
     failed = 0
-    for m in _selected(args, board):
+    for m in _as_the_daemon_runs(_selected(args, board), board):
         path = m.source.repo_path or cached_model_path(m, paths)
         try:
             if m.source.sha256 and path.is_file() and sha256_file(path) != m.source.sha256:
@@ -135,7 +157,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from edge_agent.inference.select import load_engine
     from edge_agent.inference.tensorrt_backend import open_tensorrt
-    from edge_agent.kt.updates import step_manifest_for
 
     board = _board_config(args)
     inference, paths = _config(args, board)
@@ -144,13 +165,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     except EdgeAgentError as exc:
         print(f"no engine built: TensorRT cannot run on this machine ({exc})", file=sys.stderr)
         return NO_TENSORRT
-    package_dir = board.kt.package_dir
-    selected = [  # the school's KT package where it has one, as the daemon runs it
-        step_manifest_for(m, package_dir) if m.name == "kt-step" and package_dir is not None else m
-        for m in _selected(args, board)
-    ]
     failed = 0
-    for m in selected:
+    for m in _as_the_daemon_runs(_selected(args, board), board):
         try:
             loaded = load_engine(
                 m, inference.model_copy(update={"backend": "tensorrt"}), paths, precision=args.precision
@@ -171,8 +187,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from edge_agent.inference.quantize import calibration_inputs, compare_outputs, quantize_qdq
     from edge_agent.inference.select import qdq_model_path, qdq_source_record
 
-    _, paths = _config(args)
-    (manifest,) = _selected(args)
+    board = _board_config(args)
+    _, paths = _config(args, board)
+    (manifest,) = _as_the_daemon_runs(_selected(args), board)
     source = engine_model(manifest, paths)
     profiles = resolve_profiles(manifest, onnx_input_shapes(source))
     samples = calibration_inputs(manifest, profiles, Path(args.data), args.samples + args.held_out)
@@ -224,9 +241,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    inference, paths = _config(args)
+    board = _board_config(args)
+    inference, paths = _config(args, board)
     rows: list[BenchRow] = []
-    for m in _selected(args):
+    for m in _as_the_daemon_runs(_selected(args), board):
         try:
             rows += _bench_model(m, inference, paths, args)
         except EdgeAgentError as exc:
@@ -347,7 +365,9 @@ def add_engines_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "fetch", cmd_fetch, "fetch models (mirror first, then the official URL) and verify sha256",
         default=BOARD_MODELS,
     )
-    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per network wait")
+    # at most 5 minutes a wait: a live download then writes its .part well within fetch.STALE_PART_S
+    fetch.add_argument("--timeout", type=positive_seconds(300), default=30.0,
+                       help="seconds per network wait (the whole download: 10 times that)")
     verify = command(
         "verify", cmd_verify, "check hashes and run each model once on ONNX Runtime", default=BOARD_MODELS
     )

@@ -11,6 +11,7 @@ for the same key (:meth:`PlanCache.mark_unloadable`): building it again would en
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -20,14 +21,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.inference.fetch import atomic_writer
+from edge_agent.inference.fetch import atomic_writer, remove_stale_parts
 from edge_agent.inference.manifest import InputProfile
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-# Plans kept per model and precision: the one in use and the one before it, so rolling a model or
-# JetPack back does not cost a rebuild of minutes; older ones (tens of MB each) go when a new one is stored.
+# Plans kept per model and precision: the two used last (stored or loaded: a hit refreshes the file's
+# mtime), so rolling a model or JetPack back does not cost a rebuild of minutes, and plans built for
+# updates that were then refused never push out the one in use; older ones (tens of MB each) go when a new
+# one is stored.
 KEEP_PLANS = 2
 _MAGIC = b"EAPLAN1\n"
 _HEADER = len(_MAGIC) + 64 + 64  # magic, key (hex), payload sha256 (hex)
@@ -93,6 +96,10 @@ class PlanCache:
         if payload is None:
             self.discard(model, precision, key, "corrupt")
             return None
+        # Used now: kept over plans stored later but not used since (:meth:`_drop_old_plans` goes by mtime).
+        # Two refused KT updates in a row (each built and stored before its check) deleted the running plan.
+        with contextlib.suppress(OSError):  # a read-only cache: nothing is dropped from it either
+            os.utime(path)
         return payload
 
     def discard(self, model: str, precision: str, key: str, reason: str) -> None:
@@ -140,6 +147,7 @@ class PlanCache:
         return plan.with_name(plan.name + _UNLOADABLE)
 
     def _drop_old_plans(self, model: str, precision: str) -> None:
+        """Keep the :data:`KEEP_PLANS` plans of ``model`` and ``precision`` used last (newest mtime)."""
         name = re.compile(rf"{re.escape(model)}-{re.escape(precision)}-[0-9a-f]{{16}}\.plan")
         plans = sorted(
             (p for p in self.directory.glob("*.plan") if name.fullmatch(p.name)),
@@ -148,13 +156,15 @@ class PlanCache:
         )
         for old in plans[KEEP_PLANS:]:
             old.unlink(missing_ok=True)
-            log.info("deleted the engine plan %s (built for an earlier model or TensorRT)", old.name)
+            log.info("deleted the engine plan %s (not used lately: an earlier model or TensorRT)", old.name)
         kept = {p.name for p in plans[:KEEP_PLANS]}
         for suffix in (".bad", _UNLOADABLE):  # a damaged plan moved aside, a marker: kept while their key is
             for extra in self.directory.glob(f"*.plan{suffix}"):
                 plan_name = extra.name[: -len(suffix)]
                 if name.fullmatch(plan_name) and plan_name not in kept:
                     extra.unlink(missing_ok=True)
+        # a store (of any key) cut short by a kill or a power cut: its key may never be stored again
+        remove_stale_parts(self.directory, f"{glob.escape(model)}-{glob.escape(precision)}-*.plan")
 
 
 def _unwrap(blob: bytes, key: str) -> bytes | None:

@@ -11,12 +11,15 @@ the pinned bytes and kept beside it (``<stem>.derived.onnx``).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
+import io
 import logging
 import os
 import stat
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +37,13 @@ log = logging.getLogger(__name__)
 MIRROR_ENV = "EDGE_AGENT_MODEL_MIRROR"
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 _CHUNK = 1 << 16
+# A whole download may take this many network waits (timeout_s each): 5 minutes at the default 30 s, in
+# which the largest shipped model (1.2 MB) needs 4 kB/s. Each wait alone let a server trickling a byte at
+# a time hold a fetch, and the boot's engine build after it, for ever.
+DOWNLOAD_WAITS = 10
+# A .part file unchanged this long was left by a writer that died (SIGKILL, a power cut): a live one is
+# written at least once a network wait (--timeout, 30 s by default) and is kept.
+STALE_PART_S = 600.0
 
 
 def sha256_file(path: Path) -> str:
@@ -113,12 +123,32 @@ def open_log(path: Path) -> TextIO:
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
+def remove_stale_parts(folder: Path, names: str) -> None:
+    """Delete the temporary files :func:`atomic_writer` made in ``folder`` for files named like ``names``
+    (a glob) that a killed writer left: it removes its own only on an exception, and after a SIGKILL or a
+    power cut each kept up to a model's or a plan's size for ever. Only those unchanged for
+    :data:`STALE_PART_S`, so a concurrent writer's file is kept."""
+    now = time.time()
+    try:
+        parts = list(folder.glob(f".{names}.*.part"))
+    except OSError:  # a folder this account cannot list: the write that follows says what is wrong
+        return
+    for part in parts:
+        try:
+            if now - part.lstat().st_mtime > STALE_PART_S:
+                part.unlink()
+                log.info("deleted %s, left by a write that was cut short", part)
+        except OSError:  # gone meanwhile, another account's: nothing worse than the space it takes
+            continue
+
+
 @contextmanager
 def atomic_writer(dest: Path) -> Iterator[BinaryIO]:
     """A file handle whose content replaces ``dest`` only if the block finishes without an exception;
     run as root, the file (and any folder made for it) belongs to the owner of the folder it is in."""
     owner = folder_owner(dest.parent)
     make_folder(dest.parent, owner)
+    remove_stale_parts(dest.parent, glob.escape(dest.name))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     if owner is not None:
@@ -137,22 +167,31 @@ class CacheUnwritable(ModelError):
     """The model cache could not be written (a full disk, another account's folder)."""
 
 
-def _read(stream: BinaryIO, origin: str) -> bytes:
+def _read(stream: io.BufferedIOBase, origin: str) -> bytes:
     try:
-        return stream.read(_CHUNK)
+        # read1: what one recv gives; read() waited for a whole chunk, a byte per wait from a slow server
+        return stream.read1(_CHUNK)
     except OSError as exc:  # a reset download, an unreadable mirror file: not the cache's fault
         raise ModelError(f"reading {origin} failed: {exc.strerror or exc}") from exc
 
 
-def _verified_copy(stream: BinaryIO, dest: Path, want_sha: str, origin: str) -> None:
+def _verified_copy(
+    stream: io.BufferedIOBase, dest: Path, want_sha: str, origin: str, *, limit_s: float | None = None
+) -> None:
+    """Copy ``stream`` into ``dest`` if its sha256 is ``want_sha``, within ``limit_s`` seconds if given."""
     digest = hashlib.sha256()
     size = 0
+    start = time.monotonic()
     try:
         with atomic_writer(dest) as out:
             while chunk := _read(stream, origin):
                 size += len(chunk)
                 if size > MAX_MODEL_BYTES:
                     raise ModelError(f"{origin} is larger than {MAX_MODEL_BYTES} bytes; refused")
+                took = time.monotonic() - start
+                if limit_s is not None and took > limit_s:
+                    raise ModelError(f"download too slow: {size} bytes in {took:.0f} s from {origin} (at "
+                                     f"most {limit_s:.0f} s, {DOWNLOAD_WAITS} times the network timeout)")
                 digest.update(chunk)
                 out.write(chunk)
             got = digest.hexdigest()
@@ -182,7 +221,7 @@ def download_verified(url: str, dest: Path, sha: str, timeout_s: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "edge-agent model fetch"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            _verified_copy(response, dest, sha, url)
+            _verified_copy(response, dest, sha, url, limit_s=DOWNLOAD_WAITS * timeout_s)
     except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts; a garbled or cut-short reply
         raise ModelError(f"download of {url} failed: {exc}") from exc
 
@@ -194,6 +233,8 @@ def fetch_model(manifest: Manifest, paths: PathSettings, *, timeout_s: float = 3
         return _repo_file(manifest)
     assert source.sha256 is not None and source.url is not None  # guaranteed by the manifest parser
     dest = cached_model_path(manifest, paths)
+    # here as well as in atomic_writer: once the model is in the cache, nothing is written beside it
+    remove_stale_parts(dest.parent, glob.escape(dest.name))
     try:
         if dest.is_file() and sha256_file(dest) == source.sha256:
             return dest

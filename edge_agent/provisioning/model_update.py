@@ -303,6 +303,25 @@ class ModelStore:
         self._flip(name, None)
         return f"{problem}; runs the built-in model instead"
 
+    def path_at_next_start(self, name: str) -> Path | None:
+        """The version folder :meth:`recover` and :meth:`verify_current` will leave ``current`` naming at the
+        next start (None: the built-in model), found without changing anything: for `edge-agent engines`,
+        which must build and check the model the daemon will load."""
+        version = self.running_version(name)  # ``current`` once an unfinished install is rolled back
+        if version is None:
+            return None
+        try:  # those others than ``current``, which names the version on trial that recover() deletes
+            others = [p for p in self._others_newest_first(name) if p.name != version]
+        except OSError:
+            others = []
+        for candidate in (self.root / name / "versions" / version, *others):
+            try:
+                verify_package(candidate, self.trusted)
+            except PackageRejected:
+                continue
+            return candidate.resolve()
+        return None
+
     def _prune(self, name: str) -> None:
         for old in self._others_newest_first(name)[KEEP_VERSIONS - 1 :]:
             shutil.rmtree(old, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
@@ -180,3 +181,112 @@ def test_bench_takes_the_larger_batch_only_as_far_as_each_profile_goes(common, t
     measured = {(r["model"], r["batch"]) for r in rows if r["backend"] == "onnxruntime" and r["median_ms"]}
     assert measured == {("fsanet-var", 1), ("fsanet-var", 8), ("yunet", 1)}
     assert not [r for r in rows if "outside the engine profile" in r["note"]]
+
+
+def _kt_board(tmp_path, model_mirror, monkeypatch, kt: str = "") -> Path:
+    """A board config (camera off: kt-step alone), with the signing key installed; written to
+    $EDGE_AGENT_CONFIG."""
+    from edge_agent.provisioning.model_package import generate_signing_key
+
+    if not (tmp_path / "signing.pub").exists():
+        generate_signing_key(tmp_path / "signing.key", tmp_path / "signing.pub")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\nstate_dir = "{tmp_path / "state"}"\ncache_dir = "{tmp_path / "cache"}"\n'
+                      f'model_mirror = "{model_mirror}"\n'
+                      f'[updates]\npublic_key_file = "{tmp_path / "signing.pub"}"\n'
+                      f"[camera]\nenabled = false\n{kt}")
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(config))
+    return config
+
+
+def _kt_package(folder: Path, label: str) -> Path:
+    """The shipped KT package with a step model of other bytes (so of another plan)."""
+    import shutil
+
+    import onnx
+
+    from edge_agent.kt.package import DEFAULT_PACKAGE_DIR
+
+    shutil.copytree(DEFAULT_PACKAGE_DIR, folder)
+    model = onnx.load(str(folder / "kt_step.onnx"))
+    model.producer_version = label
+    onnx.save(model, str(folder / "kt_step.onnx"))
+    return folder
+
+
+def _built_from(tmp_path) -> set[str]:
+    """The ONNX files the (fake) plans in the cache were built from."""
+    plans = (tmp_path / "cache" / "engines").glob("*.plan")
+    return {p.read_bytes().split(b"FAKEPLAN:")[-1].decode() for p in plans}
+
+
+def test_build_makes_the_plan_of_the_kt_package_the_daemon_runs_next_and_changes_nothing(
+    tmp_path, model_mirror, monkeypatch
+):
+    # A review: edge-agent-engines.service built kt-step from kt.package_dir or the shipped package, while
+    # the daemon ran the signed update installed last: a plan never used, and minutes of building at start.
+    from edge_agent.assembly import KT_PACKAGE_DIR_SEEN, _installed_kt
+    from edge_agent.config import load_config_for_command
+    from edge_agent.inference import tensorrt_backend
+    from edge_agent.inference.manifest import KT_MODEL, load_manifests
+    from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine
+    from edge_agent.provisioning.model_package import load_public_key, sign_package
+    from edge_agent.provisioning.model_update import ModelStore
+
+    from .fake_tensorrt import FakeTensorRT
+
+    config = _kt_board(tmp_path, model_mirror, monkeypatch)
+    update = _kt_package(tmp_path / "kt-2.0", "update-2.0")
+    sign_package(update, tmp_path / "signing.key", "kt", "2.0")
+    store = ModelStore(tmp_path / "state/models", [load_public_key(tmp_path / "signing.pub")])
+    store.install(update, lambda p: OnnxRuntimeEngine(p / "kt_step.onnx"), lambda e: True)
+    monkeypatch.setattr(tensorrt_backend, "open_tensorrt", FakeTensorRT())  # the hardware port
+
+    def daemon_runs() -> str:  # the step model the daemon's assembly picks (it writes its seen file)
+        manifests = load_manifests()
+        _installed_kt(load_config_for_command(config), manifests)
+        return str(manifests[KT_MODEL].source.repo_path)
+
+    _run(["engines", "build"])  # exit 1 here: the fake's engines report "fake-tensorrt"
+    installed = str(tmp_path.resolve() / "state/models/kt/versions/2.0/kt_step.onnx")
+    assert _built_from(tmp_path) == {installed} == {daemon_runs()}
+    # kt.package_dir set since that start: the newer choice, run instead of the update
+    school = _kt_package(tmp_path / "school-kt", "school")
+    config = _kt_board(tmp_path, model_mirror, monkeypatch, f'[kt]\npackage_dir = "{school}"\n')
+    seen = (tmp_path / "state" / KT_PACKAGE_DIR_SEEN).read_bytes()
+    _run(["engines", "build"])
+    assert str(school / "kt_step.onnx") in _built_from(tmp_path)
+    # the command set nothing aside and wrote no seen file: the daemon still decides the same at its start
+    assert store.current_version("kt") == "2.0"
+    assert (tmp_path / "state" / KT_PACKAGE_DIR_SEEN).read_bytes() == seen
+    assert daemon_runs() == str(school / "kt_step.onnx")
+
+
+def test_verify_and_list_check_the_kt_package_the_daemon_runs_and_name_a_damaged_pinned_file(
+    tmp_path, model_mirror, monkeypatch, capsys
+):
+    # A review: with kt.package_dir naming a school package whose step model was damaged, verify checked the
+    # shipped model and said OK; list said "present" for a cached model that no longer matched its pin.
+    school = _kt_package(tmp_path / "school-kt", "school")
+    (school / "kt_step.onnx").write_bytes((school / "kt_step.onnx").read_bytes()[:5000])
+    _kt_board(tmp_path, model_mirror, monkeypatch, f'[kt]\npackage_dir = "{school}"\n')
+    assert _run(["engines", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert f"kt-step: FAILED: ONNX Runtime could not read {school / 'kt_step.onnx'}" in err
+    assert _run(["engines", "fetch", "yunet"]) == 0
+    cached = next((tmp_path / "cache" / "models").rglob("yunet_s*.onnx"))
+    cached.write_bytes(cached.read_bytes()[:-1] + b"\0")
+    assert _run(["engines", "list", "kt-step", "yunet"]) == 0
+    listed = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines()[-2:])
+    assert str(school / "kt_step.onnx") in listed["kt-step"]
+    assert "present (sha256 mismatch)" in listed["yunet"]
+
+
+@pytest.mark.parametrize("timeout", ["-1", "nan", "0", "inf"])
+def test_a_fetch_timeout_that_is_no_number_of_seconds_is_a_usage_error_not_a_traceback(
+    common, timeout, capsys
+):
+    with pytest.raises(SystemExit) as exit_:
+        _run(["engines", "fetch", "yunet", "--timeout", timeout, *common])
+    assert exit_.value.code == 2
+    assert f"argument --timeout: '{timeout}': give seconds above 0" in capsys.readouterr().err

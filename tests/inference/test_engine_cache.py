@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -113,3 +114,34 @@ def test_storing_a_plan_keeps_the_one_before_it_and_deletes_older_ones(tmp_path)
         ]
     )
     assert cache.load("yunet", "fp16", keys[2]) == b"plan 2"  # a rollback finds its plan
+
+
+def test_a_plan_loaded_since_is_kept_over_plans_stored_after_it_and_not_used(tmp_path):
+    # A review: kept by the time each was built, the plan in use was deleted by two newer ones (two refused
+    # KT updates in a row, each built and stored before its check), and the next start rebuilt it.
+    cache = PlanCache(tmp_path)
+    running, refused, refused_again = (_key(onnx_sha256=f"{n:064x}") for n in range(3))
+    path = cache.store("kt-step", "fp32", running, b"the plan in use")
+    os.utime(path, ns=(10**9, 10**9))  # built long ago
+    cache.store("kt-step", "fp32", refused, b"a refused update")
+    os.utime(cache.path_for("kt-step", "fp32", refused), ns=(2 * 10**9, 2 * 10**9))
+    assert cache.load("kt-step", "fp32", running) == b"the plan in use"  # the daemon runs on with it
+    cache.store("kt-step", "fp32", refused_again, b"another refused update")
+    assert cache.load("kt-step", "fp32", running) == b"the plan in use"
+    assert not cache.path_for("kt-step", "fp32", refused).exists()
+
+
+def test_storing_a_plan_deletes_what_a_store_cut_short_by_a_kill_left(tmp_path):
+    # A review: atomic_writer removes its .part only on an exception; after a SIGKILL or a power cut during a
+    # store, tens of MB stayed for ever (that key may never be stored again). A live writer's file is kept.
+    cache = PlanCache(tmp_path)
+    killed = tmp_path / f".{cache.path_for('yunet', 'fp16', _key(precision='x')).name}.k1ll3d_0.part"
+    live = tmp_path / f".{cache.path_for('yunet', 'fp16', _key(precision='y')).name}.l1ve_000.part"
+    other = tmp_path / f".{cache.path_for('fsanet', 'fp16', _key()).name}.k1ll3d_0.part"
+    for part in (killed, live, other):
+        part.write_bytes(b"half a plan")
+    hour_ago = time.time() - 3600
+    for part in (killed, other):
+        os.utime(part, (hour_ago, hour_ago))
+    cache.store("yunet", "fp16", _key(), b"plan")
+    assert not killed.exists() and live.exists() and other.exists()  # fsanet's goes at its next store

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .helpers import MANIFESTS, paths_for, settings
 class _Server(http.server.ThreadingHTTPServer):
     payload: bytes = b""
     raw: bytes | None = None  # a whole reply, status line included, written as it is
+    trickle_s: float | None = None  # the payload a byte at a time, this long apart
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -42,7 +44,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        trickle_s = self.server.trickle_s  # type: ignore[attr-defined]
+        if trickle_s is None:
+            self.wfile.write(body)
+            return
+        with contextlib.suppress(OSError):  # the client gave up
+            for n in range(len(body)):
+                self.wfile.write(body[n : n + 1])
+                self.wfile.flush()
+                time.sleep(trickle_s)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -128,6 +138,46 @@ def test_a_garbled_or_cut_short_reply_is_a_model_error_and_the_cache_is_kept(
     with pytest.raises(ModelError, match=f"previous file in the cache was kept.*{problem}"):
         fetch_model(manifest, paths, timeout_s=5)
     assert dest.read_bytes() == b"old good file" and not list(dest.parent.glob("*.part"))
+
+
+def test_a_download_trickling_in_is_stopped_at_ten_network_waits_in_all(tmp_path, server, monkeypatch):
+    # A review: each wait was under timeout_s, so a server sending a byte at a time held the fetch (and the
+    # boot's engine build after it) for as long as it liked.
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    manifest = _served(MANIFESTS["yunet"], server)
+    server.payload = b"x" * 200  # 4 s at a byte per 20 ms, each byte well within the 0.1 s timeout
+    server.trickle_s = 0.02
+    start = time.monotonic()
+    with pytest.raises(ModelError, match=r"download too slow: \d+ bytes in 1 s from http://127\.0\.0\.1"):
+        fetch_model(manifest, paths_for(tmp_path, None), timeout_s=0.1)
+    assert time.monotonic() - start < 2.5
+    assert not list(cached_model_path(manifest, paths_for(tmp_path, None)).parent.glob("*.part"))
+
+
+def test_a_part_file_a_killed_fetch_left_is_deleted_later_and_a_live_writers_is_kept(
+    tmp_path, model_mirror, monkeypatch
+):
+    # A review: atomic_writer removes its .part only on an exception; after a SIGKILL or a power cut it
+    # stayed in the cache for ever, up to a model's size each time.
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    paths = paths_for(tmp_path, model_mirror)
+    manifest = MANIFESTS["fsanet-1x1"]
+    dest = cached_model_path(manifest, paths)
+    dest.parent.mkdir(parents=True)
+    killed = dest.with_name(f".{dest.name}.k1ll3d_0.part")
+    killed.write_bytes(b"half a model")
+    hour_ago = time.time() - 3600
+    os.utime(killed, (hour_ago, hour_ago))
+    live = dest.with_name(f".{dest.name}.l1ve_000.part")  # another fetch of the same model, writing now
+    live.write_bytes(b"being written")
+    other = dest.with_name(".another-model.onnx.k1ll3d_0.part")
+    other.write_bytes(b"not this model's")
+    os.utime(other, (hour_ago, hour_ago))
+    assert fetch_model(manifest, paths) == dest
+    assert not killed.exists() and live.exists() and other.exists()
+    os.utime(live, (hour_ago, hour_ago))  # that writer was killed too; the model is in the cache by now
+    assert fetch_model(manifest, paths) == dest
+    assert not live.exists() and other.exists()
 
 
 def test_unreachable_url_without_mirror_says_how_to_fix(tmp_path, monkeypatch):
