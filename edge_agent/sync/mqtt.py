@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import logging
+import os
 import re
 import select
 import socket
@@ -191,6 +193,93 @@ def not_tls(exc: OSError) -> bool:
     )
 
 
+STOP_CHECK_S = 0.1  # how often a connect in progress looks at the stop request
+
+
+def _wait_ready(
+    sock: socket.socket, *, write: bool, deadline: float, should_stop: Callable[[], bool], what: str
+) -> None:
+    """Wait until ``sock`` is writable (``write``) or readable, in slices of STOP_CHECK_S: TimeoutError
+    (``what``: as a socket timeout says it) at ``deadline``, SyncConnectError once ``should_stop()``."""
+    while True:
+        if should_stop():
+            raise SyncConnectError("stopped while connecting to the broker")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(what)
+        wait = min(left, STOP_CHECK_S)
+        readable, writable, _x = select.select([] if write else [sock], [sock] if write else [], [], wait)
+        if readable or writable:
+            return
+
+
+def _connect_stoppable(
+    host: str, port: int, timeout_s: float, should_stop: Callable[[], bool]
+) -> socket.socket:
+    """socket.create_connection (each address in turn, each with the whole ``timeout_s``, the last error
+    raised), but non-blocking and in slices that check ``should_stop``: a firewall dropping the SYNs held
+    a SIGTERM for the whole connect_timeout_s, the daemon's whole stop budget (a review)."""
+    failure: OSError | None = None
+    for family, kind, proto, _name, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            code = sock.connect_ex(address)
+            if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+                deadline = time.monotonic() + timeout_s
+                _wait_ready(sock, write=True, deadline=deadline, should_stop=should_stop, what="timed out")
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))  # ConnectionRefusedError etc., as connect() raises
+            return sock
+        except OSError as exc:  # TimeoutError too: the next address
+            sock.close()
+            failure = exc
+        except BaseException:  # the stop
+            sock.close()
+            raise
+    raise failure or OSError(f"{host} resolves to no address")
+
+
+class _StoppableClient(paho.Client):
+    """paho's client, with the TCP connection and TLS handshake that ``should_stop`` can interrupt.
+
+    paho blocks in both for up to connect_timeout_s (socket.create_connection, do_handshake), where no
+    stop request is seen: each stop of a board behind a firewall dropping 8883, or at a port that accepts
+    and never speaks TLS, took the daemon's whole stop budget (a review). paho 2.x builds the connection
+    with these two methods (edge_agent.provisioning.enroll overrides the first too); no proxy, bind address
+    or websockets are used here. The context checks the broker's name itself (tls_context: check_hostname).
+    """
+
+    should_stop: Callable[[], bool]  # set by MqttConnection before each connect
+
+    def _create_socket_connection(self) -> socket.socket:
+        return _connect_stoppable(self._host, self._port, self._connect_timeout, self.should_stop)
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        if self._ssl_context is None:
+            raise ValueError("TLS is on without a TLS context")
+        tcp_sock.setblocking(False)
+        ssl_sock = self._ssl_context.wrap_socket(
+            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
+        )
+        deadline = time.monotonic() + self._connect_timeout  # the handshake's own, as paho gave it
+        try:
+            while True:
+                try:
+                    ssl_sock.do_handshake()
+                    return ssl_sock
+                except ssl.SSLWantReadError:
+                    write = False
+                except ssl.SSLWantWriteError:
+                    write = True
+                _wait_ready(ssl_sock, write=write, deadline=deadline, should_stop=self.should_stop,
+                            what="The handshake operation timed out")
+        except BaseException:
+            ssl_sock.close()
+            raise
+
+
 class MqttConnection:
     def __init__(
         self,
@@ -223,9 +312,10 @@ class MqttConnection:
         self._last_error = ""
         version = MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311
         kwargs: dict[str, Any] = {} if self._v5 else {"clean_session": not persistent_session}
-        self._client = paho.Client(
+        self._client = _StoppableClient(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version, **kwargs
         )
+        self._client.should_stop = lambda: False
         self._client.connect_timeout = settings.connect_timeout_s  # each address's, and the handshake's
         self._client.max_inflight_messages_set(settings.inflight_max)
         # 0 leaves paho's own queue unbounded; the publisher never has more than inflight_max messages
@@ -296,7 +386,8 @@ class MqttConnection:
     def connect(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Open the session and wait for CONNACK (at most connect_timeout_s, or until ``should_stop``).
 
-        A broker that accepts TCP but never answers must not hold up a SIGTERM for the whole timeout.
+        A broker that accepts TCP but never answers, a firewall that drops the SYNs, a port that never
+        answers the TLS handshake: none may hold up a SIGTERM for the whole timeout.
         """
         s = self.settings
         props = None
@@ -305,6 +396,7 @@ class MqttConnection:
             props.SessionExpiryInterval = 0xFFFFFFFF if self._persistent else 0
         clean: Any = not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
         started = time.monotonic()
+        self._client.should_stop = should_stop
         try:
             self._client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=clean, properties=props)
         except TimeoutError as exc:  # a wrong port, a proxy or a firewall that swallows the handshake

@@ -178,7 +178,7 @@ class Publisher:
             except (SyncError, StoreError) as exc:
                 s = self.settings
                 delay = backoff_delay(attempt, s.backoff_min_s, s.backoff_max_s, self._rng)
-                if attempt == 0:
+                if attempt == 0 and not self._stop.is_set():  # not "stopped while connecting" at a stop
                     # neutral: the reason may be on the board (its certificate unreadable), not the broker
                     log.warning("cannot connect to the MQTT broker: %s; retrying with backoff", exc)
                 self._set(connected=False, detail=str(exc))
