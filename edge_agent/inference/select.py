@@ -183,6 +183,17 @@ def _mark_up(engine: Engine) -> None:
     metrics.ENGINES_UP.labels(engine.model_name, engine.backend, engine.precision).set(1)
 
 
+def mark_closed(closed: Engine, running: Engine | None) -> None:
+    """``edge_engines_up`` to 0 for an engine just closed, unless ``running`` (the engine answering in its
+    place) has the same model, backend and precision: one series stands for both. Else a KT update that
+    moved from TensorRT to ONNX Runtime, or was refused, left the closed engine's series at 1 (a review)."""
+    if running is not None and (running.model_name, running.backend, running.precision) == (
+        closed.model_name, closed.backend, closed.precision
+    ):
+        return
+    metrics.ENGINES_UP.labels(closed.model_name, closed.backend, closed.precision).set(0)
+
+
 def _load_tensorrt(
     manifest: Manifest,
     onnx_path: Path,

@@ -12,6 +12,7 @@ import time
 from edge_agent.config import DeviceSettings, KTSettings
 from edge_agent.errors import ModelError
 from edge_agent.inference.engine import Engine
+from edge_agent.inference.select import mark_closed
 from edge_agent.kt.classroom import leaving_the_board
 from edge_agent.kt.erasure import DAY_S, newest_before, retention_cutoff, retire_states
 from edge_agent.kt.package import KTPackage, load_package
@@ -101,6 +102,11 @@ class KTComponent:
     def get_service(self) -> KTService | None:
         return self.service
 
+    @property
+    def engine(self) -> Engine | None:
+        """The engine answering students (None before the first start opens the package's)."""
+        return self._engine
+
     def swap_model(self, package: KTPackage, engine: Engine, timeout_s: float = 30.0) -> None:
         """Hand a loaded, checked model to the running service (any thread but the event loop's).
 
@@ -119,6 +125,7 @@ class KTComponent:
             old = future.result()  # the KT thread is swapping it in right now: a moment
         if self._own_engine:
             old.close()
+            mark_closed(old, running=engine)
         self._engine, self._own_engine = engine, True
 
     async def start(self) -> None:

@@ -22,7 +22,7 @@ from edge_agent.config import InferenceSettings, PathSettings
 from edge_agent.errors import EdgeAgentError, ModelError
 from edge_agent.inference.engine import Engine
 from edge_agent.inference.manifest import Manifest as EngineManifest
-from edge_agent.inference.select import load_engine
+from edge_agent.inference.select import load_engine, mark_closed
 from edge_agent.kt.component import KTComponent, check_engine
 from edge_agent.kt.package import KTPackage, load_package
 from edge_agent.provisioning.model_package import MANIFEST
@@ -123,16 +123,17 @@ class KTModelActivator:
     def sanity(self, loaded: LoadedKT) -> bool:
         """Check, try, and swap into the running service; raises ModelError (engine closed) on failure, so
         the store rolls back with the reason."""
+        component = self._component()
         try:
             check_engine(loaded.engine, loaded.package)
             trial_inference(loaded.engine, loaded.package)
-            component = self._component()
             if component is None:
                 raise ModelError("knowledge tracing is not running, so a new model cannot be tried")
             component.swap_model(loaded.package, loaded.engine, self._swap_timeout_s)
         except (EdgeAgentError, ValueError, RuntimeError) as exc:
             log.warning("KT model %s refused: %s", loaded.version, exc)
             loaded.engine.close()
+            mark_closed(loaded.engine, running=component.engine if component is not None else None)
             raise ModelError(f"kt {loaded.version} refused: {exc}") from exc
         self.engine_row = self._last_row
         return True
