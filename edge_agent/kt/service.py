@@ -744,7 +744,10 @@ class KTService:
             result = None if error is not None or results is None else results[n]
             if result is not None:
                 outcomes.update(feedback["status"] for feedback in result)
-                metrics.ANSWER_FEEDBACK_LATENCY.observe(now - job.arrived)
+                # one per answer, as its help says: per request, a base station's 30-answer POST counted
+                # as one and the slow-feedback alert's traffic gate never opened for it (a review)
+                for _answer in result:
+                    metrics.ANSWER_FEEDBACK_LATENCY.observe(now - job.arrived)
             if job.loop is not None:
                 by_loop.setdefault(job.loop, []).append((job.future, result, error))
             else:
