@@ -543,7 +543,18 @@ class Database:
         """Check, quarantine if damaged, migrate, and start the writer thread."""
         if self._thread is not None:
             raise StoreError("database already open")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            usable = os.access(folder, os.R_OK | os.W_OK | os.X_OK)
+        except PermissionError:
+            usable = False
+        if not usable:  # else "[Errno 13] Permission denied: '.../edge-agent.db.new'", a file not there
+            raise StoreUnwritableError(
+                f"the folder {folder} holding the database cannot be used by this process (uid "
+                f"{os.getuid()}): it belongs to another user or lacks permission; chown -R "
+                f"edge-agent:edge-agent {folder} and chmod 700 {folder}"
+            )
         replaced = self._finish_replacement()
         created = replaced is not None or not self.path.exists()
         problem = self._check()

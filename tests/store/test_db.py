@@ -7,9 +7,11 @@ import itertools
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -703,6 +705,38 @@ def test_a_database_file_owned_by_another_user_gets_the_chown_to_run(state_dir: 
     unreadable = sqlite3.OperationalError("unable to open database file")
     error = str(translate(unreadable, state_dir / "x.db"))
     assert "belong to another user" in error and f"chown edge-agent:edge-agent {state_dir / 'x.db'}*" in error
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a child as nobody: a folder root owns")
+def test_a_state_folder_the_daemon_cannot_enter_gets_the_chown_to_run_not_a_file_that_is_not_there() -> None:
+    # A review: state/ owned by root, mode 0700 (a manual run, a custom paths.state_dir): the start ended
+    # with "[Errno 13] Permission denied: '.../edge-agent.db.new'", naming a file that does not exist
+    top = Path(tempfile.mkdtemp(prefix="edge-agent-state-"))
+    try:
+        top.chmod(0o755)
+        state = top / "state"
+        state.mkdir(mode=0o700)
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                try:
+                    Database(state / "edge-agent.db", StoreSettings()).open()
+                    os.write(write, b"opened")
+                except StoreError as exc:
+                    os.write(write, f"{type(exc).__name__}: {exc}".encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            said = pipe.read()
+        os.waitpid(child, 0)
+        assert said.startswith("StoreUnwritableError") and f"chown -R edge-agent:edge-agent {state}" in said
+        assert "edge-agent.db.new" not in said
+    finally:
+        shutil.rmtree(top)
 
 
 @pytest.mark.skipif(ext4_unavailable() is not None, reason=str(ext4_unavailable()))
