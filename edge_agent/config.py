@@ -890,6 +890,7 @@ def check_files(config: Config) -> list[tuple[str, str]]:
             problems.append((key, f"file {path} does not exist"))
         elif reason := unreadable_by_daemon(path, f"chmod 644 {path}"):
             problems.append((key, reason))
+    problems += _tls_pair_problems(config, {key for key, _ in problems})
     for key, path in _paths_of(config):
         if not path.is_absolute():  # passed where IT checked it (the config's folder), missing under systemd
             problems.append((key, f"{path} is a relative path: the daemon runs from / (its unit's working "
@@ -905,6 +906,25 @@ def check_files(config: Config) -> list[tuple[str, str]]:
         problems.append(("camera.source", f"{shown!r} is a relative path: the daemon runs from / (its unit's "
                                           "working directory), so give the whole path of the file or folder, "
                                           "e.g. /srv/edge-agent/faces"))
+    return problems
+
+
+def _tls_pair_problems(config: Config, named: set[str]) -> list[tuple[str, str]]:
+    """The HTTPS certificates and keys loaded as the web and metrics listeners load them, for the pairs
+    not already found missing or unreadable: a half-done rotation (a new key, the old certificate) passed
+    the check before a reload, and the restarted web component failed, tried again only every 300 s."""
+    problems = []
+    for section, settings in (("web", config.web), ("metrics", config.metrics)):
+        cert, key = settings.tls_cert_file, settings.tls_key_file
+        keys = {f"{section}.tls_cert_file", f"{section}.tls_key_file"}
+        if settings.enabled and cert is not None and key is not None and not keys & named:
+            # here: it imports this module, and aiohttp, which a board without HTTPS need not load
+            from edge_agent.web.connections import server_tls_context
+
+            try:
+                server_tls_context(cert, key, f"{section}.tls_cert_file")
+            except ConfigError as exc:
+                problems += exc.problems
     return problems
 
 

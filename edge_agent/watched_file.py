@@ -1,11 +1,13 @@
 """A small file the daemon reads again when it changes (the class roster, the clicker tokens), so that
 the school's IT edits it without restarting the board.
 
-The file is looked at (stat) no more than every ``recheck_s`` and parsed again only when its mtime or
-size changed. A file that cannot be read or parsed keeps what was read last and says so once per
-problem; with nothing read yet, :meth:`WatchedFile.current` raises ConfigError with the reason. A file
-given ``missing=`` (the clicker tokens) is different only when it is gone: that value stands for it; one
-given ``narrow=`` (the clicker tokens too) keeps, when it cannot be parsed, only what it still says.
+The file is looked at (stat) no more than every ``recheck_s``. A change (of its inode, mtime, ctime or
+size) is read once the file has stayed so for one check, so one still being written is not taken
+half-way; at start it is read at once. A file that cannot be read or parsed keeps what was read last and
+says so once per problem, and is not parsed again until it changes; with nothing read yet,
+:meth:`WatchedFile.current` raises ConfigError with the reason. A file given ``missing=`` (the clicker
+tokens) is different only when it is gone: that value stands for it; one given ``narrow=`` (the clicker
+tokens too) keeps, when it cannot be parsed, only what it still says.
 :meth:`WatchedFile.health` says the same to the daemon's health (the teacher view, /readyz, systemd's
 STATUS line, ``edge_component_up``), so a broken file is seen without reading the log.
 """
@@ -28,6 +30,7 @@ EMPTY_GRACE_CHECKS = 3  # an empty (or, with missing=, absent) file is taken as 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Stamp = tuple[int, int, int, int, int]
 
 
 class WatchedFile(Generic[T]):
@@ -56,14 +59,15 @@ class WatchedFile(Generic[T]):
         self._describe = describe
         self._recheck_s = recheck_s
         self._clock = clock
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: Stamp | None = None  # of what was read last, taken or not (None: read again)
+        self._seen: Stamp | None = None  # at the last check, so that a change is read once it holds still
         self._value: T | None = None
         self._missing_value = missing
         self._narrow = narrow
         self.missing = False  # True while ``missing`` stands for a file that is gone
         self.problem: str | None = None
         self._empty_since: float | None = None  # when the file was first seen empty, while it stays so
-        self._reload()  # at start: the log says what was read, or why nothing
+        self._reload(at_start=True)  # the log says what was read, or why nothing
         self._checked = clock()
 
     def current(self) -> T:
@@ -92,8 +96,9 @@ class WatchedFile(Generic[T]):
         kept = self._describe(self._value)
         return f"of what was read before, only what the file still lists stays in use ({kept})"
 
-    def _reload(self) -> None:
+    def _reload(self, *, at_start: bool = False) -> None:
         data: bytes | None = None
+        previous, self._seen = self._seen, None
         try:
             try:
                 info = os.stat(self.path)
@@ -102,7 +107,11 @@ class WatchedFile(Generic[T]):
                     raise
                 self._gone(self._missing_value)
                 return
-            stamp = (info.st_mtime_ns, info.st_size)
+            # Inode and ctime too: a file renamed or linked into place (`ln -sfn`, an rsync -a or tar of
+            # the same size and whole-second mtime) kept a revoked clicker token, and a chmod that made it
+            # unreadable went unseen until a restart (a review)
+            stamp = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+            self._seen = stamp
             if info.st_size != 0:  # back (moved away and back unchanged too): a later emptying gets a grace
                 self._empty_since = None
             if stamp == self._stamp:
@@ -110,6 +119,10 @@ class WatchedFile(Generic[T]):
             if info.st_size == 0 and self._value is not None and self._in_grace():
                 # An editor saving in place truncates first: read then, the roster or the clients' tokens
                 # refused everyone until the next check. Still empty a few checks later, it was meant.
+                return
+            if stamp != previous and not at_start:
+                # Changed since the last check, so perhaps still being written (scp, `cat >`): the part
+                # written so far parsed as a smaller roster, and its missing students got a final 400
                 return
             data = self.path.read_bytes()
             value = self._parse(data.decode("utf-8-sig"), str(self.path))  # an editor's BOM: no text
@@ -123,7 +136,11 @@ class WatchedFile(Generic[T]):
             if reason != self.problem:  # once per problem, not on every request
                 kept = "" if self._value is None else f"; {self._kept()}"
                 log.error("%s not read%s: %s", self.key, kept, reason)
-            self.problem, self._stamp = reason, None
+            # Back but broken, it is no longer missing: gone again, the problem was never cleared (a review:
+            # /readyz 503 for good). Not parsed again until it changes: a large broken roster was read and
+            # parsed on the event loop at every check; a file that could not be read is tried again.
+            self.problem, self.missing = reason, False
+            self._stamp = stamp if data is not None else None
             return
         self._stamp, self._value, self.problem, self.missing = stamp, value, None, False
         log.info("%s: %s (%s)", self.key, self._describe(value), self.path)

@@ -13,22 +13,30 @@ from pathlib import Path
 from edge_agent.errors import ProvisioningError
 
 
-def write_atomic(path: Path, data: bytes, mode: int, *, keep_within: int | None = None) -> bool:
-    """Write ``data`` to ``path`` with ``mode``; return False (and touch nothing) if it is already so.
-    With ``keep_within``, a file replaced keeps its owner, group and mode, the mode narrowed to
-    ``keep_within``: the broker's key, given to mosquitto with `chown` as its README says, came back from
-    `edge-agent-ca server` as root's 0600 and Mosquitto did not start (school IT review)."""
-    owner = None
+def write_atomic(
+    path: Path, data: bytes, mode: int, *, keep_within: int | None = None,
+    owner: tuple[int, int] | None = None,
+) -> bool:
+    """Write ``data`` to ``path`` with ``mode`` and, given, ``owner`` (uid, gid); return False (and touch
+    nothing) if it is already so. With ``keep_within``, a file replaced keeps its owner, group and mode,
+    the mode narrowed to ``keep_within``: the broker's key, given to mosquitto with `chown` as its README
+    says, came back from `edge-agent-ca server` as root's 0600 and Mosquitto did not start (school IT
+    review)."""
     if keep_within is not None:
         with contextlib.suppress(FileNotFoundError):
             old = path.stat()
             mode, owner = stat.S_IMODE(old.st_mode) & keep_within, (old.st_uid, old.st_gid)
     try:
         if path.read_bytes() == data:
-            if (path.stat().st_mode & 0o7777) != mode:
+            old = path.stat()
+            changed = False
+            if owner is not None and (old.st_uid, old.st_gid) != owner:
+                os.chown(path, *owner)  # before the mode: a chown clears set-id bits
+                changed = True
+            if (old.st_mode & 0o7777) != mode:
                 os.chmod(path, mode)
-                return True
-            return False
+                changed = True
+            return changed
     except FileNotFoundError:
         pass
     try:
@@ -76,10 +84,9 @@ def write_private_for_daemon(path: Path, data: bytes, owner_of: Path) -> bool:
     except FileNotFoundError:
         raise ProvisioningError(f"{owner_of} does not exist, so the daemon's user is not known: provision "
                                 f"this board first (edge-agent-provision); {path} is unchanged") from None
-    changed = write_private(path, data)
-    if owner is not None:
-        os.chown(path, owner.st_uid, owner.st_gid)
-    return changed
+    # Owned so before it is renamed into place: chowned after, root's 0600 file stood there a moment and
+    # a daemon check then could not read it (ERROR in the log, /readyz 503; a review)
+    return write_atomic(path, data, 0o600, owner=None if owner is None else (owner.st_uid, owner.st_gid))
 
 
 def write_public(path: Path, data: bytes) -> bool:

@@ -55,18 +55,24 @@ def test_the_roster_is_read_again_when_it_changes_and_a_damaged_file_keeps_the_l
     path.write_text(format_roster([PSEUDO("a"), PSEUDO("b")]))
     assert roster.current() == {PSEUDO("a")}  # not looked at again within recheck_s
     clock.now = 2.0
-    assert roster.current() == {PSEUDO("a"), PSEUDO("b")}
-    path.write_text("garbage\n")
+    assert roster.current() == {PSEUDO("a")}  # changed since the last check: perhaps still being written
     clock.now = 4.0
+    assert roster.current() == {PSEUDO("a"), PSEUDO("b")}  # unchanged for a check: taken
+    path.write_text("garbage\n")
+    clock.now = 6.0
+    roster.current()
+    clock.now = 8.0
     assert roster.current() == {PSEUDO("a"), PSEUDO("b")} and "line 1" in (roster.problem or "")
     health = roster.health()  # the daemon's health shows it, not only the log
     assert not health.ok and "line 1" in health.detail
     assert "what was read before stays in use" in health.detail
     path.unlink()
-    clock.now = 6.0
+    clock.now = 10.0
     assert roster.current() == {PSEUDO("a"), PSEUDO("b")} and "cannot read" in (roster.problem or "")
     path.write_text(format_roster([PSEUDO("c")]))
-    clock.now = 8.0
+    clock.now = 12.0
+    roster.current()
+    clock.now = 14.0
     assert roster.health().ok and roster.current() == {PSEUDO("c")}
     missing = watch_roster(tmp_path / "missing.txt")
     with pytest.raises(ConfigError, match="cannot read"):
@@ -116,6 +122,8 @@ def test_a_student_added_to_the_roster_is_taken_and_an_unreadable_roster_refuses
     try:
         assert server.request("POST", "/api/v1/answers", _good(svc.package, "stu-3", "n-1"))[0] == 400
         path.write_text(before + PSEUDO("stu-3") + "\n")
+        # the check at this request sees the change; the next one, with the file unchanged since, takes it
+        assert server.request("POST", "/api/v1/answers", _good(svc.package, "stu-1", "n-0"))[0] == 200
         assert server.request("POST", "/api/v1/answers", _good(svc.package, "stu-3", "n-1"))[0] == 200
         path.write_bytes(b"\xff\xfe not text")
         # the last roster read stays in use: the board keeps taking its class's answers
@@ -234,13 +242,15 @@ def test_a_roster_caught_half_saved_keeps_the_students_read_before(tmp_path: Pat
     assert roster.current() == {PSEUDO("a")} and roster.health().ok
     path.write_text(format_roster([PSEUDO("a"), PSEUDO("b")]))
     clock.now = 4.0
+    roster.current()
+    clock.now = 6.0
     assert roster.current() == {PSEUDO("a"), PSEUDO("b")}
     # emptied on purpose (still empty three checks later): taken, not ignored for ever
     path.write_text("")
-    for now in (6.0, 8.0, 10.0):
+    for now in (8.0, 10.0, 12.0):
         clock.now = now
         assert roster.current() == {PSEUDO("a"), PSEUDO("b")}
-    clock.now = 12.0
+    clock.now = 14.0
     roster.current()
     assert roster.current() != {PSEUDO("a"), PSEUDO("b")} or not roster.health().ok
 

@@ -132,15 +132,15 @@ def test_a_revoked_clicker_is_refused_within_seconds_and_the_others_keep_working
     lan: dict[str, Any], capsys: pytest.CaptureFixture[str],
 ) -> None:
     other = _add(lan["config"], "tablets-3a", capsys)
-    deadline = time.monotonic() + 5
-    while _post(lan, other, "t-1")[0] != 200:  # the board reads the file again within 2 s
-        assert time.monotonic() < deadline, "the new client's token was not taken within 5 s"
+    deadline = time.monotonic() + 8
+    while _post(lan, other, "t-1")[0] != 200:  # the board reads the file again within about 4 s
+        assert time.monotonic() < deadline, "the new client's token was not taken within 8 s"
         time.sleep(0.2)
     assert cli_main(["web", "clients", "remove", "acme-3a", "--config", str(lan["config"])]) == 0
     assert "revoked" in capsys.readouterr().out
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 8
     while _post(lan, lan["token"], f"c-{time.monotonic()}")[0] != 401:
-        assert time.monotonic() < deadline, "the revoked token still worked after 5 s"
+        assert time.monotonic() < deadline, "the revoked token still worked after 8 s"
         time.sleep(0.2)
     assert _post(lan, other, "t-2")[0] == 200
 
@@ -151,16 +151,16 @@ def test_a_clicker_removed_by_an_edit_that_leaves_a_bad_line_is_refused_and_noth
     # A review: IT deleted acme-3a's line by hand and left a typo on another; the whole file was refused and
     # "what was read before stays in use", so the revoked token kept getting 200 until the typo was found.
     other = _add(lan["config"], "tablets-3a", capsys)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 8
     while _post(lan, other, "e-1")[0] != 200:
-        assert time.monotonic() < deadline, "the new client's token was not taken within 5 s"
+        assert time.monotonic() < deadline, "the new client's token was not taken within 8 s"
         time.sleep(0.2)
     path = lan["config"].parent / "web-clients"
     newcomer = "n" * 24
     path.write_text(f"tablets-3a {other}\nnew-3b {newcomer}\nrooom-3c short\n")  # acme-3a's line is gone
-    deadline = time.monotonic() + 6
+    deadline = time.monotonic() + 8
     while _post(lan, lan["token"], f"e-{time.monotonic()}")[0] != 401:
-        assert time.monotonic() < deadline, "the token whose line was deleted still worked after 6 s"
+        assert time.monotonic() < deadline, "the token whose line was deleted still worked after 8 s"
         time.sleep(0.2)
     assert _post(lan, other, "e-2")[0] == 200  # its line is still there, unchanged
     assert _post(lan, newcomer, "e-3")[0] == 401  # nothing new is granted from a file with a bad line
@@ -279,6 +279,8 @@ def test_a_deleted_clients_file_refuses_every_clicker_after_an_editors_grace(tmp
     assert health.ok and health.detail == f"no clicker tokens: every clicker is refused ({path} is missing)"
     path.write_text(f"acme-3a {token}\n")
     clock.now += 2.0
+    clients.current()  # back: taken once it has not changed for a check
+    clock.now += 2.0
     assert clients.current().name_of(token) == "acme-3a"
     assert clients.health().detail == f"1 clicker tokens ({path})"
     # Moved away and back unchanged within the grace, then truncated by an editor saving in place: the
@@ -310,6 +312,8 @@ def test_a_clients_file_with_a_bad_line_keeps_only_the_clients_still_written_in_
     # acme-3a commented out, vendor-3c's token given to another name, and a byte that is not UTF-8
     path.write_bytes(f"# acme-3a {a}\ntablets-3a {b}\nother {c}\n".encode() + b"caf\xe9 " + b"d" * 24 + b"\n")
     clock.now = 2.0
+    clients.current()  # the check that sees the change; the next one reads it
+    clock.now = 4.0
     now = clients.current()
     assert (now.name_of(a), now.name_of(b), now.name_of(c)) == (None, "tablets-3a", None)
     assert "acme-3a, vendor-3c no longer in" in caplog.text
@@ -317,10 +321,14 @@ def test_a_clients_file_with_a_bad_line_keeps_only_the_clients_still_written_in_
     assert not health.ok and "utf-8" in health.detail.lower()
     assert "only what the file still lists stays in use (1 clicker tokens)" in health.detail
     path.write_text(f"acme-3a {a}\ntablets-3a {b}\nbad\n")  # put back, but still broken: not taken
-    clock.now = 4.0
+    clock.now = 6.0
+    clients.current()
+    clock.now = 8.0
     assert clients.current().name_of(a) is None and "line 3 is not 'name token'" in clients.health().detail
     path.write_text(f"acme-3a {a}\ntablets-3a {b}\n")  # fixed: the file is what counts again
-    clock.now = 6.0
+    clock.now = 10.0
+    clients.current()
+    clock.now = 12.0
     assert clients.current().name_of(a) == "acme-3a" and clients.health().ok
 
 
@@ -330,9 +338,9 @@ def test_a_wrong_clicker_token_is_told_to_get_a_clicker_token_not_the_boards_web
     # Review: a revoked or mistyped clicker token got "Ask your school IT for the board's web token", which
     # sent the vendor for the token that also opens the teacher view and the class data.
     assert cli_main(["web", "clients", "remove", "acme-3a", "--config", str(lan["config"])]) == 0
-    deadline = time.monotonic() + 5
-    while (refused := _post(lan, lan["token"], f"r-{time.monotonic()}"))[0] != 401:  # revoked within 2 s
-        assert time.monotonic() < deadline, "the revoked token still worked after 5 s"
+    deadline = time.monotonic() + 8
+    while (refused := _post(lan, lan["token"], f"r-{time.monotonic()}"))[0] != 401:  # revoked within ~4 s
+        assert time.monotonic() < deadline, "the revoked token still worked after 8 s"
         time.sleep(0.2)
     for bearer in (lan["token"], "mistyped-clicker-token"):
         status, body = refused if bearer == lan["token"] else _post(lan, bearer, "r-typo")
