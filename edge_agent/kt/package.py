@@ -80,6 +80,20 @@ def _read_json(path: Path) -> Any:
         raise ModelError(f"KT package file {path} is not valid JSON: {exc}") from exc
 
 
+def item_id_problem(item_id: str) -> str | None:
+    """Why the answer API would refuse ``item_id`` from a clicker (answers.py's rule), or None: an exercise
+    with a tab in its id, or of 130 characters, was recommended, and every answer on it refused (a review)."""
+    from edge_agent.kt.answers import INVISIBLE, MAX_TEXT, NOT_TEXT  # here: answers.py imports this module
+
+    if INVISIBLE.fullmatch(item_id):
+        return "it has no visible character"
+    if len(item_id) > MAX_TEXT:
+        return f"it is longer than {MAX_TEXT} characters"
+    if NOT_TEXT.search(item_id):
+        return "it holds a control character: a tab or a line break, perhaps"
+    return None
+
+
 def _text(entry: Any, key: str, where: str) -> str:
     value = entry.get(key) if isinstance(entry, dict) else None
     if not isinstance(value, str) or not value:
@@ -127,9 +141,14 @@ def _items(data: Any, path: Path, skill_ids: set[str]) -> tuple[ItemInfo, ...]:
             bound = f"{MAX_DIFFICULTY:g}"
             raise ModelError(f"{where}: difficulty {diff} is outside -{bound}..{bound}: it is a logit offset "
                              "(typically -3..3), not a rating on another scale")
+        item_id = _text(e, "id", where)
+        problem = item_id_problem(item_id)
+        if problem:
+            raise ModelError(f"{where}: id {item_id[:40]!r} is not one a clicker can send ({problem}): "
+                             "answers on it would all be refused; rename the exercise and retrain")
         items.append(
             ItemInfo(
-                _text(e, "id", where),
+                item_id,
                 skill,
                 float(diff),
                 _text(e, "title_zh", where),

@@ -64,6 +64,10 @@ class ItemBank:
             for k, items in items_by_skill.items()
         }
         with_items = sorted(k for k, entries in self._by_skill.items() if entries)
+        self._skills_of: dict[str, set[int]] = {}  # item id -> its skills, for the excluded items
+        for k, entries in self._by_skill.items():
+            for _difficulty, item_id, _item in entries:
+                self._skills_of.setdefault(item_id, set()).add(k)
         # The skills practice can be recommended on; None when every one of the package's ``n_skills``
         # has items (the usual case, and the answer path's fast one)
         self.practicable: list[int] | None = None if len(with_items) == n_skills else with_items
@@ -73,14 +77,24 @@ class ItemBank:
         probs: np.ndarray | Sequence[float],
         weak: Sequence[int],
         among: Collection[int] | None = None,
+        exclude: Collection[str] = (),
     ) -> Sequence[int]:
-        """As many of the weakest skills that have items (of ``among``, where given) as ``weak`` holds,
-        ``weak`` being the weakest of all: with no items on those, nothing was recommended (108 of 200
-        answers in a review)."""
-        if self.practicable is None:
+        """As many of the weakest skills with an item that is not excluded (of ``among``, where given) as
+        ``weak`` holds, ``weak`` being the weakest of all: with no items on those, nothing was recommended
+        (108 of 200 answers in a review), nor with one item per skill (``kt train`` without --items) when
+        the student had just answered each weak skill's (54 of 120). Pass recommend's ``exclude``."""
+        used_up = self._used_up(exclude)
+        if self.practicable is None and used_up.isdisjoint(weak):
             return weak
-        candidates = self.practicable if among is None else sorted(set(among) & set(self.practicable))
-        return weakest_skills(probs, len(weak), candidates)
+        candidates: Collection[int] = range(len(probs)) if self.practicable is None else self.practicable
+        if among is not None:
+            candidates = set(among) & set(candidates)
+        return weakest_skills(probs, len(weak), [k for k in candidates if k not in used_up])
+
+    def _used_up(self, exclude: Collection[str]) -> set[int]:
+        """The skills whose items are all excluded."""
+        touched = {k for item_id in exclude for k in self._skills_of.get(item_id, ())}
+        return {k for k in touched if all(item_id in exclude for _d, item_id, _i in self._by_skill[k])}
 
     def recommend(
         self,

@@ -66,8 +66,19 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
 
     text = sys.stdin.read() if str(source) == "-" else read_spreadsheet_text(source)
     if column is None:
-        # "#" inside an id is kept: the answer API takes "3A#07", which a cut at any "#" listed as "3A"
-        ids = [_unquoted(_COMMENT.split(line, 1)[0].strip()) for line in text.splitlines()]
+        ids = []
+        for number, line in enumerate(text.splitlines(), 1):
+            # "#" inside an id is kept: the answer API takes "3A#07", which a cut at any "#" listed as "3A"
+            entry = _COMMENT.split(line, 1)[0].strip()
+            student = _unquoted(entry)
+            # A table read as a list: "student_no,name" and each "2026001,王小明" went on the roster as one
+            # student, and the whole class was refused as not on it (a review). A comma inside an id is
+            # read from a table (--column), or from a quoted one-column list.
+            if student == entry and "," in student_id_key(entry):
+                raise ValueError(f"{source} line {number}: {entry[:40]!r} holds a comma, and without "
+                                 "--column each line is one student id (a tab or comma: give --column for a "
+                                 "table)")
+            ids.append(student)
     else:
         columns, rows = csv_rows(text, str(source))
         if column not in columns:

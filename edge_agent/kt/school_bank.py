@@ -21,7 +21,7 @@ from typing import Any
 
 from edge_agent.errors import InputRejected
 from edge_agent.kt.data import skill_key
-from edge_agent.kt.package import MAX_DIFFICULTY
+from edge_agent.kt.package import MAX_DIFFICULTY, item_id_problem
 from edge_agent.spreadsheet_text import csv_rows, read_spreadsheet_text
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,11 @@ class SchoolBank:
 
 def _rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
     columns, read = csv_rows(read_spreadsheet_text(path), str(path))
+    # csv's DictReader keeps the last of two columns of one name: the other was dropped without a word
+    twice = sorted({c for c in columns if c and columns.count(c) > 1})
+    if twice:
+        raise InputRejected(f"{path}: its first line names the column {', '.join(map(repr, twice))} twice; "
+                            "keep one, or rename the other")
     missing = [c for c in required if c not in columns]
     if missing:
         raise InputRejected(f"{path} has no column {', '.join(map(repr, missing))} (its first line should "
@@ -70,10 +75,17 @@ def read_school_bank(skills_csv: Path | None, items_csv: Path | None) -> SchoolB
     """The two files read and checked on their own (InputRejected names file and line); either may be
     absent."""
     names: dict[str, tuple[str, str]] = {}
+    first: dict[str, tuple[int, str]] = {}  # skill_key -> line and spelling
     for line, row in _rows(skills_csv, ("skill_id", "name_zh")) if skills_csv else ():
         skill = row["skill_id"]
-        if skill in names:
-            raise InputRejected(f"{skills_csv} line {line}: skill {skill!r} is listed twice")
+        # by skill_key, as package_entries matches them: "7" and "07" are one skill, and the last one's
+        # names were taken without a word (a review)
+        if skill_key(skill) in first:
+            at, spelt = first[skill_key(skill)]
+            also = "" if spelt == skill else f" as {spelt!r}"
+            raise InputRejected(f"{skills_csv} line {line}: skill {skill!r} is listed twice (first on line "
+                                f"{at}{also})")
+        first[skill_key(skill)] = (line, skill)
         names[skill] = (row["name_zh"], row.get("name_en") or row["name_zh"])
     items: list[dict[str, Any]] = []
     lines: list[str] = []
@@ -84,6 +96,10 @@ def read_school_bank(skills_csv: Path | None, items_csv: Path | None) -> SchoolB
             raise InputRejected(f"{items_csv} line {line}: item {item!r} is listed twice (first on line "
                                 f"{seen[item]}); the clickers name an exercise by its id")
         seen[item] = line
+        problem = item_id_problem(item)
+        if problem:  # else recommended to students, and every clicker answer on it refused
+            raise InputRejected(f"{items_csv} line {line}: item id {item[:40]!r} is not one a clicker can "
+                                f"send ({problem}): the answer API would refuse every answer on it")
         items.append({
             "id": item,
             "skill_id": row["skill_id"],
@@ -123,9 +139,11 @@ def package_entries(
                         item["id"], item["skill_id"])
     practised = {i["skill_id"] for i in items}
     taken = {i["id"] for i in items}
-    for skill in skills:
+    for position, skill in enumerate(skills, 1):
         if skill["id"] not in practised:
             item_id = base = f"skill-{skill['id']}"
+            if item_id_problem(base):  # a skill id of 123 characters or more: named by its place instead
+                item_id = base = f"skill-{position}"
             n = 1
             while item_id in taken:  # a school's own exercise called so, or one made here (round 2)
                 n += 1

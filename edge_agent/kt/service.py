@@ -1007,7 +1007,7 @@ class KTService:
             weak = weakest_skills(row, settings.weak_skills, among)
             recs = self._bank.recommend(
                 row,
-                self._bank.practice_skills(row, weak, among),
+                self._bank.practice_skills(row, weak, among, answered),
                 target=settings.target_success,
                 count=settings.recommendations,
                 exclude=answered,

@@ -103,6 +103,10 @@ def test_missing_directory_and_files_are_named(tmp_path: Path) -> None:
         ("items.json", lambda d: d["items"][0].update(difficulty=10**400), "not a rating on another scale"),
         ("metadata.json", lambda d: d.update(hidden=True), "hidden"),
         ("metadata.json", lambda d: d.update(prior_success=[True for _ in d["prior_success"]]), "prior"),
+        # ids the answer API refuses: recommended to students, and every clicker answer on them got 400
+        ("items.json", lambda d: d["items"][1].update(id="ex\t2"), r"item 1: id 'ex\\t2' is not one a"),
+        ("items.json", lambda d: d["items"][0].update(id="Q" * 129), "longer than 128 characters"),
+        ("items.json", lambda d: d["items"][0].update(id="\u200b"), "no visible character"),
     ],
 )
 def test_malformed_package_files_are_rejected(tmp_path: Path, file: str, change: object, words: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 from edge_agent.config import KTSettings, StoreSettings
 from edge_agent.errors import InputRejected
 from edge_agent.kt.answers import Answer, parse_answer, parse_batch
-from edge_agent.kt.package import KTPackage
+from edge_agent.kt.package import ItemInfo, KTPackage
 from edge_agent.kt.persistence import EVENT_KEEP_S, StatePersistence
 from edge_agent.kt.pseudonym import Pseudonymizer
 from edge_agent.kt.recommend import item_success
@@ -1427,3 +1427,23 @@ def test_a_request_larger_than_the_queue_is_refused_as_too_large_not_answered_bu
     with pytest.raises(InputRejected, match="300 answers in one request; the limit is 256") as refused:
         parse_batch(body, package, settings=settings, pseudonym=pseudonymize, now=time.time())
     assert refused.value.field == "answers"
+
+
+def test_with_one_exercise_per_skill_the_feedback_recommends_a_practised_skills_exercise_not_just_answered(
+    package, engine, kt_settings, pseudonymize
+) -> None:
+    # A review: with one exercise per skill (`kt train` without --items), the weakest skills' only
+    # exercises were among the last 3 answered, and the feedback recommended nothing
+    one_each = tuple(ItemInfo(f"skill-{s.id}", s.id, 0.0, s.name_zh, s.name_en) for s in package.skills)
+    single = dataclasses.replace(package, items=one_each)
+    svc = _service(single, engine, kt_settings, pseudonymize)
+    try:
+        feedback = []
+        for n, item in enumerate([0, 1, 2, 0, 1, 2, 3]):  # a lesson on 4 skills
+            answer = _answer(single, pseudonymize, "s1", f"e{n}", item=item, correct=n % 2)
+            feedback.append(svc.submit([answer]).result(5)[0])
+        last = feedback[-1]
+        # answered last: skills 3, 2, 1; skill 0's exercise is the one left to practise
+        assert [r["item_id"] for r in last["recommended"]] == [one_each[0].id], last["recommended"]
+    finally:
+        svc.stop()

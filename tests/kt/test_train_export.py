@@ -317,6 +317,15 @@ def test_kt_train_names_skills_and_exercises_from_the_schools_spreadsheets_in_ch
         ("skill_id,name\n1,一\n", None, "has no column 'name_zh'"),
         ("skill_id,name_zh\n1,一\n1,二\n", None, "line 3: skill '1' is listed twice"),
         ("skill_id,name_zh\n1,\n", None, "line 2: 'name_zh' is empty"),
+        # a review: "07" is the answer log's skill 7 as "7" is, and the last one's names were taken
+        ("skill_id,name_zh\n7,一元一次方程\n07,勾股定理\n", None,
+         "line 3: skill '07' is listed twice (first on line 2 as '7')"),
+        # ... and of two name_zh columns the last was read without a word
+        ("skill_id,name_zh,name_zh\n1,一,二\n", None, "its first line names the column 'name_zh' twice"),
+        # ids the answer API refuses: recommended to students, and every clicker answer on them got 400
+        (None, "item_id,skill_id,title_zh\nQ1,1,一\nQ\t2,1,二\n",
+         "line 3: item id 'Q\\t2' is not one a clicker can send (it holds a control character"),
+        (None, f"item_id,skill_id,title_zh\n{'Q' * 129},1,一\n", "is longer than 128 characters"),
         (None, "item_id,skill_id,title_zh\nQ1,1,一\nQ1,1,二\n",
          "line 3: item 'Q1' is listed twice (first on line 2)"),
         (None, "item_id,skill_id,title_zh,difficulty\nQ1,1,一,1200\n",
@@ -379,6 +388,17 @@ def test_the_schools_spreadsheets_name_skills_as_the_answer_log_does_and_made_id
     assert skills[0] == {"id": "01", "name_zh": "有理数", "name_en": "rationals"}
     assert [(i["id"], i["skill_id"]) for i in items] == [
         ("q1", "01"), ("skill-A", "B"), ("skill-A-2", "A"), ("skill-A-2-2", "A-2")]
+
+
+def test_an_exercise_made_for_a_skill_of_a_long_id_is_one_a_clicker_can_answer() -> None:
+    # "skill-" and a skill id of 125 characters is past the answer API's 128: no clicker could answer it,
+    # and the daemon refuses a package holding such an id
+    from edge_agent.kt.package import item_id_problem
+    from edge_agent.kt.school_bank import SchoolBank, package_entries
+
+    _skills, items = package_entries(SchoolBank(), ["B", "x" * 125])
+    assert [(i["id"], i["skill_id"]) for i in items] == [("skill-B", "B"), ("skill-2", "x" * 125)]
+    assert not any(item_id_problem(i["id"]) for i in items)
 
 
 @pytest.mark.parametrize(
