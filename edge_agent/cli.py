@@ -91,6 +91,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from edge_agent.demo import run_demo
 
     forbid_core_dumps()  # the demo runs the daemon, on a real camera with --camera (a review: no core limit)
+    # as `run`: its databases hold pseudonyms and learning states (a review: they were 0644)
+    os.umask(0o077)
     return run_demo(args)
 
 

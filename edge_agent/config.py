@@ -264,7 +264,11 @@ class CameraSettings(Section):
         "pipeline, rtsp:// URL, file, or folder."
     )
     analysis_fps: float = Field(5.0, gt=0.0, le=60.0)
-    width: int = Field(640, ge=64, le=4096)
+    width: int = Field(
+        640, ge=64, le=4096,
+        description="Asked of the camera. Faces are found at 640 px on the longer side whatever it gives: a "
+        "wider frame is shrunk (averaging pixels from 1280 px up), so it costs CPU and finds few more faces.",
+    )
     height: int = Field(480, ge=64, le=4096)
     reconnect_min_s: float = Field(
         1.0,
@@ -387,8 +391,11 @@ def _bare_host(value: str, info: ValidationInfo, example: str) -> str:
         if info.data.get("enabled", True):
             raise ValueError(f"is empty: name a host name or an IP address, e.g. {example}")
         return host
-    rest = host.split("://", 1)[1] if "://" in host else host
-    rest = rest.split("/", 1)[0].rsplit("@", 1)[-1]  # no path, no user
+    user, _, rest = host.rpartition("://")[2].rpartition("@")  # a password may hold a "/"
+    rest = rest.split("/", 1)[0]  # no path, no user
+    # A password typed with the user (mqtts://board7:Pa55word@broker) is not repeated: this message goes
+    # to the log, the heartbeat's config_reload refusal and support bundles (a review)
+    shown = without_credentials(host.replace(f"{user}@", "***@", 1) if user else host)
     bare, port = rest, ""
     if rest.startswith("[") and "]" in rest:  # [::1] or [::1]:8883
         bare, _, after = rest[1:].partition("]")
@@ -398,12 +405,12 @@ def _bare_host(value: str, info: ValidationInfo, example: str) -> str:
     if bare != host:
         said = f'write host = "{bare}"' + (f" and port = {port}" if port.isdigit() else "")
         what = "a scheme" if "://" in host else "a port" if port else "more than the host"
-        raise ValueError(f"{value!r} holds {what}: the host alone goes here; {said}")
+        raise ValueError(f"{shown!r} holds {what}: the host alone goes here; {said}")
     try:
         ipaddress.ip_address(host)
     except ValueError:
         if not HOST_NAME.match(host.removesuffix(".")):  # a trailing dot: a fully qualified name
-            raise ValueError(f"{value!r} is not a host name or an IP address (e.g. {example})") from None
+            raise ValueError(f"{shown!r} is not a host name or an IP address (e.g. {example})") from None
     return host
 
 

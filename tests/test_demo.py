@@ -67,6 +67,7 @@ def test_a_demo_on_a_port_another_program_holds_says_so_and_exits(
     assert f"cannot listen on 127.0.0.1:{taken}" in done.stderr and "address already in use" in done.stderr
     assert f"pick another with {busy}" in done.stderr
     assert foreign_server.posts == []
+    _assert_only_the_users(tmp_path / "state", {"edge-agent.db"})
 
 
 def _mosquittos_of(state: Path) -> list[int]:
@@ -126,3 +127,12 @@ def test_a_demo_that_fails_after_starting_its_mosquitto_stops_it(
     assert done.returncode != 0 and "no classroom here" in done.stderr, done.stderr[-3000:]
     assert (demo_state / "mosquitto-demo.conf").exists()  # it was started
     assert _mosquittos_of(demo_state) == []
+    _assert_only_the_users(demo_state, {"cloud-receiver.db", "pseudonym.key"})
+
+
+def _assert_only_the_users(state: Path, expected: set[str]) -> None:
+    """Nothing under ``state`` is open to the group or others: the databases hold pseudonyms and learning
+    states (a review: the demo did not set `run`'s umask, and they were 0644)."""
+    found = {p.relative_to(state): p.stat().st_mode & 0o777 for p in [state, *state.rglob("*")]}
+    assert expected <= {p.name for p in found}, sorted(map(str, found))
+    assert {str(p): oct(mode) for p, mode in found.items() if mode & 0o077} == {}

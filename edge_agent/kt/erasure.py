@@ -104,6 +104,16 @@ def retention_cutoff(now: float, max_age_s: float, run_started: float, newest_be
     return cutoff if newest_before_run >= cutoff + RETENTION_MARGIN_S else None
 
 
+def unlink_answers(conn: sqlite3.Connection, students: Sequence[str]) -> None:
+    """Their answers' idempotency keys stay (a retry within minutes is still a duplicate), without what each
+    answer said or whose it was; keys stored before the student column was added have none to find them by,
+    and expire within EVENT_KEEP_S of the upgrade."""
+    for i in range(0, len(students), KEYS_PER_QUERY):
+        chunk = students[i : i + KEYS_PER_QUERY]
+        conn.execute("UPDATE kt_applied_events SET content = NULL, student = NULL "
+                     f"WHERE student IN ({','.join('?' * len(chunk))})", chunk)
+
+
 def erase_writer(students: Sequence[str]) -> Callable[[sqlite3.Connection], set[str]]:
     """One transaction: the students' stored states and their entries in the lesson records go; gives
     those that had a stored state."""
@@ -114,14 +124,7 @@ def erase_writer(students: Sequence[str]) -> Callable[[sqlite3.Connection], set[
         for student in gone:
             if conn.execute("DELETE FROM kt_student_state WHERE student = ?", (student,)).rowcount:
                 had.add(student)
-        # Their answers' idempotency keys stay (a retry within minutes is still a duplicate), without what
-        # each answer said or whose it was; keys stored before the student column was added have none to
-        # find them by, and expire within EVENT_KEEP_S of the upgrade
-        students = sorted(gone)
-        for i in range(0, len(students), KEYS_PER_QUERY):
-            chunk = students[i : i + KEYS_PER_QUERY]
-            conn.execute("UPDATE kt_applied_events SET content = NULL, student = NULL "
-                         f"WHERE student IN ({','.join('?' * len(chunk))})", chunk)
+        unlink_answers(conn, sorted(gone))
         for key in _RECORDS:
             record = meta_object(conn, key)
             if record is not None:
@@ -151,6 +154,9 @@ def retire_states(db: Database, cutoff: float, run_started: float,
         students = [row[0] for row in conn.execute(
             "SELECT student FROM kt_student_state WHERE updated_at < ? LIMIT ?", (before, RETIRE_PIECE))]
         conn.executemany("DELETE FROM kt_student_state WHERE student = ?", [(s,) for s in students])
+        # prune_events keeps the newest 20,000 keys however old, so on a small class a retired student's
+        # answers stayed for ever, each saying which item they answered and whether right (a review)
+        unlink_answers(conn, students)
         return students
 
     def next_piece(previous: Future[list[str]]) -> None:  # on the writer thread, after the commit

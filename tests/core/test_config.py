@@ -769,6 +769,21 @@ def test_spaces_around_a_host_are_no_part_of_it() -> None:
     assert parse_config('[web]\nenabled = false\nhost = ""\n').web.enabled is False  # off: never bound
 
 
+@pytest.mark.parametrize("written", [
+    "mqtts://board7:Pa55word@broker.school.cn:8883", "board7:Pa55word@broker.school.cn",
+    "mqtts://board7:Pa55/word@broker.school.cn:8883/", "broker.school.cn?password=Pa55word",
+])
+def test_a_password_typed_into_a_host_is_not_repeated_by_the_refusal(written: str) -> None:
+    # A review: the message quoted the whole value, and it reaches the log, the heartbeat's config_reload
+    # refusal sent to the cloud and the support bundle (doctor.json, config-problems.txt)
+    with pytest.raises(ConfigError) as refused:
+        parse_config(f'[mqtt]\nhost = "{written}"\n')
+    said = str(refused.value)
+    assert "Pa55" not in said and "mqtt.host" in said, said
+    if "@" in written:
+        assert 'write host = "broker.school.cn"' in said and "***@" in said, said
+
+
 def test_a_state_dir_that_is_a_file_is_refused_by_config_check_and_doctor(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

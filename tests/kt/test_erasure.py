@@ -246,6 +246,25 @@ def test_retention_deletes_only_states_not_updated_for_the_configured_days(
         asyncio.run(component.stop())
 
 
+def test_retention_leaves_no_retired_students_answer_saying_whose_it_was_or_what_it_said(
+    package: KTPackage, engine: Any, device: Any, db: Database, pseudonymize: Any
+) -> None:
+    # a review: the content hash gave back item and right/wrong by trying the package's items, and
+    # prune_events keeps the newest 20,000 keys however old, so on a small class they stayed for ever
+    rows, component, _ = _start_after_stamping(
+        package, engine, device, db, pseudonymize, {"old-1": 401, "old-2": 900, "today": 0})
+    try:
+        assert rows == {pseudonymize("today")}  # the class is in use: the clock guard lets retention run
+        answers = db.read(lambda c: c.execute("SELECT student, content FROM kt_applied_events").fetchall())
+        assert len(answers) == 3  # the keys stay: a retry is still a duplicate
+        assert {student for student, _ in answers} == {None, pseudonymize("today")}
+        # the retired two: neither whose nor what; today's student answered this year, and keeps both
+        assert sorted((student is None, content is None) for student, content in answers) == [
+            (False, False), (True, True), (True, True)]
+    finally:
+        asyncio.run(component.stop())
+
+
 def test_a_clock_jumped_years_ahead_deletes_no_student(
     package: KTPackage, engine: Any, device: Any, db: Database, pseudonymize: Any,
     caplog: pytest.LogCaptureFixture,
