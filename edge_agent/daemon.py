@@ -401,6 +401,7 @@ class Daemon:
     async def _supervise(self) -> None:
         interval = self.notifier.watchdog_interval_s
         next_ping = time.monotonic()
+        withheld: list[str] = []
         while True:
             try:
                 components = self.component_health()  # on the event loop: no health may wait on the disk
@@ -414,11 +415,15 @@ class Daemon:
             stale = self.heartbeats.stale()
             if interval is not None and time.monotonic() >= next_ping:
                 if stale:
-                    # Withholding the ping is the point: systemd restarts a daemon whose worker hung.
-                    log.error("watchdog ping withheld: workers not responding: %s", ", ".join(stale))
+                    # Withholding the ping is the point: systemd restarts a daemon whose worker hung. It is
+                    # tried again at the next tick: due only an interval later, it came at WatchdogSec, and
+                    # a worker 1 s late that beat again got the daemon killed 14 s later (a review)
+                    if stale != withheld:  # said once, not at every tick
+                        log.error("watchdog ping withheld: workers not responding: %s", ", ".join(stale))
+                    withheld = stale
                 else:
                     self.notifier.watchdog()
-                next_ping = time.monotonic() + interval
+                    next_ping, withheld = time.monotonic() + interval, []
             sleep = HEALTH_PERIOD_S if interval is None else min(HEALTH_PERIOD_S, interval)
             await asyncio.sleep(sleep)
 

@@ -79,7 +79,12 @@ restart_daemon() {
         # systemd counts every start against StartLimitBurst (5 in 10 minutes), restarts by hand too: after
         # a few restarts this one was refused ("start-limit-hit") and the board stayed down (2026-12-01).
         systemctl reset-failed edge-agent-engines edge-agent 2>/dev/null || true
-        if systemctl try-restart edge-agent-engines edge-agent; then
+        # The engine build for the new VERSION first: the daemon's start waits for it (After=), as at boot.
+        # The daemon no longer Wants= it (a reload after a config edit waited for a whole build), so its
+        # restart alone would not start it; a build of the old release still running starts again.
+        # --no-block: a failed build is not fatal, the daemon runs on ONNX Runtime then.
+        systemctl restart --no-block edge-agent-engines 2>/dev/null || true
+        if systemctl try-restart edge-agent; then
             say "edge-agent restarted on $(cat "$PREFIX/VERSION")"
         else
             say "edge-agent did not restart on $(cat "$PREFIX/VERSION"): see systemctl status edge-agent and"

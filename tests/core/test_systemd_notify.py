@@ -140,6 +140,32 @@ def test_abstract_socket_names_are_supported() -> None:
         server.close()
 
 
+def test_a_long_or_multiline_status_reaches_systemd_as_one_line_of_at_most_1_kib() -> None:
+    # A review (systemd 252): a degraded status naming 20 failed models was over 4 KiB; systemd drops such
+    # a notification whole, while the Notifier counted it sent, and StatusText stayed "all components
+    # healthy". A newline in an error text would start a field of its own.
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"edge-agent-test-status-{os.getpid()}"
+    server.bind("\0" + name)
+    server.settimeout(2)
+    notifier = Notifier({"NOTIFY_SOCKET": "@" + name})
+    failures = "; ".join(f"model{i}: FAILED (INVALID_GRAPH \u00e9l\u00e8ve {i:03d} " + "x" * 200 + ")"
+                         for i in range(20))
+    try:
+        assert notifier.status("degraded: engines: " + failures)
+        long = server.recv(65536)
+        assert notifier.stopping("stopping: store: database is locked\nREADY=1")
+        multiline = server.recv(65536)
+    finally:
+        server.close()
+        notifier.close()
+    text = long.decode()  # whole characters only, even where the cut fell inside one
+    assert "\n" not in text and text.startswith("STATUS=degraded: engines: model0: FAILED"), text[:80]
+    assert len(long) <= 1024 + len("STATUS=") and text.endswith("\u2026"), len(long)
+    one_line = "STATUS=stopping: store: database is locked READY=1"
+    assert multiline.decode().split("\n") == ["STOPPING=1", one_line]
+
+
 def test_daemon_sends_ready_status_watchdog_and_stopping_and_withholds_pings_when_a_worker_hangs(
     notify_socket: NotifySocket,
 ) -> None:
@@ -177,6 +203,38 @@ def test_daemon_sends_ready_status_watchdog_and_stopping_and_withholds_pings_whe
     assert ready_at < stopping_at
     # Pings resumed once the worker recovered.
     assert notify_socket.fields("WATCHDOG")[-1][0] > ready_at + 2.0
+
+
+def test_a_ping_withheld_for_a_late_worker_goes_out_within_2_s_of_its_next_beat(
+    notify_socket: NotifySocket,
+) -> None:
+    # A review, under systemd 252 (WatchdogSec=30, a ping every 15 s): a worker 1.5 s late at a ping's
+    # moment had the ping withheld and the next one due 15 s later, at systemd's deadline, so the daemon
+    # was killed 14 s after the worker beat again. Here a ping every 4 s, the daemon's 1-s tick as shipped.
+    heartbeats = HeartbeatRegistry()
+    worker = WorkerComponent("kt-inference", heartbeats)
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "8000000"})
+    daemon = Daemon([worker], live=LiveBoard(), heartbeats=heartbeats, notifier=notifier)
+
+    async def scenario() -> tuple[float, float]:
+        task = asyncio.create_task(daemon.run())
+        while not notify_socket.fields("WATCHDOG"):
+            await asyncio.sleep(0.02)
+        worker.hang.set()  # late past its max_gap_s (0.3 s) when the next ping is due, 4 s on
+        first_ping = notify_socket.fields("WATCHDOG")[0][0]
+        await asyncio.sleep(first_ping + 4.5 - time.monotonic())
+        worker.hang.clear()
+        beating_again = time.monotonic()
+        await asyncio.sleep(2.5)
+        daemon.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+        return first_ping, beating_again
+
+    first_ping, beating_again = asyncio.run(scenario())
+    pings = [t for t, _ in notify_socket.fields("WATCHDOG")]
+    assert not [t for t in pings if first_ping < t < beating_again], pings  # withheld while it was late
+    after = [t - beating_again for t in pings if t > beating_again]
+    assert after and after[0] <= 2.0, after
 
 
 class FailsAfterRegisteringComponent(WorkerComponent):

@@ -154,6 +154,12 @@ def test_engine_build_runs_on_first_boot_and_after_an_upgrade_only_and_a_failed_
     assert run("ExecCondition") == 0  # the next boot tries again
     assert run("ExecStartPost") == 0 and run("ExecStopPost") == 0
     assert run("ExecCondition") == 1
+    # a skip (systemd runs ExecStopPost after one too) is no failure: with the built stamp deleted by hand,
+    # the next start builds (a review: it was noted as failed, and nothing built for the rest of the boot)
+    run("ExecStopPost", result="exec-condition")
+    (tmp_path / "engines-built.stamp").unlink()
+    assert run("ExecCondition") == 0
+    assert run("ExecStartPost") == 0 and run("ExecCondition") == 1
     tensorrt.write_text("libnvinfer10 10.3.0.31-1+cuda12.6\n")  # a JetPack update of TensorRT alone
     assert run("ExecCondition") == 0
     tensorrt.write_text("")  # no TensorRT at all (dpkg-query fails): the version alone decides

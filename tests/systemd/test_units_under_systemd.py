@@ -175,13 +175,14 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
         raise AssertionError(f"{exc}\n{booted.journal('mosquitto.service')[-3000:]}\n{log[-3000:]}") from exc
     assert booted.show("mosquitto.service", "ActiveState")["ActiveState"] == "active"
     # The broker machine's CRL timer (provisioning/README.md): its service rebuilds the CRL, installs it for
-    # Mosquitto and reloads it (Mosquitto refuses every board once its CRL has expired)
+    # Mosquitto and reloads it (Mosquitto refuses every board once its CRL has expired). The CA moved: its
+    # sandbox writes only where ReadWritePaths= says, and PrivateTmp= would hide this test's folder in /tmp
     booted.run("sh", "-c", f"""set -e
         cp {REPO}/provisioning/mosquitto/edge-agent-crl.service \
             {REPO}/provisioning/mosquitto/edge-agent-crl.timer /etc/systemd/system/
         mkdir -p /etc/systemd/system/edge-agent-crl.service.d
-        printf '[Service]\\nEnvironment=FLEET_CA={fleet}/fleet-ca\\n' \
-            > /etc/systemd/system/edge-agent-crl.service.d/site.conf
+        printf '[Service]\\nEnvironment=FLEET_CA={fleet}/fleet-ca\\nReadWritePaths={fleet}/fleet-ca\\n\
+PrivateTmp=no\\n' > /etc/systemd/system/edge-agent-crl.service.d/site.conf
         systemctl daemon-reload
         systemctl enable --now edge-agent-crl.timer
         systemctl start edge-agent-crl.service""")
@@ -248,7 +249,7 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     assert "Active: active (running)" in listing and "component store started" in listing, listing[-3000:]
 
     # A hung daemon: the watchdog kills it after WatchdogSec=30 and systemd starts it again, without
-    # waiting for the engine build again (built, or failed once in this boot)
+    # starting the engine build (boot and install.sh start it; until 2026-12 the daemon Wants= it)
     # systemd 252 logs "Starting <unit> - <description>...", 249 "Starting <description>..."
     starting_build = "edge-agent engine build (first boot and after upgrades)..."
     builds = booted.journal("edge-agent-engines.service").count(starting_build)
@@ -257,9 +258,7 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     wait_until(lambda: "6 students restored" in booted.journal("edge-agent.service"), 60,
                "the restarted daemon with the students' states")
     assert "Failed with result 'watchdog'" in booted.journal("edge-agent.service")
-    engines = booted.journal("edge-agent-engines.service")
-    assert engines.count(starting_build) == builds + 1
-    assert "Skipped due to 'exec-condition'" in engines, engines[-1500:]
+    assert booted.journal("edge-agent-engines.service").count(starting_build) == builds
 
     # Restarts by hand count against StartLimitBurst (5 in 10 minutes); install.sh's restart on an upgrade
     # still works. The upgrade: this release with one file changed, another release (run again on the
@@ -278,6 +277,8 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
         booted.run("systemctl", "restart", "edge-agent", timeout_s=200)
     upgrade = booted.run("sh", "-c", install.replace(f"cd {REPO} ", f"cd {newer} "), timeout_s=600)
     assert "edge-agent restarted" in upgrade.stderr, upgrade.stdout + upgrade.stderr
+    # the new VERSION's engine build ran before the daemon's restart (built, or 3: no TensorRT here)
+    assert booted.journal("edge-agent-engines.service").count(starting_build) == builds + 1
     assert booted.show("edge-agent.service", "ActiveState")["ActiveState"] == "active"
 
     # Provisioning again: nothing changed, nothing restarted; a changed config restarts the daemon with it
