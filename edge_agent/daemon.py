@@ -158,6 +158,7 @@ class Daemon:
         self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health_error_logged = -float("inf")
+        self._restart_checks: set[asyncio.Task[None]] = set()
 
     # -- public -----------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -177,11 +178,22 @@ class Daemon:
     def request_restart(self, why: str) -> None:
         """On the loop: stop cleanly and exit with RESTART_EXIT, so that systemd starts the daemon again
         and it reads its config anew (nothing is reloaded in place). Not while the config on disk would
-        not start: the board runs on as it is, and the log says why."""
+        not start: the board runs on as it is, and the log says why. The config is checked on a thread:
+        the check writes a file in the state folder, and on the loop a disk stall froze the teacher view,
+        the answers and the watchdog's pings for as long as it lasted (a review: 8 s)."""
         if self._stop.is_set():  # stopping already (an admin's stop, a reload): that stop stands
             log.warning("%s: ignored, the daemon is already stopping", why)
             return
-        if said := self.restart_problems():
+        task = asyncio.get_running_loop().create_task(self._restart_if_startable(why))
+        self._restart_checks.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(self._restart_checks.discard)
+
+    async def _restart_if_startable(self, why: str) -> None:
+        said = await asyncio.to_thread(self.restart_problems)
+        if self._stop.is_set():  # an admin's stop while the config was checked: that stop stands
+            log.warning("%s: ignored, the daemon is already stopping", why)
+            return
+        if said:
             log.error("%s: not restarting, the config on disk would not start (%s); running on with the "
                       "config read at the start", why, said)
             return

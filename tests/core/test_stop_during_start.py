@@ -232,6 +232,8 @@ def test_a_refused_reload_stops_being_said_once_the_file_on_disk_is_mended(monke
         while daemon.state != "running":
             await asyncio.sleep(0.05)
         daemon.request_restart("SIGHUP (a reload)")  # refused: the board runs on
+        while daemon.config_refused is None:  # checked on a thread
+            await asyncio.sleep(0.02)
         refused = daemon.readiness()[0]
         path.write_text(good)  # IT mends the file
         await asyncio.sleep(1.0)
@@ -241,3 +243,46 @@ def test_a_refused_reload_stops_being_said_once_the_file_on_disk_is_mended(monke
         return refused, mended
 
     assert asyncio.run(scenario()) == (False, True)
+
+
+def test_a_reload_checks_the_config_off_the_event_loop(tmp_path) -> None:
+    # A review: the reload's check writes a file in the state folder; run on the loop, a disk stall of 8 s
+    # froze the teacher view, the answers and the watchdog's pings for 8 s. Here the check takes 1.5 s.
+    import asyncio
+
+    from edge_agent import daemon as daemon_module
+    from edge_agent.lifecycle import HeartbeatRegistry
+    from edge_agent.live import LiveBoard
+
+    def slow_check() -> list[tuple[str, str]]:
+        time.sleep(1.5)  # a state folder on a disk that stalls
+        return []
+
+    daemon = daemon_module.Daemon([], live=LiveBoard(), heartbeats=HeartbeatRegistry(),
+                                  restart_check=slow_check)
+
+    async def scenario() -> tuple[float, int]:
+        task = asyncio.create_task(daemon.run())
+        while daemon.state != "running":
+            await asyncio.sleep(0.05)
+        gaps = [0.0]
+
+        async def ticking() -> None:  # what the teacher view's requests and the watchdog's pings need
+            last = time.monotonic()
+            while not task.done():
+                await asyncio.sleep(0.05)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(ticking())
+        await asyncio.sleep(0.1)
+        daemon.request_restart("SIGHUP (a reload)")
+        code = await task
+        await ticker
+        return max(gaps), code
+
+    longest, code = asyncio.run(scenario())
+    assert code == daemon_module.RESTART_EXIT  # the config would start: the reload went ahead
+    assert longest < 0.5, f"the event loop stood still {longest:.1f} s"
+
