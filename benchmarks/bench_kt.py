@@ -138,13 +138,10 @@ def bench_models(package: KTPackage, scale: float, rounds: int = 20) -> dict[str
         "torch_window10_p99_ms": pct(b1_times["torch"], 99) * 1e3,
         "torch_answers_per_s": float(np.median(rates["torch_b1"])),
         "torch_b64_answers_per_s": float(np.median(rates["torch_b64"])),
-        "model_b1_ratio": float(np.median(ratio["b1"])),
-        "model_b64_ratio": float(np.median(ratio["b64"])),
-    } | {
-        # the spread of the rounds' ratios, so a reader sees how far the verdict could move
-        f"model_{key}_ratio_p{q}": float(np.percentile(values, q))
+    } | {  # with the spread of the rounds' ratios, so a reader sees how far the verdict could move
+        name: value
         for key, values in ratio.items()
-        for q in (10, 90)
+        for name, value in _spread_of(f"model_{key}_ratio", list(values)).items()
     }
 
 
@@ -406,9 +403,10 @@ class _ServerThread:
 
 
 def _spread_of(key: str, values: list[float]) -> dict[str, float]:
-    """The median of per-round ratios and their 10th-90th percentile (bench_report._spread prints it)."""
+    """The median of per-round ratios, their 10th-90th percentile and how many rounds (bench_report._spread
+    prints them)."""
     return {key: float(np.median(values)), f"{key}_p10": float(np.percentile(values, 10)),
-            f"{key}_p90": float(np.percentile(values, 90))}
+            f"{key}_p90": float(np.percentile(values, 90)), f"{key}_rounds": float(len(values))}
 
 
 def bench_services(

@@ -169,13 +169,15 @@ def interleaved_ms(
     calls: dict[str, Callable[[], object]], repeat: int, warmup: int = 3
 ) -> dict[str, list[float]]:
     """Per-call times in ms with the calls taken in turn, so that load from other processes on a shared
-    machine falls on every configuration alike and the side-by-side ratios stay fair."""
+    machine falls on every configuration alike and the side-by-side ratios stay fair; the order reversed
+    every other round (as bench_kt's rounds), so no side always runs first or always after the same one."""
     for fn in calls.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeat):
-        for name, fn in calls.items():
+    order = list(calls.items())
+    for n in range(repeat):
+        for name, fn in order if n % 2 == 0 else order[::-1]:
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) * 1000.0)

@@ -42,6 +42,7 @@ for _entry in (str(REPO), str(REPO / "benchmarks")):
 
 from lesson_figures import (  # noqa: E402
     LessonRun,
+    Sample,
     answer_stage_buckets,
     cpu_seconds,
     engines_up,
@@ -94,11 +95,16 @@ def _wait_until(check: Any, timeout: float, what: str, proc: subprocess.Popen[by
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _sample(pid: int, metrics_url: str) -> tuple[float, float, float, float, float, dict[str, float]]:
+def _sample(pid: int, metrics_url: str) -> Sample:
+    """CPU and RSS from /proc, frames, answers applied and error counters from /metrics: None for those
+    three where the scrape failed (refused, timed out, not 200), never zeros, which read as counters that
+    did not move, or moved backwards."""
     now = time.time()
     cpu = cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
     rss = rss_mib(Path(f"/proc/{pid}/status").read_text()) or float("nan")
-    _, text = _http_get(metrics_url)
+    status, text = _http_get(metrics_url)
+    if status != 200:
+        return now, cpu, rss, None, None, None
     samples = parse_metrics(text)
     frames = metric_sum(samples, "edge_camera_frames_analysed_total", {})
     applied = metric_sum(samples, "edge_answers_total", {"outcome": "applied"})
@@ -247,7 +253,7 @@ def run_lesson(
         mastery = base + "/api/v1/class/mastery"
         _wait_until(lambda: _http_get(mastery)[0] == 200, STARTUP_S, "knowledge tracing", daemon)
         first_frame = "the first analysed frame"
-        _wait_until(lambda: _sample(daemon.pid, metrics_url)[3] > 0, STARTUP_S, first_frame, daemon)
+        _wait_until(lambda: (_sample(daemon.pid, metrics_url)[3] or 0) > 0, STARTUP_S, first_frame, daemon)
         run.startup_s = time.monotonic() - t_start
         run.engines = engines_up(_scrape(metrics_url))
         log(f"lesson: daemon pid {daemon.pid} ready in {run.startup_s:.1f} s; {students} students")

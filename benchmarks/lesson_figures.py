@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,6 +182,10 @@ def rss_mib(status_text: str) -> float | None:
 
 # -- raw series ---------------------------------------------------------------------------------------
 
+# (epoch, daemon cpu seconds, rss MiB, frames analysed, answers applied, error counters): the last three
+# None where that sample's /metrics scrape failed (lesson._sample)
+Sample = tuple[float, float, float, float | None, float | None, dict[str, float] | None]
+
 
 @dataclass
 class LessonRun:
@@ -188,8 +193,7 @@ class LessonRun:
     students: int
     # (epoch sent, latency s, HTTP status, feedback status) per answer, from the load generator
     answers: list[tuple[float, float, int, str]] = field(default_factory=list)
-    # (epoch, daemon cpu seconds, rss MiB, frames analysed, answers applied, error counters)
-    samples: list[tuple[float, float, float, float, float, dict[str, float]]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # see Sample
     sync_lags_s: list[float] = field(default_factory=list)
     receiver: dict[str, Any] = field(default_factory=dict)
     window: tuple[float, float] = (0.0, 0.0)  # load start and end (epoch)
@@ -242,6 +246,37 @@ def feedback_s(lat: float, code: int, status: str) -> float:
     return lat if _answered(code, status) else max(lat, CLIENT_TIMEOUT_S)
 
 
+Scraped = tuple[float, float, float, dict[str, float]]
+
+
+def scraped(samples: list[Sample]) -> list[Scraped]:
+    """(epoch, frames, answers applied, error counters) of the samples whose /metrics scrape was read."""
+    return [(s[0], s[3], s[4], s[5]) for s in samples if s[3] is not None and s[4] is not None
+            and s[5] is not None]
+
+
+def errors_moved(samples: list[Sample]) -> dict[str, float] | None:
+    """How far each error counter moved between the first and the last scrape read, or None with fewer than
+    two read: a failed scrape's counters are unknown, not zero (a failed last scrape read as "no error
+    counter moved", a soak PASS)."""
+    read = scraped(samples)
+    if len(read) < 2:
+        return None
+    a, b = read[0][3], read[-1][3]
+    return {k: b.get(k, 0.0) - a.get(k, 0.0) for k in b if b.get(k, 0.0) != a.get(k, 0.0)}
+
+
+def _bound_ms(start: dict[float, float], end: dict[float, float], q: float, key: str,
+              past_top: dict[str, float | None]) -> float | None:
+    """histogram_quantile in ms; in the +Inf bucket None, with the largest finite bound (ms) in
+    ``past_top[key]``: JSON has no infinity (results.json held "Infinity", which strict readers refuse)."""
+    bound = histogram_quantile(start, end, q)
+    if bound is None or math.isfinite(bound):
+        return _ms(bound)
+    past_top[key] = _ms(max((b for b in end if math.isfinite(b)), default=None))
+    return None
+
+
 def summarize(run: LessonRun) -> dict[str, Any]:
     """The lesson figures: answer-to-feedback, frames/s, sync lag, daemon CPU and RSS, errors."""
     ok = [lat for _, lat, code, status in run.answers if _answered(code, status)]
@@ -251,12 +286,11 @@ def summarize(run: LessonRun) -> dict[str, Any]:
     inside = [s for s in run.samples if start <= s[0] <= end] or run.samples
     first, last = (inside[0], inside[-1]) if inside else (None, None)
     span = (last[0] - first[0]) if first and last else 0.0
+    read = scraped(inside)  # frames and answers from the first and last scrapes read, as errors_moved
+    frames_span = read[-1][0] - read[0][0] if read else 0.0
     rss = [s[2] for s in run.samples]
-    errors_moved = {}
-    if run.samples:
-        a, b = run.samples[0][5], run.samples[-1][5]
-        errors_moved = {k: b.get(k, 0.0) - a.get(k, 0.0) for k in b if b.get(k, 0.0) != a.get(k, 0.0)}
     lags_ms = [x * 1e3 for x in run.sync_lags_s]
+    past_top: dict[str, float | None] = {}
     return {
         "seconds": run.seconds,
         "students": run.students,
@@ -272,16 +306,18 @@ def summarize(run: LessonRun) -> dict[str, Any]:
         "feedback_p50_ms": _ms(pct(latencies, 50)),
         "feedback_p99_ms": _ms(pct(latencies, 99)),
         "feedback_max_ms": _ms(max(latencies) if latencies else None),
-        "daemon_feedback_p50_le_ms": _ms(histogram_quantile(*run.feedback_buckets, 0.5)),
-        "daemon_feedback_p99_le_ms": _ms(histogram_quantile(*run.feedback_buckets, 0.99)),
+        "daemon_feedback_p50_le_ms": _bound_ms(*run.feedback_buckets, 0.5, "feedback p50", past_top),
+        "daemon_feedback_p99_le_ms": _bound_ms(*run.feedback_buckets, 0.99, "feedback p99", past_top),
         "daemon_stage_mean_ms": stage_means_ms(*run.stages),
         "daemon_stage_p99_le_ms": {
-            key: _ms(histogram_quantile(run.stage_buckets[0].get(key, {}), end, 0.99))
-            for key, end in run.stage_buckets[1].items()
+            key: _bound_ms(run.stage_buckets[0].get(key, {}), bounds, 0.99, f"{key} p99", past_top)
+            for key, bounds in run.stage_buckets[1].items()
         },
+        # the bucket bounds above null in the two above: the quantile is past the largest finite bound (ms)
+        "daemon_le_past_top_bucket_ms": past_top,
         "daemon_gc_passes": _passes(*run.stages, prefix="gc/"),
-        "frames_per_s": (last[3] - first[3]) / span if span and first and last else None,
-        "answers_applied_daemon": last[4] if last else None,
+        "frames_per_s": (read[-1][1] - read[0][1]) / frames_span if frames_span else None,
+        "answers_applied_daemon": read[-1][2] if read else None,
         "sync_messages": run.receiver.get("unique", 0),
         "sync_gaps": run.receiver.get("gaps", []),
         "sync_duplicates": run.receiver.get("duplicates", 0),
@@ -291,7 +327,9 @@ def summarize(run: LessonRun) -> dict[str, Any]:
         "rss_max_mib": max(rss) if rss else None,
         "rss_last_mib": rss[-1] if rss else None,
         **_disk_written(run.disk_written),
-        "errors_moved": errors_moved,
+        "errors_moved": errors_moved(run.samples),  # None: fewer than two scrapes read
+        "metrics_scrapes_failed": len(run.samples) - len(scraped(run.samples)),
+        "metrics_scrapes": len(run.samples),
         "daemon_exit": run.daemon_exit,
         "load_avg_1_5_15": list(run.load_avg),
     }
@@ -351,7 +389,7 @@ def soak_summary(run: LessonRun, warmup_s: float = 60.0) -> dict[str, Any]:
         minutes.setdefault(int((t - start) // 60), {"lat": []})["lat"].append(feedback_s(lat, code, status))
     for t, _, rss, _, _, errors in run.samples:
         row = minutes.setdefault(int((t - start) // 60), {"lat": []})
-        row["rss"], row["errors"] = rss, sum(errors.values())
+        row["rss"], row["errors"] = rss, None if errors is None else sum(errors.values())
     per_minute = [
         {
             "minute": m,

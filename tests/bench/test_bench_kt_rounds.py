@@ -26,10 +26,10 @@ def test_service_and_http_ratios_are_medians_of_alternated_rounds_with_their_spr
     assert kt["ours_http200_sent"] == kt["eager_svc_http200_sent"] == kt["torch_http200_sent"] == 120
     assert kt["ours_http200_ok"] == 120 and kt["ours_http_sustained_answers_per_s"] > 0
     rows = {row[0]: row for row in bench_report.comparison_rows({"kt": kt})}
-    assert "(rounds " in rows["KT answers/s over HTTP, same service: step engine vs eager window-10"][3]
-    assert "(rounds " in rows["KT answers/s, same service: step engine vs eager window-10"][3]
+    for label in ("KT answers/s over HTTP, same service", "KT answers/s, same service"):
+        assert "(p10-p90 of 2 rounds: " in rows[f"{label}: step engine vs eager window-10"][3]
     details = {name: detail for name, _, detail, _ in bench_report.targets({"kt": kt})}
-    assert "(rounds " in details["KT throughput >= 10x PyTorch (over HTTP, same web stack)"]
+    assert "(p10-p90 of 2 rounds: " in details["KT throughput >= 10x PyTorch (over HTTP, same web stack)"]
 
 
 def test_the_models_at_a_lessons_pace_are_timed_after_idle_in_alternated_rounds_beside_a_floor(
@@ -64,4 +64,4 @@ def test_the_models_at_a_lessons_pace_are_timed_after_idle_in_alternated_rounds_
     assert kt["model_paced_ratio_p10"] <= kt["model_paced_ratio"] <= kt["model_paced_ratio_p90"]
     rows = {row[0]: row for row in bench_report.comparison_rows({"kt": kt})}
     row = rows["KT µs per answer, model at a lesson's pace (batch 1, a call every 20 ms: cold caches)"]
-    assert "(rounds " in row[3] and "a 64x256 matmul at that pace" in row[3]
+    assert "(p10-p90 of 2 rounds: " in row[3] and "a 64x256 matmul at that pace" in row[3]

@@ -175,6 +175,7 @@ def test_targets_report_miss_and_not_measured_instead_of_hiding_them() -> None:
         "kt": {"model_b64_ratio": 50.0, "service_vs_torch_model_only_ratio": 2.0},
     }
     results["lesson"]["rss_max_mib"] = 400.0
+    results["lesson"]["engines"] = [f"{m} onnxruntime fp32" for m in bench_report.LESSON_ENGINES]
     verdicts = {name: ok for name, _, _, ok in bench_report.targets(results)}
     assert verdicts["answer-to-feedback p99 <= 10 ms (lesson)"] is True
     assert verdicts["daemon RSS <= 300 MB, every model loaded"] is False
