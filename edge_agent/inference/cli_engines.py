@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_agent.argument_types import positive_seconds
+from edge_agent.argument_types import at_least, positive_seconds
 from edge_agent.config import Config, InferenceSettings, PathSettings
 from edge_agent.errors import EdgeAgentError
 from edge_agent.inference import bench
@@ -182,10 +182,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edge_agent.inference.fetch import atomic_writer, engine_model, sha256_file
+    from edge_agent.inference.fetch import atomic_writer, engine_model
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
     from edge_agent.inference.quantize import calibration_inputs, compare_outputs, quantize_qdq
-    from edge_agent.inference.select import qdq_model_path, qdq_source_record
+    from edge_agent.inference.select import qdq_model_path, qdq_record_text, qdq_source_record
 
     board = _board_config(args)
     _, paths = _config(args, board)
@@ -208,15 +208,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         quantize_qdq(source, trial, calibration, activation_symmetric=not args.asymmetric)
         fp32 = OnnxRuntimeEngine(source, model_name=manifest.name)
         int8 = OnnxRuntimeEngine(trial, model_name=manifest.name, precision="int8")
+        frame = next(iter(held_out[0].values())).shape  # the detector's outputs are decoded at this size
         report = compare_outputs([fp32.infer(f) for f in held_out], [int8.infer(f) for f in held_out],
-                                 detector=manifest.role == "face")
+                                 detector_size=(frame[3], frame[2]) if manifest.role == "face" else None)
         int8.close()
         fp32.close()
         problem = report.problem(manifest.role)
         if problem is None or args.force:
             os.replace(trial, dest)
             with atomic_writer(qdq_source_record(dest)) as out:  # run as root, the cache owner's too
-                out.write((sha256_file(source) + "\n").encode())
+                out.write(qdq_record_text(source, symmetric=not args.asymmetric).encode())
     finally:
         trial.unlink(missing_ok=True)
     for line in report.lines():
@@ -230,13 +231,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             qdq_source_record(dest).unlink(missing_ok=True)
         print(f"{manifest.name}: INT8 model NOT written: {problem}"
               + (f"; the earlier one at {dest} was removed too" if earlier else "")
-              + ". The board runs the model at its other precision; try --asymmetric (ONNX Runtime only), "
-              "more --samples, or --force to write it anyway", file=sys.stderr)
+              + f". A board set to int8 for it runs it at {manifest.default_precision} on TensorRT, fp32 on "
+              "ONNX Runtime; try --asymmetric (ONNX Runtime only), more --samples, or --force to write it "
+              "anyway", file=sys.stderr)
         return 1
     print(f"{manifest.name}: Q/DQ INT8 model written to {dest} ({len(calibration)} calibration samples)"
           + (f"; WARNING, written with --force although {problem}" if problem else ""))
     if args.asymmetric:
-        print("  note: asymmetric activations run on ONNX Runtime only; TensorRT needs symmetric INT8")
+        print("  note: asymmetric activations run on ONNX Runtime only; TensorRT, which needs symmetric "
+              f"INT8, builds {manifest.default_precision} instead")
     return 0
 
 
@@ -260,7 +263,7 @@ def _bench_model(
 ) -> list[BenchRow]:
     from edge_agent.inference.fetch import engine_model
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
-    from edge_agent.inference.select import load_engine, qdq_model_path
+    from edge_agent.inference.select import load_engine, qdq_model_path, qdq_problem
 
     source = engine_model(m, paths)
     profiles = resolve_profiles(m, onnx_input_shapes(source))
@@ -272,27 +275,21 @@ def _bench_model(
         )
     ]
     rows: list[BenchRow] = []
-    qdq = qdq_model_path(m, paths)
-    if qdq.is_file():
+    # a stale one (another model version or release) was timed as if the board could run it
+    unusable = qdq_problem(m, source, paths, tensorrt=False)
+    if unusable is None:
         engines.append(
             (
                 "onnxruntime",
                 "int8",
                 OnnxRuntimeEngine(
-                    qdq, model_name=m.name, precision="int8", intra_op_threads=inference.intra_op_threads
+                    qdq_model_path(m, paths), model_name=m.name, precision="int8",
+                    intra_op_threads=inference.intra_op_threads,
                 ),
             )
         )
     elif "int8" in m.precisions:
-        rows.append(
-            bench.BenchRow(
-                m.name,
-                "onnxruntime",
-                "int8",
-                1,
-                note=f"no Q/DQ model: run `edge-agent engines quantize {m.name} --data DIR`",
-            )
-        )
+        rows.append(bench.BenchRow(m.name, "onnxruntime", "int8", 1, note=f"skipped: {unusable}"))
     loaded = load_engine(m, inference.model_copy(update={"backend": "tensorrt"}), paths)
     if loaded.backend == "tensorrt":
         engines.append(("tensorrt", loaded.precision, loaded.engine))
@@ -379,8 +376,10 @@ def add_engines_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     build.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: from the config")
     quantize = command("quantize", cmd_quantize, "write an INT8 Q/DQ model and report its accuracy change", 1)
     quantize.add_argument("--data", required=True, help="folder of photos (frames or faces) for calibration")
-    quantize.add_argument("--samples", type=int, default=64, help="calibration samples")
-    quantize.add_argument("--held-out", type=int, default=8, help="samples kept out to measure accuracy")
+    quantize.add_argument("--samples", type=at_least(1), default=64, help="calibration samples")
+    quantize.add_argument(
+        "--held-out", type=at_least(1), default=8, help="samples kept out to measure accuracy"
+    )
     quantize.add_argument(
         "--asymmetric", action="store_true", help="asymmetric activations (ONNX Runtime only)"
     )
@@ -389,9 +388,9 @@ def add_engines_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "--force", action="store_true", help="write the INT8 model even when less accurate than the limit"
     )
     bench_parser = command("bench", cmd_bench, "latency and throughput per model, backend and precision")
-    bench_parser.add_argument("--iterations", type=int, default=200)
+    bench_parser.add_argument("--iterations", type=at_least(1), default=200)
     bench_parser.add_argument(
-        "--batch", type=int, default=16, help="the larger batch (at most the profile's largest)"
+        "--batch", type=at_least(1), default=16, help="the larger batch (at most the profile's largest)"
     )
     bench_parser.add_argument("--json", help="also write the rows to this JSON file")
 

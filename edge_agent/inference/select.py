@@ -2,9 +2,11 @@
 
 ``backend = "auto"`` tries TensorRT when it imports and a GPU is present; ``"tensorrt"`` insists on it
 (a failure is counted as a load failure); ``"onnxruntime"`` skips it. Any TensorRT failure (not
-importable, no GPU, build or deserialize error, INT8 without a Q/DQ model) falls back to ONNX Runtime and
-the reason travels with the engine in :class:`LoadedEngine` for the health page. Only a model that ONNX
-Runtime cannot run either raises (:class:`ModelError` or :class:`EngineLoadError`).
+importable, no GPU, build or deserialize error) falls back to ONNX Runtime and the reason travels with the
+engine in :class:`LoadedEngine` for the health page. INT8 without a Q/DQ model TensorRT can take (none, one
+made from another model or release, or one with asymmetric activations) builds at the manifest's default
+precision instead, said the same way: TensorRT FP16 beats ONNX Runtime FP32 on the CPU. Only a model that
+ONNX Runtime cannot run either raises (:class:`ModelError` or :class:`EngineLoadError`).
 
 A cached plan is discarded and built again only when TensorRT cannot deserialize it (``PLAN_UNREADABLE``),
 and not even then when it is the plan this TensorRT had just built for the same key (it would fail alike at
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 # Part of every plan's cache key: bump it with any change to trt_build.py's builder configuration, so
 # an upgraded board builds its plans again instead of loading the previous release's.
 BUILDER_REVISION = 1
+# Written beside every Q/DQ model: bump it with any change to quantize.py's quantize_qdq settings, so an
+# upgraded board stops running INT8 models the previous release's quantizer made.
+QUANTIZER_REVISION = 1
 
 
 @dataclass(frozen=True)
@@ -124,16 +129,47 @@ def qdq_model_path(manifest: Manifest, paths: PathSettings) -> Path:
 
 
 def qdq_source_record(qdq: Path) -> Path:
-    """The file beside a Q/DQ model naming (sha256) the model it was quantized from: an upgrade that
-    changes a model's pin or its derivation must not go on running INT8 weights of the old one."""
+    """The file beside a Q/DQ model naming (sha256) the model it was quantized from, and how: an upgrade
+    that changes a model's pin or its derivation must not go on running INT8 weights of the old one, and
+    TensorRT must never be given asymmetric activations (its parser rejects a non-zero zero point)."""
     return qdq.with_name(qdq.name + ".source-sha256")
 
 
-def qdq_is_current(qdq: Path, source: Path) -> bool:
+def qdq_record_text(source: Path, *, symmetric: bool) -> str:
+    """The content of :func:`qdq_source_record` for a model quantized from ``source``."""
+    activations = "symmetric" if symmetric else "asymmetric"
+    return f"{sha256_file(source)}\nactivations={activations}\nquantizer={QUANTIZER_REVISION}\n"
+
+
+def _qdq_record(qdq: Path) -> list[str]:
     try:
-        return qdq_source_record(qdq).read_text(encoding="utf-8").strip() == sha256_file(source)
+        return qdq_source_record(qdq).read_text(encoding="utf-8").split()
     except OSError:
-        return False
+        return []
+
+
+def qdq_is_current(qdq: Path, source: Path) -> bool:
+    """Made from ``source`` by this release's quantizer (a record of an earlier release is not)."""
+    record = _qdq_record(qdq)
+    revision = f"quantizer={QUANTIZER_REVISION}"
+    return len(record) == 3 and record[0] == sha256_file(source) and record[2] == revision
+
+
+def qdq_problem(manifest: Manifest, source: Path, paths: PathSettings, *, tensorrt: bool) -> str | None:
+    """Why the Q/DQ model of ``manifest`` (quantized from ``source``) cannot run on TensorRT (``tensorrt``)
+    or ONNX Runtime; None when it can."""
+    qdq = qdq_model_path(manifest, paths)
+    if not qdq.is_file():
+        # not "run engines quantize": it refuses a model less accurate than the limit (fsanet-1x1's always)
+        return (f"no INT8 model at {qdq} (`edge-agent engines quantize {manifest.name} --data PHOTOS` "
+                "writes one when it keeps the accuracy limit)")
+    if not qdq_is_current(qdq, source):
+        return (f"the INT8 model at {qdq} was made from another version of {manifest.name} or by another "
+                f"release; run `edge-agent engines quantize {manifest.name}` again")
+    if tensorrt and "activations=symmetric" not in _qdq_record(qdq):
+        return (f"the INT8 model at {qdq} has asymmetric activations (--asymmetric), which TensorRT cannot "
+                "take; ONNX Runtime only")
+    return None
 
 
 def load_engine(
@@ -155,12 +191,18 @@ def load_engine(
     )
     fallback: str | None = None
     if settings.backend != "onnxruntime":
+        build, no_int8 = want, None
+        if want == "int8" and (problem := qdq_problem(manifest, onnx_path, paths, tensorrt=True)):
+            # what the board runs with no int8 asked, not ONNX Runtime FP32 on the CPU
+            build = manifest.default_precision
+            no_int8 = f"INT8 asked but {problem}; TensorRT runs {build}"
         try:
             inner, uncached = _load_tensorrt(
-                manifest, onnx_path, profiles, want, settings=settings, paths=paths, tensorrt=tensorrt
+                manifest, onnx_path, profiles, build, settings=settings, paths=paths, tensorrt=tensorrt
             )
             _mark_up(inner)
-            return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, unoffered, uncached)
+            said = "; ".join(n for n in (unoffered, no_int8) if n) or None
+            return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, said, uncached)
         except EngineLoadError as exc:
             expected = settings.backend == "tensorrt" or exc.reason != TENSORRT_UNAVAILABLE
             if expected:
@@ -207,19 +249,11 @@ def _load_tensorrt(
     """The engine, and why a plan built now could not be cached (None when it was, or was loaded)."""
     port = tensorrt()
     source = onnx_path
-    if precision == "int8":
+    if precision == "int8":  # only a manifest whose default is int8 gets here without a usable one
+        problem = qdq_problem(manifest, onnx_path, paths, tensorrt=True)
+        if problem is not None:
+            raise EngineLoadError(problem, "int8_unusable")
         source = qdq_model_path(manifest, paths)
-        if not source.is_file():
-            raise EngineLoadError(
-                f"INT8 needs a Q/DQ model at {source}; run `edge-agent engines quantize {manifest.name}`",
-                "int8_uncalibrated",
-            )
-        if not qdq_is_current(source, onnx_path):
-            raise EngineLoadError(
-                f"the Q/DQ model at {source} was made from another version of {manifest.name}; run "
-                f"`edge-agent engines quantize {manifest.name}` again",
-                "int8_stale",
-            )
     engines_dir = paths.cache_dir / "engines"
     cache = PlanCache(engines_dir)
     build = BuildSettings(
@@ -266,13 +300,11 @@ def _load_onnxruntime(
 ) -> tuple[Engine, str | None]:
     path, run_as, note = onnx_path, "fp32", None
     if precision == "int8":
-        qdq = qdq_model_path(manifest, paths)
-        if qdq.is_file() and qdq_is_current(qdq, onnx_path):
-            path, run_as = qdq, "int8"
-        elif qdq.is_file():
-            note = f"the Q/DQ model at {qdq} was made from another version of the model; running fp32"
+        problem = qdq_problem(manifest, onnx_path, paths, tensorrt=False)
+        if problem is None:
+            path, run_as = qdq_model_path(manifest, paths), "int8"
         else:
-            note = f"INT8 asked but no Q/DQ model at {qdq}; running fp32"
+            note = f"INT8 asked but {problem}; running fp32"
     elif precision == "fp16":
         note = "ONNX Runtime runs the fp32 model"
     engine = OnnxRuntimeEngine(

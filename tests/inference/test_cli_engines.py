@@ -111,6 +111,8 @@ def test_an_int8_model_too_inaccurate_for_its_role_is_not_put_where_the_board_lo
     assert _run(quantize) == 1
     err = capsys.readouterr().err
     assert "INT8 model NOT written" in err and "degrees on average" in err
+    # what the board then does, said truly (it said "runs the model at its other precision")
+    assert "A board set to int8 for it runs it at fp16 on TensorRT, fp32 on ONNX Runtime" in err
     assert not where.exists() and list(where.parent.glob("*.trial")) == []
     assert _run([*quantize, "--force"]) == 0
     assert where.is_file() and "WARNING, written with --force" in capsys.readouterr().out
@@ -169,6 +171,73 @@ def test_quantize_then_bench_shows_fp32_and_int8_side_by_side(common, faces_dir,
     assert "TensorRT" in notes
     torch_rows = [r for r in rows if r["backend"].startswith("pytorch")]
     assert torch_rows  # measured, or a row saying why it was skipped
+
+
+def test_an_asymmetric_int8_model_written_where_the_board_looks_is_never_built_by_tensorrt(
+    common, faces_dir, tmp_path, model_mirror, capsys
+):
+    # Review: its record held the source's hash alone, so the loader gave TensorRT (which rejects a non-zero
+    # zero point, NVIDIA/TensorRT#4698) the asymmetric model as current.
+    from edge_agent.config import InferenceSettings, PathSettings
+    from edge_agent.inference.fetch import engine_model
+    from edge_agent.inference.manifest import load_manifests
+    from edge_agent.inference.select import load_engine
+
+    from .fake_tensorrt import FakeTensorRT
+
+    assert _run(["engines", "quantize", "fsanet-var", "--asymmetric", "--data", str(faces_dir / "voc_dlib"),
+                 "--samples", "16", "--held-out", "4", *common]) == 0
+    said = capsys.readouterr().out
+    manifest = load_manifests()["fsanet-var"]
+    paths = PathSettings(cache_dir=tmp_path / "cache", model_mirror=model_mirror)
+    int8 = InferenceSettings(pose_precision="int8")
+    port = FakeTensorRT()
+    loaded = load_engine(manifest, int8.model_copy(update={"backend": "tensorrt"}), paths, tensorrt=port)
+    assert (loaded.backend, loaded.precision) == ("fake-tensorrt", "fp16")
+    assert port.builds == [(engine_model(manifest, paths).name, "fp16")]  # from FP32, not from the Q/DQ
+    on_cpu = load_engine(manifest, int8.model_copy(update={"backend": "onnxruntime"}), paths)
+    assert on_cpu.precision == "int8" and on_cpu.fallback is None  # ONNX Runtime runs it
+    assert "TensorRT, which needs symmetric INT8, builds fp16 instead" in said
+
+
+def test_bench_skips_an_int8_model_made_from_another_version_of_the_model(common, faces_dir, tmp_path):
+    # Review: bench timed whatever Q/DQ file was there, one the loader refuses as stale too.
+    from edge_agent.config import PathSettings
+    from edge_agent.inference.manifest import load_manifests
+    from edge_agent.inference.select import qdq_model_path, qdq_source_record
+
+    quantize = ["engines", "quantize", "fsanet-var", "--data", str(faces_dir / "voc_dlib"), "--samples", "8",
+                "--held-out", "2", "--force", *common]
+    assert _run(quantize) == 0
+    qdq = qdq_model_path(load_manifests()["fsanet-var"], PathSettings(cache_dir=tmp_path / "cache"))
+    record = qdq_source_record(qdq)
+    record.write_text("0" * 64 + "\n" + record.read_text().split("\n", 1)[1])  # another model's hash
+    report = tmp_path / "bench.json"
+    assert _run(["engines", "bench", "fsanet-var", "--iterations", "2", "--json", str(report), *common]) == 0
+    rows = json.loads(report.read_text())
+    rows = [r for r in rows if (r["backend"], r["precision"]) == ("onnxruntime", "int8")]
+    assert len(rows) == 1 and rows[0]["median_ms"] is None
+    assert rows[0]["note"].startswith(f"skipped: the INT8 model at {qdq} was made from another version")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["quantize", "yunet", "--data", "x", "--held-out", "0"],
+        ["quantize", "yunet", "--data", "x", "--held-out", "-2"],
+        ["quantize", "yunet", "--data", "x", "--samples", "0"],
+        ["bench", "yunet", "--iterations", "0"],
+        ["bench", "yunet", "--batch", "0"],
+    ],
+    ids=["held-out-0", "held-out-negative", "samples-0", "iterations-0", "batch-0"],
+)
+def test_a_count_below_one_is_a_usage_error_not_a_traceback(common, argv, capsys):
+    # Review: --held-out 0 took every sample out of calibration (samples[:-0] is empty), a negative one
+    # measured on calibration samples, and bench --iterations 0 ended in an IndexError from np.percentile.
+    with pytest.raises(SystemExit) as exit_:
+        _run(["engines", *argv, *common])
+    assert exit_.value.code == 2
+    assert f"argument {argv[-2]}: '{argv[-1]}': give at least 1" in capsys.readouterr().err
 
 
 def test_bench_takes_the_larger_batch_only_as_far_as_each_profile_goes(common, tmp_path):
