@@ -148,12 +148,14 @@ class InferenceSettings(Section):
     backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"
     workspace_mib: int = Field(512, ge=16, le=16384, description="TensorRT builder workspace limit.")
     face_precision: Literal["fp32", "fp16", "int8"] = Field(
-        "fp16", description="int8 needs a Q/DQ model first: edge-agent engines quantize yunet --data PHOTOS."
+        "fp16", description="int8 needs a Q/DQ model first: edge-agent engines quantize yunet --data PHOTOS "
+        "(without a usable one TensorRT builds fp16, ONNX Runtime runs fp32, and the health says so)."
     )
     pose_precision: Literal["fp32", "fp16", "int8"] = Field(
         "fp16",
         description="int8 needs a Q/DQ model first (edge-agent engines quantize, which refuses one less "
-        "accurate than 3 degrees on average: fsanet-1x1's is).",
+        "accurate than 3 degrees on average: fsanet-1x1's is); without a usable one TensorRT builds fp16, "
+        "ONNX Runtime runs fp32.",
     )
     kt_precision: Literal["fp32", "fp16", "int8"] = "fp32"
     intra_op_threads: int = Field(1, ge=1, le=16, description="ONNX Runtime threads per engine.")
@@ -431,6 +433,13 @@ class MqttSettings(Section):
     keepalive_s: int = Field(60, ge=5, le=3600)
     inflight_max: int = Field(20, ge=1, le=20)
     batch_max: int = Field(100, ge=1, le=1000, description="Aggregates per message while draining a backlog.")
+    max_message_bytes: int = Field(
+        256 * 1024, ge=8 * 1024, le=256 * 1024,
+        description="Largest message payload sent. Set it to the broker's message_size_limit where that is "
+        "lower (Mosquitto sets none by default): under MQTT 3.1.1 the broker acknowledges a larger message "
+        "and discards it, its rows lost (a gap in seq, no drop counted); over MQTT 5 the board finds the "
+        "limit itself, after a few lost sessions.",
+    )
     heartbeat_s: float = Field(60.0, ge=5.0, le=MAX_WAIT_S)
     connect_timeout_s: float = Field(10.0, gt=0.0, le=300.0)
     backoff_min_s: float = Field(1.0, gt=0.0, le=MAX_WAIT_S)

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 _TLS_MARKERS = re.compile(r"ssl|tls|certificate|alert|eof occurred|connection reset", re.IGNORECASE)
 
 AckCallback = Callable[[int, bool, str], None]  # mid, accepted, reason
+# PUBACK reasons (paho's names of 0x95, 0x97) that say the message was too large for the broker, not refused
+SIZE_REFUSALS = frozenset({"Packet too large", "Quota exceeded"})
 MessageCallback = Callable[[str, bytes], None]  # topic, payload
 
 BOARD_RENEWAL = "re-provision this board (edge-agent provision) to get a new certificate"

@@ -29,10 +29,9 @@ from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry
 from edge_agent.store import outbox_state as rules
 from edge_agent.store.outbox import Outbox, OutboxRow, topic_prefix
 from edge_agent.sync.commands import CommandDispatcher
-from edge_agent.sync.message_size import MessageSizer
-from edge_agent.sync.mqtt import MqttConnection, address_count, connect_allowance_s
+from edge_agent.sync.message_size import STALLED_S, MessageSizer
+from edge_agent.sync.mqtt import SIZE_REFUSALS, MqttConnection, address_count, connect_allowance_s
 from edge_agent.sync.protocol import (
-    MAX_MESSAGE_BYTES,
     UNSYNCED_FIELD,
     Envelope,
     Item,
@@ -113,7 +112,8 @@ class Publisher:
         self._acked: list[int] = []
         self._ack_failures: list[str] = []
         self._more_pending = True
-        self._sizer = MessageSizer(MAX_MESSAGE_BYTES)
+        self._sizer = MessageSizer(settings.max_message_bytes)
+        self._refused: _Message | None = None  # refused as too large this session
         self._last_ack_at = 0.0  # monotonic
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -369,6 +369,8 @@ class Publisher:
         # too, and nothing else, so an aggregate it takes is never dropped here.
         packet = conn.packet_bytes(topic, len(payload), expiry=True)
         too_large = conn.max_packet_size is not None and packet > conn.max_packet_size
+        # mqtt.max_message_bytes is the broker's limit too: under MQTT 3.1.1 it would take and discard it
+        too_large = too_large or len(payload) > self._sizer.ceiling
         if len(rows) > 1 and (too_large or len(payload) > self._sizer.limit):
             # The estimate was short: send it as two.
             half = len(rows) // 2
@@ -378,7 +380,8 @@ class Publisher:
         if too_large:
             # One aggregate larger than the broker takes would cut every session; it cannot ever go.
             log.error("dropping a %s message of %s bytes (a %s-byte packet): the broker takes at most %s "
-                      "bytes a packet", stream, len(payload), packet, conn.max_packet_size)
+                      "bytes a packet, mqtt.max_message_bytes %s a message", stream, len(payload), packet,
+                      conn.max_packet_size, self._sizer.ceiling)
             self.outbox.discard([rows[0].id], "too_large_for_broker")
             return
         expiry_s = mqtt_expiry_s(rows, now, self.settings.message_expiry_days)
@@ -417,6 +420,8 @@ class Publisher:
             return  # status, heartbeat or a message of an earlier session
         if not accepted:
             self._ack_failures.append(reason)
+            if reason in SIZE_REFUSALS:
+                self._refused = self._refused or message
             self.outbox.release(message.row_ids)
             return
         metrics.MQTT_PUBLISHED.labels(stream=message.stream).inc()
@@ -427,15 +432,36 @@ class Publisher:
                      self._sizer.limit // 1024)
 
     def _shrink_messages_if_stalled(self) -> None:
-        if not self._inflight:
-            return
-        stalled_s = time.monotonic() - self._last_ack_at
-        if self._sizer.session_lost(stalled_s):
+        now = time.monotonic()
+        refused, self._refused = self._refused, None
+        stalled_s = now - self._last_ack_at
+        if self._inflight and self._sizer.session_lost(stalled_s):
             log.warning(
                 "the session ended %.0f s into a message with no PUBACK: the uplink is too slow or too "
                 "flaky for the messages; they are now at most %s KiB each", stalled_s,
                 self._sizer.limit // 1024,
             )
+            return
+        # A broker's size limit cuts the session at once (message_size_limit is not in CONNACK)
+        floor = self._sizer.floor
+        quick = (m for m in self._inflight.values() if now - m.sent_at < STALLED_S and m.size > floor)
+        message = refused or next(quick, None)
+        if message is None:
+            return
+        verdict = self._sizer.cut_quickly(message.row_ids[0], len(message.row_ids), message.size)
+        if verdict == "shrunk":
+            log.warning(
+                "the broker ended the session at once after a %s-byte message twice: it takes no messages "
+                "this large (its message_size_limit or max_packet_size); they are now at most %s KiB each. "
+                "Set mqtt.max_message_bytes to the broker's limit", message.size, self._sizer.limit // 1024,
+            )
+        elif verdict == "too_large":
+            log.error(
+                "dropping a %s message of %s bytes: the broker ends the session at every try (its "
+                "message_size_limit or max_packet_size is lower); raise it to at least 262144",
+                message.stream, message.size,
+            )
+            self.outbox.discard(message.row_ids, "too_large_for_broker")
 
     def _flush_acks(self) -> None:
         if self._acked:
@@ -445,7 +471,9 @@ class Publisher:
         if self._ack_failures:
             reasons, self._ack_failures = self._ack_failures, []
             many = f"{len(reasons)} messages" if len(reasons) > 1 else "1 message"
-            raise SyncError(f"the broker refused {many} ({reasons[0]}); check the device's ACL")
+            too_large = reasons[0] in SIZE_REFUSALS
+            advice = "its size limit (message_size_limit)" if too_large else "the device's ACL"
+            raise SyncError(f"the broker refused {many} ({reasons[0]}); check {advice}")
 
     def _release_all(self) -> None:
         ids = [i for m in self._inflight.values() for i in m.row_ids]
@@ -456,6 +484,7 @@ class Publisher:
             self.outbox.ack(self._acked)
             self._acked = []
         self._ack_failures.clear()
+        self._refused = None
         # Every row in flight, not only those known here: a claim this thread stopped waiting for (a
         # stalled disk) still runs later and marks its rows, unsent until the next start. The writer is
         # FIFO, so this runs after it; this thread is the outbox's only claimer.
