@@ -135,8 +135,10 @@ def package_entries(
         if skill_key(item["skill_id"]) in known:
             items.append(item | {"skill_id": known[skill_key(item["skill_id"])]})  # as the package names it
         else:
-            log.warning("%s: exercise %r is on skill %r, which is not in the answer log: left out", where,
-                        item["id"], item["skill_id"])
+            # not "not in the answer log": the split may have held out every student who practised it
+            log.warning("%s: exercise %r is on skill %r, which no training student practised (not in the "
+                        "answer log, or only held-out students did): left out; give more students or --test",
+                        where, item["id"], item["skill_id"])
     practised = {i["skill_id"] for i in items}
     taken = {i["id"] for i in items}
     for position, skill in enumerate(skills, 1):
