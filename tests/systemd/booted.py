@@ -12,10 +12,12 @@ root, unshare(1), nsenter(1) and systemd.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,13 +180,17 @@ class BootedSystemd:
 @contextlib.contextmanager
 def running(system: BootedSystemd) -> Iterator[BootedSystemd]:
     """``system`` booted for one test, which is skipped with the reason where it cannot boot; shut down
-    after it whatever happens."""
-    try:
-        system.boot()
-    except RuntimeError as exc:
-        system.shutdown()
-        pytest.skip(str(exc))
-    try:
-        yield system
-    finally:
-        system.shutdown()
+    after it whatever happens. One at a time on this machine (a lock across pytest workers and CI's two
+    Python runs): they share its cgroup hierarchy, where two systemds each ran an edge-agent.service in
+    the same cgroup and stopped each other's (11 failures in a CI run, none alone)."""
+    with open(Path(tempfile.gettempdir()) / "edge-agent-tests-booted-systemd.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            system.boot()
+        except RuntimeError as exc:
+            system.shutdown()
+            pytest.skip(str(exc))
+        try:
+            yield system
+        finally:
+            system.shutdown()

@@ -177,15 +177,18 @@ def test_the_readme_steps_run_the_daemon_under_systemd_with_its_watchdog_and_har
     # The broker machine's CRL timer (provisioning/README.md): its service rebuilds the CRL, installs it for
     # Mosquitto and reloads it (Mosquitto refuses every board once its CRL has expired). The CA moved: its
     # sandbox writes only where ReadWritePaths= says, and PrivateTmp= would hide this test's folder in /tmp
-    booted.run("sh", "-c", f"""set -e
-        cp {REPO}/provisioning/mosquitto/edge-agent-crl.service \
-            {REPO}/provisioning/mosquitto/edge-agent-crl.timer /etc/systemd/system/
-        mkdir -p /etc/systemd/system/edge-agent-crl.service.d
-        printf '[Service]\\nEnvironment=FLEET_CA={fleet}/fleet-ca\\nReadWritePaths={fleet}/fleet-ca\\n\
+    try:
+        booted.run("sh", "-c", f"""set -e
+            cp {REPO}/provisioning/mosquitto/edge-agent-crl.service \
+                {REPO}/provisioning/mosquitto/edge-agent-crl.timer /etc/systemd/system/
+            mkdir -p /etc/systemd/system/edge-agent-crl.service.d
+            printf '[Service]\\nEnvironment=FLEET_CA={fleet}/fleet-ca\\nReadWritePaths={fleet}/fleet-ca\\n\
 PrivateTmp=no\\n' > /etc/systemd/system/edge-agent-crl.service.d/site.conf
-        systemctl daemon-reload
-        systemctl enable --now edge-agent-crl.timer
-        systemctl start edge-agent-crl.service""")
+            systemctl daemon-reload
+            systemctl enable --now edge-agent-crl.timer
+            systemctl start edge-agent-crl.service""")
+    except AssertionError as exc:  # its sandbox: say what it refused
+        raise AssertionError(f"{exc}\n{booted.journal('edge-agent-crl.service')[-3000:]}") from exc
     assert booted.show("edge-agent-crl.service", "Result")["Result"] == "success"
     assert booted.show("edge-agent-crl.timer", "ActiveState")["ActiveState"] == "active"
     assert "valid until" in booted.journal("edge-agent-crl.service")
