@@ -221,7 +221,8 @@ def build(config: Config, *, notifier: Notifier | None = None, config_path: Path
         components.insert(components.index(store) + 1, Disabled("sync", "mqtt.enabled = false"))
     _say_switched_off(live, sync=sync is None, camera=attention is None, kt=kt is None)
 
-    components.append(TelemetryComponent(config.metrics.telemetry_interval_s, live, heartbeats))
+    components.append(TelemetryComponent(config.metrics.telemetry_interval_s, live, heartbeats,
+                                         certificate_files=config.required_files()))
 
     web: WebComponent | None = None
     if config.web.enabled:

@@ -252,7 +252,7 @@ class UpdateSettings(Section):
             try:
                 ipaddress.ip_address(host)
             except ValueError:
-                if not HOST_NAME.match(host):
+                if not HOST_NAME.fullmatch(host):
                     raise ValueError(
                         f"{host!r} is not a host name (no scheme, port or path: updates.district.example)"
                     ) from None
@@ -411,7 +411,7 @@ def _bare_host(value: str, info: ValidationInfo, example: str) -> str:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not HOST_NAME.match(host.removesuffix(".")):  # a trailing dot: a fully qualified name
+        if not HOST_NAME.fullmatch(host.removesuffix(".")):  # a trailing dot: a fully qualified name
             raise ValueError(f"{shown!r} is not a host name or an IP address (e.g. {example})") from None
     return host
 

@@ -38,10 +38,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from edge_agent.argument_types import at_least
 from edge_agent.config import HOST_NAME
 from edge_agent.errors import ProvisioningError
-from edge_agent.provisioning.files import write_atomic, write_private, write_public
+from edge_agent.provisioning.files import write_atomic, write_public
 
 log = logging.getLogger(__name__)
 
+# fullmatch, never match: "$" matches before a trailing newline, and "np-3a-01\n" was signed (a review)
 DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CA_DAYS = 3650
 DEVICE_DAYS = 825
@@ -168,7 +169,7 @@ def board_names(device_id: str, extra: Sequence[str] = ()) -> list[str]:
     """The names a board's certificate serves HTTPS under: its id, its mDNS name, loopback (the board's
     own screen opens the teacher view at 127.0.0.1) and FLEET_SERVER_NAME (/metrics), then ``extra``
     (e.g. its name in the school's DNS)."""
-    own = [n for n in (device_id, f"{device_id}.local") if HOST_NAME.match(n)]  # an id like "a..b" is not one
+    own = [n for n in (device_id, f"{device_id}.local") if HOST_NAME.fullmatch(n)]  # not "a..b"
     return list(dict.fromkeys([*own, "localhost", "127.0.0.1", FLEET_SERVER_NAME, *extra]))
 
 
@@ -178,7 +179,7 @@ def general_names(names: Sequence[str]) -> list[x509.GeneralName]:
         try:
             out.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
-            if not HOST_NAME.match(name):
+            if not HOST_NAME.fullmatch(name):
                 raise ProvisioningError(
                     f"{name!r} is neither an IP address nor a DNS name (letters, digits, '-', '_', dots)"
                 ) from None
@@ -280,13 +281,23 @@ class FleetCA:
         cls, directory: Path, name: str, days: int = CA_DAYS, clock: Callable[[], dt.datetime] | None = None
     ) -> FleetCA:
         ca = cls(directory, clock)
+        exists = ProvisioningError(f"a CA already exists in {directory}; refusing to overwrite its key")
         if ca.key_path.exists():
-            raise ProvisioningError(f"a CA already exists in {directory}; refusing to overwrite its key")
+            raise exists
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
+        with ca._locked():
+            # again, holding the lock: two `init`s at once both passed the check above, both said "CA
+            # created", and the last key written won (a review)
+            if ca.key_path.exists():
+                raise exists
+            ca._init(name, days)
+        return ca
+
+    def _init(self, name: str, days: int) -> None:
         key = new_ec_key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        start = ca._time() - dt.timedelta(minutes=5)
+        start = self._time() - dt.timedelta(minutes=5)
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -302,12 +313,27 @@ class FleetCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        with ca._locked():
-            write_private(ca.key_path, key_to_pem(key))
-            write_public(ca.cert_path, cert.public_bytes(serialization.Encoding.PEM))
-            ca._save_index([])
-            ca.write_crl()
-        return ca
+        self._write(self.key_path, key_to_pem(key), 0o600)
+        self._write(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        self._save_index([])
+        self.write_crl()
+
+    def _write(self, path: Path, data: bytes, mode: int) -> None:
+        """Write one of the CA's files, owned as its folder when run as root: `server` (which README says to
+        run as root), sudo provisioning or root's CRL timer left index.json root's 0600, and the operator
+        who owns the CA got "Permission denied" on the next sign, list or revoke (a review)."""
+        folder = self.dir.stat() if os.geteuid() == 0 else None
+        owner = None if folder is None else (folder.st_uid, folder.st_gid)
+        if owner == (os.geteuid(), os.getegid()):
+            owner = None  # root's folder: nothing to give away
+        try:
+            write_atomic(path, data, mode, owner=owner)
+        except PermissionError:
+            if owner is None or mode & 0o077 == 0:
+                raise
+            # A public file (the CRL) from root's weekly timer, whose sandbox may not chown: root's, which
+            # locks no one out (the folder stays its operator's, who replaces the file by a rename)
+            write_atomic(path, data, mode)
 
     def _key_and_cert(self, loose_key: bool = False) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         """The CA's key and certificate; a key others can read is refused (``loose_key``: warned of)."""
@@ -376,7 +402,7 @@ class FleetCA:
 
     def _save_index(self, rows: list[IssuedCert]) -> None:
         data = json.dumps([row.__dict__ for row in rows], indent=1).encode()
-        write_private(self.index_path, data)
+        self._write(self.index_path, data, 0o600)
 
     def sign_csr(
         self,
@@ -421,7 +447,7 @@ class FleetCA:
                 "the CSR's signature does not match its public key (corrupted or forged CSR)"
             )
         cn = common_name(csr.subject)
-        if not DEVICE_ID.match(cn):
+        if not DEVICE_ID.fullmatch(cn):
             raise ProvisioningError(f"CSR common name {cn!r} is not a valid device id (letters, digits, _.-)")
         this_key = key_sha256(csr.public_key())
         index = self.index()
@@ -438,7 +464,9 @@ class FleetCA:
                 "the key may be in someone else's hands. Give the board a new key and sign that "
                 "(provisioning does, run for that board alone with --replace)"
             )
-        live = [row for row in rows if row.common_name == cn]
+        # ids that differ only in case name one board (the inventory's rule): "NP-3A-01" and "np-3a-01"
+        # were two live certificates under one DNS name (a review)
+        live = [row for row in rows if row.common_name.lower() == cn.lower()]
         others = [row for row in live if row.key_sha256 != this_key]
         if others and not replace:
             raise ProvisioningError(
@@ -448,7 +476,7 @@ class FleetCA:
             )
         # The same key under another id: an image copied from a provisioned board keeps its key (and its
         # pseudonym secret, which makes students linkable across boards)
-        cloned = [row for row in rows if row.key_sha256 == this_key and row.common_name != cn]
+        cloned = [row for row in rows if row.key_sha256 == this_key and row.common_name.lower() != cn.lower()]
         if cloned and not replace:
             raise ProvisioningError(
                 f"this key already has a live certificate as {cloned[0].common_name!r} (serial "
@@ -553,20 +581,44 @@ class FleetCA:
 
     @_holding_lock
     def revoke(self, serial_or_cn: int | str) -> list[int]:
-        """Revoke by serial number or by device id (all its live certificates); rebuild the CRL."""
+        """Revoke by serial number or by device id, in any case (all its live certificates); rebuild the
+        CRL."""
         rows = self.index()
         which = str(serial_or_cn)
-        hits = [r for r in rows if not r.revoked and which in (str(r.serial), r.common_name)]
+        hits = [r for r in rows if not r.revoked and which.lower() in (str(r.serial), r.common_name.lower())]
         if not hits:
             raise ProvisioningError(
-                f"no live certificate with serial or device id {serial_or_cn!r} (already revoked, or a typo: "
-                "`edge-agent-ca list` shows them)"
+                f"no live certificate with serial or device id {serial_or_cn!r} in {self.index_path} "
+                "(already revoked, or a typo: `edge-agent-ca list` shows them; signed after this copy of the "
+                "CA was made, e.g. a restored backup: revoke it with --cert FILE, the certificate itself)"
             )
         # and every other certificate of their keys: one a renewal superseded is valid, in no CRL, and
         # whoever holds the key holds it too
         keys = {r.key_sha256 for r in hits if r.key_sha256}
         hits += [r for r in rows if not r.revoked and r.key_sha256 in keys]
         return self._revoke({r.serial for r in hits})
+
+    @_holding_lock
+    def revoke_certificate(self, cert_pem: bytes, source: str) -> list[int]:
+        """Revoke the certificate ``cert_pem`` (and every other of its key), recorded in the index or not,
+        once its signature shows this CA signed it: a CA restored from a backup, or a second operator's copy,
+        could not revoke one signed after the copy was made, even by serial (a review)."""
+        cert = load_cert(cert_pem, source)
+        ca_cert = self._key_and_cert()[1]
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise ProvisioningError(f"{source} was not signed by the CA in {self.dir} (issued by "
+                                    f"'{cert.issuer.rfc4514_string()}'): nothing was revoked") from exc
+        rows = self.index()
+        if all(row.serial != cert.serial_number for row in rows):
+            log.warning("certificate %d (%s) is not in %s: a copy of the CA made before it was signed; "
+                        "recorded now, revoked", cert.serial_number, common_name(cert.subject),
+                        self.index_path)
+            self._save_index([*rows, IssuedCert(cert.serial_number, common_name(cert.subject),
+                                                cert.not_valid_after_utc.isoformat(),
+                                                key_sha256=key_sha256(cert.public_key()))])
+        return self.revoke(cert.serial_number)
 
     def _revoke(self, serials: set[int]) -> list[int]:
         self._mark(serials, revoked=True, revoked_at=self._now(self._key_and_cert()[1]).isoformat())
@@ -613,7 +665,7 @@ class FleetCA:
                     x509.RevokedCertificateBuilder().serial_number(row.serial).revocation_date(when).build()
                 )
         crl = builder.sign(key, hashes.SHA256())
-        write_public(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+        self._write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
         return until
 
 
@@ -642,9 +694,11 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--out-dir", type=Path, required=True)
     server.add_argument("--name", action="append", default=[], dest="names",
                         help="another DNS name or IP address boards may reach the broker by (repeatable)")
-    revoke = sub.add_parser("revoke", help="revoke by serial or device id and rebuild crl.pem")
+    revoke = sub.add_parser("revoke", help="revoke by serial, device id or certificate file; rebuild crl.pem")
     revoke.add_argument("ca_dir", type=Path)
-    revoke.add_argument("which")
+    revoke.add_argument("which", nargs="?", help="serial or device id")
+    revoke.add_argument("--cert", type=Path, metavar="FILE",
+                        help="the certificate itself: also one signed after this copy of the CA was made")
     crl = sub.add_parser(
         "crl", help=f"rebuild crl.pem (weekly from edge-agent-crl.timer: it expires after {CRL_DAYS} days)"
     )
@@ -664,20 +718,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"CA created in {args.ca_dir}; give {args.ca_dir / 'ca.pem'} to boards and the broker")
         elif args.command == "sign":
             ca = FleetCA(args.ca_dir)
-            if not os.access(args.out.parent.resolve(), os.W_OK):  # before signing revokes anything
+            # before signing supersedes or revokes anything: a folder was signed for, recorded live, and
+            # never written (a review)
+            if args.out.is_dir():
+                raise ProvisioningError(f"--out {args.out} is a folder: give the certificate's file name "
+                                        f"(e.g. {args.out / 'board.pem'}); nothing was signed")
+            if not os.access(args.out.parent.resolve(), os.W_OK):
                 raise ProvisioningError(f"--out {args.out}: cannot write into {args.out.parent}")
             cert, revoked = ca.sign_and_revoke(
                 args.csr.read_bytes(), args.days, replace=args.replace, names=args.names
             )
+            serial = load_cert(cert, "certificate").serial_number
+            try:
+                write_public(args.out, cert)
+            except OSError as exc:
+                ca.withdraw(serial)  # never written, never installed: the board's earlier one is current
+                raise ProvisioningError(f"{exc}; the certificate signed for it ({serial}) is withdrawn from "
+                                        "the CA's index: fix --out and sign again") from exc
             for row in revoked:
                 print(f"revoked certificate {row.serial} of {row.common_name}: copy {ca.crl_path} to "
                       "the broker")
-            serial = load_cert(cert, "certificate").serial_number
             for row in ca.index():
                 if row.superseded_by == serial:
                     print(f"certificate {row.serial} of {row.common_name} (the same key) is superseded, not "
                           f"revoked: valid until {row.not_after[:10]}; install {args.out} on the board")
-            write_public(args.out, cert)
             print(f"signed: {args.out}")
         elif args.command == "server":
             key, cert = FleetCA(args.ca_dir).issue_server(args.host, names=args.names)
@@ -688,7 +752,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"broker key and certificate written to {args.out_dir}")
         elif args.command == "revoke":
             ca = FleetCA(args.ca_dir)
-            print("revoked serials:", ca.revoke(args.which))
+            if (args.which is None) == (args.cert is None):
+                raise ProvisioningError("revoke takes a serial or device id, or --cert FILE (the certificate "
+                                        "itself), one of them")
+            print("revoked serials:", ca.revoke(args.which) if args.cert is None
+                  else ca.revoke_certificate(args.cert.read_bytes(), str(args.cert)))
             # the broker took the board until then (fleet review: revoked, it connected and published)
             print(f"the broker accepts it until it has this CRL: copy {ca.crl_path} to the broker (or there: "
                   f"edge-agent-ca crl {args.ca_dir} --install /etc/mosquitto/edge/crl.pem) and run "

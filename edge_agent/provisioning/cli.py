@@ -122,31 +122,46 @@ def cmd_provision(args: argparse.Namespace) -> int:
             _report(result)
             if result.state != "awaiting-certificate":
                 check_root(result.root)
-        if args.enroll:
-            host, port = args.enroll
-            for result in results:
-                board = result.board
-                if result.state != "provisioned":  # nothing to enrol with (was a bare "[Errno 2]", rc 2)
-                    revoked = result.state == "revoked"
-                    why = "its certificate is revoked" if revoked else "awaiting its certificate"
-                    print(f"{board.device_id}: not enrolled: {why}")
-                    continue
-                etc = result.root / "etc/edge-agent"
-                check_enrollment(
-                    host,
-                    port,
-                    etc / "certs/ca.pem",
-                    etc / "certs/device.pem",
-                    etc / "secrets/device.key",
-                    tenant=board.tenant,
-                    site=board.site,
-                    device_id=board.device_id,
-                )
-                print(f"{board.device_id}: enrolled (hello accepted by {host}:{port})")
+        refused = _enroll(results, *args.enroll) if args.enroll else []
     except (ProvisioningError, ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if refused:
+        print(f"error: {len(refused)} board(s) not enrolled: {', '.join(refused)} (why: above)",
+              file=sys.stderr)
+        return 2
     return EXIT_AWAITING_CERT if any(r.state == "awaiting-certificate" for r in results) else 0
+
+
+def _enroll(results: list[Result], host: str, port: int) -> list[str]:
+    """Send each provisioned board's hello; the ids of those the broker did not take. Each is tried: the
+    first refusal (a TLS one, naming no board) ended a bulk run and left the rest untried (a review)."""
+    refused = []
+    for result in results:
+        board = result.board
+        if result.state != "provisioned":  # nothing to enrol with (was a bare "[Errno 2]", rc 2)
+            revoked = result.state == "revoked"
+            why = "its certificate is revoked" if revoked else "awaiting its certificate"
+            print(f"{board.device_id}: not enrolled: {why}")
+            continue
+        etc = result.root / "etc/edge-agent"
+        try:
+            check_enrollment(
+                host,
+                port,
+                etc / "certs/ca.pem",
+                etc / "certs/device.pem",
+                etc / "secrets/device.key",
+                tenant=board.tenant,
+                site=board.site,
+                device_id=board.device_id,
+            )
+        except ProvisioningError as exc:
+            print(f"{board.device_id}: not enrolled: {exc}")
+            refused.append(board.device_id)
+            continue
+        print(f"{board.device_id}: enrolled (hello accepted by {host}:{port})")
+    return refused
 
 
 def _read_template(path: Path) -> str:

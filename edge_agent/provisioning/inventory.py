@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 REQUIRED = ("tenant", "site", "class_id", "device_id")
 # The certificate CNs the shipped ACL gives back-end rights (its `user` blocks): never a board's id
 BACK_END_NAMES = frozenset({"fleet-controller", "edge-receiver"})
+# fullmatch, never match: "$" matches before a trailing newline
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _OVERRIDE = re.compile(r"^[a-z_]+\.[a-z_]+$")
 _OPTIONAL_PATHS = (
@@ -104,8 +105,14 @@ def _without_unnamed_columns(text: str, source: str) -> str:
 
 def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
     """Every board of the CSV; raise ProvisioningError listing all bad rows and duplicate device ids."""
+    if text.lstrip("\ufeff").lower().startswith("sep="):  # was "header lacks column(s) tenant, site, ..."
+        raise ProvisioningError(f"{source}: line 1 is Excel's 'sep=' line, not the header: remove Excel's "
+                                "sep=, line (the header tenant,site,class_id,device_id must come first)")
     reader = csv.DictReader(io.StringIO(_without_unnamed_columns(text, source)))
-    header = reader.fieldnames or []
+    # "tenant, site, ..." (Excel keeps the spaces typed) and "Tenant,Site,..." name the same columns; they
+    # were refused as lacking them
+    header = [name.strip().lower() for name in reader.fieldnames or []]
+    reader.fieldnames = header
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise ProvisioningError(
@@ -141,7 +148,7 @@ def parse_inventory(text: str, source: str = "inventory") -> list[Board]:
             problems.append(f"line {line}: the header row again (two inventories pasted together?): "
                             "delete it")
             continue
-        bad = [c for c in REQUIRED if not _ID.match(values[c])]
+        bad = [c for c in REQUIRED if not _ID.fullmatch(values[c])]
         if bad:
             problems.append(
                 f"line {line}: invalid {', '.join(bad)} (letters, digits, _ . - only, 1-64 chars)"
@@ -188,7 +195,7 @@ def _warn_of_shared_classrooms(boards: list[Board], source: str) -> None:
 
 
 def _is_config_key(column: str) -> bool:
-    if not _OVERRIDE.match(column):
+    if not _OVERRIDE.fullmatch(column):
         return False
     section, _, name = column.partition(".")
     if section == "device" and name in REQUIRED:  # device.tenant beside tenant: which one? (round 4)

@@ -118,7 +118,7 @@ def _links(directory: Path) -> list[Path]:
 
 def sign_package(directory: Path, private_key_path: Path, name: str, version: str) -> Manifest:
     """Write manifest.json (every file's sha256) and manifest.sig for the package in ``directory``."""
-    if not (_NAME.match(name) and _NAME.match(version)):
+    if not (_NAME.fullmatch(name) and _NAME.fullmatch(version)):
         raise ProvisioningError("model name and version must be letters, digits, _ . - (1-64 chars)")
     try:
         key = serialization.load_pem_private_key(private_key_path.read_bytes(), password=None)
@@ -129,7 +129,7 @@ def sign_package(directory: Path, private_key_path: Path, name: str, version: st
     payload = {p.relative_to(directory).as_posix(): p for p in _payload_files(directory)}
     # what verify_package refuses is refused here: signed, such a package could never be installed
     links = [p.name for p in _links(directory)]
-    unsafe = [rel for rel in payload if not _FILE.match(rel)]
+    unsafe = [rel for rel in payload if not _FILE.fullmatch(rel)]
     if links or unsafe:
         raise ProvisioningError(f"{directory}: no board would install it: links {links[:3]}, names of other "
                                 f"than letters, digits, _ . - and / {unsafe[:3]}")
@@ -156,11 +156,10 @@ def _parse_manifest(data: bytes) -> Manifest:
         hashes = {str(k): str(v["sha256"]) for k, v in files.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PackageRejected(f"manifest.json is malformed: {exc}") from exc
-    if not (
-        isinstance(name, str) and _NAME.match(name) and isinstance(version, str) and _NAME.match(version)
-    ):
+    if not (isinstance(name, str) and _NAME.fullmatch(name)
+            and isinstance(version, str) and _NAME.fullmatch(version)):
         raise PackageRejected("manifest name or version is not a safe identifier")
-    bad = [k for k in hashes if not _FILE.match(k) or ".." in k.split("/")]
+    bad = [k for k in hashes if not _FILE.fullmatch(k) or ".." in k.split("/")]
     if bad or not hashes:
         raise PackageRejected(f"manifest lists unsafe or no file names: {bad[:3]}")
     return Manifest(name, version, hashes)

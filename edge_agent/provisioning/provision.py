@@ -211,7 +211,8 @@ def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
     this_key = key_sha256(load_private_key(paths["key"]).public_key()) if paths["key"].exists() else None
     where = f"board {board.device_id} (inventory line {board.line})"
     index = FleetCA(opts.ca_dir).index()  # type: ignore[arg-type]
-    ours = [row for row in index if row.common_name == board.device_id]
+    same_id = board.device_id.lower()  # ids that differ only in case name one board, as in the inventory
+    ours = [row for row in index if row.common_name.lower() == same_id]
     if ours and all(row.revoked for row in ours):
         # A board taken out of service (revoked, its folder deleted) got a new live certificate from the
         # next run for the whole inventory, without a word (a review)
@@ -224,13 +225,13 @@ def _ca_would_refuse(board: Board, opts: Options, root: Path) -> None:
     for row in sorted(index, key=lambda row: row.superseded_by is not None):  # named: the current ones
         if row.revoked:
             continue
-        if row.common_name == board.device_id and row.key_sha256 != this_key:
+        if row.common_name.lower() == same_id and row.key_sha256 != this_key:
             raise ProvisioningError(
                 f"{where}: device id {board.device_id!r} already has a live certificate for another board's "
                 f"key (serial {row.serial}, valid until {row.not_after[:10]}): two boards with one id? If "
                 f"this board replaces that one, {rerun} to revoke its certificate"
             )
-        if this_key is not None and row.key_sha256 == this_key and row.common_name != board.device_id:
+        if this_key is not None and row.key_sha256 == this_key and row.common_name.lower() != same_id:
             raise ProvisioningError(
                 f"{where}: its key in {root} already has a live certificate as {row.common_name!r} (serial "
                 f"{row.serial}): was this root copied from that board's? Delete its etc/edge-agent/secrets "
@@ -416,7 +417,8 @@ def _install_cert(
         # expiry) let a revoked board back without a word; so did --replace in a run for the whole
         # inventory, meant for another board (a review: a stolen board's key certified again, live)
         live = [row.serial for row in FleetCA(opts.ca_dir).index()  # type: ignore[arg-type]
-                if row.common_name == board.device_id and not row.revoked and row.superseded_by is None]
+                if row.common_name.lower() == board.device_id.lower() and not row.revoked
+                and row.superseded_by is None]
         log.warning(
             "%s: its installed certificate is revoked in the fleet CA, so the broker refuses this board; %s",
             board.device_id,

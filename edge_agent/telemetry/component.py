@@ -1,16 +1,19 @@
 """The telemetry worker: picks a source (sysfs, then jtop, then NVML, else none) and polls it in a thread.
 
 Choosing the source happens inside the thread, so a slow jtop socket or NVML init never delays the
-daemon's start-up; until the first reading the metric says ``source="none"``.
+daemon's start-up; until the first reading the metric says ``source="none"``. The same thread reads the
+certificate files' expiry (edge_certificate_expiry_seconds) at start and every ``certificate_interval_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import math
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import Gauge
@@ -18,6 +21,7 @@ from prometheus_client import Gauge
 from edge_agent.lifecycle import Health, Heartbeat, HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.telemetry import metrics
+from edge_agent.telemetry.certificates import seconds_left
 from edge_agent.telemetry.jetson import NoSource, SysfsSource, Telemetry, TelemetrySource, is_jetson
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,19 @@ def record(reading: Telemetry, live: LiveBoard | None) -> None:
         live.publish("device", reading.to_live())
 
 
+def record_certificates(
+    files: Sequence[tuple[str, Path]], now: dt.datetime, unreadable: set[str] | None = None
+) -> set[str]:
+    """Set edge_certificate_expiry_seconds for each (config key, file); a file that cannot be read loses its
+    series (a stale value would look renewed or not). Logs a file once as it becomes unreadable (keys in
+    ``unreadable`` were already logged); returns the keys unreadable now."""
+    left, problems = seconds_left(files, now)
+    _set_labelled(metrics.CERTIFICATE_EXPIRY, left)
+    for key in sorted(problems.keys() - (unreadable or set())):
+        log.warning("cannot read %s to watch its expiry: %s", key, problems[key])
+    return set(problems)
+
+
 def _set_labelled(gauge: Gauge, values: dict[str, float]) -> None:
     """One series per key of ``values``; series of keys no longer read are removed."""
     for (key,) in [labels for labels in _label_sets(gauge) if labels[0] not in values]:
@@ -88,8 +105,15 @@ class TelemetryComponent:
         *,
         root: Path = Path("/"),
         source_factory: Callable[[], TelemetrySource] | None = None,
+        certificate_files: Sequence[tuple[str, Path]] = (),
+        certificate_interval_s: float = 3600.0,
     ) -> None:
         self.interval_s = interval_s
+        # Read again, not only at start: re-provisioning installs a renewed certificate under the same name.
+        self._certificate_files = tuple(certificate_files)
+        self._certificate_interval_s = certificate_interval_s
+        self._certificates_due = 0.0  # time.monotonic() of the next reading
+        self._unreadable: set[str] = set()
         self._live = live
         self._heartbeats = heartbeats
         self._factory = source_factory or (lambda: choose_source(root))
@@ -99,6 +123,7 @@ class TelemetryComponent:
 
     async def start(self) -> None:
         self._stop.clear()
+        self._certificates_due = 0.0  # read at every start
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
         self._thread.start()
 
@@ -123,6 +148,7 @@ class TelemetryComponent:
 
     def _run(self) -> None:
         record(Telemetry("none", problems=["choosing a telemetry source"]), None)
+        self._refresh_certificates()  # before the source: a slow jtop connect must not delay it
         try:
             source = self._factory()
         except Exception as exc:  # a vendor library failing must not end the daemon
@@ -143,6 +169,7 @@ class TelemetryComponent:
     def _loop(self, source: TelemetrySource, beat: Heartbeat) -> None:
         while not self._stop.is_set():
             beat.beat()
+            self._refresh_certificates()
             self._poll_once(source)
             self._stop.wait(self.interval_s)
 
@@ -153,3 +180,13 @@ class TelemetryComponent:
             reading = Telemetry(source.name, problems=[f"read failed: {exc}"])
         self._last = reading
         record(reading, self._live)
+
+    def _refresh_certificates(self) -> None:
+        if time.monotonic() < self._certificates_due:
+            return
+        self._certificates_due = time.monotonic() + self._certificate_interval_s
+        now = dt.datetime.now(dt.timezone.utc)
+        try:
+            self._unreadable = record_certificates(self._certificate_files, now, self._unreadable)
+        except Exception as exc:  # cryptography's parser is third-party: a surprise must not end telemetry
+            log.warning("cannot read the certificates' expiry: %s", exc)

@@ -220,6 +220,15 @@ TELEMETRY_SOURCE = Gauge(
     registry=REGISTRY,
 )
 
+CERTIFICATE_EXPIRY = Gauge(
+    "edge_certificate_expiry_seconds",
+    "Seconds until the first certificate in each certificate file the config names expires (negative once "
+    "expired), by its config key (mqtt.cert_file, mqtt.ca_file, web.tls_cert_file, metrics.tls_cert_file); "
+    "read at start and hourly, absent while the file cannot be read.",
+    ["file"],
+    registry=REGISTRY,
+)
+
 COMPONENT_UP = Gauge(
     "edge_component_up",
     "1 when a daemon component runs, 0 when degraded or stopped.",

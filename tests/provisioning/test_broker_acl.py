@@ -485,3 +485,31 @@ def test_enrol_skips_a_board_awaiting_its_certificate_and_still_says_awaiting(
     assert "board-new: not enrolled: awaiting its certificate" in out and err == ""
     for board in ("board-a", "board-b", "board-c"):
         assert f"{board}: enrolled (hello accepted by 127.0.0.1:{broker.port})" in out
+
+
+def test_a_bulk_enrollment_tries_every_board_and_names_each_one_the_broker_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The broker's CRL came from a second operator's copy of the CA, which revoked board-a: the bulk run's
+    --enroll stopped at board-a, with a TLS error naming no board, and board-b and board-c were not tried
+    (a review)."""
+    fleet = make_fleet(tmp_path / "f")
+    copy = FleetCA(tmp_path / "ca-copy")
+    shutil.copytree(fleet.ca.dir, copy.dir)
+    copy.revoke("board-a")
+    broker = start_broker(fleet, tmp_path / "broker")
+    try:
+        shutil.copy(copy.crl_path, broker.dir / "crl.pem")
+        assert not _connects_after_reload(fleet, broker, "board-a", want=False)
+        capsys.readouterr()
+        code = provision_main(["--inventory", str(fleet.inventory), "--template", str(TEMPLATE), "--roots",
+                               str(fleet.roots), "--ca-dir", str(fleet.ca.dir), "--enroll",
+                               f"127.0.0.1:{broker.port}"])
+        out, err = capsys.readouterr()
+    finally:
+        stop_broker(broker)
+    assert code == 2
+    assert "board-a: not enrolled: the broker at 127.0.0.1" in out, out
+    for board in ("board-b", "board-c"):
+        assert f"{board}: enrolled (hello accepted by 127.0.0.1:{broker.port})" in out
+    assert err == "error: 1 board(s) not enrolled: board-a (why: above)\n"

@@ -8,13 +8,17 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from edge_agent.provisioning.ca import main, make_csr, new_ec_key
+from edge_agent.errors import ProvisioningError
+from edge_agent.provisioning.ca import FleetCA, main, make_csr, new_ec_key
 
 
 def _board_csr(path: Path, device_id: str) -> Path:
@@ -471,3 +475,193 @@ def test_a_ca_key_others_can_read_signs_nothing_until_it_is_chmod_600(
     assert says in caplog.text
     key.chmod(0o600)
     assert main(["sign", str(ca_dir), str(other), "--out", str(tmp_path / "other.pem")]) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run one command as another account")
+def test_the_ca_stays_its_operators_after_root_renews_the_brokers_certificate() -> None:
+    """README: renew the broker's certificate as root where the CA and the broker are. That rewrote
+    index.json as root's 0600, and the operator who owns the CA got "Permission denied" on sign, list and
+    revoke, revoking a stolen board included (a review)."""
+    operator = 65534
+    with tempfile.TemporaryDirectory(prefix="ca-owner.", dir="/tmp") as folder:  # pytest's is root's, 0700
+        os.chmod(folder, 0o755)
+        os.chown(folder, operator, operator)
+        base = Path(folder)
+        ca_dir = base / "fleet-ca"
+        as_operator = _as(operator)
+        assert as_operator("init", str(ca_dir)) == 0
+        assert main(["server", str(ca_dir), "mqtt.district.example", "--out-dir", str(base / "broker")]) == 0
+        assert main(["crl", str(ca_dir)]) == 0
+        owners = {path.name: (path.stat().st_uid, path.stat().st_gid) for path in ca_dir.iterdir()}
+        assert owners == dict.fromkeys(["ca.key", "ca.pem", "index.json", "crl.pem"], (operator, operator))
+        assert stat.S_IMODE((ca_dir / "index.json").stat().st_mode) == 0o600
+        csr = _board_csr(base / "b.csr", "np-3a-01")
+        os.chown(csr, operator, operator)
+        assert as_operator("sign", str(ca_dir), str(csr), "--out", str(base / "b.pem")) == 0
+        assert as_operator("list", str(ca_dir)) == 0
+        assert as_operator("revoke", str(ca_dir), "np-3a-01") == 0
+
+
+def _as(account: int) -> Callable[..., int]:
+    def run(*argv: str) -> int:
+        # forked, not a new interpreter: this one may live where that account cannot read
+        pid = os.fork()
+        if pid == 0:
+            code = 99
+            try:
+                os.setgid(account)
+                os.setuid(account)
+                code = main(list(argv))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            finally:
+                os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    return run
+
+
+def test_a_ca_restored_from_a_backup_revokes_a_certificate_signed_after_it_by_its_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The nightly backup restored after the CA's disk died (or a second operator's copy) knew nothing of a
+    board signed since: it could not revoke that board's certificate, by id or by serial (a review)."""
+    import shutil
+
+    ca_dir, backup = tmp_path / "fleet-ca", tmp_path / "backup"
+    assert main(["init", str(ca_dir)]) == 0
+    assert main(["sign", str(ca_dir), str(_board_csr(tmp_path / "a.csr", "b-0001")), "--out",
+                 str(tmp_path / "a.pem")]) == 0
+    shutil.copytree(ca_dir, backup)
+    stolen = tmp_path / "b.pem"
+    assert main(["sign", str(ca_dir), str(_board_csr(tmp_path / "b.csr", "b-0002")), "--out",
+                 str(stolen)]) == 0
+    serial = x509.load_pem_x509_certificate(stolen.read_bytes()).serial_number
+    shutil.rmtree(ca_dir)
+    shutil.copytree(backup, ca_dir)
+    capsys.readouterr()
+
+    assert main(["revoke", str(ca_dir), str(serial)]) == 2
+    assert "revoke it with --cert FILE" in capsys.readouterr().err
+    assert main(["revoke", str(ca_dir), "--cert", str(stolen)]) == 0
+    assert str(serial) in capsys.readouterr().out
+    crl = x509.load_pem_x509_crl((ca_dir / "crl.pem").read_bytes())
+    assert [r.serial_number for r in crl] == [serial]
+    capsys.readouterr()
+    assert main(["list", str(ca_dir)]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{serial}\t")]
+    assert len(listed) == 1 and listed[0].startswith(f"{serial}\tb-0002\t"), listed
+    assert listed[0].endswith("\trevoked")
+
+    # only a certificate this CA signed; and a serial or id, or --cert, not both or neither
+    other_ca = tmp_path / "other-ca"
+    assert main(["init", str(other_ca)]) == 0
+    foreign = tmp_path / "foreign.pem"
+    assert main(["sign", str(other_ca), str(_board_csr(tmp_path / "f.csr", "b-0003")), "--out",
+                 str(foreign)]) == 0
+    before = {path.name: path.read_bytes() for path in ca_dir.iterdir()}
+    capsys.readouterr()
+    assert main(["revoke", str(ca_dir), "--cert", str(foreign)]) == 2
+    assert "was not signed by the CA in" in capsys.readouterr().err
+    assert main(["revoke", str(ca_dir)]) == 2
+    assert main(["revoke", str(ca_dir), "b-0001", "--cert", str(stolen)]) == 2
+    assert {path.name: path.read_bytes() for path in ca_dir.iterdir()} == before
+
+
+def test_device_ids_that_differ_only_in_case_are_one_board_to_the_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The inventory takes NP-3A-01 and np-3a-01 for one board; the CA gave each a live certificate, two
+    boards under one DNS name (a review)."""
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    assert main(["sign", str(ca_dir), str(_board_csr(tmp_path / "a.csr", "NP-3A-01")), "--out",
+                 str(tmp_path / "a.pem")]) == 0
+    capsys.readouterr()
+    other = _board_csr(tmp_path / "b.csr", "np-3a-01")
+    assert main(["sign", str(ca_dir), str(other), "--out", str(tmp_path / "b.pem")]) == 2
+    assert "'np-3a-01' already has a live certificate for another board's key" in capsys.readouterr().err
+    assert main(["revoke", str(ca_dir), "np-3a-01"]) == 0  # the id as the inventory spells it
+    capsys.readouterr()
+    assert main(["list", str(ca_dir)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("\trevoked")
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (("np-3a-01\n",), "is not a valid device id"),
+    (("np-3a-01", "--name", "np-3a-01.school.example\n"), "is neither an IP address nor a DNS name"),
+], ids=["id", "name"])
+def test_a_device_id_or_name_with_a_trailing_newline_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], says: str
+) -> None:
+    """'$' matches before a trailing newline: "np-3a-01\\n" was signed, beside np-3a-01 (a review)."""
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    csr = _board_csr(tmp_path / "b.csr", argv[0])
+    capsys.readouterr()
+    assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "b.pem"), *argv[1:]]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "b.pem").exists()
+    assert (ca_dir / "index.json").read_text() == "[]"
+
+
+def test_a_certificate_that_cannot_be_written_is_not_left_live_in_the_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sign --out DIR` (a folder): signed, recorded live (superseding the board's installed certificate),
+    never written (a review). A folder is refused before signing; a write that fails withdraws it."""
+    import json
+
+    ca_dir = tmp_path / "fleet-ca"
+    assert main(["init", str(ca_dir)]) == 0
+    csr = _board_csr(tmp_path / "b.csr", "np-3a-01")
+    assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "b.pem")]) == 0
+    index = (ca_dir / "index.json").read_bytes()
+    capsys.readouterr()
+    (tmp_path / "certs").mkdir()
+    assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "certs")]) == 2
+    assert "is a folder: give the certificate's file name" in capsys.readouterr().err
+    assert (ca_dir / "index.json").read_bytes() == index
+    (tmp_path / "a-file").write_text("")
+    assert main(["sign", str(ca_dir), str(csr), "--out", str(tmp_path / "a-file" / "b.pem")]) == 2
+    assert "is withdrawn from the CA's index" in capsys.readouterr().err
+    rows = json.loads((ca_dir / "index.json").read_text())
+    assert [(row["common_name"], row["revoked"], row["superseded_by"]) for row in rows] == [
+        ("np-3a-01", False, None)
+    ]
+
+
+def _init_at_once(barrier: Any, results: Any, ca_dir: Path, i: int) -> None:
+    barrier.wait()
+    try:
+        FleetCA.create(ca_dir, f"CA {i}", clock=_slow_clock)
+        results.put("created")
+    except ProvisioningError as exc:
+        results.put(str(exc))
+
+
+def _slow_clock() -> dt.datetime:
+    time.sleep(0.3)  # the time an init takes on a slow SD card: both passed the check before either wrote
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def test_two_inits_at_once_make_one_ca_and_refuse_the_other(tmp_path: Path) -> None:
+    """Two operators ran `init` on one folder at once: both were told "CA created", and the last key
+    written won, with a ca.pem of the other's at times (a review)."""
+    import multiprocessing
+
+    from cryptography.hazmat.primitives import serialization
+
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(2), context.Queue()
+    ca_dir = tmp_path / "fleet-ca"
+    runs = [context.Process(target=_init_at_once, args=(barrier, results, ca_dir, i)) for i in (1, 2)]
+    for run in runs:
+        run.start()
+    said = sorted(results.get(timeout=30) for _ in runs)
+    for run in runs:
+        run.join(30)
+    assert said[1] == "created" and said[0].startswith("a CA already exists in"), said
+    key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    assert key.public_key() == cert.public_key()

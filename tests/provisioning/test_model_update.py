@@ -378,8 +378,14 @@ def test_a_tar_that_would_unpack_to_over_512_mib_is_refused_before_a_byte_is_wri
         (b'{"name": "../headpose", "version": "2.0", "files": {"model.onnx": {"sha256": "00"}}}',
          "not a safe identifier"),
         (b'{"name": "headpose", "version": "2.0", "files": {}}', "unsafe or no file names"),
+        # "$" matched before a final newline: a version folder named "2.0\n" (a review of the CA's ids)
+        (b'{"name": "headpose", "version": "2.0\\n", "files": {"model.onnx": {"sha256": "00"}}}',
+         "not a safe identifier"),
+        (b'{"name": "headpose", "version": "2.0", "files": {"model.onnx\\n": {"sha256": "00"}}}',
+         "unsafe or no file names"),
     ],
-    ids=["not-json", "file-outside-the-package", "unsafe-name", "no-files"],
+    ids=["not-json", "file-outside-the-package", "unsafe-name", "no-files", "version-newline",
+         "file-newline"],
 )
 def test_a_manifest_signed_by_the_trusted_key_but_unsafe_is_still_refused(
     tmp_path: Path, keys: tuple[Path, Path], manifest: bytes, says: str

@@ -460,3 +460,45 @@ def test_provisioning_this_board_without_root_says_to_run_it_as_root(
     assert _provision(tmp_path, "--device-id", "board-a", "--cert", str(tmp_path / "x.pem")) == 2
     assert "creates its system user, writes /etc and runs systemctl: run it as root (sudo" in (
         capsys.readouterr().err)
+
+
+def test_a_board_whose_id_the_ca_holds_in_other_capitals_for_another_key_is_refused_before_any_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A review: BOARD-B signed by hand, board-b in the inventory: two live certificates under one DNS name
+    from edge_agent.provisioning.ca import make_csr, new_ec_key
+
+    ca = FleetCA.create(tmp_path / "ca", "test fleet CA")
+    ca.sign_csr(make_csr(new_ec_key(), "BOARD-B", "district-a", "school-1"))
+    index = ca.index()
+    roots = tmp_path / "roots"
+    assert _provision(tmp_path, "--roots", str(roots), "--ca-dir", str(ca.dir)) == 2
+    err = capsys.readouterr().err
+    says = "board board-b (inventory line 3): device id 'board-b' already has a live certificate for another"
+    assert says in err, err
+    assert not roots.exists() and ca.index() == index
+
+
+@pytest.mark.parametrize("header", ["tenant, site, class_id, device_id, camera.source",
+                                    "Tenant,Site,Class_ID,Device_ID,Camera.Source"],
+                         ids=["spaces", "capitals"])
+def test_an_inventory_header_with_spaces_or_capitals_names_the_same_columns(header: str) -> None:
+    from edge_agent.provisioning.inventory import parse_inventory
+
+    text = header + "\n" + INVENTORY.split("\n", 1)[1]
+    boards = parse_inventory(text, "inv.csv")
+    assert [(b.device_id, b.overrides) for b in boards] == [
+        ("board-a", {"camera.source": "0"}), ("board-b", {"camera.source": "/dev/video1"}),
+        ("board-c", {"camera.source": "0"}),
+    ]
+
+
+def test_an_inventory_with_excels_sep_line_says_to_remove_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "excel.csv"
+    inventory.write_text("sep=,\n" + INVENTORY)
+    assert provision_main(["--inventory", str(inventory), "--template", str(TEMPLATE),
+                           "--roots", str(tmp_path / "roots")]) == 2
+    assert "remove Excel's sep=, line" in capsys.readouterr().err
+    assert not (tmp_path / "roots").exists()

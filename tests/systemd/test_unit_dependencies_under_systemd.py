@@ -267,6 +267,7 @@ def test_the_broker_hosts_crl_service_rebuilds_and_installs_the_crl_in_its_sandb
             cp {REPO}/provisioning/mosquitto/mosquitto.conf /etc/mosquitto/conf.d/edge.conf
             chown -R mosquitto: /etc/mosquitto/edge
             systemctl restart mosquitto
+            chown -R nobody: {ca}  # its operator's: the CA's files given to it, the timer's sandbox no chown
             cp {REPO}/provisioning/mosquitto/edge-agent-crl.service /etc/systemd/system/
             mkdir -p /etc/systemd/system/edge-agent-crl.service.d
             printf '[Service]\\nEnvironment=FLEET_CA={ca}\\nReadWritePaths={ca}\\nProtectHome=read-only\\n\
