@@ -1380,6 +1380,27 @@ def test_a_retry_naming_its_skills_in_another_order_is_a_duplicate_not_a_conflic
     assert statuses == ["applied", "duplicate"]
 
 
+def test_a_retry_in_another_skill_order_gets_its_figures_in_its_own_order(
+    package, engine, kt_settings, pseudonymize
+) -> None:
+    # A review: docs/answer-api.md said a duplicate is the first response again; for a retry naming its
+    # skills in another order it is not, and the board keeps no order of the first (only a hash of the
+    # sorted skills), so the guide now says that the figures follow the retry's order.
+    skills = (0, 1, 2)
+    first = dataclasses.replace(_answer(package, pseudonymize, "s1", "q1"), skills=skills)
+    svc = _service(package, engine, kt_settings, pseudonymize)
+    try:
+        (applied,) = svc.submit([first]).result(5)
+        (same,) = svc.submit([first]).result(5)
+        (reordered,) = svc.submit([dataclasses.replace(first, skills=skills[::-1])]).result(5)
+    finally:
+        svc.stop()
+    assert {**same, "status": "applied"} == applied  # nothing answered since: the first response again
+    assert reordered["status"] == "duplicate"
+    assert reordered["mastery"] == applied["mastery"][::-1]
+    assert reordered["p_next_correct"] == reordered["mastery"][0]["mastery"]  # of the retry's first skill
+
+
 def test_a_null_skill_ids_beside_a_skill_id_uses_the_skill_sent(package, kt_settings, pseudonymize) -> None:
     item = package.items[0]
     other = next(s for s in package.skill_index if s != item.skill_id)

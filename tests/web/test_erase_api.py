@@ -21,6 +21,7 @@ from edge_agent.kt.service import KTService
 from edge_agent.live import LiveBoard
 from edge_agent.store.db import Database
 from edge_agent.telemetry import metrics
+from edge_agent.web.access import COOKIE_NAME, session_value
 from edge_agent.web.answers import answer_routes
 from edge_agent.web.erase import ERASE_PATH, erase_routes
 from tests.web.conftest import WEB_TOKEN
@@ -251,6 +252,24 @@ def test_a_clicker_token_cannot_erase_and_the_web_token_can(board: dict[str, Any
     assert _stored(board) == stored
     status, reply = _erase(board, {"student_ids": ["stu-1"]}, host=address,
                            headers={"Authorization": f"Bearer {WEB_TOKEN}"})
+    assert status == 200 and reply["erased"] == 1
+
+
+def test_a_teacher_view_sign_in_opens_the_erase_and_the_status_but_not_for_another_sites_page(
+    board: dict[str, Any]
+) -> None:
+    # A review: docs/answer-api.md said the sign-in opens the view, the class data and the camera pause, and
+    # that the erase needs the board's web token; the sign-in opens all the token does but the answers.
+    address = non_loopback_ipv4()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    signed_in = {"Cookie": f"{COOKIE_NAME}={session_value(WEB_TOKEN, int(time.time()))}"}
+    assert _request(address, board["server"].port, "/api/v1/status", signed_in)[0] == 200
+    stored = _stored(board)
+    status, reply = _erase(board, {"student_ids": ["stu-1"]}, host=address,
+                           headers={**signed_in, "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"})
+    assert (status, reply["error"]) == (403, "cross_site") and _stored(board) == stored
+    status, reply = _erase(board, {"student_ids": ["stu-1"]}, host=address, headers=signed_in)
     assert status == 200 and reply["erased"] == 1
 
 
