@@ -1060,6 +1060,8 @@ def load_config_ignoring_unknown(
 
 
 _SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)
+
+
 # The user and password of a URL: everything between "//" and the LAST "@" before the path, as FFmpeg
 # splits it, so a raw "@" in a password (rtsp://admin:p@ss@host) is hidden whole. A raw "/", "?" or "#" in
 # the password (rtsp://admin:pa/ss@host: FFmpeg then fails to connect, but the source still holds it) is
@@ -1069,10 +1071,19 @@ _SECRET_KEYS = re.compile(r"(secret|token|key_file|password)", re.IGNORECASE)
 # A space in the password (FFmpeg cannot use it unescaped, and said so with the password in the message:
 # a review) is hidden too, in a run with no "/" that stops at another URL or a pipeline's " ! " (round 2:
 # "http://[fe80::1]/video failed; see admin@school.edu" lost the address: no "[" in a user either)
-_URL_CREDENTIALS = re.compile(
-    r"//(?:[^/?#:@\s\"'\[\]]*:(?!\d+(?:[/?#\s\"']|$))(?:[^\s\"']*|(?:(?!://|\s!\s)[^/\n\"'])*)@"
-    r"(?=(?:[\w.-]+|\[[\w:.%]+\])(?::\d+)?(?:[/?#\s\"']|$))|[^/?#\s\"']*@)"
-)
+# Inside a pipeline or a message a quote ends the URL (location="rtsp://..."), so ends the password too; a
+# source that is a URL alone (no pipeline's " ! ") has no quote around it, and a password holding one
+# (Tom's2024, pa"ss1) was shown in clear (a review): _URL_SOURCE_CREDENTIALS reads it up to its last "@".
+def _userinfo_pattern(ends: str) -> str:
+    """The user and password after "//", ``ends`` (quote characters) ending them as a space does."""
+    stop = rf"[/?#\s{ends}]"
+    return (rf"//(?:[^/?#:@\s{ends}\[\]]*:(?!\d+(?:{stop}|$))"
+            rf"(?:[^\s{ends}]*|(?:(?!://|\s!\s)[^/\n{ends}])*)@"
+            rf"(?=(?:[\w.-]+|\[[\w:.%]+\])(?::\d+)?(?:{stop}|$))|[^/?#\s{ends}]*@)")
+
+
+_URL_CREDENTIALS = re.compile(_userinfo_pattern("\"'"))
+_URL_SOURCE_CREDENTIALS = re.compile(r"^(\s*[a-z][\w+.-]*:)" + _userinfo_pattern(""), re.IGNORECASE)
 # rtspsrc's and souphttpsrc's proxy= takes "[http://][user:passwd@]host[:port]": the user and password need
 # no scheme before them (proxy=puser:pw@proxy:3128), which _URL_CREDENTIALS does not see.
 _PROXY_CREDENTIALS = re.compile(
@@ -1116,6 +1127,8 @@ def without_credentials(text: str) -> str:
     """``text`` with every user name, password and token a camera source may hold hidden: the userinfo of
     any URL or proxy in it and the value of any user/password/token/key parameter or pipeline property. The
     one masking used wherever a source is shown (status, logs, doctor, support bundle, config show)."""
+    if not re.search(r"\s!\s", text):
+        text = _URL_SOURCE_CREDENTIALS.sub(r"\1//***@", text, count=1)
     text = _URL_CREDENTIALS.sub("//***@", text)
     text = _PROXY_CREDENTIALS.sub(lambda m: f"{m.group(1)}***@", text)
     text = _XMEYE_PASSWORD.sub(lambda m: f"{m.group(1)}***", text)

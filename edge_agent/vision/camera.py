@@ -30,7 +30,7 @@ import numpy as np
 from edge_agent.config import CameraSettings, without_credentials
 from edge_agent.errors import CameraError
 from edge_agent.telemetry import metrics
-from edge_agent.vision.sources import FrameSource, open_source
+from edge_agent.vision.sources import FrameSource, classify, open_source
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,22 @@ _DROP_WHY = {"empty": "cannot be decoded (corrupt)",
                        "video/x-raw,format=BGR ! appsink)",
              "tiny": f"are under {MIN_FRAME_SIDE} px"}
 
+
+# A URL's open and reads time out at this share of the stall timeout: FFmpeg gives up first, and the
+# failure is retried with the camera's backoff, not taken for a blocked open or read
+OPEN_TIMEOUT_SHARE = 0.8
+
+# Why an open blocks, by source kind: a network camera is no driver to restart (a review: IT read "a wedged
+# nvargus-daemon" for an RTSP camera)
+_BLOCKED_WHY = {
+    "url": "the network camera (or the lookup of its name) does not answer: check that it is on and "
+           "reachable from the board (ping it), or restart it",
+    "v4l2": "the driver does not answer (a wedged V4L2 driver: unplug the camera, or restart the board)",
+    "gstreamer": "the driver does not answer (a wedged nvargus-daemon or V4L2 driver: restart it, or the "
+                 "board)",
+    "file": "the disk or network share holding it does not answer",
+}
+_BLOCKED_WHY["folder"] = _BLOCKED_WHY["file"]
 
 UNSTABLE_WINDOW_S = 300.0
 UNSTABLE_REOPENS = 3  # reopens within the window that make a running camera a problem
@@ -102,9 +118,12 @@ class Camera:
         self.stall_timeout_s = stall_timeout_s
         self._opener: Opener = opener or (
             # a file slower than 2 frames a stall timeout (a slideshow) stalled and played from its first
-            # frame for ever: files and folders play at least that fast
+            # frame for ever: files and folders play at least that fast. A network camera's open gives up
+            # before check_stall takes it for a blocked one (a review: an RTSP camera that accepted and
+            # never answered was a "wedged driver", reopened every 10 s for ever with no backoff)
             lambda stop: open_source(source, width, height, stop, folder_fps=folder_fps,
-                                     min_fps=2.0 / stall_timeout_s))
+                                     min_fps=2.0 / stall_timeout_s,
+                                     open_timeout_s=OPEN_TIMEOUT_SHARE * stall_timeout_s))
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)  # a new frame (latest's wait)
@@ -130,6 +149,7 @@ class Camera:
         self._first_good: float | None = None  # the open session's first usable frame (monotonic)
         self._last_frame = 0.0  # its latest usable frame (monotonic; _last_good is moved by check_stall)
         self._blocked_backoff = 0.0  # the wait before a new reader opens after a read that hung
+        self._blocked_why = _BLOCKED_WHY.get(classify(source), _BLOCKED_WHY["file"])
         self.on_beat: Callable[[], None] = lambda: None
 
     @classmethod
@@ -245,6 +265,8 @@ class Camera:
                 source = self._opener(self._stop)
             except Exception as exc:  # anything else ended this thread for good (a review)
                 self._open_returned(generation)
+                if not self._current(generation):  # stopping, or replaced while opening: the state and
+                    break  # the reopen count are the new grabber's (a review: an error over its "running")
                 backoff = next_backoff(backoff, self.reconnect_min_s, self.reconnect_max_s)
                 why = str(exc) if isinstance(exc, CameraError) else (
                     f"cannot open the camera: {type(exc).__name__}: {without_credentials(str(exc))}")
@@ -418,8 +440,7 @@ class Camera:
                 self._open_blocked_since = opening_since
         if first:
             metrics.CAMERA_STALLS.inc()
-        self._set_state("error", f"camera open blocked for {now - since:.0f} s: the driver does not answer "
-                                 "(a wedged nvargus-daemon or V4L2 driver: restart it, or the board)")
+        self._set_state("error", f"camera open blocked for {now - since:.0f} s: {self._blocked_why}")
         with self._lock:  # still the same open (an open that returns meanwhile clears it under this lock)
             retry = (
                 self._opening_since == opening_since

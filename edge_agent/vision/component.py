@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 STREAM = "attention"
 PAYLOAD_VERSION = 1
+# The longest pause the teacher's API allows (web/camera_pause.py): a school day's afternoon, longer closures
+# are camera.closed_dates' job; a saved pause longer than that is capped when it is loaded
+MAX_PAUSE_MINUTES = 240
 PRUNE_EVERY_S = 3600.0  # history keeps 14 days; a board may run for weeks between restarts
 
 
@@ -278,8 +281,19 @@ class AttentionComponent:
         except (OSError, ValueError) as exc:
             log.warning("%s does not hold a pause (%s): the camera is not paused", self.pause_file, exc)
             return None
-        if until is None or until.tzinfo is None or until <= self.loop.local_now():
+        now = self.loop.local_now()
+        if until is None or until.tzinfo is None or until <= now:
             return None
+        longest = now + timedelta(minutes=MAX_PAUSE_MINUTES)
+        if until > longest:
+            # longer than a teacher can ask: the clock was wrong when it was saved or is wrong now (a board
+            # booted on a clock a day behind stayed paused a day, a review). Still a pause, never opened
+            # early, but no longer than the longest one.
+            log.warning("the camera pause kept in %s ends %s, more than %d minutes from now by the board's "
+                        "clock (%s): paused for %d minutes; check the clock (timedatectl timesync-status)",
+                        self.pause_file, f"{until:%a %Y-%m-%d %H:%M}", MAX_PAUSE_MINUTES,
+                        f"{now:%a %Y-%m-%d %H:%M}", MAX_PAUSE_MINUTES)
+            return longest
         return until
 
     def health(self) -> Health:

@@ -363,16 +363,20 @@ class AttentionLoop:
             # next tick finds two (4.1-4.3 of 5 frames/s analysed in the lesson benchmark). Not for longer
             # than MAX_FRAME_WAIT_S: nothing ends the wait at a stop (5 s at 0.1 frames/s, a review).
             frame = self.camera.latest(self._last_seq, wait_s=min(self.period / 2, MAX_FRAME_WAIT_S))
+            got = frame is not None
             if frame is not None:
                 self._last_seq = frame.seq
                 self.step(frame.image, frame.captured_at)
+                # analysed: not kept in this local through the night or a pause that closes the camera
+                # now (a review found the last image held while the camera was closed)
+                frame = None
             else:
                 for closed in self.windows.expire(time.time()):
                     self._emit(closed)
                 metrics.CAMERA_FPS.set(self.fps())
             # the page says "running" with the first frame, not up to live_every_s after it
-            self._maybe_live(force=self._opened and frame is not None)
-            self._opened = self._opened and frame is None
+            self._maybe_live(force=self._opened and got)
+            self._opened = self._opened and not got
             next_tick = max(next_tick + self.period, time.monotonic())
             self._stop.wait(max(0.0, next_tick - time.monotonic()))
 

@@ -26,6 +26,9 @@ from edge_agent.errors import CameraError
 from edge_agent.image_files import jpeg_file_complete, opencv_file_name, read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+# An image folder is listed again at most this often (a review: listed at every frame, 66 ms of CPU each
+# at 10,000 images); a picture that is gone makes the next read list it again at once
+FOLDER_RESCAN_S = 2.0
 
 
 def folder_images(folder: Path) -> list[Path]:
@@ -96,11 +99,16 @@ class ImageFolderSource:
         # images found damaged, with their mtime: not decoded again (libjpeg wrote a line to stderr, so to
         # the journal, at every decode: 451 lines in 30 s from one truncated JPEG, a review)
         self._damaged: dict[Path, int] = {}
+        self._listed: list[Path] = []
+        self._listed_at: float | None = None  # monotonic; None: list the folder at the next read
         if not self._files():
             raise CameraError(f"image folder {folder} holds no .jpg/.png images; check camera.source")
 
     def _files(self) -> list[Path]:
-        return folder_images(self.folder)
+        now = time.monotonic()
+        if self._listed_at is None or now - self._listed_at >= FOLDER_RESCAN_S:
+            self._listed, self._listed_at = folder_images(self.folder), now
+        return self._listed
 
     def read(self) -> np.ndarray | None:
         self._pacer.wait()
@@ -113,6 +121,7 @@ class ImageFolderSource:
         try:
             stamp = path.stat().st_mtime_ns
         except OSError:
+            self._listed_at = None  # deleted or moved: a deleted folder ends the source at the next read
             return unusable
         if self._damaged.get(path) == stamp:
             return unusable
@@ -130,6 +139,7 @@ class ImageFolderSource:
 
     def release(self) -> None:
         self._index = 0
+        self._listed_at = None
 
 
 class OpenCvSource:
@@ -221,12 +231,14 @@ def _open_capture(source: str, kind: str, width: int, height: int, timeout_s: fl
 
 def open_source(
     source: str, width: int = 640, height: int = 480, stop: threading.Event | None = None,
-    *, folder_fps: float = 30.0, min_fps: float = 0.0,
+    *, folder_fps: float = 30.0, min_fps: float = 0.0, open_timeout_s: float = 10.0,
 ) -> FrameSource:
     """Open a source by its config string; raises CameraError with a fix when it cannot be opened. Files
-    and folders play at least ``min_fps`` frames a second."""
+    and folders play at least ``min_fps`` frames a second; a URL's open and reads give up after
+    ``open_timeout_s``."""
     source = source.strip()
     kind = classify(source)
     if kind == "folder":
         return ImageFolderSource(Path(source), max(folder_fps, min_fps), stop)
-    return OpenCvSource(source, kind, width=width, height=height, stop=stop, min_fps=min_fps)
+    return OpenCvSource(source, kind, width=width, height=height, stop=stop, min_fps=min_fps,
+                        open_timeout_s=open_timeout_s)

@@ -16,10 +16,8 @@ from aiohttp import web
 
 from edge_agent import json_input
 from edge_agent.errors import CameraError
-from edge_agent.vision.component import AttentionComponent
+from edge_agent.vision.component import MAX_PAUSE_MINUTES, AttentionComponent
 from edge_agent.web.request_body import defer_continue, read_within, send_continue
-
-MAX_PAUSE_MINUTES = 240  # a school day's afternoon; longer closures are camera.closed_dates' job
 
 AttentionSource = Callable[[], AttentionComponent | None]
 

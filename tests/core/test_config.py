@@ -435,6 +435,12 @@ HEADER_AND_RAW_PASSWORD_SOURCES = [
     ("http://[fe80::1]/video failed; see admin@school.edu",
      "http://[fe80::1]/video failed; see admin@school.edu", []),
     ("rtsp://admin:Zq9 Secret@10.0.0.9/s", "rtsp://***@10.0.0.9/s", ["admin", "Secret"]),
+    # a review: a quote in a URL's password ended what was hidden (quotes end a URL only in a pipeline)
+    ("rtsp://admin:Tom's2024@10.0.0.9:554/s", "rtsp://***@10.0.0.9:554/s", ["admin", "Tom", "2024"]),
+    ('rtsp://admin:pa"ss1@10.0.0.9/s', "rtsp://***@10.0.0.9/s", ["admin", "pa", "ss1"]),
+    ("rtsp://o'brien:Pw1@10.0.0.9/s", "rtsp://***@10.0.0.9/s", ["brien", "Pw1"]),
+    ('rtspsrc location="rtsp://admin:Pw2@10.0.0.9/s" ! appsink',
+     'rtspsrc location="rtsp://***@10.0.0.9/s" ! appsink', ["admin", "Pw2"]),
 ]
 
 

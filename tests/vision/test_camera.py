@@ -6,6 +6,7 @@ import itertools
 import logging
 import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -213,6 +214,37 @@ def test_a_truncated_jpeg_in_a_folder_is_dropped_without_a_line_on_stderr_at_eve
     shapes = [source.read().shape for _ in range(30)]  # type: ignore[union-attr]
     assert shapes.count((1024, 1024, 3)) == 10 and shapes.count((0, 0, 3)) == 20
     assert len(capfd.readouterr().err.splitlines()) <= 1  # the damaged one decoded once, at most
+
+
+def test_an_image_folder_is_listed_again_every_few_seconds_not_at_every_frame(
+    tmp_path: Path, faces_dir: Path, monkeypatch
+):
+    # A review: the folder was walked and sorted at every frame (66 ms of CPU at 10,000 images)
+    from edge_agent.vision import sources
+
+    shutil.copy(faces_dir / "pexels" / "Test3.jpg", tmp_path / "a.jpg")
+    listings: list[float] = []
+    listed = sources.folder_images
+
+    def counted(folder: Path) -> list[Path]:
+        listings.append(time.monotonic())
+        return listed(folder)
+
+    monkeypatch.setattr(sources, "folder_images", counted)
+    source = sources.ImageFolderSource(tmp_path, fps=1000)
+    assert [source.read().shape for _ in range(20)] == [(1024, 1024, 3)] * 20  # type: ignore[union-attr]
+    assert len(listings) == 1, len(listings)
+    small = cv2.resize(cv2.imread(str(faces_dir / "pexels" / "Test1.jpg")), (320, 240))
+    cv2.imwrite(str(tmp_path / "b.jpg"), small)  # a picture added: shown soon
+    monkeypatch.setattr(sources, "FOLDER_RESCAN_S", 0.1)
+    time.sleep(0.15)
+    shapes = {source.read().shape for _ in range(4)}  # type: ignore[union-attr]
+    assert shapes == {(1024, 1024, 3), (240, 320, 3)} and len(listings) == 2, (shapes, len(listings))
+    (tmp_path / "a.jpg").unlink()
+    (tmp_path / "b.jpg").unlink()  # all gone: the source ends at once, not a rescan period later
+    monkeypatch.setattr(sources, "FOLDER_RESCAN_S", 60.0)
+    reads = [source.read() for _ in range(2)]
+    assert reads[1] is None, reads
 
 
 def test_a_photo_whose_name_is_not_utf8_is_shown_and_crashes_nothing(tmp_path: Path, faces_dir: Path):
@@ -584,6 +616,9 @@ LEAKY_SOURCES = [
     # Hikvision's ?auth= is base64 of admin:S3cret
     ("rtsp://admin:Zq9 Spaced@127.0.0.1:1/Streaming/Channels/101", "Spaced"),
     ("http://127.0.0.1:1/ISAPI/Streaming/channels/101/picture?auth=YWRtaW46UzNjcmV0", "YWRtaW46UzNjcmV0"),
+    # a review: a quote in the password ended the part hidden, and the state showed it whole
+    ("rtsp://admin:Tom's2024@127.0.0.1:1/stream1", "2024"),
+    ('rtsp://admin:pa"ss1@127.0.0.1:1/stream1', "ss1"),
 ]
 
 
@@ -800,6 +835,62 @@ def test_a_frame_read_as_the_camera_stops_is_not_kept_in_memory(folder: Path, mo
         camera.stop()
 
 
+def test_no_camera_image_stays_in_memory_while_the_hours_keep_the_camera_closed(
+    detector, faces_dir: Path
+) -> None:
+    # A review: the analysis loop's last frame stayed in a local of its thread all night (and through a
+    # teacher's pause) while the camera itself had dropped it
+    import gc
+    import weakref
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from edge_agent.vision.attention import AttentionRules, FaceTracker, WindowAggregator
+    from edge_agent.vision.camera_hours import CameraHours
+    from edge_agent.vision.pipeline import AttentionLoop, FrameAnalyser
+    from edge_agent.vision.pose import LandmarkPose
+
+    photo = cv2.resize(cv2.imread(str(faces_dir / "pexels" / "Test1.jpg")), (320, 240))
+    grabbed: list[weakref.ref[np.ndarray]] = []
+
+    class Photos:
+        description = "a camera in a classroom"
+
+        def __init__(self, stop: threading.Event) -> None:
+            self.stop = stop
+
+        def read(self) -> np.ndarray | None:
+            self.stop.wait(0.05)
+            image = photo.copy()
+            grabbed.append(weakref.ref(image))
+            return image
+
+        def release(self) -> None:
+            return None
+
+    shanghai = ZoneInfo("Asia/Shanghai")
+    clock = {"now": datetime(2026, 9, 28, 17, 29, tzinfo=shanghai)}  # a Monday's last lesson
+    camera = Camera("classroom", opener=Photos)
+    loop = AttentionLoop(camera, FrameAnalyser(detector, LandmarkPose(), AttentionRules()), FaceTracker(),
+                         WindowAggregator(), analysis_fps=10.0, on_window=lambda _w: None,
+                         hours=CameraHours.parse(["mon-fri 07:30-17:30"]), local_now=lambda: clock["now"])
+    analysed0 = _value("edge_camera_frames_analysed_total")
+    camera.start()
+    loop.start()
+    try:
+        assert _wait(lambda: _value("edge_camera_frames_analysed_total") >= analysed0 + 2, timeout=10)
+        clock["now"] = datetime(2026, 9, 28, 17, 30, tzinfo=shanghai)  # the hours end
+        assert _wait(lambda: loop.camera_state()[0] == "off_hours" and not camera.started)
+        assert _wait(lambda: not any(t.name == "camera-grabber" for t in threading.enumerate()))
+        time.sleep(0.3)  # a few ticks of the closed loop
+        gc.collect()
+        kept = sum(1 for ref in grabbed if ref() is not None)
+        assert kept == 0, f"{kept} camera image(s) still in memory with the camera closed"
+    finally:
+        loop.stop()
+        camera.stop()
+
+
 def test_a_video_slower_than_a_frame_a_stall_timeout_plays_on_and_is_never_taken_for_stalled(tmp_path: Path):
     # A review: a slideshow video (a picture every 20 s, stall timeout 10 s) was paced inside the read, so
     # the wait for its next picture looked like a hung read: reopened from its first picture for ever.
@@ -869,6 +960,95 @@ def test_an_open_that_never_returns_is_an_error_and_is_tried_again_on_one_new_th
         assert _wait(lambda: camera.latest() is not None)
         assert camera.state()[0] == "running"
         assert _wait(lambda: len(_grabbers(before)) == 1)
+    finally:
+        unblock.set()
+        camera.stop()
+
+
+def test_a_network_camera_that_never_answers_is_retried_with_backoff_not_taken_for_a_wedged_driver():
+    # A review: an RTSP camera that accepts the connection and never answers was declared a blocked open
+    # just before FFmpeg's fixed 10-s timeout: "a wedged nvargus-daemon", reopened on a new thread every
+    # 10 s for ever with no backoff, and a stop waited 5 s on the thread left behind
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])  # and never a word back
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"rtsp://admin:Secret1@127.0.0.1:{server.getsockname()[1]}/stream1"
+    before = set(threading.enumerate())
+    camera = Camera(url, stall_timeout_s=1.0, reconnect_min_s=0.5, reconnect_max_s=1.0)
+    seen: set[tuple[str, str]] = set()
+    grabbers = 0
+    camera.start()
+    try:
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            camera.check_stall()  # as the analysis loop does
+            seen.add(camera.state())
+            grabbers = max(grabbers, len(_grabbers(before)))
+            time.sleep(0.05)
+    finally:
+        started = time.monotonic()
+        camera.stop()
+        took = time.monotonic() - started
+        server.close()
+        for connection in accepted:
+            connection.close()
+    assert not [detail for _, detail in seen if "blocked" in detail or "driver" in detail], seen
+    assert any(state == "error" and "cannot open stream rtsp://***@127.0.0.1" in detail
+               for state, detail in seen), seen
+    assert grabbers == 1 and 2 <= len(accepted) <= 4, (grabbers, len(accepted))
+    assert took < 2.0, took
+
+
+def test_a_replaced_grabber_whose_open_fails_at_last_leaves_the_new_ones_state_and_count_alone(
+    caplog: pytest.LogCaptureFixture,
+):
+    # A review: the grabber left behind in a blocked open wrote its failure over the new one's "running"
+    # and counted one more reopen when its open returned at last
+    unblock = threading.Event()
+    opens: list[float] = []
+
+    class Frames:
+        description = "a camera that works once opened"
+
+        def read(self) -> np.ndarray | None:
+            time.sleep(0.01)
+            return np.zeros((48, 64, 3), np.uint8)
+
+        def release(self) -> None:
+            return None
+
+    def opener(stop: threading.Event) -> Frames:
+        opens.append(time.monotonic())
+        if len(opens) == 1:
+            unblock.wait(10.0)  # the driver does not answer, then fails
+            raise CameraError("the first open failed at last")
+        return Frames()
+
+    before = set(threading.enumerate())
+    camera = Camera("test", stall_timeout_s=0.2, reconnect_min_s=0.05, opener=opener)
+    camera.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        while len(opens) < 2 and time.monotonic() < deadline:
+            camera.check_stall()  # as the analysis loop does
+            time.sleep(0.02)
+        assert _wait(lambda: camera.state()[0] == "running"), camera.state()
+        reopens = camera.reopens()
+        with caplog.at_level(logging.INFO, logger="edge_agent.vision.camera"):
+            unblock.set()
+            assert _wait(lambda: len(_grabbers(before)) == 1)
+        assert camera.reopens() == reopens
+        assert "the first open failed at last" not in caplog.text, caplog.text
     finally:
         unblock.set()
         camera.stop()

@@ -704,6 +704,46 @@ def test_a_teachers_pause_lasts_its_minutes_whatever_ntp_does_to_the_clock(
     asyncio.run(run())
 
 
+def test_a_kept_pause_longer_than_a_teacher_can_ask_lasts_the_longest_one_and_is_said(
+    photo_folder, face_engine, pose_engines, tmp_path, caplog
+):
+    # A review: a board that rebooted on a clock a day behind (no RTC battery, NTP not yet reachable) read
+    # the saved end of a 45-minute pause as a day and 40 minutes away, and kept the camera closed that long
+    shanghai = ZoneInfo("Asia/Shanghai")
+    saved = datetime(2026, 12, 8, 10, 45, tzinfo=shanghai)  # Tuesday's pause, set at 10:00
+    clock = {"now": datetime(2026, 12, 7, 10, 5, tzinfo=shanghai), "mono": 1000.0}  # booted a day behind
+    pause_file = tmp_path / "camera-pause"
+    pause_file.write_text(saved.isoformat())
+    live = LiveBoard()
+    component = AttentionComponent(
+        CameraSettings(source=str(photo_folder), analysis_fps=10.0, stall_timeout_s=0.5),
+        AttentionSettings(window_s=5.0, min_faces=1), face_engine, pose_engines, outbox=ListOutbox(),
+        heartbeats=HeartbeatRegistry(), live=live, opener=CountingOpener(photo_folder),
+        local_now=lambda: clock["now"], monotonic=lambda: clock["mono"], pause_file=pause_file,
+    )
+
+    def camera() -> dict[str, Any]:
+        return (live.get("attention") or {}).get("camera", {})
+
+    async def run() -> None:
+        with caplog.at_level(logging.WARNING, logger="edge_agent.vision.component"):
+            await component.start()
+        try:
+            await wait_for(lambda: camera().get("state") == "paused")  # never opened early
+            assert component.loop.paused_until == clock["now"] + timedelta(minutes=240)  # type: ignore[union-attr]
+            clock["now"] = datetime(2026, 12, 8, 10, 6, tzinfo=shanghai)  # NTP steps the clock
+            clock["mono"] += 60.0
+            await asyncio.sleep(0.3)
+            assert camera().get("state") == "paused" and not component.camera.started
+            clock["mono"] += 240 * 60.0  # the longest pause is over
+            await wait_for(lambda: camera().get("state") == "running")
+        finally:
+            await component.stop()
+
+    asyncio.run(run())
+    assert "more than 240 minutes from now" in caplog.text and "check the clock" in caplog.text, caplog.text
+
+
 def test_a_pause_the_teacher_sets_as_the_last_one_ends_stays_in_the_file(
     photo_folder, face_engine, pose_engines, tmp_path, monkeypatch
 ):
