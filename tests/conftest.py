@@ -35,3 +35,14 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir()
     return path
+
+
+@pytest.fixture(autouse=True)
+def _umask_as_it_was() -> object:
+    """The process's umask back after each test: `edge-agent run` and `demo` set 077 (the daemon's files
+    are its own), and a test calling them in-process left it for every later test in that pytest worker:
+    files it wrote for another account were then 0600 (a CA test failed in CI, in that order only)."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
