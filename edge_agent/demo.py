@@ -188,19 +188,35 @@ class LocalBroker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        # Another program may take the free port between the pick and Mosquitto's bind: ours then exits
+        # ("Address already in use") while the other answers the probe, and the demo's receiver talked to
+        # that one (a CI run: "Connection reset by peer", a TLS broker of another test). So: ours must
+        # still run once the port answers, else another port.
+        for _attempt in range(3):
+            if self._start_on_port():
+                return
+            self.port = _free_port()
+        raise RuntimeError(f"the demo's local Mosquitto did not start; see {self.workdir}/mosquitto-demo.log")
+
+    def _start_on_port(self) -> bool:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = self.workdir / "mosquitto-demo.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        log_file = (self.workdir / "mosquitto-demo.log").open("wb")
-        self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log_file, stderr=subprocess.STDOUT)
+        with (self.workdir / "mosquitto-demo.log").open("wb") as log_file:
+            self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=log_file,
+                                            stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.process.poll() is None:
             with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+                listening = sock.connect_ex(("127.0.0.1", self.port)) == 0
+            if listening:
+                time.sleep(0.1)  # an own bind that failed has ended the process by now
+                if self.process.poll() is None:
+                    return True
+                break
             time.sleep(0.05)
-        self.stop()  # not listening: do not leave the process behind
-        raise RuntimeError(f"the demo's local Mosquitto did not start; see {self.workdir}/mosquitto-demo.log")
+        self.stop()  # not listening, or not ours: do not leave the process behind
+        return False
 
     def stop(self) -> None:
         if self.process is not None:

@@ -136,3 +136,28 @@ def _assert_only_the_users(state: Path, expected: set[str]) -> None:
     found = {p.relative_to(state): p.stat().st_mode & 0o777 for p in [state, *state.rglob("*")]}
     assert expected <= {p.name for p in found}, sorted(map(str, found))
     assert {str(p): oct(mode) for p, mode in found.items() if mode & 0o077} == {}
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+                    reason="mosquitto is not installed")
+def test_the_demos_broker_on_a_port_another_program_took_meanwhile_moves_to_another(tmp_path: Path) -> None:
+    # A CI run: another test's TLS broker took the demo's free port before Mosquitto bound it; ours exited
+    # ("Address already in use"), the other answered the readiness probe, and the demo's receiver was reset
+    import socket
+
+    from edge_agent.demo import LocalBroker
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        broker = LocalBroker(tmp_path)
+        taken = broker.port = other.getsockname()[1]
+        broker.start()
+        try:
+            assert broker.port != taken
+            assert broker.process is not None and broker.process.poll() is None
+            with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as client:
+                client.sendall(bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 10, 0, 0]))  # CONNECT
+                assert client.recv(4) == bytes([0x20, 2, 0, 0])  # CONNACK, accepted: a broker of ours
+        finally:
+            broker.stop()

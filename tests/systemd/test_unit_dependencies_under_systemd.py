@@ -255,7 +255,8 @@ def test_the_broker_hosts_crl_service_rebuilds_and_installs_the_crl_in_its_sandb
     with running(BootedSystemd(tmp_path / "systemd")) as booted:
         # The CA where an overlay keeps it (FLEET_CA moved, as a drop-in does it: with ReadWritePaths=);
         # edge-agent-ca from this checkout's venv, whose Python may live in /root (pyenv), so /root is
-        # read-only there instead of hidden. On a broker it is /opt/edge-agent/venv's.
+        # read-only there instead of hidden, and the checkout may be in /tmp (CI's was), so /tmp is not
+        # private. On a broker it is /opt/edge-agent/venv's.
         ca = "/var/lib/edge-test/fleet-ca"
         booted.run("sh", "-euc", f"""
             mkdir -p /var/lib/edge-test
@@ -270,7 +271,7 @@ def test_the_broker_hosts_crl_service_rebuilds_and_installs_the_crl_in_its_sandb
             chown -R nobody: {ca}  # its operator's: the CA's files given to it, the timer's sandbox no chown
             cp {REPO}/provisioning/mosquitto/edge-agent-crl.service /etc/systemd/system/
             mkdir -p /etc/systemd/system/edge-agent-crl.service.d
-            printf '[Service]\\nEnvironment=FLEET_CA={ca}\\nReadWritePaths={ca}\\nProtectHome=read-only\\n\
+            printf '[Service]\\nEnvironment=FLEET_CA={ca}\\nReadWritePaths={ca}\\nProtectHome=read-only\\nPrivateTmp=no\\n\
 ExecStart=\\nExecStart={ca_tool} crl ${{FLEET_CA}} --install ${{BROKER_CRL}}\\n' \\
                 > /etc/systemd/system/edge-agent-crl.service.d/test.conf
             systemctl daemon-reload""")
