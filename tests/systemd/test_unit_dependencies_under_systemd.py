@@ -271,8 +271,8 @@ def test_the_broker_hosts_crl_service_rebuilds_and_installs_the_crl_in_its_sandb
             chown -R nobody: {ca}  # its operator's: the CA's files given to it, the timer's sandbox no chown
             cp {REPO}/provisioning/mosquitto/edge-agent-crl.service /etc/systemd/system/
             mkdir -p /etc/systemd/system/edge-agent-crl.service.d
-            printf '[Service]\\nEnvironment=FLEET_CA={ca}\\nReadWritePaths={ca}\\nProtectHome=read-only\\nPrivateTmp=no\\n\
-ExecStart=\\nExecStart={ca_tool} crl ${{FLEET_CA}} --install ${{BROKER_CRL}}\\n' \\
+            printf '[Service]\\nEnvironment=FLEET_CA={ca}\\nReadWritePaths={ca}\\nProtectHome=read-only\\n\
+PrivateTmp=no\\nExecStart=\\nExecStart={ca_tool} crl ${{FLEET_CA}} --install ${{BROKER_CRL}}\\n' \\
                 > /etc/systemd/system/edge-agent-crl.service.d/test.conf
             systemctl daemon-reload""")
         before = booted.run("stat", "-c", "%Y", "/etc/mosquitto/edge/crl.pem").stdout
