@@ -34,6 +34,7 @@ from edge_agent.kt.package import REQUIRED, write_package_files
 from edge_agent.kt.school_bank import SchoolBank, package_entries
 from edge_agent.kt.simulator import make_curriculum, simulate, to_dkt_csv
 from edge_agent.kt.train import TrainOptions, evaluate, export_onnx, prior_success, train_model
+from edge_agent.provisioning.files import sync_folder, sync_tree
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +107,6 @@ def _clean_leftovers(out: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE); False where the C library (glibc
     before 2.28) or the file system cannot."""
@@ -140,7 +133,7 @@ def _swap_in(staged: Path, out: Path) -> None:
         os.rename(out, old)
         os.rename(staged, out)  # killed between the two, the next run puts the old package back
         os.rename(old, staged)
-    _fsync(out.parent)
+    sync_folder(out.parent)
 
 
 def _staging_folder(out: Path) -> Path:
@@ -166,9 +159,7 @@ def _staged(out: Path) -> Iterator[Path]:
     staged = _staging_folder(out)
     try:
         yield staged
-        for path in staged.iterdir():
-            _fsync(path)
-        _fsync(staged)
+        sync_tree(staged)
         try:
             _swap_in(staged, out)
         except OSError as exc:
