@@ -20,4 +20,4 @@ export EDGE_AGENT_MODEL_MIRROR="${EDGE_AGENT_MODEL_MIRROR:-$(cd .. && pwd)/share
 # kill loop among them) run here instead (test.sh leaves them out there), to balance the two runs' times.
 "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${EDGE_AGENT_TEST_WORKERS:-2}" --dist loadfile \
   --ignore=tests/bench \
-  -m "not slow or second_python" "$@"
+  --durations=15 -m "not slow or second_python" "$@"

@@ -42,6 +42,7 @@ from edge_agent.errors import (
     StoreUnwritableError,
 )
 from edge_agent.lifecycle import Heartbeat, HeartbeatRegistry, waiting_on_disk
+from edge_agent.provisioning.files import sync_folder
 from edge_agent.store.salvage import Salvaged, salvage
 from edge_agent.store.schema import add_side_columns, migrate, schema_problem, set_meta
 from edge_agent.telemetry import metrics
@@ -235,15 +236,6 @@ def _nearly_full(folder: Path) -> bool:
     except OSError:
         return False
     return stats.f_bavail * stats.f_frsize < 1024 * 1024
-
-
-def _sync_folder(folder: Path) -> None:
-    """fsync a folder: the renames in it survive a power cut, in the order they were made."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _continue_sequence(conn: sqlite3.Connection, quarantined: Path) -> int | None:
@@ -451,7 +443,7 @@ class Database:
                 conn.execute("COMMIT")
             finally:
                 conn.close()
-            _sync_folder(self.path.parent)
+            sync_folder(self.path.parent)
         except sqlite3.Error as exc:
             with contextlib.suppress(OSError):
                 self._remove_replacement()
@@ -478,7 +470,7 @@ class Database:
                 if side.exists():
                     side.rename(target.with_name(target.name + suffix))
             os.replace(new, self.path)
-            _sync_folder(self.path.parent)
+            sync_folder(self.path.parent)
         except OSError as exc:
             raise self._disk_error(exc) from exc
 
