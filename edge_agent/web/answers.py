@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import HttpVersion11, hdrs, web
+from aiohttp import web
 
 from edge_agent.clock_sync import ClockSyncFlag
 from edge_agent.config import KTSettings
@@ -44,19 +44,6 @@ def _content_type_sent(request: web.Request) -> str:
 
 def _too_large(request: web.Request) -> web.Response:
     return _rejected(413, f"the request body is over {request.client_max_size} bytes; send smaller batches")
-
-
-async def _closing(request: web.Request, refusal: web.Response) -> web.Response:
-    """``refusal`` sent, and the connection closed at once where the client waits for "100 Continue": it
-    sends no body, yet aiohttp waited up to 10 s for the one announced (lingering close), and the connection
-    held one of its address's 32 places that long (a review). A client sending its body without waiting
-    gets the usual close, after the body, so that it reads the answer instead of a reset."""
-    if request.version != HttpVersion11 or request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
-        return refusal
-    await refusal.prepare(request)  # with Connection: close (request_body.close_if_body_unasked)
-    await refusal.write_eof()
-    request.protocol.force_close()  # the transport sends what it holds, then closes
-    return refusal
 
 
 def _rejected(status: int, message: str, field: str | None = None) -> web.Response:
@@ -116,7 +103,7 @@ def answer_routes(
             return _rejected(415, "send the answers as JSON with Content-Type: application/json "
                                   f"(got {_content_type_sent(request)})")
         if (request.content_length or 0) > request.client_max_size:  # before "100 Continue": not sent
-            return await _closing(request, _too_large(request))
+            return _too_large(request)
         await send_continue(request)
         body, refused = await _json_body(request)
         if refused is not None:

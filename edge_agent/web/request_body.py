@@ -11,7 +11,8 @@ aiohttp answers ``Expect: 100-continue`` before the middlewares run, so a client
 to send its body, up to 1 MiB, only to get 401. A route given ``expect_handler=defer_continue`` sends it
 from its handler, past the token, with :func:`send_continue` just before it reads the body. A response
 sent without it (401, 413, 415, 503) closes the connection (:func:`close_if_body_unasked`): the client may
-send the body anyway, and on a kept-alive connection it was read as the next request (400 "Invalid method").
+send the body anyway, and on a kept-alive connection it was read as the next request (400 "Invalid method");
+and at once (:func:`close_at_once_if_body_unasked`), not after aiohttp's 10 s wait for that body.
 """
 
 from __future__ import annotations
@@ -67,6 +68,21 @@ async def close_if_body_unasked(request: web.Request, response: web.StreamRespon
     if request.get(_CONTINUE_DEFERRED):
         response.force_close()
         response.headers[hdrs.CONNECTION] = "close"  # aiohttp set this header before its hooks ran
+
+
+@web.middleware
+async def close_at_once_if_body_unasked(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The outermost middleware: a final answer to a client still waiting for "100 Continue" (401, 403, 413,
+    415, 503) is sent and the connection closed at once. The client sends no body, yet aiohttp waited up to
+    10 s for the one announced (lingering close), and the connection held one of its address's 32 places
+    that long (a review). A client that sends its body without waiting was told "100 Continue" or sent it
+    unasked: it gets the usual close, after the body, so that it reads the answer instead of a reset."""
+    response: web.StreamResponse = await handler(request)
+    if request.get(_CONTINUE_DEFERRED) and _expects_continue(request) and not response.prepared:
+        await response.prepare(request)  # with Connection: close (close_if_body_unasked)
+        await response.write_eof()
+        request.protocol.force_close()  # the transport sends what it holds, then closes
+    return response
 
 
 async def read_within(request: web.Request, read: Awaitable[T]) -> T:

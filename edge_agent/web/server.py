@@ -28,7 +28,7 @@ from edge_agent.web.connections import (
     listen_failure,
     server_tls_context,
 )
-from edge_agent.web.request_body import BodyTooSlow, close_if_body_unasked
+from edge_agent.web.request_body import BodyTooSlow, close_at_once_if_body_unasked, close_if_body_unasked
 from edge_agent.web.view import StatusFn, TeacherView
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ def build_app(
     times in ``timezone`` (device.timezone; empty: the browser's zone) and names the class ``board_name``
     (device.display_name, else device.class_id) in its header and title."""
     app = web.Application(
-        middlewares=[_json_errors, access_middleware(token, public_paths, clients)],
+        middlewares=[close_at_once_if_body_unasked, _json_errors,
+                     access_middleware(token, public_paths, clients)],
         client_max_size=MAX_BODY_BYTES,
     )
     view = TeacherView(live, settings.default_language, status=status, keepalive_s=keepalive_s,

@@ -197,28 +197,37 @@ def test_a_body_over_the_limit_is_refused_before_it_is_sent(
     assert says in json.loads(body)["error"]
 
 
-def test_an_answer_batch_over_the_limit_is_refused_and_its_connection_closed_at_once(
-    lan: dict[str, Any]
+@pytest.mark.parametrize(("path", "content_type", "length", "token", "status", "says"), [
+    ("/api/v1/answers", "application/json", 5 * 1024 * 1024, WEB_TOKEN, b"413", b"send smaller batches"),
+    ("/api/v1/answers", "application/json", 100, None, b"401", b"need_token"),
+    ("/api/v1/answers", "text/plain", 100, WEB_TOKEN, b"415", b"Content-Type: application/json"),
+    (ERASE_PATH, "application/json", 100, None, b"401", b"need_token"),
+    (ERASE_PATH, "text/plain", 100, WEB_TOKEN, b"415", b"Content-Type: application/json"),
+    ("/api/v1/camera/pause", "application/json", 100, None, b"401", b"need_token"),
+])
+def test_a_refusal_before_the_body_was_asked_for_closes_its_connection_at_once(
+    lan: dict[str, Any], path: str, content_type: str, length: int, token: str | None, status: bytes,
+    says: bytes,
 ) -> None:
-    # A review: the 413 said "Connection: close", but aiohttp waited 10 s for the 5 MB it had not asked for
-    # (lingering close), and the connection held one of its address's 32 places all that time
+    # A review: the refusal said "Connection: close", but aiohttp waited 10 s for the body it had not asked
+    # for (lingering close), and the connection held one of its address's 32 places all that time
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     sock = socket.create_connection((lan["address"], lan["port"]), timeout=5)
     try:
-        sock.sendall((f"POST /api/v1/answers HTTP/1.1\r\nHost: board\r\nContent-Type: application/json\r\n"
-                      f"Content-Length: {5 * 1024 * 1024}\r\nExpect: 100-continue\r\n"
-                      f"Authorization: Bearer {WEB_TOKEN}\r\n\r\n").encode())
+        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: board\r\nContent-Type: {content_type}\r\n"
+                      f"Content-Length: {length}\r\nExpect: 100-continue\r\n{auth}\r\n").encode())
         asked = time.monotonic()
         reply = b""
         try:
             while chunk := sock.recv(65536):  # until the board closes
                 reply += chunk
         except TimeoutError:
-            pytest.fail(f"the connection was still open 5 s after the 413: {reply[:60]!r}")
+            pytest.fail(f"the connection was still open 5 s after the refusal: {reply[:60]!r}")
         closed_after = time.monotonic() - asked
     finally:
         sock.close()
-    assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
-    assert b"send smaller batches" in reply.partition(b"\r\n\r\n")[2], reply
+    assert reply.startswith(b"HTTP/1.1 " + status), reply[:300]
+    assert says in reply.partition(b"\r\n\r\n")[2], reply
     assert closed_after < 1.0, f"closed {closed_after:.1f} s after the head"
 
 
