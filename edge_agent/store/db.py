@@ -346,7 +346,8 @@ class Database:
         self._intake = threading.Lock()  # write()'s check and put, against close()'s drain
         self.store_id = ""  # set by open(): see _store_id
         self.report: OpenReport | None = None
-        # Storage failures (STORAGE_FAILURES) as (first of this run of them, last, last error), time.time().
+        # Storage failures (STORAGE_FAILURES) as (first of this run of them, time.time(); last, monotonic:
+        # an NTP step back of hours held the 60-s window, and the store failed, as long; last error).
         self._failures: tuple[float, float, StoreError] | None = None
         self._commit_failures = _CommitFailureLog()
 
@@ -656,7 +657,7 @@ class Database:
         results: list[tuple[_Task, Any, BaseException | None]] = []
         refused = self._failures
         if batch[0].alone and refused is not None and isinstance(refused[2], StoreFullError) and (
-            time.time() - refused[1] < FAILURE_WINDOW_S
+            time.monotonic() - refused[1] < FAILURE_WINDOW_S
         ):
             # a message held through a full disk: each commit then starts the WAL again, and the database
             # file grows by its pages alone, not by them twice (in the WAL and in the file)
@@ -727,8 +728,8 @@ class Database:
                         "empties it", self.path, detail)
 
     def _note_failure(self, error: StoreError) -> None:
-        now, last = time.time(), self._failures
-        first = last[0] if last is not None and now - last[1] < FAILURE_WINDOW_S else now
+        now, last = time.monotonic(), self._failures
+        first = last[0] if last is not None and now - last[1] < FAILURE_WINDOW_S else time.time()
         self._failures = (first, now, error)
 
     def write_waiting_s(self) -> float:
@@ -745,12 +746,13 @@ class Database:
         return 0.0 if oldest is None else time.monotonic() - oldest
 
     def write_failure(self, now: float | None = None) -> tuple[float, StoreError] | None:
-        """(since, error) while the storage refused a write in the last FAILURE_WINDOW_S, else None.
+        """(since, as time.time(), error) while the storage refused a write in the last FAILURE_WINDOW_S
+        (by time.monotonic(), or ``now``), else None.
 
         Windowed, not cleared by the next good commit: on a full disk a delete still commits between
         failing inserts, and the health would flap."""
-        failures = self._failures
-        if failures is None or (now if now is not None else time.time()) - failures[1] >= FAILURE_WINDOW_S:
+        failures, now = self._failures, time.monotonic() if now is None else now
+        if failures is None or now - failures[1] >= FAILURE_WINDOW_S:
             return None
         return failures[0], failures[2]
 

@@ -295,10 +295,13 @@ class MqttConnection:
         persistent_session: bool = False,
         will: bool = True,
         renewal: str = BOARD_RENEWAL,
+        max_receive_bytes: int | None = None,
     ) -> None:
         """``persistent_session`` keeps subscriptions and queued QoS 1 messages at the broker across
         reconnects (receivers); the board's publisher keeps its session in the outbox instead.
         ``renewal``: how this client gets a new certificate when its own has expired.
+        ``max_receive_bytes`` (MQTT 5): the largest packet the broker may deliver to this client; it drops
+        larger ones, unread by it.
         ``on_retained`` gets the messages the broker delivers as retained (kept for their topic and given
         again at every subscribe, so at every connect); without it they go to ``on_message``."""
         self.settings = settings
@@ -308,6 +311,7 @@ class MqttConnection:
         self._on_message = on_message
         self._on_retained = on_retained
         self._v5 = settings.protocol == "5"
+        self._max_receive_bytes = max_receive_bytes
         self._connack: tuple[bool, str] | None = None
         self.max_packet_size: int | None = None  # the broker's limit from CONNACK (MQTT 5), if it set one
         self._lost: str | None = None
@@ -396,6 +400,8 @@ class MqttConnection:
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 0xFFFFFFFF if self._persistent else 0
+            if self._max_receive_bytes is not None:  # the broker drops larger messages for this client
+                props.MaximumPacketSize = self._max_receive_bytes
         clean: Any = not self._persistent if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
         started = time.monotonic()
         self._client.should_stop = should_stop

@@ -57,6 +57,11 @@ STABLE_SESSION_S = 30.0  # a session that ended sooner counts as a failed connec
 T = TypeVar("T")
 
 ConnectionFactory = Callable[..., MqttConnection]
+# The board receives commands alone: the largest its client takes from the broker (MQTT 5). A command over
+# commands.MAX_COMMAND_BYTES is refused, and the cloud told, up to this size; a larger one the broker drops
+# (a review: a 64 MiB message was read whole before the size check, and the daemon's peak memory went from
+# 128 MB to 335 MB, over the fleet's 300 MB alert)
+COMMANDS_RECEIVED_MAX = 1024 * 1024
 
 
 class BrokerNotAcknowledging(SyncError):
@@ -95,7 +100,10 @@ class Publisher:
         self.outbox = outbox
         self.device = device
         self.settings = settings
-        self._started_at = time.time()  # in every heartbeat: a restart shows as a new one
+        # in every heartbeat: a restart shows as a new one (and a smaller uptime_s); moved with the clock
+        # when it steps, as NTP's first sync after a boot without a clock does (a review: a board up for a
+        # minute said it had run 62 h, with clock_synced true)
+        self._started_at, self._started_mono = time.time(), time.monotonic()
         # read once, as the camera's hours read theirs: name and offset from the same zone (a zone changed
         # under a running board named Berlin beside Shanghai's offset); a restart reads them again
         self._zone_name = zone_name(device.timezone)
@@ -240,7 +248,7 @@ class Publisher:
         # The device id, as the shipped broker config makes it anyway (use_username_as_clientid: the CN)
         conn = self._factory(
             self.settings, self.device.device_id, f"{self._prefix}/status", self._on_ack,
-            self._on_message, on_retained=self._on_retained,
+            self._on_message, on_retained=self._on_retained, max_receive_bytes=COMMANDS_RECEIVED_MAX,
         )
         if self._beat is not None:  # one attempt may try every address the broker's name has
             addresses = address_count(self.settings.host, self.settings.port)
@@ -394,13 +402,22 @@ class Publisher:
             self._last_ack_at = time.monotonic()  # the wait for a PUBACK starts now, not at the last one
         self._inflight[mid] = _Message(stream, [r.id for r in rows], len(payload), time.monotonic())
 
+    def _started_on_clock(self, now: float) -> float:
+        """When the daemon started, by the clock that says ``now``: re-read only when that clock has stepped
+        by over 10 s since (recomputed each time, the value would jitter by milliseconds)."""
+        started = now - (time.monotonic() - self._started_mono)
+        if abs(started - self._started_at) > 10.0:
+            self._started_at = started
+        return self._started_at
+
     def _send_heartbeat(self, conn: MqttConnection, now: float) -> None:
         status = self.outbox.status()
         doc = {
             "v": 1, "device": self.device.device_id, "store": self.outbox.db.store_id, "at": round(now, 3),
             "version": __version__, "build": __build__, "backlog": status["backlog"],
             "oldest_age_s": status["oldest_age_s"], "drops": status["drops"], "last_seq": status["last_seq"],
-            "started_at": round(self._started_at, 3),
+            "started_at": round(self._started_on_clock(now), 3),
+            "uptime_s": round(time.monotonic() - self._started_mono, 1),
             # False: "at", "started_at" and the items' times come from a clock not known to be right
             "clock_synced": self.outbox.clock_synced(),
             # the school's zone, for the cloud's "day" and "lesson" (every time sent is UTC)
