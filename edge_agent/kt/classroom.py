@@ -271,16 +271,18 @@ class LessonWindow:
         self.published.forget(students)
 
     def _follow_step(self, step: float) -> None:
-        """The lesson's minutes and start moved onto the stepped clock: on the old one, after a +3-day step
-        the chart's last ACTIVITY_MINUTES held none of the 83 answers before it ("peak 7" of 90 answers, a
-        review). Only the teacher's lesson sees it: a synced window the clock was stepped in closes first
-        (:meth:`due`), so its minutes and times stay those of one clock."""
+        """The lesson's minutes, start and figures' time moved onto the stepped clock: on the old one, after a
+        +3-day step the chart's last ACTIVITY_MINUTES held none of the 83 answers before it ("peak 7" of 90
+        answers, a review). Only the teacher's lesson sees it: a synced window the clock was stepped in closes
+        first (:meth:`due`), so its minutes and times stay those of one clock."""
         moved: dict[int, int] = {}
         for minute, answers in self.activity.items():
             key = int((minute + step) // 60 * 60)
             moved[key] = moved.get(key, 0) + answers
         self.activity = moved
         self.started += step
+        if self.published.at is not None:  # else figures taken 21 s ago read "as of" 3 h back (a review)
+            self.published.at += step
 
     def due(self, now: float, window_s: float, mono: float | None = None) -> bool:
         if mono is not None and self.started_mono is not None:

@@ -54,6 +54,21 @@ def test_the_teachers_lesson_keeps_its_answers_per_minute_across_a_clock_step(pa
     assert window.started == MINUTE  # the lesson's start on the clock it ends on
 
 
+def test_the_time_the_teachers_figures_were_taken_moves_with_a_clock_step(package: KTPackage) -> None:
+    # A review: after NTP stepped the clock 3 h forward mid-lesson, figures taken 21 s earlier read "as of"
+    # a time 3 h back (the page notes figures 120 s older than the window's end)
+    probs = np.asarray(package.prior_success, dtype=np.float32)
+    behind, step = MINUTE - 3 * 3600, 3 * 3600
+    window = LessonWindow(started=behind, started_mono=1000.0)
+    for n in range(6):
+        window.record(f"p{n}", [0], probs, behind + n, 1000.0 + n)
+    summarize(window, package, KTSettings(), behind + 10, window_s=math.inf)  # the figures shown: 6 students
+    window.record("p0", [0], probs, behind + step + 11, 1000.0 + 11)  # the clock stepped since
+    view = summarize(window, package, KTSettings(), behind + step + 21, window_s=math.inf)
+    assert view["figures_at"] is not None
+    assert 0 <= view["window_end"] - view["figures_at"] <= 30, view["window_end"] - view["figures_at"]
+
+
 def test_the_teachers_view_changes_only_once_a_group_of_students_has_answered(package: KTPackage) -> None:
     settings = KTSettings(min_group_size=3)
     prior = np.asarray(package.prior_success, dtype=np.float32)
