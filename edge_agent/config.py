@@ -210,10 +210,10 @@ class KTSettings(Section):
     )
     student_state_max_age_days: int = Field(
         400, ge=0, le=36_500,
-        description="A student's learning state not updated for this many days is deleted (checked daily; a "
-        "school year and the summer); 0 keeps them for ever. States updated since the daemon started are "
-        "kept, and none is deleted while the clock would make even the newest look expired (README "
-        "'Privacy').",
+        description="A student's learning state not updated for this many days is deleted (checked daily, "
+        "while the board's clock is NTP-synchronised; a school year and the summer); 0 keeps them for "
+        "ever. States updated since the daemon started are kept, and none is deleted while the clock would "
+        "make even the newest look expired (README 'Privacy').",
     )
     roster_file: OptionalFile = Field(
         None,

@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from edge_agent.config import DeviceSettings, KTSettings
 from edge_agent.errors import ModelError
@@ -38,6 +39,9 @@ STOP_TIMEOUT_S = 10.0
 SAVE_LESSON_EVERY_S = 15.0
 PRUNE_EVERY_S = 3600.0  # expired idempotency keys leave SQLite hourly (and at start)
 RETIRE_EVERY_S = 86400.0  # states past kt.student_state_max_age_days leave daily (and soon after start)
+# Retention waits for the clock to be synchronised; tried again this often meanwhile: a board switched off
+# every evening whose NTP answers only after the first turn would else never retire a state
+RETIRE_UNSYNCED_RETRY_S = 600.0
 SEND_WAIT_S = 10.0  # for a lesson summary to be stored; it stays queued after that
 # At a stop: waiting SEND_WAIT_S behind messages the disk refused ran past the daemon's stop budget (9 s)
 # and the teacher's lesson was never saved (a review). The store, stopped last, tries what waits once more.
@@ -98,6 +102,10 @@ class KTComponent:
         self._problem: str | None = "not started"
         self._secret_changed = False
         self._run_started = time.time()  # states updated since are never deleted by retention
+        # Retention runs only while the board's clock is known to be right, as the outbox ages rows out: by
+        # its flag (the daemon's ClockSyncFlag). No outbox (tests, tools): no flag, taken as right.
+        self._clock_synced: Callable[[], bool] = outbox.clock_synced if outbox is not None else lambda: True
+        self._said_unsynced = False
 
     def get_service(self) -> KTService | None:
         return self.service
@@ -308,14 +316,29 @@ class KTComponent:
                 StatePersistence(self._db).prune_events(time.time() - EVENT_KEEP_S)
             if self._db is not None and time.monotonic() >= next_retire:
                 next_retire = time.monotonic() + RETIRE_EVERY_S
-                await self._retire_old_states(self._db, self.service)
+                if not await self._retire_old_states(self._db, self.service):
+                    next_retire = time.monotonic() + RETIRE_UNSYNCED_RETRY_S
 
-    async def _retire_old_states(self, db: Database, service: KTService) -> None:
+    async def _retire_old_states(self, db: Database, service: KTService) -> bool:
         """Delete the states not updated for kt.student_state_max_age_days (retention_cutoff says which may
-        go); not waited for: in pieces, between answers."""
+        go); not waited for: in pieces, between answers. False: skipped, the clock not known to be right."""
         max_age_s = self.settings.student_state_max_age_days * DAY_S
         if max_age_s <= 0:
-            return
+            return True
+        # A board with no RTC battery and no NTP yet ran two starts on a clock 2 years ahead: the states the
+        # first stamped passed the newest-state guard in the second, and 27 of 30 students' states went.
+        if not await asyncio.to_thread(self._clock_synced):  # chronyd may be asked: off the event loop
+            if not self._said_unsynced:
+                self._said_unsynced = True
+                log.warning(
+                    "student states are not deleted by retention while this board's clock is not known to "
+                    "be right (neither systemd-timesyncd nor chronyd says it is synchronised): a clock set "
+                    "ahead would make them look expired. Let the board reach an NTP server (check with "
+                    "timedatectl); retention runs once the clock is synchronised")
+            return False
+        if self._said_unsynced:
+            self._said_unsynced = False
+            log.info("the board's clock is synchronised: retention of student states runs again")
         newest = await asyncio.to_thread(newest_before, db, self._run_started)
         now = time.time()
         cutoff = retention_cutoff(now, max_age_s, self._run_started, newest)
@@ -326,8 +349,9 @@ class KTComponent:
                     "is %.0f days old by this board's clock, which may be wrong (set ahead: no RTC battery, "
                     "no NTP); check it with timedatectl. States updated since the start are kept either way",
                     (now - newest) / DAY_S)
-            return
+            return True
         retire_states(db, cutoff, self._run_started, service.forget_students).add_done_callback(_retired)
+        return True
 
     def _save_lesson(self, persistence: StatePersistence) -> None:
         """Queued behind the writes before it (a window sent just now is cleared in its own transaction
