@@ -198,12 +198,13 @@ class AttentionComponent:
         )
         paused = self._load_pause()
         if paused is not None:
-            self.loop.pause(paused)
+            # on a clock not yet synchronised: judged on it until it is (chronyd may be asked: off the loop)
+            await asyncio.to_thread(self.loop.restore_pause, paused)
             log.info("camera paused by the teacher until %s (before the restart)", f"{paused:%H:%M}")
         if self.history is not None:
             since = time.time() - self.loop.timeline.maxlen * settings.window_s  # type: ignore[operator]
             earlier = await asyncio.to_thread(self.history.recent, STREAM, since)
-            self.loop.timeline.extend(row["data"] for row in earlier)
+            self.loop.reload_timeline(row["data"] for row in earlier)  # a clock step leaves them
         if self.db is not None:
             await asyncio.to_thread(self._resume_open_window, self.loop, self.db)
         # Threads inherit the nice value of the thread that starts them (the pose pool and the capture

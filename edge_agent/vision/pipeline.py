@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -194,6 +194,9 @@ class AttentionLoop:
         # ... and its end on the monotonic clock, which decides: on the wall clock a forward NTP step ended
         # a 45-minute pause at once (camera back on mid-lesson) and a step back made it last days
         self._pause_ends: float | None = None
+        # the _pause_ends of a pause restored on a clock not yet synchronised (restore_pause): judged on the
+        # wall clock until it is, as saved; from-now on that clock is the clock's error (hours to years)
+        self._pause_on_wall: float | None = None
         self.analyser = analyser
         self.tracker = tracker
         self.windows = windows
@@ -207,6 +210,9 @@ class AttentionLoop:
         # (wall, monotonic) at the last window into the timeline: a clock stepped since then moves the
         # timeline onto the new clock, and "now" for it runs on the monotonic clock from there
         self._timeline_clock = (time.time(), time.monotonic())
+        # the timeline's first windows, stamped before this run (the history, a window open at a power cut):
+        # a step this run sees is no step of their clock, and they stay where they are
+        self._stamped_before = 0
         # Longer than a window, or the gap between two windows' ends would cut every lesson at each one.
         self.lesson_gap_s = max(lesson_gap_s, 2 * windows.window_s)
         self.error: str | None = None
@@ -274,6 +280,16 @@ class AttentionLoop:
         ends = None if until is None else self.monotonic() + (until - self.local_now()).total_seconds()
         self.paused_until, self._pause_ends = until, ends
 
+    def restore_pause(self, until: datetime) -> None:
+        """A teacher's pause kept across a restart (its end in wall time, as saved). On a clock known to be
+        right it lasts as long as ``until`` is from now, as :meth:`pause`. On one not yet synchronised (no RTC
+        battery: booted on the time saved at a power cut, or the build date) that is the clock's error too (a
+        review: a 45-minute pause kept the camera closed 4 h past its end once NTP stepped the clock), so the
+        pause holds while the wall clock is before ``until``, and once the clock is synchronised it ends if
+        that is past, or lasts the rest on the monotonic clock from then."""
+        self.pause(until)
+        self._pause_on_wall = None if self.clock_synced() else self._pause_ends
+
     def pause_ends(self) -> float | None:
         """The running pause's end on the monotonic clock (None: none runs): which pause a change is of."""
         return self._pause_ends
@@ -283,6 +299,14 @@ class AttentionLoop:
         ends, until = self._pause_ends, self.paused_until
         if ends is None or until is None:
             return None
+        if ends is self._pause_on_wall:
+            wall_left = (until - self.local_now()).total_seconds()
+            if wall_left > 0 and not self.clock_synced():
+                return until  # on the wall clock: it follows a step, never opening before ``until``
+            if self._pause_ends is not ends:  # a pause or a resume set meanwhile: the next tick judges it
+                return self.paused_until
+            self._pause_on_wall = None
+            self._pause_ends = ends = self.monotonic() + max(wall_left, 0.0)
         left = ends - self.monotonic()
         if left <= 0:
             if self._pause_ends is ends:  # not a new pause set meanwhile
@@ -424,7 +448,14 @@ class AttentionLoop:
         closed = self.windows.restore(saved, time.time())
         for window in closed:
             self._emit(window)
+        self._stamped_before = len(self.timeline)  # stamped by the run before, as the history
         return not closed
+
+    def reload_timeline(self, windows: Iterable[dict[str, Any]]) -> None:
+        """Before :meth:`start`: the windows of the history, oldest first (a restart keeps the teacher's
+        chart). A clock step seen later does not move them: stamped by an earlier run, on its clock."""
+        self.timeline.extend(windows)
+        self._stamped_before = len(self.timeline)
 
     def _dropped_for_pause(self) -> bool:
         """Whether a teacher's pause was asked (the loop closes the camera at its next tick): the frame in
@@ -436,6 +467,8 @@ class AttentionLoop:
 
     def _emit(self, window: dict[str, Any]) -> None:
         kept = self._on_timeline_clock(window)  # first: it may replace the timeline
+        if len(self.timeline) == self.timeline.maxlen and self._stamped_before:
+            self._stamped_before -= 1  # the oldest goes with this append
         self.timeline.append(kept)
         try:
             self.on_window(window)
@@ -455,8 +488,12 @@ class AttentionLoop:
         if abs(step) <= CLOCK_STEP_S:
             return window
         log.info("the clock was stepped by %+.0f s: the attention timeline moves with it", step)
-        # a new deque, not cleared and refilled: the web's threads read it meanwhile
-        self.timeline = deque((_moved(w, step) for w in self.timeline), maxlen=self.timeline.maxlen)
+        # a new deque, not cleared and refilled: the web's threads read it meanwhile. Only this run's
+        # windows: those reloaded were stamped on their run's clock (a review: Friday's, right, moved by
+        # Monday morning's NTP step of +62 h and shown as Monday's lesson)
+        stay = self._stamped_before
+        self.timeline = deque((w if i < stay else _moved(w, step) for i, w in enumerate(self.timeline)),
+                              maxlen=self.timeline.maxlen)
         # the window the step closed holds the old clock's times (WindowAggregator): moved too
         old_clock = abs(window["end"] - (wall - step)) < abs(window["end"] - wall)
         return _moved(window, step) if old_clock else window
