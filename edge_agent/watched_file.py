@@ -24,6 +24,7 @@ from typing import Generic, TypeVar
 
 from edge_agent.errors import ConfigError
 from edge_agent.lifecycle import Health
+from edge_agent.spreadsheet_text import likely_encoding
 
 EMPTY_GRACE_CHECKS = 3  # an empty (or, with missing=, absent) file is taken as meant after this many checks
 
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Stamp = tuple[int, int, int, int, int]
+
+
+def not_utf8(data: bytes, path: Path) -> str:
+    """Why ``data``, read from ``path``, is not taken, and how to convert it: saved by a Chinese Windows
+    editor (GBK), the roster was only "'utf-8' codec can't decode byte 0xc8" in the health (a review)."""
+    return f"{path} is not UTF-8 text ({likely_encoding(data, path)}); save it as UTF-8"
 
 
 class WatchedFile(Generic[T]):
@@ -128,6 +135,8 @@ class WatchedFile(Generic[T]):
             value = self._parse(data.decode("utf-8-sig"), str(self.path))  # an editor's BOM: no text
         except (OSError, UnicodeDecodeError, ConfigError) as exc:
             reason = exc.problems[0][1] if isinstance(exc, ConfigError) else f"cannot read {self.path}: {exc}"
+            if isinstance(exc, UnicodeDecodeError) and data is not None:
+                reason = not_utf8(data, self.path)
             if self._narrow is not None and self._value is not None and data is not None:
                 # Read but not parsed: keeping all of the old value kept a clicker token whose line IT had
                 # deleted, if another line had a typo (a review: 200 until the typo was found). Nothing is

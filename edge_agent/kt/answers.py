@@ -36,10 +36,22 @@ NOT_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # control character
 # What shows nothing: spaces, zero-width and text-direction marks, fillers, blanks and selectors (an id of
 # U+200B alone was a student). Only an id of nothing else is refused: Hebrew or Arabic names wrapped in
 # direction marks, as RTL-aware software sends them, are ids like any other (round 2).
-INVISIBLE = re.compile(
-    "[\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
-    "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e007f]*"
+_INVISIBLE_CHARS = (
+    "\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0000-\U000e007f"
 )
+INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]*")
+# Around an id they are dropped as spaces are: a copy from a web page or Excel left "2026001" + U+200B,
+# which no clicker sends, so the student was refused as not on the roster, and `kt erase --file` erased
+# nothing and said "had none" (a review). NFKC makes none of them from a visible character, so an id
+# typed without them keeps its pseudonym.
+_INVISIBLE_AROUND = re.compile(f"^[{_INVISIBLE_CHARS}]+|[{_INVISIBLE_CHARS}]+$")
+# Inside an id these do no work in any script, so one there is a copy's leftover, refused rather than
+# taken as another student: zero-width spaces, word joiners, invisible operators, the BOM, a soft hyphen
+_HIDDEN_INSIDE = re.compile("[\u00ad\u180e\u200b\u2060-\u2064\ufeff]")
+# Direction marks and embeddings do work inside only beside right-to-left letters ("שלום" + U+200F + " 3");
+# in "2026" + U+200E + "001" they are a leftover too
+_DIRECTION = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True)
@@ -85,13 +97,28 @@ def student_id_key(text: str) -> str:
     """The student id that names one student, whichever way it was typed: NFKC, then spaces around it
     dropped. A Chinese IME in full-width mode types "２０２３０１０１" for 20230101, and a combining accent
     is another form of "é": each was a second student, in the class's figures beside the real one (a
-    review: "7 students answered" in a class of 6). Spaces inside an id are kept: "2023 01" may be an id."""
-    return unicodedata.normalize("NFKC", text).strip()
+    review: "7 students answered" in a class of 6). Spaces inside an id are kept: "2023 01" may be an id.
+    Invisible characters around it are dropped too; InputRejected for one inside that no script needs there
+    (a zero-width space, or a direction mark among left-to-right text)."""
+    key = _INVISIBLE_AROUND.sub("", unicodedata.normalize("NFKC", text))
+    hidden = _HIDDEN_INSIDE.search(key)
+    if hidden is None and (mark := _DIRECTION.search(key)) is not None:  # letters looked at only then
+        hidden = None if any(unicodedata.bidirectional(c) in ("R", "AL") for c in key) else mark
+    if hidden is not None:
+        name = unicodedata.name(hidden[0], "a format character")
+        raise InputRejected(
+            f"student id {key[:40]!r} holds an invisible character (U+{ord(hidden[0]):04X} {name}), left by "
+            "a copy from a web page or spreadsheet; type the id again without it", field="student_id")
+    return key
 
 
 def student_id(obj: dict[str, Any], where: str) -> str:
     """``obj["student_id"]`` as the board takes a student id: text or a number, read by student_id_key."""
-    return student_id_key(_text(obj, "student_id", where, strip=True))
+    value = _text(obj, "student_id", where, strip=True)
+    try:
+        return student_id_key(value)
+    except InputRejected as exc:
+        raise InputRejected(f"{where}: {exc}", field="student_id") from None
 
 
 def parse_timestamp(value: Any, where: str) -> float:

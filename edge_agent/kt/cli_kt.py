@@ -174,6 +174,8 @@ def cmd_kt_erase(args: argparse.Namespace) -> int:
     try:
         config = load_config_for_command(find_config_path(getattr(args, "config", None)))
         ids = [*args.student_ids, *([] if args.file is None else read_student_ids(args.file, args.column))]
+        # here: an id typed with an invisible character inside is refused before anything is erased
+        requests = erase_requests(ids)
     except (EdgeAgentError, OSError, ValueError) as exc:
         print(f"error: {exc}")
         return 1
@@ -182,7 +184,7 @@ def cmd_kt_erase(args: argparse.Namespace) -> int:
         return 2
     totals = {"erased": 0, "without_data": 0}
     try:
-        for request in erase_requests(ids):
+        for request in requests:
             reply = post_local(config.web, ERASE_PATH, {"student_ids": request})
             for key in totals:
                 totals[key] += int(reply[key])

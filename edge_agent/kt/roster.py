@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, InputRejected
 from edge_agent.kt.answers import MAX_TEXT, NOT_TEXT, student_id_key
-from edge_agent.spreadsheet_text import csv_rows, read_spreadsheet_text
-from edge_agent.watched_file import WatchedFile
+from edge_agent.spreadsheet_text import SAVE_AS, csv_rows, read_spreadsheet_text
+from edge_agent.watched_file import WatchedFile, not_utf8
 
 _PSEUDONYM = re.compile(r"^[0-9a-f]{32}$")
 _COMMENT = re.compile(r"(?:^|\s)#")  # in a list of ids: "20260001  # Wang Xiaoming", not "3A#07"
@@ -44,6 +44,17 @@ def parse_roster(text: str, where: str) -> frozenset[str]:
     return frozenset(found)
 
 
+def roster_text(data: bytes, path: Path) -> str:
+    """A roster file's bytes as text: UTF-8, an editor's byte-order mark dropped (Notepad's). ConfigError
+    names the file and the conversion: saved by a Chinese Windows editor (GBK, a "# 三年级二班" comment),
+    `kt roster add` and the daemon's health said only "'utf-8' codec can't decode byte 0xc8" (a review)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError([("kt.roster_file", f"{not_utf8(data, path)}, or make it again with `edge-agent kt "
+                            "roster set`")]) from None
+
+
 def format_roster(pseudonyms: Iterable[str]) -> str:
     header = "# edge-agent class roster: student pseudonyms, one per line (edge-agent kt roster)\n"
     return header + "".join(f"{p}\n" for p in sorted(pseudonyms))
@@ -66,25 +77,32 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
 
     text = sys.stdin.read() if str(source) == "-" else read_spreadsheet_text(source)
     if column is None:
-        ids = []
+        listed = []
         for number, line in enumerate(text.splitlines(), 1):
             # "#" inside an id is kept: the answer API takes "3A#07", which a cut at any "#" listed as "3A"
             entry = _COMMENT.split(line, 1)[0].strip()
             student = _unquoted(entry)
             # A table read as a list: "student_no,name" and each "2026001,王小明" went on the roster as one
-            # student, and the whole class was refused as not on it (a review). A comma inside an id is
-            # read from a table (--column), or from a quoted one-column list.
-            if student == entry and "," in student_id_key(entry):
+            # student, and the whole class was refused as not on it (a review); so with ";", Excel's CSV
+            # where the decimal point is a comma. A comma inside an id is read from a table (--column), or
+            # from a quoted one-column list.
+            key = _key(student, source, number)
+            separator = next((s for s in (",", ";") if s in key), None) if student == entry else None
+            if separator == ",":
                 raise ValueError(f"{source} line {number}: {entry[:40]!r} holds a comma, and without "
                                  "--column each line is one student id (a tab or comma: give --column for a "
                                  "table)")
-            ids.append(student)
+            if separator == ";":
+                raise ValueError(f"{source} line {number}: {entry[:40]!r} holds a semicolon, and without "
+                                 "--column each line is one student id (a table separated by semicolons: "
+                                 f"{SAVE_AS}, then give --column)")
+            listed.append(key)
     else:
         columns, rows = csv_rows(text, str(source))
         if column not in columns:
             raise ValueError(f"{source} has no column {column!r} (its columns: {', '.join(columns)})")
-        ids = [row.get(column, "").strip() for _line, row in rows]
-    ids = [key for key in map(student_id_key, ids) if key]
+        listed = [_key(row.get(column, ""), source, line) for line, row in rows]
+    ids = [key for key in listed if key]
     if not ids:
         raise ValueError(f"{source} holds no student ids")
     # As the answer API takes them: else the roster lists students no clicker can ever be accepted as
@@ -95,6 +113,14 @@ def read_student_ids(source: Path, column: str | None = None) -> list[str]:
             raise ValueError(f"{source}: {student[:40]!r} is not a student id the answer API accepts: "
                              f"at most {MAX_TEXT} characters, no control characters{hint}")
     return ids
+
+
+def _key(student: str, source: Path, line: int) -> str:
+    """student_id_key, its refusal (an invisible character inside the id) naming the file and line."""
+    try:
+        return student_id_key(student)
+    except InputRejected as exc:
+        raise InputRejected(f"{source} line {line}: {exc}", field=exc.field) from None
 
 
 def _unquoted(field: str) -> str:
@@ -123,9 +149,9 @@ def update_roster(path: Path, action: str, pseudonyms: set[str], owner_of: Path)
         fcntl.flock(held, fcntl.LOCK_EX)
         try:
             # utf-8-sig, as the daemon reads it: once saved by Notepad (a BOM), it was refused here only
-            text = path.read_text(encoding="utf-8-sig") if path.exists() else ""
+            text = roster_text(path.read_bytes(), path) if path.exists() else ""
             current = parse_roster(text, str(path))
-        except (ConfigError, UnicodeDecodeError):
+        except ConfigError:
             if action != "set":
                 raise
             # 'set' replaces it whatever it holds: a class list copied there by hand could not be replaced,
