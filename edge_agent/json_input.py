@@ -16,6 +16,7 @@ a number too large for a float (1e999 is JSON, and Python reads it as infinity).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -26,7 +27,7 @@ MAX_DEPTH = 64
 _ESCAPED = re.compile(r"\\.", re.DOTALL)
 _STRING = re.compile(r'"[^"]*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]")
-_INNERMOST = re.compile(r"\[\]|\{\}")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 class JSONRefused(ValueError):
@@ -85,11 +86,12 @@ def where_invalid(exc: json.JSONDecodeError) -> str:
 
 
 def _nesting_over(text: str, depth: int) -> bool:
-    """Whether brackets outside strings nest deeper than ``depth`` (or do not pair up), without recursing:
-    each pass of C-speed substitutions takes the innermost pairs away."""
+    """Whether brackets outside strings nest deeper than ``depth``, without recursing: the most brackets
+    open at once, each open one +1 and each closing one -1, summed at C speed.
+
+    Brackets need not pair up: the parser stops where they do not, having gone no deeper than this sum had
+    (and a truncated text that is not deep gets the parser's message with its position: a batch cut off
+    before its last '}' was "nested deeper than 64 levels", a review). Open brackets never closed still
+    count, so 100,000 '[' alone are refused as deep."""
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPED.sub("", text)))
-    for _ in range(depth):
-        if not brackets:
-            return False
-        brackets = _INNERMOST.sub("", brackets)
-    return bool(brackets)
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0) > depth

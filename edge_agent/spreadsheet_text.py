@@ -7,6 +7,7 @@ a codec error, and GBK was named for every file, where iconv -f GBK failed on UT
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from pathlib import Path
@@ -14,6 +15,18 @@ from pathlib import Path
 from edge_agent.errors import InputRejected
 
 SAVE_AS = "in Excel save it as \"CSV UTF-8 (Comma delimited)\""
+_EURO = "edge_agent.cp936_euro"
+
+
+def _cp936_euro(exc: UnicodeError) -> tuple[str, int]:
+    """Windows' code page 936 is GBK with '€' at the lone byte 0x80, which Python's gbk lacks (a file with a
+    price in it was "an unknown encoding"); glibc's iconv -f GBK takes it."""
+    if isinstance(exc, UnicodeDecodeError) and exc.object[exc.start:exc.start + 1] == b"\x80":
+        return "€", exc.start + 1
+    raise exc
+
+
+codecs.register_error(_EURO, _cp936_euro)
 
 
 def likely_encoding(data: bytes, path: Path) -> str:
@@ -21,10 +34,15 @@ def likely_encoding(data: bytes, path: Path) -> str:
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return f"UTF-16, Excel's \"Unicode text\"; or convert it: iconv -f UTF-16 -t UTF-8 {path}"
     try:
-        data.decode("gbk")
+        data.decode("gbk", errors=_EURO)
+        return f"GBK, perhaps, a Chinese Windows' CSV; or convert it: iconv -f GBK -t UTF-8 {path}"
+    except UnicodeDecodeError:
+        pass
+    try:  # GBK's superset (WPS and newer Excel write it): 䶮 and other characters GBK lacks
+        data.decode("gb18030")
+        return f"GB18030, perhaps, a Chinese Windows' CSV; or convert it: iconv -f GB18030 -t UTF-8 {path}"
     except UnicodeDecodeError:
         return "an unknown encoding, perhaps Windows-1252"
-    return f"GBK, perhaps, a Chinese Windows' CSV; or convert it: iconv -f GBK -t UTF-8 {path}"
 
 
 def read_spreadsheet_text(path: Path) -> str:
@@ -55,6 +73,12 @@ def csv_rows(text: str, where: str) -> tuple[list[str], list[tuple[int, dict[str
         reader.fieldnames = columns
         start = reader.line_num + 1
         for row in reader:
+            # DictReader puts cells past the header's last column under None: "Q1,1,解方程, 移项,moving
+            # terms" (a ',' typed inside a title) was titled "解方程" in Chinese and "移项" in English, the
+            # rest dropped without a word (a review). Empty ones (a trailing ',') lose nothing.
+            if any(extra.strip() for extra in row.get(None) or ()):
+                raise InputRejected(f"{where} line {start}: more cells than the header has columns; a ',' "
+                                    "inside a cell needs quotes around the cell (\"a, b\"), or type '，'")
             cells = {k: v or "" for k, v in row.items() if isinstance(k, str)}
             if any("\n" in v for v in cells.values()):
                 raise InputRejected(f"{where} line {start}: a cell runs over several lines; a '\"' without "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -82,7 +83,11 @@ def _read_json(path: Path) -> Any:
 
 def item_id_problem(item_id: str) -> str | None:
     """Why the answer API would refuse ``item_id`` from a clicker (answers.py's rule), or None: an exercise
-    with a tab in its id, or of 130 characters, was recommended, and every answer on it refused (a review)."""
+    with a tab in its id, or of 130 characters, was recommended, and every answer on it refused (a review).
+
+    Also an id no clicker types: one holding an invisible character, or one NFKC changes (full-width
+    letters and digits). "Q2" with a zero-width space pasted after it was recommended, and a clicker's "Q2"
+    was an unknown item; "Q1", "Ｑ１" and "Q1" + U+200B were three exercises (a review)."""
     from edge_agent.kt.answers import INVISIBLE, MAX_TEXT, NOT_TEXT  # here: answers.py imports this module
 
     if INVISIBLE.fullmatch(item_id):
@@ -91,6 +96,15 @@ def item_id_problem(item_id: str) -> str | None:
         return f"it is longer than {MAX_TEXT} characters"
     if NOT_TEXT.search(item_id):
         return "it holds a control character: a tab or a line break, perhaps"
+    # a space inside ("Lesson 3 Q1") is typed; one at either end, or any other blank, is not seen
+    for position, char in enumerate(item_id):
+        if INVISIBLE.fullmatch(char) and (char != " " or position in (0, len(item_id) - 1)):
+            return (f"it holds an invisible character, U+{ord(char):04X} at position {position + 1}, pasted "
+                    "with the text perhaps: a clicker sends the id without it")
+    typed = unicodedata.normalize("NFKC", item_id)
+    if typed != item_id:
+        return (f"it holds full-width or other look-alike characters: a clicker types {typed[:40]!r}; use "
+                "half-width letters and digits")
     return None
 
 

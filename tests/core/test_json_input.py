@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edge_agent.json_input import MAX_DEPTH, loads
+from edge_agent.json_input import MAX_DEPTH, loads, where_invalid
 
 
 def test_json_nested_past_the_limit_is_refused_before_it_is_parsed() -> None:
@@ -25,6 +25,20 @@ def test_brackets_inside_strings_are_text_not_nesting() -> None:
     assert loads(b"\xef\xbb\xbf" + text.encode())["answers"][0]["student_id"].startswith("[[")
     with pytest.raises(ValueError):  # broken JSON is still refused by the parser
         loads("[" * 200)
+
+
+def test_a_batch_cut_off_in_transit_is_refused_where_it_ends_not_as_nested_too_deep() -> None:
+    # A review: 40 answers (over 64 brackets) missing only their last '}' (flaky Wi-Fi, a proxy's body
+    # limit) were "JSON nested deeper than 64 levels", which sent the client's developer looking for depth
+    body = json.dumps({"answers": [{"student_id": f"s{i}", "item_id": "Q1", "skill_ids": ["1"], "correct": 1,
+                                    "answered_at": 1.7e9, "client_event_id": f"e{i}"} for i in range(40)]})
+    for cut in (body[:-1], body[:-2], body[: len(body) * 9 // 10]):
+        with pytest.raises(json.JSONDecodeError) as refused:
+            loads(cut)
+        ends = f"at line 1 column {len(cut) + 1}: the text ends there"
+        assert where_invalid(refused.value).startswith(ends)
+    with pytest.raises(ValueError, match="nested deeper than"):  # deep and cut off is still deep
+        loads("[" * 100_000)
 
 
 def test_numbers_too_large_for_a_float_are_refused_not_read_as_infinity() -> None:

@@ -107,6 +107,10 @@ def test_missing_directory_and_files_are_named(tmp_path: Path) -> None:
         ("items.json", lambda d: d["items"][1].update(id="ex\t2"), r"item 1: id 'ex\\t2' is not one a"),
         ("items.json", lambda d: d["items"][0].update(id="Q" * 129), "longer than 128 characters"),
         ("items.json", lambda d: d["items"][0].update(id="\u200b"), "no visible character"),
+        # a review: "Q2" + U+200B was recommended, and a clicker's "Q2" was an unknown item
+        ("items.json", lambda d: d["items"][1].update(id="Q2\u200b"), r"item 1: id 'Q2\\u200b' is not one a "
+         r"clicker can send \(it holds an invisible character, U\+200B"),
+        ("items.json", lambda d: d["items"][0].update(id="Ｑ２"), "full-width .* a clicker types 'Q2'"),
     ],
 )
 def test_malformed_package_files_are_rejected(tmp_path: Path, file: str, change: object, words: str) -> None:

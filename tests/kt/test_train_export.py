@@ -328,6 +328,11 @@ def test_kt_train_names_skills_and_exercises_from_the_schools_spreadsheets_in_ch
         (None, f"item_id,skill_id,title_zh\n{'Q' * 129},1,一\n", "is longer than 128 characters"),
         (None, "item_id,skill_id,title_zh\nQ1,1,一\nQ1,1,二\n",
          "line 3: item 'Q1' is listed twice (first on line 2)"),
+        # a review: "解方程, 移项" split across two columns, the rest of the row dropped, and exit 0
+        (None, "item_id,skill_id,title_zh,title_en\nQ1,1,解方程, 移项,moving terms\n",
+         "line 2: more cells than the header has columns; a ',' inside a cell needs quotes"),
+        (None, "item_id,skill_id,title_zh\nQ2\u200b,1,一\n",
+         "line 2: item id 'Q2\\u200b' is not one a clicker"),
         (None, "item_id,skill_id,title_zh,difficulty\nQ1,1,一,1200\n",
          "difficulty '1200' is not a number from -10"),
         (None, "item_id,skill_id,title_zh,difficulty\nQ1,1,一,难\n", "difficulty '难' is not a number"),
