@@ -263,8 +263,9 @@ class KTComponent:
                 log.warning("knowledge tracing did not finish its queued answers within %s s", STOP_TIMEOUT_S)
             # The window not yet synced, not the teacher's whole lesson: earlier windows went out already.
             # (A batch not drained in time may still be stored: lesson_order orders the windows after it.)
+            # Ended ones too, and one due: whole windows, sent without partial (close_window_if_due).
             while (queued := self._queue_window(service, now_anyway=True, partial=True)) is not None:
-                await self._stored(queued, STOP_SEND_WAIT_S)  # ended ones too
+                await self._stored(queued, STOP_SEND_WAIT_S)
             if self._db is not None:  # a restart mid-lesson (an update) must not empty the teacher's view
                 with service.lesson_order:
                     view = service.lesson_view(clean=drained)
@@ -367,18 +368,18 @@ class KTComponent:
         self, service: KTService, *, now_anyway: bool = False, partial: bool = False
     ) -> concurrent.futures.Future[int] | None:
         """Close the synced window if it is due (or ``now_anyway``) and queue it for the cloud; None when
-        none was due. Its record goes in the same transaction (forget_open_window); both after the states
-        of its answers (KTService.lesson_order)."""
+        none was due. ``partial`` (at a stop): the one cut short by it says so. Its record goes in the same
+        transaction (forget_open_window); both after the states of its answers (KTService.lesson_order)."""
         with service.lesson_order:
             closed = service.close_window_if_due(now_anyway=now_anyway)
             if closed is None:
                 return None
-            summary, through = closed
+            summary, through, cut = closed
             done: concurrent.futures.Future[int] = concurrent.futures.Future()
             if not summary["answers"] or self._outbox is None:  # nothing to send
                 done.set_result(0)
                 return done
-            payload = leaving_the_board(summary | ({"partial": True} if partial else {})) | {
+            payload = leaving_the_board(summary | ({"partial": True} if partial and cut else {})) | {
                 "kind": STREAM_KINDS[STREAM], "v": PAYLOAD_VERSION, "class_id": self.device.class_id,
                 "model": service.package.metadata.get("version"),
                 # the rules the figures were made by, in every window, suppressed or not: a cloud cannot

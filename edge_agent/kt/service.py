@@ -1167,9 +1167,12 @@ class KTService:
         closed = self.close_window_if_due(now_anyway=now_anyway)
         return None if closed is None else closed[0]
 
-    def close_window_if_due(self, *, now_anyway: bool = False) -> tuple[dict[str, Any], int] | None:
-        """:meth:`close_lesson_if_due`, with the seq of the window's last answer."""
-        now = self._clock()
+    def close_window_if_due(self, *, now_anyway: bool = False) -> tuple[dict[str, Any], int, bool] | None:
+        """:meth:`close_lesson_if_due`, with the seq of the window's last answer and whether it was cut:
+        closed by ``now_anyway`` before its end (its ``window_end`` is now). An ended window, or one due
+        that the publish loop has not closed yet, is whole however it is closed (a review: those drained
+        at a stop went out as partial, with a whole window's end)."""
+        now, cut = self._clock(), False
         with self._lock:
             if self._ended:
                 window: LessonWindow | None = self._ended.pop(0)
@@ -1178,10 +1181,10 @@ class KTService:
                 due = window is not None and window.due(now, self.settings.lesson_window_s, self._monotonic())
                 if window is None or not (now_anyway or due):
                     return None
-                self._lesson = None
+                self._lesson, cut = None, not due
             package, bank = self.package, self._bank
         assert window is not None
-        return summarize(window, package, self.settings, now, bank=bank), window.seq
+        return summarize(window, package, self.settings, now, bank=bank), window.seq, cut
 
     def now(self) -> float:
         return self._clock()
