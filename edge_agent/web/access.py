@@ -6,20 +6,24 @@ ignored, because anyone on the classroom network can send them.
 
 A token may arrive as ``Authorization: Bearer <token>``, as a session cookie, as ``?token=<token>``
 (once: the answer sets the cookie and redirects to the same page without the token in the address bar),
-or through the small login form at ``/login``. The cookie holds its issue time and an HMAC of it under the
-token, not the token, and ends after COOKIE_MAX_AGE_S on the board's clock. A clicker's own token
+or through the small login form at ``/login``. The cookie holds its issue time, the sign-in's id and an HMAC
+of both under the token, not the token, and ends after COOKIE_MAX_AGE_S on the board's clock, or at a
+sign-out (:class:`SignOuts`). A clicker's own token
 (web/clients.py), as a Bearer header, lets in ``POST /api/v1/answers`` and nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import hashlib
 import hmac
 import html
 import ipaddress
 import logging
+import re
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -47,9 +51,12 @@ PUBLIC_PATHS: frozenset[str] = frozenset({"/healthz", "/i18n/en.json", "/i18n/zh
 MAX_LOGIN_BYTES = 4096  # the form holds a token of at most 512 characters and a path
 FAILED_LOGIN_DELAY_S = 0.5  # slows guessing through the form; tokens are long random strings anyway
 COOKIE_MAX_AGE_S = 12 * 3600  # one school day; the teacher logs in again tomorrow
-# float | None, see _session_end (a RequestKey where aiohttp has one: request_body.py says why)
-SESSION_ENDS_KEY: Any = (web.RequestKey("session_ends_at", object) if hasattr(web, "RequestKey")
-                         else "edge_agent.session_ends_at")
+# Sign-ins signed out of before their end, kept until that end: a sign-out a minute for the 12 h is 720
+MAX_SIGNED_OUT = 10_000
+_SIGN_IN_ID = re.compile(r"[0-9a-f]{16}")
+# Session | None, see _session (a RequestKey where aiohttp has one: request_body.py says why)
+SESSION_KEY: Any = (web.RequestKey("session", object) if hasattr(web, "RequestKey")
+                    else "edge_agent.session")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -152,31 +159,94 @@ def decide(
     return Decision.ALLOW if tokens_match(presented_token, token) else Decision.BAD_TOKEN
 
 
-def session_value(token: str, issued: int) -> str:
-    """What the cookie holds: when it was issued and an HMAC of that under the token. Useless as the
-    token itself, and over when the board says so: the audit replayed a captured cookie (it had been a
-    fixed function of the token) with nothing on the board to end it."""
-    message = f"edge-agent teacher view session {issued}".encode()
-    mac = hmac.new(token.encode("utf-8"), message, hashlib.sha256)
-    return f"{issued}.{mac.hexdigest()}"
+@dataclasses.dataclass(frozen=True)
+class SignIn:
+    """One sign-in, as its cookie names it: when it was issued, and its id."""
+
+    issued: int
+    id: str
+
+    def in_time(self, now: float) -> bool:
+        # Either way from now: a board clock stepped back by NTP (it ran fast) put every sign-in of the day
+        # in the future, and the teachers were told their token was wrong
+        return abs(now - self.issued) <= COOKIE_MAX_AGE_S
 
 
-def session_signed(cookie: str, token: str) -> int | None:
-    """When the cookie was issued, if ``token`` signed it (of any age), else None."""
-    issued_text, _, _ = cookie.partition(".")
+def _mac(token: str, signed: str) -> str:
+    message = f"edge-agent teacher view session {signed}".encode()
+    return hmac.new(token.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def session_value(token: str, issued: int, sign_in: str | None = None) -> str:
+    """What the cookie holds: when it was issued, the sign-in's id (``sign_in``, a new one if None) and an
+    HMAC of both under the token. Useless as the token itself, and over when the board says so: the audit
+    replayed a captured cookie (it had been a fixed function of the token) with nothing on the board to
+    end it; and a sign-out ends its id (a review: the other tabs went on streaming the class for 12 h)."""
+    sign_in = secrets.token_hex(8) if sign_in is None else sign_in
+    return f"{issued}.{sign_in}.{_mac(token, f'{issued} {sign_in}')}"
+
+
+def session_signed(cookie: str, token: str) -> SignIn | None:
+    """The sign-in the cookie names, if ``token`` signed it (of any age), else None. A cookie of a release
+    before sign-in ids ("issued.mac", a board upgraded mid-lesson) still counts, its MAC as its id."""
+    parts = cookie.split(".")
+    issued_text = parts[0]
     if not (issued_text.isascii() and issued_text.isdigit()) or len(issued_text) > 12:  # "²" is a digit
         return None
     issued = int(issued_text)
-    expected = session_value(token, issued).encode()
-    signed = hmac.compare_digest(cookie.encode("utf-8", "surrogatepass"), expected)
-    return issued if signed else None
+    if len(parts) == 3 and _SIGN_IN_ID.fullmatch(parts[1]):
+        expected, sign_in = session_value(token, issued, parts[1]), parts[1]
+    elif len(parts) == 2:
+        expected, sign_in = f"{issued}.{_mac(token, str(issued))}", parts[1]
+    else:
+        return None
+    signed = hmac.compare_digest(cookie.encode("utf-8", "surrogatepass"), expected.encode())
+    return SignIn(issued, sign_in) if signed else None
 
 
 def session_valid(cookie: str, token: str, now: float) -> bool:
-    # Either way from now: a board clock stepped back by NTP (it ran fast) put every sign-in of the day in
-    # the future, and the teachers were told their token was wrong
-    issued = session_signed(cookie, token)
-    return issued is not None and abs(now - issued) <= COOKIE_MAX_AGE_S
+    """Whether ``token`` signed the cookie and its time is not over (a sign-out is :class:`SignOuts`')."""
+    sign_in = session_signed(cookie, token)
+    return sign_in is not None and sign_in.in_time(now)
+
+
+class SignOuts:
+    """The sign-ins signed out of before their end, in memory: a sign-out deletes the cookie of that
+    browser, but its other tabs' streams went on showing the class for the rest of the 12 h, and a copy of
+    the cookie kept working (a review, on a shared classroom PC). Each is kept until its sign-in would
+    have ended (then its cookie is refused anyway), at most MAX_SIGNED_OUT: only a cookie the token
+    signed gets in, so only a token holder can add one. A restart forgets them (and ends every stream)."""
+
+    def __init__(self) -> None:
+        self._ended: dict[str, float] = {}  # sign-in id -> when it would have ended (epoch s)
+        self._signed_out = asyncio.Event()  # set, and replaced, at each sign-out: streams look again
+
+    def end(self, sign_in: SignIn, now: float) -> None:
+        self._ended = {id_: end for id_, end in self._ended.items() if end >= now}
+        self._ended[sign_in.id] = sign_in.issued + COOKIE_MAX_AGE_S
+        if len(self._ended) > MAX_SIGNED_OUT:  # the one that ends soonest goes: the least left to show
+            del self._ended[min(self._ended, key=self._ended.__getitem__)]
+        self._signed_out.set()
+        self._signed_out = asyncio.Event()
+
+    def ended(self, sign_in: SignIn) -> bool:
+        return sign_in.id in self._ended
+
+    async def next_sign_out(self) -> None:
+        """Returns at the next sign-out of any sign-in on this board."""
+        await self._signed_out.wait()
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """The sign-in a request from another computer came in by (not a token, not the board's own screen):
+    a teacher-view stream ends with it, at its end or at its sign-out from any tab (view.py)."""
+
+    sign_in: SignIn
+    sign_outs: SignOuts
+
+    def over(self, now: float) -> bool:
+        return now >= self.sign_in.issued + COOKIE_MAX_AGE_S or self.sign_outs.ended(self.sign_in)
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -187,9 +257,10 @@ def _bearer(request: web.Request) -> str | None:
     return None
 
 
-def _presented(request: web.Request, token: str | None, *, cookie_counts: bool = True) -> str | None:
-    """The token the request carries, with a valid session cookie counting as the token (unless not
-    ``cookie_counts``)."""
+def _presented(request: web.Request, token: str | None, sign_outs: SignOuts, *,
+               cookie_counts: bool = True) -> str | None:
+    """The token the request carries, with a valid session cookie not signed out of counting as the token
+    (unless not ``cookie_counts``)."""
     bearer = _bearer(request)
     if bearer is not None:
         return bearer
@@ -199,27 +270,28 @@ def _presented(request: web.Request, token: str | None, *, cookie_counts: bool =
     linked = request.query.get("token") if page else None
     cookie = request.cookies.get(COOKIE_NAME) if cookie_counts else None
     if cookie is not None and token is not None and len(cookie) <= MAX_TOKEN_CHARS:
-        if session_valid(cookie, token, time.time()):
+        sign_in = session_signed(cookie, token)
+        if sign_in is not None and sign_in.in_time(time.time()) and not sign_outs.ended(sign_in):
             return token
         if linked is not None:  # the link IT sent after changing the token beats the cookie of the old one
             return linked
-        if session_signed(cookie, token) is not None:
-            return None  # a sign-in that ended: sign in again, not "that token is not right"
+        if sign_in is not None:
+            return None  # ended or signed out of: sign in again, not "that token is not right"
         return cookie  # a stale cookie (token rotated) is a wrong token, not a missing one
     return linked
 
 
-def _session_end(request: web.Request, token: str | None) -> float | None:
-    """When the sign-in this request was let in by ends (epoch s); None when it came in by a token or
-    from the board's own screen. A teacher-view stream ends then (a review: one opened at the end of a
-    sign-in went on for as long as the browser kept it)."""
+def _session(request: web.Request, token: str | None, sign_outs: SignOuts) -> Session | None:
+    """The sign-in this request was let in by; None when it came in by a token or from the board's own
+    screen. A teacher-view stream ends with it (a review: one opened at the end of a sign-in went on for
+    as long as the browser kept it)."""
     cookie = request.cookies.get(COOKIE_NAME)
     if token is None or _bearer(request) is not None or cookie is None:
         return None
     if decide(request.remote, None, token, request.headers.get("Host")) is Decision.ALLOW:
         return None  # the board's own screen needs no sign-in
-    issued = session_signed(cookie, token) if len(cookie) <= MAX_TOKEN_CHARS else None
-    return None if issued is None else issued + COOKIE_MAX_AGE_S
+    sign_in = session_signed(cookie, token) if len(cookie) <= MAX_TOKEN_CHARS else None
+    return None if sign_in is None else Session(sign_in, sign_outs)
 
 
 def _set_session(request: web.Request, response: web.StreamResponse, token: str) -> None:
@@ -423,14 +495,21 @@ async def _login(request: web.Request, token: str | None) -> web.StreamResponse:
     raise response
 
 
-def _logout(request: web.Request) -> web.StreamResponse:
-    """Forget this browser's sign-in (a form post: a link followed is no sign-out) and show the sign-in
-    form. A copy of the cookie taken elsewhere stays good until it ends; a new web token ends them all."""
+def _logout(request: web.Request, token: str | None, sign_outs: SignOuts) -> web.StreamResponse:
+    """End this browser's sign-in (a form post: a link followed is no sign-out) and show the sign-in
+    form: its cookie is deleted, and the board refuses the sign-in from then on, so the streams of the
+    browser's other tabs end and a copy of the cookie is refused (until a restart); a new web token ends
+    them all."""
     if request.method != "POST":
         return web.json_response({"error": "method", "detail": f"sign out with POST {LOGOUT_PATH}"},
                                  status=405, headers={"Allow": "POST"})
     if not from_this_site(request.headers):  # another site's form signed the teacher out (a review)
         return refuse_another_site("web")
+    cookie = request.cookies.get(COOKIE_NAME)
+    if token is not None and cookie is not None and len(cookie) <= MAX_TOKEN_CHARS:
+        sign_in = session_signed(cookie, token)
+        if sign_in is not None:
+            sign_outs.end(sign_in, time.time())
     response = web.HTTPSeeOther(f"{LOGIN_PATH}?next=/")
     response.del_cookie(COOKIE_NAME, path="/")
     raise response
@@ -443,6 +522,7 @@ def access_middleware(
     clicker's token from ``clients`` (web/clients.py) may only post answers."""
     if token is not None and not token.strip():
         raise ValueError("the web token is empty; write a token into web.token_file or unset it")
+    sign_outs = SignOuts()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -453,11 +533,11 @@ def access_middleware(
         if request.path == LOGIN_PATH:
             return await _login(request, token)
         if request.path == LOGOUT_PATH:
-            return _logout(request)
+            return _logout(request, token, sign_outs)
         answers = request.method == "POST" and request.path == ANSWERS_PATH
         # A teacher's sign-in opens the view and the camera's pause, not the answers: a classroom PC left
         # signed in let its next user post answers for any student for the rest of the 12 h (a review)
-        presented = _presented(request, token, cookie_counts=not answers)
+        presented = _presented(request, token, sign_outs, cookie_counts=not answers)
         # The header itself: request.host falls back to socket.getfqdn(), a DNS lookup on the event loop
         decision = decide(request.remote, presented, token, request.headers.get("Host"))
         if decision is not Decision.ALLOW and clients is not None:
@@ -482,7 +562,7 @@ def access_middleware(
                 _set_session(request, response, token)
             raise response
         if request.path in (EVENTS_PATH, "/"):  # a stream ends with its sign-in; the page offers a sign-out
-            request[SESSION_ENDS_KEY] = _session_end(request, token)
+            request[SESSION_KEY] = _session(request, token, sign_outs)
         return await handler(request)
 
     return middleware

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from edge_agent.live import RESYNC, LiveBoard
 from edge_agent.telemetry import metrics
-from edge_agent.web.access import EVENTS_PATH, SESSION_ENDS_KEY, is_loopback
+from edge_agent.web.access import EVENTS_PATH, SESSION_KEY, Session, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class TeacherView:
             "board_name": self._board_name,
             "keepalive_s": self._keepalive_s,  # app.js reconnects after 2.5 of these without a byte
             # signed in from another computer: the page offers to sign out (a shared classroom PC)
-            "signed_in": request.get(SESSION_ENDS_KEY) is not None,
+            "signed_in": request.get(SESSION_KEY) is not None,
         }
         # One pass: a class named "{{BOOT_JSON}}" must stay a name
         fills = {"LANG": lang, "TITLE": html.escape(self.page_title(lang)), "BOOT_JSON": script_json(boot)}
@@ -222,7 +222,7 @@ class TeacherView:
             # A reconnecting browser may have missed updates: start every stream with the whole board.
             first = f"retry: {SSE_RETRY_MS}\n\n".encode() + sse_event(self._snapshot(), "snapshot")
             await self._send(response, first)
-            await self._pump(response, queue, request.get(SESSION_ENDS_KEY))
+            await self._pump(response, queue, request.get(SESSION_KEY))
         except ConnectionError:
             pass  # the browser went away (a reset, or lost while we waited to send); the finally forgets it
         except asyncio.TimeoutError:
@@ -246,19 +246,26 @@ class TeacherView:
         await asyncio.wait_for(response.write(data), self._stall_s)
 
     async def _pump(
-        self, response: web.StreamResponse, queue: asyncio.Queue[dict[str, Any]], ends_at: float | None = None
+        self, response: web.StreamResponse, queue: asyncio.Queue[dict[str, Any]],
+        session: Session | None = None,
     ) -> None:
         """Send updates, and a keepalive when there is none, until the view closes or the sign-in the
-        stream was opened with ends (``ends_at``): the browser's reconnect then hears 401 and the page asks
-        to sign in again."""
+        stream was opened with (``session``) ends or is signed out of, in whichever tab: the browser's
+        reconnect then hears 401 and the page asks to sign in again."""
         event_id = 0
         closing = asyncio.ensure_future(self._closing.wait())
+        signed_out: asyncio.Future[None] | None = None  # the board's next sign-out, of any sign-in
         try:
             while not self._closing.is_set():
-                if ends_at is not None and time.time() >= ends_at:
+                if session is not None and session.over(time.time()):
                     return
+                if session is not None and (signed_out is None or signed_out.done()):
+                    signed_out = asyncio.ensure_future(session.sign_outs.next_sign_out())
                 getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, closing}, timeout=self._keepalive_s,
+                waits: set[asyncio.Future[Any]] = {getter, closing}
+                if signed_out is not None:
+                    waits.add(signed_out)
+                done, _ = await asyncio.wait(waits, timeout=self._keepalive_s,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
@@ -266,6 +273,8 @@ class TeacherView:
                         await getter
                     if closing in done:
                         return
+                    if signed_out in done:
+                        continue  # this stream's sign-in, or another's: the top of the loop tells
                     # A named event, not an SSE comment: EventSource never hands a comment to the page,
                     # and the page needs the tick to tell a quiet board from a dead link (no FIN/RST),
                     # behind which it said "Live" for as long as the drop lasted. Also keeps NAT open.
@@ -280,3 +289,5 @@ class TeacherView:
                 await self._send(response, sse_event(update, "update", event_id))
         finally:
             closing.cancel()
+            if signed_out is not None:
+                signed_out.cancel()

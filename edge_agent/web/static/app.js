@@ -146,7 +146,20 @@
     setText("att-pose", a.pose_method ? t("pose_method", { m: tState("pose_method_", a.pose_method) }) : "");
     shownAt.attention = off ? undefined : state.updated.attention; // paused: the figures' own time
     setText("att-updated", off ? "" : updatedAgo(shownAt.attention));
+    joinFooter();
     renderTimeline(Array.isArray(a.timeline) ? a.timeline : []);
+  }
+
+  // " · " only between the parts that say something: with the camera switched off in the config the line
+  // read "摄像头已在配置中关闭 · ·" (a review). A separator stands before each part after the first.
+  function joinFooter() {
+    let said = false, sep = null;
+    for (const node of $("att-footer").children) {
+      if (node.classList.contains("sep")) { sep = node; continue; }
+      const says = node.textContent !== "";
+      if (sep) sep.hidden = !(said && says);
+      said = said || says; sep = null;
+    }
   }
 
   // The rate only while it runs and has one: just after a failure or a pause it still gave the last one for
@@ -486,8 +499,10 @@
     if (live) { signedOut = false; refused = null; }
     conn.dataset.state = live ? "live" : "reconnecting";
     conn.dataset.paused = String(paused); // "Paused" with the live green dot read as live (a review)
-    // refused with 403 the page does not try again: "reconnecting" would promise what does not come
-    conn.textContent = live ? t(paused ? "conn_paused" : "conn_live") : t(refused === 403 ? "conn_not_connected" : "conn_reconnecting");
+    // refused with 403, or its sign-in ended, the page does not try again: "reconnecting" would promise
+    // what does not come (a review: it said so for ever over "sign in again")
+    const stopped = refused === 403 || signedOut;
+    conn.textContent = live ? t(paused ? "conn_paused" : "conn_live") : t(stopped ? "conn_not_connected" : "conn_reconnecting");
     document.body.dataset.conn = live ? "live" : "lost"; // dashed cards: their numbers are not current
     $("conn-lost").hidden = live;
     setText("conn-lost-text", signedOut ? t("session_ended")
@@ -697,7 +712,7 @@
   let saved = null;
   try { saved = localStorage.getItem(LANG_KEY); } catch (err) { saved = null; }
   if (saved && saved !== lang) useLanguage(saved);
-  setInterval(() => { renderClock(); if (state.sections.attention && shownAt.attention !== undefined) setText("att-updated", updatedAgo(shownAt.attention)); }, 5000);
+  setInterval(() => { renderClock(); if (state.sections.attention && shownAt.attention !== undefined) { setText("att-updated", updatedAgo(shownAt.attention)); joinFooter(); } }, 5000);
   setInterval(announceTick, 1000);
   connect();
 })();
