@@ -274,6 +274,11 @@ def check_models(config: Config, manifests_dir: Path | None = None) -> tuple[Che
         manifests = manifest.load_manifests(manifests_dir or manifest.ENGINES_DIR)
     except EdgeAgentError as exc:
         return CheckResult("models", False, str(exc), "reinstall edge-agent (engines/ is damaged)"), []
+    try:
+        manifests = _kt_as_the_daemon_runs(manifests, config)
+    except (OSError, EdgeAgentError) as exc:
+        return CheckResult("models", False, f"cannot tell which KT package the daemon runs: {exc}",
+                           f"run it as root: sudo {_own_command()} doctor"), []
     wanted = set(manifest.board_model_names(config))
     found: list[Manifest] = []
     problems: list[str] = []
@@ -300,6 +305,22 @@ def check_models(config: Config, manifests_dir: Path | None = None) -> tuple[Che
     if not wanted:
         return CheckResult("models", True, "no model: this config loads none (kt and camera are off)"), found
     return CheckResult("models", True, f"{len(found)} model files present, sha256 verified"), found
+
+
+def _kt_as_the_daemon_runs(manifests: dict[str, Manifest], config: Config) -> dict[str, Manifest]:
+    """``manifests`` with kt-step pointed at the KT package the daemon runs at its next start (the signed
+    update installed last, or kt.package_dir), as `edge-agent engines` has them: doctor checked the shipped
+    model and said "ok engine kt-step" while the daemon failed on the package's damaged one (a review)."""
+    from edge_agent.assembly import next_kt_package_dir
+    from edge_agent.inference.manifest import KT_MODEL
+    from edge_agent.kt.updates import step_manifest_for
+
+    if KT_MODEL not in manifests:
+        return manifests
+    package_dir = next_kt_package_dir(config)
+    if package_dir is None:
+        return manifests
+    return {**manifests, KT_MODEL: step_manifest_for(manifests[KT_MODEL], package_dir)}
 
 
 EngineLoader = Callable[[Manifest, InferenceSettings, PathSettings], Any]  # -> select.LoadedEngine
@@ -742,6 +763,11 @@ def render_table(results: list[CheckResult]) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from edge_agent.core_dumps import forbid_core_dumps
+
+    # The camera check holds a frame of the class in memory, as `run` does (a review carved one, faces
+    # readable, from the core a SIGABRT left while doctor waited on the broker)
+    forbid_core_dumps()
     path = find_config_path(getattr(args, "config", None))
     results = run_checks(path)
     as_json = json.dumps([asdict(r) for r in results], ensure_ascii=False, indent=2)
@@ -751,8 +777,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         try:
             bundle = write_bundle(Path(args.bundle), collect(path, as_json))
-        except OSError as exc:  # FileExistsError included: never overwritten, nor written through a link
+        except FileExistsError as exc:  # never overwritten, nor written through a link
             print(f"support bundle not written: {exc}; name a new file", file=sys.stderr)
+            return 2
+        except OSError as exc:  # a full disk, a folder not there: nothing of it is left, the name works again
+            print(f"support bundle not written, nothing of it left: {exc}; free space there (or name a file "
+                  "in another folder) and run it again", file=sys.stderr)
             return 2
         print(f"support bundle: {bundle} ({bundle.stat().st_size / 1024:.0f} KiB); no secrets, database or "
               "images in it", file=sys.stderr)
