@@ -3,6 +3,7 @@ the school's proxy of the environment, and with the web token only where the dae
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,3 +84,23 @@ def test_a_command_reaches_the_daemon_on_its_lan_address_directly_with_the_token
         server.stop()
     assert school_proxy.heads == []
     assert reply["sent_a_token"] is True
+
+
+def test_the_demo_classroom_posts_its_answers_to_the_board_directly(school_proxy: RecordingListener) -> None:
+    # The demo's simulated clicker went through http_proxy too: every answer got the proxy's 502
+    from edge_agent.demo import SimulatedClassroom
+    from edge_agent.kt.package import load_package
+
+    server = ServerThread(LiveBoard(), token=WEB_TOKEN, route_tables=[_echo_routes()]).start()
+    classroom = SimulatedClassroom(f"http://127.0.0.1:{server.port}{ECHO_PATH}", load_package(), students=3,
+                                   question_every_s=60.0)
+    try:
+        classroom.start()
+        deadline = time.monotonic() + 10
+        while classroom.sent + classroom.failed < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        classroom.stop()
+        server.stop()
+    assert school_proxy.heads == []
+    assert classroom.sent == 3 and classroom.failed == 0
