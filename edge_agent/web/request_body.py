@@ -75,8 +75,8 @@ async def close_at_once_if_body_unasked(request: web.Request, handler: Any) -> w
     """The outermost middleware: a final answer to a client still waiting for "100 Continue" (401, 403, 413,
     415, 503) is sent and the connection closed at once. The client sends no body, yet aiohttp waited up to
     10 s for the one announced (lingering close), and the connection held one of its address's 32 places
-    that long (a review). A client that sends its body without waiting was told "100 Continue" or sent it
-    unasked: it gets the usual close, after the body, so that it reads the answer instead of a reset."""
+    that long (a review). A client that asked for no "100 Continue" gets the usual close, after its body,
+    so that it reads the answer instead of a reset."""
     response: web.StreamResponse = await handler(request)
     if request.get(_CONTINUE_DEFERRED) and _expects_continue(request) and not response.prepared:
         await response.prepare(request)  # with Connection: close (close_if_body_unasked)
