@@ -39,7 +39,7 @@ from edge_agent.kt.updates import KTModelActivator, step_manifest_for
 from edge_agent.lifecycle import Component, Health, HeartbeatRegistry
 from edge_agent.live import LiveBoard
 from edge_agent.store.component import StoreComponent
-from edge_agent.sync.commands import CommandDispatcher
+from edge_agent.sync.commands import BOARD_STOPPING, CommandDispatcher, ModelUpdate
 from edge_agent.sync.component import SyncComponent
 from edge_agent.systemd import Notifier
 from edge_agent.telemetry import metrics
@@ -202,7 +202,7 @@ def build(config: Config, *, notifier: Notifier | None = None, config_path: Path
     if config.mqtt.enabled:
         commands = CommandDispatcher(config.device)
         if updates is not None:
-            commands.register("model_update", updates.handle_command)
+            commands.register("model_update", lambda command: _update(daemon, updates, command))
         # the config is read at start: a reload is a clean restart (Daemon.request_restart)
         commands.register("config_reload", lambda command: _reload(daemon, command.request_id))
         sync = SyncComponent(
@@ -420,11 +420,27 @@ def _web_status(
 
 def _reload(daemon: Daemon, request_id: str) -> None:
     """The config_reload command (the publisher's thread): refused, with why, when the config on disk
-    would not start; it was "accepted" and the board went down, the cloud never told why (a review)."""
+    would not start; it was "accepted" and the board went down, the cloud never told why (a review).
+    Refused while the board stops or a restart is asked for already: it was "accepted", then ignored, and
+    the outcomes are kept in memory, so after the restart the cloud had no word of it (a review)."""
+    why = f"config_reload command {request_id}"
+    if daemon.restart_asked == why:  # the same command delivered again (a QoS 1 resend)
+        raise CommandRefused(f"request {request_id} is under way already (this is a repeated delivery of "
+                             "it): the board restarts to read the config on disk")
+    if daemon.stopping or daemon.restart_asked:
+        raise CommandRefused(BOARD_STOPPING)
     if said := daemon.restart_problems():
         raise CommandRefused(f"the config on disk would not start, so the board runs on with the one it "
                              f"started with: {said}")
-    daemon.request_restart_soon(f"config_reload command {request_id}")
+    daemon.request_restart_soon(why)
+
+
+def _update(daemon: Daemon, updates: ModelUpdates, command: ModelUpdate) -> None:
+    """The model_update command: refused while the board stops (updates stop before sync, which still
+    takes commands); "accepted", it went into a queue nobody read any more (a review)."""
+    if daemon.stopping:
+        raise CommandRefused(BOARD_STOPPING)
+    updates.handle_command(command)
 
 
 async def run_daemon(config: Config, config_path: Path | None = None) -> int:

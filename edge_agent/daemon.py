@@ -159,6 +159,9 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._health_error_logged = -float("inf")
         self._restart_checks: set[asyncio.Task[None]] = set()
+        # why a restart was asked for, from the moment it is asked (its config is checked on a thread
+        # first): a config_reload delivered twice was "accepted" twice, and the second only ignored
+        self.restart_asked: str | None = None
 
     # -- public -----------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -167,6 +170,11 @@ class Daemon:
         if self.exit_code == RESTART_EXIT:
             self.exit_code = 0
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """The daemon stops (an admin's stop, a reload under way): a command taken now would never run."""
+        return self._stop.is_set()
 
     def restart_problems(self) -> str | None:
         """Why the config on disk would not start ("key: message; ..."); None when a restart may go ahead.
@@ -184,6 +192,7 @@ class Daemon:
         if self._stop.is_set():  # stopping already (an admin's stop, a reload): that stop stands
             log.warning("%s: ignored, the daemon is already stopping", why)
             return
+        self.restart_asked = why
         task = asyncio.get_running_loop().create_task(self._restart_if_startable(why))
         self._restart_checks.add(task)  # held until done: the loop keeps only a weak reference
         task.add_done_callback(self._restart_checks.discard)
@@ -196,14 +205,17 @@ class Daemon:
         if said:
             log.error("%s: not restarting, the config on disk would not start (%s); running on with the "
                       "config read at the start", why, said)
+            self.restart_asked = None
             return
         log.warning("%s: stopping cleanly to start again with the config on disk", why)
         self.exit_code = RESTART_EXIT
         self._stop.set()
 
     def request_restart_soon(self, why: str) -> None:
-        """:meth:`request_restart` from any thread (the MQTT command handler's)."""
+        """:meth:`request_restart` from any thread (the MQTT command handler's). ``restart_asked`` says it
+        at once, before the loop takes it up."""
         if self._loop is not None:
+            self.restart_asked = why
             self._loop.call_soon_threadsafe(self.request_restart, why)
 
     def failure_of(self, name: str) -> str | None:

@@ -39,7 +39,7 @@ import urllib.request
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from edge_agent.config import UpdateSettings
 from edge_agent.errors import CommandRefused, ProvisioningError
@@ -47,6 +47,7 @@ from edge_agent.lifecycle import Health
 from edge_agent.provisioning.files import write_public
 from edge_agent.provisioning.model_package import load_public_key
 from edge_agent.provisioning.model_update import Loader, ModelStore, ModelUpdater, Rollback, Sanity
+from edge_agent.sync.commands import BOARD_STOPPING
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,18 @@ def command_note(package: Path) -> Path:
 
 def check_host(url: str, allowed_hosts: Collection[str]) -> None:
     """DownloadFailed unless ``url``'s host is one of ``allowed_hosts`` (empty: any host)."""
-    host = (urlsplit(url).hostname or "").lower()
+    host = (_split(url).hostname or "").lower()
     if allowed_hosts and host not in allowed_hosts:
         raise DownloadFailed(f"model download refused: {host or 'no host'} is not in updates.allowed_hosts")
+
+
+def _split(url: str) -> SplitResult:
+    """``urlsplit``, whose ValueError (``https://[::1/kt.tar``: "Invalid IPv6 URL") ended the inbox thread's
+    turn with a traceback and no outcome the cloud could read (a review)."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise DownloadFailed(f"model download refused: the URL does not read ({exc})") from exc
 
 
 class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
@@ -200,7 +210,7 @@ def download(
     """Fetch ``url`` (https or file only) into ``dest`` if its sha256 matches; a hidden .part until then.
     With ``allowed_hosts``, an https URL, and every redirect, must name one of them. Setting ``stop``
     ends it between chunks."""
-    scheme = urlsplit(url).scheme
+    scheme = _split(url).scheme
     if scheme not in ("https", "file"):
         raise DownloadFailed(f"model download refused: only https:// or file:// URLs, not {scheme or 'none'}")
     if scheme == "https":
@@ -346,6 +356,7 @@ def file_away(package: Path, ok: bool, result: str) -> None:
 
 
 NOT_STARTED = "not started"
+NOT_DOWNLOADED = "not downloaded, the board stopped; send it again"
 
 
 class ModelUpdates:
@@ -377,14 +388,14 @@ class ModelUpdates:
         self._taken: set[Path] = set()
         self.download_drops = 0
         self.last_download: str | None = None
+        self._downloading: Any = None  # the command whose download runs, on the model-inbox thread
         self._last: tuple[bool, str] = (True, "idle")  # the latest attempt's outcome, from either thread
         self._problem: str | None = NOT_STARTED
 
     async def start(self) -> None:
         if not updates_enabled(self.settings):
             self._problem = None
-            while not self._downloads.empty():  # taken while starting: they end here, and say why
-                self._note(False, f"request {self._downloads.get_nowait().request_id}: model updates are off")
+            self._end_queued("model updates are off")  # taken while starting: they end here, and say why
             return
         try:
             key = load_public_key(self.settings.public_key_file)
@@ -393,8 +404,7 @@ class ModelUpdates:
         except (ProvisioningError, OSError) as exc:
             self._problem = f"model updates off: {exc}"
             log.error("%s", self._problem)
-            while not self._downloads.empty():  # taken while starting: they end here, and say why
-                self._note(False, f"request {self._downloads.get_nowait().request_id}: {self._problem}")
+            self._end_queued(self._problem)
             return
         self._remove_leftover_parts()
         store = ModelStore(self.models_dir, [key])
@@ -410,6 +420,11 @@ class ModelUpdates:
         self._stop.set()
         if self.updater is not None:  # first: the daemon's stop budget may end this stop at any await
             self.updater.begin_stop()  # a load this stop cuts short is tried again at the next start
+        # Before any await too: each command queued or downloading was "accepted", and the stop lost it
+        # without a word (a review). Said in the outcome, which the heartbeat sent as sync stops carries.
+        if (command := self._downloading) is not None:  # it ends at its next chunk, or dies with the process
+            self._stopped_download(command)
+        self._end_queued(NOT_DOWNLOADED)
         if self._thread is not None:
             # waited for on the event loop (a join in an executor thread held the process's exit); a
             # download ends at its next chunk, but one stuck waiting on the server is left to die with the
@@ -449,6 +464,23 @@ class ModelUpdates:
     def _note(self, ok: bool, result: str) -> None:
         self._last = (ok, result)
 
+    def _end_queued(self, why: str) -> None:
+        """End each queued download command with ``why`` in the outcome."""
+        while True:
+            try:
+                command = self._downloads.get_nowait()
+            except queue.Empty:
+                return
+            self.last_download = f"request {command.request_id}: {why}"
+            self._note(False, self.last_download)
+            log.warning("model update %s: %s", command.request_id, why)
+
+    def _stopped_download(self, command: Any) -> None:
+        """A download the stop cut short: no refusal to alert anyone about, but the cloud must hear of it."""
+        self.last_download = f"request {command.request_id}: {NOT_DOWNLOADED}"
+        self._note(False, self.last_download)
+        log.info("model update %s: %s", command.request_id, NOT_DOWNLOADED)
+
     def _remove_leftover_parts(self) -> None:
         """Delete the downloads a killed run left half-written: is_package skips hidden files, so nothing
         else ever would, and each may be max_download_bytes."""
@@ -470,6 +502,8 @@ class ModelUpdates:
         """Handler for CommandDispatcher.register("model_update", ...); takes a validated ModelUpdate."""
         # While starting (sync connects before the engines load) it is queued for the inbox thread: refused,
         # a command sent as the board came online was lost, with the reason "not started"
+        if self._stop.is_set():  # sync stops after this component: nothing would read the queue any more
+            raise CommandRefused(BOARD_STOPPING)
         if not updates_enabled(self.settings):
             raise CommandRefused("model updates are off on this board (no signing key installed, or "
                                  "updates.enabled = false)")
@@ -500,7 +534,11 @@ class ModelUpdates:
                 command = None
             try:
                 if command is not None:
-                    self._download(command)
+                    self._downloading = command
+                    try:
+                        self._download(command)
+                    finally:
+                        self._downloading = None
                 self._scan()
             except Exception as exc:  # a bug must not end model updates silently: say it, keep polling
                 log.exception("model update inbox failed")
@@ -532,10 +570,10 @@ class ModelUpdates:
         except (DownloadFailed, OSError) as exc:
             if not dest.exists():
                 note.unlink(missing_ok=True)
-            self.last_download = f"request {command.request_id}: {exc}"
-            if self._stop.is_set():  # cut short by a stop: not a refusal to alert anyone about
-                log.info("model update %s not downloaded: the agent is stopping", command.request_id)
+            if self._stop.is_set():
+                self._stopped_download(command)
                 return
+            self.last_download = f"request {command.request_id}: {exc}"
             # counted before the outcome is published: whoever sees the refusal in the status (the
             # operator, a test reading both) must find it in edge_alerts too; counted after, a scrape
             # between the two missed it (with a 0.5 s sleep there, the MQTT update test did every time)

@@ -16,8 +16,9 @@ import re
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from edge_agent import json_input
 from edge_agent.config import DeviceSettings
@@ -34,6 +35,9 @@ OUTCOME_KEEP_S = 900.0
 OUTCOMES_KEPT = 16
 REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # the model's request_id rule, for a refused command
 TYPES = ("config_reload", "model_update")
+# a command that comes while the board stops (sync stops last, so it still takes them): "accepted", it
+# never ran, and the outcomes, kept in memory, were gone after the restart
+BOARD_STOPPING = "the board is stopping; send it again once it is back"
 
 
 class _Command(BaseModel):
@@ -53,6 +57,17 @@ class ModelUpdate(_Command):
     url: str = Field(max_length=2048, pattern=r"^https://[^\s]+$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     signature: str = Field(min_length=16, max_length=1024, pattern=r"^[A-Za-z0-9+/=_-]+$")
+
+    @field_validator("url")
+    @classmethod
+    def _url_reads(cls, url: str) -> str:
+        """A URL the download can read: ``https://[::1/kt.tar`` passed the pattern, was "accepted", and the
+        download failed on it with a traceback instead of an outcome (a review)."""
+        parts = urlsplit(url)  # ValueError (an unclosed [ of an IPv6 address): pydantic's value_error
+        if not parts.hostname:
+            raise ValueError("the URL names no host")
+        _ = parts.port  # ValueError for a port that is not a number from 0 to 65535
+        return url
 
 
 Command = Annotated[ConfigReload | ModelUpdate, Field(discriminator="type")]

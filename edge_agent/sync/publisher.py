@@ -316,9 +316,10 @@ class Publisher:
         by now; without this they would wait for the next start (after a weekend, a holiday). Rows
         still unacknowledged at the deadline go back to pending and out at the next start.
         """
-        if self._next_heartbeat <= self._last_heartbeat + COMMAND_REPLY_GAP_S:
-            # a command's outcome still to be sent: a config_reload stops the board within that gap
-            self._send_heartbeat(conn, time.time())
+        # Always: a command's outcome may still be unsent (a config_reload stops the board within a second
+        # of its reply), and the stop itself ends downloads, queued and under way, "not downloaded" in the
+        # health this heartbeat carries (sent only after a command within COMMAND_REPLY_GAP_S, it was lost)
+        self._send_heartbeat(conn, time.time())
         deadline = time.monotonic() + DRAIN_ON_STOP_S
         while time.monotonic() < deadline:
             self._fill_window(conn)

@@ -648,7 +648,9 @@ def test_a_stop_ends_a_download_in_progress_and_deletes_its_part_file(
         asyncio.run(updates.stop())
         assert time.monotonic() - started < 2.0  # it waited 5 s for the thread, then gave up on it
         assert list(board.inbox.iterdir()) == []
-        assert "download stopped" in (updates.last_download or "")
+        # and the outcome says so: the command was "accepted", and the cloud heard nothing more (a review)
+        said = "request req-2.0: not downloaded, the board stopped; send it again"
+        assert updates.last_download == said and updates.last_outcome() == {"ok": False, "result": said}
     finally:
         server.close()
 
