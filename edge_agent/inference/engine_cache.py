@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +30,9 @@ from edge_agent.telemetry import metrics
 log = logging.getLogger(__name__)
 
 # Plans kept per model and precision: the two used last (stored or loaded: a hit refreshes the file's
-# mtime), so rolling a model or JetPack back does not cost a rebuild of minutes, and plans built for
-# updates that were then refused never push out the one in use; older ones (tens of MB each) go when a new
-# one is stored.
+# mtime), so rolling a model or JetPack back does not cost a rebuild of minutes; older ones (tens of MB
+# each) go when a new one is stored, except a plan an open engine runs (:meth:`PlanCache.hold`): plans
+# built for updates that were then refused never push out the one in use.
 KEEP_PLANS = 2
 _MAGIC = b"EAPLAN1\n"
 _HEADER = len(_MAGIC) + 64 + 64  # magic, key (hex), payload sha256 (hex)
@@ -39,6 +41,12 @@ _UNLOADABLE = ".unloadable"  # beside a plan: this TensorRT could not deserializ
 # EngineLoadError.reason when TensorRT could not deserialize a plan: the one load failure that condemns the
 # plan itself. Any other (CUDA memory, an unsupported I/O type) would fail a new plan alike: it is kept.
 PLAN_UNREADABLE = "deserialize"
+
+# Plan files that engines of this process still run, with how many engines run each: the daemon reads its
+# plan once at start, so its mtime alone did not keep it (a review: two KT updates refused in one run, each
+# built and stored before its check, deleted the running plan, rebuilt for minutes at the next start).
+_HELD: Counter[str] = Counter()
+_HELD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -96,8 +104,8 @@ class PlanCache:
         if payload is None:
             self.discard(model, precision, key, "corrupt")
             return None
-        # Used now: kept over plans stored later but not used since (:meth:`_drop_old_plans` goes by mtime).
-        # Two refused KT updates in a row (each built and stored before its check) deleted the running plan.
+        # Used now: kept over plans stored later but not used since (:meth:`_drop_old_plans` goes by mtime),
+        # so a rollback finds it; while an engine runs it, :meth:`hold` keeps it whatever is stored later.
         with contextlib.suppress(OSError):  # a read-only cache: nothing is dropped from it either
             os.utime(path)
         return payload
@@ -146,18 +154,41 @@ class PlanCache:
     def _unloadable_path(plan: Path) -> Path:
         return plan.with_name(plan.name + _UNLOADABLE)
 
+    def hold(self, model: str, precision: str, key: str) -> Callable[[], None]:
+        """Keep the plan for ``key`` from :meth:`_drop_old_plans` until the returned function is called
+        (once the engine running it is closed; calling it again does nothing)."""
+        held = _held_name(self.path_for(model, precision, key))
+        with _HELD_LOCK:
+            _HELD[held] += 1
+        released = threading.Event()
+
+        def release() -> None:
+            with _HELD_LOCK:
+                if not released.is_set():
+                    released.set()
+                    _HELD[held] -= 1
+                    if _HELD[held] <= 0:
+                        del _HELD[held]
+
+        return release
+
     def _drop_old_plans(self, model: str, precision: str) -> None:
-        """Keep the :data:`KEEP_PLANS` plans of ``model`` and ``precision`` used last (newest mtime)."""
+        """Keep the :data:`KEEP_PLANS` plans of ``model`` and ``precision`` used last (newest mtime), and
+        those open engines run (:meth:`hold`)."""
         name = re.compile(rf"{re.escape(model)}-{re.escape(precision)}-[0-9a-f]{{16}}\.plan")
         plans = sorted(
             (p for p in self.directory.glob("*.plan") if name.fullmatch(p.name)),
             key=lambda p: p.stat().st_mtime_ns,
             reverse=True,
         )
+        with _HELD_LOCK:
+            held = {p for p in plans[KEEP_PLANS:] if _held_name(p) in _HELD}
         for old in plans[KEEP_PLANS:]:
+            if old in held:
+                continue
             old.unlink(missing_ok=True)
             log.info("deleted the engine plan %s (not used lately: an earlier model or TensorRT)", old.name)
-        kept = {p.name for p in plans[:KEEP_PLANS]}
+        kept = {p.name for p in plans[:KEEP_PLANS]} | {p.name for p in held}
         for suffix in (".bad", _UNLOADABLE):  # a damaged plan moved aside, a marker: kept while their key is
             for extra in self.directory.glob(f"*.plan{suffix}"):
                 plan_name = extra.name[: -len(suffix)]
@@ -165,6 +196,10 @@ class PlanCache:
                     extra.unlink(missing_ok=True)
         # a store (of any key) cut short by a kill or a power cut: its key may never be stored again
         remove_stale_parts(self.directory, f"{glob.escape(model)}-{glob.escape(precision)}-*.plan")
+
+
+def _held_name(plan: Path) -> str:
+    return os.path.abspath(plan)  # two PlanCache objects of one directory hold the same files
 
 
 def _unwrap(blob: bytes, key: str) -> bytes | None:

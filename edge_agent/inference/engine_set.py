@@ -70,6 +70,7 @@ class EngineSet:
         self._tensorrt = tensorrt
         self._loaded: dict[str, LoadedEngine] = {}
         self._failed: dict[str, str] = {}
+        self._retrying: set[str] = set()  # failed models being loaded again: still failed until that ends
         self._started = False
 
     async def start(self) -> None:
@@ -87,12 +88,15 @@ class EngineSet:
                     self._nice_by_role.get(manifest.role, 0), partial(self._load, manifest)
                 )
             except Exception as exc:  # one model's failure, whatever it is, never stops the others
+                self._retrying.discard(manifest.name)
                 self._failed[manifest.name] = str(exc) or exc.__class__.__name__
                 # backend "any": no backend could run it (TensorRT's own failures are counted as they happen)
                 reason = getattr(exc, "reason", None) or exc.__class__.__name__
                 metrics.ENGINE_LOAD_FAILURES.labels(manifest.name, "any", reason).inc()
                 log.error("model %s cannot run on any backend: %s", manifest.name, exc)
             else:
+                self._failed.pop(manifest.name, None)
+                self._retrying.discard(manifest.name)
                 log.info("engine loaded: %s", self._loaded[manifest.name].describe())
 
     async def reload_failed(self) -> int:
@@ -101,11 +105,14 @@ class EngineSet:
         if not self._failed:
             return 0
         retry = [m for m in self._manifests if m.name in self._failed]
-        failed_before = set(self._failed)
-        for manifest in retry:
-            del self._failed[manifest.name]
-        await _in_a_thread_of_its_own(partial(self._load_each, retry))
-        loaded = failed_before - set(self._failed)
+        # each stays failed, said "loading again", until its try ends: a TensorRT build takes minutes, and
+        # removed before it the model vanished from the health page, which said ok (a review)
+        self._retrying.update(m.name for m in retry)
+        try:
+            await _in_a_thread_of_its_own(partial(self._load_each, retry))
+        finally:
+            self._retrying.clear()
+        loaded = {m.name for m in retry} - set(self._failed)
         if loaded:
             log.warning("models loaded on a later try: %s", ", ".join(sorted(loaded)))
         return len(loaded)
@@ -131,18 +138,21 @@ class EngineSet:
 
     def status(self) -> list[dict[str, object]]:
         """LiveBoard ``health.engines`` entries; failed models appear with backend "none"."""
-        rows = [loaded.status() for loaded in self._loaded.values()]
+        rows = [loaded.status() for loaded in list(self._loaded.values())]
         rows += [
-            {"name": n, "backend": "none", "precision": "-", "fallback": why}
-            for n, why in self._failed.items()
+            {"name": n, "backend": "none", "precision": "-", "fallback": self._why(n, why)}
+            for n, why in list(self._failed.items())  # a copy: the loader thread may change it meanwhile
         ]
         return rows
+
+    def _why(self, name: str, why: str) -> str:
+        return f"{why} (loading again now)" if name in self._retrying else why
 
     def health(self) -> Health:
         if not self._started:
             return Health(False, "engines are still loading")
-        parts = [loaded.describe() for loaded in self._loaded.values()]
-        parts += [f"{name}: FAILED ({why})" for name, why in self._failed.items()]
+        parts = [loaded.describe() for loaded in list(self._loaded.values())]
+        parts += [f"{name}: FAILED ({self._why(name, why)})" for name, why in list(self._failed.items())]
         # a plan built but not cached (a full disk) is built again, for minutes, at every start: not ok
         uncached = any(loaded.uncached for loaded in self._loaded.values())
         return Health(not self._failed and not uncached, "; ".join(parts) or "no engines configured")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,7 +33,12 @@ def check_inputs(model: str, profiles: Sequence[InputProfile], feeds: Mapping[st
     for profile in profiles:
         if profile.name not in feeds:
             raise EngineInputError(f"{model}: missing input {profile.name!r}")
-        shape = tuple(np.shape(feeds[profile.name]))
+        try:
+            shape = tuple(np.shape(feeds[profile.name]))
+        except ValueError as exc:  # numpy cannot shape a ragged list: rows of different lengths
+            raise EngineInputError(
+                f"{model}: input {profile.name!r} is not a rectangular array (rows of different lengths)"
+            ) from exc
         if not profile.contains(shape):
             raise EngineInputError(
                 f"{model}: input {profile.name!r} has shape {shape}, outside the engine profile "
@@ -59,8 +64,12 @@ def check_dtypes(model: str, specs: Sequence[TensorSpec], feeds: Mapping[str, np
 class GuardedEngine:
     """An :class:`Engine` that checks the profile, serialises calls and reports metrics."""
 
-    def __init__(self, inner: Engine, profiles: Sequence[InputProfile]) -> None:
+    def __init__(
+        self, inner: Engine, profiles: Sequence[InputProfile], *, on_close: Callable[[], None] | None = None
+    ) -> None:
+        """``on_close``: called once ``inner`` is closed (the TensorRT plan it runs may leave the cache)."""
         self._inner = inner
+        self._on_close = on_close
         self._profiles = tuple(profiles)
         self._specs = tuple(inner.inputs)
         self._lock = threading.Lock()
@@ -105,4 +114,8 @@ class GuardedEngine:
 
     def close(self) -> None:
         with self._lock:
-            self._inner.close()
+            try:
+                self._inner.close()
+            finally:
+                if self._on_close is not None:
+                    self._on_close()

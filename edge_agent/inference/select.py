@@ -2,11 +2,14 @@
 
 ``backend = "auto"`` tries TensorRT when it imports and a GPU is present; ``"tensorrt"`` insists on it
 (a failure is counted as a load failure); ``"onnxruntime"`` skips it. Any TensorRT failure (not
-importable, no GPU, build or deserialize error) falls back to ONNX Runtime and the reason travels with the
-engine in :class:`LoadedEngine` for the health page. INT8 without a Q/DQ model TensorRT can take (none, one
+importable, no GPU, build or deserialize error, or a loaded engine that fails its warm-up inference at the
+profile's opt shapes) falls back to ONNX Runtime and the reason travels with the engine in
+:class:`LoadedEngine` for the health page. INT8 without a Q/DQ model TensorRT can take (none, one
 made from another model or release, or one with asymmetric activations) builds at the manifest's default
-precision instead, said the same way: TensorRT FP16 beats ONNX Runtime FP32 on the CPU. Only a model that
-ONNX Runtime cannot run either raises (:class:`ModelError` or :class:`EngineLoadError`).
+precision instead, said the same way: TensorRT FP16 beats ONNX Runtime FP32 on the CPU. A Q/DQ model
+ONNX Runtime cannot open (damaged, copied from another board) runs the fp32 model instead, said and counted
+(``backend="onnxruntime", reason="int8_unusable"``). Only a model that ONNX Runtime cannot run either
+raises (:class:`ModelError` or :class:`EngineLoadError`).
 
 A cached plan is discarded and built again only when TensorRT cannot deserialize it (``PLAN_UNREADABLE``),
 and not even then when it is the plan this TensorRT had just built for the same key (it would fail alike at
@@ -18,11 +21,14 @@ is the real one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 from edge_agent.config import InferenceSettings, PathSettings
 from edge_agent.errors import TENSORRT_UNAVAILABLE, EngineLoadError
@@ -36,6 +42,12 @@ from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
+
+# EngineLoadError.reason when a TensorRT engine loaded but failed its warm-up inference: it would fail every
+# frame of the run while the health page said TensorRT (a review: CUDA memory at the first enqueue).
+WARMUP_FAILED = "warmup_failed"
+# Counted with backend "onnxruntime" when the Q/DQ model could not be opened and the fp32 one runs.
+INT8_UNUSABLE = "int8_unusable"
 
 # Part of every plan's cache key: bump it with any change to trt_build.py's builder configuration, so
 # an upgraded board builds its plans again instead of loading the previous release's.
@@ -197,12 +209,13 @@ def load_engine(
             build = manifest.default_precision
             no_int8 = f"INT8 asked but {problem}; TensorRT runs {build}"
         try:
-            inner, uncached = _load_tensorrt(
+            inner, uncached, release = _load_tensorrt(
                 manifest, onnx_path, profiles, build, settings=settings, paths=paths, tensorrt=tensorrt
             )
             _mark_up(inner)
             said = "; ".join(n for n in (unoffered, no_int8) if n) or None
-            return LoadedEngine(manifest, GuardedEngine(inner, profiles), want, said, uncached)
+            engine = GuardedEngine(inner, profiles, on_close=release)
+            return LoadedEngine(manifest, engine, want, said, uncached)
         except EngineLoadError as exc:
             expected = settings.backend == "tensorrt" or exc.reason != TENSORRT_UNAVAILABLE
             if expected:
@@ -236,6 +249,21 @@ def mark_closed(closed: Engine, running: Engine | None) -> None:
     metrics.ENGINES_UP.labels(closed.model_name, closed.backend, closed.precision).set(0)
 
 
+def _warmed_up(engine: Engine, profiles: Sequence[InputProfile]) -> Engine:
+    """``engine`` once it has run zeros at its profile's opt shapes; else closed, and EngineLoadError."""
+    opt = {p.name: p.opt for p in profiles}
+    feeds = {spec.name: np.zeros(opt[spec.name], spec.dtype) for spec in engine.inputs if spec.name in opt}
+    try:
+        engine.infer(feeds)
+    except Exception as exc:  # whatever the adapter raises: the engine is not used
+        with contextlib.suppress(Exception):
+            engine.close()
+        raise EngineLoadError(
+            f"the {engine.model_name} engine loaded but its first inference failed ({exc})", WARMUP_FAILED
+        ) from exc
+    return engine
+
+
 def _load_tensorrt(
     manifest: Manifest,
     onnx_path: Path,
@@ -245,8 +273,9 @@ def _load_tensorrt(
     settings: InferenceSettings,
     paths: PathSettings,
     tensorrt: Callable[[], TensorRTPort],
-) -> tuple[Engine, str | None]:
-    """The engine, and why a plan built now could not be cached (None when it was, or was loaded)."""
+) -> tuple[Engine, str | None, Callable[[], None]]:
+    """The engine (warmed up), why a plan built now could not be cached (None when it was, or was loaded),
+    and what to call once the engine is closed: until then its plan is kept in the cache."""
     port = tensorrt()
     source = onnx_path
     if precision == "int8":  # only a manifest whose default is int8 gets here without a usable one
@@ -265,7 +294,8 @@ def _load_tensorrt(
     plan = cache.load(manifest.name, precision, key)
     if plan is not None:
         try:
-            return port.load_plan(plan, manifest.name, precision, profiles), None
+            engine = _warmed_up(port.load_plan(plan, manifest.name, precision, profiles), profiles)
+            return engine, None, cache.hold(manifest.name, precision, key)
         except EngineLoadError as exc:
             if exc.reason != PLAN_UNREADABLE:  # the plan is sound (sha256 checked): a new one fails alike
                 raise
@@ -288,7 +318,8 @@ def _load_tensorrt(
                     f"space is freed in {engines_dir}")
         log.warning("model %s: %s", manifest.name, uncached)
     try:
-        return port.load_plan(plan, manifest.name, precision, profiles), uncached
+        engine = _warmed_up(port.load_plan(plan, manifest.name, precision, profiles), profiles)
+        return engine, uncached, cache.hold(manifest.name, precision, key)
     except EngineLoadError as exc:  # the stored plan stays: see the cache-hit branch above
         if exc.reason == PLAN_UNREADABLE and uncached is None:
             cache.mark_unloadable(manifest.name, precision, key, str(exc))
@@ -307,13 +338,25 @@ def _load_onnxruntime(
             note = f"INT8 asked but {problem}; running fp32"
     elif precision == "fp16":
         note = "ONNX Runtime runs the fp32 model"
-    engine = OnnxRuntimeEngine(
-        path,
-        model_name=manifest.name,
-        precision=run_as,
-        # The face detector is the one model big enough to gain from a second thread (7.2 -> 3.6 ms at
-        # 640x480 on 2 cores); the tiny KT and pose models only pay the threads' sync cost.
-        intra_op_threads=settings.face_threads if manifest.role == "face" else settings.intra_op_threads,
-        providers=ort_providers(allow_tensorrt=settings.backend == "onnxruntime"),
-    )
-    return engine, note
+
+    def session(model: Path, run_as: str) -> Engine:
+        return OnnxRuntimeEngine(
+            model,
+            model_name=manifest.name,
+            precision=run_as,
+            # The face detector is the one model big enough to gain from a second thread (7.2 -> 3.6 ms at
+            # 640x480 on 2 cores); the tiny KT and pose models only pay the threads' sync cost.
+            intra_op_threads=settings.face_threads if manifest.role == "face" else settings.intra_op_threads,
+            providers=ort_providers(allow_tensorrt=settings.backend == "onnxruntime"),
+        )
+
+    try:
+        return session(path, run_as), note
+    except EngineLoadError as exc:
+        if run_as != "int8":
+            raise
+        # its record matches the model (qdq_problem), but the file is damaged or from another board: the
+        # fp32 model runs (a review: the model ran on no backend at all)
+        metrics.ENGINE_LOAD_FAILURES.labels(manifest.name, "onnxruntime", INT8_UNUSABLE).inc()
+        log.warning("model %s: INT8 model unusable (%s); running fp32", manifest.name, exc)
+        return session(onnx_path, "fp32"), f"INT8 model unusable ({exc}); running fp32"

@@ -7,10 +7,12 @@ mistaken for a TensorRT measurement.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from edge_agent.errors import EngineLoadError
+import numpy as np
+
+from edge_agent.errors import EngineError, EngineLoadError
 from edge_agent.inference.engine import Engine
 from edge_agent.inference.engine_cache import BuildTarget
 from edge_agent.inference.manifest import InputProfile
@@ -25,15 +27,20 @@ class FakeTensorRT:
         *,
         fail_build: str | None = None,
         fail_load: str | None = None,
+        fail_execute: bool = False,
         target: BuildTarget | None = None,
     ) -> None:
         """``fail_load``: every load fails with this EngineLoadError reason, as the real adapter reports
-        one (``"deserialize"``: TensorRT could not deserialize; ``"load_failed"``: CUDA memory after it)."""
+        one (``"deserialize"``: TensorRT could not deserialize; ``"load_failed"``: CUDA memory after it).
+        ``fail_execute``: engines load, and every inference fails as the real adapter's does when
+        ``execute_async_v3`` returns False (CUDA memory at the first enqueue)."""
         self.target = target or BuildTarget("10.3.0-fake", "fake GPU", (8, 7))
         self.fail_build = fail_build
         self.fail_load = fail_load
+        self.fail_execute = fail_execute
         self.builds: list[tuple[str, str]] = []
         self.loads = 0
+        self.closed = 0
 
     def __call__(self) -> FakeTensorRT:
         return self
@@ -60,4 +67,17 @@ class FakeTensorRT:
             Path(plan[len(_MAGIC) :].decode()), model_name=model_name, precision=precision
         )
         engine.backend = "fake-tensorrt"  # type: ignore[misc]
+        port, close = self, engine.close
+
+        def counted_close() -> None:
+            port.closed += 1
+            close()
+
+        engine.close = counted_close  # type: ignore[method-assign]
+        if self.fail_execute:
+
+            def execution_fails(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+                raise EngineError(f"{model_name}: TensorRT execution failed")
+
+            engine.infer = execution_fails  # type: ignore[method-assign]
         return engine

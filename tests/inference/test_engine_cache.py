@@ -145,3 +145,25 @@ def test_storing_a_plan_deletes_what_a_store_cut_short_by_a_kill_left(tmp_path):
         os.utime(part, (hour_ago, hour_ago))
     cache.store("yunet", "fp16", _key(), b"plan")
     assert not killed.exists() and live.exists() and other.exists()  # fsanet's goes at its next store
+
+
+def test_a_plan_an_open_engine_runs_is_kept_whatever_is_stored_after_it(tmp_path):
+    # A review: the daemon loads its plan once at start; two refused KT updates later in the same run (each
+    # built and stored before its check) made it the oldest of three, and it was deleted.
+    cache = PlanCache(tmp_path)
+    running, refused, refused_again, later = (_key(onnx_sha256=f"{n:064x}") for n in range(4))
+    path = cache.store("kt-step", "fp32", running, b"the plan in use")
+    assert cache.load("kt-step", "fp32", running) == b"the plan in use"  # the daemon's start
+    release = cache.hold("kt-step", "fp32", running)
+    also = PlanCache(tmp_path).hold("kt-step", "fp32", running)  # a second engine of the same plan
+    os.utime(path, ns=(10**9, 10**9))  # loaded at a start long ago, read no more since
+    for key in (refused, refused_again):
+        cache.store("kt-step", "fp32", key, b"a refused update")
+    assert path.exists() and len(list(tmp_path.glob("*.plan"))) == 3
+    release()
+    release()  # a second close does not let the other engine's hold go
+    cache.store("kt-step", "fp32", later, b"a later update")
+    assert path.exists()
+    also()
+    cache.store("kt-step", "fp32", later, b"a later update, stored again")
+    assert not path.exists()

@@ -6,6 +6,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from tests.inference.fake_tensorrt import FakeTensorRT
 
 from .helpers import MANIFESTS, paths_for, settings
 
+REPO = Path(__file__).resolve().parents[2]
 FSANET = MANIFESTS["fsanet-1x1"]
 CROP = np.zeros((1, 3, 64, 64), np.float32)
 
@@ -371,3 +373,91 @@ def test_a_plan_built_on_a_full_disk_still_runs_and_says_it_was_not_cached(tmp_p
         engines.load_all()
         health = engines.health()
         assert not health.ok and "built but not cached" in health.detail
+
+
+def test_the_running_kt_plan_survives_two_updates_refused_in_the_same_run(tmp_path):
+    # A review: the daemon reads its plan once at start; each KT update is built, stored, loaded and then
+    # refused, so after two in one run the running plan was the oldest of three and was deleted (rebuilt
+    # for minutes at the next start).
+    import onnx
+
+    from edge_agent.kt.updates import step_manifest_for
+
+    def package(tag: str):
+        folder = tmp_path / f"kt-{tag}"
+        folder.mkdir()
+        model = onnx.load(str(REPO / "engines" / "kt-default" / "kt_step.onnx"))
+        model.doc_string = tag  # another model, another plan
+        onnx.save(model, str(folder / "kt_step.onnx"))
+        return step_manifest_for(MANIFESTS["kt-step"], folder)
+
+    paths = paths_for(tmp_path / "cache", None)
+    port = FakeTensorRT()
+    running_model, update, another_update = package("v0"), package("v1"), package("v2")
+    load_engine(running_model, settings("tensorrt"), paths, tensorrt=port).engine.close()  # `engines build`
+    running = load_engine(running_model, settings("tensorrt"), paths, tensorrt=port)  # the daemon's start
+    assert len(port.builds) == 1 and running.backend == "fake-tensorrt"
+    plan = next((tmp_path / "cache" / "engines").glob("kt-step-fp32-*.plan"))
+    for refused in (update, another_update):
+        load_engine(refused, settings("tensorrt"), paths, tensorrt=port).engine.close()
+    assert plan.exists() and len(port.builds) == 3
+    running.engine.close()  # the next start loads it: no build of minutes
+    load_engine(running_model, settings("tensorrt"), paths, tensorrt=port).engine.close()
+    assert len(port.builds) == 3
+
+
+def test_a_tensorrt_engine_that_fails_its_first_inference_falls_back_to_onnxruntime(tmp_path, model_mirror):
+    # A review: an engine that deserialized but failed every execution (CUDA memory at the first enqueue)
+    # dropped every frame of the run while the health page said TensorRT and nothing was counted.
+    paths = paths_for(tmp_path, model_mirror)
+    model = MANIFESTS["fsanet-var"]
+    failures = _failures(model.name, "warmup_failed")
+    port = FakeTensorRT(fail_execute=True)
+    loaded = load_engine(model, settings("tensorrt"), paths, tensorrt=port)
+    assert (loaded.backend, loaded.precision) == ("onnxruntime", "fp32")
+    assert loaded.fallback is not None and "TensorRT warmup failed" in loaded.fallback
+    assert "first inference failed (fsanet-var: TensorRT execution failed)" in loaded.fallback
+    assert _failures(model.name, "warmup_failed") == failures + 1
+    assert port.closed == 1 and loaded.engine.infer({"input": CROP})["output"].shape == (1, 3)
+    # the plan is sound (a new one would fail alike): kept, loaded again next time, not rebuilt
+    load_engine(model, settings("tensorrt"), paths, tensorrt=port)
+    assert len(port.builds) == 1 and port.loads == 2
+    working = load_engine(model, settings("tensorrt"), paths, tensorrt=FakeTensorRT())
+    assert working.backend == "fake-tensorrt" and working.fallback is None
+
+
+def test_an_int8_model_onnxruntime_cannot_open_runs_the_fp32_model_and_says_so(tmp_path, model_mirror):
+    # A review: a damaged Q/DQ file (or one copied from another board) whose record matched the model
+    # raised, so the model ran on no backend though its fp32 model runs.
+    from edge_agent.inference.fetch import engine_model
+    from edge_agent.inference.select import qdq_record_text, qdq_source_record
+
+    paths = paths_for(tmp_path, model_mirror)
+    qdq = qdq_model_path(FSANET, paths)
+    qdq.parent.mkdir(parents=True)
+    qdq.write_bytes(b"\x08\x07cut short by a power cut")
+    qdq_source_record(qdq).write_text(qdq_record_text(engine_model(FSANET, paths), symmetric=True))
+    counted = {"engine": FSANET.name, "backend": "onnxruntime", "reason": "int8_unusable"}
+    before = sample("edge_engine_load_failures_total", counted)
+    for backend, port in (("onnxruntime", None), ("auto", FakeTensorRT(fail_build="parser error"))):
+        extra = {} if port is None else {"tensorrt": port}
+        loaded = load_engine(FSANET, settings(backend, pose_precision="int8"), paths, **extra)
+        assert (loaded.backend, loaded.precision) == ("onnxruntime", "fp32")
+        assert "INT8 model unusable (ONNX Runtime could not load" in loaded.describe()
+        assert loaded.describe().endswith("; running fp32)")
+        assert loaded.engine.infer({"input": CROP})["output"].shape == (1, 3)
+    assert sample("edge_engine_load_failures_total", counted) == before + 2
+
+
+def test_a_ragged_list_input_is_an_input_error(tmp_path, model_mirror):
+    # A review: numpy's ValueError ("inhomogeneous shape") came out of the guard instead of EngineInputError.
+    loaded = load_engine(MANIFESTS["kt-step"], settings("onnxruntime"), paths_for(tmp_path, model_mirror))
+    labels = {"engine": "kt-step", "backend": "onnxruntime", "outcome": "rejected"}
+    rejected = sample("edge_inference_requests_total", labels)
+    feeds = {
+        "skill": np.zeros(2, np.int64), "correct": np.ones(2, np.int64),
+        "h": [[0.0] * 64, [0.0]], "c": np.zeros((2, 64), np.float32),
+    }
+    with pytest.raises(EngineInputError, match="'h' is not a rectangular array"):
+        loaded.engine.infer(feeds)
+    assert sample("edge_inference_requests_total", labels) == rejected + 1
