@@ -67,8 +67,9 @@ def metrics_routes(registry: CollectorRegistry = REGISTRY) -> web.RouteTableDef:
     async def metrics(request: web.Request) -> web.Response:
         # ~6 ms of Python for ~390 samples, off the event loop that answers students but still holding
         # the GIL: a LAN client scraping 129 times a second took answer p99 from 13.6 to 248 ms (security
-        # audit). Other hosts get a body at most CACHE_S old; the board itself always a fresh one (by its
-        # own name: a page on a name rebinding to 127.0.0.1 is no part of the board).
+        # audit). Other hosts get a body at most CACHE_S old; the board itself always a fresh one (as
+        # localhost or a loopback address: a page on a name rebinding to 127.0.0.1, or on the board's
+        # hostname, is no part of the board; web/access.py: is_local_host).
         now = time.monotonic()
         board = is_loopback(request.remote) and is_local_host(request.headers.get("Host"))
         build: asyncio.Task[bytes] | None = cache["build"]

@@ -24,7 +24,6 @@ import ipaddress
 import logging
 import re
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
@@ -91,8 +90,12 @@ def tokens_match(presented: str | None, token: str) -> bool:
 
 
 def is_local_host(host: str | None) -> bool:
-    """Whether a request's Host names the board itself. A page the board's own browser opened from a
-    DNS name that rebinds to 127.0.0.1 reaches loopback with its own name as Host: it gets no exemption."""
+    """Whether a request's Host names the board itself: ``localhost`` or a loopback address, the names
+    browsers count as secure and so send Fetch Metadata to (from_another_site reads it). A page the board's
+    own browser opened from a DNS name that rebinds to 127.0.0.1 gets no exemption, nor does the board's
+    hostname (127.0.1.1 in /etc/hosts, often its guessable device id): over http to it Chromium sends a
+    no-cors GET without Sec-Fetch or Origin, and another site's page took all 32 teacher-view streams
+    and made /metrics afresh 250 times a second (a review)."""
     if host is None:
         return True  # HTTP/1.0 without Host: no browser sends that
     name = host.lower()
@@ -100,7 +103,7 @@ def is_local_host(host: str | None) -> bool:
         name = name[1:].partition("]")[0]
     elif name.count(":") == 1:
         name = name.partition(":")[0]
-    return name in ("localhost", socket.gethostname().lower()) or is_loopback(name)
+    return name == "localhost" or is_loopback(name)
 
 
 def from_this_site(headers: Mapping[str, str]) -> bool:

@@ -127,7 +127,7 @@ class _Guard(asyncio.Protocol):
         self._limits = limits
         self._tls = tls
         self._peer: str | None = None
-        self._head = b""  # the last bytes of the first request head, until its end is seen
+        self._head = b""  # the last bytes of the first request head, until its end is seen; empty: not begun
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
 
@@ -174,6 +174,10 @@ class _Guard(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._timer is not None:
             window = self._head + data
+            if not self._head:
+                # aiohttp skips empty lines before the request line: "\r\n\r\n" sent first is no head's
+                # end (a review: such a client then trickled its head for the 75-s keep-alive)
+                window = window.lstrip(b"\r\n")
             if _HEAD_END in window:
                 self._timer.cancel()
                 self._timer, self._head = None, b""
