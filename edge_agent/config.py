@@ -9,12 +9,17 @@ to a default. Only the daemon itself starts with them left out and named in its 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import difflib
+import errno
 import grp
 import ipaddress
 import os
 import pwd
 import re
+import socket
+import ssl
 import stat
 import sys
 import tempfile
@@ -668,6 +673,9 @@ def read_config(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(f"{source} (TOML syntax)", str(exc))]) from exc
     ignored: list[str] = []
+    # said with any other problem: "[camera] enable = false" left out, the refusal told IT to set
+    # camera.enabled = false, which they believed they had (a review)
+    ignored_problems: list[tuple[str, str]] = []
     if ignore_unknown:
         try:
             return Config.model_validate(data), []
@@ -679,6 +687,8 @@ def read_config(
                     notes = (f"line {line}" if line else "", f"it belongs in [{home}]" if home else "")
                     said = "; ".join(note for note in notes if note)
                     ignored.append(_format_location(loc) + (f" ({said})" if said else ""))
+                    ignored_problems.append((_format_location(loc) + (f" (line {line})" if line else ""),
+                                             _ignored_message(loc, home)))
                     _remove(data, loc)
     try:
         return Config.model_validate(data), ignored
@@ -716,7 +726,18 @@ def read_config(
             line = _line_of(text, loc)
             where = f" (line {line})" if line else ""
             problems.append((_format_location(loc) + where, message))
-        raise ConfigError(problems) from exc
+        raise ConfigError(ignored_problems + problems) from exc
+
+
+def _ignored_message(loc: tuple[str | int, ...], home: str | None) -> str:
+    """What to say of a key left out as unknown when the config is refused for another problem."""
+    if home:
+        return f"not a key of this section, ignored: it belongs in [{home}]"
+    section = Config.model_fields.get(str(loc[0])) if len(loc) == 2 else None
+    names = list(getattr(section.annotation if section else None, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return (f"unknown key, ignored: did you mean {close[0]}?" if close
+            else "unknown key, ignored (check spelling; see README 'Config reference')")
 
 
 _RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
@@ -990,7 +1011,7 @@ def start_problems(path: Path) -> list[tuple[str, str]]:
         config, _ = load_config_ignoring_unknown(path)
     except ConfigError as exc:
         return list(exc.problems)
-    problems = []
+    problems = part_problems(config, in_daemon=True)
     folders = (("paths.state_dir", config.paths.state_dir), ("paths.cache_dir", config.paths.cache_dir))
     for key, folder in folders:
         # Asked from inside the daemon's sandbox, so true of it: a state_dir config check (run as root)
@@ -1007,8 +1028,142 @@ def start_problems(path: Path) -> list[tuple[str, str]]:
 
 
 def load_config(path: Path, *, check_files_exist: bool = True) -> Config:
-    """Read, validate and (by default) check the files of the config at ``path``."""
-    return load_config_ignoring_unknown(path, check_files_exist=check_files_exist, ignore_unknown=False)[0]
+    """Read, validate and (by default) check the files of the config at ``path``, and that the parts the
+    daemon starts without (:func:`part_problems`) would run: for ``config check`` and provisioning."""
+    config = load_config_ignoring_unknown(path, check_files_exist=check_files_exist, ignore_unknown=False)[0]
+    if check_files_exist and (problems := part_problems(config)):
+        raise ConfigError(problems)
+    return config
+
+
+def part_problems(config: Config, *, in_daemon: bool = False) -> list[tuple[str, str]]:
+    """Why sync (its TLS files), knowledge tracing (kt.package_dir), the web view or the metrics (where
+    they listen) would be down after a start on ``config``, as (key, message). The daemon starts without
+    them, so a board that reboots keeps the rest; config check, provisioning and the check before a reload
+    refuse them (a review: each passed, and the restart after a reload left that part down). ``in_daemon``:
+    asked by the running daemon, which tries the ports itself; config check (often as root) judges them by
+    the unit's user instead. Files found missing or unreadable are left to :func:`check_files`."""
+    return _mqtt_tls_problems(config) + _kt_package_problems(config) + _listener_problems(config, in_daemon)
+
+
+def _mqtt_tls_problems(config: Config) -> list[tuple[str, str]]:
+    """The MQTT CA file and device certificate and key loaded as sync loads them to connect (its dates
+    aside: an expiry is the broker's and provisioning's to say, and must not stop a reload)."""
+    mqtt = config.mqtt
+    files = (mqtt.ca_file, mqtt.cert_file, mqtt.key_file)
+    if not (mqtt.enabled and mqtt.tls) or not all(p.is_file() and os.access(p, os.R_OK) for p in files):
+        return []
+    try:
+        context = ssl.create_default_context(cafile=str(mqtt.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        return [("mqtt.ca_file", f"CA file {mqtt.ca_file} cannot be loaded: {exc}; install the broker's CA "
+                                 "certificate (PEM) there")]
+    try:
+        # no passphrase prompt on the terminal for an encrypted key: the daemon could not answer one either
+        context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file), password=lambda: b"")
+    except (OSError, ssl.SSLError) as exc:
+        return [("mqtt.cert_file", f"device certificate {mqtt.cert_file} and key {mqtt.key_file} cannot be "
+                                   f"used together: {exc}; install the certificate issued for this key (a "
+                                   "half-done rotation?) or put the old key back")]
+    return []
+
+
+def _kt_package_problems(config: Config) -> list[tuple[str, str]]:
+    """The KT package named by kt.package_dir read as the daemon reads it at start: a mistyped one left
+    every answer refused, the log blaming the install (a review)."""
+    folder = config.kt.package_dir
+    if not config.kt.enabled or folder is None or not folder.is_absolute():  # relative: said by check_files
+        return []
+    # here: the KT package module is no part of reading a config
+    from edge_agent.errors import ModelError
+    from edge_agent.kt.package import load_package
+
+    try:
+        load_package(folder)
+    except ModelError as exc:
+        return [("kt.package_dir", str(exc))]
+    return []
+
+
+def _listener_problems(config: Config, in_daemon: bool) -> list[tuple[str, str]]:
+    """Whether the web and metrics listeners could listen where the config says: on an address this board
+    has, and, in the daemon, on a port free to it; elsewhere on a port the daemon's user may take."""
+    problems = []
+    for section, settings in (("web", config.web), ("metrics", config.metrics)):
+        if not settings.enabled:
+            continue
+        if in_daemon:
+            problem = _bind_problem(section, settings.host, settings.port)
+        else:  # port 0: the address alone; the port may be the running daemon's
+            problem = _bind_problem(section, settings.host, 0, shown_port=settings.port)
+            problem = problem or _privileged_port_problem(section, settings.port)
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def _bind_problem(
+    section: str, host: str, port: int, *, shown_port: int | None = None
+) -> tuple[str, str] | None:
+    """Why a listener of ``section`` could not listen on ``host``:``port`` (bound, then closed at once, as
+    asyncio's create_server binds), or None. A port this process listens on already is free to it: the
+    daemon's own listener, which the restart closes first."""
+    # here: it imports aiohttp, which config check need not load for a board without a listener
+    from edge_agent.web.connections import listen_failure
+
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(addresses):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as create_server: "::" then leaves IPv4 to others
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and _listening_here(port):
+            return None
+        return listen_failure(section, host, port if shown_port is None else shown_port, exc)
+    return None
+
+
+def _listening_here(port: int) -> bool:
+    """Whether this process holds a TCP socket listening on ``port`` (Linux's /proc; False elsewhere)."""
+    mine = set()
+    try:
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # closed since (the listing's own, another thread's)
+                mine.add(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            listening = len(fields) > 9 and fields[3] == "0A"  # TCP_LISTEN
+            if listening and int(fields[1].rsplit(":", 1)[1], 16) == port and f"socket:[{fields[9]}]" in mine:
+                return True
+    return False
+
+
+UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+
+
+def _privileged_port_problem(section: str, port: int) -> tuple[str, str] | None:
+    """A port the daemon (its unit's User=edge-agent, no capabilities) may not listen on, whoever asks:
+    config check as root took web.port = 80, and the daemon never served there (a review)."""
+    try:
+        first = int(UNPRIVILEGED_PORT_START.read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        first = 1024  # Linux's default
+    if port >= first:
+        return None
+    default = 8080 if section == "web" else 9108
+    return (f"{section}.port", f"port {port} is below {first} (net.ipv4.ip_unprivileged_port_start): "
+                               f"edge-agent runs as user {DAEMON_USER} without capabilities (its unit) "
+                               f"and cannot listen on it; use {first} or more (default {default})")
 
 
 def ignored_key_line(key: str, unknown: str = "is not a key this release knows; ignored") -> str:

@@ -178,8 +178,12 @@ class Daemon:
 
     def restart_problems(self) -> str | None:
         """Why the config on disk would not start ("key: message; ..."); None when a restart may go ahead.
-        Kept in ``config_refused`` for the health until the next check."""
-        problems = self._restart_check()
+        Kept in ``config_refused`` for the health until the next check. Where a listener that failed at
+        start cannot listen (its host or port) is no reason: the restart leaves it no worse, and the
+        reload may be the fix of something else."""
+        listeners_down = {f"{name}.{key}" for name in ("web", "metrics") if self.failure_of(name)
+                          for key in ("host", "port")}
+        problems = [problem for problem in self._restart_check() if problem[0] not in listeners_down]
         self.config_refused = "; ".join(f"{key}: {message}" for key, message in problems) or None
         return self.config_refused
 

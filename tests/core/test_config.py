@@ -543,7 +543,7 @@ def test_an_empty_camera_source_is_taken_while_the_camera_is_off(tmp_path: Path)
         ("::", "127.0.0.1", True, True),  # :: takes IPv4 too (dual stack)
         ("localhost", "127.0.0.1", True, True),  # a name may be the other address
         ("127.0.0.1", "127.0.0.1", False, False),  # metrics off: no second listener
-        ("127.0.0.1", "10.0.0.5", True, False),  # two addresses of their own
+        ("127.0.0.1", "127.0.0.2", True, False),  # two addresses of their own
     ],
 )
 def test_web_and_metrics_on_one_port_are_refused_by_config_check(
