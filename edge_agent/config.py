@@ -1027,12 +1027,16 @@ def start_problems(path: Path) -> list[tuple[str, str]]:
     return problems
 
 
-def load_config(path: Path, *, check_files_exist: bool = True) -> Config:
+def load_config(path: Path, *, check_files_exist: bool = True, this_machine: bool = True) -> Config:
     """Read, validate and (by default) check the files of the config at ``path``, and that the parts the
-    daemon starts without (:func:`part_problems`) would run: for ``config check`` and provisioning."""
+    daemon starts without (:func:`part_problems`) would run: for ``config check`` and provisioning. Not
+    ``this_machine`` (a board's root provisioned on the fleet's workstation): its MQTT files only, not
+    where it listens nor its KT package, which are the board's."""
     config = load_config_ignoring_unknown(path, check_files_exist=check_files_exist, ignore_unknown=False)[0]
-    if check_files_exist and (problems := part_problems(config)):
-        raise ConfigError(problems)
+    if check_files_exist:
+        problems = part_problems(config) if this_machine else _mqtt_tls_problems(config)
+        if problems:
+            raise ConfigError(problems)
     return config
 
 

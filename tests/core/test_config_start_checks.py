@@ -146,6 +146,20 @@ def test_a_web_host_the_board_does_not_have_fails_config_check_and_the_reload_ch
     assert "web.host: cannot listen on 192.0.2.50" in capsys.readouterr().err
 
 
+def test_a_boards_root_provisioned_on_the_fleets_workstation_is_not_judged_by_its_addresses(
+    tmp_path: Path
+) -> None:
+    # provisioning checks each board's installed config on the workstation that made it: the board's own
+    # address (and its KT package) are the board's, not this machine's
+    from edge_agent.config import load_config
+
+    elsewhere = '[mqtt]\nenabled = false\n[kt]\npackage_dir = "/nowhere"\n'
+    path = _config(tmp_path, host="192.0.2.50", extra=elsewhere)
+    with pytest.raises(ConfigError):
+        load_config(path)
+    assert load_config(path, this_machine=False).web.host == "192.0.2.50"
+
+
 @pytest.mark.parametrize("section", ["web", "metrics"])
 def test_config_check_refuses_a_port_the_daemons_user_may_not_listen_on(
     tmp_path: Path, section: str, capsys: pytest.CaptureFixture[str]
