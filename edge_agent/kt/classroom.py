@@ -72,10 +72,19 @@ class Published:
     # The class figures as published when students in ``probs`` were erased since it was taken: shown as
     # they are until ``probs`` is taken anew (a group has answered since). Dropping the students at once
     # gave their figure on every skill by difference (a round-2 review: 0.4790 from two readings, 0.4793
-    # true). Class means and counts only: nothing of the erased students is kept apart. Saved with the
-    # lesson record (:func:`record_without` adds it to one saved before the erase): kept in memory only, a
-    # restart in between showed the figures over those who remain, the same difference.
+    # true). Class means and counts only: nothing of the erased students is kept apart. Never saved: beside
+    # the others' ``probs`` in the lesson record the mean gave the erased student's 30 skills (a review:
+    # N x mean - the others' sum, to 2e-06) from the database file. While figures over an erased student
+    # stand (``holds_erased``), the record is saved without them, to be taken anew after a restart.
     frozen: Frozen | None = None
+    # The skills whose figure in ``skills`` was taken over students since erased: beside the others'
+    # ``probs`` it gave the erased one's figure on it by difference, as ``frozen``
+    erased_in: set[int] = field(default_factory=set)
+
+    @property
+    def holds_erased(self) -> bool:
+        """Whether a figure shown was taken over a student since erased: then none is saved."""
+        return self.frozen is not None or bool(self.erased_in)
 
     def note(self, student: str, current: dict[str, np.ndarray], known: dict[str, frozenset[int]],
              now: float) -> None:
@@ -102,6 +111,7 @@ class Published:
             for k in due:
                 skills[k] = skill_figure(current, known, k, self.threshold)
                 self.skill_since[k] = set()
+                self.erased_in.discard(k)
             self.skills = skills
 
     def figures(self, current: dict[str, np.ndarray], known: dict[str, frozenset[int]], group: int,
@@ -120,6 +130,7 @@ class Published:
         """Under the service's lock: an erased student's entries go. The skill figures already taken stay:
         they are class-level, as the windows already sent are; so are the class figures published from
         ``probs`` (``frozen``, which :meth:`LessonWindow.forget` takes) until they are taken anew."""
+        self.erased_in.update(k for k, who in self.members.items() if k in self.skills and who & students)
         self.probs = {s: p for s, p in self.probs.items() if s not in students}
         self.since -= students
         for who in (*self.skill_since.values(), *self.members.values()):
@@ -141,6 +152,7 @@ class Published:
         self.members, self.skill_since = members, {}
         if figures:
             self.skills = {k: skill_figure(current, known, k, self.threshold) for k in members}
+            self.erased_in = set()
 
 
 @dataclass(frozen=True)
@@ -168,19 +180,10 @@ class Frozen:
         return cls(len(probs), matrix.mean(axis=0), (matrix < threshold).sum(axis=0).tolist(),
                    skill_histograms(matrix).tolist(), lesson, practised, members)
 
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "students": self.students, "mean": [float(m) for m in self.mean], "below": list(self.below),
-            "histograms": [list(h) for h in self.histograms], "lesson": self.lesson,
-            "practised": {str(k): n for k, n in self.practised.items()},
-        }
-        if self.members is not None:
-            data["members"] = {str(k): n for k, n in self.members.items()}
-        return data
-
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Frozen:
-        """Raises KeyError, TypeError or ValueError on a damaged record."""
+        """As a release before 2026-12-06 saved it (none is saved now: ``Published.frozen``); raises
+        KeyError, TypeError or ValueError on a damaged record."""
         mean = np.asarray(data["mean"], dtype=np.float64)
         below = [int(n) for n in data["below"]]
         histograms = [[int(n) for n in h] for h in data["histograms"]]
@@ -303,7 +306,9 @@ class LessonWindow:
         """Who answered, on what and when (their current probabilities are kept per student in the store),
         and the figures the view shows with who answered since: without them a reading before a restart
         and one after it gave away one student's answers (a review: 30 skills to 0.0005). ``clean``: saved
-        at a stop, after the last answer (else while answers still came: see ``Published.after_cut``)."""
+        at a stop, after the last answer (else while answers still came: see ``Published.after_cut``).
+        While a figure shown holds an erased student (``Published.holds_erased``) the figures are left out,
+        and after a restart they are taken anew once a group has answered (as ``after_cut``)."""
         data: dict[str, Any] = {
             "clean": clean, "seq": self.seq,
             "started": self.started, "answers": self.answers, "last": self.last,
@@ -312,18 +317,16 @@ class LessonWindow:
             "activity": {str(m): n for m, n in self.activity.items()},
         }
         shown = self.published
-        if shown.after_cut:
+        if shown.after_cut or shown.holds_erased:
             data["after_cut"] = True
-        if shown.group is not None:
+        if shown.group is not None and not shown.holds_erased:
             data["published"] = {
                 "group": shown.group, "at": shown.at, "since": sorted(shown.since),
                 "probs": {s: [round(float(p), 6) for p in v] for s, v in shown.probs.items()},
                 "threshold": shown.threshold,
                 "skills": {str(k): [f.students, round(f.mean, 6), f.below] for k, f in shown.skills.items()},
                 "skill_since": {str(k): sorted(who) for k, who in shown.skill_since.items()},
-                # how many have answered on each skill: an erase keeps it as shown (record_without)
-                "members": {str(k): n for k, n in _counts(shown.members).items()},
-                **({"frozen": shown.frozen.to_json()} if shown.frozen is not None else {}),
+                "members": {str(k): n for k, n in _counts(shown.members).items()},  # who answered on each
             }
         return data
 
@@ -392,7 +395,9 @@ class LessonWindow:
 
 
 def record_without(data: dict[str, Any], students: set[str]) -> dict[str, Any]:
-    """A stored lesson record (:meth:`LessonWindow.to_json`) with the erased ``students`` left out."""
+    """A stored lesson record (:meth:`LessonWindow.to_json`) with the erased ``students`` left out. Figures
+    published over them go with them (``Published.holds_erased``): the record then says to take them
+    anew after a restart (``after_cut``)."""
     out = dict(data)
     if isinstance(data.get("students"), list):
         out["students"] = [s for s in data["students"] if s not in students]
@@ -400,30 +405,16 @@ def record_without(data: dict[str, Any], students: set[str]) -> dict[str, Any]:
         out["practised"] = {k: [s for s in who if s not in students] if isinstance(who, list) else who
                             for k, who in data["practised"].items()}
     shown = data.get("published")
-    if isinstance(shown, dict):
-        shown = out["published"] = dict(shown)
-        figures, members = shown.get("probs"), shown.get("members")
-        if shown.get("frozen") is None and isinstance(figures, dict):
-            # the figures and counts as published stay until taken anew, across a restart too
-            # (Published.frozen)
-            try:
-                held = set(figures).union(data["students"], *data["practised"].values())
-                if students & held:
-                    probs = {s: np.asarray(p, dtype=np.float32) for s, p in figures.items()}
-                    shown["frozen"] = Frozen.of(
-                        probs, float(shown.get("threshold", 0.6)), len(data["students"]),
-                        {int(k): len(who) for k, who in data["practised"].items() if who},
-                        None if members is None else {int(k): int(n) for k, n in members.items()},
-                    ).to_json()
-            except (KeyError, TypeError, ValueError, AttributeError):  # damaged: not restored either
-                pass
-        if isinstance(shown.get("probs"), dict):
-            shown["probs"] = {s: p for s, p in shown["probs"].items() if s not in students}
-        if isinstance(shown.get("since"), list):
-            shown["since"] = [s for s in shown["since"] if s not in students]
-        if isinstance(shown.get("skill_since"), dict):
-            shown["skill_since"] = {k: [s for s in who if s not in students] if isinstance(who, list) else who
-                                    for k, who in shown["skill_since"].items()}
+    if shown is not None:
+        try:
+            held = set(shown["probs"]).union(shown["since"], data["students"], *data["practised"].values(),
+                                             *shown.get("skill_since", {}).values())
+        except (KeyError, TypeError, ValueError, AttributeError):  # damaged: not restored either
+            held = set(students)
+        # "frozen": saved by a release before 2026-12-06 (class figures over students erased before)
+        if students & held or (isinstance(shown, dict) and "frozen" in shown):
+            del out["published"]
+            out["after_cut"] = True
     return out
 
 

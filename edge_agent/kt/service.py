@@ -30,6 +30,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Collection, Container, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
@@ -396,6 +397,12 @@ class KTService:
             return future
         self._queue.put(_Erase(set(students), future))
         return future
+
+    @property
+    def database(self) -> Path | None:
+        """The database file an erase deletes from (None: the states are kept in memory only); copies of a
+        damaged one moved aside beside it are not erased (web/erase.py names them)."""
+        return None if self._persistence is None else self._persistence.db.path
 
     def forget_students(self, students: Iterable[str]) -> set[str]:
         """Drop ``students`` from memory: states, lesson entries, answers kept for the lesson records, and

@@ -71,6 +71,9 @@ FAILURE_WINDOW_S = 60.0
 # A full disk fails every commit, one per answer: 546 ERROR lines a minute at 10 answers/s (264 MB a day),
 # and journald deletes its oldest files, the history IT needs. After the first failure, one line a minute.
 COMMIT_FAILURE_LOG_EVERY_S = 60.0
+# After an erase whose WAL could not be emptied (a reader in the way), how often the writer tries again
+# while idle; it also tries after every later commit
+WIPE_RETRY_S = 3.0
 
 
 class _CommitFailureLog:
@@ -350,6 +353,9 @@ class Database:
         # an NTP step back of hours held the 60-s window, and the store failed, as long; last error).
         self._failures: tuple[float, float, StoreError] | None = None
         self._commit_failures = _CommitFailureLog()
+        # When the WAL still holds rows an erase deleted (a reader was in the way of emptying it), the
+        # monotonic time of the last try; None: nothing waits to be wiped. Writer thread only.
+        self._wipe_tried: float | None = None
 
     # -- opening -------------------------------------------------------------------------------------
 
@@ -620,6 +626,9 @@ class Database:
                     first = self._carried.popleft() if self._carried else self._queue.get(
                         timeout=min(1.0, self._beat.max_gap_s / 3))
                 except queue.Empty:
+                    if self._wipe_tried is not None and time.monotonic() - self._wipe_tried >= WIPE_RETRY_S:
+                        with waiting_on_disk(self._beat):
+                            self._wipe_wal(conn)
                     continue
                 batch, stop = self._collect(first)
                 if batch:
@@ -684,7 +693,7 @@ class Database:
                 if task.future.set_running_or_notify_cancel():
                     task.future.set_exception(failure)
             return
-        if any(task.wipe_wal for task in batch):
+        if self._wipe_tried is not None or any(task.wipe_wal for task in batch):
             self._wipe_wal(conn)
         failures = [error for _, _, error in results if isinstance(error, STORAGE_FAILURES)]
         if failures:  # e.g. an insert the read-only file system refused; the savepoint rolled it back
@@ -715,17 +724,35 @@ class Database:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def _wipe_wal(self, conn: sqlite3.Connection) -> None:
-        """Copy the WAL into the database and truncate it; a reader in the way (busy) leaves it for the
-        next checkpoint, said in the log."""
+        """Copy the WAL into the database and truncate it. A reader in the way (another program holding a
+        read transaction, e.g. a sqlite3 shell) leaves the erased rows in the WAL: tried again after each
+        later commit and every WIPE_RETRY_S while idle until it is emptied (a review: once, an "erased"
+        student's state stayed readable in the WAL, no checkpoint ever coming). A retry does not wait on
+        the reader (busy_timeout 0): the writer must not stall the answers behind it."""
+        first = self._wipe_tried is None
         try:
-            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not first:
+                conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                if not first:
+                    conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
         except sqlite3.Error as exc:
             busy, detail = 1, str(exc)
         else:
-            detail = "a reader held it"
-        if busy:
-            log.warning("the write-ahead log of %s was not emptied after an erase (%s); the next checkpoint "
-                        "empties it", self.path, detail)
+            detail = "another program held a read transaction on it, e.g. a sqlite3 shell left open"
+        if not busy:
+            if not first:
+                log.info("the write-ahead log of %s is emptied: the rows an erase deleted are gone from it",
+                         self.path)
+            self._wipe_tried = None
+            return
+        if first:
+            log.warning("the write-ahead log of %s was not emptied after an erase (%s): it still holds the "
+                        "erased rows; tried again every %.0f s and after each write until it is (close that "
+                        "program)", self.path, detail, WIPE_RETRY_S)
+        self._wipe_tried = time.monotonic()
 
     def _note_failure(self, error: StoreError) -> None:
         now, last = time.monotonic(), self._failures

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +36,25 @@ KEPT = (
     "and keep what the answer said until they expire. The class roster file is the school's: `edge-agent "
     "kt roster remove` takes a student off it."
 )
+
+
+def kept_text(database: Path | None) -> str:
+    """KEPT, and the copies of a damaged database moved aside beside ``database`` where there are any:
+    they keep students' states, which no erase reaches (a review: the reply, all `edge-agent kt erase`
+    prints, never said so, and only the README did)."""
+    if database is None:
+        return KEPT
+    try:
+        copies = sorted(p.name for p in database.parent.glob(f"{database.name}.corrupt-*"))
+    except OSError as exc:  # said all the same: a copy may be there
+        return (f"{KEPT} Not erased: any copy of a damaged database moved aside ({database.name}.corrupt-*, "
+                f"not listed: {exc}) in {database.parent}; delete those files once nothing is to be "
+                "recovered from them.")
+    if not copies:
+        return KEPT
+    return (f"{KEPT} Not erased: {len(copies)} files of a damaged database moved aside in "
+            f"{database.parent} ({', '.join(copies)}) keep students' learning states as they were then; "
+            "delete them (sudo rm) once nothing is to be recovered from them.")
 
 
 def _error(status: int, message: str, field: str | None = None, retry_after_s: int = 5) -> web.Response:
@@ -85,7 +105,8 @@ def erase_routes(service: Callable[[], KTService | None]) -> web.RouteTableDef:
         metrics.KT_STUDENTS_ERASED.labels(reason="request").inc(had_data)
         log.info("erased the learning data of %s students on request (%s more had none on this board)",
                  had_data, len(ids) - had_data)
+        kept = await asyncio.to_thread(kept_text, svc.database)  # a directory listing: the card may be slow
         return web.json_response({"students": len(ids), "erased": had_data,
-                                  "without_data": len(ids) - had_data, "kept": KEPT})
+                                  "without_data": len(ids) - had_data, "kept": kept})
 
     return routes
