@@ -45,7 +45,7 @@ from edge_agent.config import UpdateSettings
 from edge_agent.errors import CommandRefused, ProvisioningError
 from edge_agent.lifecycle import Health
 from edge_agent.provisioning.files import write_public
-from edge_agent.provisioning.model_package import load_public_key
+from edge_agent.provisioning.model_package import BOARD_DISK_ERRNOS, BoardDiskError, load_public_key
 from edge_agent.provisioning.model_update import Loader, ModelStore, ModelUpdater, Rollback, Sanity
 from edge_agent.sync.commands import BOARD_STOPPING
 from edge_agent.telemetry import metrics
@@ -56,7 +56,20 @@ PACKAGE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 KEEP_DONE = 2
 KEEP_REJECTED = 2
 DOWNLOAD_QUEUE_MAX = 4
+# a package the board's full or failing disk could not take is tried again after this long (each try may
+# write 512 MiB), or at once when copied in again
+DISK_RETRY_S = 300.0
 _CHUNK = 1 << 16
+# an inbox file's (inode, size, mtime_ns): another file copied in under the same name differs
+FileId = tuple[int, int, int]
+
+
+def file_id(path: Path) -> FileId | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 class DownloadFailed(ProvisioningError):
@@ -277,10 +290,15 @@ class _InboxUpdater(ModelUpdater):
         sanity: Sanity,
         on_result: Callable[[bool, str], None],
         inbox: Path | None = None,
+        *,
+        on_retry: Callable[[Path, FileId | None], None] = lambda package, checked: None,
+        retry_s: float = DISK_RETRY_S,
     ) -> None:
         super().__init__(store, loader, sanity, lambda manifest, engine: None)
         self.on_result = on_result
         self.inbox = inbox
+        # told of a package kept in the inbox (the board's disk failed it) to be tried again in retry_s
+        self.on_retry, self.retry_s = on_retry, retry_s
 
     def _rolled_back(self, rollback: Rollback) -> None:
         super()._rolled_back(rollback)
@@ -309,9 +327,13 @@ class _InboxUpdater(ModelUpdater):
             raise ProvisioningError(f"cannot read what the model_update command asked for: {exc}") from exc
 
     def _install(self, package: Path) -> None:
+        # the file checked, as staging starts: only that one is filed away after (a review: one copied in
+        # under the same name meanwhile, the right package, was filed as refused with the other's reason)
+        checked = file_id(package)
         try:
             super()._install(package)
         except Exception as exc:  # disk errors and the like must not end the updater thread
+            self.last_error = exc
             self.last_ok, self.last_result = False, f"model update failed: {exc}"
             log.error("model update of %s failed: %s", package.name, exc)
         if not self.last_ok and self.stopping.is_set():
@@ -321,7 +343,17 @@ class _InboxUpdater(ModelUpdater):
             log.warning("model update of %s did not finish before the stop (%s); it is tried again at the "
                         "next start", package.name, self.last_result)
             return
-        file_away(package, self.last_ok, self.last_result)
+        error = self.last_error
+        if isinstance(error, BoardDiskError) or (
+            isinstance(error, OSError) and error.errno in BOARD_DISK_ERRNOS
+        ):
+            # the board's disk, not the package: a good package was filed as "not a readable tar archive"
+            self.last_result = (f"{self.last_result}; {package.name} stays in the inbox and is tried again "
+                                f"in {self.retry_s:g} s, or at once when copied in again")
+            log.warning("model update of %s: %s", package.name, self.last_result)
+            self.on_retry(package, checked)
+        else:
+            file_away(package, self.last_ok, self.last_result, checked)
         ok, result = self.last_ok, self.last_result
         self.on_result(ok, result if ok else f"{package.name}: {result}")
 
@@ -332,8 +364,13 @@ def _last_filed_first(paths: Iterable[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: p.stat().st_ctime_ns, reverse=True)
 
 
-def file_away(package: Path, ok: bool, result: str) -> None:
-    """Move a handled package to ``done/``, or to ``<name>.rejected`` beside its ``.reason``."""
+def file_away(package: Path, ok: bool, result: str, checked: FileId | None = None) -> None:
+    """Move a handled package to ``done/``, or to ``<name>.rejected`` beside its ``.reason``; with
+    ``checked``, only if the file there is still the one checked (another is left for the next scan)."""
+    if checked is not None and file_id(package) != checked:
+        log.info("model inbox: %s was replaced while it was checked; the new file is checked next",
+                 package.name)
+        return
     try:
         if ok:
             done = package.parent / "done"
@@ -383,9 +420,15 @@ class ModelUpdates:
         self._downloads: queue.Queue[Any] = queue.Queue(maxsize=DOWNLOAD_QUEUE_MAX)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # each inbox file's (size, mtime) and the monotonic time it was first seen with them
-        self._seen: dict[Path, tuple[tuple[int, float], float]] = {}
-        self._taken: set[Path] = set()
+        # each inbox file's identity and the monotonic time it was first seen with it
+        self._seen: dict[Path, tuple[FileId, float]] = {}
+        # submitted, by identity: a new file under the same name (the right package copied in after a
+        # refusal) was skipped until a restart when these were paths (a review)
+        self._taken: dict[Path, FileId] = {}
+        self.disk_retry_s = DISK_RETRY_S
+        self._retry_lock = threading.Lock()
+        # kept for the board's disk: submitted again from the time given, if still the same file
+        self._retry_at: dict[Path, tuple[FileId | None, float]] = {}
         self.download_drops = 0
         self.last_download: str | None = None
         self._downloading: Any = None  # the command whose download runs, on the model-inbox thread
@@ -408,7 +451,8 @@ class ModelUpdates:
             return
         self._remove_leftover_parts()
         store = ModelStore(self.models_dir, [key])
-        self.updater = _InboxUpdater(store, self._loader, self._sanity, self._note, self.inbox)
+        self.updater = _InboxUpdater(store, self._loader, self._sanity, self._note, self.inbox,
+                                     on_retry=self._retry_later, retry_s=self.disk_retry_s)
         await self.updater.start()
         self._note(self.updater.last_ok, self.updater.last_result)
         self._stop.clear()
@@ -480,6 +524,11 @@ class ModelUpdates:
         self.last_download = f"request {command.request_id}: {NOT_DOWNLOADED}"
         self._note(False, self.last_download)
         log.info("model update %s: %s", command.request_id, NOT_DOWNLOADED)
+
+    def _retry_later(self, package: Path, checked: FileId | None) -> None:
+        """On the updater thread: ``package`` stays in the inbox (the board's disk failed it)."""
+        with self._retry_lock:
+            self._retry_at[package] = (checked, time.monotonic() + self.disk_retry_s)
 
     def _remove_leftover_parts(self) -> None:
         """Delete the downloads a killed run left half-written: is_package skips hidden files, so nothing
@@ -588,22 +637,30 @@ class ModelUpdates:
         """Submit packages whose size and mtime held still for at least one poll interval."""
         assert self.updater is not None
         try:
-            found = {p: (p.stat().st_size, p.stat().st_mtime) for p in self.inbox.iterdir() if is_package(p)}
+            listed = [p for p in self.inbox.iterdir() if is_package(p)]
         except OSError as exc:
             log.error("cannot read the model inbox %s: %s", self.inbox, exc)
             return
-        self._taken &= set(found)  # filed away by the updater, or removed by hand
+        found = {p: ident for p in listed if (ident := file_id(p)) is not None}
         now = time.monotonic()
-        seen: dict[Path, tuple[tuple[int, float], float]] = {}
+        with self._retry_lock:
+            for path, (checked, due) in list(self._retry_at.items()):
+                if now >= due:
+                    del self._retry_at[path]
+                    if self._taken.get(path) == checked:  # not another file, copied in and taken since
+                        del self._taken[path]
+        # filed away by the updater, removed by hand, or another file copied in under the name
+        self._taken = {p: ident for p, ident in self._taken.items() if found.get(p) == ident}
+        seen: dict[Path, tuple[FileId, float]] = {}
         # oldest first (then by name): two packages arriving together install in the order they came, not
         # in the directory's hash order (the board ended on whichever the listing gave last)
-        for path, signature in sorted(found.items(), key=lambda item: (item[1][1], item[0].name)):
+        for path, ident in sorted(found.items(), key=lambda item: (item[1][2], item[0].name)):
             previous, since = self._seen.get(path, (None, now))
-            seen[path] = (signature, since if previous == signature else now)
+            seen[path] = (ident, since if previous == ident else now)
             # by elapsed time, not by scans: every command brings a scan, and two commands a few ms apart
             # took a package still being copied
             if path in self._taken or now - seen[path][1] < self.settings.poll_interval_s:
                 continue
             if self.updater.submit(path):
-                self._taken.add(path)
+                self._taken[path] = ident
         self._seen = seen

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from edge_agent.provisioning.enroll import check_enrollment
 from edge_agent.provisioning.inventory import load_inventory
 from edge_agent.provisioning.model_package import (
     generate_signing_key,
+    is_package_tar,
     load_public_key,
     sign_package,
     stage_and_verify,
@@ -218,7 +218,7 @@ def cmd_model(args: argparse.Namespace) -> int:
             print(f"signed {manifest.name} {manifest.version}: {len(manifest.files)} files")
         else:
             keys = [load_public_key(p) for p in args.pubkey]
-            if args.package.is_file() and not tarfile.is_tarfile(args.package):
+            if args.package.is_file() and not is_package_tar(args.package):
                 raise ProvisioningError(f"{args.package} is neither a package folder nor a tar archive")
             with tempfile.TemporaryDirectory() as staging:  # a folder or a tar, checked as boards check it
                 manifest = stage_and_verify(args.package, Path(staging) / "package", keys)

@@ -10,7 +10,9 @@ unlisted, linked or outside the package is present.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -34,6 +36,14 @@ _FILE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 MAX_TAR_BYTES = 512 * 1024**2  # as updates.max_download_bytes: a KT package is a few MB
 MAX_TAR_MEMBERS = 256
 MAX_TAR_HEADER_BYTES = 64 * 1024  # a long name's or pax header's own body: a package's names are short
+# Read whole before the signature is checked, so bounded first: an unsigned 2.2 MB .tar.gz whose manifest.json
+# unpacked to 500 MiB took the daemon from 128 to 640 MB (a review). A manifest lists at most
+# MAX_TAR_MEMBERS files (~100 bytes each); an ed25519 signature is 64 bytes.
+MAX_MANIFEST_BYTES = 1024**2
+MAX_SIGNATURE_BYTES = 1024
+_SMALL_FILES = {MANIFEST: MAX_MANIFEST_BYTES, SIGNATURE: MAX_SIGNATURE_BYTES}
+# the board's disk, not the package: a full or failing disk must not have a good package refused
+BOARD_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
 class _BoundedHeaders(tarfile.TarInfo):
@@ -54,6 +64,24 @@ class _BoundedHeaders(tarfile.TarInfo):
 
 class PackageRejected(ProvisioningError):
     """The package is unsigned, tampered with, or malformed; nothing was installed."""
+
+
+class BoardDiskError(ProvisioningError):
+    """The board could not write the package's files (its disk is full, read-only or failing): nothing was
+    installed, and the package is not at fault, so the inbox keeps it to try again."""
+
+
+def disk_error(exc: OSError, doing: str) -> BoardDiskError | None:
+    """A BoardDiskError for ``exc`` when the board's own disk failed it, else None."""
+    if exc.errno not in BOARD_DISK_ERRNOS:
+        return None
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return BoardDiskError(
+        f"cannot {doing}: {exc.strerror or exc} ("
+        + ("the board's disk is full: free space there" if full
+           else "the board's disk is read-only or failing: check it, e.g. dmesg")
+        + ")"
+    )
 
 
 @dataclass(frozen=True)
@@ -172,8 +200,8 @@ def verify_package(directory: Path, trusted: list[Ed25519PublicKey], source: str
     name would tell the reader nothing (a tar unpacked for checking)."""
     source = source or directory.name
     try:
-        data = (directory / MANIFEST).read_bytes()
-        signature = (directory / SIGNATURE).read_bytes()
+        data = _read_small(directory / MANIFEST, source)
+        signature = _read_small(directory / SIGNATURE, source)
     except FileNotFoundError as exc:
         raise PackageRejected(f"package {source} is unsigned (no {Path(exc.filename).name})") from exc
     except OSError as exc:  # a folder named manifest.json (a review: a traceback from verify)
@@ -204,6 +232,19 @@ def verify_package(directory: Path, trusted: list[Ed25519PublicKey], source: str
         if sha256_file(directory / rel) != expected:
             raise PackageRejected(f"{rel}: sha256 does not match the signed manifest (tampered or corrupted)")
     return manifest
+
+
+def _read_small(path: Path, source: str) -> bytes:
+    """The file's bytes, refused past its bound without reading more than that (not by a stat first: the
+    file could grow in between)."""
+    limit = _SMALL_FILES[path.name]
+    with path.open("rb") as file:
+        data = file.read(limit + 1)
+        if len(data) > limit:
+            size = os.fstat(file.fileno()).st_size
+            raise PackageRejected(f"package {source}: {path.name} is {size} bytes, more than {limit}: not a "
+                                  "package made by edge-agent-model sign")
+    return data
 
 
 def stage_and_verify(package: Path, staging: Path, trusted: list[Ed25519PublicKey]) -> Manifest:
@@ -241,6 +282,10 @@ def extract_tar(archive: Path, destination: Path) -> None:
                         or ".." in parts or "\\" in member.name):
                     raise PackageRejected(f"{archive.name}: unsafe entry {member.name[:100]!r}")
                 total += member.size
+                limit = _SMALL_FILES.get(parts[0]) if len(parts) == 1 else None
+                if limit is not None and member.size > limit:
+                    raise PackageRejected(f"{archive.name}: {parts[0]} is {member.size} bytes, more than "
+                                          f"{limit}: not a package made by edge-agent-model sign")
                 if total > MAX_TAR_BYTES:
                     raise PackageRejected(f"{archive.name}: unpacks to more than {MAX_TAR_BYTES} bytes")
                 members.append((member, Path(*parts)))
@@ -267,8 +312,32 @@ def extract_tar(archive: Path, destination: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with source, target.open("wb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)  # not source.read(): a member may be huge
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise PackageRejected(
-            f"{archive.name} is not a readable tar archive: {str(exc)[:300]} (a copy still being written? "
-            "copy under a hidden name such as .x.tar, then mv it into the inbox)"
-        ) from exc
+    except RecursionError as exc:  # tarfile reads each chained long-name or pax header by recursion
+        raise _nested_too_deep(archive) from exc
+    except OSError as exc:
+        # a full disk unpacking a good package is the board's problem: not "not a readable tar archive"
+        if (on_board := disk_error(exc, f"unpack {archive.name} into {destination.parent}")) is not None:
+            raise on_board from exc
+        raise _unreadable(archive, exc) from exc
+    except (tarfile.TarError, EOFError) as exc:
+        raise _unreadable(archive, exc) from exc
+
+
+def is_package_tar(path: Path) -> bool:
+    """Whether ``path`` reads as a tar archive: tarfile.is_tarfile, its RecursionError a refusal."""
+    try:
+        return tarfile.is_tarfile(path)
+    except RecursionError as exc:
+        raise _nested_too_deep(path) from exc
+
+
+def _nested_too_deep(archive: Path) -> PackageRejected:
+    return PackageRejected(f"{archive.name}: thousands of chained long-name or pax headers, nested too deep "
+                           "to read: not a package made by edge-agent-model sign and tar")
+
+
+def _unreadable(archive: Path, exc: BaseException) -> PackageRejected:
+    return PackageRejected(
+        f"{archive.name} is not a readable tar archive: {str(exc)[:300]} (a copy still being written? "
+        "copy under a hidden name such as .x.tar, then mv it into the inbox)"
+    )

@@ -42,7 +42,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.errors import ProvisioningError
 from edge_agent.lifecycle import Health
 from edge_agent.provisioning.files import sync_folder, sync_tree, write_public
-from edge_agent.provisioning.model_package import Manifest, PackageRejected, stage_and_verify, verify_package
+from edge_agent.provisioning.model_package import (
+    Manifest,
+    PackageRejected,
+    disk_error,
+    stage_and_verify,
+    verify_package,
+)
 from edge_agent.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -147,6 +153,11 @@ class ModelStore:
             # next start went back to 1.0 (safely: they no longer verified) without the fleet knowing why
             sync_tree(staging)
             return manifest, staging
+        except OSError as exc:  # a folder package's copy, or the fsync, on a full or failing disk
+            shutil.rmtree(staging, ignore_errors=True)
+            if (on_board := disk_error(exc, f"stage {package.name} under {self.root}")) is not None:
+                raise on_board from exc
+            raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -181,15 +192,29 @@ class ModelStore:
         if previous == manifest.version:
             shutil.rmtree(staging, ignore_errors=True)
             raise PackageRejected(f"{name} {manifest.version} is already running")
-        versions.mkdir(parents=True, exist_ok=True)
         trial = self.root / name / TRIAL
-        # Written, and fsynced, before the new version enters versions/: killed after that move but before the
-        # flip, its never-run files stayed, a later prune kept them and deleted the version that ran (a
-        # review). Left empty by a power cut, it would read "no previous version", and the next start would
-        # run the built-in model and delete the one that ran.
-        write_public(trial, self._trial_record(previous, manifest.version, package))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        try:
+            versions.mkdir(parents=True, exist_ok=True)
+            # Written, and fsynced, before the new version enters versions/: killed after that move but before
+            # the flip, its never-run files stayed, a later prune kept them and deleted the version that ran
+            # (a review). Left empty by a power cut, it would read "no previous version", and the next start
+            # would run the built-in model and delete the one that ran.
+            write_public(trial, self._trial_record(previous, manifest.version, package))
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+        except OSError as exc:
+            # current still names the previous version: undo what this install made, now, not at the next
+            # start's recover() (a review: up to 512 MiB of staging stayed on a full disk)
+            shutil.rmtree(staging, ignore_errors=True)
+            trial.unlink(missing_ok=True)
+            if previous is None:  # made for this install alone; rmdir leaves a folder with anything in it
+                for folder in (versions, versions.parent):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            on_board = disk_error(exc, f"install {name} {manifest.version} under {self.root}")
+            if on_board is not None:
+                raise on_board from exc
+            raise
         self._flip(name, manifest.version)
         try:
             engine = loader(target)
@@ -365,6 +390,7 @@ class ModelUpdater:
         self.dropped = 0
         self.last_result = "idle"
         self.last_ok = True
+        self.last_error: Exception | None = None  # what ended the latest install, None when it ran
 
     async def start(self) -> None:
         for _name in self.store.recover():
@@ -465,11 +491,13 @@ class ModelUpdater:
         return None
 
     def _install(self, package: Path) -> None:
+        self.last_error = None
         try:
             manifest, engine = self.store.install(
                 package, self._loader, self._sanity, expected=self._expected(package)
             )
         except ProvisioningError as exc:
+            self.last_error = exc
             self.last_ok, self.last_result = False, str(exc)
             metrics.ALERTS.labels(kind="model_update_refused").inc()
             log.warning("model update refused: %s", exc)
