@@ -195,9 +195,28 @@ def load_soak(path: Path) -> dict[str, Any]:
     return lesson.soak_summary(run)
 
 
+def _refused(args: argparse.Namespace) -> str | None:
+    """Why this run is refused before any step, or None: both ended only after the other parts' minutes."""
+    if args.only and "soak" in args.only and not (args.soak_minutes or args.soak_raw):
+        # ran no step and exited 0 with a table of NOT MEASURED (a review)
+        return ("--only soak needs --soak-minutes N (30 for the real soak) or --soak-raw FILE (an earlier "
+                "soak's soak-raw.json)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # a FileExistsError traceback
+        return f"--out {out} is a file: give a folder for results.json, raw.json and the plots"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"--out {out}: cannot create the folder ({exc.strerror or exc})"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    refused = _refused(args)
+    if refused:
+        print(f"edge-agent bench: {refused}", file=sys.stderr)
+        return 2
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "quick": args.quick,

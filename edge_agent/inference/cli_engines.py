@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def _selected(args: argparse.Namespace, board: Config | None = None) -> list[Man
     A board built every manifest by default, yunet-2023mar too (fetched for minutes, never loaded; with
     no copy offline, a failed build at every boot)."""
     manifests = load_manifests(Path(args.manifests))
+    if not manifests:  # a mistyped --manifests read as "the config loads none", exit 0 (a review)
+        where = "does not exist" if not Path(args.manifests).is_dir() else "holds no *.toml model manifest"
+        raise EdgeAgentError(f"--manifests {args.manifests} {where}: give the engines/ folder of the "
+                             "edge-agent checkout (the default)")
     names = getattr(args, "names", None) or (list(manifests) if board is None else board_model_names(board))
     if not names:
         print("no model: the config loads none (kt.enabled and camera.enabled are false)", file=sys.stderr)
@@ -181,12 +186,37 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _output_file(option: str, value: str, example: str) -> Path:
+    """``value`` as a file this user can write, checked before minutes of work: a folder, a name that is
+    not UTF-8 or a place nothing can be written (/proc) failed only after the work, with a traceback
+    (a review)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # ONNX Runtime takes str paths only, as UTF-8
+        raise EdgeAgentError(f"{option} {value!r}: the file name is not UTF-8; give a name of plain "
+                             "letters, digits, - _ .") from None
+    path = Path(value)
+    if path.is_dir():
+        raise EdgeAgentError(f"{option} {path} is a folder: give a file name, e.g. {path / example}")
+    if not path.parent.is_dir():
+        raise EdgeAgentError(f"{option} {path}: the folder {path.parent} does not exist")
+    try:  # a real write, not os.access: root passes access() where nothing can be created (/proc, ro)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise EdgeAgentError(f"{option} {path}: cannot write in {path.parent} ({exc.strerror or exc}); "
+                             "give a folder this user can write") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from edge_agent.inference.fetch import atomic_writer, engine_model
     from edge_agent.inference.onnxruntime_backend import OnnxRuntimeEngine, onnx_input_shapes
     from edge_agent.inference.quantize import calibration_inputs, compare_outputs, quantize_qdq
     from edge_agent.inference.select import qdq_model_path, qdq_record_text, qdq_source_record
 
+    out_file = _output_file("--out", args.out, f"{args.names[0]}-int8.onnx") if args.out else None
     board = _board_config(args)
     _, paths = _config(args, board)
     (manifest,) = _as_the_daemon_runs(_selected(args), board)
@@ -200,7 +230,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         )
         return 1
     calibration, held_out = samples[: -args.held_out], samples[-args.held_out :]
-    dest = Path(args.out) if args.out else qdq_model_path(manifest, paths)
+    dest = out_file or qdq_model_path(manifest, paths)
     # Measured before it goes where the loader (and the TensorRT build) takes it from: written in place,
     # an INT8 model of any accuracy ran as soon as a config asked for int8.
     trial = dest.with_name(f".{dest.name}.trial")
@@ -244,6 +274,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    json_out = _output_file("--json", args.json, "bench.json") if args.json else None
     board = _board_config(args)
     inference, paths = _config(args, board)
     rows: list[BenchRow] = []
@@ -253,8 +284,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except EdgeAgentError as exc:
             rows.append(bench.BenchRow(m.name, "-", "-", 1, note=f"skipped: {exc}"))
     print(bench.table(rows))
-    if args.json:
-        bench.to_json(rows, Path(args.json))
+    if json_out:
+        bench.to_json(rows, json_out)
     return 0
 
 
@@ -401,6 +432,10 @@ def _guarded(func: object) -> object:
             return int(func(args))  # type: ignore[operator]
         except EdgeAgentError as exc:
             print(f"edge-agent engines {args.engines_command}: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # the disk, not the model: a full cache, a file removed under the command
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"edge-agent engines {args.engines_command}: {where}{exc.strerror or exc}", file=sys.stderr)
             return 1
 
     return run

@@ -669,6 +669,18 @@ class FleetCA:
         return until
 
 
+MAX_DAYS = 36500  # a century: 3000000 days ran past the year 9999 and ended in an OverflowError traceback
+
+
+def _days(text: str) -> int:
+    """--days: at least 1 (0 or less was a traceback, or a certificate valid for 5 minutes) and at most
+    MAX_DAYS (a review)."""
+    value = at_least(1)(text)
+    if value > MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at most {MAX_DAYS} (100 years)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent-ca", description=__doc__.splitlines()[0] if __doc__ else ""
@@ -677,14 +689,12 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="create a CA directory")
     init.add_argument("ca_dir", type=Path)
     init.add_argument("--name", default="edge-agent fleet CA")
-    # at least 1 (a review): 0 or less was a traceback (init), or "the fleet CA expired" and a certificate
-    # valid for 5 minutes (sign)
-    init.add_argument("--days", type=at_least(1), default=CA_DAYS)
+    init.add_argument("--days", type=_days, default=CA_DAYS)
     sign = sub.add_parser("sign", help="sign a device CSR (CN = device id)")
     sign.add_argument("ca_dir", type=Path)
     sign.add_argument("csr", type=Path)
     sign.add_argument("--out", type=Path, required=True)
-    sign.add_argument("--days", type=at_least(1), default=DEVICE_DAYS)
+    sign.add_argument("--days", type=_days, default=DEVICE_DAYS)
     sign.add_argument("--replace", action="store_true", help="revoke the device id's live certificate first")
     sign.add_argument("--name", action="append", default=[], dest="names",
                       help="another DNS name or IP address for HTTPS on the board (repeatable)")
@@ -769,7 +779,10 @@ def main(argv: list[str] | None = None) -> int:
             where = f"{ca.crl_path}" + (f" and {args.install}" if args.install else "")
             print(f"CRL written to {where}, valid until {until:%Y-%m-%d %H:%M} UTC; reload the broker")
         else:
-            for row in FleetCA(args.ca_dir).index():
+            ca = FleetCA(args.ca_dir)
+            if not ca.cert_path.is_file():  # a mistyped folder listed nothing, exit 0, as a CA with no board
+                raise ProvisioningError(f"no CA in {args.ca_dir} ({ca.cert_path} is missing): check the path")
+            for row in ca.index():
                 print(
                     f"{row.serial}\t{row.common_name}\t{row.not_after}\t"
                     + ("revoked" if row.revoked else "superseded" if row.superseded_by else "live")

@@ -226,6 +226,13 @@ def cmd_model(args: argparse.Namespace) -> int:
     except ProvisioningError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a key or package folder the user cannot write: a read-only mount, root's folder
+        where = f"{exc.filename}: " if exc.filename else ""
+        then = {"keygen": "no key was kept; give paths this user can write and run it again",
+                "sign": "the package is not signed; make its folder writable and sign it again"}
+        print(f"error: {where}{exc.strerror or exc}: {then.get(args.model_command, 'nothing was done')}",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -106,12 +106,18 @@ def generate_signing_key(private_path: Path, public_path: Path) -> None:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
     )
-    write_public(
-        public_path,
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    )
+    try:
+        write_public(
+            public_path,
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+    except BaseException:
+        # a private key without its .pub signs nothing the boards can check, and left there it made the
+        # rerun refuse with "already exists" (a review: the .pub's folder was read-only)
+        private_path.unlink(missing_ok=True)
+        raise
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
