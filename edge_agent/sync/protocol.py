@@ -31,6 +31,8 @@ from edge_agent.errors import InputRejected
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
+# the largest payload decode_envelope reads; a receiver keeps only the first bytes of a larger one
+MAX_READ_BYTES = MAX_MESSAGE_BYTES * 4
 UNSYNCED_FIELD = '"clock_synced":false,'  # only on an item stamped on a clock not known to be right
 STORE_RE = re.compile(r"[A-Za-z0-9_.-]{0,64}")  # "" for boards that predate it
 # The record each data stream carries (its "kind"; docs/sync-protocol.md): the components that queue them
@@ -107,7 +109,7 @@ def decode_envelope(payload: bytes) -> tuple[DecodedMessage, list[Any]]:
     came, for decode_item one at a time. A drained backlog sends up to 100 items a message, and a
     receiver that refused the whole message for one bad item lost the other 99 (the board deletes what
     the broker acknowledged). InputRejected says what is wrong with a malformed envelope."""
-    _require(len(payload) <= MAX_MESSAGE_BYTES * 4, "message too large")
+    _require(len(payload) <= MAX_READ_BYTES, "message too large")
     try:
         doc = json_input.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:

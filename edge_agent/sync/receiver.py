@@ -12,7 +12,9 @@ silently) under client id ``edge-receiver``, the CN provisioning/mosquitto/acl g
 shipped broker names every session by its certificate's CN, whatever the client asks), and
 commits each message before its PUBACK goes out, so nothing acknowledged is lost: a message, or an item of
 one, that it cannot take is kept as it came in ``rejected_messages``, with the reason (the board deleted it
-once the broker acknowledged it). The test-suite uses it to prove exactly-once delivery after deduplication.
+once the broker acknowledged it); one over MAX_READ_BYTES as its length, sha256 and first bytes, and the
+broker drops one over MAX_RECEIVE_BYTES for it. The test-suite uses it to prove exactly-once delivery
+after deduplication.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from edge_agent.config import MqttSettings
 from edge_agent.errors import InputRejected, SyncError
 from edge_agent.sync.mqtt import MqttConnection
 from edge_agent.sync.protocol import (
+    MAX_READ_BYTES,
     SCHEMA_VERSION,
     STORE_RE,
     STREAM_KINDS,
@@ -53,6 +56,13 @@ _ITEM_COLUMNS = ("device, store, seq, stream, message_id, created_at, received_a
 _INSERT_ITEM = f"INSERT OR IGNORE INTO {{}} ({_ITEM_COLUMNS}) VALUES ({', '.join('?' * 11)})"
 MAX_HEARTBEAT_BYTES = 65536  # a board's is about 2 KB
 RECEIVER_RENEWAL = "issue the receiver a new certificate from the fleet CA (--cert, --key)"
+# Asked of the broker (MQTT 5 Maximum Packet Size): it drops larger messages for this client unsent. No
+# board sends over MAX_MESSAGE_BYTES (256 KiB), and the broker's own default is 256 MiB: a 21 MB message
+# took the receiver from 45 to 675 MB and ended its thread under a 640 MiB memory limit (a review).
+# Above MAX_READ_BYTES, so what lies between is still seen, in rejected_messages.
+MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+KEPT_PREFIX_BYTES = 4096  # of a payload over MAX_READ_BYTES: never readable, kept as a trace
+_CUT = "only its first"  # in the reason of a payload kept cut: the replay skips it
 
 class Receiver:
     def __init__(self, db_path: Path, settings: MqttSettings, *, client_id: str = "edge-receiver",
@@ -96,7 +106,8 @@ class Receiver:
                 # Made in the try: a certificate file that cannot be used now (expired, being renewed)
                 # must be retried with backoff, not end the thread while the process goes on reporting.
                 conn = MqttConnection(self.settings, self.client_id, "", self._ack_ignored, self._on_message,
-                                      persistent_session=True, will=False, renewal=RECEIVER_RENEWAL)
+                                      persistent_session=True, will=False, renewal=RECEIVER_RENEWAL,
+                                      max_receive_bytes=MAX_RECEIVE_BYTES)
                 conn.connect()
                 conn.subscribe(self.topic, qos=1)
                 attempt = 0
@@ -105,17 +116,29 @@ class Receiver:
                 while not self._stop.is_set():
                     conn.loop(0.05)
                 conn.disconnect()
-            except SyncError as exc:
+            except Exception as exc:
+                # Any fault, not only a SyncError: one raised out of paho's callback (a MemoryError keeping a
+                # message) ended this thread, while the process went on reporting and stored nothing more (a
+                # review). Unacknowledged, the message comes again after the reconnect.
                 self._connected.clear()
                 if conn is not None:
                     conn.close()
                 # a warning once per cause (it was INFO only: a receiver that cannot connect went unseen
                 # by warning-level monitoring); its retries every second or two stay at INFO
-                level = logging.INFO if str(exc) == last_failure else logging.WARNING
-                last_failure = str(exc)
-                log.log(level, "receiver: %s", exc)
+                cause = str(exc) if isinstance(exc, SyncError) else f"{type(exc).__name__}: {exc}"
+                level = logging.INFO if cause == last_failure else logging.WARNING
+                last_failure = cause
+                fault = not isinstance(exc, SyncError) and level == logging.WARNING
+                log.log(level, "receiver: %s", cause, exc_info=fault)
                 self._stop.wait(backoff_delay(attempt, 0.1, 2.0, rng))
                 attempt += 1
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Whether the MQTT thread has ended, waiting up to ``timeout`` s for it (the CLI exits then)."""
+        if self._thread is None:
+            return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @staticmethod
     def _ack_ignored(_mid: int, _ok: bool, _reason: str) -> None:
@@ -177,13 +200,15 @@ class Receiver:
         read them, a board's fault mended): each in a transaction of its own, deleted as it is taken, with
         its first receive time (the report orders stores by it) and its place in its message. What still
         fails is kept again as it was, with the new reason; a take that raises leaves nothing of itself.
-        Heartbeats are not replayed (an old one would replace the newer). Returns (taken: rows of which
+        Heartbeats are not replayed (an old one would replace the newer), nor payloads kept cut (over
+        MAX_READ_BYTES: none of it can be read). Returns (taken: rows of which
         nothing is kept again, kept again: rows of which something is, all of it or a bad item of a message
         now read); each device's rejected count is then its kept rows."""
         with self._lock:
             rows = self._conn.execute(
                 "SELECT rowid, digest, received_at, topic, item, payload FROM rejected_messages "
-                "WHERE topic NOT LIKE '%/heartbeat' ORDER BY rowid").fetchall()
+                "WHERE topic NOT LIKE '%/heartbeat' AND instr(reason, ?) = 0 ORDER BY rowid", (_CUT,)
+            ).fetchall()
         taken = again = 0
         for rowid, digest, received_at, topic, item, payload in rows:
             with self._transaction():
@@ -219,13 +244,16 @@ class Receiver:
             # how an operator clears the old topic of a board moved to another site), and the broker
             # forwards the clear: it is no status. Stored, a board online at its new site showed ''.
             return
+        if stream == "cmd":
+            # the cloud's commands to boards, to any device id (a typo, a retired board): no device of ours
+            return
         self._conn.execute("INSERT OR IGNORE INTO devices (device) VALUES (?)", (device,))
         if stream == "status":
             self._conn.execute("UPDATE devices SET status = ?, status_at = ? WHERE device = ?",
                                (payload.decode("utf-8", "replace")[:32], now, device))
             return
-        if stream in ("cmd", "hello"):
-            return  # commands flow to boards, and a hello only proves enrollment: nothing to store
+        if stream == "hello":
+            return  # a hello only proves enrollment: nothing to store
         if stream == "heartbeat":
             heartbeat = _heartbeat_text(payload)
             if heartbeat is None:
@@ -306,6 +334,11 @@ class Receiver:
         row (its digest: ``digest``, an item's, or the message's, _message_digest)."""
         if digest is None:
             digest = _message_digest(topic, item, payload)
+        if len(payload) > MAX_READ_BYTES:  # never readable: kept whole, a 21 MB one took 42 MB of database
+            sha256 = hashlib.sha256(payload).hexdigest()
+            why = (f"{why}: {len(payload)} bytes (sha256 {sha256}), over the {MAX_READ_BYTES} this receiver "
+                   f"reads; {_CUT} {KEPT_PREFIX_BYTES} bytes are kept")
+            payload = payload[:KEPT_PREFIX_BYTES]
         if not self._conn.execute(
             "INSERT OR IGNORE INTO rejected_messages (received_at, topic, device, item, reason, payload, "
             "digest) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -337,14 +370,16 @@ class Receiver:
 
     def _continued_store(self, device: str, seq: int) -> str:
         """Where an item without a store id belongs: a board whose database has an id, rolled back to a
-        release before store ids, goes on with that database's sequence (a seq above the last one stored
-        there); anything else is a board of such a release, under "" as before."""
-        row = self._conn.execute(
-            "SELECT store, max(seq) FROM items WHERE device = ? AND store != '' GROUP BY store "
-            "ORDER BY max(received_at) DESC LIMIT 1",
-            (device,),
-        ).fetchone()
-        return str(row[0]) if row is not None and seq > int(row[1]) else ""
+        release before store ids, goes on with that database's sequence, so under its latest store where
+        the seq is still free there. Not only above its last seq: each stream drains on its own, and the
+        kt_class 18 and 21 after attention 16-22 were filed under "" and shown lost (a review). Anything
+        else (a seq taken there, a device whose latest store is "") is a board of such a release."""
+        store = self._current_store(device)
+        if store and not self._conn.execute(
+            "SELECT 1 FROM items WHERE device = ? AND store = ? AND seq = ?", (device, store, seq)
+        ).fetchone():
+            return store
+        return ""
 
     # -- queries -------------------------------------------------------------------------------------
 
@@ -356,11 +391,17 @@ class Receiver:
         with self._lock:
             if store is None:
                 store = self._current_store(device)
-            # 32 random hex digits: one database, whatever it was called; unless one seq came under two
-            # device ids as two items (a database copied onto a second board): then each board's own, or
-            # one's seqs filled the other's holes and hid its losses (round 3). The same item re-sent under
-            # the new name (its PUBACK lost at the rename) is no copy (round 4).
+            # 32 random hex digits: one database, whatever it was called, when the other ids' items all came
+            # before this one's first (a rename); else each board's own, or one's seqs filled the other's
+            # holes and hid its losses: a database copied onto a second board (round 3), another board
+            # sending under this one's store id (a review: boardB's lost 3-4 shown as none). Also unless
+            # one seq came under two device ids as two items (a copy). The same item re-sent under the new
+            # name (its PUBACK lost at the rename) is no copy (round 4).
             if store and not self._conn.execute(
+                "SELECT 1 FROM items WHERE store = ? AND device != ? AND received_at >= "
+                "(SELECT min(received_at) FROM items WHERE store = ? AND device = ?) LIMIT 1",
+                (store, device, store, device),
+            ).fetchone() and not self._conn.execute(
                 "SELECT 1 FROM items AS a JOIN items AS b ON a.store = b.store AND a.seq = b.seq "
                 "AND a.device < b.device AND a.message_id != b.message_id WHERE a.store = ? LIMIT 1", (store,)
             ).fetchone():
@@ -426,7 +467,14 @@ class Receiver:
                 "FROM heartbeat_seqs WHERE device = ?) GROUP BY store ORDER BY min(since)", (device, device)
             ).fetchall()
             current = self._current_store(device)
-        per_store = [_store_report(store, self.seqs(device, store), last_seq) for store, last_seq in stores]
+            shared: dict[str, list[str]] = {}
+            for store, other in self._conn.execute(
+                "SELECT DISTINCT store, device FROM items WHERE store IN (SELECT store FROM items WHERE "
+                "device = ? AND store != '') AND device != ? ORDER BY store, device", (device, device)
+            ):
+                shared.setdefault(store, []).append(other)
+        per_store = [_store_report(store, self.seqs(device, store), last_seq, shared.get(store, []))
+                     for store, last_seq in stores]
         latest = next((s for s in per_store if s["store"] == current),
                       {"store": current, "unique": 0, "max_seq": 0, "gaps": [], "tail": []})
         status, duplicates, rejected, heartbeat = row if row else (None, 0, 0, None)
@@ -457,17 +505,20 @@ def _check_kind(stream: str, data: Any) -> None:
     an attention window as a lesson's). A record without "kind" is taken: only one naming another stream's
     kind is known to be wrong."""
     expected = STREAM_KINDS.get(stream)
-    if expected is None or not isinstance(data, dict):  # a stream of its own (a tool's, a later release's)
+    if expected is None:  # a stream of its own (a tool's, a later release's)
         return
+    if not isinstance(data, dict):  # 7, [1, 2], "x", null: no record of the stream, and none names a kind
+        what = "null" if data is None else "an array" if isinstance(data, list) else json.dumps(data)[:32]
+        raise InputRejected(f"item data on stream {stream!r} is {what}, not a JSON object")
     if (kind := data.get("kind", expected)) != expected:
         raise InputRejected(f"item kind {str(kind)[:64]!r} on stream {stream!r}, which carries {expected!r}")
 
 
-def _store_report(store: str, seqs: list[int], last_seq: int | None) -> dict[str, Any]:
+def _store_report(store: str, seqs: list[int], last_seq: int | None, also_under: list[str]) -> dict[str, Any]:
     top = seqs[-1] if seqs else 0
     tail = [(top + 1, last_seq)] if last_seq is not None and last_seq > top else []
     return {"store": store, "unique": len(seqs), "max_seq": top, "gaps": missing_ranges(seqs),
-            "last_seq": last_seq, "tail": tail}
+            "last_seq": last_seq, "tail": tail, "also_under": also_under}
 
 
 def _item_alone(message: DecodedMessage, item: Any) -> bytes:
@@ -488,6 +539,8 @@ def _message_digest(topic: str, item: int | None, payload: bytes) -> str:
     PUBACK was kept and counted again (a review: "rejected" grew with each re-send). A payload that is not
     JSON, by its bytes."""
     head = f"{topic}\0{item}\0".encode()
+    if len(payload) > MAX_READ_BYTES:  # not parsed: never read, and parsing 21 MB took 600 MB (a review)
+        return hashlib.sha256(head + b"raw\0" + payload).hexdigest()
     try:
         doc = json_input.loads(payload)
         if isinstance(doc, dict):
@@ -535,6 +588,18 @@ def places_warning(report: dict[str, Any]) -> str | None:
             "ACL checks only the device id, not the tenant or site)")
 
 
+def stores_warning(report: dict[str, Any]) -> str | None:
+    """What to check when a store of the device's also came under other device ids; None when not."""
+    shared = [f"{s['store']} also came under {', '.join(s['also_under'])}"
+              for s in report["stores"] if s["also_under"]]
+    if not shared:
+        return None
+    return (f"{report['device']}: store {'; store '.join(shared)}: a board renamed (provisioned again "
+            "under a new id: its seqs are counted together when all its old id's items came first), a "
+            "database copied onto a second board, or another board sending under this store id (then gaps "
+            "are counted per device id); check the inventory and which certificates sent them")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m edge_agent.sync.receiver", description="The reference edge-agent cloud receiver."
@@ -570,17 +635,21 @@ def main(argv: list[str] | None = None) -> int:
         receiver.stop()
         print(json.dumps({"taken": taken, "kept_again": again}))
         return 0
-    warned: dict[str, str] = {}  # the places warning, once per device until its places change
+    warned: dict[tuple[str, str], str] = {}  # each warning once per device until it changes
     try:
         receiver.start(wait_connected_s=None)
-        while True:
-            time.sleep(args.report_every)
+        while not receiver.wait_ended(args.report_every):
             for device in receiver.devices():
                 report = receiver.report(device)
                 log.info("receiver: %s", json.dumps(report))
-                if (moved := places_warning(report)) and warned.get(device) != moved:
-                    warned[device] = moved
-                    log.warning("receiver: %s", moved)
+                for name, check in (("places", places_warning), ("stores", stores_warning)):
+                    if (warning := check(report)) and warned.get((device, name)) != warning:
+                        warned[device, name] = warning
+                        log.warning("receiver: %s", warning)
+        # a fault _run does not catch (a BaseException): exit for the service manager to restart it, not
+        # report on with nothing stored
+        log.error("receiver: its MQTT thread ended (see the error above); exiting")
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
