@@ -103,6 +103,14 @@ def _port(text: str) -> int:
     return port
 
 
+def _demo_seconds(text: str) -> float:
+    """0 (until Ctrl-C) or more seconds: float() takes "-1" and "nan": the demo stopped at once, exit 0."""
+    value = float(text)
+    if not 0 <= value < float("inf"):  # false for nan too
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds, 0 or more (0: until Ctrl-C)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent", description="Classroom edge runtime for class boards."
@@ -129,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--metrics-port", type=_port, default=9108)
     demo.add_argument("--camera", help="camera source; default: ../shared/data/faces if present")
     demo.add_argument(
-        "--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)"
+        "--duration", type=_demo_seconds, default=0.0, help="stop after this many seconds (0: until Ctrl-C)"
     )
     demo.add_argument("--students", type=at_least(1), default=30, help="simulated students in the class")
     demo.set_defaults(func=_cmd_demo)

@@ -243,7 +243,13 @@ def run_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     state_dir = Path(args.state_dir).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name (FileExistsError) ended in a traceback (a review)
+        problem = "is a file, not a folder" if isinstance(exc, FileExistsError) else f"cannot be made: {exc}"
+        print(f"edge-agent demo: --state-dir {state_dir} {problem}; give a folder (it is made if missing)",
+              file=sys.stderr)
+        return 2
     camera = args.camera
     if camera is None and (SHARED / "data" / "faces").is_dir():
         camera = str(SHARED / "data" / "faces")

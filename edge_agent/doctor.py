@@ -282,6 +282,7 @@ def check_models(config: Config, manifests_dir: Path | None = None) -> tuple[Che
     wanted = set(manifest.board_model_names(config))
     found: list[Manifest] = []
     problems: list[str] = []
+    unreadable: list[str] = []
     mirror = fetch.mirror_dir(config.paths)
     for name, entry in sorted(manifests.items()):
         if name not in wanted:
@@ -291,11 +292,26 @@ def check_models(config: Config, manifests_dir: Path | None = None) -> tuple[Che
             fetch.cached_model_path(entry, config.paths),
             *([mirror / entry.source.mirror_path] if mirror else []),
         ]
-        if any(p and p.is_file() and (want is None or fetch.sha256_file(p) == want) for p in candidates):
+        matched, denied = False, ""
+        for p in candidates:
+            try:
+                matched = bool(p and p.is_file() and (want is None or fetch.sha256_file(p) == want))
+            except OSError as exc:
+                # The cache is the daemon's (root, 0600): doctor run without sudo cannot hash it, and
+                # that is no sign of a missing or tampered model (a review: a traceback, no table).
+                denied = denied or f"{name}: cannot read {p}: {exc.strerror or exc}"
+            if matched:
+                break
+        if matched:
             found.append(entry)
+        elif denied:
+            unreadable.append(denied)
         else:
             where = ", ".join(map(str, candidates))
             problems.append(f"{name}: no file with sha256 {(want or '?')[:12]}… in {where}")
+    if unreadable:
+        return CheckResult("models", False, "; ".join(unreadable + problems),
+                           f"run it as root: sudo {_own_command()} doctor"), found
     if problems:
         return CheckResult(
             "models", False, "; ".join(problems),

@@ -6,6 +6,7 @@ torch is imported only inside the handlers (the ``train`` extra), so the CLI loa
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 from pathlib import Path
@@ -60,11 +61,36 @@ def add_kt_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
 def _train_options(parser: argparse.ArgumentParser, epochs: int, hidden: int) -> None:
     # at least 1 (a review: --hidden 0 ended build-default in a traceback, --epochs 0 trained nothing)
     parser.add_argument("--epochs", type=at_least(1), default=epochs, help="the most epochs trained")
-    parser.add_argument("--hidden", type=at_least(1), default=hidden)
+    parser.add_argument("--hidden", type=_hidden_size, default=hidden,
+                        help=f"the model's hidden size, 1 to {MOST_HIDDEN} (default {hidden})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patience", type=int, default=2,
                         help="stop after this many epochs without a better AUC on the validation students "
                              "(10%% of the training students); 0: train every epoch on all of them")
+
+
+# An LSTM of 1024 is ~4.5 M weights (18 MB) and 8 KB of state per student: ten times the default and still
+# what a Jetson board runs live. --hidden 1000000 went on to a RuntimeError traceback (a review).
+MOST_HIDDEN = 1024
+
+
+def _hidden_size(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MOST_HIDDEN:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least 1 and at most {MOST_HIDDEN}")
+    return value
+
+
+def _failed(exc: OSError | RuntimeError, out: Path) -> str:
+    """The message for what the training or the package write raised: a full disk (torch's ONNX export), or
+    torch out of memory, ended minutes of training in a traceback (a review)."""
+    if isinstance(exc, RuntimeError):
+        return (f"error: training failed: {str(exc)[:300]} (a smaller --hidden, fewer students, or a "
+                "machine with more memory)")
+    where = exc.filename or out
+    if exc.errno == errno.ENOSPC:
+        return f"error: {where}: the disk is full: free space there (or give another --out), then train again"
+    return f"error: {where}: {exc.strerror or exc}"
 
 
 def _options(args: argparse.Namespace, embed: int) -> object:
@@ -96,6 +122,9 @@ def cmd_kt_train(args: argparse.Namespace) -> int:
     except (EdgeAgentError, ValueError) as exc:
         print(f"error: {exc}")
         return 1
+    except (OSError, RuntimeError) as exc:
+        print(_failed(exc, args.out))
+        return 1
     print(json.dumps(result))
     return 0
 
@@ -117,6 +146,9 @@ def cmd_kt_build_default(args: argparse.Namespace) -> int:
     except (EdgeAgentError, ValueError) as exc:  # as kt train says them
         print(f"error: {exc}")
         return 1
+    except (OSError, RuntimeError) as exc:
+        print(_failed(exc, args.out))
+        return 1
     print(json.dumps(result))
     return 0
 
@@ -124,6 +156,12 @@ def cmd_kt_build_default(args: argparse.Namespace) -> int:
 def _writable_out(out: Path) -> None:
     """Before the training, not after it: a file or an unwritable folder as --out ended minutes of
     training in a traceback (a review)."""
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError as exc:  # torch's ONNX export: UTF-8 names only (a TypeError after training)
+        shown = str(out).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise EdgeAgentError(f"--out {shown}: the name is not UTF-8 (made on a system with another "
+                             "encoding): give a folder whose name is UTF-8") from exc
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".edge-agent-write-test"

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.errors import InputRejected
+from edge_agent.spreadsheet_text import SAVE_AS, likely_encoding
 
 
 @dataclass
@@ -253,13 +254,24 @@ def read_sequences(path: Path, fmt: str) -> Sequences:
         # Excel writes "UTF-8 CSV" with a BOM; the csv module wants newline="" (a newline inside quotes)
         with path.open(encoding="utf-8-sig", newline="" if fmt == "pykt-csv" else None) as lines:
             return (_read_dkt if fmt == "dkt-csv" else _read_pykt)(lines, str(path))
-    except OSError as exc:
-        raise InputRejected(f"cannot read training file {path}: {exc}") from exc
+    except OSError as exc:  # "answer log", not "training file": it may be the --test one (a review)
+        raise InputRejected(f"cannot read answer log {path}: {exc}") from exc
     except UnicodeDecodeError as exc:  # its position counts from the block read, not the file: left out
+        # a UTF-16 log was told to convert from GBK, which fails on it (a review): named as the roster's is
         raise InputRejected(
-            f"training file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: {exc.reason}); "
-            f"in Excel save it as 'CSV UTF-8', or convert it: iconv -f gbk -t utf-8 {path} > answers.csv"
+            f"answer log {path} is not UTF-8 text ({likely_encoding(_head(path), path)}); {SAVE_AS}"
         ) from exc
+
+
+def _head(path: Path, most: int = 16 << 20) -> bytes:
+    """The file's first ``most`` bytes, cut after a line end (never inside a GBK character), to name its
+    encoding from."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(most + 1)
+    except OSError:
+        return b""
+    return data if len(data) <= most else data[: data.rfind(b"\n", 0, most) + 1]
 
 
 def split_students(n: int, test_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

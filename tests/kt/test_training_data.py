@@ -136,6 +136,6 @@ def test_a_log_that_is_not_utf8_says_how_to_convert_it(tmp_path: Path) -> None:
     # not the file, so it is left out of the message.
     path = tmp_path / "answers.csv"
     path.write_bytes(b"2\n1,2\n1,0\n" + "2\n分数,代数\n1,0\n".encode("gbk"))
-    with pytest.raises(InputRejected, match=re.escape(f"training file {path} is not UTF-8 text")) as caught:
+    with pytest.raises(InputRejected, match=re.escape(f"answer log {path} is not UTF-8 text (GBK")) as caught:
         read_sequences(path, "dkt-csv")
-    assert "'CSV UTF-8'" in str(caught.value) and f"iconv -f gbk -t utf-8 {path}" in str(caught.value)
+    assert '"CSV UTF-8' in str(caught.value) and f"iconv -f GBK -t UTF-8 {path}" in str(caught.value)
