@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import TextIO
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+_UNPRINTABLE = re.compile("[\x7f-\x9f\u2028\u2029]")
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,9 +52,14 @@ class KeyValueFormatter(logging.Formatter):
 def _encodable(line: str) -> str:
     """``line`` with a lone surrogate (from a file name that is not UTF-8) as its ``\\udcxx`` escape, which
     in a JSON string reads back as the same character: a systemd unit gets the board's locale (en_US.UTF-8),
-    where stdout encodes strictly, and such a line raised there and was lost, with a traceback on stderr."""
-    if line.isascii():
+    where stdout encodes strictly, and such a line raised there and was lost, with a traceback on stderr.
+
+    DEL, the C1 controls and U+2028/U+2029 become their ``\\uXXXX`` escapes too (they only occur inside
+    the line's JSON strings): json.dumps(ensure_ascii=False) escapes C0 only, and a line with U+009B (a
+    terminal's CSI) from a command's key made journalctl show the line as "[N blob data]"."""
+    if line.isascii() and "\x7f" not in line:
         return line
+    line = _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
     return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 

@@ -1,8 +1,9 @@
 """Commands sent to a board on ``edge/{tenant}/{site}/{device}/cmd``: validated first, then dispatched.
 
 Nothing acts on a message until it has passed every check: topic, size, JSON, and the pydantic model of
-its ``type`` (``extra="forbid"``, strict types). A rejected message is logged with the reason (never its
-contents) and counted in ``edge_mqtt_rejected{reason}``; the latest command's outcome, taken or refused, is
+its ``type`` (``extra="forbid"``, strict types). A rejected message is counted in
+``edge_mqtt_rejected{reason}`` and logged with the reason (never its contents): the first in full, then one
+line a minute at most. The latest command's outcome, taken or refused, is
 :meth:`CommandDispatcher.recent_outcomes`, which every heartbeat carries to the cloud. Handlers are registered
 by the daemon; they run on the publisher's thread, so they must only hand work off (e.g.
 ``call_soon_threadsafe``).
@@ -38,6 +39,13 @@ TYPES = ("config_reload", "model_update")
 # a command that comes while the board stops (sync stops last, so it still takes them): "accepted", it
 # never ran, and the outcomes, kept in memory, were gone after the restart
 BOARD_STOPPING = "the board is stopping; send it again once it is back"
+# 300 bad commands at 20/s logged 300 WARNING lines (1,200 a minute) into the board's eMMC journal, which
+# then deletes its oldest files, the history IT needs; the metric and the outcomes still count each one
+REFUSAL_LOG_EVERY_S = 60.0
+# a field name the sender chose (an unknown key) is repeated as is only when it is this plain: a 16 KiB
+# key with terminal controls (U+009B CSI) and U+2028 went whole into the log line and the heartbeat
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
+SHOWN_NAME_CHARS = 40
 
 
 class _Command(BaseModel):
@@ -84,17 +92,59 @@ def _problem(error: Any) -> str:
         return "type: missing"
     if error["type"] == "union_tag_invalid":
         return f"type: not one of {', '.join(TYPES)}"
-    return ".".join(str(p) for p in error["loc"]) + ": " + error["type"]
+    return ".".join(_field_name(p) for p in error["loc"]) + ": " + error["type"]
+
+
+def _field_name(part: str | int) -> str:
+    """A part of a field's path: an unknown key is the sender's text, shown as its repr, cut short."""
+    if isinstance(part, int) or _PLAIN_NAME.fullmatch(part):
+        return str(part)
+    shown = repr(part)  # escapes controls, U+2028 and other characters that do not print
+    return shown if len(shown) <= SHOWN_NAME_CHARS else shown[:SHOWN_NAME_CHARS - 3] + "..."
+
+
+class _RefusalLog:
+    """The log lines for refused command messages: the first in full, then at most one line per
+    ``every_s`` with how many more were refused and the latest reason."""
+
+    def __init__(self, every_s: float) -> None:
+        self._every_s = every_s
+        self._unlogged = 0  # refusals since the last line
+        self._latest = ""
+        self._line_at = 0.0  # time.time() of the last line, for "since HH:MM"
+        self._line_mono = -every_s
+
+    def refused(self, reason: str, detail: str) -> None:
+        self._latest = f"{reason} ({detail[:MAX_DETAIL_CHARS]})"
+        if self._unlogged or time.monotonic() - self._line_mono < self._every_s:
+            self._unlogged += 1
+            self.report_due()
+            return
+        log.warning("rejected a command message: %s", self._latest)
+        self._lined()
+
+    def report_due(self) -> None:
+        """The line for refusals not logged yet, once ``every_s`` has passed since the last line: also
+        called at each heartbeat, so the end of a burst is logged without waiting for the next refusal."""
+        if self._unlogged and time.monotonic() - self._line_mono >= self._every_s:
+            log.warning("%s more command messages refused since %s (latest: %s)", self._unlogged,
+                        time.strftime("%H:%M", time.localtime(self._line_at)), self._latest)
+            self._unlogged = 0
+            self._lined()
+
+    def _lined(self) -> None:
+        self._line_at, self._line_mono = time.time(), time.monotonic()
 
 
 class CommandDispatcher:
-    def __init__(self, device: DeviceSettings) -> None:
+    def __init__(self, device: DeviceSettings, *, log_every_s: float = REFUSAL_LOG_EVERY_S) -> None:
         self.topic = f"edge/{device.tenant}/{device.site}/{device.device_id}/cmd"
         self._handlers: dict[str, Handler] = {}
         # For the heartbeat: a refusal was only a log line on the board, and a command taken got no reply,
         # so the cloud could not tell what a board did with it. (monotonic time, outcome)
         self._outcomes: collections.deque[tuple[float, dict[str, Any]]] = collections.deque(
             maxlen=OUTCOMES_KEPT)
+        self._refusal_log = _RefusalLog(log_every_s)
 
     def register(self, command_type: str, handler: Handler) -> None:
         """``command_type`` is "config_reload" or "model_update"; the handler gets the validated model."""
@@ -104,7 +154,7 @@ class CommandDispatcher:
 
     def _reject(self, reason: str, detail: str, payload: bytes) -> None:
         metrics.MQTT_REJECTED.labels(reason=reason).inc()
-        log.warning("rejected a command message: %s (%s)", reason, detail)
+        self._refusal_log.refused(reason, detail)
         self._note(payload, reason, detail)
 
     def _note(self, payload: bytes, reason: str | None, detail: str) -> None:
@@ -116,6 +166,7 @@ class CommandDispatcher:
 
     def recent_outcomes(self) -> list[dict[str, Any]]:
         """The outcomes of the last OUTCOME_KEEP_S, oldest first (at most OUTCOMES_KEPT)."""
+        self._refusal_log.report_due()  # the heartbeat asks for these
         since = time.monotonic() - OUTCOME_KEEP_S
         return [outcome for at, outcome in self._outcomes if at >= since]
 
