@@ -30,7 +30,14 @@ from edge_agent.store import outbox_state as rules
 from edge_agent.store.outbox import Outbox, OutboxRow, topic_prefix
 from edge_agent.sync.commands import CommandDispatcher
 from edge_agent.sync.message_size import STALLED_S, MessageSizer
-from edge_agent.sync.mqtt import SIZE_REFUSALS, MqttConnection, address_count, connect_allowance_s
+from edge_agent.sync.mqtt import (
+    SIZE_REFUSALS,
+    MqttConnection,
+    SyncConnectError,
+    SyncPublishError,
+    address_count,
+    connect_allowance_s,
+)
 from edge_agent.sync.protocol import (
     UNSYNCED_FIELD,
     Envelope,
@@ -54,6 +61,11 @@ EXPIRE_EVERY_S = 60.0
 HEARTBEAT_NAME = "mqtt-publisher"
 COMMAND_REPLY_GAP_S = 1.0  # a heartbeat answers each command at once, but at most one a second
 STABLE_SESSION_S = 30.0  # a session that ended sooner counts as a failed connection for the backoff
+# Sessions the broker ended in a row, every reconnect accepted: two boards with one device id (a cloned SD
+# card) take each other's session at every connect, and the log said only "Unspecified error" (a review).
+# The backoff stays as it is: one board soon waits backoff_max_s between its tries, and a Wi-Fi link that
+# drops every few minutes must still reconnect at once.
+TAKEN_OVER_HINT_AFTER = 5
 T = TypeVar("T")
 
 ConnectionFactory = Callable[..., MqttConnection]
@@ -132,6 +144,8 @@ class Publisher:
         self._next_heartbeat = 0.0
         self._last_heartbeat = -COMMAND_REPLY_GAP_S  # monotonic
         self._next_expire = 0.0
+        self._lost_in_a_row = 0  # sessions the broker ended, every reconnect between them accepted
+        self._takeover_said = False
 
     # -- thread management ---------------------------------------------------------------------------
 
@@ -184,12 +198,12 @@ class Publisher:
             try:
                 conn = self._connect()
             except (SyncError, StoreError) as exc:
-                s = self.settings
-                delay = backoff_delay(attempt, s.backoff_min_s, s.backoff_max_s, self._rng)
+                delay = self._backoff(attempt)
                 if attempt == 0 and not self._stop.is_set():  # not "stopped while connecting" at a stop
                     # neutral: the reason may be on the board (its certificate unreadable), not the broker
                     log.warning("cannot connect to the MQTT broker: %s; retrying with backoff", exc)
                 self._set(connected=False, detail=str(exc))
+                self._lost_in_a_row = 0  # a broker out of reach is not a session taken by another client
                 attempt += 1
                 self._sleep(delay)
                 continue
@@ -197,11 +211,13 @@ class Publisher:
             log.info("connected to MQTT broker %s:%s", self.settings.host, self.settings.port)
             metrics.MQTT_CONNECTED.set(1)
             self._set(connected=True, detail="connected")
+            ended: BaseException | None = None
             try:
                 self._session(conn)
                 self._drain(conn)
                 conn.disconnect()
             except (SyncError, StoreError) as exc:
+                ended = exc
                 log.warning("MQTT session ended: %s", exc)
                 self._set(detail=str(exc) or exc.__class__.__name__)
                 conn.close()
@@ -218,12 +234,39 @@ class Publisher:
                 self._release_all()
             # A broker that accepts and then cuts the session at once (a packet it will not take, an
             # overloaded broker) gets the same backoff as one that refuses: no reconnect storm.
-            if time.monotonic() - connected_at >= STABLE_SESSION_S:
-                attempt = 0
-            else:
-                s = self.settings
-                self._sleep(backoff_delay(attempt, s.backoff_min_s, s.backoff_max_s, self._rng))
-                attempt += 1
+            attempt = self._attempt_after(attempt, time.monotonic() - connected_at, ended)
+            if attempt:
+                self._sleep(self._backoff(attempt - 1))
+
+    def _backoff(self, attempt: int) -> float:
+        return backoff_delay(attempt, self.settings.backoff_min_s, self.settings.backoff_max_s, self._rng)
+
+    def _attempt_after(self, attempt: int, lasted: float, ended: BaseException | None) -> int:
+        """The backoff's attempt after a session that lasted ``lasted`` s and ended with ``ended`` (None: a
+        clean end): 0 (reconnect at once) after a stable one."""
+        lost = isinstance(ended, (SyncConnectError, SyncPublishError)) and not self._stop.is_set()
+        self._lost_in_a_row = self._lost_in_a_row + 1 if lost else 0
+        if lost:
+            self._say_if_taken_over(str(ended))
+        return 0 if lasted >= STABLE_SESSION_S else attempt + 1
+
+    def _say_if_taken_over(self, reason: str) -> None:
+        """Once: what a session lost again and again likely means. Mosquitto 2.0 closes the old connection
+        without a reason (paho: "Unspecified error"), and only its own log says "already connected"."""
+        if self._takeover_said:
+            return
+        device = self.device.device_id
+        if "session taken over" in reason.lower():  # MQTT 5 reason 0x8E, from a broker that sends it
+            log.warning("the broker gave this board's MQTT session to another client with this device id "
+                        "(%s; MQTT reason 0x8E Session taken over): two boards share it (a cloned board?); "
+                        "give each board its own device.device_id", device)
+        elif self._lost_in_a_row >= TAKEN_OVER_HINT_AFTER:
+            log.warning("the broker ended %d MQTT sessions in a row, and accepted every reconnect: another "
+                        "client with this device id (%s) may be taking the session (a cloned board?); check "
+                        "the broker's log for 'already connected'", self._lost_in_a_row, device)
+        else:
+            return
+        self._takeover_said = True
 
     def _sleep(self, seconds: float) -> None:
         """Back off without starving the watchdog: a long wait still beats every few seconds."""

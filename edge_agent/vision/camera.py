@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,23 @@ from edge_agent.telemetry import metrics
 from edge_agent.vision.sources import FrameSource, classify, open_source
 
 log = logging.getLogger(__name__)
+
+
+def quiet_opencv() -> None:
+    """Keep OpenCV's and FFmpeg's own messages off stderr, i.e. the journal: FFmpeg wrote a line for each
+    damaged frame of a camera sending corrupt ones ("[mjpeg @ 0x...] overread 8", 1,800 a minute at 30 fps,
+    a review) and OpenCV two "[ WARN ]" lines at each reopen of a missing camera. The camera's own state
+    and log lines say what is wrong. An administrator's values in the environment are kept."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read at the first FFmpeg capture
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        os.environ["OPENCV_LOG_LEVEL"] = "ERROR"
+        # the variable is read when cv2 is imported, which another module of the daemon does first
+        # (edge_agent.vision.cli_attention, as the command line is built)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+# At import, before any thread: the daemon's captures all open through this module's Camera
+quiet_opencv()
 
 MIN_FRAME_SIDE = 32  # smaller frames cannot hold a detectable face: treated as corrupt
 
