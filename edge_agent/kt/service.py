@@ -1071,13 +1071,19 @@ class KTService:
     def lesson_view(self, *, clean: bool = False) -> dict[str, Any]:
         """The teacher's lesson, to keep across a restart (without one, only up to which answer that holds:
         later ones are in the journal); ``clean``: at a stop, with no answer to come."""
+        return self.lesson_view_copy(clean=clean)()
+
+    def lesson_view_copy(self, *, clean: bool = False) -> Callable[[], dict[str, Any]]:
+        """:meth:`lesson_view` as it is now, made when called: only a copy is taken under the lock
+        (:meth:`LessonWindow.record_copy`), which the inference thread must not wait behind."""
         with self._lock:
             if self._view is not None:
-                return self._view.to_json(clean=clean)
+                return self._view.record_copy(clean=clean)
             # the lesson that ended, for the page to say so after a restart too (a review: it said "no
             # answers yet" again)
             last = {} if self._last_lesson is None else {"last_lesson": self._last_lesson}
-            return {"seq": self._seq} | last
+            record = {"seq": self._seq} | last
+        return lambda: record
 
     def restore_lesson_view(self, data: dict[str, Any]) -> bool:
         """Before ``start``: take back the lesson a stop saved, unless it has ended since (lesson_gap_s
@@ -1114,9 +1120,16 @@ class KTService:
     def open_window(self) -> dict[str, Any]:
         """The oldest synced window not yet sent, to keep across a power cut (the answers after it are in
         the journal; without one, only up to which answer that holds)."""
+        return self.open_window_copy()()
+
+    def open_window_copy(self) -> Callable[[], dict[str, Any]]:
+        """:meth:`open_window` as it is now, made when called (see :meth:`lesson_view_copy`)."""
         with self._lock:
             oldest = self._ended[0] if self._ended else self._lesson
-            return {"seq": self._seq} if oldest is None else oldest.to_json()
+            if oldest is not None:
+                return oldest.record_copy()
+            record = {"seq": self._seq}
+        return lambda: record
 
     def restore_open_window(self, data: dict[str, Any]) -> bool:
         """Before ``start``: take back the synced window a power cut left unsent; it is sent when due, at
