@@ -633,6 +633,14 @@ def check_service(props: dict[str, str]) -> CheckResult:
     return CheckResult("service", True, detail, "; ".join(advice), warning=bool(advice))
 
 
+# tzdata's names for UTC itself, not for a place that is at UTC+0 (a board fresh from its image is on one)
+UTC_ZONES = frozenset(
+    prefix + zone
+    for prefix in ("", "Etc/")
+    for zone in ("UTC", "UCT", "Universal", "Zulu", "GMT", "GMT0", "GMT+0", "GMT-0", "Greenwich")
+)
+
+
 def check_camera_hours(hours: CameraHours, now: dt.datetime, zone_set: bool = False) -> CheckResult:
     """Whether the camera is open now by camera.active_hours and camera.closed_dates, in the board's time
     (``now``, aware: in device.timezone when ``zone_set``, else the system's zone).
@@ -645,7 +653,12 @@ def check_camera_hours(hours: CameraHours, now: dt.datetime, zone_set: bool = Fa
     when = "not within a year" if opens is None else opening_text(opens, local)
     state = "open now" if hours.is_open(local) else f"closed now, opens {when}"
     detail = f"{state} (board time {local:%a %Y-%m-%d %H:%M} {zone})"
-    if not zone_set and now.utcoffset() == dt.timedelta(0):
+    # by the zone's name, not its offset: London, Lisbon, Reykjavik and Accra are at UTC+0 in winter too
+    # (a review: they were told to set device.timezone). board_clock names the system's zone where it can;
+    # with no name (a copied zone file, a POSIX rule) UTC+0 is still asked about
+    name = getattr(now.tzinfo, "key", None)
+    unset = name in UTC_ZONES or (name is None and now.utcoffset() == dt.timedelta(0))
+    if not zone_set and unset:
         fix = (
             "the hours are read in the board's time zone, here UTC: set device.timezone = "
             '"Asia/Shanghai" (or the school\'s zone) in the config'

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 from edge_agent.clock_sync import ClockSyncFlag
@@ -16,6 +15,7 @@ from edge_agent.store.history import History
 from edge_agent.store.instance_lock import InstanceLock
 from edge_agent.store.outbox import Outbox
 from edge_agent.telemetry import metrics
+from edge_agent.vision.camera_hours import board_time, board_zone
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class StoreComponent:
         self._instance = InstanceLock(config.database_path.with_name("edge-agent.lock"))
         self._live = live
         self.alert: str | None = None
+        self._zone = board_zone(config.device.timezone)  # None: the system's, looked up when shown
         self._open = False
         # read at each scrape (the flag looks at most once a minute)
         metrics.CLOCK_SYNCHRONISED.set_function(lambda: 1.0 if self.clock_synced() else 0.0)
@@ -94,7 +95,9 @@ class StoreComponent:
         kept = f"; {held} message{'' if held == 1 else 's'} kept in memory until the disk takes them"
         kept = kept if held else ""
         if failing is not None:
-            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(failing[0]))
+            # in the board's zone, as every other time on the teacher view (the OS zone, UTC on most
+            # boards, put it 8 h off in Beijing, unlabelled)
+            since = f"{board_time(self._zone, failing[0]):%Y-%m-%d %H:%M %Z}"
             return Health(False, f"writes fail since {since}: {failing[1]}{kept}")
         waiting, what = max((self.db.write_waiting_s(), "write"), (self.db.read_waiting_s(), "read"))
         if waiting >= STALL_REPORT_S:

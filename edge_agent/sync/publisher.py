@@ -116,9 +116,8 @@ class Publisher:
         # when it steps, as NTP's first sync after a boot without a clock does (a review: a board up for a
         # minute said it had run 62 h, with clock_synced true)
         self._started_at, self._started_mono = time.time(), time.monotonic()
-        # read once, as the camera's hours read theirs: name and offset from the same zone (a zone changed
-        # under a running board named Berlin beside Shanghai's offset); a restart reads them again
-        self._zone_name = zone_name(device.timezone)
+        # the system's zone (no device.timezone) is looked up at each heartbeat, as the camera's hours do:
+        # read once, a `timedatectl set-timezone` under a running board sent the old zone until a restart
         self._local_now = board_clock(device.timezone)
         self._commands = commands
         self._health_summary = health_summary
@@ -465,7 +464,7 @@ class Publisher:
             # False: "at", "started_at" and the items' times come from a clock not known to be right
             "clock_synced": self.outbox.clock_synced(),
             # the school's zone, for the cloud's "day" and "lesson" (every time sent is UTC)
-            "timezone": self._zone_name,
+            "timezone": zone_name(self.device.timezone),
             "utc_offset_s": _offset_s(self._local_now()),
             "health": self._health_summary() if self._health_summary else {},
         }

@@ -130,6 +130,15 @@ class CameraHours:
         return None
 
 
+NOT_PLACES = ("posixrules", "localtime", "Factory")  # files among tzdata's zones that name no place
+
+
+def _not_a_place(name: str) -> bool:
+    """tzdata's second copies of the zones (posix/, right/) and its files that are no zone: a heartbeat sent
+    "posix/Asia/Shanghai" as the school's zone, and the teacher view's browser refused it."""
+    return name.startswith(("posix/", "right/")) or name in NOT_PLACES
+
+
 def board_zone(name: str) -> tzinfo | None:
     """The zone named by ``device.timezone``; None (empty name) means the operating system's own zone.
 
@@ -137,6 +146,8 @@ def board_zone(name: str) -> tzinfo | None:
     if not name:
         return None
     try:
+        if _not_a_place(name):
+            raise ValueError(name)
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Asia" is a folder of zones
         raise ValueError(
@@ -145,10 +156,37 @@ def board_zone(name: str) -> tzinfo | None:
         ) from None
 
 
-def system_zone() -> tzinfo | None:
-    """The operating system's zone with its rules ($TZ, else /etc/localtime), or None where it has none.
-    ``datetime.now().astimezone()`` gives only today's fixed offset: the opening after a daylight-saving
-    change was shown an hour off (08:30 for 07:30) from Friday's close to the change."""
+# The system's zone, read again when $TZ or the file it comes from changes: `timedatectl set-timezone`
+# under a running daemon left the camera's hours and the heartbeat in the old zone until a restart (a
+# review: 8 h off). A few stat calls a look, against reading and parsing the zone file each time.
+_system: tuple[tuple[object, ...], tzinfo | None, str | None] | None = None
+
+
+def _system_state() -> tuple[tzinfo | None, str | None]:
+    """The system's zone and its IANA name (None where there is none), cached while $TZ and the file it
+    names (or /etc/localtime) stay the same: the same link target, file and modification time."""
+    global _system
+    tz = os.environ.get("TZ", "")
+    name = tz.lstrip(":")
+    key: tuple[object, ...] = (tz,)
+    if not name or name.startswith("/"):
+        path = os.path.realpath(name or "/etc/localtime")
+        try:
+            stat = os.stat(path)
+            key = (tz, path, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            key = (tz, path)
+    cached = _system
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    zone, known = _read_system_zone(), _system_zone_name()
+    if known is not None and zone is not None:
+        zone = ZoneInfo(known)  # the same rules, with its name (doctor tells UTC from London by it)
+    _system = (key, zone, known)
+    return zone, known
+
+
+def _read_system_zone() -> tzinfo | None:
     name = os.environ.get("TZ", "").lstrip(":")
     try:
         if name and not name.startswith("/"):
@@ -159,11 +197,7 @@ def system_zone() -> tzinfo | None:
         return None
 
 
-def zone_name(name: str) -> str | None:
-    """The IANA name of the board's zone: ``device.timezone``, else the system's ($TZ, else the zone file
-    /etc/localtime links to); None where it has no name (a POSIX rule, a copied file)."""
-    if name:
-        return name
+def _system_zone_name() -> str | None:
     system = os.environ.get("TZ", "").lstrip(":")
     if not system or system.startswith("/"):
         path = os.path.realpath(system or "/etc/localtime")
@@ -173,7 +207,7 @@ def zone_name(name: str) -> str | None:
     # the same zones under tzdata's posix/ and right/ folders: the IANA name is the rest
     while system.startswith(("posix/", "right/")):
         system = system.split("/", 1)[1]
-    if system in ("posixrules", "localtime", "Factory"):  # files of tzdata, not places
+    if system in NOT_PLACES:
         return None
     try:
         return ZoneInfo(system).key
@@ -181,12 +215,33 @@ def zone_name(name: str) -> str | None:
         return None  # raised in the heartbeat, and the board sent nothing at all)
 
 
-def board_clock(name: str) -> Callable[[], datetime]:
-    """The board's local time, aware: in ``device.timezone`` when set, else in the system's zone."""
-    zone = board_zone(name) or system_zone()
+def system_zone() -> tzinfo | None:
+    """The operating system's zone with its rules ($TZ, else /etc/localtime), or None where it has none.
+    ``datetime.now().astimezone()`` gives only today's fixed offset: the opening after a daylight-saving
+    change was shown an hour off (08:30 for 07:30) from Friday's close to the change."""
+    return _system_state()[0]
+
+
+def zone_name(name: str) -> str | None:
+    """The IANA name of the board's zone: ``device.timezone``, else the system's ($TZ, else the zone file
+    /etc/localtime links to); None where it has no name (a POSIX rule, a copied file)."""
+    return name or _system_state()[1]
+
+
+def board_time(zone: tzinfo | None, when: float | None = None) -> datetime:
+    """``when`` (a Unix time; None: now), aware, in ``zone``, else (None) in the system's zone as it is
+    now."""
+    zone = zone or system_zone()
     if zone is None:
-        return lambda: datetime.now().astimezone()
-    return lambda: datetime.now(zone)
+        return (datetime.now() if when is None else datetime.fromtimestamp(when)).astimezone()
+    return datetime.now(zone) if when is None else datetime.fromtimestamp(when, zone)
+
+
+def board_clock(name: str) -> Callable[[], datetime]:
+    """The board's local time, aware: in ``device.timezone`` when set, else in the system's zone, looked up
+    at each call (it may change under a running daemon)."""
+    zone = board_zone(name)
+    return lambda: board_time(zone)
 
 
 def opening_text(opens: datetime, now: datetime) -> str:
