@@ -117,7 +117,8 @@
     if (!a) {
       setText("att-share", "—"); setText("att-faces", t("no_data"));
       $("att-signal").dataset.low = "none"; setText("att-signal", t("no_data"));
-      card.dataset.low = "false"; renderTimeline([]);
+      // grey, as with a camera that measures nothing: a green "—" read "all well" before any figure came
+      card.dataset.low = "false"; card.dataset.camera = "down"; renderTimeline([]);
       return;
     }
     const cam = a.camera || {};
