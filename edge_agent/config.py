@@ -1117,12 +1117,22 @@ def _bind_problem(
 
     try:
         addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        unmade: list[OSError] = []  # a socket of none of the name's addresses: that is the problem
+        made = False
         for family, kind, proto, _, address in dict.fromkeys(addresses):
-            with socket.socket(family, kind, proto) as probe:
+            try:
+                probe = socket.socket(family, kind, proto)
+            except OSError as exc:  # as create_server: a family the kernel lacks is skipped (IPv6 off at
+                unmade.append(exc)  # boot, while /etc/hosts still names ::1 localhost: a regression review)
+                continue
+            made = True
+            with probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:  # as create_server: "::" then leaves IPv4 to others
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind(address)
+        if unmade and not made:
+            raise unmade[0]
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE and _listening_here(port):
             return None

@@ -620,6 +620,7 @@ class Database:
 
     def _run(self, conn: sqlite3.Connection) -> None:
         try:
+            self._wipe_wal_left(conn)
             while True:
                 self._beat.beat()
                 try:
@@ -723,6 +724,21 @@ class Database:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
+    def _wipe_wal_left(self, conn: sqlite3.Connection) -> None:
+        """At the writer's start: the WAL the run before left (a reader held it past its stop) may hold rows
+        an erase deleted, and a wipe pending in that run was forgotten with it (a review). Emptied now, or
+        retried as an erase's is."""
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
+        except sqlite3.Error:
+            busy = 1
+        if busy:
+            self._wipe_tried = time.monotonic()
+
     def _wipe_wal(self, conn: sqlite3.Connection) -> None:
         """Copy the WAL into the database and truncate it. A reader in the way (another program holding a
         read transaction, e.g. a sqlite3 shell) leaves the erased rows in the WAL: tried again after each
@@ -744,8 +760,8 @@ class Database:
             detail = "another program held a read transaction on it, e.g. a sqlite3 shell left open"
         if not busy:
             if not first:
-                log.info("the write-ahead log of %s is emptied: the rows an erase deleted are gone from it",
-                         self.path)
+                log.info("the write-ahead log of %s is emptied: the rows deleted before it (an erase's) are "
+                         "gone from it", self.path)
             self._wipe_tried = None
             return
         if first:
