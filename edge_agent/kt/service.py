@@ -579,7 +579,9 @@ class KTService:
             self._model_id, self._prior = swap.model, prior
             self._bank = _bank_of(swap.package)
             self._skill_text = _skill_text(swap.package)
-            self._states.update(replayed)  # same keys: the order (least recently answered first) stays
+            # Those still held: a student retention dropped meanwhile (forget_students, from the writer
+            # thread) came back with its expired state (a review). Same keys: the order stays.
+            self._states.update({s: st for s, st in replayed.items() if s in self._states})
             for window in (self._lesson, self._view, *self._ended):
                 if window is not None:
                     _reprobe(window, replayed, self._clock())

@@ -247,3 +247,40 @@ def test_after_a_model_swap_one_students_answer_does_not_move_the_class_figures(
         assert [s["mastery_mean"] for s in after["skills"]] == [s["mastery_mean"] for s in swapped["skills"]]
     finally:
         svc.stop()
+
+
+class _SlowEngine:
+    """The new model's engine at 20 ms a call: a replay of many students takes a moment, as on a board."""
+
+    def __init__(self, engine: OnnxRuntimeEngine) -> None:
+        self.engine, self.inputs, self.outputs = engine, engine.inputs, engine.outputs
+        self.model_name, self.backend, self.precision = engine.model_name, engine.backend, engine.precision
+
+    def infer(self, feeds):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)
+        return self.engine.infer(feeds)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def test_a_student_retention_drops_while_a_swap_replays_stays_dropped(tmp_path: Path) -> None:
+    # A review: the swap wrote every replayed state back, and a student retention had dropped meanwhile
+    # (forget_students, from the store's writer thread) came back with the expired state, to be saved again
+    package = load_package()
+    new = _retrained(package, tmp_path / "kt-new")
+    pseudo = Pseudonymizer(b"r" * 32)
+    svc = KTService(package, OnnxRuntimeEngine(package.step_model, model_name="kt_step"),
+                    KTSettings(microbatch_wait_ms=1.0), pseudo)
+    svc.start()
+    try:
+        for k in range(10):
+            svc.submit(_answers(package, pseudo, f"s{k}", 30, seed=k)).result(10)
+        swapping = svc.swap(new, _SlowEngine(OnnxRuntimeEngine(new.step_model, model_name="kt_step")))
+        time.sleep(0.05)  # the replay is under way
+        assert svc.forget_students([pseudo("s9")]) == {pseudo("s9")}
+        swapping.result(30)
+        assert svc.student_mastery(pseudo("s9")) is None
+        assert svc.student_mastery(pseudo("s0")) is not None
+    finally:
+        svc.stop()
