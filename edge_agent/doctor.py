@@ -275,7 +275,9 @@ def check_models(config: Config, manifests_dir: Path | None = None) -> tuple[Che
     except EdgeAgentError as exc:
         return CheckResult("models", False, str(exc), "reinstall edge-agent (engines/ is damaged)"), []
     try:
-        manifests = _kt_as_the_daemon_runs(manifests, config)
+        from edge_agent.inference.cli_engines import as_the_daemon_runs
+
+        manifests = {m.name: m for m in as_the_daemon_runs(list(manifests.values()), config)}
     except (OSError, EdgeAgentError) as exc:
         return CheckResult("models", False, f"cannot tell which KT package the daemon runs: {exc}",
                            f"run it as root: sudo {_own_command()} doctor"), []
@@ -321,22 +323,6 @@ def check_models(config: Config, manifests_dir: Path | None = None) -> tuple[Che
     if not wanted:
         return CheckResult("models", True, "no model: this config loads none (kt and camera are off)"), found
     return CheckResult("models", True, f"{len(found)} model files present, sha256 verified"), found
-
-
-def _kt_as_the_daemon_runs(manifests: dict[str, Manifest], config: Config) -> dict[str, Manifest]:
-    """``manifests`` with kt-step pointed at the KT package the daemon runs at its next start (the signed
-    update installed last, or kt.package_dir), as `edge-agent engines` has them: doctor checked the shipped
-    model and said "ok engine kt-step" while the daemon failed on the package's damaged one (a review)."""
-    from edge_agent.assembly import next_kt_package_dir
-    from edge_agent.inference.manifest import KT_MODEL
-    from edge_agent.kt.updates import step_manifest_for
-
-    if KT_MODEL not in manifests:
-        return manifests
-    package_dir = next_kt_package_dir(config)
-    if package_dir is None:
-        return manifests
-    return {**manifests, KT_MODEL: step_manifest_for(manifests[KT_MODEL], package_dir)}
 
 
 EngineLoader = Callable[[Manifest, InferenceSettings, PathSettings], Any]  # -> select.LoadedEngine

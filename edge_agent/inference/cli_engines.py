@@ -78,7 +78,7 @@ def _selected(args: argparse.Namespace, board: Config | None = None) -> list[Man
     return [manifests[n] for n in names]
 
 
-def _as_the_daemon_runs(manifests: list[Manifest], board: Config) -> list[Manifest]:
+def as_the_daemon_runs(manifests: list[Manifest], board: Config) -> list[Manifest]:
     """``manifests`` with kt-step pointed at the KT package the daemon runs at its next start (the signed
     update installed last, or kt.package_dir): the commands built and checked the shipped model while the
     daemon loaded another, and built its own plan for minutes at every start after an update."""
@@ -99,7 +99,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     board = _board_config(args)
     _, paths = _config(args, board)
-    for m in _as_the_daemon_runs(_selected(args), board):
+    for m in as_the_daemon_runs(_selected(args), board):
         origin = m.source.url or str(m.source.repo_path)
         local = m.source.repo_path if m.source.repo_path else cached_model_path(m, paths)
         state = "present" if local and local.is_file() else "not fetched"
@@ -137,7 +137,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     board = _board_config(args)
     _, paths = _config(args, board)
     failed = 0
-    for m in _as_the_daemon_runs(_selected(args, board), board):
+    for m in as_the_daemon_runs(_selected(args, board), board):
         path = m.source.repo_path or cached_model_path(m, paths)
         try:
             if m.source.sha256 and path.is_file() and sha256_file(path) != m.source.sha256:
@@ -171,7 +171,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"no engine built: TensorRT cannot run on this machine ({exc})", file=sys.stderr)
         return NO_TENSORRT
     failed = 0
-    for m in _as_the_daemon_runs(_selected(args, board), board):
+    for m in as_the_daemon_runs(_selected(args, board), board):
         try:
             loaded = load_engine(
                 m, inference.model_copy(update={"backend": "tensorrt"}), paths, precision=args.precision
@@ -219,7 +219,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     out_file = _output_file("--out", args.out, f"{args.names[0]}-int8.onnx") if args.out else None
     board = _board_config(args)
     _, paths = _config(args, board)
-    (manifest,) = _as_the_daemon_runs(_selected(args), board)
+    (manifest,) = as_the_daemon_runs(_selected(args), board)
     source = engine_model(manifest, paths)
     profiles = resolve_profiles(manifest, onnx_input_shapes(source))
     samples = calibration_inputs(manifest, profiles, Path(args.data), args.samples + args.held_out)
@@ -278,7 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     board = _board_config(args)
     inference, paths = _config(args, board)
     rows: list[BenchRow] = []
-    for m in _as_the_daemon_runs(_selected(args), board):
+    for m in as_the_daemon_runs(_selected(args), board):
         try:
             rows += _bench_model(m, inference, paths, args)
         except EdgeAgentError as exc:

@@ -728,37 +728,35 @@ class Database:
         """At the writer's start: the WAL the run before left (a reader held it past its stop) may hold rows
         an erase deleted, and a wipe pending in that run was forgotten with it (a review). Emptied now, or
         retried as an erase's is."""
+        if self._truncate_wal(conn, wait=False):
+            self._wipe_tried = time.monotonic()
+
+    def _truncate_wal(self, conn: sqlite3.Connection, *, wait: bool) -> str | None:
+        """Checkpoint the WAL into the database and truncate it; why not (a reader in the way), or None.
+        Without ``wait``, busy_timeout 0: the writer does not stall the answers behind a reader."""
         try:
-            conn.execute("PRAGMA busy_timeout = 0")
+            if not wait:
+                conn.execute("PRAGMA busy_timeout = 0")
             try:
                 busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
             finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
-        except sqlite3.Error:
-            busy = 1
+                if not wait:
+                    conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
+        except sqlite3.Error as exc:
+            return str(exc)
         if busy:
-            self._wipe_tried = time.monotonic()
+            return "another program held a read transaction on it, e.g. a sqlite3 shell left open"
+        return None
 
     def _wipe_wal(self, conn: sqlite3.Connection) -> None:
         """Copy the WAL into the database and truncate it. A reader in the way (another program holding a
         read transaction, e.g. a sqlite3 shell) leaves the erased rows in the WAL: tried again after each
         later commit and every WIPE_RETRY_S while idle until it is emptied (a review: once, an "erased"
         student's state stayed readable in the WAL, no checkpoint ever coming). A retry does not wait on
-        the reader (busy_timeout 0): the writer must not stall the answers behind it."""
+        the reader: the writer must not stall the answers behind it."""
         first = self._wipe_tried is None
-        try:
-            if not first:
-                conn.execute("PRAGMA busy_timeout = 0")
-            try:
-                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-            finally:
-                if not first:
-                    conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout_ms)}")
-        except sqlite3.Error as exc:
-            busy, detail = 1, str(exc)
-        else:
-            detail = "another program held a read transaction on it, e.g. a sqlite3 shell left open"
-        if not busy:
+        detail = self._truncate_wal(conn, wait=first)
+        if detail is None:
             if not first:
                 log.info("the write-ahead log of %s is emptied: the rows deleted before it (an erase's) are "
                          "gone from it", self.path)
