@@ -150,7 +150,9 @@ def test_at_boot_the_daemon_waits_for_the_build_and_a_reload_after_a_config_edit
     # a reload after a config edit (SIGHUP, exit 75, a restart) ran the whole build with the board away.
     install_stand_in(booted, tmp_path)
     booted.run("systemctl", "start", "multi-user.target", timeout_s=60)  # as at boot: one transaction
-    assert "daemon: ready, engines stamp 0.9.0+new" in booted.journal("edge-agent.service")
+    # journald may write the line a moment after systemctl returns (a CI run read the journal before it)
+    wait_until(lambda: "daemon: ready, engines stamp 0.9.0+new" in booted.journal("edge-agent.service"), 10,
+               "the daemon's ready line in its journal")
     booted.run("sh", "-c", "echo '# the broker moved' >> /etc/edge-agent/config.toml")
     pid = main_pid(booted)
     reloaded = time.monotonic()
@@ -169,7 +171,9 @@ def test_a_rollback_builds_the_engines_of_the_release_it_goes_to_before_the_daem
     rollback = booted.run("sh", f"{REPO}/provisioning/install.sh", "--rollback", timeout_s=60)
     assert "edge-agent restarted on 0.9.0+old" in rollback.stderr, rollback.stderr
     assert booted.journal("edge-agent-engines.service").count("engines build: done") == 2
-    assert "daemon: ready, engines stamp 0.9.0+old" in booted.journal("edge-agent.service")
+    # journald may write the line a moment after systemctl returns (a CI run read the journal before it)
+    wait_until(lambda: "daemon: ready, engines stamp 0.9.0+old" in booted.journal("edge-agent.service"), 10,
+               "the daemon's ready line in its journal")
 
 
 def test_the_daemon_follows_nvargus_daemon_restarts_to_its_new_socket(
